@@ -1,0 +1,45 @@
+//! The command line: one file per subcommand. Only this module and `main.rs` know clap,
+//! indicatif and anyhow.
+
+mod eval;
+mod inspect;
+pub mod progress;
+
+use clap::{Parser, Subcommand};
+
+/// wick: compress trained neural networks (pruning, distillation, INT8 quantisation).
+#[derive(Parser)]
+#[command(name = "wick", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Show every node: op, output shape, parameters, MACs per sample, bytes.
+    Inspect(inspect::Args),
+    /// Top-1 accuracy and cross-entropy of a model on a data set.
+    Eval(eval::Args),
+}
+
+/// How a run ended, for the exit code: 0 success, 1 accuracy gate failed, 2 error.
+pub enum Outcome {
+    Ok,
+    GateFailed,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Eval(a) => eval::run(a),
+    }
+}
+
+/// Prints load warnings to stderr.
+pub fn warn_all(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}

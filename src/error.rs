@@ -1,0 +1,69 @@
+//! Typed errors of the library. Every variant names the file, tensor, node, field or pass at fault,
+//! so the CLI can print one short line and exit 2. Uses nothing else in the crate.
+
+use std::path::PathBuf;
+
+/// The library's error type.
+#[derive(Debug, thiserror::Error)]
+pub enum WickError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file: {msg}")]
+    Safetensors { path: PathBuf, msg: String },
+    #[error("{path}: architecture: {msg}")]
+    Arch { path: String, msg: String },
+    #[error("{file}: tensor '{tensor}' needed by node '{node}' is missing")]
+    MissingTensor { file: String, tensor: String, node: String },
+    #[error("{file}: tensor '{tensor}' has shape {found:?}, node '{node}' expects {expected:?}")]
+    ShapeMismatch {
+        file: String,
+        tensor: String,
+        node: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{file}: tensor '{tensor}' holds {what} values")]
+    NonFinite { file: String, tensor: String, what: &'static str },
+    #[error("{file}: tensor '{tensor}' has dtype {dtype}, which wick cannot load as {role}")]
+    BadDtype { file: String, tensor: String, dtype: String, role: &'static str },
+    #[error("node '{node}': {msg}")]
+    Node { node: String, msg: String },
+    #[error("{file}: data: {msg}")]
+    Data { file: String, msg: String },
+    #[error("{what}: {msg}")]
+    Invalid { what: String, msg: String },
+    #[error("pass '{pass}': {source}")]
+    Pass {
+        pass: String,
+        #[source]
+        source: Box<WickError>,
+    },
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl WickError {
+    /// A node-level error: `node 'conv1': msg`.
+    pub fn node(node: impl Into<String>, msg: impl Into<String>) -> Self {
+        WickError::Node { node: node.into(), msg: msg.into() }
+    }
+    /// An error in a named argument, field or setting: `what: msg`.
+    pub fn invalid(what: impl Into<String>, msg: impl Into<String>) -> Self {
+        WickError::Invalid { what: what.into(), msg: msg.into() }
+    }
+    /// An error in a data file.
+    pub fn data(file: impl Into<String>, msg: impl Into<String>) -> Self {
+        WickError::Data { file: file.into(), msg: msg.into() }
+    }
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        WickError::Io { path: path.into(), source }
+    }
+}
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, WickError>;

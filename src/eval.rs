@@ -1,0 +1,90 @@
+//! Classification metrics over a data set for any predictor that maps a batch of inputs to
+//! logits: top-1 accuracy and mean cross-entropy `CE = logsumexp(z) − z_y` (computed in f64).
+//! Uses `data`, `model`, `progress`.
+
+use crate::data::Dataset;
+use crate::error::{Result, WickError};
+use crate::model::forward::Mode;
+use crate::model::Model;
+use crate::progress::Progress;
+use candle_core::Tensor;
+use serde::Serialize;
+
+/// What `wick eval` reports.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalResult {
+    /// Fraction of samples whose argmax equals the label.
+    pub accuracy: f64,
+    /// Mean cross-entropy of the logits against the labels.
+    pub loss: f64,
+    pub correct: usize,
+    pub samples: usize,
+    /// Predicted class of every sample, in order.
+    #[serde(skip)]
+    pub predictions: Vec<u32>,
+}
+
+/// Index of the largest value (the first on ties, as PyTorch's argmax).
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Cross-entropy of one row of logits against label `y`: `log Σ e^{z_j} − z_y`.
+pub fn cross_entropy_row(row: &[f32], y: u32) -> f64 {
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = m + row.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln();
+    lse - row[y as usize] as f64
+}
+
+/// Evaluates `predict`, which returns `[len, classes]` logits for rows `start..start+len`.
+pub fn evaluate_with(
+    data: &Dataset,
+    batch_size: usize,
+    progress: &dyn Progress,
+    mut predict: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<EvalResult> {
+    if batch_size == 0 {
+        return Err(WickError::invalid("--batch-size", "must be at least 1"));
+    }
+    let n = data.len();
+    progress.start("eval", n as u64);
+    let (mut correct, mut loss) = (0usize, 0f64);
+    let mut predictions = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let len = batch_size.min(n - start);
+        let (x, y) = data.slice(start, len)?;
+        let logits: Vec<Vec<f32>> = predict(&x)?.to_vec2()?;
+        for (row, &label) in logits.iter().zip(&y) {
+            let p = argmax(row);
+            correct += (p == label) as usize;
+            loss += cross_entropy_row(row, label);
+            predictions.push(p);
+        }
+        progress.inc(len as u64);
+        start += len;
+    }
+    let r = EvalResult { accuracy: correct as f64 / n as f64, loss: loss / n as f64, correct, samples: n, predictions };
+    progress.finish(&format!("accuracy {:.4} ({}/{}), loss {:.4}", r.accuracy, r.correct, r.samples, r.loss));
+    Ok(r)
+}
+
+/// Evaluates a float model in eval mode.
+pub fn evaluate(model: &Model, data: &Dataset, batch_size: usize, progress: &dyn Progress) -> Result<EvalResult> {
+    data.check_fits(model.input_shape(), model.num_classes())?;
+    evaluate_with(data, batch_size, progress, |x| model.forward(x, Mode::Eval))
+}
+
+/// Fraction of positions where two prediction lists agree.
+pub fn agreement(a: &[u32], b: &[u32]) -> f64 {
+    if a.is_empty() {
+        return 0.0;
+    }
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+}

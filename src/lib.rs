@@ -1,0 +1,13 @@
+//! wick: compress trained neural networks — structured channel pruning, knowledge distillation,
+//! INT8 quantisation (post-training and quantisation-aware) — and report the accuracy of the
+//! integer artifact it writes. See README.md for the architecture.
+
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod model;
+pub mod progress;
+pub mod tensor_file;
+pub mod train;
+
+pub use error::{Result, WickError};

@@ -1,0 +1,429 @@
+//! The architecture file: a versioned JSON description of a model as a DAG of typed nodes.
+//! A parametric node `n` owns the tensors `n.weight`, `n.bias`, … named exactly as in a PyTorch
+//! `state_dict`, so a state_dict saved as safetensors loads unchanged. Uses only `error`.
+
+use crate::error::{Result, WickError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The version of the architecture format this build reads and writes.
+pub const ARCH_VERSION: u32 = 1;
+/// The `format` tag of an architecture file.
+pub const ARCH_FORMAT: &str = "wick-arch";
+
+/// A whole architecture: input description, nodes in any order, and the output node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arch {
+    pub format: String,
+    pub version: u32,
+    pub input: InputSpec,
+    pub nodes: Vec<Node>,
+    /// The node whose value is the model's output (logits). Defaults to the last node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// The model input: per-sample shape (no batch dimension) and, for people, its preprocessing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Name nodes use to refer to the input. Default `input`.
+    #[serde(default = "default_input_name")]
+    pub name: String,
+    /// Shape of one sample, e.g. `[1, 8, 8]` for a one-channel 8x8 image (NCHW without N).
+    pub shape: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<String>,
+}
+
+fn default_input_name() -> String {
+    "input".to_string()
+}
+
+/// One node: a unique name, the names of its inputs (other nodes or the model input), and its op.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub op: Op,
+}
+
+/// An integer or a pair, as PyTorch accepts for kernel sizes, strides and paddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Pair {
+    One(usize),
+    Two([usize; 2]),
+}
+
+impl Pair {
+    /// `(height, width)`.
+    pub fn hw(self) -> (usize, usize) {
+        match self {
+            Pair::One(v) => (v, v),
+            Pair::Two([h, w]) => (h, w),
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+fn pair_one() -> Pair {
+    Pair::One(1)
+}
+fn pair_zero() -> Pair {
+    Pair::One(0)
+}
+fn yes() -> bool {
+    true
+}
+fn bn_eps() -> f64 {
+    1e-5
+}
+fn bn_momentum() -> f64 {
+    0.1
+}
+fn neg_one() -> i64 {
+    -1
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// Linear: `y = x · Wᵀ + b`, weight `[out, in]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearCfg {
+    pub in_features: usize,
+    pub out_features: usize,
+    #[serde(default = "yes")]
+    pub bias: bool,
+}
+
+/// Conv1d: weight `[out, in/groups, k]`, cross-correlation as in PyTorch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conv1dCfg {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel_size: usize,
+    #[serde(default = "one")]
+    pub stride: usize,
+    #[serde(default)]
+    pub padding: usize,
+    #[serde(default = "one")]
+    pub dilation: usize,
+    #[serde(default = "one")]
+    pub groups: usize,
+    #[serde(default = "yes")]
+    pub bias: bool,
+}
+
+/// Conv2d: weight `[out, in/groups, kh, kw]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conv2dCfg {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel_size: Pair,
+    #[serde(default = "pair_one")]
+    pub stride: Pair,
+    #[serde(default = "pair_zero")]
+    pub padding: Pair,
+    #[serde(default = "pair_one")]
+    pub dilation: Pair,
+    #[serde(default = "one")]
+    pub groups: usize,
+    #[serde(default = "yes")]
+    pub bias: bool,
+}
+
+/// BatchNorm over channel axis 1: `y = (x − μ) / √(σ² + eps) · γ + β`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchNormCfg {
+    pub num_features: usize,
+    #[serde(default = "bn_eps")]
+    pub eps: f64,
+    /// PyTorch semantics: `running = (1 − momentum) · running + momentum · batch`.
+    #[serde(default = "bn_momentum")]
+    pub momentum: f64,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub affine: bool,
+}
+
+/// LayerNorm over the trailing `normalized_shape` dims.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerNormCfg {
+    pub normalized_shape: Vec<usize>,
+    #[serde(default = "bn_eps")]
+    pub eps: f64,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub elementwise_affine: bool,
+}
+
+/// GELU: exact `x·Φ(x)` (approximate = "none") or the tanh form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GeluCfg {
+    #[serde(default)]
+    pub approximate: GeluApprox,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GeluApprox {
+    #[default]
+    None,
+    Tanh,
+}
+
+/// Max or average pooling; `stride` defaults to `kernel_size` as in PyTorch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolCfg {
+    pub kernel_size: Pair,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<Pair>,
+    #[serde(default = "pair_zero")]
+    pub padding: Pair,
+    /// Average pooling only: count padded zeros in the divisor (PyTorch's default).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub count_include_pad: bool,
+}
+
+/// Flatten dims `start_dim..=end_dim` (dims counted with the batch, as in PyTorch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlattenCfg {
+    #[serde(default = "one_i64")]
+    pub start_dim: i64,
+    #[serde(default = "neg_one")]
+    pub end_dim: i64,
+}
+fn one_i64() -> i64 {
+    1
+}
+
+/// An op that works along one dim (concat, softmax); dims count the batch, negatives from the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DimCfg {
+    pub dim: i64,
+}
+
+/// Dropout: identity at eval; at training, zero with probability `p` and scale by `1/(1−p)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropoutCfg {
+    #[serde(default)]
+    pub p: f64,
+}
+
+/// Global average pooling over every dim after the channel axis: `[N, C, …] → [N, C]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// The node ops wick knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    Linear(LinearCfg),
+    Conv1d(Conv1dCfg),
+    Conv2d(Conv2dCfg),
+    #[serde(rename = "batchnorm1d")]
+    BatchNorm1d(BatchNormCfg),
+    #[serde(rename = "batchnorm2d")]
+    BatchNorm2d(BatchNormCfg),
+    #[serde(rename = "layernorm")]
+    LayerNorm(LayerNormCfg),
+    Relu(Empty),
+    Relu6(Empty),
+    Gelu(GeluCfg),
+    Silu(Empty),
+    Sigmoid(Empty),
+    Tanh(Empty),
+    #[serde(rename = "maxpool1d")]
+    MaxPool1d(PoolCfg),
+    #[serde(rename = "maxpool2d")]
+    MaxPool2d(PoolCfg),
+    #[serde(rename = "avgpool1d")]
+    AvgPool1d(PoolCfg),
+    #[serde(rename = "avgpool2d")]
+    AvgPool2d(PoolCfg),
+    GlobalAvgPool(Empty),
+    Flatten(FlattenCfg),
+    Add(Empty),
+    Concat(DimCfg),
+    Dropout(DropoutCfg),
+    Softmax(DimCfg),
+}
+
+/// The op names, for error messages.
+pub const OP_NAMES: &[&str] = &[
+    "linear", "conv1d", "conv2d", "batchnorm1d", "batchnorm2d", "layernorm", "relu", "relu6", "gelu",
+    "silu", "sigmoid", "tanh", "maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d", "global_avg_pool",
+    "flatten", "add", "concat", "dropout", "softmax",
+];
+
+impl Op {
+    /// The op's name as written in the file.
+    pub fn name(&self) -> String {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(m)) => m.get("op").and_then(Value::as_str).unwrap_or("?").to_string(),
+            _ => "?".to_string(),
+        }
+    }
+
+    /// Names of the parameter tensors this op owns (suffixes after `node.`), and whether each is
+    /// trained by gradient descent (BatchNorm running statistics are buffers, not trained).
+    pub fn param_suffixes(&self) -> Vec<(&'static str, bool)> {
+        match self {
+            Op::Linear(c) => with_bias(c.bias),
+            Op::Conv1d(c) => with_bias(c.bias),
+            Op::Conv2d(c) => with_bias(c.bias),
+            Op::BatchNorm1d(c) | Op::BatchNorm2d(c) => {
+                let mut v = if c.affine { vec![("weight", true), ("bias", true)] } else { vec![] };
+                v.push(("running_mean", false));
+                v.push(("running_var", false));
+                v
+            }
+            Op::LayerNorm(c) if c.elementwise_affine => vec![("weight", true), ("bias", true)],
+            _ => vec![],
+        }
+    }
+
+    /// Expected shape of the parameter `suffix`.
+    pub fn param_shape(&self, suffix: &str) -> Vec<usize> {
+        match (self, suffix) {
+            (Op::Linear(c), "weight") => vec![c.out_features, c.in_features],
+            (Op::Linear(c), _) => vec![c.out_features],
+            (Op::Conv1d(c), "weight") => vec![c.out_channels, c.in_channels / c.groups.max(1), c.kernel_size],
+            (Op::Conv1d(c), _) => vec![c.out_channels],
+            (Op::Conv2d(c), "weight") => {
+                let (kh, kw) = c.kernel_size.hw();
+                vec![c.out_channels, c.in_channels / c.groups.max(1), kh, kw]
+            }
+            (Op::Conv2d(c), _) => vec![c.out_channels],
+            (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), _) => vec![c.num_features],
+            (Op::LayerNorm(c), _) => c.normalized_shape.clone(),
+            _ => vec![],
+        }
+    }
+}
+
+fn with_bias(bias: bool) -> Vec<(&'static str, bool)> {
+    if bias {
+        vec![("weight", true), ("bias", true)]
+    } else {
+        vec![("weight", true)]
+    }
+}
+
+impl Node {
+    /// Full tensor name of parameter `suffix`: `node.suffix`.
+    pub fn param(&self, suffix: &str) -> String {
+        format!("{}.{}", self.name, suffix)
+    }
+}
+
+impl Serialize for Node {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = Map::new();
+        m.insert("name".into(), Value::String(self.name.clone()));
+        m.insert("inputs".into(), serde_json::to_value(&self.inputs).map_err(serde::ser::Error::custom)?);
+        if let Value::Object(op) = serde_json::to_value(&self.op).map_err(serde::ser::Error::custom)? {
+            m.extend(op);
+        }
+        Value::Object(m).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        node_from_value(v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses one node, with errors that name it; unknown fields are errors.
+fn node_from_value(v: Value) -> std::result::Result<Node, String> {
+    let Value::Object(mut m) = v else { return Err("a node must be a JSON object".into()) };
+    let name = match m.remove("name") {
+        Some(Value::String(s)) if !s.is_empty() => s,
+        _ => return Err("a node lacks a non-empty string field 'name'".into()),
+    };
+    let inputs: Vec<String> = match m.remove("inputs") {
+        Some(v) => serde_json::from_value(v).map_err(|e| format!("node '{name}': field 'inputs': {e}"))?,
+        None => return Err(format!("node '{name}': missing field 'inputs'")),
+    };
+    let op_name = m.get("op").and_then(Value::as_str).map(str::to_string);
+    let Some(op_name) = op_name else { return Err(format!("node '{name}': missing field 'op'")) };
+    if !OP_NAMES.contains(&op_name.as_str()) {
+        return Err(format!("node '{name}': unknown op '{op_name}' (known: {})", OP_NAMES.join(", ")));
+    }
+    // Internally tagged enums ignore unknown fields; re-check through the variant's own struct,
+    // which denies them.
+    let op: Op = serde_json::from_value(Value::Object(m.clone())).map_err(|e| format!("node '{name}' ({op_name}): {e}"))?;
+    let round = serde_json::to_value(&op).map_err(|e| e.to_string())?;
+    if let Value::Object(known) = round {
+        for k in m.keys() {
+            if !known.contains_key(k) && !default_only_field(&op, k) {
+                return Err(format!("node '{name}' ({op_name}): unknown field '{k}'"));
+            }
+        }
+    }
+    Ok(Node { name, inputs, op })
+}
+
+/// Fields that are valid but skipped when serialising at their default value.
+fn default_only_field(op: &Op, key: &str) -> bool {
+    matches!(
+        (op, key),
+        (Op::BatchNorm1d(_) | Op::BatchNorm2d(_), "affine")
+            | (Op::LayerNorm(_), "elementwise_affine")
+            | (Op::AvgPool1d(_) | Op::AvgPool2d(_) | Op::MaxPool1d(_) | Op::MaxPool2d(_), "count_include_pad" | "stride")
+    )
+}
+
+impl Arch {
+    /// Parses an architecture from JSON text; `origin` names the file in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Arch> {
+        let arch: Arch = serde_json::from_str(text).map_err(|e| WickError::Arch { path: origin.into(), msg: e.to_string() })?;
+        if arch.format != ARCH_FORMAT {
+            return Err(WickError::Arch {
+                path: origin.into(),
+                msg: format!("field 'format' is '{}', expected '{ARCH_FORMAT}'", arch.format),
+            });
+        }
+        if arch.version != ARCH_VERSION {
+            return Err(WickError::Arch {
+                path: origin.into(),
+                msg: format!("field 'version' is {}, this wick reads version {ARCH_VERSION}", arch.version),
+            });
+        }
+        Ok(arch)
+    }
+
+    /// Pretty JSON text of the architecture.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("architecture serialises")
+    }
+
+    /// The output node's name (explicit, else the last node).
+    pub fn output_name(&self) -> &str {
+        match &self.output {
+            Some(o) => o,
+            None => self.nodes.last().map(|n| n.name.as_str()).unwrap_or(""),
+        }
+    }
+
+    /// Looks a node up by name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}

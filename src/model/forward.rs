@@ -1,0 +1,160 @@
+//! The candle executor: runs a model's nodes in topological order, in eval mode (running
+//! statistics, no dropout) or train mode (batch statistics with running-statistic updates,
+//! dropout), with taps that return intermediate activations and a hook through which
+//! fake-quantisation rewrites layer inputs and weights. Uses `model`, `error`.
+
+use super::arch::{Node, Op};
+use super::{ops, Model};
+use crate::error::{Result, WickError};
+use candle_core::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+/// Eval or train semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Eval,
+    Train,
+}
+
+/// Rewrites what a layer sees: used by fake-quantisation (QAT and `--simulate`).
+pub trait Hook {
+    /// The input activation of `node` before it is used (weights layers only).
+    fn input(&self, _node: &Node, x: Tensor) -> Result<Tensor> {
+        Ok(x)
+    }
+    /// The weight of `node` before it is used.
+    fn weight(&self, _node: &Node, w: Tensor) -> Result<Tensor> {
+        Ok(w)
+    }
+}
+
+/// Options of one forward run.
+pub struct Run<'a> {
+    pub mode: Mode,
+    /// Names of nodes (or the input) whose values to return besides the output.
+    pub taps: &'a [String],
+    pub hook: Option<&'a dyn Hook>,
+    /// Dropout's random stream in train mode.
+    pub rng: Option<&'a RefCell<ChaCha8Rng>>,
+}
+
+impl<'a> Run<'a> {
+    /// Plain eval: no taps, no hook.
+    pub fn eval() -> Run<'static> {
+        Run { mode: Mode::Eval, taps: &[], hook: None, rng: None }
+    }
+}
+
+/// Whether `op` carries a weight that quantisation targets (conv and linear).
+pub fn is_weight_layer(op: &Op) -> bool {
+    matches!(op, Op::Linear(_) | Op::Conv1d(_) | Op::Conv2d(_))
+}
+
+impl Model {
+    /// Eval or train forward pass to the output node.
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(self.run(x, &Run { mode, taps: &[], hook: None, rng: None })?.0)
+    }
+
+    /// Forward pass returning the output and the tapped values.
+    pub fn run(&self, x: &Tensor, r: &Run) -> Result<(Tensor, BTreeMap<String, Tensor>)> {
+        let expected = self.input_shape();
+        if x.rank() != expected.len() + 1 || &x.dims()[1..] != expected {
+            return Err(WickError::invalid(
+                "input",
+                format!("shape {:?} does not fit the model input [N, {}]", x.dims(), join(expected)),
+            ));
+        }
+        let mut values: BTreeMap<&str, Tensor> = BTreeMap::new();
+        values.insert(self.arch.input.name.as_str(), x.clone());
+        let fallback = RefCell::new(ChaCha8Rng::seed_from_u64(0));
+        let rng = r.rng.unwrap_or(&fallback);
+        for &i in &self.graph.order {
+            let node = &self.arch.nodes[i];
+            let ins: Vec<&Tensor> = node.inputs.iter().map(|n| &values[n.as_str()]).collect();
+            let y = self.node_forward(node, &ins, r, rng).map_err(|e| match e {
+                WickError::Candle(c) => WickError::node(&node.name, c.to_string()),
+                other => other,
+            })?;
+            values.insert(node.name.as_str(), y);
+        }
+        let out = values[self.arch.output_name()].clone();
+        let mut taps = BTreeMap::new();
+        for t in r.taps {
+            let v = values.get(t.as_str()).ok_or_else(|| WickError::invalid("tap", format!("no node or input named '{t}'")))?;
+            taps.insert(t.clone(), v.clone());
+        }
+        Ok((out, taps))
+    }
+
+    fn node_forward(&self, node: &Node, ins: &[&Tensor], r: &Run, rng: &RefCell<ChaCha8Rng>) -> Result<Tensor> {
+        let train = r.mode == Mode::Train;
+        let p = |s: &str| self.p(&node.param(s));
+        let bias = |has: bool| if has { Some(self.p(&node.param("bias"))) } else { None };
+        let x = ins[0];
+        let (x, w) = if is_weight_layer(&node.op) {
+            let x = match r.hook {
+                Some(h) => h.input(node, x.clone())?,
+                None => x.clone(),
+            };
+            let w = match r.hook {
+                Some(h) => h.weight(node, p("weight").clone())?,
+                None => p("weight").clone(),
+            };
+            (x, Some(w))
+        } else {
+            (x.clone(), None)
+        };
+        match &node.op {
+            Op::Linear(c) => ops::linear(&x, w.as_ref().unwrap(), bias(c.bias)),
+            Op::Conv1d(c) => ops::conv1d(&x, w.as_ref().unwrap(), bias(c.bias), c),
+            Op::Conv2d(c) => ops::conv2d(&x, w.as_ref().unwrap(), bias(c.bias), c),
+            Op::BatchNorm1d(c) | Op::BatchNorm2d(c) => {
+                let bp = ops::BnParams {
+                    weight: if c.affine { Some(p("weight")) } else { None },
+                    bias: if c.affine { Some(p("bias")) } else { None },
+                    running_mean: &self.params[&node.param("running_mean")],
+                    running_var: &self.params[&node.param("running_var")],
+                };
+                ops::batchnorm(&x, bp, c, train)
+            }
+            Op::LayerNorm(c) => {
+                let (w, b) = if c.elementwise_affine { (Some(p("weight")), Some(p("bias"))) } else { (None, None) };
+                ops::layernorm(&x, w, b, c)
+            }
+            Op::Relu(_) => Ok(x.relu()?),
+            Op::Relu6(_) => ops::relu6(&x),
+            Op::Gelu(c) => ops::gelu(&x, c.approximate),
+            Op::Silu(_) => Ok(x.silu()?),
+            Op::Sigmoid(_) => ops::sigmoid(&x),
+            Op::Tanh(_) => Ok(x.tanh()?),
+            Op::MaxPool1d(c) => ops::maxpool(&x, c, false),
+            Op::MaxPool2d(c) => ops::maxpool(&x, c, true),
+            Op::AvgPool1d(c) => ops::avgpool(&x, c, false),
+            Op::AvgPool2d(c) => ops::avgpool(&x, c, true),
+            Op::GlobalAvgPool(_) => ops::global_avg_pool(&x),
+            Op::Flatten(c) => ops::flatten(&x, c),
+            Op::Add(_) => {
+                let mut acc = ins[0].clone();
+                for t in &ins[1..] {
+                    acc = (acc + *t)?;
+                }
+                Ok(acc)
+            }
+            Op::Concat(c) => {
+                let d = super::graph::sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::node(&node.name, m))? + 1;
+                Ok(Tensor::cat(ins, d)?)
+            }
+            Op::Dropout(c) if train => ops::dropout(&x, c.p, &mut *rng.borrow_mut()),
+            Op::Dropout(_) => Ok(x),
+            Op::Softmax(c) => ops::softmax(&x, c.dim),
+        }
+    }
+}
+
+fn join(s: &[usize]) -> String {
+    s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,264 @@
+//! Structural checks of an architecture: unique names, no dangling inputs, no cycles, and shape
+//! inference end to end. Every error names the node at fault. Uses `model::arch` and `error`.
+
+use super::arch::{Arch, Op, Pair};
+use crate::error::{Result, WickError};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// An architecture checked for structure, with its nodes in execution order and every node's
+/// per-sample output shape (no batch dimension).
+#[derive(Debug, Clone)]
+pub struct Graph {
+    /// Node indices into `arch.nodes`, each after all of its inputs.
+    pub order: Vec<usize>,
+    /// Per-sample output shape of every node, and of the model input under its name.
+    pub shapes: BTreeMap<String, Vec<usize>>,
+}
+
+/// Checks structure and infers shapes; `origin` names the architecture's source in errors.
+pub fn analyse(arch: &Arch, origin: &str) -> Result<Graph> {
+    let bad = |msg: String| WickError::Arch { path: origin.to_string(), msg };
+    if arch.nodes.is_empty() {
+        return Err(bad("field 'nodes' is empty".into()));
+    }
+    if arch.input.shape.is_empty() {
+        return Err(bad("field 'input.shape' is empty".into()));
+    }
+    let mut index = BTreeMap::new();
+    for (i, n) in arch.nodes.iter().enumerate() {
+        if n.name == arch.input.name {
+            return Err(bad(format!("node '{}' has the same name as the model input", n.name)));
+        }
+        if index.insert(n.name.as_str(), i).is_some() {
+            return Err(bad(format!("node name '{}' is used twice", n.name)));
+        }
+    }
+    for n in &arch.nodes {
+        for i in &n.inputs {
+            if i != &arch.input.name && !index.contains_key(i.as_str()) {
+                return Err(bad(format!("node '{}' reads '{}', which is neither a node nor the input '{}'", n.name, i, arch.input.name)));
+            }
+        }
+    }
+    let order = topological_order(arch, &index).map_err(bad)?;
+    let out = arch.output_name();
+    if !index.contains_key(out) {
+        return Err(bad(format!("field 'output' names '{out}', which is not a node")));
+    }
+    let mut shapes = BTreeMap::new();
+    shapes.insert(arch.input.name.clone(), arch.input.shape.clone());
+    for &i in &order {
+        let n = &arch.nodes[i];
+        let ins: Vec<&Vec<usize>> = n.inputs.iter().map(|x| &shapes[x]).collect();
+        let s = infer(&n.op, &ins).map_err(|m| WickError::Arch { path: origin.to_string(), msg: format!("node '{}' ({}): {m}", n.name, n.op.name()) })?;
+        shapes.insert(n.name.clone(), s);
+    }
+    Ok(Graph { order, shapes })
+}
+
+/// Kahn's algorithm; a leftover node lies on a cycle.
+fn topological_order(arch: &Arch, index: &BTreeMap<&str, usize>) -> std::result::Result<Vec<usize>, String> {
+    let n = arch.nodes.len();
+    let mut indeg = vec![0usize; n];
+    let mut users: Vec<Vec<usize>> = vec![vec![]; n];
+    for (i, node) in arch.nodes.iter().enumerate() {
+        for inp in &node.inputs {
+            if let Some(&j) = index.get(inp.as_str()) {
+                indeg[i] += 1;
+                users[j].push(i);
+            }
+        }
+    }
+    // Ready nodes are taken in file order so the execution order is deterministic.
+    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &u in &users[i] {
+            indeg[u] -= 1;
+            if indeg[u] == 0 {
+                ready.insert(u);
+            }
+        }
+    }
+    if order.len() < n {
+        let cyc: Vec<&str> = (0..n).filter(|&i| indeg[i] > 0).map(|i| arch.nodes[i].name.as_str()).collect();
+        return Err(format!("the graph has a cycle through nodes {}", cyc.join(", ")));
+    }
+    Ok(order)
+}
+
+/// Output length of a window op: `⌊(len + 2·pad − dil·(k − 1) − 1) / stride⌋ + 1`.
+pub fn window_out(len: usize, k: usize, stride: usize, pad: usize, dil: usize) -> std::result::Result<usize, String> {
+    let span = dil * (k.max(1) - 1) + 1;
+    if stride == 0 {
+        return Err("stride 0".into());
+    }
+    if len + 2 * pad < span {
+        return Err(format!("window {span} is larger than the padded input {}", len + 2 * pad));
+    }
+    Ok((len + 2 * pad - span) / stride + 1)
+}
+
+fn expect_rank(s: &[usize], rank: usize, what: &str) -> std::result::Result<(), String> {
+    if s.len() != rank {
+        return Err(format!("expects a {what} input of {rank} dims per sample, got shape {s:?}"));
+    }
+    Ok(())
+}
+
+fn one_input<'a>(ins: &[&'a Vec<usize>]) -> std::result::Result<&'a Vec<usize>, String> {
+    if ins.len() != 1 {
+        return Err(format!("takes exactly 1 input, got {}", ins.len()));
+    }
+    Ok(ins[0])
+}
+
+/// Resolves a dim counted with the batch (PyTorch style, negatives from the end) to a
+/// per-sample dim index.
+pub fn sample_dim(dim: i64, rank: usize) -> std::result::Result<usize, String> {
+    let full = rank as i64 + 1;
+    let d = if dim < 0 { dim + full } else { dim };
+    if d < 1 || d >= full {
+        return Err(format!("dim {dim} is out of range (or is the batch dim) for a {rank}-dim sample"));
+    }
+    Ok(d as usize - 1)
+}
+
+/// Per-sample output shape of `op` given its inputs' shapes.
+pub fn infer(op: &Op, ins: &[&Vec<usize>]) -> std::result::Result<Vec<usize>, String> {
+    match op {
+        Op::Add(_) => {
+            if ins.len() < 2 {
+                return Err(format!("takes at least 2 inputs, got {}", ins.len()));
+            }
+            if ins.iter().any(|s| s != &ins[0]) {
+                return Err(format!("inputs have different shapes {ins:?}"));
+            }
+            Ok(ins[0].clone())
+        }
+        Op::Concat(c) => {
+            if ins.is_empty() {
+                return Err("takes at least 1 input".into());
+            }
+            let d = sample_dim(c.dim, ins[0].len())?;
+            let mut out = ins[0].clone();
+            for s in &ins[1..] {
+                let same_rest = s.len() == out.len() && s.iter().zip(out.iter()).enumerate().all(|(i, (a, b))| i == d || a == b);
+                if !same_rest {
+                    return Err(format!("inputs {ins:?} differ outside dim {}", c.dim));
+                }
+                out[d] += s[d];
+            }
+            Ok(out)
+        }
+        _ => infer_unary(op, one_input(ins)?),
+    }
+}
+
+fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, String> {
+    match op {
+        Op::Linear(c) => {
+            if s.last() != Some(&c.in_features) {
+                return Err(format!("in_features is {} but the input's last dim is {:?} (shape {s:?})", c.in_features, s.last()));
+            }
+            let mut o = s.clone();
+            *o.last_mut().unwrap() = c.out_features;
+            Ok(o)
+        }
+        Op::Conv1d(c) => {
+            expect_rank(s, 2, "[C, L]")?;
+            check_channels(s[0], c.in_channels, c.out_channels, c.groups)?;
+            Ok(vec![c.out_channels, window_out(s[1], c.kernel_size, c.stride, c.padding, c.dilation)?])
+        }
+        Op::Conv2d(c) => {
+            expect_rank(s, 3, "[C, H, W]")?;
+            check_channels(s[0], c.in_channels, c.out_channels, c.groups)?;
+            let (kh, kw) = c.kernel_size.hw();
+            let (sh, sw) = c.stride.hw();
+            let (ph, pw) = c.padding.hw();
+            let (dh, dw) = c.dilation.hw();
+            if sh != sw || dh != dw {
+                return Err("stride and dilation must be equal along height and width".into());
+            }
+            Ok(vec![c.out_channels, window_out(s[1], kh, sh, ph, dh)?, window_out(s[2], kw, sw, pw, dw)?])
+        }
+        Op::BatchNorm1d(c) => {
+            if s.is_empty() || s.len() > 2 || s[0] != c.num_features {
+                return Err(format!("expects [{}] or [{}, L] per sample, got {s:?}", c.num_features, c.num_features));
+            }
+            Ok(s.clone())
+        }
+        Op::BatchNorm2d(c) => {
+            expect_rank(s, 3, "[C, H, W]")?;
+            if s[0] != c.num_features {
+                return Err(format!("num_features is {} but the input has {} channels", c.num_features, s[0]));
+            }
+            Ok(s.clone())
+        }
+        Op::LayerNorm(c) => {
+            if c.normalized_shape.is_empty() || !s.ends_with(&c.normalized_shape) {
+                return Err(format!("normalized_shape {:?} is not the trailing shape of the input {s:?}", c.normalized_shape));
+            }
+            Ok(s.clone())
+        }
+        Op::Relu(_) | Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_) | Op::Dropout(_) => Ok(s.clone()),
+        Op::Softmax(c) => {
+            sample_dim(c.dim, s.len())?;
+            Ok(s.clone())
+        }
+        Op::MaxPool1d(c) | Op::AvgPool1d(c) => {
+            expect_rank(s, 2, "[C, L]")?;
+            let (k, st, p) = pool_params(c.kernel_size, c.stride, c.padding);
+            check_pool_pad(k.0, p.0)?;
+            Ok(vec![s[0], window_out(s[1], k.0, st.0, p.0, 1)?])
+        }
+        Op::MaxPool2d(c) | Op::AvgPool2d(c) => {
+            expect_rank(s, 3, "[C, H, W]")?;
+            let (k, st, p) = pool_params(c.kernel_size, c.stride, c.padding);
+            check_pool_pad(k.0, p.0)?;
+            check_pool_pad(k.1, p.1)?;
+            Ok(vec![s[0], window_out(s[1], k.0, st.0, p.0, 1)?, window_out(s[2], k.1, st.1, p.1, 1)?])
+        }
+        Op::GlobalAvgPool(_) => {
+            if s.len() < 2 {
+                return Err(format!("expects [C, ...] with at least one spatial dim, got {s:?}"));
+            }
+            Ok(vec![s[0]])
+        }
+        Op::Flatten(c) => {
+            let a = sample_dim(c.start_dim, s.len())?;
+            let b = sample_dim(c.end_dim, s.len())?;
+            if b < a {
+                return Err(format!("end_dim {} comes before start_dim {}", c.end_dim, c.start_dim));
+            }
+            let mut o: Vec<usize> = s[..a].to_vec();
+            o.push(s[a..=b].iter().product());
+            o.extend_from_slice(&s[b + 1..]);
+            Ok(o)
+        }
+        Op::Add(_) | Op::Concat(_) => unreachable!("handled in infer"),
+    }
+}
+
+/// `(kernel, stride, padding)` as `(h, w)` pairs, stride defaulting to the kernel.
+pub fn pool_params(k: Pair, s: Option<Pair>, p: Pair) -> ((usize, usize), (usize, usize), (usize, usize)) {
+    (k.hw(), s.unwrap_or(k).hw(), p.hw())
+}
+
+fn check_pool_pad(k: usize, p: usize) -> std::result::Result<(), String> {
+    if 2 * p > k {
+        return Err(format!("padding {p} is more than half the kernel {k}"));
+    }
+    Ok(())
+}
+
+fn check_channels(c: usize, cin: usize, cout: usize, groups: usize) -> std::result::Result<(), String> {
+    if c != cin {
+        return Err(format!("in_channels is {cin} but the input has {c} channels"));
+    }
+    if groups == 0 || cin % groups != 0 || cout % groups != 0 {
+        return Err(format!("groups {groups} must divide in_channels {cin} and out_channels {cout}"));
+    }
+    Ok(())
+}

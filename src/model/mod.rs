@@ -1,0 +1,125 @@
+//! The model IR: an architecture (a DAG of typed nodes) over a parameter store keyed by dotted
+//! PyTorch-style names. Loading, saving, validation, statistics and the candle executor live in
+//! the submodules. Uses `error`, `tensor_file` and candle.
+
+pub mod arch;
+pub mod forward;
+pub mod graph;
+pub mod init;
+pub mod load;
+mod ops;
+pub mod stats;
+
+use crate::error::{Result, WickError};
+use arch::Arch;
+use candle_core::{Device, Tensor, Var};
+use graph::Graph;
+use std::collections::BTreeMap;
+
+/// A float model: architecture, checked graph and parameters (all f32 on the CPU).
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub arch: Arch,
+    pub graph: Graph,
+    /// Every parameter and buffer, keyed `node.suffix`. Buffers (BatchNorm running statistics)
+    /// are `Var`s too so training can update them in place, but they get no gradient step.
+    pub params: BTreeMap<String, Var>,
+    /// Where the model came from, for messages.
+    pub source: String,
+}
+
+impl Model {
+    /// Builds a model from an architecture and named f32 tensors, checking that every tensor
+    /// the architecture needs is present, of the right shape and finite.
+    pub fn new(arch: Arch, tensors: BTreeMap<String, Tensor>, source: &str) -> Result<Model> {
+        let graph = graph::analyse(&arch, source)?;
+        let mut params = BTreeMap::new();
+        for node in &arch.nodes {
+            for (suffix, _) in node.op.param_suffixes() {
+                let name = node.param(suffix);
+                let t = tensors.get(&name).ok_or_else(|| WickError::MissingTensor {
+                    file: source.into(),
+                    tensor: name.clone(),
+                    node: node.name.clone(),
+                })?;
+                let expected = node.op.param_shape(suffix);
+                if t.dims() != expected.as_slice() {
+                    return Err(WickError::ShapeMismatch {
+                        file: source.into(),
+                        tensor: name,
+                        node: node.name.clone(),
+                        expected,
+                        found: t.dims().to_vec(),
+                    });
+                }
+                check_finite(t, source, &name)?;
+                params.insert(name, Var::from_tensor(&t.to_dtype(candle_core::DType::F32)?)?);
+            }
+        }
+        Ok(Model { arch, graph, params, source: source.to_string() })
+    }
+
+    /// Parameter or buffer `name` (must exist: the constructor checked it).
+    pub fn p(&self, name: &str) -> &Tensor {
+        self.params.get(name).map(|v| v.as_tensor()).unwrap_or_else(|| panic!("parameter '{name}' was checked at load"))
+    }
+
+    /// The variables trained by gradient descent (weights and biases, not running statistics).
+    pub fn trainable_vars(&self) -> Vec<Var> {
+        let mut v = vec![];
+        for node in &self.arch.nodes {
+            for (suffix, trained) in node.op.param_suffixes() {
+                if trained {
+                    v.push(self.params[&node.param(suffix)].clone());
+                }
+            }
+        }
+        v
+    }
+
+    /// A deep copy whose parameters are independent of this model's (a `Clone` shares `Var`s).
+    pub fn deep_clone(&self) -> Result<Model> {
+        let mut m = self.clone();
+        for (k, v) in self.params.iter() {
+            m.params.insert(k.clone(), Var::from_tensor(&v.as_tensor().copy()?)?);
+        }
+        Ok(m)
+    }
+
+    /// Current values of every parameter, detached.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+    }
+
+    /// Per-sample input shape.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.arch.input.shape
+    }
+
+    /// Number of output classes: the last dim of the output node's shape.
+    pub fn num_classes(&self) -> usize {
+        self.graph.shapes[self.arch.output_name()].last().copied().unwrap_or(0)
+    }
+
+    /// Replaces the architecture and parameters together (after surgery), re-checking everything.
+    pub fn rebuild(arch: Arch, tensors: BTreeMap<String, Tensor>, source: &str) -> Result<Model> {
+        Model::new(arch, tensors, source)
+    }
+}
+
+/// Fails with the tensor's name when it holds NaN or infinite values.
+pub fn check_finite(t: &Tensor, file: &str, name: &str) -> Result<()> {
+    let v: Vec<f32> = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    if v.iter().any(|x| x.is_nan()) {
+        return Err(WickError::NonFinite { file: file.into(), tensor: name.into(), what: "NaN" });
+    }
+    if v.iter().any(|x| x.is_infinite()) {
+        return Err(WickError::NonFinite { file: file.into(), tensor: name.into(), what: "infinite" });
+    }
+    Ok(())
+}
+
+/// The device wick computes on.
+pub fn device() -> Device {
+    Device::Cpu
+}

@@ -1,0 +1,207 @@
+//! Candle implementations of the node ops, each differentiable (built from candle ops that have
+//! backward passes). Shapes here include the batch dim. Uses `model::arch`, `model::graph`.
+
+use super::arch::{BatchNormCfg, Conv1dCfg, Conv2dCfg, FlattenCfg, GeluApprox, LayerNormCfg, PoolCfg};
+use super::graph::{pool_params, sample_dim};
+use crate::error::{Result, WickError};
+use candle_core::{DType, Tensor, D};
+
+/// `y = x · Wᵀ + b` over the last dim (any number of leading dims).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = if x.rank() == 2 { x.matmul(&w.t()?)? } else { x.broadcast_matmul(&w.t()?)? };
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// Adds a per-channel bias on axis 1 of an `[N, C, …]` tensor.
+fn add_channel_bias(y: Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let Some(b) = b else { return Ok(y) };
+    let mut shape = vec![1usize; y.rank()];
+    shape[1] = b.dim(0)?;
+    Ok(y.broadcast_add(&b.reshape(shape)?)?)
+}
+
+/// 1-d cross-correlation, PyTorch semantics.
+pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv1dCfg) -> Result<Tensor> {
+    let y = x.contiguous()?.conv1d(w, c.padding, c.stride, c.dilation, c.groups)?;
+    add_channel_bias(y, b)
+}
+
+/// 2-d cross-correlation, PyTorch semantics. Unequal height/width padding is applied explicitly.
+pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv2dCfg) -> Result<Tensor> {
+    let (ph, pw) = c.padding.hw();
+    let (s, _) = c.stride.hw();
+    let (d, _) = c.dilation.hw();
+    let y = if ph == pw {
+        x.contiguous()?.conv2d(w, ph, s, d, c.groups)?
+    } else {
+        x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?.contiguous()?.conv2d(w, 0, s, d, c.groups)?
+    };
+    add_channel_bias(y, b)
+}
+
+/// Shape `[1, C, 1, …]` for broadcasting per-channel values over `x`.
+fn channel_shape(x: &Tensor) -> Vec<usize> {
+    let mut s = vec![1usize; x.rank()];
+    s[1] = x.dim(1).unwrap_or(1);
+    s
+}
+
+/// Dims reduced by BatchNorm: every dim but the channel axis 1.
+fn bn_reduce_dims(rank: usize) -> Vec<usize> {
+    (0..rank).filter(|&d| d != 1).collect()
+}
+
+/// BatchNorm, eval: `y = (x − μ_run) / √(σ²_run + eps) · γ + β`.
+/// Train: batch statistics (biased variance) normalise, and the running statistics update as in
+/// PyTorch: `run ← (1 − m)·run + m·stat`, with the *unbiased* batch variance `σ²·n/(n−1)`.
+pub fn batchnorm(x: &Tensor, p: BnParams, c: &BatchNormCfg, train: bool) -> Result<Tensor> {
+    let cs = channel_shape(x);
+    let (mean, var) = if train {
+        let dims = bn_reduce_dims(x.rank());
+        let n: usize = dims.iter().map(|&d| x.dim(d).unwrap_or(1)).product();
+        let mean = x.mean_keepdim(dims.as_slice())?;
+        let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(dims.as_slice())?;
+        let m = c.momentum;
+        let unbiased = (var.detach().flatten_all()? * (n as f64 / (n.max(2) - 1) as f64))?;
+        let new_mean = ((p.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
+        let new_var = ((p.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        p.running_mean.set(&new_mean)?;
+        p.running_var.set(&new_var)?;
+        (mean, var)
+    } else {
+        (p.running_mean.as_tensor().reshape(cs.clone())?, p.running_var.as_tensor().reshape(cs.clone())?)
+    };
+    let inv = (var + c.eps)?.sqrt()?.recip()?;
+    let mut y = x.broadcast_sub(&mean)?.broadcast_mul(&inv)?;
+    if let (Some(g), Some(b)) = (p.weight, p.bias) {
+        y = y.broadcast_mul(&g.reshape(cs.clone())?)?.broadcast_add(&b.reshape(cs)?)?;
+    }
+    Ok(y)
+}
+
+/// The tensors of one BatchNorm node.
+pub struct BnParams<'a> {
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    pub running_mean: &'a candle_core::Var,
+    pub running_var: &'a candle_core::Var,
+}
+
+/// LayerNorm over the trailing `normalized_shape`: `y = (x − μ) / √(σ² + eps) · γ + β` (biased σ²).
+pub fn layernorm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, c: &LayerNormCfg) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = c.normalized_shape.len();
+    let lead: Vec<usize> = dims[..dims.len() - k].to_vec();
+    let inner: usize = c.normalized_shape.iter().product();
+    let mut flat_shape = lead.clone();
+    flat_shape.push(inner);
+    let xf = x.reshape(flat_shape)?;
+    let mean = xf.mean_keepdim(D::Minus1)?;
+    let xc = xf.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let mut y = xc.broadcast_div(&(var + c.eps)?.sqrt()?)?.reshape(dims)?;
+    if let (Some(w), Some(b)) = (w, b) {
+        y = y.broadcast_mul(w)?.broadcast_add(b)?;
+    }
+    Ok(y)
+}
+
+/// GELU: exact `x·Φ(x) = x/2·(1 + erf(x/√2))`, or `x/2·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+pub fn gelu(x: &Tensor, a: GeluApprox) -> Result<Tensor> {
+    Ok(match a {
+        GeluApprox::None => x.gelu_erf()?,
+        GeluApprox::Tanh => x.gelu()?,
+    })
+}
+
+/// `σ(x) = 1 / (1 + e^(−x))`.
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    Ok((x.neg()?.exp()? + 1.0)?.recip()?)
+}
+
+/// `min(max(x, 0), 6)`.
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    Ok(x.relu()?.minimum(6f32)?)
+}
+
+/// Pads dims `dims` of `x` on both sides by `pads` with the constant `value`.
+fn pad_const(x: &Tensor, dims: &[(usize, usize)], value: f32) -> Result<Tensor> {
+    let mut x = x.clone();
+    for &(d, p) in dims {
+        if p == 0 {
+            continue;
+        }
+        let mut s = x.dims().to_vec();
+        s[d] = p;
+        let fill = Tensor::full(value, s, x.device())?;
+        x = Tensor::cat(&[&fill, &x, &fill], d)?;
+    }
+    Ok(x)
+}
+
+/// Max pooling (PyTorch floor mode), padding with −∞. 1-d pools run as 2-d with height 1.
+pub fn maxpool(x: &Tensor, c: &PoolCfg, two_d: bool) -> Result<Tensor> {
+    let (x4, (k, s, p)) = as_4d(x, c, two_d)?;
+    let xp = pad_const(&x4, &[(2, p.0), (3, p.1)], f32::NEG_INFINITY)?;
+    let y = xp.max_pool2d_with_stride(k, s)?;
+    from_4d(y, two_d)
+}
+
+/// Average pooling; with `count_include_pad = false` the divisor counts only real elements.
+pub fn avgpool(x: &Tensor, c: &PoolCfg, two_d: bool) -> Result<Tensor> {
+    let (x4, (k, s, p)) = as_4d(x, c, two_d)?;
+    let xp = pad_const(&x4, &[(2, p.0), (3, p.1)], 0.0)?;
+    let mut y = xp.avg_pool2d_with_stride(k, s)?;
+    if !c.count_include_pad && (p.0 > 0 || p.1 > 0) {
+        let ones = Tensor::ones((1, 1, x4.dim(2)?, x4.dim(3)?), DType::F32, x.device())?;
+        let frac = pad_const(&ones, &[(2, p.0), (3, p.1)], 0.0)?.avg_pool2d_with_stride(k, s)?;
+        y = y.broadcast_div(&frac)?;
+    }
+    from_4d(y, two_d)
+}
+
+type Hw = (usize, usize);
+fn as_4d(x: &Tensor, c: &PoolCfg, two_d: bool) -> Result<(Tensor, (Hw, Hw, Hw))> {
+    let (k, s, p) = pool_params(c.kernel_size, c.stride, c.padding);
+    if two_d {
+        Ok((x.clone(), (k, s, p)))
+    } else {
+        Ok((x.unsqueeze(2)?, ((1, k.0), (1, s.0), (0, p.0))))
+    }
+}
+fn from_4d(y: Tensor, two_d: bool) -> Result<Tensor> {
+    Ok(if two_d { y } else { y.squeeze(2)? })
+}
+
+/// Mean over every dim after the channel axis: `[N, C, …] → [N, C]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let (n, c) = (x.dim(0)?, x.dim(1)?);
+    Ok(x.reshape((n, c, ()))?.mean(2)?)
+}
+
+/// Flatten, PyTorch dims (counted with the batch).
+pub fn flatten(x: &Tensor, c: &FlattenCfg) -> Result<Tensor> {
+    let rank = x.rank() - 1;
+    let a = sample_dim(c.start_dim, rank).map_err(|m| WickError::invalid("flatten", m))? + 1;
+    let b = sample_dim(c.end_dim, rank).map_err(|m| WickError::invalid("flatten", m))? + 1;
+    Ok(x.flatten(a, b)?)
+}
+
+/// Softmax along a PyTorch dim: `e^(x_i − max) / Σ e^(x_j − max)`.
+pub fn softmax(x: &Tensor, dim: i64) -> Result<Tensor> {
+    let d = sample_dim(dim, x.rank() - 1).map_err(|m| WickError::invalid("softmax", m))? + 1;
+    Ok(candle_nn::ops::softmax(x, d)?)
+}
+
+/// Inverted dropout: keep with probability `1 − p`, scale kept values by `1 / (1 − p)`.
+pub fn dropout(x: &Tensor, p: f64, rng: &mut impl rand::RngExt) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
+    Ok(x.mul(&Tensor::from_vec(mask, x.dims(), x.device())?)?)
+}

@@ -1,0 +1,149 @@
+//! The training loop: seeded shuffling, mini-batches, an objective given by the caller (plain
+//! cross-entropy, distillation, QAT), cosine schedule with warm-up, validation after every
+//! epoch, early stopping, and the best validation checkpoint restored at the end.
+
+use super::optim::{cosine_lr, Optimizer, OptimizerKind};
+use crate::data::Dataset;
+use crate::error::{Result, WickError};
+use crate::model::Model;
+use crate::progress::Progress;
+use candle_core::{Tensor, Var};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::cell::RefCell;
+use std::time::Instant;
+
+/// Settings of one training run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub optimizer: OptimizerKind,
+    pub weight_decay: f64,
+    /// SGD momentum (Nesterov when non-zero).
+    pub momentum: f64,
+    /// Warm-up length in epochs (fractional allowed).
+    pub warmup_epochs: f64,
+    pub seed: u64,
+    /// Stop when validation accuracy has not improved for this many epochs.
+    pub patience: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 64,
+            lr: 1e-3,
+            optimizer: OptimizerKind::Adamw,
+            weight_decay: 1e-4,
+            momentum: 0.9,
+            warmup_epochs: 0.0,
+            seed: 0,
+            patience: None,
+        }
+    }
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitReport {
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub best_val_accuracy: f64,
+    /// Validation accuracy after every epoch.
+    pub val_accuracy: Vec<f64>,
+    /// Mean training loss of every epoch.
+    pub train_loss: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// Computes the loss of one batch: `(model, x, y, rng)`.
+pub type Objective<'a> = dyn Fn(&Model, &Tensor, &[u32], &RefCell<ChaCha8Rng>) -> Result<Tensor> + 'a;
+/// Validation accuracy of the model as it stands.
+pub type Validate<'a> = dyn Fn(&Model) -> Result<f64> + 'a;
+
+/// Trains `vars` (usually `model.trainable_vars()`) of `model` on `train`, minimising `objective`.
+/// `on_epoch(e)` runs before epoch `e` (QAT freezes observers and BatchNorm through it).
+pub fn fit(
+    model: &Model,
+    vars: Vec<Var>,
+    train: &Dataset,
+    cfg: &TrainConfig,
+    objective: &Objective,
+    validate: &Validate,
+    on_epoch: &dyn Fn(usize) -> Result<()>,
+    progress: &dyn Progress,
+) -> Result<FitReport> {
+    if cfg.batch_size == 0 {
+        return Err(WickError::invalid("--batch-size", "must be at least 1"));
+    }
+    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
+        return Err(WickError::invalid("--lr", format!("must be a positive number, got {}", cfg.lr)));
+    }
+    let started = Instant::now();
+    let mut opt = Optimizer::new(cfg.optimizer, vars, cfg.lr, cfg.weight_decay, cfg.momentum)?;
+    let rng = RefCell::new(ChaCha8Rng::seed_from_u64(cfg.seed));
+    let n = train.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let total = steps_per_epoch * cfg.epochs;
+    let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
+    let mut best = (validate(model)?, 0usize, snapshot(model)?);
+    let mut report = FitReport { epochs_run: 0, best_epoch: 0, best_val_accuracy: best.0, val_accuracy: vec![], train_loss: vec![], seconds: 0.0 };
+    let mut step = 0;
+    for epoch in 0..cfg.epochs {
+        on_epoch(epoch)?;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut *rng.borrow_mut());
+        progress.start(&format!("epoch {}/{}", epoch + 1, cfg.epochs), steps_per_epoch as u64);
+        let mut loss_sum = 0.0;
+        for chunk in order.chunks(cfg.batch_size) {
+            opt.set_lr(cosine_lr(cfg.lr, step, total, warmup));
+            let (x, y) = train.batch(chunk)?;
+            let loss = objective(model, &x, &y, &rng)?;
+            let lv: f32 = loss.to_scalar()?;
+            if !lv.is_finite() {
+                return Err(WickError::invalid("training", format!("loss became {lv} at epoch {}; lower --lr", epoch + 1)));
+            }
+            loss_sum += lv as f64 * chunk.len() as f64;
+            opt.step(&loss.backward()?)?;
+            step += 1;
+            progress.inc(1);
+        }
+        let acc = validate(model)?;
+        let mean_loss = loss_sum / n as f64;
+        report.train_loss.push(mean_loss);
+        report.val_accuracy.push(acc);
+        report.epochs_run = epoch + 1;
+        progress.finish(&format!("epoch {}/{}: loss {mean_loss:.4}, val accuracy {acc:.4}", epoch + 1, cfg.epochs));
+        if acc > best.0 {
+            best = (acc, epoch + 1, snapshot(model)?);
+        }
+        if let Some(p) = cfg.patience {
+            if epoch + 1 - best.1 >= p {
+                break;
+            }
+        }
+    }
+    restore(model, &best.2)?;
+    report.best_epoch = best.1;
+    report.best_val_accuracy = best.0;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Copies of every parameter and buffer.
+pub fn snapshot(model: &Model) -> Result<Vec<(String, Tensor)>> {
+    model.params.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect()
+}
+
+/// Writes a snapshot back into the model's variables.
+pub fn restore(model: &Model, snap: &[(String, Tensor)]) -> Result<()> {
+    for (k, t) in snap {
+        model.params[k].set(t)?;
+    }
+    Ok(())
+}
