@@ -22,6 +22,9 @@ pub struct Arch {
     /// The node whose value is the model's output (logits). Defaults to the last node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// Where the architecture was read from, for error messages (not part of the format).
+    #[serde(skip)]
+    pub origin: String,
 }
 
 /// The model input: per-sample shape (no batch dimension) and, for people, its preprocessing.
@@ -393,7 +396,8 @@ fn default_only_field(op: &Op, key: &str) -> bool {
 impl Arch {
     /// Parses an architecture from JSON text; `origin` names the file in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Arch> {
-        let arch: Arch = serde_json::from_str(text).map_err(|e| WickError::Arch { path: origin.into(), msg: e.to_string() })?;
+        let mut arch: Arch = serde_json::from_str(text).map_err(|e| WickError::Arch { path: origin.into(), msg: e.to_string() })?;
+        arch.origin = origin.to_string();
         if arch.format != ARCH_FORMAT {
             return Err(WickError::Arch {
                 path: origin.into(),

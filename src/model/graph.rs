@@ -82,8 +82,20 @@ fn topological_order(arch: &Arch, index: &BTreeMap<&str, usize>) -> std::result:
         }
     }
     if order.len() < n {
-        let cyc: Vec<&str> = (0..n).filter(|&i| indeg[i] > 0).map(|i| arch.nodes[i].name.as_str()).collect();
-        return Err(format!("the graph has a cycle through nodes {}", cyc.join(", ")));
+        // Every leftover node has a leftover input, so walking inputs from one must revisit a node:
+        // the nodes from that revisit on form a cycle.
+        let left: BTreeSet<usize> = (0..n).filter(|&i| indeg[i] > 0).collect();
+        let mut path = vec![*left.first().expect("leftover node")];
+        loop {
+            let cur = *path.last().unwrap();
+            let next = arch.nodes[cur].inputs.iter().filter_map(|x| index.get(x.as_str()).copied()).find(|j| left.contains(j)).expect("leftover input");
+            if let Some(pos) = path.iter().position(|&p| p == next) {
+                let mut cyc: Vec<&str> = path[pos..].iter().rev().map(|&i| arch.nodes[i].name.as_str()).collect();
+                cyc.push(cyc[0]);
+                return Err(format!("the graph has a cycle: {}", cyc.join(" -> ")));
+            }
+            path.push(next);
+        }
     }
     Ok(order)
 }

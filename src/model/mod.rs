@@ -32,7 +32,8 @@ impl Model {
     /// Builds a model from an architecture and named f32 tensors, checking that every tensor
     /// the architecture needs is present, of the right shape and finite.
     pub fn new(arch: Arch, tensors: BTreeMap<String, Tensor>, source: &str) -> Result<Model> {
-        let graph = graph::analyse(&arch, source)?;
+        let origin = if arch.origin.is_empty() { source.to_string() } else { arch.origin.clone() };
+        let graph = graph::analyse(&arch, &origin)?;
         let mut params = BTreeMap::new();
         for node in &arch.nodes {
             for (suffix, _) in node.op.param_suffixes() {

@@ -1,1 +1,5 @@
-fn main(){}
+//! The one integration-test binary: CLI end-to-end runs and library checks on real fixtures.
+
+mod common;
+mod foundation;
+mod bad_input;
