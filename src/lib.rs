@@ -2,11 +2,18 @@
 //! INT8 quantisation (post-training and quantisation-aware) — and report the accuracy of the
 //! integer artifact it writes. See README.md for the architecture.
 
+pub mod artifact;
+pub mod calibrate;
+pub mod compare;
 pub mod data;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod passes;
 pub mod progress;
+pub mod provenance;
+pub mod quant;
+pub mod runtime;
 pub mod tensor_file;
 pub mod train;
 

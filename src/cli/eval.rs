@@ -1,15 +1,18 @@
-//! `wick eval MODEL --data FILE`: top-1 accuracy, mean cross-entropy and the sample count.
+//! `wick eval MODEL --data FILE`: top-1 accuracy, mean cross-entropy and the sample count. An
+//! INT8 artifact runs with integer arithmetic, or as its fake-quant float simulation with
+//! `--simulate`.
 
 use super::progress::CliProgress;
 use super::Outcome;
 use std::path::PathBuf;
+use wick::artifact::{load_any, AnyModel};
 use wick::data::Dataset;
 use wick::eval::evaluate;
-use wick::model::load::load_model;
+use wick::runtime::{self, kernels::Kernel, Exec};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model file (safetensors).
+    /// Model file (safetensors): a float model or a wick INT8 artifact.
     model: PathBuf,
     /// Architecture JSON (else the file's metadata or a sidecar `<stem>.arch.json`).
     #[arg(long)]
@@ -19,6 +22,12 @@ pub struct Args {
     data: PathBuf,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// INT8 artifacts: evaluate the fake-quant float simulation instead of integer execution.
+    #[arg(long)]
+    simulate: bool,
+    /// INT8 artifacts: use the scalar reference kernels (slow; the oracle).
+    #[arg(long)]
+    reference: bool,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -28,15 +37,33 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    let loaded = load_model(&a.model, a.arch.as_deref())?;
-    super::warn_all(&loaded.warnings);
+    let (model, warnings) = load_any(&a.model, a.arch.as_deref())?;
+    super::warn_all(&warnings);
     let data = Dataset::read(&a.data)?;
     let progress = CliProgress::new(a.quiet);
-    let r = evaluate(&loaded.model, &data, a.batch_size, &progress)?;
+    let (r, how) = match &model {
+        AnyModel::Float(m) => {
+            if a.simulate || a.reference {
+                anyhow::bail!("--simulate and --reference apply to INT8 artifacts; {} is a float model", a.model.display());
+            }
+            (evaluate(m, &data, a.batch_size, &progress)?, "float32")
+        }
+        AnyModel::Int8(q) => {
+            let exec = match (a.simulate, a.reference) {
+                (true, _) => Exec::Simulate,
+                (false, true) => Exec::Integer(Kernel::Reference),
+                (false, false) => Exec::Integer(Kernel::Fast),
+            };
+            let how = if a.simulate { "int8 simulated (fake-quant float)" } else { "int8 integer execution" };
+            (runtime::evaluate(q, &data, a.batch_size, exec, &progress)?, how)
+        }
+    };
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        v["execution"] = how.into();
+        println!("{v}");
     } else {
-        println!("accuracy {:.4} ({}/{})  loss {:.4}", r.accuracy, r.correct, r.samples, r.loss);
+        println!("accuracy {:.4} ({}/{})  loss {:.4}  [{how}]", r.accuracy, r.correct, r.samples, r.loss);
     }
     Ok(Outcome::Ok)
 }

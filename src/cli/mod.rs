@@ -4,6 +4,9 @@
 mod eval;
 mod inspect;
 pub mod progress;
+mod qat;
+mod quant_common;
+mod quantize;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +24,10 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Top-1 accuracy and cross-entropy of a model on a data set.
     Eval(eval::Args),
+    /// Post-training INT8 quantisation with calibration.
+    Quantize(quantize::Args),
+    /// Quantisation-aware training, then conversion to INT8.
+    Qat(qat::Args),
 }
 
 /// How a run ended, for the exit code: 0 success, 1 accuracy gate failed, 2 error.
@@ -34,6 +41,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Quantize(a) => quantize::run(a),
+        Command::Qat(a) => qat::run(a),
     }
 }
 

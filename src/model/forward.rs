@@ -29,6 +29,11 @@ pub trait Hook {
     fn weight(&self, _node: &Node, w: Tensor) -> Result<Tensor> {
         Ok(w)
     }
+    /// A replacement computation of a whole weight layer (the integer runtime); `None` keeps
+    /// the float one.
+    fn layer(&self, _node: &Node, _x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 /// Options of one forward run.
@@ -95,6 +100,11 @@ impl Model {
         let p = |s: &str| self.p(&node.param(s));
         let bias = |has: bool| if has { Some(self.p(&node.param("bias"))) } else { None };
         let x = ins[0];
+        if let (Some(h), true) = (r.hook, is_weight_layer(&node.op)) {
+            if let Some(y) = h.layer(node, x)? {
+                return Ok(y);
+            }
+        }
         let (x, w) = if is_weight_layer(&node.op) {
             let x = match r.hook {
                 Some(h) => h.input(node, x.clone())?,

@@ -61,8 +61,9 @@ pub struct FitReport {
     pub seconds: f64,
 }
 
-/// Computes the loss of one batch: `(model, x, y, rng)`.
-pub type Objective<'a> = dyn Fn(&Model, &Tensor, &[u32], &RefCell<ChaCha8Rng>) -> Result<Tensor> + 'a;
+/// Computes the loss of one batch: `(model, x, y, sample indices, rng)`. The indices let a
+/// caller look up per-sample values computed once (a teacher's logits).
+pub type Objective<'a> = dyn Fn(&Model, &Tensor, &[u32], &[usize], &RefCell<ChaCha8Rng>) -> Result<Tensor> + 'a;
 /// Validation accuracy of the model as it stands.
 pub type Validate<'a> = dyn Fn(&Model) -> Result<f64> + 'a;
 
@@ -103,7 +104,7 @@ pub fn fit(
         for chunk in order.chunks(cfg.batch_size) {
             opt.set_lr(cosine_lr(cfg.lr, step, total, warmup));
             let (x, y) = train.batch(chunk)?;
-            let loss = objective(model, &x, &y, &rng)?;
+            let loss = objective(model, &x, &y, chunk, &rng)?;
             let lv: f32 = loss.to_scalar()?;
             if !lv.is_finite() {
                 return Err(WickError::invalid("training", format!("loss became {lv} at epoch {}; lower --lr", epoch + 1)));
@@ -118,7 +119,7 @@ pub fn fit(
         report.train_loss.push(mean_loss);
         report.val_accuracy.push(acc);
         report.epochs_run = epoch + 1;
-        progress.finish(&format!("epoch {}/{}: loss {mean_loss:.4}, val accuracy {acc:.4}", epoch + 1, cfg.epochs));
+        progress.finish(&format!("loss {mean_loss:.4}, val accuracy {acc:.4}"));
         if acc > best.0 {
             best = (acc, epoch + 1, snapshot(model)?);
         }

@@ -1,0 +1,176 @@
+//! The INT8 artifact: an in-memory INT8 model and its safetensors file format (names follow the
+//! compressed-tensors convention): `<layer>.weight` I8 per-output-channel symmetric,
+//! `<layer>.weight_scale` F32 `[out]`, `<layer>.input_scale` F32 `[1]`,
+//! `<layer>.input_zero_point` U8/I8 `[1]`, every other parameter F32, and one metadata key
+//! `wick` with the architecture, each quantised layer's scheme, provenance and metrics.
+//! Uses `model`, `quant`, `tensor_file`.
+
+use crate::error::{Result, WickError};
+use crate::model::load::{self, META_KEY, META_VERSION};
+use crate::model::Model;
+use crate::quant::{ActType, QParams, QWeight};
+use crate::tensor_file::{self, RawTensor, TensorFile};
+use candle_core::Tensor;
+use safetensors::Dtype;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One quantised layer: its integer weight and the static quantisation of its input.
+#[derive(Debug, Clone)]
+pub struct QuantLayer {
+    pub weight: QWeight,
+    pub input: QParams,
+}
+
+/// An INT8 model: a float model whose quantised layers hold their *dequantised* weights
+/// (`q · s_c`, so the float simulation and every float op share one executor), plus the integer
+/// data of each quantised layer.
+#[derive(Debug, Clone)]
+pub struct Int8Model {
+    pub model: Model,
+    pub layers: BTreeMap<String, QuantLayer>,
+    /// Provenance and metrics carried in the file's metadata.
+    pub info: Map<String, Value>,
+}
+
+impl Int8Model {
+    /// Builds an INT8 model from a float model, quantising the weights of `inputs`' layers.
+    pub fn quantize(model: &Model, inputs: &BTreeMap<String, QParams>) -> Result<Int8Model> {
+        let mut tensors = model.tensors();
+        let mut layers = BTreeMap::new();
+        for (name, &input) in inputs {
+            let wname = format!("{name}.weight");
+            let w = tensors.get(&wname).ok_or_else(|| WickError::node(name, "has no weight to quantise"))?;
+            let shape = w.dims().to_vec();
+            let qw = crate::quant::quantize_weight(&w.flatten_all()?.to_vec1()?, &shape);
+            tensors.insert(wname, Tensor::from_vec(qw.dequantize(), shape, w.device())?);
+            layers.insert(name.clone(), QuantLayer { weight: qw, input });
+        }
+        let m = Model::new(model.arch.clone(), tensors, &model.source)?;
+        Ok(Int8Model { model: m, layers, info: Map::new() })
+    }
+
+    /// Writes the artifact atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut out = BTreeMap::new();
+        let mut schemes = Map::new();
+        for (name, t) in self.model.tensors() {
+            let layer = name.strip_suffix(".weight").and_then(|l| self.layers.get(l).map(|q| (l, q)));
+            match layer {
+                Some((l, q)) => {
+                    out.insert(name.clone(), RawTensor::from_i8(q.weight.shape.clone(), &q.weight.values));
+                    out.insert(format!("{l}.weight_scale"), RawTensor::from_f32(vec![q.weight.scales.len()], &q.weight.scales));
+                    out.insert(format!("{l}.input_scale"), RawTensor::from_f32(vec![1], &[q.input.scale]));
+                    let zp = match q.input.act {
+                        ActType::U8 => RawTensor::from_u8(vec![1], &[q.input.zero_point as u8]),
+                        ActType::I8 => RawTensor::from_i8(vec![1], &[q.input.zero_point as i8]),
+                    };
+                    out.insert(format!("{l}.input_zero_point"), zp);
+                    schemes.insert(l.to_string(), json!({
+                        "weight": {"dtype": "i8", "symmetric": true, "granularity": "per_channel", "axis": 0, "range": [-127, 127]},
+                        "input": {"dtype": q.input.act, "symmetric": q.input.act == ActType::I8, "granularity": "per_tensor",
+                                  "scale": q.input.scale, "zero_point": q.input.zero_point},
+                    }));
+                }
+                None => {
+                    let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+                    out.insert(name, RawTensor::from_f32(t.dims().to_vec(), &v));
+                }
+            }
+        }
+        let mut meta = Map::new();
+        meta.insert("format_version".into(), META_VERSION.into());
+        meta.insert("kind".into(), "int8".into());
+        meta.insert("arch".into(), serde_json::to_value(&self.model.arch).expect("arch serialises"));
+        meta.insert("quantization".into(), Value::Object(schemes));
+        for (k, v) in &self.info {
+            meta.insert(k.clone(), v.clone());
+        }
+        let mut md = BTreeMap::new();
+        md.insert(META_KEY.to_string(), Value::Object(meta).to_string());
+        tensor_file::write(path, &out, &md)
+    }
+
+    /// Reads an artifact; `None` when the file is not an INT8 artifact.
+    pub fn read(file: &TensorFile) -> Result<Option<Int8Model>> {
+        let Some(meta) = load::wick_metadata(file)? else { return Ok(None) };
+        if meta.get("kind").and_then(Value::as_str) != Some("int8") {
+            return Ok(None);
+        }
+        let fname = file.name();
+        let arch = load::resolve_arch(file, None)?;
+        let schemes = meta.get("quantization").and_then(Value::as_object).cloned().unwrap_or_default();
+        let mut floats = TensorFile { path: file.path.clone(), tensors: BTreeMap::new(), metadata: BTreeMap::new() };
+        let mut layers = BTreeMap::new();
+        for (name, t) in &file.tensors {
+            let layer = name.strip_suffix(".weight").filter(|l| schemes.contains_key(*l));
+            if let Some(l) = layer {
+                layers.insert(l.to_string(), read_layer(file, l, t)?);
+            } else if !(name.ends_with(".weight_scale") || name.ends_with(".input_scale") || name.ends_with(".input_zero_point")) {
+                floats.tensors.insert(name.clone(), t.clone());
+            }
+        }
+        for (l, q) in &layers {
+            floats.tensors.insert(format!("{l}.weight"), RawTensor::from_f32(q.weight.shape.clone(), &q.weight.dequantize()));
+        }
+        let mut loaded = load::model_from_file(&floats, arch)?;
+        loaded.model.source = fname;
+        let mut info = meta.as_object().cloned().unwrap_or_default();
+        for k in ["format_version", "kind", "arch", "quantization"] {
+            info.remove(k);
+        }
+        Ok(Some(Int8Model { model: loaded.model, layers, info }))
+    }
+}
+
+fn read_layer(file: &TensorFile, l: &str, w: &RawTensor) -> Result<QuantLayer> {
+    let f = file.name();
+    let need = |suffix: &str| -> Result<&RawTensor> {
+        let n = format!("{l}.{suffix}");
+        file.tensors.get(&n).ok_or_else(|| WickError::MissingTensor { file: f.clone(), tensor: n, node: l.to_string() })
+    };
+    if w.dtype != Dtype::I8 {
+        return Err(WickError::BadDtype { file: f.clone(), tensor: format!("{l}.weight"), dtype: format!("{:?}", w.dtype), role: "an INT8 weight" });
+    }
+    let scales = tensor_file::to_f32(need("weight_scale")?, &f, &format!("{l}.weight_scale"))?;
+    if scales.len() != w.shape[0] || scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(WickError::invalid(format!("{f}: tensor '{l}.weight_scale'"), format!("must hold {} positive finite scales", w.shape[0])));
+    }
+    let in_scale = tensor_file::to_f32(need("input_scale")?, &f, &format!("{l}.input_scale"))?;
+    let zp_t = need("input_zero_point")?;
+    let act = match zp_t.dtype {
+        Dtype::U8 => ActType::U8,
+        Dtype::I8 => ActType::I8,
+        d => return Err(WickError::BadDtype { file: f.clone(), tensor: format!("{l}.input_zero_point"), dtype: format!("{d:?}"), role: "a u8/i8 zero point" }),
+    };
+    let zp = tensor_file::to_i64(zp_t, &f, &format!("{l}.input_zero_point"))?;
+    let (Some(&scale), Some(&zero_point)) = (in_scale.first(), zp.first()) else {
+        return Err(WickError::invalid(format!("{f}: layer '{l}'"), "input_scale and input_zero_point must hold one value"));
+    };
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(WickError::invalid(format!("{f}: tensor '{l}.input_scale'"), format!("{scale} is not a positive finite scale")));
+    }
+    let values = w.data.iter().map(|&b| b as i8).collect();
+    Ok(QuantLayer { weight: QWeight { shape: w.shape.clone(), values, scales }, input: QParams { scale, zero_point: zero_point as i32, act } })
+}
+
+/// A model file of either kind.
+pub enum AnyModel {
+    Float(Model),
+    Int8(Int8Model),
+}
+
+/// Loads a float model or an INT8 artifact (told apart by the file's wick metadata); returns
+/// the model and load warnings.
+pub fn load_any(path: &Path, arch_override: Option<&Path>) -> Result<(AnyModel, Vec<String>)> {
+    let file = TensorFile::read(path)?;
+    if arch_override.is_none() {
+        if let Some(q) = Int8Model::read(&file)? {
+            return Ok((AnyModel::Int8(q), vec![]));
+        }
+    }
+    let arch = load::resolve_arch(&file, arch_override)?;
+    let loaded = load::model_from_file(&file, arch)?;
+    Ok((AnyModel::Float(loaded.model), loaded.warnings))
+}

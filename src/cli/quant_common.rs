@@ -1,0 +1,76 @@
+//! What `wick quantize` and `wick qat` share: loading the float teacher, the test comparison,
+//! the printed summary and the JSON report.
+
+use super::progress::CliProgress;
+use anyhow::Context;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use wick::artifact::{load_any, AnyModel, Int8Model};
+use wick::compare::{compare, Comparison};
+use wick::data::Dataset;
+use wick::model::Model;
+use wick::provenance::{file_sha256, tool_version};
+
+/// Loads a float model; an INT8 artifact is refused.
+pub fn load_float(path: &Path, arch: Option<&Path>) -> anyhow::Result<Model> {
+    let (m, warnings) = load_any(path, arch)?;
+    super::warn_all(&warnings);
+    match m {
+        AnyModel::Float(m) => Ok(m),
+        AnyModel::Int8(_) => anyhow::bail!("{} is already an INT8 artifact; give the float model", path.display()),
+    }
+}
+
+/// Reads a data set and checks it fits the model.
+pub fn read_data(path: &Path, model: &Model) -> anyhow::Result<Dataset> {
+    let d = Dataset::read(path)?;
+    d.check_fits(model.input_shape(), model.num_classes())?;
+    Ok(d)
+}
+
+/// Writes the artifact, then (with a test set) evaluates the written file, stores the headline
+/// metrics in its metadata and returns the comparison.
+pub fn write_and_compare(
+    q: &mut Int8Model,
+    teacher: &Model,
+    teacher_path: &Path,
+    out: &Path,
+    test: Option<&PathBuf>,
+    settings: Value,
+    progress: &CliProgress,
+) -> anyhow::Result<Option<Comparison>> {
+    q.info.insert("provenance".into(), json!({
+        "teacher": teacher_path.display().to_string(),
+        "teacher_sha256": file_sha256(teacher_path)?,
+        "tool": tool_version(),
+        "settings": settings,
+    }));
+    q.save(out).with_context(|| format!("writing {}", out.display()))?;
+    let Some(test) = test else { return Ok(None) };
+    let data = read_data(test, teacher)?;
+    let c = compare(teacher, teacher_path, out, &data, progress)?;
+    q.info.insert("metrics".into(), json!({
+        "teacher_accuracy": c.teacher.accuracy,
+        "int8_accuracy": c.compressed.accuracy,
+        "drop_points": c.drop_points,
+        "agreement": c.agreement,
+        "test_samples": c.compressed.samples,
+    }));
+    q.save(out)?;
+    Ok(Some(c))
+}
+
+/// Prints the comparison for people.
+pub fn print_comparison(c: &Comparison) {
+    println!("teacher   accuracy {:.4} ({}/{})", c.teacher.accuracy, c.teacher.correct, c.teacher.samples);
+    println!("int8      accuracy {:.4} ({}/{})  [integer execution of the written file]", c.compressed.accuracy, c.compressed.correct, c.compressed.samples);
+    println!("drop      {:+.2} points; agreement {:.4} ({} predictions flipped)", c.drop_points, c.agreement, c.flipped);
+    println!("size      {} -> {} bytes ({:.1}% of the teacher file)", c.bytes_before, c.bytes_after, 100.0 * c.size_ratio);
+}
+
+/// Writes a JSON report atomically.
+pub fn write_report(path: &Path, report: &Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)? + "\n";
+    wick::tensor_file::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `wick quantize MODEL --calib FILE --out OUT`: post-training INT8 quantisation.
+
+use super::progress::CliProgress;
+use super::quant_common::*;
+use super::Outcome;
+use serde_json::json;
+use std::path::PathBuf;
+use wick::calibrate::{CalibConfig, Method};
+use wick::passes::ptq::ptq;
+use wick::quant::ActType;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Float model file (safetensors).
+    model: PathBuf,
+    #[arg(long)]
+    arch: Option<PathBuf>,
+    /// Calibration data (safetensors with `x`; `y` is not used but required by the format).
+    #[arg(long)]
+    calib: PathBuf,
+    /// Range observer: minmax, moving_average, percentile, entropy, mse.
+    #[arg(long, default_value = "entropy")]
+    method: Method,
+    /// Percentile for `--method percentile`.
+    #[arg(long, default_value_t = 99.99)]
+    percentile: f64,
+    /// Calibration samples (the first N of the file).
+    #[arg(long, default_value_t = 512)]
+    samples: usize,
+    /// Activation type: u8 (asymmetric) or i8 (symmetric).
+    #[arg(long, default_value = "u8")]
+    activations: ActType,
+    /// Keep these layers in float.
+    #[arg(long, num_args = 1..)]
+    exclude: Vec<String>,
+    /// Test set: compare teacher and the written artifact.
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<Outcome> {
+    let teacher = load_float(&a.model, a.arch.as_deref())?;
+    let calib = wick::data::Dataset::read(&a.calib)?;
+    let progress = CliProgress::new(a.quiet);
+    let cfg = CalibConfig { method: a.method, percentile: a.percentile, act: a.activations, batch_size: 64 };
+    if !(a.percentile > 50.0 && a.percentile <= 100.0) {
+        anyhow::bail!("--percentile must lie in (50, 100], got {}", a.percentile);
+    }
+    let (mut q, rep) = ptq(&teacher, &calib, &cfg, a.samples, &a.exclude, &progress)?;
+    let settings = json!({"pass": "ptq", "calibration": &cfg, "samples": rep.calibration_samples, "exclude": &a.exclude});
+    let cmp = write_and_compare(&mut q, &teacher, &a.model, &a.out, a.test.as_ref(), settings.clone(), &progress)?;
+    println!("wrote {} ({} layers INT8, {} BatchNorms folded, {} kept in float)", a.out.display(), q.layers.len(), rep.folded.len(), rep.excluded.len());
+    if let Some(c) = &cmp {
+        print_comparison(c);
+    }
+    if let Some(r) = &a.report {
+        let layers: serde_json::Map<String, serde_json::Value> = rep.layers.iter().map(|(k, l)| {
+            let ws = &q.layers[k].weight.scales;
+            (k.clone(), json!({
+                "input": l, "weight_scale_min": ws.iter().cloned().fold(f32::INFINITY, f32::min),
+                "weight_scale_max": ws.iter().cloned().fold(0f32, f32::max), "weight_shape": q.layers[k].weight.shape,
+            }))
+        }).collect();
+        write_report(r, &json!({"tool": wick::provenance::tool_version(), "settings": settings, "comparison": cmp, "folded": rep.folded, "layers": layers}))?;
+    }
+    Ok(Outcome::Ok)
+}

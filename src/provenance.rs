@@ -1,0 +1,16 @@
+//! Provenance of outputs: input file hashes and the tool version.
+
+use crate::error::{Result, WickError};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// Hex sha256 of a file's bytes.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| WickError::io(path, e))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+/// `wick <version>`.
+pub fn tool_version() -> String {
+    format!("wick {}", env!("CARGO_PKG_VERSION"))
+}

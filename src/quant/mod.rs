@@ -1,0 +1,165 @@
+//! The numeric core of INT8 quantisation: schemes, quantisation parameters, the scalar reference
+//! quantise/dequantise every fast path is checked against, per-channel weight quantisation, and
+//! fake-quant with a straight-through estimator for QAT. Uses candle and `error` only.
+
+pub mod fake;
+
+use serde::{Deserialize, Serialize};
+
+/// Integer type of quantised activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActType {
+    /// Asymmetric uint8, 0..255 with a zero point (what x86 integer dot products want).
+    U8,
+    /// Symmetric int8, −128..127, zero point 0.
+    I8,
+}
+
+impl ActType {
+    /// `(qmin, qmax)` of the type.
+    pub fn range(self) -> (i32, i32) {
+        match self {
+            ActType::U8 => (0, 255),
+            ActType::I8 => (-128, 127),
+        }
+    }
+}
+
+impl std::str::FromStr for ActType {
+    type Err = crate::WickError;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "u8" => Ok(ActType::U8),
+            "i8" => Ok(ActType::I8),
+            o => Err(crate::WickError::invalid("--activations", format!("'{o}' is not one of u8, i8"))),
+        }
+    }
+}
+
+/// Affine quantisation parameters: `q = clamp(round(x / scale) + zero_point, qmin, qmax)`,
+/// `x̂ = (q − zero_point) · scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QParams {
+    pub scale: f32,
+    pub zero_point: i32,
+    pub act: ActType,
+}
+
+/// Smallest scale used, so an all-zero range never divides by zero.
+pub const MIN_SCALE: f32 = 1e-8;
+
+impl QParams {
+    /// Parameters covering `[lo, hi]` (widened to include 0, so zero is exact):
+    /// u8: `scale = (hi − lo) / 255`, `zp = round(−lo / scale)`; i8: `scale = max(|lo|, |hi|) / 127.5`, zp 0.
+    pub fn from_range(lo: f32, hi: f32, act: ActType) -> QParams {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        match act {
+            ActType::U8 => {
+                let scale = ((hi - lo) / 255.0).max(MIN_SCALE);
+                let zp = (-lo / scale).round().clamp(0.0, 255.0) as i32;
+                QParams { scale, zero_point: zp, act }
+            }
+            ActType::I8 => {
+                let scale = (lo.abs().max(hi) / 127.5).max(MIN_SCALE);
+                QParams { scale, zero_point: 0, act }
+            }
+        }
+    }
+
+    /// Scalar reference quantisation of one value.
+    #[inline]
+    pub fn quantize(&self, x: f32) -> i32 {
+        let (qmin, qmax) = self.act.range();
+        ((x / self.scale).round() as i32 + self.zero_point).clamp(qmin, qmax)
+    }
+
+    /// Scalar reference dequantisation.
+    #[inline]
+    pub fn dequantize(&self, q: i32) -> f32 {
+        (q - self.zero_point) as f32 * self.scale
+    }
+
+    /// The real interval representable: `[(qmin − zp)·s, (qmax − zp)·s]`.
+    pub fn real_range(&self) -> (f32, f32) {
+        let (qmin, qmax) = self.act.range();
+        (self.dequantize(qmin), self.dequantize(qmax))
+    }
+}
+
+/// Weights quantised symmetrically per output channel (axis 0), −127..127.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QWeight {
+    pub shape: Vec<usize>,
+    pub values: Vec<i8>,
+    /// One scale per output channel: `scale_c = max|w_c| / 127` (1 for an all-zero channel).
+    pub scales: Vec<f32>,
+}
+
+/// Per-output-channel symmetric quantisation of `w` (`[out, …]` row-major):
+/// `q = clamp(round(w / s_c), −127, 127)`, `s_c = max|w_c| / 127`.
+pub fn quantize_weight(w: &[f32], shape: &[usize]) -> QWeight {
+    let out = shape[0];
+    let per = w.len() / out.max(1);
+    let mut values = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(out);
+    for c in 0..out {
+        let row = &w[c * per..(c + 1) * per];
+        let m = row.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        // An all-zero channel gets scale 1: its codes are 0 and nothing divides by zero.
+        let s = if m > 0.0 { m / 127.0 } else { 1.0 };
+        scales.push(s);
+        values.extend(row.iter().map(|&v| (v / s).round().clamp(-127.0, 127.0) as i8));
+    }
+    QWeight { shape: shape.to_vec(), values, scales }
+}
+
+impl QWeight {
+    /// `ŵ = q · s_c`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let per = self.values.len() / self.scales.len().max(1);
+        self.values.iter().enumerate().map(|(i, &q)| q as f32 * self.scales[i / per]).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn u8_range_includes_zero_exactly() {
+        let q = QParams::from_range(-1.0, 3.0, ActType::U8);
+        assert!((q.scale - 4.0 / 255.0).abs() < 1e-9);
+        assert_eq!(q.zero_point, 64); // round(1 / (4/255)) = round(63.75)
+        assert_eq!(q.dequantize(q.quantize(0.0)), 0.0);
+        assert_eq!(q.quantize(100.0), 255);
+        assert_eq!(q.quantize(-100.0), 0);
+        let r = QParams::from_range(0.5, 2.0, ActType::U8);
+        assert_eq!(r.zero_point, 0, "a positive range widens to include 0");
+    }
+
+    #[test]
+    fn round_trip_error_is_at_most_half_a_step() {
+        let q = QParams::from_range(-2.0, 5.0, ActType::U8);
+        for i in 0..1000 {
+            let x = -2.0 + 7.0 * i as f32 / 999.0;
+            assert!((q.dequantize(q.quantize(x)) - x).abs() <= q.scale / 2.0 + 1e-6, "{x}");
+        }
+        let s = QParams::from_range(-2.0, 5.0, ActType::I8);
+        assert_eq!(s.zero_point, 0);
+        assert!((s.scale - 5.0 / 127.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn weights_per_channel_and_zero_channel() {
+        let w = [1.0, -0.5, 0.25, 0.0, 0.0, 0.0, -4.0, 2.0, 1.0];
+        let q = quantize_weight(&w, &[3, 3]);
+        assert_eq!(q.scales, vec![1.0 / 127.0, 1.0, 4.0 / 127.0]);
+        assert_eq!(&q.values[..3], &[127, -64, 32]); // round(−63.5) = −64 (away from zero)
+        assert_eq!(&q.values[3..6], &[0, 0, 0]);
+        assert_eq!(&q.values[6..], &[-127, 64, 32]);
+        for (a, b) in q.dequantize().iter().zip(&w) {
+            assert!((a - b).abs() <= 4.0 / 127.0 / 2.0 + 1e-7);
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Execution of an INT8 artifact with integer arithmetic: each quantised layer quantises its
+//! input with the stored static parameters, accumulates u8 × i8 products in i32, and
+//! dequantises with `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`. Ops without an integer kernel run
+//! in f32 between these explicit dequantise/quantise steps. `Simulate` runs the fake-quant float
+//! model instead, so the two can be compared. Uses `artifact`, `model`, `quant`.
+
+pub mod kernels;
+
+use crate::artifact::{Int8Model, QuantLayer};
+use crate::error::{Result, WickError};
+use crate::model::arch::{Node, Op};
+use crate::model::forward::{Hook, Mode, Run};
+use crate::quant::fake::fake_quant_act;
+use crate::data::Dataset;
+use crate::eval::EvalResult;
+use crate::progress::Progress;
+use candle_core::Tensor;
+use kernels::{gemm_u8i8, im2col, quantize_u8, Kernel};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// How an INT8 model is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exec {
+    /// Integer arithmetic with the given GEMM kernel.
+    Integer(Kernel),
+    /// The fake-quant float simulation.
+    Simulate,
+}
+
+/// Integer data of one layer prepared for execution.
+struct Prepared<'a> {
+    q: &'a QuantLayer,
+    /// `Σ_k w_c[k]` per output channel, for the zero-point correction.
+    wsum: Vec<i32>,
+    /// `s_in · s_c` per output channel.
+    mult: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+/// The integer-execution hook over an INT8 model.
+pub struct IntegerHook<'a> {
+    layers: BTreeMap<&'a str, Prepared<'a>>,
+    kernel: Kernel,
+}
+
+impl<'a> IntegerHook<'a> {
+    /// Prepares every quantised layer of `m`.
+    pub fn new(m: &'a Int8Model, kernel: Kernel) -> Result<IntegerHook<'a>> {
+        let mut layers = BTreeMap::new();
+        for (name, q) in &m.layers {
+            let out = q.weight.shape[0];
+            let per = q.weight.values.len() / out;
+            let wsum = (0..out).map(|c| q.weight.values[c * per..(c + 1) * per].iter().map(|&v| v as i32).sum()).collect();
+            let mult = q.weight.scales.iter().map(|&s| q.input.scale * s).collect();
+            let bias = match m.model.params.get(&format!("{name}.bias")) {
+                Some(b) => Some(b.as_tensor().to_vec1::<f32>()?),
+                None => None,
+            };
+            layers.insert(name.as_str(), Prepared { q, wsum, mult, bias });
+        }
+        Ok(IntegerHook { layers, kernel })
+    }
+}
+
+impl Prepared<'_> {
+    /// `y = (acc − zp·Σw_c) · mult_c + b_c`.
+    #[inline]
+    fn epilogue(&self, acc: i32, zp: i32, c: usize) -> f32 {
+        let v = (acc - zp * self.wsum[c]) as f32 * self.mult[c];
+        match &self.bias {
+            Some(b) => v + b[c],
+            None => v,
+        }
+    }
+}
+
+impl Hook for IntegerHook<'_> {
+    fn layer(&self, node: &Node, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some(p) = self.layers.get(node.name.as_str()) else { return Ok(None) };
+        let dims = x.dims().to_vec();
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        if let Some(v) = xs.iter().find(|v| !v.is_finite()) {
+            return Err(WickError::node(&node.name, format!("input holds a non-finite value ({v})")));
+        }
+        let (codes, zp) = quantize_u8(&xs, &p.q.input);
+        let w = &p.q.weight;
+        let (y, shape) = match &node.op {
+            Op::Linear(c) => {
+                let rows = xs.len() / c.in_features;
+                let acc = gemm_u8i8(&codes, &w.values, rows, c.out_features, c.in_features, self.kernel);
+                let y: Vec<f32> = acc.iter().enumerate().map(|(i, &a)| p.epilogue(a, zp, i % c.out_features)).collect();
+                let mut s = dims.clone();
+                *s.last_mut().unwrap() = c.out_features;
+                (y, s)
+            }
+            Op::Conv2d(c) => {
+                let g = ConvGeom::new(&dims, c.out_channels, c.kernel_size.hw(), c.stride.hw().0, c.padding.hw(), c.dilation.hw().0, c.groups);
+                (self.conv(p, &codes, zp, &g), vec![dims[0], c.out_channels, g.ho, g.wo])
+            }
+            Op::Conv1d(c) => {
+                let d2 = vec![dims[0], dims[1], 1, dims[2]];
+                let g = ConvGeom::new(&d2, c.out_channels, (1, c.kernel_size), c.stride, (0, c.padding), c.dilation, c.groups);
+                (self.conv(p, &codes, zp, &g), vec![dims[0], c.out_channels, g.wo])
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Tensor::from_vec(y, shape, x.device())?))
+    }
+}
+
+/// Geometry of a 2-d convolution over `[N, C, H, W]`.
+struct ConvGeom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: (usize, usize),
+    stride: usize,
+    pad: (usize, usize),
+    dil: usize,
+    groups: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl ConvGeom {
+    fn new(d: &[usize], o: usize, k: (usize, usize), stride: usize, pad: (usize, usize), dil: usize, groups: usize) -> ConvGeom {
+        let out = |len: usize, k: usize, p: usize| (len + 2 * p - dil * (k - 1) - 1) / stride + 1;
+        ConvGeom { n: d[0], c: d[1], h: d[2], w: d[3], o, k, stride, pad, dil, groups, ho: out(d[2], k.0, pad.0), wo: out(d[3], k.1, pad.1) }
+    }
+}
+
+impl IntegerHook<'_> {
+    fn conv(&self, p: &Prepared, codes: &[u8], zp: i32, g: &ConvGeom) -> Vec<f32> {
+        let (cg, og) = (g.c / g.groups, g.o / g.groups);
+        let kg = cg * g.k.0 * g.k.1;
+        let positions = g.ho * g.wo;
+        let sample = |s: usize| -> Vec<f32> {
+            let x = &codes[s * g.c * g.h * g.w..(s + 1) * g.c * g.h * g.w];
+            let mut y = vec![0f32; g.o * positions];
+            for gi in 0..g.groups {
+                let cols = im2col(x, gi * cg, cg, g.h, g.w, g.k.0, g.k.1, g.stride, g.pad, g.dil, g.ho, g.wo, zp as u8);
+                let wg = &p.q.weight.values[gi * og * kg..(gi + 1) * og * kg];
+                let acc = gemm_u8i8(&cols, wg, positions, og, kg, self.kernel);
+                for pos in 0..positions {
+                    for o in 0..og {
+                        let c = gi * og + o;
+                        y[c * positions + pos] = p.epilogue(acc[pos * og + o], zp, c);
+                    }
+                }
+            }
+            y
+        };
+        let per: Vec<Vec<f32>> = match self.kernel {
+            Kernel::Reference => (0..g.n).map(sample).collect(),
+            Kernel::Fast => (0..g.n).into_par_iter().map(sample).collect(),
+        };
+        per.concat()
+    }
+}
+
+/// The fake-quant simulation hook: each quantised layer's input is fake-quantised with its
+/// stored parameters (the weights are already dequantised in the model).
+pub struct SimulateHook<'a> {
+    layers: &'a BTreeMap<String, QuantLayer>,
+}
+
+impl Hook for SimulateHook<'_> {
+    fn input(&self, node: &Node, x: Tensor) -> Result<Tensor> {
+        match self.layers.get(&node.name) {
+            Some(q) => fake_quant_act(&x, &q.input),
+            None => Ok(x),
+        }
+    }
+}
+
+/// A ready executor of an INT8 model.
+pub struct Executor<'a> {
+    model: &'a Int8Model,
+    hook: Box<dyn Hook + Sync + 'a>,
+}
+
+impl<'a> Executor<'a> {
+    /// Prepares `m` for execution with `exec`.
+    pub fn new(m: &'a Int8Model, exec: Exec) -> Result<Executor<'a>> {
+        let hook: Box<dyn Hook + Sync> = match exec {
+            Exec::Integer(k) => Box::new(IntegerHook::new(m, k)?),
+            Exec::Simulate => Box::new(SimulateHook { layers: &m.layers }),
+        };
+        Ok(Executor { model: m, hook })
+    }
+
+    /// Logits for a batch.
+    pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.model.model.run(x, &Run { mode: Mode::Eval, taps: &[], hook: Some(self.hook.as_ref()), rng: None })?.0)
+    }
+}
+
+/// Evaluates an INT8 model on a data set.
+pub fn evaluate(m: &Int8Model, data: &Dataset, batch_size: usize, exec: Exec, progress: &dyn Progress) -> Result<EvalResult> {
+    data.check_fits(m.model.input_shape(), m.model.num_classes())?;
+    let ex = Executor::new(m, exec)?;
+    crate::eval::evaluate_with(data, batch_size, progress, |x| ex.predict(x))
+}
