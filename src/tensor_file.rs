@@ -157,6 +157,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::Builder::new().prefix(".wick-tmp-").tempfile_in(&dir).map_err(|e| WickError::io(&dir, e))?;
     tmp.write_all(bytes).map_err(|e| WickError::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| WickError::io(path, e))?;
+    // Temporary files are created private (0600); a written artifact is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
+    }
     tmp.persist(path).map_err(|e| WickError::io(path, e.error))?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod eval;
 mod inspect;
 pub mod progress;
+mod prune;
 mod qat;
 mod quant_common;
 mod quantize;
@@ -28,6 +29,8 @@ pub enum Command {
     Quantize(quantize::Args),
     /// Quantisation-aware training, then conversion to INT8.
     Qat(qat::Args),
+    /// Structured channel pruning: a physically smaller model.
+    Prune(prune::Args),
 }
 
 /// How a run ended, for the exit code: 0 success, 1 accuracy gate failed, 2 error.
@@ -43,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Eval(a) => eval::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Qat(a) => qat::run(a),
+        Command::Prune(a) => prune::run(a),
     }
 }
 

@@ -3,5 +3,6 @@
 //! `train`, `artifact`.
 
 pub mod fold_batchnorm;
+pub mod prune_channels;
 pub mod ptq;
 pub mod qat;

@@ -4,6 +4,7 @@
 pub mod fit;
 pub mod loss;
 pub mod optim;
+pub mod student;
 
 pub use fit::{fit, FitReport, TrainConfig};
 pub use optim::OptimizerKind;

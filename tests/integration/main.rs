@@ -3,4 +3,5 @@
 mod common;
 mod foundation;
 mod bad_input;
+mod pruning;
 mod quantization;

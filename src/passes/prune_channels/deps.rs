@@ -1,0 +1,204 @@
+//! Channel dependency analysis, Torch-Pruning's idea made explicit. Every node's output channel
+//! axis is described as a list of *channel ids*, one per position. A conv/linear output (or the
+//! model input) creates fresh ids; channel-wise ops (BatchNorm, activations, pools, dropout,
+//! global average pooling, depthwise conv) pass their input's list on; concat along channels
+//! joins lists; flatten repeats each channel id over its H×W (or L) features; a residual add
+//! ties its inputs' ids position by position. Tied ids form a *unit* (union-find): pruning a
+//! unit removes its channel from every tensor that carries it. Units that reach the model input
+//! or output, or pass through an op whose channels cannot be removed exactly (LayerNorm over
+//! channels, softmax over channels, grouped non-depthwise convs), are frozen. A *group* is a
+//! set of units that share producing layers: they are ranked together.
+
+use crate::model::arch::Op;
+use crate::model::graph::sample_dim;
+use crate::model::Model;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The channel structure of a model.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// Per node (and the input): channel id of each position along its channel axis.
+    pub channels: BTreeMap<String, Vec<usize>>,
+    /// Unit of every channel id.
+    pub unit_of: Vec<usize>,
+    /// Units that must not be pruned.
+    pub frozen: BTreeSet<usize>,
+    /// Groups of prunable units, each with the layers that produce them.
+    pub groups: Vec<Group>,
+}
+
+/// Units ranked together: the channels of one set of coupled layers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Group {
+    /// Conv/linear layers whose output channels are these units (a residual group has several).
+    pub producers: Vec<String>,
+    /// The units, in the channel order of the first producer.
+    pub units: Vec<usize>,
+}
+
+struct UnionFind(Vec<usize>);
+impl UnionFind {
+    fn find(&mut self, x: usize) -> usize {
+        let mut r = x;
+        while self.0[r] != r {
+            r = self.0[r];
+        }
+        let mut c = x;
+        while self.0[c] != r {
+            let n = self.0[c];
+            self.0[c] = r;
+            c = n;
+        }
+        r
+    }
+    fn union(&mut self, a: usize, b: usize) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            self.0[ra.max(rb)] = ra.min(rb);
+        }
+    }
+}
+
+/// Whether a conv is depthwise (one input channel per group, channels tied in to out).
+pub fn is_depthwise(op: &Op) -> bool {
+    match op {
+        Op::Conv1d(c) => c.groups > 1 && c.groups == c.in_channels && c.groups == c.out_channels,
+        Op::Conv2d(c) => c.groups > 1 && c.groups == c.in_channels && c.groups == c.out_channels,
+        _ => false,
+    }
+}
+
+/// Analyses `model`'s channel coupling.
+pub fn analyse(model: &Model) -> Deps {
+    let arch = &model.arch;
+    let shapes = &model.graph.shapes;
+    let mut next = 0usize;
+    let fresh = |n: usize, next: &mut usize| -> Vec<usize> {
+        let v: Vec<usize> = (*next..*next + n).collect();
+        *next += n;
+        v
+    };
+    let mut channels: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut freeze_ids: Vec<usize> = vec![];
+    let mut ties: Vec<(usize, usize)> = vec![];
+    let mut producers: BTreeMap<usize, String> = BTreeMap::new();
+    let in_shape = &arch.input.shape;
+    let input_ids = fresh(in_shape[0], &mut next);
+    freeze_ids.extend(&input_ids);
+    channels.insert(arch.input.name.clone(), input_ids);
+    for &i in &model.graph.order {
+        let node = &arch.nodes[i];
+        let ins: Vec<Vec<usize>> = node.inputs.iter().map(|n| channels[n].clone()).collect();
+        let in_rank = shapes[&node.inputs[0]].len();
+        let out_shape = &shapes[&node.name];
+        let out: Vec<usize> = match &node.op {
+            Op::Linear(c) => {
+                if in_rank != 1 {
+                    // Features on the last axis of a multi-axis input are not the channel axis
+                    // this analysis tracks: keep that input whole.
+                    freeze_ids.extend(&ins[0]);
+                }
+                let o = fresh(c.out_features, &mut next);
+                if in_rank != 1 {
+                    freeze_ids.extend(&o);
+                }
+                for &id in &o {
+                    producers.insert(id, node.name.clone());
+                }
+                o
+            }
+            Op::Conv1d(_) | Op::Conv2d(_) if is_depthwise(&node.op) => ins[0].clone(),
+            Op::Conv1d(_) | Op::Conv2d(_) => {
+                let groups = match &node.op {
+                    Op::Conv1d(c) => c.groups,
+                    Op::Conv2d(c) => c.groups,
+                    _ => 1,
+                };
+                let o = fresh(out_shape[0], &mut next);
+                if groups > 1 {
+                    freeze_ids.extend(&ins[0]);
+                    freeze_ids.extend(&o);
+                }
+                for &id in &o {
+                    producers.insert(id, node.name.clone());
+                }
+                o
+            }
+            Op::Add(_) => {
+                for other in &ins[1..] {
+                    for (a, b) in ins[0].iter().zip(other) {
+                        ties.push((*a, *b));
+                    }
+                }
+                ins[0].clone()
+            }
+            Op::Concat(c) => match sample_dim(c.dim, in_rank) {
+                Ok(0) => ins.concat(),
+                _ => {
+                    for other in &ins[1..] {
+                        for (a, b) in ins[0].iter().zip(other) {
+                            ties.push((*a, *b));
+                        }
+                    }
+                    ins[0].clone()
+                }
+            },
+            Op::Flatten(c) => {
+                let a = sample_dim(c.start_dim, in_rank).unwrap_or(0);
+                let b = sample_dim(c.end_dim, in_rank).unwrap_or(in_rank - 1);
+                if a == 0 {
+                    // Channel-major: each channel becomes a contiguous block of positions.
+                    let in_shape = &shapes[&node.inputs[0]];
+                    let block: usize = in_shape[1..=b].iter().product();
+                    ins[0].iter().flat_map(|&id| std::iter::repeat_n(id, block)).collect()
+                } else {
+                    ins[0].clone()
+                }
+            }
+            Op::LayerNorm(_) | Op::Softmax(_) => {
+                let touches_channels = match &node.op {
+                    Op::LayerNorm(c) => c.normalized_shape.len() >= in_rank,
+                    Op::Softmax(c) => sample_dim(c.dim, in_rank) == Ok(0),
+                    _ => false,
+                };
+                if touches_channels {
+                    freeze_ids.extend(&ins[0]);
+                }
+                ins[0].clone()
+            }
+            _ => ins[0].clone(),
+        };
+        channels.insert(node.name.clone(), out);
+    }
+    let mut uf = UnionFind((0..next).collect());
+    for (a, b) in ties {
+        uf.union(a, b);
+    }
+    let unit_of: Vec<usize> = (0..next).map(|i| uf.find(i)).collect();
+    let mut frozen: BTreeSet<usize> = freeze_ids.iter().map(|&i| unit_of[i]).collect();
+    frozen.extend(channels[arch.output_name()].iter().map(|&i| unit_of[i]));
+    // Groups: units linked through shared producers (a residual add ties whole layers).
+    let mut unit_producers: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    for (&id, p) in &producers {
+        unit_producers.entry(unit_of[id]).or_default().insert(p.clone());
+    }
+    let mut by_producers: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for (&id, _) in &producers {
+        let u = unit_of[id];
+        if frozen.contains(&u) || !seen.insert(u) {
+            continue;
+        }
+        let key: Vec<String> = unit_producers[&u].iter().cloned().collect();
+        by_producers.entry(key).or_default().push(u);
+    }
+    let groups = by_producers.into_iter().map(|(producers, units)| Group { producers, units }).collect();
+    Deps { channels, unit_of, frozen, groups }
+}
+
+impl Deps {
+    /// Unit of each position of `node`'s output channel axis.
+    pub fn units(&self, node: &str) -> Vec<usize> {
+        self.channels[node].iter().map(|&i| self.unit_of[i]).collect()
+    }
+}

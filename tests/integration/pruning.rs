@@ -1,0 +1,169 @@
+//! Issue 4: dependency groups, exact surgery, ratios, round trips and bad input.
+
+use crate::common::*;
+use candle_core::{Device, Tensor};
+use rand::{RngExt, SeedableRng};
+use std::collections::BTreeSet;
+use wick::model::forward::Mode;
+use wick::model::init::init_model;
+use wick::model::Model;
+use wick::passes::prune_channels::deps::analyse;
+use wick::passes::prune_channels::importance::Criterion;
+use wick::passes::prune_channels::surgery::{remove_units, zero_units};
+use wick::passes::prune_channels::{apply, plan, PruneConfig};
+
+fn branchy() -> Model {
+    let arch = wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap();
+    let m = init_model(arch, 11).unwrap();
+    // Non-trivial BatchNorm statistics, so zeroed channels are zeroed by γ and β, not by luck.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    for (k, v) in &m.params {
+        if k.ends_with("running_mean") || k.ends_with("running_var") || k.ends_with("_bn.weight") || k.ends_with("_bn.bias") {
+            let n = v.as_tensor().elem_count();
+            let vals: Vec<f32> = (0..n).map(|_| if k.ends_with("running_var") { rng.random_range(0.5..2.0) } else { rng.random_range(-0.5..0.5) }).collect();
+            v.set(&Tensor::from_vec(vals, n, &Device::Cpu).unwrap()).unwrap();
+        }
+    }
+    m
+}
+
+fn random_input(shape: &[usize], n: usize) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let mut s = vec![n];
+    s.extend_from_slice(shape);
+    let count: usize = s.iter().product();
+    Tensor::from_vec((0..count).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), s, &Device::Cpu).unwrap()
+}
+
+fn out(m: &Model, x: &Tensor) -> Vec<f32> {
+    m.forward(x, Mode::Eval).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// Zero every third unit of every group, check pruning exactly those changes nothing.
+fn exact_surgery(model: &Model, x: &Tensor) -> Model {
+    let deps = analyse(model);
+    assert!(!deps.groups.is_empty());
+    let chosen: BTreeSet<usize> = deps.groups.iter().flat_map(|g| g.units.iter().copied().step_by(3)).collect();
+    zero_units(model, &deps, &chosen).unwrap();
+    let before = out(model, x);
+    let pruned = remove_units(model, &deps, &chosen).unwrap();
+    let after = out(&pruned, x);
+    let d = max_abs_diff(&before, &after);
+    assert!(d <= 1e-5, "outputs moved by {d}");
+    assert!(wick::model::stats::total_params(&pruned) < wick::model::stats::total_params(model));
+    pruned
+}
+
+#[test]
+fn exact_surgery_on_the_fixtures() {
+    let test = data("test");
+    let r = exact_surgery(&load(&resnet_path()).deep_clone().unwrap(), &test.x);
+    // The residual group ties layer1's convs to the stem: all lose the same channels.
+    let c = |n: &str| r.arch.node(n).unwrap().op.param_shape("weight")[0];
+    assert_eq!(c("conv1"), c("layer1.0.conv2"));
+    assert_eq!(c("layer2.0.conv2"), c("layer2.0.downsample.0"));
+    assert_eq!(c("conv1"), 32 - 11);
+    exact_surgery(&load(&mlp_path()).deep_clone().unwrap(), &test.x);
+}
+
+#[test]
+fn exact_surgery_on_nested_residuals_concat_and_depthwise() {
+    let m = branchy();
+    let x = random_input(&[3, 8, 8], 4);
+    let deps = analyse(&m);
+    // One group ties stem, b2, c1 (nested adds) and, through the depthwise conv, nothing else.
+    let g = deps.groups.iter().find(|g| g.producers.contains(&"stem".to_string())).unwrap();
+    assert_eq!(g.producers, vec!["b2", "c1", "stem"]);
+    let p = exact_surgery(&m, &x);
+    let dw = p.arch.node("dw").unwrap().op.clone();
+    let wick::model::arch::Op::Conv2d(c) = dw else { panic!() };
+    assert_eq!((c.in_channels, c.out_channels, c.groups), (5, 5, 5), "depthwise conv follows its input");
+    let wick::model::arch::Op::Conv2d(d) = p.arch.node("down").unwrap().op.clone() else { panic!() };
+    assert_eq!(d.in_channels, 8 + 4, "concat joins the pruned widths of p (12→8) and q (6→4)");
+    let wick::model::arch::Op::Linear(h) = p.arch.node("head").unwrap().op.clone() else { panic!() };
+    assert_eq!(h.in_features, d.out_channels * 4, "flatten maps each channel to its 2x2 features");
+    assert_eq!(h.out_features, 10, "the classifier's output is never pruned");
+}
+
+fn cfg(ratio: f64) -> PruneConfig {
+    PruneConfig { ratio, criterion: Criterion::L1, global: false, round_to: 1, min_channels: 0, ignore: vec![], seed: 0 }
+}
+
+#[test]
+fn ratio_zero_changes_nothing_and_pruned_models_round_trip() {
+    let m = load(&resnet_path());
+    let x = data("val").x;
+    let same = apply(&m, &plan(&m, &cfg(0.0), None).unwrap()).unwrap();
+    assert_eq!(out(&m, &x), out(&same, &x));
+    assert_eq!(same.arch, m.arch);
+    let p = apply(&m, &plan(&m, &cfg(0.5), None).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.safetensors");
+    wick::model::load::save_model(&p, &f, Default::default()).unwrap();
+    let back = load(&f);
+    assert_eq!(out(&p, &x), out(&back, &x));
+    // The CLI reads it as is.
+    let (o, _) = run_expect(&["eval", f.to_str().unwrap(), "--data", digits("val").to_str().unwrap(), "--json", "--quiet"], 0);
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(j["samples"], 180);
+}
+
+#[test]
+fn resnet_parameter_and_mac_budgets() {
+    for (ratio, budget) in [("0.5", 0.30), ("0.75", 0.08)] {
+        let (o, _) = run_expect(&["prune", resnet_path().to_str().unwrap(), "--ratio", ratio, "--dry-run", "--json"], 0);
+        let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+        assert!(j["params_ratio"].as_f64().unwrap() <= budget, "{ratio}: {}", j["params_ratio"]);
+        assert!(j["macs_ratio"].as_f64().unwrap() <= budget, "{ratio}: {}", j["macs_ratio"]);
+        assert_eq!(j["dry_run"], true);
+    }
+}
+
+#[test]
+fn global_ranking_with_rounding_and_minimum() {
+    let m = load(&resnet_path());
+    let c = PruneConfig { global: true, round_to: 8, min_channels: 8, criterion: Criterion::L2, ..cfg(0.6) };
+    let p = plan(&m, &c, None).unwrap();
+    let (before, after): (usize, usize) = p.groups.iter().fold((0, 0), |(a, b), g| (a + g.channels_before, b + g.channels_after));
+    for g in &p.groups {
+        assert_eq!(g.channels_after % 8, 0, "{g:?}");
+        assert!(g.channels_after >= 8);
+    }
+    let removed = 1.0 - after as f64 / before as f64;
+    assert!((removed - 0.6).abs() < 0.08, "removed {removed}");
+    // Global ranking need not remove the same fraction everywhere.
+    let fr: Vec<f64> = p.groups.iter().map(|g| g.channels_after as f64 / g.channels_before as f64).collect();
+    assert!(fr.iter().any(|&f| (f - fr[0]).abs() > 1e-9), "{fr:?}");
+    apply(&m, &p).unwrap();
+    for crit in [Criterion::BnScale, Criterion::Random] {
+        apply(&m, &plan(&m, &PruneConfig { criterion: crit, ..cfg(0.5) }, None).unwrap()).unwrap();
+    }
+    let d = data("train");
+    apply(&m, &plan(&m, &PruneConfig { criterion: Criterion::Taylor, ..cfg(0.5) }, Some(&d)).unwrap()).unwrap();
+}
+
+#[test]
+fn pruning_with_distillation_recovers_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mlp.pruned.safetensors");
+    let (o, _) = run_expect(&["prune", mlp_path().to_str().unwrap(), "--ratio", "0.5", "--steps", "2", "--train", digits("train").to_str().unwrap(),
+        "--val", digits("val").to_str().unwrap(), "--epochs", "4", "--distill", "--test", digits("test").to_str().unwrap(), "--out", out.to_str().unwrap(), "--json", "--quiet"], 0);
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert!(j["test_accuracy_after"].as_f64().unwrap() >= 0.96, "{j}");
+    // Input features are never pruned: 64·128 + 128·128 + 128·10 weights of 85,002 ≈ 0.31.
+    assert!(j["params_ratio"].as_f64().unwrap() < 0.32, "{}", j["params_ratio"]);
+    assert!(out.exists());
+}
+
+#[test]
+fn bad_pruning_input() {
+    let r = resnet_path();
+    for bad in ["--ratio=1.0", "--ratio=-0.1", "--ratio=1.5"] {
+        let (_, e) = run_expect(&["prune", r.to_str().unwrap(), bad, "--dry-run"], 2);
+        assert!(e.contains("--ratio") && e.contains("[0, 1)"), "{e}");
+    }
+    let (_, e) = run_expect(&["prune", r.to_str().unwrap(), "--ratio", "0.99", "--dry-run"], 2);
+    assert!(e.contains("no channels") && e.contains("--min-channels"), "{e}");
+    let (_, e) = run_expect(&["prune", r.to_str().unwrap(), "--ratio", "0.5", "--ignore", "nope", "--dry-run"], 2);
+    assert!(e.contains("--ignore") && e.contains("'nope'"), "{e}");
+}
