@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand. Only this module and `main.rs` know clap,
 //! indicatif and anyhow.
 
+mod distill;
 mod eval;
 mod inspect;
 pub mod progress;
@@ -31,6 +32,8 @@ pub enum Command {
     Qat(qat::Args),
     /// Structured channel pruning: a physically smaller model.
     Prune(prune::Args),
+    /// Knowledge distillation into a smaller student.
+    Distill(distill::Args),
 }
 
 /// How a run ended, for the exit code: 0 success, 1 accuracy gate failed, 2 error.
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Quantize(a) => quantize::run(a),
         Command::Qat(a) => qat::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::Distill(a) => distill::run(a),
     }
 }
 

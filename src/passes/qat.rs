@@ -110,10 +110,9 @@ pub fn qat(
             None => loss::cross_entropy(&s, y),
         }
     };
-    let validate = |m: &Model| -> Result<f64> {
+    let validate = |m: &Model| -> Result<crate::eval::EvalResult> {
         history.borrow_mut().push(hook.ranges.borrow().clone());
-        let r = crate::eval::evaluate_with(val, 256, &crate::progress::Silent, |x| Ok(m.run(x, &Run { mode: Mode::Eval, taps: &[], hook: Some(&hook), rng: None })?.0))?;
-        Ok(r.accuracy)
+        crate::eval::evaluate_with(val, 256, &crate::progress::Silent, |x| Ok(m.run(x, &Run { mode: Mode::Eval, taps: &[], hook: Some(&hook), rng: None })?.0))
     };
     let on_epoch = |e: usize| -> Result<()> {
         current_epoch.set(e);

@@ -5,6 +5,7 @@
 use super::optim::{cosine_lr, Optimizer, OptimizerKind};
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
+use crate::eval::EvalResult;
 use crate::model::Model;
 use crate::progress::Progress;
 use candle_core::{Tensor, Var};
@@ -64,8 +65,9 @@ pub struct FitReport {
 /// Computes the loss of one batch: `(model, x, y, sample indices, rng)`. The indices let a
 /// caller look up per-sample values computed once (a teacher's logits).
 pub type Objective<'a> = dyn Fn(&Model, &Tensor, &[u32], &[usize], &RefCell<ChaCha8Rng>) -> Result<Tensor> + 'a;
-/// Validation accuracy of the model as it stands.
-pub type Validate<'a> = dyn Fn(&Model) -> Result<f64> + 'a;
+/// Validation metrics of the model as it stands. The best checkpoint has the highest accuracy,
+/// ties broken by the lower loss (small validation sets tie often).
+pub type Validate<'a> = dyn Fn(&Model) -> Result<EvalResult> + 'a;
 
 /// Trains `vars` (usually `model.trainable_vars()`) of `model` on `train`, minimising `objective`.
 /// `on_epoch(e)` runs before epoch `e` (QAT freezes observers and BatchNorm through it).
@@ -92,8 +94,9 @@ pub fn fit(
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
     let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
-    let mut best = (validate(model)?, 0usize, snapshot(model)?);
-    let mut report = FitReport { epochs_run: 0, best_epoch: 0, best_val_accuracy: best.0, val_accuracy: vec![], train_loss: vec![], seconds: 0.0 };
+    let v0 = validate(model)?;
+    let mut best = ((v0.accuracy, v0.loss), 0usize, snapshot(model)?);
+    let mut report = FitReport { epochs_run: 0, best_epoch: 0, best_val_accuracy: v0.accuracy, val_accuracy: vec![], train_loss: vec![], seconds: 0.0 };
     let mut step = 0;
     for epoch in 0..cfg.epochs {
         on_epoch(epoch)?;
@@ -114,14 +117,15 @@ pub fn fit(
             step += 1;
             progress.inc(1);
         }
-        let acc = validate(model)?;
+        let v = validate(model)?;
+        let acc = v.accuracy;
         let mean_loss = loss_sum / n as f64;
         report.train_loss.push(mean_loss);
         report.val_accuracy.push(acc);
         report.epochs_run = epoch + 1;
         progress.finish(&format!("loss {mean_loss:.4}, val accuracy {acc:.4}"));
-        if acc > best.0 {
-            best = (acc, epoch + 1, snapshot(model)?);
+        if acc > best.0 .0 || (acc == best.0 .0 && v.loss < best.0 .1) {
+            best = ((acc, v.loss), epoch + 1, snapshot(model)?);
         }
         if let Some(p) = cfg.patience {
             if epoch + 1 - best.1 >= p {
@@ -131,7 +135,7 @@ pub fn fit(
     }
     restore(model, &best.2)?;
     report.best_epoch = best.1;
-    report.best_val_accuracy = best.0;
+    report.best_val_accuracy = best.0 .0;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -1,6 +1,7 @@
 //! The training loop shared by fine-tuning, distillation and quantisation-aware training, with
 //! its optimisers, schedule and losses. Uses `model`, `data`, `eval`, `progress`.
 
+pub mod distill;
 pub mod fit;
 pub mod loss;
 pub mod optim;

@@ -1,7 +1,7 @@
-//! Training a model on labels, optionally distilling from a float teacher's logits (computed
-//! once, since the data is not augmented): fine-tuning after pruning, and the logits part of
-//! `wick distill`. Validation is float accuracy in eval mode.
+//! Training a model on labels, or distilling it from a float teacher's logits: fine-tuning
+//! after pruning. Validation is float accuracy in eval mode.
 
+use super::distill::{distill, DistillConfig};
 use super::fit::{fit, FitReport, TrainConfig};
 use super::loss;
 use crate::data::Dataset;
@@ -19,22 +19,16 @@ pub struct LogitDistill<'a> {
     pub alpha: f64,
 }
 
-/// Trains every trainable parameter of `model` in place.
+/// Trains every trainable parameter of `model` in place: cross-entropy on the labels, or
+/// logits distillation when `kd` is given.
 pub fn train_model(model: &Model, train: &Dataset, val: &Dataset, cfg: &TrainConfig, kd: Option<&LogitDistill>, progress: &dyn Progress) -> Result<FitReport> {
-    let teacher_logits = match kd {
-        Some(k) => Some(k.teacher.forward(&train.x, Mode::Eval)?.detach()),
-        None => None,
+    if let Some(k) = kd {
+        let dc = DistillConfig { temperature: k.temperature, alpha: k.alpha, hints: vec![], hint_weight: 0.0 };
+        return distill(k.teacher, model, train, val, cfg, &dc, progress);
+    }
+    let objective = |m: &Model, x: &Tensor, y: &[u32], _: &[usize], rng: &std::cell::RefCell<rand_chacha::ChaCha8Rng>| -> Result<Tensor> {
+        loss::cross_entropy(&m.run(x, &Run { mode: Mode::Train, taps: &[], hook: None, rng: Some(rng) })?.0, y)
     };
-    let objective = |m: &Model, x: &Tensor, y: &[u32], idx: &[usize], rng: &std::cell::RefCell<rand_chacha::ChaCha8Rng>| -> Result<Tensor> {
-        let s = m.run(x, &Run { mode: Mode::Train, taps: &[], hook: None, rng: Some(rng) })?.0;
-        match (&teacher_logits, kd) {
-            (Some(t), Some(k)) => {
-                let ids = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), t.device())?;
-                loss::distillation(&s, &t.index_select(&ids, 0)?, y, k.temperature, k.alpha)
-            }
-            _ => loss::cross_entropy(&s, y),
-        }
-    };
-    let validate = |m: &Model| -> Result<f64> { Ok(evaluate(m, val, 256, &Silent)?.accuracy) };
+    let validate = |m: &Model| evaluate(m, val, 256, &Silent);
     fit(model, model.trainable_vars(), train, cfg, &objective, &validate, &|_| Ok(()), progress)
 }

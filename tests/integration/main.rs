@@ -3,5 +3,6 @@
 mod common;
 mod foundation;
 mod bad_input;
+mod distillation;
 mod pruning;
 mod quantization;

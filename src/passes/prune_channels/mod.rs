@@ -219,3 +219,12 @@ pub fn prune_with_recovery(
     }
     Ok((current, report))
 }
+
+/// A width-scaled copy of `model`: every prunable group keeps a fraction `width` of its channels
+/// (at least one), chosen by L1 importance, so the copy starts from the teacher's strongest
+/// channels.
+pub fn width_scaled(model: &Model, width: f64) -> Result<Model> {
+    let cfg = PruneConfig { ratio: 1.0 - width, criterion: Criterion::L1, global: false, round_to: 1, min_channels: 1, ignore: vec![], seed: 0 };
+    let cfg = PruneConfig { ratio: cfg.ratio.clamp(0.0, 0.999_999), ..cfg };
+    apply(model, &plan(model, &cfg, None)?)?.deep_clone()
+}
