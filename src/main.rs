@@ -14,6 +14,11 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // An interrupted compression leaves no partial outputs: remove its staging folders.
+    let _ = ctrlc::set_handler(|| {
+        wick::job::remove_staging();
+        std::process::exit(130);
+    });
     match cli::run(parsed) {
         Ok(cli::Outcome::Ok) => ExitCode::SUCCESS,
         Ok(cli::Outcome::GateFailed) => ExitCode::from(1),

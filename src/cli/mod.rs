@@ -1,6 +1,8 @@
 //! The command line: one file per subcommand. Only this module and `main.rs` know clap,
 //! indicatif and anyhow.
 
+mod batch;
+mod compress;
 mod distill;
 mod eval;
 mod inspect;
@@ -34,6 +36,10 @@ pub enum Command {
     Prune(prune::Args),
     /// Knowledge distillation into a smaller student.
     Distill(distill::Args),
+    /// Teacher to INT8 edge artifact in one command: recipe, report, accuracy gate.
+    Compress(compress::Args),
+    /// Many compression jobs from a manifest.
+    Batch(batch::Args),
 }
 
 /// How a run ended, for the exit code: 0 success, 1 accuracy gate failed, 2 error.
@@ -51,6 +57,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Qat(a) => qat::run(a),
         Command::Prune(a) => prune::run(a),
         Command::Distill(a) => distill::run(a),
+        Command::Compress(a) => compress::run(a),
+        Command::Batch(a) => batch::run(a),
     }
 }
 

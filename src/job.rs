@@ -1,0 +1,232 @@
+//! One compression job, from teacher to `DIR/model.int8.safetensors`, `DIR/report.json`,
+//! `DIR/report.md` and `DIR/accuracy_vs_size.svg`: run the recipe, write the artifact, read it
+//! back and execute it with integer arithmetic on the test set, measure latency, apply the gate
+//! (with optional per-layer sensitivity and float fallback) and write the report. Outputs are
+//! built in a staging folder inside DIR and renamed into place at the end, so an interrupted run
+//! leaves no partial files (the CLI removes the staging folder on SIGINT/SIGTERM).
+
+use crate::artifact::Int8Model;
+use crate::compare::read_int8;
+use crate::data::Dataset;
+use crate::error::{Result, WickError};
+use crate::eval::{agreement, evaluate};
+use crate::model::load::load_model;
+use crate::pipeline::{self, Inputs};
+use crate::progress::Progress;
+use crate::provenance::{file_sha256, tool_version};
+use crate::report::{self, latency, FileInfo, Ratios, Report, Sensitivity};
+use crate::runtime::{kernels::Kernel, Exec, Executor};
+use crate::tensor_file::write_atomic;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// What to compress and how.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub model: PathBuf,
+    #[serde(default)]
+    pub arch: Option<PathBuf>,
+    pub recipe: String,
+    pub train: PathBuf,
+    pub val: PathBuf,
+    pub test: PathBuf,
+    #[serde(default)]
+    pub calib: Option<PathBuf>,
+    pub out: PathBuf,
+    #[serde(default)]
+    pub max_accuracy_drop: Option<f64>,
+    #[serde(default)]
+    pub max_relative_drop: Option<f64>,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub max_epochs: Option<usize>,
+    #[serde(default)]
+    pub sensitivity: bool,
+    #[serde(default)]
+    pub fallback: bool,
+}
+
+/// Staging folders of runs in progress, for the CLI's interrupt handler to remove.
+pub static STAGING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes every staging folder of runs in progress (on interrupt).
+pub fn remove_staging() {
+    if let Ok(v) = STAGING.lock() {
+        for d in v.iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+struct Staging(PathBuf);
+impl Staging {
+    fn new(out: &Path) -> Result<Staging> {
+        std::fs::create_dir_all(out).map_err(|e| WickError::io(out, e))?;
+        let d = tempfile::Builder::new().prefix(".wick-staging-").tempdir_in(out).map_err(|e| WickError::io(out, e))?.keep();
+        STAGING.lock().expect("staging registry").push(d.clone());
+        Ok(Staging(d))
+    }
+}
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        if let Ok(mut v) = STAGING.lock() {
+            v.retain(|d| d != &self.0);
+        }
+    }
+}
+
+/// The file names a job writes.
+pub const ARTIFACT: &str = "model.int8.safetensors";
+pub const REPORT_JSON: &str = "report.json";
+pub const REPORT_MD: &str = "report.md";
+pub const CHART: &str = "accuracy_vs_size.svg";
+
+fn info(p: &Path) -> Result<FileInfo> {
+    Ok(FileInfo { path: p.display().to_string(), sha256: file_sha256(p)? })
+}
+
+/// Hashes of the job's inputs, recipe and seed, as the report records them.
+pub fn input_fingerprint(spec: &JobSpec) -> Result<serde_json::Value> {
+    let recipe = crate::recipe::resolve(&spec.recipe)?;
+    let mut inputs = BTreeMap::new();
+    for (k, p) in [("teacher", Some(&spec.model)), ("train", Some(&spec.train)), ("val", Some(&spec.val)), ("test", Some(&spec.test)), ("calib", spec.calib.as_ref()), ("arch", spec.arch.as_ref())] {
+        if let Some(p) = p {
+            inputs.insert(k.to_string(), info(p)?);
+        }
+    }
+    Ok(json!({"inputs": inputs, "recipe": info(&recipe)?, "seed": spec.seed}))
+}
+
+/// Whether `spec.out` already holds a report of the same inputs, recipe and seed.
+pub fn already_done(spec: &JobSpec) -> bool {
+    let Ok(text) = std::fs::read_to_string(spec.out.join(REPORT_JSON)) else { return false };
+    let Ok(old) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+    let Ok(now) = input_fingerprint(spec) else { return false };
+    spec.out.join(ARTIFACT).is_file() && old["inputs"] == now["inputs"] && old["recipe"] == now["recipe"] && old["seed"] == now["seed"]
+}
+
+/// Runs the job; returns the report (whose gate says whether it passed).
+pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
+    let recipe_path = crate::recipe::resolve(&spec.recipe)?;
+    let recipe = crate::recipe::read(&recipe_path)?;
+    if spec.max_accuracy_drop.is_some() && spec.max_relative_drop.is_some() {
+        return Err(WickError::invalid("--max-accuracy-drop/--max-relative-drop", "give one gate, not both"));
+    }
+    let loaded = load_model(&spec.model, spec.arch.as_deref())?;
+    let teacher = loaded.model;
+    let read = |p: &Path| -> Result<Dataset> {
+        let d = Dataset::read(p)?;
+        d.check_fits(teacher.input_shape(), teacher.num_classes())?;
+        Ok(d)
+    };
+    let (train, val, test) = (read(&spec.train)?, read(&spec.val)?, read(&spec.test)?);
+    let calib = match &spec.calib {
+        Some(p) => read(p)?,
+        None => train.clone(),
+    };
+    let inp = Inputs { teacher: &teacher, train: &train, val: &val, test: &test, calib: &calib, seed: spec.seed, max_epochs: spec.max_epochs };
+    let outcome = pipeline::run(&recipe, &inp, progress)?;
+    let staging = Staging::new(&spec.out)?;
+    let staged = staging.0.join(ARTIFACT);
+    let fingerprint = input_fingerprint(spec)?;
+    let mut q = outcome.int8;
+    q.info.insert("provenance".into(), json!({"recipe": recipe.name, "tool": tool_version(), "seed": spec.seed, "inputs": fingerprint["inputs"]}));
+
+    let teacher_eval = evaluate(&teacher, &test, 256, progress)?;
+    let teacher_val = evaluate(&outcome.folded, &val, 256, progress)?.accuracy;
+    let mut sensitivity = vec![];
+    if spec.sensitivity || spec.fallback {
+        for (name, layer) in &q.layers {
+            let mut one = BTreeMap::new();
+            one.insert(name.clone(), layer.input);
+            let single = Int8Model::quantize(&outcome.folded, &one)?;
+            let acc = crate::runtime::evaluate(&single, &val, 256, Exec::Integer(Kernel::Fast), &crate::progress::Silent)?.accuracy;
+            sensitivity.push(Sensitivity { layer: name.clone(), drop_points: 100.0 * (teacher_val - acc) });
+        }
+        sensitivity.sort_by(|a, b| b.drop_points.total_cmp(&a.drop_points).then(a.layer.cmp(&b.layer)));
+    }
+    // Write, read back, evaluate with integer arithmetic; with --fallback keep the most sensitive
+    // layers in float one at a time until the gate passes or none is left.
+    let mut fallback = vec![];
+    let (int8_eval, gate, int8_model) = loop {
+        q.save(&staged)?;
+        let back = read_int8(&staged)?;
+        let e = crate::runtime::evaluate(&back, &test, 256, Exec::Integer(Kernel::Fast), progress)?;
+        let dp = 100.0 * (teacher_eval.accuracy - e.accuracy);
+        let dr = (teacher_eval.accuracy - e.accuracy) / teacher_eval.accuracy.max(f64::MIN_POSITIVE);
+        let g = report::gate(dp, dr, spec.max_accuracy_drop, spec.max_relative_drop);
+        let next = sensitivity.iter().map(|s| &s.layer).find(|l| !fallback.contains(*l)).cloned();
+        match (g.passed || !spec.fallback, next) {
+            (false, Some(l)) => {
+                fallback.push(l);
+                let keep: BTreeMap<_, _> = q.layers.iter().filter(|(k, _)| !fallback.contains(k)).map(|(k, v)| (k.clone(), v.input)).collect();
+                let info = q.info.clone();
+                q = Int8Model::quantize(&outcome.folded, &keep)?;
+                q.info = info;
+            }
+            _ => break (e, g, back),
+        }
+    };
+    let drop_points = 100.0 * (teacher_eval.accuracy - int8_eval.accuracy);
+    let drop_relative = (teacher_eval.accuracy - int8_eval.accuracy) / teacher_eval.accuracy.max(f64::MIN_POSITIVE);
+    q.info.insert("metrics".into(), json!({"teacher_accuracy": teacher_eval.accuracy, "int8_accuracy": int8_eval.accuracy, "drop_points": drop_points, "test_samples": int8_eval.samples}));
+    q.save(&staged)?;
+
+    progress.start("latency", 2);
+    let t_lat = latency::measure(&test, 64, &|x| teacher.forward(x, crate::model::forward::Mode::Eval))?;
+    progress.inc(1);
+    let ex = Executor::new(&int8_model, Exec::Integer(Kernel::Fast))?;
+    let q_lat = latency::measure(&test, 64, &|x| ex.predict(x))?;
+    progress.inc(1);
+    progress.finish("");
+
+    let bytes = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| WickError::io(p, e));
+    let (b0, b1) = (bytes(&spec.model)?, bytes(&staged)?);
+    let final_path = spec.out.join(ARTIFACT);
+    let t_side = report::side(&spec.model.display().to_string(), &teacher_eval, b0, &teacher, t_lat, "float32 (candle)");
+    let c_side = report::side(&final_path.display().to_string(), &int8_eval, b1, &int8_model.model, q_lat, "integer arithmetic: u8 x i8 -> i32, the written file read back");
+    let inputs: BTreeMap<String, FileInfo> = serde_json::from_value(fingerprint["inputs"].clone()).unwrap_or_default();
+    let rep = Report {
+        tool: tool_version(),
+        recipe: info(&recipe_path)?,
+        recipe_name: recipe.name.clone(),
+        seed: spec.seed,
+        inputs,
+        agreement: agreement(&teacher_eval.predictions, &int8_eval.predictions),
+        flipped: teacher_eval.predictions.iter().zip(&int8_eval.predictions).filter(|(a, b)| a != b).count(),
+        accuracy_drop_points: drop_points,
+        accuracy_drop_relative: drop_relative,
+        gate,
+        ratios: Ratios {
+            size: b1 as f64 / b0 as f64,
+            params: c_side.params as f64 / t_side.params.max(1) as f64,
+            macs: c_side.macs as f64 / t_side.macs.max(1) as f64,
+            latency_batch1_speedup: t_lat.batch1_ms / q_lat.batch1_ms.max(1e-9),
+            latency_large_batch_speedup: t_lat.large_batch_ms / q_lat.large_batch_ms.max(1e-9),
+        },
+        layers: report::layer_rows(&teacher, &int8_model),
+        passes: outcome.stages,
+        sensitivity,
+        float_fallback: fallback,
+        teacher: t_side,
+        compressed: c_side,
+    };
+    let mut points = vec![("teacher".to_string(), crate::model::stats::total_params(&teacher) as f64 * 4.0 / 1024.0, 100.0 * teacher_eval.accuracy)];
+    points.extend(rep.passes.iter().map(|s| (s.pass.clone(), s.weight_bytes as f64 / 1024.0, 100.0 * s.test_accuracy)));
+    let svg = report::chart::accuracy_vs_size(&points)?;
+    write_atomic(&staging.0.join(CHART), svg.as_bytes())?;
+    write_atomic(&staging.0.join(REPORT_MD), report::markdown::render(&rep, CHART).as_bytes())?;
+    let mut json_text = serde_json::to_string_pretty(&rep).expect("report serialises");
+    json_text.push('\n');
+    write_atomic(&staging.0.join(REPORT_JSON), json_text.as_bytes())?;
+    // All outputs exist; move them into place (the report last, so a report implies an artifact).
+    for name in [ARTIFACT, CHART, REPORT_MD, REPORT_JSON] {
+        std::fs::rename(staging.0.join(name), spec.out.join(name)).map_err(|e| WickError::io(spec.out.join(name), e))?;
+    }
+    Ok(rep)
+}

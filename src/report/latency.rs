@@ -1,0 +1,40 @@
+//! Latency of a predictor at batch 1 and a large batch, measured in the same run for teacher
+//! and artifact: median wall time of repeated runs after warm-up.
+
+use crate::data::Dataset;
+use crate::error::Result;
+use candle_core::Tensor;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Milliseconds per batch.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    pub batch1_ms: f64,
+    pub large_batch: usize,
+    pub large_batch_ms: f64,
+}
+
+fn median_ms(reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[reps / 2])
+}
+
+/// Median latency of `predict` on the first sample and on the first `large` samples.
+pub fn measure(data: &Dataset, large: usize, predict: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Latency> {
+    let large = large.min(data.len()).max(1);
+    let one = data.x.narrow(0, 0, 1)?;
+    let many = data.x.narrow(0, 0, large)?;
+    let b1 = median_ms(25, &mut || predict(&one).map(|_| ()))?;
+    let bl = median_ms(7, &mut || predict(&many).map(|_| ()))?;
+    Ok(Latency { batch1_ms: b1, large_batch: large, large_batch_ms: bl })
+}
