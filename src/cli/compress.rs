@@ -28,10 +28,10 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Gate: fail (exit 1) when test accuracy drops more than this many points.
-    #[arg(long, conflicts_with = "max_relative_drop")]
+    #[arg(long, conflicts_with = "max_relative_drop", allow_negative_numbers = true)]
     max_accuracy_drop: Option<f64>,
     /// Gate: fail (exit 1) when test accuracy drops more than this fraction of the teacher's.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     max_relative_drop: Option<f64>,
     /// Measure, per quantised layer, the accuracy lost when only it is quantised.
     #[arg(long)]

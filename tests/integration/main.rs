@@ -3,6 +3,7 @@
 mod common;
 mod foundation;
 mod bad_input;
+mod compress;
 mod distillation;
 mod pruning;
 mod quantization;

@@ -1,0 +1,169 @@
+//! Issue 6: recipes, `wick compress` end to end (artifact, report, gate, exit codes,
+//! interruption) and `wick batch`.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+
+fn data_args() -> Vec<String> {
+    vec!["--train".into(), digits("train").display().to_string(), "--val".into(), digits("val").display().to_string(), "--test".into(), digits("test").display().to_string()]
+}
+
+fn compress(model: &Path, recipe: &str, out: &Path, extra: &[&str], code: i32) -> (String, String) {
+    let mut a: Vec<String> = vec!["compress".into(), model.display().to_string(), "--recipe".into(), recipe.into(), "--out".into(), out.display().to_string(), "--quiet".into()];
+    a.extend(data_args());
+    a.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    run_expect(&refs, code)
+}
+
+fn report(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+}
+
+fn passes_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("passes")
+}
+
+#[test]
+fn every_shipped_recipe_parses_and_validates() {
+    let mut n = 0;
+    for e in std::fs::read_dir(passes_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let r = wick::recipe::read(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+            assert_eq!(format!("{}.json", r.name), p.file_name().unwrap().to_string_lossy(), "a recipe's name is its file name");
+            n += 1;
+        }
+    }
+    assert!(n >= 4);
+}
+
+#[test]
+fn every_shipped_recipe_runs_on_a_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    for recipe in ["ptq-int8", "qat-int8", "distill-int8", "edge-int8"] {
+        let out = dir.path().join(recipe);
+        compress(&mlp_path(), recipe, &out, &["--max-epochs", "1"], 0);
+        let r = report(&out);
+        assert_eq!(r["recipe_name"], recipe);
+        assert!(r["compressed"]["accuracy"].as_f64().unwrap() > 0.85, "{recipe}: {}", r["compressed"]["accuracy"]);
+        assert_eq!(r["passes"].as_array().unwrap().last().unwrap()["pass"], "convert_int8");
+        for f in ["model.int8.safetensors", "report.md", "accuracy_vs_size.svg"] {
+            assert!(out.join(f).is_file(), "{recipe}: {f}");
+        }
+    }
+}
+
+#[test]
+fn the_report_matches_wick_eval_of_the_written_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ptq");
+    compress(&resnet_path(), "ptq-int8", &out, &["--max-accuracy-drop", "0.3"], 0);
+    let r = report(&out);
+    let (o, _) = run_expect(&["eval", out.join("model.int8.safetensors").to_str().unwrap(), "--data", digits("test").to_str().unwrap(), "--json", "--quiet"], 0);
+    let e: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(e["correct"], r["compressed"]["correct"]);
+    assert_eq!(e["accuracy"], r["compressed"]["accuracy"]);
+    assert_eq!(r["compressed"]["bytes_on_disk"].as_u64().unwrap(), std::fs::metadata(out.join("model.int8.safetensors")).unwrap().len());
+    assert!(r["accuracy_drop_points"].as_f64().unwrap() <= 0.3);
+    assert_eq!(r["gate"]["passed"], true);
+    assert!((r["teacher"]["accuracy"].as_f64().unwrap() - 353.0 / 360.0).abs() < 1e-12);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("PASSED") && md.contains("accuracy_vs_size.svg"));
+    let svg = std::fs::read_to_string(out.join("accuracy_vs_size.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("calibrate"));
+}
+
+#[test]
+fn gate_failure_exits_one_and_errors_exit_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g");
+    // A gate no model can meet: accuracy must rise by 5 points.
+    let (_, err) = compress(&mlp_path(), "ptq-int8", &out, &["--max-accuracy-drop", "-5"], 1);
+    assert!(err.contains("gate failed"), "{err}");
+    let r = report(&out);
+    assert_eq!(r["gate"]["passed"], false);
+    assert!(r["gate"]["reason"].as_str().unwrap().contains("more than the allowed -5"));
+    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("FAILED"));
+    // A relative gate that passes.
+    compress(&mlp_path(), "ptq-int8", &dir.path().join("rel"), &["--max-relative-drop", "0.01"], 0);
+    // Errors: an unknown recipe, a bad recipe field.
+    let (_, err) = compress(&mlp_path(), "no-such-recipe", &dir.path().join("e"), &[], 2);
+    assert!(err.contains("no-such-recipe"), "{err}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"name": "bad", "passes": [{"pass": "calibrate", "metod": "entropy"}, {"pass": "convert_int8"}]}"#).unwrap();
+    let (_, err) = compress(&mlp_path(), bad.to_str().unwrap(), &dir.path().join("e"), &[], 2);
+    assert!(err.contains("bad.json") && err.contains("passes[0]") && err.contains("metod"), "{err}");
+    std::fs::write(&bad, r#"{"name": "bad", "passes": [{"pass": "calibrate"}, {"pass": "prune_channels", "ratio": 0.5}, {"pass": "convert_int8"}]}"#).unwrap();
+    let (_, err) = compress(&mlp_path(), bad.to_str().unwrap(), &dir.path().join("e"), &[], 2);
+    assert!(err.contains("passes[1]") && err.contains("before 'calibrate'"), "{err}");
+    assert!(!dir.path().join("e").join("report.json").exists());
+}
+
+#[test]
+fn sensitivity_and_fallback_keep_layers_in_float() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s");
+    // An unmeetable gate with --fallback ends with every layer in float, most sensitive first.
+    compress(&mlp_path(), "ptq-int8", &out, &["--max-accuracy-drop", "-5", "--fallback"], 1);
+    let r = report(&out);
+    assert_eq!(r["sensitivity"].as_array().unwrap().len(), 3);
+    let fb: Vec<&str> = r["float_fallback"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let order: Vec<&str> = r["sensitivity"].as_array().unwrap().iter().map(|v| v["layer"].as_str().unwrap()).collect();
+    assert_eq!(fb, order);
+    assert!(r["layers"].as_array().unwrap().iter().all(|l| l["status"] == "float"));
+}
+
+#[test]
+fn an_interrupted_run_leaves_no_partial_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("int");
+    let mut a: Vec<String> = vec!["compress".into(), resnet_path().display().to_string(), "--recipe".into(), "ptq-int8".into(), "--out".into(), out.display().to_string(), "--quiet".into()];
+    a.extend(data_args());
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("wick")).args(&a).spawn().unwrap();
+    // Wait until the run has begun writing its outputs (its staging folder exists), then interrupt.
+    let started = std::time::Instant::now();
+    let staging = || std::fs::read_dir(&out).ok().map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".wick-staging-"))).unwrap_or(false);
+    while !staging() {
+        assert!(started.elapsed().as_secs() < 300, "the run never started writing");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let left: Vec<String> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn a_batch_reports_every_job_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = serde_json::json!({"jobs": [
+        {"name": "good", "model": mlp_path(), "recipe": "ptq-int8", "train": digits("train"), "val": digits("val"), "test": digits("test"), "out": "good", "max_accuracy_drop": 1.0},
+        {"name": "strict", "model": mlp_path(), "recipe": "ptq-int8", "train": digits("train"), "val": digits("val"), "test": digits("test"), "out": "strict", "max_accuracy_drop": -5.0},
+        {"name": "broken", "model": dir.path().join("missing.safetensors"), "recipe": "ptq-int8", "train": digits("train"), "val": digits("val"), "test": digits("test"), "out": "broken"}
+    ]});
+    let manifest = dir.path().join("batch.json");
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    let (o, e) = run_expect(&["batch", manifest.to_str().unwrap(), "--jobs", "2", "--json"], 2);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&o).unwrap();
+    let verdict = |n: &str| rows.iter().find(|r| r["job"] == n).unwrap()["verdict"].as_str().unwrap().to_string();
+    assert_eq!(verdict("good"), "passed");
+    assert_eq!(verdict("strict"), "gate failed");
+    assert_eq!(verdict("broken"), "error");
+    assert!(e.contains("1 of 3 jobs errored"), "{e}");
+    assert!(rows.iter().find(|r| r["job"] == "broken").unwrap()["error"].as_str().unwrap().contains("missing.safetensors"));
+    assert!(dir.path().join("good/report.json").is_file());
+    // Without the broken job: exit 1 (a gate failed); the finished jobs are skipped.
+    let mut m2 = m.clone();
+    m2["jobs"].as_array_mut().unwrap().pop();
+    std::fs::write(&manifest, m2.to_string()).unwrap();
+    let (o, _) = run_expect(&["batch", manifest.to_str().unwrap(), "--json"], 1);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&o).unwrap();
+    assert_eq!(rows[0]["verdict"], "passed (up to date)");
+    assert_eq!(rows[1]["verdict"], "gate failed (up to date)");
+    let (o, _) = run_expect(&["batch", manifest.to_str().unwrap(), "--json", "--force"], 1);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&o).unwrap();
+    assert_eq!(rows[0]["verdict"], "passed");
+}
