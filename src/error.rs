@@ -42,8 +42,15 @@ pub enum WickError {
         #[source]
         source: Box<WickError>,
     },
+    /// Boxed: candle's error is large and every `Result` would carry its size.
     #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
+}
+
+impl From<candle_core::Error> for WickError {
+    fn from(e: candle_core::Error) -> Self {
+        WickError::Candle(Box::new(e))
+    }
 }
 
 impl WickError {

@@ -48,7 +48,7 @@ pub struct Stage {
 /// Where the pipeline stands.
 enum State {
     Float(Model),
-    Int8 { folded: Model, q: Int8Model },
+    Int8 { folded: Model, q: Box<Int8Model> },
 }
 
 /// The result of a run.
@@ -102,7 +102,7 @@ pub fn run(recipe: &Recipe, inp: &Inputs, progress: &dyn Progress) -> Result<Out
         stages.push(stage);
     }
     match state {
-        State::Int8 { folded, q } => Ok(Outcome { folded, int8: q, stages }),
+        State::Int8 { folded, q } => Ok(Outcome { folded, int8: *q, stages }),
         State::Float(_) => Err(WickError::invalid(format!("recipe {}", recipe.name), "ended without an INT8 model")),
     }
 }
@@ -157,7 +157,7 @@ fn apply(spec: &PassSpec, state: State, inp: &Inputs, progress: &dyn Progress) -
             let (q, r) = ptq(&m, inp.calib, &cfg, *samples, exclude, progress)?;
             let (folded, _) = fold_batchnorm(&m)?;
             let s = format!("calibrated {} layers on {} samples ({method:?}, {activations:?}), {} kept float", r.layers.len(), r.calibration_samples, exclude.len());
-            Ok((State::Int8 { folded: folded.deep_clone()?, q }, s))
+            Ok((State::Int8 { folded: folded.deep_clone()?, q: Box::new(q) }, s))
         }
         PassSpec::Qat { epochs, lr, optimizer, observer_epochs, distill: kd, temperature, alpha, batch_size } => {
             let State::Int8 { folded, q } = state else { return Err(WickError::invalid("recipe", "qat needs calibrate first")) };
@@ -165,7 +165,7 @@ fn apply(spec: &PassSpec, state: State, inp: &Inputs, progress: &dyn Progress) -
             let teacher = if *kd { Some(inp.teacher) } else { None };
             let (q2, r) = qat::qat(&folded, &q, teacher, inp.train, inp.val, &cfg, progress)?;
             let s = format!("QAT {} epochs{}, best val accuracy {:.4} at epoch {}", r.fit.epochs_run, if *kd { " with distillation" } else { "" }, r.fit.best_val_accuracy, r.fit.best_epoch);
-            Ok((State::Int8 { folded, q: q2 }, s))
+            Ok((State::Int8 { folded, q: Box::new(q2) }, s))
         }
         PassSpec::ConvertInt8 {} => {
             let State::Int8 { folded, q } = state else { return Err(WickError::invalid("recipe", "convert_int8 needs calibrate first")) };

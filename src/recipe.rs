@@ -207,7 +207,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Recipe> {
         let spec: PassSpec = serde_json::from_value(p).map_err(|e| bad(format!("passes[{i}] ({name}): {e}")))?;
         recipe.passes.push(spec);
     }
-    validate(&recipe).map_err(|m| bad(m))?;
+    validate(&recipe).map_err(bad)?;
     Ok(recipe)
 }
 

@@ -89,7 +89,7 @@ pub fn calibrate(model: &Model, data: &Dataset, layers: &[String], cfg: &CalibCo
     }
     let batches = batches(data, cfg.batch_size.max(1));
     // Pass 1: global and moving-average min/max of each observed tensor.
-    let mut stats: BTreeMap<String, (f32, f32, Option<(f32, f32)>)> = sources.iter().map(|s| (s.clone(), (f32::INFINITY, f32::NEG_INFINITY, None))).collect();
+    let mut stats: BTreeMap<String, RangeStats> = sources.iter().map(|s| (s.clone(), (f32::INFINITY, f32::NEG_INFINITY, None))).collect();
     progress.start("calibrate", batches.len() as u64 * 2);
     for &(start, len) in &batches {
         for (src, vals) in observe(model, data, &sources, start, len)? {
@@ -130,6 +130,9 @@ pub fn calibrate(model: &Model, data: &Dataset, layers: &[String], cfg: &CalibCo
     progress.finish(&format!("{} layers calibrated on {} samples ({:?})", out.len(), data.len(), cfg.method));
     Ok(out)
 }
+
+/// Global min, global max and the moving-average `(min, max)` of one observed tensor.
+type RangeStats = (f32, f32, Option<(f32, f32)>);
 
 fn batches(data: &Dataset, bs: usize) -> Vec<(usize, usize)> {
     (0..data.len()).step_by(bs).map(|s| (s, bs.min(data.len() - s))).collect()

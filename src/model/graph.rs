@@ -269,7 +269,7 @@ fn check_channels(c: usize, cin: usize, cout: usize, groups: usize) -> std::resu
     if c != cin {
         return Err(format!("in_channels is {cin} but the input has {c} channels"));
     }
-    if groups == 0 || cin % groups != 0 || cout % groups != 0 {
+    if groups == 0 || !cin.is_multiple_of(groups) || !cout.is_multiple_of(groups) {
         return Err(format!("groups {groups} must divide in_channels {cin} and out_channels {cout}"));
     }
     Ok(())

@@ -52,7 +52,7 @@ pub fn check_pair(teacher: &Model, student: &Model, cfg: &DistillConfig) -> Resu
     if teacher.num_classes() != student.num_classes() {
         return Err(WickError::invalid("student", format!("has {} output classes, the teacher {}", student.num_classes(), teacher.num_classes())));
     }
-    if !(cfg.temperature > 0.0) || !(0.0..=1.0).contains(&cfg.alpha) {
+    if cfg.temperature.is_nan() || cfg.temperature <= 0.0 || !(0.0..=1.0).contains(&cfg.alpha) {
         return Err(WickError::invalid("--temperature/--alpha", "need T > 0 and α in [0, 1]"));
     }
     cfg.hints

@@ -71,6 +71,7 @@ pub type Validate<'a> = dyn Fn(&Model) -> Result<EvalResult> + 'a;
 
 /// Trains `vars` (usually `model.trainable_vars()`) of `model` on `train`, minimising `objective`.
 /// `on_epoch(e)` runs before epoch `e` (QAT freezes observers and BatchNorm through it).
+#[allow(clippy::too_many_arguments)] // each argument is a distinct role; a struct would only rename them
 pub fn fit(
     model: &Model,
     vars: Vec<Var>,

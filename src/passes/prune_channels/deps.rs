@@ -184,7 +184,7 @@ pub fn analyse(model: &Model) -> Deps {
     }
     let mut by_producers: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
     let mut seen = BTreeSet::new();
-    for (&id, _) in &producers {
+    for &id in producers.keys() {
         let u = unit_of[id];
         if frozen.contains(&u) || !seen.insert(u) {
             continue;

@@ -72,10 +72,7 @@ pub fn importance(model: &Model, deps: &Deps, c: Criterion, data: Option<&Datase
         let w = model.p(&node.param("weight"));
         let dims = w.dims().to_vec();
         let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
-        let gv: Option<Vec<f32>> = match &grads {
-            Some(g) => Some(g.get(&node.name).cloned().unwrap_or_else(|| vec![0.0; wv.len()])),
-            None => None,
-        };
+        let gv: Option<Vec<f32>> = grads.as_ref().map(|g| g.get(&node.name).cloned().unwrap_or_else(|| vec![0.0; wv.len()]));
         let term = |i: usize| -> f64 {
             let x = wv[i] as f64;
             match (c, &gv) {
