@@ -2,6 +2,7 @@
 //! indicatif and anyhow.
 
 mod batch;
+mod bench;
 mod compress;
 mod distill;
 mod eval;
@@ -18,6 +19,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "wick", version, about, long_about = None)]
 pub struct Cli {
+    /// Worker threads for tensor kernels and integer execution (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,6 +44,8 @@ pub enum Command {
     Compress(compress::Args),
     /// Many compression jobs from a manifest.
     Batch(batch::Args),
+    /// Speed of float and INT8 inference and of training, as ratios measured in one run.
+    Bench(bench::Args),
 }
 
 /// How a run ended, for the exit code: 0 success, 1 accuracy gate failed, 2 error.
@@ -50,6 +56,7 @@ pub enum Outcome {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let threads = set_threads(cli.threads)?;
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(a) => eval::run(a),
@@ -59,7 +66,22 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Distill(a) => distill::run(a),
         Command::Compress(a) => compress::run(a),
         Command::Batch(a) => batch::run(a),
+        Command::Bench(a) => bench::run(a, threads),
     }
+}
+
+/// Fixes the number of worker threads: rayon's global pool (integer kernels, batch jobs) and
+/// candle's CPU kernels, which read `RAYON_NUM_THREADS`. Returns the number in force.
+fn set_threads(n: Option<usize>) -> anyhow::Result<usize> {
+    let n = match n {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    // Safe here: called once at start-up, before any other thread exists.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    Ok(n)
 }
 
 /// Prints load warnings to stderr.

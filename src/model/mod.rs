@@ -3,8 +3,10 @@
 //! the submodules. Uses `error`, `tensor_file` and candle.
 
 pub mod arch;
+mod bn_train;
 pub mod forward;
 pub mod graph;
+pub mod im2col;
 pub mod init;
 pub mod load;
 mod ops;

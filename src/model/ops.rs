@@ -29,12 +29,15 @@ pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv1dCfg) -> Resu
     add_channel_bias(y, b)
 }
 
-/// 2-d cross-correlation, PyTorch semantics. Unequal height/width padding is applied explicitly.
+/// 2-d cross-correlation, PyTorch semantics: im2col + one GEMM when `groups = 1`, else candle's
+/// grouped conv (unequal height/width padding applied explicitly).
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv2dCfg) -> Result<Tensor> {
     let (ph, pw) = c.padding.hw();
     let (s, _) = c.stride.hw();
     let (d, _) = c.dilation.hw();
-    let y = if ph == pw {
+    let y = if c.groups == 1 {
+        super::im2col::conv2d(x, w, s, (ph, pw), d)?
+    } else if ph == pw {
         x.contiguous()?.conv2d(w, ph, s, d, c.groups)?
     } else {
         x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?.contiguous()?.conv2d(w, 0, s, d, c.groups)?
@@ -49,31 +52,37 @@ fn channel_shape(x: &Tensor) -> Vec<usize> {
     s
 }
 
-/// Dims reduced by BatchNorm: every dim but the channel axis 1.
-fn bn_reduce_dims(rank: usize) -> Vec<usize> {
-    (0..rank).filter(|&d| d != 1).collect()
-}
-
 /// BatchNorm, eval: `y = (x − μ_run) / √(σ²_run + eps) · γ + β`.
 /// Train: batch statistics (biased variance) normalise, and the running statistics update as in
 /// PyTorch: `run ← (1 − m)·run + m·stat`, with the *unbiased* batch variance `σ²·n/(n−1)`.
 pub fn batchnorm(x: &Tensor, p: BnParams, c: &BatchNormCfg, train: bool) -> Result<Tensor> {
     let cs = channel_shape(x);
-    let (mean, var) = if train {
-        let dims = bn_reduce_dims(x.rank());
-        let n: usize = dims.iter().map(|&d| x.dim(d).unwrap_or(1)).product();
-        let mean = x.mean_keepdim(dims.as_slice())?;
-        let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(dims.as_slice())?;
+    if train {
+        // The fused op (bn_train.rs): one pass for the statistics, a hand-written backward.
+        let ch = x.dim(1)?;
+        let ones;
+        let zeros;
+        let (g, b) = match (p.weight, p.bias) {
+            (Some(g), Some(b)) => (g, b),
+            _ => {
+                ones = Tensor::ones(ch, x.dtype(), x.device())?;
+                zeros = Tensor::zeros(ch, x.dtype(), x.device())?;
+                (&ones, &zeros)
+            }
+        };
+        let (y, mean, var) = super::bn_train::forward(x, g, b, c.eps)?;
+        let n = x.elem_count() / ch;
         let m = c.momentum;
-        let unbiased = (var.detach().flatten_all()? * (n as f64 / (n.max(2) - 1) as f64))?;
-        let new_mean = ((p.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
-        let new_var = ((p.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        let unbiased: Vec<f32> = var.iter().map(|&v| (v * n as f64 / (n.max(2) - 1) as f64) as f32).collect();
+        let mean: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+        let dev = x.device();
+        let new_mean = ((p.running_mean.as_tensor() * (1.0 - m))? + (Tensor::from_vec(mean, ch, dev)? * m)?)?;
+        let new_var = ((p.running_var.as_tensor() * (1.0 - m))? + (Tensor::from_vec(unbiased, ch, dev)? * m)?)?;
         p.running_mean.set(&new_mean)?;
         p.running_var.set(&new_var)?;
-        (mean, var)
-    } else {
-        (p.running_mean.as_tensor().reshape(cs.clone())?, p.running_var.as_tensor().reshape(cs.clone())?)
-    };
+        return Ok(y);
+    }
+    let (mean, var) = (p.running_mean.as_tensor().reshape(cs.clone())?, p.running_var.as_tensor().reshape(cs.clone())?);
     let inv = (var + c.eps)?.sqrt()?.recip()?;
     let mut y = x.broadcast_sub(&mean)?.broadcast_mul(&inv)?;
     if let (Some(g), Some(b)) = (p.weight, p.bias) {

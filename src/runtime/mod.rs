@@ -31,6 +31,8 @@ pub enum Exec {
 /// Integer data of one layer prepared for execution.
 struct Prepared<'a> {
     q: &'a QuantLayer,
+    /// The weight codes widened to i16 once, for the fast kernel.
+    w16: Vec<i16>,
     /// `Σ_k w_c[k]` per output channel, for the zero-point correction.
     wsum: Vec<i32>,
     /// `s_in · s_c` per output channel.
@@ -57,7 +59,8 @@ impl<'a> IntegerHook<'a> {
                 Some(b) => Some(b.as_tensor().to_vec1::<f32>()?),
                 None => None,
             };
-            layers.insert(name.as_str(), Prepared { q, wsum, mult, bias });
+            let w16 = q.weight.values.iter().map(|&v| v as i16).collect();
+            layers.insert(name.as_str(), Prepared { q, w16, wsum, mult, bias });
         }
         Ok(IntegerHook { layers, kernel })
     }
@@ -88,7 +91,7 @@ impl Hook for IntegerHook<'_> {
         let (y, shape) = match &node.op {
             Op::Linear(c) => {
                 let rows = xs.len() / c.in_features;
-                let acc = gemm_u8i8(&codes, &w.values, rows, c.out_features, c.in_features, self.kernel);
+                let acc = gemm_u8i8(&codes, &w.values, &p.w16, rows, c.out_features, c.in_features, self.kernel);
                 let y: Vec<f32> = acc.iter().enumerate().map(|(i, &a)| p.epilogue(a, zp, i % c.out_features)).collect();
                 let mut s = dims.clone();
                 *s.last_mut().unwrap() = c.out_features;
@@ -137,27 +140,29 @@ impl IntegerHook<'_> {
         let (cg, og) = (g.c / g.groups, g.o / g.groups);
         let kg = cg * g.k.0 * g.k.1;
         let positions = g.ho * g.wo;
-        let sample = |s: usize| -> Vec<f32> {
-            let x = &codes[s * g.c * g.h * g.w..(s + 1) * g.c * g.h * g.w];
-            let mut y = vec![0f32; g.o * positions];
-            for gi in 0..g.groups {
-                let cols = im2col(x, gi * cg, cg, g.h, g.w, g.k.0, g.k.1, g.stride, g.pad, g.dil, g.ho, g.wo, zp as u8);
-                let wg = &p.q.weight.values[gi * og * kg..(gi + 1) * og * kg];
-                let acc = gemm_u8i8(&cols, wg, positions, og, kg, self.kernel);
-                for pos in 0..positions {
-                    for o in 0..og {
-                        let c = gi * og + o;
-                        y[c * positions + pos] = p.epilogue(acc[pos * og + o], zp, c);
+        let plane = g.c * g.h * g.w;
+        let mut y = vec![0f32; g.n * g.o * positions];
+        for gi in 0..g.groups {
+            // Patches of every sample stacked: one GEMM of [N·positions, kg] × [og, kg]ᵀ.
+            let unfold = |s: usize| im2col(&codes[s * plane..(s + 1) * plane], gi * cg, cg, g.h, g.w, g.k.0, g.k.1, g.stride, g.pad, g.dil, g.ho, g.wo, zp as u8);
+            let cols: Vec<u8> = match self.kernel {
+                Kernel::Reference => (0..g.n).flat_map(unfold).collect(),
+                Kernel::Fast => (0..g.n).into_par_iter().map(unfold).collect::<Vec<_>>().concat(),
+            };
+            let wg = &p.q.weight.values[gi * og * kg..(gi + 1) * og * kg];
+            let wg16 = &p.w16[gi * og * kg..(gi + 1) * og * kg];
+            let acc = gemm_u8i8(&cols, wg, wg16, g.n * positions, og, kg, self.kernel);
+            for s in 0..g.n {
+                for o in 0..og {
+                    let c = gi * og + o;
+                    let dst = &mut y[(s * g.o + c) * positions..(s * g.o + c + 1) * positions];
+                    for (pos, d) in dst.iter_mut().enumerate() {
+                        *d = p.epilogue(acc[(s * positions + pos) * og + o], zp, c);
                     }
                 }
             }
-            y
-        };
-        let per: Vec<Vec<f32>> = match self.kernel {
-            Kernel::Reference => (0..g.n).map(sample).collect(),
-            Kernel::Fast => (0..g.n).into_par_iter().map(sample).collect(),
-        };
-        per.concat()
+        }
+        y
     }
 }
 

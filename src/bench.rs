@@ -1,0 +1,75 @@
+//! Speed measurements for `wick bench`: float and INT8 inference at batch 1 and a large batch,
+//! and one training epoch, each the median of repeated runs after warm-up. Ratios are taken
+//! against baselines measured in the same run.
+
+use crate::artifact::Int8Model;
+use crate::calibrate::{CalibConfig, Method};
+use crate::data::Dataset;
+use crate::error::Result;
+use crate::model::forward::Mode;
+use crate::model::Model;
+use crate::passes::ptq::ptq;
+use crate::progress::Silent;
+use crate::quant::ActType;
+use crate::report::latency::{measure, Latency};
+use crate::runtime::{kernels::Kernel, Exec, Executor};
+use crate::train::{fit, loss, OptimizerKind, TrainConfig};
+use serde::Serialize;
+use std::time::Instant;
+
+/// What `wick bench` measures for one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub threads: usize,
+    pub fp32: Latency,
+    pub int8: Latency,
+    /// Median seconds of one training epoch (batch 64, forward + backward + SGD step).
+    pub train_epoch_s: f64,
+    /// fp32 / int8 latency at the large batch.
+    pub int8_speedup_large_batch: f64,
+    pub int8_speedup_batch1: f64,
+}
+
+/// The INT8 model benchmarks run: PTQ (min-max) on the first 256 samples.
+pub fn int8_of(model: &Model, data: &Dataset) -> Result<Int8Model> {
+    let cfg = CalibConfig { method: Method::Minmax, percentile: 99.99, act: ActType::U8, batch_size: 64 };
+    Ok(ptq(model, data, &cfg, 256, &[], &Silent)?.0)
+}
+
+/// Median seconds of one training epoch over `reps` epochs (after one warm-up epoch).
+pub fn train_epoch_seconds(model: &Model, train: &Dataset, reps: usize) -> Result<f64> {
+    let m = model.deep_clone()?;
+    let cfg = TrainConfig { epochs: 1, batch_size: 64, lr: 0.01, optimizer: OptimizerKind::Sgd, weight_decay: 0.0, momentum: 0.9, warmup_epochs: 0.0, seed: 0, patience: None };
+    let obj = |m: &Model, x: &candle_core::Tensor, y: &[u32], _: &[usize], _: &std::cell::RefCell<rand_chacha::ChaCha8Rng>| loss::cross_entropy(&m.forward(x, Mode::Train)?, y);
+    // Validation is not part of the step being measured: a constant stands in for it.
+    let val = |_: &Model| Ok(crate::eval::EvalResult { accuracy: 0.0, loss: 0.0, correct: 0, samples: 0, predictions: vec![] });
+    let mut t = vec![];
+    for i in 0..=reps {
+        let s = Instant::now();
+        fit(&m, m.trainable_vars(), train, &cfg, &obj, &val, &|_| Ok(()), &Silent)?;
+        if i > 0 {
+            t.push(s.elapsed().as_secs_f64());
+        }
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// All measurements for one model.
+pub fn bench(name: &str, model: &Model, train: &Dataset, test: &Dataset, threads: usize, epochs: usize) -> Result<BenchResult> {
+    let q = int8_of(model, train)?;
+    let fp32 = measure(test, 64, &|x| model.forward(x, Mode::Eval))?;
+    let ex = Executor::new(&q, Exec::Integer(Kernel::Fast))?;
+    let int8 = measure(test, 64, &|x| ex.predict(x))?;
+    let train_epoch_s = if epochs > 0 { train_epoch_seconds(model, train, epochs)? } else { 0.0 };
+    Ok(BenchResult {
+        model: name.into(),
+        threads,
+        int8_speedup_large_batch: fp32.large_batch_ms / int8.large_batch_ms,
+        int8_speedup_batch1: fp32.batch1_ms / int8.batch1_ms,
+        fp32,
+        int8,
+        train_epoch_s,
+    })
+}

@@ -1,0 +1,79 @@
+//! `wick bench MODEL --train FILE --test FILE [--threads N]`: speed of float and INT8 inference
+//! and of a training epoch; with `--scaling`, the same at 1 and at N threads (separate
+//! processes, since a thread pool is fixed once built) and the speed-ups.
+
+use super::Outcome;
+use std::path::PathBuf;
+use wick::bench::{bench, BenchResult};
+use wick::data::Dataset;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Float model file (safetensors).
+    model: PathBuf,
+    #[arg(long)]
+    arch: Option<PathBuf>,
+    #[arg(long)]
+    train: PathBuf,
+    #[arg(long)]
+    test: PathBuf,
+    /// Training epochs to time (median); 0 skips training.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Also run at 1 thread and report the speed-up of `--threads` over it.
+    #[arg(long)]
+    scaling: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args, threads: usize) -> anyhow::Result<Outcome> {
+    let model = super::quant_common::load_float(&a.model, a.arch.as_deref())?;
+    let train = Dataset::read(&a.train)?;
+    let test = Dataset::read(&a.test)?;
+    train.check_fits(model.input_shape(), model.num_classes())?;
+    test.check_fits(model.input_shape(), model.num_classes())?;
+    let name = a.model.display().to_string();
+    let r = bench(&name, &model, &train, &test, threads, a.epochs)?;
+    let one = if a.scaling && threads > 1 {
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args(["--threads", "1", "bench"]).arg(&a.model).arg("--train").arg(&a.train).arg("--test").arg(&a.test).args(["--epochs", &a.epochs.to_string(), "--json"]);
+        if let Some(arch) = &a.arch {
+            cmd.arg("--arch").arg(arch);
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            anyhow::bail!("the 1-thread run failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Some(serde_json::from_value::<serde_json::Value>(v["runs"][0].clone())?)
+    } else {
+        None
+    };
+    if a.json {
+        let mut runs = vec![serde_json::to_value(&r)?];
+        if let Some(o) = &one {
+            runs.push(o.clone());
+        }
+        println!("{}", serde_json::json!({ "runs": runs }));
+        return Ok(Outcome::Ok);
+    }
+    print_table(&r, one.as_ref());
+    Ok(Outcome::Ok)
+}
+
+fn print_table(r: &BenchResult, one: Option<&serde_json::Value>) {
+    println!("{} ({} threads), medians after warm-up", r.model, r.threads);
+    println!("{:<34} {:>12} {:>12} {:>8}", "workload", "wick fp32", "wick int8", "ratio");
+    println!("{:<34} {:>9.3} ms {:>9.3} ms {:>7.2}x", "inference, batch 1", r.fp32.batch1_ms, r.int8.batch1_ms, r.int8_speedup_batch1);
+    println!("{:<34} {:>9.3} ms {:>9.3} ms {:>7.2}x", format!("inference, batch {}", r.fp32.large_batch), r.fp32.large_batch_ms, r.int8.large_batch_ms, r.int8_speedup_large_batch);
+    if r.train_epoch_s > 0.0 {
+        println!("{:<34} {:>9.3} s", "training epoch (batch 64, SGD)", r.train_epoch_s);
+    }
+    if let Some(o) = one {
+        let f = |k: &str, sub: &str| o[k][sub].as_f64().unwrap_or(f64::NAN);
+        println!("speed-up of {} threads over 1:", r.threads);
+        println!("  fp32 batch {}: {:.2}x, int8 batch {}: {:.2}x, training epoch: {:.2}x", r.fp32.large_batch, f("fp32", "large_batch_ms") / r.fp32.large_batch_ms,
+            r.int8.large_batch, f("int8", "large_batch_ms") / r.int8.large_batch_ms, o["train_epoch_s"].as_f64().unwrap_or(f64::NAN) / r.train_epoch_s);
+    }
+}
