@@ -140,8 +140,8 @@ unsafe fn row_avx2(a: &[u8], b: &[i16], k: usize, out: &mut [i32]) {
             t += 16;
         }
         let mut s = [hsum(c0), hsum(c1), hsum(c2), hsum(c3)];
-        for t in k16..k {
-            let x = a[t] as i32;
+        for (t, &x) in a.iter().enumerate().take(k).skip(k16) {
+            let x = x as i32;
             s[0] += x * *b0.add(t) as i32;
             s[1] += x * *b1.add(t) as i32;
             s[2] += x * *b2.add(t) as i32;
@@ -160,8 +160,8 @@ unsafe fn row_avx2(a: &[u8], b: &[i16], k: usize, out: &mut [i32]) {
             t += 16;
         }
         let mut s = hsum(c0);
-        for t in k16..k {
-            s += a[t] as i32 * *bj.add(t) as i32;
+        for (t, &x) in a.iter().enumerate().take(k).skip(k16) {
+            s += x as i32 * *bj.add(t) as i32;
         }
         out[j] = s;
         j += 1;

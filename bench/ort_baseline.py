@@ -1,0 +1,114 @@
+"""ONNX Runtime baseline for `bench/run.sh`: builds an ONNX graph from a wick architecture file and
+its safetensors weights (no PyTorch needed), then times FP32 and INT8 (static QDQ, uint8
+activations, per-channel int8 weights, as ORT's quantize_static makes it) inference at batch 1
+and batch 64: median of repeated runs after warm-up. Prints one JSON object."""
+import argparse, json, struct, sys, tempfile, time, os
+import numpy as np
+import onnx
+from onnx import helper, TensorProto, numpy_helper
+import onnxruntime as ort
+from onnxruntime.quantization import quantize_static, CalibrationDataReader, QuantFormat, QuantType
+
+DT = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "I8": np.int8}
+
+def read_safetensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n]); data = b[8 + n:]
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__" or v["dtype"] not in DT:
+            continue
+        s, e = v["data_offsets"]
+        out[k] = np.frombuffer(data[s:e], dtype=DT[v["dtype"]]).reshape(v["shape"])
+    return out
+
+def pair(v):
+    return [v, v] if isinstance(v, int) else list(v)
+
+def build(arch, w):
+    nodes, inits = [], []
+    def init(name, arr):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.astype(np.float32)), name))
+    inp = arch["input"].get("name", "input")
+    for n in arch["nodes"]:
+        name, op, ins = n["name"], n["op"], n["inputs"]
+        if op == "conv2d":
+            init(name + ".weight", w[name + ".weight"])
+            args = [ins[0], name + ".weight"]
+            if n.get("bias", True):
+                init(name + ".bias", w[name + ".bias"]); args.append(name + ".bias")
+            ph, pw = pair(n.get("padding", 0))
+            nodes.append(helper.make_node("Conv", args, [name], strides=pair(n.get("stride", 1)), pads=[ph, pw, ph, pw],
+                                          dilations=pair(n.get("dilation", 1)), group=n.get("groups", 1)))
+        elif op in ("batchnorm2d", "batchnorm1d"):
+            for s in ("weight", "bias", "running_mean", "running_var"):
+                init(name + "." + s, w[name + "." + s])
+            nodes.append(helper.make_node("BatchNormalization", [ins[0]] + [name + "." + s for s in ("weight", "bias", "running_mean", "running_var")], [name], epsilon=n.get("eps", 1e-5)))
+        elif op == "linear":
+            init(name + ".weight", w[name + ".weight"])
+            args = [ins[0], name + ".weight"]
+            if n.get("bias", True):
+                init(name + ".bias", w[name + ".bias"]); args.append(name + ".bias")
+            nodes.append(helper.make_node("Gemm", args, [name], transB=1))
+        elif op == "relu":
+            nodes.append(helper.make_node("Relu", ins, [name]))
+        elif op == "add":
+            nodes.append(helper.make_node("Add", ins[:2], [name]))
+        elif op == "global_avg_pool":
+            nodes.append(helper.make_node("GlobalAveragePool", ins, [name + ".pool"]))
+            nodes.append(helper.make_node("Flatten", [name + ".pool"], [name], axis=1))
+        elif op == "flatten":
+            nodes.append(helper.make_node("Flatten", ins, [name], axis=n.get("start_dim", 1)))
+        else:
+            sys.exit(f"ort_baseline.py: op '{op}' (node '{name}') is not supported by this baseline script")
+    out = arch.get("output") or arch["nodes"][-1]["name"]
+    x = helper.make_tensor_value_info(inp, TensorProto.FLOAT, ["N"] + arch["input"]["shape"])
+    y = helper.make_tensor_value_info(out, TensorProto.FLOAT, None)
+    g = helper.make_graph(nodes, "wick", [x], [y], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m, inp
+
+def median_ms(f, reps):
+    for _ in range(3):
+        f()
+    t = []
+    for _ in range(reps):
+        s = time.perf_counter(); f(); t.append((time.perf_counter() - s) * 1e3)
+    t.sort()
+    return t[len(t) // 2]
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model"); ap.add_argument("--arch"); ap.add_argument("--data"); ap.add_argument("--calib")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    arch = json.load(open(a.arch)); w = read_safetensors(a.model)
+    test = read_safetensors(a.data); calib = read_safetensors(a.calib)
+    m, inp = build(arch, w)
+    tmp = tempfile.mkdtemp()
+    fp32 = os.path.join(tmp, "fp32.onnx"); onnx.save(m, fp32)
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{inp: calib["x"][i:i + 1].astype(np.float32)} for i in range(min(256, len(calib["x"])))])
+        def get_next(self):
+            return next(self.it, None)
+    int8 = os.path.join(tmp, "int8.onnx")
+    quantize_static(fp32, int8, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
+    so = ort.SessionOptions(); so.intra_op_num_threads = a.threads; so.inter_op_num_threads = 1
+    res = {"threads": a.threads, "onnxruntime": ort.__version__}
+    x = test["x"].astype(np.float32); y = test["y"]
+    preds = {}
+    for kind, path in (("fp32", fp32), ("int8", int8)):
+        s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        one, many = x[:1], x[:64]
+        res[kind] = {"batch1_ms": median_ms(lambda: s.run(None, {inp: one}), 200),
+                     "large_batch": 64, "large_batch_ms": median_ms(lambda: s.run(None, {inp: many}), 50)}
+        preds[kind] = s.run(None, {inp: x})[0].argmax(1)
+        res[kind]["test_accuracy"] = float((preds[kind] == y).mean())
+    res["int8_flipped_vs_fp32"] = int((preds["fp32"] != preds["int8"]).sum())
+    print(json.dumps(res))
+
+main()
