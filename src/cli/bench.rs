@@ -9,10 +9,8 @@ use wick::data::Dataset;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Float model file (safetensors).
-    model: PathBuf,
-    #[arg(long)]
-    arch: Option<PathBuf>,
+    #[command(flatten)]
+    m: super::ModelArgs,
     #[arg(long)]
     train: PathBuf,
     #[arg(long)]
@@ -28,17 +26,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args, threads: usize) -> anyhow::Result<Outcome> {
-    let model = super::quant_common::load_float(&a.model, a.arch.as_deref())?;
+    let model = super::quant_common::load_float(&a.m.model, a.m.arch.as_deref())?;
     let train = Dataset::read(&a.train)?;
     let test = Dataset::read(&a.test)?;
     train.check_fits(model.input_shape(), model.num_classes())?;
     test.check_fits(model.input_shape(), model.num_classes())?;
-    let name = a.model.display().to_string();
+    let name = a.m.model.display().to_string();
     let r = bench(&name, &model, &train, &test, threads, a.epochs)?;
     let one = if a.scaling && threads > 1 {
         let mut cmd = std::process::Command::new(std::env::current_exe()?);
-        cmd.args(["--threads", "1", "bench"]).arg(&a.model).arg("--train").arg(&a.train).arg("--test").arg(&a.test).args(["--epochs", &a.epochs.to_string(), "--json"]);
-        if let Some(arch) = &a.arch {
+        cmd.args(["--threads", "1", "bench"]).arg(&a.m.model).arg("--train").arg(&a.train).arg("--test").arg(&a.test).args(["--epochs", &a.epochs.to_string(), "--json"]);
+        if let Some(arch) = &a.m.arch {
             cmd.arg("--arch").arg(arch);
         }
         let out = cmd.output()?;

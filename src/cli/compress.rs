@@ -8,10 +8,8 @@ use wick::job::{self, JobSpec};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Float teacher (safetensors).
-    model: PathBuf,
-    #[arg(long)]
-    arch: Option<PathBuf>,
+    #[command(flatten)]
+    m: super::ModelArgs,
     /// Recipe: a name in passes/ (ptq-int8, qat-int8, distill-int8, edge-int8) or a JSON file.
     #[arg(long)]
     recipe: String,
@@ -56,8 +54,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let spec = JobSpec {
-        model: a.model,
-        arch: a.arch,
+        model: a.m.model,
+        arch: a.m.arch,
         recipe: a.recipe,
         train: a.train,
         val: a.val,

@@ -12,11 +12,8 @@ use wick::runtime::{self, kernels::Kernel, Exec};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model file (safetensors): a float model or a wick INT8 artifact.
-    model: PathBuf,
-    /// Architecture JSON (else the file's metadata or a sidecar `<stem>.arch.json`).
-    #[arg(long)]
-    arch: Option<PathBuf>,
+    #[command(flatten)]
+    m: super::ModelArgs,
     /// Data set (safetensors with `x` and `y`).
     #[arg(long)]
     data: PathBuf,
@@ -37,14 +34,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    let (model, warnings) = load_any(&a.model, a.arch.as_deref())?;
+    let (model, warnings) = load_any(&a.m.model, a.m.arch.as_deref())?;
     super::warn_all(&warnings);
     let data = Dataset::read(&a.data)?;
     let progress = CliProgress::new(a.quiet);
     let (r, how) = match &model {
         AnyModel::Float(m) => {
             if a.simulate || a.reference {
-                anyhow::bail!("--simulate and --reference apply to INT8 artifacts; {} is a float model", a.model.display());
+                anyhow::bail!("--simulate and --reference apply to INT8 artifacts; {} is a float model", a.m.model.display());
             }
             (evaluate(m, &data, a.batch_size, &progress)?, "float32")
         }

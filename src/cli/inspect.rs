@@ -1,24 +1,20 @@
 //! `wick inspect MODEL [--arch FILE]`: a table of nodes with totals last.
 
 use super::Outcome;
-use std::path::PathBuf;
 use wick::model::load::load_model;
 use wick::model::stats::node_stats;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model file (safetensors).
-    model: PathBuf,
-    /// Architecture JSON (else the file's metadata or a sidecar `<stem>.arch.json`).
-    #[arg(long)]
-    arch: Option<PathBuf>,
+    #[command(flatten)]
+    m: super::ModelArgs,
     /// Print the rows as JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    let loaded = load_model(&a.model, a.arch.as_deref())?;
+    let loaded = load_model(&a.m.model, a.m.arch.as_deref())?;
     super::warn_all(&loaded.warnings);
     let rows = node_stats(&loaded.model, |_| 4);
     if a.json {

@@ -48,6 +48,16 @@ pub enum Command {
     Bench(bench::Args),
 }
 
+/// The model a command reads: a safetensors file and, optionally, its architecture.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// Model file (safetensors): a float model, or for `eval` also a wick INT8 artifact.
+    pub model: std::path::PathBuf,
+    /// Architecture JSON (else the file's metadata or a sidecar `<stem>.arch.json`).
+    #[arg(long)]
+    pub arch: Option<std::path::PathBuf>,
+}
+
 /// How a run ended, for the exit code: 0 success, 1 accuracy gate failed, 2 error.
 pub enum Outcome {
     Ok,

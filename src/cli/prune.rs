@@ -14,10 +14,8 @@ use wick::train::{OptimizerKind, TrainConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Float model file (safetensors).
-    model: PathBuf,
-    #[arg(long)]
-    arch: Option<PathBuf>,
+    #[command(flatten)]
+    m: super::ModelArgs,
     /// Fraction of channels to remove, in [0, 1).
     #[arg(long)]
     ratio: f64,
@@ -66,7 +64,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    let model = load_float(&a.model, a.arch.as_deref())?;
+    let model = load_float(&a.m.model, a.m.arch.as_deref())?;
     let cfg = PruneConfig { ratio: a.ratio, criterion: a.criterion, global: a.global, round_to: a.round_to, min_channels: a.min_channels, ignore: a.ignore.clone(), seed: a.seed };
     let progress = CliProgress::new(a.quiet);
     let train = a.train.as_ref().map(|p| read_data(p, &model)).transpose()?;
@@ -104,7 +102,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     if !a.dry_run {
         let out = a.out.as_ref().unwrap();
         let mut extra = std::collections::BTreeMap::new();
-        extra.insert("provenance".to_string(), json!({"teacher": a.model.display().to_string(), "teacher_sha256": wick::provenance::file_sha256(&a.model)?, "tool": wick::provenance::tool_version(), "pass": "prune_channels", "settings": &cfg, "steps": a.steps}));
+        extra.insert("provenance".to_string(), json!({"teacher": a.m.model.display().to_string(), "teacher_sha256": wick::provenance::file_sha256(&a.m.model)?, "tool": wick::provenance::tool_version(), "pass": "prune_channels", "settings": &cfg, "steps": a.steps}));
         save_model(&pruned, out, extra)?;
     }
     let summary = json!({

@@ -13,10 +13,8 @@ use wick::train::{OptimizerKind, TrainConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Float model file (safetensors).
-    model: PathBuf,
-    #[arg(long)]
-    arch: Option<PathBuf>,
+    #[command(flatten)]
+    m: super::ModelArgs,
     #[arg(long)]
     train: PathBuf,
     #[arg(long)]
@@ -63,7 +61,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    let teacher = load_float(&a.model, a.arch.as_deref())?;
+    let teacher = load_float(&a.m.model, a.m.arch.as_deref())?;
     let train = read_data(&a.train, &teacher)?;
     let val = read_data(&a.val, &teacher)?;
     let calib = match &a.calib {
@@ -84,7 +82,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let teacher_ref = if a.distill { Some(&teacher) } else { None };
     let (mut q, rep) = qat(&folded, &init, teacher_ref, &train, &val, &cfg, &progress)?;
     let settings = json!({"pass": "qat", "qat": &cfg, "calibration": &ccfg, "exclude": &a.exclude});
-    let cmp = write_and_compare(&mut q, &teacher, &a.model, &a.out, a.test.as_ref(), settings.clone(), &progress)?;
+    let cmp = write_and_compare(&mut q, &teacher, &a.m.model, &a.out, a.test.as_ref(), settings.clone(), &progress)?;
     println!("wrote {} ({} layers INT8; best val accuracy {:.4} at epoch {})", a.out.display(), q.layers.len(), rep.fit.best_val_accuracy, rep.fit.best_epoch);
     if let Some(c) = &cmp {
         print_comparison(c);

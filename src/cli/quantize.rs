@@ -11,10 +11,8 @@ use wick::quant::ActType;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Float model file (safetensors).
-    model: PathBuf,
-    #[arg(long)]
-    arch: Option<PathBuf>,
+    #[command(flatten)]
+    m: super::ModelArgs,
     /// Calibration data (safetensors with `x`; `y` is not used but required by the format).
     #[arg(long)]
     calib: PathBuf,
@@ -46,7 +44,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    let teacher = load_float(&a.model, a.arch.as_deref())?;
+    let teacher = load_float(&a.m.model, a.m.arch.as_deref())?;
     let calib = wick::data::Dataset::read(&a.calib)?;
     let progress = CliProgress::new(a.quiet);
     let cfg = CalibConfig { method: a.method, percentile: a.percentile, act: a.activations, batch_size: 64 };
@@ -55,7 +53,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     }
     let (mut q, rep) = ptq(&teacher, &calib, &cfg, a.samples, &a.exclude, &progress)?;
     let settings = json!({"pass": "ptq", "calibration": &cfg, "samples": rep.calibration_samples, "exclude": &a.exclude});
-    let cmp = write_and_compare(&mut q, &teacher, &a.model, &a.out, a.test.as_ref(), settings.clone(), &progress)?;
+    let cmp = write_and_compare(&mut q, &teacher, &a.m.model, &a.out, a.test.as_ref(), settings.clone(), &progress)?;
     println!("wrote {} ({} layers INT8, {} BatchNorms folded, {} kept in float)", a.out.display(), q.layers.len(), rep.folded.len(), rep.excluded.len());
     if let Some(c) = &cmp {
         print_comparison(c);

@@ -59,6 +59,9 @@ pub fn im2col(
     out
 }
 
+/// GEMMs smaller than this run on the calling thread.
+pub const PARALLEL_MIN_MACS: usize = 1 << 18;
+
 /// `c[m][n] = Σ_k a[m][k] · b[n][k]` (a u8 `[M, K]`, b i8 `[N, K]`, both row-major), i32 exact.
 /// `b16` is `b` widened to i16 (packed once per layer) for the fast path.
 pub fn gemm_u8i8(a: &[u8], b: &[i8], b16: &[i16], m: usize, n: usize, k: usize, kernel: Kernel) -> Vec<i32> {
@@ -77,7 +80,14 @@ pub fn gemm_u8i8(a: &[u8], b: &[i8], b16: &[i16], m: usize, n: usize, k: usize, 
         }
         Kernel::Fast => {
             let row = row_fn();
-            // Rows in chunks big enough to amortise scheduling, small enough to share 2 cores.
+            // Below ~256k multiply-adds, handing work to other threads costs more than it saves.
+            if m * n * k < PARALLEL_MIN_MACS {
+                for (i, o) in c.chunks_mut(n).enumerate() {
+                    row(&a[i * k..(i + 1) * k], b16, k, o);
+                }
+                return c;
+            }
+            // Rows in chunks big enough to amortise scheduling, small enough to share the cores.
             let rows_per_task = (m / (4 * rayon::current_num_threads())).clamp(1, 64);
             c.par_chunks_mut(n * rows_per_task).enumerate().for_each(|(ci, out)| {
                 for (r, o) in out.chunks_mut(n).enumerate() {
@@ -174,16 +184,19 @@ mod tests {
 
     #[test]
     fn fast_gemm_equals_reference_bit_for_bit() {
-        // Extreme codes included: 255 · 127 pairs would saturate vpmaddubsw. n = 7 exercises the
-        // 4-wide blocks and the remainder; k = 83 the 16-wide steps and the tail.
-        let (m, n, k) = (7, 7, 83);
-        let a: Vec<u8> = (0..m * k).map(|i| if i % 3 == 0 { 255 } else { ((i * 37) % 256) as u8 }).collect();
-        let b: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
-        let b16: Vec<i16> = b.iter().map(|&v| v as i16).collect();
-        let r = gemm_u8i8(&a, &b, &b16, m, n, k, Kernel::Reference);
-        let f = gemm_u8i8(&a, &b, &b16, m, n, k, Kernel::Fast);
-        assert_eq!(r, f);
-        assert_eq!(r[0], (0..k).map(|t| a[t] as i32 * b[t] as i32).sum::<i32>());
+        // Extreme codes included: 255 · 127 pairs would saturate vpmaddubsw. n = 7 and 37
+        // exercise the 4-wide blocks and the remainder; k = 83 the 16-wide steps and the tail;
+        // the second size is above PARALLEL_MIN_MACS, so the threaded path runs too.
+        for (m, n, k) in [(7, 7, 83), (300, 37, 83)] {
+            assert_eq!((m * n * k) >= PARALLEL_MIN_MACS, m == 300);
+            let a: Vec<u8> = (0..m * k).map(|i| if i % 3 == 0 { 255 } else { ((i * 37) % 256) as u8 }).collect();
+            let b: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
+            let b16: Vec<i16> = b.iter().map(|&v| v as i16).collect();
+            let r = gemm_u8i8(&a, &b, &b16, m, n, k, Kernel::Reference);
+            let f = gemm_u8i8(&a, &b, &b16, m, n, k, Kernel::Fast);
+            assert_eq!(r, f);
+            assert_eq!(r[0], (0..k).map(|t| a[t] as i32 * b[t] as i32).sum::<i32>());
+        }
     }
 
     #[test]

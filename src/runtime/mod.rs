@@ -146,8 +146,8 @@ impl IntegerHook<'_> {
             // Patches of every sample stacked: one GEMM of [N·positions, kg] × [og, kg]ᵀ.
             let unfold = |s: usize| im2col(&codes[s * plane..(s + 1) * plane], gi * cg, cg, g.h, g.w, g.k.0, g.k.1, g.stride, g.pad, g.dil, g.ho, g.wo, zp as u8);
             let cols: Vec<u8> = match self.kernel {
-                Kernel::Reference => (0..g.n).flat_map(unfold).collect(),
-                Kernel::Fast => (0..g.n).into_par_iter().map(unfold).collect::<Vec<_>>().concat(),
+                Kernel::Fast if g.n > 1 => (0..g.n).into_par_iter().map(unfold).collect::<Vec<_>>().concat(),
+                _ => (0..g.n).flat_map(unfold).collect(),
             };
             let wg = &p.q.weight.values[gi * og * kg..(gi + 1) * og * kg];
             let wg16 = &p.w16[gi * og * kg..(gi + 1) * og * kg];
