@@ -1,13 +1,13 @@
 //! 2-d convolution as one GEMM, for speed in training and float inference: `im2col` unfolds the
-//! input into patches `[N, L, K]` (`L = Ho·Wo` positions, `K = C·kh·kw` taps ordered like the
-//! weight), then `y = cols · Wᵀ` is a single matrix product over all `N·L` rows. Unfolding is a
-//! candle custom op whose backward is `col2im` (the adjoint: each patch gradient is added back
-//! to the pixels it read), so the matmul's own GEMM backward does the rest. Candle's built-in
-//! conv runs a small GEMM per sample and a direct-loop transposed conv in backward; this path
-//! is several times faster on these shapes (see bench/README.md).
+//! input into patches `[N·L, K]` (`L = Ho·Wo` positions, `K = C·kh·kw` taps ordered like the
+//! weight), then `Yᵀ = cols · Wᵀ` is a single matrix product over all `N·L` rows (the `gemm`
+//! crate candle itself uses). Backward is two more GEMMs and `col2im` (the adjoint of im2col:
+//! each patch gradient is added back to the pixels it read). Candle's built-in conv runs a
+//! small GEMM per sample and a direct-loop transposed conv in backward; this path is several
+//! times faster on these shapes (see bench/README.md).
 
 use crate::error::Result;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Geometry of one unfolding.
@@ -28,10 +28,12 @@ pub struct Geom {
 }
 
 impl Geom {
-    fn k(&self) -> usize {
+    /// Taps per position: `C·kh·kw`.
+    pub fn k(&self) -> usize {
         self.c * self.kh * self.kw
     }
-    fn l(&self) -> usize {
+    /// Output positions: `Ho·Wo`.
+    pub fn l(&self) -> usize {
         self.ho * self.wo
     }
 }
@@ -39,7 +41,7 @@ impl Geom {
 /// Calls `f(t, i)` for every tap `t` of position `(oy, ox)` that reads input pixel `i` (taps in
 /// the zero padding are skipped). Row and column offsets are computed once per kernel row.
 #[inline(always)]
-fn for_taps(g: &Geom, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+pub fn for_taps(g: &Geom, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
     let (h, w) = (g.h as isize, g.w as isize);
     let y0 = (oy * g.stride) as isize - g.ph as isize;
     let x0 = (ox * g.stride) as isize - g.pw as isize;
@@ -92,39 +94,90 @@ fn fold(cols: &[f32], g: &Geom) -> Vec<f32> {
     out
 }
 
-struct Im2Col(Geom);
-
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "im2col"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.0;
-        let CpuStorage::F32(v) = storage else { candle_core::bail!("im2col: f32 only") };
-        let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("im2col: contiguous input only") };
-        let out = unfold(&v[a..b], g);
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.l(), g.k()))))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let g = &self.0;
-        let d: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
-        let dx = fold(&d, g);
-        Ok(Some(Tensor::from_vec(dx, (g.n, g.c, g.h, g.w), grad.device())?))
+/// `dst[m×n]` (row-major) `= lhs · rhs`, each operand given by its row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) {
+    debug_assert!(dst.len() >= m * n);
+    let par = match rayon::current_num_threads() {
+        1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
+    };
+    // SAFETY: every index the strides reach lies inside the slices (m·n, m·k and k·n elements
+    // laid out as described), and dst does not alias the operands.
+    unsafe {
+        gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, lhs.as_ptr(), lhs_cs as isize, lhs_rs as isize, rhs.as_ptr(), rhs_cs as isize, rhs_rs as isize, 0.0, 1.0, false, false, false, par);
     }
 }
 
-/// `y = conv2d(x, w) + b` for `groups = 1` as im2col + one GEMM. `x` is `[N, C, H, W]`, `w`
+/// The fused convolution op: im2col and the GEMMs happen inside, so candle's gradient store
+/// never holds the large patch matrix (accumulating its gradient was a quarter of training time).
+/// Forward: `Yᵀ[NL, O] = cols[NL, K] · Wᵀ`. Backward: `dW = dYᵀᵀ · cols`,
+/// `dcols = dYᵀ · W`, `dx = col2im(dcols)`.
+struct Conv(Geom, usize);
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("conv2d: f32 only") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("conv2d: contiguous tensors only") };
+    Ok(&v[a..b])
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col-gemm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, o) = (&self.0, self.1);
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (k, l) = (g.k(), g.l());
+        let cols = unfold(x, g);
+        let mut yt = vec![0f32; g.n * l * o];
+        matmul(g.n * l, o, k, &mut yt, &cols, k, 1, w, 1, k);
+        let mut y = vec![0f32; g.n * o * l];
+        for s in 0..g.n {
+            for p in 0..l {
+                let src = &yt[(s * l + p) * o..(s * l + p + 1) * o];
+                for (c, &v) in src.iter().enumerate() {
+                    y[(s * o + c) * l + p] = v;
+                }
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((g.n, o, g.ho, g.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (g, o) = (&self.0, self.1);
+        let (k, l) = (g.k(), g.l());
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let ws: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let dy: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
+        let mut dyt = vec![0f32; g.n * l * o];
+        for s in 0..g.n {
+            for c in 0..o {
+                let src = &dy[(s * o + c) * l..(s * o + c + 1) * l];
+                for (p, &v) in src.iter().enumerate() {
+                    dyt[(s * l + p) * o + c] = v;
+                }
+            }
+        }
+        let cols = unfold(&xs, g);
+        let mut dw = vec![0f32; o * k];
+        matmul(o, k, g.n * l, &mut dw, &dyt, 1, o, &cols, k, 1);
+        let mut dcols = vec![0f32; g.n * l * k];
+        matmul(g.n * l, k, o, &mut dcols, &dyt, o, 1, &ws, k, 1);
+        let dx = fold(&dcols, g);
+        Ok((Some(Tensor::from_vec(dx, x.dims(), x.device())?), Some(Tensor::from_vec(dw, w.dims(), w.device())?)))
+    }
+}
+
+/// `y = conv2d(x, w)` for `groups = 1` as im2col + one GEMM. `x` is `[N, C, H, W]`, `w`
 /// `[O, C, kh, kw]`.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: (usize, usize), dil: usize) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
     let (o, _, kh, kw) = w.dims4()?;
     let out = |len: usize, k: usize, p: usize| (len + 2 * p - dil * (k - 1) - 1) / stride + 1;
     let g = Geom { n, c, h, w: wd, kh, kw, stride, ph: pad.0, pw: pad.1, dil, ho: out(h, kh, pad.0), wo: out(wd, kw, pad.1) };
-    let cols = x.contiguous()?.apply_op1(Im2Col(g))?;
-    let y = cols.reshape((n * g.l(), g.k()))?.matmul(&w.reshape((o, g.k()))?.t()?)?;
-    Ok(y.reshape((n, g.l(), o))?.transpose(1, 2)?.reshape((n, o, g.ho, g.wo))?)
+    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Conv(g, o))?)
 }
 
 #[cfg(test)]

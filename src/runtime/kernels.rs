@@ -3,6 +3,7 @@
 //! (rayon over row blocks; AVX2 `vpmaddwd` over 4 weight rows at a time, chosen at run time). Integer sums are exact, so
 //! the two agree bit for bit; tests check it.
 
+use crate::model::im2col::{for_taps, Geom};
 use rayon::prelude::*;
 
 /// Which implementation computes the GEMM.
@@ -26,34 +27,16 @@ pub fn quantize_u8(x: &[f32], q: &crate::quant::QParams) -> (Vec<u8>, i32) {
     (codes, q.zero_point + shift)
 }
 
-/// Patches of one group of one sample for a 2-d convolution, `[positions, k]` row-major with
-/// `k = cg·kh·kw` ordered like the weight `[out, cg, kh, kw]`; out-of-image taps read `pad`
-/// (the zero point, i.e. real 0).
-#[allow(clippy::too_many_arguments)]
-pub fn im2col(
-    x: &[u8], c0: usize, cg: usize, h: usize, w: usize, kh: usize, kw: usize, stride: usize,
-    pad: (usize, usize), dil: usize, ho: usize, wo: usize, padv: u8,
-) -> Vec<u8> {
-    let k = cg * kh * kw;
-    let mut out = vec![padv; ho * wo * k];
-    for oy in 0..ho {
-        for ox in 0..wo {
-            let row = &mut out[(oy * wo + ox) * k..(oy * wo + ox + 1) * k];
-            for c in 0..cg {
-                let plane = &x[(c0 + c) * h * w..(c0 + c + 1) * h * w];
-                for ky in 0..kh {
-                    let iy = (oy * stride + ky * dil) as isize - pad.0 as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..kw {
-                        let ix = (ox * stride + kx * dil) as isize - pad.1 as isize;
-                        if ix >= 0 && ix < w as isize {
-                            row[(c * kh + ky) * kw + kx] = plane[iy as usize * w + ix as usize];
-                        }
-                    }
-                }
-            }
+/// Patches of one sample for a 2-d convolution, `[positions, k]` row-major with
+/// `k = C·kh·kw` ordered like the weight `[out, C, kh, kw]`; `x` holds the `g.c` channels the
+/// patches read (one group's), and out-of-image taps read `padv` (the zero point, i.e. real 0).
+pub fn im2col(x: &[u8], g: &Geom, padv: u8) -> Vec<u8> {
+    let k = g.k();
+    let mut out = vec![padv; g.l() * k];
+    for oy in 0..g.ho {
+        for ox in 0..g.wo {
+            let row = &mut out[(oy * g.wo + ox) * k..(oy * g.wo + ox + 1) * k];
+            for_taps(g, oy, ox, |t, i| row[t] = x[i]);
         }
     }
     out
@@ -203,7 +186,8 @@ mod tests {
     fn im2col_pads_with_the_zero_point() {
         // 1 channel 2x2 image, 3x3 kernel, pad 1: the centre tap of position (0,0) is x[0].
         let x = [1u8, 2, 3, 4];
-        let cols = im2col(&x, 0, 1, 2, 2, 3, 3, 1, (1, 1), 1, 2, 2, 9);
+        let g = Geom { n: 1, c: 1, h: 2, w: 2, kh: 3, kw: 3, stride: 1, ph: 1, pw: 1, dil: 1, ho: 2, wo: 2 };
+        let cols = im2col(&x, &g, 9);
         assert_eq!(&cols[..9], &[9, 9, 9, 9, 1, 2, 9, 3, 4]);
     }
 }

@@ -15,6 +15,7 @@ use crate::data::Dataset;
 use crate::eval::EvalResult;
 use crate::progress::Progress;
 use candle_core::Tensor;
+use crate::model::im2col::Geom;
 use kernels::{gemm_u8i8, im2col, quantize_u8, Kernel};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -144,7 +145,8 @@ impl IntegerHook<'_> {
         let mut y = vec![0f32; g.n * g.o * positions];
         for gi in 0..g.groups {
             // Patches of every sample stacked: one GEMM of [N·positions, kg] × [og, kg]ᵀ.
-            let unfold = |s: usize| im2col(&codes[s * plane..(s + 1) * plane], gi * cg, cg, g.h, g.w, g.k.0, g.k.1, g.stride, g.pad, g.dil, g.ho, g.wo, zp as u8);
+            let geom = Geom { n: 1, c: cg, h: g.h, w: g.w, kh: g.k.0, kw: g.k.1, stride: g.stride, ph: g.pad.0, pw: g.pad.1, dil: g.dil, ho: g.ho, wo: g.wo };
+            let unfold = |s: usize| im2col(&codes[s * plane + gi * cg * g.h * g.w..s * plane + (gi + 1) * cg * g.h * g.w], &geom, zp as u8);
             let cols: Vec<u8> = match self.kernel {
                 Kernel::Fast if g.n > 1 => (0..g.n).into_par_iter().map(unfold).collect::<Vec<_>>().concat(),
                 _ => (0..g.n).flat_map(unfold).collect(),
