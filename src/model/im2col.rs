@@ -63,6 +63,51 @@ pub fn for_taps(g: &Geom, oy: usize, ox: usize, mut f: impl FnMut(usize, usize))
     }
 }
 
+/// Writes the patch of position `(oy, ox)` into `row` (`K` values; padding taps are left as
+/// they are). With dilation 1 each kernel row is one contiguous run of the input, copied whole.
+#[inline]
+pub fn patch_row<T: Copy>(g: &Geom, x: &[T], oy: usize, ox: usize, row: &mut [T]) {
+    if g.dil != 1 {
+        for_taps(g, oy, ox, |t, i| row[t] = x[i]);
+        return;
+    }
+    let (h, w) = (g.h as isize, g.w as isize);
+    let y0 = (oy * g.stride) as isize - g.ph as isize;
+    let x0 = (ox * g.stride) as isize - g.pw as isize;
+    // Kernel columns inside the image: kx in [lo, hi).
+    let lo = (-x0).clamp(0, g.kw as isize) as usize;
+    let hi = (w - x0).clamp(0, g.kw as isize) as usize;
+    if lo >= hi {
+        return;
+    }
+    for ci in 0..g.c {
+        for ky in 0..g.kh {
+            let iy = y0 + ky as isize;
+            if iy < 0 || iy >= h {
+                continue;
+            }
+            let src = (ci * g.h + iy as usize) * g.w + (x0 + lo as isize) as usize;
+            let t0 = (ci * g.kh + ky) * g.kw;
+            // Kernel rows are short: spelled-out moves for up to 3 taps (a copy loop would be
+            // turned into a memmove call, which costs more than the copy).
+            let (d, s) = (&mut row[t0 + lo..t0 + hi], &x[src..src + (hi - lo)]);
+            match d.len() {
+                1 => d[0] = s[0],
+                2 => {
+                    d[0] = s[0];
+                    d[1] = s[1];
+                }
+                3 => {
+                    d[0] = s[0];
+                    d[1] = s[1];
+                    d[2] = s[2];
+                }
+                _ => d.copy_from_slice(s),
+            }
+        }
+    }
+}
+
 fn unfold(x: &[f32], g: &Geom) -> Vec<f32> {
     let (k, l, plane) = (g.k(), g.l(), g.c * g.h * g.w);
     let mut out = vec![0f32; g.n * l * k];
@@ -70,8 +115,7 @@ fn unfold(x: &[f32], g: &Geom) -> Vec<f32> {
         let xs = &x[s * plane..(s + 1) * plane];
         for oy in 0..g.ho {
             for ox in 0..g.wo {
-                let row = &mut o[(oy * g.wo + ox) * k..(oy * g.wo + ox + 1) * k];
-                for_taps(g, oy, ox, |t, i| row[t] = xs[i]);
+                patch_row(g, xs, oy, ox, &mut o[(oy * g.wo + ox) * k..(oy * g.wo + ox + 1) * k]);
             }
         }
     });

@@ -3,7 +3,7 @@
 //! (rayon over row blocks; AVX2 `vpmaddwd` over 4 weight rows at a time, chosen at run time). Integer sums are exact, so
 //! the two agree bit for bit; tests check it.
 
-use crate::model::im2col::{for_taps, Geom};
+use crate::model::im2col::{patch_row, Geom};
 use rayon::prelude::*;
 
 /// Which implementation computes the GEMM.
@@ -27,16 +27,18 @@ pub fn quantize_u8(x: &[f32], q: &crate::quant::QParams) -> (Vec<u8>, i32) {
     (codes, q.zero_point + shift)
 }
 
-/// Patches of one sample for a 2-d convolution, `[positions, k]` row-major with
-/// `k = C·kh·kw` ordered like the weight `[out, C, kh, kw]`; `x` holds the `g.c` channels the
-/// patches read (one group's), and out-of-image taps read `padv` (the zero point, i.e. real 0).
-pub fn im2col(x: &[u8], g: &Geom, padv: u8) -> Vec<u8> {
+/// Patches of one sample for a 2-d convolution, `[positions, stride]` row-major: the first
+/// `k = C·kh·kw` entries of a row are ordered like the weight `[out, C, kh, kw]`, the rest (up to
+/// `stride ≥ k`, padding to the fast kernel's 16-byte steps) meet zero weights. `x` holds the
+/// `g.c` channels the patches read (one group's); out-of-image taps read `padv` (the zero point,
+/// i.e. real 0).
+pub fn im2col(x: &[u8], g: &Geom, padv: u8, stride: usize) -> Vec<u8> {
     let k = g.k();
-    let mut out = vec![padv; g.l() * k];
+    let mut out = vec![padv; g.l() * stride];
     for oy in 0..g.ho {
         for ox in 0..g.wo {
-            let row = &mut out[(oy * g.wo + ox) * k..(oy * g.wo + ox + 1) * k];
-            for_taps(g, oy, ox, |t, i| row[t] = x[i]);
+            let r = (oy * g.wo + ox) * stride;
+            patch_row(g, x, oy, ox, &mut out[r..r + k]);
         }
     }
     out
@@ -45,9 +47,11 @@ pub fn im2col(x: &[u8], g: &Geom, padv: u8) -> Vec<u8> {
 /// GEMMs smaller than this run on the calling thread.
 pub const PARALLEL_MIN_MACS: usize = 1 << 18;
 
-/// `c[m][n] = Σ_k a[m][k] · b[n][k]` (a u8 `[M, K]`, b i8 `[N, K]`, both row-major), i32 exact.
-/// `b16` is `b` widened to i16 (packed once per layer) for the fast path.
-pub fn gemm_u8i8(a: &[u8], b: &[i8], b16: &[i16], m: usize, n: usize, k: usize, kernel: Kernel) -> Vec<i32> {
+/// `c[m][n] = Σ_{t<k} a[m][t] · b[n][t]` (a u8 rows of `stride ≥ k` bytes, b i8 `[N, K]`),
+/// i32 exact. The fast path reads `b16`, `b` widened to i16 with rows of `stride` (entries past
+/// `k` zero), packed once per layer; padding lets it run whole 16-wide steps.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_u8i8(a: &[u8], stride: usize, b: &[i8], b16: &[i16], m: usize, n: usize, k: usize, kernel: Kernel) -> Vec<i32> {
     let mut c = vec![0i32; m * n];
     match kernel {
         Kernel::Reference => {
@@ -55,7 +59,7 @@ pub fn gemm_u8i8(a: &[u8], b: &[i8], b16: &[i16], m: usize, n: usize, k: usize, 
                 for j in 0..n {
                     let mut acc = 0i32;
                     for t in 0..k {
-                        acc += a[i * k + t] as i32 * b[j * k + t] as i32;
+                        acc += a[i * stride + t] as i32 * b[j * k + t] as i32;
                     }
                     c[i * n + j] = acc;
                 }
@@ -66,7 +70,7 @@ pub fn gemm_u8i8(a: &[u8], b: &[i8], b16: &[i16], m: usize, n: usize, k: usize, 
             // Below ~256k multiply-adds, handing work to other threads costs more than it saves.
             if m * n * k < PARALLEL_MIN_MACS {
                 for (i, o) in c.chunks_mut(n).enumerate() {
-                    row(&a[i * k..(i + 1) * k], b16, k, o);
+                    row(&a[i * stride..(i + 1) * stride], b16, stride, o);
                 }
                 return c;
             }
@@ -75,7 +79,7 @@ pub fn gemm_u8i8(a: &[u8], b: &[i8], b16: &[i16], m: usize, n: usize, k: usize, 
             c.par_chunks_mut(n * rows_per_task).enumerate().for_each(|(ci, out)| {
                 for (r, o) in out.chunks_mut(n).enumerate() {
                     let i = ci * rows_per_task + r;
-                    row(&a[i * k..(i + 1) * k], b16, k, o);
+                    row(&a[i * stride..(i + 1) * stride], b16, stride, o);
                 }
             });
         }
@@ -133,8 +137,9 @@ unsafe fn row_avx2(a: &[u8], b: &[i16], k: usize, out: &mut [i32]) {
             t += 16;
         }
         let mut s = [hsum(c0), hsum(c1), hsum(c2), hsum(c3)];
-        for (t, &x) in a.iter().enumerate().take(k).skip(k16) {
-            let x = x as i32;
+        #[allow(clippy::needless_range_loop)] // indexes a and four raw pointers alike
+        for t in k16..k {
+            let x = a[t] as i32;
             s[0] += x * *b0.add(t) as i32;
             s[1] += x * *b1.add(t) as i32;
             s[2] += x * *b2.add(t) as i32;
@@ -153,8 +158,9 @@ unsafe fn row_avx2(a: &[u8], b: &[i16], k: usize, out: &mut [i32]) {
             t += 16;
         }
         let mut s = hsum(c0);
-        for (t, &x) in a.iter().enumerate().take(k).skip(k16) {
-            s += x as i32 * *bj.add(t) as i32;
+        #[allow(clippy::needless_range_loop)]
+        for t in k16..k {
+            s += a[t] as i32 * *bj.add(t) as i32;
         }
         out[j] = s;
         j += 1;
@@ -175,9 +181,15 @@ mod tests {
             let a: Vec<u8> = (0..m * k).map(|i| if i % 3 == 0 { 255 } else { ((i * 37) % 256) as u8 }).collect();
             let b: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
             let b16: Vec<i16> = b.iter().map(|&v| v as i16).collect();
-            let r = gemm_u8i8(&a, &b, &b16, m, n, k, Kernel::Reference);
-            let f = gemm_u8i8(&a, &b, &b16, m, n, k, Kernel::Fast);
+            let r = gemm_u8i8(&a, k, &b, &b16, m, n, k, Kernel::Reference);
+            let f = gemm_u8i8(&a, k, &b, &b16, m, n, k, Kernel::Fast);
             assert_eq!(r, f);
+            // Rows padded to a multiple of 16 with any activation bytes and zero weights.
+            let kp = k.div_ceil(16) * 16;
+            let ap: Vec<u8> = (0..m * kp).map(|i| if i % kp < k { a[i / kp * k + i % kp] } else { 200 }).collect();
+            let bp: Vec<i16> = (0..n * kp).map(|i| if i % kp < k { b16[i / kp * k + i % kp] } else { 0 }).collect();
+            assert_eq!(gemm_u8i8(&ap, kp, &b, &bp, m, n, k, Kernel::Fast), r);
+            assert_eq!(gemm_u8i8(&ap, kp, &b, &bp, m, n, k, Kernel::Reference), r);
             assert_eq!(r[0], (0..k).map(|t| a[t] as i32 * b[t] as i32).sum::<i32>());
         }
     }
@@ -187,7 +199,7 @@ mod tests {
         // 1 channel 2x2 image, 3x3 kernel, pad 1: the centre tap of position (0,0) is x[0].
         let x = [1u8, 2, 3, 4];
         let g = Geom { n: 1, c: 1, h: 2, w: 2, kh: 3, kw: 3, stride: 1, ph: 1, pw: 1, dil: 1, ho: 2, wo: 2 };
-        let cols = im2col(&x, &g, 9);
+        let cols = im2col(&x, &g, 9, 9);
         assert_eq!(&cols[..9], &[9, 9, 9, 9, 1, 2, 9, 3, 4]);
     }
 }

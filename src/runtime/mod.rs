@@ -32,8 +32,12 @@ pub enum Exec {
 /// Integer data of one layer prepared for execution.
 struct Prepared<'a> {
     q: &'a QuantLayer,
-    /// The weight codes widened to i16 once, for the fast kernel.
+    /// The weight codes widened to i16 once for the fast kernel, rows padded with zeros to
+    /// `stride` entries.
     w16: Vec<i16>,
+    /// Row length of `w16` (and of the fast path's patch rows): convs round `C/groups·kh·kw` up
+    /// to a multiple of 16, linears keep `in_features`.
+    stride: usize,
     /// `Σ_k w_c[k]` per output channel, for the zero-point correction.
     wsum: Vec<i32>,
     /// `s_in · s_c` per output channel.
@@ -60,8 +64,14 @@ impl<'a> IntegerHook<'a> {
                 Some(b) => Some(b.as_tensor().to_vec1::<f32>()?),
                 None => None,
             };
-            let w16 = q.weight.values.iter().map(|&v| v as i16).collect();
-            layers.insert(name.as_str(), Prepared { q, w16, wsum, mult, bias });
+            let stride = if q.weight.shape.len() > 2 { per.div_ceil(16) * 16 } else { per };
+            let mut w16 = vec![0i16; out * stride];
+            for c in 0..out {
+                for (d, &v) in w16[c * stride..c * stride + per].iter_mut().zip(&q.weight.values[c * per..(c + 1) * per]) {
+                    *d = v as i16;
+                }
+            }
+            layers.insert(name.as_str(), Prepared { q, w16, stride, wsum, mult, bias });
         }
         Ok(IntegerHook { layers, kernel })
     }
@@ -92,7 +102,7 @@ impl Hook for IntegerHook<'_> {
         let (y, shape) = match &node.op {
             Op::Linear(c) => {
                 let rows = xs.len() / c.in_features;
-                let acc = gemm_u8i8(&codes, &w.values, &p.w16, rows, c.out_features, c.in_features, self.kernel);
+                let acc = gemm_u8i8(&codes, c.in_features, &w.values, &p.w16, rows, c.out_features, c.in_features, self.kernel);
                 let y: Vec<f32> = acc.iter().enumerate().map(|(i, &a)| p.epilogue(a, zp, i % c.out_features)).collect();
                 let mut s = dims.clone();
                 *s.last_mut().unwrap() = c.out_features;
@@ -146,14 +156,16 @@ impl IntegerHook<'_> {
         for gi in 0..g.groups {
             // Patches of every sample stacked: one GEMM of [N·positions, kg] × [og, kg]ᵀ.
             let geom = Geom { n: 1, c: cg, h: g.h, w: g.w, kh: g.k.0, kw: g.k.1, stride: g.stride, ph: g.pad.0, pw: g.pad.1, dil: g.dil, ho: g.ho, wo: g.wo };
-            let unfold = |s: usize| im2col(&codes[s * plane + gi * cg * g.h * g.w..s * plane + (gi + 1) * cg * g.h * g.w], &geom, zp as u8);
+            // The reference reads plain rows of kg; the fast kernel rows padded to p.stride.
+            let stride = if self.kernel == Kernel::Fast { p.stride } else { kg };
+            let unfold = |s: usize| im2col(&codes[s * plane + gi * cg * g.h * g.w..s * plane + (gi + 1) * cg * g.h * g.w], &geom, zp as u8, stride);
             let cols: Vec<u8> = match self.kernel {
                 Kernel::Fast if g.n > 1 => (0..g.n).into_par_iter().map(unfold).collect::<Vec<_>>().concat(),
-                _ => (0..g.n).flat_map(unfold).collect(),
+                _ => (0..g.n).map(unfold).collect::<Vec<_>>().concat(),
             };
             let wg = &p.q.weight.values[gi * og * kg..(gi + 1) * og * kg];
-            let wg16 = &p.w16[gi * og * kg..(gi + 1) * og * kg];
-            let acc = gemm_u8i8(&cols, wg, wg16, g.n * positions, og, kg, self.kernel);
+            let wg16 = &p.w16[gi * og * p.stride..(gi + 1) * og * p.stride];
+            let acc = gemm_u8i8(&cols, stride, wg, wg16, g.n * positions, og, kg, self.kernel);
             for s in 0..g.n {
                 for o in 0..og {
                     let c = gi * og + o;
