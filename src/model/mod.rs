@@ -103,11 +103,6 @@ impl Model {
     pub fn num_classes(&self) -> usize {
         self.graph.shapes[self.arch.output_name()].last().copied().unwrap_or(0)
     }
-
-    /// Replaces the architecture and parameters together (after surgery), re-checking everything.
-    pub fn rebuild(arch: Arch, tensors: BTreeMap<String, Tensor>, source: &str) -> Result<Model> {
-        Model::new(arch, tensors, source)
-    }
 }
 
 /// Fails with the tensor's name when it holds NaN or infinite values.
