@@ -5,6 +5,7 @@
 //! `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = γ/√(σ² + eps) · (dy − dβ/m − x̂·dγ/m)`.
 
 use crate::error::Result;
+use super::im2col::f32_slice;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 /// Per-channel batch statistics `(mean, biased variance)` of `[N, C, inner]` data, in f64.
@@ -36,19 +37,14 @@ struct BnTrain {
     inv_std: Vec<f32>,
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("batchnorm: f32 only") };
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("batchnorm: contiguous tensors only") };
-    Ok(&v[a..b])
-}
-
 impl CustomOp3 for BnTrain {
     fn name(&self) -> &'static str {
         "batchnorm-train"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let op = self.name();
+        let (x, g, b) = (f32_slice(s1, l1, op)?, f32_slice(s2, l2, op)?, f32_slice(s3, l3, op)?);
         let mut y = vec![0f32; x.len()];
         for s_i in 0..self.n {
             for ch in 0..self.c {

@@ -159,9 +159,10 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], lhs_rs: us
 /// `dcols = dYᵀ · W`, `dx = col2im(dcols)`.
 struct Conv(Geom, usize);
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("conv2d: f32 only") };
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("conv2d: contiguous tensors only") };
+/// The f32 values of a contiguous CPU tensor handed to custom op `op`.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: f32 only") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{op}: contiguous tensors only") };
     Ok(&v[a..b])
 }
 
@@ -172,7 +173,7 @@ impl CustomOp2 for Conv {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, o) = (&self.0, self.1);
-        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (x, w) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let (k, l) = (g.k(), g.l());
         let cols = unfold(x, g);
         let mut yt = vec![0f32; g.n * l * o];
