@@ -86,8 +86,9 @@ pub fn gemm_u8i8(a: &[u8], stride: usize, b: &[i8], b16: &[i16], m: usize, n: us
         }
         Kernel::Fast => {
             let row = row_fn();
-            // Below ~256k multiply-adds, handing work to other threads costs more than it saves.
-            if m * n * k < PARALLEL_MIN_MACS {
+            // Below ~256k multiply-adds, or with one thread, handing work to the pool costs more
+            // than it saves.
+            if m * n * k < PARALLEL_MIN_MACS || rayon::current_num_threads() == 1 {
                 for (i, o) in c.chunks_mut(n).enumerate() {
                     row(&a[i * stride..(i + 1) * stride], b16, stride, o);
                 }

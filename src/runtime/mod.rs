@@ -103,7 +103,7 @@ impl Hook for IntegerHook<'_> {
             Op::Linear(c) => {
                 let rows = xs.len() / c.in_features;
                 let acc = gemm_u8i8(&codes, c.in_features, &w.values, &p.w16, rows, c.out_features, c.in_features, self.kernel);
-                let y: Vec<f32> = acc.iter().enumerate().map(|(i, &a)| p.epilogue(a, zp, i % c.out_features)).collect();
+                let y: Vec<f32> = acc.chunks(c.out_features).flat_map(|row| row.iter().enumerate().map(|(ch, &a)| p.epilogue(a, zp, ch))).collect();
                 let mut s = dims.clone();
                 *s.last_mut().unwrap() = c.out_features;
                 (y, s)
