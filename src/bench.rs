@@ -34,7 +34,7 @@ pub struct BenchResult {
 /// The INT8 model benchmarks run: PTQ (min-max) on the first 256 samples.
 pub fn int8_of(model: &Model, data: &Dataset) -> Result<Int8Model> {
     let cfg = CalibConfig { method: Method::Minmax, percentile: 99.99, act: ActType::U8, batch_size: 64 };
-    Ok(ptq(model, data, &cfg, 256, &[], &Silent)?.0)
+    Ok(ptq(model, data, &cfg, 256, &[], &Silent)?.int8)
 }
 
 /// Median seconds of one training epoch over `reps` epochs (after one warm-up epoch).

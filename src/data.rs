@@ -45,6 +45,13 @@ impl Dataset {
         Ok(Dataset { name, x, y: yv.into_iter().map(|v| v as u32).collect() })
     }
 
+    /// Reads a data set and checks it fits a model input of `shape` with `classes` classes.
+    pub fn read_fitting(path: &Path, shape: &[usize], classes: usize) -> Result<Dataset> {
+        let d = Dataset::read(path)?;
+        d.check_fits(shape, classes)?;
+        Ok(d)
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.y.len()

@@ -119,11 +119,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     }
     let loaded = load_model(&spec.model, spec.arch.as_deref())?;
     let teacher = loaded.model;
-    let read = |p: &Path| -> Result<Dataset> {
-        let d = Dataset::read(p)?;
-        d.check_fits(teacher.input_shape(), teacher.num_classes())?;
-        Ok(d)
-    };
+    let read = |p: &Path| Dataset::read_fitting(p, teacher.input_shape(), teacher.num_classes());
     let (train, val, test) = (read(&spec.train)?, read(&spec.val)?, read(&spec.test)?);
     let calib = match &spec.calib {
         Some(p) => read(p)?,

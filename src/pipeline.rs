@@ -154,10 +154,9 @@ fn apply(spec: &PassSpec, state: State, inp: &Inputs, progress: &dyn Progress) -
         PassSpec::Calibrate { method, samples, activations, percentile, exclude } => {
             let m = float(state)?;
             let cfg = CalibConfig { method: *method, percentile: *percentile, act: *activations, batch_size: 64 };
-            let (q, r) = ptq(&m, inp.calib, &cfg, *samples, exclude, progress)?;
-            let (folded, _) = fold_batchnorm(&m)?;
-            let s = format!("calibrated {} layers on {} samples ({method:?}, {activations:?}), {} kept float", r.layers.len(), r.calibration_samples, exclude.len());
-            Ok((State::Int8 { folded: folded.deep_clone()?, q: Box::new(q) }, s))
+            let out = ptq(&m, inp.calib, &cfg, *samples, exclude, progress)?;
+            let s = format!("calibrated {} layers on {} samples ({method:?}, {activations:?}), {} kept float", out.report.layers.len(), out.report.calibration_samples, exclude.len());
+            Ok((State::Int8 { folded: out.folded, q: Box::new(out.int8) }, s))
         }
         PassSpec::Qat { epochs, lr, optimizer, observer_epochs, distill: kd, temperature, alpha, batch_size } => {
             let State::Int8 { folded, q } = state else { return Err(WickError::invalid("recipe", "qat needs calibrate first")) };

@@ -5,7 +5,6 @@
 use super::Outcome;
 use std::path::PathBuf;
 use wick::bench::{bench, BenchResult};
-use wick::data::Dataset;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,10 +26,8 @@ pub struct Args {
 
 pub fn run(a: Args, threads: usize) -> anyhow::Result<Outcome> {
     let model = super::quant_common::load_float(&a.m.model, a.m.arch.as_deref())?;
-    let train = Dataset::read(&a.train)?;
-    let test = Dataset::read(&a.test)?;
-    train.check_fits(model.input_shape(), model.num_classes())?;
-    test.check_fits(model.input_shape(), model.num_classes())?;
+    let train = super::quant_common::read_data(&a.train, &model)?;
+    let test = super::quant_common::read_data(&a.test, &model)?;
     let name = a.m.model.display().to_string();
     let r = bench(&name, &model, &train, &test, threads, a.epochs)?;
     let one = if a.scaling && threads > 1 {

@@ -94,8 +94,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
 fn dry_run(spec: &JobSpec) -> anyhow::Result<Outcome> {
     let recipe = wick::recipe::read(&wick::recipe::resolve(&spec.recipe)?)?;
     let teacher = wick::model::load::load_model(&spec.model, spec.arch.as_deref())?.model;
-    let train = wick::data::Dataset::read(&spec.train)?;
-    train.check_fits(teacher.input_shape(), teacher.num_classes())?;
+    let train = wick::data::Dataset::read_fitting(&spec.train, teacher.input_shape(), teacher.num_classes())?;
     let rows = wick::pipeline::plan(&recipe, &teacher, spec.seed, &train)?;
     println!("recipe {} ({}): dry run, nothing written", recipe.name, recipe.description);
     println!("teacher: {} params, {} bytes of weights", wick::model::stats::total_params(&teacher), 4 * teacher.params.values().map(|v| v.as_tensor().elem_count()).sum::<usize>());

@@ -7,7 +7,7 @@ use super::Outcome;
 use serde_json::json;
 use std::path::PathBuf;
 use wick::calibrate::{CalibConfig, Method};
-use wick::passes::{fold_batchnorm::fold_batchnorm, ptq::ptq, qat::{qat, QatConfig}};
+use wick::passes::{ptq::ptq, qat::{qat, QatConfig}};
 use wick::quant::ActType;
 use wick::train::{OptimizerKind, TrainConfig};
 
@@ -70,9 +70,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     };
     let progress = CliProgress::new(a.quiet);
     let ccfg = CalibConfig { method: a.method, percentile: 99.99, act: a.activations, batch_size: 64 };
-    let (init, _) = ptq(&teacher, &calib, &ccfg, 512, &a.exclude, &progress)?;
-    let (folded, _) = fold_batchnorm(&teacher)?;
-    let folded = folded.deep_clone()?;
+    let init = ptq(&teacher, &calib, &ccfg, 512, &a.exclude, &progress)?;
+    let folded = init.folded;
+    let init = init.int8;
     let cfg = QatConfig {
         train: TrainConfig { epochs: a.epochs, batch_size: a.batch_size, lr: a.lr, optimizer: a.optimizer, weight_decay: a.weight_decay, momentum: 0.9, warmup_epochs: 0.0, seed: a.seed, patience: None },
         observer_epochs: a.observer_epochs,

@@ -23,9 +23,7 @@ pub fn load_float(path: &Path, arch: Option<&Path>) -> anyhow::Result<Model> {
 
 /// Reads a data set and checks it fits the model.
 pub fn read_data(path: &Path, model: &Model) -> anyhow::Result<Dataset> {
-    let d = Dataset::read(path)?;
-    d.check_fits(model.input_shape(), model.num_classes())?;
-    Ok(d)
+    Ok(Dataset::read_fitting(path, model.input_shape(), model.num_classes())?)
 }
 
 /// Writes the artifact, then (with a test set) evaluates the written file, stores the headline

@@ -51,7 +51,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     if !(a.percentile > 50.0 && a.percentile <= 100.0) {
         anyhow::bail!("--percentile must lie in (50, 100], got {}", a.percentile);
     }
-    let (mut q, rep) = ptq(&teacher, &calib, &cfg, a.samples, &a.exclude, &progress)?;
+    let out = ptq(&teacher, &calib, &cfg, a.samples, &a.exclude, &progress)?;
+    let (mut q, rep) = (out.int8, out.report);
     let settings = json!({"pass": "ptq", "calibration": &cfg, "samples": rep.calibration_samples, "exclude": &a.exclude});
     let cmp = write_and_compare(&mut q, &teacher, &a.m.model, &a.out, a.test.as_ref(), settings.clone(), &progress)?;
     println!("wrote {} ({} layers INT8, {} BatchNorms folded, {} kept in float)", a.out.display(), q.layers.len(), rep.folded.len(), rep.excluded.len());

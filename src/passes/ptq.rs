@@ -36,8 +36,16 @@ pub fn quantizable_layers(model: &Model, exclude: &[String]) -> Result<Vec<Strin
     Ok(model.arch.nodes.iter().filter(|n| is_weight_layer(&n.op) && !exclude.contains(&n.name)).map(|n| n.name.clone()).collect())
 }
 
+/// What PTQ produced: the INT8 model, the BN-folded float model it was converted from (QAT
+/// trains that one), and the report.
+pub struct PtqOutput {
+    pub int8: Int8Model,
+    pub folded: Model,
+    pub report: PtqReport,
+}
+
 /// Folds, calibrates on the first `samples` of `calib` and converts.
-pub fn ptq(model: &Model, calib: &Dataset, cfg: &CalibConfig, samples: usize, exclude: &[String], progress: &dyn Progress) -> Result<(Int8Model, PtqReport)> {
+pub fn ptq(model: &Model, calib: &Dataset, cfg: &CalibConfig, samples: usize, exclude: &[String], progress: &dyn Progress) -> Result<PtqOutput> {
     if samples == 0 {
         return Err(WickError::invalid("--samples", "must be at least 1"));
     }
@@ -46,6 +54,7 @@ pub fn ptq(model: &Model, calib: &Dataset, cfg: &CalibConfig, samples: usize, ex
     let calib = calib.head(samples)?;
     let cal = calibrate(&folded, &calib, &layers, cfg, progress)?;
     let inputs = cal.iter().map(|(k, v)| (k.clone(), v.qparams)).collect();
-    let q = Int8Model::quantize(&folded, &inputs)?;
-    Ok((q, PtqReport { folded: fold.folded, layers: cal, excluded: exclude.to_vec(), calibration_samples: calib.len() }))
+    let int8 = Int8Model::quantize(&folded, &inputs)?;
+    let report = PtqReport { folded: fold.folded, layers: cal, excluded: exclude.to_vec(), calibration_samples: calib.len() };
+    Ok(PtqOutput { int8, folded: folded.deep_clone()?, report })
 }

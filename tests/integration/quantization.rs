@@ -47,7 +47,7 @@ fn ptq_entropy_and_minmax_lose_at_most_three_tenths_of_a_point() {
 
 fn ptq_lib(model: &wick::model::Model, method: Method) -> wick::artifact::Int8Model {
     let cfg = CalibConfig { method, percentile: 99.99, act: ActType::U8, batch_size: 64 };
-    ptq(model, &data("train"), &cfg, 256, &[], &Silent).unwrap().0
+    ptq(model, &data("train"), &cfg, 256, &[], &Silent).unwrap().int8
 }
 
 #[test]
