@@ -95,6 +95,16 @@ impl Model {
         Ok((out, taps))
     }
 
+    /// One node in eval mode on float inputs, without a hook: how the compiled integer runtime
+    /// runs the ops it has no kernel of its own for.
+    pub fn node_eval(&self, node: &Node, ins: &[&Tensor]) -> Result<Tensor> {
+        let rng = RefCell::new(ChaCha8Rng::seed_from_u64(0));
+        self.node_forward(node, ins, &Run::eval(), &rng).map_err(|e| match e {
+            WickError::Candle(c) => WickError::node(&node.name, c.to_string()),
+            other => other,
+        })
+    }
+
     fn node_forward(&self, node: &Node, ins: &[&Tensor], r: &Run, rng: &RefCell<ChaCha8Rng>) -> Result<Tensor> {
         let train = r.mode == Mode::Train;
         let p = |s: &str| self.p(&node.param(s));

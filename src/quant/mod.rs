@@ -71,7 +71,8 @@ impl QParams {
     #[inline]
     pub fn quantize(&self, x: f32) -> i32 {
         let (qmin, qmax) = self.act.range();
-        ((x / self.scale).round() as i32 + self.zero_point).clamp(qmin, qmax)
+        // `as i32` saturates; the add must too, or a huge value would wrap to the other end.
+        ((x / self.scale).round() as i32).saturating_add(self.zero_point).clamp(qmin, qmax)
     }
 
     /// Scalar reference dequantisation.

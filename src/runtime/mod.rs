@@ -5,6 +5,9 @@
 //! model instead, so the two can be compared. Uses `artifact`, `model`, `quant`.
 
 pub mod kernels;
+pub mod packed;
+pub mod plan;
+pub mod qlayer;
 
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};
@@ -198,22 +201,34 @@ impl Hook for SimulateHook<'_> {
 /// A ready executor of an INT8 model.
 pub struct Executor<'a> {
     model: &'a Int8Model,
-    hook: Box<dyn Hook + Sync + 'a>,
+    how: How<'a>,
+}
+
+enum How<'a> {
+    /// The float executor with a hook replacing each quantised layer (the reference kernel and
+    /// the simulation).
+    Hooked(Box<dyn Hook + Sync + 'a>),
+    /// The compiled runtime (the fast kernel).
+    Compiled(plan::Plan<'a>),
 }
 
 impl<'a> Executor<'a> {
     /// Prepares `m` for execution with `exec`.
     pub fn new(m: &'a Int8Model, exec: Exec) -> Result<Executor<'a>> {
-        let hook: Box<dyn Hook + Sync> = match exec {
-            Exec::Integer(k) => Box::new(IntegerHook::new(m, k)?),
-            Exec::Simulate => Box::new(SimulateHook { layers: &m.layers }),
+        let how = match exec {
+            Exec::Integer(Kernel::Fast) => How::Compiled(plan::Plan::new(m)?),
+            Exec::Integer(k) => How::Hooked(Box::new(IntegerHook::new(m, k)?)),
+            Exec::Simulate => How::Hooked(Box::new(SimulateHook { layers: &m.layers })),
         };
-        Ok(Executor { model: m, hook })
+        Ok(Executor { model: m, how })
     }
 
     /// Logits for a batch.
     pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.model.model.run(x, &Run { mode: Mode::Eval, taps: &[], hook: Some(self.hook.as_ref()), rng: None })?.0)
+        match &self.how {
+            How::Hooked(hook) => Ok(self.model.model.run(x, &Run { mode: Mode::Eval, taps: &[], hook: Some(hook.as_ref()), rng: None })?.0),
+            How::Compiled(p) => p.predict(x),
+        }
     }
 }
 

@@ -1,0 +1,264 @@
+//! The packed u8 × i8 → i32 GEMM of the compiled runtime: `acc[m][j] = Σ_t a[m][t] · w[j][t]`,
+//! exact in i32. Activation codes arrive as i16 rows (`a`, one row per output position, the
+//! depth padded to an even length), weights are packed once at load time into panels of 8
+//! output columns holding depth *pairs* (`[t/2][col][t%2]`), so one AVX2 `vpmaddwd` multiplies
+//! a broadcast pair of activations with 8 columns' weight pairs and sums each pair into an i32
+//! lane — 16 multiply-adds per instruction, exact (a `vpmaddubsw` path would be twice as wide
+//! but its i16 pair sums saturate at 255·127·2). A register tile of `MR` rows × 8·`NV` columns
+//! stays in registers over the whole depth; the caller's epilogue turns each finished row of
+//! accumulators into its output row (dequantisation, bias, ReLU) while it is still in cache.
+//! Rows are split over rayon tasks when the product is large enough to pay for them.
+
+use rayon::prelude::*;
+
+/// Columns per packed panel (one 256-bit vector of i32 lanes).
+pub const PANEL: usize = 8;
+
+/// Products smaller than this many multiply-adds run on the calling thread.
+pub const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// Weights `[n, k]` (i8) packed for [`gemm`].
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    /// Real output columns.
+    pub n: usize,
+    /// Real depth.
+    pub k: usize,
+    /// Depth rounded up to even: the row length the activations must provide.
+    pub kp: usize,
+    /// Panels of 8 columns; panel `p` holds `kp/2` pairs of 16 i16 each.
+    data: Vec<i16>,
+}
+
+impl PackedWeights {
+    /// Packs row-major `w[j·k + t]`; columns past `n` and depth past `k` hold zeros, so they add
+    /// nothing whatever the activations hold there.
+    pub fn pack(w: &[i8], n: usize, k: usize) -> PackedWeights {
+        assert_eq!(w.len(), n * k, "weight length");
+        let kp = k.div_ceil(2) * 2;
+        let panels = n.div_ceil(PANEL);
+        let per_panel = kp / 2 * 2 * PANEL;
+        let mut data = vec![0i16; panels * per_panel];
+        for j in 0..n {
+            let (p, col) = (j / PANEL, j % PANEL);
+            for t in 0..k {
+                data[p * per_panel + (t / 2) * 2 * PANEL + col * 2 + t % 2] = w[j * k + t] as i16;
+            }
+        }
+        PackedWeights { n, k, kp, data }
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    fn panel_len(&self) -> usize {
+        self.kp * PANEL
+    }
+}
+
+/// Where the GEMM's left-hand rows come from.
+pub enum Rows<'a> {
+    /// Row `i` is `a[i·lda..i·lda + kp]`: codes that are already rows (a linear layer, a
+    /// pointwise conv).
+    Slice { a: &'a [i16], lda: usize },
+    /// Row `i` is written by `fill(i, row)` into a `kp`-long scratch row (entries past `k` may
+    /// hold anything): conv patches, built a block at a time right before they are used, so
+    /// the unfolded matrix is never materialised and each block is still in cache for the GEMM.
+    Built(&'a (dyn Fn(usize, &mut [i16]) + Sync)),
+}
+
+/// Rows built per block: a multiple of the tile height, small enough to stay in L1/L2.
+const BLOCK_ROWS: usize = 8 * MR_WIDE;
+
+/// Computes `acc = a · wᵀ` for `m` rows and hands every row's `w.n` accumulators to
+/// `epilogue(acc_row, out_row)`, where `out_row` is row `i` of `out` (`ldo` entries per row).
+pub fn gemm<T, E>(rows: &Rows, m: usize, w: &PackedWeights, out: &mut [T], ldo: usize, epilogue: &E)
+where
+    T: Send,
+    E: Fn(&[i32], &mut [T]) + Sync,
+{
+    if let Rows::Slice { a, lda } = rows {
+        assert!(*lda >= w.kp && (m == 0 || a.len() >= (m - 1) * lda + w.kp), "activation rows too short");
+    }
+    assert!(out.len() >= m * ldo, "output too short");
+    let run = |first: usize, out: &mut [T]| block_rows(rows, first, out.len() / ldo, w, out, ldo, epilogue);
+    let threads = rayon::current_num_threads();
+    if threads == 1 || m * w.n * w.k < PARALLEL_MIN_MACS {
+        run(0, &mut out[..m * ldo]);
+        return;
+    }
+    // Tasks of whole register tiles, about four per thread so uneven cores even out.
+    let per_task = (m.div_ceil(4 * threads)).div_ceil(MR_WIDE) * MR_WIDE;
+    out[..m * ldo].par_chunks_mut(per_task * ldo).enumerate().for_each(|(i, o)| run(i * per_task, o));
+}
+
+/// Rows of a register tile: 6 rows × 2 panels is 12 accumulators of the 16 ymm registers.
+const MR_WIDE: usize = 6;
+
+/// Runs rows `first..first + count`: per block, the rows (built if need be), tiles of
+/// `MR_WIDE` rows over all panels into a row buffer, then the epilogue per row.
+fn block_rows<T, E>(rows: &Rows, first: usize, count: usize, w: &PackedWeights, out: &mut [T], ldo: usize, epilogue: &E)
+where
+    E: Fn(&[i32], &mut [T]),
+{
+    let np = w.panels() * PANEL;
+    let mut buf = vec![0i32; MR_WIDE * np];
+    let mut scratch = match rows {
+        Rows::Built(_) => vec![0i16; BLOCK_ROWS * w.kp],
+        Rows::Slice { .. } => vec![],
+    };
+    let mut b0 = 0;
+    while b0 < count {
+        let block = (count - b0).min(BLOCK_ROWS);
+        let (a, lda): (&[i16], usize) = match rows {
+            Rows::Slice { a, lda } => (&a[(first + b0) * lda..], *lda),
+            Rows::Built(fill) => {
+                for (r, row) in scratch.chunks_mut(w.kp).take(block).enumerate() {
+                    fill(first + b0 + r, row);
+                }
+                (&scratch, w.kp)
+            }
+        };
+        let mut i = 0;
+        while i < block {
+            let tile = (block - i).min(MR_WIDE);
+            tile_rows(&a[i * lda..], lda, tile, w, &mut buf, np);
+            for r in 0..tile {
+                let o = b0 + i + r;
+                epilogue(&buf[r * np..r * np + w.n], &mut out[o * ldo..(o + 1) * ldo]);
+            }
+            i += tile;
+        }
+        b0 += block;
+    }
+}
+
+/// All panels for `rows ≤ MR_WIDE` rows into `buf` (`np` i32 per row).
+fn tile_rows(a: &[i16], lda: usize, rows: usize, w: &PackedWeights, buf: &mut [i32], np: usize) {
+    let panels = w.panels();
+    let kpairs = w.kp / 2;
+    let mut p = 0;
+    while p < panels {
+        let two = p + 1 < panels;
+        let b = &w.data[p * w.panel_len()..];
+        let dst = &mut buf[p * PANEL..];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2; `a` holds `rows` rows of `kp` entries at `lda`
+                // (checked in `gemm`), `b` one or two whole panels, `dst` rows of `np ≥ p·8 + 16`
+                // (or `+ 8` for one panel) entries.
+                unsafe {
+                    if two {
+                        avx2::tile_dispatch::<2>(a.as_ptr(), lda, rows, b.as_ptr(), w.panel_len(), kpairs, dst.as_mut_ptr(), np);
+                    } else {
+                        avx2::tile_dispatch::<1>(a.as_ptr(), lda, rows, b.as_ptr(), w.panel_len(), kpairs, dst.as_mut_ptr(), np);
+                    }
+                }
+                p += if two { 2 } else { 1 };
+                continue;
+            }
+        }
+        scalar_panel(a, lda, rows, b, kpairs, dst, np);
+        p += 1;
+    }
+}
+
+/// One panel for `rows` rows in plain code: the fallback without AVX2.
+fn scalar_panel(a: &[i16], lda: usize, rows: usize, b: &[i16], kpairs: usize, dst: &mut [i32], np: usize) {
+    for r in 0..rows {
+        for col in 0..PANEL {
+            let mut acc = 0i32;
+            for t in 0..kpairs {
+                let (a0, a1) = (a[r * lda + 2 * t] as i32, a[r * lda + 2 * t + 1] as i32);
+                acc += a0 * b[t * 2 * PANEL + col * 2] as i32 + a1 * b[t * 2 * PANEL + col * 2 + 1] as i32;
+            }
+            dst[r * np + col] = acc;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::PANEL;
+    use std::arch::x86_64::*;
+
+    /// Picks the tile kernel for `rows` (a const generic each, so the accumulators live in
+    /// registers).
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile_dispatch<const NV: usize>(a: *const i16, lda: usize, rows: usize, b: *const i16, panel_len: usize, kpairs: usize, dst: *mut i32, np: usize) {
+        macro_rules! go {
+            ($mr:literal) => {
+                tile::<$mr, NV>(a, lda, b, panel_len, kpairs, dst, np)
+            };
+        }
+        match rows {
+            1 => go!(1),
+            2 => go!(2),
+            3 => go!(3),
+            4 => go!(4),
+            5 => go!(5),
+            _ => go!(6),
+        }
+    }
+
+    /// `MR` rows × `NV` panels: per depth pair, `NV` weight loads, `MR` broadcasts of the row's
+    /// activation pair, `MR·NV` `vpmaddwd` + `vpaddd`.
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn tile<const MR: usize, const NV: usize>(a: *const i16, lda: usize, b: *const i16, panel_len: usize, kpairs: usize, dst: *mut i32, np: usize) {
+        let mut acc = [[_mm256_setzero_si256(); NV]; MR];
+        for t in 0..kpairs {
+            let mut bv = [_mm256_setzero_si256(); NV];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = _mm256_loadu_si256(b.add(v * panel_len + t * 2 * PANEL) as *const __m256i);
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let pair = std::ptr::read_unaligned(a.add(r * lda + 2 * t) as *const i32);
+                let av = _mm256_set1_epi32(pair);
+                for v in 0..NV {
+                    acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(av, bv[v]));
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (v, acc) in acc.iter().enumerate() {
+                _mm256_storeu_si256(dst.add(r * np + v * PANEL) as *mut __m256i, *acc);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::kernels::{gemm_u8i8, Kernel};
+
+    /// The packed GEMM equals the scalar reference bit for bit, over row counts that leave
+    /// partial tiles, column counts that leave a single or partial panel, odd depths, extreme
+    /// codes, and sizes on both sides of the threading threshold.
+    #[test]
+    fn packed_gemm_equals_reference() {
+        for (m, n, k) in [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288)] {
+            let a8: Vec<u8> = (0..m * k).map(|i| if i % 3 == 0 { 255 } else { ((i * 37) % 256) as u8 }).collect();
+            let w: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
+            let w16: Vec<i16> = w.iter().map(|&v| v as i16).collect();
+            let want = gemm_u8i8(&a8, k, &w, &w16, m, n, k, Kernel::Reference);
+            let p = PackedWeights::pack(&w, n, k);
+            // Rows padded past k with junk that must meet zero weights.
+            let lda = p.kp + 3;
+            let a: Vec<i16> = (0..m * lda).map(|i| if i % lda < k { a8[i / lda * k + i % lda] as i16 } else { 77 }).collect();
+            let mut got = vec![0i32; m * n];
+            gemm(&Rows::Slice { a: &a, lda }, m, &p, &mut got, n, &|acc: &[i32], o: &mut [i32]| o.copy_from_slice(acc));
+            assert_eq!(got, want, "m={m} n={n} k={k}");
+            // The same rows built on demand.
+            let fill = |i: usize, row: &mut [i16]| row.copy_from_slice(&a[i * lda..i * lda + p.kp]);
+            let mut built = vec![0i32; m * n];
+            gemm(&Rows::Built(&fill), m, &p, &mut built, n, &|acc: &[i32], o: &mut [i32]| o.copy_from_slice(acc));
+            assert_eq!(built, want, "built rows, m={m} n={n} k={k}");
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The compiled integer runtime: an INT8 model turned once into a list of steps over plain
+//! buffers, without candle in the hot path. Activations flow channels last (`[N, H, W, C]`), so
+//! a conv's patch row is a run of whole pixels and its GEMM output is already the next layer's
+//! layout; each quantised layer's input is quantised once per distinct set of parameters (two
+//! layers reading one value with the same parameters share the codes); a ReLU that is the only
+//! reader of a quantised layer runs inside that layer's epilogue. Ops without a kernel here run
+//! through the float executor on a logical-layout tensor, so every model runs. The arithmetic is
+//! the hook executor's (`runtime::IntegerHook`): the same codes, the same exact integer sums, the
+//! same f32 epilogue; only float reductions outside the layers (global average pooling) may sum
+//! in another order.
+
+use super::kernels::quantize_i16;
+use super::qlayer::QLayer;
+use crate::artifact::Int8Model;
+use crate::error::{Result, WickError};
+use crate::model::arch::Op;
+use crate::model::forward::is_weight_layer;
+use crate::quant::QParams;
+use candle_core::Tensor;
+use std::collections::BTreeMap;
+
+/// What one step computes.
+enum Kind {
+    Quant(Box<QLayer>),
+    Relu,
+    Add,
+    GlobalAvgPool,
+    Flatten,
+    Identity,
+    /// Any other op (or a weight layer left in float): the float executor.
+    Float,
+}
+
+struct Step {
+    node: usize,
+    kind: Kind,
+    inputs: Vec<usize>,
+    output: usize,
+}
+
+/// A compiled INT8 model.
+pub struct Plan<'a> {
+    model: &'a Int8Model,
+    steps: Vec<Step>,
+    slots: usize,
+    output: usize,
+    /// Per slot, the index of the last step that reads it (freed after it).
+    last_use: Vec<usize>,
+}
+
+/// A value: f32 data with its logical dims (with the batch) and its physical layout.
+struct Value {
+    data: Vec<f32>,
+    dims: Vec<usize>,
+    /// Stored as `[N, spatial…, C]` instead of `[N, C, spatial…]` (rank ≥ 3 only).
+    channels_last: bool,
+}
+
+impl<'a> Plan<'a> {
+    /// Compiles `m`.
+    pub fn new(m: &'a Int8Model) -> Result<Plan<'a>> {
+        let arch = &m.model.arch;
+        let mut slot_of: BTreeMap<&str, usize> = BTreeMap::new();
+        slot_of.insert(arch.input.name.as_str(), 0);
+        let mut readers: BTreeMap<&str, usize> = BTreeMap::new();
+        for node in &arch.nodes {
+            for i in &node.inputs {
+                *readers.entry(i.as_str()).or_default() += 1;
+            }
+        }
+        let out_name = arch.output_name();
+        let mut steps: Vec<Step> = vec![];
+        let mut slots = 1;
+        for &ni in &m.model.graph.order {
+            let node = &arch.nodes[ni];
+            let inputs: Vec<usize> = node.inputs.iter().map(|i| slot_of[i.as_str()]).collect();
+            // A ReLU whose input is a quantised layer read by nothing else joins its epilogue.
+            if matches!(node.op, Op::Relu(_)) {
+                let src = node.inputs[0].as_str();
+                if let Some(last) = steps.last_mut() {
+                    if let Kind::Quant(q) = &mut last.kind {
+                        let single = readers.get(src) == Some(&1) && src != out_name;
+                        if single && arch.nodes[last.node].name == src && !q.relu {
+                            q.relu = true;
+                            slot_of.insert(node.name.as_str(), last.output);
+                            continue;
+                        }
+                    }
+                }
+            }
+            let kind = match &node.op {
+                op if is_weight_layer(op) => match m.layers.get(&node.name) {
+                    Some(q) => {
+                        let bias = match m.model.params.get(&node.param("bias")) {
+                            Some(b) => Some(b.as_tensor().to_vec1::<f32>()?),
+                            None => None,
+                        };
+                        let in_shape = &m.model.graph.shapes[node.inputs[0].as_str()];
+                        match QLayer::new(q, op, in_shape, bias) {
+                            Some(l) => Kind::Quant(Box::new(l)),
+                            None => return Err(WickError::node(&node.name, "has a shape the integer runtime cannot lay out")),
+                        }
+                    }
+                    None => Kind::Float,
+                },
+                Op::Relu(_) => Kind::Relu,
+                Op::Add(_) => Kind::Add,
+                Op::GlobalAvgPool(_) => Kind::GlobalAvgPool,
+                Op::Flatten(_) => Kind::Flatten,
+                Op::Dropout(_) => Kind::Identity,
+                _ => Kind::Float,
+            };
+            steps.push(Step { node: ni, kind, inputs, output: slots });
+            slot_of.insert(node.name.as_str(), slots);
+            slots += 1;
+        }
+        let output = slot_of[out_name];
+        let mut last_use = vec![usize::MAX; slots];
+        for (si, s) in steps.iter().enumerate() {
+            for &i in &s.inputs {
+                last_use[i] = si;
+            }
+        }
+        last_use[output] = usize::MAX;
+        Ok(Plan { model: m, steps, slots, output, last_use })
+    }
+
+    /// Logits for a batch `[N, …]`.
+    pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
+        let expected = self.model.model.input_shape();
+        if x.rank() != expected.len() + 1 || &x.dims()[1..] != expected {
+            return Err(WickError::invalid("input", format!("shape {:?} does not fit the model input [N, {:?}]", x.dims(), expected)));
+        }
+        let n = x.dim(0)?;
+        let mut vals: Vec<Option<Value>> = (0..self.slots).map(|_| None).collect();
+        vals[0] = Some(Value { data: x.flatten_all()?.to_vec1()?, dims: x.dims().to_vec(), channels_last: false });
+        // Codes of a slot under a quantiser and in a layout, kept while the slot lives.
+        let mut codes: Vec<(usize, QParams, bool, Vec<i16>, i32)> = vec![];
+        for (si, step) in self.steps.iter().enumerate() {
+            let node = &self.model.model.arch.nodes[step.node];
+            let y = match &step.kind {
+                Kind::Quant(q) => {
+                    let conv = matches!(q.shape, super::qlayer::LayerShape::Conv(_));
+                    let src = step.inputs[0];
+                    let v = vals[src].as_mut().expect("input computed");
+                    set_layout(v, conv);
+                    let dims = v.dims.clone();
+                    let cl = v.channels_last;
+                    let at = match codes.iter().position(|c| c.0 == src && c.1 == q.input && c.2 == cl) {
+                        Some(i) => i,
+                        None => {
+                            if let Some(bad) = v.data.iter().find(|f| !f.is_finite()) {
+                                return Err(WickError::node(&node.name, format!("input holds a non-finite value ({bad})")));
+                            }
+                            let (c, zp) = quantize_i16(&v.data, &q.input);
+                            codes.push((src, q.input, cl, c, zp));
+                            codes.len() - 1
+                        }
+                    };
+                    let (_, _, _, c, zp) = &codes[at];
+                    let data = q.run(c, *zp, n);
+                    let out_dims = out_dims(&self.model.model.graph.shapes[node.name.as_str()], n);
+                    debug_assert_eq!(data.len(), out_dims.iter().product::<usize>(), "{} {:?}", node.name, dims);
+                    Value { data, dims: out_dims, channels_last: conv && dims.len() >= 3 }
+                }
+                Kind::Relu => {
+                    let mut v = self.owned(&mut vals, step, si, 0);
+                    v.data.iter_mut().for_each(|f| *f = f.max(0.0));
+                    v
+                }
+                Kind::Identity => self.owned(&mut vals, step, si, 0),
+                Kind::Add => {
+                    let cl = vals[step.inputs[0]].as_ref().expect("input computed").channels_last;
+                    for &i in &step.inputs[1..] {
+                        set_layout(vals[i].as_mut().expect("input computed"), cl);
+                    }
+                    // Summed in input order, as the float executor does.
+                    let mut acc = self.owned(&mut vals, step, si, 0);
+                    for &i in &step.inputs[1..] {
+                        for (a, b) in acc.data.iter_mut().zip(&vals[i].as_ref().expect("input computed").data) {
+                            *a += b;
+                        }
+                    }
+                    acc
+                }
+                Kind::GlobalAvgPool => global_avg_pool(vals[step.inputs[0]].as_ref().expect("input computed")),
+                Kind::Flatten => {
+                    set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
+                    let v = self.owned(&mut vals, step, si, 0);
+                    Value { data: v.data, dims: out_dims(&self.model.model.graph.shapes[node.name.as_str()], n), channels_last: false }
+                }
+                Kind::Float => {
+                    let mut ins = vec![];
+                    for &i in &step.inputs {
+                        let v = vals[i].as_mut().expect("input computed");
+                        set_layout(v, false);
+                        ins.push(Tensor::from_slice(&v.data, v.dims.as_slice(), x.device())?);
+                    }
+                    let refs: Vec<&Tensor> = ins.iter().collect();
+                    let y = self.model.model.node_eval(node, &refs)?;
+                    Value { data: y.flatten_all()?.to_vec1()?, dims: y.dims().to_vec(), channels_last: false }
+                }
+            };
+            vals[step.output] = Some(y);
+            for &i in &step.inputs {
+                if self.last_use[i] == si {
+                    vals[i] = None;
+                }
+            }
+            codes.retain(|c| vals[c.0].is_some());
+        }
+        let mut out = vals[self.output].take().expect("output computed");
+        set_layout(&mut out, false);
+        Ok(Tensor::from_vec(out.data, out.dims, x.device())?)
+    }
+}
+
+impl Plan<'_> {
+    /// Input `k` of `step` as an owned value: moved out when this step is its last reader (and
+    /// reads it once), copied otherwise, so element-wise ops work in place.
+    fn owned(&self, vals: &mut [Option<Value>], step: &Step, si: usize, k: usize) -> Value {
+        let slot = step.inputs[k];
+        let once = step.inputs.iter().filter(|&&i| i == slot).count() == 1;
+        if self.last_use[slot] == si && once {
+            return vals[slot].take().expect("input computed");
+        }
+        let v = vals[slot].as_ref().expect("input computed");
+        Value { data: v.data.clone(), dims: v.dims.clone(), channels_last: v.channels_last }
+    }
+}
+
+/// `[n] ++ per-sample shape`.
+fn out_dims(per_sample: &[usize], n: usize) -> Vec<usize> {
+    std::iter::once(n).chain(per_sample.iter().copied()).collect()
+}
+
+/// Stores `v` channels last (`true`) or in logical order (`false`); values of rank ≤ 2 are the
+/// same either way.
+fn set_layout(v: &mut Value, channels_last: bool) {
+    if v.dims.len() < 3 {
+        v.channels_last = false;
+        return;
+    }
+    if v.channels_last == channels_last {
+        return;
+    }
+    let (n, c) = (v.dims[0], v.dims[1]);
+    let s: usize = v.dims[2..].iter().product();
+    let mut out = vec![0f32; v.data.len()];
+    for b in 0..n {
+        let (src, dst) = (&v.data[b * c * s..(b + 1) * c * s], &mut out[b * c * s..(b + 1) * c * s]);
+        for ci in 0..c {
+            for p in 0..s {
+                if channels_last {
+                    dst[p * c + ci] = src[ci * s + p];
+                } else {
+                    dst[ci * s + p] = src[p * c + ci];
+                }
+            }
+        }
+    }
+    v.data = out;
+    v.channels_last = channels_last;
+}
+
+/// `[N, C, spatial…] → [N, C]`: `mean = (Σ_p x[c][p]) · (1/P)`, summed in position order.
+fn global_avg_pool(v: &Value) -> Value {
+    let (n, c) = (v.dims[0], v.dims[1]);
+    let s: usize = v.dims[2..].iter().product();
+    let scale = (1.0 / s as f64) as f32;
+    let mut out = vec![0f32; n * c];
+    for b in 0..n {
+        let src = &v.data[b * c * s..(b + 1) * c * s];
+        let dst = &mut out[b * c..(b + 1) * c];
+        if v.channels_last {
+            for p in 0..s {
+                for (d, &x) in dst.iter_mut().zip(&src[p * c..(p + 1) * c]) {
+                    *d += x;
+                }
+            }
+        } else {
+            for (ci, d) in dst.iter_mut().enumerate() {
+                *d = src[ci * s..(ci + 1) * s].iter().sum();
+            }
+        }
+        for d in dst.iter_mut() {
+            *d *= scale;
+        }
+    }
+    Value { data: out, dims: vec![n, c], channels_last: false }
+}
