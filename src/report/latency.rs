@@ -15,18 +15,22 @@ pub struct Latency {
     pub large_batch_ms: f64,
 }
 
-fn median_ms(reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+/// Median of timed runs after two warm-up runs: at least `min_reps`, and more (up to 20 times
+/// as many) while the total stays under a quarter of a second, so fast workloads get enough
+/// samples for the median to be stable on a noisy machine.
+fn median_ms(min_reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     for _ in 0..2 {
         f()?;
     }
-    let mut t = Vec::with_capacity(reps);
-    for _ in 0..reps {
+    let mut t = Vec::with_capacity(min_reps);
+    let start = Instant::now();
+    while t.len() < min_reps || (t.len() < 20 * min_reps && start.elapsed().as_secs_f64() < 0.25) {
         let s = Instant::now();
         f()?;
         t.push(s.elapsed().as_secs_f64() * 1e3);
     }
     t.sort_by(f64::total_cmp);
-    Ok(t[reps / 2])
+    Ok(t[t.len() / 2])
 }
 
 /// Median latency of `predict` on the first sample and on the first `large` samples.
