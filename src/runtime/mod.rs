@@ -6,6 +6,7 @@
 
 pub mod kernels;
 pub mod packed;
+pub mod vnni;
 pub mod plan;
 pub mod qlayer;
 

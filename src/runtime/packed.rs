@@ -19,6 +19,55 @@ pub const PANEL: usize = 8;
 /// ResNet's 0.6 M-MAC layers ran 2x slower on 2 threads than on 1 with the old 1 << 18).
 pub const PARALLEL_MIN_MACS: usize = 1 << 21;
 
+/// The instruction set a packed GEMM runs on, chosen at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain code over the pair layout.
+    Scalar,
+    /// `vpmaddwd` over i16 pairs: 16 multiply-adds per instruction.
+    Avx2,
+    /// AVX-512 VNNI `vpdpbusd` over u8 × i8 quads summed straight into i32 (exact, no i16
+    /// intermediate): 64 multiply-adds per instruction.
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// Every instruction set this CPU can run, best last. `WICK_INT8_ISA=scalar|avx2` caps the
+    /// choice (to compare kernels on one machine).
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                v.push(Isa::Avx2);
+            }
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vnni") {
+                v.push(Isa::Avx512Vnni);
+            }
+        }
+        let cap = match std::env::var("WICK_INT8_ISA").as_deref() {
+            Ok("scalar") => Isa::Scalar,
+            Ok("avx2") => Isa::Avx2,
+            _ => Isa::Avx512Vnni,
+        };
+        v.retain(|&i| i as u8 <= cap as u8);
+        v
+    }
+
+    /// The best available.
+    pub fn detect() -> Isa {
+        *Isa::available().last().expect("scalar is always available")
+    }
+
+    /// Columns per panel of this layout.
+    fn panel(self) -> usize {
+        match self {
+            Isa::Avx512Vnni => super::vnni::PANEL,
+            _ => PANEL,
+        }
+    }
+}
+
 /// Weights `[n, k]` (i8) packed for [`gemm`].
 #[derive(Debug, Clone)]
 pub struct PackedWeights {
@@ -28,16 +77,28 @@ pub struct PackedWeights {
     pub k: usize,
     /// Depth rounded up to even: the row length the activations must provide.
     pub kp: usize,
-    /// Panels of 8 columns; panel `p` holds `kp/2` pairs of 16 i16 each.
-    data: Vec<i16>,
+    pub isa: Isa,
+    /// Pair layout (scalar and AVX2): panels of 8 columns, panel `p` holding `kp/2` pairs of
+    /// 16 i16 each.
+    pairs: Vec<i16>,
+    /// Quad layout (VNNI), see `vnni::pack`.
+    quads: Vec<i8>,
 }
 
 impl PackedWeights {
-    /// Packs row-major `w[j·k + t]`; columns past `n` and depth past `k` hold zeros, so they add
-    /// nothing whatever the activations hold there.
+    /// Packs row-major `w[j·k + t]` for the best instruction set of this CPU.
     pub fn pack(w: &[i8], n: usize, k: usize) -> PackedWeights {
+        PackedWeights::pack_for(w, n, k, Isa::detect())
+    }
+
+    /// Packs for `isa`; columns past `n` and depth past `k` hold zeros, so they add nothing
+    /// whatever the activations hold there.
+    pub fn pack_for(w: &[i8], n: usize, k: usize, isa: Isa) -> PackedWeights {
         assert_eq!(w.len(), n * k, "weight length");
         let kp = k.div_ceil(2) * 2;
+        if isa == Isa::Avx512Vnni {
+            return PackedWeights { n, k, kp, isa, pairs: vec![], quads: super::vnni::pack(w, n, k) };
+        }
         let panels = n.div_ceil(PANEL);
         let per_panel = kp / 2 * 2 * PANEL;
         let mut data = vec![0i16; panels * per_panel];
@@ -47,11 +108,11 @@ impl PackedWeights {
                 data[p * per_panel + (t / 2) * 2 * PANEL + col * 2 + t % 2] = w[j * k + t] as i16;
             }
         }
-        PackedWeights { n, k, kp, data }
+        PackedWeights { n, k, kp, isa, pairs: data, quads: vec![] }
     }
 
     fn panels(&self) -> usize {
-        self.n.div_ceil(PANEL)
+        self.n.div_ceil(self.isa.panel())
     }
 
     fn panel_len(&self) -> usize {
@@ -104,12 +165,15 @@ fn block_rows<T, E>(rows: &Rows, first: usize, count: usize, w: &PackedWeights, 
 where
     E: Fn(&[i32], &mut [T]),
 {
-    let np = w.panels() * PANEL;
+    let np = w.panels() * w.isa.panel();
     let mut buf = vec![0i32; MR_WIDE * np];
     let mut scratch = match rows {
         Rows::Built(_) => vec![0i16; BLOCK_ROWS * w.kp],
         Rows::Slice { .. } => vec![],
     };
+    // VNNI reads u8 rows padded to whole quads (the padding stays zero).
+    let kq = w.k.div_ceil(4) * 4;
+    let mut bytes = if w.isa == Isa::Avx512Vnni { vec![0u8; BLOCK_ROWS * kq] } else { vec![] };
     let mut b0 = 0;
     while b0 < count {
         let block = (count - b0).min(BLOCK_ROWS);
@@ -122,10 +186,21 @@ where
                 (&scratch, w.kp)
             }
         };
+        if w.isa == Isa::Avx512Vnni {
+            for (r, dst) in bytes.chunks_mut(kq).take(block).enumerate() {
+                // Codes are 0..=255 by construction (shifted u8 codes held as i16).
+                for (d, &c) in dst[..w.k].iter_mut().zip(&a[r * lda..r * lda + w.k]) {
+                    *d = c as u8;
+                }
+            }
+        }
         let mut i = 0;
         while i < block {
             let tile = (block - i).min(MR_WIDE);
-            tile_rows(&a[i * lda..], lda, tile, w, &mut buf, np);
+            match w.isa {
+                Isa::Avx512Vnni => super::vnni::tile_rows(&bytes[i * kq..], kq, tile, &w.quads, w.n, &mut buf, np),
+                _ => tile_rows(&a[i * lda..], lda, tile, w, &mut buf, np),
+            }
             for r in 0..tile {
                 let o = b0 + i + r;
                 epilogue(&buf[r * np..r * np + w.n], &mut out[o * ldo..(o + 1) * ldo]);
@@ -143,11 +218,11 @@ fn tile_rows(a: &[i16], lda: usize, rows: usize, w: &PackedWeights, buf: &mut [i
     let mut p = 0;
     while p < panels {
         let two = p + 1 < panels;
-        let b = &w.data[p * w.panel_len()..];
+        let b = &w.pairs[p * w.panel_len()..];
         let dst = &mut buf[p * PANEL..];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx2") {
+            if w.isa == Isa::Avx2 {
                 // SAFETY: the CPU has AVX2; `a` holds `rows` rows of `kp` entries at `lda`
                 // (checked in `gemm`), `b` one or two whole panels, `dst` rows of `np ≥ p·8 + 16`
                 // (or `+ 8` for one panel) entries.
@@ -251,18 +326,20 @@ mod tests {
             let w: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
             let w16: Vec<i16> = w.iter().map(|&v| v as i16).collect();
             let want = gemm_u8i8(&a8, k, &w, &w16, m, n, k, Kernel::Reference);
-            let p = PackedWeights::pack(&w, n, k);
+            for isa in Isa::available() {
+            let p = PackedWeights::pack_for(&w, n, k, isa);
             // Rows padded past k with junk that must meet zero weights.
             let lda = p.kp + 3;
             let a: Vec<i16> = (0..m * lda).map(|i| if i % lda < k { a8[i / lda * k + i % lda] as i16 } else { 77 }).collect();
             let mut got = vec![0i32; m * n];
             gemm(&Rows::Slice { a: &a, lda }, m, &p, &mut got, n, &|acc: &[i32], o: &mut [i32]| o.copy_from_slice(acc));
-            assert_eq!(got, want, "m={m} n={n} k={k}");
+            assert_eq!(got, want, "m={m} n={n} k={k} {isa:?}");
             // The same rows built on demand.
             let fill = |i: usize, row: &mut [i16]| row.copy_from_slice(&a[i * lda..i * lda + p.kp]);
             let mut built = vec![0i32; m * n];
             gemm(&Rows::Built(&fill), m, &p, &mut built, n, &|acc: &[i32], o: &mut [i32]| o.copy_from_slice(acc));
-            assert_eq!(built, want, "built rows, m={m} n={n} k={k}");
+            assert_eq!(built, want, "built rows, m={m} n={n} k={k} {isa:?}");
+            }
         }
     }
 }
