@@ -31,24 +31,38 @@ pub struct Comparison {
     pub size_ratio: f64,
 }
 
+impl Comparison {
+    /// The comparison of two evaluations on the same test set and two file sizes.
+    pub fn of(teacher: EvalResult, compressed: EvalResult, bytes_before: u64, bytes_after: u64) -> Comparison {
+        Comparison {
+            drop_points: 100.0 * (teacher.accuracy - compressed.accuracy),
+            agreement: agreement(&teacher.predictions, &compressed.predictions),
+            flipped: teacher.predictions.iter().zip(&compressed.predictions).filter(|(a, b)| a != b).count(),
+            bytes_before,
+            bytes_after,
+            size_ratio: bytes_after as f64 / bytes_before as f64,
+            teacher,
+            compressed,
+        }
+    }
+
+    /// `(teacher − compressed) / teacher` accuracy, a fraction.
+    pub fn drop_relative(&self) -> f64 {
+        (self.teacher.accuracy - self.compressed.accuracy) / self.teacher.accuracy.max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Bytes on disk of `p`.
+pub fn file_bytes(p: &Path) -> Result<u64> {
+    std::fs::metadata(p).map(|m| m.len()).map_err(|e| WickError::io(p, e))
+}
+
 /// Evaluates `teacher` and the artifact at `artifact` on `test`.
 pub fn compare(teacher: &Model, teacher_path: &Path, artifact: &Path, test: &Dataset, progress: &dyn Progress) -> Result<Comparison> {
     let t = evaluate(teacher, test, 256, progress)?;
     let q = read_int8(artifact)?;
     let c = crate::runtime::evaluate(&q, test, 256, Exec::Integer(Kernel::Fast), progress)?;
-    let bytes = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| WickError::io(p, e));
-    let (b0, b1) = (bytes(teacher_path)?, bytes(artifact)?);
-    let agree = agreement(&t.predictions, &c.predictions);
-    Ok(Comparison {
-        drop_points: 100.0 * (t.accuracy - c.accuracy),
-        agreement: agree,
-        flipped: t.predictions.iter().zip(&c.predictions).filter(|(a, b)| a != b).count(),
-        bytes_before: b0,
-        bytes_after: b1,
-        size_ratio: b1 as f64 / b0 as f64,
-        teacher: t,
-        compressed: c,
-    })
+    Ok(Comparison::of(t, c, file_bytes(teacher_path)?, file_bytes(artifact)?))
 }
 
 /// Reads an INT8 artifact, failing when the file is not one.

@@ -6,10 +6,10 @@
 //! leaves no partial files (the CLI removes the staging folder on SIGINT/SIGTERM).
 
 use crate::artifact::Int8Model;
-use crate::compare::read_int8;
+use crate::compare::{file_bytes, read_int8, Comparison};
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
-use crate::eval::{agreement, evaluate};
+use crate::eval::evaluate;
 use crate::model::load::load_model;
 use crate::pipeline::{self, Inputs};
 use crate::progress::Progress;
@@ -168,9 +168,8 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
             _ => break (e, g, back),
         }
     };
-    let drop_points = 100.0 * (teacher_eval.accuracy - int8_eval.accuracy);
-    let drop_relative = (teacher_eval.accuracy - int8_eval.accuracy) / teacher_eval.accuracy.max(f64::MIN_POSITIVE);
-    q.info.insert("metrics".into(), json!({"teacher_accuracy": teacher_eval.accuracy, "int8_accuracy": int8_eval.accuracy, "drop_points": drop_points, "test_samples": int8_eval.samples}));
+    q.info.insert("metrics".into(), json!({"teacher_accuracy": teacher_eval.accuracy, "int8_accuracy": int8_eval.accuracy,
+        "drop_points": 100.0 * (teacher_eval.accuracy - int8_eval.accuracy), "test_samples": int8_eval.samples}));
     q.save(&staged)?;
 
     progress.start("latency", 2);
@@ -181,11 +180,10 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     progress.inc(1);
     progress.finish("");
 
-    let bytes = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| WickError::io(p, e));
-    let (b0, b1) = (bytes(&spec.model)?, bytes(&staged)?);
+    let cmp = Comparison::of(teacher_eval, int8_eval, file_bytes(&spec.model)?, file_bytes(&staged)?);
     let final_path = spec.out.join(ARTIFACT);
-    let t_side = report::side(&spec.model.display().to_string(), &teacher_eval, b0, &teacher, t_lat, "float32 (candle)");
-    let c_side = report::side(&final_path.display().to_string(), &int8_eval, b1, &int8_model.model, q_lat, "integer arithmetic: u8 x i8 -> i32, the written file read back");
+    let t_side = report::side(&spec.model.display().to_string(), &cmp.teacher, cmp.bytes_before, &teacher, t_lat, "float32 (candle)");
+    let c_side = report::side(&final_path.display().to_string(), &cmp.compressed, cmp.bytes_after, &int8_model.model, q_lat, "integer arithmetic: u8 x i8 -> i32, the written file read back");
     let inputs: BTreeMap<String, FileInfo> = serde_json::from_value(fingerprint["inputs"].clone()).unwrap_or_default();
     let rep = Report {
         tool: tool_version(),
@@ -193,13 +191,13 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
         recipe_name: recipe.name.clone(),
         seed: spec.seed,
         inputs,
-        agreement: agreement(&teacher_eval.predictions, &int8_eval.predictions),
-        flipped: teacher_eval.predictions.iter().zip(&int8_eval.predictions).filter(|(a, b)| a != b).count(),
-        accuracy_drop_points: drop_points,
-        accuracy_drop_relative: drop_relative,
+        agreement: cmp.agreement,
+        flipped: cmp.flipped,
+        accuracy_drop_points: cmp.drop_points,
+        accuracy_drop_relative: cmp.drop_relative(),
         gate,
         ratios: Ratios {
-            size: b1 as f64 / b0 as f64,
+            size: cmp.size_ratio,
             params: c_side.params as f64 / t_side.params.max(1) as f64,
             macs: c_side.macs as f64 / t_side.macs.max(1) as f64,
             latency_batch1_speedup: t_lat.batch1_ms / q_lat.batch1_ms.max(1e-9),
@@ -212,7 +210,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
         teacher: t_side,
         compressed: c_side,
     };
-    let mut points = vec![("teacher".to_string(), crate::model::stats::total_params(&teacher) as f64 * 4.0 / 1024.0, 100.0 * teacher_eval.accuracy)];
+    let mut points = vec![("teacher".to_string(), crate::model::stats::total_params(&teacher) as f64 * 4.0 / 1024.0, 100.0 * cmp.teacher.accuracy)];
     points.extend(rep.passes.iter().map(|s| (s.pass.clone(), s.weight_bytes as f64 / 1024.0, 100.0 * s.test_accuracy)));
     let svg = report::chart::accuracy_vs_size(&points)?;
     write_atomic(&staging.0.join(CHART), svg.as_bytes())?;

@@ -50,14 +50,8 @@ pub struct Args {
     alpha: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long)]
-    test: Option<PathBuf>,
-    #[arg(long)]
-    report: Option<PathBuf>,
-    #[arg(long)]
-    out: PathBuf,
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    o: OutputArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
@@ -68,7 +62,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         Some(p) => wick::data::Dataset::read(p)?,
         None => train.clone(),
     };
-    let progress = CliProgress::new(a.quiet);
+    let progress = CliProgress::new(a.o.quiet);
     let ccfg = CalibConfig { method: a.method, percentile: 99.99, act: a.activations, batch_size: 64 };
     let init = ptq(&teacher, &calib, &ccfg, 512, &a.exclude, &progress)?;
     let folded = init.folded;
@@ -82,12 +76,12 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let teacher_ref = if a.distill { Some(&teacher) } else { None };
     let (mut q, rep) = qat(&folded, &init, teacher_ref, &train, &val, &cfg, &progress)?;
     let settings = json!({"pass": "qat", "qat": &cfg, "calibration": &ccfg, "exclude": &a.exclude});
-    let cmp = write_and_compare(&mut q, &teacher, &a.m.model, &a.out, a.test.as_ref(), settings.clone(), &progress)?;
-    println!("wrote {} ({} layers INT8; best val accuracy {:.4} at epoch {})", a.out.display(), q.layers.len(), rep.fit.best_val_accuracy, rep.fit.best_epoch);
+    let cmp = write_and_compare(&mut q, &teacher, &a.m.model, &a.o.out, a.o.test.as_ref(), settings.clone(), &progress)?;
+    println!("wrote {} ({} layers INT8; best val accuracy {:.4} at epoch {})", a.o.out.display(), q.layers.len(), rep.fit.best_val_accuracy, rep.fit.best_epoch);
     if let Some(c) = &cmp {
         print_comparison(c);
     }
-    if let Some(r) = &a.report {
+    if let Some(r) = &a.o.report {
         write_report(r, &json!({"tool": wick::provenance::tool_version(), "settings": settings, "comparison": cmp, "training": rep}))?;
     }
     Ok(Outcome::Ok)

@@ -11,6 +11,22 @@ use wick::data::Dataset;
 use wick::model::Model;
 use wick::provenance::{file_sha256, tool_version};
 
+/// The outputs `wick quantize` and `wick qat` share.
+#[derive(clap::Args)]
+pub struct OutputArgs {
+    /// Test set: compare the teacher and the written artifact (executed with integer arithmetic).
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// The INT8 artifact to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 /// Loads a float model; an INT8 artifact is refused.
 pub fn load_float(path: &Path, arch: Option<&Path>) -> anyhow::Result<Model> {
     let (m, warnings) = load_any(path, arch)?;

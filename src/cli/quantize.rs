@@ -31,22 +31,14 @@ pub struct Args {
     /// Keep these layers in float.
     #[arg(long, num_args = 1..)]
     exclude: Vec<String>,
-    /// Test set: compare teacher and the written artifact.
-    #[arg(long)]
-    test: Option<PathBuf>,
-    /// Write the JSON report here.
-    #[arg(long)]
-    report: Option<PathBuf>,
-    #[arg(long)]
-    out: PathBuf,
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    o: OutputArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let teacher = load_float(&a.m.model, a.m.arch.as_deref())?;
     let calib = wick::data::Dataset::read(&a.calib)?;
-    let progress = CliProgress::new(a.quiet);
+    let progress = CliProgress::new(a.o.quiet);
     let cfg = CalibConfig { method: a.method, percentile: a.percentile, act: a.activations, batch_size: 64 };
     if !(a.percentile > 50.0 && a.percentile <= 100.0) {
         anyhow::bail!("--percentile must lie in (50, 100], got {}", a.percentile);
@@ -54,12 +46,12 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let out = ptq(&teacher, &calib, &cfg, a.samples, &a.exclude, &progress)?;
     let (mut q, rep) = (out.int8, out.report);
     let settings = json!({"pass": "ptq", "calibration": &cfg, "samples": rep.calibration_samples, "exclude": &a.exclude});
-    let cmp = write_and_compare(&mut q, &teacher, &a.m.model, &a.out, a.test.as_ref(), settings.clone(), &progress)?;
-    println!("wrote {} ({} layers INT8, {} BatchNorms folded, {} kept in float)", a.out.display(), q.layers.len(), rep.folded.len(), rep.excluded.len());
+    let cmp = write_and_compare(&mut q, &teacher, &a.m.model, &a.o.out, a.o.test.as_ref(), settings.clone(), &progress)?;
+    println!("wrote {} ({} layers INT8, {} BatchNorms folded, {} kept in float)", a.o.out.display(), q.layers.len(), rep.folded.len(), rep.excluded.len());
     if let Some(c) = &cmp {
         print_comparison(c);
     }
-    if let Some(r) = &a.report {
+    if let Some(r) = &a.o.report {
         let layers: serde_json::Map<String, serde_json::Value> = rep.layers.iter().map(|(k, l)| {
             let ws = &q.layers[k].weight.scales;
             (k.clone(), json!({
