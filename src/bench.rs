@@ -29,6 +29,8 @@ pub struct BenchResult {
     /// fp32 / int8 latency at the large batch.
     pub int8_speedup_large_batch: f64,
     pub int8_speedup_batch1: f64,
+    /// The integer GEMM kernel this CPU runs.
+    pub int8_kernel: &'static str,
 }
 
 /// The INT8 model benchmarks run: PTQ (min-max) on the first 256 samples.
@@ -68,6 +70,7 @@ pub fn bench(name: &str, model: &Model, train: &Dataset, test: &Dataset, threads
         threads,
         int8_speedup_large_batch: fp32.large_batch_ms / int8.large_batch_ms,
         int8_speedup_batch1: fp32.batch1_ms / int8.batch1_ms,
+        int8_kernel: crate::runtime::packed::Isa::detect().name(),
         fp32,
         int8,
         train_epoch_s,

@@ -183,7 +183,8 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     let cmp = Comparison::of(teacher_eval, int8_eval, file_bytes(&spec.model)?, file_bytes(&staged)?);
     let final_path = spec.out.join(ARTIFACT);
     let t_side = report::side(&spec.model.display().to_string(), &cmp.teacher, cmp.bytes_before, &teacher, t_lat, "float32 (candle)");
-    let c_side = report::side(&final_path.display().to_string(), &cmp.compressed, cmp.bytes_after, &int8_model.model, q_lat, "integer arithmetic: u8 x i8 -> i32, the written file read back");
+    let c_side = report::side(&final_path.display().to_string(), &cmp.compressed, cmp.bytes_after, &int8_model.model, q_lat,
+        &format!("integer arithmetic: u8 x i8 -> i32 ({} kernel), the written file read back", crate::runtime::packed::Isa::detect().name()));
     let inputs: BTreeMap<String, FileInfo> = serde_json::from_value(fingerprint["inputs"].clone()).unwrap_or_default();
     let rep = Report {
         tool: tool_version(),

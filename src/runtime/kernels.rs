@@ -27,24 +27,28 @@ pub fn quantize_u8(x: &[f32], q: &crate::quant::QParams) -> (Vec<u8>, i32) {
 /// The codes of [`quantize_u8`] held as i16, the operand type of the compiled runtime's GEMM;
 /// AVX2 eight at a time where the CPU has it (bit-identical to the scalar formula: tested).
 pub fn quantize_i16(x: &[f32], q: &crate::quant::QParams) -> (Vec<i16>, i32) {
-    let mut codes = vec![0i16; x.len()];
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             let shift = if q.act == crate::quant::ActType::I8 { 128 } else { 0 };
-            let run = |x: &[f32], out: &mut [i16]| {
+            let mut codes = Vec::with_capacity(x.len());
+            let out = &mut codes.spare_capacity_mut()[..x.len()];
+            let run = |x: &[f32], out: &mut [std::mem::MaybeUninit<i16>]| {
                 // SAFETY: the CPU has AVX2; the slices have equal lengths.
                 unsafe { quantize_i16_avx2(x, q, shift, out) }
             };
             const CHUNK: usize = 1 << 16;
             if x.len() > 2 * CHUNK && rayon::current_num_threads() > 1 {
-                x.par_chunks(CHUNK).zip(codes.par_chunks_mut(CHUNK)).for_each(|(x, o)| run(x, o));
+                x.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).for_each(|(x, o)| run(x, o));
             } else {
-                run(x, &mut codes);
+                run(x, out);
             }
+            // SAFETY: `quantize_i16_avx2` wrote every entry.
+            unsafe { codes.set_len(x.len()) };
             return (codes, q.zero_point + shift);
         }
     }
+    let mut codes = vec![0i16; x.len()];
     let zp = quantize_into(x, q, &mut codes, |c| c as i16);
     (codes, zp)
 }
@@ -85,7 +89,7 @@ fn quantize_into<T: Copy, F: Fn(i32) -> T>(x: &[f32], q: &crate::quant::QParams,
 /// huge values from wrapping (`as i32` saturates; `cvttps2dq` does not).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn quantize_i16_avx2(x: &[f32], q: &crate::quant::QParams, shift: i32, out: &mut [i16]) {
+unsafe fn quantize_i16_avx2(x: &[f32], q: &crate::quant::QParams, shift: i32, out: &mut [std::mem::MaybeUninit<i16>]) {
     use std::arch::x86_64::*;
     let (qmin, qmax) = q.act.range();
     let n8 = x.len() / 8 * 8;
@@ -115,7 +119,7 @@ unsafe fn quantize_i16_avx2(x: &[f32], q: &crate::quant::QParams, shift: i32, ou
         i += 8;
     }
     for (o, &v) in out[n8..].iter_mut().zip(&x[n8..]) {
-        *o = (q.quantize(v) + shift) as i16;
+        o.write((q.quantize(v) + shift) as i16);
     }
 }
 

@@ -54,6 +54,15 @@ impl Isa {
         v
     }
 
+    /// How reports name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "AVX2 vpmaddwd",
+            Isa::Avx512Vnni => "AVX-512 VNNI vpdpbusd",
+        }
+    }
+
     /// The best available.
     pub fn detect() -> Isa {
         *Isa::available().last().expect("scalar is always available")
