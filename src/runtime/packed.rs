@@ -26,13 +26,16 @@ pub enum Isa {
     Scalar,
     /// `vpmaddwd` over i16 pairs: 16 multiply-adds per instruction.
     Avx2,
+    /// AVX-VNNI `vpdpbusd` on ymm: u8 × i8 quads summed straight into i32, 32 multiply-adds per
+    /// instruction.
+    AvxVnni,
     /// AVX-512 VNNI `vpdpbusd` over u8 × i8 quads summed straight into i32 (exact, no i16
     /// intermediate): 64 multiply-adds per instruction.
     Avx512Vnni,
 }
 
 impl Isa {
-    /// Every instruction set this CPU can run, best last. `WICK_INT8_ISA=scalar|avx2` caps the
+    /// Every instruction set this CPU can run, best last. `WICK_INT8_ISA=scalar|avx2|avxvnni` caps the
     /// choice (to compare kernels on one machine).
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Scalar];
@@ -40,6 +43,9 @@ impl Isa {
         {
             if std::is_x86_feature_detected!("avx2") {
                 v.push(Isa::Avx2);
+                if std::is_x86_feature_detected!("avxvnni") {
+                    v.push(Isa::AvxVnni);
+                }
             }
             if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vnni") {
                 v.push(Isa::Avx512Vnni);
@@ -48,6 +54,7 @@ impl Isa {
         let cap = match std::env::var("WICK_INT8_ISA").as_deref() {
             Ok("scalar") => Isa::Scalar,
             Ok("avx2") => Isa::Avx2,
+            Ok("avxvnni") => Isa::AvxVnni,
             _ => Isa::Avx512Vnni,
         };
         v.retain(|&i| i as u8 <= cap as u8);
@@ -59,6 +66,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "AVX2 vpmaddwd",
+            Isa::AvxVnni => "AVX-VNNI vpdpbusd",
             Isa::Avx512Vnni => "AVX-512 VNNI vpdpbusd",
         }
     }
@@ -68,10 +76,16 @@ impl Isa {
         *Isa::available().last().expect("scalar is always available")
     }
 
+    /// Whether it reads u8 rows and quad-packed weights (the VNNI kernels).
+    fn quads(self) -> bool {
+        matches!(self, Isa::AvxVnni | Isa::Avx512Vnni)
+    }
+
     /// Columns per panel of this layout.
     fn panel(self) -> usize {
         match self {
-            Isa::Avx512Vnni => super::vnni::PANEL,
+            Isa::Avx512Vnni => super::vnni::PANEL_512,
+            Isa::AvxVnni => super::vnni::PANEL_256,
             _ => PANEL,
         }
     }
@@ -105,8 +119,8 @@ impl PackedWeights {
     pub fn pack_for(w: &[i8], n: usize, k: usize, isa: Isa) -> PackedWeights {
         assert_eq!(w.len(), n * k, "weight length");
         let kp = k.div_ceil(2) * 2;
-        if isa == Isa::Avx512Vnni {
-            return PackedWeights { n, k, kp, isa, pairs: vec![], quads: super::vnni::pack(w, n, k) };
+        if isa.quads() {
+            return PackedWeights { n, k, kp, isa, pairs: vec![], quads: super::vnni::pack(w, n, k, isa.panel()) };
         }
         let panels = n.div_ceil(PANEL);
         let per_panel = kp / 2 * 2 * PANEL;
@@ -182,7 +196,7 @@ where
     };
     // VNNI reads u8 rows padded to whole quads (the padding stays zero).
     let kq = w.k.div_ceil(4) * 4;
-    let mut bytes = if w.isa == Isa::Avx512Vnni { vec![0u8; BLOCK_ROWS * kq] } else { vec![] };
+    let mut bytes = if w.isa.quads() { vec![0u8; BLOCK_ROWS * kq] } else { vec![] };
     let mut b0 = 0;
     while b0 < count {
         let block = (count - b0).min(BLOCK_ROWS);
@@ -195,7 +209,7 @@ where
                 (&scratch, w.kp)
             }
         };
-        if w.isa == Isa::Avx512Vnni {
+        if w.isa.quads() {
             for (r, dst) in bytes.chunks_mut(kq).take(block).enumerate() {
                 // Codes are 0..=255 by construction (shifted u8 codes held as i16).
                 for (d, &c) in dst[..w.k].iter_mut().zip(&a[r * lda..r * lda + w.k]) {
@@ -207,7 +221,7 @@ where
         while i < block {
             let tile = (block - i).min(MR_WIDE);
             match w.isa {
-                Isa::Avx512Vnni => super::vnni::tile_rows(&bytes[i * kq..], kq, tile, &w.quads, w.n, &mut buf, np),
+                Isa::Avx512Vnni | Isa::AvxVnni => super::vnni::tile_rows(&bytes[i * kq..], kq, tile, &w.quads, w.n, &mut buf, np, w.isa == Isa::Avx512Vnni),
                 _ => tile_rows(&a[i * lda..], lda, tile, w, &mut buf, np),
             }
             for r in 0..tile {
