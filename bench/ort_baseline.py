@@ -2,29 +2,15 @@
 its safetensors weights (no PyTorch needed), then times FP32 and INT8 (static QDQ, uint8
 activations, per-channel int8 weights, as ORT's quantize_static makes it) inference at batch 1
 and batch 64: median of repeated runs after warm-up. Prints one JSON object."""
-import argparse, json, struct, sys, tempfile, time, os
+import argparse, json, sys, tempfile, time, os
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import onnx
 from onnx import helper, TensorProto, numpy_helper
 import onnxruntime as ort
 from onnxruntime.quantization import quantize_static, CalibrationDataReader, QuantFormat, QuantType
 
-DT = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "I8": np.int8}
-
-def read_safetensors(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n]); data = b[8 + n:]
-    out = {}
-    for k, v in h.items():
-        if k == "__metadata__" or v["dtype"] not in DT:
-            continue
-        s, e = v["data_offsets"]
-        out[k] = np.frombuffer(data[s:e], dtype=DT[v["dtype"]]).reshape(v["shape"])
-    return out
-
-def pair(v):
-    return [v, v] if isinstance(v, int) else list(v)
+from safetensors_np import read_safetensors, pair
 
 def build(arch, w):
     nodes, inits = [], []

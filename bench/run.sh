@@ -1,43 +1,49 @@
 #!/usr/bin/env bash
-# Speed of wick against ONNX Runtime on the same fixtures, both measured in this run.
-# Installs onnxruntime, onnx and numpy from PyPI into bench/.venv on first use.
+# Speed of wick against ONNX Runtime (inference) and PyTorch (training, and float inference) on
+# the same fixtures, all measured in this run.
+# Installs onnxruntime, onnx, numpy and torch from PyPI into bench/.venv on first use (torch's
+# Linux wheel brings its CUDA libraries: several GB; only the CPU is used).
 # Usage: bench/run.sh [THREADS] [ROUNDS]   (defaults 1 and 3; run with 2 threads as well for scaling)
-# Each round measures wick, then ONNX Runtime; the table shows, per workload, the median over
-# the rounds, so a burst of load from a neighbour on a shared machine skews one round, not the
-# comparison.
+# Each round measures wick, then ONNX Runtime, then PyTorch; the table shows, per workload, the
+# median over the rounds, so a burst of load from a neighbour on a shared machine skews one
+# round, not the comparison. Training is timed in the first round only (3 epochs each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-1}
 rounds=${2:-3}
 if [ ! -x bench/.venv/bin/python ]; then
   python3 -m venv bench/.venv
-  bench/.venv/bin/pip install -q onnxruntime onnx numpy
 fi
+bench/.venv/bin/python -c "import onnxruntime, onnx, numpy, torch" 2>/dev/null || bench/.venv/bin/pip install -q onnxruntime onnx numpy torch
 cargo build --release -q
 D=fixtures/data
 for m in digits_resnet digits_mlp; do
   model=fixtures/models/$m.safetensors
-  wicks=() orts=()
+  wicks=() orts=() torches=()
   for ((r = 0; r < rounds; r++)); do
     epochs=0
-    [ "$r" -eq 0 ] && epochs=3   # one training measurement (it takes seconds, not milliseconds)
+    [ "$r" -eq 0 ] && epochs=3
     wicks+=("$(./target/release/wick --threads "$threads" bench "$model" --train $D/digits_train.safetensors --test $D/digits_test.safetensors --epochs $epochs --json)")
     orts+=("$(bench/.venv/bin/python bench/ort_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
           --data $D/digits_test.safetensors --calib $D/digits_train.safetensors --threads "$threads" 2>/dev/null)")
+    torches+=("$(bench/.venv/bin/python bench/torch_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
+          --train $D/digits_train.safetensors --test $D/digits_test.safetensors --threads "$threads" --epochs $epochs 2>/dev/null)")
   done
-  WICK="$(printf '%s\n' "${wicks[@]}")" ORT="$(printf '%s\n' "${orts[@]}")" M="$m" python3 - <<'PY'
+  WICK="$(printf '%s\n' "${wicks[@]}")" ORT="$(printf '%s\n' "${orts[@]}")" TORCH="$(printf '%s\n' "${torches[@]}")" M="$m" python3 - <<'PY'
 import json, os, statistics
-ws = [json.loads(l)["runs"][0] for l in os.environ["WICK"].splitlines() if l.strip()]
-os_ = [json.loads(l) for l in os.environ["ORT"].splitlines() if l.strip()]
-med = lambda xs: statistics.median(xs)
-print(f"\n{os.environ['M']}: {ws[0]['threads']} thread(s), onnxruntime {os_[0]['onnxruntime']}; median over {len(ws)} alternating rounds "
-      f"(each a median after warm-up); ratio = ORT time / wick time (>1: wick faster)")
-print(f"| workload | wick | ONNX Runtime | ratio |\n|---|---|---|---|")
+rows = lambda k: [json.loads(l) for l in os.environ[k].splitlines() if l.strip()]
+ws, os_, ts = [r["runs"][0] for r in rows("WICK")], rows("ORT"), rows("TORCH")
+med = statistics.median
+print(f"\n{os.environ['M']}: {ws[0]['threads']} thread(s), int8 kernel {ws[0]['int8_kernel']}, onnxruntime {os_[0]['onnxruntime']}, torch {ts[0]['torch']}; "
+      f"median over {len(ws)} alternating rounds (each a median after warm-up); ratio = baseline time / wick time (>1: wick faster)")
+print("| workload | wick | ONNX Runtime | ratio | PyTorch | ratio |\n|---|---|---|---|---|---|")
 for kind in ("fp32", "int8"):
     for b, key in (("1", "batch1_ms"), ("64", "large_batch_ms")):
         w, o = med([r[kind][key] for r in ws]), med([r[kind][key] for r in os_])
-        print(f"| {kind} inference, batch {b} | {w:.3f} ms | {o:.3f} ms | {o / w:.2f} |")
-print(f"| training epoch (batch 64, SGD) | {ws[0]['train_epoch_s']:.3f} s | (PyTorch: not measured here) | |")
-print(f"| ORT int8 predictions flipped vs its fp32 | | {os_[0]['int8_flipped_vs_fp32']} of 360 | |")
+        t = f"{med([r[kind][key] for r in ts]):.3f} ms | {med([r[kind][key] for r in ts]) / w:.2f}" if kind == "fp32" else " | "
+        print(f"| {kind} inference, batch {b} | {w:.3f} ms | {o:.3f} ms | {o / w:.2f} | {t} |")
+tw, tt = ws[0]["train_epoch_s"], ts[0]["train_epoch_s"]
+print(f"| training epoch (batch 64, SGD) | {tw:.3f} s | | | {tt:.3f} s | {tt / tw:.2f} |")
+print(f"| ORT int8 predictions flipped vs its fp32 | | {os_[0]['int8_flipped_vs_fp32']} of 360 | | | |")
 PY
 done

@@ -1,0 +1,21 @@
+"""Reads a safetensors file into numpy arrays (the format is an 8-byte header length, a JSON
+header, then raw little-endian data), so the baselines need no extra package."""
+import json, struct
+import numpy as np
+
+DT = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "I8": np.int8}
+
+def read_safetensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n]); data = b[8 + n:]
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__" or v["dtype"] not in DT:
+            continue
+        s, e = v["data_offsets"]
+        out[k] = np.frombuffer(data[s:e], dtype=DT[v["dtype"]]).reshape(v["shape"])
+    return out
+
+def pair(v):
+    return [v, v] if isinstance(v, int) else list(v)
