@@ -9,6 +9,7 @@ pub mod packed;
 pub mod vnni;
 pub mod plan;
 pub mod qlayer;
+pub mod tiles;
 
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};

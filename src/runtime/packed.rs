@@ -250,10 +250,11 @@ fn tile_rows(a: &[i16], lda: usize, rows: usize, w: &PackedWeights, buf: &mut [i
                 // (checked in `gemm`), `b` one or two whole panels, `dst` rows of `np ≥ p·8 + 16`
                 // (or `+ 8` for one panel) entries.
                 unsafe {
+                    use super::tiles::pairs_avx2::dispatch;
                     if two {
-                        avx2::tile_dispatch::<2>(a.as_ptr(), lda, rows, b.as_ptr(), w.panel_len(), kpairs, dst.as_mut_ptr(), np);
+                        dispatch::<2>(a.as_ptr(), lda, rows, b.as_ptr(), w.panel_len(), kpairs, dst.as_mut_ptr(), np);
                     } else {
-                        avx2::tile_dispatch::<1>(a.as_ptr(), lda, rows, b.as_ptr(), w.panel_len(), kpairs, dst.as_mut_ptr(), np);
+                        dispatch::<1>(a.as_ptr(), lda, rows, b.as_ptr(), w.panel_len(), kpairs, dst.as_mut_ptr(), np);
                     }
                 }
                 p += if two { 2 } else { 1 };
@@ -275,59 +276,6 @@ fn scalar_panel(a: &[i16], lda: usize, rows: usize, b: &[i16], kpairs: usize, ds
                 acc += a0 * b[t * 2 * PANEL + col * 2] as i32 + a1 * b[t * 2 * PANEL + col * 2 + 1] as i32;
             }
             dst[r * np + col] = acc;
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::PANEL;
-    use std::arch::x86_64::*;
-
-    /// Picks the tile kernel for `rows` (a const generic each, so the accumulators live in
-    /// registers).
-    #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn tile_dispatch<const NV: usize>(a: *const i16, lda: usize, rows: usize, b: *const i16, panel_len: usize, kpairs: usize, dst: *mut i32, np: usize) {
-        macro_rules! go {
-            ($mr:literal) => {
-                tile::<$mr, NV>(a, lda, b, panel_len, kpairs, dst, np)
-            };
-        }
-        match rows {
-            1 => go!(1),
-            2 => go!(2),
-            3 => go!(3),
-            4 => go!(4),
-            5 => go!(5),
-            _ => go!(6),
-        }
-    }
-
-    /// `MR` rows × `NV` panels: per depth pair, `NV` weight loads, `MR` broadcasts of the row's
-    /// activation pair, `MR·NV` `vpmaddwd` + `vpaddd`.
-    #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    unsafe fn tile<const MR: usize, const NV: usize>(a: *const i16, lda: usize, b: *const i16, panel_len: usize, kpairs: usize, dst: *mut i32, np: usize) {
-        let mut acc = [[_mm256_setzero_si256(); NV]; MR];
-        for t in 0..kpairs {
-            let mut bv = [_mm256_setzero_si256(); NV];
-            for (v, bv) in bv.iter_mut().enumerate() {
-                *bv = _mm256_loadu_si256(b.add(v * panel_len + t * 2 * PANEL) as *const __m256i);
-            }
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let pair = std::ptr::read_unaligned(a.add(r * lda + 2 * t) as *const i32);
-                let av = _mm256_set1_epi32(pair);
-                for v in 0..NV {
-                    acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(av, bv[v]));
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (v, acc) in acc.iter().enumerate() {
-                _mm256_storeu_si256(dst.add(r * np + v * PANEL) as *mut __m256i, *acc);
-            }
         }
     }
 }
