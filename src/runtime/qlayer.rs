@@ -57,6 +57,8 @@ pub struct QLayer {
     pub shape: LayerShape,
     /// One packed weight per group.
     packed: Vec<PackedWeights>,
+    /// Where each output position's patch row reads (convs).
+    runs: Option<PatchRuns>,
     /// `Σ_k w_c[k]` per output channel, for the zero-point correction.
     wsum: Vec<i32>,
     /// `s_in · s_c` per output channel.
@@ -110,7 +112,11 @@ impl QLayer {
                     .collect()
             }
         };
-        Some(QLayer { input: q.input, shape, packed, wsum, mult, bias, relu: false })
+        let runs = match shape {
+            LayerShape::Conv(g) if !g.is_pointwise() => Some(PatchRuns::new(&g)),
+            _ => None,
+        };
+        Some(QLayer { input: q.input, shape, packed, wsum, mult, bias, relu: false, runs })
     }
 
     /// Output channels.
@@ -153,7 +159,8 @@ impl QLayer {
                     if g.is_pointwise() && g.c == p.kp {
                         gemm(&Rows::Slice { a: codes, lda: g.c }, rows, p, out, o, &epi);
                     } else {
-                        let fill = |i: usize, row: &mut [i16]| patch_row(codes, &g, gi, zp as i16, i, row);
+                        let runs = self.runs.as_ref().expect("convs that are not pointwise have patch runs");
+                        let fill = |i: usize, row: &mut [i16]| runs.fill(codes, &g, gi, zp as i16, i, row);
                         gemm(&Rows::Built(&fill), rows, p, out, o, &epi);
                     }
                 }
@@ -226,44 +233,68 @@ fn conv_shape(s: &[usize], o: usize, k: (usize, usize), stride: (usize, usize), 
     Some(ConvShape { c, h, w, o, kh: k.0, kw: k.1, stride, pad, dil, groups, ho, wo })
 }
 
-/// Channels-last patch of output row `i` (sample `i / (Ho·Wo)`, position `i % (Ho·Wo)`) for
-/// group `gi`: for each tap `(ky, kx)` the group's `C/groups` channels of the pixel it reads, or
-/// `zp` (real zero) outside the image. With one group and no dilation the taps of a kernel row
-/// are one contiguous run of the input (neighbouring pixels, all channels), copied at once.
-fn patch_row(x: &[i16], g: &ConvShape, gi: usize, zp: i16, i: usize, row: &mut [i16]) {
-    let (cg, l) = (g.cg(), g.ho * g.wo);
-    let (s, pos) = (i / l, i % l);
-    let (oy, ox) = (pos / g.wo, pos % g.wo);
-    let xs = &x[s * g.h * g.w * g.c..(s + 1) * g.h * g.w * g.c];
-    let x0 = (ox * g.stride.1) as isize - g.pad.1 as isize;
-    let runs = g.groups == 1 && g.dil.1 == 1;
-    for ky in 0..g.kh {
-        let iy = (oy * g.stride.0 + ky * g.dil.0) as isize - g.pad.0 as isize;
-        let dst = &mut row[ky * g.kw * cg..(ky + 1) * g.kw * cg];
-        if iy < 0 || iy >= g.h as isize {
-            dst.fill(zp);
-            continue;
-        }
-        let line = &xs[iy as usize * g.w * g.c..(iy as usize + 1) * g.w * g.c];
-        if runs {
-            // Kernel columns inside the image: kx in [lo, hi).
-            let lo = (-x0).clamp(0, g.kw as isize) as usize;
-            let hi = (g.w as isize - x0).clamp(lo as isize, g.kw as isize) as usize;
-            dst[..lo * cg].fill(zp);
-            let src = (x0 + lo as isize).max(0) as usize * g.c;
-            dst[lo * cg..hi * cg].copy_from_slice(&line[src..src + (hi - lo) * g.c]);
-            dst[hi * cg..].fill(zp);
-            continue;
-        }
-        for kx in 0..g.kw {
-            let ix = x0 + (kx * g.dil.1) as isize;
-            let d = &mut dst[kx * cg..(kx + 1) * cg];
-            if ix < 0 || ix >= g.w as isize {
-                d.fill(zp);
-            } else {
-                let src = ix as usize * g.c + gi * cg;
-                d.copy_from_slice(&line[src..src + cg]);
+/// Where the channels-last patch of each output position reads, computed once per layer:
+/// runs of `(offset in the row, offset in the sample's [H, W, C] codes, length)`. With one group
+/// and no dilation the taps of a kernel row are one contiguous run of the input (neighbouring
+/// pixels, all channels); otherwise each tap is a run of the group's `C/groups` channels (read
+/// at an extra offset `group·C/groups`). Entries no run covers are taps in the padding and hold
+/// the zero point.
+struct PatchRuns {
+    /// `runs[starts[p]..starts[p + 1]]` belong to position `p`.
+    starts: Vec<usize>,
+    runs: Vec<(u32, u32, u32)>,
+    /// Whether position `p` has padding taps (its row is filled with the zero point first).
+    padded: Vec<bool>,
+}
+
+impl PatchRuns {
+    fn new(g: &ConvShape) -> PatchRuns {
+        let (cg, k) = (g.cg(), g.k());
+        let merge = g.groups == 1 && g.dil.1 == 1;
+        let (mut starts, mut runs, mut padded) = (vec![0], vec![], vec![]);
+        for oy in 0..g.ho {
+            for ox in 0..g.wo {
+                let mut covered = 0;
+                for ky in 0..g.kh {
+                    let iy = (oy * g.stride.0 + ky * g.dil.0) as isize - g.pad.0 as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    for kx in 0..g.kw {
+                        let ix = (ox * g.stride.1 + kx * g.dil.1) as isize - g.pad.1 as isize;
+                        if ix < 0 || ix >= g.w as isize {
+                            continue;
+                        }
+                        let (dst, src) = ((ky * g.kw + kx) * cg, (iy as usize * g.w + ix as usize) * g.c);
+                        covered += cg;
+                        // Extend this position's previous run when the tap continues it in both places.
+                        let own = runs.len() > *starts.last().expect("starts begins with 0");
+                        match runs.last_mut() {
+                            Some((d, s, len)) if merge && own && (*d + *len) as usize == dst && (*s + *len) as usize == src => *len += cg as u32,
+                            _ => runs.push((dst as u32, src as u32, cg as u32)),
+                        }
+                    }
+                }
+                padded.push(covered < k);
+                starts.push(runs.len());
             }
+        }
+        PatchRuns { starts, runs, padded }
+    }
+
+    /// Writes the patch of output row `i` (sample `i / (Ho·Wo)`, position `i % (Ho·Wo)`) for
+    /// group `gi` into `row[..k]`.
+    #[inline]
+    fn fill(&self, x: &[i16], g: &ConvShape, gi: usize, zp: i16, i: usize, row: &mut [i16]) {
+        let l = g.ho * g.wo;
+        let (s, pos) = (i / l, i % l);
+        let xs = &x[s * g.h * g.w * g.c + gi * g.cg()..];
+        if self.padded[pos] {
+            row[..g.k()].fill(zp);
+        }
+        for &(d, src, len) in &self.runs[self.starts[pos]..self.starts[pos + 1]] {
+            let (d, src, len) = (d as usize, src as usize, len as usize);
+            row[d..d + len].copy_from_slice(&xs[src..src + len]);
         }
     }
 }
