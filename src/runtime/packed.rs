@@ -158,11 +158,13 @@ pub enum Rows<'a> {
 const BLOCK_ROWS: usize = 8 * MR_WIDE;
 
 /// Computes `acc = a · wᵀ` for `m` rows and hands every row's `w.n` accumulators to
-/// `epilogue(acc_row, out_row)`, where `out_row` is row `i` of `out` (`ldo` entries per row).
+/// `epilogue(acc, stride, out_rows)` a register tile (up to 6 rows) at a time: row `r` of the
+/// tile has its `w.n` accumulators at `acc[r·stride..]` and its output at `out_rows[r·ldo..]`
+/// (rows of `out`, `ldo` entries each).
 pub fn gemm<T, E>(rows: &Rows, m: usize, w: &PackedWeights, out: &mut [T], ldo: usize, epilogue: &E)
 where
     T: Send,
-    E: Fn(&[i32], &mut [T]) + Sync,
+    E: Fn(&[i32], usize, &mut [T]) + Sync,
 {
     if let Rows::Slice { a, lda } = rows {
         assert!(*lda >= w.kp && (m == 0 || a.len() >= (m - 1) * lda + w.kp), "activation rows too short");
@@ -183,10 +185,10 @@ where
 const MR_WIDE: usize = 6;
 
 /// Runs rows `first..first + count`: per block, the rows (built if need be), tiles of
-/// `MR_WIDE` rows over all panels into a row buffer, then the epilogue per row.
+/// `MR_WIDE` rows over all panels into a row buffer, then the epilogue per tile.
 fn block_rows<T, E>(rows: &Rows, first: usize, count: usize, w: &PackedWeights, out: &mut [T], ldo: usize, epilogue: &E)
 where
-    E: Fn(&[i32], &mut [T]),
+    E: Fn(&[i32], usize, &mut [T]),
 {
     let np = w.panels() * w.isa.panel();
     let mut buf = vec![0i32; MR_WIDE * np];
@@ -224,10 +226,8 @@ where
                 Isa::Avx512Vnni | Isa::AvxVnni => super::vnni::tile_rows(&bytes[i * kq..], kq, tile, &w.quads, w.n, &mut buf, np, w.isa == Isa::Avx512Vnni),
                 _ => tile_rows(&a[i * lda..], lda, tile, w, &mut buf, np),
             }
-            for r in 0..tile {
-                let o = b0 + i + r;
-                epilogue(&buf[r * np..r * np + w.n], &mut out[o * ldo..(o + 1) * ldo]);
-            }
+            let o = b0 + i;
+            epilogue(&buf[..tile * np], np, &mut out[o * ldo..(o + tile) * ldo]);
             i += tile;
         }
         b0 += block;
@@ -303,12 +303,17 @@ mod tests {
             let lda = p.kp + 3;
             let a: Vec<i16> = (0..m * lda).map(|i| if i % lda < k { a8[i / lda * k + i % lda] as i16 } else { 77 }).collect();
             let mut got = vec![0i32; m * n];
-            gemm(&Rows::Slice { a: &a, lda }, m, &p, &mut got, n, &|acc: &[i32], o: &mut [i32]| o.copy_from_slice(acc));
+            let copy = |acc: &[i32], stride: usize, o: &mut [i32]| {
+                for (r, row) in o.chunks_mut(n).enumerate() {
+                    row.copy_from_slice(&acc[r * stride..r * stride + n]);
+                }
+            };
+            gemm(&Rows::Slice { a: &a, lda }, m, &p, &mut got, n, &copy);
             assert_eq!(got, want, "m={m} n={n} k={k} {isa:?}");
             // The same rows built on demand.
             let fill = |i: usize, row: &mut [i16]| row.copy_from_slice(&a[i * lda..i * lda + p.kp]);
             let mut built = vec![0i32; m * n];
-            gemm(&Rows::Built(&fill), m, &p, &mut built, n, &|acc: &[i32], o: &mut [i32]| o.copy_from_slice(acc));
+            gemm(&Rows::Built(&fill), m, &p, &mut built, n, &copy);
             assert_eq!(built, want, "built rows, m={m} n={n} k={k} {isa:?}");
             }
         }

@@ -137,7 +137,7 @@ impl QLayer {
                 let rows = codes.len() / inp;
                 let mut y = Vec::with_capacity(rows * o);
                 let p = &self.packed[0];
-                let epi = |acc: &[i32], out: &mut [MaybeUninit<f32>]| self.epilogue(acc, zp, 0, out);
+                let epi = |acc: &[i32], stride: usize, out: &mut [MaybeUninit<f32>]| self.epilogue(acc, stride, o, zp, 0, out);
                 let out = &mut y.spare_capacity_mut()[..rows * o];
                 if inp == p.kp {
                     gemm(&Rows::Slice { a: codes, lda: inp }, rows, p, out, o, &epi);
@@ -155,7 +155,7 @@ impl QLayer {
                 let out = &mut y.spare_capacity_mut()[..rows * o];
                 let og = g.o / g.groups;
                 for (gi, p) in self.packed.iter().enumerate() {
-                    let epi = |acc: &[i32], out: &mut [MaybeUninit<f32>]| self.epilogue(acc, zp, gi * og, out);
+                    let epi = |acc: &[i32], stride: usize, out: &mut [MaybeUninit<f32>]| self.epilogue(acc, stride, o, zp, gi * og, out);
                     if g.is_pointwise() && g.c == p.kp {
                         gemm(&Rows::Slice { a: codes, lda: g.c }, rows, p, out, o, &epi);
                     } else {
@@ -172,27 +172,51 @@ impl QLayer {
         }
     }
 
-    /// `out[c0 + j] = (acc[j] − zp·Σw) · mult + b` for this group's channels, ReLU if fused
-    /// (`max(y, 0)`). Writes every entry of `out[c0..c0 + n]`.
+    /// For each row `r` of a tile (`out.len() / ldo` rows):
+    /// `out[r·ldo + c0 + j] = (acc[r·stride + j] − zp·Σw) · mult + b` for this group's channels
+    /// `j`, ReLU if fused (`max(y, 0)`). Writes every entry of those columns.
     #[inline]
-    fn epilogue(&self, acc: &[i32], zp: i32, c0: usize, out: &mut [MaybeUninit<f32>]) {
-        let n = acc.len();
-        let (wsum, mult, out) = (&self.wsum[c0..c0 + n], &self.mult[c0..c0 + n], &mut out[c0..c0 + n]);
-        let bias = self.bias.as_ref().map(|b| &b[c0..c0 + n]);
+    fn epilogue(&self, acc: &[i32], stride: usize, ldo: usize, zp: i32, c0: usize, out: &mut [MaybeUninit<f32>]) {
+        let n = self.out_channels() / self.packed.len();
+        let t = Tile { acc, stride, ldo, n, c0, zp, wsum: &self.wsum[c0..c0 + n], mult: &self.mult[c0..c0 + n], bias: self.bias.as_ref().map(|b| &b[c0..c0 + n]), relu: self.relu };
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") {
                 // The same loops compiled for 8-wide vectors; the arithmetic is identical.
                 #[target_feature(enable = "avx2")]
-                unsafe fn wide(acc: &[i32], zp: i32, wsum: &[i32], mult: &[f32], bias: Option<&[f32]>, relu: bool, out: &mut [MaybeUninit<f32>]) {
-                    dequantise(acc, zp, wsum, mult, bias, relu, out)
+                unsafe fn wide(t: &Tile, out: &mut [MaybeUninit<f32>]) {
+                    t.rows(out)
                 }
                 // SAFETY: the CPU has AVX2.
-                unsafe { wide(acc, zp, wsum, mult, bias, self.relu, out) };
+                unsafe { wide(&t, out) };
                 return;
             }
         }
-        dequantise(acc, zp, wsum, mult, bias, self.relu, out)
+        t.rows(out)
+    }
+}
+
+/// One register tile's accumulators and what the epilogue needs to dequantise them.
+struct Tile<'a> {
+    acc: &'a [i32],
+    stride: usize,
+    ldo: usize,
+    n: usize,
+    c0: usize,
+    zp: i32,
+    wsum: &'a [i32],
+    mult: &'a [f32],
+    bias: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl Tile<'_> {
+    #[inline(always)]
+    fn rows(&self, out: &mut [MaybeUninit<f32>]) {
+        for (r, o) in out.chunks_mut(self.ldo).enumerate() {
+            let acc = &self.acc[r * self.stride..r * self.stride + self.n];
+            dequantise(acc, self.zp, self.wsum, self.mult, self.bias, self.relu, &mut o[self.c0..self.c0 + self.n]);
+        }
     }
 }
 
