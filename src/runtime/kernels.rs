@@ -1,17 +1,17 @@
-//! Integer kernels: activation quantisation to u8, im2col over u8 with the zero point as
-//! padding, and the u8 × i8 → i32 GEMM, in a scalar reference form (the oracle) and a fast form
-//! (rayon over row blocks; AVX2 `vpmaddwd` over 4 weight rows at a time, chosen at run time). Integer sums are exact, so
-//! the two agree bit for bit; tests check it.
+//! Integer kernels shared by both executors: activation quantisation (scalar reference, and
+//! AVX2 for the compiled runtime's i16 codes), and the reference executor's im2col over u8 (the
+//! zero point as padding) and scalar u8 × i8 → i32 GEMM — the oracle the packed GEMM
+//! (`packed.rs`) is tested against bit for bit.
 
 use crate::model::im2col::{patch_row, Geom};
 use rayon::prelude::*;
 
-/// Which implementation computes the GEMM.
+/// Which integer executor runs an artifact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
-    /// Plain loops on one thread: the oracle.
+    /// The float executor with each quantised layer replaced by plain loops: the oracle.
     Reference,
-    /// rayon over output rows, AVX2 when the CPU has it.
+    /// The compiled runtime (`plan.rs`) with the packed GEMM on the best instruction set.
     Fast,
 }
 
@@ -123,145 +123,31 @@ unsafe fn quantize_i16_avx2(x: &[f32], q: &crate::quant::QParams, shift: i32, ou
     }
 }
 
-/// Patches of one sample for a 2-d convolution, `[positions, stride]` row-major: the first
-/// `k = C·kh·kw` entries of a row are ordered like the weight `[out, C, kh, kw]`, the rest (up to
-/// `stride ≥ k`, padding to the fast kernel's 16-byte steps) meet zero weights. `x` holds the
-/// `g.c` channels the patches read (one group's); out-of-image taps read `padv` (the zero point,
-/// i.e. real 0).
-pub fn im2col(x: &[u8], g: &Geom, padv: u8, stride: usize) -> Vec<u8> {
+/// Patches of one sample for a 2-d convolution, `[positions, K]` row-major, `K = C·kh·kw`
+/// ordered like the weight `[out, C, kh, kw]`. `x` holds the `g.c` channels the patches read
+/// (one group's); out-of-image taps read `padv` (the zero point, i.e. real 0).
+pub fn im2col(x: &[u8], g: &Geom, padv: u8) -> Vec<u8> {
     let k = g.k();
-    let mut out = vec![padv; g.l() * stride];
+    let mut out = vec![padv; g.l() * k];
     for oy in 0..g.ho {
         for ox in 0..g.wo {
-            let r = (oy * g.wo + ox) * stride;
+            let r = (oy * g.wo + ox) * k;
             patch_row(g, x, oy, ox, &mut out[r..r + k]);
         }
     }
     out
 }
 
-/// GEMMs smaller than this run on the calling thread.
-pub const PARALLEL_MIN_MACS: usize = 1 << 18;
-
-/// `c[m][n] = Σ_{t<k} a[m][t] · b[n][t]` (a u8 rows of `stride ≥ k` bytes, b i8 `[N, K]`),
-/// i32 exact. The fast path reads `b16`, `b` widened to i16 with rows of `stride` (entries past
-/// `k` zero), packed once per layer; padding lets it run whole 16-wide steps.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_u8i8(a: &[u8], stride: usize, b: &[i8], b16: &[i16], m: usize, n: usize, k: usize, kernel: Kernel) -> Vec<i32> {
+/// `c[m][n] = Σ_{t<k} a[m][t] · b[n][t]` (a u8 `[M, K]`, b i8 `[N, K]`), i32 exact, in plain
+/// loops: the reference.
+pub fn gemm_u8i8(a: &[u8], b: &[i8], m: usize, n: usize, k: usize) -> Vec<i32> {
     let mut c = vec![0i32; m * n];
-    match kernel {
-        Kernel::Reference => {
-            for i in 0..m {
-                for j in 0..n {
-                    let mut acc = 0i32;
-                    for t in 0..k {
-                        acc += a[i * stride + t] as i32 * b[j * k + t] as i32;
-                    }
-                    c[i * n + j] = acc;
-                }
-            }
-        }
-        Kernel::Fast => {
-            let row = row_fn();
-            // Below ~256k multiply-adds, or with one thread, handing work to the pool costs more
-            // than it saves.
-            if m * n * k < PARALLEL_MIN_MACS || rayon::current_num_threads() == 1 {
-                for (i, o) in c.chunks_mut(n).enumerate() {
-                    row(&a[i * stride..(i + 1) * stride], b16, stride, o);
-                }
-                return c;
-            }
-            // Rows in chunks big enough to amortise scheduling, small enough to share the cores.
-            let rows_per_task = (m / (4 * rayon::current_num_threads())).clamp(1, 64);
-            c.par_chunks_mut(n * rows_per_task).enumerate().for_each(|(ci, out)| {
-                for (r, o) in out.chunks_mut(n).enumerate() {
-                    let i = ci * rows_per_task + r;
-                    row(&a[i * stride..(i + 1) * stride], b16, stride, o);
-                }
-            });
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).map(|t| a[i * k + t] as i32 * b[j * k + t] as i32).sum();
         }
     }
     c
-}
-
-/// Computes one output row: `out[j] = Σ_t a[t] · b[j][t]`.
-type RowFn = fn(&[u8], &[i16], usize, &mut [i32]);
-
-/// The fastest row kernel this CPU supports.
-fn row_fn() -> RowFn {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            return |a, b, k, o| unsafe { row_avx2(a, b, k, o) };
-        }
-    }
-    row_scalar
-}
-
-fn row_scalar(a: &[u8], b: &[i16], k: usize, out: &mut [i32]) {
-    for (j, o) in out.iter_mut().enumerate() {
-        *o = a.iter().zip(&b[j * k..(j + 1) * k]).map(|(&x, &y)| x as i32 * y as i32).sum();
-    }
-}
-
-/// AVX2: 16 u8 of the row widened to i16 once, multiplied with 4 weight rows at a time by
-/// `vpmaddwd` (i16 pairs summed into i32: exact, unlike `vpmaddubsw`, whose i16 pair sums
-/// saturate at 255·127·2).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn row_avx2(a: &[u8], b: &[i16], k: usize, out: &mut [i32]) {
-    use std::arch::x86_64::*;
-    #[inline(always)]
-    unsafe fn hsum(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
-    }
-    let n = out.len();
-    let k16 = k / 16 * 16;
-    let mut j = 0;
-    while j + 4 <= n {
-        let (b0, b1, b2, b3) = (b.as_ptr().add(j * k), b.as_ptr().add((j + 1) * k), b.as_ptr().add((j + 2) * k), b.as_ptr().add((j + 3) * k));
-        let (mut c0, mut c1, mut c2, mut c3) = (_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
-        let mut t = 0;
-        while t < k16 {
-            let va = _mm256_cvtepu8_epi16(_mm_loadu_si128(a.as_ptr().add(t) as *const __m128i));
-            c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(va, _mm256_loadu_si256(b0.add(t) as *const __m256i)));
-            c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(va, _mm256_loadu_si256(b1.add(t) as *const __m256i)));
-            c2 = _mm256_add_epi32(c2, _mm256_madd_epi16(va, _mm256_loadu_si256(b2.add(t) as *const __m256i)));
-            c3 = _mm256_add_epi32(c3, _mm256_madd_epi16(va, _mm256_loadu_si256(b3.add(t) as *const __m256i)));
-            t += 16;
-        }
-        let mut s = [hsum(c0), hsum(c1), hsum(c2), hsum(c3)];
-        #[allow(clippy::needless_range_loop)] // indexes a and four raw pointers alike
-        for t in k16..k {
-            let x = a[t] as i32;
-            s[0] += x * *b0.add(t) as i32;
-            s[1] += x * *b1.add(t) as i32;
-            s[2] += x * *b2.add(t) as i32;
-            s[3] += x * *b3.add(t) as i32;
-        }
-        out[j..j + 4].copy_from_slice(&s);
-        j += 4;
-    }
-    while j < n {
-        let bj = b.as_ptr().add(j * k);
-        let mut c0 = _mm256_setzero_si256();
-        let mut t = 0;
-        while t < k16 {
-            let va = _mm256_cvtepu8_epi16(_mm_loadu_si128(a.as_ptr().add(t) as *const __m128i));
-            c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(va, _mm256_loadu_si256(bj.add(t) as *const __m256i)));
-            t += 16;
-        }
-        let mut s = hsum(c0);
-        #[allow(clippy::needless_range_loop)]
-        for t in k16..k {
-            s += a[t] as i32 * *bj.add(t) as i32;
-        }
-        out[j] = s;
-        j += 1;
-    }
 }
 
 #[cfg(test)]
@@ -269,26 +155,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fast_gemm_equals_reference_bit_for_bit() {
-        // Extreme codes included: 255 · 127 pairs would saturate vpmaddubsw. n = 7 and 37
-        // exercise the 4-wide blocks and the remainder; k = 83 the 16-wide steps and the tail;
-        // the second size is above PARALLEL_MIN_MACS, so the threaded path runs too.
-        for (m, n, k) in [(7, 7, 83), (300, 37, 83)] {
-            assert_eq!((m * n * k) >= PARALLEL_MIN_MACS, m == 300);
-            let a: Vec<u8> = (0..m * k).map(|i| if i % 3 == 0 { 255 } else { ((i * 37) % 256) as u8 }).collect();
-            let b: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
-            let b16: Vec<i16> = b.iter().map(|&v| v as i16).collect();
-            let r = gemm_u8i8(&a, k, &b, &b16, m, n, k, Kernel::Reference);
-            let f = gemm_u8i8(&a, k, &b, &b16, m, n, k, Kernel::Fast);
-            assert_eq!(r, f);
-            // Rows padded to a multiple of 16 with any activation bytes and zero weights.
-            let kp = k.div_ceil(16) * 16;
-            let ap: Vec<u8> = (0..m * kp).map(|i| if i % kp < k { a[i / kp * k + i % kp] } else { 200 }).collect();
-            let bp: Vec<i16> = (0..n * kp).map(|i| if i % kp < k { b16[i / kp * k + i % kp] } else { 0 }).collect();
-            assert_eq!(gemm_u8i8(&ap, kp, &b, &bp, m, n, k, Kernel::Fast), r);
-            assert_eq!(gemm_u8i8(&ap, kp, &b, &bp, m, n, k, Kernel::Reference), r);
-            assert_eq!(r[0], (0..k).map(|t| a[t] as i32 * b[t] as i32).sum::<i32>());
-        }
+    fn reference_gemm_by_hand() {
+        // [255, 1] · [[127, -128+1], [2, 3]]ᵀ: exact sums past i16 range.
+        let a = [255u8, 1, 0, 7];
+        let b = [127i8, -127, 2, 3];
+        assert_eq!(gemm_u8i8(&a, &b, 2, 2, 2), vec![255 * 127 - 127, 255 * 2 + 3, -7 * 127, 21]);
     }
 
     #[test]
@@ -314,7 +185,7 @@ mod tests {
         // 1 channel 2x2 image, 3x3 kernel, pad 1: the centre tap of position (0,0) is x[0].
         let x = [1u8, 2, 3, 4];
         let g = Geom { n: 1, c: 1, h: 2, w: 2, kh: 3, kw: 3, stride: 1, ph: 1, pw: 1, dil: 1, ho: 2, wo: 2 };
-        let cols = im2col(&x, &g, 9, 9);
+        let cols = im2col(&x, &g, 9);
         assert_eq!(&cols[..9], &[9, 9, 9, 9, 1, 2, 9, 3, 4]);
     }
 }

@@ -1,8 +1,10 @@
 //! Execution of an INT8 artifact with integer arithmetic: each quantised layer quantises its
 //! input with the stored static parameters, accumulates u8 × i8 products in i32, and
 //! dequantises with `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`. Ops without an integer kernel run
-//! in f32 between these explicit dequantise/quantise steps. `Simulate` runs the fake-quant float
-//! model instead, so the two can be compared. Uses `artifact`, `model`, `quant`.
+//! in f32 between these explicit dequantise/quantise steps. Two executors compute exactly that:
+//! the compiled runtime (`plan.rs`, the fast path) and the float executor with a hook replacing
+//! each quantised layer by plain loops (this file, the oracle). `Simulate` runs the fake-quant
+//! float model instead, so the two can be compared. Uses `artifact`, `model`, `quant`.
 
 pub mod kernels;
 pub mod packed;
@@ -22,7 +24,6 @@ use crate::progress::Progress;
 use candle_core::Tensor;
 use crate::model::im2col::Geom;
 use kernels::{gemm_u8i8, im2col, quantize_u8, Kernel};
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 /// How an INT8 model is executed.
@@ -34,15 +35,9 @@ pub enum Exec {
     Simulate,
 }
 
-/// Integer data of one layer prepared for execution.
+/// Integer data of one layer prepared for the reference execution.
 struct Prepared<'a> {
     q: &'a QuantLayer,
-    /// The weight codes widened to i16 once for the fast kernel, rows padded with zeros to
-    /// `stride` entries.
-    w16: Vec<i16>,
-    /// Row length of `w16` (and of the fast path's patch rows): convs round `C/groups·kh·kw` up
-    /// to a multiple of 16, linears keep `in_features`.
-    stride: usize,
     /// `Σ_k w_c[k]` per output channel, for the zero-point correction.
     wsum: Vec<i32>,
     /// `s_in · s_c` per output channel.
@@ -50,15 +45,15 @@ struct Prepared<'a> {
     bias: Option<Vec<f32>>,
 }
 
-/// The integer-execution hook over an INT8 model.
+/// The reference integer-execution hook over an INT8 model: the float executor with each
+/// quantised layer replaced by plain integer loops.
 pub struct IntegerHook<'a> {
     layers: BTreeMap<&'a str, Prepared<'a>>,
-    kernel: Kernel,
 }
 
 impl<'a> IntegerHook<'a> {
     /// Prepares every quantised layer of `m`.
-    pub fn new(m: &'a Int8Model, kernel: Kernel) -> Result<IntegerHook<'a>> {
+    pub fn new(m: &'a Int8Model) -> Result<IntegerHook<'a>> {
         let mut layers = BTreeMap::new();
         for (name, q) in &m.layers {
             let out = q.weight.shape[0];
@@ -69,16 +64,9 @@ impl<'a> IntegerHook<'a> {
                 Some(b) => Some(b.as_tensor().to_vec1::<f32>()?),
                 None => None,
             };
-            let stride = if q.weight.shape.len() > 2 { per.div_ceil(16) * 16 } else { per };
-            let mut w16 = vec![0i16; out * stride];
-            for c in 0..out {
-                for (d, &v) in w16[c * stride..c * stride + per].iter_mut().zip(&q.weight.values[c * per..(c + 1) * per]) {
-                    *d = v as i16;
-                }
-            }
-            layers.insert(name.as_str(), Prepared { q, w16, stride, wsum, mult, bias });
+            layers.insert(name.as_str(), Prepared { q, wsum, mult, bias });
         }
-        Ok(IntegerHook { layers, kernel })
+        Ok(IntegerHook { layers })
     }
 }
 
@@ -107,7 +95,7 @@ impl Hook for IntegerHook<'_> {
         let (y, shape) = match &node.op {
             Op::Linear(c) => {
                 let rows = xs.len() / c.in_features;
-                let acc = gemm_u8i8(&codes, c.in_features, &w.values, &p.w16, rows, c.out_features, c.in_features, self.kernel);
+                let acc = gemm_u8i8(&codes, &w.values, rows, c.out_features, c.in_features);
                 let y: Vec<f32> = acc.chunks(c.out_features).flat_map(|row| row.iter().enumerate().map(|(ch, &a)| p.epilogue(a, zp, ch))).collect();
                 let mut s = dims.clone();
                 *s.last_mut().unwrap() = c.out_features;
@@ -161,16 +149,10 @@ impl IntegerHook<'_> {
         for gi in 0..g.groups {
             // Patches of every sample stacked: one GEMM of [N·positions, kg] × [og, kg]ᵀ.
             let geom = Geom { n: 1, c: cg, h: g.h, w: g.w, kh: g.k.0, kw: g.k.1, stride: g.stride, ph: g.pad.0, pw: g.pad.1, dil: g.dil, ho: g.ho, wo: g.wo };
-            // The reference reads plain rows of kg; the fast kernel rows padded to p.stride.
-            let stride = if self.kernel == Kernel::Fast { p.stride } else { kg };
-            let unfold = |s: usize| im2col(&codes[s * plane + gi * cg * g.h * g.w..s * plane + (gi + 1) * cg * g.h * g.w], &geom, zp as u8, stride);
-            let cols: Vec<u8> = match self.kernel {
-                Kernel::Fast if g.n > 1 => (0..g.n).into_par_iter().map(unfold).collect::<Vec<_>>().concat(),
-                _ => (0..g.n).map(unfold).collect::<Vec<_>>().concat(),
-            };
+            let unfold = |s: usize| im2col(&codes[s * plane + gi * cg * g.h * g.w..s * plane + (gi + 1) * cg * g.h * g.w], &geom, zp as u8);
+            let cols: Vec<u8> = (0..g.n).map(unfold).collect::<Vec<_>>().concat();
             let wg = &p.q.weight.values[gi * og * kg..(gi + 1) * og * kg];
-            let wg16 = &p.w16[gi * og * p.stride..(gi + 1) * og * p.stride];
-            let acc = gemm_u8i8(&cols, stride, wg, wg16, g.n * positions, og, kg, self.kernel);
+            let acc = gemm_u8i8(&cols, wg, g.n * positions, og, kg);
             for s in 0..g.n {
                 for o in 0..og {
                     let c = gi * og + o;
@@ -219,7 +201,7 @@ impl<'a> Executor<'a> {
     pub fn new(m: &'a Int8Model, exec: Exec) -> Result<Executor<'a>> {
         let how = match exec {
             Exec::Integer(Kernel::Fast) => How::Compiled(plan::Plan::new(m)?),
-            Exec::Integer(k) => How::Hooked(Box::new(IntegerHook::new(m, k)?)),
+            Exec::Integer(Kernel::Reference) => How::Hooked(Box::new(IntegerHook::new(m)?)),
             Exec::Simulate => How::Hooked(Box::new(SimulateHook { layers: &m.layers })),
         };
         Ok(Executor { model: m, how })

@@ -283,7 +283,7 @@ fn scalar_panel(a: &[i16], lda: usize, rows: usize, b: &[i16], kpairs: usize, ds
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::kernels::{gemm_u8i8, Kernel};
+    use crate::runtime::kernels::gemm_u8i8;
 
     /// The packed GEMM equals the scalar reference bit for bit, over row counts that leave
     /// partial tiles, column counts that leave a single or partial panel, odd depths, extreme
@@ -295,8 +295,7 @@ mod tests {
             assert_eq!(m * n * k >= PARALLEL_MIN_MACS, m == 700);
             let a8: Vec<u8> = (0..m * k).map(|i| if i % 3 == 0 { 255 } else { ((i * 37) % 256) as u8 }).collect();
             let w: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
-            let w16: Vec<i16> = w.iter().map(|&v| v as i16).collect();
-            let want = gemm_u8i8(&a8, k, &w, &w16, m, n, k, Kernel::Reference);
+            let want = gemm_u8i8(&a8, &w, m, n, k);
             for isa in Isa::available() {
             let p = PackedWeights::pack_for(&w, n, k, isa);
             // Rows padded past k with junk that must meet zero weights.
