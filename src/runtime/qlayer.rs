@@ -37,9 +37,10 @@ impl ConvShape {
     fn k(&self) -> usize {
         self.kh * self.kw * self.cg()
     }
-    /// Whether every patch row is one input pixel's channels, so the codes serve as rows as they are.
-    fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.pad == (0, 0) && self.groups == 1
+    /// Whether the codes serve as the GEMM's rows as they are: every patch row is one input
+    /// pixel's channels, and that row is already the even length the packed GEMM reads.
+    fn rows_in_place(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.pad == (0, 0) && self.groups == 1 && self.c % 2 == 0
     }
 }
 
@@ -113,7 +114,7 @@ impl QLayer {
             }
         };
         let runs = match shape {
-            LayerShape::Conv(g) if !g.is_pointwise() => Some(PatchRuns::new(&g)),
+            LayerShape::Conv(g) if !g.rows_in_place() => Some(PatchRuns::new(&g)),
             _ => None,
         };
         Some(QLayer { input: q.input, shape, packed, wsum, mult, bias, relu: false, runs })
@@ -156,10 +157,10 @@ impl QLayer {
                 let og = g.o / g.groups;
                 for (gi, p) in self.packed.iter().enumerate() {
                     let epi = |acc: &[i32], stride: usize, out: &mut [MaybeUninit<f32>]| self.epilogue(acc, stride, o, zp, gi * og, out);
-                    if g.is_pointwise() && g.c == p.kp {
+                    if g.rows_in_place() {
                         gemm(&Rows::Slice { a: codes, lda: g.c }, rows, p, out, o, &epi);
                     } else {
-                        let runs = self.runs.as_ref().expect("convs that are not pointwise have patch runs");
+                        let runs = self.runs.as_ref().expect("convs whose codes are not rows have patch runs");
                         let fill = |i: usize, row: &mut [i16]| runs.fill(codes, &g, gi, zp as i16, i, row);
                         gemm(&Rows::Built(&fill), rows, p, out, o, &epi);
                     }

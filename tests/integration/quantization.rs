@@ -220,15 +220,17 @@ fn random_model(arch: wick::model::arch::Arch, n: usize) -> (wick::model::Model,
 /// ops without an integer kernel) against the reference hook executor, on graphs that exercise
 /// every layout case: nested adds, a depthwise conv, concat, max pooling, relu6/silu/gelu,
 /// flatten into a linear, odd patch lengths, stride 2, a layer left in float, i8 activations,
-/// and a conv1d feeding a linear over a 3-d tensor.
+/// and a conv1d feeding a pointwise conv1d over an odd channel count, then a linear over a 3-d
+/// tensor.
 #[test]
 fn compiled_runtime_equals_the_reference_executor_on_every_layout_case() {
     let conv1d = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [3, 11]}, "nodes": [
         {"name": "c", "op": "conv1d", "inputs": ["input"], "in_channels": 3, "out_channels": 5, "kernel_size": 3, "padding": 1, "stride": 2},
         {"name": "r", "op": "relu", "inputs": ["c"]},
-        {"name": "t", "op": "linear", "inputs": ["r"], "in_features": 6, "out_features": 7},
+        {"name": "p", "op": "conv1d", "inputs": ["r"], "in_channels": 5, "out_channels": 4, "kernel_size": 1},
+        {"name": "t", "op": "linear", "inputs": ["p"], "in_features": 6, "out_features": 7},
         {"name": "f", "op": "flatten", "inputs": ["t"]},
-        {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 35, "out_features": 4}], "output": "head"}"#;
+        {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 28, "out_features": 4}], "output": "head"}"#;
     let archs = [
         (wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap(), ["q", "c1"]),
         (serde_json::from_str::<wick::model::arch::Arch>(conv1d).unwrap(), ["t", "c"]),
