@@ -40,7 +40,7 @@ impl ConvShape {
     /// Whether the codes serve as the GEMM's rows as they are: every patch row is one input
     /// pixel's channels, and that row is already the even length the packed GEMM reads.
     fn rows_in_place(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.pad == (0, 0) && self.groups == 1 && self.c % 2 == 0
+        self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.pad == (0, 0) && self.groups == 1 && self.c.is_multiple_of(2)
     }
 }
 
