@@ -64,8 +64,8 @@ impl Model {
         Ok(self.run(x, &Run { mode, taps: &[], hook: None, rng: None })?.0)
     }
 
-    /// Forward pass returning the output and the tapped values.
-    pub fn run(&self, x: &Tensor, r: &Run) -> Result<(Tensor, BTreeMap<String, Tensor>)> {
+    /// Fails unless `x` is a batch `[N, …]` of the model's input shape.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let expected = self.input_shape();
         if x.rank() != expected.len() + 1 || &x.dims()[1..] != expected {
             return Err(WickError::invalid(
@@ -73,6 +73,12 @@ impl Model {
                 format!("shape {:?} does not fit the model input [N, {}]", x.dims(), join(expected)),
             ));
         }
+        Ok(())
+    }
+
+    /// Forward pass returning the output and the tapped values.
+    pub fn run(&self, x: &Tensor, r: &Run) -> Result<(Tensor, BTreeMap<String, Tensor>)> {
+        self.check_input(x)?;
         let mut values: BTreeMap<&str, Tensor> = BTreeMap::new();
         values.insert(self.arch.input.name.as_str(), x.clone());
         let fallback = RefCell::new(ChaCha8Rng::seed_from_u64(0));

@@ -108,6 +108,19 @@ pub fn patch_row<T: Copy>(g: &Geom, x: &[T], oy: usize, ox: usize, row: &mut [T]
     }
 }
 
+/// `[n, a, b] → [n, b, a]`: per sample, `out[j][i] = x[i][j]` (channels first ↔ channels last).
+pub fn transpose_batched(x: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (src, dst) in x.chunks(a * b).zip(out.chunks_mut(a * b)).take(n) {
+        for i in 0..a {
+            for j in 0..b {
+                dst[j * a + i] = src[i * b + j];
+            }
+        }
+    }
+    out
+}
+
 fn unfold(x: &[f32], g: &Geom) -> Vec<f32> {
     let (k, l, plane) = (g.k(), g.l(), g.c * g.h * g.w);
     let mut out = vec![0f32; g.n * l * k];
@@ -178,15 +191,7 @@ impl CustomOp2 for Conv {
         let cols = unfold(x, g);
         let mut yt = vec![0f32; g.n * l * o];
         matmul(g.n * l, o, k, &mut yt, &cols, k, 1, w, 1, k);
-        let mut y = vec![0f32; g.n * o * l];
-        for s in 0..g.n {
-            for p in 0..l {
-                let src = &yt[(s * l + p) * o..(s * l + p + 1) * o];
-                for (c, &v) in src.iter().enumerate() {
-                    y[(s * o + c) * l + p] = v;
-                }
-            }
-        }
+        let y = transpose_batched(&yt, g.n, l, o);
         Ok((CpuStorage::F32(y), Shape::from((g.n, o, g.ho, g.wo))))
     }
 
@@ -196,15 +201,7 @@ impl CustomOp2 for Conv {
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let ws: Vec<f32> = w.flatten_all()?.to_vec1()?;
         let dy: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
-        let mut dyt = vec![0f32; g.n * l * o];
-        for s in 0..g.n {
-            for c in 0..o {
-                let src = &dy[(s * o + c) * l..(s * o + c + 1) * l];
-                for (p, &v) in src.iter().enumerate() {
-                    dyt[(s * l + p) * o + c] = v;
-                }
-            }
-        }
+        let dyt = transpose_batched(&dy, g.n, o, l);
         let cols = unfold(&xs, g);
         let mut dw = vec![0f32; o * k];
         matmul(o, k, g.n * l, &mut dw, &dyt, 1, o, &cols, k, 1);

@@ -15,6 +15,7 @@ use crate::artifact::Int8Model;
 use crate::error::{Result, WickError};
 use crate::model::arch::Op;
 use crate::model::forward::is_weight_layer;
+use crate::model::im2col::transpose_batched;
 use crate::quant::QParams;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -127,10 +128,7 @@ impl<'a> Plan<'a> {
 
     /// Logits for a batch `[N, …]`.
     pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
-        let expected = self.model.model.input_shape();
-        if x.rank() != expected.len() + 1 || &x.dims()[1..] != expected {
-            return Err(WickError::invalid("input", format!("shape {:?} does not fit the model input [N, {:?}]", x.dims(), expected)));
-        }
+        self.model.model.check_input(x)?;
         let n = x.dim(0)?;
         let mut vals: Vec<Option<Value>> = (0..self.slots).map(|_| None).collect();
         vals[0] = Some(Value { data: x.flatten_all()?.to_vec1()?, dims: x.dims().to_vec(), channels_last: false });
@@ -166,18 +164,18 @@ impl<'a> Plan<'a> {
                     Value { data, dims: out_dims, channels_last: conv && dims.len() >= 3 }
                 }
                 Kind::Relu => {
-                    let mut v = self.owned(&mut vals, step, si, 0);
+                    let mut v = self.owned(&mut vals, step, si);
                     v.data.iter_mut().for_each(|f| *f = f.max(0.0));
                     v
                 }
-                Kind::Identity => self.owned(&mut vals, step, si, 0),
+                Kind::Identity => self.owned(&mut vals, step, si),
                 Kind::Add => {
                     let cl = vals[step.inputs[0]].as_ref().expect("input computed").channels_last;
                     for &i in &step.inputs[1..] {
                         set_layout(vals[i].as_mut().expect("input computed"), cl);
                     }
                     // Summed in input order, as the float executor does.
-                    let mut acc = self.owned(&mut vals, step, si, 0);
+                    let mut acc = self.owned(&mut vals, step, si);
                     for &i in &step.inputs[1..] {
                         for (a, b) in acc.data.iter_mut().zip(&vals[i].as_ref().expect("input computed").data) {
                             *a += b;
@@ -188,7 +186,7 @@ impl<'a> Plan<'a> {
                 Kind::GlobalAvgPool => global_avg_pool(vals[step.inputs[0]].as_ref().expect("input computed")),
                 Kind::Flatten => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
-                    let v = self.owned(&mut vals, step, si, 0);
+                    let v = self.owned(&mut vals, step, si);
                     Value { data: v.data, dims: out_dims(&self.model.model.graph.shapes[node.name.as_str()], n), channels_last: false }
                 }
                 Kind::Float => {
@@ -218,10 +216,10 @@ impl<'a> Plan<'a> {
 }
 
 impl Plan<'_> {
-    /// Input `k` of `step` as an owned value: moved out when this step is its last reader (and
-    /// reads it once), copied otherwise, so element-wise ops work in place.
-    fn owned(&self, vals: &mut [Option<Value>], step: &Step, si: usize, k: usize) -> Value {
-        let slot = step.inputs[k];
+    /// The first input of `step` as an owned value: moved out when this step is its last reader
+    /// (and reads it once), copied otherwise, so element-wise ops work in place.
+    fn owned(&self, vals: &mut [Option<Value>], step: &Step, si: usize) -> Value {
+        let slot = step.inputs[0];
         let once = step.inputs.iter().filter(|&&i| i == slot).count() == 1;
         if self.last_use[slot] == si && once {
             return vals[slot].take().expect("input computed");
@@ -248,20 +246,10 @@ fn set_layout(v: &mut Value, channels_last: bool) {
     }
     let (n, c) = (v.dims[0], v.dims[1]);
     let s: usize = v.dims[2..].iter().product();
-    let mut out = vec![0f32; v.data.len()];
-    for b in 0..n {
-        let (src, dst) = (&v.data[b * c * s..(b + 1) * c * s], &mut out[b * c * s..(b + 1) * c * s]);
-        for ci in 0..c {
-            for p in 0..s {
-                if channels_last {
-                    dst[p * c + ci] = src[ci * s + p];
-                } else {
-                    dst[ci * s + p] = src[p * c + ci];
-                }
-            }
-        }
-    }
-    v.data = out;
+    v.data = match channels_last {
+        true => transpose_batched(&v.data, n, c, s),
+        false => transpose_batched(&v.data, n, s, c),
+    };
     v.channels_last = channels_last;
 }
 
