@@ -104,7 +104,7 @@ pub struct PackedWeights {
     /// Pair layout (scalar and AVX2): panels of 8 columns, panel `p` holding `kp/2` pairs of
     /// 16 i16 each.
     pairs: Vec<i16>,
-    /// Quad layout (VNNI), see `vnni::pack`.
+    /// Quad layout (VNNI): panels of 8 or 16 columns holding depth quads of i8.
     quads: Vec<i8>,
 }
 
@@ -119,19 +119,10 @@ impl PackedWeights {
     pub fn pack_for(w: &[i8], n: usize, k: usize, isa: Isa) -> PackedWeights {
         assert_eq!(w.len(), n * k, "weight length");
         let kp = k.div_ceil(2) * 2;
-        if isa.quads() {
-            return PackedWeights { n, k, kp, isa, pairs: vec![], quads: super::vnni::pack(w, n, k, isa.panel()) };
+        match isa.quads() {
+            true => PackedWeights { n, k, kp, isa, pairs: vec![], quads: pack_panels(w, n, k, 4, isa.panel(), |v| v) },
+            false => PackedWeights { n, k, kp, isa, pairs: pack_panels(w, n, k, 2, PANEL, i16::from), quads: vec![] },
         }
-        let panels = n.div_ceil(PANEL);
-        let per_panel = kp / 2 * 2 * PANEL;
-        let mut data = vec![0i16; panels * per_panel];
-        for j in 0..n {
-            let (p, col) = (j / PANEL, j % PANEL);
-            for t in 0..k {
-                data[p * per_panel + (t / 2) * 2 * PANEL + col * 2 + t % 2] = w[j * k + t] as i16;
-            }
-        }
-        PackedWeights { n, k, kp, isa, pairs: data, quads: vec![] }
     }
 
     fn panels(&self) -> usize {
@@ -141,6 +132,22 @@ impl PackedWeights {
     fn panel_len(&self) -> usize {
         self.kp * PANEL
     }
+}
+
+/// Packs row-major `w[j·k + t]` (`n × k`) into panels of `panel` columns holding depth groups of
+/// `group` (pairs for `vpmaddwd`, quads for `vpdpbusd`): entry `(j, t)` goes to
+/// `[j / panel][t / group][j % panel][t % group]`, the depth rounded up to whole groups; columns
+/// past `n` and depth past `k` hold zeros.
+fn pack_panels<T: Copy + Default>(w: &[i8], n: usize, k: usize, group: usize, panel: usize, cast: fn(i8) -> T) -> Vec<T> {
+    let per_panel = k.div_ceil(group) * group * panel;
+    let mut data = vec![T::default(); n.div_ceil(panel) * per_panel];
+    for j in 0..n {
+        let (p, col) = (j / panel, j % panel);
+        for t in 0..k {
+            data[p * per_panel + (t / group) * group * panel + col * group + t % group] = cast(w[j * k + t]);
+        }
+    }
+    data
 }
 
 /// Where the GEMM's left-hand rows come from.
@@ -283,6 +290,24 @@ fn scalar_panel(a: &[i16], lda: usize, rows: usize, b: &[i16], kpairs: usize, ds
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The panel layout by hand (it is what every kernel reads, including the VNNI ones that
+    /// cannot run on every test machine): `[j / panel][t / group][j % panel][t % group]`.
+    #[test]
+    fn panel_layout() {
+        // n = 3 columns, k = 5: w[j][t] = 10·j + t.
+        let w: Vec<i8> = (0..3).flat_map(|j| (0..5).map(move |t| (10 * j + t) as i8)).collect();
+        // Quads, panels of 2 columns: depth 5 → 8 (two quads); panel 0 holds columns 0 and 1.
+        let q = pack_panels(&w, 3, 5, 4, 2, |v| v);
+        assert_eq!(q.len(), 2 * 8 * 2);
+        assert_eq!(&q[..8], &[0, 1, 2, 3, 10, 11, 12, 13]);
+        assert_eq!(&q[8..16], &[4, 0, 0, 0, 14, 0, 0, 0]);
+        assert_eq!(&q[16..24], &[20, 21, 22, 23, 0, 0, 0, 0]);
+        // Pairs as i16, one panel of 4 columns: depth 5 → 6.
+        let p = pack_panels(&w, 3, 5, 2, 4, i16::from);
+        assert_eq!(&p[..8], &[0, 1, 10, 11, 20, 21, 0, 0]);
+        assert_eq!(&p[16..24], &[4, 0, 14, 0, 24, 0, 0, 0]);
+    }
     use crate::runtime::kernels::gemm_u8i8;
 
     /// The packed GEMM equals the scalar reference bit for bit, over row counts that leave

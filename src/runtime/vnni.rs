@@ -1,10 +1,10 @@
 //! The VNNI tiles of the packed GEMM: `vpdpbusd` multiplies 4 adjacent u8 activations with 4
 //! i8 weights and adds the four products straight into an i32 lane — exact (unlike
 //! `vpmaddubsw`, there is no saturating i16 step) and 4 multiply-adds per lane per instruction,
-//! four times `vpmaddwd`'s. Two encodings: AVX-512 VNNI (zmm, 16 columns per panel: Xeon since
+//! twice `vpmaddwd`'s 2. Two encodings: AVX-512 VNNI (zmm, 16 columns per panel: Xeon since
 //! Cascade Lake, Zen 4) and AVX-VNNI (ymm, 8 columns: Alder Lake and later client CPUs, Zen 5).
-//! This file packs weights in panels holding depth *quads* (`[t/4][col][t%4]`) and walks the
-//! panels; the register tiles are in `tiles.rs`. Chosen at run time (`packed::Isa`).
+//! This file walks the quad-packed panels (`packed::pack_panels`); the register tiles are in
+//! `tiles.rs`. Chosen at run time (`packed::Isa`).
 
 /// Columns per panel of the AVX-512 tile (one zmm of i32 lanes).
 pub const PANEL_512: usize = 16;
@@ -13,21 +13,6 @@ pub const PANEL_256: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
 use super::tiles::{quads_avx512, quads_avxvnni};
-
-/// Packs row-major `w[j·k + t]` (`n × k`) into quad panels of `panel` columns, zero past `n`
-/// and `k`.
-pub fn pack(w: &[i8], n: usize, k: usize, panel: usize) -> Vec<i8> {
-    let kq = k.div_ceil(4) * 4;
-    let per_panel = kq * panel;
-    let mut data = vec![0i8; n.div_ceil(panel) * per_panel];
-    for j in 0..n {
-        let (p, col) = (j / panel, j % panel);
-        for t in 0..k {
-            data[p * per_panel + (t / 4) * 4 * panel + col * 4 + t % 4] = w[j * k + t];
-        }
-    }
-    data
-}
 
 /// All panels for `rows ≤ 6` u8 rows (`lda = kq` bytes each, zero past `k`) into `buf` (`np`
 /// i32 per row), with the 512-bit tile (`wide`) or the 256-bit one.
