@@ -23,6 +23,21 @@ pub struct QuantLayer {
     pub input: QParams,
 }
 
+impl QuantLayer {
+    /// `Σ_k w_c[k]` per output channel: the zero-point correction `zp·Σw_c` of the integer
+    /// epilogue.
+    pub fn weight_sums(&self) -> Vec<i32> {
+        let w = &self.weight;
+        let per = w.values.len() / w.shape[0];
+        w.values.chunks(per).map(|row| row.iter().map(|&v| v as i32).sum()).collect()
+    }
+
+    /// `s_in · s_c` per output channel: what one unit of the i32 accumulator is worth.
+    pub fn multipliers(&self) -> Vec<f32> {
+        self.weight.scales.iter().map(|&s| self.input.scale * s).collect()
+    }
+}
+
 /// An INT8 model: a float model whose quantised layers hold their *dequantised* weights
 /// (`q · s_c`, so the float simulation and every float op share one executor), plus the integer
 /// data of each quantised layer.
@@ -49,6 +64,14 @@ impl Int8Model {
         }
         let m = Model::new(model.arch.clone(), tensors, &model.source)?;
         Ok(Int8Model { model: m, layers, info: Map::new() })
+    }
+
+    /// The float bias of layer `name`, if it has one.
+    pub fn bias(&self, name: &str) -> Result<Option<Vec<f32>>> {
+        match self.model.params.get(&format!("{name}.bias")) {
+            Some(b) => Ok(Some(b.as_tensor().to_vec1::<f32>()?)),
+            None => Ok(None),
+        }
     }
 
     /// Writes the artifact atomically.

@@ -30,7 +30,7 @@ pub fn quantize_i16(x: &[f32], q: &crate::quant::QParams) -> (Vec<i16>, i32) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
-            let shift = if q.act == crate::quant::ActType::I8 { 128 } else { 0 };
+            let shift = code_shift(q);
             let mut codes = Vec::with_capacity(x.len());
             let out = &mut codes.spare_capacity_mut()[..x.len()];
             let run = |x: &[f32], out: &mut [std::mem::MaybeUninit<i16>]| {
@@ -53,13 +53,19 @@ pub fn quantize_i16(x: &[f32], q: &crate::quant::QParams) -> (Vec<i16>, i32) {
     (codes, zp)
 }
 
+/// What is added to a code so that both activation types are held as u8 values: 0 for u8, 128
+/// for i8.
+fn code_shift(q: &crate::quant::QParams) -> i32 {
+    match q.act {
+        crate::quant::ActType::U8 => 0,
+        crate::quant::ActType::I8 => 128,
+    }
+}
+
 /// Writes the shifted codes of `x` into `out` (see [`quantize_u8`]); returns the shifted zero
 /// point.
 fn quantize_into<T: Copy, F: Fn(i32) -> T>(x: &[f32], q: &crate::quant::QParams, out: &mut [T], cast: F) -> i32 {
-    let shift = match q.act {
-        crate::quant::ActType::U8 => 0,
-        crate::quant::ActType::I8 => 128,
-    };
+    let shift = code_shift(q);
     fn encode<T, F: Fn(i32) -> T>(x: &[f32], q: &crate::quant::QParams, shift: i32, out: &mut [T], cast: &F) {
         for (o, &v) in out.iter_mut().zip(x) {
             *o = cast(q.quantize(v) + shift);

@@ -56,15 +56,7 @@ impl<'a> IntegerHook<'a> {
     pub fn new(m: &'a Int8Model) -> Result<IntegerHook<'a>> {
         let mut layers = BTreeMap::new();
         for (name, q) in &m.layers {
-            let out = q.weight.shape[0];
-            let per = q.weight.values.len() / out;
-            let wsum = (0..out).map(|c| q.weight.values[c * per..(c + 1) * per].iter().map(|&v| v as i32).sum()).collect();
-            let mult = q.weight.scales.iter().map(|&s| q.input.scale * s).collect();
-            let bias = match m.model.params.get(&format!("{name}.bias")) {
-                Some(b) => Some(b.as_tensor().to_vec1::<f32>()?),
-                None => None,
-            };
-            layers.insert(name.as_str(), Prepared { q, wsum, mult, bias });
+            layers.insert(name.as_str(), Prepared { q, wsum: q.weight_sums(), mult: q.multipliers(), bias: m.bias(name)? });
         }
         Ok(IntegerHook { layers })
     }

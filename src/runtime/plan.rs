@@ -92,12 +92,8 @@ impl<'a> Plan<'a> {
             let kind = match &node.op {
                 op if is_weight_layer(op) => match m.layers.get(&node.name) {
                     Some(q) => {
-                        let bias = match m.model.params.get(&node.param("bias")) {
-                            Some(b) => Some(b.as_tensor().to_vec1::<f32>()?),
-                            None => None,
-                        };
                         let in_shape = &m.model.graph.shapes[node.inputs[0].as_str()];
-                        match QLayer::new(q, op, in_shape, bias) {
+                        match QLayer::new(q, op, in_shape, m.bias(&node.name)?) {
                             Some(l) => Kind::Quant(Box::new(l)),
                             None => return Err(WickError::node(&node.name, "has a shape the integer runtime cannot lay out")),
                         }

@@ -87,10 +87,7 @@ impl QLayer {
             _ => return None,
         };
         let w = &q.weight;
-        let out = w.shape[0];
-        let per = w.values.len() / out;
-        let wsum = (0..out).map(|c| w.values[c * per..(c + 1) * per].iter().map(|&v| v as i32).sum()).collect();
-        let mult = w.scales.iter().map(|&s| q.input.scale * s).collect();
+        let per = w.values.len() / w.shape[0];
         let packed = match shape {
             LayerShape::Linear { inp, out } => vec![PackedWeights::pack(&w.values, out, inp)],
             LayerShape::Conv(g) => {
@@ -117,7 +114,7 @@ impl QLayer {
             LayerShape::Conv(g) if !g.rows_in_place() => Some(PatchRuns::new(&g)),
             _ => None,
         };
-        Some(QLayer { input: q.input, shape, packed, wsum, mult, bias, relu: false, runs })
+        Some(QLayer { input: q.input, shape, packed, wsum: q.weight_sums(), mult: q.multipliers(), bias, relu: false, runs })
     }
 
     /// Output channels.
