@@ -31,11 +31,21 @@ pub struct Comparison {
     pub size_ratio: f64,
 }
 
+/// `100 · (teacher − compressed)`: the accuracy lost, in points.
+pub fn drop_points(teacher: f64, compressed: f64) -> f64 {
+    100.0 * (teacher - compressed)
+}
+
+/// `(teacher − compressed) / teacher`: the accuracy lost, as a fraction of the teacher's.
+pub fn drop_relative(teacher: f64, compressed: f64) -> f64 {
+    (teacher - compressed) / teacher.max(f64::MIN_POSITIVE)
+}
+
 impl Comparison {
     /// The comparison of two evaluations on the same test set and two file sizes.
     pub fn of(teacher: EvalResult, compressed: EvalResult, bytes_before: u64, bytes_after: u64) -> Comparison {
         Comparison {
-            drop_points: 100.0 * (teacher.accuracy - compressed.accuracy),
+            drop_points: drop_points(teacher.accuracy, compressed.accuracy),
             agreement: agreement(&teacher.predictions, &compressed.predictions),
             flipped: teacher.predictions.iter().zip(&compressed.predictions).filter(|(a, b)| a != b).count(),
             bytes_before,
@@ -48,7 +58,7 @@ impl Comparison {
 
     /// `(teacher − compressed) / teacher` accuracy, a fraction.
     pub fn drop_relative(&self) -> f64 {
-        (self.teacher.accuracy - self.compressed.accuracy) / self.teacher.accuracy.max(f64::MIN_POSITIVE)
+        drop_relative(self.teacher.accuracy, self.compressed.accuracy)
     }
 }
 

@@ -6,7 +6,7 @@
 //! leaves no partial files (the CLI removes the staging folder on SIGINT/SIGTERM).
 
 use crate::artifact::Int8Model;
-use crate::compare::{file_bytes, read_int8, Comparison};
+use crate::compare::{drop_points, drop_relative, file_bytes, read_int8, Comparison};
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
 use crate::eval::evaluate;
@@ -142,7 +142,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
             one.insert(name.clone(), layer.input);
             let single = Int8Model::quantize(&outcome.folded, &one)?;
             let acc = crate::runtime::evaluate(&single, &val, 256, Exec::Integer(Kernel::Fast), &crate::progress::Silent)?.accuracy;
-            sensitivity.push(Sensitivity { layer: name.clone(), drop_points: 100.0 * (teacher_val - acc) });
+            sensitivity.push(Sensitivity { layer: name.clone(), drop_points: drop_points(teacher_val, acc) });
         }
         sensitivity.sort_by(|a, b| b.drop_points.total_cmp(&a.drop_points).then(a.layer.cmp(&b.layer)));
     }
@@ -153,8 +153,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
         q.save(&staged)?;
         let back = read_int8(&staged)?;
         let e = crate::runtime::evaluate(&back, &test, 256, Exec::Integer(Kernel::Fast), progress)?;
-        let dp = 100.0 * (teacher_eval.accuracy - e.accuracy);
-        let dr = (teacher_eval.accuracy - e.accuracy) / teacher_eval.accuracy.max(f64::MIN_POSITIVE);
+        let (dp, dr) = (drop_points(teacher_eval.accuracy, e.accuracy), drop_relative(teacher_eval.accuracy, e.accuracy));
         let g = report::gate(dp, dr, spec.max_accuracy_drop, spec.max_relative_drop);
         let next = sensitivity.iter().map(|s| &s.layer).find(|l| !fallback.contains(*l)).cloned();
         match (g.passed || !spec.fallback, next) {
@@ -169,7 +168,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
         }
     };
     q.info.insert("metrics".into(), json!({"teacher_accuracy": teacher_eval.accuracy, "int8_accuracy": int8_eval.accuracy,
-        "drop_points": 100.0 * (teacher_eval.accuracy - int8_eval.accuracy), "test_samples": int8_eval.samples}));
+        "drop_points": drop_points(teacher_eval.accuracy, int8_eval.accuracy), "test_samples": int8_eval.samples}));
     q.save(&staged)?;
 
     progress.start("latency", 2);
