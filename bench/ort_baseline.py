@@ -10,7 +10,7 @@ from onnx import helper, TensorProto, numpy_helper
 import onnxruntime as ort
 from onnxruntime.quantization import quantize_static, CalibrationDataReader, QuantFormat, QuantType
 
-from safetensors_np import read_safetensors, pair
+from baseline_common import read_safetensors, pair, median_ms
 
 def build(arch, w):
     nodes, inits = [], []
@@ -55,15 +55,6 @@ def build(arch, w):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m, inp
-
-def median_ms(f, reps):
-    for _ in range(3):
-        f()
-    t = []
-    for _ in range(reps):
-        s = time.perf_counter(); f(); t.append((time.perf_counter() - s) * 1e3)
-    t.sort()
-    return t[len(t) // 2]
 
 def main():
     ap = argparse.ArgumentParser()

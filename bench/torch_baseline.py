@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import torch
 from torch import nn
-from safetensors_np import read_safetensors, pair
+from baseline_common import read_safetensors, pair, median_ms
 
 
 class Graph(nn.Module):
@@ -60,15 +60,6 @@ class Graph(nn.Module):
                 raise SystemExit(f"torch_baseline: op {op} not supported")
             vals[n["name"]] = y
         return vals[self.arch["output"]]
-
-
-def median_ms(f, reps):
-    for _ in range(2):
-        f()
-    t = []
-    for _ in range(reps):
-        s = time.perf_counter(); f(); t.append((time.perf_counter() - s) * 1e3)
-    return statistics.median(t)
 
 
 def main():

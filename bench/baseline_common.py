@@ -1,6 +1,7 @@
-"""Reads a safetensors file into numpy arrays (the format is an 8-byte header length, a JSON
-header, then raw little-endian data), so the baselines need no extra package."""
-import json, struct
+"""What the baselines share: reading a safetensors file into numpy arrays (the format is an 8-byte
+header length, a JSON header, then raw little-endian data, so no extra package is needed), and
+the median timing of a workload."""
+import json, struct, time
 import numpy as np
 
 DT = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "I8": np.int8}
@@ -19,3 +20,14 @@ def read_safetensors(path):
 
 def pair(v):
     return [v, v] if isinstance(v, int) else list(v)
+
+
+def median_ms(f, reps):
+    """Median milliseconds of `reps` calls of `f` after 3 warm-up calls."""
+    for _ in range(3):
+        f()
+    t = []
+    for _ in range(reps):
+        s = time.perf_counter(); f(); t.append((time.perf_counter() - s) * 1e3)
+    t.sort()
+    return t[len(t) // 2]
