@@ -86,10 +86,7 @@ impl Model {
         for &i in &self.graph.order {
             let node = &self.arch.nodes[i];
             let ins: Vec<&Tensor> = node.inputs.iter().map(|n| &values[n.as_str()]).collect();
-            let y = self.node_forward(node, &ins, r, rng).map_err(|e| match e {
-                WickError::Candle(c) => WickError::node(&node.name, c.to_string()),
-                other => other,
-            })?;
+            let y = self.node_forward(node, &ins, r, rng)?;
             values.insert(node.name.as_str(), y);
         }
         let out = values[self.arch.output_name()].clone();
@@ -105,13 +102,18 @@ impl Model {
     /// runs the ops it has no kernel of its own for.
     pub fn node_eval(&self, node: &Node, ins: &[&Tensor]) -> Result<Tensor> {
         let rng = RefCell::new(ChaCha8Rng::seed_from_u64(0));
-        self.node_forward(node, ins, &Run::eval(), &rng).map_err(|e| match e {
+        self.node_forward(node, ins, &Run::eval(), &rng)
+    }
+
+    /// One node; a tensor-library error is reported as an error of this node.
+    fn node_forward(&self, node: &Node, ins: &[&Tensor], r: &Run, rng: &RefCell<ChaCha8Rng>) -> Result<Tensor> {
+        self.compute_node(node, ins, r, rng).map_err(|e| match e {
             WickError::Candle(c) => WickError::node(&node.name, c.to_string()),
             other => other,
         })
     }
 
-    fn node_forward(&self, node: &Node, ins: &[&Tensor], r: &Run, rng: &RefCell<ChaCha8Rng>) -> Result<Tensor> {
+    fn compute_node(&self, node: &Node, ins: &[&Tensor], r: &Run, rng: &RefCell<ChaCha8Rng>) -> Result<Tensor> {
         let train = r.mode == Mode::Train;
         let p = |s: &str| self.p(&node.param(s));
         let bias = |has: bool| if has { Some(self.p(&node.param("bias"))) } else { None };
