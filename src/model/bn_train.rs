@@ -5,7 +5,7 @@
 //! `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = γ/√(σ² + eps) · (dy − dβ/m − x̂·dγ/m)`.
 
 use crate::error::Result;
-use super::im2col::f32_slice;
+use super::conv_op::f32_slice;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 /// Per-channel batch statistics `(mean, biased variance)` of `[N, C, inner]` data, in f64.

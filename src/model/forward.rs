@@ -139,7 +139,7 @@ impl Model {
         match &node.op {
             Op::Linear(c) => ops::linear(&x, w.as_ref().unwrap(), bias(c.bias)),
             Op::Conv1d(c) => ops::conv1d(&x, w.as_ref().unwrap(), bias(c.bias), c),
-            Op::Conv2d(c) => ops::conv2d(&x, w.as_ref().unwrap(), bias(c.bias), c),
+            Op::Conv2d(c) => ops::conv2d(&x, w.as_ref().unwrap(), bias(c.bias), c, train),
             Op::BatchNorm1d(c) | Op::BatchNorm2d(c) => {
                 let bp = ops::BnParams {
                     weight: if c.affine { Some(p("weight")) } else { None },

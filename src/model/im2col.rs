@@ -1,13 +1,9 @@
-//! 2-d convolution as one GEMM, for speed in training and float inference: `im2col` unfolds the
-//! input into patches `[N·L, K]` (`L = Ho·Wo` positions, `K = C·kh·kw` taps ordered like the
-//! weight), then `Yᵀ = cols · Wᵀ` is a single matrix product over all `N·L` rows (the `gemm`
-//! crate candle itself uses). Backward is two more GEMMs and `col2im` (the adjoint of im2col:
-//! each patch gradient is added back to the pixels it read). Candle's built-in conv runs a
-//! small GEMM per sample and a direct-loop transposed conv in backward; this path is several
-//! times faster on these shapes (see bench/README.md).
+//! Convolution geometry and patch extraction shared by the float training conv
+//! (`conv_op.rs`) and the integer reference executor: `Geom` describes one unfolding, `patch_row`
+//! copies one output position's patch (taps ordered like the weight, `(c, ky, kx)`),
+//! `unfold_tap_major` / `fold_tap_major` build and scatter back the whole patch matrix in the
+//! tap-major layout `cols[t][s·L + l]` the training GEMMs use.
 
-use crate::error::Result;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Geometry of one unfolding.
@@ -121,160 +117,198 @@ pub fn transpose_batched(x: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
     out
 }
 
-fn unfold(x: &[f32], g: &Geom) -> Vec<f32> {
-    let (k, l, plane) = (g.k(), g.l(), g.c * g.h * g.w);
-    let mut out = vec![0f32; g.n * l * k];
-    out.par_chunks_mut(l * k).enumerate().for_each(|(s, o)| {
-        let xs = &x[s * plane..(s + 1) * plane];
-        for oy in 0..g.ho {
-            for ox in 0..g.wo {
-                patch_row(g, xs, oy, ox, &mut o[(oy * g.wo + ox) * k..(oy * g.wo + ox + 1) * k]);
+/// Output indices `o` in `[lo, hi)` (clamped to `out`) whose input index
+/// `i = o·stride − pad + offset` lies in `[0, len)`: the positions a kernel tap at `offset`
+/// (`k·dilation`) reads inside the image rather than in the padding.
+fn inside(len: usize, out: usize, stride: usize, pad: usize, offset: usize) -> (usize, usize) {
+    // o·s ≥ pad − offset  and  o·s < len + pad − offset.
+    let lo = pad.saturating_sub(offset).div_ceil(stride);
+    let hi = (len + pad).saturating_sub(offset).div_ceil(stride);
+    let hi = hi.min(out);
+    (lo.min(hi), hi)
+}
+
+/// What one kernel tap `(ky, kx)` reads: output rows `[ylo, yhi)` and columns `[xlo, xhi)` read
+/// inside the image, output `(oy, ox)` reading input row `oy·stride + ky·dil − ph` and column
+/// `ix0 + (ox − xlo)·stride`.
+struct TapSpan {
+    ylo: usize,
+    yhi: usize,
+    xlo: usize,
+    xhi: usize,
+    ix0: usize,
+    ky_off: usize,
+}
+
+impl TapSpan {
+    /// `None` when the tap reads only padding.
+    fn new(g: &Geom, ky: usize, kx: usize) -> Option<TapSpan> {
+        let (ylo, yhi) = inside(g.h, g.ho, g.stride, g.ph, ky * g.dil);
+        let (xlo, xhi) = inside(g.w, g.wo, g.stride, g.pw, kx * g.dil);
+        (ylo < yhi && xlo < xhi).then(|| TapSpan { ylo, yhi, xlo, xhi, ix0: xlo * g.stride + kx * g.dil - g.pw, ky_off: ky * g.dil })
+    }
+
+    /// Input row of output row `oy`.
+    fn iy(&self, g: &Geom, oy: usize) -> usize {
+        oy * g.stride + self.ky_off - g.ph
+    }
+
+    /// With stride 1 and `Wo = W`, output position `q = oy·Wo + ox` reads input pixel `q + d`
+    /// for one `d`: the tap's whole block is one run from `a` to `b` (output indices) at input
+    /// offset `a + d`, the padding columns inside it excepted.
+    fn flat(&self, g: &Geom) -> Option<(usize, usize, usize)> {
+        if g.stride != 1 || g.wo != g.w {
+            return None;
+        }
+        let (a, b) = (self.ylo * g.wo + self.xlo, (self.yhi - 1) * g.wo + self.xhi);
+        Some((a, b, self.iy(g, self.ylo) * g.w + self.ix0))
+    }
+
+    /// Calls `f(q)` for every output index in `[a, b)` of the flat run that reads padding.
+    fn padding_in_run(&self, g: &Geom, a: usize, b: usize, mut f: impl FnMut(usize)) {
+        for oy in self.ylo..self.yhi {
+            for ox in (0..self.xlo).chain(self.xhi..g.wo) {
+                let q = oy * g.wo + ox;
+                if (a..b).contains(&q) {
+                    f(q);
+                }
+            }
+        }
+    }
+}
+
+/// The patch matrix in tap-major layout: `cols[t][s·L + oy·Wo + ox] = x[s, c, iy, ix]` with
+/// `t = (c·kh + ky)·kw + kx`, `iy = oy·stride − ph + ky·dil`, `ix = ox·stride − pw + kx·dil`, and
+/// 0 where `(iy, ix)` falls in the padding. A stride-1 "same-width" tap is one copy per sample
+/// (then its padding columns are zeroed); otherwise each output row is one run.
+pub fn unfold_tap_major(x: &[f32], g: &Geom) -> Vec<f32> {
+    let (nl, l, plane) = (g.n * g.l(), g.l(), g.h * g.w);
+    let mut cols = vec![0f32; g.k() * nl];
+    cols.par_chunks_mut(nl).enumerate().for_each(|(t, row)| {
+        let (ci, ky, kx) = (t / (g.kh * g.kw), t / g.kw % g.kh, t % g.kw);
+        let Some(span) = TapSpan::new(g, ky, kx) else { return };
+        for s in 0..g.n {
+            let src = &x[(s * g.c + ci) * plane..][..plane];
+            let dst = &mut row[s * l..(s + 1) * l];
+            if let Some((a, b, from)) = span.flat(g) {
+                dst[a..b].copy_from_slice(&src[from..from + (b - a)]);
+                span.padding_in_run(g, a, b, |q| dst[q] = 0.0);
+                continue;
+            }
+            for oy in span.ylo..span.yhi {
+                let src_row = &src[span.iy(g, oy) * g.w..][..g.w];
+                let d = &mut dst[oy * g.wo + span.xlo..oy * g.wo + span.xhi];
+                for (j, d) in d.iter_mut().enumerate() {
+                    *d = src_row[span.ix0 + j * g.stride];
+                }
             }
         }
     });
-    out
+    cols
 }
 
-/// The adjoint of `unfold`: `dx[pixel] = Σ over (position, tap) reading it of dcols`.
-fn fold(cols: &[f32], g: &Geom) -> Vec<f32> {
-    let (k, l, plane) = (g.k(), g.l(), g.c * g.h * g.w);
-    let mut out = vec![0f32; g.n * plane];
-    out.par_chunks_mut(plane).enumerate().for_each(|(s, o)| {
-        let cs = &cols[s * l * k..(s + 1) * l * k];
-        for oy in 0..g.ho {
-            for ox in 0..g.wo {
-                let row = &cs[(oy * g.wo + ox) * k..(oy * g.wo + ox + 1) * k];
-                for_taps(g, oy, ox, |t, i| o[i] += row[t]);
+/// The adjoint of `unfold_tap_major` (col2im): `dx[s, c, iy, ix] = Σ cols[t][s·L + oy·Wo + ox]`
+/// over the taps and positions that read pixel `(iy, ix)`. One task per `(sample, channel)`
+/// plane, which only its own channel's taps write. Consumes `cols`: in stride-1 same-width taps
+/// the entries that read padding are zeroed first so that the whole block adds as one run.
+pub fn fold_tap_major(mut cols: Vec<f32>, g: &Geom) -> Vec<f32> {
+    let (nl, l, plane) = (g.n * g.l(), g.l(), g.h * g.w);
+    cols.par_chunks_mut(nl).enumerate().for_each(|(t, row)| {
+        let Some(span) = TapSpan::new(g, t / g.kw % g.kh, t % g.kw) else { return };
+        if let Some((a, b, _)) = span.flat(g) {
+            for s in 0..g.n {
+                span.padding_in_run(g, a, b, |q| row[s * l + q] = 0.0);
             }
         }
     });
+    let mut dx = vec![0f32; g.n * g.c * plane];
+    dx.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
+        let (s, ci) = (p / g.c, p % g.c);
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let Some(span) = TapSpan::new(g, ky, kx) else { continue };
+                let t = (ci * g.kh + ky) * g.kw + kx;
+                let row = &cols[t * nl + s * l..][..l];
+                if let Some((a, b, from)) = span.flat(g) {
+                    for (d, v) in out[from..from + (b - a)].iter_mut().zip(&row[a..b]) {
+                        *d += v;
+                    }
+                    continue;
+                }
+                for oy in span.ylo..span.yhi {
+                    let dst = &mut out[span.iy(g, oy) * g.w..][..g.w];
+                    for (j, v) in row[oy * g.wo + span.xlo..oy * g.wo + span.xhi].iter().enumerate() {
+                        dst[span.ix0 + j * g.stride] += v;
+                    }
+                }
+            }
+        }
+    });
+    dx
+}
+
+/// `[a, b, inner] → [b, a, inner]`: swaps the two outer axes, moving `inner`-long runs.
+pub fn swap_outer(x: &[f32], a: usize, b: usize, inner: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(a * inner).enumerate().for_each(|(j, dst)| {
+        for i in 0..a {
+            dst[i * inner..(i + 1) * inner].copy_from_slice(&x[(i * b + j) * inner..][..inner]);
+        }
+    });
     out
-}
-
-/// `dst[m×n]` (row-major) `= lhs · rhs`, each operand given by its row and column strides.
-#[allow(clippy::too_many_arguments)]
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) {
-    debug_assert!(dst.len() >= m * n);
-    let par = match rayon::current_num_threads() {
-        1 => gemm::Parallelism::None,
-        t => gemm::Parallelism::Rayon(t),
-    };
-    // SAFETY: every index the strides reach lies inside the slices (m·n, m·k and k·n elements
-    // laid out as described), and dst does not alias the operands.
-    unsafe {
-        gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, lhs.as_ptr(), lhs_cs as isize, lhs_rs as isize, rhs.as_ptr(), rhs_cs as isize, rhs_rs as isize, 0.0, 1.0, false, false, false, par);
-    }
-}
-
-/// The fused convolution op: im2col and the GEMMs happen inside, so candle's gradient store
-/// never holds the large patch matrix (accumulating its gradient was a quarter of training time).
-/// Forward: `Yᵀ[NL, O] = cols[NL, K] · Wᵀ`. Backward: `dW = dYᵀᵀ · cols`,
-/// `dcols = dYᵀ · W`, `dx = col2im(dcols)`.
-struct Conv(Geom, usize);
-
-/// The f32 values of a contiguous CPU tensor handed to custom op `op`.
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: f32 only") };
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{op}: contiguous tensors only") };
-    Ok(&v[a..b])
-}
-
-impl CustomOp2 for Conv {
-    fn name(&self) -> &'static str {
-        "conv2d-im2col-gemm"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (g, o) = (&self.0, self.1);
-        let (x, w) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let (k, l) = (g.k(), g.l());
-        let cols = unfold(x, g);
-        let mut yt = vec![0f32; g.n * l * o];
-        matmul(g.n * l, o, k, &mut yt, &cols, k, 1, w, 1, k);
-        let y = transpose_batched(&yt, g.n, l, o);
-        Ok((CpuStorage::F32(y), Shape::from((g.n, o, g.ho, g.wo))))
-    }
-
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (g, o) = (&self.0, self.1);
-        let (k, l) = (g.k(), g.l());
-        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let ws: Vec<f32> = w.flatten_all()?.to_vec1()?;
-        let dy: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
-        let dyt = transpose_batched(&dy, g.n, o, l);
-        let cols = unfold(&xs, g);
-        let mut dw = vec![0f32; o * k];
-        matmul(o, k, g.n * l, &mut dw, &dyt, 1, o, &cols, k, 1);
-        let mut dcols = vec![0f32; g.n * l * k];
-        matmul(g.n * l, k, o, &mut dcols, &dyt, o, 1, &ws, k, 1);
-        let dx = fold(&dcols, g);
-        Ok((Some(Tensor::from_vec(dx, x.dims(), x.device())?), Some(Tensor::from_vec(dw, w.dims(), w.device())?)))
-    }
-}
-
-/// `y = conv2d(x, w)` for `groups = 1` as im2col + one GEMM. `x` is `[N, C, H, W]`, `w`
-/// `[O, C, kh, kw]`.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: (usize, usize), dil: usize) -> Result<Tensor> {
-    let (n, c, h, wd) = x.dims4()?;
-    let (o, _, kh, kw) = w.dims4()?;
-    let out = |len: usize, k: usize, p: usize| (len + 2 * p - dil * (k - 1) - 1) / stride + 1;
-    let g = Geom { n, c, h, w: wd, kh, kw, stride, ph: pad.0, pw: pad.1, dil, ho: out(h, kh, pad.0), wo: out(wd, kw, pad.1) };
-    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Conv(g, o))?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
 
-    fn rnd(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    /// Every `(stride, padding, dilation)` case the conv ops allow, on a non-square input.
+    fn geoms() -> Vec<Geom> {
+        let mut v = vec![];
+        for (stride, ph, pw, dil, kh, kw) in [(1, 1, 1, 1, 3, 3), (2, 1, 1, 1, 3, 3), (1, 2, 0, 2, 3, 2), (2, 0, 0, 1, 1, 1), (3, 2, 1, 1, 3, 3), (1, 0, 0, 1, 5, 4), (1, 2, 2, 2, 3, 3), (1, 3, 1, 1, 3, 3)] {
+            let (h, w) = (7, 6);
+            let out = |len: usize, k: usize, p: usize| (len + 2 * p - dil * (k - 1) - 1) / stride + 1;
+            v.push(Geom { n: 2, c: 3, h, w, kh, kw, stride, ph, pw, dil, ho: out(h, kh, ph), wo: out(w, kw, pw) });
+        }
+        v
     }
 
     #[test]
-    fn matches_candle_conv_forward_and_backward() {
-        // Square inputs: candle's own conv backward (the comparison) mishandles non-square ones.
-        for (stride, pad, dil) in [(1, (1, 1), 1), (2, (1, 1), 1), (1, (2, 2), 2), (2, (0, 0), 1)] {
-            let x = Var::from_tensor(&rnd(&[3, 4, 7, 7], 1)).unwrap();
-            let w = Var::from_tensor(&rnd(&[5, 4, 3, 3], 2)).unwrap();
-            let ours = conv2d(x.as_tensor(), w.as_tensor(), stride, pad, dil).unwrap();
-            let theirs = x.as_tensor().pad_with_zeros(2, pad.0, pad.0).unwrap().pad_with_zeros(3, pad.1, pad.1).unwrap().conv2d(w.as_tensor(), 0, stride, dil, 1).unwrap();
-            assert_eq!(ours.dims(), theirs.dims());
-            let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(d < 1e-4, "forward {d}");
-            // Same loss, same gradients: Σ y·r for a fixed r.
-            let r = rnd(ours.dims(), 3);
-            let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            for v in [&x, &w] {
-                let a = ga.get(v.as_tensor()).unwrap();
-                let b = gb.get(v.as_tensor()).unwrap();
-                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(d < 1e-3, "backward {d} at stride {stride} pad {pad:?} dil {dil}");
+    fn tap_major_unfold_matches_patch_rows() {
+        for g in geoms() {
+            let x: Vec<f32> = (0..g.n * g.c * g.h * g.w).map(|i| i as f32 + 1.0).collect();
+            let cols = unfold_tap_major(&x, &g);
+            let (k, l) = (g.k(), g.l());
+            let mut row = vec![0f32; k];
+            for s in 0..g.n {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        row.fill(0.0);
+                        patch_row(&g, &x[s * g.c * g.h * g.w..], oy, ox, &mut row);
+                        for (t, &v) in row.iter().enumerate() {
+                            assert_eq!(cols[t * g.n * l + s * l + oy * g.wo + ox], v, "{g:?} tap {t} at ({s}, {oy}, {ox})");
+                        }
+                    }
+                }
             }
         }
     }
 
     #[test]
-    fn unequal_padding_on_a_non_square_input_matches_forward() {
-        let x = rnd(&[2, 3, 7, 6], 4);
-        let w = rnd(&[4, 3, 3, 2], 5);
-        let ours = conv2d(&x, &w, 1, (0, 2), 2).unwrap();
-        let theirs = x.pad_with_zeros(3, 2, 2).unwrap().conv2d(&w, 0, 1, 2, 1).unwrap();
-        let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(d < 1e-4, "{d}");
+    fn tap_major_fold_is_the_adjoint_of_unfold() {
+        // <unfold(x), c> = <x, fold(c)> for any x, c (small integers: the sums are exact).
+        for g in geoms() {
+            let x: Vec<f32> = (0..g.n * g.c * g.h * g.w).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+            let c: Vec<f32> = (0..g.k() * g.n * g.l()).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
+            let lhs: f32 = unfold_tap_major(&x, &g).iter().zip(&c).map(|(a, b)| a * b).sum();
+            let rhs: f32 = x.iter().zip(&fold_tap_major(c.clone(), &g)).map(|(a, b)| a * b).sum();
+            assert_eq!(lhs, rhs, "{g:?}");
+        }
     }
 
     #[test]
-    fn fold_is_the_adjoint_of_unfold() {
-        // <unfold(x), c> = <x, fold(c)> for any x, c.
-        let g = Geom { n: 2, c: 3, h: 5, w: 4, kh: 3, kw: 2, stride: 2, ph: 1, pw: 1, dil: 1, ho: 3, wo: 3 };
-        let x: Vec<f32> = (0..2 * 3 * 5 * 4).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
-        let c: Vec<f32> = (0..2 * 9 * 18).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
-        let lhs: f32 = unfold(&x, &g).iter().zip(&c).map(|(a, b)| a * b).sum();
-        let rhs: f32 = x.iter().zip(&fold(&c, &g)).map(|(a, b)| a * b).sum();
-        assert_eq!(lhs, rhs);
+    fn swap_outer_moves_runs() {
+        let x: Vec<f32> = (0..2 * 3 * 2).map(|i| i as f32).collect();
+        assert_eq!(swap_outer(&x, 2, 3, 2), [0., 1., 6., 7., 2., 3., 8., 9., 4., 5., 10., 11.]);
     }
 }

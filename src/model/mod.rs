@@ -6,6 +6,7 @@ pub mod arch;
 mod bn_train;
 pub mod forward;
 pub mod graph;
+mod conv_op;
 pub mod im2col;
 pub mod init;
 pub mod load;

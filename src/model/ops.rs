@@ -29,14 +29,15 @@ pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv1dCfg) -> Resu
     add_channel_bias(y, b)
 }
 
-/// 2-d cross-correlation, PyTorch semantics: im2col + one GEMM when `groups = 1`, else candle's
-/// grouped conv (unequal height/width padding applied explicitly).
-pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv2dCfg) -> Result<Tensor> {
+/// 2-d cross-correlation, PyTorch semantics: im2col + one GEMM when `groups = 1` (keeping the
+/// patches for backward when `train`), else candle's grouped conv (unequal height/width padding
+/// applied explicitly).
+pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv2dCfg, train: bool) -> Result<Tensor> {
     let (ph, pw) = c.padding.hw();
     let (s, _) = c.stride.hw();
     let (d, _) = c.dilation.hw();
     let y = if c.groups == 1 {
-        super::im2col::conv2d(x, w, s, (ph, pw), d)?
+        super::conv_op::conv2d(x, w, s, (ph, pw), d, train)?
     } else if ph == pw {
         x.contiguous()?.conv2d(w, ph, s, d, c.groups)?
     } else {
