@@ -130,7 +130,8 @@ fn inside(len: usize, out: usize, stride: usize, pad: usize, offset: usize) -> (
 
 /// What one kernel tap `(ky, kx)` reads: output rows `[ylo, yhi)` and columns `[xlo, xhi)` read
 /// inside the image, output `(oy, ox)` reading input row `oy·stride + ky·dil − ph` and column
-/// `ix0 + (ox − xlo)·stride`.
+/// `ix0 + (ox − xlo)·stride`. Computed once per call for the `kh·kw` taps (the divisions in
+/// `inside` cost more than the copies when repeated per sample and channel).
 struct TapSpan {
     ylo: usize,
     yhi: usize,
@@ -138,42 +139,43 @@ struct TapSpan {
     xhi: usize,
     ix0: usize,
     ky_off: usize,
+    flat: Option<FlatRun>,
+}
+
+/// With stride 1 and `Wo = W`, output position `q = oy·Wo + ox` of a tap reads input pixel
+/// `q − a + from` for one offset: the tap's whole block is one run over output indices
+/// `[a, b)`, except for the entries in `pads`, which read padding columns.
+struct FlatRun {
+    a: usize,
+    b: usize,
+    from: usize,
+    pads: Vec<usize>,
 }
 
 impl TapSpan {
-    /// `None` when the tap reads only padding.
+    /// The spans of every tap, indexed `ky·kw + kx`; `None` for a tap that reads only padding.
+    fn all(g: &Geom) -> Vec<Option<TapSpan>> {
+        (0..g.kh * g.kw).map(|i| TapSpan::new(g, i / g.kw, i % g.kw)).collect()
+    }
+
     fn new(g: &Geom, ky: usize, kx: usize) -> Option<TapSpan> {
         let (ylo, yhi) = inside(g.h, g.ho, g.stride, g.ph, ky * g.dil);
         let (xlo, xhi) = inside(g.w, g.wo, g.stride, g.pw, kx * g.dil);
-        (ylo < yhi && xlo < xhi).then(|| TapSpan { ylo, yhi, xlo, xhi, ix0: xlo * g.stride + kx * g.dil - g.pw, ky_off: ky * g.dil })
+        if ylo >= yhi || xlo >= xhi {
+            return None;
+        }
+        let mut span = TapSpan { ylo, yhi, xlo, xhi, ix0: xlo * g.stride + kx * g.dil - g.pw, ky_off: ky * g.dil, flat: None };
+        if g.stride == 1 && g.wo == g.w {
+            let (a, b) = (ylo * g.wo + xlo, (yhi - 1) * g.wo + xhi);
+            let pads = (ylo..yhi).flat_map(|oy| (0..xlo).chain(xhi..g.wo).map(move |ox| oy * g.wo + ox)).filter(|q| (a..b).contains(q)).collect();
+            span.flat = Some(FlatRun { a, b, from: span.iy(g, ylo) * g.w + span.ix0, pads });
+        }
+        Some(span)
     }
 
     /// Input row of output row `oy`.
     fn iy(&self, g: &Geom, oy: usize) -> usize {
         oy * g.stride + self.ky_off - g.ph
-    }
-
-    /// With stride 1 and `Wo = W`, output position `q = oy·Wo + ox` reads input pixel `q + d`
-    /// for one `d`: the tap's whole block is one run from `a` to `b` (output indices) at input
-    /// offset `a + d`, the padding columns inside it excepted.
-    fn flat(&self, g: &Geom) -> Option<(usize, usize, usize)> {
-        if g.stride != 1 || g.wo != g.w {
-            return None;
-        }
-        let (a, b) = (self.ylo * g.wo + self.xlo, (self.yhi - 1) * g.wo + self.xhi);
-        Some((a, b, self.iy(g, self.ylo) * g.w + self.ix0))
-    }
-
-    /// Calls `f(q)` for every output index in `[a, b)` of the flat run that reads padding.
-    fn padding_in_run(&self, g: &Geom, a: usize, b: usize, mut f: impl FnMut(usize)) {
-        for oy in self.ylo..self.yhi {
-            for ox in (0..self.xlo).chain(self.xhi..g.wo) {
-                let q = oy * g.wo + ox;
-                if (a..b).contains(&q) {
-                    f(q);
-                }
-            }
-        }
     }
 }
 
@@ -182,17 +184,20 @@ impl TapSpan {
 /// 0 where `(iy, ix)` falls in the padding. A stride-1 "same-width" tap is one copy per sample
 /// (then its padding columns are zeroed); otherwise each output row is one run.
 pub fn unfold_tap_major(x: &[f32], g: &Geom) -> Vec<f32> {
-    let (nl, l, plane) = (g.n * g.l(), g.l(), g.h * g.w);
+    let (nl, l, plane, taps) = (g.n * g.l(), g.l(), g.h * g.w, g.kh * g.kw);
+    let spans = TapSpan::all(g);
     let mut cols = vec![0f32; g.k() * nl];
     cols.par_chunks_mut(nl).enumerate().for_each(|(t, row)| {
-        let (ci, ky, kx) = (t / (g.kh * g.kw), t / g.kw % g.kh, t % g.kw);
-        let Some(span) = TapSpan::new(g, ky, kx) else { return };
+        let ci = t / taps;
+        let Some(span) = &spans[t % taps] else { return };
         for s in 0..g.n {
             let src = &x[(s * g.c + ci) * plane..][..plane];
             let dst = &mut row[s * l..(s + 1) * l];
-            if let Some((a, b, from)) = span.flat(g) {
-                dst[a..b].copy_from_slice(&src[from..from + (b - a)]);
-                span.padding_in_run(g, a, b, |q| dst[q] = 0.0);
+            if let Some(f) = &span.flat {
+                dst[f.a..f.b].copy_from_slice(&src[f.from..f.from + (f.b - f.a)]);
+                for &q in &f.pads {
+                    dst[q] = 0.0;
+                }
                 continue;
             }
             for oy in span.ylo..span.yhi {
@@ -212,34 +217,33 @@ pub fn unfold_tap_major(x: &[f32], g: &Geom) -> Vec<f32> {
 /// plane, which only its own channel's taps write. Consumes `cols`: in stride-1 same-width taps
 /// the entries that read padding are zeroed first so that the whole block adds as one run.
 pub fn fold_tap_major(mut cols: Vec<f32>, g: &Geom) -> Vec<f32> {
-    let (nl, l, plane) = (g.n * g.l(), g.l(), g.h * g.w);
+    let (nl, l, plane, taps) = (g.n * g.l(), g.l(), g.h * g.w, g.kh * g.kw);
+    let spans = TapSpan::all(g);
     cols.par_chunks_mut(nl).enumerate().for_each(|(t, row)| {
-        let Some(span) = TapSpan::new(g, t / g.kw % g.kh, t % g.kw) else { return };
-        if let Some((a, b, _)) = span.flat(g) {
+        if let Some(TapSpan { flat: Some(f), .. }) = &spans[t % taps] {
             for s in 0..g.n {
-                span.padding_in_run(g, a, b, |q| row[s * l + q] = 0.0);
+                for &q in &f.pads {
+                    row[s * l + q] = 0.0;
+                }
             }
         }
     });
     let mut dx = vec![0f32; g.n * g.c * plane];
     dx.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
         let (s, ci) = (p / g.c, p % g.c);
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let Some(span) = TapSpan::new(g, ky, kx) else { continue };
-                let t = (ci * g.kh + ky) * g.kw + kx;
-                let row = &cols[t * nl + s * l..][..l];
-                if let Some((a, b, from)) = span.flat(g) {
-                    for (d, v) in out[from..from + (b - a)].iter_mut().zip(&row[a..b]) {
-                        *d += v;
-                    }
-                    continue;
+        for (i, span) in spans.iter().enumerate() {
+            let Some(span) = span else { continue };
+            let row = &cols[(ci * taps + i) * nl + s * l..][..l];
+            if let Some(f) = &span.flat {
+                for (d, v) in out[f.from..f.from + (f.b - f.a)].iter_mut().zip(&row[f.a..f.b]) {
+                    *d += v;
                 }
-                for oy in span.ylo..span.yhi {
-                    let dst = &mut out[span.iy(g, oy) * g.w..][..g.w];
-                    for (j, v) in row[oy * g.wo + span.xlo..oy * g.wo + span.xhi].iter().enumerate() {
-                        dst[span.ix0 + j * g.stride] += v;
-                    }
+                continue;
+            }
+            for oy in span.ylo..span.yhi {
+                let dst = &mut out[span.iy(g, oy) * g.w..][..g.w];
+                for (j, v) in row[oy * g.wo + span.xlo..oy * g.wo + span.xhi].iter().enumerate() {
+                    dst[span.ix0 + j * g.stride] += v;
                 }
             }
         }
