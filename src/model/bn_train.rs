@@ -5,28 +5,38 @@
 //! `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = γ/√(σ² + eps) · (dy − dβ/m − x̂·dγ/m)`.
 
 use crate::error::Result;
-use super::conv_op::f32_slice;
+use super::conv_op::{f32_slice, with_f32};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-/// Per-channel batch statistics `(mean, biased variance)` of `[N, C, inner]` data, in f64.
+/// Per-channel batch statistics `(mean, biased variance)` of `[N, C, inner]` data:
+/// `μ = Σx / m`, `σ² = Σ(x − μ)² / m` with `m = N·inner`. Each contiguous run of `inner`
+/// values is summed in f32 lanes (`lane_sum`) and the runs are added in f64.
 pub fn batch_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f64>, Vec<f64>) {
     let m = (n * inner) as f64;
-    let mut mean = vec![0f64; c];
-    let mut var = vec![0f64; c];
-    for ch in 0..c {
-        let mut s = 0f64;
-        for s_i in 0..n {
-            s += x[(s_i * c + ch) * inner..(s_i * c + ch + 1) * inner].iter().map(|&v| v as f64).sum::<f64>();
-        }
-        let mu = s / m;
-        let mut q = 0f64;
-        for s_i in 0..n {
-            q += x[(s_i * c + ch) * inner..(s_i * c + ch + 1) * inner].iter().map(|&v| (v as f64 - mu) * (v as f64 - mu)).sum::<f64>();
-        }
-        mean[ch] = mu;
-        var[ch] = q / m;
-    }
+    let runs = |ch: usize| (0..n).map(move |s| &x[(s * c + ch) * inner..(s * c + ch + 1) * inner]);
+    let mean: Vec<f64> = (0..c).map(|ch| runs(ch).map(|r| lane_sum(r, r, |v, _| v) as f64).sum::<f64>() / m).collect();
+    let var = (0..c)
+        .map(|ch| {
+            let mu = mean[ch] as f32;
+            runs(ch).map(|r| lane_sum(r, r, |v, _| (v - mu) * (v - mu)) as f64).sum::<f64>() / m
+        })
+        .collect();
     (mean, var)
+}
+
+/// `Σ f(a_i, b_i)` over two equal-length runs, in 8 interleaved f32 partial sums so that it
+/// vectorises (a sequential float sum cannot be reordered by the compiler); differs from the
+/// sequential sum by rounding only.
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += f(x[j], y[j]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 struct BnTrain {
@@ -37,57 +47,64 @@ struct BnTrain {
     inv_std: Vec<f32>,
 }
 
+impl BnTrain {
+    /// Calls `f(channel, run)` for each contiguous run of one channel's values in `[N, C, inner]`.
+    fn runs<'a, T>(&self, v: &'a mut [T], mut f: impl FnMut(usize, &'a mut [T])) {
+        for (i, run) in v.chunks_mut(self.inner).enumerate() {
+            f(i % self.c, run);
+        }
+    }
+}
+
 impl CustomOp3 for BnTrain {
     fn name(&self) -> &'static str {
         "batchnorm-train"
     }
 
+    /// `y = x·a + b` per channel with `a = γ/√(σ² + eps)`, `b = β − μ·a`.
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = self.name();
         let (x, g, b) = (f32_slice(s1, l1, op)?, f32_slice(s2, l2, op)?, f32_slice(s3, l3, op)?);
-        let mut y = vec![0f32; x.len()];
-        for s_i in 0..self.n {
-            for ch in 0..self.c {
-                let o = (s_i * self.c + ch) * self.inner;
-                let (mu, k, gg, bb) = (self.mean[ch], self.inv_std[ch], g[ch], b[ch]);
-                for i in o..o + self.inner {
-                    y[i] = (x[i] - mu) * k * gg + bb;
-                }
-            }
-        }
+        let a: Vec<f32> = (0..self.c).map(|ch| self.inv_std[ch] * g[ch]).collect();
+        let b: Vec<f32> = (0..self.c).map(|ch| b[ch] - self.mean[ch] * a[ch]).collect();
+        let mut y = x.to_vec();
+        self.runs(&mut y, |ch, run| run.iter_mut().for_each(|v| *v = *v * a[ch] + b[ch]));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    /// With `x̂ = (x − μ)·k`, `k = 1/√(σ² + eps)`: `dβ = Σ dy`, `dγ = Σ dy·x̂` (each run summed in
+    /// f32 lanes, the runs in f64) and `dx = γk·(dy − dβ/m − x̂·dγ/m)`, evaluated as
+    /// `dx = p·dy + q·x + r` with `p = γk`, `q = −γk²·dγ/m`, `r = −γk·dβ/m − q·μ`.
     fn bwd(&self, x: &Tensor, gamma: &Tensor, _beta: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let dy: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
+        let op = self.name();
+        let (c, inner) = (self.c, self.inner);
+        let m = (self.n * inner) as f64;
         let g: Vec<f32> = gamma.to_vec1()?;
-        let (n, c, inner) = (self.n, self.c, self.inner);
-        let m = (n * inner) as f64;
-        let mut dbeta = vec![0f64; c];
-        let mut dgamma = vec![0f64; c];
-        for s_i in 0..n {
-            for ch in 0..c {
-                let o = (s_i * c + ch) * inner;
-                for i in o..o + inner {
-                    let xh = ((xs[i] - self.mean[ch]) * self.inv_std[ch]) as f64;
-                    dbeta[ch] += dy[i] as f64;
-                    dgamma[ch] += dy[i] as f64 * xh;
-                }
+        let mut dx = with_f32(grad, op, |dy| dy.to_vec())?;
+        let (dgamma, dbeta) = with_f32(x, op, |xs| {
+            let (mut dgamma, mut dbeta) = (vec![0f64; c], vec![0f64; c]);
+            for (i, (xr, dr)) in xs.chunks(inner).zip(dx.chunks(inner)).enumerate() {
+                let ch = i % c;
+                let (mu, k) = (self.mean[ch], self.inv_std[ch]);
+                dbeta[ch] += lane_sum(dr, dr, |d, _| d) as f64;
+                dgamma[ch] += (lane_sum(xr, dr, |v, d| d * (v - mu)) * k) as f64;
             }
-        }
-        let mut dx = vec![0f32; xs.len()];
-        for s_i in 0..n {
-            for ch in 0..c {
-                let o = (s_i * c + ch) * inner;
-                let k = g[ch] * self.inv_std[ch];
-                let (mb, mg) = ((dbeta[ch] / m) as f32, (dgamma[ch] / m) as f32);
-                for i in o..o + inner {
-                    let xh = (xs[i] - self.mean[ch]) * self.inv_std[ch];
-                    dx[i] = k * (dy[i] - mb - xh * mg);
-                }
+            (dgamma, dbeta)
+        })?;
+        let coef: Vec<(f32, f32, f32)> = (0..c)
+            .map(|ch| {
+                let (k, gk) = (self.inv_std[ch] as f64, (g[ch] * self.inv_std[ch]) as f64);
+                let q = -gk * k * dgamma[ch] / m;
+                let r = -gk * dbeta[ch] / m - q * self.mean[ch] as f64;
+                (gk as f32, q as f32, r as f32)
+            })
+            .collect();
+        with_f32(x, op, |xs| {
+            for (i, (dr, xr)) in dx.chunks_mut(inner).zip(xs.chunks(inner)).enumerate() {
+                let (p, q, r) = coef[i % c];
+                dr.iter_mut().zip(xr).for_each(|(d, &v)| *d = p * *d + q * v + r);
             }
-        }
+        })?;
         let dev = x.device();
         let to32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
         Ok((
@@ -104,8 +121,7 @@ pub fn forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(T
     let x = x.contiguous()?;
     let (n, c) = (x.dim(0)?, x.dim(1)?);
     let inner: usize = x.dims()[2..].iter().product();
-    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let (mean, var) = batch_stats(&xs, n, c, inner);
+    let (mean, var) = with_f32(&x, "batchnorm-train", |xs| batch_stats(xs, n, c, inner))?;
     let op = BnTrain {
         n,
         c,
