@@ -92,9 +92,9 @@ impl CustomOp2 for Conv {
         // 2x faster than dW = dY · colsᵀ on these shapes (small O, long N·L).
         let mut dwt = vec![0f32; k * o];
         matmul(k, o, nl, &mut dwt, &cols, nl, 1, &dy, 1, nl);
-        drop(cols);
         let dw = transpose_batched(&dwt, 1, k, o);
-        let mut dcols = vec![0f32; k * nl];
+        // dcols has the patches' shape and the GEMM overwrites every element: reuse their buffer.
+        let mut dcols = cols;
         with_f32(w, self.name(), |w| matmul(k, nl, o, &mut dcols, w, 1, k, &dy, nl, 1))?;
         let dx = fold_tap_major(dcols, g);
         Ok((Some(Tensor::from_vec(dx, x.dims(), x.device())?), Some(Tensor::from_vec(dw, w.dims(), w.device())?)))

@@ -153,6 +153,7 @@ impl Model {
                 let (w, b) = if c.elementwise_affine { (Some(p("weight")), Some(p("bias"))) } else { (None, None) };
                 ops::layernorm(&x, w, b, c)
             }
+            Op::Relu(_) if train => super::relu_train::relu(&x),
             Op::Relu(_) => Ok(x.relu()?),
             Op::Relu6(_) => ops::relu6(&x),
             Op::Gelu(c) => ops::gelu(&x, c.approximate),

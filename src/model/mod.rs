@@ -8,6 +8,7 @@ pub mod forward;
 pub mod graph;
 mod conv_op;
 pub mod im2col;
+mod relu_train;
 pub mod init;
 pub mod load;
 mod ops;
