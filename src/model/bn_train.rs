@@ -80,31 +80,31 @@ impl CustomOp3 for BnTrain {
         let (c, inner) = (self.c, self.inner);
         let m = (self.n * inner) as f64;
         let g: Vec<f32> = gamma.to_vec1()?;
-        let mut dx = with_f32(grad, op, |dy| dy.to_vec())?;
-        let (dgamma, dbeta) = with_f32(x, op, |xs| {
-            let (mut dgamma, mut dbeta) = (vec![0f64; c], vec![0f64; c]);
-            for (i, (xr, dr)) in xs.chunks(inner).zip(dx.chunks(inner)).enumerate() {
-                let ch = i % c;
-                let (mu, k) = (self.mean[ch], self.inv_std[ch]);
-                dbeta[ch] += lane_sum(dr, dr, |d, _| d) as f64;
-                dgamma[ch] += (lane_sum(xr, dr, |v, d| d * (v - mu)) * k) as f64;
-            }
-            (dgamma, dbeta)
-        })?;
-        let coef: Vec<(f32, f32, f32)> = (0..c)
-            .map(|ch| {
-                let (k, gk) = (self.inv_std[ch] as f64, (g[ch] * self.inv_std[ch]) as f64);
-                let q = -gk * k * dgamma[ch] / m;
-                let r = -gk * dbeta[ch] / m - q * self.mean[ch] as f64;
-                (gk as f32, q as f32, r as f32)
+        let (dx, dgamma, dbeta) = with_f32(grad, op, |dy| {
+            with_f32(x, op, |xs| {
+                let (mut dgamma, mut dbeta) = (vec![0f64; c], vec![0f64; c]);
+                for (i, (xr, dr)) in xs.chunks(inner).zip(dy.chunks(inner)).enumerate() {
+                    let ch = i % c;
+                    let (mu, k) = (self.mean[ch], self.inv_std[ch]);
+                    dbeta[ch] += lane_sum(dr, dr, |d, _| d) as f64;
+                    dgamma[ch] += (lane_sum(xr, dr, |v, d| d * (v - mu)) * k) as f64;
+                }
+                let coef: Vec<(f32, f32, f32)> = (0..c)
+                    .map(|ch| {
+                        let (k, gk) = (self.inv_std[ch] as f64, (g[ch] * self.inv_std[ch]) as f64);
+                        let q = -gk * k * dgamma[ch] / m;
+                        let r = -gk * dbeta[ch] / m - q * self.mean[ch] as f64;
+                        (gk as f32, q as f32, r as f32)
+                    })
+                    .collect();
+                let mut dx = Vec::with_capacity(xs.len());
+                for (i, (dr, xr)) in dy.chunks(inner).zip(xs.chunks(inner)).enumerate() {
+                    let (p, q, r) = coef[i % c];
+                    dx.extend(dr.iter().zip(xr).map(|(&d, &v)| p * d + q * v + r));
+                }
+                (dx, dgamma, dbeta)
             })
-            .collect();
-        with_f32(x, op, |xs| {
-            for (i, (dr, xr)) in dx.chunks_mut(inner).zip(xs.chunks(inner)).enumerate() {
-                let (p, q, r) = coef[i % c];
-                dr.iter_mut().zip(xr).for_each(|(d, &v)| *d = p * *d + q * v + r);
-            }
-        })?;
+        })??;
         let dev = x.device();
         let to32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
         Ok((

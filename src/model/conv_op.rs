@@ -72,12 +72,13 @@ impl CustomOp2 for Conv {
         let (x, w) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let nl = g.n * g.l();
         let cols = unfold_tap_major(x, g);
-        let mut y = vec![0f32; o * nl];
-        matmul(o, nl, g.k(), &mut y, w, g.k(), 1, &cols, nl, 1);
+        // Yᵀ[N·L, O] = colsᵀ · Wᵀ, then per sample [L, O] → [O, L].
+        let mut yt = vec![0f32; nl * o];
+        matmul(nl, o, g.k(), &mut yt, &cols, 1, nl, w, 1, g.k());
         if self.keep_cols {
             *self.cols.lock().expect("conv cols lock") = Some(cols);
         }
-        Ok((CpuStorage::F32(swap_outer(&y, o, g.n, g.l())), Shape::from((g.n, o, g.ho, g.wo))))
+        Ok((CpuStorage::F32(transpose_batched(&yt, g.n, g.l(), o)), Shape::from((g.n, o, g.ho, g.wo))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {

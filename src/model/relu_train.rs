@@ -19,8 +19,7 @@ impl CustomOp1 for Relu {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let mut dx = with_f32(grad, self.name(), |d| d.to_vec())?;
-        with_f32(y, self.name(), |y| dx.iter_mut().zip(y).for_each(|(d, &v)| *d = if v > 0.0 { *d } else { 0.0 }))?;
+        let dx = with_f32(grad, self.name(), |d| with_f32(y, self.name(), |y| d.iter().zip(y).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect::<Vec<f32>>()))??;
         Ok(Some(Tensor::from_vec(dx, y.dims(), y.device())?))
     }
 }
