@@ -7,21 +7,27 @@
 use crate::error::Result;
 use super::conv_op::{f32_slice, with_f32};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 /// Per-channel batch statistics `(mean, biased variance)` of `[N, C, inner]` data:
 /// `μ = Σx / m`, `σ² = Σ(x − μ)² / m` with `m = N·inner`. Each contiguous run of `inner`
 /// values is summed in f32 lanes (`lane_sum`) and the runs are added in f64.
 pub fn batch_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f64>, Vec<f64>) {
     let m = (n * inner) as f64;
-    let runs = |ch: usize| (0..n).map(move |s| &x[(s * c + ch) * inner..(s * c + ch + 1) * inner]);
-    let mean: Vec<f64> = (0..c).map(|ch| runs(ch).map(|r| lane_sum(r, r, |v, _| v) as f64).sum::<f64>() / m).collect();
-    let var = (0..c)
+    (0..c)
+        .into_par_iter()
         .map(|ch| {
-            let mu = mean[ch] as f32;
-            runs(ch).map(|r| lane_sum(r, r, |v, _| (v - mu) * (v - mu)) as f64).sum::<f64>() / m
+            let mean = channel_runs(x, n, c, inner, ch).map(|r| lane_sum(r, r, |v, _| v) as f64).sum::<f64>() / m;
+            let mu = mean as f32;
+            let var = channel_runs(x, n, c, inner, ch).map(|r| lane_sum(r, r, |v, _| (v - mu) * (v - mu)) as f64).sum::<f64>() / m;
+            (mean, var)
         })
-        .collect();
-    (mean, var)
+        .unzip()
+}
+
+/// The `n` contiguous runs of channel `ch` in `[N, C, inner]` data.
+fn channel_runs(x: &[f32], n: usize, c: usize, inner: usize, ch: usize) -> impl Iterator<Item = &[f32]> {
+    (0..n).map(move |s| &x[(s * c + ch) * inner..(s * c + ch + 1) * inner])
 }
 
 /// `Σ f(a_i, b_i)` over two equal-length runs, in 8 interleaved f32 partial sums so that it
@@ -48,11 +54,18 @@ struct BnTrain {
 }
 
 impl BnTrain {
-    /// Calls `f(channel, run)` for each contiguous run of one channel's values in `[N, C, inner]`.
-    fn runs<'a, T>(&self, v: &'a mut [T], mut f: impl FnMut(usize, &'a mut [T])) {
-        for (i, run) in v.chunks_mut(self.inner).enumerate() {
-            f(i % self.c, run);
-        }
+    /// `out[i] = f(channel, a_run, b_run)` run by run over `[N, C, inner]` data, one task per
+    /// sample.
+    fn map_runs(&self, a: &[f32], b: &[f32], f: impl Fn(usize, &[f32], &[f32], &mut [f32]) + Sync) -> Vec<f32> {
+        let (c, inner) = (self.c, self.inner);
+        let mut out = vec![0f32; a.len()];
+        out.par_chunks_mut(c * inner).zip(a.par_chunks(c * inner).zip(b.par_chunks(c * inner))).for_each(|(o, (a, b))| {
+            for ch in 0..c {
+                let r = ch * inner..(ch + 1) * inner;
+                f(ch, &a[r.clone()], &b[r.clone()], &mut o[r]);
+            }
+        });
+        out
     }
 }
 
@@ -67,8 +80,7 @@ impl CustomOp3 for BnTrain {
         let (x, g, b) = (f32_slice(s1, l1, op)?, f32_slice(s2, l2, op)?, f32_slice(s3, l3, op)?);
         let a: Vec<f32> = (0..self.c).map(|ch| self.inv_std[ch] * g[ch]).collect();
         let b: Vec<f32> = (0..self.c).map(|ch| b[ch] - self.mean[ch] * a[ch]).collect();
-        let mut y = x.to_vec();
-        self.runs(&mut y, |ch, run| run.iter_mut().for_each(|v| *v = *v * a[ch] + b[ch]));
+        let y = self.map_runs(x, x, |ch, xr, _, yr| yr.iter_mut().zip(xr).for_each(|(y, &v)| *y = v * a[ch] + b[ch]));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -82,13 +94,15 @@ impl CustomOp3 for BnTrain {
         let g: Vec<f32> = gamma.to_vec1()?;
         let (dx, dgamma, dbeta) = with_f32(grad, op, |dy| {
             with_f32(x, op, |xs| {
-                let (mut dgamma, mut dbeta) = (vec![0f64; c], vec![0f64; c]);
-                for (i, (xr, dr)) in xs.chunks(inner).zip(dy.chunks(inner)).enumerate() {
-                    let ch = i % c;
-                    let (mu, k) = (self.mean[ch], self.inv_std[ch]);
-                    dbeta[ch] += lane_sum(dr, dr, |d, _| d) as f64;
-                    dgamma[ch] += (lane_sum(xr, dr, |v, d| d * (v - mu)) * k) as f64;
-                }
+                let (n, mean, inv_std) = (self.n, &self.mean, &self.inv_std);
+                let (dgamma, dbeta): (Vec<f64>, Vec<f64>) = (0..c)
+                    .into_par_iter()
+                    .map(|ch| {
+                        let (mu, k) = (mean[ch], inv_std[ch]);
+                        let runs = channel_runs(xs, n, c, inner, ch).zip(channel_runs(dy, n, c, inner, ch));
+                        runs.fold((0f64, 0f64), |(dg, db), (xr, dr)| (dg + (lane_sum(xr, dr, |v, d| d * (v - mu)) * k) as f64, db + lane_sum(dr, dr, |d, _| d) as f64))
+                    })
+                    .unzip();
                 let coef: Vec<(f32, f32, f32)> = (0..c)
                     .map(|ch| {
                         let (k, gk) = (self.inv_std[ch] as f64, (g[ch] * self.inv_std[ch]) as f64);
@@ -97,11 +111,10 @@ impl CustomOp3 for BnTrain {
                         (gk as f32, q as f32, r as f32)
                     })
                     .collect();
-                let mut dx = Vec::with_capacity(xs.len());
-                for (i, (dr, xr)) in dy.chunks(inner).zip(xs.chunks(inner)).enumerate() {
-                    let (p, q, r) = coef[i % c];
-                    dx.extend(dr.iter().zip(xr).map(|(&d, &v)| p * d + q * v + r));
-                }
+                let dx = self.map_runs(dy, xs, |ch, dr, xr, out| {
+                    let (p, q, r) = coef[ch];
+                    out.iter_mut().zip(dr.iter().zip(xr)).for_each(|(o, (&d, &v))| *o = p * d + q * v + r);
+                });
                 (dx, dgamma, dbeta)
             })
         })??;

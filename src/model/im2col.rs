@@ -107,13 +107,13 @@ pub fn patch_row<T: Copy>(g: &Geom, x: &[T], oy: usize, ox: usize, row: &mut [T]
 /// `[n, a, b] → [n, b, a]`: per sample, `out[j][i] = x[i][j]` (channels first ↔ channels last).
 pub fn transpose_batched(x: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    for (src, dst) in x.chunks(a * b).zip(out.chunks_mut(a * b)).take(n) {
+    out.par_chunks_mut(a * b).zip(x.par_chunks(a * b)).take(n).for_each(|(dst, src)| {
         for i in 0..a {
             for j in 0..b {
                 dst[j * a + i] = src[i * b + j];
             }
         }
-    }
+    });
     out
 }
 
