@@ -46,6 +46,9 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
 }
 
 struct BnTrain {
+    /// Normalised by the batch's own statistics (train mode), which `dx` then depends on;
+    /// otherwise by fixed running statistics.
+    batch_stats: bool,
     n: usize,
     c: usize,
     inner: usize,
@@ -86,7 +89,8 @@ impl CustomOp3 for BnTrain {
 
     /// With `x̂ = (x − μ)·k`, `k = 1/√(σ² + eps)`: `dβ = Σ dy`, `dγ = Σ dy·x̂` (each run summed in
     /// f32 lanes, the runs in f64) and `dx = γk·(dy − dβ/m − x̂·dγ/m)`, evaluated as
-    /// `dx = p·dy + q·x + r` with `p = γk`, `q = −γk²·dγ/m`, `r = −γk·dβ/m − q·μ`.
+    /// `dx = p·dy + q·x + r` with `p = γk`, `q = −γk²·dγ/m`, `r = −γk·dβ/m − q·μ`; with fixed
+    /// (running) statistics `dx = γk·dy`.
     fn bwd(&self, x: &Tensor, gamma: &Tensor, _beta: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = self.name();
         let (c, inner) = (self.c, self.inner);
@@ -106,6 +110,9 @@ impl CustomOp3 for BnTrain {
                 let coef: Vec<(f32, f32, f32)> = (0..c)
                     .map(|ch| {
                         let (k, gk) = (self.inv_std[ch] as f64, (g[ch] * self.inv_std[ch]) as f64);
+                        if !self.batch_stats {
+                            return (gk as f32, 0.0, 0.0);
+                        }
                         let q = -gk * k * dgamma[ch] / m;
                         let r = -gk * dbeta[ch] / m - q * self.mean[ch] as f64;
                         (gk as f32, q as f32, r as f32)
@@ -136,6 +143,7 @@ pub fn forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(T
     let inner: usize = x.dims()[2..].iter().product();
     let (mean, var) = with_f32(&x, "batchnorm-train", |xs| batch_stats(xs, n, c, inner))?;
     let op = BnTrain {
+        batch_stats: true,
         n,
         c,
         inner,
@@ -144,6 +152,24 @@ pub fn forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(T
     };
     let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
     Ok((y, mean, var))
+}
+
+/// Eval-mode BatchNorm of `x` (`[N, C, …]`) with fixed statistics: the same op, one pass,
+/// `y = (x − μ)/√(σ² + eps)·γ + β`, differentiable in `x`, `γ` and `β` (QAT trains through a
+/// frozen BatchNorm).
+pub fn forward_fixed(x: &Tensor, gamma: &Tensor, beta: &Tensor, mean: &Tensor, var: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let (n, c) = (x.dim(0)?, x.dim(1)?);
+    let inner: usize = x.dims()[2..].iter().product();
+    let op = BnTrain {
+        batch_stats: false,
+        n,
+        c,
+        inner,
+        mean: mean.to_vec1()?,
+        inv_std: var.to_vec1::<f32>()?.iter().map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32).collect(),
+    };
+    Ok(x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?)
 }
 
 #[cfg(test)]
@@ -182,6 +208,31 @@ mod tests {
             let e = gb.get(v.as_tensor()).unwrap();
             let d = (a - e).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(d < 1e-4, "backward {d}");
+        }
+    }
+
+    #[test]
+    fn fixed_statistics_match_composed_ops_forward_and_backward() {
+        let n = 4 * 3 * 5 * 2;
+        let xv: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32) / 17.0 - 2.0).collect();
+        let x = Var::from_tensor(&Tensor::from_vec(xv, (4, 3, 5, 2), &Device::Cpu).unwrap()).unwrap();
+        let g = Var::new(&[1.5f32, -0.5, 2.0], &Device::Cpu).unwrap();
+        let b = Var::new(&[0.1f32, 0.2, -0.3], &Device::Cpu).unwrap();
+        let (mean, var) = (Tensor::new(&[0.3f32, -1.0, 2.0], &Device::Cpu).unwrap(), Tensor::new(&[0.5f32, 2.0, 0.01], &Device::Cpu).unwrap());
+        let ours = forward_fixed(x.as_tensor(), g.as_tensor(), b.as_tensor(), &mean, &var, 1e-5).unwrap();
+        let cs = |t: &Tensor| t.reshape((1, 3, 1, 1)).unwrap();
+        let inv = (cs(&var) + 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
+        let theirs = x.as_tensor().broadcast_sub(&cs(&mean)).unwrap().broadcast_mul(&inv).unwrap().broadcast_mul(&cs(g.as_tensor())).unwrap().broadcast_add(&cs(b.as_tensor())).unwrap();
+        let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "forward {d}");
+        let r = Tensor::from_vec((0..n).map(|i| ((i * 13 % 7) as f32) - 3.0).collect::<Vec<f32>>(), (4, 3, 5, 2), &Device::Cpu).unwrap();
+        let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &g, &b] {
+            let a = ga.get(v.as_tensor()).unwrap();
+            let e = gb.get(v.as_tensor()).unwrap();
+            let d = (a - e).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-3, "backward {d}");
         }
     }
 }

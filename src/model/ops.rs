@@ -46,49 +46,35 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv2dCfg, train: 
     add_channel_bias(y, b)
 }
 
-/// Shape `[1, C, 1, …]` for broadcasting per-channel values over `x`.
-fn channel_shape(x: &Tensor) -> Vec<usize> {
-    let mut s = vec![1usize; x.rank()];
-    s[1] = x.dim(1).unwrap_or(1);
-    s
-}
-
 /// BatchNorm, eval: `y = (x − μ_run) / √(σ²_run + eps) · γ + β`.
 /// Train: batch statistics (biased variance) normalise, and the running statistics update as in
 /// PyTorch: `run ← (1 − m)·run + m·stat`, with the *unbiased* batch variance `σ²·n/(n−1)`.
 pub fn batchnorm(x: &Tensor, p: BnParams, c: &BatchNormCfg, train: bool) -> Result<Tensor> {
-    let cs = channel_shape(x);
-    if train {
-        // The fused op (bn_train.rs): one pass for the statistics, a hand-written backward.
-        let ch = x.dim(1)?;
-        let ones;
-        let zeros;
-        let (g, b) = match (p.weight, p.bias) {
-            (Some(g), Some(b)) => (g, b),
-            _ => {
-                ones = Tensor::ones(ch, x.dtype(), x.device())?;
-                zeros = Tensor::zeros(ch, x.dtype(), x.device())?;
-                (&ones, &zeros)
-            }
-        };
-        let (y, mean, var) = super::bn_train::forward(x, g, b, c.eps)?;
-        let n = x.elem_count() / ch;
-        let m = c.momentum;
-        let unbiased: Vec<f32> = var.iter().map(|&v| (v * n as f64 / (n.max(2) - 1) as f64) as f32).collect();
-        let mean: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
-        let dev = x.device();
-        let new_mean = ((p.running_mean.as_tensor() * (1.0 - m))? + (Tensor::from_vec(mean, ch, dev)? * m)?)?;
-        let new_var = ((p.running_var.as_tensor() * (1.0 - m))? + (Tensor::from_vec(unbiased, ch, dev)? * m)?)?;
-        p.running_mean.set(&new_mean)?;
-        p.running_var.set(&new_var)?;
-        return Ok(y);
+    // Both modes run one fused op (bn_train.rs) with a hand-written backward.
+    let ch = x.dim(1)?;
+    let ones;
+    let zeros;
+    let (g, b) = match (p.weight, p.bias) {
+        (Some(g), Some(b)) => (g, b),
+        _ => {
+            ones = Tensor::ones(ch, x.dtype(), x.device())?;
+            zeros = Tensor::zeros(ch, x.dtype(), x.device())?;
+            (&ones, &zeros)
+        }
+    };
+    if !train {
+        return super::bn_train::forward_fixed(x, g, b, p.running_mean.as_tensor(), p.running_var.as_tensor(), c.eps);
     }
-    let (mean, var) = (p.running_mean.as_tensor().reshape(cs.clone())?, p.running_var.as_tensor().reshape(cs.clone())?);
-    let inv = (var + c.eps)?.sqrt()?.recip()?;
-    let mut y = x.broadcast_sub(&mean)?.broadcast_mul(&inv)?;
-    if let (Some(g), Some(b)) = (p.weight, p.bias) {
-        y = y.broadcast_mul(&g.reshape(cs.clone())?)?.broadcast_add(&b.reshape(cs)?)?;
-    }
+    let (y, mean, var) = super::bn_train::forward(x, g, b, c.eps)?;
+    let n = x.elem_count() / ch;
+    let m = c.momentum;
+    let unbiased: Vec<f32> = var.iter().map(|&v| (v * n as f64 / (n.max(2) - 1) as f64) as f32).collect();
+    let mean: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+    let dev = x.device();
+    let new_mean = ((p.running_mean.as_tensor() * (1.0 - m))? + (Tensor::from_vec(mean, ch, dev)? * m)?)?;
+    let new_var = ((p.running_var.as_tensor() * (1.0 - m))? + (Tensor::from_vec(unbiased, ch, dev)? * m)?)?;
+    p.running_mean.set(&new_mean)?;
+    p.running_var.set(&new_var)?;
     Ok(y)
 }
 
