@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod job;
 pub mod model;
+pub mod parallel;
 pub mod passes;
 pub mod pipeline;
 pub mod progress;

@@ -7,22 +7,21 @@
 use crate::error::Result;
 use super::conv_op::{f32_slice, with_f32};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
+use crate::parallel::for_chunks;
 
 /// Per-channel batch statistics `(mean, biased variance)` of `[N, C, inner]` data:
 /// `μ = Σx / m`, `σ² = Σ(x − μ)² / m` with `m = N·inner`. Each contiguous run of `inner`
 /// values is summed in f32 lanes (`lane_sum`) and the runs are added in f64.
 pub fn batch_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f64>, Vec<f64>) {
     let m = (n * inner) as f64;
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let mean = channel_runs(x, n, c, inner, ch).map(|r| lane_sum(r, r, |v, _| v) as f64).sum::<f64>() / m;
-            let mu = mean as f32;
-            let var = channel_runs(x, n, c, inner, ch).map(|r| lane_sum(r, r, |v, _| (v - mu) * (v - mu)) as f64).sum::<f64>() / m;
-            (mean, var)
-        })
-        .unzip()
+    let mut stats = vec![(0f64, 0f64); c];
+    for_chunks(&mut stats, 1, x.len(), |ch, st| {
+        let mean = channel_runs(x, n, c, inner, ch).map(|r| lane_sum(r, r, |v, _| v) as f64).sum::<f64>() / m;
+        let mu = mean as f32;
+        let var = channel_runs(x, n, c, inner, ch).map(|r| lane_sum(r, r, |v, _| (v - mu) * (v - mu)) as f64).sum::<f64>() / m;
+        st[0] = (mean, var);
+    });
+    stats.into_iter().unzip()
 }
 
 /// The `n` contiguous runs of channel `ch` in `[N, C, inner]` data.
@@ -62,7 +61,8 @@ impl BnTrain {
     fn map_runs(&self, a: &[f32], b: &[f32], f: impl Fn(usize, &[f32], &[f32], &mut [f32]) + Sync) -> Vec<f32> {
         let (c, inner) = (self.c, self.inner);
         let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(c * inner).zip(a.par_chunks(c * inner).zip(b.par_chunks(c * inner))).for_each(|(o, (a, b))| {
+        for_chunks(&mut out, c * inner, a.len(), |s, o| {
+            let (a, b) = (&a[s * c * inner..(s + 1) * c * inner], &b[s * c * inner..(s + 1) * c * inner]);
             for ch in 0..c {
                 let r = ch * inner..(ch + 1) * inner;
                 f(ch, &a[r.clone()], &b[r.clone()], &mut o[r]);
@@ -99,14 +99,13 @@ impl CustomOp3 for BnTrain {
         let (dx, dgamma, dbeta) = with_f32(grad, op, |dy| {
             with_f32(x, op, |xs| {
                 let (n, mean, inv_std) = (self.n, &self.mean, &self.inv_std);
-                let (dgamma, dbeta): (Vec<f64>, Vec<f64>) = (0..c)
-                    .into_par_iter()
-                    .map(|ch| {
-                        let (mu, k) = (mean[ch], inv_std[ch]);
-                        let runs = channel_runs(xs, n, c, inner, ch).zip(channel_runs(dy, n, c, inner, ch));
-                        runs.fold((0f64, 0f64), |(dg, db), (xr, dr)| (dg + (lane_sum(xr, dr, |v, d| d * (v - mu)) * k) as f64, db + lane_sum(dr, dr, |d, _| d) as f64))
-                    })
-                    .unzip();
+                let mut sums = vec![(0f64, 0f64); c];
+                for_chunks(&mut sums, 1, xs.len(), |ch, out| {
+                    let (mu, k) = (mean[ch], inv_std[ch]);
+                    let runs = channel_runs(xs, n, c, inner, ch).zip(channel_runs(dy, n, c, inner, ch));
+                    out[0] = runs.fold((0f64, 0f64), |(dg, db), (xr, dr)| (dg + (lane_sum(xr, dr, |v, d| d * (v - mu)) * k) as f64, db + lane_sum(dr, dr, |d, _| d) as f64));
+                });
+                let (dgamma, dbeta): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
                 let coef: Vec<(f32, f32, f32)> = (0..c)
                     .map(|ch| {
                         let (k, gk) = (self.inv_std[ch] as f64, (g[ch] * self.inv_std[ch]) as f64);

@@ -4,7 +4,7 @@
 //! `unfold_tap_major` / `fold_tap_major` build and scatter back the whole patch matrix in the
 //! tap-major layout `cols[t][s·L + l]` the training GEMMs use.
 
-use rayon::prelude::*;
+use crate::parallel::for_chunks;
 
 /// Geometry of one unfolding.
 #[derive(Debug, Clone, Copy)]
@@ -107,7 +107,8 @@ pub fn patch_row<T: Copy>(g: &Geom, x: &[T], oy: usize, ox: usize, row: &mut [T]
 /// `[n, a, b] → [n, b, a]`: per sample, `out[j][i] = x[i][j]` (channels first ↔ channels last).
 pub fn transpose_batched(x: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(a * b).zip(x.par_chunks(a * b)).take(n).for_each(|(dst, src)| {
+    for_chunks(&mut out[..n * a * b], a * b, n * a * b, |s, dst| {
+        let src = &x[s * a * b..(s + 1) * a * b];
         for i in 0..a {
             for j in 0..b {
                 dst[j * a + i] = src[i * b + j];
@@ -187,7 +188,8 @@ pub fn unfold_tap_major(x: &[f32], g: &Geom) -> Vec<f32> {
     let (nl, l, plane, taps) = (g.n * g.l(), g.l(), g.h * g.w, g.kh * g.kw);
     let spans = TapSpan::all(g);
     let mut cols = vec![0f32; g.k() * nl];
-    cols.par_chunks_mut(nl).enumerate().for_each(|(t, row)| {
+    let work = cols.len();
+    for_chunks(&mut cols, nl, work, |t, row| {
         let ci = t / taps;
         let Some(span) = &spans[t % taps] else { return };
         for s in 0..g.n {
@@ -219,7 +221,8 @@ pub fn unfold_tap_major(x: &[f32], g: &Geom) -> Vec<f32> {
 pub fn fold_tap_major(mut cols: Vec<f32>, g: &Geom) -> Vec<f32> {
     let (nl, l, plane, taps) = (g.n * g.l(), g.l(), g.h * g.w, g.kh * g.kw);
     let spans = TapSpan::all(g);
-    cols.par_chunks_mut(nl).enumerate().for_each(|(t, row)| {
+    let work = cols.len();
+    for_chunks(&mut cols, nl, work, |t, row| {
         if let Some(TapSpan { flat: Some(f), .. }) = &spans[t % taps] {
             for s in 0..g.n {
                 for &q in &f.pads {
@@ -229,7 +232,7 @@ pub fn fold_tap_major(mut cols: Vec<f32>, g: &Geom) -> Vec<f32> {
         }
     });
     let mut dx = vec![0f32; g.n * g.c * plane];
-    dx.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
+    for_chunks(&mut dx, plane, work, |p, out| {
         let (s, ci) = (p / g.c, p % g.c);
         for (i, span) in spans.iter().enumerate() {
             let Some(span) = span else { continue };
@@ -254,7 +257,7 @@ pub fn fold_tap_major(mut cols: Vec<f32>, g: &Geom) -> Vec<f32> {
 /// `[a, b, inner] → [b, a, inner]`: swaps the two outer axes, moving `inner`-long runs.
 pub fn swap_outer(x: &[f32], a: usize, b: usize, inner: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(a * inner).enumerate().for_each(|(j, dst)| {
+    for_chunks(&mut out, a * inner, x.len(), |j, dst| {
         for i in 0..a {
             dst[i * inner..(i + 1) * inner].copy_from_slice(&x[(i * b + j) * inner..][..inner]);
         }

@@ -5,11 +5,11 @@
 use super::conv_op::{f32_slice, with_f32};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use rayon::prelude::*;
+use crate::parallel::for_chunks;
 
 struct Relu;
 
-/// Elements per parallel task (small tensors stay on one thread).
+/// Elements per task.
 const CHUNK: usize = 1 << 14;
 
 impl CustomOp1 for Relu {
@@ -19,11 +19,19 @@ impl CustomOp1 for Relu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        Ok((CpuStorage::F32(x.par_iter().with_min_len(CHUNK).map(|&v| v.max(0.0)).collect()), l.shape().clone()))
+        let mut y = vec![0f32; x.len()];
+        for_chunks(&mut y, CHUNK, x.len(), |i, out| out.iter_mut().zip(&x[i * CHUNK..]).for_each(|(o, &v)| *o = v.max(0.0)));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dx = with_f32(grad, self.name(), |d| with_f32(y, self.name(), |y| d.par_iter().zip(y).with_min_len(CHUNK).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect::<Vec<f32>>()))??;
+        let dx = with_f32(grad, self.name(), |d| {
+            with_f32(y, self.name(), |y| {
+                let mut dx = vec![0f32; d.len()];
+                for_chunks(&mut dx, CHUNK, d.len(), |i, out| out.iter_mut().zip(&d[i * CHUNK..]).zip(&y[i * CHUNK..]).for_each(|((o, &d), &v)| *o = if v > 0.0 { d } else { 0.0 }));
+                dx
+            })
+        })??;
         Ok(Some(Tensor::from_vec(dx, y.dims(), y.device())?))
     }
 }
