@@ -6,7 +6,8 @@
 # Usage: bench/run.sh [THREADS] [ROUNDS]   (defaults 1 and 3; run with 2 threads as well for scaling)
 # Each round measures wick, then ONNX Runtime, then PyTorch; the table shows, per workload, the
 # median over the rounds, so a burst of load from a neighbour on a shared machine skews one
-# round, not the comparison. Training is timed in the first round only (3 epochs each).
+# round, not the comparison. Training is timed in every round (the median of 2 epochs after a
+# warm-up epoch, in each tool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-1}
@@ -21,8 +22,7 @@ for m in digits_resnet digits_mlp; do
   model=fixtures/models/$m.safetensors
   wicks=() orts=() torches=()
   for ((r = 0; r < rounds; r++)); do
-    epochs=0
-    [ "$r" -eq 0 ] && epochs=3
+    epochs=2
     wicks+=("$(./target/release/wick --threads "$threads" bench "$model" --train $D/digits_train.safetensors --test $D/digits_test.safetensors --epochs $epochs --json)")
     orts+=("$(bench/.venv/bin/python bench/ort_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
           --data $D/digits_test.safetensors --calib $D/digits_train.safetensors --threads "$threads" 2>/dev/null)")
@@ -42,7 +42,7 @@ for kind in ("fp32", "int8"):
         w, o = med([r[kind][key] for r in ws]), med([r[kind][key] for r in os_])
         t = f"{med([r[kind][key] for r in ts]):.3f} ms | {med([r[kind][key] for r in ts]) / w:.2f}" if kind == "fp32" else " | "
         print(f"| {kind} inference, batch {b} | {w:.3f} ms | {o:.3f} ms | {o / w:.2f} | {t} |")
-tw, tt = ws[0]["train_epoch_s"], ts[0]["train_epoch_s"]
+tw, tt = med([r["train_epoch_s"] for r in ws]), med([r["train_epoch_s"] for r in ts])
 print(f"| training epoch (batch 64, SGD) | {tw:.3f} s | | | {tt:.3f} s | {tt / tw:.2f} |")
 print(f"| ORT int8 predictions flipped vs its fp32 | | {os_[0]['int8_flipped_vs_fp32']} of 360 | | | |")
 PY
