@@ -7,6 +7,7 @@ mod bn_train;
 pub mod forward;
 pub mod graph;
 mod conv_op;
+pub(crate) use conv_op::with_f32;
 pub mod im2col;
 mod relu_train;
 pub mod init;

@@ -3,6 +3,7 @@
 
 use crate::error::{Result, WickError};
 use candle_core::backprop::GradStore;
+use crate::model::with_f32;
 use candle_core::{Tensor, Var};
 use candle_nn::Optimizer as _;
 
@@ -28,7 +29,8 @@ impl std::str::FromStr for OptimizerKind {
 /// A live optimiser over a set of variables.
 pub enum Optimizer {
     /// PyTorch SGD: `g ← ∇ + wd·θ; b ← μ·b + g; step = nesterov ? g + μ·b : b; θ ← θ − lr·step`.
-    Sgd { vars: Vec<Var>, bufs: Vec<Option<Tensor>>, lr: f64, momentum: f64, nesterov: bool, weight_decay: f64 },
+    /// One pass per variable over plain slices: candle ops would allocate five temporaries.
+    Sgd { vars: Vec<Var>, bufs: Vec<Option<Vec<f32>>>, lr: f64, momentum: f64, nesterov: bool, weight_decay: f64 },
     AdamW(candle_nn::AdamW),
 }
 
@@ -60,24 +62,29 @@ impl Optimizer {
         match self {
             Optimizer::AdamW(a) => Ok(a.step(grads)?),
             Optimizer::Sgd { vars, bufs, lr, momentum, nesterov, weight_decay } => {
+                let (lr, mu, wd, nesterov) = (*lr as f32, *momentum as f32, *weight_decay as f32, *nesterov);
                 for (v, buf) in vars.iter().zip(bufs.iter_mut()) {
                     let Some(g) = grads.get(v.as_tensor()) else { continue };
-                    let mut g = g.clone();
-                    if *weight_decay != 0.0 {
-                        g = (g + (v.as_tensor() * *weight_decay)?)?;
-                    }
-                    let step = if *momentum != 0.0 {
-                        let b = match buf.take() {
-                            Some(b) => ((b * *momentum)? + &g)?,
-                            None => g.clone(),
-                        };
-                        let s = if *nesterov { (&g + (&b * *momentum)?)? } else { b.clone() };
-                        *buf = Some(b);
-                        s
-                    } else {
-                        g
-                    };
-                    v.set(&(v.as_tensor() - (step * *lr)?)?)?;
+                    let theta = with_f32(v.as_tensor(), "sgd", |theta| {
+                        with_f32(g, "sgd", |g| {
+                            let first = buf.is_none();
+                            let b = buf.get_or_insert_with(|| vec![0f32; g.len()]);
+                            theta
+                                .iter()
+                                .zip(g)
+                                .zip(b.iter_mut())
+                                .map(|((&t, &g), b)| {
+                                    let g = g + wd * t;
+                                    if mu == 0.0 {
+                                        return t - lr * g;
+                                    }
+                                    *b = if first { g } else { mu * *b + g };
+                                    t - lr * if nesterov { g + mu * *b } else { *b }
+                                })
+                                .collect::<Vec<f32>>()
+                        })
+                    })??;
+                    v.set(&Tensor::from_vec(theta, v.dims(), v.device())?)?;
                 }
                 Ok(())
             }
@@ -124,5 +131,23 @@ mod tests {
         }
         let t: Vec<f32> = v.as_tensor().to_vec1().unwrap();
         assert!((t[0] - 0.46).abs() < 1e-6, "{t:?}");
+    }
+
+    #[test]
+    fn sgd_nesterov_with_weight_decay_matches_hand_computation() {
+        // Loss θ², θ0 = 1, lr 0.1, μ 0.9, wd 0.1, Nesterov:
+        // g1 = 2 + 0.1 = 2.1, b1 = 2.1, θ1 = 1 − 0.1·(2.1 + 0.9·2.1) = 0.601;
+        // g2 = 1.202 + 0.0601 = 1.2621, b2 = 0.9·2.1 + 1.2621 = 3.1521,
+        // θ2 = 0.601 − 0.1·(1.2621 + 0.9·3.1521) = 0.191101. Without momentum: θ1 = 1 − 0.1·2.1.
+        for (momentum, expect) in [(0.9, [0.601f32, 0.191101]), (0.0, [0.79, 0.79 - 0.1 * (1.58 + 0.079)])] {
+            let v = Var::new(&[1f32], &Device::Cpu).unwrap();
+            let mut o = Optimizer::new(OptimizerKind::Sgd, vec![v.clone()], 0.1, 0.1, momentum).unwrap();
+            for e in expect {
+                let loss = v.as_tensor().sqr().unwrap().sum_all().unwrap();
+                o.step(&loss.backward().unwrap()).unwrap();
+                let t: Vec<f32> = v.as_tensor().to_vec1().unwrap();
+                assert!((t[0] - e).abs() < 1e-6, "{t:?} vs {e} (momentum {momentum})");
+            }
+        }
     }
 }
