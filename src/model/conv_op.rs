@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 /// `dst[m×n]` (row-major) `= lhs · rhs`, each operand given by its row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) {
+pub(crate) fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) {
     // Elements a strided `rows × cols` operand spans.
     let reach = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs + 1;
     if m == 0 || n == 0 {

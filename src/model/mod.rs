@@ -9,6 +9,7 @@ pub mod graph;
 mod conv_op;
 pub(crate) use conv_op::with_f32;
 pub mod im2col;
+mod linear_op;
 mod relu_train;
 pub mod init;
 pub mod load;

@@ -6,13 +6,10 @@ use super::graph::{pool_params, sample_dim};
 use crate::error::{Result, WickError};
 use candle_core::{DType, Tensor, D};
 
-/// `y = x · Wᵀ + b` over the last dim (any number of leading dims).
+/// `y = x · Wᵀ + b` over the last dim (any number of leading dims): one op with its own
+/// backward (linear_op.rs).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = if x.rank() == 2 { x.matmul(&w.t()?)? } else { x.broadcast_matmul(&w.t()?)? };
-    Ok(match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    })
+    super::linear_op::linear(x, w, b)
 }
 
 /// Adds a per-channel bias on axis 1 of an `[N, C, …]` tensor.
