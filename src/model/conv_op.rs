@@ -14,6 +14,9 @@ use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 use std::sync::Mutex;
 
+/// Multiply-adds from which a GEMM is split over the rayon pool.
+const PARALLEL_MIN_MACS: usize = 1 << 21;
+
 /// `dst[m×n]` (row-major) `= lhs · rhs`, each operand given by its row and column strides.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) {
@@ -27,9 +30,11 @@ pub(crate) fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32],
         return;
     }
     assert!(dst.len() >= m * n && lhs.len() >= reach(m, k, lhs_rs, lhs_cs) && rhs.len() >= reach(k, n, rhs_rs, rhs_cs));
+    // Small products stay on the calling thread: handing them to the pool costs more than they
+    // take (the integer GEMM uses the same bound).
     let par = match rayon::current_num_threads() {
-        1 => gemm::Parallelism::None,
-        t => gemm::Parallelism::Rayon(t),
+        t if t > 1 && m * n * k >= PARALLEL_MIN_MACS => gemm::Parallelism::Rayon(t),
+        _ => gemm::Parallelism::None,
     };
     // SAFETY: the assertion above keeps every index the strides reach inside the slices, and
     // dst (a &mut) cannot alias the operands.
