@@ -11,11 +11,9 @@
 
 use super::im2col::{fold_tap_major, swap_outer, transpose_batched, unfold_tap_major, Geom};
 use crate::error::Result;
+use crate::parallel::PARALLEL_MIN_MACS;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 use std::sync::Mutex;
-
-/// Multiply-adds from which a GEMM is split over the rayon pool.
-const PARALLEL_MIN_MACS: usize = 1 << 21;
 
 /// `dst[m×n]` (row-major) `= lhs · rhs`, each operand given by its row and column strides.
 #[allow(clippy::too_many_arguments)]
@@ -30,8 +28,7 @@ pub(crate) fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32],
         return;
     }
     assert!(dst.len() >= m * n && lhs.len() >= reach(m, k, lhs_rs, lhs_cs) && rhs.len() >= reach(k, n, rhs_rs, rhs_cs));
-    // Small products stay on the calling thread: handing them to the pool costs more than they
-    // take (the integer GEMM uses the same bound).
+    // Small products stay on the calling thread (the bound the integer GEMM uses too).
     let par = match rayon::current_num_threads() {
         t if t > 1 && m * n * k >= PARALLEL_MIN_MACS => gemm::Parallelism::Rayon(t),
         _ => gemm::Parallelism::None,

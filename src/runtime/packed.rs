@@ -14,10 +14,7 @@ use rayon::prelude::*;
 /// Columns per packed panel (one 256-bit vector of i32 lanes).
 pub const PANEL: usize = 8;
 
-/// Products smaller than this many multiply-adds (about 40 µs of work) run on the calling
-/// thread: waking the pool costs more than it saves below it (measured at batch 1, where the
-/// ResNet's 0.6 M-MAC layers ran 2x slower on 2 threads than on 1 with the old 1 << 18).
-pub const PARALLEL_MIN_MACS: usize = 1 << 21;
+use crate::parallel::PARALLEL_MIN_MACS;
 
 /// The instruction set a packed GEMM runs on, chosen at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
