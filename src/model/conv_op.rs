@@ -111,8 +111,7 @@ impl CustomOp2 for Conv {
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: (usize, usize), dil: usize, train: bool) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
     let (o, _, kh, kw) = w.dims4()?;
-    let out = |len: usize, k: usize, p: usize| (len + 2 * p - dil * (k - 1) - 1) / stride + 1;
-    let g = Geom { n, c, h, w: wd, kh, kw, stride, ph: pad.0, pw: pad.1, dil, ho: out(h, kh, pad.0), wo: out(wd, kw, pad.1) };
+    let g = Geom::new(n, c, (h, wd), (kh, kw), stride, pad, dil);
     let op = Conv { g, out_channels: o, keep_cols: train, cols: Mutex::new(None) };
     Ok(x.contiguous()?.apply_op2(&w.contiguous()?, op)?)
 }

@@ -24,6 +24,15 @@ pub struct Geom {
 }
 
 impl Geom {
+    /// The unfolding of `n` samples of `c × h × w` by a `kh × kw` kernel, with output size
+    /// `⌊(len + 2·pad − dil·(k − 1) − 1) / stride⌋ + 1` per axis (shapes already validated by
+    /// the graph).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(n: usize, c: usize, (h, w): (usize, usize), (kh, kw): (usize, usize), stride: usize, (ph, pw): (usize, usize), dil: usize) -> Geom {
+        let out = |len: usize, k: usize, p: usize| (len + 2 * p - dil * (k - 1) - 1) / stride + 1;
+        Geom { n, c, h, w, kh, kw, stride, ph, pw, dil, ho: out(h, kh, ph), wo: out(w, kw, pw) }
+    }
+
     /// Taps per position: `C·kh·kw`.
     pub fn k(&self) -> usize {
         self.c * self.kh * self.kw
@@ -273,9 +282,7 @@ mod tests {
     fn geoms() -> Vec<Geom> {
         let mut v = vec![];
         for (stride, ph, pw, dil, kh, kw) in [(1, 1, 1, 1, 3, 3), (2, 1, 1, 1, 3, 3), (1, 2, 0, 2, 3, 2), (2, 0, 0, 1, 1, 1), (3, 2, 1, 1, 3, 3), (1, 0, 0, 1, 5, 4), (1, 2, 2, 2, 3, 3), (1, 3, 1, 1, 3, 3)] {
-            let (h, w) = (7, 6);
-            let out = |len: usize, k: usize, p: usize| (len + 2 * p - dil * (k - 1) - 1) / stride + 1;
-            v.push(Geom { n: 2, c: 3, h, w, kh, kw, stride, ph, pw, dil, ho: out(h, kh, ph), wo: out(w, kw, pw) });
+            v.push(Geom::new(2, 3, (7, 6), (kh, kw), stride, (ph, pw), dil));
         }
         v
     }

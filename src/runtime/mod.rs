@@ -126,8 +126,8 @@ struct ConvGeom {
 
 impl ConvGeom {
     fn new(d: &[usize], o: usize, k: (usize, usize), stride: usize, pad: (usize, usize), dil: usize, groups: usize) -> ConvGeom {
-        let out = |len: usize, k: usize, p: usize| (len + 2 * p - dil * (k - 1) - 1) / stride + 1;
-        ConvGeom { n: d[0], c: d[1], h: d[2], w: d[3], o, k, stride, pad, dil, groups, ho: out(d[2], k.0, pad.0), wo: out(d[3], k.1, pad.1) }
+        let g = Geom::new(d[0], d[1], (d[2], d[3]), k, stride, pad, dil);
+        ConvGeom { n: d[0], c: d[1], h: d[2], w: d[3], o, k, stride, pad, dil, groups, ho: g.ho, wo: g.wo }
     }
 }
 
@@ -140,7 +140,7 @@ impl IntegerHook<'_> {
         let mut y = vec![0f32; g.n * g.o * positions];
         for gi in 0..g.groups {
             // Patches of every sample stacked: one GEMM of [N·positions, kg] × [og, kg]ᵀ.
-            let geom = Geom { n: 1, c: cg, h: g.h, w: g.w, kh: g.k.0, kw: g.k.1, stride: g.stride, ph: g.pad.0, pw: g.pad.1, dil: g.dil, ho: g.ho, wo: g.wo };
+            let geom = Geom::new(1, cg, (g.h, g.w), g.k, g.stride, g.pad, g.dil);
             let unfold = |s: usize| im2col(&codes[s * plane + gi * cg * g.h * g.w..s * plane + (gi + 1) * cg * g.h * g.w], &geom, zp as u8);
             let cols: Vec<u8> = (0..g.n).map(unfold).collect::<Vec<_>>().concat();
             let wg = &p.q.weight.values[gi * og * kg..(gi + 1) * og * kg];
