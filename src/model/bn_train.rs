@@ -173,8 +173,20 @@ pub fn forward_fixed(x: &Tensor, gamma: &Tensor, beta: &Tensor, mean: &Tensor, v
 
 #[cfg(test)]
 mod tests {
+    use super::super::op_test_support::{grad_diffs, max_diff};
     use super::*;
     use candle_core::{Device, Var};
+
+    /// `x [4, 3, 5, 2]`, `γ`, `β` (as variables) and the gradient probe `r` both tests use.
+    fn inputs() -> (Var, Var, Var, Tensor) {
+        let n = 4 * 3 * 5 * 2;
+        let xv: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32) / 17.0 - 2.0).collect();
+        let x = Var::from_tensor(&Tensor::from_vec(xv, (4, 3, 5, 2), &Device::Cpu).unwrap()).unwrap();
+        let g = Var::new(&[1.5f32, -0.5, 2.0], &Device::Cpu).unwrap();
+        let b = Var::new(&[0.1f32, 0.2, -0.3], &Device::Cpu).unwrap();
+        let r = Tensor::from_vec((0..n).map(|i| ((i * 13 % 7) as f32) - 3.0).collect::<Vec<f32>>(), (4, 3, 5, 2), &Device::Cpu).unwrap();
+        (x, g, b, r)
+    }
 
     /// The same normalisation composed from candle ops, differentiated by candle.
     fn composed(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Tensor {
@@ -189,48 +201,28 @@ mod tests {
 
     #[test]
     fn matches_composed_ops_forward_and_backward() {
-        let n = 4 * 3 * 5 * 2;
-        let xv: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32) / 17.0 - 2.0).collect();
-        let x = Var::from_tensor(&Tensor::from_vec(xv, (4, 3, 5, 2), &Device::Cpu).unwrap()).unwrap();
-        let g = Var::new(&[1.5f32, -0.5, 2.0], &Device::Cpu).unwrap();
-        let b = Var::new(&[0.1f32, 0.2, -0.3], &Device::Cpu).unwrap();
-        let r = Tensor::from_vec((0..n).map(|i| ((i * 13 % 7) as f32) - 3.0).collect::<Vec<f32>>(), (4, 3, 5, 2), &Device::Cpu).unwrap();
+        let (x, g, b, r) = inputs();
         let (ours, mean, var) = forward(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
         let theirs = composed(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5);
-        let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = max_diff(&ours, &theirs);
         assert!(d < 1e-5, "forward {d}");
         assert_eq!((mean.len(), var.len()), (3, 3));
-        let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        for v in [&x, &g, &b] {
-            let a = ga.get(v.as_tensor()).unwrap();
-            let e = gb.get(v.as_tensor()).unwrap();
-            let d = (a - e).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        for d in grad_diffs(&ours, &theirs, &r, &[&x, &g, &b]) {
             assert!(d < 1e-4, "backward {d}");
         }
     }
 
     #[test]
     fn fixed_statistics_match_composed_ops_forward_and_backward() {
-        let n = 4 * 3 * 5 * 2;
-        let xv: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32) / 17.0 - 2.0).collect();
-        let x = Var::from_tensor(&Tensor::from_vec(xv, (4, 3, 5, 2), &Device::Cpu).unwrap()).unwrap();
-        let g = Var::new(&[1.5f32, -0.5, 2.0], &Device::Cpu).unwrap();
-        let b = Var::new(&[0.1f32, 0.2, -0.3], &Device::Cpu).unwrap();
+        let (x, g, b, r) = inputs();
         let (mean, var) = (Tensor::new(&[0.3f32, -1.0, 2.0], &Device::Cpu).unwrap(), Tensor::new(&[0.5f32, 2.0, 0.01], &Device::Cpu).unwrap());
         let ours = forward_fixed(x.as_tensor(), g.as_tensor(), b.as_tensor(), &mean, &var, 1e-5).unwrap();
         let cs = |t: &Tensor| t.reshape((1, 3, 1, 1)).unwrap();
         let inv = (cs(&var) + 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
         let theirs = x.as_tensor().broadcast_sub(&cs(&mean)).unwrap().broadcast_mul(&inv).unwrap().broadcast_mul(&cs(g.as_tensor())).unwrap().broadcast_add(&cs(b.as_tensor())).unwrap();
-        let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = max_diff(&ours, &theirs);
         assert!(d < 1e-4, "forward {d}");
-        let r = Tensor::from_vec((0..n).map(|i| ((i * 13 % 7) as f32) - 3.0).collect::<Vec<f32>>(), (4, 3, 5, 2), &Device::Cpu).unwrap();
-        let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        for v in [&x, &g, &b] {
-            let a = ga.get(v.as_tensor()).unwrap();
-            let e = gb.get(v.as_tensor()).unwrap();
-            let d = (a - e).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        for d in grad_diffs(&ours, &theirs, &r, &[&x, &g, &b]) {
             assert!(d < 1e-3, "backward {d}");
         }
     }

@@ -118,18 +118,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: (usize, usize), dil: u
 
 #[cfg(test)]
 mod tests {
+    use super::super::op_test_support::{grad_diffs, max_diff, rnd};
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn rnd(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-    }
+    use candle_core::Var;
 
     #[test]
     fn matches_candle_conv_forward_and_backward() {
@@ -143,11 +134,7 @@ mod tests {
                 assert_eq!(ours.dims(), theirs.dims());
                 assert!(max_diff(&ours, &theirs) < 1e-4, "forward at stride {stride} pad {pad:?} dil {dil}");
                 // Same loss, same gradients: Σ y·r for a fixed r.
-                let r = rnd(ours.dims(), 3);
-                let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                let gb = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                for v in [&x, &w] {
-                    let d = max_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+                for d in grad_diffs(&ours, &theirs, &rnd(ours.dims(), 3), &[&x, &w]) {
                     assert!(d < 1e-3, "backward {d} at stride {stride} pad {pad:?} dil {dil} (train {train})");
                 }
             }

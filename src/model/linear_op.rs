@@ -101,14 +101,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::op_test_support::{grad_diffs, max_diff, rnd};
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn rnd(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use candle_core::Var;
 
     #[test]
     fn matches_composed_candle_ops_forward_and_backward() {
@@ -124,14 +119,10 @@ mod tests {
                 theirs = theirs.broadcast_add(b.as_tensor()).unwrap();
             }
             assert_eq!(ours.dims(), theirs.dims());
-            let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = max_diff(&ours, &theirs);
             assert!(d < 1e-5, "forward {d}");
-            let r = rnd(ours.dims(), 4);
-            let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let vars: Vec<&Var> = if bias { vec![&x, &w, &b] } else { vec![&x, &w] };
-            for v in vars {
-                let d = (ga.get(v.as_tensor()).unwrap() - gb.get(v.as_tensor()).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            for d in grad_diffs(&ours, &theirs, &rnd(ours.dims(), 4), &vars) {
                 assert!(d < 1e-3, "backward {d} for {xs:?}");
             }
         }

@@ -10,6 +10,8 @@ mod conv_op;
 pub(crate) use conv_op::with_f32;
 pub mod im2col;
 mod linear_op;
+#[cfg(test)]
+mod op_test_support;
 mod relu_train;
 pub mod init;
 pub mod load;
