@@ -1,5 +1,7 @@
 //! Profiling aid: times training epochs of a float model (batch 64, SGD with momentum, as
 //! `wick bench` does) on TRAIN (`cargo run --release --example train_loop -- MODEL TRAIN [EPOCHS]`).
+//! The CLI sets `CANDLE_NUM_THREADS=1`; set it here too (and `RAYON_NUM_THREADS`) to time what
+//! `wick` runs.
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
