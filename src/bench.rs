@@ -1,6 +1,6 @@
-//! Speed measurements for `wick bench`: float and INT8 inference at batch 1 and a large batch,
-//! and one training epoch, each the median of repeated runs after warm-up. Ratios are taken
-//! against baselines measured in the same run.
+//! Speed measurements for `wick bench`: float (compiled, and candle's executor for comparison)
+//! and INT8 inference at batch 1 and a large batch, and one training epoch, each the median of
+//! repeated runs after warm-up. Ratios are taken against baselines measured in the same run.
 
 use crate::artifact::Int8Model;
 use crate::calibrate::{CalibConfig, Method};
@@ -12,7 +12,7 @@ use crate::passes::ptq::ptq;
 use crate::progress::Silent;
 use crate::quant::ActType;
 use crate::report::latency::{measure, Latency};
-use crate::runtime::{kernels::Kernel, Exec, Executor};
+use crate::runtime::{kernels::Kernel, plan::Plan, Exec, Executor};
 use crate::train::{fit, loss, OptimizerKind, TrainConfig};
 use serde::Serialize;
 use std::time::Instant;
@@ -22,7 +22,11 @@ use std::time::Instant;
 pub struct BenchResult {
     pub model: String,
     pub threads: usize,
+    /// The compiled float runtime (what `wick eval` runs).
     pub fp32: Latency,
+    /// The candle executor, for comparison (what float inference ran on before the compiled
+    /// float runtime, and still the reference it is tested against).
+    pub fp32_candle: Latency,
     pub int8: Latency,
     /// Median seconds of one training epoch (batch 64, forward + backward + SGD step).
     pub train_epoch_s: f64,
@@ -61,7 +65,9 @@ pub fn train_epoch_seconds(model: &Model, train: &Dataset, reps: usize) -> Resul
 /// All measurements for one model.
 pub fn bench(name: &str, model: &Model, train: &Dataset, test: &Dataset, threads: usize, epochs: usize) -> Result<BenchResult> {
     let q = int8_of(model, train)?;
-    let fp32 = measure(test, 64, &|x| model.forward(x, Mode::Eval))?;
+    let plan = Plan::float(model)?;
+    let fp32 = measure(test, 64, &|x| plan.predict(x))?;
+    let fp32_candle = measure(test, 64, &|x| model.forward(x, Mode::Eval))?;
     let ex = Executor::new(&q, Exec::Integer(Kernel::Fast))?;
     let int8 = measure(test, 64, &|x| ex.predict(x))?;
     let train_epoch_s = if epochs > 0 { train_epoch_seconds(model, train, epochs)? } else { 0.0 };
@@ -72,6 +78,7 @@ pub fn bench(name: &str, model: &Model, train: &Dataset, test: &Dataset, threads
         int8_speedup_batch1: fp32.batch1_ms / int8.batch1_ms,
         int8_kernel: crate::runtime::packed::Isa::detect().name(),
         fp32,
+        fp32_candle,
         int8,
         train_epoch_s,
     })

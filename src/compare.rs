@@ -71,7 +71,7 @@ pub fn file_bytes(p: &Path) -> Result<u64> {
 pub fn compare(teacher: &Model, teacher_path: &Path, artifact: &Path, test: &Dataset, progress: &dyn Progress) -> Result<Comparison> {
     let t = evaluate(teacher, test, 256, progress)?;
     let q = read_int8(artifact)?;
-    let c = crate::runtime::evaluate(&q, test, 256, Exec::Integer(Kernel::Fast), progress)?;
+    let c = crate::eval::evaluate_int8(&q, test, 256, Exec::Integer(Kernel::Fast), progress)?;
     Ok(Comparison::of(t, c, file_bytes(teacher_path)?, file_bytes(artifact)?))
 }
 

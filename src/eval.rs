@@ -1,12 +1,16 @@
 //! Classification metrics over a data set for any predictor that maps a batch of inputs to
 //! logits: top-1 accuracy and mean cross-entropy `CE = logsumexp(z) − z_y` (computed in f64).
-//! Uses `data`, `model`, `progress`.
+//! Float models run on the compiled float runtime, INT8 models on the integer one. Uses
+//! `artifact`, `data`, `model`, `progress`, `runtime`.
 
+use crate::artifact::Int8Model;
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
 use crate::model::forward::Mode;
 use crate::model::Model;
 use crate::progress::Progress;
+use crate::runtime::plan::Plan;
+use crate::runtime::{Exec, Executor};
 use candle_core::Tensor;
 use serde::Serialize;
 
@@ -75,10 +79,25 @@ pub fn evaluate_with(
     Ok(r)
 }
 
-/// Evaluates a float model in eval mode.
+/// Evaluates a float model in eval mode on the compiled float runtime (`runtime::plan`).
 pub fn evaluate(model: &Model, data: &Dataset, batch_size: usize, progress: &dyn Progress) -> Result<EvalResult> {
     data.check_fits(model.input_shape(), model.num_classes())?;
+    let plan = Plan::float(model)?;
+    evaluate_with(data, batch_size, progress, |x| plan.predict(x))
+}
+
+/// Evaluates a float model in eval mode on the candle executor: the reference the compiled
+/// float runtime is checked against.
+pub fn evaluate_reference(model: &Model, data: &Dataset, batch_size: usize, progress: &dyn Progress) -> Result<EvalResult> {
+    data.check_fits(model.input_shape(), model.num_classes())?;
     evaluate_with(data, batch_size, progress, |x| model.forward(x, Mode::Eval))
+}
+
+/// Evaluates an INT8 model, executed as `exec` says.
+pub fn evaluate_int8(m: &Int8Model, data: &Dataset, batch_size: usize, exec: Exec, progress: &dyn Progress) -> Result<EvalResult> {
+    data.check_fits(m.model.input_shape(), m.model.num_classes())?;
+    let ex = Executor::new(m, exec)?;
+    evaluate_with(data, batch_size, progress, |x| ex.predict(x))
 }
 
 /// Fraction of positions where two prediction lists agree.

@@ -141,7 +141,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
             let mut one = BTreeMap::new();
             one.insert(name.clone(), layer.input);
             let single = Int8Model::quantize(&outcome.folded, &one)?;
-            let acc = crate::runtime::evaluate(&single, &val, 256, Exec::Integer(Kernel::Fast), &crate::progress::Silent)?.accuracy;
+            let acc = crate::eval::evaluate_int8(&single, &val, 256, Exec::Integer(Kernel::Fast), &crate::progress::Silent)?.accuracy;
             sensitivity.push(Sensitivity { layer: name.clone(), drop_points: drop_points(teacher_val, acc) });
         }
         sensitivity.sort_by(|a, b| b.drop_points.total_cmp(&a.drop_points).then(a.layer.cmp(&b.layer)));
@@ -152,7 +152,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     let (int8_eval, gate, int8_model) = loop {
         q.save(&staged)?;
         let back = read_int8(&staged)?;
-        let e = crate::runtime::evaluate(&back, &test, 256, Exec::Integer(Kernel::Fast), progress)?;
+        let e = crate::eval::evaluate_int8(&back, &test, 256, Exec::Integer(Kernel::Fast), progress)?;
         let (dp, dr) = (drop_points(teacher_eval.accuracy, e.accuracy), drop_relative(teacher_eval.accuracy, e.accuracy));
         let g = report::gate(dp, dr, spec.max_accuracy_drop, spec.max_relative_drop);
         let next = sensitivity.iter().map(|s| &s.layer).find(|l| !fallback.contains(*l)).cloned();
@@ -172,7 +172,8 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     q.save(&staged)?;
 
     progress.start("latency", 2);
-    let t_lat = latency::measure(&test, 64, &|x| teacher.forward(x, crate::model::forward::Mode::Eval))?;
+    let t_plan = crate::runtime::plan::Plan::float(&teacher)?;
+    let t_lat = latency::measure(&test, 64, &|x| t_plan.predict(x))?;
     progress.inc(1);
     let ex = Executor::new(&int8_model, Exec::Integer(Kernel::Fast))?;
     let q_lat = latency::measure(&test, 64, &|x| ex.predict(x))?;
@@ -181,7 +182,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
 
     let cmp = Comparison::of(teacher_eval, int8_eval, file_bytes(&spec.model)?, file_bytes(&staged)?);
     let final_path = spec.out.join(ARTIFACT);
-    let t_side = report::side(&spec.model.display().to_string(), &cmp.teacher, cmp.bytes_before, &teacher, t_lat, "float32 (candle)");
+    let t_side = report::side(&spec.model.display().to_string(), &cmp.teacher, cmp.bytes_before, &teacher, t_lat, "float32 (compiled float runtime, BatchNorm folded)");
     let c_side = report::side(&final_path.display().to_string(), &cmp.compressed, cmp.bytes_after, &int8_model.model, q_lat,
         &format!("integer arithmetic: u8 x i8 -> i32 ({} kernel), the written file read back", crate::runtime::packed::Isa::detect().name()));
     let inputs: BTreeMap<String, FileInfo> = serde_json::from_value(fingerprint["inputs"].clone()).unwrap_or_default();

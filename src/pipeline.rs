@@ -95,7 +95,7 @@ pub fn run(recipe: &Recipe, inp: &Inputs, progress: &dyn Progress) -> Result<Out
                 Stage { pass: name, summary, seconds: started.elapsed().as_secs_f64(), params: total_params(m), macs: total_macs(m), weight_bytes: float_bytes(m), test_accuracy: evaluate(m, inp.test, 256, &Silent)?.accuracy }
             }
             State::Int8 { q, .. } => {
-                let acc = crate::runtime::evaluate(q, inp.test, 256, Exec::Integer(Kernel::Fast), &Silent)?.accuracy;
+                let acc = crate::eval::evaluate_int8(q, inp.test, 256, Exec::Integer(Kernel::Fast), &Silent)?.accuracy;
                 Stage { pass: name, summary, seconds: started.elapsed().as_secs_f64(), params: total_params(&q.model), macs: total_macs(&q.model), weight_bytes: int8_weight_bytes(q), test_accuracy: acc }
             }
         };

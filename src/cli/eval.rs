@@ -1,14 +1,14 @@
 //! `wick eval MODEL --data FILE`: top-1 accuracy, mean cross-entropy and the sample count. An
 //! INT8 artifact runs with integer arithmetic, or as its fake-quant float simulation with
-//! `--simulate`.
+//! `--simulate`; a float model on the compiled float runtime. `--reference` runs the oracle.
 
 use super::progress::CliProgress;
 use super::Outcome;
 use std::path::PathBuf;
 use wick::artifact::{load_any, AnyModel};
 use wick::data::Dataset;
-use wick::eval::evaluate;
-use wick::runtime::{self, kernels::Kernel, Exec};
+use wick::eval::{evaluate, evaluate_int8, evaluate_reference};
+use wick::runtime::{kernels::Kernel, Exec};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,7 +22,8 @@ pub struct Args {
     /// INT8 artifacts: evaluate the fake-quant float simulation instead of integer execution.
     #[arg(long)]
     simulate: bool,
-    /// INT8 artifacts: use the scalar reference kernels (slow; the oracle).
+    /// Run the reference executor (slow; the oracle): the scalar integer kernels for an INT8
+    /// artifact, candle's executor for a float model.
     #[arg(long)]
     reference: bool,
     /// Print one JSON object on stdout.
@@ -40,10 +41,13 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let progress = CliProgress::new(a.quiet);
     let (r, how) = match &model {
         AnyModel::Float(m) => {
-            if a.simulate || a.reference {
-                anyhow::bail!("--simulate and --reference apply to INT8 artifacts; {} is a float model", a.m.model.display());
+            if a.simulate {
+                anyhow::bail!("--simulate applies to INT8 artifacts; {} is a float model", a.m.model.display());
             }
-            (evaluate(m, &data, a.batch_size, &progress)?, "float32")
+            match a.reference {
+                true => (evaluate_reference(m, &data, a.batch_size, &progress)?, "float32 (candle executor)"),
+                false => (evaluate(m, &data, a.batch_size, &progress)?, "float32"),
+            }
         }
         AnyModel::Int8(q) => {
             let exec = match (a.simulate, a.reference) {
@@ -52,7 +56,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
                 (false, false) => Exec::Integer(Kernel::Fast),
             };
             let how = if a.simulate { "int8 simulated (fake-quant float)" } else { "int8 integer execution" };
-            (runtime::evaluate(q, &data, a.batch_size, exec, &progress)?, how)
+            (evaluate_int8(q, &data, a.batch_size, exec, &progress)?, how)
         }
     };
     if a.json {

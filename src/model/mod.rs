@@ -3,6 +3,7 @@
 //! the submodules. Uses `error`, `tensor_file` and candle.
 
 pub mod arch;
+pub mod fold;
 mod bn_train;
 pub mod forward;
 pub mod graph;

@@ -6,8 +6,12 @@
 //! each quantised layer by plain loops (this file, the oracle). `Simulate` runs the fake-quant
 //! float model instead, so the two can be compared. Uses `artifact`, `model`, `quant`.
 
+pub mod blocked;
+pub mod flayer;
 pub mod kernels;
+pub mod layout;
 pub mod packed;
+pub mod packed_f32;
 pub mod vnni;
 pub mod plan;
 pub mod qlayer;
@@ -18,9 +22,6 @@ use crate::error::{Result, WickError};
 use crate::model::arch::{Node, Op};
 use crate::model::forward::{Hook, Mode, Run};
 use crate::quant::fake::fake_quant_act;
-use crate::data::Dataset;
-use crate::eval::EvalResult;
-use crate::progress::Progress;
 use candle_core::Tensor;
 use crate::model::im2col::Geom;
 use kernels::{gemm_u8i8, im2col, quantize_u8, Kernel};
@@ -185,14 +186,14 @@ enum How<'a> {
     /// the simulation).
     Hooked(Box<dyn Hook + Sync + 'a>),
     /// The compiled runtime (the fast kernel).
-    Compiled(plan::Plan<'a>),
+    Compiled(Box<plan::Plan>),
 }
 
 impl<'a> Executor<'a> {
     /// Prepares `m` for execution with `exec`.
     pub fn new(m: &'a Int8Model, exec: Exec) -> Result<Executor<'a>> {
         let how = match exec {
-            Exec::Integer(Kernel::Fast) => How::Compiled(plan::Plan::new(m)?),
+            Exec::Integer(Kernel::Fast) => How::Compiled(Box::new(plan::Plan::int8(m)?)),
             Exec::Integer(Kernel::Reference) => How::Hooked(Box::new(IntegerHook::new(m)?)),
             Exec::Simulate => How::Hooked(Box::new(SimulateHook { layers: &m.layers })),
         };
@@ -206,11 +207,4 @@ impl<'a> Executor<'a> {
             How::Compiled(p) => p.predict(x),
         }
     }
-}
-
-/// Evaluates an INT8 model on a data set.
-pub fn evaluate(m: &Int8Model, data: &Dataset, batch_size: usize, exec: Exec, progress: &dyn Progress) -> Result<EvalResult> {
-    data.check_fits(m.model.input_shape(), m.model.num_classes())?;
-    let ex = Executor::new(m, exec)?;
-    crate::eval::evaluate_with(data, batch_size, progress, |x| ex.predict(x))
 }

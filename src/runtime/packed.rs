@@ -5,16 +5,13 @@
 //! a broadcast pair of activations with 8 columns' weight pairs and sums each pair into an i32
 //! lane — 16 multiply-adds per instruction, exact (a `vpmaddubsw` path would be twice as wide
 //! but its i16 pair sums saturate at 255·127·2). A register tile of `MR` rows × 8·`NV` columns
-//! stays in registers over the whole depth; the caller's epilogue turns each finished row of
-//! accumulators into its output row (dequantisation, bias, ReLU) while it is still in cache.
-//! Rows are split over rayon tasks when the product is large enough to pay for them.
+//! stays in registers over the whole depth. The blocking, threading and epilogue calls are the
+//! shared driver's (`blocked.rs`); this file is the integer [`Panels`].
 
-use rayon::prelude::*;
+use super::blocked::{Panels, MR};
 
 /// Columns per packed panel (one 256-bit vector of i32 lanes).
 pub const PANEL: usize = 8;
-
-use crate::parallel::PARALLEL_MIN_MACS;
 
 /// The instruction set a packed GEMM runs on, chosen at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,11 +128,11 @@ impl PackedWeights {
     }
 }
 
-/// Packs row-major `w[j·k + t]` (`n × k`) into panels of `panel` columns holding depth groups of
+/// Packs row-major `w[j·k + t]` (`n × k`, any element type) into panels of `panel` columns holding depth groups of
 /// `group` (pairs for `vpmaddwd`, quads for `vpdpbusd`): entry `(j, t)` goes to
 /// `[j / panel][t / group][j % panel][t % group]`, the depth rounded up to whole groups; columns
 /// past `n` and depth past `k` hold zeros.
-fn pack_panels<T: Copy + Default>(w: &[i8], n: usize, k: usize, group: usize, panel: usize, cast: fn(i8) -> T) -> Vec<T> {
+pub(super) fn pack_panels<S: Copy, T: Copy + Default>(w: &[S], n: usize, k: usize, group: usize, panel: usize, cast: fn(S) -> T) -> Vec<T> {
     let per_panel = k.div_ceil(group) * group * panel;
     let mut data = vec![T::default(); n.div_ceil(panel) * per_panel];
     for j in 0..n {
@@ -147,98 +144,42 @@ fn pack_panels<T: Copy + Default>(w: &[i8], n: usize, k: usize, group: usize, pa
     data
 }
 
-/// Where the GEMM's left-hand rows come from.
-pub enum Rows<'a> {
-    /// Row `i` is `a[i·lda..i·lda + kp]`: codes that are already rows (a linear layer, a
-    /// pointwise conv).
-    Slice { a: &'a [i16], lda: usize },
-    /// Row `i` is written by `fill(i, row)` into a `kp`-long scratch row (entries past `k` may
-    /// hold anything): conv patches, built a block at a time right before they are used, so
-    /// the unfolded matrix is never materialised and each block is still in cache for the GEMM.
-    Built(&'a (dyn Fn(usize, &mut [i16]) + Sync)),
-}
+impl Panels for PackedWeights {
+    type A = i16;
+    type Acc = i32;
+    /// u8 rows for the VNNI kernels, each padded to whole quads (the padding stays zero).
+    type Scratch = Vec<u8>;
 
-/// Rows built per block: a multiple of the tile height, small enough to stay in L1/L2.
-const BLOCK_ROWS: usize = 8 * MR_WIDE;
-
-/// Computes `acc = a · wᵀ` for `m` rows and hands every row's `w.n` accumulators to
-/// `epilogue(acc, stride, out_rows)` a register tile (up to 6 rows) at a time: row `r` of the
-/// tile has its `w.n` accumulators at `acc[r·stride..]` and its output at `out_rows[r·ldo..]`
-/// (rows of `out`, `ldo` entries each).
-pub fn gemm<T, E>(rows: &Rows, m: usize, w: &PackedWeights, out: &mut [T], ldo: usize, epilogue: &E)
-where
-    T: Send,
-    E: Fn(&[i32], usize, &mut [T]) + Sync,
-{
-    if let Rows::Slice { a, lda } = rows {
-        assert!(*lda >= w.kp && (m == 0 || a.len() >= (m - 1) * lda + w.kp), "activation rows too short");
+    fn row_len(&self) -> usize {
+        self.kp
     }
-    assert!(out.len() >= m * ldo, "output too short");
-    let run = |first: usize, out: &mut [T]| block_rows(rows, first, out.len() / ldo, w, out, ldo, epilogue);
-    let threads = rayon::current_num_threads();
-    if threads == 1 || m * w.n * w.k < PARALLEL_MIN_MACS {
-        run(0, &mut out[..m * ldo]);
-        return;
+
+    fn macs_per_row(&self) -> usize {
+        self.n * self.k
     }
-    // Tasks of whole register tiles, about four per thread so uneven cores even out.
-    let per_task = (m.div_ceil(4 * threads)).div_ceil(MR_WIDE) * MR_WIDE;
-    out[..m * ldo].par_chunks_mut(per_task * ldo).enumerate().for_each(|(i, o)| run(i * per_task, o));
-}
 
-/// Rows of a register tile: 6 rows × 2 panels is 12 accumulators of the 16 ymm registers.
-const MR_WIDE: usize = 6;
+    fn acc_stride(&self) -> usize {
+        self.panels() * self.isa.panel()
+    }
 
-/// Runs rows `first..first + count`: per block, the rows (built if need be), tiles of
-/// `MR_WIDE` rows over all panels into a row buffer, then the epilogue per tile.
-fn block_rows<T, E>(rows: &Rows, first: usize, count: usize, w: &PackedWeights, out: &mut [T], ldo: usize, epilogue: &E)
-where
-    E: Fn(&[i32], usize, &mut [T]),
-{
-    let np = w.panels() * w.isa.panel();
-    let mut buf = vec![0i32; MR_WIDE * np];
-    let mut scratch = match rows {
-        Rows::Built(_) => vec![0i16; BLOCK_ROWS * w.kp],
-        Rows::Slice { .. } => vec![],
-    };
-    // VNNI reads u8 rows padded to whole quads (the padding stays zero).
-    let kq = w.k.div_ceil(4) * 4;
-    let mut bytes = if w.isa.quads() { vec![0u8; BLOCK_ROWS * kq] } else { vec![] };
-    let mut b0 = 0;
-    while b0 < count {
-        let block = (count - b0).min(BLOCK_ROWS);
-        let (a, lda): (&[i16], usize) = match rows {
-            Rows::Slice { a, lda } => (&a[(first + b0) * lda..], *lda),
-            Rows::Built(fill) => {
-                for (r, row) in scratch.chunks_mut(w.kp).take(block).enumerate() {
-                    fill(first + b0 + r, row);
-                }
-                (&scratch, w.kp)
-            }
-        };
-        if w.isa.quads() {
-            for (r, dst) in bytes.chunks_mut(kq).take(block).enumerate() {
-                // Codes are 0..=255 by construction (shifted u8 codes held as i16).
-                for (d, &c) in dst[..w.k].iter_mut().zip(&a[r * lda..r * lda + w.k]) {
-                    *d = c as u8;
-                }
+    fn tile(&self, a: &[i16], lda: usize, rows: usize, bytes: &mut Vec<u8>, buf: &mut [i32]) {
+        let np = self.acc_stride();
+        if !self.isa.quads() {
+            return tile_rows(a, lda, rows, self, buf, np);
+        }
+        let kq = self.k.div_ceil(4) * 4;
+        bytes.resize(MR * kq, 0);
+        for (r, dst) in bytes.chunks_mut(kq).take(rows).enumerate() {
+            // Codes are 0..=255 by construction (shifted u8 codes held as i16).
+            for (d, &c) in dst[..self.k].iter_mut().zip(&a[r * lda..r * lda + self.k]) {
+                *d = c as u8;
             }
         }
-        let mut i = 0;
-        while i < block {
-            let tile = (block - i).min(MR_WIDE);
-            match w.isa {
-                Isa::Avx512Vnni | Isa::AvxVnni => super::vnni::tile_rows(&bytes[i * kq..], kq, tile, &w.quads, w.n, &mut buf, np, w.isa == Isa::Avx512Vnni),
-                _ => tile_rows(&a[i * lda..], lda, tile, w, &mut buf, np),
-            }
-            let o = b0 + i;
-            epilogue(&buf[..tile * np], np, &mut out[o * ldo..(o + tile) * ldo]);
-            i += tile;
-        }
-        b0 += block;
+        super::vnni::tile_rows(bytes, kq, rows, &self.quads, self.n, buf, np, self.isa == Isa::Avx512Vnni)
     }
 }
 
-/// All panels for `rows ≤ MR_WIDE` rows into `buf` (`np` i32 per row).
+/// All panels for `rows ≤ MR` rows into `buf` (`np` i32 per row).
 fn tile_rows(a: &[i16], lda: usize, rows: usize, w: &PackedWeights, buf: &mut [i32], np: usize) {
     let panels = w.panels();
     let kpairs = w.kp / 2;
@@ -305,6 +246,8 @@ mod tests {
         assert_eq!(&p[..8], &[0, 1, 10, 11, 20, 21, 0, 0]);
         assert_eq!(&p[16..24], &[4, 0, 14, 0, 24, 0, 0, 0]);
     }
+    use crate::parallel::PARALLEL_MIN_MACS;
+    use crate::runtime::blocked::{gemm, Rows};
     use crate::runtime::kernels::gemm_u8i8;
 
     /// The packed GEMM equals the scalar reference bit for bit, over row counts that leave

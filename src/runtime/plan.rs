@@ -1,21 +1,28 @@
-//! The compiled integer runtime: an INT8 model turned once into a list of steps over plain
-//! buffers, without candle in the hot path. Activations flow channels last (`[N, H, W, C]`), so
-//! a conv's patch row is a run of whole pixels and its GEMM output is already the next layer's
-//! layout; each quantised layer's input is quantised once per distinct set of parameters (two
-//! layers reading one value with the same parameters share the codes); a ReLU that is the only
-//! reader of a quantised layer runs inside that layer's epilogue. Ops without a kernel here run
-//! through the float executor on a logical-layout tensor, so every model runs. The arithmetic is
-//! the hook executor's (`runtime::IntegerHook`): the same codes, the same exact integer sums, the
-//! same f32 epilogue; only float reductions outside the layers (global average pooling) may sum
-//! in another order.
+//! The compiled runtime: a model turned once into a list of steps over plain buffers, without
+//! candle in the hot path, for an INT8 artifact (`Plan::int8`) and for a float model
+//! (`Plan::float`). Activations flow channels last (`[N, H, W, C]`), so a conv's patch row is a
+//! run of whole pixels and its GEMM output is already the next layer's layout; a ReLU that is
+//! the only reader of a weight layer runs inside that layer's epilogue. Ops without a kernel
+//! here run through the float executor on a logical-layout tensor, so every model runs.
+//!
+//! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
+//!   layers reading one value with the same parameters share the codes). The arithmetic is the
+//!   hook executor's (`runtime::IntegerHook`): the same codes, the same exact integer sums, the
+//!   same f32 epilogue; only float reductions outside the layers (global average pooling) may
+//!   sum in another order.
+//! - Float: every BatchNorm that only a conv or linear feeds is folded into it at compile time
+//!   (`model::fold`), and every conv and linear runs the packed f32 GEMM. Outputs equal the
+//!   candle executor's up to float rounding (sums in another order, folded weights).
 
+use super::flayer::FloatLayer;
 use super::kernels::quantize_i16;
 use super::qlayer::QLayer;
 use crate::artifact::Int8Model;
 use crate::error::{Result, WickError};
-use crate::model::arch::Op;
+use crate::model::arch::{Node, Op};
 use crate::model::forward::is_weight_layer;
 use crate::model::im2col::transpose_batched;
+use crate::model::Model;
 use crate::quant::QParams;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -23,13 +30,25 @@ use std::collections::BTreeMap;
 /// What one step computes.
 enum Kind {
     Quant(Box<QLayer>),
+    Dense(Box<FloatLayer>),
     Relu,
     Add,
     GlobalAvgPool,
     Flatten,
     Identity,
-    /// Any other op (or a weight layer left in float): the float executor.
+    /// Any other op (or a weight layer left in float by an INT8 model): the float executor.
     Float,
+}
+
+impl Kind {
+    /// The ReLU flag of a weight layer's epilogue.
+    fn fused_relu(&mut self) -> Option<&mut bool> {
+        match self {
+            Kind::Quant(q) => Some(&mut q.relu),
+            Kind::Dense(f) => Some(&mut f.relu),
+            _ => None,
+        }
+    }
 }
 
 struct Step {
@@ -39,9 +58,11 @@ struct Step {
     output: usize,
 }
 
-/// A compiled INT8 model.
-pub struct Plan<'a> {
-    model: &'a Int8Model,
+/// A compiled model.
+pub struct Plan {
+    /// The float model whose graph the steps follow (BatchNorm folded for a float plan); its
+    /// parameters serve the steps the float executor runs.
+    model: Model,
     steps: Vec<Step>,
     slots: usize,
     output: usize,
@@ -57,10 +78,40 @@ struct Value {
     channels_last: bool,
 }
 
-impl<'a> Plan<'a> {
-    /// Compiles `m`.
-    pub fn new(m: &'a Int8Model) -> Result<Plan<'a>> {
-        let arch = &m.model.arch;
+impl Plan {
+    /// Compiles INT8 model `m`: its quantised layers run the integer GEMM, the rest in float.
+    pub fn int8(m: &Int8Model) -> Result<Plan> {
+        Plan::compile(m.model.clone(), |node, in_shape| {
+            let Some(q) = m.layers.get(&node.name) else { return Ok(Kind::Float) };
+            match QLayer::new(q, &node.op, in_shape, m.bias(&node.name)?) {
+                Some(l) => Ok(Kind::Quant(Box::new(l))),
+                None => Err(WickError::node(&node.name, "has a shape the integer runtime cannot lay out")),
+            }
+        })
+    }
+
+    /// Compiles float model `m` for inference (eval mode): BatchNorm folded, every conv and
+    /// linear on the packed f32 GEMM.
+    pub fn float(m: &Model) -> Result<Plan> {
+        let (folded, _) = crate::model::fold::fold_batchnorm(m)?;
+        let vec = |name: &str| -> Result<Vec<f32>> { Ok(folded.p(name).flatten_all()?.to_vec1()?) };
+        let layers = |node: &Node, in_shape: &[usize]| -> Result<Kind> {
+            let bias = match folded.params.contains_key(&node.param("bias")) {
+                true => Some(vec(&node.param("bias"))?),
+                false => None,
+            };
+            Ok(match FloatLayer::new(&node.op, in_shape, &vec(&node.param("weight"))?, bias) {
+                Some(l) => Kind::Dense(Box::new(l)),
+                None => Kind::Float,
+            })
+        };
+        Plan::compile(folded.clone(), layers)
+    }
+
+    /// Compiles the steps of `model`, asking `weight_layer(node, per-sample input shape)` what
+    /// each conv and linear runs.
+    fn compile(model: Model, weight_layer: impl Fn(&Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
+        let arch = &model.arch;
         let mut slot_of: BTreeMap<&str, usize> = BTreeMap::new();
         slot_of.insert(arch.input.name.as_str(), 0);
         let mut readers: BTreeMap<&str, usize> = BTreeMap::new();
@@ -72,34 +123,23 @@ impl<'a> Plan<'a> {
         let out_name = arch.output_name();
         let mut steps: Vec<Step> = vec![];
         let mut slots = 1;
-        for &ni in &m.model.graph.order {
+        for &ni in &model.graph.order {
             let node = &arch.nodes[ni];
             let inputs: Vec<usize> = node.inputs.iter().map(|i| slot_of[i.as_str()]).collect();
-            // A ReLU whose input is a quantised layer read by nothing else joins its epilogue.
+            // A ReLU whose input is a weight layer read by nothing else joins its epilogue.
             if matches!(node.op, Op::Relu(_)) {
                 let src = node.inputs[0].as_str();
                 if let Some(last) = steps.last_mut() {
-                    if let Kind::Quant(q) = &mut last.kind {
-                        let single = readers.get(src) == Some(&1) && src != out_name;
-                        if single && arch.nodes[last.node].name == src && !q.relu {
-                            q.relu = true;
-                            slot_of.insert(node.name.as_str(), last.output);
-                            continue;
-                        }
+                    let single = readers.get(src) == Some(&1) && src != out_name && arch.nodes[last.node].name == src;
+                    if let Some(relu) = last.kind.fused_relu().filter(|r| single && !**r) {
+                        *relu = true;
+                        slot_of.insert(node.name.as_str(), last.output);
+                        continue;
                     }
                 }
             }
             let kind = match &node.op {
-                op if is_weight_layer(op) => match m.layers.get(&node.name) {
-                    Some(q) => {
-                        let in_shape = &m.model.graph.shapes[node.inputs[0].as_str()];
-                        match QLayer::new(q, op, in_shape, m.bias(&node.name)?) {
-                            Some(l) => Kind::Quant(Box::new(l)),
-                            None => return Err(WickError::node(&node.name, "has a shape the integer runtime cannot lay out")),
-                        }
-                    }
-                    None => Kind::Float,
-                },
+                op if is_weight_layer(op) => weight_layer(node, &model.graph.shapes[node.inputs[0].as_str()])?,
                 Op::Relu(_) => Kind::Relu,
                 Op::Add(_) => Kind::Add,
                 Op::GlobalAvgPool(_) => Kind::GlobalAvgPool,
@@ -119,22 +159,22 @@ impl<'a> Plan<'a> {
             }
         }
         last_use[output] = usize::MAX;
-        Ok(Plan { model: m, steps, slots, output, last_use })
+        Ok(Plan { model, steps, slots, output, last_use })
     }
 
     /// Logits for a batch `[N, …]`.
     pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
-        self.model.model.check_input(x)?;
+        self.model.check_input(x)?;
         let n = x.dim(0)?;
         let mut vals: Vec<Option<Value>> = (0..self.slots).map(|_| None).collect();
         vals[0] = Some(Value { data: x.flatten_all()?.to_vec1()?, dims: x.dims().to_vec(), channels_last: false });
         // Codes of a slot under a quantiser and in a layout, kept while the slot lives.
         let mut codes: Vec<(usize, QParams, bool, Vec<i16>, i32)> = vec![];
         for (si, step) in self.steps.iter().enumerate() {
-            let node = &self.model.model.arch.nodes[step.node];
+            let node = &self.model.arch.nodes[step.node];
             let y = match &step.kind {
                 Kind::Quant(q) => {
-                    let conv = matches!(q.shape, super::qlayer::LayerShape::Conv(_));
+                    let conv = matches!(q.shape, super::layout::LayerShape::Conv(_));
                     let src = step.inputs[0];
                     let v = vals[src].as_mut().expect("input computed");
                     set_layout(v, conv);
@@ -155,9 +195,16 @@ impl<'a> Plan<'a> {
                     };
                     let (_, _, _, c, zp) = &codes[at];
                     let data = q.run(c, *zp, n);
-                    let out_dims = out_dims(&self.model.model.graph.shapes[node.name.as_str()], n);
+                    let out_dims = out_dims(&self.model.graph.shapes[node.name.as_str()], n);
                     debug_assert_eq!(data.len(), out_dims.iter().product::<usize>(), "{} {:?}", node.name, dims);
                     Value { data, dims: out_dims, channels_last: conv && dims.len() >= 3 }
+                }
+                Kind::Dense(f) => {
+                    let conv = matches!(f.shape, super::layout::LayerShape::Conv(_));
+                    let v = vals[step.inputs[0]].as_mut().expect("input computed");
+                    set_layout(v, conv);
+                    let cl = conv && v.dims.len() >= 3;
+                    Value { data: f.run(&v.data, n), dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: cl }
                 }
                 Kind::Relu => {
                     let mut v = self.owned(&mut vals, step, si);
@@ -183,7 +230,7 @@ impl<'a> Plan<'a> {
                 Kind::Flatten => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
                     let v = self.owned(&mut vals, step, si);
-                    Value { data: v.data, dims: out_dims(&self.model.model.graph.shapes[node.name.as_str()], n), channels_last: false }
+                    Value { data: v.data, dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: false }
                 }
                 Kind::Float => {
                     let mut ins = vec![];
@@ -193,7 +240,7 @@ impl<'a> Plan<'a> {
                         ins.push(Tensor::from_slice(&v.data, v.dims.as_slice(), x.device())?);
                     }
                     let refs: Vec<&Tensor> = ins.iter().collect();
-                    let y = self.model.model.node_eval(node, &refs)?;
+                    let y = self.model.node_eval(node, &refs)?;
                     Value { data: y.flatten_all()?.to_vec1()?, dims: y.dims().to_vec(), channels_last: false }
                 }
             };
@@ -211,7 +258,7 @@ impl<'a> Plan<'a> {
     }
 }
 
-impl Plan<'_> {
+impl Plan {
     /// The first input of `step` as an owned value: moved out when this step is its last reader
     /// (and reads it once), copied otherwise, so element-wise ops work in place.
     fn owned(&self, vals: &mut [Option<Value>], step: &Step, si: usize) -> Value {

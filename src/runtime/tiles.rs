@@ -1,25 +1,26 @@
-//! The SIMD register tiles of the packed GEMM, one macro for all three: a tile of `MR` rows ×
+//! The SIMD register tiles of the packed GEMMs, one macro for all four: a tile of `MR` rows ×
 //! `NV` panels keeps `MR·NV` vector accumulators over the whole depth; per depth step it loads
 //! `NV` weight vectors, broadcasts each row's group of activations (an i16 pair or a u8 quad,
-//! read as one i32) and applies the multiply-accumulate `op`. The rows count is dispatched to a
-//! const generic so the accumulators live in registers.
+//! read as one i32; or one f32) and applies the multiply-accumulate `op`. The rows count is
+//! dispatched to a const generic so the accumulators live in registers.
 //!
 //! - AVX2 (`pairs_avx2`): i16 pairs × i16 pairs, `vpmaddwd` then `vpaddd` — 16 multiply-adds.
 //! - AVX-VNNI (`quads_avxvnni`, ymm) and AVX-512 VNNI (`quads_avx512`, zmm): u8 quads × i8
 //!   quads, `vpdpbusd` — 32 and 64 multiply-adds, summed straight into i32.
+//! - FMA (`f32_fma`): f32 × f32, `vfmadd231ps` — 8 multiply-adds, the float runtime's tile.
 //!
-//! All are exact: no intermediate saturates (unlike `vpmaddubsw`).
+//! The integer ones are exact: no intermediate saturates (unlike `vpmaddubsw`).
 //!
 //! Safety contract of every generated `dispatch`: the CPU has the named features; `a` holds
 //! `rows` rows of `ksteps` groups at `lda` elements; `b` holds `NV` panels of `ksteps` steps at
-//! `panel_len` elements; `dst` holds `rows` rows of `np ≥ NV·panel` i32.
+//! `panel_len` elements; `dst` holds `rows` rows of `np ≥ NV·panel` accumulators.
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
 
 macro_rules! tile_kernel {
-    ($name:ident, $feat:literal, $a:ty, $b:ty, group = $group:literal, panel = $panel:expr,
+    ($name:ident, $feat:literal, $a:ty, $b:ty, $grp:ty => $acc_t:ty, group = $group:literal, panel = $panel:expr,
      $zero:path, $load:path, $set1:path, $store:path, |$acc:ident, $av:ident, $bv:ident| $op:expr) => {
         pub mod $name {
             use super::*;
@@ -34,7 +35,7 @@ macro_rules! tile_kernel {
             /// the module docs of `tiles` list.
             #[target_feature(enable = $feat)]
             #[allow(clippy::too_many_arguments)]
-            pub unsafe fn dispatch<const NV: usize>(a: *const $a, lda: usize, rows: usize, b: *const $b, panel_len: usize, ksteps: usize, dst: *mut i32, np: usize) {
+            pub unsafe fn dispatch<const NV: usize>(a: *const $a, lda: usize, rows: usize, b: *const $b, panel_len: usize, ksteps: usize, dst: *mut $acc_t, np: usize) {
                 match rows {
                     1 => tile::<1, NV>(a, lda, b, panel_len, ksteps, dst, np),
                     2 => tile::<2, NV>(a, lda, b, panel_len, ksteps, dst, np),
@@ -48,7 +49,7 @@ macro_rules! tile_kernel {
             #[target_feature(enable = $feat)]
             #[allow(clippy::too_many_arguments)]
             #[inline]
-            unsafe fn tile<const MR: usize, const NV: usize>(a: *const $a, lda: usize, b: *const $b, panel_len: usize, ksteps: usize, dst: *mut i32, np: usize) {
+            unsafe fn tile<const MR: usize, const NV: usize>(a: *const $a, lda: usize, b: *const $b, panel_len: usize, ksteps: usize, dst: *mut $acc_t, np: usize) {
                 let mut acc = [[$zero(); NV]; MR];
                 for t in 0..ksteps {
                     let mut bv = [$zero(); NV];
@@ -56,7 +57,7 @@ macro_rules! tile_kernel {
                         *bv = $load(b.add(v * panel_len + t * $group * PANEL) as *const _);
                     }
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        let $av = $set1(std::ptr::read_unaligned(a.add(r * lda + $group * t) as *const i32));
+                        let $av = $set1(std::ptr::read_unaligned(a.add(r * lda + $group * t) as *const $grp));
                         for v in 0..NV {
                             let ($acc, $bv) = (acc[v], bv[v]);
                             acc[v] = $op;
@@ -73,14 +74,18 @@ macro_rules! tile_kernel {
     };
 }
 
-tile_kernel!(pairs_avx2, "avx2", i16, i16, group = 2, panel = 8,
+tile_kernel!(pairs_avx2, "avx2", i16, i16, i32 => i32, group = 2, panel = 8,
     _mm256_setzero_si256, _mm256_loadu_si256, _mm256_set1_epi32, _mm256_storeu_si256,
     |acc, av, bv| _mm256_add_epi32(acc, _mm256_madd_epi16(av, bv)));
 
-tile_kernel!(quads_avxvnni, "avx2,avxvnni", u8, i8, group = 4, panel = 8,
+tile_kernel!(quads_avxvnni, "avx2,avxvnni", u8, i8, i32 => i32, group = 4, panel = 8,
     _mm256_setzero_si256, _mm256_loadu_si256, _mm256_set1_epi32, _mm256_storeu_si256,
     |acc, av, bv| _mm256_dpbusd_avx_epi32(acc, av, bv));
 
-tile_kernel!(quads_avx512, "avx512f,avx512bw,avx512vnni", u8, i8, group = 4, panel = 16,
+tile_kernel!(quads_avx512, "avx512f,avx512bw,avx512vnni", u8, i8, i32 => i32, group = 4, panel = 16,
     _mm512_setzero_si512, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_storeu_si512,
     |acc, av, bv| _mm512_dpbusd_epi32(acc, av, bv));
+
+tile_kernel!(f32_fma, "avx2,fma", f32, f32, f32 => f32, group = 1, panel = 8,
+    _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_storeu_ps,
+    |acc, av, bv| _mm256_fmadd_ps(av, bv, acc));

@@ -49,3 +49,38 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// A model of `arch` with seeded random weights and BatchNorm statistics, and `n` random inputs
+/// with cycling labels.
+pub fn random_model(arch: wick::model::arch::Arch, n: usize) -> (wick::model::Model, wick::data::Dataset) {
+    use candle_core::{Device, Tensor};
+    use rand::{RngExt, SeedableRng};
+    let m = wick::model::init::init_model(arch, 3).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    for (k, v) in &m.params {
+        if k.ends_with("running_mean") || k.ends_with("running_var") {
+            let c = v.as_tensor().elem_count();
+            let vals: Vec<f32> = (0..c).map(|_| if k.ends_with("running_var") { rng.random_range(0.5..2.0) } else { rng.random_range(-0.3..0.3) }).collect();
+            v.set(&Tensor::from_vec(vals, c, &Device::Cpu).unwrap()).unwrap();
+        }
+    }
+    let mut shape = vec![n];
+    shape.extend_from_slice(m.input_shape());
+    let count: usize = shape.iter().product();
+    let x = Tensor::from_vec((0..count).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap();
+    let classes = m.num_classes() as u32;
+    (m, wick::data::Dataset { name: "random".into(), x, y: (0..n as u32).map(|i| i % classes).collect() })
+}
+
+/// A conv1d feeding a pointwise conv1d over an odd channel count, then a linear over a 3-d
+/// tensor: the layout cases the digits fixtures do not have.
+pub fn conv1d_arch() -> wick::model::arch::Arch {
+    let json = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [3, 11]}, "nodes": [
+        {"name": "c", "op": "conv1d", "inputs": ["input"], "in_channels": 3, "out_channels": 5, "kernel_size": 3, "padding": 1, "stride": 2},
+        {"name": "r", "op": "relu", "inputs": ["c"]},
+        {"name": "p", "op": "conv1d", "inputs": ["r"], "in_channels": 5, "out_channels": 4, "kernel_size": 1},
+        {"name": "t", "op": "linear", "inputs": ["p"], "in_features": 6, "out_features": 7},
+        {"name": "f", "op": "flatten", "inputs": ["t"]},
+        {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 28, "out_features": 4}], "output": "head"}"#;
+    serde_json::from_str(json).unwrap()
+}

@@ -7,3 +7,4 @@ mod compress;
 mod distillation;
 mod pruning;
 mod quantization;
+mod float_runtime;

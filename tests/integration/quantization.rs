@@ -179,7 +179,7 @@ fn a_channel_of_zero_weights_quantises_without_division_by_zero() {
     assert_eq!(l.weight.scales[0], 1.0);
     assert!(l.weight.values[..256].iter().all(|&v| v == 0));
     assert!(l.weight.scales.iter().all(|s| s.is_finite() && *s > 0.0));
-    let r = wick::runtime::evaluate(&q, &data("test"), 128, Exec::Integer(Kernel::Fast), &Silent).unwrap();
+    let r = wick::eval::evaluate_int8(&q, &data("test"), 128, Exec::Integer(Kernel::Fast), &Silent).unwrap();
     assert!(r.loss.is_finite() && r.accuracy > 0.9, "{r:?}");
 }
 
@@ -196,26 +196,6 @@ fn excluded_layers_stay_float() {
 }
 
 /// A random-weight model of `arch` (BatchNorm statistics non-trivial) with random inputs.
-fn random_model(arch: wick::model::arch::Arch, n: usize) -> (wick::model::Model, wick::data::Dataset) {
-    use candle_core::{Device, Tensor};
-    use rand::{RngExt, SeedableRng};
-    let m = wick::model::init::init_model(arch, 3).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-    for (k, v) in &m.params {
-        if k.ends_with("running_mean") || k.ends_with("running_var") {
-            let c = v.as_tensor().elem_count();
-            let vals: Vec<f32> = (0..c).map(|_| if k.ends_with("running_var") { rng.random_range(0.5..2.0) } else { rng.random_range(-0.3..0.3) }).collect();
-            v.set(&Tensor::from_vec(vals, c, &Device::Cpu).unwrap()).unwrap();
-        }
-    }
-    let mut shape = vec![n];
-    shape.extend_from_slice(m.input_shape());
-    let count: usize = shape.iter().product();
-    let x = Tensor::from_vec((0..count).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap();
-    let classes = m.num_classes() as u32;
-    (m, wick::data::Dataset { name: "random".into(), x, y: (0..n as u32).map(|i| i % classes).collect() })
-}
-
 /// The compiled runtime (channels-last buffers, fused ReLU, shared codes, float fallback for
 /// ops without an integer kernel) against the reference hook executor, on graphs that exercise
 /// every layout case: nested adds, a depthwise conv, concat, max pooling, relu6/silu/gelu,
@@ -224,16 +204,9 @@ fn random_model(arch: wick::model::arch::Arch, n: usize) -> (wick::model::Model,
 /// tensor.
 #[test]
 fn compiled_runtime_equals_the_reference_executor_on_every_layout_case() {
-    let conv1d = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [3, 11]}, "nodes": [
-        {"name": "c", "op": "conv1d", "inputs": ["input"], "in_channels": 3, "out_channels": 5, "kernel_size": 3, "padding": 1, "stride": 2},
-        {"name": "r", "op": "relu", "inputs": ["c"]},
-        {"name": "p", "op": "conv1d", "inputs": ["r"], "in_channels": 5, "out_channels": 4, "kernel_size": 1},
-        {"name": "t", "op": "linear", "inputs": ["p"], "in_features": 6, "out_features": 7},
-        {"name": "f", "op": "flatten", "inputs": ["t"]},
-        {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 28, "out_features": 4}], "output": "head"}"#;
     let archs = [
         (wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap(), ["q", "c1"]),
-        (serde_json::from_str::<wick::model::arch::Arch>(conv1d).unwrap(), ["t", "c"]),
+        (conv1d_arch(), ["t", "c"]),
     ];
     for (arch, float_layers) in archs {
         let (m, d) = random_model(arch, 40);

@@ -1,0 +1,46 @@
+//! Issue 7: the compiled float runtime (`Plan::float`: BatchNorm folded, channels-last packed
+//! f32 GEMMs, fused ReLU, the candle executor for ops without a kernel) against the candle
+//! executor it replaces for inference.
+
+use crate::common::*;
+use wick::model::forward::Mode;
+use wick::model::Model;
+use wick::runtime::plan::Plan;
+
+fn logits(m: &Model, x: &candle_core::Tensor) -> (Vec<f32>, Vec<f32>) {
+    let plan = Plan::float(m).unwrap();
+    let fast: Vec<f32> = plan.predict(x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let want: Vec<f32> = m.forward(x, Mode::Eval).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    (fast, want)
+}
+
+/// Within float rounding of the candle executor on graphs covering every layout case: nested
+/// adds, a depthwise conv, concat, max pooling, relu6/silu/gelu, flatten into a linear,
+/// BatchNorm after a conv with and without bias, stride 2, conv1d, a pointwise conv over an odd
+/// channel count and a linear over a 3-d tensor. Sums run in another order and BatchNorm is
+/// folded, so the logits differ by rounding only: relative 1e-5 of the largest logit.
+#[test]
+fn float_plan_equals_the_candle_executor_on_every_layout_case() {
+    let branchy = wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap();
+    for arch in [branchy, conv1d_arch()] {
+        let (m, d) = random_model(arch, 40);
+        let (fast, want) = logits(&m, &d.x);
+        assert_eq!(fast.len(), want.len());
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        assert!(max_abs_diff(&fast, &want) <= 1e-5 * scale.max(1.0), "{}: {} (scale {scale})", m.source, max_abs_diff(&fast, &want));
+    }
+}
+
+/// On the trained teachers and the whole test split: the same predictions as the candle
+/// executor (so the same accuracy), logits within 1e-4.
+#[test]
+fn float_plan_gives_the_teachers_their_accuracy() {
+    let test = data("test");
+    for path in [resnet_path(), mlp_path()] {
+        let m = load(&path);
+        let (fast, want) = logits(&m, &test.x);
+        assert!(max_abs_diff(&fast, &want) < 1e-4, "{path:?}: {}", max_abs_diff(&fast, &want));
+        let argmax = |v: &[f32]| v.chunks(10).map(wick::eval::argmax).collect::<Vec<_>>();
+        assert_eq!(argmax(&fast), argmax(&want), "{path:?}");
+    }
+}
