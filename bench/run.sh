@@ -34,14 +34,19 @@ import json, os, statistics
 rows = lambda k: [json.loads(l) for l in os.environ[k].splitlines() if l.strip()]
 ws, os_, ts = [r["runs"][0] for r in rows("WICK")], rows("ORT"), rows("TORCH")
 med = statistics.median
-print(f"\n{os.environ['M']}: {ws[0]['threads']} thread(s), int8 kernel {ws[0]['int8_kernel']}, onnxruntime {os_[0]['onnxruntime']}, torch {ts[0]['torch']}; "
+print(f"\n{os.environ['M']}: {ws[0]['threads']} thread(s), int8 kernel {ws[0]['int8_kernel']} (u7: {ws[0]['int8_u7_kernel']}), onnxruntime {os_[0]['onnxruntime']}, torch {ts[0]['torch']}; "
       f"median over {len(ws)} alternating rounds (each a median after warm-up); ratio = baseline time / wick time (>1: wick faster)")
 print("| workload | wick | ONNX Runtime | ratio | PyTorch | ratio |\n|---|---|---|---|---|---|")
-for kind in ("fp32", "int8"):
+# wick's 7-bit-activation INT8 (int8_u7) is compared with the same ORT INT8 model (uint8).
+for kind, label in (("fp32", "fp32"), ("int8", "int8"), ("int8_u7", "int8 (wick: u7 activations)")):
+    ort_kind = "int8" if kind == "int8_u7" else kind
     for b, key in (("1", "batch1_ms"), ("64", "large_batch_ms")):
-        w, o = med([r[kind][key] for r in ws]), med([r[kind][key] for r in os_])
+        w, o = med([r[kind][key] for r in ws]), med([r[ort_kind][key] for r in os_])
         t = f"{med([r[kind][key] for r in ts]):.3f} ms | {med([r[kind][key] for r in ts]) / w:.2f}" if kind == "fp32" else " | "
-        print(f"| {kind} inference, batch {b} | {w:.3f} ms | {o:.3f} ms | {o / w:.2f} | {t} |")
+        print(f"| {label} inference, batch {b} | {w:.3f} ms | {o:.3f} ms | {o / w:.2f} | {t} |")
+for b, key in (("1", "batch1_ms"), ("64", "large_batch_ms")):
+    f = med([r["fp32"][key] for r in ws])
+    print(f"| wick int8 / u7 speed-up over wick fp32, batch {b} | {f / med([r['int8'][key] for r in ws]):.2f}x / {f / med([r['int8_u7'][key] for r in ws]):.2f}x | | | | |")
 tw, tt = med([r["train_epoch_s"] for r in ws]), med([r["train_epoch_s"] for r in ts])
 print(f"| training epoch (batch 64, SGD) | {tw:.3f} s | | | {tt:.3f} s | {tt / tw:.2f} |")
 print(f"| ORT int8 predictions flipped vs its fp32 | | {os_[0]['int8_flipped_vs_fp32']} of 360 | | | |")

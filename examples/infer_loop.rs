@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         }
         ("int8", m) => {
             let q = match m {
-                AnyModel::Float(m) => wick::bench::int8_of(&m, &wick::data::Dataset::read(Path::new(&a[3]))?)?,
+                AnyModel::Float(m) => wick::bench::int8_of(&m, &wick::data::Dataset::read(Path::new(&a[3]))?, wick::quant::ActType::U8)?,
                 AnyModel::Int8(q) => q,
             };
             let q: &'static _ = Box::leak(Box::new(q));

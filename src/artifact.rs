@@ -86,13 +86,14 @@ impl Int8Model {
                     out.insert(format!("{l}.weight_scale"), RawTensor::from_f32(vec![q.weight.scales.len()], &q.weight.scales));
                     out.insert(format!("{l}.input_scale"), RawTensor::from_f32(vec![1], &[q.input.scale]));
                     let zp = match q.input.act {
-                        ActType::U8 => RawTensor::from_u8(vec![1], &[q.input.zero_point as u8]),
+                        ActType::U8 | ActType::U7 => RawTensor::from_u8(vec![1], &[q.input.zero_point as u8]),
                         ActType::I8 => RawTensor::from_i8(vec![1], &[q.input.zero_point as i8]),
                     };
                     out.insert(format!("{l}.input_zero_point"), zp);
                     schemes.insert(l.to_string(), json!({
                         "weight": {"dtype": "i8", "symmetric": true, "granularity": "per_channel", "axis": 0, "range": [-127, 127]},
                         "input": {"dtype": q.input.act, "symmetric": q.input.act == ActType::I8, "granularity": "per_tensor",
+                                  "range": q.input.act.range(),
                                   "scale": q.input.scale, "zero_point": q.input.zero_point},
                     }));
                 }
@@ -129,7 +130,9 @@ impl Int8Model {
         for (name, t) in &file.tensors {
             let layer = name.strip_suffix(".weight").filter(|l| schemes.contains_key(*l));
             if let Some(l) = layer {
-                layers.insert(l.to_string(), read_layer(file, l, t)?);
+                // 7-bit activations are stored as u8; only the scheme says they are 7-bit.
+                let seven = schemes[l].pointer("/input/dtype").and_then(Value::as_str) == Some("u7");
+                layers.insert(l.to_string(), read_layer(file, l, t, seven)?);
             } else if !(name.ends_with(".weight_scale") || name.ends_with(".input_scale") || name.ends_with(".input_zero_point")) {
                 floats.tensors.insert(name.clone(), t.clone());
             }
@@ -147,7 +150,8 @@ impl Int8Model {
     }
 }
 
-fn read_layer(file: &TensorFile, l: &str, w: &RawTensor) -> Result<QuantLayer> {
+/// Reads layer `l` (weight `w`); `seven`: its scheme declares 7-bit (`u7`) activations.
+fn read_layer(file: &TensorFile, l: &str, w: &RawTensor, seven: bool) -> Result<QuantLayer> {
     let f = file.name();
     let need = |suffix: &str| -> Result<&RawTensor> {
         let n = format!("{l}.{suffix}");
@@ -163,6 +167,7 @@ fn read_layer(file: &TensorFile, l: &str, w: &RawTensor) -> Result<QuantLayer> {
     let in_scale = tensor_file::to_f32(need("input_scale")?, &f, &format!("{l}.input_scale"))?;
     let zp_t = need("input_zero_point")?;
     let act = match zp_t.dtype {
+        Dtype::U8 if seven => ActType::U7,
         Dtype::U8 => ActType::U8,
         Dtype::I8 => ActType::I8,
         d => return Err(WickError::BadDtype { file: f.clone(), tensor: format!("{l}.input_zero_point"), dtype: format!("{d:?}"), role: "a u8/i8 zero point" }),
@@ -173,6 +178,10 @@ fn read_layer(file: &TensorFile, l: &str, w: &RawTensor) -> Result<QuantLayer> {
     };
     if !(scale.is_finite() && scale > 0.0) {
         return Err(WickError::invalid(format!("{f}: tensor '{l}.input_scale'"), format!("{scale} is not a positive finite scale")));
+    }
+    let (qmin, qmax) = act.range();
+    if !(qmin as i64..=qmax as i64).contains(&zero_point) {
+        return Err(WickError::invalid(format!("{f}: tensor '{l}.input_zero_point'"), format!("{zero_point} is outside the {} range {qmin}..={qmax}", format!("{act:?}").to_lowercase())));
     }
     let values = w.data.iter().map(|&b| b as i8).collect();
     Ok(QuantLayer { weight: QWeight { shape: w.shape.clone(), values, scales }, input: QParams { scale, zero_point: zero_point as i32, act } })

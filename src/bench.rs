@@ -33,13 +33,19 @@ pub struct BenchResult {
     /// fp32 / int8 latency at the large batch.
     pub int8_speedup_large_batch: f64,
     pub int8_speedup_batch1: f64,
-    /// The integer GEMM kernel this CPU runs.
-    pub int8_kernel: &'static str,
+    /// The INT8 model with 7-bit activations (`--activations u7`).
+    pub int8_u7: Latency,
+    pub int8_u7_speedup_large_batch: f64,
+    pub int8_u7_speedup_batch1: f64,
+    /// The integer GEMM kernel this CPU runs for u8 activations.
+    pub int8_kernel: String,
+    /// The one it runs for 7-bit activations.
+    pub int8_u7_kernel: String,
 }
 
-/// The INT8 model benchmarks run: PTQ (min-max) on the first 256 samples.
-pub fn int8_of(model: &Model, data: &Dataset) -> Result<Int8Model> {
-    let cfg = CalibConfig { method: Method::Minmax, percentile: 99.99, act: ActType::U8, batch_size: 64 };
+/// The INT8 model benchmarks run: PTQ (min-max, activations `act`) on the first 256 samples.
+pub fn int8_of(model: &Model, data: &Dataset, act: ActType) -> Result<Int8Model> {
+    let cfg = CalibConfig { method: Method::Minmax, percentile: 99.99, act, batch_size: 64 };
     Ok(ptq(model, data, &cfg, 256, &[], &Silent)?.int8)
 }
 
@@ -64,19 +70,27 @@ pub fn train_epoch_seconds(model: &Model, train: &Dataset, reps: usize) -> Resul
 
 /// All measurements for one model.
 pub fn bench(name: &str, model: &Model, train: &Dataset, test: &Dataset, threads: usize, epochs: usize) -> Result<BenchResult> {
-    let q = int8_of(model, train)?;
     let plan = Plan::float(model)?;
     let fp32 = measure(test, 64, &|x| plan.predict(x))?;
     let fp32_candle = measure(test, 64, &|x| model.forward(x, Mode::Eval))?;
-    let ex = Executor::new(&q, Exec::Integer(Kernel::Fast))?;
-    let int8 = measure(test, 64, &|x| ex.predict(x))?;
+    let int8_latency = |act: ActType| -> Result<(Latency, String)> {
+        let q = int8_of(model, train, act)?;
+        let ex = Executor::new(&q, Exec::Integer(Kernel::Fast))?;
+        Ok((measure(test, 64, &|x| ex.predict(x))?, crate::runtime::kernel_names(&q)))
+    };
+    let (int8, int8_kernel) = int8_latency(ActType::U8)?;
+    let (int8_u7, int8_u7_kernel) = int8_latency(ActType::U7)?;
     let train_epoch_s = if epochs > 0 { train_epoch_seconds(model, train, epochs)? } else { 0.0 };
     Ok(BenchResult {
         model: name.into(),
         threads,
         int8_speedup_large_batch: fp32.large_batch_ms / int8.large_batch_ms,
         int8_speedup_batch1: fp32.batch1_ms / int8.batch1_ms,
-        int8_kernel: crate::runtime::packed::Isa::detect().name(),
+        int8_u7_speedup_large_batch: fp32.large_batch_ms / int8_u7.large_batch_ms,
+        int8_u7_speedup_batch1: fp32.batch1_ms / int8_u7.batch1_ms,
+        int8_kernel,
+        int8_u7_kernel,
+        int8_u7,
         fp32,
         fp32_candle,
         int8,

@@ -184,7 +184,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     let final_path = spec.out.join(ARTIFACT);
     let t_side = report::side(&spec.model.display().to_string(), &cmp.teacher, cmp.bytes_before, &teacher, t_lat, "float32 (compiled float runtime, BatchNorm folded)");
     let c_side = report::side(&final_path.display().to_string(), &cmp.compressed, cmp.bytes_after, &int8_model.model, q_lat,
-        &format!("integer arithmetic: u8 x i8 -> i32 ({} kernel), the written file read back", crate::runtime::packed::Isa::detect().name()));
+        &format!("integer arithmetic: u8 x i8 -> i32 ({} kernel), the written file read back", crate::runtime::kernel_names(&int8_model)));
     let inputs: BTreeMap<String, FileInfo> = serde_json::from_value(fingerprint["inputs"].clone()).unwrap_or_default();
     let rep = Report {
         tool: tool_version(),

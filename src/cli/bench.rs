@@ -62,6 +62,8 @@ fn print_table(r: &BenchResult, one: Option<&serde_json::Value>) {
     println!("{:<34} {:>12} {:>12} {:>8}", "workload", "wick fp32", "wick int8", "ratio");
     println!("{:<34} {:>9.3} ms {:>9.3} ms {:>7.2}x", "inference, batch 1", r.fp32.batch1_ms, r.int8.batch1_ms, r.int8_speedup_batch1);
     println!("{:<34} {:>9.3} ms {:>9.3} ms {:>7.2}x", format!("inference, batch {}", r.fp32.large_batch), r.fp32.large_batch_ms, r.int8.large_batch_ms, r.int8_speedup_large_batch);
+    println!("{:<34} {:>9.3} ms {:>9.3} ms {:>7.2}x   (int8: 7-bit activations, {})", "inference, batch 1, u7", r.fp32.batch1_ms, r.int8_u7.batch1_ms, r.int8_u7_speedup_batch1, r.int8_u7_kernel);
+    println!("{:<34} {:>9.3} ms {:>9.3} ms {:>7.2}x", format!("inference, batch {}, u7", r.fp32.large_batch), r.fp32.large_batch_ms, r.int8_u7.large_batch_ms, r.int8_u7_speedup_large_batch);
     println!("{:<34} {:>9.3} ms / {:.3} ms at batch {}", "fp32 on candle's executor, batch 1", r.fp32_candle.batch1_ms, r.fp32_candle.large_batch_ms, r.fp32_candle.large_batch);
     if r.train_epoch_s > 0.0 {
         println!("{:<34} {:>9.3} s", "training epoch (batch 64, SGD)", r.train_epoch_s);

@@ -25,7 +25,8 @@ pub struct Args {
     /// Calibration samples (the first N of the file).
     #[arg(long, default_value_t = 512)]
     samples: usize,
-    /// Activation type: u8 (asymmetric) or i8 (symmetric).
+    /// Activation type: u8 (asymmetric), u7 (asymmetric 7-bit: AVX2's faster exact kernel) or i8
+    /// (symmetric).
     #[arg(long, default_value = "u8")]
     activations: ActType,
     /// Keep these layers in float.

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 pub enum ActType {
     /// Asymmetric uint8, 0..255 with a zero point (what x86 integer dot products want).
     U8,
+    /// Asymmetric 7-bit, 0..127 with a zero point, stored as u8 (ONNX Runtime's `reduce_range`):
+    /// one bit of activation resolution traded for AVX2's `vpmaddubsw`, which is exact only on
+    /// 7-bit operands and about 1.2x faster than the exact 8-bit AVX2 kernel.
+    U7,
     /// Symmetric int8, −128..127, zero point 0.
     I8,
 }
@@ -21,6 +25,7 @@ impl ActType {
     pub fn range(self) -> (i32, i32) {
         match self {
             ActType::U8 => (0, 255),
+            ActType::U7 => (0, 127),
             ActType::I8 => (-128, 127),
         }
     }
@@ -31,8 +36,9 @@ impl std::str::FromStr for ActType {
     fn from_str(s: &str) -> crate::Result<Self> {
         match s {
             "u8" => Ok(ActType::U8),
+            "u7" => Ok(ActType::U7),
             "i8" => Ok(ActType::I8),
-            o => Err(crate::WickError::invalid("--activations", format!("'{o}' is not one of u8, i8"))),
+            o => Err(crate::WickError::invalid("--activations", format!("'{o}' is not one of u8, u7, i8"))),
         }
     }
 }
@@ -51,13 +57,15 @@ pub const MIN_SCALE: f32 = 1e-8;
 
 impl QParams {
     /// Parameters covering `[lo, hi]` (widened to include 0, so zero is exact):
-    /// u8: `scale = (hi − lo) / 255`, `zp = round(−lo / scale)`; i8: `scale = max(|lo|, |hi|) / 127.5`, zp 0.
+    /// u8 and u7: `scale = (hi − lo) / qmax`, `zp = round(−lo / scale)` clamped to `0..=qmax`
+    /// (`qmax` 255 or 127); i8: `scale = max(|lo|, |hi|) / 127.5`, zp 0.
     pub fn from_range(lo: f32, hi: f32, act: ActType) -> QParams {
         let (lo, hi) = (lo.min(0.0), hi.max(0.0));
         match act {
-            ActType::U8 => {
-                let scale = ((hi - lo) / 255.0).max(MIN_SCALE);
-                let zp = (-lo / scale).round().clamp(0.0, 255.0) as i32;
+            ActType::U8 | ActType::U7 => {
+                let qmax = act.range().1 as f32;
+                let scale = ((hi - lo) / qmax).max(MIN_SCALE);
+                let zp = (-lo / scale).round().clamp(0.0, qmax) as i32;
                 QParams { scale, zero_point: zp, act }
             }
             ActType::I8 => {

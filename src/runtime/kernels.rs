@@ -1,5 +1,5 @@
 //! Integer kernels shared by both executors: activation quantisation (scalar reference, and
-//! AVX2 for the compiled runtime's i16 codes), and the reference executor's im2col over u8 (the
+//! AVX2 for the compiled runtime's i16 or u8 codes), and the reference executor's im2col over u8 (the
 //! zero point as padding) and scalar u8 × i8 → i32 GEMM — the oracle the packed GEMM
 //! (`packed.rs`) is tested against bit for bit.
 
@@ -24,18 +24,59 @@ pub fn quantize_u8(x: &[f32], q: &crate::quant::QParams) -> (Vec<u8>, i32) {
     (codes, zp)
 }
 
-/// The codes of [`quantize_u8`] held as i16, the operand type of the compiled runtime's GEMM;
-/// AVX2 eight at a time where the CPU has it (bit-identical to the scalar formula: tested).
-pub fn quantize_i16(x: &[f32], q: &crate::quant::QParams) -> (Vec<i16>, i32) {
+/// A code type the compiled runtime's GEMMs read: i16 (the `vpmaddwd` pair kernels) or u8
+/// (the quad kernels).
+pub trait Code: Copy + Default + Send + Sync + 'static {
+    /// A shifted code (0..=255) as this type.
+    fn from_code(c: i32) -> Self;
+    /// Stores 8 shifted codes (i32 lanes, each 0..=255) at `dst`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and `dst` has room for 8 values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn store8(dst: *mut Self, c: std::arch::x86_64::__m256i);
+}
+
+impl Code for i16 {
+    fn from_code(c: i32) -> i16 {
+        c as i16
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store8(dst: *mut i16, c: std::arch::x86_64::__m256i) {
+        use std::arch::x86_64::*;
+        // 8 i32 → 8 i16 (values fit): packs within lanes, then gather the two halves.
+        let p = _mm256_permute4x64_epi64(_mm256_packs_epi32(c, c), 0b00_00_10_00);
+        _mm_storeu_si128(dst as *mut __m128i, _mm256_castsi256_si128(p));
+    }
+}
+
+impl Code for u8 {
+    fn from_code(c: i32) -> u8 {
+        c as u8
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store8(dst: *mut u8, c: std::arch::x86_64::__m256i) {
+        use std::arch::x86_64::*;
+        // 8 i32 → 8 i16 → 8 u8 (values fit both), the low 8 bytes stored.
+        let p = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(c, c), 0b00_00_10_00));
+        _mm_storel_epi64(dst as *mut __m128i, _mm_packus_epi16(p, p));
+    }
+}
+
+/// The codes of [`quantize_u8`] as the compiled runtime's code type `T`; AVX2 eight at a time
+/// where the CPU has it (bit-identical to the scalar formula: tested).
+pub fn quantize_codes<T: Code>(x: &[f32], q: &crate::quant::QParams) -> (Vec<T>, i32) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             let shift = code_shift(q);
             let mut codes = Vec::with_capacity(x.len());
             let out = &mut codes.spare_capacity_mut()[..x.len()];
-            let run = |x: &[f32], out: &mut [std::mem::MaybeUninit<i16>]| {
+            let run = |x: &[f32], out: &mut [std::mem::MaybeUninit<T>]| {
                 // SAFETY: the CPU has AVX2; the slices have equal lengths.
-                unsafe { quantize_i16_avx2(x, q, shift, out) }
+                unsafe { quantize_avx2(x, q, shift, out) }
             };
             const CHUNK: usize = 1 << 16;
             if x.len() > 2 * CHUNK && rayon::current_num_threads() > 1 {
@@ -43,13 +84,13 @@ pub fn quantize_i16(x: &[f32], q: &crate::quant::QParams) -> (Vec<i16>, i32) {
             } else {
                 run(x, out);
             }
-            // SAFETY: `quantize_i16_avx2` wrote every entry.
+            // SAFETY: `quantize_avx2` wrote every entry.
             unsafe { codes.set_len(x.len()) };
             return (codes, q.zero_point + shift);
         }
     }
-    let mut codes = vec![0i16; x.len()];
-    let zp = quantize_into(x, q, &mut codes, |c| c as i16);
+    let mut codes = vec![T::default(); x.len()];
+    let zp = quantize_into(x, q, &mut codes, T::from_code);
     (codes, zp)
 }
 
@@ -57,7 +98,7 @@ pub fn quantize_i16(x: &[f32], q: &crate::quant::QParams) -> (Vec<i16>, i32) {
 /// for i8.
 fn code_shift(q: &crate::quant::QParams) -> i32 {
     match q.act {
-        crate::quant::ActType::U8 => 0,
+        crate::quant::ActType::U8 | crate::quant::ActType::U7 => 0,
         crate::quant::ActType::I8 => 128,
     }
 }
@@ -95,7 +136,7 @@ fn quantize_into<T: Copy, F: Fn(i32) -> T>(x: &[f32], q: &crate::quant::QParams,
 /// huge values from wrapping (`as i32` saturates; `cvttps2dq` does not).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn quantize_i16_avx2(x: &[f32], q: &crate::quant::QParams, shift: i32, out: &mut [std::mem::MaybeUninit<i16>]) {
+unsafe fn quantize_avx2<T: Code>(x: &[f32], q: &crate::quant::QParams, shift: i32, out: &mut [std::mem::MaybeUninit<T>]) {
     use std::arch::x86_64::*;
     let (qmin, qmax) = q.act.range();
     let n8 = x.len() / 8 * 8;
@@ -118,14 +159,11 @@ unsafe fn quantize_i16_avx2(x: &[f32], q: &crate::quant::QParams, shift: i32, ou
         let r = _mm256_min_ps(_mm256_max_ps(r, nbig), big);
         let c = _mm256_add_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(r), zp), sh);
         let c = _mm256_min_epi32(_mm256_max_epi32(c, lo), hi);
-        // Pack 8 i32 → 8 i16 (values fit): packs within lanes, then gather the two halves.
-        let p = _mm256_packs_epi32(c, c);
-        let p = _mm256_permute4x64_epi64(p, 0b00_00_10_00);
-        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm256_castsi256_si128(p));
+        T::store8(out.as_mut_ptr().add(i) as *mut T, c);
         i += 8;
     }
     for (o, &v) in out[n8..].iter_mut().zip(&x[n8..]) {
-        o.write((q.quantize(v) + shift) as i16);
+        o.write(T::from_code(q.quantize(v) + shift));
     }
 }
 
@@ -174,12 +212,14 @@ mod tests {
         // Halves (ties round away from zero), negatives, values far outside the range, ±0.
         let mut x: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.25 * 0.1).collect();
         x.extend([0.05, -0.05, 0.15, -0.15, 1e30, -1e30, 3e9, -3e9, 0.0, -0.0, 12.75, -12.75, 0.1 * 127.5, -0.1 * 128.5]);
-        for act in [ActType::U8, ActType::I8] {
-            for q in [QParams { scale: 0.1, zero_point: if act == ActType::U8 { 37 } else { 0 }, act }, QParams { scale: 0.0123, zero_point: 0, act }] {
+        for act in [ActType::U8, ActType::U7, ActType::I8] {
+            for q in [QParams { scale: 0.1, zero_point: if act == ActType::I8 { 0 } else { 37 }, act }, QParams { scale: 0.0123, zero_point: 0, act }] {
                 let (want, zw) = quantize_u8(&x, &q);
-                let (got, zg) = quantize_i16(&x, &q);
-                assert_eq!(zw, zg);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let (wide, zg) = quantize_codes::<i16>(&x, &q);
+                let (bytes, zb) = quantize_codes::<u8>(&x, &q);
+                assert_eq!((zw, zw), (zg, zb));
+                assert_eq!(bytes, want, "{q:?}");
+                for (i, (g, w)) in wide.iter().zip(&want).enumerate() {
                     assert_eq!(*g, *w as i16, "x = {} under {q:?}", x[i]);
                 }
             }

@@ -208,3 +208,11 @@ impl<'a> Executor<'a> {
         }
     }
 }
+
+/// The integer GEMM kernels `m`'s layers run on this CPU, by name (each distinct one once).
+pub fn kernel_names(m: &Int8Model) -> String {
+    let mut names: Vec<&str> = m.layers.values().map(|q| packed::Isa::detect_for(q.input.act == crate::quant::ActType::U7).name()).collect();
+    names.sort();
+    names.dedup();
+    names.join(", ")
+}

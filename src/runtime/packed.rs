@@ -8,7 +8,7 @@
 //! stays in registers over the whole depth. The blocking, threading and epilogue calls are the
 //! shared driver's (`blocked.rs`); this file is the integer [`Panels`].
 
-use super::blocked::{Panels, MR};
+use super::blocked::Panels;
 
 /// Columns per packed panel (one 256-bit vector of i32 lanes).
 pub const PANEL: usize = 8;
@@ -20,6 +20,10 @@ pub enum Isa {
     Scalar,
     /// `vpmaddwd` over i16 pairs: 16 multiply-adds per instruction.
     Avx2,
+    /// `vpmaddubsw` then `vpmaddwd` by ones over u8 × i8 quads: 32 multiply-adds per two
+    /// instructions. Exact only for 7-bit activation codes (`|a₀w₀ + a₁w₁| ≤ 127·128·2 < 2¹⁵`,
+    /// so the i16 pair sums never saturate): chosen for `u7` inputs only.
+    Avx2U7,
     /// AVX-VNNI `vpdpbusd` on ymm: u8 × i8 quads summed straight into i32, 32 multiply-adds per
     /// instruction.
     AvxVnni,
@@ -29,14 +33,16 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// Every instruction set this CPU can run, best last. `WICK_INT8_ISA=scalar|avx2|avxvnni` caps the
-    /// choice (to compare kernels on one machine).
+    /// Every instruction set this CPU can run, best last (`Avx2U7` serves 7-bit inputs only).
+    /// `WICK_INT8_ISA=scalar|avx2|avx2u7|avxvnni` caps the choice (to compare kernels on one
+    /// machine).
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") {
                 v.push(Isa::Avx2);
+                v.push(Isa::Avx2U7);
                 if std::is_x86_feature_detected!("avxvnni") {
                     v.push(Isa::AvxVnni);
                 }
@@ -48,6 +54,7 @@ impl Isa {
         let cap = match std::env::var("WICK_INT8_ISA").as_deref() {
             Ok("scalar") => Isa::Scalar,
             Ok("avx2") => Isa::Avx2,
+            Ok("avx2u7") => Isa::Avx2U7,
             Ok("avxvnni") => Isa::AvxVnni,
             _ => Isa::Avx512Vnni,
         };
@@ -60,67 +67,101 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "AVX2 vpmaddwd",
+            Isa::Avx2U7 => "AVX2 vpmaddubsw (7-bit activations)",
             Isa::AvxVnni => "AVX-VNNI vpdpbusd",
             Isa::Avx512Vnni => "AVX-512 VNNI vpdpbusd",
         }
     }
 
-    /// The best available.
+    /// The best available for full 8-bit activation codes.
     pub fn detect() -> Isa {
-        *Isa::available().last().expect("scalar is always available")
+        Isa::detect_for(false)
+    }
+
+    /// The best available for activation codes of 7 bits (`seven`) or 8.
+    pub fn detect_for(seven: bool) -> Isa {
+        Isa::available().into_iter().rfind(|&i| seven || i != Isa::Avx2U7).expect("scalar is always available")
     }
 
     /// Whether it reads u8 rows and quad-packed weights (the VNNI kernels).
-    fn quads(self) -> bool {
-        matches!(self, Isa::AvxVnni | Isa::Avx512Vnni)
+    pub fn quads(self) -> bool {
+        matches!(self, Isa::Avx2U7 | Isa::AvxVnni | Isa::Avx512Vnni)
     }
 
     /// Columns per panel of this layout.
     fn panel(self) -> usize {
         match self {
             Isa::Avx512Vnni => super::vnni::PANEL_512,
-            Isa::AvxVnni => super::vnni::PANEL_256,
+            Isa::AvxVnni | Isa::Avx2U7 => super::vnni::PANEL_256,
             _ => PANEL,
         }
     }
 }
 
-/// Weights `[n, k]` (i8) packed for [`gemm`].
+/// Weights `[n, k]` (i8) packed for one kernel: pairs for the i16-row kernels, quads for the
+/// u8-row ones.
 #[derive(Debug, Clone)]
-pub struct PackedWeights {
+pub enum PackedWeights {
+    Pairs(PairPanels),
+    Quads(QuadPanels),
+}
+
+/// Weights packed for the pair kernels (scalar, AVX2 `vpmaddwd`), which read i16 rows.
+#[derive(Debug, Clone)]
+pub struct PairPanels {
     /// Real output columns.
     pub n: usize,
     /// Real depth.
     pub k: usize,
     /// Depth rounded up to even: the row length the activations must provide.
     pub kp: usize,
-    pub isa: Isa,
-    /// Pair layout (scalar and AVX2): panels of 8 columns, panel `p` holding `kp/2` pairs of
-    /// 16 i16 each.
+    isa: Isa,
+    /// Panels of 8 columns, panel `p` holding `kp/2` pairs of 16 i16 each.
     pairs: Vec<i16>,
-    /// Quad layout (VNNI): panels of 8 or 16 columns holding depth quads of i8.
+}
+
+/// Weights packed for the quad kernels (AVX2 on 7-bit codes, VNNI), which read u8 rows.
+#[derive(Debug, Clone)]
+pub struct QuadPanels {
+    /// Real output columns.
+    pub n: usize,
+    /// Real depth.
+    pub k: usize,
+    /// Depth rounded up to whole quads: the row length the activations must provide.
+    pub kq: usize,
+    isa: Isa,
+    /// Panels of 8 or 16 columns holding depth quads of i8.
     quads: Vec<i8>,
 }
 
 impl PackedWeights {
-    /// Packs row-major `w[j·k + t]` for the best instruction set of this CPU.
-    pub fn pack(w: &[i8], n: usize, k: usize) -> PackedWeights {
-        PackedWeights::pack_for(w, n, k, Isa::detect())
-    }
-
     /// Packs for `isa`; columns past `n` and depth past `k` hold zeros, so they add nothing
     /// whatever the activations hold there.
     pub fn pack_for(w: &[i8], n: usize, k: usize, isa: Isa) -> PackedWeights {
-        assert_eq!(w.len(), n * k, "weight length");
-        let kp = k.div_ceil(2) * 2;
         match isa.quads() {
-            true => PackedWeights { n, k, kp, isa, pairs: vec![], quads: pack_panels(w, n, k, 4, isa.panel(), |v| v) },
-            false => PackedWeights { n, k, kp, isa, pairs: pack_panels(w, n, k, 2, PANEL, i16::from), quads: vec![] },
+            true => PackedWeights::Quads(QuadPanels::pack(w, n, k, isa)),
+            false => PackedWeights::Pairs(PairPanels::pack(w, n, k, isa)),
         }
+    }
+}
+
+impl QuadPanels {
+    /// Packs row-major `w[j·k + t]` for quad kernel `isa`.
+    pub fn pack(w: &[i8], n: usize, k: usize, isa: Isa) -> QuadPanels {
+        assert!(w.len() == n * k && isa.quads(), "weight length and a quad kernel");
+        QuadPanels { n, k, kq: k.div_ceil(4) * 4, isa, quads: pack_panels(w, n, k, 4, isa.panel(), |v| v) }
+    }
+}
+
+impl PairPanels {
+    /// Packs row-major `w[j·k + t]` for pair kernel `isa`.
+    pub fn pack(w: &[i8], n: usize, k: usize, isa: Isa) -> PairPanels {
+        assert!(w.len() == n * k && !isa.quads(), "weight length and a pair kernel");
+        PairPanels { n, k, kp: k.div_ceil(2) * 2, isa, pairs: pack_panels(w, n, k, 2, PANEL, i16::from) }
     }
 
     fn panels(&self) -> usize {
-        self.n.div_ceil(self.isa.panel())
+        self.n.div_ceil(PANEL)
     }
 
     fn panel_len(&self) -> usize {
@@ -144,11 +185,10 @@ pub(super) fn pack_panels<S: Copy, T: Copy + Default>(w: &[S], n: usize, k: usiz
     data
 }
 
-impl Panels for PackedWeights {
+impl Panels for PairPanels {
     type A = i16;
     type Acc = i32;
-    /// u8 rows for the VNNI kernels, each padded to whole quads (the padding stays zero).
-    type Scratch = Vec<u8>;
+    type Scratch = ();
 
     fn row_len(&self) -> usize {
         self.kp
@@ -159,28 +199,38 @@ impl Panels for PackedWeights {
     }
 
     fn acc_stride(&self) -> usize {
-        self.panels() * self.isa.panel()
+        self.panels() * PANEL
     }
 
-    fn tile(&self, a: &[i16], lda: usize, rows: usize, bytes: &mut Vec<u8>, buf: &mut [i32]) {
-        let np = self.acc_stride();
-        if !self.isa.quads() {
-            return tile_rows(a, lda, rows, self, buf, np);
-        }
-        let kq = self.k.div_ceil(4) * 4;
-        bytes.resize(MR * kq, 0);
-        for (r, dst) in bytes.chunks_mut(kq).take(rows).enumerate() {
-            // Codes are 0..=255 by construction (shifted u8 codes held as i16).
-            for (d, &c) in dst[..self.k].iter_mut().zip(&a[r * lda..r * lda + self.k]) {
-                *d = c as u8;
-            }
-        }
-        super::vnni::tile_rows(bytes, kq, rows, &self.quads, self.n, buf, np, self.isa == Isa::Avx512Vnni)
+    fn tile(&self, a: &[i16], lda: usize, rows: usize, _: &mut (), buf: &mut [i32]) {
+        tile_rows(a, lda, rows, self, buf, self.acc_stride())
+    }
+}
+
+impl Panels for QuadPanels {
+    type A = u8;
+    type Acc = i32;
+    type Scratch = ();
+
+    fn row_len(&self) -> usize {
+        self.kq
+    }
+
+    fn macs_per_row(&self) -> usize {
+        self.n * self.k
+    }
+
+    fn acc_stride(&self) -> usize {
+        self.n.div_ceil(self.isa.panel()) * self.isa.panel()
+    }
+
+    fn tile(&self, a: &[u8], lda: usize, rows: usize, _: &mut (), buf: &mut [i32]) {
+        super::vnni::tile_rows(a, lda, self.kq, rows, &self.quads, self.n, buf, self.acc_stride(), self.isa)
     }
 }
 
 /// All panels for `rows ≤ MR` rows into `buf` (`np` i32 per row).
-fn tile_rows(a: &[i16], lda: usize, rows: usize, w: &PackedWeights, buf: &mut [i32], np: usize) {
+fn tile_rows(a: &[i16], lda: usize, rows: usize, w: &PairPanels, buf: &mut [i32], np: usize) {
     let panels = w.panels();
     let kpairs = w.kp / 2;
     let mut p = 0;
@@ -250,36 +300,46 @@ mod tests {
     use crate::runtime::blocked::{gemm, Rows};
     use crate::runtime::kernels::gemm_u8i8;
 
-    /// The packed GEMM equals the scalar reference bit for bit, over row counts that leave
-    /// partial tiles, column counts that leave a single or partial panel, odd depths, extreme
+    /// The packed GEMM equals the scalar reference bit for bit with every kernel this CPU runs
+    /// (the 7-bit one on codes up to 127), over row counts that leave partial tiles, column counts that leave a single or partial panel, odd depths, extreme
     /// codes, and sizes on both sides of the threading threshold.
     #[test]
     fn packed_gemm_equals_reference() {
         for (m, n, k) in [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288), (700, 40, 83)] {
             // The last is above PARALLEL_MIN_MACS, so the threaded path runs too.
             assert_eq!(m * n * k >= PARALLEL_MIN_MACS, m == 700);
-            let a8: Vec<u8> = (0..m * k).map(|i| if i % 3 == 0 { 255 } else { ((i * 37) % 256) as u8 }).collect();
-            let w: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
-            let want = gemm_u8i8(&a8, &w, m, n, k);
+            // Weights at both extremes (−128 is the worst case of the 7-bit kernel's pair sums).
+            let w: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else if i % 9 == 0 { -128 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
             for isa in Isa::available() {
-            let p = PackedWeights::pack_for(&w, n, k, isa);
-            // Rows padded past k with junk that must meet zero weights.
-            let lda = p.kp + 3;
-            let a: Vec<i16> = (0..m * lda).map(|i| if i % lda < k { a8[i / lda * k + i % lda] as i16 } else { 77 }).collect();
-            let mut got = vec![0i32; m * n];
-            let copy = |acc: &[i32], stride: usize, o: &mut [i32]| {
-                for (r, row) in o.chunks_mut(n).enumerate() {
-                    row.copy_from_slice(&acc[r * stride..r * stride + n]);
-                }
-            };
-            gemm(&Rows::Slice { a: &a, lda }, m, &p, &mut got, n, &copy);
-            assert_eq!(got, want, "m={m} n={n} k={k} {isa:?}");
-            // The same rows built on demand.
-            let fill = |i: usize, row: &mut [i16]| row.copy_from_slice(&a[i * lda..i * lda + p.kp]);
-            let mut built = vec![0i32; m * n];
-            gemm(&Rows::Built(&fill), m, &p, &mut built, n, &copy);
-            assert_eq!(built, want, "built rows, m={m} n={n} k={k} {isa:?}");
+            // Codes at the top of the range the kernel serves: 255, or 127 for 7-bit inputs.
+            let top = if isa == Isa::Avx2U7 { 127 } else { 255 };
+            let a8: Vec<u8> = (0..m * k).map(|i| if i % 3 == 0 { top } else { ((i * 37) % (top as usize + 1)) as u8 }).collect();
+            let want = gemm_u8i8(&a8, &w, m, n, k);
+            match PackedWeights::pack_for(&w, n, k, isa) {
+                PackedWeights::Pairs(p) => check(&p, &a8, m, k, &want, i16::from, &format!("m={m} n={n} k={k} {isa:?}")),
+                PackedWeights::Quads(p) => check(&p, &a8, m, k, &want, |c| c, &format!("m={m} n={n} k={k} {isa:?}")),
+            }
             }
         }
+    }
+
+    /// `p`'s GEMM over `a8` (as its row type, each row padded past `k` with junk that must meet
+    /// zero weights), rows read in place and built on demand, equals `want`.
+    fn check<P: Panels<Acc = i32>>(p: &P, a8: &[u8], m: usize, k: usize, want: &[i32], cast: fn(u8) -> P::A, label: &str) {
+        let n = want.len() / m;
+        let lda = p.row_len() + 3;
+        let a: Vec<P::A> = (0..m * lda).map(|i| cast(if i % lda < k { a8[i / lda * k + i % lda] } else { 77 })).collect();
+        let copy = |acc: &[i32], stride: usize, o: &mut [i32]| {
+            for (r, row) in o.chunks_mut(n).enumerate() {
+                row.copy_from_slice(&acc[r * stride..r * stride + n]);
+            }
+        };
+        let mut got = vec![0i32; m * n];
+        gemm(&Rows::Slice { a: &a, lda }, m, p, &mut got, n, &copy);
+        assert_eq!(got, want, "{label}");
+        let fill = |i: usize, row: &mut [P::A]| row.copy_from_slice(&a[i * lda..i * lda + p.row_len()]);
+        let mut built = vec![0i32; m * n];
+        gemm(&Rows::Built(&fill), m, p, &mut built, n, &copy);
+        assert_eq!(built, want, "built rows, {label}");
     }
 }

@@ -15,8 +15,7 @@
 //!   candle executor's up to float rounding (sums in another order, folded weights).
 
 use super::flayer::FloatLayer;
-use super::kernels::quantize_i16;
-use super::qlayer::QLayer;
+use super::qlayer::{Codes, QLayer};
 use crate::artifact::Int8Model;
 use crate::error::{Result, WickError};
 use crate::model::arch::{Node, Op};
@@ -168,8 +167,7 @@ impl Plan {
         let n = x.dim(0)?;
         let mut vals: Vec<Option<Value>> = (0..self.slots).map(|_| None).collect();
         vals[0] = Some(Value { data: x.flatten_all()?.to_vec1()?, dims: x.dims().to_vec(), channels_last: false });
-        // Codes of a slot under a quantiser and in a layout, kept while the slot lives.
-        let mut codes: Vec<(usize, QParams, bool, Vec<i16>, i32)> = vec![];
+        let mut codes: Vec<Quantised> = vec![];
         for (si, step) in self.steps.iter().enumerate() {
             let node = &self.model.arch.nodes[step.node];
             let y = match &step.kind {
@@ -179,8 +177,8 @@ impl Plan {
                     let v = vals[src].as_mut().expect("input computed");
                     set_layout(v, conv);
                     let dims = v.dims.clone();
-                    let cl = v.channels_last;
-                    let at = match codes.iter().position(|c| c.0 == src && c.1 == q.input && c.2 == cl) {
+                    let form = (v.channels_last, q.reads_bytes());
+                    let at = match codes.iter().position(|c| c.0 == src && c.1 == q.input && c.2 == form) {
                         Some(i) => i,
                         None => {
                             // A branch-free pass (it vectorises; a search with early exit does not).
@@ -188,8 +186,8 @@ impl Plan {
                                 let bad = v.data.iter().find(|f| !f.is_finite()).expect("found above");
                                 return Err(WickError::node(&node.name, format!("input holds a non-finite value ({bad})")));
                             }
-                            let (c, zp) = quantize_i16(&v.data, &q.input);
-                            codes.push((src, q.input, cl, c, zp));
+                            let (c, zp) = q.quantize(&v.data);
+                            codes.push((src, q.input, form, c, zp));
                             codes.len() - 1
                         }
                     };
@@ -271,6 +269,10 @@ impl Plan {
         Value { data: v.data.clone(), dims: v.dims.clone(), channels_last: v.channels_last }
     }
 }
+
+/// Codes of a slot under a quantiser, in a layout and a code type (`(channels last, bytes)`),
+/// with their shifted zero point; kept while the slot lives.
+type Quantised = (usize, QParams, (bool, bool), Codes, i32);
 
 /// `[n] ++ per-sample shape`.
 fn out_dims(per_sample: &[usize], n: usize) -> Vec<usize> {

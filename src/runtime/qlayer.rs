@@ -6,18 +6,19 @@
 //! `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`, then `max(y, 0)` when a ReLU was fused into it.
 
 use super::layout::{run_layer, LayerShape, PatchRuns};
-use super::packed::PackedWeights;
+use super::kernels::quantize_codes;
+use super::packed::{Isa, PairPanels, QuadPanels};
 use crate::artifact::QuantLayer;
 use crate::model::arch::Op;
-use crate::quant::QParams;
+use crate::quant::{ActType, QParams};
 use std::mem::MaybeUninit;
 
 /// A quantised layer ready to run.
 pub struct QLayer {
     pub input: QParams,
     pub shape: LayerShape,
-    /// One packed weight per group.
-    packed: Vec<PackedWeights>,
+    /// One packed weight per group, for the kernel this layer runs.
+    packed: Packed,
     /// Where each output position's patch row reads (convs).
     runs: Option<PatchRuns>,
     /// `Σ_k w_c[k]` per output channel, for the zero-point correction.
@@ -34,12 +35,22 @@ impl QLayer {
     pub fn new(q: &QuantLayer, op: &Op, in_shape: &[usize], bias: Option<Vec<f32>>) -> Option<QLayer> {
         let shape = LayerShape::of(op, in_shape)?;
         let w = &q.weight;
-        let packed = match shape {
-            LayerShape::Linear { inp, out } => vec![PackedWeights::pack(&w.values, out, inp)],
-            LayerShape::Conv(g) => (0..g.groups).map(|gi| PackedWeights::pack(&g.patch_order(&w.values, gi), g.o / g.groups, g.k())).collect(),
+        // 7-bit inputs may take a kernel that is exact on 7-bit codes only.
+        let isa = Isa::detect_for(q.input.act == ActType::U7);
+        // Each group's weights `[n, k]` in the channels-last patch order.
+        let groups: Vec<(Vec<i8>, usize, usize)> = match shape {
+            LayerShape::Linear { inp, out } => vec![(w.values.clone(), out, inp)],
+            LayerShape::Conv(g) => (0..g.groups).map(|gi| (g.patch_order(&w.values, gi), g.o / g.groups, g.k())).collect(),
         };
+        let packed = match isa.quads() {
+            true => Packed::Quads(groups.iter().map(|(w, n, k)| QuadPanels::pack(w, *n, *k, isa)).collect()),
+            false => Packed::Pairs(groups.iter().map(|(w, n, k)| PairPanels::pack(w, *n, *k, isa)).collect()),
+        };
+        // The codes are the GEMM's rows as they are when every patch row is one pixel whose
+        // channels fill a whole row of the kernel's layout (pairs or quads).
+        let group = if isa.quads() { 4 } else { 2 };
         let runs = match shape {
-            LayerShape::Conv(g) if !rows_in_place(&g) => Some(PatchRuns::new(&g)),
+            LayerShape::Conv(g) if !(g.pointwise() && g.c.is_multiple_of(group)) => Some(PatchRuns::new(&g)),
             _ => None,
         };
         Some(QLayer { input: q.input, shape, packed, wsum: q.weight_sums(), mult: q.multipliers(), bias, relu: false, runs })
@@ -53,10 +64,42 @@ impl QLayer {
     /// Runs the layer on `codes` (channels last for a conv; `rows × in` for a linear) of `n`
     /// samples with the shifted zero point `zp`; returns `[rows, out]` f32 (channels last for a
     /// conv).
-    pub fn run(&self, codes: &[i16], zp: i32, n: usize) -> Vec<f32> {
-        let (o, og) = (self.out_channels(), self.out_channels() / self.packed.len());
+    pub fn run(&self, codes: &Codes, zp: i32, n: usize) -> Vec<f32> {
+        let (o, og) = (self.out_channels(), self.out_channels() / self.groups());
         let epilogue = |gi: usize| move |acc: &[i32], stride: usize, out: &mut [MaybeUninit<f32>]| self.epilogue(acc, stride, o, zp, gi * og, out);
-        run_layer(&self.shape, &self.packed, self.runs.as_ref(), codes, zp as i16, n, epilogue)
+        match (&self.packed, codes) {
+            (Packed::Pairs(p), Codes::Wide(c)) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as i16, n, epilogue),
+            (Packed::Quads(p), Codes::Bytes(c)) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as u8, n, epilogue),
+            _ => unreachable!("codes come from this layer's `quantize`, in the type its kernel reads"),
+        }
+    }
+
+    /// The input's shifted codes in the type this layer's kernel reads (u8 for the quad
+    /// kernels, i16 for the pair ones), and the shifted zero point.
+    pub fn quantize(&self, x: &[f32]) -> (Codes, i32) {
+        match self.packed {
+            Packed::Pairs(_) => {
+                let (c, zp) = quantize_codes::<i16>(x, &self.input);
+                (Codes::Wide(c), zp)
+            }
+            Packed::Quads(_) => {
+                let (c, zp) = quantize_codes::<u8>(x, &self.input);
+                (Codes::Bytes(c), zp)
+            }
+        }
+    }
+
+    /// Whether this layer reads u8 codes (else i16): layers that read one value share its codes
+    /// only when they read the same type.
+    pub fn reads_bytes(&self) -> bool {
+        matches!(self.packed, Packed::Quads(_))
+    }
+
+    fn groups(&self) -> usize {
+        match &self.packed {
+            Packed::Pairs(p) => p.len(),
+            Packed::Quads(p) => p.len(),
+        }
     }
 
     /// For each row `r` of a tile (`out.len() / ldo` rows):
@@ -64,7 +107,7 @@ impl QLayer {
     /// `j`, ReLU if fused (`max(y, 0)`). Writes every entry of those columns.
     #[inline]
     fn epilogue(&self, acc: &[i32], stride: usize, ldo: usize, zp: i32, c0: usize, out: &mut [MaybeUninit<f32>]) {
-        let n = self.out_channels() / self.packed.len();
+        let n = self.out_channels() / self.groups();
         let t = Tile { acc, stride, ldo, n, c0, zp, wsum: &self.wsum[c0..c0 + n], mult: &self.mult[c0..c0 + n], bias: self.bias.as_ref().map(|b| &b[c0..c0 + n]), relu: self.relu };
         #[cfg(target_arch = "x86_64")]
         {
@@ -136,8 +179,14 @@ fn dequantise(acc: &[i32], zp: i32, wsum: &[i32], mult: &[f32], bias: Option<&[f
     }
 }
 
-/// Whether the codes serve as the GEMM's rows as they are (no patch runs): a pointwise conv
-/// whose rows are already the even length the packed GEMM reads.
-fn rows_in_place(g: &super::layout::ConvShape) -> bool {
-    g.pointwise() && g.c.is_multiple_of(2)
+/// A layer's packed weights, one per group, for the kind of kernel it runs.
+enum Packed {
+    Pairs(Vec<PairPanels>),
+    Quads(Vec<QuadPanels>),
+}
+
+/// Shifted activation codes in the type a layer's kernel reads.
+pub enum Codes {
+    Wide(Vec<i16>),
+    Bytes(Vec<u8>),
 }

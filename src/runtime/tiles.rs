@@ -1,4 +1,4 @@
-//! The SIMD register tiles of the packed GEMMs, one macro for all four: a tile of `MR` rows ×
+//! The SIMD register tiles of the packed GEMMs, one macro for all five: a tile of `MR` rows ×
 //! `NV` panels keeps `MR·NV` vector accumulators over the whole depth; per depth step it loads
 //! `NV` weight vectors, broadcasts each row's group of activations (an i16 pair or a u8 quad,
 //! read as one i32; or one f32) and applies the multiply-accumulate `op`. The rows count is
@@ -7,6 +7,8 @@
 //! - AVX2 (`pairs_avx2`): i16 pairs × i16 pairs, `vpmaddwd` then `vpaddd` — 16 multiply-adds.
 //! - AVX-VNNI (`quads_avxvnni`, ymm) and AVX-512 VNNI (`quads_avx512`, zmm): u8 quads × i8
 //!   quads, `vpdpbusd` — 32 and 64 multiply-adds, summed straight into i32.
+//! - AVX2 on 7-bit activations (`quads_avx2_u7`): u8 quads × i8 quads, `vpmaddubsw` then
+//!   `vpmaddwd` by ones and `vpaddd` — 32 multiply-adds per three instructions.
 //! - FMA (`f32_fma`): f32 × f32, `vfmadd231ps` — 8 multiply-adds, the float runtime's tile.
 //!
 //! The integer ones are exact: no intermediate saturates (unlike `vpmaddubsw`).
@@ -85,6 +87,12 @@ tile_kernel!(quads_avxvnni, "avx2,avxvnni", u8, i8, i32 => i32, group = 4, panel
 tile_kernel!(quads_avx512, "avx512f,avx512bw,avx512vnni", u8, i8, i32 => i32, group = 4, panel = 16,
     _mm512_setzero_si512, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_storeu_si512,
     |acc, av, bv| _mm512_dpbusd_epi32(acc, av, bv));
+
+// Quad sums from u8 × i8 pairs summed into i16 (`vpmaddubsw`), then pairs of those into i32
+// (`vpmaddwd` by ones): exact while `|a₀w₀ + a₁w₁| < 2¹⁵`, i.e. for activations ≤ 127.
+tile_kernel!(quads_avx2_u7, "avx2", u8, i8, i32 => i32, group = 4, panel = 8,
+    _mm256_setzero_si256, _mm256_loadu_si256, _mm256_set1_epi32, _mm256_storeu_si256,
+    |acc, av, bv| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(av, bv), _mm256_set1_epi16(1))));
 
 tile_kernel!(f32_fma, "avx2,fma", f32, f32, f32 => f32, group = 1, panel = 8,
     _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_storeu_ps,

@@ -1,9 +1,11 @@
-//! The VNNI tiles of the packed GEMM: `vpdpbusd` multiplies 4 adjacent u8 activations with 4
+//! The quad tiles of the packed GEMM (u8 × i8 in groups of four along the depth), VNNI's and
+//! the 7-bit AVX2 one. VNNI: `vpdpbusd` multiplies 4 adjacent u8 activations with 4
 //! i8 weights and adds the four products straight into an i32 lane — exact (unlike
 //! `vpmaddubsw`, there is no saturating i16 step) and 4 multiply-adds per lane per instruction,
 //! twice `vpmaddwd`'s 2. Two encodings: AVX-512 VNNI (zmm, 16 columns per panel: Xeon since
 //! Cascade Lake, Zen 4) and AVX-VNNI (ymm, 8 columns: Alder Lake and later client CPUs, Zen 5).
-//! This file walks the quad-packed panels (`packed::pack_panels`); the register tiles are in
+//! AVX2 without VNNI reaches the same quad sums with `vpmaddubsw` then `vpmaddwd` by ones, exact
+//! for 7-bit activations only. This file walks the quad-packed panels (`packed::pack_panels`); the register tiles are in
 //! `tiles.rs`. Chosen at run time (`packed::Isa`).
 
 /// Columns per panel of the AVX-512 tile (one zmm of i32 lanes).
@@ -12,29 +14,36 @@ pub const PANEL_512: usize = 16;
 pub const PANEL_256: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
-use super::tiles::{quads_avx512, quads_avxvnni};
+use super::tiles::{quads_avx2_u7, quads_avx512, quads_avxvnni};
+use super::packed::Isa;
 
-/// All panels for `rows ≤ 6` u8 rows (`lda = kq` bytes each, zero past `k`) into `buf` (`np`
-/// i32 per row), with the 512-bit tile (`wide`) or the 256-bit one.
+/// All panels for `rows ≤ 6` u8 rows of `kq` bytes (a multiple of 4) at `lda` into `buf` (`np`
+/// i32 per row), with the quad tile of `isa`: the 512-bit VNNI one, the 256-bit VNNI one, or
+/// AVX2's `vpmaddubsw` (7-bit rows only).
 #[allow(clippy::too_many_arguments)]
-pub fn tile_rows(a: &[u8], lda: usize, rows: usize, quads: &[i8], n: usize, buf: &mut [i32], np: usize, wide: bool) {
+pub fn tile_rows(a: &[u8], lda: usize, kq: usize, rows: usize, quads: &[i8], n: usize, buf: &mut [i32], np: usize, isa: Isa) {
+    let wide = isa == Isa::Avx512Vnni;
     let panel = if wide { PANEL_512 } else { PANEL_256 };
     let panels = n.div_ceil(panel);
-    let panel_len = lda * panel;
-    assert!(a.len() >= rows * lda && quads.len() >= panels * panel_len && buf.len() >= rows * np && np >= panels * panel);
+    let panel_len = kq * panel;
+    assert!(kq.is_multiple_of(4) && lda >= kq && a.len() >= (rows - 1) * lda + kq && quads.len() >= panels * panel_len && buf.len() >= rows * np && np >= panels * panel);
     let mut p = 0;
     while p < panels {
         let two = p + 1 < panels;
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512Vnni` (wide) is only chosen when the CPU has AVX-512 F/BW/VNNI,
-        // `Isa::AvxVnni` when it has AVX2 and AVX-VNNI; the bounds are asserted above.
+        // SAFETY: `Isa::Avx512Vnni` is only chosen when the CPU has AVX-512 F/BW/VNNI,
+        // `Isa::AvxVnni` when it has AVX2 and AVX-VNNI, `Isa::Avx2U7` when it has AVX2; the
+        // bounds are asserted above.
         unsafe {
             let (b, dst) = (quads.as_ptr().add(p * panel_len), buf.as_mut_ptr().add(p * panel));
-            match (wide, two) {
-                (true, true) => quads_avx512::dispatch::<2>(a.as_ptr(), lda, rows, b, panel_len, lda / 4, dst, np),
-                (true, false) => quads_avx512::dispatch::<1>(a.as_ptr(), lda, rows, b, panel_len, lda / 4, dst, np),
-                (false, true) => quads_avxvnni::dispatch::<2>(a.as_ptr(), lda, rows, b, panel_len, lda / 4, dst, np),
-                (false, false) => quads_avxvnni::dispatch::<1>(a.as_ptr(), lda, rows, b, panel_len, lda / 4, dst, np),
+            match (isa, two) {
+                (Isa::Avx512Vnni, true) => quads_avx512::dispatch::<2>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
+                (Isa::Avx512Vnni, false) => quads_avx512::dispatch::<1>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
+                (Isa::AvxVnni, true) => quads_avxvnni::dispatch::<2>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
+                (Isa::AvxVnni, false) => quads_avxvnni::dispatch::<1>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
+                (Isa::Avx2U7, true) => quads_avx2_u7::dispatch::<2>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
+                (Isa::Avx2U7, false) => quads_avx2_u7::dispatch::<1>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
+                _ => unreachable!("{isa:?} has no quad tile"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

@@ -199,7 +199,8 @@ fn excluded_layers_stay_float() {
 /// The compiled runtime (channels-last buffers, fused ReLU, shared codes, float fallback for
 /// ops without an integer kernel) against the reference hook executor, on graphs that exercise
 /// every layout case: nested adds, a depthwise conv, concat, max pooling, relu6/silu/gelu,
-/// flatten into a linear, odd patch lengths, stride 2, a layer left in float, i8 activations,
+/// flatten into a linear, odd patch lengths, stride 2, a layer left in float, i8 and u7
+/// activations (u7 runs AVX2's 7-bit kernel where the CPU has no VNNI),
 /// and a conv1d feeding a pointwise conv1d over an odd channel count, then a linear over a 3-d
 /// tensor.
 #[test]
@@ -211,7 +212,7 @@ fn compiled_runtime_equals_the_reference_executor_on_every_layout_case() {
     for (arch, float_layers) in archs {
         let (m, d) = random_model(arch, 40);
         let float_layers: Vec<String> = float_layers.iter().map(|s| s.to_string()).collect();
-        for (act, exclude) in [(ActType::U8, vec![]), (ActType::I8, vec![]), (ActType::U8, float_layers)] {
+        for (act, exclude) in [(ActType::U8, vec![]), (ActType::U7, vec![]), (ActType::I8, vec![]), (ActType::U8, float_layers)] {
             let cfg = CalibConfig { method: Method::Minmax, percentile: 99.99, act, batch_size: 16 };
             let q = ptq(&m, &d, &cfg, 40, &exclude, &Silent).unwrap().int8;
             let logits = |e: Exec| -> Vec<f32> { Executor::new(&q, e).unwrap().predict(&d.x).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
@@ -234,4 +235,33 @@ fn compiled_runtime_equals_the_reference_executor_on_every_layout_case() {
             }
         }
     }
+}
+
+/// `--activations u7` (7-bit activations, ONNX Runtime's `reduce_range`): the file declares
+/// `u7` in each layer's scheme and stores u8 zero points within 0..=127, reads back as 7-bit,
+/// keeps the teacher's accuracy within the 0.3-point PTQ bar, and `wick eval` of the file gives
+/// the report's number. A `u7` scheme whose zero point is past 127 is refused, naming the tensor.
+#[test]
+fn seven_bit_activations_round_trip_and_keep_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.u7.int8.safetensors");
+    let r = quantize_cli(&resnet_path(), "entropy", &out, &["--activations", "u7"]);
+    let c = &r["comparison"];
+    assert!(c["drop_points"].as_f64().unwrap() <= 0.3, "{c}");
+    let q = wick::artifact::Int8Model::read(&TensorFile::read(&out).unwrap()).unwrap().unwrap();
+    assert_eq!(q.layers.len(), 10);
+    for (name, l) in &q.layers {
+        assert_eq!(l.input.act, ActType::U7, "{name}");
+        assert!((0..=127).contains(&l.input.zero_point), "{name}: {}", l.input.zero_point);
+    }
+    let (o, _) = run_expect(&["eval", out.to_str().unwrap(), "--data", digits("test").to_str().unwrap(), "--json", "--quiet"], 0);
+    let e: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(e["correct"], c["compressed"]["correct"]);
+
+    let mut f = TensorFile::read(&out).unwrap();
+    f.tensors.insert("conv1.input_zero_point".into(), RawTensor::from_u8(vec![1], &[200]));
+    let bad = dir.path().join("bad.int8.safetensors");
+    tensor_file::write(&bad, &f.tensors, &f.metadata).unwrap();
+    let (_, err) = run_expect(&["eval", bad.to_str().unwrap(), "--data", digits("test").to_str().unwrap(), "--quiet"], 2);
+    assert!(err.contains("conv1.input_zero_point") && err.contains("0..=127"), "{err}");
 }
