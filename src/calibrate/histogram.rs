@@ -110,7 +110,8 @@ impl Histogram {
     /// the last bin) and Q is P merged into `L` quantisation levels and spread back over P's
     /// non-empty bins (built from the bins below `i` alone, outliers excluded); the `i` with the
     /// least `KL(P ‖ Q)` gives the threshold.
-    /// `L` = 255 levels for one-sided data in u8, else 127 (one side of a symmetric grid).
+    /// `L` = the type's span (255, or 127 for u7) for one-sided data in an asymmetric type, else
+    /// half of it (one side of the grid).
     pub fn entropy_range(&self, act: ActType) -> (f32, f32) {
         let one_sided = self.lo >= 0.0;
         let amax = self.lo.abs().max(self.hi.abs());
@@ -126,12 +127,17 @@ impl Histogram {
                 mag[((x / mw) as usize).min(BINS - 1)] += c;
             }
         }
-        let levels = if one_sided && act == ActType::U8 { 255 } else { 127 };
+        let (qmin, qmax) = act.range();
+        let span = (qmax - qmin) as usize;
+        let levels = if one_sided && act != ActType::I8 { span } else { span / 2 };
         let mut best = (f64::INFINITY, BINS);
         for i in levels..=BINS {
             let kl = kl_clipped(&mag, i, levels);
-            if kl < best.0 {
-                best = (kl, i);
+            // Ties go to the larger threshold: clipping more for no loss is never better. Data
+            // with few distinct values (an image's 17 grey levels) has KL 0 both unclipped and
+            // clipped to its first spike, where everything else folds into one bin.
+            if kl <= best.0 + 1e-12 {
+                best = (kl.min(best.0), i);
             }
         }
         let t = best.1 as f32 * mw;
@@ -225,6 +231,21 @@ mod tests {
         let full = h.sq_error(&QParams::from_range(-40.0, 40.0, ActType::U8));
         let (lo, hi) = h.mse_range(ActType::U8);
         assert!(h.sq_error(&QParams::from_range(lo, hi, ActType::U8)) < full);
+    }
+
+    /// Digits-like input (half exact zeros, the rest on 16 grey levels, 1/16 apart): every
+    /// type keeps the whole range. Clipped at the first level, everything folds into one spike
+    /// and KL is 0 there too; 7-bit and symmetric grids (127 levels) used to stop there.
+    #[test]
+    fn few_distinct_values_keep_their_range() {
+        let v: Vec<f32> = (0..64_000).map(|i| if i % 2 == 0 { 0.0 } else { ((i / 2) % 17) as f32 / 16.0 }).collect();
+        let mut h = Histogram::new(0.0, 1.0);
+        h.add(&v);
+        for act in [ActType::U8, ActType::U7, ActType::I8] {
+            let (lo, hi) = h.entropy_range(act);
+            assert_eq!(lo, 0.0, "{act:?}");
+            assert!(hi > 0.99, "{act:?}: threshold {hi}");
+        }
     }
 
     #[test]
