@@ -26,6 +26,9 @@ use crate::quant::QParams;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
 
+/// Samples per part below which a batch is not cut across threads (see [`Plan::predict`]).
+const SPLIT_MIN_SAMPLES: usize = 8;
+
 /// What one step computes.
 enum Kind {
     Quant(Box<QLayer>),
@@ -161,9 +164,33 @@ impl Plan {
         Ok(Plan { model, steps, slots, output, last_use })
     }
 
-    /// Logits for a batch `[N, …]`.
+    /// Logits for a batch `[N, …]`. With more than one thread and at least
+    /// `2·SPLIT_MIN_SAMPLES` samples, the batch is cut into one contiguous part per thread and
+    /// the parts run the whole plan side by side: one fork and join per batch instead of one per
+    /// layer, and the steps between the GEMMs (adds, layout changes, quantisation) run in
+    /// parallel too. Every output row depends on its own sample only (static quantisation, each
+    /// GEMM row summed alone), so the logits are bit-identical to one pass over the batch.
     pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
         self.model.check_input(x)?;
+        let n = x.dim(0)?;
+        let parts = rayon::current_num_threads().min(n / SPLIT_MIN_SAMPLES);
+        if parts < 2 {
+            return self.predict_all(x);
+        }
+        use rayon::prelude::*;
+        let outs: Vec<Result<Tensor>> = (0..parts)
+            .into_par_iter()
+            .map(|p| {
+                let (start, end) = (p * n / parts, (p + 1) * n / parts);
+                self.predict_all(&x.narrow(0, start, end - start)?)
+            })
+            .collect();
+        let outs = outs.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+
+    /// Logits for a batch, every step over the whole batch.
+    fn predict_all(&self, x: &Tensor) -> Result<Tensor> {
         let n = x.dim(0)?;
         let mut vals: Vec<Option<Value>> = (0..self.slots).map(|_| None).collect();
         vals[0] = Some(Value { data: x.flatten_all()?.to_vec1()?, dims: x.dims().to_vec(), channels_last: false });
