@@ -9,6 +9,7 @@ pub mod compare;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod gemm;
 pub mod job;
 pub mod model;
 pub mod parallel;

@@ -5,7 +5,7 @@
 //! the GEMM's epilogue: `y = acc + b_c`, then `max(y, 0)` when a ReLU was fused into it.
 
 use super::layout::{run_layer, LayerShape, PatchRuns};
-use super::packed_f32::PackedF32;
+use crate::gemm::packed_f32::PackedF32;
 use crate::model::arch::Op;
 use std::mem::MaybeUninit;
 

@@ -2,7 +2,7 @@
 //! input `[N, H, W, C]`, its weights reordered to the channels-last patch order `(ky, kx, c)`,
 //! and where each output position's patch row reads.
 
-use super::blocked::{gemm, Panels, Rows};
+use crate::gemm::blocked::{gemm, Panels, Rows};
 use crate::model::arch::Op;
 use std::mem::MaybeUninit;
 

@@ -6,16 +6,13 @@
 //! each quantised layer by plain loops (this file, the oracle). `Simulate` runs the fake-quant
 //! float model instead, so the two can be compared. Uses `artifact`, `model`, `quant`.
 
-pub mod blocked;
 pub mod flayer;
 pub mod kernels;
 pub mod layout;
 pub mod packed;
-pub mod packed_f32;
 pub mod vnni;
 pub mod plan;
 pub mod qlayer;
-pub mod tiles;
 
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};

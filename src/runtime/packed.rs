@@ -8,7 +8,8 @@
 //! stays in registers over the whole depth. The blocking, threading and epilogue calls are the
 //! shared driver's (`blocked.rs`); this file is the integer [`Panels`].
 
-use super::blocked::Panels;
+use crate::gemm::blocked::Panels;
+use crate::gemm::pack_panels;
 
 /// Columns per packed panel (one 256-bit vector of i32 lanes).
 pub const PANEL: usize = 8;
@@ -169,21 +170,6 @@ impl PairPanels {
     }
 }
 
-/// Packs row-major `w[j·k + t]` (`n × k`, any element type) into panels of `panel` columns holding depth groups of
-/// `group` (pairs for `vpmaddwd`, quads for `vpdpbusd`): entry `(j, t)` goes to
-/// `[j / panel][t / group][j % panel][t % group]`, the depth rounded up to whole groups; columns
-/// past `n` and depth past `k` hold zeros.
-pub(super) fn pack_panels<S: Copy, T: Copy + Default>(w: &[S], n: usize, k: usize, group: usize, panel: usize, cast: fn(S) -> T) -> Vec<T> {
-    let per_panel = k.div_ceil(group) * group * panel;
-    let mut data = vec![T::default(); n.div_ceil(panel) * per_panel];
-    for j in 0..n {
-        let (p, col) = (j / panel, j % panel);
-        for t in 0..k {
-            data[p * per_panel + (t / group) * group * panel + col * group + t % group] = cast(w[j * k + t]);
-        }
-    }
-    data
-}
 
 impl Panels for PairPanels {
     type A = i16;
@@ -245,7 +231,7 @@ fn tile_rows(a: &[i16], lda: usize, rows: usize, w: &PairPanels, buf: &mut [i32]
                 // (checked in `gemm`), `b` one or two whole panels, `dst` rows of `np ≥ p·8 + 16`
                 // (or `+ 8` for one panel) entries.
                 unsafe {
-                    use super::tiles::pairs_avx2::dispatch;
+                    use crate::gemm::tiles::pairs_avx2::dispatch;
                     if two {
                         dispatch::<2>(a.as_ptr(), lda, rows, b.as_ptr(), w.panel_len(), kpairs, dst.as_mut_ptr(), np);
                     } else {
@@ -297,7 +283,7 @@ mod tests {
         assert_eq!(&p[16..24], &[4, 0, 14, 0, 24, 0, 0, 0]);
     }
     use crate::parallel::PARALLEL_MIN_MACS;
-    use crate::runtime::blocked::{gemm, Rows};
+    use crate::gemm::blocked::{gemm, Rows};
     use crate::runtime::kernels::gemm_u8i8;
 
     /// The packed GEMM equals the scalar reference bit for bit with every kernel this CPU runs

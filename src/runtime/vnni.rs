@@ -14,7 +14,7 @@ pub const PANEL_512: usize = 16;
 pub const PANEL_256: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
-use super::tiles::{quads_avx2_u7, quads_avx512, quads_avxvnni};
+use crate::gemm::tiles::{quads_avx2_u7, quads_avx512, quads_avxvnni};
 use super::packed::Isa;
 
 /// All panels for `rows ≤ 6` u8 rows of `kq` bytes (a multiple of 4) at `lda` into `buf` (`np`

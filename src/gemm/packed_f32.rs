@@ -5,13 +5,13 @@
 //! accumulators over the whole depth (`tiles::f32_fma`). Without AVX2+FMA a plain loop computes
 //! the same sums (rounded after each multiply). Blocking and threads: `blocked.rs`.
 
-use super::blocked::Panels;
-use super::packed::pack_panels;
+use crate::gemm::blocked::Panels;
+use super::pack_panels;
 
 /// Columns per panel (one ymm of f32 lanes).
 const PANEL: usize = 8;
 
-/// Weights `[n, k]` (f32) packed for [`super::blocked::gemm`].
+/// Weights `[n, k]` (f32) packed for [`crate::gemm::blocked::gemm`].
 #[derive(Debug, Clone)]
 pub struct PackedF32 {
     /// Output columns.
@@ -78,7 +78,7 @@ impl Panels for PackedF32 {
             let (b, dst) = (&self.panels[p * panel_len..], &mut buf[p * PANEL..]);
             #[cfg(target_arch = "x86_64")]
             if self.fma {
-                use super::tiles::f32_fma::dispatch;
+                use crate::gemm::tiles::f32_fma::dispatch;
                 // SAFETY: `fma` is only set when the CPU has AVX2 and FMA; `a` holds `rows` rows
                 // of `k` at `lda` and `dst` rows of `np` (asserted above), `b` one or two whole
                 // panels of `k` steps.
@@ -105,7 +105,7 @@ impl Panels for PackedF32 {
 mod tests {
     use super::*;
     use crate::parallel::PARALLEL_MIN_MACS;
-    use crate::runtime::blocked::{gemm, Rows};
+    use crate::gemm::blocked::{gemm, Rows};
 
     /// Both tiles equal an f64 reference within f32 rounding (relative 1e-5 of the sum of
     /// absolute products), over partial tiles, a single or partial panel, odd depths, rows read
