@@ -196,9 +196,14 @@ impl TapSpan {
 pub fn unfold_tap_major(x: &[f32], g: &Geom) -> Vec<f32> {
     let (nl, l, plane, taps) = (g.n * g.l(), g.l(), g.h * g.w, g.kh * g.kw);
     let spans = TapSpan::all(g);
-    let mut cols = vec![0f32; g.k() * nl];
-    let work = cols.len();
-    for_chunks(&mut cols, nl, work, |t, row| {
+    // Each row is zeroed by the task that fills it (padding reads 0), not by the calling
+    // thread up front: at 2 threads that serial memset was ~3 % of a training epoch.
+    let len = g.k() * nl;
+    let mut cols: Vec<f32> = Vec::with_capacity(len);
+    for_chunks(&mut cols.spare_capacity_mut()[..len], nl, len, |t, row| {
+        row.fill(std::mem::MaybeUninit::new(0.0));
+        // SAFETY: every entry of `row` was initialised just above; f32 has no invalid values.
+        let row = unsafe { &mut *(row as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
         let ci = t / taps;
         let Some(span) = &spans[t % taps] else { return };
         for s in 0..g.n {
@@ -220,6 +225,8 @@ pub fn unfold_tap_major(x: &[f32], g: &Geom) -> Vec<f32> {
             }
         }
     });
+    // SAFETY: the chunks cover `..len` and each task initialised its whole chunk.
+    unsafe { cols.set_len(len) };
     cols
 }
 
