@@ -5,7 +5,7 @@
 //! accumulators over the whole depth (`tiles::f32_fma`). Without AVX2+FMA a plain loop computes
 //! the same sums (rounded after each multiply). Blocking and threads: `blocked.rs`.
 
-use crate::gemm::blocked::Panels;
+use super::blocked::Panels;
 use super::pack_panels;
 
 /// Columns per panel (one ymm of f32 lanes).
@@ -78,7 +78,7 @@ impl Panels for PackedF32 {
             let (b, dst) = (&self.panels[p * panel_len..], &mut buf[p * PANEL..]);
             #[cfg(target_arch = "x86_64")]
             if self.fma {
-                use crate::gemm::tiles::f32_fma::dispatch;
+                use super::tiles::f32_fma::dispatch;
                 // SAFETY: `fma` is only set when the CPU has AVX2 and FMA; `a` holds `rows` rows
                 // of `k` at `lda` and `dst` rows of `np` (asserted above), `b` one or two whole
                 // panels of `k` steps.
