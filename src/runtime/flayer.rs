@@ -79,24 +79,33 @@ struct Tile<'a> {
 
 impl Tile<'_> {
     /// `out[r·ldo + c0 + j] = acc[r·stride + j] (+ bias[j]) (then max 0)` for every row `r` and
-    /// `j < n`, one plain loop per combination so each vectorises.
+    /// `j < n`, one `for` loop per combination: each inlines into the AVX2 caller and vectorises
+    /// (`for_each` left an out-of-line scalar `fold`).
     #[inline(always)]
     fn rows(&self, out: &mut [MaybeUninit<f32>]) {
         for (r, o) in out.chunks_mut(self.ldo).enumerate() {
             let (a, o) = (&self.acc[r * self.stride..r * self.stride + self.n], &mut o[self.c0..self.c0 + self.n]);
             match (self.bias, self.relu) {
-                (None, false) => o.iter_mut().zip(a).for_each(|(o, &a)| {
-                    o.write(a);
-                }),
-                (None, true) => o.iter_mut().zip(a).for_each(|(o, &a)| {
-                    o.write(a.max(0.0));
-                }),
-                (Some(b), false) => o.iter_mut().zip(a).zip(b).for_each(|((o, &a), &b)| {
-                    o.write(a + b);
-                }),
-                (Some(b), true) => o.iter_mut().zip(a).zip(b).for_each(|((o, &a), &b)| {
-                    o.write((a + b).max(0.0));
-                }),
+                (None, false) => {
+                    for (o, &a) in o.iter_mut().zip(a) {
+                        o.write(a);
+                    }
+                }
+                (None, true) => {
+                    for (o, &a) in o.iter_mut().zip(a) {
+                        o.write(a.max(0.0));
+                    }
+                }
+                (Some(b), false) => {
+                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                        o.write(a + b);
+                    }
+                }
+                (Some(b), true) => {
+                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                        o.write((a + b).max(0.0));
+                    }
+                }
             }
         }
     }

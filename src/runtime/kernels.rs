@@ -96,7 +96,7 @@ pub fn quantize_codes<T: Code>(x: &[f32], q: &crate::quant::QParams) -> (Vec<T>,
 
 /// What is added to a code so that both activation types are held as u8 values: 0 for u8, 128
 /// for i8.
-fn code_shift(q: &crate::quant::QParams) -> i32 {
+pub fn code_shift(q: &crate::quant::QParams) -> i32 {
     match q.act {
         crate::quant::ActType::U8 | crate::quant::ActType::U7 => 0,
         crate::quant::ActType::I8 => 128,
