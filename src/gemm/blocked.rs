@@ -79,7 +79,9 @@ where
     let (np, kp) = (w.acc_stride(), w.row_len());
     let mut buf = vec![P::Acc::default(); MR * np];
     let mut built = match rows {
-        Rows::Built(_) => vec![P::A::default(); BLOCK_ROWS * kp],
+        // Only as many rows as this call builds: a small product (batch 1) would otherwise zero a
+        // whole block of long rows it never uses (10 % of the ResNet's FP32 time at batch 1).
+        Rows::Built(_) => vec![P::A::default(); count.min(BLOCK_ROWS) * kp],
         Rows::Slice { .. } => vec![],
     };
     let mut scratch = P::Scratch::default();
