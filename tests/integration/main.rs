@@ -8,3 +8,4 @@ mod distillation;
 mod pruning;
 mod quantization;
 mod float_runtime;
+mod bench;
