@@ -265,6 +265,20 @@ fn scalar_panel(a: &[i16], lda: usize, rows: usize, b: &[i16], kpairs: usize, ds
 mod tests {
     use super::*;
 
+    /// 8-bit inputs never get the 7-bit kernel; 7-bit inputs get it exactly when it is the best
+    /// this CPU has (AVX2 without VNNI), and otherwise the same kernel as 8-bit inputs.
+    #[test]
+    fn seven_bit_kernel_only_for_seven_bit_inputs() {
+        let all = Isa::available();
+        assert_ne!(Isa::detect_for(false), Isa::Avx2U7);
+        assert!(!Isa::detect_for(false).quads() || matches!(Isa::detect_for(false), Isa::AvxVnni | Isa::Avx512Vnni));
+        let vnni = all.iter().any(|&i| matches!(i, Isa::AvxVnni | Isa::Avx512Vnni));
+        match (all.contains(&Isa::Avx2U7), vnni) {
+            (true, false) => assert_eq!(Isa::detect_for(true), Isa::Avx2U7),
+            _ => assert_eq!(Isa::detect_for(true), Isa::detect_for(false)),
+        }
+    }
+
     /// The panel layout by hand (it is what every kernel reads, including the VNNI ones that
     /// cannot run on every test machine): `[j / panel][t / group][j % panel][t % group]`.
     #[test]
