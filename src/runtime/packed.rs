@@ -99,14 +99,6 @@ impl Isa {
     }
 }
 
-/// Weights `[n, k]` (i8) packed for one kernel: pairs for the i16-row kernels, quads for the
-/// u8-row ones.
-#[derive(Debug, Clone)]
-pub enum PackedWeights {
-    Pairs(PairPanels),
-    Quads(QuadPanels),
-}
-
 /// Weights packed for the pair kernels (scalar, AVX2 `vpmaddwd`), which read i16 rows.
 #[derive(Debug, Clone)]
 pub struct PairPanels {
@@ -135,19 +127,9 @@ pub struct QuadPanels {
     quads: Vec<i8>,
 }
 
-impl PackedWeights {
-    /// Packs for `isa`; columns past `n` and depth past `k` hold zeros, so they add nothing
-    /// whatever the activations hold there.
-    pub fn pack_for(w: &[i8], n: usize, k: usize, isa: Isa) -> PackedWeights {
-        match isa.quads() {
-            true => PackedWeights::Quads(QuadPanels::pack(w, n, k, isa)),
-            false => PackedWeights::Pairs(PairPanels::pack(w, n, k, isa)),
-        }
-    }
-}
-
 impl QuadPanels {
-    /// Packs row-major `w[j·k + t]` for quad kernel `isa`.
+    /// Packs row-major `w[j·k + t]` for quad kernel `isa`; columns past `n` and depth past `k`
+    /// hold zeros, so they add nothing whatever the activations hold there.
     pub fn pack(w: &[i8], n: usize, k: usize, isa: Isa) -> QuadPanels {
         assert!(w.len() == n * k && isa.quads(), "weight length and a quad kernel");
         QuadPanels { n, k, kq: k.div_ceil(4) * 4, isa, quads: pack_panels(w, n, k, 4, isa.panel(), |v| v) }
@@ -155,7 +137,7 @@ impl QuadPanels {
 }
 
 impl PairPanels {
-    /// Packs row-major `w[j·k + t]` for pair kernel `isa`.
+    /// Packs row-major `w[j·k + t]` for pair kernel `isa` (zeros past `n` and `k`, as above).
     pub fn pack(w: &[i8], n: usize, k: usize, isa: Isa) -> PairPanels {
         assert!(w.len() == n * k && !isa.quads(), "weight length and a pair kernel");
         PairPanels { n, k, kp: k.div_ceil(2) * 2, isa, pairs: pack_panels(w, n, k, 2, PANEL, i16::from) }
@@ -315,9 +297,10 @@ mod tests {
             let top = if isa == Isa::Avx2U7 { 127 } else { 255 };
             let a8: Vec<u8> = (0..m * k).map(|i| if i % 3 == 0 { top } else { ((i * 37) % (top as usize + 1)) as u8 }).collect();
             let want = gemm_u8i8(&a8, &w, m, n, k);
-            match PackedWeights::pack_for(&w, n, k, isa) {
-                PackedWeights::Pairs(p) => check(&p, &a8, m, k, &want, i16::from, &format!("m={m} n={n} k={k} {isa:?}")),
-                PackedWeights::Quads(p) => check(&p, &a8, m, k, &want, |c| c, &format!("m={m} n={n} k={k} {isa:?}")),
+            let label = format!("m={m} n={n} k={k} {isa:?}");
+            match isa.quads() {
+                true => check(&QuadPanels::pack(&w, n, k, isa), &a8, m, k, &want, |c| c, &label),
+                false => check(&PairPanels::pack(&w, n, k, isa), &a8, m, k, &want, i16::from, &label),
             }
             }
         }
