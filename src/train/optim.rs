@@ -69,19 +69,7 @@ impl Optimizer {
                         with_f32(g, "sgd", |g| {
                             let first = buf.is_none();
                             let b = buf.get_or_insert_with(|| vec![0f32; g.len()]);
-                            theta
-                                .iter()
-                                .zip(g)
-                                .zip(b.iter_mut())
-                                .map(|((&t, &g), b)| {
-                                    let g = g + wd * t;
-                                    if mu == 0.0 {
-                                        return t - lr * g;
-                                    }
-                                    *b = if first { g } else { mu * *b + g };
-                                    t - lr * if nesterov { g + mu * *b } else { *b }
-                                })
-                                .collect::<Vec<f32>>()
+                            sgd_update(theta, g, b, Sgd { lr, mu, wd, nesterov, first })
                         })
                     })??;
                     v.set(&Tensor::from_vec(theta, v.dims(), v.device())?)?;
@@ -94,6 +82,41 @@ impl Optimizer {
 
 /// Cosine schedule with linear warm-up:
 /// `lr(t) = base·(t+1)/W` for `t < W`, then `base·½·(1 + cos(π·(t−W)/(T−W)))`.
+/// One SGD step's constants (see [`sgd_update`]).
+#[derive(Clone, Copy)]
+struct Sgd {
+    lr: f32,
+    mu: f32,
+    wd: f32,
+    nesterov: bool,
+    /// The momentum buffer is empty (PyTorch starts it at the first gradient).
+    first: bool,
+}
+
+/// PyTorch's SGD for one variable: `g' = g + wd·θ`; without momentum `θ' = θ − lr·g'`; with it
+/// `b = g'` on the first step, else `b = mu·b + g'`, and `θ' = θ − lr·(g' + mu·b)` (Nesterov) or
+/// `θ − lr·b`. Returns `θ'`. Large variables are split over the pool in chunks of 16K values.
+fn sgd_update(theta: &[f32], g: &[f32], b: &mut [f32], c: Sgd) -> Vec<f32> {
+    let mut out = theta.to_vec();
+    let size = 1 << 14;
+    let work = theta.len();
+    let mut parts: Vec<(&mut [f32], &mut [f32])> = out.chunks_mut(size).zip(b.chunks_mut(size)).collect();
+    crate::parallel::for_chunks(&mut parts, 1, work, |i, part| {
+        let (t, b) = &mut part[0];
+        let g = &g[i * size..i * size + t.len()];
+        for ((t, &g), b) in t.iter_mut().zip(g).zip(b.iter_mut()) {
+            let g = g + c.wd * *t;
+            if c.mu == 0.0 {
+                *t -= c.lr * g;
+                continue;
+            }
+            *b = if c.first { g } else { c.mu * *b + g };
+            *t -= c.lr * if c.nesterov { g + c.mu * *b } else { *b };
+        }
+    });
+    out
+}
+
 pub fn cosine_lr(base: f64, step: usize, total: usize, warmup: usize) -> f64 {
     if step < warmup {
         return base * (step + 1) as f64 / warmup as f64;
@@ -148,6 +171,29 @@ mod tests {
                 let t: Vec<f32> = v.as_tensor().to_vec1().unwrap();
                 assert!((t[0] - e).abs() < 1e-6, "{t:?} vs {e} (momentum {momentum})");
             }
+        }
+    }
+
+    /// A variable longer than one chunk (40 000 values, three chunks of 16 384 and a partial
+    /// one): every value gets its own gradient and buffer, on two steps of Nesterov SGD with
+    /// weight decay, against the formula evaluated per value.
+    #[test]
+    fn sgd_over_several_chunks_updates_every_value_with_its_own_gradient() {
+        let n = 40_000;
+        let theta: Vec<f32> = (0..n).map(|i| (i % 97) as f32 / 97.0 - 0.5).collect();
+        let g: Vec<f32> = (0..n).map(|i| (i % 89) as f32 / 89.0 - 0.3).collect();
+        let c = Sgd { lr: 0.1, mu: 0.9, wd: 0.01, nesterov: true, first: true };
+        let mut b = vec![0f32; n];
+        let t1 = sgd_update(&theta, &g, &mut b, c);
+        let t2 = sgd_update(&t1, &g, &mut b, Sgd { first: false, ..c });
+        for i in [0, 1, 16_383, 16_384, 32_768, 39_999] {
+            let g1 = g[i] + 0.01 * theta[i];
+            let b1 = g1;
+            let w1 = theta[i] - 0.1 * (g1 + 0.9 * b1);
+            let g2 = g[i] + 0.01 * w1;
+            let b2 = 0.9 * b1 + g2;
+            let w2 = w1 - 0.1 * (g2 + 0.9 * b2);
+            assert!((t1[i] - w1).abs() < 1e-6 && (t2[i] - w2).abs() < 1e-6 && (b[i] - b2).abs() < 1e-6, "value {i}");
         }
     }
 }
