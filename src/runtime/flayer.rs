@@ -4,6 +4,7 @@
 //! input in place when a row *is* a pixel), runs the packed f32 GEMM, and finishes each tile in
 //! the GEMM's epilogue: `y = acc + b_c`, then `max(y, 0)` when a ReLU was fused into it.
 
+use super::epilogue::{finish_tile, FinishRow};
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::gemm::packed_f32::PackedF32;
 use crate::model::arch::Op;
@@ -40,71 +41,35 @@ impl FloatLayer {
     /// samples; returns `[rows, out]` (channels last for a conv).
     pub fn run(&self, x: &[f32], n: usize) -> Vec<f32> {
         let (o, og) = (self.shape.out_channels(), self.shape.out_channels() / self.packed.len());
-        let epilogue = |gi: usize| move |acc: &[f32], stride: usize, out: &mut [MaybeUninit<f32>]| self.epilogue(acc, stride, o, gi * og, og, out);
+        let epilogue = |gi: usize| move |acc: &[f32], stride: usize, out: &mut [MaybeUninit<f32>]| finish_tile(self, acc, stride, o, gi * og, og, out);
         run_layer(&self.shape, &self.packed, self.runs.as_ref(), x, 0.0, n, epilogue)
     }
-
-    /// For each row `r` of a tile: `out[r·ldo + c0 + j] = acc[r·stride + j] + b[c0 + j]` for
-    /// the group's `n` channels `j`, then `max(·, 0)` if a ReLU is fused.
-    #[inline]
-    fn epilogue(&self, acc: &[f32], stride: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<f32>]) {
-        let t = Tile { acc, stride, ldo, c0, n, bias: self.bias.as_ref().map(|b| &b[c0..c0 + n]), relu: self.relu };
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") {
-                // The same loops compiled for 8-wide vectors; the arithmetic is identical.
-                #[target_feature(enable = "avx2")]
-                unsafe fn wide(t: &Tile, out: &mut [MaybeUninit<f32>]) {
-                    t.rows(out)
-                }
-                // SAFETY: the CPU has AVX2.
-                unsafe { wide(&t, out) };
-                return;
-            }
-        }
-        t.rows(out)
-    }
 }
 
-/// One register tile's accumulators and what the epilogue adds to them.
-struct Tile<'a> {
-    acc: &'a [f32],
-    stride: usize,
-    ldo: usize,
-    c0: usize,
-    n: usize,
-    bias: Option<&'a [f32]>,
-    relu: bool,
-}
-
-impl Tile<'_> {
-    /// `out[r·ldo + c0 + j] = acc[r·stride + j] (+ bias[j]) (then max 0)` for every row `r` and
-    /// `j < n`, one `for` loop per combination: each inlines into the AVX2 caller and vectorises
-    /// (`for_each` left an out-of-line scalar `fold`).
+impl FinishRow<f32> for FloatLayer {
+    /// `out[j] = acc[j] (+ b[c0 + j]) (then max 0)`, one `for` loop per combination: each
+    /// inlines into the AVX2 caller and vectorises (`for_each` left an out-of-line scalar `fold`).
     #[inline(always)]
-    fn rows(&self, out: &mut [MaybeUninit<f32>]) {
-        for (r, o) in out.chunks_mut(self.ldo).enumerate() {
-            let (a, o) = (&self.acc[r * self.stride..r * self.stride + self.n], &mut o[self.c0..self.c0 + self.n]);
-            match (self.bias, self.relu) {
-                (None, false) => {
-                    for (o, &a) in o.iter_mut().zip(a) {
-                        o.write(a);
-                    }
+    fn row(&self, acc: &[f32], c0: usize, out: &mut [MaybeUninit<f32>]) {
+        match (self.bias.as_ref().map(|b| &b[c0..c0 + acc.len()]), self.relu) {
+            (None, false) => {
+                for (o, &a) in out.iter_mut().zip(acc) {
+                    o.write(a);
                 }
-                (None, true) => {
-                    for (o, &a) in o.iter_mut().zip(a) {
-                        o.write(a.max(0.0));
-                    }
+            }
+            (None, true) => {
+                for (o, &a) in out.iter_mut().zip(acc) {
+                    o.write(a.max(0.0));
                 }
-                (Some(b), false) => {
-                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                        o.write(a + b);
-                    }
+            }
+            (Some(b), false) => {
+                for ((o, &a), &b) in out.iter_mut().zip(acc).zip(b) {
+                    o.write(a + b);
                 }
-                (Some(b), true) => {
-                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                        o.write((a + b).max(0.0));
-                    }
+            }
+            (Some(b), true) => {
+                for ((o, &a), &b) in out.iter_mut().zip(acc).zip(b) {
+                    o.write((a + b).max(0.0));
                 }
             }
         }

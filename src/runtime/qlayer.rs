@@ -7,6 +7,7 @@
 //! (`zp·Σw_c` computed once per layer).
 
 use super::layout::{run_layer, LayerShape, PatchRuns};
+use super::epilogue::{finish_tile, FinishRow};
 use super::kernels::{code_shift, quantize_codes};
 use super::packed::{Isa, PairPanels, QuadPanels};
 use crate::artifact::QuantLayer;
@@ -71,7 +72,7 @@ impl QLayer {
     pub fn run(&self, codes: &Codes, zp: i32, n: usize) -> Vec<f32> {
         debug_assert_eq!(zp, self.input.zero_point + code_shift(&self.input), "codes from this layer's quantiser");
         let (o, og) = (self.out_channels(), self.out_channels() / self.groups());
-        let epilogue = |gi: usize| move |acc: &[i32], stride: usize, out: &mut [MaybeUninit<f32>]| self.epilogue(acc, stride, o, gi * og, out);
+        let epilogue = |gi: usize| move |acc: &[i32], stride: usize, out: &mut [MaybeUninit<f32>]| finish_tile(self, acc, stride, o, gi * og, og, out);
         match (&self.packed, codes) {
             (Packed::Pairs(p), Codes::Wide(c)) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as i16, n, epilogue),
             (Packed::Quads(p), Codes::Bytes(c)) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as u8, n, epilogue),
@@ -106,51 +107,15 @@ impl QLayer {
             Packed::Quads(p) => p.len(),
         }
     }
-
-    /// For each row `r` of a tile (`out.len() / ldo` rows):
-    /// `out[r·ldo + c0 + j] = (acc[r·stride + j] − zp·Σw) · mult + b` for this group's channels
-    /// `j`, ReLU if fused (`max(y, 0)`). Writes every entry of those columns.
-    #[inline]
-    fn epilogue(&self, acc: &[i32], stride: usize, ldo: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
-        let n = self.out_channels() / self.groups();
-        let t = Tile { acc, stride, ldo, n, c0, zp_wsum: &self.zp_wsum[c0..c0 + n], mult: &self.mult[c0..c0 + n], bias: self.bias.as_ref().map(|b| &b[c0..c0 + n]), relu: self.relu };
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") {
-                // The same loops compiled for 8-wide vectors; the arithmetic is identical.
-                #[target_feature(enable = "avx2")]
-                unsafe fn wide(t: &Tile, out: &mut [MaybeUninit<f32>]) {
-                    t.rows(out)
-                }
-                // SAFETY: the CPU has AVX2.
-                unsafe { wide(&t, out) };
-                return;
-            }
-        }
-        t.rows(out)
-    }
 }
 
-/// One register tile's accumulators and what the epilogue needs to dequantise them.
-struct Tile<'a> {
-    acc: &'a [i32],
-    stride: usize,
-    ldo: usize,
-    n: usize,
-    c0: usize,
-    zp_wsum: &'a [i32],
-    mult: &'a [f32],
-    bias: Option<&'a [f32]>,
-    relu: bool,
-}
-
-impl Tile<'_> {
+impl FinishRow<i32> for QLayer {
+    /// `out[j] = (acc[j] − zp·Σw_c) · (s_in · s_c) + b_c` for channel `c = c0 + j`, ReLU if
+    /// fused (`max(y, 0)`).
     #[inline(always)]
-    fn rows(&self, out: &mut [MaybeUninit<f32>]) {
-        for (r, o) in out.chunks_mut(self.ldo).enumerate() {
-            let acc = &self.acc[r * self.stride..r * self.stride + self.n];
-            dequantise(acc, self.zp_wsum, self.mult, self.bias, self.relu, &mut o[self.c0..self.c0 + self.n]);
-        }
+    fn row(&self, acc: &[i32], c0: usize, out: &mut [MaybeUninit<f32>]) {
+        let cs = c0..c0 + acc.len();
+        dequantise(acc, &self.zp_wsum[cs.clone()], &self.mult[cs.clone()], self.bias.as_ref().map(|b| &b[cs]), self.relu, out)
     }
 }
 
