@@ -213,13 +213,11 @@ impl Plan {
                                 let bad = v.data.iter().find(|f| !f.is_finite()).expect("found above");
                                 return Err(WickError::node(&node.name, format!("input holds a non-finite value ({bad})")));
                             }
-                            let (c, zp) = q.quantize(&v.data);
-                            codes.push((src, q.input, form, c, zp));
+                            codes.push((src, q.input, form, q.quantize(&v.data)));
                             codes.len() - 1
                         }
                     };
-                    let (_, _, _, c, zp) = &codes[at];
-                    let data = q.run(c, *zp, n);
+                    let data = q.run(&codes[at].3, n);
                     let out_dims = out_dims(&self.model.graph.shapes[node.name.as_str()], n);
                     debug_assert_eq!(data.len(), out_dims.iter().product::<usize>(), "{} {:?}", node.name, dims);
                     Value { data, dims: out_dims, channels_last: conv && dims.len() >= 3 }
@@ -297,9 +295,9 @@ impl Plan {
     }
 }
 
-/// Codes of a slot under a quantiser, in a layout and a code type (`(channels last, bytes)`),
-/// with their shifted zero point; kept while the slot lives.
-type Quantised = (usize, QParams, (bool, bool), Codes, i32);
+/// Codes of a slot under a quantiser, in a layout and a code type (`(channels last, bytes)`);
+/// kept while the slot lives.
+type Quantised = (usize, QParams, (bool, bool), Codes);
 
 /// `[n] ++ per-sample shape`.
 fn out_dims(per_sample: &[usize], n: usize) -> Vec<usize> {

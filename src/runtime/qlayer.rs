@@ -18,6 +18,8 @@ use std::mem::MaybeUninit;
 /// A quantised layer ready to run.
 pub struct QLayer {
     pub input: QParams,
+    /// The shifted input zero point (`zero_point + 128` for i8 inputs): the padding code.
+    zp: i32,
     pub shape: LayerShape,
     /// One packed weight per group, for the kernel this layer runs.
     packed: Packed,
@@ -58,7 +60,7 @@ impl QLayer {
         };
         let zp = q.input.zero_point + code_shift(&q.input);
         let zp_wsum = q.weight_sums().iter().map(|&s| zp * s).collect();
-        Some(QLayer { input: q.input, shape, packed, zp_wsum, mult: q.multipliers(), bias, relu: false, runs })
+        Some(QLayer { input: q.input, zp, shape, packed, zp_wsum, mult: q.multipliers(), bias, relu: false, runs })
     }
 
     /// Output channels.
@@ -66,11 +68,10 @@ impl QLayer {
         self.shape.out_channels()
     }
 
-    /// Runs the layer on `codes` (channels last for a conv; `rows × in` for a linear) of `n`
-    /// samples with the shifted zero point `zp`; returns `[rows, out]` f32 (channels last for a
-    /// conv).
-    pub fn run(&self, codes: &Codes, zp: i32, n: usize) -> Vec<f32> {
-        debug_assert_eq!(zp, self.input.zero_point + code_shift(&self.input), "codes from this layer's quantiser");
+    /// Runs the layer on `codes` from [`QLayer::quantize`] (channels last for a conv; `rows × in`
+    /// for a linear) of `n` samples; returns `[rows, out]` f32 (channels last for a conv).
+    pub fn run(&self, codes: &Codes, n: usize) -> Vec<f32> {
+        let zp = self.zp;
         let (o, og) = (self.out_channels(), self.out_channels() / self.groups());
         let epilogue = |gi: usize| move |acc: &[i32], stride: usize, out: &mut [MaybeUninit<f32>]| finish_tile(self, acc, stride, o, gi * og, og, out);
         match (&self.packed, codes) {
@@ -81,17 +82,11 @@ impl QLayer {
     }
 
     /// The input's shifted codes in the type this layer's kernel reads (u8 for the quad
-    /// kernels, i16 for the pair ones), and the shifted zero point.
-    pub fn quantize(&self, x: &[f32]) -> (Codes, i32) {
+    /// kernels, i16 for the pair ones).
+    pub fn quantize(&self, x: &[f32]) -> Codes {
         match self.packed {
-            Packed::Pairs(_) => {
-                let (c, zp) = quantize_codes::<i16>(x, &self.input);
-                (Codes::Wide(c), zp)
-            }
-            Packed::Quads(_) => {
-                let (c, zp) = quantize_codes::<u8>(x, &self.input);
-                (Codes::Bytes(c), zp)
-            }
+            Packed::Pairs(_) => Codes::Wide(quantize_codes::<i16>(x, &self.input).0),
+            Packed::Quads(_) => Codes::Bytes(quantize_codes::<u8>(x, &self.input).0),
         }
     }
 
