@@ -2,6 +2,45 @@
 //! hands the job to a worker thread and waits for it (microseconds each time), which costs more
 //! than a small job takes, and with one thread it buys nothing.
 
+use rayon::prelude::*;
+use std::cell::Cell;
+use std::mem::MaybeUninit;
+
+thread_local! {
+    /// Set while this thread runs one part of a `map_parts` job.
+    static IN_PART: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether work on this thread may be split over the pool: the pool has more than one thread
+/// and this thread is not running one part of a `map_parts` job, whose parts already keep
+/// every thread busy (splitting further would only add synchronisation).
+pub fn may_split() -> bool {
+    rayon::current_num_threads() > 1 && !IN_PART.with(Cell::get)
+}
+
+/// `f(i, chunk)` for each `size`-long chunk of `data` as one parallel job of independent
+/// parts, results in chunk order. Inside a part nothing is split further (`may_split` is
+/// false), so each part runs start to finish on one thread: one fork-join for the whole job
+/// instead of one per step inside it. A single chunk runs on the calling thread with splitting
+/// left as it was.
+pub fn map_parts<T: Send, R: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) -> R + Sync + Send) -> Vec<R> {
+    let size = size.max(1);
+    if data.len() <= size {
+        return data.chunks_mut(size).enumerate().map(|(i, c)| f(i, c)).collect();
+    }
+    let part = |(i, c): (usize, &mut [T])| {
+        let was = IN_PART.replace(true);
+        let r = f(i, c);
+        IN_PART.set(was);
+        r
+    };
+    if may_split() {
+        data.par_chunks_mut(size).enumerate().map(part).collect()
+    } else {
+        data.chunks_mut(size).enumerate().map(part).collect()
+    }
+}
+
 /// Elements of work below which a job runs on the calling thread.
 pub const MIN_PARALLEL_WORK: usize = 1 << 15;
 
@@ -15,13 +54,33 @@ pub const PARALLEL_MIN_MACS: usize = 1 << 21;
 /// rayon pool when `work` (the job's size in elements touched) reaches `MIN_PARALLEL_WORK` and
 /// the pool has more than one thread, else in order on the calling thread.
 pub fn for_chunks<T: Send>(data: &mut [T], size: usize, work: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
-    use rayon::prelude::*;
     let size = size.max(1);
-    if work >= MIN_PARALLEL_WORK && rayon::current_num_threads() > 1 {
+    if work >= MIN_PARALLEL_WORK && may_split() {
         data.par_chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
     } else {
         data.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
     }
+}
+
+/// A new `len`-long vector built chunk by chunk without zeroing it first: `f(i, chunk)` is
+/// called for each `size`-long chunk as in `for_chunks`. Zeroing a buffer that is then
+/// overwritten is a pass over memory on the calling thread (up to 8 % of a training epoch).
+///
+/// # Safety
+/// `f` must initialise every element of every chunk it is given.
+pub unsafe fn build_chunks<T: Copy + Send>(len: usize, size: usize, work: usize, f: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync + Send) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    for_chunks(&mut v.spare_capacity_mut()[..len], size, work, f);
+    // SAFETY: the chunks cover `..len` and the caller guarantees `f` initialised each.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// Zeroes `chunk` and returns it as initialised values (for chunks that accumulate).
+pub fn zeroed(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    chunk.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was initialised just above; MaybeUninit<f32> has f32's layout.
+    unsafe { &mut *(chunk as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 #[cfg(test)]
@@ -32,6 +91,26 @@ mod tests {
             let mut v = vec![0usize; 10];
             super::for_chunks(&mut v, 3, work, |i, c| c.iter_mut().for_each(|x| *x += i + 1));
             assert_eq!(v, [1, 1, 1, 2, 2, 2, 3, 3, 3, 4]);
+        }
+    }
+
+    #[test]
+    fn parts_return_in_order_and_do_not_split_further() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let mut v: Vec<usize> = (0..10).collect();
+        let (splits, out) = pool.install(|| (super::may_split(), super::map_parts(&mut v, 3, |i, c| (i, c.iter().sum::<usize>(), super::may_split()))));
+        assert!(splits);
+        assert_eq!(out, [(0, 3, false), (1, 12, false), (2, 21, false), (3, 9, false)]);
+        // One chunk: run as is, splitting allowed.
+        assert_eq!(pool.install(|| super::map_parts(&mut v, 10, |_, _| super::may_split())), [true]);
+    }
+
+    #[test]
+    fn built_vector_holds_what_every_chunk_wrote() {
+        for work in [0, super::MIN_PARALLEL_WORK] {
+            // SAFETY: each chunk writes all of its elements.
+            let v = unsafe { super::build_chunks(10, 3, work, |i, c| c.iter_mut().enumerate().for_each(|(j, x)| { x.write((i * 3 + j) as f32); })) };
+            assert_eq!(v, (0..10).map(|x| x as f32).collect::<Vec<_>>());
         }
     }
 }

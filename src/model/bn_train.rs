@@ -7,7 +7,7 @@
 use crate::error::Result;
 use super::conv_op::{f32_slice, with_f32};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use crate::parallel::for_chunks;
+use crate::parallel::{build_chunks, for_chunks};
 
 /// Per-channel batch statistics `(mean, biased variance)` of `[N, C, inner]` data:
 /// `μ = Σx / m`, `σ² = Σ(x − μ)² / m` with `m = N·inner`. Each contiguous run of `inner`
@@ -56,19 +56,22 @@ struct BnTrain {
 }
 
 impl BnTrain {
-    /// `out[i] = f(channel, a_run, b_run)` run by run over `[N, C, inner]` data, one task per
-    /// sample.
-    fn map_runs(&self, a: &[f32], b: &[f32], f: impl Fn(usize, &[f32], &[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    /// `out[i] = f(ch)(a[i], b[i])` over `[N, C, inner]` data, run by run (each run one
+    /// channel's, `f(ch)` made once per run), one task per sample.
+    fn map_runs<G: Fn(f32, f32) -> f32>(&self, a: &[f32], b: &[f32], f: impl Fn(usize) -> G + Sync) -> Vec<f32> {
         let (c, inner) = (self.c, self.inner);
-        let mut out = vec![0f32; a.len()];
-        for_chunks(&mut out, c * inner, a.len(), |s, o| {
-            let (a, b) = (&a[s * c * inner..(s + 1) * c * inner], &b[s * c * inner..(s + 1) * c * inner]);
-            for ch in 0..c {
-                let r = ch * inner..(ch + 1) * inner;
-                f(ch, &a[r.clone()], &b[r.clone()], &mut o[r]);
-            }
-        });
-        out
+        assert!(a.len() == self.n * c * inner && b.len() == a.len());
+        // SAFETY: every run of every sample's chunk is written whole.
+        unsafe {
+            build_chunks(a.len(), c * inner, a.len(), |s, o| {
+                let (a, b) = (&a[s * c * inner..(s + 1) * c * inner], &b[s * c * inner..(s + 1) * c * inner]);
+                for ch in 0..c {
+                    let r = ch * inner..(ch + 1) * inner;
+                    let g = f(ch);
+                    o[r.clone()].iter_mut().zip(&a[r.clone()]).zip(&b[r]).for_each(|((o, &x), &y)| _ = o.write(g(x, y)));
+                }
+            })
+        }
     }
 }
 
@@ -83,7 +86,10 @@ impl CustomOp3 for BnTrain {
         let (x, g, b) = (f32_slice(s1, l1, op)?, f32_slice(s2, l2, op)?, f32_slice(s3, l3, op)?);
         let a: Vec<f32> = (0..self.c).map(|ch| self.inv_std[ch] * g[ch]).collect();
         let b: Vec<f32> = (0..self.c).map(|ch| b[ch] - self.mean[ch] * a[ch]).collect();
-        let y = self.map_runs(x, x, |ch, xr, _, yr| yr.iter_mut().zip(xr).for_each(|(y, &v)| *y = v * a[ch] + b[ch]));
+        let y = self.map_runs(x, x, |ch| {
+            let (a, b) = (a[ch], b[ch]);
+            move |v, _| v * a + b
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -117,9 +123,9 @@ impl CustomOp3 for BnTrain {
                         (gk as f32, q as f32, r as f32)
                     })
                     .collect();
-                let dx = self.map_runs(dy, xs, |ch, dr, xr, out| {
+                let dx = self.map_runs(dy, xs, |ch| {
                     let (p, q, r) = coef[ch];
-                    out.iter_mut().zip(dr.iter().zip(xr)).for_each(|(o, (&d, &v))| *o = p * d + q * v + r);
+                    move |d, v| p * d + q * v + r
                 });
                 (dx, dgamma, dbeta)
             })

@@ -4,7 +4,8 @@
 //! `unfold_tap_major` / `fold_tap_major` build and scatter back the whole patch matrix in the
 //! tap-major layout `cols[t][s·L + l]` the training GEMMs use.
 
-use crate::parallel::for_chunks;
+use crate::parallel::{build_chunks, for_chunks, zeroed};
+use std::mem::MaybeUninit;
 
 /// Geometry of one unfolding.
 #[derive(Debug, Clone, Copy)]
@@ -115,16 +116,25 @@ pub fn patch_row<T: Copy>(g: &Geom, x: &[T], oy: usize, ox: usize, row: &mut [T]
 
 /// `[n, a, b] → [n, b, a]`: per sample, `out[j][i] = x[i][j]` (channels first ↔ channels last).
 pub fn transpose_batched(x: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for_chunks(&mut out[..n * a * b], a * b, n * a * b, |s, dst| {
+    let mut out = Vec::with_capacity(n * a * b);
+    transpose_into(&x[..n * a * b], a, b, &mut out.spare_capacity_mut()[..n * a * b]);
+    // SAFETY: `transpose_into` writes every element.
+    unsafe { out.set_len(n * a * b) };
+    out
+}
+
+/// `dst = xᵀ` for each of the `[a, b]` matrices in `x` (`dst` as long as `x`), one task per
+/// matrix: writes every element of `dst`.
+pub fn transpose_into(x: &[f32], a: usize, b: usize, dst: &mut [MaybeUninit<f32>]) {
+    assert!(x.len() == dst.len() && x.len().is_multiple_of((a * b).max(1)));
+    for_chunks(dst, a * b, x.len(), |s, dst| {
         let src = &x[s * a * b..(s + 1) * a * b];
         for i in 0..a {
             for j in 0..b {
-                dst[j * a + i] = src[i * b + j];
+                dst[j * a + i].write(src[i * b + j]);
             }
         }
     });
-    out
 }
 
 /// Output indices `o` in `[lo, hi)` (clamped to `out`) whose input index
@@ -196,46 +206,65 @@ impl TapSpan {
 pub fn unfold_tap_major(x: &[f32], g: &Geom) -> Vec<f32> {
     let (nl, l, plane, taps) = (g.n * g.l(), g.l(), g.h * g.w, g.kh * g.kw);
     let spans = TapSpan::all(g);
-    // Each row is zeroed by the task that fills it (padding reads 0), not by the calling
-    // thread up front: at 2 threads that serial memset was ~3 % of a training epoch.
     let len = g.k() * nl;
-    let mut cols: Vec<f32> = Vec::with_capacity(len);
-    for_chunks(&mut cols.spare_capacity_mut()[..len], nl, len, |t, row| {
-        row.fill(std::mem::MaybeUninit::new(0.0));
-        // SAFETY: every entry of `row` was initialised just above; f32 has no invalid values.
-        let row = unsafe { &mut *(row as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
-        let ci = t / taps;
-        let Some(span) = &spans[t % taps] else { return };
-        for s in 0..g.n {
-            let src = &x[(s * g.c + ci) * plane..][..plane];
-            let dst = &mut row[s * l..(s + 1) * l];
-            if let Some(f) = &span.flat {
-                dst[f.a..f.b].copy_from_slice(&src[f.from..f.from + (f.b - f.a)]);
-                for &q in &f.pads {
-                    dst[q] = 0.0;
-                }
-                continue;
+    // Only the entries that read padding are zeroed, each by the task that fills its row: a
+    // serial memset of the whole matrix up front was ~3 % of a training epoch at 2 threads, and
+    // zeroing every row before overwriting it ~4 % at 1 thread.
+    // SAFETY: `unfold_row` initialises its whole row.
+    unsafe { build_chunks(len, nl, len, |t, row| unfold_row(x, g, spans[t % taps].as_ref(), t / taps, plane, l, row)) }
+}
+
+/// Row `(ci, tap)` of the patch matrix: for each sample, the `L` values the tap reads from
+/// channel `ci`, 0 where it reads padding. Writes every element of `row`.
+fn unfold_row(x: &[f32], g: &Geom, span: Option<&TapSpan>, ci: usize, plane: usize, l: usize, row: &mut [MaybeUninit<f32>]) {
+    let zero = MaybeUninit::new(0.0);
+    let Some(span) = span else {
+        row.fill(zero);
+        return;
+    };
+    for s in 0..g.n {
+        let src = &x[(s * g.c + ci) * plane..][..plane];
+        let dst = &mut row[s * l..(s + 1) * l];
+        if let Some(f) = &span.flat {
+            dst[..f.a].fill(zero);
+            dst[f.a..f.b].write_copy_of_slice(&src[f.from..f.from + (f.b - f.a)]);
+            dst[f.b..].fill(zero);
+            for &q in &f.pads {
+                dst[q] = zero;
             }
-            for oy in span.ylo..span.yhi {
-                let src_row = &src[span.iy(g, oy) * g.w..][..g.w];
-                let d = &mut dst[oy * g.wo + span.xlo..oy * g.wo + span.xhi];
-                for (j, d) in d.iter_mut().enumerate() {
-                    *d = src_row[span.ix0 + j * g.stride];
-                }
+            continue;
+        }
+        dst[..span.ylo * g.wo].fill(zero);
+        dst[span.yhi * g.wo..].fill(zero);
+        for oy in span.ylo..span.yhi {
+            let src_row = &src[span.iy(g, oy) * g.w..][..g.w];
+            let out = &mut dst[oy * g.wo..(oy + 1) * g.wo];
+            out[..span.xlo].fill(zero);
+            out[span.xhi..].fill(zero);
+            for (j, d) in out[span.xlo..span.xhi].iter_mut().enumerate() {
+                d.write(src_row[span.ix0 + j * g.stride]);
             }
         }
-    });
-    // SAFETY: the chunks cover `..len` and each task initialised its whole chunk.
-    unsafe { cols.set_len(len) };
-    cols
+    }
 }
 
 /// The adjoint of `unfold_tap_major` (col2im): `dx[s, c, iy, ix] = Σ cols[t][s·L + oy·Wo + ox]`
 /// over the taps and positions that read pixel `(iy, ix)`. One task per `(sample, channel)`
 /// plane, which only its own channel's taps write. Consumes `cols`: in stride-1 same-width taps
 /// the entries that read padding are zeroed first so that the whole block adds as one run.
-pub fn fold_tap_major(mut cols: Vec<f32>, g: &Geom) -> Vec<f32> {
+pub fn fold_tap_major(cols: Vec<f32>, g: &Geom) -> Vec<f32> {
+    let len = g.n * g.c * g.h * g.w;
+    let mut dx = Vec::with_capacity(len);
+    fold_tap_major_into(cols, g, &mut dx.spare_capacity_mut()[..len]);
+    // SAFETY: `fold_tap_major_into` initialises all of `dx`.
+    unsafe { dx.set_len(len) };
+    dx
+}
+
+/// `fold_tap_major` into `dx` (`N·C·H·W` long), every element of which it writes.
+pub fn fold_tap_major_into(mut cols: Vec<f32>, g: &Geom, dx: &mut [MaybeUninit<f32>]) {
     let (nl, l, plane, taps) = (g.n * g.l(), g.l(), g.h * g.w, g.kh * g.kw);
+    assert!(dx.len() == g.n * g.c * plane && cols.len() == g.k() * nl);
     let spans = TapSpan::all(g);
     let work = cols.len();
     for_chunks(&mut cols, nl, work, |t, row| {
@@ -247,38 +276,43 @@ pub fn fold_tap_major(mut cols: Vec<f32>, g: &Geom) -> Vec<f32> {
             }
         }
     });
-    let mut dx = vec![0f32; g.n * g.c * plane];
-    for_chunks(&mut dx, plane, work, |p, out| {
-        let (s, ci) = (p / g.c, p % g.c);
-        for (i, span) in spans.iter().enumerate() {
-            let Some(span) = span else { continue };
-            let row = &cols[(ci * taps + i) * nl + s * l..][..l];
-            if let Some(f) = &span.flat {
-                for (d, v) in out[f.from..f.from + (f.b - f.a)].iter_mut().zip(&row[f.a..f.b]) {
-                    *d += v;
-                }
-                continue;
+    // Each plane is zeroed by the task that accumulates into it, not by the calling thread.
+    for_chunks(dx, plane, work, |p, out| fold_plane(&cols, g, &spans, p, zeroed(out)));
+}
+
+/// Adds into plane `p` (`sample·C + channel`) of `dx` every patch entry that reads it.
+fn fold_plane(cols: &[f32], g: &Geom, spans: &[Option<TapSpan>], p: usize, out: &mut [f32]) {
+    let (nl, l, taps) = (g.n * g.l(), g.l(), g.kh * g.kw);
+    let (s, ci) = (p / g.c, p % g.c);
+    for (i, span) in spans.iter().enumerate() {
+        let Some(span) = span else { continue };
+        let row = &cols[(ci * taps + i) * nl + s * l..][..l];
+        if let Some(f) = &span.flat {
+            for (d, v) in out[f.from..f.from + (f.b - f.a)].iter_mut().zip(&row[f.a..f.b]) {
+                *d += v;
             }
-            for oy in span.ylo..span.yhi {
-                let dst = &mut out[span.iy(g, oy) * g.w..][..g.w];
-                for (j, v) in row[oy * g.wo + span.xlo..oy * g.wo + span.xhi].iter().enumerate() {
-                    dst[span.ix0 + j * g.stride] += v;
-                }
+            continue;
+        }
+        for oy in span.ylo..span.yhi {
+            let dst = &mut out[span.iy(g, oy) * g.w..][..g.w];
+            for (j, v) in row[oy * g.wo + span.xlo..oy * g.wo + span.xhi].iter().enumerate() {
+                dst[span.ix0 + j * g.stride] += v;
             }
         }
-    });
-    dx
+    }
 }
 
 /// `[a, b, inner] → [b, a, inner]`: swaps the two outer axes, moving `inner`-long runs.
 pub fn swap_outer(x: &[f32], a: usize, b: usize, inner: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for_chunks(&mut out, a * inner, x.len(), |j, dst| {
-        for i in 0..a {
-            dst[i * inner..(i + 1) * inner].copy_from_slice(&x[(i * b + j) * inner..][..inner]);
-        }
-    });
-    out
+    assert_eq!(x.len(), a * b * inner);
+    // SAFETY: chunk `j` is `a` runs of `inner`, each copied whole.
+    unsafe {
+        build_chunks(x.len(), a * inner, x.len(), |j, dst| {
+            for i in 0..a {
+                dst[i * inner..(i + 1) * inner].write_copy_of_slice(&x[(i * b + j) * inner..][..inner]);
+            }
+        })
+    }
 }
 
 #[cfg(test)]

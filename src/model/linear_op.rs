@@ -17,8 +17,7 @@ impl Linear {
     /// `y = x·Wᵀ (+ b)`.
     fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
         let (m, k, o) = (self.rows, self.in_features, self.out_features);
-        let mut y = vec![0f32; m * o];
-        matmul(m, o, k, &mut y, x, k, 1, w, 1, k);
+        let mut y = matmul(m, o, k, x, k, 1, w, 1, k);
         if let Some(b) = b {
             for row in y.chunks_mut(o) {
                 row.iter_mut().zip(b).for_each(|(y, &b)| *y += b);
@@ -32,10 +31,8 @@ impl Linear {
         let (m, k, o) = (self.rows, self.in_features, self.out_features);
         let name = "linear";
         let (dx, dw, db) = with_f32(grad, name, |dy| {
-            let mut dx = vec![0f32; m * k];
-            let mut dw = vec![0f32; o * k];
-            with_f32(w, name, |w| matmul(m, k, o, &mut dx, dy, o, 1, w, k, 1))?;
-            with_f32(x, name, |x| matmul(o, k, m, &mut dw, dy, 1, o, x, k, 1))?;
+            let dx = with_f32(w, name, |w| matmul(m, k, o, dy, o, 1, w, k, 1))?;
+            let dw = with_f32(x, name, |x| matmul(o, k, m, dy, 1, o, x, k, 1))?;
             let mut db = vec![0f32; o];
             for row in dy.chunks(o) {
                 db.iter_mut().zip(row).for_each(|(s, &d)| *s += d);

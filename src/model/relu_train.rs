@@ -5,7 +5,7 @@
 use super::conv_op::{f32_slice, with_f32};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use crate::parallel::for_chunks;
+use crate::parallel::build_chunks;
 
 struct Relu;
 
@@ -19,17 +19,18 @@ impl CustomOp1 for Relu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        for_chunks(&mut y, CHUNK, x.len(), |i, out| out.iter_mut().zip(&x[i * CHUNK..]).for_each(|(o, &v)| *o = v.max(0.0)));
+        // SAFETY: each chunk writes every element (zip stops at the chunk's end, which `x`
+        // reaches).
+        let y = unsafe { build_chunks(x.len(), CHUNK, x.len(), |i, out| out.iter_mut().zip(&x[i * CHUNK..]).for_each(|(o, &v)| _ = o.write(v.max(0.0)))) };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let dx = with_f32(grad, self.name(), |d| {
             with_f32(y, self.name(), |y| {
-                let mut dx = vec![0f32; d.len()];
-                for_chunks(&mut dx, CHUNK, d.len(), |i, out| out.iter_mut().zip(&d[i * CHUNK..]).zip(&y[i * CHUNK..]).for_each(|((o, &d), &v)| *o = if v > 0.0 { d } else { 0.0 }));
-                dx
+                assert_eq!(d.len(), y.len());
+                // SAFETY: as in the forward pass; `d` and `y` have the chunks' total length.
+                unsafe { build_chunks(d.len(), CHUNK, d.len(), |i, out| out.iter_mut().zip(&d[i * CHUNK..]).zip(&y[i * CHUNK..]).for_each(|((o, &d), &v)| _ = o.write(if v > 0.0 { d } else { 0.0 }))) }
             })
         })??;
         Ok(Some(Tensor::from_vec(dx, y.dims(), y.device())?))
