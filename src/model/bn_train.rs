@@ -48,6 +48,10 @@ struct BnTrain {
     /// Normalised by the batch's own statistics (train mode), which `dx` then depends on;
     /// otherwise by fixed running statistics.
     batch_stats: bool,
+    /// Followed by a fused ReLU: `y = max(γ·x̂ + β, 0)`, and backward first masks the incoming
+    /// gradient, `dz = dy·[y > 0]` (saves the ReLU node's passes and candle's gradient
+    /// accumulation for the BatchNorm output, which runs on one thread).
+    relu: bool,
     n: usize,
     c: usize,
     inner: usize,
@@ -86,9 +90,10 @@ impl CustomOp3 for BnTrain {
         let (x, g, b) = (f32_slice(s1, l1, op)?, f32_slice(s2, l2, op)?, f32_slice(s3, l3, op)?);
         let a: Vec<f32> = (0..self.c).map(|ch| self.inv_std[ch] * g[ch]).collect();
         let b: Vec<f32> = (0..self.c).map(|ch| b[ch] - self.mean[ch] * a[ch]).collect();
+        let relu = self.relu;
         let y = self.map_runs(x, x, |ch| {
             let (a, b) = (a[ch], b[ch]);
-            move |v, _| v * a + b
+            move |v, _| if relu { (v * a + b).max(0.0) } else { v * a + b }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -97,11 +102,21 @@ impl CustomOp3 for BnTrain {
     /// f32 lanes, the runs in f64) and `dx = γk·(dy − dβ/m − x̂·dγ/m)`, evaluated as
     /// `dx = p·dy + q·x + r` with `p = γk`, `q = −γk²·dγ/m`, `r = −γk·dβ/m − q·μ`; with fixed
     /// (running) statistics `dx = γk·dy`.
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, _beta: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, gamma: &Tensor, _beta: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = self.name();
         let (c, inner) = (self.c, self.inner);
         let m = (self.n * inner) as f64;
         let g: Vec<f32> = gamma.to_vec1()?;
+        // With the fused ReLU, the gradient reaching the normalisation: dz = dy·[y > 0].
+        let masked;
+        let grad = match self.relu {
+            true => {
+                let dz = with_f32(grad, op, |dy| with_f32(res, op, |y| self.map_runs(dy, y, |_| |d, v| if v > 0.0 { d } else { 0.0 })))??;
+                masked = Tensor::from_vec(dz, grad.dims(), grad.device())?;
+                &masked
+            }
+            false => grad,
+        };
         let (dx, dgamma, dbeta) = with_f32(grad, op, |dy| {
             with_f32(x, op, |xs| {
                 let (n, mean, inv_std) = (self.n, &self.mean, &self.inv_std);
@@ -140,15 +155,17 @@ impl CustomOp3 for BnTrain {
     }
 }
 
-/// Train-mode BatchNorm of `x` (`[N, C, …]`) with scale `gamma` and shift `beta`; returns the
-/// output and the batch's `(mean, biased variance)` per channel for the running statistics.
-pub fn forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+/// Train-mode BatchNorm of `x` (`[N, C, …]`) with scale `gamma` and shift `beta`, followed by
+/// a ReLU when `relu`; returns the output and the batch's `(mean, biased variance)` per channel
+/// for the running statistics.
+pub fn forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, relu: bool) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
     let x = x.contiguous()?;
     let (n, c) = (x.dim(0)?, x.dim(1)?);
     let inner: usize = x.dims()[2..].iter().product();
     let (mean, var) = with_f32(&x, "batchnorm-train", |xs| batch_stats(xs, n, c, inner))?;
     let op = BnTrain {
         batch_stats: true,
+        relu,
         n,
         c,
         inner,
@@ -161,13 +178,14 @@ pub fn forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(T
 
 /// Eval-mode BatchNorm of `x` (`[N, C, …]`) with fixed statistics: the same op, one pass,
 /// `y = (x − μ)/√(σ² + eps)·γ + β`, differentiable in `x`, `γ` and `β` (QAT trains through a
-/// frozen BatchNorm).
-pub fn forward_fixed(x: &Tensor, gamma: &Tensor, beta: &Tensor, mean: &Tensor, var: &Tensor, eps: f64) -> Result<Tensor> {
+/// frozen BatchNorm), followed by a ReLU when `relu`.
+pub fn forward_fixed(x: &Tensor, gamma: &Tensor, beta: &Tensor, mean: &Tensor, var: &Tensor, eps: f64, relu: bool) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (n, c) = (x.dim(0)?, x.dim(1)?);
     let inner: usize = x.dims()[2..].iter().product();
     let op = BnTrain {
         batch_stats: false,
+        relu,
         n,
         c,
         inner,
@@ -205,16 +223,31 @@ mod tests {
         y.broadcast_mul(&g.reshape((1, c, 1, 1)).unwrap()).unwrap().broadcast_add(&b.reshape((1, c, 1, 1)).unwrap()).unwrap()
     }
 
+    /// `t`, then a ReLU when `relu` (candle's own, differentiated by candle).
+    fn then_relu(t: Tensor, relu: bool) -> Tensor {
+        if relu {
+            t.relu().unwrap()
+        } else {
+            t
+        }
+    }
+
     #[test]
     fn matches_composed_ops_forward_and_backward() {
-        let (x, g, b, r) = inputs();
-        let (ours, mean, var) = forward(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
-        let theirs = composed(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5);
-        let d = max_diff(&ours, &theirs);
-        assert!(d < 1e-5, "forward {d}");
-        assert_eq!((mean.len(), var.len()), (3, 3));
-        for d in grad_diffs(&ours, &theirs, &r, &[&x, &g, &b]) {
-            assert!(d < 1e-4, "backward {d}");
+        for relu in [false, true] {
+            let (x, g, b, r) = inputs();
+            let (ours, mean, var) = forward(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, relu).unwrap();
+            let theirs = then_relu(composed(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5), relu);
+            let d = max_diff(&ours, &theirs);
+            assert!(d < 1e-5, "forward {d} (relu {relu})");
+            assert_eq!((mean.len(), var.len()), (3, 3));
+            if relu {
+                let zeros = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().filter(|&&v| v == 0.0).count();
+                assert!(zeros > 20 && zeros < 100, "the probe should cut {zeros} of 120 values");
+            }
+            for d in grad_diffs(&ours, &theirs, &r, &[&x, &g, &b]) {
+                assert!(d < 1e-4, "backward {d} (relu {relu})");
+            }
         }
     }
 
@@ -222,14 +255,17 @@ mod tests {
     fn fixed_statistics_match_composed_ops_forward_and_backward() {
         let (x, g, b, r) = inputs();
         let (mean, var) = (Tensor::new(&[0.3f32, -1.0, 2.0], &Device::Cpu).unwrap(), Tensor::new(&[0.5f32, 2.0, 0.01], &Device::Cpu).unwrap());
-        let ours = forward_fixed(x.as_tensor(), g.as_tensor(), b.as_tensor(), &mean, &var, 1e-5).unwrap();
-        let cs = |t: &Tensor| t.reshape((1, 3, 1, 1)).unwrap();
-        let inv = (cs(&var) + 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
-        let theirs = x.as_tensor().broadcast_sub(&cs(&mean)).unwrap().broadcast_mul(&inv).unwrap().broadcast_mul(&cs(g.as_tensor())).unwrap().broadcast_add(&cs(b.as_tensor())).unwrap();
-        let d = max_diff(&ours, &theirs);
-        assert!(d < 1e-4, "forward {d}");
-        for d in grad_diffs(&ours, &theirs, &r, &[&x, &g, &b]) {
-            assert!(d < 1e-3, "backward {d}");
+        for relu in [false, true] {
+            let ours = forward_fixed(x.as_tensor(), g.as_tensor(), b.as_tensor(), &mean, &var, 1e-5, relu).unwrap();
+            let cs = |t: &Tensor| t.reshape((1, 3, 1, 1)).unwrap();
+            let inv = (cs(&var) + 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
+            let theirs = x.as_tensor().broadcast_sub(&cs(&mean)).unwrap().broadcast_mul(&inv).unwrap().broadcast_mul(&cs(g.as_tensor())).unwrap().broadcast_add(&cs(b.as_tensor())).unwrap();
+            let theirs = then_relu(theirs, relu);
+            let d = max_diff(&ours, &theirs);
+            assert!(d < 1e-4, "forward {d} (relu {relu})");
+            for d in grad_diffs(&ours, &theirs, &r, &[&x, &g, &b]) {
+                assert!(d < 1e-3, "backward {d} (relu {relu})");
+            }
         }
     }
 }

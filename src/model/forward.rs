@@ -83,11 +83,27 @@ impl Model {
         values.insert(self.arch.input.name.as_str(), x.clone());
         let fallback = RefCell::new(ChaCha8Rng::seed_from_u64(0));
         let rng = r.rng.unwrap_or(&fallback);
+        let fused = match r.mode {
+            Mode::Train => self.relu_fusions(r.taps),
+            Mode::Eval => vec![None; self.arch.nodes.len()],
+        };
+        let mut done = vec![false; self.arch.nodes.len()];
         for &i in &self.graph.order {
+            if done[i] {
+                continue;
+            }
             let node = &self.arch.nodes[i];
             let ins: Vec<&Tensor> = node.inputs.iter().map(|n| &values[n.as_str()]).collect();
-            let y = self.node_forward(node, &ins, r, rng)?;
-            values.insert(node.name.as_str(), y);
+            let y = self.node_forward(node, &ins, r, rng, fused[i].is_some())?;
+            // A fused ReLU's value is the node's output, under the ReLU's name.
+            let name = match fused[i] {
+                Some(j) => {
+                    done[j] = true;
+                    &self.arch.nodes[j].name
+                }
+                None => &node.name,
+            };
+            values.insert(name.as_str(), y);
         }
         let out = values[self.arch.output_name()].clone();
         let mut taps = BTreeMap::new();
@@ -98,22 +114,48 @@ impl Model {
         Ok((out, taps))
     }
 
+    /// For each node, the ReLU fused into it in train mode: a BatchNorm or two-input Add whose
+    /// only consumer is a ReLU, when neither is the output nor its value tapped. Fused, the
+    /// pair is one op with one backward pass, and candle keeps one gradient fewer (its
+    /// accumulation runs on the calling thread alone).
+    fn relu_fusions(&self, taps: &[String]) -> Vec<Option<usize>> {
+        let nodes = &self.arch.nodes;
+        let mut consumers: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (j, n) in nodes.iter().enumerate() {
+            for input in &n.inputs {
+                consumers.entry(input.as_str()).or_default().push(j);
+            }
+        }
+        let kept = |name: &str| name == self.arch.output_name() || taps.iter().any(|t| t == name);
+        nodes
+            .iter()
+            .map(|n| {
+                let fusable = matches!(n.op, Op::BatchNorm1d(_) | Op::BatchNorm2d(_)) || (matches!(n.op, Op::Add(_)) && n.inputs.len() == 2);
+                match consumers.get(n.name.as_str()).map(Vec::as_slice) {
+                    Some(&[j]) if fusable && matches!(nodes[j].op, Op::Relu(_)) && !kept(&n.name) && !kept(&nodes[j].name) => Some(j),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     /// One node in eval mode on float inputs, without a hook: how the compiled integer runtime
     /// runs the ops it has no kernel of its own for.
     pub fn node_eval(&self, node: &Node, ins: &[&Tensor]) -> Result<Tensor> {
         let rng = RefCell::new(ChaCha8Rng::seed_from_u64(0));
-        self.node_forward(node, ins, &Run::eval(), &rng)
+        self.node_forward(node, ins, &Run::eval(), &rng, false)
     }
 
-    /// One node; a tensor-library error is reported as an error of this node.
-    fn node_forward(&self, node: &Node, ins: &[&Tensor], r: &Run, rng: &RefCell<ChaCha8Rng>) -> Result<Tensor> {
-        self.compute_node(node, ins, r, rng).map_err(|e| match e {
+    /// One node (followed by a ReLU when `relu`, for the nodes `relu_fusions` picks); a
+    /// tensor-library error is reported as an error of this node.
+    fn node_forward(&self, node: &Node, ins: &[&Tensor], r: &Run, rng: &RefCell<ChaCha8Rng>, relu: bool) -> Result<Tensor> {
+        self.compute_node(node, ins, r, rng, relu).map_err(|e| match e {
             WickError::Candle(c) => WickError::node(&node.name, c.to_string()),
             other => other,
         })
     }
 
-    fn compute_node(&self, node: &Node, ins: &[&Tensor], r: &Run, rng: &RefCell<ChaCha8Rng>) -> Result<Tensor> {
+    fn compute_node(&self, node: &Node, ins: &[&Tensor], r: &Run, rng: &RefCell<ChaCha8Rng>, relu: bool) -> Result<Tensor> {
         let train = r.mode == Mode::Train;
         let p = |s: &str| self.p(&node.param(s));
         let bias = |has: bool| if has { Some(self.p(&node.param("bias"))) } else { None };
@@ -147,7 +189,7 @@ impl Model {
                     running_mean: &self.params[&node.param("running_mean")],
                     running_var: &self.params[&node.param("running_var")],
                 };
-                ops::batchnorm(&x, bp, c, train)
+                ops::batchnorm(&x, bp, c, train, relu)
             }
             Op::LayerNorm(c) => {
                 let (w, b) = if c.elementwise_affine { (Some(p("weight")), Some(p("bias"))) } else { (None, None) };
@@ -166,6 +208,7 @@ impl Model {
             Op::AvgPool2d(c) => ops::avgpool(&x, c, true),
             Op::GlobalAvgPool(_) => ops::global_avg_pool(&x),
             Op::Flatten(c) => ops::flatten(&x, c),
+            Op::Add(_) if relu => super::relu_train::add_relu(ins[0], ins[1]),
             Op::Add(_) => {
                 let mut acc = ins[0].clone();
                 for t in &ins[1..] {

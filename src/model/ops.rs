@@ -46,7 +46,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv2dCfg, train: 
 /// BatchNorm, eval: `y = (x − μ_run) / √(σ²_run + eps) · γ + β`.
 /// Train: batch statistics (biased variance) normalise, and the running statistics update as in
 /// PyTorch: `run ← (1 − m)·run + m·stat`, with the *unbiased* batch variance `σ²·n/(n−1)`.
-pub fn batchnorm(x: &Tensor, p: BnParams, c: &BatchNormCfg, train: bool) -> Result<Tensor> {
+/// With `relu`, `max(y, 0)` in the same op.
+pub fn batchnorm(x: &Tensor, p: BnParams, c: &BatchNormCfg, train: bool, relu: bool) -> Result<Tensor> {
     // Both modes run one fused op (bn_train.rs) with a hand-written backward.
     let ch = x.dim(1)?;
     let ones;
@@ -60,9 +61,9 @@ pub fn batchnorm(x: &Tensor, p: BnParams, c: &BatchNormCfg, train: bool) -> Resu
         }
     };
     if !train {
-        return super::bn_train::forward_fixed(x, g, b, p.running_mean.as_tensor(), p.running_var.as_tensor(), c.eps);
+        return super::bn_train::forward_fixed(x, g, b, p.running_mean.as_tensor(), p.running_var.as_tensor(), c.eps, relu);
     }
-    let (y, mean, var) = super::bn_train::forward(x, g, b, c.eps)?;
+    let (y, mean, var) = super::bn_train::forward(x, g, b, c.eps, relu)?;
     let n = x.elem_count() / ch;
     let m = c.momentum;
     let unbiased: Vec<f32> = var.iter().map(|&v| (v * n as f64 / (n.max(2) - 1) as f64) as f32).collect();

@@ -4,7 +4,7 @@
 
 use super::conv_op::{f32_slice, with_f32};
 use crate::error::Result;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use crate::parallel::build_chunks;
 
 struct Relu;
@@ -42,6 +42,37 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(Relu)?)
 }
 
+/// A residual join and its ReLU as one op: `y = max(a + b, 0)`, `da = db = dy·[y > 0]`.
+/// Composed, the sum runs in candle on one thread and the ReLU node costs its own passes and a
+/// gradient accumulation.
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "add-relu-train"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("{}: shapes {:?} and {:?} differ", self.name(), l1.shape(), l2.shape());
+        }
+        // SAFETY: each chunk writes every element (`a` and `b` reach every chunk's end).
+        let y = unsafe { build_chunks(a.len(), CHUNK, a.len(), |i, out| out.iter_mut().zip(&a[i * CHUNK..]).zip(&b[i * CHUNK..]).for_each(|((o, &x), &y)| _ = o.write((x + y).max(0.0)))) };
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dz = Relu.bwd(y, y, grad)?;
+        Ok((dz.clone(), dz))
+    }
+}
+
+/// `max(a + b, 0)` for two tensors of one shape, with the one-pass backward.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +86,21 @@ mod tests {
         let r = Tensor::new(&[[1f32, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]], &Device::Cpu).unwrap();
         let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         assert_eq!(g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), [[0.0, 0.0, 0.0, 4.0], [5.0, 0.0, 7.0, 8.0]]);
+    }
+
+    #[test]
+    fn fused_add_relu_matches_the_definition_for_both_inputs() {
+        let a = Var::new(&[[-2f32, 1.0, 0.5], [3.0, -4.0, 2.0]], &Device::Cpu).unwrap();
+        let b = Var::new(&[[1f32, -1.0, 0.25], [-3.5, 5.0, 1.0]], &Device::Cpu).unwrap();
+        let y = add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), [[0.0, 0.0, 0.75], [0.0, 1.0, 3.0]]);
+        let r = Tensor::new(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &Device::Cpu).unwrap();
+        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&a, &b] {
+            assert_eq!(g.get(v.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), [[0.0, 0.0, 3.0], [0.0, 5.0, 6.0]]);
+        }
+        let c = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let e = add_relu(a.as_tensor(), c.as_tensor()).unwrap_err().to_string();
+        assert!(e.contains("add-relu-train") && e.contains("differ"), "{e}");
     }
 }
