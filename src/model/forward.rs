@@ -115,9 +115,10 @@ impl Model {
     }
 
     /// For each node, the ReLU fused into it in train mode: a BatchNorm or two-input Add whose
-    /// only consumer is a ReLU, when neither is the output nor its value tapped. Fused, the
-    /// pair is one op with one backward pass, and candle keeps one gradient fewer (its
-    /// accumulation runs on the calling thread alone).
+    /// only consumer is a ReLU, unless its own value is the output or tapped (the ReLU's value
+    /// stays available under the ReLU's name). Fused, the pair is one op with one backward
+    /// pass, and candle keeps one gradient fewer (its accumulation runs on the calling thread
+    /// alone).
     fn relu_fusions(&self, taps: &[String]) -> Vec<Option<usize>> {
         let nodes = &self.arch.nodes;
         let mut consumers: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -132,7 +133,7 @@ impl Model {
             .map(|n| {
                 let fusable = matches!(n.op, Op::BatchNorm1d(_) | Op::BatchNorm2d(_)) || (matches!(n.op, Op::Add(_)) && n.inputs.len() == 2);
                 match consumers.get(n.name.as_str()).map(Vec::as_slice) {
-                    Some(&[j]) if fusable && matches!(nodes[j].op, Op::Relu(_)) && !kept(&n.name) && !kept(&nodes[j].name) => Some(j),
+                    Some(&[j]) if fusable && matches!(nodes[j].op, Op::Relu(_)) && !kept(&n.name) => Some(j),
                     _ => None,
                 }
             })

@@ -127,22 +127,24 @@ fn train_mode_normalises_with_batch_statistics() {
 #[test]
 fn fused_relus_train_like_separate_ones() {
     // Train mode fuses a ReLU into the BatchNorm or residual Add before it; tapping every node
-    // keeps them apart. Same output and the same gradient for every parameter.
+    // keeps them apart. Same output, the same tapped ReLU value and the same gradient for every
+    // parameter.
     let d = data("train");
     let (x, y) = d.batch(&(0..24).collect::<Vec<_>>()).unwrap();
     let grads = |taps: &[String]| {
         let model = load(&resnet_path());
-        let (out, _) = model.run(&x, &Run { mode: Mode::Train, taps, hook: None, rng: None }).unwrap();
+        let (out, tapped) = model.run(&x, &Run { mode: Mode::Train, taps, hook: None, rng: None }).unwrap();
         let g = wick::train::loss::cross_entropy(&out, &y).unwrap().backward().unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let mut all = vec![flat(&out)];
+        // A fused ReLU's own value can still be tapped (distillation hints read block outputs).
+        let mut all = vec![flat(&out), flat(&tapped["layer1.0.relu2"])];
         for v in model.trainable_vars() {
             all.push(flat(g.get(v.as_tensor()).expect("every parameter has a gradient")));
         }
         all
     };
     let every_node: Vec<String> = load(&resnet_path()).arch.nodes.iter().map(|n| n.name.clone()).collect();
-    let (fused, apart) = (grads(&[]), grads(&every_node));
+    let (fused, apart) = (grads(&["layer1.0.relu2".to_string()]), grads(&every_node));
     assert_eq!(fused.len(), apart.len());
     for (i, (a, b)) in fused.iter().zip(&apart).enumerate() {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
