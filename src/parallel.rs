@@ -29,10 +29,16 @@ pub fn map_parts<T: Send, R: Send>(data: &mut [T], size: usize, f: impl Fn(usize
         return data.chunks_mut(size).enumerate().map(|(i, c)| f(i, c)).collect();
     }
     let part = |(i, c): (usize, &mut [T])| {
-        let was = IN_PART.replace(true);
-        let r = f(i, c);
-        IN_PART.set(was);
-        r
+        /// Restores the flag even if `f` panics (rayon hands the panic to the caller and the
+        /// worker thread lives on).
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                IN_PART.set(self.0);
+            }
+        }
+        let _restore = Restore(IN_PART.replace(true));
+        f(i, c)
     };
     if may_split() {
         data.par_chunks_mut(size).enumerate().map(part).collect()
