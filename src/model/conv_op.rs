@@ -1,10 +1,11 @@
-//! 2-d convolution (`groups = 1`) as one GEMM over the whole batch, for training and float
-//! inference. Patches are unfolded tap-major, `cols[K, N·L]` (`K = C·kh·kw` taps ordered like
-//! the weight, `L = Ho·Wo` positions per sample), so that
+//! 2-d convolution (`groups = 1`) as GEMMs over parts of the batch, for training and candle's
+//! reference executor. Patches are unfolded tap-major, `cols[K, N·L]` (`K = C·kh·kw` taps
+//! ordered like the weight, `L = Ho·Wo` positions per sample), so that, per part of the batch,
 //! forward:  `Yᵀ[N·L, O] = colsᵀ · Wᵀ`, then per sample `[L, O] → [O, L]`;
 //! backward: `dY[O, N·L]` from `[N, O, L]`, `dWᵀ = cols · dYᵀ`, `dcols = Wᵀ · dY`,
-//! `dx = col2im(dcols)`. (Each GEMM in the orientation the `gemm` crate ran fastest on the
-//! ResNet fixture's shapes; bench/README.md.)
+//! `dx = col2im(dcols)`, with `N` the part's samples and `dWᵀ` summed over the parts. (Each
+//! GEMM in the orientation the `gemm` crate ran fastest on the ResNet fixture's shapes;
+//! bench/README.md.)
 //! Candle's built-in conv runs a small GEMM per sample and a direct-loop transposed conv in
 //! backward; the tap-major layout makes every unfold copy and col2im add a whole output row
 //! (bench/README.md has the measurements).
