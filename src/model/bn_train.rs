@@ -111,8 +111,7 @@ impl CustomOp3 for BnTrain {
         let masked;
         let grad = match self.relu {
             true => {
-                let dz = with_f32(grad, op, |dy| with_f32(res, op, |y| self.map_runs(dy, y, |_| |d, v| if v > 0.0 { d } else { 0.0 })))??;
-                masked = Tensor::from_vec(dz, grad.dims(), grad.device())?;
+                masked = super::relu_train::relu_grad(grad, res)?;
                 &masked
             }
             false => grad,

@@ -1,7 +1,7 @@
 //! Convolution geometry and patch extraction shared by the float training conv
 //! (`conv_op.rs`) and the integer reference executor: `Geom` describes one unfolding, `patch_row`
 //! copies one output position's patch (taps ordered like the weight, `(c, ky, kx)`),
-//! `unfold_tap_major` / `fold_tap_major` build and scatter back the whole patch matrix in the
+//! `unfold_tap_major` / `fold_tap_major_into` build and scatter back the whole patch matrix in the
 //! tap-major layout `cols[t][s·L + l]` the training GEMMs use.
 
 use crate::parallel::{build_chunks, for_chunks, zeroed};
@@ -248,20 +248,11 @@ fn unfold_row(x: &[f32], g: &Geom, span: Option<&TapSpan>, ci: usize, plane: usi
     }
 }
 
-/// The adjoint of `unfold_tap_major` (col2im): `dx[s, c, iy, ix] = Σ cols[t][s·L + oy·Wo + ox]`
-/// over the taps and positions that read pixel `(iy, ix)`. One task per `(sample, channel)`
-/// plane, which only its own channel's taps write. Consumes `cols`: in stride-1 same-width taps
-/// the entries that read padding are zeroed first so that the whole block adds as one run.
-pub fn fold_tap_major(cols: Vec<f32>, g: &Geom) -> Vec<f32> {
-    let len = g.n * g.c * g.h * g.w;
-    let mut dx = Vec::with_capacity(len);
-    fold_tap_major_into(cols, g, &mut dx.spare_capacity_mut()[..len]);
-    // SAFETY: `fold_tap_major_into` initialises all of `dx`.
-    unsafe { dx.set_len(len) };
-    dx
-}
-
-/// `fold_tap_major` into `dx` (`N·C·H·W` long), every element of which it writes.
+/// The adjoint of `unfold_tap_major` (col2im) into `dx` (`N·C·H·W` long, every element of
+/// which it writes): `dx[s, c, iy, ix] = Σ cols[t][s·L + oy·Wo + ox]` over the taps and
+/// positions that read pixel `(iy, ix)`. One task per `(sample, channel)` plane, which only its
+/// own channel's taps write. Consumes `cols`: in stride-1 same-width taps the entries that read
+/// padding are zeroed first so that the whole block adds as one run.
 pub fn fold_tap_major_into(mut cols: Vec<f32>, g: &Geom, dx: &mut [MaybeUninit<f32>]) {
     let (nl, l, plane, taps) = (g.n * g.l(), g.l(), g.h * g.w, g.kh * g.kw);
     assert!(dx.len() == g.n * g.c * plane && cols.len() == g.k() * nl);
@@ -356,7 +347,11 @@ mod tests {
             let x: Vec<f32> = (0..g.n * g.c * g.h * g.w).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
             let c: Vec<f32> = (0..g.k() * g.n * g.l()).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
             let lhs: f32 = unfold_tap_major(&x, &g).iter().zip(&c).map(|(a, b)| a * b).sum();
-            let rhs: f32 = x.iter().zip(&fold_tap_major(c.clone(), &g)).map(|(a, b)| a * b).sum();
+            // NaN where the fold would write nothing, so a missed element shows in the sum.
+            let mut dx = vec![std::mem::MaybeUninit::new(f32::NAN); x.len()];
+            fold_tap_major_into(c.clone(), &g, &mut dx);
+            // SAFETY: every element was initialised (NaN) before the fold.
+            let rhs: f32 = x.iter().zip(&dx).map(|(a, b)| a * unsafe { b.assume_init() }).sum();
             assert_eq!(lhs, rhs, "{g:?}");
         }
     }

@@ -26,15 +26,22 @@ impl CustomOp1 for Relu {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dx = with_f32(grad, self.name(), |d| {
-            with_f32(y, self.name(), |y| {
-                assert_eq!(d.len(), y.len());
-                // SAFETY: as in the forward pass; `d` and `y` have the chunks' total length.
-                unsafe { build_chunks(d.len(), CHUNK, d.len(), |i, out| out.iter_mut().zip(&d[i * CHUNK..]).zip(&y[i * CHUNK..]).for_each(|((o, &d), &v)| _ = o.write(if v > 0.0 { d } else { 0.0 }))) }
-            })
-        })??;
-        Ok(Some(Tensor::from_vec(dx, y.dims(), y.device())?))
+        Ok(Some(relu_grad(grad, y)?))
     }
+}
+
+/// The gradient through a ReLU given its output `y`: `dx = dy·[y > 0]`. Shared by the ReLU op
+/// and the ops a ReLU is fused into (`AddRelu`, `bn_train`).
+pub(super) fn relu_grad(grad: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    let name = "relu-train";
+    let dx = with_f32(grad, name, |d| {
+        with_f32(y, name, |y| {
+            assert_eq!(d.len(), y.len());
+            // SAFETY: each chunk writes every element; `d` and `y` have the chunks' total length.
+            unsafe { build_chunks(d.len(), CHUNK, d.len(), |i, out| out.iter_mut().zip(&d[i * CHUNK..]).zip(&y[i * CHUNK..]).for_each(|((o, &d), &v)| _ = o.write(if v > 0.0 { d } else { 0.0 }))) }
+        })
+    })??;
+    Tensor::from_vec(dx, y.dims(), y.device())
 }
 
 /// `max(x, 0)` with the one-pass backward.
@@ -63,8 +70,8 @@ impl CustomOp2 for AddRelu {
     }
 
     fn bwd(&self, _a: &Tensor, _b: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dz = Relu.bwd(y, y, grad)?;
-        Ok((dz.clone(), dz))
+        let dz = relu_grad(grad, y)?;
+        Ok((Some(dz.clone()), Some(dz)))
     }
 }
 
