@@ -1,7 +1,9 @@
 //! The blocked GEMM driver shared by the integer and the float runtime:
 //! `acc[m][j] = Σ_t a[m][t] · w[j][t]` for weights packed once at load time ([`Panels`]). Rows
-//! come either as a slice or built a block at a time right before they are used (conv patches:
-//! the unfolded matrix is never materialised and each block is still in cache for the GEMM).
+//! come as a slice, gathered segment by segment from where they lie (conv patches, one segment
+//! per kernel tap: nothing is copied), or built a block at a time right before they are used
+//! (conv patches whose taps are too short to gather). The unfolded matrix is never
+//! materialised.
 //! Per block, register tiles of up to `MR` rows run over every panel into a row buffer, and the
 //! caller's epilogue turns each finished tile into output rows while they are still in cache.
 //! Rows are split over rayon tasks of whole tiles when the product is large enough to pay.
@@ -23,6 +25,9 @@ pub trait Panels: Sync {
     type Acc: Copy + Default;
     /// Per-call scratch a tile may need (the VNNI kernels' byte rows).
     type Scratch: Default;
+    /// Activations the tile reads per depth step (1 for f32, a pair, a quad): every row
+    /// segment holds a whole number of them.
+    const GROUP: usize;
     /// Entries each activation row must provide (the depth, rounded up as the layout needs;
     /// entries past the real depth meet zero weights).
     fn row_len(&self) -> usize;
@@ -30,9 +35,64 @@ pub trait Panels: Sync {
     fn macs_per_row(&self) -> usize;
     /// Accumulators per tile row: the columns rounded up to whole panels.
     fn acc_stride(&self) -> usize;
-    /// Accumulates `rows ≤ MR` rows of `a` (at `lda`) against every panel into `buf`
-    /// (`acc_stride()` entries per row).
-    fn tile(&self, a: &[Self::A], lda: usize, rows: usize, scratch: &mut Self::Scratch, buf: &mut [Self::Acc]);
+    /// Accumulates the rows of `a` against every panel into `buf` (`acc_stride()` entries per
+    /// row).
+    fn tile(&self, a: &TileRows<Self::A>, scratch: &mut Self::Scratch, buf: &mut [Self::Acc]);
+}
+
+/// The activation rows of one register tile as the SIMD tiles read them (`tiles.rs`):
+/// `rows ≤ MR` rows, each the concatenation of `segs` segments of `seg_len` entries, segment
+/// `s` of row `r` starting at `ptrs[s·MR + r]`. Only the driver below makes one, from slices
+/// it has checked to hold `seg_len` entries or from a [`Gather`] (whose contract says the
+/// same), so every pointer is valid for that many reads while the value lives.
+pub struct TileRows<'a, A> {
+    ptrs: &'a [*const A],
+    rows: usize,
+    seg_len: usize,
+    segs: usize,
+}
+
+impl<A: Copy> TileRows<'_, A> {
+    /// Rows in the tile.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Entries per segment.
+    pub fn seg_len(&self) -> usize {
+        self.seg_len
+    }
+    /// Segments per row.
+    pub fn segs(&self) -> usize {
+        self.segs
+    }
+    /// The segment starts, `segs·MR` of them, for a SIMD tile (see the type's docs).
+    pub fn ptrs(&self) -> *const *const A {
+        self.ptrs.as_ptr()
+    }
+    /// Entry `t` of row `r` (`r < rows`, `t < segs·seg_len`): for plain-code tiles.
+    pub fn at(&self, r: usize, t: usize) -> A {
+        assert!(r < self.rows && t < self.segs * self.seg_len, "entry ({r}, {t}) outside the tile");
+        // SAFETY: the pointer of segment `t / seg_len` of row `r` is valid for `seg_len` reads.
+        unsafe { *self.ptrs[(t / self.seg_len) * MR + r].add(t % self.seg_len) }
+    }
+}
+
+/// Rows read where they lie, segment by segment ([`Rows::Gathered`]): conv patches, one
+/// segment per kernel tap, read straight from the input through an indirection table (as
+/// XNNPACK does), so nothing is copied.
+///
+/// # Safety
+/// For rows `first..first + rows` (`rows ≤ MR`) below the row count the GEMM is given,
+/// `starts(first, rows, out)` writes `segs()` pointers per row, segment `s` of row `first + r`
+/// to `out[s·MR + r]`, each valid for `seg()` reads for as long as `self` is borrowed.
+pub unsafe trait Gather<A>: Sync {
+    /// Entries per segment: a whole number of the tile's groups; `seg()·segs()` is the row length.
+    fn seg(&self) -> usize;
+    /// Segments per row.
+    fn segs(&self) -> usize;
+    /// Writes the segment starts of a tile's rows (see the trait's safety contract): one call
+    /// per tile, so that a row's position is found once and then stepped.
+    fn starts(&self, first: usize, rows: usize, out: &mut [*const A]);
 }
 
 /// Where the GEMM's left-hand rows come from.
@@ -41,8 +101,10 @@ pub enum Rows<'a, A> {
     /// pointwise conv).
     Slice { a: &'a [A], lda: usize },
     /// Row `i` is written by `fill(i, row)` into a `row_len`-long scratch row (entries past the
-    /// real depth may hold anything): conv patches.
+    /// real depth may hold anything): conv patches whose taps are too short to gather.
     Built(&'a (dyn Fn(usize, &mut [A]) + Sync)),
+    /// Row `i` is read where it lies, segment by segment ([`Gather`]).
+    Gathered(&'a dyn Gather<A>),
 }
 
 /// Computes `acc = a · wᵀ` for `m` rows and hands every tile to `epilogue(acc, stride, rows)`:
@@ -54,8 +116,10 @@ where
     T: Send,
     E: Fn(&[P::Acc], usize, &mut [T]) + Sync,
 {
-    if let Rows::Slice { a, lda } = rows {
-        assert!(*lda >= w.row_len() && (m == 0 || a.len() >= (m - 1) * lda + w.row_len()), "activation rows too short");
+    match rows {
+        Rows::Slice { a, lda } => assert!(*lda >= w.row_len() && (m == 0 || a.len() >= (m - 1) * lda + w.row_len()), "activation rows too short"),
+        Rows::Gathered(g) => assert!(g.seg() * g.segs() == w.row_len() && g.seg() % P::GROUP == 0 && g.seg() > 0, "segments of {} × {} for rows of {}", g.seg(), g.segs(), w.row_len()),
+        Rows::Built(_) => {}
     }
     assert!(out.len() >= m * ldo, "output too short");
     let run = |first: usize, out: &mut [T]| block_rows(rows, first, out.len() / ldo, w, out, ldo, epilogue);
@@ -82,25 +146,45 @@ where
         // Only as many rows as this call builds: a small product (batch 1) would otherwise zero a
         // whole block of long rows it never uses (10 % of the ResNet's FP32 time at batch 1).
         Rows::Built(_) => vec![P::A::default(); count.min(BLOCK_ROWS) * kp],
-        Rows::Slice { .. } => vec![],
+        _ => vec![],
     };
+    let segs = match rows {
+        Rows::Gathered(g) => g.segs(),
+        _ => 1,
+    };
+    let mut ptrs = vec![std::ptr::null(); segs * MR];
     let mut scratch = P::Scratch::default();
     let mut b0 = 0;
     while b0 < count {
         let block = (count - b0).min(BLOCK_ROWS);
-        let (a, lda): (&[P::A], usize) = match rows {
-            Rows::Slice { a, lda } => (&a[(first + b0) * lda..], *lda),
-            Rows::Built(fill) => {
-                for (r, row) in built.chunks_mut(kp).take(block).enumerate() {
-                    fill(first + b0 + r, row);
-                }
-                (&built, kp)
+        if let Rows::Built(fill) = rows {
+            for (r, row) in built.chunks_mut(kp).take(block).enumerate() {
+                fill(first + b0 + r, row);
             }
-        };
+        }
         let mut i = 0;
         while i < block {
             let tile = (block - i).min(MR);
-            w.tile(&a[i * lda..], lda, tile, &mut scratch, &mut buf);
+            let row0 = first + b0 + i;
+            let seg_len = match rows {
+                Rows::Slice { a, lda } => {
+                    for r in 0..tile {
+                        ptrs[r] = a[(row0 + r) * lda..][..kp].as_ptr();
+                    }
+                    kp
+                }
+                Rows::Built(_) => {
+                    for r in 0..tile {
+                        ptrs[r] = built[(i + r) * kp..][..kp].as_ptr();
+                    }
+                    kp
+                }
+                Rows::Gathered(g) => {
+                    g.starts(row0, tile, &mut ptrs);
+                    g.seg()
+                }
+            };
+            w.tile(&TileRows { ptrs: &ptrs, rows: tile, seg_len, segs }, &mut scratch, &mut buf);
             let o = b0 + i;
             epilogue(&buf[..tile * np], np, &mut out[o * ldo..(o + tile) * ldo]);
             i += tile;

@@ -5,7 +5,7 @@
 //! accumulators over the whole depth (`tiles::f32_fma`). Without AVX2+FMA a plain loop computes
 //! the same sums (rounded after each multiply). Blocking and threads: `blocked.rs`.
 
-use super::blocked::Panels;
+use super::blocked::{Panels, TileRows};
 use super::pack_panels;
 
 /// Columns per panel (one ymm of f32 lanes).
@@ -56,6 +56,7 @@ impl Panels for PackedF32 {
     type A = f32;
     type Acc = f32;
     type Scratch = ();
+    const GROUP: usize = 1;
 
     fn row_len(&self) -> usize {
         self.k
@@ -69,9 +70,9 @@ impl Panels for PackedF32 {
         self.count() * PANEL
     }
 
-    fn tile(&self, a: &[f32], lda: usize, rows: usize, _: &mut (), buf: &mut [f32]) {
-        let (np, panels, panel_len) = (self.acc_stride(), self.count(), self.k * PANEL);
-        assert!(rows >= 1 && a.len() >= (rows - 1) * lda + self.k && buf.len() >= rows * np);
+    fn tile(&self, a: &TileRows<f32>, _: &mut (), buf: &mut [f32]) {
+        let (np, panels, panel_len, rows) = (self.acc_stride(), self.count(), self.k * PANEL, a.rows());
+        assert!(rows >= 1 && a.segs() * a.seg_len() == self.k && buf.len() >= rows * np);
         let mut p = 0;
         while p < panels {
             let two = p + 1 < panels;
@@ -79,13 +80,13 @@ impl Panels for PackedF32 {
             #[cfg(target_arch = "x86_64")]
             if self.fma {
                 use super::tiles::f32_fma::dispatch;
-                // SAFETY: `fma` is only set when the CPU has AVX2 and FMA; `a` holds `rows` rows
-                // of `k` at `lda` and `dst` rows of `np` (asserted above), `b` one or two whole
-                // panels of `k` steps.
+                // SAFETY: `fma` is only set when the CPU has AVX2 and FMA; `a` covers `rows` rows
+                // of `k` entries in segments (`TileRows`), `b` one or two whole panels of `k`
+                // steps, `dst` rows of `np` (asserted above).
                 unsafe {
                     match two {
-                        true => dispatch::<2>(a.as_ptr(), lda, rows, b.as_ptr(), panel_len, self.k, dst.as_mut_ptr(), np),
-                        false => dispatch::<1>(a.as_ptr(), lda, rows, b.as_ptr(), panel_len, self.k, dst.as_mut_ptr(), np),
+                        true => dispatch::<2>(a.ptrs(), a.segs(), a.seg_len(), rows, b.as_ptr(), panel_len, dst.as_mut_ptr(), np),
+                        false => dispatch::<1>(a.ptrs(), a.segs(), a.seg_len(), rows, b.as_ptr(), panel_len, dst.as_mut_ptr(), np),
                     }
                 }
                 p += if two { 2 } else { 1 };
@@ -93,7 +94,7 @@ impl Panels for PackedF32 {
             }
             for r in 0..rows {
                 for col in 0..PANEL {
-                    dst[r * np + col] = (0..self.k).fold(0.0, |acc, t| acc + a[r * lda + t] * b[t * PANEL + col]);
+                    dst[r * np + col] = (0..self.k).fold(0.0, |acc, t| acc + a.at(r, t) * b[t * PANEL + col]);
                 }
             }
             p += 1;

@@ -13,12 +13,20 @@
 //!
 //! The integer ones are exact: no intermediate saturates (unlike `vpmaddubsw`).
 //!
+//! A tile reads its rows as `segs` segments of `seg_steps` groups each, segment `s` of row `r`
+//! starting at `a[s·MR + r]` (`blocked::TileRows`): one segment per row when the rows lie in
+//! memory as rows, one per kernel tap when a conv's patch rows are gathered from the input
+//! where they lie (so nothing is copied). Segment `s` meets depth steps
+//! `s·seg_steps..(s + 1)·seg_steps` of the panels.
+//!
 //! Safety contract of every generated `dispatch`: the CPU has the named features; `a` holds
-//! `rows` rows of `ksteps` groups at `lda` elements; `b` holds `NV` panels of `ksteps` steps at
-//! `panel_len` elements; `dst` holds `rows` rows of `np ≥ NV·panel` accumulators.
+//! `segs·MR` pointers, the first `rows` of each `MR` each valid for `seg_steps` groups; `b`
+//! holds `NV` panels of `segs·seg_steps` steps at `panel_len` elements; `dst` holds `rows` rows
+//! of `np ≥ NV·panel` accumulators.
 
 #![cfg(target_arch = "x86_64")]
 
+use super::blocked::MR as ROW_STRIDE;
 use std::arch::x86_64::*;
 
 macro_rules! tile_kernel {
@@ -37,32 +45,40 @@ macro_rules! tile_kernel {
             /// the module docs of `tiles` list.
             #[target_feature(enable = $feat)]
             #[allow(clippy::too_many_arguments)]
-            pub unsafe fn dispatch<const NV: usize>(a: *const $a, lda: usize, rows: usize, b: *const $b, panel_len: usize, ksteps: usize, dst: *mut $acc_t, np: usize) {
+            pub unsafe fn dispatch<const NV: usize>(a: *const *const $a, segs: usize, seg_steps: usize, rows: usize, b: *const $b, panel_len: usize, dst: *mut $acc_t, np: usize) {
                 match rows {
-                    1 => tile::<1, NV>(a, lda, b, panel_len, ksteps, dst, np),
-                    2 => tile::<2, NV>(a, lda, b, panel_len, ksteps, dst, np),
-                    3 => tile::<3, NV>(a, lda, b, panel_len, ksteps, dst, np),
-                    4 => tile::<4, NV>(a, lda, b, panel_len, ksteps, dst, np),
-                    5 => tile::<5, NV>(a, lda, b, panel_len, ksteps, dst, np),
-                    _ => tile::<6, NV>(a, lda, b, panel_len, ksteps, dst, np),
+                    1 => tile::<1, NV>(a, segs, seg_steps, b, panel_len, dst, np),
+                    2 => tile::<2, NV>(a, segs, seg_steps, b, panel_len, dst, np),
+                    3 => tile::<3, NV>(a, segs, seg_steps, b, panel_len, dst, np),
+                    4 => tile::<4, NV>(a, segs, seg_steps, b, panel_len, dst, np),
+                    5 => tile::<5, NV>(a, segs, seg_steps, b, panel_len, dst, np),
+                    _ => tile::<6, NV>(a, segs, seg_steps, b, panel_len, dst, np),
                 }
             }
 
             #[target_feature(enable = $feat)]
             #[allow(clippy::too_many_arguments)]
             #[inline]
-            unsafe fn tile<const MR: usize, const NV: usize>(a: *const $a, lda: usize, b: *const $b, panel_len: usize, ksteps: usize, dst: *mut $acc_t, np: usize) {
+            unsafe fn tile<const MR: usize, const NV: usize>(a: *const *const $a, segs: usize, seg_steps: usize, b: *const $b, panel_len: usize, dst: *mut $acc_t, np: usize) {
                 let mut acc = [[$zero(); NV]; MR];
-                for t in 0..ksteps {
-                    let mut bv = [$zero(); NV];
-                    for (v, bv) in bv.iter_mut().enumerate() {
-                        *bv = $load(b.add(v * panel_len + t * $group * PANEL) as *const _);
+                for s in 0..segs {
+                    // This segment's start in each row, and its depth steps in the panels.
+                    let mut row = [std::ptr::null::<$a>(); MR];
+                    for (r, row) in row.iter_mut().enumerate() {
+                        *row = *a.add(s * ROW_STRIDE + r);
                     }
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let $av = $set1(std::ptr::read_unaligned(a.add(r * lda + $group * t) as *const $grp));
-                        for v in 0..NV {
-                            let ($acc, $bv) = (acc[v], bv[v]);
-                            acc[v] = $op;
+                    let b = b.add(s * seg_steps * $group * PANEL);
+                    for t in 0..seg_steps {
+                        let mut bv = [$zero(); NV];
+                        for (v, bv) in bv.iter_mut().enumerate() {
+                            *bv = $load(b.add(v * panel_len + t * $group * PANEL) as *const _);
+                        }
+                        for (acc, row) in acc.iter_mut().zip(&row) {
+                            let $av = $set1(std::ptr::read_unaligned(row.add($group * t) as *const $grp));
+                            for v in 0..NV {
+                                let ($acc, $bv) = (acc[v], bv[v]);
+                                acc[v] = $op;
+                            }
                         }
                     }
                 }

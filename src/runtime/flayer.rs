@@ -1,7 +1,8 @@
 //! One float layer (conv or linear) prepared for the compiled float runtime: weights reordered
 //! to the channels-last patch order `(ky, kx, c)` and packed per group (a BatchNorm that only
-//! this layer fed is already folded into them). Running it builds the patch rows (or reads the
-//! input in place when a row *is* a pixel), runs the packed f32 GEMM, and finishes each tile in
+//! this layer fed is already folded into them). Running it runs the packed f32 GEMM over the
+//! patch rows (each tap read where it lies in the input, or the input in place when a row *is* a
+//! pixel) and finishes each tile in
 //! the GEMM's epilogue: `y = acc + b_c`, then `max(y, 0)` when a ReLU was fused into it.
 
 use super::epilogue::{finish_tile, FinishRow};

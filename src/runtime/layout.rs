@@ -2,7 +2,7 @@
 //! input `[N, H, W, C]`, its weights reordered to the channels-last patch order `(ky, kx, c)`,
 //! and where each output position's patch row reads.
 
-use crate::gemm::blocked::{gemm, Panels, Rows};
+use crate::gemm::blocked::{gemm, Gather, Panels, Rows, MR};
 use crate::model::arch::Op;
 use std::mem::MaybeUninit;
 
@@ -100,13 +100,27 @@ fn conv_shape(s: &[usize], o: usize, k: (usize, usize), stride: (usize, usize), 
     Some(ConvShape { c, h, w, o, kh: k.0, kw: k.1, stride, pad, dil, groups, ho, wo })
 }
 
-/// Where the channels-last patch of each output position reads, computed once per layer:
-/// runs of `(offset in the row, offset in the sample's [H, W, C] codes, length)`. With one group
-/// and no dilation the taps of a kernel row are one contiguous run of the input (neighbouring
-/// pixels, all channels); otherwise each tap is a run of the group's `C/groups` channels (read
-/// at an extra offset `group·C/groups`). Entries no run covers are taps in the padding and hold
-/// the zero point.
+/// A tap in the padding (see [`PatchRuns`]).
+const PAD: u32 = u32::MAX;
+
+/// Channels per tap below which patches are built rather than gathered: a segment switch in
+/// the tile reloads a pointer per row, which a tap of a few channels would pay every few
+/// depth steps (the stem conv of an image model has 1–3 channels).
+const MIN_GATHER: usize = 8;
+
+/// Where the channels-last patch of each output position reads, computed once per layer, in
+/// two forms:
+/// - taps: per position and kernel tap `(ky, kx)`, the offset of the tap's pixel in the
+///   sample's `[H, W, C]` values, or [`PAD`] for a tap in the padding. The GEMM reads each tap's
+///   `C/groups` channels where they lie (`Rows::Gathered`), so nothing is copied.
+/// - runs, for taps too short to read one by one: `(offset in the row, offset in the sample,
+///   length)` copies that build the row. With one group and no dilation the taps of a kernel
+///   row are one contiguous run of the input (neighbouring pixels, all channels); otherwise
+///   each tap is a run of the group's `C/groups` channels (read at an extra offset
+///   `group·C/groups`). Entries no run covers are taps in the padding and hold the zero point.
 pub struct PatchRuns {
+    /// `taps[p·kh·kw + ky·kw + kx]`: where tap `(ky, kx)` of position `p` reads.
+    taps: Vec<u32>,
     /// `runs[starts[p]..starts[p + 1]]` belong to position `p`.
     starts: Vec<usize>,
     runs: Vec<(u32, u32, u32)>,
@@ -119,6 +133,7 @@ impl PatchRuns {
         let (cg, k) = (g.cg(), g.k());
         let merge = g.groups == 1 && g.dil.1 == 1;
         let (mut starts, mut runs, mut padded) = (vec![0], vec![], vec![]);
+        let mut taps = vec![PAD; g.ho * g.wo * g.kh * g.kw];
         for oy in 0..g.ho {
             for ox in 0..g.wo {
                 let mut covered = 0;
@@ -132,6 +147,7 @@ impl PatchRuns {
                         if ix < 0 || ix >= g.w as isize {
                             continue;
                         }
+                        taps[((oy * g.wo + ox) * g.kh + ky) * g.kw + kx] = ((iy as usize * g.w + ix as usize) * g.c) as u32;
                         let (dst, src) = ((ky * g.kw + kx) * cg, (iy as usize * g.w + ix as usize) * g.c);
                         covered += cg;
                         // Extend this position's previous run when the tap continues it in both places.
@@ -146,7 +162,21 @@ impl PatchRuns {
                 starts.push(runs.len());
             }
         }
-        PatchRuns { starts, runs, padded }
+        PatchRuns { taps, starts, runs, padded }
+    }
+
+    /// Whether a GEMM reading `group` activations per depth step reads these patches tap by
+    /// tap (`gather`) rather than building them (`fill`): when a tap's channels are whole
+    /// groups and at least [`MIN_GATHER`] long.
+    pub fn gathers(g: &ConvShape, group: usize) -> bool {
+        g.cg().is_multiple_of(group) && g.cg() >= MIN_GATHER
+    }
+
+    /// The patches of group `gi` of channels-last `x` (`n` whole samples), read tap by tap.
+    fn taps<'a, T: Copy + Sync>(&'a self, x: &'a [T], g: &ConvShape, gi: usize, pad: &'a [T]) -> TapRows<'a, T> {
+        let sample = g.h * g.w * g.c;
+        assert!(x.len().is_multiple_of(sample) && pad.len() >= g.cg() && gi < g.groups, "conv input of {} values, samples of {sample}", x.len());
+        TapRows { runs: self, x, pad, rows: x.len() / sample * g.ho * g.wo, g: *g, gi }
     }
 
     /// Writes the patch of output row `i` (sample `i / (Ho·Wo)`, position `i % (Ho·Wo)`) for
@@ -166,10 +196,60 @@ impl PatchRuns {
     }
 }
 
+/// Conv patch rows read tap by tap where they lie (see [`PatchRuns`]).
+struct TapRows<'a, T> {
+    runs: &'a PatchRuns,
+    x: &'a [T],
+    /// `C/groups` padding values.
+    pad: &'a [T],
+    /// Output rows `x` holds: samples × positions.
+    rows: usize,
+    g: ConvShape,
+    gi: usize,
+}
+
+// SAFETY: row `i < rows` (asserted) lies in sample `s = i / (Ho·Wo)`, whole in `x` (checked in
+// `PatchRuns::taps`); each tap offset is `(iy·W + ix)·C` of an in-image pixel (`PatchRuns::new`),
+// so its `C/groups` channels at group offset `gi·C/groups` lie in that sample; `pad` holds at
+// least `C/groups` values.
+unsafe impl<T: Copy + Sync> Gather<T> for TapRows<'_, T> {
+    fn seg(&self) -> usize {
+        self.g.cg()
+    }
+
+    fn segs(&self) -> usize {
+        self.g.kh * self.g.kw
+    }
+
+    /// `out[t·MR + r]` = the start of tap `t = ky·kw + kx` of row `first + r`: `x` at
+    /// `s·H·W·C + gi·C/groups + offset`, or `pad`.
+    fn starts(&self, first: usize, rows: usize, out: &mut [*const T]) {
+        assert!(first + rows <= self.rows && rows <= MR && out.len() >= self.segs() * MR, "rows {first}+{rows} of {}", self.rows);
+        let (l, kk) = (self.g.ho * self.g.wo, self.segs());
+        let (sample, pad) = (self.g.h * self.g.w * self.g.c, self.pad.as_ptr());
+        let (mut s, mut pos) = (first / l, first % l);
+        for r in 0..rows {
+            // SAFETY: within `x`, see the `unsafe impl`.
+            let base: *const T = unsafe { self.x.as_ptr().add(s * sample + self.gi * self.g.cg()) };
+            // A select rather than a branch: which taps are padding changes from row to row.
+            for (o, &off) in out[r..].iter_mut().step_by(MR).zip(&self.runs.taps[pos * kk..(pos + 1) * kk]) {
+                // In `x` unless `off` is PAD (see the `unsafe impl`), where it is not used.
+                let inside = base.wrapping_add(off as usize);
+                *o = if off == PAD { pad } else { inside };
+            }
+            pos += 1;
+            if pos == l {
+                (s, pos) = (s + 1, 0);
+            }
+        }
+    }
+}
+
 /// Runs a layer: one GEMM per group of `packed` over `x` (`n` samples; channels last for a
 /// conv, `rows × in` for a linear), each row read in place when it is one (a linear whose
-/// input length is the GEMM's row length, a conv without patch `runs`) and built otherwise
-/// (conv patches with `pad` in the padding taps). `epilogue(gi)` turns group `gi`'s
+/// input length is the GEMM's row length, a conv without patch `runs`), conv patches read tap
+/// by tap where they lie when the taps are long enough ([`PatchRuns::gathers`]) and built
+/// otherwise (`pad` in the padding taps either way). `epilogue(gi)` turns group `gi`'s
 /// accumulators into its columns of the `[rows, out]` output and must write every one of them.
 pub fn run_layer<P, E>(shape: &LayerShape, packed: &[P], runs: Option<&PatchRuns>, x: &[P::A], pad: P::A, n: usize, epilogue: impl Fn(usize) -> E) -> Vec<f32>
 where
@@ -192,6 +272,10 @@ where
                 gemm(&Rows::Built(&fill), rows, p, out, o, &epi)
             }
             (LayerShape::Conv(g), None) => gemm(&Rows::Slice { a: x, lda: g.c }, rows, p, out, o, &epi),
+            (LayerShape::Conv(g), Some(runs)) if PatchRuns::gathers(&g, P::GROUP) => {
+                let pad = vec![pad; g.cg()];
+                gemm(&Rows::Gathered(&runs.taps(x, &g, gi, &pad)), rows, p, out, o, &epi)
+            }
             (LayerShape::Conv(g), Some(runs)) => {
                 let fill = |i: usize, row: &mut [P::A]| runs.fill(x, &g, gi, pad, i, row);
                 gemm(&Rows::Built(&fill), rows, p, out, o, &epi)
@@ -202,4 +286,105 @@ where
     // the groups partition all `o` columns (a linear has one group).
     unsafe { y.set_len(rows * o) };
     y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gemm::packed_f32::PackedF32;
+    use crate::runtime::packed::{Isa, PairPanels, QuadPanels};
+
+    /// A grouped, strided, dilated, padded conv whose taps are long enough to gather (8
+    /// channels per group): `C = 16`, 2 groups, 3×2 kernel, stride (2, 1), padding (1, 1),
+    /// dilation (1, 2), over 3 samples of 5×7.
+    fn geometry() -> ConvShape {
+        let s = conv_shape(&[16, 5, 7], 6, (3, 2), (2, 1), (1, 1), (1, 2), 2).unwrap();
+        assert!(PatchRuns::gathers(&s, 4) && s.ho * s.wo > 1);
+        s
+    }
+
+    /// The conv by its definition over channels-last `x` (`n` samples) and weights
+    /// `[O, C/g, kh, kw]`, padding taps reading `pad`:
+    /// `y[s, oy, ox, o] = Σ_{c, ky, kx} x[s, oy·sy + ky·dy − py, ox·sx + kx·dx − px, g(o)·C/g + c] · w[o, c, ky, kx]`.
+    fn by_definition(g: &ConvShape, x: &[i64], w: &[i64], pad: i64, n: usize) -> Vec<i64> {
+        let (cg, og) = (g.cg(), g.o / g.groups);
+        let mut y = vec![0; n * g.ho * g.wo * g.o];
+        for s in 0..n {
+            for oy in 0..g.ho {
+                for ox in 0..g.wo {
+                    for o in 0..g.o {
+                        let mut acc = 0;
+                        for c in 0..cg {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.stride.0 + ky * g.dil.0) as isize - g.pad.0 as isize;
+                                    let ix = (ox * g.stride.1 + kx * g.dil.1) as isize - g.pad.1 as isize;
+                                    let inside = (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
+                                    let v = if inside { x[((s * g.h + iy as usize) * g.w + ix as usize) * g.c + (o / og) * cg + c] } else { pad };
+                                    acc += v * w[((o * cg + c) * g.kh + ky) * g.kw + kx];
+                                }
+                            }
+                        }
+                        y[((s * g.ho + oy) * g.wo + ox) * g.o + o] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Runs `packed` (one per group) over `x` with patches gathered and with patches built.
+    fn both_ways<P: Panels<Acc = A>, A: Copy + Default + Send>(g: &ConvShape, packed: &[P], x: &[P::A], pad: P::A, n: usize) -> [Vec<A>; 2] {
+        let (runs, og, m) = (PatchRuns::new(g), g.o / g.groups, n * g.ho * g.wo);
+        let pads = vec![pad; g.cg()];
+        [true, false].map(|gathered| {
+            let mut y = vec![A::default(); m * g.o];
+            for (gi, p) in packed.iter().enumerate() {
+                let epi = |acc: &[A], stride: usize, out: &mut [A]| {
+                    for (r, row) in out.chunks_mut(g.o).enumerate() {
+                        row[gi * og..(gi + 1) * og].copy_from_slice(&acc[r * stride..r * stride + og]);
+                    }
+                };
+                let fill = |i: usize, row: &mut [P::A]| runs.fill(x, g, gi, pad, i, row);
+                let taps = runs.taps(x, g, gi, &pads);
+                let rows = if gathered { Rows::Gathered(&taps) } else { Rows::Built(&fill) };
+                gemm(&rows, m, p, &mut y, g.o, &epi);
+            }
+            y
+        })
+    }
+
+    /// Gathered patches give what built ones give, bit for bit, and both equal the conv's
+    /// definition: exactly with the integer kernels this CPU runs (pair and quad layouts, the
+    /// zero point as padding), within f32 rounding with the float tile.
+    #[test]
+    fn gathered_patches_equal_built_ones_and_the_definition() {
+        let (g, n) = (geometry(), 3);
+        let w: Vec<i64> = (0..g.o * g.cg() * g.kh * g.kw).map(|i| ((i * 53) % 255) as i64 - 127).collect();
+        let x: Vec<i64> = (0..n * g.h * g.w * g.c).map(|i| ((i * 37) % 128) as i64).collect();
+        let pad = 9;
+        let want = by_definition(&g, &x, &w, pad, n);
+        let group_w = |gi: usize| g.patch_order(&w, gi);
+        for isa in Isa::available() {
+            let [gathered, built] = match isa.quads() {
+                true => {
+                    let p: Vec<QuadPanels> = (0..g.groups).map(|gi| QuadPanels::pack(&group_w(gi).iter().map(|&v| v as i8).collect::<Vec<_>>(), g.o / g.groups, g.k(), isa)).collect();
+                    both_ways(&g, &p, &x.iter().map(|&v| v as u8).collect::<Vec<_>>(), pad as u8, n)
+                }
+                false => {
+                    let p: Vec<PairPanels> = (0..g.groups).map(|gi| PairPanels::pack(&group_w(gi).iter().map(|&v| v as i8).collect::<Vec<_>>(), g.o / g.groups, g.k(), isa)).collect();
+                    both_ways(&g, &p, &x.iter().map(|&v| v as i16).collect::<Vec<_>>(), pad as i16, n)
+                }
+            };
+            assert_eq!(gathered, built, "{isa:?}");
+            assert_eq!(gathered.iter().map(|&v| v as i64).collect::<Vec<_>>(), want, "{isa:?}");
+        }
+        let p: Vec<PackedF32> = (0..g.groups).map(|gi| PackedF32::pack(&group_w(gi).iter().map(|&v| v as f32 / 64.0).collect::<Vec<_>>(), g.o / g.groups, g.k())).collect();
+        let [gathered, built] = both_ways(&g, &p, &x.iter().map(|&v| v as f32 / 32.0).collect::<Vec<_>>(), pad as f32 / 32.0, n);
+        assert_eq!(gathered, built);
+        for (got, want) in gathered.iter().zip(&want) {
+            let want = *want as f64 / 2048.0;
+            assert!((*got as f64 - want).abs() <= 1e-4 * want.abs().max(1.0), "{got} vs {want}");
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! stays in registers over the whole depth. The blocking, threading and epilogue calls are the
 //! shared driver's (`blocked.rs`); this file is the integer [`Panels`].
 
-use crate::gemm::blocked::Panels;
+use crate::gemm::blocked::{Panels, TileRows};
 use crate::gemm::pack_panels;
 
 /// Columns per packed panel (one 256-bit vector of i32 lanes).
@@ -157,6 +157,7 @@ impl Panels for PairPanels {
     type A = i16;
     type Acc = i32;
     type Scratch = ();
+    const GROUP: usize = 2;
 
     fn row_len(&self) -> usize {
         self.kp
@@ -170,8 +171,8 @@ impl Panels for PairPanels {
         self.panels() * PANEL
     }
 
-    fn tile(&self, a: &[i16], lda: usize, rows: usize, _: &mut (), buf: &mut [i32]) {
-        tile_rows(a, lda, rows, self, buf, self.acc_stride())
+    fn tile(&self, a: &TileRows<i16>, _: &mut (), buf: &mut [i32]) {
+        tile_rows(a, self, buf, self.acc_stride())
     }
 }
 
@@ -179,6 +180,7 @@ impl Panels for QuadPanels {
     type A = u8;
     type Acc = i32;
     type Scratch = ();
+    const GROUP: usize = 4;
 
     fn row_len(&self) -> usize {
         self.kq
@@ -192,15 +194,15 @@ impl Panels for QuadPanels {
         self.n.div_ceil(self.isa.panel()) * self.isa.panel()
     }
 
-    fn tile(&self, a: &[u8], lda: usize, rows: usize, _: &mut (), buf: &mut [i32]) {
-        super::vnni::tile_rows(a, lda, self.kq, rows, &self.quads, self.n, buf, self.acc_stride(), self.isa)
+    fn tile(&self, a: &TileRows<u8>, _: &mut (), buf: &mut [i32]) {
+        super::vnni::tile_rows(a, self.kq, &self.quads, self.n, buf, self.acc_stride(), self.isa)
     }
 }
 
-/// All panels for `rows ≤ MR` rows into `buf` (`np` i32 per row).
-fn tile_rows(a: &[i16], lda: usize, rows: usize, w: &PairPanels, buf: &mut [i32], np: usize) {
-    let panels = w.panels();
-    let kpairs = w.kp / 2;
+/// All panels for the tile's rows into `buf` (`np` i32 per row).
+fn tile_rows(a: &TileRows<i16>, w: &PairPanels, buf: &mut [i32], np: usize) {
+    let (panels, rows) = (w.panels(), a.rows());
+    assert!(a.segs() * a.seg_len() == w.kp && a.seg_len().is_multiple_of(2) && buf.len() >= rows * np && np >= panels * PANEL);
     let mut p = 0;
     while p < panels {
         let two = p + 1 < panels;
@@ -209,33 +211,34 @@ fn tile_rows(a: &[i16], lda: usize, rows: usize, w: &PairPanels, buf: &mut [i32]
         #[cfg(target_arch = "x86_64")]
         {
             if w.isa == Isa::Avx2 {
-                // SAFETY: the CPU has AVX2; `a` holds `rows` rows of `kp` entries at `lda`
-                // (checked in `gemm`), `b` one or two whole panels, `dst` rows of `np ≥ p·8 + 16`
-                // (or `+ 8` for one panel) entries.
+                // SAFETY: the CPU has AVX2; `a` covers `rows` rows of `kp` entries in segments of
+                // whole pairs (`TileRows`, asserted above), `b` one or two whole panels, `dst`
+                // rows of `np ≥ p·8 + 16` (or `+ 8` for one panel) entries.
                 unsafe {
                     use crate::gemm::tiles::pairs_avx2::dispatch;
+                    let steps = a.seg_len() / 2;
                     if two {
-                        dispatch::<2>(a.as_ptr(), lda, rows, b.as_ptr(), w.panel_len(), kpairs, dst.as_mut_ptr(), np);
+                        dispatch::<2>(a.ptrs(), a.segs(), steps, rows, b.as_ptr(), w.panel_len(), dst.as_mut_ptr(), np);
                     } else {
-                        dispatch::<1>(a.as_ptr(), lda, rows, b.as_ptr(), w.panel_len(), kpairs, dst.as_mut_ptr(), np);
+                        dispatch::<1>(a.ptrs(), a.segs(), steps, rows, b.as_ptr(), w.panel_len(), dst.as_mut_ptr(), np);
                     }
                 }
                 p += if two { 2 } else { 1 };
                 continue;
             }
         }
-        scalar_panel(a, lda, rows, b, kpairs, dst, np);
+        scalar_panel(a, b, w.kp / 2, dst, np);
         p += 1;
     }
 }
 
-/// One panel for `rows` rows in plain code: the fallback without AVX2.
-fn scalar_panel(a: &[i16], lda: usize, rows: usize, b: &[i16], kpairs: usize, dst: &mut [i32], np: usize) {
-    for r in 0..rows {
+/// One panel for the tile's rows in plain code: the fallback without AVX2.
+fn scalar_panel(a: &TileRows<i16>, b: &[i16], kpairs: usize, dst: &mut [i32], np: usize) {
+    for r in 0..a.rows() {
         for col in 0..PANEL {
             let mut acc = 0i32;
             for t in 0..kpairs {
-                let (a0, a1) = (a[r * lda + 2 * t] as i32, a[r * lda + 2 * t + 1] as i32);
+                let (a0, a1) = (a.at(r, 2 * t) as i32, a.at(r, 2 * t + 1) as i32);
                 acc += a0 * b[t * 2 * PANEL + col * 2] as i32 + a1 * b[t * 2 * PANEL + col * 2 + 1] as i32;
             }
             dst[r * np + col] = acc;

@@ -1,7 +1,8 @@
 //! One quantised layer (conv or linear) prepared for the compiled runtime: weights reordered to
 //! the channels-last patch order `(ky, kx, c)` and packed per group, and the epilogue constants.
-//! Running it quantises nothing itself: it takes the input's i16 codes (channels last), builds
-//! the patch rows (or reads the codes in place when a row *is* a pixel), runs the packed GEMM,
+//! Running it quantises nothing itself: it takes the input's codes (channels last), runs the
+//! packed GEMM over the patch rows (each tap's codes read where they lie, or the codes in place
+//! when a row *is* a pixel),
 //! and dequantises in the GEMM's epilogue:
 //! `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`, then `max(y, 0)` when a ReLU was fused into it
 //! (`zp·Σw_c` computed once per layer).

@@ -16,33 +16,34 @@ pub const PANEL_256: usize = 8;
 #[cfg(target_arch = "x86_64")]
 use crate::gemm::tiles::{quads_avx2_u7, quads_avx512, quads_avxvnni};
 use super::packed::Isa;
+use crate::gemm::blocked::TileRows;
 
-/// All panels for `rows ≤ 6` u8 rows of `kq` bytes (a multiple of 4) at `lda` into `buf` (`np`
-/// i32 per row), with the quad tile of `isa`: the 512-bit VNNI one, the 256-bit VNNI one, or
-/// AVX2's `vpmaddubsw` (7-bit rows only).
-#[allow(clippy::too_many_arguments)]
-pub fn tile_rows(a: &[u8], lda: usize, kq: usize, rows: usize, quads: &[i8], n: usize, buf: &mut [i32], np: usize, isa: Isa) {
+/// All panels for the tile's u8 rows of `kq` bytes (a multiple of 4, in segments of whole
+/// quads) into `buf` (`np` i32 per row), with the quad tile of `isa`: the 512-bit VNNI one, the
+/// 256-bit VNNI one, or AVX2's `vpmaddubsw` (7-bit rows only).
+pub fn tile_rows(a: &TileRows<u8>, kq: usize, quads: &[i8], n: usize, buf: &mut [i32], np: usize, isa: Isa) {
     let wide = isa == Isa::Avx512Vnni;
     let panel = if wide { PANEL_512 } else { PANEL_256 };
-    let panels = n.div_ceil(panel);
+    let (panels, rows) = (n.div_ceil(panel), a.rows());
     let panel_len = kq * panel;
-    assert!(kq.is_multiple_of(4) && lda >= kq && a.len() >= (rows - 1) * lda + kq && quads.len() >= panels * panel_len && buf.len() >= rows * np && np >= panels * panel);
+    assert!(a.segs() * a.seg_len() == kq && a.seg_len().is_multiple_of(4) && quads.len() >= panels * panel_len && buf.len() >= rows * np && np >= panels * panel);
+    let (ptrs, segs, steps) = (a.ptrs(), a.segs(), a.seg_len() / 4);
     let mut p = 0;
     while p < panels {
         let two = p + 1 < panels;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512Vnni` is only chosen when the CPU has AVX-512 F/BW/VNNI,
-        // `Isa::AvxVnni` when it has AVX2 and AVX-VNNI, `Isa::Avx2U7` when it has AVX2; the
-        // bounds are asserted above.
+        // `Isa::AvxVnni` when it has AVX2 and AVX-VNNI, `Isa::Avx2U7` when it has AVX2; `a`
+        // covers its rows in segments (`TileRows`); the other bounds are asserted above.
         unsafe {
             let (b, dst) = (quads.as_ptr().add(p * panel_len), buf.as_mut_ptr().add(p * panel));
             match (isa, two) {
-                (Isa::Avx512Vnni, true) => quads_avx512::dispatch::<2>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
-                (Isa::Avx512Vnni, false) => quads_avx512::dispatch::<1>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
-                (Isa::AvxVnni, true) => quads_avxvnni::dispatch::<2>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
-                (Isa::AvxVnni, false) => quads_avxvnni::dispatch::<1>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
-                (Isa::Avx2U7, true) => quads_avx2_u7::dispatch::<2>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
-                (Isa::Avx2U7, false) => quads_avx2_u7::dispatch::<1>(a.as_ptr(), lda, rows, b, panel_len, kq / 4, dst, np),
+                (Isa::Avx512Vnni, true) => quads_avx512::dispatch::<2>(ptrs, segs, steps, rows, b, panel_len, dst, np),
+                (Isa::Avx512Vnni, false) => quads_avx512::dispatch::<1>(ptrs, segs, steps, rows, b, panel_len, dst, np),
+                (Isa::AvxVnni, true) => quads_avxvnni::dispatch::<2>(ptrs, segs, steps, rows, b, panel_len, dst, np),
+                (Isa::AvxVnni, false) => quads_avxvnni::dispatch::<1>(ptrs, segs, steps, rows, b, panel_len, dst, np),
+                (Isa::Avx2U7, true) => quads_avx2_u7::dispatch::<2>(ptrs, segs, steps, rows, b, panel_len, dst, np),
+                (Isa::Avx2U7, false) => quads_avx2_u7::dispatch::<1>(ptrs, segs, steps, rows, b, panel_len, dst, np),
                 _ => unreachable!("{isa:?} has no quad tile"),
             }
         }
