@@ -47,7 +47,7 @@ impl FloatLayer {
     }
 }
 
-impl FinishRow<f32> for FloatLayer {
+impl FinishRow<f32, f32> for FloatLayer {
     /// `out[j] = acc[j] (+ b[c0 + j]) (then max 0)`, one `for` loop per combination: each
     /// inlines into the AVX2 caller and vectorises (`for_each` left an out-of-line scalar `fold`).
     #[inline(always)]

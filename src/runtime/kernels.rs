@@ -65,33 +65,40 @@ impl Code for u8 {
     }
 }
 
-/// The codes of [`quantize_u8`] as the compiled runtime's code type `T`; AVX2 eight at a time
-/// where the CPU has it (bit-identical to the scalar formula: tested).
-pub fn quantize_codes<T: Code>(x: &[f32], q: &crate::quant::QParams) -> (Vec<T>, i32) {
+/// The codes of [`quantize_u8`] as the compiled runtime's code type `T`, and whether every
+/// value of `x` is finite (a non-finite one has no meaningful code; the caller reports it).
+pub fn quantize_codes<T: Code>(x: &[f32], q: &crate::quant::QParams) -> (Vec<T>, bool) {
+    let mut codes = Vec::with_capacity(x.len());
+    let out = &mut codes.spare_capacity_mut()[..x.len()];
+    const CHUNK: usize = 1 << 16;
+    let finite = if x.len() > 2 * CHUNK && rayon::current_num_threads() > 1 {
+        x.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).map(|(x, o)| quantize_to(x, q, o)).reduce(|| true, |a, b| a & b)
+    } else {
+        quantize_to(x, q, out)
+    };
+    // SAFETY: `quantize_to` wrote every entry.
+    unsafe { codes.set_len(x.len()) };
+    (codes, finite)
+}
+
+/// Writes the shifted codes of `x` (see [`quantize_u8`]) into `out` (as long as `x`), AVX2
+/// eight at a time where the CPU has it (bit-identical to the scalar formula: tested);
+/// returns whether every value of `x` is finite.
+#[inline]
+pub fn quantize_to<T: Code>(x: &[f32], q: &crate::quant::QParams, out: &mut [std::mem::MaybeUninit<T>]) -> bool {
+    assert_eq!(x.len(), out.len(), "codes for every value");
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
-            let shift = code_shift(q);
-            let mut codes = Vec::with_capacity(x.len());
-            let out = &mut codes.spare_capacity_mut()[..x.len()];
-            let run = |x: &[f32], out: &mut [std::mem::MaybeUninit<T>]| {
-                // SAFETY: the CPU has AVX2; the slices have equal lengths.
-                unsafe { quantize_avx2(x, q, shift, out) }
-            };
-            const CHUNK: usize = 1 << 16;
-            if x.len() > 2 * CHUNK && rayon::current_num_threads() > 1 {
-                x.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).for_each(|(x, o)| run(x, o));
-            } else {
-                run(x, out);
-            }
-            // SAFETY: `quantize_avx2` wrote every entry.
-            unsafe { codes.set_len(x.len()) };
-            return (codes, q.zero_point + shift);
+            // SAFETY: the CPU has AVX2; the slices have equal lengths.
+            return unsafe { quantize_avx2(x, q, code_shift(q), out) };
         }
     }
-    let mut codes = vec![T::default(); x.len()];
-    let zp = quantize_into(x, q, &mut codes, T::from_code);
-    (codes, zp)
+    let shift = code_shift(q);
+    for (o, &v) in out.iter_mut().zip(x) {
+        o.write(T::from_code(q.quantize(v) + shift));
+    }
+    x.iter().all(|v| v.is_finite())
 }
 
 /// What is added to a code so that both activation types are held as u8 values: 0 for u8, 128
@@ -130,13 +137,14 @@ fn quantize_into<T: Copy, F: Fn(i32) -> T>(x: &[f32], q: &crate::quant::QParams,
     q.zero_point + shift
 }
 
-/// `clamp(round(x / s) + zp, qmin, qmax) + shift` for 8 lanes at a time. `round` is Rust's
+/// `clamp(round(x / s) + zp, qmin, qmax) + shift` for 8 lanes at a time; returns whether every
+/// `x` is finite (`x − x` is NaN exactly for ±∞ and NaN). `round` is Rust's
 /// (half away from zero): `t = trunc(v)`, `t + sign(v)` when `|v − t| ≥ 0.5` (`v − t` is exact).
 /// `v` is clamped to ±2³⁰ before the integer conversion, which changes no clamped code but keeps
 /// huge values from wrapping (`as i32` saturates; `cvttps2dq` does not).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn quantize_avx2<T: Code>(x: &[f32], q: &crate::quant::QParams, shift: i32, out: &mut [std::mem::MaybeUninit<T>]) {
+unsafe fn quantize_avx2<T: Code>(x: &[f32], q: &crate::quant::QParams, shift: i32, out: &mut [std::mem::MaybeUninit<T>]) -> bool {
     use std::arch::x86_64::*;
     let (qmin, qmax) = q.act.range();
     let n8 = x.len() / 8 * 8;
@@ -149,9 +157,12 @@ unsafe fn quantize_avx2<T: Code>(x: &[f32], q: &crate::quant::QParams, shift: i3
     let zp = _mm256_set1_epi32(q.zero_point);
     let (lo, hi) = (_mm256_set1_epi32(qmin + shift), _mm256_set1_epi32(qmax + shift));
     let sh = _mm256_set1_epi32(shift);
+    let mut bad = _mm256_setzero_ps();
     let mut i = 0;
     while i < n8 {
-        let v = _mm256_div_ps(_mm256_loadu_ps(x.as_ptr().add(i)), scale);
+        let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(xv, xv), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+        let v = _mm256_div_ps(xv, scale);
         let t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
         let frac = _mm256_andnot_ps(sign_mask, _mm256_sub_ps(v, t));
         let step = _mm256_or_ps(_mm256_and_ps(v, sign_mask), one);
@@ -165,6 +176,7 @@ unsafe fn quantize_avx2<T: Code>(x: &[f32], q: &crate::quant::QParams, shift: i3
     for (o, &v) in out[n8..].iter_mut().zip(&x[n8..]) {
         o.write(T::from_code(q.quantize(v) + shift));
     }
+    _mm256_movemask_ps(bad) == 0 && x[n8..].iter().all(|v| v.is_finite())
 }
 
 /// Patches of one sample for a 2-d convolution, `[positions, K]` row-major, `K = C·kh·kw`
@@ -214,14 +226,31 @@ mod tests {
         x.extend([0.05, -0.05, 0.15, -0.15, 1e30, -1e30, 3e9, -3e9, 0.0, -0.0, 12.75, -12.75, 0.1 * 127.5, -0.1 * 128.5]);
         for act in [ActType::U8, ActType::U7, ActType::I8] {
             for q in [QParams { scale: 0.1, zero_point: if act == ActType::I8 { 0 } else { 37 }, act }, QParams { scale: 0.0123, zero_point: 0, act }] {
-                let (want, zw) = quantize_u8(&x, &q);
-                let (wide, zg) = quantize_codes::<i16>(&x, &q);
-                let (bytes, zb) = quantize_codes::<u8>(&x, &q);
-                assert_eq!((zw, zw), (zg, zb));
+                let (want, _) = quantize_u8(&x, &q);
+                let (wide, finite_wide) = quantize_codes::<i16>(&x, &q);
+                let (bytes, finite_bytes) = quantize_codes::<u8>(&x, &q);
+                assert!(finite_wide && finite_bytes);
                 assert_eq!(bytes, want, "{q:?}");
                 for (i, (g, w)) in wide.iter().zip(&want).enumerate() {
                     assert_eq!(*g, *w as i16, "x = {} under {q:?}", x[i]);
                 }
+            }
+        }
+    }
+
+    /// The finiteness flag: false for one NaN or ±∞ anywhere (in the vector body, in the
+    /// scalar tail), true for huge finite values.
+    #[test]
+    fn quantisation_reports_non_finite_values() {
+        use crate::quant::{ActType, QParams};
+        let q = QParams { scale: 0.1, zero_point: 3, act: ActType::U8 };
+        let x: Vec<f32> = (0..21).map(|i| i as f32 * 1e37 - 1e38).collect();
+        assert!(quantize_codes::<i16>(&x, &q).1 && quantize_codes::<u8>(&x, &q).1);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, 7, 15, 20] {
+                let mut y = x.clone();
+                y[at] = bad;
+                assert!(!quantize_codes::<i16>(&y, &q).1 && !quantize_codes::<u8>(&y, &q).1, "{bad} at {at}");
             }
         }
     }

@@ -251,10 +251,11 @@ unsafe impl<T: Copy + Sync> Gather<T> for TapRows<'_, T> {
 /// by tap where they lie when the taps are long enough ([`PatchRuns::gathers`]) and built
 /// otherwise (`pad` in the padding taps either way). `epilogue(gi)` turns group `gi`'s
 /// accumulators into its columns of the `[rows, out]` output and must write every one of them.
-pub fn run_layer<P, E>(shape: &LayerShape, packed: &[P], runs: Option<&PatchRuns>, x: &[P::A], pad: P::A, n: usize, epilogue: impl Fn(usize) -> E) -> Vec<f32>
+pub fn run_layer<P, O, E>(shape: &LayerShape, packed: &[P], runs: Option<&PatchRuns>, x: &[P::A], pad: P::A, n: usize, epilogue: impl Fn(usize) -> E) -> Vec<O>
 where
     P: Panels,
-    E: Fn(&[P::Acc], usize, &mut [MaybeUninit<f32>]) + Sync,
+    O: Send,
+    E: Fn(&[P::Acc], usize, &mut [MaybeUninit<O>]) + Sync,
 {
     let o = shape.out_channels();
     let rows = match *shape {

@@ -6,7 +6,9 @@
 //! here run through the float executor on a logical-layout tensor, so every model runs.
 //!
 //! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
-//!   layers reading one value with the same parameters share the codes). The arithmetic is the
+//!   layers reading one value with the same parameters share the codes). A quantised layer
+//!   whose only readers are quantised layers with one quantiser writes their codes straight
+//!   from its output loop (the requantisation fused in), so its f32 output is never stored. The arithmetic is the
 //!   hook executor's (`runtime::IntegerHook`): the same codes, the same exact integer sums, the
 //!   same f32 epilogue; only float reductions outside the layers (global average pooling) may
 //!   sum in another order.
@@ -58,6 +60,10 @@ struct Step {
     kind: Kind,
     inputs: Vec<usize>,
     output: usize,
+    /// For a quantised layer whose output only quantised layers read, all with one quantiser
+    /// and code type: the first of those steps. The layer then writes their codes straight
+    /// from its output loop (`QLayer::run_requantised`) and no f32 output exists.
+    requant: Option<usize>,
 }
 
 /// A compiled model.
@@ -149,7 +155,7 @@ impl Plan {
                 Op::Dropout(_) => Kind::Identity,
                 _ => Kind::Float,
             };
-            steps.push(Step { node: ni, kind, inputs, output: slots });
+            steps.push(Step { node: ni, kind, inputs, output: slots, requant: None });
             slot_of.insert(node.name.as_str(), slots);
             slots += 1;
         }
@@ -161,7 +167,17 @@ impl Plan {
             }
         }
         last_use[output] = usize::MAX;
+        for si in 0..steps.len() {
+            steps[si].requant = requant_target(&steps, si, output);
+        }
         Ok(Plan { model, steps, slots, output, last_use })
+    }
+
+    /// The quantised layers that write their readers' codes from their output loop, as
+    /// `(layer, first reader)` node names (see `Step::requant`).
+    pub fn requantised(&self) -> Vec<(&str, &str)> {
+        let name = |s: &Step| self.model.arch.nodes[s.node].name.as_str();
+        self.steps.iter().filter_map(|s| s.requant.map(|r| (name(s), name(&self.steps[r])))).collect()
     }
 
     /// Logits for a batch `[N, …]`. With more than one thread and at least
@@ -208,19 +224,33 @@ impl Plan {
                     let at = match codes.iter().position(|c| c.0 == src && c.1 == q.input && c.2 == form) {
                         Some(i) => i,
                         None => {
-                            // A branch-free pass (it vectorises; a search with early exit does not).
-                            if v.data.iter().fold(false, |bad, f| bad | !f.is_finite()) {
-                                let bad = v.data.iter().find(|f| !f.is_finite()).expect("found above");
+                            let Some(c) = q.quantize(&v.data) else {
+                                let bad = v.data.iter().find(|f| !f.is_finite()).expect("quantize found one");
                                 return Err(WickError::node(&node.name, format!("input holds a non-finite value ({bad})")));
-                            }
-                            codes.push((src, q.input, form, q.quantize(&v.data)));
+                            };
+                            codes.push((src, q.input, form, c));
                             codes.len() - 1
                         }
                     };
-                    let data = q.run(&codes[at].3, n);
                     let out_dims = out_dims(&self.model.graph.shapes[node.name.as_str()], n);
-                    debug_assert_eq!(data.len(), out_dims.iter().product::<usize>(), "{} {:?}", node.name, dims);
-                    Value { data, dims: out_dims, channels_last: conv && dims.len() >= 3 }
+                    let channels_last = conv && out_dims.len() >= 3;
+                    match step.requant.map(|ri| (&self.steps[ri], &self.steps[ri].kind)) {
+                        Some((reader, Kind::Quant(next))) => {
+                            let Some(c) = q.run_requantised(&codes[at].3, n, next) else {
+                                let name = &self.model.arch.nodes[reader.node].name;
+                                return Err(WickError::node(name, format!("input holds a non-finite value (computed by '{}')", node.name)));
+                            };
+                            // The readers find these codes under their own key (`form` above, for a
+                            // value in this layout) and never read the f32 data, which stays empty.
+                            codes.push((step.output, next.input, (channels_last, next.reads_bytes()), c));
+                            Value { data: vec![], dims: out_dims, channels_last }
+                        }
+                        _ => {
+                            let data = q.run(&codes[at].3, n);
+                            debug_assert_eq!(data.len(), out_dims.iter().product::<usize>(), "{} {:?}", node.name, dims);
+                            Value { data, dims: out_dims, channels_last }
+                        }
+                    }
                 }
                 Kind::Dense(f) => {
                     let conv = matches!(f.shape, super::layout::LayerShape::Conv(_));
@@ -293,6 +323,30 @@ impl Plan {
         let v = vals[slot].as_ref().expect("input computed");
         Value { data: v.data.clone(), dims: v.dims.clone(), channels_last: v.channels_last }
     }
+}
+
+/// The step whose codes step `si` can write from its output loop (see `Step::requant`): `si`
+/// is a quantised layer, its output is not the model's, and every reader is a quantised layer
+/// of the same kind (conv or linear, so the layout the readers want is the one written) with
+/// the same input quantiser and code type.
+fn requant_target(steps: &[Step], si: usize, model_output: usize) -> Option<usize> {
+    let Kind::Quant(q) = &steps[si].kind else { return None };
+    let out = steps[si].output;
+    if out == model_output {
+        return None;
+    }
+    let readers: Vec<(usize, &QLayer)> = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.inputs.contains(&out))
+        .map(|(ri, s)| match &s.kind {
+            Kind::Quant(r) => Some((ri, r.as_ref())),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let conv = |l: &QLayer| matches!(l.shape, super::layout::LayerShape::Conv(_));
+    let &(first, r0) = readers.first()?;
+    readers.iter().all(|(_, r)| r.input == r0.input && r.reads_bytes() == r0.reads_bytes() && conv(r) == conv(q)).then_some(first)
 }
 
 /// Codes of a slot under a quantiser, in a layout and a code type (`(channels last, bytes)`);

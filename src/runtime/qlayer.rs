@@ -1,15 +1,16 @@
 //! One quantised layer (conv or linear) prepared for the compiled runtime: weights reordered to
 //! the channels-last patch order `(ky, kx, c)` and packed per group, and the epilogue constants.
-//! Running it quantises nothing itself: it takes the input's codes (channels last), runs the
-//! packed GEMM over the patch rows (each tap's codes read where they lie, or the codes in place
-//! when a row *is* a pixel),
-//! and dequantises in the GEMM's epilogue:
+//! Running it takes the input's codes (channels last), runs the packed GEMM over the patch rows
+//! (each tap's codes read where they lie, or the codes in place when a row *is* a pixel), and
+//! dequantises in the GEMM's epilogue:
 //! `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`, then `max(y, 0)` when a ReLU was fused into it
-//! (`zp·Σw_c` computed once per layer).
+//! (`zp·Σw_c` computed once per layer). When the plan fuses the next layer's quantisation in
+//! (`run_requantised`), each output row is then quantised into the next layer's codes at once.
 
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use super::epilogue::{finish_tile, FinishRow};
-use super::kernels::{code_shift, quantize_codes};
+use super::kernels::{code_shift, quantize_codes, quantize_to, Code};
+use std::sync::atomic::{AtomicBool, Ordering};
 use super::packed::{Isa, PairPanels, QuadPanels};
 use crate::artifact::QuantLayer;
 use crate::model::arch::Op;
@@ -72,9 +73,27 @@ impl QLayer {
     /// Runs the layer on `codes` from [`QLayer::quantize`] (channels last for a conv; `rows × in`
     /// for a linear) of `n` samples; returns `[rows, out]` f32 (channels last for a conv).
     pub fn run(&self, codes: &Codes, n: usize) -> Vec<f32> {
+        self.run_with(codes, n, self)
+    }
+
+    /// [`QLayer::run`] with the requantisation for `next` fused into the output loop: each
+    /// tile row is dequantised as `run` would, then quantised at once into the codes `next`
+    /// reads (`next.quantize` of `run`'s output, bit for bit), so the f32 output is never
+    /// stored. `None` when an output value is not finite.
+    pub fn run_requantised(&self, codes: &Codes, n: usize, next: &QLayer) -> Option<Codes> {
+        let finite = AtomicBool::new(true);
+        let codes = match next.packed {
+            Packed::Pairs(_) => Codes::Wide(self.run_with(codes, n, &Requantise { layer: self, next: &next.input, finite: &finite })),
+            Packed::Quads(_) => Codes::Bytes(self.run_with(codes, n, &Requantise { layer: self, next: &next.input, finite: &finite })),
+        };
+        finite.into_inner().then_some(codes)
+    }
+
+    /// The GEMM over `codes` with `finish` writing each tile row's outputs.
+    fn run_with<O: Send, F: FinishRow<i32, O> + Sync>(&self, codes: &Codes, n: usize, finish: &F) -> Vec<O> {
         let zp = self.zp;
         let (o, og) = (self.out_channels(), self.out_channels() / self.groups());
-        let epilogue = |gi: usize| move |acc: &[i32], stride: usize, out: &mut [MaybeUninit<f32>]| finish_tile(self, acc, stride, o, gi * og, og, out);
+        let epilogue = |gi: usize| move |acc: &[i32], stride: usize, out: &mut [MaybeUninit<O>]| finish_tile(finish, acc, stride, o, gi * og, og, out);
         match (&self.packed, codes) {
             (Packed::Pairs(p), Codes::Wide(c)) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as i16, n, epilogue),
             (Packed::Quads(p), Codes::Bytes(c)) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as u8, n, epilogue),
@@ -83,11 +102,11 @@ impl QLayer {
     }
 
     /// The input's shifted codes in the type this layer's kernel reads (u8 for the quad
-    /// kernels, i16 for the pair ones).
-    pub fn quantize(&self, x: &[f32]) -> Codes {
+    /// kernels, i16 for the pair ones); `None` when a value of `x` is not finite.
+    pub fn quantize(&self, x: &[f32]) -> Option<Codes> {
         match self.packed {
-            Packed::Pairs(_) => Codes::Wide(quantize_codes::<i16>(x, &self.input).0),
-            Packed::Quads(_) => Codes::Bytes(quantize_codes::<u8>(x, &self.input).0),
+            Packed::Pairs(_) => Some(quantize_codes::<i16>(x, &self.input)).filter(|c| c.1).map(|c| Codes::Wide(c.0)),
+            Packed::Quads(_) => Some(quantize_codes::<u8>(x, &self.input)).filter(|c| c.1).map(|c| Codes::Bytes(c.0)),
         }
     }
 
@@ -105,13 +124,40 @@ impl QLayer {
     }
 }
 
-impl FinishRow<i32> for QLayer {
+impl FinishRow<i32, f32> for QLayer {
     /// `out[j] = (acc[j] − zp·Σw_c) · (s_in · s_c) + b_c` for channel `c = c0 + j`, ReLU if
     /// fused (`max(y, 0)`).
     #[inline(always)]
     fn row(&self, acc: &[i32], c0: usize, out: &mut [MaybeUninit<f32>]) {
         let cs = c0..c0 + acc.len();
         dequantise(acc, &self.zp_wsum[cs.clone()], &self.mult[cs.clone()], self.bias.as_ref().map(|b| &b[cs]), self.relu, out)
+    }
+}
+
+/// A layer's output row requantised for the next layer: `q(y)` for the layer's f32 output `y`
+/// (`QLayer::row`), `q` the next layer's input quantiser with its code shift.
+struct Requantise<'a> {
+    layer: &'a QLayer,
+    next: &'a QParams,
+    /// Cleared when an output value is not finite.
+    finite: &'a AtomicBool,
+}
+
+impl<T: Code> FinishRow<i32, T> for Requantise<'_> {
+    #[inline(always)]
+    fn row(&self, acc: &[i32], c0: usize, out: &mut [MaybeUninit<T>]) {
+        // The f32 row a chunk at a time on the stack, so it is still in registers or L1.
+        const CHUNK: usize = 64;
+        let mut y = [MaybeUninit::<f32>::uninit(); CHUNK];
+        for (k, (acc, out)) in acc.chunks(CHUNK).zip(out.chunks_mut(CHUNK)).enumerate() {
+            let y = &mut y[..acc.len()];
+            self.layer.row(acc, c0 + k * CHUNK, y);
+            // SAFETY: `row` wrote every entry of `y` (its contract).
+            let y = unsafe { &*(y as *const [MaybeUninit<f32>] as *const [f32]) };
+            if !quantize_to(y, self.next, out) {
+                self.finite.store(false, Ordering::Relaxed);
+            }
+        }
     }
 }
 

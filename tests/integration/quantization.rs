@@ -71,6 +71,26 @@ fn integer_execution_agrees_with_simulation_and_reference_bit_for_bit() {
     }
 }
 
+/// The compiled plan fuses the requantisation into the output loop of each quantised layer
+/// whose only readers are quantised layers (bit-identical results: the test above): in the
+/// ResNet each block's first conv into its second (the others feed residual adds), in the MLP
+/// both hidden layers. A non-finite output there is an error naming the reading layer and the
+/// one that computed it.
+#[test]
+fn requantisation_fuses_into_single_reader_layers() {
+    use wick::runtime::plan::Plan;
+    let resnet = ptq_lib(&load(&resnet_path()), Method::Minmax);
+    let fused = |q: &wick::artifact::Int8Model| -> Vec<(String, String)> { Plan::int8(q).unwrap().requantised().iter().map(|(a, b)| (a.to_string(), b.to_string())).collect() };
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    let blocks = ["layer1.0", "layer2.0", "layer3.0"].map(|b| pair(&format!("{b}.conv1"), &format!("{b}.conv2")));
+    assert_eq!(fused(&resnet), blocks.to_vec());
+    assert_eq!(fused(&ptq_lib(&load(&mlp_path()), Method::Minmax)), vec![pair("1", "3"), pair("3", "5")]);
+    let bias = resnet.model.params.get("layer1.0.conv1.bias").expect("BatchNorm folded into a bias");
+    bias.set(&candle_core::Tensor::full(f32::INFINITY, bias.as_tensor().dims(), bias.as_tensor().device()).unwrap()).unwrap();
+    let err = Plan::int8(&resnet).unwrap().predict(&data("test").x.narrow(0, 0, 4).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("'layer1.0.conv2'") && err.contains("non-finite") && err.contains("computed by 'layer1.0.conv1'"), "{err}");
+}
+
 #[test]
 fn any_safetensors_reader_sees_int8_weights_within_half_a_step_of_the_folded_weights() {
     let dir = tempfile::tempdir().unwrap();
