@@ -36,7 +36,8 @@ enum Kind {
     Quant(Box<QLayer>),
     Dense(Box<FloatLayer>),
     Relu,
-    Add,
+    /// Element-wise sum of the inputs, then `max(·, 0)` when a ReLU was fused into it.
+    Add { relu: bool },
     GlobalAvgPool,
     Flatten,
     Identity,
@@ -45,11 +46,13 @@ enum Kind {
 }
 
 impl Kind {
-    /// The ReLU flag of a weight layer's epilogue.
+    /// The flag of a step that can apply a following ReLU itself: a weight layer's epilogue, an
+    /// add's summing loop.
     fn fused_relu(&mut self) -> Option<&mut bool> {
         match self {
             Kind::Quant(q) => Some(&mut q.relu),
             Kind::Dense(f) => Some(&mut f.relu),
+            Kind::Add { relu } => Some(relu),
             _ => None,
         }
     }
@@ -134,7 +137,7 @@ impl Plan {
         for &ni in &model.graph.order {
             let node = &arch.nodes[ni];
             let inputs: Vec<usize> = node.inputs.iter().map(|i| slot_of[i.as_str()]).collect();
-            // A ReLU whose input is a weight layer read by nothing else joins its epilogue.
+            // A ReLU whose input is a weight layer or an add read by nothing else joins it.
             if matches!(node.op, Op::Relu(_)) {
                 let src = node.inputs[0].as_str();
                 if let Some(last) = steps.last_mut() {
@@ -149,7 +152,7 @@ impl Plan {
             let kind = match &node.op {
                 op if is_weight_layer(op) => weight_layer(node, &model.graph.shapes[node.inputs[0].as_str()])?,
                 Op::Relu(_) => Kind::Relu,
-                Op::Add(_) => Kind::Add,
+                Op::Add(_) => Kind::Add { relu: false },
                 Op::GlobalAvgPool(_) => Kind::GlobalAvgPool,
                 Op::Flatten(_) => Kind::Flatten,
                 Op::Dropout(_) => Kind::Identity,
@@ -261,21 +264,24 @@ impl Plan {
                 }
                 Kind::Relu => {
                     let mut v = self.owned(&mut vals, step, si);
-                    v.data.iter_mut().for_each(|f| *f = f.max(0.0));
+                    relu_in_place(&mut v.data);
                     v
                 }
                 Kind::Identity => self.owned(&mut vals, step, si),
-                Kind::Add => {
+                Kind::Add { relu } => {
                     let cl = vals[step.inputs[0]].as_ref().expect("input computed").channels_last;
                     for &i in &step.inputs[1..] {
                         set_layout(vals[i].as_mut().expect("input computed"), cl);
                     }
-                    // Summed in input order, as the float executor does.
+                    // Summed in input order, as the float executor does; the ReLU in the last
+                    // input's loop.
                     let mut acc = self.owned(&mut vals, step, si);
-                    for &i in &step.inputs[1..] {
-                        for (a, b) in acc.data.iter_mut().zip(&vals[i].as_ref().expect("input computed").data) {
-                            *a += b;
-                        }
+                    let last = step.inputs.len() - 1;
+                    for (k, &i) in step.inputs.iter().enumerate().skip(1) {
+                        add_into(&mut acc.data, &vals[i].as_ref().expect("input computed").data, *relu && k == last);
+                    }
+                    if *relu && last == 0 {
+                        relu_in_place(&mut acc.data);
                     }
                     acc
                 }
@@ -402,4 +408,48 @@ fn global_avg_pool(v: &Value) -> Value {
         }
     }
     Value { data: out, dims: vec![n, c], channels_last: false }
+}
+
+/// `a[i] = a[i] + b[i]`, then `max(·, 0)` when `relu`; compiled for 8-wide vectors where the
+/// CPU has AVX2 (the arithmetic is the same either way).
+fn add_into(a: &mut [f32], b: &[f32], relu: bool) {
+    #[inline(always)]
+    fn plain(a: &mut [f32], b: &[f32], relu: bool) {
+        match relu {
+            true => a.iter_mut().zip(b).for_each(|(a, b)| *a = (*a + b).max(0.0)),
+            false => a.iter_mut().zip(b).for_each(|(a, b)| *a += b),
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn wide(a: &mut [f32], b: &[f32], relu: bool) {
+                plain(a, b, relu)
+            }
+            // SAFETY: the CPU has AVX2.
+            return unsafe { wide(a, b, relu) };
+        }
+    }
+    plain(a, b, relu)
+}
+
+/// `a[i] = max(a[i], 0)`, compiled like [`add_into`].
+fn relu_in_place(a: &mut [f32]) {
+    #[inline(always)]
+    fn plain(a: &mut [f32]) {
+        a.iter_mut().for_each(|f| *f = f.max(0.0));
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn wide(a: &mut [f32]) {
+                plain(a)
+            }
+            // SAFETY: the CPU has AVX2.
+            return unsafe { wide(a) };
+        }
+    }
+    plain(a)
 }
