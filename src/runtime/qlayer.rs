@@ -146,8 +146,9 @@ struct Requantise<'a> {
 impl<T: Code> FinishRow<i32, T> for Requantise<'_> {
     #[inline(always)]
     fn row(&self, acc: &[i32], c0: usize, out: &mut [MaybeUninit<T>]) {
-        // The f32 row a chunk at a time on the stack, so it is still in registers or L1.
-        const CHUNK: usize = 64;
+        // The f32 row a chunk at a time on the stack (1 KiB, still in L1); one chunk per row of
+        // up to 256 channels (64 measured 2 % slower on the MLP: per-call set-up).
+        const CHUNK: usize = 256;
         let mut y = [MaybeUninit::<f32>::uninit(); CHUNK];
         for (k, (acc, out)) in acc.chunks(CHUNK).zip(out.chunks_mut(CHUNK)).enumerate() {
             let y = &mut y[..acc.len()];
