@@ -19,23 +19,31 @@ use std::sync::Mutex;
 /// A new `m×n` row-major matrix `lhs · rhs`, each operand given by its row and column strides.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(m: usize, n: usize, k: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) -> Vec<f32> {
+    matmul_in(Vec::new(), m, n, k, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs)
+}
+
+/// [`matmul`] into `dst`'s allocation (its contents are dropped; it grows if too small).
+#[allow(clippy::too_many_arguments)]
+fn matmul_in(mut dst: Vec<f32>, m: usize, n: usize, k: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) -> Vec<f32> {
     // Elements a strided `rows × cols` operand spans.
     let reach = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs + 1;
+    dst.clear();
     if m == 0 || n == 0 || k == 0 {
-        return vec![0.0; m * n];
+        dst.resize(m * n, 0.0);
+        return dst;
     }
     assert!(lhs.len() >= reach(m, k, lhs_rs, lhs_cs) && rhs.len() >= reach(k, n, rhs_rs, rhs_cs));
     // The product overwrites every element (the GEMM does not read `dst`), so the buffer is
     // not zeroed first: that memset was ~1 % of a training epoch.
-    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    dst.reserve(m * n);
     // Small products stay on the calling thread (the bound the integer GEMM uses too).
     let par = match rayon::current_num_threads() {
         t if m * n * k >= PARALLEL_MIN_MACS && may_split() => gemm::Parallelism::Rayon(t),
         _ => gemm::Parallelism::None,
     };
     // SAFETY: the assertion above keeps every index the strides reach inside the slices; dst
-    // is a fresh allocation of m·n elements, which the GEMM (read_dst = false) writes without
-    // reading.
+    // is an empty allocation of at least m·n elements, which the GEMM (read_dst = false) writes
+    // without reading.
     unsafe {
         gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, lhs.as_ptr(), lhs_cs as isize, lhs_rs as isize, rhs.as_ptr(), rhs_cs as isize, rhs_rs as isize, 0.0, 1.0, false, false, false, par);
         dst.set_len(m * n);
@@ -141,8 +149,8 @@ impl CustomOp2 for Conv {
                         // dWᵀ[K, O] = cols · dYᵀ: the gemm crate runs this orientation up to 2x
                         // faster than dW = dY · colsᵀ on these shapes (small O, long N·L).
                         let dwt = matmul(k, o, nl, &cols, nl, 1, &dy, 1, nl);
-                        drop(cols);
-                        let dcols = matmul(k, nl, o, ws, 1, k, &dy, nl, 1);
+                        // The patch gradient takes the patches' buffer (same size, no longer read).
+                        let dcols = matmul_in(cols, k, nl, o, ws, 1, k, &dy, nl, 1);
                         fold_tap_major_into(dcols, &gp, out);
                         dwt
                     })
