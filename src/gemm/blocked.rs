@@ -8,7 +8,7 @@
 //! caller's epilogue turns each finished tile into output rows while they are still in cache.
 //! Rows are split over rayon tasks of whole tiles when the product is large enough to pay.
 
-use crate::parallel::PARALLEL_MIN_MACS;
+use crate::parallel::{may_split, PARALLEL_MIN_MACS};
 use rayon::prelude::*;
 
 /// Rows of a register tile: 6 rows × 2 panels is 12 accumulators of the 16 ymm registers.
@@ -123,12 +123,13 @@ where
     }
     assert!(out.len() >= m * ldo, "output too short");
     let run = |first: usize, out: &mut [T]| block_rows(rows, first, out.len() / ldo, w, out, ldo, epilogue);
-    let threads = rayon::current_num_threads();
-    if threads == 1 || m * w.macs_per_row() < PARALLEL_MIN_MACS {
+    // Not inside a part of a job already split over the threads (a batch part of `Plan::predict`).
+    if !may_split() || m * w.macs_per_row() < PARALLEL_MIN_MACS {
         run(0, &mut out[..m * ldo]);
         return;
     }
     // Tasks of whole register tiles, about four per thread so uneven cores even out.
+    let threads = rayon::current_num_threads();
     let per_task = (m.div_ceil(4 * threads)).div_ceil(MR) * MR;
     out[..m * ldo].par_chunks_mut(per_task * ldo).enumerate().for_each(|(i, o)| run(i * per_task, o));
 }

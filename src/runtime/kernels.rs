@@ -71,7 +71,7 @@ pub fn quantize_codes<T: Code>(x: &[f32], q: &crate::quant::QParams) -> (Vec<T>,
     let mut codes = Vec::with_capacity(x.len());
     let out = &mut codes.spare_capacity_mut()[..x.len()];
     const CHUNK: usize = 1 << 16;
-    let finite = if x.len() > 2 * CHUNK && rayon::current_num_threads() > 1 {
+    let finite = if x.len() > 2 * CHUNK && crate::parallel::may_split() {
         x.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).map(|(x, o)| quantize_to(x, q, o)).reduce(|| true, |a, b| a & b)
     } else {
         quantize_to(x, q, out)

@@ -196,14 +196,13 @@ impl Plan {
         if parts < 2 {
             return self.predict_all(x);
         }
-        use rayon::prelude::*;
-        let outs: Vec<Result<Tensor>> = (0..parts)
-            .into_par_iter()
-            .map(|p| {
-                let (start, end) = (p * n / parts, (p + 1) * n / parts);
-                self.predict_all(&x.narrow(0, start, end - start)?)
-            })
-            .collect();
+        // One part per thread, nothing inside a part split further (`map_parts`): the other
+        // threads are busy with their own parts.
+        let mut ids: Vec<usize> = (0..parts).collect();
+        let outs = crate::parallel::map_parts(&mut ids, 1, |p, _| {
+            let (start, end) = (p * n / parts, (p + 1) * n / parts);
+            self.predict_all(&x.narrow(0, start, end - start)?)
+        });
         let outs = outs.into_iter().collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&outs, 0)?)
     }
