@@ -1,13 +1,19 @@
 //! Profiling aid: runs a compiled runtime on the first test samples, many times
 //! (`cargo run --release --example infer_loop -- int8|fp32 MODEL TRAIN TEST [REPS] [BATCH]`).
 //! `int8` runs the integer runtime (an INT8 artifact as it is, a float model after min-max PTQ
-//! on TRAIN); `fp32` runs the compiled float runtime on a float model.
+//! on TRAIN); `fp32` runs the compiled float runtime on a float model. Like the CLI, the work
+//! runs on a thread of rayon's pool.
 use std::path::Path;
 use std::time::Instant;
 use wick::artifact::AnyModel;
 use wick::runtime::{kernels::Kernel, plan::Plan, Exec, Executor};
 
 fn main() -> anyhow::Result<()> {
+    // On a thread of rayon's pool, as the CLI runs its commands.
+    rayon::scope(|_| run())
+}
+
+fn run() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
     let reps: usize = a.get(5).map(|s| s.parse()).transpose()?.unwrap_or(200);
     let batch: usize = a.get(6).map(|s| s.parse()).transpose()?.unwrap_or(64);

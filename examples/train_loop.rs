@@ -1,7 +1,7 @@
 //! Profiling aid: times training epochs of a float model (batch 64, SGD with momentum, as
 //! `wick bench` does) on TRAIN (`cargo run --release --example train_loop -- MODEL TRAIN [EPOCHS]`).
 //! The CLI sets `CANDLE_NUM_THREADS=1`; set it here too (and `RAYON_NUM_THREADS`) to time what
-//! `wick` runs.
+//! `wick` runs. Like the CLI, the work runs on a thread of rayon's pool.
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
     let (m, _) = wick::artifact::load_any(Path::new(&a[1]), None)?;
     let wick::artifact::AnyModel::Float(m) = m else { anyhow::bail!("{}: a float model is needed", a[1]) };
     let train = wick::data::Dataset::read(Path::new(&a[2]))?;
-    let s = wick::bench::train_epoch_seconds(&m, &train, epochs)?;
+    let s = rayon::scope(|_| wick::bench::train_epoch_seconds(&m, &train, epochs))?;
     println!("{:.3} s per epoch (median of {epochs})", s);
     Ok(())
 }

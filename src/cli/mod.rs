@@ -64,10 +64,14 @@ pub enum Outcome {
     GateFailed,
 }
 
-/// Runs the parsed command.
+/// Runs the parsed command on one of the pool's threads (see [`set_threads`]).
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let threads = set_threads(cli.threads)?;
-    match cli.command {
+    rayon::scope(|_| dispatch(cli.command, threads))
+}
+
+fn dispatch(command: Command, threads: usize) -> anyhow::Result<Outcome> {
+    match command {
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Quantize(a) => quantize::run(a),
@@ -83,6 +87,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
 /// Fixes the number of worker threads: rayon's global pool (wick's float and integer kernels,
 /// the GEMMs, batch jobs) and candle's CPU kernels, which read `RAYON_NUM_THREADS`; candle's
 /// elementwise pool is kept to the calling thread. Returns the number in force.
+///
+/// The command then runs on a thread of that pool (`run`), so that each parallel step (a
+/// conv's parts, a batch's parts) runs on the calling thread plus the others, instead of being
+/// handed from an outside thread to the pool and waited for: that hand-off put the caller to
+/// sleep and woke it again at every step. Measured on 2 cores: a ResNet training epoch 1.11x
+/// faster at 2 threads (10 alternating pairs, all 1.03–1.30x), unchanged at 1.
 fn set_threads(n: Option<usize>) -> anyhow::Result<usize> {
     let n = match n {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
@@ -98,7 +108,8 @@ fn set_threads(n: Option<usize>) -> anyhow::Result<usize> {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    // The main thread's stack size, since the commands now run on a pool thread.
+    rayon::ThreadPoolBuilder::new().num_threads(n).stack_size(8 << 20).build_global()?;
     Ok(n)
 }
 
