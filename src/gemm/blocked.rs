@@ -42,7 +42,7 @@ pub trait Panels: Sync {
 
 /// The activation rows of one register tile as the SIMD tiles read them (`tiles.rs`):
 /// `rows ≤ MR` rows, each the concatenation of `segs` segments of `seg_len` entries, segment
-/// `s` of row `r` starting at `ptrs[s·MR + r]`. Only the driver below makes one, from slices
+/// `s` of row `r` starting at `ptrs[r·segs + s]`. Only the driver below makes one, from slices
 /// it has checked to hold `seg_len` entries or from a [`Gather`] (whose contract says the
 /// same), so every pointer is valid for that many reads while the value lives.
 pub struct TileRows<'a, A> {
@@ -65,7 +65,7 @@ impl<A: Copy> TileRows<'_, A> {
     pub fn segs(&self) -> usize {
         self.segs
     }
-    /// The segment starts, `segs·MR` of them, for a SIMD tile (see the type's docs).
+    /// The segment starts, `rows·segs` of them, for a SIMD tile (see the type's docs).
     pub fn ptrs(&self) -> *const *const A {
         self.ptrs.as_ptr()
     }
@@ -73,7 +73,7 @@ impl<A: Copy> TileRows<'_, A> {
     pub fn at(&self, r: usize, t: usize) -> A {
         assert!(r < self.rows && t < self.segs * self.seg_len, "entry ({r}, {t}) outside the tile");
         // SAFETY: the pointer of segment `t / seg_len` of row `r` is valid for `seg_len` reads.
-        unsafe { *self.ptrs[(t / self.seg_len) * MR + r].add(t % self.seg_len) }
+        unsafe { *self.ptrs[r * self.segs + t / self.seg_len].add(t % self.seg_len) }
     }
 }
 
@@ -84,7 +84,7 @@ impl<A: Copy> TileRows<'_, A> {
 /// # Safety
 /// For rows `first..first + rows` (`rows ≤ MR`) below the row count the GEMM is given,
 /// `starts(first, rows, out)` writes `segs()` pointers per row, segment `s` of row `first + r`
-/// to `out[s·MR + r]`, each valid for `seg()` reads for as long as `self` is borrowed.
+/// to `out[r·segs() + s]`, each valid for `seg()` reads for as long as `self` is borrowed.
 pub unsafe trait Gather<A>: Sync {
     /// Entries per segment: a whole number of the tile's groups; `seg()·segs()` is the row length.
     fn seg(&self) -> usize;

@@ -14,19 +14,18 @@
 //! The integer ones are exact: no intermediate saturates (unlike `vpmaddubsw`).
 //!
 //! A tile reads its rows as `segs` segments of `seg_steps` groups each, segment `s` of row `r`
-//! starting at `a[s·MR + r]` (`blocked::TileRows`): one segment per row when the rows lie in
+//! starting at `a[r·segs + s]` (`blocked::TileRows`): one segment per row when the rows lie in
 //! memory as rows, one per kernel tap when a conv's patch rows are gathered from the input
 //! where they lie (so nothing is copied). Segment `s` meets depth steps
 //! `s·seg_steps..(s + 1)·seg_steps` of the panels.
 //!
 //! Safety contract of every generated `dispatch`: the CPU has the named features; `a` holds
-//! `segs·MR` pointers, the first `rows` of each `MR` each valid for `seg_steps` groups; `b`
+//! `rows·segs` pointers, each valid for `seg_steps` groups; `b`
 //! holds `NV` panels of `segs·seg_steps` steps at `panel_len` elements; `dst` holds `rows` rows
 //! of `np ≥ NV·panel` accumulators.
 
 #![cfg(target_arch = "x86_64")]
 
-use super::blocked::MR as ROW_STRIDE;
 use std::arch::x86_64::*;
 
 macro_rules! tile_kernel {
@@ -65,7 +64,7 @@ macro_rules! tile_kernel {
                     // This segment's start in each row, and its depth steps in the panels.
                     let mut row = [std::ptr::null::<$a>(); MR];
                     for (r, row) in row.iter_mut().enumerate() {
-                        *row = *a.add(s * ROW_STRIDE + r);
+                        *row = *a.add(r * segs + s);
                     }
                     let b = b.add(s * seg_steps * $group * PANEL);
                     for t in 0..seg_steps {

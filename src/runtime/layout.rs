@@ -221,8 +221,9 @@ unsafe impl<T: Copy + Sync> Gather<T> for TapRows<'_, T> {
         self.g.kh * self.g.kw
     }
 
-    /// `out[t·MR + r]` = the start of tap `t = ky·kw + kx` of row `first + r`: `x` at
-    /// `s·H·W·C + gi·C/groups + offset`, or `pad`.
+    /// `out[r·kh·kw + t]` = the start of tap `t = ky·kw + kx` of row `first + r`: `x` at
+    /// `s·H·W·C + gi·C/groups + offset`, or `pad`. Each row's starts are contiguous, so the
+    /// loop over its taps vectorises.
     fn starts(&self, first: usize, rows: usize, out: &mut [*const T]) {
         assert!(first + rows <= self.rows && rows <= MR && out.len() >= self.segs() * MR, "rows {first}+{rows} of {}", self.rows);
         let (l, kk) = (self.g.ho * self.g.wo, self.segs());
@@ -232,7 +233,7 @@ unsafe impl<T: Copy + Sync> Gather<T> for TapRows<'_, T> {
             // SAFETY: within `x`, see the `unsafe impl`.
             let base: *const T = unsafe { self.x.as_ptr().add(s * sample + self.gi * self.g.cg()) };
             // A select rather than a branch: which taps are padding changes from row to row.
-            for (o, &off) in out[r..].iter_mut().step_by(MR).zip(&self.runs.taps[pos * kk..(pos + 1) * kk]) {
+            for (o, &off) in out[r * kk..(r + 1) * kk].iter_mut().zip(&self.runs.taps[pos * kk..(pos + 1) * kk]) {
                 // In `x` unless `off` is PAD (see the `unsafe impl`), where it is not used.
                 let inside = base.wrapping_add(off as usize);
                 *o = if off == PAD { pad } else { inside };
