@@ -147,8 +147,8 @@ impl PatchRuns {
                         if ix < 0 || ix >= g.w as isize {
                             continue;
                         }
-                        taps[((oy * g.wo + ox) * g.kh + ky) * g.kw + kx] = ((iy as usize * g.w + ix as usize) * g.c) as u32;
                         let (dst, src) = ((ky * g.kw + kx) * cg, (iy as usize * g.w + ix as usize) * g.c);
+                        taps[((oy * g.wo + ox) * g.kh + ky) * g.kw + kx] = src as u32;
                         covered += cg;
                         // Extend this position's previous run when the tap continues it in both places.
                         let own = runs.len() > *starts.last().expect("starts begins with 0");

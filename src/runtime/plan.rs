@@ -8,10 +8,10 @@
 //! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
 //!   layers reading one value with the same parameters share the codes). A quantised layer
 //!   whose only readers are quantised layers with one quantiser writes their codes straight
-//!   from its output loop (the requantisation fused in), so its f32 output is never stored. The arithmetic is the
-//!   hook executor's (`runtime::IntegerHook`): the same codes, the same exact integer sums, the
-//!   same f32 epilogue; only float reductions outside the layers (global average pooling) may
-//!   sum in another order.
+//!   from its output loop (the requantisation fused in), so its f32 output is never stored.
+//!   The arithmetic is the hook executor's (`runtime::IntegerHook`): the same codes, the same
+//!   exact integer sums, the same f32 epilogue; only float reductions outside the layers
+//!   (global average pooling) may sum in another order.
 //! - Float: every BatchNorm that only a conv or linear feeds is folded into it at compile time
 //!   (`model::fold`), and every conv and linear runs the packed f32 GEMM. Outputs equal the
 //!   candle executor's up to float rounding (sums in another order, folded weights).
@@ -263,7 +263,7 @@ impl Plan {
                 }
                 Kind::Relu => {
                     let mut v = self.owned(&mut vals, step, si);
-                    relu_in_place(&mut v.data);
+                    add_relu_in_place(&mut v.data, None, true);
                     v
                 }
                 Kind::Identity => self.owned(&mut vals, step, si),
@@ -277,10 +277,10 @@ impl Plan {
                     let mut acc = self.owned(&mut vals, step, si);
                     let last = step.inputs.len() - 1;
                     for (k, &i) in step.inputs.iter().enumerate().skip(1) {
-                        add_into(&mut acc.data, &vals[i].as_ref().expect("input computed").data, *relu && k == last);
+                        add_relu_in_place(&mut acc.data, Some(&vals[i].as_ref().expect("input computed").data), *relu && k == last);
                     }
                     if *relu && last == 0 {
-                        relu_in_place(&mut acc.data);
+                        add_relu_in_place(&mut acc.data, None, true);
                     }
                     acc
                 }
@@ -409,21 +409,24 @@ fn global_avg_pool(v: &Value) -> Value {
     Value { data: out, dims: vec![n, c], channels_last: false }
 }
 
-/// `a[i] = a[i] + b[i]`, then `max(·, 0)` when `relu`; compiled for 8-wide vectors where the
-/// CPU has AVX2 (the arithmetic is the same either way).
-fn add_into(a: &mut [f32], b: &[f32], relu: bool) {
+/// `a[i] = a[i] + b[i]` (when `b` is given), then `max(·, 0)` when `relu`: the add and ReLU
+/// steps. Compiled for 8-wide vectors where the CPU has AVX2 (the arithmetic is the same
+/// either way).
+fn add_relu_in_place(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
     #[inline(always)]
-    fn plain(a: &mut [f32], b: &[f32], relu: bool) {
-        match relu {
-            true => a.iter_mut().zip(b).for_each(|(a, b)| *a = (*a + b).max(0.0)),
-            false => a.iter_mut().zip(b).for_each(|(a, b)| *a += b),
+    fn plain(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
+        match (b, relu) {
+            (Some(b), true) => a.iter_mut().zip(b).for_each(|(a, b)| *a = (*a + b).max(0.0)),
+            (Some(b), false) => a.iter_mut().zip(b).for_each(|(a, b)| *a += b),
+            (None, true) => a.iter_mut().for_each(|a| *a = a.max(0.0)),
+            (None, false) => {}
         }
     }
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
-            unsafe fn wide(a: &mut [f32], b: &[f32], relu: bool) {
+            unsafe fn wide(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
                 plain(a, b, relu)
             }
             // SAFETY: the CPU has AVX2.
@@ -431,24 +434,4 @@ fn add_into(a: &mut [f32], b: &[f32], relu: bool) {
         }
     }
     plain(a, b, relu)
-}
-
-/// `a[i] = max(a[i], 0)`, compiled like [`add_into`].
-fn relu_in_place(a: &mut [f32]) {
-    #[inline(always)]
-    fn plain(a: &mut [f32]) {
-        a.iter_mut().for_each(|f| *f = f.max(0.0));
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide(a: &mut [f32]) {
-                plain(a)
-            }
-            // SAFETY: the CPU has AVX2.
-            return unsafe { wide(a) };
-        }
-    }
-    plain(a)
 }

@@ -105,8 +105,14 @@ impl QLayer {
     /// kernels, i16 for the pair ones); `None` when a value of `x` is not finite.
     pub fn quantize(&self, x: &[f32]) -> Option<Codes> {
         match self.packed {
-            Packed::Pairs(_) => Some(quantize_codes::<i16>(x, &self.input)).filter(|c| c.1).map(|c| Codes::Wide(c.0)),
-            Packed::Quads(_) => Some(quantize_codes::<u8>(x, &self.input)).filter(|c| c.1).map(|c| Codes::Bytes(c.0)),
+            Packed::Pairs(_) => {
+                let (codes, finite) = quantize_codes::<i16>(x, &self.input);
+                finite.then_some(Codes::Wide(codes))
+            }
+            Packed::Quads(_) => {
+                let (codes, finite) = quantize_codes::<u8>(x, &self.input);
+                finite.then_some(Codes::Bytes(codes))
+            }
         }
     }
 
