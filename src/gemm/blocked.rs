@@ -107,14 +107,15 @@ pub enum Rows<'a, A> {
     Gathered(&'a dyn Gather<A>),
 }
 
-/// Computes `acc = a · wᵀ` for `m` rows and hands every tile to `epilogue(acc, stride, rows)`:
-/// row `r` of the tile has its accumulators at `acc[r·stride..]` and its output at
-/// `rows[r·ldo..]` (rows of `out`, `ldo` entries each).
+/// Computes `acc = a · wᵀ` for `m` rows and hands every tile to
+/// `epilogue(acc, stride, first, rows)`: row `r` of the tile (row `first + r` of the product)
+/// has its accumulators at `acc[r·stride..]` and its output at `rows[r·ldo..]` (rows of `out`,
+/// `ldo` entries each).
 pub fn gemm<P, T, E>(rows: &Rows<P::A>, m: usize, w: &P, out: &mut [T], ldo: usize, epilogue: &E)
 where
     P: Panels,
     T: Send,
-    E: Fn(&[P::Acc], usize, &mut [T]) + Sync,
+    E: Fn(&[P::Acc], usize, usize, &mut [T]) + Sync,
 {
     match rows {
         Rows::Slice { a, lda } => assert!(*lda >= w.row_len() && (m == 0 || a.len() >= (m - 1) * lda + w.row_len()), "activation rows too short"),
@@ -139,7 +140,7 @@ where
 fn block_rows<P, T, E>(rows: &Rows<P::A>, first: usize, count: usize, w: &P, out: &mut [T], ldo: usize, epilogue: &E)
 where
     P: Panels,
-    E: Fn(&[P::Acc], usize, &mut [T]),
+    E: Fn(&[P::Acc], usize, usize, &mut [T]),
 {
     let (np, kp) = (w.acc_stride(), w.row_len());
     let mut buf = vec![P::Acc::default(); MR * np];
@@ -187,7 +188,7 @@ where
             };
             w.tile(&TileRows { ptrs: &ptrs, rows: tile, seg_len, segs }, &mut scratch, &mut buf);
             let o = b0 + i;
-            epilogue(&buf[..tile * np], np, &mut out[o * ldo..(o + tile) * ldo]);
+            epilogue(&buf[..tile * np], np, row0, &mut out[o * ldo..(o + tile) * ldo]);
             i += tile;
         }
         b0 += block;

@@ -128,7 +128,7 @@ mod tests {
                 }
             }
             for packed in [PackedF32::pack(&w, n, k), PackedF32::pack(&w, n, k).plain()] {
-                let copy = |acc: &[f32], stride: usize, o: &mut [f32]| {
+                let copy = |acc: &[f32], stride: usize, _: usize, o: &mut [f32]| {
                     for (r, row) in o.chunks_mut(n).enumerate() {
                         row.copy_from_slice(&acc[r * stride..r * stride + n]);
                     }

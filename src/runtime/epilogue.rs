@@ -1,39 +1,106 @@
 //! The part of a compiled layer's GEMM epilogue that does not depend on the layer's kind:
-//! walking a register tile's rows, and compiling the layer's per-row arithmetic for 8-wide
-//! vectors where the CPU has AVX2 (the arithmetic is identical either way).
+//! walking a register tile's rows, compiling the layer's per-row arithmetic for 8-wide vectors
+//! where the CPU has AVX2 (the arithmetic is identical either way), and what can follow any
+//! layer's row: a residual add fused in ([`Residual`]) and a second output written by row
+//! ([`RowSink`]).
 
 use std::mem::MaybeUninit;
 
 /// What a layer writes for one output row: `out[j]` from the accumulator `acc[j]` of channel
 /// `c0 + j`, for every `j < acc.len()` (f32 values, or the next layer's codes when the
-/// requantisation is fused in).
+/// requantisation is fused in). `row` is the row's index in the layer's output.
 pub trait FinishRow<A, O> {
     /// Implementations are `#[inline(always)]`, so that [`finish_tile`]'s AVX2 copy vectorises
     /// them.
-    fn row(&self, acc: &[A], c0: usize, out: &mut [MaybeUninit<O>]);
+    fn row(&self, acc: &[A], row: usize, c0: usize, out: &mut [MaybeUninit<O>]);
 }
 
-/// For each row `r` of a tile (`out.len() / ldo` rows): `layer.row` on `acc[r·stride..][..n]`
-/// into `out[r·ldo + c0..][..n]`, the columns of channels `c0..c0 + n`.
+/// For each row `r` of a tile (`out.len() / ldo` rows, output rows `first + r`): `layer.row`
+/// on `acc[r·stride..][..n]` into `out[r·ldo + c0..][..n]`, the columns of channels
+/// `c0..c0 + n`.
 #[inline]
-pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
+#[allow(clippy::too_many_arguments)]
+pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
     #[inline(always)]
-    fn rows<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
+    #[allow(clippy::too_many_arguments)]
+    fn rows<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
         for (r, o) in out.chunks_mut(ldo).enumerate() {
-            layer.row(&acc[r * stride..r * stride + n], c0, &mut o[c0..c0 + n]);
+            layer.row(&acc[r * stride..r * stride + n], first + r, c0, &mut o[c0..c0 + n]);
         }
     }
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
-            unsafe fn wide<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
-                rows(layer, acc, stride, ldo, c0, n, out)
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn wide<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
+                rows(layer, acc, stride, first, ldo, c0, n, out)
             }
             // SAFETY: the CPU has AVX2.
-            unsafe { wide(layer, acc, stride, ldo, c0, n, out) };
+            unsafe { wide(layer, acc, stride, first, ldo, c0, n, out) };
             return;
         }
     }
-    rows(layer, acc, stride, ldo, c0, n, out)
+    rows(layer, acc, stride, first, ldo, c0, n, out)
+}
+
+/// A layer's f32 row with a residual added and an optional ReLU after it:
+/// `out[j] = y[j] + shortcut[row·ldo + c0 + j]`, then `max(·, 0)` when `relu` (`y` the
+/// layer's own row). This is the add step `y + shortcut` of a two-input add that is the only
+/// reader of the layer, computed where the row is still in registers; f32 addition commutes,
+/// so it equals the step whichever input came first.
+pub struct Residual<'a, F> {
+    pub layer: &'a F,
+    /// The other input of the add, in the layer's output layout (`ldo` values per row).
+    pub shortcut: &'a [f32],
+    pub ldo: usize,
+    pub relu: bool,
+}
+
+impl<A, F: FinishRow<A, f32>> FinishRow<A, f32> for Residual<'_, F> {
+    #[inline(always)]
+    fn row(&self, acc: &[A], row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
+        self.layer.row(acc, row, c0, out);
+        let s = &self.shortcut[row * self.ldo + c0..][..out.len()];
+        // SAFETY: `row` wrote every entry of `out` (its contract).
+        let y = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        match self.relu {
+            true => y.iter_mut().zip(s).for_each(|(y, s)| *y = (*y + s).max(0.0)),
+            false => y.iter_mut().zip(s).for_each(|(y, s)| *y += s),
+        }
+    }
+}
+
+/// A `[rows, ldo]` output that an epilogue writes by row index, beside the output the GEMM
+/// hands it: the f32 values of a layer that also writes its readers' codes.
+pub struct RowSink<T> {
+    ptr: *mut MaybeUninit<T>,
+    len: usize,
+    ldo: usize,
+}
+
+// SAFETY: the GEMM hands each output row to one tile only, and `RowSink::row` is used for
+// that tile's rows, so no two threads write one entry.
+unsafe impl<T: Send> Send for RowSink<T> {}
+unsafe impl<T: Send> Sync for RowSink<T> {}
+
+impl<T> RowSink<T> {
+    /// A sink over the spare capacity of `v` for `rows` rows of `ldo` values.
+    pub fn new(v: &mut Vec<T>, rows: usize, ldo: usize) -> RowSink<T> {
+        let spare = &mut v.spare_capacity_mut()[..rows * ldo];
+        RowSink { ptr: spare.as_mut_ptr(), len: spare.len(), ldo }
+    }
+
+    /// Entries `c0..c0 + n` of row `row`.
+    ///
+    /// # Safety
+    /// Only the tile that owns output row `row` calls this for it, and never for a range it is
+    /// still holding.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn row(&self, row: usize, c0: usize, n: usize) -> &mut [MaybeUninit<T>] {
+        let at = row * self.ldo + c0;
+        assert!(at + n <= self.len, "row {row}, columns {c0}+{n} outside the sink");
+        std::slice::from_raw_parts_mut(self.ptr.add(at), n)
+    }
 }

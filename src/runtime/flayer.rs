@@ -5,7 +5,7 @@
 //! pixel) and finishes each tile in
 //! the GEMM's epilogue: `y = acc + b_c`, then `max(y, 0)` when a ReLU was fused into it.
 
-use super::epilogue::{finish_tile, FinishRow};
+use super::epilogue::{finish_tile, FinishRow, Residual};
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::gemm::packed_f32::PackedF32;
 use crate::model::arch::Op;
@@ -39,10 +39,20 @@ impl FloatLayer {
     }
 
     /// Runs the layer on `x` (channels last for a conv; `rows × in` for a linear) of `n`
-    /// samples; returns `[rows, out]` (channels last for a conv).
-    pub fn run(&self, x: &[f32], n: usize) -> Vec<f32> {
+    /// samples; returns `[rows, out]` (channels last for a conv). With
+    /// `residual = (shortcut, relu)`, a residual add (and a ReLU) follows in the output loop:
+    /// `max(y + shortcut, 0)` ([`Residual`]; `shortcut` in the output's layout).
+    pub fn run(&self, x: &[f32], n: usize, residual: Option<(&[f32], bool)>) -> Vec<f32> {
+        match residual {
+            None => self.run_with(x, n, self),
+            Some((shortcut, relu)) => self.run_with(x, n, &Residual { layer: self, shortcut, ldo: self.shape.out_channels(), relu }),
+        }
+    }
+
+    /// The GEMM over `x` with `finish` writing each tile row's outputs.
+    fn run_with<F: FinishRow<f32, f32> + Sync>(&self, x: &[f32], n: usize, finish: &F) -> Vec<f32> {
         let (o, og) = (self.shape.out_channels(), self.shape.out_channels() / self.packed.len());
-        let epilogue = |gi: usize| move |acc: &[f32], stride: usize, out: &mut [MaybeUninit<f32>]| finish_tile(self, acc, stride, o, gi * og, og, out);
+        let epilogue = |gi: usize| move |acc: &[f32], stride: usize, first: usize, out: &mut [MaybeUninit<f32>]| finish_tile(finish, acc, stride, first, o, gi * og, og, out);
         run_layer(&self.shape, &self.packed, self.runs.as_ref(), x, 0.0, n, epilogue)
     }
 }
@@ -51,7 +61,7 @@ impl FinishRow<f32, f32> for FloatLayer {
     /// `out[j] = acc[j] (+ b[c0 + j]) (then max 0)`, one `for` loop per combination: each
     /// inlines into the AVX2 caller and vectorises (`for_each` left an out-of-line scalar `fold`).
     #[inline(always)]
-    fn row(&self, acc: &[f32], c0: usize, out: &mut [MaybeUninit<f32>]) {
+    fn row(&self, acc: &[f32], _row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
         match (self.bias.as_ref().map(|b| &b[c0..c0 + acc.len()]), self.relu) {
             (None, false) => {
                 for (o, &a) in out.iter_mut().zip(acc) {

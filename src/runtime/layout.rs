@@ -90,6 +90,15 @@ impl LayerShape {
             LayerShape::Conv(g) => g.o,
         }
     }
+
+    /// Output rows for `n` samples whose input holds `len` values: a conv's output positions,
+    /// a linear's input rows.
+    pub fn rows(&self, n: usize, len: usize) -> usize {
+        match *self {
+            LayerShape::Linear { inp, .. } => len / inp,
+            LayerShape::Conv(g) => n * g.ho * g.wo,
+        }
+    }
 }
 
 fn conv_shape(s: &[usize], o: usize, k: (usize, usize), stride: (usize, usize), pad: (usize, usize), dil: (usize, usize), groups: usize) -> Option<ConvShape> {
@@ -256,13 +265,10 @@ pub fn run_layer<P, O, E>(shape: &LayerShape, packed: &[P], runs: Option<&PatchR
 where
     P: Panels,
     O: Send,
-    E: Fn(&[P::Acc], usize, &mut [MaybeUninit<O>]) + Sync,
+    E: Fn(&[P::Acc], usize, usize, &mut [MaybeUninit<O>]) + Sync,
 {
     let o = shape.out_channels();
-    let rows = match *shape {
-        LayerShape::Linear { inp, .. } => x.len() / inp,
-        LayerShape::Conv(g) => n * g.ho * g.wo,
-    };
+    let rows = shape.rows(n, x.len());
     let mut y = Vec::with_capacity(rows * o);
     let out = &mut y.spare_capacity_mut()[..rows * o];
     for (gi, p) in packed.iter().enumerate() {
@@ -342,7 +348,7 @@ mod tests {
         [true, false].map(|gathered| {
             let mut y = vec![A::default(); m * g.o];
             for (gi, p) in packed.iter().enumerate() {
-                let epi = |acc: &[A], stride: usize, out: &mut [A]| {
+                let epi = |acc: &[A], stride: usize, _: usize, out: &mut [A]| {
                     for (r, row) in out.chunks_mut(g.o).enumerate() {
                         row[gi * og..(gi + 1) * og].copy_from_slice(&acc[r * stride..r * stride + og]);
                     }

@@ -310,22 +310,27 @@ mod tests {
     }
 
     /// `p`'s GEMM over `a8` (as its row type, each row padded past `k` with junk that must meet
-    /// zero weights), rows read in place and built on demand, equals `want`.
+    /// zero weights), rows read in place and built on demand, equals `want`; each tile's
+    /// epilogue is told the product row its output rows start at.
     fn check<P: Panels<Acc = i32>>(p: &P, a8: &[u8], m: usize, k: usize, want: &[i32], cast: fn(u8) -> P::A, label: &str) {
         let n = want.len() / m;
         let lda = p.row_len() + 3;
         let a: Vec<P::A> = (0..m * lda).map(|i| cast(if i % lda < k { a8[i / lda * k + i % lda] } else { 77 })).collect();
-        let copy = |acc: &[i32], stride: usize, o: &mut [i32]| {
+        // `base`: where the output starts, to check the row index the epilogue is given.
+        let copy = |base: usize| move |acc: &[i32], stride: usize, first: usize, o: &mut [i32]| {
+            assert_eq!((o.as_ptr() as usize - base) / size_of::<i32>(), first * n, "first row of a tile, {label}");
             for (r, row) in o.chunks_mut(n).enumerate() {
                 row.copy_from_slice(&acc[r * stride..r * stride + n]);
             }
         };
         let mut got = vec![0i32; m * n];
-        gemm(&Rows::Slice { a: &a, lda }, m, p, &mut got, n, &copy);
+        let base = got.as_ptr() as usize;
+        gemm(&Rows::Slice { a: &a, lda }, m, p, &mut got, n, &copy(base));
         assert_eq!(got, want, "{label}");
         let fill = |i: usize, row: &mut [P::A]| row.copy_from_slice(&a[i * lda..i * lda + p.row_len()]);
         let mut built = vec![0i32; m * n];
-        gemm(&Rows::Built(&fill), m, p, &mut built, n, &copy);
+        let base = built.as_ptr() as usize;
+        gemm(&Rows::Built(&fill), m, p, &mut built, n, &copy(base));
         assert_eq!(built, want, "built rows, {label}");
     }
 }

@@ -2,13 +2,16 @@
 //! candle in the hot path, for an INT8 artifact (`Plan::int8`) and for a float model
 //! (`Plan::float`). Activations flow channels last (`[N, H, W, C]`), so a conv's patch row is a
 //! run of whole pixels and its GEMM output is already the next layer's layout; a ReLU that is
-//! the only reader of a weight layer runs inside that layer's epilogue. Ops without a kernel
+//! the only reader of a weight layer runs inside that layer's epilogue, and so does a two-input
+//! add that is the only reader of a weight layer whose other input is already computed (a
+//! residual shortcut: `max(y + shortcut, 0)` with the ReLU after it). Ops without a kernel
 //! here run through the float executor on a logical-layout tensor, so every model runs.
 //!
 //! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
 //!   layers reading one value with the same parameters share the codes). A quantised layer
-//!   whose only readers are quantised layers with one quantiser writes their codes straight
-//!   from its output loop (the requantisation fused in), so its f32 output is never stored.
+//!   read by quantised layers with one quantiser writes their codes straight from its output
+//!   loop (the requantisation fused in); its f32 output is stored only when other steps read
+//!   it too.
 //!   The arithmetic is the hook executor's (`runtime::IntegerHook`): the same codes, the same
 //!   exact integer sums, the same f32 epilogue; only float reductions outside the layers
 //!   (global average pooling) may sum in another order.
@@ -63,10 +66,14 @@ struct Step {
     kind: Kind,
     inputs: Vec<usize>,
     output: usize,
-    /// For a quantised layer whose output only quantised layers read, all with one quantiser
-    /// and code type: the first of those steps. The layer then writes their codes straight
-    /// from its output loop (`QLayer::run_requantised`) and no f32 output exists.
-    requant: Option<usize>,
+    /// For a weight layer: the other input of a two-input add fused into its output loop (the
+    /// add read this layer's output only), and whether a ReLU follows the add.
+    residual: Option<(usize, bool)>,
+    /// For a quantised layer whose output quantised layers read: the first of those steps, and
+    /// whether other steps read the f32 output too. The layer writes the codes of the readers
+    /// that share that step's quantiser and code type straight from its output loop
+    /// (`QLayer::run_requantised`); its f32 output is stored only when it is read too.
+    requant: Option<(usize, bool)>,
 }
 
 /// A compiled model.
@@ -158,14 +165,15 @@ impl Plan {
                 Op::Dropout(_) => Kind::Identity,
                 _ => Kind::Float,
             };
-            steps.push(Step { node: ni, kind, inputs, output: slots, requant: None });
+            steps.push(Step { node: ni, kind, inputs, output: slots, residual: None, requant: None });
             slot_of.insert(node.name.as_str(), slots);
             slots += 1;
         }
         let output = slot_of[out_name];
+        fuse_residual_adds(&mut steps, output);
         let mut last_use = vec![usize::MAX; slots];
         for (si, s) in steps.iter().enumerate() {
-            for &i in &s.inputs {
+            for i in s.reads() {
                 last_use[i] = si;
             }
         }
@@ -177,10 +185,22 @@ impl Plan {
     }
 
     /// The quantised layers that write their readers' codes from their output loop, as
-    /// `(layer, first reader)` node names (see `Step::requant`).
-    pub fn requantised(&self) -> Vec<(&str, &str)> {
+    /// `(layer, first reader, f32 output kept)` with node names (see `Step::requant`).
+    pub fn requantised(&self) -> Vec<(&str, &str, bool)> {
         let name = |s: &Step| self.model.arch.nodes[s.node].name.as_str();
-        self.steps.iter().filter_map(|s| s.requant.map(|r| (name(s), name(&self.steps[r])))).collect()
+        self.steps.iter().filter_map(|s| s.requant.map(|(r, keep)| (name(s), name(&self.steps[r]), keep))).collect()
+    }
+
+    /// The weight layers with a residual add fused into their output loop, as
+    /// `(layer, node computing the add's other input, ReLU after the add)`; the model input is
+    /// named by the architecture's input name (see `Step::residual`).
+    pub fn residual_adds(&self) -> Vec<(&str, &str, bool)> {
+        let name = |slot: usize| match self.steps.iter().find(|s| s.output == slot) {
+            Some(s) => self.model.arch.nodes[s.node].name.as_str(),
+            None => self.model.arch.input.name.as_str(),
+        };
+        let layer = |s: &Step| self.model.arch.nodes[s.node].name.as_str();
+        self.steps.iter().filter_map(|s| s.residual.map(|(r, relu)| (layer(s), name(r), relu))).collect()
     }
 
     /// Logits for a batch `[N, …]`. With more than one thread and at least
@@ -236,19 +256,21 @@ impl Plan {
                     };
                     let out_dims = out_dims(&self.model.graph.shapes[node.name.as_str()], n);
                     let channels_last = conv && out_dims.len() >= 3;
-                    match step.requant.map(|ri| (&self.steps[ri], &self.steps[ri].kind)) {
-                        Some((reader, Kind::Quant(next))) => {
-                            let Some(c) = q.run_requantised(&codes[at].3, n, next) else {
+                    set_residual_layout(&mut vals, step, channels_last);
+                    let residual = residual_of(&vals, step);
+                    match step.requant.map(|(ri, keep)| (&self.steps[ri], keep)) {
+                        Some((reader @ Step { kind: Kind::Quant(next), .. }, keep)) => {
+                            let Some((data, c)) = q.run_requantised(&codes[at].3, n, residual, next, keep) else {
                                 let name = &self.model.arch.nodes[reader.node].name;
                                 return Err(WickError::node(name, format!("input holds a non-finite value (computed by '{}')", node.name)));
                             };
                             // The readers find these codes under their own key (`form` above, for a
-                            // value in this layout) and never read the f32 data, which stays empty.
+                            // value in this layout); the f32 data is empty unless other steps read it.
                             codes.push((step.output, next.input, (channels_last, next.reads_bytes()), c));
-                            Value { data: vec![], dims: out_dims, channels_last }
+                            Value { data, dims: out_dims, channels_last }
                         }
                         _ => {
-                            let data = q.run(&codes[at].3, n);
+                            let data = q.run(&codes[at].3, n, residual);
                             debug_assert_eq!(data.len(), out_dims.iter().product::<usize>(), "{} {:?}", node.name, dims);
                             Value { data, dims: out_dims, channels_last }
                         }
@@ -259,7 +281,10 @@ impl Plan {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
                     set_layout(v, conv);
                     let cl = conv && v.dims.len() >= 3;
-                    Value { data: f.run(&v.data, n), dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: cl }
+                    let dims = out_dims(&self.model.graph.shapes[node.name.as_str()], n);
+                    set_residual_layout(&mut vals, step, cl);
+                    let x = &vals[step.inputs[0]].as_ref().expect("input computed").data;
+                    Value { data: f.run(x, n, residual_of(&vals, step)), dims, channels_last: cl }
                 }
                 Kind::Relu => {
                     let mut v = self.owned(&mut vals, step, si);
@@ -303,7 +328,7 @@ impl Plan {
                 }
             };
             vals[step.output] = Some(y);
-            for &i in &step.inputs {
+            for i in step.reads() {
                 if self.last_use[i] == si {
                     vals[i] = None;
                 }
@@ -330,28 +355,79 @@ impl Plan {
     }
 }
 
-/// The step whose codes step `si` can write from its output loop (see `Step::requant`): `si`
-/// is a quantised layer, its output is not the model's, and every reader is a quantised layer
-/// of the same kind (conv or linear, so the layout the readers want is the one written) with
-/// the same input quantiser and code type.
-fn requant_target(steps: &[Step], si: usize, model_output: usize) -> Option<usize> {
+/// The step whose codes step `si` can write from its output loop, and whether other steps read
+/// its f32 output (see `Step::requant`): `si` is a quantised layer whose output is not the
+/// model's, the step is its first reader that is a quantised layer of the same kind (conv or
+/// linear, so the layout the reader wants is the one written), and the f32 output is read by
+/// every other kind of reader (a residual read included) and by quantised layers with another
+/// quantiser, code type or kind.
+fn requant_target(steps: &[Step], si: usize, model_output: usize) -> Option<(usize, bool)> {
     let Kind::Quant(q) = &steps[si].kind else { return None };
     let out = steps[si].output;
     if out == model_output {
         return None;
     }
-    let readers: Vec<(usize, &QLayer)> = steps
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.inputs.contains(&out))
-        .map(|(ri, s)| match &s.kind {
-            Kind::Quant(r) => Some((ri, r.as_ref())),
-            _ => None,
-        })
-        .collect::<Option<_>>()?;
     let conv = |l: &QLayer| matches!(l.shape, super::layout::LayerShape::Conv(_));
-    let &(first, r0) = readers.first()?;
-    readers.iter().all(|(_, r)| r.input == r0.input && r.reads_bytes() == r0.reads_bytes() && conv(r) == conv(q)).then_some(first)
+    let (mut first, mut keep): (Option<(usize, &QLayer)>, bool) = (None, false);
+    for (ri, s) in steps.iter().enumerate().filter(|(_, s)| s.reads().any(|i| i == out)) {
+        match (&s.kind, first) {
+            (Kind::Quant(r), None) if s.residual.is_none_or(|(r, _)| r != out) && conv(r) == conv(q) => first = Some((ri, r)),
+            (Kind::Quant(r), Some((_, r0))) if s.residual.is_none_or(|(r, _)| r != out) && r.input == r0.input && r.reads_bytes() == r0.reads_bytes() && conv(r) == conv(q) => {}
+            _ => keep = true,
+        }
+    }
+    first.map(|(ri, _)| (ri, keep))
+}
+
+impl Step {
+    /// The slots this step reads: its inputs, then a fused residual.
+    fn reads(&self) -> impl Iterator<Item = usize> + '_ {
+        self.inputs.iter().copied().chain(self.residual.map(|r| r.0))
+    }
+}
+
+/// Stores the fused residual of `step` (if any) in the layout of the step's output.
+fn set_residual_layout(vals: &mut [Option<Value>], step: &Step, channels_last: bool) {
+    if let Some((r, _)) = step.residual {
+        set_layout(vals[r].as_mut().expect("residual computed"), channels_last);
+    }
+}
+
+/// The fused residual of `step` as its layer's output loop takes it: `(shortcut, relu)`.
+fn residual_of<'a>(vals: &'a [Option<Value>], step: &Step) -> Option<(&'a [f32], bool)> {
+    step.residual.map(|(r, relu)| (vals[r].as_ref().expect("residual computed").data.as_slice(), relu))
+}
+
+/// Folds each two-input add into the weight layer that computes one of its inputs
+/// (`Step::residual`) when the add is that layer's only reader and the other input is the
+/// model's input or computed by an earlier step (so it exists when the layer runs). The layer
+/// then writes the add's output slot and the add step is gone.
+fn fuse_residual_adds(steps: &mut Vec<Step>, model_output: usize) {
+    let producer = |steps: &[Step], slot: usize| steps.iter().position(|s| s.output == slot);
+    let reads = |steps: &[Step], slot: usize| steps.iter().map(|s| s.reads().filter(|&i| i == slot).count()).sum::<usize>();
+    let mut si = 0;
+    while si < steps.len() {
+        let Kind::Add { relu } = steps[si].kind else {
+            si += 1;
+            continue;
+        };
+        let ins = steps[si].inputs.clone();
+        let fusable = |k: usize| {
+            let (mine, other) = (ins[k], ins[1 - k]);
+            let li = producer(steps, mine)?;
+            let layer = matches!(steps[li].kind, Kind::Quant(_) | Kind::Dense(_)) && steps[li].residual.is_none();
+            let before = producer(steps, other).is_none_or(|oi| oi < li);
+            (layer && mine != other && mine != model_output && reads(steps, mine) == 1 && before).then_some((li, other))
+        };
+        match (ins.len() == 2).then(|| fusable(0).or_else(|| fusable(1))).flatten() {
+            Some((li, other)) => {
+                steps[li].residual = Some((other, relu));
+                steps[li].output = steps[si].output;
+                steps.remove(si);
+            }
+            None => si += 1,
+        }
+    }
 }
 
 /// Codes of a slot under a quantiser, in a layout and a code type (`(channels last, bytes)`);

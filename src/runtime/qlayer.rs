@@ -4,11 +4,13 @@
 //! (each tap's codes read where they lie, or the codes in place when a row *is* a pixel), and
 //! dequantises in the GEMM's epilogue:
 //! `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`, then `max(y, 0)` when a ReLU was fused into it
-//! (`zp·Σw_c` computed once per layer). When the plan fuses the next layer's quantisation in
-//! (`run_requantised`), each output row is then quantised into the next layer's codes at once.
+//! (`zp·Σw_c` computed once per layer). When the plan fuses a residual add into the layer, the
+//! add (and a ReLU after it) follows in the same loop ([`Residual`]); when it fuses the next
+//! layer's quantisation in (`run_requantised`), each output row is then quantised into the next
+//! layer's codes at once.
 
 use super::layout::{run_layer, LayerShape, PatchRuns};
-use super::epilogue::{finish_tile, FinishRow};
+use super::epilogue::{finish_tile, FinishRow, Residual, RowSink};
 use super::kernels::{code_shift, quantize_codes, quantize_to, Code};
 use std::sync::atomic::{AtomicBool, Ordering};
 use super::packed::{Isa, PairPanels, QuadPanels};
@@ -72,28 +74,51 @@ impl QLayer {
 
     /// Runs the layer on `codes` from [`QLayer::quantize`] (channels last for a conv; `rows × in`
     /// for a linear) of `n` samples; returns `[rows, out]` f32 (channels last for a conv).
-    pub fn run(&self, codes: &Codes, n: usize) -> Vec<f32> {
-        self.run_with(codes, n, self)
+    /// With `residual = (shortcut, relu)`, a residual add (and a ReLU) follows in the output
+    /// loop: `max(y + shortcut, 0)` ([`Residual`]; `shortcut` in the output's layout).
+    pub fn run(&self, codes: &Codes, n: usize, residual: Option<(&[f32], bool)>) -> Vec<f32> {
+        match residual {
+            None => self.run_with(codes, n, self),
+            Some((shortcut, relu)) => self.run_with(codes, n, &Residual { layer: self, shortcut, ldo: self.out_channels(), relu }),
+        }
     }
 
     /// [`QLayer::run`] with the requantisation for `next` fused into the output loop: each
-    /// tile row is dequantised as `run` would, then quantised at once into the codes `next`
-    /// reads (`next.quantize` of `run`'s output, bit for bit), so the f32 output is never
-    /// stored. `None` when an output value is not finite.
-    pub fn run_requantised(&self, codes: &Codes, n: usize, next: &QLayer) -> Option<Codes> {
+    /// tile row is computed as `run` would, then quantised at once into the codes `next` reads
+    /// (`next.quantize` of `run`'s output, bit for bit). The f32 output is returned when `keep`
+    /// (other steps read it) and is otherwise never stored (empty). `None` when an output value
+    /// is not finite.
+    pub fn run_requantised(&self, codes: &Codes, n: usize, residual: Option<(&[f32], bool)>, next: &QLayer, keep: bool) -> Option<(Vec<f32>, Codes)> {
+        match residual {
+            None => self.requantise_with(codes, n, self, next, keep),
+            Some((shortcut, relu)) => self.requantise_with(codes, n, &Residual { layer: self, shortcut, ldo: self.out_channels(), relu }, next, keep),
+        }
+    }
+
+    /// [`QLayer::run_requantised`] with `layer` computing each f32 row.
+    fn requantise_with<F: FinishRow<i32, f32> + Sync>(&self, codes: &Codes, n: usize, layer: &F, next: &QLayer, keep: bool) -> Option<(Vec<f32>, Codes)> {
         let finite = AtomicBool::new(true);
+        let (rows, o) = (self.shape.rows(n, codes.len()), self.out_channels());
+        let mut kept = Vec::with_capacity(if keep { rows * o } else { 0 });
+        let sink = keep.then(|| RowSink::new(&mut kept, rows, o));
+        let finish = |keep| Requantise { layer, next: &next.input, finite: &finite, keep };
         let codes = match next.packed {
-            Packed::Pairs(_) => Codes::Wide(self.run_with(codes, n, &Requantise { layer: self, next: &next.input, finite: &finite })),
-            Packed::Quads(_) => Codes::Bytes(self.run_with(codes, n, &Requantise { layer: self, next: &next.input, finite: &finite })),
+            Packed::Pairs(_) => Codes::Wide(self.run_with(codes, n, &finish(sink.as_ref()))),
+            Packed::Quads(_) => Codes::Bytes(self.run_with(codes, n, &finish(sink.as_ref()))),
         };
-        finite.into_inner().then_some(codes)
+        if keep {
+            // SAFETY: the epilogue wrote every row's columns into the sink (`Requantise::row`):
+            // the GEMMs cover all `rows` rows and the groups all `o` columns.
+            unsafe { kept.set_len(rows * o) };
+        }
+        finite.into_inner().then_some((kept, codes))
     }
 
     /// The GEMM over `codes` with `finish` writing each tile row's outputs.
     fn run_with<O: Send, F: FinishRow<i32, O> + Sync>(&self, codes: &Codes, n: usize, finish: &F) -> Vec<O> {
         let zp = self.zp;
         let (o, og) = (self.out_channels(), self.out_channels() / self.groups());
-        let epilogue = |gi: usize| move |acc: &[i32], stride: usize, out: &mut [MaybeUninit<O>]| finish_tile(finish, acc, stride, o, gi * og, og, out);
+        let epilogue = |gi: usize| move |acc: &[i32], stride: usize, first: usize, out: &mut [MaybeUninit<O>]| finish_tile(finish, acc, stride, first, o, gi * og, og, out);
         match (&self.packed, codes) {
             (Packed::Pairs(p), Codes::Wide(c)) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as i16, n, epilogue),
             (Packed::Quads(p), Codes::Bytes(c)) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as u8, n, epilogue),
@@ -134,31 +159,39 @@ impl FinishRow<i32, f32> for QLayer {
     /// `out[j] = (acc[j] − zp·Σw_c) · (s_in · s_c) + b_c` for channel `c = c0 + j`, ReLU if
     /// fused (`max(y, 0)`).
     #[inline(always)]
-    fn row(&self, acc: &[i32], c0: usize, out: &mut [MaybeUninit<f32>]) {
+    fn row(&self, acc: &[i32], _row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
         let cs = c0..c0 + acc.len();
         dequantise(acc, &self.zp_wsum[cs.clone()], &self.mult[cs.clone()], self.bias.as_ref().map(|b| &b[cs]), self.relu, out)
     }
 }
 
-/// A layer's output row requantised for the next layer: `q(y)` for the layer's f32 output `y`
-/// (`QLayer::row`), `q` the next layer's input quantiser with its code shift.
-struct Requantise<'a> {
-    layer: &'a QLayer,
+/// A layer's output row requantised for the next layer: `q(y)` for the f32 row `y` that
+/// `layer` computes (`QLayer::row`, or with a residual added), `q` the next layer's input
+/// quantiser with its code shift; `y` itself is written to `keep` when given.
+struct Requantise<'a, F> {
+    layer: &'a F,
     next: &'a QParams,
     /// Cleared when an output value is not finite.
     finite: &'a AtomicBool,
+    keep: Option<&'a RowSink<f32>>,
 }
 
-impl<T: Code> FinishRow<i32, T> for Requantise<'_> {
+impl<T: Code, F: FinishRow<i32, f32>> FinishRow<i32, T> for Requantise<'_, F> {
     #[inline(always)]
-    fn row(&self, acc: &[i32], c0: usize, out: &mut [MaybeUninit<T>]) {
-        // The f32 row a chunk at a time on the stack (1 KiB, still in L1); one chunk per row of
-        // up to 256 channels (64 measured 2 % slower on the MLP: per-call set-up).
+    fn row(&self, acc: &[i32], row: usize, c0: usize, out: &mut [MaybeUninit<T>]) {
+        // The f32 row a chunk at a time on the stack (1 KiB, still in L1), or in the kept
+        // output; one chunk per row of up to 256 channels (64 measured 2 % slower on the MLP:
+        // per-call set-up).
         const CHUNK: usize = 256;
-        let mut y = [MaybeUninit::<f32>::uninit(); CHUNK];
+        let mut stack = [MaybeUninit::<f32>::uninit(); CHUNK];
         for (k, (acc, out)) in acc.chunks(CHUNK).zip(out.chunks_mut(CHUNK)).enumerate() {
-            let y = &mut y[..acc.len()];
-            self.layer.row(acc, c0 + k * CHUNK, y);
+            let c = c0 + k * CHUNK;
+            let y = match self.keep {
+                // SAFETY: this tile owns row `row` (the epilogue's contract).
+                Some(sink) => unsafe { sink.row(row, c, acc.len()) },
+                None => &mut stack[..acc.len()],
+            };
+            self.layer.row(acc, row, c, y);
             // SAFETY: `row` wrote every entry of `y` (its contract).
             let y = unsafe { &*(y as *const [MaybeUninit<f32>] as *const [f32]) };
             if !quantize_to(y, self.next, out) {
@@ -208,4 +241,14 @@ enum Packed {
 pub enum Codes {
     Wide(Vec<i16>),
     Bytes(Vec<u8>),
+}
+
+impl Codes {
+    /// How many codes.
+    fn len(&self) -> usize {
+        match self {
+            Codes::Wide(c) => c.len(),
+            Codes::Bytes(c) => c.len(),
+        }
+    }
 }
