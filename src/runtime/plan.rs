@@ -8,11 +8,13 @@
 //! here run through the float executor on a logical-layout tensor, so every model runs.
 //!
 //! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
-//!   layers reading one value with the same parameters share the codes). A quantised layer
-//!   read by quantised layers with one quantiser writes their codes straight from its output
-//!   loop (the requantisation fused in); its f32 output is stored only when other steps read
-//!   it too.
-//!   The arithmetic is the hook executor's (`runtime::IntegerHook`): the same codes, the same
+//!   layers reading one value with the same parameters share the codes), in one pass over the
+//!   value. Optionally (`Fusions::requantisation`, off by default) a quantised layer read by
+//!   quantised layers with one quantiser writes their codes straight from its output loop
+//!   instead, its f32 output stored only when other steps read it too: on the AVX2 machine
+//!   this was built on, that measured 4–6 % slower end to end than the separate pass (plans
+//!   compared call by call in one process, `examples/plan_ab.rs`), at batch 1 and 64 and on
+//!   1 and 2 threads. The arithmetic is the hook executor's (`runtime::IntegerHook`): the same codes, the same
 //!   exact integer sums, the same f32 epilogue; only float reductions outside the layers
 //!   (global average pooling) may sum in another order.
 //! - Float: every BatchNorm that only a conv or linear feeds is folded into it at compile time
@@ -76,6 +78,24 @@ struct Step {
     requant: Option<(usize, bool)>,
 }
 
+/// Which optional fusions a plan compiles in, to measure what each is worth (results are the
+/// same either way; `Default` is what `Plan::int8` and `Plan::float` use).
+#[derive(Debug, Clone, Copy)]
+pub struct Fusions {
+    /// A two-input add into the weight layer computing one of its inputs (`Step::residual`).
+    /// On by default: it saves a pass and a buffer; measured neutral (0.99–1.01x).
+    pub residual_adds: bool,
+    /// The next layers' quantisation into a quantised layer's output loop (`Step::requant`).
+    /// Off by default: measured 4–6 % slower than quantising in a separate pass (module docs).
+    pub requantisation: bool,
+}
+
+impl Default for Fusions {
+    fn default() -> Fusions {
+        Fusions { residual_adds: true, requantisation: false }
+    }
+}
+
 /// A compiled model.
 pub struct Plan {
     /// The float model whose graph the steps follow (BatchNorm folded for a float plan); its
@@ -99,7 +119,12 @@ struct Value {
 impl Plan {
     /// Compiles INT8 model `m`: its quantised layers run the integer GEMM, the rest in float.
     pub fn int8(m: &Int8Model) -> Result<Plan> {
-        Plan::compile(m.model.clone(), |node, in_shape| {
+        Plan::int8_with(m, Fusions::default())
+    }
+
+    /// [`Plan::int8`] with only the `fusions` given (the results are bit-identical either way).
+    pub fn int8_with(m: &Int8Model, fusions: Fusions) -> Result<Plan> {
+        Plan::compile(m.model.clone(), fusions, |node, in_shape| {
             let Some(q) = m.layers.get(&node.name) else { return Ok(Kind::Float) };
             match QLayer::new(q, &node.op, in_shape, m.bias(&node.name)?) {
                 Some(l) => Ok(Kind::Quant(Box::new(l))),
@@ -111,6 +136,11 @@ impl Plan {
     /// Compiles float model `m` for inference (eval mode): BatchNorm folded, every conv and
     /// linear on the packed f32 GEMM.
     pub fn float(m: &Model) -> Result<Plan> {
+        Plan::float_with(m, Fusions::default())
+    }
+
+    /// [`Plan::float`] with only the `fusions` given.
+    pub fn float_with(m: &Model, fusions: Fusions) -> Result<Plan> {
         let (folded, _) = crate::model::fold::fold_batchnorm(m)?;
         let vec = |name: &str| -> Result<Vec<f32>> { Ok(folded.p(name).flatten_all()?.to_vec1()?) };
         let layers = |node: &Node, in_shape: &[usize]| -> Result<Kind> {
@@ -123,12 +153,12 @@ impl Plan {
                 None => Kind::Float,
             })
         };
-        Plan::compile(folded.clone(), layers)
+        Plan::compile(folded.clone(), fusions, layers)
     }
 
     /// Compiles the steps of `model`, asking `weight_layer(node, per-sample input shape)` what
     /// each conv and linear runs.
-    fn compile(model: Model, weight_layer: impl Fn(&Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
+    fn compile(model: Model, fusions: Fusions, weight_layer: impl Fn(&Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
         let arch = &model.arch;
         let mut slot_of: BTreeMap<&str, usize> = BTreeMap::new();
         slot_of.insert(arch.input.name.as_str(), 0);
@@ -170,7 +200,9 @@ impl Plan {
             slots += 1;
         }
         let output = slot_of[out_name];
-        fuse_residual_adds(&mut steps, output);
+        if fusions.residual_adds {
+            fuse_residual_adds(&mut steps, output);
+        }
         let mut last_use = vec![usize::MAX; slots];
         for (si, s) in steps.iter().enumerate() {
             for i in s.reads() {
@@ -179,7 +211,7 @@ impl Plan {
         }
         last_use[output] = usize::MAX;
         for si in 0..steps.len() {
-            steps[si].requant = requant_target(&steps, si, output);
+            steps[si].requant = requant_target(&steps, si, output).filter(|_| fusions.requantisation);
         }
         Ok(Plan { model, steps, slots, output, last_use })
     }
@@ -210,9 +242,17 @@ impl Plan {
     /// parallel too. Every output row depends on its own sample only (static quantisation, each
     /// GEMM row summed alone), so the logits are bit-identical to one pass over the batch.
     pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        self.predict_in_parts(x, rayon::current_num_threads().min(n / SPLIT_MIN_SAMPLES))
+    }
+
+    /// [`Plan::predict`] with the batch cut into `parts` contiguous parts (at most one per
+    /// sample), run side by side on the pool's threads, each start to finish on one thread
+    /// (bit-identical for any `parts`): to measure part sizes against each other.
+    pub fn predict_in_parts(&self, x: &Tensor, parts: usize) -> Result<Tensor> {
         self.model.check_input(x)?;
         let n = x.dim(0)?;
-        let parts = rayon::current_num_threads().min(n / SPLIT_MIN_SAMPLES);
+        let parts = parts.min(n);
         if parts < 2 {
             return self.predict_all(x);
         }
