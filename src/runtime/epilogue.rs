@@ -64,10 +64,20 @@ impl<A, F: FinishRow<A, f32>> FinishRow<A, f32> for Residual<'_, F> {
         let s = &self.shortcut[row * self.ldo + c0..][..out.len()];
         // SAFETY: `row` wrote every entry of `out` (its contract).
         let y = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        match self.relu {
-            true => y.iter_mut().zip(s).for_each(|(y, s)| *y = (*y + s).max(0.0)),
-            false => y.iter_mut().zip(s).for_each(|(y, s)| *y += s),
-        }
+        add_relu(y, Some(s), self.relu);
+    }
+}
+
+/// `a[i] = a[i] + b[i]` (when `b` is given), then `max(·, 0)` when `relu`: the add and ReLU of
+/// a fused residual and of the plan's add and ReLU steps. Inlined, so it vectorises for the
+/// caller's target features.
+#[inline(always)]
+pub fn add_relu(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
+    match (b, relu) {
+        (Some(b), true) => a.iter_mut().zip(b).for_each(|(a, b)| *a = (*a + b).max(0.0)),
+        (Some(b), false) => a.iter_mut().zip(b).for_each(|(a, b)| *a += b),
+        (None, true) => a.iter_mut().for_each(|a| *a = a.max(0.0)),
+        (None, false) => {}
     }
 }
 

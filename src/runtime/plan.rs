@@ -14,13 +14,14 @@
 //!   instead, its f32 output stored only when other steps read it too: on the AVX2 machine
 //!   this was built on, that measured 4–6 % slower end to end than the separate pass (plans
 //!   compared call by call in one process, `examples/plan_ab.rs`), at batch 1 and 64 and on
-//!   1 and 2 threads. The arithmetic is the hook executor's (`runtime::IntegerHook`): the same codes, the same
-//!   exact integer sums, the same f32 epilogue; only float reductions outside the layers
-//!   (global average pooling) may sum in another order.
+//!   1 and 2 threads. The arithmetic is the hook executor's (`runtime::IntegerHook`): the
+//!   same codes, the same exact integer sums, the same f32 epilogue; only float reductions
+//!   outside the layers (global average pooling) may sum in another order.
 //! - Float: every BatchNorm that only a conv or linear feeds is folded into it at compile time
 //!   (`model::fold`), and every conv and linear runs the packed f32 GEMM. Outputs equal the
 //!   candle executor's up to float rounding (sums in another order, folded weights).
 
+use super::epilogue::add_relu;
 use super::flayer::FloatLayer;
 use super::qlayer::{Codes, QLayer};
 use crate::artifact::Int8Model;
@@ -525,29 +526,19 @@ fn global_avg_pool(v: &Value) -> Value {
     Value { data: out, dims: vec![n, c], channels_last: false }
 }
 
-/// `a[i] = a[i] + b[i]` (when `b` is given), then `max(·, 0)` when `relu`: the add and ReLU
-/// steps. Compiled for 8-wide vectors where the CPU has AVX2 (the arithmetic is the same
-/// either way).
+/// [`add_relu`] for the add and ReLU steps, compiled for 8-wide vectors where the CPU has AVX2
+/// (the arithmetic is the same either way).
 fn add_relu_in_place(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
-    #[inline(always)]
-    fn plain(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
-        match (b, relu) {
-            (Some(b), true) => a.iter_mut().zip(b).for_each(|(a, b)| *a = (*a + b).max(0.0)),
-            (Some(b), false) => a.iter_mut().zip(b).for_each(|(a, b)| *a += b),
-            (None, true) => a.iter_mut().for_each(|a| *a = a.max(0.0)),
-            (None, false) => {}
-        }
-    }
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
             unsafe fn wide(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
-                plain(a, b, relu)
+                add_relu(a, b, relu)
             }
             // SAFETY: the CPU has AVX2.
             return unsafe { wide(a, b, relu) };
         }
     }
-    plain(a, b, relu)
+    add_relu(a, b, relu)
 }
