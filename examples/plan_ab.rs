@@ -61,7 +61,12 @@ fn run() -> anyhow::Result<()> {
     tb()?;
     let (mut va, mut vb, mut r) = (vec![], vec![], vec![]);
     for i in 0..reps {
-        let (x, y) = if i % 2 == 0 { (ta()?, tb()?) } else { let y = tb()?; (ta()?, y) };
+        let (x, y) = if i % 2 == 0 {
+            (ta()?, tb()?)
+        } else {
+            let y = tb()?;
+            (ta()?, y)
+        };
         va.push(x);
         vb.push(y);
         r.push(y / x);

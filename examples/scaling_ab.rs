@@ -38,7 +38,12 @@ fn main() -> anyhow::Result<()> {
     };
     let mut ratios = [vec![], vec![], vec![]];
     for i in 0..pairs {
-        let (t1, t2) = if i % 2 == 0 { (measure(&one)?, measure(&two)?) } else { let t2 = measure(&two)?; (measure(&one)?, t2) };
+        let (t1, t2) = if i % 2 == 0 {
+            (measure(&one)?, measure(&two)?)
+        } else {
+            let t2 = measure(&two)?;
+            (measure(&one)?, t2)
+        };
         for k in 0..3 {
             ratios[k].push(t1[k] / t2[k]);
         }

@@ -14,4 +14,3 @@ fn main() -> anyhow::Result<()> {
     println!("{:.3} s per epoch (median of {epochs})", s);
     Ok(())
 }
-

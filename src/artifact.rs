@@ -90,12 +90,15 @@ impl Int8Model {
                         ActType::I8 => RawTensor::from_i8(vec![1], &[q.input.zero_point as i8]),
                     };
                     out.insert(format!("{l}.input_zero_point"), zp);
-                    schemes.insert(l.to_string(), json!({
-                        "weight": {"dtype": "i8", "symmetric": true, "granularity": "per_channel", "axis": 0, "range": [-127, 127]},
-                        "input": {"dtype": q.input.act, "symmetric": q.input.act == ActType::I8, "granularity": "per_tensor",
-                                  "range": q.input.act.range(),
-                                  "scale": q.input.scale, "zero_point": q.input.zero_point},
-                    }));
+                    schemes.insert(
+                        l.to_string(),
+                        json!({
+                            "weight": {"dtype": "i8", "symmetric": true, "granularity": "per_channel", "axis": 0, "range": [-127, 127]},
+                            "input": {"dtype": q.input.act, "symmetric": q.input.act == ActType::I8, "granularity": "per_tensor",
+                                      "range": q.input.act.range(),
+                                      "scale": q.input.scale, "zero_point": q.input.zero_point},
+                        }),
+                    );
                 }
                 None => {
                     let v: Vec<f32> = t.flatten_all()?.to_vec1()?;

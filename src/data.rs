@@ -70,10 +70,7 @@ impl Dataset {
     /// Checks that the inputs fit a model input of `shape` and the labels lie in `0..classes`.
     pub fn check_fits(&self, shape: &[usize], classes: usize) -> Result<()> {
         if self.sample_shape() != shape {
-            return Err(WickError::data(
-                &self.name,
-                format!("tensor 'x' has samples of shape {:?}, but the model's input is {:?}", self.sample_shape(), shape),
-            ));
+            return Err(WickError::data(&self.name, format!("tensor 'x' has samples of shape {:?}, but the model's input is {:?}", self.sample_shape(), shape)));
         }
         if let Some((i, &v)) = self.y.iter().enumerate().find(|(_, &v)| v as usize >= classes) {
             return Err(WickError::data(&self.name, format!("label y[{i}] = {v} is outside the model's {classes} classes (0..{})", classes - 1)));

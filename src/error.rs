@@ -19,13 +19,7 @@ pub enum WickError {
     #[error("{file}: tensor '{tensor}' needed by node '{node}' is missing")]
     MissingTensor { file: String, tensor: String, node: String },
     #[error("{file}: tensor '{tensor}' has shape {found:?}, node '{node}' expects {expected:?}")]
-    ShapeMismatch {
-        file: String,
-        tensor: String,
-        node: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { file: String, tensor: String, node: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("{file}: tensor '{tensor}' holds {what} values")]
     NonFinite { file: String, tensor: String, what: &'static str },
     #[error("{file}: tensor '{tensor}' has dtype {dtype}, which wick cannot load as {role}")]

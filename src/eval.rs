@@ -47,12 +47,7 @@ pub fn cross_entropy_row(row: &[f32], y: u32) -> f64 {
 }
 
 /// Evaluates `predict`, which returns `[len, classes]` logits for rows `start..start+len`.
-pub fn evaluate_with(
-    data: &Dataset,
-    batch_size: usize,
-    progress: &dyn Progress,
-    mut predict: impl FnMut(&Tensor) -> Result<Tensor>,
-) -> Result<EvalResult> {
+pub fn evaluate_with(data: &Dataset, batch_size: usize, progress: &dyn Progress, mut predict: impl FnMut(&Tensor) -> Result<Tensor>) -> Result<EvalResult> {
     if batch_size == 0 {
         return Err(WickError::invalid("--batch-size", "must be at least 1"));
     }

@@ -167,8 +167,11 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
             _ => break (e, g, back),
         }
     };
-    q.info.insert("metrics".into(), json!({"teacher_accuracy": teacher_eval.accuracy, "int8_accuracy": int8_eval.accuracy,
-        "drop_points": drop_points(teacher_eval.accuracy, int8_eval.accuracy), "test_samples": int8_eval.samples}));
+    q.info.insert(
+        "metrics".into(),
+        json!({"teacher_accuracy": teacher_eval.accuracy, "int8_accuracy": int8_eval.accuracy,
+        "drop_points": drop_points(teacher_eval.accuracy, int8_eval.accuracy), "test_samples": int8_eval.samples}),
+    );
     q.save(&staged)?;
 
     progress.start("latency", 2);
@@ -183,8 +186,14 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     let cmp = Comparison::of(teacher_eval, int8_eval, file_bytes(&spec.model)?, file_bytes(&staged)?);
     let final_path = spec.out.join(ARTIFACT);
     let t_side = report::side(&spec.model.display().to_string(), &cmp.teacher, cmp.bytes_before, &teacher, t_lat, "float32 (compiled float runtime, BatchNorm folded)");
-    let c_side = report::side(&final_path.display().to_string(), &cmp.compressed, cmp.bytes_after, &int8_model.model, q_lat,
-        &format!("integer arithmetic: u8 x i8 -> i32 ({} kernel), the written file read back", crate::runtime::kernel_names(&int8_model)));
+    let c_side = report::side(
+        &final_path.display().to_string(),
+        &cmp.compressed,
+        cmp.bytes_after,
+        &int8_model.model,
+        q_lat,
+        &format!("integer arithmetic: u8 x i8 -> i32 ({} kernel), the written file read back", crate::runtime::kernel_names(&int8_model)),
+    );
     let inputs: BTreeMap<String, FileInfo> = serde_json::from_value(fingerprint["inputs"].clone()).unwrap_or_default();
     let rep = Report {
         tool: tool_version(),

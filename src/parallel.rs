@@ -115,7 +115,13 @@ mod tests {
     fn built_vector_holds_what_every_chunk_wrote() {
         for work in [0, super::MIN_PARALLEL_WORK] {
             // SAFETY: each chunk writes all of its elements.
-            let v = unsafe { super::build_chunks(10, 3, work, |i, c| c.iter_mut().enumerate().for_each(|(j, x)| { x.write((i * 3 + j) as f32); })) };
+            let v = unsafe {
+                super::build_chunks(10, 3, work, |i, c| {
+                    c.iter_mut().enumerate().for_each(|(j, x)| {
+                        x.write((i * 3 + j) as f32);
+                    })
+                })
+            };
             assert_eq!(v, (0..10).map(|x| x as f32).collect::<Vec<_>>());
         }
     }

@@ -92,11 +92,27 @@ pub fn run(recipe: &Recipe, inp: &Inputs, progress: &dyn Progress) -> Result<Out
         let stage = match &state {
             State::Float(m) => {
                 crate::model::graph::analyse(&m.arch, &name).map_err(|e| WickError::Pass { pass: name.clone(), source: Box::new(e) })?;
-                Stage { pass: name, summary, seconds: started.elapsed().as_secs_f64(), params: total_params(m), macs: total_macs(m), weight_bytes: float_bytes(m), test_accuracy: evaluate(m, inp.test, 256, &Silent)?.accuracy }
+                Stage {
+                    pass: name,
+                    summary,
+                    seconds: started.elapsed().as_secs_f64(),
+                    params: total_params(m),
+                    macs: total_macs(m),
+                    weight_bytes: float_bytes(m),
+                    test_accuracy: evaluate(m, inp.test, 256, &Silent)?.accuracy,
+                }
             }
             State::Int8 { q, .. } => {
                 let acc = crate::eval::evaluate_int8(q, inp.test, 256, Exec::Integer(Kernel::Fast), &Silent)?.accuracy;
-                Stage { pass: name, summary, seconds: started.elapsed().as_secs_f64(), params: total_params(&q.model), macs: total_macs(&q.model), weight_bytes: int8_weight_bytes(q), test_accuracy: acc }
+                Stage {
+                    pass: name,
+                    summary,
+                    seconds: started.elapsed().as_secs_f64(),
+                    params: total_params(&q.model),
+                    macs: total_macs(&q.model),
+                    weight_bytes: int8_weight_bytes(q),
+                    test_accuracy: acc,
+                }
             }
         };
         stages.push(stage);
@@ -209,10 +225,23 @@ pub fn plan(recipe: &Recipe, teacher: &Model, seed: u64, train: &Dataset) -> Res
         };
         let params = total_params(&m);
         let bytes = if int8 {
-            m.arch.nodes.iter().map(|n| n.op.param_suffixes().iter().map(|(s, _)| {
-                let c: usize = n.op.param_shape(s).iter().product();
-                if *s == "weight" && crate::model::forward::is_weight_layer(&n.op) { c as u64 + 4 * n.op.param_shape(s)[0] as u64 + 8 } else { 4 * c as u64 }
-            }).sum::<u64>()).sum()
+            m.arch
+                .nodes
+                .iter()
+                .map(|n| {
+                    n.op.param_suffixes()
+                        .iter()
+                        .map(|(s, _)| {
+                            let c: usize = n.op.param_shape(s).iter().product();
+                            if *s == "weight" && crate::model::forward::is_weight_layer(&n.op) {
+                                c as u64 + 4 * n.op.param_shape(s)[0] as u64 + 8
+                            } else {
+                                4 * c as u64
+                            }
+                        })
+                        .sum::<u64>()
+                })
+                .sum()
         } else {
             float_bytes(&m)
         };

@@ -222,9 +222,7 @@ fn validate(r: &Recipe) -> std::result::Result<(), String> {
         match p {
             PassSpec::PruneChannels { ratio, .. } if !(0.0..1.0).contains(ratio) => return Err(at(&format!("field 'ratio' is {ratio}, outside [0, 1)"))),
             PassSpec::Distill { width, .. } if !(*width > 0.0 && *width <= 1.0) => return Err(at(&format!("field 'width' is {width}, outside (0, 1]"))),
-            PassSpec::PruneChannels { .. } | PassSpec::Distill { .. } | PassSpec::FoldBatchnorm {} if quantised => {
-                return Err(at("float passes must come before 'calibrate'"))
-            }
+            PassSpec::PruneChannels { .. } | PassSpec::Distill { .. } | PassSpec::FoldBatchnorm {} if quantised => return Err(at("float passes must come before 'calibrate'")),
             PassSpec::Calibrate { samples: 0, .. } => return Err(at("field 'samples' must be at least 1")),
             PassSpec::Calibrate { .. } => quantised = true,
             PassSpec::Qat { .. } | PassSpec::ConvertInt8 {} if !quantised => return Err(at("needs a 'calibrate' pass before it")),

@@ -68,11 +68,7 @@ impl TensorFile {
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(explain(&e, bytes.len())))?;
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(explain(&e, bytes.len())))?;
         let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
-        let tensors = st
-            .tensors()
-            .into_iter()
-            .map(|(name, v)| (name, RawTensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() }))
-            .collect();
+        let tensors = st.tensors().into_iter().map(|(name, v)| (name, RawTensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() })).collect();
         Ok(TensorFile { path: path.to_path_buf(), tensors, metadata })
     }
 
@@ -99,9 +95,7 @@ pub fn to_f32(t: &RawTensor, file: &str, name: &str) -> Result<Vec<f32>> {
         Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        other => {
-            return Err(WickError::BadDtype { file: file.into(), tensor: name.into(), dtype: format!("{other:?}"), role: "a float tensor" })
-        }
+        other => return Err(WickError::BadDtype { file: file.into(), tensor: name.into(), dtype: format!("{other:?}"), role: "a float tensor" }),
     })
 }
 
@@ -117,9 +111,7 @@ pub fn to_i64(t: &RawTensor, file: &str, name: &str) -> Result<Vec<i64>> {
         Dtype::U16 => d.chunks_exact(2).map(|c| u16::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
         Dtype::U32 => d.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
         Dtype::U64 => d.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
-        other => {
-            return Err(WickError::BadDtype { file: file.into(), tensor: name.into(), dtype: format!("{other:?}"), role: "integer labels" })
-        }
+        other => return Err(WickError::BadDtype { file: file.into(), tensor: name.into(), dtype: format!("{other:?}"), role: "integer labels" }),
     })
 }
 
@@ -136,11 +128,7 @@ fn explain(e: &safetensors::SafeTensorError, len: usize) -> String {
 pub fn write(path: &Path, tensors: &BTreeMap<String, RawTensor>, metadata: &BTreeMap<String, String>) -> Result<()> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
-        .map(|(k, t)| {
-            TensorView::new(t.dtype, t.shape.clone(), &t.data)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| WickError::invalid(format!("tensor '{k}'"), e.to_string()))
-        })
+        .map(|(k, t)| TensorView::new(t.dtype, t.shape.clone(), &t.data).map(|v| (k.clone(), v)).map_err(|e| WickError::invalid(format!("tensor '{k}'"), e.to_string())))
         .collect::<Result<_>>()?;
     let meta: Option<HashMap<String, String>> = if metadata.is_empty() { None } else { Some(metadata.clone().into_iter().collect()) };
     let bytes = safetensors::serialize(views, meta).map_err(|e| WickError::invalid(path.display().to_string(), e.to_string()))?;

@@ -74,20 +74,31 @@ impl Histogram {
         if t == 0.0 {
             return 0.0;
         }
-        let out: f64 = self.counts.iter().enumerate().filter(|(b, _)| {
-            let c = self.center(*b);
-            c < lo || c > hi
-        }).map(|(_, c)| c).sum();
+        let out: f64 = self
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(b, _)| {
+                let c = self.center(*b);
+                c < lo || c > hi
+            })
+            .map(|(_, c)| c)
+            .sum();
         out / t
     }
 
     /// Expected squared error `Σ_b n_b · (c_b − dq(q(c_b)))²` of quantising with `q`.
     fn sq_error(&self, q: &QParams) -> f64 {
-        self.counts.iter().enumerate().filter(|(_, &c)| c > 0.0).map(|(b, &c)| {
-            let x = self.center(b);
-            let e = (x - q.dequantize(q.quantize(x))) as f64;
-            c * e * e
-        }).sum()
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0.0)
+            .map(|(b, &c)| {
+                let x = self.center(b);
+                let e = (x - q.dequantize(q.quantize(x))) as f64;
+                c * e * e
+            })
+            .sum()
     }
 
     /// MSE search: shrink `[min, max]` by factors `α = 1, 0.99, …, 0.01` and keep the range
@@ -195,11 +206,13 @@ mod tests {
 
     fn gaussian_like(n: usize) -> Vec<f32> {
         // Deterministic bell-shaped data plus a few far outliers.
-        let mut v: Vec<f32> = (0..n).map(|i| {
-            let u = (i as f32 + 0.5) / n as f32;
-            // inverse of a logistic CDF: bell-shaped, symmetric, scale 1
-            (u / (1.0 - u)).ln()
-        }).collect();
+        let mut v: Vec<f32> = (0..n)
+            .map(|i| {
+                let u = (i as f32 + 0.5) / n as f32;
+                // inverse of a logistic CDF: bell-shaped, symmetric, scale 1
+                (u / (1.0 - u)).ln()
+            })
+            .collect();
         v.extend([40.0, -40.0]);
         v
     }

@@ -89,29 +89,32 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(a.jobs.max(1)).build()?;
     let rows: Vec<Row> = pool.install(|| {
-        m.jobs.par_iter().map(|j| {
-            let started = Instant::now();
-            if !a.force && job::already_done(&j.spec) {
-                return skipped(&j.name, &j.spec);
-            }
-            // A panic in one job must not take the others down.
-            let r = std::panic::catch_unwind(|| job::run(&j.spec, &wick::progress::Silent));
-            let seconds = started.elapsed().as_secs_f64();
-            let row = match r {
-                Ok(Ok(rep)) => Row {
-                    job: j.name.clone(),
-                    verdict: if rep.gate.passed { "passed".into() } else { "gate failed".into() },
-                    accuracy_drop_points: Some(rep.accuracy_drop_points),
-                    size_ratio: Some(rep.ratios.size),
-                    seconds,
-                    error: if rep.gate.passed { None } else { Some(rep.gate.reason) },
-                },
-                Ok(Err(e)) => Row { job: j.name.clone(), verdict: "error".into(), accuracy_drop_points: None, size_ratio: None, seconds, error: Some(e.to_string()) },
-                Err(_) => Row { job: j.name.clone(), verdict: "error".into(), accuracy_drop_points: None, size_ratio: None, seconds, error: Some("internal error (panic)".into()) },
-            };
-            eprintln!("job {}: {}", row.job, row.verdict);
-            row
-        }).collect()
+        m.jobs
+            .par_iter()
+            .map(|j| {
+                let started = Instant::now();
+                if !a.force && job::already_done(&j.spec) {
+                    return skipped(&j.name, &j.spec);
+                }
+                // A panic in one job must not take the others down.
+                let r = std::panic::catch_unwind(|| job::run(&j.spec, &wick::progress::Silent));
+                let seconds = started.elapsed().as_secs_f64();
+                let row = match r {
+                    Ok(Ok(rep)) => Row {
+                        job: j.name.clone(),
+                        verdict: if rep.gate.passed { "passed".into() } else { "gate failed".into() },
+                        accuracy_drop_points: Some(rep.accuracy_drop_points),
+                        size_ratio: Some(rep.ratios.size),
+                        seconds,
+                        error: if rep.gate.passed { None } else { Some(rep.gate.reason) },
+                    },
+                    Ok(Err(e)) => Row { job: j.name.clone(), verdict: "error".into(), accuracy_drop_points: None, size_ratio: None, seconds, error: Some(e.to_string()) },
+                    Err(_) => Row { job: j.name.clone(), verdict: "error".into(), accuracy_drop_points: None, size_ratio: None, seconds, error: Some("internal error (panic)".into()) },
+                };
+                eprintln!("job {}: {}", row.job, row.verdict);
+                row
+            })
+            .collect()
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -71,8 +71,13 @@ fn print_table(r: &BenchResult, one: Option<&serde_json::Value>) {
     if let Some(o) = one {
         let f = |k: &str, sub: &str| o[k][sub].as_f64().unwrap_or(f64::NAN);
         println!("speed-up of {} threads over 1:", r.threads);
-        print!("  fp32 batch {}: {:.2}x, int8 batch {}: {:.2}x", r.fp32.large_batch, f("fp32", "large_batch_ms") / r.fp32.large_batch_ms,
-            r.int8.large_batch, f("int8", "large_batch_ms") / r.int8.large_batch_ms);
+        print!(
+            "  fp32 batch {}: {:.2}x, int8 batch {}: {:.2}x",
+            r.fp32.large_batch,
+            f("fp32", "large_batch_ms") / r.fp32.large_batch_ms,
+            r.int8.large_batch,
+            f("int8", "large_batch_ms") / r.int8.large_batch_ms
+        );
         match r.train_epoch_s > 0.0 {
             true => println!(", training epoch: {:.2}x", o["train_epoch_s"].as_f64().unwrap_or(f64::NAN) / r.train_epoch_s),
             false => println!(),

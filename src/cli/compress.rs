@@ -78,9 +78,24 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else if !a.quiet {
         println!("recipe {}: teacher {:.4} -> int8 {:.4} (drop {:.2} points, agreement {:.4})", r.recipe_name, r.teacher.accuracy, r.compressed.accuracy, r.accuracy_drop_points, r.agreement);
-        println!("size {} -> {} bytes ({:.1}x smaller); params {:.1}%, MACs {:.1}%", r.teacher.bytes_on_disk, r.compressed.bytes_on_disk, 1.0 / r.ratios.size, 100.0 * r.ratios.params, 100.0 * r.ratios.macs);
-        println!("latency batch 1: {:.3} -> {:.3} ms ({:.1}x); batch {}: {:.3} -> {:.3} ms ({:.1}x)", r.teacher.latency.batch1_ms, r.compressed.latency.batch1_ms, r.ratios.latency_batch1_speedup,
-            r.teacher.latency.large_batch, r.teacher.latency.large_batch_ms, r.compressed.latency.large_batch_ms, r.ratios.latency_large_batch_speedup);
+        println!(
+            "size {} -> {} bytes ({:.1}x smaller); params {:.1}%, MACs {:.1}%",
+            r.teacher.bytes_on_disk,
+            r.compressed.bytes_on_disk,
+            1.0 / r.ratios.size,
+            100.0 * r.ratios.params,
+            100.0 * r.ratios.macs
+        );
+        println!(
+            "latency batch 1: {:.3} -> {:.3} ms ({:.1}x); batch {}: {:.3} -> {:.3} ms ({:.1}x)",
+            r.teacher.latency.batch1_ms,
+            r.compressed.latency.batch1_ms,
+            r.ratios.latency_batch1_speedup,
+            r.teacher.latency.large_batch,
+            r.teacher.latency.large_batch_ms,
+            r.compressed.latency.large_batch_ms,
+            r.ratios.latency_large_batch_speedup
+        );
         println!("gate: {} ({})", if r.gate.passed { "passed" } else { "FAILED" }, r.gate.reason);
         println!("wrote {}/{{{}, {}, {}, {}}}", spec.out.display(), job::ARTIFACT, job::REPORT_JSON, job::REPORT_MD, job::CHART);
     }

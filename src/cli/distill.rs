@@ -83,12 +83,25 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let train = read_data(&a.train, &teacher)?;
     let val = read_data(&a.val, &teacher)?;
     let progress = CliProgress::new(a.quiet);
-    let tc = TrainConfig { epochs: a.epochs, batch_size: a.batch_size, lr: a.lr, optimizer: a.optimizer, weight_decay: a.weight_decay, momentum: 0.9, warmup_epochs: a.warmup_epochs, seed: a.seed, patience: a.patience };
+    let tc = TrainConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        optimizer: a.optimizer,
+        weight_decay: a.weight_decay,
+        momentum: 0.9,
+        warmup_epochs: a.warmup_epochs,
+        seed: a.seed,
+        patience: a.patience,
+    };
     let dc = DistillConfig { temperature: a.temperature, alpha: a.alpha, hints: a.hint.clone(), hint_weight: a.hint_weight };
     let rep = distill(&teacher, &student, &train, &val, &tc, &dc, &progress)?;
     let mut extra = std::collections::BTreeMap::new();
-    extra.insert("provenance".to_string(), json!({"teacher": a.teacher.display().to_string(), "teacher_sha256": wick::provenance::file_sha256(&a.teacher)?,
-        "tool": wick::provenance::tool_version(), "pass": "distill", "train": &tc, "distill": &dc}));
+    extra.insert(
+        "provenance".to_string(),
+        json!({"teacher": a.teacher.display().to_string(), "teacher_sha256": wick::provenance::file_sha256(&a.teacher)?,
+        "tool": wick::provenance::tool_version(), "pass": "distill", "train": &tc, "distill": &dc}),
+    );
     wick::model::load::save_model(&student, &a.out, extra)?;
     let test = a.test.as_ref().map(|p| read_data(p, &teacher)).transpose()?;
     let accs = match &test {

@@ -29,11 +29,7 @@ const PLAIN_EVERY: Duration = Duration::from_secs(5);
 impl CliProgress {
     /// A progress sink; `quiet` silences everything.
     pub fn new(quiet: bool) -> CliProgress {
-        CliProgress {
-            quiet,
-            tty: std::io::stderr().is_terminal(),
-            state: Mutex::new(State { bar: None, label: String::new(), total: 0, done: 0, msg: String::new(), last_line: Instant::now() }),
-        }
+        CliProgress { quiet, tty: std::io::stderr().is_terminal(), state: Mutex::new(State { bar: None, label: String::new(), total: 0, done: 0, msg: String::new(), last_line: Instant::now() }) }
     }
 }
 
@@ -50,11 +46,7 @@ impl Progress for CliProgress {
         s.last_line = Instant::now();
         if self.tty {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            );
+            bar.set_style(ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}").expect("valid template").progress_chars("=> "));
             bar.set_prefix(label.to_string());
             s.bar = Some(bar);
         }

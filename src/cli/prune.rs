@@ -84,7 +84,17 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             (Some(t), Some(v)) if a.epochs > 0 => Some(Recovery {
                 train: t,
                 val: v,
-                train_cfg: TrainConfig { epochs: a.epochs, batch_size: a.batch_size, lr: a.lr, optimizer: OptimizerKind::Adamw, weight_decay: 1e-4, momentum: 0.9, warmup_epochs: 0.0, seed: a.seed, patience: None },
+                train_cfg: TrainConfig {
+                    epochs: a.epochs,
+                    batch_size: a.batch_size,
+                    lr: a.lr,
+                    optimizer: OptimizerKind::Adamw,
+                    weight_decay: 1e-4,
+                    momentum: 0.9,
+                    warmup_epochs: 0.0,
+                    seed: a.seed,
+                    patience: None,
+                },
                 distill: a.distill,
             }),
             _ => None,
@@ -118,8 +128,13 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     println!("{:<28} {:>18} {:>20} {:>22}", "layer", "output", "params", "MACs");
     for l in &layers {
         let sh = |v: &serde_json::Value| v.as_array().map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("x")).unwrap_or_default();
-        println!("{:<28} {:>18} {:>20} {:>22}", l["layer"].as_str().unwrap_or(""), format!("{}->{}", sh(&l["shape_before"]), sh(&l["shape_after"])),
-            format!("{}->{}", l["params_before"], l["params_after"]), format!("{}->{}", l["macs_before"], l["macs_after"]));
+        println!(
+            "{:<28} {:>18} {:>20} {:>22}",
+            l["layer"].as_str().unwrap_or(""),
+            format!("{}->{}", sh(&l["shape_before"]), sh(&l["shape_after"])),
+            format!("{}->{}", l["params_before"], l["params_after"]),
+            format!("{}->{}", l["macs_before"], l["macs_after"])
+        );
     }
     println!("total params {p0} -> {p1} ({:.1}%), MACs {m0} -> {m1} ({:.1}%)", 100.0 * p1 as f64 / p0 as f64, 100.0 * m1 as f64 / m0.max(1) as f64);
     if let Some((b, c)) = acc {

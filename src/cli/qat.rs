@@ -7,7 +7,10 @@ use super::Outcome;
 use serde_json::json;
 use std::path::PathBuf;
 use wick::calibrate::{CalibConfig, Method};
-use wick::passes::{ptq::ptq, qat::{qat, QatConfig}};
+use wick::passes::{
+    ptq::ptq,
+    qat::{qat, QatConfig},
+};
 use wick::quant::ActType;
 use wick::train::{OptimizerKind, TrainConfig};
 
@@ -68,7 +71,17 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let folded = init.folded;
     let init = init.int8;
     let cfg = QatConfig {
-        train: TrainConfig { epochs: a.epochs, batch_size: a.batch_size, lr: a.lr, optimizer: a.optimizer, weight_decay: a.weight_decay, momentum: 0.9, warmup_epochs: 0.0, seed: a.seed, patience: None },
+        train: TrainConfig {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            optimizer: a.optimizer,
+            weight_decay: a.weight_decay,
+            momentum: 0.9,
+            warmup_epochs: 0.0,
+            seed: a.seed,
+            patience: None,
+        },
         observer_epochs: a.observer_epochs,
         temperature: a.temperature,
         alpha: a.alpha,

@@ -44,32 +44,30 @@ pub fn read_data(path: &Path, model: &Model) -> anyhow::Result<Dataset> {
 
 /// Writes the artifact, then (with a test set) evaluates the written file, stores the headline
 /// metrics in its metadata and returns the comparison.
-pub fn write_and_compare(
-    q: &mut Int8Model,
-    teacher: &Model,
-    teacher_path: &Path,
-    out: &Path,
-    test: Option<&PathBuf>,
-    settings: Value,
-    progress: &CliProgress,
-) -> anyhow::Result<Option<Comparison>> {
-    q.info.insert("provenance".into(), json!({
-        "teacher": teacher_path.display().to_string(),
-        "teacher_sha256": file_sha256(teacher_path)?,
-        "tool": tool_version(),
-        "settings": settings,
-    }));
+pub fn write_and_compare(q: &mut Int8Model, teacher: &Model, teacher_path: &Path, out: &Path, test: Option<&PathBuf>, settings: Value, progress: &CliProgress) -> anyhow::Result<Option<Comparison>> {
+    q.info.insert(
+        "provenance".into(),
+        json!({
+            "teacher": teacher_path.display().to_string(),
+            "teacher_sha256": file_sha256(teacher_path)?,
+            "tool": tool_version(),
+            "settings": settings,
+        }),
+    );
     q.save(out).with_context(|| format!("writing {}", out.display()))?;
     let Some(test) = test else { return Ok(None) };
     let data = read_data(test, teacher)?;
     let c = compare(teacher, teacher_path, out, &data, progress)?;
-    q.info.insert("metrics".into(), json!({
-        "teacher_accuracy": c.teacher.accuracy,
-        "int8_accuracy": c.compressed.accuracy,
-        "drop_points": c.drop_points,
-        "agreement": c.agreement,
-        "test_samples": c.compressed.samples,
-    }));
+    q.info.insert(
+        "metrics".into(),
+        json!({
+            "teacher_accuracy": c.teacher.accuracy,
+            "int8_accuracy": c.compressed.accuracy,
+            "drop_points": c.drop_points,
+            "agreement": c.agreement,
+            "test_samples": c.compressed.samples,
+        }),
+    );
     q.save(out)?;
     // The metrics made the metadata longer: report the size of the file as finally written.
     let mut c = c;

@@ -53,13 +53,20 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         print_comparison(c);
     }
     if let Some(r) = &a.o.report {
-        let layers: serde_json::Map<String, serde_json::Value> = rep.layers.iter().map(|(k, l)| {
-            let ws = &q.layers[k].weight.scales;
-            (k.clone(), json!({
-                "input": l, "weight_scale_min": ws.iter().cloned().fold(f32::INFINITY, f32::min),
-                "weight_scale_max": ws.iter().cloned().fold(0f32, f32::max), "weight_shape": q.layers[k].weight.shape,
-            }))
-        }).collect();
+        let layers: serde_json::Map<String, serde_json::Value> = rep
+            .layers
+            .iter()
+            .map(|(k, l)| {
+                let ws = &q.layers[k].weight.scales;
+                (
+                    k.clone(),
+                    json!({
+                        "input": l, "weight_scale_min": ws.iter().cloned().fold(f32::INFINITY, f32::min),
+                        "weight_scale_max": ws.iter().cloned().fold(0f32, f32::max), "weight_shape": q.layers[k].weight.shape,
+                    }),
+                )
+            })
+            .collect();
         write_report(r, &json!({"tool": wick::provenance::tool_version(), "settings": settings, "comparison": cmp, "folded": rep.folded, "layers": layers}))?;
     }
     Ok(Outcome::Ok)

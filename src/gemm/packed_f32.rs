@@ -105,8 +105,8 @@ impl Panels for PackedF32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parallel::PARALLEL_MIN_MACS;
     use crate::gemm::blocked::{gemm, Rows};
+    use crate::parallel::PARALLEL_MIN_MACS;
 
     /// Both tiles equal an f64 reference within f32 rounding (relative 1e-5 of the sum of
     /// absolute products), over partial tiles, a single or partial panel, odd depths, rows read

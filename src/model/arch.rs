@@ -268,9 +268,28 @@ pub enum Op {
 
 /// The op names, for error messages.
 pub const OP_NAMES: &[&str] = &[
-    "linear", "conv1d", "conv2d", "batchnorm1d", "batchnorm2d", "layernorm", "relu", "relu6", "gelu",
-    "silu", "sigmoid", "tanh", "maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d", "global_avg_pool",
-    "flatten", "add", "concat", "dropout", "softmax",
+    "linear",
+    "conv1d",
+    "conv2d",
+    "batchnorm1d",
+    "batchnorm2d",
+    "layernorm",
+    "relu",
+    "relu6",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "maxpool1d",
+    "maxpool2d",
+    "avgpool1d",
+    "avgpool2d",
+    "global_avg_pool",
+    "flatten",
+    "add",
+    "concat",
+    "dropout",
+    "softmax",
 ];
 
 impl Op {
@@ -399,16 +418,10 @@ impl Arch {
         let mut arch: Arch = serde_json::from_str(text).map_err(|e| WickError::Arch { path: origin.into(), msg: e.to_string() })?;
         arch.origin = origin.to_string();
         if arch.format != ARCH_FORMAT {
-            return Err(WickError::Arch {
-                path: origin.into(),
-                msg: format!("field 'format' is '{}', expected '{ARCH_FORMAT}'", arch.format),
-            });
+            return Err(WickError::Arch { path: origin.into(), msg: format!("field 'format' is '{}', expected '{ARCH_FORMAT}'", arch.format) });
         }
         if arch.version != ARCH_VERSION {
-            return Err(WickError::Arch {
-                path: origin.into(),
-                msg: format!("field 'version' is {}, this wick reads version {ARCH_VERSION}", arch.version),
-            });
+            return Err(WickError::Arch { path: origin.into(), msg: format!("field 'version' is {}, this wick reads version {ARCH_VERSION}", arch.version) });
         }
         Ok(arch)
     }

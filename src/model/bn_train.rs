@@ -4,10 +4,10 @@
 //! `x̂ = (x − μ) / √(σ² + eps)` (biased σ²), `y = γ·x̂ + β`, and in backward
 //! `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = γ/√(σ² + eps) · (dy − dβ/m − x̂·dγ/m)`.
 
-use crate::error::Result;
 use super::conv_op::{f32_slice, with_f32};
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use crate::error::Result;
 use crate::parallel::{build_chunks, for_chunks};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 /// Per-channel batch statistics `(mean, biased variance)` of `[N, C, inner]` data:
 /// `μ = Σx / m`, `σ² = Σ(x − μ)² / m` with `m = N·inner`. Each contiguous run of `inner`
@@ -146,11 +146,7 @@ impl CustomOp3 for BnTrain {
         })??;
         let dev = x.device();
         let to32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
-        Ok((
-            Some(Tensor::from_vec(dx, x.dims(), dev)?),
-            Some(Tensor::from_vec(to32(dgamma), c, dev)?),
-            Some(Tensor::from_vec(to32(dbeta), c, dev)?),
-        ))
+        Ok((Some(Tensor::from_vec(dx, x.dims(), dev)?), Some(Tensor::from_vec(to32(dgamma), c, dev)?), Some(Tensor::from_vec(to32(dbeta), c, dev)?)))
     }
 }
 
@@ -162,15 +158,7 @@ pub fn forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, relu: bool) 
     let (n, c) = (x.dim(0)?, x.dim(1)?);
     let inner: usize = x.dims()[2..].iter().product();
     let (mean, var) = with_f32(&x, "batchnorm-train", |xs| batch_stats(xs, n, c, inner))?;
-    let op = BnTrain {
-        batch_stats: true,
-        relu,
-        n,
-        c,
-        inner,
-        mean: mean.iter().map(|&v| v as f32).collect(),
-        inv_std: var.iter().map(|&v| (1.0 / (v + eps).sqrt()) as f32).collect(),
-    };
+    let op = BnTrain { batch_stats: true, relu, n, c, inner, mean: mean.iter().map(|&v| v as f32).collect(), inv_std: var.iter().map(|&v| (1.0 / (v + eps).sqrt()) as f32).collect() };
     let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
     Ok((y, mean, var))
 }
@@ -182,15 +170,7 @@ pub fn forward_fixed(x: &Tensor, gamma: &Tensor, beta: &Tensor, mean: &Tensor, v
     let x = x.contiguous()?;
     let (n, c) = (x.dim(0)?, x.dim(1)?);
     let inner: usize = x.dims()[2..].iter().product();
-    let op = BnTrain {
-        batch_stats: false,
-        relu,
-        n,
-        c,
-        inner,
-        mean: mean.to_vec1()?,
-        inv_std: var.to_vec1::<f32>()?.iter().map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32).collect(),
-    };
+    let op = BnTrain { batch_stats: false, relu, n, c, inner, mean: mean.to_vec1()?, inv_std: var.to_vec1::<f32>()?.iter().map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32).collect() };
     Ok(x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?)
 }
 

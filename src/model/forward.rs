@@ -68,10 +68,7 @@ impl Model {
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let expected = self.input_shape();
         if x.rank() != expected.len() + 1 || &x.dims()[1..] != expected {
-            return Err(WickError::invalid(
-                "input",
-                format!("shape {:?} does not fit the model input [N, {}]", x.dims(), join(expected)),
-            ));
+            return Err(WickError::invalid("input", format!("shape {:?} does not fit the model input [N, {}]", x.dims(), join(expected))));
         }
         Ok(())
     }

@@ -313,7 +313,9 @@ mod tests {
     /// Every `(stride, padding, dilation)` case the conv ops allow, on a non-square input.
     fn geoms() -> Vec<Geom> {
         let mut v = vec![];
-        for (stride, ph, pw, dil, kh, kw) in [(1, 1, 1, 1, 3, 3), (2, 1, 1, 1, 3, 3), (1, 2, 0, 2, 3, 2), (2, 0, 0, 1, 1, 1), (3, 2, 1, 1, 3, 3), (1, 0, 0, 1, 5, 4), (1, 2, 2, 2, 3, 3), (1, 3, 1, 1, 3, 3)] {
+        for (stride, ph, pw, dil, kh, kw) in
+            [(1, 1, 1, 1, 3, 3), (2, 1, 1, 1, 3, 3), (1, 2, 0, 2, 3, 2), (2, 0, 0, 1, 1, 1), (3, 2, 1, 1, 3, 3), (1, 0, 0, 1, 5, 4), (1, 2, 2, 2, 3, 3), (1, 3, 1, 1, 3, 3)]
+        {
             v.push(Geom::new(2, 3, (7, 6), (kh, kw), stride, (ph, pw), dil));
         }
         v

@@ -26,9 +26,7 @@ pub struct Loaded {
 pub fn wick_metadata(file: &TensorFile) -> Result<Option<Value>> {
     match file.metadata.get(META_KEY) {
         None => Ok(None),
-        Some(s) => serde_json::from_str(s)
-            .map(Some)
-            .map_err(|e| WickError::invalid(format!("{}: metadata '{META_KEY}'", file.name()), e.to_string())),
+        Some(s) => serde_json::from_str(s).map(Some).map_err(|e| WickError::invalid(format!("{}: metadata '{META_KEY}'", file.name()), e.to_string())),
     }
 }
 
@@ -59,10 +57,7 @@ pub fn resolve_arch(file: &TensorFile, arch_override: Option<&Path>) -> Result<A
     if side.exists() {
         return read_arch(&side);
     }
-    Err(WickError::invalid(
-        file.name(),
-        format!("no architecture: the file has no wick metadata, there is no sidecar {}, and no --arch was given", side.display()),
-    ))
+    Err(WickError::invalid(file.name(), format!("no architecture: the file has no wick metadata, there is no sidecar {}, and no --arch was given", side.display())))
 }
 
 /// Loads a float model from a safetensors file.

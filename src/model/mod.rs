@@ -3,20 +3,20 @@
 //! the submodules. Uses `error`, `tensor_file` and candle.
 
 pub mod arch;
-pub mod fold;
 mod bn_train;
+mod conv_op;
+pub mod fold;
 pub mod forward;
 pub mod graph;
-mod conv_op;
 pub(crate) use conv_op::with_f32;
 pub mod im2col;
+pub mod init;
 mod linear_op;
+pub mod load;
 #[cfg(test)]
 mod op_test_support;
-mod relu_train;
-pub mod init;
-pub mod load;
 mod ops;
+mod relu_train;
 pub mod stats;
 
 use crate::error::{Result, WickError};
@@ -47,20 +47,10 @@ impl Model {
         for node in &arch.nodes {
             for (suffix, _) in node.op.param_suffixes() {
                 let name = node.param(suffix);
-                let t = tensors.get(&name).ok_or_else(|| WickError::MissingTensor {
-                    file: source.into(),
-                    tensor: name.clone(),
-                    node: node.name.clone(),
-                })?;
+                let t = tensors.get(&name).ok_or_else(|| WickError::MissingTensor { file: source.into(), tensor: name.clone(), node: node.name.clone() })?;
                 let expected = node.op.param_shape(suffix);
                 if t.dims() != expected.as_slice() {
-                    return Err(WickError::ShapeMismatch {
-                        file: source.into(),
-                        tensor: name,
-                        node: node.name.clone(),
-                        expected,
-                        found: t.dims().to_vec(),
-                    });
+                    return Err(WickError::ShapeMismatch { file: source.into(), tensor: name, node: node.name.clone(), expected, found: t.dims().to_vec() });
                 }
                 check_finite(t, source, &name)?;
                 params.insert(name, Var::from_tensor(&t.to_dtype(candle_core::DType::F32)?)?);

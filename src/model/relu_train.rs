@@ -4,8 +4,8 @@
 
 use super::conv_op::{f32_slice, with_f32};
 use crate::error::Result;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use crate::parallel::build_chunks;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 struct Relu;
 

@@ -27,9 +27,7 @@ pub fn quantizable_layers(model: &Model, exclude: &[String]) -> Result<Vec<Strin
     for e in exclude {
         match model.arch.node(e) {
             None => return Err(WickError::invalid("--exclude", format!("'{e}' names no node of the model"))),
-            Some(n) if !is_weight_layer(&n.op) => {
-                return Err(WickError::invalid("--exclude", format!("node '{e}' is a {}, not a conv or linear layer", n.op.name())))
-            }
+            Some(n) if !is_weight_layer(&n.op) => return Err(WickError::invalid("--exclude", format!("node '{e}' is a {}, not a conv or linear layer", n.op.name()))),
             _ => {}
         }
     }

@@ -75,21 +75,9 @@ pub struct QatReport {
 
 /// Trains `folded` (BN already folded; modified in place) from the PTQ model `init`'s ranges
 /// and returns the converted INT8 model.
-pub fn qat(
-    folded: &Model,
-    init: &Int8Model,
-    teacher: Option<&Model>,
-    train: &Dataset,
-    val: &Dataset,
-    cfg: &QatConfig,
-    progress: &dyn Progress,
-) -> Result<(Int8Model, QatReport)> {
+pub fn qat(folded: &Model, init: &Int8Model, teacher: Option<&Model>, train: &Dataset, val: &Dataset, cfg: &QatConfig, progress: &dyn Progress) -> Result<(Int8Model, QatReport)> {
     let act = init.layers.values().next().map(|q| q.input.act).unwrap_or(ActType::U8);
-    let hook = QatHook {
-        ranges: RefCell::new(init.layers.iter().map(|(k, q)| (k.clone(), q.input.real_range())).collect()),
-        act,
-        observing: Cell::new(false),
-    };
+    let hook = QatHook { ranges: RefCell::new(init.layers.iter().map(|(k, q)| (k.clone(), q.input.real_range())).collect()), act, observing: Cell::new(false) };
     let teacher_logits = match teacher {
         Some(t) => Some(t.forward(&train.x, Mode::Eval)?),
         None => None,

@@ -24,23 +24,10 @@ pub fn accuracy_vs_size(points: &[Point]) -> Result<String> {
             .y_label_area_size(56)
             .build_cartesian_2d(0f64..xmax, ylo..100.5f64)
             .map_err(|e| err(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc("weight size (KiB)")
-            .y_desc("test accuracy (%)")
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
-        chart
-            .draw_series(LineSeries::new(points.iter().map(|p| (p.1, p.2)), BLUE.mix(0.5)))
-            .map_err(|e| err(e.to_string()))?;
-        chart
-            .draw_series(points.iter().map(|p| Circle::new((p.1, p.2), 5, BLUE.filled())))
-            .map_err(|e| err(e.to_string()))?;
-        chart
-            .draw_series(points.iter().enumerate().map(|(i, p)| {
-                Text::new(format!("{} {}", i, p.0), (p.1, p.2), ("sans-serif", 13).into_font())
-            }))
-            .map_err(|e| err(e.to_string()))?;
+        chart.configure_mesh().x_desc("weight size (KiB)").y_desc("test accuracy (%)").draw().map_err(|e| err(e.to_string()))?;
+        chart.draw_series(LineSeries::new(points.iter().map(|p| (p.1, p.2)), BLUE.mix(0.5))).map_err(|e| err(e.to_string()))?;
+        chart.draw_series(points.iter().map(|p| Circle::new((p.1, p.2), 5, BLUE.filled()))).map_err(|e| err(e.to_string()))?;
+        chart.draw_series(points.iter().enumerate().map(|(i, p)| Text::new(format!("{} {}", i, p.0), (p.1, p.2), ("sans-serif", 13).into_font()))).map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
     Ok(svg)

@@ -20,14 +20,29 @@ pub fn render(r: &Report, chart: &str) -> String {
     };
     let _ = writeln!(s, "Gate: {verdict}\n");
     let _ = writeln!(s, "| | teacher | compressed | ratio |\n|---|---|---|---|");
-    let _ = writeln!(s, "| test accuracy | {:.4} ({}/{}) | {:.4} ({}/{}) | drop {:.2} points ({:.2}% relative) |", t.accuracy, t.correct, t.samples, c.accuracy, c.correct, c.samples, r.accuracy_drop_points, 100.0 * r.accuracy_drop_relative);
+    let _ = writeln!(
+        s,
+        "| test accuracy | {:.4} ({}/{}) | {:.4} ({}/{}) | drop {:.2} points ({:.2}% relative) |",
+        t.accuracy,
+        t.correct,
+        t.samples,
+        c.accuracy,
+        c.correct,
+        c.samples,
+        r.accuracy_drop_points,
+        100.0 * r.accuracy_drop_relative
+    );
     let _ = writeln!(s, "| agreement with teacher | | {:.4} ({} flipped) | |", r.agreement, r.flipped);
     let _ = writeln!(s, "| bytes on disk | {} | {} | {:.1}x smaller |", kib(t.bytes_on_disk), kib(c.bytes_on_disk), 1.0 / r.ratios.size);
     let _ = writeln!(s, "| parameters | {} | {} | {:.1}% |", t.params, c.params, 100.0 * r.ratios.params);
     let _ = writeln!(s, "| MACs per sample | {} | {} | {:.1}% |", t.macs, c.macs, 100.0 * r.ratios.macs);
     let _ = writeln!(s, "| latency, batch 1 | {:.3} ms | {:.3} ms | {:.1}x faster |", t.latency.batch1_ms, c.latency.batch1_ms, r.ratios.latency_batch1_speedup);
     let _ = writeln!(s, "| latency, batch {} | {:.3} ms | {:.3} ms | {:.1}x faster |", t.latency.large_batch, t.latency.large_batch_ms, c.latency.large_batch_ms, r.ratios.latency_large_batch_speedup);
-    let _ = writeln!(s, "\nThe compressed accuracy is that of `{}`, executed as: {}; the teacher runs in {}. Latencies are medians measured in this run on this machine.\n", c.file, c.execution, t.execution);
+    let _ = writeln!(
+        s,
+        "\nThe compressed accuracy is that of `{}`, executed as: {}; the teacher runs in {}. Latencies are medians measured in this run on this machine.\n",
+        c.file, c.execution, t.execution
+    );
     let _ = writeln!(s, "![accuracy vs size]({chart})\n");
     let _ = writeln!(s, "## Passes\n\n| # | pass | what it did | seconds | params | weight size | test accuracy |\n|---|---|---|---|---|---|---|");
     for (i, p) in r.passes.iter().enumerate() {

@@ -140,7 +140,13 @@ pub fn layer_rows(teacher: &Model, q: &Int8Model) -> Vec<LayerRow> {
                 shape_before: r.output_shape,
                 shape_after: a.map(|x| x.0.clone()).unwrap_or_default(),
                 status,
-                weight_bits: if int8 { 8 } else if a.is_some() { 32 } else { 0 },
+                weight_bits: if int8 {
+                    8
+                } else if a.is_some() {
+                    32
+                } else {
+                    0
+                },
                 params_before: r.params,
                 params_after: a.map(|x| x.1).unwrap_or(0),
             }
@@ -155,7 +161,11 @@ pub fn gate(drop_points: f64, drop_relative: f64, max_points: Option<f64>, max_r
             kind: Some("points".into()),
             threshold: Some(t),
             passed: drop_points <= t + 1e-9,
-            reason: if drop_points <= t + 1e-9 { format!("accuracy dropped {drop_points:.2} points, within the allowed {t}") } else { format!("accuracy dropped {drop_points:.2} points, more than the allowed {t}") },
+            reason: if drop_points <= t + 1e-9 {
+                format!("accuracy dropped {drop_points:.2} points, within the allowed {t}")
+            } else {
+                format!("accuracy dropped {drop_points:.2} points, more than the allowed {t}")
+            },
         },
         (None, Some(t)) => Gate {
             kind: Some("relative".into()),

@@ -61,7 +61,10 @@ impl ConvShape {
 #[derive(Debug, Clone, Copy)]
 pub enum LayerShape {
     /// `[rows, in] → [rows, out]` over the last dim.
-    Linear { inp: usize, out: usize },
+    Linear {
+        inp: usize,
+        out: usize,
+    },
     Conv(ConvShape),
 }
 

@@ -11,17 +11,17 @@ pub mod flayer;
 pub mod kernels;
 pub mod layout;
 pub mod packed;
-pub mod vnni;
 pub mod plan;
 pub mod qlayer;
+pub mod vnni;
 
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};
 use crate::model::arch::{Node, Op};
 use crate::model::forward::{Hook, Mode, Run};
+use crate::model::im2col::Geom;
 use crate::quant::fake::fake_quant_act;
 use candle_core::Tensor;
-use crate::model::im2col::Geom;
 use kernels::{gemm_u8i8, im2col, quantize_u8, Kernel};
 use std::collections::BTreeMap;
 

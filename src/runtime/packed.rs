@@ -152,7 +152,6 @@ impl PairPanels {
     }
 }
 
-
 impl Panels for PairPanels {
     type A = i16;
     type Acc = i32;
@@ -281,8 +280,8 @@ mod tests {
         assert_eq!(&p[..8], &[0, 1, 10, 11, 20, 21, 0, 0]);
         assert_eq!(&p[16..24], &[4, 0, 14, 0, 24, 0, 0, 0]);
     }
-    use crate::parallel::PARALLEL_MIN_MACS;
     use crate::gemm::blocked::{gemm, Rows};
+    use crate::parallel::PARALLEL_MIN_MACS;
     use crate::runtime::kernels::gemm_u8i8;
 
     /// The packed GEMM equals the scalar reference bit for bit with every kernel this CPU runs
@@ -296,15 +295,15 @@ mod tests {
             // Weights at both extremes (−128 is the worst case of the 7-bit kernel's pair sums).
             let w: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else if i % 9 == 0 { -128 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
             for isa in Isa::available() {
-            // Codes at the top of the range the kernel serves: 255, or 127 for 7-bit inputs.
-            let top = if isa == Isa::Avx2U7 { 127 } else { 255 };
-            let a8: Vec<u8> = (0..m * k).map(|i| if i % 3 == 0 { top } else { ((i * 37) % (top as usize + 1)) as u8 }).collect();
-            let want = gemm_u8i8(&a8, &w, m, n, k);
-            let label = format!("m={m} n={n} k={k} {isa:?}");
-            match isa.quads() {
-                true => check(&QuadPanels::pack(&w, n, k, isa), &a8, m, k, &want, |c| c, &label),
-                false => check(&PairPanels::pack(&w, n, k, isa), &a8, m, k, &want, i16::from, &label),
-            }
+                // Codes at the top of the range the kernel serves: 255, or 127 for 7-bit inputs.
+                let top = if isa == Isa::Avx2U7 { 127 } else { 255 };
+                let a8: Vec<u8> = (0..m * k).map(|i| if i % 3 == 0 { top } else { ((i * 37) % (top as usize + 1)) as u8 }).collect();
+                let want = gemm_u8i8(&a8, &w, m, n, k);
+                let label = format!("m={m} n={n} k={k} {isa:?}");
+                match isa.quads() {
+                    true => check(&QuadPanels::pack(&w, n, k, isa), &a8, m, k, &want, |c| c, &label),
+                    false => check(&PairPanels::pack(&w, n, k, isa), &a8, m, k, &want, i16::from, &label),
+                }
             }
         }
     }
@@ -317,10 +316,12 @@ mod tests {
         let lda = p.row_len() + 3;
         let a: Vec<P::A> = (0..m * lda).map(|i| cast(if i % lda < k { a8[i / lda * k + i % lda] } else { 77 })).collect();
         // `base`: where the output starts, to check the row index the epilogue is given.
-        let copy = |base: usize| move |acc: &[i32], stride: usize, first: usize, o: &mut [i32]| {
-            assert_eq!((o.as_ptr() as usize - base) / size_of::<i32>(), first * n, "first row of a tile, {label}");
-            for (r, row) in o.chunks_mut(n).enumerate() {
-                row.copy_from_slice(&acc[r * stride..r * stride + n]);
+        let copy = |base: usize| {
+            move |acc: &[i32], stride: usize, first: usize, o: &mut [i32]| {
+                assert_eq!((o.as_ptr() as usize - base) / size_of::<i32>(), first * n, "first row of a tile, {label}");
+                for (r, row) in o.chunks_mut(n).enumerate() {
+                    row.copy_from_slice(&acc[r * stride..r * stride + n]);
+                }
             }
         };
         let mut got = vec![0i32; m * n];

@@ -43,7 +43,9 @@ enum Kind {
     Dense(Box<FloatLayer>),
     Relu,
     /// Element-wise sum of the inputs, then `max(·, 0)` when a ReLU was fused into it.
-    Add { relu: bool },
+    Add {
+        relu: bool,
+    },
     GlobalAvgPool,
     Flatten,
     Identity,

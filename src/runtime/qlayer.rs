@@ -9,15 +9,15 @@
 //! layer's quantisation in (`run_requantised`), each output row is then quantised into the next
 //! layer's codes at once.
 
-use super::layout::{run_layer, LayerShape, PatchRuns};
 use super::epilogue::{finish_tile, FinishRow, Residual, RowSink};
 use super::kernels::{code_shift, quantize_codes, quantize_to, Code};
-use std::sync::atomic::{AtomicBool, Ordering};
+use super::layout::{run_layer, LayerShape, PatchRuns};
 use super::packed::{Isa, PairPanels, QuadPanels};
 use crate::artifact::QuantLayer;
 use crate::model::arch::Op;
 use crate::quant::{ActType, QParams};
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A quantised layer ready to run.
 pub struct QLayer {

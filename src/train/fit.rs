@@ -35,17 +35,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig {
-            epochs: 10,
-            batch_size: 64,
-            lr: 1e-3,
-            optimizer: OptimizerKind::Adamw,
-            weight_decay: 1e-4,
-            momentum: 0.9,
-            warmup_epochs: 0.0,
-            seed: 0,
-            patience: None,
-        }
+        TrainConfig { epochs: 10, batch_size: 64, lr: 1e-3, optimizer: OptimizerKind::Adamw, weight_decay: 1e-4, momentum: 0.9, warmup_epochs: 0.0, seed: 0, patience: None }
     }
 }
 

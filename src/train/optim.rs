@@ -2,8 +2,8 @@
 //! candle-nn's AdamW (decoupled weight decay).
 
 use crate::error::{Result, WickError};
-use candle_core::backprop::GradStore;
 use crate::model::with_f32;
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use candle_nn::Optimizer as _;
 
@@ -30,7 +30,14 @@ impl std::str::FromStr for OptimizerKind {
 pub enum Optimizer {
     /// PyTorch SGD: `g ← ∇ + wd·θ; b ← μ·b + g; step = nesterov ? g + μ·b : b; θ ← θ − lr·step`.
     /// One pass per variable over plain slices: candle ops would allocate five temporaries.
-    Sgd { vars: Vec<Var>, bufs: Vec<Option<Vec<f32>>>, lr: f64, momentum: f64, nesterov: bool, weight_decay: f64 },
+    Sgd {
+        vars: Vec<Var>,
+        bufs: Vec<Option<Vec<f32>>>,
+        lr: f64,
+        momentum: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    },
     AdamW(candle_nn::AdamW),
 }
 
@@ -42,10 +49,7 @@ impl Optimizer {
                 let n = vars.len();
                 Optimizer::Sgd { vars, bufs: vec![None; n], lr, momentum, nesterov: momentum > 0.0, weight_decay }
             }
-            OptimizerKind::Adamw => Optimizer::AdamW(candle_nn::AdamW::new(
-                vars,
-                candle_nn::ParamsAdamW { lr, weight_decay, ..Default::default() },
-            )?),
+            OptimizerKind::Adamw => Optimizer::AdamW(candle_nn::AdamW::new(vars, candle_nn::ParamsAdamW { lr, weight_decay, ..Default::default() })?),
         })
     }
 

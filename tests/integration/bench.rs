@@ -9,7 +9,8 @@ use crate::common::*;
 #[test]
 fn bench_reports_every_workload_at_both_thread_counts() {
     let (train, test) = (digits("train"), digits("test"));
-    let (out, _) = run_expect(&["--threads", "2", "bench", mlp_path().to_str().unwrap(), "--train", train.to_str().unwrap(), "--test", test.to_str().unwrap(), "--epochs", "1", "--scaling", "--json"], 0);
+    let (out, _) =
+        run_expect(&["--threads", "2", "bench", mlp_path().to_str().unwrap(), "--train", train.to_str().unwrap(), "--test", test.to_str().unwrap(), "--epochs", "1", "--scaling", "--json"], 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.iter().map(|r| r["threads"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 1]);

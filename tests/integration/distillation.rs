@@ -86,7 +86,8 @@ fn bad_distillation_input() {
     t.insert("x".to_string(), wick::tensor_file::RawTensor::from_f32(vec![4, 64], &[0.5; 256]));
     t.insert("y".to_string(), wick::tensor_file::RawTensor::from_i64(vec![4], &[0, 1, 2, 3]));
     wick::tensor_file::write(&bad, &t, &Default::default()).unwrap();
-    let mut a = vec!["distill", "--teacher", mlp.to_str().unwrap(), "--student", small.to_str().unwrap(), "--train", bad.to_str().unwrap(), "--val", va.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut a =
+        vec!["distill", "--teacher", mlp.to_str().unwrap(), "--student", small.to_str().unwrap(), "--train", bad.to_str().unwrap(), "--val", va.to_str().unwrap(), "--out", out.to_str().unwrap()];
     a.push("--quiet");
     let e = run_expect(&a, 2).1;
     assert!(e.contains("flat.safetensors") && e.contains("[64]"), "{e}");

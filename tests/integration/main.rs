@@ -1,11 +1,11 @@
 //! The one integration-test binary: CLI end-to-end runs and library checks on real fixtures.
 
-mod common;
-mod foundation;
 mod bad_input;
+mod bench;
+mod common;
 mod compress;
 mod distillation;
+mod float_runtime;
+mod foundation;
 mod pruning;
 mod quantization;
-mod float_runtime;
-mod bench;

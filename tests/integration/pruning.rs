@@ -146,8 +146,30 @@ fn global_ranking_with_rounding_and_minimum() {
 fn pruning_with_distillation_recovers_accuracy() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mlp.pruned.safetensors");
-    let (o, _) = run_expect(&["prune", mlp_path().to_str().unwrap(), "--ratio", "0.5", "--steps", "2", "--train", digits("train").to_str().unwrap(),
-        "--val", digits("val").to_str().unwrap(), "--epochs", "4", "--distill", "--test", digits("test").to_str().unwrap(), "--out", out.to_str().unwrap(), "--json", "--quiet"], 0);
+    let (o, _) = run_expect(
+        &[
+            "prune",
+            mlp_path().to_str().unwrap(),
+            "--ratio",
+            "0.5",
+            "--steps",
+            "2",
+            "--train",
+            digits("train").to_str().unwrap(),
+            "--val",
+            digits("val").to_str().unwrap(),
+            "--epochs",
+            "4",
+            "--distill",
+            "--test",
+            digits("test").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+            "--quiet",
+        ],
+        0,
+    );
     let j: serde_json::Value = serde_json::from_str(&o).unwrap();
     assert!(j["test_accuracy_after"].as_f64().unwrap() >= 0.96, "{j}");
     // Input features are never pruned: 64·128 + 128·128 + 128·10 weights of 85,002 ≈ 0.31.

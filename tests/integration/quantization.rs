@@ -9,14 +9,29 @@ use wick::passes::fold_batchnorm::fold_batchnorm;
 use wick::passes::ptq::ptq;
 use wick::progress::Silent;
 use wick::quant::ActType;
-use wick::runtime::{kernels::Kernel, Executor, Exec};
+use wick::runtime::{kernels::Kernel, Exec, Executor};
 use wick::tensor_file::{self, RawTensor, TensorFile};
 
 fn quantize_cli(model: &Path, method: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
     let report = out.with_extension("report.json");
     let (train, test) = (digits("train"), digits("test"));
-    let mut args = vec!["quantize", model.to_str().unwrap(), "--calib", train.to_str().unwrap(), "--method", method, "--samples", "256",
-        "--test", test.to_str().unwrap(), "--out", out.to_str().unwrap(), "--report", report.to_str().unwrap(), "--quiet"];
+    let mut args = vec![
+        "quantize",
+        model.to_str().unwrap(),
+        "--calib",
+        train.to_str().unwrap(),
+        "--method",
+        method,
+        "--samples",
+        "256",
+        "--test",
+        test.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--quiet",
+    ];
     args.extend_from_slice(extra);
     run_expect(&args, 0);
     serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
@@ -161,8 +176,27 @@ fn qat_loses_at_most_three_tenths_of_a_point() {
     for (model, epochs) in [(mlp_path(), "3"), (resnet_path(), "1")] {
         let out = dir.path().join("qat.int8.safetensors");
         let report = dir.path().join("qat.json");
-        run_expect(&["qat", model.to_str().unwrap(), "--train", digits("train").to_str().unwrap(), "--val", digits("val").to_str().unwrap(),
-            "--test", digits("test").to_str().unwrap(), "--epochs", epochs, "--distill", "--out", out.to_str().unwrap(), "--report", report.to_str().unwrap(), "--quiet"], 0);
+        run_expect(
+            &[
+                "qat",
+                model.to_str().unwrap(),
+                "--train",
+                digits("train").to_str().unwrap(),
+                "--val",
+                digits("val").to_str().unwrap(),
+                "--test",
+                digits("test").to_str().unwrap(),
+                "--epochs",
+                epochs,
+                "--distill",
+                "--out",
+                out.to_str().unwrap(),
+                "--report",
+                report.to_str().unwrap(),
+                "--quiet",
+            ],
+            0,
+        );
         let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
         let drop = r["comparison"]["drop_points"].as_f64().unwrap();
         assert!(drop <= 0.3, "{model:?}: QAT drop {drop}");
@@ -248,10 +282,7 @@ fn excluded_layers_stay_float() {
 /// tensor.
 #[test]
 fn compiled_runtime_equals_the_reference_executor_on_every_layout_case() {
-    let archs = [
-        (wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap(), ["q", "c1"]),
-        (conv1d_arch(), ["t", "c"]),
-    ];
+    let archs = [(wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap(), ["q", "c1"]), (conv1d_arch(), ["t", "c"])];
     for (arch, float_layers) in archs {
         let (m, d) = random_model(arch, 40);
         let float_layers: Vec<String> = float_layers.iter().map(|s| s.to_string()).collect();

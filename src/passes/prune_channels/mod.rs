@@ -76,10 +76,7 @@ fn keep_count(n: usize, ratio: f64, cfg: &PruneConfig, who: &[String]) -> Result
     }
     k = k.max(cfg.min_channels).min(n);
     if k == 0 {
-        return Err(WickError::invalid(
-            "--ratio",
-            format!("{ratio} would leave layer(s) {} with no channels (of {n}); lower the ratio or set --min-channels", who.join(", ")),
-        ));
+        return Err(WickError::invalid("--ratio", format!("{ratio} would leave layer(s) {} with no channels (of {n}); lower the ratio or set --min-channels", who.join(", "))));
     }
     Ok(k)
 }
@@ -189,13 +186,7 @@ pub struct PruneReport {
 
 /// Prunes in `steps` steps to `cfg.ratio` overall, fine-tuning after each step when `recovery`
 /// is given.
-pub fn prune_with_recovery(
-    model: &Model,
-    cfg: &PruneConfig,
-    steps: usize,
-    recovery: Option<&Recovery>,
-    progress: &dyn crate::progress::Progress,
-) -> Result<(Model, PruneReport)> {
+pub fn prune_with_recovery(model: &Model, cfg: &PruneConfig, steps: usize, recovery: Option<&Recovery>, progress: &dyn crate::progress::Progress) -> Result<(Model, PruneReport)> {
     check(model, cfg)?;
     let steps = steps.max(1);
     let mut current = model.deep_clone()?;
