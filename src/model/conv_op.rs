@@ -1,4 +1,4 @@
-//! 2-d convolution (`groups = 1`) as GEMMs over parts of the batch, for training and candle's
+//! 2-d and 1-d convolution as GEMMs over parts of the batch, for training and candle's
 //! reference executor. Patches are unfolded tap-major, `cols[K, N·L]` (`K = C·kh·kw` taps
 //! ordered like the weight, `L = Ho·Wo` positions per sample), so that, per part of the batch,
 //! forward:  `Yᵀ[N·L, O] = colsᵀ · Wᵀ`, then per sample `[L, O] → [O, L]`;
@@ -10,10 +10,12 @@
 //! backward; the tap-major layout makes every unfold copy and col2im add a whole output row
 //! (bench/README.md has the measurements).
 
-use super::im2col::{fold_tap_major_into, swap_outer, transpose_batched, transpose_into, unfold_tap_major, Geom};
+use super::im2col::{fold_tap_major_into, swap_outer, transpose_into, unfold_tap_major, Geom};
 use crate::error::Result;
 use crate::parallel::{map_parts, may_split, PARALLEL_MIN_MACS};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
+use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 /// A new `m×n` row-major matrix `lhs · rhs`, each operand given by its row and column strides.
@@ -76,12 +78,16 @@ pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> 
 /// one per step, and each part's patches stay in that core's cache. The parts depend only on
 /// the shapes, never on the thread count, so results do not either (`dW` adds the parts'
 /// sums in part order).
+///
+/// With `groups > 1` each group is its own unfold and GEMMs over its slice of the channels
+/// (`g.c` is the channels per group), in group order within a part.
 struct Conv {
     g: Geom,
     out_channels: usize,
+    groups: usize,
     keep_cols: bool,
-    /// Each part's patches, kept from forward for backward.
-    cols: Mutex<Vec<Option<Vec<f32>>>>,
+    /// Each part's patches (one matrix per group), kept from forward for backward.
+    cols: Mutex<Vec<Option<Vec<Vec<f32>>>>>,
 }
 
 /// Output positions per part. Measured on the ResNet fixture (training epoch, batch 64, median
@@ -95,9 +101,40 @@ impl Conv {
         PART_ROWS.div_ceil(self.g.l().max(1)).clamp(1, self.g.n.max(1))
     }
 
-    /// The geometry of a part of `ns` samples.
+    /// The geometry of a part of `ns` samples (one group's channels).
     fn part(&self, ns: usize) -> Geom {
         Geom { n: ns, ..self.g }
+    }
+
+    /// Output channels per group.
+    fn og(&self) -> usize {
+        self.out_channels / self.groups
+    }
+}
+
+/// Group `gi`'s channels of `ns` samples of `groups · plane_len` values each:
+/// `out[s][j] = x[s][gi·plane_len + j]` (borrowed as is when there is one group).
+fn group_slice(x: &[f32], ns: usize, groups: usize, plane_len: usize, gi: usize) -> Cow<'_, [f32]> {
+    if groups == 1 {
+        return Cow::Borrowed(&x[..ns * plane_len]);
+    }
+    let mut out = Vec::with_capacity(ns * plane_len);
+    for s in 0..ns {
+        out.extend_from_slice(&x[(s * groups + gi) * plane_len..][..plane_len]);
+    }
+    Cow::Owned(out)
+}
+
+/// `out[s, off + o, l] = yt[s·L + l, o]` for `o < og` (one group's GEMM result into the
+/// part's `[ns, O, L]` output).
+fn scatter_group_output(yt: &[f32], ns: usize, l: usize, og: usize, o_total: usize, off: usize, out: &mut [MaybeUninit<f32>]) {
+    for s in 0..ns {
+        for o in 0..og {
+            let dst = &mut out[(s * o_total + off + o) * l..][..l];
+            for (q, d) in dst.iter_mut().enumerate() {
+                d.write(yt[(s * l + q) * og + o]);
+            }
+        }
     }
 }
 
@@ -106,21 +143,33 @@ impl CustomOp2 for Conv {
         "conv2d-im2col-gemm"
     }
 
-    /// Per part of `ns` samples: `cols = unfold(x_part)` (`[K, ns·L]`), `Yᵀ[ns·L, O] = colsᵀ·Wᵀ`,
-    /// then per sample `[L, O] → [O, L]`.
+    /// Per part of `ns` samples and per group: `cols = unfold(x_part,group)` (`[K, ns·L]`),
+    /// `Yᵀ[ns·L, Og] = colsᵀ·W_groupᵀ`, then per sample `[L, Og] → [Og, L]` into the group's
+    /// output channels.
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (g, o, k, l) = (&self.g, self.out_channels, self.g.k(), self.g.l());
+        let (g, o, k, l, og) = (&self.g, self.out_channels, self.g.k(), self.g.l(), self.og());
         let (x, w) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let (in_len, out_len, ps) = (g.c * g.h * g.w, o * l, self.part_samples());
+        let (in_len, out_len, ps) = (self.groups * g.c * g.h * g.w, o * l, self.part_samples());
         let mut y: Vec<f32> = Vec::with_capacity(g.n * out_len);
         let cols = map_parts(&mut y.spare_capacity_mut()[..g.n * out_len], ps * out_len, |i, out| {
             let ns = out.len() / out_len;
-            let cols = unfold_tap_major(&x[i * ps * in_len..][..ns * in_len], &self.part(ns));
-            let yt = matmul(ns * l, o, k, &cols, 1, ns * l, w, 1, k);
-            transpose_into(&yt, l, o, out);
-            cols
+            let xp = &x[i * ps * in_len..][..ns * in_len];
+            (0..self.groups)
+                .map(|gi| {
+                    let xg = group_slice(xp, ns, self.groups, g.c * g.h * g.w, gi);
+                    let cols = unfold_tap_major(&xg, &self.part(ns));
+                    let yt = matmul(ns * l, og, k, &cols, 1, ns * l, &w[gi * og * k..], 1, k);
+                    if self.groups == 1 {
+                        transpose_into(&yt, l, o, out);
+                    } else {
+                        scatter_group_output(&yt, ns, l, og, o, gi * og, out);
+                    }
+                    cols
+                })
+                .collect::<Vec<_>>()
         });
-        // SAFETY: every part's `transpose_into` wrote its whole chunk, and the chunks cover y.
+        // SAFETY: every part's groups wrote their output channels of its whole chunk, and the
+        // chunks cover y.
         unsafe { y.set_len(g.n * out_len) };
         if self.keep_cols {
             *self.cols.lock().expect("conv cols lock") = cols.into_iter().map(Some).collect();
@@ -128,12 +177,14 @@ impl CustomOp2 for Conv {
         Ok((CpuStorage::F32(y), Shape::from((g.n, o, g.ho, g.wo))))
     }
 
-    /// Per part: `dY[O, ns·L]` from `[ns, O, L]`, `dWᵀ_part = cols · dYᵀ`,
-    /// `dcols = Wᵀ · dY`, `dx_part = col2im(dcols)`; then `dW = (Σ_parts dWᵀ_part)ᵀ`.
+    /// Per part and group: `dY[Og, ns·L]` from the group's channels of `[ns, O, L]`,
+    /// `dWᵀ_part = cols · dYᵀ`, `dcols = W_groupᵀ · dY`, `dx_group = col2im(dcols)`; then
+    /// `dW = (Σ_parts dWᵀ_part)ᵀ` per group.
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (g, o, k, l) = (&self.g, self.out_channels, self.g.k(), self.g.l());
-        let (in_len, out_len, ps) = (g.c * g.h * g.w, o * l, self.part_samples());
-        let kept: Vec<Mutex<Option<Vec<f32>>>> = std::mem::take(&mut *self.cols.lock().expect("conv cols lock")).into_iter().map(Mutex::new).collect();
+        let (g, o, k, l, og, groups) = (&self.g, self.out_channels, self.g.k(), self.g.l(), self.og(), self.groups);
+        let plane_len = g.c * g.h * g.w;
+        let (in_len, out_len, ps) = (groups * plane_len, o * l, self.part_samples());
+        let kept: Vec<Mutex<Option<Vec<Vec<f32>>>>> = std::mem::take(&mut *self.cols.lock().expect("conv cols lock")).into_iter().map(Mutex::new).collect();
         let (x_t, w_t, dy_t) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
         let mut dx: Vec<f32> = Vec::with_capacity(g.n * in_len);
         let dwts = with_f32(&x_t, self.name(), |xs| {
@@ -142,40 +193,86 @@ impl CustomOp2 for Conv {
                     map_parts(&mut dx.spare_capacity_mut()[..g.n * in_len], ps * in_len, |i, out| {
                         let ns = out.len() / in_len;
                         let gp = self.part(ns);
-                        let kept = kept.get(i).and_then(|c| c.lock().expect("conv cols lock").take());
-                        let cols = kept.unwrap_or_else(|| unfold_tap_major(&xs[i * ps * in_len..][..ns * in_len], &gp));
+                        let xp = &xs[i * ps * in_len..][..ns * in_len];
+                        let mut kept = kept.get(i).and_then(|c| c.lock().expect("conv cols lock").take()).map(Vec::into_iter);
                         let nl = ns * l;
-                        let dy = swap_outer(&dys[i * ps * out_len..][..ns * out_len], ns, o, l);
-                        // dWᵀ[K, O] = cols · dYᵀ: the gemm crate runs this orientation up to 2x
-                        // faster than dW = dY · colsᵀ on these shapes (small O, long N·L).
-                        let dwt = matmul(k, o, nl, &cols, nl, 1, &dy, 1, nl);
-                        // The patch gradient takes the patches' buffer (same size, no longer read).
-                        let dcols = matmul_in(cols, k, nl, o, ws, 1, k, &dy, nl, 1);
-                        fold_tap_major_into(dcols, &gp, out);
-                        dwt
+                        // All of the part's output-channel gradients, `[O, ns·L]`.
+                        let dy_all = swap_outer(&dys[i * ps * out_len..][..ns * out_len], ns, o, l);
+                        let mut dwts = Vec::with_capacity(groups);
+                        for gi in 0..groups {
+                            let cols = kept.as_mut().and_then(Iterator::next).unwrap_or_else(|| unfold_tap_major(&group_slice(xp, ns, groups, plane_len, gi), &gp));
+                            let dy = &dy_all[gi * og * nl..][..og * nl];
+                            // dWᵀ[K, Og] = cols · dYᵀ: the gemm crate runs this orientation up
+                            // to 2x faster than dW = dY · colsᵀ on these shapes (small O, long N·L).
+                            dwts.push(matmul(k, og, nl, &cols, nl, 1, dy, 1, nl));
+                            // The patch gradient takes the patches' buffer (same size, no longer read).
+                            let dcols = matmul_in(cols, k, nl, og, &ws[gi * og * k..], 1, k, dy, nl, 1);
+                            if groups == 1 {
+                                fold_tap_major_into(dcols, &gp, out);
+                                continue;
+                            }
+                            let mut dxg: Vec<f32> = Vec::with_capacity(ns * plane_len);
+                            fold_tap_major_into(dcols, &gp, &mut dxg.spare_capacity_mut()[..ns * plane_len]);
+                            // SAFETY: the fold writes every element of its destination.
+                            unsafe { dxg.set_len(ns * plane_len) };
+                            for s in 0..ns {
+                                out[(s * groups + gi) * plane_len..][..plane_len].write_copy_of_slice(&dxg[s * plane_len..][..plane_len]);
+                            }
+                        }
+                        dwts
                     })
                 })
             })
         })???;
-        // SAFETY: every part's `fold_tap_major_into` wrote its whole chunk, and the chunks cover dx.
+        // SAFETY: every part's groups wrote their channels of its whole chunk, and the chunks
+        // cover dx.
         unsafe { dx.set_len(g.n * in_len) };
-        let mut dwt = vec![0f32; k * o];
+        let mut dw = vec![0f32; o * k];
         for part in &dwts {
-            dwt.iter_mut().zip(part).for_each(|(s, &v)| *s += v);
+            for (gi, dwt) in part.iter().enumerate() {
+                // dwt is `[K, Og]`; dW rows are output channels.
+                for t in 0..k {
+                    for j in 0..og {
+                        dw[(gi * og + j) * k + t] += dwt[t * og + j];
+                    }
+                }
+            }
         }
-        let dw = transpose_batched(&dwt, 1, k, o);
         Ok((Some(Tensor::from_vec(dx, x.dims(), x.device())?), Some(Tensor::from_vec(dw, w.dims(), w.device())?)))
     }
 }
 
-/// `y = conv2d(x, w)` for `groups = 1`. `x` is `[N, C, H, W]`, `w` `[O, C, kh, kw]`. With
-/// `train`, the patches are kept for the backward pass.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: (usize, usize), dil: usize, train: bool) -> Result<Tensor> {
+/// A 2-d convolution's settings (PyTorch semantics; a 1-d one is one over a height of 1).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    pub stride: usize,
+    pub pad: (usize, usize),
+    pub dil: usize,
+    pub groups: usize,
+}
+
+/// `y = conv2d(x, w)`: `x` is `[N, C, H, W]`, `w` `[O, C/groups, kh, kw]`. Groups of one input
+/// channel (depthwise) run the direct kernel of `depthwise_op.rs`, since a GEMM of one-channel
+/// groups is all overhead; other groups run one unfold and GEMM each. With `train`, the GEMM
+/// conv keeps its patches for the backward pass.
+pub fn conv2d(x: &Tensor, w: &Tensor, spec: ConvSpec, train: bool) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
-    let (o, _, kh, kw) = w.dims4()?;
-    let g = Geom::new(n, c, (h, wd), (kh, kw), stride, pad, dil);
-    let op = Conv { g, out_channels: o, keep_cols: train, cols: Mutex::new(vec![]) };
+    let (o, cg, kh, kw) = w.dims4()?;
+    let g = Geom::new(n, cg, (h, wd), (kh, kw), spec.stride, spec.pad, spec.dil);
+    if cg == 1 && spec.groups == c && spec.groups > 1 {
+        return super::depthwise_op::depthwise(x, w, Geom { c, ..g });
+    }
+    let op = Conv { g, out_channels: o, groups: spec.groups, keep_cols: train, cols: Mutex::new(vec![]) };
     Ok(x.contiguous()?.apply_op2(&w.contiguous()?, op)?)
+}
+
+/// `y = conv1d(x, w)`: `x` `[N, C, L]`, `w` `[O, C/groups, k]`, as [`conv2d`] over `[N, C, 1, L]`.
+pub fn conv1d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, dil: usize, groups: usize, train: bool) -> Result<Tensor> {
+    let (n, c, len) = x.dims3()?;
+    let (o, cg, k) = w.dims3()?;
+    let y = conv2d(&x.reshape((n, c, 1, len))?, &w.reshape((o, cg, 1, k))?, ConvSpec { stride, pad: (0, pad), dil, groups }, train)?;
+    let lo = y.dim(3)?;
+    Ok(y.reshape((n, o, lo))?)
 }
 
 #[cfg(test)]
@@ -191,7 +288,7 @@ mod tests {
             for (stride, pad, dil) in [(1, (1, 1), 1), (2, (1, 1), 1), (1, (2, 2), 2), (2, (0, 0), 1)] {
                 let x = Var::from_tensor(&rnd(&[3, 4, 7, 7], 1)).unwrap();
                 let w = Var::from_tensor(&rnd(&[5, 4, 3, 3], 2)).unwrap();
-                let ours = conv2d(x.as_tensor(), w.as_tensor(), stride, pad, dil, train).unwrap();
+                let ours = conv2d(x.as_tensor(), w.as_tensor(), ConvSpec { stride, pad, dil, groups: 1 }, train).unwrap();
                 let theirs = x.as_tensor().pad_with_zeros(2, pad.0, pad.0).unwrap().pad_with_zeros(3, pad.1, pad.1).unwrap().conv2d(w.as_tensor(), 0, stride, dil, 1).unwrap();
                 assert_eq!(ours.dims(), theirs.dims());
                 assert!(max_diff(&ours, &theirs) < 1e-4, "forward at stride {stride} pad {pad:?} dil {dil}");
@@ -211,7 +308,7 @@ mod tests {
             pool.install(|| {
                 let x = Var::from_tensor(&rnd(&[20, 3, 7, 7], 6)).unwrap();
                 let w = Var::from_tensor(&rnd(&[4, 3, 3, 3], 7)).unwrap();
-                let ours = conv2d(x.as_tensor(), w.as_tensor(), 1, (1, 1), 1, true).unwrap();
+                let ours = conv2d(x.as_tensor(), w.as_tensor(), ConvSpec { stride: 1, pad: (1, 1), dil: 1, groups: 1 }, true).unwrap();
                 let theirs = x.as_tensor().pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap().conv2d(w.as_tensor(), 0, 1, 1, 1).unwrap();
                 assert!(max_diff(&ours, &theirs) < 1e-4);
                 for d in grad_diffs(&ours, &theirs, &rnd(ours.dims(), 8), &[&x, &w]) {
@@ -229,7 +326,7 @@ mod tests {
     fn unequal_padding_on_a_non_square_input_matches_forward() {
         let x = rnd(&[2, 3, 7, 6], 4);
         let w = rnd(&[4, 3, 3, 2], 5);
-        let ours = conv2d(&x, &w, 1, (0, 2), 2, false).unwrap();
+        let ours = conv2d(&x, &w, ConvSpec { stride: 1, pad: (0, 2), dil: 2, groups: 1 }, false).unwrap();
         let theirs = x.pad_with_zeros(3, 2, 2).unwrap().conv2d(&w, 0, 1, 2, 1).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-4);
     }

@@ -178,7 +178,7 @@ impl Model {
         };
         match &node.op {
             Op::Linear(c) => ops::linear(&x, w.as_ref().unwrap(), bias(c.bias)),
-            Op::Conv1d(c) => ops::conv1d(&x, w.as_ref().unwrap(), bias(c.bias), c),
+            Op::Conv1d(c) => ops::conv1d(&x, w.as_ref().unwrap(), bias(c.bias), c, train),
             Op::Conv2d(c) => ops::conv2d(&x, w.as_ref().unwrap(), bias(c.bias), c, train),
             Op::BatchNorm1d(c) | Op::BatchNorm2d(c) => {
                 let bp = ops::BnParams {
@@ -200,10 +200,10 @@ impl Model {
             Op::Silu(_) => Ok(x.silu()?),
             Op::Sigmoid(_) => ops::sigmoid(&x),
             Op::Tanh(_) => Ok(x.tanh()?),
-            Op::MaxPool1d(c) => ops::maxpool(&x, c, false),
-            Op::MaxPool2d(c) => ops::maxpool(&x, c, true),
-            Op::AvgPool1d(c) => ops::avgpool(&x, c, false),
-            Op::AvgPool2d(c) => ops::avgpool(&x, c, true),
+            Op::MaxPool1d(c) => ops::pool(&x, c, false, None),
+            Op::MaxPool2d(c) => ops::pool(&x, c, true, None),
+            Op::AvgPool1d(c) => ops::pool(&x, c, false, Some(c.count_include_pad)),
+            Op::AvgPool2d(c) => ops::pool(&x, c, true, Some(c.count_include_pad)),
             Op::GlobalAvgPool(_) => ops::global_avg_pool(&x),
             Op::Flatten(c) => ops::flatten(&x, c),
             Op::Add(_) if relu => super::relu_train::add_relu(ins[0], ins[1]),

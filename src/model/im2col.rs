@@ -140,7 +140,7 @@ pub fn transpose_into(x: &[f32], a: usize, b: usize, dst: &mut [MaybeUninit<f32>
 /// Output indices `o` in `[lo, hi)` (clamped to `out`) whose input index
 /// `i = o·stride − pad + offset` lies in `[0, len)`: the positions a kernel tap at `offset`
 /// (`k·dilation`) reads inside the image rather than in the padding.
-fn inside(len: usize, out: usize, stride: usize, pad: usize, offset: usize) -> (usize, usize) {
+pub(crate) fn inside(len: usize, out: usize, stride: usize, pad: usize, offset: usize) -> (usize, usize) {
     // o·s ≥ pad − offset  and  o·s < len + pad − offset.
     let lo = pad.saturating_sub(offset).div_ceil(stride);
     let hi = (len + pad).saturating_sub(offset).div_ceil(stride);

@@ -5,9 +5,11 @@
 pub mod arch;
 mod bn_train;
 mod conv_op;
+mod depthwise_op;
 pub mod fold;
 pub mod forward;
 pub mod graph;
+mod pool_op;
 pub(crate) use conv_op::with_f32;
 pub mod im2col;
 pub mod init;
@@ -64,17 +66,23 @@ impl Model {
         self.params.get(name).map(|v| v.as_tensor()).unwrap_or_else(|| panic!("parameter '{name}' was checked at load"))
     }
 
-    /// The variables trained by gradient descent (weights and biases, not running statistics).
-    pub fn trainable_vars(&self) -> Vec<Var> {
+    /// The names of the parameters trained by gradient descent (weights and biases, not
+    /// running statistics), in node order.
+    pub fn trainable_names(&self) -> Vec<String> {
         let mut v = vec![];
         for node in &self.arch.nodes {
             for (suffix, trained) in node.op.param_suffixes() {
                 if trained {
-                    v.push(self.params[&node.param(suffix)].clone());
+                    v.push(node.param(suffix));
                 }
             }
         }
         v
+    }
+
+    /// The variables trained by gradient descent, in the order of [`Model::trainable_names`].
+    pub fn trainable_vars(&self) -> Vec<Var> {
+        self.trainable_names().iter().map(|n| self.params[n].clone()).collect()
     }
 
     /// A deep copy whose parameters are independent of this model's (a `Clone` shares `Var`s).

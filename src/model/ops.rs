@@ -4,7 +4,7 @@
 use super::arch::{BatchNormCfg, Conv1dCfg, Conv2dCfg, FlattenCfg, GeluApprox, LayerNormCfg, PoolCfg};
 use super::graph::{pool_params, sample_dim};
 use crate::error::{Result, WickError};
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 
 /// `y = x · Wᵀ + b` over the last dim (any number of leading dims): one op with its own
 /// backward (linear_op.rs).
@@ -20,26 +20,18 @@ fn add_channel_bias(y: Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     Ok(y.broadcast_add(&b.reshape(shape)?)?)
 }
 
-/// 1-d cross-correlation, PyTorch semantics.
-pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv1dCfg) -> Result<Tensor> {
-    let y = x.contiguous()?.conv1d(w, c.padding, c.stride, c.dilation, c.groups)?;
+/// 1-d cross-correlation, PyTorch semantics (conv_op.rs; with `train`, patches are kept for
+/// the backward pass).
+pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv1dCfg, train: bool) -> Result<Tensor> {
+    let y = super::conv_op::conv1d(x, w, c.stride, c.padding, c.dilation, c.groups, train)?;
     add_channel_bias(y, b)
 }
 
-/// 2-d cross-correlation, PyTorch semantics: im2col + one GEMM when `groups = 1` (keeping the
-/// patches for backward when `train`), else candle's grouped conv (unequal height/width padding
-/// applied explicitly).
+/// 2-d cross-correlation, PyTorch semantics (conv_op.rs: im2col + GEMM per group, or the direct
+/// depthwise kernel).
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv2dCfg, train: bool) -> Result<Tensor> {
-    let (ph, pw) = c.padding.hw();
-    let (s, _) = c.stride.hw();
-    let (d, _) = c.dilation.hw();
-    let y = if c.groups == 1 {
-        super::conv_op::conv2d(x, w, s, (ph, pw), d, train)?
-    } else if ph == pw {
-        x.contiguous()?.conv2d(w, ph, s, d, c.groups)?
-    } else {
-        x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?.contiguous()?.conv2d(w, 0, s, d, c.groups)?
-    };
+    let spec = super::conv_op::ConvSpec { stride: c.stride.hw().0, pad: c.padding.hw(), dil: c.dilation.hw().0, groups: c.groups };
+    let y = super::conv_op::conv2d(x, w, spec, train)?;
     add_channel_bias(y, b)
 }
 
@@ -121,53 +113,20 @@ pub fn relu6(x: &Tensor) -> Result<Tensor> {
     Ok(x.relu()?.minimum(6f32)?)
 }
 
-/// Pads dims `dims` of `x` on both sides by `pads` with the constant `value`.
-fn pad_const(x: &Tensor, dims: &[(usize, usize)], value: f32) -> Result<Tensor> {
-    let mut x = x.clone();
-    for &(d, p) in dims {
-        if p == 0 {
-            continue;
-        }
-        let mut s = x.dims().to_vec();
-        s[d] = p;
-        let fill = Tensor::full(value, s, x.device())?;
-        x = Tensor::cat(&[&fill, &x, &fill], d)?;
-    }
-    Ok(x)
-}
-
-/// Max pooling (PyTorch floor mode), padding with −∞. 1-d pools run as 2-d with height 1.
-pub fn maxpool(x: &Tensor, c: &PoolCfg, two_d: bool) -> Result<Tensor> {
-    let (x4, (k, s, p)) = as_4d(x, c, two_d)?;
-    let xp = pad_const(&x4, &[(2, p.0), (3, p.1)], f32::NEG_INFINITY)?;
-    let y = xp.max_pool2d_with_stride(k, s)?;
-    from_4d(y, two_d)
-}
-
-/// Average pooling; with `count_include_pad = false` the divisor counts only real elements.
-pub fn avgpool(x: &Tensor, c: &PoolCfg, two_d: bool) -> Result<Tensor> {
-    let (x4, (k, s, p)) = as_4d(x, c, two_d)?;
-    let xp = pad_const(&x4, &[(2, p.0), (3, p.1)], 0.0)?;
-    let mut y = xp.avg_pool2d_with_stride(k, s)?;
-    if !c.count_include_pad && (p.0 > 0 || p.1 > 0) {
-        let ones = Tensor::ones((1, 1, x4.dim(2)?, x4.dim(3)?), DType::F32, x.device())?;
-        let frac = pad_const(&ones, &[(2, p.0), (3, p.1)], 0.0)?.avg_pool2d_with_stride(k, s)?;
-        y = y.broadcast_div(&frac)?;
-    }
-    from_4d(y, two_d)
-}
-
-type Hw = (usize, usize);
-fn as_4d(x: &Tensor, c: &PoolCfg, two_d: bool) -> Result<(Tensor, (Hw, Hw, Hw))> {
+/// Max (`avg = None`) or average pooling (`avg = Some(count_include_pad)`), PyTorch floor mode
+/// with padding skipped (pool_op.rs). 1-d pools run as 2-d with height 1.
+pub fn pool(x: &Tensor, c: &PoolCfg, two_d: bool, avg: Option<bool>) -> Result<Tensor> {
+    use super::pool_op::{pool2d, PoolGeom, PoolKind};
     let (k, s, p) = pool_params(c.kernel_size, c.stride, c.padding);
+    let kind = match avg {
+        None => PoolKind::Max,
+        Some(count_include_pad) => PoolKind::Avg { count_include_pad },
+    };
     if two_d {
-        Ok((x.clone(), (k, s, p)))
-    } else {
-        Ok((x.unsqueeze(2)?, ((1, k.0), (1, s.0), (0, p.0))))
+        return pool2d(x, PoolGeom { kind, k, stride: s, pad: p, h: 0, w: 0 });
     }
-}
-fn from_4d(y: Tensor, two_d: bool) -> Result<Tensor> {
-    Ok(if two_d { y } else { y.squeeze(2)? })
+    let y = pool2d(&x.unsqueeze(2)?, PoolGeom { kind, k: (1, k.0), stride: (1, s.0), pad: (0, p.0), h: 0, w: 0 })?;
+    Ok(y.squeeze(2)?)
 }
 
 /// Mean over every dim after the channel axis: `[N, C, …] → [N, C]`.

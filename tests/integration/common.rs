@@ -29,6 +29,11 @@ pub fn data(split: &str) -> Dataset {
     Dataset::read(&digits(split)).expect("fixture data loads")
 }
 
+/// Whether a model file has a sidecar architecture beside it.
+pub fn has_sidecar(model: &Path) -> bool {
+    wick::model::load::sidecar_path(model).exists()
+}
+
 /// The `wick` binary.
 pub fn wick() -> Command {
     Command::cargo_bin("wick").expect("binary built")

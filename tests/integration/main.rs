@@ -7,5 +7,6 @@ mod compress;
 mod distillation;
 mod float_runtime;
 mod foundation;
+mod gradients;
 mod pruning;
 mod quantization;

@@ -1,0 +1,200 @@
+//! Max and average pooling over `[N, C, H, W]` (1-d pooling is the same over a height of 1),
+//! with PyTorch's semantics (floor mode) and backward passes. Window `(oy, ox)` covers rows
+//! `oy·sh − ph + ky` and columns `ox·sw − pw + kx`; positions in the padding are skipped.
+//! - max: `y = max` over the window, the first maximum in `(ky, kx)` order (a NaN wins, as in
+//!   PyTorch); `dx` receives `dy` at that position.
+//! - average: `y = Σ x / d` with `d = kh·kw` (`count_include_pad`) or the count of positions
+//!   inside the image; `dx` receives `dy / d` at every position of the window.
+//!
+//! Uses `parallel`.
+
+use super::conv_op::{f32_slice, with_f32};
+use crate::error::Result;
+use crate::parallel::{build_chunks, for_chunks};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+/// Which pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Avg { count_include_pad: bool },
+}
+
+/// A pooling op's geometry on one `h × w` plane.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolGeom {
+    pub kind: PoolKind,
+    pub k: (usize, usize),
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    pub h: usize,
+    pub w: usize,
+}
+
+impl PoolGeom {
+    /// Output size per axis: `⌊(len + 2·pad − k) / stride⌋ + 1`.
+    pub fn out(&self) -> (usize, usize) {
+        let f = |len: usize, k: usize, s: usize, p: usize| (len + 2 * p - k) / s + 1;
+        (f(self.h, self.k.0, self.stride.0, self.pad.0), f(self.w, self.k.1, self.stride.1, self.pad.1))
+    }
+
+    /// The in-image input rows `[y0, y1)` and columns `[x0, x1)` of window `(oy, ox)`.
+    fn window(&self, oy: usize, ox: usize) -> (usize, usize, usize, usize) {
+        let span = |o: usize, s: usize, p: usize, k: usize, len: usize| {
+            let start = (o * s) as isize - p as isize;
+            (start.max(0) as usize, ((start + k as isize).min(len as isize)).max(0) as usize)
+        };
+        let (y0, y1) = span(oy, self.stride.0, self.pad.0, self.k.0, self.h);
+        let (x0, x1) = span(ox, self.stride.1, self.pad.1, self.k.1, self.w);
+        (y0, y1, x0, x1)
+    }
+
+    /// The average's divisor of a window with `inside` positions in the image.
+    fn divisor(&self, inside: usize) -> f32 {
+        match self.kind {
+            PoolKind::Avg { count_include_pad: true } => (self.k.0 * self.k.1) as f32,
+            _ => inside.max(1) as f32,
+        }
+    }
+
+    /// The index in the plane of window `(oy, ox)`'s first maximum (`None` for an empty window).
+    fn argmax(&self, x: &[f32], oy: usize, ox: usize) -> Option<usize> {
+        let (y0, y1, x0, x1) = self.window(oy, ox);
+        let mut best: Option<(usize, f32)> = None;
+        for iy in y0..y1 {
+            for ix in x0..x1 {
+                let v = x[iy * self.w + ix];
+                if best.is_none_or(|(_, b)| v > b || v.is_nan()) {
+                    best = Some((iy * self.w + ix, v));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+}
+
+struct Pool(PoolGeom);
+
+impl CustomOp1 for Pool {
+    fn name(&self) -> &'static str {
+        "pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let x = f32_slice(s, l, self.name())?;
+        let dims = l.shape().dims().to_vec();
+        let planes = dims[0] * dims[1];
+        let (plane, (ho, wo)) = (g.h * g.w, g.out());
+        let len = planes * ho * wo;
+        // SAFETY: every output of every plane is written.
+        let y = unsafe {
+            build_chunks(len, ho * wo, len * g.k.0 * g.k.1, |p, out| {
+                let src = &x[p * plane..][..plane];
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let v = match g.kind {
+                            PoolKind::Max => g.argmax(src, oy, ox).map_or(f32::NEG_INFINITY, |i| src[i]),
+                            PoolKind::Avg { .. } => {
+                                let (y0, y1, x0, x1) = g.window(oy, ox);
+                                let sum: f32 = (y0..y1).flat_map(|iy| src[iy * g.w + x0..iy * g.w + x1].iter()).sum();
+                                sum / g.divisor((y1 - y0) * (x1 - x0))
+                            }
+                        };
+                        out[oy * wo + ox].write(v);
+                    }
+                }
+            })
+        };
+        Ok((CpuStorage::F32(y), Shape::from((dims[0], dims[1], ho, wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = &self.0;
+        let (plane, (ho, wo)) = (g.h * g.w, g.out());
+        let grad = grad.contiguous()?;
+        let dx = with_f32(x, self.name(), |xs| {
+            with_f32(&grad, self.name(), |dys| {
+                let mut dx = vec![0f32; xs.len()];
+                let work = dx.len() * g.k.0 * g.k.1;
+                for_chunks(&mut dx, plane, work, |p, out| {
+                    let (src, dy) = (&xs[p * plane..][..plane], &dys[p * ho * wo..][..ho * wo]);
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let d = dy[oy * wo + ox];
+                            match g.kind {
+                                PoolKind::Max => {
+                                    if let Some(i) = g.argmax(src, oy, ox) {
+                                        out[i] += d;
+                                    }
+                                }
+                                PoolKind::Avg { .. } => {
+                                    let (y0, y1, x0, x1) = g.window(oy, ox);
+                                    let share = d / g.divisor((y1 - y0) * (x1 - x0));
+                                    for iy in y0..y1 {
+                                        out[iy * g.w + x0..iy * g.w + x1].iter_mut().for_each(|v| *v += share);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+                dx
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
+    }
+}
+
+/// Pools `x` (`[N, C, H, W]`) with `g` (whose `h`, `w` are set from `x`).
+pub fn pool2d(x: &Tensor, g: PoolGeom) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    Ok(x.contiguous()?.apply_op1(Pool(PoolGeom { h, w, ..g }))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::op_test_support::rnd;
+    use super::*;
+
+    #[test]
+    fn max_pool_takes_the_first_maximum_and_routes_its_gradient() {
+        // One 2x3 plane, window 2x2 stride 1: ties resolve to the first in scan order.
+        let x = candle_core::Var::new(&[[[[1f32, 3., 3.], [2., 3., 0.]]]], &candle_core::Device::Cpu).unwrap();
+        let g = PoolGeom { kind: PoolKind::Max, k: (2, 2), stride: (1, 1), pad: (0, 0), h: 0, w: 0 };
+        let y = pool2d(x.as_tensor(), g).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [3., 3.]);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let dx = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(dx, [0., 2., 0., 0., 0., 0.]);
+    }
+
+    #[test]
+    fn average_pool_divisor_counts_padding_or_not() {
+        // 1x3 plane [1, 2, 3], kernel 1x3, padding 1: windows [0, 1, 2], [2, 3, 0] (padded).
+        let x = candle_core::Var::new(&[[[[1f32, 2., 3.]]]], &candle_core::Device::Cpu).unwrap();
+        for (include, expect, dx) in [(true, [1f32, 5. / 3.], [1. / 3., 2. / 3., 1. / 3.]), (false, [1.5, 2.5], [0.5, 1., 0.5])] {
+            let g = PoolGeom { kind: PoolKind::Avg { count_include_pad: include }, k: (1, 3), stride: (1, 2), pad: (0, 1), h: 0, w: 0 };
+            let y = pool2d(x.as_tensor(), g).unwrap();
+            let yv = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(yv.iter().zip(expect).all(|(a, b)| (a - b).abs() < 1e-6), "{yv:?} (include pad {include})");
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            let d = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(d.iter().zip(dx).all(|(a, b)| (a - b).abs() < 1e-6), "{d:?} (include pad {include})");
+        }
+    }
+
+    #[test]
+    fn matches_candle_where_candle_is_right() {
+        // Non-overlapping windows without padding: candle's avg pool and its backward agree.
+        let x = candle_core::Var::from_tensor(&rnd(&[2, 3, 6, 4], 5)).unwrap();
+        let g = PoolGeom { kind: PoolKind::Avg { count_include_pad: true }, k: (2, 2), stride: (2, 2), pad: (0, 0), h: 0, w: 0 };
+        let ours = pool2d(x.as_tensor(), g).unwrap();
+        let theirs = x.as_tensor().avg_pool2d(2).unwrap();
+        let d = super::super::op_test_support::max_diff(&ours, &theirs);
+        assert!(d < 1e-6, "{d}");
+        for d in super::super::op_test_support::grad_diffs(&ours, &theirs, &rnd(ours.dims(), 6), &[&x]) {
+            assert!(d < 1e-6, "{d}");
+        }
+    }
+}
