@@ -11,6 +11,7 @@ pub mod forward;
 pub mod graph;
 mod pool_op;
 pub(crate) use conv_op::with_f32;
+pub use linear_op::linear;
 pub mod im2col;
 pub mod init;
 mod linear_op;

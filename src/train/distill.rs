@@ -68,32 +68,37 @@ pub fn check_pair(teacher: &Model, student: &Model, cfg: &DistillConfig) -> Resu
         .collect()
 }
 
-/// An adapter from `cs` student channels to `ct` teacher channels (`None`: identity).
-fn adapter(ct: usize, cs: usize, rank: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Option<Var>> {
+/// An adapter from `cs` student channels to `ct` teacher channels, a `[ct, cs]` weight
+/// (`None`: identity).
+fn adapter(ct: usize, cs: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Option<Var>> {
     if ct == cs {
         return Ok(None);
     }
     let bound = 1.0 / (cs as f32).sqrt();
     let w: Vec<f32> = (0..ct * cs).map(|_| rng.random_range(-bound..bound)).collect();
-    let mut shape = vec![ct, cs];
-    shape.extend(std::iter::repeat_n(1, rank - 1));
-    Ok(Some(Var::from_tensor(&Tensor::from_vec(w, shape, &crate::model::device())?)?))
+    Ok(Some(Var::from_tensor(&Tensor::from_vec(w, (ct, cs), &crate::model::device())?)?))
 }
 
+/// `A(x)` over the channel axis 1 of `[N, C, …]`: `y[n, :, p] = W · x[n, :, p]` at every
+/// position `p` (a 1×1 conv), run as the linear op on channels-last rows.
 fn apply_adapter(a: &Option<Var>, x: &Tensor) -> Result<Tensor> {
-    Ok(match a {
-        None => x.clone(),
-        Some(w) if x.rank() == 2 => x.matmul(&w.as_tensor().t()?)?,
-        Some(w) if x.rank() == 3 => x.conv1d(w.as_tensor(), 0, 1, 1, 1)?,
-        Some(w) => x.conv2d(w.as_tensor(), 0, 1, 1, 1)?,
-    })
+    let Some(w) = a else { return Ok(x.clone()) };
+    if x.rank() == 2 {
+        return crate::model::linear(x, w.as_tensor(), None);
+    }
+    let mut dims = x.dims().to_vec();
+    let (n, c) = (dims[0], dims[1]);
+    let rows = x.reshape((n, c, ()))?.transpose(1, 2)?.contiguous()?;
+    let y = crate::model::linear(&rows, w.as_tensor(), None)?;
+    dims[1] = w.dim(0)?;
+    Ok(y.transpose(1, 2)?.contiguous()?.reshape(dims)?)
 }
 
 /// Trains `student` in place from `teacher`.
 pub fn distill(teacher: &Model, student: &Model, train: &Dataset, val: &Dataset, tc: &TrainConfig, cfg: &DistillConfig, progress: &dyn Progress) -> Result<FitReport> {
     let widths = check_pair(teacher, student, cfg)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(tc.seed ^ 0x5eed);
-    let adapters: Vec<Option<Var>> = cfg.hints.iter().zip(&widths).map(|(h, &(ct, cs))| adapter(ct, cs, student.graph.shapes[&h.student].len(), &mut rng)).collect::<Result<_>>()?;
+    let adapters: Vec<Option<Var>> = cfg.hints.iter().zip(&widths).map(|(h, &(ct, cs))| adapter(ct, cs, &mut rng)).collect::<Result<_>>()?;
     let t_taps: Vec<String> = cfg.hints.iter().map(|h| h.teacher.clone()).collect();
     let s_taps: Vec<String> = cfg.hints.iter().map(|h| h.student.clone()).collect();
     let (t_logits, t_feats) = teacher.run(&train.x, &Run { mode: Mode::Eval, taps: &t_taps, hook: None, rng: None })?;
@@ -113,4 +118,38 @@ pub fn distill(teacher: &Model, student: &Model, train: &Dataset, val: &Dataset,
     };
     let validate = |m: &Model| evaluate(m, val, 256, &Silent);
     fit(student, vars, train, tc, &objective, &validate, &|_| Ok(()), progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The adapter equals `W · x` at every position (a 1×1 conv), forward and backward, for
+    /// `[N, C]`, `[N, C, L]` and `[N, C, H, W]` features.
+    #[test]
+    fn adapter_is_a_pointwise_map_over_channels_forward_and_backward() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let w = adapter(5, 3, &mut rng).unwrap();
+        for dims in [vec![2, 3], vec![2, 3, 4], vec![2, 3, 4, 2]] {
+            let n: usize = dims.iter().product();
+            let x = Var::from_tensor(&Tensor::from_vec((0..n).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect::<Vec<_>>(), dims.clone(), &Device::Cpu).unwrap()).unwrap();
+            let ours = apply_adapter(&w, x.as_tensor()).unwrap();
+            // Reference: [ct, cs] · [N, cs, S] by candle's matmul, whose backward is its own.
+            let wt = w.as_ref().unwrap().as_tensor();
+            let flat = x.as_tensor().reshape((dims[0], 3, ())).unwrap();
+            let mut out_dims = dims.clone();
+            out_dims[1] = 5;
+            let theirs = if dims.len() == 2 { x.as_tensor().matmul(&wt.t().unwrap()).unwrap() } else { wt.broadcast_left(dims[0]).unwrap().matmul(&flat).unwrap().reshape(out_dims).unwrap() };
+            let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-6, "forward {dims:?}: {diff}");
+            let probe = Tensor::from_vec((0..ours.elem_count()).map(|i| (i % 5) as f32 - 2.0).collect::<Vec<_>>(), ours.dims(), &Device::Cpu).unwrap();
+            let ga = (&ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (&theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [x.as_tensor(), wt] {
+                let d = (ga.get(t).unwrap() - gb.get(t).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(d < 1e-5, "backward {dims:?}: {d}");
+            }
+        }
+    }
 }
