@@ -12,54 +12,86 @@ from torch import nn
 from baseline_common import read_safetensors, pair, median_ms
 
 
+def module(n):
+    """The torch.nn module of a wick node with parameters (None for parameter-free ops)."""
+    op = n["op"]
+    if op in ("conv1d", "conv2d"):
+        cls = nn.Conv1d if op == "conv1d" else nn.Conv2d
+        return cls(n["in_channels"], n["out_channels"], n["kernel_size"], stride=n.get("stride", 1), padding=n.get("padding", 0),
+                   dilation=n.get("dilation", 1), groups=n.get("groups", 1), bias=n.get("bias", True))
+    if op in ("batchnorm1d", "batchnorm2d"):
+        cls = nn.BatchNorm1d if op == "batchnorm1d" else nn.BatchNorm2d
+        return cls(n["num_features"], eps=n.get("eps", 1e-5), momentum=n.get("momentum", 0.1), affine=n.get("affine", True))
+    if op == "layernorm":
+        return nn.LayerNorm(n["normalized_shape"], eps=n.get("eps", 1e-5), elementwise_affine=n.get("elementwise_affine", True))
+    if op == "linear":
+        return nn.Linear(n["in_features"], n["out_features"], bias=n.get("bias", True))
+    return None
+
+
+def pool(n, ins):
+    """A pooling node, PyTorch semantics (stride defaults to the kernel)."""
+    op, k = n["op"], n["kernel_size"]
+    s, p = n.get("stride", k), n.get("padding", 0)
+    F = nn.functional
+    if op == "maxpool1d":
+        return F.max_pool1d(ins[0], k, s, p)
+    if op == "maxpool2d":
+        return F.max_pool2d(ins[0], k, s, p)
+    if op == "avgpool1d":
+        return F.avg_pool1d(ins[0], k, s, p, count_include_pad=n.get("count_include_pad", True))
+    return F.avg_pool2d(ins[0], k, s, p, count_include_pad=n.get("count_include_pad", True))
+
+
 class Graph(nn.Module):
-    """The wick graph, node by node (the ops the fixtures use)."""
+    """The wick graph, node by node: every op of the architecture format."""
 
     def __init__(self, arch, w):
         super().__init__()
         self.arch = arch
         self.mods = nn.ModuleDict()
         for n in arch["nodes"]:
-            op, name = n["op"], n["name"].replace(".", "_")
-            if op == "conv2d":
-                m = nn.Conv2d(n["in_channels"], n["out_channels"], n["kernel_size"], stride=n.get("stride", 1),
-                              padding=n.get("padding", 0), dilation=n.get("dilation", 1), groups=n.get("groups", 1),
-                              bias=n.get("bias", True))
-            elif op == "batchnorm2d":
-                m = nn.BatchNorm2d(n["num_features"], eps=n.get("eps", 1e-5), momentum=n.get("momentum", 0.1))
-            elif op == "linear":
-                m = nn.Linear(n["in_features"], n["out_features"], bias=n.get("bias", True))
-            else:
+            m = module(n)
+            if m is None:
                 continue
             for k, p in m.state_dict().items():
                 src = w.get(n["name"] + "." + k)
                 if src is not None:
                     p.copy_(torch.from_numpy(np.array(src)).reshape(p.shape))
-            self.mods[name] = m
+            self.mods[n["name"].replace(".", "_")] = m
 
     def forward(self, x):
+        F = nn.functional
         vals = {self.arch["input"].get("name", "input"): x}
         for n in self.arch["nodes"]:
             op, ins = n["op"], [vals[i] for i in n["inputs"]]
             key = n["name"].replace(".", "_")
             if key in self.mods:
                 y = self.mods[key](ins[0])
-            elif op == "relu":
-                y = torch.relu(ins[0])
+            elif op in ("relu", "relu6", "silu", "sigmoid", "tanh"):
+                y = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[op](ins[0])
+            elif op == "gelu":
+                y = F.gelu(ins[0], approximate=n.get("approximate", "none"))
             elif op == "add":
                 y = ins[0]
                 for t in ins[1:]:
                     y = y + t
+            elif op == "concat":
+                y = torch.cat(ins, n["dim"])
+            elif op == "softmax":
+                y = torch.softmax(ins[0], n["dim"])
+            elif op.startswith(("maxpool", "avgpool")):
+                y = pool(n, ins)
             elif op == "global_avg_pool":
-                y = ins[0].mean(dim=(2, 3))
+                y = ins[0].flatten(2).mean(2)
             elif op == "flatten":
                 y = torch.flatten(ins[0], n.get("start_dim", 1), n.get("end_dim", -1))
             elif op == "dropout":
-                y = nn.functional.dropout(ins[0], n.get("p", 0.5), self.training)
+                y = F.dropout(ins[0], n.get("p", 0.0), self.training)
             else:
                 raise SystemExit(f"torch_baseline: op {op} not supported")
             vals[n["name"]] = y
-        return vals[self.arch["output"]]
+        return vals[self.arch.get("output") or self.arch["nodes"][-1]["name"]]
 
 
 def main():

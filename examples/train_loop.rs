@@ -4,6 +4,9 @@
 //! `wick` runs. Like the CLI, the work runs on a thread of rayon's pool.
 use std::path::Path;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
     let epochs: usize = a.get(3).map(|s| s.parse()).transpose()?.unwrap_or(5);

@@ -5,6 +5,11 @@ mod cli;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// mimalloc keeps freed memory for reuse: with the system allocator, every training step's
+/// tensors came back from the kernel as fresh zeroed pages (a third of a depthwise model's epoch).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let parsed = match cli::Cli::try_parse() {
         Ok(c) => c,

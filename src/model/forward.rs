@@ -3,7 +3,8 @@
 //! dropout), with taps that return intermediate activations and a hook through which
 //! fake-quantisation rewrites layer inputs and weights. Uses `model`, `error`.
 
-use super::arch::{Node, Op};
+use super::act_op::{activation, Act};
+use super::arch::{GeluApprox, Node, Op};
 use super::{ops, Model};
 use crate::error::{Result, WickError};
 use candle_core::Tensor;
@@ -195,11 +196,11 @@ impl Model {
             }
             Op::Relu(_) if train => super::relu_train::relu(&x),
             Op::Relu(_) => Ok(x.relu()?),
-            Op::Relu6(_) => ops::relu6(&x),
-            Op::Gelu(c) => ops::gelu(&x, c.approximate),
-            Op::Silu(_) => Ok(x.silu()?),
-            Op::Sigmoid(_) => ops::sigmoid(&x),
-            Op::Tanh(_) => Ok(x.tanh()?),
+            Op::Relu6(_) => activation(&x, Act::Relu6),
+            Op::Gelu(c) => activation(&x, if c.approximate == GeluApprox::Tanh { Act::GeluTanh } else { Act::GeluErf }),
+            Op::Silu(_) => activation(&x, Act::Silu),
+            Op::Sigmoid(_) => activation(&x, Act::Sigmoid),
+            Op::Tanh(_) => activation(&x, Act::Tanh),
             Op::MaxPool1d(c) => ops::pool(&x, c, false, None),
             Op::MaxPool2d(c) => ops::pool(&x, c, true, None),
             Op::AvgPool1d(c) => ops::pool(&x, c, false, Some(c.count_include_pad)),

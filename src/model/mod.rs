@@ -2,6 +2,7 @@
 //! PyTorch-style names. Loading, saving, validation, statistics and the candle executor live in
 //! the submodules. Uses `error`, `tensor_file` and candle.
 
+pub mod act_op;
 pub mod arch;
 mod bn_train;
 mod conv_op;

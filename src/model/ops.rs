@@ -1,7 +1,7 @@
 //! Candle implementations of the node ops, each differentiable (built from candle ops that have
 //! backward passes). Shapes here include the batch dim. Uses `model::arch`, `model::graph`.
 
-use super::arch::{BatchNormCfg, Conv1dCfg, Conv2dCfg, FlattenCfg, GeluApprox, LayerNormCfg, PoolCfg};
+use super::arch::{BatchNormCfg, Conv1dCfg, Conv2dCfg, FlattenCfg, LayerNormCfg, PoolCfg};
 use super::graph::{pool_params, sample_dim};
 use crate::error::{Result, WickError};
 use candle_core::{Tensor, D};
@@ -93,24 +93,6 @@ pub fn layernorm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, c: &LayerNo
         y = y.broadcast_mul(w)?.broadcast_add(b)?;
     }
     Ok(y)
-}
-
-/// GELU: exact `x·Φ(x) = x/2·(1 + erf(x/√2))`, or `x/2·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
-pub fn gelu(x: &Tensor, a: GeluApprox) -> Result<Tensor> {
-    Ok(match a {
-        GeluApprox::None => x.gelu_erf()?,
-        GeluApprox::Tanh => x.gelu()?,
-    })
-}
-
-/// `σ(x) = 1 / (1 + e^(−x))`.
-pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
-    Ok((x.neg()?.exp()? + 1.0)?.recip()?)
-}
-
-/// `min(max(x, 0), 6)`.
-pub fn relu6(x: &Tensor) -> Result<Tensor> {
-    Ok(x.relu()?.minimum(6f32)?)
 }
 
 /// Max (`avg = None`) or average pooling (`avg = Some(count_include_pad)`), PyTorch floor mode

@@ -13,6 +13,9 @@ use crate::error::Result;
 use crate::parallel::{build_chunks, for_chunks};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
+/// Per output index along one axis, the in-image input span `[start, end)`.
+type Spans = Vec<(usize, usize)>;
+
 /// Which pooling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolKind {
@@ -38,15 +41,20 @@ impl PoolGeom {
         (f(self.h, self.k.0, self.stride.0, self.pad.0), f(self.w, self.k.1, self.stride.1, self.pad.1))
     }
 
-    /// The in-image input rows `[y0, y1)` and columns `[x0, x1)` of window `(oy, ox)`.
-    fn window(&self, oy: usize, ox: usize) -> (usize, usize, usize, usize) {
-        let span = |o: usize, s: usize, p: usize, k: usize, len: usize| {
-            let start = (o * s) as isize - p as isize;
-            (start.max(0) as usize, ((start + k as isize).min(len as isize)).max(0) as usize)
-        };
-        let (y0, y1) = span(oy, self.stride.0, self.pad.0, self.k.0, self.h);
-        let (x0, x1) = span(ox, self.stride.1, self.pad.1, self.k.1, self.w);
-        (y0, y1, x0, x1)
+    /// Each output index's in-image input span `[start, end)` along one axis.
+    fn spans(out: usize, s: usize, p: usize, k: usize, len: usize) -> Spans {
+        (0..out)
+            .map(|o| {
+                let start = (o * s) as isize - p as isize;
+                (start.max(0) as usize, ((start + k as isize).min(len as isize)).max(0) as usize)
+            })
+            .collect()
+    }
+
+    /// The row spans and column spans of every window, computed once per call.
+    fn windows(&self) -> (Spans, Spans) {
+        let (ho, wo) = self.out();
+        (Self::spans(ho, self.stride.0, self.pad.0, self.k.0, self.h), Self::spans(wo, self.stride.1, self.pad.1, self.k.1, self.w))
     }
 
     /// The average's divisor of a window with `inside` positions in the image.
@@ -56,21 +64,22 @@ impl PoolGeom {
             _ => inside.max(1) as f32,
         }
     }
+}
 
-    /// The index in the plane of window `(oy, ox)`'s first maximum (`None` for an empty window).
-    fn argmax(&self, x: &[f32], oy: usize, ox: usize) -> Option<usize> {
-        let (y0, y1, x0, x1) = self.window(oy, ox);
-        let mut best: Option<(usize, f32)> = None;
-        for iy in y0..y1 {
-            for ix in x0..x1 {
-                let v = x[iy * self.w + ix];
-                if best.is_none_or(|(_, b)| v > b || v.is_nan()) {
-                    best = Some((iy * self.w + ix, v));
-                }
+/// The index in the plane `x` (`w` wide) of the first maximum over rows `ys` and columns `xs`
+/// (`None` for an empty window): `v > best` or a NaN takes the place, as in PyTorch.
+#[inline(always)]
+fn argmax(x: &[f32], w: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for iy in y0..y1 {
+        for (ix, &v) in x[iy * w..].iter().enumerate().take(x1).skip(x0) {
+            match best {
+                Some((_, b)) if !(v > b || v.is_nan()) => {}
+                _ => best = Some((iy * w + ix, v)),
             }
         }
-        best.map(|(i, _)| i)
     }
+    best.map(|(i, _)| i)
 }
 
 struct Pool(PoolGeom);
@@ -87,18 +96,18 @@ impl CustomOp1 for Pool {
         let planes = dims[0] * dims[1];
         let (plane, (ho, wo)) = (g.h * g.w, g.out());
         let len = planes * ho * wo;
+        let (rows, cols) = g.windows();
         // SAFETY: every output of every plane is written.
         let y = unsafe {
             build_chunks(len, ho * wo, len * g.k.0 * g.k.1, |p, out| {
                 let src = &x[p * plane..][..plane];
-                for oy in 0..ho {
-                    for ox in 0..wo {
+                for (oy, &ry) in rows.iter().enumerate() {
+                    for (ox, &rx) in cols.iter().enumerate() {
                         let v = match g.kind {
-                            PoolKind::Max => g.argmax(src, oy, ox).map_or(f32::NEG_INFINITY, |i| src[i]),
+                            PoolKind::Max => argmax(src, g.w, ry, rx).map_or(f32::NEG_INFINITY, |i| src[i]),
                             PoolKind::Avg { .. } => {
-                                let (y0, y1, x0, x1) = g.window(oy, ox);
-                                let sum: f32 = (y0..y1).flat_map(|iy| src[iy * g.w + x0..iy * g.w + x1].iter()).sum();
-                                sum / g.divisor((y1 - y0) * (x1 - x0))
+                                let sum: f32 = (ry.0..ry.1).map(|iy| src[iy * g.w + rx.0..iy * g.w + rx.1].iter().sum::<f32>()).sum();
+                                sum / g.divisor((ry.1 - ry.0) * (rx.1 - rx.0))
                             }
                         };
                         out[oy * wo + ox].write(v);
@@ -117,22 +126,22 @@ impl CustomOp1 for Pool {
             with_f32(&grad, self.name(), |dys| {
                 let mut dx = vec![0f32; xs.len()];
                 let work = dx.len() * g.k.0 * g.k.1;
+                let (rows, cols) = g.windows();
                 for_chunks(&mut dx, plane, work, |p, out| {
                     let (src, dy) = (&xs[p * plane..][..plane], &dys[p * ho * wo..][..ho * wo]);
-                    for oy in 0..ho {
-                        for ox in 0..wo {
+                    for (oy, &ry) in rows.iter().enumerate() {
+                        for (ox, &rx) in cols.iter().enumerate() {
                             let d = dy[oy * wo + ox];
                             match g.kind {
                                 PoolKind::Max => {
-                                    if let Some(i) = g.argmax(src, oy, ox) {
+                                    if let Some(i) = argmax(src, g.w, ry, rx) {
                                         out[i] += d;
                                     }
                                 }
                                 PoolKind::Avg { .. } => {
-                                    let (y0, y1, x0, x1) = g.window(oy, ox);
-                                    let share = d / g.divisor((y1 - y0) * (x1 - x0));
-                                    for iy in y0..y1 {
-                                        out[iy * g.w + x0..iy * g.w + x1].iter_mut().for_each(|v| *v += share);
+                                    let share = d / g.divisor((ry.1 - ry.0) * (rx.1 - rx.0));
+                                    for iy in ry.0..ry.1 {
+                                        out[iy * g.w + rx.0..iy * g.w + rx.1].iter_mut().for_each(|v| *v += share);
                                     }
                                 }
                             }

@@ -98,7 +98,7 @@ fn apply_adapter(a: &Option<Var>, x: &Tensor) -> Result<Tensor> {
 pub fn distill(teacher: &Model, student: &Model, train: &Dataset, val: &Dataset, tc: &TrainConfig, cfg: &DistillConfig, progress: &dyn Progress) -> Result<FitReport> {
     let widths = check_pair(teacher, student, cfg)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(tc.seed ^ 0x5eed);
-    let adapters: Vec<Option<Var>> = cfg.hints.iter().zip(&widths).map(|(h, &(ct, cs))| adapter(ct, cs, &mut rng)).collect::<Result<_>>()?;
+    let adapters: Vec<Option<Var>> = widths.iter().map(|&(ct, cs)| adapter(ct, cs, &mut rng)).collect::<Result<_>>()?;
     let t_taps: Vec<String> = cfg.hints.iter().map(|h| h.teacher.clone()).collect();
     let s_taps: Vec<String> = cfg.hints.iter().map(|h| h.student.clone()).collect();
     let (t_logits, t_feats) = teacher.run(&train.x, &Run { mode: Mode::Eval, taps: &t_taps, hook: None, rng: None })?;

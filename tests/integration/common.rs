@@ -21,6 +21,37 @@ pub fn digits(split: &str) -> PathBuf {
     fixture(&format!("data/digits_{split}.safetensors"))
 }
 
+/// A trained teacher in `fixtures/models/` and the data set it was trained on.
+pub struct Teacher {
+    pub name: &'static str,
+    /// The data files' prefix: `fixtures/data/{data}_{train,val,test}.safetensors`.
+    pub data: &'static str,
+}
+
+impl Teacher {
+    pub fn path(&self) -> PathBuf {
+        fixture(&format!("models/{}.safetensors", self.name))
+    }
+    pub fn split(&self, split: &str) -> PathBuf {
+        fixture(&format!("data/{}_{split}.safetensors", self.data))
+    }
+    pub fn reference(&self) -> PathBuf {
+        fixture(&format!("reference/{}_logits.safetensors", self.name))
+    }
+    pub fn dataset(&self, split: &str) -> Dataset {
+        Dataset::read(&self.split(split)).expect("fixture data loads")
+    }
+}
+
+/// Every teacher in the fixtures: an MLP, a 2-d ResNet, a 1-d CNN with a depthwise conv, and a
+/// depthwise-separable 2-d CNN.
+pub const TEACHERS: [Teacher; 4] = [
+    Teacher { name: "digits_mlp", data: "digits" },
+    Teacher { name: "digits_resnet", data: "digits" },
+    Teacher { name: "digits_seq_cnn", data: "digits_seq" },
+    Teacher { name: "digits_dsnet", data: "digits" },
+];
+
 pub fn load(path: &Path) -> Model {
     load_model(path, None).expect("fixture loads").model
 }

@@ -35,17 +35,17 @@ fn float_plan_equals_the_candle_executor_on_every_layout_case() {
     }
 }
 
-/// On the trained teachers and the whole test split: the same predictions as the candle
+/// On every trained teacher and its whole test split: the same predictions as the candle
 /// executor (so the same accuracy), logits within 1e-4.
 #[test]
 fn float_plan_gives_the_teachers_their_accuracy() {
-    let test = data("test");
-    for path in [resnet_path(), mlp_path()] {
-        let m = load(&path);
+    for t in &TEACHERS {
+        let test = t.dataset("test");
+        let m = load(&t.path());
         let (fast, want) = logits(&m, &test.x);
-        assert!(max_abs_diff(&fast, &want) < 1e-4, "{path:?}: {}", max_abs_diff(&fast, &want));
+        assert!(max_abs_diff(&fast, &want) < 1e-4, "{}: {}", t.name, max_abs_diff(&fast, &want));
         let argmax = |v: &[f32]| v.chunks(10).map(wick::eval::argmax).collect::<Vec<_>>();
-        assert_eq!(argmax(&fast), argmax(&want), "{path:?}");
+        assert_eq!(argmax(&fast), argmax(&want), "{}", t.name);
     }
 }
 

@@ -10,43 +10,41 @@ use wick::progress::Silent;
 use wick::tensor_file::TensorFile;
 use wick::train::{fit, OptimizerKind, TrainConfig};
 
-fn logits_match_reference(model_file: &str, reference: &str) {
-    let model = load(&fixture(model_file));
-    let refs = TensorFile::read(&fixture(reference)).unwrap();
-    for split in ["val", "test"] {
-        let d = data(split);
-        let out: Vec<f32> = model.forward(&d.x, Mode::Eval).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let expected = refs.f32(&format!("{split}_logits")).unwrap();
-        let diff = max_abs_diff(&out, &expected);
-        assert!(diff <= 1e-4, "{model_file} {split}: max |Δlogit| = {diff}");
+/// Every teacher's eval-mode logits on val and test equal PyTorch's within 1e-4.
+#[test]
+fn every_teacher_matches_pytorch_logits() {
+    for t in &TEACHERS {
+        let model = load(&t.path());
+        let refs = TensorFile::read(&t.reference()).unwrap();
+        for split in ["val", "test"] {
+            let d = t.dataset(split);
+            let out: Vec<f32> = model.forward(&d.x, Mode::Eval).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let expected = refs.f32(&format!("{split}_logits")).unwrap();
+            let diff = max_abs_diff(&out, &expected);
+            assert!(diff <= 1e-4, "{} {split}: max |Δlogit| = {diff}", t.name);
+        }
     }
 }
 
-#[test]
-fn mlp_logits_match_pytorch() {
-    logits_match_reference("models/digits_mlp.safetensors", "reference/digits_mlp_logits.safetensors");
-}
-
-#[test]
-fn resnet_logits_match_pytorch() {
-    logits_match_reference("models/digits_resnet.safetensors", "reference/digits_resnet_logits.safetensors");
-}
-
-fn eval_json(model: &std::path::Path, split: &str) -> serde_json::Value {
-    let (out, _) = run_expect(&["eval", model.to_str().unwrap(), "--data", digits(split).to_str().unwrap(), "--json"], 0);
+fn eval_json(model: &std::path::Path, data: &std::path::Path) -> serde_json::Value {
+    let (out, _) = run_expect(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"], 0);
     assert_eq!(out.lines().count(), 1, "exactly one JSON line: {out}");
     serde_json::from_str(&out).unwrap()
 }
 
 #[test]
 fn eval_cli_reports_the_documented_accuracies() {
-    // models/README.md: mlp val 174/180, test 351/360; resnet val 177/180, test 353/360
-    for (model, split, correct, n) in [(mlp_path(), "val", 174, 180), (mlp_path(), "test", 351, 360), (resnet_path(), "val", 177, 180), (resnet_path(), "test", 353, 360)] {
-        let j = eval_json(&model, split);
-        assert_eq!(j["correct"], correct, "{model:?} {split}");
-        assert_eq!(j["samples"], n);
-        assert!((j["accuracy"].as_f64().unwrap() - correct as f64 / n as f64).abs() < 1e-12);
-        assert!(j["loss"].as_f64().unwrap() > 0.0 && j["loss"].as_f64().unwrap() < 0.5);
+    // models/README.md: mlp val 174/180, test 351/360; resnet val 177/180, test 353/360;
+    // seq_cnn val 172/180, test 351/360; dsnet val 175/180, test 355/360
+    let counts = [[(174, 180), (351, 360)], [(177, 180), (353, 360)], [(172, 180), (351, 360)], [(175, 180), (355, 360)]];
+    for (t, c) in TEACHERS.iter().zip(counts) {
+        for (split, (correct, n)) in ["val", "test"].into_iter().zip(c) {
+            let j = eval_json(&t.path(), &t.split(split));
+            assert_eq!(j["correct"], correct, "{} {split}", t.name);
+            assert_eq!(j["samples"], n);
+            assert!((j["accuracy"].as_f64().unwrap() - correct as f64 / n as f64).abs() < 1e-12);
+            assert!(j["loss"].as_f64().unwrap() > 0.0 && j["loss"].as_f64().unwrap() < 0.5);
+        }
     }
 }
 
