@@ -6,7 +6,7 @@
 //! Uses `model`, `quant`, `tensor_file`.
 
 use crate::error::{Result, WickError};
-use crate::model::load::{self, META_KEY, META_VERSION};
+use crate::model::load::{self, META_KEY};
 use crate::model::Model;
 use crate::quant::{ActType, QParams, QWeight};
 use crate::tensor_file::{self, RawTensor, TensorFile};
@@ -15,6 +15,11 @@ use safetensors::Dtype;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
+
+/// The artifact format this build writes. Version 2 states the weight scheme once and each
+/// quantised layer's input type in `quantization.layers`; version 1 repeated the whole scheme,
+/// with the scales, per layer. Both are read.
+pub const ARTIFACT_VERSION: u32 = 2;
 
 /// One quantised layer: its integer weight and the static quantisation of its input.
 #[derive(Debug, Clone)]
@@ -77,7 +82,7 @@ impl Int8Model {
     /// Writes the artifact atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut out = BTreeMap::new();
-        let mut schemes = Map::new();
+        let mut layer_types = Map::new();
         for (name, t) in self.model.tensors() {
             let layer = name.strip_suffix(".weight").and_then(|l| self.layers.get(l).map(|q| (l, q)));
             match layer {
@@ -90,15 +95,7 @@ impl Int8Model {
                         ActType::I8 => RawTensor::from_i8(vec![1], &[q.input.zero_point as i8]),
                     };
                     out.insert(format!("{l}.input_zero_point"), zp);
-                    schemes.insert(
-                        l.to_string(),
-                        json!({
-                            "weight": {"dtype": "i8", "symmetric": true, "granularity": "per_channel", "axis": 0, "range": [-127, 127]},
-                            "input": {"dtype": q.input.act, "symmetric": q.input.act == ActType::I8, "granularity": "per_tensor",
-                                      "range": q.input.act.range(),
-                                      "scale": q.input.scale, "zero_point": q.input.zero_point},
-                        }),
-                    );
+                    layer_types.insert(l.to_string(), json!(q.input.act));
                 }
                 None => {
                     let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
@@ -107,10 +104,18 @@ impl Int8Model {
             }
         }
         let mut meta = Map::new();
-        meta.insert("format_version".into(), META_VERSION.into());
+        meta.insert("format_version".into(), ARTIFACT_VERSION.into());
         meta.insert("kind".into(), "int8".into());
         meta.insert("arch".into(), serde_json::to_value(&self.model.arch).expect("arch serialises"));
-        meta.insert("quantization".into(), Value::Object(schemes));
+        // The scales and zero points are tensors; the metadata says how to read them.
+        meta.insert(
+            "quantization".into(),
+            json!({
+                "weight": {"dtype": "i8", "symmetric": true, "granularity": "per_channel", "axis": 0, "range": [-127, 127]},
+                "input": {"granularity": "per_tensor"},
+                "layers": Value::Object(layer_types),
+            }),
+        );
         for (k, v) in &self.info {
             meta.insert(k.clone(), v.clone());
         }
@@ -127,14 +132,14 @@ impl Int8Model {
         }
         let fname = file.name();
         let arch = load::resolve_arch(file, None)?;
-        let schemes = meta.get("quantization").and_then(Value::as_object).cloned().unwrap_or_default();
+        let layer_types = quantized_layers(&meta, &fname)?;
         let mut floats = TensorFile { path: file.path.clone(), tensors: BTreeMap::new(), metadata: BTreeMap::new() };
         let mut layers = BTreeMap::new();
         for (name, t) in &file.tensors {
-            let layer = name.strip_suffix(".weight").filter(|l| schemes.contains_key(*l));
+            let layer = name.strip_suffix(".weight").filter(|l| layer_types.contains_key(*l));
             if let Some(l) = layer {
-                // 7-bit activations are stored as u8; only the scheme says they are 7-bit.
-                let seven = schemes[l].pointer("/input/dtype").and_then(Value::as_str) == Some("u7");
+                // 7-bit activations are stored as u8; only the metadata says they are 7-bit.
+                let seven = layer_types[l] == "u7";
                 layers.insert(l.to_string(), read_layer(file, l, t, seven)?);
             } else if !(name.ends_with(".weight_scale") || name.ends_with(".input_scale") || name.ends_with(".input_zero_point")) {
                 floats.tensors.insert(name.clone(), t.clone());
@@ -151,6 +156,33 @@ impl Int8Model {
         }
         Ok(Some(Int8Model { model: loaded.model, layers, info }))
     }
+}
+
+/// Each quantised layer's input type (`u8`, `u7`, `i8`) from the metadata of either version.
+fn quantized_layers(meta: &Value, file: &str) -> Result<BTreeMap<String, String>> {
+    let bad = |msg: String| WickError::invalid(format!("{file}: metadata '{META_KEY}'"), msg);
+    let version = meta.get("format_version").and_then(Value::as_u64);
+    let q = meta.get("quantization").and_then(Value::as_object).ok_or_else(|| bad("field 'quantization' is missing or not an object".into()))?;
+    let entries: Vec<(String, Option<&str>)> = match version {
+        Some(2) => match q.get("layers").and_then(Value::as_object) {
+            Some(layers) => layers.iter().map(|(k, v)| (k.clone(), v.as_str())).collect(),
+            None => return Err(bad("field 'quantization.layers' is missing or not an object".into())),
+        },
+        Some(1) => q.iter().map(|(k, v)| (k.clone(), v.pointer("/input/dtype").and_then(Value::as_str))).collect(),
+        _ => {
+            return Err(bad(format!(
+                "field 'format_version' is {}; this wick reads artifact versions 1 and {ARTIFACT_VERSION}",
+                meta.get("format_version").map_or("missing".to_string(), Value::to_string)
+            )))
+        }
+    };
+    entries
+        .into_iter()
+        .map(|(k, t)| match t {
+            Some(t @ ("u8" | "u7" | "i8")) => Ok((k, t.to_string())),
+            other => Err(bad(format!("layer '{k}': input type {other:?} is not one of u8, u7, i8"))),
+        })
+        .collect()
 }
 
 /// Reads layer `l` (weight `w`); `seven`: its scheme declares 7-bit (`u7`) activations.

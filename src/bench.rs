@@ -3,12 +3,12 @@
 //! repeated runs after warm-up. Ratios are taken against baselines measured in the same run.
 
 use crate::artifact::Int8Model;
-use crate::calibrate::{CalibConfig, Method};
+use crate::calibrate::Method;
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::model::forward::Mode;
 use crate::model::Model;
-use crate::passes::ptq::ptq;
+use crate::passes::calibrate::{ptq, CalibrateSettings};
 use crate::progress::Silent;
 use crate::quant::ActType;
 use crate::report::latency::{measure, Latency};
@@ -45,14 +45,24 @@ pub struct BenchResult {
 
 /// The INT8 model benchmarks run: PTQ (min-max, activations `act`) on the first 256 samples.
 pub fn int8_of(model: &Model, data: &Dataset, act: ActType) -> Result<Int8Model> {
-    let cfg = CalibConfig { method: Method::Minmax, percentile: 99.99, act, batch_size: 64 };
-    Ok(ptq(model, data, &cfg, 256, &[], &Silent)?.int8)
+    let settings = CalibrateSettings { method: Method::Minmax, samples: 256, activations: act, ..CalibrateSettings::default() };
+    Ok(ptq(model, data, &settings, &Silent)?.int8)
 }
 
 /// Median seconds of one training epoch over `reps` epochs (after one warm-up epoch).
 pub fn train_epoch_seconds(model: &Model, train: &Dataset, reps: usize) -> Result<f64> {
     let m = model.deep_clone()?;
-    let cfg = TrainConfig { epochs: 1, batch_size: 64, lr: 0.01, optimizer: OptimizerKind::Sgd, weight_decay: 0.0, momentum: 0.9, warmup_epochs: 0.0, seed: 0, patience: None };
+    let cfg = TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        lr: crate::train::LearningRate::Fixed(0.01),
+        optimizer: OptimizerKind::Sgd,
+        weight_decay: 0.0,
+        momentum: 0.9,
+        warmup_epochs: 0.0,
+        seed: 0,
+        patience: None,
+    };
     let obj = |m: &Model, x: &candle_core::Tensor, y: &[u32], _: &[usize], _: &std::cell::RefCell<rand_chacha::ChaCha8Rng>| loss::cross_entropy(&m.forward(x, Mode::Train)?, y);
     // Validation is not part of the step being measured: a constant stands in for it.
     let val = |_: &Model| Ok(crate::eval::EvalResult { accuracy: 0.0, loss: 0.0, correct: 0, samples: 0, predictions: vec![] });

@@ -11,6 +11,7 @@ use crate::data::Dataset;
 use crate::error::{Result, WickError};
 use crate::eval::evaluate;
 use crate::model::load::load_model;
+use crate::passes::Allowance;
 use crate::pipeline::{self, Inputs};
 use crate::progress::Progress;
 use crate::provenance::{file_sha256, tool_version};
@@ -48,6 +49,20 @@ pub struct JobSpec {
     pub sensitivity: bool,
     #[serde(default)]
     pub fallback: bool,
+}
+
+impl JobSpec {
+    /// The gate's allowance, checked: points in [0, 100], a relative drop in [0, 1], not both.
+    pub fn allowance(&self) -> Result<Option<Allowance>> {
+        match (self.max_accuracy_drop, self.max_relative_drop) {
+            (Some(_), Some(_)) => Err(WickError::invalid("--max-accuracy-drop/--max-relative-drop", "give one gate, not both")),
+            (Some(p), None) if !(0.0..=100.0).contains(&p) => Err(WickError::invalid("--max-accuracy-drop", format!("{p} is not a number of points in [0, 100]"))),
+            (None, Some(r)) if !(0.0..=1.0).contains(&r) => Err(WickError::invalid("--max-relative-drop", format!("{r} is not a fraction in [0, 1]"))),
+            (Some(p), None) => Ok(Some(Allowance::Points(p))),
+            (None, Some(r)) => Ok(Some(Allowance::Relative(r))),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 /// Staging folders of runs in progress, for the CLI's interrupt handler to remove.
@@ -114,9 +129,7 @@ pub fn already_done(spec: &JobSpec) -> bool {
 pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     let recipe_path = crate::recipe::resolve(&spec.recipe)?;
     let recipe = crate::recipe::read(&recipe_path)?;
-    if spec.max_accuracy_drop.is_some() && spec.max_relative_drop.is_some() {
-        return Err(WickError::invalid("--max-accuracy-drop/--max-relative-drop", "give one gate, not both"));
-    }
+    let allowance = spec.allowance()?;
     let loaded = load_model(&spec.model, spec.arch.as_deref())?;
     let teacher = loaded.model;
     let read = |p: &Path| Dataset::read_fitting(p, teacher.input_shape(), teacher.num_classes());
@@ -125,13 +138,14 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
         Some(p) => read(p)?,
         None => train.clone(),
     };
-    let inp = Inputs { teacher: &teacher, train: &train, val: &val, test: &test, calib: &calib, seed: spec.seed, max_epochs: spec.max_epochs };
+    let inp = Inputs { teacher: &teacher, train: &train, val: &val, test: &test, calib: &calib, seed: spec.seed, max_epochs: spec.max_epochs, allowance };
     let outcome = pipeline::run(&recipe, &inp, progress)?;
     let staging = Staging::new(&spec.out)?;
     let staged = staging.0.join(ARTIFACT);
     let fingerprint = input_fingerprint(spec)?;
     let mut q = outcome.int8;
-    q.info.insert("provenance".into(), json!({"recipe": recipe.name, "tool": tool_version(), "seed": spec.seed, "inputs": fingerprint["inputs"]}));
+    // The data files' hashes are in report.json; the artifact names its teacher.
+    q.info.insert("provenance".into(), json!({"recipe": recipe.name, "tool": tool_version(), "seed": spec.seed, "teacher": fingerprint["inputs"]["teacher"]}));
 
     let teacher_eval = evaluate(&teacher, &test, 256, progress)?;
     let teacher_val = evaluate(&outcome.folded, &val, 256, progress)?.accuracy;

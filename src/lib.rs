@@ -25,3 +25,19 @@ pub mod tensor_file;
 pub mod train;
 
 pub use error::{Result, WickError};
+
+/// `Display` through a unit enum's serde name: its spelling in recipes and on the command line.
+macro_rules! display_as_serde {
+    ($($t:ty),*) => {
+        $(impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match serde_json::to_value(self) {
+                    Ok(serde_json::Value::String(s)) => f.write_str(&s),
+                    _ => write!(f, "{self:?}"),
+                }
+            }
+        })*
+    };
+}
+
+display_as_serde!(calibrate::Method, train::OptimizerKind, passes::prune_channels::importance::Criterion, quant::ActType);

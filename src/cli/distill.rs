@@ -8,9 +8,12 @@ use serde_json::json;
 use std::path::PathBuf;
 use wick::eval::evaluate;
 use wick::model::stats::total_params;
+use wick::passes::distill::DistillSettings;
+use wick::passes::{train_config, Ctx, Data, Pass, State};
 use wick::progress::Silent;
-use wick::train::distill::{distill, DistillConfig, Hint};
-use wick::train::{OptimizerKind, TrainConfig};
+use wick::train::budget::AUTO_STEPS;
+use wick::train::distill::distill;
+use wick::train::{Epochs, LearningRate, OptimizerKind};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,36 +28,38 @@ pub struct Args {
     /// initialised from the teacher's most important (L1) channels.
     #[arg(long)]
     width: Option<f64>,
+    /// With --width: widen a student that loses more than half of --max-accuracy-drop on the
+    /// validation split (`--widen false`: keep the width given).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = DistillSettings::default().widen)]
+    widen: bool,
+    /// With --width: the accuracy budget in points (default 1).
+    #[arg(long, allow_negative_numbers = true)]
+    max_accuracy_drop: Option<f64>,
     #[arg(long)]
     train: PathBuf,
     #[arg(long)]
     val: PathBuf,
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = DistillSettings::default().temperature)]
     temperature: f64,
     /// Weight of the distillation term (1 − α goes to cross-entropy with the labels).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = DistillSettings::default().alpha)]
     alpha: f64,
     /// Feature hints TEACHER_NODE=STUDENT_NODE.
     #[arg(long, num_args = 1..)]
-    hint: Vec<Hint>,
-    #[arg(long, default_value_t = 1.0)]
+    hint: Vec<String>,
+    #[arg(long, default_value_t = DistillSettings::default().hint_weight)]
     hint_weight: f64,
-    #[arg(long, default_value_t = 60)]
-    epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    /// Epochs (`auto`: from the data).
+    #[arg(long, default_value_t = DistillSettings::default().epochs)]
+    epochs: Epochs,
+    #[arg(long, default_value_t = DistillSettings::default().batch_size)]
     batch_size: usize,
     /// sgd (Nesterov momentum 0.9) or adamw.
-    #[arg(long, default_value = "sgd")]
+    #[arg(long, default_value_t = DistillSettings::default().optimizer)]
     optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 0.05)]
-    lr: f64,
-    #[arg(long, default_value_t = 1e-4)]
-    weight_decay: f64,
-    #[arg(long, default_value_t = 1.0)]
-    warmup_epochs: f64,
-    /// Stop after this many epochs without a better validation accuracy.
-    #[arg(long)]
-    patience: Option<usize>,
+    /// Base learning rate (`auto`: a range test).
+    #[arg(long, default_value_t = DistillSettings::default().lr)]
+    lr: LearningRate,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long)]
@@ -69,38 +74,45 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let teacher = load_float(&a.teacher, a.arch.as_deref())?;
-    let student = match (&a.student, a.width) {
-        (Some(p), None) if p.to_string_lossy().ends_with(".json") => wick::model::init::init_model(wick::model::load::read_arch(p)?, a.seed)?,
-        (Some(p), None) => load_float(p, None)?.deep_clone()?,
-        (None, Some(w)) => {
-            if !(w > 0.0 && w <= 1.0) {
-                anyhow::bail!("--width must lie in (0, 1], got {w}");
-            }
-            wick::passes::prune_channels::width_scaled(&teacher, w)?
-        }
-        _ => anyhow::bail!("give exactly one of --student FILE or --width F"),
+    let settings = DistillSettings {
+        width: a.width.unwrap_or(DistillSettings::default().width),
+        widen: a.widen,
+        epochs: a.epochs,
+        optimizer: a.optimizer,
+        lr: a.lr,
+        temperature: a.temperature,
+        alpha: a.alpha,
+        hints: a.hint.clone(),
+        hint_weight: a.hint_weight,
+        batch_size: a.batch_size,
     };
+    settings.validate().map_err(|e| super::as_flags(&e))?;
     let train = read_data(&a.train, &teacher)?;
     let val = read_data(&a.val, &teacher)?;
     let progress = CliProgress::new(a.quiet);
-    let tc = TrainConfig {
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        optimizer: a.optimizer,
-        weight_decay: a.weight_decay,
-        momentum: 0.9,
-        warmup_epochs: a.warmup_epochs,
-        seed: a.seed,
-        patience: a.patience,
+    let ctx = Ctx::new(&teacher, Data { train: &train, val: &val, calib: &train }, a.seed, None, super::points_allowance(a.max_accuracy_drop)?, &progress)?;
+    let (student, rep) = match (&a.student, a.width) {
+        (Some(p), None) => {
+            let student = match p.to_string_lossy().ends_with(".json") {
+                true => wick::model::init::init_model(wick::model::load::read_arch(p)?, a.seed)?,
+                false => load_float(p, None)?.deep_clone()?,
+            };
+            let tc = train_config(settings.epochs, settings.lr, settings.optimizer, settings.batch_size, AUTO_STEPS, &ctx);
+            let rep = distill(&teacher, &student, &train, &val, &tc, &settings.config()?, &progress)?;
+            (student, serde_json::to_value(rep)?)
+        }
+        (None, Some(_)) => {
+            let applied = settings.apply(State::Float(teacher.clone()), &ctx)?;
+            let State::Float(student) = applied.state else { unreachable!("distill gives a float model") };
+            (student, applied.details)
+        }
+        _ => anyhow::bail!("give exactly one of --student FILE or --width F"),
     };
-    let dc = DistillConfig { temperature: a.temperature, alpha: a.alpha, hints: a.hint.clone(), hint_weight: a.hint_weight };
-    let rep = distill(&teacher, &student, &train, &val, &tc, &dc, &progress)?;
     let mut extra = std::collections::BTreeMap::new();
     extra.insert(
         "provenance".to_string(),
         json!({"teacher": a.teacher.display().to_string(), "teacher_sha256": wick::provenance::file_sha256(&a.teacher)?,
-        "tool": wick::provenance::tool_version(), "pass": "distill", "train": &tc, "distill": &dc}),
+        "tool": wick::provenance::tool_version(), "pass": "distill", "settings": &settings}),
     );
     wick::model::load::save_model(&student, &a.out, extra)?;
     let test = a.test.as_ref().map(|p| read_data(p, &teacher)).transpose()?;
@@ -113,7 +125,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         println!("{}", json!({"teacher_params": tp, "student_params": sp, "teacher_test_accuracy": accs.map(|x| x.0), "student_test_accuracy": accs.map(|x| x.1), "training": rep}));
     } else {
         println!("teacher {tp} params; student {sp} params ({:.1}%)", 100.0 * sp as f64 / tp as f64);
-        println!("best val accuracy {:.4} at epoch {} of {}", rep.best_val_accuracy, rep.best_epoch, rep.epochs_run);
+        let last = rep.get("attempts").and_then(|v| v.as_array()).and_then(|v| v.last()).map(|a| &a["training"]).unwrap_or(&rep);
+        println!("best val accuracy {:.4} at epoch {} of {}", last["best_val_accuracy"].as_f64().unwrap_or(f64::NAN), last["best_epoch"], last["epochs_run"]);
         if let Some((t, s)) = accs {
             println!("test accuracy: teacher {t:.4}, student {s:.4}");
         }

@@ -113,6 +113,30 @@ fn set_threads(n: Option<usize>) -> anyhow::Result<usize> {
     Ok(n)
 }
 
+/// A settings check's message as the CLI says it: `field 'max_ratio'` becomes `--max-ratio`.
+pub fn as_flags(msg: &str) -> anyhow::Error {
+    let mut out = String::new();
+    let mut rest = msg;
+    while let Some(i) = rest.find("field '") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "field '".len()..];
+        let end = after.find('\'').unwrap_or(after.len());
+        out.push_str("--");
+        out.push_str(&after[..end].replace('_', "-"));
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    anyhow::anyhow!(out)
+}
+
+/// `--max-accuracy-drop`, checked: points in [0, 100].
+pub fn points_allowance(points: Option<f64>) -> anyhow::Result<Option<wick::passes::Allowance>> {
+    match points {
+        Some(p) if !(0.0..=100.0).contains(&p) => anyhow::bail!("--max-accuracy-drop: {p} is not a number of points in [0, 100]"),
+        p => Ok(p.map(wick::passes::Allowance::Points)),
+    }
+}
+
 /// Prints load warnings to stderr.
 pub fn warn_all(warnings: &[String]) {
     for w in warnings {

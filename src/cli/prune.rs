@@ -8,45 +8,59 @@ use std::path::PathBuf;
 use wick::eval::evaluate;
 use wick::model::load::save_model;
 use wick::model::stats::{total_macs, total_params};
-use wick::passes::prune_channels::{importance::Criterion, layer_table, plan, prune_with_recovery, PruneConfig, Recovery};
+use wick::passes::prune_channels::{importance::Criterion, layer_table, plan, step_ratio, PruneSettings, Ratio};
+use wick::passes::{Ctx, Data, Pass, Sketch, State};
 use wick::progress::Silent;
-use wick::train::{OptimizerKind, TrainConfig};
+use wick::train::{Epochs, LearningRate, OptimizerKind};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     m: super::ModelArgs,
-    /// Fraction of channels to remove, in [0, 1).
-    #[arg(long)]
-    ratio: f64,
-    #[arg(long, default_value = "l1")]
+    /// Fraction of channels to remove, in [0, 1), or `auto`: as much as --max-accuracy-drop
+    /// allows on the validation split (needs --train and --val).
+    #[arg(long, default_value_t = PruneSettings::default().ratio)]
+    ratio: Ratio,
+    /// `--ratio auto`: the most it may remove.
+    #[arg(long, default_value_t = PruneSettings::default().max_ratio)]
+    max_ratio: f64,
+    /// `--ratio auto`: the fraction of the remaining channels each search step removes.
+    #[arg(long, default_value_t = PruneSettings::default().search_step)]
+    search_step: f64,
+    /// `--ratio auto`: accuracy points the search may spend (half of them on validation).
+    #[arg(long, allow_negative_numbers = true)]
+    max_accuracy_drop: Option<f64>,
+    #[arg(long, default_value_t = PruneSettings::default().criterion)]
     criterion: Criterion,
     /// Rank channels across the whole network instead of per group.
     #[arg(long)]
     global: bool,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = PruneSettings::default().round_to)]
     round_to: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = PruneSettings::default().min_channels)]
     min_channels: usize,
     /// Layers whose output channels are kept.
     #[arg(long, num_args = 1..)]
     ignore: Vec<String>,
-    /// Prune in K steps, fine-tuning between them.
-    #[arg(long, default_value_t = 1)]
+    /// Prune in K steps, recovering after each.
+    #[arg(long, default_value_t = PruneSettings::default().steps)]
     steps: usize,
     #[arg(long)]
     train: Option<PathBuf>,
     #[arg(long)]
     val: Option<PathBuf>,
-    /// Fine-tuning epochs in all (shared out over the steps).
-    #[arg(long, default_value_t = 0)]
-    epochs: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    #[arg(long, default_value_t = 64)]
+    /// Recovery epochs after each pruning step (`auto`: from the data; 0: none).
+    #[arg(long, default_value_t = PruneSettings::default().epochs)]
+    epochs: Epochs,
+    /// Recovery learning rate (`auto`: a range test).
+    #[arg(long, default_value_t = PruneSettings::default().lr)]
+    lr: LearningRate,
+    #[arg(long, default_value_t = PruneSettings::default().optimizer)]
+    optimizer: OptimizerKind,
+    #[arg(long, default_value_t = PruneSettings::default().batch_size)]
     batch_size: usize,
-    /// Fine-tune by distilling from the unpruned model.
-    #[arg(long)]
+    /// Recover by distilling from the unpruned model (`--distill false`: labels alone).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = PruneSettings::default().distill)]
     distill: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -65,42 +79,50 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let model = load_float(&a.m.model, a.m.arch.as_deref())?;
-    let cfg = PruneConfig { ratio: a.ratio, criterion: a.criterion, global: a.global, round_to: a.round_to, min_channels: a.min_channels, ignore: a.ignore.clone(), seed: a.seed };
+    let settings = PruneSettings {
+        ratio: a.ratio,
+        max_ratio: a.max_ratio,
+        search_step: a.search_step,
+        criterion: a.criterion,
+        global: a.global,
+        round_to: a.round_to,
+        min_channels: a.min_channels,
+        ignore: a.ignore.clone(),
+        steps: a.steps,
+        epochs: a.epochs,
+        lr: a.lr,
+        optimizer: a.optimizer,
+        batch_size: a.batch_size,
+        distill: a.distill,
+    };
+    settings.validate().map_err(|e| super::as_flags(&e))?;
     let progress = CliProgress::new(a.quiet);
     let train = a.train.as_ref().map(|p| read_data(p, &model)).transpose()?;
     let val = a.val.as_ref().map(|p| read_data(p, &model)).transpose()?;
-    if a.epochs > 0 && (train.is_none() || val.is_none()) {
-        anyhow::bail!("--epochs needs --train and --val");
-    }
     if a.out.is_none() && !a.dry_run {
         anyhow::bail!("--out is required (or use --dry-run)");
     }
-    let (pruned, steps) = if a.dry_run {
-        let p = plan(&model, &PruneConfig { ratio: wick::passes::prune_channels::step_ratio(a.ratio, a.steps), ..cfg.clone() }, train.as_ref())?;
-        let m = wick::passes::prune_channels::apply(&model, &p)?;
-        (m, vec![p.groups])
-    } else {
-        let recovery = match (&train, &val) {
-            (Some(t), Some(v)) if a.epochs > 0 => Some(Recovery {
-                train: t,
-                val: v,
-                train_cfg: TrainConfig {
-                    epochs: a.epochs,
-                    batch_size: a.batch_size,
-                    lr: a.lr,
-                    optimizer: OptimizerKind::Adamw,
-                    weight_decay: 1e-4,
-                    momentum: 0.9,
-                    warmup_epochs: 0.0,
-                    seed: a.seed,
-                    patience: None,
-                },
-                distill: a.distill,
-            }),
-            _ => None,
-        };
-        let (m, r) = prune_with_recovery(&model, &cfg, a.steps, recovery.as_ref(), &progress)?;
-        (m, r.steps)
+    let (pruned, details) = match (&train, &val) {
+        (Some(train), Some(val)) => {
+            let ctx = Ctx::new(&model, Data { train, val, calib: train }, a.seed, None, super::points_allowance(a.max_accuracy_drop)?, &progress)?;
+            if a.dry_run {
+                let (sketch, what) = settings.plan(Sketch { model: model.clone(), quantized: false }, &ctx)?;
+                (sketch.model, json!({ "plan": what }))
+            } else {
+                let applied = settings.apply(State::Float(model.clone()), &ctx)?;
+                let State::Float(m) = applied.state else { unreachable!("prune_channels gives a float model") };
+                (m, json!({ "summary": applied.summary, "details": applied.details }))
+            }
+        }
+        (None, None) => {
+            let Ratio::Fixed(ratio) = a.ratio else { anyhow::bail!("--ratio auto needs --train and --val (it measures validation accuracy)") };
+            if a.epochs != Epochs::Fixed(0) && a.epochs != Epochs::Auto {
+                anyhow::bail!("--epochs needs --train and --val");
+            }
+            let p = plan(&model, &settings.config(step_ratio(ratio, a.steps), a.seed), None)?;
+            (wick::passes::prune_channels::apply(&model, &p)?, json!({ "groups": p.groups }))
+        }
+        _ => anyhow::bail!("give both --train and --val, or neither"),
     };
     let (p0, p1, m0, m1) = (total_params(&model), total_params(&pruned), total_macs(&model), total_macs(&pruned));
     let test = a.test.as_ref().map(|p| read_data(p, &model)).transpose()?;
@@ -112,14 +134,14 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     if !a.dry_run {
         let out = a.out.as_ref().unwrap();
         let mut extra = std::collections::BTreeMap::new();
-        extra.insert("provenance".to_string(), json!({"teacher": a.m.model.display().to_string(), "teacher_sha256": wick::provenance::file_sha256(&a.m.model)?, "tool": wick::provenance::tool_version(), "pass": "prune_channels", "settings": &cfg, "steps": a.steps}));
+        extra.insert("provenance".to_string(), json!({"teacher": a.m.model.display().to_string(), "teacher_sha256": wick::provenance::file_sha256(&a.m.model)?, "tool": wick::provenance::tool_version(), "pass": "prune_channels", "settings": &settings}));
         save_model(&pruned, out, extra)?;
     }
     let summary = json!({
         "params_before": p0, "params_after": p1, "params_ratio": p1 as f64 / p0 as f64,
         "macs_before": m0, "macs_after": m1, "macs_ratio": m1 as f64 / m0.max(1) as f64,
         "test_accuracy_before": acc.map(|x| x.0), "test_accuracy_after": acc.map(|x| x.1),
-        "groups": steps, "layers": layers, "dry_run": a.dry_run,
+        "pruning": details, "layers": layers, "dry_run": a.dry_run,
     });
     if a.json {
         println!("{summary}");

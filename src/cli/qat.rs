@@ -6,13 +6,11 @@ use super::quant_common::*;
 use super::Outcome;
 use serde_json::json;
 use std::path::PathBuf;
-use wick::calibrate::{CalibConfig, Method};
-use wick::passes::{
-    ptq::ptq,
-    qat::{qat, QatConfig},
-};
-use wick::quant::ActType;
-use wick::train::{OptimizerKind, TrainConfig};
+use wick::passes::calibrate::ptq;
+use wick::passes::convert_int8::ConvertInt8;
+use wick::passes::qat::QatSettings;
+use wick::passes::{Ctx, Data, Pass, State};
+use wick::train::{Epochs, LearningRate, OptimizerKind};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,31 +23,26 @@ pub struct Args {
     /// Calibration data for the initial ranges (default: the training set).
     #[arg(long)]
     calib: Option<PathBuf>,
-    #[arg(long, default_value = "entropy")]
-    method: Method,
-    #[arg(long, default_value = "u8")]
-    activations: ActType,
-    #[arg(long, num_args = 1..)]
-    exclude: Vec<String>,
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
+    #[command(flatten)]
+    c: CalibrateArgs,
+    /// Epochs (`auto`: from the data).
+    #[arg(long, default_value_t = QatSettings::default().epochs)]
+    epochs: Epochs,
     /// Epochs during which activation ranges keep updating before they freeze.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = QatSettings::default().observer_epochs)]
     observer_epochs: usize,
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
-    #[arg(long, default_value = "adamw")]
+    #[arg(long, default_value_t = QatSettings::default().lr)]
+    lr: LearningRate,
+    #[arg(long, default_value_t = QatSettings::default().optimizer)]
     optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = QatSettings::default().batch_size)]
     batch_size: usize,
-    /// Distil from the float teacher's logits while training.
-    #[arg(long)]
+    /// Distil from the float model's logits while training (`--distill false`: labels alone).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = QatSettings::default().distill)]
     distill: bool,
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = QatSettings::default().temperature)]
     temperature: f64,
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = QatSettings::default().alpha)]
     alpha: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -66,36 +59,33 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         None => train.clone(),
     };
     let progress = CliProgress::new(a.o.quiet);
-    let ccfg = CalibConfig { method: a.method, percentile: 99.99, act: a.activations, batch_size: 64 };
-    let init = ptq(&teacher, &calib, &ccfg, 512, &a.exclude, &progress)?;
-    let folded = init.folded;
-    let init = init.int8;
-    let cfg = QatConfig {
-        train: TrainConfig {
-            epochs: a.epochs,
-            batch_size: a.batch_size,
-            lr: a.lr,
-            optimizer: a.optimizer,
-            weight_decay: a.weight_decay,
-            momentum: 0.9,
-            warmup_epochs: 0.0,
-            seed: a.seed,
-            patience: None,
-        },
+    let calibration = a.c.settings()?;
+    let settings = QatSettings {
+        epochs: a.epochs,
+        lr: a.lr,
+        optimizer: a.optimizer,
         observer_epochs: a.observer_epochs,
+        distill: a.distill,
         temperature: a.temperature,
         alpha: a.alpha,
+        batch_size: a.batch_size,
     };
-    let teacher_ref = if a.distill { Some(&teacher) } else { None };
-    let (mut q, rep) = qat(&folded, &init, teacher_ref, &train, &val, &cfg, &progress)?;
-    let settings = json!({"pass": "qat", "qat": &cfg, "calibration": &ccfg, "exclude": &a.exclude});
-    let cmp = write_and_compare(&mut q, &teacher, &a.m.model, &a.o.out, a.o.test.as_ref(), settings.clone(), &progress)?;
-    println!("wrote {} ({} layers INT8; best val accuracy {:.4} at epoch {})", a.o.out.display(), q.layers.len(), rep.fit.best_val_accuracy, rep.fit.best_epoch);
+    settings.validate().map_err(|e| super::as_flags(&e))?;
+    // The steps of the qat-int8 recipe: fold and calibrate, QAT, convert.
+    let init = ptq(&teacher, &calib, &calibration, &progress)?;
+    let inputs = init.int8.layers.iter().map(|(k, l)| (k.clone(), l.input)).collect();
+    let ctx = Ctx::new(&teacher, Data { train: &train, val: &val, calib: &calib }, a.seed, None, None, &progress)?;
+    let applied = settings.apply(State::Calibrated { folded: init.folded, inputs }, &ctx)?;
+    let State::Calibrated { folded, inputs } = applied.state else { unreachable!("qat gives a calibrated model") };
+    let mut q = ConvertInt8::convert(&folded, &inputs)?;
+    let settings_json = json!({"pass": "qat", "qat": &settings, "calibrate": &calibration});
+    let cmp = write_and_compare(&mut q, &teacher, &a.m.model, &a.o.out, a.o.test.as_ref(), settings_json.clone(), &progress)?;
+    println!("wrote {} ({} layers INT8; {})", a.o.out.display(), q.layers.len(), applied.summary);
     if let Some(c) = &cmp {
         print_comparison(c);
     }
     if let Some(r) = &a.o.report {
-        write_report(r, &json!({"tool": wick::provenance::tool_version(), "settings": settings, "comparison": cmp, "training": rep}))?;
+        write_report(r, &json!({"tool": wick::provenance::tool_version(), "settings": settings_json, "comparison": cmp, "training": applied.details}))?;
     }
     Ok(Outcome::Ok)
 }

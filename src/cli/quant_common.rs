@@ -6,10 +6,13 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use wick::artifact::{load_any, AnyModel, Int8Model};
+use wick::calibrate::Method;
 use wick::compare::{compare, Comparison};
 use wick::data::Dataset;
 use wick::model::Model;
+use wick::passes::calibrate::CalibrateSettings;
 use wick::provenance::{file_sha256, tool_version};
+use wick::quant::ActType;
 
 /// The outputs `wick quantize` and `wick qat` share.
 #[derive(clap::Args)]
@@ -25,6 +28,36 @@ pub struct OutputArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The `calibrate` step's flags (`wick quantize`, `wick qat`), defaults from its settings.
+#[derive(clap::Args)]
+pub struct CalibrateArgs {
+    /// Range observer: minmax, moving_average, percentile, entropy, mse.
+    #[arg(long, default_value_t = CalibrateSettings::default().method)]
+    pub method: Method,
+    /// Percentile for `--method percentile`, in (50, 100].
+    #[arg(long, default_value_t = CalibrateSettings::default().percentile)]
+    pub percentile: f64,
+    /// Calibration samples (the first N of the file).
+    #[arg(long, default_value_t = CalibrateSettings::default().samples)]
+    pub samples: usize,
+    /// Activation type: u8 (asymmetric), u7 (asymmetric 7-bit: AVX2's faster exact kernel) or i8
+    /// (symmetric).
+    #[arg(long, default_value_t = CalibrateSettings::default().activations)]
+    pub activations: ActType,
+    /// Keep these layers in float.
+    #[arg(long, num_args = 1..)]
+    pub exclude: Vec<String>,
+}
+
+impl CalibrateArgs {
+    /// The step's settings, checked as a recipe's are.
+    pub fn settings(&self) -> anyhow::Result<CalibrateSettings> {
+        let s = CalibrateSettings { method: self.method, samples: self.samples, activations: self.activations, percentile: self.percentile, exclude: self.exclude.clone() };
+        s.validate().map_err(|e| super::as_flags(&e))?;
+        Ok(s)
+    }
 }
 
 /// Loads a float model; an INT8 artifact is refused.

@@ -5,9 +5,7 @@ use super::quant_common::*;
 use super::Outcome;
 use serde_json::json;
 use std::path::PathBuf;
-use wick::calibrate::{CalibConfig, Method};
-use wick::passes::ptq::ptq;
-use wick::quant::ActType;
+use wick::passes::calibrate::ptq;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,22 +14,8 @@ pub struct Args {
     /// Calibration data (safetensors with `x`; `y` is not used but required by the format).
     #[arg(long)]
     calib: PathBuf,
-    /// Range observer: minmax, moving_average, percentile, entropy, mse.
-    #[arg(long, default_value = "entropy")]
-    method: Method,
-    /// Percentile for `--method percentile`.
-    #[arg(long, default_value_t = 99.99)]
-    percentile: f64,
-    /// Calibration samples (the first N of the file).
-    #[arg(long, default_value_t = 512)]
-    samples: usize,
-    /// Activation type: u8 (asymmetric), u7 (asymmetric 7-bit: AVX2's faster exact kernel) or i8
-    /// (symmetric).
-    #[arg(long, default_value = "u8")]
-    activations: ActType,
-    /// Keep these layers in float.
-    #[arg(long, num_args = 1..)]
-    exclude: Vec<String>,
+    #[command(flatten)]
+    c: CalibrateArgs,
     #[command(flatten)]
     o: OutputArgs,
 }
@@ -40,13 +24,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let teacher = load_float(&a.m.model, a.m.arch.as_deref())?;
     let calib = wick::data::Dataset::read(&a.calib)?;
     let progress = CliProgress::new(a.o.quiet);
-    let cfg = CalibConfig { method: a.method, percentile: a.percentile, act: a.activations, batch_size: 64 };
-    if !(a.percentile > 50.0 && a.percentile <= 100.0) {
-        anyhow::bail!("--percentile must lie in (50, 100], got {}", a.percentile);
-    }
-    let out = ptq(&teacher, &calib, &cfg, a.samples, &a.exclude, &progress)?;
+    let settings = a.c.settings()?;
+    let out = ptq(&teacher, &calib, &settings, &progress)?;
     let (mut q, rep) = (out.int8, out.report);
-    let settings = json!({"pass": "ptq", "calibration": &cfg, "samples": rep.calibration_samples, "exclude": &a.exclude});
+    let settings = json!({"pass": "ptq", "calibrate": &settings, "samples": rep.calibration_samples});
     let cmp = write_and_compare(&mut q, &teacher, &a.m.model, &a.o.out, a.o.test.as_ref(), settings.clone(), &progress)?;
     println!("wrote {} ({} layers INT8, {} BatchNorms folded, {} kept in float)", a.o.out.display(), q.layers.len(), rep.folded.len(), rep.excluded.len());
     if let Some(c) = &cmp {

@@ -94,6 +94,30 @@ fn neg_one() -> i64 {
 fn is_true(b: &bool) -> bool {
     *b
 }
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+fn is_pair_one(p: &Pair) -> bool {
+    p.hw() == (1, 1)
+}
+fn is_pair_zero(p: &Pair) -> bool {
+    p.hw() == (0, 0)
+}
+fn is_bn_eps(v: &f64) -> bool {
+    *v == bn_eps()
+}
+fn is_bn_momentum(v: &f64) -> bool {
+    *v == bn_momentum()
+}
+fn is_one_i64(v: &i64) -> bool {
+    *v == 1
+}
+fn is_neg_one(v: &i64) -> bool {
+    *v == -1
+}
 
 /// Linear: `y = x · Wᵀ + b`, weight `[out, in]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,7 +125,7 @@ fn is_true(b: &bool) -> bool {
 pub struct LinearCfg {
     pub in_features: usize,
     pub out_features: usize,
-    #[serde(default = "yes")]
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub bias: bool,
 }
 
@@ -112,15 +136,15 @@ pub struct Conv1dCfg {
     pub in_channels: usize,
     pub out_channels: usize,
     pub kernel_size: usize,
-    #[serde(default = "one")]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub stride: usize,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub padding: usize,
-    #[serde(default = "one")]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub dilation: usize,
-    #[serde(default = "one")]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub groups: usize,
-    #[serde(default = "yes")]
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub bias: bool,
 }
 
@@ -131,15 +155,15 @@ pub struct Conv2dCfg {
     pub in_channels: usize,
     pub out_channels: usize,
     pub kernel_size: Pair,
-    #[serde(default = "pair_one")]
+    #[serde(default = "pair_one", skip_serializing_if = "is_pair_one")]
     pub stride: Pair,
-    #[serde(default = "pair_zero")]
+    #[serde(default = "pair_zero", skip_serializing_if = "is_pair_zero")]
     pub padding: Pair,
-    #[serde(default = "pair_one")]
+    #[serde(default = "pair_one", skip_serializing_if = "is_pair_one")]
     pub dilation: Pair,
-    #[serde(default = "one")]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub groups: usize,
-    #[serde(default = "yes")]
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub bias: bool,
 }
 
@@ -148,10 +172,10 @@ pub struct Conv2dCfg {
 #[serde(deny_unknown_fields)]
 pub struct BatchNormCfg {
     pub num_features: usize,
-    #[serde(default = "bn_eps")]
+    #[serde(default = "bn_eps", skip_serializing_if = "is_bn_eps")]
     pub eps: f64,
     /// PyTorch semantics: `running = (1 − momentum) · running + momentum · batch`.
-    #[serde(default = "bn_momentum")]
+    #[serde(default = "bn_momentum", skip_serializing_if = "is_bn_momentum")]
     pub momentum: f64,
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub affine: bool,
@@ -162,7 +186,7 @@ pub struct BatchNormCfg {
 #[serde(deny_unknown_fields)]
 pub struct LayerNormCfg {
     pub normalized_shape: Vec<usize>,
-    #[serde(default = "bn_eps")]
+    #[serde(default = "bn_eps", skip_serializing_if = "is_bn_eps")]
     pub eps: f64,
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub elementwise_affine: bool,
@@ -172,7 +196,7 @@ pub struct LayerNormCfg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GeluCfg {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "GeluApprox::is_none")]
     pub approximate: GeluApprox,
 }
 
@@ -184,6 +208,12 @@ pub enum GeluApprox {
     Tanh,
 }
 
+impl GeluApprox {
+    fn is_none(&self) -> bool {
+        *self == GeluApprox::None
+    }
+}
+
 /// Max or average pooling; `stride` defaults to `kernel_size` as in PyTorch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -191,7 +221,7 @@ pub struct PoolCfg {
     pub kernel_size: Pair,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stride: Option<Pair>,
-    #[serde(default = "pair_zero")]
+    #[serde(default = "pair_zero", skip_serializing_if = "is_pair_zero")]
     pub padding: Pair,
     /// Average pooling only: count padded zeros in the divisor (PyTorch's default).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
@@ -202,9 +232,9 @@ pub struct PoolCfg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlattenCfg {
-    #[serde(default = "one_i64")]
+    #[serde(default = "one_i64", skip_serializing_if = "is_one_i64")]
     pub start_dim: i64,
-    #[serde(default = "neg_one")]
+    #[serde(default = "neg_one", skip_serializing_if = "is_neg_one")]
     pub end_dim: i64,
 }
 fn one_i64() -> i64 {
@@ -383,33 +413,45 @@ fn node_from_value(v: Value) -> std::result::Result<Node, String> {
         Some(v) => serde_json::from_value(v).map_err(|e| format!("node '{name}': field 'inputs': {e}"))?,
         None => return Err(format!("node '{name}': missing field 'inputs'")),
     };
-    let op_name = m.get("op").and_then(Value::as_str).map(str::to_string);
-    let Some(op_name) = op_name else { return Err(format!("node '{name}': missing field 'op'")) };
-    if !OP_NAMES.contains(&op_name.as_str()) {
-        return Err(format!("node '{name}': unknown op '{op_name}' (known: {})", OP_NAMES.join(", ")));
-    }
-    // Internally tagged enums ignore unknown fields; re-check through the variant's own struct,
-    // which denies them.
-    let op: Op = serde_json::from_value(Value::Object(m.clone())).map_err(|e| format!("node '{name}' ({op_name}): {e}"))?;
-    let round = serde_json::to_value(&op).map_err(|e| e.to_string())?;
-    if let Value::Object(known) = round {
-        for k in m.keys() {
-            if !known.contains_key(k) && !default_only_field(&op, k) {
-                return Err(format!("node '{name}' ({op_name}): unknown field '{k}'"));
-            }
-        }
-    }
+    let op_name = match m.remove("op") {
+        Some(Value::String(s)) => s,
+        _ => return Err(format!("node '{name}': missing field 'op'")),
+    };
+    let op = op_from_fields(&op_name, Value::Object(m)).map_err(|e| format!("node '{name}' ({op_name}): {e}"))?;
     Ok(Node { name, inputs, op })
 }
 
-/// Fields that are valid but skipped when serialising at their default value.
-fn default_only_field(op: &Op, key: &str) -> bool {
-    matches!(
-        (op, key),
-        (Op::BatchNorm1d(_) | Op::BatchNorm2d(_), "affine")
-            | (Op::LayerNorm(_), "elementwise_affine")
-            | (Op::AvgPool1d(_) | Op::AvgPool2d(_) | Op::MaxPool1d(_) | Op::MaxPool2d(_), "count_include_pad" | "stride")
-    )
+/// The op `name` from its fields, through the variant's own struct, which denies unknown
+/// fields (an internally tagged enum would ignore them).
+fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> {
+    fn cfg<T: serde::de::DeserializeOwned>(v: Value) -> std::result::Result<T, String> {
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+    Ok(match name {
+        "linear" => Op::Linear(cfg(fields)?),
+        "conv1d" => Op::Conv1d(cfg(fields)?),
+        "conv2d" => Op::Conv2d(cfg(fields)?),
+        "batchnorm1d" => Op::BatchNorm1d(cfg(fields)?),
+        "batchnorm2d" => Op::BatchNorm2d(cfg(fields)?),
+        "layernorm" => Op::LayerNorm(cfg(fields)?),
+        "relu" => Op::Relu(cfg(fields)?),
+        "relu6" => Op::Relu6(cfg(fields)?),
+        "gelu" => Op::Gelu(cfg(fields)?),
+        "silu" => Op::Silu(cfg(fields)?),
+        "sigmoid" => Op::Sigmoid(cfg(fields)?),
+        "tanh" => Op::Tanh(cfg(fields)?),
+        "maxpool1d" => Op::MaxPool1d(cfg(fields)?),
+        "maxpool2d" => Op::MaxPool2d(cfg(fields)?),
+        "avgpool1d" => Op::AvgPool1d(cfg(fields)?),
+        "avgpool2d" => Op::AvgPool2d(cfg(fields)?),
+        "global_avg_pool" => Op::GlobalAvgPool(cfg(fields)?),
+        "flatten" => Op::Flatten(cfg(fields)?),
+        "add" => Op::Add(cfg(fields)?),
+        "concat" => Op::Concat(cfg(fields)?),
+        "dropout" => Op::Dropout(cfg(fields)?),
+        "softmax" => Op::Softmax(cfg(fields)?),
+        other => return Err(format!("unknown op '{other}' (known: {})", OP_NAMES.join(", "))),
+    })
 }
 
 impl Arch {

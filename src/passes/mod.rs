@@ -1,8 +1,292 @@
-//! Compression passes, one file each: `fold_batchnorm`, `ptq` (calibrate + convert to INT8),
-//! `qat` (quantisation-aware training, then convert). Uses `model`, `quant`, `calibrate`,
-//! `train`, `artifact`.
+//! Compression passes, one file per recipe step, named as the step and as its key in the
+//! report: `prune_channels`, `distill`, `fold_batchnorm`, `calibrate`, `qat`, `convert_int8`.
+//! Each step is a settings struct that implements [`Pass`]; the recipe reads the same struct
+//! from JSON and the single-pass commands fill it from their flags, so both share defaults
+//! (the struct's `Default`) and checks (`validate`). Uses `model`, `quant`, `calibrate`,
+//! `train`, `artifact`, `eval`.
 
+pub mod calibrate;
+pub mod convert_int8;
+pub mod distill;
 pub mod fold_batchnorm;
 pub mod prune_channels;
-pub mod ptq;
 pub mod qat;
+
+use crate::artifact::Int8Model;
+use crate::data::Dataset;
+use crate::error::{Result, WickError};
+use crate::eval::{agreement, evaluate};
+use crate::model::Model;
+use crate::progress::{Progress, Silent};
+use crate::quant::QParams;
+use crate::train::budget::{AUTO_MAX_EPOCHS, AUTO_MIN_EPOCHS};
+use crate::train::{Epochs, LearningRate, OptimizerKind, TrainConfig};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Where a recipe stands between two steps.
+pub enum State {
+    /// A float model (the teacher, pruned, distilled, folded).
+    Float(Model),
+    /// A BatchNorm-folded float model and the static quantisation of each quantised layer's
+    /// input (after `calibrate`, or `qat`, which trains both).
+    Calibrated { folded: Model, inputs: BTreeMap<String, QParams> },
+    /// The INT8 model built by `convert_int8`, and the float model it was converted from.
+    Int8 { folded: Model, q: Box<Int8Model> },
+}
+
+impl State {
+    /// The name of the state, for errors about a step in the wrong place.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            State::Float(_) => "a float model",
+            State::Calibrated { .. } => "a calibrated model",
+            State::Int8 { .. } => "an INT8 model",
+        }
+    }
+}
+
+/// Accuracy, in points, that the recipe may spend: the gate's allowance
+/// (`--max-accuracy-drop`, or `--max-relative-drop` times the teacher's accuracy), or one point
+/// without a gate.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Budget {
+    pub points: f64,
+    /// The teacher's validation accuracy the drop is measured from.
+    pub teacher_val_accuracy: f64,
+}
+
+/// How close a candidate model (a pruned or distilled student) stays to the teacher.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Fidelity {
+    pub val_accuracy: f64,
+    /// Share of training samples on which it predicts the teacher's class.
+    pub train_agreement: f64,
+}
+
+/// What the gate allows, before it is measured against the teacher.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Allowance {
+    /// `--max-accuracy-drop`: points of accuracy.
+    Points(f64),
+    /// `--max-relative-drop`: a fraction of the teacher's accuracy.
+    Relative(f64),
+}
+
+impl Budget {
+    /// The budget when no gate is set.
+    pub const DEFAULT_POINTS: f64 = 1.0;
+
+    /// The budget of an allowance (none: `DEFAULT_POINTS`) for a teacher of validation
+    /// accuracy `teacher_val_accuracy`: a relative drop `r` allows `100·r·accuracy` points.
+    pub fn new(allowance: Option<Allowance>, teacher_val_accuracy: f64) -> Budget {
+        let points = match allowance {
+            None => Self::DEFAULT_POINTS,
+            Some(Allowance::Points(p)) => p,
+            Some(Allowance::Relative(r)) => 100.0 * r * teacher_val_accuracy,
+        };
+        Budget { points, teacher_val_accuracy }
+    }
+
+    /// Whether a candidate stays within `share` of the budget: its validation accuracy drops at
+    /// most `share·points` below the teacher's, and it disagrees with the teacher on at most
+    /// `share·points` per cent of the training samples. A student that cannot reproduce the
+    /// teacher on the data it was trained on will not on new data either, and that measure,
+    /// over the whole training split, is steadier than a small validation split.
+    pub fn within(&self, f: &Fidelity, share: f64) -> bool {
+        let allowed = self.points * share + 1e-9;
+        100.0 * (self.teacher_val_accuracy - f.val_accuracy) <= allowed && 100.0 * (1.0 - f.train_agreement) <= allowed
+    }
+}
+
+/// What every step may read (made by [`Ctx::new`]).
+pub struct Ctx<'a> {
+    /// The model the recipe started from, which steps distil from.
+    pub teacher: &'a Model,
+    pub train: &'a Dataset,
+    pub val: &'a Dataset,
+    pub calib: &'a Dataset,
+    pub seed: u64,
+    /// Caps every step's epochs (quick runs and tests).
+    pub max_epochs: Option<usize>,
+    pub budget: Budget,
+    /// The teacher's predicted class of every training sample.
+    pub teacher_train_predictions: Vec<u32>,
+    pub progress: &'a dyn Progress,
+}
+
+/// The data of a [`Ctx`].
+pub struct Data<'a> {
+    pub train: &'a Dataset,
+    pub val: &'a Dataset,
+    pub calib: &'a Dataset,
+}
+
+impl<'a> Ctx<'a> {
+    /// The context of steps run on `teacher`'s data, measuring the teacher once.
+    pub fn new(teacher: &'a Model, data: Data<'a>, seed: u64, max_epochs: Option<usize>, allowance: Option<Allowance>, progress: &'a dyn Progress) -> Result<Ctx<'a>> {
+        let val = evaluate(teacher, data.val, 256, &Silent)?;
+        let train = evaluate(teacher, data.train, 256, &Silent)?;
+        Ok(Ctx { teacher, train: data.train, val: data.val, calib: data.calib, seed, max_epochs, budget: Budget::new(allowance, val.accuracy), teacher_train_predictions: train.predictions, progress })
+    }
+
+    /// How close `model` stays to the teacher.
+    pub fn fidelity(&self, model: &Model) -> Result<Fidelity> {
+        let val_accuracy = evaluate(model, self.val, 256, &Silent)?.accuracy;
+        let train = evaluate(model, self.train, 256, &Silent)?.predictions;
+        Ok(Fidelity { val_accuracy, train_agreement: agreement(&train, &self.teacher_train_predictions) })
+    }
+
+    /// `epochs`, capped by `max_epochs`.
+    pub fn cap(&self, epochs: usize) -> usize {
+        self.max_epochs.map_or(epochs, |m| epochs.min(m))
+    }
+}
+
+/// What one step did.
+pub struct Applied {
+    pub state: State,
+    /// One line for the report's pass table.
+    pub summary: String,
+    /// Whether the model changed (a step that changed nothing keeps the previous stage's
+    /// measurements instead of measuring the same model again).
+    pub changed: bool,
+    /// The step's own record (search trials, training curves), for report.json.
+    pub details: Value,
+}
+
+/// A dry run's picture of the model between steps: its architecture after each step, no
+/// training.
+pub struct Sketch {
+    pub model: Model,
+    pub quantized: bool,
+}
+
+/// A recipe step.
+pub trait Pass {
+    /// Runs the step on `state`.
+    fn apply(&self, state: State, ctx: &Ctx) -> Result<Applied>;
+    /// What the step would do, for `--dry-run`: the sketch after it and one line.
+    fn plan(&self, sketch: Sketch, ctx: &Ctx) -> Result<(Sketch, String)>;
+}
+
+/// One step of a recipe: its name (`"pass"` in JSON) and settings.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "pass", rename_all = "snake_case")]
+pub enum PassSpec {
+    PruneChannels(prune_channels::PruneSettings),
+    Distill(distill::DistillSettings),
+    FoldBatchnorm(fold_batchnorm::FoldBatchnorm),
+    Calibrate(calibrate::CalibrateSettings),
+    Qat(qat::QatSettings),
+    ConvertInt8(convert_int8::ConvertInt8),
+}
+
+/// The step names, in the order a recipe may use them.
+pub const STEP_NAMES: [&str; 6] = ["prune_channels", "distill", "fold_batchnorm", "calibrate", "qat", "convert_int8"];
+
+impl PassSpec {
+    /// Reads a step from its JSON fields (`pass` and the settings); unknown fields and values
+    /// out of range are errors naming the field.
+    pub fn from_json(v: Value) -> std::result::Result<PassSpec, String> {
+        let Value::Object(mut m) = v else { return Err("a pass must be a JSON object".into()) };
+        let name = match m.remove("pass") {
+            Some(Value::String(s)) => s,
+            _ => return Err("missing string field 'pass'".into()),
+        };
+        fn settings<T: serde::de::DeserializeOwned>(m: serde_json::Map<String, Value>) -> std::result::Result<T, String> {
+            serde_json::from_value(Value::Object(m)).map_err(|e| e.to_string())
+        }
+        let spec = match name.as_str() {
+            "prune_channels" => PassSpec::PruneChannels(settings(m)?),
+            "distill" => PassSpec::Distill(settings(m)?),
+            "fold_batchnorm" => PassSpec::FoldBatchnorm(settings(m)?),
+            "calibrate" => PassSpec::Calibrate(settings(m)?),
+            "qat" => PassSpec::Qat(settings(m)?),
+            "convert_int8" => PassSpec::ConvertInt8(settings(m)?),
+            other => return Err(format!("unknown pass '{other}' (known: {})", STEP_NAMES.join(", "))),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The step's name: its file under `src/passes/` and its key in the report.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PassSpec::PruneChannels(_) => "prune_channels",
+            PassSpec::Distill(_) => "distill",
+            PassSpec::FoldBatchnorm(_) => "fold_batchnorm",
+            PassSpec::Calibrate(_) => "calibrate",
+            PassSpec::Qat(_) => "qat",
+            PassSpec::ConvertInt8(_) => "convert_int8",
+        }
+    }
+
+    /// The step itself.
+    pub fn pass(&self) -> &dyn Pass {
+        match self {
+            PassSpec::PruneChannels(s) => s,
+            PassSpec::Distill(s) => s,
+            PassSpec::FoldBatchnorm(s) => s,
+            PassSpec::Calibrate(s) => s,
+            PassSpec::Qat(s) => s,
+            PassSpec::ConvertInt8(s) => s,
+        }
+    }
+
+    /// Range checks of the settings (the same the CLI flags get).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            PassSpec::PruneChannels(s) => s.validate(),
+            PassSpec::Distill(s) => s.validate(),
+            PassSpec::Calibrate(s) => s.validate(),
+            PassSpec::Qat(s) => s.validate(),
+            PassSpec::FoldBatchnorm(_) | PassSpec::ConvertInt8(_) => Ok(()),
+        }
+    }
+}
+
+/// A training run's settings from a step's fields. `Auto` epochs follow the step budget
+/// `steps` (`train::budget`), with a warm-up of 5 % of the run and early stopping after a
+/// third of the epochs (at least 4) without a better validation result; fixed epochs run in
+/// full. `ctx.max_epochs` caps either.
+pub fn train_config(epochs: Epochs, lr: LearningRate, optimizer: OptimizerKind, batch_size: usize, steps: usize, ctx: &Ctx) -> TrainConfig {
+    let n = ctx.cap(epochs.resolve(ctx.train.len(), batch_size, steps, (AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS)));
+    let auto = epochs == Epochs::Auto;
+    TrainConfig {
+        epochs: n,
+        batch_size,
+        lr,
+        optimizer,
+        weight_decay: if optimizer == OptimizerKind::Sgd { 1e-4 } else { 0.0 },
+        momentum: 0.9,
+        warmup_epochs: if auto { 0.05 * n as f64 } else { 0.0 },
+        seed: ctx.seed,
+        patience: if auto { Some((n / 3).max(4)) } else { None },
+    }
+}
+
+/// Checks shared by the training steps' settings.
+pub fn check_training(batch_size: usize) -> std::result::Result<(), String> {
+    if batch_size == 0 {
+        return Err("field 'batch_size' must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// Checks of a distillation's temperature `T > 0` and weight `α ∈ [0, 1]`.
+pub fn check_distillation(temperature: f64, alpha: f64) -> std::result::Result<(), String> {
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        return Err(format!("field 'temperature' is {temperature}; it must be a positive number"));
+    }
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(format!("field 'alpha' is {alpha}, outside [0, 1]"));
+    }
+    Ok(())
+}
+
+/// The error of a step given a state it cannot take.
+pub fn wrong_state(step: &str, state: &State, needs: &str) -> WickError {
+    WickError::invalid("recipe", format!("'{step}' needs {needs}, but comes after {}", state.describe()))
+}

@@ -1,24 +1,60 @@
-//! Quantisation-aware training. Starts from the BN-folded model and PTQ calibration; trains with
+//! `qat`: quantisation-aware training. Starts from the BN-folded model and its calibration; trains with
 //! fake-quant on every quantised layer's weight (per channel, `s_c = max|w_c|/127`) and input
 //! (per tensor), straight-through gradients (zero outside the clamp range). Input ranges follow
 //! a moving average of batch min/max (`r ← r + 0.01·(batch − r)`, PyTorch's QAT observer) for
 //! the first `observer_epochs`, then freeze. Optional distillation from a float teacher. The
-//! best validation checkpoint (fake-quant accuracy), with the ranges it was measured with, is
-//! converted to INT8.
+//! best validation checkpoint (fake-quant accuracy) and the ranges it was measured with are
+//! what the step passes on to `convert_int8`.
 
-use crate::artifact::Int8Model;
+use super::{check_distillation, check_training, train_config, wrong_state, Applied, Ctx, Pass, Sketch, State};
 use crate::data::Dataset;
-use crate::error::Result;
+use crate::error::{Result, WickError};
 use crate::model::arch::Node;
 use crate::model::forward::{Hook, Mode, Run};
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::quant::fake::{fake_quant_act, fake_quant_weight};
 use crate::quant::{ActType, QParams};
-use crate::train::{fit, loss, FitReport, TrainConfig};
+use crate::train::{fit, loss, Epochs, FitReport, LearningRate, OptimizerKind, TrainConfig};
 use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+
+/// The step's settings (recipe fields and `wick qat` flags).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QatSettings {
+    /// `auto`: `QAT_STEPS` optimiser steps (within the usual bounds on epochs).
+    pub epochs: Epochs,
+    pub lr: LearningRate,
+    pub optimizer: OptimizerKind,
+    /// Epochs during which activation ranges keep updating before they freeze.
+    pub observer_epochs: usize,
+    /// Distil from the recipe's teacher (or, for `wick qat`, the float model).
+    pub distill: bool,
+    pub temperature: f64,
+    pub alpha: f64,
+    pub batch_size: usize,
+}
+
+/// Optimiser steps of QAT with `epochs: auto`: it starts from a trained model whose ranges
+/// calibration already set, so it adjusts rather than learns.
+pub const QAT_STEPS: usize = 100;
+
+impl Default for QatSettings {
+    fn default() -> Self {
+        QatSettings { epochs: Epochs::Auto, lr: LearningRate::Fixed(1e-4), optimizer: OptimizerKind::Adamw, observer_epochs: 1, distill: true, temperature: 4.0, alpha: 0.7, batch_size: 64 }
+    }
+}
+
+impl QatSettings {
+    /// Range checks (shared by the recipe and the CLI).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        check_distillation(self.temperature, self.alpha)?;
+        check_training(self.batch_size)
+    }
+}
 
 /// QAT settings beyond the training loop's.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -29,6 +65,28 @@ pub struct QatConfig {
     /// Distillation temperature and weight, when a teacher is given.
     pub temperature: f64,
     pub alpha: f64,
+}
+
+impl Pass for QatSettings {
+    fn apply(&self, state: State, ctx: &Ctx) -> Result<Applied> {
+        let State::Calibrated { folded, inputs } = state else { return Err(wrong_state("qat", &state, "a calibrated model (run 'calibrate' first)")) };
+        self.validate().map_err(|e| WickError::invalid("qat", e))?;
+        let cfg = QatConfig {
+            train: train_config(self.epochs, self.lr, self.optimizer, self.batch_size, QAT_STEPS, ctx),
+            observer_epochs: self.observer_epochs,
+            temperature: self.temperature,
+            alpha: self.alpha,
+        };
+        let teacher = self.distill.then_some(ctx.teacher);
+        let (inputs, r) = qat(&folded, &inputs, teacher, ctx.train, ctx.val, &cfg, ctx.progress)?;
+        let summary =
+            format!("QAT {} epochs{}, best val accuracy {:.4} at epoch {}", r.fit.epochs_run, if self.distill { " with distillation" } else { "" }, r.fit.best_val_accuracy, r.fit.best_epoch);
+        Ok(Applied { state: State::Calibrated { folded, inputs }, summary, changed: true, details: serde_json::to_value(&r).unwrap_or_default() })
+    }
+
+    fn plan(&self, sketch: Sketch, _ctx: &Ctx) -> Result<(Sketch, String)> {
+        Ok((sketch, format!("QAT for {} epochs{}", self.epochs, if self.distill { " with distillation" } else { "" })))
+    }
 }
 
 /// Fake-quant hook whose activation ranges can observe batches.
@@ -73,18 +131,27 @@ pub struct QatReport {
     pub distilled: bool,
 }
 
-/// Trains `folded` (BN already folded; modified in place) from the PTQ model `init`'s ranges
-/// and returns the converted INT8 model.
-pub fn qat(folded: &Model, init: &Int8Model, teacher: Option<&Model>, train: &Dataset, val: &Dataset, cfg: &QatConfig, progress: &dyn Progress) -> Result<(Int8Model, QatReport)> {
-    let act = init.layers.values().next().map(|q| q.input.act).unwrap_or(ActType::U8);
-    let hook = QatHook { ranges: RefCell::new(init.layers.iter().map(|(k, q)| (k.clone(), q.input.real_range())).collect()), act, observing: Cell::new(false) };
+/// Trains `folded` (BN already folded; modified in place) from the calibrated input
+/// quantisation `init` and returns the input quantisation of the best checkpoint.
+pub fn qat(
+    folded: &Model,
+    init: &BTreeMap<String, QParams>,
+    teacher: Option<&Model>,
+    train: &Dataset,
+    val: &Dataset,
+    cfg: &QatConfig,
+    progress: &dyn Progress,
+) -> Result<(BTreeMap<String, QParams>, QatReport)> {
+    let act = init.values().next().map(|q| q.act).unwrap_or(ActType::U8);
+    let hook = QatHook { ranges: RefCell::new(init.iter().map(|(k, q)| (k.clone(), q.real_range())).collect()), act, observing: Cell::new(false) };
     let teacher_logits = match teacher {
         Some(t) => Some(t.forward(&train.x, Mode::Eval)?),
         None => None,
     };
     let history: RefCell<Vec<BTreeMap<String, (f32, f32)>>> = RefCell::new(vec![]);
     let observer_epochs = cfg.observer_epochs;
-    let current_epoch = Cell::new(0usize);
+    // No epoch yet (a learning-rate range test runs before the first): the ranges do not move.
+    let current_epoch = Cell::new(usize::MAX);
     let objective = |m: &Model, x: &Tensor, y: &[u32], idx: &[usize], rng: &RefCell<rand_chacha::ChaCha8Rng>| -> Result<Tensor> {
         hook.observing.set(current_epoch.get() < observer_epochs);
         let out = m.run(x, &Run { mode: Mode::Train, taps: &[], hook: Some(&hook), rng: Some(rng) });
@@ -109,6 +176,5 @@ pub fn qat(folded: &Model, init: &Int8Model, teacher: Option<&Model>, train: &Da
     let report = fit(folded, folded.trainable_vars(), train, &cfg.train, &objective, &validate, &on_epoch, progress)?;
     // The ranges in force when the best checkpoint was validated.
     *hook.ranges.borrow_mut() = history.borrow()[report.best_epoch].clone();
-    let q = Int8Model::quantize(folded, &hook.qparams())?;
-    Ok((q, QatReport { fit: report, distilled: teacher.is_some() }))
+    Ok((hook.qparams(), QatReport { fit: report, distilled: teacher.is_some() }))
 }

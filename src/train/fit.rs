@@ -2,6 +2,7 @@
 //! cross-entropy, distillation, QAT), cosine schedule with warm-up, validation after every
 //! epoch, early stopping, and the best validation checkpoint restored at the end.
 
+use super::budget::{range_test, range_test_steps, LearningRate, RangeTest};
 use super::optim::{cosine_lr, Optimizer, OptimizerKind};
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
@@ -21,7 +22,8 @@ use std::time::Instant;
 pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
-    pub lr: f64,
+    /// The base rate of the schedule; `Auto` runs a range test first (`budget::range_test`).
+    pub lr: LearningRate,
     pub optimizer: OptimizerKind,
     pub weight_decay: f64,
     /// SGD momentum (Nesterov when non-zero).
@@ -35,7 +37,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 10, batch_size: 64, lr: 1e-3, optimizer: OptimizerKind::Adamw, weight_decay: 1e-4, momentum: 0.9, warmup_epochs: 0.0, seed: 0, patience: None }
+        TrainConfig { epochs: 10, batch_size: 64, lr: LearningRate::Fixed(1e-3), optimizer: OptimizerKind::Adamw, weight_decay: 1e-4, momentum: 0.9, warmup_epochs: 0.0, seed: 0, patience: None }
     }
 }
 
@@ -45,6 +47,10 @@ pub struct FitReport {
     pub epochs_run: usize,
     pub best_epoch: usize,
     pub best_val_accuracy: f64,
+    /// The base learning rate trained with, and the range test that chose it (`lr: auto`).
+    pub lr: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range_test: Option<RangeTest>,
     /// Validation accuracy after every epoch.
     pub val_accuracy: Vec<f64>,
     /// Mean training loss of every epoch.
@@ -75,11 +81,19 @@ pub fn fit(
     if cfg.batch_size == 0 {
         return Err(WickError::invalid("--batch-size", "must be at least 1"));
     }
-    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(WickError::invalid("--lr", format!("must be a positive number, got {}", cfg.lr)));
-    }
     let started = Instant::now();
-    let mut opt = Optimizer::new(cfg.optimizer, vars, cfg.lr, cfg.weight_decay, cfg.momentum)?;
+    let (base_lr, range_test) = match cfg.lr {
+        LearningRate::Fixed(lr) if lr > 0.0 && lr.is_finite() => (lr, None),
+        LearningRate::Fixed(lr) => return Err(WickError::invalid("--lr", format!("must be a positive number, got {lr}"))),
+        LearningRate::Auto => {
+            progress.start("learning-rate range test", 1);
+            let steps = range_test_steps(train.len(), cfg.batch_size);
+            let t = range_test(model, train, cfg, steps, objective)?;
+            progress.finish(&format!("learning rate {:.2e} (loss lowest at {:.2e})", t.lr, t.lr_at_min_loss));
+            (t.lr, Some(t))
+        }
+    };
+    let mut opt = Optimizer::new(cfg.optimizer, vars, base_lr, cfg.weight_decay, cfg.momentum)?;
     let rng = RefCell::new(ChaCha8Rng::seed_from_u64(cfg.seed));
     let n = train.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
@@ -87,7 +101,7 @@ pub fn fit(
     let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let v0 = validate(model)?;
     let mut best = ((v0.accuracy, v0.loss), 0usize, snapshot(model)?);
-    let mut report = FitReport { epochs_run: 0, best_epoch: 0, best_val_accuracy: v0.accuracy, val_accuracy: vec![], train_loss: vec![], seconds: 0.0 };
+    let mut report = FitReport { epochs_run: 0, best_epoch: 0, best_val_accuracy: v0.accuracy, lr: base_lr, range_test, val_accuracy: vec![], train_loss: vec![], seconds: 0.0 };
     let mut step = 0;
     for epoch in 0..cfg.epochs {
         on_epoch(epoch)?;
@@ -96,7 +110,7 @@ pub fn fit(
         progress.start(&format!("epoch {}/{}", epoch + 1, cfg.epochs), steps_per_epoch as u64);
         let mut loss_sum = 0.0;
         for chunk in order.chunks(cfg.batch_size) {
-            opt.set_lr(cosine_lr(cfg.lr, step, total, warmup));
+            opt.set_lr(cosine_lr(base_lr, step, total, warmup));
             let (x, y) = train.batch(chunk)?;
             let loss = objective(model, &x, &y, chunk, &rng)?;
             let lv: f32 = loss.to_scalar()?;

@@ -74,16 +74,24 @@ fn the_report_matches_wick_eval_of_the_written_file() {
     assert!(svg.starts_with("<svg") && svg.contains("calibrate"));
 }
 
+/// A recipe that loses accuracy for certain: 90 % of the channels pruned with no recovery.
+fn lossy_recipe(dir: &Path) -> PathBuf {
+    let p = dir.join("lossy.json");
+    let text = r#"{"name": "lossy", "passes": [{"pass": "prune_channels", "ratio": 0.9, "epochs": 0}, {"pass": "fold_batchnorm"}, {"pass": "calibrate"}, {"pass": "convert_int8"}]}"#;
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 #[test]
 fn gate_failure_exits_one_and_errors_exit_two() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("g");
-    // A gate no model can meet: accuracy must rise by 5 points.
-    let (_, err) = compress(&mlp_path(), "ptq-int8", &out, &["--max-accuracy-drop", "-5"], 1);
+    // A gate the lossy recipe cannot meet: no accuracy may be lost.
+    let (_, err) = compress(&mlp_path(), lossy_recipe(dir.path()).to_str().unwrap(), &out, &["--max-accuracy-drop", "0"], 1);
     assert!(err.contains("gate failed"), "{err}");
     let r = report(&out);
     assert_eq!(r["gate"]["passed"], false);
-    assert!(r["gate"]["reason"].as_str().unwrap().contains("more than the allowed -5"));
+    assert!(r["gate"]["reason"].as_str().unwrap().contains("more than the allowed 0"));
     assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("FAILED"));
     // A relative gate that passes.
     compress(&mlp_path(), "ptq-int8", &dir.path().join("rel"), &["--max-relative-drop", "0.01"], 0);
@@ -105,7 +113,7 @@ fn sensitivity_and_fallback_keep_layers_in_float() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("s");
     // An unmeetable gate with --fallback ends with every layer in float, most sensitive first.
-    compress(&mlp_path(), "ptq-int8", &out, &["--max-accuracy-drop", "-5", "--fallback"], 1);
+    compress(&mlp_path(), lossy_recipe(dir.path()).to_str().unwrap(), &out, &["--max-accuracy-drop", "0", "--fallback"], 1);
     let r = report(&out);
     assert_eq!(r["sensitivity"].as_array().unwrap().len(), 3);
     let fb: Vec<&str> = r["float_fallback"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
@@ -141,7 +149,7 @@ fn a_batch_reports_every_job_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let m = serde_json::json!({"jobs": [
         {"name": "good", "model": mlp_path(), "recipe": "ptq-int8", "train": digits("train"), "val": digits("val"), "test": digits("test"), "out": "good", "max_accuracy_drop": 1.0},
-        {"name": "strict", "model": mlp_path(), "recipe": "ptq-int8", "train": digits("train"), "val": digits("val"), "test": digits("test"), "out": "strict", "max_accuracy_drop": -5.0},
+        {"name": "strict", "model": mlp_path(), "recipe": lossy_recipe(dir.path()), "train": digits("train"), "val": digits("val"), "test": digits("test"), "out": "strict", "max_accuracy_drop": 0.0},
         {"name": "broken", "model": dir.path().join("missing.safetensors"), "recipe": "ptq-int8", "train": digits("train"), "val": digits("val"), "test": digits("test"), "out": "broken"}
     ]});
     let manifest = dir.path().join("batch.json");

@@ -13,9 +13,15 @@ fn distill_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&o).unwrap()
 }
 
+/// A randomly initialised student trained from scratch: 60 epochs of SGD at 0.05, batch 32 (the
+/// teachers' own schedule; the `auto` budget is sized for fine-tuning from a trained start).
 fn small_student(out: &Path, seed: &str, alpha: &str) -> serde_json::Value {
     let arch = fixture("arch/digits_mlp_small.arch.json");
-    distill_json(&["--teacher", mlp_path().to_str().unwrap(), "--student", arch.to_str().unwrap(), "--seed", seed, "--alpha", alpha, "--out", out.to_str().unwrap()])
+    let schedule = ["--epochs", "60", "--optimizer", "sgd", "--lr", "0.05", "--batch-size", "32"];
+    let teacher = mlp_path();
+    let mut args = vec!["--teacher", teacher.to_str().unwrap(), "--student", arch.to_str().unwrap(), "--seed", seed, "--alpha", alpha, "--out", out.to_str().unwrap()];
+    args.extend(schedule);
+    distill_json(&args)
 }
 
 #[test]
@@ -40,7 +46,8 @@ fn width_scaled_resnet_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("w.safetensors");
     // Two epochs keep the test short; ten reach the teacher's 0.9806 (see the issue note).
-    let j = distill_json(&["--teacher", resnet_path().to_str().unwrap(), "--width", "0.5", "--hint", "layer2.0.relu2=layer2.0.relu2", "--epochs", "2", "--out", out.to_str().unwrap()]);
+    let j =
+        distill_json(&["--teacher", resnet_path().to_str().unwrap(), "--width", "0.5", "--widen", "false", "--hint", "layer2.0.relu2=layer2.0.relu2", "--epochs", "2", "--out", out.to_str().unwrap()]);
     assert_eq!(j["student_params"], 77754);
     assert!(j["student_test_accuracy"].as_f64().unwrap() >= 0.96, "{j}");
     let m = load(&out);

@@ -57,8 +57,8 @@ fn batch_split_across_threads_is_bit_identical() {
     let test = data("test");
     let x = test.x.narrow(0, 0, 120).unwrap();
     let m = load(&resnet_path());
-    let cfg = wick::calibrate::CalibConfig { method: wick::calibrate::Method::Minmax, percentile: 99.99, act: wick::quant::ActType::U8, batch_size: 64 };
-    let q = wick::passes::ptq::ptq(&m, &data("train"), &cfg, 256, &[], &wick::progress::Silent).unwrap().int8;
+    let settings = wick::passes::calibrate::CalibrateSettings { method: wick::calibrate::Method::Minmax, samples: 256, ..Default::default() };
+    let q = wick::passes::calibrate::ptq(&m, &data("train"), &settings, &wick::progress::Silent).unwrap().int8;
     let (float, int8) = (Plan::float(&m).unwrap(), Plan::int8(&q).unwrap());
     let on = |threads: usize, plan: &Plan| -> Vec<f32> {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

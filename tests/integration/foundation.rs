@@ -67,7 +67,7 @@ fn mlp_arch() -> Arch {
 fn training_from_scratch_reaches_ninety_percent() {
     let model = init_model(mlp_arch(), 7).unwrap();
     let (train, val) = (data("train"), data("val"));
-    let cfg = TrainConfig { epochs: 4, batch_size: 32, lr: 3e-3, optimizer: OptimizerKind::Adamw, ..Default::default() };
+    let cfg = TrainConfig { epochs: 4, batch_size: 32, lr: wick::train::LearningRate::Fixed(3e-3), optimizer: OptimizerKind::Adamw, ..Default::default() };
     let val_eval = |m: &wick::model::Model| wick::eval::evaluate(m, &val, 256, &Silent);
     let val_acc = |m: &wick::model::Model| val_eval(m).unwrap().accuracy;
     let ce = |m: &wick::model::Model, x: &Tensor, y: &[u32], _: &[usize], _: &std::cell::RefCell<rand_chacha::ChaCha8Rng>| wick::train::loss::cross_entropy(&m.forward(x, Mode::Train)?, y);

@@ -4,9 +4,9 @@
 use crate::common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use wick::calibrate::{CalibConfig, Method};
+use wick::calibrate::Method;
+use wick::passes::calibrate::{ptq, CalibrateSettings};
 use wick::passes::fold_batchnorm::fold_batchnorm;
-use wick::passes::ptq::ptq;
 use wick::progress::Silent;
 use wick::quant::ActType;
 use wick::runtime::{kernels::Kernel, Exec, Executor};
@@ -61,8 +61,8 @@ fn ptq_entropy_and_minmax_lose_at_most_three_tenths_of_a_point() {
 }
 
 fn ptq_lib(model: &wick::model::Model, method: Method) -> wick::artifact::Int8Model {
-    let cfg = CalibConfig { method, percentile: 99.99, act: ActType::U8, batch_size: 64 };
-    ptq(model, &data("train"), &cfg, 256, &[], &Silent).unwrap().int8
+    let settings = CalibrateSettings { method, samples: 256, activations: ActType::U8, ..Default::default() };
+    ptq(model, &data("train"), &settings, &Silent).unwrap().int8
 }
 
 #[test]
@@ -166,7 +166,9 @@ fn any_safetensors_reader_sees_int8_weights_within_half_a_step_of_the_folded_wei
     let (_, m) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let wick_meta: serde_json::Value = serde_json::from_str(&m.metadata().as_ref().unwrap()["wick"]).unwrap();
     assert_eq!(wick_meta["kind"], "int8");
-    assert_eq!(wick_meta["quantization"]["conv1"]["weight"]["granularity"], "per_channel");
+    assert_eq!(wick_meta["format_version"], 2);
+    assert_eq!(wick_meta["quantization"]["weight"]["granularity"], "per_channel");
+    assert_eq!(wick_meta["quantization"]["layers"]["conv1"], "u8");
     assert_eq!(wick_meta["note"], "test");
 }
 
@@ -287,8 +289,8 @@ fn compiled_runtime_equals_the_reference_executor_on_every_layout_case() {
         let (m, d) = random_model(arch, 40);
         let float_layers: Vec<String> = float_layers.iter().map(|s| s.to_string()).collect();
         for (act, exclude) in [(ActType::U8, vec![]), (ActType::U7, vec![]), (ActType::I8, vec![]), (ActType::U8, float_layers)] {
-            let cfg = CalibConfig { method: Method::Minmax, percentile: 99.99, act, batch_size: 16 };
-            let q = ptq(&m, &d, &cfg, 40, &exclude, &Silent).unwrap().int8;
+            let settings = CalibrateSettings { method: Method::Minmax, samples: 40, activations: act, exclude: exclude.clone(), ..Default::default() };
+            let q = ptq(&m, &d, &settings, &Silent).unwrap().int8;
             let logits = |e: Exec| -> Vec<f32> { Executor::new(&q, e).unwrap().predict(&d.x).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
             let (fast, reference) = (logits(Exec::Integer(Kernel::Fast)), logits(Exec::Integer(Kernel::Reference)));
             assert_eq!(fast.len(), reference.len());

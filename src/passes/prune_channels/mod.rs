@@ -1,18 +1,24 @@
 //! `prune_channels`: structured channel pruning over dependency groups, with uniform or global
 //! ratios, minimum channels, rounding to hardware-friendly multiples, ignored layers, and an
-//! optional K-step schedule with fine-tuning (or distillation from the unpruned model) between
-//! steps. The result is a physically smaller dense model.
+//! optional K-step schedule with fine-tuning (or distillation from the teacher) after each
+//! step, or a search for the largest ratio the accuracy budget allows (`search.rs`). The
+//! result is a physically smaller dense model. The step's settings and `Pass` are in
+//! `settings.rs`.
 
 pub mod deps;
 pub mod importance;
+pub mod search;
+pub mod settings;
 pub mod surgery;
 
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
 use crate::model::Model;
+use crate::train::TrainConfig;
 use deps::{analyse, Deps};
 use importance::{importance, Criterion};
 use serde::Serialize;
+pub use settings::{PruneSettings, Ratio};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Pruning settings.
@@ -167,14 +173,23 @@ pub fn layer_table(before: &Model, after: &Model) -> Vec<BTreeMap<&'static str, 
         .collect()
 }
 
-/// Fine-tuning between pruning steps.
+/// Fine-tuning after each pruning step: on the labels, or by distilling from `teacher`.
 pub struct Recovery<'a> {
     pub train: &'a Dataset,
     pub val: &'a Dataset,
-    /// Settings of the whole recovery; its epochs are shared out over the steps.
-    pub train_cfg: crate::train::TrainConfig,
-    /// Distil from the unpruned model (T = 4, α = 0.7) instead of training on labels alone.
-    pub distill: bool,
+    /// Settings of each step's fine-tuning.
+    pub train_cfg: TrainConfig,
+    /// Distil from this model (T = 4, α = 0.7) instead of training on labels alone.
+    pub teacher: Option<&'a Model>,
+}
+
+impl Recovery<'_> {
+    /// Fine-tunes `model` in place (the `s`-th time: its own seed).
+    fn run(&self, model: &Model, s: usize, progress: &dyn crate::progress::Progress) -> Result<crate::train::FitReport> {
+        let tc = TrainConfig { seed: self.train_cfg.seed + s as u64, ..self.train_cfg.clone() };
+        let kd = self.teacher.map(|t| crate::train::student::LogitDistill { teacher: t, temperature: 4.0, alpha: 0.7 });
+        crate::train::student::train_model(model, self.train, self.val, &tc, kd.as_ref(), progress)
+    }
 }
 
 /// What pruning did.
@@ -197,15 +212,8 @@ pub fn prune_with_recovery(model: &Model, cfg: &PruneConfig, steps: usize, recov
         let p = plan(&current, &step_cfg, data)?;
         current = apply(&current, &p)?;
         report.steps.push(p.groups);
-        if let Some(r) = recovery {
-            let epochs = r.train_cfg.epochs / steps + usize::from(s < r.train_cfg.epochs % steps);
-            if epochs == 0 {
-                continue;
-            }
-            let tc = crate::train::TrainConfig { epochs, seed: r.train_cfg.seed + s as u64, ..r.train_cfg.clone() };
-            let kd = crate::train::student::LogitDistill { teacher: model, temperature: 4.0, alpha: 0.7 };
-            let fr = crate::train::student::train_model(&current, r.train, r.val, &tc, if r.distill { Some(&kd) } else { None }, progress)?;
-            report.fine_tune.push(fr);
+        if let Some(r) = recovery.filter(|r| r.train_cfg.epochs > 0) {
+            report.fine_tune.push(r.run(&current, s, progress)?);
         }
     }
     Ok((current, report))
