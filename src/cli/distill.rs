@@ -28,8 +28,8 @@ pub struct Args {
     /// initialised from the teacher's most important (L1) channels.
     #[arg(long)]
     width: Option<f64>,
-    /// With --width: widen a student that loses more than half of --max-accuracy-drop on the
-    /// validation split (`--widen false`: keep the width given).
+    /// With --width: the student narrows in steps of √2; keep the narrowest step within half of
+    /// --max-accuracy-drop (`--widen false`: always the width given).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = DistillSettings::default().widen)]
     widen: bool,
     /// With --width: the accuracy budget in points (default 1).

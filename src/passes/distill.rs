@@ -1,9 +1,11 @@
 //! `distill`: knowledge distillation of the recipe's teacher into a narrower copy of the model
-//! (every prunable channel group scaled by `width`, started from the strongest channels by L1
-//! norm; `prune_channels::width_scaled`). With `widen` (the default), a student whose
-//! validation accuracy drops more than `SEARCH_SHARE` of the accuracy budget below the
-//! teacher's is given up for one `√2` times wider, up to the model's full width, so the step
-//! ends within budget whenever a wider student can. The training is `train::distill`.
+//! (every prunable channel group scaled by `width`). The student narrows in steps of `√2`
+//! (width 0.71, 0.5, 0.35, … down to `width`): each step keeps the strongest channels (L1 norm)
+//! of the student before it (`prune_channels::width_scaled`) and is distilled from the teacher,
+//! since a student reached gradually ends closer to the teacher than one cut to size at once.
+//! With `widen` (the default), the narrowest student within `SEARCH_SHARE` of the accuracy
+//! budget (`Budget::within`) is kept, so a student that misses it gives way to the wider one
+//! trained before it. The training is `train::distill`.
 
 use super::prune_channels::search::SEARCH_SHARE;
 use super::prune_channels::width_scaled;
@@ -22,7 +24,7 @@ use serde_json::json;
 pub struct DistillSettings {
     /// The student's width as a fraction of the model's, in (0, 1].
     pub width: f64,
-    /// Widen a student that misses its share of the budget (by √2, up to full width).
+    /// Keep the narrowest step within budget when the last one misses it.
     pub widen: bool,
     pub epochs: Epochs,
     pub optimizer: OptimizerKind,
@@ -88,42 +90,72 @@ struct Attempt {
     training: FitReport,
 }
 
+/// The widths a student passes through on its way to `width`: `2^(−k/2)` for `k = 1, 2, …`
+/// while above `width`, then `width`.
+pub fn width_steps(width: f64) -> Vec<f64> {
+    let mut v: Vec<f64> = (1..).map(|k| 0.5f64.powf(k as f64 / 2.0)).take_while(|&w| w > width + 1e-9).collect();
+    v.push(width);
+    v
+}
+
 impl Pass for DistillSettings {
     fn apply(&self, state: State, ctx: &Ctx) -> Result<Applied> {
         let State::Float(m) = state else { return Err(wrong_state("distill", &state, "a float model")) };
         self.validate().map_err(|e| WickError::invalid("distill", e))?;
         let dc = self.config()?;
         let mut tc = train_config(self.epochs, self.lr, self.optimizer, self.batch_size, AUTO_STEPS, ctx);
-        let mut width = self.width;
-        let mut attempts: Vec<Attempt> = vec![];
-        let student = loop {
-            let student = width_scaled(&m, width)?;
+        let (mut students, mut attempts): (Vec<crate::model::Model>, Vec<Attempt>) = (vec![], vec![]);
+        let mut previous = (m, 1.0);
+        for width in width_steps(self.width) {
+            let student = width_scaled(&previous.0, width / previous.1)?;
             let r = distill(ctx.teacher, &student, ctx.train, ctx.val, &tc, &dc, ctx.progress)?;
-            // The first student's range test sets the rate of any wider one.
+            // The first step's range test sets the rate of the later ones.
             tc.lr = LearningRate::Fixed(r.lr);
             let fidelity = ctx.fidelity(&student)?;
             let within = ctx.budget.within(&fidelity, SEARCH_SHARE);
             attempts.push(Attempt { width, params: total_params(&student), fidelity, within_budget: within, training: r });
-            if within || !self.widen || width >= 1.0 {
-                break student;
-            }
-            width = (width * std::f64::consts::SQRT_2).min(1.0);
+            students.push(student.deep_clone()?);
+            previous = (student, width);
+        }
+        // The narrowest student within budget (with `widen`), else the narrowest.
+        let pick = match self.widen {
+            true => attempts.iter().rposition(|a| a.within_budget).unwrap_or(0),
+            false => attempts.len() - 1,
         };
-        let last = attempts.last().expect("one attempt at least");
-        let widened = match attempts.len() {
-            1 => String::new(),
-            n => format!(" (widened {} time(s) from {}: narrower students missed the budget)", n - 1, self.width),
+        let chosen = &attempts[pick];
+        let kept = match pick + 1 == attempts.len() {
+            true => String::new(),
+            false => format!(" (the {}x student missed the budget)", self.width),
         };
         let summary = format!(
-            "distilled into a {:.2}x-wide student ({} params){widened}, best val accuracy {:.4} at epoch {}",
-            last.width, last.params, last.training.best_val_accuracy, last.training.best_epoch
+            "distilled in {} step(s) into a {:.2}x-wide student ({} params){kept}, best val accuracy {:.4} at epoch {}",
+            attempts.len(),
+            chosen.width,
+            chosen.params,
+            chosen.training.best_val_accuracy,
+            chosen.training.best_epoch
         );
-        Ok(Applied { state: State::Float(student), summary, changed: true, details: json!({ "attempts": attempts }) })
+        let student = students.swap_remove(pick);
+        Ok(Applied { state: State::Float(student), summary, changed: true, details: json!({ "attempts": attempts, "kept": pick }) })
     }
 
     fn plan(&self, sketch: Sketch, _ctx: &Ctx) -> Result<(Sketch, String)> {
         let student = width_scaled(&sketch.model, self.width)?;
-        let what = format!("distil into a {}x-wide student ({} params){}", self.width, total_params(&student), if self.widen { ", widened while over budget" } else { "" });
+        let steps = width_steps(self.width).len();
+        let what =
+            format!("distil in {steps} step(s) into a {}x-wide student ({} params){}", self.width, total_params(&student), if self.widen { ", or the narrowest step within budget" } else { "" });
         Ok((Sketch { model: student, ..sketch }, what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn students_narrow_by_root_two_down_to_the_width() {
+        let w = super::width_steps(0.5);
+        assert_eq!(w.len(), 2);
+        assert!((w[0] - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12 && w[1] == 0.5);
+        assert_eq!(super::width_steps(1.0), vec![1.0]);
+        assert_eq!(super::width_steps(0.3).len(), 4);
     }
 }

@@ -61,8 +61,23 @@ pub struct Budget {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Fidelity {
     pub val_accuracy: f64,
+    /// Validation samples the teacher gets right and the candidate wrong (`b`), and the
+    /// reverse (`c`).
+    pub val_lost: usize,
+    pub val_gained: usize,
+    /// An upper bound of the candidate's accuracy drop, in points: the paired estimate
+    /// `(b − c)/n` plus one standard error `√(b + c)/n` (McNemar), so a small validation split
+    /// needs a clearer result than a large one.
+    pub val_drop_bound: f64,
     /// Share of training samples on which it predicts the teacher's class.
     pub train_agreement: f64,
+}
+
+impl Fidelity {
+    /// The candidate's accuracy drop from the teacher on validation, in points.
+    pub fn val_drop(&self, n: usize) -> f64 {
+        100.0 * (self.val_lost as f64 - self.val_gained as f64) / n.max(1) as f64
+    }
 }
 
 /// What the gate allows, before it is measured against the teacher.
@@ -89,14 +104,15 @@ impl Budget {
         Budget { points, teacher_val_accuracy }
     }
 
-    /// Whether a candidate stays within `share` of the budget: its validation accuracy drops at
-    /// most `share·points` below the teacher's, and it disagrees with the teacher on at most
-    /// `share·points` per cent of the training samples. A student that cannot reproduce the
-    /// teacher on the data it was trained on will not on new data either, and that measure,
-    /// over the whole training split, is steadier than a small validation split.
+    /// Whether a candidate stays within `share` of the budget: the upper bound of its
+    /// validation drop (`Fidelity::val_drop_bound`) is at most `share·points`, and it disagrees
+    /// with the teacher on at most `share·points` per cent of the training samples. A student
+    /// that cannot reproduce the teacher on the data it was trained on will not on new data
+    /// either, and that measure, over the whole training split, is steadier than a small
+    /// validation split.
     pub fn within(&self, f: &Fidelity, share: f64) -> bool {
         let allowed = self.points * share + 1e-9;
-        100.0 * (self.teacher_val_accuracy - f.val_accuracy) <= allowed && 100.0 * (1.0 - f.train_agreement) <= allowed
+        f.val_drop_bound <= allowed && 100.0 * (1.0 - f.train_agreement) <= allowed
     }
 }
 
@@ -111,8 +127,9 @@ pub struct Ctx<'a> {
     /// Caps every step's epochs (quick runs and tests).
     pub max_epochs: Option<usize>,
     pub budget: Budget,
-    /// The teacher's predicted class of every training sample.
+    /// The teacher's predicted class of every training and validation sample.
     pub teacher_train_predictions: Vec<u32>,
+    pub teacher_val_predictions: Vec<u32>,
     pub progress: &'a dyn Progress,
 }
 
@@ -128,14 +145,35 @@ impl<'a> Ctx<'a> {
     pub fn new(teacher: &'a Model, data: Data<'a>, seed: u64, max_epochs: Option<usize>, allowance: Option<Allowance>, progress: &'a dyn Progress) -> Result<Ctx<'a>> {
         let val = evaluate(teacher, data.val, 256, &Silent)?;
         let train = evaluate(teacher, data.train, 256, &Silent)?;
-        Ok(Ctx { teacher, train: data.train, val: data.val, calib: data.calib, seed, max_epochs, budget: Budget::new(allowance, val.accuracy), teacher_train_predictions: train.predictions, progress })
+        Ok(Ctx {
+            teacher,
+            train: data.train,
+            val: data.val,
+            calib: data.calib,
+            seed,
+            max_epochs,
+            budget: Budget::new(allowance, val.accuracy),
+            teacher_train_predictions: train.predictions,
+            teacher_val_predictions: val.predictions,
+            progress,
+        })
     }
 
     /// How close `model` stays to the teacher.
     pub fn fidelity(&self, model: &Model) -> Result<Fidelity> {
-        let val_accuracy = evaluate(model, self.val, 256, &Silent)?.accuracy;
+        let val = evaluate(model, self.val, 256, &Silent)?;
         let train = evaluate(model, self.train, 256, &Silent)?.predictions;
-        Ok(Fidelity { val_accuracy, train_agreement: agreement(&train, &self.teacher_train_predictions) })
+        let (mut lost, mut gained) = (0, 0);
+        for ((&s, &t), &y) in val.predictions.iter().zip(&self.teacher_val_predictions).zip(&self.val.y) {
+            match (t == y, s == y) {
+                (true, false) => lost += 1,
+                (false, true) => gained += 1,
+                _ => {}
+            }
+        }
+        let n = self.val.len().max(1) as f64;
+        let val_drop_bound = 100.0 * ((lost as f64 - gained as f64) + ((lost + gained) as f64).sqrt()) / n;
+        Ok(Fidelity { val_accuracy: val.accuracy, val_lost: lost, val_gained: gained, val_drop_bound, train_agreement: agreement(&train, &self.teacher_train_predictions) })
     }
 
     /// `epochs`, capped by `max_epochs`.

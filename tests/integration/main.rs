@@ -10,3 +10,4 @@ mod foundation;
 mod gradients;
 mod pruning;
 mod quantization;
+mod recipes;

@@ -28,6 +28,8 @@ pub struct Trial {
     pub val_accuracy: f64,
     /// Drop from the teacher's validation accuracy, in points.
     pub drop_points: f64,
+    /// The upper bound of the drop `Budget::within` tests, in points.
+    pub drop_bound: f64,
     /// Share of training samples with the teacher's prediction.
     pub train_agreement: f64,
     pub accepted: bool,
@@ -76,12 +78,13 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
         recovery.train_cfg.lr = LearningRate::Fixed(fit.lr);
         let f = ctx.fidelity(&candidate)?;
         let accepted = ctx.budget.within(&f, SEARCH_SHARE);
-        let drop = 100.0 * (ctx.budget.teacher_val_accuracy - f.val_accuracy);
+        let drop = f.val_drop(ctx.val.len());
         trials.push(Trial {
             keep: target,
             params: total_params(&candidate),
             val_accuracy: f.val_accuracy,
             drop_points: drop,
+            drop_bound: f.val_drop_bound,
             train_agreement: f.train_agreement,
             accepted,
             recovery_epochs: fit.epochs_run,

@@ -1,0 +1,84 @@
+//! The shipped recipes keep their promise on every teacher in the fixtures (an MLP, a 2-d
+//! ResNet, a 1-d CNN with a depthwise conv, a depthwise-separable 2-d CNN), unchanged, with the
+//! default seed and a 1-point gate: PTQ and QAT lose at most 0.3 point, distillation passes the
+//! gate on the test split, and the edge recipe passes it and reaches its sizes (one exception,
+//! stated at its test).
+
+use crate::common::*;
+
+/// `wick compress` of teacher `t` with `recipe` and a 1-point gate into a fresh folder: exit 0
+/// (gate passed) or 1 (gate failed), never an error; the report.
+fn run_recipe(t: &Teacher, recipe: &str, dir: &std::path::Path) -> serde_json::Value {
+    let out = dir.join(format!("{}-{recipe}", t.name));
+    let (model, tr, va, te) = (t.path(), t.split("train"), t.split("val"), t.split("test"));
+    let args = [
+        "compress",
+        model.to_str().unwrap(),
+        "--recipe",
+        recipe,
+        "--train",
+        tr.to_str().unwrap(),
+        "--val",
+        va.to_str().unwrap(),
+        "--test",
+        te.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-accuracy-drop",
+        "1",
+        "--quiet",
+    ];
+    let o = wick().args(args).output().expect("wick runs");
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{} {recipe}: exit {:?}; {}", t.name, o.status.code(), String::from_utf8_lossy(&o.stderr));
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+}
+
+/// As [`run_recipe`], expecting the gate to pass.
+fn compress_with_gate(t: &Teacher, recipe: &str, dir: &std::path::Path) -> serde_json::Value {
+    let report = run_recipe(t, recipe, dir);
+    assert_eq!(report["gate"]["passed"], true, "{} {recipe}: drop {}", t.name, report["accuracy_drop_points"]);
+    report
+}
+
+#[test]
+fn ptq_and_qat_lose_at_most_three_tenths_of_a_point_on_every_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    for t in &TEACHERS {
+        for recipe in ["ptq-int8", "qat-int8"] {
+            let r = compress_with_gate(t, recipe, dir.path());
+            let drop = r["accuracy_drop_points"].as_f64().unwrap();
+            assert!(drop <= 0.3, "{} {recipe}: drop {drop}", t.name);
+        }
+    }
+}
+
+#[test]
+fn distillation_passes_the_gate_on_every_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    for t in &TEACHERS {
+        let r = compress_with_gate(t, "distill-int8", dir.path());
+        assert_eq!(r["gate"]["passed"], true, "{}", t.name);
+        assert!(r["compressed"]["params"].as_u64().unwrap() < r["teacher"]["params"].as_u64().unwrap(), "{}: the student is smaller", t.name);
+    }
+}
+
+/// Edge artifacts within the gate and at least this much smaller than the teacher file: 25x for
+/// the ResNet, 10x for the 1-d CNN; the MLP is held to the ratio of PTQ. The 3.7k-parameter
+/// depthwise-separable net is not held to the gate or to its 3x: its INT8 header alone is a
+/// quarter of the teacher file, and at the size 3x needs (about 1.3k parameters) its pruned
+/// students lose about a point on this test split while validation cannot tell (bench/README.md
+/// has the measurements); its search must still run and say why it stopped.
+#[test]
+fn the_edge_recipe_passes_the_gate_and_shrinks_every_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    for (t, smaller) in TEACHERS.iter().zip([Some(3.7), Some(25.0), Some(10.0), None]) {
+        let report = run_recipe(t, "edge-int8", dir.path());
+        // The report says what the search tried and why it stopped.
+        let search = &report["passes"][0]["details"]["search"];
+        assert!(!search["trials"].as_array().unwrap().is_empty() && search["stopped"].as_str().is_some_and(|s| !s.is_empty()), "{}: {search}", t.name);
+        let Some(smaller) = smaller else { continue };
+        assert_eq!(report["gate"]["passed"], true, "{}: drop {}", t.name, report["accuracy_drop_points"]);
+        let ratio = report["teacher"]["bytes_on_disk"].as_f64().unwrap() / report["compressed"]["bytes_on_disk"].as_f64().unwrap();
+        assert!(ratio >= smaller, "{}: {ratio:.1}x smaller, expected at least {smaller}x", t.name);
+    }
+}
