@@ -19,14 +19,18 @@ def build(arch, w):
     inp = arch["input"].get("name", "input")
     for n in arch["nodes"]:
         name, op, ins = n["name"], n["op"], n["inputs"]
-        if op == "conv2d":
+        if op in ("conv1d", "conv2d"):
             init(name + ".weight", w[name + ".weight"])
             args = [ins[0], name + ".weight"]
             if n.get("bias", True):
                 init(name + ".bias", w[name + ".bias"]); args.append(name + ".bias")
-            ph, pw = pair(n.get("padding", 0))
-            nodes.append(helper.make_node("Conv", args, [name], strides=pair(n.get("stride", 1)), pads=[ph, pw, ph, pw],
-                                          dilations=pair(n.get("dilation", 1)), group=n.get("groups", 1)))
+            if op == "conv1d":
+                p = n.get("padding", 0)
+                attrs = dict(kernel_shape=[n["kernel_size"]], strides=[n.get("stride", 1)], pads=[p, p], dilations=[n.get("dilation", 1)])
+            else:
+                ph, pw = pair(n.get("padding", 0))
+                attrs = dict(kernel_shape=pair(n["kernel_size"]), strides=pair(n.get("stride", 1)), pads=[ph, pw, ph, pw], dilations=pair(n.get("dilation", 1)))
+            nodes.append(helper.make_node("Conv", args, [name], group=n.get("groups", 1), **attrs))
         elif op in ("batchnorm2d", "batchnorm1d"):
             for s in ("weight", "bias", "running_mean", "running_var"):
                 init(name + "." + s, w[name + "." + s])
@@ -37,8 +41,28 @@ def build(arch, w):
             if n.get("bias", True):
                 init(name + ".bias", w[name + ".bias"]); args.append(name + ".bias")
             nodes.append(helper.make_node("Gemm", args, [name], transB=1))
-        elif op == "relu":
-            nodes.append(helper.make_node("Relu", ins, [name]))
+        elif op in ("relu", "sigmoid", "tanh"):
+            nodes.append(helper.make_node({"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[op], ins, [name]))
+        elif op == "relu6":
+            init(name + ".lo", np.array(0.0)); init(name + ".hi", np.array(6.0))
+            nodes.append(helper.make_node("Clip", [ins[0], name + ".lo", name + ".hi"], [name]))
+        elif op == "silu":
+            nodes.append(helper.make_node("Sigmoid", ins, [name + ".sig"]))
+            nodes.append(helper.make_node("Mul", [ins[0], name + ".sig"], [name]))
+        elif op == "gelu":
+            # The exact (erf) form as PyTorch's exporter writes it: x·½·(1 + erf(x/√2)).
+            init(name + ".sqrt2", np.array(np.sqrt(2.0))); init(name + ".one", np.array(1.0)); init(name + ".half", np.array(0.5))
+            nodes += [helper.make_node("Div", [ins[0], name + ".sqrt2"], [name + ".d"]), helper.make_node("Erf", [name + ".d"], [name + ".e"]),
+                      helper.make_node("Add", [name + ".e", name + ".one"], [name + ".a"]), helper.make_node("Mul", [ins[0], name + ".a"], [name + ".m"]),
+                      helper.make_node("Mul", [name + ".m", name + ".half"], [name])]
+        elif op in ("maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d"):
+            k = [n["kernel_size"]] if op.endswith("1d") else pair(n["kernel_size"])
+            st = [n.get("stride", n["kernel_size"])] if op.endswith("1d") else pair(n.get("stride", n["kernel_size"]))
+            p = [n.get("padding", 0)] if op.endswith("1d") else pair(n.get("padding", 0))
+            attrs = dict(kernel_shape=k, strides=st, pads=p + p)
+            if op.startswith("avg"):
+                attrs["count_include_pad"] = int(n.get("count_include_pad", True))
+            nodes.append(helper.make_node("MaxPool" if op.startswith("max") else "AveragePool", ins, [name], **attrs))
         elif op == "add":
             nodes.append(helper.make_node("Add", ins[:2], [name]))
         elif op == "global_avg_pool":
@@ -46,6 +70,8 @@ def build(arch, w):
             nodes.append(helper.make_node("Flatten", [name + ".pool"], [name], axis=1))
         elif op == "flatten":
             nodes.append(helper.make_node("Flatten", ins, [name], axis=n.get("start_dim", 1)))
+        elif op == "dropout":
+            nodes.append(helper.make_node("Identity", ins, [name]))
         else:
             sys.exit(f"ort_baseline.py: op '{op}' (node '{name}') is not supported by this baseline script")
     out = arch.get("output") or arch["nodes"][-1]["name"]

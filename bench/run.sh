@@ -4,6 +4,7 @@
 # Installs onnxruntime, onnx, numpy and torch from PyPI into bench/.venv on first use (torch's
 # Linux wheel brings its CUDA libraries: several GB; only the CPU is used).
 # Usage: bench/run.sh [THREADS] [ROUNDS]   (defaults 1 and 3; run with 2 threads as well for scaling)
+# BENCH_MODELS="digits_seq_cnn digits_dsnet" limits the run to those teachers.
 # Each round measures wick, then ONNX Runtime, then PyTorch; the table shows, per workload, the
 # median over the rounds, so a burst of load from a neighbour on a shared machine skews one
 # round, not the comparison. Training is timed in every round (the median of 2 epochs after a
@@ -18,18 +19,21 @@ fi
 bench/.venv/bin/python -c "import onnxruntime, onnx, numpy, torch" 2>/dev/null || bench/.venv/bin/pip install -q onnxruntime onnx numpy torch
 cargo build --release -q
 D=fixtures/data
-for m in digits_resnet digits_mlp; do
+# Every teacher in fixtures/models/ with the data it was trained on (MODEL:DATA prefix).
+for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits; do
+  m=${spec%%:*} data=${spec##*:}
+  if [ -n "${BENCH_MODELS:-}" ] && [[ " $BENCH_MODELS " != *" $m "* ]]; then continue; fi
   model=fixtures/models/$m.safetensors
   wicks=() orts=() torches=()
   for ((r = 0; r < rounds; r++)); do
-    # An MLP epoch takes ~30 ms, where this VM's noise swings single epochs by 2x: take the
-    # median of more of them.
-    if [ "$m" = digits_mlp ]; then epochs=15; else epochs=2; fi
-    wicks+=("$(./target/release/wick --threads "$threads" bench "$model" --train $D/digits_train.safetensors --test $D/digits_test.safetensors --epochs $epochs --json)")
+    # A ResNet epoch takes ~0.5 s; the others ~0.02-0.2 s, where single epochs swing by 2x on a
+    # shared machine: take the median of more of them.
+    if [ "$m" = digits_resnet ]; then epochs=2; else epochs=10; fi
+    wicks+=("$(./target/release/wick --threads "$threads" bench "$model" --train $D/${data}_train.safetensors --test $D/${data}_test.safetensors --epochs $epochs --json)")
     orts+=("$(bench/.venv/bin/python bench/ort_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
-          --data $D/digits_test.safetensors --calib $D/digits_train.safetensors --threads "$threads" 2>/dev/null)")
+          --data $D/${data}_test.safetensors --calib $D/${data}_train.safetensors --threads "$threads" 2>/dev/null)")
     torches+=("$(bench/.venv/bin/python bench/torch_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
-          --train $D/digits_train.safetensors --test $D/digits_test.safetensors --threads "$threads" --epochs $epochs 2>/dev/null)")
+          --train $D/${data}_train.safetensors --test $D/${data}_test.safetensors --threads "$threads" --epochs $epochs 2>/dev/null)")
   done
   WICK="$(printf '%s\n' "${wicks[@]}")" ORT="$(printf '%s\n' "${orts[@]}")" TORCH="$(printf '%s\n' "${torches[@]}")" M="$m" python3 - <<'PY'
 import json, os, statistics

@@ -39,17 +39,56 @@ fn taps(g: &Geom) -> Vec<Tap> {
     v
 }
 
-/// Calls `f(output index, input index)` for every position tap `t` reads inside the image.
+/// Calls `f(o, i, n)` for each output row tap `t` reads inside the image: outputs `o..o + n`
+/// read inputs `i, i + stride, …` (`n` of them).
 #[inline(always)]
-fn for_reach(g: &Geom, t: &Tap, mut f: impl FnMut(usize, usize)) {
+fn for_rows(g: &Geom, t: &Tap, mut f: impl FnMut(usize, usize, usize)) {
+    let n = t.xhi - t.xlo;
     for oy in t.ylo..t.yhi {
-        let iy = (oy * g.stride) as isize + t.dy;
-        let row = iy as usize * g.w;
-        for ox in t.xlo..t.xhi {
-            let ix = ((ox * g.stride) as isize + t.dx) as usize;
-            f(oy * g.wo + ox, row + ix);
+        let iy = ((oy * g.stride) as isize + t.dy) as usize;
+        let ix = ((t.xlo * g.stride) as isize + t.dx) as usize;
+        f(oy * g.wo + t.xlo, iy * g.w + ix, n);
+    }
+}
+
+/// `out[j] += w·src[j·stride]` for `j < out.len()` (contiguous at stride 1, so it vectorises).
+#[inline(always)]
+fn axpy(out: &mut [f32], w: f32, src: &[f32], stride: usize) {
+    if stride == 1 {
+        let n = out.len();
+        out.iter_mut().zip(&src[..n]).for_each(|(o, &x)| *o += w * x);
+    } else {
+        out.iter_mut().zip(src.iter().step_by(stride)).for_each(|(o, &x)| *o += w * x);
+    }
+}
+
+/// `dst[j·stride] += w·src[j]` for `j < src.len()`.
+#[inline(always)]
+fn scatter_axpy(dst: &mut [f32], w: f32, src: &[f32], stride: usize) {
+    if stride == 1 {
+        dst[..src.len()].iter_mut().zip(src).for_each(|(d, &x)| *d += w * x);
+    } else {
+        dst.iter_mut().step_by(stride).zip(src).for_each(|(d, &x)| *d += w * x);
+    }
+}
+
+/// `Σ_j a[j]·b[j·stride]` over `j < a.len()`; at stride 1 in eight partial sums (so the
+/// reduction vectorises; the order is fixed, so the result does not depend on the machine).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
+    if stride != 1 {
+        return a.iter().zip(b.iter().step_by(stride)).map(|(&x, &y)| x * y).sum();
+    }
+    let b = &b[..a.len()];
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(&x, &y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
         }
     }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The op: `g.c` input channels, `out_channels = m·g.c`.
@@ -84,7 +123,7 @@ impl CustomOp2 for Depthwise {
                 let wk = &w[oc * kk..][..kk];
                 for t in &taps {
                     let wv = wk[t.index];
-                    for_reach(g, t, |q, i| out[q] += wv * src[i]);
+                    for_rows(g, t, |o, i, n| axpy(&mut out[o..o + n], wv, &src[i..], g.stride));
                 }
             })
         };
@@ -108,7 +147,7 @@ impl CustomOp2 for Depthwise {
                             let wk = &ws[oc * kk..][..kk];
                             for t in &taps {
                                 let wv = wk[t.index];
-                                for_reach(g, t, |q, i| out[i] += wv * dy[q]);
+                                for_rows(g, t, |o, i, n| scatter_axpy(&mut out[i..], wv, &dy[o..o + n], g.stride));
                             }
                         }
                     });
@@ -121,7 +160,7 @@ impl CustomOp2 for Depthwise {
                             let src = &xs[(s * g.c + c) * plane..][..plane];
                             for t in &taps {
                                 let mut acc = 0f32;
-                                for_reach(g, t, |q, i| acc += dy[q] * src[i]);
+                                for_rows(g, t, |o, i, n| acc += dot(&dy[o..o + n], &src[i..], g.stride));
                                 out[t.index] += acc;
                             }
                         }

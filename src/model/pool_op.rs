@@ -66,20 +66,65 @@ impl PoolGeom {
     }
 }
 
-/// The index in the plane `x` (`w` wide) of the first maximum over rows `ys` and columns `xs`
-/// (`None` for an empty window): `v > best` or a NaN takes the place, as in PyTorch.
+/// The index in the plane `x` (`w` wide) of the first maximum over rows `ys` and columns `xs`:
+/// `v > best` or a NaN takes the place, as in PyTorch. Windows are never empty (the graph keeps
+/// the padding at most half the kernel).
 #[inline(always)]
-fn argmax(x: &[f32], w: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> Option<usize> {
-    let mut best: Option<(usize, f32)> = None;
+fn argmax(x: &[f32], w: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> usize {
+    let (mut bi, mut bv) = (y0 * w + x0, x[y0 * w + x0]);
     for iy in y0..y1 {
-        for (ix, &v) in x[iy * w..].iter().enumerate().take(x1).skip(x0) {
-            match best {
-                Some((_, b)) if !(v > b || v.is_nan()) => {}
-                _ => best = Some((iy * w + ix, v)),
+        let start = iy * w + x0;
+        for (j, &v) in x[start..iy * w + x1].iter().enumerate() {
+            if v > bv || v.is_nan() {
+                (bi, bv) = (start + j, v);
             }
         }
     }
-    best.map(|(i, _)| i)
+    bi
+}
+
+/// Planes per task: enough for a few thousand outputs, so that small planes (a 1-d signal's)
+/// do not cost a task each.
+fn planes_per_task(outputs_per_plane: usize) -> usize {
+    (4096 / outputs_per_plane.max(1)).max(1)
+}
+
+impl PoolGeom {
+    /// Pools one plane `src` into `out`.
+    fn plane(&self, src: &[f32], rows: &Spans, cols: &Spans, out: &mut [std::mem::MaybeUninit<f32>]) {
+        let wo = cols.len();
+        for (oy, &ry) in rows.iter().enumerate() {
+            for (ox, &rx) in cols.iter().enumerate() {
+                let v = match self.kind {
+                    PoolKind::Max => src[argmax(src, self.w, ry, rx)],
+                    PoolKind::Avg { .. } => {
+                        let sum: f32 = (ry.0..ry.1).map(|iy| src[iy * self.w + rx.0..iy * self.w + rx.1].iter().sum::<f32>()).sum();
+                        sum / self.divisor((ry.1 - ry.0) * (rx.1 - rx.0))
+                    }
+                };
+                out[oy * wo + ox].write(v);
+            }
+        }
+    }
+
+    /// Adds the gradient `dy` of one plane's outputs into `out`, the gradient of its input `src`.
+    fn plane_grad(&self, src: &[f32], dy: &[f32], rows: &Spans, cols: &Spans, out: &mut [f32]) {
+        let wo = cols.len();
+        for (oy, &ry) in rows.iter().enumerate() {
+            for (ox, &rx) in cols.iter().enumerate() {
+                let d = dy[oy * wo + ox];
+                match self.kind {
+                    PoolKind::Max => out[argmax(src, self.w, ry, rx)] += d,
+                    PoolKind::Avg { .. } => {
+                        let share = d / self.divisor((ry.1 - ry.0) * (rx.1 - rx.0));
+                        for iy in ry.0..ry.1 {
+                            out[iy * self.w + rx.0..iy * self.w + rx.1].iter_mut().for_each(|v| *v += share);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 struct Pool(PoolGeom);
@@ -97,21 +142,12 @@ impl CustomOp1 for Pool {
         let (plane, (ho, wo)) = (g.h * g.w, g.out());
         let len = planes * ho * wo;
         let (rows, cols) = g.windows();
+        let per = planes_per_task(ho * wo);
         // SAFETY: every output of every plane is written.
         let y = unsafe {
-            build_chunks(len, ho * wo, len * g.k.0 * g.k.1, |p, out| {
-                let src = &x[p * plane..][..plane];
-                for (oy, &ry) in rows.iter().enumerate() {
-                    for (ox, &rx) in cols.iter().enumerate() {
-                        let v = match g.kind {
-                            PoolKind::Max => argmax(src, g.w, ry, rx).map_or(f32::NEG_INFINITY, |i| src[i]),
-                            PoolKind::Avg { .. } => {
-                                let sum: f32 = (ry.0..ry.1).map(|iy| src[iy * g.w + rx.0..iy * g.w + rx.1].iter().sum::<f32>()).sum();
-                                sum / g.divisor((ry.1 - ry.0) * (rx.1 - rx.0))
-                            }
-                        };
-                        out[oy * wo + ox].write(v);
-                    }
+            build_chunks(len, per * ho * wo, len * g.k.0 * g.k.1, |c, out| {
+                for (j, out) in out.chunks_mut(ho * wo).enumerate() {
+                    g.plane(&x[(c * per + j) * plane..][..plane], &rows, &cols, out);
                 }
             })
         };
@@ -127,25 +163,11 @@ impl CustomOp1 for Pool {
                 let mut dx = vec![0f32; xs.len()];
                 let work = dx.len() * g.k.0 * g.k.1;
                 let (rows, cols) = g.windows();
-                for_chunks(&mut dx, plane, work, |p, out| {
-                    let (src, dy) = (&xs[p * plane..][..plane], &dys[p * ho * wo..][..ho * wo]);
-                    for (oy, &ry) in rows.iter().enumerate() {
-                        for (ox, &rx) in cols.iter().enumerate() {
-                            let d = dy[oy * wo + ox];
-                            match g.kind {
-                                PoolKind::Max => {
-                                    if let Some(i) = argmax(src, g.w, ry, rx) {
-                                        out[i] += d;
-                                    }
-                                }
-                                PoolKind::Avg { .. } => {
-                                    let share = d / g.divisor((ry.1 - ry.0) * (rx.1 - rx.0));
-                                    for iy in ry.0..ry.1 {
-                                        out[iy * g.w + rx.0..iy * g.w + rx.1].iter_mut().for_each(|v| *v += share);
-                                    }
-                                }
-                            }
-                        }
+                let per = planes_per_task(ho * wo);
+                for_chunks(&mut dx, per * plane, work, |c, out| {
+                    for (j, out) in out.chunks_mut(plane).enumerate() {
+                        let p = c * per + j;
+                        g.plane_grad(&xs[p * plane..][..plane], &dys[p * ho * wo..][..ho * wo], &rows, &cols, out);
                     }
                 });
                 dx

@@ -1,8 +1,8 @@
 //! The shipped recipes keep their promise on every teacher in the fixtures (an MLP, a 2-d
 //! ResNet, a 1-d CNN with a depthwise conv, a depthwise-separable 2-d CNN), unchanged, with the
 //! default seed and a 1-point gate: PTQ and QAT lose at most 0.3 point, distillation passes the
-//! gate on the test split, and the edge recipe passes it and reaches its sizes (one exception,
-//! stated at its test).
+//! gate on the test split, and the edge recipe passes it and reaches its sizes (one size is an
+//! exception, stated at its test).
 
 use crate::common::*;
 
@@ -64,21 +64,18 @@ fn distillation_passes_the_gate_on_every_teacher() {
 
 /// Edge artifacts within the gate and at least this much smaller than the teacher file: 25x for
 /// the ResNet, 10x for the 1-d CNN; the MLP is held to the ratio of PTQ. The 3.7k-parameter
-/// depthwise-separable net is not held to the gate or to its 3x: its INT8 header alone is a
-/// quarter of the teacher file, and at the size 3x needs (about 1.3k parameters) its pruned
-/// students lose about a point on this test split while validation cannot tell (bench/README.md
-/// has the measurements); its search must still run and say why it stopped.
+/// depthwise-separable net is not held to its 3x: its INT8 header alone is a quarter of the
+/// teacher file, and at the size 3x needs (about 1.3k parameters) its pruned students lose about
+/// a point on this test split where validation cannot tell (bench/README.md).
 #[test]
 fn the_edge_recipe_passes_the_gate_and_shrinks_every_teacher() {
     let dir = tempfile::tempdir().unwrap();
     for (t, smaller) in TEACHERS.iter().zip([Some(3.7), Some(25.0), Some(10.0), None]) {
-        let report = run_recipe(t, "edge-int8", dir.path());
+        let report = compress_with_gate(t, "edge-int8", dir.path());
         // The report says what the search tried and why it stopped.
         let search = &report["passes"][0]["details"]["search"];
         assert!(!search["trials"].as_array().unwrap().is_empty() && search["stopped"].as_str().is_some_and(|s| !s.is_empty()), "{}: {search}", t.name);
-        let Some(smaller) = smaller else { continue };
-        assert_eq!(report["gate"]["passed"], true, "{}: drop {}", t.name, report["accuracy_drop_points"]);
         let ratio = report["teacher"]["bytes_on_disk"].as_f64().unwrap() / report["compressed"]["bytes_on_disk"].as_f64().unwrap();
-        assert!(ratio >= smaller, "{}: {ratio:.1}x smaller, expected at least {smaller}x", t.name);
+        assert!(ratio >= smaller.unwrap_or(1.0), "{}: {ratio:.1}x smaller, expected at least {smaller:?}x", t.name);
     }
 }
