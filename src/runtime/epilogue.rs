@@ -1,14 +1,12 @@
 //! The part of a compiled layer's GEMM epilogue that does not depend on the layer's kind:
 //! walking a register tile's rows, compiling the layer's per-row arithmetic for 8-wide vectors
 //! where the CPU has AVX2 (the arithmetic is identical either way), and what can follow any
-//! layer's row: a residual add fused in ([`Residual`]) and a second output written by row
-//! ([`RowSink`]).
+//! layer's row: a residual add fused in ([`Residual`]).
 
 use std::mem::MaybeUninit;
 
 /// What a layer writes for one output row: `out[j]` from the accumulator `acc[j]` of channel
-/// `c0 + j`, for every `j < acc.len()` (f32 values, or the next layer's codes when the
-/// requantisation is fused in). `row` is the row's index in the layer's output.
+/// `c0 + j`, for every `j < acc.len()`. `row` is the row's index in the layer's output.
 pub trait FinishRow<A, O> {
     /// Implementations are `#[inline(always)]`, so that [`finish_tile`]'s AVX2 copy vectorises
     /// them.
@@ -78,39 +76,5 @@ pub fn add_relu(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
         (Some(b), false) => a.iter_mut().zip(b).for_each(|(a, b)| *a += b),
         (None, true) => a.iter_mut().for_each(|a| *a = a.max(0.0)),
         (None, false) => {}
-    }
-}
-
-/// A `[rows, ldo]` output that an epilogue writes by row index, beside the output the GEMM
-/// hands it: the f32 values of a layer that also writes its readers' codes.
-pub struct RowSink<T> {
-    ptr: *mut MaybeUninit<T>,
-    len: usize,
-    ldo: usize,
-}
-
-// SAFETY: the GEMM hands each output row to one tile only, and `RowSink::row` is used for
-// that tile's rows, so no two threads write one entry.
-unsafe impl<T: Send> Send for RowSink<T> {}
-unsafe impl<T: Send> Sync for RowSink<T> {}
-
-impl<T> RowSink<T> {
-    /// A sink over the spare capacity of `v` for `rows` rows of `ldo` values.
-    pub fn new(v: &mut Vec<T>, rows: usize, ldo: usize) -> RowSink<T> {
-        let spare = &mut v.spare_capacity_mut()[..rows * ldo];
-        RowSink { ptr: spare.as_mut_ptr(), len: spare.len(), ldo }
-    }
-
-    /// Entries `c0..c0 + n` of row `row`.
-    ///
-    /// # Safety
-    /// Only the tile that owns output row `row` calls this for it, and never for a range it is
-    /// still holding.
-    #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn row(&self, row: usize, c0: usize, n: usize) -> &mut [MaybeUninit<T>] {
-        let at = row * self.ldo + c0;
-        assert!(at + n <= self.len, "row {row}, columns {c0}+{n} outside the sink");
-        std::slice::from_raw_parts_mut(self.ptr.add(at), n)
     }
 }

@@ -9,12 +9,7 @@
 //!
 //! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
 //!   layers reading one value with the same parameters share the codes), in one pass over the
-//!   value. Optionally (`Fusions::requantisation`, off by default) a quantised layer read by
-//!   quantised layers with one quantiser writes their codes straight from its output loop
-//!   instead, its f32 output stored only when other steps read it too: on the AVX2 machine
-//!   this was built on, that measured 4–6 % slower end to end than the separate pass (plans
-//!   compared call by call in one process, `examples/plan_ab.rs`), at batch 1 and 64 and on
-//!   1 and 2 threads. The arithmetic is the hook executor's (`runtime::IntegerHook`): the
+//!   value. The arithmetic is the hook executor's (`runtime::IntegerHook`): the
 //!   same codes, the same exact integer sums, the same f32 epilogue; only float reductions
 //!   outside the layers (global average pooling) may sum in another order.
 //! - Float: every BatchNorm that only a conv or linear feeds is folded into it at compile time
@@ -74,29 +69,6 @@ struct Step {
     /// For a weight layer: the other input of a two-input add fused into its output loop (the
     /// add read this layer's output only), and whether a ReLU follows the add.
     residual: Option<(usize, bool)>,
-    /// For a quantised layer whose output quantised layers read: the first of those steps, and
-    /// whether other steps read the f32 output too. The layer writes the codes of the readers
-    /// that share that step's quantiser and code type straight from its output loop
-    /// (`QLayer::run_requantised`); its f32 output is stored only when it is read too.
-    requant: Option<(usize, bool)>,
-}
-
-/// Which optional fusions a plan compiles in, to measure what each is worth (results are the
-/// same either way; `Default` is what `Plan::int8` and `Plan::float` use).
-#[derive(Debug, Clone, Copy)]
-pub struct Fusions {
-    /// A two-input add into the weight layer computing one of its inputs (`Step::residual`).
-    /// On by default: it saves a pass and a buffer; measured neutral (0.99–1.01x).
-    pub residual_adds: bool,
-    /// The next layers' quantisation into a quantised layer's output loop (`Step::requant`).
-    /// Off by default: measured 4–6 % slower than quantising in a separate pass (module docs).
-    pub requantisation: bool,
-}
-
-impl Default for Fusions {
-    fn default() -> Fusions {
-        Fusions { residual_adds: true, requantisation: false }
-    }
 }
 
 /// A compiled model.
@@ -122,12 +94,7 @@ struct Value {
 impl Plan {
     /// Compiles INT8 model `m`: its quantised layers run the integer GEMM, the rest in float.
     pub fn int8(m: &Int8Model) -> Result<Plan> {
-        Plan::int8_with(m, Fusions::default())
-    }
-
-    /// [`Plan::int8`] with only the `fusions` given (the results are bit-identical either way).
-    pub fn int8_with(m: &Int8Model, fusions: Fusions) -> Result<Plan> {
-        Plan::compile(m.model.clone(), fusions, |node, in_shape| {
+        Plan::compile(m.model.clone(), |node, in_shape| {
             let Some(q) = m.layers.get(&node.name) else { return Ok(Kind::Float) };
             match QLayer::new(q, &node.op, in_shape, m.bias(&node.name)?) {
                 Some(l) => Ok(Kind::Quant(Box::new(l))),
@@ -139,11 +106,6 @@ impl Plan {
     /// Compiles float model `m` for inference (eval mode): BatchNorm folded, every conv and
     /// linear on the packed f32 GEMM.
     pub fn float(m: &Model) -> Result<Plan> {
-        Plan::float_with(m, Fusions::default())
-    }
-
-    /// [`Plan::float`] with only the `fusions` given.
-    pub fn float_with(m: &Model, fusions: Fusions) -> Result<Plan> {
         let (folded, _) = crate::model::fold::fold_batchnorm(m)?;
         let vec = |name: &str| -> Result<Vec<f32>> { Ok(folded.p(name).flatten_all()?.to_vec1()?) };
         let layers = |node: &Node, in_shape: &[usize]| -> Result<Kind> {
@@ -156,12 +118,12 @@ impl Plan {
                 None => Kind::Float,
             })
         };
-        Plan::compile(folded.clone(), fusions, layers)
+        Plan::compile(folded.clone(), layers)
     }
 
     /// Compiles the steps of `model`, asking `weight_layer(node, per-sample input shape)` what
     /// each conv and linear runs.
-    fn compile(model: Model, fusions: Fusions, weight_layer: impl Fn(&Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
+    fn compile(model: Model, weight_layer: impl Fn(&Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
         let arch = &model.arch;
         let mut slot_of: BTreeMap<&str, usize> = BTreeMap::new();
         slot_of.insert(arch.input.name.as_str(), 0);
@@ -198,14 +160,12 @@ impl Plan {
                 Op::Dropout(_) => Kind::Identity,
                 _ => Kind::Float,
             };
-            steps.push(Step { node: ni, kind, inputs, output: slots, residual: None, requant: None });
+            steps.push(Step { node: ni, kind, inputs, output: slots, residual: None });
             slot_of.insert(node.name.as_str(), slots);
             slots += 1;
         }
         let output = slot_of[out_name];
-        if fusions.residual_adds {
-            fuse_residual_adds(&mut steps, output);
-        }
+        fuse_residual_adds(&mut steps, output);
         let mut last_use = vec![usize::MAX; slots];
         for (si, s) in steps.iter().enumerate() {
             for i in s.reads() {
@@ -213,17 +173,7 @@ impl Plan {
             }
         }
         last_use[output] = usize::MAX;
-        for si in 0..steps.len() {
-            steps[si].requant = requant_target(&steps, si, output).filter(|_| fusions.requantisation);
-        }
         Ok(Plan { model, steps, slots, output, last_use })
-    }
-
-    /// The quantised layers that write their readers' codes from their output loop, as
-    /// `(layer, first reader, f32 output kept)` with node names (see `Step::requant`).
-    pub fn requantised(&self) -> Vec<(&str, &str, bool)> {
-        let name = |s: &Step| self.model.arch.nodes[s.node].name.as_str();
-        self.steps.iter().filter_map(|s| s.requant.map(|(r, keep)| (name(s), name(&self.steps[r]), keep))).collect()
     }
 
     /// The weight layers with a residual add fused into their output loop, as
@@ -301,23 +251,9 @@ impl Plan {
                     let channels_last = conv && out_dims.len() >= 3;
                     set_residual_layout(&mut vals, step, channels_last);
                     let residual = residual_of(&vals, step);
-                    match step.requant.map(|(ri, keep)| (&self.steps[ri], keep)) {
-                        Some((reader @ Step { kind: Kind::Quant(next), .. }, keep)) => {
-                            let Some((data, c)) = q.run_requantised(&codes[at].3, n, residual, next, keep) else {
-                                let name = &self.model.arch.nodes[reader.node].name;
-                                return Err(WickError::node(name, format!("input holds a non-finite value (computed by '{}')", node.name)));
-                            };
-                            // The readers find these codes under their own key (`form` above, for a
-                            // value in this layout); the f32 data is empty unless other steps read it.
-                            codes.push((step.output, next.input, (channels_last, next.reads_bytes()), c));
-                            Value { data, dims: out_dims, channels_last }
-                        }
-                        _ => {
-                            let data = q.run(&codes[at].3, n, residual);
-                            debug_assert_eq!(data.len(), out_dims.iter().product::<usize>(), "{} {:?}", node.name, dims);
-                            Value { data, dims: out_dims, channels_last }
-                        }
-                    }
+                    let data = q.run(&codes[at].3, n, residual);
+                    debug_assert_eq!(data.len(), out_dims.iter().product::<usize>(), "{} {:?}", node.name, dims);
+                    Value { data, dims: out_dims, channels_last }
                 }
                 Kind::Dense(f) => {
                     let conv = matches!(f.shape, super::layout::LayerShape::Conv(_));
@@ -398,29 +334,6 @@ impl Plan {
     }
 }
 
-/// The step whose codes step `si` can write from its output loop, and whether other steps read
-/// its f32 output (see `Step::requant`): `si` is a quantised layer whose output is not the
-/// model's, the step is its first reader that is a quantised layer of the same kind (conv or
-/// linear, so the layout the reader wants is the one written), and the f32 output is read by
-/// every other kind of reader (a residual read included) and by quantised layers with another
-/// quantiser, code type or kind.
-fn requant_target(steps: &[Step], si: usize, model_output: usize) -> Option<(usize, bool)> {
-    let Kind::Quant(q) = &steps[si].kind else { return None };
-    let out = steps[si].output;
-    if out == model_output {
-        return None;
-    }
-    let conv = |l: &QLayer| matches!(l.shape, super::layout::LayerShape::Conv(_));
-    let (mut first, mut keep): (Option<(usize, &QLayer)>, bool) = (None, false);
-    for (ri, s) in steps.iter().enumerate().filter(|(_, s)| s.reads().any(|i| i == out)) {
-        match (&s.kind, first) {
-            (Kind::Quant(r), None) if s.residual.is_none_or(|(r, _)| r != out) && conv(r) == conv(q) => first = Some((ri, r)),
-            (Kind::Quant(r), Some((_, r0))) if s.residual.is_none_or(|(r, _)| r != out) && r.input == r0.input && r.reads_bytes() == r0.reads_bytes() && conv(r) == conv(q) => {}
-            _ => keep = true,
-        }
-    }
-    first.map(|(ri, _)| (ri, keep))
-}
 
 impl Step {
     /// The slots this step reads: its inputs, then a fused residual.

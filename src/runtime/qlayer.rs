@@ -5,19 +5,16 @@
 //! dequantises in the GEMM's epilogue:
 //! `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`, then `max(y, 0)` when a ReLU was fused into it
 //! (`zp·Σw_c` computed once per layer). When the plan fuses a residual add into the layer, the
-//! add (and a ReLU after it) follows in the same loop ([`Residual`]); when it fuses the next
-//! layer's quantisation in (`run_requantised`), each output row is then quantised into the next
-//! layer's codes at once.
+//! add (and a ReLU after it) follows in the same loop ([`Residual`]).
 
-use super::epilogue::{finish_tile, FinishRow, Residual, RowSink};
-use super::kernels::{code_shift, quantize_codes, quantize_to, Code};
+use super::epilogue::{finish_tile, FinishRow, Residual};
+use super::kernels::{code_shift, quantize_codes};
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use super::packed::{Isa, PairPanels, QuadPanels};
 use crate::artifact::QuantLayer;
 use crate::model::arch::Op;
 use crate::quant::{ActType, QParams};
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A quantised layer ready to run.
 pub struct QLayer {
@@ -83,37 +80,6 @@ impl QLayer {
         }
     }
 
-    /// [`QLayer::run`] with the requantisation for `next` fused into the output loop: each
-    /// tile row is computed as `run` would, then quantised at once into the codes `next` reads
-    /// (`next.quantize` of `run`'s output, bit for bit). The f32 output is returned when `keep`
-    /// (other steps read it) and is otherwise never stored (empty). `None` when an output value
-    /// is not finite.
-    pub fn run_requantised(&self, codes: &Codes, n: usize, residual: Option<(&[f32], bool)>, next: &QLayer, keep: bool) -> Option<(Vec<f32>, Codes)> {
-        match residual {
-            None => self.requantise_with(codes, n, self, next, keep),
-            Some((shortcut, relu)) => self.requantise_with(codes, n, &Residual { layer: self, shortcut, ldo: self.out_channels(), relu }, next, keep),
-        }
-    }
-
-    /// [`QLayer::run_requantised`] with `layer` computing each f32 row.
-    fn requantise_with<F: FinishRow<i32, f32> + Sync>(&self, codes: &Codes, n: usize, layer: &F, next: &QLayer, keep: bool) -> Option<(Vec<f32>, Codes)> {
-        let finite = AtomicBool::new(true);
-        let (rows, o) = (self.shape.rows(n, codes.len()), self.out_channels());
-        let mut kept = Vec::with_capacity(if keep { rows * o } else { 0 });
-        let sink = keep.then(|| RowSink::new(&mut kept, rows, o));
-        let finish = |keep| Requantise { layer, next: &next.input, finite: &finite, keep };
-        let codes = match next.packed {
-            Packed::Pairs(_) => Codes::Wide(self.run_with(codes, n, &finish(sink.as_ref()))),
-            Packed::Quads(_) => Codes::Bytes(self.run_with(codes, n, &finish(sink.as_ref()))),
-        };
-        if keep {
-            // SAFETY: the epilogue wrote every row's columns into the sink (`Requantise::row`):
-            // the GEMMs cover all `rows` rows and the groups all `o` columns.
-            unsafe { kept.set_len(rows * o) };
-        }
-        finite.into_inner().then_some((kept, codes))
-    }
-
     /// The GEMM over `codes` with `finish` writing each tile row's outputs.
     fn run_with<O: Send, F: FinishRow<i32, O> + Sync>(&self, codes: &Codes, n: usize, finish: &F) -> Vec<O> {
         let zp = self.zp;
@@ -165,42 +131,6 @@ impl FinishRow<i32, f32> for QLayer {
     }
 }
 
-/// A layer's output row requantised for the next layer: `q(y)` for the f32 row `y` that
-/// `layer` computes (`QLayer::row`, or with a residual added), `q` the next layer's input
-/// quantiser with its code shift; `y` itself is written to `keep` when given.
-struct Requantise<'a, F> {
-    layer: &'a F,
-    next: &'a QParams,
-    /// Cleared when an output value is not finite.
-    finite: &'a AtomicBool,
-    keep: Option<&'a RowSink<f32>>,
-}
-
-impl<T: Code, F: FinishRow<i32, f32>> FinishRow<i32, T> for Requantise<'_, F> {
-    #[inline(always)]
-    fn row(&self, acc: &[i32], row: usize, c0: usize, out: &mut [MaybeUninit<T>]) {
-        // The f32 row a chunk at a time on the stack (1 KiB, still in L1), or in the kept
-        // output; one chunk per row of up to 256 channels (64 measured 2 % slower on the MLP:
-        // per-call set-up).
-        const CHUNK: usize = 256;
-        let mut stack = [MaybeUninit::<f32>::uninit(); CHUNK];
-        for (k, (acc, out)) in acc.chunks(CHUNK).zip(out.chunks_mut(CHUNK)).enumerate() {
-            let c = c0 + k * CHUNK;
-            let y = match self.keep {
-                // SAFETY: this tile owns row `row` (the epilogue's contract).
-                Some(sink) => unsafe { sink.row(row, c, acc.len()) },
-                None => &mut stack[..acc.len()],
-            };
-            self.layer.row(acc, row, c, y);
-            // SAFETY: `row` wrote every entry of `y` (its contract).
-            let y = unsafe { &*(y as *const [MaybeUninit<f32>] as *const [f32]) };
-            if !quantize_to(y, self.next, out) {
-                self.finite.store(false, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
 /// `out[j] = (acc[j] − zp_wsum[j]) as f32 · mult[j] (+ bias[j]) (then max 0)`, one `for` loop
 /// over zipped slices per combination: each inlines into the AVX2 caller and vectorises (the
 /// index-closure form stayed an out-of-line scalar `fold`, 37 % of the MLP's INT8 time).
@@ -243,12 +173,3 @@ pub enum Codes {
     Bytes(Vec<u8>),
 }
 
-impl Codes {
-    /// How many codes.
-    fn len(&self) -> usize {
-        match self {
-            Codes::Wide(c) => c.len(),
-            Codes::Bytes(c) => c.len(),
-        }
-    }
-}

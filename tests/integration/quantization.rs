@@ -86,47 +86,23 @@ fn integer_execution_agrees_with_simulation_and_reference_bit_for_bit() {
     }
 }
 
-/// The compiled plan fuses each residual add (and the ReLU after it) into the output loop of
-/// the conv that computes its later input (by default; the test above checks the default plan
-/// bit for bit). With the optional requantisation fusion, each quantised layer that quantised
-/// layers read writes their codes from its output loop, keeping the f32 output only where other
-/// steps read it, and the logits stay bit-identical to the default plan's. In the ResNet: the
-/// stem feeds the first block's conv1 (codes) and its residual (f32); each block's conv1 feeds
-/// conv2 (codes only); the add fused into a block's conv2 or downsample conv feeds the next
-/// block (codes only) or the pooling (f32 only). In the MLP: both hidden layers. A non-finite
-/// output of a fused layer is an error naming the reading layer and the one that computed it.
+/// In the ResNet, each block's add (and the ReLU after it) runs in the output loop of the conv
+/// before it, in the INT8 and the float plan alike. A non-finite value a layer computes is an
+/// error naming the layer whose input quantisation met it.
 #[test]
-fn residual_adds_and_requantisation_fuse_into_output_loops() {
-    use wick::runtime::plan::{Fusions, Plan};
-    let requant = Fusions { requantisation: true, ..Fusions::default() };
+fn residual_adds_fuse_into_output_loops() {
+    use wick::runtime::plan::Plan;
     let resnet = ptq_lib(&load(&resnet_path()), Method::Minmax);
-    let mlp = ptq_lib(&load(&mlp_path()), Method::Minmax);
     let names = |v: Vec<(&str, &str, bool)>| -> Vec<(String, String, bool)> { v.into_iter().map(|(a, b, k)| (a.to_string(), b.to_string(), k)).collect() };
-    let fused = |q: &wick::artifact::Int8Model| names(Plan::int8_with(q, requant).unwrap().requantised());
-    let test = data("test");
-    for q in [&resnet, &mlp] {
-        assert!(Plan::int8(q).unwrap().requantised().is_empty(), "off by default");
-        let logits = |p: Plan| -> Vec<f32> { p.predict(&test.x).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
-        assert_eq!(logits(Plan::int8_with(q, requant).unwrap()), logits(Plan::int8(q).unwrap()), "{}", q.model.source);
-    }
     let t = |a: &str, b: &str, k: bool| (a.to_string(), b.to_string(), k);
-    let want = vec![
-        t("conv1", "layer1.0.conv1", true),
-        t("layer1.0.conv1", "layer1.0.conv2", false),
-        t("layer1.0.conv2", "layer2.0.conv1", false),
-        t("layer2.0.conv1", "layer2.0.conv2", false),
-        t("layer2.0.downsample.0", "layer3.0.conv1", false),
-        t("layer3.0.conv1", "layer3.0.conv2", false),
-    ];
-    assert_eq!(fused(&resnet), want);
     let adds = vec![t("layer1.0.conv2", "conv1", true), t("layer2.0.downsample.0", "layer2.0.conv2", true), t("layer3.0.downsample.0", "layer3.0.conv2", true)];
     assert_eq!(names(Plan::int8(&resnet).unwrap().residual_adds()), adds);
     assert_eq!(names(Plan::float(&load(&resnet_path())).unwrap().residual_adds()), adds);
-    assert_eq!(fused(&mlp), vec![t("1", "3", false), t("3", "5", false)]);
+    let test = data("test");
     let bias = resnet.model.params.get("layer1.0.conv1.bias").expect("BatchNorm folded into a bias");
     bias.set(&candle_core::Tensor::full(f32::INFINITY, bias.as_tensor().dims(), bias.as_tensor().device()).unwrap()).unwrap();
-    let err = Plan::int8_with(&resnet, requant).unwrap().predict(&test.x.narrow(0, 0, 4).unwrap()).unwrap_err().to_string();
-    assert!(err.contains("'layer1.0.conv2'") && err.contains("non-finite") && err.contains("computed by 'layer1.0.conv1'"), "{err}");
+    let err = Plan::int8(&resnet).unwrap().predict(&test.x.narrow(0, 0, 4).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("'layer1.0.conv2'") && err.contains("non-finite"), "{err}");
 }
 
 #[test]
