@@ -334,7 +334,6 @@ impl Plan {
     }
 }
 
-
 impl Step {
     /// The slots this step reads: its inputs, then a fused residual.
     fn reads(&self) -> impl Iterator<Item = usize> + '_ {

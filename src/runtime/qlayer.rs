@@ -172,4 +172,3 @@ pub enum Codes {
     Wide(Vec<i16>),
     Bytes(Vec<u8>),
 }
-
