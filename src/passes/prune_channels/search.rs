@@ -102,8 +102,9 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
             step /= 2.0;
         } else {
             break format!(
-                "removing {:.0}% more of the channels lost {drop:.2} points on validation and left {:.2}% of the training samples off the teacher's prediction; the search may spend {:.2} of either (its share of the {:.2}-point budget)",
+                "removing {:.0}% more of the channels lost {drop:.2} points on validation ({:.2} at one standard error) and left {:.2}% of the training samples off the teacher's prediction; the search may spend {:.2} of either (its share of the {:.2}-point budget)",
                 100.0 * step,
+                f.val_drop_bound,
                 100.0 * (1.0 - f.train_agreement),
                 SEARCH_SHARE * ctx.budget.points,
                 ctx.budget.points
