@@ -65,7 +65,7 @@ pub fn train_epoch_seconds(model: &Model, train: &Dataset, reps: usize) -> Resul
     };
     let obj = |m: &Model, x: &candle_core::Tensor, y: &[u32], _: &[usize], _: &std::cell::RefCell<rand_chacha::ChaCha8Rng>| loss::cross_entropy(&m.forward(x, Mode::Train)?, y);
     // Validation is not part of the step being measured: a constant stands in for it.
-    let val = |_: &Model| Ok(crate::eval::EvalResult { accuracy: 0.0, loss: 0.0, correct: 0, samples: 0, predictions: vec![] });
+    let val = |_: &Model| Ok(crate::eval::EvalResult { accuracy: 0.0, loss: 0.0, correct: 0, samples: 0, predictions: vec![], logits: vec![] });
     let mut t = vec![];
     for i in 0..=reps {
         let s = Instant::now();

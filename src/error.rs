@@ -6,12 +6,10 @@ use std::path::PathBuf;
 /// The library's error type.
 #[derive(Debug, thiserror::Error)]
 pub enum WickError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is part of the message and not a `source`, so that a report of the error chain
+    /// prints it once.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{path}: not a valid safetensors file: {msg}")]
     Safetensors { path: PathBuf, msg: String },
     #[error("{path}: architecture: {msg}")]
@@ -30,12 +28,8 @@ pub enum WickError {
     Data { file: String, msg: String },
     #[error("{what}: {msg}")]
     Invalid { what: String, msg: String },
-    #[error("pass '{pass}': {source}")]
-    Pass {
-        pass: String,
-        #[source]
-        source: Box<WickError>,
-    },
+    #[error("pass '{pass}': {cause}")]
+    Pass { pass: String, cause: Box<WickError> },
     /// Boxed: candle's error is large and every `Result` would carry its size.
     #[error("tensor computation failed: {0}")]
     Candle(Box<candle_core::Error>),
@@ -61,8 +55,8 @@ impl WickError {
         WickError::Data { file: file.into(), msg: msg.into() }
     }
     /// An I/O error on `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        WickError::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        WickError::Io { path: path.into(), cause }
     }
 }
 

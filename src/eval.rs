@@ -26,6 +26,9 @@ pub struct EvalResult {
     /// Predicted class of every sample, in order.
     #[serde(skip)]
     pub predictions: Vec<u32>,
+    /// The logits of every sample, `[samples, classes]` row by row.
+    #[serde(skip)]
+    pub logits: Vec<f32>,
 }
 
 /// Index of the largest value (the first on ties, as PyTorch's argmax).
@@ -55,6 +58,7 @@ pub fn evaluate_with(data: &Dataset, batch_size: usize, progress: &dyn Progress,
     progress.start("eval", n as u64);
     let (mut correct, mut loss) = (0usize, 0f64);
     let mut predictions = Vec::with_capacity(n);
+    let mut all_logits = vec![];
     let mut start = 0;
     while start < n {
         let len = batch_size.min(n - start);
@@ -65,11 +69,12 @@ pub fn evaluate_with(data: &Dataset, batch_size: usize, progress: &dyn Progress,
             correct += (p == label) as usize;
             loss += cross_entropy_row(row, label);
             predictions.push(p);
+            all_logits.extend_from_slice(row);
         }
         progress.inc(len as u64);
         start += len;
     }
-    let r = EvalResult { accuracy: correct as f64 / n as f64, loss: loss / n as f64, correct, samples: n, predictions };
+    let r = EvalResult { accuracy: correct as f64 / n as f64, loss: loss / n as f64, correct, samples: n, predictions, logits: all_logits };
     progress.finish(&format!("accuracy {:.4} ({}/{}), loss {:.4}", r.accuracy, r.correct, r.samples, r.loss));
     Ok(r)
 }

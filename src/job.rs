@@ -236,7 +236,12 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     };
     let mut points = vec![("teacher".to_string(), crate::model::stats::total_params(&teacher) as f64 * 4.0 / 1024.0, 100.0 * cmp.teacher.accuracy)];
     points.extend(rep.passes.iter().map(|s| (s.pass.clone(), s.weight_bytes as f64 / 1024.0, 100.0 * s.test_accuracy)));
-    let svg = report::chart::accuracy_vs_size(&points)?;
+    let t = 100.0 * cmp.teacher.accuracy;
+    let floor = allowance.map(|a| match a {
+        Allowance::Points(p) => t - p,
+        Allowance::Relative(r) => t * (1.0 - r),
+    });
+    let svg = report::chart::accuracy_vs_size(&points, floor)?;
     write_atomic(&staging.0.join(CHART), svg.as_bytes())?;
     write_atomic(&staging.0.join(REPORT_MD), report::markdown::render(&rep, CHART).as_bytes())?;
     let mut json_text = serde_json::to_string_pretty(&rep).expect("report serialises");

@@ -103,7 +103,7 @@ pub fn run(recipe: &Recipe, inp: &Inputs, progress: &dyn Progress) -> Result<Out
     for spec in &recipe.passes {
         let started = Instant::now();
         let name = spec.name();
-        let applied = spec.pass().apply(state, &ctx).map_err(|e| WickError::Pass { pass: name.to_string(), source: Box::new(e) })?;
+        let applied = spec.pass().apply(state, &ctx).map_err(|e| WickError::Pass { pass: name.to_string(), cause: Box::new(e) })?;
         state = applied.state;
         let (params, macs, weight_bytes, test_accuracy) = match stages.last() {
             Some(prev) if !applied.changed => (prev.params, prev.macs, prev.weight_bytes, prev.test_accuracy),

@@ -7,8 +7,9 @@ use super::Outcome;
 use std::path::PathBuf;
 use wick::artifact::{load_any, AnyModel};
 use wick::data::Dataset;
-use wick::eval::{evaluate, evaluate_int8, evaluate_reference};
+use wick::eval::{evaluate, evaluate_int8, evaluate_reference, EvalResult};
 use wick::runtime::{kernels::Kernel, Exec};
+use wick::tensor_file::RawTensor;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,6 +27,10 @@ pub struct Args {
     /// artifact, candle's executor for a float model.
     #[arg(long)]
     reference: bool,
+    /// Also write every sample's logits, predicted class and label here (safetensors: `logits`
+    /// F32 [N, classes], `predictions` and `labels` I64 [N]), to compare models row by row.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -59,6 +64,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             (evaluate_int8(q, &data, a.batch_size, exec, &progress)?, how)
         }
     };
+    if let Some(path) = &a.predictions {
+        write_predictions(path, &r, &data, &a.m.model, how)?;
+    }
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["execution"] = how.into();
@@ -67,4 +75,20 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         println!("accuracy {:.4} ({}/{})  loss {:.4}  [{how}]", r.accuracy, r.correct, r.samples, r.loss);
     }
     Ok(Outcome::Ok)
+}
+
+/// Writes `r`'s logits, predictions and the labels as a safetensors file (atomically), with
+/// the model, data and execution in its metadata.
+fn write_predictions(path: &std::path::Path, r: &EvalResult, data: &Dataset, model: &std::path::Path, how: &str) -> anyhow::Result<()> {
+    let n = r.samples;
+    let classes = r.logits.len() / n.max(1);
+    let as_i64 = |v: &[u32]| v.iter().map(|&c| c as i64).collect::<Vec<_>>();
+    let mut tensors = std::collections::BTreeMap::new();
+    tensors.insert("logits".to_string(), RawTensor::from_f32(vec![n, classes], &r.logits));
+    tensors.insert("predictions".to_string(), RawTensor::from_i64(vec![n], &as_i64(&r.predictions)));
+    tensors.insert("labels".to_string(), RawTensor::from_i64(vec![n], &as_i64(&data.y)));
+    let meta = serde_json::json!({"model": model.display().to_string(), "data": data.name, "execution": how, "accuracy": r.accuracy});
+    let metadata = std::collections::BTreeMap::from([("wick".to_string(), meta.to_string())]);
+    wick::tensor_file::write(path, &tensors, &metadata)?;
+    Ok(())
 }

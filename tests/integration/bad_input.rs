@@ -156,3 +156,12 @@ fn half_precision_weights_load() {
     // f16 rounding of the weights moves logits a little; accuracy stays within a sample or two.
     assert!((j["accuracy"].as_f64().unwrap() - 0.975).abs() <= 2.0 / 360.0, "{j}");
 }
+
+/// An error prints its cause once: a missing file is named with the system's reason, not the
+/// reason twice.
+#[test]
+fn an_error_prints_its_cause_once() {
+    let (_, err) = run_expect(&["eval", "/no/such/model.safetensors", "--data", digits("test").to_str().unwrap()], 2);
+    assert!(err.contains("/no/such/model.safetensors"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

@@ -159,3 +159,24 @@ fn same_seed_same_initialisation() {
     assert_eq!(w(&a), w(&b));
     assert_ne!(w(&a), w(&c));
 }
+
+/// `wick eval --predictions FILE` writes every row's logits (PyTorch's, within 1e-4, for a
+/// teacher), the predicted classes (their argmax) and the labels.
+#[test]
+fn eval_writes_logits_predictions_and_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = &TEACHERS[2];
+    let out = dir.path().join("p.safetensors");
+    let (stdout, _) = run_expect(&["eval", t.path().to_str().unwrap(), "--data", t.split("test").to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--json", "--quiet"], 0);
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let f = TensorFile::read(&out).unwrap();
+    let logits = f.f32("logits").unwrap();
+    assert_eq!(f.tensors["logits"].shape, vec![360, 10]);
+    let reference = TensorFile::read(&t.reference()).unwrap().f32("test_logits").unwrap();
+    assert!(max_abs_diff(&logits, &reference) <= 1e-4);
+    let i64s = |name: &str| wick::tensor_file::to_i64(&f.tensors[name], "p", name).unwrap();
+    let (pred, labels) = (i64s("predictions"), i64s("labels"));
+    assert!(logits.chunks(10).zip(&pred).all(|(row, &p)| wick::eval::argmax(row) as i64 == p));
+    assert_eq!(labels, t.dataset("test").y.iter().map(|&y| y as i64).collect::<Vec<_>>());
+    assert_eq!(pred.iter().zip(&labels).filter(|(p, l)| p == l).count() as u64, j["correct"].as_u64().unwrap());
+}
