@@ -71,6 +71,25 @@ impl Int8Model {
         Ok(Int8Model { model: m, layers, info: Map::new() })
     }
 
+    /// Whether `other` holds the same model bit for bit: architecture, every float tensor, and
+    /// every quantised layer's codes, scales and input quantisation (the check that a file read
+    /// back is the model that was evaluated).
+    pub fn same_as(&self, other: &Int8Model) -> Result<bool> {
+        if self.model.arch.nodes != other.model.arch.nodes || self.model.params.keys().ne(other.model.params.keys()) {
+            return Ok(false);
+        }
+        let bits = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect()) };
+        for (k, v) in &self.model.params {
+            if bits(v.as_tensor())? != bits(other.model.params[k].as_tensor())? {
+                return Ok(false);
+            }
+        }
+        let layer = |q: &QuantLayer| {
+            (q.weight.values.clone(), q.weight.shape.clone(), q.weight.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(), q.input.scale.to_bits(), q.input.zero_point, q.input.act)
+        };
+        Ok(self.layers.len() == other.layers.len() && self.layers.iter().zip(&other.layers).all(|((ka, a), (kb, b))| ka == kb && layer(a) == layer(b)))
+    }
+
     /// The float bias of layer `name`, if it has one.
     pub fn bias(&self, name: &str) -> Result<Option<Vec<f32>>> {
         match self.model.params.get(&format!("{name}.bias")) {
@@ -133,7 +152,7 @@ impl Int8Model {
         let fname = file.name();
         let arch = load::resolve_arch(file, None)?;
         let layer_types = quantized_layers(&meta, &fname)?;
-        let mut floats = TensorFile { path: file.path.clone(), tensors: BTreeMap::new(), metadata: BTreeMap::new() };
+        let mut floats = TensorFile { path: file.path.clone(), tensors: BTreeMap::new(), metadata: BTreeMap::new(), sha256: file.sha256.clone() };
         let mut layers = BTreeMap::new();
         for (name, t) in &file.tensors {
             let layer = name.strip_suffix(".weight").filter(|l| layer_types.contains_key(*l));

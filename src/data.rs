@@ -14,6 +14,8 @@ pub struct Dataset {
     pub x: Tensor,
     /// Labels, one per sample.
     pub y: Vec<u32>,
+    /// Hex sha256 of the file it was read from.
+    pub sha256: String,
 }
 
 impl Dataset {
@@ -42,7 +44,7 @@ impl Dataset {
             return Err(WickError::data(&name, format!("label y[{i}] = {v} is negative or too large")));
         }
         let x = Tensor::from_vec(xv, xt.shape.clone(), &crate::model::device())?;
-        Ok(Dataset { name, x, y: yv.into_iter().map(|v| v as u32).collect() })
+        Ok(Dataset { name, x, y: yv.into_iter().map(|v| v as u32).collect(), sha256: file.sha256.clone() })
     }
 
     /// Reads a data set and checks it fits a model input of `shape` with `classes` classes.
@@ -93,6 +95,6 @@ impl Dataset {
     /// The first `n` samples (all if fewer).
     pub fn head(&self, n: usize) -> Result<Dataset> {
         let n = n.min(self.len());
-        Ok(Dataset { name: self.name.clone(), x: self.x.narrow(0, 0, n)?, y: self.y[..n].to_vec() })
+        Ok(Dataset { name: self.name.clone(), x: self.x.narrow(0, 0, n)?, y: self.y[..n].to_vec(), sha256: self.sha256.clone() })
     }
 }

@@ -82,7 +82,13 @@ pub fn evaluate_with(data: &Dataset, batch_size: usize, progress: &dyn Progress,
 /// Evaluates a float model in eval mode on the compiled float runtime (`runtime::plan`).
 pub fn evaluate(model: &Model, data: &Dataset, batch_size: usize, progress: &dyn Progress) -> Result<EvalResult> {
     data.check_fits(model.input_shape(), model.num_classes())?;
-    let plan = Plan::float(model)?;
+    evaluate_plan(&Plan::float(model)?, data, batch_size, progress)
+}
+
+/// Evaluates a compiled plan (float or INT8): what a caller that keeps the plan (for latency,
+/// for several data sets) runs instead of compiling it again.
+pub fn evaluate_plan(plan: &Plan, data: &Dataset, batch_size: usize, progress: &dyn Progress) -> Result<EvalResult> {
+    crate::audit::record(|| crate::audit::Event::Evaluated { model: plan.fingerprint(), data: data.name.clone() });
     evaluate_with(data, batch_size, progress, |x| plan.predict(x))
 }
 
@@ -97,6 +103,7 @@ pub fn evaluate_reference(model: &Model, data: &Dataset, batch_size: usize, prog
 pub fn evaluate_int8(m: &Int8Model, data: &Dataset, batch_size: usize, exec: Exec, progress: &dyn Progress) -> Result<EvalResult> {
     data.check_fits(m.model.input_shape(), m.model.num_classes())?;
     let ex = Executor::new(m, exec)?;
+    crate::audit::record(|| crate::audit::Event::Evaluated { model: crate::audit::fingerprint_int8(m), data: data.name.clone() });
     evaluate_with(data, batch_size, progress, |x| ex.predict(x))
 }
 

@@ -9,14 +9,15 @@ use crate::artifact::Int8Model;
 use crate::compare::{drop_points, drop_relative, file_bytes, read_int8, Comparison};
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
-use crate::eval::evaluate;
+use crate::eval::{evaluate, evaluate_plan};
 use crate::model::load::load_model;
-use crate::passes::Allowance;
-use crate::pipeline::{self, Inputs};
-use crate::progress::Progress;
+use crate::passes::{Allowance, Ctx, Data};
+use crate::pipeline::{self, Outcome};
+use crate::progress::{Progress, Silent};
 use crate::provenance::{file_sha256, tool_version};
 use crate::report::{self, latency, FileInfo, Ratios, Report, Sensitivity};
-use crate::runtime::{kernels::Kernel, Exec, Executor};
+use crate::runtime::plan::Plan;
+use crate::runtime::{kernels::Kernel, Exec};
 use crate::tensor_file::write_atomic;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -117,6 +118,24 @@ pub fn input_fingerprint(spec: &JobSpec) -> Result<serde_json::Value> {
     Ok(json!({"inputs": inputs, "recipe": info(&recipe)?, "seed": spec.seed}))
 }
 
+/// The job's input files as the report records them, hashed from the bytes already read (the
+/// architecture file, when given, is read again: it is a few kilobytes).
+fn input_files(spec: &JobSpec, teacher_sha256: &str, splits: [(&str, &Dataset); 3], calib: Option<&Dataset>) -> Result<BTreeMap<String, FileInfo>> {
+    let mut inputs = BTreeMap::new();
+    let file = |p: &Path, sha: &str| FileInfo { path: p.display().to_string(), sha256: sha.to_string() };
+    inputs.insert("teacher".to_string(), file(&spec.model, teacher_sha256));
+    for ((name, d), p) in splits.into_iter().zip([&spec.train, &spec.val, &spec.test]) {
+        inputs.insert(name.to_string(), file(p, &d.sha256));
+    }
+    if let (Some(d), Some(p)) = (calib, &spec.calib) {
+        inputs.insert("calib".to_string(), file(p, &d.sha256));
+    }
+    if let Some(p) = &spec.arch {
+        inputs.insert("arch".to_string(), info(p)?);
+    }
+    Ok(inputs)
+}
+
 /// Whether `spec.out` already holds a report of the same inputs, recipe and seed.
 pub fn already_done(spec: &JobSpec) -> bool {
     let Ok(text) = std::fs::read_to_string(spec.out.join(REPORT_JSON)) else { return false };
@@ -138,35 +157,47 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
         Some(p) => read(p)?,
         None => train.clone(),
     };
-    let inp = Inputs { teacher: &teacher, train: &train, val: &val, test: &test, calib: &calib, seed: spec.seed, max_epochs: spec.max_epochs, allowance };
-    let outcome = pipeline::run(&recipe, &inp, progress)?;
+    // The teacher, compiled once: its validation and training predictions steer the recipe,
+    // its test accuracy is the report's baseline, and the same plan is timed for latency.
+    let t_plan = Plan::float(&teacher)?;
+    let t_val = evaluate_plan(&t_plan, &val, 256, &Silent)?;
+    let t_train = evaluate_plan(&t_plan, &train, 256, &Silent)?;
+    let teacher_eval = evaluate_plan(&t_plan, &test, 256, progress)?;
+    let ctx = Ctx::with_teacher_results(&teacher, Data { train: &train, val: &val, calib: &calib }, spec.seed, spec.max_epochs, allowance, t_val, t_train, progress);
+    let Outcome { folded, int8: mut q, mut stages, final_stages, mut final_measure } = pipeline::run(&recipe, &ctx, &test)?;
     let staging = Staging::new(&spec.out)?;
     let staged = staging.0.join(ARTIFACT);
-    let fingerprint = input_fingerprint(spec)?;
-    let mut q = outcome.int8;
+    let inputs = input_files(spec, &loaded.sha256, [("train", &train), ("val", &val), ("test", &test)], spec.calib.as_ref().map(|_| &calib))?;
     // The data files' hashes are in report.json; the artifact names its teacher.
-    q.info.insert("provenance".into(), json!({"recipe": recipe.name, "tool": tool_version(), "seed": spec.seed, "teacher": fingerprint["inputs"]["teacher"]}));
+    q.info.insert("provenance".into(), json!({"recipe": recipe.name, "tool": tool_version(), "seed": spec.seed, "teacher": inputs["teacher"]}));
 
-    let teacher_eval = evaluate(&teacher, &test, 256, progress)?;
-    let teacher_val = evaluate(&outcome.folded, &val, 256, progress)?.accuracy;
     let mut sensitivity = vec![];
     if spec.sensitivity || spec.fallback {
+        let folded_val = evaluate(&folded, &val, 256, progress)?.accuracy;
         for (name, layer) in &q.layers {
             let mut one = BTreeMap::new();
             one.insert(name.clone(), layer.input);
-            let single = Int8Model::quantize(&outcome.folded, &one)?;
+            let single = Int8Model::quantize(&folded, &one)?;
             let acc = crate::eval::evaluate_int8(&single, &val, 256, Exec::Integer(Kernel::Fast), &crate::progress::Silent)?.accuracy;
-            sensitivity.push(Sensitivity { layer: name.clone(), drop_points: drop_points(teacher_val, acc) });
+            sensitivity.push(Sensitivity { layer: name.clone(), drop_points: drop_points(folded_val, acc) });
         }
         sensitivity.sort_by(|a, b| b.drop_points.total_cmp(&a.drop_points).then(a.layer.cmp(&b.layer)));
     }
-    // Write, read back, evaluate with integer arithmetic; with --fallback keep the most sensitive
-    // layers in float one at a time until the gate passes or none is left.
+    // Evaluate with integer arithmetic (the plan is kept for latency); with --fallback keep the
+    // most sensitive layers in float one at a time until the gate passes or none is left.
     let mut fallback = vec![];
-    let (int8_eval, gate, int8_model) = loop {
-        q.save(&staged)?;
-        let back = read_int8(&staged)?;
-        let e = crate::eval::evaluate_int8(&back, &test, 256, Exec::Integer(Kernel::Fast), progress)?;
+    let (int8_eval, gate, q_plan) = loop {
+        let (e, plan) = match final_measure.take() {
+            Some(m) => m,
+            None => {
+                let plan = Plan::int8(&q)?;
+                (evaluate_plan(&plan, &test, 256, progress)?, plan)
+            }
+        };
+        if fallback.is_empty() {
+            // The recipe's own model: the stages that ended with it get its accuracy.
+            final_stages.iter().for_each(|&i| stages[i].test_accuracy = e.accuracy);
+        }
         let (dp, dr) = (drop_points(teacher_eval.accuracy, e.accuracy), drop_relative(teacher_eval.accuracy, e.accuracy));
         let g = report::gate(dp, dr, spec.max_accuracy_drop, spec.max_relative_drop);
         let next = sensitivity.iter().map(|s| &s.layer).find(|l| !fallback.contains(*l)).cloned();
@@ -175,10 +206,10 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
                 fallback.push(l);
                 let keep: BTreeMap<_, _> = q.layers.iter().filter(|(k, _)| !fallback.contains(k)).map(|(k, v)| (k.clone(), v.input)).collect();
                 let info = q.info.clone();
-                q = Int8Model::quantize(&outcome.folded, &keep)?;
+                q = Int8Model::quantize(&folded, &keep)?;
                 q.info = info;
             }
-            _ => break (e, g, back),
+            _ => break (e, g, plan),
         }
     };
     q.info.insert(
@@ -186,14 +217,18 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
         json!({"teacher_accuracy": teacher_eval.accuracy, "int8_accuracy": int8_eval.accuracy,
         "drop_points": drop_points(teacher_eval.accuracy, int8_eval.accuracy), "test_samples": int8_eval.samples}),
     );
+    // Written once, then read back and checked bit for bit against the model evaluated above,
+    // so that the accuracy reported is the file's.
     q.save(&staged)?;
+    let int8_model = read_int8(&staged)?;
+    if !int8_model.same_as(&q)? {
+        return Err(WickError::invalid(staged.display().to_string(), "the artifact read back differs from the model that was evaluated"));
+    }
 
     progress.start("latency", 2);
-    let t_plan = crate::runtime::plan::Plan::float(&teacher)?;
     let t_lat = latency::measure(&test, 64, &|x| t_plan.predict(x))?;
     progress.inc(1);
-    let ex = Executor::new(&int8_model, Exec::Integer(Kernel::Fast))?;
-    let q_lat = latency::measure(&test, 64, &|x| ex.predict(x))?;
+    let q_lat = latency::measure(&test, 64, &|x| q_plan.predict(x))?;
     progress.inc(1);
     progress.finish("");
 
@@ -206,9 +241,8 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
         cmp.bytes_after,
         &int8_model.model,
         q_lat,
-        &format!("integer arithmetic: u8 x i8 -> i32 ({} kernel), the written file read back", crate::runtime::kernel_names(&int8_model)),
+        &format!("integer arithmetic: u8 x i8 -> i32 ({} kernel), the written file (read back and checked bit for bit)", crate::runtime::kernel_names(&int8_model)),
     );
-    let inputs: BTreeMap<String, FileInfo> = serde_json::from_value(fingerprint["inputs"].clone()).unwrap_or_default();
     let rep = Report {
         tool: tool_version(),
         recipe: info(&recipe_path)?,
@@ -228,7 +262,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
             latency_large_batch_speedup: t_lat.large_batch_ms / q_lat.large_batch_ms.max(1e-9),
         },
         layers: report::layer_rows(&teacher, &int8_model),
-        passes: outcome.stages,
+        passes: stages,
         sensitivity,
         float_fallback: fallback,
         teacher: t_side,

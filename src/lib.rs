@@ -3,6 +3,7 @@
 //! integer artifact it writes. See README.md for the architecture.
 
 pub mod artifact;
+pub mod audit;
 pub mod bench;
 pub mod calibrate;
 pub mod compare;

@@ -6,30 +6,16 @@
 use crate::artifact::Int8Model;
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
-use crate::eval::{evaluate, evaluate_int8};
+use crate::eval::{evaluate_plan, EvalResult};
 use crate::model::stats::{total_macs, total_params};
 use crate::model::Model;
 use crate::passes::convert_int8::ConvertInt8;
-use crate::passes::{Allowance, Ctx, Data, Sketch, State};
-use crate::progress::{Progress, Silent};
+use crate::passes::{Ctx, Sketch, State};
+use crate::progress::Silent;
 use crate::recipe::Recipe;
-use crate::runtime::{kernels::Kernel, Exec};
+use crate::runtime::plan::Plan;
 use serde::Serialize;
 use std::time::Instant;
-
-/// The data a run uses.
-pub struct Inputs<'a> {
-    pub teacher: &'a Model,
-    pub train: &'a Dataset,
-    pub val: &'a Dataset,
-    pub test: &'a Dataset,
-    pub calib: &'a Dataset,
-    pub seed: u64,
-    /// Caps every step's epochs (quick runs and tests).
-    pub max_epochs: Option<usize>,
-    /// What the gate allows (`None`: no gate, `Budget::DEFAULT_POINTS`).
-    pub allowance: Option<Allowance>,
-}
 
 /// One row of the per-pass table and one point of the accuracy-vs-size chart.
 #[derive(Debug, Clone, Serialize)]
@@ -54,8 +40,12 @@ pub struct Outcome {
     pub folded: Model,
     pub int8: Int8Model,
     pub stages: Vec<Stage>,
-    /// The teacher's validation accuracy the budget was measured from.
-    pub teacher_val_accuracy: f64,
+    /// The stages whose model is the final INT8 model and whose test accuracy is left to the
+    /// caller, which evaluates the artifact it writes.
+    pub final_stages: Vec<usize>,
+    /// The final model's test result and compiled plan, when a step measured it already (a
+    /// step that turned out to keep the model it was given).
+    pub final_measure: Option<(EvalResult, Plan)>,
 }
 
 /// Bytes of an INT8 model's weights: `Σ int8 weights + 4·(float params + scales)`.
@@ -75,55 +65,70 @@ fn float_bytes(m: &Model) -> u64 {
     m.params.values().map(|v| 4 * v.as_tensor().elem_count() as u64).sum()
 }
 
-/// Size and test accuracy of a state: a float model in float, a calibrated or converted one by
-/// integer execution of its INT8 model.
-fn measure(state: &State, test: &Dataset) -> Result<(usize, u64, u64, f64)> {
-    let int8 = |q: &Int8Model| -> Result<(usize, u64, u64, f64)> {
-        let acc = evaluate_int8(q, test, 256, Exec::Integer(Kernel::Fast), &Silent)?.accuracy;
-        Ok((total_params(&q.model), total_macs(&q.model), int8_weight_bytes(q), acc))
-    };
-    match state {
-        State::Float(m) => Ok((total_params(m), total_macs(m), float_bytes(m), evaluate(m, test, 256, &Silent)?.accuracy)),
+/// Size of a state: parameters, MACs and weight bytes (an INT8 state's as converted).
+fn size(state: &State) -> Result<(usize, u64, u64)> {
+    let int8 = |q: &Int8Model| (total_params(&q.model), total_macs(&q.model), int8_weight_bytes(q));
+    Ok(match state {
+        State::Float(m) => (total_params(m), total_macs(m), float_bytes(m)),
         State::Calibrated { folded, inputs } => int8(&ConvertInt8::convert(folded, inputs)?),
         State::Int8 { q, .. } => int8(q),
-    }
+    })
 }
 
-/// The context the steps see.
-fn context<'a>(inp: &Inputs<'a>, progress: &'a dyn Progress) -> Result<Ctx<'a>> {
-    Ctx::new(inp.teacher, Data { train: inp.train, val: inp.val, calib: inp.calib }, inp.seed, inp.max_epochs, inp.allowance, progress)
+/// The test result of a state, with its compiled plan: a float model in float, a calibrated or
+/// converted one by integer execution of its INT8 model.
+fn measure(state: &State, test: &Dataset) -> Result<(EvalResult, Plan)> {
+    let plan = match state {
+        State::Float(m) => Plan::float(m)?,
+        State::Calibrated { folded, inputs } => Plan::int8(&ConvertInt8::convert(folded, inputs)?)?,
+        State::Int8 { q, .. } => Plan::int8(q)?,
+    };
+    Ok((evaluate_plan(&plan, test, 256, &Silent)?, plan))
 }
 
-/// Runs `recipe` on `inp.teacher`.
-pub fn run(recipe: &Recipe, inp: &Inputs, progress: &dyn Progress) -> Result<Outcome> {
-    let ctx = context(inp, progress)?;
-    let teacher_val_accuracy = ctx.budget.teacher_val_accuracy;
-    let mut state = State::Float(inp.teacher.deep_clone()?);
+/// Runs `recipe` on `ctx.teacher`, measuring each stage's model on `test` once: a stage's model
+/// is measured when the next step that changes it begins, so the model the run ends with is
+/// left to the caller (`Outcome::final_stages`).
+pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
+    let mut state = State::Float(ctx.teacher.deep_clone()?);
     let mut stages: Vec<Stage> = vec![];
+    // The stages of the model as it stands, whose test accuracy is not measured yet, and its
+    // measurement once taken.
+    let mut pending: Vec<usize> = vec![];
+    let mut measured: Option<(EvalResult, Plan)> = None;
     for spec in &recipe.passes {
         let started = Instant::now();
         let name = spec.name();
-        let applied = spec.pass().apply(state, &ctx).map_err(|e| WickError::Pass { pass: name.to_string(), cause: Box::new(e) })?;
+        if !pending.is_empty() && !spec.pass().keeps_model(&state) {
+            let m = measure(&state, test)?;
+            pending.drain(..).for_each(|i| stages[i].test_accuracy = m.0.accuracy);
+            measured = Some(m);
+        }
+        let applied = spec.pass().apply(state, ctx).map_err(|e| WickError::Pass { pass: name.to_string(), cause: Box::new(e) })?;
         state = applied.state;
-        let (params, macs, weight_bytes, test_accuracy) = match stages.last() {
-            Some(prev) if !applied.changed => (prev.params, prev.macs, prev.weight_bytes, prev.test_accuracy),
-            _ => measure(&state, inp.test)?,
+        let (params, macs, weight_bytes) = size(&state)?;
+        let test_accuracy = match (&measured, applied.changed) {
+            (Some((e, _)), false) => e.accuracy,
+            _ => {
+                measured = None;
+                pending.push(stages.len());
+                f64::NAN
+            }
         };
         stages.push(Stage { pass: name.to_string(), summary: applied.summary, seconds: started.elapsed().as_secs_f64(), params, macs, weight_bytes, test_accuracy, details: applied.details });
     }
     match state {
-        State::Int8 { folded, q } => Ok(Outcome { folded, int8: *q, stages, teacher_val_accuracy }),
+        State::Int8 { folded, q } => Ok(Outcome { folded, int8: *q, stages, final_stages: pending, final_measure: measured }),
         other => Err(WickError::invalid(format!("recipe {}", recipe.name), format!("ended with {}; its last step must be 'convert_int8'", other.describe()))),
     }
 }
 
 /// The dry-run plan of each step, with the expected parameters and weight bytes after it.
-pub fn plan(recipe: &Recipe, inp: &Inputs) -> Result<Vec<(String, String, usize, u64)>> {
-    let ctx = context(inp, &Silent)?;
-    let mut sketch = Sketch { model: inp.teacher.clone(), quantized: false };
+pub fn plan(recipe: &Recipe, ctx: &Ctx) -> Result<Vec<(String, String, usize, u64)>> {
+    let mut sketch = Sketch { model: ctx.teacher.clone(), quantized: false };
     let mut rows = vec![];
     for spec in &recipe.passes {
-        let (next, what) = spec.pass().plan(sketch, &ctx)?;
+        let (next, what) = spec.pass().plan(sketch, ctx)?;
         sketch = next;
         let m = &sketch.model;
         let bytes = if sketch.quantized {

@@ -23,6 +23,8 @@ pub struct TensorFile {
     pub path: PathBuf,
     pub tensors: BTreeMap<String, RawTensor>,
     pub metadata: BTreeMap<String, String>,
+    /// Hex sha256 of the bytes read (provenance without reading the file again).
+    pub sha256: String,
 }
 
 impl RawTensor {
@@ -69,7 +71,7 @@ impl TensorFile {
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(explain(&e, bytes.len())))?;
         let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
         let tensors = st.tensors().into_iter().map(|(name, v)| (name, RawTensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() })).collect();
-        Ok(TensorFile { path: path.to_path_buf(), tensors, metadata })
+        Ok(TensorFile { path: path.to_path_buf(), tensors, metadata, sha256: crate::provenance::sha256_hex(bytes) })
     }
 
     /// The file's name for messages.

@@ -111,8 +111,9 @@ fn dry_run(spec: &JobSpec) -> anyhow::Result<Outcome> {
     let teacher = wick::model::load::load_model(&spec.model, spec.arch.as_deref())?.model;
     let read = |p: &std::path::Path| wick::data::Dataset::read_fitting(p, teacher.input_shape(), teacher.num_classes());
     let (train, val) = (read(&spec.train)?, read(&spec.val)?);
-    let inp = wick::pipeline::Inputs { teacher: &teacher, train: &train, val: &val, test: &val, calib: &train, seed: spec.seed, max_epochs: spec.max_epochs, allowance: spec.allowance()? };
-    let rows = wick::pipeline::plan(&recipe, &inp)?;
+    let data = wick::passes::Data { train: &train, val: &val, calib: &train };
+    let ctx = wick::passes::Ctx::new(&teacher, data, spec.seed, spec.max_epochs, spec.allowance()?, &wick::progress::Silent)?;
+    let rows = wick::pipeline::plan(&recipe, &ctx)?;
     println!("recipe {} ({}): dry run, nothing written", recipe.name, recipe.description);
     println!("teacher: {} params, {} bytes of weights", wick::model::stats::total_params(&teacher), 4 * teacher.params.values().map(|v| v.as_tensor().elem_count()).sum::<usize>());
     for (i, (pass, what, params, bytes)) in rows.iter().enumerate() {

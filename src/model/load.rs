@@ -20,6 +20,8 @@ pub const META_VERSION: u32 = 1;
 pub struct Loaded {
     pub model: Model,
     pub warnings: Vec<String>,
+    /// Hex sha256 of the file's bytes.
+    pub sha256: String,
 }
 
 /// wick's metadata JSON of a file, if it has one.
@@ -88,7 +90,7 @@ pub fn model_from_file(file: &TensorFile, arch: Arch) -> Result<Loaded> {
         tensors.insert(k.clone(), Tensor::from_vec(v, t.shape.clone(), &super::device())?);
     }
     let model = Model::new(arch, tensors, &name)?;
-    Ok(Loaded { model, warnings })
+    Ok(Loaded { model, warnings, sha256: file.sha256.clone() })
 }
 
 /// Saves a float model with its architecture and `extra` metadata fields, atomically.

@@ -37,4 +37,8 @@ impl Pass for ConvertInt8 {
     fn plan(&self, sketch: Sketch, _ctx: &Ctx) -> Result<(Sketch, String)> {
         Ok((sketch, "convert to INT8".to_string()))
     }
+
+    fn keeps_model(&self, _state: &State) -> bool {
+        true
+    }
 }

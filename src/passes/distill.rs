@@ -111,7 +111,7 @@ impl Pass for DistillSettings {
             let r = distill(ctx.teacher, &student, ctx.train, ctx.val, &tc, &dc, ctx.progress)?;
             // The first step's range test sets the rate of the later ones.
             tc.lr = LearningRate::Fixed(r.lr);
-            let fidelity = ctx.fidelity(&student)?;
+            let fidelity = ctx.fidelity(&student, r.best_val.as_ref())?;
             let within = ctx.budget.within(&fidelity, SEARCH_SHARE);
             attempts.push(Attempt { width, params: total_params(&student), fidelity, within_budget: within, training: r });
             students.push(student.deep_clone()?);

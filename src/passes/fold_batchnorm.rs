@@ -26,6 +26,10 @@ impl Pass for FoldBatchnorm {
         Ok(Applied { state: State::Float(folded), summary, changed: n > 0, details: json!({ "folded": r.folded }) })
     }
 
+    fn keeps_model(&self, state: &State) -> bool {
+        matches!(state, State::Float(m) if fold_batchnorm(m).is_ok_and(|(_, r)| r.folded.is_empty()))
+    }
+
     fn plan(&self, sketch: Sketch, _ctx: &Ctx) -> Result<(Sketch, String)> {
         let (folded, r) = fold_batchnorm(&sketch.model)?;
         Ok((Sketch { model: folded, ..sketch }, format!("fold {} BatchNorms", r.folded.len())))

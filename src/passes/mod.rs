@@ -15,7 +15,7 @@ pub mod qat;
 use crate::artifact::Int8Model;
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
-use crate::eval::{agreement, evaluate};
+use crate::eval::{agreement, evaluate_plan, EvalResult};
 use crate::model::Model;
 use crate::progress::{Progress, Silent};
 use crate::quant::QParams;
@@ -143,9 +143,26 @@ pub struct Data<'a> {
 impl<'a> Ctx<'a> {
     /// The context of steps run on `teacher`'s data, measuring the teacher once.
     pub fn new(teacher: &'a Model, data: Data<'a>, seed: u64, max_epochs: Option<usize>, allowance: Option<Allowance>, progress: &'a dyn Progress) -> Result<Ctx<'a>> {
-        let val = evaluate(teacher, data.val, 256, &Silent)?;
-        let train = evaluate(teacher, data.train, 256, &Silent)?;
-        Ok(Ctx {
+        let plan = crate::runtime::plan::Plan::float(teacher)?;
+        let val = evaluate_plan(&plan, data.val, 256, &Silent)?;
+        let train = evaluate_plan(&plan, data.train, 256, &Silent)?;
+        Ok(Ctx::with_teacher_results(teacher, data, seed, max_epochs, allowance, val, train, progress))
+    }
+
+    /// The context given the teacher's results on the validation and training splits (for a
+    /// caller that measured them already).
+    #[allow(clippy::too_many_arguments)] // each argument is a distinct input of the steps
+    pub fn with_teacher_results(
+        teacher: &'a Model,
+        data: Data<'a>,
+        seed: u64,
+        max_epochs: Option<usize>,
+        allowance: Option<Allowance>,
+        val: EvalResult,
+        train: EvalResult,
+        progress: &'a dyn Progress,
+    ) -> Ctx<'a> {
+        Ctx {
             teacher,
             train: data.train,
             val: data.val,
@@ -156,13 +173,18 @@ impl<'a> Ctx<'a> {
             teacher_train_predictions: train.predictions,
             teacher_val_predictions: val.predictions,
             progress,
-        })
+        }
     }
 
-    /// How close `model` stays to the teacher.
-    pub fn fidelity(&self, model: &Model) -> Result<Fidelity> {
-        let val = evaluate(model, self.val, 256, &Silent)?;
-        let train = evaluate(model, self.train, 256, &Silent)?.predictions;
+    /// How close `model` stays to the teacher; `val` is its validation result when the caller
+    /// has it (training measured the checkpoint it kept).
+    pub fn fidelity(&self, model: &Model, val: Option<&EvalResult>) -> Result<Fidelity> {
+        let plan = crate::runtime::plan::Plan::float(model)?;
+        let val = match val {
+            Some(v) => v.clone(),
+            None => evaluate_plan(&plan, self.val, 256, &Silent)?,
+        };
+        let train = evaluate_plan(&plan, self.train, 256, &Silent)?.predictions;
         let (mut lost, mut gained) = (0, 0);
         for ((&s, &t), &y) in val.predictions.iter().zip(&self.teacher_val_predictions).zip(&self.val.y) {
             match (t == y, s == y) {
@@ -207,6 +229,11 @@ pub trait Pass {
     fn apply(&self, state: State, ctx: &Ctx) -> Result<Applied>;
     /// What the step would do, for `--dry-run`: the sketch after it and one line.
     fn plan(&self, sketch: Sketch, ctx: &Ctx) -> Result<(Sketch, String)>;
+    /// Whether the step will leave the model of `state` as it is, so that the model before it
+    /// need not be measured on its own.
+    fn keeps_model(&self, _state: &State) -> bool {
+        false
+    }
 }
 
 /// One step of a recipe: its name (`"pass"` in JSON) and settings.

@@ -81,7 +81,9 @@ impl Pass for QatSettings {
         let (inputs, r) = qat(&folded, &inputs, teacher, ctx.train, ctx.val, &cfg, ctx.progress)?;
         let summary =
             format!("QAT {} epochs{}, best val accuracy {:.4} at epoch {}", r.fit.epochs_run, if self.distill { " with distillation" } else { "" }, r.fit.best_val_accuracy, r.fit.best_epoch);
-        Ok(Applied { state: State::Calibrated { folded, inputs }, summary, changed: true, details: serde_json::to_value(&r).unwrap_or_default() })
+        // Keeping the starting checkpoint (epoch 0) restores the model and the ranges it began with.
+        let changed = r.fit.best_epoch > 0;
+        Ok(Applied { state: State::Calibrated { folded, inputs }, summary, changed, details: serde_json::to_value(&r).unwrap_or_default() })
     }
 
     fn plan(&self, sketch: Sketch, _ctx: &Ctx) -> Result<(Sketch, String)> {

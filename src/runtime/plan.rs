@@ -81,6 +81,8 @@ pub struct Plan {
     output: usize,
     /// Per slot, the index of the last step that reads it (freed after it).
     last_use: Vec<usize>,
+    /// The compiled model's `audit::fingerprint` (debug builds; 0 in release builds).
+    fingerprint: u64,
 }
 
 /// A value: f32 data with its logical dims (with the batch) and its physical layout.
@@ -94,7 +96,9 @@ struct Value {
 impl Plan {
     /// Compiles INT8 model `m`: its quantised layers run the integer GEMM, the rest in float.
     pub fn int8(m: &Int8Model) -> Result<Plan> {
-        Plan::compile(m.model.clone(), |node, in_shape| {
+        let fingerprint = if cfg!(debug_assertions) { crate::audit::fingerprint_int8(m) } else { 0 };
+        crate::audit::record(|| crate::audit::Event::Compiled { model: fingerprint, int8: true });
+        Plan::compile(m.model.clone(), fingerprint, |node, in_shape| {
             let Some(q) = m.layers.get(&node.name) else { return Ok(Kind::Float) };
             match QLayer::new(q, &node.op, in_shape, m.bias(&node.name)?) {
                 Some(l) => Ok(Kind::Quant(Box::new(l))),
@@ -106,6 +110,8 @@ impl Plan {
     /// Compiles float model `m` for inference (eval mode): BatchNorm folded, every conv and
     /// linear on the packed f32 GEMM.
     pub fn float(m: &Model) -> Result<Plan> {
+        let fingerprint = if cfg!(debug_assertions) { crate::audit::fingerprint(m) } else { 0 };
+        crate::audit::record(|| crate::audit::Event::Compiled { model: fingerprint, int8: false });
         let (folded, _) = crate::model::fold::fold_batchnorm(m)?;
         let vec = |name: &str| -> Result<Vec<f32>> { Ok(folded.p(name).flatten_all()?.to_vec1()?) };
         let layers = |node: &Node, in_shape: &[usize]| -> Result<Kind> {
@@ -118,12 +124,12 @@ impl Plan {
                 None => Kind::Float,
             })
         };
-        Plan::compile(folded.clone(), layers)
+        Plan::compile(folded.clone(), fingerprint, layers)
     }
 
     /// Compiles the steps of `model`, asking `weight_layer(node, per-sample input shape)` what
     /// each conv and linear runs.
-    fn compile(model: Model, weight_layer: impl Fn(&Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
+    fn compile(model: Model, fingerprint: u64, weight_layer: impl Fn(&Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
         let arch = &model.arch;
         let mut slot_of: BTreeMap<&str, usize> = BTreeMap::new();
         slot_of.insert(arch.input.name.as_str(), 0);
@@ -173,7 +179,12 @@ impl Plan {
             }
         }
         last_use[output] = usize::MAX;
-        Ok(Plan { model, steps, slots, output, last_use })
+        Ok(Plan { model, steps, slots, output, last_use, fingerprint })
+    }
+
+    /// The compiled model's `audit::fingerprint` (0 in release builds).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The weight layers with a residual add fused into their output loop, as

@@ -53,6 +53,10 @@ pub struct FitReport {
     pub range_test: Option<RangeTest>,
     /// Validation accuracy after every epoch.
     pub val_accuracy: Vec<f64>,
+    /// The validation result of the checkpoint kept (its predictions too), so that a caller
+    /// need not evaluate the same model again.
+    #[serde(skip)]
+    pub best_val: Option<EvalResult>,
     /// Mean training loss of every epoch.
     pub train_loss: Vec<f64>,
     pub seconds: f64,
@@ -100,8 +104,8 @@ pub fn fit(
     let total = steps_per_epoch * cfg.epochs;
     let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let v0 = validate(model)?;
-    let mut best = ((v0.accuracy, v0.loss), 0usize, snapshot(model)?);
-    let mut report = FitReport { epochs_run: 0, best_epoch: 0, best_val_accuracy: v0.accuracy, lr: base_lr, range_test, val_accuracy: vec![], train_loss: vec![], seconds: 0.0 };
+    let mut report = FitReport { epochs_run: 0, best_epoch: 0, best_val_accuracy: v0.accuracy, lr: base_lr, range_test, best_val: None, val_accuracy: vec![], train_loss: vec![], seconds: 0.0 };
+    let mut best = (v0, 0usize, snapshot(model)?);
     let mut step = 0;
     for epoch in 0..cfg.epochs {
         on_epoch(epoch)?;
@@ -129,8 +133,8 @@ pub fn fit(
         report.val_accuracy.push(acc);
         report.epochs_run = epoch + 1;
         progress.finish(&format!("loss {mean_loss:.4}, val accuracy {acc:.4}"));
-        if acc > best.0 .0 || (acc == best.0 .0 && v.loss < best.0 .1) {
-            best = ((acc, v.loss), epoch + 1, snapshot(model)?);
+        if acc > best.0.accuracy || (acc == best.0.accuracy && v.loss < best.0.loss) {
+            best = (v, epoch + 1, snapshot(model)?);
         }
         if let Some(p) = cfg.patience {
             if epoch + 1 - best.1 >= p {
@@ -140,7 +144,8 @@ pub fn fit(
     }
     restore(model, &best.2)?;
     report.best_epoch = best.1;
-    report.best_val_accuracy = best.0 .0;
+    report.best_val_accuracy = best.0.accuracy;
+    report.best_val = Some(best.0);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

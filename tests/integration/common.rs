@@ -105,7 +105,7 @@ pub fn random_model(arch: wick::model::arch::Arch, n: usize) -> (wick::model::Mo
     let count: usize = shape.iter().product();
     let x = Tensor::from_vec((0..count).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap();
     let classes = m.num_classes() as u32;
-    (m, wick::data::Dataset { name: "random".into(), x, y: (0..n as u32).map(|i| i % classes).collect() })
+    (m, wick::data::Dataset { name: "random".into(), x, y: (0..n as u32).map(|i| i % classes).collect(), sha256: String::new() })
 }
 
 /// A conv1d feeding a pointwise conv1d over an odd channel count, then a linear over a 3-d

@@ -175,3 +175,41 @@ fn a_batch_reports_every_job_and_resumes() {
     let rows: Vec<serde_json::Value> = serde_json::from_str(&o).unwrap();
     assert_eq!(rows[0]["verdict"], "passed");
 }
+
+/// One `compress` run evaluates each distinct model on each split at most once, compiles the
+/// teacher's plan once (its validation, training and test results and its latency come from
+/// it) and the final INT8 plan once (its test accuracy and latency), and writes the artifact
+/// once (a file the run reads back and checks).
+#[test]
+fn one_compress_run_compiles_and_evaluates_each_model_once() {
+    use wick::audit::{fingerprint, fingerprint_int8, take, Event};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = wick::job::JobSpec {
+        model: mlp_path(),
+        arch: None,
+        recipe: "edge-int8".into(),
+        train: digits("train"),
+        val: digits("val"),
+        test: digits("test"),
+        calib: None,
+        out: dir.path().join("edge"),
+        max_accuracy_drop: Some(1.0),
+        max_relative_drop: None,
+        seed: 0,
+        max_epochs: Some(2),
+        sensitivity: false,
+        fallback: false,
+    };
+    take();
+    wick::job::run(&spec, &wick::progress::Silent).unwrap();
+    let events = take();
+    assert!(events.len() > 10, "the record is kept in test builds: {events:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    for e in events.iter().filter(|e| matches!(e, Event::Evaluated { .. })) {
+        assert!(seen.insert(e.clone()), "evaluated twice: {e:?}");
+    }
+    let compiled = |model: u64, int8: bool| events.iter().filter(|e| **e == Event::Compiled { model, int8 }).count();
+    assert_eq!(compiled(fingerprint(&load(&mlp_path())), false), 1, "the teacher's plan");
+    let artifact = wick::compare::read_int8(&spec.out.join("model.int8.safetensors")).unwrap();
+    assert_eq!(compiled(fingerprint_int8(&artifact), true), 1, "the final INT8 plan");
+}

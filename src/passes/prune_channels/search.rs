@@ -76,7 +76,7 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
         let fit = recovery.run(&candidate, trials.len(), ctx.progress)?;
         // The first recovery's range test sets the rate of every later one.
         recovery.train_cfg.lr = LearningRate::Fixed(fit.lr);
-        let f = ctx.fidelity(&candidate)?;
+        let f = ctx.fidelity(&candidate, fit.best_val.as_ref())?;
         let accepted = ctx.budget.within(&f, SEARCH_SHARE);
         let drop = f.val_drop(ctx.val.len());
         trials.push(Trial {
