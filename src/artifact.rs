@@ -157,9 +157,7 @@ impl Int8Model {
         for (name, t) in &file.tensors {
             let layer = name.strip_suffix(".weight").filter(|l| layer_types.contains_key(*l));
             if let Some(l) = layer {
-                // 7-bit activations are stored as u8; only the metadata says they are 7-bit.
-                let seven = layer_types[l] == "u7";
-                layers.insert(l.to_string(), read_layer(file, l, t, seven)?);
+                layers.insert(l.to_string(), read_layer(file, l, t, &layer_types[l])?);
             } else if !(name.ends_with(".weight_scale") || name.ends_with(".input_scale") || name.ends_with(".input_zero_point")) {
                 floats.tensors.insert(name.clone(), t.clone());
             }
@@ -204,8 +202,9 @@ fn quantized_layers(meta: &Value, file: &str) -> Result<BTreeMap<String, String>
         .collect()
 }
 
-/// Reads layer `l` (weight `w`); `seven`: its scheme declares 7-bit (`u7`) activations.
-fn read_layer(file: &TensorFile, l: &str, w: &RawTensor, seven: bool) -> Result<QuantLayer> {
+/// Reads layer `l` (weight `w`) whose metadata declares input type `declared` (`u8`, `u7` or
+/// `i8`; 7-bit codes are stored as u8, so only the metadata tells them apart).
+fn read_layer(file: &TensorFile, l: &str, w: &RawTensor, declared: &str) -> Result<QuantLayer> {
     let f = file.name();
     let need = |suffix: &str| -> Result<&RawTensor> {
         let n = format!("{l}.{suffix}");
@@ -220,15 +219,18 @@ fn read_layer(file: &TensorFile, l: &str, w: &RawTensor, seven: bool) -> Result<
     }
     let in_scale = tensor_file::to_f32(need("input_scale")?, &f, &format!("{l}.input_scale"))?;
     let zp_t = need("input_zero_point")?;
-    let act = match zp_t.dtype {
-        Dtype::U8 if seven => ActType::U7,
-        Dtype::U8 => ActType::U8,
-        Dtype::I8 => ActType::I8,
+    let act = match (zp_t.dtype, declared) {
+        (Dtype::U8, "u7") => ActType::U7,
+        (Dtype::U8, "u8") => ActType::U8,
+        (Dtype::I8, "i8") => ActType::I8,
+        (d @ (Dtype::U8 | Dtype::I8), _) => {
+            return Err(WickError::invalid(format!("{f}: tensor '{l}.input_zero_point'"), format!("has dtype {d:?}, but the metadata declares the layer's input type {declared}")));
+        }
         d => return Err(WickError::BadDtype { file: f.clone(), tensor: format!("{l}.input_zero_point"), dtype: format!("{d:?}"), role: "a u8/i8 zero point" }),
     };
     let zp = tensor_file::to_i64(zp_t, &f, &format!("{l}.input_zero_point"))?;
-    let (Some(&scale), Some(&zero_point)) = (in_scale.first(), zp.first()) else {
-        return Err(WickError::invalid(format!("{f}: layer '{l}'"), "input_scale and input_zero_point must hold one value"));
+    let (&[scale], &[zero_point]) = (in_scale.as_slice(), zp.as_slice()) else {
+        return Err(WickError::invalid(format!("{f}: layer '{l}'"), format!("input_scale and input_zero_point must hold one value each (shape [1]); they hold {} and {}", in_scale.len(), zp.len())));
     };
     if !(scale.is_finite() && scale > 0.0) {
         return Err(WickError::invalid(format!("{f}: tensor '{l}.input_scale'"), format!("{scale} is not a positive finite scale")));
@@ -237,7 +239,10 @@ fn read_layer(file: &TensorFile, l: &str, w: &RawTensor, seven: bool) -> Result<
     if !(qmin as i64..=qmax as i64).contains(&zero_point) {
         return Err(WickError::invalid(format!("{f}: tensor '{l}.input_zero_point'"), format!("{zero_point} is outside the {} range {qmin}..={qmax}", format!("{act:?}").to_lowercase())));
     }
-    let values = w.data.iter().map(|&b| b as i8).collect();
+    let values: Vec<i8> = w.data.iter().map(|&b| b as i8).collect();
+    if let Some(i) = values.iter().position(|&v| v == i8::MIN) {
+        return Err(WickError::invalid(format!("{f}: tensor '{l}.weight'"), format!("holds the code -128 at flat index {i}, outside the format's symmetric range -127..=127")));
+    }
     Ok(QuantLayer { weight: QWeight { shape: w.shape.clone(), values, scales }, input: QParams { scale, zero_point: zero_point as i32, act } })
 }
 
@@ -251,6 +256,11 @@ pub enum AnyModel {
 /// the model and load warnings.
 pub fn load_any(path: &Path, arch_override: Option<&Path>) -> Result<(AnyModel, Vec<String>)> {
     let file = TensorFile::read(path)?;
+    if let Some(kind) = load::wick_metadata(&file)?.and_then(|m| m.get("kind").cloned()) {
+        if kind != "int8" && kind != "float" {
+            return Err(WickError::invalid(format!("{}: metadata '{META_KEY}'", file.name()), format!("field 'kind' is {kind}; expected \"int8\" or \"float\"")));
+        }
+    }
     if arch_override.is_none() {
         if let Some(q) = Int8Model::read(&file)? {
             return Ok((AnyModel::Int8(q), vec![]));

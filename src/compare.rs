@@ -1,14 +1,10 @@
-//! Teacher versus INT8 artifact on a test set: the artifact is read back from disk and run with
-//! integer arithmetic, so the numbers are those of the shipped file. Uses `artifact`, `runtime`,
-//! `eval`, `model`.
+//! Teacher versus INT8 artifact on a test set: accuracy drop, agreement and size, and reading an
+//! artifact back (callers check it against the model they evaluated, so the numbers are those
+//! of the shipped file). Uses `artifact`, `eval`, `tensor_file`.
 
 use crate::artifact::Int8Model;
-use crate::data::Dataset;
 use crate::error::{Result, WickError};
-use crate::eval::{agreement, evaluate, EvalResult};
-use crate::model::Model;
-use crate::progress::Progress;
-use crate::runtime::{kernels::Kernel, Exec};
+use crate::eval::{agreement, EvalResult};
 use crate::tensor_file::TensorFile;
 use serde::Serialize;
 use std::path::Path;
@@ -65,14 +61,6 @@ impl Comparison {
 /// Bytes on disk of `p`.
 pub fn file_bytes(p: &Path) -> Result<u64> {
     std::fs::metadata(p).map(|m| m.len()).map_err(|e| WickError::io(p, e))
-}
-
-/// Evaluates `teacher` and the artifact at `artifact` on `test`.
-pub fn compare(teacher: &Model, teacher_path: &Path, artifact: &Path, test: &Dataset, progress: &dyn Progress) -> Result<Comparison> {
-    let t = evaluate(teacher, test, 256, progress)?;
-    let q = read_int8(artifact)?;
-    let c = crate::eval::evaluate_int8(&q, test, 256, Exec::Integer(Kernel::Fast), progress)?;
-    Ok(Comparison::of(t, c, file_bytes(teacher_path)?, file_bytes(artifact)?))
 }
 
 /// Reads an INT8 artifact, failing when the file is not one.

@@ -30,11 +30,23 @@ struct Manifest {
     jobs: Vec<NamedJob>,
 }
 
-#[derive(Deserialize)]
+/// A job: its `name` and the fields of `compress` (`JobSpec`, which denies unknown fields: a
+/// flattened struct would ignore a misspelled one).
 struct NamedJob {
     name: String,
-    #[serde(flatten)]
     spec: JobSpec,
+}
+
+impl<'de> Deserialize<'de> for NamedJob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let serde_json::Value::Object(mut m) = serde_json::Value::deserialize(d)? else { return Err(serde::de::Error::custom("a job must be a JSON object")) };
+        let name = match m.remove("name") {
+            Some(serde_json::Value::String(s)) => s,
+            _ => return Err(serde::de::Error::custom("a job lacks a string field 'name'")),
+        };
+        let spec = serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| serde::de::Error::custom(format!("job '{name}': {e}")))?;
+        Ok(NamedJob { name, spec })
+    }
 }
 
 #[derive(serde::Serialize)]

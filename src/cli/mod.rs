@@ -96,6 +96,7 @@ fn dispatch(command: Command, threads: usize) -> anyhow::Result<Outcome> {
 fn set_threads(n: Option<usize>) -> anyhow::Result<usize> {
     let n = match n {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) if n > MAX_THREADS => anyhow::bail!("--threads {n} is more than {MAX_THREADS}"),
         Some(n) => n,
         None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     };
@@ -136,6 +137,10 @@ pub fn points_allowance(points: Option<f64>) -> anyhow::Result<Option<wick::pass
         p => Ok(p.map(wick::passes::Allowance::Points)),
     }
 }
+
+/// The most worker threads `--threads` may ask for: far more than any machine wick runs on has
+/// cores, and few enough that starting them cannot exhaust the system.
+const MAX_THREADS: usize = 1024;
 
 /// Prints load warnings to stderr.
 pub fn warn_all(warnings: &[String]) {

@@ -7,12 +7,14 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use wick::artifact::{load_any, AnyModel, Int8Model};
 use wick::calibrate::Method;
-use wick::compare::{compare, Comparison};
+use wick::compare::{drop_points, file_bytes, read_int8, Comparison};
 use wick::data::Dataset;
+use wick::eval::{agreement, evaluate, evaluate_int8};
 use wick::model::Model;
 use wick::passes::calibrate::CalibrateSettings;
 use wick::provenance::{file_sha256, tool_version};
 use wick::quant::ActType;
+use wick::runtime::{kernels::Kernel, Exec};
 
 /// The outputs `wick quantize` and `wick qat` share.
 #[derive(clap::Args)]
@@ -75,9 +77,12 @@ pub fn read_data(path: &Path, model: &Model) -> anyhow::Result<Dataset> {
     Ok(Dataset::read_fitting(path, model.input_shape(), model.num_classes())?)
 }
 
-/// Writes the artifact, then (with a test set) evaluates the written file, stores the headline
-/// metrics in its metadata and returns the comparison.
+/// Writes the artifact (with a test set: after evaluating it with integer arithmetic, its
+/// headline metrics in its metadata), reads it back and checks it bit for bit against the model
+/// evaluated; returns the comparison. The test set is read and checked before anything is
+/// written, so a bad one leaves no artifact.
 pub fn write_and_compare(q: &mut Int8Model, teacher: &Model, teacher_path: &Path, out: &Path, test: Option<&PathBuf>, settings: Value, progress: &CliProgress) -> anyhow::Result<Option<Comparison>> {
+    let data = test.map(|t| read_data(t, teacher)).transpose()?;
     q.info.insert(
         "provenance".into(),
         json!({
@@ -87,26 +92,30 @@ pub fn write_and_compare(q: &mut Int8Model, teacher: &Model, teacher_path: &Path
             "settings": settings,
         }),
     );
+    let results = match &data {
+        Some(d) => Some((evaluate(teacher, d, 256, progress)?, evaluate_int8(q, d, 256, Exec::Integer(Kernel::Fast), progress)?)),
+        None => None,
+    };
+    if let Some((t, c)) = &results {
+        q.info.insert(
+            "metrics".into(),
+            json!({
+                "teacher_accuracy": t.accuracy,
+                "int8_accuracy": c.accuracy,
+                "drop_points": drop_points(t.accuracy, c.accuracy),
+                "agreement": agreement(&c.predictions, &t.predictions),
+                "test_samples": c.samples,
+            }),
+        );
+    }
     q.save(out).with_context(|| format!("writing {}", out.display()))?;
-    let Some(test) = test else { return Ok(None) };
-    let data = read_data(test, teacher)?;
-    let c = compare(teacher, teacher_path, out, &data, progress)?;
-    q.info.insert(
-        "metrics".into(),
-        json!({
-            "teacher_accuracy": c.teacher.accuracy,
-            "int8_accuracy": c.compressed.accuracy,
-            "drop_points": c.drop_points,
-            "agreement": c.agreement,
-            "test_samples": c.compressed.samples,
-        }),
-    );
-    q.save(out)?;
-    // The metrics made the metadata longer: report the size of the file as finally written.
-    let mut c = c;
-    c.bytes_after = std::fs::metadata(out).map(|m| m.len())?;
-    c.size_ratio = c.bytes_after as f64 / c.bytes_before as f64;
-    Ok(Some(c))
+    if !read_int8(out)?.same_as(q)? {
+        anyhow::bail!("{}: the artifact read back differs from the model that was evaluated", out.display());
+    }
+    match results {
+        Some((t, c)) => Ok(Some(Comparison::of(t, c, file_bytes(teacher_path)?, file_bytes(out)?))),
+        None => Ok(None),
+    }
 }
 
 /// Prints the comparison for people.

@@ -15,6 +15,17 @@ pub struct Graph {
     pub shapes: BTreeMap<String, Vec<usize>>,
 }
 
+/// The most values one sample's activation at a node may hold, and one parameter tensor:
+/// bounds far above any model wick runs, checked with overflow-free arithmetic so that no
+/// architecture can make wick allocate absurd memory or wrap a size around.
+pub const MAX_SAMPLE_VALUES: usize = 1 << 28;
+pub const MAX_PARAM_VALUES: usize = 1 << 31;
+
+/// The product of `dims`, or `None` past `limit` (or on overflow).
+fn product_within(dims: &[usize], limit: usize) -> Option<usize> {
+    dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d).filter(|&p| p <= limit))
+}
+
 /// Checks structure and infers shapes; `origin` names the architecture's source in errors.
 pub fn analyse(arch: &Arch, origin: &str) -> Result<Graph> {
     let bad = |msg: String| WickError::Arch { path: origin.to_string(), msg };
@@ -45,12 +56,31 @@ pub fn analyse(arch: &Arch, origin: &str) -> Result<Graph> {
     if !index.contains_key(out) {
         return Err(bad(format!("field 'output' names '{out}', which is not a node")));
     }
+    let within = |s: &[usize]| s.iter().all(|&d| d > 0) && product_within(s, MAX_SAMPLE_VALUES).is_some();
+    if !within(&arch.input.shape) {
+        return Err(bad(format!("field 'input.shape' {:?} must have dims of at least 1 and at most {MAX_SAMPLE_VALUES} values", arch.input.shape)));
+    }
     let mut shapes = BTreeMap::new();
     shapes.insert(arch.input.name.clone(), arch.input.shape.clone());
     for &i in &order {
         let n = &arch.nodes[i];
+        let at = |m: String| WickError::Arch { path: origin.to_string(), msg: format!("node '{}' ({}): {m}", n.name, n.op.name()) };
+        check_fields(&n.op).map_err(at)?;
+        for (suffix, _) in n.op.param_suffixes() {
+            let shape = n.op.param_shape(suffix);
+            if product_within(&shape, MAX_PARAM_VALUES).is_none() {
+                return Err(at(format!("tensor '{}' would have shape {shape:?}, more than {MAX_PARAM_VALUES} values", n.param(suffix))));
+            }
+        }
         let ins: Vec<&Vec<usize>> = n.inputs.iter().map(|x| &shapes[x]).collect();
-        let s = infer(&n.op, &ins).map_err(|m| WickError::Arch { path: origin.to_string(), msg: format!("node '{}' ({}): {m}", n.name, n.op.name()) })?;
+        let s = infer(&n.op, &ins).map_err(at)?;
+        if !within(&s) {
+            let fields = match n.op {
+                Op::Conv1d(_) | Op::Conv2d(_) | Op::MaxPool1d(_) | Op::MaxPool2d(_) | Op::AvgPool1d(_) | Op::AvgPool2d(_) => " (its kernel_size, stride, padding and dilation set that size)",
+                _ => "",
+            };
+            return Err(at(format!("its output per sample would have shape {s:?}: empty, or more than {MAX_SAMPLE_VALUES} values{fields}")));
+        }
         shapes.insert(n.name.clone(), s);
     }
     Ok(Graph { order, shapes })
@@ -100,16 +130,45 @@ fn topological_order(arch: &Arch, index: &BTreeMap<&str, usize>) -> std::result:
     Ok(order)
 }
 
-/// Output length of a window op: `⌊(len + 2·pad − dil·(k − 1) − 1) / stride⌋ + 1`.
+/// Output length of a window op: `⌊(len + 2·pad − dil·(k − 1) − 1) / stride⌋ + 1`, in checked
+/// arithmetic (a kernel, stride or dilation of 0 is an error, and so is a padding that
+/// overflows).
 pub fn window_out(len: usize, k: usize, stride: usize, pad: usize, dil: usize) -> std::result::Result<usize, String> {
-    let span = dil * (k.max(1) - 1) + 1;
-    if stride == 0 {
-        return Err("stride 0".into());
+    if k == 0 || stride == 0 || dil == 0 {
+        return Err(format!("kernel_size {k}, stride {stride} and dilation {dil} must each be at least 1"));
     }
-    if len + 2 * pad < span {
-        return Err(format!("window {span} is larger than the padded input {}", len + 2 * pad));
+    let overflow = || format!("padding {pad} or dilation {dil} is too large");
+    let span = dil.checked_mul(k - 1).and_then(|s| s.checked_add(1)).ok_or_else(overflow)?;
+    let padded = pad.checked_mul(2).and_then(|p| p.checked_add(len)).ok_or_else(overflow)?;
+    if padded < span {
+        return Err(format!("window {span} is larger than the padded input {padded}"));
     }
-    Ok((len + 2 * pad - span) / stride + 1)
+    Ok((padded - span) / stride + 1)
+}
+
+/// Checks of an op's fields that its shape does not catch.
+fn check_fields(op: &Op) -> std::result::Result<(), String> {
+    let positive = |what: &str, v: usize| if v == 0 { Err(format!("{what} must be at least 1")) } else { Ok(()) };
+    match op {
+        Op::Linear(c) => {
+            positive("in_features", c.in_features)?;
+            positive("out_features", c.out_features)
+        }
+        Op::Conv1d(c) => positive("out_channels", c.out_channels),
+        Op::Conv2d(c) => positive("out_channels", c.out_channels),
+        Op::BatchNorm1d(c) | Op::BatchNorm2d(c) => {
+            if !(c.eps > 0.0 && c.eps.is_finite()) {
+                return Err(format!("eps is {}; it must be a positive number", c.eps));
+            }
+            if !(0.0..=1.0).contains(&c.momentum) {
+                return Err(format!("momentum is {}, outside [0, 1]", c.momentum));
+            }
+            positive("num_features", c.num_features)
+        }
+        Op::LayerNorm(c) if !(c.eps > 0.0 && c.eps.is_finite()) => Err(format!("eps is {}; it must be a positive number", c.eps)),
+        Op::Dropout(c) if !(0.0..1.0).contains(&c.p) => Err(format!("p is {}, outside [0, 1)", c.p)),
+        _ => Ok(()),
+    }
 }
 
 fn expect_rank(s: &[usize], rank: usize, what: &str) -> std::result::Result<(), String> {

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 /// A freshly initialised model; the same seed gives the same weights.
 pub fn init_model(arch: Arch, seed: u64) -> Result<Model> {
+    // Sizes are checked before any tensor is allocated.
+    super::graph::analyse(&arch, &arch.origin)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let dev = super::device();
     let mut tensors = BTreeMap::new();

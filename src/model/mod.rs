@@ -57,6 +57,9 @@ impl Model {
                     return Err(WickError::ShapeMismatch { file: source.into(), tensor: name, node: node.name.clone(), expected, found: t.dims().to_vec() });
                 }
                 check_finite(t, source, &name)?;
+                if suffix == "running_var" && t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?.iter().any(|&v| v < 0.0) {
+                    return Err(WickError::invalid(format!("{source}: tensor '{name}'"), "a BatchNorm's running variance is negative"));
+                }
                 params.insert(name, Var::from_tensor(&t.to_dtype(candle_core::DType::F32)?)?);
             }
         }

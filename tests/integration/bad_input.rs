@@ -165,3 +165,119 @@ fn an_error_prints_its_cause_once() {
     assert!(err.contains("/no/such/model.safetensors"), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+/// `arch` (a teacher's architecture file) with `from` replaced by `to`, written into `dir`.
+fn edited_arch(dir: &Path, arch: &str, from: &str, to: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(fixture(arch)).unwrap();
+    assert!(text.contains(from), "{arch} has no {from}");
+    let p = dir.join("edited.arch.json");
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    p
+}
+
+/// Sizes and fields no model can have: a padding that would need absurd memory, a kernel,
+/// dilation or output size of 0, a dropout probability or BatchNorm eps out of range. Each is an
+/// error naming the node and the field, before anything is allocated.
+#[test]
+fn impossible_sizes_and_fields_name_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let resnet = "models/digits_resnet.arch.json";
+    let seq = TEACHERS[2].path();
+    for (model, arch, from, to, want) in [
+        (resnet_path(), resnet, r#""padding": 1, "bias": false"#, r#""padding": 1000000000, "bias": false"#, ["'conv1'", "padding"]),
+        (resnet_path(), resnet, r#""kernel_size": 3, "stride": 1"#, r#""kernel_size": 0, "stride": 1"#, ["'conv1'", "kernel_size"]),
+        (resnet_path(), resnet, r#""kernel_size": 3, "stride": 1"#, r#""kernel_size": 3, "dilation": 0, "stride": 1"#, ["'conv1'", "dilation"]),
+        (resnet_path(), resnet, r#""num_features": 32}"#, r#""num_features": 32, "eps": -1}"#, ["'bn1'", "eps"]),
+        (resnet_path(), resnet, r#""out_features": 10"#, r#""out_features": 0"#, ["'fc'", "out_features"]),
+        (seq.clone(), "models/digits_seq_cnn.arch.json", r#""p": 0.1"#, r#""p": 7"#, ["'drop'", "p is 7"]),
+    ] {
+        let a = edited_arch(dir.path(), arch, from, to);
+        let (_, err) = run_expect(&["inspect", model.to_str().unwrap(), "--arch", a.to_str().unwrap()], 2);
+        assert!(want.iter().all(|w| err.contains(w)), "{to}: {err}");
+    }
+    // A student whose layer would hold 10^12 weights: refused before it is allocated.
+    let a = edited_arch(dir.path(), "arch/digits_mlp_small.arch.json", r#""out_features": 10"#, r#""out_features": 1000000000000"#);
+    let (tr, va) = (digits("train"), digits("val"));
+    let out = dir.path().join("s.safetensors");
+    let (_, err) = run_expect(
+        &["distill", "--teacher", mlp_path().to_str().unwrap(), "--student", a.to_str().unwrap(), "--train", tr.to_str().unwrap(), "--val", va.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        2,
+    );
+    assert!(err.contains(".weight") && err.contains("more than"), "{err}");
+}
+
+/// A BatchNorm's negative running variance is named as such (it used to surface as NaN in the
+/// conv weight it folds into).
+#[test]
+fn a_negative_running_variance_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = TensorFile::read(&TEACHERS[3].path()).unwrap();
+    let mut v = f.f32("stem.bn.running_var").unwrap();
+    v[0] = -1.0;
+    f.tensors.insert("stem.bn.running_var".into(), RawTensor::from_f32(vec![v.len()], &v));
+    let p = dir.path().join("d.safetensors");
+    tensor_file::write(&p, &f.tensors, &f.metadata).unwrap();
+    std::fs::copy(fixture("models/digits_dsnet.arch.json"), dir.path().join("d.arch.json")).unwrap();
+    let err = eval_err(&p, &digits("test"), &[]);
+    assert!(err.contains("stem.bn.running_var") && err.contains("negative"), "{err}");
+}
+
+#[test]
+fn absurd_thread_counts_and_misspelled_manifest_fields_are_errors() {
+    let (_, err) = run_expect(&["--threads", "100000", "inspect", mlp_path().to_str().unwrap()], 2);
+    assert!(err.contains("--threads"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let m = serde_json::json!({"jobs": [{"name": "j", "modle": mlp_path(), "recipe": "ptq-int8", "train": digits("train"), "val": digits("val"), "test": digits("test"), "out": "o"}]});
+    let manifest = dir.path().join("m.json");
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    let (_, err) = run_expect(&["batch", manifest.to_str().unwrap()], 2);
+    assert!(err.contains("modle") && err.contains("job 'j'"), "{err}");
+}
+
+/// INT8 artifacts that break the format: an unknown version or kind, a zero point of two
+/// values, a weight code of -128, a zero point's dtype that contradicts the metadata.
+#[test]
+fn malformed_int8_artifacts_name_the_field_or_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("q.int8.safetensors");
+    run_expect(&["quantize", mlp_path().to_str().unwrap(), "--calib", digits("train").to_str().unwrap(), "--out", good.to_str().unwrap(), "--quiet"], 0);
+    let variant = |name: &str, edit: &dyn Fn(&mut TensorFile, &mut serde_json::Value)| -> String {
+        let mut f = TensorFile::read(&good).unwrap();
+        let mut meta: serde_json::Value = serde_json::from_str(&f.metadata["wick"]).unwrap();
+        edit(&mut f, &mut meta);
+        f.metadata.insert("wick".into(), meta.to_string());
+        let p = dir.path().join(name);
+        tensor_file::write(&p, &f.tensors, &f.metadata).unwrap();
+        eval_err(&p, &digits("test"), &[])
+    };
+    let err = variant("v.safetensors", &|_, m| m["format_version"] = 99.into());
+    assert!(err.contains("format_version") && err.contains("99"), "{err}");
+    let err = variant("k.safetensors", &|_, m| m["kind"] = "banana".into());
+    assert!(err.contains("'kind'") && err.contains("banana"), "{err}");
+    let err = variant("z.safetensors", &|f, _| _ = f.tensors.insert("1.input_zero_point".into(), RawTensor::from_u8(vec![2], &[0, 0])));
+    assert!(err.contains("'1'") && err.contains("one value"), "{err}");
+    let err = variant("w.safetensors", &|f, _| {
+        let w = f.tensors.get_mut("1.weight").unwrap();
+        w.data[5] = 0x80;
+    });
+    assert!(err.contains("1.weight") && err.contains("-128"), "{err}");
+    let err = variant("t.safetensors", &|f, _| _ = f.tensors.insert("1.input_zero_point".into(), RawTensor::from_i8(vec![1], &[0])));
+    assert!(err.contains("1.input_zero_point") && err.contains("u8"), "{err}");
+}
+
+/// `quantize --test` with a test set whose labels do not fit the model fails before writing:
+/// no artifact is left behind for a run that reports an error.
+#[test]
+fn a_bad_test_set_leaves_no_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = TensorFile::read(&digits("test")).unwrap();
+    let y: Vec<i64> = (0..360).map(|i| if i == 7 { 12 } else { i % 10 }).collect();
+    f.tensors.insert("y".into(), RawTensor::from_i64(vec![360], &y));
+    let bad = dir.path().join("bad_test.safetensors");
+    tensor_file::write(&bad, &f.tensors, &f.metadata).unwrap();
+    let out = dir.path().join("q.int8.safetensors");
+    let (_, err) = run_expect(&["quantize", mlp_path().to_str().unwrap(), "--calib", digits("train").to_str().unwrap(), "--test", bad.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"], 2);
+    assert!(err.contains("bad_test.safetensors") && err.contains("y[7] = 12"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 1, "only the bad test set: {left:?}");
+}
