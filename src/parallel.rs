@@ -52,8 +52,7 @@ pub const MIN_PARALLEL_WORK: usize = 1 << 15;
 
 /// Matrix products smaller than this many multiply-adds (about 40 µs of work) run on the
 /// calling thread, integer and float alike: waking the pool costs more than it saves below it
-/// (measured at batch 1, where the ResNet's 0.6 M-MAC layers ran 2x slower on 2 threads than on
-/// 1 with the old 1 << 18).
+/// (a batch of one's layers are far below it).
 pub const PARALLEL_MIN_MACS: usize = 1 << 21;
 
 /// Calls `f(i, chunk)` for each `size`-long chunk of `data` (the last may be shorter): on the
@@ -70,7 +69,7 @@ pub fn for_chunks<T: Send>(data: &mut [T], size: usize, work: usize, f: impl Fn(
 
 /// A new `len`-long vector built chunk by chunk without zeroing it first: `f(i, chunk)` is
 /// called for each `size`-long chunk as in `for_chunks`. Zeroing a buffer that is then
-/// overwritten is a pass over memory on the calling thread (up to 8 % of a training epoch).
+/// overwritten is a pass over memory on the calling thread.
 ///
 /// # Safety
 /// `f` must initialise every element of every chunk it is given.

@@ -248,7 +248,8 @@ mod tests {
 
     /// Digits-like input (half exact zeros, the rest on 16 grey levels, 1/16 apart): every
     /// type keeps the whole range. Clipped at the first level, everything folds into one spike
-    /// and KL is 0 there too; 7-bit and symmetric grids (127 levels) used to stop there.
+    /// and KL is 0 there too, so the search must not stop there, on 7-bit and symmetric grids
+    /// (127 levels) as on 8-bit ones.
     #[test]
     fn few_distinct_values_keep_their_range() {
         let v: Vec<f32> = (0..64_000).map(|i| if i % 2 == 0 { 0.0 } else { ((i / 2) % 17) as f32 / 16.0 }).collect();

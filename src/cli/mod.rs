@@ -90,9 +90,8 @@ fn dispatch(command: Command, threads: usize) -> anyhow::Result<Outcome> {
 ///
 /// The command then runs on a thread of that pool (`run`), so that each parallel step (a
 /// conv's parts, a batch's parts) runs on the calling thread plus the others, instead of being
-/// handed from an outside thread to the pool and waited for: that hand-off put the caller to
-/// sleep and woke it again at every step. Measured on 2 cores: a ResNet training epoch 1.11x
-/// faster at 2 threads (10 alternating pairs, all 1.03–1.30x), unchanged at 1.
+/// handed from an outside thread to the pool and waited for: that hand-off would put the caller
+/// to sleep and wake it again at every step.
 fn set_threads(n: Option<usize>) -> anyhow::Result<usize> {
     let n = match n {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
@@ -104,8 +103,7 @@ fn set_threads(n: Option<usize>) -> anyhow::Result<usize> {
     unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     // candle's elementwise kernels run on a pool of their own whose workers spin after every
     // job; next to rayon's workers (which run wick's GEMMs and kernels) they only compete for
-    // the cores. Measured on 2 cores: a ResNet training epoch at 2 threads 0.78 → 0.64 s
-    // (median of 5 alternating runs; 1 thread: 0.88 s) with that pool off. A CANDLE_NUM_THREADS already set wins.
+    // the cores. A CANDLE_NUM_THREADS already set wins.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }

@@ -3,12 +3,11 @@
 //! ordered like the weight, `L = Ho·Wo` positions per sample), so that, per part of the batch,
 //! forward:  `Yᵀ[N·L, O] = colsᵀ · Wᵀ`, then per sample `[L, O] → [O, L]`;
 //! backward: `dY[O, N·L]` from `[N, O, L]`, `dWᵀ = cols · dYᵀ`, `dcols = Wᵀ · dY`,
-//! `dx = col2im(dcols)`, with `N` the part's samples and `dWᵀ` summed over the parts. (Each
-//! GEMM in the orientation the `gemm` crate ran fastest on the ResNet fixture's shapes;
-//! bench/README.md.)
-//! Candle's built-in conv runs a small GEMM per sample and a direct-loop transposed conv in
-//! backward; the tap-major layout makes every unfold copy and col2im add a whole output row
-//! (bench/README.md has the measurements).
+//! `dx = col2im(dcols)`, with `N` the part's samples and `dWᵀ` summed over the parts (each GEMM
+//! in the orientation the `gemm` crate runs fastest on the short-output, long-position shapes
+//! of small convs). The tap-major layout makes every unfold copy and col2im add a whole output
+//! row, where candle's own conv runs a small GEMM per sample and a direct-loop transposed conv
+//! in backward.
 
 use super::im2col::{fold_tap_major_into, swap_outer, transpose_into, unfold_tap_major, Geom};
 use crate::error::Result;
@@ -36,7 +35,7 @@ fn matmul_in(mut dst: Vec<f32>, m: usize, n: usize, k: usize, lhs: &[f32], lhs_r
     }
     assert!(lhs.len() >= reach(m, k, lhs_rs, lhs_cs) && rhs.len() >= reach(k, n, rhs_rs, rhs_cs));
     // The product overwrites every element (the GEMM does not read `dst`), so the buffer is
-    // not zeroed first: that memset was ~1 % of a training epoch.
+    // not zeroed first.
     dst.reserve(m * n);
     // Small products stay on the calling thread (the bound the integer GEMM uses too).
     let par = match rayon::current_num_threads() {
@@ -90,9 +89,8 @@ struct Conv {
     cols: Mutex<Vec<Option<Vec<Vec<f32>>>>>,
 }
 
-/// Output positions per part. Measured on the ResNet fixture (training epoch, batch 64, median
-/// ratio over 8 alternating pairs against one part per batch): 2 threads 128 rows 0.96x,
-/// 256 1.10x, 512 1.15x, 1024 1.10x; 1 thread 128 rows 0.91x, 512 0.97x (within noise).
+/// Output positions per part: enough rows for the GEMM to run at speed, few enough that a
+/// part's patches stay in its core's cache and that a batch makes parts for every thread.
 const PART_ROWS: usize = 512;
 
 impl Conv {
@@ -202,8 +200,8 @@ impl CustomOp2 for Conv {
                         for gi in 0..groups {
                             let cols = kept.as_mut().and_then(Iterator::next).unwrap_or_else(|| unfold_tap_major(&group_slice(xp, ns, groups, plane_len, gi), &gp));
                             let dy = &dy_all[gi * og * nl..][..og * nl];
-                            // dWᵀ[K, Og] = cols · dYᵀ: the gemm crate runs this orientation up
-                            // to 2x faster than dW = dY · colsᵀ on these shapes (small O, long N·L).
+                            // dWᵀ[K, Og] = cols · dYᵀ: the gemm crate runs this orientation faster
+                            // than dW = dY · colsᵀ on these shapes (small O, long N·L).
                             dwts.push(matmul(k, og, nl, &cols, nl, 1, dy, 1, nl));
                             // The patch gradient takes the patches' buffer (same size, no longer read).
                             let dcols = matmul_in(cols, k, nl, og, &ws[gi * og * k..], 1, k, dy, nl, 1);

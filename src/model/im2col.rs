@@ -207,9 +207,8 @@ pub fn unfold_tap_major(x: &[f32], g: &Geom) -> Vec<f32> {
     let (nl, l, plane, taps) = (g.n * g.l(), g.l(), g.h * g.w, g.kh * g.kw);
     let spans = TapSpan::all(g);
     let len = g.k() * nl;
-    // Only the entries that read padding are zeroed, each by the task that fills its row: a
-    // serial memset of the whole matrix up front was ~3 % of a training epoch at 2 threads, and
-    // zeroing every row before overwriting it ~4 % at 1 thread.
+    // Only the entries that read padding are zeroed, each by the task that fills its row: the
+    // rest is overwritten, and a memset of the whole matrix would be a serial pass over it.
     // SAFETY: `unfold_row` initialises its whole row.
     unsafe { build_chunks(len, nl, len, |t, row| unfold_row(x, g, spans[t % taps].as_ref(), t / taps, plane, l, row)) }
 }

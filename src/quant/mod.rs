@@ -14,7 +14,7 @@ pub enum ActType {
     U8,
     /// Asymmetric 7-bit, 0..127 with a zero point, stored as u8 (ONNX Runtime's `reduce_range`):
     /// one bit of activation resolution traded for AVX2's `vpmaddubsw`, which is exact only on
-    /// 7-bit operands and about 1.2x faster than the exact 8-bit AVX2 kernel.
+    /// 7-bit operands and faster than the exact 8-bit AVX2 kernel.
     U7,
     /// Symmetric int8, −128..127, zero point 0.
     I8,

@@ -206,8 +206,8 @@ fn impossible_sizes_and_fields_name_the_node() {
     assert!(err.contains(".weight") && err.contains("more than"), "{err}");
 }
 
-/// A BatchNorm's negative running variance is named as such (it used to surface as NaN in the
-/// conv weight it folds into).
+/// A BatchNorm's negative running variance is named as such, not as a NaN in the conv weight it
+/// folds into.
 #[test]
 fn a_negative_running_variance_is_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! Issue 7: `wick bench` reports every workload it measures (no timing is asserted: speed is
+//! `wick bench` reports every workload it measures (no timing is asserted: speed is
 //! compared in benchmarks, not tests).
 
 use crate::common::*;

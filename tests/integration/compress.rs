@@ -1,4 +1,4 @@
-//! Issue 6: recipes, `wick compress` end to end (artifact, report, gate, exit codes,
+//! Recipes, `wick compress` end to end (artifact, report, gate, exit codes,
 //! interruption) and `wick batch`.
 
 use crate::common::*;

@@ -1,4 +1,4 @@
-//! Issue 5: distillation into small students, width-scaled students with hints, determinism,
+//! Distillation into small students, width-scaled students with hints, determinism,
 //! and bad input.
 
 use crate::common::*;

@@ -1,4 +1,4 @@
-//! Issue 7: the compiled float runtime (`Plan::float`: BatchNorm folded, channels-last packed
+//! The compiled float runtime (`Plan::float`: BatchNorm folded, channels-last packed
 //! f32 GEMMs, fused ReLU, the candle executor for ops without a kernel) against the candle
 //! executor it replaces for inference.
 

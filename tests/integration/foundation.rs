@@ -1,4 +1,4 @@
-//! Issue 2: exact execution of the PyTorch teachers, eval from the CLI, training through the
+//! Exact execution of the PyTorch teachers, eval from the CLI, training through the
 //! executor, and BatchNorm running statistics in train mode.
 
 use crate::common::*;

@@ -1,4 +1,4 @@
-//! Issue 4: dependency groups, exact surgery, ratios, round trips and bad input.
+//! Dependency groups, exact surgery, ratios, round trips and bad input.
 
 use crate::common::*;
 use candle_core::{Device, Tensor};

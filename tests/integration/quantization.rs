@@ -1,4 +1,4 @@
-//! Issue 3: PTQ and QAT accuracy, the artifact's size and format, integer execution versus the
+//! PTQ and QAT accuracy, the artifact's size and format, integer execution versus the
 //! simulation and the reference kernels, and bad input.
 
 use crate::common::*;
