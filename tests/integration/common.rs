@@ -38,6 +38,10 @@ impl Teacher {
     pub fn reference(&self) -> PathBuf {
         fixture(&format!("reference/{}_logits.safetensors", self.name))
     }
+    /// `--train FILE --val FILE --test FILE` of this teacher's data.
+    pub fn data_args(&self) -> Vec<String> {
+        ["train", "val", "test"].iter().flat_map(|s| [format!("--{s}"), self.split(s).display().to_string()]).collect()
+    }
     pub fn dataset(&self, split: &str) -> Dataset {
         Dataset::read(&self.split(split)).expect("fixture data loads")
     }

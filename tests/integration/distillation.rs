@@ -110,37 +110,15 @@ fn distillation_beats_label_training_on_a_one_dimensional_student() {
     let dir = tempfile::tempdir().unwrap();
     let seq = &TEACHERS[2];
     let (arch, out) = (fixture("arch/digits_seq_cnn_small.arch.json"), dir.path().join("s.safetensors"));
-    let (teacher, tr, va, te) = (seq.path(), seq.split("train"), seq.split("val"), seq.split("test"));
+    let teacher = seq.path();
     let student = |seed: &str, alpha: &str| -> f64 {
-        let args = [
-            "distill",
-            "--teacher",
-            teacher.to_str().unwrap(),
-            "--student",
-            arch.to_str().unwrap(),
-            "--train",
-            tr.to_str().unwrap(),
-            "--val",
-            va.to_str().unwrap(),
-            "--test",
-            te.to_str().unwrap(),
-            "--seed",
-            seed,
-            "--alpha",
-            alpha,
-            "--epochs",
-            "40",
-            "--optimizer",
-            "sgd",
-            "--lr",
-            "0.05",
-            "--batch-size",
-            "32",
-            "--out",
-            out.to_str().unwrap(),
-            "--json",
-            "--quiet",
-        ];
+        let mut args: Vec<String> =
+            ["distill", "--teacher", teacher.to_str().unwrap(), "--student", arch.to_str().unwrap(), "--seed", seed, "--alpha", alpha, "--out", out.to_str().unwrap(), "--json", "--quiet"]
+                .map(String::from)
+                .to_vec();
+        args.extend(["--epochs", "40", "--optimizer", "sgd", "--lr", "0.05", "--batch-size", "32"].map(String::from));
+        args.extend(seq.data_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let j: serde_json::Value = serde_json::from_str(&run_expect(&args, 0).0).unwrap();
         assert_eq!(j["student_params"], 2290);
         j["student_test_accuracy"].as_f64().unwrap()

@@ -10,25 +10,9 @@ use crate::common::*;
 /// (gate passed) or 1 (gate failed), never an error; the report.
 fn run_recipe(t: &Teacher, recipe: &str, dir: &std::path::Path) -> serde_json::Value {
     let out = dir.join(format!("{}-{recipe}", t.name));
-    let (model, tr, va, te) = (t.path(), t.split("train"), t.split("val"), t.split("test"));
-    let args = [
-        "compress",
-        model.to_str().unwrap(),
-        "--recipe",
-        recipe,
-        "--train",
-        tr.to_str().unwrap(),
-        "--val",
-        va.to_str().unwrap(),
-        "--test",
-        te.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--max-accuracy-drop",
-        "1",
-        "--quiet",
-    ];
-    let o = wick().args(args).output().expect("wick runs");
+    let mut args: Vec<String> = ["compress", t.path().to_str().unwrap(), "--recipe", recipe, "--out", out.to_str().unwrap(), "--max-accuracy-drop", "1", "--quiet"].map(String::from).to_vec();
+    args.extend(t.data_args());
+    let o = wick().args(&args).output().expect("wick runs");
     assert!(matches!(o.status.code(), Some(0 | 1)), "{} {recipe}: exit {:?}; {}", t.name, o.status.code(), String::from_utf8_lossy(&o.stderr));
     serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
 }
