@@ -7,7 +7,7 @@
 
 use super::epilogue::{finish_tile, FinishRow, Residual};
 use super::layout::{run_layer, LayerShape, PatchRuns};
-use crate::gemm::packed_f32::PackedF32;
+use crate::matmul::f32::PackedF32;
 use crate::model::arch::Op;
 use std::mem::MaybeUninit;
 

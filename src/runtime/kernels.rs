@@ -1,7 +1,7 @@
 //! Integer kernels shared by both executors: activation quantisation (scalar reference, and
 //! AVX2 for the compiled runtime's i16 or u8 codes), and the reference executor's im2col over u8 (the
 //! zero point as padding) and scalar u8 × i8 → i32 GEMM — the oracle the packed GEMM
-//! (`packed.rs`) is tested against bit for bit.
+//! (`matmul::int8`, `matmul::vnni`) is tested against bit for bit.
 
 use crate::model::im2col::{patch_row, Geom};
 use rayon::prelude::*;

@@ -2,7 +2,7 @@
 //! input `[N, H, W, C]`, its weights reordered to the channels-last patch order `(ky, kx, c)`,
 //! and where each output position's patch row reads.
 
-use crate::gemm::blocked::{gemm, Gather, Panels, Rows, MR};
+use crate::matmul::blocked::{gemm, Gather, Panels, Rows, MR};
 use crate::model::arch::Op;
 use std::mem::MaybeUninit;
 
@@ -302,8 +302,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gemm::packed_f32::PackedF32;
-    use crate::runtime::packed::{Isa, PairPanels, QuadPanels};
+    use crate::matmul::f32::PackedF32;
+    use crate::matmul::int8::{PairPanels, QuadPanels};
+    use crate::matmul::isa::Isa;
 
     /// A grouped, strided, dilated, padded conv whose taps are long enough to gather (8
     /// channels per group): `C = 16`, 2 groups, 3×2 kernel, stride (2, 1), padding (1, 1),

@@ -10,10 +10,8 @@ pub mod epilogue;
 pub mod flayer;
 pub mod kernels;
 pub mod layout;
-pub mod packed;
 pub mod plan;
 pub mod qlayer;
-pub mod vnni;
 
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};
@@ -209,7 +207,7 @@ impl<'a> Executor<'a> {
 
 /// The integer GEMM kernels `m`'s layers run on this CPU, by name (each distinct one once).
 pub fn kernel_names(m: &Int8Model) -> String {
-    let mut names: Vec<&str> = m.layers.values().map(|q| packed::Isa::detect_for(q.input.act == crate::quant::ActType::U7).name()).collect();
+    let mut names: Vec<&str> = m.layers.values().map(|q| crate::matmul::isa::Isa::detect_for(q.input.act == crate::quant::ActType::U7).name()).collect();
     names.sort();
     names.dedup();
     names.join(", ")

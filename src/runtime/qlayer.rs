@@ -10,8 +10,9 @@
 use super::epilogue::{finish_tile, FinishRow, Residual};
 use super::kernels::{code_shift, quantize_codes};
 use super::layout::{run_layer, LayerShape, PatchRuns};
-use super::packed::{Isa, PairPanels, QuadPanels};
 use crate::artifact::QuantLayer;
+use crate::matmul::int8::{PairPanels, QuadPanels};
+use crate::matmul::isa::Isa;
 use crate::model::arch::Op;
 use crate::quant::{ActType, QParams};
 use std::mem::MaybeUninit;

@@ -213,3 +213,26 @@ fn one_compress_run_compiles_and_evaluates_each_model_once() {
     let artifact = wick::compare::read_int8(&spec.out.join("model.int8.safetensors")).unwrap();
     assert_eq!(compiled(fingerprint_int8(&artifact), true), 1, "the final INT8 plan");
 }
+
+/// Every step a shipped recipe names is a file (or folder) of that name under `src/passes/`,
+/// which holds its code, and a step `PassSpec` knows; the pipeline only sequences them.
+#[test]
+fn every_recipe_step_is_a_file_of_its_name() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/passes");
+    for entry in std::fs::read_dir(passes_dir()).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")) {
+        let recipe = wick::recipe::read(&entry.path()).unwrap();
+        for step in &recipe.passes {
+            let name = step.name();
+            assert!(wick::passes::STEP_NAMES.contains(&name), "{name}");
+            let file = src.join(format!("{name}.rs"));
+            let folder = src.join(name).join("mod.rs");
+            let code = std::fs::read_to_string(&file).or_else(|_| std::fs::read_to_string(&folder)).unwrap_or_else(|_| panic!("{}: step '{name}' has no src/passes/{name}.rs", entry.path().display()));
+            assert!(
+                code.contains("impl Pass for") || std::fs::read_dir(src.join(name)).is_ok_and(|d| d.flatten().any(|f| std::fs::read_to_string(f.path()).unwrap_or_default().contains("impl Pass for"))),
+                "src/passes/{name} implements its step"
+            );
+        }
+    }
+    let pipeline = std::fs::read_to_string(src.parent().unwrap().join("pipeline.rs")).unwrap();
+    assert!(wick::passes::STEP_NAMES.iter().all(|s| !pipeline.contains(&format!("\"{s}\""))), "pipeline.rs names no step");
+}

@@ -13,10 +13,10 @@ pub const PANEL_512: usize = 16;
 /// Columns per panel of the AVX-VNNI tile (one ymm of i32 lanes).
 pub const PANEL_256: usize = 8;
 
-use super::packed::Isa;
-use crate::gemm::blocked::TileRows;
+use super::isa::Isa;
+use crate::matmul::blocked::TileRows;
 #[cfg(target_arch = "x86_64")]
-use crate::gemm::tiles::{quads_avx2_u7, quads_avx512, quads_avxvnni};
+use crate::matmul::tiles::{quads_avx2_u7, quads_avx512, quads_avxvnni};
 
 /// All panels for the tile's u8 rows of `kq` bytes (a multiple of 4, in segments of whole
 /// quads) into `buf` (`np` i32 per row), with the quad tile of `isa`: the 512-bit VNNI one, the

@@ -1,11 +1,16 @@
-//! The packed GEMMs both the runtimes and training use: the blocked driver over any packed
+//! Every packed GEMM of the compiled runtimes, in one tree: the blocked driver over any packed
 //! weight layout (`blocked`), the SIMD register tiles (`tiles`: f32 FMA and the integer pair and
-//! quad tiles), and the f32 panels (`packed_f32`). The integer panels live with the integer
-//! runtime (`runtime::packed`). Uses `parallel` only.
+//! quad tiles), the f32 panels (`f32`), the integer panels and their dispatch (`int8`: the
+//! AVX2 pair kernel and the scalar fallback; `vnni`: the quad kernels, AVX-512 VNNI, AVX-VNNI and
+//! AVX2's 7-bit kernel), and the choice of instruction set (`isa`). Training's f32 GEMMs are the
+//! `gemm` crate's (`model::conv_op`). Uses `parallel` only.
 
 pub mod blocked;
-pub mod packed_f32;
+pub mod f32;
+pub mod int8;
+pub mod isa;
 pub mod tiles;
+pub mod vnni;
 
 /// Packs row-major `w[j·k + t]` (`n × k`, any element type) into panels of `panel` columns
 /// holding depth groups of `group` (1 for f32 FMA, pairs for `vpmaddwd`, quads for

@@ -11,7 +11,7 @@ use super::pack_panels;
 /// Columns per panel (one ymm of f32 lanes).
 const PANEL: usize = 8;
 
-/// Weights `[n, k]` (f32) packed for [`crate::gemm::blocked::gemm`].
+/// Weights `[n, k]` (f32) packed for [`crate::matmul::blocked::gemm`].
 #[derive(Debug, Clone)]
 pub struct PackedF32 {
     /// Output columns.
@@ -105,7 +105,7 @@ impl Panels for PackedF32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gemm::blocked::{gemm, Rows};
+    use crate::matmul::blocked::{gemm, Rows};
     use crate::parallel::PARALLEL_MIN_MACS;
 
     /// Both tiles equal an f64 reference within f32 rounding (relative 1e-5 of the sum of

@@ -8,96 +8,12 @@
 //! stays in registers over the whole depth. The blocking, threading and epilogue calls are the
 //! shared driver's (`blocked.rs`); this file is the integer [`Panels`].
 
-use crate::gemm::blocked::{Panels, TileRows};
-use crate::gemm::pack_panels;
+use super::blocked::{Panels, TileRows};
+use super::isa::Isa;
+use super::pack_panels;
 
 /// Columns per packed panel (one 256-bit vector of i32 lanes).
 pub const PANEL: usize = 8;
-
-/// The instruction set a packed GEMM runs on, chosen at run time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// Plain code over the pair layout.
-    Scalar,
-    /// `vpmaddwd` over i16 pairs: 16 multiply-adds per instruction.
-    Avx2,
-    /// `vpmaddubsw` then `vpmaddwd` by ones over u8 × i8 quads: 32 multiply-adds per two
-    /// instructions. Exact only for 7-bit activation codes (`|a₀w₀ + a₁w₁| ≤ 127·128·2 < 2¹⁵`,
-    /// so the i16 pair sums never saturate): chosen for `u7` inputs only.
-    Avx2U7,
-    /// AVX-VNNI `vpdpbusd` on ymm: u8 × i8 quads summed straight into i32, 32 multiply-adds per
-    /// instruction.
-    AvxVnni,
-    /// AVX-512 VNNI `vpdpbusd` over u8 × i8 quads summed straight into i32 (exact, no i16
-    /// intermediate): 64 multiply-adds per instruction.
-    Avx512Vnni,
-}
-
-impl Isa {
-    /// Every instruction set this CPU can run, best last (`Avx2U7` serves 7-bit inputs only).
-    /// `WICK_INT8_ISA=scalar|avx2|avx2u7|avxvnni` caps the choice (to compare kernels on one
-    /// machine).
-    pub fn available() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") {
-                v.push(Isa::Avx2);
-                v.push(Isa::Avx2U7);
-                if std::is_x86_feature_detected!("avxvnni") {
-                    v.push(Isa::AvxVnni);
-                }
-            }
-            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vnni") {
-                v.push(Isa::Avx512Vnni);
-            }
-        }
-        let cap = match std::env::var("WICK_INT8_ISA").as_deref() {
-            Ok("scalar") => Isa::Scalar,
-            Ok("avx2") => Isa::Avx2,
-            Ok("avx2u7") => Isa::Avx2U7,
-            Ok("avxvnni") => Isa::AvxVnni,
-            _ => Isa::Avx512Vnni,
-        };
-        v.retain(|&i| i as u8 <= cap as u8);
-        v
-    }
-
-    /// How reports name it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Scalar => "scalar",
-            Isa::Avx2 => "AVX2 vpmaddwd",
-            Isa::Avx2U7 => "AVX2 vpmaddubsw (7-bit activations)",
-            Isa::AvxVnni => "AVX-VNNI vpdpbusd",
-            Isa::Avx512Vnni => "AVX-512 VNNI vpdpbusd",
-        }
-    }
-
-    /// The best available for full 8-bit activation codes.
-    pub fn detect() -> Isa {
-        Isa::detect_for(false)
-    }
-
-    /// The best available for activation codes of 7 bits (`seven`) or 8.
-    pub fn detect_for(seven: bool) -> Isa {
-        Isa::available().into_iter().rfind(|&i| seven || i != Isa::Avx2U7).expect("scalar is always available")
-    }
-
-    /// Whether it reads u8 rows and quad-packed weights (the VNNI kernels).
-    pub fn quads(self) -> bool {
-        matches!(self, Isa::Avx2U7 | Isa::AvxVnni | Isa::Avx512Vnni)
-    }
-
-    /// Columns per panel of this layout.
-    fn panel(self) -> usize {
-        match self {
-            Isa::Avx512Vnni => super::vnni::PANEL_512,
-            Isa::AvxVnni | Isa::Avx2U7 => super::vnni::PANEL_256,
-            _ => PANEL,
-        }
-    }
-}
 
 /// Weights packed for the pair kernels (scalar, AVX2 `vpmaddwd`), which read i16 rows.
 #[derive(Debug, Clone)]
@@ -132,7 +48,7 @@ impl QuadPanels {
     /// hold zeros, so they add nothing whatever the activations hold there.
     pub fn pack(w: &[i8], n: usize, k: usize, isa: Isa) -> QuadPanels {
         assert!(w.len() == n * k && isa.quads(), "weight length and a quad kernel");
-        QuadPanels { n, k, kq: k.div_ceil(4) * 4, isa, quads: pack_panels(w, n, k, 4, isa.panel(), |v| v) }
+        QuadPanels { n, k, kq: k.div_ceil(4) * 4, isa, quads: pack_panels(w, n, k, 4, panel(isa), |v| v) }
     }
 }
 
@@ -190,7 +106,7 @@ impl Panels for QuadPanels {
     }
 
     fn acc_stride(&self) -> usize {
-        self.n.div_ceil(self.isa.panel()) * self.isa.panel()
+        self.n.div_ceil(panel(self.isa)) * panel(self.isa)
     }
 
     fn tile(&self, a: &TileRows<u8>, _: &mut (), buf: &mut [i32]) {
@@ -214,7 +130,7 @@ fn tile_rows(a: &TileRows<i16>, w: &PairPanels, buf: &mut [i32], np: usize) {
                 // whole pairs (`TileRows`, asserted above), `b` one or two whole panels, `dst`
                 // rows of `np ≥ p·8 + 16` (or `+ 8` for one panel) entries.
                 unsafe {
-                    use crate::gemm::tiles::pairs_avx2::dispatch;
+                    use crate::matmul::tiles::pairs_avx2::dispatch;
                     let steps = a.seg_len() / 2;
                     if two {
                         dispatch::<2>(a.ptrs(), a.segs(), steps, rows, b.as_ptr(), w.panel_len(), dst.as_mut_ptr(), np);
@@ -242,6 +158,15 @@ fn scalar_panel(a: &TileRows<i16>, b: &[i16], kpairs: usize, dst: &mut [i32], np
             }
             dst[r * np + col] = acc;
         }
+    }
+}
+
+/// Columns per panel of `isa`'s layout.
+fn panel(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512Vnni => super::vnni::PANEL_512,
+        Isa::AvxVnni | Isa::Avx2U7 => super::vnni::PANEL_256,
+        _ => PANEL,
     }
 }
 
@@ -280,7 +205,7 @@ mod tests {
         assert_eq!(&p[..8], &[0, 1, 10, 11, 20, 21, 0, 0]);
         assert_eq!(&p[16..24], &[4, 0, 14, 0, 24, 0, 0, 0]);
     }
-    use crate::gemm::blocked::{gemm, Rows};
+    use crate::matmul::blocked::{gemm, Rows};
     use crate::parallel::PARALLEL_MIN_MACS;
     use crate::runtime::kernels::gemm_u8i8;
 
