@@ -1,0 +1,49 @@
+//! The element-wise kernels of the compiled plans: global average pooling and the add and ReLU
+//! steps.
+
+use super::Value;
+use crate::runtime::epilogue::add_relu;
+
+/// `[N, C, spatial…] → [N, C]`: `mean = (Σ_p x[c][p]) · (1/P)`, summed in position order.
+pub(super) fn global_avg_pool(v: &Value) -> Value {
+    let (n, c) = (v.dims[0], v.dims[1]);
+    let s: usize = v.dims[2..].iter().product();
+    let scale = (1.0 / s as f64) as f32;
+    let mut out = vec![0f32; n * c];
+    for b in 0..n {
+        let src = &v.data[b * c * s..(b + 1) * c * s];
+        let dst = &mut out[b * c..(b + 1) * c];
+        if v.channels_last {
+            for p in 0..s {
+                for (d, &x) in dst.iter_mut().zip(&src[p * c..(p + 1) * c]) {
+                    *d += x;
+                }
+            }
+        } else {
+            for (ci, d) in dst.iter_mut().enumerate() {
+                *d = src[ci * s..(ci + 1) * s].iter().sum();
+            }
+        }
+        for d in dst.iter_mut() {
+            *d *= scale;
+        }
+    }
+    Value { data: out, dims: vec![n, c], channels_last: false }
+}
+
+/// [`add_relu`] for the add and ReLU steps, compiled for 8-wide vectors where the CPU has AVX2
+/// (the arithmetic is the same either way).
+pub(super) fn add_relu_in_place(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn wide(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
+                add_relu(a, b, relu)
+            }
+            // SAFETY: the CPU has AVX2.
+            return unsafe { wide(a, b, relu) };
+        }
+    }
+    add_relu(a, b, relu)
+}

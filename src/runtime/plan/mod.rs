@@ -1,0 +1,239 @@
+//! The compiled runtime: a model turned once into a list of steps over plain buffers, without
+//! candle in the hot path, for an INT8 artifact (`Plan::int8`) and for a float model
+//! (`Plan::float`). Activations flow channels last (`[N, H, W, C]`), so a conv's patch row is a
+//! run of whole pixels and its GEMM output is already the next layer's layout; a ReLU that is
+//! the only reader of a weight layer runs inside that layer's epilogue, and so does a two-input
+//! add that is the only reader of a weight layer whose other input is already computed (a
+//! residual shortcut: `max(y + shortcut, 0)` with the ReLU after it). Ops without a kernel
+//! here run through the float executor on a logical-layout tensor, so every model runs.
+//!
+//! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
+//!   layers reading one value with the same parameters share the codes), in one pass over the
+//!   value. The arithmetic is the hook executor's (`runtime::IntegerHook`): the
+//!   same codes, the same exact integer sums, the same f32 epilogue; only float reductions
+//!   outside the layers (global average pooling) may sum in another order.
+//! - Float: every BatchNorm that only a conv or linear feeds is folded into it at compile time
+//!   (`model::fold`), and every conv and linear runs the packed f32 GEMM. Outputs equal the
+//!   candle executor's up to float rounding (sums in another order, folded weights).
+
+mod elementwise;
+mod run;
+
+use super::flayer::FloatLayer;
+use super::qlayer::QLayer;
+use crate::artifact::Int8Model;
+use crate::error::{Result, WickError};
+use crate::model::arch::{Node, Op};
+use crate::model::forward::is_weight_layer;
+use crate::model::Model;
+use std::collections::BTreeMap;
+
+/// Samples per part below which a batch is not cut across threads (see [`Plan::predict`]).
+const SPLIT_MIN_SAMPLES: usize = 8;
+
+/// What one step computes.
+enum Kind {
+    Quant(Box<QLayer>),
+    Dense(Box<FloatLayer>),
+    Relu,
+    /// Element-wise sum of the inputs, then `max(·, 0)` when a ReLU was fused into it.
+    Add {
+        relu: bool,
+    },
+    GlobalAvgPool,
+    Flatten,
+    Identity,
+    /// Any other op (or a weight layer left in float by an INT8 model): the float executor.
+    Float,
+}
+
+impl Kind {
+    /// The flag of a step that can apply a following ReLU itself: a weight layer's epilogue, an
+    /// add's summing loop.
+    fn fused_relu(&mut self) -> Option<&mut bool> {
+        match self {
+            Kind::Quant(q) => Some(&mut q.relu),
+            Kind::Dense(f) => Some(&mut f.relu),
+            Kind::Add { relu } => Some(relu),
+            _ => None,
+        }
+    }
+}
+
+struct Step {
+    node: usize,
+    kind: Kind,
+    inputs: Vec<usize>,
+    output: usize,
+    /// For a weight layer: the other input of a two-input add fused into its output loop (the
+    /// add read this layer's output only), and whether a ReLU follows the add.
+    residual: Option<(usize, bool)>,
+}
+
+/// A compiled model.
+pub struct Plan {
+    /// The float model whose graph the steps follow (BatchNorm folded for a float plan); its
+    /// parameters serve the steps the float executor runs.
+    model: Model,
+    steps: Vec<Step>,
+    slots: usize,
+    output: usize,
+    /// Per slot, the index of the last step that reads it (freed after it).
+    last_use: Vec<usize>,
+    /// The compiled model's `audit::fingerprint` (debug builds; 0 in release builds).
+    fingerprint: u64,
+}
+
+/// A value: f32 data with its logical dims (with the batch) and its physical layout.
+struct Value {
+    data: Vec<f32>,
+    dims: Vec<usize>,
+    /// Stored as `[N, spatial…, C]` instead of `[N, C, spatial…]` (rank ≥ 3 only).
+    channels_last: bool,
+}
+
+impl Plan {
+    /// Compiles INT8 model `m`: its quantised layers run the integer GEMM, the rest in float.
+    pub fn int8(m: &Int8Model) -> Result<Plan> {
+        let fingerprint = if cfg!(debug_assertions) { crate::audit::fingerprint_int8(m) } else { 0 };
+        crate::audit::record(|| crate::audit::Event::Compiled { model: fingerprint, int8: true });
+        Plan::compile(m.model.clone(), fingerprint, |node, in_shape| {
+            let Some(q) = m.layers.get(&node.name) else { return Ok(Kind::Float) };
+            match QLayer::new(q, &node.op, in_shape, m.bias(&node.name)?) {
+                Some(l) => Ok(Kind::Quant(Box::new(l))),
+                None => Err(WickError::node(&node.name, "has a shape the integer runtime cannot lay out")),
+            }
+        })
+    }
+
+    /// Compiles float model `m` for inference (eval mode): BatchNorm folded, every conv and
+    /// linear on the packed f32 GEMM.
+    pub fn float(m: &Model) -> Result<Plan> {
+        let fingerprint = if cfg!(debug_assertions) { crate::audit::fingerprint(m) } else { 0 };
+        crate::audit::record(|| crate::audit::Event::Compiled { model: fingerprint, int8: false });
+        let (folded, _) = crate::model::fold::fold_batchnorm(m)?;
+        let vec = |name: &str| -> Result<Vec<f32>> { Ok(folded.p(name).flatten_all()?.to_vec1()?) };
+        let layers = |node: &Node, in_shape: &[usize]| -> Result<Kind> {
+            let bias = match folded.params.contains_key(&node.param("bias")) {
+                true => Some(vec(&node.param("bias"))?),
+                false => None,
+            };
+            Ok(match FloatLayer::new(&node.op, in_shape, &vec(&node.param("weight"))?, bias) {
+                Some(l) => Kind::Dense(Box::new(l)),
+                None => Kind::Float,
+            })
+        };
+        Plan::compile(folded.clone(), fingerprint, layers)
+    }
+
+    /// Compiles the steps of `model`, asking `weight_layer(node, per-sample input shape)` what
+    /// each conv and linear runs.
+    fn compile(model: Model, fingerprint: u64, weight_layer: impl Fn(&Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
+        let arch = &model.arch;
+        let mut slot_of: BTreeMap<&str, usize> = BTreeMap::new();
+        slot_of.insert(arch.input.name.as_str(), 0);
+        let mut readers: BTreeMap<&str, usize> = BTreeMap::new();
+        for node in &arch.nodes {
+            for i in &node.inputs {
+                *readers.entry(i.as_str()).or_default() += 1;
+            }
+        }
+        let out_name = arch.output_name();
+        let mut steps: Vec<Step> = vec![];
+        let mut slots = 1;
+        for &ni in &model.graph.order {
+            let node = &arch.nodes[ni];
+            let inputs: Vec<usize> = node.inputs.iter().map(|i| slot_of[i.as_str()]).collect();
+            // A ReLU whose input is a weight layer or an add read by nothing else joins it.
+            if matches!(node.op, Op::Relu(_)) {
+                let src = node.inputs[0].as_str();
+                if let Some(last) = steps.last_mut() {
+                    let single = readers.get(src) == Some(&1) && src != out_name && arch.nodes[last.node].name == src;
+                    if let Some(relu) = last.kind.fused_relu().filter(|r| single && !**r) {
+                        *relu = true;
+                        slot_of.insert(node.name.as_str(), last.output);
+                        continue;
+                    }
+                }
+            }
+            let kind = match &node.op {
+                op if is_weight_layer(op) => weight_layer(node, &model.graph.shapes[node.inputs[0].as_str()])?,
+                Op::Relu(_) => Kind::Relu,
+                Op::Add(_) => Kind::Add { relu: false },
+                Op::GlobalAvgPool(_) => Kind::GlobalAvgPool,
+                Op::Flatten(_) => Kind::Flatten,
+                Op::Dropout(_) => Kind::Identity,
+                _ => Kind::Float,
+            };
+            steps.push(Step { node: ni, kind, inputs, output: slots, residual: None });
+            slot_of.insert(node.name.as_str(), slots);
+            slots += 1;
+        }
+        let output = slot_of[out_name];
+        fuse_residual_adds(&mut steps, output);
+        let mut last_use = vec![usize::MAX; slots];
+        for (si, s) in steps.iter().enumerate() {
+            for i in s.reads() {
+                last_use[i] = si;
+            }
+        }
+        last_use[output] = usize::MAX;
+        Ok(Plan { model, steps, slots, output, last_use, fingerprint })
+    }
+
+    /// The compiled model's `audit::fingerprint` (0 in release builds).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// The weight layers with a residual add fused into their output loop, as
+    /// `(layer, node computing the add's other input, ReLU after the add)`; the model input is
+    /// named by the architecture's input name (see `Step::residual`).
+    pub fn residual_adds(&self) -> Vec<(&str, &str, bool)> {
+        let name = |slot: usize| match self.steps.iter().find(|s| s.output == slot) {
+            Some(s) => self.model.arch.nodes[s.node].name.as_str(),
+            None => self.model.arch.input.name.as_str(),
+        };
+        let layer = |s: &Step| self.model.arch.nodes[s.node].name.as_str();
+        self.steps.iter().filter_map(|s| s.residual.map(|(r, relu)| (layer(s), name(r), relu))).collect()
+    }
+}
+
+impl Step {
+    /// The slots this step reads: its inputs, then a fused residual.
+    fn reads(&self) -> impl Iterator<Item = usize> + '_ {
+        self.inputs.iter().copied().chain(self.residual.map(|r| r.0))
+    }
+}
+
+/// Folds each two-input add into the weight layer that computes one of its inputs
+/// (`Step::residual`) when the add is that layer's only reader and the other input is the
+/// model's input or computed by an earlier step (so it exists when the layer runs). The layer
+/// then writes the add's output slot and the add step is gone.
+fn fuse_residual_adds(steps: &mut Vec<Step>, model_output: usize) {
+    let producer = |steps: &[Step], slot: usize| steps.iter().position(|s| s.output == slot);
+    let reads = |steps: &[Step], slot: usize| steps.iter().map(|s| s.reads().filter(|&i| i == slot).count()).sum::<usize>();
+    let mut si = 0;
+    while si < steps.len() {
+        let Kind::Add { relu } = steps[si].kind else {
+            si += 1;
+            continue;
+        };
+        let ins = steps[si].inputs.clone();
+        let fusable = |k: usize| {
+            let (mine, other) = (ins[k], ins[1 - k]);
+            let li = producer(steps, mine)?;
+            let layer = matches!(steps[li].kind, Kind::Quant(_) | Kind::Dense(_)) && steps[li].residual.is_none();
+            let before = producer(steps, other).is_none_or(|oi| oi < li);
+            (layer && mine != other && mine != model_output && reads(steps, mine) == 1 && before).then_some((li, other))
+        };
+        match (ins.len() == 2).then(|| fusable(0).or_else(|| fusable(1))).flatten() {
+            Some((li, other)) => {
+                steps[li].residual = Some((other, relu));
+                steps[li].output = steps[si].output;
+                steps.remove(si);
+            }
+            None => si += 1,
+        }
+    }
+}

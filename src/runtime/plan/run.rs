@@ -1,0 +1,198 @@
+//! Running a compiled plan: the batch cut into one part per thread, and the interpreter that
+//! walks the steps over channels-last buffers, quantising each integer layer's input once per
+//! quantiser and freeing each value after its last reader.
+
+use super::elementwise::{add_relu_in_place, global_avg_pool};
+use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
+use crate::error::{Result, WickError};
+use crate::model::im2col::transpose_batched;
+use crate::quant::QParams;
+use crate::runtime::qlayer::Codes;
+use candle_core::Tensor;
+
+impl Plan {
+    /// Logits for a batch `[N, …]`. With more than one thread and at least
+    /// `2·SPLIT_MIN_SAMPLES` samples, the batch is cut into one contiguous part per thread and
+    /// the parts run the whole plan side by side: one fork and join per batch instead of one per
+    /// layer, and the steps between the GEMMs (adds, layout changes, quantisation) run in
+    /// parallel too. Every output row depends on its own sample only (static quantisation, each
+    /// GEMM row summed alone), so the logits are bit-identical to one pass over the batch.
+    pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        self.predict_in_parts(x, rayon::current_num_threads().min(n / SPLIT_MIN_SAMPLES))
+    }
+
+    /// [`Plan::predict`] with the batch cut into `parts` contiguous parts (at most one per
+    /// sample), run side by side on the pool's threads, each start to finish on one thread
+    /// (bit-identical for any `parts`): to measure part sizes against each other.
+    pub fn predict_in_parts(&self, x: &Tensor, parts: usize) -> Result<Tensor> {
+        self.model.check_input(x)?;
+        let n = x.dim(0)?;
+        let parts = parts.min(n);
+        if parts < 2 {
+            return self.predict_all(x);
+        }
+        // One part per thread, nothing inside a part split further (`map_parts`): the other
+        // threads are busy with their own parts.
+        let mut ids: Vec<usize> = (0..parts).collect();
+        let outs = crate::parallel::map_parts(&mut ids, 1, |p, _| {
+            let (start, end) = (p * n / parts, (p + 1) * n / parts);
+            self.predict_all(&x.narrow(0, start, end - start)?)
+        });
+        let outs = outs.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+
+    /// Logits for a batch, every step over the whole batch.
+    fn predict_all(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let mut vals: Vec<Option<Value>> = (0..self.slots).map(|_| None).collect();
+        vals[0] = Some(Value { data: x.flatten_all()?.to_vec1()?, dims: x.dims().to_vec(), channels_last: false });
+        let mut codes: Vec<Quantised> = vec![];
+        for (si, step) in self.steps.iter().enumerate() {
+            let node = &self.model.arch.nodes[step.node];
+            let y = match &step.kind {
+                Kind::Quant(q) => {
+                    let conv = matches!(q.shape, crate::runtime::layout::LayerShape::Conv(_));
+                    let src = step.inputs[0];
+                    let v = vals[src].as_mut().expect("input computed");
+                    set_layout(v, conv);
+                    let dims = v.dims.clone();
+                    let form = (v.channels_last, q.reads_bytes());
+                    let at = match codes.iter().position(|c| c.0 == src && c.1 == q.input && c.2 == form) {
+                        Some(i) => i,
+                        None => {
+                            let Some(c) = q.quantize(&v.data) else {
+                                let bad = v.data.iter().find(|f| !f.is_finite()).expect("quantize found one");
+                                return Err(WickError::node(&node.name, format!("input holds a non-finite value ({bad})")));
+                            };
+                            codes.push((src, q.input, form, c));
+                            codes.len() - 1
+                        }
+                    };
+                    let out_dims = out_dims(&self.model.graph.shapes[node.name.as_str()], n);
+                    let channels_last = conv && out_dims.len() >= 3;
+                    set_residual_layout(&mut vals, step, channels_last);
+                    let residual = residual_of(&vals, step);
+                    let data = q.run(&codes[at].3, n, residual);
+                    debug_assert_eq!(data.len(), out_dims.iter().product::<usize>(), "{} {:?}", node.name, dims);
+                    Value { data, dims: out_dims, channels_last }
+                }
+                Kind::Dense(f) => {
+                    let conv = matches!(f.shape, crate::runtime::layout::LayerShape::Conv(_));
+                    let v = vals[step.inputs[0]].as_mut().expect("input computed");
+                    set_layout(v, conv);
+                    let cl = conv && v.dims.len() >= 3;
+                    let dims = out_dims(&self.model.graph.shapes[node.name.as_str()], n);
+                    set_residual_layout(&mut vals, step, cl);
+                    let x = &vals[step.inputs[0]].as_ref().expect("input computed").data;
+                    Value { data: f.run(x, n, residual_of(&vals, step)), dims, channels_last: cl }
+                }
+                Kind::Relu => {
+                    let mut v = self.owned(&mut vals, step, si);
+                    add_relu_in_place(&mut v.data, None, true);
+                    v
+                }
+                Kind::Identity => self.owned(&mut vals, step, si),
+                Kind::Add { relu } => {
+                    let cl = vals[step.inputs[0]].as_ref().expect("input computed").channels_last;
+                    for &i in &step.inputs[1..] {
+                        set_layout(vals[i].as_mut().expect("input computed"), cl);
+                    }
+                    // Summed in input order, as the float executor does; the ReLU in the last
+                    // input's loop.
+                    let mut acc = self.owned(&mut vals, step, si);
+                    let last = step.inputs.len() - 1;
+                    for (k, &i) in step.inputs.iter().enumerate().skip(1) {
+                        add_relu_in_place(&mut acc.data, Some(&vals[i].as_ref().expect("input computed").data), *relu && k == last);
+                    }
+                    if *relu && last == 0 {
+                        add_relu_in_place(&mut acc.data, None, true);
+                    }
+                    acc
+                }
+                Kind::GlobalAvgPool => global_avg_pool(vals[step.inputs[0]].as_ref().expect("input computed")),
+                Kind::Flatten => {
+                    set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
+                    let v = self.owned(&mut vals, step, si);
+                    Value { data: v.data, dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: false }
+                }
+                Kind::Float => {
+                    let mut ins = vec![];
+                    for &i in &step.inputs {
+                        let v = vals[i].as_mut().expect("input computed");
+                        set_layout(v, false);
+                        ins.push(Tensor::from_slice(&v.data, v.dims.as_slice(), x.device())?);
+                    }
+                    let refs: Vec<&Tensor> = ins.iter().collect();
+                    let y = self.model.node_eval(node, &refs)?;
+                    Value { data: y.flatten_all()?.to_vec1()?, dims: y.dims().to_vec(), channels_last: false }
+                }
+            };
+            vals[step.output] = Some(y);
+            for i in step.reads() {
+                if self.last_use[i] == si {
+                    vals[i] = None;
+                }
+            }
+            codes.retain(|c| vals[c.0].is_some());
+        }
+        let mut out = vals[self.output].take().expect("output computed");
+        set_layout(&mut out, false);
+        Ok(Tensor::from_vec(out.data, out.dims, x.device())?)
+    }
+}
+
+impl Plan {
+    /// The first input of `step` as an owned value: moved out when this step is its last reader
+    /// (and reads it once), copied otherwise, so element-wise ops work in place.
+    fn owned(&self, vals: &mut [Option<Value>], step: &Step, si: usize) -> Value {
+        let slot = step.inputs[0];
+        let once = step.inputs.iter().filter(|&&i| i == slot).count() == 1;
+        if self.last_use[slot] == si && once {
+            return vals[slot].take().expect("input computed");
+        }
+        let v = vals[slot].as_ref().expect("input computed");
+        Value { data: v.data.clone(), dims: v.dims.clone(), channels_last: v.channels_last }
+    }
+}
+
+/// Stores the fused residual of `step` (if any) in the layout of the step's output.
+fn set_residual_layout(vals: &mut [Option<Value>], step: &Step, channels_last: bool) {
+    if let Some((r, _)) = step.residual {
+        set_layout(vals[r].as_mut().expect("residual computed"), channels_last);
+    }
+}
+
+/// The fused residual of `step` as its layer's output loop takes it: `(shortcut, relu)`.
+fn residual_of<'a>(vals: &'a [Option<Value>], step: &Step) -> Option<(&'a [f32], bool)> {
+    step.residual.map(|(r, relu)| (vals[r].as_ref().expect("residual computed").data.as_slice(), relu))
+}
+
+/// Codes of a slot under a quantiser, in a layout and a code type (`(channels last, bytes)`);
+/// kept while the slot lives.
+type Quantised = (usize, QParams, (bool, bool), Codes);
+
+/// `[n] ++ per-sample shape`.
+fn out_dims(per_sample: &[usize], n: usize) -> Vec<usize> {
+    std::iter::once(n).chain(per_sample.iter().copied()).collect()
+}
+
+/// Stores `v` channels last (`true`) or in logical order (`false`); values of rank ≤ 2 are the
+/// same either way.
+fn set_layout(v: &mut Value, channels_last: bool) {
+    if v.dims.len() < 3 {
+        v.channels_last = false;
+        return;
+    }
+    if v.channels_last == channels_last {
+        return;
+    }
+    let (n, c) = (v.dims[0], v.dims[1]);
+    let s: usize = v.dims[2..].iter().product();
+    v.data = match channels_last {
+        true => transpose_batched(&v.data, n, c, s),
+        false => transpose_batched(&v.data, n, s, c),
+    };
+    v.channels_last = channels_last;
+}
