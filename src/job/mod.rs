@@ -1,9 +1,18 @@
 //! One compression job, from teacher to `DIR/model.int8.safetensors`, `DIR/report.json`,
-//! `DIR/report.md` and `DIR/accuracy_vs_size.svg`: run the recipe, write the artifact, read it
-//! back and execute it with integer arithmetic on the test set, measure latency, apply the gate
-//! (with optional per-layer sensitivity and float fallback) and write the report. Outputs are
-//! built in a staging folder inside DIR and renamed into place at the end, so an interrupted run
-//! leaves no partial files (the CLI removes the staging folder on SIGINT/SIGTERM).
+//! `DIR/report.md` and `DIR/accuracy_vs_size.svg`: run the recipe, execute the INT8 model with
+//! integer arithmetic on the test set, apply the gate (with optional per-layer sensitivity and
+//! float fallback), write the artifact once and check the file read back bit for bit against the
+//! model evaluated, measure latency and write the report. Outputs are built in a staging folder
+//! inside DIR (`staging.rs`) and renamed into place at the end, so an interrupted run leaves no
+//! partial files (the CLI removes the staging folder on SIGINT/SIGTERM).
+
+mod inputs;
+mod staging;
+
+pub use inputs::{already_done, input_fingerprint};
+use inputs::{info, input_files};
+use staging::Staging;
+pub use staging::{remove_staging, STAGING};
 
 use crate::artifact::Int8Model;
 use crate::compare::{drop_points, drop_relative, file_bytes, read_int8, Comparison};
@@ -14,15 +23,14 @@ use crate::model::load::load_model;
 use crate::passes::{Allowance, Ctx, Data};
 use crate::pipeline::{self, Outcome};
 use crate::progress::{Progress, Silent};
-use crate::provenance::{file_sha256, tool_version};
-use crate::report::{self, latency, FileInfo, Ratios, Report, Sensitivity};
+use crate::provenance::tool_version;
+use crate::report::{self, latency, Ratios, Report, Sensitivity};
 use crate::runtime::plan::Plan;
 use crate::runtime::{kernels::Kernel, Exec};
 use crate::tensor_file::write_atomic;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// What to compress and how.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -66,83 +74,11 @@ impl JobSpec {
     }
 }
 
-/// Staging folders of runs in progress, for the CLI's interrupt handler to remove.
-pub static STAGING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// Removes every staging folder of runs in progress (on interrupt).
-pub fn remove_staging() {
-    if let Ok(v) = STAGING.lock() {
-        for d in v.iter() {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
-struct Staging(PathBuf);
-impl Staging {
-    fn new(out: &Path) -> Result<Staging> {
-        std::fs::create_dir_all(out).map_err(|e| WickError::io(out, e))?;
-        let d = tempfile::Builder::new().prefix(".wick-staging-").tempdir_in(out).map_err(|e| WickError::io(out, e))?.keep();
-        STAGING.lock().expect("staging registry").push(d.clone());
-        Ok(Staging(d))
-    }
-}
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        if let Ok(mut v) = STAGING.lock() {
-            v.retain(|d| d != &self.0);
-        }
-    }
-}
-
 /// The file names a job writes.
 pub const ARTIFACT: &str = "model.int8.safetensors";
 pub const REPORT_JSON: &str = "report.json";
 pub const REPORT_MD: &str = "report.md";
 pub const CHART: &str = "accuracy_vs_size.svg";
-
-fn info(p: &Path) -> Result<FileInfo> {
-    Ok(FileInfo { path: p.display().to_string(), sha256: file_sha256(p)? })
-}
-
-/// Hashes of the job's inputs, recipe and seed, as the report records them.
-pub fn input_fingerprint(spec: &JobSpec) -> Result<serde_json::Value> {
-    let recipe = crate::recipe::resolve(&spec.recipe)?;
-    let mut inputs = BTreeMap::new();
-    for (k, p) in [("teacher", Some(&spec.model)), ("train", Some(&spec.train)), ("val", Some(&spec.val)), ("test", Some(&spec.test)), ("calib", spec.calib.as_ref()), ("arch", spec.arch.as_ref())] {
-        if let Some(p) = p {
-            inputs.insert(k.to_string(), info(p)?);
-        }
-    }
-    Ok(json!({"inputs": inputs, "recipe": info(&recipe)?, "seed": spec.seed}))
-}
-
-/// The job's input files as the report records them, hashed from the bytes already read (the
-/// architecture file, when given, is read again: it is a few kilobytes).
-fn input_files(spec: &JobSpec, teacher_sha256: &str, splits: [(&str, &Dataset); 3], calib: Option<&Dataset>) -> Result<BTreeMap<String, FileInfo>> {
-    let mut inputs = BTreeMap::new();
-    let file = |p: &Path, sha: &str| FileInfo { path: p.display().to_string(), sha256: sha.to_string() };
-    inputs.insert("teacher".to_string(), file(&spec.model, teacher_sha256));
-    for ((name, d), p) in splits.into_iter().zip([&spec.train, &spec.val, &spec.test]) {
-        inputs.insert(name.to_string(), file(p, &d.sha256));
-    }
-    if let (Some(d), Some(p)) = (calib, &spec.calib) {
-        inputs.insert("calib".to_string(), file(p, &d.sha256));
-    }
-    if let Some(p) = &spec.arch {
-        inputs.insert("arch".to_string(), info(p)?);
-    }
-    Ok(inputs)
-}
-
-/// Whether `spec.out` already holds a report of the same inputs, recipe and seed.
-pub fn already_done(spec: &JobSpec) -> bool {
-    let Ok(text) = std::fs::read_to_string(spec.out.join(REPORT_JSON)) else { return false };
-    let Ok(old) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
-    let Ok(now) = input_fingerprint(spec) else { return false };
-    spec.out.join(ARTIFACT).is_file() && old["inputs"] == now["inputs"] && old["recipe"] == now["recipe"] && old["seed"] == now["seed"]
-}
 
 /// Runs the job; returns the report (whose gate says whether it passed).
 pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
