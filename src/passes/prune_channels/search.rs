@@ -1,7 +1,8 @@
 //! `ratio: auto`: the largest pruning ratio the accuracy budget allows. From the model as it
 //! comes, each step removes `search_step` of the remaining channels (ranked again on the
 //! recovered model), recovers, and measures how close it stays to the teacher
-//! (`Budget::within`: validation accuracy and agreement on the training split). A step that
+//! (`Budget::within`: an upper bound of the validation drop, and agreement on the training
+//! split). A step that
 //! stays within `SEARCH_SHARE` of the budget is taken; one that does not is undone
 //! and tried again at half the step, at most twice; the search stops there, at `max_ratio`, or
 //! when no channel is left to remove. The rest of the budget is left for quantisation and for
