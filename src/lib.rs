@@ -14,6 +14,7 @@ pub mod job;
 pub mod matmul;
 pub mod model;
 pub mod parallel;
+pub mod partial_files;
 pub mod passes;
 pub mod pipeline;
 pub mod progress;

@@ -19,11 +19,8 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    // An interrupted compression leaves no partial outputs: remove its staging folders.
-    let _ = ctrlc::set_handler(|| {
-        wick::job::remove_staging();
-        std::process::exit(130);
-    });
+    // An interrupted run leaves no partial outputs: remove its temporary files and staging folders.
+    let _ = ctrlc::set_handler(|| wick::partial_files::interrupted());
     match cli::run(parsed) {
         Ok(cli::Outcome::Ok) => ExitCode::SUCCESS,
         Ok(cli::Outcome::GateFailed) => ExitCode::from(1),

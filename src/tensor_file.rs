@@ -3,6 +3,7 @@
 //! writes (temporary file in the same folder, then rename). Uses only `error`.
 
 use crate::error::{Result, WickError};
+use crate::partial_files::{self, Partial};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
@@ -144,15 +145,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::Builder::new().prefix(".wick-tmp-").tempfile_in(&dir).map_err(|e| WickError::io(&dir, e))?;
-    tmp.write_all(bytes).map_err(|e| WickError::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| WickError::io(path, e))?;
-    // Temporary files are created private (0600); a written artifact is an ordinary file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
-    }
+    // Created and renamed under the partial-file lock, so that an interrupt removes it unless
+    // it is already in place (partial_files.rs).
+    let (mut tmp, partial) = {
+        let mut reg = partial_files::lock();
+        partial_files::remove_stale(&dir);
+        let tmp = tempfile::Builder::new().prefix(&partial_files::owned_prefix(partial_files::TMP_PREFIX)).tempfile_in(&dir).map_err(|e| WickError::io(&dir, e))?;
+        let partial = Partial::File(tmp.path().to_path_buf());
+        reg.push(partial.clone());
+        (tmp, partial)
+    };
+    let written: std::io::Result<()> = (|| {
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        // Temporary files are created private (0600); a written artifact is an ordinary file.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
+        Ok(())
+    })();
+    let mut reg = partial_files::lock();
+    partial_files::forget(&mut reg, &partial);
+    written.map_err(|e| WickError::io(path, e))?;
     tmp.persist(path).map_err(|e| WickError::io(path, e.error))?;
     Ok(())
 }
