@@ -5,8 +5,7 @@
 
 use super::Outcome;
 use rayon::prelude::*;
-use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 use wick::job::{self, JobSpec};
 
@@ -24,31 +23,6 @@ pub struct Args {
     json: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Manifest {
-    jobs: Vec<NamedJob>,
-}
-
-/// A job: its `name` and the fields of `compress` (`JobSpec`, which denies unknown fields: a
-/// flattened struct would ignore a misspelled one).
-struct NamedJob {
-    name: String,
-    spec: JobSpec,
-}
-
-impl<'de> Deserialize<'de> for NamedJob {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let serde_json::Value::Object(mut m) = serde_json::Value::deserialize(d)? else { return Err(serde::de::Error::custom("a job must be a JSON object")) };
-        let name = match m.remove("name") {
-            Some(serde_json::Value::String(s)) => s,
-            _ => return Err(serde::de::Error::custom("a job lacks a string field 'name'")),
-        };
-        let spec = serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| serde::de::Error::custom(format!("job '{name}': {e}")))?;
-        Ok(NamedJob { name, spec })
-    }
-}
-
 #[derive(serde::Serialize)]
 struct Row {
     job: String,
@@ -57,13 +31,6 @@ struct Row {
     size_ratio: Option<f64>,
     seconds: f64,
     error: Option<String>,
-}
-
-/// Paths in a manifest are relative to the manifest's folder.
-fn rebase(base: &Path, p: &mut PathBuf) {
-    if p.is_relative() {
-        *p = base.join(&*p);
-    }
 }
 
 /// A job whose report is up to date: its gate is judged again from the stored numbers, since
@@ -84,25 +51,10 @@ fn skipped(name: &str, spec: &JobSpec) -> Row {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    let text = std::fs::read_to_string(&a.manifest).map_err(|e| anyhow::anyhow!("{}: {e}", a.manifest.display()))?;
-    let mut m: Manifest = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("manifest {}: {e}", a.manifest.display()))?;
-    let base = a.manifest.parent().map(Path::to_path_buf).unwrap_or_default();
-    for j in &mut m.jobs {
-        let s = &mut j.spec;
-        for p in [&mut s.model, &mut s.train, &mut s.val, &mut s.test, &mut s.out] {
-            rebase(&base, p);
-        }
-        for p in [&mut s.arch, &mut s.calib].into_iter().flatten() {
-            rebase(&base, p);
-        }
-        if !Path::new(&s.recipe).is_absolute() && base.join(&s.recipe).is_file() {
-            s.recipe = base.join(&s.recipe).display().to_string();
-        }
-    }
+    let jobs = job::manifest::read(&a.manifest)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(a.jobs.max(1)).build()?;
     let rows: Vec<Row> = pool.install(|| {
-        m.jobs
-            .par_iter()
+        jobs.par_iter()
             .map(|j| {
                 let started = Instant::now();
                 if !a.force && job::already_done(&j.spec) {

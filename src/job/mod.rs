@@ -4,15 +4,15 @@
 //! float fallback), write the artifact once and check the file read back bit for bit against the
 //! model evaluated, measure latency and write the report. Outputs are built in a staging folder
 //! inside DIR (`staging.rs`) and renamed into place at the end, so an interrupted run leaves no
-//! partial files (the CLI removes the staging folder on SIGINT/SIGTERM).
+//! partial files (the CLI removes the staging folder on SIGINT/SIGTERM and SIGHUP).
 
 mod inputs;
+pub mod manifest;
 mod staging;
 
 pub use inputs::{already_done, input_fingerprint};
 use inputs::{info, input_files};
 use staging::Staging;
-pub use staging::{remove_staging, STAGING};
 
 use crate::artifact::Int8Model;
 use crate::compare::{drop_points, drop_relative, file_bytes, read_int8, Comparison};
@@ -102,7 +102,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     let ctx = Ctx::with_teacher_results(&teacher, Data { train: &train, val: &val, calib: &calib }, spec.seed, spec.max_epochs, allowance, t_val, t_train, progress);
     let Outcome { folded, int8: mut q, mut stages, final_stages, mut final_measure } = pipeline::run(&recipe, &ctx, &test)?;
     let staging = Staging::new(&spec.out)?;
-    let staged = staging.0.join(ARTIFACT);
+    let staged = staging.dir.join(ARTIFACT);
     let inputs = input_files(spec, &loaded.sha256, [("train", &train), ("val", &val), ("test", &test)], spec.calib.as_ref().map(|_| &calib))?;
     // The data files' hashes are in report.json; the artifact names its teacher.
     q.info.insert("provenance".into(), json!({"recipe": recipe.name, "tool": tool_version(), "seed": spec.seed, "teacher": inputs["teacher"]}));
@@ -212,14 +212,12 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
         Allowance::Relative(r) => t * (1.0 - r),
     });
     let svg = report::chart::accuracy_vs_size(&points, floor)?;
-    write_atomic(&staging.0.join(CHART), svg.as_bytes())?;
-    write_atomic(&staging.0.join(REPORT_MD), report::markdown::render(&rep, CHART).as_bytes())?;
+    write_atomic(&staging.dir.join(CHART), svg.as_bytes())?;
+    write_atomic(&staging.dir.join(REPORT_MD), report::markdown::render(&rep, CHART).as_bytes())?;
     let mut json_text = serde_json::to_string_pretty(&rep).expect("report serialises");
     json_text.push('\n');
-    write_atomic(&staging.0.join(REPORT_JSON), json_text.as_bytes())?;
+    write_atomic(&staging.dir.join(REPORT_JSON), json_text.as_bytes())?;
     // All outputs exist; move them into place (the report last, so a report implies an artifact).
-    for name in [ARTIFACT, CHART, REPORT_MD, REPORT_JSON] {
-        std::fs::rename(staging.0.join(name), spec.out.join(name)).map_err(|e| WickError::io(spec.out.join(name), e))?;
-    }
+    staging.commit(&[ARTIFACT, CHART, REPORT_MD, REPORT_JSON])?;
     Ok(rep)
 }

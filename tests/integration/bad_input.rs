@@ -281,3 +281,55 @@ fn a_bad_test_set_leaves_no_artifact() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left.len(), 1, "only the bad test set: {left:?}");
 }
+
+/// Recipe fields out of range and gate flags that are not numbers in range are errors naming
+/// the field or flag (exit 2), never an accuracy-gate failure (exit 1) or a silent default.
+#[test]
+fn recipe_fields_and_gate_flags_out_of_range_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = &TEACHERS[0];
+    let compress = |recipe: &str, extra: &[&str]| -> String {
+        let out = dir.path().join("out");
+        let mut args: Vec<String> = vec!["compress".into(), t.path().display().to_string(), "--recipe".into(), recipe.into(), "--out".into(), out.display().to_string(), "--quiet".into()];
+        args.extend(t.data_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (_, err) = run_expect(&args.iter().map(String::as_str).collect::<Vec<_>>(), 2);
+        assert!(!out.exists(), "a refused job writes nothing");
+        err
+    };
+    for (flag, value, want) in [("--max-accuracy-drop", "NaN", "NaN is not a number of points"), ("--max-accuracy-drop", "-1", "-1 is not"), ("--max-relative-drop", "NaN", "NaN is not a fraction")] {
+        let err = compress("ptq-int8", &[flag, value]);
+        assert!(err.contains(flag) && err.contains(want) && !err.contains("gate failed"), "{flag} {value}: {err}");
+    }
+    let head = r#"{"pass": "fold_batchnorm"}, {"pass": "calibrate"#;
+    for (passes, want) in [
+        (format!(r#"{head}", "method": "percentile", "percentile": 250}}, {{"pass": "convert_int8"}}"#), ["calibrate", "'percentile' is 250"]),
+        (format!(r#"{head}"}}, {{"pass": "qat", "alpha": 2}}, {{"pass": "convert_int8"}}"#), ["qat", "'alpha' is 2"]),
+        (format!(r#"{head}"}}, {{"pass": "qat", "temperature": 0}}, {{"pass": "convert_int8"}}"#), ["qat", "'temperature' is 0"]),
+        (format!(r#"{head}"}}, {{"pass": "convert_int8"}}, {{"pass": "convert_int8"}}"#), ["passes[3]", "must be the last step"]),
+    ] {
+        let recipe = dir.path().join("r.json");
+        std::fs::write(&recipe, format!(r#"{{"name": "r", "passes": [{passes}]}}"#)).unwrap();
+        let err = compress(recipe.to_str().unwrap(), &[]);
+        assert!(want.iter().all(|w| err.contains(w)) && err.contains("r.json"), "{passes}: {err}");
+    }
+    let (tr, va) = (digits("train"), digits("val"));
+    let out = dir.path().join("p.safetensors");
+    let (_, err) =
+        run_expect(&["prune", mlp_path().to_str().unwrap(), "--ratio", "0.5", "--steps", "0", "--train", tr.to_str().unwrap(), "--val", va.to_str().unwrap(), "--out", out.to_str().unwrap()], 2);
+    assert!(err.contains("--steps"), "{err}");
+}
+
+/// Two tensors whose data overlap: the error names the file and the tensor.
+#[test]
+fn overlapping_tensor_data_names_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}  "#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0; 12]);
+    let p = dir.path().join("overlap.safetensors");
+    std::fs::write(&p, bytes).unwrap();
+    let (_, err) = run_expect(&["inspect", p.to_str().unwrap()], 2);
+    assert!(err.contains("overlap.safetensors") && err.contains("`b`"), "{err}");
+}
