@@ -46,7 +46,7 @@ impl QuantLayer {
 /// An INT8 model: a float model whose quantised layers hold their *dequantised* weights
 /// (`q · s_c`, so the float simulation and every float op share one executor), plus the integer
 /// data of each quantised layer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Int8Model {
     pub model: Model,
     pub layers: BTreeMap<String, QuantLayer>,

@@ -51,7 +51,7 @@ pub fn int8_of(model: &Model, data: &Dataset, act: ActType) -> Result<Int8Model>
 
 /// Median seconds of one training epoch over `reps` epochs (after one warm-up epoch).
 pub fn train_epoch_seconds(model: &Model, train: &Dataset, reps: usize) -> Result<f64> {
-    let m = model.deep_clone()?;
+    let mut m = model.deep_clone()?;
     let cfg = TrainConfig {
         epochs: 1,
         batch_size: 64,
@@ -69,7 +69,8 @@ pub fn train_epoch_seconds(model: &Model, train: &Dataset, reps: usize) -> Resul
     let mut t = vec![];
     for i in 0..=reps {
         let s = Instant::now();
-        fit(&m, m.trainable_vars(), train, &cfg, &obj, &val, &|_| Ok(()), &Silent)?;
+        let vars = m.trainable_vars();
+        fit(&mut m, vars, train, &cfg, &obj, &val, &|_| Ok(()), &Silent)?;
         if i > 0 {
             t.push(s.elapsed().as_secs_f64());
         }

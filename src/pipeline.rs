@@ -125,7 +125,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
 
 /// The dry-run plan of each step, with the expected parameters and weight bytes after it.
 pub fn plan(recipe: &Recipe, ctx: &Ctx) -> Result<Vec<(String, String, usize, u64)>> {
-    let mut sketch = Sketch { model: ctx.teacher.clone(), quantized: false };
+    let mut sketch = Sketch { model: ctx.teacher.deep_clone()?, quantized: false };
     let mut rows = vec![];
     for spec in &recipe.passes {
         let (next, what) = spec.pass().plan(sketch, ctx)?;

@@ -93,16 +93,16 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let ctx = Ctx::new(&teacher, Data { train: &train, val: &val, calib: &train }, a.seed, None, super::points_allowance(a.max_accuracy_drop)?, &progress)?;
     let (student, rep) = match (&a.student, a.width) {
         (Some(p), None) => {
-            let student = match p.to_string_lossy().ends_with(".json") {
+            let mut student = match p.to_string_lossy().ends_with(".json") {
                 true => wick::model::init::init_model(wick::model::load::read_arch(p)?, a.seed)?,
-                false => load_float(p, None)?.deep_clone()?,
+                false => load_float(p, None)?,
             };
             let tc = train_config(settings.epochs, settings.lr, settings.optimizer, settings.batch_size, AUTO_STEPS, &ctx);
-            let rep = distill(&teacher, &student, &train, &val, &tc, &settings.config()?, &progress)?;
+            let rep = distill(&teacher, &mut student, &train, &val, &tc, &settings.config()?, &progress)?;
             (student, serde_json::to_value(rep)?)
         }
         (None, Some(_)) => {
-            let applied = settings.apply(State::Float(teacher.clone()), &ctx)?;
+            let applied = settings.apply(State::Float(teacher.deep_clone()?), &ctx)?;
             let State::Float(student) = applied.state else { unreachable!("distill gives a float model") };
             (student, applied.details)
         }

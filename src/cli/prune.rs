@@ -106,10 +106,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         (Some(train), Some(val)) => {
             let ctx = Ctx::new(&model, Data { train, val, calib: train }, a.seed, None, super::points_allowance(a.max_accuracy_drop)?, &progress)?;
             if a.dry_run {
-                let (sketch, what) = settings.plan(Sketch { model: model.clone(), quantized: false }, &ctx)?;
+                let (sketch, what) = settings.plan(Sketch { model: model.deep_clone()?, quantized: false }, &ctx)?;
                 (sketch.model, json!({ "plan": what }))
             } else {
-                let applied = settings.apply(State::Float(model.clone()), &ctx)?;
+                let applied = settings.apply(State::Float(model.deep_clone()?), &ctx)?;
                 let State::Float(m) = applied.state else { unreachable!("prune_channels gives a float model") };
                 (m, json!({ "summary": applied.summary, "details": applied.details }))
             }

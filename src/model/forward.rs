@@ -4,7 +4,7 @@
 //! fake-quantisation rewrites layer inputs and weights. Uses `model`, `error`.
 
 use super::act_op::{activation, Act};
-use super::arch::{GeluApprox, Node, Op};
+use super::arch::{Node, Op};
 use super::{ops, Model};
 use crate::error::{Result, WickError};
 use candle_core::Tensor;
@@ -196,15 +196,8 @@ impl Model {
             }
             Op::Relu(_) if train => super::relu_train::relu(&x),
             Op::Relu(_) => Ok(x.relu()?),
-            Op::Relu6(_) => activation(&x, Act::Relu6),
-            Op::Gelu(c) => activation(&x, if c.approximate == GeluApprox::Tanh { Act::GeluTanh } else { Act::GeluErf }),
-            Op::Silu(_) => activation(&x, Act::Silu),
-            Op::Sigmoid(_) => activation(&x, Act::Sigmoid),
-            Op::Tanh(_) => activation(&x, Act::Tanh),
-            Op::MaxPool1d(c) => ops::pool(&x, c, false, None),
-            Op::MaxPool2d(c) => ops::pool(&x, c, true, None),
-            Op::AvgPool1d(c) => ops::pool(&x, c, false, Some(c.count_include_pad)),
-            Op::AvgPool2d(c) => ops::pool(&x, c, true, Some(c.count_include_pad)),
+            op @ (Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_)) => activation(&x, Act::of(op).expect("an activation")),
+            op @ (Op::MaxPool1d(_) | Op::MaxPool2d(_) | Op::AvgPool1d(_) | Op::AvgPool2d(_)) => ops::pool(&x, ops::pool_geom(op).expect("a pooling op")),
             Op::GlobalAvgPool(_) => ops::global_avg_pool(&x),
             Op::Flatten(c) => ops::flatten(&x, c),
             Op::Add(_) if relu => super::relu_train::add_relu(ins[0], ins[1]),

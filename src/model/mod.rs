@@ -10,7 +10,7 @@ mod depthwise_op;
 pub mod fold;
 pub mod forward;
 pub mod graph;
-mod pool_op;
+pub mod pool_op;
 pub(crate) use conv_op::with_f32;
 pub use linear_op::linear;
 pub mod im2col;
@@ -19,7 +19,7 @@ mod linear_op;
 pub mod load;
 #[cfg(test)]
 mod op_test_support;
-mod ops;
+pub mod ops;
 mod relu_train;
 pub mod stats;
 
@@ -30,7 +30,7 @@ use graph::Graph;
 use std::collections::BTreeMap;
 
 /// A float model: architecture, checked graph and parameters (all f32 on the CPU).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Model {
     pub arch: Arch,
     pub graph: Graph,
@@ -60,7 +60,9 @@ impl Model {
                 if suffix == "running_var" && t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?.iter().any(|&v| v < 0.0) {
                     return Err(WickError::invalid(format!("{source}: tensor '{name}'"), "a BatchNorm's running variance is negative"));
                 }
-                params.insert(name, Var::from_tensor(&t.to_dtype(candle_core::DType::F32)?)?);
+                // Detached, so `Var::from_tensor` copies it even when it is another model's
+                // parameter: no two models share a `Var` (a pruned model keeps unpruned tensors).
+                params.insert(name, Var::from_tensor(&t.to_dtype(candle_core::DType::F32)?.detach())?);
             }
         }
         Ok(Model { arch, graph, params, source: source.to_string() })
@@ -90,13 +92,11 @@ impl Model {
         self.trainable_names().iter().map(|n| self.params[n].clone()).collect()
     }
 
-    /// A deep copy whose parameters are independent of this model's (a `Clone` shares `Var`s).
+    /// A copy whose parameters are independent of this model's. It is the only way to copy a
+    /// model (`Model` is not `Clone`), so two models never share a `Var` that training updates.
     pub fn deep_clone(&self) -> Result<Model> {
-        let mut m = self.clone();
-        for (k, v) in self.params.iter() {
-            m.params.insert(k.clone(), Var::from_tensor(&v.as_tensor().copy()?)?);
-        }
-        Ok(m)
+        let params = self.params.iter().map(|(k, v)| Ok((k.clone(), Var::from_tensor(&v.as_tensor().copy()?)?))).collect::<Result<_>>()?;
+        Ok(Model { arch: self.arch.clone(), graph: self.graph.clone(), params, source: self.source.clone() })
     }
 
     /// Current values of every parameter, detached.

@@ -1,8 +1,9 @@
 //! Candle implementations of the node ops, each differentiable (built from candle ops that have
 //! backward passes). Shapes here include the batch dim. Uses `model::arch`, `model::graph`.
 
-use super::arch::{BatchNormCfg, Conv1dCfg, Conv2dCfg, FlattenCfg, LayerNormCfg, PoolCfg};
+use super::arch::{BatchNormCfg, Conv1dCfg, Conv2dCfg, FlattenCfg, LayerNormCfg, Op};
 use super::graph::{pool_params, sample_dim};
+use super::pool_op::{PoolGeom, PoolKind};
 use crate::error::{Result, WickError};
 use candle_core::{Tensor, D};
 
@@ -95,20 +96,31 @@ pub fn layernorm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, c: &LayerNo
     Ok(y)
 }
 
-/// Max (`avg = None`) or average pooling (`avg = Some(count_include_pad)`), PyTorch floor mode
-/// with padding skipped (pool_op.rs). 1-d pools run as 2-d with height 1.
-pub fn pool(x: &Tensor, c: &PoolCfg, two_d: bool, avg: Option<bool>) -> Result<Tensor> {
-    use super::pool_op::{pool2d, PoolGeom, PoolKind};
-    let (k, s, p) = pool_params(c.kernel_size, c.stride, c.padding);
-    let kind = match avg {
-        None => PoolKind::Max,
-        Some(count_include_pad) => PoolKind::Avg { count_include_pad },
+/// The pooling op's kind and window (`h`, `w` left 0), or `None` for other ops. 1-d pools are
+/// 2-d pools over a height of 1.
+pub fn pool_geom(op: &Op) -> Option<PoolGeom> {
+    let (c, two_d, kind) = match op {
+        Op::MaxPool1d(c) => (c, false, PoolKind::Max),
+        Op::MaxPool2d(c) => (c, true, PoolKind::Max),
+        Op::AvgPool1d(c) => (c, false, PoolKind::Avg { count_include_pad: c.count_include_pad }),
+        Op::AvgPool2d(c) => (c, true, PoolKind::Avg { count_include_pad: c.count_include_pad }),
+        _ => return None,
     };
-    if two_d {
-        return pool2d(x, PoolGeom { kind, k, stride: s, pad: p, h: 0, w: 0 });
+    let (k, s, p) = pool_params(c.kernel_size, c.stride, c.padding);
+    Some(match two_d {
+        true => PoolGeom { kind, k, stride: s, pad: p, h: 0, w: 0 },
+        false => PoolGeom { kind, k: (1, k.0), stride: (1, s.0), pad: (0, p.0), h: 0, w: 0 },
+    })
+}
+
+/// Max or average pooling, PyTorch floor mode with padding skipped (pool_op.rs): `g` from
+/// [`pool_geom`]; a 1-d input gets a height of 1.
+pub fn pool(x: &Tensor, g: PoolGeom) -> Result<Tensor> {
+    use super::pool_op::pool2d;
+    if x.rank() == 4 {
+        return pool2d(x, g);
     }
-    let y = pool2d(&x.unsqueeze(2)?, PoolGeom { kind, k: (1, k.0), stride: (1, s.0), pad: (0, p.0), h: 0, w: 0 })?;
-    Ok(y.squeeze(2)?)
+    Ok(pool2d(&x.unsqueeze(2)?, g)?.squeeze(2)?)
 }
 
 /// Mean over every dim after the channel axis: `[N, C, …] → [N, C]`.

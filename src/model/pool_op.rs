@@ -177,6 +177,67 @@ impl CustomOp1 for Pool {
     }
 }
 
+/// Pools `planes` consecutive `h × w` planes of `x` on the calling thread (the compiled plans
+/// run each part of a batch on its own thread).
+pub fn pool_planes(g: &PoolGeom, x: &[f32], planes: usize) -> Vec<f32> {
+    let (plane, (ho, wo)) = (g.h * g.w, g.out());
+    let (rows, cols) = g.windows();
+    let mut y = Vec::with_capacity(planes * ho * wo);
+    for p in 0..planes {
+        g.plane(&x[p * plane..][..plane], &rows, &cols, &mut y.spare_capacity_mut()[..ho * wo]);
+        // SAFETY: `plane` wrote the plane's every output.
+        unsafe { y.set_len(y.len() + ho * wo) };
+    }
+    y
+}
+
+/// Pools channels-last `x` (`[N, H, W, C]`, `n` samples) into channels-last output, vectorised
+/// across channels, with the values [`PoolGeom::plane`] gives bit for bit: the max as
+/// `v > best` or a NaN (the first maximum's value), the average as the sum of each window row
+/// (in column order), summed over the rows, divided by the divisor.
+pub fn pool_channels_last(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
+    let (ho, wo) = g.out();
+    let (rows, cols) = g.windows();
+    let mut y = vec![0f32; n * ho * wo * c];
+    let mut row_sum = vec![0f32; c];
+    for s in 0..n {
+        let plane = &x[s * g.h * g.w * c..(s + 1) * g.h * g.w * c];
+        for (oy, &(y0, y1)) in rows.iter().enumerate() {
+            for (ox, &(x0, x1)) in cols.iter().enumerate() {
+                let out = &mut y[((s * ho + oy) * wo + ox) * c..][..c];
+                match g.kind {
+                    PoolKind::Max => {
+                        out.copy_from_slice(&plane[(y0 * g.w + x0) * c..][..c]);
+                        for iy in y0..y1 {
+                            for ix in x0..x1 {
+                                for (b, &v) in out.iter_mut().zip(&plane[(iy * g.w + ix) * c..][..c]) {
+                                    if v > *b || v.is_nan() {
+                                        *b = v;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    PoolKind::Avg { .. } => {
+                        // Iterator sums of f32 start from −0.0; so do these.
+                        out.fill(-0.0);
+                        for iy in y0..y1 {
+                            row_sum.fill(-0.0);
+                            for ix in x0..x1 {
+                                row_sum.iter_mut().zip(&plane[(iy * g.w + ix) * c..][..c]).for_each(|(r, &v)| *r += v);
+                            }
+                            out.iter_mut().zip(&row_sum).for_each(|(o, &r)| *o += r);
+                        }
+                        let d = g.divisor((y1 - y0) * (x1 - x0));
+                        out.iter_mut().for_each(|o| *o /= d);
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
 /// Pools `x` (`[N, C, H, W]`) with `g` (whose `h`, `w` are set from `x`).
 pub fn pool2d(x: &Tensor, g: PoolGeom) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
@@ -226,6 +287,29 @@ mod tests {
         assert!(d < 1e-6, "{d}");
         for d in super::super::op_test_support::grad_diffs(&ours, &theirs, &rnd(ours.dims(), 6), &[&x]) {
             assert!(d < 1e-6, "{d}");
+        }
+    }
+
+    /// The channels-last kernel of the compiled plans gives the plane kernel's values bit for
+    /// bit, max and average (with and without the padding counted), strided and padded, on
+    /// values with ties and a NaN.
+    #[test]
+    fn channels_last_pooling_equals_the_plane_kernel() {
+        let (n, c, h, w) = (2, 5, 7, 6);
+        let mut x: Vec<f32> = rnd(&[n, c, h, w], 3).flatten_all().unwrap().to_vec1().unwrap();
+        x[17] = f32::NAN;
+        x[40] = x[41];
+        for kind in [PoolKind::Max, PoolKind::Avg { count_include_pad: true }, PoolKind::Avg { count_include_pad: false }] {
+            let g = PoolGeom { kind, k: (3, 2), stride: (2, 1), pad: (1, 1), h, w };
+            let planes = pool_planes(&g, &x, n * c);
+            let (ho, wo) = g.out();
+            let cl_in: Vec<f32> = (0..n * h * w * c).map(|i| x[((i / (h * w * c)) * c + i % c) * h * w + (i / c) % (h * w)]).collect();
+            let cl = pool_channels_last(&g, &cl_in, n, c);
+            for (i, &v) in cl.iter().enumerate() {
+                let (s, p, ch) = (i / (ho * wo * c), (i / c) % (ho * wo), i % c);
+                let want = planes[(s * c + ch) * ho * wo + p];
+                assert!(v.to_bits() == want.to_bits() || (v.is_nan() && want.is_nan()), "{kind:?} at {i}: {v} vs {want}");
+            }
         }
     }
 }

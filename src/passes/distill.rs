@@ -107,8 +107,8 @@ impl Pass for DistillSettings {
         let (mut students, mut attempts): (Vec<crate::model::Model>, Vec<Attempt>) = (vec![], vec![]);
         let mut previous = (m, 1.0);
         for width in width_steps(self.width) {
-            let student = width_scaled(&previous.0, width / previous.1)?;
-            let r = distill(ctx.teacher, &student, ctx.train, ctx.val, &tc, &dc, ctx.progress)?;
+            let mut student = width_scaled(&previous.0, width / previous.1)?;
+            let r = distill(ctx.teacher, &mut student, ctx.train, ctx.val, &tc, &dc, ctx.progress)?;
             // The first step's range test sets the rate of the later ones.
             tc.lr = LearningRate::Fixed(r.lr);
             let fidelity = ctx.fidelity(&student, r.best_val.as_ref())?;

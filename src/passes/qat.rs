@@ -69,7 +69,7 @@ pub struct QatConfig {
 
 impl Pass for QatSettings {
     fn apply(&self, state: State, ctx: &Ctx) -> Result<Applied> {
-        let State::Calibrated { folded, inputs } = state else { return Err(wrong_state("qat", &state, "a calibrated model (run 'calibrate' first)")) };
+        let State::Calibrated { mut folded, inputs } = state else { return Err(wrong_state("qat", &state, "a calibrated model (run 'calibrate' first)")) };
         self.validate().map_err(|e| WickError::invalid("qat", e))?;
         let cfg = QatConfig {
             train: train_config(self.epochs, self.lr, self.optimizer, self.batch_size, QAT_STEPS, ctx),
@@ -78,7 +78,7 @@ impl Pass for QatSettings {
             alpha: self.alpha,
         };
         let teacher = self.distill.then_some(ctx.teacher);
-        let (inputs, r) = qat(&folded, &inputs, teacher, ctx.train, ctx.val, &cfg, ctx.progress)?;
+        let (inputs, r) = qat(&mut folded, &inputs, teacher, ctx.train, ctx.val, &cfg, ctx.progress)?;
         let summary =
             format!("QAT {} epochs{}, best val accuracy {:.4} at epoch {}", r.fit.epochs_run, if self.distill { " with distillation" } else { "" }, r.fit.best_val_accuracy, r.fit.best_epoch);
         // Keeping the starting checkpoint (epoch 0) restores the model and the ranges it began with.
@@ -136,7 +136,7 @@ pub struct QatReport {
 /// Trains `folded` (BN already folded; modified in place) from the calibrated input
 /// quantisation `init` and returns the input quantisation of the best checkpoint.
 pub fn qat(
-    folded: &Model,
+    folded: &mut Model,
     init: &BTreeMap<String, QParams>,
     teacher: Option<&Model>,
     train: &Dataset,
@@ -175,7 +175,8 @@ pub fn qat(
         current_epoch.set(e);
         Ok(())
     };
-    let report = fit(folded, folded.trainable_vars(), train, &cfg.train, &objective, &validate, &on_epoch, progress)?;
+    let vars = folded.trainable_vars();
+    let report = fit(folded, vars, train, &cfg.train, &objective, &validate, &on_epoch, progress)?;
     // The ranges in force when the best checkpoint was validated.
     *hook.ranges.borrow_mut() = history.borrow()[report.best_epoch].clone();
     Ok((hook.qparams(), QatReport { fit: report, distilled: teacher.is_some() }))

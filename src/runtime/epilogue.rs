@@ -3,6 +3,7 @@
 //! where the CPU has AVX2 (the arithmetic is identical either way), and what can follow any
 //! layer's row: a residual add fused in ([`Residual`]).
 
+use crate::model::act_op::Act;
 use std::mem::MaybeUninit;
 
 /// What a layer writes for one output row: `out[j]` from the accumulator `acc[j]` of channel
@@ -76,5 +77,16 @@ pub fn add_relu(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
         (Some(b), false) => a.iter_mut().zip(b).for_each(|(a, b)| *a += b),
         (None, true) => a.iter_mut().for_each(|a| *a = a.max(0.0)),
         (None, false) => {}
+    }
+}
+
+/// Applies a fused activation (if any) to an output row the epilogue has just written, while it
+/// is in cache: `out[j] = f(out[j])`.
+#[inline(always)]
+pub fn activate(out: &mut [MaybeUninit<f32>], act: Option<Act>) {
+    if let Some(a) = act {
+        // SAFETY: the caller wrote every element of `out`; MaybeUninit<f32> has f32's layout.
+        let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        crate::model::act_op::apply(out, a);
     }
 }

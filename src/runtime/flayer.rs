@@ -2,25 +2,32 @@
 //! to the channels-last patch order `(ky, kx, c)` and packed per group (a BatchNorm that only
 //! this layer fed is already folded into them). Running it runs the packed f32 GEMM over the
 //! patch rows (each tap read where it lies in the input, or the input in place when a row *is* a
-//! pixel) and finishes each tile in
-//! the GEMM's epilogue: `y = acc + b_c`, then `max(y, 0)` when a ReLU was fused into it.
+//! pixel), or a depthwise conv's direct kernel (`depthwise.rs`), and finishes each row in the
+//! epilogue: `y = acc + b_c`, then `max(y, 0)` when a ReLU was fused into it, or the activation
+//! that was.
 
-use super::epilogue::{finish_tile, FinishRow, Residual};
+use super::depthwise;
+use super::epilogue::{activate, finish_tile, FinishRow, Residual};
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::matmul::f32::PackedF32;
+use crate::model::act_op::Act;
 use crate::model::arch::Op;
 use std::mem::MaybeUninit;
 
 /// A float layer ready to run.
 pub struct FloatLayer {
     pub shape: LayerShape,
-    /// One packed weight per group.
+    /// One packed weight per group (none for a depthwise conv).
     packed: Vec<PackedF32>,
+    /// A depthwise conv's weights, tap-major, for its direct kernel (`depthwise.rs`).
+    depthwise: Option<Vec<f32>>,
     /// Where each output position's patch row reads (convs that are not pointwise).
     runs: Option<PatchRuns>,
     bias: Option<Vec<f32>>,
     /// A ReLU applied in the epilogue.
     pub relu: bool,
+    /// Another activation applied in the epilogue.
+    pub act: Option<Act>,
 }
 
 impl FloatLayer {
@@ -29,13 +36,16 @@ impl FloatLayer {
     pub fn new(op: &Op, in_shape: &[usize], weight: &[f32], bias: Option<Vec<f32>>) -> Option<FloatLayer> {
         let shape = LayerShape::of(op, in_shape)?;
         let (packed, runs) = match shape {
+            LayerShape::Conv(g) if depthwise::is_depthwise(&g) => {
+                return Some(FloatLayer { shape, packed: vec![], depthwise: Some(depthwise::tap_major(&g, weight)), runs: None, bias, relu: false, act: None });
+            }
             LayerShape::Linear { inp, out } => (vec![PackedF32::pack(weight, out, inp)], None),
             LayerShape::Conv(g) => {
                 let packed = (0..g.groups).map(|gi| PackedF32::pack(&g.patch_order(weight, gi), g.o / g.groups, g.k())).collect();
                 (packed, (!g.pointwise()).then(|| PatchRuns::new(&g)))
             }
         };
-        Some(FloatLayer { shape, packed, runs, bias, relu: false })
+        Some(FloatLayer { shape, packed, depthwise: None, runs, bias, relu: false, act: None })
     }
 
     /// Runs the layer on `x` (channels last for a conv; `rows × in` for a linear) of `n`
@@ -51,6 +61,9 @@ impl FloatLayer {
 
     /// The GEMM over `x` with `finish` writing each tile row's outputs.
     fn run_with<F: FinishRow<f32, f32> + Sync>(&self, x: &[f32], n: usize, finish: &F) -> Vec<f32> {
+        if let (Some(w), LayerShape::Conv(g)) = (&self.depthwise, self.shape) {
+            return depthwise::run::<f32, f32, f32, f32>(&g, w, x, 0.0, n, &|acc, row, out| finish.row(acc, row, 0, out));
+        }
         let (o, og) = (self.shape.out_channels(), self.shape.out_channels() / self.packed.len());
         let epilogue = |gi: usize| move |acc: &[f32], stride: usize, first: usize, out: &mut [MaybeUninit<f32>]| finish_tile(finish, acc, stride, first, o, gi * og, og, out);
         run_layer(&self.shape, &self.packed, self.runs.as_ref(), x, 0.0, n, epilogue)
@@ -84,5 +97,6 @@ impl FinishRow<f32, f32> for FloatLayer {
                 }
             }
         }
+        activate(out, self.act);
     }
 }

@@ -104,7 +104,7 @@ impl LayerShape {
     }
 }
 
-fn conv_shape(s: &[usize], o: usize, k: (usize, usize), stride: (usize, usize), pad: (usize, usize), dil: (usize, usize), groups: usize) -> Option<ConvShape> {
+pub(crate) fn conv_shape(s: &[usize], o: usize, k: (usize, usize), stride: (usize, usize), pad: (usize, usize), dil: (usize, usize), groups: usize) -> Option<ConvShape> {
     let (c, h, w) = (*s.first()?, *s.get(1)?, *s.get(2)?);
     let out = |len: usize, k: usize, p: usize, s: usize, d: usize| (len + 2 * p).checked_sub(d * (k - 1) + 1).map(|v| v / s + 1);
     let ho = out(h, k.0, pad.0, stride.0, dil.0)?;

@@ -1,18 +1,20 @@
 //! One quantised layer (conv or linear) prepared for the compiled runtime: weights reordered to
 //! the channels-last patch order `(ky, kx, c)` and packed per group, and the epilogue constants.
 //! Running it takes the input's codes (channels last), runs the packed GEMM over the patch rows
-//! (each tap's codes read where they lie, or the codes in place when a row *is* a pixel), and
-//! dequantises in the GEMM's epilogue:
-//! `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`, then `max(y, 0)` when a ReLU was fused into it
-//! (`zp·Σw_c` computed once per layer). When the plan fuses a residual add into the layer, the
+//! (each tap's codes read where they lie, or the codes in place when a row *is* a pixel), or a
+//! depthwise conv's direct kernel (`depthwise.rs`, exact in i32 like the GEMM), and dequantises
+//! in the epilogue: `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`, then `max(y, 0)` when a ReLU was
+//! fused into it, or the activation that was (`zp·Σw_c` computed once per layer). When the plan fuses a residual add into the layer, the
 //! add (and a ReLU after it) follows in the same loop ([`Residual`]).
 
-use super::epilogue::{finish_tile, FinishRow, Residual};
+use super::depthwise;
+use super::epilogue::{activate, finish_tile, FinishRow, Residual};
 use super::kernels::{code_shift, quantize_codes};
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::artifact::QuantLayer;
 use crate::matmul::int8::{PairPanels, QuadPanels};
 use crate::matmul::isa::Isa;
+use crate::model::act_op::Act;
 use crate::model::arch::Op;
 use crate::quant::{ActType, QParams};
 use std::mem::MaybeUninit;
@@ -35,6 +37,8 @@ pub struct QLayer {
     bias: Option<Vec<f32>>,
     /// A ReLU applied in the epilogue.
     pub relu: bool,
+    /// Another activation applied in the epilogue.
+    pub act: Option<Act>,
 }
 
 impl QLayer {
@@ -49,20 +53,21 @@ impl QLayer {
             LayerShape::Linear { inp, out } => vec![(w.values.clone(), out, inp)],
             LayerShape::Conv(g) => (0..g.groups).map(|gi| (g.patch_order(&w.values, gi), g.o / g.groups, g.k())).collect(),
         };
-        let packed = match isa.quads() {
-            true => Packed::Quads(groups.iter().map(|(w, n, k)| QuadPanels::pack(w, *n, *k, isa)).collect()),
-            false => Packed::Pairs(groups.iter().map(|(w, n, k)| PairPanels::pack(w, *n, *k, isa)).collect()),
+        let packed = match (shape, isa.quads()) {
+            (LayerShape::Conv(g), _) if depthwise::is_depthwise(&g) => Packed::Depthwise(depthwise::tap_major(&g, &w.values)),
+            (_, true) => Packed::Quads(groups.iter().map(|(w, n, k)| QuadPanels::pack(w, *n, *k, isa)).collect()),
+            (_, false) => Packed::Pairs(groups.iter().map(|(w, n, k)| PairPanels::pack(w, *n, *k, isa)).collect()),
         };
         // The codes are the GEMM's rows as they are when every patch row is one pixel whose
         // channels fill a whole row of the kernel's layout (pairs or quads).
         let group = if isa.quads() { 4 } else { 2 };
         let runs = match shape {
-            LayerShape::Conv(g) if !(g.pointwise() && g.c.is_multiple_of(group)) => Some(PatchRuns::new(&g)),
+            LayerShape::Conv(g) if !(depthwise::is_depthwise(&g) || g.pointwise() && g.c.is_multiple_of(group)) => Some(PatchRuns::new(&g)),
             _ => None,
         };
         let zp = q.input.zero_point + code_shift(&q.input);
         let zp_wsum = q.weight_sums().iter().map(|&s| zp * s).collect();
-        Some(QLayer { input: q.input, zp, shape, packed, zp_wsum, mult: q.multipliers(), bias, relu: false, runs })
+        Some(QLayer { input: q.input, zp, shape, packed, zp_wsum, mult: q.multipliers(), bias, relu: false, act: None, runs })
     }
 
     /// Output channels.
@@ -86,9 +91,10 @@ impl QLayer {
         let zp = self.zp;
         let (o, og) = (self.out_channels(), self.out_channels() / self.groups());
         let epilogue = |gi: usize| move |acc: &[i32], stride: usize, first: usize, out: &mut [MaybeUninit<O>]| finish_tile(finish, acc, stride, first, o, gi * og, og, out);
-        match (&self.packed, codes) {
-            (Packed::Pairs(p), Codes::Wide(c)) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as i16, n, epilogue),
-            (Packed::Quads(p), Codes::Bytes(c)) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as u8, n, epilogue),
+        match (&self.packed, codes, self.shape) {
+            (Packed::Depthwise(w), Codes::Bytes(c), LayerShape::Conv(g)) => depthwise::run::<u8, i8, i32, O>(&g, w, c, zp as u8, n, &|acc, row, out| finish.row(acc, row, 0, out)),
+            (Packed::Pairs(p), Codes::Wide(c), _) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as i16, n, epilogue),
+            (Packed::Quads(p), Codes::Bytes(c), _) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as u8, n, epilogue),
             _ => unreachable!("codes come from this layer's `quantize`, in the type its kernel reads"),
         }
     }
@@ -101,7 +107,7 @@ impl QLayer {
                 let (codes, finite) = quantize_codes::<i16>(x, &self.input);
                 finite.then_some(Codes::Wide(codes))
             }
-            Packed::Quads(_) => {
+            Packed::Quads(_) | Packed::Depthwise(_) => {
                 let (codes, finite) = quantize_codes::<u8>(x, &self.input);
                 finite.then_some(Codes::Bytes(codes))
             }
@@ -111,13 +117,14 @@ impl QLayer {
     /// Whether this layer reads u8 codes (else i16): layers that read one value share its codes
     /// only when they read the same type.
     pub fn reads_bytes(&self) -> bool {
-        matches!(self.packed, Packed::Quads(_))
+        matches!(self.packed, Packed::Quads(_) | Packed::Depthwise(_))
     }
 
     fn groups(&self) -> usize {
         match &self.packed {
             Packed::Pairs(p) => p.len(),
             Packed::Quads(p) => p.len(),
+            Packed::Depthwise(_) => self.out_channels(),
         }
     }
 }
@@ -128,7 +135,8 @@ impl FinishRow<i32, f32> for QLayer {
     #[inline(always)]
     fn row(&self, acc: &[i32], _row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
         let cs = c0..c0 + acc.len();
-        dequantise(acc, &self.zp_wsum[cs.clone()], &self.mult[cs.clone()], self.bias.as_ref().map(|b| &b[cs]), self.relu, out)
+        dequantise(acc, &self.zp_wsum[cs.clone()], &self.mult[cs.clone()], self.bias.as_ref().map(|b| &b[cs]), self.relu, out);
+        activate(out, self.act);
     }
 }
 
@@ -162,10 +170,12 @@ fn dequantise(acc: &[i32], zp_wsum: &[i32], mult: &[f32], bias: Option<&[f32]>, 
     }
 }
 
-/// A layer's packed weights, one per group, for the kind of kernel it runs.
+/// A layer's packed weights, one per group, for the kind of kernel it runs; a depthwise conv's
+/// weights tap-major for its direct kernel (`depthwise.rs`, which reads u8 codes).
 enum Packed {
     Pairs(Vec<PairPanels>),
     Quads(Vec<QuadPanels>),
+    Depthwise(Vec<i8>),
 }
 
 /// Shifted activation codes in the type a layer's kernel reads.

@@ -95,7 +95,7 @@ fn apply_adapter(a: &Option<Var>, x: &Tensor) -> Result<Tensor> {
 }
 
 /// Trains `student` in place from `teacher`.
-pub fn distill(teacher: &Model, student: &Model, train: &Dataset, val: &Dataset, tc: &TrainConfig, cfg: &DistillConfig, progress: &dyn Progress) -> Result<FitReport> {
+pub fn distill(teacher: &Model, student: &mut Model, train: &Dataset, val: &Dataset, tc: &TrainConfig, cfg: &DistillConfig, progress: &dyn Progress) -> Result<FitReport> {
     let widths = check_pair(teacher, student, cfg)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(tc.seed ^ 0x5eed);
     let adapters: Vec<Option<Var>> = widths.iter().map(|&(ct, cs)| adapter(ct, cs, &mut rng)).collect::<Result<_>>()?;

@@ -73,7 +73,7 @@ pub type Validate<'a> = dyn Fn(&Model) -> Result<EvalResult> + 'a;
 /// `on_epoch(e)` runs before epoch `e` (QAT freezes observers and BatchNorm through it).
 #[allow(clippy::too_many_arguments)] // each argument is a distinct role; a struct would only rename them
 pub fn fit(
-    model: &Model,
+    model: &mut Model,
     vars: Vec<Var>,
     train: &Dataset,
     cfg: &TrainConfig,

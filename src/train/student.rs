@@ -21,7 +21,7 @@ pub struct LogitDistill<'a> {
 
 /// Trains every trainable parameter of `model` in place: cross-entropy on the labels, or
 /// logits distillation when `kd` is given.
-pub fn train_model(model: &Model, train: &Dataset, val: &Dataset, cfg: &TrainConfig, kd: Option<&LogitDistill>, progress: &dyn Progress) -> Result<FitReport> {
+pub fn train_model(model: &mut Model, train: &Dataset, val: &Dataset, cfg: &TrainConfig, kd: Option<&LogitDistill>, progress: &dyn Progress) -> Result<FitReport> {
     if let Some(k) = kd {
         let dc = DistillConfig { temperature: k.temperature, alpha: k.alpha, hints: vec![], hint_weight: 0.0 };
         return distill(k.teacher, model, train, val, cfg, &dc, progress);
@@ -30,5 +30,6 @@ pub fn train_model(model: &Model, train: &Dataset, val: &Dataset, cfg: &TrainCon
         loss::cross_entropy(&m.run(x, &Run { mode: Mode::Train, taps: &[], hook: None, rng: Some(rng) })?.0, y)
     };
     let validate = |m: &Model| evaluate(m, val, 256, &Silent);
-    fit(model, model.trainable_vars(), train, cfg, &objective, &validate, &|_| Ok(()), progress)
+    let vars = model.trainable_vars();
+    fit(model, vars, train, cfg, &objective, &validate, &|_| Ok(()), progress)
 }

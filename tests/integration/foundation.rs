@@ -65,14 +65,15 @@ fn mlp_arch() -> Arch {
 
 #[test]
 fn training_from_scratch_reaches_ninety_percent() {
-    let model = init_model(mlp_arch(), 7).unwrap();
+    let mut model = init_model(mlp_arch(), 7).unwrap();
     let (train, val) = (data("train"), data("val"));
     let cfg = TrainConfig { epochs: 4, batch_size: 32, lr: wick::train::LearningRate::Fixed(3e-3), optimizer: OptimizerKind::Adamw, ..Default::default() };
     let val_eval = |m: &wick::model::Model| wick::eval::evaluate(m, &val, 256, &Silent);
     let val_acc = |m: &wick::model::Model| val_eval(m).unwrap().accuracy;
     let ce = |m: &wick::model::Model, x: &Tensor, y: &[u32], _: &[usize], _: &std::cell::RefCell<rand_chacha::ChaCha8Rng>| wick::train::loss::cross_entropy(&m.forward(x, Mode::Train)?, y);
     let before = val_acc(&model);
-    let r = fit(&model, model.trainable_vars(), &train, &cfg, &ce, &val_eval, &|_| Ok(()), &Silent).unwrap();
+    let vars = model.trainable_vars();
+    let r = fit(&mut model, vars, &train, &cfg, &ce, &val_eval, &|_| Ok(()), &Silent).unwrap();
     let after = val_acc(&model);
     assert!(before < 0.3, "random init should be near chance, got {before}");
     assert!(after > 0.90, "val accuracy after 4 epochs: {after} ({r:?})");

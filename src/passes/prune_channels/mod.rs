@@ -185,7 +185,7 @@ pub struct Recovery<'a> {
 
 impl Recovery<'_> {
     /// Fine-tunes `model` in place (the `s`-th time: its own seed).
-    fn run(&self, model: &Model, s: usize, progress: &dyn crate::progress::Progress) -> Result<crate::train::FitReport> {
+    fn run(&self, model: &mut Model, s: usize, progress: &dyn crate::progress::Progress) -> Result<crate::train::FitReport> {
         let tc = TrainConfig { seed: self.train_cfg.seed + s as u64, ..self.train_cfg.clone() };
         let kd = self.teacher.map(|t| crate::train::student::LogitDistill { teacher: t, temperature: 4.0, alpha: 0.7 });
         crate::train::student::train_model(model, self.train, self.val, &tc, kd.as_ref(), progress)
@@ -213,7 +213,7 @@ pub fn prune_with_recovery(model: &Model, cfg: &PruneConfig, steps: usize, recov
         current = apply(&current, &p)?;
         report.steps.push(p.groups);
         if let Some(r) = recovery.filter(|r| r.train_cfg.epochs > 0) {
-            report.fine_tune.push(r.run(&current, s, progress)?);
+            report.fine_tune.push(r.run(&mut current, s, progress)?);
         }
     }
     Ok((current, report))
@@ -225,5 +225,5 @@ pub fn prune_with_recovery(model: &Model, cfg: &PruneConfig, steps: usize, recov
 pub fn width_scaled(model: &Model, width: f64) -> Result<Model> {
     let cfg = PruneConfig { ratio: 1.0 - width, criterion: Criterion::L1, global: false, round_to: 1, min_channels: 1, ignore: vec![], seed: 0 };
     let cfg = PruneConfig { ratio: cfg.ratio.clamp(0.0, 0.999_999), ..cfg };
-    apply(model, &plan(model, &cfg, None)?)?.deep_clone()
+    apply(model, &plan(model, &cfg, None)?)
 }

@@ -73,8 +73,8 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
             }
             break "no channel left to remove at the smallest step".to_string();
         };
-        let candidate = apply(&current, &p)?;
-        let fit = recovery.run(&candidate, trials.len(), ctx.progress)?;
+        let mut candidate = apply(&current, &p)?;
+        let fit = recovery.run(&mut candidate, trials.len(), ctx.progress)?;
         // The first recovery's range test sets the rate of every later one.
         recovery.train_cfg.lr = LearningRate::Fixed(fit.lr);
         let f = ctx.fidelity(&candidate, fit.best_val.as_ref())?;

@@ -23,8 +23,11 @@ use super::flayer::FloatLayer;
 use super::qlayer::QLayer;
 use crate::artifact::Int8Model;
 use crate::error::{Result, WickError};
+use crate::model::act_op::Act;
 use crate::model::arch::{Node, Op};
 use crate::model::forward::is_weight_layer;
+use crate::model::ops::pool_geom;
+use crate::model::pool_op::PoolGeom;
 use crate::model::Model;
 use std::collections::BTreeMap;
 
@@ -41,6 +44,10 @@ enum Kind {
         relu: bool,
     },
     GlobalAvgPool,
+    /// An element-wise activation, in place in either layout.
+    Act(Act),
+    /// Max or average pooling over each channel's plane, in the layout its input has (`h`, `w` set).
+    Pool(PoolGeom),
     Flatten,
     Identity,
     /// Any other op (or a weight layer left in float by an INT8 model): the float executor.
@@ -52,9 +59,19 @@ impl Kind {
     /// add's summing loop.
     fn fused_relu(&mut self) -> Option<&mut bool> {
         match self {
-            Kind::Quant(q) => Some(&mut q.relu),
-            Kind::Dense(f) => Some(&mut f.relu),
+            Kind::Quant(q) if q.act.is_none() => Some(&mut q.relu),
+            Kind::Dense(f) if f.act.is_none() => Some(&mut f.relu),
             Kind::Add { relu } => Some(relu),
+            _ => None,
+        }
+    }
+
+    /// The activation slot of a weight layer whose epilogue can apply a following activation
+    /// (none fused yet, ReLU included, so that each output goes through one function).
+    fn fused_act(&mut self) -> Option<&mut Option<Act>> {
+        match self {
+            Kind::Quant(q) if !q.relu && q.act.is_none() => Some(&mut q.act),
+            Kind::Dense(f) if !f.relu && f.act.is_none() => Some(&mut f.act),
             _ => None,
         }
     }
@@ -97,7 +114,7 @@ impl Plan {
     pub fn int8(m: &Int8Model) -> Result<Plan> {
         let fingerprint = if cfg!(debug_assertions) { crate::audit::fingerprint_int8(m) } else { 0 };
         crate::audit::record(|| crate::audit::Event::Compiled { model: fingerprint, int8: true });
-        Plan::compile(m.model.clone(), fingerprint, |node, in_shape| {
+        Plan::compile(m.model.deep_clone()?, fingerprint, |_, node, in_shape| {
             let Some(q) = m.layers.get(&node.name) else { return Ok(Kind::Float) };
             match QLayer::new(q, &node.op, in_shape, m.bias(&node.name)?) {
                 Some(l) => Ok(Kind::Quant(Box::new(l))),
@@ -112,8 +129,8 @@ impl Plan {
         let fingerprint = if cfg!(debug_assertions) { crate::audit::fingerprint(m) } else { 0 };
         crate::audit::record(|| crate::audit::Event::Compiled { model: fingerprint, int8: false });
         let (folded, _) = crate::model::fold::fold_batchnorm(m)?;
-        let vec = |name: &str| -> Result<Vec<f32>> { Ok(folded.p(name).flatten_all()?.to_vec1()?) };
-        let layers = |node: &Node, in_shape: &[usize]| -> Result<Kind> {
+        let layers = |folded: &Model, node: &Node, in_shape: &[usize]| -> Result<Kind> {
+            let vec = |name: &str| -> Result<Vec<f32>> { Ok(folded.p(name).flatten_all()?.to_vec1()?) };
             let bias = match folded.params.contains_key(&node.param("bias")) {
                 true => Some(vec(&node.param("bias"))?),
                 false => None,
@@ -123,12 +140,12 @@ impl Plan {
                 None => Kind::Float,
             })
         };
-        Plan::compile(folded.clone(), fingerprint, layers)
+        Plan::compile(folded, fingerprint, layers)
     }
 
-    /// Compiles the steps of `model`, asking `weight_layer(node, per-sample input shape)` what
+    /// Compiles the steps of `model`, asking `weight_layer(model, node, per-sample input shape)` what
     /// each conv and linear runs.
-    fn compile(model: Model, fingerprint: u64, weight_layer: impl Fn(&Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
+    fn compile(model: Model, fingerprint: u64, weight_layer: impl Fn(&Model, &Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
         let arch = &model.arch;
         let mut slot_of: BTreeMap<&str, usize> = BTreeMap::new();
         slot_of.insert(arch.input.name.as_str(), 0);
@@ -144,6 +161,19 @@ impl Plan {
         for &ni in &model.graph.order {
             let node = &arch.nodes[ni];
             let inputs: Vec<usize> = node.inputs.iter().map(|i| slot_of[i.as_str()]).collect();
+            // Another activation whose input is a weight layer read by nothing else joins its
+            // epilogue, applied to each output row while it is in cache.
+            if let Some(act) = Act::of(&node.op) {
+                let src = node.inputs[0].as_str();
+                if let Some(last) = steps.last_mut() {
+                    let single = readers.get(src) == Some(&1) && src != out_name && arch.nodes[last.node].name == src;
+                    if let Some(slot) = last.kind.fused_act().filter(|_| single) {
+                        *slot = Some(act);
+                        slot_of.insert(node.name.as_str(), last.output);
+                        continue;
+                    }
+                }
+            }
             // A ReLU whose input is a weight layer or an add read by nothing else joins it.
             if matches!(node.op, Op::Relu(_)) {
                 let src = node.inputs[0].as_str();
@@ -157,10 +187,16 @@ impl Plan {
                 }
             }
             let kind = match &node.op {
-                op if is_weight_layer(op) => weight_layer(node, &model.graph.shapes[node.inputs[0].as_str()])?,
+                op if is_weight_layer(op) => weight_layer(&model, node, &model.graph.shapes[node.inputs[0].as_str()])?,
                 Op::Relu(_) => Kind::Relu,
                 Op::Add(_) => Kind::Add { relu: false },
                 Op::GlobalAvgPool(_) => Kind::GlobalAvgPool,
+                op if Act::of(op).is_some() => Kind::Act(Act::of(op).expect("an activation")),
+                op if pool_geom(op).is_some() => {
+                    let s = &model.graph.shapes[node.inputs[0].as_str()];
+                    let (h, w) = if s.len() == 3 { (s[1], s[2]) } else { (1, s[1]) };
+                    Kind::Pool(PoolGeom { h, w, ..pool_geom(op).expect("a pooling op") })
+                }
                 Op::Flatten(_) => Kind::Flatten,
                 Op::Dropout(_) => Kind::Identity,
                 _ => Kind::Float,

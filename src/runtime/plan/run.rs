@@ -5,7 +5,9 @@
 use super::elementwise::{add_relu_in_place, global_avg_pool};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
+use crate::model::act_op::apply_in_place;
 use crate::model::im2col::transpose_batched;
+use crate::model::pool_op::{pool_channels_last, pool_planes};
 use crate::quant::QParams;
 use crate::runtime::qlayer::Codes;
 use candle_core::Tensor;
@@ -94,6 +96,20 @@ impl Plan {
                     v
                 }
                 Kind::Identity => self.owned(&mut vals, step, si),
+                Kind::Act(a) => {
+                    let mut v = self.owned(&mut vals, step, si);
+                    apply_in_place(&mut v.data, *a);
+                    v
+                }
+                Kind::Pool(g) => {
+                    // In the layout the input has: channels last after a conv, planes otherwise.
+                    let v = vals[step.inputs[0]].as_ref().expect("input computed");
+                    let data = match v.channels_last {
+                        true => pool_channels_last(g, &v.data, n, v.dims[1]),
+                        false => pool_planes(g, &v.data, n * v.dims[1]),
+                    };
+                    Value { data, dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: v.channels_last }
+                }
                 Kind::Add { relu } => {
                     let cl = vals[step.inputs[0]].as_ref().expect("input computed").channels_last;
                     for &i in &step.inputs[1..] {

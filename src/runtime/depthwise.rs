@@ -1,0 +1,168 @@
+//! Depthwise convolutions (as many groups as input channels, one output channel each) in the
+//! compiled plans: a direct kernel over channels-last input, vectorised across channels, where
+//! a GEMM per one-channel group would be all overhead. For sample `s`, output position
+//! `(oy, ox)` and channel `c`:
+//! `acc[c] = Σ_{ky, kx} x[s, oy·sy − py + ky·dy, ox·sx − px + kx·dx, c] · w[ky, kx, c]`,
+//! a tap in the padding reading `pad` (0.0, or an integer layer's zero-point code), taps summed
+//! in `(ky, kx)` order. Each output row then goes through the layer's own epilogue row, the same
+//! as after its GEMM, so the integer kernel is exact and bit-identical to the reference GEMM.
+
+use super::layout::ConvShape;
+use std::mem::MaybeUninit;
+use std::ops::{AddAssign, Mul};
+
+/// Whether a conv is depthwise (multiplier 1): one input and one output channel per group.
+pub fn is_depthwise(g: &ConvShape) -> bool {
+    g.groups > 1 && g.groups == g.c && g.o == g.c
+}
+
+/// Weights `[C, 1, kh, kw]` (row-major) reordered tap-major, `[kh·kw][C]`, so that each tap's
+/// weights for all channels are contiguous.
+pub fn tap_major<T: Copy>(g: &ConvShape, values: &[T]) -> Vec<T> {
+    let taps = g.kh * g.kw;
+    (0..taps).flat_map(|t| (0..g.c).map(move |c| values[c * taps + t])).collect()
+}
+
+/// Runs the depthwise conv over `x` (`n` samples, channels last) with tap-major weights `w`;
+/// `finish(acc, row, out)` writes output row `row` (one position's channels) from its
+/// accumulators and must write all of `out`. Returns `[n·ho·wo, C]`.
+pub fn run<A, W, Acc, O>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &(impl Fn(&[Acc], usize, &mut [MaybeUninit<O>]) + Sync)) -> Vec<O>
+where
+    A: Copy + Into<Acc>,
+    W: Copy + Into<Acc>,
+    Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
+{
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn wide<A, W, Acc, O>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &(impl Fn(&[Acc], usize, &mut [MaybeUninit<O>]) + Sync)) -> Vec<O>
+            where
+                A: Copy + Into<Acc>,
+                W: Copy + Into<Acc>,
+                Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
+            {
+                rows(g, w, x, pad, n, finish)
+            }
+            // SAFETY: the CPU has AVX2.
+            return unsafe { wide(g, w, x, pad, n, finish) };
+        }
+    }
+    rows(g, w, x, pad, n, finish)
+}
+
+/// Channels summed together in registers.
+const BLOCK: usize = 16;
+
+#[inline(always)]
+fn rows<A, W, Acc, O>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &(impl Fn(&[Acc], usize, &mut [MaybeUninit<O>]) + Sync)) -> Vec<O>
+where
+    A: Copy + Into<Acc>,
+    W: Copy + Into<Acc>,
+    Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
+{
+    let c = g.c;
+    let (positions, taps) = (g.ho * g.wo, g.kh * g.kw);
+    let rows = n * positions;
+    let mut y: Vec<O> = Vec::with_capacity(rows * c);
+    let out = &mut y.spare_capacity_mut()[..rows * c];
+    let offsets = tap_offsets(g);
+    let mut acc = vec![Acc::default(); c];
+    let pad_row = vec![pad; c];
+    for s in 0..n {
+        let plane = &x[s * g.h * g.w * c..(s + 1) * g.h * g.w * c];
+        for (p, offs) in offsets.chunks_exact(taps).enumerate() {
+            let tap = |t: usize, c0: usize, len: usize| -> (&[A], &[W]) {
+                let src = match offs[t] {
+                    Some(o) => &plane[o + c0..o + c0 + len],
+                    None => &pad_row[c0..c0 + len],
+                };
+                (src, &w[t * c + c0..t * c + c0 + len])
+            };
+            let mut c0 = 0;
+            while c0 + BLOCK <= c {
+                let mut a = [Acc::default(); BLOCK];
+                for t in 0..taps {
+                    let (src, wt) = tap(t, c0, BLOCK);
+                    let (src, wt): (&[A; BLOCK], &[W; BLOCK]) = (src.try_into().expect("a block"), wt.try_into().expect("a block"));
+                    for j in 0..BLOCK {
+                        a[j] += src[j].into() * wt[j].into();
+                    }
+                }
+                acc[c0..c0 + BLOCK].copy_from_slice(&a);
+                c0 += BLOCK;
+            }
+            if c0 < c {
+                let rest = &mut acc[c0..];
+                rest.fill(Acc::default());
+                for t in 0..taps {
+                    let (src, wt) = tap(t, c0, c - c0);
+                    for ((a, &xv), &wv) in rest.iter_mut().zip(src).zip(wt) {
+                        *a += xv.into() * wv.into();
+                    }
+                }
+            }
+            let row = s * positions + p;
+            finish(&acc, row, &mut out[row * c..(row + 1) * c]);
+        }
+    }
+    // SAFETY: `finish` wrote every output row.
+    unsafe { y.set_len(rows * c) };
+    y
+}
+
+/// For each output position and tap, in `(oy, ox, ky, kx)` order, the offset in a sample's
+/// channels-last plane of the pixel it reads, or `None` in the padding.
+fn tap_offsets(g: &ConvShape) -> Vec<Option<usize>> {
+    let mut v = Vec::with_capacity(g.ho * g.wo * g.kh * g.kw);
+    for oy in 0..g.ho {
+        for ox in 0..g.wo {
+            for ky in 0..g.kh {
+                let iy = (oy * g.stride.0 + ky * g.dil.0) as isize - g.pad.0 as isize;
+                for kx in 0..g.kw {
+                    let ix = (ox * g.stride.1 + kx * g.dil.1) as isize - g.pad.1 as isize;
+                    let inside = (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
+                    v.push(inside.then(|| (iy as usize * g.w + ix as usize) * g.c));
+                }
+            }
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::layout::conv_shape;
+
+    /// A strided, dilated, padded depthwise conv over 2 samples, in integers: every output equals
+    /// the sum by definition, padding taps reading the pad code.
+    #[test]
+    fn integer_depthwise_equals_its_definition() {
+        let g = conv_shape(&[5, 6, 7], 5, (3, 2), (2, 1), (1, 1), (1, 2), 5).unwrap();
+        assert!(is_depthwise(&g));
+        let n = 2;
+        let x: Vec<u8> = (0..n * g.h * g.w * g.c).map(|i| (i * 37 % 251) as u8).collect();
+        let w: Vec<i8> = (0..g.c * g.kh * g.kw).map(|i| (i as i32 * 53 % 255 - 127) as i8).collect();
+        let pad = 9u8;
+        let y: Vec<i32> = run::<u8, i8, i32, i32>(&g, &tap_major(&g, &w), &x, pad, n, &|acc, _, out| out.iter_mut().zip(acc).for_each(|(o, &a)| _ = o.write(a)));
+        for s in 0..n {
+            for oy in 0..g.ho {
+                for ox in 0..g.wo {
+                    for c in 0..g.c {
+                        let mut want = 0i32;
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy = (oy * g.stride.0 + ky * g.dil.0) as isize - g.pad.0 as isize;
+                                let ix = (ox * g.stride.1 + kx * g.dil.1) as isize - g.pad.1 as isize;
+                                let v = if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize { pad } else { x[((s * g.h + iy as usize) * g.w + ix as usize) * g.c + c] };
+                                want += i32::from(v) * i32::from(w[(c * g.kh + ky) * g.kw + kx]);
+                            }
+                        }
+                        assert_eq!(y[((s * g.ho + oy) * g.wo + ox) * g.c + c], want, "s {s} oy {oy} ox {ox} c {c}");
+                    }
+                }
+            }
+        }
+    }
+}
