@@ -18,6 +18,8 @@ if [ ! -x bench/.venv/bin/python ]; then
 fi
 bench/.venv/bin/python -c "import onnxruntime, onnx, numpy, torch" 2>/dev/null || bench/.venv/bin/pip install -q onnxruntime onnx numpy torch
 cargo build --release -q
+# Which CPU the tables come from, and the instruction sets it offers.
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; ISA: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512bw|avx512_vnni|avx_vnni' | tr '\n' ' ')"
 D=fixtures/data
 # Every teacher in fixtures/models/ with the data it was trained on (MODEL:DATA prefix).
 for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits; do
@@ -40,7 +42,7 @@ import json, os, statistics
 rows = lambda k: [json.loads(l) for l in os.environ[k].splitlines() if l.strip()]
 ws, os_, ts = [r["runs"][0] for r in rows("WICK")], rows("ORT"), rows("TORCH")
 med = statistics.median
-print(f"\n{os.environ['M']}: {ws[0]['threads']} thread(s), int8 kernel {ws[0]['int8_kernel']} (u7: {ws[0]['int8_u7_kernel']}), onnxruntime {os_[0]['onnxruntime']}, torch {ts[0]['torch']}; "
+print(f"\n{os.environ['M']}: {ws[0]['threads']} thread(s), wick fp32 kernel {ws[0]['fp32_kernel']}, int8 kernel {ws[0]['int8_kernel']} (u7: {ws[0]['int8_u7_kernel']}); onnxruntime {os_[0]['onnxruntime']} (MLAS, its own run-time ISA choice), torch {ts[0]['torch']}; "
       f"median over {len(ws)} alternating rounds (each a median after warm-up); ratio = baseline time / wick time (>1: wick faster)")
 print("| workload | wick | ONNX Runtime | ratio | PyTorch | ratio |\n|---|---|---|---|---|---|")
 # wick's 7-bit-activation INT8 (int8_u7) is compared with the same ORT INT8 model (uint8).

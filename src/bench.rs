@@ -37,6 +37,8 @@ pub struct BenchResult {
     pub int8_u7: Latency,
     pub int8_u7_speedup_large_batch: f64,
     pub int8_u7_speedup_batch1: f64,
+    /// The f32 GEMM tile this CPU runs (`WICK_F32_ISA` caps it).
+    pub fp32_kernel: String,
     /// The integer GEMM kernel this CPU runs for u8 activations.
     pub int8_kernel: String,
     /// The one it runs for 7-bit activations.
@@ -99,6 +101,7 @@ pub fn bench(name: &str, model: &Model, train: &Dataset, test: &Dataset, threads
         int8_speedup_batch1: fp32.batch1_ms / int8.batch1_ms,
         int8_u7_speedup_large_batch: fp32.large_batch_ms / int8_u7.large_batch_ms,
         int8_u7_speedup_batch1: fp32.batch1_ms / int8_u7.batch1_ms,
+        fp32_kernel: crate::matmul::isa::F32Isa::detect().name().into(),
         int8_kernel,
         int8_u7_kernel,
         int8_u7,

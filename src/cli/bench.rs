@@ -58,7 +58,7 @@ pub fn run(a: Args, threads: usize) -> anyhow::Result<Outcome> {
 }
 
 fn print_table(r: &BenchResult, one: Option<&serde_json::Value>) {
-    println!("{} ({} threads, int8 kernel {}), medians after warm-up", r.model, r.threads, r.int8_kernel);
+    println!("{} ({} threads, fp32 kernel {}, int8 kernel {}), medians after warm-up", r.model, r.threads, r.fp32_kernel, r.int8_kernel);
     println!("{:<34} {:>12} {:>12} {:>8}", "workload", "wick fp32", "wick int8", "ratio");
     println!("{:<34} {:>9.3} ms {:>9.3} ms {:>7.2}x", "inference, batch 1", r.fp32.batch1_ms, r.int8.batch1_ms, r.int8_speedup_batch1);
     println!("{:<34} {:>9.3} ms {:>9.3} ms {:>7.2}x", format!("inference, batch {}", r.fp32.large_batch), r.fp32.large_batch_ms, r.int8.large_batch_ms, r.int8_speedup_large_batch);

@@ -1,15 +1,15 @@
 //! The packed f32 GEMM of the compiled float runtime: `acc[m][j] = Σ_t a[m][t] · w[j][t]`,
 //! summed in depth order with fused multiply-adds. Weights are packed once at load time into
-//! panels of 8 output columns (`[j/8][t][j%8]`), so each depth step is one 8-wide weight load
-//! per panel and one broadcast activation per row; a tile of 6 rows × 16 columns keeps 12 ymm
-//! accumulators over the whole depth (`tiles::f32_fma`). Without AVX2+FMA a plain loop computes
-//! the same sums (rounded after each multiply). Blocking and threads: `blocked.rs`.
+//! panels of one vector of output columns (`[j/P][t][j%P]`, `P` = 16 with AVX-512, else 8), so
+//! each depth step is one weight load per panel and one broadcast activation per row; a tile of
+//! 6 rows × 2 panels keeps 12 accumulators over the whole depth (`tiles::f32_avx512`,
+//! `tiles::f32_fma`; the same bits either way). Without AVX2+FMA a plain loop computes the same
+//! sums (rounded after each multiply). The choice: `isa::F32Isa`. Blocking and threads:
+//! `blocked.rs`.
 
 use super::blocked::{Panels, TileRows};
+use super::isa::F32Isa;
 use super::pack_panels;
-
-/// Columns per panel (one ymm of f32 lanes).
-const PANEL: usize = 8;
 
 /// Weights `[n, k]` (f32) packed for [`crate::matmul::blocked::gemm`].
 #[derive(Debug, Clone)]
@@ -18,38 +18,28 @@ pub struct PackedF32 {
     pub n: usize,
     /// Depth.
     pub k: usize,
-    /// Panels of 8 columns, each `k` steps of 8 values; columns past `n` hold zeros.
+    /// Panels of `isa.panel()` columns, each `k` steps of that many values; columns past `n`
+    /// hold zeros.
     panels: Vec<f32>,
-    /// Whether the CPU runs the FMA tile.
-    fma: bool,
+    /// The tile it runs.
+    isa: F32Isa,
 }
 
 impl PackedF32 {
     /// Packs row-major `w[j·k + t]`.
     pub fn pack(w: &[f32], n: usize, k: usize) -> PackedF32 {
-        assert_eq!(w.len(), n * k, "weight length");
-        PackedF32 { n, k, panels: pack_panels(w, n, k, 1, PANEL, |v| v), fma: has_fma() }
+        PackedF32::pack_for(w, n, k, F32Isa::detect())
     }
 
-    /// The same weights run by the plain loop (to test it against the FMA tile).
-    #[cfg(test)]
-    fn plain(mut self) -> PackedF32 {
-        self.fma = false;
-        self
+    /// Packs for a given tile (at most what the CPU has: to test the tiles against each other).
+    pub fn pack_for(w: &[f32], n: usize, k: usize, isa: F32Isa) -> PackedF32 {
+        assert_eq!(w.len(), n * k, "weight length");
+        PackedF32 { n, k, panels: pack_panels(w, n, k, 1, isa.panel(), |v| v), isa }
     }
 
     fn count(&self) -> usize {
-        self.n.div_ceil(PANEL)
+        self.n.div_ceil(self.isa.panel())
     }
-}
-
-fn has_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 impl Panels for PackedF32 {
@@ -67,34 +57,38 @@ impl Panels for PackedF32 {
     }
 
     fn acc_stride(&self) -> usize {
-        self.count() * PANEL
+        self.count() * self.isa.panel()
     }
 
     fn tile(&self, a: &TileRows<f32>, _: &mut (), buf: &mut [f32]) {
-        let (np, panels, panel_len, rows) = (self.acc_stride(), self.count(), self.k * PANEL, a.rows());
+        let panel = self.isa.panel();
+        let (np, panels, panel_len, rows) = (self.acc_stride(), self.count(), self.k * panel, a.rows());
         assert!(rows >= 1 && a.segs() * a.seg_len() == self.k && buf.len() >= rows * np);
         let mut p = 0;
         while p < panels {
             let two = p + 1 < panels;
-            let (b, dst) = (&self.panels[p * panel_len..], &mut buf[p * PANEL..]);
+            let (b, dst) = (&self.panels[p * panel_len..], &mut buf[p * panel..]);
             #[cfg(target_arch = "x86_64")]
-            if self.fma {
-                use super::tiles::f32_fma::dispatch;
-                // SAFETY: `fma` is only set when the CPU has AVX2 and FMA; `a` covers `rows` rows
-                // of `k` entries in segments (`TileRows`), `b` one or two whole panels of `k`
-                // steps, `dst` rows of `np` (asserted above).
+            if self.isa != F32Isa::Plain {
+                use super::tiles::{f32_avx512, f32_fma};
+                let (ptrs, segs, seg_len, b, dst) = (a.ptrs(), a.segs(), a.seg_len(), b.as_ptr(), dst.as_mut_ptr());
+                // SAFETY: `isa` is at most what `F32Isa::detect` found on this CPU; `a` covers
+                // `rows` rows of `k` entries in segments (`TileRows`), `b` one or two whole panels
+                // of `k` steps, `dst` rows of `np` (asserted above).
                 unsafe {
-                    match two {
-                        true => dispatch::<2>(a.ptrs(), a.segs(), a.seg_len(), rows, b.as_ptr(), panel_len, dst.as_mut_ptr(), np),
-                        false => dispatch::<1>(a.ptrs(), a.segs(), a.seg_len(), rows, b.as_ptr(), panel_len, dst.as_mut_ptr(), np),
+                    match (self.isa, two) {
+                        (F32Isa::Avx512, true) => f32_avx512::dispatch::<2>(ptrs, segs, seg_len, rows, b, panel_len, dst, np),
+                        (F32Isa::Avx512, false) => f32_avx512::dispatch::<1>(ptrs, segs, seg_len, rows, b, panel_len, dst, np),
+                        (_, true) => f32_fma::dispatch::<2>(ptrs, segs, seg_len, rows, b, panel_len, dst, np),
+                        (_, false) => f32_fma::dispatch::<1>(ptrs, segs, seg_len, rows, b, panel_len, dst, np),
                     }
                 }
                 p += if two { 2 } else { 1 };
                 continue;
             }
             for r in 0..rows {
-                for col in 0..PANEL {
-                    dst[r * np + col] = (0..self.k).fold(0.0, |acc, t| acc + a.at(r, t) * b[t * PANEL + col]);
+                for col in 0..panel {
+                    dst[r * np + col] = (0..self.k).fold(0.0, |acc, t| acc + a.at(r, t) * b[t * panel + col]);
                 }
             }
             p += 1;
@@ -108,7 +102,7 @@ mod tests {
     use crate::matmul::blocked::{gemm, Rows};
     use crate::parallel::PARALLEL_MIN_MACS;
 
-    /// Both tiles equal an f64 reference within f32 rounding (relative 1e-5 of the sum of
+    /// Every tile this CPU has equals an f64 reference within f32 rounding (relative 1e-5 of the sum of
     /// absolute products), over partial tiles, a single or partial panel, odd depths, rows read
     /// in place or built, and sizes on both sides of the threading threshold.
     #[test]
@@ -127,7 +121,9 @@ mod tests {
                     }
                 }
             }
-            for packed in [PackedF32::pack(&w, n, k), PackedF32::pack(&w, n, k).plain()] {
+            let tiles = [F32Isa::Plain, F32Isa::Fma, F32Isa::Avx512].into_iter().filter(|&i| i <= F32Isa::detect());
+            let mut fused: Option<Vec<f32>> = None;
+            for packed in tiles.map(|i| PackedF32::pack_for(&w, n, k, i)) {
                 let copy = |acc: &[f32], stride: usize, _: usize, o: &mut [f32]| {
                     for (r, row) in o.chunks_mut(n).enumerate() {
                         row.copy_from_slice(&acc[r * stride..r * stride + n]);
@@ -141,7 +137,14 @@ mod tests {
                     gemm(&rows, m, &packed, &mut got, n, &copy);
                     for i in 0..m * n {
                         let err = (got[i] as f64 - want[i]).abs();
-                        assert!(err <= 1e-5 * scale[i].max(1.0), "m={m} n={n} k={k} fma={} entry {i}: {} vs {}", packed.fma, got[i], want[i]);
+                        assert!(err <= 1e-5 * scale[i].max(1.0), "m={m} n={n} k={k} {:?} entry {i}: {} vs {}", packed.isa, got[i], want[i]);
+                    }
+                    // The FMA tiles (ymm and zmm) give the same bits.
+                    if packed.isa != F32Isa::Plain {
+                        match &fused {
+                            Some(f) => assert_eq!(f, &got, "m={m} n={n} k={k} {:?}", packed.isa),
+                            None => fused = Some(got),
+                        }
                     }
                 }
             }

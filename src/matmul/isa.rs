@@ -1,5 +1,6 @@
-//! The instruction sets the integer GEMM can run on, and the choice among them at run time:
-//! the best the CPU has, capped by `WICK_INT8_ISA`. Uses nothing else in the crate.
+//! The instruction sets the integer and the f32 GEMMs can run on, and the choice among them at
+//! run time: the best the CPU has, capped by `WICK_INT8_ISA` and `WICK_F32_ISA`. Uses nothing
+//! else in the crate.
 
 /// The instruction set a packed GEMM runs on, chosen at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,5 +75,58 @@ impl Isa {
     /// Whether it reads u8 rows and quad-packed weights (the VNNI kernels).
     pub fn quads(self) -> bool {
         matches!(self, Isa::Avx2U7 | Isa::AvxVnni | Isa::Avx512Vnni)
+    }
+}
+
+/// The instruction set the f32 GEMM runs on, chosen at run time. Every one sums each output in
+/// depth order, one fused multiply-add per step (the plain loop rounds after each multiply), so
+/// the two FMA tiles give the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum F32Isa {
+    /// A plain loop.
+    Plain,
+    /// AVX2 + FMA `vfmadd231ps` on ymm: 8 multiply-adds per instruction.
+    Fma,
+    /// AVX-512 `vfmadd231ps` on zmm: 16 multiply-adds per instruction.
+    Avx512,
+}
+
+impl F32Isa {
+    /// The best this CPU has, capped by `WICK_F32_ISA=plain|avx2` (to compare tiles on one
+    /// machine).
+    pub fn detect() -> F32Isa {
+        let mut best = F32Isa::Plain;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                best = F32Isa::Fma;
+                if std::is_x86_feature_detected!("avx512f") {
+                    best = F32Isa::Avx512;
+                }
+            }
+        }
+        let cap = match std::env::var("WICK_F32_ISA").as_deref() {
+            Ok("plain") => F32Isa::Plain,
+            Ok("avx2") => F32Isa::Fma,
+            _ => F32Isa::Avx512,
+        };
+        best.min(cap)
+    }
+
+    /// How reports name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            F32Isa::Plain => "plain",
+            F32Isa::Fma => "AVX2 FMA",
+            F32Isa::Avx512 => "AVX-512 FMA",
+        }
+    }
+
+    /// Output columns per packed panel: one vector of f32 lanes.
+    pub fn panel(self) -> usize {
+        match self {
+            F32Isa::Avx512 => 16,
+            _ => 8,
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The SIMD register tiles of the packed GEMMs, one macro for all five: a tile of `MR` rows ×
+//! The SIMD register tiles of the packed GEMMs, one macro for all six: a tile of `MR` rows ×
 //! `NV` panels keeps `MR·NV` vector accumulators over the whole depth; per depth step it loads
 //! `NV` weight vectors, broadcasts each row's group of activations (an i16 pair or a u8 quad,
 //! read as one i32; or one f32) and applies the multiply-accumulate `op`. The rows count is
@@ -9,7 +9,8 @@
 //!   quads, `vpdpbusd` — 32 and 64 multiply-adds, summed straight into i32.
 //! - AVX2 on 7-bit activations (`quads_avx2_u7`): u8 quads × i8 quads, `vpmaddubsw` then
 //!   `vpmaddwd` by ones and `vpaddd` — 32 multiply-adds per three instructions.
-//! - FMA (`f32_fma`): f32 × f32, `vfmadd231ps` — 8 multiply-adds, the float runtime's tile.
+//! - FMA (`f32_fma`, ymm) and AVX-512 (`f32_avx512`, zmm): f32 × f32, `vfmadd231ps` — 8 and 16
+//!   multiply-adds, the float runtime's tiles.
 //!
 //! The integer ones are exact: no intermediate saturates (unlike `vpmaddubsw`).
 //!
@@ -112,3 +113,7 @@ tile_kernel!(quads_avx2_u7, "avx2", u8, i8, i32 => i32, group = 4, panel = 8,
 tile_kernel!(f32_fma, "avx2,fma", f32, f32, f32 => f32, group = 1, panel = 8,
     _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_storeu_ps,
     |acc, av, bv| _mm256_fmadd_ps(av, bv, acc));
+
+tile_kernel!(f32_avx512, "avx512f", f32, f32, f32 => f32, group = 1, panel = 16,
+    _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps,
+    |acc, av, bv| _mm512_fmadd_ps(av, bv, acc));
