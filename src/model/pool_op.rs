@@ -196,6 +196,23 @@ pub fn pool_planes(g: &PoolGeom, x: &[f32], planes: usize) -> Vec<f32> {
 /// `v > best` or a NaN (the first maximum's value), the average as the sum of each window row
 /// (in column order), summed over the rows, divided by the divisor.
 pub fn pool_channels_last(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn wide(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
+                channels_last(g, x, n, c)
+            }
+            // SAFETY: the CPU has AVX2.
+            return unsafe { wide(g, x, n, c) };
+        }
+    }
+    channels_last(g, x, n, c)
+}
+
+/// [`pool_channels_last`], inlined into the caller that picks the instruction set.
+#[inline(always)]
+fn channels_last(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
     let (ho, wo) = g.out();
     let (rows, cols) = g.windows();
     let mut y = vec![0f32; n * ho * wo * c];
@@ -211,9 +228,7 @@ pub fn pool_channels_last(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f3
                         for iy in y0..y1 {
                             for ix in x0..x1 {
                                 for (b, &v) in out.iter_mut().zip(&plane[(iy * g.w + ix) * c..][..c]) {
-                                    if v > *b || v.is_nan() {
-                                        *b = v;
-                                    }
+                                    *b = if v > *b || v.is_nan() { v } else { *b };
                                 }
                             }
                         }

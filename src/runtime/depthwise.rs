@@ -7,8 +7,8 @@
 //! in `(ky, kx)` order. Each output row then goes through the layer's own epilogue row, the same
 //! as after its GEMM, so the integer kernel is exact and bit-identical to the reference GEMM.
 
+use super::epilogue::FinishRow;
 use super::layout::ConvShape;
-use std::mem::MaybeUninit;
 use std::ops::{AddAssign, Mul};
 
 /// Whether a conv is depthwise (multiplier 1): one input and one output channel per group.
@@ -24,9 +24,10 @@ pub fn tap_major<T: Copy>(g: &ConvShape, values: &[T]) -> Vec<T> {
 }
 
 /// Runs the depthwise conv over `x` (`n` samples, channels last) with tap-major weights `w`;
-/// `finish(acc, row, out)` writes output row `row` (one position's channels) from its
-/// accumulators and must write all of `out`. Returns `[n·ho·wo, C]`.
-pub fn run<A, W, Acc, O>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &(impl Fn(&[Acc], usize, &mut [MaybeUninit<O>]) + Sync)) -> Vec<O>
+/// `finish.row(acc, row, 0, out)` writes output row `row` (one position's channels) from its
+/// accumulators (inlined here, so it runs on the instruction set picked here) and must write
+/// all of `out`. Returns `[n·ho·wo, C]`.
+pub fn run<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
 where
     A: Copy + Into<Acc>,
     W: Copy + Into<Acc>,
@@ -36,7 +37,7 @@ where
     {
         if std::is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
-            unsafe fn wide<A, W, Acc, O>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &(impl Fn(&[Acc], usize, &mut [MaybeUninit<O>]) + Sync)) -> Vec<O>
+            unsafe fn wide<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
             where
                 A: Copy + Into<Acc>,
                 W: Copy + Into<Acc>,
@@ -55,7 +56,7 @@ where
 const BLOCK: usize = 16;
 
 #[inline(always)]
-fn rows<A, W, Acc, O>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &(impl Fn(&[Acc], usize, &mut [MaybeUninit<O>]) + Sync)) -> Vec<O>
+fn rows<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
 where
     A: Copy + Into<Acc>,
     W: Copy + Into<Acc>,
@@ -103,7 +104,7 @@ where
                 }
             }
             let row = s * positions + p;
-            finish(&acc, row, &mut out[row * c..(row + 1) * c]);
+            finish.row(&acc, row, 0, &mut out[row * c..(row + 1) * c]);
         }
     }
     // SAFETY: `finish` wrote every output row.
@@ -134,6 +135,7 @@ fn tap_offsets(g: &ConvShape) -> Vec<Option<usize>> {
 mod tests {
     use super::*;
     use crate::runtime::layout::conv_shape;
+    use std::mem::MaybeUninit;
 
     /// A strided, dilated, padded depthwise conv over 2 samples, in integers: every output equals
     /// the sum by definition, padding taps reading the pad code.
@@ -145,7 +147,13 @@ mod tests {
         let x: Vec<u8> = (0..n * g.h * g.w * g.c).map(|i| (i * 37 % 251) as u8).collect();
         let w: Vec<i8> = (0..g.c * g.kh * g.kw).map(|i| (i as i32 * 53 % 255 - 127) as i8).collect();
         let pad = 9u8;
-        let y: Vec<i32> = run::<u8, i8, i32, i32>(&g, &tap_major(&g, &w), &x, pad, n, &|acc, _, out| out.iter_mut().zip(acc).for_each(|(o, &a)| _ = o.write(a)));
+        struct Copy;
+        impl FinishRow<i32, i32> for Copy {
+            fn row(&self, acc: &[i32], _: usize, _: usize, out: &mut [MaybeUninit<i32>]) {
+                out.iter_mut().zip(acc).for_each(|(o, &a)| _ = o.write(a));
+            }
+        }
+        let y: Vec<i32> = run(&g, &tap_major(&g, &w), &x, pad, n, &Copy);
         for s in 0..n {
             for oy in 0..g.ho {
                 for ox in 0..g.wo {

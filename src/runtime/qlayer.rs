@@ -92,7 +92,7 @@ impl QLayer {
         let (o, og) = (self.out_channels(), self.out_channels() / self.groups());
         let epilogue = |gi: usize| move |acc: &[i32], stride: usize, first: usize, out: &mut [MaybeUninit<O>]| finish_tile(finish, acc, stride, first, o, gi * og, og, out);
         match (&self.packed, codes, self.shape) {
-            (Packed::Depthwise(w), Codes::Bytes(c), LayerShape::Conv(g)) => depthwise::run::<u8, i8, i32, O>(&g, w, c, zp as u8, n, &|acc, row, out| finish.row(acc, row, 0, out)),
+            (Packed::Depthwise(w), Codes::Bytes(c), LayerShape::Conv(g)) => depthwise::run::<u8, i8, i32, O, F>(&g, w, c, zp as u8, n, finish),
             (Packed::Pairs(p), Codes::Wide(c), _) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as i16, n, epilogue),
             (Packed::Quads(p), Codes::Bytes(c), _) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as u8, n, epilogue),
             _ => unreachable!("codes come from this layer's `quantize`, in the type its kernel reads"),
