@@ -124,3 +124,21 @@ pub fn conv1d_arch() -> wick::model::arch::Arch {
         {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 28, "out_features": 4}], "output": "head"}"#;
     serde_json::from_str(json).unwrap()
 }
+
+/// The ops the other layout cases lack, over a 1-d signal: sigmoid, tanh, the tanh GELU, a
+/// dilated depthwise conv1d, average pooling with padding not counted, max pooling, and a
+/// concat along the length axis (dim −1).
+pub fn ops_1d_arch() -> wick::model::arch::Arch {
+    let json = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [4, 12]}, "nodes": [
+        {"name": "c", "op": "conv1d", "inputs": ["input"], "in_channels": 4, "out_channels": 6, "kernel_size": 3, "padding": 1},
+        {"name": "s", "op": "sigmoid", "inputs": ["c"]},
+        {"name": "d", "op": "conv1d", "inputs": ["s"], "in_channels": 6, "out_channels": 6, "kernel_size": 3, "padding": 2, "dilation": 2, "groups": 6},
+        {"name": "t", "op": "tanh", "inputs": ["d"]},
+        {"name": "ap", "op": "avgpool1d", "inputs": ["t"], "kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": false},
+        {"name": "g", "op": "gelu", "inputs": ["ap"], "approximate": "tanh"},
+        {"name": "mp", "op": "maxpool1d", "inputs": ["s"], "kernel_size": 2},
+        {"name": "cat", "op": "concat", "inputs": ["g", "mp"], "dim": -1},
+        {"name": "f", "op": "flatten", "inputs": ["cat"]},
+        {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 72, "out_features": 5}], "output": "head"}"#;
+    serde_json::from_str(json).unwrap()
+}

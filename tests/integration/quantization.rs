@@ -9,6 +9,7 @@ use wick::passes::calibrate::{ptq, CalibrateSettings};
 use wick::passes::fold_batchnorm::fold_batchnorm;
 use wick::progress::Silent;
 use wick::quant::ActType;
+use wick::runtime::plan::Plan;
 use wick::runtime::{kernels::Kernel, Exec, Executor};
 use wick::tensor_file::{self, RawTensor, TensorFile};
 
@@ -94,7 +95,6 @@ fn integer_execution_agrees_with_simulation_and_reference_bit_for_bit() {
 /// error naming the layer whose input quantisation met it.
 #[test]
 fn residual_adds_fuse_into_output_loops() {
-    use wick::runtime::plan::Plan;
     let resnet = ptq_lib(&load(&resnet_path()), &data("train"), Method::Minmax);
     let names = |v: Vec<(&str, &str, bool)>| -> Vec<(String, String, bool)> { v.into_iter().map(|(a, b, k)| (a.to_string(), b.to_string(), k)).collect() };
     let t = |a: &str, b: &str, k: bool| (a.to_string(), b.to_string(), k);
@@ -254,22 +254,23 @@ fn excluded_layers_stay_float() {
 }
 
 /// A random-weight model of `arch` (BatchNorm statistics non-trivial) with random inputs.
-/// The compiled runtime (channels-last buffers, fused ReLU, shared codes, float fallback for
-/// ops without an integer kernel) against the reference hook executor, on graphs that exercise
-/// every layout case: nested adds, a depthwise conv, concat, max pooling, relu6/silu/gelu,
-/// flatten into a linear, odd patch lengths, stride 2, a layer left in float, i8 and u7
-/// activations (u7 runs AVX2's 7-bit kernel where the CPU has no VNNI),
-/// and a conv1d feeding a pointwise conv1d over an odd channel count, then a linear over a 3-d
-/// tensor.
+/// The compiled runtime (channels-last buffers, fused activations, shared codes, float layers on
+/// the f32 GEMM) against the reference hook executor, on graphs that exercise every layout case
+/// and every op: nested adds, a depthwise conv (2-d, and 1-d dilated), concat along channels and
+/// along the length, max and average pooling, every activation, flatten into a linear, odd patch
+/// lengths, stride 2, a layer left in float, i8 and u7 activations (u7 runs AVX2's 7-bit kernel
+/// where the CPU has no VNNI), and a conv1d feeding a pointwise conv1d over an odd channel
+/// count, then a linear over a 3-d tensor. No step falls back to the candle executor.
 #[test]
 fn compiled_runtime_equals_the_reference_executor_on_every_layout_case() {
-    let archs = [(wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap(), ["q", "c1"]), (conv1d_arch(), ["t", "c"])];
+    let archs = [(wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap(), ["q", "c1"]), (conv1d_arch(), ["t", "c"]), (ops_1d_arch(), ["d", "head"])];
     for (arch, float_layers) in archs {
         let (m, d) = random_model(arch, 40);
         let float_layers: Vec<String> = float_layers.iter().map(|s| s.to_string()).collect();
         for (act, exclude) in [(ActType::U8, vec![]), (ActType::U7, vec![]), (ActType::I8, vec![]), (ActType::U8, float_layers)] {
             let settings = CalibrateSettings { method: Method::Minmax, samples: 40, activations: act, exclude: exclude.clone(), ..Default::default() };
             let q = ptq(&m, &d, &settings, &Silent).unwrap().int8;
+            assert_eq!(Plan::int8(&q).unwrap().candle_steps(), Vec::<&str>::new(), "{act:?} {exclude:?}");
             let logits = |e: Exec| -> Vec<f32> { Executor::new(&q, e).unwrap().predict(&d.x).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
             let (fast, reference) = (logits(Exec::Integer(Kernel::Fast)), logits(Exec::Integer(Kernel::Reference)));
             assert_eq!(fast.len(), reference.len());

@@ -1,5 +1,5 @@
-//! The element-wise kernels of the compiled plans: global average pooling and the add and ReLU
-//! steps.
+//! The element-wise and data-movement kernels of the compiled plans: global average pooling,
+//! the add and ReLU steps, and concatenation.
 
 use super::Value;
 use crate::runtime::epilogue::add_relu;
@@ -46,4 +46,16 @@ pub(super) fn add_relu_in_place(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
         }
     }
     add_relu(a, b, relu)
+}
+
+/// `out = [in₀ row 0, in₁ row 0, …, in₀ row 1, …]`: `rows` rows, input `i`'s rows `widths[i]`
+/// long.
+pub(super) fn concat_rows(ins: &[&[f32]], rows: usize, widths: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * widths.iter().sum::<usize>());
+    for r in 0..rows {
+        for (x, &w) in ins.iter().zip(widths) {
+            out.extend_from_slice(&x[r * w..(r + 1) * w]);
+        }
+    }
+    out
 }

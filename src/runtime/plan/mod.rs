@@ -49,8 +49,13 @@ enum Kind {
     /// Max or average pooling over each channel's plane, in the layout its input has (`h`, `w` set).
     Pool(PoolGeom),
     Flatten,
+    /// Inputs joined along full-tensor dim `dim` (≥ 1): channels last when every input is and
+    /// `dim` is the channel axis, in logical order otherwise.
+    Concat {
+        dim: usize,
+    },
     Identity,
-    /// Any other op (or a weight layer left in float by an INT8 model): the float executor.
+    /// Any other op: the float executor.
     Float,
 }
 
@@ -110,12 +115,13 @@ struct Value {
 }
 
 impl Plan {
-    /// Compiles INT8 model `m`: its quantised layers run the integer GEMM, the rest in float.
+    /// Compiles INT8 model `m`: its quantised layers run the integer GEMM, its float layers the
+    /// f32 one.
     pub fn int8(m: &Int8Model) -> Result<Plan> {
         let fingerprint = if cfg!(debug_assertions) { crate::audit::fingerprint_int8(m) } else { 0 };
         crate::audit::record(|| crate::audit::Event::Compiled { model: fingerprint, int8: true });
-        Plan::compile(m.model.deep_clone()?, fingerprint, |_, node, in_shape| {
-            let Some(q) = m.layers.get(&node.name) else { return Ok(Kind::Float) };
+        Plan::compile(m.model.deep_clone()?, fingerprint, |model, node, in_shape| {
+            let Some(q) = m.layers.get(&node.name) else { return dense(model, node, in_shape) };
             match QLayer::new(q, &node.op, in_shape, m.bias(&node.name)?) {
                 Some(l) => Ok(Kind::Quant(Box::new(l))),
                 None => Err(WickError::node(&node.name, "has a shape the integer runtime cannot lay out")),
@@ -129,18 +135,12 @@ impl Plan {
         let fingerprint = if cfg!(debug_assertions) { crate::audit::fingerprint(m) } else { 0 };
         crate::audit::record(|| crate::audit::Event::Compiled { model: fingerprint, int8: false });
         let (folded, _) = crate::model::fold::fold_batchnorm(m)?;
-        let layers = |folded: &Model, node: &Node, in_shape: &[usize]| -> Result<Kind> {
-            let vec = |name: &str| -> Result<Vec<f32>> { Ok(folded.p(name).flatten_all()?.to_vec1()?) };
-            let bias = match folded.params.contains_key(&node.param("bias")) {
-                true => Some(vec(&node.param("bias"))?),
-                false => None,
-            };
-            Ok(match FloatLayer::new(&node.op, in_shape, &vec(&node.param("weight"))?, bias) {
-                Some(l) => Kind::Dense(Box::new(l)),
-                None => Kind::Float,
-            })
-        };
-        Plan::compile(folded, fingerprint, layers)
+        Plan::compile(folded, fingerprint, dense)
+    }
+
+    /// The nodes that run through the candle executor (ops without a compiled step).
+    pub fn candle_steps(&self) -> Vec<&str> {
+        self.steps.iter().filter(|s| matches!(s.kind, Kind::Float)).map(|s| self.model.arch.nodes[s.node].name.as_str()).collect()
     }
 
     /// Compiles the steps of `model`, asking `weight_layer(model, node, per-sample input shape)` what
@@ -198,6 +198,10 @@ impl Plan {
                     Kind::Pool(PoolGeom { h, w, ..pool_geom(op).expect("a pooling op") })
                 }
                 Op::Flatten(_) => Kind::Flatten,
+                Op::Concat(c) => {
+                    let rank = model.graph.shapes[node.inputs[0].as_str()].len();
+                    Kind::Concat { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1 }
+                }
                 Op::Dropout(_) => Kind::Identity,
                 _ => Kind::Float,
             };
@@ -233,6 +237,19 @@ impl Plan {
         let layer = |s: &Step| self.model.arch.nodes[s.node].name.as_str();
         self.steps.iter().filter_map(|s| s.residual.map(|(r, relu)| (layer(s), name(r), relu))).collect()
     }
+}
+
+/// A float weight layer on the packed f32 GEMM (or the depthwise kernel).
+fn dense(model: &Model, node: &Node, in_shape: &[usize]) -> Result<Kind> {
+    let vec = |name: &str| -> Result<Vec<f32>> { Ok(model.p(name).flatten_all()?.to_vec1()?) };
+    let bias = match model.params.contains_key(&node.param("bias")) {
+        true => Some(vec(&node.param("bias"))?),
+        false => None,
+    };
+    Ok(match FloatLayer::new(&node.op, in_shape, &vec(&node.param("weight"))?, bias) {
+        Some(l) => Kind::Dense(Box::new(l)),
+        None => Kind::Float,
+    })
 }
 
 impl Step {

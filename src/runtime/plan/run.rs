@@ -2,7 +2,7 @@
 //! walks the steps over channels-last buffers, quantising each integer layer's input once per
 //! quantiser and freeing each value after its last reader.
 
-use super::elementwise::{add_relu_in_place, global_avg_pool};
+use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
 use crate::model::act_op::apply_in_place;
@@ -96,6 +96,21 @@ impl Plan {
                     v
                 }
                 Kind::Identity => self.owned(&mut vals, step, si),
+                Kind::Concat { dim } => {
+                    let cl = *dim == 1 && step.inputs.iter().all(|&i| vals[i].as_ref().expect("input computed").channels_last);
+                    for &i in &step.inputs {
+                        set_layout(vals[i].as_mut().expect("input computed"), cl);
+                    }
+                    let ins: Vec<&Value> = step.inputs.iter().map(|&i| vals[i].as_ref().expect("input computed")).collect();
+                    let dims = out_dims(&self.model.graph.shapes[node.name.as_str()], n);
+                    // Rows of the output, each the inputs' pieces one after another.
+                    let (rows, widths): (usize, Vec<usize>) = match cl {
+                        true => (dims[0] * dims[2..].iter().product::<usize>(), ins.iter().map(|v| v.dims[1]).collect()),
+                        false => (dims[..*dim].iter().product(), ins.iter().map(|v| v.dims[*dim..].iter().product()).collect()),
+                    };
+                    let parts: Vec<&[f32]> = ins.iter().map(|v| v.data.as_slice()).collect();
+                    Value { data: concat_rows(&parts, rows, &widths), dims, channels_last: cl }
+                }
                 Kind::Act(a) => {
                     let mut v = self.owned(&mut vals, step, si);
                     apply_in_place(&mut v.data, *a);
