@@ -4,8 +4,9 @@
 //! (each tap's codes read where they lie, or the codes in place when a row *is* a pixel), or a
 //! depthwise conv's direct kernel (`depthwise.rs`, exact in i32 like the GEMM), and dequantises
 //! in the epilogue: `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`, then `max(y, 0)` when a ReLU was
-//! fused into it, or the activation that was (`zp·Σw_c` computed once per layer). When the plan fuses a residual add into the layer, the
-//! add (and a ReLU after it) follows in the same loop ([`Residual`]).
+//! fused into it, or the activation that was (`zp·Σw_c` computed once per layer). When the plan
+//! fuses a residual add into the layer, the add (and a ReLU after it) follows in the same loop
+//! ([`Residual`]).
 
 use super::depthwise;
 use super::epilogue::{activate, finish_tile, FinishRow, Residual};

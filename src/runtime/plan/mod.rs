@@ -46,7 +46,8 @@ enum Kind {
     GlobalAvgPool,
     /// An element-wise activation, in place in either layout.
     Act(Act),
-    /// Max or average pooling over each channel's plane, in the layout its input has (`h`, `w` set).
+    /// Max or average pooling over each channel's plane, in the layout its input has (`h`, `w`
+    /// set).
     Pool(PoolGeom),
     Flatten,
     /// Inputs joined along full-tensor dim `dim` (≥ 1): channels last when every input is and
@@ -143,8 +144,8 @@ impl Plan {
         self.steps.iter().filter(|s| matches!(s.kind, Kind::Float)).map(|s| self.model.arch.nodes[s.node].name.as_str()).collect()
     }
 
-    /// Compiles the steps of `model`, asking `weight_layer(model, node, per-sample input shape)` what
-    /// each conv and linear runs.
+    /// Compiles the steps of `model`, asking `weight_layer(model, node, per-sample input shape)`
+    /// what each conv and linear runs.
     fn compile(model: Model, fingerprint: u64, weight_layer: impl Fn(&Model, &Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
         let arch = &model.arch;
         let mut slot_of: BTreeMap<&str, usize> = BTreeMap::new();
@@ -161,48 +162,52 @@ impl Plan {
         for &ni in &model.graph.order {
             let node = &arch.nodes[ni];
             let inputs: Vec<usize> = node.inputs.iter().map(|i| slot_of[i.as_str()]).collect();
-            // Another activation whose input is a weight layer read by nothing else joins its
-            // epilogue, applied to each output row while it is in cache.
-            if let Some(act) = Act::of(&node.op) {
+            let (act, relu) = (Act::of(&node.op), matches!(node.op, Op::Relu(_)));
+            // An activation whose input is the previous step's output, read by nothing else,
+            // joins that step: a ReLU a weight layer's epilogue or an add's loop, another
+            // activation a weight layer's epilogue (each output row while it is in cache).
+            if let Some(last) = steps.last_mut().filter(|_| relu || act.is_some()) {
                 let src = node.inputs[0].as_str();
-                if let Some(last) = steps.last_mut() {
-                    let single = readers.get(src) == Some(&1) && src != out_name && arch.nodes[last.node].name == src;
-                    if let Some(slot) = last.kind.fused_act().filter(|_| single) {
-                        *slot = Some(act);
-                        slot_of.insert(node.name.as_str(), last.output);
-                        continue;
-                    }
+                let single = readers.get(src) == Some(&1) && src != out_name && arch.nodes[last.node].name == src;
+                let fused = match (single, act) {
+                    (false, _) => false,
+                    (true, Some(a)) => match last.kind.fused_act() {
+                        Some(slot) => {
+                            *slot = Some(a);
+                            true
+                        }
+                        None => false,
+                    },
+                    (true, None) => match last.kind.fused_relu() {
+                        Some(r) if !*r => {
+                            *r = true;
+                            true
+                        }
+                        _ => false,
+                    },
+                };
+                if fused {
+                    slot_of.insert(node.name.as_str(), last.output);
+                    continue;
                 }
             }
-            // A ReLU whose input is a weight layer or an add read by nothing else joins it.
-            if matches!(node.op, Op::Relu(_)) {
-                let src = node.inputs[0].as_str();
-                if let Some(last) = steps.last_mut() {
-                    let single = readers.get(src) == Some(&1) && src != out_name && arch.nodes[last.node].name == src;
-                    if let Some(relu) = last.kind.fused_relu().filter(|r| single && !**r) {
-                        *relu = true;
-                        slot_of.insert(node.name.as_str(), last.output);
-                        continue;
-                    }
-                }
-            }
-            let kind = match &node.op {
-                op if is_weight_layer(op) => weight_layer(&model, node, &model.graph.shapes[node.inputs[0].as_str()])?,
-                Op::Relu(_) => Kind::Relu,
-                Op::Add(_) => Kind::Add { relu: false },
-                Op::GlobalAvgPool(_) => Kind::GlobalAvgPool,
-                op if Act::of(op).is_some() => Kind::Act(Act::of(op).expect("an activation")),
-                op if pool_geom(op).is_some() => {
+            let kind = match (&node.op, act, pool_geom(&node.op)) {
+                (op, ..) if is_weight_layer(op) => weight_layer(&model, node, &model.graph.shapes[node.inputs[0].as_str()])?,
+                (Op::Relu(_), ..) => Kind::Relu,
+                (Op::Add(_), ..) => Kind::Add { relu: false },
+                (Op::GlobalAvgPool(_), ..) => Kind::GlobalAvgPool,
+                (_, Some(a), _) => Kind::Act(a),
+                (_, _, Some(g)) => {
                     let s = &model.graph.shapes[node.inputs[0].as_str()];
                     let (h, w) = if s.len() == 3 { (s[1], s[2]) } else { (1, s[1]) };
-                    Kind::Pool(PoolGeom { h, w, ..pool_geom(op).expect("a pooling op") })
+                    Kind::Pool(PoolGeom { h, w, ..g })
                 }
-                Op::Flatten(_) => Kind::Flatten,
-                Op::Concat(c) => {
+                (Op::Flatten(_), ..) => Kind::Flatten,
+                (Op::Concat(c), ..) => {
                     let rank = model.graph.shapes[node.inputs[0].as_str()].len();
                     Kind::Concat { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1 }
                 }
-                Op::Dropout(_) => Kind::Identity,
+                (Op::Dropout(_), ..) => Kind::Identity,
                 _ => Kind::Float,
             };
             steps.push(Step { node: ni, kind, inputs, output: slots, residual: None });
