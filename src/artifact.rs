@@ -55,7 +55,10 @@ pub struct Int8Model {
 }
 
 impl Int8Model {
-    /// Builds an INT8 model from a float model, quantising the weights of `inputs`' layers.
+    /// Builds an INT8 model from a float model, quantising the weights of `inputs`' layers and
+    /// putting their biases on the accumulator's grid, `b̂_c = round(b_c / (s_in·s_c))·s_in·s_c`:
+    /// the int32 bias integer runtimes add, so that every runtime given the artifact computes the
+    /// same sums.
     pub fn quantize(model: &Model, inputs: &BTreeMap<String, QParams>) -> Result<Int8Model> {
         let mut tensors = model.tensors();
         let mut layers = BTreeMap::new();
@@ -65,7 +68,14 @@ impl Int8Model {
             let shape = w.dims().to_vec();
             let qw = crate::quant::quantize_weight(&w.flatten_all()?.to_vec1()?, &shape);
             tensors.insert(wname, Tensor::from_vec(qw.dequantize(), shape, w.device())?);
-            layers.insert(name.clone(), QuantLayer { weight: qw, input });
+            let layer = QuantLayer { weight: qw, input };
+            let bname = format!("{name}.bias");
+            if let Some(b) = tensors.get(&bname) {
+                let grid: Vec<f32> = b.to_vec1::<f32>()?.iter().zip(layer.multipliers()).map(|(&b, m)| bias_code(b, m) as f32 * m).collect();
+                let n = grid.len();
+                tensors.insert(bname, Tensor::from_vec(grid, n, b.device())?);
+            }
+            layers.insert(name.clone(), layer);
         }
         let m = Model::new(model.arch.clone(), tensors, &model.source)?;
         Ok(Int8Model { model: m, layers, info: Map::new() })
@@ -244,6 +254,11 @@ fn read_layer(file: &TensorFile, l: &str, w: &RawTensor, declared: &str) -> Resu
         return Err(WickError::invalid(format!("{f}: tensor '{l}.weight'"), format!("holds the code -128 at flat index {i}, outside the format's symmetric range -127..=127")));
     }
     Ok(QuantLayer { weight: QWeight { shape: w.shape.clone(), values, scales }, input: QParams { scale, zero_point: zero_point as i32, act } })
+}
+
+/// A bias as an int32 code at scale `m = s_in·s_c`: `round(b / m)`, saturating.
+pub fn bias_code(b: f32, m: f32) -> i32 {
+    (b / m).round() as i32
 }
 
 /// A model file of either kind.
