@@ -57,8 +57,8 @@ pub struct Int8Model {
 impl Int8Model {
     /// Builds an INT8 model from a float model, quantising the weights of `inputs`' layers and
     /// putting their biases on the accumulator's grid, `b̂_c = round(b_c / (s_in·s_c))·s_in·s_c`:
-    /// the int32 bias integer runtimes add, so that every runtime given the artifact computes the
-    /// same sums.
+    /// the int32 bias integer runtimes add (what `onnx::export` writes), so that every runtime
+    /// given the artifact computes the same sums.
     pub fn quantize(model: &Model, inputs: &BTreeMap<String, QParams>) -> Result<Int8Model> {
         let mut tensors = model.tensors();
         let mut layers = BTreeMap::new();
@@ -270,6 +270,10 @@ pub enum AnyModel {
 /// Loads a float model or an INT8 artifact (told apart by the file's wick metadata); returns
 /// the model and load warnings.
 pub fn load_any(path: &Path, arch_override: Option<&Path>) -> Result<(AnyModel, Vec<String>)> {
+    if crate::onnx::is_onnx(path) {
+        crate::onnx::refuse_arch(path, arch_override)?;
+        return Ok((crate::onnx::load(path)?.0, vec![]));
+    }
     let file = TensorFile::read(path)?;
     if let Some(kind) = load::wick_metadata(&file)?.and_then(|m| m.get("kind").cloned()) {
         if kind != "int8" && kind != "float" {

@@ -26,6 +26,8 @@ pub enum WickError {
     Node { node: String, msg: String },
     #[error("{file}: data: {msg}")]
     Data { file: String, msg: String },
+    #[error("{file}: ONNX node '{node}' ({op_type}): {msg}")]
+    Onnx { file: String, node: String, op_type: String, msg: String },
     #[error("{what}: {msg}")]
     Invalid { what: String, msg: String },
     #[error("pass '{pass}': {cause}")]

@@ -13,6 +13,7 @@ pub mod eval;
 pub mod job;
 pub mod matmul;
 pub mod model;
+pub mod onnx;
 pub mod parallel;
 pub mod partial_files;
 pub mod passes;

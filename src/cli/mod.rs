@@ -6,6 +6,8 @@ mod bench;
 mod compress;
 mod distill;
 mod eval;
+mod export;
+mod import;
 mod inspect;
 pub mod progress;
 mod prune;
@@ -46,12 +48,18 @@ pub enum Command {
     Batch(batch::Args),
     /// Speed of float and INT8 inference and of training, as ratios measured in one run.
     Bench(bench::Args),
+    /// An ONNX model as a wick model file (float, or INT8 from a QDQ graph).
+    Import(import::Args),
+    /// A wick model as ONNX: a float graph, or a QDQ graph for an INT8 artifact.
+    Export(export::Args),
 }
 
-/// The model a command reads: a safetensors file and, optionally, its architecture.
+/// The model a command reads: a safetensors file and, optionally, its architecture, or an
+/// ONNX file.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    /// Model file (safetensors): a float model, or for `eval` also a wick INT8 artifact.
+    /// Model file: wick safetensors (a float model, or for `eval` and `export` also an INT8
+    /// artifact) or ONNX (`.onnx`).
     pub model: std::path::PathBuf,
     /// Architecture JSON (else the file's metadata or a sidecar `<stem>.arch.json`).
     #[arg(long)]
@@ -81,6 +89,8 @@ fn dispatch(command: Command, threads: usize) -> anyhow::Result<Outcome> {
         Command::Compress(a) => compress::run(a),
         Command::Batch(a) => batch::run(a),
         Command::Bench(a) => bench::run(a, threads),
+        Command::Import(a) => import::run(a),
+        Command::Export(a) => export::run(a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Loading and saving float models. The architecture is found in this order: an explicit
 //! `--arch FILE`, the file's own `__metadata__["wick"]` (wick's outputs are self-describing), a
-//! sidecar `<stem>.arch.json` beside the file. Uses `model`, `tensor_file`, `error`.
+//! sidecar `<stem>.arch.json` beside the file. Uses `model`, `tensor_file`, `error`, and `onnx`
+//! for `.onnx` files.
 
 use super::arch::Arch;
 use super::Model;
@@ -62,8 +63,12 @@ pub fn resolve_arch(file: &TensorFile, arch_override: Option<&Path>) -> Result<A
     Err(WickError::invalid(file.name(), format!("no architecture: the file has no wick metadata, there is no sidecar {}, and no --arch was given", side.display())))
 }
 
-/// Loads a float model from a safetensors file.
+/// Loads a float model from a safetensors file, or from an ONNX file (by its extension).
 pub fn load_model(path: &Path, arch_override: Option<&Path>) -> Result<Loaded> {
+    if crate::onnx::is_onnx(path) {
+        crate::onnx::refuse_arch(path, arch_override)?;
+        return crate::onnx::load_model(path);
+    }
     let file = TensorFile::read(path)?;
     let arch = resolve_arch(&file, arch_override)?;
     model_from_file(&file, arch)

@@ -1,0 +1,334 @@
+//! A wick model as an ONNX graph (opset 17, or 20 for a tanh GELU; dynamic batch). A float model maps node by node onto
+//! standard ops. An INT8 artifact becomes a QDQ graph, which is how ONNX Runtime, TensorRT and
+//! OpenVINO take pre-quantised models: each quantised layer reads
+//! `DequantizeLinear(QuantizeLinear(x, s_in, zp))` and a weight `DequantizeLinear(int8 W, s_c,
+//! axis 0)` with the artifact's exact codes and scales, and an int32 bias
+//! `round(b / (s_in·s_c))` at scale `s_in·s_c`, the form runtimes fuse into integer kernels.
+
+use super::proto::{attr_type, AttributeProto, Dimension, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto};
+use super::tensor::{byte_tensor, f32_tensor, i32_tensor, i64_tensor};
+use crate::artifact::{Int8Model, QuantLayer};
+use crate::error::{Result, WickError};
+use crate::model::arch::{GeluApprox, Node, Op, Pair, PoolCfg};
+use crate::model::Model;
+use crate::quant::ActType;
+use prost::Message;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The opset wick writes: the first with `LayerNormalization`, read by every current runtime.
+pub const OPSET: i64 = 17;
+/// The opset of a model with a tanh-form GELU: the first with the `Gelu` op (opset 17 would
+/// need the tanh polynomial spelled out in eight nodes).
+pub const OPSET_TANH_GELU: i64 = 20;
+
+/// A float model as an ONNX graph.
+pub fn float_model(model: &Model) -> Result<ModelProto> {
+    build(model, &BTreeMap::new())
+}
+
+/// An INT8 artifact as a QDQ graph.
+pub fn int8_model(q: &Int8Model) -> Result<ModelProto> {
+    build(&q.model, &q.layers)
+}
+
+/// Writes `model` to `path` atomically.
+pub fn write(model: &ModelProto, path: &Path) -> Result<()> {
+    crate::tensor_file::write_atomic(path, &model.encode_to_vec())
+}
+
+fn build(model: &Model, layers: &BTreeMap<String, QuantLayer>) -> Result<ModelProto> {
+    let arch = &model.arch;
+    let mut g = Builder::default();
+    for &i in &model.graph.order {
+        let node = &arch.nodes[i];
+        g.node(model, node, layers.get(&node.name)).map_err(|m| WickError::node(&node.name, format!("ONNX export: {m}")))?;
+    }
+    let tensor_type = |name: &str, shape: &[usize]| {
+        let dim = std::iter::once(Dimension { dim_value: None, dim_param: Some("batch".into()) }).chain(shape.iter().map(|&d| Dimension { dim_value: Some(d as i64), dim_param: None })).collect();
+        ValueInfoProto { name: name.into(), r#type: Some(TypeProto { tensor_type: Some(TypeProtoTensor { elem_type: super::proto::data_type::FLOAT, shape: Some(TensorShapeProto { dim }) }) }) }
+    };
+    let out = arch.output_name();
+    let graph = GraphProto {
+        node: g.nodes,
+        name: "wick".into(),
+        initializer: g.inits,
+        input: vec![tensor_type(&arch.input.name, &arch.input.shape)],
+        output: vec![tensor_type(out, &model.graph.shapes[out])],
+        value_info: vec![],
+    };
+    let opset = if arch.nodes.iter().any(|n| matches!(&n.op, Op::Gelu(c) if c.approximate == GeluApprox::Tanh)) { OPSET_TANH_GELU } else { OPSET };
+    Ok(ModelProto {
+        // IR version 8 goes with opset 17, 9 with opset 20.
+        ir_version: if opset == OPSET { 8 } else { 9 },
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset }],
+        producer_name: "wick".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(graph),
+        metadata_props: vec![],
+    })
+}
+
+#[derive(Default)]
+struct Builder {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+}
+
+fn ints(name: &str, v: &[usize]) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: attr_type::INTS, ints: v.iter().map(|&x| x as i64).collect(), ..Default::default() }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: attr_type::INT, i: v, ..Default::default() }
+}
+
+fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: attr_type::FLOAT, f: v, ..Default::default() }
+}
+
+/// `v` (`[rows, cols]` row-major) as `[cols, rows]`: `out[c·rows + r] = v[r·cols + c]`.
+fn transposed<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
+    (0..cols).flat_map(|c| (0..rows).map(move |r| v[r * cols + c])).collect()
+}
+
+fn hw(p: Pair, spatial: usize) -> Vec<usize> {
+    let (h, w) = p.hw();
+    if spatial == 1 {
+        vec![h]
+    } else {
+        vec![h, w]
+    }
+}
+
+impl Builder {
+    /// Appends ONNX node `name` computing value `output`.
+    fn op(&mut self, op_type: &str, name: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) {
+        self.nodes.push(NodeProto { input: inputs.iter().map(|s| s.to_string()).collect(), output: vec![output.into()], name: name.into(), op_type: op_type.into(), domain: String::new(), attribute });
+    }
+
+    fn init(&mut self, t: TensorProto) -> String {
+        let name = t.name.clone();
+        self.inits.push(t);
+        name
+    }
+
+    fn scalar(&mut self, name: &str, v: f32) -> String {
+        self.init(f32_tensor(name, &[], &[v]))
+    }
+
+    /// One wick node as ONNX nodes whose final output is named after it.
+    fn node(&mut self, model: &Model, node: &Node, quant: Option<&QuantLayer>) -> std::result::Result<(), String> {
+        let n = node.name.as_str();
+        let x = node.inputs.first().map(String::as_str).unwrap_or("");
+        let in_shape = model.graph.shapes.get(x).cloned().unwrap_or_default();
+        let x = match quant {
+            Some(q) => self.quantize_input(n, x, q),
+            None => x.to_string(),
+        };
+        let x = x.as_str();
+        let param = |s: &str| node.param(s);
+        match &node.op {
+            Op::Linear(c) => {
+                // Gemm takes `[N, in]`; a linear over more dims is MatMul with `[in, out]`.
+                let gemm = in_shape.len() == 1;
+                let w = self.weight(model, node, quant, !gemm)?;
+                let b = if c.bias { Some(self.bias(model, node, quant)?) } else { None };
+                if gemm {
+                    let mut ins = vec![x, w.as_str()];
+                    ins.extend(b.as_deref());
+                    self.op("Gemm", n, &ins, n, vec![int("transB", 1)]);
+                } else if let Some(b) = b {
+                    let mm = format!("{n}.matmul");
+                    self.op("MatMul", n, &[x, &w], &mm, vec![]);
+                    self.op("Add", &format!("{n}.bias_add"), &[&mm, &b], n, vec![]);
+                } else {
+                    self.op("MatMul", n, &[x, &w], n, vec![]);
+                }
+            }
+            Op::Conv1d(c) => {
+                let w = self.weight(model, node, quant, false)?;
+                let b = if c.bias { Some(self.bias(model, node, quant)?) } else { None };
+                let mut ins = vec![x, w.as_str()];
+                ins.extend(b.as_deref());
+                let attrs =
+                    vec![ints("kernel_shape", &[c.kernel_size]), ints("strides", &[c.stride]), ints("pads", &[c.padding, c.padding]), ints("dilations", &[c.dilation]), int("group", c.groups as i64)];
+                self.op("Conv", n, &ins, n, attrs);
+            }
+            Op::Conv2d(c) => {
+                let w = self.weight(model, node, quant, false)?;
+                let b = if c.bias { Some(self.bias(model, node, quant)?) } else { None };
+                let mut ins = vec![x, w.as_str()];
+                ins.extend(b.as_deref());
+                let (ph, pw) = c.padding.hw();
+                let attrs = vec![
+                    ints("kernel_shape", &hw(c.kernel_size, 2)),
+                    ints("strides", &hw(c.stride, 2)),
+                    ints("pads", &[ph, pw, ph, pw]),
+                    ints("dilations", &hw(c.dilation, 2)),
+                    int("group", c.groups as i64),
+                ];
+                self.op("Conv", n, &ins, n, attrs);
+            }
+            Op::BatchNorm1d(c) | Op::BatchNorm2d(c) => {
+                let f = |s: &str| model.p(&param(s)).flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string());
+                let (scale, bias) = if c.affine { (f("weight")?, f("bias")?) } else { (vec![1.0; c.num_features], vec![0.0; c.num_features]) };
+                let names =
+                    [("weight", scale), ("bias", bias), ("running_mean", f("running_mean")?), ("running_var", f("running_var")?)].map(|(s, v)| self.init(f32_tensor(&param(s), &[c.num_features], &v)));
+                let ins: Vec<&str> = std::iter::once(x).chain(names.iter().map(String::as_str)).collect();
+                self.op("BatchNormalization", n, &ins, n, vec![float("epsilon", c.eps as f32), float("momentum", (1.0 - c.momentum) as f32)]);
+            }
+            Op::LayerNorm(c) => {
+                let numel: usize = c.normalized_shape.iter().product();
+                let (w, b) = if c.elementwise_affine {
+                    (self.param_init(model, &param("weight"))?, self.param_init(model, &param("bias"))?)
+                } else {
+                    (self.init(f32_tensor(&param("weight"), &c.normalized_shape, &vec![1.0; numel])), self.init(f32_tensor(&param("bias"), &c.normalized_shape, &vec![0.0; numel])))
+                };
+                self.op("LayerNormalization", n, &[x, &w, &b], n, vec![int("axis", -(c.normalized_shape.len() as i64)), float("epsilon", c.eps as f32)]);
+            }
+            Op::Relu(_) => self.op("Relu", n, &[x], n, vec![]),
+            Op::Sigmoid(_) => self.op("Sigmoid", n, &[x], n, vec![]),
+            Op::Tanh(_) => self.op("Tanh", n, &[x], n, vec![]),
+            Op::Relu6(_) => {
+                let (lo, hi) = (self.scalar(&format!("{n}.min"), 0.0), self.scalar(&format!("{n}.max"), 6.0));
+                self.op("Clip", n, &[x, &lo, &hi], n, vec![]);
+            }
+            Op::Silu(_) => {
+                let s = format!("{n}.sigmoid");
+                self.op("Sigmoid", &s, &[x], &s, vec![]);
+                self.op("Mul", n, &[x, &s], n, vec![]);
+            }
+            Op::Gelu(c) => self.gelu(n, x, c.approximate),
+            Op::MaxPool1d(c) | Op::AvgPool1d(c) => self.pool(n, x, c, 1, matches!(node.op, Op::MaxPool1d(_))),
+            Op::MaxPool2d(c) | Op::AvgPool2d(c) => self.pool(n, x, c, 2, matches!(node.op, Op::MaxPool2d(_))),
+            Op::GlobalAvgPool(_) => {
+                // ONNX keeps the pooled dims as 1s; wick's op drops them.
+                let p = format!("{n}.pooled");
+                self.op("GlobalAveragePool", n, &[x], &p, vec![]);
+                self.op("Flatten", &format!("{n}.flatten"), &[&p], n, vec![int("axis", 1)]);
+            }
+            Op::Flatten(_) => {
+                let out = &model.graph.shapes[n];
+                if out.len() == 1 {
+                    self.op("Flatten", n, &[x], n, vec![int("axis", 1)]);
+                } else {
+                    let dims: Vec<i64> = std::iter::once(0).chain(out.iter().map(|&d| d as i64)).collect();
+                    let s = self.init(i64_tensor(&format!("{n}.shape"), &[dims.len()], &dims));
+                    self.op("Reshape", n, &[x, &s], n, vec![]);
+                }
+            }
+            Op::Add(_) => {
+                let mut acc = node.inputs[0].clone();
+                for (k, other) in node.inputs.iter().enumerate().skip(1) {
+                    let out = if k + 1 == node.inputs.len() { n.to_string() } else { format!("{n}.partial{k}") };
+                    self.op("Add", &out, &[&acc, other], &out, vec![]);
+                    acc = out;
+                }
+            }
+            Op::Concat(c) => {
+                let ins: Vec<&str> = node.inputs.iter().map(String::as_str).collect();
+                self.op("Concat", n, &ins, n, vec![int("axis", c.dim)]);
+            }
+            Op::Dropout(_) => self.op("Identity", n, &[x], n, vec![]),
+            Op::Softmax(c) => self.op("Softmax", n, &[x], n, vec![int("axis", c.dim)]),
+        }
+        Ok(())
+    }
+
+    fn pool(&mut self, n: &str, x: &str, c: &PoolCfg, spatial: usize, max: bool) {
+        let k = hw(c.kernel_size, spatial);
+        let s = hw(c.stride.unwrap_or(c.kernel_size), spatial);
+        let p = hw(c.padding, spatial);
+        let pads: Vec<usize> = p.iter().chain(p.iter()).copied().collect();
+        let mut attrs = vec![ints("kernel_shape", &k), ints("strides", &s), ints("pads", &pads)];
+        if !max {
+            attrs.push(int("count_include_pad", c.count_include_pad as i64));
+        }
+        self.op(if max { "MaxPool" } else { "AveragePool" }, n, &[x], n, attrs);
+    }
+
+    /// Exact GELU as `x · (1 + erf(x / √2)) · 0.5` (the legacy exporter's nodes); the tanh
+    /// form as opset 20's `Gelu`.
+    fn gelu(&mut self, n: &str, x: &str, approx: GeluApprox) {
+        if approx == GeluApprox::Tanh {
+            let a = AttributeProto { name: "approximate".into(), r#type: attr_type::STRING, s: b"tanh".to_vec(), ..Default::default() };
+            return self.op("Gelu", n, &[x], n, vec![a]);
+        }
+        let one = self.scalar(&format!("{n}.one"), 1.0);
+        let half = self.scalar(&format!("{n}.half"), 0.5);
+        let sqrt2 = self.scalar(&format!("{n}.sqrt2"), std::f32::consts::SQRT_2);
+        let [d, e, p1, xp] = ["div", "erf", "plus1", "xtimes"].map(|s| format!("{n}.{s}"));
+        self.op("Div", &d, &[x, &sqrt2], &d, vec![]);
+        self.op("Erf", &e, &[&d], &e, vec![]);
+        self.op("Add", &p1, &[&e, &one], &p1, vec![]);
+        self.op("Mul", &xp, &[x, &p1], &xp, vec![]);
+        self.op("Mul", n, &[&xp, &half], n, vec![]);
+    }
+
+    fn param_init(&mut self, model: &Model, name: &str) -> std::result::Result<String, String> {
+        let t = model.p(name);
+        let v: Vec<f32> = t.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+        Ok(self.init(f32_tensor(name, t.dims(), &v)))
+    }
+
+    /// `QuantizeLinear` then `DequantizeLinear` of the layer's input with its static
+    /// parameters; a 7-bit input is clipped to its range first (ONNX's uint8 saturates at 255).
+    fn quantize_input(&mut self, n: &str, x: &str, q: &QuantLayer) -> String {
+        let scale = self.scalar(&format!("{n}.input_scale"), q.input.scale);
+        let signed = q.input.act == ActType::I8;
+        let zp_byte = if signed { q.input.zero_point as i8 as u8 } else { q.input.zero_point as u8 };
+        let zp = self.init(byte_tensor(&format!("{n}.input_zero_point"), &[], &[zp_byte], signed));
+        let mut src = x.to_string();
+        if q.input.act == ActType::U7 {
+            let (lo, hi) = q.input.real_range();
+            let (lo, hi) = (self.scalar(&format!("{n}.input_min"), lo), self.scalar(&format!("{n}.input_max"), hi));
+            let clipped = format!("{n}.input_clipped");
+            self.op("Clip", &clipped, &[x, &lo, &hi], &clipped, vec![]);
+            src = clipped;
+        }
+        let [qn, dq] = ["input_quantized", "input_dequantized"].map(|s| format!("{n}.{s}"));
+        self.op("QuantizeLinear", &qn, &[&src, &scale, &zp], &qn, vec![]);
+        self.op("DequantizeLinear", &dq, &[&qn, &scale, &zp], &dq, vec![]);
+        dq
+    }
+
+    /// The layer's weight, named `node.weight`: the float tensor, or the int8 codes dequantised
+    /// per output channel; `transpose` writes a 2-D weight as `[in, out]` (for MatMul).
+    fn weight(&mut self, model: &Model, node: &Node, quant: Option<&QuantLayer>, transpose: bool) -> std::result::Result<String, String> {
+        let name = node.param("weight");
+        let t = model.p(&name);
+        let dims = t.dims().to_vec();
+        let Some(q) = quant else {
+            let v: Vec<f32> = t.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+            if !transpose {
+                return Ok(self.init(f32_tensor(&name, &dims, &v)));
+            }
+            return Ok(self.init(f32_tensor(&name, &[dims[1], dims[0]], &transposed(&v, dims[0], dims[1]))));
+        };
+        let out = q.weight.shape[0];
+        let codes: Vec<u8> = q.weight.values.iter().map(|&v| v as u8).collect();
+        let (codes, shape, axis) = if transpose { (transposed(&codes, dims[0], dims[1]), vec![dims[1], dims[0]], 1) } else { (codes, q.weight.shape.clone(), 0) };
+        let w = self.init(byte_tensor(&format!("{name}_quantized"), &shape, &codes, true));
+        let s = self.init(f32_tensor(&format!("{name}_scale"), &[out], &q.weight.scales));
+        let zp = self.init(byte_tensor(&format!("{name}_zero_point"), &[out], &vec![0; out], true));
+        self.op("DequantizeLinear", &name, &[&w, &s, &zp], &name, vec![int("axis", axis)]);
+        Ok(name)
+    }
+
+    /// The layer's bias: float, or int32 at scale `s_in·s_c` for a quantised layer (whose bias
+    /// the artifact already holds on that grid, so the codes are exact).
+    fn bias(&mut self, model: &Model, node: &Node, quant: Option<&QuantLayer>) -> std::result::Result<String, String> {
+        let name = node.param("bias");
+        let Some(q) = quant else { return self.param_init(model, &name) };
+        let b: Vec<f32> = model.p(&name).flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+        let scales = q.multipliers();
+        let codes: Vec<i32> = b.iter().zip(&scales).map(|(&b, &s)| crate::artifact::bias_code(b, s)).collect();
+        let out = b.len();
+        let bq = self.init(i32_tensor(&format!("{name}_quantized"), &[out], &codes));
+        let s = self.init(f32_tensor(&format!("{name}_scale"), &[out], &scales));
+        let zp = self.init(i32_tensor(&format!("{name}_zero_point"), &[out], &vec![0; out]));
+        self.op("DequantizeLinear", &name, &[&bq, &s, &zp], &name, vec![int("axis", 0)]);
+        Ok(name)
+    }
+}

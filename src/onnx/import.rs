@@ -1,0 +1,1230 @@
+//! An ONNX graph to a wick architecture and its parameters. Nodes are read in the file's
+//! (topological) order; each value is a constant (initializers, `Constant`, and everything
+//! computed from constants alone, such as the exporters' `Shape`/`Gather`/`Concat` chains), a
+//! wick node's output, or a step of a decomposed activation (`x·sigmoid(x)`,
+//! `0.5·x·(1 + erf(x/√2))`) that becomes one wick node when the pattern completes.
+
+use super::proto::{attr_type, GraphProto, NodeProto, TensorProto};
+use super::tensor::{self, Const, Values};
+use crate::artifact::QuantLayer;
+use crate::model::arch::{self, Arch, InputSpec, Node, Op, Pair};
+use crate::model::graph::infer;
+use crate::quant::{ActType, QParams, QWeight};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+/// The ONNX op types wick reads (default domain), for the unsupported-op message.
+pub const SUPPORTED_OPS: &[&str] = &[
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Constant",
+    "Conv",
+    "DequantizeLinear",
+    "Div",
+    "Dropout",
+    "Erf",
+    "Flatten",
+    "Gather",
+    "Gelu",
+    "Gemm",
+    "GlobalAveragePool",
+    "Identity",
+    "LayerNormalization",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "QuantizeLinear",
+    "ReduceMean",
+    "Relu",
+    "Reshape",
+    "Shape",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Unsqueeze",
+];
+
+/// The batch dim in a constant computed by `Shape`: unknown until run time, so any arithmetic on
+/// it is refused, and `Reshape` reads it as "keep the batch".
+const BATCH: i64 = i64::MIN;
+
+/// Integer codes behind a constant computed by `DequantizeLinear`: `value = (code − zp)·scale`
+/// with one scale and zero point per index along `axis` (one for all when per-tensor).
+#[derive(Debug, Clone)]
+struct Codes {
+    codes: Vec<i64>,
+    scales: Vec<f32>,
+    zero_points: Vec<i64>,
+    axis: usize,
+}
+
+/// The imported model: architecture, f32 parameters `(shape, values)` keyed `node.suffix`, and
+/// the layers a QDQ graph quantises (their parameters hold the dequantised weights).
+pub struct Imported {
+    pub arch: Arch,
+    pub params: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    pub layers: BTreeMap<String, QuantLayer>,
+}
+
+/// A wick value: the node (or model input) that computes it, its per-sample shape, and the
+/// shape ONNX gives it, which differs where ONNX keeps reduced dims as 1s.
+#[derive(Debug, Clone)]
+struct Dyn {
+    name: String,
+    shape: Vec<usize>,
+    onnx_shape: Vec<usize>,
+}
+
+/// A value during import.
+#[derive(Debug, Clone)]
+enum Val {
+    Const(Const),
+    Dyn(Dyn),
+    /// `k·x`: a step of exact GELU (`x/√2`, or `0.5·x`).
+    Scaled(Dyn, f32),
+    /// `erf(x/√2)`.
+    ErfOf(Dyn),
+    /// `coef · (x if times_x) · (1 + erf(x/√2))`; exact GELU when `times_x` and `coef = 0.5`.
+    OnePlusErf {
+        x: Dyn,
+        coef: f32,
+        times_x: bool,
+    },
+    /// A constant dequantised from integer codes (a QDQ graph's weights and biases).
+    Dequantized(Const, Codes),
+    /// `Clip(x, lo, hi)` other than ReLU/ReLU6: read only before `QuantizeLinear` (7-bit input).
+    Clipped(Dyn, f32, f32),
+    /// `QuantizeLinear(x)`.
+    Quantized(Dyn, QParams),
+    /// `DequantizeLinear(QuantizeLinear(x))`: `x` as a quantised layer's input.
+    FakeQuant(Dyn, QParams),
+}
+
+type R<T> = std::result::Result<T, String>;
+
+/// Imports `graph` (from `file`, whose external data lives in `dir`) at default-domain `opset`.
+pub fn import(graph: &GraphProto, opset: i64, file: &str, dir: &Path) -> crate::error::Result<Imported> {
+    let onnx_err = |node: &str, op_type: &str, msg: String| crate::error::WickError::Onnx { file: file.into(), node: node.into(), op_type: op_type.into(), msg };
+    let mut im =
+        Importer { opset, dir, vals: HashMap::new(), uses: HashMap::new(), nodes: vec![], params: BTreeMap::new(), layers: BTreeMap::new(), names: HashSet::new(), int8_values: HashSet::new() };
+    for t in &graph.initializer {
+        let c = tensor::read(t, &format!("{file}: initializer '{}'", t.name), dir)?;
+        if t.data_type == super::proto::data_type::INT8 {
+            im.int8_values.insert(t.name.clone());
+        }
+        im.vals.insert(t.name.clone(), Val::Const(c));
+    }
+    let input = im.input(graph).map_err(|m| onnx_err("(graph input)", "input", m))?;
+    for n in &graph.node {
+        for i in n.input.iter().filter(|i| !i.is_empty()) {
+            *im.uses.entry(i.clone()).or_default() += 1;
+        }
+    }
+    for o in &graph.output {
+        *im.uses.entry(o.name.clone()).or_default() += 1;
+    }
+    for (k, n) in graph.node.iter().enumerate() {
+        let label = if n.name.is_empty() { format!("#{k}") } else { n.name.clone() };
+        if !n.domain.is_empty() && n.domain != "ai.onnx" {
+            return Err(onnx_err(&label, &format!("{}::{}", n.domain, n.op_type), unsupported()));
+        }
+        let out = im.node(n).map_err(|m| onnx_err(&label, &n.op_type, m))?;
+        let int8_constant = n.op_type == "Constant" && n.attribute.iter().any(|a| a.t.as_ref().is_some_and(|t| t.data_type == super::proto::data_type::INT8));
+        if int8_constant || (n.op_type == "QuantizeLinear" && n.input.get(2).is_some_and(|z| im.int8_values.contains(z))) {
+            im.int8_values.extend(n.output.first().cloned());
+        }
+        let first = n.output.first().ok_or_else(|| onnx_err(&label, &n.op_type, "has no output".into()))?;
+        im.vals.insert(first.clone(), out);
+    }
+    let [out] = graph.output.as_slice() else {
+        return Err(onnx_err("(graph output)", "output", format!("the graph has {} outputs; wick models have one", graph.output.len())));
+    };
+    let output = match im.vals.get(&out.name) {
+        Some(Val::Dyn(d)) if d.name != input.name => d.name.clone(),
+        Some(Val::Dyn(_)) => return Err(onnx_err(&out.name, "output", "the output is the model input itself".into())),
+        Some(_) => return Err(onnx_err(&out.name, "output", "the output does not depend on the input, or ends inside an unrecognised pattern".into())),
+        None => return Err(onnx_err(&out.name, "output", "no node computes the graph output".into())),
+    };
+    let nodes = live_nodes(std::mem::take(&mut im.nodes), &output);
+    let live: HashSet<String> = nodes.iter().flat_map(|n| n.op.param_suffixes().into_iter().map(|(s, _)| n.param(s))).collect();
+    im.params.retain(|k, _| live.contains(k));
+    im.layers.retain(|k, _| live.contains(&format!("{k}.weight")));
+    let arch = Arch {
+        format: arch::ARCH_FORMAT.into(),
+        version: arch::ARCH_VERSION,
+        input: InputSpec { name: input.name, shape: input.shape, preprocessing: None },
+        nodes,
+        output: Some(output),
+        origin: format!("{file} (ONNX)"),
+    };
+    Ok(Imported { arch, params: im.params, layers: im.layers })
+}
+
+/// The nodes the output depends on, in their order (a `Sigmoid` merged into a SiLU drops out).
+fn live_nodes(nodes: Vec<Node>, output: &str) -> Vec<Node> {
+    let mut live: HashSet<String> = HashSet::from([output.to_string()]);
+    for n in nodes.iter().rev() {
+        if live.contains(&n.name) {
+            live.extend(n.inputs.iter().cloned());
+        }
+    }
+    nodes.into_iter().filter(|n| live.contains(&n.name)).collect()
+}
+
+fn unsupported() -> String {
+    format!("wick does not support this op; it reads these ONNX ops: {}", SUPPORTED_OPS.join(", "))
+}
+
+/// Whether an initializer's name is a PyTorch `state_dict` name (the dynamo exporter keeps
+/// them; the legacy exporter renames folded weights `onnx::Conv_67`).
+fn looks_like_state_dict(name: &str) -> bool {
+    !name.contains("::") && !name.contains('/') && (name.ends_with(".weight") || name.ends_with(".bias"))
+}
+
+/// The module path in a legacy-exporter node name: `/layer1/layer1.0/conv1/Conv` →
+/// `layer1.0.conv1` (each scope repeats its parent's path when it is a container's child).
+fn scope_path(node_name: &str) -> Option<String> {
+    let rest = node_name.strip_prefix('/')?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let mut parts: Vec<String> = vec![];
+    for seg in &segments[..segments.len().saturating_sub(1)] {
+        match parts.last() {
+            Some(last) if seg.starts_with(&format!("{last}.")) => *parts.last_mut().expect("non-empty") = seg.to_string(),
+            _ if !seg.is_empty() => parts.push(seg.to_string()),
+            _ => {}
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("."))
+}
+
+struct Importer<'a> {
+    opset: i64,
+    dir: &'a Path,
+    vals: HashMap<String, Val>,
+    /// How many node inputs and graph outputs read each ONNX value.
+    uses: HashMap<String, usize>,
+    nodes: Vec<Node>,
+    params: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    layers: BTreeMap<String, QuantLayer>,
+    names: HashSet<String>,
+    /// Values of ONNX type int8 (a `QuantizeLinear` zero point's type is its output's).
+    int8_values: HashSet<String>,
+}
+
+/// A parameter a new wick node owns: suffix, shape, values.
+type Param = (&'static str, Vec<usize>, Vec<f32>);
+
+impl Importer<'_> {
+    /// The one graph input that is not an initializer: batch first, the other dims fixed.
+    fn input(&mut self, g: &GraphProto) -> R<Dyn> {
+        let inputs: Vec<_> = g.input.iter().filter(|i| !self.vals.contains_key(&i.name)).collect();
+        let [i] = inputs.as_slice() else { return Err(format!("the graph has {} inputs besides its initializers; wick models have one", inputs.len())) };
+        let dims = i.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()).and_then(|t| t.shape.as_ref()).map(|s| s.dim.as_slice()).ok_or_else(|| format!("input '{}' has no tensor shape", i.name))?;
+        let mut shape = vec![];
+        for (k, d) in dims.iter().enumerate().skip(1) {
+            match d.dim_value {
+                Some(v) if v > 0 => shape.push(v as usize),
+                _ => return Err(format!("input '{}' dim {k} is not a fixed size ({:?}); wick needs every dim but the batch fixed", i.name, d.dim_param.as_deref().unwrap_or("unknown"))),
+            }
+        }
+        if dims.is_empty() {
+            return Err(format!("input '{}' is a scalar; wick needs a batch dim", i.name));
+        }
+        let d = Dyn { name: i.name.clone(), shape: shape.clone(), onnx_shape: shape };
+        self.names.insert(i.name.clone());
+        self.vals.insert(i.name.clone(), Val::Dyn(d.clone()));
+        Ok(d)
+    }
+
+    fn get(&self, name: &str) -> R<&Val> {
+        self.vals.get(name).ok_or_else(|| format!("input '{name}' is not computed by an earlier node, an initializer or the graph input"))
+    }
+
+    /// Input `k` of `n`, or `None` when absent or empty (an omitted optional input).
+    fn opt_in(&self, n: &NodeProto, k: usize) -> R<Option<&Val>> {
+        match n.input.get(k) {
+            Some(s) if !s.is_empty() => self.get(s).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn input_val(&self, n: &NodeProto, k: usize) -> R<&Val> {
+        self.opt_in(n, k)?.ok_or_else(|| format!("input {k} is missing"))
+    }
+
+    /// Input `k` as a wick value whose shape is ONNX's too (ops that address dims by position).
+    fn exact_in(&self, n: &NodeProto, k: usize) -> R<Dyn> {
+        let d = self.dyn_in(n, k)?;
+        if d.shape != d.onnx_shape {
+            return Err(format!("input '{}' has ONNX shape {:?} per sample but wick computes it as {:?} (reduced dims dropped); reshape it first", n.input[k], d.onnx_shape, d.shape));
+        }
+        Ok(d)
+    }
+
+    fn dyn_in(&self, n: &NodeProto, k: usize) -> R<Dyn> {
+        match self.input_val(n, k)? {
+            Val::Dyn(d) => Ok(d.clone()),
+            Val::Const(_) => Err(format!("input {k} ('{}') is a constant; wick reads it only as a computed tensor", n.input[k])),
+            _ => Err(pattern_err(&n.input[k])),
+        }
+    }
+
+    fn const_in(&self, n: &NodeProto, k: usize) -> R<Const> {
+        match self.input_val(n, k)? {
+            Val::Const(c) | Val::Dequantized(c, _) => Ok(c.clone()),
+            _ => Err(format!("input {k} ('{}') must be a constant (an initializer), not computed from the model input", n.input[k])),
+        }
+    }
+
+    fn opt_const(&self, n: &NodeProto, k: usize) -> R<Option<Const>> {
+        match self.opt_in(n, k)? {
+            None => Ok(None),
+            Some(_) => self.const_in(n, k).map(Some),
+        }
+    }
+
+    /// A fresh wick node name from `base`.
+    fn fresh(&mut self, base: &str) -> String {
+        let base = if base.is_empty() { "node" } else { base };
+        let mut name = base.to_string();
+        let mut k = 2;
+        while self.names.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.names.insert(name.clone());
+        name
+    }
+
+    /// The name of a parametric node: the `state_dict` prefix of its weight's name where the
+    /// exporter kept it, else the module path in the node's name, else the node's name.
+    fn param_node_name(&mut self, n: &NodeProto, op: &str) -> String {
+        let from_weight = n.input.get(1).filter(|w| looks_like_state_dict(w)).and_then(|w| w.strip_suffix(".weight")).map(str::to_string);
+        match from_weight {
+            Some(base) => self.fresh(&base),
+            None => self.plain_node_name(n, op),
+        }
+    }
+
+    fn plain_node_name(&mut self, n: &NodeProto, op: &str) -> String {
+        let base = scope_path(&n.name).unwrap_or_else(|| if n.name.is_empty() || n.name.contains('/') { op.to_string() } else { n.name.clone() });
+        self.fresh(&base)
+    }
+
+    /// Appends a wick node named `name` over `inputs` and returns its value.
+    fn emit(&mut self, name: String, inputs: &[&Dyn], op: Op, params: Vec<Param>) -> R<Dyn> {
+        let shapes: Vec<&Vec<usize>> = inputs.iter().map(|d| &d.shape).collect();
+        let shape = infer(&op, &shapes).map_err(|m| format!("as wick op '{}': {m}", op.name()))?;
+        for (suffix, dims, values) in params {
+            self.params.insert(format!("{name}.{suffix}"), (dims, values));
+        }
+        self.nodes.push(Node { name: name.clone(), inputs: inputs.iter().map(|d| d.name.clone()).collect(), op });
+        Ok(Dyn { name, shape: shape.clone(), onnx_shape: shape })
+    }
+
+    fn unary(&mut self, n: &NodeProto, op: Op) -> R<Val> {
+        let x = self.dyn_in(n, 0)?;
+        let name = self.plain_node_name(n, &op.name());
+        Ok(Val::Dyn(self.emit(name, &[&x], op, vec![])?))
+    }
+
+    fn node(&mut self, n: &NodeProto) -> R<Val> {
+        let e = arch::Empty {};
+        match n.op_type.as_str() {
+            "Constant" => constant(n, self.dir).map(Val::Const),
+            "Identity" | "Dropout" => self.input_val(n, 0).cloned(),
+            "Cast" => self.cast(n),
+            "Shape" => self.shape(n),
+            "Gather" => self.gather(n),
+            "Slice" => self.slice(n),
+            "Concat" => self.concat(n),
+            "Squeeze" | "Unsqueeze" => self.squeeze(n),
+            "Reshape" => self.reshape(n),
+            "Flatten" => self.flatten(n),
+            "Add" | "Sub" | "Mul" | "Div" => self.binary(n),
+            "Erf" => match self.input_val(n, 0)? {
+                Val::Scaled(x, k) if close(*k, std::f32::consts::FRAC_1_SQRT_2) => Ok(Val::ErfOf(x.clone())),
+                _ => Err("Erf is read only as part of exact GELU, 0.5·x·(1 + erf(x/√2))".into()),
+            },
+            "Relu" => self.unary(n, Op::Relu(e)),
+            "Sigmoid" => self.unary(n, Op::Sigmoid(e)),
+            "Tanh" => self.unary(n, Op::Tanh(e)),
+            "Gelu" => {
+                let approximate = match attr_s(n, "approximate")?.as_deref() {
+                    None | Some("none") => arch::GeluApprox::None,
+                    Some("tanh") => arch::GeluApprox::Tanh,
+                    Some(o) => return Err(format!("attribute 'approximate' is '{o}'; ONNX allows 'none' and 'tanh'")),
+                };
+                self.unary(n, Op::Gelu(arch::GeluCfg { approximate }))
+            }
+            "Clip" => self.clip(n),
+            "Softmax" => self.softmax(n),
+            "QuantizeLinear" => self.quantize(n),
+            "DequantizeLinear" => self.dequantize(n),
+            "Conv" => self.conv(n),
+            "Gemm" => self.gemm(n),
+            "MatMul" => self.matmul(n),
+            "BatchNormalization" => self.batchnorm(n),
+            "LayerNormalization" => self.layernorm(n),
+            "MaxPool" | "AveragePool" => self.pool(n),
+            "GlobalAveragePool" => self.global_pool(n, true),
+            "ReduceMean" => self.reduce_mean(n),
+            _ => Err(unsupported()),
+        }
+    }
+
+    fn cast(&self, n: &NodeProto) -> R<Val> {
+        let to = attr_i(n, "to")?.ok_or("attribute 'to' is missing")?;
+        match (self.input_val(n, 0)?, to as i32) {
+            (Val::Const(c), super::proto::data_type::FLOAT | super::proto::data_type::DOUBLE | super::proto::data_type::FLOAT16) => {
+                Ok(Val::Const(Const { dims: c.dims.clone(), values: Values::F32(c.f32s()) }))
+            }
+            (Val::Const(c), _) => Ok(Val::Const(Const {
+                dims: c.dims.clone(),
+                values: Values::I64(match &c.values {
+                    Values::I64(v) => v.clone(),
+                    Values::F32(v) => v.iter().map(|&x| x as i64).collect(),
+                }),
+            })),
+            (Val::Dyn(d), super::proto::data_type::FLOAT) => Ok(Val::Dyn(d.clone())),
+            (Val::Dyn(_), t) => Err(format!("casts the model's float tensor to ONNX type {t}; wick computes in float")),
+            _ => Err(pattern_err(&n.input[0])),
+        }
+    }
+
+    /// `Shape(x)`: a constant whose batch entry is [`BATCH`].
+    fn shape(&self, n: &NodeProto) -> R<Val> {
+        let x = self.dyn_in(n, 0)?;
+        let full: Vec<i64> = std::iter::once(BATCH).chain(x.onnx_shape.iter().map(|&d| d as i64)).collect();
+        let r = full.len() as i64;
+        let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+        let start = clamp(attr_i(n, "start")?.unwrap_or(0));
+        let end = clamp(attr_i(n, "end")?.unwrap_or(r)).max(start);
+        let v = full[start..end].to_vec();
+        Ok(Val::Const(Const { dims: vec![v.len()], values: Values::I64(v) }))
+    }
+
+    fn gather(&self, n: &NodeProto) -> R<Val> {
+        let data = self.const_in(n, 0)?;
+        let idx = self.const_in(n, 1)?;
+        let axis = attr_i(n, "axis")?.unwrap_or(0);
+        if data.dims.len() != 1 || axis != 0 {
+            return Err("Gather is read only on 1-D constants (shape arithmetic)".into());
+        }
+        let len = data.dims[0] as i64;
+        let ix = idx.i64s().ok_or("indices must be integers")?;
+        let mut pick = vec![];
+        for &i in ix {
+            let j = if i < 0 { i + len } else { i };
+            if !(0..len).contains(&j) {
+                return Err(format!("index {i} is out of range for {len} values"));
+            }
+            pick.push(j as usize);
+        }
+        let values = match &data.values {
+            Values::I64(v) => Values::I64(pick.iter().map(|&j| v[j]).collect()),
+            Values::F32(v) => Values::F32(pick.iter().map(|&j| v[j]).collect()),
+        };
+        Ok(Val::Const(Const { dims: idx.dims.clone(), values }))
+    }
+
+    fn slice(&self, n: &NodeProto) -> R<Val> {
+        let data = self.const_in(n, 0)?;
+        if data.dims.len() != 1 {
+            return Err("Slice is read only on 1-D constants (shape arithmetic)".into());
+        }
+        let ints = |k: usize, attr: &str| -> R<Option<Vec<i64>>> {
+            if self.opset >= 10 {
+                Ok(match self.opt_const(n, k)? {
+                    Some(c) => Some(c.i64s().ok_or_else(|| format!("input {k} must hold integers"))?.to_vec()),
+                    None => None,
+                })
+            } else {
+                attr_ints(n, attr)
+            }
+        };
+        let starts = ints(1, "starts")?.ok_or("'starts' is missing")?;
+        let ends = ints(2, "ends")?.ok_or("'ends' is missing")?;
+        let axes = ints(3, "axes")?.unwrap_or(vec![0]);
+        let steps = ints(4, "steps")?.unwrap_or(vec![1]);
+        if starts.len() != 1 || ends.len() != 1 || !(axes == [0] || axes == [-1]) || steps.len() != 1 || steps[0] == 0 {
+            return Err(format!("Slice of a 1-D constant must have one start, end, axis 0 and non-zero step (starts {starts:?}, ends {ends:?}, axes {axes:?}, steps {steps:?})"));
+        }
+        let len = data.dims[0] as i64;
+        let norm = |v: i64| if v < 0 { v.saturating_add(len) } else { v };
+        let step = steps[0];
+        let (mut i, end) = if step > 0 { (norm(starts[0]).clamp(0, len), norm(ends[0]).clamp(0, len)) } else { (norm(starts[0]).clamp(0, len - 1), norm(ends[0]).clamp(-1, len - 1)) };
+        let mut pick = vec![];
+        while (step > 0 && i < end) || (step < 0 && i > end) {
+            pick.push(i as usize);
+            i += step;
+        }
+        let values = match &data.values {
+            Values::I64(v) => Values::I64(pick.iter().map(|&j| v[j]).collect()),
+            Values::F32(v) => Values::F32(pick.iter().map(|&j| v[j]).collect()),
+        };
+        Ok(Val::Const(Const { dims: vec![pick.len()], values }))
+    }
+
+    fn concat(&mut self, n: &NodeProto) -> R<Val> {
+        let axis = attr_i(n, "axis")?.ok_or("attribute 'axis' is missing")?;
+        let vals: Vec<Val> = (0..n.input.len()).map(|k| self.input_val(n, k).cloned()).collect::<R<_>>()?;
+        if vals.iter().all(|v| matches!(v, Val::Const(c) if c.dims.len() == 1)) {
+            let mut ints: Vec<i64> = vec![];
+            let mut floats: Vec<f32> = vec![];
+            let mut all_int = true;
+            for v in &vals {
+                if let Val::Const(c) = v {
+                    match &c.values {
+                        Values::I64(x) => ints.extend(x),
+                        Values::F32(_) => all_int = false,
+                    }
+                    floats.extend(c.f32s());
+                }
+            }
+            let values = if all_int { Values::I64(ints) } else { Values::F32(floats) };
+            return Ok(Val::Const(Const {
+                dims: vec![match &values {
+                    Values::I64(v) => v.len(),
+                    Values::F32(v) => v.len(),
+                }],
+                values,
+            }));
+        }
+        let ins: Vec<Dyn> = (0..n.input.len()).map(|k| self.exact_in(n, k)).collect::<R<_>>()?;
+        let name = self.plain_node_name(n, "concat");
+        let refs: Vec<&Dyn> = ins.iter().collect();
+        Ok(Val::Dyn(self.emit(name, &refs, Op::Concat(arch::DimCfg { dim: axis }), vec![])?))
+    }
+
+    fn squeeze(&mut self, n: &NodeProto) -> R<Val> {
+        let axes: Option<Vec<i64>> = if self.opset >= 13 { self.opt_const(n, 1)?.map(|c| c.i64s().map(<[i64]>::to_vec).ok_or("axes must be integers")).transpose()? } else { attr_ints(n, "axes")? };
+        let unsqueeze = n.op_type == "Unsqueeze";
+        let (full, d) = match self.input_val(n, 0)? {
+            Val::Const(c) => (c.dims.clone(), None),
+            Val::Dyn(d) => (std::iter::once(0).chain(d.onnx_shape.iter().copied()).collect(), Some(d.clone())),
+            _ => return Err(pattern_err(&n.input[0])),
+        };
+        let out = squeezed(&full, axes.as_deref(), unsqueeze)?;
+        match d {
+            None => {
+                let Val::Const(c) = self.input_val(n, 0)? else { unreachable!("matched above") };
+                Ok(Val::Const(Const { dims: out, values: c.values.clone() }))
+            }
+            Some(d) => {
+                if out.first() != Some(&0) || axes.as_deref().is_some_and(|a| a.contains(&0)) {
+                    return Err("squeezing or unsqueezing the batch dim is not supported".into());
+                }
+                self.view(n, d, out[1..].to_vec())
+            }
+        }
+    }
+
+    /// `x` seen with per-sample shape `target`: the same node when wick already computes that
+    /// shape, else a flatten of consecutive dims.
+    fn view(&mut self, n: &NodeProto, x: Dyn, target: Vec<usize>) -> R<Val> {
+        // Unit dims do not change the layout, so a target that only adds them to what wick
+        // computes is the same node; ops that read dims by position check `exact` first.
+        if x.shape == target || (!x.shape.contains(&1) && strip_ones(&target) == x.shape) {
+            return Ok(Val::Dyn(Dyn { onnx_shape: target, ..x }));
+        }
+        // A flatten of dims a..=b: the target is the shape with those dims multiplied together.
+        let s = &x.shape;
+        for a in 0..s.len() {
+            for b in a + 1..s.len() {
+                let mut f: Vec<usize> = s[..a].to_vec();
+                f.push(s[a..=b].iter().product());
+                f.extend_from_slice(&s[b + 1..]);
+                if f == target {
+                    let name = self.plain_node_name(n, "flatten");
+                    let op = Op::Flatten(arch::FlattenCfg { start_dim: a as i64 + 1, end_dim: b as i64 + 1 });
+                    return Ok(Val::Dyn(self.emit(name, &[&x], op, vec![])?));
+                }
+            }
+        }
+        Err(format!("reshapes {:?} to {target:?} per sample; wick reads only reshapes that flatten consecutive dims", x.onnx_shape))
+    }
+
+    fn reshape(&mut self, n: &NodeProto) -> R<Val> {
+        let x = self.dyn_in(n, 0)?;
+        let spec = self.const_in(n, 1)?;
+        let spec = spec.i64s().ok_or("the target shape must hold integers")?.to_vec();
+        let allowzero = attr_i(n, "allowzero")?.unwrap_or(0) != 0;
+        let full: Vec<i64> = std::iter::once(BATCH).chain(x.onnx_shape.iter().map(|&d| d as i64)).collect();
+        let numel: usize = x.onnx_shape.iter().product();
+        let dims: Vec<i64> = spec.iter().enumerate().map(|(i, &d)| if d == 0 && !allowzero { full.get(i).copied().unwrap_or(0) } else { d }).collect();
+        let Some((&first, rest)) = dims.split_first() else { return Err("reshapes to a scalar".into()) };
+        let known = |v: &[i64]| v.iter().filter(|&&d| d != -1).try_fold(1usize, |a, &d| usize::try_from(d).ok().and_then(|d| a.checked_mul(d)));
+        let rest_known = known(rest).ok_or_else(|| format!("target shape {spec:?} holds an invalid dim"))?;
+        let minus_ones = rest.iter().filter(|&&d| d == -1).count();
+        let target: Vec<usize> = match (first, minus_ones) {
+            (BATCH, 0) => rest.iter().map(|&d| d as usize).collect(),
+            (BATCH | -1, 1) if first == BATCH => infer_minus_one(rest, numel, rest_known)?,
+            (-1, 0) if rest_known == numel => rest.iter().map(|&d| d as usize).collect(),
+            (-1, _) => return Err(format!("target shape {spec:?} does not keep the batch dim first")),
+            _ => return Err(format!("target shape {spec:?} fixes the batch dim to {first}; export with a dynamic batch")),
+        };
+        if target.iter().product::<usize>() != numel {
+            return Err(format!("reshapes {:?} ({numel} values per sample) to {target:?}", x.onnx_shape));
+        }
+        self.view(n, x, target)
+    }
+
+    fn flatten(&mut self, n: &NodeProto) -> R<Val> {
+        let x = self.dyn_in(n, 0)?;
+        let rank = x.onnx_shape.len() as i64 + 1;
+        let axis = attr_i(n, "axis")?.unwrap_or(1);
+        let axis = if axis < 0 { axis + rank } else { axis };
+        if axis != 1 {
+            return Err(format!("Flatten with axis {axis} merges the batch with other dims; wick reads axis 1"));
+        }
+        let numel = x.onnx_shape.iter().product();
+        self.view(n, x, vec![numel])
+    }
+
+    fn binary(&mut self, n: &NodeProto) -> R<Val> {
+        let op = n.op_type.as_str();
+        let a = self.input_val(n, 0)?.clone();
+        let b = self.input_val(n, 1)?.clone();
+        let scalar = |v: &Val| match v {
+            Val::Const(c) => c.scalar(),
+            _ => None,
+        };
+        let val = match (op, &a, &b) {
+            (_, Val::Const(x), Val::Const(y)) => Val::Const(fold(op, x, y)?),
+            ("Add", Val::Dyn(x), Val::Dyn(y)) => {
+                let name = self.plain_node_name(n, "add");
+                Val::Dyn(self.emit(name, &[x, y], Op::Add(arch::Empty {}), vec![])?)
+            }
+            ("Add", Val::Dyn(x), Val::Const(c)) | ("Add", Val::Const(c), Val::Dyn(x)) => self.add_bias(x, c)?,
+            ("Add", Val::ErfOf(x), c) | ("Add", c, Val::ErfOf(x)) if scalar(c).is_some_and(|s| close(s, 1.0)) => Val::OnePlusErf { x: x.clone(), coef: 1.0, times_x: false },
+            ("Mul", Val::Dyn(x), Val::Dyn(y)) => self.silu(n, x, y)?,
+            ("Mul", Val::Dyn(x), c) | ("Mul", c, Val::Dyn(x)) if scalar(c).is_some() => Val::Scaled(x.clone(), scalar(c).expect("checked")),
+            ("Div", Val::Dyn(x), c) if scalar(c).is_some_and(|s| s != 0.0) => Val::Scaled(x.clone(), 1.0 / scalar(c).expect("checked")),
+            ("Mul", Val::OnePlusErf { x, coef, times_x }, c) | ("Mul", c, Val::OnePlusErf { x, coef, times_x }) if scalar(c).is_some() => {
+                Val::OnePlusErf { x: x.clone(), coef: coef * scalar(c).expect("checked"), times_x: *times_x }
+            }
+            ("Mul", Val::OnePlusErf { x, coef, times_x: false }, Val::Dyn(y)) | ("Mul", Val::Dyn(y), Val::OnePlusErf { x, coef, times_x: false }) if x.name == y.name => {
+                Val::OnePlusErf { x: x.clone(), coef: *coef, times_x: true }
+            }
+            ("Mul", Val::OnePlusErf { x, coef, times_x: false }, Val::Scaled(y, k)) | ("Mul", Val::Scaled(y, k), Val::OnePlusErf { x, coef, times_x: false }) if x.name == y.name => {
+                Val::OnePlusErf { x: x.clone(), coef: coef * k, times_x: true }
+            }
+            _ => {
+                return Err(format!(
+                    "{op} of these operands is not supported: wick reads Add of two tensors, a bias Add after MatMul or Conv, x·sigmoid(x) (SiLU), the exact GELU pattern, and arithmetic on constants"
+                ))
+            }
+        };
+        if let Val::OnePlusErf { x, coef, times_x: true } = &val {
+            if close(*coef, 0.5) {
+                let name = self.plain_node_name(n, "gelu");
+                return Ok(Val::Dyn(self.emit(name, &[x], Op::Gelu(arch::GeluCfg::default()), vec![])?));
+            }
+        }
+        Ok(val)
+    }
+
+    /// `x·sigmoid(x)` as one SiLU node; the sigmoid node goes when this Mul is its only reader.
+    fn silu(&mut self, n: &NodeProto, a: &Dyn, b: &Dyn) -> R<Val> {
+        let is_sigmoid_of = |s: &Dyn, of: &Dyn| self.nodes.iter().any(|m| m.name == s.name && matches!(m.op, Op::Sigmoid(_)) && m.inputs == [of.name.clone()]);
+        let (x, sigmoid) = if is_sigmoid_of(b, a) {
+            (a, &b.name)
+        } else if is_sigmoid_of(a, b) {
+            (b, &a.name)
+        } else {
+            return Err("Mul of two computed tensors is read only as x·sigmoid(x) (SiLU)".into());
+        };
+        if self.producer_uses(sigmoid) == 1 {
+            self.nodes.retain(|m| &m.name != sigmoid);
+            self.names.remove(sigmoid);
+        }
+        let name = self.plain_node_name(n, "silu");
+        Ok(Val::Dyn(self.emit(name, &[x], Op::Silu(arch::Empty {}), vec![])?))
+    }
+
+    /// `x + c` after a bias-free linear or conv (MatMul, or a Conv without bias) read only
+    /// here: `c` becomes its bias.
+    fn add_bias(&mut self, x: &Dyn, c: &Const) -> R<Val> {
+        let producer_uses = self.producer_uses(&x.name);
+        let Some(node) = self.nodes.iter_mut().find(|m| m.name == x.name) else { return Err("adding a constant to the model input is not supported".into()) };
+        let channels = match &mut node.op {
+            Op::Linear(cfg) if !cfg.bias => Some(cfg.out_features),
+            Op::Conv1d(cfg) if !cfg.bias => Some(cfg.out_channels),
+            Op::Conv2d(cfg) if !cfg.bias => Some(cfg.out_channels),
+            _ => None,
+        };
+        let Some(channels) = channels.filter(|_| producer_uses == 1) else {
+            return Err(format!("Add of a constant is read only as the bias of a MatMul or bias-free Conv whose output nothing else reads (node '{}' is {})", x.name, node.op.name()));
+        };
+        // The constant must broadcast along the channel axis only: [C], [1, C] for a linear;
+        // [C, 1, …] or [1, C, 1, …] for a conv.
+        let non_unit: Vec<usize> = c.dims.iter().copied().filter(|&d| d != 1).collect();
+        let channel_axis_ok = match node.op {
+            Op::Linear(_) => c.dims.last() == Some(&channels) || c.numel() == 1,
+            _ => c.dims.len() <= x.shape.len() + 1 && c.dims.len() > x.shape.len() - 1 && c.dims[c.dims.len() - x.shape.len()] == channels,
+        };
+        if !(channel_axis_ok && (non_unit.len() <= 1)) {
+            return Err(format!("the constant of shape {:?} is not a per-channel bias for {channels} channels", c.dims));
+        }
+        let v = c.f32s();
+        let bias = if v.len() == 1 { vec![v[0]; channels] } else { v };
+        match &mut node.op {
+            Op::Linear(cfg) => cfg.bias = true,
+            Op::Conv1d(cfg) => cfg.bias = true,
+            Op::Conv2d(cfg) => cfg.bias = true,
+            _ => unreachable!("checked above"),
+        }
+        self.params.insert(format!("{}.bias", x.name), (vec![channels], bias));
+        Ok(Val::Dyn(x.clone()))
+    }
+
+    /// How many ONNX inputs read values computed by wick node `name`.
+    fn producer_uses(&self, name: &str) -> usize {
+        self.vals.iter().filter(|(_, v)| matches!(v, Val::Dyn(d) if d.name == name)).map(|(k, _)| self.uses.get(k).copied().unwrap_or(0)).sum()
+    }
+
+    fn clip(&mut self, n: &NodeProto) -> R<Val> {
+        let (lo, hi) = if self.opset >= 11 {
+            (self.opt_const(n, 1)?.map(|c| c.scalar().ok_or("min must be a scalar")).transpose()?, self.opt_const(n, 2)?.map(|c| c.scalar().ok_or("max must be a scalar")).transpose()?)
+        } else {
+            (attr_f(n, "min")?, attr_f(n, "max")?)
+        };
+        let e = arch::Empty {};
+        match (lo, hi) {
+            (Some(l), Some(h)) if l == 0.0 && h == 6.0 => self.unary(n, Op::Relu6(e)),
+            (Some(0.0), None) => self.unary(n, Op::Relu(e)),
+            (Some(l), Some(h)) if l == 0.0 && h == f32::INFINITY => self.unary(n, Op::Relu(e)),
+            (Some(l), Some(h)) if l < h => Ok(Val::Clipped(self.dyn_in(n, 0)?, l, h)),
+            _ => Err(format!(
+                "Clip to [{}, {}] is not supported; wick reads Clip(0, 6) as ReLU6, Clip(0) as ReLU, and a Clip before QuantizeLinear as a 7-bit input",
+                lo.map_or("-inf".into(), |v| v.to_string()),
+                hi.map_or("inf".into(), |v| v.to_string())
+            )),
+        }
+    }
+
+    fn softmax(&mut self, n: &NodeProto) -> R<Val> {
+        let x = self.exact_in(n, 0)?;
+        let rank = x.shape.len() as i64 + 1;
+        let default = if self.opset >= 13 { -1 } else { 1 };
+        let axis = attr_i(n, "axis")?.unwrap_or(default);
+        let axis = if axis < 0 { axis + rank } else { axis };
+        if self.opset < 13 && axis != rank - 1 {
+            return Err(format!("before opset 13 Softmax flattens dims {axis}.. into one; wick reads it only over the last dim"));
+        }
+        self.unary(n, Op::Softmax(arch::DimCfg { dim: axis }))
+    }
+
+    fn conv(&mut self, n: &NodeProto) -> R<Val> {
+        let (x, input_q) = self.layer_in(n)?;
+        let w = self.const_in(n, 1)?;
+        let w_codes = self.codes_in(n, 1);
+        let b = self.opt_const(n, 2)?;
+        let spatial = w.dims.len().checked_sub(2).filter(|&s| s == 1 || s == 2).ok_or_else(|| format!("weight has shape {:?}; wick reads 1-D and 2-D convs", w.dims))?;
+        let kernel: Vec<usize> = w.dims[2..].to_vec();
+        if let Some(k) = attr_ints(n, "kernel_shape")? {
+            if k.iter().map(|&v| v as usize).collect::<Vec<_>>() != kernel {
+                return Err(format!("kernel_shape {k:?} disagrees with the weight's shape {:?}", w.dims));
+            }
+        }
+        let strides = positive_list(n, "strides", spatial)?;
+        let dilations = positive_list(n, "dilations", spatial)?;
+        let in_len: Vec<usize> = x.onnx_shape.get(1..).map(<[usize]>::to_vec).unwrap_or_default();
+        let pads = pads(n, spatial, &kernel, &strides, &dilations, &in_len)?;
+        let groups = attr_i(n, "group")?.unwrap_or(1);
+        let groups = usize::try_from(groups).ok().filter(|&g| g > 0).ok_or_else(|| format!("group {groups} is not positive"))?;
+        let out_channels = w.dims[0];
+        let in_channels = w.dims[1] * groups;
+        if let Some(b) = &b {
+            if b.numel() != out_channels {
+                return Err(format!("bias has {} values for {out_channels} output channels", b.numel()));
+            }
+        }
+        let bias = b.is_some();
+        let op = if spatial == 1 {
+            Op::Conv1d(arch::Conv1dCfg { in_channels, out_channels, kernel_size: kernel[0], stride: strides[0], padding: pads[0], dilation: dilations[0], groups, bias })
+        } else {
+            Op::Conv2d(arch::Conv2dCfg { in_channels, out_channels, kernel_size: pair(&kernel), stride: pair(&strides), padding: pair(&pads), dilation: pair(&dilations), groups, bias })
+        };
+        let mut params = vec![("weight", w.dims.clone(), w.f32s())];
+        if let Some(b) = b {
+            params.push(("bias", vec![out_channels], b.f32s()));
+        }
+        let name = self.param_node_name(n, "conv");
+        if let Some(q) = input_q {
+            let codes = w_codes.ok_or("the input is quantised (QuantizeLinear/DequantizeLinear) but the weight is not DequantizeLinear of int8 codes")?;
+            self.layers.insert(name.clone(), QuantLayer { weight: qweight(&codes, &w.dims, 0)?, input: q });
+        }
+        Ok(Val::Dyn(self.emit(name, &[&x], op, params)?))
+    }
+
+    /// `Gemm`: `y = alpha·A·op(B) + beta·C` with `A` the input and `B`, `C` constants.
+    fn gemm(&mut self, n: &NodeProto) -> R<Val> {
+        if attr_i(n, "transA")?.unwrap_or(0) != 0 {
+            return Err("transA = 1 transposes the batch; wick reads Gemm with transA = 0".into());
+        }
+        let b = self.const_in(n, 1)?;
+        let c = self.opt_const(n, 2)?;
+        let alpha = attr_f(n, "alpha")?.unwrap_or(1.0);
+        let beta = attr_f(n, "beta")?.unwrap_or(1.0);
+        let trans_b = attr_i(n, "transB")?.unwrap_or(0) != 0;
+        self.linear(n, b, trans_b, alpha, c.map(|c| (c, beta)))
+    }
+
+    /// `MatMul(x, W)` with a constant `[in, out]` weight: a bias-free linear (a following `Add`
+    /// of a constant becomes its bias).
+    fn matmul(&mut self, n: &NodeProto) -> R<Val> {
+        let w = self.const_in(n, 1)?;
+        self.linear(n, w, false, 1.0, None)
+    }
+
+    /// A linear node over input 0 from a 2-D weight `b` (`[out, in]` if `trans_b`, else
+    /// `[in, out]`).
+    fn linear(&mut self, n: &NodeProto, b: Const, trans_b: bool, alpha: f32, c: Option<(Const, f32)>) -> R<Val> {
+        let (x, input_q) = self.layer_in(n)?;
+        let w_codes = self.codes_in(n, 1);
+        let [r, k] = b.dims[..] else { return Err(format!("weight has shape {:?}; wick reads a 2-D constant", b.dims)) };
+        let (out_features, in_features) = if trans_b { (r, k) } else { (k, r) };
+        let v = b.f32s();
+        let weight: Vec<f32> =
+            if trans_b { v.iter().map(|w| alpha * w).collect() } else { (0..out_features).flat_map(|o| (0..in_features).map(move |i| (o, i))).map(|(o, i)| alpha * v[i * out_features + o]).collect() };
+        let mut params = vec![("weight", vec![out_features, in_features], weight)];
+        if let Some((c, beta)) = &c {
+            let cv = c.f32s();
+            let bias: Vec<f32> = match cv.len() {
+                1 => vec![beta * cv[0]; out_features],
+                len if len == out_features && c.dims.iter().filter(|&&d| d != 1).count() <= 1 => cv.iter().map(|v| beta * v).collect(),
+                _ => return Err(format!("C has shape {:?}; wick reads a bias of {out_features} values", c.dims)),
+            };
+            params.push(("bias", vec![out_features], bias));
+        }
+        let op = Op::Linear(arch::LinearCfg { in_features, out_features, bias: c.is_some() });
+        let name = self.param_node_name(n, "linear");
+        if let Some(q) = input_q {
+            let codes = w_codes.filter(|_| alpha == 1.0).ok_or("the input is quantised (QuantizeLinear/DequantizeLinear) but the weight is not DequantizeLinear of int8 codes (with alpha 1)")?;
+            self.layers.insert(name.clone(), QuantLayer { weight: qweight(&codes, &b.dims, if trans_b { 0 } else { 1 })?, input: q });
+        }
+        Ok(Val::Dyn(self.emit(name, &[&x], op, params)?))
+    }
+
+    /// A layer's input: a computed tensor, or one quantised by a `QuantizeLinear` /
+    /// `DequantizeLinear` pair (then the layer is a quantised layer with these parameters).
+    fn layer_in(&self, n: &NodeProto) -> R<(Dyn, Option<QParams>)> {
+        match self.input_val(n, 0)? {
+            Val::FakeQuant(d, q) if d.shape == d.onnx_shape => Ok((d.clone(), Some(*q))),
+            _ => Ok((self.exact_in(n, 0)?, None)),
+        }
+    }
+
+    fn codes_in(&self, n: &NodeProto, k: usize) -> Option<Codes> {
+        match self.opt_in(n, k) {
+            Ok(Some(Val::Dequantized(_, c))) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// `QuantizeLinear(x, scale, zero_point)` with per-tensor parameters: uint8 (7-bit when a
+    /// `Clip` to the 0..127 range precedes it) or symmetric int8.
+    fn quantize(&self, n: &NodeProto) -> R<Val> {
+        let (x, clip) = match self.input_val(n, 0)? {
+            Val::Dyn(d) => (d.clone(), None),
+            Val::Clipped(d, lo, hi) => (d.clone(), Some((*lo, *hi))),
+            _ => return Err("QuantizeLinear is read on a computed tensor".into()),
+        };
+        let scale = self.const_in(n, 1)?.scalar().filter(|s| s.is_finite() && *s > 0.0).ok_or("the scale must be one positive number (per-tensor activations)")?;
+        let zp = match self.opt_const(n, 2)? {
+            Some(z) => z.i64s().filter(|v| v.len() == 1).map(|v| v[0]).ok_or("the zero point must be one integer")?,
+            None => 0,
+        };
+        let signed = n.input.get(2).is_some_and(|z| self.int8_values.contains(z));
+        let act = match (signed, clip) {
+            (true, None) if zp == 0 => ActType::I8,
+            (true, _) => return Err(format!("an int8 zero point {zp} (or a Clip before it); wick's int8 activations are symmetric")),
+            (false, None) => ActType::U8,
+            (false, Some((lo, hi))) => {
+                let (l7, h7) = QParams { scale, zero_point: zp as i32, act: ActType::U7 }.real_range();
+                if !(close(lo, l7) && close(hi, h7)) {
+                    return Err(format!("the Clip before it bounds [{lo}, {hi}], not the 7-bit range [{l7}, {h7}] of this scale and zero point"));
+                }
+                ActType::U7
+            }
+        };
+        let (qmin, qmax) = act.range();
+        if !(qmin as i64..=qmax as i64).contains(&zp) {
+            return Err(format!("zero point {zp} is outside {qmin}..={qmax}"));
+        }
+        Ok(Val::Quantized(x, QParams { scale, zero_point: zp as i32, act }))
+    }
+
+    /// `DequantizeLinear` of integer constants (weights, biases) folds to float values that
+    /// keep their codes; after `QuantizeLinear` with the same parameters it marks a layer input.
+    fn dequantize(&self, n: &NodeProto) -> R<Val> {
+        let scale = self.const_in(n, 1)?;
+        let zp = self.opt_const(n, 2)?;
+        match self.input_val(n, 0)? {
+            Val::Quantized(x, q) => {
+                let zp = zp.and_then(|z| z.i64s().map(<[i64]>::to_vec)).unwrap_or(vec![0]);
+                if scale.scalar() != Some(q.scale) || zp != [q.zero_point as i64] {
+                    return Err("its scale and zero point differ from the QuantizeLinear's before it".into());
+                }
+                Ok(Val::FakeQuant(x.clone(), *q))
+            }
+            Val::Const(c) => {
+                let codes = c.i64s().ok_or("DequantizeLinear of a float constant")?.to_vec();
+                let scales = scale.f32s();
+                let zero_points = match &zp {
+                    Some(z) => z.i64s().ok_or("the zero point must hold integers")?.to_vec(),
+                    None => vec![0; scales.len()],
+                };
+                let rank = c.dims.len() as i64;
+                let axis = attr_i(n, "axis")?.unwrap_or(1);
+                let axis = if axis < 0 { axis + rank } else { axis };
+                let per_tensor = scales.len() == 1 && zero_points.len() == 1;
+                let channels = if per_tensor { 1 } else { usize::try_from(axis).ok().and_then(|a| c.dims.get(a)).copied().ok_or(format!("axis {axis} is out of range for shape {:?}", c.dims))? };
+                if scales.len() != channels || zero_points.len() != channels {
+                    return Err(format!("{} scales and {} zero points for {channels} channels along axis {axis}", scales.len(), zero_points.len()));
+                }
+                let inner: usize = if per_tensor { 1 } else { c.dims[axis as usize + 1..].iter().product() };
+                let values = codes.iter().enumerate().map(|(i, &q)| {
+                    let ch = (i / inner) % channels;
+                    (q - zero_points[ch]) as f32 * scales[ch]
+                });
+                let value = Const { dims: c.dims.clone(), values: Values::F32(values.collect()) };
+                Ok(Val::Dequantized(value, Codes { codes, scales, zero_points, axis: if per_tensor { 0 } else { axis as usize } }))
+            }
+            _ => Err("DequantizeLinear is read on integer constants and after QuantizeLinear".into()),
+        }
+    }
+
+    fn batchnorm(&mut self, n: &NodeProto) -> R<Val> {
+        let x = self.exact_in(n, 0)?;
+        let [scale, bias, mean, var] = [1, 2, 3, 4].map(|k| self.const_in(n, k));
+        let (scale, bias, mean, var) = (scale?, bias?, mean?, var?);
+        let c = x.shape.first().copied().ok_or("the input has no channel dim")?;
+        for (what, t) in [("scale", &scale), ("B", &bias), ("mean", &mean), ("var", &var)] {
+            if t.numel() != c {
+                return Err(format!("{what} has {} values for {c} channels", t.numel()));
+            }
+        }
+        let cfg = arch::BatchNormCfg { num_features: c, eps: decimal(attr_f(n, "epsilon")?.unwrap_or(1e-5)), momentum: 1.0 - decimal(attr_f(n, "momentum")?.unwrap_or(0.9)), affine: true };
+        let op = match x.shape.len() {
+            1 | 2 => Op::BatchNorm1d(cfg),
+            3 => Op::BatchNorm2d(cfg),
+            r => return Err(format!("the input has {} dims; wick reads BatchNormalization on 2-, 3- and 4-D tensors", r + 1)),
+        };
+        let params = vec![("weight", vec![c], scale.f32s()), ("bias", vec![c], bias.f32s()), ("running_mean", vec![c], mean.f32s()), ("running_var", vec![c], var.f32s())];
+        let name = self.param_node_name(n, "batchnorm");
+        Ok(Val::Dyn(self.emit(name, &[&x], op, params)?))
+    }
+
+    fn layernorm(&mut self, n: &NodeProto) -> R<Val> {
+        let x = self.exact_in(n, 0)?;
+        let rank = x.shape.len() as i64 + 1;
+        let axis = attr_i(n, "axis")?.unwrap_or(-1);
+        let axis = if axis < 0 { axis + rank } else { axis };
+        if axis < 1 || axis >= rank {
+            return Err(format!("axis {axis} normalises over the batch; wick reads axes after it"));
+        }
+        let normalized_shape = x.shape[axis as usize - 1..].to_vec();
+        let numel: usize = normalized_shape.iter().product();
+        let scale = self.const_in(n, 1)?;
+        let bias = self.opt_const(n, 2)?;
+        if scale.numel() != numel || bias.as_ref().is_some_and(|b| b.numel() != numel) {
+            return Err(format!("Scale or B does not have the normalised shape {normalized_shape:?}"));
+        }
+        let cfg = arch::LayerNormCfg { normalized_shape: normalized_shape.clone(), eps: decimal(attr_f(n, "epsilon")?.unwrap_or(1e-5)), elementwise_affine: true };
+        let params = vec![("weight", normalized_shape.clone(), scale.f32s()), ("bias", normalized_shape, bias.map(|b| b.f32s()).unwrap_or(vec![0.0; numel]))];
+        let name = self.param_node_name(n, "layernorm");
+        Ok(Val::Dyn(self.emit(name, &[&x], Op::LayerNorm(cfg), params)?))
+    }
+
+    fn pool(&mut self, n: &NodeProto) -> R<Val> {
+        if n.output.len() > 1 && self.uses.get(&n.output[1]).is_some_and(|&u| u > 0) {
+            return Err("the Indices output is read; wick's pools do not return indices".into());
+        }
+        let x = self.exact_in(n, 0)?;
+        let kernel: Vec<usize> = attr_ints(n, "kernel_shape")?
+            .ok_or("attribute 'kernel_shape' is missing")?
+            .iter()
+            .map(|&k| usize::try_from(k).ok().filter(|&k| k > 0).ok_or_else(|| format!("kernel size {k} is not positive")))
+            .collect::<R<_>>()?;
+        let spatial = kernel.len();
+        if spatial != 1 && spatial != 2 {
+            return Err(format!("a {spatial}-D pool; wick reads 1-D and 2-D pools"));
+        }
+        let strides = positive_list(n, "strides", spatial)?;
+        let dilations = positive_list(n, "dilations", spatial)?;
+        if dilations.iter().any(|&d| d != 1) {
+            return Err(format!("dilations {dilations:?}; wick's pools are not dilated"));
+        }
+        if attr_i(n, "ceil_mode")?.unwrap_or(0) != 0 {
+            return Err("ceil_mode = 1; wick's pools round the output size down".into());
+        }
+        let in_len: Vec<usize> = x.onnx_shape.get(1..).map(<[usize]>::to_vec).unwrap_or_default();
+        let p = pads(n, spatial, &kernel, &strides, &dilations, &in_len)?;
+        let count_include_pad = attr_i(n, "count_include_pad")?.unwrap_or(0) != 0;
+        let cfg = arch::PoolCfg { kernel_size: pair(&kernel), stride: Some(pair(&strides)), padding: pair(&p), count_include_pad };
+        let max = n.op_type == "MaxPool";
+        let op = match (max, spatial) {
+            (true, 1) => Op::MaxPool1d(cfg),
+            (true, _) => Op::MaxPool2d(cfg),
+            (false, 1) => Op::AvgPool1d(cfg),
+            (false, _) => Op::AvgPool2d(cfg),
+        };
+        self.unary(n, op)
+    }
+
+    /// Global average pooling; ONNX keeps the pooled dims as 1s when `keepdims`.
+    fn global_pool(&mut self, n: &NodeProto, keepdims: bool) -> R<Val> {
+        let x = self.exact_in(n, 0)?;
+        if x.shape.len() < 2 {
+            return Err(format!("the input has per-sample shape {:?}; wick pools [C, spatial…]", x.onnx_shape));
+        }
+        let name = self.plain_node_name(n, "global_avg_pool");
+        let mut d = self.emit(name, &[&x], Op::GlobalAvgPool(arch::Empty {}), vec![])?;
+        if keepdims {
+            d.onnx_shape = std::iter::once(x.shape[0]).chain(std::iter::repeat_n(1, x.shape.len() - 1)).collect();
+        }
+        Ok(Val::Dyn(d))
+    }
+
+    /// `ReduceMean` over every spatial axis is global average pooling.
+    fn reduce_mean(&mut self, n: &NodeProto) -> R<Val> {
+        let x = self.dyn_in(n, 0)?;
+        let axes = if self.opset >= 18 { self.opt_const(n, 1)?.map(|c| c.i64s().map(<[i64]>::to_vec).ok_or("axes must be integers")).transpose()? } else { attr_ints(n, "axes")? };
+        let rank = x.onnx_shape.len() as i64 + 1;
+        let mut axes: Vec<i64> = axes.ok_or("reduces every axis, the batch too; wick reads ReduceMean over the spatial axes")?.iter().map(|&a| if a < 0 { a + rank } else { a }).collect();
+        axes.sort_unstable();
+        if axes != (2..rank).collect::<Vec<_>>() || rank < 3 {
+            return Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMean over all spatial axes (2..) as global average pooling"));
+        }
+        let keepdims = attr_i(n, "keepdims")?.unwrap_or(1) != 0;
+        self.global_pool(n, keepdims)
+    }
+}
+
+/// A quantised layer's int8 weight (wick's layout, output channels first) from the codes of its
+/// ONNX weight of shape `dims`, whose output channels lie along `out_axis` (1 for a MatMul's
+/// `[in, out]`, transposed here).
+fn qweight(c: &Codes, dims: &[usize], out_axis: usize) -> R<QWeight> {
+    let out = dims[out_axis];
+    if c.zero_points.iter().any(|&z| z != 0) {
+        return Err("a weight zero point is not 0; wick's int8 weights are symmetric".into());
+    }
+    if !(c.scales.len() == 1 || (c.axis == out_axis && c.scales.len() == out)) {
+        return Err(format!("the weight's {} scales along axis {} are neither per output channel nor per tensor", c.scales.len(), c.axis));
+    }
+    let scales = if c.scales.len() == 1 { vec![c.scales[0]; out] } else { c.scales.clone() };
+    if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err("a weight scale is not a positive number".into());
+    }
+    let (codes, shape) = if out_axis == 0 {
+        (c.codes.clone(), dims.to_vec())
+    } else {
+        let inn = dims[0];
+        ((0..out).flat_map(|o| (0..inn).map(move |i| c.codes[i * out + o])).collect(), vec![out, inn])
+    };
+    let values = codes
+        .iter()
+        .map(|&q| i8::try_from(q).ok().filter(|&q| q != i8::MIN))
+        .collect::<Option<Vec<i8>>>()
+        .ok_or("the weight holds a code outside -127..=127, the range wick's integer kernels take")?;
+    Ok(QWeight { shape, values, scales })
+}
+
+/// A kernel, stride or padding as the architecture file writes it: one number when all dims
+/// agree (so a saved and re-read architecture compares equal).
+fn pair(v: &[usize]) -> Pair {
+    match v {
+        [h, w] if h != w => Pair::Two([*h, *w]),
+        _ => Pair::One(v[0]),
+    }
+}
+
+/// An f32 attribute as the f64 of its shortest decimal form (`1e-5`, not `9.99999974e-6`),
+/// which is what the exporter was given.
+fn decimal(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
+}
+
+fn pattern_err(value: &str) -> String {
+    format!("input '{value}' is a step of a pattern wick reads as one op (SiLU, exact GELU, a QuantizeLinear/DequantizeLinear pair before a Conv, Gemm or MatMul, a Clip before QuantizeLinear), and it is read elsewhere")
+}
+
+fn close(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 1e-5 * b.abs().max(1.0)
+}
+
+fn strip_ones(s: &[usize]) -> Vec<usize> {
+    s.iter().copied().filter(|&d| d != 1).collect()
+}
+
+/// The one `-1` in a reshape's per-sample dims, from the sample's element count.
+fn infer_minus_one(rest: &[i64], numel: usize, known: usize) -> R<Vec<usize>> {
+    if known == 0 || !numel.is_multiple_of(known) {
+        return Err(format!("cannot infer the -1 in {rest:?} from {numel} values per sample"));
+    }
+    Ok(rest.iter().map(|&d| if d == -1 { numel / known } else { d as usize }).collect())
+}
+
+/// The dims after `Squeeze` (`axes` or every 1) or `Unsqueeze` of `dims`.
+fn squeezed(dims: &[usize], axes: Option<&[i64]>, unsqueeze: bool) -> R<Vec<usize>> {
+    if unsqueeze {
+        let axes = axes.ok_or("Unsqueeze needs axes")?;
+        let rank = (dims.len() + axes.len()) as i64;
+        let mut ax: Vec<usize> =
+            axes.iter().map(|&a| if a < 0 { a + rank } else { a }).map(|a| usize::try_from(a).ok().filter(|&a| (a as i64) < rank).ok_or(format!("axis out of range in {axes:?}"))).collect::<R<_>>()?;
+        ax.sort_unstable();
+        let mut out = dims.to_vec();
+        for a in ax {
+            out.insert(a, 1);
+        }
+        return Ok(out);
+    }
+    let rank = dims.len() as i64;
+    match axes {
+        None => Ok(dims.iter().copied().filter(|&d| d != 1).collect()),
+        Some(axes) => {
+            let ax: Vec<usize> = axes
+                .iter()
+                .map(|&a| if a < 0 { a + rank } else { a })
+                .map(|a| usize::try_from(a).ok().filter(|&a| a < dims.len() && dims[a] == 1).ok_or(format!("axes {axes:?} are not unit dims of {dims:?}")))
+                .collect::<R<_>>()?;
+            Ok(dims.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, &d)| d).collect())
+        }
+    }
+}
+
+/// Elementwise arithmetic on two constants of equal shape, or one of them a scalar.
+fn fold(op: &str, x: &Const, y: &Const) -> R<Const> {
+    let dims = if x.numel() == 1 && y.dims.len() >= x.dims.len() {
+        y.dims.clone()
+    } else if y.numel() == 1 || x.dims == y.dims {
+        x.dims.clone()
+    } else {
+        return Err(format!("{op} of constants of shapes {:?} and {:?} (wick folds equal shapes or a scalar)", x.dims, y.dims));
+    };
+    let n: usize = dims.iter().product();
+    let at = |c: &Const, i: usize| if c.numel() == 1 { 0 } else { i };
+    match (&x.values, &y.values) {
+        (Values::I64(a), Values::I64(b)) => {
+            if a.contains(&BATCH) || b.contains(&BATCH) {
+                return Err("arithmetic on the batch size; wick needs shapes that do not depend on it".into());
+            }
+            let f = |p: i64, q: i64| -> R<i64> {
+                match op {
+                    "Add" => Ok(p.wrapping_add(q)),
+                    "Sub" => Ok(p.wrapping_sub(q)),
+                    "Mul" => Ok(p.wrapping_mul(q)),
+                    _ if q == 0 => Err("integer division by zero".into()),
+                    _ => Ok(p.wrapping_div(q)),
+                }
+            };
+            Ok(Const { dims, values: Values::I64((0..n).map(|i| f(a[at(x, i)], b[at(y, i)])).collect::<R<_>>()?) })
+        }
+        _ => {
+            let (a, b) = (x.f32s(), y.f32s());
+            let f = |p: f32, q: f32| match op {
+                "Add" => p + q,
+                "Sub" => p - q,
+                "Mul" => p * q,
+                _ => p / q,
+            };
+            Ok(Const { dims, values: Values::F32((0..n).map(|i| f(a[at(x, i)], b[at(y, i)])).collect()) })
+        }
+    }
+}
+
+/// Symmetric paddings, one per spatial dim, from `pads` (begin…, end…) or `auto_pad`.
+fn pads(n: &NodeProto, spatial: usize, kernel: &[usize], strides: &[usize], dilations: &[usize], in_len: &[usize]) -> R<Vec<usize>> {
+    match attr_s(n, "auto_pad")?.as_deref().unwrap_or("NOTSET") {
+        "NOTSET" => {}
+        "VALID" => return Ok(vec![0; spatial]),
+        mode @ ("SAME_UPPER" | "SAME_LOWER") => {
+            if in_len.len() != spatial {
+                return Err(format!("auto_pad {mode} on an input of per-sample shape with {} spatial dims", in_len.len().saturating_sub(0)));
+            }
+            return (0..spatial)
+                .map(|i| {
+                    let out = in_len[i].div_ceil(strides[i]);
+                    let total = ((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1).saturating_sub(in_len[i]);
+                    if total % 2 == 1 {
+                        return Err(format!("auto_pad {mode} pads dim {i} unevenly ({total} in all); wick pads both sides equally"));
+                    }
+                    Ok(total / 2)
+                })
+                .collect();
+        }
+        other => return Err(format!("auto_pad '{other}' is not an ONNX padding mode")),
+    }
+    let Some(p) = attr_ints(n, "pads")? else { return Ok(vec![0; spatial]) };
+    if p.len() != 2 * spatial || p.iter().any(|&v| v < 0) {
+        return Err(format!("pads {p:?} must be {} non-negative values", 2 * spatial));
+    }
+    if p[..spatial] != p[spatial..] {
+        return Err(format!("pads {p:?} pad the two sides differently; wick pads both sides equally"));
+    }
+    Ok(p[..spatial].iter().map(|&v| v as usize).collect())
+}
+
+/// An ints attribute of `len` positive values, default all 1.
+fn positive_list(n: &NodeProto, name: &str, len: usize) -> R<Vec<usize>> {
+    match attr_ints(n, name)? {
+        None => Ok(vec![1; len]),
+        Some(v) if v.len() == len && v.iter().all(|&x| x > 0) => Ok(v.iter().map(|&x| x as usize).collect()),
+        Some(v) => Err(format!("{name} {v:?} must be {len} positive values")),
+    }
+}
+
+fn attr<'n>(n: &'n NodeProto, name: &str, ty: i32, ty_name: &str) -> R<Option<&'n super::proto::AttributeProto>> {
+    match n.attribute.iter().find(|a| a.name == name) {
+        None => Ok(None),
+        Some(a) if a.r#type == ty => Ok(Some(a)),
+        Some(a) => Err(format!("attribute '{name}' has type {}, expected {ty_name}", a.r#type)),
+    }
+}
+
+fn attr_i(n: &NodeProto, name: &str) -> R<Option<i64>> {
+    Ok(attr(n, name, attr_type::INT, "int")?.map(|a| a.i))
+}
+
+fn attr_f(n: &NodeProto, name: &str) -> R<Option<f32>> {
+    Ok(attr(n, name, attr_type::FLOAT, "float")?.map(|a| a.f))
+}
+
+fn attr_ints(n: &NodeProto, name: &str) -> R<Option<Vec<i64>>> {
+    Ok(attr(n, name, attr_type::INTS, "ints")?.map(|a| a.ints.clone()))
+}
+
+fn attr_s(n: &NodeProto, name: &str) -> R<Option<String>> {
+    Ok(attr(n, name, attr_type::STRING, "string")?.map(|a| String::from_utf8_lossy(&a.s).into_owned()))
+}
+
+/// A `Constant` node's value from whichever attribute holds it.
+fn constant(n: &NodeProto, dir: &Path) -> R<Const> {
+    if let Some(a) = attr(n, "value", attr_type::TENSOR, "tensor")? {
+        let t: &TensorProto = a.t.as_ref().ok_or("attribute 'value' holds no tensor")?;
+        return tensor::read(t, "value", dir).map_err(|e| e.to_string());
+    }
+    if let Some(f) = attr_f(n, "value_float")? {
+        return Ok(Const { dims: vec![], values: Values::F32(vec![f]) });
+    }
+    if let Some(a) = attr(n, "value_floats", attr_type::FLOATS, "floats")? {
+        return Ok(Const { dims: vec![a.floats.len()], values: Values::F32(a.floats.clone()) });
+    }
+    if let Some(i) = attr_i(n, "value_int")? {
+        return Ok(Const { dims: vec![], values: Values::I64(vec![i]) });
+    }
+    if let Some(v) = attr_ints(n, "value_ints")? {
+        return Ok(Const { dims: vec![v.len()], values: Values::I64(v) });
+    }
+    Err("has no value attribute wick reads (value, value_float(s), value_int(s))".into())
+}

@@ -1,0 +1,70 @@
+//! ONNX in and out. `import` maps a PyTorch-exported ONNX graph onto wick's ops (every command
+//! that takes a model takes a `.onnx` file through [`load_model`]); `export` writes a float
+//! model as a plain ONNX graph and an INT8 artifact as a QDQ graph that ONNX Runtime runs.
+//! The protobuf messages are declared for prost in `proto`. Uses `model`, `artifact`, `quant`.
+
+pub mod export;
+pub mod import;
+pub mod proto;
+pub mod tensor;
+
+use crate::artifact::{AnyModel, Int8Model};
+use crate::error::{Result, WickError};
+use crate::model::load::Loaded;
+use crate::model::Model;
+use candle_core::Tensor;
+use prost::Message;
+use std::path::Path;
+
+/// Whether `path` names an ONNX file (by its `.onnx` extension).
+pub fn is_onnx(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// Fails when `--arch` is given with an ONNX file, whose graph is its architecture.
+pub fn refuse_arch(path: &Path, arch_override: Option<&Path>) -> Result<()> {
+    match arch_override {
+        Some(a) => Err(WickError::invalid("--arch", format!("{} is an ONNX file, which carries its own graph; drop --arch {}", path.display(), a.display()))),
+        None => Ok(()),
+    }
+}
+
+/// Reads and decodes an ONNX model file; returns it and the hex sha256 of its bytes.
+pub fn read(path: &Path) -> Result<(proto::ModelProto, String)> {
+    let bytes = std::fs::read(path).map_err(|e| WickError::io(path, e))?;
+    let model = proto::ModelProto::decode(bytes.as_slice()).map_err(|e| WickError::invalid(path.display().to_string(), format!("not a valid ONNX model: {e}")))?;
+    Ok((model, crate::provenance::sha256_hex(&bytes)))
+}
+
+/// The default-domain opset a model imports (ONNX's rule: an absent import means opset 1).
+pub fn opset(model: &proto::ModelProto) -> i64 {
+    model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(1, |o| o.version)
+}
+
+/// Loads an ONNX file: a float model, or an INT8 model when QDQ pairs quantise its layers.
+/// Returns it and the file's hex sha256.
+pub fn load(path: &Path) -> Result<(AnyModel, String)> {
+    let (model, sha256) = read(path)?;
+    let file = path.display().to_string();
+    let graph = model.graph.as_ref().ok_or_else(|| WickError::invalid(&file, "the ONNX model has no graph"))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let imported = import::import(graph, opset(&model), &file, dir)?;
+    let mut tensors = std::collections::BTreeMap::new();
+    for (name, (dims, values)) in imported.params {
+        tensors.insert(name, Tensor::from_vec(values, dims, &crate::model::device())?);
+    }
+    let model = Model::new(imported.arch, tensors, &file)?;
+    if imported.layers.is_empty() {
+        return Ok((AnyModel::Float(model), sha256));
+    }
+    let info = serde_json::Map::from_iter([("imported_from".to_string(), serde_json::Value::String(file))]);
+    Ok((AnyModel::Int8(Int8Model { model, layers: imported.layers, info }), sha256))
+}
+
+/// Loads an ONNX file as a float wick model; a QDQ (INT8) graph is refused.
+pub fn load_model(path: &Path) -> Result<Loaded> {
+    match load(path)? {
+        (AnyModel::Float(model), sha256) => Ok(Loaded { model, warnings: vec![], sha256 }),
+        (AnyModel::Int8(_), _) => Err(WickError::invalid(path.display().to_string(), "is a quantised (QDQ) model; this command takes a float model")),
+    }
+}
