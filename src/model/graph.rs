@@ -131,15 +131,15 @@ fn topological_order(arch: &Arch, index: &BTreeMap<&str, usize>) -> std::result:
 }
 
 /// Output length of a window op: `⌊(len + 2·pad − dil·(k − 1) − 1) / stride⌋ + 1`, in checked
-/// arithmetic (a kernel, stride or dilation of 0 is an error, and so is a padding that
-/// overflows).
+/// arithmetic (a kernel, stride or dilation of 0 is an error, and so is a padded length past
+/// [`MAX_SAMPLE_VALUES`], which bounds every position a kernel computes).
 pub fn window_out(len: usize, k: usize, stride: usize, pad: usize, dil: usize) -> std::result::Result<usize, String> {
     if k == 0 || stride == 0 || dil == 0 {
         return Err(format!("kernel_size {k}, stride {stride} and dilation {dil} must each be at least 1"));
     }
     let overflow = || format!("padding {pad} or dilation {dil} is too large");
     let span = dil.checked_mul(k - 1).and_then(|s| s.checked_add(1)).ok_or_else(overflow)?;
-    let padded = pad.checked_mul(2).and_then(|p| p.checked_add(len)).ok_or_else(overflow)?;
+    let padded = pad.checked_mul(2).and_then(|p| p.checked_add(len)).filter(|&p| p <= MAX_SAMPLE_VALUES).ok_or_else(overflow)?;
     if padded < span {
         return Err(format!("window {span} is larger than the padded input {padded}"));
     }
