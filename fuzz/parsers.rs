@@ -6,7 +6,7 @@
 
 use candle_core::{Device, Tensor};
 use std::path::Path;
-use wick::artifact::Int8Model;
+use wick::artifact::{AnyModel, Int8Model};
 use wick::data::Dataset;
 use wick::model::arch::Arch;
 use wick::model::graph;
@@ -74,6 +74,28 @@ pub fn int8_artifact(data: &[u8]) {
     let Ok(Some(q)) = Int8Model::read(&file) else { return };
     if small(&q.model.arch) {
         run_int8(&q);
+    }
+}
+
+/// An ONNX file: decoded and mapped onto wick's ops (constants folded, activation and QDQ
+/// patterns fused), and when small, run on its compiled plan and exported back to ONNX and read
+/// again, as `wick eval`, `wick export` and `wick import` do. External data points nowhere.
+pub fn onnx(data: &[u8]) {
+    let no_dir = Path::new("/nonexistent-wick-fuzz");
+    let Ok(model) = wick::onnx::from_bytes(data, "fuzz.onnx", no_dir) else { return };
+    let exported = match &model {
+        AnyModel::Float(m) if small(&m.arch) => {
+            run_float(m);
+            wick::onnx::export::float_model(m)
+        }
+        AnyModel::Int8(q) if small(&q.model.arch) => {
+            run_int8(q);
+            wick::onnx::export::int8_model(q)
+        }
+        _ => return,
+    };
+    if let Ok(p) = exported {
+        let _ = wick::onnx::from_bytes(&wick::onnx::export::encode(&p), "fuzz.exported.onnx", no_dir);
     }
 }
 

@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(safetensors architecture recipe manifest int8_artifact)
+[ ${#targets[@]} -gt 0 ] || targets=(safetensors architecture recipe manifest int8_artifact onnx)
 [ -d corpus/recipe ] || ./seed.sh
 mkdir -p logs
 for t in "${targets[@]}"; do

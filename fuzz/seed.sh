@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked --quiet
 wick=target/release/wick
 c=fuzz/corpus
-mkdir -p $c/safetensors $c/architecture $c/recipe $c/manifest $c/int8_artifact
+mkdir -p $c/safetensors $c/architecture $c/recipe $c/manifest $c/int8_artifact $c/onnx
 cp fixtures/arch/*.arch.json fixtures/models/*.arch.json $c/architecture/
 cp passes/*.json $c/recipe/
 data="--train fixtures/data/digits_train.safetensors --val fixtures/data/digits_val.safetensors"
@@ -21,7 +21,11 @@ for s in "digits_mlp digits_mlp_small $data digits_train" "digits_seq_cnn digits
   cp "$tmp/$2.safetensors" $c/safetensors/
   cp "$tmp/$2.int8.safetensors" $c/int8_artifact/
   cp "$tmp/$2.int8.safetensors" $c/safetensors/
+  $wick export "$tmp/$2.safetensors" --out $c/onnx/$2.onnx > /dev/null
+  $wick export "$tmp/$2.int8.safetensors" --out $c/onnx/$2.qdq.onnx > /dev/null
 done
+# The small PyTorch exports (both exporters); the larger ones add size, not new structure.
+cp fixtures/onnx/digits_dsnet.*.onnx fixtures/onnx/digits_seq_cnn.*.onnx $c/onnx/
 cat > $c/manifest/two_jobs.json <<'JSON'
 {"jobs": [
   {"name": "mlp", "model": "models/digits_mlp.safetensors", "recipe": "ptq-int8", "train": "d/train.safetensors", "val": "d/val.safetensors", "test": "d/test.safetensors", "out": "out/mlp", "max_accuracy_drop": 1.0},

@@ -32,9 +32,14 @@ pub fn int8_model(q: &Int8Model) -> Result<ModelProto> {
     build(&q.model, &q.layers)
 }
 
+/// The file bytes of `model`.
+pub fn encode(model: &ModelProto) -> Vec<u8> {
+    model.encode_to_vec()
+}
+
 /// Writes `model` to `path` atomically.
 pub fn write(model: &ModelProto, path: &Path) -> Result<()> {
-    crate::tensor_file::write_atomic(path, &model.encode_to_vec())
+    crate::tensor_file::write_atomic(path, &encode(model))
 }
 
 fn build(model: &Model, layers: &BTreeMap<String, QuantLayer>) -> Result<ModelProto> {

@@ -460,11 +460,15 @@ impl Importer<'_> {
         let len = data.dims[0] as i64;
         let norm = |v: i64| if v < 0 { v.saturating_add(len) } else { v };
         let step = steps[0];
+        if len == 0 {
+            return Ok(Val::Const(data));
+        }
         let (mut i, end) = if step > 0 { (norm(starts[0]).clamp(0, len), norm(ends[0]).clamp(0, len)) } else { (norm(starts[0]).clamp(0, len - 1), norm(ends[0]).clamp(-1, len - 1)) };
         let mut pick = vec![];
         while (step > 0 && i < end) || (step < 0 && i > end) {
             pick.push(i as usize);
-            i += step;
+            let Some(next) = i.checked_add(step) else { break };
+            i = next;
         }
         let values = match &data.values {
             Values::I64(v) => Values::I64(pick.iter().map(|&j| v[j]).collect()),
@@ -742,7 +746,7 @@ impl Importer<'_> {
         let groups = attr_i(n, "group")?.unwrap_or(1);
         let groups = usize::try_from(groups).ok().filter(|&g| g > 0).ok_or_else(|| format!("group {groups} is not positive"))?;
         let out_channels = w.dims[0];
-        let in_channels = w.dims[1] * groups;
+        let in_channels = w.dims[1].checked_mul(groups).ok_or_else(|| format!("group {groups} is too large"))?;
         if let Some(b) = &b {
             if b.numel() != out_channels {
                 return Err(format!("bias has {} values for {out_channels} output channels", b.numel()));
@@ -895,7 +899,7 @@ impl Importer<'_> {
                 let inner: usize = if per_tensor { 1 } else { c.dims[axis as usize + 1..].iter().product() };
                 let values = codes.iter().enumerate().map(|(i, &q)| {
                     let ch = (i / inner) % channels;
-                    (q - zero_points[ch]) as f32 * scales[ch]
+                    q.saturating_sub(zero_points[ch]) as f32 * scales[ch]
                 });
                 let value = Const { dims: c.dims.clone(), values: Values::F32(values.collect()) };
                 Ok(Val::Dequantized(value, Codes { codes, scales, zero_points, axis: if per_tensor { 0 } else { axis as usize } }))
@@ -1154,8 +1158,15 @@ fn pads(n: &NodeProto, spatial: usize, kernel: &[usize], strides: &[usize], dila
             }
             return (0..spatial)
                 .map(|i| {
-                    let out = in_len[i].div_ceil(strides[i]);
-                    let total = ((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1).saturating_sub(in_len[i]);
+                    // total = (⌈L/s⌉ − 1)·s + (k − 1)·d + 1 − L, at least 0.
+                    let out = in_len[i].div_ceil(strides[i]).max(1);
+                    let span = (out - 1)
+                        .checked_mul(strides[i])
+                        .zip((kernel[i] - 1).checked_mul(dilations[i]))
+                        .and_then(|(a, b)| a.checked_add(b))
+                        .and_then(|v| v.checked_add(1))
+                        .ok_or("auto_pad: the padded size overflows")?;
+                    let total = span.saturating_sub(in_len[i]);
                     if total % 2 == 1 {
                         return Err(format!("auto_pad {mode} pads dim {i} unevenly ({total} in all); wick pads both sides equally"));
                     }

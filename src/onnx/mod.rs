@@ -29,13 +29,6 @@ pub fn refuse_arch(path: &Path, arch_override: Option<&Path>) -> Result<()> {
     }
 }
 
-/// Reads and decodes an ONNX model file; returns it and the hex sha256 of its bytes.
-pub fn read(path: &Path) -> Result<(proto::ModelProto, String)> {
-    let bytes = std::fs::read(path).map_err(|e| WickError::io(path, e))?;
-    let model = proto::ModelProto::decode(bytes.as_slice()).map_err(|e| WickError::invalid(path.display().to_string(), format!("not a valid ONNX model: {e}")))?;
-    Ok((model, crate::provenance::sha256_hex(&bytes)))
-}
-
 /// The default-domain opset a model imports (ONNX's rule: an absent import means opset 1).
 pub fn opset(model: &proto::ModelProto) -> i64 {
     model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(1, |o| o.version)
@@ -44,21 +37,26 @@ pub fn opset(model: &proto::ModelProto) -> i64 {
 /// Loads an ONNX file: a float model, or an INT8 model when QDQ pairs quantise its layers.
 /// Returns it and the file's hex sha256.
 pub fn load(path: &Path) -> Result<(AnyModel, String)> {
-    let (model, sha256) = read(path)?;
-    let file = path.display().to_string();
-    let graph = model.graph.as_ref().ok_or_else(|| WickError::invalid(&file, "the ONNX model has no graph"))?;
+    let bytes = std::fs::read(path).map_err(|e| WickError::io(path, e))?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let imported = import::import(graph, opset(&model), &file, dir)?;
+    Ok((from_bytes(&bytes, &path.display().to_string(), dir)?, crate::provenance::sha256_hex(&bytes)))
+}
+
+/// An ONNX model from its bytes; `file` names it in errors and `dir` holds its external data.
+pub fn from_bytes(bytes: &[u8], file: &str, dir: &Path) -> Result<AnyModel> {
+    let model = proto::ModelProto::decode(bytes).map_err(|e| WickError::invalid(file, format!("not a valid ONNX model: {e}")))?;
+    let graph = model.graph.as_ref().ok_or_else(|| WickError::invalid(file, "the ONNX model has no graph"))?;
+    let imported = import::import(graph, opset(&model), file, dir)?;
     let mut tensors = std::collections::BTreeMap::new();
     for (name, (dims, values)) in imported.params {
         tensors.insert(name, Tensor::from_vec(values, dims, &crate::model::device())?);
     }
-    let model = Model::new(imported.arch, tensors, &file)?;
+    let model = Model::new(imported.arch, tensors, file)?;
     if imported.layers.is_empty() {
-        return Ok((AnyModel::Float(model), sha256));
+        return Ok(AnyModel::Float(model));
     }
-    let info = serde_json::Map::from_iter([("imported_from".to_string(), serde_json::Value::String(file))]);
-    Ok((AnyModel::Int8(Int8Model { model, layers: imported.layers, info }), sha256))
+    let info = serde_json::Map::from_iter([("imported_from".to_string(), serde_json::Value::String(file.to_string()))]);
+    Ok(AnyModel::Int8(Int8Model { model, layers: imported.layers, info }))
 }
 
 /// Loads an ONNX file as a float wick model; a QDQ (INT8) graph is refused.

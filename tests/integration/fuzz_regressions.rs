@@ -14,8 +14,14 @@ type Target = fn(&[u8]);
 #[test]
 fn fuzz_regression_inputs_are_refused_or_run_without_a_panic() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-    let targets: [(&str, Target); 5] =
-        [("safetensors", parsers::safetensors), ("architecture", parsers::architecture), ("recipe", parsers::recipe), ("manifest", parsers::manifest), ("int8_artifact", parsers::int8_artifact)];
+    let targets: [(&str, Target); 6] = [
+        ("safetensors", parsers::safetensors),
+        ("architecture", parsers::architecture),
+        ("recipe", parsers::recipe),
+        ("manifest", parsers::manifest),
+        ("int8_artifact", parsers::int8_artifact),
+        ("onnx", parsers::onnx),
+    ];
     for (target, run) in targets {
         let mut inputs: Vec<_> = std::fs::read_dir(root.join(target)).unwrap().flatten().map(|e| e.path()).collect();
         inputs.sort();
