@@ -346,6 +346,7 @@ impl Importer<'_> {
             "Slice" => self.slice(n),
             "Concat" => self.concat(n),
             "Squeeze" | "Unsqueeze" => self.squeeze(n),
+            "Transpose" => self.transpose(n),
             "Reshape" => self.reshape(n),
             "Flatten" => self.flatten(n),
             "Add" | "Sub" | "Mul" | "Div" => self.binary(n),
@@ -529,6 +530,40 @@ impl Importer<'_> {
                 self.view(n, d, out[1..].to_vec())
             }
         }
+    }
+
+    /// `Transpose` of a constant (an exporter's transposed weight), folded.
+    fn transpose(&self, n: &NodeProto) -> R<Val> {
+        let c = self.const_in(n, 0).map_err(|_| "Transpose is read only on constants (wick's ops fix their own layouts)".to_string())?;
+        let rank = c.dims.len();
+        let perm: Vec<usize> = match attr_ints(n, "perm")? {
+            None => (0..rank).rev().collect(),
+            Some(p) => p.iter().map(|&a| usize::try_from(a).ok().filter(|&a| a < rank)).collect::<Option<_>>().ok_or(format!("perm {p:?} is not a permutation of {rank} axes"))?,
+        };
+        let mut seen = vec![false; rank];
+        if perm.len() != rank || perm.iter().any(|&a| std::mem::replace(&mut seen[a], true)) {
+            return Err(format!("perm {perm:?} is not a permutation of {rank} axes"));
+        }
+        // out[i] = in[j] where out index (o_0..) maps to in index with in[perm[k]] = o_k.
+        let dims: Vec<usize> = perm.iter().map(|&a| c.dims[a]).collect();
+        let mut in_strides = vec![1usize; rank];
+        for k in (0..rank.saturating_sub(1)).rev() {
+            in_strides[k] = in_strides[k + 1] * c.dims[k + 1];
+        }
+        let numel = c.numel();
+        let src = |o: usize| {
+            let (mut rem, mut at) = (o, 0);
+            for k in (0..rank).rev() {
+                at += (rem % dims[k]) * in_strides[perm[k]];
+                rem /= dims[k];
+            }
+            at
+        };
+        let values = match &c.values {
+            Values::F32(v) => Values::F32((0..numel).map(|o| v[src(o)]).collect()),
+            Values::I64(v) => Values::I64((0..numel).map(|o| v[src(o)]).collect()),
+        };
+        Ok(Val::Const(Const { dims, values }))
     }
 
     /// `x` seen with per-sample shape `target`: the same node when wick already computes that
@@ -1238,4 +1273,61 @@ fn constant(n: &NodeProto, dir: &Path) -> R<Const> {
         return Ok(Const { dims: vec![v.len()], values: Values::I64(v) });
     }
     Err("has no value attribute wick reads (value, value_float(s), value_int(s))".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::proto::{Dimension, TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto};
+    use crate::onnx::tensor::f32_tensor;
+
+    fn value(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+        let dim = dims.iter().map(|d| Dimension { dim_value: *d, dim_param: d.is_none().then(|| "batch".to_string()) }).collect();
+        ValueInfoProto { name: name.into(), r#type: Some(TypeProto { tensor_type: Some(TypeProtoTensor { elem_type: 1, shape: Some(TensorShapeProto { dim }) }) }) }
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<crate::onnx::proto::AttributeProto>) -> NodeProto {
+        NodeProto { input: inputs.iter().map(|s| s.to_string()).collect(), output: vec![output.into()], name: String::new(), op_type: op.into(), domain: String::new(), attribute }
+    }
+
+    fn perm(p: &[i64]) -> crate::onnx::proto::AttributeProto {
+        crate::onnx::proto::AttributeProto { name: "perm".into(), r#type: attr_type::INTS, ints: p.to_vec(), ..Default::default() }
+    }
+
+    /// `Transpose` of an initializer folds: `out[o0, o1, o2] = in[…]` with `in[perm[k]] = o_k`,
+    /// so `MatMul(x, Transpose(W))` is the linear of weight `W`, and a 3-D transpose reorders
+    /// values as NumPy's `transpose` does.
+    #[test]
+    fn transpose_of_a_constant_folds() {
+        let w: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let t: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let graph = GraphProto {
+            node: vec![node("Transpose", &["fc.weight"], "wt", vec![perm(&[1, 0])]), node("MatMul", &["x", "wt"], "y", vec![]), node("Transpose", &["t"], "t2", vec![perm(&[2, 0, 1])])],
+            name: "g".into(),
+            initializer: vec![f32_tensor("fc.weight", &[3, 4], &w), f32_tensor("t", &[2, 3, 4], &t)],
+            input: vec![value("x", &[None, Some(4)])],
+            output: vec![value("y", &[None, Some(3)])],
+            value_info: vec![],
+        };
+        let im = import(&graph, 17, "t.onnx", Path::new(".")).unwrap();
+        assert_eq!(im.params["linear.weight"], (vec![3, 4], w));
+        // The folded 3-D transpose, checked through the importer's own evaluation.
+        let mut i = Importer {
+            opset: 17,
+            dir: Path::new("."),
+            vals: HashMap::new(),
+            uses: HashMap::new(),
+            nodes: vec![],
+            params: BTreeMap::new(),
+            layers: BTreeMap::new(),
+            names: HashSet::new(),
+            int8_values: HashSet::new(),
+        };
+        i.vals.insert("t".into(), Val::Const(Const { dims: vec![2, 3, 4], values: Values::F32(t.clone()) }));
+        let Val::Const(c) = i.transpose(&graph.node[2]).unwrap() else { panic!("a constant") };
+        assert_eq!(c.dims, vec![4, 2, 3]);
+        // out[o0, o1, o2] = t[o1, o2, o0] = 12·o1 + 4·o2 + o0.
+        let expect: Vec<f32> = (0..4).flat_map(|o0| (0..2).flat_map(move |o1| (0..3).map(move |o2| (12 * o1 + 4 * o2 + o0) as f32))).collect();
+        assert_eq!(c.values, Values::F32(expect));
+    }
 }
