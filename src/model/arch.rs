@@ -94,6 +94,9 @@ fn neg_one() -> i64 {
 fn is_true(b: &bool) -> bool {
     *b
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 fn is_one(v: &usize) -> bool {
     *v == 1
 }
@@ -256,6 +259,77 @@ pub struct DropoutCfg {
     pub p: f64,
 }
 
+/// GRU or LSTM over a batch-first sequence `[N, T, input_size] → [N, T, D·hidden_size]` (D = 2
+/// when bidirectional), zero initial state, PyTorch's semantics and tensor names
+/// (`weight_ih_l{k}[_reverse]`, `weight_hh_l{k}…`, `bias_ih_l{k}…`, `bias_hh_l{k}…`; gate row
+/// blocks r, z, n for GRU and i, f, g, o for LSTM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RnnCfg {
+    pub input_size: usize,
+    pub hidden_size: usize,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub num_layers: usize,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub bias: bool,
+    /// wick's tensors are batch-first; the field exists so PyTorch's constructor arguments
+    /// carry over, and `false` is refused.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub batch_first: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub bidirectional: bool,
+}
+
+impl RnnCfg {
+    /// Directions: 2 when bidirectional.
+    pub fn dirs(&self) -> usize {
+        if self.bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// The most stacked layers a GRU or LSTM may have (its tensor names are a fixed table).
+pub const MAX_RNN_LAYERS: usize = 8;
+
+/// `[weight_ih, weight_hh, bias_ih, bias_hh]` names of layer `k` (index `2k`) and of its
+/// reverse direction (`2k + 1`).
+const RNN_PARAMS: [[&str; 4]; 2 * MAX_RNN_LAYERS] = [
+    ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"],
+    ["weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_ih_l0_reverse", "bias_hh_l0_reverse"],
+    ["weight_ih_l1", "weight_hh_l1", "bias_ih_l1", "bias_hh_l1"],
+    ["weight_ih_l1_reverse", "weight_hh_l1_reverse", "bias_ih_l1_reverse", "bias_hh_l1_reverse"],
+    ["weight_ih_l2", "weight_hh_l2", "bias_ih_l2", "bias_hh_l2"],
+    ["weight_ih_l2_reverse", "weight_hh_l2_reverse", "bias_ih_l2_reverse", "bias_hh_l2_reverse"],
+    ["weight_ih_l3", "weight_hh_l3", "bias_ih_l3", "bias_hh_l3"],
+    ["weight_ih_l3_reverse", "weight_hh_l3_reverse", "bias_ih_l3_reverse", "bias_hh_l3_reverse"],
+    ["weight_ih_l4", "weight_hh_l4", "bias_ih_l4", "bias_hh_l4"],
+    ["weight_ih_l4_reverse", "weight_hh_l4_reverse", "bias_ih_l4_reverse", "bias_hh_l4_reverse"],
+    ["weight_ih_l5", "weight_hh_l5", "bias_ih_l5", "bias_hh_l5"],
+    ["weight_ih_l5_reverse", "weight_hh_l5_reverse", "bias_ih_l5_reverse", "bias_hh_l5_reverse"],
+    ["weight_ih_l6", "weight_hh_l6", "bias_ih_l6", "bias_hh_l6"],
+    ["weight_ih_l6_reverse", "weight_hh_l6_reverse", "bias_ih_l6_reverse", "bias_hh_l6_reverse"],
+    ["weight_ih_l7", "weight_hh_l7", "bias_ih_l7", "bias_hh_l7"],
+    ["weight_ih_l7_reverse", "weight_hh_l7_reverse", "bias_ih_l7_reverse", "bias_hh_l7_reverse"],
+];
+
+/// The parameter suffixes `[weight_ih, weight_hh, bias_ih, bias_hh]` of a GRU or LSTM layer
+/// `k < MAX_RNN_LAYERS` and direction.
+pub fn rnn_params(k: usize, reverse: bool) -> [&'static str; 4] {
+    RNN_PARAMS[2 * k + reverse as usize]
+}
+
+/// One index along a dim (counted with the batch, negatives from the end), which is removed:
+/// PyTorch's `x.select(dim, index)`, e.g. the last time step of a recurrent output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectCfg {
+    pub dim: i64,
+    pub index: i64,
+}
+
 /// Global average pooling over every dim after the channel axis: `[N, C, …] → [N, C]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -294,6 +368,9 @@ pub enum Op {
     Concat(DimCfg),
     Dropout(DropoutCfg),
     Softmax(DimCfg),
+    Gru(RnnCfg),
+    Lstm(RnnCfg),
+    Select(SelectCfg),
 }
 
 /// The op names, for error messages.
@@ -320,6 +397,9 @@ pub const OP_NAMES: &[&str] = &[
     "concat",
     "dropout",
     "softmax",
+    "gru",
+    "lstm",
+    "select",
 ];
 
 impl Op {
@@ -345,6 +425,10 @@ impl Op {
                 v
             }
             Op::LayerNorm(c) if c.elementwise_affine => vec![("weight", true), ("bias", true)],
+            Op::Gru(c) | Op::Lstm(c) => {
+                let rows = RNN_PARAMS.iter().enumerate().filter(|(i, _)| i / 2 < c.num_layers.min(MAX_RNN_LAYERS) && (i % 2 == 0 || c.bidirectional));
+                rows.flat_map(|(_, names)| names[..if c.bias { 4 } else { 2 }].iter().map(|&n| (n, true))).collect()
+            }
             _ => vec![],
         }
     }
@@ -363,6 +447,16 @@ impl Op {
             (Op::Conv2d(c), _) => vec![c.out_channels],
             (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), _) => vec![c.num_features],
             (Op::LayerNorm(c), _) => c.normalized_shape.clone(),
+            (Op::Gru(c) | Op::Lstm(c), s) => {
+                let gates = if matches!(self, Op::Gru(_)) { 3 } else { 4 };
+                let layer: usize = s.split("_l").nth(1).and_then(|t| t.trim_end_matches("_reverse").parse().ok()).unwrap_or(0);
+                let input = if layer == 0 { c.input_size } else { c.dirs() * c.hidden_size };
+                match s.split('_').next() {
+                    Some("weight") if s.starts_with("weight_ih") => vec![gates * c.hidden_size, input],
+                    Some("weight") => vec![gates * c.hidden_size, c.hidden_size],
+                    _ => vec![gates * c.hidden_size],
+                }
+            }
             _ => vec![],
         }
     }
@@ -450,6 +544,9 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "concat" => Op::Concat(cfg(fields)?),
         "dropout" => Op::Dropout(cfg(fields)?),
         "softmax" => Op::Softmax(cfg(fields)?),
+        "gru" => Op::Gru(cfg(fields)?),
+        "lstm" => Op::Lstm(cfg(fields)?),
+        "select" => Op::Select(cfg(fields)?),
         other => return Err(format!("unknown op '{other}' (known: {})", OP_NAMES.join(", "))),
     })
 }

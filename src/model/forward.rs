@@ -5,6 +5,7 @@
 
 use super::act_op::{activation, Act};
 use super::arch::{Node, Op};
+use super::recurrent::{self, Cell, Weights};
 use super::{ops, Model};
 use crate::error::{Result, WickError};
 use candle_core::Tensor;
@@ -215,6 +216,14 @@ impl Model {
             Op::Dropout(c) if train => ops::dropout(&x, c.p, &mut *rng.borrow_mut()),
             Op::Dropout(_) => Ok(x),
             Op::Softmax(c) => ops::softmax(&x, c.dim),
+            Op::Gru(c) | Op::Lstm(c) => {
+                let cell = if matches!(node.op, Op::Gru(_)) { Cell::Gru } else { Cell::Lstm };
+                recurrent::run(cell, &x, c, |layer, reverse| {
+                    let [w_ih, w_hh, b_ih, b_hh] = super::arch::rnn_params(layer, reverse);
+                    Weights { w_ih: p(w_ih), w_hh: p(w_hh), b_ih: c.bias.then(|| p(b_ih)), b_hh: c.bias.then(|| p(b_hh)) }
+                })
+            }
+            Op::Select(c) => recurrent::select(&x, c),
         }
     }
 }

@@ -167,6 +167,17 @@ fn check_fields(op: &Op) -> std::result::Result<(), String> {
         }
         Op::LayerNorm(c) if !(c.eps > 0.0 && c.eps.is_finite()) => Err(format!("eps is {}; it must be a positive number", c.eps)),
         Op::Dropout(c) if !(0.0..1.0).contains(&c.p) => Err(format!("p is {}, outside [0, 1)", c.p)),
+        Op::Gru(c) | Op::Lstm(c) => {
+            positive("input_size", c.input_size)?;
+            positive("hidden_size", c.hidden_size)?;
+            if !(1..=super::arch::MAX_RNN_LAYERS).contains(&c.num_layers) {
+                return Err(format!("num_layers is {}; wick takes 1 to {}", c.num_layers, super::arch::MAX_RNN_LAYERS));
+            }
+            if !c.batch_first {
+                return Err("batch_first is false; wick's tensors are batch-first ([N, T, features]): export or describe the model with batch_first = true".into());
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -306,6 +317,24 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             let mut o: Vec<usize> = s[..a].to_vec();
             o.push(s[a..=b].iter().product());
             o.extend_from_slice(&s[b + 1..]);
+            Ok(o)
+        }
+        Op::Gru(c) | Op::Lstm(c) => {
+            expect_rank(s, 2, "[T, input_size]")?;
+            if s[1] != c.input_size {
+                return Err(format!("input_size is {} but the input has {} features per step (shape {s:?})", c.input_size, s[1]));
+            }
+            Ok(vec![s[0], c.dirs() * c.hidden_size])
+        }
+        Op::Select(c) => {
+            let d = sample_dim(c.dim, s.len())?;
+            let len = s[d] as i64;
+            let i = if c.index < 0 { c.index + len } else { c.index };
+            if !(0..len).contains(&i) {
+                return Err(format!("index {} is out of range for dim {} of size {len}", c.index, c.dim));
+            }
+            let mut o = s.clone();
+            o.remove(d);
             Ok(o)
         }
         Op::Add(_) | Op::Concat(_) => unreachable!("handled in infer"),

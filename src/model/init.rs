@@ -1,6 +1,7 @@
 //! Seeded random initialisation of a model from its architecture alone, as PyTorch initialises
 //! fresh modules: conv/linear weights and biases `U(−1/√fan_in, 1/√fan_in)` (kaiming-uniform with
-//! a = √5), norm scales 1 and shifts 0, running mean 0 and variance 1. Uses `model`.
+//! a = √5), GRU/LSTM tensors `U(−1/√hidden, 1/√hidden)`, norm scales 1 and shifts 0, running
+//! mean 0 and variance 1. Uses `model`.
 
 use super::arch::{Arch, Op};
 use super::Model;
@@ -26,6 +27,10 @@ pub fn init_model(arch: Arch, seed: u64) -> Result<Model> {
                     let w = node.op.param_shape("weight");
                     let fan_in: usize = w[1..].iter().product();
                     let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+                    (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+                }
+                (Op::Gru(c) | Op::Lstm(c), _) => {
+                    let bound = 1.0 / (c.hidden_size.max(1) as f32).sqrt();
                     (0..n).map(|_| rng.random_range(-bound..bound)).collect()
                 }
                 (_, "weight" | "running_var") => vec![1.0; n],

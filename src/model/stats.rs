@@ -56,6 +56,13 @@ pub fn macs(op: &Op, input: &[usize], output: &[usize]) -> u64 {
             let (kh, kw) = c.kernel_size.hw();
             (c.out_channels * (c.in_channels / c.groups) * kh * kw * output[1] * output[2]) as u64
         }
+        // Per layer and direction, every step: G·H·(in + H) for the two projections.
+        Op::Gru(c) | Op::Lstm(c) => {
+            let gates = if matches!(op, Op::Gru(_)) { 3 } else { 4 };
+            let steps = input.first().copied().unwrap_or(0);
+            let per_step: usize = (0..c.num_layers).map(|k| gates * c.hidden_size * (if k == 0 { c.input_size } else { c.dirs() * c.hidden_size } + c.hidden_size)).sum();
+            (steps * c.dirs() * per_step) as u64
+        }
         _ => 0,
     }
 }

@@ -237,6 +237,11 @@ impl Builder {
             }
             Op::Dropout(_) => self.op("Identity", n, &[x], n, vec![]),
             Op::Softmax(c) => self.op("Softmax", n, &[x], n, vec![int("axis", c.dim)]),
+            Op::Select(c) => {
+                let i = self.init(i64_tensor(&format!("{n}.index"), &[], &[c.index]));
+                self.op("Gather", n, &[x, &i], n, vec![int("axis", c.dim)]);
+            }
+            Op::Gru(_) | Op::Lstm(_) => return Err(format!("wick does not export '{}' to ONNX yet", node.op.name())),
         }
         Ok(())
     }

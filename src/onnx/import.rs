@@ -412,7 +412,16 @@ impl Importer<'_> {
         Ok(Val::Const(Const { dims: vec![v.len()], values: Values::I64(v) }))
     }
 
-    fn gather(&self, n: &NodeProto) -> R<Val> {
+    fn gather(&mut self, n: &NodeProto) -> R<Val> {
+        if let Val::Dyn(_) = self.input_val(n, 0)? {
+            // One index of a computed tensor along a dim after the batch: `select`.
+            let x = self.exact_in(n, 0)?;
+            let idx = self.const_in(n, 1)?;
+            let index = idx.i64s().filter(|v| v.len() == 1 && idx.dims.is_empty()).map(|v| v[0]).ok_or("Gather of a computed tensor is read with one scalar index (select)")?;
+            let dim = attr_i(n, "axis")?.unwrap_or(0);
+            let name = self.plain_node_name(n, "select");
+            return Ok(Val::Dyn(self.emit(name, &[&x], Op::Select(arch::SelectCfg { dim, index }), vec![])?));
+        }
         let data = self.const_in(n, 0)?;
         let idx = self.const_in(n, 1)?;
         let axis = attr_i(n, "axis")?.unwrap_or(0);

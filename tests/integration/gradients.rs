@@ -12,7 +12,7 @@ use wick::model::load::load_model;
 use wick::tensor_file::{self, TensorFile};
 
 /// `max |a − b| ≤ 1e-4 · (1 + max |reference|)`, the tolerance.
-fn check(case: &str, what: &str, ours: &Tensor, reference: &[f32], shape: &[usize], failures: &mut Vec<String>) {
+pub(crate) fn check(case: &str, what: &str, ours: &Tensor, reference: &[f32], shape: &[usize], failures: &mut Vec<String>) {
     if ours.dims() != shape {
         failures.push(format!("{case}: {what}: shape {:?}, PyTorch {:?}", ours.dims(), shape));
         return;

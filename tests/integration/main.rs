@@ -14,3 +14,4 @@ mod onnx;
 mod pruning;
 mod quantization;
 mod recipes;
+mod recurrent;

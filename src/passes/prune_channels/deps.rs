@@ -166,6 +166,14 @@ pub fn analyse(model: &Model) -> Deps {
                 }
                 ins[0].clone()
             }
+            Op::Gru(_) | Op::Lstm(_) | Op::Select(_) => {
+                // Hidden units are not this analysis's channel axis (time is): the op's input and
+                // output stay whole.
+                freeze_ids.extend(&ins[0]);
+                let o = fresh(out_shape.first().copied().unwrap_or(1), &mut next);
+                freeze_ids.extend(&o);
+                o
+            }
             _ => ins[0].clone(),
         };
         channels.insert(node.name.clone(), out);
