@@ -18,7 +18,7 @@ W=./target/release/wick
 D=fixtures/data
 echo "| model | graph | opset | ONNX Runtime accuracy | wick accuracy | same class | max logit difference |"
 echo "|---|---|---|---|---|---|---|"
-for spec in digits_mlp:digits digits_resnet:digits digits_seq_cnn:digits_seq digits_dsnet:digits; do
+for spec in digits_mlp:digits digits_resnet:digits digits_seq_cnn:digits_seq digits_dsnet:digits digits_gru:digits_rows digits_lstm:digits_rows; do
   m=${spec%%:*} data=${spec##*:}
   $W quantize fixtures/models/$m.safetensors --calib $D/${data}_train.safetensors --out "$tmp/$m.int8.safetensors" > /dev/null 2>&1
   for kind in float int8; do

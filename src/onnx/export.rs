@@ -9,7 +9,7 @@ use super::proto::{attr_type, AttributeProto, Dimension, GraphProto, ModelProto,
 use super::tensor::{byte_tensor, f32_tensor, i32_tensor, i64_tensor};
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};
-use crate::model::arch::{GeluApprox, Node, Op, Pair, PoolCfg};
+use crate::model::arch::{GeluApprox, Node, Op, Pair, PoolCfg, RnnCfg};
 use crate::model::Model;
 use crate::quant::ActType;
 use prost::Message;
@@ -241,8 +241,51 @@ impl Builder {
                 let i = self.init(i64_tensor(&format!("{n}.index"), &[], &[c.index]));
                 self.op("Gather", n, &[x, &i], n, vec![int("axis", c.dim)]);
             }
-            Op::Gru(_) | Op::Lstm(_) => return Err(format!("wick does not export '{}' to ONNX yet", node.op.name())),
+            Op::Gru(c) | Op::Lstm(c) => self.recurrent(model, node, x, c, matches!(node.op, Op::Gru(_)))?,
         }
+        Ok(())
+    }
+
+    /// A GRU or LSTM as ONNX's time-major ops, one node per layer: `Transpose` to `[T, N, F]`,
+    /// each layer's `Y [T, 1, N, H]` squeezed to the next layer's input, `Transpose` back. Gate
+    /// blocks go back to ONNX's order (GRU z, r, h with `linear_before_reset = 1`; LSTM i, o,
+    /// f, c); a missing bias is written as zeros.
+    fn recurrent(&mut self, model: &Model, node: &Node, x: &str, c: &RnnCfg, gru: bool) -> std::result::Result<(), String> {
+        if c.bidirectional {
+            return Err("a bidirectional recurrent op is not exported yet".into());
+        }
+        let n = node.name.as_str();
+        let (gates, order): (usize, &[usize]) = if gru { (3, &[1, 0, 2]) } else { (4, &[0, 3, 1, 2]) };
+        let h = c.hidden_size;
+        let rows = gates * h;
+        let reorder = |v: &[f32], cols: usize| -> Vec<f32> { order.iter().flat_map(|&blk| v[blk * h * cols..(blk + 1) * h * cols].iter().copied()).collect() };
+        let values = |name: String| -> std::result::Result<Vec<f32>, String> { model.p(&name).flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string()) };
+        let mut cur = format!("{n}.time_major");
+        self.op("Transpose", &cur, &[x], &cur, vec![ints("perm", &[1, 0, 2])]);
+        let axes = self.init(i64_tensor(&format!("{n}.direction_axis"), &[1], &[1]));
+        for layer in 0..c.num_layers {
+            let [w_ih, w_hh, b_ih, b_hh] = crate::model::arch::rnn_params(layer, false);
+            let input = if layer == 0 { c.input_size } else { h };
+            let w = self.init(f32_tensor(&format!("{n}.W_l{layer}"), &[1, rows, input], &reorder(&values(node.param(w_ih))?, input)));
+            let r = self.init(f32_tensor(&format!("{n}.R_l{layer}"), &[1, rows, h], &reorder(&values(node.param(w_hh))?, h)));
+            let mut b = vec![0.0; 2 * rows];
+            if c.bias {
+                b[..rows].copy_from_slice(&reorder(&values(node.param(b_ih))?, 1));
+                b[rows..].copy_from_slice(&reorder(&values(node.param(b_hh))?, 1));
+            }
+            let b = self.init(f32_tensor(&format!("{n}.B_l{layer}"), &[1, 2 * rows], &b));
+            let y = format!("{n}.Y_l{layer}");
+            let mut attrs = vec![int("hidden_size", h as i64)];
+            if gru {
+                attrs.push(int("linear_before_reset", 1));
+            }
+            let node_name = if c.num_layers == 1 { n.to_string() } else { format!("{n}.l{layer}") };
+            self.op(if gru { "GRU" } else { "LSTM" }, &node_name, &[&cur, &w, &r, &b], &y, attrs);
+            let seq = format!("{n}.seq_l{layer}");
+            self.op("Squeeze", &seq, &[&y, &axes], &seq, vec![]);
+            cur = seq;
+        }
+        self.op("Transpose", n, &[&cur], n, vec![ints("perm", &[1, 0, 2])]);
         Ok(())
     }
 

@@ -105,6 +105,14 @@ enum Val {
     Quantized(Dyn, QParams),
     /// `DequantizeLinear(QuantizeLinear(x))`: `x` as a quantised layer's input.
     FakeQuant(Dyn, QParams),
+    /// A batch-first sequence `[N, T, F]` seen time-major, `[T, N, F]` (what ONNX's GRU and
+    /// LSTM take), after `Transpose(perm = [1, 0, 2])`.
+    TimeMajor(Dyn),
+    /// A GRU/LSTM output `Y` `[T, D, N, H]` of wick's batch-first `[N, T, D·H]` value.
+    RnnOutput(Dyn, usize),
+    /// Zeros whose shape holds the batch size (`ConstantOfShape` of a `Shape` chain): a zero
+    /// initial state.
+    ZeroState,
 }
 
 type R<T> = std::result::Result<T, String>;
@@ -347,6 +355,8 @@ impl Importer<'_> {
             "Concat" => self.concat(n),
             "Squeeze" | "Unsqueeze" => self.squeeze(n),
             "Transpose" => self.transpose(n),
+            "ConstantOfShape" => self.constant_of_shape(n),
+            "GRU" | "LSTM" => self.recurrent(n),
             "Reshape" => self.reshape(n),
             "Flatten" => self.flatten(n),
             "Add" | "Sub" | "Mul" | "Div" => self.binary(n),
@@ -446,6 +456,9 @@ impl Importer<'_> {
     }
 
     fn slice(&self, n: &NodeProto) -> R<Val> {
+        if let Val::ZeroState = self.input_val(n, 0)? {
+            return Ok(Val::ZeroState);
+        }
         let data = self.const_in(n, 0)?;
         if data.dims.len() != 1 {
             return Err("Slice is read only on 1-D constants (shape arithmetic)".into());
@@ -521,6 +534,13 @@ impl Importer<'_> {
     fn squeeze(&mut self, n: &NodeProto) -> R<Val> {
         let axes: Option<Vec<i64>> = if self.opset >= 13 { self.opt_const(n, 1)?.map(|c| c.i64s().map(<[i64]>::to_vec).ok_or("axes must be integers")).transpose()? } else { attr_ints(n, "axes")? };
         let unsqueeze = n.op_type == "Unsqueeze";
+        if let Val::RnnOutput(d, 1) = self.input_val(n, 0)? {
+            // `Y [T, 1, N, H]` without its direction axis is the time-major output sequence.
+            return match axes.as_deref() {
+                Some([1]) if !unsqueeze => Ok(Val::TimeMajor(d.clone())),
+                _ => Err("a GRU/LSTM output is read as Squeeze(axes = [1]) of a one-direction Y".into()),
+            };
+        }
         let (full, d) = match self.input_val(n, 0)? {
             Val::Const(c) => (c.dims.clone(), None),
             Val::Dyn(d) => (std::iter::once(0).chain(d.onnx_shape.iter().copied()).collect(), Some(d.clone())),
@@ -541,8 +561,104 @@ impl Importer<'_> {
         }
     }
 
+    /// `ConstantOfShape`: a constant, or a zero state when its shape holds the batch size.
+    fn constant_of_shape(&self, n: &NodeProto) -> R<Val> {
+        let shape = self.const_in(n, 0)?;
+        let dims = shape.i64s().ok_or("the shape must hold integers")?;
+        let value = match n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()) {
+            Some(t) => tensor::read(t, "value", self.dir).map_err(|e| e.to_string())?.scalar().ok_or("value must hold one number")?,
+            None => 0.0,
+        };
+        if dims.contains(&BATCH) {
+            return if value == 0.0 { Ok(Val::ZeroState) } else { Err("a non-zero constant whose shape holds the batch size".into()) };
+        }
+        let dims: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d <= 1 << 24)).collect::<Option<_>>().ok_or(format!("shape {dims:?} is not a small non-negative shape"))?;
+        let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&v| v <= 1 << 24).ok_or("the constant is too large")?;
+        Ok(Val::Const(Const { dims, values: Values::F32(vec![value; numel]) }))
+    }
+
+    /// ONNX `GRU` / `LSTM` (time-major, one layer per node) as wick's batch-first op with
+    /// PyTorch's gate order: ONNX GRU blocks z, r, h become r, z, n (and `linear_before_reset`
+    /// must be 1, PyTorch's formula); ONNX LSTM blocks i, o, f, c become i, f, g, o.
+    fn recurrent(&mut self, n: &NodeProto) -> R<Val> {
+        let gru = n.op_type == "GRU";
+        let Val::TimeMajor(x) = self.input_val(n, 0)?.clone() else {
+            return Err("X must be the model's batch-first sequence transposed to time-major (Transpose perm [1, 0, 2]); the layout attribute is not read".into());
+        };
+        for (k, what) in [(4, "sequence_lens")] {
+            if self.opt_in(n, k)?.is_some() {
+                return Err(format!("input {what} is given; wick runs every sequence to its full length"));
+            }
+        }
+        for k in if gru { vec![5] } else { vec![5, 6] } {
+            match self.opt_in(n, k)? {
+                None | Some(Val::ZeroState) => {}
+                Some(Val::Const(c)) if c.f32s().iter().all(|&v| v == 0.0) => {}
+                Some(_) => return Err(format!("input {k} (an initial state) is not zero; wick's recurrent ops start from zeros")),
+            }
+        }
+        if !gru && self.opt_in(n, 7)?.is_some() {
+            return Err("peephole weights P are not read (PyTorch's LSTM has none)".into());
+        }
+        for a in ["activations", "activation_alpha", "activation_beta", "clip", "input_forget"] {
+            if n.attribute.iter().any(|x| x.name == a) && !(a == "input_forget" && attr_i(n, a)? == Some(0)) {
+                return Err(format!("attribute '{a}' is set; wick reads the default activations without clipping (PyTorch's)"));
+            }
+        }
+        if attr_i(n, "layout")?.unwrap_or(0) != 0 {
+            return Err("layout = 1 (batch-first X) is not read; PyTorch's exporters write layout 0".into());
+        }
+        if gru && attr_i(n, "linear_before_reset")?.unwrap_or(0) != 1 {
+            return Err("linear_before_reset = 0 is not PyTorch's GRU (which applies the reset gate after W_hn h + b_hn)".into());
+        }
+        for (k, out) in n.output.iter().enumerate().skip(1) {
+            if self.uses.get(out).is_some_and(|&u| u > 0) {
+                return Err(format!("output {k} (the final state) is read; wick reads Y"));
+            }
+        }
+        let dirs = match attr_s(n, "direction")?.as_deref().unwrap_or("forward") {
+            "forward" => 1,
+            "bidirectional" => 2,
+            other => return Err(format!("direction '{other}' has no PyTorch counterpart wick reads (forward, bidirectional)")),
+        };
+        let hidden = usize::try_from(attr_i(n, "hidden_size")?.ok_or("attribute 'hidden_size' is missing")?).ok().filter(|&h| h > 0).ok_or("hidden_size must be positive")?;
+        let gates = if gru { 3 } else { 4 };
+        let order: &[usize] = if gru { &[1, 0, 2] } else { &[0, 2, 3, 1] };
+        let input_size = x.shape[1];
+        let (w, r, b) = (self.const_in(n, 1)?, self.const_in(n, 2)?, self.opt_const(n, 3)?);
+        let rows = gates * hidden;
+        if w.dims != [dirs, rows, input_size] || r.dims != [dirs, rows, hidden] || b.as_ref().is_some_and(|b| b.dims != [dirs, 2 * rows]) {
+            return Err(format!("W {:?}, R {:?}, B {:?} do not fit {dirs} direction(s) of {gates} gates of {hidden} units over {input_size} inputs", w.dims, r.dims, b.as_ref().map(|b| &b.dims)));
+        }
+        // Rows of one direction's blocks in wick's order; `cols` values per row.
+        let reorder = |v: &[f32], cols: usize| -> Vec<f32> { order.iter().flat_map(|&blk| v[blk * hidden * cols..(blk + 1) * hidden * cols].iter().copied()).collect() };
+        let (wv, rv, bv) = (w.f32s(), r.f32s(), b.as_ref().map(Const::f32s));
+        let mut params = vec![];
+        for d in 0..dirs {
+            let [w_ih, w_hh, b_ih, b_hh] = arch::rnn_params(0, d == 1);
+            params.push((w_ih, vec![rows, input_size], reorder(&wv[d * rows * input_size..(d + 1) * rows * input_size], input_size)));
+            params.push((w_hh, vec![rows, hidden], reorder(&rv[d * rows * hidden..(d + 1) * rows * hidden], hidden)));
+            if let Some(bv) = &bv {
+                let both = &bv[d * 2 * rows..(d + 1) * 2 * rows];
+                params.push((b_ih, vec![rows], reorder(&both[..rows], 1)));
+                params.push((b_hh, vec![rows], reorder(&both[rows..], 1)));
+            }
+        }
+        let cfg = arch::RnnCfg { input_size, hidden_size: hidden, num_layers: 1, bias: b.is_some(), batch_first: true, bidirectional: dirs == 2 };
+        let op = if gru { Op::Gru(cfg) } else { Op::Lstm(cfg) };
+        let name = self.param_node_name(n, if gru { "gru" } else { "lstm" });
+        Ok(Val::RnnOutput(self.emit(name, &[&x], op, params)?, dirs))
+    }
+
     /// `Transpose` of a constant (an exporter's transposed weight), folded.
     fn transpose(&self, n: &NodeProto) -> R<Val> {
+        let swap = attr_ints(n, "perm")?.as_deref() == Some(&[1, 0, 2]);
+        match self.input_val(n, 0)? {
+            Val::Dyn(d) if swap && d.shape.len() == 2 && d.shape == d.onnx_shape => return Ok(Val::TimeMajor(d.clone())),
+            Val::TimeMajor(d) if swap => return Ok(Val::Dyn(d.clone())),
+            Val::Dyn(_) | Val::TimeMajor(_) => return Err("Transpose of a computed tensor is read only as perm [1, 0, 2] of a sequence (to and from the time-major layout of GRU and LSTM)".into()),
+            _ => {}
+        }
         let c = self.const_in(n, 0).map_err(|_| "Transpose is read only on constants (wick's ops fix their own layouts)".to_string())?;
         let rank = c.dims.len();
         let perm: Vec<usize> = match attr_ints(n, "perm")? {

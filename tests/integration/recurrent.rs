@@ -110,3 +110,26 @@ fn recurrent_fields_are_checked() {
         assert!(e.contains("rnn") && e.contains(needle), "{e}");
     }
 }
+
+/// PyTorch's ONNX exports of both teachers (the ONNX `GRU` and `LSTM` ops, time-major, gates
+/// reordered) load with PyTorch's logits; wick's own export (`GRU`/`LSTM` nodes) reads back to
+/// the teacher's logits.
+#[test]
+fn recurrent_onnx_in_and_out() {
+    let dir = tempfile::tempdir().unwrap();
+    for t in &RECURRENT {
+        let reference = TensorFile::read(&t.reference()).unwrap().f32("test_logits").unwrap();
+        let exported = dir.path().join(format!("{}.onnx", t.name));
+        run_expect(&["export", t.path().to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+        let proto = <wick::onnx::proto::ModelProto as prost::Message>::decode(std::fs::read(&exported).unwrap().as_slice()).unwrap();
+        let op = if t.name.ends_with("gru") { "GRU" } else { "LSTM" };
+        assert!(proto.graph.unwrap().node.iter().any(|n| n.op_type == op), "{}: an ONNX {op} node", t.name);
+        for model in [fixture(&format!("onnx/{}.legacy.onnx", t.name)), exported] {
+            let out = dir.path().join("p.safetensors");
+            run_expect(&["eval", model.to_str().unwrap(), "--data", t.split("test").to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
+            let logits = TensorFile::read(&out).unwrap().f32("logits").unwrap();
+            let d = max_abs_diff(&logits, &reference);
+            assert!(d <= 1e-4, "{}: {d}", model.display());
+        }
+    }
+}
