@@ -86,12 +86,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model"); ap.add_argument("--arch"); ap.add_argument("--data"); ap.add_argument("--calib")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--onnx", help="time this ONNX file (e.g. a PyTorch export) instead of building one from --arch")
     a = ap.parse_args()
-    arch = json.load(open(a.arch)); w = read_safetensors(a.model)
     test = read_safetensors(a.data); calib = read_safetensors(a.calib)
-    m, inp = build(arch, w)
     tmp = tempfile.mkdtemp()
-    fp32 = os.path.join(tmp, "fp32.onnx"); onnx.save(m, fp32)
+    if a.onnx:
+        fp32 = a.onnx; inp = onnx.load(a.onnx).graph.input[0].name
+    else:
+        arch = json.load(open(a.arch)); w = read_safetensors(a.model)
+        m, inp = build(arch, w)
+        fp32 = os.path.join(tmp, "fp32.onnx"); onnx.save(m, fp32)
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.it = iter([{inp: calib["x"][i:i + 1].astype(np.float32)} for i in range(min(256, len(calib["x"])))])

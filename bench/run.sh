@@ -5,6 +5,8 @@
 # Linux wheel brings its CUDA libraries: several GB; only the CPU is used).
 # Usage: bench/run.sh [THREADS] [ROUNDS]   (defaults 1 and 3; run with 2 threads as well for scaling)
 # BENCH_MODELS="digits_seq_cnn digits_dsnet" limits the run to those teachers.
+# The recurrent teachers (GRU, LSTM) run in ONNX Runtime from PyTorch's own ONNX export
+# (fixtures/onnx/), and have no PyTorch column (torch_baseline.py builds only feed-forward nets).
 # Each round measures wick, then ONNX Runtime, then PyTorch; the table shows, per workload, the
 # median over the rounds, so a burst of load from a neighbour on a shared machine skews one
 # round, not the comparison. Training is timed in every round (the median of 2 epochs after a
@@ -22,7 +24,7 @@ cargo build --release -q
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; ISA: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512bw|avx512_vnni|avx_vnni' | tr '\n' ' ')"
 D=fixtures/data
 # Every teacher in fixtures/models/ with the data it was trained on (MODEL:DATA prefix).
-for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits; do
+for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits digits_gru:digits_rows digits_lstm:digits_rows; do
   m=${spec%%:*} data=${spec##*:}
   if [ -n "${BENCH_MODELS:-}" ] && [[ " $BENCH_MODELS " != *" $m "* ]]; then continue; fi
   model=fixtures/models/$m.safetensors
@@ -32,17 +34,22 @@ for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq dig
     # shared machine: take the median of more of them.
     if [ "$m" = digits_resnet ]; then epochs=2; else epochs=10; fi
     wicks+=("$(./target/release/wick --threads "$threads" bench "$model" --train $D/${data}_train.safetensors --test $D/${data}_test.safetensors --epochs $epochs --json)")
+    recurrent=""; case $m in digits_gru|digits_lstm) recurrent=1 ;; esac
     orts+=("$(bench/.venv/bin/python bench/ort_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
+          ${recurrent:+--onnx fixtures/onnx/$m.legacy.onnx} \
           --data $D/${data}_test.safetensors --calib $D/${data}_train.safetensors --threads "$threads" 2>/dev/null)")
-    torches+=("$(bench/.venv/bin/python bench/torch_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
-          --train $D/${data}_train.safetensors --test $D/${data}_test.safetensors --threads "$threads" --epochs $epochs 2>/dev/null)")
+    if [ -z "$recurrent" ]; then
+      torches+=("$(bench/.venv/bin/python bench/torch_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
+            --train $D/${data}_train.safetensors --test $D/${data}_test.safetensors --threads "$threads" --epochs $epochs 2>/dev/null)")
+    fi
   done
-  WICK="$(printf '%s\n' "${wicks[@]}")" ORT="$(printf '%s\n' "${orts[@]}")" TORCH="$(printf '%s\n' "${torches[@]}")" M="$m" python3 - <<'PY'
+  WICK="$(printf '%s\n' "${wicks[@]}")" ORT="$(printf '%s\n' "${orts[@]}")" TORCH="$(printf '%s\n' "${torches[@]+"${torches[@]}"}")" M="$m" python3 - <<'PY'
 import json, os, statistics
 rows = lambda k: [json.loads(l) for l in os.environ[k].splitlines() if l.strip()]
 ws, os_, ts = [r["runs"][0] for r in rows("WICK")], rows("ORT"), rows("TORCH")
 med = statistics.median
-print(f"\n{os.environ['M']}: {ws[0]['threads']} thread(s), wick fp32 kernel {ws[0]['fp32_kernel']}, int8 kernel {ws[0]['int8_kernel']} (u7: {ws[0]['int8_u7_kernel']}); onnxruntime {os_[0]['onnxruntime']} (MLAS, its own run-time ISA choice), torch {ts[0]['torch']}; "
+torch = ts[0]["torch"] if ts else "not run (recurrent)"
+print(f"\n{os.environ['M']}: {ws[0]['threads']} thread(s), wick fp32 kernel {ws[0]['fp32_kernel']}, int8 kernel {ws[0]['int8_kernel']} (u7: {ws[0]['int8_u7_kernel']}); onnxruntime {os_[0]['onnxruntime']} (MLAS, its own run-time ISA choice), torch {torch}; "
       f"median over {len(ws)} alternating rounds (each a median after warm-up); ratio = baseline time / wick time (>1: wick faster)")
 print("| workload | wick | ONNX Runtime | ratio | PyTorch | ratio |\n|---|---|---|---|---|---|")
 # wick's 7-bit-activation INT8 (int8_u7) is compared with the same ORT INT8 model (uint8).
@@ -50,13 +57,17 @@ for kind, label in (("fp32", "fp32"), ("int8", "int8"), ("int8_u7", "int8 (wick:
     ort_kind = "int8" if kind == "int8_u7" else kind
     for b, key in (("1", "batch1_ms"), ("64", "large_batch_ms")):
         w, o = med([r[kind][key] for r in ws]), med([r[ort_kind][key] for r in os_])
-        t = f"{med([r[kind][key] for r in ts]):.3f} ms | {med([r[kind][key] for r in ts]) / w:.2f}" if kind == "fp32" else " | "
+        t = f"{med([r[kind][key] for r in ts]):.3f} ms | {med([r[kind][key] for r in ts]) / w:.2f}" if kind == "fp32" and ts else " | "
         print(f"| {label} inference, batch {b} | {w:.3f} ms | {o:.3f} ms | {o / w:.2f} | {t} |")
 for b, key in (("1", "batch1_ms"), ("64", "large_batch_ms")):
     f = med([r["fp32"][key] for r in ws])
     print(f"| wick int8 / u7 speed-up over wick fp32, batch {b} | {f / med([r['int8'][key] for r in ws]):.2f}x / {f / med([r['int8_u7'][key] for r in ws]):.2f}x | | | | |")
-tw, tt = med([r["train_epoch_s"] for r in ws]), med([r["train_epoch_s"] for r in ts])
-print(f"| training epoch (batch 64, SGD) | {tw:.3f} s | | | {tt:.3f} s | {tt / tw:.2f} |")
+tw = med([r["train_epoch_s"] for r in ws])
+if ts:
+    tt = med([r["train_epoch_s"] for r in ts])
+    print(f"| training epoch (batch 64, SGD) | {tw:.3f} s | | | {tt:.3f} s | {tt / tw:.2f} |")
+else:
+    print(f"| training epoch (batch 64, SGD) | {tw:.3f} s | | | | |")
 print(f"| ORT int8 predictions flipped vs its fp32 | | {os_[0]['int8_flipped_vs_fp32']} of 360 | | | |")
 PY
 done

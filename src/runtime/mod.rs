@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod layout;
 pub mod plan;
 pub mod qlayer;
+pub mod recurrent;
 
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};

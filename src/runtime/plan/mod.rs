@@ -21,6 +21,7 @@ mod run;
 
 use super::flayer::FloatLayer;
 use super::qlayer::QLayer;
+use super::recurrent::RecurrentLayer;
 use crate::artifact::Int8Model;
 use crate::error::{Result, WickError};
 use crate::model::act_op::Act;
@@ -56,6 +57,13 @@ enum Kind {
         dim: usize,
     },
     Identity,
+    /// A GRU or LSTM on the f32 GEMM (`runtime::recurrent`).
+    Recurrent(Box<RecurrentLayer>),
+    /// One index along full-tensor dim `dim` (≥ 1), removed; in logical order.
+    Select {
+        dim: usize,
+        index: usize,
+    },
     /// Any other op: the float executor.
     Float,
 }
@@ -208,6 +216,19 @@ impl Plan {
                     Kind::Concat { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1 }
                 }
                 (Op::Dropout(_), ..) => Kind::Identity,
+                (Op::Gru(c) | Op::Lstm(c), ..) => {
+                    let cell = if matches!(node.op, Op::Gru(_)) { crate::model::recurrent::Cell::Gru } else { crate::model::recurrent::Cell::Lstm };
+                    match RecurrentLayer::new(&model, node, c, cell, &model.graph.shapes[node.inputs[0].as_str()]) {
+                        Some(r) => Kind::Recurrent(Box::new(r)),
+                        None => Kind::Float,
+                    }
+                }
+                (Op::Select(c), ..) => {
+                    let s = &model.graph.shapes[node.inputs[0].as_str()];
+                    let d = crate::model::graph::sample_dim(c.dim, s.len()).map_err(|m| WickError::node(&node.name, m))?;
+                    let len = s[d] as i64;
+                    Kind::Select { dim: d + 1, index: (if c.index < 0 { c.index + len } else { c.index }) as usize }
+                }
                 _ => Kind::Float,
             };
             steps.push(Step { node: ni, kind, inputs, output: slots, residual: None });

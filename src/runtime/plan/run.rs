@@ -148,6 +148,16 @@ impl Plan {
                     let v = self.owned(&mut vals, step, si);
                     Value { data: v.data, dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: false }
                 }
+                Kind::Recurrent(r) => {
+                    set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
+                    let x = &vals[step.inputs[0]].as_ref().expect("input computed").data;
+                    Value { data: r.run(x, n), dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: false }
+                }
+                Kind::Select { dim, index } => {
+                    let v = vals[step.inputs[0]].as_mut().expect("input computed");
+                    set_layout(v, false);
+                    Value { data: crate::runtime::recurrent::select(&v.data, &v.dims, *dim, *index), dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: false }
+                }
                 Kind::Float => {
                     let mut ins = vec![];
                     for &i in &step.inputs {

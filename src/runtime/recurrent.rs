@@ -1,0 +1,132 @@
+//! A GRU or LSTM prepared for the compiled float runtime: per layer and direction, the input
+//! projection of every step at once (one packed f32 GEMM over the `N·T` rows) and the recurrent
+//! projection of each step (one over the `N` hidden rows), with the gates in plain loops over
+//! the batch — the formulas of `model::recurrent`, without a tensor per step. `select` is a
+//! strided copy.
+
+use super::flayer::FloatLayer;
+use crate::model::act_op::{apply_in_place, Act};
+use crate::model::arch::{rnn_params, LinearCfg, Node, Op, RnnCfg};
+use crate::model::recurrent::Cell;
+use crate::model::Model;
+
+/// One direction of one layer: `gi = x·W_ihᵀ + b_ih` and `gh = h·W_hhᵀ + b_hh`.
+struct Direction {
+    ih: FloatLayer,
+    hh: FloatLayer,
+}
+
+/// A compiled recurrent op.
+pub struct RecurrentLayer {
+    cell: Cell,
+    hidden: usize,
+    steps: usize,
+    /// Per layer, one or two directions (forward, reverse).
+    layers: Vec<Vec<Direction>>,
+}
+
+impl RecurrentLayer {
+    /// Prepares node `node` (`gru` or `lstm` with `c`) over per-sample input `[T, F]`.
+    pub fn new(model: &Model, node: &Node, c: &RnnCfg, cell: Cell, in_shape: &[usize]) -> Option<RecurrentLayer> {
+        let &[steps, _] = in_shape else { return None };
+        let rows = cell.gates() * c.hidden_size;
+        let vec = |s: &str| model.p(&node.param(s)).flatten_all().and_then(|t| t.to_vec1::<f32>()).ok();
+        let linear = |inp: usize, shape: &[usize], w: &str, b: &str| -> Option<FloatLayer> {
+            let op = Op::Linear(LinearCfg { in_features: inp, out_features: rows, bias: c.bias });
+            FloatLayer::new(&op, shape, &vec(w)?, if c.bias { Some(vec(b)?) } else { None })
+        };
+        let mut layers = vec![];
+        for k in 0..c.num_layers {
+            let inp = if k == 0 { c.input_size } else { c.dirs() * c.hidden_size };
+            let mut dirs = vec![];
+            for reverse in (0..c.dirs()).map(|d| d == 1) {
+                let [w_ih, w_hh, b_ih, b_hh] = rnn_params(k, reverse);
+                dirs.push(Direction { ih: linear(inp, &[steps, inp], w_ih, b_ih)?, hh: linear(c.hidden_size, &[c.hidden_size], w_hh, b_hh)? });
+            }
+            layers.push(dirs);
+        }
+        Some(RecurrentLayer { cell, hidden: c.hidden_size, steps, layers })
+    }
+
+    /// Runs on `x` `[N, T, F]` (row-major); returns `[N, T, D·H]`.
+    pub fn run(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let mut input = x.to_vec();
+        for dirs in &self.layers {
+            let width = dirs.len() * self.hidden;
+            let mut out = vec![0f32; n * self.steps * width];
+            for (d, dir) in dirs.iter().enumerate() {
+                self.direction(dir, &input, n, d == 1, &mut out, d * self.hidden, width);
+            }
+            input = out;
+        }
+        input
+    }
+
+    /// One direction over the sequence, writing `h_t` at column `col` of each output row of
+    /// `width` values. GRU: `r, z = σ(gi + gh)` (their blocks), `n = tanh(gi_n + r ⊙ gh_n)`,
+    /// `h' = n + z ⊙ (h − n)`; LSTM: `i, f, o = σ(gi + gh)`, `g = tanh(gi_g + gh_g)`,
+    /// `c' = f ⊙ c + i ⊙ g`, `h' = o ⊙ tanh(c')`.
+    #[allow(clippy::too_many_arguments)]
+    fn direction(&self, dir: &Direction, x: &[f32], n: usize, reverse: bool, out: &mut [f32], col: usize, width: usize) {
+        let (h_len, t_len) = (self.hidden, self.steps);
+        let g = self.cell.gates() * h_len;
+        let gi = dir.ih.run(x, n, None);
+        let mut h = vec![0f32; n * h_len];
+        let mut c = vec![0f32; n * h_len];
+        // Per gate block, the batch's pre-activations, then activated in place.
+        let mut pre = vec![vec![0f32; n * h_len]; self.cell.gates()];
+        for s in 0..t_len {
+            let t = if reverse { t_len - 1 - s } else { s };
+            let gh = dir.hh.run(&h, n, None);
+            let gi_row = |b: usize| &gi[(b * t_len + t) * g..(b * t_len + t + 1) * g];
+            match self.cell {
+                Cell::Gru => {
+                    for (k, p) in pre.iter_mut().enumerate().take(2) {
+                        for b in 0..n {
+                            let (a, r) = (&gi_row(b)[k * h_len..(k + 1) * h_len], &gh[b * g + k * h_len..b * g + (k + 1) * h_len]);
+                            p[b * h_len..(b + 1) * h_len].iter_mut().zip(a.iter().zip(r)).for_each(|(o, (u, v))| *o = u + v);
+                        }
+                        apply_in_place(p, Act::Sigmoid);
+                    }
+                    let (rz, nn) = pre.split_at_mut(2);
+                    for b in 0..n {
+                        let (a, r) = (&gi_row(b)[2 * h_len..], &gh[b * g + 2 * h_len..(b + 1) * g]);
+                        let reset = &rz[0][b * h_len..(b + 1) * h_len];
+                        nn[0][b * h_len..(b + 1) * h_len].iter_mut().enumerate().for_each(|(j, o)| *o = a[j] + reset[j] * r[j]);
+                    }
+                    apply_in_place(&mut nn[0], Act::Tanh);
+                    for ((hv, &z), &nv) in h.iter_mut().zip(&rz[1]).zip(&nn[0]) {
+                        *hv = nv + z * (*hv - nv);
+                    }
+                }
+                Cell::Lstm => {
+                    for (k, p) in pre.iter_mut().enumerate() {
+                        for b in 0..n {
+                            let (a, r) = (&gi_row(b)[k * h_len..(k + 1) * h_len], &gh[b * g + k * h_len..b * g + (k + 1) * h_len]);
+                            p[b * h_len..(b + 1) * h_len].iter_mut().zip(a.iter().zip(r)).for_each(|(o, (u, v))| *o = u + v);
+                        }
+                        apply_in_place(p, if k == 2 { Act::Tanh } else { Act::Sigmoid });
+                    }
+                    for (j, cv) in c.iter_mut().enumerate() {
+                        *cv = pre[1][j] * *cv + pre[0][j] * pre[2][j];
+                    }
+                    h.copy_from_slice(&c);
+                    apply_in_place(&mut h, Act::Tanh);
+                    h.iter_mut().zip(&pre[3]).for_each(|(hv, &o)| *hv *= o);
+                }
+            }
+            for b in 0..n {
+                let at = (b * t_len + t) * width + col;
+                out[at..at + h_len].copy_from_slice(&h[b * h_len..(b + 1) * h_len]);
+            }
+        }
+    }
+}
+
+/// `x.select(dim, index)` on row-major `dims` (with the batch): `out[o, i] = x[o, index, i]`
+/// over the outer and inner extents of `dim`.
+pub fn select(x: &[f32], dims: &[usize], dim: usize, index: usize) -> Vec<f32> {
+    let (len, inner) = (dims[dim], dims[dim + 1..].iter().product::<usize>());
+    let outer: usize = dims[..dim].iter().product();
+    (0..outer).flat_map(|o| x[(o * len + index) * inner..(o * len + index + 1) * inner].iter().copied()).collect()
+}
