@@ -285,7 +285,7 @@ impl Builder {
             self.op("Squeeze", &seq, &[&y, &axes], &seq, vec![]);
             cur = seq;
         }
-        self.op("Transpose", n, &[&cur], n, vec![ints("perm", &[1, 0, 2])]);
+        self.op("Transpose", &format!("{n}.batch_first"), &[&cur], n, vec![ints("perm", &[1, 0, 2])]);
         Ok(())
     }
 

@@ -30,8 +30,20 @@ fn reference_correct(teacher: &Teacher) -> u64 {
     logits.chunks(10).zip(&labels).filter(|(row, &y)| wick::eval::argmax(row) == y).count() as u64
 }
 
-fn read_proto(path: &Path) -> ModelProto {
-    ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+/// The model in an ONNX file, checked for what runtimes refuse to load: two nodes of one name,
+/// or two nodes computing one value.
+pub fn read_proto(path: &Path) -> ModelProto {
+    let p = ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+    let g = p.graph.as_ref().unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    let mut values = std::collections::BTreeSet::new();
+    for n in &g.node {
+        assert!(names.insert(&n.name), "{}: two nodes named '{}'", path.display(), n.name);
+        for o in &n.output {
+            assert!(values.insert(o), "{}: two nodes compute '{o}'", path.display());
+        }
+    }
+    p
 }
 
 /// All eight exports (two exporters × four teachers) load, and `wick eval` reproduces PyTorch's

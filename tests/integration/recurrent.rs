@@ -123,7 +123,7 @@ fn recurrent_onnx_in_and_out() {
         let reference = TensorFile::read(&t.reference()).unwrap().f32("test_logits").unwrap();
         let exported = dir.path().join(format!("{}.onnx", t.name));
         run_expect(&["export", t.path().to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
-        let proto = <wick::onnx::proto::ModelProto as prost::Message>::decode(std::fs::read(&exported).unwrap().as_slice()).unwrap();
+        let proto = crate::onnx::read_proto(&exported);
         let op = if t.name.ends_with("gru") { "GRU" } else { "LSTM" };
         assert!(proto.graph.unwrap().node.iter().any(|n| n.op_type == op), "{}: an ONNX {op} node", t.name);
         for model in [fixture(&format!("onnx/{}.legacy.onnx", t.name)), exported] {
