@@ -10,6 +10,7 @@ pub mod importance;
 pub mod search;
 pub mod settings;
 pub mod surgery;
+pub mod unfold;
 
 use crate::data::Dataset;
 use crate::error::{Result, WickError};

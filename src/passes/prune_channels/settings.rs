@@ -108,16 +108,22 @@ impl Pass for PruneSettings {
         let State::Float(m) = state else { return Err(wrong_state("prune_channels", &state, "a float model")) };
         self.validate().map_err(|e| WickError::invalid("prune_channels", e))?;
         let p0 = total_params(&m);
+        // Convs an exporter folded BatchNorm into train back as the normalised net they were.
+        let (m, unfolded) = match super::unfold::unfold_batchnorm(&m, ctx.train)? {
+            Some((u, convs)) => (u, format!("; first put an identity BatchNorm back after {} conv(s) without one, for recovery training", convs.len())),
+            None => (m, String::new()),
+        };
         match self.ratio {
             Ratio::Fixed(ratio) => {
                 let rec = self.recovery(ctx);
                 let (pruned, r) = prune_with_recovery(&m, &self.config(ratio, ctx.seed), self.steps, Some(&rec), ctx.progress)?;
-                let summary = format!("pruned {:.0}% of channels in {} step(s): {} -> {} params, {} recovery epochs each", ratio * 100.0, self.steps, p0, total_params(&pruned), rec.train_cfg.epochs);
+                let summary =
+                    format!("pruned {:.0}% of channels in {} step(s): {} -> {} params, {} recovery epochs each{unfolded}", ratio * 100.0, self.steps, p0, total_params(&pruned), rec.train_cfg.epochs);
                 Ok(Applied { state: State::Float(pruned), summary, changed: ratio > 0.0, details: serde_json::to_value(&r).unwrap_or_default() })
             }
             Ratio::Auto => {
                 let (pruned, r) = search(&m, self, ctx)?;
-                let summary = summary_of_search(&r, p0, total_params(&pruned));
+                let summary = format!("{}{unfolded}", summary_of_search(&r, p0, total_params(&pruned)));
                 let changed = r.trials.iter().any(|t| t.accepted);
                 Ok(Applied { state: State::Float(pruned), summary, changed, details: json!({ "search": r }) })
             }
