@@ -585,10 +585,8 @@ impl Importer<'_> {
         let Val::TimeMajor(x) = self.input_val(n, 0)?.clone() else {
             return Err("X must be the model's batch-first sequence transposed to time-major (Transpose perm [1, 0, 2]); the layout attribute is not read".into());
         };
-        for (k, what) in [(4, "sequence_lens")] {
-            if self.opt_in(n, k)?.is_some() {
-                return Err(format!("input {what} is given; wick runs every sequence to its full length"));
-            }
+        if self.opt_in(n, 4)?.is_some() {
+            return Err("input sequence_lens is given; wick runs every sequence to its full length".into());
         }
         for k in if gru { vec![5] } else { vec![5, 6] } {
             match self.opt_in(n, k)? {

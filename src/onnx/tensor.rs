@@ -129,41 +129,27 @@ fn read_external(t: &TensorProto, what: &str, dir: &Path) -> Result<Vec<u8>> {
     Ok(bytes[start..end].to_vec())
 }
 
-/// An f32 tensor named `name` with raw little-endian data.
+/// A tensor named `name` of ONNX type `data_type` from its little-endian bytes.
+fn raw_tensor(name: &str, dims: &[usize], data_type: i32, raw_data: Vec<u8>) -> TensorProto {
+    TensorProto { name: name.into(), dims: dims.iter().map(|&d| d as i64).collect(), data_type, raw_data, ..Default::default() }
+}
+
+/// An f32 tensor named `name`.
 pub fn f32_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: data_type::FLOAT,
-        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    raw_tensor(name, dims, data_type::FLOAT, values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// An int64 tensor named `name`.
 pub fn i64_tensor(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: data_type::INT64,
-        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    raw_tensor(name, dims, data_type::INT64, values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// An int32 tensor named `name`.
 pub fn i32_tensor(name: &str, dims: &[usize], values: &[i32]) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: data_type::INT32,
-        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    raw_tensor(name, dims, data_type::INT32, values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// An int8 (`signed`) or uint8 tensor named `name`, one byte per value.
 pub fn byte_tensor(name: &str, dims: &[usize], values: &[u8], signed: bool) -> TensorProto {
-    let data_type = if signed { data_type::INT8 } else { data_type::UINT8 };
-    TensorProto { name: name.into(), dims: dims.iter().map(|&d| d as i64).collect(), data_type, raw_data: values.to_vec(), ..Default::default() }
+    raw_tensor(name, dims, if signed { data_type::INT8 } else { data_type::UINT8 }, values.to_vec())
 }
