@@ -247,42 +247,62 @@ impl Builder {
     }
 
     /// A GRU or LSTM as ONNX's time-major ops, one node per layer: `Transpose` to `[T, N, F]`,
-    /// each layer's `Y [T, 1, N, H]` squeezed to the next layer's input, `Transpose` back. Gate
-    /// blocks go back to ONNX's order (GRU z, r, h with `linear_before_reset = 1`; LSTM i, o,
-    /// f, c); a missing bias is written as zeros.
+    /// each layer's `Y [T, D, N, H]` made the next layer's `[T, N, D·H]` (a `Squeeze` of the
+    /// direction axis, or for two directions a `Transpose` to `[T, N, 2, H]` and a `Reshape`),
+    /// `Transpose` back. Gate blocks go back to ONNX's order (GRU z, r, h with
+    /// `linear_before_reset = 1`; LSTM i, o, f, c); a missing bias is written as zeros.
     fn recurrent(&mut self, model: &Model, node: &Node, x: &str, c: &RnnCfg, gru: bool) -> std::result::Result<(), String> {
-        if c.bidirectional {
-            return Err("a bidirectional recurrent op is not exported yet".into());
-        }
         let n = node.name.as_str();
         let (gates, order): (usize, &[usize]) = if gru { (3, &[1, 0, 2]) } else { (4, &[0, 3, 1, 2]) };
-        let h = c.hidden_size;
+        let (h, dirs) = (c.hidden_size, c.dirs());
         let rows = gates * h;
         let reorder = |v: &[f32], cols: usize| -> Vec<f32> { order.iter().flat_map(|&blk| v[blk * h * cols..(blk + 1) * h * cols].iter().copied()).collect() };
         let values = |name: String| -> std::result::Result<Vec<f32>, String> { model.p(&name).flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string()) };
         let mut cur = format!("{n}.time_major");
         self.op("Transpose", &cur, &[x], &cur, vec![ints("perm", &[1, 0, 2])]);
-        let axes = self.init(i64_tensor(&format!("{n}.direction_axis"), &[1], &[1]));
+        // The direction axis to squeeze (one direction), or the shape merging two directions.
+        let (axes, by_step) = match dirs {
+            1 => (Some(self.init(i64_tensor(&format!("{n}.direction_axis"), &[1], &[1]))), None),
+            _ => (None, Some(self.init(i64_tensor(&format!("{n}.by_step_shape"), &[3], &[0, 0, -1])))),
+        };
         for layer in 0..c.num_layers {
-            let [w_ih, w_hh, b_ih, b_hh] = crate::model::arch::rnn_params(layer, false);
-            let input = if layer == 0 { c.input_size } else { h };
-            let w = self.init(f32_tensor(&format!("{n}.W_l{layer}"), &[1, rows, input], &reorder(&values(node.param(w_ih))?, input)));
-            let r = self.init(f32_tensor(&format!("{n}.R_l{layer}"), &[1, rows, h], &reorder(&values(node.param(w_hh))?, h)));
-            let mut b = vec![0.0; 2 * rows];
-            if c.bias {
-                b[..rows].copy_from_slice(&reorder(&values(node.param(b_ih))?, 1));
-                b[rows..].copy_from_slice(&reorder(&values(node.param(b_hh))?, 1));
+            let input = if layer == 0 { c.input_size } else { dirs * h };
+            let (mut w, mut r, mut b) = (vec![], vec![], vec![]);
+            for reverse in (0..dirs).map(|d| d == 1) {
+                let [w_ih, w_hh, b_ih, b_hh] = crate::model::arch::rnn_params(layer, reverse);
+                w.extend(reorder(&values(node.param(w_ih))?, input));
+                r.extend(reorder(&values(node.param(w_hh))?, h));
+                match c.bias {
+                    true => {
+                        b.extend(reorder(&values(node.param(b_ih))?, 1));
+                        b.extend(reorder(&values(node.param(b_hh))?, 1));
+                    }
+                    false => b.extend(vec![0.0; 2 * rows]),
+                }
             }
-            let b = self.init(f32_tensor(&format!("{n}.B_l{layer}"), &[1, 2 * rows], &b));
+            let w = self.init(f32_tensor(&format!("{n}.W_l{layer}"), &[dirs, rows, input], &w));
+            let r = self.init(f32_tensor(&format!("{n}.R_l{layer}"), &[dirs, rows, h], &r));
+            let b = self.init(f32_tensor(&format!("{n}.B_l{layer}"), &[dirs, 2 * rows], &b));
             let y = format!("{n}.Y_l{layer}");
             let mut attrs = vec![int("hidden_size", h as i64)];
             if gru {
                 attrs.push(int("linear_before_reset", 1));
             }
+            if dirs == 2 {
+                attrs.push(AttributeProto { name: "direction".into(), r#type: attr_type::STRING, s: b"bidirectional".to_vec(), ..Default::default() });
+            }
             let node_name = if c.num_layers == 1 { n.to_string() } else { format!("{n}.l{layer}") };
             self.op(if gru { "GRU" } else { "LSTM" }, &node_name, &[&cur, &w, &r, &b], &y, attrs);
             let seq = format!("{n}.seq_l{layer}");
-            self.op("Squeeze", &seq, &[&y, &axes], &seq, vec![]);
+            match (&axes, &by_step) {
+                (Some(axes), _) => self.op("Squeeze", &seq, &[&y, axes], &seq, vec![]),
+                (None, Some(shape)) => {
+                    let swapped = format!("{n}.by_step_l{layer}");
+                    self.op("Transpose", &swapped, &[&y], &swapped, vec![ints("perm", &[0, 2, 1, 3])]);
+                    self.op("Reshape", &seq, &[&swapped, shape], &seq, vec![]);
+                }
+                (None, None) => unreachable!("one of the two is set"),
+            }
             cur = seq;
         }
         self.op("Transpose", &format!("{n}.batch_first"), &[&cur], n, vec![ints("perm", &[1, 0, 2])]);

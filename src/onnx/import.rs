@@ -110,6 +110,9 @@ enum Val {
     TimeMajor(Dyn),
     /// A GRU/LSTM output `Y` `[T, D, N, H]` of wick's batch-first `[N, T, D·H]` value.
     RnnOutput(Dyn, usize),
+    /// A bidirectional `Y` with its direction and batch axes swapped, `[T, N, 2, H]`: a
+    /// `Reshape` to `[T, N, 2·H]` makes it the time-major output sequence.
+    RnnOutputByStep(Dyn),
     /// Zeros whose shape holds the batch size (`ConstantOfShape` of a `Shape` chain): a zero
     /// initial state.
     ZeroState,
@@ -652,6 +655,7 @@ impl Importer<'_> {
     fn transpose(&self, n: &NodeProto) -> R<Val> {
         let swap = attr_ints(n, "perm")?.as_deref() == Some(&[1, 0, 2]);
         match self.input_val(n, 0)? {
+            Val::RnnOutput(d, 2) if attr_ints(n, "perm")?.as_deref() == Some(&[0, 2, 1, 3]) => return Ok(Val::RnnOutputByStep(d.clone())),
             Val::Dyn(d) if swap && d.shape.len() == 2 && d.shape == d.onnx_shape => return Ok(Val::TimeMajor(d.clone())),
             Val::TimeMajor(d) if swap => return Ok(Val::Dyn(d.clone())),
             Val::Dyn(_) | Val::TimeMajor(_) => return Err("Transpose of a computed tensor is read only as perm [1, 0, 2] of a sequence (to and from the time-major layout of GRU and LSTM)".into()),
@@ -715,6 +719,16 @@ impl Importer<'_> {
     }
 
     fn reshape(&mut self, n: &NodeProto) -> R<Val> {
+        if let Val::RnnOutputByStep(d) = self.input_val(n, 0)? {
+            // [T, N, 2, H] to [T, N, 2·H]: the spec keeps the first two dims (0 or their sizes)
+            // and merges the last two (-1 or 2·H).
+            let d = d.clone();
+            let spec = self.const_in(n, 1)?;
+            let spec = spec.i64s().ok_or("the target shape must hold integers")?;
+            let width = d.shape[1] as i64;
+            let ok = spec.len() == 3 && (spec[0] == 0 || spec[0] == d.shape[0] as i64) && matches!(spec[1], 0 | BATCH) && (spec[2] == -1 || spec[2] == width);
+            return if ok { Ok(Val::TimeMajor(d)) } else { Err(format!("a bidirectional GRU/LSTM output is read reshaped to [T, N, 2·H], not {spec:?}")) };
+        }
         let x = self.dyn_in(n, 0)?;
         let spec = self.const_in(n, 1)?;
         let spec = spec.i64s().ok_or("the target shape must hold integers")?.to_vec();

@@ -135,3 +135,32 @@ fn recurrent_onnx_in_and_out() {
         }
     }
 }
+
+/// Bidirectional and stacked recurrent nets (`fixtures/onnx/make_bidirectional.py`: a 2-layer
+/// bidirectional GRU and a bidirectional LSTM exported by PyTorch) load with PyTorch's logits,
+/// and wick's own export of them (`Y` transposed and reshaped to `[T, N, 2·H]` between layers)
+/// reads back to the same logits.
+#[test]
+fn bidirectional_recurrent_nets_match_pytorch_through_onnx() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["bigru", "bilstm"] {
+        let data = fixture(&format!("onnx/{name}.data.safetensors"));
+        let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
+        let logits = |model: &std::path::Path| {
+            let out = dir.path().join("p.safetensors");
+            run_expect(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
+            TensorFile::read(&out).unwrap().f32("logits").unwrap()
+        };
+        let onnx = fixture(&format!("onnx/{name}.onnx"));
+        let d = max_abs_diff(&logits(&onnx), &reference);
+        assert!(d <= 1e-5, "{name}: {d}");
+        let imported = dir.path().join(format!("{name}.safetensors"));
+        run_expect(&["import", onnx.to_str().unwrap(), "--out", imported.to_str().unwrap()], 0);
+        assert!(load(&imported).arch.nodes.iter().any(|n| matches!(&n.op, wick::model::arch::Op::Gru(c) | wick::model::arch::Op::Lstm(c) if c.bidirectional)));
+        let exported = dir.path().join(format!("{name}.wick.onnx"));
+        run_expect(&["export", imported.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+        crate::onnx::read_proto(&exported);
+        let d = max_abs_diff(&logits(&exported), &reference);
+        assert!(d <= 1e-5, "{name} (wick's export): {d}");
+    }
+}
