@@ -330,6 +330,14 @@ pub struct SelectCfg {
     pub index: i64,
 }
 
+impl SelectCfg {
+    /// The position `index` names in a dim of `len` (negatives from the end), if it lies in it.
+    pub fn position(&self, len: usize) -> Option<usize> {
+        let i = if self.index < 0 { self.index.checked_add(len as i64)? } else { self.index };
+        usize::try_from(i).ok().filter(|&i| i < len)
+    }
+}
+
 /// Global average pooling over every dim after the channel axis: `[N, C, …] → [N, C]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

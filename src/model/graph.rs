@@ -328,10 +328,8 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
         }
         Op::Select(c) => {
             let d = sample_dim(c.dim, s.len())?;
-            let len = s[d] as i64;
-            let i = if c.index < 0 { c.index + len } else { c.index };
-            if !(0..len).contains(&i) {
-                return Err(format!("index {} is out of range for dim {} of size {len}", c.index, c.dim));
+            if c.position(s[d]).is_none() {
+                return Err(format!("index {} is out of range for dim {} of size {}", c.index, c.dim, s[d]));
             }
             let mut o = s.clone();
             o.remove(d);

@@ -91,10 +91,7 @@ fn direction(cell: Cell, x: &Tensor, hidden: usize, w: &Weights, reverse: bool) 
 /// `x.select(dim, index)`: the slice at `index` along `dim` (counted with the batch), removed.
 pub fn select(x: &Tensor, c: &SelectCfg) -> Result<Tensor> {
     let d = sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::invalid("select", m))? + 1;
-    let len = x.dim(d)? as i64;
-    let i = if c.index < 0 { c.index + len } else { c.index };
-    if !(0..len).contains(&i) {
-        return Err(WickError::invalid("select", format!("index {} is out of range for a dim of {len}", c.index)));
-    }
-    Ok(x.narrow(d, i as usize, 1)?.squeeze(d)?)
+    let len = x.dim(d)?;
+    let i = c.position(len).ok_or_else(|| WickError::invalid("select", format!("index {} is out of range for a dim of {len}", c.index)))?;
+    Ok(x.narrow(d, i, 1)?.squeeze(d)?)
 }

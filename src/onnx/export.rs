@@ -92,6 +92,11 @@ fn float(name: &str, v: f32) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: attr_type::FLOAT, f: v, ..Default::default() }
 }
 
+/// Parameter `name`'s values, row-major.
+fn values(model: &Model, name: &str) -> std::result::Result<Vec<f32>, String> {
+    model.p(name).flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())
+}
+
 /// `v` (`[rows, cols]` row-major) as `[cols, rows]`: `out[c·rows + r] = v[r·cols + c]`.
 fn transposed<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
     (0..cols).flat_map(|c| (0..rows).map(move |r| v[r * cols + c])).collect()
@@ -176,7 +181,7 @@ impl Builder {
                 self.op("Conv", n, &ins, n, attrs);
             }
             Op::BatchNorm1d(c) | Op::BatchNorm2d(c) => {
-                let f = |s: &str| model.p(&param(s)).flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string());
+                let f = |s: &str| values(model, &param(s));
                 let (scale, bias) = if c.affine { (f("weight")?, f("bias")?) } else { (vec![1.0; c.num_features], vec![0.0; c.num_features]) };
                 let names =
                     [("weight", scale), ("bias", bias), ("running_mean", f("running_mean")?), ("running_var", f("running_var")?)].map(|(s, v)| self.init(f32_tensor(&param(s), &[c.num_features], &v)));
@@ -253,11 +258,11 @@ impl Builder {
     /// `linear_before_reset = 1`; LSTM i, o, f, c); a missing bias is written as zeros.
     fn recurrent(&mut self, model: &Model, node: &Node, x: &str, c: &RnnCfg, gru: bool) -> std::result::Result<(), String> {
         let n = node.name.as_str();
-        let (gates, order): (usize, &[usize]) = if gru { (3, &[1, 0, 2]) } else { (4, &[0, 3, 1, 2]) };
+        let gates = if gru { 3 } else { 4 };
         let (h, dirs) = (c.hidden_size, c.dirs());
         let rows = gates * h;
-        let reorder = |v: &[f32], cols: usize| -> Vec<f32> { order.iter().flat_map(|&blk| v[blk * h * cols..(blk + 1) * h * cols].iter().copied()).collect() };
-        let values = |name: String| -> std::result::Result<Vec<f32>, String> { model.p(&name).flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string()) };
+        let reorder = |v: &[f32], cols: usize| super::reorder_gates(v, gru, true, h, cols);
+        let values = |name: String| values(model, &name);
         let mut cur = format!("{n}.time_major");
         self.op("Transpose", &cur, &[x], &cur, vec![ints("perm", &[1, 0, 2])]);
         // The direction axis to squeeze (one direction), or the shape merging two directions.
@@ -340,9 +345,7 @@ impl Builder {
     }
 
     fn param_init(&mut self, model: &Model, name: &str) -> std::result::Result<String, String> {
-        let t = model.p(name);
-        let v: Vec<f32> = t.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
-        Ok(self.init(f32_tensor(name, t.dims(), &v)))
+        Ok(self.init(f32_tensor(name, model.p(name).dims(), &values(model, name)?)))
     }
 
     /// `QuantizeLinear` then `DequantizeLinear` of the layer's input with its static
@@ -370,10 +373,9 @@ impl Builder {
     /// per output channel; `transpose` writes a 2-D weight as `[in, out]` (for MatMul).
     fn weight(&mut self, model: &Model, node: &Node, quant: Option<&QuantLayer>, transpose: bool) -> std::result::Result<String, String> {
         let name = node.param("weight");
-        let t = model.p(&name);
-        let dims = t.dims().to_vec();
+        let dims = model.p(&name).dims().to_vec();
         let Some(q) = quant else {
-            let v: Vec<f32> = t.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+            let v = values(model, &name)?;
             if !transpose {
                 return Ok(self.init(f32_tensor(&name, &dims, &v)));
             }
@@ -394,7 +396,7 @@ impl Builder {
     fn bias(&mut self, model: &Model, node: &Node, quant: Option<&QuantLayer>) -> std::result::Result<String, String> {
         let name = node.param("bias");
         let Some(q) = quant else { return self.param_init(model, &name) };
-        let b: Vec<f32> = model.p(&name).flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+        let b = values(model, &name)?;
         let scales = q.multipliers();
         let codes: Vec<i32> = b.iter().zip(&scales).map(|(&b, &s)| crate::artifact::bias_code(b, s)).collect();
         let out = b.len();

@@ -418,7 +418,7 @@ impl Importer<'_> {
         let x = self.dyn_in(n, 0)?;
         let full: Vec<i64> = std::iter::once(BATCH).chain(x.onnx_shape.iter().map(|&d| d as i64)).collect();
         let r = full.len() as i64;
-        let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+        let clamp = |v: i64| from_end(v, r).clamp(0, r) as usize;
         let start = clamp(attr_i(n, "start")?.unwrap_or(0));
         let end = clamp(attr_i(n, "end")?.unwrap_or(r)).max(start);
         let v = full[start..end].to_vec();
@@ -445,17 +445,13 @@ impl Importer<'_> {
         let ix = idx.i64s().ok_or("indices must be integers")?;
         let mut pick = vec![];
         for &i in ix {
-            let j = if i < 0 { i + len } else { i };
+            let j = from_end(i, len);
             if !(0..len).contains(&j) {
                 return Err(format!("index {i} is out of range for {len} values"));
             }
             pick.push(j as usize);
         }
-        let values = match &data.values {
-            Values::I64(v) => Values::I64(pick.iter().map(|&j| v[j]).collect()),
-            Values::F32(v) => Values::F32(pick.iter().map(|&j| v[j]).collect()),
-        };
-        Ok(Val::Const(Const { dims: idx.dims.clone(), values }))
+        Ok(Val::Const(Const { dims: idx.dims.clone(), values: data.values.pick(pick.into_iter()) }))
     }
 
     fn slice(&self, n: &NodeProto) -> R<Val> {
@@ -484,23 +480,22 @@ impl Importer<'_> {
             return Err(format!("Slice of a 1-D constant must have one start, end, axis 0 and non-zero step (starts {starts:?}, ends {ends:?}, axes {axes:?}, steps {steps:?})"));
         }
         let len = data.dims[0] as i64;
-        let norm = |v: i64| if v < 0 { v.saturating_add(len) } else { v };
         let step = steps[0];
         if len == 0 {
             return Ok(Val::Const(data));
         }
-        let (mut i, end) = if step > 0 { (norm(starts[0]).clamp(0, len), norm(ends[0]).clamp(0, len)) } else { (norm(starts[0]).clamp(0, len - 1), norm(ends[0]).clamp(-1, len - 1)) };
+        let (mut i, end) = if step > 0 {
+            (from_end(starts[0], len).clamp(0, len), from_end(ends[0], len).clamp(0, len))
+        } else {
+            (from_end(starts[0], len).clamp(0, len - 1), from_end(ends[0], len).clamp(-1, len - 1))
+        };
         let mut pick = vec![];
         while (step > 0 && i < end) || (step < 0 && i > end) {
             pick.push(i as usize);
             let Some(next) = i.checked_add(step) else { break };
             i = next;
         }
-        let values = match &data.values {
-            Values::I64(v) => Values::I64(pick.iter().map(|&j| v[j]).collect()),
-            Values::F32(v) => Values::F32(pick.iter().map(|&j| v[j]).collect()),
-        };
-        Ok(Val::Const(Const { dims: vec![pick.len()], values }))
+        Ok(Val::Const(Const { dims: vec![pick.len()], values: data.values.pick(pick.into_iter()) }))
     }
 
     fn concat(&mut self, n: &NodeProto) -> R<Val> {
@@ -520,13 +515,7 @@ impl Importer<'_> {
                 }
             }
             let values = if all_int { Values::I64(ints) } else { Values::F32(floats) };
-            return Ok(Val::Const(Const {
-                dims: vec![match &values {
-                    Values::I64(v) => v.len(),
-                    Values::F32(v) => v.len(),
-                }],
-                values,
-            }));
+            return Ok(Val::Const(Const { dims: vec![values.len()], values }));
         }
         let ins: Vec<Dyn> = (0..n.input.len()).map(|k| self.exact_in(n, k)).collect::<R<_>>()?;
         let name = self.plain_node_name(n, "concat");
@@ -624,15 +613,13 @@ impl Importer<'_> {
         };
         let hidden = usize::try_from(attr_i(n, "hidden_size")?.ok_or("attribute 'hidden_size' is missing")?).ok().filter(|&h| h > 0).ok_or("hidden_size must be positive")?;
         let gates = if gru { 3 } else { 4 };
-        let order: &[usize] = if gru { &[1, 0, 2] } else { &[0, 2, 3, 1] };
         let input_size = x.shape[1];
         let (w, r, b) = (self.const_in(n, 1)?, self.const_in(n, 2)?, self.opt_const(n, 3)?);
         let rows = gates * hidden;
         if w.dims != [dirs, rows, input_size] || r.dims != [dirs, rows, hidden] || b.as_ref().is_some_and(|b| b.dims != [dirs, 2 * rows]) {
             return Err(format!("W {:?}, R {:?}, B {:?} do not fit {dirs} direction(s) of {gates} gates of {hidden} units over {input_size} inputs", w.dims, r.dims, b.as_ref().map(|b| &b.dims)));
         }
-        // Rows of one direction's blocks in wick's order; `cols` values per row.
-        let reorder = |v: &[f32], cols: usize| -> Vec<f32> { order.iter().flat_map(|&blk| v[blk * hidden * cols..(blk + 1) * hidden * cols].iter().copied()).collect() };
+        let reorder = |v: &[f32], cols: usize| super::reorder_gates(v, gru, false, hidden, cols);
         let (wv, rv, bv) = (w.f32s(), r.f32s(), b.as_ref().map(Const::f32s));
         let mut params = vec![];
         for d in 0..dirs {
@@ -686,10 +673,7 @@ impl Importer<'_> {
             }
             at
         };
-        let values = match &c.values {
-            Values::F32(v) => Values::F32((0..numel).map(|o| v[src(o)]).collect()),
-            Values::I64(v) => Values::I64((0..numel).map(|o| v[src(o)]).collect()),
-        };
+        let values = c.values.pick((0..numel).map(src));
         Ok(Val::Const(Const { dims, values }))
     }
 
@@ -757,7 +741,7 @@ impl Importer<'_> {
         let x = self.dyn_in(n, 0)?;
         let rank = x.onnx_shape.len() as i64 + 1;
         let axis = attr_i(n, "axis")?.unwrap_or(1);
-        let axis = if axis < 0 { axis + rank } else { axis };
+        let axis = from_end(axis, rank);
         if axis != 1 {
             return Err(format!("Flatten with axis {axis} merges the batch with other dims; wick reads axis 1"));
         }
@@ -892,7 +876,7 @@ impl Importer<'_> {
         let rank = x.shape.len() as i64 + 1;
         let default = if self.opset >= 13 { -1 } else { 1 };
         let axis = attr_i(n, "axis")?.unwrap_or(default);
-        let axis = if axis < 0 { axis + rank } else { axis };
+        let axis = from_end(axis, rank);
         if self.opset < 13 && axis != rank - 1 {
             return Err(format!("before opset 13 Softmax flattens dims {axis}.. into one; wick reads it only over the last dim"));
         }
@@ -1062,7 +1046,7 @@ impl Importer<'_> {
                 };
                 let rank = c.dims.len() as i64;
                 let axis = attr_i(n, "axis")?.unwrap_or(1);
-                let axis = if axis < 0 { axis + rank } else { axis };
+                let axis = from_end(axis, rank);
                 let per_tensor = scales.len() == 1 && zero_points.len() == 1;
                 let channels = if per_tensor { 1 } else { usize::try_from(axis).ok().and_then(|a| c.dims.get(a)).copied().ok_or(format!("axis {axis} is out of range for shape {:?}", c.dims))? };
                 if scales.len() != channels || zero_points.len() != channels {
@@ -1105,7 +1089,7 @@ impl Importer<'_> {
         let x = self.exact_in(n, 0)?;
         let rank = x.shape.len() as i64 + 1;
         let axis = attr_i(n, "axis")?.unwrap_or(-1);
-        let axis = if axis < 0 { axis + rank } else { axis };
+        let axis = from_end(axis, rank);
         if axis < 1 || axis >= rank {
             return Err(format!("axis {axis} normalises over the batch; wick reads axes after it"));
         }
@@ -1177,7 +1161,7 @@ impl Importer<'_> {
         let x = self.dyn_in(n, 0)?;
         let axes = if self.opset >= 18 { self.opt_const(n, 1)?.map(|c| c.i64s().map(<[i64]>::to_vec).ok_or("axes must be integers")).transpose()? } else { attr_ints(n, "axes")? };
         let rank = x.onnx_shape.len() as i64 + 1;
-        let mut axes: Vec<i64> = axes.ok_or("reduces every axis, the batch too; wick reads ReduceMean over the spatial axes")?.iter().map(|&a| if a < 0 { a + rank } else { a }).collect();
+        let mut axes: Vec<i64> = axes.ok_or("reduces every axis, the batch too; wick reads ReduceMean over the spatial axes")?.iter().map(|&a| from_end(a, rank)).collect();
         axes.sort_unstable();
         if axes != (2..rank).collect::<Vec<_>>() || rank < 3 {
             return Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMean over all spatial axes (2..) as global average pooling"));
@@ -1235,6 +1219,15 @@ fn pattern_err(value: &str) -> String {
     format!("input '{value}' is a step of a pattern wick reads as one op (SiLU, exact GELU, a QuantizeLinear/DequantizeLinear pair before a Conv, Gemm or MatMul, a Clip before QuantizeLinear), and it is read elsewhere")
 }
 
+/// An ONNX axis or index counted from the end when negative: `a + n` for `a < 0`.
+fn from_end(a: i64, n: i64) -> i64 {
+    if a < 0 {
+        a.saturating_add(n)
+    } else {
+        a
+    }
+}
+
 fn close(a: f32, b: f32) -> bool {
     (a - b).abs() <= 1e-5 * b.abs().max(1.0)
 }
@@ -1257,7 +1250,7 @@ fn squeezed(dims: &[usize], axes: Option<&[i64]>, unsqueeze: bool) -> R<Vec<usiz
         let axes = axes.ok_or("Unsqueeze needs axes")?;
         let rank = (dims.len() + axes.len()) as i64;
         let mut ax: Vec<usize> =
-            axes.iter().map(|&a| if a < 0 { a + rank } else { a }).map(|a| usize::try_from(a).ok().filter(|&a| (a as i64) < rank).ok_or(format!("axis out of range in {axes:?}"))).collect::<R<_>>()?;
+            axes.iter().map(|&a| from_end(a, rank)).map(|a| usize::try_from(a).ok().filter(|&a| (a as i64) < rank).ok_or(format!("axis out of range in {axes:?}"))).collect::<R<_>>()?;
         ax.sort_unstable();
         let mut out = dims.to_vec();
         for a in ax {
@@ -1271,7 +1264,7 @@ fn squeezed(dims: &[usize], axes: Option<&[i64]>, unsqueeze: bool) -> R<Vec<usiz
         Some(axes) => {
             let ax: Vec<usize> = axes
                 .iter()
-                .map(|&a| if a < 0 { a + rank } else { a })
+                .map(|&a| from_end(a, rank))
                 .map(|a| usize::try_from(a).ok().filter(|&a| a < dims.len() && dims[a] == 1).ok_or(format!("axes {axes:?} are not unit dims of {dims:?}")))
                 .collect::<R<_>>()?;
             Ok(dims.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, &d)| d).collect())

@@ -21,6 +21,20 @@ pub fn is_onnx(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
+/// The gate blocks of a GRU/LSTM weight, bias or recurrent matrix in the other layout's order:
+/// block `k` of the result is block `order[k]` of `v`, each `hidden · cols` values. ONNX's GRU
+/// blocks are z, r, h and PyTorch's (wick's) r, z, n; ONNX's LSTM blocks are i, o, f, c and
+/// PyTorch's i, f, g, o.
+pub fn reorder_gates(v: &[f32], gru: bool, to_onnx: bool, hidden: usize, cols: usize) -> Vec<f32> {
+    let order: &[usize] = match (gru, to_onnx) {
+        (true, _) => &[1, 0, 2],
+        (false, false) => &[0, 2, 3, 1],
+        (false, true) => &[0, 3, 1, 2],
+    };
+    let block = hidden * cols;
+    order.iter().flat_map(|&b| v[b * block..(b + 1) * block].iter().copied()).collect()
+}
+
 /// Fails when `--arch` is given with an ONNX file, whose graph is its architecture.
 pub fn refuse_arch(path: &Path, arch_override: Option<&Path>) -> Result<()> {
     match arch_override {

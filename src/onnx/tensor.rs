@@ -19,6 +19,24 @@ pub struct Const {
     pub values: Values,
 }
 
+impl Values {
+    /// The values at `indices`, in their order: `out[k] = self[indices[k]]`.
+    pub fn pick(&self, indices: impl Iterator<Item = usize>) -> Values {
+        match self {
+            Values::F32(v) => Values::F32(indices.map(|j| v[j]).collect()),
+            Values::I64(v) => Values::I64(indices.map(|j| v[j]).collect()),
+        }
+    }
+
+    /// How many values there are.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::I64(v) => v.len(),
+        }
+    }
+}
+
 impl Const {
     /// Number of elements: the product of the dims (1 for a scalar).
     pub fn numel(&self) -> usize {

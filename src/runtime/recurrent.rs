@@ -79,13 +79,17 @@ impl RecurrentLayer {
             let t = if reverse { t_len - 1 - s } else { s };
             let gh = dir.hh.run(&h, n, None);
             let gi_row = |b: usize| &gi[(b * t_len + t) * g..(b * t_len + t + 1) * g];
+            // Block `k`'s pre-activations over the batch: `gi_k + gh_k`.
+            let gate_sums = |p: &mut [f32], k: usize| {
+                for b in 0..n {
+                    let (a, r) = (&gi_row(b)[k * h_len..(k + 1) * h_len], &gh[b * g + k * h_len..b * g + (k + 1) * h_len]);
+                    p[b * h_len..(b + 1) * h_len].iter_mut().zip(a.iter().zip(r)).for_each(|(o, (u, v))| *o = u + v);
+                }
+            };
             match self.cell {
                 Cell::Gru => {
                     for (k, p) in pre.iter_mut().enumerate().take(2) {
-                        for b in 0..n {
-                            let (a, r) = (&gi_row(b)[k * h_len..(k + 1) * h_len], &gh[b * g + k * h_len..b * g + (k + 1) * h_len]);
-                            p[b * h_len..(b + 1) * h_len].iter_mut().zip(a.iter().zip(r)).for_each(|(o, (u, v))| *o = u + v);
-                        }
+                        gate_sums(p, k);
                         apply_in_place(p, Act::Sigmoid);
                     }
                     let (rz, nn) = pre.split_at_mut(2);
@@ -101,10 +105,7 @@ impl RecurrentLayer {
                 }
                 Cell::Lstm => {
                     for (k, p) in pre.iter_mut().enumerate() {
-                        for b in 0..n {
-                            let (a, r) = (&gi_row(b)[k * h_len..(k + 1) * h_len], &gh[b * g + k * h_len..b * g + (k + 1) * h_len]);
-                            p[b * h_len..(b + 1) * h_len].iter_mut().zip(a.iter().zip(r)).for_each(|(o, (u, v))| *o = u + v);
-                        }
+                        gate_sums(p, k);
                         apply_in_place(p, if k == 2 { Act::Tanh } else { Act::Sigmoid });
                     }
                     for (j, cv) in c.iter_mut().enumerate() {

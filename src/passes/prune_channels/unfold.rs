@@ -11,7 +11,6 @@ use crate::error::Result;
 use crate::model::arch::{BatchNormCfg, Node, Op};
 use crate::model::forward::{Mode, Run};
 use crate::model::Model;
-use candle_core::Tensor;
 
 /// The samples the statistics come from (the first of the data set).
 const SAMPLES: usize = 512;
@@ -60,7 +59,7 @@ pub fn unfold_batchnorm(model: &Model, data: &Dataset) -> Result<Option<(Model, 
     let mut arch2 = arch.clone();
     arch2.nodes = nodes;
     arch2.output = Some(renamed.get(arch.output_name()).cloned().unwrap_or_else(|| arch.output_name().to_string()));
-    let unfolded = Model::new(arch2, tensors.into_iter().map(|(k, v)| (k, v as Tensor)).collect(), &model.source)?;
+    let unfolded = Model::new(arch2, tensors, &model.source)?;
     Ok(Some((unfolded, taps)))
 }
 
@@ -68,6 +67,7 @@ pub fn unfold_batchnorm(model: &Model, data: &Dataset) -> Result<Option<(Model, 
 mod tests {
     use super::*;
     use crate::model::arch::Arch;
+    use candle_core::Tensor;
 
     /// The unfolded model computes what the folded one did (eval mode), with a BatchNorm after
     /// each bare conv (a 2-d one and a 1-d one, whose output is also the model's output) and

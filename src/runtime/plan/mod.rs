@@ -226,8 +226,8 @@ impl Plan {
                 (Op::Select(c), ..) => {
                     let s = &model.graph.shapes[node.inputs[0].as_str()];
                     let d = crate::model::graph::sample_dim(c.dim, s.len()).map_err(|m| WickError::node(&node.name, m))?;
-                    let len = s[d] as i64;
-                    Kind::Select { dim: d + 1, index: (if c.index < 0 { c.index + len } else { c.index }) as usize }
+                    let index = c.position(s[d]).ok_or_else(|| WickError::node(&node.name, format!("index {} is out of range", c.index)))?;
+                    Kind::Select { dim: d + 1, index }
                 }
                 _ => Kind::Float,
             };
