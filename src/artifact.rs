@@ -1,12 +1,14 @@
 //! The INT8 artifact: an in-memory INT8 model and its safetensors file format (names follow the
-//! compressed-tensors convention): `<layer>.weight` I8 per-output-channel symmetric,
-//! `<layer>.weight_scale` F32 `[out]`, `<layer>.input_scale` F32 `[1]`,
-//! `<layer>.input_zero_point` U8/I8 `[1]`, every other parameter F32, and one metadata key
+//! compressed-tensors convention): per quantised unit (`model::qunit`; a layer `<layer>` or a
+//! recurrent matrix `<node>.weight_hh_l0`), its weight (`<layer>.weight`, or the matrix's own
+//! name) I8 per-output-channel symmetric, `<unit>.weight_scale` F32 `[out]`,
+//! `<unit>.input_scale` F32 `[1]`, `<unit>.input_zero_point` U8/I8 `[1]`; every other parameter F32, and one metadata key
 //! `wick` with the architecture, each quantised layer's scheme, provenance and metrics.
 //! Uses `model`, `quant`, `tensor_file`.
 
 use crate::error::{Result, WickError};
 use crate::model::load::{self, META_KEY};
+use crate::model::qunit::{node_units, tensors_of};
 use crate::model::Model;
 use crate::quant::{ActType, QParams, QWeight};
 use crate::tensor_file::{self, RawTensor, TensorFile};
@@ -63,13 +65,12 @@ impl Int8Model {
         let mut tensors = model.tensors();
         let mut layers = BTreeMap::new();
         for (name, &input) in inputs {
-            let wname = format!("{name}.weight");
+            let (wname, bname) = tensors_of(name, |k| tensors.contains_key(k));
             let w = tensors.get(&wname).ok_or_else(|| WickError::node(name, "has no weight to quantise"))?;
             let shape = w.dims().to_vec();
             let qw = crate::quant::quantize_weight(&w.flatten_all()?.to_vec1()?, &shape);
             tensors.insert(wname, Tensor::from_vec(qw.dequantize(), shape, w.device())?);
             let layer = QuantLayer { weight: qw, input };
-            let bname = format!("{name}.bias");
             if let Some(b) = tensors.get(&bname) {
                 let grid: Vec<f32> = b.to_vec1::<f32>()?.iter().zip(layer.multipliers()).map(|(&b, m)| bias_code(b, m) as f32 * m).collect();
                 let n = grid.len();
@@ -100,9 +101,19 @@ impl Int8Model {
         Ok(self.layers.len() == other.layers.len() && self.layers.iter().zip(&other.layers).all(|((ka, a), (kb, b))| ka == kb && layer(a) == layer(b)))
     }
 
-    /// The float bias of layer `name`, if it has one.
+    /// Each quantised unit by its weight tensor's name.
+    pub fn quantised_weights(&self) -> BTreeMap<String, (&str, &QuantLayer)> {
+        self.layers.iter().map(|(l, q)| (tensors_of(l, |k| self.model.params.contains_key(k)).0, (l.as_str(), q))).collect()
+    }
+
+    /// Whether node `name` runs any quantised unit.
+    pub fn node_quantised(&self, name: &str) -> bool {
+        self.model.arch.node(name).is_some_and(|n| node_units(n).iter().any(|u| self.layers.contains_key(&u.key)))
+    }
+
+    /// The float bias of unit `name`, if it has one.
     pub fn bias(&self, name: &str) -> Result<Option<Vec<f32>>> {
-        match self.model.params.get(&format!("{name}.bias")) {
+        match self.model.params.get(&tensors_of(name, |k| self.model.params.contains_key(k)).1) {
             Some(b) => Ok(Some(b.as_tensor().to_vec1::<f32>()?)),
             None => Ok(None),
         }
@@ -112,9 +123,9 @@ impl Int8Model {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut out = BTreeMap::new();
         let mut layer_types = Map::new();
+        let by_weight = self.quantised_weights();
         for (name, t) in self.model.tensors() {
-            let layer = name.strip_suffix(".weight").and_then(|l| self.layers.get(l).map(|q| (l, q)));
-            match layer {
+            match by_weight.get(&name).copied() {
                 Some((l, q)) => {
                     out.insert(name.clone(), RawTensor::from_i8(q.weight.shape.clone(), &q.weight.values));
                     out.insert(format!("{l}.weight_scale"), RawTensor::from_f32(vec![q.weight.scales.len()], &q.weight.scales));
@@ -164,16 +175,17 @@ impl Int8Model {
         let layer_types = quantized_layers(&meta, &fname)?;
         let mut floats = TensorFile { path: file.path.clone(), tensors: BTreeMap::new(), metadata: BTreeMap::new(), sha256: file.sha256.clone() };
         let mut layers = BTreeMap::new();
+        let weights: BTreeMap<String, &str> = layer_types.keys().map(|l| (tensors_of(l, |k| file.tensors.contains_key(k)).0, l.as_str())).collect();
         for (name, t) in &file.tensors {
-            let layer = name.strip_suffix(".weight").filter(|l| layer_types.contains_key(*l));
-            if let Some(l) = layer {
-                layers.insert(l.to_string(), read_layer(file, l, t, &layer_types[l])?);
+            if let Some(&l) = weights.get(name) {
+                layers.insert(l.to_string(), read_layer(file, l, name, t, &layer_types[l])?);
             } else if !(name.ends_with(".weight_scale") || name.ends_with(".input_scale") || name.ends_with(".input_zero_point")) {
                 floats.tensors.insert(name.clone(), t.clone());
             }
         }
-        for (l, q) in &layers {
-            floats.tensors.insert(format!("{l}.weight"), RawTensor::from_f32(q.weight.shape.clone(), &q.weight.dequantize()));
+        for (w, l) in &weights {
+            let q = layers.get(*l).ok_or_else(|| WickError::MissingTensor { file: fname.clone(), tensor: w.clone(), node: l.to_string() })?;
+            floats.tensors.insert(w.clone(), RawTensor::from_f32(q.weight.shape.clone(), &q.weight.dequantize()));
         }
         let mut loaded = load::model_from_file(&floats, arch)?;
         loaded.model.source = fname;
@@ -212,16 +224,16 @@ fn quantized_layers(meta: &Value, file: &str) -> Result<BTreeMap<String, String>
         .collect()
 }
 
-/// Reads layer `l` (weight `w`) whose metadata declares input type `declared` (`u8`, `u7` or
-/// `i8`; 7-bit codes are stored as u8, so only the metadata tells them apart).
-fn read_layer(file: &TensorFile, l: &str, w: &RawTensor, declared: &str) -> Result<QuantLayer> {
+/// Reads unit `l` (weight tensor `wname`, `w`) whose metadata declares input type `declared`
+/// (`u8`, `u7` or `i8`; 7-bit codes are stored as u8, so only the metadata tells them apart).
+fn read_layer(file: &TensorFile, l: &str, wname: &str, w: &RawTensor, declared: &str) -> Result<QuantLayer> {
     let f = file.name();
     let need = |suffix: &str| -> Result<&RawTensor> {
         let n = format!("{l}.{suffix}");
         file.tensors.get(&n).ok_or_else(|| WickError::MissingTensor { file: f.clone(), tensor: n, node: l.to_string() })
     };
     if w.dtype != Dtype::I8 {
-        return Err(WickError::BadDtype { file: f.clone(), tensor: format!("{l}.weight"), dtype: format!("{:?}", w.dtype), role: "an INT8 weight" });
+        return Err(WickError::BadDtype { file: f.clone(), tensor: wname.to_string(), dtype: format!("{:?}", w.dtype), role: "an INT8 weight" });
     }
     let scales = tensor_file::to_f32(need("weight_scale")?, &f, &format!("{l}.weight_scale"))?;
     if scales.len() != w.shape[0] || scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
@@ -251,7 +263,7 @@ fn read_layer(file: &TensorFile, l: &str, w: &RawTensor, declared: &str) -> Resu
     }
     let values: Vec<i8> = w.data.iter().map(|&b| b as i8).collect();
     if let Some(i) = values.iter().position(|&v| v == i8::MIN) {
-        return Err(WickError::invalid(format!("{f}: tensor '{l}.weight'"), format!("holds the code -128 at flat index {i}, outside the format's symmetric range -127..=127")));
+        return Err(WickError::invalid(format!("{f}: tensor '{wname}'"), format!("holds the code -128 at flat index {i}, outside the format's symmetric range -127..=127")));
     }
     Ok(QuantLayer { weight: QWeight { shape: w.shape.clone(), values, scales }, input: QParams { scale, zero_point: zero_point as i32, act } })
 }

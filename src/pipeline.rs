@@ -51,10 +51,10 @@ pub struct Outcome {
 /// Bytes of an INT8 model's weights: `Σ int8 weights + 4·(float params + scales)`.
 pub fn int8_weight_bytes(q: &Int8Model) -> u64 {
     let mut b = 0u64;
+    let quantised = q.quantised_weights();
     for (k, v) in &q.model.params {
-        let layer = k.strip_suffix(".weight").and_then(|l| q.layers.get(l));
-        b += match layer {
-            Some(l) => (v.as_tensor().elem_count() + 4 * l.weight.scales.len() + 8) as u64,
+        b += match quantised.get(k) {
+            Some((_, l)) => (v.as_tensor().elem_count() + 4 * l.weight.scales.len() + 8) as u64,
             None => 4 * v.as_tensor().elem_count() as u64,
         };
     }

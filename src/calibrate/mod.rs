@@ -8,6 +8,7 @@ pub mod histogram;
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
 use crate::model::forward::{Mode, Run};
+use crate::model::qunit::{Unit, UnitInput, HIDDEN_RANGE};
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::quant::{ActType, QParams};
@@ -55,7 +56,8 @@ pub struct CalibConfig {
     pub batch_size: usize,
 }
 
-/// The chosen range of one layer's input and what it clips.
+/// The chosen range of one unit's input and what it clips (a hidden state's: the op's range,
+/// which nothing exceeds).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerCalib {
     /// The node whose output this layer reads.
@@ -69,8 +71,9 @@ pub struct LayerCalib {
     pub clipped_fraction: f64,
 }
 
-/// Calibrates the input of every layer in `layers`; the result is keyed by layer name.
-pub fn calibrate(model: &Model, data: &Dataset, layers: &[String], cfg: &CalibConfig, progress: &dyn Progress) -> Result<BTreeMap<String, LayerCalib>> {
+/// Calibrates the input of every unit in `units`; the result is keyed by unit. A recurrent
+/// hidden state's range is the op's ([`HIDDEN_RANGE`]), not observed.
+pub fn calibrate(model: &Model, data: &Dataset, units: &[Unit], cfg: &CalibConfig, progress: &dyn Progress) -> Result<BTreeMap<String, LayerCalib>> {
     if data.is_empty() {
         return Err(WickError::data(&data.name, "the calibration set is empty"));
     }
@@ -79,13 +82,22 @@ pub fn calibrate(model: &Model, data: &Dataset, layers: &[String], cfg: &CalibCo
     }
     let mut sources: Vec<String> = vec![];
     let mut layer_source = BTreeMap::new();
-    for l in layers {
-        let node = model.arch.node(l).ok_or_else(|| WickError::invalid("layer", format!("no node named '{l}'")))?;
-        let src = node.inputs[0].clone();
-        if !sources.contains(&src) {
-            sources.push(src.clone());
+    let mut out = BTreeMap::new();
+    for u in units {
+        match &u.input {
+            UnitInput::Node(src) => {
+                if !sources.contains(src) {
+                    sources.push(src.clone());
+                }
+                layer_source.insert(u.key.clone(), src.clone());
+            }
+            UnitInput::Hidden => {
+                let (lo, hi) = HIDDEN_RANGE;
+                let qparams = QParams::from_range(lo, hi, cfg.act);
+                let source = format!("{} hidden state", u.node);
+                out.insert(u.key.clone(), LayerCalib { source, observed_min: lo, observed_max: hi, lo, hi, qparams, clipped_fraction: 0.0 });
+            }
         }
-        layer_source.insert(l.clone(), src);
     }
     let batches = batches(data, cfg.batch_size.max(1));
     // Pass 1: global and moving-average min/max of each observed tensor.
@@ -112,7 +124,6 @@ pub fn calibrate(model: &Model, data: &Dataset, layers: &[String], cfg: &CalibCo
         }
         progress.inc(1);
     }
-    let mut out = BTreeMap::new();
     for (layer, src) in layer_source {
         let (mn, mx, ma) = stats[&src];
         let h = &hists[&src];
@@ -127,7 +138,7 @@ pub fn calibrate(model: &Model, data: &Dataset, layers: &[String], cfg: &CalibCo
         let (rlo, rhi) = qparams.real_range();
         out.insert(layer, LayerCalib { source: src, observed_min: mn, observed_max: mx, lo, hi, qparams, clipped_fraction: h.fraction_outside(rlo, rhi) });
     }
-    progress.finish(&format!("{} layers calibrated on {} samples ({:?})", out.len(), data.len(), cfg.method));
+    progress.finish(&format!("{} units calibrated on {} samples ({:?})", out.len(), data.len(), cfg.method));
     Ok(out)
 }
 

@@ -5,6 +5,7 @@
 
 use super::act_op::{activation, Act};
 use super::arch::{Node, Op};
+use super::qunit::has_units;
 use super::recurrent::{self, Cell, Weights};
 use super::{ops, Model};
 use crate::error::{Result, WickError};
@@ -23,16 +24,16 @@ pub enum Mode {
 
 /// Rewrites what a layer sees: used by fake-quantisation (QAT and `--simulate`).
 pub trait Hook {
-    /// The input activation of `node` before it is used (weights layers only).
-    fn input(&self, _node: &Node, x: Tensor) -> Result<Tensor> {
+    /// The input of quantisation unit `unit` (`model::qunit`) before its matmul reads it.
+    fn input(&self, _unit: &str, x: Tensor) -> Result<Tensor> {
         Ok(x)
     }
-    /// The weight of `node` before it is used.
-    fn weight(&self, _node: &Node, w: Tensor) -> Result<Tensor> {
+    /// The weight of quantisation unit `unit` before it is used.
+    fn weight(&self, _unit: &str, w: Tensor) -> Result<Tensor> {
         Ok(w)
     }
-    /// A replacement computation of a whole weight layer (the integer runtime); `None` keeps
-    /// the float one.
+    /// A replacement computation of a whole node with units (conv, linear, GRU, LSTM: the
+    /// integer runtime); `None` keeps the float one.
     fn layer(&self, _node: &Node, _x: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }
@@ -160,18 +161,18 @@ impl Model {
         let p = |s: &str| self.p(&node.param(s));
         let bias = |has: bool| if has { Some(self.p(&node.param("bias"))) } else { None };
         let x = ins[0];
-        if let (Some(h), true) = (r.hook, is_weight_layer(&node.op)) {
+        if let (Some(h), true) = (r.hook, has_units(&node.op)) {
             if let Some(y) = h.layer(node, x)? {
                 return Ok(y);
             }
         }
         let (x, w) = if is_weight_layer(&node.op) {
             let x = match r.hook {
-                Some(h) => h.input(node, x.clone())?,
+                Some(h) => h.input(&node.name, x.clone())?,
                 None => x.clone(),
             };
             let w = match r.hook {
-                Some(h) => h.weight(node, p("weight").clone())?,
+                Some(h) => h.weight(&node.name, p("weight").clone())?,
                 None => p("weight").clone(),
             };
             (x, Some(w))
@@ -218,10 +219,29 @@ impl Model {
             Op::Softmax(c) => ops::softmax(&x, c.dim),
             Op::Gru(c) | Op::Lstm(c) => {
                 let cell = if matches!(node.op, Op::Gru(_)) { Cell::Gru } else { Cell::Lstm };
-                recurrent::run(cell, &x, c, |layer, reverse| {
-                    let [w_ih, w_hh, b_ih, b_hh] = super::arch::rnn_params(layer, reverse);
-                    Weights { w_ih: p(w_ih), w_hh: p(w_hh), b_ih: c.bias.then(|| p(b_ih)), b_hh: c.bias.then(|| p(b_hh)) }
-                })
+                // The weights and matmul inputs pass through the hook as units (QAT, simulation).
+                let weight = |s: &str| -> Result<Tensor> {
+                    match r.hook {
+                        Some(h) => h.weight(&node.param(s), p(s).clone()),
+                        None => Ok(p(s).clone()),
+                    }
+                };
+                let input = |s: &str, t: Tensor| -> Result<Tensor> {
+                    match r.hook {
+                        Some(h) => h.input(&node.param(s), t),
+                        None => Ok(t),
+                    }
+                };
+                recurrent::run(
+                    cell,
+                    &x,
+                    c,
+                    |layer, reverse| {
+                        let [w_ih, w_hh, b_ih, b_hh] = super::arch::rnn_params(layer, reverse);
+                        Ok(Weights { w_ih: weight(w_ih)?, w_hh: weight(w_hh)?, b_ih: c.bias.then(|| p(b_ih).clone()), b_hh: c.bias.then(|| p(b_hh).clone()) })
+                    },
+                    input,
+                )
             }
             Op::Select(c) => recurrent::select(&x, c),
         }

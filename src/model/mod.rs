@@ -20,6 +20,7 @@ pub mod load;
 #[cfg(test)]
 mod op_test_support;
 pub mod ops;
+pub mod qunit;
 pub mod recurrent;
 mod relu_train;
 pub mod stats;

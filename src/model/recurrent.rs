@@ -4,7 +4,7 @@
 //! state. Uses `model::arch`, `model::linear_op`, `model::act_op`.
 
 use super::act_op::{activation, Act};
-use super::arch::{RnnCfg, SelectCfg};
+use super::arch::{rnn_params, RnnCfg, SelectCfg};
 use super::graph::sample_dim;
 use crate::error::{Result, WickError};
 use candle_core::{Tensor, D};
@@ -27,26 +27,32 @@ impl Cell {
 }
 
 /// One direction of one layer: `[W_ih, W_hh, b_ih, b_hh]` (biases absent when `bias` is off).
-pub struct Weights<'a> {
-    pub w_ih: &'a Tensor,
-    pub w_hh: &'a Tensor,
-    pub b_ih: Option<&'a Tensor>,
-    pub b_hh: Option<&'a Tensor>,
+pub struct Weights {
+    pub w_ih: Tensor,
+    pub w_hh: Tensor,
+    pub b_ih: Option<Tensor>,
+    pub b_hh: Option<Tensor>,
 }
 
 /// The recurrent op on `x` `[N, T, input_size]`: each layer's directions run over the sequence,
 /// their outputs concatenated on the last dim feed the next layer. `weights(layer, reverse)`
-/// gives a direction's tensors. Output `[N, T, D·hidden]`.
-pub fn run<'a>(cell: Cell, x: &Tensor, c: &RnnCfg, weights: impl Fn(usize, bool) -> Weights<'a>) -> Result<Tensor> {
-    let mut input = x.contiguous()?;
+/// gives a direction's tensors; `input(weight suffix, t)` sees what each matmul reads before it
+/// does (the whole sequence for `W_ih`, each step's `h` for `W_hh`: fake quantisation).
+/// Output `[N, T, D·hidden]`.
+pub fn run(cell: Cell, x: &Tensor, c: &RnnCfg, weights: impl Fn(usize, bool) -> Result<Weights>, input: impl Fn(&str, Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let mut seq = x.contiguous()?;
     for layer in 0..c.num_layers {
-        let mut outs = vec![direction(cell, &input, c.hidden_size, &weights(layer, false), false)?];
+        let dir = |reverse: bool| -> Result<Tensor> {
+            let [w_ih, w_hh, ..] = rnn_params(layer, reverse);
+            direction(cell, &input(w_ih, seq.clone())?, c.hidden_size, &weights(layer, reverse)?, reverse, |h| input(w_hh, h))
+        };
+        let mut outs = vec![dir(false)?];
         if c.bidirectional {
-            outs.push(direction(cell, &input, c.hidden_size, &weights(layer, true), true)?);
+            outs.push(dir(true)?);
         }
-        input = if outs.len() == 1 { outs.pop().expect("one direction") } else { Tensor::cat(&outs, 2)? };
+        seq = if outs.len() == 1 { outs.pop().expect("one direction") } else { Tensor::cat(&outs, 2)? };
     }
-    Ok(input)
+    Ok(seq)
 }
 
 /// One direction over the sequence (`reverse`: from the last step to the first), `[N, T, H]`.
@@ -55,17 +61,18 @@ pub fn run<'a>(cell: Cell, x: &Tensor, c: &RnnCfg, weights: impl Fn(usize, bool)
 /// `n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))`, `h' = (1 − z) ⊙ n + z ⊙ h`.
 /// LSTM: `i, f, o = σ(…)`, `g = tanh(…)` (each `W_i· x + b_i· + W_h· h + b_h·`),
 /// `c' = f ⊙ c + i ⊙ g`, `h' = o ⊙ tanh(c')`.
-fn direction(cell: Cell, x: &Tensor, hidden: usize, w: &Weights, reverse: bool) -> Result<Tensor> {
+/// `h_in` maps each step's state before `W_hh` reads it.
+fn direction(cell: Cell, x: &Tensor, hidden: usize, w: &Weights, reverse: bool, h_in: impl Fn(Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let (n, t, _) = x.dims3()?;
     // The input projections of every step at once: `[N, T, G·H]`.
-    let gi = super::linear_op::linear(x, w.w_ih, w.b_ih)?;
+    let gi = super::linear_op::linear(x, &w.w_ih, w.b_ih.as_ref())?;
     let mut h = Tensor::zeros((n, hidden), x.dtype(), x.device())?;
     let mut c = h.clone();
     let mut outs = vec![None; t];
     let steps: Vec<usize> = if reverse { (0..t).rev().collect() } else { (0..t).collect() };
     for s in steps {
         let gi_t = gi.narrow(1, s, 1)?.squeeze(1)?;
-        let gh = super::linear_op::linear(&h, w.w_hh, w.b_hh)?;
+        let gh = super::linear_op::linear(&h_in(h.clone())?, &w.w_hh, w.b_hh.as_ref())?;
         let block = |g: &Tensor, k: usize| g.narrow(D::Minus1, k * hidden, hidden);
         h = match cell {
             Cell::Gru => {

@@ -10,6 +10,7 @@ use super::tensor::{byte_tensor, f32_tensor, i32_tensor, i64_tensor};
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};
 use crate::model::arch::{GeluApprox, Node, Op, Pair, PoolCfg, RnnCfg};
+use crate::model::qunit::node_units;
 use crate::model::Model;
 use crate::quant::ActType;
 use prost::Message;
@@ -47,6 +48,10 @@ fn build(model: &Model, layers: &BTreeMap<String, QuantLayer>) -> Result<ModelPr
     let mut g = Builder::default();
     for &i in &model.graph.order {
         let node = &arch.nodes[i];
+        if matches!(node.op, Op::Gru(_) | Op::Lstm(_)) && node_units(node).iter().any(|u| layers.contains_key(&u.key)) {
+            let why = "its GRU and LSTM ops take float weights and keep the hidden state in float, so INT8 recurrent matrices have no ONNX form; export the float model, or quantise with this node in --exclude";
+            return Err(WickError::node(&node.name, format!("ONNX export: {why}")));
+        }
         g.node(model, node, layers.get(&node.name)).map_err(|m| WickError::node(&node.name, format!("ONNX export: {m}")))?;
     }
     let tensor_type = |name: &str, shape: &[usize]| {

@@ -1,5 +1,6 @@
-//! `calibrate`: post-training calibration of the input of every conv/linear layer (less
-//! `exclude`) of a BatchNorm-folded model: the observer (`calibrate::Method`) turns the values
+//! `calibrate`: post-training calibration of the input of every quantisation unit
+//! (`model::qunit`: conv, linear, GRU/LSTM matrix; less the nodes in `exclude`) of a
+//! BatchNorm-folded model: the observer (`calibrate::Method`) turns the values
 //! seen on the first `samples` calibration rows into each layer's static input quantisation.
 //! `ptq` is the whole of post-training quantisation (fold, calibrate, convert) for
 //! `wick quantize` and the benchmarks.
@@ -11,7 +12,7 @@ use crate::artifact::Int8Model;
 use crate::calibrate::{calibrate, CalibConfig, LayerCalib, Method};
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
-use crate::model::forward::is_weight_layer;
+use crate::model::qunit::{has_units, units, Unit};
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::quant::ActType;
@@ -29,7 +30,7 @@ pub struct CalibrateSettings {
     pub activations: ActType,
     /// For `method: percentile`: the percentile of `|x|` kept, in (50, 100].
     pub percentile: f64,
-    /// Layers kept in float.
+    /// Nodes kept in float (conv, linear, GRU or LSTM).
     pub exclude: Vec<String>,
 }
 
@@ -58,22 +59,22 @@ impl CalibrateSettings {
     /// Calibrates `folded` (BatchNorm already folded) on the first `samples` rows of `calib`.
     pub fn run(&self, folded: &Model, calib: &Dataset, progress: &dyn Progress) -> Result<BTreeMap<String, LayerCalib>> {
         self.validate().map_err(|m| WickError::invalid("calibrate", m))?;
-        let layers = quantizable_layers(folded, &self.exclude)?;
-        calibrate(folded, &calib.head(self.samples)?, &layers, &self.config(), progress)
+        let units = quantizable_units(folded, &self.exclude)?;
+        calibrate(folded, &calib.head(self.samples)?, &units, &self.config(), progress)
     }
 }
 
-/// The conv/linear layers of `model` to quantise; an `exclude` entry that names no node, or a
-/// node that is not a weight layer, is an error.
-pub fn quantizable_layers(model: &Model, exclude: &[String]) -> Result<Vec<String>> {
+/// The units of `model` to quantise; an `exclude` entry that names no node, or a node without
+/// units, is an error.
+pub fn quantizable_units(model: &Model, exclude: &[String]) -> Result<Vec<Unit>> {
     for e in exclude {
         match model.arch.node(e) {
             None => return Err(WickError::invalid("--exclude", format!("'{e}' names no node of the model"))),
-            Some(n) if !is_weight_layer(&n.op) => return Err(WickError::invalid("--exclude", format!("node '{e}' is a {}, not a conv or linear layer", n.op.name()))),
+            Some(n) if !has_units(&n.op) => return Err(WickError::invalid("--exclude", format!("node '{e}' is a {}, not a conv, linear, GRU or LSTM", n.op.name()))),
             _ => {}
         }
     }
-    Ok(model.arch.nodes.iter().filter(|n| is_weight_layer(&n.op) && !exclude.contains(&n.name)).map(|n| n.name.clone()).collect())
+    Ok(units(model).into_iter().filter(|u| !exclude.contains(&u.node)).collect())
 }
 
 impl Pass for CalibrateSettings {
@@ -83,14 +84,14 @@ impl Pass for CalibrateSettings {
         let (folded, _) = fold_batchnorm(&m)?;
         let cal = self.run(&folded, ctx.calib, ctx.progress)?;
         let inputs = cal.iter().map(|(k, v)| (k.clone(), v.qparams)).collect();
-        let summary = format!("calibrated {} layers on {} samples ({:?}, {:?}), {} kept float", cal.len(), self.samples.min(ctx.calib.len()), self.method, self.activations, self.exclude.len());
+        let summary = format!("calibrated {} units on {} samples ({:?}, {:?}), {} kept float", cal.len(), self.samples.min(ctx.calib.len()), self.method, self.activations, self.exclude.len());
         Ok(Applied { state: State::Calibrated { folded, inputs }, summary, changed: true, details: json!({ "layers": cal }) })
     }
 
     fn plan(&self, sketch: Sketch, _ctx: &Ctx) -> Result<(Sketch, String)> {
         let (folded, _) = fold_batchnorm(&sketch.model)?;
-        let n = quantizable_layers(&folded, &self.exclude)?.len();
-        Ok((Sketch { model: folded, quantized: true }, format!("calibrate {n} layers ({:?}, {} samples), exclude {:?}", self.method, self.samples, self.exclude)))
+        let n = quantizable_units(&folded, &self.exclude)?.len();
+        Ok((Sketch { model: folded, quantized: true }, format!("calibrate {n} units ({:?}, {} samples), exclude {:?}", self.method, self.samples, self.exclude)))
     }
 }
 

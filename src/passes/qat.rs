@@ -1,16 +1,16 @@
 //! `qat`: quantisation-aware training. Starts from the BN-folded model and its calibration; trains with
-//! fake-quant on every quantised layer's weight (per channel, `s_c = max|w_c|/127`) and input
+//! fake-quant on every quantised unit's weight (per channel, `s_c = max|w_c|/127`) and input
 //! (per tensor), straight-through gradients (zero outside the clamp range). Input ranges follow
 //! a moving average of batch min/max (`r ← r + 0.01·(batch − r)`, PyTorch's QAT observer) for
-//! the first `observer_epochs`, then freeze. Optional distillation from a float teacher. The
+//! the first `observer_epochs`, then freeze; a recurrent hidden state keeps the op's fixed range. Optional distillation from a float teacher. The
 //! best validation checkpoint (fake-quant accuracy) and the ranges it was measured with are
 //! what the step passes on to `convert_int8`.
 
 use super::{check_distillation, check_training, train_config, wrong_state, Applied, Ctx, Pass, Sketch, State};
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
-use crate::model::arch::Node;
 use crate::model::forward::{Hook, Mode, Run};
+use crate::model::qunit::UnitInput;
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::quant::fake::{fake_quant_act, fake_quant_weight};
@@ -19,7 +19,7 @@ use crate::train::{fit, loss, Epochs, FitReport, LearningRate, OptimizerKind, Tr
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The step's settings (recipe fields and `wick qat` flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +94,8 @@ impl Pass for QatSettings {
 /// Fake-quant hook whose activation ranges can observe batches.
 struct QatHook {
     ranges: RefCell<BTreeMap<String, (f32, f32)>>,
+    /// Units whose input range the op fixes (recurrent hidden states): never observed.
+    fixed: BTreeSet<String>,
     act: ActType,
     observing: Cell<bool>,
 }
@@ -105,20 +107,20 @@ impl QatHook {
 }
 
 impl Hook for QatHook {
-    fn input(&self, node: &Node, x: Tensor) -> Result<Tensor> {
-        let Some(&(mut lo, mut hi)) = self.ranges.borrow().get(&node.name) else { return Ok(x) };
-        if self.observing.get() {
+    fn input(&self, unit: &str, x: Tensor) -> Result<Tensor> {
+        let Some(&(mut lo, mut hi)) = self.ranges.borrow().get(unit) else { return Ok(x) };
+        if self.observing.get() && !self.fixed.contains(unit) {
             let d = x.detach().flatten_all()?;
             let (bmin, bmax): (f32, f32) = (d.min(0)?.to_scalar()?, d.max(0)?.to_scalar()?);
             lo += 0.01 * (bmin - lo);
             hi += 0.01 * (bmax - hi);
-            self.ranges.borrow_mut().insert(node.name.clone(), (lo, hi));
+            self.ranges.borrow_mut().insert(unit.to_string(), (lo, hi));
         }
         fake_quant_act(&x, &QParams::from_range(lo, hi, self.act))
     }
 
-    fn weight(&self, node: &Node, w: Tensor) -> Result<Tensor> {
-        if self.ranges.borrow().contains_key(&node.name) {
+    fn weight(&self, unit: &str, w: Tensor) -> Result<Tensor> {
+        if self.ranges.borrow().contains_key(unit) {
             fake_quant_weight(&w)
         } else {
             Ok(w)
@@ -145,7 +147,8 @@ pub fn qat(
     progress: &dyn Progress,
 ) -> Result<(BTreeMap<String, QParams>, QatReport)> {
     let act = init.values().next().map(|q| q.act).unwrap_or(ActType::U8);
-    let hook = QatHook { ranges: RefCell::new(init.iter().map(|(k, q)| (k.clone(), q.real_range())).collect()), act, observing: Cell::new(false) };
+    let fixed = crate::model::qunit::units(folded).into_iter().filter(|u| u.input == UnitInput::Hidden).map(|u| u.key).collect();
+    let hook = QatHook { ranges: RefCell::new(init.iter().map(|(k, q)| (k.clone(), q.real_range())).collect()), fixed, act, observing: Cell::new(false) };
     let teacher_logits = match teacher {
         Some(t) => Some(t.forward(&train.x, Mode::Eval)?),
         None => None,

@@ -17,9 +17,10 @@ pub mod recurrent;
 
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};
-use crate::model::arch::{Node, Op};
+use crate::model::arch::{Node, Op, RnnCfg};
 use crate::model::forward::{Hook, Mode, Run};
 use crate::model::im2col::Geom;
+use crate::model::recurrent::Cell;
 use crate::quant::fake::fake_quant_act;
 use candle_core::Tensor;
 use kernels::{gemm_u8i8, im2col, quantize_u8, Kernel};
@@ -34,9 +35,10 @@ pub enum Exec {
     Simulate,
 }
 
-/// Integer data of one layer prepared for the reference execution.
-struct Prepared<'a> {
-    q: &'a QuantLayer,
+/// Integer data of one unit prepared for the reference execution.
+#[derive(Clone)]
+struct Prepared {
+    q: QuantLayer,
     /// `Σ_k w_c[k]` per output channel, for the zero-point correction.
     wsum: Vec<i32>,
     /// `s_in · s_c` per output channel.
@@ -47,7 +49,8 @@ struct Prepared<'a> {
 /// The reference integer-execution hook over an INT8 model: the float executor with each
 /// quantised layer replaced by plain integer loops.
 pub struct IntegerHook<'a> {
-    layers: BTreeMap<&'a str, Prepared<'a>>,
+    model: &'a Int8Model,
+    layers: BTreeMap<&'a str, Prepared>,
 }
 
 impl<'a> IntegerHook<'a> {
@@ -55,13 +58,13 @@ impl<'a> IntegerHook<'a> {
     pub fn new(m: &'a Int8Model) -> Result<IntegerHook<'a>> {
         let mut layers = BTreeMap::new();
         for (name, q) in &m.layers {
-            layers.insert(name.as_str(), Prepared { q, wsum: q.weight_sums(), mult: q.multipliers(), bias: m.bias(name)? });
+            layers.insert(name.as_str(), Prepared { q: q.clone(), wsum: q.weight_sums(), mult: q.multipliers(), bias: m.bias(name)? });
         }
-        Ok(IntegerHook { layers })
+        Ok(IntegerHook { model: m, layers })
     }
 }
 
-impl Prepared<'_> {
+impl Prepared {
     /// `y = (acc − zp·Σw_c) · mult_c + b_c`.
     #[inline]
     fn epilogue(&self, acc: i32, zp: i32, c: usize) -> f32 {
@@ -73,8 +76,42 @@ impl Prepared<'_> {
     }
 }
 
+impl recurrent::Project for Prepared {
+    /// The linear case of [`IntegerHook::layer`] on rows of `in` values: `x` quantised with
+    /// [`quantize_u8`], the scalar GEMM, the epilogue.
+    fn project(&self, x: &[f32], _n: usize) -> Option<Vec<f32>> {
+        if x.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let (out, inp) = (self.q.weight.shape[0], self.q.weight.shape[1]);
+        let (codes, zp) = quantize_u8(x, &self.q.input);
+        let acc = gemm_u8i8(&codes, &self.q.weight.values, x.len() / inp, out, inp);
+        Some(acc.chunks(out).flat_map(|row| row.iter().enumerate().map(|(c, &a)| self.epilogue(a, zp, c))).collect())
+    }
+}
+
+impl IntegerHook<'_> {
+    /// A GRU or LSTM with its quantised matrices on the scalar integer GEMM, the rest in f32
+    /// (the gates in the compiled runtime's loops: see `recurrent`).
+    fn recurrent(&self, node: &Node, c: &RnnCfg, x: &Tensor) -> Result<Tensor> {
+        let cell = if matches!(node.op, Op::Gru(_)) { Cell::Gru } else { Cell::Lstm };
+        let in_shape = &x.dims()[1..];
+        let quantised = |unit: &str, _: &Op, _: &[usize]| -> Result<Option<recurrent::Projection>> { Ok(self.layers.get(unit).map(|p| Box::new(p.clone()) as recurrent::Projection)) };
+        let layer = recurrent::RecurrentLayer::new(&self.model.model, node, c, cell, in_shape, quantised)?.ok_or_else(|| WickError::node(&node.name, "input is not a sequence [N, T, F]"))?;
+        let n = x.dim(0)?;
+        let y = layer.run(&x.flatten_all()?.to_vec1()?, n)?;
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank 3") = y.len() / (n * in_shape[0]);
+        Ok(Tensor::from_vec(y, dims, x.device())?)
+    }
+}
+
 impl Hook for IntegerHook<'_> {
     fn layer(&self, node: &Node, x: &Tensor) -> Result<Option<Tensor>> {
+        if let Op::Gru(c) | Op::Lstm(c) = &node.op {
+            let quantised = crate::model::qunit::node_units(node).iter().any(|u| self.layers.contains_key(u.key.as_str()));
+            return if quantised { Ok(Some(self.recurrent(node, c, x)?)) } else { Ok(None) };
+        }
         let Some(p) = self.layers.get(node.name.as_str()) else { return Ok(None) };
         let dims = x.dims().to_vec();
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
@@ -165,8 +202,8 @@ pub struct SimulateHook<'a> {
 }
 
 impl Hook for SimulateHook<'_> {
-    fn input(&self, node: &Node, x: Tensor) -> Result<Tensor> {
-        match self.layers.get(&node.name) {
+    fn input(&self, unit: &str, x: Tensor) -> Result<Tensor> {
+        match self.layers.get(unit) {
             Some(q) => fake_quant_act(&x, &q.input),
             None => Ok(x),
         }

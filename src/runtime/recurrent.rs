@@ -1,19 +1,53 @@
-//! A GRU or LSTM prepared for the compiled float runtime: per layer and direction, the input
-//! projection of every step at once (one packed f32 GEMM over the `N·T` rows) and the recurrent
-//! projection of each step (one over the `N` hidden rows), with the gates in plain loops over
-//! the batch — the formulas of `model::recurrent`, without a tensor per step. `select` is a
-//! strided copy.
+//! A GRU or LSTM prepared for the compiled runtimes: per layer and direction, the input
+//! projection of every step at once (one GEMM over the `N·T` rows) and the recurrent projection
+//! of each step (one over the `N` hidden rows), with the gates in plain loops over the batch —
+//! the formulas of `model::recurrent`, without a tensor per step. Each projection is a
+//! [`Project`]: the packed f32 GEMM, a quantised layer on the integer GEMM (its input quantised
+//! on every call, so `h` is requantised at every step), or the scalar integer reference, which
+//! shares these gate loops so that the integer runtime and its oracle differ only in their
+//! matmuls. `select` is a strided copy.
 
 use super::flayer::FloatLayer;
+use super::qlayer::QLayer;
+use crate::error::{Result, WickError};
 use crate::model::act_op::{apply_in_place, Act};
 use crate::model::arch::{rnn_params, LinearCfg, Node, Op, RnnCfg};
 use crate::model::recurrent::Cell;
 use crate::model::Model;
 
+/// One matmul of a recurrent op: `y = x·Wᵀ + b` over `n` samples of its per-sample shape.
+pub trait Project: Send + Sync {
+    /// `None` when `x` holds a non-finite value the projection cannot quantise.
+    fn project(&self, x: &[f32], n: usize) -> Option<Vec<f32>>;
+}
+
+impl Project for FloatLayer {
+    fn project(&self, x: &[f32], n: usize) -> Option<Vec<f32>> {
+        Some(self.run(x, n, None))
+    }
+}
+
+impl Project for QLayer {
+    /// Quantises `x` with the layer's static parameters, then runs the integer GEMM.
+    fn project(&self, x: &[f32], n: usize) -> Option<Vec<f32>> {
+        Some(self.run(&self.quantize(x)?, n, None))
+    }
+}
+
+/// A projection: boxed, so that a node may mix float and quantised ones.
+pub type Projection = Box<dyn Project>;
+
+/// The `Linear` op of one of a recurrent node's matrices, `[rows, inp]`.
+pub fn matrix_op(rows: usize, inp: usize, bias: bool) -> Op {
+    Op::Linear(LinearCfg { in_features: inp, out_features: rows, bias })
+}
+
 /// One direction of one layer: `gi = x·W_ihᵀ + b_ih` and `gh = h·W_hhᵀ + b_hh`.
 struct Direction {
-    ih: FloatLayer,
-    hh: FloatLayer,
+    ih: Projection,
+    hh: Projection,
+    /// The tensor names of `W_ih` and `W_hh` (errors name them).
+    names: [String; 2],
 }
 
 /// A compiled recurrent op.
@@ -26,14 +60,20 @@ pub struct RecurrentLayer {
 }
 
 impl RecurrentLayer {
-    /// Prepares node `node` (`gru` or `lstm` with `c`) over per-sample input `[T, F]`.
-    pub fn new(model: &Model, node: &Node, c: &RnnCfg, cell: Cell, in_shape: &[usize]) -> Option<RecurrentLayer> {
-        let &[steps, _] = in_shape else { return None };
+    /// Prepares node `node` (`gru` or `lstm` with `c`) over per-sample input `[T, F]`; `quantised(unit, op, per-sample input shape)`
+    /// gives the projection of a quantised unit (`model::qunit`: the matrix's tensor name), or
+    /// `None` for the float one. `Ok(None)` when the input is not a sequence.
+    pub fn new(model: &Model, node: &Node, c: &RnnCfg, cell: Cell, in_shape: &[usize], quantised: impl Fn(&str, &Op, &[usize]) -> Result<Option<Projection>>) -> Result<Option<RecurrentLayer>> {
+        let &[steps, _] = in_shape else { return Ok(None) };
         let rows = cell.gates() * c.hidden_size;
-        let vec = |s: &str| model.p(&node.param(s)).flatten_all().and_then(|t| t.to_vec1::<f32>()).ok();
-        let linear = |inp: usize, shape: &[usize], w: &str, b: &str| -> Option<FloatLayer> {
-            let op = Op::Linear(LinearCfg { in_features: inp, out_features: rows, bias: c.bias });
-            FloatLayer::new(&op, shape, &vec(w)?, if c.bias { Some(vec(b)?) } else { None })
+        let vec = |s: &str| -> Result<Vec<f32>> { Ok(model.p(&node.param(s)).flatten_all()?.to_vec1::<f32>()?) };
+        let project = |inp: usize, shape: &[usize], w: &str, b: &str| -> Result<Projection> {
+            let op = matrix_op(rows, inp, c.bias);
+            if let Some(p) = quantised(&node.param(w), &op, shape)? {
+                return Ok(p);
+            }
+            let layer = FloatLayer::new(&op, shape, &vec(w)?, if c.bias { Some(vec(b)?) } else { None });
+            Ok(Box::new(layer.ok_or_else(|| WickError::node(&node.name, format!("{w} has a shape the compiled runtime cannot lay out")))?))
         };
         let mut layers = vec![];
         for k in 0..c.num_layers {
@@ -41,25 +81,26 @@ impl RecurrentLayer {
             let mut dirs = vec![];
             for reverse in (0..c.dirs()).map(|d| d == 1) {
                 let [w_ih, w_hh, b_ih, b_hh] = rnn_params(k, reverse);
-                dirs.push(Direction { ih: linear(inp, &[steps, inp], w_ih, b_ih)?, hh: linear(c.hidden_size, &[c.hidden_size], w_hh, b_hh)? });
+                dirs.push(Direction { ih: project(inp, &[steps, inp], w_ih, b_ih)?, hh: project(c.hidden_size, &[c.hidden_size], w_hh, b_hh)?, names: [node.param(w_ih), node.param(w_hh)] });
             }
             layers.push(dirs);
         }
-        Some(RecurrentLayer { cell, hidden: c.hidden_size, steps, layers })
+        Ok(Some(RecurrentLayer { cell, hidden: c.hidden_size, steps, layers }))
     }
 
-    /// Runs on `x` `[N, T, F]` (row-major); returns `[N, T, D·H]`.
-    pub fn run(&self, x: &[f32], n: usize) -> Vec<f32> {
+    /// Runs on `x` `[N, T, F]` (row-major); returns `[N, T, D·H]`. Fails (naming the matrix)
+    /// only when a quantised projection is given a non-finite value.
+    pub fn run(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
         let mut input = x.to_vec();
         for dirs in &self.layers {
             let width = dirs.len() * self.hidden;
             let mut out = vec![0f32; n * self.steps * width];
             for (d, dir) in dirs.iter().enumerate() {
-                self.direction(dir, &input, n, d == 1, &mut out, d * self.hidden, width);
+                self.direction(dir, &input, n, d == 1, &mut out, d * self.hidden, width)?;
             }
             input = out;
         }
-        input
+        Ok(input)
     }
 
     /// One direction over the sequence, writing `h_t` at column `col` of each output row of
@@ -67,17 +108,18 @@ impl RecurrentLayer {
     /// `h' = n + z ⊙ (h − n)`; LSTM: `i, f, o = σ(gi + gh)`, `g = tanh(gi_g + gh_g)`,
     /// `c' = f ⊙ c + i ⊙ g`, `h' = o ⊙ tanh(c')`.
     #[allow(clippy::too_many_arguments)]
-    fn direction(&self, dir: &Direction, x: &[f32], n: usize, reverse: bool, out: &mut [f32], col: usize, width: usize) {
+    fn direction(&self, dir: &Direction, x: &[f32], n: usize, reverse: bool, out: &mut [f32], col: usize, width: usize) -> Result<()> {
         let (h_len, t_len) = (self.hidden, self.steps);
         let g = self.cell.gates() * h_len;
-        let gi = dir.ih.run(x, n, None);
+        let non_finite = |k: usize| WickError::node(&dir.names[k], "input holds a non-finite value");
+        let gi = dir.ih.project(x, n).ok_or_else(|| non_finite(0))?;
         let mut h = vec![0f32; n * h_len];
         let mut c = vec![0f32; n * h_len];
         // Per gate block, the batch's pre-activations, then activated in place.
         let mut pre = vec![vec![0f32; n * h_len]; self.cell.gates()];
         for s in 0..t_len {
             let t = if reverse { t_len - 1 - s } else { s };
-            let gh = dir.hh.run(&h, n, None);
+            let gh = dir.hh.project(&h, n).ok_or_else(|| non_finite(1))?;
             let gi_row = |b: usize| &gi[(b * t_len + t) * g..(b * t_len + t + 1) * g];
             // Block `k`'s pre-activations over the batch: `gi_k + gh_k`.
             let gate_sums = |p: &mut [f32], k: usize| {
@@ -121,6 +163,7 @@ impl RecurrentLayer {
                 out[at..at + h_len].copy_from_slice(&h[b * h_len..(b + 1) * h_len]);
             }
         }
+        Ok(())
     }
 }
 

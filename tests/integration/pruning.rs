@@ -189,3 +189,44 @@ fn bad_pruning_input() {
     let (_, e) = run_expect(&["prune", r.to_str().unwrap(), "--ratio", "0.5", "--ignore", "nope", "--dry-run"], 2);
     assert!(e.contains("--ignore") && e.contains("'nope'"), "{e}");
 }
+
+/// Recurrent hidden units: unit j ties every gate's rows of `W_ih`, `W_hh` and the biases in
+/// every layer and direction, column j of `W_hh`, the next layer's input columns and, through
+/// `select`, the head's columns; a GRU feeding an LSTM (through a tanh) passes its units into
+/// the LSTM's input columns. Zeroing every third unit and pruning exactly those changes no
+/// output, on both teachers and on stacked bidirectional nets with and without biases; a
+/// `select` along the hidden axis, or a linear over every step, keeps the units whole.
+#[test]
+fn exact_surgery_on_recurrent_hidden_units() {
+    use wick::model::arch::{Arch, Op};
+    let rows = wick::data::Dataset::read(&fixture("data/digits_rows_test.safetensors")).unwrap();
+    for name in ["digits_gru", "digits_lstm"] {
+        let m = load(&fixture(&format!("models/{name}.safetensors"))).deep_clone().unwrap();
+        let p = exact_surgery(&m, &rows.x);
+        let (Op::Gru(c) | Op::Lstm(c)) = &p.arch.nodes[0].op else { panic!("{name}") };
+        let Op::Linear(fc) = &p.arch.node("fc").unwrap().op else { panic!() };
+        assert_eq!(fc.in_features, c.hidden_size, "{name}: the head's columns follow the hidden units");
+    }
+    let arch = |body: &str| -> Arch {
+        let json = format!(r#"{{"format": "wick-arch", "version": 1, "input": {{"shape": [6, 5]}}, "nodes": [{body}], "output": "head"}}"#);
+        Arch::from_json(&json, "rnn.json").unwrap()
+    };
+    let chain = r#"{"name": "a", "op": "gru", "inputs": ["input"], "input_size": 5, "hidden_size": 9, "num_layers": 2, "bidirectional": true},
+        {"name": "t", "op": "tanh", "inputs": ["a"]},
+        {"name": "b", "op": "lstm", "inputs": ["t"], "input_size": 18, "hidden_size": 7, "bidirectional": true, "bias": false},
+        {"name": "last", "op": "select", "inputs": ["b"], "dim": 1, "index": 0},
+        {"name": "head", "op": "linear", "inputs": ["last"], "in_features": 14, "out_features": 3}"#;
+    let x = random_input(&[6, 5], 5);
+    let p = exact_surgery(&init_model(arch(chain), 2).unwrap(), &x);
+    let (Op::Gru(a), Op::Lstm(b)) = (&p.arch.node("a").unwrap().op, &p.arch.node("b").unwrap().op) else { panic!() };
+    assert_eq!((a.hidden_size, b.input_size, b.hidden_size), (6, 12, 4), "9 → 6 units, both directions into the LSTM; 7 → 4");
+    // Ops that read the hidden axis as something else keep the units whole.
+    for reader in [
+        r#"{"name": "last", "op": "select", "inputs": ["a"], "dim": 2, "index": 0}, {"name": "head", "op": "linear", "inputs": ["last"], "in_features": 6, "out_features": 3}"#,
+        r#"{"name": "per_step", "op": "linear", "inputs": ["a"], "in_features": 4, "out_features": 2}, {"name": "f", "op": "flatten", "inputs": ["per_step"]}, {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 12, "out_features": 3}"#,
+    ] {
+        let body = format!(r#"{{"name": "a", "op": "gru", "inputs": ["input"], "input_size": 5, "hidden_size": 4}}, {reader}"#);
+        let deps = analyse(&init_model(arch(&body), 2).unwrap());
+        assert!(deps.groups.iter().all(|g| !g.producers.contains(&"a".to_string())), "{reader}: {:?}", deps.groups);
+    }
+}

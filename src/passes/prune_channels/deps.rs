@@ -6,7 +6,9 @@
 //! ties its inputs' ids position by position. Tied ids form a *unit* (union-find): pruning a
 //! unit removes its channel from every tensor that carries it. Units that reach the model input
 //! or output, or pass through an op whose channels cannot be removed exactly (LayerNorm over
-//! channels, softmax over channels, grouped non-depthwise convs), are frozen. A *group* is a
+//! channels, softmax over channels, grouped non-depthwise convs), are frozen. A GRU or LSTM
+//! creates one id per hidden unit, tracked on its output's last axis (`Deps::feature_last`)
+//! through element-wise ops and `select` into the next layer's columns. A *group* is a
 //! set of units that share producing layers: they are ranked together.
 
 use crate::model::arch::Op;
@@ -25,6 +27,9 @@ pub struct Deps {
     pub frozen: BTreeSet<usize>,
     /// Groups of prunable units, each with the layers that produce them.
     pub groups: Vec<Group>,
+    /// Nodes whose tracked axis is the last one (a recurrent op's hidden units, carried on
+    /// through element-wise ops and `select`), not the first.
+    pub feature_last: BTreeSet<String>,
 }
 
 /// Units ranked together: the channels of one set of coupled layers.
@@ -86,11 +91,35 @@ pub fn analyse(model: &Model) -> Deps {
     let input_ids = fresh(in_shape[0], &mut next);
     freeze_ids.extend(&input_ids);
     channels.insert(arch.input.name.clone(), input_ids);
+    let mut feature_last: BTreeSet<String> = BTreeSet::new();
     for &i in &model.graph.order {
         let node = &arch.nodes[i];
         let ins: Vec<Vec<usize>> = node.inputs.iter().map(|n| channels[n].clone()).collect();
         let in_rank = shapes[&node.inputs[0]].len();
         let out_shape = &shapes[&node.name];
+        let last_in: Vec<bool> = node.inputs.iter().map(|n| feature_last.contains(n)).collect();
+        if last_in.iter().any(|&b| b) {
+            // Hidden units on the last axis pass through element-wise ops, adds of such values,
+            // a `select` of another axis, and into a recurrent op's input; any other reader
+            // keeps them whole.
+            let passes = match &node.op {
+                Op::Relu(_) | Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_) | Op::Dropout(_) => true,
+                Op::Add(_) => last_in.iter().all(|&b| b),
+                Op::Select(c) => sample_dim(c.dim, in_rank).is_ok_and(|d| d + 1 != in_rank),
+                Op::Gru(_) | Op::Lstm(_) => true,
+                _ => false,
+            };
+            if !passes {
+                ins.iter().for_each(|i| freeze_ids.extend(i));
+                let o = fresh(out_shape.first().copied().unwrap_or(1), &mut next);
+                freeze_ids.extend(&o);
+                channels.insert(node.name.clone(), o);
+                continue;
+            }
+            if !matches!(node.op, Op::Gru(_) | Op::Lstm(_)) && out_shape.len() >= 2 {
+                feature_last.insert(node.name.clone());
+            }
+        }
         let out: Vec<usize> = match &node.op {
             Op::Linear(c) => {
                 if in_rank != 1 {
@@ -166,9 +195,23 @@ pub fn analyse(model: &Model) -> Deps {
                 }
                 ins[0].clone()
             }
-            Op::Gru(_) | Op::Lstm(_) | Op::Select(_) => {
-                // Hidden units are not this analysis's channel axis (time is): the op's input and
-                // output stay whole.
+            Op::Gru(c) | Op::Lstm(c) => {
+                // Hidden unit j of every layer and direction is one unit (the op has one
+                // `hidden_size`, as PyTorch's); the output's last axis carries it once per
+                // direction. An input whose features are not tracked on its last axis stays whole.
+                if !last_in[0] {
+                    freeze_ids.extend(&ins[0]);
+                }
+                let o = fresh(c.hidden_size, &mut next);
+                for &id in &o {
+                    producers.insert(id, node.name.clone());
+                }
+                feature_last.insert(node.name.clone());
+                o.repeat(c.dirs())
+            }
+            Op::Select(_) if last_in[0] => ins[0].clone(),
+            Op::Select(_) => {
+                // Across the channel axis of a value whose channels are first: kept whole.
                 freeze_ids.extend(&ins[0]);
                 let o = fresh(out_shape.first().copied().unwrap_or(1), &mut next);
                 freeze_ids.extend(&o);
@@ -201,11 +244,12 @@ pub fn analyse(model: &Model) -> Deps {
         by_producers.entry(key).or_default().push(u);
     }
     let groups = by_producers.into_iter().map(|(producers, units)| Group { producers, units }).collect();
-    Deps { channels, unit_of, frozen, groups }
+    Deps { channels, unit_of, frozen, groups, feature_last }
 }
 
 impl Deps {
-    /// Unit of each position of `node`'s output channel axis.
+    /// Unit of each position of `node`'s output channel axis (the last axis for the nodes in
+    /// `feature_last`).
     pub fn units(&self, node: &str) -> Vec<usize> {
         self.channels[node].iter().map(|&i| self.unit_of[i]).collect()
     }

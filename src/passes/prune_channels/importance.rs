@@ -1,5 +1,6 @@
 //! Channel importance, summed over every member of a unit: the producing conv/linear rows, the
-//! consuming conv/linear columns, depthwise rows, and BatchNorm scales.
+//! consuming conv/linear columns, depthwise rows, BatchNorm scales, and a recurrent hidden
+//! unit's gate rows and state columns in every layer and direction.
 //! - `l1`: `Σ |w|`; `l2`: `√(Σ w²)` over the unit's slices;
 //! - `bn_scale`: `Σ |γ|` of the unit's BatchNorms (network slimming);
 //! - `taylor`: `Σ |w · ∂L/∂w|` (first-order Taylor estimate of the loss change), gradients of the
@@ -9,7 +10,7 @@
 use super::deps::{is_depthwise, Deps};
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
-use crate::model::arch::Op;
+use crate::model::arch::{rnn_params, Op};
 use crate::model::forward::Mode;
 use crate::model::Model;
 use rand::{RngExt, SeedableRng};
@@ -66,22 +67,43 @@ pub fn importance(model: &Model, deps: &Deps, c: Criterion, data: Option<&Datase
             }
             continue;
         }
+        // The weight's values and, for `taylor`, their gradients.
+        let values = |param: &str| -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+            let wv: Vec<f32> = model.p(param).flatten_all()?.to_vec1()?;
+            let gv = grads.as_ref().map(|g| g.get(param).cloned().unwrap_or_else(|| vec![0.0; wv.len()]));
+            Ok((wv, gv))
+        };
+        if let Op::Gru(rc) | Op::Lstm(rc) = &node.op {
+            let ins = deps.units(&node.inputs[0]);
+            let input_tracked = deps.feature_last.contains(&node.inputs[0]);
+            for k in 0..rc.num_layers {
+                for reverse in (0..rc.dirs()).map(|d| d == 1) {
+                    let [w_ih, w_hh, ..] = rnn_params(k, reverse);
+                    for (p, cols) in [(w_ih, if k == 0 { input_tracked.then_some(&ins) } else { Some(&out) }), (w_hh, Some(&out))] {
+                        let (wv, gv) = values(&node.param(p))?;
+                        let inp = wv.len() / (rc.hidden_size * if matches!(node.op, Op::Gru(_)) { 3 } else { 4 });
+                        // Each entry counts for its row's hidden unit and its column's unit.
+                        for (i, &x) in wv.iter().enumerate() {
+                            let t = term(c, x, gv.as_ref().map(|g| g[i]));
+                            let (r, col) = (i / inp, i % inp);
+                            for u in std::iter::once(out.get(r % rc.hidden_size)).chain(std::iter::once(cols.and_then(|cu| cu.get(col)))).flatten() {
+                                if let Some(s) = score.get_mut(u) {
+                                    *s += t;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            continue;
+        }
         if !is_layer {
             continue;
         }
         let w = model.p(&node.param("weight"));
         let dims = w.dims().to_vec();
-        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
-        let gv: Option<Vec<f32>> = grads.as_ref().map(|g| g.get(&node.name).cloned().unwrap_or_else(|| vec![0.0; wv.len()]));
-        let term = |i: usize| -> f64 {
-            let x = wv[i] as f64;
-            match (c, &gv) {
-                (Criterion::L1, _) => x.abs(),
-                (Criterion::L2, _) => x * x,
-                (Criterion::Taylor, Some(g)) => (x * g[i] as f64).abs(),
-                _ => 0.0,
-            }
-        };
+        let (wv, gv) = values(&node.param("weight"))?;
+        let term = |i: usize| -> f64 { term(c, wv[i], gv.as_ref().map(|g| g[i])) };
         let (o, i_ch) = (dims[0], dims.get(1).copied().unwrap_or(1));
         let inner: usize = dims[2..].iter().product();
         // Output rows.
@@ -109,8 +131,19 @@ pub fn importance(model: &Model, deps: &Deps, c: Criterion, data: Option<&Datase
     Ok(score)
 }
 
+/// One weight entry's term: `|w|` (l1), `w²` (l2), `|w·g|` (taylor).
+fn term(c: Criterion, w: f32, g: Option<f32>) -> f64 {
+    let x = w as f64;
+    match (c, g) {
+        (Criterion::L1, _) => x.abs(),
+        (Criterion::L2, _) => x * x,
+        (Criterion::Taylor, Some(g)) => (x * g as f64).abs(),
+        _ => 0.0,
+    }
+}
+
 /// Gradients of the mean cross-entropy over (up to 256 samples of) `data` w.r.t. each
-/// conv/linear weight.
+/// conv/linear weight and recurrent matrix, by parameter name.
 fn weight_grads(model: &Model, data: Option<&Dataset>) -> Result<BTreeMap<String, Vec<f32>>> {
     let data = data.ok_or_else(|| WickError::invalid("--criterion taylor", "needs data: give --train"))?;
     let d = data.head(256)?;
@@ -118,11 +151,9 @@ fn weight_grads(model: &Model, data: Option<&Dataset>) -> Result<BTreeMap<String
     let loss = crate::train::loss::cross_entropy(&logits, &d.y)?;
     let grads = loss.backward()?;
     let mut out = BTreeMap::new();
-    for node in &model.arch.nodes {
-        if let Some(v) = model.params.get(&node.param("weight")) {
-            if let Some(g) = grads.get(v.as_tensor()) {
-                out.insert(node.name.clone(), g.flatten_all()?.to_vec1()?);
-            }
+    for unit in crate::model::qunit::units(model) {
+        if let Some(g) = model.params.get(&unit.weight).and_then(|v| grads.get(v.as_tensor())) {
+            out.insert(unit.weight, g.flatten_all()?.to_vec1()?);
         }
     }
     Ok(out)

@@ -4,7 +4,7 @@
 
 use super::deps::{is_depthwise, Deps};
 use crate::error::Result;
-use crate::model::arch::Op;
+use crate::model::arch::{rnn_params, Op};
 use crate::model::Model;
 use candle_core::Tensor;
 use std::collections::BTreeSet;
@@ -39,6 +39,7 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
             Ok(())
         };
         let depthwise = is_depthwise(&node.op);
+        let gates = if matches!(node.op, Op::Gru(_)) { 3 } else { 4 };
         match &mut node.op {
             Op::Linear(c) => {
                 sel("weight", &kout, 0)?;
@@ -77,6 +78,32 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                 }
                 c.num_features = kout.len();
             }
+            Op::Gru(c) | Op::Lstm(c) => {
+                // Kept hidden units (the first direction's positions) and their rows in every
+                // gate block.
+                let h = c.hidden_size;
+                let kept: Vec<u32> = kout.iter().copied().filter(|&p| (p as usize) < h).collect();
+                let rows: Vec<u32> = (0..gates as u32).flat_map(|b| kept.iter().map(move |&j| b * h as u32 + j)).collect();
+                let input_tracked = deps.feature_last.contains(&node.inputs[0]);
+                for k in 0..c.num_layers {
+                    for reverse in (0..c.dirs()).map(|d| d == 1) {
+                        let [w_ih, w_hh, b_ih, b_hh] = rnn_params(k, reverse);
+                        for p in [w_ih, w_hh, b_ih, b_hh] {
+                            sel(p, &rows, 0)?;
+                        }
+                        sel(w_hh, &kept, 1)?;
+                        match (k, input_tracked) {
+                            (0, true) => sel(w_ih, &kin, 1)?,
+                            (0, false) => {}
+                            _ => sel(w_ih, &kout, 1)?,
+                        }
+                    }
+                }
+                if input_tracked {
+                    c.input_size = kin.len();
+                }
+                c.hidden_size = kept.len();
+            }
             _ => {}
         }
     }
@@ -84,7 +111,8 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
 }
 
 /// Sets to zero every parameter that produces the `units` (conv/linear output rows and biases,
-/// BatchNorm scale and shift), so those channels output exactly zero after BatchNorm. Used to
+/// BatchNorm scale and shift, a recurrent hidden unit's gate rows), so those channels output
+/// exactly zero. Used to
 /// check surgery: pruning zeroed channels must not change the outputs.
 pub fn zero_units(model: &Model, deps: &Deps, units: &BTreeSet<usize>) -> Result<()> {
     for node in &model.arch.nodes {
@@ -93,13 +121,20 @@ pub fn zero_units(model: &Model, deps: &Deps, units: &BTreeSet<usize>) -> Result
         if rows.is_empty() {
             continue;
         }
-        let suffixes: &[&str] = match &node.op {
-            Op::Linear(_) | Op::Conv1d(_) | Op::Conv2d(_) => &["weight", "bias"],
-            Op::BatchNorm1d(_) | Op::BatchNorm2d(_) => &["weight", "bias"],
-            _ => &[],
+        let mut zero: Vec<(String, Vec<usize>)> = match &node.op {
+            Op::Linear(_) | Op::Conv1d(_) | Op::Conv2d(_) | Op::BatchNorm1d(_) | Op::BatchNorm2d(_) => ["weight", "bias"].iter().map(|s| (node.param(s), rows.clone())).collect(),
+            // Every gate's rows of a hidden unit: its state then stays 0 (GRU: n = 0 and
+            // h' = h/2; LSTM: g = 0 and c' = c/2).
+            Op::Gru(c) | Op::Lstm(c) => {
+                let gates = if matches!(node.op, Op::Gru(_)) { 3 } else { 4 };
+                let unit_rows: Vec<usize> = (0..gates).flat_map(|b| rows.iter().filter(|&&r| r < c.hidden_size).map(move |&j| b * c.hidden_size + j)).collect();
+                let params = (0..c.num_layers).flat_map(|k| (0..c.dirs()).flat_map(move |d| rnn_params(k, d == 1)));
+                params.map(|p| (node.param(p), unit_rows.clone())).collect()
+            }
+            _ => vec![],
         };
-        for s in suffixes {
-            let Some(v) = model.params.get(&node.param(s)) else { continue };
+        for (name, rows) in zero.drain(..) {
+            let Some(v) = model.params.get(&name) else { continue };
             let t = v.as_tensor();
             let dims = t.dims().to_vec();
             let per: usize = dims[1..].iter().product();

@@ -21,7 +21,7 @@ mod run;
 
 use super::flayer::FloatLayer;
 use super::qlayer::QLayer;
-use super::recurrent::RecurrentLayer;
+use super::recurrent::{Projection, RecurrentLayer};
 use crate::artifact::Int8Model;
 use crate::error::{Result, WickError};
 use crate::model::act_op::Act;
@@ -57,7 +57,7 @@ enum Kind {
         dim: usize,
     },
     Identity,
-    /// A GRU or LSTM on the f32 GEMM (`runtime::recurrent`).
+    /// A GRU or LSTM, each matrix on the f32 or the integer GEMM (`runtime::recurrent`).
     Recurrent(Box<RecurrentLayer>),
     /// One index along full-tensor dim `dim` (≥ 1), removed; in logical order.
     Select {
@@ -129,13 +129,7 @@ impl Plan {
     pub fn int8(m: &Int8Model) -> Result<Plan> {
         let fingerprint = if cfg!(debug_assertions) { crate::audit::fingerprint_int8(m) } else { 0 };
         crate::audit::record(|| crate::audit::Event::Compiled { model: fingerprint, int8: true });
-        Plan::compile(m.model.deep_clone()?, fingerprint, |model, node, in_shape| {
-            let Some(q) = m.layers.get(&node.name) else { return dense(model, node, in_shape) };
-            match QLayer::new(q, &node.op, in_shape, m.bias(&node.name)?) {
-                Some(l) => Ok(Kind::Quant(Box::new(l))),
-                None => Err(WickError::node(&node.name, "has a shape the integer runtime cannot lay out")),
-            }
-        })
+        Plan::compile(m.model.deep_clone()?, fingerprint, Some(m))
     }
 
     /// Compiles float model `m` for inference (eval mode): BatchNorm folded, every conv and
@@ -144,7 +138,7 @@ impl Plan {
         let fingerprint = if cfg!(debug_assertions) { crate::audit::fingerprint(m) } else { 0 };
         crate::audit::record(|| crate::audit::Event::Compiled { model: fingerprint, int8: false });
         let (folded, _) = crate::model::fold::fold_batchnorm(m)?;
-        Plan::compile(folded, fingerprint, dense)
+        Plan::compile(folded, fingerprint, None)
     }
 
     /// The nodes that run through the candle executor (ops without a compiled step).
@@ -152,9 +146,8 @@ impl Plan {
         self.steps.iter().filter(|s| matches!(s.kind, Kind::Float)).map(|s| self.model.arch.nodes[s.node].name.as_str()).collect()
     }
 
-    /// Compiles the steps of `model`, asking `weight_layer(model, node, per-sample input shape)`
-    /// what each conv and linear runs.
-    fn compile(model: Model, fingerprint: u64, weight_layer: impl Fn(&Model, &Node, &[usize]) -> Result<Kind>) -> Result<Plan> {
+    /// Compiles the steps of `model`, whose units in `int8` (when given) run the integer GEMM.
+    fn compile(model: Model, fingerprint: u64, int8: Option<&Int8Model>) -> Result<Plan> {
         let arch = &model.arch;
         let mut slot_of: BTreeMap<&str, usize> = BTreeMap::new();
         slot_of.insert(arch.input.name.as_str(), 0);
@@ -200,7 +193,7 @@ impl Plan {
                 }
             }
             let kind = match (&node.op, act, pool_geom(&node.op)) {
-                (op, ..) if is_weight_layer(op) => weight_layer(&model, node, &model.graph.shapes[node.inputs[0].as_str()])?,
+                (op, ..) if is_weight_layer(op) => weight_layer(&model, node, &model.graph.shapes[node.inputs[0].as_str()], int8)?,
                 (Op::Relu(_), ..) => Kind::Relu,
                 (Op::Add(_), ..) => Kind::Add { relu: false },
                 (Op::GlobalAvgPool(_), ..) => Kind::GlobalAvgPool,
@@ -218,7 +211,7 @@ impl Plan {
                 (Op::Dropout(_), ..) => Kind::Identity,
                 (Op::Gru(c) | Op::Lstm(c), ..) => {
                     let cell = if matches!(node.op, Op::Gru(_)) { crate::model::recurrent::Cell::Gru } else { crate::model::recurrent::Cell::Lstm };
-                    match RecurrentLayer::new(&model, node, c, cell, &model.graph.shapes[node.inputs[0].as_str()]) {
+                    match RecurrentLayer::new(&model, node, c, cell, &model.graph.shapes[node.inputs[0].as_str()], |unit, op, shape| recurrent_unit(int8, unit, op, shape))? {
                         Some(r) => Kind::Recurrent(Box::new(r)),
                         None => Kind::Float,
                     }
@@ -262,6 +255,24 @@ impl Plan {
         };
         let layer = |s: &Step| self.model.arch.nodes[s.node].name.as_str();
         self.steps.iter().filter_map(|s| s.residual.map(|(r, relu)| (layer(s), name(r), relu))).collect()
+    }
+}
+
+/// A conv or linear: quantised when `int8` quantises it, else [`dense`].
+fn weight_layer(model: &Model, node: &Node, in_shape: &[usize], int8: Option<&Int8Model>) -> Result<Kind> {
+    let Some((m, q)) = int8.and_then(|m| m.layers.get(&node.name).map(|q| (m, q))) else { return dense(model, node, in_shape) };
+    match QLayer::new(q, &node.op, in_shape, m.bias(&node.name)?) {
+        Some(l) => Ok(Kind::Quant(Box::new(l))),
+        None => Err(WickError::node(&node.name, "has a shape the integer runtime cannot lay out")),
+    }
+}
+
+/// A recurrent matrix's projection on the integer GEMM when `int8` quantises unit `unit`.
+fn recurrent_unit(int8: Option<&Int8Model>, unit: &str, op: &Op, in_shape: &[usize]) -> Result<Option<Projection>> {
+    let Some((m, q)) = int8.and_then(|m| m.layers.get(unit).map(|q| (m, q))) else { return Ok(None) };
+    match QLayer::new(q, op, in_shape, m.bias(unit)?) {
+        Some(l) => Ok(Some(Box::new(l))),
+        None => Err(WickError::node(unit, "has a shape the integer runtime cannot lay out")),
     }
 }
 

@@ -151,7 +151,7 @@ impl Plan {
                 Kind::Recurrent(r) => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
                     let x = &vals[step.inputs[0]].as_ref().expect("input computed").data;
-                    Value { data: r.run(x, n), dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: false }
+                    Value { data: r.run(x, n)?, dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: false }
                 }
                 Kind::Select { dim, index } => {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
