@@ -161,23 +161,50 @@ impl Act {
     }
 }
 
-/// `a[i] = f(a[i])` in place on the calling thread (the compiled plans run each part of a batch
-/// on its own thread), with the match hoisted out of the loop as in `map`, compiled for 8-wide
-/// vectors where the CPU has AVX2 (the arithmetic is the same either way: no FMA).
-pub fn apply_in_place(a: &mut [f32], act: Act) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide(a: &mut [f32], act: Act) {
-                apply(a, act)
-            }
-            // SAFETY: the CPU has AVX2.
-            return unsafe { wide(a, act) };
-        }
-    }
-    apply(a, act)
+/// Whether f32 element-wise loops use AVX-512: where the f32 kernels do
+/// (`matmul::isa::F32Isa`; `WICK_F32_ISA` caps it). Detected once.
+pub fn f32_avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| crate::matmul::isa::F32Isa::detect() == crate::matmul::isa::F32Isa::Avx512)
 }
+
+/// Defines `fn $name(args)` running the `#[inline(always)]` function `$body` compiled for
+/// 16-wide vectors where [`f32_avx512`], else 8-wide where the CPU has AVX2. Without FMA the
+/// arithmetic is the same at every width, so the results are bit-identical.
+#[macro_export]
+macro_rules! wide_f32_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:path) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if $crate::model::act_op::f32_avx512() {
+                    #[target_feature(enable = "avx512f")]
+                    unsafe fn widest($($a: $t),*) {
+                        $body($($a),*)
+                    }
+                    // SAFETY: `f32_avx512` found AVX-512F.
+                    return unsafe { widest($($a),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    #[target_feature(enable = "avx2")]
+                    unsafe fn wide($($a: $t),*) {
+                        $body($($a),*)
+                    }
+                    // SAFETY: the CPU has AVX2.
+                    return unsafe { wide($($a),*) };
+                }
+            }
+            $body($($a),*)
+        }
+    };
+}
+
+wide_f32_fn!(
+    /// `a[i] = f(a[i])` in place on the calling thread (the compiled plans run each part of a
+    /// batch on its own thread), with the match hoisted out of the loop as in `map`.
+    pub fn apply_in_place(a: &mut [f32], act: Act) => apply
+);
 
 /// `a[i] = f(a[i])`, inlined into the caller (which picks the instruction set).
 #[inline(always)]

@@ -88,6 +88,13 @@ impl recurrent::Project for Prepared {
         let acc = gemm_u8i8(&codes, &self.q.weight.values, x.len() / inp, out, inp);
         Some(acc.chunks(out).flat_map(|row| row.iter().enumerate().map(|(c, &a)| self.epilogue(a, zp, c))).collect())
     }
+
+    /// `project` then `+ add[i]` on each output.
+    fn project_add(&self, x: &[f32], n: usize, add: &[f32]) -> Option<Vec<f32>> {
+        let mut y = self.project(x, n)?;
+        y.iter_mut().zip(add).for_each(|(v, a)| *v += a);
+        Some(y)
+    }
 }
 
 impl IntegerHook<'_> {

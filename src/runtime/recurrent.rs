@@ -10,7 +10,7 @@
 use super::flayer::FloatLayer;
 use super::qlayer::QLayer;
 use crate::error::{Result, WickError};
-use crate::model::act_op::{apply_in_place, Act};
+use crate::model::act_op::{apply, apply_in_place, Act};
 use crate::model::arch::{rnn_params, LinearCfg, Node, Op, RnnCfg};
 use crate::model::recurrent::Cell;
 use crate::model::Model;
@@ -19,11 +19,16 @@ use crate::model::Model;
 pub trait Project: Send + Sync {
     /// `None` when `x` holds a non-finite value the projection cannot quantise.
     fn project(&self, x: &[f32], n: usize) -> Option<Vec<f32>>;
+    /// `y + add` (`add` in `y`'s layout), summed in the GEMM's output loop.
+    fn project_add(&self, x: &[f32], n: usize, add: &[f32]) -> Option<Vec<f32>>;
 }
 
 impl Project for FloatLayer {
     fn project(&self, x: &[f32], n: usize) -> Option<Vec<f32>> {
         Some(self.run(x, n, None))
+    }
+    fn project_add(&self, x: &[f32], n: usize, add: &[f32]) -> Option<Vec<f32>> {
+        Some(self.run(x, n, Some((add, false))))
     }
 }
 
@@ -31,6 +36,9 @@ impl Project for QLayer {
     /// Quantises `x` with the layer's static parameters, then runs the integer GEMM.
     fn project(&self, x: &[f32], n: usize) -> Option<Vec<f32>> {
         Some(self.run(&self.quantize(x)?, n, None))
+    }
+    fn project_add(&self, x: &[f32], n: usize, add: &[f32]) -> Option<Vec<f32>> {
+        Some(self.run(&self.quantize(x)?, n, Some((add, false))))
     }
 }
 
@@ -89,24 +97,27 @@ impl RecurrentLayer {
     }
 
     /// Runs on `x` `[N, T, F]` (row-major); returns `[N, T, D·H]`. Fails (naming the matrix)
-    /// only when a quantised projection is given a non-finite value.
+    /// only when a quantised projection is given a non-finite value. Inside, every sequence is
+    /// time-major (`[T, N, ·]`), so that one step's input projections and outputs are contiguous.
     pub fn run(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        let mut input = x.to_vec();
+        let t_len = self.steps;
+        let mut input = swap_leading(x, n, t_len);
         for dirs in &self.layers {
             let width = dirs.len() * self.hidden;
-            let mut out = vec![0f32; n * self.steps * width];
+            let mut out = vec![0f32; n * t_len * width];
             for (d, dir) in dirs.iter().enumerate() {
                 self.direction(dir, &input, n, d == 1, &mut out, d * self.hidden, width)?;
             }
             input = out;
         }
-        Ok(input)
+        Ok(swap_leading(&input, t_len, n))
     }
 
-    /// One direction over the sequence, writing `h_t` at column `col` of each output row of
-    /// `width` values. GRU: `r, z = σ(gi + gh)` (their blocks), `n = tanh(gi_n + r ⊙ gh_n)`,
-    /// `h' = n + z ⊙ (h − n)`; LSTM: `i, f, o = σ(gi + gh)`, `g = tanh(gi_g + gh_g)`,
-    /// `c' = f ⊙ c + i ⊙ g`, `h' = o ⊙ tanh(c')`.
+    /// One direction over the time-major sequence `x`, writing `h_t` at column `col` of each
+    /// output row of `width` values. GRU: `r, z = σ(gi + gh)` (their blocks),
+    /// `n = tanh(gi_n + r ⊙ gh_n)`, `h' = n + z ⊙ (h − n)`; LSTM: `i, f, o = σ(gi + gh)`,
+    /// `g = tanh(gi_g + gh_g)`, `c' = f ⊙ c + i ⊙ g`, `h' = o ⊙ tanh(c')`, with `gi + gh` summed
+    /// in the recurrent GEMM's output loop.
     #[allow(clippy::too_many_arguments)]
     fn direction(&self, dir: &Direction, x: &[f32], n: usize, reverse: bool, out: &mut [f32], col: usize, width: usize) -> Result<()> {
         let (h_len, t_len) = (self.hidden, self.steps);
@@ -115,28 +126,25 @@ impl RecurrentLayer {
         let gi = dir.ih.project(x, n).ok_or_else(|| non_finite(0))?;
         let mut h = vec![0f32; n * h_len];
         let mut c = vec![0f32; n * h_len];
-        // Per gate block, the batch's pre-activations, then activated in place.
-        let mut pre = vec![vec![0f32; n * h_len]; self.cell.gates()];
+        // GRU: the batch's pre-activations of r, z and n, each activated in place.
+        let mut pre = vec![vec![0f32; n * h_len]; 3];
         for s in 0..t_len {
             let t = if reverse { t_len - 1 - s } else { s };
-            let gh = dir.hh.project(&h, n).ok_or_else(|| non_finite(1))?;
-            let gi_row = |b: usize| &gi[(b * t_len + t) * g..(b * t_len + t + 1) * g];
-            // Block `k`'s pre-activations over the batch: `gi_k + gh_k`.
-            let gate_sums = |p: &mut [f32], k: usize| {
-                for b in 0..n {
-                    let (a, r) = (&gi_row(b)[k * h_len..(k + 1) * h_len], &gh[b * g + k * h_len..b * g + (k + 1) * h_len]);
-                    p[b * h_len..(b + 1) * h_len].iter_mut().zip(a.iter().zip(r)).for_each(|(o, (u, v))| *o = u + v);
-                }
-            };
+            // This step's input projections, `[N, G·H]`.
+            let gi_t = &gi[t * n * g..(t + 1) * n * g];
             match self.cell {
                 Cell::Gru => {
+                    let gh = dir.hh.project(&h, n).ok_or_else(|| non_finite(1))?;
                     for (k, p) in pre.iter_mut().enumerate().take(2) {
-                        gate_sums(p, k);
+                        for b in 0..n {
+                            let (a, r) = (&gi_t[b * g + k * h_len..][..h_len], &gh[b * g + k * h_len..][..h_len]);
+                            p[b * h_len..(b + 1) * h_len].iter_mut().zip(a.iter().zip(r)).for_each(|(o, (u, v))| *o = u + v);
+                        }
                         apply_in_place(p, Act::Sigmoid);
                     }
                     let (rz, nn) = pre.split_at_mut(2);
                     for b in 0..n {
-                        let (a, r) = (&gi_row(b)[2 * h_len..], &gh[b * g + 2 * h_len..(b + 1) * g]);
+                        let (a, r) = (&gi_t[b * g + 2 * h_len..(b + 1) * g], &gh[b * g + 2 * h_len..(b + 1) * g]);
                         let reset = &rz[0][b * h_len..(b + 1) * h_len];
                         nn[0][b * h_len..(b + 1) * h_len].iter_mut().enumerate().for_each(|(j, o)| *o = a[j] + reset[j] * r[j]);
                     }
@@ -146,25 +154,56 @@ impl RecurrentLayer {
                     }
                 }
                 Cell::Lstm => {
-                    for (k, p) in pre.iter_mut().enumerate() {
-                        gate_sums(p, k);
-                        apply_in_place(p, if k == 2 { Act::Tanh } else { Act::Sigmoid });
-                    }
-                    for (j, cv) in c.iter_mut().enumerate() {
-                        *cv = pre[1][j] * *cv + pre[0][j] * pre[2][j];
-                    }
-                    h.copy_from_slice(&c);
-                    apply_in_place(&mut h, Act::Tanh);
-                    h.iter_mut().zip(&pre[3]).for_each(|(hv, &o)| *hv *= o);
+                    // `gi + gh` per row `[i, f, g, o]`, summed in the GEMM's output loop.
+                    let mut sums = dir.hh.project_add(&h, n, gi_t).ok_or_else(|| non_finite(1))?;
+                    lstm_cell(&mut sums, &mut c, &mut h, h_len);
                 }
             }
             for b in 0..n {
-                let at = (b * t_len + t) * width + col;
+                let at = (t * n + b) * width + col;
                 out[at..at + h_len].copy_from_slice(&h[b * h_len..(b + 1) * h_len]);
             }
         }
         Ok(())
     }
+}
+
+/// The LSTM cell on each row of `sums` (`[i, f, g, o]` pre-activations of one sample) and that
+/// sample's `c` and `h`: `i, f, o = σ(·)`, `g = tanh(·)`, `c' = f ⊙ c + i ⊙ g`,
+/// `h' = o ⊙ tanh(c')`: one vectorised call for the batch.
+#[inline(always)]
+fn lstm_cell_rows(sums: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) {
+    for ((row, cb), hb) in sums.chunks_mut(4 * h_len).zip(c.chunks_mut(h_len)).zip(h.chunks_mut(h_len)) {
+        let (i, rest) = row.split_at_mut(h_len);
+        let (f, rest) = rest.split_at_mut(h_len);
+        let (g, o) = rest.split_at_mut(h_len);
+        for (block, act) in [(&mut *i, Act::Sigmoid), (&mut *f, Act::Sigmoid), (&mut *g, Act::Tanh), (&mut *o, Act::Sigmoid)] {
+            apply(block, act);
+        }
+        for (((cv, &fv), &iv), &gv) in cb.iter_mut().zip(&*f).zip(&*i).zip(&*g) {
+            *cv = fv * *cv + iv * gv;
+        }
+        hb.copy_from_slice(cb);
+        apply(hb, Act::Tanh);
+        hb.iter_mut().zip(&*o).for_each(|(hv, &ov)| *hv *= ov);
+    }
+}
+
+crate::wide_f32_fn!(
+    /// [`lstm_cell_rows`] at the CPU's vector width.
+    fn lstm_cell(sums: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) => lstm_cell_rows
+);
+
+/// `[a, b, inner]` → `[b, a, inner]` (row-major): `out[j, i, ·] = x[i, j, ·]`.
+fn swap_leading(x: &[f32], a: usize, b: usize) -> Vec<f32> {
+    let inner = x.len() / (a * b).max(1);
+    let mut out = Vec::with_capacity(x.len());
+    for j in 0..b {
+        for i in 0..a {
+            out.extend_from_slice(&x[(i * b + j) * inner..(i * b + j + 1) * inner]);
+        }
+    }
+    out
 }
 
 /// `x.select(dim, index)` on row-major `dims` (with the batch): `out[o, i] = x[o, index, i]`
