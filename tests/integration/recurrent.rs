@@ -71,12 +71,14 @@ fn backpropagation_through_time_matches_pytorch_autograd() {
 
 /// `ptq-int8` and `qat-int8` run end to end on both teachers and lose at most 0.3 point, with
 /// every recurrent matrix INT8 in the artifact (I8 codes, per-row scales, the input's static
-/// quantisation under the matrix's name).
+/// quantisation under the matrix's name). `edge-int8` (one epoch per pass) passes its 1-point
+/// gate, its search prunes hidden units (a candidate with fewer parameters than the teacher),
+/// and its artifact's hidden size is the architecture's.
 #[test]
 fn int8_recipes_run_on_recurrent_teachers() {
     let dir = tempfile::tempdir().unwrap();
     for t in &RECURRENT {
-        for recipe in ["ptq-int8", "qat-int8"] {
+        for recipe in ["ptq-int8", "qat-int8", "edge-int8"] {
             let out = dir.path().join(format!("{}-{recipe}", t.name));
             let mut args = vec![
                 "compress".to_string(),
@@ -87,13 +89,26 @@ fn int8_recipes_run_on_recurrent_teachers() {
                 out.display().to_string(),
                 "--quiet".into(),
                 "--max-epochs".into(),
-                "2".into(),
+                if recipe == "edge-int8" { "1" } else { "2" }.into(),
+                "--max-accuracy-drop".into(),
+                "1.0".into(),
             ];
             args.extend(t.data_args());
             run_expect(&args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
             let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
             let drop = report["accuracy_drop_points"].as_f64().unwrap();
-            assert!(drop <= 0.3, "{} {recipe}: {drop} points", t.name);
+            if recipe == "edge-int8" {
+                assert_eq!(report["gate"]["passed"], true, "{}: {}", t.name, report["gate"]);
+                let prune = report["passes"].as_array().unwrap().iter().find(|p| p["pass"] == "prune_channels").unwrap();
+                let teacher_params = report["teacher"]["params"].as_u64().unwrap();
+                let trials = prune["details"]["search"]["trials"].as_array().unwrap();
+                assert!(trials.iter().any(|tr| tr["params"].as_u64().unwrap() < teacher_params), "{}: {trials:?}", t.name);
+                let q = wick::artifact::Int8Model::read(&TensorFile::read(&out.join("model.int8.safetensors")).unwrap()).unwrap().unwrap();
+                let (wick::model::arch::Op::Gru(c) | wick::model::arch::Op::Lstm(c)) = &q.model.arch.nodes[0].op else { panic!() };
+                assert_eq!(q.model.p(&format!("{}.weight_hh_l0", q.model.arch.nodes[0].name)).dims()[1], c.hidden_size);
+            } else {
+                assert!(drop <= 0.3, "{} {recipe}: {drop} points", t.name);
+            }
             let file = TensorFile::read(&out.join("model.int8.safetensors")).unwrap();
             let matrices: Vec<&String> = file.tensors.keys().filter(|k| k.contains("weight_ih_l") || k.contains("weight_hh_l")).filter(|k| !k.ends_with("_scale") && !k.ends_with("_point")).collect();
             assert!(!matrices.is_empty());
