@@ -1,7 +1,8 @@
-//! `wick inspect MODEL [--arch FILE]`: a table of nodes with totals last.
+//! `wick inspect MODEL [--arch FILE]`: a table of nodes with totals last (for an INT8 artifact,
+//! its quantised nodes' weights counted at one byte per parameter).
 
 use super::Outcome;
-use wick::model::load::load_model;
+use wick::artifact::{load_any, AnyModel};
 use wick::model::stats::node_stats;
 
 #[derive(clap::Args)]
@@ -14,9 +15,15 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    let loaded = load_model(&a.m.model, a.m.arch.as_deref())?;
-    super::warn_all(&loaded.warnings);
-    let rows = node_stats(&loaded.model, |_| 4);
+    let (loaded, warnings) = load_any(&a.m.model, a.m.arch.as_deref())?;
+    super::warn_all(&warnings);
+    let rows = match &loaded {
+        AnyModel::Float(m) => node_stats(m, |_| 4),
+        AnyModel::Int8(q) => {
+            let int8 = q.quantised_weights();
+            node_stats(&q.model, |param| if int8.contains_key(param) { 1 } else { 4 })
+        }
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(Outcome::Ok);
@@ -29,5 +36,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     }
     let (p, m, b) = rows.iter().fold((0, 0, 0), |(p, m, b), r| (p + r.params, m + r.macs, b + r.bytes));
     println!("{:<w$}  {:<16} {:<16} {:>12} {:>14} {:>12}", "total", "", shape(&[]), p, m, b);
+    if let AnyModel::Int8(q) = &loaded {
+        println!("INT8 artifact: {} quantised units ({}); their weights counted at 1 byte per parameter", q.layers.len(), q.layers.keys().cloned().collect::<Vec<_>>().join(", "));
+    }
     Ok(Outcome::Ok)
 }

@@ -58,7 +58,7 @@ pub enum Command {
 /// ONNX file.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    /// Model file: wick safetensors (a float model, or for `eval` and `export` also an INT8
+    /// Model file: wick safetensors (a float model, or for `eval`, `export` and `inspect` also an INT8
     /// artifact) or ONNX (`.onnx`).
     pub model: std::path::PathBuf,
     /// Architecture JSON (else the file's metadata or a sidecar `<stem>.arch.json`).

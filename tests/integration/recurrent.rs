@@ -73,7 +73,7 @@ fn backpropagation_through_time_matches_pytorch_autograd() {
 /// every recurrent matrix INT8 in the artifact (I8 codes, per-row scales, the input's static
 /// quantisation under the matrix's name). `edge-int8` (one epoch per pass) passes its 1-point
 /// gate, its search prunes hidden units (a candidate with fewer parameters than the teacher),
-/// and its artifact's hidden size is the architecture's.
+/// and its artifact's hidden size is the architecture's. `wick inspect` reads each artifact.
 #[test]
 fn int8_recipes_run_on_recurrent_teachers() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,6 +109,12 @@ fn int8_recipes_run_on_recurrent_teachers() {
             } else {
                 assert!(drop <= 0.3, "{} {recipe}: {drop} points", t.name);
             }
+            // `wick inspect` reads the artifact: its matrices count one byte per parameter.
+            let artifact = out.join("model.int8.safetensors");
+            let (o, _) = run_expect(&["inspect", artifact.to_str().unwrap(), "--json"], 0);
+            let rows: serde_json::Value = serde_json::from_str(&o).unwrap();
+            let rnn = &rows.as_array().unwrap()[0];
+            assert!(rnn["bytes"].as_u64().unwrap() < 2 * rnn["params"].as_u64().unwrap(), "{}: {rnn}", t.name);
             let file = TensorFile::read(&out.join("model.int8.safetensors")).unwrap();
             let matrices: Vec<&String> = file.tensors.keys().filter(|k| k.contains("weight_ih_l") || k.contains("weight_hh_l")).filter(|k| !k.ends_with("_scale") && !k.ends_with("_point")).collect();
             assert!(!matrices.is_empty());
