@@ -142,3 +142,21 @@ pub fn ops_1d_arch() -> wick::model::arch::Arch {
         {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 72, "out_features": 5}], "output": "head"}"#;
     serde_json::from_str(json).unwrap()
 }
+
+/// BatchNorm 2-d after a ReLU (channels last in the plans) and 1-d after a tanh, neither
+/// foldable into a layer; LayerNorm over the last dim of a conv's output; softmax over the
+/// features.
+pub fn norms_arch() -> wick::model::arch::Arch {
+    let json = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [3, 6, 6]}, "nodes": [
+        {"name": "c", "op": "conv2d", "inputs": ["input"], "in_channels": 3, "out_channels": 4, "kernel_size": [3, 1], "padding": [1, 0], "bias": false},
+        {"name": "r", "op": "relu", "inputs": ["c"]},
+        {"name": "bn", "op": "batchnorm2d", "inputs": ["r"], "num_features": 4, "eps": 0.001},
+        {"name": "ln", "op": "layernorm", "inputs": ["bn"], "normalized_shape": [6], "eps": 1e-6},
+        {"name": "f", "op": "flatten", "inputs": ["ln"]},
+        {"name": "fc", "op": "linear", "inputs": ["f"], "in_features": 144, "out_features": 8},
+        {"name": "t", "op": "tanh", "inputs": ["fc"]},
+        {"name": "bn1", "op": "batchnorm1d", "inputs": ["t"], "num_features": 8},
+        {"name": "s", "op": "softmax", "inputs": ["bn1"], "dim": -1},
+        {"name": "head", "op": "linear", "inputs": ["s"], "in_features": 8, "out_features": 3}], "output": "head"}"#;
+    serde_json::from_str(json).unwrap()
+}

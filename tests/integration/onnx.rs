@@ -203,17 +203,7 @@ fn import_writes_a_wick_model() {
 fn other_ops_round_trip_through_onnx() {
     let dir = tempfile::tempdir().unwrap();
     let branchy: wick::model::arch::Arch = serde_json::from_str(&std::fs::read_to_string(fixture("arch/branchy.arch.json")).unwrap()).unwrap();
-    let norms = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [3, 6, 6]}, "nodes": [
-        {"name": "c", "op": "conv2d", "inputs": ["input"], "in_channels": 3, "out_channels": 4, "kernel_size": [3, 1], "padding": [1, 0], "bias": false},
-        {"name": "bn", "op": "batchnorm2d", "inputs": ["c"], "num_features": 4, "eps": 0.001},
-        {"name": "ln", "op": "layernorm", "inputs": ["bn"], "normalized_shape": [6], "eps": 1e-6},
-        {"name": "f", "op": "flatten", "inputs": ["ln"]},
-        {"name": "fc", "op": "linear", "inputs": ["f"], "in_features": 144, "out_features": 8},
-        {"name": "bn1", "op": "batchnorm1d", "inputs": ["fc"], "num_features": 8},
-        {"name": "s", "op": "softmax", "inputs": ["bn1"], "dim": -1},
-        {"name": "head", "op": "linear", "inputs": ["s"], "in_features": 8, "out_features": 3}], "output": "head"}"#;
-    let norms: wick::model::arch::Arch = serde_json::from_str(norms).unwrap();
-    for (k, arch) in [conv1d_arch(), ops_1d_arch(), branchy, norms].into_iter().enumerate() {
+    for (k, arch) in [conv1d_arch(), ops_1d_arch(), branchy, norms_arch()].into_iter().enumerate() {
         let (model, data) = random_model(arch, 5);
         let path = dir.path().join(format!("case{k}.onnx"));
         wick::onnx::export::write(&wick::onnx::export::float_model(&model).unwrap(), &path).unwrap();

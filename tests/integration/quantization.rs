@@ -259,11 +259,12 @@ fn excluded_layers_stay_float() {
 /// and every op: nested adds, a depthwise conv (2-d, and 1-d dilated), concat along channels and
 /// along the length, max and average pooling, every activation, flatten into a linear, odd patch
 /// lengths, stride 2, a layer left in float, i8 and u7 activations (u7 runs AVX2's 7-bit kernel
-/// where the CPU has no VNNI), and a conv1d feeding a pointwise conv1d over an odd channel
-/// count, then a linear over a 3-d tensor. No step falls back to the candle executor.
+/// where the CPU has no VNNI), a conv1d feeding a pointwise conv1d over an odd channel
+/// count, then a linear over a 3-d tensor, and BatchNorms after activations, LayerNorm and
+/// softmax. No step falls back to the candle executor.
 #[test]
 fn compiled_runtime_equals_the_reference_executor_on_every_layout_case() {
-    let archs = [(wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap(), ["q", "c1"]), (conv1d_arch(), ["t", "c"]), (ops_1d_arch(), ["d", "head"])];
+    let archs = [(wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap(), ["q", "c1"]), (conv1d_arch(), ["t", "c"]), (ops_1d_arch(), ["d", "head"]), (norms_arch(), ["fc", "head"])];
     for (arch, float_layers) in archs {
         let (m, d) = random_model(arch, 40);
         let float_layers: Vec<String> = float_layers.iter().map(|s| s.to_string()).collect();

@@ -4,8 +4,9 @@
 //! run of whole pixels and its GEMM output is already the next layer's layout; a ReLU that is
 //! the only reader of a weight layer runs inside that layer's epilogue, and so does a two-input
 //! add that is the only reader of a weight layer whose other input is already computed (a
-//! residual shortcut: `max(y + shortcut, 0)` with the ReLU after it). Ops without a kernel
-//! here run through the float executor on a logical-layout tensor, so every model runs.
+//! residual shortcut: `max(y + shortcut, 0)` with the ReLU after it). Every op of the
+//! architecture format has a step; a layer the packed kernels cannot lay out runs through the
+//! float executor on a logical-layout tensor, so every model runs.
 //!
 //! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
 //!   layers reading one value with the same parameters share the codes), in one pass over the
@@ -17,6 +18,7 @@
 //!   candle executor's up to float rounding (sums in another order, folded weights).
 
 mod elementwise;
+mod normalize;
 mod run;
 
 use super::flayer::FloatLayer;
@@ -63,6 +65,21 @@ enum Kind {
     Select {
         dim: usize,
         index: usize,
+    },
+    /// LayerNorm over each row of `inner` values (logical layout), `(γ, β)` when affine.
+    LayerNorm {
+        inner: usize,
+        eps: f64,
+        affine: Option<(Vec<f32>, Vec<f32>)>,
+    },
+    /// Softmax along full-tensor dim `dim` (≥ 1), in logical order.
+    Softmax {
+        dim: usize,
+    },
+    /// A BatchNorm no conv or linear absorbed: `x·scale_c + shift_c` on channel axis 1.
+    ChannelAffine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
     },
     /// Any other op: the float executor.
     Float,
@@ -215,6 +232,23 @@ impl Plan {
                         Some(r) => Kind::Recurrent(Box::new(r)),
                         None => Kind::Float,
                     }
+                }
+                (Op::LayerNorm(c), ..) => {
+                    let vec = |s: &str| -> Result<Vec<f32>> { Ok(model.p(&node.param(s)).flatten_all()?.to_vec1()?) };
+                    let affine = if c.elementwise_affine { Some((vec("weight")?, vec("bias")?)) } else { None };
+                    Kind::LayerNorm { inner: c.normalized_shape.iter().product(), eps: c.eps, affine }
+                }
+                (Op::Softmax(c), ..) => {
+                    let rank = model.graph.shapes[node.inputs[0].as_str()].len();
+                    Kind::Softmax { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1 }
+                }
+                (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), ..) => {
+                    let vec = |s: &str| -> Result<Vec<f32>> { Ok(model.p(&node.param(s)).flatten_all()?.to_vec1()?) };
+                    let (mean, var) = (vec("running_mean")?, vec("running_var")?);
+                    let (gamma, beta) = if c.affine { (vec("weight")?, vec("bias")?) } else { (vec![1.0; mean.len()], vec![0.0; mean.len()]) };
+                    let scale: Vec<f32> = gamma.iter().zip(&var).map(|(&g, &v)| (g as f64 / (v as f64 + c.eps).sqrt()) as f32).collect();
+                    let shift = beta.iter().zip(&mean).zip(&scale).map(|((&b, &m), &s)| b - m * s).collect();
+                    Kind::ChannelAffine { scale, shift }
                 }
                 (Op::Select(c), ..) => {
                     let s = &model.graph.shapes[node.inputs[0].as_str()];

@@ -3,6 +3,7 @@
 //! quantiser and freeing each value after its last reader.
 
 use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool};
+use super::normalize::{channel_affine, layer_norm, softmax};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
 use crate::model::act_op::apply_in_place;
@@ -157,6 +158,23 @@ impl Plan {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
                     set_layout(v, false);
                     Value { data: crate::runtime::recurrent::select(&v.data, &v.dims, *dim, *index), dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: false }
+                }
+                Kind::LayerNorm { inner, eps, affine } => {
+                    set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
+                    let mut v = self.owned(&mut vals, step, si);
+                    layer_norm(&mut v.data, *inner, *eps, affine.as_ref());
+                    v
+                }
+                Kind::Softmax { dim } => {
+                    set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
+                    let mut v = self.owned(&mut vals, step, si);
+                    softmax(&mut v, *dim);
+                    v
+                }
+                Kind::ChannelAffine { scale, shift } => {
+                    let mut v = self.owned(&mut vals, step, si);
+                    channel_affine(&mut v, scale, shift);
+                    v
                 }
                 Kind::Float => {
                     let mut ins = vec![];

@@ -1,0 +1,59 @@
+//! The normalising steps of the compiled plans: LayerNorm over trailing dims, softmax along a
+//! dim, and a BatchNorm that no conv or linear absorbed (a per-channel affine map in eval
+//! mode), each over plain buffers in the layout it needs.
+
+use super::Value;
+
+/// LayerNorm of each row of `inner` values, in place: `μ = Σx/n`, `σ² = Σ(x − μ)²/n`,
+/// `y = (x − μ)/√(σ² + eps)`, then `y·γ + β` when affine (sums in f64, so long rows lose
+/// nothing to accumulation).
+pub(super) fn layer_norm(data: &mut [f32], inner: usize, eps: f64, affine: Option<&(Vec<f32>, Vec<f32>)>) {
+    for row in data.chunks_mut(inner) {
+        let n = row.len() as f64;
+        let mean = row.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        match affine {
+            Some((g, b)) => row.iter_mut().zip(g).zip(b).for_each(|((x, &g), &b)| *x = ((*x as f64 - mean) * inv) as f32 * g + b),
+            None => row.iter_mut().for_each(|x| *x = ((*x as f64 - mean) * inv) as f32),
+        }
+    }
+}
+
+/// Softmax along full-tensor dim `dim` of `v` (logical layout), in place:
+/// `y_i = exp(x_i − max x) / Σ_j exp(x_j − max x)` over each line along `dim`.
+pub(super) fn softmax(v: &mut Value, dim: usize) {
+    let len = v.dims[dim];
+    let inner: usize = v.dims[dim + 1..].iter().product();
+    for block in v.data.chunks_mut(len * inner) {
+        for i in 0..inner {
+            let max = (0..len).map(|k| block[k * inner + i]).fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for k in 0..len {
+                let e = (block[k * inner + i] - max).exp();
+                block[k * inner + i] = e;
+                sum += e;
+            }
+            for k in 0..len {
+                block[k * inner + i] /= sum;
+            }
+        }
+    }
+}
+
+/// A BatchNorm in eval mode as `y = x·scale_c + shift_c` with `scale_c = γ_c/√(σ²_c + eps)`,
+/// `shift_c = β_c − μ_c·scale_c`, on channel axis 1 of `v` in either layout.
+pub(super) fn channel_affine(v: &mut Value, scale: &[f32], shift: &[f32]) {
+    let c = scale.len();
+    if v.channels_last {
+        for px in v.data.chunks_mut(c) {
+            px.iter_mut().zip(scale).zip(shift).for_each(|((x, &s), &t)| *x = *x * s + t);
+        }
+    } else {
+        let plane: usize = v.dims[2..].iter().product();
+        for (i, p) in v.data.chunks_mut(plane).enumerate() {
+            let (s, t) = (scale[i % c], shift[i % c]);
+            p.iter_mut().for_each(|x| *x = *x * s + t);
+        }
+    }
+}
