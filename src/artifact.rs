@@ -282,6 +282,10 @@ pub enum AnyModel {
 /// Loads a float model or an INT8 artifact (told apart by the file's wick metadata); returns
 /// the model and load warnings.
 pub fn load_any(path: &Path, arch_override: Option<&Path>) -> Result<(AnyModel, Vec<String>)> {
+    if crate::hf::is_model_dir(path) {
+        let loaded = load::load_model(path, arch_override)?;
+        return Ok((AnyModel::Float(loaded.model), loaded.warnings));
+    }
     if crate::onnx::is_onnx(path) {
         crate::onnx::refuse_arch(path, arch_override)?;
         return Ok((crate::onnx::load(path)?.0, vec![]));

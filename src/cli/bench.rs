@@ -25,6 +25,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args, threads: usize) -> anyhow::Result<Outcome> {
+    wick::hf::refuse_for(&a.m.model, "bench")?;
     let model = super::quant_common::load_float(&a.m.model, a.m.arch.as_deref())?;
     let train = super::quant_common::read_data(&a.train, &model)?;
     let test = super::quant_common::read_data(&a.test, &model)?;

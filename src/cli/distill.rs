@@ -73,6 +73,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
+    wick::hf::refuse_for(&a.teacher, "distill")?;
     let teacher = load_float(&a.teacher, a.arch.as_deref())?;
     let settings = DistillSettings {
         width: a.width.unwrap_or(DistillSettings::default().width),

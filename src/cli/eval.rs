@@ -1,6 +1,8 @@
 //! `wick eval MODEL --data FILE`: top-1 accuracy, mean cross-entropy and the sample count. An
 //! INT8 artifact runs with integer arithmetic, or as its fake-quant float simulation with
 //! `--simulate`; a float model on the compiled float runtime. `--reference` runs the oracle.
+//! A text encoder (a model directory) given sentences (`.txt`) reports its embeddings'
+//! fidelity to `--teacher`'s.
 
 use super::progress::CliProgress;
 use super::Outcome;
@@ -15,9 +17,14 @@ use wick::tensor_file::RawTensor;
 pub struct Args {
     #[command(flatten)]
     m: super::ModelArgs,
-    /// Data set (safetensors with `x` and `y`).
+    /// Data set (safetensors with `x` and `y`), or for a text encoder (a model directory) a text
+    /// file of one sentence per line.
     #[arg(long)]
     data: PathBuf,
+    /// Text encoders: the model whose embeddings fidelity is measured against (cosine
+    /// similarity per sentence, nearest-neighbour agreement).
+    #[arg(long)]
+    teacher: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// INT8 artifacts: evaluate the fake-quant float simulation instead of integer execution.
@@ -40,6 +47,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
+    if wick::hf::is_model_dir(&a.m.model) || a.data.extension().is_some_and(|e| e == "txt") {
+        return run_text(&a);
+    }
+    if a.teacher.is_some() {
+        anyhow::bail!(wick::WickError::invalid("--teacher", "applies to text encoders (a model directory with sentences in a .txt file)"));
+    }
     let (model, warnings) = load_any(&a.m.model, a.m.arch.as_deref())?;
     super::warn_all(&warnings);
     let data = Dataset::read(&a.data)?;
@@ -91,4 +104,49 @@ fn write_predictions(path: &std::path::Path, r: &EvalResult, data: &Dataset, mod
     let metadata = std::collections::BTreeMap::from([("wick".to_string(), meta.to_string())]);
     wick::tensor_file::write(path, &tensors, &metadata)?;
     Ok(())
+}
+
+/// A text encoder on sentences: the number of sentences and the embedding width, and with
+/// `--teacher` the fidelity to the teacher's embeddings; `--predictions` writes `embeddings`
+/// F32 `[N, D]`.
+fn run_text(a: &Args) -> anyhow::Result<Outcome> {
+    use wick::embedding::{embed, fidelity, TextData};
+    let dir = &a.m.model;
+    if !wick::hf::is_model_dir(dir) {
+        anyhow::bail!(wick::WickError::invalid(
+            dir.display().to_string(),
+            format!("is not a model directory (config.json, model.safetensors, tokenizer.json), which text data ({}) needs for its tokenizer", a.data.display())
+        ));
+    }
+    if a.simulate || a.reference {
+        anyhow::bail!(wick::WickError::invalid("--simulate/--reference", "apply to INT8 artifacts and float models on tensor data, not to a text encoder"));
+    }
+    let loaded = wick::model::load::load_model(dir, a.m.arch.as_deref())?;
+    super::warn_all(&loaded.warnings);
+    let data = TextData::read(&a.data, dir, loaded.model.input_shape()[0])?;
+    let rows = embed(&loaded.model, &data, a.batch_size, wick::hf::pad_id(dir)?)?;
+    let width = rows.first().map_or(0, Vec::len);
+    if let Some(path) = &a.predictions {
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let mut t = std::collections::BTreeMap::new();
+        t.insert("embeddings".to_string(), RawTensor::from_f32(vec![rows.len(), width], &flat));
+        wick::tensor_file::write(path, &t, &Default::default())?;
+    }
+    let fid = match &a.teacher {
+        Some(tdir) => {
+            let teacher = wick::model::load::load_model(tdir, None)?;
+            let tdata = TextData::read(&a.data, tdir, teacher.model.input_shape()[0])?;
+            Some(fidelity(&rows, &embed(&teacher.model, &tdata, a.batch_size, wick::hf::pad_id(tdir)?)?)?)
+        }
+        None => None,
+    };
+    if a.json {
+        println!("{}", serde_json::json!({"sentences": rows.len(), "embedding_dim": width, "fidelity": fid, "execution": "float32 (candle executor)"}));
+    } else {
+        println!("{} sentences, embeddings of {width} values  [float32]", rows.len());
+        if let Some(f) = fid {
+            println!("fidelity to the teacher: cosine mean {:.6}, min {:.6}; nearest-neighbour agreement {:.4}", f.cosine_mean, f.cosine_min, f.nn_agreement);
+        }
+    }
+    Ok(Outcome::Ok)
 }

@@ -23,6 +23,7 @@ enum Format {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
+    wick::hf::refuse_for(&a.m.model, "export")?;
     let Format::Onnx = a.format;
     let (model, warnings) = load_any(&a.m.model, a.m.arch.as_deref())?;
     super::warn_all(&warnings);

@@ -78,6 +78,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
+    wick::hf::refuse_for(&a.m.model, "prune")?;
     let model = load_float(&a.m.model, a.m.arch.as_deref())?;
     let settings = PruneSettings {
         ratio: a.ratio,

@@ -51,6 +51,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
+    wick::hf::refuse_for(&a.m.model, "qat")?;
     let teacher = load_float(&a.m.model, a.m.arch.as_deref())?;
     let train = read_data(&a.train, &teacher)?;
     let val = read_data(&a.val, &teacher)?;

@@ -21,6 +21,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
+    wick::hf::refuse_for(&a.m.model, "quantize")?;
     let teacher = load_float(&a.m.model, a.m.arch.as_deref())?;
     let calib = wick::data::Dataset::read(&a.calib)?;
     let progress = CliProgress::new(a.o.quiet);

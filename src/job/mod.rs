@@ -85,6 +85,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     let recipe_path = crate::recipe::resolve(&spec.recipe)?;
     let recipe = crate::recipe::read(&recipe_path)?;
     let allowance = spec.allowance()?;
+    crate::hf::refuse_for(&spec.model, "compress")?;
     let loaded = load_model(&spec.model, spec.arch.as_deref())?;
     let teacher = loaded.model;
     let read = |p: &Path| Dataset::read_fitting(p, teacher.input_shape(), teacher.num_classes());

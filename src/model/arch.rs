@@ -338,6 +338,68 @@ impl SelectCfg {
     }
 }
 
+/// A token embedding: ids `[L]` (integers, stored as f32) → their rows of
+/// `weight [num_embeddings, embedding_dim]`, `[L, embedding_dim]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingCfg {
+    pub num_embeddings: usize,
+    pub embedding_dim: usize,
+}
+
+/// Absolute positions added to a sequence `[L, embedding_dim]`: `y[t] = x[t] + weight[t]`,
+/// `weight [num_positions, embedding_dim]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PositionEmbeddingCfg {
+    pub num_positions: usize,
+    pub embedding_dim: usize,
+}
+
+/// One row of an embedding table added at every position: `y[t] = x[t] + weight[index]` (BERT's
+/// token type 0 of a single sentence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingRowCfg {
+    pub num_embeddings: usize,
+    pub embedding_dim: usize,
+    #[serde(default)]
+    pub index: usize,
+}
+
+/// Multi-head scaled dot-product attention with a padding mask. Inputs `q, k, v [L, D]` and the
+/// token ids `[L]`; per head (`d = D / num_heads` consecutive features):
+/// `softmax(q_h·k_hᵀ/√d + m)·v_h`, `m` = the most negative f32 on keys whose id is `pad_id`
+/// (as Hugging Face's BERT); the heads' outputs side by side, `[L, D]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionCfg {
+    pub num_heads: usize,
+    #[serde(default)]
+    pub pad_id: i64,
+}
+
+/// The mean over the positions whose token id is not `pad_id`: inputs `x [L, D]` and the ids
+/// `[L]`, output `[D]`: `Σ_t m_t·x_t / max(Σ_t m_t, 1e-9)` (sentence-transformers' pooling).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskedMeanCfg {
+    #[serde(default)]
+    pub pad_id: i64,
+}
+
+/// `y = x / max(‖x‖₂, eps)` over the last dim (PyTorch's `F.normalize`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L2NormalizeCfg {
+    #[serde(default = "l2_eps")]
+    pub eps: f64,
+}
+
+fn l2_eps() -> f64 {
+    1e-12
+}
+
 /// Global average pooling over every dim after the channel axis: `[N, C, …] → [N, C]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -379,6 +441,12 @@ pub enum Op {
     Gru(RnnCfg),
     Lstm(RnnCfg),
     Select(SelectCfg),
+    Embedding(EmbeddingCfg),
+    PositionEmbedding(PositionEmbeddingCfg),
+    EmbeddingRow(EmbeddingRowCfg),
+    Attention(AttentionCfg),
+    MaskedMean(MaskedMeanCfg),
+    L2Normalize(L2NormalizeCfg),
 }
 
 /// The op names, for error messages.
@@ -408,6 +476,12 @@ pub const OP_NAMES: &[&str] = &[
     "gru",
     "lstm",
     "select",
+    "embedding",
+    "position_embedding",
+    "embedding_row",
+    "attention",
+    "masked_mean",
+    "l2_normalize",
 ];
 
 impl Op {
@@ -433,6 +507,7 @@ impl Op {
                 v
             }
             Op::LayerNorm(c) if c.elementwise_affine => vec![("weight", true), ("bias", true)],
+            Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) => vec![("weight", true)],
             Op::Gru(c) | Op::Lstm(c) => {
                 let rows = RNN_PARAMS.iter().enumerate().filter(|(i, _)| i / 2 < c.num_layers.min(MAX_RNN_LAYERS) && (i % 2 == 0 || c.bidirectional));
                 rows.flat_map(|(_, names)| names[..if c.bias { 4 } else { 2 }].iter().map(|&n| (n, true))).collect()
@@ -455,6 +530,9 @@ impl Op {
             (Op::Conv2d(c), _) => vec![c.out_channels],
             (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), _) => vec![c.num_features],
             (Op::LayerNorm(c), _) => c.normalized_shape.clone(),
+            (Op::Embedding(c), _) => vec![c.num_embeddings, c.embedding_dim],
+            (Op::PositionEmbedding(c), _) => vec![c.num_positions, c.embedding_dim],
+            (Op::EmbeddingRow(c), _) => vec![c.num_embeddings, c.embedding_dim],
             (Op::Gru(c) | Op::Lstm(c), s) => {
                 let gates = if matches!(self, Op::Gru(_)) { 3 } else { 4 };
                 let layer: usize = s.split("_l").nth(1).and_then(|t| t.trim_end_matches("_reverse").parse().ok()).unwrap_or(0);
@@ -555,6 +633,12 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "gru" => Op::Gru(cfg(fields)?),
         "lstm" => Op::Lstm(cfg(fields)?),
         "select" => Op::Select(cfg(fields)?),
+        "embedding" => Op::Embedding(cfg(fields)?),
+        "position_embedding" => Op::PositionEmbedding(cfg(fields)?),
+        "embedding_row" => Op::EmbeddingRow(cfg(fields)?),
+        "attention" => Op::Attention(cfg(fields)?),
+        "masked_mean" => Op::MaskedMean(cfg(fields)?),
+        "l2_normalize" => Op::L2Normalize(cfg(fields)?),
         other => return Err(format!("unknown op '{other}' (known: {})", OP_NAMES.join(", "))),
     })
 }

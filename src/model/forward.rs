@@ -7,7 +7,7 @@ use super::act_op::{activation, Act};
 use super::arch::{Node, Op};
 use super::qunit::has_units;
 use super::recurrent::{self, Cell, Weights};
-use super::{ops, Model};
+use super::{ops, text_ops, Model};
 use crate::error::{Result, WickError};
 use candle_core::Tensor;
 use rand::SeedableRng;
@@ -244,6 +244,12 @@ impl Model {
                 )
             }
             Op::Select(c) => recurrent::select(&x, c),
+            Op::Embedding(c) => text_ops::embedding(&node.name, &x, p("weight"), c),
+            Op::PositionEmbedding(_) => text_ops::add_positions(&x, p("weight")),
+            Op::EmbeddingRow(c) => text_ops::add_row(&x, p("weight"), c.index),
+            Op::Attention(c) => text_ops::attention(ins[0], ins[1], ins[2], ins[3], c),
+            Op::MaskedMean(c) => text_ops::masked_mean(ins[0], ins[1], c.pad_id),
+            Op::L2Normalize(c) => text_ops::l2_normalize(&x, c),
         }
     }
 }

@@ -167,6 +167,13 @@ fn check_fields(op: &Op) -> std::result::Result<(), String> {
         }
         Op::LayerNorm(c) if !(c.eps > 0.0 && c.eps.is_finite()) => Err(format!("eps is {}; it must be a positive number", c.eps)),
         Op::Dropout(c) if !(0.0..1.0).contains(&c.p) => Err(format!("p is {}, outside [0, 1)", c.p)),
+        Op::Embedding(c) => {
+            positive("num_embeddings", c.num_embeddings)?;
+            positive("embedding_dim", c.embedding_dim)
+        }
+        Op::PositionEmbedding(c) => positive("num_positions", c.num_positions),
+        Op::Attention(c) => positive("num_heads", c.num_heads),
+        Op::L2Normalize(c) if !(c.eps > 0.0 && c.eps.is_finite()) => Err(format!("eps is {}; it must be a positive number", c.eps)),
         Op::Gru(c) | Op::Lstm(c) => {
             positive("input_size", c.input_size)?;
             positive("hidden_size", c.hidden_size)?;
@@ -233,6 +240,28 @@ pub fn infer(op: &Op, ins: &[&Vec<usize>]) -> std::result::Result<Vec<usize>, St
                 out[d] += s[d];
             }
             Ok(out)
+        }
+        Op::Attention(c) => {
+            let [q, k, v, ids] = ins else { return Err(format!("takes 4 inputs (q, k, v, token ids), got {}", ins.len())) };
+            expect_rank(q, 2, "[L, D]")?;
+            if k != q || v != q {
+                return Err(format!("q, k and v must have one shape; got {q:?}, {k:?}, {v:?}"));
+            }
+            if ids.as_slice() != [q[0]] {
+                return Err(format!("the token ids {ids:?} must be [L] for q of shape {q:?}"));
+            }
+            if c.num_heads == 0 || q[1] % c.num_heads != 0 {
+                return Err(format!("num_heads {} does not divide the width {}", c.num_heads, q[1]));
+            }
+            Ok(q.to_vec())
+        }
+        Op::MaskedMean(_) => {
+            let [x, ids] = ins else { return Err(format!("takes 2 inputs (values, token ids), got {}", ins.len())) };
+            expect_rank(x, 2, "[L, D]")?;
+            if ids.as_slice() != [x[0]] {
+                return Err(format!("the token ids {ids:?} must be [L] for values of shape {x:?}"));
+            }
+            Ok(vec![x[1]])
         }
         _ => infer_unary(op, one_input(ins)?),
     }
@@ -335,7 +364,30 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             o.remove(d);
             Ok(o)
         }
-        Op::Add(_) | Op::Concat(_) => unreachable!("handled in infer"),
+        Op::Embedding(c) => {
+            expect_rank(s, 1, "[L] token ids")?;
+            Ok(vec![s[0], c.embedding_dim])
+        }
+        Op::PositionEmbedding(c) => {
+            expect_rank(s, 2, "[L, D]")?;
+            if s[1] != c.embedding_dim || s[0] > c.num_positions {
+                return Err(format!("expects at most {} positions of {} features, got {s:?}", c.num_positions, c.embedding_dim));
+            }
+            Ok(s.clone())
+        }
+        Op::EmbeddingRow(c) => {
+            if s.last() != Some(&c.embedding_dim) || c.index >= c.num_embeddings {
+                return Err(format!("row {} of {} rows of {} features, added to {s:?}", c.index, c.num_embeddings, c.embedding_dim));
+            }
+            Ok(s.clone())
+        }
+        Op::L2Normalize(_) => {
+            if s.is_empty() {
+                return Err("expects at least one dim".into());
+            }
+            Ok(s.clone())
+        }
+        Op::Add(_) | Op::Concat(_) | Op::Attention(_) | Op::MaskedMean(_) => unreachable!("handled in infer"),
     }
 }
 

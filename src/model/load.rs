@@ -65,6 +65,10 @@ pub fn resolve_arch(file: &TensorFile, arch_override: Option<&Path>) -> Result<A
 
 /// Loads a float model from a safetensors file, or from an ONNX file (by its extension).
 pub fn load_model(path: &Path, arch_override: Option<&Path>) -> Result<Loaded> {
+    if crate::hf::is_model_dir(path) {
+        refuse_arch_for_dir(path, arch_override)?;
+        return crate::hf::load(path, None);
+    }
     if crate::onnx::is_onnx(path) {
         crate::onnx::refuse_arch(path, arch_override)?;
         return crate::onnx::load_model(path);
@@ -113,4 +117,12 @@ pub fn save_model(model: &Model, path: &Path, extra: BTreeMap<String, Value>) ->
     let mut md = BTreeMap::new();
     md.insert(META_KEY.to_string(), Value::Object(meta).to_string());
     tensor_file::write(path, &tensors, &md)
+}
+
+/// `--arch` with a model directory, whose architecture is its `config.json`: an error.
+pub fn refuse_arch_for_dir(path: &Path, arch_override: Option<&Path>) -> Result<()> {
+    match arch_override {
+        Some(a) => Err(WickError::invalid("--arch", format!("{} is given, but {} is a model directory whose config.json is its architecture", a.display(), path.display()))),
+        None => Ok(()),
+    }
 }

@@ -24,6 +24,7 @@ pub mod qunit;
 pub mod recurrent;
 mod relu_train;
 pub mod stats;
+pub mod text_ops;
 
 use crate::error::{Result, WickError};
 use arch::Arch;
@@ -68,6 +69,17 @@ impl Model {
             }
         }
         Ok(Model { arch, graph, params, source: source.to_string() })
+    }
+
+    /// The same model over inputs of per-sample shape `shape` (a text encoder's shorter
+    /// sequences): the graph checked again for it, the parameters shared, not copied (training
+    /// one trains both).
+    pub fn with_input_shape(&self, shape: &[usize]) -> Result<Model> {
+        let mut arch = self.arch.clone();
+        arch.input.shape = shape.to_vec();
+        let origin = if arch.origin.is_empty() { self.source.clone() } else { arch.origin.clone() };
+        let graph = graph::analyse(&arch, &origin)?;
+        Ok(Model { arch, graph, params: self.params.clone(), source: self.source.clone() })
     }
 
     /// Parameter or buffer `name` (must exist: the constructor checked it).

@@ -63,6 +63,8 @@ pub fn macs(op: &Op, input: &[usize], output: &[usize]) -> u64 {
             let per_step: usize = (0..c.num_layers).map(|k| gates * c.hidden_size * (if k == 0 { c.input_size } else { c.dirs() * c.hidden_size } + c.hidden_size)).sum();
             (steps * c.dirs() * per_step) as u64
         }
+        // `q·kᵀ` and `probs·v`: L·L·D each.
+        Op::Attention(_) => (2 * input[0] * input[0] * input[1]) as u64,
         _ => 0,
     }
 }

@@ -252,6 +252,9 @@ impl Builder {
                 self.op("Gather", n, &[x, &i], n, vec![int("axis", c.dim)]);
             }
             Op::Gru(c) | Op::Lstm(c) => self.recurrent(model, node, x, c, matches!(node.op, Op::Gru(_)))?,
+            op @ (Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::MaskedMean(_) | Op::L2Normalize(_)) => {
+                return Err(format!("the {} op has no ONNX form in this wick yet", op.name()));
+            }
         }
         Ok(())
     }

@@ -15,3 +15,4 @@ mod pruning;
 mod quantization;
 mod recipes;
 mod recurrent;
+mod transformer;

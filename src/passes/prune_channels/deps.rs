@@ -209,6 +209,14 @@ pub fn analyse(model: &Model) -> Deps {
                 feature_last.insert(node.name.clone());
                 o.repeat(c.dirs())
             }
+            Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::MaskedMean(_) | Op::L2Normalize(_) => {
+                // Text encoders' sequence axis comes first and their features are tied across
+                // heads and positions: kept whole.
+                ins.iter().for_each(|i| freeze_ids.extend(i));
+                let o = fresh(out_shape.first().copied().unwrap_or(1), &mut next);
+                freeze_ids.extend(&o);
+                o
+            }
             Op::Select(_) if last_in[0] => ins[0].clone(),
             Op::Select(_) => {
                 // Across the channel axis of a value whose channels are first: kept whole.

@@ -1,0 +1,142 @@
+//! Sentence embeddings: text data for a text encoder (one sentence per line, tokenised with the
+//! model's tokenizer), running the encoder batch by batch with each batch padded to its longest
+//! sentence only, and the fidelity of one model's embeddings to another's (per-sentence cosine
+//! similarity, nearest-neighbour agreement). Uses `hf`, `model`.
+
+use crate::error::{Result, WickError};
+use crate::model::forward::{Mode, Run};
+use crate::model::Model;
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use std::path::Path;
+
+/// Tokenised sentences.
+pub struct TextData {
+    pub name: String,
+    /// Each sentence's token ids, special tokens included.
+    pub ids: Vec<Vec<u32>>,
+}
+
+impl TextData {
+    /// The non-empty lines of `path`, tokenised with the tokenizer of model directory
+    /// `model_dir`, each truncated to `max_len` tokens.
+    pub fn read(path: &Path, model_dir: &Path, max_len: usize) -> Result<TextData> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| WickError::io(path, e))?;
+        let lines: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+        if lines.is_empty() {
+            return Err(WickError::data(&name, "holds no sentence (one per line)"));
+        }
+        let tok = crate::hf::tokenizer(model_dir)?;
+        let ids = crate::hf::tokenize(&tok, &lines, max_len, &name)?;
+        Ok(TextData { name, ids })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// The model's output for every sentence, in batches of `batch_size` each padded with
+/// `pad_id` to its own longest sentence (the padding is masked, so it changes nothing but the
+/// work): one row per sentence.
+pub fn embed(model: &Model, data: &TextData, batch_size: usize, pad_id: u32) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(data.len());
+    for batch in data.ids.chunks(batch_size.max(1)) {
+        let len = batch.iter().map(Vec::len).max().unwrap_or(1);
+        let limit = model.input_shape()[0];
+        if len > limit {
+            return Err(WickError::data(&data.name, format!("a sentence has {len} tokens; the model takes at most {limit}")));
+        }
+        let mut x = vec![pad_id as f32; batch.len() * len];
+        for (row, ids) in x.chunks_mut(len).zip(batch) {
+            row.iter_mut().zip(ids).for_each(|(v, &id)| *v = id as f32);
+        }
+        let m = model.with_input_shape(&[len])?;
+        let x = Tensor::from_vec(x, (batch.len(), len), &Device::Cpu)?;
+        let y = m.run(&x, &Run { mode: Mode::Eval, taps: &[], hook: None, rng: None })?.0;
+        out.extend(y.flatten_from(1)?.to_vec2::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// How close one set of embeddings is to another's (the teacher's), row for row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fidelity {
+    pub sentences: usize,
+    /// Mean and least of the per-sentence cosine similarity `a·b / (‖a‖‖b‖)`.
+    pub cosine_mean: f64,
+    pub cosine_min: f64,
+    /// Share of sentences whose nearest neighbour among the other sentences (by cosine) is the
+    /// same under both models.
+    pub nn_agreement: f64,
+}
+
+/// `a·b / (‖a‖‖b‖)` in f64 (0 when either is zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
+/// Index of each row's most cosine-similar other row (the first on ties).
+pub fn nearest_neighbours(rows: &[Vec<f32>]) -> Vec<usize> {
+    (0..rows.len())
+        .map(|i| {
+            let mut best = (f64::NEG_INFINITY, i);
+            for (j, r) in rows.iter().enumerate().filter(|&(j, _)| j != i) {
+                let c = cosine(&rows[i], r);
+                if c > best.0 {
+                    best = (c, j);
+                }
+            }
+            best.1
+        })
+        .collect()
+}
+
+/// The fidelity of `student` to `teacher` (equal numbers of rows of equal width).
+pub fn fidelity(student: &[Vec<f32>], teacher: &[Vec<f32>]) -> Result<Fidelity> {
+    if student.len() != teacher.len() || student.iter().zip(teacher).any(|(a, b)| a.len() != b.len()) {
+        return Err(WickError::invalid("fidelity", format!("{} embeddings against {}, or of different widths", student.len(), teacher.len())));
+    }
+    let cos: Vec<f64> = student.iter().zip(teacher).map(|(a, b)| cosine(a, b)).collect();
+    let n = cos.len().max(1) as f64;
+    let (ns, nt) = (nearest_neighbours(student), nearest_neighbours(teacher));
+    Ok(Fidelity {
+        sentences: cos.len(),
+        cosine_mean: cos.iter().sum::<f64>() / n,
+        cosine_min: cos.iter().copied().fold(f64::INFINITY, f64::min),
+        nn_agreement: ns.iter().zip(&nt).filter(|(a, b)| a == b).count() as f64 / n,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_and_neighbours_by_hand() {
+        assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
+        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
+        let t = vec![vec![1.0, 0.0], vec![0.9, 0.1], vec![0.0, 1.0], vec![0.1, 0.9]];
+        assert_eq!(nearest_neighbours(&t), vec![1, 0, 3, 2]);
+        assert_eq!(fidelity(&t, &t).unwrap().nn_agreement, 1.0);
+        // Row 3 turned to the diagonal: its neighbour becomes row 1; the others keep theirs.
+        let s = vec![vec![1.0, 0.0], vec![0.9, 0.1], vec![0.0, 1.0], vec![0.7, 0.7]];
+        let f = fidelity(&s, &t).unwrap();
+        assert_eq!(nearest_neighbours(&s), vec![1, 0, 3, 1]);
+        assert_eq!(f.nn_agreement, 0.75);
+        assert!((f.cosine_min - cosine(&s[3], &t[3])).abs() < 1e-12);
+        assert!(fidelity(&s[..3], &t).is_err());
+    }
+}

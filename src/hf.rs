@@ -1,0 +1,161 @@
+//! A Hugging Face BERT-family model directory (`config.json`, `model.safetensors`,
+//! `tokenizer.json`) as a wick model: the architecture built from `config.json` out of wick's
+//! ops (embeddings, per layer the q/k/v linears, attention, output linear, residual add and
+//! LayerNorm, the feed-forward linears and GELU; then masked mean pooling and L2 normalisation,
+//! the sentence-transformers pipeline), the weights under their own names (with or without the
+//! `bert.` prefix), and the tokenizer through the `tokenizers` crate. Uses `model`,
+//! `tensor_file`.
+
+use crate::error::{Result, WickError};
+use crate::model::arch::Arch;
+use crate::model::load::{model_from_file, Loaded};
+use crate::tensor_file::TensorFile;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Sequence length when the directory does not say (`sentence_bert_config.json`'s
+/// `max_seq_length`): sentence-transformers' default for these encoders.
+pub const DEFAULT_MAX_SEQ_LEN: usize = 256;
+
+/// Whether `path` is a model directory (it holds a `config.json`).
+pub fn is_model_dir(path: &Path) -> bool {
+    path.is_dir() && path.join("config.json").is_file()
+}
+
+/// Text encoders run in `wick inspect` and `wick eval` so far: `command` refuses a model
+/// directory, naming it.
+pub fn refuse_for(path: &Path, command: &str) -> Result<()> {
+    if is_model_dir(path) {
+        return Err(WickError::invalid(path.display().to_string(), format!("is a text encoder (a model directory); `wick {command}` does not take text encoders yet (inspect and eval do)")));
+    }
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| WickError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| WickError::invalid(path.display().to_string(), format!("is not valid JSON: {e}")))
+}
+
+/// The token sequences' length limit: `max_seq_length` of `sentence_bert_config.json`, else
+/// [`DEFAULT_MAX_SEQ_LEN`], at most the model's positions.
+pub fn max_seq_len(dir: &Path) -> Result<usize> {
+    let positions = config_usize(&read_json(&dir.join("config.json"))?, "max_position_embeddings", &dir.join("config.json"))?;
+    let st = dir.join("sentence_bert_config.json");
+    let want = if st.is_file() { read_json(&st)?.get("max_seq_length").and_then(Value::as_u64).map(|v| v as usize) } else { None };
+    Ok(want.unwrap_or(DEFAULT_MAX_SEQ_LEN).min(positions))
+}
+
+/// The id padding positions hold: `pad_token_id` of `config.json` (0 when absent).
+pub fn pad_id(dir: &Path) -> Result<u32> {
+    let path = dir.join("config.json");
+    match read_json(&path)?.get("pad_token_id") {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| WickError::invalid(format!("{}: field 'pad_token_id'", path.display()), format!("{v} is not a token id"))),
+    }
+}
+
+fn config_usize(c: &Value, field: &str, path: &Path) -> Result<usize> {
+    c.get(field).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| WickError::invalid(format!("{}: field '{field}'", path.display()), "is missing or not a non-negative integer"))
+}
+
+/// The architecture of a BERT encoder with mean pooling and L2 normalisation, from
+/// `config.json` (`model_type` "bert", absolute positions, GELU).
+pub fn arch_from_config(config: &Value, path: &Path, seq_len: usize) -> Result<Arch> {
+    let bad = |field: &str, msg: String| WickError::invalid(format!("{}: field '{field}'", path.display()), msg);
+    let get = |f: &str| config_usize(config, f, path);
+    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
+    if model_type != "bert" {
+        return Err(bad("model_type", format!("is \"{model_type}\"; wick reads BERT-family encoders (\"bert\")")));
+    }
+    match config.get("hidden_act").and_then(Value::as_str) {
+        Some("gelu") => {}
+        other => return Err(bad("hidden_act", format!("is {other:?}; wick reads \"gelu\" (exact erf)"))),
+    }
+    if let Some(p) = config.get("position_embedding_type").and_then(Value::as_str).filter(|p| *p != "absolute") {
+        return Err(bad("position_embedding_type", format!("is \"{p}\"; wick reads \"absolute\"")));
+    }
+    let (layers, d, heads, ffn) = (get("num_hidden_layers")?, get("hidden_size")?, get("num_attention_heads")?, get("intermediate_size")?);
+    let (vocab, positions, types) = (get("vocab_size")?, get("max_position_embeddings")?, get("type_vocab_size")?);
+    let eps = config.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12);
+    let pad = config.get("pad_token_id").and_then(Value::as_i64).unwrap_or(0);
+    let linear = |name: &str, input: &str, i: usize, o: usize| json!({"name": name, "op": "linear", "inputs": [input], "in_features": i, "out_features": o});
+    let norm = |name: &str, input: &str| json!({"name": name, "op": "layernorm", "inputs": [input], "normalized_shape": [d], "eps": eps});
+    let mut nodes = vec![
+        json!({"name": "embeddings.word_embeddings", "op": "embedding", "inputs": ["input_ids"], "num_embeddings": vocab, "embedding_dim": d}),
+        json!({"name": "embeddings.position_embeddings", "op": "position_embedding", "inputs": ["embeddings.word_embeddings"], "num_positions": positions, "embedding_dim": d}),
+        json!({"name": "embeddings.token_type_embeddings", "op": "embedding_row", "inputs": ["embeddings.position_embeddings"], "num_embeddings": types, "embedding_dim": d, "index": 0}),
+        norm("embeddings.LayerNorm", "embeddings.token_type_embeddings"),
+    ];
+    let mut x = "embeddings.LayerNorm".to_string();
+    for l in 0..layers {
+        let p = format!("encoder.layer.{l}");
+        let a = format!("{p}.attention");
+        for part in ["query", "key", "value"] {
+            nodes.push(linear(&format!("{a}.self.{part}"), &x, d, d));
+        }
+        nodes.push(json!({"name": format!("{a}.self"), "op": "attention", "inputs": [format!("{a}.self.query"), format!("{a}.self.key"), format!("{a}.self.value"), "input_ids"], "num_heads": heads, "pad_id": pad}));
+        nodes.push(linear(&format!("{a}.output.dense"), &format!("{a}.self"), d, d));
+        nodes.push(json!({"name": format!("{a}.output.residual"), "op": "add", "inputs": [format!("{a}.output.dense"), x]}));
+        nodes.push(norm(&format!("{a}.output.LayerNorm"), &format!("{a}.output.residual")));
+        nodes.push(linear(&format!("{p}.intermediate.dense"), &format!("{a}.output.LayerNorm"), d, ffn));
+        nodes.push(json!({"name": format!("{p}.intermediate.gelu"), "op": "gelu", "inputs": [format!("{p}.intermediate.dense")]}));
+        nodes.push(linear(&format!("{p}.output.dense"), &format!("{p}.intermediate.gelu"), ffn, d));
+        nodes.push(json!({"name": format!("{p}.output.residual"), "op": "add", "inputs": [format!("{p}.output.dense"), format!("{a}.output.LayerNorm")]}));
+        nodes.push(norm(&format!("{p}.output.LayerNorm"), &format!("{p}.output.residual")));
+        x = format!("{p}.output.LayerNorm");
+    }
+    nodes.push(json!({"name": "pooling", "op": "masked_mean", "inputs": [x, "input_ids"], "pad_id": pad}));
+    nodes.push(json!({"name": "normalize", "op": "l2_normalize", "inputs": ["pooling"]}));
+    let arch = json!({"format": "wick-arch", "version": 1, "input": {"name": "input_ids", "shape": [seq_len], "preprocessing": "WordPiece token ids of tokenizer.json, padded with pad_token_id"}, "nodes": nodes, "output": "normalize"});
+    Arch::from_json(&arch.to_string(), &path.display().to_string())
+}
+
+/// Loads the model of directory `dir` for sequences of up to `seq_len` tokens (its
+/// [`max_seq_len`] when `None`). Tensors the encoder does not use (the pooler) are reported as
+/// warnings.
+pub fn load(dir: &Path, seq_len: Option<usize>) -> Result<Loaded> {
+    let config_path = dir.join("config.json");
+    let seq_len = match seq_len {
+        Some(l) => l,
+        None => max_seq_len(dir)?,
+    };
+    let arch = arch_from_config(&read_json(&config_path)?, &config_path, seq_len)?;
+    let weights = weights_path(dir)?;
+    let mut file = TensorFile::read(&weights)?;
+    // Checkpoints of `BertForX` classes prefix the encoder's names with `bert.`.
+    if file.tensors.keys().any(|k| k.starts_with("bert.")) {
+        file.tensors = std::mem::take(&mut file.tensors).into_iter().map(|(k, v)| (k.strip_prefix("bert.").map(str::to_string).unwrap_or(k), v)).collect();
+    }
+    let mut loaded = model_from_file(&file, arch)?;
+    loaded.model.source = dir.display().to_string();
+    Ok(loaded)
+}
+
+fn weights_path(dir: &Path) -> Result<PathBuf> {
+    let p = dir.join("model.safetensors");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(WickError::invalid(dir.display().to_string(), "holds no model.safetensors (wick reads the safetensors weights of a model directory)"))
+    }
+}
+
+/// The directory's tokenizer (`tokenizer.json`), without its own padding and truncation: wick
+/// truncates to the model's sequence length and pads each batch itself.
+pub fn tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    let mut t = tokenizers::Tokenizer::from_file(&path).map_err(|e| WickError::invalid(path.display().to_string(), format!("cannot be read as a tokenizer: {e}")))?;
+    t.with_padding(None);
+    t.with_truncation(None).map_err(|e| WickError::invalid(path.display().to_string(), e.to_string()))?;
+    Ok(t)
+}
+
+/// The token ids of each line of `text` (special tokens added), each truncated to `max_len`
+/// keeping its final `[SEP]`-like token, as the tokenizer's own truncation does.
+pub fn tokenize(t: &tokenizers::Tokenizer, lines: &[String], max_len: usize, source: &str) -> Result<Vec<Vec<u32>>> {
+    let mut t = t.clone();
+    let trunc = tokenizers::TruncationParams { max_length: max_len, ..Default::default() };
+    t.with_truncation(Some(trunc)).map_err(|e| WickError::data(source, e.to_string()))?;
+    let enc = t.encode_batch(lines.to_vec(), true).map_err(|e| WickError::data(source, format!("cannot be tokenised: {e}")))?;
+    Ok(enc.iter().map(|e| e.get_ids().to_vec()).collect())
+}

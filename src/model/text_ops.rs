@@ -1,0 +1,63 @@
+//! The ops of text encoders, as compositions of candle ops (each differentiable, so training
+//! and distillation backpropagate through them): token and position embeddings, multi-head
+//! attention with a padding mask, masked mean pooling and L2 normalisation. Token ids travel as
+//! f32 (exact below 2²⁴). Uses `model::arch`.
+
+use super::arch::{AttentionCfg, EmbeddingCfg, L2NormalizeCfg};
+use crate::error::{Result, WickError};
+use candle_core::{DType, Tensor, D};
+
+/// Rows of `weight [V, D]` for the ids `[N, L]`: `[N, L, D]`. An id that is not an integer in
+/// `0..V` is an error naming `node`.
+pub fn embedding(node: &str, ids: &Tensor, weight: &Tensor, c: &EmbeddingCfg) -> Result<Tensor> {
+    let (n, l) = ids.dims2()?;
+    let flat: Vec<f32> = ids.flatten_all()?.to_vec1()?;
+    if let Some(bad) = flat.iter().find(|&&v| !(v >= 0.0 && (v as usize) < c.num_embeddings && v.fract() == 0.0)) {
+        return Err(WickError::node(node, format!("token id {bad} is not an integer in 0..{}", c.num_embeddings)));
+    }
+    let idx = Tensor::from_vec(flat.iter().map(|&v| v as u32).collect::<Vec<_>>(), n * l, ids.device())?;
+    Ok(weight.index_select(&idx, 0)?.reshape((n, l, c.embedding_dim))?)
+}
+
+/// `x [N, L, D] + weight[0..L]`.
+pub fn add_positions(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_add(&weight.narrow(0, 0, x.dim(1)?)?)?)
+}
+
+/// `x + weight[index]` at every position.
+pub fn add_row(x: &Tensor, weight: &Tensor, index: usize) -> Result<Tensor> {
+    Ok(x.broadcast_add(&weight.narrow(0, index, 1)?.squeeze(0)?)?)
+}
+
+/// `1` where the id is not `pad_id`, else `0`: `[N, L]` f32.
+fn keep_mask(ids: &Tensor, pad_id: i64) -> Result<Tensor> {
+    Ok(ids.ne(pad_id as f64)?.to_dtype(DType::F32)?)
+}
+
+/// Multi-head attention (see `AttentionCfg`) on `q, k, v [N, L, D]` with token ids `[N, L]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, ids: &Tensor, c: &AttentionCfg) -> Result<Tensor> {
+    let (n, l, d) = q.dims3()?;
+    let (h, hd) = (c.num_heads, d / c.num_heads);
+    let heads = |t: &Tensor| -> Result<Tensor> { Ok(t.reshape((n, l, h, hd))?.transpose(1, 2)?.contiguous()?) };
+    let (qh, kh, vh) = (heads(q)?, heads(k)?, heads(v)?);
+    let scores = (qh.matmul(&kh.t()?.contiguous()?)? / (hd as f64).sqrt())?;
+    // `(1 − keep)·f32::MIN` added to the scores of padded keys, as Hugging Face's BERT does.
+    let masked = ((keep_mask(ids, c.pad_id)?.affine(-1.0, 1.0)? * f32::MIN as f64)?).reshape((n, 1, 1, l))?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&masked)?)?;
+    Ok(probs.matmul(&vh)?.transpose(1, 2)?.reshape((n, l, d))?)
+}
+
+/// `Σ_t m_t·x_t / max(Σ_t m_t, 1e-9)` over the positions of `x [N, L, D]`, `m` the keep mask of
+/// `ids`: `[N, D]`.
+pub fn masked_mean(x: &Tensor, ids: &Tensor, pad_id: i64) -> Result<Tensor> {
+    let m = keep_mask(ids, pad_id)?.unsqueeze(2)?;
+    let sum = x.broadcast_mul(&m)?.sum(1)?;
+    let count = m.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+    Ok(sum.broadcast_div(&count)?)
+}
+
+/// `x / max(‖x‖₂, eps)` over the last dim.
+pub fn l2_normalize(x: &Tensor, c: &L2NormalizeCfg) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(c.eps as f32, f32::MAX)?;
+    Ok(x.broadcast_div(&norm)?)
+}

@@ -1,0 +1,92 @@
+//! Text encoders (`fixtures/text/`): a Hugging Face BERT directory loads as wick's graph of
+//! embedding, linear, attention, LayerNorm, GELU, masked-mean and L2-normalisation nodes; its
+//! tokenisation and FP32 sentence embeddings match PyTorch's; `wick eval` reports fidelity.
+
+use crate::common::*;
+use std::path::PathBuf;
+use wick::embedding::{cosine, embed, TextData};
+use wick::tensor_file::{self, TensorFile};
+
+fn tiny_bert() -> PathBuf {
+    fixture("text/tiny_bert")
+}
+
+/// Token ids equal those of Hugging Face's tokenizers (the same as the reference ids of
+/// all-MiniLM-L6-v2, whose tokenizer this is); every sentence's embedding is within cosine
+/// 0.99999 and 1e-5 of PyTorch's, for batches of 1, 7 and 200 sentences (each padded to its own
+/// longest: the masks make padding change nothing).
+#[test]
+fn text_encoder_matches_pytorch() {
+    let r = TensorFile::read(&fixture("text/tiny_bert_reference.safetensors")).unwrap();
+    let model = wick::hf::load(&tiny_bert(), None).unwrap().model;
+    assert_eq!(model.input_shape(), &[64], "sentence_bert_config.json's max_seq_length");
+    let data = TextData::read(&fixture("text/sentences.txt"), &tiny_bert(), 64).unwrap();
+    let ids: Vec<i64> = data.ids.iter().flatten().map(|&v| v as i64).collect();
+    assert_eq!(ids, tensor_file::to_i64(&r.tensors["token_ids"], "reference", "token_ids").unwrap());
+    let want: Vec<Vec<f32>> = r.f32("embeddings").unwrap().chunks(8).map(<[f32]>::to_vec).collect();
+    for batch in [1, 7, 200] {
+        let got = embed(&model, &data, batch, 0).unwrap();
+        assert_eq!(got.len(), 200);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(cosine(g, w) >= 0.99999, "batch {batch}, sentence {i}: cosine {}", cosine(g, w));
+            assert!(max_abs_diff(g, w) <= 1e-5, "batch {batch}, sentence {i}: {}", max_abs_diff(g, w));
+        }
+    }
+}
+
+/// `wick inspect` and `wick eval` take the directory: eval against itself as the teacher gives
+/// fidelity 1 and writes the embeddings; a `config.json` of another family, `--arch` with a
+/// directory, text data for a model without a tokenizer, and the commands not built for text
+/// encoders yet exit 2 naming the culprit.
+#[test]
+fn text_encoder_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = run_expect(&["inspect", tiny_bert().to_str().unwrap()], 0);
+    assert!(o.contains("encoder.layer.1.attention.self") && o.contains("attention") && o.contains("masked_mean"), "{o}");
+    let pred = dir.path().join("e.safetensors");
+    let sentences = fixture("text/sentences.txt");
+    let model = tiny_bert();
+    let args = ["eval", model.to_str().unwrap(), "--data", sentences.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--json", "--predictions", pred.to_str().unwrap()];
+    let (o, _) = run_expect(&args, 0);
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!((j["sentences"].as_u64(), j["embedding_dim"].as_u64()), (Some(200), Some(8)));
+    assert!(j["fidelity"]["cosine_min"].as_f64().unwrap() > 0.999_999 && j["fidelity"]["nn_agreement"] == 1.0, "{j}");
+    assert_eq!(TensorFile::read(&pred).unwrap().tensors["embeddings"].shape, vec![200, 8]);
+    // Another model family.
+    let other = dir.path().join("gpt");
+    std::fs::create_dir(&other).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny_bert().join(f), other.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tiny_bert().join("config.json")).unwrap()).unwrap();
+    config["model_type"] = "gpt2".into();
+    std::fs::write(other.join("config.json"), config.to_string()).unwrap();
+    let (_, e) = run_expect(&["inspect", other.to_str().unwrap()], 2);
+    assert!(e.contains("model_type") && e.contains("gpt2") && e.contains("config.json"), "{e}");
+    let (_, e) = run_expect(&["inspect", tiny_bert().to_str().unwrap(), "--arch", "x.json"], 2);
+    assert!(e.contains("--arch") && e.contains("config.json"), "{e}");
+    let (_, e) = run_expect(&["eval", mlp_path().to_str().unwrap(), "--data", sentences.to_str().unwrap()], 2);
+    assert!(e.contains("not a model directory") && e.contains("tokenizer"), "{e}");
+    // Commands not built for text encoders yet say so.
+    let d = digits("train");
+    let (_, e) = run_expect(
+        &[
+            "compress",
+            model.to_str().unwrap(),
+            "--recipe",
+            "ptq-int8",
+            "--train",
+            d.to_str().unwrap(),
+            "--val",
+            d.to_str().unwrap(),
+            "--test",
+            d.to_str().unwrap(),
+            "--out",
+            dir.path().join("c").to_str().unwrap(),
+        ],
+        2,
+    );
+    assert!(e.contains("text encoder") && e.contains("wick compress"), "{e}");
+    let (_, e) = run_expect(&["quantize", model.to_str().unwrap(), "--calib", d.to_str().unwrap(), "--out", dir.path().join("q.safetensors").to_str().unwrap()], 2);
+    assert!(e.contains("text encoder") && e.contains("wick quantize"), "{e}");
+}
