@@ -90,3 +90,22 @@ fn text_encoder_cli() {
     let (_, e) = run_expect(&["quantize", model.to_str().unwrap(), "--calib", d.to_str().unwrap(), "--out", dir.path().join("q.safetensors").to_str().unwrap()], 2);
     assert!(e.contains("text encoder") && e.contains("wick quantize"), "{e}");
 }
+
+/// A checkpoint saved from a `BertForX` class (every name under `bert.`) loads to the same
+/// embeddings; an id outside the vocabulary is an error naming the embedding node.
+#[test]
+fn prefixed_checkpoints_and_bad_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = TensorFile::read(&tiny_bert().join("model.safetensors")).unwrap();
+    let renamed: std::collections::BTreeMap<String, tensor_file::RawTensor> = file.tensors.iter().map(|(k, v)| (format!("bert.{k}"), v.clone())).collect();
+    for f in ["config.json", "tokenizer.json", "sentence_bert_config.json"] {
+        std::fs::copy(tiny_bert().join(f), dir.path().join(f)).unwrap();
+    }
+    tensor_file::write(&dir.path().join("model.safetensors"), &renamed, &Default::default()).unwrap();
+    let data = TextData::read(&fixture("text/sentences.txt"), &tiny_bert(), 64).unwrap();
+    let (a, b) = (wick::hf::load(&tiny_bert(), None).unwrap().model, wick::hf::load(dir.path(), None).unwrap().model);
+    assert_eq!(embed(&a, &data, 50, 0).unwrap(), embed(&b, &data, 50, 0).unwrap());
+    let bad = TextData { name: "ids".into(), ids: vec![vec![101, 40_000, 102]] };
+    let e = embed(&a, &bad, 1, 0).unwrap_err().to_string();
+    assert!(e.contains("embeddings.word_embeddings") && e.contains("40000"), "{e}");
+}
