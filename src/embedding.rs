@@ -43,8 +43,18 @@ impl TextData {
 
 /// The model's output for every sentence, in batches of `batch_size` each padded with
 /// `pad_id` to its own longest sentence (the padding is masked, so it changes nothing but the
-/// work): one row per sentence.
+/// work): one row per sentence. Runs on the compiled float plan, compiled once for every length.
 pub fn embed(model: &Model, data: &TextData, batch_size: usize, pad_id: u32) -> Result<Vec<Vec<f32>>> {
+    let plan = crate::runtime::plan::Plan::float(model)?;
+    embed_with(model, data, batch_size, pad_id, |x| plan.predict(x))
+}
+
+/// [`embed`] on candle's executor (the oracle of the compiled plan).
+pub fn embed_reference(model: &Model, data: &TextData, batch_size: usize, pad_id: u32) -> Result<Vec<Vec<f32>>> {
+    embed_with(model, data, batch_size, pad_id, |x| Ok(model.with_input_shape(&x.dims()[1..])?.run(x, &Run { mode: Mode::Eval, taps: &[], hook: None, rng: None })?.0))
+}
+
+fn embed_with(model: &Model, data: &TextData, batch_size: usize, pad_id: u32, run: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(data.len());
     for batch in data.ids.chunks(batch_size.max(1)) {
         let len = batch.iter().map(Vec::len).max().unwrap_or(1);
@@ -56,9 +66,7 @@ pub fn embed(model: &Model, data: &TextData, batch_size: usize, pad_id: u32) -> 
         for (row, ids) in x.chunks_mut(len).zip(batch) {
             row.iter_mut().zip(ids).for_each(|(v, &id)| *v = id as f32);
         }
-        let m = model.with_input_shape(&[len])?;
-        let x = Tensor::from_vec(x, (batch.len(), len), &Device::Cpu)?;
-        let y = m.run(&x, &Run { mode: Mode::Eval, taps: &[], hook: None, rng: None })?.0;
+        let y = run(&Tensor::from_vec(x, (batch.len(), len), &Device::Cpu)?)?;
         out.extend(y.flatten_from(1)?.to_vec2::<f32>()?);
     }
     Ok(out)

@@ -14,7 +14,8 @@ fn tiny_bert() -> PathBuf {
 /// Token ids equal those of Hugging Face's tokenizers (the same as the reference ids of
 /// all-MiniLM-L6-v2, whose tokenizer this is); every sentence's embedding is within cosine
 /// 0.99999 and 1e-5 of PyTorch's, for batches of 1, 7 and 200 sentences (each padded to its own
-/// longest: the masks make padding change nothing).
+/// longest: the masks make padding change nothing), on the compiled float plan (one plan for
+/// every length) and on candle's executor.
 #[test]
 fn text_encoder_matches_pytorch() {
     let r = TensorFile::read(&fixture("text/tiny_bert_reference.safetensors")).unwrap();
@@ -24,8 +25,8 @@ fn text_encoder_matches_pytorch() {
     let ids: Vec<i64> = data.ids.iter().flatten().map(|&v| v as i64).collect();
     assert_eq!(ids, tensor_file::to_i64(&r.tensors["token_ids"], "reference", "token_ids").unwrap());
     let want: Vec<Vec<f32>> = r.f32("embeddings").unwrap().chunks(8).map(<[f32]>::to_vec).collect();
-    for batch in [1, 7, 200] {
-        let got = embed(&model, &data, batch, 0).unwrap();
+    for (batch, compiled) in [(1, true), (7, true), (200, true), (7, false)] {
+        let got = if compiled { embed(&model, &data, batch, 0).unwrap() } else { wick::embedding::embed_reference(&model, &data, batch, 0).unwrap() };
         assert_eq!(got.len(), 200);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(cosine(g, w) >= 0.99999, "batch {batch}, sentence {i}: cosine {}", cosine(g, w));

@@ -130,6 +130,10 @@ pub struct Plan {
     last_use: Vec<usize>,
     /// The compiled model's `audit::fingerprint` (debug builds; 0 in release builds).
     fingerprint: u64,
+    /// Whether every step works on any sequence length (a text encoder: linears over rows,
+    /// LayerNorm, activations, adds and the text ops), so that a batch of shorter sequences
+    /// runs without compiling again.
+    length_free: bool,
 }
 
 /// A value: f32 data with its logical dims (with the batch) and its physical layout.
@@ -271,7 +275,8 @@ impl Plan {
             }
         }
         last_use[output] = usize::MAX;
-        Ok(Plan { model, steps, slots, output, last_use, fingerprint })
+        let length_free = model.input_shape().len() == 1 && arch.nodes.iter().all(|n| length_free_op(&n.op));
+        Ok(Plan { model, steps, slots, output, last_use, fingerprint, length_free })
     }
 
     /// The compiled model's `audit::fingerprint` (0 in release builds).
@@ -290,6 +295,30 @@ impl Plan {
         let layer = |s: &Step| self.model.arch.nodes[s.node].name.as_str();
         self.steps.iter().filter_map(|s| s.residual.map(|(r, relu)| (layer(s), name(r), relu))).collect()
     }
+}
+
+/// Whether `op`'s step computes the same for any sequence length of a rank-1 (token) input:
+/// per-row and per-token ops, and the text ops that read the length from their input.
+fn length_free_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Linear(_)
+            | Op::LayerNorm(_)
+            | Op::Relu(_)
+            | Op::Relu6(_)
+            | Op::Gelu(_)
+            | Op::Silu(_)
+            | Op::Sigmoid(_)
+            | Op::Tanh(_)
+            | Op::Add(_)
+            | Op::Dropout(_)
+            | Op::Embedding(_)
+            | Op::PositionEmbedding(_)
+            | Op::EmbeddingRow(_)
+            | Op::Attention(_)
+            | Op::MaskedMean(_)
+            | Op::L2Normalize(_)
+    )
 }
 
 /// A conv or linear: quantised when `int8` quantises it, else [`dense`].

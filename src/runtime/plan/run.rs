@@ -29,7 +29,7 @@ impl Plan {
     /// sample), run side by side on the pool's threads, each start to finish on one thread
     /// (bit-identical for any `parts`): to measure part sizes against each other.
     pub fn predict_in_parts(&self, x: &Tensor, parts: usize) -> Result<Tensor> {
-        self.model.check_input(x)?;
+        self.check_input(x)?;
         let n = x.dim(0)?;
         let parts = parts.min(n);
         if parts < 2 {
@@ -46,9 +46,28 @@ impl Plan {
         Ok(Tensor::cat(&outs, 0)?)
     }
 
+    /// The model's input shape, or for a length-free plan (a text encoder) any sequence no
+    /// longer than the compiled one.
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let compiled = self.model.input_shape();
+        if self.length_free && x.rank() == 2 && x.dim(1)? >= 1 && x.dim(1)? <= compiled[0] {
+            return Ok(());
+        }
+        self.model.check_input(x)
+    }
+
     /// Logits for a batch, every step over the whole batch.
     fn predict_all(&self, x: &Tensor) -> Result<Tensor> {
         let n = x.dim(0)?;
+        // Per-sample shapes of every value for this input: the compiled ones, or those of a
+        // shorter sequence.
+        let shorter;
+        let shapes = if &x.dims()[1..] == self.model.input_shape() {
+            &self.model.graph.shapes
+        } else {
+            shorter = self.model.with_input_shape(&x.dims()[1..])?;
+            &shorter.graph.shapes
+        };
         let mut vals: Vec<Option<Value>> = (0..self.slots).map(|_| None).collect();
         vals[0] = Some(Value { data: x.flatten_all()?.to_vec1()?, dims: x.dims().to_vec(), channels_last: false });
         let mut codes: Vec<Quantised> = vec![];
@@ -73,7 +92,7 @@ impl Plan {
                             codes.len() - 1
                         }
                     };
-                    let out_dims = out_dims(&self.model.graph.shapes[node.name.as_str()], n);
+                    let out_dims = out_dims(&shapes[node.name.as_str()], n);
                     let channels_last = conv && out_dims.len() >= 3;
                     set_residual_layout(&mut vals, step, channels_last);
                     let residual = residual_of(&vals, step);
@@ -86,7 +105,7 @@ impl Plan {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
                     set_layout(v, conv);
                     let cl = conv && v.dims.len() >= 3;
-                    let dims = out_dims(&self.model.graph.shapes[node.name.as_str()], n);
+                    let dims = out_dims(&shapes[node.name.as_str()], n);
                     set_residual_layout(&mut vals, step, cl);
                     let x = &vals[step.inputs[0]].as_ref().expect("input computed").data;
                     Value { data: f.run(x, n, residual_of(&vals, step)), dims, channels_last: cl }
@@ -103,7 +122,7 @@ impl Plan {
                         set_layout(vals[i].as_mut().expect("input computed"), cl);
                     }
                     let ins: Vec<&Value> = step.inputs.iter().map(|&i| vals[i].as_ref().expect("input computed")).collect();
-                    let dims = out_dims(&self.model.graph.shapes[node.name.as_str()], n);
+                    let dims = out_dims(&shapes[node.name.as_str()], n);
                     // Rows of the output, each the inputs' pieces one after another.
                     let (rows, widths): (usize, Vec<usize>) = match cl {
                         true => (dims[0] * dims[2..].iter().product::<usize>(), ins.iter().map(|v| v.dims[1]).collect()),
@@ -124,7 +143,7 @@ impl Plan {
                         true => pool_channels_last(g, &v.data, n, v.dims[1]),
                         false => pool_planes(g, &v.data, n * v.dims[1]),
                     };
-                    Value { data, dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: v.channels_last }
+                    Value { data, dims: out_dims(&shapes[node.name.as_str()], n), channels_last: v.channels_last }
                 }
                 Kind::Add { relu } => {
                     let cl = vals[step.inputs[0]].as_ref().expect("input computed").channels_last;
@@ -147,17 +166,17 @@ impl Plan {
                 Kind::Flatten => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
                     let v = self.owned(&mut vals, step, si);
-                    Value { data: v.data, dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: false }
+                    Value { data: v.data, dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
                 }
                 Kind::Recurrent(r) => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
                     let x = &vals[step.inputs[0]].as_ref().expect("input computed").data;
-                    Value { data: r.run(x, n)?, dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: false }
+                    Value { data: r.run(x, n)?, dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
                 }
                 Kind::Select { dim, index } => {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
                     set_layout(v, false);
-                    Value { data: crate::runtime::recurrent::select(&v.data, &v.dims, *dim, *index), dims: out_dims(&self.model.graph.shapes[node.name.as_str()], n), channels_last: false }
+                    Value { data: crate::runtime::recurrent::select(&v.data, &v.dims, *dim, *index), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
                 }
                 Kind::LayerNorm { inner, eps, affine } => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
