@@ -93,7 +93,8 @@ fn text_encoder_cli() {
 }
 
 /// A checkpoint saved from a `BertForX` class (every name under `bert.`) loads to the same
-/// embeddings; an id outside the vocabulary is an error naming the embedding node.
+/// embeddings; an id outside the vocabulary is an error naming the embedding node; a vector
+/// model's plan refuses a shorter input as before.
 #[test]
 fn prefixed_checkpoints_and_bad_ids() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,6 +107,10 @@ fn prefixed_checkpoints_and_bad_ids() {
     let data = TextData::read(&fixture("text/sentences.txt"), &tiny_bert(), 64).unwrap();
     let (a, b) = (wick::hf::load(&tiny_bert(), None).unwrap().model, wick::hf::load(dir.path(), None).unwrap().model);
     assert_eq!(embed(&a, &data, 50, 0).unwrap(), embed(&b, &data, 50, 0).unwrap());
+    // A plan of a vector model keeps its one input shape.
+    let mlp = wick::runtime::plan::Plan::float(&load(&mlp_path())).unwrap();
+    let short = candle_core::Tensor::zeros((2, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    assert!(mlp.predict(&short).unwrap_err().to_string().contains("does not fit the model input"));
     let bad = TextData { name: "ids".into(), ids: vec![vec![101, 40_000, 102]] };
     let e = embed(&a, &bad, 1, 0).unwrap_err().to_string();
     assert!(e.contains("embeddings.word_embeddings") && e.contains("40000"), "{e}");

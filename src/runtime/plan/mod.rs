@@ -130,9 +130,9 @@ pub struct Plan {
     last_use: Vec<usize>,
     /// The compiled model's `audit::fingerprint` (debug builds; 0 in release builds).
     fingerprint: u64,
-    /// Whether every step works on any sequence length (a text encoder: linears over rows,
-    /// LayerNorm, activations, adds and the text ops), so that a batch of shorter sequences
-    /// runs without compiling again.
+    /// Whether the model reads token ids and every step works on any sequence length (a text
+    /// encoder: linears over rows, LayerNorm, activations, adds and the text ops), so that a
+    /// batch of shorter sequences runs without compiling again.
     length_free: bool,
 }
 
@@ -275,7 +275,9 @@ impl Plan {
             }
         }
         last_use[output] = usize::MAX;
-        let length_free = model.input_shape().len() == 1 && arch.nodes.iter().all(|n| length_free_op(&n.op));
+        // Token models only: a plain vector input keeps its one shape.
+        let tokens = arch.nodes.iter().any(|n| matches!(n.op, Op::Embedding(_)) && n.inputs[0] == arch.input.name);
+        let length_free = tokens && model.input_shape().len() == 1 && arch.nodes.iter().all(|n| length_free_op(&n.op));
         Ok(Plan { model, steps, slots, output, last_use, fingerprint, length_free })
     }
 
