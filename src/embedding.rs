@@ -45,7 +45,11 @@ impl TextData {
 /// `pad_id` to its own longest sentence (the padding is masked, so it changes nothing but the
 /// work): one row per sentence. Runs on the compiled float plan, compiled once for every length.
 pub fn embed(model: &Model, data: &TextData, batch_size: usize, pad_id: u32) -> Result<Vec<Vec<f32>>> {
-    let plan = crate::runtime::plan::Plan::float(model)?;
+    embed_on_plan(&crate::runtime::plan::Plan::float(model)?, model, data, batch_size, pad_id)
+}
+
+/// [`embed`] on `plan`, the compiled float plan of `model`.
+pub fn embed_on_plan(plan: &crate::runtime::plan::Plan, model: &Model, data: &TextData, batch_size: usize, pad_id: u32) -> Result<Vec<Vec<f32>>> {
     embed_with(model, data, batch_size, pad_id, |x| plan.predict(x))
 }
 
