@@ -87,6 +87,12 @@ impl Model {
         self.params.get(name).map(|v| v.as_tensor()).unwrap_or_else(|| panic!("parameter '{name}' was checked at load"))
     }
 
+    /// Parameter or buffer `name`'s values, flattened row-major (the compiled runtime's
+    /// input).
+    pub fn values(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self.p(name).flatten_all()?.to_vec1()?)
+    }
+
     /// The names of the parameters trained by gradient descent (weights and biases, not
     /// running statistics), in node order.
     pub fn trainable_names(&self) -> Vec<String> {

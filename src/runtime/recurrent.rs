@@ -74,7 +74,7 @@ impl RecurrentLayer {
     pub fn new(model: &Model, node: &Node, c: &RnnCfg, cell: Cell, in_shape: &[usize], quantised: impl Fn(&str, &Op, &[usize]) -> Result<Option<Projection>>) -> Result<Option<RecurrentLayer>> {
         let &[steps, _] = in_shape else { return Ok(None) };
         let rows = cell.gates() * c.hidden_size;
-        let vec = |s: &str| -> Result<Vec<f32>> { Ok(model.p(&node.param(s)).flatten_all()?.to_vec1::<f32>()?) };
+        let vec = |s: &str| model.values(&node.param(s));
         let project = |inp: usize, shape: &[usize], w: &str, b: &str| -> Result<Projection> {
             let op = matrix_op(rows, inp, c.bias);
             if let Some(p) = quantised(&node.param(w), &op, shape)? {

@@ -5,7 +5,8 @@
 //! the only reader of a weight layer runs inside that layer's epilogue, and so does a two-input
 //! add that is the only reader of a weight layer whose other input is already computed (a
 //! residual shortcut: `max(y + shortcut, 0)` with the ReLU after it). Every op of the
-//! architecture format has a step; a layer the packed kernels cannot lay out runs through the
+//! architecture format has a step but the text-encoder ops (embeddings, attention, masked mean,
+//! L2 normalisation); those, and a layer the packed kernels cannot lay out, run through the
 //! float executor on a logical-layout tensor, so every model runs.
 //!
 //! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
@@ -238,7 +239,7 @@ impl Plan {
                     }
                 }
                 (Op::LayerNorm(c), ..) => {
-                    let vec = |s: &str| -> Result<Vec<f32>> { Ok(model.p(&node.param(s)).flatten_all()?.to_vec1()?) };
+                    let vec = |s: &str| model.values(&node.param(s));
                     let affine = if c.elementwise_affine { Some((vec("weight")?, vec("bias")?)) } else { None };
                     Kind::LayerNorm { inner: c.normalized_shape.iter().product(), eps: c.eps, affine }
                 }
@@ -247,7 +248,7 @@ impl Plan {
                     Kind::Softmax { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1 }
                 }
                 (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), ..) => {
-                    let vec = |s: &str| -> Result<Vec<f32>> { Ok(model.p(&node.param(s)).flatten_all()?.to_vec1()?) };
+                    let vec = |s: &str| model.values(&node.param(s));
                     let (mean, var) = (vec("running_mean")?, vec("running_var")?);
                     let (gamma, beta) = if c.affine { (vec("weight")?, vec("bias")?) } else { (vec![1.0; mean.len()], vec![0.0; mean.len()]) };
                     let scale: Vec<f32> = gamma.iter().zip(&var).map(|(&g, &v)| (g as f64 / (v as f64 + c.eps).sqrt()) as f32).collect();
@@ -323,32 +324,36 @@ fn length_free_op(op: &Op) -> bool {
     )
 }
 
+/// Unit `unit` of `int8` as a layer on the integer GEMM (`op` over per-sample `in_shape`),
+/// when `int8` quantises it.
+fn quantised(int8: Option<&Int8Model>, unit: &str, op: &Op, in_shape: &[usize]) -> Result<Option<QLayer>> {
+    let Some((m, q)) = int8.and_then(|m| m.layers.get(unit).map(|q| (m, q))) else { return Ok(None) };
+    match QLayer::new(q, op, in_shape, m.bias(unit)?) {
+        Some(l) => Ok(Some(l)),
+        None => Err(WickError::node(unit, "has a shape the integer runtime cannot lay out")),
+    }
+}
+
 /// A conv or linear: quantised when `int8` quantises it, else [`dense`].
 fn weight_layer(model: &Model, node: &Node, in_shape: &[usize], int8: Option<&Int8Model>) -> Result<Kind> {
-    let Some((m, q)) = int8.and_then(|m| m.layers.get(&node.name).map(|q| (m, q))) else { return dense(model, node, in_shape) };
-    match QLayer::new(q, &node.op, in_shape, m.bias(&node.name)?) {
+    match quantised(int8, &node.name, &node.op, in_shape)? {
         Some(l) => Ok(Kind::Quant(Box::new(l))),
-        None => Err(WickError::node(&node.name, "has a shape the integer runtime cannot lay out")),
+        None => dense(model, node, in_shape),
     }
 }
 
 /// A recurrent matrix's projection on the integer GEMM when `int8` quantises unit `unit`.
 fn recurrent_unit(int8: Option<&Int8Model>, unit: &str, op: &Op, in_shape: &[usize]) -> Result<Option<Projection>> {
-    let Some((m, q)) = int8.and_then(|m| m.layers.get(unit).map(|q| (m, q))) else { return Ok(None) };
-    match QLayer::new(q, op, in_shape, m.bias(unit)?) {
-        Some(l) => Ok(Some(Box::new(l))),
-        None => Err(WickError::node(unit, "has a shape the integer runtime cannot lay out")),
-    }
+    Ok(quantised(int8, unit, op, in_shape)?.map(|l| Box::new(l) as Projection))
 }
 
 /// A float weight layer on the packed f32 GEMM (or the depthwise kernel).
 fn dense(model: &Model, node: &Node, in_shape: &[usize]) -> Result<Kind> {
-    let vec = |name: &str| -> Result<Vec<f32>> { Ok(model.p(name).flatten_all()?.to_vec1()?) };
     let bias = match model.params.contains_key(&node.param("bias")) {
-        true => Some(vec(&node.param("bias"))?),
+        true => Some(model.values(&node.param("bias"))?),
         false => None,
     };
-    Ok(match FloatLayer::new(&node.op, in_shape, &vec(&node.param("weight"))?, bias) {
+    Ok(match FloatLayer::new(&node.op, in_shape, &model.values(&node.param("weight"))?, bias) {
         Some(l) => Kind::Dense(Box::new(l)),
         None => Kind::Float,
     })
