@@ -287,7 +287,7 @@ pub fn load_any(path: &Path, arch_override: Option<&Path>) -> Result<(AnyModel, 
         return Ok((AnyModel::Float(loaded.model), loaded.warnings));
     }
     if crate::onnx::is_onnx(path) {
-        crate::onnx::refuse_arch(path, arch_override)?;
+        load::refuse_arch(path, arch_override, crate::onnx::CARRIES_ITS_GRAPH)?;
         return Ok((crate::onnx::load(path)?.0, vec![]));
     }
     let file = TensorFile::read(path)?;

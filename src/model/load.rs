@@ -66,11 +66,11 @@ pub fn resolve_arch(file: &TensorFile, arch_override: Option<&Path>) -> Result<A
 /// Loads a float model from a safetensors file, or from an ONNX file (by its extension).
 pub fn load_model(path: &Path, arch_override: Option<&Path>) -> Result<Loaded> {
     if crate::hf::is_model_dir(path) {
-        refuse_arch_for_dir(path, arch_override)?;
+        refuse_arch(path, arch_override, "a model directory, whose config.json is its architecture")?;
         return crate::hf::load(path, None);
     }
     if crate::onnx::is_onnx(path) {
-        crate::onnx::refuse_arch(path, arch_override)?;
+        refuse_arch(path, arch_override, crate::onnx::CARRIES_ITS_GRAPH)?;
         return crate::onnx::load_model(path);
     }
     let file = TensorFile::read(path)?;
@@ -119,10 +119,11 @@ pub fn save_model(model: &Model, path: &Path, extra: BTreeMap<String, Value>) ->
     tensor_file::write(path, &tensors, &md)
 }
 
-/// `--arch` with a model directory, whose architecture is its `config.json`: an error.
-pub fn refuse_arch_for_dir(path: &Path, arch_override: Option<&Path>) -> Result<()> {
+/// `--arch` with a model that carries its own architecture (`what` it is, for the message): an
+/// error.
+pub fn refuse_arch(path: &Path, arch_override: Option<&Path>, what: &str) -> Result<()> {
     match arch_override {
-        Some(a) => Err(WickError::invalid("--arch", format!("{} is given, but {} is a model directory whose config.json is its architecture", a.display(), path.display()))),
+        Some(a) => Err(WickError::invalid("--arch", format!("{} is {what}; drop --arch {}", path.display(), a.display()))),
         None => Ok(()),
     }
 }

@@ -35,13 +35,8 @@ pub fn reorder_gates(v: &[f32], gru: bool, to_onnx: bool, hidden: usize, cols: u
     order.iter().flat_map(|&b| v[b * block..(b + 1) * block].iter().copied()).collect()
 }
 
-/// Fails when `--arch` is given with an ONNX file, whose graph is its architecture.
-pub fn refuse_arch(path: &Path, arch_override: Option<&Path>) -> Result<()> {
-    match arch_override {
-        Some(a) => Err(WickError::invalid("--arch", format!("{} is an ONNX file, which carries its own graph; drop --arch {}", path.display(), a.display()))),
-        None => Ok(()),
-    }
-}
+/// What `--arch` is refused for with an ONNX file (`model::load::refuse_arch`).
+pub const CARRIES_ITS_GRAPH: &str = "an ONNX file, which carries its own graph";
 
 /// The default-domain opset a model imports (ONNX's rule: an absent import means opset 1).
 pub fn opset(model: &proto::ModelProto) -> i64 {

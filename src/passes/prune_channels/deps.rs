@@ -91,6 +91,14 @@ pub fn analyse(model: &Model) -> Deps {
     let input_ids = fresh(in_shape[0], &mut next);
     freeze_ids.extend(&input_ids);
     channels.insert(arch.input.name.clone(), input_ids);
+    // An op whose inputs and output are kept whole: every input id frozen, the output fresh
+    // frozen ids along its first axis.
+    let kept_whole = |ins: &[Vec<usize>], out_shape: &[usize], next: &mut usize, freeze: &mut Vec<usize>| -> Vec<usize> {
+        ins.iter().for_each(|i| freeze.extend(i));
+        let o = fresh(out_shape.first().copied().unwrap_or(1), next);
+        freeze.extend(&o);
+        o
+    };
     let mut feature_last: BTreeSet<String> = BTreeSet::new();
     for &i in &model.graph.order {
         let node = &arch.nodes[i];
@@ -110,10 +118,7 @@ pub fn analyse(model: &Model) -> Deps {
                 _ => false,
             };
             if !passes {
-                ins.iter().for_each(|i| freeze_ids.extend(i));
-                let o = fresh(out_shape.first().copied().unwrap_or(1), &mut next);
-                freeze_ids.extend(&o);
-                channels.insert(node.name.clone(), o);
+                channels.insert(node.name.clone(), kept_whole(&ins, out_shape, &mut next, &mut freeze_ids));
                 continue;
             }
             if !matches!(node.op, Op::Gru(_) | Op::Lstm(_)) && out_shape.len() >= 2 {
@@ -212,18 +217,12 @@ pub fn analyse(model: &Model) -> Deps {
             Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::MaskedMean(_) | Op::L2Normalize(_) => {
                 // Text encoders' sequence axis comes first and their features are tied across
                 // heads and positions: kept whole.
-                ins.iter().for_each(|i| freeze_ids.extend(i));
-                let o = fresh(out_shape.first().copied().unwrap_or(1), &mut next);
-                freeze_ids.extend(&o);
-                o
+                kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)
             }
             Op::Select(_) if last_in[0] => ins[0].clone(),
             Op::Select(_) => {
                 // Across the channel axis of a value whose channels are first: kept whole.
-                freeze_ids.extend(&ins[0]);
-                let o = fresh(out_shape.first().copied().unwrap_or(1), &mut next);
-                freeze_ids.extend(&o);
-                o
+                kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)
             }
             _ => ins[0].clone(),
         };
