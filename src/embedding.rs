@@ -4,6 +4,7 @@
 //! similarity, nearest-neighbour agreement). Uses `hf`, `model`.
 
 use crate::error::{Result, WickError};
+use crate::model::arch::Op;
 use crate::model::forward::{Mode, Run};
 use crate::model::Model;
 use candle_core::{Device, Tensor};
@@ -27,8 +28,7 @@ impl TextData {
         if lines.is_empty() {
             return Err(WickError::data(&name, "holds no sentence (one per line)"));
         }
-        let tok = crate::hf::tokenizer(model_dir)?;
-        let ids = crate::hf::tokenize(&tok, &lines, max_len, &name)?;
+        let ids = crate::hf::tokenize(&crate::hf::tokenizer(model_dir, max_len)?, &lines, &name)?;
         Ok(TextData { name, ids })
     }
 
@@ -41,24 +41,36 @@ impl TextData {
     }
 }
 
-/// The model's output for every sentence, in batches of `batch_size` each padded with
-/// `pad_id` to its own longest sentence (the padding is masked, so it changes nothing but the
-/// work): one row per sentence. Runs on the compiled float plan, compiled once for every length.
-pub fn embed(model: &Model, data: &TextData, batch_size: usize, pad_id: u32) -> Result<Vec<Vec<f32>>> {
-    embed_on_plan(&crate::runtime::plan::Plan::float(model)?, model, data, batch_size, pad_id)
+/// The model's output for every sentence, in batches of `batch_size` each padded with the
+/// model's pad id to its own longest sentence (the padding is masked, so it changes nothing but
+/// the work): one row per sentence. Runs on the compiled float plan, compiled once for every
+/// length.
+pub fn embed(model: &Model, data: &TextData, batch_size: usize) -> Result<Vec<Vec<f32>>> {
+    embed_on_plan(&crate::runtime::plan::Plan::float(model)?, model, data, batch_size)
 }
 
 /// [`embed`] on `plan`, the compiled float plan of `model`.
-pub fn embed_on_plan(plan: &crate::runtime::plan::Plan, model: &Model, data: &TextData, batch_size: usize, pad_id: u32) -> Result<Vec<Vec<f32>>> {
-    embed_with(model, data, batch_size, pad_id, |x| plan.predict(x))
+pub fn embed_on_plan(plan: &crate::runtime::plan::Plan, model: &Model, data: &TextData, batch_size: usize) -> Result<Vec<Vec<f32>>> {
+    embed_with(model, data, batch_size, |x| plan.predict(x))
 }
 
 /// [`embed`] on candle's executor (the oracle of the compiled plan).
-pub fn embed_reference(model: &Model, data: &TextData, batch_size: usize, pad_id: u32) -> Result<Vec<Vec<f32>>> {
-    embed_with(model, data, batch_size, pad_id, |x| Ok(model.with_input_shape(&x.dims()[1..])?.run(x, &Run { mode: Mode::Eval, taps: &[], hook: None, rng: None })?.0))
+pub fn embed_reference(model: &Model, data: &TextData, batch_size: usize) -> Result<Vec<Vec<f32>>> {
+    embed_with(model, data, batch_size, |x| Ok(model.with_input_shape(&x.dims()[1..])?.run(x, &Run { mode: Mode::Eval, taps: &[], hook: None, rng: None })?.0))
 }
 
-fn embed_with(model: &Model, data: &TextData, batch_size: usize, pad_id: u32, run: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Vec<Vec<f32>>> {
+/// The id the model's attention and pooling mask out (0 when it has neither).
+fn pad_id(model: &Model) -> i64 {
+    let pad = model.arch.nodes.iter().find_map(|n| match &n.op {
+        Op::Attention(c) => Some(c.pad_id),
+        Op::MaskedMean(c) => Some(c.pad_id),
+        _ => None,
+    });
+    pad.unwrap_or(0)
+}
+
+fn embed_with(model: &Model, data: &TextData, batch_size: usize, run: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Vec<Vec<f32>>> {
+    let pad = pad_id(model) as f32;
     let mut out = Vec::with_capacity(data.len());
     for batch in data.ids.chunks(batch_size.max(1)) {
         let len = batch.iter().map(Vec::len).max().unwrap_or(1);
@@ -66,7 +78,7 @@ fn embed_with(model: &Model, data: &TextData, batch_size: usize, pad_id: u32, ru
         if len > limit {
             return Err(WickError::data(&data.name, format!("a sentence has {len} tokens; the model takes at most {limit}")));
         }
-        let mut x = vec![pad_id as f32; batch.len() * len];
+        let mut x = vec![pad; batch.len() * len];
         for (row, ids) in x.chunks_mut(len).zip(batch) {
             row.iter_mut().zip(ids).for_each(|(v, &id)| *v = id as f32);
         }
@@ -118,8 +130,11 @@ pub fn nearest_neighbours(rows: &[Vec<f32>]) -> Vec<usize> {
 
 /// The fidelity of `student` to `teacher` (equal numbers of rows of equal width).
 pub fn fidelity(student: &[Vec<f32>], teacher: &[Vec<f32>]) -> Result<Fidelity> {
-    if student.len() != teacher.len() || student.iter().zip(teacher).any(|(a, b)| a.len() != b.len()) {
-        return Err(WickError::invalid("fidelity", format!("{} embeddings against {}, or of different widths", student.len(), teacher.len())));
+    if student.len() != teacher.len() {
+        return Err(WickError::invalid("fidelity", format!("{} embeddings against the teacher's {}", student.len(), teacher.len())));
+    }
+    if let Some((a, b)) = student.iter().zip(teacher).find(|(a, b)| a.len() != b.len()) {
+        return Err(WickError::invalid("fidelity", format!("embeddings of {} values against the teacher's {}", a.len(), b.len())));
     }
     let cos: Vec<f64> = student.iter().zip(teacher).map(|(a, b)| cosine(a, b)).collect();
     let n = cos.len().max(1) as f64;

@@ -37,21 +37,13 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 /// The token sequences' length limit: `max_seq_length` of `sentence_bert_config.json`, else
-/// [`DEFAULT_MAX_SEQ_LEN`], at most the model's positions.
-pub fn max_seq_len(dir: &Path) -> Result<usize> {
-    let positions = config_usize(&read_json(&dir.join("config.json"))?, "max_position_embeddings", &dir.join("config.json"))?;
+/// [`DEFAULT_MAX_SEQ_LEN`], at most the model's positions (`config` is the directory's parsed
+/// `config.json`).
+fn max_seq_len(dir: &Path, config: &Value) -> Result<usize> {
+    let positions = config_usize(config, "max_position_embeddings", &dir.join("config.json"))?;
     let st = dir.join("sentence_bert_config.json");
     let want = if st.is_file() { read_json(&st)?.get("max_seq_length").and_then(Value::as_u64).map(|v| v as usize) } else { None };
     Ok(want.unwrap_or(DEFAULT_MAX_SEQ_LEN).min(positions))
-}
-
-/// The id padding positions hold: `pad_token_id` of `config.json` (0 when absent).
-pub fn pad_id(dir: &Path) -> Result<u32> {
-    let path = dir.join("config.json");
-    match read_json(&path)?.get("pad_token_id") {
-        None | Some(Value::Null) => Ok(0),
-        Some(v) => v.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| WickError::invalid(format!("{}: field 'pad_token_id'", path.display()), format!("{v} is not a token id"))),
-    }
 }
 
 fn config_usize(c: &Value, field: &str, path: &Path) -> Result<usize> {
@@ -110,16 +102,18 @@ pub fn arch_from_config(config: &Value, path: &Path, seq_len: usize) -> Result<A
     Arch::from_json(&arch.to_string(), &path.display().to_string())
 }
 
-/// Loads the model of directory `dir` for sequences of up to `seq_len` tokens (its
-/// [`max_seq_len`] when `None`). Tensors the encoder does not use (the pooler) are reported as
+/// Loads the model of directory `dir` for sequences of up to `seq_len` tokens (when `None`,
+/// `max_seq_length` of `sentence_bert_config.json`, else [`DEFAULT_MAX_SEQ_LEN`], at most the
+/// model's positions). Tensors the encoder does not use (the pooler) are reported as
 /// warnings.
 pub fn load(dir: &Path, seq_len: Option<usize>) -> Result<Loaded> {
     let config_path = dir.join("config.json");
+    let config = read_json(&config_path)?;
     let seq_len = match seq_len {
         Some(l) => l,
-        None => max_seq_len(dir)?,
+        None => max_seq_len(dir, &config)?,
     };
-    let arch = arch_from_config(&read_json(&config_path)?, &config_path, seq_len)?;
+    let arch = arch_from_config(&config, &config_path, seq_len)?;
     let weights = weights_path(dir)?;
     let mut file = TensorFile::read(&weights)?;
     // Checkpoints of `BertForX` classes prefix the encoder's names with `bert.`.
@@ -140,22 +134,19 @@ fn weights_path(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// The directory's tokenizer (`tokenizer.json`), without its own padding and truncation: wick
-/// truncates to the model's sequence length and pads each batch itself.
-pub fn tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
+/// The directory's tokenizer (`tokenizer.json`), truncating to `max_len` tokens (keeping the
+/// final `[SEP]`-like token) and without its own padding: wick pads each batch itself.
+pub fn tokenizer(dir: &Path, max_len: usize) -> Result<tokenizers::Tokenizer> {
     let path = dir.join("tokenizer.json");
-    let mut t = tokenizers::Tokenizer::from_file(&path).map_err(|e| WickError::invalid(path.display().to_string(), format!("cannot be read as a tokenizer: {e}")))?;
+    let bad = |e: String| WickError::invalid(path.display().to_string(), e);
+    let mut t = tokenizers::Tokenizer::from_file(&path).map_err(|e| bad(format!("cannot be read as a tokenizer: {e}")))?;
     t.with_padding(None);
-    t.with_truncation(None).map_err(|e| WickError::invalid(path.display().to_string(), e.to_string()))?;
+    t.with_truncation(Some(tokenizers::TruncationParams { max_length: max_len, ..Default::default() })).map_err(|e| bad(e.to_string()))?;
     Ok(t)
 }
 
-/// The token ids of each line of `text` (special tokens added), each truncated to `max_len`
-/// keeping its final `[SEP]`-like token, as the tokenizer's own truncation does.
-pub fn tokenize(t: &tokenizers::Tokenizer, lines: &[String], max_len: usize, source: &str) -> Result<Vec<Vec<u32>>> {
-    let mut t = t.clone();
-    let trunc = tokenizers::TruncationParams { max_length: max_len, ..Default::default() };
-    t.with_truncation(Some(trunc)).map_err(|e| WickError::data(source, e.to_string()))?;
+/// The token ids of each line (special tokens added), with `t`'s truncation.
+pub fn tokenize(t: &tokenizers::Tokenizer, lines: &[String], source: &str) -> Result<Vec<Vec<u32>>> {
     let enc = t.encode_batch(lines.to_vec(), true).map_err(|e| WickError::data(source, format!("cannot be tokenised: {e}")))?;
     Ok(enc.iter().map(|e| e.get_ids().to_vec()).collect())
 }

@@ -127,7 +127,7 @@ fn run_text(a: &Args) -> anyhow::Result<Outcome> {
     let started = std::time::Instant::now();
     let plan = wick::runtime::plan::Plan::float(&loaded.model)?;
     let compile_seconds = started.elapsed().as_secs_f64();
-    let rows = embed_on_plan(&plan, &loaded.model, &data, a.batch_size, wick::hf::pad_id(dir)?)?;
+    let rows = embed_on_plan(&plan, &loaded.model, &data, a.batch_size)?;
     // Embedding alone, without loading and compiling: what a latency comparison wants.
     let embed_seconds = started.elapsed().as_secs_f64() - compile_seconds;
     let width = rows.first().map_or(0, Vec::len);
@@ -141,7 +141,7 @@ fn run_text(a: &Args) -> anyhow::Result<Outcome> {
         Some(tdir) => {
             let teacher = wick::model::load::load_model(tdir, None)?;
             let tdata = TextData::read(&a.data, tdir, teacher.model.input_shape()[0])?;
-            Some(fidelity(&rows, &embed(&teacher.model, &tdata, a.batch_size, wick::hf::pad_id(tdir)?)?)?)
+            Some(fidelity(&rows, &embed(&teacher.model, &tdata, a.batch_size)?)?)
         }
         None => None,
     };

@@ -26,7 +26,7 @@ fn text_encoder_matches_pytorch() {
     assert_eq!(ids, tensor_file::to_i64(&r.tensors["token_ids"], "reference", "token_ids").unwrap());
     let want: Vec<Vec<f32>> = r.f32("embeddings").unwrap().chunks(8).map(<[f32]>::to_vec).collect();
     for (batch, compiled) in [(1, true), (7, true), (200, true), (7, false)] {
-        let got = if compiled { embed(&model, &data, batch, 0).unwrap() } else { wick::embedding::embed_reference(&model, &data, batch, 0).unwrap() };
+        let got = if compiled { embed(&model, &data, batch).unwrap() } else { wick::embedding::embed_reference(&model, &data, batch).unwrap() };
         assert_eq!(got.len(), 200);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(cosine(g, w) >= 0.99999, "batch {batch}, sentence {i}: cosine {}", cosine(g, w));
@@ -106,12 +106,12 @@ fn prefixed_checkpoints_and_bad_ids() {
     tensor_file::write(&dir.path().join("model.safetensors"), &renamed, &Default::default()).unwrap();
     let data = TextData::read(&fixture("text/sentences.txt"), &tiny_bert(), 64).unwrap();
     let (a, b) = (wick::hf::load(&tiny_bert(), None).unwrap().model, wick::hf::load(dir.path(), None).unwrap().model);
-    assert_eq!(embed(&a, &data, 50, 0).unwrap(), embed(&b, &data, 50, 0).unwrap());
+    assert_eq!(embed(&a, &data, 50).unwrap(), embed(&b, &data, 50).unwrap());
     // A plan of a vector model keeps its one input shape.
     let mlp = wick::runtime::plan::Plan::float(&load(&mlp_path())).unwrap();
     let short = candle_core::Tensor::zeros((2, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     assert!(mlp.predict(&short).unwrap_err().to_string().contains("does not fit the model input"));
     let bad = TextData { name: "ids".into(), ids: vec![vec![101, 40_000, 102]] };
-    let e = embed(&a, &bad, 1, 0).unwrap_err().to_string();
+    let e = embed(&a, &bad, 1).unwrap_err().to_string();
     assert!(e.contains("embeddings.word_embeddings") && e.contains("40000"), "{e}");
 }
