@@ -65,6 +65,14 @@ impl<'a> IntegerHook<'a> {
 }
 
 impl Prepared {
+    /// A linear layer on the shifted `codes` of rows of `in` values (zero point `zp`): the
+    /// scalar GEMM, then the epilogue of every output.
+    fn linear(&self, codes: &[u8], zp: i32) -> Vec<f32> {
+        let (out, inp) = (self.q.weight.shape[0], self.q.weight.shape[1]);
+        let acc = gemm_u8i8(codes, &self.q.weight.values, codes.len() / inp, out, inp);
+        acc.chunks(out).flat_map(|row| row.iter().enumerate().map(|(c, &a)| self.epilogue(a, zp, c))).collect()
+    }
+
     /// `y = (acc − zp·Σw_c) · mult_c + b_c`.
     #[inline]
     fn epilogue(&self, acc: i32, zp: i32, c: usize) -> f32 {
@@ -83,10 +91,8 @@ impl recurrent::Project for Prepared {
         if x.iter().any(|v| !v.is_finite()) {
             return None;
         }
-        let (out, inp) = (self.q.weight.shape[0], self.q.weight.shape[1]);
         let (codes, zp) = quantize_u8(x, &self.q.input);
-        let acc = gemm_u8i8(&codes, &self.q.weight.values, x.len() / inp, out, inp);
-        Some(acc.chunks(out).flat_map(|row| row.iter().enumerate().map(|(c, &a)| self.epilogue(a, zp, c))).collect())
+        Some(self.linear(&codes, zp))
     }
 
     /// `project` then `+ add[i]` on each output.
@@ -126,12 +132,9 @@ impl Hook for IntegerHook<'_> {
             return Err(WickError::node(&node.name, format!("input holds a non-finite value ({v})")));
         }
         let (codes, zp) = quantize_u8(&xs, &p.q.input);
-        let w = &p.q.weight;
         let (y, shape) = match &node.op {
             Op::Linear(c) => {
-                let rows = xs.len() / c.in_features;
-                let acc = gemm_u8i8(&codes, &w.values, rows, c.out_features, c.in_features);
-                let y: Vec<f32> = acc.chunks(c.out_features).flat_map(|row| row.iter().enumerate().map(|(ch, &a)| p.epilogue(a, zp, ch))).collect();
+                let y = p.linear(&codes, zp);
                 let mut s = dims.clone();
                 *s.last_mut().unwrap() = c.out_features;
                 (y, s)
