@@ -60,7 +60,7 @@ pub struct CalibConfig {
 /// which nothing exceeds).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerCalib {
-    /// The node whose output this layer reads.
+    /// What the unit reads: a node's output (its name), or a recurrent node's hidden state.
     pub source: String,
     pub observed_min: f32,
     pub observed_max: f32,
