@@ -2,7 +2,8 @@
 //! compressed-tensors convention): per quantised unit (`model::qunit`; a layer `<layer>` or a
 //! recurrent matrix `<node>.weight_hh_l0`), its weight (`<layer>.weight`, or the matrix's own
 //! name) I8 per-output-channel symmetric, `<unit>.weight_scale` F32 `[out]`,
-//! `<unit>.input_scale` F32 `[1]`, `<unit>.input_zero_point` U8/I8 `[1]`; every other parameter F32, and one metadata key
+//! `<unit>.input_scale` F32 `[1]`, `<unit>.input_zero_point` U8/I8 `[1]` (none for a per-token
+//! input, quantised at run time row by row); every other parameter F32, and one metadata key
 //! `wick` with the architecture, each quantised layer's scheme, provenance and metrics.
 //! Uses `model`, `quant`, `tensor_file`.
 
@@ -10,7 +11,7 @@ use crate::error::{Result, WickError};
 use crate::model::load::{self, META_KEY};
 use crate::model::qunit::{node_units, tensors_of};
 use crate::model::Model;
-use crate::quant::{ActType, QParams, QWeight};
+use crate::quant::{ActType, InputQuant, QParams, QWeight};
 use crate::tensor_file::{self, RawTensor, TensorFile};
 use candle_core::Tensor;
 use safetensors::Dtype;
@@ -23,11 +24,11 @@ use std::path::Path;
 /// with the scales, per layer. Both are read.
 pub const ARTIFACT_VERSION: u32 = 2;
 
-/// One quantised layer: its integer weight and the static quantisation of its input.
+/// One quantised layer: its integer weight and the quantisation of its input.
 #[derive(Debug, Clone)]
 pub struct QuantLayer {
     pub weight: QWeight,
-    pub input: QParams,
+    pub input: InputQuant,
 }
 
 impl QuantLayer {
@@ -39,9 +40,13 @@ impl QuantLayer {
         w.values.chunks(per).map(|row| row.iter().map(|&v| v as i32).sum()).collect()
     }
 
-    /// `s_in · s_c` per output channel: what one unit of the i32 accumulator is worth.
+    /// `s_in · s_c` per output channel: what one unit of the i32 accumulator is worth; for a
+    /// per-token input `s_c` alone (each row's `s_in` multiplies it at run time).
     pub fn multipliers(&self) -> Vec<f32> {
-        self.weight.scales.iter().map(|&s| self.input.scale * s).collect()
+        match self.input {
+            InputQuant::Static(q) => self.weight.scales.iter().map(|&s| q.scale * s).collect(),
+            InputQuant::PerToken(_) => self.weight.scales.clone(),
+        }
     }
 }
 
@@ -60,8 +65,9 @@ impl Int8Model {
     /// Builds an INT8 model from a float model, quantising the weights of `inputs`' layers and
     /// putting their biases on the accumulator's grid, `b̂_c = round(b_c / (s_in·s_c))·s_in·s_c`:
     /// the int32 bias integer runtimes add (what `onnx::export` writes), so that every runtime
-    /// given the artifact computes the same sums.
-    pub fn quantize(model: &Model, inputs: &BTreeMap<String, QParams>) -> Result<Int8Model> {
+    /// given the artifact computes the same sums. A per-token input has no fixed grid: its
+    /// bias stays f32, added after the scaling.
+    pub fn quantize(model: &Model, inputs: &BTreeMap<String, InputQuant>) -> Result<Int8Model> {
         let mut tensors = model.tensors();
         let mut layers = BTreeMap::new();
         for (name, &input) in inputs {
@@ -71,7 +77,7 @@ impl Int8Model {
             let qw = crate::quant::quantize_weight(&w.flatten_all()?.to_vec1()?, &shape);
             tensors.insert(wname, Tensor::from_vec(qw.dequantize(), shape, w.device())?);
             let layer = QuantLayer { weight: qw, input };
-            if let Some(b) = tensors.get(&bname) {
+            if let Some(b) = tensors.get(&bname).filter(|_| input.fixed().is_some()) {
                 let grid: Vec<f32> = b.to_vec1::<f32>()?.iter().zip(layer.multipliers()).map(|(&b, m)| bias_code(b, m) as f32 * m).collect();
                 let n = grid.len();
                 tensors.insert(bname, Tensor::from_vec(grid, n, b.device())?);
@@ -96,7 +102,11 @@ impl Int8Model {
             }
         }
         let layer = |q: &QuantLayer| {
-            (q.weight.values.clone(), q.weight.shape.clone(), q.weight.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(), q.input.scale.to_bits(), q.input.zero_point, q.input.act)
+            let input = match q.input {
+                InputQuant::Static(p) => (p.scale.to_bits(), p.zero_point, p.act, false),
+                InputQuant::PerToken(act) => (0, 0, act, true),
+            };
+            (q.weight.values.clone(), q.weight.shape.clone(), q.weight.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(), input)
         };
         Ok(self.layers.len() == other.layers.len() && self.layers.iter().zip(&other.layers).all(|((ka, a), (kb, b))| ka == kb && layer(a) == layer(b)))
     }
@@ -129,13 +139,21 @@ impl Int8Model {
                 Some((l, q)) => {
                     out.insert(name.clone(), RawTensor::from_i8(q.weight.shape.clone(), &q.weight.values));
                     out.insert(format!("{l}.weight_scale"), RawTensor::from_f32(vec![q.weight.scales.len()], &q.weight.scales));
-                    out.insert(format!("{l}.input_scale"), RawTensor::from_f32(vec![1], &[q.input.scale]));
-                    let zp = match q.input.act {
-                        ActType::U8 | ActType::U7 => RawTensor::from_u8(vec![1], &[q.input.zero_point as u8]),
-                        ActType::I8 => RawTensor::from_i8(vec![1], &[q.input.zero_point as i8]),
-                    };
-                    out.insert(format!("{l}.input_zero_point"), zp);
-                    layer_types.insert(l.to_string(), json!(q.input.act));
+                    match q.input {
+                        InputQuant::Static(p) => {
+                            out.insert(format!("{l}.input_scale"), RawTensor::from_f32(vec![1], &[p.scale]));
+                            let zp = match p.act {
+                                ActType::U8 | ActType::U7 => RawTensor::from_u8(vec![1], &[p.zero_point as u8]),
+                                ActType::I8 => RawTensor::from_i8(vec![1], &[p.zero_point as i8]),
+                            };
+                            out.insert(format!("{l}.input_zero_point"), zp);
+                            layer_types.insert(l.to_string(), json!(p.act));
+                        }
+                        // Nothing to store: each row's parameters come from the row at run time.
+                        InputQuant::PerToken(act) => {
+                            layer_types.insert(l.to_string(), json!(format!("{}{PER_TOKEN_SUFFIX}", act_name(act))));
+                        }
+                    }
                 }
                 None => {
                     let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
@@ -152,7 +170,7 @@ impl Int8Model {
             "quantization".into(),
             json!({
                 "weight": {"dtype": "i8", "symmetric": true, "granularity": "per_channel", "axis": 0, "range": [-127, 127]},
-                "input": {"granularity": "per_tensor"},
+                "input": {"granularity": "per_tensor, or per_token (dynamic, no stored parameters) where a layer's type ends in _per_token"},
                 "layers": Value::Object(layer_types),
             }),
         );
@@ -197,7 +215,19 @@ impl Int8Model {
     }
 }
 
-/// Each quantised layer's input type (`u8`, `u7`, `i8`) from the metadata of either version.
+/// The suffix of a per-token input's declared type (`u8_per_token`).
+const PER_TOKEN_SUFFIX: &str = "_per_token";
+
+fn act_name(act: ActType) -> &'static str {
+    match act {
+        ActType::U8 => "u8",
+        ActType::U7 => "u7",
+        ActType::I8 => "i8",
+    }
+}
+
+/// Each quantised layer's input type (`u8`, `u7`, `i8`, or one of them with `_per_token`) from
+/// the metadata of either version.
 fn quantized_layers(meta: &Value, file: &str) -> Result<BTreeMap<String, String>> {
     let bad = |msg: String| WickError::invalid(format!("{file}: metadata '{META_KEY}'"), msg);
     let version = meta.get("format_version").and_then(Value::as_u64);
@@ -218,8 +248,8 @@ fn quantized_layers(meta: &Value, file: &str) -> Result<BTreeMap<String, String>
     entries
         .into_iter()
         .map(|(k, t)| match t {
-            Some(t @ ("u8" | "u7" | "i8")) => Ok((k, t.to_string())),
-            other => Err(bad(format!("layer '{k}': input type {other:?} is not one of u8, u7, i8"))),
+            Some(t) if matches!(t.strip_suffix(PER_TOKEN_SUFFIX).unwrap_or(t), "u8" | "u7" | "i8") => Ok((k, t.to_string())),
+            other => Err(bad(format!("layer '{k}': input type {other:?} is not one of u8, u7, i8 (each optionally with {PER_TOKEN_SUFFIX})"))),
         })
         .collect()
 }
@@ -238,6 +268,15 @@ fn read_layer(file: &TensorFile, l: &str, wname: &str, w: &RawTensor, declared: 
     let scales = tensor_file::to_f32(need("weight_scale")?, &f, &format!("{l}.weight_scale"))?;
     if scales.len() != w.shape[0] || scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
         return Err(WickError::invalid(format!("{f}: tensor '{l}.weight_scale'"), format!("must hold {} positive finite scales", w.shape[0])));
+    }
+    let values: Vec<i8> = w.data.iter().map(|&b| b as i8).collect();
+    if let Some(i) = values.iter().position(|&v| v == i8::MIN) {
+        return Err(WickError::invalid(format!("{f}: tensor '{wname}'"), format!("holds the code -128 at flat index {i}, outside the format's symmetric range -127..=127")));
+    }
+    let weight = QWeight { shape: w.shape.clone(), values, scales };
+    if let Some(act) = declared.strip_suffix(PER_TOKEN_SUFFIX) {
+        let act = act.parse().expect("checked by quantized_layers");
+        return Ok(QuantLayer { weight, input: InputQuant::PerToken(act) });
     }
     let in_scale = tensor_file::to_f32(need("input_scale")?, &f, &format!("{l}.input_scale"))?;
     let zp_t = need("input_zero_point")?;
@@ -261,11 +300,7 @@ fn read_layer(file: &TensorFile, l: &str, wname: &str, w: &RawTensor, declared: 
     if !(qmin as i64..=qmax as i64).contains(&zero_point) {
         return Err(WickError::invalid(format!("{f}: tensor '{l}.input_zero_point'"), format!("{zero_point} is outside the {} range {qmin}..={qmax}", format!("{act:?}").to_lowercase())));
     }
-    let values: Vec<i8> = w.data.iter().map(|&b| b as i8).collect();
-    if let Some(i) = values.iter().position(|&v| v == i8::MIN) {
-        return Err(WickError::invalid(format!("{f}: tensor '{wname}'"), format!("holds the code -128 at flat index {i}, outside the format's symmetric range -127..=127")));
-    }
-    Ok(QuantLayer { weight: QWeight { shape: w.shape.clone(), values, scales }, input: QParams { scale, zero_point: zero_point as i32, act } })
+    Ok(QuantLayer { weight, input: InputQuant::Static(QParams { scale, zero_point: zero_point as i32, act }) })
 }
 
 /// A bias as an int32 code at scale `m = s_in·s_c`: `round(b / m)`, saturating.

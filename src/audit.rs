@@ -58,7 +58,10 @@ pub fn fingerprint_int8(q: &Int8Model) -> u64 {
     fingerprint(&q.model).hash(&mut h);
     for (name, l) in &q.layers {
         name.hash(&mut h);
-        (l.input.scale.to_bits(), l.input.zero_point).hash(&mut h);
+        match l.input {
+            crate::quant::InputQuant::Static(p) => (p.scale.to_bits(), p.zero_point).hash(&mut h),
+            crate::quant::InputQuant::PerToken(act) => format!("{act:?}").hash(&mut h),
+        }
     }
     h.finish()
 }

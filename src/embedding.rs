@@ -69,6 +69,12 @@ fn pad_id(model: &Model) -> i64 {
     pad.unwrap_or(0)
 }
 
+/// The output of `run` (a batch of padded ids `[N, L]` to `[N, …]`) for every sentence, batched
+/// and padded as [`embed`] does for `model` (whose pad id and length limit apply).
+pub fn embed_with_predict(model: &Model, data: &TextData, batch_size: usize, run: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Vec<Vec<f32>>> {
+    embed_with(model, data, batch_size, run)
+}
+
 fn embed_with(model: &Model, data: &TextData, batch_size: usize, run: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Vec<Vec<f32>>> {
     let pad = pad_id(model) as f32;
     let mut out = Vec::with_capacity(data.len());

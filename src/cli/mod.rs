@@ -14,6 +14,7 @@ mod prune;
 mod qat;
 mod quant_common;
 mod quantize;
+mod quantize_text;
 
 use clap::{Parser, Subcommand};
 

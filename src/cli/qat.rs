@@ -74,7 +74,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     settings.validate().map_err(|e| super::as_flags(&e))?;
     // The steps of the qat-int8 recipe: fold and calibrate, QAT, convert.
     let init = ptq(&teacher, &calib, &calibration, &progress)?;
-    let inputs = init.int8.layers.iter().map(|(k, l)| (k.clone(), l.input)).collect();
+    let inputs = init.int8.layers.iter().map(|(k, l)| (k.clone(), l.input)).filter_map(|(k, i)| Some((k, i.fixed()?))).collect();
     let ctx = Ctx::new(&teacher, Data { train: &train, val: &val, calib: &calib }, a.seed, None, None, &progress)?;
     let applied = settings.apply(State::Calibrated { folded: init.folded, inputs }, &ctx)?;
     let State::Calibrated { folded, inputs } = applied.state else { unreachable!("qat gives a calibrated model") };

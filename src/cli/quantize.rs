@@ -1,4 +1,5 @@
-//! `wick quantize MODEL --calib FILE --out OUT`: post-training INT8 quantisation.
+//! `wick quantize MODEL --calib FILE --out OUT`: post-training INT8 quantisation. A text
+//! encoder (a model directory) with calibration sentences goes to `quantize_text`.
 
 use super::progress::CliProgress;
 use super::quant_common::*;
@@ -10,7 +11,7 @@ use wick::passes::calibrate::ptq;
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    m: super::ModelArgs,
+    pub m: super::ModelArgs,
     /// Calibration data (safetensors with `x`; `y` is not used but required by the format).
     #[arg(long)]
     calib: PathBuf,
@@ -18,10 +19,14 @@ pub struct Args {
     c: CalibrateArgs,
     #[command(flatten)]
     o: OutputArgs,
+    #[command(flatten)]
+    pub t: super::quantize_text::TargetArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    wick::hf::refuse_for(&a.m.model, "quantize")?;
+    if wick::hf::is_model_dir(&a.m.model) {
+        return super::quantize_text::run(&a.m.model, &a.calib, &a.c.exclude, &a.t, &a.o);
+    }
     let teacher = load_float(&a.m.model, a.m.arch.as_deref())?;
     let calib = wick::data::Dataset::read(&a.calib)?;
     let progress = CliProgress::new(a.o.quiet);

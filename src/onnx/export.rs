@@ -138,7 +138,7 @@ impl Builder {
         let x = node.inputs.first().map(String::as_str).unwrap_or("");
         let in_shape = model.graph.shapes.get(x).cloned().unwrap_or_default();
         let x = match quant {
-            Some(q) => self.quantize_input(n, x, q),
+            Some(q) => self.quantize_input(n, x, q)?,
             None => x.to_string(),
         };
         let x = x.as_str();
@@ -358,14 +358,16 @@ impl Builder {
 
     /// `QuantizeLinear` then `DequantizeLinear` of the layer's input with its static
     /// parameters; a 7-bit input is clipped to its range first (ONNX's uint8 saturates at 255).
-    fn quantize_input(&mut self, n: &str, x: &str, q: &QuantLayer) -> String {
-        let scale = self.scalar(&format!("{n}.input_scale"), q.input.scale);
-        let signed = q.input.act == ActType::I8;
-        let zp_byte = if signed { q.input.zero_point as i8 as u8 } else { q.input.zero_point as u8 };
+    /// A per-token input has no static parameters, and ONNX's quantisers no per-row form.
+    fn quantize_input(&mut self, n: &str, x: &str, q: &QuantLayer) -> std::result::Result<String, String> {
+        let Some(p) = q.input.fixed() else { return Err("has a per-token (dynamic) input quantisation, which ONNX's QuantizeLinear cannot express".into()) };
+        let scale = self.scalar(&format!("{n}.input_scale"), p.scale);
+        let signed = p.act == ActType::I8;
+        let zp_byte = if signed { p.zero_point as i8 as u8 } else { p.zero_point as u8 };
         let zp = self.init(byte_tensor(&format!("{n}.input_zero_point"), &[], &[zp_byte], signed));
         let mut src = x.to_string();
-        if q.input.act == ActType::U7 {
-            let (lo, hi) = q.input.real_range();
+        if p.act == ActType::U7 {
+            let (lo, hi) = p.real_range();
             let (lo, hi) = (self.scalar(&format!("{n}.input_min"), lo), self.scalar(&format!("{n}.input_max"), hi));
             let clipped = format!("{n}.input_clipped");
             self.op("Clip", &clipped, &[x, &lo, &hi], &clipped, vec![]);
@@ -374,7 +376,7 @@ impl Builder {
         let [qn, dq] = ["input_quantized", "input_dequantized"].map(|s| format!("{n}.{s}"));
         self.op("QuantizeLinear", &qn, &[&src, &scale, &zp], &qn, vec![]);
         self.op("DequantizeLinear", &dq, &[&qn, &scale, &zp], &dq, vec![]);
-        dq
+        Ok(dq)
     }
 
     /// The layer's weight, named `node.weight`: the float tensor, or the int8 codes dequantised

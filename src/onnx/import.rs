@@ -9,7 +9,7 @@ use super::tensor::{self, Const, Values};
 use crate::artifact::QuantLayer;
 use crate::model::arch::{self, Arch, InputSpec, Node, Op, Pair};
 use crate::model::graph::infer;
-use crate::quant::{ActType, QParams, QWeight};
+use crate::quant::{ActType, InputQuant, QParams, QWeight};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
@@ -921,7 +921,7 @@ impl Importer<'_> {
         let name = self.param_node_name(n, "conv");
         if let Some(q) = input_q {
             let codes = w_codes.ok_or("the input is quantised (QuantizeLinear/DequantizeLinear) but the weight is not DequantizeLinear of int8 codes")?;
-            self.layers.insert(name.clone(), QuantLayer { weight: qweight(&codes, &w.dims, 0)?, input: q });
+            self.layers.insert(name.clone(), QuantLayer { weight: qweight(&codes, &w.dims, 0)?, input: InputQuant::Static(q) });
         }
         Ok(Val::Dyn(self.emit(name, &[&x], op, params)?))
     }
@@ -970,7 +970,7 @@ impl Importer<'_> {
         let name = self.param_node_name(n, "linear");
         if let Some(q) = input_q {
             let codes = w_codes.filter(|_| alpha == 1.0).ok_or("the input is quantised (QuantizeLinear/DequantizeLinear) but the weight is not DequantizeLinear of int8 codes (with alpha 1)")?;
-            self.layers.insert(name.clone(), QuantLayer { weight: qweight(&codes, &b.dims, if trans_b { 0 } else { 1 })?, input: q });
+            self.layers.insert(name.clone(), QuantLayer { weight: qweight(&codes, &b.dims, if trans_b { 0 } else { 1 })?, input: InputQuant::Static(q) });
         }
         Ok(Val::Dyn(self.emit(name, &[&x], op, params)?))
     }

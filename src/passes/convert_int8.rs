@@ -7,7 +7,7 @@ use super::{wrong_state, Applied, Ctx, Pass, Sketch, State};
 use crate::artifact::Int8Model;
 use crate::error::Result;
 use crate::model::Model;
-use crate::quant::QParams;
+use crate::quant::{InputQuant, QParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -20,7 +20,7 @@ pub struct ConvertInt8 {}
 impl ConvertInt8 {
     /// The INT8 model of `folded` with the given input quantisation of each quantised layer.
     pub fn convert(folded: &Model, inputs: &BTreeMap<String, QParams>) -> Result<Int8Model> {
-        Int8Model::quantize(folded, inputs)
+        Int8Model::quantize(folded, &inputs.iter().map(|(k, &q)| (k.clone(), InputQuant::Static(q))).collect())
     }
 }
 

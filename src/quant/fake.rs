@@ -2,7 +2,7 @@
 //! `fq(x) = x_c + (dq(q(x_c)) − x_c).detach()` with `x_c = clamp(x, lo, hi)`, the straight-through
 //! estimator: gradient 1 inside the representable range, 0 outside it.
 
-use super::QParams;
+use super::{ActType, QParams};
 use crate::error::Result;
 use candle_core::Tensor;
 
@@ -14,6 +14,21 @@ pub fn fake_quant_act(x: &Tensor, q: &QParams) -> Result<Tensor> {
     let deq = ((&xc / q.scale as f64)?.round()? * q.scale as f64)?;
     let deq = deq.clamp(lo, hi)?;
     Ok((&xc + (deq - &xc)?.detach())?)
+}
+
+/// Per-token fake quantisation: each row of the last dim with its own parameters,
+/// [`QParams::of_row`] (taken from the values and detached), then as [`fake_quant_act`].
+pub fn fake_quant_per_token(x: &Tensor, act: ActType) -> Result<Tensor> {
+    let width = x.dim(candle_core::D::Minus1)?;
+    let flat = x.flatten_all()?.to_vec1::<f32>()?;
+    let params: Vec<QParams> = flat.chunks(width.max(1)).map(|r| QParams::of_row(r, act)).collect();
+    let rows = params.len();
+    let column = |f: &dyn Fn(&QParams) -> f32| Tensor::from_vec(params.iter().map(f).collect::<Vec<_>>(), (rows, 1), x.device());
+    let (lo, hi, scale) = (column(&|q| q.real_range().0)?, column(&|q| q.real_range().1)?, column(&|q| q.scale)?);
+    let x2 = x.reshape((rows, width))?;
+    let xc = x2.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
+    let deq = xc.broadcast_div(&scale)?.round()?.broadcast_mul(&scale)?.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
+    Ok((&xc + (deq - &xc)?.detach())?.reshape(x.dims())?)
 }
 
 /// Per-output-channel symmetric fake quantisation of a weight `[out, …]`, the scale
@@ -32,7 +47,6 @@ pub fn fake_quant_weight(w: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::ActType;
     use candle_core::{Device, Var};
 
     #[test]

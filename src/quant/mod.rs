@@ -75,6 +75,13 @@ impl QParams {
         }
     }
 
+    /// The per-token parameters of one row: [`QParams::from_range`] over the row's least and
+    /// greatest finite value (a row with none: the range `[0, 0]`).
+    pub fn of_row(row: &[f32], act: ActType) -> QParams {
+        let (lo, hi) = row.iter().filter(|v| v.is_finite()).fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        QParams::from_range(lo, hi, act)
+    }
+
     /// Scalar reference quantisation of one value.
     #[inline]
     pub fn quantize(&self, x: f32) -> i32 {
@@ -93,6 +100,44 @@ impl QParams {
     pub fn real_range(&self) -> (f32, f32) {
         let (qmin, qmax) = self.act.range();
         (self.dequantize(qmin), self.dequantize(qmax))
+    }
+}
+
+/// How a quantised unit's input becomes codes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum InputQuant {
+    /// One calibrated set of parameters for every value.
+    Static(QParams),
+    /// Dynamic, per token: each row (the last dim's values of one position) gets its own
+    /// parameters at run time from its own range ([`QParams::of_row`]), so a token whose
+    /// activations are large does not coarsen every other token's codes.
+    PerToken(ActType),
+}
+
+impl InputQuant {
+    /// The activation type of the codes.
+    pub fn act(&self) -> ActType {
+        match self {
+            InputQuant::Static(q) => q.act,
+            InputQuant::PerToken(a) => *a,
+        }
+    }
+
+    /// The static parameters, if the input has them.
+    pub fn fixed(&self) -> Option<QParams> {
+        match self {
+            InputQuant::Static(q) => Some(*q),
+            InputQuant::PerToken(_) => None,
+        }
+    }
+
+    /// The parameters of each row of `x` (rows of `width` values): the static ones repeated,
+    /// or each row's own.
+    pub fn rows(&self, x: &[f32], width: usize) -> Vec<QParams> {
+        match self {
+            InputQuant::Static(q) => vec![*q; x.len() / width.max(1)],
+            InputQuant::PerToken(a) => x.chunks(width.max(1)).map(|r| QParams::of_row(r, *a)).collect(),
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use crate::model::forward::{Hook, Mode, Run};
 use crate::model::im2col::Geom;
 use crate::model::recurrent::Cell;
 use crate::quant::fake::fake_quant_act;
+use crate::quant::InputQuant;
 use candle_core::Tensor;
 use kernels::{gemm_u8i8, im2col, quantize_u8, Kernel};
 use std::collections::BTreeMap;
@@ -65,18 +66,39 @@ impl<'a> IntegerHook<'a> {
 }
 
 impl Prepared {
-    /// A linear layer on the shifted `codes` of rows of `in` values (zero point `zp`): the
-    /// scalar GEMM, then the epilogue of every output.
-    fn linear(&self, codes: &[u8], zp: i32) -> Vec<f32> {
+    /// A linear layer on rows of `in` values of `x`: quantised with [`quantize_u8`] (a
+    /// per-token input row by row, each row with its own parameters), the scalar GEMM, then the
+    /// epilogue of every output.
+    fn linear(&self, x: &[f32]) -> Vec<f32> {
         let (out, inp) = (self.q.weight.shape[0], self.q.weight.shape[1]);
-        let acc = gemm_u8i8(codes, &self.q.weight.values, codes.len() / inp, out, inp);
-        acc.chunks(out).flat_map(|row| row.iter().enumerate().map(|(c, &a)| self.epilogue(a, zp, c))).collect()
+        let w = &self.q.weight.values;
+        match self.q.input {
+            InputQuant::Static(p) => {
+                let (codes, zp) = quantize_u8(x, &p);
+                let acc = gemm_u8i8(&codes, w, codes.len() / inp, out, inp);
+                acc.chunks(out).flat_map(|row| row.iter().enumerate().map(|(c, &a)| self.epilogue(a, zp, c, None))).collect()
+            }
+            InputQuant::PerToken(act) => x
+                .chunks(inp)
+                .flat_map(|row| {
+                    let p = crate::quant::QParams::of_row(row, act);
+                    let (codes, zp) = quantize_u8(row, &p);
+                    let acc = gemm_u8i8(&codes, w, 1, out, inp);
+                    acc.into_iter().enumerate().map(move |(c, a)| self.epilogue(a, zp, c, Some(p.scale)))
+                })
+                .collect(),
+        }
     }
 
-    /// `y = (acc − zp·Σw_c) · mult_c + b_c`.
+    /// `y = (acc − zp·Σw_c) · m_c + b_c` with `m_c = mult_c`, or `s_row · mult_c` for a
+    /// per-token input row of scale `s_row`.
     #[inline]
-    fn epilogue(&self, acc: i32, zp: i32, c: usize) -> f32 {
-        let v = (acc - zp * self.wsum[c]) as f32 * self.mult[c];
+    fn epilogue(&self, acc: i32, zp: i32, c: usize, row_scale: Option<f32>) -> f32 {
+        let m = match row_scale {
+            Some(s) => s * self.mult[c],
+            None => self.mult[c],
+        };
+        let v = (acc - zp * self.wsum[c]) as f32 * m;
         match &self.bias {
             Some(b) => v + b[c],
             None => v,
@@ -91,8 +113,7 @@ impl recurrent::Project for Prepared {
         if x.iter().any(|v| !v.is_finite()) {
             return None;
         }
-        let (codes, zp) = quantize_u8(x, &self.q.input);
-        Some(self.linear(&codes, zp))
+        Some(self.linear(x))
     }
 
     /// `project` then `+ add[i]` on each output.
@@ -131,19 +152,23 @@ impl Hook for IntegerHook<'_> {
         if let Some(v) = xs.iter().find(|v| !v.is_finite()) {
             return Err(WickError::node(&node.name, format!("input holds a non-finite value ({v})")));
         }
-        let (codes, zp) = quantize_u8(&xs, &p.q.input);
         let (y, shape) = match &node.op {
             Op::Linear(c) => {
-                let y = p.linear(&codes, zp);
+                let y = p.linear(&xs);
                 let mut s = dims.clone();
                 *s.last_mut().unwrap() = c.out_features;
                 (y, s)
             }
+            Op::Conv2d(_) | Op::Conv1d(_) if p.q.input.fixed().is_none() => {
+                return Err(WickError::node(&node.name, "is a convolution with a per-token input quantisation; wick quantises conv inputs per tensor"))
+            }
             Op::Conv2d(c) => {
+                let (codes, zp) = quantize_u8(&xs, &p.q.input.fixed().expect("static"));
                 let g = ConvGeom::new(&dims, c.out_channels, c.kernel_size.hw(), c.stride.hw().0, c.padding.hw(), c.dilation.hw().0, c.groups);
                 (self.conv(p, &codes, zp, &g), vec![dims[0], c.out_channels, g.ho, g.wo])
             }
             Op::Conv1d(c) => {
+                let (codes, zp) = quantize_u8(&xs, &p.q.input.fixed().expect("static"));
                 let d2 = vec![dims[0], dims[1], 1, dims[2]];
                 let g = ConvGeom::new(&d2, c.out_channels, (1, c.kernel_size), c.stride, (0, c.padding), c.dilation, c.groups);
                 (self.conv(p, &codes, zp, &g), vec![dims[0], c.out_channels, g.wo])
@@ -196,7 +221,7 @@ impl IntegerHook<'_> {
                     let c = gi * og + o;
                     let dst = &mut y[(s * g.o + c) * positions..(s * g.o + c + 1) * positions];
                     for (pos, d) in dst.iter_mut().enumerate() {
-                        *d = p.epilogue(acc[(s * positions + pos) * og + o], zp, c);
+                        *d = p.epilogue(acc[(s * positions + pos) * og + o], zp, c, None);
                     }
                 }
             }
@@ -214,7 +239,10 @@ pub struct SimulateHook<'a> {
 impl Hook for SimulateHook<'_> {
     fn input(&self, unit: &str, x: Tensor) -> Result<Tensor> {
         match self.layers.get(unit) {
-            Some(q) => fake_quant_act(&x, &q.input),
+            Some(q) => match q.input {
+                InputQuant::Static(p) => fake_quant_act(&x, &p),
+                InputQuant::PerToken(act) => crate::quant::fake::fake_quant_per_token(&x, act),
+            },
             None => Ok(x),
         }
     }
@@ -248,7 +276,15 @@ impl<'a> Executor<'a> {
     /// Logits for a batch.
     pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
         match &self.how {
-            How::Hooked(hook) => Ok(self.model.model.run(x, &Run { mode: Mode::Eval, taps: &[], hook: Some(hook.as_ref()), rng: None })?.0),
+            How::Hooked(hook) => {
+                let run = Run { mode: Mode::Eval, taps: &[], hook: Some(hook.as_ref()), rng: None };
+                // A token model takes any shorter sequence (as its compiled plan does).
+                let shorter = x.rank() == 2 && self.model.model.input_shape().len() == 1 && x.dim(1)? < self.model.model.input_shape()[0];
+                match shorter {
+                    true => Ok(self.model.model.with_input_shape(&x.dims()[1..])?.run(x, &run)?.0),
+                    false => Ok(self.model.model.run(x, &run)?.0),
+                }
+            }
             How::Compiled(p) => p.predict(x),
         }
     }
@@ -256,7 +292,7 @@ impl<'a> Executor<'a> {
 
 /// The integer GEMM kernels `m`'s layers run on this CPU, by name (each distinct one once).
 pub fn kernel_names(m: &Int8Model) -> String {
-    let mut names: Vec<&str> = m.layers.values().map(|q| crate::matmul::isa::Isa::detect_for(q.input.act == crate::quant::ActType::U7).name()).collect();
+    let mut names: Vec<&str> = m.layers.values().map(|q| crate::matmul::isa::Isa::detect_for(q.input.act() == crate::quant::ActType::U7).name()).collect();
     names.sort();
     names.dedup();
     names.join(", ")

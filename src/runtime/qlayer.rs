@@ -10,20 +10,21 @@
 
 use super::depthwise;
 use super::epilogue::{activate, finish_tile, FinishRow, Residual};
-use super::kernels::{code_shift, quantize_codes};
+use super::kernels::{code_shift, quantize_codes, quantize_to};
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::artifact::QuantLayer;
 use crate::matmul::int8::{PairPanels, QuadPanels};
 use crate::matmul::isa::Isa;
 use crate::model::act_op::Act;
 use crate::model::arch::Op;
-use crate::quant::{ActType, QParams};
+use crate::quant::{ActType, InputQuant, QParams};
 use std::mem::MaybeUninit;
 
 /// A quantised layer ready to run.
 pub struct QLayer {
-    pub input: QParams,
-    /// The shifted input zero point (`zero_point + 128` for i8 inputs): the padding code.
+    pub input: InputQuant,
+    /// The shifted input zero point (`zero_point + 128` for i8 inputs): the padding code (0 for
+    /// a per-token input, whose rows carry their own).
     zp: i32,
     pub shape: LayerShape,
     /// One packed weight per group, for the kernel this layer runs.
@@ -31,9 +32,11 @@ pub struct QLayer {
     /// Where each output position's patch row reads (convs).
     runs: Option<PatchRuns>,
     /// `zp·Σ_k w_c[k]` per output channel (`zp` the shifted input zero point, fixed per layer):
-    /// the zero-point correction, exact in i32.
+    /// the zero-point correction, exact in i32; for a per-token input `Σ_k w_c[k]` alone
+    /// (times each row's zero point in the epilogue).
     zp_wsum: Vec<i32>,
-    /// `s_in · s_c` per output channel.
+    /// `s_in · s_c` per output channel (`s_c` for a per-token input: see
+    /// `QuantLayer::multipliers`).
     mult: Vec<f32>,
     bias: Option<Vec<f32>>,
     /// A ReLU applied in the epilogue.
@@ -48,7 +51,10 @@ impl QLayer {
         let shape = LayerShape::of(op, in_shape)?;
         let w = &q.weight;
         // 7-bit inputs may take a kernel that is exact on 7-bit codes only.
-        let isa = Isa::detect_for(q.input.act == ActType::U7);
+        if q.input.fixed().is_none() && !matches!(shape, LayerShape::Linear { .. }) {
+            return None;
+        }
+        let isa = Isa::detect_for(q.input.act() == ActType::U7);
         // Each group's weights `[n, k]` in the channels-last patch order.
         let groups: Vec<(Vec<i8>, usize, usize)> = match shape {
             LayerShape::Linear { inp, out } => vec![(w.values.clone(), out, inp)],
@@ -66,8 +72,8 @@ impl QLayer {
             LayerShape::Conv(g) if !(depthwise::is_depthwise(&g) || g.pointwise() && g.c.is_multiple_of(group)) => Some(PatchRuns::new(&g)),
             _ => None,
         };
-        let zp = q.input.zero_point + code_shift(&q.input);
-        let zp_wsum = q.weight_sums().iter().map(|&s| zp * s).collect();
+        let zp = q.input.fixed().map_or(0, |p| p.zero_point + code_shift(&p));
+        let zp_wsum = q.weight_sums().iter().map(|&s| if q.input.fixed().is_some() { zp * s } else { s }).collect();
         Some(QLayer { input: q.input, zp, shape, packed, zp_wsum, mult: q.multipliers(), bias, relu: false, act: None, runs })
     }
 
@@ -81,6 +87,13 @@ impl QLayer {
     /// With `residual = (shortcut, relu)`, a residual add (and a ReLU) follows in the output
     /// loop: `max(y + shortcut, 0)` ([`Residual`]; `shortcut` in the output's layout).
     pub fn run(&self, codes: &Codes, n: usize, residual: Option<(&[f32], bool)>) -> Vec<f32> {
+        if let Some(rows) = &codes.rows {
+            let layer = PerToken { layer: self, rows };
+            return match residual {
+                None => self.run_with(codes, n, &layer),
+                Some((shortcut, relu)) => self.run_with(codes, n, &Residual { layer: &layer, shortcut, ldo: self.out_channels(), relu }),
+            };
+        }
         match residual {
             None => self.run_with(codes, n, self),
             Some((shortcut, relu)) => self.run_with(codes, n, &Residual { layer: self, shortcut, ldo: self.out_channels(), relu }),
@@ -92,27 +105,42 @@ impl QLayer {
         let zp = self.zp;
         let (o, og) = (self.out_channels(), self.out_channels() / self.groups());
         let epilogue = |gi: usize| move |acc: &[i32], stride: usize, first: usize, out: &mut [MaybeUninit<O>]| finish_tile(finish, acc, stride, first, o, gi * og, og, out);
-        match (&self.packed, codes, self.shape) {
-            (Packed::Depthwise(w), Codes::Bytes(c), LayerShape::Conv(g)) => depthwise::run::<u8, i8, i32, O, F>(&g, w, c, zp as u8, n, finish),
-            (Packed::Pairs(p), Codes::Wide(c), _) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as i16, n, epilogue),
-            (Packed::Quads(p), Codes::Bytes(c), _) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as u8, n, epilogue),
+        match (&self.packed, &codes.buf, self.shape) {
+            (Packed::Depthwise(w), CodeBuf::Bytes(c), LayerShape::Conv(g)) => depthwise::run::<u8, i8, i32, O, F>(&g, w, c, zp as u8, n, finish),
+            (Packed::Pairs(p), CodeBuf::Wide(c), _) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as i16, n, epilogue),
+            (Packed::Quads(p), CodeBuf::Bytes(c), _) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as u8, n, epilogue),
             _ => unreachable!("codes come from this layer's `quantize`, in the type its kernel reads"),
         }
     }
 
     /// The input's shifted codes in the type this layer's kernel reads (u8 for the quad
-    /// kernels, i16 for the pair ones); `None` when a value of `x` is not finite.
+    /// kernels, i16 for the pair ones), a per-token input's row by row with each row's
+    /// parameters; `None` when a value of `x` is not finite.
     pub fn quantize(&self, x: &[f32]) -> Option<Codes> {
-        match self.packed {
+        let LayerShape::Linear { inp, .. } = self.shape else { return self.quantize_static(x) };
+        let InputQuant::PerToken(act) = self.input else { return self.quantize_static(x) };
+        let params: Vec<QParams> = x.chunks(inp).map(|r| QParams::of_row(r, act)).collect();
+        let rows = Some(params.iter().map(|p| (p.zero_point + code_shift(p), p.scale)).collect());
+        let buf = match self.packed {
+            Packed::Pairs(_) => CodeBuf::Wide(quantize_rows::<i16>(x, inp, &params)?),
+            Packed::Quads(_) | Packed::Depthwise(_) => CodeBuf::Bytes(quantize_rows::<u8>(x, inp, &params)?),
+        };
+        Some(Codes { buf, rows })
+    }
+
+    fn quantize_static(&self, x: &[f32]) -> Option<Codes> {
+        let p = self.input.fixed().expect("QLayer::new took a per-token input for a linear only");
+        let buf = match self.packed {
             Packed::Pairs(_) => {
-                let (codes, finite) = quantize_codes::<i16>(x, &self.input);
-                finite.then_some(Codes::Wide(codes))
+                let (codes, finite) = quantize_codes::<i16>(x, &p);
+                finite.then_some(CodeBuf::Wide(codes))?
             }
             Packed::Quads(_) | Packed::Depthwise(_) => {
-                let (codes, finite) = quantize_codes::<u8>(x, &self.input);
-                finite.then_some(Codes::Bytes(codes))
+                let (codes, finite) = quantize_codes::<u8>(x, &p);
+                finite.then_some(CodeBuf::Bytes(codes))?
             }
-        }
+        };
+        Some(Codes { buf, rows: None })
     }
 
     /// Whether this layer reads u8 codes (else i16): layers that read one value share its codes
@@ -139,6 +167,56 @@ impl FinishRow<i32, f32> for QLayer {
         dequantise(acc, &self.zp_wsum[cs.clone()], &self.mult[cs.clone()], self.bias.as_ref().map(|b| &b[cs]), self.relu, out);
         activate(out, self.act);
     }
+}
+
+/// A per-token layer's epilogue: row `r` with its own shifted zero point `z_r` and scale `s_r`.
+struct PerToken<'a> {
+    layer: &'a QLayer,
+    rows: &'a [(i32, f32)],
+}
+
+impl FinishRow<i32, f32> for PerToken<'_> {
+    /// `out[j] = (acc[j] − z_r·Σw_c) · (s_r · s_c) + b_c` for channel `c = c0 + j`, then the
+    /// fused ReLU or activation.
+    #[inline(always)]
+    fn row(&self, acc: &[i32], row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
+        let l = self.layer;
+        let (z, s) = self.rows[row];
+        let cs = c0..c0 + acc.len();
+        let it = out.iter_mut().zip(acc).zip(&l.zp_wsum[cs.clone()]).zip(&l.mult[cs.clone()]);
+        match &l.bias {
+            Some(b) => {
+                for ((((o, &a), &w), &m), &b) in it.zip(&b[cs]) {
+                    o.write((a - z * w) as f32 * (s * m) + b);
+                }
+            }
+            None => {
+                for (((o, &a), &w), &m) in it {
+                    o.write((a - z * w) as f32 * (s * m));
+                }
+            }
+        }
+        if l.relu {
+            // SAFETY: the loop above wrote every entry.
+            let y = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            super::epilogue::add_relu(y, None, true);
+        }
+        activate(out, l.act);
+    }
+}
+
+/// The shifted codes of each row of `width` values of `x` under its own parameters
+/// (`params[r]`); `None` when a value is not finite.
+fn quantize_rows<T: super::kernels::Code>(x: &[f32], width: usize, params: &[QParams]) -> Option<Vec<T>> {
+    let mut codes = Vec::with_capacity(x.len());
+    let out = &mut codes.spare_capacity_mut()[..x.len()];
+    let mut finite = true;
+    for ((row, o), p) in x.chunks(width).zip(out.chunks_mut(width)).zip(params) {
+        finite &= quantize_to(row, p, o);
+    }
+    // SAFETY: `quantize_to` wrote every entry of every row.
+    unsafe { codes.set_len(x.len()) };
+    finite.then_some(codes)
 }
 
 /// `out[j] = (acc[j] − zp_wsum[j]) as f32 · mult[j] (+ bias[j]) (then max 0)`, one `for` loop
@@ -180,7 +258,14 @@ enum Packed {
 }
 
 /// Shifted activation codes in the type a layer's kernel reads.
-pub enum Codes {
+pub struct Codes {
+    pub buf: CodeBuf,
+    /// A per-token input's `(shifted zero point, scale)` of each row.
+    pub rows: Option<Vec<(i32, f32)>>,
+}
+
+/// The codes themselves.
+pub enum CodeBuf {
     Wide(Vec<i16>),
     Bytes(Vec<u8>),
 }

@@ -164,8 +164,9 @@ fn int8_export_is_qdq_and_reads_back_to_the_artifacts_predictions() {
             assert_eq!(w.data_type, data_type::INT8);
             assert_eq!(w.raw_data, layer.weight.values.iter().map(|&v| v as u8).collect::<Vec<_>>(), "{name}: the artifact's exact codes");
             assert_eq!(f32s(&format!("{name}.weight_scale")), layer.weight.scales);
-            assert_eq!(f32s(&format!("{name}.input_scale")), vec![layer.input.scale]);
-            assert_eq!(init(&format!("{name}.input_zero_point")).raw_data, vec![layer.input.zero_point as u8]);
+            let input = layer.input.fixed().expect("static input");
+            assert_eq!(f32s(&format!("{name}.input_scale")), vec![input.scale]);
+            assert_eq!(init(&format!("{name}.input_zero_point")).raw_data, vec![input.zero_point as u8]);
             let dq = g.node.iter().find(|n| n.output == [format!("{name}.weight")]).unwrap();
             assert_eq!(dq.op_type, "DequantizeLinear");
             assert!(dq.attribute.iter().any(|a| a.name == "axis" && a.i == 0));

@@ -9,7 +9,7 @@ use crate::error::{Result, WickError};
 use crate::model::act_op::apply_in_place;
 use crate::model::im2col::transpose_batched;
 use crate::model::pool_op::{pool_channels_last, pool_planes};
-use crate::quant::QParams;
+use crate::quant::InputQuant;
 use crate::runtime::qlayer::Codes;
 use candle_core::Tensor;
 
@@ -249,7 +249,7 @@ fn residual_of<'a>(vals: &'a [Option<Value>], step: &Step) -> Option<(&'a [f32],
 
 /// Codes of a slot under a quantiser, in a layout and a code type (`(channels last, bytes)`);
 /// kept while the slot lives.
-type Quantised = (usize, QParams, (bool, bool), Codes);
+type Quantised = (usize, InputQuant, (bool, bool), Codes);
 
 /// `[n] ++ per-sample shape`.
 fn out_dims(per_sample: &[usize], n: usize) -> Vec<usize> {

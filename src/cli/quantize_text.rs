@@ -1,0 +1,81 @@
+//! `wick quantize DIR --calib SENTENCES.txt --out OUT`: post-training INT8 of a text encoder
+//! (`text_ptq`), the artifact written, read back and checked bit for bit, and with `--test`
+//! the written file's fidelity to the float model on other sentences.
+
+use super::progress::CliProgress;
+use super::quant_common::{write_report, OutputArgs};
+use super::Outcome;
+use anyhow::Context;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use wick::embedding::{embed, fidelity, TextData};
+use wick::provenance::{file_sha256, tool_version};
+use wick::text_ptq::{embed_int8, ptq, Target};
+
+/// Sentences per batch while calibrating and measuring.
+const BATCH: usize = 32;
+
+/// The fidelity a text encoder's INT8 model must keep on the calibration sentences.
+#[derive(clap::Args)]
+pub struct TargetArgs {
+    /// Text encoders: least mean cosine similarity to the float model's embeddings on the
+    /// calibration sentences; the costliest linears stay float until it is met.
+    #[arg(long, default_value_t = 0.995)]
+    pub min_cosine: f64,
+    /// Text encoders: least share of calibration sentences keeping their nearest neighbour.
+    #[arg(long, default_value_t = 0.97)]
+    pub min_nn_agreement: f64,
+}
+
+pub fn run(dir: &Path, calib: &Path, exclude: &[String], t: &TargetArgs, o: &OutputArgs) -> anyhow::Result<Outcome> {
+    for (flag, v) in [("--min-cosine", t.min_cosine), ("--min-nn-agreement", t.min_nn_agreement)] {
+        if !(0.0..=1.0).contains(&v) {
+            anyhow::bail!(wick::WickError::invalid(flag, format!("{v} is outside [0, 1]")));
+        }
+    }
+    let loaded = wick::model::load::load_model(dir, None)?;
+    super::warn_all(&loaded.warnings);
+    let model = loaded.model;
+    let len = model.input_shape()[0];
+    let calib_data = TextData::read(calib, dir, len)?;
+    let test = o.test.as_ref().map(|p| TextData::read(p, dir, len)).transpose()?;
+    let progress = CliProgress::new(o.quiet);
+    let target = Target { cosine_mean: t.min_cosine, nn_agreement: t.min_nn_agreement };
+    let (mut q, rep) = ptq(&model, &calib_data, exclude, target, BATCH, &progress)?;
+    let settings = json!({"pass": "ptq", "input": "per_token u8", "calibration": calib.display().to_string(), "target": target, "exclude": exclude});
+    q.info.insert("provenance".into(), json!({"teacher": dir.display().to_string(), "teacher_sha256": file_sha256(&dir.join("model.safetensors"))?, "tool": tool_version(), "settings": settings}));
+    q.save(&o.out).with_context(|| format!("writing {}", o.out.display()))?;
+    let written = wick::compare::read_int8(&o.out)?;
+    if !written.same_as(&q)? {
+        anyhow::bail!("{}: the artifact read back differs from the model that was quantised", o.out.display());
+    }
+    let (before, after) = (dir_weights_bytes(dir)?, std::fs::metadata(&o.out)?.len());
+    println!("wrote {} ({} linears INT8 with per-token inputs, {} kept float: {})", o.out.display(), q.layers.len(), rep.kept_float.len(), rep.kept_float.join(", "));
+    println!("size      {before} -> {after} bytes ({:.1}% of model.safetensors)", 100.0 * after as f64 / before as f64);
+    let f = &rep.fidelity;
+    println!("calibration ({} sentences): cosine mean {:.6}, min {:.6}; nearest-neighbour agreement {:.4}", rep.calibration_sentences, f.cosine_mean, f.cosine_min, f.nn_agreement);
+    let test_fid = match &test {
+        Some(d) => {
+            let f = fidelity(&embed_int8(&written, d, BATCH)?, &embed(&model, d, BATCH)?)?;
+            println!(
+                "test        ({} sentences): cosine mean {:.6}, min {:.6}; nearest-neighbour agreement {:.4}  [integer execution of the written file]",
+                d.len(),
+                f.cosine_mean,
+                f.cosine_min,
+                f.nn_agreement
+            );
+            Some(f)
+        }
+        None => None,
+    };
+    if let Some(r) = &o.report {
+        write_report(r, &json!({"tool": tool_version(), "settings": settings, "calibration": rep, "test": test_fid, "bytes_before": before, "bytes_after": after}))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The size of a model directory's weights file.
+fn dir_weights_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let p: PathBuf = dir.join("model.safetensors");
+    Ok(std::fs::metadata(&p).with_context(|| p.display().to_string())?.len())
+}
