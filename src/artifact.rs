@@ -3,7 +3,8 @@
 //! recurrent matrix `<node>.weight_hh_l0`), its weight (`<layer>.weight`, or the matrix's own
 //! name) I8 per-output-channel symmetric, `<unit>.weight_scale` F32 `[out]`,
 //! `<unit>.input_scale` F32 `[1]`, `<unit>.input_zero_point` U8/I8 `[1]` (none for a per-token
-//! input, quantised at run time row by row); every other parameter F32, and one metadata key
+//! input, quantised at run time row by row); an INT8 lookup table (`tables`) as `<node>.weight`
+//! I8 with `<node>.weight_scale` F32 per row; every other parameter F32, and one metadata key
 //! `wick` with the architecture, each quantised layer's scheme, provenance and metrics.
 //! Uses `model`, `quant`, `tensor_file`.
 
@@ -57,6 +58,10 @@ impl QuantLayer {
 pub struct Int8Model {
     pub model: Model,
     pub layers: BTreeMap<String, QuantLayer>,
+    /// Lookup tables stored INT8 per row (an embedding's `weight`, by node name): the codes and
+    /// scales of [`quantize_weight`](crate::quant::quantize_weight), gathered rather than
+    /// multiplied, so the model holds them dequantised and every executor reads those values.
+    pub tables: BTreeMap<String, QWeight>,
     /// Provenance and metrics carried in the file's metadata.
     pub info: Map<String, Value>,
 }
@@ -85,7 +90,23 @@ impl Int8Model {
             layers.insert(name.clone(), layer);
         }
         let m = Model::new(model.arch.clone(), tensors, &model.source)?;
-        Ok(Int8Model { model: m, layers, info: Map::new() })
+        Ok(Int8Model { model: m, layers, tables: BTreeMap::new(), info: Map::new() })
+    }
+
+    /// Stores the `weight` of each node of `nodes` INT8 per row (see `tables`): the model then
+    /// holds `q · s_row`.
+    pub fn quantize_tables(&mut self, nodes: &[String]) -> Result<()> {
+        let mut tensors = self.model.tensors();
+        for node in nodes {
+            let name = format!("{node}.weight");
+            let w = tensors.get(&name).ok_or_else(|| WickError::node(node, "has no weight table to quantise"))?;
+            let shape = w.dims().to_vec();
+            let qw = crate::quant::quantize_weight(&w.flatten_all()?.to_vec1()?, &shape);
+            tensors.insert(name, Tensor::from_vec(qw.dequantize(), shape, w.device())?);
+            self.tables.insert(node.clone(), qw);
+        }
+        self.model = Model::new(self.model.arch.clone(), tensors, &self.model.source)?;
+        Ok(())
     }
 
     /// Whether `other` holds the same model bit for bit: architecture, every float tensor, and
@@ -108,7 +129,7 @@ impl Int8Model {
             };
             (q.weight.values.clone(), q.weight.shape.clone(), q.weight.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(), input)
         };
-        Ok(self.layers.len() == other.layers.len() && self.layers.iter().zip(&other.layers).all(|((ka, a), (kb, b))| ka == kb && layer(a) == layer(b)))
+        Ok(self.tables == other.tables && self.layers.len() == other.layers.len() && self.layers.iter().zip(&other.layers).all(|((ka, a), (kb, b))| ka == kb && layer(a) == layer(b)))
     }
 
     /// Each quantised unit by its weight tensor's name.
@@ -134,7 +155,13 @@ impl Int8Model {
         let mut out = BTreeMap::new();
         let mut layer_types = Map::new();
         let by_weight = self.quantised_weights();
+        let tables: BTreeMap<String, (&String, &QWeight)> = self.tables.iter().map(|(n, q)| (format!("{n}.weight"), (n, q))).collect();
         for (name, t) in self.model.tensors() {
+            if let Some((node, q)) = tables.get(&name) {
+                out.insert(name.clone(), RawTensor::from_i8(q.shape.clone(), &q.values));
+                out.insert(format!("{node}.weight_scale"), RawTensor::from_f32(vec![q.scales.len()], &q.scales));
+                continue;
+            }
             match by_weight.get(&name).copied() {
                 Some((l, q)) => {
                     out.insert(name.clone(), RawTensor::from_i8(q.weight.shape.clone(), &q.weight.values));
@@ -172,6 +199,7 @@ impl Int8Model {
                 "weight": {"dtype": "i8", "symmetric": true, "granularity": "per_channel", "axis": 0, "range": [-127, 127]},
                 "input": {"granularity": "per_tensor, or per_token (dynamic, no stored parameters) where a layer's type ends in _per_token"},
                 "layers": Value::Object(layer_types),
+                "tables": self.tables.keys().collect::<Vec<_>>(),
             }),
         );
         for (k, v) in &self.info {
@@ -191,11 +219,18 @@ impl Int8Model {
         let fname = file.name();
         let arch = load::resolve_arch(file, None)?;
         let layer_types = quantized_layers(&meta, &fname)?;
+        let table_nodes = quantized_tables(&meta, &fname)?;
+        let mut tables = BTreeMap::new();
+        for node in &table_nodes {
+            tables.insert(node.clone(), read_table(file, node)?);
+        }
         let mut floats = TensorFile { path: file.path.clone(), tensors: BTreeMap::new(), metadata: BTreeMap::new(), sha256: file.sha256.clone() };
         let mut layers = BTreeMap::new();
         let weights: BTreeMap<String, &str> = layer_types.keys().map(|l| (tensors_of(l, |k| file.tensors.contains_key(k)).0, l.as_str())).collect();
         for (name, t) in &file.tensors {
-            if let Some(&l) = weights.get(name) {
+            if let Some(node) = name.strip_suffix(".weight").filter(|n| tables.contains_key(*n)) {
+                floats.tensors.insert(name.clone(), RawTensor::from_f32(tables[node].shape.clone(), &tables[node].dequantize()));
+            } else if let Some(&l) = weights.get(name) {
                 layers.insert(l.to_string(), read_layer(file, l, name, t, &layer_types[l])?);
             } else if !(name.ends_with(".weight_scale") || name.ends_with(".input_scale") || name.ends_with(".input_zero_point")) {
                 floats.tensors.insert(name.clone(), t.clone());
@@ -211,8 +246,35 @@ impl Int8Model {
         for k in ["format_version", "kind", "arch", "quantization"] {
             info.remove(k);
         }
-        Ok(Some(Int8Model { model: loaded.model, layers, info }))
+        Ok(Some(Int8Model { model: loaded.model, layers, tables, info }))
     }
+}
+
+/// The nodes whose weight tables are stored INT8 per row (`quantization.tables`; none when the
+/// field is absent, as in files written before it).
+fn quantized_tables(meta: &Value, file: &str) -> Result<Vec<String>> {
+    let bad = || WickError::invalid(format!("{file}: metadata '{META_KEY}'"), "field 'quantization.tables' must be a list of node names");
+    match meta.pointer("/quantization/tables") {
+        None => Ok(vec![]),
+        Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(bad)).collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// The INT8 table of `node`: `<node>.weight` I8 `[rows, …]` and `<node>.weight_scale` F32
+/// `[rows]`, positive and finite.
+fn read_table(file: &TensorFile, node: &str) -> Result<QWeight> {
+    let f = file.name();
+    let need = |n: String| file.tensors.get(&n).ok_or_else(|| WickError::MissingTensor { file: f.clone(), tensor: n.clone(), node: node.to_string() });
+    let w = need(format!("{node}.weight"))?;
+    if w.dtype != Dtype::I8 || w.shape.is_empty() {
+        return Err(WickError::BadDtype { file: f.clone(), tensor: format!("{node}.weight"), dtype: format!("{:?}", w.dtype), role: "an INT8 table" });
+    }
+    let scales = tensor_file::to_f32(need(format!("{node}.weight_scale"))?, &f, &format!("{node}.weight_scale"))?;
+    if scales.len() != w.shape[0] || scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(WickError::invalid(format!("{f}: tensor '{node}.weight_scale'"), format!("must hold {} positive finite scales", w.shape[0])));
+    }
+    Ok(QWeight { shape: w.shape.clone(), values: w.data.iter().map(|&b| b as i8).collect(), scales })
 }
 
 /// The suffix of a per-token input's declared type (`u8_per_token`).

@@ -1,4 +1,5 @@
-//! Post-training INT8 of a text encoder: every linear's weight per-channel int8 and its input
+//! Post-training INT8 of a text encoder: every embedding table INT8 per row (rows are gathered,
+//! so they are stored as codes and read dequantised); every linear's weight per-channel int8 and its input
 //! quantised per token at run time (`InputQuant::PerToken`: a sentence's few large activations
 //! do not coarsen every other token's codes, and nothing is calibrated that another text could
 //! put out of range). The price of each linear's quantisation is measured alone on the
@@ -54,9 +55,13 @@ pub struct Report {
     pub fidelity: Fidelity,
 }
 
-/// The INT8 model of `model` with `layers` quantised (per-token u8 inputs).
+/// The INT8 model of `model` with `layers` quantised (per-token u8 inputs) and every
+/// embedding table INT8 per row.
 pub fn quantise(model: &Model, layers: &[String]) -> Result<Int8Model> {
-    Int8Model::quantize(model, &layers.iter().map(|l| (l.clone(), InputQuant::PerToken(ActType::U8))).collect::<BTreeMap<_, _>>())
+    let mut q = Int8Model::quantize(model, &layers.iter().map(|l| (l.clone(), InputQuant::PerToken(ActType::U8))).collect::<BTreeMap<_, _>>())?;
+    let tables: Vec<String> = model.arch.nodes.iter().filter(|n| matches!(n.op, Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_))).map(|n| n.name.clone()).collect();
+    q.quantize_tables(&tables)?;
+    Ok(q)
 }
 
 /// The embeddings of INT8 model `q` (integer execution on the compiled runtime).

@@ -106,28 +106,45 @@ fn write_predictions(path: &std::path::Path, r: &EvalResult, data: &Dataset, mod
     Ok(())
 }
 
-/// A text encoder on sentences: the number of sentences and the embedding width, and with
-/// `--teacher` the fidelity to the teacher's embeddings; `--predictions` writes `embeddings`
-/// F32 `[N, D]`.
+/// A text encoder on sentences (a model directory, or the INT8 artifact of one with its
+/// tokenizer from `--teacher`'s directory): the number of sentences and the embedding width,
+/// and with `--teacher` the fidelity to the teacher's embeddings; `--predictions` writes
+/// `embeddings` F32 `[N, D]`.
 fn run_text(a: &Args) -> anyhow::Result<Outcome> {
     use wick::embedding::{embed, embed_on_plan, fidelity, TextData};
-    let dir = &a.m.model;
-    if !wick::hf::is_model_dir(dir) {
-        anyhow::bail!(wick::WickError::invalid(
-            dir.display().to_string(),
-            format!("is not a model directory (config.json, model.safetensors, tokenizer.json), which text data ({}) needs for its tokenizer", a.data.display())
-        ));
-    }
+    let path = &a.m.model;
     if a.simulate || a.reference {
         anyhow::bail!(wick::WickError::invalid("--simulate/--reference", "apply to INT8 artifacts and float models on tensor data, not to a text encoder"));
     }
-    let loaded = wick::model::load::load_model(dir, a.m.arch.as_deref())?;
-    super::warn_all(&loaded.warnings);
-    let data = TextData::read(&a.data, dir, loaded.model.input_shape()[0])?;
+    let (model, tokenizer_dir, how) = match wick::hf::is_model_dir(path) {
+        true => {
+            let loaded = wick::model::load::load_model(path, a.m.arch.as_deref())?;
+            super::warn_all(&loaded.warnings);
+            (AnyModel::Float(loaded.model), path.as_path(), "float32 (compiled plan)")
+        }
+        false => match (load_any(path, a.m.arch.as_deref())?.0, &a.teacher) {
+            (q @ AnyModel::Int8(_), Some(t)) if wick::hf::is_model_dir(t) => (q, t.as_path(), "int8 integer execution (compiled plan)"),
+            _ => anyhow::bail!(wick::WickError::invalid(
+                path.display().to_string(),
+                format!(
+                    "is neither a model directory (config.json, model.safetensors, tokenizer.json) nor the INT8 artifact of one given with --teacher DIR, which text data ({}) needs for its tokenizer",
+                    a.data.display()
+                )
+            )),
+        },
+    };
+    let float = match &model {
+        AnyModel::Float(m) => m,
+        AnyModel::Int8(q) => &q.model,
+    };
+    let data = TextData::read(&a.data, tokenizer_dir, float.input_shape()[0])?;
     let started = std::time::Instant::now();
-    let plan = wick::runtime::plan::Plan::float(&loaded.model)?;
+    let plan = match &model {
+        AnyModel::Float(m) => wick::runtime::plan::Plan::float(m)?,
+        AnyModel::Int8(q) => wick::runtime::plan::Plan::int8(q)?,
+    };
     let compile_seconds = started.elapsed().as_secs_f64();
-    let rows = embed_on_plan(&plan, &loaded.model, &data, a.batch_size)?;
+    let rows = embed_on_plan(&plan, float, &data, a.batch_size)?;
     // Embedding alone, without loading and compiling: what a latency comparison wants.
     let embed_seconds = started.elapsed().as_secs_f64() - compile_seconds;
     let width = rows.first().map_or(0, Vec::len);
@@ -148,10 +165,10 @@ fn run_text(a: &Args) -> anyhow::Result<Outcome> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"sentences": rows.len(), "embedding_dim": width, "fidelity": fid, "embed_seconds": embed_seconds, "compile_seconds": compile_seconds, "batch_size": a.batch_size, "execution": "float32 (compiled plan)"})
+            serde_json::json!({"sentences": rows.len(), "embedding_dim": width, "fidelity": fid, "embed_seconds": embed_seconds, "compile_seconds": compile_seconds, "batch_size": a.batch_size, "execution": how})
         );
     } else {
-        println!("{} sentences, embeddings of {width} values  [float32]", rows.len());
+        println!("{} sentences, embeddings of {width} values  [{how}]", rows.len());
         if let Some(f) = fid {
             println!("fidelity to the teacher: cosine mean {:.6}, min {:.6}; nearest-neighbour agreement {:.4}", f.cosine_mean, f.cosine_min, f.nn_agreement);
         }

@@ -33,6 +33,9 @@ pub fn run(dir: &Path, calib: &Path, exclude: &[String], t: &TargetArgs, o: &Out
             anyhow::bail!(wick::WickError::invalid(flag, format!("{v} is outside [0, 1]")));
         }
     }
+    if calib.extension().is_none_or(|e| e != "txt") {
+        anyhow::bail!(wick::WickError::invalid("--calib", format!("{} is not a .txt file; a text encoder calibrates on sentences, one per line", calib.display())));
+    }
     let loaded = wick::model::load::load_model(dir, None)?;
     super::warn_all(&loaded.warnings);
     let model = loaded.model;

@@ -65,7 +65,7 @@ pub fn from_bytes(bytes: &[u8], file: &str, dir: &Path) -> Result<AnyModel> {
         return Ok(AnyModel::Float(model));
     }
     let info = serde_json::Map::from_iter([("imported_from".to_string(), serde_json::Value::String(file.to_string()))]);
-    Ok(AnyModel::Int8(Int8Model { model, layers: imported.layers, info }))
+    Ok(AnyModel::Int8(Int8Model { model, layers: imported.layers, tables: Default::default(), info }))
 }
 
 /// Loads an ONNX file as a float wick model; a QDQ (INT8) graph is refused.

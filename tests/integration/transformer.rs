@@ -67,7 +67,7 @@ fn text_encoder_cli() {
     let (_, e) = run_expect(&["inspect", tiny_bert().to_str().unwrap(), "--arch", "x.json"], 2);
     assert!(e.contains("--arch") && e.contains("config.json"), "{e}");
     let (_, e) = run_expect(&["eval", mlp_path().to_str().unwrap(), "--data", sentences.to_str().unwrap()], 2);
-    assert!(e.contains("not a model directory") && e.contains("tokenizer"), "{e}");
+    assert!(e.contains("neither a model directory") && e.contains("--teacher") && e.contains("tokenizer"), "{e}");
     // Commands not built for text encoders yet say so.
     let d = digits("train");
     let (_, e) = run_expect(
@@ -89,7 +89,43 @@ fn text_encoder_cli() {
     );
     assert!(e.contains("text encoder") && e.contains("wick compress"), "{e}");
     let (_, e) = run_expect(&["quantize", model.to_str().unwrap(), "--calib", d.to_str().unwrap(), "--out", dir.path().join("q.safetensors").to_str().unwrap()], 2);
-    assert!(e.contains("text encoder") && e.contains("wick quantize"), "{e}");
+    assert!(e.contains("--calib") && e.contains(".txt"), "{e}");
+}
+
+/// `wick quantize DIR --calib SENTENCES.txt`: the artifact holds per-token INT8 linears and
+/// INT8 tables; the linears the target needed stay float, costliest first by the measured
+/// sensitivity; `wick eval ARTIFACT --teacher DIR` (the teacher's tokenizer) reports the
+/// fidelity the quantisation printed for the written file; a bad `--exclude` exits 2 naming it.
+#[test]
+fn quantize_text_encoder_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, sentences) = (tiny_bert(), fixture("text/sentences.txt"));
+    let (out, report) = (dir.path().join("q.safetensors"), dir.path().join("r.json"));
+    let base = ["quantize", model.to_str().unwrap(), "--calib", sentences.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"];
+    let mut args = base.to_vec();
+    args.extend(["--test", sentences.to_str().unwrap(), "--report", report.to_str().unwrap(), "--min-cosine", "0.9999", "--min-nn-agreement", "0.9"]);
+    run_expect(&args, 0);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let cal = &r["calibration"];
+    let kept: Vec<&str> = cal["kept_float"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let ranked: Vec<&str> = cal["sensitivity"].as_array().unwrap().iter().map(|v| v["layer"].as_str().unwrap()).collect();
+    assert_eq!(ranked.len(), 12);
+    assert_eq!(kept, ranked[..kept.len()], "fallback follows the sensitivity ranking");
+    assert!(cal["fidelity"]["cosine_mean"].as_f64().unwrap() >= 0.9999 && cal["fidelity"]["nn_agreement"].as_f64().unwrap() >= 0.9, "{cal}");
+    let q = wick::artifact::Int8Model::read(&TensorFile::read(&out).unwrap()).unwrap().unwrap();
+    assert_eq!(q.layers.len(), 12 - kept.len());
+    assert!(q.layers.values().all(|l| l.input == wick::quant::InputQuant::PerToken(wick::quant::ActType::U8)));
+    assert_eq!(q.tables.keys().collect::<Vec<_>>(), ["embeddings.position_embeddings", "embeddings.token_type_embeddings", "embeddings.word_embeddings"]);
+    // Rows of 8 values: each row's f32 scale costs half its codes again.
+    assert!(std::fs::metadata(&out).unwrap().len() * 2 < std::fs::metadata(model.join("model.safetensors")).unwrap().len(), "INT8 tables and linears");
+    // Batches as `quantize` measures (padding changes float sums' order).
+    let (o, _) = run_expect(&["eval", out.to_str().unwrap(), "--data", sentences.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--batch-size", "32", "--json", "--quiet"], 0);
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(j["fidelity"], r["test"], "{j}");
+    let mut bad = base.to_vec();
+    bad.extend(["--exclude", "encoder.layer.0.nope"]);
+    let (_, e) = run_expect(&bad, 2);
+    assert!(e.contains("--exclude") && e.contains("encoder.layer.0.nope"), "{e}");
 }
 
 /// A checkpoint saved from a `BertForX` class (every name under `bert.`) loads to the same
