@@ -78,7 +78,7 @@ impl QParams {
     /// The per-token parameters of one row: [`QParams::from_range`] over the row's least and
     /// greatest finite value (a row with none: the range `[0, 0]`).
     pub fn of_row(row: &[f32], act: ActType) -> QParams {
-        let (lo, hi) = row.iter().filter(|v| v.is_finite()).fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (lo, hi) = finite_range(row);
         QParams::from_range(lo, hi, act)
     }
 
@@ -139,6 +139,34 @@ impl InputQuant {
             InputQuant::PerToken(a) => x.chunks(width.max(1)).map(|r| QParams::of_row(r, *a)).collect(),
         }
     }
+}
+
+/// `(min(x ∪ {0}), max(x ∪ {0}))` over the finite values of `x`. Sixteen independent
+/// compare-and-select lanes (a NaN compares false, so it is skipped), which the compiler turns
+/// into vector min/max; an infinite value, which only a failing input has, takes the filtered
+/// scalar fold instead.
+pub fn finite_range(x: &[f32]) -> (f32, f32) {
+    const LANES: usize = 16;
+    let (mut lo, mut hi) = ([0f32; LANES], [0f32; LANES]);
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+            hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+        }
+    }
+    let (mut l, mut h) = (0f32, 0f32);
+    for &v in lo.iter().chain(tail) {
+        l = if v < l { v } else { l };
+    }
+    for &v in hi.iter().chain(tail) {
+        h = if v > h { v } else { h };
+    }
+    if l.is_finite() && h.is_finite() {
+        return (l, h);
+    }
+    x.iter().filter(|v| v.is_finite()).fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
 
 /// Weights quantised symmetrically per output channel (axis 0), −127..127.
@@ -202,6 +230,19 @@ mod tests {
         let s = QParams::from_range(-2.0, 5.0, ActType::I8);
         assert_eq!(s.zero_point, 0);
         assert!((s.scale - 5.0 / 127.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn finite_range_matches_the_filtered_fold() {
+        let fold = |x: &[f32]| x.iter().filter(|v| v.is_finite()).fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let mut x: Vec<f32> = (0..53).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37).collect();
+        assert_eq!(finite_range(&x), fold(&x));
+        assert_eq!(finite_range(&x[..5]), fold(&x[..5]));
+        assert_eq!(finite_range(&[2.0, 3.0]), (0.0, 3.0), "the range includes 0");
+        x[7] = f32::NAN;
+        x[40] = f32::INFINITY;
+        x[41] = f32::NEG_INFINITY;
+        assert_eq!(finite_range(&x), fold(&x), "non-finite values are skipped");
     }
 
     #[test]
