@@ -60,7 +60,7 @@ pub fn embed_reference(model: &Model, data: &TextData, batch_size: usize) -> Res
 }
 
 /// The id the model's attention and pooling mask out (0 when it has neither).
-fn pad_id(model: &Model) -> i64 {
+pub fn pad_id(model: &Model) -> i64 {
     let pad = model.arch.nodes.iter().find_map(|n| match &n.op {
         Op::Attention(c) => Some(c.pad_id),
         Op::MaskedMean(c) => Some(c.pad_id),

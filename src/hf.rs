@@ -9,6 +9,7 @@
 use crate::error::{Result, WickError};
 use crate::model::arch::Arch;
 use crate::model::load::{model_from_file, Loaded};
+use crate::model::Model;
 use crate::tensor_file::TensorFile;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -22,11 +23,14 @@ pub fn is_model_dir(path: &Path) -> bool {
     path.is_dir() && path.join("config.json").is_file()
 }
 
-/// Text encoders run in `wick inspect`, `wick eval` and `wick quantize` so far: `command`
+/// Text encoders run in `wick inspect`, `eval`, `quantize` and `distill` so far: `command`
 /// refuses a model directory, naming it.
 pub fn refuse_for(path: &Path, command: &str) -> Result<()> {
     if is_model_dir(path) {
-        return Err(WickError::invalid(path.display().to_string(), format!("is a text encoder (a model directory); `wick {command}` does not take text encoders yet (inspect, eval and quantize do)")));
+        return Err(WickError::invalid(
+            path.display().to_string(),
+            format!("is a text encoder (a model directory); `wick {command}` does not take text encoders yet (inspect, eval, quantize and distill do)"),
+        ));
     }
     Ok(())
 }
@@ -123,6 +127,58 @@ pub fn load(dir: &Path, seq_len: Option<usize>) -> Result<Loaded> {
     let mut loaded = model_from_file(&file, arch)?;
     loaded.model.source = dir.display().to_string();
     Ok(loaded)
+}
+
+/// The parsed `config.json` of model directory `dir`, and its path.
+pub fn config(dir: &Path) -> Result<(Value, PathBuf)> {
+    let path = dir.join("config.json");
+    Ok((read_json(&path)?, path))
+}
+
+/// Writes `model` (a BERT encoder whose `config.json` is `config`) as a model directory `out`
+/// beside `source`, the directory it was derived from: `config.json`, `model.safetensors` (the
+/// weights under their own names, with the `format: pt` metadata Hugging Face's loader asks
+/// for), and `source`'s tokenizer and sentence-transformers files (every other file and the
+/// numbered module folders such as `1_Pooling`, but its README, which describes the source).
+/// Written into a staging folder renamed into place, so a failure leaves no half directory.
+pub fn save_dir(model: &Model, config: &Value, source: &Path, out: &Path) -> Result<()> {
+    if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(WickError::invalid(out.display().to_string(), "exists and is not empty; give a new directory for the model"));
+    }
+    let stage = crate::job::staging::Staging::new(out)?;
+    let io = |p: &Path, e: std::io::Error| WickError::io(p, e);
+    let mut tensors = std::collections::BTreeMap::new();
+    for (k, t) in model.tensors() {
+        tensors.insert(k, crate::tensor_file::RawTensor::from_f32(t.dims().to_vec(), &t.flatten_all()?.to_vec1::<f32>()?));
+    }
+    let md = std::collections::BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    crate::tensor_file::write(&stage.dir.join("model.safetensors"), &tensors, &md)?;
+    let text = serde_json::to_string_pretty(config).expect("JSON serialises") + "\n";
+    std::fs::write(stage.dir.join("config.json"), text).map_err(|e| io(&stage.dir.join("config.json"), e))?;
+    let mut names = vec!["model.safetensors".to_string(), "config.json".to_string()];
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(source).map_err(|e| io(source, e))?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>().map_err(|e| io(source, e))?;
+    entries.sort();
+    for from in entries {
+        let name = from.file_name().expect("a directory entry").to_string_lossy().to_string();
+        let module = from.is_dir() && name.split('_').next().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let copied = from.is_file() && !matches!(name.as_str(), "model.safetensors" | "config.json" | "README.md") && ![".bin", ".onnx", ".h5", ".msgpack", ".ot"].iter().any(|x| name.ends_with(x));
+        if module {
+            let to = stage.dir.join(&name);
+            std::fs::create_dir(&to).map_err(|e| io(&to, e))?;
+            for f in std::fs::read_dir(&from).map_err(|e| io(&from, e))? {
+                let f = f.map_err(|e| io(&from, e))?.path();
+                if f.is_file() {
+                    std::fs::copy(&f, to.join(f.file_name().expect("a file"))).map_err(|e| io(&f, e))?;
+                }
+            }
+        } else if copied {
+            std::fs::copy(&from, stage.dir.join(&name)).map_err(|e| io(&from, e))?;
+        } else {
+            continue;
+        }
+        names.push(name);
+    }
+    stage.commit(&names.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn weights_path(dir: &Path) -> Result<PathBuf> {

@@ -27,6 +27,7 @@ pub mod recipe;
 pub mod report;
 pub mod runtime;
 pub mod tensor_file;
+pub mod text_distill;
 pub mod text_ptq;
 pub mod train;
 

@@ -18,16 +18,16 @@ use wick::train::{Epochs, LearningRate, OptimizerKind};
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long)]
-    teacher: PathBuf,
+    pub teacher: PathBuf,
     #[arg(long)]
     arch: Option<PathBuf>,
     /// Student: an architecture JSON (randomly initialised from --seed) or a model file.
     #[arg(long, conflicts_with = "width")]
-    student: Option<PathBuf>,
+    pub student: Option<PathBuf>,
     /// Student: the teacher's architecture with every prunable channel group scaled by F,
     /// initialised from the teacher's most important (L1) channels.
     #[arg(long)]
-    width: Option<f64>,
+    pub width: Option<f64>,
     /// With --width: the student narrows in steps of √2; keep the narrowest step within half of
     /// --max-accuracy-drop (`--widen false`: always the width given).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = DistillSettings::default().widen)]
@@ -36,9 +36,9 @@ pub struct Args {
     #[arg(long, allow_negative_numbers = true)]
     max_accuracy_drop: Option<f64>,
     #[arg(long)]
-    train: PathBuf,
+    pub train: PathBuf,
     #[arg(long)]
-    val: PathBuf,
+    pub val: PathBuf,
     #[arg(long, default_value_t = DistillSettings::default().temperature)]
     temperature: f64,
     /// Weight of the distillation term (1 − α goes to cross-entropy with the labels).
@@ -51,29 +51,37 @@ pub struct Args {
     hint_weight: f64,
     /// Epochs (`auto`: from the data).
     #[arg(long, default_value_t = DistillSettings::default().epochs)]
-    epochs: Epochs,
+    pub epochs: Epochs,
     #[arg(long, default_value_t = DistillSettings::default().batch_size)]
-    batch_size: usize,
+    pub batch_size: usize,
     /// sgd (Nesterov momentum 0.9) or adamw.
     #[arg(long, default_value_t = DistillSettings::default().optimizer)]
     optimizer: OptimizerKind,
     /// Base learning rate (`auto`: a range test).
     #[arg(long, default_value_t = DistillSettings::default().lr)]
-    lr: LearningRate,
+    pub lr: LearningRate,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
     #[arg(long)]
-    test: Option<PathBuf>,
+    pub test: Option<PathBuf>,
     #[arg(long)]
-    out: PathBuf,
+    pub out: PathBuf,
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     #[arg(long)]
-    quiet: bool,
+    pub quiet: bool,
+    /// Text encoders (a model directory): the student's number of layers.
+    #[arg(long)]
+    pub layers: Option<usize>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    wick::hf::refuse_for(&a.teacher, "distill")?;
+    if wick::hf::is_model_dir(&a.teacher) {
+        return super::distill_text::run(&a);
+    }
+    if a.layers.is_some() {
+        anyhow::bail!(wick::WickError::invalid("--layers", "applies to text encoders (a model directory as --teacher)"));
+    }
     let teacher = load_float(&a.teacher, a.arch.as_deref())?;
     let settings = DistillSettings {
         width: a.width.unwrap_or(DistillSettings::default().width),

@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod compress;
 mod distill;
+mod distill_text;
 mod eval;
 mod export;
 mod import;

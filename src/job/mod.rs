@@ -8,7 +8,7 @@
 
 mod inputs;
 pub mod manifest;
-mod staging;
+pub(crate) mod staging;
 
 pub use inputs::{already_done, input_fingerprint};
 use inputs::{info, input_files};

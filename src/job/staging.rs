@@ -7,8 +7,8 @@ use crate::partial_files::{self, Partial, STAGING_PREFIX};
 use std::path::{Path, PathBuf};
 
 /// A run's staging folder, removed when dropped.
-pub(super) struct Staging {
-    pub(super) dir: PathBuf,
+pub(crate) struct Staging {
+    pub(crate) dir: PathBuf,
     out: PathBuf,
     created_out: Option<Partial>,
 }
@@ -16,7 +16,7 @@ pub(super) struct Staging {
 impl Staging {
     /// Creates the staging folder in `out` (and `out` itself if needed), after removing the
     /// staging folders and temporary files that killed runs left there.
-    pub(super) fn new(out: &Path) -> Result<Staging> {
+    pub(crate) fn new(out: &Path) -> Result<Staging> {
         let mut reg = partial_files::lock();
         let created_out = if out.is_dir() {
             partial_files::remove_stale(out);
@@ -34,7 +34,7 @@ impl Staging {
 
     /// Moves `names` from the staging folder into the output folder, in order, as one step that
     /// an interrupt cannot cut in half.
-    pub(super) fn commit(mut self, names: &[&str]) -> Result<()> {
+    pub(crate) fn commit(mut self, names: &[&str]) -> Result<()> {
         let mut reg = partial_files::lock();
         for name in names {
             std::fs::rename(self.dir.join(name), self.out.join(name)).map_err(|e| WickError::io(self.out.join(name), e))?;

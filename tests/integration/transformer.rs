@@ -205,3 +205,55 @@ fn per_token_text_encoder_round_trips_and_runs() {
     let f = wick::embedding::fidelity(&reference, &embed(&model, &data, 16).unwrap()).unwrap();
     assert!(f.cosine_mean > 0.999, "{f:?}");
 }
+
+/// `wick distill --teacher DIR --layers K`: a 1-layer student of the 2-layer encoder, trained on
+/// other sentences (WordNet's examples), ends closer to the teacher than it started on the
+/// evaluation sentences, is written as a model directory that loads and evaluates like the
+/// teacher's, and is deterministic for a seed; a student as deep as the teacher, classifier flags
+/// and a non-empty output directory exit 2 naming the culprit.
+#[test]
+fn distill_text_encoder_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, train, sentences) = (tiny_bert(), fixture("text/wordnet_train.txt"), fixture("text/sentences.txt"));
+    let run = |out: &std::path::Path, layers: &str, code: i32| {
+        let args = [
+            "distill",
+            "--teacher",
+            model.to_str().unwrap(),
+            "--layers",
+            layers,
+            "--train",
+            train.to_str().unwrap(),
+            "--val",
+            sentences.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+            "--quiet",
+        ];
+        run_expect(&args, code)
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (o, _) = run(&a, "1", 0);
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    let val = j["training"]["val"].as_array().unwrap();
+    let best = &val[j["training"]["best"].as_u64().unwrap() as usize];
+    assert!(best["cosine_mean"].as_f64().unwrap() > val[0]["cosine_mean"].as_f64().unwrap() + 0.05, "{j}");
+    assert_eq!(j["training"]["layer_map"], serde_json::json!([1]));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_hidden_layers"], 1);
+    assert!(a.join("tokenizer.json").is_file() && a.join("sentence_bert_config.json").is_file());
+    let student = wick::hf::load(&a, None).unwrap().model;
+    assert_eq!(wick::text_distill::encoder_layers(&student), 1);
+    let (e, _) = run_expect(&["eval", a.to_str().unwrap(), "--data", sentences.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--json", "--quiet"], 0);
+    let e: serde_json::Value = serde_json::from_str(&e).unwrap();
+    assert!((e["fidelity"]["cosine_mean"].as_f64().unwrap() - best["cosine_mean"].as_f64().unwrap()).abs() < 1e-6, "{e}");
+    run(&b, "1", 0);
+    assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(b.join("model.safetensors")).unwrap(), "same seed, same student");
+    let (_, err) = run(&dir.path().join("c"), "2", 2);
+    assert!(err.contains("--layers") && err.contains("teacher has 2"), "{err}");
+    let (_, err) = run(&a, "1", 2);
+    assert!(err.contains("not empty"), "{err}");
+}

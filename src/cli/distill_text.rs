@@ -1,0 +1,75 @@
+//! `wick distill --teacher DIR --layers K --train TRAIN.txt --val VAL.txt --out STUDENT_DIR`:
+//! a text encoder distilled into a `K`-layer student on unlabeled sentences
+//! (`text_distill`), written as a model directory like the teacher's.
+
+use super::distill::Args;
+use super::progress::CliProgress;
+use super::Outcome;
+use serde_json::json;
+use wick::embedding::{embed, fidelity, TextData};
+use wick::model::stats::total_params;
+use wick::text_distill::{distill, student, TextDistillConfig};
+use wick::train::budget::{AUTO_MAX_EPOCHS, AUTO_MIN_EPOCHS, AUTO_STEPS};
+use wick::train::LearningRate;
+
+/// AdamW's rate with `--lr auto`: the usual rate for fine-tuning BERT-sized encoders.
+const AUTO_LR: f64 = 1e-4;
+
+pub fn run(a: &Args) -> anyhow::Result<Outcome> {
+    let Some(k) = a.layers else { anyhow::bail!(wick::WickError::invalid("--layers", "is required for a text encoder (a model directory as --teacher): the student's number of layers")) };
+    if a.student.is_some() || a.width.is_some() {
+        anyhow::bail!(wick::WickError::invalid("--student/--width", "apply to classifiers; a text encoder's student is given by --layers"));
+    }
+    for (flag, p) in [("--train", &a.train), ("--val", &a.val)] {
+        if p.extension().is_none_or(|e| e != "txt") {
+            anyhow::bail!(wick::WickError::invalid(flag, format!("{} is not a .txt file; a text encoder learns from sentences, one per line", p.display())));
+        }
+    }
+    if std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some()) {
+        anyhow::bail!(wick::WickError::invalid("--out", format!("{} exists and is not empty; give a new directory for the student", a.out.display())));
+    }
+    let loaded = wick::model::load::load_model(&a.teacher, None)?;
+    super::warn_all(&loaded.warnings);
+    let teacher = loaded.model;
+    let (config, config_path) = wick::hf::config(&a.teacher)?;
+    let (mut s, map) = student(&teacher, &config, &config_path, k)?;
+    let len = teacher.input_shape()[0];
+    let train = TextData::read(&a.train, &a.teacher, len)?;
+    let val = TextData::read(&a.val, &a.teacher, len)?;
+    let test = a.test.as_ref().map(|p| TextData::read(p, &a.teacher, len)).transpose()?;
+    let batch_size = a.batch_size.max(1);
+    let cfg = TextDistillConfig {
+        epochs: a.epochs.resolve(train.len(), batch_size, AUTO_STEPS, (AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS)),
+        batch_size,
+        lr: match a.lr {
+            LearningRate::Auto => AUTO_LR,
+            LearningRate::Fixed(v) => v,
+        },
+        weight_decay: 0.01,
+        warmup: 0.06,
+        hidden_weight: 1.0,
+        seed: a.seed,
+    };
+    let progress = CliProgress::new(a.quiet);
+    let rep = distill(&teacher, &mut s, &map, &train, &val, &cfg, &progress)?;
+    let mut student_config = config.clone();
+    student_config["num_hidden_layers"] = k.into();
+    wick::hf::save_dir(&s, &student_config, &a.teacher, &a.out)?;
+    let test_fid = match &test {
+        Some(d) => Some(fidelity(&embed(&s, d, batch_size)?, &embed(&teacher, d, batch_size)?)?),
+        None => None,
+    };
+    let (tp, sp) = (total_params(&teacher), total_params(&s));
+    let best = &rep.val[rep.best];
+    if a.json {
+        println!("{}", json!({"teacher_params": tp, "student_params": sp, "settings": cfg, "training": rep, "test": test_fid}));
+    } else {
+        println!("teacher {tp} params; student {sp} params ({:.1}%), layers {:?} of the teacher's", 100.0 * sp as f64 / tp as f64, map);
+        println!("validation cosine mean {:.5} (untrained student {:.5}) after {} steps", best.cosine_mean, rep.val[0].cosine_mean, rep.steps);
+        if let Some(f) = test_fid {
+            println!("test: cosine mean {:.6}, min {:.6}; nearest-neighbour agreement {:.4}", f.cosine_mean, f.cosine_min, f.nn_agreement);
+        }
+        println!("wrote {}", a.out.display());
+    }
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,170 @@
+//! Distillation of a text encoder into a shallower one on unlabeled sentences. The student is
+//! the teacher's architecture with `k` layers, student layer `j` initialised from teacher layer
+//! `t_j = ⌊(j + 1)·L / k⌋ − 1` (for 6 → 3: layers 1, 3 and 5, so the last student layer starts
+//! as the teacher's last), the embeddings shared. It is trained (AdamW, warm-up then cosine
+//! decay) on
+//! `loss = mean_i (1 − cos(s_i, t_i)) + β · mean_j ‖m ⊙ (h_j − H_{t_j})‖² / ‖m ⊙ H_{t_j}‖²`:
+//! the sentence embeddings' cosine to the teacher's, plus each mapped layer's hidden states'
+//! squared error relative to the teacher's (`m` the real tokens), scale-free so that `β` means
+//! the same for any model. The embedding tables stay frozen: a small corpus would move only the
+//! rows of the words it holds, while weight decay shrank all the others. The checkpoint with
+//! the best validation cosine is kept. Uses `embedding`, `hf`, `model`, `train`.
+
+use crate::embedding::{embed, fidelity, Fidelity, TextData};
+use crate::error::{Result, WickError};
+use crate::model::arch::Op;
+use crate::model::forward::{Mode, Run};
+use crate::model::Model;
+use crate::progress::Progress;
+use crate::train::optim::{cosine_lr, Optimizer, OptimizerKind};
+use candle_core::{Device, Tensor, D};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Settings of one distillation.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextDistillConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Warm-up, as a share of all steps.
+    pub warmup: f64,
+    /// `β`, the weight of the hidden-state term.
+    pub hidden_weight: f64,
+    pub seed: u64,
+}
+
+/// What the distillation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextDistillReport {
+    /// Student layer `j` ← teacher layer `layer_map[j]`.
+    pub layer_map: Vec<usize>,
+    pub train_sentences: usize,
+    pub steps: usize,
+    /// Mean training loss of every epoch.
+    pub train_loss: Vec<f64>,
+    /// Validation fidelity after every epoch (the untrained student's first).
+    pub val: Vec<Fidelity>,
+    /// Index into `val` of the checkpoint kept (0: the initial student).
+    pub best: usize,
+}
+
+/// `t_j = ⌊(j + 1)·teacher / student⌋ − 1` for each student layer `j`.
+pub fn layer_map(teacher: usize, student: usize) -> Vec<usize> {
+    (0..student).map(|j| (j + 1) * teacher / student - 1).collect()
+}
+
+/// The number of `encoder.layer.{i}` blocks of a BERT-family model (see `hf`).
+pub fn encoder_layers(model: &Model) -> usize {
+    model.arch.nodes.iter().filter_map(|n| n.name.strip_prefix("encoder.layer.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1)
+}
+
+/// The `k`-layer student of `teacher` (whose directory's `config.json` is `config`) with its
+/// layers initialised by [`layer_map`] and everything else copied; returns it and the map.
+pub fn student(teacher: &Model, config: &serde_json::Value, config_path: &std::path::Path, k: usize) -> Result<(Model, Vec<usize>)> {
+    let layers = encoder_layers(teacher);
+    if k == 0 || k >= layers {
+        return Err(WickError::invalid("--layers", format!("{k}: a student needs between 1 and {} layers (the teacher has {layers})", layers.saturating_sub(1))));
+    }
+    let map = layer_map(layers, k);
+    let mut config = config.clone();
+    config["num_hidden_layers"] = k.into();
+    let arch = crate::hf::arch_from_config(&config, config_path, teacher.input_shape()[0])?;
+    let source = teacher.tensors();
+    let mut tensors = BTreeMap::new();
+    for (name, t) in &source {
+        match name.strip_prefix("encoder.layer.").and_then(|r| r.split_once('.')) {
+            Some((i, rest)) => {
+                if let Some(j) = map.iter().position(|&t| i.parse() == Ok(t)) {
+                    tensors.insert(format!("encoder.layer.{j}.{rest}"), t.copy()?);
+                }
+            }
+            None => {
+                tensors.insert(name.clone(), t.copy()?);
+            }
+        }
+    }
+    Ok((Model::new(arch, tensors, &teacher.source)?, map))
+}
+
+/// Trains `student` from `teacher` (layers mapped by `map`) on `train`, validating on `val`.
+pub fn distill(teacher: &Model, student: &mut Model, map: &[usize], train: &TextData, val: &TextData, cfg: &TextDistillConfig, progress: &dyn Progress) -> Result<TextDistillReport> {
+    let frozen: Vec<String> = student.arch.nodes.iter().filter(|n| matches!(n.op, Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_))).map(|n| n.param("weight")).collect();
+    let vars = student.trainable_names().into_iter().filter(|n| !frozen.contains(n)).map(|n| student.params[&n].clone()).collect();
+    let mut opt = Optimizer::new(OptimizerKind::Adamw, vars, cfg.lr, cfg.weight_decay, 0.0)?;
+    let taps_s: Vec<String> = (0..map.len()).map(|j| format!("encoder.layer.{j}.output.LayerNorm")).collect();
+    let taps_t: Vec<String> = map.iter().map(|t| format!("encoder.layer.{t}.output.LayerNorm")).collect();
+    let pad = crate::embedding::pad_id(teacher) as f32;
+    let val_teacher = embed(teacher, val, cfg.batch_size)?;
+    let mut report =
+        TextDistillReport { layer_map: map.to_vec(), train_sentences: train.len(), steps: 0, train_loss: vec![], val: vec![fidelity(&embed(student, val, cfg.batch_size)?, &val_teacher)?], best: 0 };
+    let mut best = (report.val[0].cosine_mean, snapshot(student)?);
+    let per_epoch = train.len().div_ceil(cfg.batch_size.max(1));
+    let total = cfg.epochs * per_epoch;
+    let warmup = (cfg.warmup * total as f64).round() as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    for epoch in 0..cfg.epochs {
+        order.shuffle(&mut rng);
+        progress.start(&format!("distilling, epoch {}/{}", epoch + 1, cfg.epochs), per_epoch as u64);
+        let mut sum = 0.0;
+        for batch in order.chunks(cfg.batch_size.max(1)) {
+            let rows: Vec<&[u32]> = batch.iter().map(|&i| train.ids[i].as_slice()).collect();
+            let (ids, mask) = padded(&rows, pad)?;
+            let len = ids.dim(1)?;
+            let (t_out, t_taps) = teacher.with_input_shape(&[len])?.run(&ids, &Run { mode: Mode::Eval, taps: &taps_t, hook: None, rng: None })?;
+            let (s_out, s_taps) = student.with_input_shape(&[len])?.run(&ids, &Run { mode: Mode::Train, taps: &taps_s, hook: None, rng: None })?;
+            // Both embeddings are L2-normalised: the cosine is their dot product.
+            let cos_loss = (1.0 - (&s_out * &t_out.detach())?.sum(D::Minus1)?.mean_all()?)?;
+            let m = mask.unsqueeze(2)?;
+            let mut hidden = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?;
+            for (s, t) in taps_s.iter().zip(&taps_t) {
+                let target = t_taps[t].detach();
+                let err = (&s_taps[s] - &target)?.broadcast_mul(&m)?.sqr()?.sum_all()?;
+                let norm = target.broadcast_mul(&m)?.sqr()?.sum_all()?;
+                hidden = (hidden + (err / norm)?)?;
+            }
+            let loss = (cos_loss + (hidden * (cfg.hidden_weight / map.len() as f64))?)?;
+            opt.set_lr(cosine_lr(cfg.lr, report.steps, total, warmup));
+            opt.step(&loss.backward()?)?;
+            report.steps += 1;
+            sum += loss.to_scalar::<f32>()? as f64;
+            progress.inc(1);
+        }
+        report.train_loss.push(sum / per_epoch as f64);
+        let f = fidelity(&embed(student, val, cfg.batch_size)?, &val_teacher)?;
+        progress.finish(&format!("epoch {}: loss {:.5}, validation cosine mean {:.5}", epoch + 1, sum / per_epoch as f64, f.cosine_mean));
+        if f.cosine_mean > best.0 {
+            best = (f.cosine_mean, snapshot(student)?);
+            report.best = report.val.len();
+        }
+        report.val.push(f);
+    }
+    for (k, v) in &student.params {
+        v.set(&best.1[k])?;
+    }
+    Ok(report)
+}
+
+/// A copy of every parameter's current value (not a view that later steps would change).
+fn snapshot(m: &Model) -> Result<BTreeMap<String, Tensor>> {
+    m.tensors().into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect()
+}
+
+/// Ids `[N, L]` (f32) padded with `pad` to the longest row, and the mask `[N, L]` of real
+/// tokens.
+fn padded(rows: &[&[u32]], pad: f32) -> Result<(Tensor, Tensor)> {
+    let len = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
+    let mut ids = vec![pad; rows.len() * len];
+    let mut mask = vec![0f32; rows.len() * len];
+    for (i, r) in rows.iter().enumerate() {
+        for (k, &id) in r.iter().enumerate() {
+            ids[i * len + k] = id as f32;
+            mask[i * len + k] = 1.0;
+        }
+    }
+    Ok((Tensor::from_vec(ids, (rows.len(), len), &Device::Cpu)?, Tensor::from_vec(mask, (rows.len(), len), &Device::Cpu)?))
+}
