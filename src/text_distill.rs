@@ -99,6 +99,9 @@ pub fn distill(teacher: &Model, student: &mut Model, map: &[usize], train: &Text
     let taps_t: Vec<String> = map.iter().map(|t| format!("encoder.layer.{t}.output.LayerNorm")).collect();
     let pad = crate::embedding::pad_id(teacher) as f32;
     let val_teacher = embed(teacher, val, cfg.batch_size)?;
+    // The teacher's embeddings once, on its compiled plan; its hidden states (β > 0) per batch.
+    let train_teacher = embed(teacher, train, cfg.batch_size)?;
+    let width = train_teacher.first().map_or(0, Vec::len);
     let mut report =
         TextDistillReport { layer_map: map.to_vec(), train_sentences: train.len(), steps: 0, train_loss: vec![], val: vec![fidelity(&embed(student, val, cfg.batch_size)?, &val_teacher)?], best: 0 };
     let mut best = (report.val[0].cosine_mean, snapshot(student)?);
@@ -115,13 +118,18 @@ pub fn distill(teacher: &Model, student: &mut Model, map: &[usize], train: &Text
             let rows: Vec<&[u32]> = batch.iter().map(|&i| train.ids[i].as_slice()).collect();
             let (ids, mask) = padded(&rows, pad)?;
             let len = ids.dim(1)?;
-            let (t_out, t_taps) = teacher.with_input_shape(&[len])?.run(&ids, &Run { mode: Mode::Eval, taps: &taps_t, hook: None, rng: None })?;
-            let (s_out, s_taps) = student.with_input_shape(&[len])?.run(&ids, &Run { mode: Mode::Train, taps: &taps_s, hook: None, rng: None })?;
+            let t_out = Tensor::from_vec(batch.iter().flat_map(|&i| train_teacher[i].iter().copied()).collect::<Vec<f32>>(), (batch.len(), width), &Device::Cpu)?;
+            let hidden_taps = if cfg.hidden_weight > 0.0 { (taps_s.as_slice(), taps_t.as_slice()) } else { (&[][..], &[][..]) };
+            let t_taps = match cfg.hidden_weight > 0.0 {
+                true => teacher.with_input_shape(&[len])?.run(&ids, &Run { mode: Mode::Eval, taps: hidden_taps.1, hook: None, rng: None })?.1,
+                false => BTreeMap::new(),
+            };
+            let (s_out, s_taps) = student.with_input_shape(&[len])?.run(&ids, &Run { mode: Mode::Train, taps: hidden_taps.0, hook: None, rng: None })?;
             // Both embeddings are L2-normalised: the cosine is their dot product.
             let cos_loss = (1.0 - (&s_out * &t_out.detach())?.sum(D::Minus1)?.mean_all()?)?;
             let m = mask.unsqueeze(2)?;
             let mut hidden = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?;
-            for (s, t) in taps_s.iter().zip(&taps_t) {
+            for (s, t) in hidden_taps.0.iter().zip(hidden_taps.1) {
                 let target = t_taps[t].detach();
                 let err = (&s_taps[s] - &target)?.broadcast_mul(&m)?.sqr()?.sum_all()?;
                 let norm = target.broadcast_mul(&m)?.sqr()?.sum_all()?;

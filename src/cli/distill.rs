@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, num_args = 1..)]
     hint: Vec<String>,
     #[arg(long, default_value_t = DistillSettings::default().hint_weight)]
-    hint_weight: f64,
+    pub hint_weight: f64,
     /// Epochs (`auto`: from the data).
     #[arg(long, default_value_t = DistillSettings::default().epochs)]
     pub epochs: Epochs,

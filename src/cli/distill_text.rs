@@ -47,7 +47,7 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
         },
         weight_decay: 0.01,
         warmup: 0.06,
-        hidden_weight: 1.0,
+        hidden_weight: a.hint_weight,
         seed: a.seed,
     };
     let progress = CliProgress::new(a.quiet);
