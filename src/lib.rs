@@ -27,8 +27,6 @@ pub mod recipe;
 pub mod report;
 pub mod runtime;
 pub mod tensor_file;
-pub mod text_distill;
-pub mod text_ptq;
 pub mod train;
 
 pub use error::{Result, WickError};

@@ -69,12 +69,34 @@ pub fn parse(text: &str, origin: &str) -> Result<Recipe> {
     Ok(recipe)
 }
 
+/// A text encoder's recipe: text steps only, an optional `text_distill` first, `text_ptq` last.
+fn validate_text(r: &Recipe) -> std::result::Result<(), String> {
+    let last = r.passes.len() - 1;
+    for (i, p) in r.passes.iter().enumerate() {
+        let at = |m: &str| format!("passes[{i}] ({}): {m}", p.name());
+        match p {
+            PassSpec::TextDistill(_) if i == 0 && last > 0 => {}
+            PassSpec::TextPtq(_) if i == last => {}
+            PassSpec::TextDistill(_) => return Err(at("comes first, once, before 'text_ptq'")),
+            PassSpec::TextPtq(_) => return Err(at("must be the last step")),
+            _ => return Err(at("is a classifier step in a recipe of text-encoder steps")),
+        }
+    }
+    if !matches!(r.passes[last], PassSpec::TextPtq(_)) {
+        return Err("the last step of a text-encoder recipe must be 'text_ptq'".into());
+    }
+    Ok(())
+}
+
 /// Order checks that need the whole recipe: float steps (`prune_channels`, `distill`,
 /// `fold_batchnorm`) before `calibrate`, `qat` between `calibrate` and `convert_int8`, which
 /// ends the recipe; `calibrate` and `convert_int8` once each.
 fn validate(r: &Recipe) -> std::result::Result<(), String> {
     if r.passes.is_empty() {
         return Err("field 'passes' is empty".into());
+    }
+    if r.passes.iter().any(PassSpec::is_text) {
+        return validate_text(r);
     }
     let (mut calibrated, mut converted) = (false, false);
     for (i, p) in r.passes.iter().enumerate() {

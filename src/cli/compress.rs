@@ -50,6 +50,10 @@ pub struct Args {
     /// Print the report's JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Text encoders: fail (exit 1) when the compressed model's mean cosine to the teacher's
+    /// embeddings on --test is below this.
+    #[arg(long, allow_negative_numbers = true)]
+    min_cosine: Option<f64>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
@@ -69,10 +73,16 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         sensitivity: a.sensitivity,
         fallback: a.fallback,
     };
+    let progress = CliProgress::new(a.quiet || a.json);
+    if wick::hf::is_model_dir(&spec.model) {
+        return run_text(&spec, a.min_cosine, a.dry_run, a.quiet, a.json, &progress);
+    }
+    if a.min_cosine.is_some() {
+        anyhow::bail!(wick::WickError::invalid("--min-cosine", "applies to text encoders (a model directory)"));
+    }
     if a.dry_run {
         return dry_run(&spec);
     }
-    let progress = CliProgress::new(a.quiet || a.json);
     let r = job::run(&spec, &progress)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -101,6 +111,34 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     }
     if !r.gate.passed {
         eprintln!("error: accuracy gate failed: {}", r.gate.reason);
+        return Ok(Outcome::GateFailed);
+    }
+    Ok(Outcome::Ok)
+}
+
+/// A text encoder's job (`job::text`).
+fn run_text(spec: &JobSpec, min_cosine: Option<f64>, dry_run: bool, quiet: bool, json: bool, progress: &CliProgress) -> anyhow::Result<Outcome> {
+    let path = wick::recipe::resolve(&spec.recipe)?;
+    let recipe = wick::recipe::read(&path)?;
+    if dry_run {
+        anyhow::bail!(wick::WickError::invalid("--dry-run", "is not built for text encoders yet"));
+    }
+    let r = job::text::run(spec, &recipe, &path, min_cosine, progress)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if !quiet {
+        let (t, c, f) = (&r.teacher, &r.compressed, &r.fidelity);
+        println!("recipe {}: cosine to the teacher mean {:.6}, min {:.6}; nearest-neighbour agreement {:.4} ({} sentences)", r.recipe_name, f.cosine_mean, f.cosine_min, f.nn_agreement, f.sentences);
+        println!("size {} -> {} bytes ({:.1}x smaller); {} -> {} layers", t.bytes_on_disk, c.bytes_on_disk, 1.0 / r.size_ratio, t.layers, c.layers);
+        println!(
+            "latency batch 1: {:.2} -> {:.2} ms per sentence; batch 32: {:.1} -> {:.1} ms per batch",
+            t.batch1_ms_per_sentence, c.batch1_ms_per_sentence, t.batch32_ms_per_batch, c.batch32_ms_per_batch
+        );
+        println!("gate: {} ({})", if r.gate.passed { "passed" } else { "FAILED" }, r.gate.reason);
+        println!("wrote {}/{{{}, {}, {}}}", spec.out.display(), job::ARTIFACT, job::REPORT_JSON, job::REPORT_MD);
+    }
+    if !r.gate.passed {
+        eprintln!("error: fidelity gate failed: {}", r.gate.reason);
         return Ok(Outcome::GateFailed);
     }
     Ok(Outcome::Ok)

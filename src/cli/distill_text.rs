@@ -8,12 +8,7 @@ use super::Outcome;
 use serde_json::json;
 use wick::embedding::{embed, fidelity, TextData};
 use wick::model::stats::total_params;
-use wick::text_distill::{distill, student, TextDistillConfig};
-use wick::train::budget::{AUTO_MAX_EPOCHS, AUTO_MIN_EPOCHS, AUTO_STEPS};
-use wick::train::LearningRate;
-
-/// AdamW's rate with `--lr auto`: the usual rate for fine-tuning BERT-sized encoders.
-const AUTO_LR: f64 = 1e-4;
+use wick::passes::text_distill::{distill, student, TextDistillSettings};
 
 pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     let Some(k) = a.layers else { anyhow::bail!(wick::WickError::invalid("--layers", "is required for a text encoder (a model directory as --teacher): the student's number of layers")) };
@@ -37,19 +32,10 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     let train = TextData::read(&a.train, &a.teacher, len)?;
     let val = TextData::read(&a.val, &a.teacher, len)?;
     let test = a.test.as_ref().map(|p| TextData::read(p, &a.teacher, len)).transpose()?;
-    let batch_size = a.batch_size.max(1);
-    let cfg = TextDistillConfig {
-        epochs: a.epochs.resolve(train.len(), batch_size, AUTO_STEPS, (AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS)),
-        batch_size,
-        lr: match a.lr {
-            LearningRate::Auto => AUTO_LR,
-            LearningRate::Fixed(v) => v,
-        },
-        weight_decay: 0.01,
-        warmup: 0.06,
-        hidden_weight: a.hint_weight,
-        seed: a.seed,
-    };
+    let settings = TextDistillSettings { epochs: a.epochs, lr: a.lr, batch_size: a.batch_size, hidden_weight: a.hint_weight, ..Default::default() };
+    settings.validate().map_err(|e| super::as_flags(&e))?;
+    let cfg = settings.config(train.len(), a.seed, None);
+    let batch_size = cfg.batch_size;
     let progress = CliProgress::new(a.quiet);
     let rep = distill(&teacher, &mut s, &map, &train, &val, &cfg, &progress)?;
     let mut student_config = config.clone();

@@ -9,8 +9,8 @@ use anyhow::Context;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use wick::embedding::{embed, fidelity, TextData};
+use wick::passes::text_ptq::{embed_int8, ptq, TextPtqSettings};
 use wick::provenance::{file_sha256, tool_version};
-use wick::text_ptq::{embed_int8, ptq, Target};
 
 /// Sentences per batch while calibrating and measuring.
 const BATCH: usize = 32;
@@ -20,19 +20,16 @@ const BATCH: usize = 32;
 pub struct TargetArgs {
     /// Text encoders: least mean cosine similarity to the float model's embeddings on the
     /// calibration sentences; the costliest linears stay float until it is met.
-    #[arg(long, default_value_t = 0.995)]
+    #[arg(long, default_value_t = TextPtqSettings::default().min_cosine)]
     pub min_cosine: f64,
     /// Text encoders: least share of calibration sentences keeping their nearest neighbour.
-    #[arg(long, default_value_t = 0.97)]
+    #[arg(long, default_value_t = TextPtqSettings::default().min_nn_agreement)]
     pub min_nn_agreement: f64,
 }
 
 pub fn run(dir: &Path, calib: &Path, exclude: &[String], t: &TargetArgs, o: &OutputArgs) -> anyhow::Result<Outcome> {
-    for (flag, v) in [("--min-cosine", t.min_cosine), ("--min-nn-agreement", t.min_nn_agreement)] {
-        if !(0.0..=1.0).contains(&v) {
-            anyhow::bail!(wick::WickError::invalid(flag, format!("{v} is outside [0, 1]")));
-        }
-    }
+    let settings = TextPtqSettings { min_cosine: t.min_cosine, min_nn_agreement: t.min_nn_agreement, exclude: exclude.to_vec() };
+    settings.validate().map_err(|e| super::as_flags(&e))?;
     if calib.extension().is_none_or(|e| e != "txt") {
         anyhow::bail!(wick::WickError::invalid("--calib", format!("{} is not a .txt file; a text encoder calibrates on sentences, one per line", calib.display())));
     }
@@ -43,7 +40,7 @@ pub fn run(dir: &Path, calib: &Path, exclude: &[String], t: &TargetArgs, o: &Out
     let calib_data = TextData::read(calib, dir, len)?;
     let test = o.test.as_ref().map(|p| TextData::read(p, dir, len)).transpose()?;
     let progress = CliProgress::new(o.quiet);
-    let target = Target { cosine_mean: t.min_cosine, nn_agreement: t.min_nn_agreement };
+    let target = settings.target();
     let (mut q, rep) = ptq(&model, &calib_data, exclude, target, BATCH, &progress)?;
     let settings = json!({"pass": "ptq", "input": "per_token u8", "calibration": calib.display().to_string(), "target": target, "exclude": exclude});
     q.info.insert("provenance".into(), json!({"teacher": dir.display().to_string(), "teacher_sha256": file_sha256(&dir.join("model.safetensors"))?, "tool": tool_version(), "settings": settings}));

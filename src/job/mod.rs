@@ -9,6 +9,7 @@
 mod inputs;
 pub mod manifest;
 pub(crate) mod staging;
+pub mod text;
 
 pub use inputs::{already_done, input_fingerprint};
 use inputs::{info, input_files};
@@ -86,6 +87,9 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     let recipe = crate::recipe::read(&recipe_path)?;
     let allowance = spec.allowance()?;
     crate::hf::refuse_for(&spec.model, "compress")?;
+    if recipe.passes.iter().any(crate::passes::PassSpec::is_text) {
+        return Err(WickError::invalid("--recipe", format!("'{}' is a text-encoder recipe; {} is not a text encoder's directory", recipe.name, spec.model.display())));
+    }
     let loaded = load_model(&spec.model, spec.arch.as_deref())?;
     let teacher = loaded.model;
     let read = |p: &Path| Dataset::read_fitting(p, teacher.input_shape(), teacher.num_classes());

@@ -11,6 +11,8 @@ pub mod distill;
 pub mod fold_batchnorm;
 pub mod prune_channels;
 pub mod qat;
+pub mod text_distill;
+pub mod text_ptq;
 
 use crate::artifact::Int8Model;
 use crate::data::Dataset;
@@ -246,10 +248,12 @@ pub enum PassSpec {
     Calibrate(calibrate::CalibrateSettings),
     Qat(qat::QatSettings),
     ConvertInt8(convert_int8::ConvertInt8),
+    TextDistill(text_distill::TextDistillSettings),
+    TextPtq(text_ptq::TextPtqSettings),
 }
 
 /// The step names, in the order a recipe may use them.
-pub const STEP_NAMES: [&str; 6] = ["prune_channels", "distill", "fold_batchnorm", "calibrate", "qat", "convert_int8"];
+pub const STEP_NAMES: [&str; 8] = ["prune_channels", "distill", "fold_batchnorm", "calibrate", "qat", "convert_int8", "text_distill", "text_ptq"];
 
 impl PassSpec {
     /// Reads a step from its JSON fields (`pass` and the settings); unknown fields and values
@@ -270,6 +274,8 @@ impl PassSpec {
             "calibrate" => PassSpec::Calibrate(settings(m)?),
             "qat" => PassSpec::Qat(settings(m)?),
             "convert_int8" => PassSpec::ConvertInt8(settings(m)?),
+            "text_distill" => PassSpec::TextDistill(settings(m)?),
+            "text_ptq" => PassSpec::TextPtq(settings(m)?),
             other => return Err(format!("unknown pass '{other}' (known: {})", STEP_NAMES.join(", "))),
         };
         spec.validate()?;
@@ -285,6 +291,8 @@ impl PassSpec {
             PassSpec::Calibrate(_) => "calibrate",
             PassSpec::Qat(_) => "qat",
             PassSpec::ConvertInt8(_) => "convert_int8",
+            PassSpec::TextDistill(_) => "text_distill",
+            PassSpec::TextPtq(_) => "text_ptq",
         }
     }
 
@@ -297,6 +305,8 @@ impl PassSpec {
             PassSpec::Calibrate(s) => s,
             PassSpec::Qat(s) => s,
             PassSpec::ConvertInt8(s) => s,
+            PassSpec::TextDistill(s) => s,
+            PassSpec::TextPtq(s) => s,
         }
     }
 
@@ -307,8 +317,15 @@ impl PassSpec {
             PassSpec::Distill(s) => s.validate(),
             PassSpec::Calibrate(s) => s.validate(),
             PassSpec::Qat(s) => s.validate(),
+            PassSpec::TextDistill(s) => s.validate(),
+            PassSpec::TextPtq(s) => s.validate(),
             PassSpec::FoldBatchnorm(_) | PassSpec::ConvertInt8(_) => Ok(()),
         }
+    }
+
+    /// Whether the step works on text encoders (`wick compress DIR`) rather than classifiers.
+    pub fn is_text(&self) -> bool {
+        matches!(self, PassSpec::TextDistill(_) | PassSpec::TextPtq(_))
     }
 }
 
@@ -349,6 +366,11 @@ pub fn check_distillation(temperature: f64, alpha: f64) -> std::result::Result<(
         return Err(format!("field 'alpha' is {alpha}, outside [0, 1]"));
     }
     Ok(())
+}
+
+/// The error of a text-encoder step in a classifier's pipeline (its `Pass` methods).
+pub fn text_step_on_classifier(step: &str) -> WickError {
+    WickError::invalid("recipe", format!("'{step}' is a text-encoder step; the model is a classifier"))
 }
 
 /// The error of a step given a state it cannot take.

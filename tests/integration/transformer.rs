@@ -70,24 +70,8 @@ fn text_encoder_cli() {
     assert!(e.contains("neither a model directory") && e.contains("--teacher") && e.contains("tokenizer"), "{e}");
     // Commands not built for text encoders yet say so.
     let d = digits("train");
-    let (_, e) = run_expect(
-        &[
-            "compress",
-            model.to_str().unwrap(),
-            "--recipe",
-            "ptq-int8",
-            "--train",
-            d.to_str().unwrap(),
-            "--val",
-            d.to_str().unwrap(),
-            "--test",
-            d.to_str().unwrap(),
-            "--out",
-            dir.path().join("c").to_str().unwrap(),
-        ],
-        2,
-    );
-    assert!(e.contains("text encoder") && e.contains("wick compress"), "{e}");
+    let (_, e) = run_expect(&["prune", model.to_str().unwrap(), "--ratio", "0.5", "--out", dir.path().join("p.safetensors").to_str().unwrap()], 2);
+    assert!(e.contains("text encoder") && e.contains("wick prune"), "{e}");
     let (_, e) = run_expect(&["quantize", model.to_str().unwrap(), "--calib", d.to_str().unwrap(), "--out", dir.path().join("q.safetensors").to_str().unwrap()], 2);
     assert!(e.contains("--calib") && e.contains(".txt"), "{e}");
 }
@@ -168,7 +152,7 @@ fn per_token_int8_runtime_matches_reference() {
         {"name": "f", "op": "flatten", "inputs": ["c"]},
         {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 15, "out_features": 4}], "output": "head"}"#;
     let (model, data) = random_model(serde_json::from_str(json).unwrap(), 37);
-    let q = wick::text_ptq::quantise(&model, &["a".into(), "b".into(), "c".into(), "head".into()]).unwrap();
+    let q = wick::passes::text_ptq::quantise(&model, &["a".into(), "b".into(), "c".into(), "head".into()]).unwrap();
     let logits = |exec: Exec, x: &candle_core::Tensor| Executor::new(&q, exec).unwrap().predict(x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let reference = logits(Exec::Integer(Kernel::Reference), &data.x);
     assert_eq!(logits(Exec::Integer(Kernel::Fast), &data.x), reference);
@@ -188,7 +172,7 @@ fn per_token_text_encoder_round_trips_and_runs() {
     let model = wick::hf::load(&tiny_bert(), None).unwrap().model;
     let data = TextData::read(&fixture("text/sentences.txt"), &tiny_bert(), 64).unwrap();
     let linears: Vec<String> = model.arch.nodes.iter().filter(|n| matches!(n.op, wick::model::arch::Op::Linear(_))).map(|n| n.name.clone()).collect();
-    let q = wick::text_ptq::quantise(&model, &linears).unwrap();
+    let q = wick::passes::text_ptq::quantise(&model, &linears).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q.safetensors");
     q.save(&path).unwrap();
@@ -246,7 +230,7 @@ fn distill_text_encoder_cli() {
     assert_eq!(config["num_hidden_layers"], 1);
     assert!(a.join("tokenizer.json").is_file() && a.join("sentence_bert_config.json").is_file());
     let student = wick::hf::load(&a, None).unwrap().model;
-    assert_eq!(wick::text_distill::encoder_layers(&student), 1);
+    assert_eq!(wick::passes::text_distill::encoder_layers(&student), 1);
     let (e, _) = run_expect(&["eval", a.to_str().unwrap(), "--data", sentences.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--json", "--quiet"], 0);
     let e: serde_json::Value = serde_json::from_str(&e).unwrap();
     assert!((e["fidelity"]["cosine_mean"].as_f64().unwrap() - best["cosine_mean"].as_f64().unwrap()).abs() < 1e-6, "{e}");
@@ -256,4 +240,52 @@ fn distill_text_encoder_cli() {
     assert!(err.contains("--layers") && err.contains("teacher has 2"), "{err}");
     let (_, err) = run(&a, "1", 2);
     assert!(err.contains("not empty"), "{err}");
+}
+
+/// `wick compress DIR --recipe text-distill-int8`: a 1-layer INT8 student of the 2-layer
+/// encoder, its report (fidelity of the written file on --test, sizes, layers, latency at batch
+/// 1 and 32, each step's record) in report.json and report.md, the --min-cosine gate (exit 1
+/// when missed, the outputs still written); a classifier recipe on a text encoder, a text recipe
+/// on a classifier and classifier gates on a text encoder exit 2 naming the culprit.
+#[test]
+fn compress_text_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = |f: &str| fixture(&format!("text/{f}")).to_str().unwrap().to_string();
+    let (model, train, val, test) = (t("tiny_bert"), t("wordnet_train.txt"), t("wordnet_val.txt"), t("sentences.txt"));
+    let out = dir.path().join("c");
+    let args = |recipe: &str, out: &std::path::Path, extra: &[&str]| {
+        let mut v: Vec<String> =
+            ["compress", &model, "--recipe", recipe, "--train", &train, "--val", &val, "--test", &test, "--max-epochs", "1", "--quiet", "--out"].iter().map(|s| s.to_string()).collect();
+        v.push(out.to_str().unwrap().into());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let a = args("text-distill-int8", &out, &["--min-cosine", "0.5"]);
+    run_expect(&a.iter().map(String::as_str).collect::<Vec<_>>(), 0);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!((r["teacher"]["layers"].as_u64(), r["compressed"]["layers"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(r["passes"].as_array().unwrap().iter().map(|p| p["pass"].as_str().unwrap()).collect::<Vec<_>>(), ["text_distill", "text_ptq"]);
+    assert!(r["gate"]["passed"].as_bool().unwrap() && r["fidelity"]["sentences"] == 200, "{r}");
+    assert!(r["size_ratio"].as_f64().unwrap() < 0.5 && r["compressed"]["batch32_ms_per_batch"].as_f64().unwrap() > 0.0, "{r}");
+    let q = wick::artifact::Int8Model::read(&TensorFile::read(&out.join("model.int8.safetensors")).unwrap()).unwrap().unwrap();
+    let (o, _) = run_expect(&["eval", out.join("model.int8.safetensors").to_str().unwrap(), "--data", &test, "--teacher", &model, "--batch-size", "32", "--json", "--quiet"], 0);
+    let e: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(e["fidelity"], r["fidelity"], "the report measures the written file");
+    assert_eq!(wick::passes::text_distill::encoder_layers(&q.model), 1);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("nearest-neighbour agreement") && md.contains("`text_distill`") && md.contains("batch 32"), "{md}");
+    // The gate missed: exit 1, outputs written.
+    let missed = dir.path().join("m");
+    let a = args("text-int8", &missed, &["--min-cosine", "1.0"]);
+    let (_, e) = run_expect(&a.iter().map(String::as_str).collect::<Vec<_>>(), 1);
+    assert!(e.contains("fidelity gate failed") && missed.join("report.json").is_file(), "{e}");
+    for (recipe, extra, culprit) in [("ptq-int8", vec![], "classifier recipe"), ("text-int8", vec!["--max-accuracy-drop", "1"], "--min-cosine")] {
+        let a = args(recipe, &dir.path().join("x"), &extra);
+        let (_, e) = run_expect(&a.iter().map(String::as_str).collect::<Vec<_>>(), 2);
+        assert!(e.contains(culprit), "{recipe}: {e}");
+    }
+    let d = digits("train");
+    let d = d.to_str().unwrap();
+    let (_, e) = run_expect(&["compress", mlp_path().to_str().unwrap(), "--recipe", "text-int8", "--train", d, "--val", d, "--test", d, "--out", dir.path().join("y").to_str().unwrap()], 2);
+    assert!(e.contains("text-encoder recipe"), "{e}");
 }

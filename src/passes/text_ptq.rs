@@ -8,6 +8,7 @@
 //! until it meets it (what accuracy-aware PTQ does with a metric). Uses `artifact`, `embedding`,
 //! `model`, `runtime`.
 
+use super::Pass;
 use crate::artifact::Int8Model;
 use crate::embedding::{embed, embed_on_plan, fidelity, Fidelity, TextData};
 use crate::error::{Result, WickError};
@@ -98,5 +99,48 @@ pub fn ptq(model: &Model, calib: &TextData, exclude: &[String], target: Target, 
             }
             _ => return Ok((q, Report { calibration_sentences: calib.len(), target, sensitivity, kept_float, fidelity: f })),
         }
+    }
+}
+
+/// The `text_ptq` step's settings (recipe fields; `wick quantize DIR`'s flags).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TextPtqSettings {
+    /// Least mean cosine to the float model on the calibration sentences.
+    pub min_cosine: f64,
+    /// Least nearest-neighbour agreement there.
+    pub min_nn_agreement: f64,
+    /// Linears kept float from the start.
+    pub exclude: Vec<String>,
+}
+
+impl Default for TextPtqSettings {
+    fn default() -> Self {
+        TextPtqSettings { min_cosine: 0.995, min_nn_agreement: 0.97, exclude: vec![] }
+    }
+}
+
+impl TextPtqSettings {
+    /// Range checks.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (field, v) in [("min_cosine", self.min_cosine), ("min_nn_agreement", self.min_nn_agreement)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("field '{field}' is {v}, outside [0, 1]"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn target(&self) -> Target {
+        Target { cosine_mean: self.min_cosine, nn_agreement: self.min_nn_agreement }
+    }
+}
+
+impl Pass for TextPtqSettings {
+    fn apply(&self, _: super::State, _: &super::Ctx) -> Result<super::Applied> {
+        Err(super::text_step_on_classifier("text_ptq"))
+    }
+    fn plan(&self, _: super::Sketch, _: &super::Ctx) -> Result<(super::Sketch, String)> {
+        Err(super::text_step_on_classifier("text_ptq"))
     }
 }

@@ -10,6 +10,7 @@
 //! rows of the words it holds, while weight decay shrank all the others. The checkpoint with
 //! the best validation cosine is kept. Uses `embedding`, `hf`, `model`, `train`.
 
+use super::Pass;
 use crate::embedding::{embed, fidelity, Fidelity, TextData};
 use crate::error::{Result, WickError};
 use crate::model::arch::Op;
@@ -175,4 +176,64 @@ fn padded(rows: &[&[u32]], pad: f32) -> Result<(Tensor, Tensor)> {
         }
     }
     Ok((Tensor::from_vec(ids, (rows.len(), len), &Device::Cpu)?, Tensor::from_vec(mask, (rows.len(), len), &Device::Cpu)?))
+}
+
+/// The `text_distill` step's settings (recipe fields; `wick distill --layers`'s flags).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TextDistillSettings {
+    /// The student's layers as a share of the teacher's (rounded, at least 1).
+    pub depth: f64,
+    pub epochs: crate::train::Epochs,
+    pub lr: crate::train::LearningRate,
+    pub batch_size: usize,
+    /// `β`, the weight of the hidden-state term.
+    pub hidden_weight: f64,
+}
+
+impl Default for TextDistillSettings {
+    fn default() -> Self {
+        TextDistillSettings { depth: 0.5, epochs: crate::train::Epochs::Auto, lr: crate::train::LearningRate::Auto, batch_size: 64, hidden_weight: 1.0 }
+    }
+}
+
+/// AdamW's rate with `lr: auto`: the usual rate for fine-tuning BERT-sized encoders.
+pub const AUTO_LR: f64 = 1e-4;
+
+impl TextDistillSettings {
+    /// Range checks.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.depth > 0.0 && self.depth < 1.0) {
+            return Err(format!("field 'depth' is {}; it must lie in (0, 1)", self.depth));
+        }
+        if !(self.hidden_weight >= 0.0 && self.hidden_weight.is_finite()) {
+            return Err(format!("field 'hidden_weight' is {}; it must be a non-negative number", self.hidden_weight));
+        }
+        super::check_training(self.batch_size)
+    }
+
+    /// The student's layers for a teacher of `layers`.
+    pub fn layers(&self, layers: usize) -> usize {
+        ((self.depth * layers as f64).round() as usize).max(1)
+    }
+
+    /// The training settings for `sentences` training sentences and `seed`.
+    pub fn config(&self, sentences: usize, seed: u64, max_epochs: Option<usize>) -> TextDistillConfig {
+        use crate::train::budget::{AUTO_MAX_EPOCHS, AUTO_MIN_EPOCHS, AUTO_STEPS};
+        let epochs = self.epochs.resolve(sentences, self.batch_size, AUTO_STEPS, (AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS));
+        let lr = match self.lr {
+            crate::train::LearningRate::Auto => AUTO_LR,
+            crate::train::LearningRate::Fixed(v) => v,
+        };
+        TextDistillConfig { epochs: max_epochs.map_or(epochs, |m| epochs.min(m)), batch_size: self.batch_size, lr, weight_decay: 0.01, warmup: 0.06, hidden_weight: self.hidden_weight, seed }
+    }
+}
+
+impl Pass for TextDistillSettings {
+    fn apply(&self, _: super::State, _: &super::Ctx) -> Result<super::Applied> {
+        Err(super::text_step_on_classifier("text_distill"))
+    }
+    fn plan(&self, _: super::Sketch, _: &super::Ctx) -> Result<(super::Sketch, String)> {
+        Err(super::text_step_on_classifier("text_distill"))
+    }
 }
