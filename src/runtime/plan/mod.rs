@@ -5,8 +5,8 @@
 //! the only reader of a weight layer runs inside that layer's epilogue, and so does a two-input
 //! add that is the only reader of a weight layer whose other input is already computed (a
 //! residual shortcut: `max(y + shortcut, 0)` with the ReLU after it). Every op of the
-//! architecture format has a step but the text-encoder ops other than attention (embeddings,
-//! masked mean, L2 normalisation); those, and a layer the packed kernels cannot lay out, run through the
+//! architecture format has a step but the text-encoder ops (embeddings, attention, masked mean,
+//! L2 normalisation); those, and a layer the packed kernels cannot lay out, run through the
 //! float executor on a logical-layout tensor, so every model runs.
 //!
 //! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
@@ -18,7 +18,6 @@
 //!   (`model::fold`), and every conv and linear runs the packed f32 GEMM. Outputs equal the
 //!   candle executor's up to float rounding (sums in another order, folded weights).
 
-mod attention;
 mod elementwise;
 mod normalize;
 mod run;
@@ -82,11 +81,6 @@ enum Kind {
     ChannelAffine {
         scale: Vec<f32>,
         shift: Vec<f32>,
-    },
-    /// Multi-head attention over `[q, k, v, ids]`, padded keys masked.
-    Attention {
-        heads: usize,
-        pad: f32,
     },
     /// Any other op: the float executor.
     Float,
@@ -261,7 +255,6 @@ impl Plan {
                     let shift = beta.iter().zip(&mean).zip(&scale).map(|((&b, &m), &s)| b - m * s).collect();
                     Kind::ChannelAffine { scale, shift }
                 }
-                (Op::Attention(c), ..) => Kind::Attention { heads: c.num_heads, pad: c.pad_id as f32 },
                 (Op::Select(c), ..) => {
                     let s = &model.graph.shapes[node.inputs[0].as_str()];
                     let d = crate::model::graph::sample_dim(c.dim, s.len()).map_err(|m| WickError::node(&node.name, m))?;

@@ -2,7 +2,6 @@
 //! walks the steps over channels-last buffers, quantising each integer layer's input once per
 //! quantiser and freeing each value after its last reader.
 
-use super::attention::attention;
 use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool};
 use super::normalize::{channel_affine, layer_norm, softmax};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
@@ -195,14 +194,6 @@ impl Plan {
                     let mut v = self.owned(&mut vals, step, si);
                     channel_affine(&mut v, scale, shift);
                     v
-                }
-                Kind::Attention { heads, pad } => {
-                    for &i in &step.inputs {
-                        set_layout(vals[i].as_mut().expect("input computed"), false);
-                    }
-                    let [q, k, v, ids] = [0, 1, 2, 3].map(|i| vals[step.inputs[i]].as_ref().expect("input computed"));
-                    let (n, l, d) = (q.dims[0], q.dims[1], q.dims[2]);
-                    Value { data: attention(&q.data, &k.data, &v.data, &ids.data, n, l, d, *heads, *pad), dims: q.dims.clone(), channels_last: false }
                 }
                 Kind::Float => {
                     let mut ins = vec![];
