@@ -22,7 +22,8 @@ pub struct TargetArgs {
     /// calibration sentences; the costliest linears stay float until it is met.
     #[arg(long, default_value_t = TextPtqSettings::default().min_cosine)]
     pub min_cosine: f64,
-    /// Text encoders: least share of calibration sentences keeping their nearest neighbour.
+    /// Text encoders: least share of calibration sentences keeping their nearest neighbour (0:
+    /// no such target; see `TextPtqSettings::min_nn_agreement`).
     #[arg(long, default_value_t = TextPtqSettings::default().min_nn_agreement)]
     pub min_nn_agreement: f64,
 }
