@@ -145,7 +145,7 @@ pub fn save_dir(model: &Model, config: &Value, source: &Path, out: &Path) -> Res
     if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
         return Err(WickError::invalid(out.display().to_string(), "exists and is not empty; give a new directory for the model"));
     }
-    let stage = crate::job::staging::Staging::new(out)?;
+    let stage = crate::staging::Staging::new(out)?;
     let io = |p: &Path, e: std::io::Error| WickError::io(p, e);
     let mut tensors = std::collections::BTreeMap::new();
     for (k, t) in model.tensors() {

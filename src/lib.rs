@@ -26,6 +26,7 @@ pub mod quant;
 pub mod recipe;
 pub mod report;
 pub mod runtime;
+pub mod staging;
 pub mod tensor_file;
 pub mod train;
 

@@ -3,17 +3,16 @@
 //! integer arithmetic on the test set, apply the gate (with optional per-layer sensitivity and
 //! float fallback), write the artifact once and check the file read back bit for bit against the
 //! model evaluated, measure latency and write the report. Outputs are built in a staging folder
-//! inside DIR (`staging.rs`) and renamed into place at the end, so an interrupted run leaves no
+//! inside DIR (`crate::staging`) and renamed into place at the end, so an interrupted run leaves no
 //! partial files (the CLI removes the staging folder on SIGINT/SIGTERM and SIGHUP).
 
 mod inputs;
 pub mod manifest;
-pub(crate) mod staging;
 pub mod text;
 
+use crate::staging::Staging;
 pub use inputs::{already_done, input_fingerprint};
 use inputs::{info, input_files};
-use staging::Staging;
 
 use crate::artifact::Int8Model;
 use crate::compare::{drop_points, drop_relative, file_bytes, read_int8, Comparison};

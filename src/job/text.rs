@@ -6,7 +6,6 @@
 //! and 32 of both, in `report.json` and `report.md`, with the gate `--min-cosine`. Outputs are
 //! staged and renamed into place as the classifier job's are.
 
-use super::staging::Staging;
 use super::{JobSpec, ARTIFACT, REPORT_JSON, REPORT_MD};
 use crate::embedding::{embed_on_plan, fidelity, Fidelity, TextData};
 use crate::error::{Result, WickError};
@@ -18,6 +17,7 @@ use crate::passes::PassSpec;
 use crate::progress::Progress;
 use crate::provenance::{file_sha256, tool_version};
 use crate::runtime::plan::Plan;
+use crate::staging::Staging;
 use crate::tensor_file::write_atomic;
 use serde::Serialize;
 use serde_json::{json, Value};

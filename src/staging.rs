@@ -1,6 +1,7 @@
-//! Staging folders: a compress run builds its outputs in one inside its output folder and moves
-//! them into place together at the end (`commit`). The folder is a registered partial file, so
-//! an interrupted run removes it, and an output folder the run created, if still empty.
+//! Staging folders: a run (a compress job, a written model directory) builds its outputs in
+//! one inside its output folder and moves them into place together at the end (`commit`). The
+//! folder is a registered partial file, so an interrupted run removes it, and an output folder
+//! the run created, if still empty. Uses `partial_files`.
 
 use crate::error::{Result, WickError};
 use crate::partial_files::{self, Partial, STAGING_PREFIX};
