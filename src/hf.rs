@@ -23,13 +23,13 @@ pub fn is_model_dir(path: &Path) -> bool {
     path.is_dir() && path.join("config.json").is_file()
 }
 
-/// Text encoders run in `wick inspect`, `eval`, `quantize` and `distill` so far: `command`
-/// refuses a model directory, naming it.
+/// Text encoders run in `wick inspect`, `eval`, `quantize`, `distill` and `compress` so far:
+/// `command` refuses a model directory, naming it.
 pub fn refuse_for(path: &Path, command: &str) -> Result<()> {
     if is_model_dir(path) {
         return Err(WickError::invalid(
             path.display().to_string(),
-            format!("is a text encoder (a model directory); `wick {command}` does not take text encoders yet (inspect, eval, quantize and distill do)"),
+            format!("is a text encoder (a model directory); `wick {command}` does not take text encoders yet (inspect, eval, quantize, distill and compress do)"),
         ));
     }
     Ok(())
