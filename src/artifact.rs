@@ -178,7 +178,7 @@ impl Int8Model {
                         }
                         // Nothing to store: each row's parameters come from the row at run time.
                         InputQuant::PerToken(act) => {
-                            layer_types.insert(l.to_string(), json!(format!("{}{PER_TOKEN_SUFFIX}", act_name(act))));
+                            layer_types.insert(l.to_string(), json!(format!("{act}{PER_TOKEN_SUFFIX}")));
                         }
                     }
                 }
@@ -279,14 +279,6 @@ fn read_table(file: &TensorFile, node: &str) -> Result<QWeight> {
 
 /// The suffix of a per-token input's declared type (`u8_per_token`).
 const PER_TOKEN_SUFFIX: &str = "_per_token";
-
-fn act_name(act: ActType) -> &'static str {
-    match act {
-        ActType::U8 => "u8",
-        ActType::U7 => "u7",
-        ActType::I8 => "i8",
-    }
-}
 
 /// Each quantised layer's input type (`u8`, `u7`, `i8`, or one of them with `_per_token`) from
 /// the metadata of either version.

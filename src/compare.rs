@@ -63,6 +63,17 @@ pub fn file_bytes(p: &Path) -> Result<u64> {
     std::fs::metadata(p).map(|m| m.len()).map_err(|e| WickError::io(p, e))
 }
 
+/// Writes `q` to `path`, reads the file back and checks it bit for bit against `q`, so that
+/// what is measured afterwards is the file; returns the model read back.
+pub fn write_int8(q: &Int8Model, path: &Path) -> Result<Int8Model> {
+    q.save(path)?;
+    let written = read_int8(path)?;
+    if !written.same_as(q)? {
+        return Err(WickError::invalid(path.display().to_string(), "the artifact read back differs from the model written"));
+    }
+    Ok(written)
+}
+
 /// Reads an INT8 artifact, failing when the file is not one.
 pub fn read_int8(path: &Path) -> Result<Int8Model> {
     let f = TensorFile::read(path)?;

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use wick::artifact::{load_any, AnyModel, Int8Model};
 use wick::calibrate::Method;
-use wick::compare::{drop_points, file_bytes, read_int8, Comparison};
+use wick::compare::{drop_points, file_bytes, Comparison};
 use wick::data::Dataset;
 use wick::eval::{agreement, evaluate, evaluate_int8};
 use wick::model::Model;
@@ -108,10 +108,7 @@ pub fn write_and_compare(q: &mut Int8Model, teacher: &Model, teacher_path: &Path
             }),
         );
     }
-    q.save(out).with_context(|| format!("writing {}", out.display()))?;
-    if !read_int8(out)?.same_as(q)? {
-        anyhow::bail!("{}: the artifact read back differs from the model that was evaluated", out.display());
-    }
+    wick::compare::write_int8(q, out).with_context(|| format!("writing {}", out.display()))?;
     match results {
         Some((t, c)) => Ok(Some(Comparison::of(t, c, file_bytes(teacher_path)?, file_bytes(out)?))),
         None => Ok(None),

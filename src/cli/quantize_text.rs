@@ -7,7 +7,8 @@ use super::quant_common::{write_report, OutputArgs};
 use super::Outcome;
 use anyhow::Context;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use wick::compare::file_bytes;
 use wick::embedding::{embed, fidelity, TextData};
 use wick::passes::text_ptq::{embed_int8, ptq, TextPtqSettings};
 use wick::provenance::{file_sha256, tool_version};
@@ -45,12 +46,8 @@ pub fn run(dir: &Path, calib: &Path, exclude: &[String], t: &TargetArgs, o: &Out
     let (mut q, rep) = ptq(&model, &calib_data, exclude, target, BATCH, &progress)?;
     let settings = json!({"pass": "ptq", "input": "per_token u8", "calibration": calib.display().to_string(), "target": target, "exclude": exclude});
     q.info.insert("provenance".into(), json!({"teacher": dir.display().to_string(), "teacher_sha256": file_sha256(&dir.join("model.safetensors"))?, "tool": tool_version(), "settings": settings}));
-    q.save(&o.out).with_context(|| format!("writing {}", o.out.display()))?;
-    let written = wick::compare::read_int8(&o.out)?;
-    if !written.same_as(&q)? {
-        anyhow::bail!("{}: the artifact read back differs from the model that was quantised", o.out.display());
-    }
-    let (before, after) = (dir_weights_bytes(dir)?, std::fs::metadata(&o.out)?.len());
+    let written = wick::compare::write_int8(&q, &o.out).with_context(|| format!("writing {}", o.out.display()))?;
+    let (before, after) = (file_bytes(&dir.join("model.safetensors"))?, file_bytes(&o.out)?);
     println!("wrote {} ({} linears INT8 with per-token inputs, {} kept float: {})", o.out.display(), q.layers.len(), rep.kept_float.len(), rep.kept_float.join(", "));
     println!("size      {before} -> {after} bytes ({:.1}% of model.safetensors)", 100.0 * after as f64 / before as f64);
     let f = &rep.fidelity;
@@ -73,10 +70,4 @@ pub fn run(dir: &Path, calib: &Path, exclude: &[String], t: &TargetArgs, o: &Out
         write_report(r, &json!({"tool": tool_version(), "settings": settings, "calibration": rep, "test": test_fid, "bytes_before": before, "bytes_after": after}))?;
     }
     Ok(Outcome::Ok)
-}
-
-/// The size of a model directory's weights file.
-fn dir_weights_bytes(dir: &Path) -> anyhow::Result<u64> {
-    let p: PathBuf = dir.join("model.safetensors");
-    Ok(std::fs::metadata(&p).with_context(|| p.display().to_string())?.len())
 }

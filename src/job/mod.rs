@@ -15,7 +15,7 @@ pub use inputs::{already_done, input_fingerprint};
 use inputs::{info, input_files};
 
 use crate::artifact::Int8Model;
-use crate::compare::{drop_points, drop_relative, file_bytes, read_int8, Comparison};
+use crate::compare::{drop_points, drop_relative, file_bytes, Comparison};
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
 use crate::eval::{evaluate, evaluate_plan};
@@ -159,11 +159,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     );
     // Written once, then read back and checked bit for bit against the model evaluated above,
     // so that the accuracy reported is the file's.
-    q.save(&staged)?;
-    let int8_model = read_int8(&staged)?;
-    if !int8_model.same_as(&q)? {
-        return Err(WickError::invalid(staged.display().to_string(), "the artifact read back differs from the model that was evaluated"));
-    }
+    let int8_model = crate::compare::write_int8(&q, &staged)?;
 
     progress.start("latency", 2);
     let t_lat = latency::measure(&test, 64, &|x| t_plan.predict(x))?;

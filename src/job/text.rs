@@ -87,10 +87,8 @@ pub fn run(spec: &JobSpec, recipe: &crate::recipe::Recipe, recipe_path: &Path, m
     let len = teacher.input_shape()[0];
     let read = |p: &Path| TextData::read(p, dir, len);
     let (train, val, test) = (read(&spec.train)?, read(&spec.val)?, read(&spec.test)?);
-    let calib = match &spec.calib {
-        Some(p) => read(p)?,
-        None => read(&spec.val)?,
-    };
+    let own_calib = spec.calib.as_deref().map(read).transpose()?;
+    let calib = own_calib.as_ref().unwrap_or(&val);
     let staging = Staging::new(&spec.out)?;
     let mut current: Option<Model> = None;
     let mut passes = vec![];
@@ -106,7 +104,7 @@ pub fn run(spec: &JobSpec, recipe: &crate::recipe::Recipe, recipe_path: &Path, m
                 current = Some(st);
             }
             PassSpec::TextPtq(s) => {
-                let (q, rep) = ptq(model, &calib, &s.exclude, s.target(), BATCH, progress)?;
+                let (q, rep) = ptq(model, calib, &s.exclude, s.target(), BATCH, progress)?;
                 passes.push(json!({"pass": "text_ptq", "settings": s, "calibration": rep}));
                 int8 = Some(q);
             }
@@ -122,15 +120,10 @@ pub fn run(spec: &JobSpec, recipe: &crate::recipe::Recipe, recipe_path: &Path, m
     });
     q.info.insert("provenance".into(), json!({"recipe": recipe.name, "tool": tool_version(), "seed": spec.seed, "teacher": inputs["teacher"]}));
     let staged = staging.dir.join(ARTIFACT);
-    q.save(&staged)?;
-    let written = crate::compare::read_int8(&staged)?;
-    if !written.same_as(&q)? {
-        return Err(WickError::invalid(staged.display().to_string(), "the artifact read back differs from the model quantised"));
-    }
+    let written = crate::compare::write_int8(&q, &staged)?;
     let (t_plan, q_plan) = (Plan::float(&teacher)?, Plan::int8(&written)?);
     let f = fidelity(&embed_on_plan(&q_plan, &written.model, &test, BATCH)?, &embed_on_plan(&t_plan, &teacher, &test, BATCH)?)?;
-    let t_bytes = std::fs::metadata(dir.join("model.safetensors")).map_err(|e| WickError::io(dir.join("model.safetensors"), e))?.len();
-    let q_bytes = std::fs::metadata(&staged).map_err(|e| WickError::io(&staged, e))?.len();
+    let (t_bytes, q_bytes) = (crate::compare::file_bytes(&dir.join("model.safetensors"))?, crate::compare::file_bytes(&staged)?);
     let side = |m: &Model, plan: &Plan, file: String, bytes: u64, execution: &str| -> Result<TextSide> {
         let (b1, b32) = (timed(plan, m, &test, 1)?, timed(plan, m, &test, BATCH)?);
         Ok(TextSide {
