@@ -37,14 +37,15 @@ fn complete() -> Vec<String> {
     v
 }
 
-/// After a signalled compression: exit 130 and no output folder (the run created it), or exit 0
-/// and exactly the complete outputs, the artifact readable. A signal that arrives before the
-/// handler is installed ends the process (no exit code) before it has written anything.
+/// After a signalled compression: exit 130 (or no exit code, a signal that arrived before the
+/// handler was installed) with either no output folder (the run created it) or exactly the
+/// complete outputs (the signal came after they moved into place), or exit 0 with exactly the
+/// complete outputs; complete outputs always hold a readable artifact.
 fn check_compress(out: &Path, code: Option<i32>, when: &str) {
     match code {
-        Some(130) | None => assert!(!out.exists(), "{when}: interrupted run left {:?}", entries(out)),
-        Some(0) => {
-            assert_eq!(entries(out), complete(), "{when}");
+        Some(130) | None if !out.exists() => {}
+        Some(130) | None | Some(0) => {
+            assert_eq!(entries(out), complete(), "{when}: exit {code:?}");
             TensorFile::read(&out.join(ARTIFACT)).expect("the artifact of a finished run reads");
         }
         other => panic!("{when}: exit {other:?}, expected 130 (interrupted) or 0 (finished first)"),
@@ -130,8 +131,8 @@ fn an_interrupted_quantisation_leaves_its_artifact_complete_or_nothing() {
         std::thread::sleep(whole * i / 10 + Duration::from_millis(u64::from(i)));
         signal(&child, libc::SIGTERM);
         match child.wait_with_output().unwrap().status.code() {
-            Some(130) | None => assert!(entries(&folder).is_empty(), "signal at {i}/10: interrupted run left {:?}", entries(&folder)),
-            Some(0) => {
+            Some(130) | None if entries(&folder).is_empty() => {}
+            Some(130) | None | Some(0) => {
                 assert_eq!(entries(&folder), ["m.int8.safetensors"], "signal at {i}/10");
                 TensorFile::read(&out).expect("the artifact of a finished run reads");
             }
