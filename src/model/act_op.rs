@@ -10,6 +10,9 @@
 
 use super::arch::{GeluApprox, Op};
 use super::conv_op::{f32_slice, with_f32};
+use super::vmath::{erf, exp, map_in_place, tanh, Lanes};
+#[cfg(target_arch = "x86_64")]
+use super::vmath::{F32x16, F32x8};
 use crate::error::Result;
 use crate::parallel::build_chunks;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
@@ -34,89 +37,29 @@ const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 const GELU_C: f32 = 0.044_715;
 
-/// `erf(x)` from the complementary error function's Chebyshev fit (Numerical Recipes `erfcc`,
-/// fractional error below 1.2e-7 everywhere): `erfc(z) = t·exp(−z² + P(t))`, `t = 1/(1 + z/2)`.
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let p = -1.265_512_2
-        + t * (1.000_023_7 + t * (0.374_091_96 + t * (0.096_784_18 + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_204 + t * (1.488_516 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let erfc = t * exp(-z * z + p);
-    if x >= 0.0 {
-        1.0 - erfc
-    } else {
-        erfc - 1.0
-    }
-}
-
-/// `e^x` without a library call, so that loops over it vectorise: `x = n·ln 2 + r` with
-/// `|r| ≤ ln 2 / 2` (ln 2 split in two for an exact `n·ln 2`), `e^r` by Cephes' `expf`
-/// polynomial (relative error about 1e-7), and `2^n` built in the exponent bits. Inputs are
-/// clamped to [−87.3, 88.7], where f32 neither overflows nor goes subnormal.
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    let x = x.clamp(-87.3, 88.7);
-    // Round to nearest by adding and subtracting 1.5·2²³ (a library call on the baseline x86-64
-    // target otherwise, which would stop the loops from vectorising); |x·log2 e| < 2²².
-    const ROUND: f32 = 12_582_912.0;
-    let t = x * std::f32::consts::LOG2_E + ROUND;
-    let n = t - ROUND;
-    // `t`'s low mantissa bits hold `n` (`t` stays in ROUND's binade): an integer without a
-    // float-to-int conversion, whose saturating Rust semantics do not vectorise.
-    let n_int = t.to_bits() as i32 - ROUND.to_bits() as i32;
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 0.166_666_65;
-    let p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    er * f32::from_bits(((n_int + 127) as u32) << 23)
-}
-
-/// `tanh(x) ≈ x·P(x²)/Q(x²)` on `x` clamped to [−9, 9] (beyond, tanh is ±1 in f32): the
-/// rational minimax fit ONNX Runtime's MLAS and Eigen use, within 4e-7 of the library's tanh
-/// (3.6e-7 measured near ±6, a few ulp of 1; the unit test), and vectorisable where the
-/// library call is not.
-// The coefficients as published, some with digits past f32's precision.
-#[allow(clippy::excessive_precision)]
-#[inline(always)]
-pub fn tanh(x: f32) -> f32 {
-    let x = x.clamp(-9.0, 9.0);
-    let x2 = x * x;
-    let p = -2.760_768_5e-16;
-    let p = p * x2 + 2.000_187_9e-13;
-    let p = p * x2 - 8.604_671_5e-11;
-    let p = p * x2 + 5.122_297e-8;
-    let p = p * x2 + 1.485_722_4e-5;
-    let p = p * x2 + 6.372_619_3e-4;
-    let p = p * x2 + 4.893_524_6e-3;
-    let q = 1.198_258_4e-6;
-    let q = q * x2 + 1.185_347_1e-4;
-    let q = q * x2 + 2.268_434_6e-3;
-    let q = q * x2 + 4.893_525_2e-3;
-    // Near ±9 the fit overshoots 1 by a few ulp.
-    (x * p / q).clamp(-1.0, 1.0)
-}
-
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
+fn sigmoid<V: Lanes>(x: V) -> V {
+    V::splat(1.0) / (V::splat(1.0) + exp(V::splat(0.0) - x))
 }
 
 impl Act {
     /// `f(x)`.
     #[inline(always)]
     pub fn f(self, x: f32) -> f32 {
+        self.eval(x)
+    }
+
+    /// `f(x)` on every lane of `x`, the same operations at every width (`model::vmath`).
+    #[inline(always)]
+    pub fn eval<V: Lanes>(self, x: V) -> V {
+        let s = V::splat;
         match self {
-            Act::Relu6 => x.clamp(0.0, 6.0),
+            Act::Relu6 => x.at_least(0.0).at_most(6.0),
             Act::Silu => x * sigmoid(x),
             Act::Sigmoid => sigmoid(x),
             Act::Tanh => tanh(x),
-            Act::GeluErf => 0.5 * x * (1.0 + erf(x * INV_SQRT_2)),
-            Act::GeluTanh => 0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x))),
+            Act::GeluErf => s(0.5) * x * (s(1.0) + erf(x * s(INV_SQRT_2))),
+            Act::GeluTanh => s(0.5) * x * (s(1.0) + tanh(s(SQRT_2_OVER_PI) * (x + s(GELU_C) * x * x * x))),
         }
     }
 
@@ -200,34 +143,63 @@ macro_rules! wide_f32_fn {
     };
 }
 
-wide_f32_fn!(
-    /// `a[i] = f(a[i])` in place on the calling thread (the compiled plans run each part of a
-    /// batch on its own thread), with the match hoisted out of the loop as in `map`.
-    pub fn apply_in_place(a: &mut [f32], act: Act) => apply
-);
-
-/// `a[i] = f(a[i])`, inlined into the caller (which picks the instruction set).
-#[inline(always)]
-pub fn apply(a: &mut [f32], act: Act) {
-    #[inline(always)]
-    fn each<G: Fn(f32) -> f32>(a: &mut [f32], g: G) {
-        a.iter_mut().for_each(|v| *v = g(*v));
+/// `a[i] = f(a[i])` in place on the calling thread (the compiled plans run each part of a
+/// batch on its own thread), in 16 lanes where [`f32_avx512`], else 8 where the CPU has AVX2:
+/// bit-identical to [`Act::f`] at every width (`model::vmath`).
+pub fn apply_in_place(a: &mut [f32], act: Act) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if f32_avx512() {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn widest(a: &mut [f32], act: Act) {
+                activate::<F32x16>(a, act)
+            }
+            // SAFETY: `f32_avx512` found AVX-512F.
+            return unsafe { widest(a, act) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn wide(a: &mut [f32], act: Act) {
+                activate::<F32x8>(a, act)
+            }
+            // SAFETY: the CPU has AVX2.
+            return unsafe { wide(a, act) };
+        }
     }
-    match act {
-        Act::Relu6 => each(a, |x| Act::Relu6.f(x)),
-        Act::Silu => each(a, |x| Act::Silu.f(x)),
-        Act::Sigmoid => each(a, |x| Act::Sigmoid.f(x)),
-        Act::Tanh => each(a, |x| Act::Tanh.f(x)),
-        Act::GeluErf => each(a, |x| Act::GeluErf.f(x)),
-        Act::GeluTanh => each(a, |x| Act::GeluTanh.f(x)),
-    }
+    // SAFETY: scalars need no CPU feature.
+    unsafe { activate::<f32>(a, act) }
 }
 
-/// `out[i] = g(a[i])` over chunks of the pool; the match on the activation is hoisted out of
-/// the loop by monomorphising `g` per activation.
-fn map<G: Fn(f32) -> f32 + Sync + Send>(a: &[f32], g: G) -> Vec<f32> {
+/// [`apply_in_place`] on vectors of `V`, inlined into a caller that picks the width (the
+/// compiled layers' epilogues).
+///
+/// # Safety
+/// The CPU has `V`'s features.
+#[inline(always)]
+pub unsafe fn activate<V: Lanes>(a: &mut [f32], act: Act) {
+    // One loop per activation, so that the match is outside it; each through an
+    // `#[inline(always)]` closure, so that it inlines into the caller's instruction set (a
+    // function item passed instead is called through a shim that does not).
+    macro_rules! each_act {
+        ($($a:ident),*) => {
+            match act {
+                $(Act::$a => map_in_place(a, #[inline(always)] |v: V| Act::$a.eval(v)),)*
+            }
+        };
+    }
+    each_act!(Relu6, Silu, Sigmoid, Tanh, GeluErf, GeluTanh)
+}
+
+/// `out[i] = f(a[i])` over chunks of the pool, each copied and then [`apply_in_place`].
+fn map(a: &[f32], act: Act) -> Vec<f32> {
     // SAFETY: each chunk writes every element (`a` reaches every chunk's end).
-    unsafe { build_chunks(a.len(), CHUNK, a.len(), |i, out| out.iter_mut().zip(&a[i * CHUNK..]).for_each(|(o, &v)| _ = o.write(g(v)))) }
+    unsafe {
+        build_chunks(a.len(), CHUNK, a.len(), |i, out| {
+            out.iter_mut().zip(&a[i * CHUNK..]).for_each(|(o, &v)| _ = o.write(v));
+            // SAFETY: every element was written just above; MaybeUninit<f32> has f32's layout.
+            apply_in_place(&mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]), act);
+        })
+    }
 }
 
 /// `out[i] = d[i]·g(x[i])`.
@@ -278,7 +250,7 @@ impl CustomOp1 for Activation {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let y = per_act!(self.0, f, |g| map(x, g));
+        let y = map(x, self.0);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -296,34 +268,6 @@ pub fn activation(x: &Tensor, act: Act) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn erf_matches_reference_values() {
-        // erf at 0, ±0.5, 1, 2, 3 (Abramowitz & Stegun table 7.1).
-        for (x, e) in [(0f32, 0f32), (0.5, 0.520_499_9), (-0.5, -0.520_499_9), (1.0, 0.842_700_8), (2.0, 0.995_322_3), (3.0, 0.999_977_9)] {
-            assert!((erf(x) - e).abs() < 2e-7, "erf({x}) = {} vs {e}", erf(x));
-        }
-    }
-
-    #[test]
-    fn tanh_is_within_4e7_of_the_library_tanh() {
-        for i in -12000..=12000 {
-            let x = i as f32 / 1000.0;
-            let (a, b) = (tanh(x), x.tanh());
-            assert!((a - b).abs() <= 4e-7, "tanh({x}) = {a} vs {b}");
-        }
-        assert_eq!(tanh(0.0), 0.0);
-        assert!(tanh(1e-6) > 0.0 && (tanh(1e-6) - 1e-6).abs() < 1e-12);
-    }
-
-    #[test]
-    fn exp_is_within_two_ulp_of_the_library_exp() {
-        for i in -8700..=8800 {
-            let x = i as f32 / 100.0;
-            let (a, b) = (exp(x), x.exp());
-            assert!((a - b).abs() <= 2.5e-7 * b, "exp({x}) = {a} vs {b}");
-        }
-    }
 
     #[test]
     fn derivatives_match_central_differences() {

@@ -25,6 +25,7 @@ pub mod recurrent;
 mod relu_train;
 pub mod stats;
 pub mod text_ops;
+pub mod vmath;
 
 use crate::error::{Result, WickError};
 use arch::Arch;

@@ -9,6 +9,9 @@
 
 use super::epilogue::FinishRow;
 use super::layout::ConvShape;
+use crate::model::vmath::Lanes;
+#[cfg(target_arch = "x86_64")]
+use crate::model::vmath::{F32x16, F32x8};
 use std::ops::{AddAssign, Mul};
 
 /// Whether a conv is depthwise (multiplier 1): one input and one output channel per group.
@@ -26,7 +29,8 @@ pub fn tap_major<T: Copy>(g: &ConvShape, values: &[T]) -> Vec<T> {
 /// Runs the depthwise conv over `x` (`n` samples, channels last) with tap-major weights `w`;
 /// `finish.row(acc, row, 0, out)` writes output row `row` (one position's channels) from its
 /// accumulators (inlined here, so it runs on the instruction set picked here) and must write
-/// all of `out`. Returns `[n·ho·wo, C]`.
+/// all of `out`; the activation then runs over each sample's rows at once, and `finish.after`
+/// on each row. Returns `[n·ho·wo, C]`.
 pub fn run<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
 where
     A: Copy + Into<Acc>,
@@ -35,6 +39,19 @@ where
 {
     #[cfg(target_arch = "x86_64")]
     {
+        if crate::model::act_op::f32_avx512() {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn widest<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
+            where
+                A: Copy + Into<Acc>,
+                W: Copy + Into<Acc>,
+                Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
+            {
+                rows::<F32x16, A, W, Acc, O, F>(g, w, x, pad, n, finish)
+            }
+            // SAFETY: `f32_avx512` found AVX-512F.
+            return unsafe { widest(g, w, x, pad, n, finish) };
+        }
         if std::is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
             unsafe fn wide<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
@@ -43,20 +60,23 @@ where
                 W: Copy + Into<Acc>,
                 Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
             {
-                rows(g, w, x, pad, n, finish)
+                rows::<F32x8, A, W, Acc, O, F>(g, w, x, pad, n, finish)
             }
             // SAFETY: the CPU has AVX2.
             return unsafe { wide(g, w, x, pad, n, finish) };
         }
     }
-    rows(g, w, x, pad, n, finish)
+    // SAFETY: scalars need no CPU feature.
+    unsafe { rows::<f32, A, W, Acc, O, F>(g, w, x, pad, n, finish) }
 }
 
 /// Channels summed together in registers.
 const BLOCK: usize = 16;
 
+/// # Safety
+/// The CPU has `V`'s features.
 #[inline(always)]
-fn rows<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
+unsafe fn rows<V: Lanes, A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
 where
     A: Copy + Into<Acc>,
     W: Copy + Into<Acc>,
@@ -65,27 +85,34 @@ where
     let c = g.c;
     let (positions, taps) = (g.ho * g.wo, g.kh * g.kw);
     let rows = n * positions;
+    assert!(w.len() == taps * c && x.len() >= n * g.h * g.w * c, "depthwise weights of {} values, input of {}", w.len(), x.len());
     let mut y: Vec<O> = Vec::with_capacity(rows * c);
     let out = &mut y.spare_capacity_mut()[..rows * c];
-    let offsets = tap_offsets(g);
+    // Each sample is copied into a plane with its padding filled in, so that every tap of every
+    // position reads at `position base + tap offset` without a test for the border.
+    let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+    let mut plane = vec![pad; hp * wp * c];
+    let tap_at: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.dil.0 * wp + (t % g.kw) * g.dil.1) * c).collect();
     let mut acc = vec![Acc::default(); c];
-    let pad_row = vec![pad; c];
     for s in 0..n {
-        let plane = &x[s * g.h * g.w * c..(s + 1) * g.h * g.w * c];
-        for (p, offs) in offsets.chunks_exact(taps).enumerate() {
-            let tap = |t: usize, c0: usize, len: usize| -> (&[A], &[W]) {
-                let src = match offs[t] {
-                    Some(o) => &plane[o + c0..o + c0 + len],
-                    None => &pad_row[c0..c0 + len],
-                };
-                (src, &w[t * c + c0..t * c + c0 + len])
-            };
+        let sample = &x[s * g.h * g.w * c..(s + 1) * g.h * g.w * c];
+        for (iy, line) in sample.chunks_exact(g.w * c).enumerate() {
+            let at = ((iy + g.pad.0) * wp + g.pad.1) * c;
+            plane[at..at + g.w * c].copy_from_slice(line);
+        }
+        for p in 0..positions {
+            let (oy, ox) = (p / g.wo, p % g.wo);
+            let base = (oy * g.stride.0 * wp + ox * g.stride.1) * c;
+            // Every tap lies in the plane: the last one of the last position reads row
+            // `(ho − 1)·sy + (kh − 1)·dy < hp` and column `(wo − 1)·sx + (kw − 1)·dx < wp`.
+            debug_assert!(base + tap_at[taps - 1] + c <= plane.len());
             let mut c0 = 0;
             while c0 + BLOCK <= c {
                 let mut a = [Acc::default(); BLOCK];
-                for t in 0..taps {
-                    let (src, wt) = tap(t, c0, BLOCK);
-                    let (src, wt): (&[A; BLOCK], &[W; BLOCK]) = (src.try_into().expect("a block"), wt.try_into().expect("a block"));
+                for (t, &d) in tap_at.iter().enumerate() {
+                    // SAFETY: in the plane (above) and in the tap-major weights `[taps][c]`.
+                    let src: &[A; BLOCK] = &*(plane.as_ptr().add(base + d + c0) as *const [A; BLOCK]);
+                    let wt: &[W; BLOCK] = &*(w.as_ptr().add(t * c + c0) as *const [W; BLOCK]);
                     for j in 0..BLOCK {
                         a[j] += src[j].into() * wt[j].into();
                     }
@@ -96,8 +123,8 @@ where
             if c0 < c {
                 let rest = &mut acc[c0..];
                 rest.fill(Acc::default());
-                for t in 0..taps {
-                    let (src, wt) = tap(t, c0, c - c0);
+                for (t, &d) in tap_at.iter().enumerate() {
+                    let (src, wt) = (&plane[base + d + c0..base + d + c], &w[t * c + c0..(t + 1) * c]);
                     for ((a, &xv), &wv) in rest.iter_mut().zip(src).zip(wt) {
                         *a += xv.into() * wv.into();
                     }
@@ -106,29 +133,20 @@ where
             let row = s * positions + p;
             finish.row(&acc, row, 0, &mut out[row * c..(row + 1) * c]);
         }
+        // The sample's rows lie together: the activation runs over all of them at once.
+        let sample = s * positions..(s + 1) * positions;
+        if finish.has_act() {
+            finish.activate::<V>(&mut out[sample.start * c..sample.end * c]);
+        }
+        if finish.has_after() {
+            for row in sample {
+                finish.after(row, 0, &mut out[row * c..(row + 1) * c]);
+            }
+        }
     }
     // SAFETY: `finish` wrote every output row.
     unsafe { y.set_len(rows * c) };
     y
-}
-
-/// For each output position and tap, in `(oy, ox, ky, kx)` order, the offset in a sample's
-/// channels-last plane of the pixel it reads, or `None` in the padding.
-fn tap_offsets(g: &ConvShape) -> Vec<Option<usize>> {
-    let mut v = Vec::with_capacity(g.ho * g.wo * g.kh * g.kw);
-    for oy in 0..g.ho {
-        for ox in 0..g.wo {
-            for ky in 0..g.kh {
-                let iy = (oy * g.stride.0 + ky * g.dil.0) as isize - g.pad.0 as isize;
-                for kx in 0..g.kw {
-                    let ix = (ox * g.stride.1 + kx * g.dil.1) as isize - g.pad.1 as isize;
-                    let inside = (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
-                    v.push(inside.then(|| (iy as usize * g.w + ix as usize) * g.c));
-                }
-            }
-        }
-    }
-    v
 }
 
 #[cfg(test)]

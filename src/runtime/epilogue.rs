@@ -1,46 +1,99 @@
 //! The part of a compiled layer's GEMM epilogue that does not depend on the layer's kind:
-//! walking a register tile's rows, compiling the layer's per-row arithmetic for 8-wide vectors
-//! where the CPU has AVX2 (the arithmetic is identical either way), and what can follow any
-//! layer's row: a residual add fused in ([`Residual`]).
+//! walking a register tile's rows, compiling the layer's per-row arithmetic for 16-wide vectors
+//! where the f32 kernels use AVX-512 and for 8-wide ones where the CPU has AVX2 (the
+//! arithmetic is identical at every width), and what can follow any layer's row: a residual add
+//! fused in ([`Residual`]) and a fused activation ([`activate`]).
 
 use crate::model::act_op::Act;
+use crate::model::vmath::Lanes;
+#[cfg(target_arch = "x86_64")]
+use crate::model::vmath::{F32x16, F32x8};
 use std::mem::MaybeUninit;
 
 /// What a layer writes for one output row: `out[j]` from the accumulator `acc[j]` of channel
-/// `c0 + j`, for every `j < acc.len()`. `row` is the row's index in the layer's output.
+/// `c0 + j`, for every `j < acc.len()`, in three phases: [`FinishRow::row`] for each row, the
+/// fused activation over all the rows at once where they lie together in memory (a short row,
+/// one 16-channel pixel, keeps too few evaluations in flight on its own), then
+/// [`FinishRow::after`] for each row.
 pub trait FinishRow<A, O> {
-    /// Implementations are `#[inline(always)]`, so that [`finish_tile`]'s AVX2 copy vectorises
+    /// The row up to its activation. `row` is the row's index in the layer's output.
+    /// Implementations are `#[inline(always)]`, so that [`finish_tile`]'s wide copies vectorise
     /// them.
     fn row(&self, acc: &[A], row: usize, c0: usize, out: &mut [MaybeUninit<O>]);
+
+    /// Whether an activation follows `row`.
+    fn has_act(&self) -> bool {
+        false
+    }
+
+    /// The activation on outputs `row` wrote (any run of them), on vectors of `V`.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s features; `row` wrote every element of `out`.
+    unsafe fn activate<V: Lanes>(&self, _out: &mut [MaybeUninit<O>]) {}
+
+    /// Whether something follows the activation ([`FinishRow::after`]).
+    fn has_after(&self) -> bool {
+        false
+    }
+
+    /// What follows the activation in row `row` (a fused residual add); `out` is finished up to
+    /// there.
+    fn after(&self, _row: usize, _c0: usize, _out: &mut [MaybeUninit<O>]) {}
 }
 
 /// For each row `r` of a tile (`out.len() / ldo` rows, output rows `first + r`): `layer.row`
 /// on `acc[r·stride..][..n]` into `out[r·ldo + c0..][..n]`, the columns of channels
-/// `c0..c0 + n`.
+/// `c0..c0 + n`, then the activation (over the whole tile when it spans every column) and
+/// `layer.after`.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
+    /// # Safety
+    /// The CPU has `V`'s features.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn rows<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
+    unsafe fn rows<V: Lanes, A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
         for (r, o) in out.chunks_mut(ldo).enumerate() {
             layer.row(&acc[r * stride..r * stride + n], first + r, c0, &mut o[c0..c0 + n]);
+        }
+        if layer.has_act() {
+            match n == ldo {
+                true => layer.activate::<V>(out),
+                false => out.chunks_mut(ldo).for_each(|o| layer.activate::<V>(&mut o[c0..c0 + n])),
+            }
+        }
+        if layer.has_after() {
+            for (r, o) in out.chunks_mut(ldo).enumerate() {
+                layer.after(first + r, c0, &mut o[c0..c0 + n]);
+            }
         }
     }
     #[cfg(target_arch = "x86_64")]
     {
+        if crate::model::act_op::f32_avx512() {
+            #[target_feature(enable = "avx512f")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn widest<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
+                rows::<F32x16, A, O, F>(layer, acc, stride, first, ldo, c0, n, out)
+            }
+            // SAFETY: `f32_avx512` found AVX-512F.
+            unsafe { widest(layer, acc, stride, first, ldo, c0, n, out) };
+            return;
+        }
         if std::is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn wide<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
-                rows(layer, acc, stride, first, ldo, c0, n, out)
+                rows::<F32x8, A, O, F>(layer, acc, stride, first, ldo, c0, n, out)
             }
             // SAFETY: the CPU has AVX2.
             unsafe { wide(layer, acc, stride, first, ldo, c0, n, out) };
             return;
         }
     }
-    rows(layer, acc, stride, first, ldo, c0, n, out)
+    // SAFETY: scalars need no CPU feature.
+    unsafe { rows::<f32, A, O, F>(layer, acc, stride, first, ldo, c0, n, out) }
 }
 
 /// A layer's f32 row with a residual added and an optional ReLU after it:
@@ -60,8 +113,26 @@ impl<A, F: FinishRow<A, f32>> FinishRow<A, f32> for Residual<'_, F> {
     #[inline(always)]
     fn row(&self, acc: &[A], row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
         self.layer.row(acc, row, c0, out);
+    }
+
+    fn has_act(&self) -> bool {
+        self.layer.has_act()
+    }
+
+    #[inline(always)]
+    unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
+        self.layer.activate::<V>(out)
+    }
+
+    fn has_after(&self) -> bool {
+        true
+    }
+
+    #[inline(always)]
+    fn after(&self, row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
+        self.layer.after(row, c0, out);
         let s = &self.shortcut[row * self.ldo + c0..][..out.len()];
-        // SAFETY: `row` wrote every entry of `out` (its contract).
+        // SAFETY: the earlier phases wrote every entry of `out`.
         let y = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
         add_relu(y, Some(s), self.relu);
     }
@@ -80,13 +151,17 @@ pub fn add_relu(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
     }
 }
 
-/// Applies a fused activation (if any) to an output row the epilogue has just written, while it
-/// is in cache: `out[j] = f(out[j])`.
+/// Applies a fused activation (if any) to outputs the epilogue has just written, while they are
+/// in cache: `out[j] = f(out[j])`, on vectors of `V` (`model::vmath`), bit-identical at every
+/// width.
+///
+/// # Safety
+/// The CPU has `V`'s features; every element of `out` was written.
 #[inline(always)]
-pub fn activate(out: &mut [MaybeUninit<f32>], act: Option<Act>) {
+pub unsafe fn activate<V: Lanes>(out: &mut [MaybeUninit<f32>], act: Option<Act>) {
     if let Some(a) = act {
         // SAFETY: the caller wrote every element of `out`; MaybeUninit<f32> has f32's layout.
         let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        crate::model::act_op::apply(out, a);
+        crate::model::act_op::activate::<V>(out, a);
     }
 }

@@ -12,6 +12,7 @@ use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::matmul::f32::PackedF32;
 use crate::model::act_op::Act;
 use crate::model::arch::Op;
+use crate::model::vmath::Lanes;
 use std::mem::MaybeUninit;
 
 /// A float layer ready to run.
@@ -97,6 +98,14 @@ impl FinishRow<f32, f32> for FloatLayer {
                 }
             }
         }
-        activate(out, self.act);
+    }
+
+    fn has_act(&self) -> bool {
+        self.act.is_some()
+    }
+
+    #[inline(always)]
+    unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
+        activate::<V>(out, self.act)
     }
 }

@@ -17,6 +17,7 @@ use crate::matmul::int8::{PairPanels, QuadPanels};
 use crate::matmul::isa::Isa;
 use crate::model::act_op::Act;
 use crate::model::arch::Op;
+use crate::model::vmath::Lanes;
 use crate::quant::{ActType, InputQuant, QParams};
 use std::mem::MaybeUninit;
 
@@ -165,7 +166,15 @@ impl FinishRow<i32, f32> for QLayer {
     fn row(&self, acc: &[i32], _row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
         let cs = c0..c0 + acc.len();
         dequantise(acc, &self.zp_wsum[cs.clone()], &self.mult[cs.clone()], self.bias.as_ref().map(|b| &b[cs]), self.relu, out);
-        activate(out, self.act);
+    }
+
+    fn has_act(&self) -> bool {
+        self.act.is_some()
+    }
+
+    #[inline(always)]
+    unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
+        activate::<V>(out, self.act)
     }
 }
 
@@ -177,7 +186,7 @@ struct PerToken<'a> {
 
 impl FinishRow<i32, f32> for PerToken<'_> {
     /// `out[j] = (acc[j] − z_r·Σw_c) · (s_r · s_c) + b_c` for channel `c = c0 + j`, then the
-    /// fused ReLU or activation.
+    /// fused ReLU (the activation follows in `activate`).
     #[inline(always)]
     fn row(&self, acc: &[i32], row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
         let l = self.layer;
@@ -201,7 +210,15 @@ impl FinishRow<i32, f32> for PerToken<'_> {
             let y = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
             super::epilogue::add_relu(y, None, true);
         }
-        activate(out, l.act);
+    }
+
+    fn has_act(&self) -> bool {
+        self.layer.act.is_some()
+    }
+
+    #[inline(always)]
+    unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
+        activate::<V>(out, self.layer.act)
     }
 }
 

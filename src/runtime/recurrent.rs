@@ -10,7 +10,7 @@
 use super::flayer::FloatLayer;
 use super::qlayer::QLayer;
 use crate::error::{Result, WickError};
-use crate::model::act_op::{apply, apply_in_place, Act};
+use crate::model::act_op::{apply_in_place, Act};
 use crate::model::arch::{rnn_params, LinearCfg, Node, Op, RnnCfg};
 use crate::model::recurrent::Cell;
 use crate::model::Model;
@@ -178,13 +178,13 @@ fn lstm_cell_rows(sums: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) 
         let (f, rest) = rest.split_at_mut(h_len);
         let (g, o) = rest.split_at_mut(h_len);
         for (block, act) in [(&mut *i, Act::Sigmoid), (&mut *f, Act::Sigmoid), (&mut *g, Act::Tanh), (&mut *o, Act::Sigmoid)] {
-            apply(block, act);
+            apply_in_place(block, act);
         }
         for (((cv, &fv), &iv), &gv) in cb.iter_mut().zip(&*f).zip(&*i).zip(&*g) {
             *cv = fv * *cv + iv * gv;
         }
         hb.copy_from_slice(cb);
-        apply(hb, Act::Tanh);
+        apply_in_place(hb, Act::Tanh);
         hb.iter_mut().zip(&*o).for_each(|(hv, &ov)| *hv *= ov);
     }
 }
