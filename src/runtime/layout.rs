@@ -115,21 +115,18 @@ pub(crate) fn conv_shape(s: &[usize], o: usize, k: (usize, usize), stride: (usiz
 /// A tap in the padding (see [`PatchRuns`]).
 const PAD: u32 = u32::MAX;
 
-/// Channels per tap below which patches are built rather than gathered: a segment switch in
-/// the tile reloads a pointer per row, which a tap of a few channels would pay every few
-/// depth steps (the stem conv of an image model has 1–3 channels).
-const MIN_GATHER: usize = 8;
-
 /// Where the channels-last patch of each output position reads, computed once per layer, in
 /// two forms:
 /// - taps: per position and kernel tap `(ky, kx)`, the offset of the tap's pixel in the
 ///   sample's `[H, W, C]` values, or [`PAD`] for a tap in the padding. The GEMM reads each tap's
 ///   `C/groups` channels where they lie (`Rows::Gathered`), so nothing is copied.
-/// - runs, for taps too short to read one by one: `(offset in the row, offset in the sample,
-///   length)` copies that build the row. With one group and no dilation the taps of a kernel
-///   row are one contiguous run of the input (neighbouring pixels, all channels); otherwise
-///   each tap is a run of the group's `C/groups` channels (read at an extra offset
-///   `group·C/groups`). Entries no run covers are taps in the padding and hold the zero point.
+/// - runs, for taps that are not whole groups of what the kernel reads per step (an integer
+///   kernel's u8 quads or i16 pairs from a one- or three-channel tap): `(offset in the row,
+///   offset in the sample, length)` copies that build the row. With one group and no dilation
+///   the taps of a kernel row are one contiguous run of the input (neighbouring pixels, all
+///   channels); otherwise each tap is a run of the group's `C/groups` channels (read at an
+///   extra offset `group·C/groups`). Entries no run covers are taps in the padding and hold
+///   the zero point.
 pub struct PatchRuns {
     /// `taps[p·kh·kw + ky·kw + kx]`: where tap `(ky, kx)` of position `p` reads.
     taps: Vec<u32>,
@@ -179,9 +176,10 @@ impl PatchRuns {
 
     /// Whether a GEMM reading `group` activations per depth step reads these patches tap by
     /// tap (`gather`) rather than building them (`fill`): when a tap's channels are whole
-    /// groups and at least [`MIN_GATHER`] long.
+    /// groups. Even one-channel taps (an image model's stem) gather faster than they build: a
+    /// segment switch reloads a pointer per row, where building copies the row through calls.
     pub fn gathers(g: &ConvShape, group: usize) -> bool {
-        g.cg().is_multiple_of(group) && g.cg() >= MIN_GATHER
+        g.cg().is_multiple_of(group)
     }
 
     /// The patches of group `gi` of channels-last `x` (`n` whole samples), read tap by tap.
