@@ -64,26 +64,33 @@ impl Act {
     }
 
     /// `f'(x)`.
-    #[inline(always)]
+    #[cfg(test)]
     fn df(self, x: f32) -> f32 {
+        self.eval_df(x)
+    }
+
+    /// `f'(x)` on every lane of `x`, the same operations at every width.
+    #[inline(always)]
+    fn eval_df<V: Lanes>(self, x: V) -> V {
+        let s = V::splat;
         match self {
-            Act::Relu6 => f32::from(u8::from(x > 0.0 && x < 6.0)),
+            Act::Relu6 => x.between(0.0, 6.0),
             Act::Silu => {
-                let s = sigmoid(x);
-                s * (1.0 + x * (1.0 - s))
+                let g = sigmoid(x);
+                g * (s(1.0) + x * (s(1.0) - g))
             }
             Act::Sigmoid => {
-                let s = sigmoid(x);
-                s * (1.0 - s)
+                let g = sigmoid(x);
+                g * (s(1.0) - g)
             }
             Act::Tanh => {
                 let t = tanh(x);
-                1.0 - t * t
+                s(1.0) - t * t
             }
-            Act::GeluErf => 0.5 * (1.0 + erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x),
+            Act::GeluErf => s(0.5) * (s(1.0) + erf(x * s(INV_SQRT_2))) + x * s(INV_SQRT_2PI) * exp(s(-0.5) * x * x),
             Act::GeluTanh => {
-                let t = tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x)
+                let t = tanh(s(SQRT_2_OVER_PI) * (x + s(GELU_C) * x * x * x));
+                s(0.5) * (s(1.0) + t) + s(0.5) * x * (s(1.0) - t * t) * s(SQRT_2_OVER_PI) * (s(1.0) + s(3.0 * GELU_C) * x * x)
             }
         }
     }
@@ -147,27 +154,32 @@ macro_rules! wide_f32_fn {
 /// batch on its own thread), in 16 lanes where [`f32_avx512`], else 8 where the CPU has AVX2:
 /// bit-identical to [`Act::f`] at every width (`model::vmath`).
 pub fn apply_in_place(a: &mut [f32], act: Act) {
+    in_place::<false>(a, act)
+}
+
+/// [`apply_in_place`] with `f'` for `f` (`DF`).
+fn in_place<const DF: bool>(a: &mut [f32], act: Act) {
     #[cfg(target_arch = "x86_64")]
     {
         if f32_avx512() {
             #[target_feature(enable = "avx512f")]
-            unsafe fn widest(a: &mut [f32], act: Act) {
-                activate::<F32x16>(a, act)
+            unsafe fn widest<const DF: bool>(a: &mut [f32], act: Act) {
+                on_vectors::<F32x16, DF>(a, act)
             }
             // SAFETY: `f32_avx512` found AVX-512F.
-            return unsafe { widest(a, act) };
+            return unsafe { widest::<DF>(a, act) };
         }
-        if std::is_x86_feature_detected!("avx2") {
+        if crate::model::vmath::has_f32x8() {
             #[target_feature(enable = "avx2")]
-            unsafe fn wide(a: &mut [f32], act: Act) {
-                activate::<F32x8>(a, act)
+            unsafe fn wide<const DF: bool>(a: &mut [f32], act: Act) {
+                on_vectors::<F32x8, DF>(a, act)
             }
             // SAFETY: the CPU has AVX2.
-            return unsafe { wide(a, act) };
+            return unsafe { wide::<DF>(a, act) };
         }
     }
     // SAFETY: scalars need no CPU feature.
-    unsafe { activate::<f32>(a, act) }
+    unsafe { on_vectors::<f32, DF>(a, act) }
 }
 
 /// [`apply_in_place`] on vectors of `V`, inlined into a caller that picks the width (the
@@ -177,13 +189,22 @@ pub fn apply_in_place(a: &mut [f32], act: Act) {
 /// The CPU has `V`'s features.
 #[inline(always)]
 pub unsafe fn activate<V: Lanes>(a: &mut [f32], act: Act) {
+    on_vectors::<V, false>(a, act)
+}
+
+/// `a[i] = f(a[i])`, or `f'(a[i])` when `DF`, on vectors of `V`.
+///
+/// # Safety
+/// The CPU has `V`'s features.
+#[inline(always)]
+unsafe fn on_vectors<V: Lanes, const DF: bool>(a: &mut [f32], act: Act) {
     // One loop per activation, so that the match is outside it; each through an
     // `#[inline(always)]` closure, so that it inlines into the caller's instruction set (a
     // function item passed instead is called through a shim that does not).
     macro_rules! each_act {
         ($($a:ident),*) => {
             match act {
-                $(Act::$a => map_in_place(a, #[inline(always)] |v: V| Act::$a.eval(v)),)*
+                $(Act::$a => map_in_place(a, #[inline(always)] |v: V| if DF { Act::$a.eval_df(v) } else { Act::$a.eval(v) }),)*
             }
         };
     }
@@ -202,43 +223,19 @@ fn map(a: &[f32], act: Act) -> Vec<f32> {
     }
 }
 
-/// `out[i] = d[i]·g(x[i])`.
-fn map_grad<G: Fn(f32) -> f32 + Sync + Send>(d: &[f32], x: &[f32], g: G) -> Vec<f32> {
+/// `out[i] = d[i]·f'(x[i])` over chunks of the pool, `f'` on vectors as in [`map`].
+fn map_grad(d: &[f32], x: &[f32], act: Act) -> Vec<f32> {
     assert_eq!(d.len(), x.len());
     // SAFETY: each chunk writes every element; `d` and `x` have the chunks' total length.
-    unsafe { build_chunks(d.len(), CHUNK, d.len(), |i, out| out.iter_mut().zip(&d[i * CHUNK..]).zip(&x[i * CHUNK..]).for_each(|((o, &d), &v)| _ = o.write(d * g(v)))) }
-}
-
-/// Calls `$body` with `$g` bound to the activation's `f` or `f'` as a concrete closure.
-macro_rules! per_act {
-    ($act:expr, $method:ident, |$g:ident| $body:expr) => {
-        match $act {
-            Act::Relu6 => {
-                let $g = |v: f32| Act::Relu6.$method(v);
-                $body
-            }
-            Act::Silu => {
-                let $g = |v: f32| Act::Silu.$method(v);
-                $body
-            }
-            Act::Sigmoid => {
-                let $g = |v: f32| Act::Sigmoid.$method(v);
-                $body
-            }
-            Act::Tanh => {
-                let $g = |v: f32| Act::Tanh.$method(v);
-                $body
-            }
-            Act::GeluErf => {
-                let $g = |v: f32| Act::GeluErf.$method(v);
-                $body
-            }
-            Act::GeluTanh => {
-                let $g = |v: f32| Act::GeluTanh.$method(v);
-                $body
-            }
-        }
-    };
+    unsafe {
+        build_chunks(d.len(), CHUNK, d.len(), |i, out| {
+            out.iter_mut().zip(&x[i * CHUNK..]).for_each(|(o, &v)| _ = o.write(v));
+            // SAFETY: every element was written just above; MaybeUninit<f32> has f32's layout.
+            let out = &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]);
+            in_place::<true>(out, act);
+            out.iter_mut().zip(&d[i * CHUNK..]).for_each(|(o, &d)| *o *= d);
+        })
+    }
 }
 
 struct Activation(Act);
@@ -255,7 +252,7 @@ impl CustomOp1 for Activation {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dx = with_f32(grad, self.name(), |d| with_f32(x, self.name(), |x| per_act!(self.0, df, |g| map_grad(d, x, g))))??;
+        let dx = with_f32(grad, self.name(), |d| with_f32(x, self.name(), |x| map_grad(d, x, self.0)))??;
         Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
     }
 }
@@ -268,6 +265,25 @@ pub fn activation(x: &Tensor, act: Act) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vectors this CPU runs compute every activation and derivative bit for bit as the
+    /// scalar does, over lengths with and without a partial vector.
+    #[test]
+    fn vector_activations_equal_the_scalar() {
+        let acts = [Act::Relu6, Act::Silu, Act::Sigmoid, Act::Tanh, Act::GeluErf, Act::GeluTanh];
+        for len in [1usize, 5, 16, 37, 100] {
+            let x: Vec<f32> = (0..len).map(|i| (i as f32 * 0.731 - 30.0) * if i % 4 == 0 { 0.1 } else { 1.0 }).collect();
+            for act in acts {
+                let (mut y, mut dy) = (x.clone(), x.clone());
+                apply_in_place(&mut y, act);
+                in_place::<true>(&mut dy, act);
+                for (i, &v) in x.iter().enumerate() {
+                    assert_eq!(y[i].to_bits(), act.f(v).to_bits(), "{act:?}({v})");
+                    assert_eq!(dy[i].to_bits(), act.df(v).to_bits(), "{act:?}'({v})");
+                }
+            }
+        }
+    }
 
     #[test]
     fn derivatives_match_central_differences() {

@@ -17,6 +17,8 @@ pub trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = S
     fn at_least(self, lo: f32) -> Self;
     /// Lane-wise `if hi < x { hi } else { x }` (`vminps(hi, x)`): a NaN in `x` stays NaN.
     fn at_most(self, hi: f32) -> Self;
+    /// Lane-wise `1.0` where `lo < x < hi`, else `0.0` (NaN included).
+    fn between(self, lo: f32, hi: f32) -> Self;
     /// Lane-wise `2^n` for `t = n + round` with `round`'s binade holding `t` (so the low
     /// mantissa bits of `t` are `n`): `from_bits(((bits(t) − bits(round)) + 127) << 23)`.
     fn pow2_of_rounded(self, round: f32) -> Self;
@@ -55,6 +57,10 @@ impl Lanes for f32 {
         }
     }
     #[inline(always)]
+    fn between(self, lo: f32, hi: f32) -> f32 {
+        f32::from(u8::from(lo < self && self < hi))
+    }
+    #[inline(always)]
     fn pow2_of_rounded(self, round: f32) -> f32 {
         let n = (self.to_bits() as i32).wrapping_sub(round.to_bits() as i32);
         f32::from_bits((n.wrapping_add(127) as u32) << 23)
@@ -71,6 +77,12 @@ impl Lanes for f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub use x86::{F32x16, F32x8};
+
+/// Whether [`F32x8`] runs here: AVX2.
+#[cfg(target_arch = "x86_64")]
+pub fn has_f32x8() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -135,6 +147,10 @@ mod x86 {
                     $t(unsafe { $min($set1(hi), self.0) })
                 }
                 #[inline(always)]
+                fn between(self, lo: f32, hi: f32) -> $t {
+                    self.between_impl(lo, hi)
+                }
+                #[inline(always)]
                 fn pow2_of_rounded(self, round: f32) -> $t {
                     unsafe {
                         let n = $sub_i($cast_i(self.0), $set1_i(round.to_bits() as i32));
@@ -151,6 +167,25 @@ mod x86 {
                 }
             }
         };
+    }
+
+    impl F32x8 {
+        #[inline(always)]
+        fn between_impl(self, lo: f32, hi: f32) -> F32x8 {
+            unsafe {
+                let inside = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_set1_ps(lo), self.0), _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, _mm256_set1_ps(hi)));
+                F32x8(_mm256_and_ps(inside, _mm256_set1_ps(1.0)))
+            }
+        }
+    }
+    impl F32x16 {
+        #[inline(always)]
+        fn between_impl(self, lo: f32, hi: f32) -> F32x16 {
+            unsafe {
+                let inside = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_set1_ps(lo), self.0) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, _mm512_set1_ps(hi));
+                F32x16(_mm512_maskz_mov_ps(inside, _mm512_set1_ps(1.0)))
+            }
+        }
     }
 
     lanes!(
@@ -373,7 +408,7 @@ mod tests {
                 |v| g(v),
             )
         }
-        if std::is_x86_feature_detected!("avx2") {
+        if has_f32x8() {
             check::<F32x8>(avx2);
         }
         if std::is_x86_feature_detected!("avx512f") {

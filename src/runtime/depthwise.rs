@@ -52,7 +52,7 @@ where
             // SAFETY: `f32_avx512` found AVX-512F.
             return unsafe { widest(g, w, x, pad, n, finish) };
         }
-        if std::is_x86_feature_detected!("avx2") {
+        if crate::model::vmath::has_f32x8() {
             #[target_feature(enable = "avx2")]
             unsafe fn wide<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
             where

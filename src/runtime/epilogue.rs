@@ -81,7 +81,7 @@ pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize
             unsafe { widest(layer, acc, stride, first, ldo, c0, n, out) };
             return;
         }
-        if std::is_x86_feature_detected!("avx2") {
+        if crate::model::vmath::has_f32x8() {
             #[target_feature(enable = "avx2")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn wide<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
