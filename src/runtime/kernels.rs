@@ -35,6 +35,12 @@ pub trait Code: Copy + Default + Send + Sync + 'static {
     /// The CPU has AVX2 and `dst` has room for 8 values.
     #[cfg(target_arch = "x86_64")]
     unsafe fn store8(dst: *mut Self, c: std::arch::x86_64::__m256i);
+    /// Stores 16 shifted codes (i32 lanes, each 0..=255) at `dst`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and `dst` has room for 16 values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn store16(dst: *mut Self, c: std::arch::x86_64::__m512i);
 }
 
 impl Code for i16 {
@@ -49,6 +55,12 @@ impl Code for i16 {
         let p = _mm256_permute4x64_epi64(_mm256_packs_epi32(c, c), 0b00_00_10_00);
         _mm_storeu_si128(dst as *mut __m128i, _mm256_castsi256_si128(p));
     }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store16(dst: *mut i16, c: std::arch::x86_64::__m512i) {
+        use std::arch::x86_64::*;
+        _mm256_storeu_si256(dst as *mut __m256i, _mm512_cvtepi32_epi16(c));
+    }
 }
 
 impl Code for u8 {
@@ -62,6 +74,12 @@ impl Code for u8 {
         // 8 i32 → 8 i16 → 8 u8 (values fit both), the low 8 bytes stored.
         let p = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(c, c), 0b00_00_10_00));
         _mm_storel_epi64(dst as *mut __m128i, _mm_packus_epi16(p, p));
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store16(dst: *mut u8, c: std::arch::x86_64::__m512i) {
+        use std::arch::x86_64::*;
+        _mm_storeu_si128(dst as *mut __m128i, _mm512_cvtepi32_epi8(c));
     }
 }
 
@@ -81,14 +99,19 @@ pub fn quantize_codes<T: Code>(x: &[f32], q: &crate::quant::QParams) -> (Vec<T>,
     (codes, finite)
 }
 
-/// Writes the shifted codes of `x` (see [`quantize_u8`]) into `out` (as long as `x`), AVX2
-/// eight at a time where the CPU has it (bit-identical to the scalar formula: tested);
-/// returns whether every value of `x` is finite.
+/// Writes the shifted codes of `x` (see [`quantize_u8`]) into `out` (as long as `x`), sixteen
+/// at a time with AVX-512 where the f32 kernels use it (`act_op::f32_avx512`), else eight with
+/// AVX2 where the CPU has it (each bit-identical to the scalar formula: tested); returns
+/// whether every value of `x` is finite.
 #[inline]
 pub fn quantize_to<T: Code>(x: &[f32], q: &crate::quant::QParams, out: &mut [std::mem::MaybeUninit<T>]) -> bool {
     assert_eq!(x.len(), out.len(), "codes for every value");
     #[cfg(target_arch = "x86_64")]
     {
+        if crate::model::act_op::f32_avx512() {
+            // SAFETY: the CPU has AVX-512F; the slices have equal lengths.
+            return unsafe { quantize_avx512(x, q, code_shift(q), out) };
+        }
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2; the slices have equal lengths.
             return unsafe { quantize_avx2(x, q, code_shift(q), out) };
@@ -179,6 +202,45 @@ unsafe fn quantize_avx2<T: Code>(x: &[f32], q: &crate::quant::QParams, shift: i3
     _mm256_movemask_ps(bad) == 0 && x[n8..].iter().all(|v| v.is_finite())
 }
 
+/// [`quantize_avx2`] sixteen lanes at a time: the same operations, the rounding step added
+/// under a mask, the codes narrowed by `vpmovdb`/`vpmovdw` (they fit).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_avx512<T: Code>(x: &[f32], q: &crate::quant::QParams, shift: i32, out: &mut [std::mem::MaybeUninit<T>]) -> bool {
+    use std::arch::x86_64::*;
+    let (qmin, qmax) = q.act.range();
+    let n16 = x.len() / 16 * 16;
+    let scale = _mm512_set1_ps(q.scale);
+    let half = _mm512_set1_ps(0.5);
+    let one = _mm512_set1_epi32(1.0f32.to_bits() as i32);
+    let sign_mask = _mm512_set1_epi32(i32::MIN);
+    let big = _mm512_set1_ps((1u32 << 30) as f32);
+    let nbig = _mm512_set1_ps(-((1u32 << 30) as f32));
+    let zp = _mm512_set1_epi32(q.zero_point);
+    let (lo, hi) = (_mm512_set1_epi32(qmin + shift), _mm512_set1_epi32(qmax + shift));
+    let sh = _mm512_set1_epi32(shift);
+    let mut bad: __mmask16 = 0;
+    let mut i = 0;
+    while i < n16 {
+        let xv = _mm512_loadu_ps(x.as_ptr().add(i));
+        bad |= _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(_mm512_sub_ps(xv, xv), _mm512_setzero_ps());
+        let v = _mm512_div_ps(xv, scale);
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+        let frac = _mm512_abs_ps(_mm512_sub_ps(v, t));
+        let step = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(v), sign_mask), one));
+        let r = _mm512_mask_add_ps(t, _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, half), t, step);
+        let r = _mm512_min_ps(_mm512_max_ps(r, nbig), big);
+        let c = _mm512_add_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(r), zp), sh);
+        let c = _mm512_min_epi32(_mm512_max_epi32(c, lo), hi);
+        T::store16(out.as_mut_ptr().add(i) as *mut T, c);
+        i += 16;
+    }
+    for (o, &v) in out[n16..].iter_mut().zip(&x[n16..]) {
+        o.write(T::from_code(q.quantize(v) + shift));
+    }
+    bad == 0 && x[n16..].iter().all(|v| v.is_finite())
+}
+
 /// Patches of one sample for a 2-d convolution, `[positions, K]` row-major, `K = C·kh·kw`
 /// ordered like the weight `[out, C, kh, kw]`. `x` holds the `g.c` channels the patches read
 /// (one group's); out-of-image taps read `padv` (the zero point, i.e. real 0).
@@ -218,6 +280,33 @@ mod tests {
         assert_eq!(gemm_u8i8(&a, &b, 2, 2, 2), vec![255 * 127 - 127, 255 * 2 + 3, -7 * 127, 21]);
     }
 
+    /// The i16 and u8 codes of `x` from every vector width this CPU runs (each asserting that
+    /// it found every value finite).
+    fn widths(x: &[f32], q: &crate::quant::QParams) -> Vec<(&'static str, Vec<i16>, Vec<u8>)> {
+        type Width = unsafe fn(&[f32], &crate::quant::QParams, i32, &mut [std::mem::MaybeUninit<i16>]) -> bool;
+        type WidthU8 = unsafe fn(&[f32], &crate::quant::QParams, i32, &mut [std::mem::MaybeUninit<u8>]) -> bool;
+        let mut v: Vec<(&'static str, Width, WidthU8)> = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                v.push(("avx2", quantize_avx2::<i16>, quantize_avx2::<u8>));
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                v.push(("avx512", quantize_avx512::<i16>, quantize_avx512::<u8>));
+            }
+        }
+        let run = |name, f: Width, g: WidthU8| {
+            let (mut wide, mut bytes) = (Vec::with_capacity(x.len()), Vec::with_capacity(x.len()));
+            // SAFETY: the CPU has the width's features (checked above); the outputs are as long as `x`.
+            let finite = unsafe { f(x, q, code_shift(q), &mut wide.spare_capacity_mut()[..x.len()]) && g(x, q, code_shift(q), &mut bytes.spare_capacity_mut()[..x.len()]) };
+            assert!(finite, "{name}");
+            // SAFETY: each width writes every entry.
+            unsafe { (wide.set_len(x.len()), bytes.set_len(x.len())) };
+            (name, wide, bytes)
+        };
+        v.into_iter().map(|(name, f, g)| run(name, f, g)).collect()
+    }
+
     #[test]
     fn vector_quantisation_equals_the_scalar_formula() {
         use crate::quant::{ActType, QParams};
@@ -227,12 +316,11 @@ mod tests {
         for act in [ActType::U8, ActType::U7, ActType::I8] {
             for q in [QParams { scale: 0.1, zero_point: if act == ActType::I8 { 0 } else { 37 }, act }, QParams { scale: 0.0123, zero_point: 0, act }] {
                 let (want, _) = quantize_u8(&x, &q);
-                let (wide, finite_wide) = quantize_codes::<i16>(&x, &q);
-                let (bytes, finite_bytes) = quantize_codes::<u8>(&x, &q);
-                assert!(finite_wide && finite_bytes);
-                assert_eq!(bytes, want, "{q:?}");
-                for (i, (g, w)) in wide.iter().zip(&want).enumerate() {
-                    assert_eq!(*g, *w as i16, "x = {} under {q:?}", x[i]);
+                for (name, wide, bytes) in widths(&x, &q) {
+                    assert_eq!(bytes, want, "{name} {q:?}");
+                    for (i, (g, w)) in wide.iter().zip(&want).enumerate() {
+                        assert_eq!(*g, *w as i16, "{name}: x = {} under {q:?}", x[i]);
+                    }
                 }
             }
         }
