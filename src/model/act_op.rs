@@ -111,16 +111,9 @@ impl Act {
     }
 }
 
-/// Whether f32 element-wise loops use AVX-512: where the f32 kernels do
-/// (`matmul::isa::F32Isa`; `WICK_F32_ISA` caps it). Detected once.
-pub fn f32_avx512() -> bool {
-    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX512.get_or_init(|| crate::matmul::isa::F32Isa::detect() == crate::matmul::isa::F32Isa::Avx512)
-}
-
 /// Defines `fn $name(args)` running the `#[inline(always)]` function `$body` compiled for
-/// 16-wide vectors where [`f32_avx512`], else 8-wide where the CPU has AVX2. Without FMA the
-/// arithmetic is the same at every width, so the results are bit-identical.
+/// 16-wide vectors where `vmath::has_f32x16`, else 8-wide where the CPU has AVX2. Without FMA
+/// the arithmetic is the same at every width, so the results are bit-identical.
 #[macro_export]
 macro_rules! wide_f32_fn {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:path) => {
@@ -128,15 +121,15 @@ macro_rules! wide_f32_fn {
         $vis fn $name($($a: $t),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                if $crate::model::act_op::f32_avx512() {
+                if $crate::model::vmath::has_f32x16() {
                     #[target_feature(enable = "avx512f")]
                     unsafe fn widest($($a: $t),*) {
                         $body($($a),*)
                     }
-                    // SAFETY: `f32_avx512` found AVX-512F.
+                    // SAFETY: `has_f32x16` found AVX-512F.
                     return unsafe { widest($($a),*) };
                 }
-                if std::is_x86_feature_detected!("avx2") {
+                if $crate::model::vmath::has_f32x8() {
                     #[target_feature(enable = "avx2")]
                     unsafe fn wide($($a: $t),*) {
                         $body($($a),*)
@@ -151,8 +144,8 @@ macro_rules! wide_f32_fn {
 }
 
 /// `a[i] = f(a[i])` in place on the calling thread (the compiled plans run each part of a
-/// batch on its own thread), in 16 lanes where [`f32_avx512`], else 8 where the CPU has AVX2:
-/// bit-identical to [`Act::f`] at every width (`model::vmath`).
+/// batch on its own thread), in 16 lanes where `vmath::has_f32x16`, else 8 where the CPU has
+/// AVX2: bit-identical to [`Act::f`] at every width (`model::vmath`).
 pub fn apply_in_place(a: &mut [f32], act: Act) {
     in_place::<false>(a, act)
 }
@@ -161,12 +154,12 @@ pub fn apply_in_place(a: &mut [f32], act: Act) {
 fn in_place<const DF: bool>(a: &mut [f32], act: Act) {
     #[cfg(target_arch = "x86_64")]
     {
-        if f32_avx512() {
+        if crate::model::vmath::has_f32x16() {
             #[target_feature(enable = "avx512f")]
             unsafe fn widest<const DF: bool>(a: &mut [f32], act: Act) {
                 on_vectors::<F32x16, DF>(a, act)
             }
-            // SAFETY: `f32_avx512` found AVX-512F.
+            // SAFETY: `has_f32x16` found AVX-512F.
             return unsafe { widest::<DF>(a, act) };
         }
         if crate::model::vmath::has_f32x8() {

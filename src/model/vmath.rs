@@ -78,6 +78,14 @@ impl Lanes for f32 {
 #[cfg(target_arch = "x86_64")]
 pub use x86::{F32x16, F32x8};
 
+/// Whether [`F32x16`] runs here: AVX-512F, where the f32 kernels use it
+/// (`matmul::isa::F32Isa`; `WICK_F32_ISA` caps it). Detected once.
+#[cfg(target_arch = "x86_64")]
+pub fn has_f32x16() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| crate::matmul::isa::F32Isa::detect() == crate::matmul::isa::F32Isa::Avx512)
+}
+
 /// Whether [`F32x8`] runs here: AVX2.
 #[cfg(target_arch = "x86_64")]
 pub fn has_f32x8() -> bool {

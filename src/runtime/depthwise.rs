@@ -39,7 +39,7 @@ where
 {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::model::act_op::f32_avx512() {
+        if crate::model::vmath::has_f32x16() {
             #[target_feature(enable = "avx512f")]
             unsafe fn widest<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
             where
@@ -49,7 +49,7 @@ where
             {
                 rows::<F32x16, A, W, Acc, O, F>(g, w, x, pad, n, finish)
             }
-            // SAFETY: `f32_avx512` found AVX-512F.
+            // SAFETY: `has_f32x16` found AVX-512F.
             return unsafe { widest(g, w, x, pad, n, finish) };
         }
         if crate::model::vmath::has_f32x8() {

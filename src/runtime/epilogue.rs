@@ -71,13 +71,13 @@ pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::model::act_op::f32_avx512() {
+        if crate::model::vmath::has_f32x16() {
             #[target_feature(enable = "avx512f")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn widest<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
                 rows::<F32x16, A, O, F>(layer, acc, stride, first, ldo, c0, n, out)
             }
-            // SAFETY: `f32_avx512` found AVX-512F.
+            // SAFETY: `has_f32x16` found AVX-512F.
             unsafe { widest(layer, acc, stride, first, ldo, c0, n, out) };
             return;
         }

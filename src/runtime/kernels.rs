@@ -100,7 +100,7 @@ pub fn quantize_codes<T: Code>(x: &[f32], q: &crate::quant::QParams) -> (Vec<T>,
 }
 
 /// Writes the shifted codes of `x` (see [`quantize_u8`]) into `out` (as long as `x`), sixteen
-/// at a time with AVX-512 where the f32 kernels use it (`act_op::f32_avx512`), else eight with
+/// at a time with AVX-512 where the f32 kernels use it (`vmath::has_f32x16`), else eight with
 /// AVX2 where the CPU has it (each bit-identical to the scalar formula: tested); returns
 /// whether every value of `x` is finite.
 #[inline]
@@ -108,7 +108,7 @@ pub fn quantize_to<T: Code>(x: &[f32], q: &crate::quant::QParams, out: &mut [std
     assert_eq!(x.len(), out.len(), "codes for every value");
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::model::act_op::f32_avx512() {
+        if crate::model::vmath::has_f32x16() {
             // SAFETY: the CPU has AVX-512F; the slices have equal lengths.
             return unsafe { quantize_avx512(x, q, code_shift(q), out) };
         }
