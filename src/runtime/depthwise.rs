@@ -1,8 +1,10 @@
-//! Depthwise convolutions (as many groups as input channels, one output channel each) in the
-//! compiled plans: a direct kernel over channels-last input, vectorised across channels, where
-//! a GEMM per one-channel group would be all overhead. For sample `s`, output position
-//! `(oy, ox)` and channel `c`:
-//! `acc[c] = Σ_{ky, kx} x[s, oy·sy − py + ky·dy, ox·sx − px + kx·dx, c] · w[ky, kx, c]`,
+//! Convolutions whose groups each read one input channel in the compiled plans: depthwise
+//! convs (as many groups as input channels, `m` output channels each, `m` the channel
+//! multiplier) and convs of a one-channel input (one group, `m = O`). A direct kernel over
+//! channels-last input, vectorised across output channels, where a GEMM per one-channel group,
+//! or a GEMM whose patch rows are a few taps long, would be all overhead. For sample `s`, output
+//! position `(oy, ox)` and output channel `c`, reading input channel `c / m`:
+//! `acc[c] = Σ_{ky, kx} x[s, oy·sy − py + ky·dy, ox·sx − px + kx·dx, c / m] · w[ky, kx, c]`,
 //! a tap in the padding reading `pad` (0.0, or an integer layer's zero-point code), taps summed
 //! in `(ky, kx)` order. Each output row then goes through the layer's own epilogue row, the same
 //! as after its GEMM, so the integer kernel is exact and bit-identical to the reference GEMM.
@@ -14,23 +16,25 @@ use crate::model::vmath::Lanes;
 use crate::model::vmath::{F32x16, F32x8};
 use std::ops::{AddAssign, Mul};
 
-/// Whether a conv is depthwise (multiplier 1): one input and one output channel per group.
-pub fn is_depthwise(g: &ConvShape) -> bool {
-    g.groups > 1 && g.groups == g.c && g.o == g.c
+/// Whether a conv runs on this kernel: each group reads one input channel, and the conv is
+/// depthwise (several groups) or has more than one tap (a one-channel pointwise conv is a
+/// scaling the GEMM does as well).
+pub fn one_input_per_group(g: &ConvShape) -> bool {
+    g.groups == g.c && g.o.is_multiple_of(g.c) && (g.groups > 1 || g.kh * g.kw > 1)
 }
 
-/// Weights `[C, 1, kh, kw]` (row-major) reordered tap-major, `[kh·kw][C]`, so that each tap's
-/// weights for all channels are contiguous.
+/// Weights `[O, 1, kh, kw]` (row-major) reordered tap-major, `[kh·kw][O]`, so that each tap's
+/// weights for all output channels are contiguous.
 pub fn tap_major<T: Copy>(g: &ConvShape, values: &[T]) -> Vec<T> {
     let taps = g.kh * g.kw;
-    (0..taps).flat_map(|t| (0..g.c).map(move |c| values[c * taps + t])).collect()
+    (0..taps).flat_map(|t| (0..g.o).map(move |c| values[c * taps + t])).collect()
 }
 
 /// Runs the depthwise conv over `x` (`n` samples, channels last) with tap-major weights `w`;
 /// `finish.row(acc, row, 0, out)` writes output row `row` (one position's channels) from its
 /// accumulators (inlined here, so it runs on the instruction set picked here) and must write
 /// all of `out`; the activation then runs over each sample's rows at once, and `finish.after`
-/// on each row. Returns `[n·ho·wo, C]`.
+/// on each row. Returns `[n·ho·wo, O]`.
 pub fn run<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
 where
     A: Copy + Into<Acc>,
@@ -82,23 +86,32 @@ where
     W: Copy + Into<Acc>,
     Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
 {
-    let c = g.c;
+    // `c` output channels, each reading input channel `c / m`.
+    let (c, m) = (g.o, g.o / g.c);
     let (positions, taps) = (g.ho * g.wo, g.kh * g.kw);
     let rows = n * positions;
-    assert!(w.len() == taps * c && x.len() >= n * g.h * g.w * c, "depthwise weights of {} values, input of {}", w.len(), x.len());
+    assert!(w.len() == taps * c && x.len() >= n * g.h * g.w * g.c, "direct conv weights of {} values, input of {}", w.len(), x.len());
     let mut y: Vec<O> = Vec::with_capacity(rows * c);
     let out = &mut y.spare_capacity_mut()[..rows * c];
-    // Each sample is copied into a plane with its padding filled in, so that every tap of every
-    // position reads at `position base + tap offset` without a test for the border.
+    // Each sample is copied into a plane with its padding filled in, and each input channel
+    // repeated for its `m` output channels, so that every tap of every position reads all
+    // output channels' inputs at `position base + tap offset` without a test for the border.
     let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
     let mut plane = vec![pad; hp * wp * c];
     let tap_at: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.dil.0 * wp + (t % g.kw) * g.dil.1) * c).collect();
     let mut acc = vec![Acc::default(); c];
     for s in 0..n {
-        let sample = &x[s * g.h * g.w * c..(s + 1) * g.h * g.w * c];
-        for (iy, line) in sample.chunks_exact(g.w * c).enumerate() {
+        let sample = &x[s * g.h * g.w * g.c..(s + 1) * g.h * g.w * g.c];
+        for (iy, line) in sample.chunks_exact(g.w * g.c).enumerate() {
             let at = ((iy + g.pad.0) * wp + g.pad.1) * c;
-            plane[at..at + g.w * c].copy_from_slice(line);
+            let dst = &mut plane[at..at + g.w * c];
+            if m == 1 {
+                dst.copy_from_slice(line);
+            } else {
+                for (&v, d) in line.iter().zip(dst.chunks_exact_mut(m)) {
+                    d.fill(v);
+                }
+            }
         }
         for p in 0..positions {
             let (oy, ox) = (p / g.wo, p % g.wo);
@@ -106,19 +119,17 @@ where
             // Every tap lies in the plane: the last one of the last position reads row
             // `(ho − 1)·sy + (kh − 1)·dy < hp` and column `(wo − 1)·sx + (kw − 1)·dx < wp`.
             debug_assert!(base + tap_at[taps - 1] + c <= plane.len());
+            // Channels in blocks of 16, then one of 8 (a 24- or 40-channel layer stays in
+            // vectors), then one by one.
             let mut c0 = 0;
+            // SAFETY (both blocks): every tap lies in the plane (above) and `c0 + B ≤ c`.
             while c0 + BLOCK <= c {
-                let mut a = [Acc::default(); BLOCK];
-                for (t, &d) in tap_at.iter().enumerate() {
-                    // SAFETY: in the plane (above) and in the tap-major weights `[taps][c]`.
-                    let src: &[A; BLOCK] = &*(plane.as_ptr().add(base + d + c0) as *const [A; BLOCK]);
-                    let wt: &[W; BLOCK] = &*(w.as_ptr().add(t * c + c0) as *const [W; BLOCK]);
-                    for j in 0..BLOCK {
-                        a[j] += src[j].into() * wt[j].into();
-                    }
-                }
-                acc[c0..c0 + BLOCK].copy_from_slice(&a);
+                sum_block::<BLOCK, A, W, Acc>(&plane, w, base, &tap_at, c, c0, &mut acc);
                 c0 += BLOCK;
+            }
+            if c0 + BLOCK / 2 <= c {
+                sum_block::<{ BLOCK / 2 }, A, W, Acc>(&plane, w, base, &tap_at, c, c0, &mut acc);
+                c0 += BLOCK / 2;
             }
             if c0 < c {
                 let rest = &mut acc[c0..];
@@ -149,21 +160,55 @@ where
     y
 }
 
+/// `acc[c0 + j] = Σ_t plane[base + tap_at[t] + c0 + j] · w[t·c + c0 + j]` for `j < B`, summed
+/// in registers in tap order.
+///
+/// # Safety
+/// Every tap's `B` values lie in `plane` (`base + tap_at[t] + c0 + B ≤ plane.len()`) and in the
+/// tap-major weights `[taps][c]` (`c0 + B ≤ c`).
+#[inline(always)]
+unsafe fn sum_block<const B: usize, A, W, Acc>(plane: &[A], w: &[W], base: usize, tap_at: &[usize], c: usize, c0: usize, acc: &mut [Acc])
+where
+    A: Copy + Into<Acc>,
+    W: Copy + Into<Acc>,
+    Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
+{
+    debug_assert!(base + tap_at.last().copied().unwrap_or(0) + c0 + B <= plane.len() && c0 + B <= c && w.len() >= tap_at.len() * c);
+    let mut a = [Acc::default(); B];
+    for (t, &d) in tap_at.iter().enumerate() {
+        // SAFETY: the caller's bounds.
+        let src: &[A; B] = unsafe { &*(plane.as_ptr().add(base + d + c0) as *const [A; B]) };
+        let wt: &[W; B] = unsafe { &*(w.as_ptr().add(t * c + c0) as *const [W; B]) };
+        for j in 0..B {
+            a[j] += src[j].into() * wt[j].into();
+        }
+    }
+    acc[c0..c0 + B].copy_from_slice(&a);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::runtime::layout::conv_shape;
     use std::mem::MaybeUninit;
 
-    /// A strided, dilated, padded depthwise conv over 2 samples, in integers: every output equals
-    /// the sum by definition, padding taps reading the pad code.
+    /// Strided, dilated, padded convs with one input channel per group over 2 samples, in
+    /// integers: a depthwise conv, one with channel multiplier 3, and a one-channel conv with 4
+    /// outputs; every output equals the sum by definition, padding taps reading the pad code.
     #[test]
-    fn integer_depthwise_equals_its_definition() {
-        let g = conv_shape(&[5, 6, 7], 5, (3, 2), (2, 1), (1, 1), (1, 2), 5).unwrap();
-        assert!(is_depthwise(&g));
+    fn integer_direct_conv_equals_its_definition() {
+        for (c, o, groups) in [(5, 5, 5), (5, 15, 5), (1, 4, 1)] {
+            let g = conv_shape(&[c, 6, 7], o, (3, 2), (2, 1), (1, 1), (1, 2), groups).unwrap();
+            assert!(one_input_per_group(&g));
+            check_against_definition(&g);
+        }
+    }
+
+    fn check_against_definition(g: &ConvShape) {
+        let m = g.o / g.c;
         let n = 2;
         let x: Vec<u8> = (0..n * g.h * g.w * g.c).map(|i| (i * 37 % 251) as u8).collect();
-        let w: Vec<i8> = (0..g.c * g.kh * g.kw).map(|i| (i as i32 * 53 % 255 - 127) as i8).collect();
+        let w: Vec<i8> = (0..g.o * g.kh * g.kw).map(|i| (i as i32 * 53 % 255 - 127) as i8).collect();
         let pad = 9u8;
         struct Copy;
         impl FinishRow<i32, i32> for Copy {
@@ -171,21 +216,21 @@ mod tests {
                 out.iter_mut().zip(acc).for_each(|(o, &a)| _ = o.write(a));
             }
         }
-        let y: Vec<i32> = run(&g, &tap_major(&g, &w), &x, pad, n, &Copy);
+        let y: Vec<i32> = run(g, &tap_major(g, &w), &x, pad, n, &Copy);
         for s in 0..n {
             for oy in 0..g.ho {
                 for ox in 0..g.wo {
-                    for c in 0..g.c {
+                    for c in 0..g.o {
                         let mut want = 0i32;
                         for ky in 0..g.kh {
                             for kx in 0..g.kw {
                                 let iy = (oy * g.stride.0 + ky * g.dil.0) as isize - g.pad.0 as isize;
                                 let ix = (ox * g.stride.1 + kx * g.dil.1) as isize - g.pad.1 as isize;
-                                let v = if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize { pad } else { x[((s * g.h + iy as usize) * g.w + ix as usize) * g.c + c] };
+                                let v = if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize { pad } else { x[((s * g.h + iy as usize) * g.w + ix as usize) * g.c + c / m] };
                                 want += i32::from(v) * i32::from(w[(c * g.kh + ky) * g.kw + kx]);
                             }
                         }
-                        assert_eq!(y[((s * g.ho + oy) * g.wo + ox) * g.c + c], want, "s {s} oy {oy} ox {ox} c {c}");
+                        assert_eq!(y[((s * g.ho + oy) * g.wo + ox) * g.o + c], want, "{g:?}: s {s} oy {oy} ox {ox} c {c}");
                     }
                 }
             }

@@ -2,7 +2,8 @@
 //! to the channels-last patch order `(ky, kx, c)` and packed per group (a BatchNorm that only
 //! this layer fed is already folded into them). Running it runs the packed f32 GEMM over the
 //! patch rows (each tap read where it lies in the input, or the input in place when a row *is* a
-//! pixel), or a depthwise conv's direct kernel (`depthwise.rs`), and finishes each row in the
+//! pixel), or a depthwise conv's direct kernel (`depthwise.rs`: one input channel per group, any
+//! channel multiplier, a one-channel input's conv included), and finishes each row in the
 //! epilogue: `y = acc + b_c`, then `max(y, 0)` when a ReLU was fused into it, or the activation
 //! that was.
 
@@ -18,9 +19,10 @@ use std::mem::MaybeUninit;
 /// A float layer ready to run.
 pub struct FloatLayer {
     pub shape: LayerShape,
-    /// One packed weight per group (none for a depthwise conv).
+    /// One packed weight per group (none for a conv on the direct kernel).
     packed: Vec<PackedF32>,
-    /// A depthwise conv's weights, tap-major, for its direct kernel (`depthwise.rs`).
+    /// A depthwise conv's (one input channel per group) weights, tap-major, for its direct
+    /// kernel (`depthwise.rs`).
     depthwise: Option<Vec<f32>>,
     /// Where each output position's patch row reads (convs that are not pointwise).
     runs: Option<PatchRuns>,
@@ -37,7 +39,7 @@ impl FloatLayer {
     pub fn new(op: &Op, in_shape: &[usize], weight: &[f32], bias: Option<Vec<f32>>) -> Option<FloatLayer> {
         let shape = LayerShape::of(op, in_shape)?;
         let (packed, runs) = match shape {
-            LayerShape::Conv(g) if depthwise::is_depthwise(&g) => {
+            LayerShape::Conv(g) if depthwise::one_input_per_group(&g) => {
                 return Some(FloatLayer { shape, packed: vec![], depthwise: Some(depthwise::tap_major(&g, weight)), runs: None, bias, relu: false, act: None });
             }
             LayerShape::Linear { inp, out } => (vec![PackedF32::pack(weight, out, inp)], None),

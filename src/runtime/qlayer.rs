@@ -2,7 +2,8 @@
 //! the channels-last patch order `(ky, kx, c)` and packed per group, and the epilogue constants.
 //! Running it takes the input's codes (channels last), runs the packed GEMM over the patch rows
 //! (each tap's codes read where they lie, or the codes in place when a row *is* a pixel), or a
-//! depthwise conv's direct kernel (`depthwise.rs`, exact in i32 like the GEMM), and dequantises
+//! depthwise conv's direct kernel (`depthwise.rs`: one input channel per group, any channel
+//! multiplier, a one-channel input's conv included; exact in i32 like the GEMM), and dequantises
 //! in the epilogue: `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`, then `max(y, 0)` when a ReLU was
 //! fused into it, or the activation that was (`zp·Σw_c` computed once per layer). When the plan
 //! fuses a residual add into the layer, the add (and a ReLU after it) follows in the same loop
@@ -62,7 +63,7 @@ impl QLayer {
             LayerShape::Conv(g) => (0..g.groups).map(|gi| (g.patch_order(&w.values, gi), g.o / g.groups, g.k())).collect(),
         };
         let packed = match (shape, isa.quads()) {
-            (LayerShape::Conv(g), _) if depthwise::is_depthwise(&g) => Packed::Depthwise(depthwise::tap_major(&g, &w.values)),
+            (LayerShape::Conv(g), _) if depthwise::one_input_per_group(&g) => Packed::Depthwise(depthwise::tap_major(&g, &w.values)),
             (_, true) => Packed::Quads(groups.iter().map(|(w, n, k)| QuadPanels::pack(w, *n, *k, isa)).collect()),
             (_, false) => Packed::Pairs(groups.iter().map(|(w, n, k)| PairPanels::pack(w, *n, *k, isa)).collect()),
         };
@@ -70,7 +71,7 @@ impl QLayer {
         // channels fill a whole row of the kernel's layout (pairs or quads).
         let group = if isa.quads() { 4 } else { 2 };
         let runs = match shape {
-            LayerShape::Conv(g) if !(depthwise::is_depthwise(&g) || g.pointwise() && g.c.is_multiple_of(group)) => Some(PatchRuns::new(&g)),
+            LayerShape::Conv(g) if !(depthwise::one_input_per_group(&g) || g.pointwise() && g.c.is_multiple_of(group)) => Some(PatchRuns::new(&g)),
             _ => None,
         };
         let zp = q.input.fixed().map_or(0, |p| p.zero_point + code_shift(&p));
@@ -267,7 +268,8 @@ fn dequantise(acc: &[i32], zp_wsum: &[i32], mult: &[f32], bias: Option<&[f32]>, 
 }
 
 /// A layer's packed weights, one per group, for the kind of kernel it runs; a depthwise conv's
-/// weights tap-major for its direct kernel (`depthwise.rs`, which reads u8 codes).
+/// (one input channel per group) weights tap-major for its direct kernel (`depthwise.rs`, which
+/// reads u8 codes).
 enum Packed {
     Pairs(Vec<PairPanels>),
     Quads(Vec<QuadPanels>),

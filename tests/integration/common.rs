@@ -143,6 +143,19 @@ pub fn ops_1d_arch() -> wick::model::arch::Arch {
     serde_json::from_str(json).unwrap()
 }
 
+/// Convs whose groups read one input channel each (the direct kernel): a 3x3 conv of a
+/// one-channel image, then a strided depthwise conv with channel multiplier 2.
+pub fn one_channel_groups_arch() -> wick::model::arch::Arch {
+    let json = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [1, 6, 5]}, "nodes": [
+        {"name": "stem", "op": "conv2d", "inputs": ["input"], "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"name": "r", "op": "relu", "inputs": ["stem"]},
+        {"name": "dw", "op": "conv2d", "inputs": ["r"], "in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1, "groups": 4, "bias": false},
+        {"name": "s", "op": "silu", "inputs": ["dw"]},
+        {"name": "f", "op": "flatten", "inputs": ["s"]},
+        {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 72, "out_features": 3}], "output": "head"}"#;
+    serde_json::from_str(json).unwrap()
+}
+
 /// BatchNorm 2-d after a ReLU (channels last in the plans) and 1-d after a tanh, neither
 /// foldable into a layer; LayerNorm over the last dim of a conv's output; softmax over the
 /// features.

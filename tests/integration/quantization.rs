@@ -260,11 +260,18 @@ fn excluded_layers_stay_float() {
 /// along the length, max and average pooling, every activation, flatten into a linear, odd patch
 /// lengths, stride 2, a layer left in float, i8 and u7 activations (u7 runs AVX2's 7-bit kernel
 /// where the CPU has no VNNI), a conv1d feeding a pointwise conv1d over an odd channel
-/// count, then a linear over a 3-d tensor, and BatchNorms after activations, LayerNorm and
-/// softmax. No step falls back to the candle executor.
+/// count, then a linear over a 3-d tensor, a one-channel conv and a depthwise conv with channel
+/// multiplier 2, and BatchNorms after activations, LayerNorm and softmax. No step falls back to
+/// the candle executor.
 #[test]
 fn compiled_runtime_equals_the_reference_executor_on_every_layout_case() {
-    let archs = [(wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap(), ["q", "c1"]), (conv1d_arch(), ["t", "c"]), (ops_1d_arch(), ["d", "head"]), (norms_arch(), ["fc", "head"])];
+    let archs = [
+        (wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap(), ["q", "c1"]),
+        (conv1d_arch(), ["t", "c"]),
+        (ops_1d_arch(), ["d", "head"]),
+        (norms_arch(), ["fc", "head"]),
+        (one_channel_groups_arch(), ["stem", "head"]),
+    ];
     for (arch, float_layers) in archs {
         let (m, d) = random_model(arch, 40);
         let float_layers: Vec<String> = float_layers.iter().map(|s| s.to_string()).collect();
