@@ -99,7 +99,13 @@ where
     let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
     let mut plane = vec![pad; hp * wp * c];
     let tap_at: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.dil.0 * wp + (t % g.kw) * g.dil.1) * c).collect();
-    let mut acc = vec![Acc::default(); c];
+    // Each position's base offset in the plane. Every tap lies in the plane: the last one of the
+    // last position reads row `(ho − 1)·sy + (kh − 1)·dy < hp` and column
+    // `(wo − 1)·sx + (kw − 1)·dx < wp`.
+    let bases: Vec<usize> = (0..positions).map(|p| ((p / g.wo) * g.stride.0 * wp + (p % g.wo) * g.stride.1) * c).collect();
+    debug_assert!(bases[positions - 1] + tap_at[taps - 1] + c <= plane.len());
+    // One sample's accumulators, `[positions, c]`.
+    let mut acc = vec![Acc::default(); positions * c];
     for s in 0..n {
         let sample = &x[s * g.h * g.w * g.c..(s + 1) * g.h * g.w * g.c];
         for (iy, line) in sample.chunks_exact(g.w * g.c).enumerate() {
@@ -113,26 +119,21 @@ where
                 }
             }
         }
-        for p in 0..positions {
-            let (oy, ox) = (p / g.wo, p % g.wo);
-            let base = (oy * g.stride.0 * wp + ox * g.stride.1) * c;
-            // Every tap lies in the plane: the last one of the last position reads row
-            // `(ho − 1)·sy + (kh − 1)·dy < hp` and column `(wo − 1)·sx + (kw − 1)·dx < wp`.
-            debug_assert!(base + tap_at[taps - 1] + c <= plane.len());
-            // Channels in blocks of 16, then one of 8 (a 24- or 40-channel layer stays in
-            // vectors), then one by one.
-            let mut c0 = 0;
-            // SAFETY (both blocks): every tap lies in the plane (above) and `c0 + B ≤ c`.
-            while c0 + BLOCK <= c {
-                sum_block::<BLOCK, A, W, Acc>(&plane, w, base, &tap_at, c, c0, &mut acc);
-                c0 += BLOCK;
-            }
-            if c0 + BLOCK / 2 <= c {
-                sum_block::<{ BLOCK / 2 }, A, W, Acc>(&plane, w, base, &tap_at, c, c0, &mut acc);
-                c0 += BLOCK / 2;
-            }
-            if c0 < c {
-                let rest = &mut acc[c0..];
+        // Channels in blocks of 16, then one of 8 (a 24- or 40-channel layer stays in
+        // vectors), each over every position, then the rest one by one.
+        let mut c0 = 0;
+        // SAFETY (both blocks): every tap lies in the plane (above) and `c0 + B ≤ c`.
+        while c0 + BLOCK <= c {
+            sum_block::<BLOCK, A, W, Acc>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
+            c0 += BLOCK;
+        }
+        if c0 + BLOCK / 2 <= c {
+            sum_block::<{ BLOCK / 2 }, A, W, Acc>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
+            c0 += BLOCK / 2;
+        }
+        if c0 < c {
+            for (&base, a) in bases.iter().zip(acc.chunks_exact_mut(c)) {
+                let rest = &mut a[c0..];
                 rest.fill(Acc::default());
                 for (t, &d) in tap_at.iter().enumerate() {
                     let (src, wt) = (&plane[base + d + c0..base + d + c], &w[t * c + c0..(t + 1) * c]);
@@ -141,8 +142,10 @@ where
                     }
                 }
             }
+        }
+        for (p, a) in acc.chunks_exact(c).enumerate() {
             let row = s * positions + p;
-            finish.row(&acc, row, 0, &mut out[row * c..(row + 1) * c]);
+            finish.row(a, row, 0, &mut out[row * c..(row + 1) * c]);
         }
         // The sample's rows lie together: the activation runs over all of them at once.
         let sample = s * positions..(s + 1) * positions;
@@ -160,30 +163,68 @@ where
     y
 }
 
-/// `acc[c0 + j] = Σ_t plane[base + tap_at[t] + c0 + j] · w[t·c + c0 + j]` for `j < B`, summed
-/// in registers in tap order.
+/// For every position `p`: `acc[p·c + c0 + j] = Σ_t plane[bases[p] + tap_at[t] + c0 + j] ·
+/// w[t·c + c0 + j]` for `j < B`, summed in tap order. The common tap counts (3, 5, 9) hold the
+/// block's weights in registers across the positions.
 ///
 /// # Safety
-/// Every tap's `B` values lie in `plane` (`base + tap_at[t] + c0 + B ≤ plane.len()`) and in the
-/// tap-major weights `[taps][c]` (`c0 + B ≤ c`).
+/// Every tap's `B` values lie in `plane` (`bases[p] + tap_at[t] + c0 + B ≤ plane.len()`) and in
+/// the tap-major weights `[taps][c]` (`c0 + B ≤ c`).
 #[inline(always)]
-unsafe fn sum_block<const B: usize, A, W, Acc>(plane: &[A], w: &[W], base: usize, tap_at: &[usize], c: usize, c0: usize, acc: &mut [Acc])
+unsafe fn sum_block<const B: usize, A, W, Acc>(plane: &[A], w: &[W], bases: &[usize], tap_at: &[usize], c: usize, c0: usize, acc: &mut [Acc])
 where
     A: Copy + Into<Acc>,
     W: Copy + Into<Acc>,
     Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
 {
-    debug_assert!(base + tap_at.last().copied().unwrap_or(0) + c0 + B <= plane.len() && c0 + B <= c && w.len() >= tap_at.len() * c);
-    let mut a = [Acc::default(); B];
-    for (t, &d) in tap_at.iter().enumerate() {
-        // SAFETY: the caller's bounds.
-        let src: &[A; B] = unsafe { &*(plane.as_ptr().add(base + d + c0) as *const [A; B]) };
-        let wt: &[W; B] = unsafe { &*(w.as_ptr().add(t * c + c0) as *const [W; B]) };
-        for j in 0..B {
-            a[j] += src[j].into() * wt[j].into();
+    // SAFETY (each arm): the caller's bounds.
+    unsafe {
+        match *tap_at {
+            [a, b, d] => sum_block_taps::<3, B, A, W, Acc>(plane, w, bases, [a, b, d], c, c0, acc),
+            [a, b, d, e, f] => sum_block_taps::<5, B, A, W, Acc>(plane, w, bases, [a, b, d, e, f], c, c0, acc),
+            [a, b, d, e, f, g, h, i, j] => sum_block_taps::<9, B, A, W, Acc>(plane, w, bases, [a, b, d, e, f, g, h, i, j], c, c0, acc),
+            _ => {
+                for (&base, a) in bases.iter().zip(acc.chunks_exact_mut(c)) {
+                    let mut s = [Acc::default(); B];
+                    for (t, &d) in tap_at.iter().enumerate() {
+                        let src: &[A; B] = &*(plane.as_ptr().add(base + d + c0) as *const [A; B]);
+                        let wt: &[W; B] = &*(w.as_ptr().add(t * c + c0) as *const [W; B]);
+                        for j in 0..B {
+                            s[j] += src[j].into() * wt[j].into();
+                        }
+                    }
+                    a[c0..c0 + B].copy_from_slice(&s);
+                }
+            }
         }
     }
-    acc[c0..c0 + B].copy_from_slice(&a);
+}
+
+/// [`sum_block`] for `T` taps, the block's weights converted once and kept in registers.
+///
+/// # Safety
+/// As [`sum_block`].
+#[inline(always)]
+unsafe fn sum_block_taps<const T: usize, const B: usize, A, W, Acc>(plane: &[A], w: &[W], bases: &[usize], tap_at: [usize; T], c: usize, c0: usize, acc: &mut [Acc])
+where
+    A: Copy + Into<Acc>,
+    W: Copy + Into<Acc>,
+    Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
+{
+    debug_assert!(w.len() >= T * c && c0 + B <= c);
+    // SAFETY: the caller's bounds (whole blocks, converted as vectors).
+    let wv: [[Acc; B]; T] = std::array::from_fn(|t| unsafe { *(w.as_ptr().add(t * c + c0) as *const [W; B]) }.map(Into::into));
+    for (&base, a) in bases.iter().zip(acc.chunks_exact_mut(c)) {
+        let mut s = [Acc::default(); B];
+        for t in 0..T {
+            // SAFETY: the caller's bounds.
+            let src: &[A; B] = unsafe { &*(plane.as_ptr().add(base + tap_at[t] + c0) as *const [A; B]) };
+            for j in 0..B {
+                s[j] += src[j].into() * wv[t][j];
+            }
+        }
+        a[c0..c0 + B].copy_from_slice(&s);
+    }
 }
 
 #[cfg(test)]
@@ -193,12 +234,15 @@ mod tests {
     use std::mem::MaybeUninit;
 
     /// Strided, dilated, padded convs with one input channel per group over 2 samples, in
-    /// integers: a depthwise conv, one with channel multiplier 3, and a one-channel conv with 4
-    /// outputs; every output equals the sum by definition, padding taps reading the pad code.
+    /// integers: depthwise convs, with channel multipliers 3 and 16, one-channel convs; tap
+    /// counts the kernel holds in registers (3, 5, 9) and one it does not (6); channel counts
+    /// of whole 16-blocks, a block of 8 and a rest. Every output equals the sum by definition,
+    /// padding taps reading the pad code.
     #[test]
     fn integer_direct_conv_equals_its_definition() {
-        for (c, o, groups) in [(5, 5, 5), (5, 15, 5), (1, 4, 1)] {
-            let g = conv_shape(&[c, 6, 7], o, (3, 2), (2, 1), (1, 1), (1, 2), groups).unwrap();
+        let cases = [(5, 5, 5, (3, 2)), (5, 15, 5, (3, 2)), (1, 4, 1, (3, 2)), (40, 40, 40, (3, 3)), (3, 48, 3, (1, 5)), (1, 24, 1, (1, 3)), (2, 32, 2, (3, 3))];
+        for (c, o, groups, kernel) in cases {
+            let g = conv_shape(&[c, 6, 7], o, kernel, (2, 1), (1, 1), (1, 2), groups).unwrap();
             assert!(one_input_per_group(&g));
             check_against_definition(&g);
         }
