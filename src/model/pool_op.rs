@@ -198,58 +198,110 @@ pub fn pool_planes(g: &PoolGeom, x: &[f32], planes: usize) -> Vec<f32> {
 pub fn pool_channels_last(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") {
+        use super::vmath::{F32x16, F32x8};
+        if super::vmath::has_f32x16() {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn widest(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
+                channels_last::<F32x16>(g, x, n, c)
+            }
+            // SAFETY: `has_f32x16` found AVX-512F.
+            return unsafe { widest(g, x, n, c) };
+        }
+        if super::vmath::has_f32x8() {
             #[target_feature(enable = "avx2")]
             unsafe fn wide(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
-                channels_last(g, x, n, c)
+                channels_last::<F32x8>(g, x, n, c)
             }
             // SAFETY: the CPU has AVX2.
             return unsafe { wide(g, x, n, c) };
         }
     }
-    channels_last(g, x, n, c)
+    channels_last::<f32>(g, x, n, c)
 }
 
 /// [`pool_channels_last`], inlined into the caller that picks the instruction set.
+/// The max runs on explicit vectors of `V` (an update of the output in place compiled to masked
+/// stores, several times slower), the rest of the channels one by one.
 #[inline(always)]
-fn channels_last(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
+fn channels_last<V: super::vmath::Lanes>(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
     let (ho, wo) = g.out();
     let (rows, cols) = g.windows();
-    let mut y = vec![0f32; n * ho * wo * c];
-    let mut row_sum = vec![0f32; c];
+    let len = n * ho * wo * c;
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let spare = &mut y.spare_capacity_mut()[..len];
     for s in 0..n {
         let plane = &x[s * g.h * g.w * c..(s + 1) * g.h * g.w * c];
         for (oy, &(y0, y1)) in rows.iter().enumerate() {
             for (ox, &(x0, x1)) in cols.iter().enumerate() {
-                let out = &mut y[((s * ho + oy) * wo + ox) * c..][..c];
+                let out = &mut spare[((s * ho + oy) * wo + ox) * c..][..c];
                 match g.kind {
                     PoolKind::Max => {
-                        out.copy_from_slice(&plane[(y0 * g.w + x0) * c..][..c]);
-                        for iy in y0..y1 {
-                            for ix in x0..x1 {
-                                for (b, &v) in out.iter_mut().zip(&plane[(iy * g.w + ix) * c..][..c]) {
-                                    *b = if v > *b || v.is_nan() { v } else { *b };
+                        let at = |iy: usize, ix: usize| (iy * g.w + ix) * c;
+                        assert!(y1 > y0 && x1 > x0 && at(y1 - 1, x1 - 1) + c <= plane.len(), "a window inside the plane");
+                        let mut c0 = 0;
+                        while c0 + V::N <= c {
+                            // SAFETY: `c0 + N ≤ c` values from each window position (asserted
+                            // inside the plane) and into `out`; the caller picked `V` for this CPU.
+                            unsafe {
+                                let mut best = V::load(plane.as_ptr().add(at(y0, x0) + c0));
+                                for iy in y0..y1 {
+                                    for ix in x0..x1 {
+                                        best = best.max_first(V::load(plane.as_ptr().add(at(iy, ix) + c0)));
+                                    }
+                                }
+                                best.store(out.as_mut_ptr().add(c0) as *mut f32);
+                            }
+                            c0 += V::N;
+                        }
+                        for (j, b) in out.iter_mut().enumerate().skip(c0) {
+                            let mut best = plane[at(y0, x0) + j];
+                            for iy in y0..y1 {
+                                for ix in x0..x1 {
+                                    best = super::vmath::Lanes::max_first(best, plane[at(iy, ix) + j]);
                                 }
                             }
+                            b.write(best);
                         }
                     }
                     PoolKind::Avg { .. } => {
-                        // Iterator sums of f32 start from −0.0; so do these.
-                        out.fill(-0.0);
-                        for iy in y0..y1 {
-                            row_sum.fill(-0.0);
-                            for ix in x0..x1 {
-                                row_sum.iter_mut().zip(&plane[(iy * g.w + ix) * c..][..c]).for_each(|(r, &v)| *r += v);
-                            }
-                            out.iter_mut().zip(&row_sum).for_each(|(o, &r)| *o += r);
-                        }
+                        let at = |iy: usize, ix: usize| (iy * g.w + ix) * c;
+                        assert!(y1 > y0 && x1 > x0 && at(y1 - 1, x1 - 1) + c <= plane.len(), "a window inside the plane");
                         let d = g.divisor((y1 - y0) * (x1 - x0));
-                        out.iter_mut().for_each(|o| *o /= d);
+                        // Iterator sums of f32 start from −0.0; so do these.
+                        let mut c0 = 0;
+                        while c0 + V::N <= c {
+                            // SAFETY: as for the max.
+                            unsafe {
+                                let mut sum = V::splat(-0.0);
+                                for iy in y0..y1 {
+                                    let mut row = V::splat(-0.0);
+                                    for ix in x0..x1 {
+                                        row = row + V::load(plane.as_ptr().add(at(iy, ix) + c0));
+                                    }
+                                    sum = sum + row;
+                                }
+                                (sum / V::splat(d)).store(out.as_mut_ptr().add(c0) as *mut f32);
+                            }
+                            c0 += V::N;
+                        }
+                        for (j, o) in out.iter_mut().enumerate().skip(c0) {
+                            let mut sum = -0.0f32;
+                            for iy in y0..y1 {
+                                let mut row = -0.0f32;
+                                for ix in x0..x1 {
+                                    row += plane[at(iy, ix) + j];
+                                }
+                                sum += row;
+                            }
+                            o.write(sum / d);
+                        }
                     }
                 }
             }
         }
     }
+    // SAFETY: every window wrote its `c` outputs, and the windows cover the output.
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -307,13 +359,23 @@ mod tests {
 
     /// The channels-last kernel of the compiled plans gives the plane kernel's values bit for
     /// bit, max and average (with and without the padding counted), strided and padded, on
-    /// values with ties and a NaN.
+    /// values with ties and a NaN, over 5 channels (one by one) and 21 (vectors of 16 or 8,
+    /// then one by one).
     #[test]
     fn channels_last_pooling_equals_the_plane_kernel() {
-        let (n, c, h, w) = (2, 5, 7, 6);
+        for c in [5, 21] {
+            channels_last_pooling_case(c);
+        }
+    }
+
+    fn channels_last_pooling_case(c: usize) {
+        let (n, h, w) = (2, 7, 6);
         let mut x: Vec<f32> = rnd(&[n, c, h, w], 3).flatten_all().unwrap().to_vec1().unwrap();
-        x[17] = f32::NAN;
-        x[40] = x[41];
+        // In channel 0 (a vector lane) and in the last channel (one by one).
+        for at in [17, (c - 1) * h * w + 9] {
+            x[at] = f32::NAN;
+            x[at + 23] = x[at + 24];
+        }
         for kind in [PoolKind::Max, PoolKind::Avg { count_include_pad: true }, PoolKind::Avg { count_include_pad: false }] {
             let g = PoolGeom { kind, k: (3, 2), stride: (2, 1), pad: (1, 1), h, w };
             let planes = pool_planes(&g, &x, n * c);

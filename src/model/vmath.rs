@@ -19,6 +19,9 @@ pub trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = S
     fn at_most(self, hi: f32) -> Self;
     /// Lane-wise `1.0` where `lo < x < hi`, else `0.0` (NaN included).
     fn between(self, lo: f32, hi: f32) -> Self;
+    /// Lane-wise `if v > x || v.is_nan() { v } else { x }`: a running maximum that keeps the
+    /// first of equal values and lets a NaN win (PyTorch's max pooling).
+    fn max_first(self, v: Self) -> Self;
     /// Lane-wise `2^n` for `t = n + round` with `round`'s binade holding `t` (so the low
     /// mantissa bits of `t` are `n`): `from_bits(((bits(t) − bits(round)) + 127) << 23)`.
     fn pow2_of_rounded(self, round: f32) -> Self;
@@ -59,6 +62,14 @@ impl Lanes for f32 {
     #[inline(always)]
     fn between(self, lo: f32, hi: f32) -> f32 {
         f32::from(u8::from(lo < self && self < hi))
+    }
+    #[inline(always)]
+    fn max_first(self, v: f32) -> f32 {
+        if v > self || v.is_nan() {
+            v
+        } else {
+            self
+        }
     }
     #[inline(always)]
     fn pow2_of_rounded(self, round: f32) -> f32 {
@@ -159,6 +170,10 @@ mod x86 {
                     self.between_impl(lo, hi)
                 }
                 #[inline(always)]
+                fn max_first(self, v: $t) -> $t {
+                    self.max_first_impl(v)
+                }
+                #[inline(always)]
                 fn pow2_of_rounded(self, round: f32) -> $t {
                     unsafe {
                         let n = $sub_i($cast_i(self.0), $set1_i(round.to_bits() as i32));
@@ -185,6 +200,13 @@ mod x86 {
                 F32x8(_mm256_and_ps(inside, _mm256_set1_ps(1.0)))
             }
         }
+        #[inline(always)]
+        fn max_first_impl(self, v: F32x8) -> F32x8 {
+            unsafe {
+                let take = _mm256_or_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v.0, self.0), _mm256_cmp_ps::<_CMP_UNORD_Q>(v.0, v.0));
+                F32x8(_mm256_blendv_ps(self.0, v.0, take))
+            }
+        }
     }
     impl F32x16 {
         #[inline(always)]
@@ -192,6 +214,13 @@ mod x86 {
             unsafe {
                 let inside = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_set1_ps(lo), self.0) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, _mm512_set1_ps(hi));
                 F32x16(_mm512_maskz_mov_ps(inside, _mm512_set1_ps(1.0)))
+            }
+        }
+        #[inline(always)]
+        fn max_first_impl(self, v: F32x16) -> F32x16 {
+            unsafe {
+                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v.0, self.0) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v.0, v.0);
+                F32x16(_mm512_mask_blend_ps(take, self.0, v.0))
             }
         }
     }
@@ -375,6 +404,48 @@ mod tests {
             assert!((a - b).abs() <= 2.5e-7 * b, "exp({x}) = {a} vs {b}");
         }
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    /// `max_first` at every width the CPU has equals the scalar's lane by lane: the larger
+    /// value, the first of equal ones (−0 against +0 either way round), a NaN in either place
+    /// (the new one wins; an old NaN stays until a NaN replaces it).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn max_first_equals_the_scalar_at_every_width() {
+        let vals = [1.0f32, -2.0, 0.0, -0.0, f32::NAN, 3.5, f32::INFINITY, -0.5];
+        let (mut a, mut b) = (vec![], vec![]);
+        for &x in &vals {
+            for &v in &vals {
+                a.push(x);
+                b.push(v);
+            }
+        }
+        let want: Vec<u32> = a.iter().zip(&b).map(|(&x, &v)| x.max_first(v).to_bits()).collect();
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(a: &[f32], b: &[f32]) -> Vec<u32> {
+            let mut out = vec![0f32; a.len()];
+            for i in (0..a.len()).step_by(8) {
+                F32x8::load(a.as_ptr().add(i)).max_first(F32x8::load(b.as_ptr().add(i))).store(out.as_mut_ptr().add(i));
+            }
+            out.iter().map(|v| v.to_bits()).collect()
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(a: &[f32], b: &[f32]) -> Vec<u32> {
+            let mut out = vec![0f32; a.len()];
+            for i in (0..a.len()).step_by(16) {
+                F32x16::load(a.as_ptr().add(i)).max_first(F32x16::load(b.as_ptr().add(i))).store(out.as_mut_ptr().add(i));
+            }
+            out.iter().map(|v| v.to_bits()).collect()
+        }
+        // 64 pairs: whole vectors at both widths.
+        if has_f32x8() {
+            // SAFETY: the CPU has AVX2.
+            assert_eq!(unsafe { avx2(&a, &b) }, want);
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            assert_eq!(unsafe { avx512(&a, &b) }, want);
+        }
     }
 
     /// Every width computes every lane bit for bit as the scalar does, the padded tail included.
