@@ -10,7 +10,9 @@ use candle_core::Tensor;
 pub fn fake_quant_act(x: &Tensor, q: &QParams) -> Result<Tensor> {
     let (lo, hi) = q.real_range();
     let xc = x.clamp(lo, hi)?;
-    // dq(q(x)) = (round(x/s) + zp − zp)·s after clamping to the range; round is half away from zero.
+    // dq(q(x)) = (round(x/s) + zp − zp)·s after clamping to the range; round is half away from
+    // zero. The integer runtime's `QParams::quantize` rounds x·(1/s) half to even: the two differ
+    // only where x/s lies within an ulp of a tie, which training does not notice.
     let deq = ((&xc / q.scale as f64)?.round()? * q.scale as f64)?;
     let deq = deq.clamp(lo, hi)?;
     Ok((&xc + (deq - &xc)?.detach())?)

@@ -43,8 +43,8 @@ impl std::str::FromStr for ActType {
     }
 }
 
-/// Affine quantisation parameters: `q = clamp(round(x / scale) + zero_point, qmin, qmax)`,
-/// `x̂ = (q − zero_point) · scale`.
+/// Affine quantisation parameters: `q = clamp(round(x · (1/scale)) + zero_point, qmin, qmax)`
+/// for activations (see [`QParams::quantize`]), `x̂ = (q − zero_point) · scale`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct QParams {
     pub scale: f32,
@@ -82,12 +82,24 @@ impl QParams {
         QParams::from_range(lo, hi, act)
     }
 
-    /// Scalar reference quantisation of one value.
+    /// Scalar reference quantisation of one activation value, PyTorch's (FBGEMM's) formula:
+    /// `q = clamp(round_half_even(x · r) + zp, qmin, qmax)` with `r = 1/scale` rounded to f32,
+    /// computed as `round_half_even(clamp(x · r, qmin − zp, qmax − zp)) + zp` (the same code:
+    /// the bounds are integers). A multiply and a rounding the CPU does in one instruction keep
+    /// the vector quantisers at half the instructions of a division and a rounding half away
+    /// from zero; ONNX's `QuantizeLinear` (`x / scale`, half to even) can differ only for `x·r`
+    /// within an ulp of a tie. A NaN gives `zp` (callers report non-finite inputs).
     #[inline]
     pub fn quantize(&self, x: f32) -> i32 {
+        let (lo, hi) = self.code_bounds();
+        (x * (1.0 / self.scale)).clamp(lo, hi).round_ties_even() as i32 + self.zero_point
+    }
+
+    /// `(qmin − zp, qmax − zp)`, the range of `round(x · r)` that no clamp changes, as f32.
+    #[inline]
+    pub fn code_bounds(&self) -> (f32, f32) {
         let (qmin, qmax) = self.act.range();
-        // `as i32` saturates; the add must too, or a huge value would wrap to the other end.
-        ((x / self.scale).round() as i32).saturating_add(self.zero_point).clamp(qmin, qmax)
+        ((qmin - self.zero_point) as f32, (qmax - self.zero_point) as f32)
     }
 
     /// Scalar reference dequantisation.
@@ -243,6 +255,22 @@ mod tests {
         x[40] = f32::INFINITY;
         x[41] = f32::NEG_INFINITY;
         assert_eq!(finite_range(&x), fold(&x), "non-finite values are skipped");
+    }
+
+    /// PyTorch's (FBGEMM's) activation formula: `x · (1/s)` rounded half to even. FBGEMM's own
+    /// example: with s = 0.00214854861, 0.273939937 · (1/s) is 127.5 (while `x / s` is
+    /// 127.499992) and rounds to 128; halves go to the even neighbour; the clamp bounds apply
+    /// after the zero point.
+    #[test]
+    fn activation_codes_follow_pytorch() {
+        let u8q = |scale: f32, zero_point: i32| QParams { scale, zero_point, act: ActType::U8 };
+        assert_eq!(u8q(0.002_148_548_6, 0).quantize(0.273_939_94), 128);
+        let q = u8q(1.0, 10);
+        let codes: Vec<i32> = [2.5f32, 3.5, -2.5, -0.5, 0.5, 1.4999999, 245.0, 246.0, -10.0, -11.0, 1e30, -1e30].iter().map(|&x| q.quantize(x)).collect();
+        assert_eq!(codes, vec![12, 14, 8, 10, 10, 11, 255, 255, 0, 0, 255, 0]);
+        let i8q = QParams { scale: 0.5, zero_point: 0, act: ActType::I8 };
+        assert_eq!([63.75f32, 64.0, -64.25, -70.0].map(|x| i8q.quantize(x)), [127, 127, -128, -128]);
+        assert_eq!(i8q.quantize(f32::NAN), 0, "a NaN gives the zero point");
     }
 
     #[test]

@@ -15,7 +15,8 @@ pub enum Kernel {
     Fast,
 }
 
-/// `q = clamp(round(x / s) + zp, qmin, qmax)`, stored as u8: an i8 code `q` is stored as
+/// `q = clamp(round_half_even(x · (1/s)) + zp, qmin, qmax)` (`QParams::quantize`), stored as
+/// u8: an i8 code `q` is stored as
 /// `q + 128` with zero point `zp + 128`, so one u8 kernel serves both activation types.
 /// Returns the codes and the u8 zero point.
 pub fn quantize_u8(x: &[f32], q: &crate::quant::QParams) -> (Vec<u8>, i32) {
@@ -160,40 +161,27 @@ fn quantize_into<T: Copy, F: Fn(i32) -> T>(x: &[f32], q: &crate::quant::QParams,
     q.zero_point + shift
 }
 
-/// `clamp(round(x / s) + zp, qmin, qmax) + shift` for 8 lanes at a time; returns whether every
-/// `x` is finite (`x − x` is NaN exactly for ±∞ and NaN). `round` is Rust's
-/// (half away from zero): `t = trunc(v)`, `t + sign(v)` when `|v − t| ≥ 0.5` (`v − t` is exact).
-/// `v` is clamped to ±2³⁰ before the integer conversion, which changes no clamped code but keeps
-/// huge values from wrapping (`as i32` saturates; `cvttps2dq` does not).
+/// `QParams::quantize(x) + shift` for 8 lanes at a time, the same operations in the same order:
+/// `v = x · r` (`r = 1/s` in f32), clamped to `[qmin − zp, qmax − zp]`, converted by
+/// `cvtps2dq` (round half to even: the default rounding mode, which Rust code never changes),
+/// plus `zp + shift`. Returns whether every `x` is finite (`x − x` is NaN exactly for ±∞ and
+/// NaN).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_avx2<T: Code>(x: &[f32], q: &crate::quant::QParams, shift: i32, out: &mut [std::mem::MaybeUninit<T>]) -> bool {
     use std::arch::x86_64::*;
-    let (qmin, qmax) = q.act.range();
+    let (lo, hi) = q.code_bounds();
     let n8 = x.len() / 8 * 8;
-    let scale = _mm256_set1_ps(q.scale);
-    let half = _mm256_set1_ps(0.5);
-    let one = _mm256_set1_ps(1.0);
-    let sign_mask = _mm256_set1_ps(-0.0);
-    let big = _mm256_set1_ps((1u32 << 30) as f32);
-    let nbig = _mm256_set1_ps(-((1u32 << 30) as f32));
-    let zp = _mm256_set1_epi32(q.zero_point);
-    let (lo, hi) = (_mm256_set1_epi32(qmin + shift), _mm256_set1_epi32(qmax + shift));
-    let sh = _mm256_set1_epi32(shift);
+    let r = _mm256_set1_ps(1.0 / q.scale);
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let offset = _mm256_set1_epi32(q.zero_point + shift);
     let mut bad = _mm256_setzero_ps();
     let mut i = 0;
     while i < n8 {
         let xv = _mm256_loadu_ps(x.as_ptr().add(i));
         bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(xv, xv), _mm256_setzero_ps(), _CMP_NEQ_UQ));
-        let v = _mm256_div_ps(xv, scale);
-        let t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-        let frac = _mm256_andnot_ps(sign_mask, _mm256_sub_ps(v, t));
-        let step = _mm256_or_ps(_mm256_and_ps(v, sign_mask), one);
-        let r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), step));
-        let r = _mm256_min_ps(_mm256_max_ps(r, nbig), big);
-        let c = _mm256_add_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(r), zp), sh);
-        let c = _mm256_min_epi32(_mm256_max_epi32(c, lo), hi);
-        T::store8(out.as_mut_ptr().add(i) as *mut T, c);
+        let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(xv, r), lo), hi);
+        T::store8(out.as_mut_ptr().add(i) as *mut T, _mm256_add_epi32(_mm256_cvtps_epi32(v), offset));
         i += 8;
     }
     for (o, &v) in out[n8..].iter_mut().zip(&x[n8..]) {
@@ -202,36 +190,24 @@ unsafe fn quantize_avx2<T: Code>(x: &[f32], q: &crate::quant::QParams, shift: i3
     _mm256_movemask_ps(bad) == 0 && x[n8..].iter().all(|v| v.is_finite())
 }
 
-/// [`quantize_avx2`] sixteen lanes at a time: the same operations, the rounding step added
-/// under a mask, the codes narrowed by `vpmovdb`/`vpmovdw` (they fit).
+/// [`quantize_avx2`] sixteen lanes at a time, the rounding mode given in the conversion, the
+/// codes narrowed by `vpmovdb`/`vpmovdw` (they fit).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn quantize_avx512<T: Code>(x: &[f32], q: &crate::quant::QParams, shift: i32, out: &mut [std::mem::MaybeUninit<T>]) -> bool {
     use std::arch::x86_64::*;
-    let (qmin, qmax) = q.act.range();
+    let (lo, hi) = q.code_bounds();
     let n16 = x.len() / 16 * 16;
-    let scale = _mm512_set1_ps(q.scale);
-    let half = _mm512_set1_ps(0.5);
-    let one = _mm512_set1_epi32(1.0f32.to_bits() as i32);
-    let sign_mask = _mm512_set1_epi32(i32::MIN);
-    let big = _mm512_set1_ps((1u32 << 30) as f32);
-    let nbig = _mm512_set1_ps(-((1u32 << 30) as f32));
-    let zp = _mm512_set1_epi32(q.zero_point);
-    let (lo, hi) = (_mm512_set1_epi32(qmin + shift), _mm512_set1_epi32(qmax + shift));
-    let sh = _mm512_set1_epi32(shift);
+    let r = _mm512_set1_ps(1.0 / q.scale);
+    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let offset = _mm512_set1_epi32(q.zero_point + shift);
     let mut bad: __mmask16 = 0;
     let mut i = 0;
     while i < n16 {
         let xv = _mm512_loadu_ps(x.as_ptr().add(i));
         bad |= _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(_mm512_sub_ps(xv, xv), _mm512_setzero_ps());
-        let v = _mm512_div_ps(xv, scale);
-        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-        let frac = _mm512_abs_ps(_mm512_sub_ps(v, t));
-        let step = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(v), sign_mask), one));
-        let r = _mm512_mask_add_ps(t, _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, half), t, step);
-        let r = _mm512_min_ps(_mm512_max_ps(r, nbig), big);
-        let c = _mm512_add_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(r), zp), sh);
-        let c = _mm512_min_epi32(_mm512_max_epi32(c, lo), hi);
+        let v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(xv, r), lo), hi);
+        let c = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v), offset);
         T::store16(out.as_mut_ptr().add(i) as *mut T, c);
         i += 16;
     }
@@ -310,7 +286,7 @@ mod tests {
     #[test]
     fn vector_quantisation_equals_the_scalar_formula() {
         use crate::quant::{ActType, QParams};
-        // Halves (ties round away from zero), negatives, values far outside the range, ±0.
+        // Halves (ties round to even), negatives, values far outside the range, ±0.
         let mut x: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.25 * 0.1).collect();
         x.extend([0.05, -0.05, 0.15, -0.15, 1e30, -1e30, 3e9, -3e9, 0.0, -0.0, 12.75, -12.75, 0.1 * 127.5, -0.1 * 128.5]);
         for act in [ActType::U8, ActType::U7, ActType::I8] {
