@@ -34,10 +34,12 @@ pub fn tap_major<T: Copy>(g: &ConvShape, values: &[T]) -> Vec<T> {
 /// `finish.row(acc, row, 0, out)` writes output row `row` (one position's channels) from its
 /// accumulators (inlined here, so it runs on the instruction set picked here) and must write
 /// all of `out`; the activation then runs over each sample's rows at once, and `finish.after`
-/// on each row. Returns `[n·ho·wo, O]`.
-pub fn run<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
+/// on each row. The padded plane holds the input as `P` (`pad` in the padding). Returns
+/// `[n·ho·wo, O]`.
+pub fn run<A, P, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: P, n: usize, finish: &F) -> Vec<O>
 where
-    A: Copy + Into<Acc>,
+    A: Copy + Into<P>,
+    P: Copy + Into<Acc>,
     W: Copy + Into<Acc>,
     Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
 {
@@ -45,34 +47,42 @@ where
     {
         if crate::model::vmath::has_f32x16() {
             #[target_feature(enable = "avx512f")]
-            unsafe fn widest<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
+            unsafe fn widest<A, P, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: P, n: usize, finish: &F) -> Vec<O>
             where
-                A: Copy + Into<Acc>,
+                A: Copy + Into<P>,
+                P: Copy + Into<Acc>,
                 W: Copy + Into<Acc>,
                 Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
             {
-                rows::<F32x16, A, W, Acc, O, F>(g, w, x, pad, n, finish)
+                rows::<F32x16, A, P, W, Acc, O, F>(g, w, x, pad, n, finish)
             }
             // SAFETY: `has_f32x16` found AVX-512F.
             return unsafe { widest(g, w, x, pad, n, finish) };
         }
         if crate::model::vmath::has_f32x8() {
             #[target_feature(enable = "avx2")]
-            unsafe fn wide<A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
+            unsafe fn wide<A, P, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: P, n: usize, finish: &F) -> Vec<O>
             where
-                A: Copy + Into<Acc>,
+                A: Copy + Into<P>,
+                P: Copy + Into<Acc>,
                 W: Copy + Into<Acc>,
                 Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
             {
-                rows::<F32x8, A, W, Acc, O, F>(g, w, x, pad, n, finish)
+                rows::<F32x8, A, P, W, Acc, O, F>(g, w, x, pad, n, finish)
             }
             // SAFETY: the CPU has AVX2.
             return unsafe { wide(g, w, x, pad, n, finish) };
         }
     }
     // SAFETY: scalars need no CPU feature.
-    unsafe { rows::<f32, A, W, Acc, O, F>(g, w, x, pad, n, finish) }
+    unsafe { rows::<f32, A, P, W, Acc, O, F>(g, w, x, pad, n, finish) }
 }
+
+/// The most taps an integer layer's conv may sum in f32 on this kernel: `taps · 255 · 128 < 2²⁴`,
+/// so every partial sum of `u8 × i8` products is a whole number f32 holds exactly. Such sums cost
+/// a tap the float kernel's multiply and add, where 32-bit integer lanes take a widening and
+/// `vpmulld` (two micro-ops).
+pub const MAX_EXACT_TAPS: usize = (1 << 24) / (255 * 128);
 
 /// Channels summed together in registers.
 const BLOCK: usize = 16;
@@ -80,9 +90,10 @@ const BLOCK: usize = 16;
 /// # Safety
 /// The CPU has `V`'s features.
 #[inline(always)]
-unsafe fn rows<V: Lanes, A, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: A, n: usize, finish: &F) -> Vec<O>
+unsafe fn rows<V: Lanes, A, P, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: P, n: usize, finish: &F) -> Vec<O>
 where
-    A: Copy + Into<Acc>,
+    A: Copy + Into<P>,
+    P: Copy + Into<Acc>,
     W: Copy + Into<Acc>,
     Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
 {
@@ -112,10 +123,10 @@ where
             let at = ((iy + g.pad.0) * wp + g.pad.1) * c;
             let dst = &mut plane[at..at + g.w * c];
             if m == 1 {
-                dst.copy_from_slice(line);
+                dst.iter_mut().zip(line).for_each(|(d, &v)| *d = v.into());
             } else {
                 for (&v, d) in line.iter().zip(dst.chunks_exact_mut(m)) {
-                    d.fill(v);
+                    d.fill(v.into());
                 }
             }
         }
@@ -124,11 +135,11 @@ where
         let mut c0 = 0;
         // SAFETY (both blocks): every tap lies in the plane (above) and `c0 + B ≤ c`.
         while c0 + BLOCK <= c {
-            sum_block::<BLOCK, A, W, Acc>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
+            sum_block::<BLOCK, P, W, Acc>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
             c0 += BLOCK;
         }
         if c0 + BLOCK / 2 <= c {
-            sum_block::<{ BLOCK / 2 }, A, W, Acc>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
+            sum_block::<{ BLOCK / 2 }, P, W, Acc>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
             c0 += BLOCK / 2;
         }
         if c0 < c {
@@ -260,7 +271,17 @@ mod tests {
                 out.iter_mut().zip(acc).for_each(|(o, &a)| _ = o.write(a));
             }
         }
-        let y: Vec<i32> = run(g, &tap_major(g, &w), &x, pad, n, &Copy);
+        let y: Vec<i32> = run::<u8, u8, i8, i32, i32, _>(g, &tap_major(g, &w), &x, pad, n, &Copy);
+        // The integer layers' route: the same sums in f32, whole numbers and exact.
+        struct Exact;
+        impl FinishRow<f32, i32> for Exact {
+            fn row(&self, acc: &[f32], _: usize, _: usize, out: &mut [MaybeUninit<i32>]) {
+                out.iter_mut().zip(acc).for_each(|(o, &a)| _ = o.write(a as i32));
+            }
+        }
+        let held: Vec<f32> = tap_major(g, &w).into_iter().map(f32::from).collect();
+        let exact: Vec<i32> = run::<u8, f32, f32, f32, i32, _>(g, &held, &x, f32::from(pad), n, &Exact);
+        assert_eq!(exact, y, "{g:?}: f32 sums");
         for s in 0..n {
             for oy in 0..g.ho {
                 for ox in 0..g.wo {

@@ -12,7 +12,7 @@
 use super::depthwise;
 use super::epilogue::{activate, finish_tile, FinishRow, Residual};
 use super::kernels::{code_shift, quantize_codes, quantize_to};
-use super::layout::{run_layer, LayerShape, PatchRuns};
+use super::layout::{run_layer, ConvShape, LayerShape, PatchRuns};
 use crate::artifact::QuantLayer;
 use crate::matmul::int8::{PairPanels, QuadPanels};
 use crate::matmul::isa::Isa;
@@ -63,7 +63,7 @@ impl QLayer {
             LayerShape::Conv(g) => (0..g.groups).map(|gi| (g.patch_order(&w.values, gi), g.o / g.groups, g.k())).collect(),
         };
         let packed = match (shape, isa.quads()) {
-            (LayerShape::Conv(g), _) if depthwise::one_input_per_group(&g) => Packed::Depthwise(depthwise::tap_major(&g, &w.values)),
+            (LayerShape::Conv(g), _) if direct(&g) => Packed::Depthwise(depthwise::tap_major(&g, &w.values).into_iter().map(f32::from).collect()),
             (_, true) => Packed::Quads(groups.iter().map(|(w, n, k)| QuadPanels::pack(w, *n, *k, isa)).collect()),
             (_, false) => Packed::Pairs(groups.iter().map(|(w, n, k)| PairPanels::pack(w, *n, *k, isa)).collect()),
         };
@@ -71,7 +71,7 @@ impl QLayer {
         // channels fill a whole row of the kernel's layout (pairs or quads).
         let group = if isa.quads() { 4 } else { 2 };
         let runs = match shape {
-            LayerShape::Conv(g) if !(depthwise::one_input_per_group(&g) || g.pointwise() && g.c.is_multiple_of(group)) => Some(PatchRuns::new(&g)),
+            LayerShape::Conv(g) if !(direct(&g) || g.pointwise() && g.c.is_multiple_of(group)) => Some(PatchRuns::new(&g)),
             _ => None,
         };
         let zp = q.input.fixed().map_or(0, |p| p.zero_point + code_shift(&p));
@@ -89,6 +89,15 @@ impl QLayer {
     /// With `residual = (shortcut, relu)`, a residual add (and a ReLU) follows in the output
     /// loop: `max(y + shortcut, 0)` ([`Residual`]; `shortcut` in the output's layout).
     pub fn run(&self, codes: &Codes, n: usize, residual: Option<(&[f32], bool)>) -> Vec<f32> {
+        if let (Packed::Depthwise(w), CodeBuf::Bytes(c), LayerShape::Conv(g)) = (&self.packed, &codes.buf, self.shape) {
+            // The direct kernel sums in f32 (exact: `depthwise::MAX_EXACT_TAPS`), read by the
+            // f32 form of this layer's epilogue.
+            let pad = f32::from(self.zp as u8);
+            return match residual {
+                None => depthwise::run::<u8, f32, f32, f32, f32, _>(&g, w, c, pad, n, self),
+                Some((shortcut, relu)) => depthwise::run::<u8, f32, f32, f32, f32, _>(&g, w, c, pad, n, &Residual { layer: self, shortcut, ldo: self.out_channels(), relu }),
+            };
+        }
         if let Some(rows) = &codes.rows {
             let layer = PerToken { layer: self, rows };
             return match residual {
@@ -108,7 +117,6 @@ impl QLayer {
         let (o, og) = (self.out_channels(), self.out_channels() / self.groups());
         let epilogue = |gi: usize| move |acc: &[i32], stride: usize, first: usize, out: &mut [MaybeUninit<O>]| finish_tile(finish, acc, stride, first, o, gi * og, og, out);
         match (&self.packed, &codes.buf, self.shape) {
-            (Packed::Depthwise(w), CodeBuf::Bytes(c), LayerShape::Conv(g)) => depthwise::run::<u8, i8, i32, O, F>(&g, w, c, zp as u8, n, finish),
             (Packed::Pairs(p), CodeBuf::Wide(c), _) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as i16, n, epilogue),
             (Packed::Quads(p), CodeBuf::Bytes(c), _) => run_layer(&self.shape, p, self.runs.as_ref(), c, zp as u8, n, epilogue),
             _ => unreachable!("codes come from this layer's `quantize`, in the type its kernel reads"),
@@ -167,6 +175,32 @@ impl FinishRow<i32, f32> for QLayer {
     fn row(&self, acc: &[i32], _row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
         let cs = c0..c0 + acc.len();
         dequantise(acc, &self.zp_wsum[cs.clone()], &self.mult[cs.clone()], self.bias.as_ref().map(|b| &b[cs]), self.relu, out);
+    }
+
+    fn has_act(&self) -> bool {
+        self.act.is_some()
+    }
+
+    #[inline(always)]
+    unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
+        activate::<V>(out, self.act)
+    }
+}
+
+impl FinishRow<f32, f32> for QLayer {
+    /// The direct kernel's f32 sums (whole numbers below 2²⁴): `out[j] = (acc[j] − zp·Σw_c) ·
+    /// (s_in · s_c) + b_c`, the same value as the i32 form (`zp·Σw_c` is below 2²⁴ too, so the
+    /// f32 difference rounds the exact one as the i32-to-f32 conversion does), ReLU if fused.
+    #[inline(always)]
+    fn row(&self, acc: &[f32], _row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
+        let cs = c0..c0 + acc.len();
+        let it = out.iter_mut().zip(acc).zip(&self.zp_wsum[cs.clone()]).zip(&self.mult[cs.clone()]);
+        match (&self.bias, self.relu) {
+            (None, false) => it.for_each(|(((o, &a), &z), &m)| _ = o.write((a - z as f32) * m)),
+            (None, true) => it.for_each(|(((o, &a), &z), &m)| _ = o.write(((a - z as f32) * m).max(0.0))),
+            (Some(b), false) => it.zip(&b[cs]).for_each(|((((o, &a), &z), &m), &b)| _ = o.write((a - z as f32) * m + b)),
+            (Some(b), true) => it.zip(&b[cs]).for_each(|((((o, &a), &z), &m), &b)| _ = o.write(((a - z as f32) * m + b).max(0.0))),
+        }
     }
 
     fn has_act(&self) -> bool {
@@ -273,7 +307,8 @@ fn dequantise(acc: &[i32], zp_wsum: &[i32], mult: &[f32], bias: Option<&[f32]>, 
 enum Packed {
     Pairs(Vec<PairPanels>),
     Quads(Vec<QuadPanels>),
-    Depthwise(Vec<i8>),
+    /// The i8 weights as f32: the direct kernel's sums are exact in f32.
+    Depthwise(Vec<f32>),
 }
 
 /// Shifted activation codes in the type a layer's kernel reads.
@@ -287,4 +322,10 @@ pub struct Codes {
 pub enum CodeBuf {
     Wide(Vec<i16>),
     Bytes(Vec<u8>),
+}
+
+/// Whether an integer conv runs the direct kernel: one input channel per group, and few enough
+/// taps for exact f32 sums (a longer kernel takes the GEMM per group).
+fn direct(g: &ConvShape) -> bool {
+    depthwise::one_input_per_group(g) && g.kh * g.kw <= depthwise::MAX_EXACT_TAPS
 }
