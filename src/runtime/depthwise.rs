@@ -6,15 +6,16 @@
 //! position `(oy, ox)` and output channel `c`, reading input channel `c / m`:
 //! `acc[c] = Σ_{ky, kx} x[s, oy·sy − py + ky·dy, ox·sx − px + kx·dx, c / m] · w[ky, kx, c]`,
 //! a tap in the padding reading `pad` (0.0, or an integer layer's zero-point code), taps summed
-//! in `(ky, kx)` order. Each output row then goes through the layer's own epilogue row, the same
-//! as after its GEMM, so the integer kernel is exact and bit-identical to the reference GEMM.
+//! in `(ky, kx)` order, in f32. An integer layer's codes and weights are whole numbers, and so is
+//! every partial sum of up to [`MAX_EXACT_TAPS`] taps, below 2²⁴ where f32 is exact: its sums are
+//! the i32 ones. Each output row then goes through the layer's own epilogue row, the same as after
+//! its GEMM, so the integer kernel is bit-identical to the reference GEMM.
 
 use super::epilogue::FinishRow;
 use super::layout::ConvShape;
 use crate::model::vmath::Lanes;
 #[cfg(target_arch = "x86_64")]
 use crate::model::vmath::{F32x16, F32x8};
-use std::ops::{AddAssign, Mul};
 
 /// Whether a conv runs on this kernel: each group reads one input channel, and the conv is
 /// depthwise (several groups) or has more than one tap (a one-channel pointwise conv is a
@@ -34,54 +35,36 @@ pub fn tap_major<T: Copy>(g: &ConvShape, values: &[T]) -> Vec<T> {
 /// `finish.row(acc, row, 0, out)` writes output row `row` (one position's channels) from its
 /// accumulators (inlined here, so it runs on the instruction set picked here) and must write
 /// all of `out`; the activation then runs over each sample's rows at once, and `finish.after`
-/// on each row. The padded plane holds the input as `P` (`pad` in the padding). Returns
-/// `[n·ho·wo, O]`.
-pub fn run<A, P, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: P, n: usize, finish: &F) -> Vec<O>
-where
-    A: Copy + Into<P>,
-    P: Copy + Into<Acc>,
-    W: Copy + Into<Acc>,
-    Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
-{
+/// on each row. The input (f32 values or u8 codes) is held in the padded plane as f32, `pad` in
+/// the padding. Returns `[n·ho·wo, O]`.
+pub fn run<A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvShape, w: &[f32], x: &[A], pad: f32, n: usize, finish: &F) -> Vec<O> {
     #[cfg(target_arch = "x86_64")]
     {
         if crate::model::vmath::has_f32x16() {
             #[target_feature(enable = "avx512f")]
-            unsafe fn widest<A, P, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: P, n: usize, finish: &F) -> Vec<O>
-            where
-                A: Copy + Into<P>,
-                P: Copy + Into<Acc>,
-                W: Copy + Into<Acc>,
-                Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
-            {
-                rows::<F32x16, A, P, W, Acc, O, F>(g, w, x, pad, n, finish)
+            unsafe fn widest<A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvShape, w: &[f32], x: &[A], pad: f32, n: usize, finish: &F) -> Vec<O> {
+                rows::<F32x16, A, O, F>(g, w, x, pad, n, finish)
             }
             // SAFETY: `has_f32x16` found AVX-512F.
             return unsafe { widest(g, w, x, pad, n, finish) };
         }
         if crate::model::vmath::has_f32x8() {
             #[target_feature(enable = "avx2")]
-            unsafe fn wide<A, P, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: P, n: usize, finish: &F) -> Vec<O>
-            where
-                A: Copy + Into<P>,
-                P: Copy + Into<Acc>,
-                W: Copy + Into<Acc>,
-                Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
-            {
-                rows::<F32x8, A, P, W, Acc, O, F>(g, w, x, pad, n, finish)
+            unsafe fn wide<A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvShape, w: &[f32], x: &[A], pad: f32, n: usize, finish: &F) -> Vec<O> {
+                rows::<F32x8, A, O, F>(g, w, x, pad, n, finish)
             }
             // SAFETY: the CPU has AVX2.
             return unsafe { wide(g, w, x, pad, n, finish) };
         }
     }
     // SAFETY: scalars need no CPU feature.
-    unsafe { rows::<f32, A, P, W, Acc, O, F>(g, w, x, pad, n, finish) }
+    unsafe { rows::<f32, A, O, F>(g, w, x, pad, n, finish) }
 }
 
-/// The most taps an integer layer's conv may sum in f32 on this kernel: `taps · 255 · 128 < 2²⁴`,
-/// so every partial sum of `u8 × i8` products is a whole number f32 holds exactly. Such sums cost
-/// a tap the float kernel's multiply and add, where 32-bit integer lanes take a widening and
-/// `vpmulld` (two micro-ops).
+/// The most taps an integer layer's conv may sum on this kernel: `taps · 255 · 128 < 2²⁴`, so
+/// every partial sum of `u8 × i8` products is a whole number f32 holds exactly. Such sums cost a
+/// tap a multiply and an add, where 32-bit integer lanes take a widening and `vpmulld` (two
+/// micro-ops).
 pub const MAX_EXACT_TAPS: usize = (1 << 24) / (255 * 128);
 
 /// Channels summed together in registers.
@@ -90,13 +73,7 @@ const BLOCK: usize = 16;
 /// # Safety
 /// The CPU has `V`'s features.
 #[inline(always)]
-unsafe fn rows<V: Lanes, A, P, W, Acc, O, F: FinishRow<Acc, O>>(g: &ConvShape, w: &[W], x: &[A], pad: P, n: usize, finish: &F) -> Vec<O>
-where
-    A: Copy + Into<P>,
-    P: Copy + Into<Acc>,
-    W: Copy + Into<Acc>,
-    Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
-{
+unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvShape, w: &[f32], x: &[A], pad: f32, n: usize, finish: &F) -> Vec<O> {
     // `c` output channels, each reading input channel `c / m`.
     let (c, m) = (g.o, g.o / g.c);
     let (positions, taps) = (g.ho * g.wo, g.kh * g.kw);
@@ -116,7 +93,7 @@ where
     let bases: Vec<usize> = (0..positions).map(|p| ((p / g.wo) * g.stride.0 * wp + (p % g.wo) * g.stride.1) * c).collect();
     debug_assert!(bases[positions - 1] + tap_at[taps - 1] + c <= plane.len());
     // One sample's accumulators, `[positions, c]`.
-    let mut acc = vec![Acc::default(); positions * c];
+    let mut acc = vec![0f32; positions * c];
     for s in 0..n {
         let sample = &x[s * g.h * g.w * g.c..(s + 1) * g.h * g.w * g.c];
         for (iy, line) in sample.chunks_exact(g.w * g.c).enumerate() {
@@ -135,21 +112,21 @@ where
         let mut c0 = 0;
         // SAFETY (both blocks): every tap lies in the plane (above) and `c0 + B ≤ c`.
         while c0 + BLOCK <= c {
-            sum_block::<BLOCK, P, W, Acc>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
+            sum_block::<BLOCK>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
             c0 += BLOCK;
         }
         if c0 + BLOCK / 2 <= c {
-            sum_block::<{ BLOCK / 2 }, P, W, Acc>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
+            sum_block::<{ BLOCK / 2 }>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
             c0 += BLOCK / 2;
         }
         if c0 < c {
             for (&base, a) in bases.iter().zip(acc.chunks_exact_mut(c)) {
                 let rest = &mut a[c0..];
-                rest.fill(Acc::default());
+                rest.fill(0.0);
                 for (t, &d) in tap_at.iter().enumerate() {
                     let (src, wt) = (&plane[base + d + c0..base + d + c], &w[t * c + c0..(t + 1) * c]);
                     for ((a, &xv), &wv) in rest.iter_mut().zip(src).zip(wt) {
-                        *a += xv.into() * wv.into();
+                        *a += xv * wv;
                     }
                 }
             }
@@ -182,26 +159,21 @@ where
 /// Every tap's `B` values lie in `plane` (`bases[p] + tap_at[t] + c0 + B ≤ plane.len()`) and in
 /// the tap-major weights `[taps][c]` (`c0 + B ≤ c`).
 #[inline(always)]
-unsafe fn sum_block<const B: usize, A, W, Acc>(plane: &[A], w: &[W], bases: &[usize], tap_at: &[usize], c: usize, c0: usize, acc: &mut [Acc])
-where
-    A: Copy + Into<Acc>,
-    W: Copy + Into<Acc>,
-    Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
-{
+unsafe fn sum_block<const B: usize>(plane: &[f32], w: &[f32], bases: &[usize], tap_at: &[usize], c: usize, c0: usize, acc: &mut [f32]) {
     // SAFETY (each arm): the caller's bounds.
     unsafe {
         match *tap_at {
-            [a, b, d] => sum_block_taps::<3, B, A, W, Acc>(plane, w, bases, [a, b, d], c, c0, acc),
-            [a, b, d, e, f] => sum_block_taps::<5, B, A, W, Acc>(plane, w, bases, [a, b, d, e, f], c, c0, acc),
-            [a, b, d, e, f, g, h, i, j] => sum_block_taps::<9, B, A, W, Acc>(plane, w, bases, [a, b, d, e, f, g, h, i, j], c, c0, acc),
+            [a, b, d] => sum_block_taps::<3, B>(plane, w, bases, [a, b, d], c, c0, acc),
+            [a, b, d, e, f] => sum_block_taps::<5, B>(plane, w, bases, [a, b, d, e, f], c, c0, acc),
+            [a, b, d, e, f, g, h, i, j] => sum_block_taps::<9, B>(plane, w, bases, [a, b, d, e, f, g, h, i, j], c, c0, acc),
             _ => {
                 for (&base, a) in bases.iter().zip(acc.chunks_exact_mut(c)) {
-                    let mut s = [Acc::default(); B];
+                    let mut s = [0f32; B];
                     for (t, &d) in tap_at.iter().enumerate() {
-                        let src: &[A; B] = &*(plane.as_ptr().add(base + d + c0) as *const [A; B]);
-                        let wt: &[W; B] = &*(w.as_ptr().add(t * c + c0) as *const [W; B]);
+                        let src: &[f32; B] = &*(plane.as_ptr().add(base + d + c0) as *const [f32; B]);
+                        let wt: &[f32; B] = &*(w.as_ptr().add(t * c + c0) as *const [f32; B]);
                         for j in 0..B {
-                            s[j] += src[j].into() * wt[j].into();
+                            s[j] += src[j] * wt[j];
                         }
                     }
                     a[c0..c0 + B].copy_from_slice(&s);
@@ -216,22 +188,17 @@ where
 /// # Safety
 /// As [`sum_block`].
 #[inline(always)]
-unsafe fn sum_block_taps<const T: usize, const B: usize, A, W, Acc>(plane: &[A], w: &[W], bases: &[usize], tap_at: [usize; T], c: usize, c0: usize, acc: &mut [Acc])
-where
-    A: Copy + Into<Acc>,
-    W: Copy + Into<Acc>,
-    Acc: Copy + Default + Mul<Output = Acc> + AddAssign,
-{
+unsafe fn sum_block_taps<const T: usize, const B: usize>(plane: &[f32], w: &[f32], bases: &[usize], tap_at: [usize; T], c: usize, c0: usize, acc: &mut [f32]) {
     debug_assert!(w.len() >= T * c && c0 + B <= c);
     // SAFETY: the caller's bounds (whole blocks, converted as vectors).
-    let wv: [[Acc; B]; T] = std::array::from_fn(|t| unsafe { *(w.as_ptr().add(t * c + c0) as *const [W; B]) }.map(Into::into));
+    let wv: [[f32; B]; T] = std::array::from_fn(|t| unsafe { *(w.as_ptr().add(t * c + c0) as *const [f32; B]) });
     for (&base, a) in bases.iter().zip(acc.chunks_exact_mut(c)) {
-        let mut s = [Acc::default(); B];
+        let mut s = [0f32; B];
         for t in 0..T {
             // SAFETY: the caller's bounds.
-            let src: &[A; B] = unsafe { &*(plane.as_ptr().add(base + tap_at[t] + c0) as *const [A; B]) };
+            let src: &[f32; B] = unsafe { &*(plane.as_ptr().add(base + tap_at[t] + c0) as *const [f32; B]) };
             for j in 0..B {
-                s[j] += src[j].into() * wv[t][j];
+                s[j] += src[j] * wv[t][j];
             }
         }
         a[c0..c0 + B].copy_from_slice(&s);
@@ -265,14 +232,7 @@ mod tests {
         let x: Vec<u8> = (0..n * g.h * g.w * g.c).map(|i| (i * 37 % 251) as u8).collect();
         let w: Vec<i8> = (0..g.o * g.kh * g.kw).map(|i| (i as i32 * 53 % 255 - 127) as i8).collect();
         let pad = 9u8;
-        struct Copy;
-        impl FinishRow<i32, i32> for Copy {
-            fn row(&self, acc: &[i32], _: usize, _: usize, out: &mut [MaybeUninit<i32>]) {
-                out.iter_mut().zip(acc).for_each(|(o, &a)| _ = o.write(a));
-            }
-        }
-        let y: Vec<i32> = run::<u8, u8, i8, i32, i32, _>(g, &tap_major(g, &w), &x, pad, n, &Copy);
-        // The integer layers' route: the same sums in f32, whole numbers and exact.
+        // The sums as an integer layer's epilogue reads them: whole numbers, exact in f32.
         struct Exact;
         impl FinishRow<f32, i32> for Exact {
             fn row(&self, acc: &[f32], _: usize, _: usize, out: &mut [MaybeUninit<i32>]) {
@@ -280,8 +240,7 @@ mod tests {
             }
         }
         let held: Vec<f32> = tap_major(g, &w).into_iter().map(f32::from).collect();
-        let exact: Vec<i32> = run::<u8, f32, f32, f32, i32, _>(g, &held, &x, f32::from(pad), n, &Exact);
-        assert_eq!(exact, y, "{g:?}: f32 sums");
+        let y: Vec<i32> = run(g, &held, &x, f32::from(pad), n, &Exact);
         for s in 0..n {
             for oy in 0..g.ho {
                 for ox in 0..g.wo {

@@ -65,7 +65,7 @@ impl FloatLayer {
     /// The GEMM over `x` with `finish` writing each tile row's outputs.
     fn run_with<F: FinishRow<f32, f32> + Sync>(&self, x: &[f32], n: usize, finish: &F) -> Vec<f32> {
         if let (Some(w), LayerShape::Conv(g)) = (&self.depthwise, self.shape) {
-            return depthwise::run::<f32, f32, f32, f32, f32, F>(&g, w, x, 0.0, n, finish);
+            return depthwise::run(&g, w, x, 0.0, n, finish);
         }
         let (o, og) = (self.shape.out_channels(), self.shape.out_channels() / self.packed.len());
         let epilogue = |gi: usize| move |acc: &[f32], stride: usize, first: usize, out: &mut [MaybeUninit<f32>]| finish_tile(finish, acc, stride, first, o, gi * og, og, out);

@@ -3,7 +3,7 @@
 //! Running it takes the input's codes (channels last), runs the packed GEMM over the patch rows
 //! (each tap's codes read where they lie, or the codes in place when a row *is* a pixel), or a
 //! depthwise conv's direct kernel (`depthwise.rs`: one input channel per group, any channel
-//! multiplier, a one-channel input's conv included; exact in i32 like the GEMM), and dequantises
+//! multiplier, a one-channel input's conv included; its sums exact in f32), and dequantises
 //! in the epilogue: `y = (acc − zp·Σw_c) · (s_in · s_c) + b_c`, then `max(y, 0)` when a ReLU was
 //! fused into it, or the activation that was (`zp·Σw_c` computed once per layer). When the plan
 //! fuses a residual add into the layer, the add (and a ReLU after it) follows in the same loop
@@ -94,8 +94,8 @@ impl QLayer {
             // f32 form of this layer's epilogue.
             let pad = f32::from(self.zp as u8);
             return match residual {
-                None => depthwise::run::<u8, f32, f32, f32, f32, _>(&g, w, c, pad, n, self),
-                Some((shortcut, relu)) => depthwise::run::<u8, f32, f32, f32, f32, _>(&g, w, c, pad, n, &Residual { layer: self, shortcut, ldo: self.out_channels(), relu }),
+                None => depthwise::run(&g, w, c, pad, n, self),
+                Some((shortcut, relu)) => depthwise::run(&g, w, c, pad, n, &Residual { layer: self, shortcut, ldo: self.out_channels(), relu }),
             };
         }
         if let Some(rows) = &codes.rows {
