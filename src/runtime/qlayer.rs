@@ -168,11 +168,11 @@ impl QLayer {
     }
 }
 
-impl FinishRow<i32, f32> for QLayer {
+impl<A: Centred> FinishRow<A, f32> for QLayer {
     /// `out[j] = (acc[j] − zp·Σw_c) · (s_in · s_c) + b_c` for channel `c = c0 + j`, ReLU if
     /// fused (`max(y, 0)`).
     #[inline(always)]
-    fn row(&self, acc: &[i32], _row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
+    fn row(&self, acc: &[A], _row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
         let cs = c0..c0 + acc.len();
         dequantise(acc, &self.zp_wsum[cs.clone()], &self.mult[cs.clone()], self.bias.as_ref().map(|b| &b[cs]), self.relu, out);
     }
@@ -187,29 +187,27 @@ impl FinishRow<i32, f32> for QLayer {
     }
 }
 
-impl FinishRow<f32, f32> for QLayer {
-    /// The direct kernel's f32 sums (whole numbers below 2²⁴): `out[j] = (acc[j] − zp·Σw_c) ·
-    /// (s_in · s_c) + b_c`, the same value as the i32 form (`zp·Σw_c` is below 2²⁴ too, so the
-    /// f32 difference rounds the exact one as the i32-to-f32 conversion does), ReLU if fused.
-    #[inline(always)]
-    fn row(&self, acc: &[f32], _row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
-        let cs = c0..c0 + acc.len();
-        let it = out.iter_mut().zip(acc).zip(&self.zp_wsum[cs.clone()]).zip(&self.mult[cs.clone()]);
-        match (&self.bias, self.relu) {
-            (None, false) => it.for_each(|(((o, &a), &z), &m)| _ = o.write((a - z as f32) * m)),
-            (None, true) => it.for_each(|(((o, &a), &z), &m)| _ = o.write(((a - z as f32) * m).max(0.0))),
-            (Some(b), false) => it.zip(&b[cs]).for_each(|((((o, &a), &z), &m), &b)| _ = o.write((a - z as f32) * m + b)),
-            (Some(b), true) => it.zip(&b[cs]).for_each(|((((o, &a), &z), &m), &b)| _ = o.write(((a - z as f32) * m + b).max(0.0))),
-        }
-    }
+/// An integer sum as the epilogue takes it: i32 from the GEMMs, or f32 from the direct kernel
+/// (whole numbers below 2²⁴).
+pub trait Centred: Copy {
+    /// `self − z` as f32.
+    fn centred(self, z: i32) -> f32;
+}
 
-    fn has_act(&self) -> bool {
-        self.act.is_some()
-    }
-
+impl Centred for i32 {
     #[inline(always)]
-    unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
-        activate::<V>(out, self.act)
+    fn centred(self, z: i32) -> f32 {
+        (self - z) as f32
+    }
+}
+
+impl Centred for f32 {
+    /// The same value as the i32 form: `z` (`zp·Σw_c` of a conv of at most
+    /// `depthwise::MAX_EXACT_TAPS` taps) is below 2²⁴ and exact, so the f32 difference rounds the
+    /// exact one as the i32-to-f32 conversion does.
+    #[inline(always)]
+    fn centred(self, z: i32) -> f32 {
+        self - z as f32
     }
 }
 
@@ -271,31 +269,31 @@ fn quantize_rows<T: super::kernels::Code>(x: &[f32], width: usize, params: &[QPa
     finite.then_some(codes)
 }
 
-/// `out[j] = (acc[j] − zp_wsum[j]) as f32 · mult[j] (+ bias[j]) (then max 0)`, one `for` loop
-/// over zipped slices per combination: each inlines into the AVX2 caller and vectorises, where
-/// an index-closure form stays an out-of-line scalar loop.
+/// `out[j] = (acc[j] − zp_wsum[j]) · mult[j] (+ bias[j]) (then max 0)` ([`Centred`]), one
+/// `for` loop over zipped slices per combination: each inlines into the AVX2 caller and
+/// vectorises, where an index-closure form stays an out-of-line scalar loop.
 #[inline(always)]
-fn dequantise(acc: &[i32], zp_wsum: &[i32], mult: &[f32], bias: Option<&[f32]>, relu: bool, out: &mut [MaybeUninit<f32>]) {
+fn dequantise<A: Centred>(acc: &[A], zp_wsum: &[i32], mult: &[f32], bias: Option<&[f32]>, relu: bool, out: &mut [MaybeUninit<f32>]) {
     let it = out.iter_mut().zip(acc).zip(zp_wsum).zip(mult);
     match (bias, relu) {
         (None, false) => {
             for (((o, &a), &z), &m) in it {
-                o.write((a - z) as f32 * m);
+                o.write(a.centred(z) * m);
             }
         }
         (None, true) => {
             for (((o, &a), &z), &m) in it {
-                o.write(((a - z) as f32 * m).max(0.0));
+                o.write((a.centred(z) * m).max(0.0));
             }
         }
         (Some(b), false) => {
             for ((((o, &a), &z), &m), &b) in it.zip(b) {
-                o.write((a - z) as f32 * m + b);
+                o.write(a.centred(z) * m + b);
             }
         }
         (Some(b), true) => {
             for ((((o, &a), &z), &m), &b) in it.zip(b) {
-                o.write(((a - z) as f32 * m + b).max(0.0));
+                o.write((a.centred(z) * m + b).max(0.0));
             }
         }
     }
