@@ -234,10 +234,10 @@ fn channels_last<V: super::vmath::Lanes>(g: &PoolGeom, x: &[f32], n: usize, c: u
         for (oy, &(y0, y1)) in rows.iter().enumerate() {
             for (ox, &(x0, x1)) in cols.iter().enumerate() {
                 let out = &mut spare[((s * ho + oy) * wo + ox) * c..][..c];
+                let at = |iy: usize, ix: usize| (iy * g.w + ix) * c;
+                assert!(y1 > y0 && x1 > x0 && at(y1 - 1, x1 - 1) + c <= plane.len(), "a window inside the plane");
                 match g.kind {
                     PoolKind::Max => {
-                        let at = |iy: usize, ix: usize| (iy * g.w + ix) * c;
-                        assert!(y1 > y0 && x1 > x0 && at(y1 - 1, x1 - 1) + c <= plane.len(), "a window inside the plane");
                         let mut c0 = 0;
                         while c0 + V::N <= c {
                             // SAFETY: `c0 + N ≤ c` values from each window position (asserted
@@ -264,8 +264,6 @@ fn channels_last<V: super::vmath::Lanes>(g: &PoolGeom, x: &[f32], n: usize, c: u
                         }
                     }
                     PoolKind::Avg { .. } => {
-                        let at = |iy: usize, ix: usize| (iy * g.w + ix) * c;
-                        assert!(y1 > y0 && x1 > x0 && at(y1 - 1, x1 - 1) + c <= plane.len(), "a window inside the plane");
                         let d = g.divisor((y1 - y0) * (x1 - x0));
                         // Iterator sums of f32 start from −0.0; so do these.
                         let mut c0 = 0;

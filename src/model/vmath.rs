@@ -421,21 +421,25 @@ mod tests {
             }
         }
         let want: Vec<u32> = a.iter().zip(&b).map(|(&x, &v)| x.max_first(v).to_bits()).collect();
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(a: &[f32], b: &[f32]) -> Vec<u32> {
+        /// Lane by lane over whole vectors of `V`.
+        ///
+        /// # Safety
+        /// The CPU has `V`'s features.
+        #[inline(always)]
+        unsafe fn lanes<V: Lanes>(a: &[f32], b: &[f32]) -> Vec<u32> {
             let mut out = vec![0f32; a.len()];
-            for i in (0..a.len()).step_by(8) {
-                F32x8::load(a.as_ptr().add(i)).max_first(F32x8::load(b.as_ptr().add(i))).store(out.as_mut_ptr().add(i));
+            for i in (0..a.len()).step_by(V::N) {
+                V::load(a.as_ptr().add(i)).max_first(V::load(b.as_ptr().add(i))).store(out.as_mut_ptr().add(i));
             }
             out.iter().map(|v| v.to_bits()).collect()
         }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(a: &[f32], b: &[f32]) -> Vec<u32> {
+            lanes::<F32x8>(a, b)
+        }
         #[target_feature(enable = "avx512f")]
         unsafe fn avx512(a: &[f32], b: &[f32]) -> Vec<u32> {
-            let mut out = vec![0f32; a.len()];
-            for i in (0..a.len()).step_by(16) {
-                F32x16::load(a.as_ptr().add(i)).max_first(F32x16::load(b.as_ptr().add(i))).store(out.as_mut_ptr().add(i));
-            }
-            out.iter().map(|v| v.to_bits()).collect()
+            lanes::<F32x16>(a, b)
         }
         // 64 pairs: whole vectors at both widths.
         if has_f32x8() {
