@@ -4,7 +4,7 @@
 //! per kernel tap: nothing is copied), or built a block at a time right before they are used
 //! (conv patches whose taps are too short to gather). The unfolded matrix is never
 //! materialised.
-//! Per block, register tiles of up to `MR` rows run over every panel into a row buffer, and the
+//! Per block, tiles of up to `Panels::tile_rows` rows run over every panel into a row buffer, and the
 //! caller's epilogue turns each finished tile into output rows while they are still in cache.
 //! Rows are split over rayon tasks of whole tiles when the product is large enough to pay.
 
@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// Rows of a register tile: 6 rows × 2 panels is 12 accumulators of the 16 ymm registers.
 pub const MR: usize = 6;
 
-/// Rows built per block: a multiple of the tile height, small enough to stay in L1/L2.
+/// Rows built per block (rounded up to whole tiles): small enough to stay in L1/L2.
 const BLOCK_ROWS: usize = 8 * MR;
 
 /// A weight matrix `[n, k]` packed for one of the runtime's register tiles.
@@ -35,13 +35,18 @@ pub trait Panels: Sync {
     fn macs_per_row(&self) -> usize;
     /// Accumulators per tile row: the columns rounded up to whole panels.
     fn acc_stride(&self) -> usize;
+    /// The most rows one [`Panels::tile`] call takes: `MR` for the register tiles, more for a
+    /// matrix unit whose tiles are taller.
+    fn tile_rows(&self) -> usize {
+        MR
+    }
     /// Accumulates the rows of `a` against every panel into `buf` (`acc_stride()` entries per
     /// row).
     fn tile(&self, a: &TileRows<Self::A>, scratch: &mut Self::Scratch, buf: &mut [Self::Acc]);
 }
 
 /// The activation rows of one register tile as the SIMD tiles read them (`tiles.rs`):
-/// `rows ≤ MR` rows, each the concatenation of `segs` segments of `seg_len` entries, segment
+/// `rows ≤ Panels::tile_rows()` rows, each the concatenation of `segs` segments of `seg_len` entries, segment
 /// `s` of row `r` starting at `ptrs[r·segs + s]`. Only the driver below makes one, from slices
 /// it has checked to hold `seg_len` entries or from a [`Gather`] (whose contract says the
 /// same), so every pointer is valid for that many reads while the value lives.
@@ -69,6 +74,11 @@ impl<A: Copy> TileRows<'_, A> {
     pub fn ptrs(&self) -> *const *const A {
         self.ptrs.as_ptr()
     }
+    /// Rows `first..first + rows` of the tile (in range) as a tile of their own.
+    pub fn part(&self, first: usize, rows: usize) -> TileRows<'_, A> {
+        assert!(first + rows <= self.rows, "rows {first}+{rows} of a tile of {}", self.rows);
+        TileRows { ptrs: &self.ptrs[first * self.segs..(first + rows) * self.segs], rows, seg_len: self.seg_len, segs: self.segs }
+    }
     /// Entry `t` of row `r` (`r < rows`, `t < segs·seg_len`): for plain-code tiles.
     pub fn at(&self, r: usize, t: usize) -> A {
         assert!(r < self.rows && t < self.segs * self.seg_len, "entry ({r}, {t}) outside the tile");
@@ -82,7 +92,7 @@ impl<A: Copy> TileRows<'_, A> {
 /// XNNPACK does), so nothing is copied.
 ///
 /// # Safety
-/// For rows `first..first + rows` (`rows ≤ MR`) below the row count the GEMM is given,
+/// For rows `first..first + rows` (at most a tile's) below the row count the GEMM is given,
 /// `starts(first, rows, out)` writes `segs()` pointers per row, segment `s` of row `first + r`
 /// to `out[r·segs() + s]`, each valid for `seg()` reads for as long as `self` is borrowed.
 pub unsafe trait Gather<A>: Sync {
@@ -131,34 +141,37 @@ where
     }
     // Tasks of whole register tiles, about four per thread so uneven cores even out.
     let threads = rayon::current_num_threads();
-    let per_task = (m.div_ceil(4 * threads)).div_ceil(MR) * MR;
+    let tr = w.tile_rows();
+    let per_task = (m.div_ceil(4 * threads)).div_ceil(tr) * tr;
     out[..m * ldo].par_chunks_mut(per_task * ldo).enumerate().for_each(|(i, o)| run(i * per_task, o));
 }
 
-/// Runs rows `first..first + count`: per block, the rows (built if need be), tiles of `MR` rows
+/// Runs rows `first..first + count`: per block, the rows (built if need be), tiles of
+/// `tile_rows()` rows
 /// over all panels into a row buffer, then the epilogue per tile.
 fn block_rows<P, T, E>(rows: &Rows<P::A>, first: usize, count: usize, w: &P, out: &mut [T], ldo: usize, epilogue: &E)
 where
     P: Panels,
     E: Fn(&[P::Acc], usize, usize, &mut [T]),
 {
-    let (np, kp) = (w.acc_stride(), w.row_len());
-    let mut buf = vec![P::Acc::default(); MR * np];
+    let (np, kp, tr) = (w.acc_stride(), w.row_len(), w.tile_rows());
+    let block_rows = BLOCK_ROWS.div_ceil(tr) * tr;
+    let mut buf = vec![P::Acc::default(); tr.min(count) * np];
     let mut built = match rows {
         // Only as many rows as this call builds: a small product (batch 1) would otherwise zero a
         // whole block of long rows it never uses.
-        Rows::Built(_) => vec![P::A::default(); count.min(BLOCK_ROWS) * kp],
+        Rows::Built(_) => vec![P::A::default(); count.min(block_rows) * kp],
         _ => vec![],
     };
     let segs = match rows {
         Rows::Gathered(g) => g.segs(),
         _ => 1,
     };
-    let mut ptrs = vec![std::ptr::null(); segs * MR];
+    let mut ptrs = vec![std::ptr::null(); segs * tr];
     let mut scratch = P::Scratch::default();
     let mut b0 = 0;
     while b0 < count {
-        let block = (count - b0).min(BLOCK_ROWS);
+        let block = (count - b0).min(block_rows);
         if let Rows::Built(fill) = rows {
             for (r, row) in built.chunks_mut(kp).take(block).enumerate() {
                 fill(first + b0 + r, row);
@@ -166,7 +179,7 @@ where
         }
         let mut i = 0;
         while i < block {
-            let tile = (block - i).min(MR);
+            let tile = (block - i).min(tr);
             let row0 = first + b0 + i;
             let seg_len = match rows {
                 Rows::Slice { a, lda } => {

@@ -39,6 +39,8 @@ pub struct QuadPanels {
     /// Depth rounded up to whole quads: the row length the activations must provide.
     pub kq: usize,
     isa: Isa,
+    /// Depth per column as packed: `kq`, or whole 64-byte blocks for AMX.
+    depth: usize,
     /// Panels of 8 or 16 columns holding depth quads of i8.
     quads: Vec<i8>,
 }
@@ -48,7 +50,15 @@ impl QuadPanels {
     /// hold zeros, so they add nothing whatever the activations hold there.
     pub fn pack(w: &[i8], n: usize, k: usize, isa: Isa) -> QuadPanels {
         assert!(w.len() == n * k && isa.quads(), "weight length and a quad kernel");
-        QuadPanels { n, k, kq: k.div_ceil(4) * 4, isa, quads: pack_panels(w, n, k, 4, panel(isa), |v| v) }
+        let kq = k.div_ceil(4) * 4;
+        let isa = if isa == Isa::Amx && !super::amx::pays(n, kq) { Isa::Avx512Vnni } else { isa };
+        if isa == Isa::Amx {
+            // AMX reads the depth in whole blocks: the weights gain zero columns up to one.
+            let depth = super::amx::packed_depth(kq);
+            let wide: Vec<i8> = w.chunks(k.max(1)).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0, depth - k))).collect();
+            return QuadPanels { n, k, kq, isa, depth, quads: pack_panels(&wide, n, depth, 4, panel(isa), |v| v) };
+        }
+        QuadPanels { n, k, kq, isa, depth: kq, quads: pack_panels(w, n, k, 4, panel(isa), |v| v) }
     }
 }
 
@@ -94,7 +104,7 @@ impl Panels for PairPanels {
 impl Panels for QuadPanels {
     type A = u8;
     type Acc = i32;
-    type Scratch = ();
+    type Scratch = super::amx::Scratch;
     const GROUP: usize = 4;
 
     fn row_len(&self) -> usize {
@@ -109,8 +119,19 @@ impl Panels for QuadPanels {
         self.n.div_ceil(panel(self.isa)) * panel(self.isa)
     }
 
-    fn tile(&self, a: &TileRows<u8>, _: &mut (), buf: &mut [i32]) {
-        super::vnni::tile_rows(a, self.kq, &self.quads, self.n, buf, self.acc_stride(), self.isa)
+    fn tile_rows(&self) -> usize {
+        match self.isa {
+            Isa::Amx => super::amx::ROWS,
+            _ => super::blocked::MR,
+        }
+    }
+
+    fn tile(&self, a: &TileRows<u8>, scratch: &mut super::amx::Scratch, buf: &mut [i32]) {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => super::amx::tile_rows(a, self.kq, self.depth, &self.quads, self.n, buf, self.acc_stride(), scratch),
+            _ => super::vnni::tile_rows(a, self.kq, self.depth * panel(self.isa), &self.quads, self.n, buf, self.acc_stride(), self.isa),
+        }
     }
 }
 
@@ -164,7 +185,7 @@ fn scalar_panel(a: &TileRows<i16>, b: &[i16], kpairs: usize, dst: &mut [i32], np
 /// Columns per panel of `isa`'s layout.
 fn panel(isa: Isa) -> usize {
     match isa {
-        Isa::Avx512Vnni => super::vnni::PANEL_512,
+        Isa::Avx512Vnni | Isa::Amx => super::vnni::PANEL_512,
         Isa::AvxVnni | Isa::Avx2U7 => super::vnni::PANEL_256,
         _ => PANEL,
     }
@@ -180,8 +201,8 @@ mod tests {
     fn seven_bit_kernel_only_for_seven_bit_inputs() {
         let all = Isa::available();
         assert_ne!(Isa::detect_for(false), Isa::Avx2U7);
-        assert!(!Isa::detect_for(false).quads() || matches!(Isa::detect_for(false), Isa::AvxVnni | Isa::Avx512Vnni));
-        let vnni = all.iter().any(|&i| matches!(i, Isa::AvxVnni | Isa::Avx512Vnni));
+        assert!(!Isa::detect_for(false).quads() || matches!(Isa::detect_for(false), Isa::AvxVnni | Isa::Avx512Vnni | Isa::Amx));
+        let vnni = all.iter().any(|&i| matches!(i, Isa::AvxVnni | Isa::Avx512Vnni | Isa::Amx));
         match (all.contains(&Isa::Avx2U7), vnni) {
             (true, false) => assert_eq!(Isa::detect_for(true), Isa::Avx2U7),
             _ => assert_eq!(Isa::detect_for(true), Isa::detect_for(false)),
@@ -210,12 +231,15 @@ mod tests {
     use crate::runtime::kernels::gemm_u8i8;
 
     /// The packed GEMM equals the scalar reference bit for bit with every kernel this CPU runs
-    /// (the 7-bit one on codes up to 127), over row counts that leave partial tiles, column counts that leave a single or partial panel, odd depths, extreme
-    /// codes, and sizes on both sides of the threading threshold.
+    /// (the 7-bit one on codes up to 127), over row counts that leave partial tiles, column
+    /// counts that leave a single or partial panel, odd depths, extreme codes, and sizes on both
+    /// sides of the threading threshold. The AMX shapes (`amx::pays`) have tiles of 32 rows
+    /// and of 8 to 31 (halves stored past the caller's rows go through scratch), panel pairs and a
+    /// single last panel, and 5-row tiles that take the VNNI tile over AMX's panels.
     #[test]
     fn packed_gemm_equals_reference() {
-        for (m, n, k) in [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288), (700, 40, 83)] {
-            // The last is above PARALLEL_MIN_MACS, so the threaded path runs too.
+        for (m, n, k) in [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288), (700, 40, 83), (45, 80, 130), (13, 64, 64), (20, 72, 64), (5, 96, 70)] {
+            // (700, 40, 83) is above PARALLEL_MIN_MACS, so the threaded path runs too.
             assert_eq!(m * n * k >= PARALLEL_MIN_MACS, m == 700);
             // Weights at both extremes (−128 is the worst case of the 7-bit kernel's pair sums).
             let w: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else if i % 9 == 0 { -128 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
@@ -226,7 +250,12 @@ mod tests {
                 let want = gemm_u8i8(&a8, &w, m, n, k);
                 let label = format!("m={m} n={n} k={k} {isa:?}");
                 match isa.quads() {
-                    true => check(&QuadPanels::pack(&w, n, k, isa), &a8, m, k, &want, |c| c, &label),
+                    true => {
+                        let p = QuadPanels::pack(&w, n, k, isa);
+                        // Each kernel is tested on shapes it runs: AMX on those large enough.
+                        assert_eq!(p.isa == Isa::Amx, isa == Isa::Amx && super::super::amx::pays(n, k.div_ceil(4) * 4), "{label}");
+                        check(&p, &a8, m, k, &want, |c| c, &label)
+                    }
                     false => check(&PairPanels::pack(&w, n, k, isa), &a8, m, k, &want, i16::from, &label),
                 }
             }

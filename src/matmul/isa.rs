@@ -19,11 +19,14 @@ pub enum Isa {
     /// AVX-512 VNNI `vpdpbusd` over u8 × i8 quads summed straight into i32 (exact, no i16
     /// intermediate): 64 multiply-adds per instruction.
     Avx512Vnni,
+    /// AMX `tdpbusd`: the same quad sums into i32 over 16 × 16 output tiles, 16,384
+    /// multiply-adds per instruction (Sapphire Rapids and later Xeons; `matmul::amx`).
+    Amx,
 }
 
 impl Isa {
     /// Every instruction set this CPU can run, best last (`Avx2U7` serves 7-bit inputs only).
-    /// `WICK_INT8_ISA=scalar|avx2|avx2u7|avxvnni` caps the choice (to compare kernels on one
+    /// `WICK_INT8_ISA=scalar|avx2|avx2u7|avxvnni|avx512vnni` caps the choice (to compare kernels on one
     /// machine).
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Scalar];
@@ -38,6 +41,10 @@ impl Isa {
             }
             if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vnni") {
                 v.push(Isa::Avx512Vnni);
+                // The AMX tile falls back to the AVX-512 one for short tiles.
+                if super::amx::ready() {
+                    v.push(Isa::Amx);
+                }
             }
         }
         let cap = match std::env::var("WICK_INT8_ISA").as_deref() {
@@ -45,7 +52,8 @@ impl Isa {
             Ok("avx2") => Isa::Avx2,
             Ok("avx2u7") => Isa::Avx2U7,
             Ok("avxvnni") => Isa::AvxVnni,
-            _ => Isa::Avx512Vnni,
+            Ok("avx512vnni") => Isa::Avx512Vnni,
+            _ => Isa::Amx,
         };
         v.retain(|&i| i as u8 <= cap as u8);
         v
@@ -59,6 +67,7 @@ impl Isa {
             Isa::Avx2U7 => "AVX2 vpmaddubsw (7-bit activations)",
             Isa::AvxVnni => "AVX-VNNI vpdpbusd",
             Isa::Avx512Vnni => "AVX-512 VNNI vpdpbusd",
+            Isa::Amx => "AMX tdpbusd (AVX-512 VNNI for layers under 64 × 64 and tiles under 8 rows)",
         }
     }
 
@@ -74,7 +83,7 @@ impl Isa {
 
     /// Whether it reads u8 rows and quad-packed weights (the VNNI kernels).
     pub fn quads(self) -> bool {
-        matches!(self, Isa::Avx2U7 | Isa::AvxVnni | Isa::Avx512Vnni)
+        matches!(self, Isa::Avx2U7 | Isa::AvxVnni | Isa::Avx512Vnni | Isa::Amx)
     }
 }
 

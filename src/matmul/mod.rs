@@ -2,9 +2,10 @@
 //! weight layout (`blocked`), the SIMD register tiles (`tiles`: f32 FMA and the integer pair and
 //! quad tiles), the f32 panels (`f32`), the integer panels and their dispatch (`int8`: the
 //! AVX2 pair kernel and the scalar fallback; `vnni`: the quad kernels, AVX-512 VNNI, AVX-VNNI and
-//! AVX2's 7-bit kernel), and the choice of instruction set (`isa`). Training's f32 GEMMs are the
+//! AVX2's 7-bit kernel; `amx`: the AMX matrix tiles), and the choice of instruction set (`isa`). Training's f32 GEMMs are the
 //! `gemm` crate's (`model::conv_op`). Uses `parallel` only.
 
+pub mod amx;
 pub mod blocked;
 pub mod f32;
 pub mod int8;

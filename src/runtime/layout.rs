@@ -2,7 +2,7 @@
 //! input `[N, H, W, C]`, its weights reordered to the channels-last patch order `(ky, kx, c)`,
 //! and where each output position's patch row reads.
 
-use crate::matmul::blocked::{gemm, Gather, Panels, Rows, MR};
+use crate::matmul::blocked::{gemm, Gather, Panels, Rows};
 use crate::model::arch::Op;
 use std::mem::MaybeUninit;
 
@@ -235,7 +235,7 @@ unsafe impl<T: Copy + Sync> Gather<T> for TapRows<'_, T> {
     /// `s·H·W·C + gi·C/groups + offset`, or `pad`. Each row's starts are contiguous, so the
     /// loop over its taps vectorises.
     fn starts(&self, first: usize, rows: usize, out: &mut [*const T]) {
-        assert!(first + rows <= self.rows && rows <= MR && out.len() >= self.segs() * MR, "rows {first}+{rows} of {}", self.rows);
+        assert!(first + rows <= self.rows && out.len() >= self.segs() * rows, "rows {first}+{rows} of {}", self.rows);
         let (l, kk) = (self.g.ho * self.g.wo, self.segs());
         let (sample, pad) = (self.g.h * self.g.w * self.g.c, self.pad.as_ptr());
         let (mut s, mut pos) = (first / l, first % l);
