@@ -6,6 +6,7 @@
 //! each quantised layer by plain loops (this file, the oracle). `Simulate` runs the fake-quant
 //! float model instead, so the two can be compared. Uses `artifact`, `model`, `quant`.
 
+pub mod attention;
 pub mod depthwise;
 pub mod epilogue;
 pub mod flayer;

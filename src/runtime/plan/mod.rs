@@ -5,9 +5,9 @@
 //! the only reader of a weight layer runs inside that layer's epilogue, and so does a two-input
 //! add that is the only reader of a weight layer whose other input is already computed (a
 //! residual shortcut: `max(y + shortcut, 0)` with the ReLU after it). Every op of the
-//! architecture format has a step but the text-encoder ops (embeddings, attention, masked mean,
-//! L2 normalisation); those, and a layer the packed kernels cannot lay out, run through the
-//! float executor on a logical-layout tensor, so every model runs.
+//! architecture format has a step but the text-encoder ops other than attention (embeddings,
+//! masked mean, L2 normalisation); those, and a layer the packed kernels cannot lay out, run
+//! through the float executor on a logical-layout tensor, so every model runs.
 //!
 //! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
 //!   layers reading one value with the same parameters share the codes), in one pass over the
@@ -76,6 +76,12 @@ enum Kind {
     /// Softmax along full-tensor dim `dim` (≥ 1), in logical order.
     Softmax {
         dim: usize,
+    },
+    /// Multi-head attention over `q, k, v [N, L, D]` masked by the token ids
+    /// (`runtime::attention`).
+    Attention {
+        heads: usize,
+        pad_id: f32,
     },
     /// A BatchNorm no conv or linear absorbed: `x·scale_c + shift_c` on channel axis 1.
     ChannelAffine {
@@ -247,6 +253,7 @@ impl Plan {
                     let rank = model.graph.shapes[node.inputs[0].as_str()].len();
                     Kind::Softmax { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1 }
                 }
+                (Op::Attention(c), ..) => Kind::Attention { heads: c.num_heads, pad_id: c.pad_id as f32 },
                 (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), ..) => {
                     let vec = |s: &str| model.values(&node.param(s));
                     let (mean, var) = (vec("running_mean")?, vec("running_var")?);

@@ -190,6 +190,14 @@ impl Plan {
                     softmax(&mut v, *dim);
                     v
                 }
+                Kind::Attention { heads, pad_id } => {
+                    for &i in &step.inputs {
+                        set_layout(vals[i].as_mut().expect("input computed"), false);
+                    }
+                    let [q, k, v, ids] = [0, 1, 2, 3].map(|i| vals[step.inputs[i]].as_ref().expect("input computed"));
+                    let (l, d) = (q.dims[1], q.dims[2]);
+                    Value { data: crate::runtime::attention::attention(&q.data, &k.data, &v.data, &ids.data, n, l, d, *heads, *pad_id), dims: q.dims.clone(), channels_last: false }
+                }
                 Kind::ChannelAffine { scale, shift } => {
                     let mut v = self.owned(&mut vals, step, si);
                     channel_affine(&mut v, scale, shift);

@@ -1,0 +1,176 @@
+//! Multi-head scaled-dot-product attention with a padding mask, as a step of the compiled plan
+//! (the op `attention`, `model::text_ops::attention` in the executor): for each sample and head
+//! `h` (columns `h·e..(h+1)·e` of `q`, `k`, `v [N, L, D]`, `e = D / heads`),
+//! `s_ij = q_i·k_j / √e` over the keys `j` whose token id is not the pad id,
+//! `p_ij = exp(s_ij − max_j s_ij) / Σ_j exp(s_ij − max_j s_ij)` and `out_i = Σ_j p_ij v_j`.
+//! The executor adds `f32::MIN` to the scores of padded keys instead, which makes their
+//! `exp` exactly 0: the same weights. When every key of a sample is padding, the executor's
+//! scores are all `f32::MIN` and its weights uniform; so are these.
+//!
+//! Per sample and head the kept keys are copied once, `k` transposed to `[e, keys]` and `v` as
+//! `[keys, e]` rows, so that both products run as vector multiply-adds along contiguous rows
+//! (the scores of one query along the keys, its output along `e`), with no horizontal sums.
+
+use crate::model::vmath::{exp, map_in_place, Lanes};
+
+/// The attention output `[N, L, D]` (see the module docs); `ids` holds each sample's `L` token
+/// ids as f32.
+#[allow(clippy::too_many_arguments)] // three matrices, their shape and the mask
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], n: usize, l: usize, d: usize, heads: usize, pad_id: f32) -> Vec<f32> {
+    assert!(heads > 0 && d.is_multiple_of(heads) && [q.len(), k.len(), v.len()].iter().all(|&x| x == n * l * d) && ids.len() == n * l, "attention operands");
+    let mut out = vec![0f32; n * l * d];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::model::vmath::{has_f32x16, has_f32x8, F32x16, F32x8};
+        if has_f32x16() {
+            #[target_feature(enable = "avx512f")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn widest(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], n: usize, l: usize, d: usize, heads: usize, pad_id: f32, out: &mut [f32]) {
+                run::<F32x16>(q, k, v, ids, n, l, d, heads, pad_id, out)
+            }
+            // SAFETY: `has_f32x16` found AVX-512F.
+            unsafe { widest(q, k, v, ids, n, l, d, heads, pad_id, &mut out) };
+            return out;
+        }
+        if has_f32x8() {
+            #[target_feature(enable = "avx2")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn wide(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], n: usize, l: usize, d: usize, heads: usize, pad_id: f32, out: &mut [f32]) {
+                run::<F32x8>(q, k, v, ids, n, l, d, heads, pad_id, out)
+            }
+            // SAFETY: the CPU has AVX2.
+            unsafe { wide(q, k, v, ids, n, l, d, heads, pad_id, &mut out) };
+            return out;
+        }
+    }
+    // SAFETY: scalars need no CPU feature.
+    unsafe { run::<f32>(q, k, v, ids, n, l, d, heads, pad_id, &mut out) };
+    out
+}
+
+/// Vectors per register block: 4 × 16 lanes cover 64 keys or head dims at a time.
+const BLOCK: usize = 4;
+
+/// `acc[c] = Σ_t a[t] · b[t·ldb + c]` for the `NV·V::N` columns `c` of one block, the sums in
+/// registers: `a` broadcast, `b`'s rows read once.
+///
+/// # Safety
+/// The CPU has `V`'s features; `b` holds `a.len()` rows of `ldb ≥ NV·V::N` values.
+#[inline(always)]
+unsafe fn block<V: Lanes, const NV: usize>(a: &[f32], b: *const f32, ldb: usize, acc: *mut f32) {
+    let mut s = [V::splat(0.0); NV];
+    for (t, &x) in a.iter().enumerate() {
+        let xv = V::splat(x);
+        for (c, s) in s.iter_mut().enumerate() {
+            *s = *s + xv * V::load(b.add(t * ldb + c * V::N));
+        }
+    }
+    for (c, s) in s.iter().enumerate() {
+        s.store(acc.add(c * V::N));
+    }
+}
+
+/// `acc[c] = Σ_t a[t] · b[t·ldb + c]` for every column `c < ldb` (`ldb` a multiple of `V::N`),
+/// in blocks of up to [`BLOCK`] vectors.
+///
+/// # Safety
+/// The CPU has `V`'s features; `b` holds `a.len()` rows of `ldb` values, `acc` `ldb` values.
+#[inline(always)]
+unsafe fn row_times<V: Lanes>(a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
+    debug_assert!(ldb.is_multiple_of(V::N) && b.len() >= a.len() * ldb && acc.len() >= ldb);
+    let mut c = 0;
+    while c < ldb {
+        let (bp, ap) = (b.as_ptr().add(c), acc.as_mut_ptr().add(c));
+        match ((ldb - c) / V::N).min(BLOCK) {
+            1 => block::<V, 1>(a, bp, ldb, ap),
+            2 => block::<V, 2>(a, bp, ldb, ap),
+            3 => block::<V, 3>(a, bp, ldb, ap),
+            _ => block::<V, BLOCK>(a, bp, ldb, ap),
+        }
+        c += BLOCK.min((ldb - c) / V::N) * V::N;
+    }
+}
+
+/// [`attention`] on vectors of `V` into `out`.
+///
+/// # Safety
+/// The CPU has `V`'s features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run<V: Lanes>(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], n: usize, l: usize, d: usize, heads: usize, pad_id: f32, out: &mut [f32]) {
+    let e = d / heads;
+    let scale = 1.0 / (e as f32).sqrt();
+    // Keys and head dims rounded up to whole vectors; the padding holds zeros.
+    let (lp, ep) = (l.div_ceil(V::N) * V::N, e.div_ceil(V::N) * V::N);
+    let (mut kt, mut vh, mut w, mut o) = (vec![0f32; e * lp], vec![0f32; l * ep], vec![0f32; lp], vec![0f32; ep]);
+    for sample in 0..n {
+        let mut keys: Vec<usize> = (0..l).filter(|&j| ids[sample * l + j] != pad_id).collect();
+        let none_kept = keys.is_empty();
+        if none_kept {
+            keys = (0..l).collect();
+        }
+        let (nk, nkp) = (keys.len(), keys.len().div_ceil(V::N) * V::N);
+        // Head `h`'s columns of position `j` of this sample.
+        let at = |j: usize, h: usize| (sample * l + j) * d + h * e..(sample * l + j) * d + (h + 1) * e;
+        for h in 0..heads {
+            kt.fill(0.0);
+            for (c, &j) in keys.iter().enumerate() {
+                for (t, &x) in k[at(j, h)].iter().enumerate() {
+                    kt[t * nkp + c] = x;
+                }
+                vh[c * ep..c * ep + e].copy_from_slice(&v[at(j, h)]);
+            }
+            for i in 0..l {
+                if none_kept {
+                    w[..nk].fill(1.0);
+                } else {
+                    row_times::<V>(&q[at(i, h)], &kt, nkp, &mut w);
+                    let max = w[..nk].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+                    // An `#[inline(always)]` closure inlines into the caller's instruction set.
+                    map_in_place::<V, _>(
+                        &mut w[..nk],
+                        #[inline(always)]
+                        |x: V| exp(x * V::splat(scale) - V::splat(max)),
+                    );
+                }
+                let sum: f32 = w[..nk].iter().sum();
+                w[..nk].iter_mut().for_each(|x| *x /= sum);
+                row_times::<V>(&w[..nk], &vh, ep, &mut o);
+                out[at(i, h)].copy_from_slice(&o[..e]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::arch::AttentionCfg;
+    use candle_core::{Device, Tensor};
+
+    /// The compiled kernel equals the executor's op (`model::text_ops::attention`) up to
+    /// summation order, at widths that are no multiple of the vector lanes (head dims of 6 and
+    /// 20, 21 positions), with padded keys, a sample without padding and one all padding.
+    #[test]
+    fn matches_the_executor() {
+        for (heads, d) in [(2, 12), (3, 60)] {
+            let (n, l, pad) = (3, 21, 0.0f32);
+            let val = |seed: usize| (0..n * l * d).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 250.0) - 2.0).collect::<Vec<f32>>();
+            let (q, k, v) = (val(1), val(2), val(3));
+            // Sample 0: the last 8 ids are padding; sample 1: none; sample 2: all.
+            let ids: Vec<f32> = (0..n * l)
+                .map(|i| match (i / l, i % l) {
+                    (0, j) if j >= l - 8 => pad,
+                    (2, _) => pad,
+                    _ => 1.0 + (i % 5) as f32,
+                })
+                .collect();
+            let got = attention(&q, &k, &v, &ids, n, l, d, heads, pad);
+            let t = |x: &[f32]| Tensor::from_slice(x, (n, l, d), &Device::Cpu).unwrap();
+            let want = crate::model::text_ops::attention(&t(&q), &t(&k), &t(&v), &Tensor::from_slice(&ids, (n, l), &Device::Cpu).unwrap(), &AttentionCfg { num_heads: heads, pad_id: 0 });
+            let want: Vec<f32> = want.unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "heads {heads}, d {d}: {worst}");
+        }
+    }
+}
