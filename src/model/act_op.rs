@@ -113,9 +113,38 @@ impl Act {
 
 /// Defines `fn $name(args)` running the `#[inline(always)]` function `$body` compiled for
 /// 16-wide vectors where `vmath::has_f32x16`, else 8-wide where the CPU has AVX2. Without FMA
-/// the arithmetic is the same at every width, so the results are bit-identical.
+/// the arithmetic is the same at every width, so the results are bit-identical. `$body` is
+/// either a plain function (whose loops the compiler vectorises) or, written `body::<Lanes>`,
+/// an `unsafe` one generic over the vector type (`vmath::Lanes`), given `F32x16`, `F32x8` or
+/// `f32`.
 #[macro_export]
 macro_rules! wide_f32_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:ident::<Lanes>) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if $crate::model::vmath::has_f32x16() {
+                    #[target_feature(enable = "avx512f")]
+                    unsafe fn widest($($a: $t),*) {
+                        $body::<$crate::model::vmath::F32x16>($($a),*)
+                    }
+                    // SAFETY: `has_f32x16` found AVX-512F.
+                    return unsafe { widest($($a),*) };
+                }
+                if $crate::model::vmath::has_f32x8() {
+                    #[target_feature(enable = "avx2")]
+                    unsafe fn wide($($a: $t),*) {
+                        $body::<$crate::model::vmath::F32x8>($($a),*)
+                    }
+                    // SAFETY: the CPU has AVX2.
+                    return unsafe { wide($($a),*) };
+                }
+            }
+            // SAFETY: scalars need no CPU feature.
+            unsafe { $body::<f32>($($a),*) }
+        }
+    };
     ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:path) => {
         $(#[$m])*
         $vis fn $name($($a: $t),*) {

@@ -19,34 +19,15 @@ use crate::model::vmath::{exp, map_in_place, Lanes};
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], n: usize, l: usize, d: usize, heads: usize, pad_id: f32) -> Vec<f32> {
     assert!(heads > 0 && d.is_multiple_of(heads) && [q.len(), k.len(), v.len()].iter().all(|&x| x == n * l * d) && ids.len() == n * l, "attention operands");
     let mut out = vec![0f32; n * l * d];
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::model::vmath::{has_f32x16, has_f32x8, F32x16, F32x8};
-        if has_f32x16() {
-            #[target_feature(enable = "avx512f")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn widest(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], n: usize, l: usize, d: usize, heads: usize, pad_id: f32, out: &mut [f32]) {
-                run::<F32x16>(q, k, v, ids, n, l, d, heads, pad_id, out)
-            }
-            // SAFETY: `has_f32x16` found AVX-512F.
-            unsafe { widest(q, k, v, ids, n, l, d, heads, pad_id, &mut out) };
-            return out;
-        }
-        if has_f32x8() {
-            #[target_feature(enable = "avx2")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn wide(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], n: usize, l: usize, d: usize, heads: usize, pad_id: f32, out: &mut [f32]) {
-                run::<F32x8>(q, k, v, ids, n, l, d, heads, pad_id, out)
-            }
-            // SAFETY: the CPU has AVX2.
-            unsafe { wide(q, k, v, ids, n, l, d, heads, pad_id, &mut out) };
-            return out;
-        }
-    }
-    // SAFETY: scalars need no CPU feature.
-    unsafe { run::<f32>(q, k, v, ids, n, l, d, heads, pad_id, &mut out) };
+    heads_into(q, k, v, ids, (n, l, d), heads, pad_id, &mut out);
     out
 }
+
+crate::wide_f32_fn!(
+    /// [`run`] at the CPU's vector width.
+    #[allow(clippy::too_many_arguments)]
+    fn heads_into(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], shape: (usize, usize, usize), heads: usize, pad_id: f32, out: &mut [f32]) => run::<Lanes>
+);
 
 /// Vectors per register block: 4 × 16 lanes cover 64 keys or head dims at a time.
 const BLOCK: usize = 4;
@@ -97,7 +78,7 @@ unsafe fn row_times<V: Lanes>(a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32])
 /// The CPU has `V`'s features.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn run<V: Lanes>(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], n: usize, l: usize, d: usize, heads: usize, pad_id: f32, out: &mut [f32]) {
+unsafe fn run<V: Lanes>(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], (n, l, d): (usize, usize, usize), heads: usize, pad_id: f32, out: &mut [f32]) {
     let e = d / heads;
     let scale = 1.0 / (e as f32).sqrt();
     // Keys and head dims rounded up to whole vectors; the padding holds zeros.

@@ -10,9 +10,10 @@
 use super::flayer::FloatLayer;
 use super::qlayer::QLayer;
 use crate::error::{Result, WickError};
-use crate::model::act_op::{apply_in_place, Act};
+use crate::model::act_op::{activate, apply_in_place, Act};
 use crate::model::arch::{rnn_params, LinearCfg, Node, Op, RnnCfg};
 use crate::model::recurrent::Cell;
+use crate::model::vmath::Lanes;
 use crate::model::Model;
 
 /// One matmul of a recurrent op: `y = x·Wᵀ + b` over `n` samples of its per-sample shape.
@@ -170,28 +171,32 @@ impl RecurrentLayer {
 
 /// The LSTM cell on each row of `sums` (`[i, f, g, o]` pre-activations of one sample) and that
 /// sample's `c` and `h`: `i, f, o = σ(·)`, `g = tanh(·)`, `c' = f ⊙ c + i ⊙ g`,
-/// `h' = o ⊙ tanh(c')`: one vectorised call for the batch.
+/// `h' = o ⊙ tanh(c')`, on vectors of `V` inlined here (a row's blocks are short: a call per
+/// block would cost as much as the block).
+///
+/// # Safety
+/// The CPU has `V`'s features.
 #[inline(always)]
-fn lstm_cell_rows(sums: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) {
+unsafe fn lstm_cell_rows<V: Lanes>(sums: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) {
     for ((row, cb), hb) in sums.chunks_mut(4 * h_len).zip(c.chunks_mut(h_len)).zip(h.chunks_mut(h_len)) {
         let (i, rest) = row.split_at_mut(h_len);
         let (f, rest) = rest.split_at_mut(h_len);
         let (g, o) = rest.split_at_mut(h_len);
         for (block, act) in [(&mut *i, Act::Sigmoid), (&mut *f, Act::Sigmoid), (&mut *g, Act::Tanh), (&mut *o, Act::Sigmoid)] {
-            apply_in_place(block, act);
+            activate::<V>(block, act);
         }
         for (((cv, &fv), &iv), &gv) in cb.iter_mut().zip(&*f).zip(&*i).zip(&*g) {
             *cv = fv * *cv + iv * gv;
         }
         hb.copy_from_slice(cb);
-        apply_in_place(hb, Act::Tanh);
+        activate::<V>(hb, Act::Tanh);
         hb.iter_mut().zip(&*o).for_each(|(hv, &ov)| *hv *= ov);
     }
 }
 
 crate::wide_f32_fn!(
-    /// [`lstm_cell_rows`] at the CPU's vector width.
-    fn lstm_cell(sums: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) => lstm_cell_rows
+    /// [`lstm_cell_rows`] at the CPU's vector width (the same bits at every width).
+    fn lstm_cell(sums: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) => lstm_cell_rows::<Lanes>
 );
 
 /// `[a, b, inner]` → `[b, a, inner]` (row-major): `out[j, i, ·] = x[i, j, ·]`.

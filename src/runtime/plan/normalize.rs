@@ -4,32 +4,13 @@
 
 use super::Value;
 
-/// LayerNorm of each row of `inner` values, in place: `μ = Σx/n`, `σ² = Σ(x − μ)²/n`,
-/// `y = (x − μ)/√(σ² + eps)`, then `y·γ + β` when affine (sums in f64, so long rows lose
-/// nothing to accumulation; in 8 interleaved partial sums, which the compiler keeps in vector
-/// lanes, on AVX-512 or AVX2 where the CPU has them).
-pub(super) fn layer_norm(data: &mut [f32], inner: usize, eps: f64, affine: Option<&(Vec<f32>, Vec<f32>)>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::model::vmath::has_f32x16() {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn widest(data: &mut [f32], inner: usize, eps: f64, affine: Option<&(Vec<f32>, Vec<f32>)>) {
-                rows(data, inner, eps, affine)
-            }
-            // SAFETY: `has_f32x16` found AVX-512F.
-            return unsafe { widest(data, inner, eps, affine) };
-        }
-        if crate::model::vmath::has_f32x8() {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide(data: &mut [f32], inner: usize, eps: f64, affine: Option<&(Vec<f32>, Vec<f32>)>) {
-                rows(data, inner, eps, affine)
-            }
-            // SAFETY: the CPU has AVX2.
-            return unsafe { wide(data, inner, eps, affine) };
-        }
-    }
-    rows(data, inner, eps, affine)
-}
+crate::wide_f32_fn!(
+    /// LayerNorm of each row of `inner` values, in place: `μ = Σx/n`, `σ² = Σ(x − μ)²/n`,
+    /// `y = (x − μ)/√(σ² + eps)`, then `y·γ + β` when affine (sums in f64, so long rows lose
+    /// nothing to accumulation; in 8 interleaved partial sums, which the compiler keeps in
+    /// vector lanes, on AVX-512 or AVX2 where the CPU has them).
+    pub(super) fn layer_norm(data: &mut [f32], inner: usize, eps: f64, affine: Option<&(Vec<f32>, Vec<f32>)>) => rows
+);
 
 /// Partial sums per row: independent lanes the compiler can vectorise.
 const LANES: usize = 8;
