@@ -86,19 +86,19 @@ impl Drop for Scratch {
     }
 }
 
-/// All panels for the tile's u8 rows of `kq` bytes into `buf` (`np` i32 per row, at least
-/// `rows` rows): `quads` holds `n.div_ceil(16)` panels of `depth` quad-packed bytes per column
+/// Panels `part` for the tile's u8 rows of `kq` bytes into `buf` (`np` i32 per row, at least
+/// `rows` rows): `quads` holds panels of `depth` quad-packed bytes per column
 /// (`depth = packed_depth(kq)`).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)] // the tile's rows, the panels' layout and the output's
-pub fn tile_rows(a: &TileRows<u8>, kq: usize, depth: usize, quads: &[i8], n: usize, buf: &mut [i32], np: usize, scratch: &mut Scratch) {
-    let (panels, rows) = (n.div_ceil(PANEL), a.rows());
+pub fn tile_rows(a: &TileRows<u8>, kq: usize, depth: usize, quads: &[i8], part: std::ops::Range<usize>, buf: &mut [i32], np: usize, scratch: &mut Scratch) {
+    let rows = a.rows();
     let panel_len = depth * PANEL;
-    assert!(ready() && rows <= ROWS && depth == packed_depth(kq) && a.segs() * a.seg_len() == kq && quads.len() >= panels * panel_len && np >= panels * PANEL && buf.len() >= rows * np);
+    assert!(ready() && rows <= ROWS && depth == packed_depth(kq) && a.segs() * a.seg_len() == kq && quads.len() >= part.end * panel_len && np >= part.end * PANEL && buf.len() >= rows * np);
     if rows < MIN_ROWS {
         for first in (0..rows).step_by(super::blocked::MR) {
-            let part = a.part(first, (rows - first).min(super::blocked::MR));
-            super::vnni::tile_rows(&part, kq, panel_len, quads, n, &mut buf[first * np..], np, super::isa::Isa::Avx512Vnni);
+            let sub = a.part(first, (rows - first).min(super::blocked::MR));
+            super::vnni::tile_rows(&sub, kq, panel_len, quads, part.clone(), &mut buf[first * np..], np, super::isa::Isa::Avx512Vnni);
         }
         return;
     }
@@ -131,15 +131,18 @@ pub fn tile_rows(a: &TileRows<u8>, kq: usize, depth: usize, quads: &[i8], n: usi
             kernel::configure();
             *configured = true;
         }
-        let (st, b) = (stage.as_ptr(), quads.as_ptr());
-        let dst = if direct { buf.as_mut_ptr() } else { out.as_mut_ptr() };
+        let (st, b) = (stage.as_ptr(), quads.as_ptr().add(part.start * panel_len));
+        let dst = if direct { buf.as_mut_ptr() } else { out.as_mut_ptr() }.add(part.start * PANEL);
         match halves {
-            2 => kernel::run::<true>(st, depth, b, panels, dst, np),
-            _ => kernel::run::<false>(st, depth, b, panels, dst, np),
+            2 => kernel::run::<true>(st, depth, b, part.len(), dst, np),
+            _ => kernel::run::<false>(st, depth, b, part.len(), dst, np),
         }
     }
     if !direct {
-        buf[..rows * np].copy_from_slice(&out[..rows * np]);
+        for r in 0..rows {
+            let cols = r * np + part.start * PANEL..r * np + part.end * PANEL;
+            buf[cols.clone()].copy_from_slice(&out[cols]);
+        }
     }
 }
 

@@ -17,6 +17,22 @@ pub const MR: usize = 6;
 /// Rows built per block (rounded up to whole tiles): small enough to stay in L1/L2.
 const BLOCK_ROWS: usize = 8 * MR;
 
+/// Packed weights a block of rows runs over before the next part of the columns: half the
+/// L2 cache, so that one part stays there while every tile of the block reads it, next to the
+/// block's rows and accumulators. Weights that fit run whole.
+fn panel_chunk_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| l2_bytes() / 2)
+}
+
+/// The L2 cache's size as Linux reports it for CPU 0, else 1 MiB (the least of the AVX-512
+/// Xeons').
+fn l2_bytes() -> usize {
+    let size = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size").ok();
+    let kib = size.as_deref().map(str::trim).and_then(|s| s.strip_suffix('K')).and_then(|s| s.parse::<usize>().ok());
+    kib.map_or(1 << 20, |k| k << 10)
+}
+
 /// A weight matrix `[n, k]` packed for one of the runtime's register tiles.
 pub trait Panels: Sync {
     /// Activation element (i16 codes, f32 values).
@@ -40,9 +56,13 @@ pub trait Panels: Sync {
     fn tile_rows(&self) -> usize {
         MR
     }
-    /// Accumulates the rows of `a` against every panel into `buf` (`acc_stride()` entries per
-    /// row).
-    fn tile(&self, a: &TileRows<Self::A>, scratch: &mut Self::Scratch, buf: &mut [Self::Acc]);
+    /// Packed panels, and the bytes of one (what decides how many a block of rows runs over at
+    /// a time).
+    fn panels(&self) -> usize;
+    fn panel_bytes(&self) -> usize;
+    /// Accumulates the rows of `a` against panels `panels` into `buf` (`acc_stride()` entries
+    /// per row; panel `p`'s columns at `p·(acc_stride() / panels())`).
+    fn tile(&self, a: &TileRows<Self::A>, scratch: &mut Self::Scratch, buf: &mut [Self::Acc], panels: std::ops::Range<usize>);
 }
 
 /// The activation rows of one register tile as the SIMD tiles read them (`tiles.rs`):
@@ -127,13 +147,24 @@ where
     T: Send,
     E: Fn(&[P::Acc], usize, usize, &mut [T]) + Sync,
 {
+    gemm_in_parts(rows, m, w, out, ldo, epilogue, panel_chunk_bytes())
+}
+
+/// [`gemm`] with weights run in parts of at most `part_bytes` (at least one panel each): for
+/// tests, which run the parts on any machine.
+pub fn gemm_in_parts<P, T, E>(rows: &Rows<P::A>, m: usize, w: &P, out: &mut [T], ldo: usize, epilogue: &E, part_bytes: usize)
+where
+    P: Panels,
+    T: Send,
+    E: Fn(&[P::Acc], usize, usize, &mut [T]) + Sync,
+{
     match rows {
         Rows::Slice { a, lda } => assert!(*lda >= w.row_len() && (m == 0 || a.len() >= (m - 1) * lda + w.row_len()), "activation rows too short"),
         Rows::Gathered(g) => assert!(g.seg() * g.segs() == w.row_len() && g.seg() % P::GROUP == 0 && g.seg() > 0, "segments of {} × {} for rows of {}", g.seg(), g.segs(), w.row_len()),
         Rows::Built(_) => {}
     }
     assert!(out.len() >= m * ldo, "output too short");
-    let run = |first: usize, out: &mut [T]| block_rows(rows, first, out.len() / ldo, w, out, ldo, epilogue);
+    let run = |first: usize, out: &mut [T]| block_rows(rows, first, out.len() / ldo, w, out, ldo, epilogue, part_bytes);
     // Not inside a part of a job already split over the threads (a batch part of `Plan::predict`).
     if !may_split() || m * w.macs_per_row() < PARALLEL_MIN_MACS {
         run(0, &mut out[..m * ldo]);
@@ -146,17 +177,22 @@ where
     out[..m * ldo].par_chunks_mut(per_task * ldo).enumerate().for_each(|(i, o)| run(i * per_task, o));
 }
 
-/// Runs rows `first..first + count`: per block, the rows (built if need be), tiles of
-/// `tile_rows()` rows
-/// over all panels into a row buffer, then the epilogue per tile.
-fn block_rows<P, T, E>(rows: &Rows<P::A>, first: usize, count: usize, w: &P, out: &mut [T], ldo: usize, epilogue: &E)
+/// Runs rows `first..first + count`: per block, the rows (built if need be), then tiles of
+/// `tile_rows()` rows over all panels into a row buffer and the epilogue per tile. Weights
+/// larger than `part_bytes` ([`panel_chunk_bytes`]) run in parts of that size instead, each over every tile of
+/// the block (which then keeps the whole block's accumulators), so that a part is read from
+/// L2 rather than memory by every tile; the epilogues follow the last part.
+#[allow(clippy::too_many_arguments)] // the rows, the weights, the output and the part size
+fn block_rows<P, T, E>(rows: &Rows<P::A>, first: usize, count: usize, w: &P, out: &mut [T], ldo: usize, epilogue: &E, part_bytes: usize)
 where
     P: Panels,
     E: Fn(&[P::Acc], usize, usize, &mut [T]),
 {
-    let (np, kp, tr) = (w.acc_stride(), w.row_len(), w.tile_rows());
+    let (np, kp, tr, panels) = (w.acc_stride(), w.row_len(), w.tile_rows(), w.panels());
     let block_rows = BLOCK_ROWS.div_ceil(tr) * tr;
-    let mut buf = vec![P::Acc::default(); tr.min(count) * np];
+    let chunk = (part_bytes / w.panel_bytes().max(1)).clamp(1, panels.max(1));
+    let whole = chunk >= panels;
+    let mut buf = vec![P::Acc::default(); if whole { tr } else { block_rows }.min(count) * np];
     let mut built = match rows {
         // Only as many rows as this call builds: a small product (batch 1) would otherwise zero a
         // whole block of long rows it never uses.
@@ -177,32 +213,44 @@ where
                 fill(first + b0 + r, row);
             }
         }
-        let mut i = 0;
-        while i < block {
-            let tile = (block - i).min(tr);
-            let row0 = first + b0 + i;
-            let seg_len = match rows {
-                Rows::Slice { a, lda } => {
-                    for r in 0..tile {
-                        ptrs[r] = a[(row0 + r) * lda..][..kp].as_ptr();
+        for c0 in (0..panels).step_by(chunk) {
+            let part = c0..(c0 + chunk).min(panels);
+            let mut i = 0;
+            while i < block {
+                let tile = (block - i).min(tr);
+                let row0 = first + b0 + i;
+                let seg_len = match rows {
+                    Rows::Slice { a, lda } => {
+                        for r in 0..tile {
+                            ptrs[r] = a[(row0 + r) * lda..][..kp].as_ptr();
+                        }
+                        kp
                     }
-                    kp
-                }
-                Rows::Built(_) => {
-                    for r in 0..tile {
-                        ptrs[r] = built[(i + r) * kp..][..kp].as_ptr();
+                    Rows::Built(_) => {
+                        for r in 0..tile {
+                            ptrs[r] = built[(i + r) * kp..][..kp].as_ptr();
+                        }
+                        kp
                     }
-                    kp
+                    Rows::Gathered(g) => {
+                        g.starts(row0, tile, &mut ptrs);
+                        g.seg()
+                    }
+                };
+                let acc = if whole { &mut buf[..] } else { &mut buf[i * np..] };
+                w.tile(&TileRows { ptrs: &ptrs, rows: tile, seg_len, segs }, &mut scratch, acc, part.clone());
+                if whole {
+                    let o = b0 + i;
+                    epilogue(&buf[..tile * np], np, row0, &mut out[o * ldo..(o + tile) * ldo]);
                 }
-                Rows::Gathered(g) => {
-                    g.starts(row0, tile, &mut ptrs);
-                    g.seg()
-                }
-            };
-            w.tile(&TileRows { ptrs: &ptrs, rows: tile, seg_len, segs }, &mut scratch, &mut buf);
-            let o = b0 + i;
-            epilogue(&buf[..tile * np], np, row0, &mut out[o * ldo..(o + tile) * ldo]);
-            i += tile;
+                i += tile;
+            }
+        }
+        if !whole {
+            for i in (0..block).step_by(tr) {
+                let (tile, o) = ((block - i).min(tr), b0 + i);
+                epilogue(&buf[i * np..(i + tile) * np], np, first + o, &mut out[o * ldo..(o + tile) * ldo]);
+            }
         }
         b0 += block;
     }

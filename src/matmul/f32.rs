@@ -60,11 +60,19 @@ impl Panels for PackedF32 {
         self.count() * self.isa.panel()
     }
 
-    fn tile(&self, a: &TileRows<f32>, _: &mut (), buf: &mut [f32]) {
+    fn panels(&self) -> usize {
+        self.count()
+    }
+
+    fn panel_bytes(&self) -> usize {
+        self.k * self.isa.panel() * size_of::<f32>()
+    }
+
+    fn tile(&self, a: &TileRows<f32>, _: &mut (), buf: &mut [f32], part: std::ops::Range<usize>) {
         let panel = self.isa.panel();
-        let (np, panels, panel_len, rows) = (self.acc_stride(), self.count(), self.k * panel, a.rows());
-        assert!(rows >= 1 && a.segs() * a.seg_len() == self.k && buf.len() >= rows * np);
-        let mut p = 0;
+        let (np, panels, panel_len, rows) = (self.acc_stride(), part.end, self.k * panel, a.rows());
+        assert!(rows >= 1 && a.segs() * a.seg_len() == self.k && buf.len() >= rows * np && panels <= self.count());
+        let mut p = part.start;
         while p < panels {
             let two = p + 1 < panels;
             let (b, dst) = (&self.panels[p * panel_len..], &mut buf[p * panel..]);
@@ -99,16 +107,17 @@ impl Panels for PackedF32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matmul::blocked::{gemm, Rows};
+    use crate::matmul::blocked::{gemm, gemm_in_parts, Rows};
     use crate::parallel::PARALLEL_MIN_MACS;
 
     /// Every tile this CPU has equals an f64 reference within f32 rounding (relative 1e-5 of the sum of
     /// absolute products), over partial tiles, a single or partial panel, odd depths, rows read
-    /// in place or built, and sizes on both sides of the threading threshold.
+    /// in place or built, weights whole or in parts, and sizes on both sides of the threading
+    /// threshold.
     #[test]
     fn packed_f32_gemm_matches_reference() {
-        for (m, n, k) in [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288), (700, 40, 83)] {
-            assert_eq!(m * n * k >= PARALLEL_MIN_MACS, m == 700);
+        for (m, n, k) in [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288), (700, 40, 83), (100, 520, 140)] {
+            assert_eq!(m * n * k >= PARALLEL_MIN_MACS, m == 700 || n == 520);
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 53) % 97) as f32 / 48.0 - 1.0).collect();
             let (mut want, mut scale) = (vec![0f64; m * n], vec![0f64; m * n]);
@@ -135,6 +144,10 @@ mod tests {
                 for rows in [Rows::Slice { a: &padded, lda }, Rows::Built(&fill)] {
                     let mut got = vec![0f32; m * n];
                     gemm(&rows, m, &packed, &mut got, n, &copy);
+                    // The weights in parts of two panels give the same sums.
+                    let mut parted = vec![0f32; m * n];
+                    gemm_in_parts(&rows, m, &packed, &mut parted, n, &copy, 2 * packed.panel_bytes());
+                    assert_eq!(parted, got, "m={m} n={n} k={k} {:?}, in parts", packed.isa);
                     for i in 0..m * n {
                         let err = (got[i] as f64 - want[i]).abs();
                         assert!(err <= 1e-5 * scale[i].max(1.0), "m={m} n={n} k={k} {:?} entry {i}: {} vs {}", packed.isa, got[i], want[i]);

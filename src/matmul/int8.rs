@@ -96,8 +96,16 @@ impl Panels for PairPanels {
         self.panels() * PANEL
     }
 
-    fn tile(&self, a: &TileRows<i16>, _: &mut (), buf: &mut [i32]) {
-        tile_rows(a, self, buf, self.acc_stride())
+    fn panels(&self) -> usize {
+        self.panels()
+    }
+
+    fn panel_bytes(&self) -> usize {
+        self.panel_len() * size_of::<i16>()
+    }
+
+    fn tile(&self, a: &TileRows<i16>, _: &mut (), buf: &mut [i32], part: std::ops::Range<usize>) {
+        tile_rows(a, self, buf, self.acc_stride(), part)
     }
 }
 
@@ -126,20 +134,28 @@ impl Panels for QuadPanels {
         }
     }
 
-    fn tile(&self, a: &TileRows<u8>, scratch: &mut super::amx::Scratch, buf: &mut [i32]) {
+    fn panels(&self) -> usize {
+        self.n.div_ceil(panel(self.isa))
+    }
+
+    fn panel_bytes(&self) -> usize {
+        self.depth * panel(self.isa)
+    }
+
+    fn tile(&self, a: &TileRows<u8>, scratch: &mut super::amx::Scratch, buf: &mut [i32], part: std::ops::Range<usize>) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Amx => super::amx::tile_rows(a, self.kq, self.depth, &self.quads, self.n, buf, self.acc_stride(), scratch),
-            _ => super::vnni::tile_rows(a, self.kq, self.depth * panel(self.isa), &self.quads, self.n, buf, self.acc_stride(), self.isa),
+            Isa::Amx => super::amx::tile_rows(a, self.kq, self.depth, &self.quads, part, buf, self.acc_stride(), scratch),
+            _ => super::vnni::tile_rows(a, self.kq, self.depth * panel(self.isa), &self.quads, part, buf, self.acc_stride(), self.isa),
         }
     }
 }
 
-/// All panels for the tile's rows into `buf` (`np` i32 per row).
-fn tile_rows(a: &TileRows<i16>, w: &PairPanels, buf: &mut [i32], np: usize) {
-    let (panels, rows) = (w.panels(), a.rows());
-    assert!(a.segs() * a.seg_len() == w.kp && a.seg_len().is_multiple_of(2) && buf.len() >= rows * np && np >= panels * PANEL);
-    let mut p = 0;
+/// Panels `part` for the tile's rows into `buf` (`np` i32 per row).
+fn tile_rows(a: &TileRows<i16>, w: &PairPanels, buf: &mut [i32], np: usize, part: std::ops::Range<usize>) {
+    let (panels, rows) = (part.end, a.rows());
+    assert!(a.segs() * a.seg_len() == w.kp && a.seg_len().is_multiple_of(2) && buf.len() >= rows * np && np >= w.panels() * PANEL && panels <= w.panels());
+    let mut p = part.start;
     while p < panels {
         let two = p + 1 < panels;
         let b = &w.pairs[p * w.panel_len()..];
@@ -226,7 +242,7 @@ mod tests {
         assert_eq!(&p[..8], &[0, 1, 10, 11, 20, 21, 0, 0]);
         assert_eq!(&p[16..24], &[4, 0, 14, 0, 24, 0, 0, 0]);
     }
-    use crate::matmul::blocked::{gemm, Rows};
+    use crate::matmul::blocked::{gemm, gemm_in_parts, Rows};
     use crate::parallel::PARALLEL_MIN_MACS;
     use crate::runtime::kernels::gemm_u8i8;
 
@@ -235,12 +251,13 @@ mod tests {
     /// counts that leave a single or partial panel, odd depths, extreme codes, and sizes on both
     /// sides of the threading threshold. The AMX shapes (`amx::pays`) have tiles of 32 rows
     /// and of 8 to 31 (halves stored past the caller's rows go through scratch), panel pairs and a
-    /// single last panel, and 5-row tiles that take the VNNI tile over AMX's panels.
+    /// single last panel, and 5-row tiles that take the VNNI tile over AMX's panels. Each runs
+    /// with the weights whole and in parts of two panels (`gemm_in_parts`).
     #[test]
     fn packed_gemm_equals_reference() {
-        for (m, n, k) in [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288), (700, 40, 83), (45, 80, 130), (13, 64, 64), (20, 72, 64), (5, 96, 70)] {
-            // (700, 40, 83) is above PARALLEL_MIN_MACS, so the threaded path runs too.
-            assert_eq!(m * n * k >= PARALLEL_MIN_MACS, m == 700);
+        for (m, n, k) in [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288), (700, 40, 83), (45, 80, 130), (13, 64, 64), (20, 72, 64), (5, 96, 70), (40, 1040, 300)] {
+            // The last two are above PARALLEL_MIN_MACS, so the threaded path runs too.
+            assert_eq!(m * n * k >= PARALLEL_MIN_MACS, m == 700 || n == 1040);
             // Weights at both extremes (−128 is the worst case of the 7-bit kernel's pair sums).
             let w: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else if i % 9 == 0 { -128 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
             for isa in Isa::available() {
@@ -282,6 +299,10 @@ mod tests {
         let base = got.as_ptr() as usize;
         gemm(&Rows::Slice { a: &a, lda }, m, p, &mut got, n, &copy(base));
         assert_eq!(got, want, "{label}");
+        let mut parted = vec![0i32; m * n];
+        let base = parted.as_ptr() as usize;
+        gemm_in_parts(&Rows::Slice { a: &a, lda }, m, p, &mut parted, n, &copy(base), 2 * p.panel_bytes());
+        assert_eq!(parted, want, "weights in parts of two panels, {label}");
         let fill = |i: usize, row: &mut [P::A]| row.copy_from_slice(&a[i * lda..i * lda + p.row_len()]);
         let mut built = vec![0i32; m * n];
         let base = built.as_ptr() as usize;

@@ -18,18 +18,18 @@ use crate::matmul::blocked::TileRows;
 #[cfg(target_arch = "x86_64")]
 use crate::matmul::tiles::{quads_avx2_u7, quads_avx512, quads_avxvnni};
 
-/// All panels for the tile's u8 rows of `kq` bytes (a multiple of 4, in segments of whole
+/// Panels `part` for the tile's u8 rows of `kq` bytes (a multiple of 4, in segments of whole
 /// quads) into `buf` (`np` i32 per row), with the quad tile of `isa`: the 512-bit VNNI one, the
 /// 256-bit VNNI one, or AVX2's `vpmaddubsw` (7-bit rows only). Panels lie `panel_len` bytes
 /// apart (at least `kq` per column; more where the depth is packed to AMX's blocks).
 #[allow(clippy::too_many_arguments)] // the tile's rows, the panels' layout and the output's
-pub fn tile_rows(a: &TileRows<u8>, kq: usize, panel_len: usize, quads: &[i8], n: usize, buf: &mut [i32], np: usize, isa: Isa) {
+pub fn tile_rows(a: &TileRows<u8>, kq: usize, panel_len: usize, quads: &[i8], part: std::ops::Range<usize>, buf: &mut [i32], np: usize, isa: Isa) {
     let wide = isa == Isa::Avx512Vnni;
     let panel = if wide { PANEL_512 } else { PANEL_256 };
-    let (panels, rows) = (n.div_ceil(panel), a.rows());
+    let (panels, rows) = (part.end, a.rows());
     assert!(a.segs() * a.seg_len() == kq && a.seg_len().is_multiple_of(4) && panel_len >= kq * panel && quads.len() >= panels * panel_len && buf.len() >= rows * np && np >= panels * panel);
     let (ptrs, segs, steps) = (a.ptrs(), a.segs(), a.seg_len() / 4);
-    let mut p = 0;
+    let mut p = part.start;
     while p < panels {
         let two = p + 1 < panels;
         #[cfg(target_arch = "x86_64")]
