@@ -67,7 +67,7 @@ impl Isa {
             Isa::Avx2U7 => "AVX2 vpmaddubsw (7-bit activations)",
             Isa::AvxVnni => "AVX-VNNI vpdpbusd",
             Isa::Avx512Vnni => "AVX-512 VNNI vpdpbusd",
-            Isa::Amx => "AMX tdpbusd (AVX-512 VNNI for layers under 64 × 64 and tiles under 8 rows)",
+            Isa::Amx => "AMX tdpbusd (small layers: AVX-512 VNNI)",
         }
     }
 
