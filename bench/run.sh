@@ -21,7 +21,7 @@ fi
 bench/.venv/bin/python -c "import onnxruntime, onnx, numpy, torch" 2>/dev/null || bench/.venv/bin/pip install -q onnxruntime onnx numpy torch
 cargo build --release -q
 # Which CPU the tables come from, and the instruction sets it offers.
-echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; ISA: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512bw|avx512_vnni|avx_vnni' | tr '\n' ' ')"
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; ISA: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512bw|avx512_vnni|avx_vnni|amx_int8' | tr '\n' ' ')"
 D=fixtures/data
 # Every teacher in fixtures/models/ with the data it was trained on (MODEL:DATA prefix).
 for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits digits_gru:digits_rows digits_lstm:digits_rows; do
