@@ -120,32 +120,13 @@ impl Act {
 #[macro_export]
 macro_rules! wide_f32_fn {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:ident::<Lanes>) => {
-        $(#[$m])*
-        $vis fn $name($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if $crate::model::vmath::has_f32x16() {
-                    #[target_feature(enable = "avx512f")]
-                    unsafe fn widest($($a: $t),*) {
-                        $body::<$crate::model::vmath::F32x16>($($a),*)
-                    }
-                    // SAFETY: `has_f32x16` found AVX-512F.
-                    return unsafe { widest($($a),*) };
-                }
-                if $crate::model::vmath::has_f32x8() {
-                    #[target_feature(enable = "avx2")]
-                    unsafe fn wide($($a: $t),*) {
-                        $body::<$crate::model::vmath::F32x8>($($a),*)
-                    }
-                    // SAFETY: the CPU has AVX2.
-                    return unsafe { wide($($a),*) };
-                }
-            }
-            // SAFETY: scalars need no CPU feature.
-            unsafe { $body::<f32>($($a),*) }
-        }
+        $crate::wide_f32_fn!(@make $(#[$m])* $vis fn $name($($a: $t),*)
+            [$body::<$crate::model::vmath::F32x16>] [$body::<$crate::model::vmath::F32x8>] [$body::<f32>]);
     };
     ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:path) => {
+        $crate::wide_f32_fn!(@make $(#[$m])* $vis fn $name($($a: $t),*) [$body] [$body] [$body]);
+    };
+    (@make $(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) [$($w16:tt)*] [$($w8:tt)*] [$($w1:tt)*]) => {
         $(#[$m])*
         $vis fn $name($($a: $t),*) {
             #[cfg(target_arch = "x86_64")]
@@ -153,7 +134,7 @@ macro_rules! wide_f32_fn {
                 if $crate::model::vmath::has_f32x16() {
                     #[target_feature(enable = "avx512f")]
                     unsafe fn widest($($a: $t),*) {
-                        $body($($a),*)
+                        $($w16)*($($a),*)
                     }
                     // SAFETY: `has_f32x16` found AVX-512F.
                     return unsafe { widest($($a),*) };
@@ -161,13 +142,17 @@ macro_rules! wide_f32_fn {
                 if $crate::model::vmath::has_f32x8() {
                     #[target_feature(enable = "avx2")]
                     unsafe fn wide($($a: $t),*) {
-                        $body($($a),*)
+                        $($w8)*($($a),*)
                     }
                     // SAFETY: the CPU has AVX2.
                     return unsafe { wide($($a),*) };
                 }
             }
-            $body($($a),*)
+            // SAFETY: scalars need no CPU feature (a plain body is safe to call anyway).
+            #[allow(unused_unsafe)]
+            unsafe {
+                $($w1)*($($a),*)
+            }
         }
     };
 }
