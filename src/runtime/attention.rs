@@ -81,7 +81,8 @@ unsafe fn row_times<V: Lanes>(a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32])
 unsafe fn run<V: Lanes>(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], (n, l, d): (usize, usize, usize), heads: usize, pad_id: f32, out: &mut [f32]) {
     let e = d / heads;
     let scale = 1.0 / (e as f32).sqrt();
-    // Keys and head dims rounded up to whole vectors; the padding holds zeros.
+    // Keys and head dims rounded up to whole vectors: the lanes past them hold whatever an
+    // earlier head left (finite values of `k`, `v` or zeros), and their sums are dropped.
     let (lp, ep) = (l.div_ceil(V::N) * V::N, e.div_ceil(V::N) * V::N);
     let (mut kt, mut vh, mut w, mut o) = (vec![0f32; e * lp], vec![0f32; l * ep], vec![0f32; lp], vec![0f32; ep]);
     for sample in 0..n {
@@ -94,7 +95,6 @@ unsafe fn run<V: Lanes>(q: &[f32], k: &[f32], v: &[f32], ids: &[f32], (n, l, d):
         // Head `h`'s columns of position `j` of this sample.
         let at = |j: usize, h: usize| (sample * l + j) * d + h * e..(sample * l + j) * d + (h + 1) * e;
         for h in 0..heads {
-            kt.fill(0.0);
             for (c, &j) in keys.iter().enumerate() {
                 for (t, &x) in k[at(j, h)].iter().enumerate() {
                     kt[t * nkp + c] = x;
