@@ -36,10 +36,6 @@ impl PackedF32 {
         assert_eq!(w.len(), n * k, "weight length");
         PackedF32 { n, k, panels: pack_panels(w, n, k, 1, isa.panel(), |v| v), isa }
     }
-
-    fn count(&self) -> usize {
-        self.n.div_ceil(self.isa.panel())
-    }
 }
 
 impl Panels for PackedF32 {
@@ -57,11 +53,11 @@ impl Panels for PackedF32 {
     }
 
     fn acc_stride(&self) -> usize {
-        self.count() * self.isa.panel()
+        self.panels() * self.isa.panel()
     }
 
     fn panels(&self) -> usize {
-        self.count()
+        self.n.div_ceil(self.isa.panel())
     }
 
     fn panel_bytes(&self) -> usize {
@@ -71,7 +67,7 @@ impl Panels for PackedF32 {
     fn tile(&self, a: &TileRows<f32>, _: &mut (), buf: &mut [f32], part: std::ops::Range<usize>) {
         let panel = self.isa.panel();
         let (np, panels, panel_len, rows) = (self.acc_stride(), part.end, self.k * panel, a.rows());
-        assert!(rows >= 1 && a.segs() * a.seg_len() == self.k && buf.len() >= rows * np && panels <= self.count());
+        assert!(rows >= 1 && a.segs() * a.seg_len() == self.k && buf.len() >= rows * np && panels <= self.panels());
         let mut p = part.start;
         while p < panels {
             let two = p + 1 < panels;

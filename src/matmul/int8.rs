@@ -69,10 +69,6 @@ impl PairPanels {
         PairPanels { n, k, kp: k.div_ceil(2) * 2, isa, pairs: pack_panels(w, n, k, 2, PANEL, i16::from) }
     }
 
-    fn panels(&self) -> usize {
-        self.n.div_ceil(PANEL)
-    }
-
     fn panel_len(&self) -> usize {
         self.kp * PANEL
     }
@@ -97,7 +93,7 @@ impl Panels for PairPanels {
     }
 
     fn panels(&self) -> usize {
-        self.panels()
+        self.n.div_ceil(PANEL)
     }
 
     fn panel_bytes(&self) -> usize {
@@ -124,7 +120,7 @@ impl Panels for QuadPanels {
     }
 
     fn acc_stride(&self) -> usize {
-        self.n.div_ceil(panel(self.isa)) * panel(self.isa)
+        self.panels() * panel(self.isa)
     }
 
     fn tile_rows(&self) -> usize {

@@ -111,7 +111,7 @@ impl Act {
     }
 }
 
-/// Defines `fn $name(args)` running the `#[inline(always)]` function `$body` compiled for
+/// Defines `fn $name(args) [-> R]` running the `#[inline(always)]` function `$body` compiled for
 /// 16-wide vectors where `vmath::has_f32x16`, else 8-wide where the CPU has AVX2. Without FMA
 /// the arithmetic is the same at every width, so the results are bit-identical. `$body` is
 /// either a plain function (whose loops the compiler vectorises) or, written `body::<Lanes>`,
@@ -119,21 +119,21 @@ impl Act {
 /// `f32`.
 #[macro_export]
 macro_rules! wide_f32_fn {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:ident::<Lanes>) => {
-        $crate::wide_f32_fn!(@make $(#[$m])* $vis fn $name($($a: $t),*)
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)? => $body:ident::<Lanes>) => {
+        $crate::wide_f32_fn!(@make $(#[$m])* $vis fn $name($($a: $t),*) -> ($($r)?)
             [$body::<$crate::model::vmath::F32x16>] [$body::<$crate::model::vmath::F32x8>] [$body::<f32>]);
     };
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:path) => {
-        $crate::wide_f32_fn!(@make $(#[$m])* $vis fn $name($($a: $t),*) [$body] [$body] [$body]);
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)? => $body:path) => {
+        $crate::wide_f32_fn!(@make $(#[$m])* $vis fn $name($($a: $t),*) -> ($($r)?) [$body] [$body] [$body]);
     };
-    (@make $(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) [$($w16:tt)*] [$($w8:tt)*] [$($w1:tt)*]) => {
+    (@make $(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) -> ($($r:ty)?) [$($w16:tt)*] [$($w8:tt)*] [$($w1:tt)*]) => {
         $(#[$m])*
-        $vis fn $name($($a: $t),*) {
+        $vis fn $name($($a: $t),*) $(-> $r)? {
             #[cfg(target_arch = "x86_64")]
             {
                 if $crate::model::vmath::has_f32x16() {
                     #[target_feature(enable = "avx512f")]
-                    unsafe fn widest($($a: $t),*) {
+                    unsafe fn widest($($a: $t),*) $(-> $r)? {
                         $($w16)*($($a),*)
                     }
                     // SAFETY: `has_f32x16` found AVX-512F.
@@ -141,7 +141,7 @@ macro_rules! wide_f32_fn {
                 }
                 if $crate::model::vmath::has_f32x8() {
                     #[target_feature(enable = "avx2")]
-                    unsafe fn wide($($a: $t),*) {
+                    unsafe fn wide($($a: $t),*) $(-> $r)? {
                         $($w8)*($($a),*)
                     }
                     // SAFETY: the CPU has AVX2.

@@ -191,39 +191,22 @@ pub fn pool_planes(g: &PoolGeom, x: &[f32], planes: usize) -> Vec<f32> {
     y
 }
 
-/// Pools channels-last `x` (`[N, H, W, C]`, `n` samples) into channels-last output, vectorised
-/// across channels, with the values [`PoolGeom::plane`] gives bit for bit: the max as
-/// `v > best` or a NaN (the first maximum's value), the average as the sum of each window row
-/// (in column order), summed over the rows, divided by the divisor.
-pub fn pool_channels_last(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::vmath::{F32x16, F32x8};
-        if super::vmath::has_f32x16() {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn widest(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
-                channels_last::<F32x16>(g, x, n, c)
-            }
-            // SAFETY: `has_f32x16` found AVX-512F.
-            return unsafe { widest(g, x, n, c) };
-        }
-        if super::vmath::has_f32x8() {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
-                channels_last::<F32x8>(g, x, n, c)
-            }
-            // SAFETY: the CPU has AVX2.
-            return unsafe { wide(g, x, n, c) };
-        }
-    }
-    channels_last::<f32>(g, x, n, c)
-}
+crate::wide_f32_fn!(
+    /// Pools channels-last `x` (`[N, H, W, C]`, `n` samples) into channels-last output,
+    /// vectorised across channels, with the values [`PoolGeom::plane`] gives bit for bit: the
+    /// max as `v > best` or a NaN (the first maximum's value), the average as the sum of each
+    /// window row (in column order), summed over the rows, divided by the divisor.
+    pub fn pool_channels_last(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> => channels_last::<Lanes>
+);
 
 /// [`pool_channels_last`], inlined into the caller that picks the instruction set.
 /// The max runs on explicit vectors of `V` (an update of the output in place compiled to masked
 /// stores, several times slower), the rest of the channels one by one.
+///
+/// # Safety
+/// The CPU has `V`'s features.
 #[inline(always)]
-fn channels_last<V: super::vmath::Lanes>(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
+unsafe fn channels_last<V: super::vmath::Lanes>(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
     let (ho, wo) = g.out();
     let (rows, cols) = g.windows();
     let len = n * ho * wo * c;
@@ -241,7 +224,7 @@ fn channels_last<V: super::vmath::Lanes>(g: &PoolGeom, x: &[f32], n: usize, c: u
                         let mut c0 = 0;
                         while c0 + V::N <= c {
                             // SAFETY: `c0 + N ≤ c` values from each window position (asserted
-                            // inside the plane) and into `out`; the caller picked `V` for this CPU.
+                            // inside the plane) and into `out`; the CPU has `V`'s features.
                             unsafe {
                                 let mut best = V::load(plane.as_ptr().add(at(y0, x0) + c0));
                                 for iy in y0..y1 {
