@@ -17,6 +17,9 @@ pub trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = S
     fn at_least(self, lo: f32) -> Self;
     /// Lane-wise `if hi < x { hi } else { x }` (`vminps(hi, x)`): a NaN in `x` stays NaN.
     fn at_most(self, hi: f32) -> Self;
+    /// Lane-wise `if x > 0 { x } else { 0 }` (`vmaxps(x, 0)`): a NaN becomes 0, as with
+    /// `f32::max(x, 0.0)`.
+    fn relu(self) -> Self;
     /// Lane-wise `1.0` where `lo < x < hi`, else `0.0` (NaN included).
     fn between(self, lo: f32, hi: f32) -> Self;
     /// Lane-wise `if v > x || v.is_nan() { v } else { x }`: a running maximum that keeps the
@@ -57,6 +60,14 @@ impl Lanes for f32 {
             hi
         } else {
             self
+        }
+    }
+    #[inline(always)]
+    fn relu(self) -> f32 {
+        if self > 0.0 {
+            self
+        } else {
+            0.0
         }
     }
     #[inline(always)]
@@ -164,6 +175,10 @@ mod x86 {
                 #[inline(always)]
                 fn at_most(self, hi: f32) -> $t {
                     $t(unsafe { $min($set1(hi), self.0) })
+                }
+                #[inline(always)]
+                fn relu(self) -> $t {
+                    $t(unsafe { $max(self.0, $set1(0.0)) })
                 }
                 #[inline(always)]
                 fn between(self, lo: f32, hi: f32) -> $t {

@@ -6,9 +6,10 @@
 //! position `(oy, ox)` and output channel `c`, reading input channel `c / m`:
 //! `acc[c] = Σ_{ky, kx} x[s, oy·sy − py + ky·dy, ox·sx − px + kx·dx, c / m] · w[ky, kx, c]`,
 //! a tap in the padding reading `pad` (0.0, or an integer layer's zero-point code), taps summed
-//! in `(ky, kx)` order, in f32. An integer layer's codes and weights are whole numbers, and so is
-//! every partial sum of up to [`MAX_EXACT_TAPS`] taps, below 2²⁴ where f32 is exact: its sums are
-//! the i32 ones. Each output row then goes through the layer's own epilogue row, the same as after
+//! in `(ky, kx)` order, in f32, each a fused multiply-add (one rounding per tap, where a multiply
+//! and an add round twice and take two instructions). An integer layer's codes and weights are
+//! whole numbers, and so is every partial sum of up to [`MAX_EXACT_TAPS`] taps, below 2²⁴ where
+//! f32 is exact: its sums are the i32 ones, fused or not. Each output row then goes through the layer's own epilogue row, the same as after
 //! its GEMM, so the integer kernel is bit-identical to the reference GEMM.
 
 use super::epilogue::FinishRow;
@@ -32,7 +33,7 @@ pub fn tap_major<T: Copy>(g: &ConvShape, values: &[T]) -> Vec<T> {
 }
 
 /// Runs the depthwise conv over `x` (`n` samples, channels last) with tap-major weights `w`;
-/// `finish.row(acc, row, 0, out)` writes output row `row` (one position's channels) from its
+/// `finish.rows` writes each sample's output rows (one position's channels each) from their
 /// accumulators (inlined here, so it runs on the instruction set picked here) and must write
 /// all of `out`; the activation then runs over each sample's rows at once, and `finish.after`
 /// on each row. The input (f32 values or u8 codes) is held in the padded plane as f32, `pad` in
@@ -48,12 +49,12 @@ pub fn run<A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvShape, w: &[f32
             // SAFETY: `has_f32x16` found AVX-512F.
             return unsafe { widest(g, w, x, pad, n, finish) };
         }
-        if crate::model::vmath::has_f32x8() {
-            #[target_feature(enable = "avx2")]
+        if crate::model::vmath::has_f32x8() && std::is_x86_feature_detected!("fma") {
+            #[target_feature(enable = "avx2,fma")]
             unsafe fn wide<A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvShape, w: &[f32], x: &[A], pad: f32, n: usize, finish: &F) -> Vec<O> {
                 rows::<F32x8, A, O, F>(g, w, x, pad, n, finish)
             }
-            // SAFETY: the CPU has AVX2.
+            // SAFETY: the CPU has AVX2 and FMA.
             return unsafe { wide(g, w, x, pad, n, finish) };
         }
     }
@@ -63,7 +64,7 @@ pub fn run<A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvShape, w: &[f32
 
 /// The most taps an integer layer's conv may sum on this kernel: `taps · 255 · 128 < 2²⁴`, so
 /// every partial sum of `u8 × i8` products is a whole number f32 holds exactly. Such sums cost a
-/// tap a multiply and an add, where 32-bit integer lanes take a widening and `vpmulld` (two
+/// tap one fused multiply-add, where 32-bit integer lanes take a widening and `vpmulld` (two
 /// micro-ops).
 pub const MAX_EXACT_TAPS: usize = (1 << 24) / (255 * 128);
 
@@ -126,17 +127,14 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
                 for (t, &d) in tap_at.iter().enumerate() {
                     let (src, wt) = (&plane[base + d + c0..base + d + c], &w[t * c + c0..(t + 1) * c]);
                     for ((a, &xv), &wv) in rest.iter_mut().zip(src).zip(wt) {
-                        *a += xv * wv;
+                        *a = xv.mul_add(wv, *a);
                     }
                 }
             }
         }
-        for (p, a) in acc.chunks_exact(c).enumerate() {
-            let row = s * positions + p;
-            finish.row(a, row, 0, &mut out[row * c..(row + 1) * c]);
-        }
-        // The sample's rows lie together: the activation runs over all of them at once.
         let sample = s * positions..(s + 1) * positions;
+        finish.rows::<V>(&acc, c, sample.start, c, 0, c, &mut out[sample.start * c..sample.end * c]);
+        // The sample's rows lie together: the activation runs over all of them at once.
         if finish.has_act() {
             finish.activate::<V>(&mut out[sample.start * c..sample.end * c]);
         }
@@ -173,7 +171,7 @@ unsafe fn sum_block<const B: usize>(plane: &[f32], w: &[f32], bases: &[usize], t
                         let src: &[f32; B] = &*(plane.as_ptr().add(base + d + c0) as *const [f32; B]);
                         let wt: &[f32; B] = &*(w.as_ptr().add(t * c + c0) as *const [f32; B]);
                         for j in 0..B {
-                            s[j] += src[j] * wt[j];
+                            s[j] = src[j].mul_add(wt[j], s[j]);
                         }
                     }
                     a[c0..c0 + B].copy_from_slice(&s);
@@ -198,7 +196,7 @@ unsafe fn sum_block_taps<const T: usize, const B: usize>(plane: &[f32], w: &[f32
             // SAFETY: the caller's bounds.
             let src: &[f32; B] = unsafe { &*(plane.as_ptr().add(base + tap_at[t] + c0) as *const [f32; B]) };
             for j in 0..B {
-                s[j] += src[j] * wv[t][j];
+                s[j] = src[j].mul_add(wv[t][j], s[j]);
             }
         }
         a[c0..c0 + B].copy_from_slice(&s);

@@ -21,6 +21,20 @@ pub trait FinishRow<A, O> {
     /// them.
     fn row(&self, acc: &[A], row: usize, c0: usize, out: &mut [MaybeUninit<O>]);
 
+    /// [`FinishRow::row`] on `out.len() / ldo` rows: row `first + r` from `acc[r·stride..][..n]`
+    /// into `out[r·ldo + c0..][..n]`. A layer whose row has an explicit vector form overrides
+    /// it, since the compiler vectorises a 16-channel row's loop only partly.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s features.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows<V: Lanes>(&self, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
+        for (r, o) in out.chunks_mut(ldo).enumerate() {
+            self.row(&acc[r * stride..r * stride + n], first + r, c0, &mut o[c0..c0 + n]);
+        }
+    }
+
     /// Whether an activation follows `row`.
     fn has_act(&self) -> bool {
         false
@@ -54,9 +68,7 @@ pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn rows<V: Lanes, A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
-        for (r, o) in out.chunks_mut(ldo).enumerate() {
-            layer.row(&acc[r * stride..r * stride + n], first + r, c0, &mut o[c0..c0 + n]);
-        }
+        layer.rows::<V>(acc, stride, first, ldo, c0, n, out);
         if layer.has_act() {
             match n == ldo {
                 true => layer.activate::<V>(out),
@@ -82,12 +94,12 @@ pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize
             return;
         }
         if crate::model::vmath::has_f32x8() {
-            #[target_feature(enable = "avx2")]
+            #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn wide<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
                 rows::<F32x8, A, O, F>(layer, acc, stride, first, ldo, c0, n, out)
             }
-            // SAFETY: the CPU has AVX2.
+            // SAFETY: `has_f32x8` found AVX2 and FMA.
             unsafe { wide(layer, acc, stride, first, ldo, c0, n, out) };
             return;
         }
@@ -113,6 +125,11 @@ impl<A, F: FinishRow<A, f32>> FinishRow<A, f32> for Residual<'_, F> {
     #[inline(always)]
     fn row(&self, acc: &[A], row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
         self.layer.row(acc, row, c0, out);
+    }
+
+    #[inline(always)]
+    unsafe fn rows<V: Lanes>(&self, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<f32>]) {
+        self.layer.rows::<V>(acc, stride, first, ldo, c0, n, out)
     }
 
     fn has_act(&self) -> bool {

@@ -73,37 +73,76 @@ impl FloatLayer {
     }
 }
 
+impl FloatLayer {
+    /// The activation applied inside [`FinishRow::rows`] while the values are in registers: one of
+    /// a few operations (ReLU6), where a pass of its own would cost more than it computes.
+    fn act_in_row(&self) -> Option<Act> {
+        self.act.filter(|&a| a == Act::Relu6)
+    }
+
+    /// `o[j] = g(a[j] (+ b[j]))` for `j < n`, `g` the fused ReLU (`max(·, 0)`, a NaN becoming 0 as
+    /// `f32::max` makes it) or the in-row activation: `V::N` values at a time, the rest one by one
+    /// with the same operations.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s features; `a`, `b` and `o` are valid for `n` values.
+    #[inline(always)]
+    unsafe fn finish_run<V: Lanes>(&self, a: *const f32, b: Option<*const f32>, o: *mut f32, n: usize) {
+        #[inline(always)]
+        unsafe fn lanes<V: Lanes>(a: *const f32, b: Option<*const f32>, relu: bool, relu6: bool, o: *mut f32) {
+            // SAFETY: the caller's.
+            unsafe {
+                let mut v = V::load(a);
+                if let Some(b) = b {
+                    v = v + V::load(b);
+                }
+                if relu {
+                    v = v.relu();
+                }
+                if relu6 {
+                    v = Act::Relu6.eval(v);
+                }
+                v.store(o);
+            }
+        }
+        let relu6 = self.act_in_row().is_some();
+        let mut j = 0;
+        // SAFETY: the caller's bounds and features.
+        unsafe {
+            while j + V::N <= n {
+                lanes::<V>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j));
+                j += V::N;
+            }
+            for j in j..n {
+                lanes::<f32>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j));
+            }
+        }
+    }
+}
+
 impl FinishRow<f32, f32> for FloatLayer {
-    /// `out[j] = acc[j] (+ b[c0 + j]) (then max 0)`, one `for` loop per combination: each
-    /// inlines into the AVX2 caller and vectorises (`for_each` left an out-of-line scalar `fold`).
+    /// `out[j] = acc[j] (+ b[c0 + j])`, then the fused ReLU or the in-row activation.
     #[inline(always)]
     fn row(&self, acc: &[f32], _row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
-        match (self.bias.as_ref().map(|b| &b[c0..c0 + acc.len()]), self.relu) {
-            (None, false) => {
-                for (o, &a) in out.iter_mut().zip(acc) {
-                    o.write(a);
-                }
-            }
-            (None, true) => {
-                for (o, &a) in out.iter_mut().zip(acc) {
-                    o.write(a.max(0.0));
-                }
-            }
-            (Some(b), false) => {
-                for ((o, &a), &b) in out.iter_mut().zip(acc).zip(b) {
-                    o.write(a + b);
-                }
-            }
-            (Some(b), true) => {
-                for ((o, &a), &b) in out.iter_mut().zip(acc).zip(b) {
-                    o.write((a + b).max(0.0));
-                }
-            }
+        let n = acc.len().min(out.len());
+        let b = self.bias.as_ref().map(|b| b[c0..c0 + n].as_ptr());
+        // SAFETY: scalars need no CPU feature; each pointer holds `n` values.
+        unsafe { self.finish_run::<f32>(acc.as_ptr(), b, out.as_mut_ptr() as *mut f32, n) }
+    }
+
+    /// [`FinishRow::row`] on every row, in vectors of `V`.
+    #[inline(always)]
+    unsafe fn rows<V: Lanes>(&self, acc: &[f32], stride: usize, _first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<f32>]) {
+        let bias = self.bias.as_ref().map(|b| b[c0..c0 + n].as_ptr());
+        for (r, o) in out.chunks_mut(ldo).enumerate() {
+            let (a, o) = (&acc[r * stride..r * stride + n], &mut o[c0..c0 + n]);
+            // SAFETY: the caller's CPU features; `a`, `bias` and `o` each hold `n` values.
+            unsafe { self.finish_run::<V>(a.as_ptr(), bias, o.as_mut_ptr() as *mut f32, n) };
         }
     }
 
     fn has_act(&self) -> bool {
-        self.act.is_some()
+        self.act.is_some() && self.act_in_row().is_none()
     }
 
     #[inline(always)]
