@@ -33,6 +33,17 @@ pub trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = S
     /// # Safety
     /// `p` is valid for `N` reads; the CPU has the vector's features.
     unsafe fn load(p: *const f32) -> Self;
+    /// Reads `N` i32 values as f32 (`cvtdq2ps`: round to nearest even, as `as f32` rounds).
+    ///
+    /// # Safety
+    /// As [`Lanes::load`].
+    unsafe fn load_i32(p: *const i32) -> Self;
+    /// Reads `N` i32 values `a` and `z` and converts `a − z` (wrapping) to f32, as
+    /// [`Lanes::load_i32`] does.
+    ///
+    /// # Safety
+    /// As [`Lanes::load`], for both.
+    unsafe fn load_i32_diff(a: *const i32, z: *const i32) -> Self;
     /// Writes `N` values.
     ///
     /// # Safety
@@ -92,6 +103,14 @@ impl Lanes for f32 {
         *p
     }
     #[inline(always)]
+    unsafe fn load_i32(p: *const i32) -> f32 {
+        *p as f32
+    }
+    #[inline(always)]
+    unsafe fn load_i32_diff(a: *const i32, z: *const i32) -> f32 {
+        (*a).wrapping_sub(*z) as f32
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         *p = self
     }
@@ -133,7 +152,7 @@ mod x86 {
     // runs on a CPU with the features (made by `splat` or `load` there).
     macro_rules! lanes {
         ($t:ident, $n:literal, $add:ident, $sub:ident, $mul:ident, $div:ident, $set1:ident, $max:ident, $min:ident,
-         $cast_i:ident, $cast_f:ident, $sub_i:ident, $add_i:ident, $set1_i:ident, $slli:ident, $loadu:ident, $storeu:ident) => {
+         $cast_i:ident, $cast_f:ident, $sub_i:ident, $add_i:ident, $set1_i:ident, $slli:ident, $loadu:ident, $storeu:ident, $loadu_i:ident, $cvt_i:ident) => {
             impl Add for $t {
                 type Output = $t;
                 #[inline(always)]
@@ -200,6 +219,14 @@ mod x86 {
                     $t($loadu(p))
                 }
                 #[inline(always)]
+                unsafe fn load_i32(p: *const i32) -> $t {
+                    $t($cvt_i($loadu_i(p as *const _)))
+                }
+                #[inline(always)]
+                unsafe fn load_i32_diff(a: *const i32, z: *const i32) -> $t {
+                    $t($cvt_i($sub_i($loadu_i(a as *const _), $loadu_i(z as *const _))))
+                }
+                #[inline(always)]
                 unsafe fn store(self, p: *mut f32) {
                     $storeu(p, self.0)
                 }
@@ -257,7 +284,9 @@ mod x86 {
         _mm256_set1_epi32,
         _mm256_slli_epi32,
         _mm256_loadu_ps,
-        _mm256_storeu_ps
+        _mm256_storeu_ps,
+        _mm256_loadu_si256,
+        _mm256_cvtepi32_ps
     );
     lanes!(
         F32x16,
@@ -276,7 +305,9 @@ mod x86 {
         _mm512_set1_epi32,
         _mm512_slli_epi32,
         _mm512_loadu_ps,
-        _mm512_storeu_ps
+        _mm512_storeu_ps,
+        _mm512_loadu_si512,
+        _mm512_cvtepi32_ps
     );
 }
 

@@ -81,8 +81,8 @@ impl FloatLayer {
     }
 
     /// `o[j] = g(a[j] (+ b[j]))` for `j < n`, `g` the fused ReLU (`max(·, 0)`, a NaN becoming 0 as
-    /// `f32::max` makes it) or the in-row activation: `V::N` values at a time, the rest one by one
-    /// with the same operations.
+    /// `f32::max` makes it) or the in-row activation: `V::N` values at a time with the same
+    /// operations as one by one.
     ///
     /// # Safety
     /// The CPU has `V`'s features; `a`, `b` and `o` are valid for `n` values.
@@ -113,8 +113,15 @@ impl FloatLayer {
                 lanes::<V>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j));
                 j += V::N;
             }
-            for j in j..n {
-                lanes::<f32>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j));
+            if j < n && n >= V::N {
+                // The rest as the last whole vector, overlapping finished values: it writes
+                // them again, equal, since every output depends on its own inputs only.
+                let j = n - V::N;
+                lanes::<V>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j));
+            } else {
+                for j in j..n {
+                    lanes::<f32>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j));
+                }
             }
         }
     }

@@ -168,17 +168,86 @@ impl QLayer {
     }
 }
 
+impl QLayer {
+    /// The activation applied inside [`FinishRow::rows`] while the values are in registers: one of
+    /// a few operations (ReLU6), where a pass of its own would cost more than it computes.
+    fn act_in_row(&self) -> Option<Act> {
+        self.act.filter(|&a| a == Act::Relu6)
+    }
+
+    /// `o[j] = g((a[j] − zp_wsum[c]) · mult[c] (+ bias[c]))` for `j < n`, channel `c = c0 + j`,
+    /// `g` the fused ReLU (`max(·, 0)`, a NaN becoming 0 as `f32::max` makes it) or the in-row
+    /// activation: `V::N` values at a time with the same operations as one by one.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s features; `a` and `o` are valid for `n` values and `c0 + n` is at most
+    /// the layer's output channels.
+    #[inline(always)]
+    unsafe fn finish_run<V: Lanes, A: Centred>(&self, a: *const A, c0: usize, o: *mut f32, n: usize) {
+        #[inline(always)]
+        unsafe fn lanes<V: Lanes, A: Centred>(l: &QLayer, a: *const A, c: usize, relu6: bool, o: *mut f32) {
+            // SAFETY: the caller's.
+            unsafe {
+                let mut v = A::centred_lanes::<V>(a, l.zp_wsum.as_ptr().add(c)) * V::load(l.mult.as_ptr().add(c));
+                if let Some(b) = &l.bias {
+                    v = v + V::load(b.as_ptr().add(c));
+                }
+                if l.relu {
+                    v = v.relu();
+                }
+                if relu6 {
+                    v = Act::Relu6.eval(v);
+                }
+                v.store(o);
+            }
+        }
+        let relu6 = self.act_in_row().is_some();
+        let mut j = 0;
+        // SAFETY: the caller's bounds and features.
+        unsafe {
+            while j + V::N <= n {
+                lanes::<V, A>(self, a.add(j), c0 + j, relu6, o.add(j));
+                j += V::N;
+            }
+            if j < n && n >= V::N {
+                // The rest as the last whole vector, overlapping finished values: it writes
+                // them again, equal, since every output depends on its own inputs only.
+                let j = n - V::N;
+                lanes::<V, A>(self, a.add(j), c0 + j, relu6, o.add(j));
+            } else {
+                for j in j..n {
+                    lanes::<f32, A>(self, a.add(j), c0 + j, relu6, o.add(j));
+                }
+            }
+        }
+    }
+}
+
 impl<A: Centred> FinishRow<A, f32> for QLayer {
-    /// `out[j] = (acc[j] − zp·Σw_c) · (s_in · s_c) + b_c` for channel `c = c0 + j`, ReLU if
-    /// fused (`max(y, 0)`).
+    /// `out[j] = (acc[j] − zp·Σw_c) · (s_in · s_c) + b_c` for channel `c = c0 + j`, then the
+    /// fused ReLU or the in-row activation.
     #[inline(always)]
     fn row(&self, acc: &[A], _row: usize, c0: usize, out: &mut [MaybeUninit<f32>]) {
-        let cs = c0..c0 + acc.len();
-        dequantise(acc, &self.zp_wsum[cs.clone()], &self.mult[cs.clone()], self.bias.as_ref().map(|b| &b[cs]), self.relu, out);
+        let n = acc.len().min(out.len());
+        assert!(c0 + n <= self.mult.len());
+        // SAFETY: scalars need no CPU feature; the bounds are checked above.
+        unsafe { self.finish_run::<f32, A>(acc.as_ptr(), c0, out.as_mut_ptr() as *mut f32, n) }
+    }
+
+    /// [`FinishRow::row`] on every row, in vectors of `V`.
+    #[inline(always)]
+    unsafe fn rows<V: Lanes>(&self, acc: &[A], stride: usize, _first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<f32>]) {
+        assert!(c0 + n <= self.mult.len());
+        for (r, o) in out.chunks_mut(ldo).enumerate() {
+            let (a, o) = (&acc[r * stride..r * stride + n], &mut o[c0..c0 + n]);
+            // SAFETY: the caller's CPU features; `a` and `o` hold `n` values, the channels are
+            // checked above.
+            unsafe { self.finish_run::<V, A>(a.as_ptr(), c0, o.as_mut_ptr() as *mut f32, n) };
+        }
     }
 
     fn has_act(&self) -> bool {
-        self.act.is_some()
+        self.act.is_some() && self.act_in_row().is_none()
     }
 
     #[inline(always)]
@@ -192,12 +261,22 @@ impl<A: Centred> FinishRow<A, f32> for QLayer {
 pub trait Centred: Copy {
     /// `self − z` as f32.
     fn centred(self, z: i32) -> f32;
+    /// `centred` on `V::N` consecutive sums `a` and corrections `z`.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s features; `a` and `z` are valid for `V::N` values.
+    unsafe fn centred_lanes<V: Lanes>(a: *const Self, z: *const i32) -> V;
 }
 
 impl Centred for i32 {
     #[inline(always)]
     fn centred(self, z: i32) -> f32 {
         (self - z) as f32
+    }
+    #[inline(always)]
+    unsafe fn centred_lanes<V: Lanes>(a: *const i32, z: *const i32) -> V {
+        // SAFETY: the caller's.
+        unsafe { V::load_i32_diff(a, z) }
     }
 }
 
@@ -208,6 +287,11 @@ impl Centred for f32 {
     #[inline(always)]
     fn centred(self, z: i32) -> f32 {
         self - z as f32
+    }
+    #[inline(always)]
+    unsafe fn centred_lanes<V: Lanes>(a: *const f32, z: *const i32) -> V {
+        // SAFETY: the caller's.
+        unsafe { V::load(a) - V::load_i32(z) }
     }
 }
 
@@ -267,36 +351,6 @@ fn quantize_rows<T: super::kernels::Code>(x: &[f32], width: usize, params: &[QPa
     // SAFETY: `quantize_to` wrote every entry of every row.
     unsafe { codes.set_len(x.len()) };
     finite.then_some(codes)
-}
-
-/// `out[j] = (acc[j] − zp_wsum[j]) · mult[j] (+ bias[j]) (then max 0)` ([`Centred`]), one
-/// `for` loop over zipped slices per combination: each inlines into the AVX2 caller and
-/// vectorises, where an index-closure form stays an out-of-line scalar loop.
-#[inline(always)]
-fn dequantise<A: Centred>(acc: &[A], zp_wsum: &[i32], mult: &[f32], bias: Option<&[f32]>, relu: bool, out: &mut [MaybeUninit<f32>]) {
-    let it = out.iter_mut().zip(acc).zip(zp_wsum).zip(mult);
-    match (bias, relu) {
-        (None, false) => {
-            for (((o, &a), &z), &m) in it {
-                o.write(a.centred(z) * m);
-            }
-        }
-        (None, true) => {
-            for (((o, &a), &z), &m) in it {
-                o.write((a.centred(z) * m).max(0.0));
-            }
-        }
-        (Some(b), false) => {
-            for ((((o, &a), &z), &m), &b) in it.zip(b) {
-                o.write(a.centred(z) * m + b);
-            }
-        }
-        (Some(b), true) => {
-            for ((((o, &a), &z), &m), &b) in it.zip(b) {
-                o.write((a.centred(z) * m + b).max(0.0));
-            }
-        }
-    }
 }
 
 /// A layer's packed weights, one per group, for the kind of kernel it runs; a depthwise conv's
