@@ -10,7 +10,7 @@
 
 use super::arch::{GeluApprox, Op};
 use super::conv_op::{f32_slice, with_f32};
-use super::vmath::{erf, exp, map_in_place, tanh, Lanes};
+use super::vmath::{erf, erf_by, exp, exp_by, map_in_place, tanh, tanh_by, Fused, Horner, Lanes, Split};
 #[cfg(target_arch = "x86_64")]
 use super::vmath::{F32x16, F32x8};
 use crate::error::Result;
@@ -39,7 +39,12 @@ const GELU_C: f32 = 0.044_715;
 
 #[inline(always)]
 fn sigmoid<V: Lanes>(x: V) -> V {
-    V::splat(1.0) / (V::splat(1.0) + exp(V::splat(0.0) - x))
+    sigmoid_by::<V, Split>(x)
+}
+
+#[inline(always)]
+fn sigmoid_by<V: Lanes, H: Horner>(x: V) -> V {
+    V::splat(1.0) / (V::splat(1.0) + exp_by::<V, H>(V::splat(0.0) - x))
 }
 
 impl Act {
@@ -52,14 +57,20 @@ impl Act {
     /// `f(x)` on every lane of `x`, the same operations at every width (`model::vmath`).
     #[inline(always)]
     pub fn eval<V: Lanes>(self, x: V) -> V {
+        self.eval_by::<V, Split>(x)
+    }
+
+    /// [`Act::eval`] with the polynomials' steps rounded as `H` says (`vmath::Horner`).
+    #[inline(always)]
+    pub fn eval_by<V: Lanes, H: Horner>(self, x: V) -> V {
         let s = V::splat;
         match self {
             Act::Relu6 => x.at_least(0.0).at_most(6.0),
-            Act::Silu => x * sigmoid(x),
-            Act::Sigmoid => sigmoid(x),
-            Act::Tanh => tanh(x),
-            Act::GeluErf => s(0.5) * x * (s(1.0) + erf(x * s(INV_SQRT_2))),
-            Act::GeluTanh => s(0.5) * x * (s(1.0) + tanh(s(SQRT_2_OVER_PI) * (x + s(GELU_C) * x * x * x))),
+            Act::Silu => x * sigmoid_by::<V, H>(x),
+            Act::Sigmoid => sigmoid_by::<V, H>(x),
+            Act::Tanh => tanh_by::<V, H>(x),
+            Act::GeluErf => s(0.5) * x * (s(1.0) + erf_by::<V, H>(x * s(INV_SQRT_2))),
+            Act::GeluTanh => s(0.5) * x * (s(1.0) + tanh_by::<V, H>(s(SQRT_2_OVER_PI) * (x + s(GELU_C) * x * x * x))),
         }
     }
 
@@ -197,6 +208,24 @@ fn in_place<const DF: bool>(a: &mut [f32], act: Act) {
 #[inline(always)]
 pub unsafe fn activate<V: Lanes>(a: &mut [f32], act: Act) {
     on_vectors::<V, false>(a, act)
+}
+
+/// [`activate`] with fused multiply-adds in the polynomials (`vmath::Fused`): the float
+/// runtime's epilogues, whose results need not equal the executor's bit for bit.
+///
+/// # Safety
+/// The CPU has `V`'s features and FMA.
+#[inline(always)]
+pub unsafe fn activate_fused<V: Lanes>(a: &mut [f32], act: Act) {
+    macro_rules! each_act {
+        ($($a:ident),*) => {
+            match act {
+                $(Act::$a => map_in_place(a, #[inline(always)] |v: V| Act::$a.eval_by::<V, Fused>(v)),)*
+            }
+        };
+    }
+    // SAFETY: the caller's CPU features.
+    unsafe { each_act!(Relu6, Silu, Sigmoid, Tanh, GeluErf, GeluTanh) }
 }
 
 /// `a[i] = f(a[i])`, or `f'(a[i])` when `DF`, on vectors of `V`.

@@ -1,7 +1,8 @@
 //! Element-wise math on f32 lanes: `exp`, `tanh` and `erf` written once over [`Lanes`] and
 //! evaluated on one scalar, on 8 AVX2 lanes or on 16 AVX-512 lanes. Every width runs the same
-//! IEEE operations in the same order (no fused multiply-add), so the results are bit-identical
-//! whichever the CPU picks; the compiled runtimes' integer layers, whose fused activations must
+//! IEEE operations in the same order (no fused multiply-add unless asked for by [`Fused`], which
+//! rounds as the scalar `f32::mul_add` does), so the results are bit-identical whichever the CPU
+//! picks; the compiled runtimes' integer layers, whose fused activations must
 //! equal the scalar reference executor's, rely on that. Explicit vectors, rather than loops the
 //! compiler may vectorise, keep a short row (one 16-channel pixel) on full vectors and keep
 //! several independent polynomials in flight.
@@ -13,6 +14,9 @@ pub trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = S
     /// Lanes per vector.
     const N: usize;
     fn splat(v: f32) -> Self;
+    /// Lane-wise `self·a + b` rounded once (`vfmadd`; `f32::mul_add` on a scalar). The vectors'
+    /// form needs FMA: AVX-512F has it, and an AVX2 caller enables `fma` after checking for it.
+    fn fused_mul_add(self, a: Self, b: Self) -> Self;
     /// Lane-wise `if lo > x { lo } else { x }` (`vmaxps(lo, x)`): a NaN in `x` stays NaN.
     fn at_least(self, lo: f32) -> Self;
     /// Lane-wise `if hi < x { hi } else { x }` (`vminps(hi, x)`): a NaN in `x` stays NaN.
@@ -56,6 +60,10 @@ impl Lanes for f32 {
     #[inline(always)]
     fn splat(v: f32) -> f32 {
         v
+    }
+    #[inline(always)]
+    fn fused_mul_add(self, a: f32, b: f32) -> f32 {
+        f32::mul_add(self, a, b)
     }
     #[inline(always)]
     fn at_least(self, lo: f32) -> f32 {
@@ -151,7 +159,7 @@ mod x86 {
     // SAFETY (every `unsafe` block below): a value of these types exists only inside code that
     // runs on a CPU with the features (made by `splat` or `load` there).
     macro_rules! lanes {
-        ($t:ident, $n:literal, $add:ident, $sub:ident, $mul:ident, $div:ident, $set1:ident, $max:ident, $min:ident,
+        ($t:ident, $n:literal, $add:ident, $sub:ident, $mul:ident, $div:ident, $fmadd:ident, $set1:ident, $max:ident, $min:ident,
          $cast_i:ident, $cast_f:ident, $sub_i:ident, $add_i:ident, $set1_i:ident, $slli:ident, $loadu:ident, $storeu:ident, $loadu_i:ident, $cvt_i:ident) => {
             impl Add for $t {
                 type Output = $t;
@@ -186,6 +194,10 @@ mod x86 {
                 #[inline(always)]
                 fn splat(v: f32) -> $t {
                     $t(unsafe { $set1(v) })
+                }
+                #[inline(always)]
+                fn fused_mul_add(self, a: $t, b: $t) -> $t {
+                    $t(unsafe { $fmadd(self.0, a.0, b.0) })
                 }
                 #[inline(always)]
                 fn at_least(self, lo: f32) -> $t {
@@ -274,6 +286,7 @@ mod x86 {
         _mm256_sub_ps,
         _mm256_mul_ps,
         _mm256_div_ps,
+        _mm256_fmadd_ps,
         _mm256_set1_ps,
         _mm256_max_ps,
         _mm256_min_ps,
@@ -295,6 +308,7 @@ mod x86 {
         _mm512_sub_ps,
         _mm512_mul_ps,
         _mm512_div_ps,
+        _mm512_fmadd_ps,
         _mm512_set1_ps,
         _mm512_max_ps,
         _mm512_min_ps,
@@ -311,12 +325,45 @@ mod x86 {
     );
 }
 
+/// How a polynomial's Horner step `p·x + c` rounds: [`Split`] (a multiply and an add, two
+/// roundings: what training and the integer runtimes use, identical at every width and on any
+/// x86-64 CPU) or [`Fused`] (one fused multiply-add, a third fewer operations: the float
+/// runtime's fused activations, on CPUs with FMA).
+pub trait Horner {
+    fn step<V: Lanes>(p: V, x: V, c: V) -> V;
+}
+
+/// `p·x + c` rounded twice.
+pub struct Split;
+/// `p·x + c` rounded once.
+pub struct Fused;
+
+impl Horner for Split {
+    #[inline(always)]
+    fn step<V: Lanes>(p: V, x: V, c: V) -> V {
+        p * x + c
+    }
+}
+
+impl Horner for Fused {
+    #[inline(always)]
+    fn step<V: Lanes>(p: V, x: V, c: V) -> V {
+        p.fused_mul_add(x, c)
+    }
+}
+
 /// `e^x`: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2` (ln 2 split in two for an exact `n·ln 2`),
 /// `e^r` by Cephes' `expf` polynomial (relative error about 1e-7), and `2^n` built in the
 /// exponent bits. Inputs are clamped to [−87.3, 88.7], where f32 neither overflows nor goes
 /// subnormal.
 #[inline(always)]
 pub fn exp<V: Lanes>(x: V) -> V {
+    exp_by::<V, Split>(x)
+}
+
+/// [`exp`] with its polynomials' steps rounded as `H` says.
+#[inline(always)]
+pub fn exp_by<V: Lanes, H: Horner>(x: V) -> V {
     let s = V::splat;
     let x = x.at_least(-87.3).at_most(88.7);
     // Round to nearest by adding and subtracting 1.5·2²³; |x·log2 e| < 2²², so `t` stays in
@@ -326,35 +373,41 @@ pub fn exp<V: Lanes>(x: V) -> V {
     let n = t - s(ROUND);
     let r = x - n * s(0.693_359_4) + n * s(2.121_944_4e-4);
     let p = s(1.987_569_1e-4);
-    let p = p * r + s(1.398_199_9e-3);
-    let p = p * r + s(8.333_452e-3);
-    let p = p * r + s(4.166_579_6e-2);
-    let p = p * r + s(0.166_666_65);
-    let p = p * r + s(0.5);
+    let p = H::step(p, r, s(1.398_199_9e-3));
+    let p = H::step(p, r, s(8.333_452e-3));
+    let p = H::step(p, r, s(4.166_579_6e-2));
+    let p = H::step(p, r, s(0.166_666_65));
+    let p = H::step(p, r, s(0.5));
     let er = p * r * r + r + s(1.0);
     er * t.pow2_of_rounded(ROUND)
 }
 
 /// `tanh(x) ≈ x·P(x²)/Q(x²)` on `x` clamped to [−9, 9] (beyond, tanh is ±1 in f32): the
 /// rational minimax fit ONNX Runtime's MLAS and Eigen use, within 4e-7 of the library's tanh.
+#[inline(always)]
+pub fn tanh<V: Lanes>(x: V) -> V {
+    tanh_by::<V, Split>(x)
+}
+
+/// [`tanh`] with its polynomials' steps rounded as `H` says.
 // The coefficients as published, some with digits past f32's precision.
 #[allow(clippy::excessive_precision)]
 #[inline(always)]
-pub fn tanh<V: Lanes>(x: V) -> V {
+pub fn tanh_by<V: Lanes, H: Horner>(x: V) -> V {
     let s = V::splat;
     let x = x.at_least(-9.0).at_most(9.0);
     let x2 = x * x;
     let p = s(-2.760_768_5e-16);
-    let p = p * x2 + s(2.000_187_9e-13);
-    let p = p * x2 - s(8.604_671_5e-11);
-    let p = p * x2 + s(5.122_297e-8);
-    let p = p * x2 + s(1.485_722_4e-5);
-    let p = p * x2 + s(6.372_619_3e-4);
-    let p = p * x2 + s(4.893_524_6e-3);
+    let p = H::step(p, x2, s(2.000_187_9e-13));
+    let p = H::step(p, x2, s(-8.604_671_5e-11));
+    let p = H::step(p, x2, s(5.122_297e-8));
+    let p = H::step(p, x2, s(1.485_722_4e-5));
+    let p = H::step(p, x2, s(6.372_619_3e-4));
+    let p = H::step(p, x2, s(4.893_524_6e-3));
     let q = s(1.198_258_4e-6);
-    let q = q * x2 + s(1.185_347_1e-4);
-    let q = q * x2 + s(2.268_434_6e-3);
-    let q = q * x2 + s(4.893_525_2e-3);
+    let q = H::step(q, x2, s(1.185_347_1e-4));
+    let q = H::step(q, x2, s(2.268_434_6e-3));
+    let q = H::step(q, x2, s(4.893_525_2e-3));
     // Near ±9 the fit overshoots 1 by a few ulp.
     (x * p / q).at_least(-1.0).at_most(1.0)
 }
@@ -363,25 +416,31 @@ pub fn tanh<V: Lanes>(x: V) -> V {
 /// degree 6 and `Q` of degree 4: the rational fit Eigen, XLA and TVM use, within 4.5e-7 of
 /// erf (measured against float64 on a grid of 2·10⁶ points in [−6, 6]), clamped to [−1, 1].
 /// It costs half the operations of an `erfc`-and-`exp` form and needs no branch on the sign.
+#[inline(always)]
+pub fn erf<V: Lanes>(x: V) -> V {
+    erf_by::<V, Split>(x)
+}
+
+/// [`erf`] with its polynomials' steps rounded as `H` says.
 // The coefficients as published, some with digits past f32's precision.
 #[allow(clippy::excessive_precision)]
 #[inline(always)]
-pub fn erf<V: Lanes>(x: V) -> V {
+pub fn erf_by<V: Lanes, H: Horner>(x: V) -> V {
     let s = V::splat;
     let x = x.at_least(-4.0).at_most(4.0);
     let x2 = x * x;
     let p = s(-2.726_142_258_013_06e-10);
-    let p = p * x2 + s(2.770_681_424_959_02e-8);
-    let p = p * x2 + s(-2.101_024_020_825_08e-6);
-    let p = p * x2 + s(-5.692_506_394_623_46e-5);
-    let p = p * x2 + s(-7.349_906_303_268_55e-4);
-    let p = p * x2 + s(-2.954_599_808_540_25e-3);
-    let p = p * x2 + s(-1.609_603_332_624_15e-2);
+    let p = H::step(p, x2, s(2.770_681_424_959_02e-8));
+    let p = H::step(p, x2, s(-2.101_024_020_825_08e-6));
+    let p = H::step(p, x2, s(-5.692_506_394_623_46e-5));
+    let p = H::step(p, x2, s(-7.349_906_303_268_55e-4));
+    let p = H::step(p, x2, s(-2.954_599_808_540_25e-3));
+    let p = H::step(p, x2, s(-1.609_603_332_624_15e-2));
     let q = s(-1.456_607_184_649_96e-5);
-    let q = q * x2 + s(-2.133_740_552_789_05e-4);
-    let q = q * x2 + s(-1.682_826_974_382_03e-3);
-    let q = q * x2 + s(-7.373_329_167_204_68e-3);
-    let q = q * x2 + s(-1.426_473_905_141_89e-2);
+    let q = H::step(q, x2, s(-2.133_740_552_789_05e-4));
+    let q = H::step(q, x2, s(-1.682_826_974_382_03e-3));
+    let q = H::step(q, x2, s(-7.373_329_167_204_68e-3));
+    let q = H::step(q, x2, s(-1.426_473_905_141_89e-2));
     (x * p / q).at_least(-1.0).at_most(1.0)
 }
 
@@ -502,46 +561,50 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vectors_equal_the_scalar_bit_for_bit() {
-        fn check<V: Lanes>(wide: unsafe fn(&mut [f32])) {
+        fn check<V: Lanes, H: Horner>(wide: unsafe fn(&mut [f32])) {
             for len in [1usize, 7, 8, 15, 16, 17, 31, 33, 100] {
                 let x: Vec<f32> = (0..len).map(|i| (i as f32 * 0.377 - 9.5) * if i % 3 == 0 { 1.0 } else { 0.31 }).collect();
                 let mut y = x.clone();
                 // SAFETY: the caller checked the CPU.
                 unsafe { wide(&mut y) };
                 for (i, (&a, &v)) in y.iter().zip(&x).enumerate() {
-                    let want = erf(tanh(v) * 3.0 + exp(v * 0.1));
+                    let want = g::<f32, H>(v);
                     assert_eq!(a.to_bits(), want.to_bits(), "{} lanes, len {len}, element {i}", V::N);
+                    // Fused steps round differently, not worse: both forms agree closely.
+                    assert!((want - g::<f32, Split>(v)).abs() <= 1e-6, "element {i}: {want}");
                 }
             }
         }
         #[inline(always)]
-        fn g<V: Lanes>(v: V) -> V {
-            erf(tanh(v) * V::splat(3.0) + exp(v * V::splat(0.1)))
+        fn g<V: Lanes, H: Horner>(v: V) -> V {
+            erf_by::<V, H>(tanh_by::<V, H>(v) * V::splat(3.0) + exp_by::<V, H>(v * V::splat(0.1)))
         }
         // Closures rather than `g` itself: see `act_op::activate`.
         #[allow(clippy::redundant_closure)]
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(a: &mut [f32]) {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<H: Horner>(a: &mut [f32]) {
             map_in_place::<F32x8, _>(
                 a,
                 #[inline(always)]
-                |v| g(v),
+                |v| g::<F32x8, H>(v),
             )
         }
         #[allow(clippy::redundant_closure)]
         #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(a: &mut [f32]) {
+        unsafe fn avx512<H: Horner>(a: &mut [f32]) {
             map_in_place::<F32x16, _>(
                 a,
                 #[inline(always)]
-                |v| g(v),
+                |v| g::<F32x16, H>(v),
             )
         }
-        if has_f32x8() {
-            check::<F32x8>(avx2);
+        if has_f32x8() && std::is_x86_feature_detected!("fma") {
+            check::<F32x8, Split>(avx2::<Split>);
+            check::<F32x8, Fused>(avx2::<Fused>);
         }
         if std::is_x86_feature_detected!("avx512f") {
-            check::<F32x16>(avx512);
+            check::<F32x16, Split>(avx512::<Split>);
+            check::<F32x16, Fused>(avx512::<Fused>);
         }
     }
 }

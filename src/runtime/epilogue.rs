@@ -93,13 +93,13 @@ pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize
             unsafe { widest(layer, acc, stride, first, ldo, c0, n, out) };
             return;
         }
-        if crate::model::vmath::has_f32x8() {
+        if crate::model::vmath::has_f32x8() && std::is_x86_feature_detected!("fma") {
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn wide<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
                 rows::<F32x8, A, O, F>(layer, acc, stride, first, ldo, c0, n, out)
             }
-            // SAFETY: `has_f32x8` found AVX2 and FMA.
+            // SAFETY: the CPU has AVX2 and FMA.
             unsafe { wide(layer, acc, stride, first, ldo, c0, n, out) };
             return;
         }
@@ -180,5 +180,19 @@ pub unsafe fn activate<V: Lanes>(out: &mut [MaybeUninit<f32>], act: Option<Act>)
         // SAFETY: the caller wrote every element of `out`; MaybeUninit<f32> has f32's layout.
         let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
         crate::model::act_op::activate::<V>(out, a);
+    }
+}
+
+/// [`activate`] with fused multiply-adds in the activation's polynomials
+/// (`act_op::activate_fused`): the float layers' epilogues.
+///
+/// # Safety
+/// As [`activate`], and the CPU has FMA.
+#[inline(always)]
+pub unsafe fn activate_fused<V: Lanes>(out: &mut [MaybeUninit<f32>], act: Option<Act>) {
+    if let Some(a) = act {
+        // SAFETY: the caller wrote every element of `out`; MaybeUninit<f32> has f32's layout.
+        let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        crate::model::act_op::activate_fused::<V>(out, a);
     }
 }

@@ -8,7 +8,7 @@
 //! that was.
 
 use super::depthwise;
-use super::epilogue::{activate, finish_tile, FinishRow, Residual};
+use super::epilogue::{activate_fused, finish_tile, FinishRow, Residual};
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::matmul::f32::PackedF32;
 use crate::model::act_op::Act;
@@ -154,6 +154,8 @@ impl FinishRow<f32, f32> for FloatLayer {
 
     #[inline(always)]
     unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
-        activate::<V>(out, self.act)
+        // SAFETY: the caller's CPU features; the vector epilogues run where FMA is (AVX-512F has
+        // it; the AVX2 ones check for it), and the scalar `f32::mul_add` needs none.
+        unsafe { activate_fused::<V>(out, self.act) }
     }
 }
