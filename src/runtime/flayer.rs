@@ -8,7 +8,7 @@
 //! that was.
 
 use super::depthwise;
-use super::epilogue::{activate_fused, finish_tile, FinishRow, Residual};
+use super::epilogue::{activate_fused, finish_tile, over_row, FinishRow, Residual};
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::matmul::f32::PackedF32;
 use crate::model::act_op::Act;
@@ -81,8 +81,8 @@ impl FloatLayer {
     }
 
     /// `o[j] = g(a[j] (+ b[j]))` for `j < n`, `g` the fused ReLU (`max(·, 0)`, a NaN becoming 0 as
-    /// `f32::max` makes it) or the in-row activation: `V::N` values at a time with the same
-    /// operations as one by one.
+    /// `f32::max` makes it) or the in-row activation: in vectors of `V` (`epilogue::over_row`) with
+    /// the same operations as one by one.
     ///
     /// # Safety
     /// The CPU has `V`'s features; `a`, `b` and `o` are valid for `n` values.
@@ -106,24 +106,8 @@ impl FloatLayer {
             }
         }
         let relu6 = self.act_in_row().is_some();
-        let mut j = 0;
         // SAFETY: the caller's bounds and features.
-        unsafe {
-            while j + V::N <= n {
-                lanes::<V>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j));
-                j += V::N;
-            }
-            if j < n && n >= V::N {
-                // The rest as the last whole vector, overlapping finished values: it writes
-                // them again, equal, since every output depends on its own inputs only.
-                let j = n - V::N;
-                lanes::<V>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j));
-            } else {
-                for j in j..n {
-                    lanes::<f32>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j));
-                }
-            }
-        }
+        unsafe { over_row!(V, n, |j| lanes::<V>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j)), lanes::<f32>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j))) }
     }
 }
 

@@ -10,7 +10,7 @@
 //! ([`Residual`]).
 
 use super::depthwise;
-use super::epilogue::{activate, finish_tile, FinishRow, Residual};
+use super::epilogue::{activate, finish_tile, over_row, FinishRow, Residual};
 use super::kernels::{code_shift, quantize_codes, quantize_to};
 use super::layout::{run_layer, ConvShape, LayerShape, PatchRuns};
 use crate::artifact::QuantLayer;
@@ -177,7 +177,7 @@ impl QLayer {
 
     /// `o[j] = g((a[j] − zp_wsum[c]) · mult[c] (+ bias[c]))` for `j < n`, channel `c = c0 + j`,
     /// `g` the fused ReLU (`max(·, 0)`, a NaN becoming 0 as `f32::max` makes it) or the in-row
-    /// activation: `V::N` values at a time with the same operations as one by one.
+    /// activation, in vectors of `V` (`epilogue::over_row`) with the same operations as one by one.
     ///
     /// # Safety
     /// The CPU has `V`'s features; `a` and `o` are valid for `n` values and `c0 + n` is at most
@@ -202,24 +202,8 @@ impl QLayer {
             }
         }
         let relu6 = self.act_in_row().is_some();
-        let mut j = 0;
         // SAFETY: the caller's bounds and features.
-        unsafe {
-            while j + V::N <= n {
-                lanes::<V, A>(self, a.add(j), c0 + j, relu6, o.add(j));
-                j += V::N;
-            }
-            if j < n && n >= V::N {
-                // The rest as the last whole vector, overlapping finished values: it writes
-                // them again, equal, since every output depends on its own inputs only.
-                let j = n - V::N;
-                lanes::<V, A>(self, a.add(j), c0 + j, relu6, o.add(j));
-            } else {
-                for j in j..n {
-                    lanes::<f32, A>(self, a.add(j), c0 + j, relu6, o.add(j));
-                }
-            }
-        }
+        unsafe { over_row!(V, n, |j| lanes::<V, A>(self, a.add(j), c0 + j, relu6, o.add(j)), lanes::<f32, A>(self, a.add(j), c0 + j, relu6, o.add(j))) }
     }
 }
 
