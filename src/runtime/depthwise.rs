@@ -85,22 +85,26 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
     // Each sample is copied into a plane with its padding filled in, and each input channel
     // repeated for its `m` output channels, so that every tap of every position reads all
     // output channels' inputs at `position base + tap offset` without a test for the border.
+    // A one-channel input's plane holds that channel once (`pc = 1` value a pixel): every output
+    // reads it, so a tap's one value is broadcast to the block's lanes instead.
+    let one = g.c == 1 && m > 1;
+    let pc = if one { 1 } else { c };
     let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
-    let mut plane = vec![pad; hp * wp * c];
-    let tap_at: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.dil.0 * wp + (t % g.kw) * g.dil.1) * c).collect();
+    let mut plane = vec![pad; hp * wp * pc];
+    let tap_at: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.dil.0 * wp + (t % g.kw) * g.dil.1) * pc).collect();
     // Each position's base offset in the plane. Every tap lies in the plane: the last one of the
     // last position reads row `(ho − 1)·sy + (kh − 1)·dy < hp` and column
     // `(wo − 1)·sx + (kw − 1)·dx < wp`.
-    let bases: Vec<usize> = (0..positions).map(|p| ((p / g.wo) * g.stride.0 * wp + (p % g.wo) * g.stride.1) * c).collect();
-    debug_assert!(bases[positions - 1] + tap_at[taps - 1] + c <= plane.len());
+    let bases: Vec<usize> = (0..positions).map(|p| ((p / g.wo) * g.stride.0 * wp + (p % g.wo) * g.stride.1) * pc).collect();
+    debug_assert!(bases[positions - 1] + tap_at[taps - 1] + pc <= plane.len());
     // One sample's accumulators, `[positions, c]`.
     let mut acc = vec![0f32; positions * c];
     for s in 0..n {
         let sample = &x[s * g.h * g.w * g.c..(s + 1) * g.h * g.w * g.c];
         for (iy, line) in sample.chunks_exact(g.w * g.c).enumerate() {
-            let at = ((iy + g.pad.0) * wp + g.pad.1) * c;
-            let dst = &mut plane[at..at + g.w * c];
-            if m == 1 {
+            let at = ((iy + g.pad.0) * wp + g.pad.1) * pc;
+            let dst = &mut plane[at..at + g.w * pc];
+            if m == 1 || one {
                 dst.iter_mut().zip(line).for_each(|(d, &v)| *d = v.into());
             } else {
                 for (&v, d) in line.iter().zip(dst.chunks_exact_mut(m)) {
@@ -113,11 +117,17 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
         let mut c0 = 0;
         // SAFETY (both blocks): every tap lies in the plane (above) and `c0 + B ≤ c`.
         while c0 + BLOCK <= c {
-            sum_block::<BLOCK>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
+            match one {
+                true => sum_block::<BLOCK, true>(&plane, w, &bases, &tap_at, c, c0, &mut acc),
+                false => sum_block::<BLOCK, false>(&plane, w, &bases, &tap_at, c, c0, &mut acc),
+            }
             c0 += BLOCK;
         }
         if c0 + BLOCK / 2 <= c {
-            sum_block::<{ BLOCK / 2 }>(&plane, w, &bases, &tap_at, c, c0, &mut acc);
+            match one {
+                true => sum_block::<{ BLOCK / 2 }, true>(&plane, w, &bases, &tap_at, c, c0, &mut acc),
+                false => sum_block::<{ BLOCK / 2 }, false>(&plane, w, &bases, &tap_at, c, c0, &mut acc),
+            }
             c0 += BLOCK / 2;
         }
         if c0 < c {
@@ -125,8 +135,9 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
                 let rest = &mut a[c0..];
                 rest.fill(0.0);
                 for (t, &d) in tap_at.iter().enumerate() {
-                    let (src, wt) = (&plane[base + d + c0..base + d + c], &w[t * c + c0..(t + 1) * c]);
-                    for ((a, &xv), &wv) in rest.iter_mut().zip(src).zip(wt) {
+                    let wt = &w[t * c + c0..(t + 1) * c];
+                    for (j, (a, &wv)) in rest.iter_mut().zip(wt).enumerate() {
+                        let xv = if one { plane[base + d] } else { plane[base + d + c0 + j] };
                         *a = xv.mul_add(wv, *a);
                     }
                 }
@@ -150,25 +161,26 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
 }
 
 /// For every position `p`: `acc[p·c + c0 + j] = Σ_t plane[bases[p] + tap_at[t] + c0 + j] ·
-/// w[t·c + c0 + j]` for `j < B`, summed in tap order. The common tap counts (3, 5, 9) hold the
+/// w[t·c + c0 + j]` for `j < B`, summed in tap order; with `ONE` (a one-channel plane)
+/// `plane[bases[p] + tap_at[t]]` for every `j`. The common tap counts (3, 5, 9) hold the
 /// block's weights in registers across the positions.
 ///
 /// # Safety
-/// Every tap's `B` values lie in `plane` (`bases[p] + tap_at[t] + c0 + B ≤ plane.len()`) and in
-/// the tap-major weights `[taps][c]` (`c0 + B ≤ c`).
+/// Every tap's `B` values (one with `ONE`) lie in `plane` (`bases[p] + tap_at[t] + c0 + B ≤
+/// plane.len()`) and in the tap-major weights `[taps][c]` (`c0 + B ≤ c`).
 #[inline(always)]
-unsafe fn sum_block<const B: usize>(plane: &[f32], w: &[f32], bases: &[usize], tap_at: &[usize], c: usize, c0: usize, acc: &mut [f32]) {
+unsafe fn sum_block<const B: usize, const ONE: bool>(plane: &[f32], w: &[f32], bases: &[usize], tap_at: &[usize], c: usize, c0: usize, acc: &mut [f32]) {
     // SAFETY (each arm): the caller's bounds.
     unsafe {
         match *tap_at {
-            [a, b, d] => sum_block_taps::<3, B>(plane, w, bases, [a, b, d], c, c0, acc),
-            [a, b, d, e, f] => sum_block_taps::<5, B>(plane, w, bases, [a, b, d, e, f], c, c0, acc),
-            [a, b, d, e, f, g, h, i, j] => sum_block_taps::<9, B>(plane, w, bases, [a, b, d, e, f, g, h, i, j], c, c0, acc),
+            [a, b, d] => sum_block_taps::<3, B, ONE>(plane, w, bases, [a, b, d], c, c0, acc),
+            [a, b, d, e, f] => sum_block_taps::<5, B, ONE>(plane, w, bases, [a, b, d, e, f], c, c0, acc),
+            [a, b, d, e, f, g, h, i, j] => sum_block_taps::<9, B, ONE>(plane, w, bases, [a, b, d, e, f, g, h, i, j], c, c0, acc),
             _ => {
                 for (&base, a) in bases.iter().zip(acc.chunks_exact_mut(c)) {
                     let mut s = [0f32; B];
                     for (t, &d) in tap_at.iter().enumerate() {
-                        let src: &[f32; B] = &*(plane.as_ptr().add(base + d + c0) as *const [f32; B]);
+                        let src = input::<B, ONE>(plane, base + d, c0);
                         let wt: &[f32; B] = &*(w.as_ptr().add(t * c + c0) as *const [f32; B]);
                         for j in 0..B {
                             s[j] = src[j].mul_add(wt[j], s[j]);
@@ -181,12 +193,28 @@ unsafe fn sum_block<const B: usize>(plane: &[f32], w: &[f32], bases: &[usize], t
     }
 }
 
+/// A tap's `B` inputs at `plane[at + c0..]`, or with `ONE` the one value `plane[at]` in every
+/// lane.
+///
+/// # Safety
+/// They lie in `plane`.
+#[inline(always)]
+unsafe fn input<const B: usize, const ONE: bool>(plane: &[f32], at: usize, c0: usize) -> [f32; B] {
+    // SAFETY: the caller's bounds.
+    unsafe {
+        match ONE {
+            true => [*plane.get_unchecked(at); B],
+            false => *(plane.as_ptr().add(at + c0) as *const [f32; B]),
+        }
+    }
+}
+
 /// [`sum_block`] for `T` taps, the block's weights converted once and kept in registers.
 ///
 /// # Safety
 /// As [`sum_block`].
 #[inline(always)]
-unsafe fn sum_block_taps<const T: usize, const B: usize>(plane: &[f32], w: &[f32], bases: &[usize], tap_at: [usize; T], c: usize, c0: usize, acc: &mut [f32]) {
+unsafe fn sum_block_taps<const T: usize, const B: usize, const ONE: bool>(plane: &[f32], w: &[f32], bases: &[usize], tap_at: [usize; T], c: usize, c0: usize, acc: &mut [f32]) {
     debug_assert!(w.len() >= T * c && c0 + B <= c);
     // SAFETY: the caller's bounds (whole blocks, converted as vectors).
     let wv: [[f32; B]; T] = std::array::from_fn(|t| unsafe { *(w.as_ptr().add(t * c + c0) as *const [f32; B]) });
@@ -194,7 +222,7 @@ unsafe fn sum_block_taps<const T: usize, const B: usize>(plane: &[f32], w: &[f32
         let mut s = [0f32; B];
         for t in 0..T {
             // SAFETY: the caller's bounds.
-            let src: &[f32; B] = unsafe { &*(plane.as_ptr().add(base + tap_at[t] + c0) as *const [f32; B]) };
+            let src = unsafe { input::<B, ONE>(plane, base + tap_at[t], c0) };
             for j in 0..B {
                 s[j] = src[j].mul_add(wv[t][j], s[j]);
             }
