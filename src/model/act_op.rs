@@ -10,7 +10,7 @@
 
 use super::arch::{GeluApprox, Op};
 use super::conv_op::{f32_slice, with_f32};
-use super::vmath::{erf, erf_by, exp, exp_by, map_in_place, tanh, tanh_by, Fused, Horner, Lanes, Split};
+use super::vmath::{erf, erf_by, exp, exp_by, map_in_place, tanh, tanh_by, Horner, Lanes, Split};
 #[cfg(target_arch = "x86_64")]
 use super::vmath::{F32x16, F32x8};
 use crate::error::Result;
@@ -182,7 +182,7 @@ fn in_place<const DF: bool>(a: &mut [f32], act: Act) {
         if crate::model::vmath::has_f32x16() {
             #[target_feature(enable = "avx512f")]
             unsafe fn widest<const DF: bool>(a: &mut [f32], act: Act) {
-                on_vectors::<F32x16, DF>(a, act)
+                on_vectors::<F32x16, Split, DF>(a, act)
             }
             // SAFETY: `has_f32x16` found AVX-512F.
             return unsafe { widest::<DF>(a, act) };
@@ -190,14 +190,14 @@ fn in_place<const DF: bool>(a: &mut [f32], act: Act) {
         if crate::model::vmath::has_f32x8() {
             #[target_feature(enable = "avx2")]
             unsafe fn wide<const DF: bool>(a: &mut [f32], act: Act) {
-                on_vectors::<F32x8, DF>(a, act)
+                on_vectors::<F32x8, Split, DF>(a, act)
             }
             // SAFETY: the CPU has AVX2.
             return unsafe { wide::<DF>(a, act) };
         }
     }
     // SAFETY: scalars need no CPU feature.
-    unsafe { on_vectors::<f32, DF>(a, act) }
+    unsafe { on_vectors::<f32, Split, DF>(a, act) }
 }
 
 /// [`apply_in_place`] on vectors of `V`, inlined into a caller that picks the width (the
@@ -207,40 +207,33 @@ fn in_place<const DF: bool>(a: &mut [f32], act: Act) {
 /// The CPU has `V`'s features.
 #[inline(always)]
 pub unsafe fn activate<V: Lanes>(a: &mut [f32], act: Act) {
-    on_vectors::<V, false>(a, act)
+    on_vectors::<V, Split, false>(a, act)
 }
 
-/// [`activate`] with fused multiply-adds in the polynomials (`vmath::Fused`): the float
+/// [`activate`] with the polynomials' steps rounded as `H` says: `vmath::Fused` for the float
 /// runtime's epilogues, whose results need not equal the executor's bit for bit.
 ///
 /// # Safety
-/// The CPU has `V`'s features and FMA.
+/// The CPU has `V`'s features, and FMA for `Fused`.
 #[inline(always)]
-pub unsafe fn activate_fused<V: Lanes>(a: &mut [f32], act: Act) {
-    macro_rules! each_act {
-        ($($a:ident),*) => {
-            match act {
-                $(Act::$a => map_in_place(a, #[inline(always)] |v: V| Act::$a.eval_by::<V, Fused>(v)),)*
-            }
-        };
-    }
-    // SAFETY: the caller's CPU features.
-    unsafe { each_act!(Relu6, Silu, Sigmoid, Tanh, GeluErf, GeluTanh) }
+pub unsafe fn activate_by<V: Lanes, H: Horner>(a: &mut [f32], act: Act) {
+    on_vectors::<V, H, false>(a, act)
 }
 
-/// `a[i] = f(a[i])`, or `f'(a[i])` when `DF`, on vectors of `V`.
+/// `a[i] = f(a[i])`, or `f'(a[i])` when `DF` (always with `Split` steps), on vectors of `V`,
+/// `f`'s polynomial steps rounded as `H` says.
 ///
 /// # Safety
 /// The CPU has `V`'s features.
 #[inline(always)]
-unsafe fn on_vectors<V: Lanes, const DF: bool>(a: &mut [f32], act: Act) {
+unsafe fn on_vectors<V: Lanes, H: Horner, const DF: bool>(a: &mut [f32], act: Act) {
     // One loop per activation, so that the match is outside it; each through an
     // `#[inline(always)]` closure, so that it inlines into the caller's instruction set (a
     // function item passed instead is called through a shim that does not).
     macro_rules! each_act {
         ($($a:ident),*) => {
             match act {
-                $(Act::$a => map_in_place(a, #[inline(always)] |v: V| if DF { Act::$a.eval_df(v) } else { Act::$a.eval(v) }),)*
+                $(Act::$a => map_in_place(a, #[inline(always)] |v: V| if DF { Act::$a.eval_df(v) } else { Act::$a.eval_by::<V, H>(v) }),)*
             }
         };
     }

@@ -141,6 +141,12 @@ pub fn has_f32x8() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
 
+/// Whether [`F32x8`] runs here with FMA too, as [`Fused`] steps and fused kernels need.
+#[cfg(target_arch = "x86_64")]
+pub fn has_f32x8_fma() -> bool {
+    has_f32x8() && std::is_x86_feature_detected!("fma")
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Lanes;
@@ -598,7 +604,7 @@ mod tests {
                 |v| g::<F32x16, H>(v),
             )
         }
-        if has_f32x8() && std::is_x86_feature_detected!("fma") {
+        if has_f32x8_fma() {
             check::<F32x8, Split>(avx2::<Split>);
             check::<F32x8, Fused>(avx2::<Fused>);
         }

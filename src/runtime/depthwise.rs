@@ -49,7 +49,7 @@ pub fn run<A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvShape, w: &[f32
             // SAFETY: `has_f32x16` found AVX-512F.
             return unsafe { widest(g, w, x, pad, n, finish) };
         }
-        if crate::model::vmath::has_f32x8() && std::is_x86_feature_detected!("fma") {
+        if crate::model::vmath::has_f32x8_fma() {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn wide<A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvShape, w: &[f32], x: &[A], pad: f32, n: usize, finish: &F) -> Vec<O> {
                 rows::<F32x8, A, O, F>(g, w, x, pad, n, finish)

@@ -5,9 +5,9 @@
 //! fused in ([`Residual`]) and a fused activation ([`activate`]).
 
 use crate::model::act_op::Act;
-use crate::model::vmath::Lanes;
 #[cfg(target_arch = "x86_64")]
 use crate::model::vmath::{F32x16, F32x8};
+use crate::model::vmath::{Horner, Lanes};
 use std::mem::MaybeUninit;
 
 /// What a layer writes for one output row: `out[j]` from the accumulator `acc[j]` of channel
@@ -93,7 +93,7 @@ pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize
             unsafe { widest(layer, acc, stride, first, ldo, c0, n, out) };
             return;
         }
-        if crate::model::vmath::has_f32x8() && std::is_x86_feature_detected!("fma") {
+        if crate::model::vmath::has_f32x8_fma() {
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn wide<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
@@ -196,29 +196,35 @@ pub fn add_relu(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
 
 /// Applies a fused activation (if any) to outputs the epilogue has just written, while they are
 /// in cache: `out[j] = f(out[j])`, on vectors of `V` (`model::vmath`), bit-identical at every
-/// width.
+/// width, its polynomial steps rounded as `H` says (`Split` for integer layers, whose results
+/// must equal the executor's; `Fused` for float layers).
 ///
 /// # Safety
-/// The CPU has `V`'s features; every element of `out` was written.
+/// The CPU has `V`'s features, and FMA for `Fused`; every element of `out` was written.
 #[inline(always)]
-pub unsafe fn activate<V: Lanes>(out: &mut [MaybeUninit<f32>], act: Option<Act>) {
+pub unsafe fn activate<V: Lanes, H: Horner>(out: &mut [MaybeUninit<f32>], act: Option<Act>) {
     if let Some(a) = act {
         // SAFETY: the caller wrote every element of `out`; MaybeUninit<f32> has f32's layout.
         let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        crate::model::act_op::activate::<V>(out, a);
+        crate::model::act_op::activate_by::<V, H>(out, a);
     }
 }
 
-/// [`activate`] with fused multiply-adds in the activation's polynomials
-/// (`act_op::activate_fused`): the float layers' epilogues.
-///
-/// # Safety
-/// As [`activate`], and the CPU has FMA.
+/// Whether a layer's row pass ([`FinishRow::rows`]) applies its activation itself, while the
+/// values are in registers: one of a few operations (ReLU6), where a pass of its own would cost
+/// more than it computes.
+pub fn act_in_row(act: Option<Act>) -> bool {
+    act == Some(Act::Relu6)
+}
+
+/// The end of a row pass on `v`: `max(v, 0)` when `relu` (a NaN becoming 0, as `f32::max` makes
+/// it), then ReLU6 when `relu6` ([`act_in_row`]).
 #[inline(always)]
-pub unsafe fn activate_fused<V: Lanes>(out: &mut [MaybeUninit<f32>], act: Option<Act>) {
-    if let Some(a) = act {
-        // SAFETY: the caller wrote every element of `out`; MaybeUninit<f32> has f32's layout.
-        let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        crate::model::act_op::activate_fused::<V>(out, a);
+pub fn clamp<V: Lanes>(v: V, relu: bool, relu6: bool) -> V {
+    let v = if relu { v.relu() } else { v };
+    if relu6 {
+        Act::Relu6.eval(v)
+    } else {
+        v
     }
 }

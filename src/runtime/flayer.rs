@@ -8,12 +8,12 @@
 //! that was.
 
 use super::depthwise;
-use super::epilogue::{activate_fused, finish_tile, over_row, FinishRow, Residual};
+use super::epilogue::{act_in_row, activate, clamp, finish_tile, over_row, FinishRow, Residual};
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::matmul::f32::PackedF32;
 use crate::model::act_op::Act;
 use crate::model::arch::Op;
-use crate::model::vmath::Lanes;
+use crate::model::vmath::{Fused, Lanes};
 use std::mem::MaybeUninit;
 
 /// A float layer ready to run.
@@ -74,14 +74,8 @@ impl FloatLayer {
 }
 
 impl FloatLayer {
-    /// The activation applied inside [`FinishRow::rows`] while the values are in registers: one of
-    /// a few operations (ReLU6), where a pass of its own would cost more than it computes.
-    fn act_in_row(&self) -> Option<Act> {
-        self.act.filter(|&a| a == Act::Relu6)
-    }
-
-    /// `o[j] = g(a[j] (+ b[j]))` for `j < n`, `g` the fused ReLU (`max(·, 0)`, a NaN becoming 0 as
-    /// `f32::max` makes it) or the in-row activation: in vectors of `V` (`epilogue::over_row`) with
+    /// `o[j] = g(a[j] (+ b[j]))` for `j < n`, `g` the fused ReLU or the in-row activation
+    /// ([`clamp`]): in vectors of `V` (`epilogue::over_row`) with
     /// the same operations as one by one.
     ///
     /// # Safety
@@ -96,16 +90,10 @@ impl FloatLayer {
                 if let Some(b) = b {
                     v = v + V::load(b);
                 }
-                if relu {
-                    v = v.relu();
-                }
-                if relu6 {
-                    v = Act::Relu6.eval(v);
-                }
-                v.store(o);
+                clamp(v, relu, relu6).store(o);
             }
         }
-        let relu6 = self.act_in_row().is_some();
+        let relu6 = act_in_row(self.act);
         // SAFETY: the caller's bounds and features.
         unsafe { over_row!(V, n, |j| lanes::<V>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j)), lanes::<f32>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j))) }
     }
@@ -133,13 +121,13 @@ impl FinishRow<f32, f32> for FloatLayer {
     }
 
     fn has_act(&self) -> bool {
-        self.act.is_some() && self.act_in_row().is_none()
+        self.act.is_some() && !act_in_row(self.act)
     }
 
     #[inline(always)]
     unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
         // SAFETY: the caller's CPU features; the vector epilogues run where FMA is (AVX-512F has
         // it; the AVX2 ones check for it), and the scalar `f32::mul_add` needs none.
-        unsafe { activate_fused::<V>(out, self.act) }
+        unsafe { activate::<V, Fused>(out, self.act) }
     }
 }

@@ -10,7 +10,7 @@
 //! ([`Residual`]).
 
 use super::depthwise;
-use super::epilogue::{activate, finish_tile, over_row, FinishRow, Residual};
+use super::epilogue::{act_in_row, activate, clamp, finish_tile, over_row, FinishRow, Residual};
 use super::kernels::{code_shift, quantize_codes, quantize_to};
 use super::layout::{run_layer, ConvShape, LayerShape, PatchRuns};
 use crate::artifact::QuantLayer;
@@ -18,7 +18,7 @@ use crate::matmul::int8::{PairPanels, QuadPanels};
 use crate::matmul::isa::Isa;
 use crate::model::act_op::Act;
 use crate::model::arch::Op;
-use crate::model::vmath::Lanes;
+use crate::model::vmath::{Lanes, Split};
 use crate::quant::{ActType, InputQuant, QParams};
 use std::mem::MaybeUninit;
 
@@ -169,15 +169,8 @@ impl QLayer {
 }
 
 impl QLayer {
-    /// The activation applied inside [`FinishRow::rows`] while the values are in registers: one of
-    /// a few operations (ReLU6), where a pass of its own would cost more than it computes.
-    fn act_in_row(&self) -> Option<Act> {
-        self.act.filter(|&a| a == Act::Relu6)
-    }
-
     /// `o[j] = g((a[j] − zp_wsum[c]) · mult[c] (+ bias[c]))` for `j < n`, channel `c = c0 + j`,
-    /// `g` the fused ReLU (`max(·, 0)`, a NaN becoming 0 as `f32::max` makes it) or the in-row
-    /// activation, in vectors of `V` (`epilogue::over_row`) with the same operations as one by one.
+    /// `g` the fused ReLU or the in-row activation ([`clamp`]), in vectors of `V` (`epilogue::over_row`) with the same operations as one by one.
     ///
     /// # Safety
     /// The CPU has `V`'s features; `a` and `o` are valid for `n` values and `c0 + n` is at most
@@ -188,20 +181,15 @@ impl QLayer {
         unsafe fn lanes<V: Lanes, A: Centred>(l: &QLayer, a: *const A, c: usize, relu6: bool, o: *mut f32) {
             // SAFETY: the caller's.
             unsafe {
-                let mut v = A::centred_lanes::<V>(a, l.zp_wsum.as_ptr().add(c)) * V::load(l.mult.as_ptr().add(c));
-                if let Some(b) = &l.bias {
-                    v = v + V::load(b.as_ptr().add(c));
-                }
-                if l.relu {
-                    v = v.relu();
-                }
-                if relu6 {
-                    v = Act::Relu6.eval(v);
-                }
-                v.store(o);
+                let v = A::centred_lanes::<V>(a, l.zp_wsum.as_ptr().add(c)) * V::load(l.mult.as_ptr().add(c));
+                let v = match &l.bias {
+                    Some(b) => v + V::load(b.as_ptr().add(c)),
+                    None => v,
+                };
+                clamp(v, l.relu, relu6).store(o);
             }
         }
-        let relu6 = self.act_in_row().is_some();
+        let relu6 = act_in_row(self.act);
         // SAFETY: the caller's bounds and features.
         unsafe { over_row!(V, n, |j| lanes::<V, A>(self, a.add(j), c0 + j, relu6, o.add(j)), lanes::<f32, A>(self, a.add(j), c0 + j, relu6, o.add(j))) }
     }
@@ -231,12 +219,12 @@ impl<A: Centred> FinishRow<A, f32> for QLayer {
     }
 
     fn has_act(&self) -> bool {
-        self.act.is_some() && self.act_in_row().is_none()
+        self.act.is_some() && !act_in_row(self.act)
     }
 
     #[inline(always)]
     unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
-        activate::<V>(out, self.act)
+        activate::<V, Split>(out, self.act)
     }
 }
 
@@ -319,7 +307,7 @@ impl FinishRow<i32, f32> for PerToken<'_> {
 
     #[inline(always)]
     unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
-        activate::<V>(out, self.layer.act)
+        activate::<V, Split>(out, self.layer.act)
     }
 }
 
