@@ -64,6 +64,7 @@ pub fn train_epoch_seconds(model: &Model, train: &Dataset, reps: usize) -> Resul
         warmup_epochs: 0.0,
         seed: 0,
         patience: None,
+        keep: crate::train::fit::Keep::Accuracy,
     };
     let obj = |m: &Model, x: &candle_core::Tensor, y: &[u32], _: &[usize], _: &std::cell::RefCell<rand_chacha::ChaCha8Rng>| loss::cross_entropy(&m.forward(x, Mode::Train)?, y);
     // Validation is not part of the step being measured: a constant stands in for it.

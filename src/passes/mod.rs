@@ -346,6 +346,7 @@ pub fn train_config(epochs: Epochs, lr: LearningRate, optimizer: OptimizerKind, 
         warmup_epochs: if auto { 0.05 * n as f64 } else { 0.0 },
         seed: ctx.seed,
         patience: if auto { Some((n / 3).max(4)) } else { None },
+        keep: crate::train::fit::Keep::Accuracy,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The training loop: seeded shuffling, mini-batches, an objective given by the caller (plain
 //! cross-entropy, distillation, QAT), cosine schedule with warm-up, validation after every
-//! epoch, early stopping, and the best validation checkpoint restored at the end.
+//! epoch, early stopping, and the best validation checkpoint (`Keep`) restored at the end.
 
 use super::budget::{range_test, range_test_steps, LearningRate, RangeTest};
 use super::optim::{cosine_lr, Optimizer, OptimizerKind};
@@ -31,13 +31,53 @@ pub struct TrainConfig {
     /// Warm-up length in epochs (fractional allowed).
     pub warmup_epochs: f64,
     pub seed: u64,
-    /// Stop when validation accuracy has not improved for this many epochs.
+    /// Stop when the validation result has not improved for this many epochs.
     pub patience: Option<usize>,
+    /// Which validated checkpoint the run keeps.
+    #[serde(skip)]
+    pub keep: Keep,
+}
+
+/// The rule by which a run compares validated checkpoints (the model before training among
+/// them) and keeps the best.
+#[derive(Debug, Clone, Default)]
+pub enum Keep {
+    /// The highest accuracy, ties to the lower loss.
+    #[default]
+    Accuracy,
+    /// The most validation samples predicted as these predictions (a teacher's) have them, ties
+    /// to the higher accuracy, then the lower loss: a student recovering its teacher keeps the
+    /// checkpoint closest to it, not one whose gains over it on a small validation split are
+    /// chance.
+    Agreement(std::sync::Arc<Vec<u32>>),
+}
+
+impl Keep {
+    /// Whether checkpoint `a` is better than `b`.
+    fn prefers(&self, a: &EvalResult, b: &EvalResult) -> bool {
+        let rank = |r: &EvalResult| match self {
+            Keep::Accuracy => (0, r.correct),
+            Keep::Agreement(p) => (r.predictions.iter().zip(p.iter()).filter(|(x, y)| x == y).count(), r.correct),
+        };
+        let (ra, rb) = (rank(a), rank(b));
+        ra > rb || (ra == rb && a.loss < b.loss)
+    }
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 10, batch_size: 64, lr: LearningRate::Fixed(1e-3), optimizer: OptimizerKind::Adamw, weight_decay: 1e-4, momentum: 0.9, warmup_epochs: 0.0, seed: 0, patience: None }
+        TrainConfig {
+            epochs: 10,
+            batch_size: 64,
+            lr: LearningRate::Fixed(1e-3),
+            optimizer: OptimizerKind::Adamw,
+            weight_decay: 1e-4,
+            momentum: 0.9,
+            warmup_epochs: 0.0,
+            seed: 0,
+            patience: None,
+            keep: Keep::Accuracy,
+        }
     }
 }
 
@@ -65,8 +105,7 @@ pub struct FitReport {
 /// Computes the loss of one batch: `(model, x, y, sample indices, rng)`. The indices let a
 /// caller look up per-sample values computed once (a teacher's logits).
 pub type Objective<'a> = dyn Fn(&Model, &Tensor, &[u32], &[usize], &RefCell<ChaCha8Rng>) -> Result<Tensor> + 'a;
-/// Validation metrics of the model as it stands. The best checkpoint has the highest accuracy,
-/// ties broken by the lower loss (small validation sets tie often).
+/// Validation metrics of the model as it stands; `TrainConfig::keep` ranks them.
 pub type Validate<'a> = dyn Fn(&Model) -> Result<EvalResult> + 'a;
 
 /// Trains `vars` (usually `model.trainable_vars()`) of `model` on `train`, minimising `objective`.
@@ -133,7 +172,7 @@ pub fn fit(
         report.val_accuracy.push(acc);
         report.epochs_run = epoch + 1;
         progress.finish(&format!("loss {mean_loss:.4}, val accuracy {acc:.4}"));
-        if acc > best.0.accuracy || (acc == best.0.accuracy && v.loss < best.0.loss) {
+        if cfg.keep.prefers(&v, &best.0) {
             best = (v, epoch + 1, snapshot(model)?);
         }
         if let Some(p) = cfg.patience {
@@ -161,4 +200,31 @@ pub fn restore(model: &Model, snap: &[(String, Tensor)]) -> Result<()> {
         model.params[k].set(t)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(predictions: &[u32], labels: &[u32], loss: f64) -> EvalResult {
+        let correct = predictions.iter().zip(labels).filter(|(p, y)| p == y).count();
+        EvalResult { accuracy: correct as f64 / labels.len() as f64, loss, correct, samples: labels.len(), predictions: predictions.to_vec(), logits: vec![] }
+    }
+
+    #[test]
+    fn agreement_keeps_the_checkpoint_closest_to_the_teacher_over_a_more_accurate_one() {
+        let labels = [0, 1, 2, 3];
+        let teacher = std::sync::Arc::new(vec![0, 1, 2, 0]);
+        // `close` predicts as the teacher does (3 of 4 right); `lucky` also gets sample 3 right,
+        // one prediction away from the teacher's.
+        let close = result(&[0, 1, 2, 0], &labels, 0.5);
+        let lucky = result(&[0, 1, 2, 3], &labels, 0.9);
+        assert!(Keep::Accuracy.prefers(&lucky, &close) && !Keep::Accuracy.prefers(&close, &lucky));
+        assert!(!Keep::Agreement(teacher.clone()).prefers(&lucky, &close));
+        assert!(Keep::Agreement(teacher.clone()).prefers(&close, &lucky));
+        // Equal agreement: the higher accuracy, then the lower loss.
+        let close_lower_loss = result(&[0, 1, 2, 0], &labels, 0.3);
+        assert!(Keep::Agreement(teacher.clone()).prefers(&close_lower_loss, &close));
+        assert!(!Keep::Agreement(teacher).prefers(&close, &close_lower_loss));
+    }
 }

@@ -2,11 +2,12 @@
 //! comes, each step removes `search_step` of the remaining channels (ranked again on the
 //! recovered model), recovers, and measures how close it stays to the teacher
 //! (`Budget::within`: an upper bound of the validation drop, and agreement on the training
-//! split). A step that
+//! split); the recovery keeps its checkpoint closest to the teacher on validation. A step that
 //! stays within `SEARCH_SHARE` of the budget is taken; one that does not is undone
-//! and tried again at half the step, at most twice; the search stops there, at `max_ratio`, or
-//! when no channel is left to remove. The rest of the budget is left for quantisation and for
-//! the difference between the validation and the test split.
+//! and tried again at half the step, at most twice, and no later step keeps as few channels as
+//! it did. The search stops there, at `max_ratio`, or when no channel is left to remove. The
+//! rest of the budget is left for quantisation and for the difference between the validation
+//! and the test split.
 
 use super::settings::PruneSettings;
 use super::{apply, plan};
@@ -58,11 +59,22 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
     let mut recovery = s.recovery(ctx);
     let mut trials = vec![];
     let floor = 1.0 - s.max_ratio;
+    // The largest fraction kept by a trial over budget: the search does not go there again,
+    // since a second draw of the same ratio judged on the same validation split would pass by
+    // chance as often as it failed by chance.
+    let mut over = 0.0f64;
     let stopped = loop {
         if keep <= floor + 1e-9 {
             break format!("reached max_ratio {}", s.max_ratio);
         }
         let target = (keep * (1.0 - step)).max(floor);
+        if target <= over + 1e-9 {
+            if step / 2.0 >= min_step {
+                step /= 2.0;
+                continue;
+            }
+            break format!("removing {:.0}% more of the channels would keep {:.0}% or less, where a trial was over budget", 100.0 * step, 100.0 * over);
+        }
         let cfg = s.config(1.0 - target / keep, ctx.seed + trials.len() as u64);
         // A ratio that would empty a group, or that rounding turns into no change, is no step.
         let p = plan(&current, &cfg, Some(ctx.train)).ok().filter(|p| !p.removed.is_empty());
@@ -99,7 +111,10 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
         ));
         if accepted {
             (current, keep) = (candidate, target);
-        } else if step / 2.0 >= min_step {
+            continue;
+        }
+        over = over.max(target);
+        if step / 2.0 >= min_step {
             step /= 2.0;
         } else {
             break format!(

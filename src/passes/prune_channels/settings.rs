@@ -10,6 +10,7 @@ use crate::error::{Result, WickError};
 use crate::model::stats::total_params;
 use crate::passes::{check_training, train_config, wrong_state, Applied, Ctx, Pass, Sketch, State};
 use crate::train::budget::{auto_or, AUTO_STEPS};
+use crate::train::fit::Keep;
 use crate::train::{Epochs, LearningRate, OptimizerKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -96,9 +97,13 @@ impl PruneSettings {
         PruneConfig { ratio, criterion: self.criterion, global: self.global, round_to: self.round_to, min_channels: self.min_channels, ignore: self.ignore.clone(), seed }
     }
 
-    /// The recovery after each pruning step, as the context's data and teacher allow.
+    /// The recovery after each pruning step, as the context's data and teacher allow. Distilling
+    /// keeps the checkpoint closest to the teacher on validation.
     pub fn recovery<'a>(&self, ctx: &Ctx<'a>) -> Recovery<'a> {
-        let train_cfg = train_config(self.epochs, self.lr, self.optimizer, self.batch_size, AUTO_STEPS, ctx);
+        let mut train_cfg = train_config(self.epochs, self.lr, self.optimizer, self.batch_size, AUTO_STEPS, ctx);
+        if self.distill {
+            train_cfg.keep = Keep::Agreement(std::sync::Arc::new(ctx.teacher_val_predictions.clone()));
+        }
         Recovery { train: ctx.train, val: ctx.val, train_cfg, teacher: self.distill.then_some(ctx.teacher) }
     }
 }
