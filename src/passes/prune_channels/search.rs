@@ -73,7 +73,7 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
                 step /= 2.0;
                 continue;
             }
-            break format!("removing {:.0}% more of the channels would keep {:.0}% or less, where a trial was over budget", 100.0 * step, 100.0 * over);
+            break format!("removing {:.0}% more of the channels would keep no more than the {:.1}% of them a trial found over budget", 100.0 * step, 100.0 * over);
         }
         let cfg = s.config(1.0 - target / keep, ctx.seed + trials.len() as u64);
         // A ratio that would empty a group, or that rounding turns into no change, is no step.
