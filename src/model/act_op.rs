@@ -10,7 +10,7 @@
 
 use super::arch::{GeluApprox, Op};
 use super::conv_op::{f32_slice, with_f32};
-use super::vmath::{erf, erf_by, exp, exp_by, map_in_place, tanh, tanh_by, Horner, Lanes, Split};
+use super::vmath::{erf, erf_by, exp, exp_by, map_in_place, tanh, tanh_by, Fused, Horner, Lanes, Split};
 #[cfg(target_arch = "x86_64")]
 use super::vmath::{F32x16, F32x8};
 use crate::error::Result;
@@ -175,6 +175,33 @@ pub fn apply_in_place(a: &mut [f32], act: Act) {
     in_place::<false>(a, act)
 }
 
+/// [`apply_in_place`] with the polynomials' steps fused ([`Fused`]), bit-identical at every
+/// width: the compiled plans' activations (float and integer) and the integer reference
+/// executor's, which the integer plans equal bit for bit.
+pub fn apply_in_place_fused(a: &mut [f32], act: Act) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::model::vmath::has_f32x16() {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn widest(a: &mut [f32], act: Act) {
+                on_vectors::<F32x16, Fused, false>(a, act)
+            }
+            // SAFETY: `has_f32x16` found AVX-512F.
+            return unsafe { widest(a, act) };
+        }
+        if crate::model::vmath::has_f32x8_fma() {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn wide(a: &mut [f32], act: Act) {
+                on_vectors::<F32x8, Fused, false>(a, act)
+            }
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { wide(a, act) };
+        }
+    }
+    // SAFETY: scalars need no CPU feature (`f32::mul_add` is exact without FMA too).
+    unsafe { on_vectors::<f32, Fused, false>(a, act) }
+}
+
 /// [`apply_in_place`] with `f'` for `f` (`DF`).
 fn in_place<const DF: bool>(a: &mut [f32], act: Act) {
     #[cfg(target_arch = "x86_64")]
@@ -240,14 +267,19 @@ unsafe fn on_vectors<V: Lanes, H: Horner, const DF: bool>(a: &mut [f32], act: Ac
     each_act!(Relu6, Silu, Sigmoid, Tanh, GeluErf, GeluTanh)
 }
 
-/// `out[i] = f(a[i])` over chunks of the pool, each copied and then [`apply_in_place`].
-fn map(a: &[f32], act: Act) -> Vec<f32> {
+/// `out[i] = f(a[i])` over chunks of the pool, each copied and then [`apply_in_place`] (or
+/// [`apply_in_place_fused`] when `fused`).
+fn map(a: &[f32], act: Act, fused: bool) -> Vec<f32> {
     // SAFETY: each chunk writes every element (`a` reaches every chunk's end).
     unsafe {
         build_chunks(a.len(), CHUNK, a.len(), |i, out| {
             out.iter_mut().zip(&a[i * CHUNK..]).for_each(|(o, &v)| _ = o.write(v));
             // SAFETY: every element was written just above; MaybeUninit<f32> has f32's layout.
-            apply_in_place(&mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]), act);
+            let out = &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]);
+            match fused {
+                true => apply_in_place_fused(out, act),
+                false => apply_in_place(out, act),
+            }
         })
     }
 }
@@ -267,7 +299,8 @@ fn map_grad(d: &[f32], x: &[f32], act: Act) -> Vec<f32> {
     }
 }
 
-struct Activation(Act);
+/// An activation, its polynomials' steps fused or not.
+struct Activation(Act, bool);
 
 impl CustomOp1 for Activation {
     fn name(&self) -> &'static str {
@@ -276,7 +309,7 @@ impl CustomOp1 for Activation {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let y = map(x, self.0);
+        let y = map(x, self.0, self.1);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -288,7 +321,12 @@ impl CustomOp1 for Activation {
 
 /// `f(x)` with the one-pass backward.
 pub fn activation(x: &Tensor, act: Act) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1(Activation(act))?)
+    Ok(x.contiguous()?.apply_op1(Activation(act, false))?)
+}
+
+/// [`activation`] with the polynomials' steps fused, as [`apply_in_place_fused`].
+pub fn activation_fused(x: &Tensor, act: Act) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Activation(act, true))?)
 }
 
 #[cfg(test)]

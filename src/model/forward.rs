@@ -3,7 +3,7 @@
 //! dropout), with taps that return intermediate activations and a hook through which
 //! fake-quantisation rewrites layer inputs and weights. Uses `model`, `error`.
 
-use super::act_op::{activation, Act};
+use super::act_op::{activation, activation_fused, Act};
 use super::arch::{Node, Op};
 use super::qunit::has_units;
 use super::recurrent::{self, Cell, Weights};
@@ -36,6 +36,12 @@ pub trait Hook {
     /// integer runtime); `None` keeps the float one.
     fn layer(&self, _node: &Node, _x: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
+    }
+    /// Whether the activation ops round their polynomials' steps fused (`vmath::Fused`), as the
+    /// compiled plans do: the integer reference, which the integer plans equal bit for bit.
+    /// Training and float evaluation keep split steps (`act_op::activation`).
+    fn fused_activations(&self) -> bool {
+        false
     }
 }
 
@@ -198,7 +204,10 @@ impl Model {
             }
             Op::Relu(_) if train => super::relu_train::relu(&x),
             Op::Relu(_) => Ok(x.relu()?),
-            op @ (Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_)) => activation(&x, Act::of(op).expect("an activation")),
+            op @ (Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_)) => match r.hook.is_some_and(|h| h.fused_activations()) {
+                true => activation_fused(&x, Act::of(op).expect("an activation")),
+                false => activation(&x, Act::of(op).expect("an activation")),
+            },
             op @ (Op::MaxPool1d(_) | Op::MaxPool2d(_) | Op::AvgPool1d(_) | Op::AvgPool2d(_)) => ops::pool(&x, ops::pool_geom(op).expect("a pooling op")),
             Op::GlobalAvgPool(_) => ops::global_avg_pool(&x),
             Op::Flatten(c) => ops::flatten(&x, c),

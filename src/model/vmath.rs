@@ -3,7 +3,7 @@
 //! IEEE operations in the same order (no fused multiply-add unless asked for by [`Fused`], which
 //! rounds as the scalar `f32::mul_add` does), so the results are bit-identical whichever the CPU
 //! picks; the compiled runtimes' integer layers, whose fused activations must
-//! equal the scalar reference executor's, rely on that. Explicit vectors, rather than loops the
+//! equal the reference executor's, rely on that. Explicit vectors, rather than loops the
 //! compiler may vectorise, keep a short row (one 16-channel pixel) on full vectors and keep
 //! several independent polynomials in flight.
 
@@ -332,9 +332,10 @@ mod x86 {
 }
 
 /// How a polynomial's Horner step `p·x + c` rounds: [`Split`] (a multiply and an add, two
-/// roundings: what training and the integer runtimes use, identical at every width and on any
-/// x86-64 CPU) or [`Fused`] (one fused multiply-add, a third fewer operations: the float
-/// runtime's fused activations, on CPUs with FMA).
+/// roundings: what training, float evaluation and the recurrent cells use, identical at every
+/// width and on any x86-64 CPU) or [`Fused`] (one fused multiply-add, a third fewer operations:
+/// the compiled plans' activations, float and integer, and the integer reference executor's;
+/// vectors where the CPU has FMA, `f32::mul_add` elsewhere).
 pub trait Horner {
     fn step<V: Lanes>(p: V, x: V, c: V) -> V;
 }

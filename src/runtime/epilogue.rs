@@ -7,7 +7,7 @@
 use crate::model::act_op::Act;
 #[cfg(target_arch = "x86_64")]
 use crate::model::vmath::{F32x16, F32x8};
-use crate::model::vmath::{Horner, Lanes};
+use crate::model::vmath::{Fused, Lanes};
 use std::mem::MaybeUninit;
 
 /// What a layer writes for one output row: `out[j]` from the accumulator `acc[j]` of channel
@@ -195,18 +195,18 @@ pub fn add_relu(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
 }
 
 /// Applies a fused activation (if any) to outputs the epilogue has just written, while they are
-/// in cache: `out[j] = f(out[j])`, on vectors of `V` (`model::vmath`), bit-identical at every
-/// width, its polynomial steps rounded as `H` says (`Split` for integer layers, whose results
-/// must equal the executor's; `Fused` for float layers).
+/// in cache: `out[j] = f(out[j])`, on vectors of `V` (`model::vmath`), its polynomial steps
+/// fused as the integer reference executor's (`act_op::apply_in_place_fused`), bit-identical
+/// at every width.
 ///
 /// # Safety
-/// The CPU has `V`'s features, and FMA for `Fused`; every element of `out` was written.
+/// The CPU has `V`'s features and FMA; every element of `out` was written.
 #[inline(always)]
-pub unsafe fn activate<V: Lanes, H: Horner>(out: &mut [MaybeUninit<f32>], act: Option<Act>) {
+pub unsafe fn activate<V: Lanes>(out: &mut [MaybeUninit<f32>], act: Option<Act>) {
     if let Some(a) = act {
         // SAFETY: the caller wrote every element of `out`; MaybeUninit<f32> has f32's layout.
         let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        crate::model::act_op::activate_by::<V, H>(out, a);
+        crate::model::act_op::activate_by::<V, Fused>(out, a);
     }
 }
 

@@ -13,7 +13,7 @@ use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::matmul::f32::PackedF32;
 use crate::model::act_op::Act;
 use crate::model::arch::Op;
-use crate::model::vmath::{Fused, Lanes};
+use crate::model::vmath::Lanes;
 use std::mem::MaybeUninit;
 
 /// A float layer ready to run.
@@ -128,6 +128,6 @@ impl FinishRow<f32, f32> for FloatLayer {
     unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
         // SAFETY: the caller's CPU features; the vector epilogues run where FMA is (AVX-512F has
         // it; the AVX2 ones check for it), and the scalar `f32::mul_add` needs none.
-        unsafe { activate::<V, Fused>(out, self.act) }
+        unsafe { activate::<V>(out, self.act) }
     }
 }

@@ -142,6 +142,10 @@ impl IntegerHook<'_> {
 }
 
 impl Hook for IntegerHook<'_> {
+    fn fused_activations(&self) -> bool {
+        true
+    }
+
     fn layer(&self, node: &Node, x: &Tensor) -> Result<Option<Tensor>> {
         if let Op::Gru(c) | Op::Lstm(c) = &node.op {
             let quantised = crate::model::qunit::node_units(node).iter().any(|u| self.layers.contains_key(u.key.as_str()));

@@ -18,7 +18,7 @@ use crate::matmul::int8::{PairPanels, QuadPanels};
 use crate::matmul::isa::Isa;
 use crate::model::act_op::Act;
 use crate::model::arch::Op;
-use crate::model::vmath::{Lanes, Split};
+use crate::model::vmath::Lanes;
 use crate::quant::{ActType, InputQuant, QParams};
 use std::mem::MaybeUninit;
 
@@ -224,7 +224,7 @@ impl<A: Centred> FinishRow<A, f32> for QLayer {
 
     #[inline(always)]
     unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
-        activate::<V, Split>(out, self.act)
+        activate::<V>(out, self.act)
     }
 }
 
@@ -307,7 +307,7 @@ impl FinishRow<i32, f32> for PerToken<'_> {
 
     #[inline(always)]
     unsafe fn activate<V: Lanes>(&self, out: &mut [MaybeUninit<f32>]) {
-        activate::<V, Split>(out, self.layer.act)
+        activate::<V>(out, self.layer.act)
     }
 }
 

@@ -6,7 +6,7 @@ use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool};
 use super::normalize::{channel_affine, layer_norm, softmax};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
-use crate::model::act_op::apply_in_place;
+use crate::model::act_op::apply_in_place_fused;
 use crate::model::im2col::transpose_batched;
 use crate::model::pool_op::{pool_channels_last, pool_planes};
 use crate::quant::InputQuant;
@@ -133,7 +133,7 @@ impl Plan {
                 }
                 Kind::Act(a) => {
                     let mut v = self.owned(&mut vals, step, si);
-                    apply_in_place(&mut v.data, *a);
+                    apply_in_place_fused(&mut v.data, *a);
                     v
                 }
                 Kind::Pool(g) => {
