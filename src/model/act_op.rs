@@ -172,59 +172,41 @@ macro_rules! wide_f32_fn {
 /// batch on its own thread), in 16 lanes where `vmath::has_f32x16`, else 8 where the CPU has
 /// AVX2: bit-identical to [`Act::f`] at every width (`model::vmath`).
 pub fn apply_in_place(a: &mut [f32], act: Act) {
-    in_place::<false>(a, act)
+    in_place::<Split, false>(a, act)
 }
 
 /// [`apply_in_place`] with the polynomials' steps fused ([`Fused`]), bit-identical at every
 /// width: the compiled plans' activations (float and integer) and the integer reference
 /// executor's, which the integer plans equal bit for bit.
 pub fn apply_in_place_fused(a: &mut [f32], act: Act) {
+    in_place::<Fused, false>(a, act)
+}
+
+/// `a[i] = f(a[i])`, or `f'(a[i])` when `DF`, its steps rounded as `H` says, on the widest
+/// vectors the CPU has. The AVX2 vectors need FMA for `Fused`; `Split` compiled with FMA enabled
+/// still rounds every multiply and add on its own (Rust does not contract them).
+fn in_place<H: Horner, const DF: bool>(a: &mut [f32], act: Act) {
     #[cfg(target_arch = "x86_64")]
     {
         if crate::model::vmath::has_f32x16() {
             #[target_feature(enable = "avx512f")]
-            unsafe fn widest(a: &mut [f32], act: Act) {
-                on_vectors::<F32x16, Fused, false>(a, act)
+            unsafe fn widest<H: Horner, const DF: bool>(a: &mut [f32], act: Act) {
+                on_vectors::<F32x16, H, DF>(a, act)
             }
             // SAFETY: `has_f32x16` found AVX-512F.
-            return unsafe { widest(a, act) };
+            return unsafe { widest::<H, DF>(a, act) };
         }
         if crate::model::vmath::has_f32x8_fma() {
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn wide(a: &mut [f32], act: Act) {
-                on_vectors::<F32x8, Fused, false>(a, act)
+            unsafe fn wide<H: Horner, const DF: bool>(a: &mut [f32], act: Act) {
+                on_vectors::<F32x8, H, DF>(a, act)
             }
             // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { wide(a, act) };
+            return unsafe { wide::<H, DF>(a, act) };
         }
     }
     // SAFETY: scalars need no CPU feature (`f32::mul_add` is exact without FMA too).
-    unsafe { on_vectors::<f32, Fused, false>(a, act) }
-}
-
-/// [`apply_in_place`] with `f'` for `f` (`DF`).
-fn in_place<const DF: bool>(a: &mut [f32], act: Act) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::model::vmath::has_f32x16() {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn widest<const DF: bool>(a: &mut [f32], act: Act) {
-                on_vectors::<F32x16, Split, DF>(a, act)
-            }
-            // SAFETY: `has_f32x16` found AVX-512F.
-            return unsafe { widest::<DF>(a, act) };
-        }
-        if crate::model::vmath::has_f32x8() {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide<const DF: bool>(a: &mut [f32], act: Act) {
-                on_vectors::<F32x8, Split, DF>(a, act)
-            }
-            // SAFETY: the CPU has AVX2.
-            return unsafe { wide::<DF>(a, act) };
-        }
-    }
-    // SAFETY: scalars need no CPU feature.
-    unsafe { on_vectors::<f32, Split, DF>(a, act) }
+    unsafe { on_vectors::<f32, H, DF>(a, act) }
 }
 
 /// [`apply_in_place`] on vectors of `V`, inlined into a caller that picks the width (the
@@ -237,8 +219,8 @@ pub unsafe fn activate<V: Lanes>(a: &mut [f32], act: Act) {
     on_vectors::<V, Split, false>(a, act)
 }
 
-/// [`activate`] with the polynomials' steps rounded as `H` says: `vmath::Fused` for the float
-/// runtime's epilogues, whose results need not equal the executor's bit for bit.
+/// [`activate`] with the polynomials' steps rounded as `H` says: `vmath::Fused` for the compiled
+/// plans' epilogues, as [`apply_in_place_fused`].
 ///
 /// # Safety
 /// The CPU has `V`'s features, and FMA for `Fused`.
@@ -293,7 +275,7 @@ fn map_grad(d: &[f32], x: &[f32], act: Act) -> Vec<f32> {
             out.iter_mut().zip(&x[i * CHUNK..]).for_each(|(o, &v)| _ = o.write(v));
             // SAFETY: every element was written just above; MaybeUninit<f32> has f32's layout.
             let out = &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]);
-            in_place::<true>(out, act);
+            in_place::<Split, true>(out, act);
             out.iter_mut().zip(&d[i * CHUNK..]).for_each(|(o, &d)| *o *= d);
         })
     }
@@ -343,7 +325,7 @@ mod tests {
             for act in acts {
                 let (mut y, mut dy) = (x.clone(), x.clone());
                 apply_in_place(&mut y, act);
-                in_place::<true>(&mut dy, act);
+                in_place::<Split, true>(&mut dy, act);
                 for (i, &v) in x.iter().enumerate() {
                     assert_eq!(y[i].to_bits(), act.f(v).to_bits(), "{act:?}({v})");
                     assert_eq!(dy[i].to_bits(), act.df(v).to_bits(), "{act:?}'({v})");

@@ -204,10 +204,13 @@ impl Model {
             }
             Op::Relu(_) if train => super::relu_train::relu(&x),
             Op::Relu(_) => Ok(x.relu()?),
-            op @ (Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_)) => match r.hook.is_some_and(|h| h.fused_activations()) {
-                true => activation_fused(&x, Act::of(op).expect("an activation")),
-                false => activation(&x, Act::of(op).expect("an activation")),
-            },
+            op @ (Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_)) => {
+                let act = Act::of(op).expect("an activation");
+                match r.hook.is_some_and(|h| h.fused_activations()) {
+                    true => activation_fused(&x, act),
+                    false => activation(&x, act),
+                }
+            }
             op @ (Op::MaxPool1d(_) | Op::MaxPool2d(_) | Op::AvgPool1d(_) | Op::AvgPool2d(_)) => ops::pool(&x, ops::pool_geom(op).expect("a pooling op")),
             Op::GlobalAvgPool(_) => ops::global_avg_pool(&x),
             Op::Flatten(c) => ops::flatten(&x, c),

@@ -43,7 +43,8 @@ pub trait FinishRow<A, O> {
     /// The activation on outputs `row` wrote (any run of them), on vectors of `V`.
     ///
     /// # Safety
-    /// The CPU has `V`'s features; `row` wrote every element of `out`.
+    /// The CPU has `V`'s features and, for vectors, FMA (the fused steps of [`activate`]); `row`
+    /// wrote every element of `out`.
     unsafe fn activate<V: Lanes>(&self, _out: &mut [MaybeUninit<O>]) {}
 
     /// Whether something follows the activation ([`FinishRow::after`]).

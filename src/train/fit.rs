@@ -56,8 +56,8 @@ impl Keep {
     /// Whether checkpoint `a` is better than `b`.
     fn prefers(&self, a: &EvalResult, b: &EvalResult) -> bool {
         let rank = |r: &EvalResult| match self {
-            Keep::Accuracy => (0, r.correct),
-            Keep::Agreement(p) => (r.predictions.iter().zip(p.iter()).filter(|(x, y)| x == y).count(), r.correct),
+            Keep::Accuracy => (0.0, r.correct),
+            Keep::Agreement(p) => (crate::eval::agreement(&r.predictions, p), r.correct),
         };
         let (ra, rb) = (rank(a), rank(b));
         ra > rb || (ra == rb && a.loss < b.loss)

@@ -68,22 +68,21 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
             break format!("reached max_ratio {}", s.max_ratio);
         }
         let target = (keep * (1.0 - step)).max(floor);
-        if target <= over + 1e-9 {
-            if step / 2.0 >= min_step {
+        // No step: one that would keep no more channels than a trial over budget, or a ratio that
+        // would empty a group or that rounding turns into no change. It is tried at half the step.
+        let p = if target <= over + 1e-9 {
+            Err(format!("removing {:.0}% more of the channels would keep no more than the {:.1}% of them a trial found over budget", 100.0 * step, 100.0 * over))
+        } else {
+            let cfg = s.config(1.0 - target / keep, ctx.seed + trials.len() as u64);
+            plan(&current, &cfg, Some(ctx.train)).ok().filter(|p| !p.removed.is_empty()).ok_or_else(|| "no channel left to remove at the smallest step".to_string())
+        };
+        let p = match p {
+            Ok(p) => p,
+            Err(_) if step / 2.0 >= min_step => {
                 step /= 2.0;
                 continue;
             }
-            break format!("removing {:.0}% more of the channels would keep no more than the {:.1}% of them a trial found over budget", 100.0 * step, 100.0 * over);
-        }
-        let cfg = s.config(1.0 - target / keep, ctx.seed + trials.len() as u64);
-        // A ratio that would empty a group, or that rounding turns into no change, is no step.
-        let p = plan(&current, &cfg, Some(ctx.train)).ok().filter(|p| !p.removed.is_empty());
-        let Some(p) = p else {
-            if step / 2.0 >= min_step {
-                step /= 2.0;
-                continue;
-            }
-            break "no channel left to remove at the smallest step".to_string();
+            Err(why) => break why,
         };
         let mut candidate = apply(&current, &p)?;
         let fit = recovery.run(&mut candidate, trials.len(), ctx.progress)?;
