@@ -96,8 +96,8 @@ pub fn tile_rows(a: &TileRows<u8>, kq: usize, depth: usize, quads: &[i8], part: 
     let panel_len = depth * PANEL;
     assert!(ready() && rows <= ROWS && depth == packed_depth(kq) && a.segs() * a.seg_len() == kq && quads.len() >= part.end * panel_len && np >= part.end * PANEL && buf.len() >= rows * np);
     if rows < MIN_ROWS {
-        for first in (0..rows).step_by(super::blocked::MR) {
-            let sub = a.part(first, (rows - first).min(super::blocked::MR));
+        for first in (0..rows).step_by(super::blocked::MR_ZMM) {
+            let sub = a.part(first, (rows - first).min(super::blocked::MR_ZMM));
             super::vnni::tile_rows(&sub, kq, panel_len, quads, part.clone(), &mut buf[first * np..], np, super::isa::Isa::Avx512Vnni);
         }
         return;

@@ -14,6 +14,10 @@ use rayon::prelude::*;
 /// Rows of a register tile: 6 rows × 2 panels is 12 accumulators of the 16 ymm registers.
 pub const MR: usize = 6;
 
+/// Rows of a zmm register tile: 14 rows × 2 panels is 28 accumulators of the 32 zmm registers,
+/// which reads each weight vector once per 14 rows instead of 6.
+pub const MR_ZMM: usize = 14;
+
 /// Rows built per block (rounded up to whole tiles): small enough to stay in L1/L2.
 const BLOCK_ROWS: usize = 8 * MR;
 

@@ -2,7 +2,7 @@
 //! summed in depth order with fused multiply-adds. Weights are packed once at load time into
 //! panels of one vector of output columns (`[j/P][t][j%P]`, `P` = 16 with AVX-512, else 8), so
 //! each depth step is one weight load per panel and one broadcast activation per row; a tile of
-//! 6 rows × 2 panels keeps 12 accumulators over the whole depth (`tiles::f32_avx512`,
+//! 6 rows × 2 panels (14 with AVX-512's 32 registers) keeps 12 (28) accumulators over the whole depth (`tiles::f32_avx512`,
 //! `tiles::f32_fma`; the same bits either way). Without AVX2+FMA a plain loop computes the same
 //! sums (rounded after each multiply). The choice: `isa::F32Isa`. Blocking and threads:
 //! `blocked.rs`.
@@ -54,6 +54,14 @@ impl Panels for PackedF32 {
 
     fn acc_stride(&self) -> usize {
         self.panels() * self.isa.panel()
+    }
+
+    fn tile_rows(&self) -> usize {
+        if self.isa == F32Isa::Avx512 {
+            super::blocked::MR_ZMM
+        } else {
+            super::blocked::MR
+        }
     }
 
     fn panels(&self) -> usize {
