@@ -7,6 +7,7 @@
 //! float model instead, so the two can be compared. Uses `artifact`, `model`, `quant`.
 
 pub mod attention;
+pub mod coded;
 pub mod depthwise;
 pub mod epilogue;
 pub mod flayer;

@@ -9,9 +9,10 @@
 //! fuses a residual add into the layer, the add (and a ReLU after it) follows in the same loop
 //! ([`Residual`]).
 
+use super::coded::Coded;
 use super::depthwise;
 use super::epilogue::{act_in_row, activate, clamp, finish_tile, over_row, FinishRow, Residual};
-use super::kernels::{code_shift, quantize_codes, quantize_to};
+use super::kernels::{code_shift, quantize_codes, quantize_to, Code};
 use super::layout::{run_layer, ConvShape, LayerShape, PatchRuns};
 use crate::artifact::QuantLayer;
 use crate::matmul::int8::{PairPanels, QuadPanels};
@@ -109,6 +110,25 @@ impl QLayer {
             None => self.run_with(codes, n, self),
             Some((shortcut, relu)) => self.run_with(codes, n, &Residual { layer: self, shortcut, ldo: self.out_channels(), relu }),
         }
+    }
+
+    /// [`QLayer::run`] writing, instead of its f32 outputs, their codes under `params` (its only
+    /// reader's static input parameters: `coded.rs`); `None` when an output was not finite.
+    /// The layer's own input is static (`codes` has no per-row parameters).
+    pub fn run_coded<T: Code>(&self, codes: &Codes, n: usize, residual: Option<(&[f32], bool)>, params: QParams) -> Option<Vec<T>> {
+        assert!(codes.rows.is_none(), "a layer with a per-token input writes f32 outputs");
+        match residual {
+            None => self.coded_with(codes, n, &Coded::new(self, params)),
+            Some((shortcut, relu)) => self.coded_with(codes, n, &Coded::new(&Residual { layer: self, shortcut, ldo: self.out_channels(), relu }, params)),
+        }
+    }
+
+    fn coded_with<T: Code, F: FinishRow<i32, f32> + FinishRow<f32, f32> + Sync>(&self, codes: &Codes, n: usize, coded: &Coded<F, T>) -> Option<Vec<T>> {
+        let out = match (&self.packed, &codes.buf, self.shape) {
+            (Packed::Depthwise(w), CodeBuf::Bytes(c), LayerShape::Conv(g)) => depthwise::run(&g, w, c, f32::from(self.zp as u8), n, coded),
+            _ => self.run_with(codes, n, coded),
+        };
+        coded.finite().then_some(out)
     }
 
     /// The GEMM over `codes` with `finish` writing each tile row's outputs.

@@ -92,7 +92,8 @@ fn integer_execution_agrees_with_simulation_and_reference_bit_for_bit() {
 
 /// In the ResNet, each block's add (and the ReLU after it) runs in the output loop of the conv
 /// before it, in the INT8 and the float plan alike. A non-finite value a layer computes is an
-/// error naming the layer whose input quantisation met it.
+/// error naming the layer whose input quantisation met it, also where the layer writes that
+/// reader's codes itself.
 #[test]
 fn residual_adds_fuse_into_output_loops() {
     let resnet = ptq_lib(&load(&resnet_path()), &data("train"), Method::Minmax);
@@ -101,6 +102,11 @@ fn residual_adds_fuse_into_output_loops() {
     let adds = vec![t("layer1.0.conv2", "conv1", true), t("layer2.0.downsample.0", "layer2.0.conv2", true), t("layer3.0.downsample.0", "layer3.0.conv2", true)];
     assert_eq!(names(Plan::int8(&resnet).unwrap().residual_adds()), adds);
     assert_eq!(names(Plan::float(&load(&resnet_path())).unwrap().residual_adds()), adds);
+    // Each block's first conv, whose only reader is the block's second, writes that conv's
+    // input codes; a conv whose output a shortcut reads too writes f32.
+    let coded: Vec<(String, String)> = Plan::int8(&resnet).unwrap().coded_outputs().into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let blocks = ["layer1.0", "layer2.0", "layer3.0"].map(|b| (format!("{b}.conv1"), format!("{b}.conv2")));
+    assert_eq!(coded, blocks.to_vec());
     let test = data("test");
     let bias = resnet.model.params.get("layer1.0.conv1.bias").expect("BatchNorm folded into a bias");
     bias.set(&candle_core::Tensor::full(f32::INFINITY, bias.as_tensor().dims(), bias.as_tensor().device()).unwrap()).unwrap();

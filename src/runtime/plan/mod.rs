@@ -11,7 +11,8 @@
 //!
 //! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
 //!   layers reading one value with the same parameters share the codes), in one pass over the
-//!   value. The arithmetic is the hook executor's (`runtime::IntegerHook`): the
+//!   value, or, where that layer is the value's only reader, by the layer computing the value,
+//!   tile by tile in its epilogue (`runtime::coded`). The arithmetic is the hook executor's (`runtime::IntegerHook`): the
 //!   same codes, the same exact integer sums, the same f32 epilogue; only float reductions
 //!   outside the layers (global average pooling) may sum in another order.
 //! - Float: every BatchNorm that only a conv or linear feeds is folded into it at compile time
@@ -123,6 +124,17 @@ struct Step {
     /// For a weight layer: the other input of a two-input add fused into its output loop (the
     /// add read this layer's output only), and whether a ReLU follows the add.
     residual: Option<(usize, bool)>,
+    /// For an integer layer whose only reader is an integer layer with a static input: that
+    /// reader's input, whose codes this layer writes instead of its f32 output.
+    codes_for: Option<Reader>,
+}
+
+/// The integer layer that reads a step's output (see `Step::codes_for`).
+struct Reader {
+    node: usize,
+    input: crate::quant::InputQuant,
+    /// It reads u8 codes (else i16).
+    bytes: bool,
 }
 
 /// A compiled model.
@@ -270,12 +282,13 @@ impl Plan {
                 }
                 _ => Kind::Float,
             };
-            steps.push(Step { node: ni, kind, inputs, output: slots, residual: None });
+            steps.push(Step { node: ni, kind, inputs, output: slots, residual: None, codes_for: None });
             slot_of.insert(node.name.as_str(), slots);
             slots += 1;
         }
         let output = slot_of[out_name];
         fuse_residual_adds(&mut steps, output);
+        code_outputs(&mut steps, output);
         let mut last_use = vec![usize::MAX; slots];
         for (si, s) in steps.iter().enumerate() {
             for i in s.reads() {
@@ -304,6 +317,15 @@ impl Plan {
         };
         let layer = |s: &Step| self.model.arch.nodes[s.node].name.as_str();
         self.steps.iter().filter_map(|s| s.residual.map(|(r, relu)| (layer(s), name(r), relu))).collect()
+    }
+}
+
+impl Plan {
+    /// The integer layers that write their only reader's input codes instead of f32 outputs,
+    /// as `(layer, reader)` (see `Step::codes_for`).
+    pub fn coded_outputs(&self) -> Vec<(&str, &str)> {
+        let name = |node: usize| self.model.arch.nodes[node].name.as_str();
+        self.steps.iter().filter_map(|s| s.codes_for.as_ref().map(|r| (name(s.node), name(r.node)))).collect()
     }
 }
 
@@ -402,5 +424,23 @@ fn fuse_residual_adds(steps: &mut Vec<Step>, model_output: usize) {
             }
             None => si += 1,
         }
+    }
+}
+
+/// Marks each integer layer with a static input whose output only one step reads, an integer
+/// layer with a static input in the same layout (both convs, or both linears), to write that
+/// reader's codes itself (`Step::codes_for`): its f32 output is then never stored, and the
+/// reader finds its codes already made.
+fn code_outputs(steps: &mut [Step], model_output: usize) {
+    let conv = |q: &QLayer| matches!(q.shape, super::layout::LayerShape::Conv(_));
+    for pi in 0..steps.len() {
+        let (slot, Kind::Quant(p)) = (steps[pi].output, &steps[pi].kind) else { continue };
+        let reads: Vec<usize> = steps.iter().enumerate().flat_map(|(i, s)| s.reads().filter(move |&r| r == slot).map(move |_| i)).collect();
+        let (&[ri], false) = (reads.as_slice(), slot == model_output || p.input.fixed().is_none()) else { continue };
+        let reader = match &steps[ri].kind {
+            Kind::Quant(c) if steps[ri].inputs[0] == slot && c.input.fixed().is_some() && conv(c) == conv(p) => Reader { node: steps[ri].node, input: c.input, bytes: c.reads_bytes() },
+            _ => continue,
+        };
+        steps[pi].codes_for = Some(reader);
     }
 }

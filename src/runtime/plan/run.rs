@@ -10,7 +10,7 @@ use crate::model::act_op::apply_in_place_fused;
 use crate::model::im2col::transpose_batched;
 use crate::model::pool_op::{pool_channels_last, pool_planes};
 use crate::quant::InputQuant;
-use crate::runtime::qlayer::Codes;
+use crate::runtime::qlayer::{CodeBuf, Codes};
 use candle_core::Tensor;
 
 impl Plan {
@@ -96,9 +96,21 @@ impl Plan {
                     let channels_last = conv && out_dims.len() >= 3;
                     set_residual_layout(&mut vals, step, channels_last);
                     let residual = residual_of(&vals, step);
-                    let data = q.run(&codes[at].3, n, residual);
-                    debug_assert_eq!(data.len(), out_dims.iter().product::<usize>(), "{} {:?}", node.name, dims);
-                    Value { data, dims: out_dims, channels_last }
+                    if let Some(r) = &step.codes_for {
+                        let InputQuant::Static(p) = r.input else { unreachable!("codes are written for static inputs only") };
+                        let buf = match r.bytes {
+                            true => q.run_coded::<u8>(&codes[at].3, n, residual, p).map(CodeBuf::Bytes),
+                            false => q.run_coded::<i16>(&codes[at].3, n, residual, p).map(CodeBuf::Wide),
+                        };
+                        let reader = &self.model.arch.nodes[r.node].name;
+                        let buf = buf.ok_or_else(|| WickError::node(reader, "input holds a non-finite value"))?;
+                        codes.push((step.output, r.input, (channels_last, r.bytes), Codes { buf, rows: None }));
+                        Value { data: vec![], dims: out_dims, channels_last }
+                    } else {
+                        let data = q.run(&codes[at].3, n, residual);
+                        debug_assert_eq!(data.len(), out_dims.iter().product::<usize>(), "{} {:?}", node.name, dims);
+                        Value { data, dims: out_dims, channels_last }
+                    }
                 }
                 Kind::Dense(f) => {
                     let conv = matches!(f.shape, crate::runtime::layout::LayerShape::Conv(_));
