@@ -6,7 +6,7 @@
 //! stored nor read again. The codes equal those of the reader's own quantisation pass over the
 //! stored value: the same `quantize_to` on the same f32 numbers.
 
-use super::epilogue::FinishRow;
+use super::epilogue::{finish_phases, FinishRow};
 use super::kernels::{quantize_to, Code};
 use crate::model::vmath::Lanes;
 use crate::quant::QParams;
@@ -57,18 +57,14 @@ impl<'a, F, T> Coded<'a, F, T> {
 }
 
 impl<A, T: Code, F: FinishRow<A, f32>> FinishRow<A, T> for Coded<'_, F, T> {
+    /// [`FinishRow::rows`] on one row, through a scratch row holding the columns before `c0`
+    /// unused.
     fn row(&self, acc: &[A], row: usize, c0: usize, out: &mut [MaybeUninit<T>]) {
-        let mut y = vec![MaybeUninit::<f32>::uninit(); out.len()];
-        let l = self.layer;
-        l.row(acc, row, c0, &mut y);
-        if l.has_act() {
-            // SAFETY: scalars need no CPU feature; `row` wrote every value.
-            unsafe { l.activate::<f32>(&mut y) };
-        }
-        l.after(row, c0, &mut y);
-        // SAFETY: the phases above wrote every value.
-        let y = unsafe { &*(y.as_slice() as *const [MaybeUninit<f32>] as *const [f32]) };
-        self.quantize(y, y.len(), 0, y.len(), out);
+        let n = out.len();
+        let mut y = vec![0f32; c0 + n];
+        // SAFETY: scalars need no CPU feature; `MaybeUninit<f32>` has `f32`'s layout.
+        unsafe { finish_phases::<f32, A, f32, F>(self.layer, acc, acc.len(), row, c0 + n, c0, n, &mut *(y.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>])) };
+        self.quantize(&y[c0..], n, 0, n, out);
     }
 
     /// The layer's three phases ([`FinishRow`]) into this thread's f32 rows, laid out as
@@ -86,25 +82,8 @@ impl<A, T: Code, F: FinishRow<A, f32>> FinishRow<A, T> for Coded<'_, F, T> {
         let y = &mut rows[..out.len()];
         // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and every value is initialised.
         let yu = unsafe { &mut *(y as *mut [f32] as *mut [MaybeUninit<f32>]) };
-        let l = self.layer;
-        // SAFETY (the three calls): the caller's CPU features; `finish_tile`'s order of the
-        // phases, on the rows `rows` just wrote.
-        unsafe { l.rows::<V>(acc, stride, first, ldo, c0, n, yu) };
-        if l.has_act() {
-            match n == ldo {
-                true => unsafe { l.activate::<V>(yu) },
-                false => {
-                    for o in yu.chunks_mut(ldo) {
-                        unsafe { l.activate::<V>(&mut o[c0..c0 + n]) };
-                    }
-                }
-            }
-        }
-        if l.has_after() {
-            for (r, o) in yu.chunks_mut(ldo).enumerate() {
-                l.after(first + r, c0, &mut o[c0..c0 + n]);
-            }
-        }
+        // SAFETY: the caller's CPU features.
+        unsafe { finish_phases::<V, A, f32, F>(self.layer, acc, stride, first, ldo, c0, n, yu) };
         self.quantize(y, ldo, c0, n, out);
     }
 }

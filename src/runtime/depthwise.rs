@@ -12,7 +12,7 @@
 //! f32 is exact: its sums are the i32 ones, fused or not. Each output row then goes through the layer's own epilogue row, the same as after
 //! its GEMM, so the integer kernel is bit-identical to the reference GEMM.
 
-use super::epilogue::FinishRow;
+use super::epilogue::{finish_phases, FinishRow};
 use super::layout::ConvShape;
 use crate::model::vmath::Lanes;
 #[cfg(target_arch = "x86_64")]
@@ -143,17 +143,9 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
                 }
             }
         }
-        let sample = s * positions..(s + 1) * positions;
-        finish.rows::<V>(&acc, c, sample.start, c, 0, c, &mut out[sample.start * c..sample.end * c]);
         // The sample's rows lie together: the activation runs over all of them at once.
-        if finish.has_act() {
-            finish.activate::<V>(&mut out[sample.start * c..sample.end * c]);
-        }
-        if finish.has_after() {
-            for row in sample {
-                finish.after(row, 0, &mut out[row * c..(row + 1) * c]);
-            }
-        }
+        let first = s * positions;
+        finish_phases::<V, f32, O, F>(finish, &acc, c, first, c, 0, c, &mut out[first * c..(first + positions) * c]);
     }
     // SAFETY: `finish` wrote every output row.
     unsafe { y.set_len(rows * c) };

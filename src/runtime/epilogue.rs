@@ -64,31 +64,13 @@ pub trait FinishRow<A, O> {
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
-    /// # Safety
-    /// The CPU has `V`'s features.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn rows<V: Lanes, A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
-        layer.rows::<V>(acc, stride, first, ldo, c0, n, out);
-        if layer.has_act() {
-            match n == ldo {
-                true => layer.activate::<V>(out),
-                false => out.chunks_mut(ldo).for_each(|o| layer.activate::<V>(&mut o[c0..c0 + n])),
-            }
-        }
-        if layer.has_after() {
-            for (r, o) in out.chunks_mut(ldo).enumerate() {
-                layer.after(first + r, c0, &mut o[c0..c0 + n]);
-            }
-        }
-    }
     #[cfg(target_arch = "x86_64")]
     {
         if crate::model::vmath::has_f32x16() {
             #[target_feature(enable = "avx512f")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn widest<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
-                rows::<F32x16, A, O, F>(layer, acc, stride, first, ldo, c0, n, out)
+                finish_phases::<F32x16, A, O, F>(layer, acc, stride, first, ldo, c0, n, out)
             }
             // SAFETY: `has_f32x16` found AVX-512F.
             unsafe { widest(layer, acc, stride, first, ldo, c0, n, out) };
@@ -98,7 +80,7 @@ pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn wide<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
-                rows::<F32x8, A, O, F>(layer, acc, stride, first, ldo, c0, n, out)
+                finish_phases::<F32x8, A, O, F>(layer, acc, stride, first, ldo, c0, n, out)
             }
             // SAFETY: the CPU has AVX2 and FMA.
             unsafe { wide(layer, acc, stride, first, ldo, c0, n, out) };
@@ -106,7 +88,34 @@ pub fn finish_tile<A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize
         }
     }
     // SAFETY: scalars need no CPU feature.
-    unsafe { rows::<f32, A, O, F>(layer, acc, stride, first, ldo, c0, n, out) }
+    unsafe { finish_phases::<f32, A, O, F>(layer, acc, stride, first, ldo, c0, n, out) }
+}
+
+/// [`FinishRow`]'s three phases on the rows of a tile (`out.len() / ldo` rows, output rows
+/// `first + r`): `layer.rows` into columns `c0..c0 + n` of each, the activation (over the whole
+/// tile when it spans every column, else row by row) and `layer.after` on each row. Inlined
+/// into the caller that picks the instruction set.
+///
+/// # Safety
+/// The CPU has `V`'s features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn finish_phases<V: Lanes, A, O, F: FinishRow<A, O>>(layer: &F, acc: &[A], stride: usize, first: usize, ldo: usize, c0: usize, n: usize, out: &mut [MaybeUninit<O>]) {
+    // SAFETY (each call): the caller's CPU features; each phase runs on what the one before wrote.
+    unsafe {
+        layer.rows::<V>(acc, stride, first, ldo, c0, n, out);
+        if layer.has_act() {
+            match n == ldo {
+                true => layer.activate::<V>(out),
+                false => out.chunks_mut(ldo).for_each(|o| layer.activate::<V>(&mut o[c0..c0 + n])),
+            }
+        }
+    }
+    if layer.has_after() {
+        for (r, o) in out.chunks_mut(ldo).enumerate() {
+            layer.after(first + r, c0, &mut o[c0..c0 + n]);
+        }
+    }
 }
 
 /// Visits a row of `n` values in vectors of `V` lanes: `$vector` with `$j` at each whole

@@ -318,9 +318,7 @@ impl Plan {
         let layer = |s: &Step| self.model.arch.nodes[s.node].name.as_str();
         self.steps.iter().filter_map(|s| s.residual.map(|(r, relu)| (layer(s), name(r), relu))).collect()
     }
-}
 
-impl Plan {
     /// The integer layers that write their only reader's input codes instead of f32 outputs,
     /// as `(layer, reader)` (see `Step::codes_for`).
     pub fn coded_outputs(&self) -> Vec<(&str, &str)> {
@@ -436,7 +434,10 @@ fn code_outputs(steps: &mut [Step], model_output: usize) {
     for pi in 0..steps.len() {
         let (slot, Kind::Quant(p)) = (steps[pi].output, &steps[pi].kind) else { continue };
         let reads: Vec<usize> = steps.iter().enumerate().flat_map(|(i, s)| s.reads().filter(move |&r| r == slot).map(move |_| i)).collect();
-        let (&[ri], false) = (reads.as_slice(), slot == model_output || p.input.fixed().is_none()) else { continue };
+        let &[ri] = reads.as_slice() else { continue };
+        if slot == model_output || p.input.fixed().is_none() {
+            continue;
+        }
         let reader = match &steps[ri].kind {
             Kind::Quant(c) if steps[ri].inputs[0] == slot && c.input.fixed().is_some() && conv(c) == conv(p) => Reader { node: steps[ri].node, input: c.input, bytes: c.reads_bytes() },
             _ => continue,
