@@ -8,27 +8,40 @@ use crate::runtime::epilogue::add_relu;
 pub(super) fn global_avg_pool(v: &Value) -> Value {
     let (n, c) = (v.dims[0], v.dims[1]);
     let s: usize = v.dims[2..].iter().product();
-    let scale = (1.0 / s as f64) as f32;
     let mut out = vec![0f32; n * c];
-    for b in 0..n {
-        let src = &v.data[b * c * s..(b + 1) * c * s];
-        let dst = &mut out[b * c..(b + 1) * c];
-        if v.channels_last {
-            for p in 0..s {
-                for (d, &x) in dst.iter_mut().zip(&src[p * c..(p + 1) * c]) {
+    average_positions(&v.data, c, s, v.channels_last, &mut out);
+    Value { data: out, dims: vec![n, c], channels_last: false }
+}
+
+crate::wide_f32_fn!(
+    /// [`global_avg_pool`]'s sums into `out` (zeroed, `[N, C]`), on the widest vectors the CPU
+    /// has: channels-last rows are added position by position across the channels, which the
+    /// compiler vectorises; each channel's sum is the same chain of adds at every width.
+    fn average_positions(x: &[f32], c: usize, s: usize, channels_last: bool, out: &mut [f32]) => sum_positions
+);
+
+#[inline(always)]
+fn sum_positions(x: &[f32], c: usize, s: usize, channels_last: bool, out: &mut [f32]) {
+    if c * s == 0 {
+        return;
+    }
+    let scale = (1.0 / s as f64) as f32;
+    for (src, dst) in x.chunks_exact(c * s).zip(out.chunks_exact_mut(c)) {
+        if channels_last {
+            for row in src.chunks_exact(c) {
+                for (d, &x) in dst.iter_mut().zip(row) {
                     *d += x;
                 }
             }
         } else {
-            for (ci, d) in dst.iter_mut().enumerate() {
-                *d = src[ci * s..(ci + 1) * s].iter().sum();
+            for (d, ch) in dst.iter_mut().zip(src.chunks_exact(s)) {
+                *d = ch.iter().sum();
             }
         }
         for d in dst.iter_mut() {
             *d *= scale;
         }
     }
-    Value { data: out, dims: vec![n, c], channels_last: false }
 }
 
 /// [`add_relu`] for the add and ReLU steps, compiled for 8-wide vectors where the CPU has AVX2
