@@ -2,10 +2,10 @@
 //! summed in depth order with fused multiply-adds. Weights are packed once at load time into
 //! panels of one vector of output columns (`[j/P][t][j%P]`, `P` = 16 with AVX-512, else 8), so
 //! each depth step is one weight load per panel and one broadcast activation per row; a tile of
-//! 6 rows × 2 panels (14 with AVX-512's 32 registers) keeps 12 (28) accumulators over the whole depth (`tiles::f32_avx512`,
-//! `tiles::f32_fma`; the same bits either way). Without AVX2+FMA a plain loop computes the same
-//! sums (rounded after each multiply). The choice: `isa::F32Isa`. Blocking and threads:
-//! `blocked.rs`.
+//! 6 rows × 2 panels (14 with AVX-512's 32 registers) keeps 12 (28) accumulators over the whole
+//! depth (`tiles::f32_avx512`, `tiles::f32_fma`; the same bits either way). Without AVX2+FMA a
+//! plain loop computes the same sums (rounded after each multiply). The choice: `isa::F32Isa`.
+//! Blocking and threads: `blocked.rs`.
 
 use super::blocked::{Panels, TileRows};
 use super::isa::F32Isa;

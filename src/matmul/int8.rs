@@ -4,9 +4,10 @@
 //! output columns holding depth *pairs* (`[t/2][col][t%2]`), so one AVX2 `vpmaddwd` multiplies
 //! a broadcast pair of activations with 8 columns' weight pairs and sums each pair into an i32
 //! lane — 16 multiply-adds per instruction, exact (a `vpmaddubsw` path would be twice as wide
-//! but its i16 pair sums saturate at 255·127·2). A register tile of `MR` rows (`MR_ZMM` on the 512-bit VNNI tile) × 8·`NV` columns
-//! stays in registers over the whole depth. The blocking, threading and epilogue calls are the
-//! shared driver's (`blocked.rs`); this file is the integer [`Panels`].
+//! but its i16 pair sums saturate at 255·127·2). A register tile of `MR` rows (`MR_ZMM` on the
+//! 512-bit VNNI tile) × 8·`NV` columns stays in registers over the whole depth. The blocking,
+//! threading and epilogue calls are the shared driver's (`blocked.rs`); this file is the integer
+//! [`Panels`].
 
 use super::blocked::{Panels, TileRows};
 use super::isa::Isa;

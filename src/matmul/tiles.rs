@@ -39,7 +39,8 @@ macro_rules! tile_kernel {
             /// Columns per panel.
             pub const PANEL: usize = $panel;
 
-            /// Computes a tile of `rows` rows (one of the module's row counts) × `NV` panels into `dst`.
+            /// Computes a tile of `rows` rows (one of the module's row counts) × `NV` panels into
+            /// `dst`.
             ///
             /// # Safety
             /// The CPU has the features this module is compiled for, and the pointers cover what

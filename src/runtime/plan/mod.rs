@@ -12,9 +12,10 @@
 //! - INT8: each quantised layer's input is quantised once per distinct set of parameters (two
 //!   layers reading one value with the same parameters share the codes), in one pass over the
 //!   value, or, where that layer is the value's only reader, by the layer computing the value,
-//!   tile by tile in its epilogue (`runtime::coded`). The arithmetic is the hook executor's (`runtime::IntegerHook`): the
-//!   same codes, the same exact integer sums, the same f32 epilogue; only float reductions
-//!   outside the layers (global average pooling) may sum in another order.
+//!   tile by tile in its epilogue (`runtime::coded`). The arithmetic is the hook executor's
+//!   (`runtime::IntegerHook`): the same codes, the same exact integer sums, the same f32
+//!   epilogue; only float reductions outside the layers (global average pooling) may sum in
+//!   another order.
 //! - Float: every BatchNorm that only a conv or linear feeds is folded into it at compile time
 //!   (`model::fold`), and every conv and linear runs the packed f32 GEMM. Outputs equal the
 //!   candle executor's up to float rounding (sums in another order, folded weights).
