@@ -1,11 +1,12 @@
 //! The packed f32 GEMM of the compiled float runtime: `acc[m][j] = Σ_t a[m][t] · w[j][t]`,
-//! summed in depth order with fused multiply-adds. Weights are packed once at load time into
-//! panels of one vector of output columns (`[j/P][t][j%P]`, `P` = 16 with AVX-512, else 8), so
-//! each depth step is one weight load per panel and one broadcast activation per row; a tile of
-//! 6 rows × 2 panels (14 with AVX-512's 32 registers) keeps 12 (28) accumulators over the whole
-//! depth (`tiles::f32_avx512`, `tiles::f32_fma`; the same bits either way). Without AVX2+FMA a
-//! plain loop computes the same sums (rounded after each multiply). The choice: `isa::F32Isa`.
-//! Blocking and threads: `blocked.rs`.
+//! summed in depth order with fused multiply-adds. Weights are packed once at load time (and
+//! training's operands once per product, `strided.rs`) into panels of one vector of output
+//! columns (`[j/P][t][j%P]`, `P` = 16 with AVX-512, else 8), so each depth step is one weight
+//! load per panel and one broadcast activation per row; a tile of 6 rows × 2 panels (14 with
+//! AVX-512's 32 registers) keeps 12 (28) accumulators over the whole depth (`tiles::f32_avx512`,
+//! `tiles::f32_fma`; the same bits either way). Without AVX2+FMA a plain loop computes the same
+//! sums (rounded after each multiply). The choice: `isa::F32Isa`. Blocking and threads:
+//! `blocked.rs`.
 
 use super::blocked::{Panels, TileRows};
 use super::isa::F32Isa;
@@ -35,6 +36,54 @@ impl PackedF32 {
     pub fn pack_for(w: &[f32], n: usize, k: usize, isa: F32Isa) -> PackedF32 {
         assert_eq!(w.len(), n * k, "weight length");
         PackedF32 { n, k, panels: pack_panels(w, n, k, 1, isa.panel(), |v| v), isa }
+    }
+
+    /// Packs `w[j][t] = src[j·js + t·ts]` (`n × k`): a matrix read through strides, per call
+    /// (training's products, `strided.rs`). Where the columns are adjacent (`js = 1`) a panel's
+    /// depth step is one contiguous copy; where each column's depth steps are (`ts = 1`) the
+    /// panel is a transpose of `panel` columns (`transpose.rs`).
+    pub fn pack_strided(src: &[f32], n: usize, k: usize, js: usize, ts: usize, isa: F32Isa) -> PackedF32 {
+        assert!(n > 0 && k > 0 && src.len() > (n - 1) * js + (k - 1) * ts, "strided weights too short");
+        let panel = isa.panel();
+        let len = n.div_ceil(panel) * k * panel;
+        let mut panels = Vec::with_capacity(len);
+        for (p, dst) in panels.spare_capacity_mut()[..len].chunks_mut(k * panel).enumerate() {
+            let (j0, cols) = (p * panel, panel.min(n - p * panel));
+            if js != 1 && ts == 1 {
+                // Columns that are rows of the source: a transpose into the panel.
+                super::transpose::columns_to_rows(&src[j0 * js..], k, cols, js, dst, panel);
+                if cols < panel {
+                    for step in dst.chunks_mut(panel) {
+                        step[cols..].iter_mut().for_each(|d| {
+                            d.write(0.0);
+                        });
+                    }
+                }
+                continue;
+            }
+            for (t, step) in dst.chunks_mut(panel).enumerate() {
+                let at = j0 * js + t * ts;
+                if js == 1 && cols == 16 {
+                    // A whole zmm panel: a fixed-size copy (one vector move, not a call).
+                    let run: [f32; 16] = src[at..at + 16].try_into().expect("16 entries");
+                    assert_eq!(step.len(), 16);
+                    // SAFETY: `step` holds 16 entries (asserted), which the array fills.
+                    unsafe { std::ptr::write_unaligned(step.as_mut_ptr().cast::<[f32; 16]>(), run) };
+                } else if js == 1 {
+                    step[..cols].write_copy_of_slice(&src[at..at + cols]);
+                } else {
+                    step[..cols].iter_mut().enumerate().for_each(|(c, d)| {
+                        d.write(src[at + c * js]);
+                    });
+                }
+                step[cols..].iter_mut().for_each(|d| {
+                    d.write(0.0);
+                });
+            }
+        }
+        // SAFETY: every step of every panel was written, its columns past n with zeros.
+        unsafe { panels.set_len(len) };
+        PackedF32 { n, k, panels, isa }
     }
 }
 

@@ -10,7 +10,9 @@ pub mod blocked;
 pub mod f32;
 pub mod int8;
 pub mod isa;
+pub mod strided;
 pub mod tiles;
+pub mod transpose;
 pub mod vnni;
 
 /// Packs row-major `w[j·k + t]` (`n × k`, any element type) into panels of `panel` columns

@@ -1,23 +1,25 @@
 //! 2-d and 1-d convolution as GEMMs over parts of the batch, for training and candle's
 //! reference executor. Patches are unfolded tap-major, `cols[K, N·L]` (`K = C·kh·kw` taps
 //! ordered like the weight, `L = Ho·Wo` positions per sample), so that, per part of the batch,
-//! forward:  `Yᵀ[N·L, O] = colsᵀ · Wᵀ`, then per sample `[L, O] → [O, L]`;
+//! forward:  `Yᵀ[N·L, O] = colsᵀ · Wᵀ`, written column-major (`Y[O, N·L]`), then per sample and
+//! channel a run of `L` into `[N, O, L]`;
 //! backward: `dY[O, N·L]` from `[N, O, L]`, `dWᵀ = cols · dYᵀ`, `dcols = Wᵀ · dY`,
-//! `dx = col2im(dcols)`, with `N` the part's samples and `dWᵀ` summed over the parts (each GEMM
-//! in the orientation the `gemm` crate runs fastest on the short-output, long-position shapes
-//! of small convs). The tap-major layout makes every unfold copy and col2im add a whole output
-//! row, where candle's own conv runs a small GEMM per sample and a direct-loop transposed conv
-//! in backward.
+//! `dx = col2im(dcols)`, with `N` the part's samples and `dWᵀ` summed over the parts (the
+//! GEMMs in `matmul::strided`). The tap-major layout makes every unfold copy and col2im add a
+//! whole output row, where candle's own conv runs a small GEMM per sample and a direct-loop
+//! transposed conv in backward.
 
-use super::im2col::{fold_tap_major_into, swap_outer, transpose_into, unfold_tap_major, Geom};
+use super::im2col::{fold_tap_major_into, swap_outer, unfold_tap_major, Geom};
 use crate::error::Result;
-use crate::parallel::{map_parts, may_split, PARALLEL_MIN_MACS};
+use crate::matmul::strided::{product, product_into, Order, Strided};
+use crate::parallel::map_parts;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
-/// A new `m×n` row-major matrix `lhs · rhs`, each operand given by its row and column strides.
+/// A new `m×n` row-major matrix `lhs · rhs`, each operand given by its row and column strides
+/// (`matmul::strided`: the training GEMMs).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(m: usize, n: usize, k: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) -> Vec<f32> {
     matmul_in(Vec::new(), m, n, k, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs)
@@ -25,31 +27,8 @@ pub(crate) fn matmul(m: usize, n: usize, k: usize, lhs: &[f32], lhs_rs: usize, l
 
 /// [`matmul`] into `dst`'s allocation (its contents are dropped; it grows if too small).
 #[allow(clippy::too_many_arguments)]
-fn matmul_in(mut dst: Vec<f32>, m: usize, n: usize, k: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) -> Vec<f32> {
-    // Elements a strided `rows × cols` operand spans.
-    let reach = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs + 1;
-    dst.clear();
-    if m == 0 || n == 0 || k == 0 {
-        dst.resize(m * n, 0.0);
-        return dst;
-    }
-    assert!(lhs.len() >= reach(m, k, lhs_rs, lhs_cs) && rhs.len() >= reach(k, n, rhs_rs, rhs_cs));
-    // The product overwrites every element (the GEMM does not read `dst`), so the buffer is
-    // not zeroed first.
-    dst.reserve(m * n);
-    // Small products stay on the calling thread (the bound the integer GEMM uses too).
-    let par = match rayon::current_num_threads() {
-        t if m * n * k >= PARALLEL_MIN_MACS && may_split() => gemm::Parallelism::Rayon(t),
-        _ => gemm::Parallelism::None,
-    };
-    // SAFETY: the assertion above keeps every index the strides reach inside the slices; dst
-    // is an empty allocation of at least m·n elements, which the GEMM (read_dst = false) writes
-    // without reading.
-    unsafe {
-        gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, lhs.as_ptr(), lhs_cs as isize, lhs_rs as isize, rhs.as_ptr(), rhs_cs as isize, rhs_rs as isize, 0.0, 1.0, false, false, false, par);
-        dst.set_len(m * n);
-    }
-    dst
+fn matmul_in(dst: Vec<f32>, m: usize, n: usize, k: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) -> Vec<f32> {
+    product_into(dst, m, n, k, Strided::new(lhs, lhs_rs, lhs_cs), Strided::new(rhs, rhs_rs, rhs_cs), Order::RowMajor)
 }
 
 /// The f32 values of a contiguous CPU tensor handed to custom op `op`.
@@ -123,15 +102,12 @@ fn group_slice(x: &[f32], ns: usize, groups: usize, plane_len: usize, gi: usize)
     Cow::Owned(out)
 }
 
-/// `out[s, off + o, l] = yt[s·L + l, o]` for `o < og` (one group's GEMM result into the
-/// part's `[ns, O, L]` output).
-fn scatter_group_output(yt: &[f32], ns: usize, l: usize, og: usize, o_total: usize, off: usize, out: &mut [MaybeUninit<f32>]) {
+/// `out[s, off + o, q] = y[o, s·L + q]` for `o < og`: one group's product `[Og, ns·L]` into the
+/// part's `[ns, O, L]` output, a run of `L` per sample and channel.
+fn channel_runs_into(y: &[f32], ns: usize, l: usize, og: usize, o_total: usize, off: usize, out: &mut [MaybeUninit<f32>]) {
     for s in 0..ns {
         for o in 0..og {
-            let dst = &mut out[(s * o_total + off + o) * l..][..l];
-            for (q, d) in dst.iter_mut().enumerate() {
-                d.write(yt[(s * l + q) * og + o]);
-            }
+            out[(s * o_total + off + o) * l..][..l].write_copy_of_slice(&y[(o * ns + s) * l..][..l]);
         }
     }
 }
@@ -142,8 +118,8 @@ impl CustomOp2 for Conv {
     }
 
     /// Per part of `ns` samples and per group: `cols = unfold(x_part,group)` (`[K, ns·L]`),
-    /// `Yᵀ[ns·L, Og] = colsᵀ·W_groupᵀ`, then per sample `[L, Og] → [Og, L]` into the group's
-    /// output channels.
+    /// `Yᵀ[ns·L, Og] = colsᵀ·W_groupᵀ` laid out as `[Og, ns·L]`, then per sample and channel
+    /// into the group's output channels.
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, o, k, l, og) = (&self.g, self.out_channels, self.g.k(), self.g.l(), self.og());
         let (x, w) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
@@ -156,12 +132,8 @@ impl CustomOp2 for Conv {
                 .map(|gi| {
                     let xg = group_slice(xp, ns, self.groups, g.c * g.h * g.w, gi);
                     let cols = unfold_tap_major(&xg, &self.part(ns));
-                    let yt = matmul(ns * l, og, k, &cols, 1, ns * l, &w[gi * og * k..], 1, k);
-                    if self.groups == 1 {
-                        transpose_into(&yt, l, o, out);
-                    } else {
-                        scatter_group_output(&yt, ns, l, og, o, gi * og, out);
-                    }
+                    let y = product(ns * l, og, k, Strided::new(&cols, 1, ns * l), Strided::new(&w[gi * og * k..], 1, k), Order::ColMajor);
+                    channel_runs_into(&y, ns, l, og, o, gi * og, out);
                     cols
                 })
                 .collect::<Vec<_>>()
@@ -200,8 +172,8 @@ impl CustomOp2 for Conv {
                         for gi in 0..groups {
                             let cols = kept.as_mut().and_then(Iterator::next).unwrap_or_else(|| unfold_tap_major(&group_slice(xp, ns, groups, plane_len, gi), &gp));
                             let dy = &dy_all[gi * og * nl..][..og * nl];
-                            // dWᵀ[K, Og] = cols · dYᵀ: the gemm crate runs this orientation faster
-                            // than dW = dY · colsᵀ on these shapes (small O, long N·L).
+                            // dWᵀ[K, Og] = cols · dYᵀ: the patches are read where they lie and only
+                            // the smaller dY is packed (dW = dY · colsᵀ would pack the patches).
                             dwts.push(matmul(k, og, nl, &cols, nl, 1, dy, 1, nl));
                             // The patch gradient takes the patches' buffer (same size, no longer read).
                             let dcols = matmul_in(cols, k, nl, og, &ws[gi * og * k..], 1, k, dy, nl, 1);
