@@ -31,8 +31,9 @@ for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq dig
   wicks=() orts=() torches=()
   for ((r = 0; r < rounds; r++)); do
     # A ResNet epoch takes ~0.5 s; the others ~0.02-0.2 s, where single epochs swing by 2x on a
-    # shared machine: take the median of more of them.
-    if [ "$m" = digits_resnet ]; then epochs=2; else epochs=10; fi
+    # shared machine: take the median of more of them. Three at least, since the median of two is
+    # the slower one.
+    if [ "$m" = digits_resnet ]; then epochs=3; else epochs=10; fi
     wicks+=("$(./target/release/wick --threads "$threads" bench "$model" --train $D/${data}_train.safetensors --test $D/${data}_test.safetensors --epochs $epochs --json)")
     recurrent=""; case $m in digits_gru|digits_lstm) recurrent=1 ;; esac
     orts+=("$(bench/.venv/bin/python bench/ort_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \

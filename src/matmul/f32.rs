@@ -43,10 +43,18 @@ impl PackedF32 {
     /// depth step is one contiguous copy; where each column's depth steps are (`ts = 1`) the
     /// panel is a transpose of `panel` columns (`transpose.rs`).
     pub fn pack_strided(src: &[f32], n: usize, k: usize, js: usize, ts: usize, isa: F32Isa) -> PackedF32 {
+        PackedF32::pack_strided_in(Vec::new(), src, n, k, js, ts, isa)
+    }
+
+    /// [`PackedF32::pack_strided`] into `panels`' allocation (its contents are dropped; it grows
+    /// if too small), which [`PackedF32::into_buffer`] gives back.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pack_strided_in(mut panels: Vec<f32>, src: &[f32], n: usize, k: usize, js: usize, ts: usize, isa: F32Isa) -> PackedF32 {
         assert!(n > 0 && k > 0 && src.len() > (n - 1) * js + (k - 1) * ts, "strided weights too short");
         let panel = isa.panel();
         let len = n.div_ceil(panel) * k * panel;
-        let mut panels = Vec::with_capacity(len);
+        panels.clear();
+        panels.reserve(len);
         for (p, dst) in panels.spare_capacity_mut()[..len].chunks_mut(k * panel).enumerate() {
             let (j0, cols) = (p * panel, panel.min(n - p * panel));
             if js != 1 && ts == 1 {
@@ -84,6 +92,11 @@ impl PackedF32 {
         // SAFETY: every step of every panel was written, its columns past n with zeros.
         unsafe { panels.set_len(len) };
         PackedF32 { n, k, panels, isa }
+    }
+
+    /// The panels' allocation, for the next [`PackedF32::pack_strided_in`].
+    pub fn into_buffer(self) -> Vec<f32> {
+        self.panels
     }
 }
 

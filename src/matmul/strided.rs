@@ -152,11 +152,11 @@ fn tile_product(out: &mut Vec<f32>, m: usize, n: usize, k: usize, a: Strided, b:
     let kc = crate_depth_block(m, n, k);
     out.clear();
     out.reserve(m * n);
-    let mut copied: Vec<f32> = vec![];
+    let (mut panels_buf, mut copied) = SCRATCH.take();
     let mut t0 = 0;
     while t0 < k {
         let kb = kc.min(k - t0);
-        let panels = PackedF32::pack_strided(&b.data[t0 * b.rs..], n, kb, b.cs, b.rs, F32Isa::Avx512);
+        let panels = PackedF32::pack_strided_in(panels_buf, &b.data[t0 * b.rs..], n, kb, b.cs, b.rs, F32Isa::Avx512);
         let rows = if a.cs == 1 && a.rs >= kb {
             Rows::Slice { a: &a.data[t0..], lda: a.rs }
         } else {
@@ -194,8 +194,17 @@ fn tile_product(out: &mut Vec<f32>, m: usize, n: usize, k: usize, a: Strided, b:
             };
             blocked_gemm(&rows, m, &panels, out, n, &add);
         }
+        panels_buf = panels.into_buffer();
         t0 += kb;
     }
+    SCRATCH.set((panels_buf, copied));
+}
+
+thread_local! {
+    /// Each thread's packed panels and copied rows, kept between products: training asks for
+    /// thousands of products an epoch, and fresh allocations of their size come back from the
+    /// kernel as newly zeroed pages.
+    static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
 #[cfg(test)]
