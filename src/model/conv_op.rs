@@ -12,6 +12,7 @@
 use super::im2col::{fold_tap_major_into, swap_outer, unfold_tap_major, Geom};
 use crate::error::Result;
 use crate::matmul::strided::{product, product_into, Order, Strided};
+use crate::matmul::transpose::columns_to_rows;
 use crate::parallel::map_parts;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 use std::borrow::Cow;
@@ -197,17 +198,21 @@ impl CustomOp2 for Conv {
         // SAFETY: every part's groups wrote their channels of its whole chunk, and the chunks
         // cover dx.
         unsafe { dx.set_len(g.n * in_len) };
-        let mut dw = vec![0f32; o * k];
-        for part in &dwts {
-            for (gi, dwt) in part.iter().enumerate() {
-                // dwt is `[K, Og]`; dW rows are output channels.
-                for t in 0..k {
-                    for j in 0..og {
-                        dw[(gi * og + j) * k + t] += dwt[t * og + j];
-                    }
-                }
+        // Per group, the parts' `dWᵀ[K, Og]` summed in part order where they lie, then
+        // transposed into the group's rows of `dW[O, K]`.
+        let mut dw: Vec<f32> = Vec::with_capacity(o * k);
+        let mut parts = dwts.into_iter();
+        let mut sums = parts.next().unwrap_or_default();
+        for part in parts {
+            for (sum, dwt) in sums.iter_mut().zip(&part) {
+                sum.iter_mut().zip(dwt).for_each(|(s, d)| *s += d);
             }
         }
+        for (gi, sum) in sums.iter().enumerate() {
+            columns_to_rows(sum, og, k, og, &mut dw.spare_capacity_mut()[gi * og * k..(gi + 1) * og * k], k);
+        }
+        // SAFETY: each group's transpose wrote its og·k entries, and the groups cover o·k.
+        unsafe { dw.set_len(o * k) };
         Ok((Some(Tensor::from_vec(dx, x.dims(), x.device())?), Some(Tensor::from_vec(dw, w.dims(), w.device())?)))
     }
 }
