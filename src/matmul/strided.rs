@@ -101,10 +101,6 @@ pub fn product_into(mut out: Vec<f32>, m: usize, n: usize, k: usize, a: Strided,
         return out;
     }
     out.reserve(m * n);
-    let (dst_rs, dst_cs) = match order {
-        Order::RowMajor => (n, 1),
-        Order::ColMajor => (1, m),
-    };
     // Small products stay on the calling thread (the bound the packed GEMMs use too).
     let par = match rayon::current_num_threads() {
         t if m * n * k >= PARALLEL_MIN_MACS && may_split() => gemm::Parallelism::Rayon(t),
@@ -114,30 +110,23 @@ pub fn product_into(mut out: Vec<f32>, m: usize, n: usize, k: usize, a: Strided,
     // is an empty allocation of at least m·n elements, which the GEMM (read_dst = false)
     // writes, every one of them, without reading.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
-            false,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
+        crate_gemm(out.as_mut_ptr(), m, n, k, a, b, order, par);
         out.set_len(m * n);
     }
     out
+}
+
+/// The `gemm` crate's `C = A·B` into `dst` in `order` (overwritten, not read).
+///
+/// # Safety
+/// `dst` is valid for `m·n` writes and the operands hold what their strides reach.
+#[allow(clippy::too_many_arguments)]
+unsafe fn crate_gemm(dst: *mut f32, m: usize, n: usize, k: usize, a: Strided, b: Strided, order: Order, par: gemm::Parallelism) {
+    let (dst_rs, dst_cs) = match order {
+        Order::RowMajor => (n, 1),
+        Order::ColMajor => (1, m),
+    };
+    gemm::gemm(m, n, k, dst, dst_cs as isize, dst_rs as isize, false, a.data.as_ptr(), a.cs as isize, a.rs as isize, b.data.as_ptr(), b.cs as isize, b.rs as isize, 0.0, 1.0, false, false, false, par);
 }
 
 /// A new `C = A·B` in `order` (see [`product_into`]).
@@ -220,31 +209,8 @@ mod tests {
     /// The crate's product with the same operands: row-major or column-major output.
     fn crate_product(m: usize, n: usize, k: usize, a: Strided, b: Strided, order: Order) -> Vec<f32> {
         let mut out = vec![f32::NAN; m * n];
-        let (rs, cs) = if order == Order::RowMajor { (n, 1) } else { (1, m) };
         // SAFETY: the test's operands hold what their strides reach; out holds m·n entries.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                cs as isize,
-                rs as isize,
-                false,
-                a.data.as_ptr(),
-                a.cs as isize,
-                a.rs as isize,
-                b.data.as_ptr(),
-                b.cs as isize,
-                b.rs as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        };
+        unsafe { crate_gemm(out.as_mut_ptr(), m, n, k, a, b, order, gemm::Parallelism::None) };
         out
     }
 
