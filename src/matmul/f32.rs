@@ -38,16 +38,12 @@ impl PackedF32 {
         PackedF32 { n, k, panels: pack_panels(w, n, k, 1, isa.panel(), |v| v), isa }
     }
 
-    /// Packs `w[j][t] = src[j·js + t·ts]` (`n × k`): a matrix read through strides, per call
-    /// (training's products, `strided.rs`). Where the columns are adjacent (`js = 1`) a panel's
-    /// depth step is one contiguous copy; where each column's depth steps are (`ts = 1`) the
-    /// panel is a transpose of `panel` columns (`transpose.rs`).
-    pub fn pack_strided(src: &[f32], n: usize, k: usize, js: usize, ts: usize, isa: F32Isa) -> PackedF32 {
-        PackedF32::pack_strided_in(Vec::new(), src, n, k, js, ts, isa)
-    }
-
-    /// [`PackedF32::pack_strided`] into `panels`' allocation (its contents are dropped; it grows
-    /// if too small), which [`PackedF32::into_buffer`] gives back.
+    /// Packs `w[j][t] = src[j·js + t·ts]` (`n × k`), a matrix read through strides, into
+    /// `panels`' allocation (its contents are dropped; it grows if too small;
+    /// [`PackedF32::into_buffer`] gives it back): training's operands, once per product
+    /// (`strided.rs`). Where the columns are adjacent (`js = 1`) a panel's depth step is one
+    /// contiguous copy; where each column's depth steps are (`ts = 1`) the panel is a transpose
+    /// of `panel` columns (`transpose.rs`).
     #[allow(clippy::too_many_arguments)]
     pub fn pack_strided_in(mut panels: Vec<f32>, src: &[f32], n: usize, k: usize, js: usize, ts: usize, isa: F32Isa) -> PackedF32 {
         assert!(n > 0 && k > 0 && src.len() > (n - 1) * js + (k - 1) * ts, "strided weights too short");
@@ -60,33 +56,31 @@ impl PackedF32 {
             if js != 1 && ts == 1 {
                 // Columns that are rows of the source: a transpose into the panel.
                 super::transpose::columns_to_rows(&src[j0 * js..], k, cols, js, dst, panel);
-                if cols < panel {
-                    for step in dst.chunks_mut(panel) {
-                        step[cols..].iter_mut().for_each(|d| {
-                            d.write(0.0);
+            } else {
+                for (t, step) in dst.chunks_mut(panel).enumerate() {
+                    let at = j0 * js + t * ts;
+                    if js == 1 && cols == 16 {
+                        // A whole zmm panel: a fixed-size copy (one vector move, not a call).
+                        let run: [f32; 16] = src[at..at + 16].try_into().expect("16 entries");
+                        assert_eq!(step.len(), 16);
+                        // SAFETY: `step` holds 16 entries (asserted), which the array fills.
+                        unsafe { std::ptr::write_unaligned(step.as_mut_ptr().cast::<[f32; 16]>(), run) };
+                    } else if js == 1 {
+                        step[..cols].write_copy_of_slice(&src[at..at + cols]);
+                    } else {
+                        step[..cols].iter_mut().enumerate().for_each(|(c, d)| {
+                            d.write(src[at + c * js]);
                         });
                     }
                 }
-                continue;
             }
-            for (t, step) in dst.chunks_mut(panel).enumerate() {
-                let at = j0 * js + t * ts;
-                if js == 1 && cols == 16 {
-                    // A whole zmm panel: a fixed-size copy (one vector move, not a call).
-                    let run: [f32; 16] = src[at..at + 16].try_into().expect("16 entries");
-                    assert_eq!(step.len(), 16);
-                    // SAFETY: `step` holds 16 entries (asserted), which the array fills.
-                    unsafe { std::ptr::write_unaligned(step.as_mut_ptr().cast::<[f32; 16]>(), run) };
-                } else if js == 1 {
-                    step[..cols].write_copy_of_slice(&src[at..at + cols]);
-                } else {
-                    step[..cols].iter_mut().enumerate().for_each(|(c, d)| {
-                        d.write(src[at + c * js]);
+            // The last panel's columns past n.
+            if cols < panel {
+                for step in dst.chunks_mut(panel) {
+                    step[cols..].iter_mut().for_each(|d| {
+                        d.write(0.0);
                     });
                 }
-                step[cols..].iter_mut().for_each(|d| {
-                    d.write(0.0);
-                });
             }
         }
         // SAFETY: every step of every panel was written, its columns past n with zeros.

@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::matmul::strided::{product, product_into, Order, Strided};
 use crate::matmul::transpose::columns_to_rows;
 use crate::parallel::map_parts;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
@@ -200,14 +200,17 @@ impl CustomOp2 for Conv {
         unsafe { dx.set_len(g.n * in_len) };
         // Per group, the parts' `dWᵀ[K, Og]` summed in part order where they lie, then
         // transposed into the group's rows of `dW[O, K]`.
-        let mut dw: Vec<f32> = Vec::with_capacity(o * k);
         let mut parts = dwts.into_iter();
-        let mut sums = parts.next().unwrap_or_default();
+        let Some(mut sums) = parts.next() else {
+            // No samples, no parts: a zero gradient.
+            return Ok((Some(Tensor::from_vec(dx, x.dims(), x.device())?), Some(Tensor::zeros(w.dims(), DType::F32, w.device())?)));
+        };
         for part in parts {
             for (sum, dwt) in sums.iter_mut().zip(&part) {
                 sum.iter_mut().zip(dwt).for_each(|(s, d)| *s += d);
             }
         }
+        let mut dw: Vec<f32> = Vec::with_capacity(o * k);
         for (gi, sum) in sums.iter().enumerate() {
             columns_to_rows(sum, og, k, og, &mut dw.spare_capacity_mut()[gi * og * k..(gi + 1) * og * k], k);
         }
