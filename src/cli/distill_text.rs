@@ -27,7 +27,6 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     super::warn_all(&loaded.warnings);
     let teacher = loaded.model;
     let (config, config_path) = wick::hf::config(&a.teacher)?;
-    let (mut s, map) = student(&teacher, &config, &config_path, k)?;
     let len = teacher.input_shape()[0];
     let train = TextData::read(&a.train, &a.teacher, len)?;
     let val = TextData::read(&a.val, &a.teacher, len)?;
@@ -37,6 +36,7 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     let cfg = settings.config(train.len(), a.seed, None);
     let batch_size = cfg.batch_size;
     let progress = CliProgress::new(a.quiet);
+    let (mut s, map) = student(&teacher, &config, &config_path, k, &val, batch_size, &progress)?;
     let rep = distill(&teacher, &mut s, &map, &train, &val, &cfg, &progress)?;
     let mut student_config = config.clone();
     student_config["num_hidden_layers"] = k.into();

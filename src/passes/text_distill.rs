@@ -1,8 +1,9 @@
 //! Distillation of a text encoder into a shallower one on unlabeled sentences. The student is
-//! the teacher's architecture with `k` layers, student layer `j` initialised from teacher layer
-//! `t_j = ⌊(j + 1)·L / k⌋ − 1` (for 6 → 3: layers 1, 3 and 5, so the last student layer starts
-//! as the teacher's last), the embeddings shared. It is trained (AdamW, warm-up then cosine
-//! decay) on
+//! the teacher's architecture with `k` layers, student layer `j` initialised from the teacher's
+//! `j`-th kept layer, the embeddings shared. The kept layers are chosen on the validation
+//! sentences by [`choose_layers`]: dropping one layer at a time, always the one whose removal
+//! leaves the highest cosine to the teacher, since where a student starts bounds where a short
+//! training on a small corpus takes it. It is trained (AdamW, warm-up then cosine decay) on
 //! `loss = mean_i (1 − cos(s_i, t_i)) + β · mean_j ‖m ⊙ (h_j − H_{t_j})‖² / ‖m ⊙ H_{t_j}‖²`:
 //! the sentence embeddings' cosine to the teacher's, plus each mapped layer's hidden states'
 //! squared error relative to the teacher's (`m` the real tokens), scale-free so that `β` means
@@ -53,33 +54,22 @@ pub struct TextDistillReport {
     pub best: usize,
 }
 
-/// `t_j = ⌊(j + 1)·teacher / student⌋ − 1` for each student layer `j`.
-pub fn layer_map(teacher: usize, student: usize) -> Vec<usize> {
-    (0..student).map(|j| (j + 1) * teacher / student - 1).collect()
-}
-
 /// The number of `encoder.layer.{i}` blocks of a BERT-family model (see `hf`).
 pub fn encoder_layers(model: &Model) -> usize {
     model.arch.nodes.iter().filter_map(|n| n.name.strip_prefix("encoder.layer.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1)
 }
 
-/// The `k`-layer student of `teacher` (whose directory's `config.json` is `config`) with its
-/// layers initialised by [`layer_map`] and everything else copied; returns it and the map.
-pub fn student(teacher: &Model, config: &serde_json::Value, config_path: &std::path::Path, k: usize) -> Result<(Model, Vec<usize>)> {
-    let layers = encoder_layers(teacher);
-    if k == 0 || k >= layers {
-        return Err(WickError::invalid("--layers", format!("{k}: a student needs between 1 and {} layers (the teacher has {layers})", layers.saturating_sub(1))));
-    }
-    let map = layer_map(layers, k);
+/// The student of `teacher` (whose directory's `config.json` is `config`) whose layer `j` is a
+/// copy of teacher layer `keep[j]`, everything else copied.
+pub fn student_of(teacher: &Model, config: &serde_json::Value, config_path: &std::path::Path, keep: &[usize]) -> Result<Model> {
     let mut config = config.clone();
-    config["num_hidden_layers"] = k.into();
+    config["num_hidden_layers"] = keep.len().into();
     let arch = crate::hf::arch_from_config(&config, config_path, teacher.input_shape()[0])?;
-    let source = teacher.tensors();
     let mut tensors = BTreeMap::new();
-    for (name, t) in &source {
+    for (name, t) in &teacher.tensors() {
         match name.strip_prefix("encoder.layer.").and_then(|r| r.split_once('.')) {
             Some((i, rest)) => {
-                if let Some(j) = map.iter().position(|&t| i.parse() == Ok(t)) {
+                if let Some(j) = keep.iter().position(|&t| i.parse() == Ok(t)) {
                     tensors.insert(format!("encoder.layer.{j}.{rest}"), t.copy()?);
                 }
             }
@@ -88,7 +78,44 @@ pub fn student(teacher: &Model, config: &serde_json::Value, config_path: &std::p
             }
         }
     }
-    Ok((Model::new(arch, tensors, &teacher.source)?, map))
+    Model::new(arch, tensors, &teacher.source)
+}
+
+/// The `k` teacher layers a student starts from, in order: from all `L` layers, greedily drop
+/// `r* = argmax_{r ∈ keep} mean_i cos(e_i(keep ∖ {r}), t_i)` until `k` remain, where
+/// `e_i(keep)` is sentence `i`'s embedding by [`student_of`]`(keep)` and `t_i` the teacher's,
+/// over `val` (ties to the lower layer). `L + (L−1) + … + (k+1)` evaluations of `val`, where all
+/// `C(L, k)` subsets would be 924 for 6 of 12.
+pub fn choose_layers(teacher: &Model, config: &serde_json::Value, config_path: &std::path::Path, k: usize, val: &TextData, batch_size: usize, progress: &dyn Progress) -> Result<Vec<usize>> {
+    let layers = encoder_layers(teacher);
+    if k == 0 || k >= layers {
+        return Err(WickError::invalid("--layers", format!("{k}: a student needs between 1 and {} layers (the teacher has {layers})", layers.saturating_sub(1))));
+    }
+    let target = embed(teacher, val, batch_size)?;
+    let mut keep: Vec<usize> = (0..layers).collect();
+    progress.start(&format!("choosing {k} of {layers} layers"), ((k + 1..=layers).sum::<usize>()) as u64);
+    while keep.len() > k {
+        let mut best: Option<(f64, usize)> = None;
+        for r in 0..keep.len() {
+            let mut fewer = keep.clone();
+            fewer.remove(r);
+            let cos = fidelity(&embed(&student_of(teacher, config, config_path, &fewer)?, val, batch_size)?, &target)?.cosine_mean;
+            if best.is_none_or(|(b, _)| cos > b) {
+                best = Some((cos, r));
+            }
+            progress.inc(1);
+        }
+        keep.remove(best.expect("keep has more than k ≥ 1 layers").1);
+    }
+    progress.finish(&format!("student layers: {keep:?} of the teacher's"));
+    Ok(keep)
+}
+
+/// The `k`-layer student of `teacher` with its layers chosen on `val` by [`choose_layers`];
+/// returns it and the teacher layer of each of its layers.
+pub fn student(teacher: &Model, config: &serde_json::Value, config_path: &std::path::Path, k: usize, val: &TextData, batch_size: usize, progress: &dyn Progress) -> Result<(Model, Vec<usize>)> {
+    let map = choose_layers(teacher, config, config_path, k, val, batch_size, progress)?;
+    Ok((student_of(teacher, config, config_path, &map)?, map))
 }
 
 /// Trains `student` from `teacher` (layers mapped by `map`) on `train`, validating on `val`.
