@@ -8,7 +8,7 @@ use super::Outcome;
 use serde_json::json;
 use wick::embedding::{embed, fidelity, TextData};
 use wick::model::stats::total_params;
-use wick::passes::text_distill::{distill, student, TextDistillSettings};
+use wick::passes::text_distill::{check_layers, distill, student, TextDistillSettings};
 
 pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     let Some(k) = a.layers else { anyhow::bail!(wick::WickError::invalid("--layers", "is required for a text encoder (a model directory as --teacher): the student's number of layers")) };
@@ -26,6 +26,8 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     let loaded = wick::model::load::load_model(&a.teacher, None)?;
     super::warn_all(&loaded.warnings);
     let teacher = loaded.model;
+    // Checked before the sentences are read and tokenised.
+    check_layers(&teacher, k)?;
     let (config, config_path) = wick::hf::config(&a.teacher)?;
     let len = teacher.input_shape()[0];
     let train = TextData::read(&a.train, &a.teacher, len)?;

@@ -81,16 +81,23 @@ pub fn student_of(teacher: &Model, config: &serde_json::Value, config_path: &std
     Model::new(arch, tensors, &teacher.source)
 }
 
+/// The teacher's number of layers, or an error naming `--layers` when a `k`-layer student of
+/// it would not be shallower.
+pub fn check_layers(teacher: &Model, k: usize) -> Result<usize> {
+    let layers = encoder_layers(teacher);
+    if k == 0 || k >= layers {
+        return Err(WickError::invalid("--layers", format!("{k}: a student needs between 1 and {} layers (the teacher has {layers})", layers.saturating_sub(1))));
+    }
+    Ok(layers)
+}
+
 /// The `k` teacher layers a student starts from, in order: from all `L` layers, greedily drop
 /// `r* = argmax_{r ∈ keep} mean_i cos(e_i(keep ∖ {r}), t_i)` until `k` remain, where
 /// `e_i(keep)` is sentence `i`'s embedding by [`student_of`]`(keep)` and `t_i` the teacher's,
 /// over `val` (ties to the lower layer). `L + (L−1) + … + (k+1)` evaluations of `val`, where all
 /// `C(L, k)` subsets would be 924 for 6 of 12.
 pub fn choose_layers(teacher: &Model, config: &serde_json::Value, config_path: &std::path::Path, k: usize, val: &TextData, batch_size: usize, progress: &dyn Progress) -> Result<Vec<usize>> {
-    let layers = encoder_layers(teacher);
-    if k == 0 || k >= layers {
-        return Err(WickError::invalid("--layers", format!("{k}: a student needs between 1 and {} layers (the teacher has {layers})", layers.saturating_sub(1))));
-    }
+    let layers = check_layers(teacher, k)?;
     let target = embed(teacher, val, batch_size)?;
     let mut keep: Vec<usize> = (0..layers).collect();
     progress.start(&format!("choosing {k} of {layers} layers"), ((k + 1..=layers).sum::<usize>()) as u64);
