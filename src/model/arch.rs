@@ -338,6 +338,25 @@ impl SelectCfg {
     }
 }
 
+/// Two dims swapped (counted with the batch, negatives from the end; the batch dim stays):
+/// PyTorch's `x.transpose(dim0, dim1)`, e.g. a conv's `[N, C, T]` to a recurrent op's `[N, T, C]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransposeCfg {
+    pub dim0: i64,
+    pub dim1: i64,
+}
+
+/// The mean along one dim (counted with the batch, negatives from the end), which is removed
+/// unless `keepdim`: PyTorch's `x.mean(dim, keepdim)`, e.g. a recurrent output averaged over time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeanCfg {
+    pub dim: i64,
+    #[serde(default)]
+    pub keepdim: bool,
+}
+
 /// A token embedding: ids `[L]` (integers, stored as f32) → their rows of
 /// `weight [num_embeddings, embedding_dim]`, `[L, embedding_dim]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -441,6 +460,8 @@ pub enum Op {
     Gru(RnnCfg),
     Lstm(RnnCfg),
     Select(SelectCfg),
+    Transpose(TransposeCfg),
+    Mean(MeanCfg),
     Embedding(EmbeddingCfg),
     PositionEmbedding(PositionEmbeddingCfg),
     EmbeddingRow(EmbeddingRowCfg),
@@ -476,6 +497,8 @@ pub const OP_NAMES: &[&str] = &[
     "gru",
     "lstm",
     "select",
+    "transpose",
+    "mean",
     "embedding",
     "position_embedding",
     "embedding_row",
@@ -633,6 +656,8 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "gru" => Op::Gru(cfg(fields)?),
         "lstm" => Op::Lstm(cfg(fields)?),
         "select" => Op::Select(cfg(fields)?),
+        "transpose" => Op::Transpose(cfg(fields)?),
+        "mean" => Op::Mean(cfg(fields)?),
         "embedding" => Op::Embedding(cfg(fields)?),
         "position_embedding" => Op::PositionEmbedding(cfg(fields)?),
         "embedding_row" => Op::EmbeddingRow(cfg(fields)?),

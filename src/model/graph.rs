@@ -364,6 +364,25 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             o.remove(d);
             Ok(o)
         }
+        Op::Transpose(c) => {
+            let (a, b) = (sample_dim(c.dim0, s.len())?, sample_dim(c.dim1, s.len())?);
+            let mut o = s.clone();
+            o.swap(a, b);
+            Ok(o)
+        }
+        Op::Mean(c) => {
+            let d = sample_dim(c.dim, s.len())?;
+            if s.len() == 1 && !c.keepdim {
+                return Err(format!("the mean over the only dim of a sample of shape {s:?} leaves no values per sample (keepdim keeps one)"));
+            }
+            let mut o = s.clone();
+            if c.keepdim {
+                o[d] = 1;
+            } else {
+                o.remove(d);
+            }
+            Ok(o)
+        }
         Op::Embedding(c) => {
             expect_rank(s, 1, "[L] token ids")?;
             Ok(vec![s[0], c.embedding_dim])

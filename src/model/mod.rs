@@ -4,6 +4,7 @@
 
 pub mod act_op;
 pub mod arch;
+mod axis_ops;
 mod bn_train;
 mod conv_op;
 mod depthwise_op;

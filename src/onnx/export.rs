@@ -10,6 +10,7 @@ use super::tensor::{byte_tensor, f32_tensor, i32_tensor, i64_tensor};
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};
 use crate::model::arch::{GeluApprox, Node, Op, Pair, PoolCfg, RnnCfg};
+use crate::model::graph::sample_dim;
 use crate::model::qunit::node_units;
 use crate::model::Model;
 use crate::quant::ActType;
@@ -250,6 +251,17 @@ impl Builder {
             Op::Select(c) => {
                 let i = self.init(i64_tensor(&format!("{n}.index"), &[], &[c.index]));
                 self.op("Gather", n, &[x, &i], n, vec![int("axis", c.dim)]);
+            }
+            Op::Transpose(c) => {
+                let rank = in_shape.len();
+                let (a, b) = (sample_dim(c.dim0, rank)? + 1, sample_dim(c.dim1, rank)? + 1);
+                let mut perm: Vec<usize> = (0..=rank).collect();
+                perm.swap(a, b);
+                self.op("Transpose", n, &[x], n, vec![ints("perm", &perm)]);
+            }
+            Op::Mean(c) => {
+                let d = sample_dim(c.dim, in_shape.len())? + 1;
+                self.op("ReduceMean", n, &[x], n, vec![ints("axes", &[d]), int("keepdims", c.keepdim as i64)]);
             }
             Op::Gru(c) | Op::Lstm(c) => self.recurrent(model, node, x, c, matches!(node.op, Op::Gru(_)))?,
             op @ (Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::MaskedMean(_) | Op::L2Normalize(_)) => {

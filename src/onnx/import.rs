@@ -638,14 +638,40 @@ impl Importer<'_> {
         Ok(Val::RnnOutput(self.emit(name, &[&x], op, params)?, dirs))
     }
 
-    /// `Transpose` of a constant (an exporter's transposed weight), folded.
-    fn transpose(&self, n: &NodeProto) -> R<Val> {
-        let swap = attr_ints(n, "perm")?.as_deref() == Some(&[1, 0, 2]);
-        match self.input_val(n, 0)? {
-            Val::RnnOutput(d, 2) if attr_ints(n, "perm")?.as_deref() == Some(&[0, 2, 1, 3]) => return Ok(Val::RnnOutputByStep(d.clone())),
-            Val::Dyn(d) if swap && d.shape.len() == 2 && d.shape == d.onnx_shape => return Ok(Val::TimeMajor(d.clone())),
-            Val::TimeMajor(d) if swap => return Ok(Val::Dyn(d.clone())),
-            Val::Dyn(_) | Val::TimeMajor(_) => return Err("Transpose of a computed tensor is read only as perm [1, 0, 2] of a sequence (to and from the time-major layout of GRU and LSTM)".into()),
+    /// `Transpose`: of a constant (an exporter's transposed weight), folded; of a sequence, the
+    /// time-major view GRU and LSTM read and write (`perm [1, 0, 2]`; `[2, 0, 1]` reads a
+    /// conv's `[N, C, T]` as steps of C features, `[1, 2, 0]` writes the steps back as
+    /// `[N, H, T]`); of any other computed tensor with the batch kept first, wick `transpose`
+    /// nodes, one per swap of the permutation.
+    fn transpose(&mut self, n: &NodeProto) -> R<Val> {
+        let perm = attr_ints(n, "perm")?;
+        let is = |p: &[i64]| perm.as_deref() == Some(p);
+        let exact = |d: &Dyn| d.shape == d.onnx_shape;
+        match self.input_val(n, 0)?.clone() {
+            Val::RnnOutput(d, 2) if is(&[0, 2, 1, 3]) => return Ok(Val::RnnOutputByStep(d)),
+            Val::Dyn(d) if is(&[1, 0, 2]) && d.shape.len() == 2 && exact(&d) => return Ok(Val::TimeMajor(d)),
+            Val::Dyn(d) if is(&[2, 0, 1]) && d.shape.len() == 2 && exact(&d) => return Ok(Val::TimeMajor(self.swap_axes(n, &d, 1, 2)?)),
+            Val::TimeMajor(d) if is(&[1, 0, 2]) => return Ok(Val::Dyn(d)),
+            Val::TimeMajor(d) if is(&[1, 2, 0]) => return Ok(Val::Dyn(self.swap_axes(n, &d, 1, 2)?)),
+            Val::Dyn(d) if exact(&d) && perm.as_ref().is_some_and(|p| p.first() == Some(&0) && is_permutation(p, d.shape.len() + 1)) => {
+                // Swaps that turn the identity into `perm` (output axis k is input axis perm[k]).
+                let perm = perm.expect("checked above");
+                let mut cur: Vec<i64> = (0..perm.len() as i64).collect();
+                let mut x = d;
+                for k in 1..perm.len() {
+                    if cur[k] != perm[k] {
+                        let j = (k + 1..perm.len()).find(|&j| cur[j] == perm[k]).expect("a permutation holds every axis");
+                        cur.swap(k, j);
+                        x = self.swap_axes(n, &x, k, j)?;
+                    }
+                }
+                return Ok(Val::Dyn(x));
+            }
+            Val::Dyn(_) | Val::TimeMajor(_) => {
+                return Err(format!(
+                    "Transpose of a computed tensor with perm {perm:?} moves the batch axis; wick reads perms that keep it first, and [1, 0, 2], [2, 0, 1] and [1, 2, 0] around GRU and LSTM"
+                ))
+            }
             _ => {}
         }
         let c = self.const_in(n, 0).map_err(|_| "Transpose is read only on constants (wick's ops fix their own layouts)".to_string())?;
@@ -675,6 +701,14 @@ impl Importer<'_> {
         };
         let values = c.values.pick((0..numel).map(src));
         Ok(Val::Const(Const { dims, values }))
+    }
+
+    /// A wick `transpose` of full-tensor axes `a` and `b` of `x`, named `{module}.transpose`
+    /// after node `n`'s module path (a GRU's own time-major transpose must not take the GRU's
+    /// name).
+    fn swap_axes(&mut self, n: &NodeProto, x: &Dyn, a: usize, b: usize) -> R<Dyn> {
+        let name = self.fresh(&scope_path(&n.name).map_or("transpose".to_string(), |s| format!("{s}.transpose")));
+        self.emit(name, &[x], Op::Transpose(arch::TransposeCfg { dim0: a as i64, dim1: b as i64 }), vec![])
     }
 
     /// `x` seen with per-sample shape `target`: the same node when wick already computes that
@@ -1163,11 +1197,18 @@ impl Importer<'_> {
         let rank = x.onnx_shape.len() as i64 + 1;
         let mut axes: Vec<i64> = axes.ok_or("reduces every axis, the batch too; wick reads ReduceMean over the spatial axes")?.iter().map(|&a| from_end(a, rank)).collect();
         axes.sort_unstable();
-        if axes != (2..rank).collect::<Vec<_>>() || rank < 3 {
-            return Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMean over all spatial axes (2..) as global average pooling"));
-        }
         let keepdims = attr_i(n, "keepdims")?.unwrap_or(1) != 0;
-        self.global_pool(n, keepdims)
+        if axes == (2..rank).collect::<Vec<_>>() && rank >= 3 {
+            return self.global_pool(n, keepdims);
+        }
+        match axes.as_slice() {
+            &[d] if d >= 1 && d < rank => {
+                let x = self.exact_in(n, 0)?;
+                let name = self.plain_node_name(n, "mean");
+                Ok(Val::Dyn(self.emit(name, &[&x], Op::Mean(arch::MeanCfg { dim: d, keepdim: keepdims }), vec![])?))
+            }
+            _ => Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMean over one axis after the batch (its `mean`), or over all spatial axes (2..) as global average pooling")),
+        }
     }
 }
 
@@ -1202,6 +1243,12 @@ fn qweight(c: &Codes, dims: &[usize], out_axis: usize) -> R<QWeight> {
 
 /// A kernel, stride or padding as the architecture file writes it: one number when all dims
 /// agree (so a saved and re-read architecture compares equal).
+/// Whether `p` orders the axes `0..rank`, each once.
+fn is_permutation(p: &[i64], rank: usize) -> bool {
+    let mut seen = vec![false; rank];
+    p.len() == rank && p.iter().all(|&a| usize::try_from(a).ok().filter(|&a| a < rank).is_some_and(|a| !std::mem::replace(&mut seen[a], true)))
+}
+
 fn pair(v: &[usize]) -> Pair {
     match v {
         [h, w] if h != w => Pair::Two([*h, *w]),

@@ -183,6 +183,7 @@ fn impossible_sizes_and_fields_name_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let resnet = "models/digits_resnet.arch.json";
     let seq = TEACHERS[2].path();
+    let (crnn, crnn_arch) = (fixture("models/digits_crnn.safetensors"), "models/digits_crnn.arch.json");
     for (model, arch, from, to, want) in [
         (resnet_path(), resnet, r#""padding": 1, "bias": false"#, r#""padding": 1000000000, "bias": false"#, ["'conv1'", "padding"]),
         (resnet_path(), resnet, r#""kernel_size": 3, "stride": 1"#, r#""kernel_size": 0, "stride": 1"#, ["'conv1'", "kernel_size"]),
@@ -190,6 +191,10 @@ fn impossible_sizes_and_fields_name_the_node() {
         (resnet_path(), resnet, r#""num_features": 32}"#, r#""num_features": 32, "eps": -1}"#, ["'bn1'", "eps"]),
         (resnet_path(), resnet, r#""out_features": 10"#, r#""out_features": 0"#, ["'fc'", "out_features"]),
         (seq.clone(), "models/digits_seq_cnn.arch.json", r#""p": 0.1"#, r#""p": 7"#, ["'drop'", "p is 7"]),
+        (crnn.clone(), crnn_arch, r#""dim0": 1,"#, r#""dim0": 0,"#, ["'steps'", "batch dim"]),
+        (crnn.clone(), crnn_arch, r#""dim1": 2"#, r#""dim1": 3"#, ["'steps'", "dim 3 is out of range"]),
+        (crnn.clone(), crnn_arch, r#""dim": 1"#, r#""dim": 1, "keep_dim": true"#, ["'time_mean'", "keep_dim"]),
+        (crnn.clone(), crnn_arch, r#""dim": 1"#, r#""dim": -3"#, ["'time_mean'", "dim -3"]),
     ] {
         let a = edited_arch(dir.path(), arch, from, to);
         let (_, err) = run_expect(&["inspect", model.to_str().unwrap(), "--arch", a.to_str().unwrap()], 2);

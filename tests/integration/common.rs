@@ -143,6 +143,37 @@ pub fn ops_1d_arch() -> wick::model::arch::Arch {
     serde_json::from_str(json).unwrap()
 }
 
+/// `transpose` and `mean` on a 1-d conv's output: a conv's channels-last `[C, L]` turned into
+/// steps, a linear per step, turned back, another conv, its mean over the length kept as a
+/// unit dim, beside the mean over the steps of the first.
+pub fn axes_1d_arch() -> wick::model::arch::Arch {
+    let json = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [4, 10]}, "nodes": [
+        {"name": "c", "op": "conv1d", "inputs": ["input"], "in_channels": 4, "out_channels": 6, "kernel_size": 3, "padding": 1},
+        {"name": "steps", "op": "transpose", "inputs": ["c"], "dim0": 1, "dim1": 2},
+        {"name": "l", "op": "linear", "inputs": ["steps"], "in_features": 6, "out_features": 5},
+        {"name": "back", "op": "transpose", "inputs": ["l"], "dim0": -1, "dim1": 1},
+        {"name": "c2", "op": "conv1d", "inputs": ["back"], "in_channels": 5, "out_channels": 3, "kernel_size": 3, "padding": 1},
+        {"name": "m", "op": "mean", "inputs": ["c2"], "dim": 2, "keepdim": true},
+        {"name": "f", "op": "flatten", "inputs": ["m"]},
+        {"name": "over_steps", "op": "mean", "inputs": ["steps"], "dim": 1},
+        {"name": "cat", "op": "concat", "inputs": ["f", "over_steps"], "dim": 1},
+        {"name": "head", "op": "linear", "inputs": ["cat"], "in_features": 9, "out_features": 4}], "output": "head"}"#;
+    serde_json::from_str(json).unwrap()
+}
+
+/// `transpose` of a 2-d conv's channels-last output with the last axis (`[C, H, W]` to
+/// `[W, H, C]`) and the mean over the middle axis.
+pub fn axes_2d_arch() -> wick::model::arch::Arch {
+    let json = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [2, 3, 4]}, "nodes": [
+        {"name": "c", "op": "conv2d", "inputs": ["input"], "in_channels": 2, "out_channels": 3, "kernel_size": 1},
+        {"name": "r", "op": "relu", "inputs": ["c"]},
+        {"name": "swap", "op": "transpose", "inputs": ["r"], "dim0": 1, "dim1": 3},
+        {"name": "m", "op": "mean", "inputs": ["swap"], "dim": -2},
+        {"name": "f", "op": "flatten", "inputs": ["m"]},
+        {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 12, "out_features": 3}], "output": "head"}"#;
+    serde_json::from_str(json).unwrap()
+}
+
 /// Convs whose groups read one input channel each (the direct kernel): a 3x3 conv of a
 /// one-channel image, then a strided depthwise conv with channel multiplier 2.
 pub fn one_channel_groups_arch() -> wick::model::arch::Arch {

@@ -190,6 +190,53 @@ fn bad_pruning_input() {
     assert!(e.contains("--ignore") && e.contains("'nope'"), "{e}");
 }
 
+/// Units cross `transpose` and `mean`: on the CRNN teacher (`digits_crnn`: convs, then their
+/// channels read as the GRU's input features through `transpose(1, 2)`, the mean over time into
+/// the head), zeroing every third unit and pruning exactly those changes no output, and the GRU's
+/// input columns follow the last conv's channels. A transpose back to channels first carries
+/// hidden units into a conv's input channels, and a mean over another axis passes them on. A
+/// transpose that moves the channels to a middle axis, or a mean across the channels, keeps them
+/// whole.
+#[test]
+fn exact_surgery_through_transpose_and_mean() {
+    use wick::model::arch::{Arch, Op};
+    let seq = wick::data::Dataset::read(&fixture("data/digits_seq_test.safetensors")).unwrap();
+    let p = exact_surgery(&load(&fixture("models/digits_crnn.safetensors")).deep_clone().unwrap(), &seq.x.narrow(0, 0, 64).unwrap());
+    let (Op::Conv1d(conv), Op::Gru(gru), Op::Linear(fc)) = (&p.arch.node("conv2").unwrap().op, &p.arch.node("gru").unwrap().op, &p.arch.node("fc").unwrap().op) else { panic!() };
+    assert_eq!((gru.input_size, fc.in_features), (conv.out_channels, 2 * gru.hidden_size));
+    assert!(conv.out_channels < 32 && gru.hidden_size < 32);
+    let arch = |shape: &str, body: &str| -> Arch {
+        let json = format!(r#"{{"format": "wick-arch", "version": 1, "input": {{"shape": {shape}}}, "nodes": [{body}], "output": "head"}}"#);
+        Arch::from_json(&json, "axes.json").unwrap()
+    };
+    let round_trip = r#"{"name": "c", "op": "conv1d", "inputs": ["input"], "in_channels": 3, "out_channels": 6, "kernel_size": 3, "padding": 1},
+        {"name": "steps", "op": "transpose", "inputs": ["c"], "dim0": 1, "dim1": 2},
+        {"name": "g", "op": "gru", "inputs": ["steps"], "input_size": 6, "hidden_size": 5},
+        {"name": "back", "op": "transpose", "inputs": ["g"], "dim0": 2, "dim1": 1},
+        {"name": "c2", "op": "conv1d", "inputs": ["back"], "in_channels": 5, "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"name": "m", "op": "mean", "inputs": ["c2"], "dim": -1},
+        {"name": "head", "op": "linear", "inputs": ["m"], "in_features": 4, "out_features": 3}"#;
+    let p = exact_surgery(&init_model(arch("[3, 7]", round_trip), 2).unwrap(), &random_input(&[3, 7], 5));
+    let (Op::Gru(g), Op::Conv1d(c2), Op::Linear(head)) = (&p.arch.node("g").unwrap().op, &p.arch.node("c2").unwrap().op, &p.arch.node("head").unwrap().op) else { panic!() };
+    assert_eq!((g.input_size, g.hidden_size, c2.in_channels, c2.out_channels, head.in_features), (4, 3, 3, 2, 2));
+    for (shape, body) in [
+        (
+            "[3, 4, 5]",
+            r#"{"name": "a", "op": "conv2d", "inputs": ["input"], "in_channels": 3, "out_channels": 4, "kernel_size": 1},
+            {"name": "t", "op": "transpose", "inputs": ["a"], "dim0": 1, "dim1": 2},
+            {"name": "f", "op": "flatten", "inputs": ["t"]}, {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 80, "out_features": 3}"#,
+        ),
+        (
+            "[3, 7]",
+            r#"{"name": "a", "op": "conv1d", "inputs": ["input"], "in_channels": 3, "out_channels": 4, "kernel_size": 1},
+            {"name": "m", "op": "mean", "inputs": ["a"], "dim": 1}, {"name": "head", "op": "linear", "inputs": ["m"], "in_features": 7, "out_features": 3}"#,
+        ),
+    ] {
+        let deps = analyse(&init_model(arch(shape, body), 2).unwrap());
+        assert!(deps.groups.iter().all(|g| !g.producers.contains(&"a".to_string())), "{body}: {:?}", deps.groups);
+    }
+}
+
 /// Recurrent hidden units: unit j ties every gate's rows of `W_ih`, `W_hh` and the biases in
 /// every layer and direction, column j of `W_hh`, the next layer's input columns and, through
 /// `select`, the head's columns; a GRU feeding an LSTM (through a tanh) passes its units into

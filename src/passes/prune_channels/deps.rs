@@ -8,10 +8,13 @@
 //! or output, or pass through an op whose channels cannot be removed exactly (LayerNorm over
 //! channels, softmax over channels, grouped non-depthwise convs), are frozen. A GRU or LSTM
 //! creates one id per hidden unit, tracked on its output's last axis (`Deps::feature_last`)
-//! through element-wise ops and `select` into the next layer's columns. A *group* is a
+//! through element-wise ops, `select` and `mean` into the next layer's columns. A `transpose`
+//! of a value's first and last sample axes moves its ids between the two (a conv's channels
+//! into a recurrent op's input features, and back); one that moves them to a middle axis, or a
+//! mean across them, keeps them whole. A *group* is a
 //! set of units that share producing layers: they are ranked together.
 
-use crate::model::arch::Op;
+use crate::model::arch::{MeanCfg, Op, SelectCfg, TransposeCfg};
 use crate::model::graph::sample_dim;
 use crate::model::Model;
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,7 +116,8 @@ pub fn analyse(model: &Model) -> Deps {
             let passes = match &node.op {
                 Op::Relu(_) | Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_) | Op::Dropout(_) => true,
                 Op::Add(_) => last_in.iter().all(|&b| b),
-                Op::Select(c) => sample_dim(c.dim, in_rank).is_ok_and(|d| d + 1 != in_rank),
+                Op::Select(SelectCfg { dim, .. }) | Op::Mean(MeanCfg { dim, .. }) => sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank),
+                Op::Transpose(c) => matches!(swapped(c, in_rank, in_rank - 1), Some(Swap::Untouched | Swap::FirstAndLast)),
                 Op::Gru(_) | Op::Lstm(_) => true,
                 _ => false,
             };
@@ -121,7 +125,9 @@ pub fn analyse(model: &Model) -> Deps {
                 channels.insert(node.name.clone(), kept_whole(&ins, out_shape, &mut next, &mut freeze_ids));
                 continue;
             }
-            if !matches!(node.op, Op::Gru(_) | Op::Lstm(_)) && out_shape.len() >= 2 {
+            // A transpose of the last axis with the first carries the units on to the first.
+            let to_first = matches!(&node.op, Op::Transpose(c) if swapped(c, in_rank, in_rank - 1) == Some(Swap::FirstAndLast));
+            if !matches!(node.op, Op::Gru(_) | Op::Lstm(_)) && out_shape.len() >= 2 && !to_first {
                 feature_last.insert(node.name.clone());
             }
         }
@@ -219,6 +225,17 @@ pub fn analyse(model: &Model) -> Deps {
                 // heads and positions: kept whole.
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)
             }
+            Op::Transpose(_) | Op::Mean(_) if last_in[0] => ins[0].clone(),
+            Op::Transpose(c) => match swapped(c, in_rank, 0) {
+                Some(Swap::Untouched) => ins[0].clone(),
+                Some(Swap::FirstAndLast) => {
+                    feature_last.insert(node.name.clone());
+                    ins[0].clone()
+                }
+                _ => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
+            },
+            // A mean across the channels mixes them (and its divisor counts them): kept whole.
+            Op::Mean(c) if sample_dim(c.dim, in_rank) == Ok(0) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
             Op::Select(_) if last_in[0] => ins[0].clone(),
             Op::Select(_) => {
                 // Across the channel axis of a value whose channels are first: kept whole.
@@ -252,6 +269,30 @@ pub fn analyse(model: &Model) -> Deps {
     }
     let groups = by_producers.into_iter().map(|(producers, units)| Group { producers, units }).collect();
     Deps { channels, unit_of, frozen, groups, feature_last }
+}
+
+/// What a transpose does to the axis that carries a value's units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Swap {
+    /// It stays where it is.
+    Untouched,
+    /// It trades places with the other end (first with last): the units are carried there.
+    FirstAndLast,
+    /// It goes to a middle axis.
+    Other,
+}
+
+/// Where transpose `c` on a sample of `rank` dims moves axis `tracked` (`None`: a dim is out of
+/// range, which loading reports).
+fn swapped(c: &TransposeCfg, rank: usize, tracked: usize) -> Option<Swap> {
+    let (a, b) = (sample_dim(c.dim0, rank).ok()?, sample_dim(c.dim1, rank).ok()?);
+    Some(if a == b || (a != tracked && b != tracked) {
+        Swap::Untouched
+    } else if a.min(b) == 0 && a.max(b) + 1 == rank {
+        Swap::FirstAndLast
+    } else {
+        Swap::Other
+    })
 }
 
 impl Deps {

@@ -1,5 +1,5 @@
 //! The element-wise and data-movement kernels of the compiled plans: global average pooling,
-//! the add and ReLU steps, and concatenation.
+//! the add and ReLU steps, concatenation, two axes swapped and the mean along one axis.
 
 use super::Value;
 use crate::runtime::epilogue::add_relu;
@@ -69,6 +69,42 @@ pub(super) fn concat_rows(ins: &[&[f32]], rows: usize, widths: &[usize]) -> Vec<
         for (x, &w) in ins.iter().zip(widths) {
             out.extend_from_slice(&x[r * w..(r + 1) * w]);
         }
+    }
+    out
+}
+
+/// `x` (logical layout, `dims` with the batch) with full-tensor axes `a < b` swapped: viewed as
+/// `[outer, A, mid, B, inner]`, `out[o, j, m, i, r] = x[o, i, m, j, r]`.
+pub(super) fn swap_axes(x: &[f32], dims: &[usize], a: usize, b: usize) -> Vec<f32> {
+    let (a, b) = (a.min(b), a.max(b));
+    let (outer, inner) = (dims[..a].iter().product::<usize>(), dims[b + 1..].iter().product::<usize>());
+    let (len_a, len_b, mid) = (dims[a], dims[b], dims[a + 1..b].iter().product::<usize>());
+    let mut out = Vec::with_capacity(x.len());
+    for o in 0..outer {
+        let block = &x[o * len_a * mid * len_b * inner..][..len_a * mid * len_b * inner];
+        for j in 0..len_b {
+            for m in 0..mid {
+                for i in 0..len_a {
+                    out.extend_from_slice(&block[((i * mid + m) * len_b + j) * inner..][..inner]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The mean of `x` (logical layout) along full-tensor axis `d`: viewed as `[outer, len, inner]`,
+/// `out[o, r] = (Σ_j x[o, j, r]) · (1/len)`, summed in `j` order (candle's mean: a sum, then one
+/// product by the reciprocal).
+pub(super) fn mean_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
+    let (outer, len, inner) = (dims[..d].iter().product::<usize>(), dims[d], dims[d + 1..].iter().product::<usize>());
+    let scale = (1.0 / len as f64) as f32;
+    let mut out = vec![0f32; outer * inner];
+    for (src, dst) in x.chunks_exact((len * inner).max(1)).zip(out.chunks_exact_mut(inner.max(1))) {
+        for row in src.chunks_exact(inner.max(1)) {
+            dst.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
+        }
+        dst.iter_mut().for_each(|o| *o *= scale);
     }
     out
 }

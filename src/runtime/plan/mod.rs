@@ -69,6 +69,15 @@ enum Kind {
         dim: usize,
         index: usize,
     },
+    /// Full-tensor axes `a < b` swapped; in logical order.
+    Transpose {
+        a: usize,
+        b: usize,
+    },
+    /// The mean along full-tensor axis `dim`; in logical order (a kept unit dim changes no data).
+    Mean {
+        dim: usize,
+    },
     /// LayerNorm over each row of `inner` values (logical layout), `(γ, β)` when affine.
     LayerNorm {
         inner: usize,
@@ -280,6 +289,20 @@ impl Plan {
                     let d = crate::model::graph::sample_dim(c.dim, s.len()).map_err(|m| WickError::node(&node.name, m))?;
                     let index = c.position(s[d]).ok_or_else(|| WickError::node(&node.name, format!("index {} is out of range", c.index)))?;
                     Kind::Select { dim: d + 1, index }
+                }
+                (Op::Transpose(c), ..) => {
+                    let rank = model.graph.shapes[node.inputs[0].as_str()].len();
+                    let dim = |d: i64| crate::model::graph::sample_dim(d, rank).map_err(|m| WickError::node(&node.name, m));
+                    let (a, b) = (dim(c.dim0)? + 1, dim(c.dim1)? + 1);
+                    if a == b {
+                        Kind::Identity
+                    } else {
+                        Kind::Transpose { a: a.min(b), b: a.max(b) }
+                    }
+                }
+                (Op::Mean(c), ..) => {
+                    let rank = model.graph.shapes[node.inputs[0].as_str()].len();
+                    Kind::Mean { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1 }
                 }
                 _ => Kind::Float,
             };

@@ -2,7 +2,7 @@
 //! walks the steps over channels-last buffers, quantising each integer layer's input once per
 //! quantiser and freeing each value after its last reader.
 
-use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool};
+use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, mean_axis, swap_axes};
 use super::normalize::{channel_affine, layer_norm, softmax};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
@@ -189,6 +189,20 @@ impl Plan {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
                     set_layout(v, false);
                     Value { data: crate::runtime::recurrent::select(&v.data, &v.dims, *dim, *index), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
+                }
+                Kind::Transpose { a, b } => {
+                    let mut v = self.owned(&mut vals, step, si);
+                    // A channels-last `[N, C, L]` is stored as `[N, L, C]`: its transpose's data.
+                    if !(v.channels_last && v.dims.len() == 3 && (*a, *b) == (1, 2)) {
+                        set_layout(&mut v, false);
+                        v.data = swap_axes(&v.data, &v.dims, *a, *b);
+                    }
+                    Value { data: v.data, dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
+                }
+                Kind::Mean { dim } => {
+                    let v = vals[step.inputs[0]].as_mut().expect("input computed");
+                    set_layout(v, false);
+                    Value { data: mean_axis(&v.data, &v.dims, *dim), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
                 }
                 Kind::LayerNorm { inner, eps, affine } => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
