@@ -9,6 +9,7 @@
 //! Uses `parallel`.
 
 use super::conv_op::{f32_slice, with_f32};
+use super::vmath::{over_row, Lanes};
 use crate::error::Result;
 use crate::parallel::{build_chunks, for_chunks};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
@@ -199,14 +200,15 @@ crate::wide_f32_fn!(
     pub fn pool_channels_last(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> => channels_last::<Lanes>
 );
 
-/// [`pool_channels_last`], inlined into the caller that picks the instruction set.
-/// The max runs on explicit vectors of `V` (an update of the output in place compiled to masked
-/// stores, several times slower), the rest of the channels one by one.
+/// [`pool_channels_last`], inlined into the caller that picks the instruction set. Each window
+/// runs on explicit vectors of `V` across the channels (an update of the output in place
+/// compiled to masked stores, several times slower), the last one overlapping, or of `V::Half`
+/// for fewer channels than `V` holds (`over_row`).
 ///
 /// # Safety
 /// The CPU has `V`'s features.
 #[inline(always)]
-unsafe fn channels_last<V: super::vmath::Lanes>(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
+unsafe fn channels_last<V: Lanes>(g: &PoolGeom, x: &[f32], n: usize, c: usize) -> Vec<f32> {
     let (ho, wo) = g.out();
     let (rows, cols) = g.windows();
     let len = n * ho * wo * c;
@@ -219,63 +221,16 @@ unsafe fn channels_last<V: super::vmath::Lanes>(g: &PoolGeom, x: &[f32], n: usiz
                 let out = &mut spare[((s * ho + oy) * wo + ox) * c..][..c];
                 let at = |iy: usize, ix: usize| (iy * g.w + ix) * c;
                 assert!(y1 > y0 && x1 > x0 && at(y1 - 1, x1 - 1) + c <= plane.len(), "a window inside the plane");
+                let win = Window { plane: plane.as_ptr(), at: &at, rows: (y0, y1), cols: (x0, x1) };
+                let o = out.as_mut_ptr() as *mut f32;
+                // SAFETY (every body): `c0 + W::N ≤ c` values from each window position
+                // (asserted inside the plane) and into `out`; the CPU has `V`'s features, and so
+                // `V::Half`'s.
                 match g.kind {
-                    PoolKind::Max => {
-                        let mut c0 = 0;
-                        while c0 + V::N <= c {
-                            // SAFETY: `c0 + N ≤ c` values from each window position (asserted
-                            // inside the plane) and into `out`; the CPU has `V`'s features.
-                            unsafe {
-                                let mut best = V::load(plane.as_ptr().add(at(y0, x0) + c0));
-                                for iy in y0..y1 {
-                                    for ix in x0..x1 {
-                                        best = best.max_first(V::load(plane.as_ptr().add(at(iy, ix) + c0)));
-                                    }
-                                }
-                                best.store(out.as_mut_ptr().add(c0) as *mut f32);
-                            }
-                            c0 += V::N;
-                        }
-                        for (j, b) in out.iter_mut().enumerate().skip(c0) {
-                            let mut best = plane[at(y0, x0) + j];
-                            for iy in y0..y1 {
-                                for ix in x0..x1 {
-                                    best = super::vmath::Lanes::max_first(best, plane[at(iy, ix) + j]);
-                                }
-                            }
-                            b.write(best);
-                        }
-                    }
+                    PoolKind::Max => unsafe { over_row!(V, c, |c0| win.max::<V>(c0, o), win.max::<V::Half>(c0, o), win.max::<f32>(c0, o)) },
                     PoolKind::Avg { .. } => {
                         let d = g.divisor((y1 - y0) * (x1 - x0));
-                        // Iterator sums of f32 start from −0.0; so do these.
-                        let mut c0 = 0;
-                        while c0 + V::N <= c {
-                            // SAFETY: as for the max.
-                            unsafe {
-                                let mut sum = V::splat(-0.0);
-                                for iy in y0..y1 {
-                                    let mut row = V::splat(-0.0);
-                                    for ix in x0..x1 {
-                                        row = row + V::load(plane.as_ptr().add(at(iy, ix) + c0));
-                                    }
-                                    sum = sum + row;
-                                }
-                                (sum / V::splat(d)).store(out.as_mut_ptr().add(c0) as *mut f32);
-                            }
-                            c0 += V::N;
-                        }
-                        for (j, o) in out.iter_mut().enumerate().skip(c0) {
-                            let mut sum = -0.0f32;
-                            for iy in y0..y1 {
-                                let mut row = -0.0f32;
-                                for ix in x0..x1 {
-                                    row += plane[at(iy, ix) + j];
-                                }
-                                sum += row;
-                            }
-                            o.write(sum / d);
-                        }
+                        unsafe { over_row!(V, c, |c0| win.avg::<V>(c0, d, o), win.avg::<V::Half>(c0, d, o), win.avg::<f32>(c0, d, o)) }
                     }
                 }
             }
@@ -284,6 +239,57 @@ unsafe fn channels_last<V: super::vmath::Lanes>(g: &PoolGeom, x: &[f32], n: usiz
     // SAFETY: every window wrote its `c` outputs, and the windows cover the output.
     unsafe { y.set_len(len) };
     y
+}
+
+/// One pooling window of a channels-last plane: `at(iy, ix)` is a position's first value.
+struct Window<'a, F> {
+    plane: *const f32,
+    at: &'a F,
+    rows: (usize, usize),
+    cols: (usize, usize),
+}
+
+impl<F: Fn(usize, usize) -> usize> Window<'_, F> {
+    /// `out[c0..c0 + W::N]` = the window's maximum of those channels, `max_first` from its
+    /// first position in row order.
+    ///
+    /// # Safety
+    /// Every position's `c0 + W::N` values lie in the plane and `out` holds them; the CPU has
+    /// `W`'s features.
+    #[inline(always)]
+    unsafe fn max<W: Lanes>(&self, c0: usize, out: *mut f32) {
+        // SAFETY: the caller's.
+        unsafe {
+            let mut best = W::load(self.plane.add((self.at)(self.rows.0, self.cols.0) + c0));
+            for iy in self.rows.0..self.rows.1 {
+                for ix in self.cols.0..self.cols.1 {
+                    best = best.max_first(W::load(self.plane.add((self.at)(iy, ix) + c0)));
+                }
+            }
+            best.store(out.add(c0));
+        }
+    }
+
+    /// `out[c0..c0 + W::N]` = the sum of each window row (in column order), summed over the
+    /// rows, divided by `d`; sums start from −0.0, as iterator sums of f32 do.
+    ///
+    /// # Safety
+    /// As [`Window::max`].
+    #[inline(always)]
+    unsafe fn avg<W: Lanes>(&self, c0: usize, d: f32, out: *mut f32) {
+        // SAFETY: the caller's.
+        unsafe {
+            let mut sum = W::splat(-0.0);
+            for iy in self.rows.0..self.rows.1 {
+                let mut row = W::splat(-0.0);
+                for ix in self.cols.0..self.cols.1 {
+                    row = row + W::load(self.plane.add((self.at)(iy, ix) + c0));
+                }
+                sum = sum + row;
+            }
+            (sum / W::splat(d)).store(out.add(c0));
+        }
+    }
 }
 
 /// Pools `x` (`[N, C, H, W]`) with `g` (whose `h`, `w` are set from `x`).
@@ -340,11 +346,12 @@ mod tests {
 
     /// The channels-last kernel of the compiled plans gives the plane kernel's values bit for
     /// bit, max and average (with and without the padding counted), strided and padded, on
-    /// values with ties and a NaN, over 5 channels (one by one) and 21 (vectors of 16 or 8,
-    /// then one by one).
+    /// values with ties and a NaN, over 5 channels (one by one where vectors hold 8 or more),
+    /// 11 (two overlapping half vectors of 8 on AVX-512; one by one on AVX2) and 21 (vectors of
+    /// 16 or 8, the last overlapping).
     #[test]
     fn channels_last_pooling_equals_the_plane_kernel() {
-        for c in [5, 21] {
+        for c in [5, 11, 21] {
             channels_last_pooling_case(c);
         }
     }

@@ -13,6 +13,9 @@ use std::ops::{Add, Div, Mul, Sub};
 pub trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> {
     /// Lanes per vector.
     const N: usize;
+    /// The vector of half as many lanes (`f32` for the narrowest), which the CPU that runs
+    /// `Self` runs too: rows shorter than `N` use it (`over_row`).
+    type Half: Lanes;
     fn splat(v: f32) -> Self;
     /// Lane-wise `self·a + b` rounded once (`vfmadd`; `f32::mul_add` on a scalar). The vectors'
     /// form needs FMA: AVX-512F has it, and an AVX2 caller enables `fma` after checking for it.
@@ -55,8 +58,46 @@ pub trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = S
     unsafe fn store(self, p: *mut f32);
 }
 
+/// Visits a row of `n` values in vectors of `V` lanes: `$vector` with `$j` at each whole
+/// vector, then at `n − V::N` for the rest, one more whole vector overlapping finished values
+/// (which it writes again, equal, where every output depends on its own inputs only). A row
+/// shorter than a vector goes the same way in vectors of `V::Half` (`$half`) when it holds one,
+/// else `$scalar` runs with `$j` at each value. A macro, so that the bodies inline into the
+/// caller's instruction set.
+macro_rules! over_row {
+    ($v:ty, $n:expr, |$j:ident| $vector:expr, $half:expr, $scalar:expr) => {{
+        let n = $n;
+        let lanes = <$v as $crate::model::vmath::Lanes>::N;
+        let half = <<$v as $crate::model::vmath::Lanes>::Half as $crate::model::vmath::Lanes>::N;
+        let mut $j = 0;
+        while $j + lanes <= n {
+            $vector;
+            $j += lanes;
+        }
+        if $j < n && n >= lanes {
+            let $j = n - lanes;
+            $vector;
+        } else if half > 1 && n >= half {
+            while $j + half <= n {
+                $half;
+                $j += half;
+            }
+            if $j < n {
+                let $j = n - half;
+                $half;
+            }
+        } else {
+            for $j in $j..n {
+                $scalar;
+            }
+        }
+    }};
+}
+pub(crate) use over_row;
+
 impl Lanes for f32 {
     const N: usize = 1;
+    type Half = f32;
     #[inline(always)]
     fn splat(v: f32) -> f32 {
         v
@@ -165,7 +206,7 @@ mod x86 {
     // SAFETY (every `unsafe` block below): a value of these types exists only inside code that
     // runs on a CPU with the features (made by `splat` or `load` there).
     macro_rules! lanes {
-        ($t:ident, $n:literal, $add:ident, $sub:ident, $mul:ident, $div:ident, $fmadd:ident, $set1:ident, $max:ident, $min:ident,
+        ($t:ident, $n:literal, $half:ty, $add:ident, $sub:ident, $mul:ident, $div:ident, $fmadd:ident, $set1:ident, $max:ident, $min:ident,
          $cast_i:ident, $cast_f:ident, $sub_i:ident, $add_i:ident, $set1_i:ident, $slli:ident, $loadu:ident, $storeu:ident, $loadu_i:ident, $cvt_i:ident) => {
             impl Add for $t {
                 type Output = $t;
@@ -197,6 +238,7 @@ mod x86 {
             }
             impl Lanes for $t {
                 const N: usize = $n;
+                type Half = $half;
                 #[inline(always)]
                 fn splat(v: f32) -> $t {
                     $t(unsafe { $set1(v) })
@@ -288,6 +330,7 @@ mod x86 {
     lanes!(
         F32x8,
         8,
+        f32,
         _mm256_add_ps,
         _mm256_sub_ps,
         _mm256_mul_ps,
@@ -310,6 +353,7 @@ mod x86 {
     lanes!(
         F32x16,
         16,
+        F32x8,
         _mm512_add_ps,
         _mm512_sub_ps,
         _mm512_mul_ps,

@@ -113,7 +113,8 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
             }
         }
         // Channels in blocks of 16, then one of 8 (a 24- or 40-channel layer stays in
-        // vectors), each over every position, then the rest one by one.
+        // vectors), each over every position, then the last 8 again where there are 8, else the
+        // rest one by one.
         let mut c0 = 0;
         // SAFETY (both blocks): every tap lies in the plane (above) and `c0 + B ≤ c`.
         while c0 + BLOCK <= c {
@@ -130,16 +131,22 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
             }
             c0 += BLOCK / 2;
         }
-        if c0 < c {
+        if c0 < c && c >= BLOCK / 2 {
+            // The last 8 channels again, overlapping finished ones (their sums come out equal).
+            match one {
+                true => sum_block::<{ BLOCK / 2 }, true>(&plane, w, &bases, &tap_at, c, c - BLOCK / 2, &mut acc),
+                false => sum_block::<{ BLOCK / 2 }, false>(&plane, w, &bases, &tap_at, c, c - BLOCK / 2, &mut acc),
+            }
+        } else if c0 < c {
+            // Fewer than 8 channels: each summed in a register, positions independent.
             for (&base, a) in bases.iter().zip(acc.chunks_exact_mut(c)) {
-                let rest = &mut a[c0..];
-                rest.fill(0.0);
-                for (t, &d) in tap_at.iter().enumerate() {
-                    let wt = &w[t * c + c0..(t + 1) * c];
-                    for (j, (a, &wv)) in rest.iter_mut().zip(wt).enumerate() {
-                        let xv = if one { plane[base + d] } else { plane[base + d + c0 + j] };
-                        *a = xv.mul_add(wv, *a);
+                for (j, a) in a.iter_mut().enumerate().skip(c0) {
+                    let mut s = 0f32;
+                    for (t, &d) in tap_at.iter().enumerate() {
+                        let xv = if one { plane[base + d] } else { plane[base + d + j] };
+                        s = xv.mul_add(w[t * c + j], s);
                     }
+                    *a = s;
                 }
             }
         }
@@ -232,11 +239,12 @@ mod tests {
     /// Strided, dilated, padded convs with one input channel per group over 2 samples, in
     /// integers: depthwise convs, with channel multipliers 3 and 16, one-channel convs; tap
     /// counts the kernel holds in registers (3, 5, 9) and one it does not (6); channel counts
-    /// of whole 16-blocks, a block of 8 and a rest. Every output equals the sum by definition,
+    /// of whole 16-blocks, a block of 8, a block of 8 overlapping another (9, 15) and fewer than
+    /// 8 one by one. Every output equals the sum by definition,
     /// padding taps reading the pad code.
     #[test]
     fn integer_direct_conv_equals_its_definition() {
-        let cases = [(5, 5, 5, (3, 2)), (5, 15, 5, (3, 2)), (1, 4, 1, (3, 2)), (40, 40, 40, (3, 3)), (3, 48, 3, (1, 5)), (1, 24, 1, (1, 3)), (2, 32, 2, (3, 3))];
+        let cases = [(5, 5, 5, (3, 2)), (5, 15, 5, (3, 2)), (1, 4, 1, (3, 2)), (40, 40, 40, (3, 3)), (3, 48, 3, (1, 5)), (1, 24, 1, (1, 3)), (2, 32, 2, (3, 3)), (1, 9, 1, (1, 5))];
         for (c, o, groups, kernel) in cases {
             let g = conv_shape(&[c, 6, 7], o, kernel, (2, 1), (1, 1), (1, 2), groups).unwrap();
             assert!(one_input_per_group(&g));

@@ -118,32 +118,6 @@ pub unsafe fn finish_phases<V: Lanes, A, O, F: FinishRow<A, O>>(layer: &F, acc: 
     }
 }
 
-/// Visits a row of `n` values in vectors of `V` lanes: `$vector` with `$j` at each whole
-/// vector, then at `n − V::N` for the rest, one more whole vector overlapping finished values
-/// (which it writes again, equal, where every output depends on its own inputs only), or, in a
-/// row shorter than a vector, `$scalar` with `$j` at each value. A macro, so that both bodies
-/// inline into the caller's instruction set.
-macro_rules! over_row {
-    ($v:ty, $n:expr, |$j:ident| $vector:expr, $scalar:expr) => {{
-        let n = $n;
-        let lanes = <$v as $crate::model::vmath::Lanes>::N;
-        let mut $j = 0;
-        while $j + lanes <= n {
-            $vector;
-            $j += lanes;
-        }
-        if $j < n && n >= lanes {
-            let $j = n - lanes;
-            $vector;
-        } else {
-            for $j in $j..n {
-                $scalar;
-            }
-        }
-    }};
-}
-pub(crate) use over_row;
-
 /// A layer's f32 row with a residual added and an optional ReLU after it:
 /// `out[j] = y[j] + shortcut[row·ldo + c0 + j]`, then `max(·, 0)` when `relu` (`y` the
 /// layer's own row). This is the add step `y + shortcut` of a two-input add that is the only

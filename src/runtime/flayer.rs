@@ -8,11 +8,12 @@
 //! that was.
 
 use super::depthwise;
-use super::epilogue::{act_in_row, activate, clamp, finish_tile, over_row, FinishRow, Residual};
+use super::epilogue::{act_in_row, activate, clamp, finish_tile, FinishRow, Residual};
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::matmul::f32::PackedF32;
 use crate::model::act_op::Act;
 use crate::model::arch::Op;
+use crate::model::vmath::over_row;
 use crate::model::vmath::Lanes;
 use std::mem::MaybeUninit;
 
@@ -75,7 +76,7 @@ impl FloatLayer {
 
 impl FloatLayer {
     /// `o[j] = g(a[j] (+ b[j]))` for `j < n`, `g` the fused ReLU or the in-row activation
-    /// ([`clamp`]): in vectors of `V` (`epilogue::over_row`) with
+    /// ([`clamp`]): in vectors of `V` (`vmath::over_row`) with
     /// the same operations as one by one.
     ///
     /// # Safety
@@ -95,7 +96,15 @@ impl FloatLayer {
         }
         let relu6 = act_in_row(self.act);
         // SAFETY: the caller's bounds and features.
-        unsafe { over_row!(V, n, |j| lanes::<V>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j)), lanes::<f32>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j))) }
+        unsafe {
+            over_row!(
+                V,
+                n,
+                |j| lanes::<V>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j)),
+                lanes::<V::Half>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j)),
+                lanes::<f32>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j))
+            )
+        }
     }
 }
 

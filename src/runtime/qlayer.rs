@@ -11,7 +11,7 @@
 
 use super::coded::Coded;
 use super::depthwise;
-use super::epilogue::{act_in_row, activate, clamp, finish_tile, over_row, FinishRow, Residual};
+use super::epilogue::{act_in_row, activate, clamp, finish_tile, FinishRow, Residual};
 use super::kernels::{code_shift, quantize_codes, quantize_to, Code};
 use super::layout::{run_layer, ConvShape, LayerShape, PatchRuns};
 use crate::artifact::QuantLayer;
@@ -19,6 +19,7 @@ use crate::matmul::int8::{PairPanels, QuadPanels};
 use crate::matmul::isa::Isa;
 use crate::model::act_op::Act;
 use crate::model::arch::Op;
+use crate::model::vmath::over_row;
 use crate::model::vmath::Lanes;
 use crate::quant::{ActType, InputQuant, QParams};
 use std::mem::MaybeUninit;
@@ -190,7 +191,7 @@ impl QLayer {
 
 impl QLayer {
     /// `o[j] = g((a[j] − zp_wsum[c]) · mult[c] (+ bias[c]))` for `j < n`, channel `c = c0 + j`,
-    /// `g` the fused ReLU or the in-row activation ([`clamp`]), in vectors of `V` (`epilogue::over_row`) with the same operations as one by one.
+    /// `g` the fused ReLU or the in-row activation ([`clamp`]), in vectors of `V` (`vmath::over_row`) with the same operations as one by one.
     ///
     /// # Safety
     /// The CPU has `V`'s features; `a` and `o` are valid for `n` values and `c0 + n` is at most
@@ -211,7 +212,15 @@ impl QLayer {
         }
         let relu6 = act_in_row(self.act);
         // SAFETY: the caller's bounds and features.
-        unsafe { over_row!(V, n, |j| lanes::<V, A>(self, a.add(j), c0 + j, relu6, o.add(j)), lanes::<f32, A>(self, a.add(j), c0 + j, relu6, o.add(j))) }
+        unsafe {
+            over_row!(
+                V,
+                n,
+                |j| lanes::<V, A>(self, a.add(j), c0 + j, relu6, o.add(j)),
+                lanes::<V::Half, A>(self, a.add(j), c0 + j, relu6, o.add(j)),
+                lanes::<f32, A>(self, a.add(j), c0 + j, relu6, o.add(j))
+            )
+        }
     }
 }
 

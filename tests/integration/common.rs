@@ -145,19 +145,22 @@ pub fn ops_1d_arch() -> wick::model::arch::Arch {
 
 /// `transpose` and `mean` on a 1-d conv's output: a conv's channels-last `[C, L]` turned into
 /// steps, a linear per step, turned back, another conv, its mean over the length kept as a
-/// unit dim, beside the mean over the steps of the first.
+/// unit dim, beside the mean over the steps of the first and of its max pooling. The first
+/// conv's 11 channels are fewer than a 16-lane vector holds (its rows run on half vectors).
 pub fn axes_1d_arch() -> wick::model::arch::Arch {
     let json = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [4, 10]}, "nodes": [
-        {"name": "c", "op": "conv1d", "inputs": ["input"], "in_channels": 4, "out_channels": 6, "kernel_size": 3, "padding": 1},
+        {"name": "c", "op": "conv1d", "inputs": ["input"], "in_channels": 4, "out_channels": 11, "kernel_size": 3, "padding": 1},
         {"name": "steps", "op": "transpose", "inputs": ["c"], "dim0": 1, "dim1": 2},
-        {"name": "l", "op": "linear", "inputs": ["steps"], "in_features": 6, "out_features": 5},
+        {"name": "l", "op": "linear", "inputs": ["steps"], "in_features": 11, "out_features": 5},
         {"name": "back", "op": "transpose", "inputs": ["l"], "dim0": -1, "dim1": 1},
         {"name": "c2", "op": "conv1d", "inputs": ["back"], "in_channels": 5, "out_channels": 3, "kernel_size": 3, "padding": 1},
         {"name": "m", "op": "mean", "inputs": ["c2"], "dim": 2, "keepdim": true},
         {"name": "f", "op": "flatten", "inputs": ["m"]},
         {"name": "over_steps", "op": "mean", "inputs": ["steps"], "dim": 1},
-        {"name": "cat", "op": "concat", "inputs": ["f", "over_steps"], "dim": 1},
-        {"name": "head", "op": "linear", "inputs": ["cat"], "in_features": 9, "out_features": 4}], "output": "head"}"#;
+        {"name": "p", "op": "maxpool1d", "inputs": ["c"], "kernel_size": 2},
+        {"name": "pm", "op": "mean", "inputs": ["p"], "dim": -1},
+        {"name": "cat", "op": "concat", "inputs": ["f", "over_steps", "pm"], "dim": 1},
+        {"name": "head", "op": "linear", "inputs": ["cat"], "in_features": 25, "out_features": 4}], "output": "head"}"#;
     serde_json::from_str(json).unwrap()
 }
 
