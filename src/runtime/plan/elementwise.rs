@@ -84,8 +84,10 @@ pub(super) fn swap_axes(x: &[f32], dims: &[usize], a: usize, b: usize) -> Vec<f3
         let block = &x[o * len_a * mid * len_b * inner..][..len_a * mid * len_b * inner];
         for j in 0..len_b {
             for m in 0..mid {
-                for i in 0..len_a {
-                    out.extend_from_slice(&block[((i * mid + m) * len_b + j) * inner..][..inner]);
+                // Single values are gathered: a copy call per value would cost more than it moves.
+                match inner {
+                    1 => out.extend((0..len_a).map(|i| block[(i * mid + m) * len_b + j])),
+                    _ => (0..len_a).for_each(|i| out.extend_from_slice(&block[((i * mid + m) * len_b + j) * inner..][..inner])),
                 }
             }
         }
