@@ -5,7 +5,8 @@
 //! since a student reached gradually ends closer to the teacher than one cut to size at once.
 //! With `widen` (the default), the narrowest student within `SEARCH_SHARE` of the accuracy
 //! budget (`Budget::within`) is kept, so a student that misses it gives way to the wider one
-//! trained before it. The training is `train::distill`.
+//! trained before it. The training is `train::distill`; like pruning's recovery, it keeps the
+//! checkpoint that predicts the most validation samples as the teacher does.
 
 use super::prune_channels::search::SEARCH_SHARE;
 use super::prune_channels::width_scaled;
@@ -104,6 +105,7 @@ impl Pass for DistillSettings {
         self.validate().map_err(|e| WickError::invalid("distill", e))?;
         let dc = self.config()?;
         let mut tc = train_config(self.epochs, self.lr, self.optimizer, self.batch_size, AUTO_STEPS, ctx);
+        tc.keep = crate::train::fit::Keep::Agreement(std::sync::Arc::new(ctx.teacher_val_predictions.clone()));
         let (mut students, mut attempts): (Vec<crate::model::Model>, Vec<Attempt>) = (vec![], vec![]);
         let mut previous = (m, 1.0);
         for width in width_steps(self.width) {
