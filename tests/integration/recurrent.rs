@@ -325,3 +325,41 @@ fn a_crnn_with_transpose_and_mean_runs_end_to_end() {
         }
     }
 }
+
+/// A keyword-spotting-style CRNN exported by PyTorch (`fixtures/onnx/make_kws.py`: a conv2d over
+/// a `[1, F, T]` spectrogram, `permute(0, 3, 1, 2)` and a reshape to `[T, C·F]` into a 2-layer
+/// LSTM, the mean over time) loads with PyTorch's logits: the permutation becomes two
+/// `transpose` nodes and the reshape a `flatten`. wick's export of it reads back to the same
+/// logits, and its INT8 model (every LSTM matrix quantised) runs bit for bit as the scalar
+/// reference.
+#[test]
+fn a_spectrogram_crnn_imports_from_pytorch_onnx() {
+    use wick::runtime::{kernels::Kernel, Exec, Executor};
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture("onnx/kws.data.safetensors");
+    let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
+    let logits = |model: &std::path::Path| {
+        let out = dir.path().join("p.safetensors");
+        run_expect(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
+        TensorFile::read(&out).unwrap().f32("logits").unwrap()
+    };
+    let onnx = fixture("onnx/kws.onnx");
+    assert!(max_abs_diff(&logits(&onnx), &reference) <= 1e-5, "{}", max_abs_diff(&logits(&onnx), &reference));
+    let imported = dir.path().join("kws.safetensors");
+    run_expect(&["import", onnx.to_str().unwrap(), "--out", imported.to_str().unwrap()], 0);
+    let m = load(&imported);
+    let ops: Vec<String> = m.arch.nodes.iter().map(|n| n.op.name()).collect();
+    assert_eq!(ops.iter().filter(|o| *o == "transpose").count(), 2, "{ops:?}");
+    assert!(["flatten", "lstm", "mean"].iter().all(|o| ops.contains(&o.to_string())), "{ops:?}");
+    let exported = dir.path().join("kws.wick.onnx");
+    run_expect(&["export", imported.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+    assert!(max_abs_diff(&logits(&exported), &reference) <= 1e-5);
+    let x = TensorFile::read(&data).unwrap();
+    let x = Tensor::from_vec(x.f32("x").unwrap(), x.tensors["x"].shape.clone(), &candle_core::Device::Cpu).unwrap();
+    let d = wick::data::Dataset { name: "kws".into(), x: x.clone(), y: vec![0; 5], sha256: String::new() };
+    let settings = wick::passes::calibrate::CalibrateSettings { method: wick::calibrate::Method::Minmax, samples: 5, ..Default::default() };
+    let q = wick::passes::calibrate::ptq(&m, &d, &settings, &wick::progress::Silent).unwrap().int8;
+    assert!(q.layers.keys().filter(|k| k.contains("weight_hh_l")).count() >= 2, "{:?}", q.layers.keys().collect::<Vec<_>>());
+    let run = |e: Exec| -> Vec<f32> { Executor::new(&q, e).unwrap().predict(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+    assert_eq!(run(Exec::Integer(Kernel::Fast)), run(Exec::Integer(Kernel::Reference)));
+}
