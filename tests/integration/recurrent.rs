@@ -7,6 +7,19 @@ use candle_core::{Tensor, Var};
 use wick::model::forward::{Mode, Run};
 use wick::tensor_file::{self, TensorFile};
 
+/// Runs `wick compress` of teacher `t` with `recipe` into `out`, at most `max_epochs` per pass,
+/// with a 1-point gate it must pass (exit 0); returns the report.
+fn compress_quickly(t: &Teacher, recipe: &str, out: &std::path::Path, max_epochs: usize) -> serde_json::Value {
+    let mut args: Vec<String> =
+        ["compress", &t.path().display().to_string(), "--recipe", recipe, "--out", &out.display().to_string(), "--quiet", "--max-epochs", &max_epochs.to_string(), "--max-accuracy-drop", "1.0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    args.extend(t.data_args());
+    run_expect(&args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+}
+
 /// The recurrent teachers in `fixtures/models/` and their data (`digits_rows_*`: each digit
 /// read row by row, 8 steps of 8 features).
 pub const RECURRENT: [Teacher; 2] = [Teacher { name: "digits_gru", data: "digits_rows" }, Teacher { name: "digits_lstm", data: "digits_rows" }];
@@ -80,22 +93,7 @@ fn int8_recipes_run_on_recurrent_teachers() {
     for t in &RECURRENT {
         for recipe in ["ptq-int8", "qat-int8", "edge-int8"] {
             let out = dir.path().join(format!("{}-{recipe}", t.name));
-            let mut args = vec![
-                "compress".to_string(),
-                t.path().display().to_string(),
-                "--recipe".into(),
-                recipe.into(),
-                "--out".into(),
-                out.display().to_string(),
-                "--quiet".into(),
-                "--max-epochs".into(),
-                if recipe == "edge-int8" { "1" } else { "2" }.into(),
-                "--max-accuracy-drop".into(),
-                "1.0".into(),
-            ];
-            args.extend(t.data_args());
-            run_expect(&args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
-            let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+            let report = compress_quickly(t, recipe, &out, if recipe == "edge-int8" { 1 } else { 2 });
             let drop = report["accuracy_drop_points"].as_f64().unwrap();
             if recipe == "edge-int8" {
                 assert_eq!(report["gate"]["passed"], true, "{}: {}", t.name, report["gate"]);
@@ -298,22 +296,7 @@ fn a_crnn_with_transpose_and_mean_runs_end_to_end() {
     assert_eq!(run(Exec::Integer(Kernel::Fast)), run(Exec::Integer(Kernel::Reference)));
     for recipe in ["ptq-int8", "edge-int8"] {
         let out = dir.path().join(recipe);
-        let mut args = vec![
-            "compress".to_string(),
-            t.path().display().to_string(),
-            "--recipe".into(),
-            recipe.into(),
-            "--out".into(),
-            out.display().to_string(),
-            "--quiet".into(),
-            "--max-epochs".into(),
-            "1".into(),
-            "--max-accuracy-drop".into(),
-            "1.0".into(),
-        ];
-        args.extend(t.data_args());
-        run_expect(&args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
-        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        let report = compress_quickly(&t, recipe, &out, 1);
         assert_eq!(report["gate"]["passed"], true, "{recipe}: {}", report["gate"]);
         if recipe == "ptq-int8" {
             assert!(report["accuracy_drop_points"].as_f64().unwrap() <= 0.3, "{}", report["accuracy_drop_points"]);
