@@ -116,6 +116,10 @@ enum Val {
     /// Zeros whose shape holds the batch size (`ConstantOfShape` of a `Shape` chain): a zero
     /// initial state.
     ZeroState,
+    /// The final hidden states `Y_h` `[L, N, H]` of `L` stacked one-direction layers (one
+    /// `GRU`/`LSTM` node each, the states joined by `Concat` along axis 0): layer `l`'s is the
+    /// last step of its output sequence, the batch-first value held here.
+    FinalStates(Vec<Dyn>),
 }
 
 type R<T> = std::result::Result<T, String>;
@@ -415,8 +419,14 @@ impl Importer<'_> {
 
     /// `Shape(x)`: a constant whose batch entry is [`BATCH`].
     fn shape(&self, n: &NodeProto) -> R<Val> {
-        let x = self.dyn_in(n, 0)?;
-        let full: Vec<i64> = std::iter::once(BATCH).chain(x.onnx_shape.iter().map(|&d| d as i64)).collect();
+        let full: Vec<i64> = match self.input_val(n, 0)? {
+            // `[T, N, F…]`: a batch-first `[N, T, F…]` seen time-major.
+            Val::TimeMajor(x) => [x.onnx_shape[0] as i64, BATCH].into_iter().chain(x.onnx_shape[1..].iter().map(|&d| d as i64)).collect(),
+            _ => {
+                let x = self.dyn_in(n, 0)?;
+                std::iter::once(BATCH).chain(x.onnx_shape.iter().map(|&d| d as i64)).collect()
+            }
+        };
         let r = full.len() as i64;
         let clamp = |v: i64| from_end(v, r).clamp(0, r) as usize;
         let start = clamp(attr_i(n, "start")?.unwrap_or(0));
@@ -426,6 +436,26 @@ impl Importer<'_> {
     }
 
     fn gather(&mut self, n: &NodeProto) -> R<Val> {
+        let scalar_index = |idx: &Const| idx.i64s().filter(|v| v.len() == 1 && idx.dims.is_empty()).map(|v| v[0]);
+        match self.input_val(n, 0)?.clone() {
+            // One step of a time-major sequence: `select` along the batch-first value's time dim.
+            Val::TimeMajor(x) if attr_i(n, "axis")?.unwrap_or(0) == 0 => {
+                let index = scalar_index(&self.const_in(n, 1)?).ok_or("Gather of a sequence's steps is read with one scalar index")?;
+                let name = self.plain_node_name(n, "select");
+                return Ok(Val::Dyn(self.emit(name, &[&x], Op::Select(arch::SelectCfg { dim: 1, index }), vec![])?));
+            }
+            // One layer's final state (`h[-1]`): that layer's last step.
+            Val::FinalStates(layers) if attr_i(n, "axis")?.unwrap_or(0) == 0 => {
+                let index = scalar_index(&self.const_in(n, 1)?).ok_or("Gather of final states is read with one scalar index")?;
+                let l = usize::try_from(from_end(index, layers.len() as i64))
+                    .ok()
+                    .filter(|&l| l < layers.len())
+                    .ok_or(format!("index {index} is out of range for {} layers' final states", layers.len()))?;
+                return self.last_step(n, &layers[l]).map(Val::Dyn);
+            }
+            Val::TimeMajor(_) | Val::FinalStates(_) => return Err("Gather of a time-major sequence or of final states is read along axis 0 (a step, a layer)".into()),
+            _ => {}
+        }
         if let Val::Dyn(_) = self.input_val(n, 0)? {
             // One index of a computed tensor along a dim after the batch: `select`.
             let x = self.exact_in(n, 0)?;
@@ -501,6 +531,17 @@ impl Importer<'_> {
     fn concat(&mut self, n: &NodeProto) -> R<Val> {
         let axis = attr_i(n, "axis")?.ok_or("attribute 'axis' is missing")?;
         let vals: Vec<Val> = (0..n.input.len()).map(|k| self.input_val(n, k).cloned()).collect::<R<_>>()?;
+        if vals.iter().any(|v| matches!(v, Val::FinalStates(_))) {
+            // Stacked layers' final states, in layer order.
+            return match axis {
+                0 => vals
+                    .into_iter()
+                    .map(|v| if let Val::FinalStates(l) = v { Ok(l) } else { Err("final states are joined only with other final states".to_string()) })
+                    .collect::<R<Vec<_>>>()
+                    .map(|l| Val::FinalStates(l.concat())),
+                _ => Err("final states are joined along axis 0 (the layers)".into()),
+            };
+        }
         if vals.iter().all(|v| matches!(v, Val::Const(c) if c.dims.len() == 1)) {
             let mut ints: Vec<i64> = vec![];
             let mut floats: Vec<f32> = vec![];
@@ -526,6 +567,13 @@ impl Importer<'_> {
     fn squeeze(&mut self, n: &NodeProto) -> R<Val> {
         let axes: Option<Vec<i64>> = if self.opset >= 13 { self.opt_const(n, 1)?.map(|c| c.i64s().map(<[i64]>::to_vec).ok_or("axes must be integers")).transpose()? } else { attr_ints(n, "axes")? };
         let unsqueeze = n.op_type == "Unsqueeze";
+        if let Val::FinalStates(layers) = self.input_val(n, 0)?.clone() {
+            // `Y_h [1, N, H]` of one layer without its layer axis.
+            return match (layers.as_slice(), axes.as_deref()) {
+                ([y], Some([0])) if !unsqueeze => self.last_step(n, y).map(Val::Dyn),
+                _ => Err("final states are read as Squeeze(axes = [0]) of one layer's Y_h, or one layer of them by Gather".into()),
+            };
+        }
         if let Val::RnnOutput(d, 1) = self.input_val(n, 0)? {
             // `Y [T, 1, N, H]` without its direction axis is the time-major output sequence.
             return match axes.as_deref() {
@@ -601,16 +649,19 @@ impl Importer<'_> {
         if gru && attr_i(n, "linear_before_reset")?.unwrap_or(0) != 1 {
             return Err("linear_before_reset = 0 is not PyTorch's GRU (which applies the reset gate after W_hn h + b_hn)".into());
         }
-        for (k, out) in n.output.iter().enumerate().skip(1) {
-            if self.uses.get(out).is_some_and(|&u| u > 0) {
-                return Err(format!("output {k} (the final state) is read; wick reads Y"));
-            }
-        }
         let dirs = match attr_s(n, "direction")?.as_deref().unwrap_or("forward") {
             "forward" => 1,
             "bidirectional" => 2,
             other => return Err(format!("direction '{other}' has no PyTorch counterpart wick reads (forward, bidirectional)")),
         };
+        let read: Vec<bool> = (0..3).map(|k| n.output.get(k).is_some_and(|o| self.uses.get(o).is_some_and(|&u| u > 0))).collect();
+        let read = |k: usize| read[k];
+        if read(2) {
+            return Err("output 2 (the LSTM's final cell state Y_c) is read; wick reads Y and, for one direction, Y_h".into());
+        }
+        if read(1) && dirs == 2 {
+            return Err("output 1 (the final states Y_h) of a bidirectional layer is read; wick reads Y_h of one-direction layers (read Y instead)".into());
+        }
         let hidden = usize::try_from(attr_i(n, "hidden_size")?.ok_or("attribute 'hidden_size' is missing")?).ok().filter(|&h| h > 0).ok_or("hidden_size must be positive")?;
         let gates = if gru { 3 } else { 4 };
         let input_size = x.shape[1];
@@ -635,7 +686,12 @@ impl Importer<'_> {
         let cfg = arch::RnnCfg { input_size, hidden_size: hidden, num_layers: 1, bias: b.is_some(), batch_first: true, bidirectional: dirs == 2 };
         let op = if gru { Op::Gru(cfg) } else { Op::Lstm(cfg) };
         let name = self.param_node_name(n, if gru { "gru" } else { "lstm" });
-        Ok(Val::RnnOutput(self.emit(name, &[&x], op, params)?, dirs))
+        let y = self.emit(name, &[&x], op, params)?;
+        if read(1) {
+            // A one-direction layer's final state is its output's last step.
+            self.vals.insert(n.output[1].clone(), Val::FinalStates(vec![y.clone()]));
+        }
+        Ok(Val::RnnOutput(y, dirs))
     }
 
     /// `Transpose`: of a constant (an exporter's transposed weight), folded; of a sequence, the
@@ -701,6 +757,12 @@ impl Importer<'_> {
         };
         let values = c.values.pick((0..numel).map(src));
         Ok(Val::Const(Const { dims, values }))
+    }
+
+    /// The last step of batch-first sequence `y` (`[N, T, H]` → `[N, H]`), named after node `n`.
+    fn last_step(&mut self, n: &NodeProto, y: &Dyn) -> R<Dyn> {
+        let name = self.plain_node_name(n, "last_step");
+        self.emit(name, &[y], Op::Select(arch::SelectCfg { dim: 1, index: -1 }), vec![])
     }
 
     /// A wick `transpose` of full-tensor axes `a` and `b` of `x`, named `{module}.transpose`

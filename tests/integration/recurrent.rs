@@ -346,3 +346,24 @@ fn a_spectrogram_crnn_imports_from_pytorch_onnx() {
     let run = |e: Exec| -> Vec<f32> { Executor::new(&q, e).unwrap().predict(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
     assert_eq!(run(Exec::Integer(Kernel::Fast)), run(Exec::Integer(Kernel::Reference)));
 }
+
+/// PyTorch's recurrent classifier idioms, exported by PyTorch (`fixtures/onnx/make_final_states.py`),
+/// load with its logits: a GRU that is not batch-first run on `x.transpose(0, 1)` and read at
+/// `y[-1]` (a time-major sequence's `Shape` and step), a GRU's final state `h.squeeze(0)`, and a
+/// 2-layer LSTM's `h[-1]` (the layers' `Y_h` joined by `Concat`, one picked by `Gather`), each
+/// read as the last step of its layer's output. A bidirectional layer's final states, which are
+/// not one step of the output, are refused naming the node.
+#[test]
+fn final_states_and_time_major_sequences_import_from_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["time_major_gru", "final_state_gru", "final_state_lstm2"] {
+        let data = fixture(&format!("onnx/{name}.data.safetensors"));
+        let out = dir.path().join("p.safetensors");
+        let onnx = fixture(&format!("onnx/{name}.onnx"));
+        run_expect(&["eval", onnx.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
+        let d = max_abs_diff(&TensorFile::read(&out).unwrap().f32("logits").unwrap(), &TensorFile::read(&data).unwrap().f32("ref").unwrap());
+        assert!(d <= 1e-5, "{name}: {d}");
+    }
+    let (_, err) = run_expect(&["inspect", fixture("onnx/final_state_bigru.onnx").to_str().unwrap()], 2);
+    assert!(err.contains("GRU") && err.contains("bidirectional") && err.contains("Y_h"), "{err}");
+}
