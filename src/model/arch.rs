@@ -347,11 +347,12 @@ pub struct TransposeCfg {
     pub dim1: i64,
 }
 
-/// The mean along one dim (counted with the batch, negatives from the end), which is removed
-/// unless `keepdim`: PyTorch's `x.mean(dim, keepdim)`, e.g. a recurrent output averaged over time.
+/// A reduction along one dim (counted with the batch, negatives from the end), which is removed
+/// unless `keepdim`: PyTorch's `x.mean(dim, keepdim)` (`mean`), e.g. a recurrent output averaged
+/// over time, and `x.amax(dim, keepdim)` (`amax`), its maximum over time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MeanCfg {
+pub struct ReduceCfg {
     pub dim: i64,
     #[serde(default)]
     pub keepdim: bool,
@@ -461,7 +462,8 @@ pub enum Op {
     Lstm(RnnCfg),
     Select(SelectCfg),
     Transpose(TransposeCfg),
-    Mean(MeanCfg),
+    Mean(ReduceCfg),
+    Amax(ReduceCfg),
     Embedding(EmbeddingCfg),
     PositionEmbedding(PositionEmbeddingCfg),
     EmbeddingRow(EmbeddingRowCfg),
@@ -499,6 +501,7 @@ pub const OP_NAMES: &[&str] = &[
     "select",
     "transpose",
     "mean",
+    "amax",
     "embedding",
     "position_embedding",
     "embedding_row",
@@ -658,6 +661,7 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "select" => Op::Select(cfg(fields)?),
         "transpose" => Op::Transpose(cfg(fields)?),
         "mean" => Op::Mean(cfg(fields)?),
+        "amax" => Op::Amax(cfg(fields)?),
         "embedding" => Op::Embedding(cfg(fields)?),
         "position_embedding" => Op::PositionEmbedding(cfg(fields)?),
         "embedding_row" => Op::EmbeddingRow(cfg(fields)?),

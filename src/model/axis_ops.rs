@@ -1,8 +1,9 @@
 //! Ops that move or reduce one sample axis, on tensors with the batch first: `transpose`
-//! (`y = xᵀ` over two dims) and `mean` (`y = (1/n)·Σᵢ x[…, i, …]` over one dim). Their gradients
-//! are candle's: a transpose's is the transpose back, a mean's is `1/n` broadcast along the dim.
+//! (`y = xᵀ` over two dims), `mean` (`y = (1/n)·Σᵢ x[…, i, …]` over one dim) and `amax`
+//! (`y = maxᵢ x[…, i, …]`). Their gradients are candle's: a transpose's is the transpose back, a
+//! mean's is `1/n` broadcast along the dim, a maximum's goes to the positions holding it.
 
-use super::arch::{MeanCfg, TransposeCfg};
+use super::arch::{ReduceCfg, TransposeCfg};
 use super::graph::sample_dim;
 use crate::error::{Result, WickError};
 use candle_core::Tensor;
@@ -19,7 +20,13 @@ pub fn transpose(x: &Tensor, c: &TransposeCfg) -> Result<Tensor> {
 }
 
 /// `x.mean(dim, keepdim)`.
-pub fn mean(x: &Tensor, c: &MeanCfg) -> Result<Tensor> {
+pub fn mean(x: &Tensor, c: &ReduceCfg) -> Result<Tensor> {
     let d = sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::invalid("mean", m))? + 1;
     Ok(if c.keepdim { x.mean_keepdim(d)? } else { x.mean(d)? })
+}
+
+/// `x.amax(dim, keepdim)`.
+pub fn amax(x: &Tensor, c: &ReduceCfg) -> Result<Tensor> {
+    let d = sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::invalid("amax", m))? + 1;
+    Ok(if c.keepdim { x.max_keepdim(d)? } else { x.max(d)? })
 }

@@ -370,7 +370,7 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             o.swap(a, b);
             Ok(o)
         }
-        Op::Mean(c) => {
+        Op::Mean(c) | Op::Amax(c) => {
             let d = sample_dim(c.dim, s.len())?;
             if s.len() == 1 && !c.keepdim {
                 return Err(format!("the mean over the only dim of a sample of shape {s:?} leaves no values per sample (keepdim keeps one)"));

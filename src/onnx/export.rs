@@ -259,9 +259,10 @@ impl Builder {
                 perm.swap(a, b);
                 self.op("Transpose", n, &[x], n, vec![ints("perm", &perm)]);
             }
-            Op::Mean(c) => {
+            Op::Mean(c) | Op::Amax(c) => {
                 let d = sample_dim(c.dim, in_shape.len())? + 1;
-                self.op("ReduceMean", n, &[x], n, vec![ints("axes", &[d]), int("keepdims", c.keepdim as i64)]);
+                let op = if matches!(node.op, Op::Mean(_)) { "ReduceMean" } else { "ReduceMax" };
+                self.op(op, n, &[x], n, vec![ints("axes", &[d]), int("keepdims", c.keepdim as i64)]);
             }
             Op::Gru(c) | Op::Lstm(c) => self.recurrent(model, node, x, c, matches!(node.op, Op::Gru(_)))?,
             op @ (Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::MaskedMean(_) | Op::L2Normalize(_)) => {

@@ -38,6 +38,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "MaxPool",
     "Mul",
     "QuantizeLinear",
+    "ReduceMax",
     "ReduceMean",
     "Relu",
     "Reshape",
@@ -393,7 +394,7 @@ impl Importer<'_> {
             "LayerNormalization" => self.layernorm(n),
             "MaxPool" | "AveragePool" => self.pool(n),
             "GlobalAveragePool" => self.global_pool(n, true),
-            "ReduceMean" => self.reduce_mean(n),
+            "ReduceMean" | "ReduceMax" => self.reduce(n),
             _ => Err(unsupported()),
         }
     }
@@ -1252,23 +1253,28 @@ impl Importer<'_> {
         Ok(Val::Dyn(d))
     }
 
-    /// `ReduceMean` over every spatial axis is global average pooling.
-    fn reduce_mean(&mut self, n: &NodeProto) -> R<Val> {
+    /// `ReduceMean` over every spatial axis is global average pooling, over one other axis
+    /// `mean`; `ReduceMax` over one axis is `amax`.
+    fn reduce(&mut self, n: &NodeProto) -> R<Val> {
+        let max = n.op_type == "ReduceMax";
         let x = self.dyn_in(n, 0)?;
         let axes = if self.opset >= 18 { self.opt_const(n, 1)?.map(|c| c.i64s().map(<[i64]>::to_vec).ok_or("axes must be integers")).transpose()? } else { attr_ints(n, "axes")? };
         let rank = x.onnx_shape.len() as i64 + 1;
         let mut axes: Vec<i64> = axes.ok_or("reduces every axis, the batch too; wick reads ReduceMean over the spatial axes")?.iter().map(|&a| from_end(a, rank)).collect();
         axes.sort_unstable();
         let keepdims = attr_i(n, "keepdims")?.unwrap_or(1) != 0;
-        if axes == (2..rank).collect::<Vec<_>>() && rank >= 3 {
+        if !max && axes == (2..rank).collect::<Vec<_>>() && rank >= 3 {
             return self.global_pool(n, keepdims);
         }
         match axes.as_slice() {
             &[d] if d >= 1 && d < rank => {
                 let x = self.exact_in(n, 0)?;
-                let name = self.plain_node_name(n, "mean");
-                Ok(Val::Dyn(self.emit(name, &[&x], Op::Mean(arch::MeanCfg { dim: d, keepdim: keepdims }), vec![])?))
+                let cfg = arch::ReduceCfg { dim: d, keepdim: keepdims };
+                let (name, op) = if max { ("amax", Op::Amax(cfg)) } else { ("mean", Op::Mean(cfg)) };
+                let name = self.plain_node_name(n, name);
+                Ok(Val::Dyn(self.emit(name, &[&x], op, vec![])?))
             }
+            _ if max => Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMax over one axis after the batch (its `amax`)")),
             _ => Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMean over one axis after the batch (its `mean`), or over all spatial axes (2..) as global average pooling")),
         }
     }

@@ -145,7 +145,8 @@ pub fn ops_1d_arch() -> wick::model::arch::Arch {
 
 /// `transpose` and `mean` on a 1-d conv's output: a conv's channels-last `[C, L]` turned into
 /// steps, a linear per step, turned back, another conv, its mean over the length kept as a
-/// unit dim, beside the mean over the steps of the first and of its max pooling. The first
+/// unit dim, beside the mean over the steps of the first and the mean and maximum over the
+/// length of its max pooling. The first
 /// conv's 11 channels are fewer than a 16-lane vector holds (its rows run on half vectors).
 pub fn axes_1d_arch() -> wick::model::arch::Arch {
     let json = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [4, 10]}, "nodes": [
@@ -159,8 +160,9 @@ pub fn axes_1d_arch() -> wick::model::arch::Arch {
         {"name": "over_steps", "op": "mean", "inputs": ["steps"], "dim": 1},
         {"name": "p", "op": "maxpool1d", "inputs": ["c"], "kernel_size": 2},
         {"name": "pm", "op": "mean", "inputs": ["p"], "dim": -1},
-        {"name": "cat", "op": "concat", "inputs": ["f", "over_steps", "pm"], "dim": 1},
-        {"name": "head", "op": "linear", "inputs": ["cat"], "in_features": 25, "out_features": 4}], "output": "head"}"#;
+        {"name": "px", "op": "amax", "inputs": ["p"], "dim": 2},
+        {"name": "cat", "op": "concat", "inputs": ["f", "over_steps", "pm", "px"], "dim": 1},
+        {"name": "head", "op": "linear", "inputs": ["cat"], "in_features": 36, "out_features": 4}], "output": "head"}"#;
     serde_json::from_str(json).unwrap()
 }
 

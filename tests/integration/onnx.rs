@@ -199,12 +199,13 @@ fn import_writes_a_wick_model() {
 /// Layout and op cases the teachers lack (a linear over a 3-D tensor, a dilated depthwise
 /// conv1d, average pooling that does not count padding, a concat along the last axis, the tanh
 /// GELU, sigmoid, tanh, an asymmetric kernel, a bias-free conv, BatchNorm 1-d and 2-d,
-/// LayerNorm, softmax) survive export and import with the same logits.
+/// LayerNorm, softmax, `transpose`, `mean` and `amax`) survive export and import with the same
+/// logits.
 #[test]
 fn other_ops_round_trip_through_onnx() {
     let dir = tempfile::tempdir().unwrap();
     let branchy: wick::model::arch::Arch = serde_json::from_str(&std::fs::read_to_string(fixture("arch/branchy.arch.json")).unwrap()).unwrap();
-    for (k, arch) in [conv1d_arch(), ops_1d_arch(), branchy, norms_arch()].into_iter().enumerate() {
+    for (k, arch) in [conv1d_arch(), ops_1d_arch(), branchy, norms_arch(), axes_1d_arch(), axes_2d_arch()].into_iter().enumerate() {
         let (model, data) = random_model(arch, 5);
         let path = dir.path().join(format!("case{k}.onnx"));
         wick::onnx::export::write(&wick::onnx::export::float_model(&model).unwrap(), &path).unwrap();

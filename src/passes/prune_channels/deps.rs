@@ -14,7 +14,7 @@
 //! mean across them, keeps them whole. A *group* is a
 //! set of units that share producing layers: they are ranked together.
 
-use crate::model::arch::{MeanCfg, Op, SelectCfg, TransposeCfg};
+use crate::model::arch::{Op, ReduceCfg, SelectCfg, TransposeCfg};
 use crate::model::graph::sample_dim;
 use crate::model::Model;
 use std::collections::{BTreeMap, BTreeSet};
@@ -116,7 +116,7 @@ pub fn analyse(model: &Model) -> Deps {
             let passes = match &node.op {
                 Op::Relu(_) | Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_) | Op::Dropout(_) => true,
                 Op::Add(_) => last_in.iter().all(|&b| b),
-                Op::Select(SelectCfg { dim, .. }) | Op::Mean(MeanCfg { dim, .. }) => sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank),
+                Op::Select(SelectCfg { dim, .. }) | Op::Mean(ReduceCfg { dim, .. }) | Op::Amax(ReduceCfg { dim, .. }) => sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank),
                 Op::Transpose(c) => matches!(swapped(c, in_rank, in_rank - 1), Some(Swap::Untouched | Swap::FirstAndLast)),
                 Op::Gru(_) | Op::Lstm(_) => true,
                 _ => false,
@@ -225,7 +225,7 @@ pub fn analyse(model: &Model) -> Deps {
                 // heads and positions: kept whole.
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)
             }
-            Op::Transpose(_) | Op::Mean(_) if last_in[0] => ins[0].clone(),
+            Op::Transpose(_) | Op::Mean(_) | Op::Amax(_) if last_in[0] => ins[0].clone(),
             Op::Transpose(c) => match swapped(c, in_rank, 0) {
                 Some(Swap::Untouched) => ins[0].clone(),
                 Some(Swap::FirstAndLast) => {
@@ -234,8 +234,9 @@ pub fn analyse(model: &Model) -> Deps {
                 }
                 _ => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
             },
-            // A mean across the channels mixes them (and its divisor counts them): kept whole.
-            Op::Mean(c) if sample_dim(c.dim, in_rank) == Ok(0) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
+            // A mean or maximum across the channels mixes them (a mean's divisor counts them): kept
+            // whole.
+            Op::Mean(c) | Op::Amax(c) if sample_dim(c.dim, in_rank) == Ok(0) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
             Op::Select(_) if last_in[0] => ins[0].clone(),
             Op::Select(_) => {
                 // Across the channel axis of a value whose channels are first: kept whole.

@@ -1,5 +1,6 @@
 //! The element-wise and data-movement kernels of the compiled plans: global average pooling,
-//! the add and ReLU steps, concatenation, two axes swapped and the mean along one axis.
+//! the add and ReLU steps, concatenation, two axes swapped and the mean or maximum along one
+//! axis.
 
 use super::Value;
 use crate::runtime::epilogue::add_relu;
@@ -107,6 +108,25 @@ pub(super) fn mean_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
             dst.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
         }
         dst.iter_mut().for_each(|o| *o *= scale);
+    }
+    out
+}
+
+/// The maximum of `x` (logical layout) along full-tensor axis `d`: viewed as `[outer, len,
+/// inner]`, `out[o, r] = max_j x[o, j, r]`, a NaN winning (PyTorch's `amax`).
+pub(super) fn max_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
+    let (len, inner) = (dims[d], dims[d + 1..].iter().product::<usize>());
+    let mut out = Vec::with_capacity(x.len() / len.max(1));
+    for src in x.chunks_exact((len * inner).max(1)) {
+        let mut m = src[..inner].to_vec();
+        for row in src.chunks_exact(inner.max(1)).skip(1) {
+            m.iter_mut().zip(row).for_each(|(m, &v)| {
+                if v > *m || v.is_nan() {
+                    *m = v
+                }
+            });
+        }
+        out.extend_from_slice(&m);
     }
     out
 }

@@ -74,9 +74,11 @@ enum Kind {
         a: usize,
         b: usize,
     },
-    /// The mean along full-tensor axis `dim`; in logical order (a kept unit dim changes no data).
-    Mean {
+    /// The mean (or with `max` the maximum) along full-tensor axis `dim`; in logical order (a
+    /// kept unit dim changes no data).
+    Reduce {
         dim: usize,
+        max: bool,
     },
     /// LayerNorm over each row of `inner` values (logical layout), `(γ, β)` when affine.
     LayerNorm {
@@ -300,9 +302,9 @@ impl Plan {
                         Kind::Transpose { a: a.min(b), b: a.max(b) }
                     }
                 }
-                (Op::Mean(c), ..) => {
+                (Op::Mean(c) | Op::Amax(c), ..) => {
                     let rank = model.graph.shapes[node.inputs[0].as_str()].len();
-                    Kind::Mean { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1 }
+                    Kind::Reduce { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1, max: matches!(node.op, Op::Amax(_)) }
                 }
                 _ => Kind::Float,
             };

@@ -2,7 +2,7 @@
 //! walks the steps over channels-last buffers, quantising each integer layer's input once per
 //! quantiser and freeing each value after its last reader.
 
-use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, mean_axis, swap_axes};
+use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, max_axis, mean_axis, swap_axes};
 use super::normalize::{channel_affine, layer_norm, softmax};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
@@ -199,10 +199,11 @@ impl Plan {
                     }
                     Value { data: v.data, dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
                 }
-                Kind::Mean { dim } => {
+                Kind::Reduce { dim, max } => {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
                     set_layout(v, false);
-                    Value { data: mean_axis(&v.data, &v.dims, *dim), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
+                    let data = if *max { max_axis(&v.data, &v.dims, *dim) } else { mean_axis(&v.data, &v.dims, *dim) };
+                    Value { data, dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
                 }
                 Kind::LayerNorm { inner, eps, affine } => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
