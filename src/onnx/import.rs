@@ -32,6 +32,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
+    "GlobalMaxPool",
     "Identity",
     "LayerNormalization",
     "MatMul",
@@ -394,6 +395,7 @@ impl Importer<'_> {
             "LayerNormalization" => self.layernorm(n),
             "MaxPool" | "AveragePool" => self.pool(n),
             "GlobalAveragePool" => self.global_pool(n, true),
+            "GlobalMaxPool" => self.global_max(n, true),
             "ReduceMean" | "ReduceMax" => self.reduce(n),
             _ => Err(unsupported()),
         }
@@ -1240,6 +1242,25 @@ impl Importer<'_> {
     }
 
     /// Global average pooling; ONNX keeps the pooled dims as 1s when `keepdims`.
+    /// The maximum over every spatial axis (`GlobalMaxPool`, or `ReduceMax` over axes 2..): one
+    /// `amax` per axis, the last first.
+    fn global_max(&mut self, n: &NodeProto, keepdims: bool) -> R<Val> {
+        let mut x = self.exact_in(n, 0)?;
+        let spatial = x.shape.len().saturating_sub(1);
+        if spatial == 0 {
+            return Err(format!("the input has per-sample shape {:?}; wick pools [C, spatial…]", x.onnx_shape));
+        }
+        let c = x.shape[0];
+        for d in (2..=spatial + 1).rev() {
+            let name = self.plain_node_name(n, "amax");
+            x = self.emit(name, &[&x], Op::Amax(arch::ReduceCfg { dim: d as i64, keepdim: false }), vec![])?;
+        }
+        if keepdims {
+            x.onnx_shape = std::iter::once(c).chain(std::iter::repeat_n(1, spatial)).collect();
+        }
+        Ok(Val::Dyn(x))
+    }
+
     fn global_pool(&mut self, n: &NodeProto, keepdims: bool) -> R<Val> {
         let x = self.exact_in(n, 0)?;
         if x.shape.len() < 2 {
@@ -1263,6 +1284,9 @@ impl Importer<'_> {
         let mut axes: Vec<i64> = axes.ok_or("reduces every axis, the batch too; wick reads ReduceMean over the spatial axes")?.iter().map(|&a| from_end(a, rank)).collect();
         axes.sort_unstable();
         let keepdims = attr_i(n, "keepdims")?.unwrap_or(1) != 0;
+        if axes == (2..rank).collect::<Vec<_>>() && rank >= 4 && max {
+            return self.global_max(n, keepdims);
+        }
         if !max && axes == (2..rank).collect::<Vec<_>>() && rank >= 3 {
             return self.global_pool(n, keepdims);
         }
@@ -1274,7 +1298,9 @@ impl Importer<'_> {
                 let name = self.plain_node_name(n, name);
                 Ok(Val::Dyn(self.emit(name, &[&x], op, vec![])?))
             }
-            _ if max => Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMax over one axis after the batch (its `amax`)")),
+            _ if max => {
+                Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMax over one axis after the batch (its `amax`), or over all spatial axes (2..) as one `amax` per axis"))
+            }
             _ => Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMean over one axis after the batch (its `mean`), or over all spatial axes (2..) as global average pooling")),
         }
     }
@@ -1537,6 +1563,27 @@ mod tests {
 
     fn perm(p: &[i64]) -> crate::onnx::proto::AttributeProto {
         crate::onnx::proto::AttributeProto { name: "perm".into(), r#type: attr_type::INTS, ints: p.to_vec(), ..Default::default() }
+    }
+
+    /// The maximum over every spatial axis (`ReduceMax` over axes 2.. or `GlobalMaxPool` and a
+    /// flatten) is one `amax` per axis, the last first.
+    #[test]
+    fn spatial_maxima_are_one_amax_per_axis() {
+        let ints = |name: &str, v: &[i64]| crate::onnx::proto::AttributeProto { name: name.into(), r#type: attr_type::INTS, ints: v.to_vec(), ..Default::default() };
+        let int = |name: &str, v: i64| crate::onnx::proto::AttributeProto { name: name.into(), r#type: attr_type::INT, i: v, ..Default::default() };
+        for nodes in [vec![node("ReduceMax", &["x"], "y", vec![ints("axes", &[2, -1]), int("keepdims", 0)])], vec![node("GlobalMaxPool", &["x"], "g", vec![]), node("Flatten", &["g"], "y", vec![])]] {
+            let graph = GraphProto {
+                node: nodes,
+                name: "g".into(),
+                initializer: vec![],
+                input: vec![value("x", &[None, Some(3), Some(4), Some(5)])],
+                output: vec![value("y", &[None, Some(3)])],
+                value_info: vec![],
+            };
+            let im = import(&graph, 17, "t.onnx", Path::new(".")).unwrap();
+            let dims: Vec<i64> = im.arch.nodes.iter().map(|n| if let Op::Amax(c) = &n.op { c.dim } else { panic!("{:?}", n.op) }).collect();
+            assert_eq!(dims, vec![3, 2]);
+        }
     }
 
     /// `Transpose` of an initializer folds: `out[o0, o1, o2] = in[…]` with `in[perm[k]] = o_k`,
