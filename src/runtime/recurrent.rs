@@ -127,8 +127,10 @@ impl RecurrentLayer {
         let gi = dir.ih.project(x, n).ok_or_else(|| non_finite(0))?;
         let mut h = vec![0f32; n * h_len];
         let mut c = vec![0f32; n * h_len];
-        // GRU: the batch's pre-activations of r, z and n, each activated in place.
-        let mut pre = vec![vec![0f32; n * h_len]; 3];
+        // GRU: the batch's pre-activations of r and z (one buffer, so that one sigmoid pass
+        // covers both) and of n, each activated in place.
+        let mut rz = vec![0f32; 2 * n * h_len];
+        let mut pre_n = vec![0f32; n * h_len];
         for s in 0..t_len {
             let t = if reverse { t_len - 1 - s } else { s };
             // This step's input projections, `[N, G·H]`.
@@ -136,21 +138,21 @@ impl RecurrentLayer {
             match self.cell {
                 Cell::Gru => {
                     let gh = dir.hh.project(&h, n).ok_or_else(|| non_finite(1))?;
-                    for (k, p) in pre.iter_mut().enumerate().take(2) {
+                    for (k, p) in rz.chunks_exact_mut(n * h_len).enumerate() {
                         for b in 0..n {
                             let (a, r) = (&gi_t[b * g + k * h_len..][..h_len], &gh[b * g + k * h_len..][..h_len]);
                             p[b * h_len..(b + 1) * h_len].iter_mut().zip(a.iter().zip(r)).for_each(|(o, (u, v))| *o = u + v);
                         }
-                        apply_in_place(p, Act::Sigmoid);
                     }
-                    let (rz, nn) = pre.split_at_mut(2);
+                    apply_in_place(&mut rz, Act::Sigmoid);
+                    let (reset, update) = rz.split_at(n * h_len);
                     for b in 0..n {
                         let (a, r) = (&gi_t[b * g + 2 * h_len..(b + 1) * g], &gh[b * g + 2 * h_len..(b + 1) * g]);
-                        let reset = &rz[0][b * h_len..(b + 1) * h_len];
-                        nn[0][b * h_len..(b + 1) * h_len].iter_mut().enumerate().for_each(|(j, o)| *o = a[j] + reset[j] * r[j]);
+                        let reset = &reset[b * h_len..(b + 1) * h_len];
+                        pre_n[b * h_len..(b + 1) * h_len].iter_mut().enumerate().for_each(|(j, o)| *o = a[j] + reset[j] * r[j]);
                     }
-                    apply_in_place(&mut nn[0], Act::Tanh);
-                    for ((hv, &z), &nv) in h.iter_mut().zip(&rz[1]).zip(&nn[0]) {
+                    apply_in_place(&mut pre_n, Act::Tanh);
+                    for ((hv, &z), &nv) in h.iter_mut().zip(update).zip(&pre_n) {
                         *hv = nv + z * (*hv - nv);
                     }
                 }
