@@ -373,7 +373,7 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
         Op::Mean(c) | Op::Amax(c) => {
             let d = sample_dim(c.dim, s.len())?;
             if s.len() == 1 && !c.keepdim {
-                return Err(format!("the mean over the only dim of a sample of shape {s:?} leaves no values per sample (keepdim keeps one)"));
+                return Err(format!("{} over the only dim of a sample of shape {s:?} leaves no values per sample (keepdim keeps one)", op.name()));
             }
             let mut o = s.clone();
             if c.keepdim {

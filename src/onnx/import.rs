@@ -657,12 +657,12 @@ impl Importer<'_> {
             "bidirectional" => 2,
             other => return Err(format!("direction '{other}' has no PyTorch counterpart wick reads (forward, bidirectional)")),
         };
-        let read: Vec<bool> = (0..3).map(|k| n.output.get(k).is_some_and(|o| self.uses.get(o).is_some_and(|&u| u > 0))).collect();
-        let read = |k: usize| read[k];
-        if read(2) {
+        // Which of Y, Y_h and Y_c a later node reads.
+        let read: [bool; 3] = std::array::from_fn(|k| n.output.get(k).is_some_and(|o| self.uses.get(o).is_some_and(|&u| u > 0)));
+        if read[2] {
             return Err("output 2 (the LSTM's final cell state Y_c) is read; wick reads Y and, for one direction, Y_h".into());
         }
-        if read(1) && dirs == 2 {
+        if read[1] && dirs == 2 {
             return Err("output 1 (the final states Y_h) of a bidirectional layer is read; wick reads Y_h of one-direction layers (read Y instead)".into());
         }
         let hidden = usize::try_from(attr_i(n, "hidden_size")?.ok_or("attribute 'hidden_size' is missing")?).ok().filter(|&h| h > 0).ok_or("hidden_size must be positive")?;
@@ -690,7 +690,7 @@ impl Importer<'_> {
         let op = if gru { Op::Gru(cfg) } else { Op::Lstm(cfg) };
         let name = self.param_node_name(n, if gru { "gru" } else { "lstm" });
         let y = self.emit(name, &[&x], op, params)?;
-        if read(1) {
+        if read[1] {
             // A one-direction layer's final state is its output's last step.
             self.vals.insert(n.output[1].clone(), Val::FinalStates(vec![y.clone()]));
         }
@@ -735,14 +735,11 @@ impl Importer<'_> {
         }
         let c = self.const_in(n, 0).map_err(|_| "Transpose is read only on constants (wick's ops fix their own layouts)".to_string())?;
         let rank = c.dims.len();
-        let perm: Vec<usize> = match attr_ints(n, "perm")? {
+        let perm: Vec<usize> = match perm {
             None => (0..rank).rev().collect(),
-            Some(p) => p.iter().map(|&a| usize::try_from(a).ok().filter(|&a| a < rank)).collect::<Option<_>>().ok_or(format!("perm {p:?} is not a permutation of {rank} axes"))?,
+            Some(p) if is_permutation(&p, rank) => p.iter().map(|&a| a as usize).collect(),
+            Some(p) => return Err(format!("perm {p:?} is not a permutation of {rank} axes")),
         };
-        let mut seen = vec![false; rank];
-        if perm.len() != rank || perm.iter().any(|&a| std::mem::replace(&mut seen[a], true)) {
-            return Err(format!("perm {perm:?} is not a permutation of {rank} axes"));
-        }
         // out[i] = in[j] where out index (o_0..) maps to in index with in[perm[k]] = o_k.
         let dims: Vec<usize> = perm.iter().map(|&a| c.dims[a]).collect();
         let mut in_strides = vec![1usize; rank];
@@ -1241,7 +1238,6 @@ impl Importer<'_> {
         self.unary(n, op)
     }
 
-    /// Global average pooling; ONNX keeps the pooled dims as 1s when `keepdims`.
     /// The maximum over every spatial axis (`GlobalMaxPool`, or `ReduceMax` over axes 2..): one
     /// `amax` per axis, the last first.
     fn global_max(&mut self, n: &NodeProto, keepdims: bool) -> R<Val> {
@@ -1261,6 +1257,7 @@ impl Importer<'_> {
         Ok(Val::Dyn(x))
     }
 
+    /// Global average pooling; ONNX keeps the pooled dims as 1s when `keepdims`.
     fn global_pool(&mut self, n: &NodeProto, keepdims: bool) -> R<Val> {
         let x = self.exact_in(n, 0)?;
         if x.shape.len() < 2 {
@@ -1335,14 +1332,14 @@ fn qweight(c: &Codes, dims: &[usize], out_axis: usize) -> R<QWeight> {
     Ok(QWeight { shape, values, scales })
 }
 
-/// A kernel, stride or padding as the architecture file writes it: one number when all dims
-/// agree (so a saved and re-read architecture compares equal).
 /// Whether `p` orders the axes `0..rank`, each once.
 fn is_permutation(p: &[i64], rank: usize) -> bool {
     let mut seen = vec![false; rank];
     p.len() == rank && p.iter().all(|&a| usize::try_from(a).ok().filter(|&a| a < rank).is_some_and(|a| !std::mem::replace(&mut seen[a], true)))
 }
 
+/// A kernel, stride or padding as the architecture file writes it: one number when all dims
+/// agree (so a saved and re-read architecture compares equal).
 fn pair(v: &[usize]) -> Pair {
     match v {
         [h, w] if h != w => Pair::Two([*h, *w]),

@@ -105,7 +105,7 @@ impl Pass for DistillSettings {
         self.validate().map_err(|e| WickError::invalid("distill", e))?;
         let dc = self.config()?;
         let mut tc = train_config(self.epochs, self.lr, self.optimizer, self.batch_size, AUTO_STEPS, ctx);
-        tc.keep = crate::train::fit::Keep::Agreement(std::sync::Arc::new(ctx.teacher_val_predictions.clone()));
+        tc.keep = ctx.keep_closest_to_teacher();
         let (mut students, mut attempts): (Vec<crate::model::Model>, Vec<Attempt>) = (vec![], vec![]);
         let mut previous = (m, 1.0);
         for width in width_steps(self.width) {

@@ -178,6 +178,12 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The checkpoint rule of a student trained toward the teacher: the one predicting the most
+    /// validation samples as the teacher does (`Keep::Agreement`).
+    pub fn keep_closest_to_teacher(&self) -> crate::train::fit::Keep {
+        crate::train::fit::Keep::Agreement(std::sync::Arc::new(self.teacher_val_predictions.clone()))
+    }
+
     /// How close `model` stays to the teacher; `val` is its validation result when the caller
     /// has it (training measured the checkpoint it kept).
     pub fn fidelity(&self, model: &Model, val: Option<&EvalResult>) -> Result<Fidelity> {

@@ -225,7 +225,7 @@ pub fn analyse(model: &Model) -> Deps {
                 // heads and positions: kept whole.
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)
             }
-            Op::Transpose(_) | Op::Mean(_) | Op::Amax(_) if last_in[0] => ins[0].clone(),
+            Op::Transpose(_) | Op::Mean(_) | Op::Amax(_) | Op::Select(_) if last_in[0] => ins[0].clone(),
             Op::Transpose(c) => match swapped(c, in_rank, 0) {
                 Some(Swap::Untouched) => ins[0].clone(),
                 Some(Swap::FirstAndLast) => {
@@ -237,7 +237,6 @@ pub fn analyse(model: &Model) -> Deps {
             // A mean or maximum across the channels mixes them (a mean's divisor counts them): kept
             // whole.
             Op::Mean(c) | Op::Amax(c) if sample_dim(c.dim, in_rank) == Ok(0) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
-            Op::Select(_) if last_in[0] => ins[0].clone(),
             Op::Select(_) => {
                 // Across the channel axis of a value whose channels are first: kept whole.
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)

@@ -10,7 +10,6 @@ use crate::error::{Result, WickError};
 use crate::model::stats::total_params;
 use crate::passes::{check_training, train_config, wrong_state, Applied, Ctx, Pass, Sketch, State};
 use crate::train::budget::{auto_or, AUTO_STEPS};
-use crate::train::fit::Keep;
 use crate::train::{Epochs, LearningRate, OptimizerKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -102,7 +101,7 @@ impl PruneSettings {
     pub fn recovery<'a>(&self, ctx: &Ctx<'a>) -> Recovery<'a> {
         let mut train_cfg = train_config(self.epochs, self.lr, self.optimizer, self.batch_size, AUTO_STEPS, ctx);
         if self.distill {
-            train_cfg.keep = Keep::Agreement(std::sync::Arc::new(ctx.teacher_val_predictions.clone()));
+            train_cfg.keep = ctx.keep_closest_to_teacher();
         }
         Recovery { train: ctx.train, val: ctx.val, train_cfg, teacher: self.distill.then_some(ctx.teacher) }
     }

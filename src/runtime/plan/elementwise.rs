@@ -118,15 +118,15 @@ pub(super) fn max_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
     let (len, inner) = (dims[d], dims[d + 1..].iter().product::<usize>());
     let mut out = Vec::with_capacity(x.len() / len.max(1));
     for src in x.chunks_exact((len * inner).max(1)) {
-        let mut m = src[..inner].to_vec();
+        let start = out.len();
+        out.extend_from_slice(&src[..inner]);
         for row in src.chunks_exact(inner.max(1)).skip(1) {
-            m.iter_mut().zip(row).for_each(|(m, &v)| {
+            out[start..].iter_mut().zip(row).for_each(|(m, &v)| {
                 if v > *m || v.is_nan() {
                     *m = v
                 }
             });
         }
-        out.extend_from_slice(&m);
     }
     out
 }

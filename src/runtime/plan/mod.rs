@@ -244,6 +244,8 @@ impl Plan {
                     continue;
                 }
             }
+            // The full-tensor axis (batch first) of sample dim `d` of the node's first input.
+            let axis = |d: i64| crate::model::graph::sample_dim(d, model.graph.shapes[node.inputs[0].as_str()].len()).map(|d| d + 1).map_err(|m| WickError::node(&node.name, m));
             let kind = match (&node.op, act, pool_geom(&node.op)) {
                 (op, ..) if is_weight_layer(op) => weight_layer(&model, node, &model.graph.shapes[node.inputs[0].as_str()], int8)?,
                 (Op::Relu(_), ..) => Kind::Relu,
@@ -287,25 +289,20 @@ impl Plan {
                     Kind::ChannelAffine { scale, shift }
                 }
                 (Op::Select(c), ..) => {
-                    let s = &model.graph.shapes[node.inputs[0].as_str()];
-                    let d = crate::model::graph::sample_dim(c.dim, s.len()).map_err(|m| WickError::node(&node.name, m))?;
-                    let index = c.position(s[d]).ok_or_else(|| WickError::node(&node.name, format!("index {} is out of range", c.index)))?;
-                    Kind::Select { dim: d + 1, index }
+                    let dim = axis(c.dim)?;
+                    let len = model.graph.shapes[node.inputs[0].as_str()][dim - 1];
+                    let index = c.position(len).ok_or_else(|| WickError::node(&node.name, format!("index {} is out of range", c.index)))?;
+                    Kind::Select { dim, index }
                 }
                 (Op::Transpose(c), ..) => {
-                    let rank = model.graph.shapes[node.inputs[0].as_str()].len();
-                    let dim = |d: i64| crate::model::graph::sample_dim(d, rank).map_err(|m| WickError::node(&node.name, m));
-                    let (a, b) = (dim(c.dim0)? + 1, dim(c.dim1)? + 1);
+                    let (a, b) = (axis(c.dim0)?, axis(c.dim1)?);
                     if a == b {
                         Kind::Identity
                     } else {
                         Kind::Transpose { a: a.min(b), b: a.max(b) }
                     }
                 }
-                (Op::Mean(c) | Op::Amax(c), ..) => {
-                    let rank = model.graph.shapes[node.inputs[0].as_str()].len();
-                    Kind::Reduce { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1, max: matches!(node.op, Op::Amax(_)) }
-                }
+                (Op::Mean(c) | Op::Amax(c), ..) => Kind::Reduce { dim: axis(c.dim)?, max: matches!(node.op, Op::Amax(_)) },
                 _ => Kind::Float,
             };
             steps.push(Step { node: ni, kind, inputs, output: slots, residual: None, codes_for: None });
