@@ -88,7 +88,19 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
     // A one-channel input's plane holds that channel once (`pc = 1` value a pixel): every output
     // reads it, so a tap's one value is broadcast to the block's lanes instead.
     let one = g.c == 1 && m > 1;
-    let pc = if one { 1 } else { c };
+    // Fewer than 8 output channels are held 8 apart (planes, weights and sums; the extra lanes
+    // read the pad value and zero weights, and are never written out), so that they sum in one
+    // vector as a block of 8 does: summed one by one, each waits on its previous multiply-add.
+    let cs = c.max(BLOCK / 2);
+    let wide_w: Vec<f32>;
+    let w = match cs == c {
+        true => w,
+        false => {
+            wide_w = (0..taps).flat_map(|t| (0..cs).map(move |j| if j < c { w[t * c + j] } else { 0.0 })).collect();
+            &wide_w
+        }
+    };
+    let pc = if one { 1 } else { cs };
     let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
     let mut plane = vec![pad; hp * wp * pc];
     let tap_at: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.dil.0 * wp + (t % g.kw) * g.dil.1) * pc).collect();
@@ -97,62 +109,55 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
     // `(wo − 1)·sx + (kw − 1)·dx < wp`.
     let bases: Vec<usize> = (0..positions).map(|p| ((p / g.wo) * g.stride.0 * wp + (p % g.wo) * g.stride.1) * pc).collect();
     debug_assert!(bases[positions - 1] + tap_at[taps - 1] + pc <= plane.len());
-    // One sample's accumulators, `[positions, c]`.
-    let mut acc = vec![0f32; positions * c];
+    // One sample's accumulators, `[positions, cs]`.
+    let mut acc = vec![0f32; positions * cs];
     for s in 0..n {
         let sample = &x[s * g.h * g.w * g.c..(s + 1) * g.h * g.w * g.c];
         for (iy, line) in sample.chunks_exact(g.w * g.c).enumerate() {
             let at = ((iy + g.pad.0) * wp + g.pad.1) * pc;
             let dst = &mut plane[at..at + g.w * pc];
-            if m == 1 || one {
+            if (m == 1 && pc == c) || one {
                 dst.iter_mut().zip(line).for_each(|(d, &v)| *d = v.into());
+            } else if m == 1 {
+                for (px, d) in line.chunks_exact(c).zip(dst.chunks_exact_mut(pc)) {
+                    d.iter_mut().zip(px).for_each(|(d, &v)| *d = v.into());
+                }
             } else {
-                for (&v, d) in line.iter().zip(dst.chunks_exact_mut(m)) {
-                    d.fill(v.into());
+                for (px, d) in line.chunks_exact(g.c).zip(dst.chunks_exact_mut(pc)) {
+                    for (&v, d) in px.iter().zip(d.chunks_exact_mut(m)) {
+                        d.fill(v.into());
+                    }
                 }
             }
         }
         // Channels in blocks of 16, then one of 8 (a 24- or 40-channel layer stays in
-        // vectors), each over every position, then the last 8 again where there are 8, else the
-        // rest one by one.
+        // vectors), each over every position, then the last 8 again where there are more.
         let mut c0 = 0;
-        // SAFETY (both blocks): every tap lies in the plane (above) and `c0 + B ≤ c`.
-        while c0 + BLOCK <= c {
+        // SAFETY (each block): every tap lies in the plane (above) and `c0 + B ≤ cs`.
+        while c0 + BLOCK <= cs {
             match one {
-                true => sum_block::<BLOCK, true>(&plane, w, &bases, &tap_at, c, c0, &mut acc),
-                false => sum_block::<BLOCK, false>(&plane, w, &bases, &tap_at, c, c0, &mut acc),
+                true => sum_block::<BLOCK, true>(&plane, w, &bases, &tap_at, cs, c0, &mut acc),
+                false => sum_block::<BLOCK, false>(&plane, w, &bases, &tap_at, cs, c0, &mut acc),
             }
             c0 += BLOCK;
         }
-        if c0 + BLOCK / 2 <= c {
+        if c0 + BLOCK / 2 <= cs {
             match one {
-                true => sum_block::<{ BLOCK / 2 }, true>(&plane, w, &bases, &tap_at, c, c0, &mut acc),
-                false => sum_block::<{ BLOCK / 2 }, false>(&plane, w, &bases, &tap_at, c, c0, &mut acc),
+                true => sum_block::<{ BLOCK / 2 }, true>(&plane, w, &bases, &tap_at, cs, c0, &mut acc),
+                false => sum_block::<{ BLOCK / 2 }, false>(&plane, w, &bases, &tap_at, cs, c0, &mut acc),
             }
             c0 += BLOCK / 2;
         }
-        if c0 < c && c >= BLOCK / 2 {
+        if c0 < cs {
             // The last 8 channels again, overlapping finished ones (their sums come out equal).
             match one {
-                true => sum_block::<{ BLOCK / 2 }, true>(&plane, w, &bases, &tap_at, c, c - BLOCK / 2, &mut acc),
-                false => sum_block::<{ BLOCK / 2 }, false>(&plane, w, &bases, &tap_at, c, c - BLOCK / 2, &mut acc),
-            }
-        } else if c0 < c {
-            // Fewer than 8 channels: each summed in a register, positions independent.
-            for (&base, a) in bases.iter().zip(acc.chunks_exact_mut(c)) {
-                for (j, a) in a.iter_mut().enumerate().skip(c0) {
-                    let mut s = 0f32;
-                    for (t, &d) in tap_at.iter().enumerate() {
-                        let xv = if one { plane[base + d] } else { plane[base + d + j] };
-                        s = xv.mul_add(w[t * c + j], s);
-                    }
-                    *a = s;
-                }
+                true => sum_block::<{ BLOCK / 2 }, true>(&plane, w, &bases, &tap_at, cs, cs - BLOCK / 2, &mut acc),
+                false => sum_block::<{ BLOCK / 2 }, false>(&plane, w, &bases, &tap_at, cs, cs - BLOCK / 2, &mut acc),
             }
         }
         // The sample's rows lie together: the activation runs over all of them at once.
         let first = s * positions;
-        finish_phases::<V, f32, O, F>(finish, &acc, c, first, c, 0, c, &mut out[first * c..(first + positions) * c]);
+        finish_phases::<V, f32, O, F>(finish, &acc, cs, first, c, 0, c, &mut out[first * c..(first + positions) * c]);
     }
     // SAFETY: `finish` wrote every output row.
     unsafe { y.set_len(rows * c) };
@@ -240,11 +245,22 @@ mod tests {
     /// integers: depthwise convs, with channel multipliers 3 and 16, one-channel convs; tap
     /// counts the kernel holds in registers (3, 5, 9) and one it does not (6); channel counts
     /// of whole 16-blocks, a block of 8, a block of 8 overlapping another (9, 15) and fewer than
-    /// 8 one by one. Every output equals the sum by definition,
+    /// 8 held in a block of 8. Every output equals the sum by definition,
     /// padding taps reading the pad code.
     #[test]
     fn integer_direct_conv_equals_its_definition() {
-        let cases = [(5, 5, 5, (3, 2)), (5, 15, 5, (3, 2)), (1, 4, 1, (3, 2)), (40, 40, 40, (3, 3)), (3, 48, 3, (1, 5)), (1, 24, 1, (1, 3)), (2, 32, 2, (3, 3)), (1, 9, 1, (1, 5))];
+        let cases = [
+            (5, 5, 5, (3, 2)),
+            (5, 15, 5, (3, 2)),
+            (1, 4, 1, (3, 2)),
+            (40, 40, 40, (3, 3)),
+            (3, 48, 3, (1, 5)),
+            (1, 24, 1, (1, 3)),
+            (2, 32, 2, (3, 3)),
+            (1, 9, 1, (1, 5)),
+            (2, 6, 2, (3, 3)),
+            (7, 7, 7, (3, 3)),
+        ];
         for (c, o, groups, kernel) in cases {
             let g = conv_shape(&[c, 6, 7], o, kernel, (2, 1), (1, 1), (1, 2), groups).unwrap();
             assert!(one_input_per_group(&g));
