@@ -6,7 +6,11 @@
 //! - tanh: `f' = 1 − tanh²(x)`;
 //! - gelu (exact): `x·Φ(x)`, `Φ(x) = ½(1 + erf(x/√2))`, `f' = Φ(x) + x·e^(−x²/2)/√(2π)`;
 //! - gelu (tanh): `½x(1 + tanh u)`, `u = √(2/π)(x + 0.044715x³)`,
-//!   `f' = ½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)`.
+//!   `f' = ½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)`;
+//! - leaky_relu: `max(x, 0) + a·min(x, 0)` (`x` where `x > 0`, else `a·x`), `f' = [x > 0] + a·[x ≤ 0]`;
+//! - hardsigmoid: `min(max(x + 3, 0), 6) / 6`, `f' = [−3 < x < 3] · (1/6)`;
+//! - hardswish: `x · min(max(x + 3, 0), 6) / 6`, `f' = 0` below −3, `x/3 + ½` on [−3, 3], 1 above
+//!   (PyTorch's CPU kernels, rounding for rounding).
 
 use super::arch::{GeluApprox, Op};
 use super::conv_op::{f32_slice, with_f32};
@@ -18,7 +22,7 @@ use crate::parallel::build_chunks;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 /// Which activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Act {
     Relu6,
     Silu,
@@ -26,6 +30,10 @@ pub enum Act {
     Tanh,
     GeluErf,
     GeluTanh,
+    /// With its negative slope.
+    LeakyRelu(f32),
+    Hardsigmoid,
+    Hardswish,
 }
 
 /// Elements per task.
@@ -71,6 +79,9 @@ impl Act {
             Act::Tanh => tanh_by::<V, H>(x),
             Act::GeluErf => s(0.5) * x * (s(1.0) + erf_by::<V, H>(x * s(INV_SQRT_2))),
             Act::GeluTanh => s(0.5) * x * (s(1.0) + tanh_by::<V, H>(s(SQRT_2_OVER_PI) * (x + s(GELU_C) * x * x * x))),
+            Act::LeakyRelu(a) => x.relu() + s(a) * x.at_most(0.0),
+            Act::Hardsigmoid => (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
+            Act::Hardswish => x * (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
         }
     }
 
@@ -103,6 +114,16 @@ impl Act {
                 let t = tanh(s(SQRT_2_OVER_PI) * (x + s(GELU_C) * x * x * x));
                 s(0.5) * (s(1.0) + t) + s(0.5) * x * (s(1.0) - t * t) * s(SQRT_2_OVER_PI) * (s(1.0) + s(3.0 * GELU_C) * x * x)
             }
+            Act::LeakyRelu(a) => {
+                let pos = x.between(0.0, f32::INFINITY);
+                pos + (s(1.0) - pos) * s(a)
+            }
+            Act::Hardsigmoid => x.between(-3.0, 3.0) * s(1.0 / 6.0),
+            // Closed at ±3 as PyTorch's `x < −3`, `x ≤ 3` tests (`between` is open).
+            Act::Hardswish => {
+                let mid = s(1.0) - x.between(f32::NEG_INFINITY, -3.0) - x.between(3.0, f32::INFINITY);
+                mid * (x / s(3.0) + s(0.5)) + x.between(3.0, f32::INFINITY)
+            }
         }
     }
 }
@@ -117,6 +138,9 @@ impl Act {
             Op::Silu(_) => Act::Silu,
             Op::Sigmoid(_) => Act::Sigmoid,
             Op::Tanh(_) => Act::Tanh,
+            Op::LeakyRelu(c) => Act::LeakyRelu(c.negative_slope as f32),
+            Op::Hardsigmoid(_) => Act::Hardsigmoid,
+            Op::Hardswish(_) => Act::Hardswish,
             _ => return None,
         })
     }
@@ -243,10 +267,11 @@ unsafe fn on_vectors<V: Lanes, H: Horner, const DF: bool>(a: &mut [f32], act: Ac
         ($($a:ident),*) => {
             match act {
                 $(Act::$a => map_in_place(a, #[inline(always)] |v: V| if DF { Act::$a.eval_df(v) } else { Act::$a.eval_by::<V, H>(v) }),)*
+                Act::LeakyRelu(k) => map_in_place(a, #[inline(always)] |v: V| if DF { Act::LeakyRelu(k).eval_df(v) } else { Act::LeakyRelu(k).eval_by::<V, H>(v) }),
             }
         };
     }
-    each_act!(Relu6, Silu, Sigmoid, Tanh, GeluErf, GeluTanh)
+    each_act!(Relu6, Silu, Sigmoid, Tanh, GeluErf, GeluTanh, Hardsigmoid, Hardswish)
 }
 
 /// `out[i] = f(a[i])` over chunks of the pool, each copied and then [`apply_in_place`] (or
@@ -319,7 +344,7 @@ mod tests {
     /// scalar does, over lengths with and without a partial vector.
     #[test]
     fn vector_activations_equal_the_scalar() {
-        let acts = [Act::Relu6, Act::Silu, Act::Sigmoid, Act::Tanh, Act::GeluErf, Act::GeluTanh];
+        let acts = [Act::Relu6, Act::Silu, Act::Sigmoid, Act::Tanh, Act::GeluErf, Act::GeluTanh, Act::LeakyRelu(0.01), Act::LeakyRelu(0.2), Act::Hardsigmoid, Act::Hardswish];
         for len in [1usize, 5, 16, 37, 100] {
             let x: Vec<f32> = (0..len).map(|i| (i as f32 * 0.731 - 30.0) * if i % 4 == 0 { 0.1 } else { 1.0 }).collect();
             for act in acts {
@@ -336,7 +361,7 @@ mod tests {
 
     #[test]
     fn derivatives_match_central_differences() {
-        for act in [Act::Silu, Act::Sigmoid, Act::Tanh, Act::GeluErf, Act::GeluTanh, Act::Relu6] {
+        for act in [Act::Silu, Act::Sigmoid, Act::Tanh, Act::GeluErf, Act::GeluTanh, Act::Relu6, Act::LeakyRelu(0.1), Act::Hardsigmoid, Act::Hardswish] {
             for x in [-3.1f64, -0.7, 0.3, 1.9, 5.2, 6.5] {
                 let h = 1e-3;
                 let num = (act.f((x + h) as f32) as f64 - act.f((x - h) as f32) as f64) / (2.0 * h);

@@ -420,6 +420,26 @@ fn l2_eps() -> f64 {
     1e-12
 }
 
+/// LeakyReLU: `y = x` where `x > 0`, else `negative_slope·x` (PyTorch's default slope 0.01).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeakyReluCfg {
+    #[serde(default = "leaky_slope")]
+    pub negative_slope: f64,
+}
+
+fn leaky_slope() -> f64 {
+    0.01
+}
+
+/// A reshape of each sample, the batch kept: PyTorch's `x.reshape(n, *shape)` (as `x.view(n, c,
+/// 1, 1)` or `nn.Unflatten(1, shape)`); one entry may be −1, the rest of the elements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReshapeCfg {
+    pub shape: Vec<i64>,
+}
+
 /// Global average pooling over every dim after the channel axis: `[N, C, …] → [N, C]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -444,6 +464,9 @@ pub enum Op {
     Silu(Empty),
     Sigmoid(Empty),
     Tanh(Empty),
+    LeakyRelu(LeakyReluCfg),
+    Hardswish(Empty),
+    Hardsigmoid(Empty),
     #[serde(rename = "maxpool1d")]
     MaxPool1d(PoolCfg),
     #[serde(rename = "maxpool2d")]
@@ -454,7 +477,9 @@ pub enum Op {
     AvgPool2d(PoolCfg),
     GlobalAvgPool(Empty),
     Flatten(FlattenCfg),
+    Reshape(ReshapeCfg),
     Add(Empty),
+    Mul(Empty),
     Concat(DimCfg),
     Dropout(DropoutCfg),
     Softmax(DimCfg),
@@ -486,13 +511,18 @@ pub const OP_NAMES: &[&str] = &[
     "silu",
     "sigmoid",
     "tanh",
+    "leaky_relu",
+    "hardswish",
+    "hardsigmoid",
     "maxpool1d",
     "maxpool2d",
     "avgpool1d",
     "avgpool2d",
     "global_avg_pool",
     "flatten",
+    "reshape",
     "add",
+    "mul",
     "concat",
     "dropout",
     "softmax",
@@ -646,13 +676,18 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "silu" => Op::Silu(cfg(fields)?),
         "sigmoid" => Op::Sigmoid(cfg(fields)?),
         "tanh" => Op::Tanh(cfg(fields)?),
+        "leaky_relu" => Op::LeakyRelu(cfg(fields)?),
+        "hardswish" => Op::Hardswish(cfg(fields)?),
+        "hardsigmoid" => Op::Hardsigmoid(cfg(fields)?),
         "maxpool1d" => Op::MaxPool1d(cfg(fields)?),
         "maxpool2d" => Op::MaxPool2d(cfg(fields)?),
         "avgpool1d" => Op::AvgPool1d(cfg(fields)?),
         "avgpool2d" => Op::AvgPool2d(cfg(fields)?),
         "global_avg_pool" => Op::GlobalAvgPool(cfg(fields)?),
         "flatten" => Op::Flatten(cfg(fields)?),
+        "reshape" => Op::Reshape(cfg(fields)?),
         "add" => Op::Add(cfg(fields)?),
+        "mul" => Op::Mul(cfg(fields)?),
         "concat" => Op::Concat(cfg(fields)?),
         "dropout" => Op::Dropout(cfg(fields)?),
         "softmax" => Op::Softmax(cfg(fields)?),

@@ -204,7 +204,7 @@ impl Model {
             }
             Op::Relu(_) if train => super::relu_train::relu(&x),
             Op::Relu(_) => Ok(x.relu()?),
-            op @ (Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_)) => {
+            op @ (Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_) | Op::LeakyRelu(_) | Op::Hardsigmoid(_) | Op::Hardswish(_)) => {
                 let act = Act::of(op).expect("an activation");
                 match r.hook.is_some_and(|h| h.fused_activations()) {
                     true => activation_fused(&x, act),
@@ -214,6 +214,11 @@ impl Model {
             op @ (Op::MaxPool1d(_) | Op::MaxPool2d(_) | Op::AvgPool1d(_) | Op::AvgPool2d(_)) => ops::pool(&x, ops::pool_geom(op).expect("a pooling op")),
             Op::GlobalAvgPool(_) => ops::global_avg_pool(&x),
             Op::Flatten(c) => ops::flatten(&x, c),
+            Op::Reshape(c) => {
+                let target = super::graph::reshape_target(&c.shape, x.elem_count() / x.dim(0)?.max(1)).map_err(|m| WickError::node(&node.name, m))?;
+                Ok(x.reshape(std::iter::once(x.dim(0)?).chain(target).collect::<Vec<_>>())?)
+            }
+            Op::Mul(_) => Ok(ins[0].broadcast_mul(ins[1])?),
             Op::Add(_) if relu => super::relu_train::add_relu(ins[0], ins[1]),
             Op::Add(_) => {
                 let mut acc = ins[0].clone();

@@ -214,6 +214,30 @@ pub fn sample_dim(dim: i64, rank: usize) -> std::result::Result<usize, String> {
     Ok(d as usize - 1)
 }
 
+/// The per-sample shape a reshape to `shape` (one entry may be −1: the rest) gives a sample of
+/// `numel` elements.
+pub fn reshape_target(shape: &[i64], numel: usize) -> std::result::Result<Vec<usize>, String> {
+    let known: i64 = shape.iter().filter(|&&d| d != -1).product();
+    let free = shape.iter().filter(|&&d| d == -1).count();
+    if shape.iter().any(|&d| d < -1 || d == 0) || free > 1 || (free == 1 && (known == 0 || numel as i64 % known != 0)) {
+        return Err(format!("shape {shape:?} is not a shape of {numel} elements (positive sizes, at most one -1)"));
+    }
+    let out: Vec<usize> = shape.iter().map(|&d| if d == -1 { numel / known as usize } else { d as usize }).collect();
+    if out.iter().product::<usize>() != numel {
+        return Err(format!("shape {shape:?} holds {} elements but the input has {numel} per sample", out.iter().product::<usize>()));
+    }
+    Ok(out)
+}
+
+/// Per-sample shape of PyTorch's broadcast `a · b` for inputs of one rank: each dim equal, or 1
+/// in one of them.
+fn broadcast(a: &[usize], b: &[usize]) -> std::result::Result<Vec<usize>, String> {
+    if a.len() != b.len() || a.iter().zip(b).any(|(&x, &y)| x != y && x != 1 && y != 1) {
+        return Err(format!("inputs of shapes {a:?} and {b:?} do not broadcast (one rank; each dim equal, or 1 in one of them)"));
+    }
+    Ok(a.iter().zip(b).map(|(&x, &y)| x.max(y)).collect())
+}
+
 /// Per-sample output shape of `op` given its inputs' shapes.
 pub fn infer(op: &Op, ins: &[&Vec<usize>]) -> std::result::Result<Vec<usize>, String> {
     match op {
@@ -226,6 +250,10 @@ pub fn infer(op: &Op, ins: &[&Vec<usize>]) -> std::result::Result<Vec<usize>, St
             }
             Ok(ins[0].clone())
         }
+        Op::Mul(_) => match ins {
+            [a, b] => broadcast(a, b),
+            _ => Err(format!("takes 2 inputs, got {}", ins.len())),
+        },
         Op::Concat(c) => {
             if ins.is_empty() {
                 return Err("takes at least 1 input".into());
@@ -313,7 +341,8 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             }
             Ok(s.clone())
         }
-        Op::Relu(_) | Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_) | Op::Dropout(_) => Ok(s.clone()),
+        Op::Relu(_) | Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_) | Op::LeakyRelu(_) | Op::Hardsigmoid(_) | Op::Hardswish(_) | Op::Dropout(_) => Ok(s.clone()),
+        Op::Reshape(c) => reshape_target(&c.shape, s.iter().product()),
         Op::Softmax(c) => {
             sample_dim(c.dim, s.len())?;
             Ok(s.clone())
@@ -406,7 +435,7 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             }
             Ok(s.clone())
         }
-        Op::Add(_) | Op::Concat(_) | Op::Attention(_) | Op::MaskedMean(_) => unreachable!("handled in infer"),
+        Op::Add(_) | Op::Mul(_) | Op::Concat(_) | Op::Attention(_) | Op::MaskedMean(_) => unreachable!("handled in infer"),
     }
 }
 

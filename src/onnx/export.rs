@@ -216,6 +216,9 @@ impl Builder {
                 self.op("Mul", n, &[x, &s], n, vec![]);
             }
             Op::Gelu(c) => self.gelu(n, x, c.approximate),
+            Op::LeakyRelu(c) => self.op("LeakyRelu", n, &[x], n, vec![float("alpha", c.negative_slope as f32)]),
+            Op::Hardsigmoid(_) => self.op("HardSigmoid", n, &[x], n, vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)]),
+            Op::Hardswish(_) => self.op("HardSwish", n, &[x], n, vec![]),
             Op::MaxPool1d(c) | Op::AvgPool1d(c) => self.pool(n, x, c, 1, matches!(node.op, Op::MaxPool1d(_))),
             Op::MaxPool2d(c) | Op::AvgPool2d(c) => self.pool(n, x, c, 2, matches!(node.op, Op::MaxPool2d(_))),
             Op::GlobalAvgPool(_) => {
@@ -234,6 +237,12 @@ impl Builder {
                     self.op("Reshape", n, &[x, &s], n, vec![]);
                 }
             }
+            Op::Reshape(_) => {
+                let dims: Vec<i64> = std::iter::once(0).chain(model.graph.shapes[n].iter().map(|&d| d as i64)).collect();
+                let s = self.init(i64_tensor(&format!("{n}.shape"), &[dims.len()], &dims));
+                self.op("Reshape", n, &[x, &s], n, vec![]);
+            }
+            Op::Mul(_) => self.op("Mul", n, &[&node.inputs[0], &node.inputs[1]], n, vec![]),
             Op::Add(_) => {
                 let mut acc = node.inputs[0].clone();
                 for (k, other) in node.inputs.iter().enumerate().skip(1) {

@@ -277,12 +277,21 @@ impl Importer<'_> {
     }
 
     /// Input `k` as a wick value whose shape is ONNX's too (ops that address dims by position).
-    fn exact_in(&self, n: &NodeProto, k: usize) -> R<Dyn> {
+    /// Input `k` as a computed tensor in the shape ONNX gives it: a value wick computes without
+    /// the unit dims ONNX keeps (a pooled `[C]` that ONNX holds as `[C, 1, 1]`) gets a `reshape`.
+    fn exact_in(&mut self, n: &NodeProto, k: usize) -> R<Dyn> {
         let d = self.dyn_in(n, k)?;
-        if d.shape != d.onnx_shape {
-            return Err(format!("input '{}' has ONNX shape {:?} per sample but wick computes it as {:?} (reduced dims dropped); reshape it first", n.input[k], d.onnx_shape, d.shape));
+        self.in_onnx_shape(d)
+    }
+
+    /// `d` as ONNX shapes it: through a `reshape` when wick computes it without unit dims.
+    fn in_onnx_shape(&mut self, d: Dyn) -> R<Dyn> {
+        if d.shape == d.onnx_shape {
+            return Ok(d);
         }
-        Ok(d)
+        let name = self.fresh(&format!("{}.reshape", d.name));
+        let shape = d.onnx_shape.iter().map(|&s| s as i64).collect();
+        self.emit(name, &[&d], Op::Reshape(arch::ReshapeCfg { shape }), vec![])
     }
 
     fn dyn_in(&self, n: &NodeProto, k: usize) -> R<Dyn> {
@@ -376,6 +385,12 @@ impl Importer<'_> {
             "Relu" => self.unary(n, Op::Relu(e)),
             "Sigmoid" => self.unary(n, Op::Sigmoid(e)),
             "Tanh" => self.unary(n, Op::Tanh(e)),
+            "LeakyRelu" => self.unary(n, Op::LeakyRelu(arch::LeakyReluCfg { negative_slope: attr_f(n, "alpha")?.unwrap_or(0.01) as f64 })),
+            "HardSwish" => self.unary(n, Op::Hardswish(e)),
+            "HardSigmoid" => match (attr_f(n, "alpha")?.unwrap_or(0.2), attr_f(n, "beta")?.unwrap_or(0.5)) {
+                (a, b) if close(a, 1.0 / 6.0) && b == 0.5 => self.unary(n, Op::Hardsigmoid(e)),
+                (a, b) => Err(format!("HardSigmoid with alpha {a} and beta {b}; wick reads PyTorch's Hardsigmoid, alpha 1/6 and beta 0.5")),
+            },
             "Gelu" => {
                 let approximate = match attr_s(n, "approximate")?.as_deref() {
                     None | Some("none") => arch::GeluApprox::None,
@@ -861,7 +876,14 @@ impl Importer<'_> {
             }
             ("Add", Val::Dyn(x), Val::Const(c)) | ("Add", Val::Const(c), Val::Dyn(x)) => self.add_bias(x, c)?,
             ("Add", Val::ErfOf(x), c) | ("Add", c, Val::ErfOf(x)) if scalar(c).is_some_and(|s| close(s, 1.0)) => Val::OnePlusErf { x: x.clone(), coef: 1.0, times_x: false },
-            ("Mul", Val::Dyn(x), Val::Dyn(y)) => self.silu(n, x, y)?,
+            ("Mul", Val::Dyn(x), Val::Dyn(y)) => match self.silu(n, x, y)? {
+                Some(v) => v,
+                None => {
+                    let (x, y) = (self.exact_in(n, 0)?, self.exact_in(n, 1)?);
+                    let name = self.plain_node_name(n, "mul");
+                    Val::Dyn(self.emit(name, &[&x, &y], Op::Mul(arch::Empty {}), vec![])?)
+                }
+            },
             ("Mul", Val::Dyn(x), c) | ("Mul", c, Val::Dyn(x)) if scalar(c).is_some() => Val::Scaled(x.clone(), scalar(c).expect("checked")),
             ("Div", Val::Dyn(x), c) if scalar(c).is_some_and(|s| s != 0.0) => Val::Scaled(x.clone(), 1.0 / scalar(c).expect("checked")),
             ("Mul", Val::OnePlusErf { x, coef, times_x }, c) | ("Mul", c, Val::OnePlusErf { x, coef, times_x }) if scalar(c).is_some() => {
@@ -888,22 +910,23 @@ impl Importer<'_> {
         Ok(val)
     }
 
-    /// `x·sigmoid(x)` as one SiLU node; the sigmoid node goes when this Mul is its only reader.
-    fn silu(&mut self, n: &NodeProto, a: &Dyn, b: &Dyn) -> R<Val> {
+    /// `x·sigmoid(x)` as one SiLU node, if the product is one; the sigmoid node goes when this Mul
+    /// is its only reader.
+    fn silu(&mut self, n: &NodeProto, a: &Dyn, b: &Dyn) -> R<Option<Val>> {
         let is_sigmoid_of = |s: &Dyn, of: &Dyn| self.nodes.iter().any(|m| m.name == s.name && matches!(m.op, Op::Sigmoid(_)) && m.inputs == [of.name.clone()]);
         let (x, sigmoid) = if is_sigmoid_of(b, a) {
             (a, &b.name)
         } else if is_sigmoid_of(a, b) {
             (b, &a.name)
         } else {
-            return Err("Mul of two computed tensors is read only as x·sigmoid(x) (SiLU)".into());
+            return Ok(None);
         };
         if self.producer_uses(sigmoid) == 1 {
             self.nodes.retain(|m| &m.name != sigmoid);
             self.names.remove(sigmoid);
         }
         let name = self.plain_node_name(n, "silu");
-        Ok(Val::Dyn(self.emit(name, &[x], Op::Silu(arch::Empty {}), vec![])?))
+        Ok(Some(Val::Dyn(self.emit(name, &[x], Op::Silu(arch::Empty {}), vec![])?)))
     }
 
     /// `x + c` after a bias-free linear or conv (MatMul, or a Conv without bias) read only
@@ -1073,9 +1096,12 @@ impl Importer<'_> {
 
     /// A layer's input: a computed tensor, or one quantised by a `QuantizeLinear` /
     /// `DequantizeLinear` pair (then the layer is a quantised layer with these parameters).
-    fn layer_in(&self, n: &NodeProto) -> R<(Dyn, Option<QParams>)> {
+    fn layer_in(&mut self, n: &NodeProto) -> R<(Dyn, Option<QParams>)> {
         match self.input_val(n, 0)? {
-            Val::FakeQuant(d, q) if d.shape == d.onnx_shape => Ok((d.clone(), Some(*q))),
+            Val::FakeQuant(d, q) => {
+                let (d, q) = (d.clone(), *q);
+                Ok((self.in_onnx_shape(d)?, Some(q)))
+            }
             _ => Ok((self.exact_in(n, 0)?, None)),
         }
     }

@@ -184,6 +184,7 @@ fn impossible_sizes_and_fields_name_the_node() {
     let resnet = "models/digits_resnet.arch.json";
     let seq = TEACHERS[2].path();
     let (crnn, crnn_arch) = (fixture("models/digits_crnn.safetensors"), "models/digits_crnn.arch.json");
+    let (mbnet, mbnet_arch) = (fixture("models/digits_mbnet.safetensors"), "models/digits_mbnet.arch.json");
     for (model, arch, from, to, want) in [
         (resnet_path(), resnet, r#""padding": 1, "bias": false"#, r#""padding": 1000000000, "bias": false"#, ["'conv1'", "padding"]),
         (resnet_path(), resnet, r#""kernel_size": 3, "stride": 1"#, r#""kernel_size": 0, "stride": 1"#, ["'conv1'", "kernel_size"]),
@@ -195,6 +196,10 @@ fn impossible_sizes_and_fields_name_the_node() {
         (crnn.clone(), crnn_arch, r#""dim1": 2"#, r#""dim1": 3"#, ["'steps'", "dim 3 is out of range"]),
         (crnn.clone(), crnn_arch, r#""dim": 1"#, r#""dim": 1, "keep_dim": true"#, ["'time_mean'", "keep_dim"]),
         (crnn.clone(), crnn_arch, r#""dim": 1"#, r#""dim": -3"#, ["'time_mean'", "dim -3"]),
+        (mbnet.clone(), mbnet_arch, "\"b1_se.pool\"\n   ],\n   \"shape\": [\n    16,", "\"b1_se.pool\"\n   ],\n   \"shape\": [\n    15,", ["'b1_se.squeeze'", "16 per sample"]),
+        (mbnet.clone(), mbnet_arch, "\"b1_se.pool\"\n   ],\n   \"shape\": [\n    16,", "\"b1_se.pool\"\n   ],\n   \"shape\": [\n    -1,\n    -1,", ["'b1_se.squeeze'", "at most one -1"]),
+        (mbnet.clone(), mbnet_arch, "\"b1_act\",\n    \"b1_se.gate\"", "\"b1_act\",\n    \"b1_se.fc1\"", ["'b1_se'", "do not broadcast"]),
+        (mbnet.clone(), mbnet_arch, r#""negative_slope": 0.1"#, r#""negative_slope": "0.1""#, ["'b1_act'", "invalid type"]),
     ] {
         let a = edited_arch(dir.path(), arch, from, to);
         let (_, err) = run_expect(&["inspect", model.to_str().unwrap(), "--arch", a.to_str().unwrap()], 2);

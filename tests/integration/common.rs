@@ -47,13 +47,15 @@ impl Teacher {
     }
 }
 
-/// Every teacher in the fixtures: an MLP, a 2-d ResNet, a 1-d CNN with a depthwise conv, and a
-/// depthwise-separable 2-d CNN.
-pub const TEACHERS: [Teacher; 4] = [
+/// Every feed-forward teacher in the fixtures: an MLP, a 2-d ResNet, a 1-d CNN with a depthwise
+/// conv, a depthwise-separable 2-d CNN, and a MobileNetV3-style net (hardswish, squeeze-and-
+/// excitation gates).
+pub const TEACHERS: [Teacher; 5] = [
     Teacher { name: "digits_mlp", data: "digits" },
     Teacher { name: "digits_resnet", data: "digits" },
     Teacher { name: "digits_seq_cnn", data: "digits_seq" },
     Teacher { name: "digits_dsnet", data: "digits" },
+    Teacher { name: "digits_mbnet", data: "digits" },
 ];
 
 pub fn load(path: &Path) -> Model {

@@ -10,6 +10,7 @@ mod foundation;
 mod fuzz_regressions;
 mod gradients;
 mod interrupts;
+mod mobile_blocks;
 mod onnx;
 mod pruning;
 mod quantization;

@@ -277,3 +277,28 @@ fn exact_surgery_on_recurrent_hidden_units() {
         assert!(deps.groups.iter().all(|g| !g.producers.contains(&"a".to_string())), "{reader}: {:?}", deps.groups);
     }
 }
+
+/// A squeeze-and-excitation gate ties the channels it scales to its second conv's outputs (or
+/// its second linear's, through a `reshape`), and its squeezed channels are a group of their
+/// own; a one-channel spatial map broadcast over the channels stays whole. Pruning every third
+/// unit of each group changes no output.
+#[test]
+fn exact_surgery_through_squeeze_excitation_and_products() {
+    use wick::model::arch::Op;
+    let test = data("test");
+    let p = exact_surgery(&load(&fixture("models/digits_mbnet.safetensors")).deep_clone().unwrap(), &test.x.narrow(0, 0, 64).unwrap());
+    let node = |n: &str| p.arch.node(n).unwrap().op.clone();
+    let (Op::Conv2d(dw), Op::Conv2d(fc1), Op::Conv2d(fc2), Op::Reshape(r)) = (node("b2_dw"), node("b2_se.fc1"), node("b2_se.fc2"), node("b2_se.squeeze")) else { panic!() };
+    assert_eq!((fc2.out_channels, fc1.in_channels, r.shape[0]), (dw.out_channels, dw.out_channels, dw.out_channels as i64));
+    assert!(dw.out_channels < 48 && fc1.out_channels < 16, "{dw:?} {fc1:?}");
+    for case in ["se_linear_gate", "mul_same_shape", "mul_spatial_gate"] {
+        let m = load(&fixture(&format!("reference/gradients/{case}.safetensors")));
+        let deps = analyse(&m);
+        let p = exact_surgery(&m.deep_clone().unwrap(), &random_input(m.input_shape(), 5));
+        if case == "mul_spatial_gate" {
+            assert!(deps.groups.iter().all(|g| !g.producers.contains(&"att".to_string())), "{:?}", deps.groups);
+            let Op::Conv2d(att) = &p.arch.node("att").unwrap().op else { panic!() };
+            assert_eq!(att.out_channels, 1);
+        }
+    }
+}

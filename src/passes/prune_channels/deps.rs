@@ -2,8 +2,10 @@
 //! axis is described as a list of *channel ids*, one per position. A conv/linear output (or the
 //! model input) creates fresh ids; channel-wise ops (BatchNorm, activations, pools, dropout,
 //! global average pooling, depthwise conv) pass their input's list on; concat along channels
-//! joins lists; flatten repeats each channel id over its H×W (or L) features; a residual add
-//! ties its inputs' ids position by position. Tied ids form a *unit* (union-find): pruning a
+//! joins lists; flatten (and a reshape whose first axis is a multiple of the channels) repeats
+//! each channel id over its H×W (or L) features; a residual add, and a product of two values
+//! with the same channels (a squeeze-and-excitation gate), ties its inputs' ids position by
+//! position. Tied ids form a *unit* (union-find): pruning a
 //! unit removes its channel from every tensor that carries it. Units that reach the model input
 //! or output, or pass through an op whose channels cannot be removed exactly (LayerNorm over
 //! channels, softmax over channels, grouped non-depthwise convs), are frozen. A GRU or LSTM
@@ -114,8 +116,9 @@ pub fn analyse(model: &Model) -> Deps {
             // a `select` of another axis, and into a recurrent op's input; any other reader
             // keeps them whole.
             let passes = match &node.op {
-                Op::Relu(_) | Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_) | Op::Dropout(_) => true,
+                Op::Relu(_) | Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_) | Op::LeakyRelu(_) | Op::Hardsigmoid(_) | Op::Hardswish(_) | Op::Dropout(_) => true,
                 Op::Add(_) => last_in.iter().all(|&b| b),
+                Op::Mul(_) => last_in.iter().all(|&b| b) && node.inputs.iter().all(|i| &shapes[i] == out_shape),
                 Op::Select(SelectCfg { dim, .. }) | Op::Mean(ReduceCfg { dim, .. }) | Op::Amax(ReduceCfg { dim, .. }) => sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank),
                 Op::Transpose(c) => matches!(swapped(c, in_rank, in_rank - 1), Some(Swap::Untouched | Swap::FirstAndLast)),
                 Op::Gru(_) | Op::Lstm(_) => true,
@@ -171,6 +174,28 @@ pub fn analyse(model: &Model) -> Deps {
                     }
                 }
                 ins[0].clone()
+            }
+            Op::Mul(_) => {
+                // Inputs with the output's channels are tied position by position; one broadcast
+                // along the channels (a single channel) is kept whole.
+                let c = out_shape.first().copied().unwrap_or(1);
+                let (full, spread): (Vec<&Vec<usize>>, Vec<&Vec<usize>>) = ins.iter().partition(|i| i.len() == c);
+                spread.iter().for_each(|i| freeze_ids.extend(i.iter()));
+                for other in &full[1..] {
+                    for (a, b) in full[0].iter().zip(other.iter()) {
+                        ties.push((*a, *b));
+                    }
+                }
+                full[0].clone()
+            }
+            Op::Reshape(_) => {
+                // Channel-major data: an output first axis that is a multiple of the channels
+                // splits each channel's block; any other reshape mixes channels and keeps them whole.
+                let d = out_shape.first().copied().unwrap_or(1);
+                match d % ins[0].len().max(1) {
+                    0 if in_rank >= 1 => ins[0].iter().flat_map(|&id| std::iter::repeat_n(id, d / ins[0].len())).collect(),
+                    _ => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
+                }
             }
             Op::Concat(c) => match sample_dim(c.dim, in_rank) {
                 Ok(0) => ins.concat(),

@@ -104,6 +104,12 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                 }
                 c.hidden_size = kept.len();
             }
+            Op::Reshape(c) => {
+                // Its first axis carries the channels' ids (`deps`): its size is the kept positions.
+                if let Some(d) = c.shape.first_mut().filter(|d| **d > 0) {
+                    *d = kout.len() as i64;
+                }
+            }
             _ => {}
         }
     }

@@ -1,6 +1,6 @@
 //! The element-wise and data-movement kernels of the compiled plans: global average pooling,
-//! the add and ReLU steps, concatenation, two axes swapped and the mean or maximum along one
-//! axis.
+//! the add, ReLU and product steps, concatenation, two axes swapped and the mean or maximum
+//! along one axis.
 
 use super::Value;
 use crate::runtime::epilogue::add_relu;
@@ -60,6 +60,38 @@ pub(super) fn add_relu_in_place(a: &mut [f32], b: Option<&[f32]>, relu: bool) {
         }
     }
     add_relu(a, b, relu)
+}
+
+crate::wide_f32_fn!(
+    /// `a[i] = a[i] · b[i]`, on the widest vectors the CPU has (one product per value at every
+    /// width).
+    pub(super) fn mul_in_place(a: &mut [f32], b: &[f32]) => mul_values
+);
+
+#[inline(always)]
+fn mul_values(a: &mut [f32], b: &[f32]) {
+    a.iter_mut().zip(b).for_each(|(x, &y)| *x *= y);
+}
+
+crate::wide_f32_fn!(
+    /// `x[n, c, p] = x[n, c, p] · gate[n, c]` over `x` of `n` samples and `c` channels (channels
+    /// last, `[N, P, C]`, when `channels_last`, else `[N, C, P]`), on the widest vectors the CPU
+    /// has.
+    pub(super) fn scale_channels(x: &mut [f32], gate: &[f32], n: usize, c: usize, channels_last: bool) => scale_values
+);
+
+#[inline(always)]
+fn scale_values(x: &mut [f32], gate: &[f32], n: usize, c: usize, channels_last: bool) {
+    if n * c == 0 {
+        return;
+    }
+    let per_sample = x.len() / n;
+    for (xs, g) in x.chunks_exact_mut(per_sample).zip(gate.chunks_exact(c)) {
+        match channels_last {
+            true => xs.chunks_exact_mut(c).for_each(|row| row.iter_mut().zip(g).for_each(|(v, &k)| *v *= k)),
+            false => xs.chunks_exact_mut(per_sample / c).zip(g).for_each(|(plane, &k)| plane.iter_mut().for_each(|v| *v *= k)),
+        }
+    }
 }
 
 /// `out = [in₀ row 0, in₁ row 0, …, in₀ row 1, …]`: `rows` rows, input `i`'s rows `widths[i]`

@@ -55,7 +55,14 @@ enum Kind {
     /// Max or average pooling over each channel's plane, in the layout its input has (`h`, `w`
     /// set).
     Pool(PoolGeom),
+    /// A flatten or a reshape: the data in logical order under the output's dims.
     Flatten,
+    /// Element-wise product of two inputs: of one shape (`gate` None), or input `gate` holding
+    /// one value per sample and channel (`[N, C, 1, …]`, a squeeze-and-excitation gate) that
+    /// scales the other's channels, in the other's layout.
+    Mul {
+        gate: Option<usize>,
+    },
     /// Inputs joined along full-tensor dim `dim` (≥ 1): channels last when every input is and
     /// `dim` is the channel axis, in logical order otherwise.
     Concat {
@@ -257,7 +264,17 @@ impl Plan {
                     let (h, w) = if s.len() == 3 { (s[1], s[2]) } else { (1, s[1]) };
                     Kind::Pool(PoolGeom { h, w, ..g })
                 }
-                (Op::Flatten(_), ..) => Kind::Flatten,
+                (Op::Flatten(_) | Op::Reshape(_), ..) => Kind::Flatten,
+                (Op::Mul(_), ..) => {
+                    let s = |k: usize| &model.graph.shapes[node.inputs[k].as_str()];
+                    let per_channel = |k: usize| s(k)[1..].iter().all(|&d| d == 1) && s(k)[0] == s(1 - k)[0] && s(k).len() == s(1 - k).len();
+                    match () {
+                        _ if s(0) == s(1) => Kind::Mul { gate: None },
+                        _ if per_channel(1) => Kind::Mul { gate: Some(1) },
+                        _ if per_channel(0) => Kind::Mul { gate: Some(0) },
+                        _ => Kind::Float,
+                    }
+                }
                 (Op::Concat(c), ..) => {
                     let rank = model.graph.shapes[node.inputs[0].as_str()].len();
                     Kind::Concat { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1 }
@@ -363,6 +380,9 @@ fn length_free_op(op: &Op) -> bool {
             | Op::Silu(_)
             | Op::Sigmoid(_)
             | Op::Tanh(_)
+            | Op::LeakyRelu(_)
+            | Op::Hardsigmoid(_)
+            | Op::Hardswish(_)
             | Op::Add(_)
             | Op::Dropout(_)
             | Op::Embedding(_)

@@ -2,7 +2,7 @@
 //! walks the steps over channels-last buffers, quantising each integer layer's input once per
 //! quantiser and freeing each value after its last reader.
 
-use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, max_axis, mean_axis, swap_axes};
+use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, scale_channels, swap_axes};
 use super::normalize::{channel_affine, layer_norm, softmax};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
@@ -174,6 +174,20 @@ impl Plan {
                     }
                     acc
                 }
+                Kind::Mul { gate: None } => {
+                    let cl = vals[step.inputs[0]].as_ref().expect("input computed").channels_last;
+                    set_layout(vals[step.inputs[1]].as_mut().expect("input computed"), cl);
+                    let mut acc = self.owned_input(&mut vals, step, si, 0);
+                    mul_in_place(&mut acc.data, &vals[step.inputs[1]].as_ref().expect("input computed").data);
+                    acc
+                }
+                Kind::Mul { gate: Some(g) } => {
+                    let mut v = self.owned_input(&mut vals, step, si, 1 - g);
+                    let gate = &vals[step.inputs[*g]].as_ref().expect("input computed").data;
+                    let (n, c) = (v.dims[0], v.dims[1]);
+                    scale_channels(&mut v.data, gate, n, c, v.channels_last);
+                    v
+                }
                 Kind::GlobalAvgPool => global_avg_pool(vals[step.inputs[0]].as_ref().expect("input computed")),
                 Kind::Flatten => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
@@ -260,7 +274,12 @@ impl Plan {
     /// The first input of `step` as an owned value: moved out when this step is its last reader
     /// (and reads it once), copied otherwise, so element-wise ops work in place.
     fn owned(&self, vals: &mut [Option<Value>], step: &Step, si: usize) -> Value {
-        let slot = step.inputs[0];
+        self.owned_input(vals, step, si, 0)
+    }
+
+    /// [`Plan::owned`] of input `k`.
+    fn owned_input(&self, vals: &mut [Option<Value>], step: &Step, si: usize, k: usize) -> Value {
+        let slot = step.inputs[k];
         let once = step.inputs.iter().filter(|&&i| i == slot).count() == 1;
         if self.last_use[slot] == si && once {
             return vals[slot].take().expect("input computed");

@@ -1,0 +1,106 @@
+//! MobileNetV3's building blocks: hardswish, hardsigmoid, LeakyReLU, squeeze-and-excitation gates
+//! (`mul` of a value and its per-channel gate, `reshape` to `[C, 1, 1]`), other products, on the
+//! `digits_mbnet` teacher and the oracle cases made by `fixtures/models/make_digits_mbnet.py`.
+
+use crate::common::*;
+use candle_core::Tensor;
+use wick::model::arch::Op;
+use wick::model::forward::Mode;
+use wick::runtime::plan::Plan;
+use wick::runtime::{kernels::Kernel, Exec, Executor};
+use wick::tensor_file::TensorFile;
+
+const MBNET: Teacher = Teacher { name: "digits_mbnet", data: "digits" };
+
+/// The teacher from its safetensors, from both PyTorch exporters' ONNX and from wick's own ONNX
+/// export evaluates to PyTorch's logits within 1e-4 with its accuracy (357/360), on the compiled
+/// float runtime with no step left to candle. The imports hold the new ops; the export writes
+/// them as ONNX's own.
+#[test]
+fn a_mobilenet_v3_style_net_matches_pytorch_from_every_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = TensorFile::read(&MBNET.reference()).unwrap().f32("test_logits").unwrap();
+    assert_eq!(Plan::float(&load(&MBNET.path())).unwrap().candle_steps(), Vec::<&str>::new());
+    let exported = dir.path().join("mbnet.onnx");
+    run_expect(&["export", MBNET.path().to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+    let ops: Vec<String> = crate::onnx::read_proto(&exported).graph.unwrap().node.iter().map(|n| n.op_type.clone()).collect();
+    for op in ["HardSwish", "HardSigmoid", "LeakyRelu", "Mul", "Reshape"] {
+        assert!(ops.iter().any(|o| o == op), "{op} not in {ops:?}");
+    }
+    let sources = [MBNET.path(), fixture("onnx/digits_mbnet.legacy.onnx"), fixture("onnx/digits_mbnet.dynamo.onnx"), exported];
+    for model in &sources {
+        let out = dir.path().join("p.safetensors");
+        let (stdout, _) = run_expect(&["eval", model.to_str().unwrap(), "--data", MBNET.split("test").to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--json", "--quiet"], 0);
+        let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(j["correct"], 357, "{}", model.display());
+        let l = TensorFile::read(&out).unwrap().f32("logits").unwrap();
+        assert!(max_abs_diff(&l, &reference) <= 1e-4, "{}: {}", model.display(), max_abs_diff(&l, &reference));
+    }
+    for onnx in &sources[1..3] {
+        let m = load(onnx);
+        let ops: Vec<String> = m.arch.nodes.iter().map(|n| n.op.name()).collect();
+        for op in ["hardswish", "hardsigmoid", "leaky_relu", "mul", "reshape"] {
+            assert!(ops.iter().any(|o| o == op), "{}: {op} not in {ops:?}", onnx.display());
+        }
+        assert_eq!(Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{}", onnx.display());
+    }
+}
+
+/// `ptq-int8` loses at most 0.3 point with the integer runtime equal to the scalar reference bit
+/// for bit; `edge-int8` (one epoch per pass) passes its 1-point gate with fewer parameters, and
+/// each squeeze-and-excitation gate keeps the channels of the value it scales.
+#[test]
+fn a_mobilenet_v3_style_net_compresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = load(&MBNET.path());
+    let settings = wick::passes::calibrate::CalibrateSettings { method: wick::calibrate::Method::Minmax, samples: 128, ..Default::default() };
+    let q = wick::passes::calibrate::ptq(&m, &MBNET.dataset("train"), &settings, &wick::progress::Silent).unwrap().int8;
+    assert!(q.layers.contains_key("b2_se.fc2") && q.layers.contains_key("b1_dw"), "{:?}", q.layers.keys().collect::<Vec<_>>());
+    let x = MBNET.dataset("test").x.narrow(0, 0, 96).unwrap();
+    let run = |e: Exec| -> Vec<f32> { Executor::new(&q, e).unwrap().predict(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+    assert_eq!(run(Exec::Integer(Kernel::Fast)), run(Exec::Integer(Kernel::Reference)));
+    for recipe in ["ptq-int8", "edge-int8"] {
+        let out = dir.path().join(recipe);
+        let mut args: Vec<String> =
+            ["compress", MBNET.path().to_str().unwrap(), "--recipe", recipe, "--out", out.to_str().unwrap(), "--quiet", "--max-epochs", "1", "--max-accuracy-drop", "1.0"].map(String::from).to_vec();
+        args.extend(MBNET.data_args());
+        run_expect(&args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        assert_eq!(report["gate"]["passed"], true, "{recipe}: {}", report["gate"]);
+        if recipe == "ptq-int8" {
+            assert!(report["accuracy_drop_points"].as_f64().unwrap() <= 0.3, "{}", report["accuracy_drop_points"]);
+            continue;
+        }
+        let q = wick::artifact::Int8Model::read(&TensorFile::read(&out.join("model.int8.safetensors")).unwrap()).unwrap().unwrap();
+        assert!(wick::model::stats::total_params(&q.model) < wick::model::stats::total_params(&m), "{}", report["size"]);
+        let node = |n: &str| q.model.arch.node(n).unwrap().op.clone();
+        for (scaled, squeeze, fc2) in [("b1_dw", "b1_se.squeeze", "b1_se.fc2"), ("b2_dw", "b2_se.squeeze", "b2_se.fc2")] {
+            let (Op::Conv2d(dw), Op::Reshape(r), Op::Conv2d(gate)) = (node(scaled), node(squeeze), node(fc2)) else { panic!() };
+            assert_eq!((r.shape[0], gate.out_channels), (dw.out_channels as i64, dw.out_channels), "{scaled}");
+        }
+    }
+}
+
+/// The oracle cases' products compile: a squeeze-and-excitation gate from 1×1 convs or from
+/// linears and a `reshape`, and a product of two values of one shape run as plan steps; a
+/// spatial map broadcast over the channels, which has no step, runs on candle. Each float plan
+/// equals candle's forward within 1e-5, and each INT8 model's integer runtime its scalar
+/// reference bit for bit.
+#[test]
+fn products_and_gates_run_compiled() {
+    for (case, on_candle) in [("se_conv_gate", vec![]), ("se_linear_gate", vec![]), ("mul_same_shape", vec![]), ("mul_spatial_gate", vec!["scaled"])] {
+        let path = fixture(&format!("reference/gradients/{case}.safetensors"));
+        let m = load(&path);
+        let x = Tensor::from_vec(TensorFile::read(&path).unwrap().f32("x").unwrap(), [6usize].iter().chain(m.input_shape()).copied().collect::<Vec<_>>(), &candle_core::Device::Cpu).unwrap();
+        let plan = Plan::float(&m).unwrap();
+        assert_eq!(plan.candle_steps(), on_candle, "{case}");
+        let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let (ours, candle) = (flat(plan.predict(&x).unwrap()), flat(m.forward(&x, Mode::Eval).unwrap()));
+        assert!(max_abs_diff(&ours, &candle) <= 1e-5, "{case}: {}", max_abs_diff(&ours, &candle));
+        let d = wick::data::Dataset { name: case.into(), x: x.clone(), y: vec![0; 6], sha256: String::new() };
+        let settings = wick::passes::calibrate::CalibrateSettings { method: wick::calibrate::Method::Minmax, samples: 6, ..Default::default() };
+        let q = wick::passes::calibrate::ptq(&m, &d, &settings, &wick::progress::Silent).unwrap().int8;
+        let run = |e: Exec| -> Vec<f32> { flat(Executor::new(&q, e).unwrap().predict(&x).unwrap()) };
+        assert_eq!(run(Exec::Integer(Kernel::Fast)), run(Exec::Integer(Kernel::Reference)), "{case}");
+    }
+}
