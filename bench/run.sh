@@ -5,8 +5,9 @@
 # Linux wheel brings its CUDA libraries: several GB; only the CPU is used).
 # Usage: bench/run.sh [THREADS] [ROUNDS]   (defaults 1 and 3; run with 2 threads as well for scaling)
 # BENCH_MODELS="digits_seq_cnn digits_dsnet" limits the run to those teachers.
-# The recurrent teachers (GRU, LSTM, the CRNN) run in ONNX Runtime from PyTorch's own ONNX export
-# (fixtures/onnx/), and have no PyTorch column (torch_baseline.py builds only feed-forward nets).
+# The recurrent teachers (GRU, LSTM, the CRNN) and the MobileNetV3-style net run in ONNX Runtime
+# from PyTorch's own ONNX export (fixtures/onnx/), and have no PyTorch column (torch_baseline.py
+# builds nets of the older ops only).
 # Each round measures wick, then ONNX Runtime, then PyTorch; the table shows, per workload, the
 # median over the rounds, so a burst of load from a neighbour on a shared machine skews one
 # round, not the comparison. Training is timed in every round (the median of 2 epochs after a
@@ -24,7 +25,7 @@ cargo build --release -q
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; ISA: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512bw|avx512_vnni|avx_vnni|amx_int8' | tr '\n' ' ')"
 D=fixtures/data
 # Every teacher in fixtures/models/ with the data it was trained on (MODEL:DATA prefix).
-for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits digits_gru:digits_rows digits_lstm:digits_rows digits_crnn:digits_seq; do
+for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits digits_gru:digits_rows digits_lstm:digits_rows digits_crnn:digits_seq digits_mbnet:digits; do
   m=${spec%%:*} data=${spec##*:}
   if [ -n "${BENCH_MODELS:-}" ] && [[ " $BENCH_MODELS " != *" $m "* ]]; then continue; fi
   model=fixtures/models/$m.safetensors
@@ -35,11 +36,11 @@ for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq dig
     # the slower one.
     if [ "$m" = digits_resnet ]; then epochs=3; else epochs=10; fi
     wicks+=("$(./target/release/wick --threads "$threads" bench "$model" --train $D/${data}_train.safetensors --test $D/${data}_test.safetensors --epochs $epochs --json)")
-    recurrent=""; case $m in digits_gru|digits_lstm|digits_crnn) recurrent=1 ;; esac
+    own_export=""; case $m in digits_gru|digits_lstm|digits_crnn|digits_mbnet) own_export=1 ;; esac
     orts+=("$(bench/.venv/bin/python bench/ort_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
-          ${recurrent:+--onnx fixtures/onnx/$m.legacy.onnx} \
+          ${own_export:+--onnx fixtures/onnx/$m.legacy.onnx} \
           --data $D/${data}_test.safetensors --calib $D/${data}_train.safetensors --threads "$threads" 2>/dev/null)")
-    if [ -z "$recurrent" ]; then
+    if [ -z "$own_export" ]; then
       torches+=("$(bench/.venv/bin/python bench/torch_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
             --train $D/${data}_train.safetensors --test $D/${data}_test.safetensors --threads "$threads" --epochs $epochs 2>/dev/null)")
     fi
@@ -49,7 +50,7 @@ import json, os, statistics
 rows = lambda k: [json.loads(l) for l in os.environ[k].splitlines() if l.strip()]
 ws, os_, ts = [r["runs"][0] for r in rows("WICK")], rows("ORT"), rows("TORCH")
 med = statistics.median
-torch = ts[0]["torch"] if ts else "not run (recurrent)"
+torch = ts[0]["torch"] if ts else "not run (PyTorch's own ONNX export in ORT)"
 print(f"\n{os.environ['M']}: {ws[0]['threads']} thread(s), wick fp32 kernel {ws[0]['fp32_kernel']}, int8 kernel {ws[0]['int8_kernel']} (u7: {ws[0]['int8_u7_kernel']}); onnxruntime {os_[0]['onnxruntime']} (MLAS, its own run-time ISA choice), torch {torch}; "
       f"median over {len(ws)} alternating rounds (each a median after warm-up); ratio = baseline time / wick time (>1: wick faster)")
 print("| workload | wick | ONNX Runtime | ratio | PyTorch | ratio |\n|---|---|---|---|---|---|")
