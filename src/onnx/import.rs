@@ -789,7 +789,7 @@ impl Importer<'_> {
     }
 
     /// `x` seen with per-sample shape `target`: the same node when wick already computes that
-    /// shape, else a flatten of consecutive dims.
+    /// shape, else a flatten of consecutive dims, else a `reshape`.
     fn view(&mut self, n: &NodeProto, x: Dyn, target: Vec<usize>) -> R<Val> {
         // Unit dims do not change the layout, so a target that only adds them to what wick
         // computes is the same node; ops that read dims by position check `exact` first.
@@ -810,7 +810,12 @@ impl Importer<'_> {
                 }
             }
         }
-        Err(format!("reshapes {:?} to {target:?} per sample; wick reads only reshapes that flatten consecutive dims", x.onnx_shape))
+        if x.shape.iter().product::<usize>() != target.iter().product::<usize>() {
+            return Err(format!("reshapes {:?} to {target:?} per sample, which holds another number of elements", x.onnx_shape));
+        }
+        let name = self.plain_node_name(n, "reshape");
+        let shape = target.iter().map(|&d| d as i64).collect();
+        Ok(Val::Dyn(self.emit(name, &[&x], Op::Reshape(arch::ReshapeCfg { shape }), vec![])?))
     }
 
     fn reshape(&mut self, n: &NodeProto) -> R<Val> {

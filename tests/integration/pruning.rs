@@ -291,6 +291,15 @@ fn exact_surgery_through_squeeze_excitation_and_products() {
     let (Op::Conv2d(dw), Op::Conv2d(fc1), Op::Conv2d(fc2), Op::Reshape(r)) = (node("b2_dw"), node("b2_se.fc1"), node("b2_se.fc2"), node("b2_se.squeeze")) else { panic!() };
     assert_eq!((fc2.out_channels, fc1.in_channels, r.shape[0]), (dw.out_channels, dw.out_channels, dw.out_channels as i64));
     assert!(dw.out_channels < 48 && fc1.out_channels < 16, "{dw:?} {fc1:?}");
+    // A reshape that splits each channel in two carries the channels on (onnx/make_se_reshape.py).
+    let se = load(&fixture("onnx/se_reshape.onnx"));
+    let p = exact_surgery(&se.deep_clone().unwrap(), &random_input(se.input_shape(), 5));
+    let reshape = p.arch.nodes.iter().find_map(|n| match &n.op {
+        Op::Reshape(r) if r.shape.len() == 2 => Some(r.shape[0]),
+        _ => None,
+    });
+    let Op::Conv2d(conv) = &p.arch.nodes[0].op else { panic!() };
+    assert_eq!((reshape, conv.out_channels < 8), (Some(2 * conv.out_channels as i64), true));
     for case in ["se_linear_gate", "mul_same_shape", "mul_spatial_gate"] {
         let m = load(&fixture(&format!("reference/gradients/{case}.safetensors")));
         let deps = analyse(&m);
