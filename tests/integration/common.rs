@@ -76,6 +76,13 @@ pub fn wick() -> Command {
     Command::cargo_bin("wick").expect("binary built")
 }
 
+/// The logits `wick eval MODEL --data DATA --predictions FILE` writes, FILE in `dir`.
+pub fn predicted_logits(model: &Path, data: &Path, dir: &Path) -> Vec<f32> {
+    let out = dir.join("predictions.safetensors");
+    run_expect(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
+    wick::tensor_file::TensorFile::read(&out).unwrap().f32("logits").unwrap()
+}
+
 /// Runs `wick args…`, expecting exit code `code`; returns (stdout, stderr).
 pub fn run_expect(args: &[&str], code: i32) -> (String, String) {
     let out = wick().args(args).output().expect("wick runs");

@@ -115,11 +115,7 @@ fn a_general_reshape_and_a_linear_gate_import_from_pytorch() {
     let dir = tempfile::tempdir().unwrap();
     let data = fixture("onnx/se_reshape.data.safetensors");
     let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
-    let logits = |model: &std::path::Path| {
-        let out = dir.path().join("p.safetensors");
-        run_expect(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
-        TensorFile::read(&out).unwrap().f32("logits").unwrap()
-    };
+    let logits = |model: &std::path::Path| predicted_logits(model, &data, dir.path());
     let onnx = fixture("onnx/se_reshape.onnx");
     assert!(max_abs_diff(&logits(&onnx), &reference) <= 1e-5, "{}", max_abs_diff(&logits(&onnx), &reference));
     let m = load(&onnx);

@@ -321,11 +321,7 @@ fn a_spectrogram_crnn_imports_from_pytorch_onnx() {
     let dir = tempfile::tempdir().unwrap();
     let data = fixture("onnx/kws.data.safetensors");
     let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
-    let logits = |model: &std::path::Path| {
-        let out = dir.path().join("p.safetensors");
-        run_expect(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
-        TensorFile::read(&out).unwrap().f32("logits").unwrap()
-    };
+    let logits = |model: &std::path::Path| predicted_logits(model, &data, dir.path());
     let onnx = fixture("onnx/kws.onnx");
     assert!(max_abs_diff(&logits(&onnx), &reference) <= 1e-5, "{}", max_abs_diff(&logits(&onnx), &reference));
     let imported = dir.path().join("kws.safetensors");
