@@ -31,7 +31,7 @@ fn panel_chunk_bytes() -> usize {
 
 /// The L2 cache's size as Linux reports it for CPU 0, else 1 MiB (the least of the AVX-512
 /// Xeons').
-fn l2_bytes() -> usize {
+pub fn l2_bytes() -> usize {
     let size = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size").ok();
     let kib = size.as_deref().map(str::trim).and_then(|s| s.strip_suffix('K')).and_then(|s| s.parse::<usize>().ok());
     kib.map_or(1 << 20, |k| k << 10)

@@ -55,24 +55,30 @@ fn float_plan_gives_the_teachers_their_accuracy() {
     }
 }
 
-/// A batch cut across threads (one part per thread, here 3 uneven parts of 120 samples) gives
-/// bit-identical logits to one pass, for the float and the integer plan: every row depends on
-/// its own sample only.
+/// A batch cut across threads (one part per thread, here 3 uneven parts of 120 samples), and
+/// each part run in chunks of samples (1, or 7 with a shorter last one), gives bit-identical
+/// logits to one pass, for the float and the integer plan: every row depends on its own sample
+/// only.
 #[test]
-fn batch_split_across_threads_is_bit_identical() {
+fn batch_split_across_threads_and_chunks_is_bit_identical() {
     let test = data("test");
     let x = test.x.narrow(0, 0, 120).unwrap();
     let m = load(&resnet_path());
     let settings = wick::passes::calibrate::CalibrateSettings { method: wick::calibrate::Method::Minmax, samples: 256, ..Default::default() };
     let q = wick::passes::calibrate::ptq(&m, &data("train"), &settings, &wick::progress::Silent).unwrap().int8;
-    let (float, int8) = (Plan::float(&m).unwrap(), Plan::int8(&q).unwrap());
     let on = |threads: usize, plan: &Plan| -> Vec<f32> {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| plan.predict(&x)).unwrap().flatten_all().unwrap().to_vec1().unwrap()
     };
-    for plan in [&float, &int8] {
-        let one = on(1, plan);
+    for mut plan in [Plan::float(&m).unwrap(), Plan::int8(&q).unwrap()] {
+        plan.set_chunk_samples(usize::MAX);
+        let one = on(1, &plan);
         assert_eq!(one.len(), 1200);
-        assert_eq!(on(3, plan), one);
+        assert_eq!(on(3, &plan), one);
+        for chunk in [1, 7] {
+            plan.set_chunk_samples(chunk);
+            assert_eq!(on(1, &plan), one, "chunks of {chunk}");
+            assert_eq!(on(3, &plan), one, "chunks of {chunk}, 3 threads");
+        }
     }
 }

@@ -172,6 +172,8 @@ pub struct Plan {
     /// encoder: linears over rows, LayerNorm, activations, adds and the text ops), so that a
     /// batch of shorter sequences runs without compiling again.
     length_free: bool,
+    /// The most samples one pass over the steps takes (`chunk_samples`).
+    chunk_samples: usize,
 }
 
 /// A value: f32 data with its logical dims (with the batch) and its physical layout.
@@ -339,7 +341,15 @@ impl Plan {
         // Token models only: a plain vector input keeps its one shape.
         let tokens = arch.nodes.iter().any(|n| matches!(n.op, Op::Embedding(_)) && n.inputs[0] == arch.input.name);
         let length_free = tokens && model.input_shape().len() == 1 && arch.nodes.iter().all(|n| length_free_op(&n.op));
-        Ok(Plan { model, steps, slots, output, last_use, fingerprint, length_free })
+        let chunk_samples = chunk_samples(&model, int8.is_some(), length_free);
+        Ok(Plan { model, steps, slots, output, last_use, fingerprint, length_free, chunk_samples })
+    }
+
+    /// Sets the most samples one pass over the steps takes (chosen at compile time from the L2
+    /// cache, see `chunk_samples`), returning the previous value: to measure chunk sizes
+    /// against each other, and to check that chunks change no bit of the logits.
+    pub fn set_chunk_samples(&mut self, samples: usize) -> usize {
+        std::mem::replace(&mut self.chunk_samples, samples.max(1))
     }
 
     /// The compiled model's `audit::fingerprint` (0 in release builds).
@@ -401,6 +411,25 @@ fn quantised(int8: Option<&Int8Model>, unit: &str, op: &Op, in_shape: &[usize]) 
     match QLayer::new(q, op, in_shape, m.bias(unit)?) {
         Some(l) => Ok(Some(l)),
         None => Err(WickError::node(unit, "has a shape the integer runtime cannot lay out")),
+    }
+}
+
+/// The most samples one pass over the steps should take: enough that the largest value of a
+/// chunk is twice the L2 cache, `⌈2·L2 / largest value per sample⌉`, so that each step reads
+/// its input from the caches rather than from memory (a 32×32 MobileNetV2's 64-channel planes
+/// take 64 KiB a sample, 4 MiB a batch of 64). Twice, not once: each chunk is one more pass
+/// over the steps, which a net whose batch nearly fits does not repay. Weights are read again
+/// for every chunk, so a model whose weights do not fit in half of L2 (the ResNet, a text
+/// encoder) runs whole batches. Values are f32 in a float plan and mostly 8-bit codes in an
+/// INT8 one.
+fn chunk_samples(model: &Model, int8: bool, length_free: bool) -> usize {
+    let bytes = if int8 { 1 } else { 4 };
+    let weight_bytes = model.params.values().map(|v| v.elem_count()).sum::<usize>() * bytes;
+    let l2 = crate::matmul::blocked::l2_bytes();
+    let largest = model.graph.shapes.values().map(|s| s.iter().product::<usize>() * bytes).max().unwrap_or(1).max(1);
+    match length_free || weight_bytes > l2 / 2 {
+        true => usize::MAX,
+        false => (2 * l2).div_ceil(largest),
     }
 }
 

@@ -1,6 +1,7 @@
-//! Running a compiled plan: the batch cut into one part per thread, and the interpreter that
-//! walks the steps over channels-last buffers, quantising each integer layer's input once per
-//! quantiser and freeing each value after its last reader.
+//! Running a compiled plan: the batch cut into one part per thread and each part into chunks
+//! that fit the caches, and the interpreter that walks the steps over channels-last buffers,
+//! quantising each integer layer's input once per quantiser and freeing each value after its
+//! last reader.
 
 use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, scale_channels, swap_axes};
 use super::normalize::{channel_affine, layer_norm, softmax};
@@ -56,8 +57,22 @@ impl Plan {
         self.model.check_input(x)
     }
 
-    /// Logits for a batch, every step over the whole batch.
+    /// Logits for a batch, in chunks of `chunk_samples` samples run one after the other
+    /// (bit-identical to one pass: every output row depends on its own sample only).
     fn predict_all(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        if n > self.chunk_samples {
+            let mut outs = vec![];
+            for s in (0..n).step_by(self.chunk_samples) {
+                outs.push(self.predict_chunk(&x.narrow(0, s, self.chunk_samples.min(n - s))?)?);
+            }
+            return Ok(Tensor::cat(&outs, 0)?);
+        }
+        self.predict_chunk(x)
+    }
+
+    /// Logits for at most `chunk_samples` samples, every step over all of them.
+    fn predict_chunk(&self, x: &Tensor) -> Result<Tensor> {
         let n = x.dim(0)?;
         // Per-sample shapes of every value for this input: the compiled ones, or those of a
         // shorter sequence.
