@@ -22,19 +22,26 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Clip",
     "Concat",
     "Constant",
+    "ConstantOfShape",
     "Conv",
     "DequantizeLinear",
     "Div",
     "Dropout",
     "Erf",
+    "Expand",
     "Flatten",
+    "GRU",
     "Gather",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
     "GlobalMaxPool",
+    "HardSigmoid",
+    "HardSwish",
     "Identity",
+    "LSTM",
     "LayerNormalization",
+    "LeakyRelu",
     "MatMul",
     "MaxPool",
     "Mul",
@@ -50,6 +57,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Squeeze",
     "Sub",
     "Tanh",
+    "Transpose",
     "Unsqueeze",
 ];
 
@@ -112,9 +120,9 @@ enum Val {
     TimeMajor(Dyn),
     /// A GRU/LSTM output `Y` `[T, D, N, H]` of wick's batch-first `[N, T, D·H]` value.
     RnnOutput(Dyn, usize),
-    /// A bidirectional `Y` with its direction and batch axes swapped, `[T, N, 2, H]`: a
-    /// `Reshape` to `[T, N, 2·H]` makes it the time-major output sequence.
-    RnnOutputByStep(Dyn),
+    /// A `Y` of `D` directions with its direction and batch axes swapped, `[T, N, D, H]`: a
+    /// `Reshape` to `[T, N, D·H]` makes it the time-major output sequence.
+    RnnOutputByStep(Dyn, usize),
     /// Zeros whose shape holds the batch size (`ConstantOfShape` of a `Shape` chain): a zero
     /// initial state.
     ZeroState,
@@ -125,6 +133,38 @@ enum Val {
 }
 
 type R<T> = std::result::Result<T, String>;
+
+/// Constants of one rank joined along `axis` (the dynamo exporter's gate blocks of a recurrent
+/// layer's weights, reordered): every other dim equal; f32 unless all hold integers.
+fn concat_consts(vals: &[Val], axis: i64) -> R<Const> {
+    let cs: Vec<&Const> = vals.iter().filter_map(|v| if let Val::Const(c) = v { Some(c) } else { None }).collect();
+    let first = cs.first().ok_or("Concat has no inputs")?;
+    let rank = first.dims.len();
+    let axis = usize::try_from(from_end(axis, rank as i64)).ok().filter(|&a| a < rank).ok_or(format!("axis {axis} is out of range for rank {rank}"))?;
+    let same_but_axis = |c: &Const| c.dims.len() == rank && c.dims.iter().zip(&first.dims).enumerate().all(|(k, (a, b))| k == axis || a == b);
+    if !cs.iter().all(|c| same_but_axis(c)) {
+        return Err(format!("constants of shapes {:?} do not join along axis {axis}", cs.iter().map(|c| c.dims.clone()).collect::<Vec<_>>()));
+    }
+    // Each input contributes `outer` runs of `dims[axis]·inner` values, interleaved in order.
+    let outer: usize = first.dims[..axis].iter().product();
+    let inner: usize = first.dims[axis + 1..].iter().product();
+    let all_int = cs.iter().all(|c| matches!(c.values, Values::I64(_)));
+    let mut dims = first.dims.clone();
+    dims[axis] = cs.iter().map(|c| c.dims[axis]).sum();
+    let floats: Vec<Vec<f32>> = cs.iter().map(|c| c.f32s()).collect();
+    let (mut ints, mut reals) = (vec![], vec![]);
+    for o in 0..outer {
+        for (k, c) in cs.iter().enumerate() {
+            let run = c.dims[axis] * inner;
+            match (all_int, c.i64s()) {
+                (true, Some(v)) => ints.extend_from_slice(&v[o * run..(o + 1) * run]),
+                _ => reals.extend_from_slice(&floats[k][o * run..(o + 1) * run]),
+            }
+        }
+    }
+    let values = if all_int { Values::I64(ints) } else { Values::F32(reals) };
+    Ok(Const { dims, values })
+}
 
 /// Imports `graph` (from `file`, whose external data lives in `dir`) at default-domain `opset`.
 pub fn import(graph: &GraphProto, opset: i64, file: &str, dir: &Path) -> crate::error::Result<Imported> {
@@ -374,6 +414,7 @@ impl Importer<'_> {
             "Squeeze" | "Unsqueeze" => self.squeeze(n),
             "Transpose" => self.transpose(n),
             "ConstantOfShape" => self.constant_of_shape(n),
+            "Expand" => self.expand(n),
             "GRU" | "LSTM" => self.recurrent(n),
             "Reshape" => self.reshape(n),
             "Flatten" => self.flatten(n),
@@ -440,6 +481,8 @@ impl Importer<'_> {
         let full: Vec<i64> = match self.input_val(n, 0)? {
             // `[T, N, F…]`: a batch-first `[N, T, F…]` seen time-major.
             Val::TimeMajor(x) => [x.onnx_shape[0] as i64, BATCH].into_iter().chain(x.onnx_shape[1..].iter().map(|&d| d as i64)).collect(),
+            // `[T, N, D, H]`: a batch-first `[N, T, D·H]` output by step, directions apart.
+            &Val::RnnOutputByStep(ref x, dirs) => vec![x.onnx_shape[0] as i64, BATCH, dirs as i64, (x.onnx_shape[1] / dirs) as i64],
             _ => {
                 let x = self.dyn_in(n, 0)?;
                 std::iter::once(BATCH).chain(x.onnx_shape.iter().map(|&d| d as i64)).collect()
@@ -502,14 +545,28 @@ impl Importer<'_> {
         Ok(Val::Const(Const { dims: idx.dims.clone(), values: data.values.pick(pick.into_iter()) }))
     }
 
+    /// `Expand` of a one-value constant (the dynamo exporter's `zeros(L·D, N, H)`): a zero
+    /// initial state when the target shape holds the batch size, else that value in the shape.
+    fn expand(&self, n: &NodeProto) -> R<Val> {
+        let data = self.const_in(n, 0)?;
+        let shape = self.const_in(n, 1)?;
+        let dims = shape.i64s().ok_or("the shape must hold integers")?;
+        let value = data.scalar().ok_or("Expand is read only of a one-value constant (a zero initial state)")?;
+        if dims.contains(&BATCH) {
+            return if value == 0.0 { Ok(Val::ZeroState) } else { Err("a non-zero constant expanded to a shape that holds the batch size".into()) };
+        }
+        let dims: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d <= 1 << 24)).collect::<Option<_>>().ok_or(format!("shape {dims:?} is not a small non-negative shape"))?;
+        let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&v| v <= 1 << 24).ok_or("the constant is too large")?;
+        Ok(Val::Const(Const { dims, values: Values::F32(vec![value; numel]) }))
+    }
     fn slice(&self, n: &NodeProto) -> R<Val> {
         if let Val::ZeroState = self.input_val(n, 0)? {
             return Ok(Val::ZeroState);
         }
+        // A constant of any rank: shape arithmetic, or the dynamo exporter cutting a recurrent
+        // layer's weights into gate blocks.
         let data = self.const_in(n, 0)?;
-        if data.dims.len() != 1 {
-            return Err("Slice is read only on 1-D constants (shape arithmetic)".into());
-        }
+        let rank = data.dims.len() as i64;
         let ints = |k: usize, attr: &str| -> R<Option<Vec<i64>>> {
             if self.opset >= 10 {
                 Ok(match self.opt_const(n, k)? {
@@ -522,28 +579,42 @@ impl Importer<'_> {
         };
         let starts = ints(1, "starts")?.ok_or("'starts' is missing")?;
         let ends = ints(2, "ends")?.ok_or("'ends' is missing")?;
-        let axes = ints(3, "axes")?.unwrap_or(vec![0]);
-        let steps = ints(4, "steps")?.unwrap_or(vec![1]);
-        if starts.len() != 1 || ends.len() != 1 || !(axes == [0] || axes == [-1]) || steps.len() != 1 || steps[0] == 0 {
-            return Err(format!("Slice of a 1-D constant must have one start, end, axis 0 and non-zero step (starts {starts:?}, ends {ends:?}, axes {axes:?}, steps {steps:?})"));
+        let axes = ints(3, "axes")?.unwrap_or((0..starts.len() as i64).collect());
+        let steps = ints(4, "steps")?.unwrap_or(vec![1; starts.len()]);
+        if [ends.len(), axes.len(), steps.len()].iter().any(|&l| l != starts.len()) || steps.contains(&0) || axes.iter().any(|&a| !(-rank..rank).contains(&a)) {
+            return Err(format!(
+                "Slice of a constant of rank {rank} needs as many starts, ends, axes and steps, axes in range and non-zero steps (starts {starts:?}, ends {ends:?}, axes {axes:?}, steps {steps:?})"
+            ));
         }
-        let len = data.dims[0] as i64;
-        let step = steps[0];
-        if len == 0 {
-            return Ok(Val::Const(data));
+        // The indices kept along each axis.
+        let mut picks: Vec<Vec<usize>> = data.dims.iter().map(|&d| (0..d).collect()).collect();
+        for (((&start, &end), &axis), &step) in starts.iter().zip(&ends).zip(&axes).zip(&steps) {
+            let axis = from_end(axis, rank) as usize;
+            let len = data.dims[axis] as i64;
+            if len == 0 {
+                continue;
+            }
+            let (mut i, end) =
+                if step > 0 { (from_end(start, len).clamp(0, len), from_end(end, len).clamp(0, len)) } else { (from_end(start, len).clamp(0, len - 1), from_end(end, len).clamp(-1, len - 1)) };
+            let mut pick = vec![];
+            while (step > 0 && i < end) || (step < 0 && i > end) {
+                pick.push(i as usize);
+                let Some(next) = i.checked_add(step) else { break };
+                i = next;
+            }
+            picks[axis] = pick;
         }
-        let (mut i, end) = if step > 0 {
-            (from_end(starts[0], len).clamp(0, len), from_end(ends[0], len).clamp(0, len))
-        } else {
-            (from_end(starts[0], len).clamp(0, len - 1), from_end(ends[0], len).clamp(-1, len - 1))
-        };
-        let mut pick = vec![];
-        while (step > 0 && i < end) || (step < 0 && i > end) {
-            pick.push(i as usize);
-            let Some(next) = i.checked_add(step) else { break };
-            i = next;
+        let dims: Vec<usize> = picks.iter().map(Vec::len).collect();
+        let mut strides = vec![1usize; data.dims.len()];
+        for k in (0..data.dims.len().saturating_sub(1)).rev() {
+            strides[k] = strides[k + 1] * data.dims[k + 1];
         }
-        Ok(Val::Const(Const { dims: vec![pick.len()], values: data.values.pick(pick.into_iter()) }))
+        // Row-major over the kept indices: the flat input index of every output element.
+        let mut at = vec![0usize];
+        for (pick, stride) in picks.iter().zip(&strides) {
+            at = at.iter().flat_map(|&a| pick.iter().map(move |&p| a + p * stride)).collect();
+        }
+        Ok(Val::Const(Const { dims, values: data.values.pick(at.into_iter()) }))
     }
 
     fn concat(&mut self, n: &NodeProto) -> R<Val> {
@@ -575,6 +646,9 @@ impl Importer<'_> {
             }
             let values = if all_int { Values::I64(ints) } else { Values::F32(floats) };
             return Ok(Val::Const(Const { dims: vec![values.len()], values }));
+        }
+        if vals.iter().all(|v| matches!(v, Val::Const(_))) {
+            return concat_consts(&vals, axis).map(Val::Const);
         }
         let ins: Vec<Dyn> = (0..n.input.len()).map(|k| self.exact_in(n, k)).collect::<R<_>>()?;
         let name = self.plain_node_name(n, "concat");
@@ -722,7 +796,7 @@ impl Importer<'_> {
         let is = |p: &[i64]| perm.as_deref() == Some(p);
         let exact = |d: &Dyn| d.shape == d.onnx_shape;
         match self.input_val(n, 0)?.clone() {
-            Val::RnnOutput(d, 2) if is(&[0, 2, 1, 3]) => return Ok(Val::RnnOutputByStep(d)),
+            Val::RnnOutput(d, dirs) if is(&[0, 2, 1, 3]) => return Ok(Val::RnnOutputByStep(d, dirs)),
             Val::Dyn(d) if is(&[1, 0, 2]) && d.shape.len() == 2 && exact(&d) => return Ok(Val::TimeMajor(d)),
             Val::Dyn(d) if is(&[2, 0, 1]) && d.shape.len() == 2 && exact(&d) => return Ok(Val::TimeMajor(self.swap_axes(n, &d, 1, 2)?)),
             Val::TimeMajor(d) if is(&[1, 0, 2]) => return Ok(Val::Dyn(d)),
@@ -818,16 +892,40 @@ impl Importer<'_> {
         Ok(Val::Dyn(self.emit(name, &[&x], Op::Reshape(arch::ReshapeCfg { shape }), vec![])?))
     }
 
+    /// `Reshape` of a constant (shape arithmetic, the dynamo exporter's `[D·H]` from `D · H`):
+    /// the same values under the target dims (0 keeps a dim unless `allowzero`, one −1 takes the
+    /// rest).
+    fn reshape_const(&self, n: &NodeProto, c: Const) -> R<Val> {
+        let spec = self.const_in(n, 1)?;
+        let spec = spec.i64s().ok_or("the target shape must hold integers")?;
+        let allowzero = attr_i(n, "allowzero")?.unwrap_or(0) != 0;
+        let numel = c.numel();
+        let dims: Vec<i64> = spec.iter().enumerate().map(|(i, &d)| if d == 0 && !allowzero { c.dims.get(i).map_or(0, |&v| v as i64) } else { d }).collect();
+        let known =
+            dims.iter().filter(|&&d| d != -1).try_fold(1usize, |a, &d| usize::try_from(d).ok().and_then(|d| a.checked_mul(d))).ok_or_else(|| format!("target shape {spec:?} holds an invalid dim"))?;
+        let dims: Vec<usize> = match dims.iter().filter(|&&d| d == -1).count() {
+            0 => dims.iter().map(|&d| d as usize).collect(),
+            1 if known > 0 && numel.is_multiple_of(known) => dims.iter().map(|&d| if d == -1 { numel / known } else { d as usize }).collect(),
+            _ => return Err(format!("cannot reshape a constant of {numel} values to {spec:?}")),
+        };
+        if dims.iter().product::<usize>() != numel {
+            return Err(format!("cannot reshape a constant of {numel} values to {spec:?}"));
+        }
+        Ok(Val::Const(Const { dims, values: c.values }))
+    }
     fn reshape(&mut self, n: &NodeProto) -> R<Val> {
-        if let Val::RnnOutputByStep(d) = self.input_val(n, 0)? {
-            // [T, N, 2, H] to [T, N, 2·H]: the spec keeps the first two dims (0 or their sizes)
-            // and merges the last two (-1 or 2·H).
+        if let Val::RnnOutputByStep(d, _) = self.input_val(n, 0)? {
+            // [T, N, D, H] to [T, N, D·H]: the spec keeps the first two dims (0 or their sizes)
+            // and merges the last two (-1 or D·H).
             let d = d.clone();
             let spec = self.const_in(n, 1)?;
             let spec = spec.i64s().ok_or("the target shape must hold integers")?;
             let width = d.shape[1] as i64;
             let ok = spec.len() == 3 && (spec[0] == 0 || spec[0] == d.shape[0] as i64) && matches!(spec[1], 0 | BATCH) && (spec[2] == -1 || spec[2] == width);
-            return if ok { Ok(Val::TimeMajor(d)) } else { Err(format!("a bidirectional GRU/LSTM output is read reshaped to [T, N, 2·H], not {spec:?}")) };
+            return if ok { Ok(Val::TimeMajor(d)) } else { Err(format!("a GRU/LSTM output with its direction axis third is read reshaped to [T, N, D·H], not {spec:?}")) };
+        }
+        if let Val::Const(c) = self.input_val(n, 0)? {
+            return self.reshape_const(n, c.clone());
         }
         let x = self.dyn_in(n, 0)?;
         let spec = self.const_in(n, 1)?;
@@ -1649,5 +1747,38 @@ mod tests {
         // out[o0, o1, o2] = t[o1, o2, o0] = 12·o1 + 4·o2 + o0.
         let expect: Vec<f32> = (0..4).flat_map(|o0| (0..2).flat_map(move |o1| (0..3).map(move |o2| (12 * o1 + 4 * o2 + o0) as f32))).collect();
         assert_eq!(c.values, Values::F32(expect));
+    }
+
+    /// `Slice` and `Concat` fold constants of any rank (the dynamo exporter's gate blocks of a
+    /// recurrent layer's weights): `w[3, 4]` cut along axis 1 with step 2 and from the end along
+    /// axis 0, then joined with itself along axis 1, as NumPy's `w[::-1, ::2]` and
+    /// `concatenate(axis=1)`.
+    #[test]
+    fn slice_and_concat_fold_constants_of_any_rank() {
+        let w: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let ints = |v: &[i64]| Val::Const(Const { dims: vec![v.len()], values: Values::I64(v.to_vec()) });
+        let mut i = Importer {
+            opset: 17,
+            dir: Path::new("."),
+            vals: HashMap::new(),
+            uses: HashMap::new(),
+            nodes: vec![],
+            params: BTreeMap::new(),
+            layers: BTreeMap::new(),
+            names: HashSet::new(),
+            int8_values: HashSet::new(),
+        };
+        i.vals.insert("w".into(), Val::Const(Const { dims: vec![3, 4], values: Values::F32(w) }));
+        for (name, v) in [("starts", &[0i64, -1][..]), ("ends", &[i64::MAX, i64::MIN]), ("axes", &[1, 0]), ("steps", &[2, -1])] {
+            i.vals.insert(name.into(), ints(v));
+        }
+        let Val::Const(c) = i.slice(&node("Slice", &["w", "starts", "ends", "axes", "steps"], "s", vec![])).unwrap() else { panic!("a constant") };
+        assert_eq!(c.dims, vec![3, 2]);
+        assert_eq!(c.values, Values::F32(vec![8.0, 10.0, 4.0, 6.0, 0.0, 2.0]));
+        i.vals.insert("s".into(), Val::Const(c));
+        let axis = crate::onnx::proto::AttributeProto { name: "axis".into(), r#type: attr_type::INT, i: 1, ..Default::default() };
+        let Val::Const(j) = i.concat(&node("Concat", &["s", "w"], "j", vec![axis])).unwrap() else { panic!("a constant") };
+        assert_eq!(j.dims, vec![3, 6]);
+        assert_eq!(j.values, Values::F32(vec![8.0, 10.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 4.0, 5.0, 6.0, 7.0, 0.0, 2.0, 8.0, 9.0, 10.0, 11.0]));
     }
 }

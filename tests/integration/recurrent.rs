@@ -194,6 +194,38 @@ fn bidirectional_recurrent_nets_match_pytorch_through_onnx() {
     }
 }
 
+/// PyTorch's dynamo exporter (its default since 2.9) writes a recurrent net differently from the
+/// legacy one: each zero initial state is an `Expand` of a zero to a shape holding the batch
+/// size, each output goes through `Transpose` and a `Reshape` to a shape computed from `Shape`
+/// of it, and a stacked layer's weights may be cut into gate blocks by `Slice` and joined by
+/// `Concat` in the graph. A GRU's last step, a 2-layer bidirectional LSTM's mean over time and a
+/// stacked GRU's final state give PyTorch's logits, and so do their imports written back out by
+/// wick's exporter.
+#[test]
+fn recurrent_nets_from_the_dynamo_exporter_match_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["dynamo_gru", "dynamo_bilstm2", "dynamo_gru2_final"] {
+        let data = fixture(&format!("onnx/{name}.data.safetensors"));
+        let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
+        let logits = |model: &std::path::Path| {
+            let out = dir.path().join("p.safetensors");
+            run_expect(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
+            TensorFile::read(&out).unwrap().f32("logits").unwrap()
+        };
+        let onnx = fixture(&format!("onnx/{name}.onnx"));
+        let d = max_abs_diff(&logits(&onnx), &reference);
+        assert!(d <= 1e-5, "{name}: {d}");
+        let imported = dir.path().join(format!("{name}.safetensors"));
+        run_expect(&["import", onnx.to_str().unwrap(), "--out", imported.to_str().unwrap()], 0);
+        let recurrent = load(&imported).arch.nodes.iter().filter(|n| matches!(&n.op, wick::model::arch::Op::Gru(_) | wick::model::arch::Op::Lstm(_))).count();
+        assert_eq!(recurrent, if name == "dynamo_gru" { 1 } else { 2 }, "{name}");
+        let exported = dir.path().join(format!("{name}.wick.onnx"));
+        run_expect(&["export", imported.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+        let d = max_abs_diff(&logits(&exported), &reference);
+        assert!(d <= 1e-5, "{name} (wick's export): {d}");
+    }
+}
+
 /// A random stacked bidirectional recurrent net: `cell` over `[6, 5]`, two layers of 7 hidden
 /// units each way, the last step into a linear head.
 fn stacked_arch(cell: &str, bias: bool) -> wick::model::arch::Arch {
