@@ -63,6 +63,14 @@ pub fn file_bytes(p: &Path) -> Result<u64> {
     std::fs::metadata(p).map(|m| m.len()).map_err(|e| WickError::io(p, e))
 }
 
+/// Bytes on disk of the model at `p`: the file, and for an ONNX model its external data too.
+pub fn model_bytes(p: &Path) -> Result<u64> {
+    match crate::onnx::is_onnx(p) {
+        true => crate::onnx::bytes_on_disk(p),
+        false => file_bytes(p),
+    }
+}
+
 /// Writes `q` to `path`, reads the file back and checks it bit for bit against `q`, so that
 /// what is measured afterwards is the file; returns the model read back.
 pub fn write_int8(q: &Int8Model, path: &Path) -> Result<Int8Model> {

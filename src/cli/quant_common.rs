@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use wick::artifact::{load_any, AnyModel, Int8Model};
 use wick::calibrate::Method;
-use wick::compare::{drop_points, file_bytes, Comparison};
+use wick::compare::{drop_points, file_bytes, model_bytes, Comparison};
 use wick::data::Dataset;
 use wick::eval::{agreement, evaluate, evaluate_int8};
 use wick::model::Model;
@@ -110,7 +110,7 @@ pub fn write_and_compare(q: &mut Int8Model, teacher: &Model, teacher_path: &Path
     }
     wick::compare::write_int8(q, out).with_context(|| format!("writing {}", out.display()))?;
     match results {
-        Some((t, c)) => Ok(Some(Comparison::of(t, c, file_bytes(teacher_path)?, file_bytes(out)?))),
+        Some((t, c)) => Ok(Some(Comparison::of(t, c, model_bytes(teacher_path)?, file_bytes(out)?))),
         None => Ok(None),
     }
 }

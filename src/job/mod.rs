@@ -15,7 +15,7 @@ pub use inputs::{already_done, input_fingerprint};
 use inputs::{info, input_files};
 
 use crate::artifact::Int8Model;
-use crate::compare::{drop_points, drop_relative, file_bytes, Comparison};
+use crate::compare::{drop_points, drop_relative, file_bytes, model_bytes, Comparison};
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
 use crate::eval::{evaluate, evaluate_plan};
@@ -168,7 +168,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     progress.inc(1);
     progress.finish("");
 
-    let cmp = Comparison::of(teacher_eval, int8_eval, file_bytes(&spec.model)?, file_bytes(&staged)?);
+    let cmp = Comparison::of(teacher_eval, int8_eval, model_bytes(&spec.model)?, file_bytes(&staged)?);
     let final_path = spec.out.join(ARTIFACT);
     let t_side = report::side(&spec.model.display().to_string(), &cmp.teacher, cmp.bytes_before, &teacher, t_lat, "float32 (compiled float runtime, BatchNorm folded)");
     let c_side = report::side(

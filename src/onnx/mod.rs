@@ -51,6 +51,21 @@ pub fn load(path: &Path) -> Result<(AnyModel, String)> {
     Ok((from_bytes(&bytes, &path.display().to_string(), dir)?, crate::provenance::sha256_hex(&bytes)))
 }
 
+/// Bytes on disk of an ONNX model: the file and every external data file its initializers
+/// name, each once (the dynamo exporter writes the weights to `<model>.onnx.data` by default,
+/// so the `.onnx` file alone is a fraction of the model).
+pub fn bytes_on_disk(path: &Path) -> Result<u64> {
+    let bytes = std::fs::read(path).map_err(|e| WickError::io(path, e))?;
+    let model = proto::ModelProto::decode(bytes.as_slice()).map_err(|e| WickError::invalid(path.display().to_string(), format!("not a valid ONNX model: {e}")))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let locations: std::collections::BTreeSet<String> =
+        model.graph.iter().flat_map(|g| &g.initializer).filter(|t| t.data_location == 1).filter_map(|t| t.external_data.iter().find(|e| e.key == "location").map(|e| e.value.clone())).collect();
+    locations.iter().try_fold(bytes.len() as u64, |total, location| {
+        let file = dir.join(location);
+        Ok(total + std::fs::metadata(&file).map_err(|e| WickError::io(&file, e))?.len())
+    })
+}
+
 /// An ONNX model from its bytes; `file` names it in errors and `dir` holds its external data.
 pub fn from_bytes(bytes: &[u8], file: &str, dir: &Path) -> Result<AnyModel> {
     let model = proto::ModelProto::decode(bytes).map_err(|e| WickError::invalid(file, format!("not a valid ONNX model: {e}")))?;

@@ -134,17 +134,21 @@ fn read_external(t: &TensorProto, what: &str, dir: &Path) -> Result<Vec<u8>> {
     let offset = number("offset")?.unwrap_or(0);
     let length = number("length")?;
     let path = dir.join(rel);
-    let bytes = std::fs::read(&path).map_err(|e| WickError::io(&path, e))?;
-    let start = usize::try_from(offset).ok().filter(|&o| o <= bytes.len()).ok_or_else(|| bad(format!("external data offset {offset} is past the end of {}", path.display())))?;
-    let end = match length {
-        Some(l) => usize::try_from(l)
-            .ok()
-            .and_then(|l| start.checked_add(l))
-            .filter(|&e| e <= bytes.len())
-            .ok_or_else(|| bad(format!("external data offset {offset} + length {l} is past the end of {}", path.display())))?,
-        None => bytes.len(),
+    // Only this tensor's range is read: one file holds every tensor of the model.
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(&path).map_err(|e| WickError::io(&path, e))?;
+    let size = file.metadata().map_err(|e| WickError::io(&path, e))?.len();
+    if offset > size {
+        return Err(bad(format!("external data offset {offset} is past the end of {}", path.display())));
+    }
+    let length = match length {
+        Some(l) if offset.checked_add(l).is_some_and(|e| e <= size) => l,
+        Some(l) => return Err(bad(format!("external data offset {offset} + length {l} is past the end of {}", path.display()))),
+        None => size - offset,
     };
-    Ok(bytes[start..end].to_vec())
+    let mut bytes = vec![0u8; usize::try_from(length).map_err(|_| bad(format!("external data length {length} is too large")))?];
+    file.seek(SeekFrom::Start(offset)).and_then(|_| file.read_exact(&mut bytes)).map_err(|e| WickError::io(&path, e))?;
+    Ok(bytes)
 }
 
 /// A tensor named `name` of ONNX type `data_type` from its little-endian bytes.

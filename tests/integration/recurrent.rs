@@ -226,6 +226,28 @@ fn recurrent_nets_from_the_dynamo_exporter_match_pytorch() {
     }
 }
 
+/// The dynamo exporter's default writes the weights to `<file>.onnx.data` beside the graph: the
+/// model reads them (PyTorch's logits), and its size on disk, which the compression ratio and
+/// a size gate are measured against, counts that file too.
+#[test]
+fn an_onnx_teachers_size_counts_its_external_data() {
+    let onnx = fixture("onnx/dynamo_gru_external.onnx");
+    let data = fixture("onnx/dynamo_gru.data.safetensors");
+    let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let predictions = dir.path().join("p.safetensors");
+    run_expect(&["eval", onnx.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", predictions.to_str().unwrap(), "--quiet"], 0);
+    let d = max_abs_diff(&TensorFile::read(&predictions).unwrap().f32("logits").unwrap(), &reference);
+    assert!(d <= 1e-5, "{d}");
+    let out = dir.path().join("ptq");
+    let d = data.to_str().unwrap();
+    run_expect(&["compress", onnx.to_str().unwrap(), "--recipe", "ptq-int8", "--train", d, "--val", d, "--test", d, "--out", out.to_str().unwrap()], 0);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let external = std::fs::metadata(fixture("onnx/dynamo_gru_external.onnx.data")).unwrap().len();
+    assert!(external > 4 * 1024, "the weights lie outside the graph file");
+    assert_eq!(report["teacher"]["bytes_on_disk"].as_u64().unwrap(), std::fs::metadata(&onnx).unwrap().len() + external);
+}
+
 /// A random stacked bidirectional recurrent net: `cell` over `[6, 5]`, two layers of 7 hidden
 /// units each way, the last step into a linear head.
 fn stacked_arch(cell: &str, bias: bool) -> wick::model::arch::Arch {
