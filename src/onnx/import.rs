@@ -1687,6 +1687,21 @@ mod tests {
         NodeProto { input: inputs.iter().map(|s| s.to_string()).collect(), output: vec![output.into()], name: String::new(), op_type: op.into(), domain: String::new(), attribute }
     }
 
+    /// An importer with nothing read yet, at opset 17.
+    fn empty_importer() -> Importer<'static> {
+        Importer {
+            opset: 17,
+            dir: Path::new("."),
+            vals: HashMap::new(),
+            uses: HashMap::new(),
+            nodes: vec![],
+            params: BTreeMap::new(),
+            layers: BTreeMap::new(),
+            names: HashSet::new(),
+            int8_values: HashSet::new(),
+        }
+    }
+
     fn perm(p: &[i64]) -> crate::onnx::proto::AttributeProto {
         crate::onnx::proto::AttributeProto { name: "perm".into(), r#type: attr_type::INTS, ints: p.to_vec(), ..Default::default() }
     }
@@ -1730,17 +1745,7 @@ mod tests {
         let im = import(&graph, 17, "t.onnx", Path::new(".")).unwrap();
         assert_eq!(im.params["linear.weight"], (vec![3, 4], w));
         // The folded 3-D transpose, checked through the importer's own evaluation.
-        let mut i = Importer {
-            opset: 17,
-            dir: Path::new("."),
-            vals: HashMap::new(),
-            uses: HashMap::new(),
-            nodes: vec![],
-            params: BTreeMap::new(),
-            layers: BTreeMap::new(),
-            names: HashSet::new(),
-            int8_values: HashSet::new(),
-        };
+        let mut i = empty_importer();
         i.vals.insert("t".into(), Val::Const(Const { dims: vec![2, 3, 4], values: Values::F32(t.clone()) }));
         let Val::Const(c) = i.transpose(&graph.node[2]).unwrap() else { panic!("a constant") };
         assert_eq!(c.dims, vec![4, 2, 3]);
@@ -1757,17 +1762,7 @@ mod tests {
     fn slice_and_concat_fold_constants_of_any_rank() {
         let w: Vec<f32> = (0..12).map(|v| v as f32).collect();
         let ints = |v: &[i64]| Val::Const(Const { dims: vec![v.len()], values: Values::I64(v.to_vec()) });
-        let mut i = Importer {
-            opset: 17,
-            dir: Path::new("."),
-            vals: HashMap::new(),
-            uses: HashMap::new(),
-            nodes: vec![],
-            params: BTreeMap::new(),
-            layers: BTreeMap::new(),
-            names: HashSet::new(),
-            int8_values: HashSet::new(),
-        };
+        let mut i = empty_importer();
         i.vals.insert("w".into(), Val::Const(Const { dims: vec![3, 4], values: Values::F32(w) }));
         for (name, v) in [("starts", &[0i64, -1][..]), ("ends", &[i64::MAX, i64::MIN]), ("axes", &[1, 0]), ("steps", &[2, -1])] {
             i.vals.insert(name.into(), ints(v));

@@ -173,24 +173,8 @@ fn recurrent_onnx_in_and_out() {
 fn bidirectional_recurrent_nets_match_pytorch_through_onnx() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["bigru", "bilstm"] {
-        let data = fixture(&format!("onnx/{name}.data.safetensors"));
-        let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
-        let logits = |model: &std::path::Path| {
-            let out = dir.path().join("p.safetensors");
-            run_expect(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
-            TensorFile::read(&out).unwrap().f32("logits").unwrap()
-        };
-        let onnx = fixture(&format!("onnx/{name}.onnx"));
-        let d = max_abs_diff(&logits(&onnx), &reference);
-        assert!(d <= 1e-5, "{name}: {d}");
-        let imported = dir.path().join(format!("{name}.safetensors"));
-        run_expect(&["import", onnx.to_str().unwrap(), "--out", imported.to_str().unwrap()], 0);
-        assert!(load(&imported).arch.nodes.iter().any(|n| matches!(&n.op, wick::model::arch::Op::Gru(c) | wick::model::arch::Op::Lstm(c) if c.bidirectional)));
-        let exported = dir.path().join(format!("{name}.wick.onnx"));
-        run_expect(&["export", imported.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
-        crate::onnx::read_proto(&exported);
-        let d = max_abs_diff(&logits(&exported), &reference);
-        assert!(d <= 1e-5, "{name} (wick's export): {d}");
+        let imported = matches_pytorch_through_onnx(name, dir.path());
+        assert!(imported.arch.nodes.iter().any(|n| matches!(&n.op, wick::model::arch::Op::Gru(c) | wick::model::arch::Op::Lstm(c) if c.bidirectional)));
     }
 }
 
@@ -204,26 +188,35 @@ fn bidirectional_recurrent_nets_match_pytorch_through_onnx() {
 #[test]
 fn recurrent_nets_from_the_dynamo_exporter_match_pytorch() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["dynamo_gru", "dynamo_bilstm2", "dynamo_gru2_final"] {
-        let data = fixture(&format!("onnx/{name}.data.safetensors"));
-        let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
-        let logits = |model: &std::path::Path| {
-            let out = dir.path().join("p.safetensors");
-            run_expect(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
-            TensorFile::read(&out).unwrap().f32("logits").unwrap()
-        };
-        let onnx = fixture(&format!("onnx/{name}.onnx"));
-        let d = max_abs_diff(&logits(&onnx), &reference);
-        assert!(d <= 1e-5, "{name}: {d}");
-        let imported = dir.path().join(format!("{name}.safetensors"));
-        run_expect(&["import", onnx.to_str().unwrap(), "--out", imported.to_str().unwrap()], 0);
-        let recurrent = load(&imported).arch.nodes.iter().filter(|n| matches!(&n.op, wick::model::arch::Op::Gru(_) | wick::model::arch::Op::Lstm(_))).count();
-        assert_eq!(recurrent, if name == "dynamo_gru" { 1 } else { 2 }, "{name}");
-        let exported = dir.path().join(format!("{name}.wick.onnx"));
-        run_expect(&["export", imported.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
-        let d = max_abs_diff(&logits(&exported), &reference);
-        assert!(d <= 1e-5, "{name} (wick's export): {d}");
+    for (name, layers) in [("dynamo_gru", 1), ("dynamo_bilstm2", 2), ("dynamo_gru2_final", 2)] {
+        let imported = matches_pytorch_through_onnx(name, dir.path());
+        let recurrent = imported.arch.nodes.iter().filter(|n| matches!(&n.op, wick::model::arch::Op::Gru(_) | wick::model::arch::Op::Lstm(_))).count();
+        assert_eq!(recurrent, layers, "{name}");
     }
+}
+
+/// `fixtures/onnx/<name>.onnx` gives PyTorch's logits (`ref` of `<name>.data.safetensors`)
+/// within 1e-5, and so does wick's own export of its import (written in `dir`), which is
+/// returned.
+fn matches_pytorch_through_onnx(name: &str, dir: &std::path::Path) -> wick::model::Model {
+    let data = fixture(&format!("onnx/{name}.data.safetensors"));
+    let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
+    let logits = |model: &std::path::Path| {
+        let out = dir.join("p.safetensors");
+        run_expect(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
+        TensorFile::read(&out).unwrap().f32("logits").unwrap()
+    };
+    let onnx = fixture(&format!("onnx/{name}.onnx"));
+    let d = max_abs_diff(&logits(&onnx), &reference);
+    assert!(d <= 1e-5, "{name}: {d}");
+    let imported = dir.join(format!("{name}.safetensors"));
+    run_expect(&["import", onnx.to_str().unwrap(), "--out", imported.to_str().unwrap()], 0);
+    let exported = dir.join(format!("{name}.wick.onnx"));
+    run_expect(&["export", imported.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+    crate::onnx::read_proto(&exported);
+    let d = max_abs_diff(&logits(&exported), &reference);
+    assert!(d <= 1e-5, "{name} (wick's export): {d}");
+    load(&imported)
 }
 
 /// The dynamo exporter's default writes the weights to `<file>.onnx.data` beside the graph: the
