@@ -25,16 +25,18 @@ const BLOCK_ROWS: usize = 8 * MR;
 /// L2 cache, so that one part stays there while every tile of the block reads it, next to the
 /// block's rows and accumulators. Weights that fit run whole.
 fn panel_chunk_bytes() -> usize {
-    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BYTES.get_or_init(|| l2_bytes() / 2)
+    l2_bytes() / 2
 }
 
 /// The L2 cache's size as Linux reports it for CPU 0, else 1 MiB (the least of the AVX-512
 /// Xeons').
 pub fn l2_bytes() -> usize {
-    let size = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size").ok();
-    let kib = size.as_deref().map(str::trim).and_then(|s| s.strip_suffix('K')).and_then(|s| s.parse::<usize>().ok());
-    kib.map_or(1 << 20, |k| k << 10)
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        let size = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size").ok();
+        let kib = size.as_deref().map(str::trim).and_then(|s| s.strip_suffix('K')).and_then(|s| s.parse::<usize>().ok());
+        kib.map_or(1 << 20, |k| k << 10)
+    })
 }
 
 /// A weight matrix `[n, k]` packed for one of the runtime's register tiles.

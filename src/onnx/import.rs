@@ -134,8 +134,9 @@ enum Val {
 
 type R<T> = std::result::Result<T, String>;
 
-/// Constants of one rank joined along `axis` (the dynamo exporter's gate blocks of a recurrent
-/// layer's weights, reordered): every other dim equal; f32 unless all hold integers.
+/// Constants of one rank joined along `axis` (shape arithmetic, or the dynamo exporter's gate
+/// blocks of a recurrent layer's weights, reordered): every other dim equal; f32 unless all
+/// hold integers.
 fn concat_consts(vals: &[Val], axis: i64) -> R<Const> {
     let cs: Vec<&Const> = vals.iter().filter_map(|v| if let Val::Const(c) = v { Some(c) } else { None }).collect();
     let first = cs.first().ok_or("Concat has no inputs")?;
@@ -164,6 +165,17 @@ fn concat_consts(vals: &[Val], axis: i64) -> R<Const> {
     }
     let values = if all_int { Values::I64(ints) } else { Values::F32(reals) };
     Ok(Const { dims, values })
+}
+
+/// `value` in every place of shape `dims` (`ConstantOfShape`, `Expand`): a zero initial state
+/// when the shape holds the batch size, else a constant.
+fn filled(dims: &[i64], value: f32) -> R<Val> {
+    if dims.contains(&BATCH) {
+        return if value == 0.0 { Ok(Val::ZeroState) } else { Err("a non-zero constant whose shape holds the batch size".into()) };
+    }
+    let dims: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d <= 1 << 24)).collect::<Option<_>>().ok_or(format!("shape {dims:?} is not a small non-negative shape"))?;
+    let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&v| v <= 1 << 24).ok_or("the constant is too large")?;
+    Ok(Val::Const(Const { dims, values: Values::F32(vec![value; numel]) }))
 }
 
 /// Imports `graph` (from `file`, whose external data lives in `dir`) at default-domain `opset`.
@@ -552,12 +564,7 @@ impl Importer<'_> {
         let shape = self.const_in(n, 1)?;
         let dims = shape.i64s().ok_or("the shape must hold integers")?;
         let value = data.scalar().ok_or("Expand is read only of a one-value constant (a zero initial state)")?;
-        if dims.contains(&BATCH) {
-            return if value == 0.0 { Ok(Val::ZeroState) } else { Err("a non-zero constant expanded to a shape that holds the batch size".into()) };
-        }
-        let dims: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d <= 1 << 24)).collect::<Option<_>>().ok_or(format!("shape {dims:?} is not a small non-negative shape"))?;
-        let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&v| v <= 1 << 24).ok_or("the constant is too large")?;
-        Ok(Val::Const(Const { dims, values: Values::F32(vec![value; numel]) }))
+        filled(dims, value)
     }
     fn slice(&self, n: &NodeProto) -> R<Val> {
         if let Val::ZeroState = self.input_val(n, 0)? {
@@ -631,22 +638,6 @@ impl Importer<'_> {
                 _ => Err("final states are joined along axis 0 (the layers)".into()),
             };
         }
-        if vals.iter().all(|v| matches!(v, Val::Const(c) if c.dims.len() == 1)) {
-            let mut ints: Vec<i64> = vec![];
-            let mut floats: Vec<f32> = vec![];
-            let mut all_int = true;
-            for v in &vals {
-                if let Val::Const(c) = v {
-                    match &c.values {
-                        Values::I64(x) => ints.extend(x),
-                        Values::F32(_) => all_int = false,
-                    }
-                    floats.extend(c.f32s());
-                }
-            }
-            let values = if all_int { Values::I64(ints) } else { Values::F32(floats) };
-            return Ok(Val::Const(Const { dims: vec![values.len()], values }));
-        }
         if vals.iter().all(|v| matches!(v, Val::Const(_))) {
             return concat_consts(&vals, axis).map(Val::Const);
         }
@@ -701,12 +692,7 @@ impl Importer<'_> {
             Some(t) => tensor::read(t, "value", self.dir).map_err(|e| e.to_string())?.scalar().ok_or("value must hold one number")?,
             None => 0.0,
         };
-        if dims.contains(&BATCH) {
-            return if value == 0.0 { Ok(Val::ZeroState) } else { Err("a non-zero constant whose shape holds the batch size".into()) };
-        }
-        let dims: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d <= 1 << 24)).collect::<Option<_>>().ok_or(format!("shape {dims:?} is not a small non-negative shape"))?;
-        let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&v| v <= 1 << 24).ok_or("the constant is too large")?;
-        Ok(Val::Const(Const { dims, values: Values::F32(vec![value; numel]) }))
+        filled(dims, value)
     }
 
     /// ONNX `GRU` / `LSTM` (time-major, one layer per node) as wick's batch-first op with
@@ -905,7 +891,7 @@ impl Importer<'_> {
             dims.iter().filter(|&&d| d != -1).try_fold(1usize, |a, &d| usize::try_from(d).ok().and_then(|d| a.checked_mul(d))).ok_or_else(|| format!("target shape {spec:?} holds an invalid dim"))?;
         let dims: Vec<usize> = match dims.iter().filter(|&&d| d == -1).count() {
             0 => dims.iter().map(|&d| d as usize).collect(),
-            1 if known > 0 && numel.is_multiple_of(known) => dims.iter().map(|&d| if d == -1 { numel / known } else { d as usize }).collect(),
+            1 => infer_minus_one(&dims, numel, known)?,
             _ => return Err(format!("cannot reshape a constant of {numel} values to {spec:?}")),
         };
         if dims.iter().product::<usize>() != numel {

@@ -27,14 +27,6 @@ impl Values {
             Values::I64(v) => Values::I64(indices.map(|j| v[j]).collect()),
         }
     }
-
-    /// How many values there are.
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Values::F32(v) => v.len(),
-            Values::I64(v) => v.len(),
-        }
-    }
 }
 
 impl Const {

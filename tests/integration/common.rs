@@ -83,6 +83,30 @@ pub fn predicted_logits(model: &Path, data: &Path, dir: &Path) -> Vec<f32> {
     wick::tensor_file::TensorFile::read(&out).unwrap().f32("logits").unwrap()
 }
 
+/// Asserts that `model` gives PyTorch's logits, the `ref` of fixture data file `data`, within
+/// 1e-5 (`what` names the case when it does not); `dir` holds the predictions.
+pub fn assert_matches_pytorch(model: &Path, data: &Path, dir: &Path, what: &str) {
+    let reference = wick::tensor_file::TensorFile::read(data).unwrap().f32("ref").unwrap();
+    let d = max_abs_diff(&predicted_logits(model, data, dir), &reference);
+    assert!(d <= 1e-5, "{what}: {d}");
+}
+
+/// `m` quantised by min-max calibration on every row `x` of fixture data file `data`; on those
+/// rows its integer runtime's fast kernels equal the scalar reference bit for bit. Returns the
+/// INT8 model.
+pub fn ptq_runs_bit_exact(m: &Model, data: &Path) -> wick::artifact::Int8Model {
+    use wick::runtime::{kernels::Kernel, Exec, Executor};
+    let file = wick::tensor_file::TensorFile::read(data).unwrap();
+    let x = candle_core::Tensor::from_vec(file.f32("x").unwrap(), file.tensors["x"].shape.clone(), &candle_core::Device::Cpu).unwrap();
+    let rows = x.dim(0).unwrap();
+    let d = wick::data::Dataset { name: "fixture".into(), x: x.clone(), y: vec![0; rows], sha256: String::new() };
+    let settings = wick::passes::calibrate::CalibrateSettings { method: wick::calibrate::Method::Minmax, samples: rows, ..Default::default() };
+    let q = wick::passes::calibrate::ptq(m, &d, &settings, &wick::progress::Silent).unwrap().int8;
+    let run = |e: Exec| -> Vec<f32> { Executor::new(&q, e).unwrap().predict(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+    assert_eq!(run(Exec::Integer(Kernel::Fast)), run(Exec::Integer(Kernel::Reference)));
+    q
+}
+
 /// Runs `wick args…`, expecting exit code `code`; returns (stdout, stderr).
 pub fn run_expect(args: &[&str], code: i32) -> (String, String) {
     let out = wick().args(args).output().expect("wick runs");

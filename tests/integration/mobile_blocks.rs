@@ -114,21 +114,13 @@ fn products_and_gates_run_compiled() {
 fn a_general_reshape_and_a_linear_gate_import_from_pytorch() {
     let dir = tempfile::tempdir().unwrap();
     let data = fixture("onnx/se_reshape.data.safetensors");
-    let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
-    let logits = |model: &std::path::Path| predicted_logits(model, &data, dir.path());
     let onnx = fixture("onnx/se_reshape.onnx");
-    assert!(max_abs_diff(&logits(&onnx), &reference) <= 1e-5, "{}", max_abs_diff(&logits(&onnx), &reference));
+    assert_matches_pytorch(&onnx, &data, dir.path(), "se_reshape");
     let m = load(&onnx);
     let ops: Vec<String> = m.arch.nodes.iter().map(|n| n.op.name()).collect();
     assert!(["mul", "reshape", "leaky_relu", "hardswish"].iter().all(|o| ops.contains(&o.to_string())), "{ops:?}");
     let exported = dir.path().join("se.wick.onnx");
     run_expect(&["export", onnx.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
-    assert!(max_abs_diff(&logits(&exported), &reference) <= 1e-5);
-    let file = TensorFile::read(&data).unwrap();
-    let x = Tensor::from_vec(file.f32("x").unwrap(), file.tensors["x"].shape.clone(), &candle_core::Device::Cpu).unwrap();
-    let d = wick::data::Dataset { name: "se".into(), x: x.clone(), y: vec![0; 5], sha256: String::new() };
-    let settings = wick::passes::calibrate::CalibrateSettings { method: wick::calibrate::Method::Minmax, samples: 5, ..Default::default() };
-    let q = wick::passes::calibrate::ptq(&m, &d, &settings, &wick::progress::Silent).unwrap().int8;
-    let run = |e: Exec| -> Vec<f32> { Executor::new(&q, e).unwrap().predict(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
-    assert_eq!(run(Exec::Integer(Kernel::Fast)), run(Exec::Integer(Kernel::Reference)));
+    assert_matches_pytorch(&exported, &data, dir.path(), "se_reshape (wick's export)");
+    ptq_runs_bit_exact(&m, &data);
 }

@@ -200,22 +200,14 @@ fn recurrent_nets_from_the_dynamo_exporter_match_pytorch() {
 /// returned.
 fn matches_pytorch_through_onnx(name: &str, dir: &std::path::Path) -> wick::model::Model {
     let data = fixture(&format!("onnx/{name}.data.safetensors"));
-    let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
-    let logits = |model: &std::path::Path| {
-        let out = dir.join("p.safetensors");
-        run_expect(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
-        TensorFile::read(&out).unwrap().f32("logits").unwrap()
-    };
     let onnx = fixture(&format!("onnx/{name}.onnx"));
-    let d = max_abs_diff(&logits(&onnx), &reference);
-    assert!(d <= 1e-5, "{name}: {d}");
+    assert_matches_pytorch(&onnx, &data, dir, name);
     let imported = dir.join(format!("{name}.safetensors"));
     run_expect(&["import", onnx.to_str().unwrap(), "--out", imported.to_str().unwrap()], 0);
     let exported = dir.join(format!("{name}.wick.onnx"));
     run_expect(&["export", imported.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
     crate::onnx::read_proto(&exported);
-    let d = max_abs_diff(&logits(&exported), &reference);
-    assert!(d <= 1e-5, "{name} (wick's export): {d}");
+    assert_matches_pytorch(&exported, &data, dir, &format!("{name} (wick's export)"));
     load(&imported)
 }
 
@@ -226,12 +218,8 @@ fn matches_pytorch_through_onnx(name: &str, dir: &std::path::Path) -> wick::mode
 fn an_onnx_teachers_size_counts_its_external_data() {
     let onnx = fixture("onnx/dynamo_gru_external.onnx");
     let data = fixture("onnx/dynamo_gru.data.safetensors");
-    let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let predictions = dir.path().join("p.safetensors");
-    run_expect(&["eval", onnx.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", predictions.to_str().unwrap(), "--quiet"], 0);
-    let d = max_abs_diff(&TensorFile::read(&predictions).unwrap().f32("logits").unwrap(), &reference);
-    assert!(d <= 1e-5, "{d}");
+    assert_matches_pytorch(&onnx, &data, dir.path(), "dynamo_gru_external");
     let out = dir.path().join("ptq");
     let d = data.to_str().unwrap();
     run_expect(&["compress", onnx.to_str().unwrap(), "--recipe", "ptq-int8", "--train", d, "--val", d, "--test", d, "--out", out.to_str().unwrap()], 0);
@@ -364,13 +352,10 @@ fn a_crnn_with_transpose_and_mean_runs_end_to_end() {
 /// reference.
 #[test]
 fn a_spectrogram_crnn_imports_from_pytorch_onnx() {
-    use wick::runtime::{kernels::Kernel, Exec, Executor};
     let dir = tempfile::tempdir().unwrap();
     let data = fixture("onnx/kws.data.safetensors");
-    let reference = TensorFile::read(&data).unwrap().f32("ref").unwrap();
-    let logits = |model: &std::path::Path| predicted_logits(model, &data, dir.path());
     let onnx = fixture("onnx/kws.onnx");
-    assert!(max_abs_diff(&logits(&onnx), &reference) <= 1e-5, "{}", max_abs_diff(&logits(&onnx), &reference));
+    assert_matches_pytorch(&onnx, &data, dir.path(), "kws");
     let imported = dir.path().join("kws.safetensors");
     run_expect(&["import", onnx.to_str().unwrap(), "--out", imported.to_str().unwrap()], 0);
     let m = load(&imported);
@@ -379,15 +364,9 @@ fn a_spectrogram_crnn_imports_from_pytorch_onnx() {
     assert!(["flatten", "lstm", "mean"].iter().all(|o| ops.contains(&o.to_string())), "{ops:?}");
     let exported = dir.path().join("kws.wick.onnx");
     run_expect(&["export", imported.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
-    assert!(max_abs_diff(&logits(&exported), &reference) <= 1e-5);
-    let x = TensorFile::read(&data).unwrap();
-    let x = Tensor::from_vec(x.f32("x").unwrap(), x.tensors["x"].shape.clone(), &candle_core::Device::Cpu).unwrap();
-    let d = wick::data::Dataset { name: "kws".into(), x: x.clone(), y: vec![0; 5], sha256: String::new() };
-    let settings = wick::passes::calibrate::CalibrateSettings { method: wick::calibrate::Method::Minmax, samples: 5, ..Default::default() };
-    let q = wick::passes::calibrate::ptq(&m, &d, &settings, &wick::progress::Silent).unwrap().int8;
+    assert_matches_pytorch(&exported, &data, dir.path(), "kws (wick's export)");
+    let q = ptq_runs_bit_exact(&m, &data);
     assert!(q.layers.keys().filter(|k| k.contains("weight_hh_l")).count() >= 2, "{:?}", q.layers.keys().collect::<Vec<_>>());
-    let run = |e: Exec| -> Vec<f32> { Executor::new(&q, e).unwrap().predict(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
-    assert_eq!(run(Exec::Integer(Kernel::Fast)), run(Exec::Integer(Kernel::Reference)));
 }
 
 /// PyTorch's recurrent classifier idioms, exported by PyTorch (`fixtures/onnx/make_final_states.py`),
@@ -400,12 +379,7 @@ fn a_spectrogram_crnn_imports_from_pytorch_onnx() {
 fn final_states_and_time_major_sequences_import_from_pytorch() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["time_major_gru", "final_state_gru", "final_state_lstm2"] {
-        let data = fixture(&format!("onnx/{name}.data.safetensors"));
-        let out = dir.path().join("p.safetensors");
-        let onnx = fixture(&format!("onnx/{name}.onnx"));
-        run_expect(&["eval", onnx.to_str().unwrap(), "--data", data.to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--quiet"], 0);
-        let d = max_abs_diff(&TensorFile::read(&out).unwrap().f32("logits").unwrap(), &TensorFile::read(&data).unwrap().f32("ref").unwrap());
-        assert!(d <= 1e-5, "{name}: {d}");
+        assert_matches_pytorch(&fixture(&format!("onnx/{name}.onnx")), &fixture(&format!("onnx/{name}.data.safetensors")), dir.path(), name);
     }
     let (_, err) = run_expect(&["inspect", fixture("onnx/final_state_bigru.onnx").to_str().unwrap()], 2);
     assert!(err.contains("GRU") && err.contains("bidirectional") && err.contains("Y_h"), "{err}");
