@@ -347,6 +347,33 @@ pub struct TransposeCfg {
     pub dim1: i64,
 }
 
+/// Constant padding of the trailing sample dims: PyTorch's `F.pad(x, padding, value=value)` and
+/// its modules (`nn.ConstantPad1d`, `nn.ZeroPad2d`, …). `padding` holds (before, after) pairs
+/// from the last dim backwards, `[left, right, top, bottom, …]`, each side its own width (a
+/// causal conv's `[d·(k − 1), 0]`); the dims it does not reach are not padded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PadCfg {
+    pub padding: Vec<usize>,
+    #[serde(default)]
+    pub value: f64,
+}
+
+impl PadCfg {
+    /// `(before, after)` for each of the `rank` sample dims, first dim first; an error when
+    /// `padding` is not pairs or reaches past the first dim.
+    pub fn per_dim(&self, rank: usize) -> std::result::Result<Vec<(usize, usize)>, String> {
+        if self.padding.len() % 2 == 1 || self.padding.len() > 2 * rank {
+            return Err(format!("padding {:?} must hold (before, after) pairs for at most the {rank} dims of a sample", self.padding));
+        }
+        let mut dims = vec![(0, 0); rank];
+        for (k, pair) in self.padding.chunks(2).enumerate() {
+            dims[rank - 1 - k] = (pair[0], pair[1]);
+        }
+        Ok(dims)
+    }
+}
+
 /// A reduction along one dim (counted with the batch, negatives from the end), which is removed
 /// unless `keepdim`: PyTorch's `x.mean(dim, keepdim)` (`mean`), e.g. a recurrent output averaged
 /// over time, and `x.amax(dim, keepdim)` (`amax`), its maximum over time.
@@ -487,6 +514,7 @@ pub enum Op {
     Lstm(RnnCfg),
     Select(SelectCfg),
     Transpose(TransposeCfg),
+    Pad(PadCfg),
     Mean(ReduceCfg),
     Amax(ReduceCfg),
     Embedding(EmbeddingCfg),
@@ -530,6 +558,7 @@ pub const OP_NAMES: &[&str] = &[
     "lstm",
     "select",
     "transpose",
+    "pad",
     "mean",
     "amax",
     "embedding",
@@ -695,6 +724,7 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "lstm" => Op::Lstm(cfg(fields)?),
         "select" => Op::Select(cfg(fields)?),
         "transpose" => Op::Transpose(cfg(fields)?),
+        "pad" => Op::Pad(cfg(fields)?),
         "mean" => Op::Mean(cfg(fields)?),
         "amax" => Op::Amax(cfg(fields)?),
         "embedding" => Op::Embedding(cfg(fields)?),

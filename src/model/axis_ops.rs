@@ -1,9 +1,10 @@
-//! Ops that move or reduce one sample axis, on tensors with the batch first: `transpose`
-//! (`y = xᵀ` over two dims), `mean` (`y = (1/n)·Σᵢ x[…, i, …]` over one dim) and `amax`
-//! (`y = maxᵢ x[…, i, …]`). Their gradients are candle's: a transpose's is the transpose back, a
-//! mean's is `1/n` broadcast along the dim, a maximum's goes to the positions holding it.
+//! Ops that move, grow or reduce sample axes, on tensors with the batch first: `transpose`
+//! (`y = xᵀ` over two dims), `pad` (`y[…, i + b, …] = x[…, i, …]`, `value` elsewhere), `mean`
+//! (`y = (1/n)·Σᵢ x[…, i, …]` over one dim) and `amax` (`y = maxᵢ x[…, i, …]`). Their gradients
+//! are candle's: a transpose's is the transpose back, a pad's the gradient's interior, a mean's is
+//! `1/n` broadcast along the dim, a maximum's goes to the positions holding it.
 
-use super::arch::{ReduceCfg, TransposeCfg};
+use super::arch::{PadCfg, ReduceCfg, TransposeCfg};
 use super::graph::sample_dim;
 use crate::error::{Result, WickError};
 use candle_core::Tensor;
@@ -17,6 +18,23 @@ pub fn transpose(x: &Tensor, c: &TransposeCfg) -> Result<Tensor> {
         return Ok(x.clone());
     }
     Ok(x.transpose(a, b)?.contiguous()?)
+}
+
+/// `F.pad(x, padding, value)`: each padded dim joined with `value`-filled blocks before and
+/// after it.
+pub fn pad(x: &Tensor, c: &PadCfg) -> Result<Tensor> {
+    let pads = c.per_dim(x.rank() - 1).map_err(|m| WickError::invalid("pad", m))?;
+    let mut y = x.clone();
+    for (d, &(before, after)) in pads.iter().enumerate().filter(|(_, p)| **p != (0, 0)) {
+        let block = |len: usize| -> Result<Option<Tensor>> {
+            let mut dims = y.dims().to_vec();
+            dims[d + 1] = len;
+            Ok((len > 0).then(|| Tensor::full(c.value as f32, dims, y.device())).transpose()?)
+        };
+        let parts: Vec<Tensor> = [block(before)?, Some(y.clone()), block(after)?].into_iter().flatten().collect();
+        y = Tensor::cat(&parts, d + 1)?;
+    }
+    Ok(y)
 }
 
 /// `x.mean(dim, keepdim)`.

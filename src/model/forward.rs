@@ -262,6 +262,7 @@ impl Model {
             }
             Op::Select(c) => recurrent::select(&x, c),
             Op::Transpose(c) => super::axis_ops::transpose(&x, c),
+            Op::Pad(c) => super::axis_ops::pad(&x, c),
             Op::Mean(c) => super::axis_ops::mean(&x, c),
             Op::Amax(c) => super::axis_ops::amax(&x, c),
             Op::Embedding(c) => text_ops::embedding(&node.name, &x, p("weight"), c),

@@ -399,6 +399,13 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             o.swap(a, b);
             Ok(o)
         }
+        Op::Pad(c) => {
+            let pads = c.per_dim(s.len())?;
+            if !c.value.is_finite() {
+                return Err(format!("value {} is not a finite number", c.value));
+            }
+            Ok(s.iter().zip(&pads).map(|(&d, &(b, e))| d + b + e).collect())
+        }
         Op::Mean(c) | Op::Amax(c) => {
             let d = sample_dim(c.dim, s.len())?;
             if s.len() == 1 && !c.keepdim {

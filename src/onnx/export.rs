@@ -268,6 +268,15 @@ impl Builder {
                 perm.swap(a, b);
                 self.op("Transpose", n, &[x], n, vec![ints("perm", &perm)]);
             }
+            Op::Pad(c) => {
+                // ONNX's pads: each axis's begin, then each axis's end, the batch's none.
+                let per = c.per_dim(in_shape.len())?;
+                let side = |end: bool| std::iter::once(0).chain(per.iter().map(move |p| if end { p.1 } else { p.0 } as i64));
+                let pads: Vec<i64> = side(false).chain(side(true)).collect();
+                let p = self.init(i64_tensor(&format!("{n}.pads"), &[pads.len()], &pads));
+                let v = self.scalar(&format!("{n}.value"), c.value as f32);
+                self.op("Pad", n, &[x, &p, &v], n, vec![]);
+            }
             Op::Mean(c) | Op::Amax(c) => {
                 let d = sample_dim(c.dim, in_shape.len())? + 1;
                 let op = if matches!(node.op, Op::Mean(_)) { "ReduceMean" } else { "ReduceMax" };

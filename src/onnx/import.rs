@@ -45,6 +45,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "MatMul",
     "MaxPool",
     "Mul",
+    "Pad",
     "QuantizeLinear",
     "ReduceMax",
     "ReduceMean",
@@ -462,6 +463,7 @@ impl Importer<'_> {
             "BatchNormalization" => self.batchnorm(n),
             "LayerNormalization" => self.layernorm(n),
             "MaxPool" | "AveragePool" => self.pool(n),
+            "Pad" => self.pad(n),
             "GlobalAveragePool" => self.global_pool(n, true),
             "GlobalMaxPool" => self.global_max(n, true),
             "ReduceMean" | "ReduceMax" => self.reduce(n),
@@ -1106,7 +1108,10 @@ impl Importer<'_> {
         let strides = positive_list(n, "strides", spatial)?;
         let dilations = positive_list(n, "dilations", spatial)?;
         let in_len: Vec<usize> = x.onnx_shape.get(1..).map(<[usize]>::to_vec).unwrap_or_default();
-        let pads = pads(n, spatial, &kernel, &strides, &dilations, &in_len)?;
+        let sides = pads(n, spatial, &kernel, &strides, &dilations, &in_len)?;
+        // Each dim's padding common to both sides stays the conv's; the rest is a `pad` before it.
+        let pads: Vec<usize> = sides.iter().map(|&(b, e)| b.min(e)).collect();
+        let extra: Vec<(usize, usize)> = sides.iter().zip(&pads).map(|(&(b, e), &p)| (b - p, e - p)).collect();
         let groups = attr_i(n, "group")?.unwrap_or(1);
         let groups = usize::try_from(groups).ok().filter(|&g| g > 0).ok_or_else(|| format!("group {groups} is not positive"))?;
         let out_channels = w.dims[0];
@@ -1127,6 +1132,14 @@ impl Importer<'_> {
             params.push(("bias", vec![out_channels], b.f32s()));
         }
         let name = self.param_node_name(n, "conv");
+        let x = match extra.iter().any(|&p| p != (0, 0)) {
+            true => {
+                let padding = extra.iter().rev().flat_map(|&(b, e)| [b, e]).collect();
+                let pad = self.fresh(&format!("{name}.pad"));
+                self.emit(pad, &[&x], Op::Pad(arch::PadCfg { padding, value: 0.0 }), vec![])?
+            }
+            false => x,
+        };
         if let Some(q) = input_q {
             let codes = w_codes.ok_or("the input is quantised (QuantizeLinear/DequantizeLinear) but the weight is not DequantizeLinear of int8 codes")?;
             self.layers.insert(name.clone(), QuantLayer { weight: qweight(&codes, &w.dims, 0)?, input: InputQuant::Static(q) });
@@ -1317,6 +1330,56 @@ impl Importer<'_> {
         Ok(Val::Dyn(self.emit(name, &[&x], Op::LayerNorm(cfg), params)?))
     }
 
+    /// `Pad` of a computed tensor with a constant (mode `constant`): a wick `pad` of its sample
+    /// dims. `pads` (each axis's begin, then each axis's end), the value and, from opset 18, the
+    /// axes are constant inputs (attributes before opset 11); the batch axis is not padded.
+    fn pad(&mut self, n: &NodeProto) -> R<Val> {
+        if let Some(mode) = attr_s(n, "mode")?.filter(|m| m != "constant") {
+            return Err(format!("mode '{mode}'; wick pads with a constant (mode 'constant')"));
+        }
+        let x = self.exact_in(n, 0)?;
+        let rank = x.shape.len() + 1;
+        let (pads, value) = match attr_ints(n, "pads")? {
+            Some(p) => (p, attr_f(n, "value")?.unwrap_or(0.0)),
+            None => {
+                let p = self.const_in(n, 1)?.i64s().ok_or("pads must hold integers")?.to_vec();
+                let value = match self.opt_const(n, 2)? {
+                    Some(c) => c.scalar().ok_or("constant_value must be one value")?,
+                    None => 0.0,
+                };
+                (p, value)
+            }
+        };
+        let axes: Vec<usize> = match self.opt_const(n, 3)? {
+            None => (0..rank).collect(),
+            Some(c) => {
+                let a = c.i64s().ok_or("axes must hold integers")?;
+                a.iter().map(|&a| usize::try_from(from_end(a, rank as i64)).ok().filter(|&a| a < rank).ok_or_else(|| format!("axis {a} is out of range for rank {rank}"))).collect::<R<_>>()?
+            }
+        };
+        if pads.len() != 2 * axes.len() {
+            return Err(format!("pads {pads:?} must hold a begin and an end for each of {} axes", axes.len()));
+        }
+        if pads.iter().any(|&p| p < 0) {
+            return Err(format!("pads {pads:?} crop (negative values); wick's pad only adds"));
+        }
+        let (mut begin, mut end) = (vec![0usize; rank], vec![0usize; rank]);
+        for (k, &a) in axes.iter().enumerate() {
+            (begin[a], end[a]) = (pads[k] as usize, pads[k + axes.len()] as usize);
+        }
+        if begin[0] + end[0] > 0 {
+            return Err(format!("pads {pads:?} pad the batch axis; wick pads the dims of each sample"));
+        }
+        if !value.is_finite() {
+            return Err(format!("the constant value {value} is not a finite number"));
+        }
+        // wick's `padding`: (before, after) pairs from the last axis back to the first padded one.
+        let Some(first) = (1..rank).find(|&a| begin[a] + end[a] > 0) else { return Ok(Val::Dyn(x)) };
+        let padding = (first..rank).rev().flat_map(|a| [begin[a], end[a]]).collect();
+        let name = self.plain_node_name(n, "pad");
+        Ok(Val::Dyn(self.emit(name, &[&x], Op::Pad(arch::PadCfg { padding, value: decimal(value) }), vec![])?))
+    }
+
     fn pool(&mut self, n: &NodeProto) -> R<Val> {
         if n.output.len() > 1 && self.uses.get(&n.output[1]).is_some_and(|&u| u > 0) {
             return Err("the Indices output is read; wick's pools do not return indices".into());
@@ -1340,7 +1403,10 @@ impl Importer<'_> {
             return Err("ceil_mode = 1; wick's pools round the output size down".into());
         }
         let in_len: Vec<usize> = x.onnx_shape.get(1..).map(<[usize]>::to_vec).unwrap_or_default();
-        let p = pads(n, spatial, &kernel, &strides, &dilations, &in_len)?;
+        let p: Vec<usize> = pads(n, spatial, &kernel, &strides, &dilations, &in_len)?
+            .into_iter()
+            .map(|(b, e)| if b == e { Ok(b) } else { Err(format!("pads {b} before and {e} after a dim; wick's pools pad both sides equally")) })
+            .collect::<R<_>>()?;
         let count_include_pad = attr_i(n, "count_include_pad")?.unwrap_or(0) != 0;
         let cfg = arch::PoolCfg { kernel_size: pair(&kernel), stride: Some(pair(&strides)), padding: pair(&p), count_include_pad };
         let max = n.op_type == "MaxPool";
@@ -1565,11 +1631,12 @@ fn fold(op: &str, x: &Const, y: &Const) -> R<Const> {
     }
 }
 
-/// Symmetric paddings, one per spatial dim, from `pads` (begin…, end…) or `auto_pad`.
-fn pads(n: &NodeProto, spatial: usize, kernel: &[usize], strides: &[usize], dilations: &[usize], in_len: &[usize]) -> R<Vec<usize>> {
+/// `(before, after)` padding of each spatial dim, from `pads` (begin…, end…) or `auto_pad`
+/// (`SAME_UPPER` puts an odd total's extra one after, `SAME_LOWER` before).
+fn pads(n: &NodeProto, spatial: usize, kernel: &[usize], strides: &[usize], dilations: &[usize], in_len: &[usize]) -> R<Vec<(usize, usize)>> {
     match attr_s(n, "auto_pad")?.as_deref().unwrap_or("NOTSET") {
         "NOTSET" => {}
-        "VALID" => return Ok(vec![0; spatial]),
+        "VALID" => return Ok(vec![(0, 0); spatial]),
         mode @ ("SAME_UPPER" | "SAME_LOWER") => {
             if in_len.len() != spatial {
                 return Err(format!("auto_pad {mode} on an input of per-sample shape with {} spatial dims", in_len.len().saturating_sub(0)));
@@ -1585,23 +1652,17 @@ fn pads(n: &NodeProto, spatial: usize, kernel: &[usize], strides: &[usize], dila
                         .and_then(|v| v.checked_add(1))
                         .ok_or("auto_pad: the padded size overflows")?;
                     let total = span.saturating_sub(in_len[i]);
-                    if total % 2 == 1 {
-                        return Err(format!("auto_pad {mode} pads dim {i} unevenly ({total} in all); wick pads both sides equally"));
-                    }
-                    Ok(total / 2)
+                    Ok(if mode == "SAME_UPPER" { (total / 2, total - total / 2) } else { (total - total / 2, total / 2) })
                 })
                 .collect();
         }
         other => return Err(format!("auto_pad '{other}' is not an ONNX padding mode")),
     }
-    let Some(p) = attr_ints(n, "pads")? else { return Ok(vec![0; spatial]) };
+    let Some(p) = attr_ints(n, "pads")? else { return Ok(vec![(0, 0); spatial]) };
     if p.len() != 2 * spatial || p.iter().any(|&v| v < 0) {
         return Err(format!("pads {p:?} must be {} non-negative values", 2 * spatial));
     }
-    if p[..spatial] != p[spatial..] {
-        return Err(format!("pads {p:?} pad the two sides differently; wick pads both sides equally"));
-    }
-    Ok(p[..spatial].iter().map(|&v| v as usize).collect())
+    Ok((0..spatial).map(|i| (p[i] as usize, p[spatial + i] as usize)).collect())
 }
 
 /// An ints attribute of `len` positive values, default all 1.
@@ -1690,6 +1751,19 @@ mod tests {
 
     fn perm(p: &[i64]) -> crate::onnx::proto::AttributeProto {
         crate::onnx::proto::AttributeProto { name: "perm".into(), r#type: attr_type::INTS, ints: p.to_vec(), ..Default::default() }
+    }
+
+    /// `auto_pad` `SAME_UPPER` puts an odd total padding's extra one after the dim, `SAME_LOWER`
+    /// before it (ONNX's definition): a 3-wide kernel at stride 2 over 8 values pads 1 in all
+    /// (`(⌈8/2⌉ − 1)·2 + 3 − 8`), over 7 values 2; `pads` keeps each side's own width.
+    #[test]
+    fn same_padding_puts_an_odd_extra_on_its_side() {
+        use crate::onnx::proto::AttributeProto;
+        let auto = |mode: &str| node("Conv", &[], "y", vec![AttributeProto { name: "auto_pad".into(), r#type: attr_type::STRING, s: mode.as_bytes().to_vec(), ..Default::default() }]);
+        assert_eq!(pads(&auto("SAME_UPPER"), 2, &[3, 3], &[2, 2], &[1, 1], &[8, 7]).unwrap(), [(0, 1), (1, 1)]);
+        assert_eq!(pads(&auto("SAME_LOWER"), 2, &[3, 3], &[2, 2], &[1, 1], &[8, 7]).unwrap(), [(1, 0), (1, 1)]);
+        let explicit = node("Conv", &[], "y", vec![AttributeProto { name: "pads".into(), r#type: attr_type::INTS, ints: vec![2, 0, 0, 1], ..Default::default() }]);
+        assert_eq!(pads(&explicit, 2, &[3, 3], &[1, 1], &[1, 1], &[8, 7]).unwrap(), [(2, 0), (0, 1)]);
     }
 
     /// The maximum over every spatial axis (`ReduceMax` over axes 2.. or `GlobalMaxPool` and a

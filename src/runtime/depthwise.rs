@@ -101,7 +101,7 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
         }
     };
     let pc = if one { 1 } else { cs };
-    let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+    let (hp, wp) = (g.pad.0 + g.h + g.pad_end.0, g.pad.1 + g.w + g.pad_end.1);
     let (mut plane, mut acc) = SCRATCH.with_borrow_mut(std::mem::take);
     plane.resize(hp * wp * pc, pad);
     // Each sample overwrites the plane's interior; its border (and, where a pixel holds more
@@ -259,7 +259,7 @@ unsafe fn sum_block_taps<const T: usize, const B: usize, const ONE: bool>(plane:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::layout::conv_shape;
+    use crate::runtime::layout::{conv_shape, LayerShape};
     use std::mem::MaybeUninit;
 
     /// Strided, dilated, padded convs with one input channel per group over 2 samples, in
@@ -285,6 +285,10 @@ mod tests {
         for (c, o, groups, kernel) in cases {
             let g = conv_shape(&[c, 6, 7], o, kernel, (2, 1), (1, 1), (1, 2), groups).unwrap();
             assert!(one_input_per_group(&g));
+            check_against_definition(&g);
+            // A pad of 1 row after and 3 columns before each sample folded in: each side its own.
+            let padded = conv_shape(&[c, 6 + 1, 7 + 3], o, kernel, (2, 1), (1, 1), (1, 2), groups).unwrap();
+            let Some(LayerShape::Conv(g)) = LayerShape::Conv(padded).with_pad_folded(&[(0, 1), (3, 0)]) else { panic!("the pad folds") };
             check_against_definition(&g);
         }
     }

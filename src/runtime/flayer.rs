@@ -12,7 +12,6 @@ use super::epilogue::{act_in_row, activate, clamp, finish_tile, FinishRow, Resid
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use crate::matmul::f32::PackedF32;
 use crate::model::act_op::Act;
-use crate::model::arch::Op;
 use crate::model::vmath::over_row;
 use crate::model::vmath::Lanes;
 use std::mem::MaybeUninit;
@@ -35,13 +34,12 @@ pub struct FloatLayer {
 }
 
 impl FloatLayer {
-    /// Prepares weight layer `op` over per-sample input `in_shape` from its row-major weight
-    /// (`[out, in]` or `[O, C/groups, kh, kw]`) and bias.
-    pub fn new(op: &Op, in_shape: &[usize], weight: &[f32], bias: Option<Vec<f32>>) -> Option<FloatLayer> {
-        let shape = LayerShape::of(op, in_shape)?;
+    /// Prepares a weight layer of shape `shape` from its row-major weight (`[out, in]` or
+    /// `[O, C/groups, kh, kw]`) and bias.
+    pub fn new(shape: LayerShape, weight: &[f32], bias: Option<Vec<f32>>) -> FloatLayer {
         let (packed, runs) = match shape {
             LayerShape::Conv(g) if depthwise::one_input_per_group(&g) => {
-                return Some(FloatLayer { shape, packed: vec![], depthwise: Some(depthwise::tap_major(&g, weight)), runs: None, bias, relu: false, act: None });
+                return FloatLayer { shape, packed: vec![], depthwise: Some(depthwise::tap_major(&g, weight)), runs: None, bias, relu: false, act: None };
             }
             LayerShape::Linear { inp, out } => (vec![PackedF32::pack(weight, out, inp)], None),
             LayerShape::Conv(g) => {
@@ -49,7 +47,7 @@ impl FloatLayer {
                 (packed, (!g.pointwise()).then(|| PatchRuns::new(&g)))
             }
         };
-        Some(FloatLayer { shape, packed, depthwise: None, runs, bias, relu: false, act: None })
+        FloatLayer { shape, packed, depthwise: None, runs, bias, relu: false, act: None }
     }
 
     /// Runs the layer on `x` (channels last for a conv; `rows × in` for a linear) of `n`

@@ -16,7 +16,10 @@ pub struct ConvShape {
     pub kh: usize,
     pub kw: usize,
     pub stride: (usize, usize),
+    /// Padding before the first row and column, and after the last (`pad_end`): equal unless a
+    /// `pad` before the conv was folded into it (`LayerShape::with_pad_folded`).
     pub pad: (usize, usize),
+    pub pad_end: (usize, usize),
     pub dil: (usize, usize),
     pub groups: usize,
     pub ho: usize,
@@ -35,7 +38,7 @@ impl ConvShape {
     /// Whether the input serves as the GEMM's rows as it is: every patch row is one input
     /// pixel's channels.
     pub fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.pad == (0, 0) && self.groups == 1
+        self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.pad == (0, 0) && self.pad_end == (0, 0) && self.groups == 1
     }
 
     /// Group `gi`'s weights `[O, C/g, kh, kw]` (row-major `values`) as rows of `(ky, kx, c)`,
@@ -86,6 +89,23 @@ impl LayerShape {
         })
     }
 
+    /// The conv over an input that a zero `pad` widened by `(before, after)` on each spatial
+    /// dim (`[(h), w]`, a conv1d's one), with that pad folded in: the same output from the
+    /// unpadded input, its padding taps widened on each side by the pad's. `None` for a linear
+    /// or a pad wider than the input.
+    pub fn with_pad_folded(self, spatial: &[(usize, usize)]) -> Option<LayerShape> {
+        let LayerShape::Conv(mut g) = self else { return None };
+        let (h, w) = match *spatial {
+            [w] => ((0, 0), w),
+            [h, w] => (h, w),
+            _ => return None,
+        };
+        g.h = g.h.checked_sub(h.0 + h.1)?;
+        g.w = g.w.checked_sub(w.0 + w.1)?;
+        (g.pad, g.pad_end) = ((g.pad.0 + h.0, g.pad.1 + w.0), (g.pad_end.0 + h.1, g.pad_end.1 + w.1));
+        Some(LayerShape::Conv(g))
+    }
+
     /// Output channels.
     pub fn out_channels(&self) -> usize {
         match *self {
@@ -109,7 +129,7 @@ pub(crate) fn conv_shape(s: &[usize], o: usize, k: (usize, usize), stride: (usiz
     let out = |len: usize, k: usize, p: usize, s: usize, d: usize| (len + 2 * p).checked_sub(d * (k - 1) + 1).map(|v| v / s + 1);
     let ho = out(h, k.0, pad.0, stride.0, dil.0)?;
     let wo = out(w, k.1, pad.1, stride.1, dil.1)?;
-    Some(ConvShape { c, h, w, o, kh: k.0, kw: k.1, stride, pad, dil, groups, ho, wo })
+    Some(ConvShape { c, h, w, o, kh: k.0, kw: k.1, stride, pad, pad_end: pad, dil, groups, ho, wo })
 }
 
 /// A tap in the padding (see [`PatchRuns`]).
@@ -364,12 +384,28 @@ mod tests {
         })
     }
 
+    /// [`geometry`] with a pad of 2 rows before and 1 column after each sample folded in:
+    /// padding (3, 1) before and (1, 2) after.
+    fn folded_geometry() -> ConvShape {
+        let s = conv_shape(&[16, 5 + 2, 7 + 1], 6, (3, 2), (2, 1), (1, 1), (1, 2), 2).unwrap();
+        let LayerShape::Conv(g) = LayerShape::Conv(s).with_pad_folded(&[(2, 0), (0, 1)]).unwrap() else { unreachable!() };
+        assert_eq!((g.h, g.w, g.pad, g.pad_end, g.ho, g.wo), (5, 7, (3, 1), (1, 2), s.ho, s.wo));
+        g
+    }
+
     /// Gathered patches give what built ones give, bit for bit, and both equal the conv's
     /// definition: exactly with the integer kernels this CPU runs (pair and quad layouts, the
-    /// zero point as padding), within f32 rounding with the float tile.
+    /// zero point as padding), within f32 rounding with the float tile; with the same padding on
+    /// both sides and with a pad folded in.
     #[test]
     fn gathered_patches_equal_built_ones_and_the_definition() {
-        let (g, n) = (geometry(), 3);
+        for g in [geometry(), folded_geometry()] {
+            gathered_and_built_equal_the_definition(g);
+        }
+    }
+
+    fn gathered_and_built_equal_the_definition(g: ConvShape) {
+        let n = 3;
         let w: Vec<i64> = (0..g.o * g.cg() * g.kh * g.kw).map(|i| ((i * 53) % 255) as i64 - 127).collect();
         let x: Vec<i64> = (0..n * g.h * g.w * g.c).map(|i| ((i * 37) % 128) as i64).collect();
         let pad = 9;

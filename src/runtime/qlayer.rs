@@ -18,7 +18,6 @@ use crate::artifact::QuantLayer;
 use crate::matmul::int8::{PairPanels, QuadPanels};
 use crate::matmul::isa::Isa;
 use crate::model::act_op::Act;
-use crate::model::arch::Op;
 use crate::model::vmath::over_row;
 use crate::model::vmath::Lanes;
 use crate::quant::{ActType, InputQuant, QParams};
@@ -50,9 +49,9 @@ pub struct QLayer {
 }
 
 impl QLayer {
-    /// Prepares `q` (the node's op and per-sample input shape given) with its float bias.
-    pub fn new(q: &QuantLayer, op: &Op, in_shape: &[usize], bias: Option<Vec<f32>>) -> Option<QLayer> {
-        let shape = LayerShape::of(op, in_shape)?;
+    /// Prepares `q` as a layer of shape `shape` with its float bias; `None` for a conv with a
+    /// per-token input.
+    pub fn new(q: &QuantLayer, shape: LayerShape, bias: Option<Vec<f32>>) -> Option<QLayer> {
         let w = &q.weight;
         // 7-bit inputs may take a kernel that is exact on 7-bit codes only.
         if q.input.fixed().is_none() && !matches!(shape, LayerShape::Linear { .. }) {

@@ -8,6 +8,7 @@
 //! matmuls. `select` is a strided copy.
 
 use super::flayer::FloatLayer;
+use super::layout::LayerShape;
 use super::qlayer::QLayer;
 use crate::error::{Result, WickError};
 use crate::model::act_op::{activate, apply_in_place, Act};
@@ -81,8 +82,8 @@ impl RecurrentLayer {
             if let Some(p) = quantised(&node.param(w), &op, shape)? {
                 return Ok(p);
             }
-            let layer = FloatLayer::new(&op, shape, &vec(w)?, if c.bias { Some(vec(b)?) } else { None });
-            Ok(Box::new(layer.ok_or_else(|| WickError::node(&node.name, format!("{w} has a shape the compiled runtime cannot lay out")))?))
+            let shape = LayerShape::of(&op, shape).ok_or_else(|| WickError::node(&node.name, format!("{w} has a shape the compiled runtime cannot lay out")))?;
+            Ok(Box::new(FloatLayer::new(shape, &vec(w)?, if c.bias { Some(vec(b)?) } else { None })))
         };
         let mut layers = vec![];
         for k in 0..c.num_layers {

@@ -12,6 +12,7 @@ mod gradients;
 mod interrupts;
 mod mobile_blocks;
 mod onnx;
+mod padding;
 mod pruning;
 mod quantization;
 mod recipes;

@@ -234,13 +234,13 @@ fn unsupported_onnx_is_a_clear_error() {
     for needle in ["sine.onnx", "the_sine", "(Sin)", "Conv", "Gemm"] {
         assert!(stderr.contains(needle), "'{needle}' missing from: {stderr}");
     }
-    let mut p = wick::onnx::export::float_model(&load(&TEACHERS[1].path())).unwrap();
-    let conv = p.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type == "Conv").unwrap();
-    conv.attribute.iter_mut().find(|a| a.name == "pads").unwrap().ints = vec![1, 1, 0, 0];
-    let asym = dir.path().join("asym.onnx");
-    std::fs::write(&asym, p.encode_to_vec()).unwrap();
-    let (_, stderr) = run_expect(&["inspect", asym.to_str().unwrap()], 2);
-    assert!(stderr.contains("asym.onnx") && stderr.contains("(Conv)") && stderr.contains("pad the two sides differently"), "{stderr}");
+    let mut p = read_proto(&fixture("onnx/digits_tcn.legacy.onnx"));
+    let pad = p.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type == "Pad").unwrap();
+    pad.attribute.iter_mut().find(|a| a.name == "mode").unwrap().s = b"reflect".to_vec();
+    let reflect = dir.path().join("reflect.onnx");
+    std::fs::write(&reflect, p.encode_to_vec()).unwrap();
+    let (_, stderr) = run_expect(&["inspect", reflect.to_str().unwrap()], 2);
+    assert!(stderr.contains("reflect.onnx") && stderr.contains("'/Pad' (Pad)") && stderr.contains("mode 'reflect'"), "{stderr}");
     let (_, stderr) = run_expect(&["inspect", onnx_fixture(t, "legacy").to_str().unwrap(), "--arch", fixture("models/digits_mlp.arch.json").to_str().unwrap()], 2);
     assert!(stderr.contains("--arch"), "{stderr}");
     std::fs::write(dir.path().join("junk.onnx"), b"not a protobuf at all \xff\xff\xff").unwrap();

@@ -122,6 +122,7 @@ pub fn analyse(model: &Model) -> Deps {
                 Op::Select(SelectCfg { dim, .. }) | Op::Mean(ReduceCfg { dim, .. }) | Op::Amax(ReduceCfg { dim, .. }) => sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank),
                 Op::Transpose(c) => matches!(swapped(c, in_rank, in_rank - 1), Some(Swap::Untouched | Swap::FirstAndLast)),
                 Op::Gru(_) | Op::Lstm(_) => true,
+                Op::Pad(c) => c.per_dim(in_rank).is_ok_and(|p| p[in_rank - 1] == (0, 0)),
                 _ => false,
             };
             if !passes {
@@ -250,7 +251,9 @@ pub fn analyse(model: &Model) -> Deps {
                 // heads and positions: kept whole.
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)
             }
-            Op::Transpose(_) | Op::Mean(_) | Op::Amax(_) | Op::Select(_) if last_in[0] => ins[0].clone(),
+            Op::Transpose(_) | Op::Mean(_) | Op::Amax(_) | Op::Select(_) | Op::Pad(_) if last_in[0] => ins[0].clone(),
+            // Padding the channel axis adds channels no producer owns: kept whole.
+            Op::Pad(c) if c.per_dim(in_rank).map_or(true, |p| p[0] != (0, 0)) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
             Op::Transpose(c) => match swapped(c, in_rank, 0) {
                 Some(Swap::Untouched) => ins[0].clone(),
                 Some(Swap::FirstAndLast) => {

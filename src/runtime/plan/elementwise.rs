@@ -1,6 +1,6 @@
 //! The element-wise and data-movement kernels of the compiled plans: global average pooling,
-//! the add, ReLU and product steps, concatenation, two axes swapped and the mean or maximum
-//! along one axis.
+//! the add, ReLU and product steps, concatenation, constant padding, two axes swapped and the
+//! mean or maximum along one axis.
 
 use super::Value;
 use crate::runtime::epilogue::add_relu;
@@ -104,6 +104,37 @@ pub(super) fn concat_rows(ins: &[&[f32]], rows: usize, widths: &[usize]) -> Vec<
         }
     }
     out
+}
+
+/// `x` of dims `dims` (as stored) padded by `(before, after)` on each axis with `value`:
+/// `y[i₀ + b₀, i₁ + b₁, …] = x[i₀, i₁, …]`, `value` elsewhere; each run along the last axis is one
+/// copy.
+pub(super) fn pad_constant(x: &[f32], dims: &[usize], pads: &[(usize, usize)], value: f32) -> Vec<f32> {
+    let out: Vec<usize> = dims.iter().zip(pads).map(|(&d, &(b, e))| d + b + e).collect();
+    let mut y = vec![value; out.iter().product()];
+    let (rank, row) = (dims.len(), dims[dims.len() - 1]);
+    if x.is_empty() || row == 0 {
+        return y;
+    }
+    let mut stride = vec![1usize; rank];
+    for k in (0..rank - 1).rev() {
+        stride[k] = stride[k + 1] * out[k + 1];
+    }
+    let first: usize = pads.iter().zip(&stride).map(|(p, s)| p.0 * s).sum();
+    // The input row's index over all but the last axis, counted like an odometer.
+    let mut at = vec![0usize; rank - 1];
+    for src in x.chunks_exact(row) {
+        let start = first + at.iter().zip(&stride).map(|(i, s)| i * s).sum::<usize>();
+        y[start..start + row].copy_from_slice(src);
+        for k in (0..rank - 1).rev() {
+            at[k] += 1;
+            if at[k] < dims[k] {
+                break;
+            }
+            at[k] = 0;
+        }
+    }
+    y
 }
 
 /// `x` (logical layout, `dims` with the batch) with full-tensor axes `a < b` swapped: viewed as

@@ -25,6 +25,7 @@ mod normalize;
 mod run;
 
 use super::flayer::FloatLayer;
+use super::layout::LayerShape;
 use super::qlayer::QLayer;
 use super::recurrent::{Projection, RecurrentLayer};
 use crate::artifact::Int8Model;
@@ -80,6 +81,12 @@ enum Kind {
     Transpose {
         a: usize,
         b: usize,
+    },
+    /// `value` added before and after each full-tensor axis (`pads[0]`, the batch's, is none),
+    /// in the layout the input has unless the channels are padded.
+    Pad {
+        pads: Vec<(usize, usize)>,
+        value: f32,
     },
     /// The mean (or with `max` the maximum) along full-tensor axis `dim`; in logical order (a
     /// kept unit dim changes no data).
@@ -174,6 +181,8 @@ pub struct Plan {
     length_free: bool,
     /// The most samples one pass over the steps takes (`chunk_samples`).
     chunk_samples: usize,
+    /// The pads folded into the conv that reads each, as `(pad node, conv node)`.
+    folded_pads: Vec<(usize, usize)>,
 }
 
 /// A value: f32 data with its logical dims (with the batch) and its physical layout.
@@ -219,6 +228,10 @@ impl Plan {
             }
         }
         let out_name = arch.output_name();
+        // Zero pads of spatial dims folded into the one conv that reads each: `(before, after)`
+        // per spatial dim, keyed by the pad's name.
+        let mut folded: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
+        let mut folded_pads = vec![];
         let mut steps: Vec<Step> = vec![];
         let mut slots = 1;
         for &ni in &model.graph.order {
@@ -253,10 +266,24 @@ impl Plan {
                     continue;
                 }
             }
+            // A pad that only a conv reads becomes that conv's padding taps: no copy of the input.
+            if let Some((spatial, conv)) = foldable_pad(&model, node, &readers) {
+                slot_of.insert(node.name.as_str(), slot_of[node.inputs[0].as_str()]);
+                folded.insert(node.name.as_str(), spatial);
+                folded_pads.push((ni, conv));
+                continue;
+            }
             // The full-tensor axis (batch first) of sample dim `d` of the node's first input.
             let axis = |d: i64| crate::model::graph::sample_dim(d, model.graph.shapes[node.inputs[0].as_str()].len()).map(|d| d + 1).map_err(|m| WickError::node(&node.name, m));
             let kind = match (&node.op, act, pool_geom(&node.op)) {
-                (op, ..) if is_weight_layer(op) => weight_layer(&model, node, &model.graph.shapes[node.inputs[0].as_str()], int8)?,
+                (op, ..) if is_weight_layer(op) => {
+                    let shape = LayerShape::of(op, &model.graph.shapes[node.inputs[0].as_str()]);
+                    let shape = match folded.get(node.inputs[0].as_str()) {
+                        Some(spatial) => Some(shape.and_then(|s| s.with_pad_folded(spatial)).expect("foldable_pad checked the fold")),
+                        None => shape,
+                    };
+                    weight_layer(&model, node, shape, int8)?
+                }
                 (Op::Relu(_), ..) => Kind::Relu,
                 (Op::Add(_), ..) => Kind::Add { relu: false },
                 (Op::GlobalAvgPool(_), ..) => Kind::GlobalAvgPool,
@@ -321,6 +348,11 @@ impl Plan {
                         Kind::Transpose { a: a.min(b), b: a.max(b) }
                     }
                 }
+                (Op::Pad(c), ..) => {
+                    let rank = model.graph.shapes[node.inputs[0].as_str()].len();
+                    let pads = c.per_dim(rank).map_err(|m| WickError::node(&node.name, m))?;
+                    Kind::Pad { pads: std::iter::once((0, 0)).chain(pads).collect(), value: c.value as f32 }
+                }
                 (Op::Mean(c) | Op::Amax(c), ..) => Kind::Reduce { dim: axis(c.dim)?, max: matches!(node.op, Op::Amax(_)) },
                 _ => Kind::Float,
             };
@@ -342,7 +374,7 @@ impl Plan {
         let tokens = arch.nodes.iter().any(|n| matches!(n.op, Op::Embedding(_)) && n.inputs[0] == arch.input.name);
         let length_free = tokens && model.input_shape().len() == 1 && arch.nodes.iter().all(|n| length_free_op(&n.op));
         let chunk_samples = chunk_samples(&model, int8.is_some(), length_free);
-        Ok(Plan { model, steps, slots, output, last_use, fingerprint, length_free, chunk_samples })
+        Ok(Plan { model, steps, slots, output, last_use, fingerprint, length_free, chunk_samples, folded_pads })
     }
 
     /// Sets the most samples one pass over the steps takes (chosen at compile time from the L2
@@ -369,12 +401,35 @@ impl Plan {
         self.steps.iter().filter_map(|s| s.residual.map(|(r, relu)| (layer(s), name(r), relu))).collect()
     }
 
+    /// The pads that run as padding taps of the conv reading them, as `(pad, conv)`.
+    pub fn folded_pads(&self) -> Vec<(&str, &str)> {
+        let name = |node: usize| self.model.arch.nodes[node].name.as_str();
+        self.folded_pads.iter().map(|&(p, c)| (name(p), name(c))).collect()
+    }
+
     /// The integer layers that write their only reader's input codes instead of f32 outputs,
     /// as `(layer, reader)` (see `Step::codes_for`).
     pub fn coded_outputs(&self) -> Vec<(&str, &str)> {
         let name = |node: usize| self.model.arch.nodes[node].name.as_str();
         self.steps.iter().filter_map(|s| s.codes_for.as_ref().map(|r| (name(s.node), name(r.node)))).collect()
     }
+}
+
+/// The spatial `(before, after)` padding of `node` and the index of the conv reading it, when
+/// `node` is a zero `pad` of a conv's spatial dims (not its channels) read by that conv alone,
+/// which can take it as padding taps of its own (`LayerShape::with_pad_folded`).
+fn foldable_pad(model: &Model, node: &Node, readers: &BTreeMap<&str, usize>) -> Option<(Vec<(usize, usize)>, usize)> {
+    let Op::Pad(c) = &node.op else { return None };
+    let in_shape = &model.graph.shapes[node.inputs[0].as_str()];
+    let pads = c.per_dim(in_shape.len()).ok()?;
+    if c.value != 0.0 || pads[0] != (0, 0) || !(2..=3).contains(&in_shape.len()) || readers.get(node.name.as_str()) != Some(&1) || node.name == model.arch.output_name() {
+        return None;
+    }
+    let ri = model.arch.nodes.iter().position(|n| n.inputs.contains(&node.name))?;
+    let reader = &model.arch.nodes[ri];
+    let conv = matches!(reader.op, Op::Conv1d(_) | Op::Conv2d(_));
+    let fits = LayerShape::of(&reader.op, &model.graph.shapes[node.name.as_str()]).and_then(|s| s.with_pad_folded(&pads[1..])).is_some();
+    (conv && fits).then(|| (pads[1..].to_vec(), ri))
 }
 
 /// Whether `op`'s step computes the same for any sequence length of a rank-1 (token) input:
@@ -404,14 +459,12 @@ fn length_free_op(op: &Op) -> bool {
     )
 }
 
-/// Unit `unit` of `int8` as a layer on the integer GEMM (`op` over per-sample `in_shape`),
-/// when `int8` quantises it.
-fn quantised(int8: Option<&Int8Model>, unit: &str, op: &Op, in_shape: &[usize]) -> Result<Option<QLayer>> {
+/// Unit `unit` of `int8` as a layer of shape `shape` on the integer GEMM, when `int8` quantises
+/// it.
+fn quantised(int8: Option<&Int8Model>, unit: &str, shape: Option<LayerShape>) -> Result<Option<QLayer>> {
     let Some((m, q)) = int8.and_then(|m| m.layers.get(unit).map(|q| (m, q))) else { return Ok(None) };
-    match QLayer::new(q, op, in_shape, m.bias(unit)?) {
-        Some(l) => Ok(Some(l)),
-        None => Err(WickError::node(unit, "has a shape the integer runtime cannot lay out")),
-    }
+    let bias = m.bias(unit)?;
+    shape.and_then(|s| QLayer::new(q, s, bias)).map(Some).ok_or_else(|| WickError::node(unit, "has a shape the integer runtime cannot lay out"))
 }
 
 /// The most samples one pass over the steps should take: enough that the largest value of a
@@ -433,29 +486,29 @@ fn chunk_samples(model: &Model, int8: bool, length_free: bool) -> usize {
     }
 }
 
-/// A conv or linear: quantised when `int8` quantises it, else [`dense`].
-fn weight_layer(model: &Model, node: &Node, in_shape: &[usize], int8: Option<&Int8Model>) -> Result<Kind> {
-    match quantised(int8, &node.name, &node.op, in_shape)? {
+/// A conv or linear of shape `shape` (`None`: one the packed kernels cannot lay out):
+/// quantised when `int8` quantises it, else [`dense`].
+fn weight_layer(model: &Model, node: &Node, shape: Option<LayerShape>, int8: Option<&Int8Model>) -> Result<Kind> {
+    match quantised(int8, &node.name, shape)? {
         Some(l) => Ok(Kind::Quant(Box::new(l))),
-        None => dense(model, node, in_shape),
+        None => dense(model, node, shape),
     }
 }
 
 /// A recurrent matrix's projection on the integer GEMM when `int8` quantises unit `unit`.
 fn recurrent_unit(int8: Option<&Int8Model>, unit: &str, op: &Op, in_shape: &[usize]) -> Result<Option<Projection>> {
-    Ok(quantised(int8, unit, op, in_shape)?.map(|l| Box::new(l) as Projection))
+    Ok(quantised(int8, unit, LayerShape::of(op, in_shape))?.map(|l| Box::new(l) as Projection))
 }
 
-/// A float weight layer on the packed f32 GEMM (or the depthwise kernel).
-fn dense(model: &Model, node: &Node, in_shape: &[usize]) -> Result<Kind> {
+/// A float weight layer on the packed f32 GEMM (or the depthwise kernel); the float executor
+/// where the kernels cannot lay it out.
+fn dense(model: &Model, node: &Node, shape: Option<LayerShape>) -> Result<Kind> {
+    let Some(shape) = shape else { return Ok(Kind::Float) };
     let bias = match model.params.contains_key(&node.param("bias")) {
         true => Some(model.values(&node.param("bias"))?),
         false => None,
     };
-    Ok(match FloatLayer::new(&node.op, in_shape, &model.values(&node.param("weight"))?, bias) {
-        Some(l) => Kind::Dense(Box::new(l)),
-        None => Kind::Float,
-    })
+    Ok(Kind::Dense(Box::new(FloatLayer::new(shape, &model.values(&node.param("weight"))?, bias))))
 }
 
 impl Step {

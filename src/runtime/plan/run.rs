@@ -3,7 +3,7 @@
 //! quantising each integer layer's input once per quantiser and freeing each value after its
 //! last reader.
 
-use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, scale_channels, swap_axes};
+use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, pad_constant, scale_channels, swap_axes};
 use super::normalize::{channel_affine, layer_norm, softmax};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
@@ -227,6 +227,22 @@ impl Plan {
                         v.data = swap_axes(&v.data, &v.dims, *a, *b);
                     }
                     Value { data: v.data, dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
+                }
+                Kind::Pad { pads, value } => {
+                    let v = vals[step.inputs[0]].as_mut().expect("input computed");
+                    // Padded channels are a logical-order job; spatial padding keeps a
+                    // channels-last value so, its channel axis last.
+                    if pads[1] != (0, 0) {
+                        set_layout(v, false);
+                    }
+                    let (dims, pads): (Vec<usize>, Vec<(usize, usize)>) = match v.channels_last {
+                        true => {
+                            let order = std::iter::once(0).chain(2..v.dims.len()).chain(std::iter::once(1));
+                            order.map(|a| (v.dims[a], pads[a])).unzip()
+                        }
+                        false => (v.dims.clone(), pads.clone()),
+                    };
+                    Value { data: pad_constant(&v.data, &dims, &pads, *value), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: v.channels_last }
                 }
                 Kind::Reduce { dim, max } => {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
