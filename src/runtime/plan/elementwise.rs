@@ -107,26 +107,28 @@ pub(super) fn concat_rows(ins: &[&[f32]], rows: usize, widths: &[usize]) -> Vec<
 }
 
 /// `x` of dims `dims` (as stored) padded by `(before, after)` on each axis with `value`:
-/// `y[i₀ + b₀, i₁ + b₁, …] = x[i₀, i₁, …]`, `value` elsewhere; each run along the last axis is one
-/// copy.
+/// `y[i₀ + b₀, i₁ + b₁, …] = x[i₀, i₁, …]`, `value` elsewhere. The axes after the last padded
+/// one are as long in `y` as in `x`, so each run over the last padded axis and those after it is
+/// one copy (a sample's whole `[L, C]` when only its time axis is padded).
 pub(super) fn pad_constant(x: &[f32], dims: &[usize], pads: &[(usize, usize)], value: f32) -> Vec<f32> {
     let out: Vec<usize> = dims.iter().zip(pads).map(|(&d, &(b, e))| d + b + e).collect();
     let mut y = vec![value; out.iter().product()];
-    let (rank, row) = (dims.len(), dims[dims.len() - 1]);
-    if x.is_empty() || row == 0 {
+    let last = pads.iter().rposition(|&p| p != (0, 0)).unwrap_or(0);
+    let run: usize = dims[last..].iter().product();
+    if x.is_empty() || run == 0 {
         return y;
     }
-    let mut stride = vec![1usize; rank];
-    for k in (0..rank - 1).rev() {
+    let mut stride = vec![1usize; dims.len()];
+    for k in (0..dims.len() - 1).rev() {
         stride[k] = stride[k + 1] * out[k + 1];
     }
     let first: usize = pads.iter().zip(&stride).map(|(p, s)| p.0 * s).sum();
-    // The input row's index over all but the last axis, counted like an odometer.
-    let mut at = vec![0usize; rank - 1];
-    for src in x.chunks_exact(row) {
+    // The run's index over the axes before `last`, counted like an odometer.
+    let mut at = vec![0usize; last];
+    for src in x.chunks_exact(run) {
         let start = first + at.iter().zip(&stride).map(|(i, s)| i * s).sum::<usize>();
-        y[start..start + row].copy_from_slice(src);
-        for k in (0..rank - 1).rev() {
+        y[start..start + run].copy_from_slice(src);
+        for k in (0..last).rev() {
             at[k] += 1;
             if at[k] < dims[k] {
                 break;
@@ -192,4 +194,33 @@ pub(super) fn max_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pad_constant;
+
+    /// Every value lands where its definition puts it, `y[i + b] = x[i]` on each axis, and every
+    /// other value is `value`: pads on the last axis, on a middle one only (runs of whole rows)
+    /// and on none.
+    #[test]
+    fn pad_puts_each_value_at_its_index_plus_the_pad() {
+        let dims = [2, 3, 4, 5];
+        let x: Vec<f32> = (0..dims.iter().product::<usize>()).map(|i| i as f32).collect();
+        for pads in [[(0, 0), (1, 2), (0, 0), (3, 1)], [(0, 0), (0, 1), (2, 0), (0, 0)], [(0, 0); 4]] {
+            let y = pad_constant(&x, &dims, &pads, -1.0);
+            let out: Vec<usize> = dims.iter().zip(&pads).map(|(&d, &(b, e))| d + b + e).collect();
+            let mut want = vec![-1.0f32; out.iter().product()];
+            for (i, &v) in x.iter().enumerate() {
+                let (mut rem, mut at, mut stride) = (i, 0, 1);
+                for k in (0..4).rev() {
+                    at += (rem % dims[k] + pads[k].0) * stride;
+                    rem /= dims[k];
+                    stride *= out[k];
+                }
+                want[at] = v;
+            }
+            assert_eq!(y, want, "{pads:?}");
+        }
+    }
 }
