@@ -5,7 +5,7 @@
 # Linux wheel brings its CUDA libraries: several GB; only the CPU is used).
 # Usage: bench/run.sh [THREADS] [ROUNDS]   (defaults 1 and 3; run with 2 threads as well for scaling)
 # BENCH_MODELS="digits_seq_cnn digits_dsnet" limits the run to those teachers.
-# The recurrent teachers (GRU, LSTM, the CRNN) and the MobileNetV3-style net run in ONNX Runtime
+# The recurrent teachers (GRU, LSTM, the CRNN), the MobileNetV3-style net and the causal TCN run in ONNX Runtime
 # from PyTorch's own ONNX export (fixtures/onnx/), and have no PyTorch column (torch_baseline.py
 # builds nets of the older ops only).
 # Each round measures wick, then ONNX Runtime, then PyTorch; the table shows, per workload, the
