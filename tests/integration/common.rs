@@ -45,6 +45,22 @@ impl Teacher {
     pub fn dataset(&self, split: &str) -> Dataset {
         Dataset::read(&self.split(split)).expect("fixture data loads")
     }
+    /// `wick compress` of this teacher with `recipe` (one epoch per pass, a 1-point gate) into
+    /// `out`, asserting that the gate passed and that `ptq-int8` lost at most 0.3 point; returns
+    /// the report and the INT8 artifact.
+    pub fn compress_within_gate(&self, recipe: &str, out: &Path) -> (serde_json::Value, wick::artifact::Int8Model) {
+        let mut args: Vec<String> =
+            ["compress", self.path().to_str().unwrap(), "--recipe", recipe, "--out", out.to_str().unwrap(), "--quiet", "--max-epochs", "1", "--max-accuracy-drop", "1.0"].map(String::from).to_vec();
+        args.extend(self.data_args());
+        run_expect(&args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        assert_eq!(report["gate"]["passed"], true, "{} {recipe}: {}", self.name, report["gate"]);
+        if recipe == "ptq-int8" {
+            assert!(report["accuracy_drop_points"].as_f64().unwrap() <= 0.3, "{}: {}", self.name, report["accuracy_drop_points"]);
+        }
+        let file = wick::tensor_file::TensorFile::read(&out.join("model.int8.safetensors")).unwrap();
+        (report, wick::artifact::Int8Model::read(&file).unwrap().unwrap())
+    }
 }
 
 /// Every feed-forward teacher in the fixtures: an MLP, a 2-d ResNet, a 1-d CNN with a depthwise
