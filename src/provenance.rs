@@ -10,6 +10,15 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     Ok(sha256_hex(&bytes))
 }
 
+/// Hex sha256 of a model: its file's bytes, or for an ONNX file its graph's and its external
+/// data's (`onnx::model_sha256`).
+pub fn model_sha256(path: &Path) -> Result<String> {
+    match crate::onnx::is_onnx(path) {
+        true => crate::onnx::model_sha256(path),
+        false => file_sha256(path),
+    }
+}
+
 /// Hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))

@@ -120,7 +120,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let mut extra = std::collections::BTreeMap::new();
     extra.insert(
         "provenance".to_string(),
-        json!({"teacher": a.teacher.display().to_string(), "teacher_sha256": wick::provenance::file_sha256(&a.teacher)?,
+        json!({"teacher": a.teacher.display().to_string(), "teacher_sha256": wick::provenance::model_sha256(&a.teacher)?,
         "tool": wick::provenance::tool_version(), "pass": "distill", "settings": &settings}),
     );
     wick::model::load::save_model(&student, &a.out, extra)?;

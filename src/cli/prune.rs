@@ -135,7 +135,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     if !a.dry_run {
         let out = a.out.as_ref().unwrap();
         let mut extra = std::collections::BTreeMap::new();
-        extra.insert("provenance".to_string(), json!({"teacher": a.m.model.display().to_string(), "teacher_sha256": wick::provenance::file_sha256(&a.m.model)?, "tool": wick::provenance::tool_version(), "pass": "prune_channels", "settings": &settings}));
+        extra.insert("provenance".to_string(), json!({"teacher": a.m.model.display().to_string(), "teacher_sha256": wick::provenance::model_sha256(&a.m.model)?, "tool": wick::provenance::tool_version(), "pass": "prune_channels", "settings": &settings}));
         save_model(&pruned, out, extra)?;
     }
     let summary = json!({

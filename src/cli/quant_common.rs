@@ -12,7 +12,7 @@ use wick::data::Dataset;
 use wick::eval::{agreement, evaluate, evaluate_int8};
 use wick::model::Model;
 use wick::passes::calibrate::CalibrateSettings;
-use wick::provenance::{file_sha256, tool_version};
+use wick::provenance::tool_version;
 use wick::quant::ActType;
 use wick::runtime::{kernels::Kernel, Exec};
 
@@ -87,7 +87,7 @@ pub fn write_and_compare(q: &mut Int8Model, teacher: &Model, teacher_path: &Path
         "provenance".into(),
         json!({
             "teacher": teacher_path.display().to_string(),
-            "teacher_sha256": file_sha256(teacher_path)?,
+            "teacher_sha256": wick::provenance::model_sha256(teacher_path)?,
             "tool": tool_version(),
             "settings": settings,
         }),

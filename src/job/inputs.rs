@@ -4,7 +4,7 @@
 use super::{JobSpec, ARTIFACT, REPORT_JSON};
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::provenance::file_sha256;
+use crate::provenance::{file_sha256, model_sha256};
 use crate::report::FileInfo;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -18,7 +18,8 @@ pub(super) fn info(p: &Path) -> Result<FileInfo> {
 pub fn input_fingerprint(spec: &JobSpec) -> Result<serde_json::Value> {
     let recipe = crate::recipe::resolve(&spec.recipe)?;
     let mut inputs = BTreeMap::new();
-    for (k, p) in [("teacher", Some(&spec.model)), ("train", Some(&spec.train)), ("val", Some(&spec.val)), ("test", Some(&spec.test)), ("calib", spec.calib.as_ref()), ("arch", spec.arch.as_ref())] {
+    inputs.insert("teacher".to_string(), FileInfo { path: spec.model.display().to_string(), sha256: model_sha256(&spec.model)? });
+    for (k, p) in [("train", Some(&spec.train)), ("val", Some(&spec.val)), ("test", Some(&spec.test)), ("calib", spec.calib.as_ref()), ("arch", spec.arch.as_ref())] {
         if let Some(p) = p {
             inputs.insert(k.to_string(), info(p)?);
         }

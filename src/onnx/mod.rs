@@ -44,33 +44,66 @@ pub fn opset(model: &proto::ModelProto) -> i64 {
 }
 
 /// Loads an ONNX file: a float model, or an INT8 model when QDQ pairs quantise its layers.
-/// Returns it and the file's hex sha256.
+/// Returns it and the model's hex sha256 ([`model_sha256`]).
 pub fn load(path: &Path) -> Result<(AnyModel, String)> {
-    let bytes = std::fs::read(path).map_err(|e| WickError::io(path, e))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    Ok((from_bytes(&bytes, &path.display().to_string(), dir)?, crate::provenance::sha256_hex(&bytes)))
+    let (bytes, model, dir) = read(path)?;
+    let any = from_proto(&model, &path.display().to_string(), dir)?;
+    Ok((any, sha256_of(&bytes, &model, dir)?))
 }
 
-/// Bytes on disk of an ONNX model: the file and every external data file its initializers
-/// name, each once (the dynamo exporter writes the weights to `<model>.onnx.data` by default,
-/// so the `.onnx` file alone is a fraction of the model).
-pub fn bytes_on_disk(path: &Path) -> Result<u64> {
+/// An ONNX file's bytes, the model they encode, and the folder its external data lies in.
+fn read(path: &Path) -> Result<(Vec<u8>, proto::ModelProto, &Path)> {
     let bytes = std::fs::read(path).map_err(|e| WickError::io(path, e))?;
     let model = proto::ModelProto::decode(bytes.as_slice()).map_err(|e| WickError::invalid(path.display().to_string(), format!("not a valid ONNX model: {e}")))?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let locations: std::collections::BTreeSet<String> =
-        model.graph.iter().flat_map(|g| &g.initializer).filter(|t| t.data_location == 1).filter_map(|t| t.external_data.iter().find(|e| e.key == "location").map(|e| e.value.clone())).collect();
-    locations.iter().try_fold(bytes.len() as u64, |total, location| {
-        let file = dir.join(location);
-        Ok(total + std::fs::metadata(&file).map_err(|e| WickError::io(&file, e))?.len())
-    })
+    Ok((bytes, model, dir))
+}
+
+/// The external data files `model`'s initializers name, each once, in name order (the dynamo
+/// exporter writes the weights to `<model>.onnx.data` by default, so the `.onnx` file alone is
+/// a fraction of the model).
+fn external_files(model: &proto::ModelProto, dir: &Path) -> Vec<std::path::PathBuf> {
+    let locations: std::collections::BTreeSet<&str> =
+        model.graph.iter().flat_map(|g| &g.initializer).filter(|t| t.data_location == 1).filter_map(|t| t.external_data.iter().find(|e| e.key == "location").map(|e| e.value.as_str())).collect();
+    locations.into_iter().map(|l| dir.join(l)).collect()
+}
+
+/// Bytes on disk of an ONNX model: the file and every external data file its initializers
+/// name, each once.
+pub fn bytes_on_disk(path: &Path) -> Result<u64> {
+    let (bytes, model, dir) = read(path)?;
+    external_files(&model, dir).iter().try_fold(bytes.len() as u64, |total, file| Ok(total + std::fs::metadata(file).map_err(|e| WickError::io(file, e))?.len()))
+}
+
+/// Hex sha256 of an ONNX model: of the graph file's bytes followed by each external data
+/// file's, in [`external_files`] order, so that new weights beside an unchanged graph file
+/// change it (a report's provenance, `wick batch`'s check that a job's inputs are the same).
+pub fn model_sha256(path: &Path) -> Result<String> {
+    let (bytes, model, dir) = read(path)?;
+    sha256_of(&bytes, &model, dir)
+}
+
+fn sha256_of(bytes: &[u8], model: &proto::ModelProto, dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(bytes);
+    for file in external_files(model, dir) {
+        let mut f = std::fs::File::open(&file).map_err(|e| WickError::io(&file, e))?;
+        std::io::copy(&mut f, &mut hash).map_err(|e| WickError::io(&file, e))?;
+    }
+    Ok(format!("{:x}", hash.finalize()))
 }
 
 /// An ONNX model from its bytes; `file` names it in errors and `dir` holds its external data.
 pub fn from_bytes(bytes: &[u8], file: &str, dir: &Path) -> Result<AnyModel> {
     let model = proto::ModelProto::decode(bytes).map_err(|e| WickError::invalid(file, format!("not a valid ONNX model: {e}")))?;
+    from_proto(&model, file, dir)
+}
+
+/// An ONNX model from its decoded protobuf.
+fn from_proto(model: &proto::ModelProto, file: &str, dir: &Path) -> Result<AnyModel> {
     let graph = model.graph.as_ref().ok_or_else(|| WickError::invalid(file, "the ONNX model has no graph"))?;
-    let imported = import::import(graph, opset(&model), file, dir)?;
+    let imported = import::import(graph, opset(model), file, dir)?;
     let mut tensors = std::collections::BTreeMap::new();
     for (name, (dims, values)) in imported.params {
         tensors.insert(name, Tensor::from_vec(values, dims, &crate::model::device())?);

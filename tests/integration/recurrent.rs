@@ -213,7 +213,8 @@ fn matches_pytorch_through_onnx(name: &str, dir: &std::path::Path) -> wick::mode
 
 /// The dynamo exporter's default writes the weights to `<file>.onnx.data` beside the graph: the
 /// model reads them (PyTorch's logits), and its size on disk, which the compression ratio and
-/// a size gate are measured against, counts that file too.
+/// a size gate are measured against, counts that file too; so does its sha256 in the report
+/// (which `wick batch` compares to resume a job).
 #[test]
 fn an_onnx_teachers_size_counts_its_external_data() {
     let onnx = fixture("onnx/dynamo_gru_external.onnx");
@@ -227,6 +228,19 @@ fn an_onnx_teachers_size_counts_its_external_data() {
     let external = std::fs::metadata(fixture("onnx/dynamo_gru_external.onnx.data")).unwrap().len();
     assert!(external > 4 * 1024, "the weights lie outside the graph file");
     assert_eq!(report["teacher"]["bytes_on_disk"].as_u64().unwrap(), std::fs::metadata(&onnx).unwrap().len() + external);
+    // Its hash covers the weights too: the graph file's bytes, then the data file's.
+    use sha2::Digest;
+    let both = [std::fs::read(&onnx).unwrap(), std::fs::read(fixture("onnx/dynamo_gru_external.onnx.data")).unwrap()].concat();
+    assert_eq!(report["inputs"]["teacher"]["sha256"], format!("{:x}", sha2::Sha256::digest(&both)));
+    // New weights beside the same graph file are another model.
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::copy(&onnx, copy.join("dynamo_gru_external.onnx")).unwrap();
+    let mut weights = std::fs::read(fixture("onnx/dynamo_gru_external.onnx.data")).unwrap();
+    weights[0] ^= 1;
+    std::fs::write(copy.join("dynamo_gru_external.onnx.data"), weights).unwrap();
+    let hash = |p: &std::path::Path| wick::provenance::model_sha256(p).unwrap();
+    assert_ne!(hash(&copy.join("dynamo_gru_external.onnx")), hash(&onnx));
 }
 
 /// A random stacked bidirectional recurrent net: `cell` over `[6, 5]`, two layers of 7 hidden
