@@ -45,6 +45,18 @@ impl Teacher {
     pub fn dataset(&self, split: &str) -> Dataset {
         Dataset::read(&self.split(split)).expect("fixture data loads")
     }
+    /// `wick eval` of `model` (this teacher from any source) on the test split: `correct` rows
+    /// right and PyTorch's test logits within 1e-4; `dir` holds the predictions.
+    pub fn assert_evals_as_pytorch(&self, model: &Path, correct: u64, dir: &Path) {
+        let reference = wick::tensor_file::TensorFile::read(&self.reference()).unwrap().f32("test_logits").unwrap();
+        let out = dir.join("p.safetensors");
+        let (stdout, _) = run_expect(&["eval", model.to_str().unwrap(), "--data", self.split("test").to_str().unwrap(), "--predictions", out.to_str().unwrap(), "--json", "--quiet"], 0);
+        let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(j["correct"], correct, "{}", model.display());
+        let l = wick::tensor_file::TensorFile::read(&out).unwrap().f32("logits").unwrap();
+        assert!(max_abs_diff(&l, &reference) <= 1e-4, "{}: {}", model.display(), max_abs_diff(&l, &reference));
+    }
+
     /// `wick compress` of this teacher with `recipe` (one epoch per pass, a 1-point gate) into
     /// `out`, asserting that the gate passed and that `ptq-int8` lost at most 0.3 point; returns
     /// the report and the INT8 artifact.
