@@ -360,6 +360,13 @@ pub struct PadCfg {
 }
 
 impl PadCfg {
+    /// The pad of `(before, after)` on each sample dim, first dim first (the inverse of
+    /// [`PadCfg::per_dim`]): the pairs from the last dim back to the first padded one.
+    pub fn from_per_dim(per_dim: &[(usize, usize)], value: f64) -> PadCfg {
+        let first = per_dim.iter().position(|&p| p != (0, 0)).unwrap_or(per_dim.len());
+        PadCfg { padding: per_dim[first..].iter().rev().flat_map(|&(b, e)| [b, e]).collect(), value }
+    }
+
     /// `(before, after)` for each of the `rank` sample dims, first dim first; an error when
     /// `padding` is not pairs or reaches past the first dim.
     pub fn per_dim(&self, rank: usize) -> std::result::Result<Vec<(usize, usize)>, String> {

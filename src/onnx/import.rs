@@ -1134,9 +1134,8 @@ impl Importer<'_> {
         let name = self.param_node_name(n, "conv");
         let x = match extra.iter().any(|&p| p != (0, 0)) {
             true => {
-                let padding = extra.iter().rev().flat_map(|&(b, e)| [b, e]).collect();
                 let pad = self.fresh(&format!("{name}.pad"));
-                self.emit(pad, &[&x], Op::Pad(arch::PadCfg { padding, value: 0.0 }), vec![])?
+                self.emit(pad, &[&x], Op::Pad(arch::PadCfg::from_per_dim(&extra, 0.0)), vec![])?
             }
             false => x,
         };
@@ -1370,14 +1369,12 @@ impl Importer<'_> {
         if begin[0] + end[0] > 0 {
             return Err(format!("pads {pads:?} pad the batch axis; wick pads the dims of each sample"));
         }
-        if !value.is_finite() {
-            return Err(format!("the constant value {value} is not a finite number"));
+        let per_dim: Vec<(usize, usize)> = (1..rank).map(|a| (begin[a], end[a])).collect();
+        if per_dim.iter().all(|&p| p == (0, 0)) {
+            return Ok(Val::Dyn(x));
         }
-        // wick's `padding`: (before, after) pairs from the last axis back to the first padded one.
-        let Some(first) = (1..rank).find(|&a| begin[a] + end[a] > 0) else { return Ok(Val::Dyn(x)) };
-        let padding = (first..rank).rev().flat_map(|a| [begin[a], end[a]]).collect();
         let name = self.plain_node_name(n, "pad");
-        Ok(Val::Dyn(self.emit(name, &[&x], Op::Pad(arch::PadCfg { padding, value: decimal(value) }), vec![])?))
+        Ok(Val::Dyn(self.emit(name, &[&x], Op::Pad(arch::PadCfg::from_per_dim(&per_dim, decimal(value))), vec![])?))
     }
 
     fn pool(&mut self, n: &NodeProto) -> R<Val> {

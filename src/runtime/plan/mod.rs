@@ -228,10 +228,9 @@ impl Plan {
             }
         }
         let out_name = arch.output_name();
-        // Zero pads of spatial dims folded into the one conv that reads each: `(before, after)`
-        // per spatial dim, keyed by the pad's name.
-        let mut folded: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
-        let mut folded_pads = vec![];
+        // Zero pads of spatial dims folded into the one conv that reads each: per conv node, the
+        // pad node and the conv's shape with the pad folded in.
+        let mut folded: BTreeMap<usize, (usize, LayerShape)> = BTreeMap::new();
         let mut steps: Vec<Step> = vec![];
         let mut slots = 1;
         for &ni in &model.graph.order {
@@ -267,20 +266,18 @@ impl Plan {
                 }
             }
             // A pad that only a conv reads becomes that conv's padding taps: no copy of the input.
-            if let Some((spatial, conv)) = foldable_pad(&model, node, &readers) {
+            if let Some((conv, shape)) = foldable_pad(&model, node, &readers) {
                 slot_of.insert(node.name.as_str(), slot_of[node.inputs[0].as_str()]);
-                folded.insert(node.name.as_str(), spatial);
-                folded_pads.push((ni, conv));
+                folded.insert(conv, (ni, shape));
                 continue;
             }
             // The full-tensor axis (batch first) of sample dim `d` of the node's first input.
             let axis = |d: i64| crate::model::graph::sample_dim(d, model.graph.shapes[node.inputs[0].as_str()].len()).map(|d| d + 1).map_err(|m| WickError::node(&node.name, m));
             let kind = match (&node.op, act, pool_geom(&node.op)) {
                 (op, ..) if is_weight_layer(op) => {
-                    let shape = LayerShape::of(op, &model.graph.shapes[node.inputs[0].as_str()]);
-                    let shape = match folded.get(node.inputs[0].as_str()) {
-                        Some(spatial) => Some(shape.and_then(|s| s.with_pad_folded(spatial)).expect("foldable_pad checked the fold")),
-                        None => shape,
+                    let shape = match folded.get(&ni) {
+                        Some(&(_, shape)) => Some(shape),
+                        None => LayerShape::of(op, &model.graph.shapes[node.inputs[0].as_str()]),
                     };
                     weight_layer(&model, node, shape, int8)?
                 }
@@ -374,6 +371,7 @@ impl Plan {
         let tokens = arch.nodes.iter().any(|n| matches!(n.op, Op::Embedding(_)) && n.inputs[0] == arch.input.name);
         let length_free = tokens && model.input_shape().len() == 1 && arch.nodes.iter().all(|n| length_free_op(&n.op));
         let chunk_samples = chunk_samples(&model, int8.is_some(), length_free);
+        let folded_pads = folded.into_iter().map(|(conv, (pad, _))| (pad, conv)).collect();
         Ok(Plan { model, steps, slots, output, last_use, fingerprint, length_free, chunk_samples, folded_pads })
     }
 
@@ -415,10 +413,10 @@ impl Plan {
     }
 }
 
-/// The spatial `(before, after)` padding of `node` and the index of the conv reading it, when
-/// `node` is a zero `pad` of a conv's spatial dims (not its channels) read by that conv alone,
-/// which can take it as padding taps of its own (`LayerShape::with_pad_folded`).
-fn foldable_pad(model: &Model, node: &Node, readers: &BTreeMap<&str, usize>) -> Option<(Vec<(usize, usize)>, usize)> {
+/// The index of the conv reading `node` and that conv's shape with `node` folded in, when `node`
+/// is a zero `pad` of a conv's spatial dims (not its channels) read by that conv alone, which
+/// can take it as padding taps of its own (`LayerShape::with_pad_folded`).
+fn foldable_pad(model: &Model, node: &Node, readers: &BTreeMap<&str, usize>) -> Option<(usize, LayerShape)> {
     let Op::Pad(c) = &node.op else { return None };
     let in_shape = &model.graph.shapes[node.inputs[0].as_str()];
     let pads = c.per_dim(in_shape.len()).ok()?;
@@ -427,9 +425,11 @@ fn foldable_pad(model: &Model, node: &Node, readers: &BTreeMap<&str, usize>) -> 
     }
     let ri = model.arch.nodes.iter().position(|n| n.inputs.contains(&node.name))?;
     let reader = &model.arch.nodes[ri];
-    let conv = matches!(reader.op, Op::Conv1d(_) | Op::Conv2d(_));
-    let fits = LayerShape::of(&reader.op, &model.graph.shapes[node.name.as_str()]).and_then(|s| s.with_pad_folded(&pads[1..])).is_some();
-    (conv && fits).then(|| (pads[1..].to_vec(), ri))
+    if !matches!(reader.op, Op::Conv1d(_) | Op::Conv2d(_)) {
+        return None;
+    }
+    let shape = LayerShape::of(&reader.op, &model.graph.shapes[node.name.as_str()])?.with_pad_folded(&pads[1..])?;
+    Some((ri, shape))
 }
 
 /// Whether `op`'s step computes the same for any sequence length of a rank-1 (token) input:
