@@ -223,9 +223,10 @@ impl CustomOp2 for Conv {
 /// A 2-d convolution's settings (PyTorch semantics; a 1-d one is one over a height of 1).
 #[derive(Debug, Clone, Copy)]
 pub struct ConvSpec {
-    pub stride: usize,
+    /// `(along h, along w)`, as are `pad` and `dil`.
+    pub stride: (usize, usize),
     pub pad: (usize, usize),
-    pub dil: usize,
+    pub dil: (usize, usize),
     pub groups: usize,
 }
 
@@ -248,7 +249,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, spec: ConvSpec, train: bool) -> Result<Ten
 pub fn conv1d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, dil: usize, groups: usize, train: bool) -> Result<Tensor> {
     let (n, c, len) = x.dims3()?;
     let (o, cg, k) = w.dims3()?;
-    let y = conv2d(&x.reshape((n, c, 1, len))?, &w.reshape((o, cg, 1, k))?, ConvSpec { stride, pad: (0, pad), dil, groups }, train)?;
+    let y = conv2d(&x.reshape((n, c, 1, len))?, &w.reshape((o, cg, 1, k))?, ConvSpec { stride: (1, stride), pad: (0, pad), dil: (1, dil), groups }, train)?;
     let lo = y.dim(3)?;
     Ok(y.reshape((n, o, lo))?)
 }
@@ -266,7 +267,7 @@ mod tests {
             for (stride, pad, dil) in [(1, (1, 1), 1), (2, (1, 1), 1), (1, (2, 2), 2), (2, (0, 0), 1)] {
                 let x = Var::from_tensor(&rnd(&[3, 4, 7, 7], 1)).unwrap();
                 let w = Var::from_tensor(&rnd(&[5, 4, 3, 3], 2)).unwrap();
-                let ours = conv2d(x.as_tensor(), w.as_tensor(), ConvSpec { stride, pad, dil, groups: 1 }, train).unwrap();
+                let ours = conv2d(x.as_tensor(), w.as_tensor(), ConvSpec { stride: (stride, stride), pad, dil: (dil, dil), groups: 1 }, train).unwrap();
                 let theirs = x.as_tensor().pad_with_zeros(2, pad.0, pad.0).unwrap().pad_with_zeros(3, pad.1, pad.1).unwrap().conv2d(w.as_tensor(), 0, stride, dil, 1).unwrap();
                 assert_eq!(ours.dims(), theirs.dims());
                 assert!(max_diff(&ours, &theirs) < 1e-4, "forward at stride {stride} pad {pad:?} dil {dil}");
@@ -286,7 +287,7 @@ mod tests {
             pool.install(|| {
                 let x = Var::from_tensor(&rnd(&[20, 3, 7, 7], 6)).unwrap();
                 let w = Var::from_tensor(&rnd(&[4, 3, 3, 3], 7)).unwrap();
-                let ours = conv2d(x.as_tensor(), w.as_tensor(), ConvSpec { stride: 1, pad: (1, 1), dil: 1, groups: 1 }, true).unwrap();
+                let ours = conv2d(x.as_tensor(), w.as_tensor(), ConvSpec { stride: (1, 1), pad: (1, 1), dil: (1, 1), groups: 1 }, true).unwrap();
                 let theirs = x.as_tensor().pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap().conv2d(w.as_tensor(), 0, 1, 1, 1).unwrap();
                 assert!(max_diff(&ours, &theirs) < 1e-4);
                 for d in grad_diffs(&ours, &theirs, &rnd(ours.dims(), 8), &[&x, &w]) {
@@ -304,7 +305,7 @@ mod tests {
     fn unequal_padding_on_a_non_square_input_matches_forward() {
         let x = rnd(&[2, 3, 7, 6], 4);
         let w = rnd(&[4, 3, 3, 2], 5);
-        let ours = conv2d(&x, &w, ConvSpec { stride: 1, pad: (0, 2), dil: 2, groups: 1 }, false).unwrap();
+        let ours = conv2d(&x, &w, ConvSpec { stride: (1, 1), pad: (0, 2), dil: (2, 2), groups: 1 }, false).unwrap();
         let theirs = x.pad_with_zeros(3, 2, 2).unwrap().conv2d(&w, 0, 1, 2, 1).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-4);
     }

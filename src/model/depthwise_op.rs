@@ -1,7 +1,7 @@
 //! Depthwise convolution (`groups = in_channels`, weight `[m·C, 1, kh, kw]`) as a direct
 //! kernel with its backward pass: memory-bound, so a GEMM of one-channel groups would be all
 //! overhead. Output channel `o` reads input channel `o / m` (`m` the channel multiplier):
-//! forward  `y[s, o, oy, ox] = Σ_{ky,kx} w[o, ky, kx] · x[s, o/m, oy·st − ph + ky·d, ox·st − pw + kx·d]`;
+//! forward  `y[s, o, oy, ox] = Σ_{ky,kx} w[o, ky, kx] · x[s, o/m, oy·sh − ph + ky·dh, ox·sw − pw + kx·dw]`;
 //! backward `dx[s, c, iy, ix] = Σ w[o, ky, kx] · dy[s, o, oy, ox]` over the `o` of channel `c` and the
 //! taps and positions that read `(iy, ix)`, and `dw[o, ky, kx] = Σ_{s, oy, ox} dy[s, o, oy, ox] · x[…]`.
 //! Padding is read as 0. Uses `im2col` (geometry), `parallel`.
@@ -28,11 +28,11 @@ struct Tap {
 fn taps(g: &Geom) -> Vec<Tap> {
     let mut v = vec![];
     for ky in 0..g.kh {
-        let (ylo, yhi) = inside(g.h, g.ho, g.stride, g.ph, ky * g.dil);
+        let (ylo, yhi) = inside(g.h, g.ho, g.stride.0, g.ph, ky * g.dil.0);
         for kx in 0..g.kw {
-            let (xlo, xhi) = inside(g.w, g.wo, g.stride, g.pw, kx * g.dil);
+            let (xlo, xhi) = inside(g.w, g.wo, g.stride.1, g.pw, kx * g.dil.1);
             if ylo < yhi && xlo < xhi {
-                v.push(Tap { index: ky * g.kw + kx, ylo, yhi, xlo, xhi, dy: (ky * g.dil) as isize - g.ph as isize, dx: (kx * g.dil) as isize - g.pw as isize });
+                v.push(Tap { index: ky * g.kw + kx, ylo, yhi, xlo, xhi, dy: (ky * g.dil.0) as isize - g.ph as isize, dx: (kx * g.dil.1) as isize - g.pw as isize });
             }
         }
     }
@@ -40,13 +40,13 @@ fn taps(g: &Geom) -> Vec<Tap> {
 }
 
 /// Calls `f(o, i, n)` for each output row tap `t` reads inside the image: outputs `o..o + n`
-/// read inputs `i, i + stride, …` (`n` of them).
+/// read inputs `i, i + sw, …` (`n` of them).
 #[inline(always)]
 fn for_rows(g: &Geom, t: &Tap, mut f: impl FnMut(usize, usize, usize)) {
     let n = t.xhi - t.xlo;
     for oy in t.ylo..t.yhi {
-        let iy = ((oy * g.stride) as isize + t.dy) as usize;
-        let ix = ((t.xlo * g.stride) as isize + t.dx) as usize;
+        let iy = ((oy * g.stride.0) as isize + t.dy) as usize;
+        let ix = ((t.xlo * g.stride.1) as isize + t.dx) as usize;
         f(oy * g.wo + t.xlo, iy * g.w + ix, n);
     }
 }
@@ -123,7 +123,7 @@ impl CustomOp2 for Depthwise {
                 let wk = &w[oc * kk..][..kk];
                 for t in &taps {
                     let wv = wk[t.index];
-                    for_rows(g, t, |o, i, n| axpy(&mut out[o..o + n], wv, &src[i..], g.stride));
+                    for_rows(g, t, |o, i, n| axpy(&mut out[o..o + n], wv, &src[i..], g.stride.1));
                 }
             })
         };
@@ -147,7 +147,7 @@ impl CustomOp2 for Depthwise {
                             let wk = &ws[oc * kk..][..kk];
                             for t in &taps {
                                 let wv = wk[t.index];
-                                for_rows(g, t, |o, i, n| scatter_axpy(&mut out[i..], wv, &dy[o..o + n], g.stride));
+                                for_rows(g, t, |o, i, n| scatter_axpy(&mut out[i..], wv, &dy[o..o + n], g.stride.1));
                             }
                         }
                     });
@@ -160,7 +160,7 @@ impl CustomOp2 for Depthwise {
                             let src = &xs[(s * g.c + c) * plane..][..plane];
                             for t in &taps {
                                 let mut acc = 0f32;
-                                for_rows(g, t, |o, i, n| acc += dot(&dy[o..o + n], &src[i..], g.stride));
+                                for_rows(g, t, |o, i, n| acc += dot(&dy[o..o + n], &src[i..], g.stride.1));
                                 out[t.index] += acc;
                             }
                         }
@@ -192,7 +192,7 @@ mod tests {
         for (mult, stride, pad, dil, k) in [(1, 1, 1, 1, 3), (1, 2, 1, 1, 3), (2, 1, 2, 2, 3), (1, 3, 0, 1, 2), (3, 1, 0, 1, 1)] {
             let x = Var::from_tensor(&rnd(&[3, 4, 7, 7], 1)).unwrap();
             let w = Var::from_tensor(&rnd(&[4 * mult, 1, k, k], 2)).unwrap();
-            let g = Geom::new(3, 4, (7, 7), (k, k), stride, (pad, pad), dil);
+            let g = Geom::new(3, 4, (7, 7), (k, k), (stride, stride), (pad, pad), (dil, dil));
             let ours = depthwise(x.as_tensor(), w.as_tensor(), g).unwrap();
             let theirs = x.as_tensor().conv2d(w.as_tensor(), pad, stride, dil, 4).unwrap();
             assert_eq!(ours.dims(), theirs.dims());

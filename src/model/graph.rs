@@ -317,9 +317,6 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             let (sh, sw) = c.stride.hw();
             let (ph, pw) = c.padding.hw();
             let (dh, dw) = c.dilation.hw();
-            if sh != sw || dh != dw {
-                return Err("stride and dilation must be equal along height and width".into());
-            }
             Ok(vec![c.out_channels, window_out(s[1], kh, sh, ph, dh)?, window_out(s[2], kw, sw, pw, dw)?])
         }
         Op::BatchNorm1d(c) => {

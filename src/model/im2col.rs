@@ -16,22 +16,24 @@ pub struct Geom {
     pub w: usize,
     pub kh: usize,
     pub kw: usize,
-    pub stride: usize,
+    /// `(along h, along w)`.
+    pub stride: (usize, usize),
     pub ph: usize,
     pub pw: usize,
-    pub dil: usize,
+    /// `(along h, along w)`.
+    pub dil: (usize, usize),
     pub ho: usize,
     pub wo: usize,
 }
 
 impl Geom {
     /// The unfolding of `n` samples of `c × h × w` by a `kh × kw` kernel, with output size
-    /// `⌊(len + 2·pad − dil·(k − 1) − 1) / stride⌋ + 1` per axis (shapes already validated by
-    /// the graph).
+    /// `⌊(len + 2·pad − dil·(k − 1) − 1) / stride⌋ + 1` per axis, each axis with its own stride
+    /// and dilation (shapes already validated by the graph).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(n: usize, c: usize, (h, w): (usize, usize), (kh, kw): (usize, usize), stride: usize, (ph, pw): (usize, usize), dil: usize) -> Geom {
-        let out = |len: usize, k: usize, p: usize| (len + 2 * p - dil * (k - 1) - 1) / stride + 1;
-        Geom { n, c, h, w, kh, kw, stride, ph, pw, dil, ho: out(h, kh, ph), wo: out(w, kw, pw) }
+    pub fn new(n: usize, c: usize, (h, w): (usize, usize), (kh, kw): (usize, usize), stride: (usize, usize), (ph, pw): (usize, usize), dil: (usize, usize)) -> Geom {
+        let out = |len: usize, k: usize, p: usize, s: usize, d: usize| (len + 2 * p - d * (k - 1) - 1) / s + 1;
+        Geom { n, c, h, w, kh, kw, stride, ph, pw, dil, ho: out(h, kh, ph, stride.0, dil.0), wo: out(w, kw, pw, stride.1, dil.1) }
     }
 
     /// Taps per position: `C·kh·kw`.
@@ -49,18 +51,18 @@ impl Geom {
 #[inline(always)]
 pub fn for_taps(g: &Geom, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
     let (h, w) = (g.h as isize, g.w as isize);
-    let y0 = (oy * g.stride) as isize - g.ph as isize;
-    let x0 = (ox * g.stride) as isize - g.pw as isize;
+    let y0 = (oy * g.stride.0) as isize - g.ph as isize;
+    let x0 = (ox * g.stride.1) as isize - g.pw as isize;
     for ci in 0..g.c {
         for ky in 0..g.kh {
-            let iy = y0 + (ky * g.dil) as isize;
+            let iy = y0 + (ky * g.dil.0) as isize;
             if iy < 0 || iy >= h {
                 continue;
             }
             let base = (ci * g.h + iy as usize) * g.w;
             let t0 = (ci * g.kh + ky) * g.kw;
             for kx in 0..g.kw {
-                let ix = x0 + (kx * g.dil) as isize;
+                let ix = x0 + (kx * g.dil.1) as isize;
                 if ix >= 0 && ix < w {
                     f(t0 + kx, base + ix as usize);
                 }
@@ -70,16 +72,17 @@ pub fn for_taps(g: &Geom, oy: usize, ox: usize, mut f: impl FnMut(usize, usize))
 }
 
 /// Writes the patch of position `(oy, ox)` into `row` (`K` values; padding taps are left as
-/// they are). With dilation 1 each kernel row is one contiguous run of the input, copied whole.
+/// they are). With dilation 1 along w each kernel row is one contiguous run of the input, copied
+/// whole.
 #[inline]
 pub fn patch_row<T: Copy>(g: &Geom, x: &[T], oy: usize, ox: usize, row: &mut [T]) {
-    if g.dil != 1 {
+    if g.dil.1 != 1 {
         for_taps(g, oy, ox, |t, i| row[t] = x[i]);
         return;
     }
     let (h, w) = (g.h as isize, g.w as isize);
-    let y0 = (oy * g.stride) as isize - g.ph as isize;
-    let x0 = (ox * g.stride) as isize - g.pw as isize;
+    let y0 = (oy * g.stride.0) as isize - g.ph as isize;
+    let x0 = (ox * g.stride.1) as isize - g.pw as isize;
     // Kernel columns inside the image: kx in [lo, hi).
     let lo = (-x0).clamp(0, g.kw as isize) as usize;
     let hi = (w - x0).clamp(0, g.kw as isize) as usize;
@@ -88,7 +91,7 @@ pub fn patch_row<T: Copy>(g: &Geom, x: &[T], oy: usize, ox: usize, row: &mut [T]
     }
     for ci in 0..g.c {
         for ky in 0..g.kh {
-            let iy = y0 + ky as isize;
+            let iy = y0 + (ky * g.dil.0) as isize;
             if iy < 0 || iy >= h {
                 continue;
             }
@@ -149,8 +152,8 @@ pub(crate) fn inside(len: usize, out: usize, stride: usize, pad: usize, offset: 
 }
 
 /// What one kernel tap `(ky, kx)` reads: output rows `[ylo, yhi)` and columns `[xlo, xhi)` read
-/// inside the image, output `(oy, ox)` reading input row `oy·stride + ky·dil − ph` and column
-/// `ix0 + (ox − xlo)·stride`. Computed once per call for the `kh·kw` taps (the divisions in
+/// inside the image, output `(oy, ox)` reading input row `oy·sh + ky·dh − ph` and column
+/// `ix0 + (ox − xlo)·sw` (`stride = (sh, sw)`, `dil = (dh, dw)`). Computed once per call for the `kh·kw` taps (the divisions in
 /// `inside` cost more than the copies when repeated per sample and channel).
 struct TapSpan {
     ylo: usize,
@@ -179,13 +182,13 @@ impl TapSpan {
     }
 
     fn new(g: &Geom, ky: usize, kx: usize) -> Option<TapSpan> {
-        let (ylo, yhi) = inside(g.h, g.ho, g.stride, g.ph, ky * g.dil);
-        let (xlo, xhi) = inside(g.w, g.wo, g.stride, g.pw, kx * g.dil);
+        let (ylo, yhi) = inside(g.h, g.ho, g.stride.0, g.ph, ky * g.dil.0);
+        let (xlo, xhi) = inside(g.w, g.wo, g.stride.1, g.pw, kx * g.dil.1);
         if ylo >= yhi || xlo >= xhi {
             return None;
         }
-        let mut span = TapSpan { ylo, yhi, xlo, xhi, ix0: xlo * g.stride + kx * g.dil - g.pw, ky_off: ky * g.dil, flat: None };
-        if g.stride == 1 && g.wo == g.w {
+        let mut span = TapSpan { ylo, yhi, xlo, xhi, ix0: xlo * g.stride.1 + kx * g.dil.1 - g.pw, ky_off: ky * g.dil.0, flat: None };
+        if g.stride == (1, 1) && g.wo == g.w {
             let (a, b) = (ylo * g.wo + xlo, (yhi - 1) * g.wo + xhi);
             let pads = (ylo..yhi).flat_map(|oy| (0..xlo).chain(xhi..g.wo).map(move |ox| oy * g.wo + ox)).filter(|q| (a..b).contains(q)).collect();
             span.flat = Some(FlatRun { a, b, from: span.iy(g, ylo) * g.w + span.ix0, pads });
@@ -195,12 +198,12 @@ impl TapSpan {
 
     /// Input row of output row `oy`.
     fn iy(&self, g: &Geom, oy: usize) -> usize {
-        oy * g.stride + self.ky_off - g.ph
+        oy * g.stride.0 + self.ky_off - g.ph
     }
 }
 
 /// The patch matrix in tap-major layout: `cols[t][s·L + oy·Wo + ox] = x[s, c, iy, ix]` with
-/// `t = (c·kh + ky)·kw + kx`, `iy = oy·stride − ph + ky·dil`, `ix = ox·stride − pw + kx·dil`, and
+/// `t = (c·kh + ky)·kw + kx`, `iy = oy·sh − ph + ky·dh`, `ix = ox·sw − pw + kx·dw`, and
 /// 0 where `(iy, ix)` falls in the padding. A stride-1 "same-width" tap is one copy per sample
 /// (then its padding columns are zeroed); otherwise each output row is one run.
 pub fn unfold_tap_major(x: &[f32], g: &Geom) -> Vec<f32> {
@@ -241,7 +244,7 @@ fn unfold_row(x: &[f32], g: &Geom, span: Option<&TapSpan>, ci: usize, plane: usi
             out[..span.xlo].fill(zero);
             out[span.xhi..].fill(zero);
             for (j, d) in out[span.xlo..span.xhi].iter_mut().enumerate() {
-                d.write(src_row[span.ix0 + j * g.stride]);
+                d.write(src_row[span.ix0 + j * g.stride.1]);
             }
         }
     }
@@ -286,7 +289,7 @@ fn fold_plane(cols: &[f32], g: &Geom, spans: &[Option<TapSpan>], p: usize, out: 
         for oy in span.ylo..span.yhi {
             let dst = &mut out[span.iy(g, oy) * g.w..][..g.w];
             for (j, v) in row[oy * g.wo + span.xlo..oy * g.wo + span.xhi].iter().enumerate() {
-                dst[span.ix0 + j * g.stride] += v;
+                dst[span.ix0 + j * g.stride.1] += v;
             }
         }
     }
@@ -309,12 +312,25 @@ pub fn swap_outer(x: &[f32], a: usize, b: usize, inner: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// Every `(stride, padding, dilation)` case the conv ops allow, on a non-square input.
+    /// Every `(stride, padding, dilation)` case the conv ops allow, each axis with its own
+    /// stride and dilation, on a non-square input.
     fn geoms() -> Vec<Geom> {
         let mut v = vec![];
-        for (stride, ph, pw, dil, kh, kw) in
-            [(1, 1, 1, 1, 3, 3), (2, 1, 1, 1, 3, 3), (1, 2, 0, 2, 3, 2), (2, 0, 0, 1, 1, 1), (3, 2, 1, 1, 3, 3), (1, 0, 0, 1, 5, 4), (1, 2, 2, 2, 3, 3), (1, 3, 1, 1, 3, 3)]
-        {
+        for (stride, ph, pw, dil, kh, kw) in [
+            ((1, 1), 1, 1, (1, 1), 3, 3),
+            ((2, 2), 1, 1, (1, 1), 3, 3),
+            ((1, 1), 2, 0, (2, 2), 3, 2),
+            ((2, 2), 0, 0, (1, 1), 1, 1),
+            ((3, 3), 2, 1, (1, 1), 3, 3),
+            ((1, 1), 0, 0, (1, 1), 5, 4),
+            ((1, 1), 2, 2, (2, 2), 3, 3),
+            ((1, 1), 3, 1, (1, 1), 3, 3),
+            ((2, 1), 1, 0, (1, 1), 3, 1),
+            ((1, 2), 0, 2, (1, 2), 1, 3),
+            ((1, 1), 2, 1, (2, 1), 3, 3),
+            ((1, 1), 1, 2, (1, 2), 3, 3),
+            ((3, 2), 1, 2, (2, 1), 2, 3),
+        ] {
             v.push(Geom::new(2, 3, (7, 6), (kh, kw), stride, (ph, pw), dil));
         }
         v

@@ -31,7 +31,7 @@ pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv1dCfg, train: 
 /// 2-d cross-correlation, PyTorch semantics (conv_op.rs: im2col + GEMM per group, or the direct
 /// depthwise kernel).
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv2dCfg, train: bool) -> Result<Tensor> {
-    let spec = super::conv_op::ConvSpec { stride: c.stride.hw().0, pad: c.padding.hw(), dil: c.dilation.hw().0, groups: c.groups };
+    let spec = super::conv_op::ConvSpec { stride: c.stride.hw(), pad: c.padding.hw(), dil: c.dilation.hw(), groups: c.groups };
     let y = super::conv_op::conv2d(x, w, spec, train)?;
     add_channel_bias(y, b)
 }

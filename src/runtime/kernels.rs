@@ -391,7 +391,7 @@ mod tests {
     fn im2col_pads_with_the_zero_point() {
         // 1 channel 2x2 image, 3x3 kernel, pad 1: the centre tap of position (0,0) is x[0].
         let x = [1u8, 2, 3, 4];
-        let g = Geom { n: 1, c: 1, h: 2, w: 2, kh: 3, kw: 3, stride: 1, ph: 1, pw: 1, dil: 1, ho: 2, wo: 2 };
+        let g = Geom { n: 1, c: 1, h: 2, w: 2, kh: 3, kw: 3, stride: (1, 1), ph: 1, pw: 1, dil: (1, 1), ho: 2, wo: 2 };
         let cols = im2col(&x, &g, 9);
         assert_eq!(&cols[..9], &[9, 9, 9, 9, 1, 2, 9, 3, 4]);
     }

@@ -170,13 +170,13 @@ impl Hook for IntegerHook<'_> {
             }
             Op::Conv2d(c) => {
                 let (codes, zp) = quantize_u8(&xs, &p.q.input.fixed().expect("static"));
-                let g = ConvGeom::new(&dims, c.out_channels, c.kernel_size.hw(), c.stride.hw().0, c.padding.hw(), c.dilation.hw().0, c.groups);
+                let g = ConvGeom::new(&dims, c.out_channels, c.kernel_size.hw(), c.stride.hw(), c.padding.hw(), c.dilation.hw(), c.groups);
                 (self.conv(p, &codes, zp, &g), vec![dims[0], c.out_channels, g.ho, g.wo])
             }
             Op::Conv1d(c) => {
                 let (codes, zp) = quantize_u8(&xs, &p.q.input.fixed().expect("static"));
                 let d2 = vec![dims[0], dims[1], 1, dims[2]];
-                let g = ConvGeom::new(&d2, c.out_channels, (1, c.kernel_size), c.stride, (0, c.padding), c.dilation, c.groups);
+                let g = ConvGeom::new(&d2, c.out_channels, (1, c.kernel_size), (1, c.stride), (0, c.padding), (1, c.dilation), c.groups);
                 (self.conv(p, &codes, zp, &g), vec![dims[0], c.out_channels, g.wo])
             }
             _ => return Ok(None),
@@ -193,16 +193,17 @@ struct ConvGeom {
     w: usize,
     o: usize,
     k: (usize, usize),
-    stride: usize,
+    /// `(along h, along w)`, as are `pad` and `dil`.
+    stride: (usize, usize),
     pad: (usize, usize),
-    dil: usize,
+    dil: (usize, usize),
     groups: usize,
     ho: usize,
     wo: usize,
 }
 
 impl ConvGeom {
-    fn new(d: &[usize], o: usize, k: (usize, usize), stride: usize, pad: (usize, usize), dil: usize, groups: usize) -> ConvGeom {
+    fn new(d: &[usize], o: usize, k: (usize, usize), stride: (usize, usize), pad: (usize, usize), dil: (usize, usize), groups: usize) -> ConvGeom {
         let g = Geom::new(d[0], d[1], (d[2], d[3]), k, stride, pad, dil);
         ConvGeom { n: d[0], c: d[1], h: d[2], w: d[3], o, k, stride, pad, dil, groups, ho: g.ho, wo: g.wo }
     }
