@@ -25,7 +25,7 @@ cargo build --release -q
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; ISA: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512bw|avx512_vnni|avx_vnni|amx_int8' | tr '\n' ' ')"
 D=fixtures/data
 # Every teacher in fixtures/models/ with the data it was trained on (MODEL:DATA prefix).
-for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits digits_gru:digits_rows digits_lstm:digits_rows digits_crnn:digits_seq digits_mbnet:digits digits_tcn:digits_seq; do
+for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits digits_gru:digits_rows digits_lstm:digits_rows digits_crnn:digits_seq digits_mbnet:digits digits_tcn:digits_seq digits_rectnet:digits; do
   m=${spec%%:*} data=${spec##*:}
   if [ -n "${BENCH_MODELS:-}" ] && [[ " $BENCH_MODELS " != *" $m "* ]]; then continue; fi
   model=fixtures/models/$m.safetensors
