@@ -59,7 +59,7 @@ def build(arch, w):
             k = [n["kernel_size"]] if op.endswith("1d") else pair(n["kernel_size"])
             st = [n.get("stride", n["kernel_size"])] if op.endswith("1d") else pair(n.get("stride", n["kernel_size"]))
             p = [n.get("padding", 0)] if op.endswith("1d") else pair(n.get("padding", 0))
-            attrs = dict(kernel_shape=k, strides=st, pads=p + p)
+            attrs = dict(kernel_shape=k, strides=st, pads=p + p, ceil_mode=int(n.get("ceil_mode", False)))
             if op.startswith("avg"):
                 attrs["count_include_pad"] = int(n.get("count_include_pad", True))
             nodes.append(helper.make_node("MaxPool" if op.startswith("max") else "AveragePool", ins, [name], **attrs))

@@ -32,15 +32,15 @@ def module(n):
 def pool(n, ins):
     """A pooling node, PyTorch semantics (stride defaults to the kernel)."""
     op, k = n["op"], n["kernel_size"]
-    s, p = n.get("stride", k), n.get("padding", 0)
+    s, p, ceil = n.get("stride", k), n.get("padding", 0), n.get("ceil_mode", False)
     F = nn.functional
     if op == "maxpool1d":
-        return F.max_pool1d(ins[0], k, s, p)
+        return F.max_pool1d(ins[0], k, s, p, ceil_mode=ceil)
     if op == "maxpool2d":
-        return F.max_pool2d(ins[0], k, s, p)
+        return F.max_pool2d(ins[0], k, s, p, ceil_mode=ceil)
     if op == "avgpool1d":
-        return F.avg_pool1d(ins[0], k, s, p, count_include_pad=n.get("count_include_pad", True))
-    return F.avg_pool2d(ins[0], k, s, p, count_include_pad=n.get("count_include_pad", True))
+        return F.avg_pool1d(ins[0], k, s, p, ceil_mode=ceil, count_include_pad=n.get("count_include_pad", True))
+    return F.avg_pool2d(ins[0], k, s, p, ceil_mode=ceil, count_include_pad=n.get("count_include_pad", True))
 
 
 class Graph(nn.Module):

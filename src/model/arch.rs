@@ -229,6 +229,9 @@ pub struct PoolCfg {
     /// Average pooling only: count padded zeros in the divisor (PyTorch's default).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub count_include_pad: bool,
+    /// PyTorch's `ceil_mode`: the output length rounds up (`pool_op::pool_len`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ceil_mode: bool,
 }
 
 /// Flatten dims `start_dim..=end_dim` (dims counted with the batch, as in PyTorch).

@@ -348,14 +348,14 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             expect_rank(s, 2, "[C, L]")?;
             let (k, st, p) = pool_params(c.kernel_size, c.stride, c.padding);
             check_pool_pad(k.0, p.0)?;
-            Ok(vec![s[0], window_out(s[1], k.0, st.0, p.0, 1)?])
+            Ok(vec![s[0], pool_out(s[1], k.0, st.0, p.0, c.ceil_mode)?])
         }
         Op::MaxPool2d(c) | Op::AvgPool2d(c) => {
             expect_rank(s, 3, "[C, H, W]")?;
             let (k, st, p) = pool_params(c.kernel_size, c.stride, c.padding);
             check_pool_pad(k.0, p.0)?;
             check_pool_pad(k.1, p.1)?;
-            Ok(vec![s[0], window_out(s[1], k.0, st.0, p.0, 1)?, window_out(s[2], k.1, st.1, p.1, 1)?])
+            Ok(vec![s[0], pool_out(s[1], k.0, st.0, p.0, c.ceil_mode)?, pool_out(s[2], k.1, st.1, p.1, c.ceil_mode)?])
         }
         Op::GlobalAvgPool(_) => {
             if s.len() < 2 {
@@ -446,6 +446,13 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
 /// `(kernel, stride, padding)` as `(h, w)` pairs, stride defaulting to the kernel.
 pub fn pool_params(k: Pair, s: Option<Pair>, p: Pair) -> ((usize, usize), (usize, usize), (usize, usize)) {
     (k.hw(), s.unwrap_or(k).hw(), p.hw())
+}
+
+/// A pool's output length ([`crate::model::pool_op::pool_len`]) once [`window_out`] has checked
+/// the window fits the padded input.
+fn pool_out(len: usize, k: usize, stride: usize, pad: usize, ceil: bool) -> std::result::Result<usize, String> {
+    window_out(len, k, stride, pad, 1)?;
+    Ok(crate::model::pool_op::pool_len(len, k, stride, pad, ceil))
 }
 
 fn check_pool_pad(k: usize, p: usize) -> std::result::Result<(), String> {

@@ -108,8 +108,8 @@ pub fn pool_geom(op: &Op) -> Option<PoolGeom> {
     };
     let (k, s, p) = pool_params(c.kernel_size, c.stride, c.padding);
     Some(match two_d {
-        true => PoolGeom { kind, k, stride: s, pad: p, h: 0, w: 0 },
-        false => PoolGeom { kind, k: (1, k.0), stride: (1, s.0), pad: (0, p.0), h: 0, w: 0 },
+        true => PoolGeom { kind, k, stride: s, pad: p, ceil: c.ceil_mode, h: 0, w: 0 },
+        false => PoolGeom { kind, k: (1, k.0), stride: (1, s.0), pad: (0, p.0), ceil: c.ceil_mode, h: 0, w: 0 },
     })
 }
 

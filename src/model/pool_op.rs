@@ -1,10 +1,11 @@
 //! Max and average pooling over `[N, C, H, W]` (1-d pooling is the same over a height of 1),
-//! with PyTorch's semantics (floor mode) and backward passes. Window `(oy, ox)` covers rows
-//! `oy·sh − ph + ky` and columns `ox·sw − pw + kx`; positions in the padding are skipped.
+//! with PyTorch's semantics (floor or ceil mode) and backward passes. Window `(oy, ox)` covers
+//! rows `oy·sh − ph + ky` and columns `ox·sw − pw + kx`; positions in the padding are skipped.
 //! - max: `y = max` over the window, the first maximum in `(ky, kx)` order (a NaN wins, as in
 //!   PyTorch); `dx` receives `dy` at that position.
-//! - average: `y = Σ x / d` with `d = kh·kw` (`count_include_pad`) or the count of positions
-//!   inside the image; `dx` receives `dy / d` at every position of the window.
+//! - average: `y = Σ x / d` with `d` the count of the window's positions inside the image, or
+//!   with `count_include_pad` inside the padded image (`kh·kw`, except where a ceil-mode window
+//!   runs past the padding); `dx` receives `dy / d` at every position of the window.
 //!
 //! Uses `parallel`.
 
@@ -14,8 +15,9 @@ use crate::error::Result;
 use crate::parallel::{build_chunks, for_chunks};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
-/// Per output index along one axis, the in-image input span `[start, end)`.
-type Spans = Vec<(usize, usize)>;
+/// Per output index along one axis, the in-image input span `[start, end)` and the count of
+/// the window's positions inside the padded input.
+type Spans = Vec<(usize, usize, usize)>;
 
 /// Which pooling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,23 +33,41 @@ pub struct PoolGeom {
     pub k: (usize, usize),
     pub stride: (usize, usize),
     pub pad: (usize, usize),
+    /// PyTorch's `ceil_mode`: the output size rounds up ([`pool_len`]).
+    pub ceil: bool,
     pub h: usize,
     pub w: usize,
 }
 
+/// A pool's output length along one axis, PyTorch's: `⌊(len + 2·pad − k) / stride⌋ + 1`, or
+/// with `ceil` `⌈(len + 2·pad − k) / stride⌉ + 1`, less one where that last window would start
+/// past the input (at or after `len + pad` in padded coordinates), so every window reads at
+/// least one input position. The graph checks `k ≤ len + 2·pad` and `2·pad ≤ k` first.
+pub fn pool_len(len: usize, k: usize, stride: usize, pad: usize, ceil: bool) -> usize {
+    let span = len + 2 * pad - k;
+    match ceil {
+        false => span / stride + 1,
+        true => {
+            let out = span.div_ceil(stride) + 1;
+            out - usize::from((out - 1) * stride >= len + pad)
+        }
+    }
+}
+
 impl PoolGeom {
-    /// Output size per axis: `⌊(len + 2·pad − k) / stride⌋ + 1`.
+    /// Output size per axis ([`pool_len`]).
     pub fn out(&self) -> (usize, usize) {
-        let f = |len: usize, k: usize, s: usize, p: usize| (len + 2 * p - k) / s + 1;
-        (f(self.h, self.k.0, self.stride.0, self.pad.0), f(self.w, self.k.1, self.stride.1, self.pad.1))
+        (pool_len(self.h, self.k.0, self.stride.0, self.pad.0, self.ceil), pool_len(self.w, self.k.1, self.stride.1, self.pad.1, self.ceil))
     }
 
-    /// Each output index's in-image input span `[start, end)` along one axis.
+    /// Each output index's in-image input span `[start, end)` along one axis, and how many of
+    /// the window's positions lie inside the padded input `[−p, len + p)`.
     fn spans(out: usize, s: usize, p: usize, k: usize, len: usize) -> Spans {
         (0..out)
             .map(|o| {
                 let start = (o * s) as isize - p as isize;
-                (start.max(0) as usize, ((start + k as isize).min(len as isize)).max(0) as usize)
+                let padded_end = (start + k as isize).min((len + p) as isize);
+                (start.max(0) as usize, ((start + k as isize).min(len as isize)).max(0) as usize, (padded_end - start) as usize)
             })
             .collect()
     }
@@ -58,20 +78,21 @@ impl PoolGeom {
         (Self::spans(ho, self.stride.0, self.pad.0, self.k.0, self.h), Self::spans(wo, self.stride.1, self.pad.1, self.k.1, self.w))
     }
 
-    /// The average's divisor of a window with `inside` positions in the image.
-    fn divisor(&self, inside: usize) -> f32 {
+    /// The average's divisor of the window over `rows` and `cols`: its positions inside the
+    /// padded input (`count_include_pad`) or inside the image.
+    fn divisor(&self, rows: (usize, usize, usize), cols: (usize, usize, usize)) -> f32 {
         match self.kind {
-            PoolKind::Avg { count_include_pad: true } => (self.k.0 * self.k.1) as f32,
-            _ => inside.max(1) as f32,
+            PoolKind::Avg { count_include_pad: true } => (rows.2 * cols.2) as f32,
+            _ => ((rows.1 - rows.0) * (cols.1 - cols.0)).max(1) as f32,
         }
     }
 }
 
 /// The index in the plane `x` (`w` wide) of the first maximum over rows `ys` and columns `xs`:
 /// `v > best` or a NaN takes the place, as in PyTorch. Windows are never empty (the graph keeps
-/// the padding at most half the kernel).
+/// the padding at most half the kernel, and [`pool_len`] drops a window past the input).
 #[inline(always)]
-fn argmax(x: &[f32], w: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> usize {
+fn argmax(x: &[f32], w: usize, (y0, y1, _): (usize, usize, usize), (x0, x1, _): (usize, usize, usize)) -> usize {
     let (mut bi, mut bv) = (y0 * w + x0, x[y0 * w + x0]);
     for iy in y0..y1 {
         let start = iy * w + x0;
@@ -100,7 +121,7 @@ impl PoolGeom {
                     PoolKind::Max => src[argmax(src, self.w, ry, rx)],
                     PoolKind::Avg { .. } => {
                         let sum: f32 = (ry.0..ry.1).map(|iy| src[iy * self.w + rx.0..iy * self.w + rx.1].iter().sum::<f32>()).sum();
-                        sum / self.divisor((ry.1 - ry.0) * (rx.1 - rx.0))
+                        sum / self.divisor(ry, rx)
                     }
                 };
                 out[oy * wo + ox].write(v);
@@ -117,7 +138,7 @@ impl PoolGeom {
                 match self.kind {
                     PoolKind::Max => out[argmax(src, self.w, ry, rx)] += d,
                     PoolKind::Avg { .. } => {
-                        let share = d / self.divisor((ry.1 - ry.0) * (rx.1 - rx.0));
+                        let share = d / self.divisor(ry, rx);
                         for iy in ry.0..ry.1 {
                             out[iy * self.w + rx.0..iy * self.w + rx.1].iter_mut().for_each(|v| *v += share);
                         }
@@ -216,8 +237,8 @@ unsafe fn channels_last<V: Lanes>(g: &PoolGeom, x: &[f32], n: usize, c: usize) -
     let spare = &mut y.spare_capacity_mut()[..len];
     for s in 0..n {
         let plane = &x[s * g.h * g.w * c..(s + 1) * g.h * g.w * c];
-        for (oy, &(y0, y1)) in rows.iter().enumerate() {
-            for (ox, &(x0, x1)) in cols.iter().enumerate() {
+        for (oy, &ry @ (y0, y1, _)) in rows.iter().enumerate() {
+            for (ox, &rx @ (x0, x1, _)) in cols.iter().enumerate() {
                 let out = &mut spare[((s * ho + oy) * wo + ox) * c..][..c];
                 let at = |iy: usize, ix: usize| (iy * g.w + ix) * c;
                 assert!(y1 > y0 && x1 > x0 && at(y1 - 1, x1 - 1) + c <= plane.len(), "a window inside the plane");
@@ -229,7 +250,7 @@ unsafe fn channels_last<V: Lanes>(g: &PoolGeom, x: &[f32], n: usize, c: usize) -
                 match g.kind {
                     PoolKind::Max => unsafe { over_row!(V, c, |c0| win.max::<V>(c0, o), win.max::<V::Half>(c0, o), win.max::<f32>(c0, o)) },
                     PoolKind::Avg { .. } => {
-                        let d = g.divisor((y1 - y0) * (x1 - x0));
+                        let d = g.divisor(ry, rx);
                         unsafe { over_row!(V, c, |c0| win.avg::<V>(c0, d, o), win.avg::<V::Half>(c0, d, o), win.avg::<f32>(c0, d, o)) }
                     }
                 }
@@ -307,7 +328,7 @@ mod tests {
     fn max_pool_takes_the_first_maximum_and_routes_its_gradient() {
         // One 2x3 plane, window 2x2 stride 1: ties resolve to the first in scan order.
         let x = candle_core::Var::new(&[[[[1f32, 3., 3.], [2., 3., 0.]]]], &candle_core::Device::Cpu).unwrap();
-        let g = PoolGeom { kind: PoolKind::Max, k: (2, 2), stride: (1, 1), pad: (0, 0), h: 0, w: 0 };
+        let g = PoolGeom { kind: PoolKind::Max, k: (2, 2), stride: (1, 1), pad: (0, 0), ceil: false, h: 0, w: 0 };
         let y = pool2d(x.as_tensor(), g).unwrap();
         assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [3., 3.]);
         let grads = y.sum_all().unwrap().backward().unwrap();
@@ -320,7 +341,7 @@ mod tests {
         // 1x3 plane [1, 2, 3], kernel 1x3, padding 1: windows [0, 1, 2], [2, 3, 0] (padded).
         let x = candle_core::Var::new(&[[[[1f32, 2., 3.]]]], &candle_core::Device::Cpu).unwrap();
         for (include, expect, dx) in [(true, [1f32, 5. / 3.], [1. / 3., 2. / 3., 1. / 3.]), (false, [1.5, 2.5], [0.5, 1., 0.5])] {
-            let g = PoolGeom { kind: PoolKind::Avg { count_include_pad: include }, k: (1, 3), stride: (1, 2), pad: (0, 1), h: 0, w: 0 };
+            let g = PoolGeom { kind: PoolKind::Avg { count_include_pad: include }, k: (1, 3), stride: (1, 2), pad: (0, 1), ceil: false, h: 0, w: 0 };
             let y = pool2d(x.as_tensor(), g).unwrap();
             let yv = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert!(yv.iter().zip(expect).all(|(a, b)| (a - b).abs() < 1e-6), "{yv:?} (include pad {include})");
@@ -330,11 +351,35 @@ mod tests {
         }
     }
 
+    /// PyTorch's output lengths (`torch.nn.functional.max_pool1d(torch.zeros(1, 1, len), k,
+    /// stride, pad, ceil_mode=True).shape[-1]`), the last case one whose last window would start
+    /// in the right padding and is dropped.
+    #[test]
+    fn ceil_mode_lengths_are_pytorchs() {
+        for (len, k, s, p, floor, ceil) in [(8, 3, 2, 0, 3, 4), (7, 3, 2, 0, 3, 3), (5, 2, 2, 0, 2, 3), (4, 3, 2, 1, 2, 3), (5, 2, 2, 1, 3, 3), (6, 3, 3, 1, 2, 3)] {
+            assert_eq!((pool_len(len, k, s, p, false), pool_len(len, k, s, p, true)), (floor, ceil), "len {len} k {k} s {s} p {p}");
+        }
+    }
+
+    /// A ceil-mode average whose last window runs past the padding divides by its positions
+    /// inside the padded input (PyTorch's `count_include_pad`), or inside the image.
+    #[test]
+    fn a_ceil_mode_average_counts_the_padded_positions_it_covers() {
+        // [1, 2, 3, 4], kernel 3, stride 2, padding 1, ceil: windows [0, 1, 2], [2, 3, 4], [4, 0, ·]
+        // over the padded [0, 1, 2, 3, 4, 0]; the last covers one value and one padding.
+        let x = candle_core::Tensor::new(&[[[[1f32, 2., 3., 4.]]]], &candle_core::Device::Cpu).unwrap();
+        for (include, expect) in [(true, [1f32, 3., 2.]), (false, [1.5, 3., 4.])] {
+            let g = PoolGeom { kind: PoolKind::Avg { count_include_pad: include }, k: (1, 3), stride: (1, 2), pad: (0, 1), ceil: true, h: 0, w: 0 };
+            let y = pool2d(&x, g).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(y, expect, "include pad {include}");
+        }
+    }
+
     #[test]
     fn matches_candle_where_candle_is_right() {
         // Non-overlapping windows without padding: candle's avg pool and its backward agree.
         let x = candle_core::Var::from_tensor(&rnd(&[2, 3, 6, 4], 5)).unwrap();
-        let g = PoolGeom { kind: PoolKind::Avg { count_include_pad: true }, k: (2, 2), stride: (2, 2), pad: (0, 0), h: 0, w: 0 };
+        let g = PoolGeom { kind: PoolKind::Avg { count_include_pad: true }, k: (2, 2), stride: (2, 2), pad: (0, 0), ceil: false, h: 0, w: 0 };
         let ours = pool2d(x.as_tensor(), g).unwrap();
         let theirs = x.as_tensor().avg_pool2d(2).unwrap();
         let d = super::super::op_test_support::max_diff(&ours, &theirs);
@@ -364,8 +409,9 @@ mod tests {
             x[at] = f32::NAN;
             x[at + 23] = x[at + 24];
         }
-        for kind in [PoolKind::Max, PoolKind::Avg { count_include_pad: true }, PoolKind::Avg { count_include_pad: false }] {
-            let g = PoolGeom { kind, k: (3, 2), stride: (2, 1), pad: (1, 1), h, w };
+        // Ceil mode adds a last row of windows that runs past the padding (rows 6..9 of 7 + 1).
+        for (kind, ceil) in [PoolKind::Max, PoolKind::Avg { count_include_pad: true }, PoolKind::Avg { count_include_pad: false }].into_iter().flat_map(|k| [(k, false), (k, true)]) {
+            let g = PoolGeom { kind, k: (3, 2), stride: (2, 1), pad: (1, 1), ceil, h, w };
             let planes = pool_planes(&g, &x, n * c);
             let (ho, wo) = g.out();
             let cl_in: Vec<f32> = (0..n * h * w * c).map(|i| x[((i / (h * w * c)) * c + i % c) * h * w + (i / c) % (h * w)]).collect();
@@ -373,7 +419,7 @@ mod tests {
             for (i, &v) in cl.iter().enumerate() {
                 let (s, p, ch) = (i / (ho * wo * c), (i / c) % (ho * wo), i % c);
                 let want = planes[(s * c + ch) * ho * wo + p];
-                assert!(v.to_bits() == want.to_bits() || (v.is_nan() && want.is_nan()), "{kind:?} at {i}: {v} vs {want}");
+                assert!(v.to_bits() == want.to_bits() || (v.is_nan() && want.is_nan()), "{kind:?} (ceil {ceil}) at {i}: {v} vs {want}");
             }
         }
     }

@@ -362,6 +362,9 @@ impl Builder {
         if !max {
             attrs.push(int("count_include_pad", c.count_include_pad as i64));
         }
+        if c.ceil_mode {
+            attrs.push(int("ceil_mode", 1));
+        }
         self.op(if max { "MaxPool" } else { "AveragePool" }, n, &[x], n, attrs);
     }
 

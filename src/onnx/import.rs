@@ -1396,16 +1396,14 @@ impl Importer<'_> {
         if dilations.iter().any(|&d| d != 1) {
             return Err(format!("dilations {dilations:?}; wick's pools are not dilated"));
         }
-        if attr_i(n, "ceil_mode")?.unwrap_or(0) != 0 {
-            return Err("ceil_mode = 1; wick's pools round the output size down".into());
-        }
         let in_len: Vec<usize> = x.onnx_shape.get(1..).map(<[usize]>::to_vec).unwrap_or_default();
         let p: Vec<usize> = pads(n, spatial, &kernel, &strides, &dilations, &in_len)?
             .into_iter()
             .map(|(b, e)| if b == e { Ok(b) } else { Err(format!("pads {b} before and {e} after a dim; wick's pools pad both sides equally")) })
             .collect::<R<_>>()?;
         let count_include_pad = attr_i(n, "count_include_pad")?.unwrap_or(0) != 0;
-        let cfg = arch::PoolCfg { kernel_size: pair(&kernel), stride: Some(pair(&strides)), padding: pair(&p), count_include_pad };
+        let ceil_mode = attr_i(n, "ceil_mode")?.unwrap_or(0) != 0;
+        let cfg = arch::PoolCfg { kernel_size: pair(&kernel), stride: Some(pair(&strides)), padding: pair(&p), count_include_pad, ceil_mode };
         let max = n.op_type == "MaxPool";
         let op = match (max, spatial) {
             (true, 1) => Op::MaxPool1d(cfg),
