@@ -2,13 +2,20 @@
 //! (`cargo run --release --example infer_loop -- int8|fp32 MODEL TRAIN TEST [REPS] [BATCH]`).
 //! `int8` runs the integer runtime (an INT8 artifact as it is, a float model after min-max PTQ
 //! on TRAIN); `fp32` runs the compiled float runtime on a float model. Like the CLI, the work
-//! runs on a thread of rayon's pool.
+//! runs on a thread of rayon's pool, with the binary's allocator and its freed memory kept mapped
+//! (else every call's outputs come back as freshly faulted pages, which the CLI never sees).
 use std::path::Path;
 use std::time::Instant;
 use wick::artifact::AnyModel;
 use wick::runtime::{kernels::Kernel, plan::Plan, Exec, Executor};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
+    // mimalloc's `purge_delay` (see `src/main.rs`): -1 keeps freed memory mapped.
+    // SAFETY: setting an option is thread-safe and takes plain integers.
+    unsafe { libmimalloc_sys::mi_option_set(libmimalloc_sys::mi_option_use_numa_nodes - 1, -1) };
     // On a thread of rayon's pool, as the CLI runs its commands.
     rayon::scope(|_| run())
 }
