@@ -234,6 +234,7 @@ impl Model {
             Op::Dropout(c) if train => ops::dropout(&x, c.p, &mut *rng.borrow_mut()),
             Op::Dropout(_) => Ok(x),
             Op::Softmax(c) => ops::softmax(&x, c.dim),
+            Op::LogSoftmax(c) => ops::log_softmax(&x, c.dim),
             Op::Gru(c) | Op::Lstm(c) => {
                 let cell = if matches!(node.op, Op::Gru(_)) { Cell::Gru } else { Cell::Lstm };
                 // The weights and matmul inputs pass through the hook as units (QAT, simulation).

@@ -143,6 +143,12 @@ pub fn softmax(x: &Tensor, dim: i64) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(x, d)?)
 }
 
+/// Log-softmax along a PyTorch dim: `x_i − max − ln Σ e^(x_j − max)`.
+pub fn log_softmax(x: &Tensor, dim: i64) -> Result<Tensor> {
+    let d = sample_dim(dim, x.rank() - 1).map_err(|m| WickError::invalid("log_softmax", m))? + 1;
+    Ok(candle_nn::ops::log_softmax(x, d)?)
+}
+
 /// Inverted dropout: keep with probability `1 − p`, scale kept values by `1 / (1 − p)`.
 pub fn dropout(x: &Tensor, p: f64, rng: &mut impl rand::RngExt) -> Result<Tensor> {
     if p <= 0.0 {

@@ -257,6 +257,7 @@ impl Builder {
             }
             Op::Dropout(_) => self.op("Identity", n, &[x], n, vec![]),
             Op::Softmax(c) => self.op("Softmax", n, &[x], n, vec![int("axis", c.dim)]),
+            Op::LogSoftmax(c) => self.op("LogSoftmax", n, &[x], n, vec![int("axis", c.dim)]),
             Op::Select(c) => {
                 let i = self.init(i64_tensor(&format!("{n}.index"), &[], &[c.index]));
                 self.op("Gather", n, &[x, &i], n, vec![int("axis", c.dim)]);

@@ -42,6 +42,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "LSTM",
     "LayerNormalization",
     "LeakyRelu",
+    "LogSoftmax",
     "MatMul",
     "MaxPool",
     "Mul",
@@ -454,7 +455,7 @@ impl Importer<'_> {
                 self.unary(n, Op::Gelu(arch::GeluCfg { approximate }))
             }
             "Clip" => self.clip(n),
-            "Softmax" => self.softmax(n),
+            "Softmax" | "LogSoftmax" => self.softmax(n),
             "QuantizeLinear" => self.quantize(n),
             "DequantizeLinear" => self.dequantize(n),
             "Conv" => self.conv(n),
@@ -1088,9 +1089,10 @@ impl Importer<'_> {
         let axis = attr_i(n, "axis")?.unwrap_or(default);
         let axis = from_end(axis, rank);
         if self.opset < 13 && axis != rank - 1 {
-            return Err(format!("before opset 13 Softmax flattens dims {axis}.. into one; wick reads it only over the last dim"));
+            return Err(format!("before opset 13 {} flattens dims {axis}.. into one; wick reads it only over the last dim", n.op_type));
         }
-        self.unary(n, Op::Softmax(arch::DimCfg { dim: axis }))
+        let cfg = arch::DimCfg { dim: axis };
+        self.unary(n, if n.op_type == "LogSoftmax" { Op::LogSoftmax(cfg) } else { Op::Softmax(cfg) })
     }
 
     fn conv(&mut self, n: &NodeProto) -> R<Val> {

@@ -221,10 +221,10 @@ pub fn analyse(model: &Model) -> Deps {
                     ins[0].clone()
                 }
             }
-            Op::LayerNorm(_) | Op::Softmax(_) => {
+            Op::LayerNorm(_) | Op::Softmax(_) | Op::LogSoftmax(_) => {
                 let touches_channels = match &node.op {
                     Op::LayerNorm(c) => c.normalized_shape.len() >= in_rank,
-                    Op::Softmax(c) => sample_dim(c.dim, in_rank) == Ok(0),
+                    Op::Softmax(c) | Op::LogSoftmax(c) => sample_dim(c.dim, in_rank) == Ok(0),
                     _ => false,
                 };
                 if touches_channels {

@@ -100,8 +100,9 @@ enum Kind {
         eps: f64,
         affine: Option<(Vec<f32>, Vec<f32>)>,
     },
-    /// Softmax along full-tensor dim `dim` (≥ 1), in logical order.
+    /// Softmax along full-tensor dim `dim` (≥ 1), in logical order; with `log`, log-softmax.
     Softmax {
+        log: bool,
         dim: usize,
     },
     /// Multi-head attention over `q, k, v [N, L, D]` masked by the token ids
@@ -318,9 +319,10 @@ impl Plan {
                     let affine = if c.elementwise_affine { Some((vec("weight")?, vec("bias")?)) } else { None };
                     Kind::LayerNorm { inner: c.normalized_shape.iter().product(), eps: c.eps, affine }
                 }
-                (Op::Softmax(c), ..) => {
+                (Op::Softmax(c) | Op::LogSoftmax(c), ..) => {
                     let rank = model.graph.shapes[node.inputs[0].as_str()].len();
-                    Kind::Softmax { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1 }
+                    let log = matches!(node.op, Op::LogSoftmax(_));
+                    Kind::Softmax { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1, log }
                 }
                 (Op::Attention(c), ..) => Kind::Attention { heads: c.num_heads, pad_id: c.pad_id as f32 },
                 (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), ..) => {

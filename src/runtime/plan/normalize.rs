@@ -48,21 +48,23 @@ fn rows(data: &mut [f32], inner: usize, eps: f64, affine: Option<&(Vec<f32>, Vec
 }
 
 /// Softmax along full-tensor dim `dim` of `v` (logical layout), in place:
-/// `y_i = exp(x_i − max x) / Σ_j exp(x_j − max x)` over each line along `dim`.
-pub(super) fn softmax(v: &mut Value, dim: usize) {
+/// `y_i = exp(x_i − max x) / Σ_j exp(x_j − max x)` over each line along `dim`; with `log` its
+/// logarithm, `y_i = (x_i − max x) − ln Σ_j exp(x_j − max x)`, as candle's and PyTorch's
+/// log-softmax compute it (never the log of a quotient that underflowed to 0).
+pub(super) fn softmax(v: &mut Value, dim: usize, log: bool) {
     let len = v.dims[dim];
     let inner: usize = v.dims[dim + 1..].iter().product();
     for block in v.data.chunks_mut(len * inner) {
         for i in 0..inner {
             let max = (0..len).map(|k| block[k * inner + i]).fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
+            let sum: f32 = (0..len).map(|k| (block[k * inner + i] - max).exp()).sum();
+            let ln_sum = sum.ln();
             for k in 0..len {
-                let e = (block[k * inner + i] - max).exp();
-                block[k * inner + i] = e;
-                sum += e;
-            }
-            for k in 0..len {
-                block[k * inner + i] /= sum;
+                let x = &mut block[k * inner + i];
+                *x = match log {
+                    true => (*x - max) - ln_sum,
+                    false => (*x - max).exp() / sum,
+                };
             }
         }
     }

@@ -256,10 +256,10 @@ impl Plan {
                     layer_norm(&mut v.data, *inner, *eps, affine.as_ref());
                     v
                 }
-                Kind::Softmax { dim } => {
+                Kind::Softmax { dim, log } => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
                     let mut v = self.owned(&mut vals, step, si);
-                    softmax(&mut v, *dim);
+                    softmax(&mut v, *dim, *log);
                     v
                 }
                 Kind::Attention { heads, pad_id } => {
