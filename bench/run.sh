@@ -25,7 +25,7 @@ cargo build --release -q
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; ISA: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512bw|avx512_vnni|avx_vnni|amx_int8' | tr '\n' ' ')"
 D=fixtures/data
 # Every teacher in fixtures/models/ with the data it was trained on (MODEL:DATA prefix).
-for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits digits_gru:digits_rows digits_lstm:digits_rows digits_crnn:digits_seq digits_mbnet:digits digits_tcn:digits_seq digits_rectnet:digits; do
+for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits digits_gru:digits_rows digits_lstm:digits_rows digits_crnn:digits_seq digits_mbnet:digits digits_tcn:digits_seq digits_rectnet:digits digits_mnist_example:digits; do
   m=${spec%%:*} data=${spec##*:}
   if [ -n "${BENCH_MODELS:-}" ] && [[ " $BENCH_MODELS " != *" $m "* ]]; then continue; fi
   model=fixtures/models/$m.safetensors
@@ -36,7 +36,7 @@ for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq dig
     # the slower one.
     if [ "$m" = digits_resnet ]; then epochs=3; else epochs=10; fi
     wicks+=("$(./target/release/wick --threads "$threads" bench "$model" --train $D/${data}_train.safetensors --test $D/${data}_test.safetensors --epochs $epochs --json)")
-    own_export=""; case $m in digits_gru|digits_lstm|digits_crnn|digits_mbnet|digits_tcn) own_export=1 ;; esac
+    own_export=""; case $m in digits_gru|digits_lstm|digits_crnn|digits_mbnet|digits_tcn|digits_mnist_example) own_export=1 ;; esac
     orts+=("$(bench/.venv/bin/python bench/ort_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
           ${own_export:+--onnx fixtures/onnx/$m.legacy.onnx} \
           --data $D/${data}_test.safetensors --calib $D/${data}_train.safetensors --threads "$threads" 2>/dev/null)")

@@ -11,6 +11,7 @@ mod foundation;
 mod fuzz_regressions;
 mod gradients;
 mod interrupts;
+mod mnist_example;
 mod mobile_blocks;
 mod onnx;
 mod padding;

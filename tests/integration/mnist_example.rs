@@ -1,0 +1,67 @@
+//! PyTorch's own MNIST example net (`github.com/pytorch/examples`, `mnist/main.py`), the first
+//! model many users bring: its head ends in `log_softmax`, so its outputs are log-probabilities.
+//! On the `digits_mnist_example` teacher and the `log_softmax` oracle cases made by
+//! `fixtures/models/make_digits_mnist_example.py`.
+
+use crate::common::*;
+use candle_core::Tensor;
+use wick::model::forward::Mode;
+use wick::runtime::plan::Plan;
+use wick::tensor_file::TensorFile;
+
+const EXAMPLE: Teacher = Teacher { name: "digits_mnist_example", data: "digits" };
+
+/// The teacher from its safetensors, from both PyTorch exporters' ONNX (`LogSoftmax`) and from
+/// wick's own ONNX export evaluates to PyTorch's log-probabilities within 1e-4 with its accuracy
+/// (354/360), on the compiled float runtime with no step left to candle; its INT8 model's
+/// integer runtime equals the scalar reference bit for bit.
+#[test]
+fn the_pytorch_mnist_example_matches_pytorch_from_every_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let exported = dir.path().join("example.onnx");
+    run_expect(&["export", EXAMPLE.path().to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+    let ops: Vec<String> = crate::onnx::read_proto(&exported).graph.unwrap().node.iter().map(|n| n.op_type.clone()).collect();
+    assert_eq!(ops.last().map(String::as_str), Some("LogSoftmax"), "{ops:?}");
+    for model in [EXAMPLE.path(), fixture("onnx/digits_mnist_example.legacy.onnx"), fixture("onnx/digits_mnist_example.dynamo.onnx"), exported] {
+        EXAMPLE.assert_evals_as_pytorch(&model, 354, dir.path());
+        let m = load(&model);
+        assert_eq!(m.arch.nodes.last().unwrap().op.name(), "log_softmax", "{}", model.display());
+        assert_eq!(Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{}", model.display());
+    }
+    ptq_runs_bit_exact(&load(&EXAMPLE.path()), &EXAMPLE.split("test"));
+}
+
+/// The oracle cases run compiled: log_softmax over a linear's features, and over a conv's
+/// channels (channels-last in the plan). Each float plan equals candle's forward within 1e-5 and
+/// PyTorch's eval outputs within 1e-4; each INT8 model's integer runtime equals its scalar
+/// reference bit for bit.
+#[test]
+fn every_log_softmax_runs_compiled() {
+    for case in ["log_softmax_features", "log_softmax_channels"] {
+        let path = fixture(&format!("reference/gradients/{case}.safetensors"));
+        let m = load(&path);
+        let file = TensorFile::read(&path).unwrap();
+        let x = Tensor::from_vec(file.f32("x").unwrap(), [6usize].iter().chain(m.input_shape()).copied().collect::<Vec<_>>(), &candle_core::Device::Cpu).unwrap();
+        let plan = Plan::float(&m).unwrap();
+        assert_eq!(plan.candle_steps(), Vec::<&str>::new(), "{case}");
+        let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let (ours, candle) = (flat(plan.predict(&x).unwrap()), flat(m.forward(&x, Mode::Eval).unwrap()));
+        assert!(max_abs_diff(&ours, &candle) <= 1e-5, "{case}: {}", max_abs_diff(&ours, &candle));
+        let eval = file.f32("eval_logits").unwrap();
+        assert!(max_abs_diff(&ours, &eval) <= 1e-4, "{case} against PyTorch: {}", max_abs_diff(&ours, &eval));
+        ptq_runs_bit_exact(&m, &path);
+    }
+}
+
+/// `ptq-int8` loses at most 0.3 point on the example net, and `qat-int8` and `distill-int8`
+/// (one epoch per pass) pass their 1-point gates: training and distillation read its
+/// log-probabilities as logits (a shift of each row, which changes neither the softmax nor the
+/// cross-entropy), and the artifact keeps the head's log_softmax.
+#[test]
+fn the_pytorch_mnist_example_compresses() {
+    let dir = tempfile::tempdir().unwrap();
+    for recipe in ["ptq-int8", "qat-int8", "distill-int8"] {
+        let (_, q) = EXAMPLE.compress_within_gate(recipe, &dir.path().join(recipe));
+        assert_eq!(q.model.arch.nodes.last().unwrap().op.name(), "log_softmax", "{recipe}");
+    }
+}
