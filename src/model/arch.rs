@@ -184,6 +184,15 @@ pub struct BatchNormCfg {
     pub affine: bool,
 }
 
+/// Fixed per-channel arithmetic over channel axis 1: `y = x · weight_c + bias_c` (`weight`, `bias`
+/// `[num_features]` buffers, not trained): a model's own input normalisation `(x − mean) / std`
+/// (`weight = 1/std`, `bias = −mean/std`), or arithmetic on constants such as `x · 2 − 1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelAffineCfg {
+    pub num_features: usize,
+}
+
 /// LayerNorm over the trailing `normalized_shape` dims.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -521,6 +530,7 @@ pub enum Op {
     Dropout(DropoutCfg),
     Softmax(DimCfg),
     LogSoftmax(DimCfg),
+    ChannelAffine(ChannelAffineCfg),
     Gru(RnnCfg),
     Lstm(RnnCfg),
     Select(SelectCfg),
@@ -566,6 +576,7 @@ pub const OP_NAMES: &[&str] = &[
     "dropout",
     "softmax",
     "log_softmax",
+    "channel_affine",
     "gru",
     "lstm",
     "select",
@@ -604,6 +615,7 @@ impl Op {
                 v
             }
             Op::LayerNorm(c) if c.elementwise_affine => vec![("weight", true), ("bias", true)],
+            Op::ChannelAffine(_) => vec![("weight", false), ("bias", false)],
             Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) => vec![("weight", true)],
             Op::Gru(c) | Op::Lstm(c) => {
                 let rows = RNN_PARAMS.iter().enumerate().filter(|(i, _)| i / 2 < c.num_layers.min(MAX_RNN_LAYERS) && (i % 2 == 0 || c.bidirectional));
@@ -626,6 +638,7 @@ impl Op {
             }
             (Op::Conv2d(c), _) => vec![c.out_channels],
             (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), _) => vec![c.num_features],
+            (Op::ChannelAffine(c), _) => vec![c.num_features],
             (Op::LayerNorm(c), _) => c.normalized_shape.clone(),
             (Op::Embedding(c), _) => vec![c.num_embeddings, c.embedding_dim],
             (Op::PositionEmbedding(c), _) => vec![c.num_positions, c.embedding_dim],
@@ -733,6 +746,7 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "dropout" => Op::Dropout(cfg(fields)?),
         "softmax" => Op::Softmax(cfg(fields)?),
         "log_softmax" => Op::LogSoftmax(cfg(fields)?),
+        "channel_affine" => Op::ChannelAffine(cfg(fields)?),
         "gru" => Op::Gru(cfg(fields)?),
         "lstm" => Op::Lstm(cfg(fields)?),
         "select" => Op::Select(cfg(fields)?),

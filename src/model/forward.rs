@@ -235,6 +235,7 @@ impl Model {
             Op::Dropout(_) => Ok(x),
             Op::Softmax(c) => ops::softmax(&x, c.dim),
             Op::LogSoftmax(c) => ops::log_softmax(&x, c.dim),
+            Op::ChannelAffine(_) => ops::channel_affine(&x, p("weight"), p("bias")),
             Op::Gru(c) | Op::Lstm(c) => {
                 let cell = if matches!(node.op, Op::Gru(_)) { Cell::Gru } else { Cell::Lstm };
                 // The weights and matmul inputs pass through the hook as units (QAT, simulation).

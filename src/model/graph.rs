@@ -172,6 +172,7 @@ fn check_fields(op: &Op) -> std::result::Result<(), String> {
             positive("embedding_dim", c.embedding_dim)
         }
         Op::PositionEmbedding(c) => positive("num_positions", c.num_positions),
+        Op::ChannelAffine(c) => positive("num_features", c.num_features),
         Op::Attention(c) => positive("num_heads", c.num_heads),
         Op::L2Normalize(c) if !(c.eps > 0.0 && c.eps.is_finite()) => Err(format!("eps is {}; it must be a positive number", c.eps)),
         Op::Gru(c) | Op::Lstm(c) => {
@@ -329,6 +330,12 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             expect_rank(s, 3, "[C, H, W]")?;
             if s[0] != c.num_features {
                 return Err(format!("num_features is {} but the input has {} channels", c.num_features, s[0]));
+            }
+            Ok(s.clone())
+        }
+        Op::ChannelAffine(c) => {
+            if s.first() != Some(&c.num_features) {
+                return Err(format!("num_features is {} but the input's channel axis (the first of a sample) is {:?} (shape {s:?})", c.num_features, s.first()));
             }
             Ok(s.clone())
         }

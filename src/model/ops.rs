@@ -143,6 +143,13 @@ pub fn softmax(x: &Tensor, dim: i64) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(x, d)?)
 }
 
+/// Fixed per-channel arithmetic on axis 1 of an `[N, C, …]` tensor: `y = x · w_c + b_c`.
+pub fn channel_affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let mut shape = vec![1usize; x.rank()];
+    shape[1] = w.dim(0)?;
+    Ok(x.broadcast_mul(&w.reshape(shape.clone())?)?.broadcast_add(&b.reshape(shape)?)?)
+}
+
 /// Log-softmax along a PyTorch dim: `x_i − max − ln Σ e^(x_j − max)`.
 pub fn log_softmax(x: &Tensor, dim: i64) -> Result<Tensor> {
     let d = sample_dim(dim, x.rank() - 1).map_err(|m| WickError::invalid("log_softmax", m))? + 1;

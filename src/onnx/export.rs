@@ -194,6 +194,16 @@ impl Builder {
                 let ins: Vec<&str> = std::iter::once(x).chain(names.iter().map(String::as_str)).collect();
                 self.op("BatchNormalization", n, &ins, n, vec![float("epsilon", c.eps as f32), float("momentum", (1.0 - c.momentum) as f32)]);
             }
+            Op::ChannelAffine(c) => {
+                // `[C, 1, …]`: broadcast along the channel axis of `[N, C, …]`.
+                let mut dims = vec![1; model.graph.shapes[node.inputs[0].as_str()].len()];
+                dims[0] = c.num_features;
+                let [w, b] = ["weight", "bias"].map(|s| values(model, &param(s)).map(|v| f32_tensor(&param(s), &dims, &v)));
+                let (w, b) = (self.init(w?), self.init(b?));
+                let m = format!("{n}.scaled");
+                self.op("Mul", &m, &[x, &w], &m, vec![]);
+                self.op("Add", n, &[&m, &b], n, vec![]);
+            }
             Op::LayerNorm(c) => {
                 let numel: usize = c.normalized_shape.iter().product();
                 let (w, b) = if c.elementwise_affine {

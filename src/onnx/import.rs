@@ -348,9 +348,18 @@ impl Importer<'_> {
         self.emit(name, &[&d], Op::Reshape(arch::ReshapeCfg { shape }), vec![])
     }
 
-    fn dyn_in(&self, n: &NodeProto, k: usize) -> R<Dyn> {
+    fn dyn_in(&mut self, n: &NodeProto, k: usize) -> R<Dyn> {
         match self.input_val(n, k)? {
             Val::Dyn(d) => Ok(d.clone()),
+            // A product by a constant no pattern took: a `channel_affine` node, which every later
+            // reader of the value shares.
+            Val::Scaled(x, s) => {
+                let (x, s) = (x.clone(), *s);
+                let ch = x.shape.first().copied().unwrap_or(1);
+                let Val::Dyn(y) = self.channel_affine(&n.input[k], &x, vec![s; ch], vec![0.0; ch])? else { unreachable!("an affine node's value") };
+                self.vals.insert(n.input[k].clone(), Val::Dyn(y.clone()));
+                Ok(y)
+            }
             Val::Const(_) => Err(format!("input {k} ('{}') is a constant; wick reads it only as a computed tensor", n.input[k])),
             _ => Err(pattern_err(&n.input[k])),
         }
@@ -492,7 +501,7 @@ impl Importer<'_> {
     }
 
     /// `Shape(x)`: a constant whose batch entry is [`BATCH`].
-    fn shape(&self, n: &NodeProto) -> R<Val> {
+    fn shape(&mut self, n: &NodeProto) -> R<Val> {
         let full: Vec<i64> = match self.input_val(n, 0)? {
             // `[T, N, F…]`: a batch-first `[N, T, F…]` seen time-major.
             Val::TimeMajor(x) => [x.onnx_shape[0] as i64, BATCH].into_iter().chain(x.onnx_shape[1..].iter().map(|&d| d as i64)).collect(),
@@ -966,7 +975,35 @@ impl Importer<'_> {
                 let name = self.plain_node_name(n, "add");
                 Val::Dyn(self.emit(name, &[x, y], Op::Add(arch::Empty {}), vec![])?)
             }
-            ("Add", Val::Dyn(x), Val::Const(c)) | ("Add", Val::Const(c), Val::Dyn(x)) => self.add_bias(x, c)?,
+            ("Add", Val::Dyn(x), Val::Const(c)) | ("Add", Val::Const(c), Val::Dyn(x)) => match self.add_bias(x, c) {
+                Ok(v) => v,
+                // Not a layer's bias: arithmetic on the value (an input's normalisation, `x + 1`).
+                Err(bias) => {
+                    let shift = per_channel(c, x).map_err(|m| format!("{bias}; as arithmetic: {m}"))?;
+                    self.channel_affine(&n.output[0], x, vec![1.0; shift.len()], shift)?
+                }
+            },
+            ("Sub", Val::Dyn(x), Val::Const(c)) => {
+                let shift: Vec<f32> = per_channel(c, x)?.iter().map(|v| -v).collect();
+                self.channel_affine(&n.output[0], x, vec![1.0; shift.len()], shift)?
+            }
+            ("Sub", Val::Const(c), Val::Dyn(x)) => {
+                let shift = per_channel(c, x)?;
+                self.channel_affine(&n.output[0], x, vec![-1.0; shift.len()], shift)?
+            }
+            ("Add" | "Sub", Val::Scaled(x, k), Val::Const(c)) => {
+                let sign = if op == "Sub" { -1.0 } else { 1.0 };
+                let shift: Vec<f32> = per_channel(c, x)?.iter().map(|v| sign * v).collect();
+                self.channel_affine(&n.output[0], x, vec![*k; shift.len()], shift)?
+            }
+            ("Add", Val::Const(c), Val::Scaled(x, k)) => {
+                let shift = per_channel(c, x)?;
+                self.channel_affine(&n.output[0], x, vec![*k; shift.len()], shift)?
+            }
+            ("Sub", Val::Const(c), Val::Scaled(x, k)) => {
+                let shift = per_channel(c, x)?;
+                self.channel_affine(&n.output[0], x, vec![-k; shift.len()], shift)?
+            }
             ("Add", Val::ErfOf(x), c) | ("Add", c, Val::ErfOf(x)) if scalar(c).is_some_and(|s| close(s, 1.0)) => Val::OnePlusErf { x: x.clone(), coef: 1.0, times_x: false },
             ("Mul", Val::Dyn(x), Val::Dyn(y)) => match self.silu(n, x, y)? {
                 Some(v) => v,
@@ -978,6 +1015,14 @@ impl Importer<'_> {
             },
             ("Mul", Val::Dyn(x), c) | ("Mul", c, Val::Dyn(x)) if scalar(c).is_some() => Val::Scaled(x.clone(), scalar(c).expect("checked")),
             ("Div", Val::Dyn(x), c) if scalar(c).is_some_and(|s| s != 0.0) => Val::Scaled(x.clone(), 1.0 / scalar(c).expect("checked")),
+            ("Mul", Val::Dyn(x), Val::Const(c)) | ("Mul", Val::Const(c), Val::Dyn(x)) => {
+                let scale = per_channel(c, x)?;
+                self.channel_affine(&n.output[0], x, scale.clone(), vec![0.0; scale.len()])?
+            }
+            ("Div", Val::Dyn(x), Val::Const(c)) => {
+                let scale: Vec<f32> = per_channel(c, x)?.iter().map(|v| 1.0 / v).collect();
+                self.channel_affine(&n.output[0], x, scale.clone(), vec![0.0; scale.len()])?
+            }
             ("Mul", Val::OnePlusErf { x, coef, times_x }, c) | ("Mul", c, Val::OnePlusErf { x, coef, times_x }) if scalar(c).is_some() => {
                 Val::OnePlusErf { x: x.clone(), coef: coef * scalar(c).expect("checked"), times_x: *times_x }
             }
@@ -987,9 +1032,19 @@ impl Importer<'_> {
             ("Mul", Val::OnePlusErf { x, coef, times_x: false }, Val::Scaled(y, k)) | ("Mul", Val::Scaled(y, k), Val::OnePlusErf { x, coef, times_x: false }) if x.name == y.name => {
                 Val::OnePlusErf { x: x.clone(), coef: coef * k, times_x: true }
             }
+            ("Add" | "Sub" | "Mul", Val::Scaled(..), _) | ("Add" | "Mul", _, Val::Scaled(..)) | ("Sub", Val::Dyn(_), Val::Scaled(..)) => {
+                // A product by a constant read by arithmetic no pattern takes: its own node.
+                let (x, y) = (self.dyn_in(n, 0)?, self.dyn_in(n, 1)?);
+                let name = self.plain_node_name(n, &op.to_lowercase());
+                match op {
+                    "Add" => Val::Dyn(self.emit(name, &[&x, &y], Op::Add(arch::Empty {}), vec![])?),
+                    "Mul" => Val::Dyn(self.emit(name, &[&x, &y], Op::Mul(arch::Empty {}), vec![])?),
+                    _ => return Err("Sub of two computed tensors is not supported: wick reads Add and Mul of two tensors".into()),
+                }
+            }
             _ => {
                 return Err(format!(
-                    "{op} of these operands is not supported: wick reads Add of two tensors, a bias Add after MatMul or Conv, x·sigmoid(x) (SiLU), the exact GELU pattern, and arithmetic on constants"
+                    "{op} of these operands is not supported: wick reads Add and Mul of two tensors, a bias Add after MatMul or Conv, arithmetic with a scalar or a per-channel constant, x·sigmoid(x) (SiLU), the exact GELU pattern, and arithmetic on constants"
                 ))
             }
         };
@@ -1055,6 +1110,25 @@ impl Importer<'_> {
         }
         self.params.insert(format!("{}.bias", x.name), (vec![channels], bias));
         Ok(Val::Dyn(x.clone()))
+    }
+
+    /// `x · scale_c + shift_c` per channel as a `channel_affine` node named after `value`, or
+    /// folded into `x`'s own `channel_affine` when nothing else reads that node
+    /// (`(x − mean) / std` is one node).
+    fn channel_affine(&mut self, value: &str, x: &Dyn, scale: Vec<f32>, shift: Vec<f32>) -> R<Val> {
+        let uses = self.producer_uses(&x.name);
+        if let Some(node) = self.nodes.iter().find(|m| m.name == x.name && matches!(m.op, Op::ChannelAffine(_))).filter(|_| uses == 1) {
+            let [w, b] = ["weight", "bias"].map(|s| node.param(s));
+            let (ws, bs) = (&mut self.params.get_mut(&w).expect("an affine node's weight").1, scale.clone());
+            ws.iter_mut().zip(&bs).for_each(|(v, s)| *v *= s);
+            let bv = &mut self.params.get_mut(&b).expect("an affine node's bias").1;
+            bv.iter_mut().zip(scale.iter().zip(&shift)).for_each(|(v, (s, t))| *v = *v * s + t);
+            return Ok(Val::Dyn(x.clone()));
+        }
+        let c = scale.len();
+        let name = self.fresh(scope_path(value).as_deref().unwrap_or("affine"));
+        let params = vec![("weight", vec![c], scale), ("bias", vec![c], shift)];
+        Ok(Val::Dyn(self.emit(name, &[x], Op::ChannelAffine(arch::ChannelAffineCfg { num_features: c }), params)?))
     }
 
     /// How many ONNX inputs read values computed by wick node `name`.
@@ -1529,6 +1603,25 @@ fn pair(v: &[usize]) -> Pair {
 /// which is what the exporter was given.
 fn decimal(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
+}
+
+/// A constant's values per channel of `x` (`[N, C, …]`, `x` a sample's `[C, …]`): a scalar
+/// repeated, or a tensor broadcast along axis 1 only (`[C]` for a `[N, C]` value, `[C, 1, 1]` or
+/// `[1, C, 1, 1]` for an image's).
+fn per_channel(c: &Const, x: &Dyn) -> R<Vec<f32>> {
+    let ch = x.onnx_shape.first().copied().unwrap_or(1);
+    if c.numel() == 1 {
+        return Ok(vec![c.f32s()[0]; ch]);
+    }
+    let (d, full) = (&c.dims, x.onnx_shape.len() + 1);
+    let along_channels = d.len() <= full && d.len() + 1 >= full && d[d.len() + 1 - full] == ch && d.iter().filter(|&&v| v != 1).count() == 1;
+    if !along_channels {
+        return Err(format!(
+            "a constant of shape {d:?} on a value of shape [N, {}]; wick reads arithmetic with a scalar or with a constant along the channel axis ({ch} values)",
+            x.onnx_shape.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(c.f32s())
 }
 
 fn pattern_err(value: &str) -> String {

@@ -78,6 +78,11 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                 }
                 c.num_features = kout.len();
             }
+            Op::ChannelAffine(c) => {
+                sel("weight", &kout, 0)?;
+                sel("bias", &kout, 0)?;
+                c.num_features = kout.len();
+            }
             Op::Gru(c) | Op::Lstm(c) => {
                 // Kept hidden units (the first direction's positions) and their rows in every
                 // gate block.
@@ -128,7 +133,9 @@ pub fn zero_units(model: &Model, deps: &Deps, units: &BTreeSet<usize>) -> Result
             continue;
         }
         let mut zero: Vec<(String, Vec<usize>)> = match &node.op {
-            Op::Linear(_) | Op::Conv1d(_) | Op::Conv2d(_) | Op::BatchNorm1d(_) | Op::BatchNorm2d(_) => ["weight", "bias"].iter().map(|s| (node.param(s), rows.clone())).collect(),
+            Op::Linear(_) | Op::Conv1d(_) | Op::Conv2d(_) | Op::BatchNorm1d(_) | Op::BatchNorm2d(_) | Op::ChannelAffine(_) => {
+                ["weight", "bias"].iter().map(|s| (node.param(s), rows.clone())).collect()
+            }
             // Every gate's rows of a hidden unit: its state then stays 0 (GRU: n = 0 and
             // h' = h/2; LSTM: g = 0 and c' = c/2).
             Op::Gru(c) | Op::Lstm(c) => {

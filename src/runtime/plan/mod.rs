@@ -333,6 +333,7 @@ impl Plan {
                     let shift = beta.iter().zip(&mean).zip(&scale).map(|((&b, &m), &s)| b - m * s).collect();
                     Kind::ChannelAffine { scale, shift }
                 }
+                (Op::ChannelAffine(_), ..) => Kind::ChannelAffine { scale: model.values(&node.param("weight"))?, shift: model.values(&node.param("bias"))? },
                 (Op::Select(c), ..) => {
                     let dim = axis(c.dim)?;
                     let len = model.graph.shapes[node.inputs[0].as_str()][dim - 1];
