@@ -1,5 +1,6 @@
 //! The one integration-test binary: CLI end-to-end runs and library checks on real fixtures.
 
+mod arithmetic;
 mod axis_strides;
 mod bad_input;
 mod bench;
