@@ -32,6 +32,8 @@ pub enum Act {
     GeluTanh,
     /// With its negative slope.
     LeakyRelu(f32),
+    /// Clamped to `[lo, hi]`.
+    Hardtanh(f32, f32),
     Hardsigmoid,
     Hardswish,
 }
@@ -80,6 +82,7 @@ impl Act {
             Act::GeluErf => s(0.5) * x * (s(1.0) + erf_by::<V, H>(x * s(INV_SQRT_2))),
             Act::GeluTanh => s(0.5) * x * (s(1.0) + tanh_by::<V, H>(s(SQRT_2_OVER_PI) * (x + s(GELU_C) * x * x * x))),
             Act::LeakyRelu(a) => x.relu() + s(a) * x.at_most(0.0),
+            Act::Hardtanh(lo, hi) => x.at_least(lo).at_most(hi),
             Act::Hardsigmoid => (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
             Act::Hardswish => x * (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
         }
@@ -118,6 +121,7 @@ impl Act {
                 let pos = x.between(0.0, f32::INFINITY);
                 pos + (s(1.0) - pos) * s(a)
             }
+            Act::Hardtanh(lo, hi) => x.between(lo, hi),
             Act::Hardsigmoid => x.between(-3.0, 3.0) * s(1.0 / 6.0),
             // Closed at ±3 as PyTorch's `x < −3`, `x ≤ 3` tests (`between` is open).
             Act::Hardswish => {
@@ -139,6 +143,7 @@ impl Act {
             Op::Sigmoid(_) => Act::Sigmoid,
             Op::Tanh(_) => Act::Tanh,
             Op::LeakyRelu(c) => Act::LeakyRelu(c.negative_slope as f32),
+            Op::Hardtanh(c) => Act::Hardtanh(c.min_val as f32, c.max_val as f32),
             Op::Hardsigmoid(_) => Act::Hardsigmoid,
             Op::Hardswish(_) => Act::Hardswish,
             _ => return None,
@@ -268,6 +273,7 @@ unsafe fn on_vectors<V: Lanes, H: Horner, const DF: bool>(a: &mut [f32], act: Ac
             match act {
                 $(Act::$a => map_in_place(a, #[inline(always)] |v: V| if DF { Act::$a.eval_df(v) } else { Act::$a.eval_by::<V, H>(v) }),)*
                 Act::LeakyRelu(k) => map_in_place(a, #[inline(always)] |v: V| if DF { Act::LeakyRelu(k).eval_df(v) } else { Act::LeakyRelu(k).eval_by::<V, H>(v) }),
+                Act::Hardtanh(lo, hi) => map_in_place(a, #[inline(always)] |v: V| if DF { Act::Hardtanh(lo, hi).eval_df(v) } else { Act::Hardtanh(lo, hi).eval_by::<V, H>(v) }),
             }
         };
     }
@@ -344,7 +350,20 @@ mod tests {
     /// scalar does, over lengths with and without a partial vector.
     #[test]
     fn vector_activations_equal_the_scalar() {
-        let acts = [Act::Relu6, Act::Silu, Act::Sigmoid, Act::Tanh, Act::GeluErf, Act::GeluTanh, Act::LeakyRelu(0.01), Act::LeakyRelu(0.2), Act::Hardsigmoid, Act::Hardswish];
+        let acts = [
+            Act::Relu6,
+            Act::Silu,
+            Act::Sigmoid,
+            Act::Tanh,
+            Act::GeluErf,
+            Act::GeluTanh,
+            Act::LeakyRelu(0.01),
+            Act::LeakyRelu(0.2),
+            Act::Hardtanh(-1.0, 1.0),
+            Act::Hardtanh(-0.5, 2.0),
+            Act::Hardsigmoid,
+            Act::Hardswish,
+        ];
         for len in [1usize, 5, 16, 37, 100] {
             let x: Vec<f32> = (0..len).map(|i| (i as f32 * 0.731 - 30.0) * if i % 4 == 0 { 0.1 } else { 1.0 }).collect();
             for act in acts {
@@ -361,7 +380,7 @@ mod tests {
 
     #[test]
     fn derivatives_match_central_differences() {
-        for act in [Act::Silu, Act::Sigmoid, Act::Tanh, Act::GeluErf, Act::GeluTanh, Act::Relu6, Act::LeakyRelu(0.1), Act::Hardsigmoid, Act::Hardswish] {
+        for act in [Act::Silu, Act::Sigmoid, Act::Tanh, Act::GeluErf, Act::GeluTanh, Act::Relu6, Act::LeakyRelu(0.1), Act::Hardtanh(-1.0, 1.0), Act::Hardsigmoid, Act::Hardswish] {
             for x in [-3.1f64, -0.7, 0.3, 1.9, 5.2, 6.5] {
                 let h = 1e-3;
                 let num = (act.f((x + h) as f32) as f64 - act.f((x - h) as f32) as f64) / (2.0 * h);

@@ -478,6 +478,25 @@ fn leaky_slope() -> f64 {
     0.01
 }
 
+/// Hardtanh: `y = min(max(x, min_val), max_val)` (PyTorch's defaults −1 and 1; ReLU6 is
+/// `[0, 6]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardtanhCfg {
+    #[serde(default = "hardtanh_min")]
+    pub min_val: f64,
+    #[serde(default = "hardtanh_max")]
+    pub max_val: f64,
+}
+
+fn hardtanh_min() -> f64 {
+    -1.0
+}
+
+fn hardtanh_max() -> f64 {
+    1.0
+}
+
 /// A reshape of each sample, the batch kept: PyTorch's `x.reshape(n, *shape)` (as `x.view(n, c,
 /// 1, 1)` or `nn.Unflatten(1, shape)`); one entry may be −1, the rest of the elements.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -511,6 +530,7 @@ pub enum Op {
     Sigmoid(Empty),
     Tanh(Empty),
     LeakyRelu(LeakyReluCfg),
+    Hardtanh(HardtanhCfg),
     Hardswish(Empty),
     Hardsigmoid(Empty),
     #[serde(rename = "maxpool1d")]
@@ -561,6 +581,7 @@ pub const OP_NAMES: &[&str] = &[
     "sigmoid",
     "tanh",
     "leaky_relu",
+    "hardtanh",
     "hardswish",
     "hardsigmoid",
     "maxpool1d",
@@ -731,6 +752,7 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "sigmoid" => Op::Sigmoid(cfg(fields)?),
         "tanh" => Op::Tanh(cfg(fields)?),
         "leaky_relu" => Op::LeakyRelu(cfg(fields)?),
+        "hardtanh" => Op::Hardtanh(cfg(fields)?),
         "hardswish" => Op::Hardswish(cfg(fields)?),
         "hardsigmoid" => Op::Hardsigmoid(cfg(fields)?),
         "maxpool1d" => Op::MaxPool1d(cfg(fields)?),

@@ -227,6 +227,10 @@ impl Builder {
             }
             Op::Gelu(c) => self.gelu(n, x, c.approximate),
             Op::LeakyRelu(c) => self.op("LeakyRelu", n, &[x], n, vec![float("alpha", c.negative_slope as f32)]),
+            Op::Hardtanh(c) => {
+                let (lo, hi) = (self.scalar(&format!("{n}.min"), c.min_val as f32), self.scalar(&format!("{n}.max"), c.max_val as f32));
+                self.op("Clip", n, &[x, &lo, &hi], n, vec![]);
+            }
             Op::Hardsigmoid(_) => self.op("HardSigmoid", n, &[x], n, vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)]),
             Op::Hardswish(_) => self.op("HardSwish", n, &[x], n, vec![]),
             Op::MaxPool1d(c) | Op::AvgPool1d(c) => self.pool(n, x, c, 1, matches!(node.op, Op::MaxPool1d(_))),

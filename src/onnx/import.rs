@@ -353,6 +353,14 @@ impl Importer<'_> {
             Val::Dyn(d) => Ok(d.clone()),
             // A product by a constant no pattern took: a `channel_affine` node, which every later
             // reader of the value shares.
+            // A Clip no 7-bit input took: a `hardtanh` node, shared by every later reader.
+            Val::Clipped(x, lo, hi) => {
+                let (x, cfg) = (x.clone(), arch::HardtanhCfg { min_val: *lo as f64, max_val: *hi as f64 });
+                let name = self.fresh(scope_path(&n.input[k]).as_deref().unwrap_or("hardtanh"));
+                let y = self.emit(name, &[&x], Op::Hardtanh(cfg), vec![])?;
+                self.vals.insert(n.input[k].clone(), Val::Dyn(y.clone()));
+                Ok(y)
+            }
             Val::Scaled(x, s) => {
                 let (x, s) = (x.clone(), *s);
                 let ch = x.shape.first().copied().unwrap_or(1);
@@ -963,6 +971,12 @@ impl Importer<'_> {
 
     fn binary(&mut self, n: &NodeProto) -> R<Val> {
         let op = n.op_type.as_str();
+        // A clamp is never part of an arithmetic pattern: its `hardtanh` node, read as a tensor.
+        for k in 0..2 {
+            if matches!(self.input_val(n, k)?, Val::Clipped(..)) {
+                self.dyn_in(n, k)?;
+            }
+        }
         let a = self.input_val(n, 0)?.clone();
         let b = self.input_val(n, 1)?.clone();
         let scalar = |v: &Val| match v {

@@ -449,6 +449,7 @@ fn length_free_op(op: &Op) -> bool {
             | Op::Sigmoid(_)
             | Op::Tanh(_)
             | Op::LeakyRelu(_)
+            | Op::Hardtanh(_)
             | Op::Hardsigmoid(_)
             | Op::Hardswish(_)
             | Op::Add(_)
