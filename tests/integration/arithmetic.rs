@@ -1,8 +1,9 @@
 //! Arithmetic with constants inside a model, as deployed models carry it: an input normalised by
-//! per-channel buffers `(x − mean) / std`, `y · 0.5 + y`, `· 2 − 1`, `/ 3 + 1`. ONNX's `Sub`,
-//! `Div`, `Mul` and `Add` with a scalar or a per-channel constant import as the `channel_affine`
-//! op (`fixtures/onnx/make_input_arithmetic.py`), which trains, prunes and runs compiled
-//! (`fixtures/models/make_channel_affine_cases.py`).
+//! per-channel buffers `(x − mean) / std`, `y · 0.5 + y`, a clamp, `· 2 − 1`, `/ 3 + 1`. ONNX's
+//! `Sub`, `Div`, `Mul` and `Add` with a scalar or a per-channel constant import as the
+//! `channel_affine` op, and a `Clip` to any bounds as `hardtanh`
+//! (`fixtures/onnx/make_input_arithmetic.py`); both train, prune and run compiled
+//! (`fixtures/models/make_elementwise_cases.py`).
 
 use crate::common::*;
 use candle_core::Tensor;
@@ -12,8 +13,9 @@ use wick::runtime::plan::Plan;
 use wick::tensor_file::TensorFile;
 
 /// Both exporters' graphs give PyTorch's logits within 1e-5, with the normalisation's `Sub` and
-/// `Div` as one node and each other run of arithmetic as one: four `channel_affine` nodes, none
-/// left to candle; wick's own export of the import reads back to the same logits.
+/// `Div` as one node and each other run of arithmetic as one: four `channel_affine` nodes and
+/// the `Clip(−0.5, 1)` a `hardtanh`, none left to candle; wick's own export of the import reads
+/// back to the same logits.
 #[test]
 fn arithmetic_with_constants_imports_as_channel_affine_nodes() {
     let dir = tempfile::tempdir().unwrap();
@@ -24,6 +26,8 @@ fn arithmetic_with_constants_imports_as_channel_affine_nodes() {
         let m = load(&model);
         let affine: Vec<&str> = m.arch.nodes.iter().filter(|n| matches!(n.op, Op::ChannelAffine(_))).map(|n| n.name.as_str()).collect();
         assert_eq!(affine.len(), 4, "{e}: {affine:?}");
+        let clamps: Vec<(f64, f64)> = m.arch.nodes.iter().filter_map(|n| if let Op::Hardtanh(c) = &n.op { Some((c.min_val, c.max_val)) } else { None }).collect();
+        assert_eq!(clamps, [(-0.5, 1.0)], "{e}");
         assert_eq!(Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{e}");
         let exported = dir.path().join(format!("{e}.onnx"));
         run_expect(&["export", model.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
@@ -50,14 +54,14 @@ fn a_constant_across_positions_is_refused_by_name() {
     assert!(err.contains("subtract_grid") && err.contains("[1, 1, 8, 8]") && err.contains("channel axis"), "{err}");
 }
 
-/// The oracle cases run compiled: an input normalisation before a conv and a scale and shift
-/// per channel of a conv1d's output. Each float plan equals candle's forward within 1e-5 and
+/// The oracle cases run compiled: an input normalisation before a conv, a scale and shift per
+/// channel of a conv1d's output, and a hardtanh. Each float plan equals candle's forward within 1e-5 and
 /// PyTorch's eval logits within 1e-4; each INT8 model's integer runtime equals its scalar
 /// reference bit for bit. Pruning the conv1d's channels prunes the `channel_affine` after it
 /// with them.
 #[test]
-fn channel_affine_runs_compiled_and_prunes_with_its_channels() {
-    for case in ["channel_affine_input_norm", "channel_affine_features"] {
+fn channel_affine_and_hardtanh_run_compiled_and_prune_with_their_channels() {
+    for case in ["channel_affine_input_norm", "channel_affine_features", "act_hardtanh"] {
         let path = fixture(&format!("reference/gradients/{case}.safetensors"));
         let m = load(&path);
         let file = TensorFile::read(&path).unwrap();
