@@ -34,6 +34,11 @@ pub enum Act {
     LeakyRelu(f32),
     /// Clamped to `[lo, hi]`.
     Hardtanh(f32, f32),
+    /// With its alpha.
+    Elu(f32),
+    Selu,
+    /// With its alpha.
+    Celu(f32),
     Hardsigmoid,
     Hardswish,
 }
@@ -46,6 +51,9 @@ const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// `1/√(2π)`.
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 const GELU_C: f32 = 0.044_715;
+/// SELU's constants, PyTorch's (and ONNX's defaults) rounded to f32.
+pub const SELU_ALPHA: f32 = 1.673_263_2;
+pub const SELU_SCALE: f32 = 1.050_701;
 
 #[inline(always)]
 fn sigmoid<V: Lanes>(x: V) -> V {
@@ -83,6 +91,9 @@ impl Act {
             Act::GeluTanh => s(0.5) * x * (s(1.0) + tanh_by::<V, H>(s(SQRT_2_OVER_PI) * (x + s(GELU_C) * x * x * x))),
             Act::LeakyRelu(a) => x.relu() + s(a) * x.at_most(0.0),
             Act::Hardtanh(lo, hi) => x.at_least(lo).at_most(hi),
+            Act::Elu(a) => x.relu() + s(a) * (exp_by::<V, H>(x.at_most(0.0)) - s(1.0)),
+            Act::Selu => s(SELU_SCALE) * (x.relu() + s(SELU_ALPHA) * (exp_by::<V, H>(x.at_most(0.0)) - s(1.0))),
+            Act::Celu(a) => x.relu() + s(a) * (exp_by::<V, H>(x.at_most(0.0) / s(a)) - s(1.0)),
             Act::Hardsigmoid => (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
             Act::Hardswish => x * (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
         }
@@ -122,6 +133,18 @@ impl Act {
                 pos + (s(1.0) - pos) * s(a)
             }
             Act::Hardtanh(lo, hi) => x.between(lo, hi),
+            Act::Elu(a) => {
+                let pos = x.between(0.0, f32::INFINITY);
+                pos + (s(1.0) - pos) * s(a) * exp(x.at_most(0.0))
+            }
+            Act::Selu => {
+                let pos = x.between(0.0, f32::INFINITY);
+                s(SELU_SCALE) * (pos + (s(1.0) - pos) * s(SELU_ALPHA) * exp(x.at_most(0.0)))
+            }
+            Act::Celu(a) => {
+                let pos = x.between(0.0, f32::INFINITY);
+                pos + (s(1.0) - pos) * exp(x.at_most(0.0) / s(a))
+            }
             Act::Hardsigmoid => x.between(-3.0, 3.0) * s(1.0 / 6.0),
             // Closed at ±3 as PyTorch's `x < −3`, `x ≤ 3` tests (`between` is open).
             Act::Hardswish => {
@@ -144,6 +167,9 @@ impl Act {
             Op::Tanh(_) => Act::Tanh,
             Op::LeakyRelu(c) => Act::LeakyRelu(c.negative_slope as f32),
             Op::Hardtanh(c) => Act::Hardtanh(c.min_val as f32, c.max_val as f32),
+            Op::Elu(c) => Act::Elu(c.alpha as f32),
+            Op::Selu(_) => Act::Selu,
+            Op::Celu(c) => Act::Celu(c.alpha as f32),
             Op::Hardsigmoid(_) => Act::Hardsigmoid,
             Op::Hardswish(_) => Act::Hardswish,
             _ => return None,
@@ -274,10 +300,12 @@ unsafe fn on_vectors<V: Lanes, H: Horner, const DF: bool>(a: &mut [f32], act: Ac
                 $(Act::$a => map_in_place(a, #[inline(always)] |v: V| if DF { Act::$a.eval_df(v) } else { Act::$a.eval_by::<V, H>(v) }),)*
                 Act::LeakyRelu(k) => map_in_place(a, #[inline(always)] |v: V| if DF { Act::LeakyRelu(k).eval_df(v) } else { Act::LeakyRelu(k).eval_by::<V, H>(v) }),
                 Act::Hardtanh(lo, hi) => map_in_place(a, #[inline(always)] |v: V| if DF { Act::Hardtanh(lo, hi).eval_df(v) } else { Act::Hardtanh(lo, hi).eval_by::<V, H>(v) }),
+                Act::Elu(k) => map_in_place(a, #[inline(always)] |v: V| if DF { Act::Elu(k).eval_df(v) } else { Act::Elu(k).eval_by::<V, H>(v) }),
+                Act::Celu(k) => map_in_place(a, #[inline(always)] |v: V| if DF { Act::Celu(k).eval_df(v) } else { Act::Celu(k).eval_by::<V, H>(v) }),
             }
         };
     }
-    each_act!(Relu6, Silu, Sigmoid, Tanh, GeluErf, GeluTanh, Hardsigmoid, Hardswish)
+    each_act!(Relu6, Silu, Sigmoid, Tanh, GeluErf, GeluTanh, Hardsigmoid, Hardswish, Selu)
 }
 
 /// `out[i] = f(a[i])` over chunks of the pool, each copied and then [`apply_in_place`] (or
@@ -361,6 +389,10 @@ mod tests {
             Act::LeakyRelu(0.2),
             Act::Hardtanh(-1.0, 1.0),
             Act::Hardtanh(-0.5, 2.0),
+            Act::Elu(1.0),
+            Act::Elu(0.3),
+            Act::Selu,
+            Act::Celu(2.0),
             Act::Hardsigmoid,
             Act::Hardswish,
         ];
@@ -380,7 +412,21 @@ mod tests {
 
     #[test]
     fn derivatives_match_central_differences() {
-        for act in [Act::Silu, Act::Sigmoid, Act::Tanh, Act::GeluErf, Act::GeluTanh, Act::Relu6, Act::LeakyRelu(0.1), Act::Hardtanh(-1.0, 1.0), Act::Hardsigmoid, Act::Hardswish] {
+        for act in [
+            Act::Silu,
+            Act::Sigmoid,
+            Act::Tanh,
+            Act::GeluErf,
+            Act::GeluTanh,
+            Act::Relu6,
+            Act::LeakyRelu(0.1),
+            Act::Hardtanh(-1.0, 1.0),
+            Act::Elu(0.7),
+            Act::Selu,
+            Act::Celu(2.0),
+            Act::Hardsigmoid,
+            Act::Hardswish,
+        ] {
             for x in [-3.1f64, -0.7, 0.3, 1.9, 5.2, 6.5] {
                 let h = 1e-3;
                 let num = (act.f((x + h) as f32) as f64 - act.f((x - h) as f32) as f64) / (2.0 * h);

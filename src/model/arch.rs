@@ -489,6 +489,19 @@ pub struct HardtanhCfg {
     pub max_val: f64,
 }
 
+/// ELU, `x` where `x > 0`, else `alpha·(eˣ − 1)`; CELU, `max(0, x) + min(0, alpha·(e^(x/alpha) − 1))`
+/// (PyTorch's default alpha 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EluCfg {
+    #[serde(default = "elu_alpha")]
+    pub alpha: f64,
+}
+
+fn elu_alpha() -> f64 {
+    1.0
+}
+
 fn hardtanh_min() -> f64 {
     -1.0
 }
@@ -531,6 +544,9 @@ pub enum Op {
     Tanh(Empty),
     LeakyRelu(LeakyReluCfg),
     Hardtanh(HardtanhCfg),
+    Elu(EluCfg),
+    Selu(Empty),
+    Celu(EluCfg),
     Hardswish(Empty),
     Hardsigmoid(Empty),
     #[serde(rename = "maxpool1d")]
@@ -582,6 +598,9 @@ pub const OP_NAMES: &[&str] = &[
     "tanh",
     "leaky_relu",
     "hardtanh",
+    "elu",
+    "selu",
+    "celu",
     "hardswish",
     "hardsigmoid",
     "maxpool1d",
@@ -753,6 +772,9 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "tanh" => Op::Tanh(cfg(fields)?),
         "leaky_relu" => Op::LeakyRelu(cfg(fields)?),
         "hardtanh" => Op::Hardtanh(cfg(fields)?),
+        "elu" => Op::Elu(cfg(fields)?),
+        "selu" => Op::Selu(cfg(fields)?),
+        "celu" => Op::Celu(cfg(fields)?),
         "hardswish" => Op::Hardswish(cfg(fields)?),
         "hardsigmoid" => Op::Hardsigmoid(cfg(fields)?),
         "maxpool1d" => Op::MaxPool1d(cfg(fields)?),

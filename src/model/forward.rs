@@ -204,7 +204,18 @@ impl Model {
             }
             Op::Relu(_) if train => super::relu_train::relu(&x),
             Op::Relu(_) => Ok(x.relu()?),
-            op @ (Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_) | Op::LeakyRelu(_) | Op::Hardtanh(_) | Op::Hardsigmoid(_) | Op::Hardswish(_)) => {
+            op @ (Op::Relu6(_)
+            | Op::Gelu(_)
+            | Op::Silu(_)
+            | Op::Sigmoid(_)
+            | Op::Tanh(_)
+            | Op::LeakyRelu(_)
+            | Op::Hardtanh(_)
+            | Op::Elu(_)
+            | Op::Selu(_)
+            | Op::Celu(_)
+            | Op::Hardsigmoid(_)
+            | Op::Hardswish(_)) => {
                 let act = Act::of(op).expect("an activation");
                 match r.hook.is_some_and(|h| h.fused_activations()) {
                     true => activation_fused(&x, act),

@@ -345,9 +345,20 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             }
             Ok(s.clone())
         }
-        Op::Relu(_) | Op::Relu6(_) | Op::Gelu(_) | Op::Silu(_) | Op::Sigmoid(_) | Op::Tanh(_) | Op::LeakyRelu(_) | Op::Hardtanh(_) | Op::Hardsigmoid(_) | Op::Hardswish(_) | Op::Dropout(_) => {
-            Ok(s.clone())
-        }
+        Op::Relu(_)
+        | Op::Relu6(_)
+        | Op::Gelu(_)
+        | Op::Silu(_)
+        | Op::Sigmoid(_)
+        | Op::Tanh(_)
+        | Op::LeakyRelu(_)
+        | Op::Hardtanh(_)
+        | Op::Elu(_)
+        | Op::Selu(_)
+        | Op::Celu(_)
+        | Op::Hardsigmoid(_)
+        | Op::Hardswish(_)
+        | Op::Dropout(_) => Ok(s.clone()),
         Op::Reshape(c) => reshape_target(&c.shape, s.iter().product()),
         Op::Softmax(c) | Op::LogSoftmax(c) => {
             sample_dim(c.dim, s.len())?;

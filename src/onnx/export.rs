@@ -227,6 +227,9 @@ impl Builder {
             }
             Op::Gelu(c) => self.gelu(n, x, c.approximate),
             Op::LeakyRelu(c) => self.op("LeakyRelu", n, &[x], n, vec![float("alpha", c.negative_slope as f32)]),
+            Op::Elu(c) => self.op("Elu", n, &[x], n, vec![float("alpha", c.alpha as f32)]),
+            Op::Selu(_) => self.op("Selu", n, &[x], n, vec![]),
+            Op::Celu(c) => self.op("Celu", n, &[x], n, vec![float("alpha", c.alpha as f32)]),
             Op::Hardtanh(c) => {
                 let (lo, hi) = (self.scalar(&format!("{n}.min"), c.min_val as f32), self.scalar(&format!("{n}.max"), c.max_val as f32));
                 self.op("Clip", n, &[x, &lo, &hi], n, vec![]);

@@ -7,6 +7,7 @@
 use super::proto::{attr_type, GraphProto, NodeProto, TensorProto};
 use super::tensor::{self, Const, Values};
 use crate::artifact::QuantLayer;
+use crate::model::act_op::{SELU_ALPHA, SELU_SCALE};
 use crate::model::arch::{self, Arch, InputSpec, Node, Op, Pair};
 use crate::model::graph::infer;
 use crate::quant::{ActType, InputQuant, QParams, QWeight};
@@ -23,9 +24,11 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Concat",
     "Constant",
     "ConstantOfShape",
+    "Celu",
     "Conv",
     "DequantizeLinear",
     "Div",
+    "Elu",
     "Dropout",
     "Erf",
     "Expand",
@@ -51,6 +54,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "ReduceMax",
     "ReduceMean",
     "Relu",
+    "Selu",
     "Reshape",
     "Shape",
     "Sigmoid",
@@ -459,6 +463,12 @@ impl Importer<'_> {
             "Tanh" => self.unary(n, Op::Tanh(e)),
             "LeakyRelu" => self.unary(n, Op::LeakyRelu(arch::LeakyReluCfg { negative_slope: attr_f(n, "alpha")?.unwrap_or(0.01) as f64 })),
             "HardSwish" => self.unary(n, Op::Hardswish(e)),
+            "Elu" => self.unary(n, Op::Elu(arch::EluCfg { alpha: attr_f(n, "alpha")?.unwrap_or(1.0) as f64 })),
+            "Celu" => self.unary(n, Op::Celu(arch::EluCfg { alpha: attr_f(n, "alpha")?.unwrap_or(1.0) as f64 })),
+            "Selu" => match (attr_f(n, "alpha")?.unwrap_or(SELU_ALPHA), attr_f(n, "gamma")?.unwrap_or(SELU_SCALE)) {
+                (a, g) if a == SELU_ALPHA && g == SELU_SCALE => self.unary(n, Op::Selu(e)),
+                (a, g) => Err(format!("Selu with alpha {a} and gamma {g}; wick reads PyTorch's SELU (alpha {SELU_ALPHA}, gamma {SELU_SCALE})")),
+            },
             "HardSigmoid" => match (attr_f(n, "alpha")?.unwrap_or(0.2), attr_f(n, "beta")?.unwrap_or(0.5)) {
                 (a, b) if close(a, 1.0 / 6.0) && b == 0.5 => self.unary(n, Op::Hardsigmoid(e)),
                 (a, b) => Err(format!("HardSigmoid with alpha {a} and beta {b}; wick reads PyTorch's Hardsigmoid, alpha 1/6 and beta 0.5")),
