@@ -2,8 +2,8 @@
 //! per-channel buffers `(x − mean) / std`, `y · 0.5 + y`, a clamp, `· 2 − 1`, `/ 3 + 1`. ONNX's
 //! `Sub`, `Div`, `Mul` and `Add` with a scalar or a per-channel constant import as the
 //! `channel_affine` op, and a `Clip` to any bounds as `hardtanh`
-//! (`fixtures/onnx/make_input_arithmetic.py`); both train, prune and run compiled
-//! (`fixtures/models/make_elementwise_cases.py`).
+//! (`fixtures/onnx/make_input_arithmetic.py`); both train, prune and run compiled, as do the ELU
+//! family's activations (`fixtures/models/make_elementwise_cases.py`).
 
 use crate::common::*;
 use candle_core::Tensor;
@@ -55,13 +55,15 @@ fn a_constant_across_positions_is_refused_by_name() {
 }
 
 /// The oracle cases run compiled: an input normalisation before a conv, a scale and shift per
-/// channel of a conv1d's output, and a hardtanh. Each float plan equals candle's forward within 1e-5 and
-/// PyTorch's eval logits within 1e-4; each INT8 model's integer runtime equals its scalar
-/// reference bit for bit. Pruning the conv1d's channels prunes the `channel_affine` after it
+/// channel of a conv1d's output, hardtanh, ELU, SELU and CELU. Each float plan equals candle's
+/// forward within 1e-5 and PyTorch's eval logits within 1e-4, and so does wick's ONNX export of
+/// the case read back (`Mul` and `Add`, `Clip`, `Elu`, `Selu`, `Celu`); each INT8 model's integer
+/// runtime equals its scalar reference bit for bit. Pruning the conv1d's channels prunes the `channel_affine` after it
 /// with them.
 #[test]
-fn channel_affine_and_hardtanh_run_compiled_and_prune_with_their_channels() {
-    for case in ["channel_affine_input_norm", "channel_affine_features", "act_hardtanh"] {
+fn elementwise_ops_run_compiled_and_channel_affine_prunes_with_its_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in ["channel_affine_input_norm", "channel_affine_features", "act_hardtanh", "act_elu", "act_selu", "act_celu"] {
         let path = fixture(&format!("reference/gradients/{case}.safetensors"));
         let m = load(&path);
         let file = TensorFile::read(&path).unwrap();
@@ -73,6 +75,10 @@ fn channel_affine_and_hardtanh_run_compiled_and_prune_with_their_channels() {
         assert!(max_abs_diff(&ours, &candle) <= 1e-5, "{case}: {}", max_abs_diff(&ours, &candle));
         let eval = file.f32("eval_logits").unwrap();
         assert!(max_abs_diff(&ours, &eval) <= 1e-4, "{case} against PyTorch: {}", max_abs_diff(&ours, &eval));
+        let exported = dir.path().join(format!("{case}.onnx"));
+        run_expect(&["export", path.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+        let back = flat(load(&exported).forward(&x, Mode::Eval).unwrap());
+        assert!(max_abs_diff(&back, &eval) <= 1e-4, "{case} through ONNX: {}", max_abs_diff(&back, &eval));
         ptq_runs_bit_exact(&m, &path);
     }
     use wick::passes::prune_channels::{apply, plan, PruneConfig};
