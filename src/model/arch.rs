@@ -633,6 +633,12 @@ pub const OP_NAMES: &[&str] = &[
 ];
 
 impl Op {
+    /// Whether the op maps each value on its own: ReLU, dropout, and every activation
+    /// `act_op::Act` computes.
+    pub fn is_elementwise(&self) -> bool {
+        matches!(self, Op::Relu(_) | Op::Dropout(_)) || super::act_op::Act::of(self).is_some()
+    }
+
     /// The op's name as written in the file.
     pub fn name(&self) -> String {
         match serde_json::to_value(self) {

@@ -6,11 +6,9 @@
 //! (`common::TEACHERS`).
 
 use crate::common::*;
-use candle_core::Tensor;
 use wick::model::arch::{Op, Pair};
 use wick::model::forward::Mode;
 use wick::runtime::plan::Plan;
-use wick::tensor_file::TensorFile;
 
 const RECTNET: Teacher = Teacher { name: "digits_rectnet", data: "digits" };
 
@@ -71,18 +69,7 @@ fn every_per_axis_conv_and_ceil_mode_pool_runs_compiled() {
         "avgpool2d_k2_ceil_exclpad",
     ];
     for case in cases {
-        let path = fixture(&format!("reference/gradients/{case}.safetensors"));
-        let m = load(&path);
-        let file = TensorFile::read(&path).unwrap();
-        let x = Tensor::from_vec(file.f32("x").unwrap(), [6usize].iter().chain(m.input_shape()).copied().collect::<Vec<_>>(), &candle_core::Device::Cpu).unwrap();
-        let plan = Plan::float(&m).unwrap();
-        assert_eq!(plan.candle_steps(), Vec::<&str>::new(), "{case}");
-        let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-        let (ours, candle) = (flat(plan.predict(&x).unwrap()), flat(m.forward(&x, Mode::Eval).unwrap()));
-        assert!(max_abs_diff(&ours, &candle) <= 1e-5, "{case}: {}", max_abs_diff(&ours, &candle));
-        let eval = file.f32("eval_logits").unwrap();
-        assert!(max_abs_diff(&ours, &eval) <= 1e-4, "{case} against PyTorch: {}", max_abs_diff(&ours, &eval));
-        ptq_runs_bit_exact(&m, &path);
+        assert_case_runs_compiled(case);
     }
 }
 

@@ -120,6 +120,27 @@ pub fn assert_matches_pytorch(model: &Path, data: &Path, dir: &Path, what: &str)
     assert!(d <= 1e-5, "{what}: {d}");
 }
 
+/// Oracle case `case` (`fixtures/reference/gradients/{case}`) on the compiled float plan: no
+/// step left to candle, candle's forward within 1e-5 and PyTorch's eval logits within 1e-4; its
+/// INT8 model's integer runtime equals the scalar reference bit for bit. Returns the model, the
+/// case's input rows and the plan.
+pub fn assert_case_runs_compiled(case: &str) -> (Model, candle_core::Tensor, wick::runtime::plan::Plan) {
+    use candle_core::Tensor;
+    let path = fixture(&format!("reference/gradients/{case}.safetensors"));
+    let m = load(&path);
+    let file = wick::tensor_file::TensorFile::read(&path).unwrap();
+    let x = Tensor::from_vec(file.f32("x").unwrap(), [6usize].iter().chain(m.input_shape()).copied().collect::<Vec<_>>(), &candle_core::Device::Cpu).unwrap();
+    let plan = wick::runtime::plan::Plan::float(&m).unwrap();
+    assert_eq!(plan.candle_steps(), Vec::<&str>::new(), "{case}");
+    let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let (ours, candle) = (flat(plan.predict(&x).unwrap()), flat(m.forward(&x, wick::model::forward::Mode::Eval).unwrap()));
+    assert!(max_abs_diff(&ours, &candle) <= 1e-5, "{case}: {}", max_abs_diff(&ours, &candle));
+    let eval = file.f32("eval_logits").unwrap();
+    assert!(max_abs_diff(&ours, &eval) <= 1e-4, "{case} against PyTorch: {}", max_abs_diff(&ours, &eval));
+    ptq_runs_bit_exact(&m, &path);
+    (m, x, plan)
+}
+
 /// `m` quantised by min-max calibration on every row `x` of fixture data file `data`; on those
 /// rows its integer runtime's fast kernels equal the scalar reference bit for bit. Returns the
 /// INT8 model.

@@ -4,10 +4,7 @@
 //! `fixtures/models/make_digits_mnist_example.py`.
 
 use crate::common::*;
-use candle_core::Tensor;
-use wick::model::forward::Mode;
 use wick::runtime::plan::Plan;
-use wick::tensor_file::TensorFile;
 
 const EXAMPLE: Teacher = Teacher { name: "digits_mnist_example", data: "digits" };
 
@@ -38,18 +35,7 @@ fn the_pytorch_mnist_example_matches_pytorch_from_every_source() {
 #[test]
 fn every_log_softmax_runs_compiled() {
     for case in ["log_softmax_features", "log_softmax_channels"] {
-        let path = fixture(&format!("reference/gradients/{case}.safetensors"));
-        let m = load(&path);
-        let file = TensorFile::read(&path).unwrap();
-        let x = Tensor::from_vec(file.f32("x").unwrap(), [6usize].iter().chain(m.input_shape()).copied().collect::<Vec<_>>(), &candle_core::Device::Cpu).unwrap();
-        let plan = Plan::float(&m).unwrap();
-        assert_eq!(plan.candle_steps(), Vec::<&str>::new(), "{case}");
-        let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-        let (ours, candle) = (flat(plan.predict(&x).unwrap()), flat(m.forward(&x, Mode::Eval).unwrap()));
-        assert!(max_abs_diff(&ours, &candle) <= 1e-5, "{case}: {}", max_abs_diff(&ours, &candle));
-        let eval = file.f32("eval_logits").unwrap();
-        assert!(max_abs_diff(&ours, &eval) <= 1e-4, "{case} against PyTorch: {}", max_abs_diff(&ours, &eval));
-        ptq_runs_bit_exact(&m, &path);
+        assert_case_runs_compiled(case);
     }
 }
 

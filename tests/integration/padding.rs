@@ -3,11 +3,9 @@
 //! `fixtures/models/make_digits_tcn.py`.
 
 use crate::common::*;
-use candle_core::Tensor;
 use wick::model::arch::Op;
 use wick::model::forward::Mode;
 use wick::runtime::plan::Plan;
-use wick::tensor_file::TensorFile;
 
 const TCN: Teacher = Teacher { name: "digits_tcn", data: "digits_seq" };
 
@@ -46,18 +44,8 @@ fn a_causal_tcn_matches_pytorch_from_every_source() {
 #[test]
 fn every_pad_runs_compiled() {
     for (case, folded) in [("pad1d_causal", vec![("pad", "conv")]), ("pad2d_asymmetric_value", vec![]), ("pad_channels", vec![])] {
-        let path = fixture(&format!("reference/gradients/{case}.safetensors"));
-        let m = load(&path);
-        let x = Tensor::from_vec(TensorFile::read(&path).unwrap().f32("x").unwrap(), [6usize].iter().chain(m.input_shape()).copied().collect::<Vec<_>>(), &candle_core::Device::Cpu).unwrap();
-        let plan = Plan::float(&m).unwrap();
-        assert_eq!(plan.candle_steps(), Vec::<&str>::new(), "{case}");
+        let (_, _, plan) = assert_case_runs_compiled(case);
         assert_eq!(plan.folded_pads(), folded, "{case}");
-        let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-        let (ours, candle) = (flat(plan.predict(&x).unwrap()), flat(m.forward(&x, Mode::Eval).unwrap()));
-        assert!(max_abs_diff(&ours, &candle) <= 1e-5, "{case}: {}", max_abs_diff(&ours, &candle));
-        let eval = TensorFile::read(&path).unwrap().f32("eval_logits").unwrap();
-        assert!(max_abs_diff(&ours, &eval) <= 1e-4, "{case} against PyTorch: {}", max_abs_diff(&ours, &eval));
-        ptq_runs_bit_exact(&m, &path);
     }
 }
 

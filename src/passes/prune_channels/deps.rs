@@ -116,20 +116,7 @@ pub fn analyse(model: &Model) -> Deps {
             // a `select` of another axis, and into a recurrent op's input; any other reader
             // keeps them whole.
             let passes = match &node.op {
-                Op::Relu(_)
-                | Op::Relu6(_)
-                | Op::Gelu(_)
-                | Op::Silu(_)
-                | Op::Sigmoid(_)
-                | Op::Tanh(_)
-                | Op::LeakyRelu(_)
-                | Op::Hardtanh(_)
-                | Op::Elu(_)
-                | Op::Selu(_)
-                | Op::Celu(_)
-                | Op::Hardsigmoid(_)
-                | Op::Hardswish(_)
-                | Op::Dropout(_) => true,
+                op if op.is_elementwise() => true,
                 Op::Add(_) => last_in.iter().all(|&b| b),
                 Op::Mul(_) => last_in.iter().all(|&b| b) && node.inputs.iter().all(|i| &shapes[i] == out_shape),
                 Op::Select(SelectCfg { dim, .. }) | Op::Mean(ReduceCfg { dim, .. }) | Op::Amax(ReduceCfg { dim, .. }) => sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank),

@@ -438,32 +438,8 @@ fn foldable_pad(model: &Model, node: &Node, readers: &BTreeMap<&str, usize>) -> 
 /// Whether `op`'s step computes the same for any sequence length of a rank-1 (token) input:
 /// per-row and per-token ops, and the text ops that read the length from their input.
 fn length_free_op(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Linear(_)
-            | Op::LayerNorm(_)
-            | Op::Relu(_)
-            | Op::Relu6(_)
-            | Op::Gelu(_)
-            | Op::Silu(_)
-            | Op::Sigmoid(_)
-            | Op::Tanh(_)
-            | Op::LeakyRelu(_)
-            | Op::Hardtanh(_)
-            | Op::Elu(_)
-            | Op::Selu(_)
-            | Op::Celu(_)
-            | Op::Hardsigmoid(_)
-            | Op::Hardswish(_)
-            | Op::Add(_)
-            | Op::Dropout(_)
-            | Op::Embedding(_)
-            | Op::PositionEmbedding(_)
-            | Op::EmbeddingRow(_)
-            | Op::Attention(_)
-            | Op::MaskedMean(_)
-            | Op::L2Normalize(_)
-    )
+    op.is_elementwise()
+        || matches!(op, Op::Linear(_) | Op::LayerNorm(_) | Op::Add(_) | Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::MaskedMean(_) | Op::L2Normalize(_))
 }
 
 /// Unit `unit` of `int8` as a layer of shape `shape` on the integer GEMM, when `int8` quantises
