@@ -92,7 +92,7 @@ impl Act {
             Act::LeakyRelu(a) => x.relu() + s(a) * x.at_most(0.0),
             Act::Hardtanh(lo, hi) => x.at_least(lo).at_most(hi),
             Act::Elu(a) => x.relu() + s(a) * (exp_by::<V, H>(x.at_most(0.0)) - s(1.0)),
-            Act::Selu => s(SELU_SCALE) * (x.relu() + s(SELU_ALPHA) * (exp_by::<V, H>(x.at_most(0.0)) - s(1.0))),
+            Act::Selu => s(SELU_SCALE) * Act::Elu(SELU_ALPHA).eval_by::<V, H>(x),
             Act::Celu(a) => x.relu() + s(a) * (exp_by::<V, H>(x.at_most(0.0) / s(a)) - s(1.0)),
             Act::Hardsigmoid => (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
             Act::Hardswish => x * (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
@@ -137,10 +137,7 @@ impl Act {
                 let pos = x.between(0.0, f32::INFINITY);
                 pos + (s(1.0) - pos) * s(a) * exp(x.at_most(0.0))
             }
-            Act::Selu => {
-                let pos = x.between(0.0, f32::INFINITY);
-                s(SELU_SCALE) * (pos + (s(1.0) - pos) * s(SELU_ALPHA) * exp(x.at_most(0.0)))
-            }
+            Act::Selu => s(SELU_SCALE) * Act::Elu(SELU_ALPHA).eval_df(x),
             Act::Celu(a) => {
                 let pos = x.between(0.0, f32::INFINITY);
                 pos + (s(1.0) - pos) * exp(x.at_most(0.0) / s(a))

@@ -133,6 +133,12 @@ impl Builder {
         self.init(f32_tensor(name, &[], &[v]))
     }
 
+    /// `Clip(x, lo, hi)` named `n`, its bounds initializers `n.min` and `n.max`.
+    fn clip(&mut self, n: &str, x: &str, lo: f32, hi: f32) {
+        let (lo, hi) = (self.scalar(&format!("{n}.min"), lo), self.scalar(&format!("{n}.max"), hi));
+        self.op("Clip", n, &[x, &lo, &hi], n, vec![]);
+    }
+
     /// One wick node as ONNX nodes whose final output is named after it.
     fn node(&mut self, model: &Model, node: &Node, quant: Option<&QuantLayer>) -> std::result::Result<(), String> {
         let n = node.name.as_str();
@@ -216,10 +222,7 @@ impl Builder {
             Op::Relu(_) => self.op("Relu", n, &[x], n, vec![]),
             Op::Sigmoid(_) => self.op("Sigmoid", n, &[x], n, vec![]),
             Op::Tanh(_) => self.op("Tanh", n, &[x], n, vec![]),
-            Op::Relu6(_) => {
-                let (lo, hi) = (self.scalar(&format!("{n}.min"), 0.0), self.scalar(&format!("{n}.max"), 6.0));
-                self.op("Clip", n, &[x, &lo, &hi], n, vec![]);
-            }
+            Op::Relu6(_) => self.clip(n, x, 0.0, 6.0),
             Op::Silu(_) => {
                 let s = format!("{n}.sigmoid");
                 self.op("Sigmoid", &s, &[x], &s, vec![]);
@@ -230,10 +233,7 @@ impl Builder {
             Op::Elu(c) => self.op("Elu", n, &[x], n, vec![float("alpha", c.alpha as f32)]),
             Op::Selu(_) => self.op("Selu", n, &[x], n, vec![]),
             Op::Celu(c) => self.op("Celu", n, &[x], n, vec![float("alpha", c.alpha as f32)]),
-            Op::Hardtanh(c) => {
-                let (lo, hi) = (self.scalar(&format!("{n}.min"), c.min_val as f32), self.scalar(&format!("{n}.max"), c.max_val as f32));
-                self.op("Clip", n, &[x, &lo, &hi], n, vec![]);
-            }
+            Op::Hardtanh(c) => self.clip(n, x, c.min_val as f32, c.max_val as f32),
             Op::Hardsigmoid(_) => self.op("HardSigmoid", n, &[x], n, vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)]),
             Op::Hardswish(_) => self.op("HardSwish", n, &[x], n, vec![]),
             Op::MaxPool1d(c) | Op::AvgPool1d(c) => self.pool(n, x, c, 1, matches!(node.op, Op::MaxPool1d(_))),

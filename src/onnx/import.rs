@@ -20,16 +20,16 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "AveragePool",
     "BatchNormalization",
     "Cast",
+    "Celu",
     "Clip",
     "Concat",
     "Constant",
     "ConstantOfShape",
-    "Celu",
     "Conv",
     "DequantizeLinear",
     "Div",
-    "Elu",
     "Dropout",
+    "Elu",
     "Erf",
     "Expand",
     "Flatten",
@@ -54,8 +54,8 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "ReduceMax",
     "ReduceMean",
     "Relu",
-    "Selu",
     "Reshape",
+    "Selu",
     "Shape",
     "Sigmoid",
     "Slice",
@@ -355,8 +355,6 @@ impl Importer<'_> {
     fn dyn_in(&mut self, n: &NodeProto, k: usize) -> R<Dyn> {
         match self.input_val(n, k)? {
             Val::Dyn(d) => Ok(d.clone()),
-            // A product by a constant no pattern took: a `channel_affine` node, which every later
-            // reader of the value shares.
             // A Clip no 7-bit input took: a `hardtanh` node, shared by every later reader.
             Val::Clipped(x, lo, hi) => {
                 let (x, cfg) = (x.clone(), arch::HardtanhCfg { min_val: *lo as f64, max_val: *hi as f64 });
@@ -365,6 +363,8 @@ impl Importer<'_> {
                 self.vals.insert(n.input[k].clone(), Val::Dyn(y.clone()));
                 Ok(y)
             }
+            // A product by a constant no pattern took: a `channel_affine` node, which every later
+            // reader of the value shares.
             Val::Scaled(x, s) => {
                 let (x, s) = (x.clone(), *s);
                 let ch = x.shape.first().copied().unwrap_or(1);
@@ -1002,31 +1002,16 @@ impl Importer<'_> {
             ("Add", Val::Dyn(x), Val::Const(c)) | ("Add", Val::Const(c), Val::Dyn(x)) => match self.add_bias(x, c) {
                 Ok(v) => v,
                 // Not a layer's bias: arithmetic on the value (an input's normalisation, `x + 1`).
-                Err(bias) => {
-                    let shift = per_channel(c, x).map_err(|m| format!("{bias}; as arithmetic: {m}"))?;
-                    self.channel_affine(&n.output[0], x, vec![1.0; shift.len()], shift)?
-                }
+                Err(bias) => self.shifted(&n.output[0], x, 1.0, 1.0, c).map_err(|m| format!("{bias}; as arithmetic: {m}"))?,
             },
-            ("Sub", Val::Dyn(x), Val::Const(c)) => {
-                let shift: Vec<f32> = per_channel(c, x)?.iter().map(|v| -v).collect();
-                self.channel_affine(&n.output[0], x, vec![1.0; shift.len()], shift)?
-            }
-            ("Sub", Val::Const(c), Val::Dyn(x)) => {
-                let shift = per_channel(c, x)?;
-                self.channel_affine(&n.output[0], x, vec![-1.0; shift.len()], shift)?
-            }
-            ("Add" | "Sub", Val::Scaled(x, k), Val::Const(c)) => {
+            // `k·x ± c` or `c ± k·x` (`k` 1 for a plain tensor): one per-channel affine.
+            ("Add" | "Sub", Val::Dyn(x) | Val::Scaled(x, _), Val::Const(c)) => {
                 let sign = if op == "Sub" { -1.0 } else { 1.0 };
-                let shift: Vec<f32> = per_channel(c, x)?.iter().map(|v| sign * v).collect();
-                self.channel_affine(&n.output[0], x, vec![*k; shift.len()], shift)?
+                self.shifted(&n.output[0], x, factor(&a), sign, c)?
             }
-            ("Add", Val::Const(c), Val::Scaled(x, k)) => {
-                let shift = per_channel(c, x)?;
-                self.channel_affine(&n.output[0], x, vec![*k; shift.len()], shift)?
-            }
-            ("Sub", Val::Const(c), Val::Scaled(x, k)) => {
-                let shift = per_channel(c, x)?;
-                self.channel_affine(&n.output[0], x, vec![-k; shift.len()], shift)?
+            ("Add" | "Sub", Val::Const(c), Val::Dyn(x) | Val::Scaled(x, _)) => {
+                let sign = if op == "Sub" { -1.0 } else { 1.0 };
+                self.shifted(&n.output[0], x, sign * factor(&b), 1.0, c)?
             }
             ("Add", Val::ErfOf(x), c) | ("Add", c, Val::ErfOf(x)) if scalar(c).is_some_and(|s| close(s, 1.0)) => Val::OnePlusErf { x: x.clone(), coef: 1.0, times_x: false },
             ("Mul", Val::Dyn(x), Val::Dyn(y)) => match self.silu(n, x, y)? {
@@ -1041,11 +1026,13 @@ impl Importer<'_> {
             ("Div", Val::Dyn(x), c) if scalar(c).is_some_and(|s| s != 0.0) => Val::Scaled(x.clone(), 1.0 / scalar(c).expect("checked")),
             ("Mul", Val::Dyn(x), Val::Const(c)) | ("Mul", Val::Const(c), Val::Dyn(x)) => {
                 let scale = per_channel(c, x)?;
-                self.channel_affine(&n.output[0], x, scale.clone(), vec![0.0; scale.len()])?
+                let zeros = vec![0.0; scale.len()];
+                self.channel_affine(&n.output[0], x, scale, zeros)?
             }
             ("Div", Val::Dyn(x), Val::Const(c)) => {
                 let scale: Vec<f32> = per_channel(c, x)?.iter().map(|v| 1.0 / v).collect();
-                self.channel_affine(&n.output[0], x, scale.clone(), vec![0.0; scale.len()])?
+                let zeros = vec![0.0; scale.len()];
+                self.channel_affine(&n.output[0], x, scale, zeros)?
             }
             ("Mul", Val::OnePlusErf { x, coef, times_x }, c) | ("Mul", c, Val::OnePlusErf { x, coef, times_x }) if scalar(c).is_some() => {
                 Val::OnePlusErf { x: x.clone(), coef: coef * scalar(c).expect("checked"), times_x: *times_x }
@@ -1143,8 +1130,7 @@ impl Importer<'_> {
         let uses = self.producer_uses(&x.name);
         if let Some(node) = self.nodes.iter().find(|m| m.name == x.name && matches!(m.op, Op::ChannelAffine(_))).filter(|_| uses == 1) {
             let [w, b] = ["weight", "bias"].map(|s| node.param(s));
-            let (ws, bs) = (&mut self.params.get_mut(&w).expect("an affine node's weight").1, scale.clone());
-            ws.iter_mut().zip(&bs).for_each(|(v, s)| *v *= s);
+            self.params.get_mut(&w).expect("an affine node's weight").1.iter_mut().zip(&scale).for_each(|(v, s)| *v *= s);
             let bv = &mut self.params.get_mut(&b).expect("an affine node's bias").1;
             bv.iter_mut().zip(scale.iter().zip(&shift)).for_each(|(v, (s, t))| *v = *v * s + t);
             return Ok(Val::Dyn(x.clone()));
@@ -1153,6 +1139,12 @@ impl Importer<'_> {
         let name = self.fresh(scope_path(value).as_deref().unwrap_or("affine"));
         let params = vec![("weight", vec![c], scale), ("bias", vec![c], shift)];
         Ok(Val::Dyn(self.emit(name, &[x], Op::ChannelAffine(arch::ChannelAffineCfg { num_features: c }), params)?))
+    }
+
+    /// `x · k + sign · c` with `c` a scalar or per-channel constant ([`Importer::channel_affine`]).
+    fn shifted(&mut self, value: &str, x: &Dyn, k: f32, sign: f32, c: &Const) -> R<Val> {
+        let shift: Vec<f32> = per_channel(c, x)?.iter().map(|v| sign * v).collect();
+        self.channel_affine(value, x, vec![k; shift.len()], shift)
     }
 
     /// How many ONNX inputs read values computed by wick node `name`.
@@ -1627,6 +1619,14 @@ fn pair(v: &[usize]) -> Pair {
 /// which is what the exporter was given.
 fn decimal(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
+}
+
+/// The factor a value carries: `k` of a product by a scalar not yet emitted, 1 otherwise.
+fn factor(v: &Val) -> f32 {
+    match v {
+        Val::Scaled(_, k) => *k,
+        _ => 1.0,
+    }
 }
 
 /// A constant's values per channel of `x` (`[N, C, …]`, `x` a sample's `[C, …]`): a scalar
