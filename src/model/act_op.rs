@@ -55,6 +55,21 @@ const GELU_C: f32 = 0.044_715;
 pub const SELU_ALPHA: f32 = 1.673_263_2;
 pub const SELU_SCALE: f32 = 1.050_701;
 
+/// ELU, `max(x, 0) + α·(exp(min(x, 0)) − 1)`; a function of its own rather than a call of
+/// `Act::eval_by` from SELU's arm, which would make that function recursive and so never inlined
+/// into the kernels (whose intrinsics then run as calls).
+#[inline(always)]
+fn elu_by<V: Lanes, H: Horner>(x: V, a: f32) -> V {
+    x.relu() + V::splat(a) * (exp_by::<V, H>(x.at_most(0.0)) - V::splat(1.0))
+}
+
+/// ELU's derivative, `1` for `x > 0`, else `α·exp(x)`.
+#[inline(always)]
+fn elu_df<V: Lanes>(x: V, a: f32) -> V {
+    let pos = x.between(0.0, f32::INFINITY);
+    pos + (V::splat(1.0) - pos) * V::splat(a) * exp(x.at_most(0.0))
+}
+
 #[inline(always)]
 fn sigmoid<V: Lanes>(x: V) -> V {
     sigmoid_by::<V, Split>(x)
@@ -91,8 +106,8 @@ impl Act {
             Act::GeluTanh => s(0.5) * x * (s(1.0) + tanh_by::<V, H>(s(SQRT_2_OVER_PI) * (x + s(GELU_C) * x * x * x))),
             Act::LeakyRelu(a) => x.relu() + s(a) * x.at_most(0.0),
             Act::Hardtanh(lo, hi) => x.at_least(lo).at_most(hi),
-            Act::Elu(a) => x.relu() + s(a) * (exp_by::<V, H>(x.at_most(0.0)) - s(1.0)),
-            Act::Selu => s(SELU_SCALE) * Act::Elu(SELU_ALPHA).eval_by::<V, H>(x),
+            Act::Elu(a) => elu_by::<V, H>(x, a),
+            Act::Selu => s(SELU_SCALE) * elu_by::<V, H>(x, SELU_ALPHA),
             Act::Celu(a) => x.relu() + s(a) * (exp_by::<V, H>(x.at_most(0.0) / s(a)) - s(1.0)),
             Act::Hardsigmoid => (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
             Act::Hardswish => x * (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
@@ -133,11 +148,8 @@ impl Act {
                 pos + (s(1.0) - pos) * s(a)
             }
             Act::Hardtanh(lo, hi) => x.between(lo, hi),
-            Act::Elu(a) => {
-                let pos = x.between(0.0, f32::INFINITY);
-                pos + (s(1.0) - pos) * s(a) * exp(x.at_most(0.0))
-            }
-            Act::Selu => s(SELU_SCALE) * Act::Elu(SELU_ALPHA).eval_df(x),
+            Act::Elu(a) => elu_df(x, a),
+            Act::Selu => s(SELU_SCALE) * elu_df(x, SELU_ALPHA),
             Act::Celu(a) => {
                 let pos = x.between(0.0, f32::INFINITY);
                 pos + (s(1.0) - pos) * exp(x.at_most(0.0) / s(a))

@@ -107,7 +107,13 @@ pub unsafe fn finish_phases<V: Lanes, A, O, F: FinishRow<A, O>>(layer: &F, acc: 
         if layer.has_act() {
             match n == ldo {
                 true => layer.activate::<V>(out),
-                false => out.chunks_mut(ldo).for_each(|o| layer.activate::<V>(&mut o[c0..c0 + n])),
+                // A loop, not a closure: a closure is a function of its own without the caller's
+                // target features, where the activation's intrinsics would run as calls.
+                false => {
+                    for o in out.chunks_mut(ldo) {
+                        layer.activate::<V>(&mut o[c0..c0 + n]);
+                    }
+                }
             }
         }
     }
