@@ -286,11 +286,31 @@ pub unsafe fn activate<V: Lanes>(a: &mut [f32], act: Act) {
 /// [`activate`] with the polynomials' steps rounded as `H` says: `vmath::Fused` for the compiled
 /// plans' epilogues, as [`apply_in_place_fused`].
 ///
+/// One copy per vector width, out of line: inlined, every activation's code was copied into
+/// each of the kernels' epilogues, which doubled the build time for one call per row or tile.
+///
 /// # Safety
-/// The CPU has `V`'s features, and FMA for `Fused`.
+/// The CPU has `V`'s features, and FMA for 8-lane vectors and for `Fused`.
 #[inline(always)]
 pub unsafe fn activate_by<V: Lanes, H: Horner>(a: &mut [f32], act: Act) {
-    on_vectors::<V, H, false>(a, act)
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn on_f32x16<H: Horner>(a: &mut [f32], act: Act) {
+            on_vectors::<F32x16, H, false>(a, act)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn on_f32x8<H: Horner>(a: &mut [f32], act: Act) {
+            on_vectors::<F32x8, H, false>(a, act)
+        }
+        // SAFETY (both): the caller's CPU features for `V`, which is `F32x16` or `F32x8` here.
+        match V::N {
+            16 => return on_f32x16::<H>(a, act),
+            8 => return on_f32x8::<H>(a, act),
+            _ => {}
+        }
+    }
+    on_vectors::<f32, H, false>(a, act)
 }
 
 /// `a[i] = f(a[i])`, or `f'(a[i])` when `DF` (always with `Split` steps), on vectors of `V`,
