@@ -14,7 +14,7 @@
 
 use super::arch::{GeluApprox, Op};
 use super::conv_op::{f32_slice, with_f32};
-use super::vmath::{erf, erf_by, exp, exp_by, map_in_place, tanh, tanh_by, Fused, Horner, Lanes, Split};
+use super::vmath::{erf, erf_by, exp, exp_by, ln_1p_unit_by, map_in_place, tanh, tanh_by, Fused, Horner, Lanes, Split};
 #[cfg(target_arch = "x86_64")]
 use super::vmath::{F32x16, F32x8};
 use crate::error::Result;
@@ -39,6 +39,10 @@ pub enum Act {
     Selu,
     /// With its alpha.
     Celu(f32),
+    /// With its beta and threshold.
+    Softplus(f32, f32),
+    Mish,
+    Softsign,
     Hardsigmoid,
     Hardswish,
 }
@@ -61,6 +65,22 @@ pub const SELU_SCALE: f32 = 1.050_701;
 #[inline(always)]
 fn elu_by<V: Lanes, H: Horner>(x: V, a: f32) -> V {
     x.relu() + V::splat(a) * (exp_by::<V, H>(x.at_most(0.0)) - V::splat(1.0))
+}
+
+/// Softplus, `ln(1 + e^(βx))/β` where `βx ≤ threshold`, else `x` (PyTorch's switch to the
+/// identity), computed as `(max(βx, 0) + ln(1 + e^(−|βx|)))/β` so that `e^·` never overflows.
+#[inline(always)]
+fn softplus_by<V: Lanes, H: Horner>(x: V, beta: f32, threshold: f32) -> V {
+    let y = x * V::splat(beta);
+    let soft = (y.relu() + ln_1p_unit_by::<V, H>(exp_by::<V, H>(y.at_most(0.0) - y.relu()))) / V::splat(beta);
+    let linear = y.between(threshold, f32::INFINITY);
+    linear * x + (V::splat(1.0) - linear) * soft
+}
+
+/// `|x| = max(x, 0) − min(x, 0)`.
+#[inline(always)]
+fn abs<V: Lanes>(x: V) -> V {
+    x.relu() - x.at_most(0.0)
 }
 
 /// ELU's derivative, `1` for `x > 0`, else `α·exp(x)`.
@@ -109,6 +129,9 @@ impl Act {
             Act::Elu(a) => elu_by::<V, H>(x, a),
             Act::Selu => s(SELU_SCALE) * elu_by::<V, H>(x, SELU_ALPHA),
             Act::Celu(a) => x.relu() + s(a) * (exp_by::<V, H>(x.at_most(0.0) / s(a)) - s(1.0)),
+            Act::Softplus(b, t) => softplus_by::<V, H>(x, b, t),
+            Act::Mish => x * tanh_by::<V, H>(softplus_by::<V, H>(x, 1.0, f32::INFINITY)),
+            Act::Softsign => x / (s(1.0) + abs(x)),
             Act::Hardsigmoid => (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
             Act::Hardswish => x * (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
         }
@@ -154,6 +177,18 @@ impl Act {
                 let pos = x.between(0.0, f32::INFINITY);
                 pos + (s(1.0) - pos) * exp(x.at_most(0.0) / s(a))
             }
+            Act::Softplus(b, t) => {
+                let linear = (x * s(b)).between(t, f32::INFINITY);
+                linear + (s(1.0) - linear) * sigmoid(x * s(b))
+            }
+            Act::Mish => {
+                let t = tanh(softplus_by::<V, Split>(x, 1.0, f32::INFINITY));
+                t + x * (s(1.0) - t * t) * sigmoid(x)
+            }
+            Act::Softsign => {
+                let d = s(1.0) + abs(x);
+                s(1.0) / (d * d)
+            }
             Act::Hardsigmoid => x.between(-3.0, 3.0) * s(1.0 / 6.0),
             // Closed at ±3 as PyTorch's `x < −3`, `x ≤ 3` tests (`between` is open).
             Act::Hardswish => {
@@ -179,6 +214,9 @@ impl Act {
             Op::Elu(c) => Act::Elu(c.alpha as f32),
             Op::Selu(_) => Act::Selu,
             Op::Celu(c) => Act::Celu(c.alpha as f32),
+            Op::Softplus(c) => Act::Softplus(c.beta as f32, c.threshold as f32),
+            Op::Mish(_) => Act::Mish,
+            Op::Softsign(_) => Act::Softsign,
             Op::Hardsigmoid(_) => Act::Hardsigmoid,
             Op::Hardswish(_) => Act::Hardswish,
             _ => return None,
@@ -331,10 +369,11 @@ unsafe fn on_vectors<V: Lanes, H: Horner, const DF: bool>(a: &mut [f32], act: Ac
                 Act::Hardtanh(lo, hi) => map_in_place(a, #[inline(always)] |v: V| if DF { Act::Hardtanh(lo, hi).eval_df(v) } else { Act::Hardtanh(lo, hi).eval_by::<V, H>(v) }),
                 Act::Elu(k) => map_in_place(a, #[inline(always)] |v: V| if DF { Act::Elu(k).eval_df(v) } else { Act::Elu(k).eval_by::<V, H>(v) }),
                 Act::Celu(k) => map_in_place(a, #[inline(always)] |v: V| if DF { Act::Celu(k).eval_df(v) } else { Act::Celu(k).eval_by::<V, H>(v) }),
+                Act::Softplus(b, t) => map_in_place(a, #[inline(always)] |v: V| if DF { Act::Softplus(b, t).eval_df(v) } else { Act::Softplus(b, t).eval_by::<V, H>(v) }),
             }
         };
     }
-    each_act!(Relu6, Silu, Sigmoid, Tanh, GeluErf, GeluTanh, Hardsigmoid, Hardswish, Selu)
+    each_act!(Relu6, Silu, Sigmoid, Tanh, GeluErf, GeluTanh, Hardsigmoid, Hardswish, Selu, Mish, Softsign)
 }
 
 /// `out[i] = f(a[i])` over chunks of the pool, each copied and then [`apply_in_place`] (or
@@ -422,6 +461,10 @@ mod tests {
             Act::Elu(0.3),
             Act::Selu,
             Act::Celu(2.0),
+            Act::Softplus(1.0, 20.0),
+            Act::Softplus(2.0, 1.5),
+            Act::Mish,
+            Act::Softsign,
             Act::Hardsigmoid,
             Act::Hardswish,
         ];
@@ -440,6 +483,24 @@ mod tests {
     }
 
     #[test]
+    fn softplus_mish_and_softsign_match_f64() {
+        let softplus = |x: f64, b: f64, t: f64| if b * x > t { x } else { (b * x).exp().ln_1p() / b };
+        for i in -400..=400 {
+            let x = i as f64 * 0.25;
+            let cases = [
+                (Act::Softplus(1.0, 20.0), softplus(x, 1.0, 20.0)),
+                (Act::Softplus(2.0, 1.5), softplus(x, 2.0, 1.5)),
+                (Act::Mish, x * softplus(x, 1.0, f64::INFINITY).tanh()),
+                (Act::Softsign, x / (1.0 + x.abs())),
+            ];
+            for (act, want) in cases {
+                let got = act.f(x as f32) as f64;
+                assert!((got - want).abs() <= 1e-6 * want.abs() + 1e-7, "{act:?}({x}) = {got}, want {want}");
+            }
+        }
+    }
+
+    #[test]
     fn derivatives_match_central_differences() {
         for act in [
             Act::Silu,
@@ -453,6 +514,10 @@ mod tests {
             Act::Elu(0.7),
             Act::Selu,
             Act::Celu(2.0),
+            Act::Softplus(1.0, 20.0),
+            Act::Softplus(2.0, 1.5),
+            Act::Mish,
+            Act::Softsign,
             Act::Hardsigmoid,
             Act::Hardswish,
         ] {

@@ -193,6 +193,16 @@ pub struct ChannelAffineCfg {
     pub num_features: usize,
 }
 
+/// PReLU, `max(x, 0) + weight_c·min(x, 0)`: a learned negative slope per channel (axis 1; a
+/// linear's features), or one for all (`num_parameters` 1, PyTorch's default). `weight`
+/// `[num_parameters]` is trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreluCfg {
+    #[serde(default = "one")]
+    pub num_parameters: usize,
+}
+
 /// LayerNorm over the trailing `normalized_shape` dims.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -502,6 +512,25 @@ fn elu_alpha() -> f64 {
     1.0
 }
 
+/// Softplus, `ln(1 + e^(beta·x))/beta`, and `x` itself where `beta·x > threshold` (PyTorch's
+/// defaults beta 1, threshold 20).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftplusCfg {
+    #[serde(default = "softplus_beta")]
+    pub beta: f64,
+    #[serde(default = "softplus_threshold")]
+    pub threshold: f64,
+}
+
+fn softplus_beta() -> f64 {
+    1.0
+}
+
+fn softplus_threshold() -> f64 {
+    20.0
+}
+
 fn hardtanh_min() -> f64 {
     -1.0
 }
@@ -547,6 +576,11 @@ pub enum Op {
     Elu(EluCfg),
     Selu(Empty),
     Celu(EluCfg),
+    Softplus(SoftplusCfg),
+    /// Mish, `x·tanh(softplus(x))`.
+    Mish(Empty),
+    /// Softsign, `x/(1 + |x|)`.
+    Softsign(Empty),
     Hardswish(Empty),
     Hardsigmoid(Empty),
     #[serde(rename = "maxpool1d")]
@@ -567,6 +601,7 @@ pub enum Op {
     Softmax(DimCfg),
     LogSoftmax(DimCfg),
     ChannelAffine(ChannelAffineCfg),
+    Prelu(PreluCfg),
     Gru(RnnCfg),
     Lstm(RnnCfg),
     Select(SelectCfg),
@@ -601,6 +636,9 @@ pub const OP_NAMES: &[&str] = &[
     "elu",
     "selu",
     "celu",
+    "softplus",
+    "mish",
+    "softsign",
     "hardswish",
     "hardsigmoid",
     "maxpool1d",
@@ -617,6 +655,7 @@ pub const OP_NAMES: &[&str] = &[
     "softmax",
     "log_softmax",
     "channel_affine",
+    "prelu",
     "gru",
     "lstm",
     "select",
@@ -662,6 +701,7 @@ impl Op {
             }
             Op::LayerNorm(c) if c.elementwise_affine => vec![("weight", true), ("bias", true)],
             Op::ChannelAffine(_) => vec![("weight", false), ("bias", false)],
+            Op::Prelu(_) => vec![("weight", true)],
             Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) => vec![("weight", true)],
             Op::Gru(c) | Op::Lstm(c) => {
                 let rows = RNN_PARAMS.iter().enumerate().filter(|(i, _)| i / 2 < c.num_layers.min(MAX_RNN_LAYERS) && (i % 2 == 0 || c.bidirectional));
@@ -685,6 +725,7 @@ impl Op {
             (Op::Conv2d(c), _) => vec![c.out_channels],
             (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), _) => vec![c.num_features],
             (Op::ChannelAffine(c), _) => vec![c.num_features],
+            (Op::Prelu(c), _) => vec![c.num_parameters],
             (Op::LayerNorm(c), _) => c.normalized_shape.clone(),
             (Op::Embedding(c), _) => vec![c.num_embeddings, c.embedding_dim],
             (Op::PositionEmbedding(c), _) => vec![c.num_positions, c.embedding_dim],
@@ -781,6 +822,9 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "elu" => Op::Elu(cfg(fields)?),
         "selu" => Op::Selu(cfg(fields)?),
         "celu" => Op::Celu(cfg(fields)?),
+        "softplus" => Op::Softplus(cfg(fields)?),
+        "mish" => Op::Mish(cfg(fields)?),
+        "softsign" => Op::Softsign(cfg(fields)?),
         "hardswish" => Op::Hardswish(cfg(fields)?),
         "hardsigmoid" => Op::Hardsigmoid(cfg(fields)?),
         "maxpool1d" => Op::MaxPool1d(cfg(fields)?),
@@ -797,6 +841,7 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "softmax" => Op::Softmax(cfg(fields)?),
         "log_softmax" => Op::LogSoftmax(cfg(fields)?),
         "channel_affine" => Op::ChannelAffine(cfg(fields)?),
+        "prelu" => Op::Prelu(cfg(fields)?),
         "gru" => Op::Gru(cfg(fields)?),
         "lstm" => Op::Lstm(cfg(fields)?),
         "select" => Op::Select(cfg(fields)?),

@@ -214,6 +214,9 @@ impl Model {
             | Op::Elu(_)
             | Op::Selu(_)
             | Op::Celu(_)
+            | Op::Softplus(_)
+            | Op::Mish(_)
+            | Op::Softsign(_)
             | Op::Hardsigmoid(_)
             | Op::Hardswish(_)) => {
                 let act = Act::of(op).expect("an activation");
@@ -247,6 +250,7 @@ impl Model {
             Op::Softmax(c) => ops::softmax(&x, c.dim),
             Op::LogSoftmax(c) => ops::log_softmax(&x, c.dim),
             Op::ChannelAffine(_) => ops::channel_affine(&x, p("weight"), p("bias")),
+            Op::Prelu(_) => ops::prelu(&x, p("weight")),
             Op::Gru(c) | Op::Lstm(c) => {
                 let cell = if matches!(node.op, Op::Gru(_)) { Cell::Gru } else { Cell::Lstm };
                 // The weights and matmul inputs pass through the hook as units (QAT, simulation).

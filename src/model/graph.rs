@@ -173,6 +173,7 @@ fn check_fields(op: &Op) -> std::result::Result<(), String> {
         }
         Op::PositionEmbedding(c) => positive("num_positions", c.num_positions),
         Op::ChannelAffine(c) => positive("num_features", c.num_features),
+        Op::Prelu(c) => positive("num_parameters", c.num_parameters),
         Op::Attention(c) => positive("num_heads", c.num_heads),
         Op::L2Normalize(c) if !(c.eps > 0.0 && c.eps.is_finite()) => Err(format!("eps is {}; it must be a positive number", c.eps)),
         Op::Gru(c) | Op::Lstm(c) => {
@@ -333,6 +334,12 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             }
             Ok(s.clone())
         }
+        Op::Prelu(c) => {
+            if c.num_parameters != 1 && s.first() != Some(&c.num_parameters) {
+                return Err(format!("num_parameters is {} but the input's channel axis (the first of a sample) is {:?} (shape {s:?}); it must be 1 or that", c.num_parameters, s.first()));
+            }
+            Ok(s.clone())
+        }
         Op::ChannelAffine(c) => {
             if s.first() != Some(&c.num_features) {
                 return Err(format!("num_features is {} but the input's channel axis (the first of a sample) is {:?} (shape {s:?})", c.num_features, s.first()));
@@ -345,6 +352,9 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             }
             Ok(s.clone())
         }
+        Op::Softplus(c) if !(c.beta.is_finite() && c.beta != 0.0 && !c.threshold.is_nan()) => {
+            Err(format!("softplus needs a finite, non-zero beta and a threshold that is a number (beta {}, threshold {})", c.beta, c.threshold))
+        }
         Op::Relu(_)
         | Op::Relu6(_)
         | Op::Gelu(_)
@@ -356,6 +366,9 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
         | Op::Elu(_)
         | Op::Selu(_)
         | Op::Celu(_)
+        | Op::Softplus(_)
+        | Op::Mish(_)
+        | Op::Softsign(_)
         | Op::Hardsigmoid(_)
         | Op::Hardswish(_)
         | Op::Dropout(_) => Ok(s.clone()),

@@ -150,6 +150,16 @@ pub fn channel_affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_mul(&w.reshape(shape.clone())?)?.broadcast_add(&b.reshape(shape)?)?)
 }
 
+/// PReLU on axis 1 of an `[N, C, …]` tensor: `y = x` where `x > 0`, else `w_c·x` (`w` of one
+/// value for every channel, or one). As a select rather than `max + w·min`, so that its gradients
+/// are PyTorch's at 0 too: `∂y/∂x = w_c` and `∂y/∂w_c = x` wherever `x ≤ 0`.
+pub fn prelu(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let mut shape = vec![1usize; x.rank()];
+    shape[1] = w.dim(0)?;
+    let negative = x.broadcast_mul(&w.reshape(shape)?)?;
+    Ok(x.gt(0.0)?.where_cond(x, &negative)?)
+}
+
 /// Log-softmax along a PyTorch dim: `x_i − max − ln Σ e^(x_j − max)`.
 pub fn log_softmax(x: &Tensor, dim: i64) -> Result<Tensor> {
     let d = sample_dim(dim, x.rank() - 1).map_err(|m| WickError::invalid("log_softmax", m))? + 1;

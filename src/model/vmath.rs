@@ -433,6 +433,22 @@ pub fn exp_by<V: Lanes, H: Horner>(x: V) -> V {
     er * t.pow2_of_rounded(ROUND)
 }
 
+/// `ln(1 + u)` for `u` in [0, 1] (softplus's `ln(1 + e^(−|x|))`): `2·atanh(z)` with
+/// `z = u/(2 + u)` ≤ 1/3, as the series `2z·Σₖ z²ᵏ/(2k + 1)` to `k = 8`, whose tail is below
+/// `(1/9)⁹/19` relative (3e-10), so the result is within rounding of the exact value. Needs
+/// no exponent bits, so every vector width computes the scalar's bits.
+#[inline(always)]
+pub fn ln_1p_unit_by<V: Lanes, H: Horner>(u: V) -> V {
+    let s = V::splat;
+    let z = u / (s(2.0) + u);
+    let z2 = z * z;
+    let mut p = s(1.0 / 17.0);
+    for k in (0..8).rev() {
+        p = H::step(p, z2, s(1.0 / (2 * k + 1) as f32));
+    }
+    s(2.0) * z * p
+}
+
 /// `tanh(x) ≈ x·P(x²)/Q(x²)` on `x` clamped to [−9, 9] (beyond, tanh is ±1 in f32): the
 /// rational minimax fit ONNX Runtime's MLAS and Eigen use, within 4e-7 of the library's tanh.
 #[inline(always)]

@@ -139,6 +139,32 @@ impl Builder {
         self.op("Clip", n, &[x, &lo, &hi], n, vec![]);
     }
 
+    /// Softplus named `n`: `Softplus(β·x)/β`, then `Where(β·x > t, x, ·)` unless `t` is PyTorch's
+    /// default 20, where the switch changes no f32 value (ONNX's Softplus has none).
+    fn softplus(&mut self, n: &str, x: &str, beta: f32, threshold: f32) {
+        let switch = threshold != 20.0;
+        let y = match beta {
+            1.0 => x.to_string(),
+            _ => {
+                let (y, b) = (format!("{n}.scaled"), self.scalar(&format!("{n}.beta"), beta));
+                self.op("Mul", &y, &[x, &b], &y, vec![]);
+                y
+            }
+        };
+        let soft = if switch { format!("{n}.soft") } else { n.to_string() };
+        let sp = if beta == 1.0 { soft.clone() } else { format!("{n}.softplus") };
+        self.op("Softplus", &sp, &[&y], &sp, vec![]);
+        if beta != 1.0 {
+            let b = format!("{n}.beta");
+            self.op("Div", &soft, &[&sp, &b], &soft, vec![]);
+        }
+        if switch {
+            let (above, t) = (format!("{n}.above"), self.scalar(&format!("{n}.threshold"), threshold));
+            self.op("Greater", &above, &[&y, &t], &above, vec![]);
+            self.op("Where", n, &[&above, x, &soft], n, vec![]);
+        }
+    }
+
     /// One wick node as ONNX nodes whose final output is named after it.
     fn node(&mut self, model: &Model, node: &Node, quant: Option<&QuantLayer>) -> std::result::Result<(), String> {
         let n = node.name.as_str();
@@ -210,6 +236,17 @@ impl Builder {
                 self.op("Mul", &m, &[x, &w], &m, vec![]);
                 self.op("Add", n, &[&m, &b], n, vec![]);
             }
+            Op::Prelu(c) => {
+                // `[C, 1, …]` along the channel axis (ONNX broadcasts the slope from the last
+                // axis), or `[1]`.
+                let mut dims = vec![1; model.graph.shapes[node.inputs[0].as_str()].len()];
+                dims[0] = c.num_parameters;
+                if c.num_parameters == 1 {
+                    dims = vec![1];
+                }
+                let w = self.init(f32_tensor(&param("weight"), &dims, &values(model, &param("weight"))?));
+                self.op("PRelu", n, &[x, &w], n, vec![]);
+            }
             Op::LayerNorm(c) => {
                 let numel: usize = c.normalized_shape.iter().product();
                 let (w, b) = if c.elementwise_affine {
@@ -234,6 +271,15 @@ impl Builder {
             Op::Selu(_) => self.op("Selu", n, &[x], n, vec![]),
             Op::Celu(c) => self.op("Celu", n, &[x], n, vec![float("alpha", c.alpha as f32)]),
             Op::Hardtanh(c) => self.clip(n, x, c.min_val as f32, c.max_val as f32),
+            Op::Softplus(c) => self.softplus(n, x, c.beta as f32, c.threshold as f32),
+            Op::Mish(_) => {
+                // Opset 17 has no Mish: x·tanh(softplus(x)), as PyTorch writes it there.
+                let (sp, t) = (format!("{n}.softplus"), format!("{n}.tanh"));
+                self.op("Softplus", &sp, &[x], &sp, vec![]);
+                self.op("Tanh", &t, &[&sp], &t, vec![]);
+                self.op("Mul", n, &[x, &t], n, vec![]);
+            }
+            Op::Softsign(_) => self.op("Softsign", n, &[x], n, vec![]),
             Op::Hardsigmoid(_) => self.op("HardSigmoid", n, &[x], n, vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)]),
             Op::Hardswish(_) => self.op("HardSwish", n, &[x], n, vec![]),
             Op::MaxPool1d(c) | Op::AvgPool1d(c) => self.pool(n, x, c, 1, matches!(node.op, Op::MaxPool1d(_))),

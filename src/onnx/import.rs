@@ -16,6 +16,7 @@ use std::path::Path;
 
 /// The ONNX op types wick reads (default domain), for the unsupported-op message.
 pub const SUPPORTED_OPS: &[&str] = &[
+    "Abs",
     "Add",
     "AveragePool",
     "BatchNormalization",
@@ -39,6 +40,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Gemm",
     "GlobalAveragePool",
     "GlobalMaxPool",
+    "Greater",
     "HardSigmoid",
     "HardSwish",
     "Identity",
@@ -48,7 +50,9 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "LogSoftmax",
     "MatMul",
     "MaxPool",
+    "Mish",
     "Mul",
+    "PRelu",
     "Pad",
     "QuantizeLinear",
     "ReduceMax",
@@ -60,11 +64,14 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Sigmoid",
     "Slice",
     "Softmax",
+    "Softplus",
+    "Softsign",
     "Squeeze",
     "Sub",
     "Tanh",
     "Transpose",
     "Unsqueeze",
+    "Where",
 ];
 
 /// The batch dim in a constant computed by `Shape`: unknown until run time, so any arithmetic on
@@ -113,6 +120,14 @@ enum Val {
         coef: f32,
         times_x: bool,
     },
+    /// `Softplus(k·x)` before its division by `k` (`nn.Softplus(beta = k)`).
+    SoftplusOf(Dyn, f32),
+    /// `k·x > t` (`Greater`): softplus's switch to the identity where `Where` reads it.
+    Above(Dyn, f32, f32),
+    /// `|x|`, a step of softsign's `x / (1 + |x|)`.
+    AbsOf(Dyn),
+    /// `1 + |x|`.
+    OnePlusAbs(Dyn),
     /// A constant dequantised from integer codes (a QDQ graph's weights and biases).
     Dequantized(Const, Codes),
     /// `Clip(x, lo, hi)` other than ReLU/ReLU6: read only before `QuantizeLinear` (7-bit input).
@@ -461,6 +476,22 @@ impl Importer<'_> {
             "Relu" => self.unary(n, Op::Relu(e)),
             "Sigmoid" => self.unary(n, Op::Sigmoid(e)),
             "Tanh" => self.unary(n, Op::Tanh(e)),
+            "Mish" => self.unary(n, Op::Mish(e)),
+            "Softsign" => self.unary(n, Op::Softsign(e)),
+            // ONNX's Softplus has no switch to the identity; PyTorch's default one, at 20, changes
+            // no f32 result (there `ln(1 + eˣ) − x < e⁻²⁰`, below an ulp of `x`).
+            "Softplus" => match self.input_val(n, 0)? {
+                Val::Scaled(x, k) => Ok(Val::SoftplusOf(x.clone(), *k)),
+                _ => self.unary(n, Op::Softplus(arch::SoftplusCfg { beta: 1.0, threshold: 20.0 })),
+            },
+            "PRelu" => self.prelu(n),
+            "Abs" => Ok(Val::AbsOf(self.dyn_in(n, 0)?)),
+            "Greater" => match (self.input_val(n, 0)?, self.input_val(n, 1)?) {
+                (Val::Dyn(x), Val::Const(t)) if t.scalar().is_some() => Ok(Val::Above(x.clone(), 1.0, t.scalar().expect("checked"))),
+                (Val::Scaled(x, k), Val::Const(t)) if t.scalar().is_some() => Ok(Val::Above(x.clone(), *k, t.scalar().expect("checked"))),
+                _ => Err("Greater is read only as softplus's switch, `Where(beta·x > threshold, x, softplus)`, with a scalar threshold".into()),
+            },
+            "Where" => self.softplus_switch(n),
             "LeakyRelu" => self.unary(n, Op::LeakyRelu(arch::LeakyReluCfg { negative_slope: attr_f(n, "alpha")?.unwrap_or(0.01) as f64 })),
             "HardSwish" => self.unary(n, Op::Hardswish(e)),
             "Elu" => self.unary(n, Op::Elu(arch::EluCfg { alpha: attr_f(n, "alpha")?.unwrap_or(1.0) as f64 })),
@@ -1014,7 +1045,16 @@ impl Importer<'_> {
                 self.shifted(&n.output[0], x, sign * factor(&b), 1.0, c)?
             }
             ("Add", Val::ErfOf(x), c) | ("Add", c, Val::ErfOf(x)) if scalar(c).is_some_and(|s| close(s, 1.0)) => Val::OnePlusErf { x: x.clone(), coef: 1.0, times_x: false },
-            ("Mul", Val::Dyn(x), Val::Dyn(y)) => match self.silu(n, x, y)? {
+            ("Div", Val::SoftplusOf(x, k), c) if scalar(c) == Some(*k) => {
+                let name = self.plain_node_name(n, "softplus");
+                Val::Dyn(self.emit(name, &[x], Op::Softplus(arch::SoftplusCfg { beta: *k as f64, threshold: 20.0 }), vec![])?)
+            }
+            ("Add", Val::AbsOf(x), c) | ("Add", c, Val::AbsOf(x)) if scalar(c) == Some(1.0) => Val::OnePlusAbs(x.clone()),
+            ("Div", Val::Dyn(x), Val::OnePlusAbs(y)) if x.name == y.name => {
+                let name = self.plain_node_name(n, "softsign");
+                Val::Dyn(self.emit(name, &[x], Op::Softsign(arch::Empty {}), vec![])?)
+            }
+            ("Mul", Val::Dyn(x), Val::Dyn(y)) => match self.silu(n, x, y)?.map_or_else(|| self.mish(n, x, y), |v| Ok(Some(v)))? {
                 Some(v) => v,
                 None => {
                     let (x, y) = (self.exact_in(n, 0)?, self.exact_in(n, 1)?);
@@ -1085,6 +1125,59 @@ impl Importer<'_> {
         }
         let name = self.plain_node_name(n, "silu");
         Ok(Some(Val::Dyn(self.emit(name, &[x], Op::Silu(arch::Empty {}), vec![])?)))
+    }
+
+    /// `x·tanh(softplus(x))` as one Mish node, if the product is one (PyTorch's opset-17
+    /// export); the tanh and softplus nodes go when each has no other reader.
+    fn mish(&mut self, n: &NodeProto, a: &Dyn, b: &Dyn) -> R<Option<Val>> {
+        let node = |name: &str| self.nodes.iter().find(|m| m.name == name);
+        let is_mish_of = |t: &Dyn, x: &Dyn| match node(&t.name) {
+            Some(tanh) if matches!(tanh.op, Op::Tanh(_)) => node(&tanh.inputs[0]).is_some_and(|sp| matches!(&sp.op, Op::Softplus(c) if c.beta == 1.0) && sp.inputs == [x.name.clone()]),
+            _ => false,
+        };
+        let (x, tanh) = if is_mish_of(b, a) {
+            (a, b.name.clone())
+        } else if is_mish_of(a, b) {
+            (b, a.name.clone())
+        } else {
+            return Ok(None);
+        };
+        let softplus = node(&tanh).expect("checked").inputs[0].clone();
+        for step in [tanh, softplus] {
+            if self.producer_uses(&step) == 1 {
+                self.nodes.retain(|m| m.name != step);
+                self.names.remove(&step);
+            }
+        }
+        let name = self.plain_node_name(n, "mish");
+        Ok(Some(Val::Dyn(self.emit(name, &[x], Op::Mish(arch::Empty {}), vec![])?)))
+    }
+
+    /// `PRelu(x, slope)` with a constant slope: one value, or one per channel (`[C, 1, …]`, as
+    /// PyTorch writes `nn.PReLU(C)`).
+    fn prelu(&mut self, n: &NodeProto) -> R<Val> {
+        let x = self.dyn_in(n, 0)?;
+        let slope = self.const_in(n, 1)?;
+        let values = match slope.numel() {
+            1 => slope.f32s(),
+            _ => per_channel(&slope, &x).map_err(|m| format!("the slope: {m}"))?,
+        };
+        let (name, c) = (self.param_node_name(n, "prelu"), values.len());
+        Ok(Val::Dyn(self.emit(name, &[&x], Op::Prelu(arch::PreluCfg { num_parameters: c }), vec![("weight", vec![c], values)])?))
+    }
+
+    /// `Where(beta·x > t, x, softplus_beta(x))`: the softplus node takes `t` as its threshold
+    /// (PyTorch's dynamo export of `nn.Softplus`).
+    fn softplus_switch(&mut self, n: &NodeProto) -> R<Val> {
+        let err = || "Where is read only as softplus's switch to the identity, `Where(beta·x > threshold, x, softplus(x))`".to_string();
+        let (Val::Above(x, k, t), Val::Dyn(y), Val::Dyn(sp)) = (self.input_val(n, 0)?.clone(), self.input_val(n, 1)?.clone(), self.input_val(n, 2)?.clone()) else { return Err(err()) };
+        let uses = self.producer_uses(&sp.name);
+        let node = self.nodes.iter_mut().find(|m| m.name == sp.name).ok_or_else(err)?;
+        match &mut node.op {
+            Op::Softplus(c) if c.beta == k as f64 && node.inputs == [x.name.clone()] && y.name == x.name && uses == 1 => c.threshold = t as f64,
+            _ => return Err(err()),
+        }
+        Ok(Val::Dyn(sp))
     }
 
     /// `x + c` after a bias-free linear or conv (MatMul, or a Conv without bias) read only
@@ -1649,7 +1742,7 @@ fn per_channel(c: &Const, x: &Dyn) -> R<Vec<f32>> {
 }
 
 fn pattern_err(value: &str) -> String {
-    format!("input '{value}' is a step of a pattern wick reads as one op (SiLU, exact GELU, a QuantizeLinear/DequantizeLinear pair before a Conv, Gemm or MatMul, a Clip before QuantizeLinear), and it is read elsewhere")
+    format!("input '{value}' is a step of a pattern wick reads as one op (SiLU, exact GELU, Mish, softplus with its beta and threshold, softsign, a QuantizeLinear/DequantizeLinear pair before a Conv, Gemm or MatMul, a Clip before QuantizeLinear), and it is read elsewhere")
 }
 
 /// An ONNX axis or index counted from the end when negative: `a + n` for `a < 0`.

@@ -3,7 +3,8 @@
 //! `Sub`, `Div`, `Mul` and `Add` with a scalar or a per-channel constant import as the
 //! `channel_affine` op, and a `Clip` to any bounds as `hardtanh`
 //! (`fixtures/onnx/make_input_arithmetic.py`); both train, prune and run compiled, as do the ELU
-//! family's activations (`fixtures/models/make_elementwise_cases.py`).
+//! family's activations, softplus, Mish, softsign and PReLU (`fixtures/models/make_elementwise_cases.py`,
+//! `fixtures/onnx/make_smooth_acts.py`, `fixtures/onnx/make_prelu.py`).
 
 use crate::common::*;
 use candle_core::Tensor;
@@ -35,6 +36,49 @@ fn arithmetic_with_constants_imports_as_channel_affine_nodes() {
     }
 }
 
+/// Softplus (with a beta), Mish and softsign as both exporters write them (opset 17's
+/// `Mul`/`Softplus`/`Div`, `Softplus`·`Tanh`·`Mul` and `Abs`/`Add`/`Div`; dynamo's `Mish` and
+/// `Greater`/`Where` switch) read as one node each, give PyTorch's logits within 1e-5 on the
+/// compiled plan with no candle step, and read back from wick's own export to the same logits.
+#[test]
+fn smooth_activations_import_as_one_node_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture("onnx/smooth_acts.data.safetensors");
+    for e in ["legacy", "dynamo"] {
+        let model = fixture(&format!("onnx/smooth_acts.{e}.onnx"));
+        assert_matches_pytorch(&model, &data, dir.path(), e);
+        let m = load(&model);
+        let ops: Vec<String> = m.arch.nodes.iter().map(|n| n.op.name()).collect();
+        assert_eq!(ops, ["conv2d", "softplus", "conv2d", "mish", "conv2d", "softsign", "conv2d", "softplus", "global_avg_pool", "linear"], "{e}");
+        let softplus: Vec<(f64, f64)> = m.arch.nodes.iter().filter_map(|n| if let Op::Softplus(c) = &n.op { Some((c.beta, c.threshold)) } else { None }).collect();
+        assert_eq!(softplus, [(2.0, 20.0), (1.0, 20.0)], "{e}");
+        assert_eq!(Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{e}");
+        let exported = dir.path().join(format!("{e}.onnx"));
+        run_expect(&["export", model.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+        assert_matches_pytorch(&exported, &data, dir.path(), &format!("{e}, exported by wick"));
+    }
+}
+
+/// PReLU from both exporters (its slope `[C, 1, 1]` or `[1, C, 1, 1]` after a conv, `[1, 1, 1]`
+/// shared, `[16]` or `[1, 16]` after a linear) imports as `prelu` nodes with PyTorch's logits
+/// within 1e-5, compiled with no candle step, and reads back from wick's own export.
+#[test]
+fn prelu_imports_with_a_slope_per_channel_or_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture("onnx/prelu.data.safetensors");
+    for e in ["legacy", "dynamo"] {
+        let model = fixture(&format!("onnx/prelu.{e}.onnx"));
+        assert_matches_pytorch(&model, &data, dir.path(), e);
+        let m = load(&model);
+        let slopes: Vec<usize> = m.arch.nodes.iter().filter_map(|n| if let Op::Prelu(c) = &n.op { Some(c.num_parameters) } else { None }).collect();
+        assert_eq!(slopes, [8, 1, 16], "{e}");
+        assert_eq!(Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{e}");
+        let exported = dir.path().join(format!("{e}.onnx"));
+        run_expect(&["export", model.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+        assert_matches_pytorch(&exported, &data, dir.path(), &format!("{e}, exported by wick"));
+    }
+}
+
 /// A constant that is neither a scalar nor along the channel axis (one value per pixel) is
 /// refused, naming the node and the constant's shape.
 #[test]
@@ -55,15 +99,17 @@ fn a_constant_across_positions_is_refused_by_name() {
 }
 
 /// The oracle cases run compiled: an input normalisation before a conv, a scale and shift per
-/// channel of a conv1d's output, hardtanh, ELU, SELU and CELU. Each float plan equals candle's
-/// forward within 1e-5 and PyTorch's eval logits within 1e-4, and so does wick's ONNX export of
-/// the case read back (`Mul` and `Add`, `Clip`, `Elu`, `Selu`, `Celu`); each INT8 model's integer
+/// channel of a conv1d's output, hardtanh, ELU, SELU, CELU, softplus (beta 2, threshold 1.5),
+/// Mish, softsign and PReLU (a slope per channel, and one for all). Each float plan equals candle's forward within 1e-5 and PyTorch's eval
+/// logits within 1e-4, and so does wick's ONNX export of the case read back (`Mul` and `Add`,
+/// `Clip`, `Elu`, `Selu`, `Celu`, `Softplus` with `Greater`/`Where`, `Softplus`·`Tanh`·`Mul`,
+/// `Softsign`, `PRelu`); each INT8 model's integer
 /// runtime equals its scalar reference bit for bit. Pruning the conv1d's channels prunes the `channel_affine` after it
 /// with them.
 #[test]
 fn elementwise_ops_run_compiled_and_channel_affine_prunes_with_its_channels() {
     let dir = tempfile::tempdir().unwrap();
-    for case in ["channel_affine_input_norm", "channel_affine_features", "act_hardtanh", "act_elu", "act_selu", "act_celu"] {
+    for case in ["channel_affine_input_norm", "channel_affine_features", "act_hardtanh", "act_elu", "act_selu", "act_celu", "act_softplus", "act_mish", "act_softsign", "prelu"] {
         let (_, x, _) = assert_case_runs_compiled(case);
         let path = fixture(&format!("reference/gradients/{case}.safetensors"));
         let exported = dir.path().join(format!("{case}.onnx"));

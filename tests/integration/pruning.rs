@@ -300,10 +300,18 @@ fn exact_surgery_through_squeeze_excitation_and_products() {
     });
     let Op::Conv2d(conv) = &p.arch.nodes[0].op else { panic!() };
     assert_eq!((reshape, conv.out_channels < 8), (Some(2 * conv.out_channels as i64), true));
-    for case in ["se_linear_gate", "mul_same_shape", "mul_spatial_gate"] {
+    for case in ["se_linear_gate", "mul_same_shape", "mul_spatial_gate", "prelu"] {
         let m = load(&fixture(&format!("reference/gradients/{case}.safetensors")));
         let deps = analyse(&m);
         let p = exact_surgery(&m.deep_clone().unwrap(), &random_input(m.input_shape(), 5));
+        if case == "prelu" {
+            // A slope per channel goes with its channel; one shared slope stays.
+            let (Op::Conv2d(conv), Op::Prelu(act), Op::Prelu(act2)) = (p.arch.node("conv").unwrap().op.clone(), p.arch.node("act").unwrap().op.clone(), p.arch.node("act2").unwrap().op.clone()) else {
+                panic!()
+            };
+            assert_eq!((act.num_parameters, act2.num_parameters), (conv.out_channels, 1));
+            assert!(conv.out_channels < 4);
+        }
         if case == "mul_spatial_gate" {
             assert!(deps.groups.iter().all(|g| !g.producers.contains(&"att".to_string())), "{:?}", deps.groups);
             let Op::Conv2d(att) = &p.arch.node("att").unwrap().op else { panic!() };

@@ -117,6 +117,8 @@ pub fn analyse(model: &Model) -> Deps {
             // keeps them whole.
             let passes = match &node.op {
                 op if op.is_elementwise() => true,
+                // One slope per first-axis position does not follow units on the last axis.
+                Op::Prelu(c) => c.num_parameters == 1,
                 Op::Add(_) => last_in.iter().all(|&b| b),
                 Op::Mul(_) => last_in.iter().all(|&b| b) && node.inputs.iter().all(|i| &shapes[i] == out_shape),
                 Op::Select(SelectCfg { dim, .. }) | Op::Mean(ReduceCfg { dim, .. }) | Op::Amax(ReduceCfg { dim, .. }) => sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank),

@@ -83,6 +83,10 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                 sel("bias", &kout, 0)?;
                 c.num_features = kout.len();
             }
+            Op::Prelu(c) if c.num_parameters > 1 => {
+                sel("weight", &kout, 0)?;
+                c.num_parameters = kout.len();
+            }
             Op::Gru(c) | Op::Lstm(c) => {
                 // Kept hidden units (the first direction's positions) and their rows in every
                 // gate block.

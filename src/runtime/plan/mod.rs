@@ -116,6 +116,11 @@ enum Kind {
         scale: Vec<f32>,
         shift: Vec<f32>,
     },
+    /// PReLU: `x` where `x > 0`, else `x·slope_c` on channel axis 1 (one slope for all when
+    /// it holds one).
+    Prelu {
+        slope: Vec<f32>,
+    },
     /// Any other op: the float executor.
     Float,
 }
@@ -334,6 +339,7 @@ impl Plan {
                     Kind::ChannelAffine { scale, shift }
                 }
                 (Op::ChannelAffine(_), ..) => Kind::ChannelAffine { scale: model.values(&node.param("weight"))?, shift: model.values(&node.param("bias"))? },
+                (Op::Prelu(_), ..) => Kind::Prelu { slope: model.values(&node.param("weight"))? },
                 (Op::Select(c), ..) => {
                     let dim = axis(c.dim)?;
                     let len = model.graph.shapes[node.inputs[0].as_str()][dim - 1];

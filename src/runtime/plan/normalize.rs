@@ -86,3 +86,21 @@ pub(super) fn channel_affine(v: &mut Value, scale: &[f32], shift: &[f32]) {
         }
     }
 }
+
+/// PReLU on channel axis 1 of `v` in either layout: `y = x` where `x > 0`, else `x·slope_c`
+/// (`slope` of one value for every channel, or one).
+pub(super) fn prelu(v: &mut Value, slope: &[f32]) {
+    let f = |x: &mut f32, s: f32| {
+        if *x <= 0.0 {
+            *x *= s;
+        }
+    };
+    match (slope, v.channels_last) {
+        (&[s], _) => v.data.iter_mut().for_each(|x| f(x, s)),
+        (_, true) => v.data.chunks_mut(slope.len()).for_each(|px| px.iter_mut().zip(slope).for_each(|(x, &s)| f(x, s))),
+        (_, false) => {
+            let plane: usize = v.dims[2..].iter().product();
+            v.data.chunks_mut(plane).enumerate().for_each(|(i, p)| p.iter_mut().for_each(|x| f(x, slope[i % slope.len()])));
+        }
+    }
+}

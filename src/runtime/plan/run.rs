@@ -4,7 +4,7 @@
 //! last reader.
 
 use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, pad_constant, scale_channels, swap_axes};
-use super::normalize::{channel_affine, layer_norm, softmax};
+use super::normalize::{channel_affine, layer_norm, prelu, softmax};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
 use crate::model::act_op::apply_in_place_fused;
@@ -273,6 +273,11 @@ impl Plan {
                 Kind::ChannelAffine { scale, shift } => {
                     let mut v = self.owned(&mut vals, step, si);
                     channel_affine(&mut v, scale, shift);
+                    v
+                }
+                Kind::Prelu { slope } => {
+                    let mut v = self.owned(&mut vals, step, si);
+                    prelu(&mut v, slope);
                     v
                 }
                 Kind::Float => {
