@@ -214,6 +214,21 @@ pub struct LayerNormCfg {
     pub elementwise_affine: bool,
 }
 
+/// GroupNorm: a sample's channels in `num_groups` groups of consecutive channels, each group
+/// normalised over its channels and positions, `y = (x − μ_g)/√(σ²_g + eps)`, then
+/// `y·weight_c + bias_c` when `affine` (σ² the biased variance, as PyTorch's); InstanceNorm is
+/// `num_groups = num_channels`. Statistics come from each sample, in training and in eval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupNormCfg {
+    pub num_groups: usize,
+    pub num_channels: usize,
+    #[serde(default = "bn_eps", skip_serializing_if = "is_bn_eps")]
+    pub eps: f64,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub affine: bool,
+}
+
 /// GELU: exact `x·Φ(x)` (approximate = "none") or the tanh form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -602,6 +617,8 @@ pub enum Op {
     LogSoftmax(DimCfg),
     ChannelAffine(ChannelAffineCfg),
     Prelu(PreluCfg),
+    #[serde(rename = "groupnorm")]
+    GroupNorm(GroupNormCfg),
     Gru(RnnCfg),
     Lstm(RnnCfg),
     Select(SelectCfg),
@@ -656,6 +673,7 @@ pub const OP_NAMES: &[&str] = &[
     "log_softmax",
     "channel_affine",
     "prelu",
+    "groupnorm",
     "gru",
     "lstm",
     "select",
@@ -702,6 +720,7 @@ impl Op {
             Op::LayerNorm(c) if c.elementwise_affine => vec![("weight", true), ("bias", true)],
             Op::ChannelAffine(_) => vec![("weight", false), ("bias", false)],
             Op::Prelu(_) => vec![("weight", true)],
+            Op::GroupNorm(c) if c.affine => vec![("weight", true), ("bias", true)],
             Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) => vec![("weight", true)],
             Op::Gru(c) | Op::Lstm(c) => {
                 let rows = RNN_PARAMS.iter().enumerate().filter(|(i, _)| i / 2 < c.num_layers.min(MAX_RNN_LAYERS) && (i % 2 == 0 || c.bidirectional));
@@ -726,6 +745,7 @@ impl Op {
             (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), _) => vec![c.num_features],
             (Op::ChannelAffine(c), _) => vec![c.num_features],
             (Op::Prelu(c), _) => vec![c.num_parameters],
+            (Op::GroupNorm(c), _) => vec![c.num_channels],
             (Op::LayerNorm(c), _) => c.normalized_shape.clone(),
             (Op::Embedding(c), _) => vec![c.num_embeddings, c.embedding_dim],
             (Op::PositionEmbedding(c), _) => vec![c.num_positions, c.embedding_dim],
@@ -842,6 +862,7 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "log_softmax" => Op::LogSoftmax(cfg(fields)?),
         "channel_affine" => Op::ChannelAffine(cfg(fields)?),
         "prelu" => Op::Prelu(cfg(fields)?),
+        "groupnorm" => Op::GroupNorm(cfg(fields)?),
         "gru" => Op::Gru(cfg(fields)?),
         "lstm" => Op::Lstm(cfg(fields)?),
         "select" => Op::Select(cfg(fields)?),

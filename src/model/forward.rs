@@ -251,6 +251,7 @@ impl Model {
             Op::LogSoftmax(c) => ops::log_softmax(&x, c.dim),
             Op::ChannelAffine(_) => ops::channel_affine(&x, p("weight"), p("bias")),
             Op::Prelu(_) => ops::prelu(&x, p("weight")),
+            Op::GroupNorm(c) => ops::group_norm(&x, c.num_groups, c.eps, c.affine.then(|| (p("weight"), p("bias")))),
             Op::Gru(c) | Op::Lstm(c) => {
                 let cell = if matches!(node.op, Op::Gru(_)) { Cell::Gru } else { Cell::Lstm };
                 // The weights and matmul inputs pass through the hook as units (QAT, simulation).

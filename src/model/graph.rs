@@ -174,6 +174,15 @@ fn check_fields(op: &Op) -> std::result::Result<(), String> {
         Op::PositionEmbedding(c) => positive("num_positions", c.num_positions),
         Op::ChannelAffine(c) => positive("num_features", c.num_features),
         Op::Prelu(c) => positive("num_parameters", c.num_parameters),
+        Op::GroupNorm(c) if !(c.eps > 0.0 && c.eps.is_finite()) => Err(format!("eps is {}; it must be a positive number", c.eps)),
+        Op::GroupNorm(c) => {
+            positive("num_groups", c.num_groups)?;
+            positive("num_channels", c.num_channels)?;
+            match c.num_channels % c.num_groups {
+                0 => Ok(()),
+                _ => Err(format!("num_channels {} is not a multiple of num_groups {}", c.num_channels, c.num_groups)),
+            }
+        }
         Op::Attention(c) => positive("num_heads", c.num_heads),
         Op::L2Normalize(c) if !(c.eps > 0.0 && c.eps.is_finite()) => Err(format!("eps is {}; it must be a positive number", c.eps)),
         Op::Gru(c) | Op::Lstm(c) => {
@@ -331,6 +340,12 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             expect_rank(s, 3, "[C, H, W]")?;
             if s[0] != c.num_features {
                 return Err(format!("num_features is {} but the input has {} channels", c.num_features, s[0]));
+            }
+            Ok(s.clone())
+        }
+        Op::GroupNorm(c) => {
+            if s.first() != Some(&c.num_channels) {
+                return Err(format!("num_channels is {} but the input's channel axis (the first of a sample) is {:?} (shape {s:?})", c.num_channels, s.first()));
             }
             Ok(s.clone())
         }

@@ -96,6 +96,21 @@ pub fn layernorm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, c: &LayerNo
     Ok(y)
 }
 
+/// GroupNorm of an `[N, C, …]` tensor: each sample's `groups` groups of `C/groups` consecutive
+/// channels normalised over their channels and positions, `(x − μ)/√(σ² + eps)` (σ² biased),
+/// then `·w_c + b_c` per channel when `affine` holds them.
+pub fn group_norm(x: &Tensor, groups: usize, eps: f64, affine: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let g = x.reshape((dims[0], groups, ()))?;
+    let centered = g.broadcast_sub(&g.mean_keepdim(D::Minus1)?)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = centered.broadcast_div(&(var + eps)?.sqrt()?)?.reshape(dims)?;
+    match affine {
+        Some((w, b)) => channel_affine(&y, w, b),
+        None => Ok(y),
+    }
+}
+
 /// The pooling op's kind and window (`h`, `w` left 0), or `None` for other ops. 1-d pools are
 /// 2-d pools over a height of 1.
 pub fn pool_geom(op: &Op) -> Option<PoolGeom> {

@@ -247,6 +247,37 @@ impl Builder {
                 let w = self.init(f32_tensor(&param("weight"), &dims, &values(model, &param("weight"))?));
                 self.op("PRelu", n, &[x, &w], n, vec![]);
             }
+            Op::GroupNorm(c) => {
+                // `[C, 1, …]` on the channel axis.
+                let sample = model.graph.shapes[node.inputs[0].as_str()].clone();
+                let mut dims = vec![1; sample.len()];
+                dims[0] = c.num_channels;
+                let (w, b) = match c.affine {
+                    true => (values(model, &param("weight"))?, values(model, &param("bias"))?),
+                    false => (vec![1.0; c.num_channels], vec![0.0; c.num_channels]),
+                };
+                let eps = float("epsilon", c.eps as f32);
+                if c.num_groups == c.num_channels {
+                    let (w, b) = (self.init(f32_tensor(&param("weight"), &[c.num_channels], &w)), self.init(f32_tensor(&param("bias"), &[c.num_channels], &b)));
+                    self.op("InstanceNormalization", n, &[x, &w, &b], n, vec![eps]);
+                } else {
+                    // PyTorch's own form: each group one instance of `[N, G, C/G·…]`, normalised
+                    // without an affine map, reshaped back, then the per-channel one.
+                    let g = c.num_groups;
+                    let grouped_shape = self.init(i64_tensor(&format!("{n}.grouped_shape"), &[3], &[0, g as i64, -1]));
+                    let back: Vec<i64> = std::iter::once(0).chain(sample.iter().map(|&d| d as i64)).collect();
+                    let back = self.init(i64_tensor(&format!("{n}.shape"), &[back.len()], &back));
+                    let (ones, zeros) = (self.init(f32_tensor(&format!("{n}.unit_scale"), &[g], &vec![1.0; g])), self.init(f32_tensor(&format!("{n}.zero_bias"), &[g], &vec![0.0; g])));
+                    let (grouped, normalized, ungrouped) = (format!("{n}.grouped"), format!("{n}.normalized"), format!("{n}.ungrouped"));
+                    self.op("Reshape", &grouped, &[x, &grouped_shape], &grouped, vec![]);
+                    self.op("InstanceNormalization", &normalized, &[&grouped, &ones, &zeros], &normalized, vec![eps]);
+                    self.op("Reshape", &ungrouped, &[&normalized, &back], &ungrouped, vec![]);
+                    let (w, b) = (self.init(f32_tensor(&param("weight"), &dims, &w)), self.init(f32_tensor(&param("bias"), &dims, &b)));
+                    let scaled = format!("{n}.scaled");
+                    self.op("Mul", &scaled, &[&ungrouped, &w], &scaled, vec![]);
+                    self.op("Add", n, &[&scaled, &b], n, vec![]);
+                }
+            }
             Op::LayerNorm(c) => {
                 let numel: usize = c.normalized_shape.iter().product();
                 let (w, b) = if c.elementwise_affine {

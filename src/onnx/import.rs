@@ -44,6 +44,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "HardSigmoid",
     "HardSwish",
     "Identity",
+    "InstanceNormalization",
     "LSTM",
     "LayerNormalization",
     "LeakyRelu",
@@ -521,6 +522,7 @@ impl Importer<'_> {
             "MatMul" => self.matmul(n),
             "BatchNormalization" => self.batchnorm(n),
             "LayerNormalization" => self.layernorm(n),
+            "InstanceNormalization" => self.instance_norm(n),
             "MaxPool" | "AveragePool" => self.pool(n),
             "Pad" => self.pad(n),
             "GlobalAveragePool" => self.global_pool(n, true),
@@ -1512,6 +1514,21 @@ impl Importer<'_> {
         let params = vec![("weight", normalized_shape.clone(), scale.f32s()), ("bias", normalized_shape, bias.map(|b| b.f32s()).unwrap_or(vec![0.0; numel]))];
         let name = self.param_node_name(n, "layernorm");
         Ok(Val::Dyn(self.emit(name, &[&x], Op::LayerNorm(cfg), params)?))
+    }
+
+    /// `InstanceNormalization(x, scale, B)`: a `groupnorm` of one channel per group (PyTorch's
+    /// `nn.InstanceNorm*d`; its `nn.GroupNorm` exports as one over `[N, G, C/G·…]` between two
+    /// `Reshape`s, its affine map a `Mul` and an `Add` after).
+    fn instance_norm(&mut self, n: &NodeProto) -> R<Val> {
+        let x = self.exact_in(n, 0)?;
+        let c = *x.shape.first().ok_or("InstanceNormalization of a value without a channel axis")?;
+        let (scale, bias) = (self.const_in(n, 1)?, self.const_in(n, 2)?);
+        if scale.numel() != c || bias.numel() != c {
+            return Err(format!("scale and B must hold one value per channel ({c}); they hold {} and {}", scale.numel(), bias.numel()));
+        }
+        let cfg = arch::GroupNormCfg { num_groups: c, num_channels: c, eps: decimal(attr_f(n, "epsilon")?.unwrap_or(1e-5)), affine: true };
+        let name = self.param_node_name(n, "instancenorm");
+        Ok(Val::Dyn(self.emit(name, &[&x], Op::GroupNorm(cfg), vec![("weight", vec![c], scale.f32s()), ("bias", vec![c], bias.f32s())])?))
     }
 
     /// `Pad` of a computed tensor with a constant (mode `constant`): a wick `pad` of its sample

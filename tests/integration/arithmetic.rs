@@ -11,7 +11,6 @@ use candle_core::Tensor;
 use wick::model::arch::Op;
 use wick::model::forward::Mode;
 use wick::runtime::plan::Plan;
-use wick::tensor_file::TensorFile;
 
 /// Both exporters' graphs give PyTorch's logits within 1e-5, with the normalisation's `Sub` and
 /// `Div` as one node and each other run of arithmetic as one: four `channel_affine` nodes and
@@ -110,13 +109,7 @@ fn a_constant_across_positions_is_refused_by_name() {
 fn elementwise_ops_run_compiled_and_channel_affine_prunes_with_its_channels() {
     let dir = tempfile::tempdir().unwrap();
     for case in ["channel_affine_input_norm", "channel_affine_features", "act_hardtanh", "act_elu", "act_selu", "act_celu", "act_softplus", "act_mish", "act_softsign", "prelu"] {
-        let (_, x, _) = assert_case_runs_compiled(case);
-        let path = fixture(&format!("reference/gradients/{case}.safetensors"));
-        let exported = dir.path().join(format!("{case}.onnx"));
-        run_expect(&["export", path.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
-        let back: Vec<f32> = load(&exported).forward(&x, Mode::Eval).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let eval = TensorFile::read(&path).unwrap().f32("eval_logits").unwrap();
-        assert!(max_abs_diff(&back, &eval) <= 1e-4, "{case} through ONNX: {}", max_abs_diff(&back, &eval));
+        assert_case_runs_compiled_and_through_onnx(case, dir.path());
     }
     use wick::passes::prune_channels::{apply, plan, PruneConfig};
     let m = load(&fixture("reference/gradients/channel_affine_features.safetensors"));

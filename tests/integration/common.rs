@@ -141,6 +141,18 @@ pub fn assert_case_runs_compiled(case: &str) -> (Model, candle_core::Tensor, wic
     (m, x, plan)
 }
 
+/// [`assert_case_runs_compiled`], then wick's ONNX export of the case (written into `dir`) read
+/// back gives PyTorch's eval logits within 1e-4.
+pub fn assert_case_runs_compiled_and_through_onnx(case: &str, dir: &Path) {
+    let (_, x, _) = assert_case_runs_compiled(case);
+    let path = fixture(&format!("reference/gradients/{case}.safetensors"));
+    let exported = dir.join(format!("{case}.onnx"));
+    run_expect(&["export", path.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+    let back: Vec<f32> = load(&exported).forward(&x, wick::model::forward::Mode::Eval).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let eval = wick::tensor_file::TensorFile::read(&path).unwrap().f32("eval_logits").unwrap();
+    assert!(max_abs_diff(&back, &eval) <= 1e-4, "{case} through ONNX: {}", max_abs_diff(&back, &eval));
+}
+
 /// `m` quantised by min-max calibration on every row `x` of fixture data file `data`; on those
 /// rows its integer runtime's fast kernels equal the scalar reference bit for bit. Returns the
 /// INT8 model.

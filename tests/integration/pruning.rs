@@ -300,7 +300,7 @@ fn exact_surgery_through_squeeze_excitation_and_products() {
     });
     let Op::Conv2d(conv) = &p.arch.nodes[0].op else { panic!() };
     assert_eq!((reshape, conv.out_channels < 8), (Some(2 * conv.out_channels as i64), true));
-    for case in ["se_linear_gate", "mul_same_shape", "mul_spatial_gate", "prelu"] {
+    for case in ["se_linear_gate", "mul_same_shape", "mul_spatial_gate", "prelu", "instancenorm"] {
         let m = load(&fixture(&format!("reference/gradients/{case}.safetensors")));
         let deps = analyse(&m);
         let p = exact_surgery(&m.deep_clone().unwrap(), &random_input(m.input_shape(), 5));
@@ -310,6 +310,12 @@ fn exact_surgery_through_squeeze_excitation_and_products() {
                 panic!()
             };
             assert_eq!((act.num_parameters, act2.num_parameters), (conv.out_channels, 1));
+            assert!(conv.out_channels < 4);
+        }
+        if case == "instancenorm" {
+            // InstanceNorm's channels are its own: pruned with the conv's.
+            let (Op::Conv1d(conv), Op::GroupNorm(norm)) = (p.arch.node("conv").unwrap().op.clone(), p.arch.node("norm").unwrap().op.clone()) else { panic!() };
+            assert_eq!((norm.num_groups, norm.num_channels, p.params["norm.weight"].as_tensor().dims()[0]), (conv.out_channels, conv.out_channels, conv.out_channels));
             assert!(conv.out_channels < 4);
         }
         if case == "mul_spatial_gate" {

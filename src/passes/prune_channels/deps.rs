@@ -223,9 +223,11 @@ pub fn analyse(model: &Model) -> Deps {
                     ins[0].clone()
                 }
             }
-            Op::LayerNorm(_) | Op::Softmax(_) | Op::LogSoftmax(_) => {
+            Op::LayerNorm(_) | Op::Softmax(_) | Op::LogSoftmax(_) | Op::GroupNorm(_) => {
                 let touches_channels = match &node.op {
                     Op::LayerNorm(c) => c.normalized_shape.len() >= in_rank,
+                    // A group's statistics mix its channels; InstanceNorm's (groups of one) do not.
+                    Op::GroupNorm(c) => c.num_groups != c.num_channels,
                     Op::Softmax(c) | Op::LogSoftmax(c) => sample_dim(c.dim, in_rank) == Ok(0),
                     _ => false,
                 };

@@ -83,6 +83,14 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                 sel("bias", &kout, 0)?;
                 c.num_features = kout.len();
             }
+            // Only InstanceNorm's channels are pruned: analysis keeps a group's channels whole.
+            Op::GroupNorm(c) if c.num_groups == c.num_channels => {
+                if c.affine {
+                    sel("weight", &kout, 0)?;
+                    sel("bias", &kout, 0)?;
+                }
+                (c.num_groups, c.num_channels) = (kout.len(), kout.len());
+            }
             Op::Prelu(c) if c.num_parameters > 1 => {
                 sel("weight", &kout, 0)?;
                 c.num_parameters = kout.len();
@@ -140,6 +148,8 @@ pub fn zero_units(model: &Model, deps: &Deps, units: &BTreeSet<usize>) -> Result
             Op::Linear(_) | Op::Conv1d(_) | Op::Conv2d(_) | Op::BatchNorm1d(_) | Op::BatchNorm2d(_) | Op::ChannelAffine(_) => {
                 ["weight", "bias"].iter().map(|s| (node.param(s), rows.clone())).collect()
             }
+            // InstanceNorm maps a zero channel to its bias: zeroed too, the channel stays 0.
+            Op::GroupNorm(c) if c.affine => ["weight", "bias"].iter().map(|s| (node.param(s), rows.clone())).collect(),
             // Every gate's rows of a hidden unit: its state then stays 0 (GRU: n = 0 and
             // h' = h/2; LSTM: g = 0 and c' = c/2).
             Op::Gru(c) | Op::Lstm(c) => {

@@ -116,6 +116,13 @@ enum Kind {
         scale: Vec<f32>,
         shift: Vec<f32>,
     },
+    /// GroupNorm: LayerNorm of each sample's groups of `inner` values (channels first), then
+    /// the per-channel affine map when it has one.
+    GroupNorm {
+        inner: usize,
+        eps: f64,
+        affine: Option<(Vec<f32>, Vec<f32>)>,
+    },
     /// PReLU: `x` where `x > 0`, else `x·slope_c` on channel axis 1 (one slope for all when
     /// it holds one).
     Prelu {
@@ -340,6 +347,14 @@ impl Plan {
                 }
                 (Op::ChannelAffine(_), ..) => Kind::ChannelAffine { scale: model.values(&node.param("weight"))?, shift: model.values(&node.param("bias"))? },
                 (Op::Prelu(_), ..) => Kind::Prelu { slope: model.values(&node.param("weight"))? },
+                (Op::GroupNorm(c), ..) => {
+                    let numel: usize = model.graph.shapes[node.inputs[0].as_str()].iter().product();
+                    let affine = match c.affine {
+                        true => Some((model.values(&node.param("weight"))?, model.values(&node.param("bias"))?)),
+                        false => None,
+                    };
+                    Kind::GroupNorm { inner: numel / c.num_groups, eps: c.eps, affine }
+                }
                 (Op::Select(c), ..) => {
                     let dim = axis(c.dim)?;
                     let len = model.graph.shapes[node.inputs[0].as_str()][dim - 1];

@@ -275,6 +275,15 @@ impl Plan {
                     channel_affine(&mut v, scale, shift);
                     v
                 }
+                Kind::GroupNorm { inner, eps, affine } => {
+                    set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
+                    let mut v = self.owned(&mut vals, step, si);
+                    layer_norm(&mut v.data, *inner, *eps, None);
+                    if let Some((scale, shift)) = affine {
+                        channel_affine(&mut v, scale, shift);
+                    }
+                    v
+                }
                 Kind::Prelu { slope } => {
                     let mut v = self.owned(&mut vals, step, si);
                     prelu(&mut v, slope);
