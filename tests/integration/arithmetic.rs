@@ -10,7 +10,6 @@ use crate::common::*;
 use candle_core::Tensor;
 use wick::model::arch::Op;
 use wick::model::forward::Mode;
-use wick::runtime::plan::Plan;
 
 /// Both exporters' graphs give PyTorch's logits within 1e-5, with the normalisation's `Sub` and
 /// `Div` as one node and each other run of arithmetic as one: four `channel_affine` nodes and
@@ -19,19 +18,11 @@ use wick::runtime::plan::Plan;
 #[test]
 fn arithmetic_with_constants_imports_as_channel_affine_nodes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = fixture("onnx/input_arithmetic.data.safetensors");
-    for e in ["legacy", "dynamo"] {
-        let model = fixture(&format!("onnx/input_arithmetic.{e}.onnx"));
-        assert_matches_pytorch(&model, &data, dir.path(), e);
-        let m = load(&model);
+    for (e, m) in assert_both_exports_import("input_arithmetic", dir.path()) {
         let affine: Vec<&str> = m.arch.nodes.iter().filter(|n| matches!(n.op, Op::ChannelAffine(_))).map(|n| n.name.as_str()).collect();
         assert_eq!(affine.len(), 4, "{e}: {affine:?}");
         let clamps: Vec<(f64, f64)> = m.arch.nodes.iter().filter_map(|n| if let Op::Hardtanh(c) = &n.op { Some((c.min_val, c.max_val)) } else { None }).collect();
         assert_eq!(clamps, [(-0.5, 1.0)], "{e}");
-        assert_eq!(Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{e}");
-        let exported = dir.path().join(format!("{e}.onnx"));
-        run_expect(&["export", model.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
-        assert_matches_pytorch(&exported, &data, dir.path(), &format!("{e}, exported by wick"));
     }
 }
 
@@ -42,19 +33,11 @@ fn arithmetic_with_constants_imports_as_channel_affine_nodes() {
 #[test]
 fn smooth_activations_import_as_one_node_each() {
     let dir = tempfile::tempdir().unwrap();
-    let data = fixture("onnx/smooth_acts.data.safetensors");
-    for e in ["legacy", "dynamo"] {
-        let model = fixture(&format!("onnx/smooth_acts.{e}.onnx"));
-        assert_matches_pytorch(&model, &data, dir.path(), e);
-        let m = load(&model);
+    for (e, m) in assert_both_exports_import("smooth_acts", dir.path()) {
         let ops: Vec<String> = m.arch.nodes.iter().map(|n| n.op.name()).collect();
         assert_eq!(ops, ["conv2d", "softplus", "conv2d", "mish", "conv2d", "softsign", "conv2d", "softplus", "global_avg_pool", "linear"], "{e}");
         let softplus: Vec<(f64, f64)> = m.arch.nodes.iter().filter_map(|n| if let Op::Softplus(c) = &n.op { Some((c.beta, c.threshold)) } else { None }).collect();
         assert_eq!(softplus, [(2.0, 20.0), (1.0, 20.0)], "{e}");
-        assert_eq!(Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{e}");
-        let exported = dir.path().join(format!("{e}.onnx"));
-        run_expect(&["export", model.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
-        assert_matches_pytorch(&exported, &data, dir.path(), &format!("{e}, exported by wick"));
     }
 }
 
@@ -64,17 +47,9 @@ fn smooth_activations_import_as_one_node_each() {
 #[test]
 fn prelu_imports_with_a_slope_per_channel_or_one() {
     let dir = tempfile::tempdir().unwrap();
-    let data = fixture("onnx/prelu.data.safetensors");
-    for e in ["legacy", "dynamo"] {
-        let model = fixture(&format!("onnx/prelu.{e}.onnx"));
-        assert_matches_pytorch(&model, &data, dir.path(), e);
-        let m = load(&model);
+    for (e, m) in assert_both_exports_import("prelu", dir.path()) {
         let slopes: Vec<usize> = m.arch.nodes.iter().filter_map(|n| if let Op::Prelu(c) = &n.op { Some(c.num_parameters) } else { None }).collect();
         assert_eq!(slopes, [8, 1, 16], "{e}");
-        assert_eq!(Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{e}");
-        let exported = dir.path().join(format!("{e}.onnx"));
-        run_expect(&["export", model.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
-        assert_matches_pytorch(&exported, &data, dir.path(), &format!("{e}, exported by wick"));
     }
 }
 

@@ -141,6 +141,26 @@ pub fn assert_case_runs_compiled(case: &str) -> (Model, candle_core::Tensor, wic
     (m, x, plan)
 }
 
+/// `fixtures/onnx/{stem}.{legacy,dynamo}.onnx` (PyTorch's two exporters) against
+/// `{stem}.data.safetensors`: each gives PyTorch's logits within 1e-5, compiles with no step
+/// left to candle, and wick's own export of it (written into `dir`) reads back to the same
+/// logits. Returns each export's model with the exporter's name.
+pub fn assert_both_exports_import(stem: &str, dir: &Path) -> Vec<(&'static str, Model)> {
+    let data = fixture(&format!("onnx/{stem}.data.safetensors"));
+    let mut models = vec![];
+    for e in ["legacy", "dynamo"] {
+        let model = fixture(&format!("onnx/{stem}.{e}.onnx"));
+        assert_matches_pytorch(&model, &data, dir, e);
+        let m = load(&model);
+        assert_eq!(wick::runtime::plan::Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{e}");
+        let exported = dir.join(format!("{stem}.{e}.onnx"));
+        run_expect(&["export", model.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
+        assert_matches_pytorch(&exported, &data, dir, &format!("{e}, exported by wick"));
+        models.push((e, m));
+    }
+    models
+}
+
 /// [`assert_case_runs_compiled`], then wick's ONNX export of the case (written into `dir`) read
 /// back gives PyTorch's eval logits within 1e-4.
 pub fn assert_case_runs_compiled_and_through_onnx(case: &str, dir: &Path) {

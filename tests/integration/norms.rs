@@ -4,7 +4,6 @@
 
 use crate::common::*;
 use wick::model::arch::Op;
-use wick::runtime::plan::Plan;
 
 /// GroupNorm(2, 8) after a conv2d and InstanceNorm1d with its affine map after a conv1d: the
 /// training oracle's cases run compiled (the float plan equal to candle's forward within 1e-5
@@ -26,17 +25,9 @@ fn group_and_instance_norms_run_compiled_and_through_onnx() {
 #[test]
 fn pytorch_group_and_instance_norms_import() {
     let dir = tempfile::tempdir().unwrap();
-    let data = fixture("onnx/norms.data.safetensors");
-    for e in ["legacy", "dynamo"] {
-        let model = fixture(&format!("onnx/norms.{e}.onnx"));
-        assert_matches_pytorch(&model, &data, dir.path(), e);
-        let m = load(&model);
+    for (e, m) in assert_both_exports_import("norms", dir.path()) {
         let norms: Vec<(usize, usize)> = m.arch.nodes.iter().filter_map(|n| if let Op::GroupNorm(c) = &n.op { Some((c.num_groups, c.num_channels)) } else { None }).collect();
         assert_eq!(norms, [(4, 4), (8, 8), (8, 8)], "{e}");
-        assert_eq!(Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{e}");
-        let exported = dir.path().join(format!("{e}.onnx"));
-        run_expect(&["export", model.to_str().unwrap(), "--out", exported.to_str().unwrap()], 0);
-        assert_matches_pytorch(&exported, &data, dir.path(), &format!("{e}, exported by wick"));
     }
 }
 
