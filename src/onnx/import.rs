@@ -488,8 +488,7 @@ impl Importer<'_> {
             "PRelu" => self.prelu(n),
             "Abs" => Ok(Val::AbsOf(self.dyn_in(n, 0)?)),
             "Greater" => match (self.input_val(n, 0)?, self.input_val(n, 1)?) {
-                (Val::Dyn(x), Val::Const(t)) if t.scalar().is_some() => Ok(Val::Above(x.clone(), 1.0, t.scalar().expect("checked"))),
-                (Val::Scaled(x, k), Val::Const(t)) if t.scalar().is_some() => Ok(Val::Above(x.clone(), *k, t.scalar().expect("checked"))),
+                (a @ (Val::Dyn(x) | Val::Scaled(x, _)), Val::Const(t)) if t.scalar().is_some() => Ok(Val::Above(x.clone(), factor(a), t.scalar().expect("checked"))),
                 _ => Err("Greater is read only as softplus's switch, `Where(beta·x > threshold, x, softplus)`, with a scalar threshold".into()),
             },
             "Where" => self.softplus_switch(n),
