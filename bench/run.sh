@@ -21,6 +21,13 @@ if [ ! -x bench/.venv/bin/python ]; then
 fi
 bench/.venv/bin/python -c "import onnxruntime, onnx, numpy, torch" 2>/dev/null || bench/.venv/bin/pip install -q onnxruntime onnx numpy torch
 cargo build --release -q
+# A kernel's vector intrinsics compiled as functions of their own (a call per instruction, as
+# when the function using them stopped being inlined into its `#[target_feature]` caller) run
+# several times slower, and every table would measure that: refuse such a build.
+if nm -C --defined-only target/release/wick | grep -E 'core_arch::x86::(avx512f|avx512bw|avx512vnni|avx512vl|avxvnni|fma|avx2|amx)::' >&2; then
+  echo "bench/run.sh: the release build holds the vector intrinsics above out of line; a kernel lost its inlining" >&2
+  exit 1
+fi
 # Which CPU the tables come from, and the instruction sets it offers.
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; ISA: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512bw|avx512_vnni|avx_vnni|amx_int8' | tr '\n' ' ')"
 D=fixtures/data
