@@ -375,6 +375,26 @@ impl SelectCfg {
     }
 }
 
+/// `length` consecutive positions from `start` along a dim (counted with the batch, negatives
+/// from the end, as `start`): PyTorch's `x.narrow(dim, start, length)`, and each piece of
+/// `x.chunk(k, dim)` or `x.split(sizes, dim)` (a GLU's two halves, a ShuffleNet block's split).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NarrowCfg {
+    pub dim: i64,
+    pub start: i64,
+    pub length: usize,
+}
+
+impl NarrowCfg {
+    /// The first position kept in a dim of `len` (a negative `start` counts from the end), if
+    /// `length ≥ 1` positions from it lie in the dim.
+    pub fn first(&self, len: usize) -> Option<usize> {
+        let s = if self.start < 0 { self.start.checked_add(len as i64)? } else { self.start };
+        usize::try_from(s).ok().filter(|&s| self.length >= 1 && s + self.length <= len)
+    }
+}
+
 /// Two dims swapped (counted with the batch, negatives from the end; the batch dim stays):
 /// PyTorch's `x.transpose(dim0, dim1)`, e.g. a conv's `[N, C, T]` to a recurrent op's `[N, T, C]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -622,6 +642,7 @@ pub enum Op {
     Gru(RnnCfg),
     Lstm(RnnCfg),
     Select(SelectCfg),
+    Narrow(NarrowCfg),
     Transpose(TransposeCfg),
     Pad(PadCfg),
     Mean(ReduceCfg),
@@ -677,6 +698,7 @@ pub const OP_NAMES: &[&str] = &[
     "gru",
     "lstm",
     "select",
+    "narrow",
     "transpose",
     "pad",
     "mean",
@@ -866,6 +888,7 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "gru" => Op::Gru(cfg(fields)?),
         "lstm" => Op::Lstm(cfg(fields)?),
         "select" => Op::Select(cfg(fields)?),
+        "narrow" => Op::Narrow(cfg(fields)?),
         "transpose" => Op::Transpose(cfg(fields)?),
         "pad" => Op::Pad(cfg(fields)?),
         "mean" => Op::Mean(cfg(fields)?),

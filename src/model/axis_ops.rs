@@ -1,10 +1,11 @@
-//! Ops that move, grow or reduce sample axes, on tensors with the batch first: `transpose`
-//! (`y = xᵀ` over two dims), `pad` (`y[…, i + b, …] = x[…, i, …]`, `value` elsewhere), `mean`
+//! Ops that move, grow, cut or reduce sample axes, on tensors with the batch first: `transpose`
+//! (`y = xᵀ` over two dims), `narrow` (`y[…, i, …] = x[…, start + i, …]`, `i < length`), `pad` (`y[…, i + b, …] = x[…, i, …]`, `value` elsewhere), `mean`
 //! (`y = (1/n)·Σᵢ x[…, i, …]` over one dim) and `amax` (`y = maxᵢ x[…, i, …]`). Their gradients
-//! are candle's: a transpose's is the transpose back, a pad's the gradient's interior, a mean's is
+//! are candle's: a transpose's is the transpose back, a narrow's the gradient placed at its
+//! positions (zeros elsewhere), a pad's the gradient's interior, a mean's is
 //! `1/n` broadcast along the dim, a maximum's goes to the positions holding it.
 
-use super::arch::{PadCfg, ReduceCfg, TransposeCfg};
+use super::arch::{NarrowCfg, PadCfg, ReduceCfg, TransposeCfg};
 use super::graph::sample_dim;
 use crate::error::{Result, WickError};
 use candle_core::Tensor;
@@ -18,6 +19,14 @@ pub fn transpose(x: &Tensor, c: &TransposeCfg) -> Result<Tensor> {
         return Ok(x.clone());
     }
     Ok(x.transpose(a, b)?.contiguous()?)
+}
+
+/// `x.narrow(dim, start, length)`, laid out contiguously.
+pub fn narrow(x: &Tensor, c: &NarrowCfg) -> Result<Tensor> {
+    let d = sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::invalid("narrow", m))? + 1;
+    let len = x.dim(d)?;
+    let start = c.first(len).ok_or_else(|| WickError::invalid("narrow", format!("start {} and length {} do not lie in a dim of {len}", c.start, c.length)))?;
+    Ok(x.narrow(d, start, c.length)?.contiguous()?)
 }
 
 /// `F.pad(x, padding, value)`: each padded dim joined with `value`-filled blocks before and

@@ -279,6 +279,7 @@ impl Model {
                 )
             }
             Op::Select(c) => recurrent::select(&x, c),
+            Op::Narrow(c) => super::axis_ops::narrow(&x, c),
             Op::Transpose(c) => super::axis_ops::transpose(&x, c),
             Op::Pad(c) => super::axis_ops::pad(&x, c),
             Op::Mean(c) => super::axis_ops::mean(&x, c),

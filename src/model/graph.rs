@@ -438,6 +438,15 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             o.remove(d);
             Ok(o)
         }
+        Op::Narrow(c) => {
+            let d = sample_dim(c.dim, s.len())?;
+            if c.first(s[d]).is_none() {
+                return Err(format!("start {} and length {} do not lie in dim {} of size {}", c.start, c.length, c.dim, s[d]));
+            }
+            let mut o = s.clone();
+            o[d] = c.length;
+            Ok(o)
+        }
         Op::Transpose(c) => {
             let (a, b) = (sample_dim(c.dim0, s.len())?, sample_dim(c.dim1, s.len())?);
             let mut o = s.clone();

@@ -356,6 +356,13 @@ impl Builder {
                 let i = self.init(i64_tensor(&format!("{n}.index"), &[], &[c.index]));
                 self.op("Gather", n, &[x, &i], n, vec![int("axis", c.dim)]);
             }
+            Op::Narrow(c) => {
+                let d = sample_dim(c.dim, in_shape.len())?;
+                let first = c.first(in_shape[d]).ok_or_else(|| format!("start {} and length {} do not lie in dim {} of size {}", c.start, c.length, c.dim, in_shape[d]))? as i64;
+                let mut bound = |what: &str, v: i64| self.init(i64_tensor(&format!("{n}.{what}"), &[1], &[v]));
+                let (starts, ends, axes) = (bound("starts", first), bound("ends", first + c.length as i64), bound("axes", d as i64 + 1));
+                self.op("Slice", n, &[x, &starts, &ends, &axes], n, vec![]);
+            }
             Op::Transpose(c) => {
                 let rank = in_shape.len();
                 let (a, b) = (sample_dim(c.dim0, rank)? + 1, sample_dim(c.dim1, rank)? + 1);

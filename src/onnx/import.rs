@@ -67,6 +67,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Softmax",
     "Softplus",
     "Softsign",
+    "Split",
     "Squeeze",
     "Sub",
     "Tanh",
@@ -461,6 +462,7 @@ impl Importer<'_> {
             "Shape" => self.shape(n),
             "Gather" => self.gather(n),
             "Slice" => self.slice(n),
+            "Split" => self.split(n),
             "Concat" => self.concat(n),
             "Squeeze" | "Unsqueeze" => self.squeeze(n),
             "Transpose" => self.transpose(n),
@@ -628,14 +630,10 @@ impl Importer<'_> {
         let value = data.scalar().ok_or("Expand is read only of a one-value constant (a zero initial state)")?;
         filled(dims, value)
     }
-    fn slice(&self, n: &NodeProto) -> R<Val> {
+    fn slice(&mut self, n: &NodeProto) -> R<Val> {
         if let Val::ZeroState = self.input_val(n, 0)? {
             return Ok(Val::ZeroState);
         }
-        // A constant of any rank: shape arithmetic, or the dynamo exporter cutting a recurrent
-        // layer's weights into gate blocks.
-        let data = self.const_in(n, 0)?;
-        let rank = data.dims.len() as i64;
         let ints = |k: usize, attr: &str| -> R<Option<Vec<i64>>> {
             if self.opset >= 10 {
                 Ok(match self.opt_const(n, k)? {
@@ -650,6 +648,13 @@ impl Importer<'_> {
         let ends = ints(2, "ends")?.ok_or("'ends' is missing")?;
         let axes = ints(3, "axes")?.unwrap_or((0..starts.len() as i64).collect());
         let steps = ints(4, "steps")?.unwrap_or(vec![1; starts.len()]);
+        if let Val::Dyn(_) = self.input_val(n, 0)? {
+            return self.narrow_slice(n, &starts, &ends, &axes, &steps);
+        }
+        // A constant of any rank: shape arithmetic, or the dynamo exporter cutting a recurrent
+        // layer's weights into gate blocks.
+        let data = self.const_in(n, 0)?;
+        let rank = data.dims.len() as i64;
         if [ends.len(), axes.len(), steps.len()].iter().any(|&l| l != starts.len()) || steps.contains(&0) || axes.iter().any(|&a| !(-rank..rank).contains(&a)) {
             return Err(format!(
                 "Slice of a constant of rank {rank} needs as many starts, ends, axes and steps, axes in range and non-zero steps (starts {starts:?}, ends {ends:?}, axes {axes:?}, steps {steps:?})"
@@ -684,6 +689,78 @@ impl Importer<'_> {
             at = at.iter().flat_map(|&a| pick.iter().map(move |&p| a + p * stride)).collect();
         }
         Ok(Val::Const(Const { dims, values: data.values.pick(at.into_iter()) }))
+    }
+
+    /// `Slice` of a computed tensor (PyTorch's `x[:, a:b]`, `narrow`, one half of `chunk` in the
+    /// legacy exporter): a `narrow` for each axis it cuts, in step 1.
+    fn narrow_slice(&mut self, n: &NodeProto, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> R<Val> {
+        let mut x = self.exact_in(n, 0)?;
+        let rank = x.onnx_shape.len() as i64 + 1;
+        if [ends.len(), axes.len(), steps.len()].iter().any(|&l| l != starts.len()) {
+            return Err(format!("needs as many starts, ends, axes and steps (starts {starts:?}, ends {ends:?}, axes {axes:?}, steps {steps:?})"));
+        }
+        for (((&start, &end), &axis), &step) in starts.iter().zip(ends).zip(axes).zip(steps) {
+            let a = from_end(axis, rank);
+            if !(1..rank).contains(&a) {
+                return Err(format!("axis {axis} of a rank-{rank} tensor; wick narrows the dims of each sample, not the batch"));
+            }
+            if step != 1 {
+                return Err(format!("step {step} along axis {axis}; wick's narrow takes consecutive positions (step 1)"));
+            }
+            let len = x.onnx_shape[a as usize - 1] as i64;
+            let (first, last) = (from_end(start, len).clamp(0, len), from_end(end, len).clamp(0, len));
+            if last <= first {
+                return Err(format!("starts {start} and ends {end} keep nothing of axis {axis} (size {len})"));
+            }
+            if last - first == len {
+                continue;
+            }
+            let name = self.plain_node_name(n, "narrow");
+            let cfg = arch::NarrowCfg { dim: a, start: first, length: (last - first) as usize };
+            x = self.emit(name, &[&x], Op::Narrow(cfg), vec![])?;
+        }
+        Ok(Val::Dyn(x))
+    }
+
+    /// `Split` of a computed tensor (`x.chunk(k, dim)`, `x.split(sizes, dim)`): a `narrow` for
+    /// each output, `split`'s sizes or (without them) equal parts, the last one shorter when the
+    /// axis does not divide (ONNX's rule, and `chunk`'s).
+    fn split(&mut self, n: &NodeProto) -> R<Val> {
+        let x = self.exact_in(n, 0)?;
+        let rank = x.onnx_shape.len() as i64 + 1;
+        let axis = attr_i(n, "axis")?.unwrap_or(0);
+        let a = from_end(axis, rank);
+        if !(1..rank).contains(&a) {
+            return Err(format!("axis {axis} of a rank-{rank} tensor; wick splits the dims of each sample, not the batch"));
+        }
+        let len = x.onnx_shape[a as usize - 1];
+        let given = match self.opset >= 13 {
+            true => self.opt_const(n, 1)?.map(|c| c.i64s().map(<[i64]>::to_vec).ok_or("input 1 ('split') must hold integers")).transpose()?,
+            false => attr_ints(n, "split")?,
+        };
+        let sizes: Vec<usize> = match given {
+            Some(v) => v.iter().map(|&s| usize::try_from(s).ok().filter(|&s| s > 0).ok_or_else(|| format!("split size {s} is not positive"))).collect::<R<_>>()?,
+            None => {
+                let parts = attr_i(n, "num_outputs")?.map_or(n.output.len(), |k| k.max(1) as usize);
+                let each = len.div_ceil(parts);
+                (0..parts).map(|k| each.min(len.saturating_sub(k * each))).filter(|&s| s > 0).collect()
+            }
+        };
+        if sizes.iter().sum::<usize>() != len || sizes.len() != n.output.len() {
+            return Err(format!("sizes {sizes:?} for {} outputs do not cover axis {axis} of size {len}", n.output.len()));
+        }
+        let mut start = 0;
+        let mut outs = vec![];
+        for &length in &sizes {
+            let name = self.plain_node_name(n, "narrow");
+            let cfg = arch::NarrowCfg { dim: a, start: start as i64, length };
+            outs.push(Val::Dyn(self.emit(name, &[&x], Op::Narrow(cfg), vec![])?));
+            start += length;
+        }
+        for (out, v) in n.output.iter().zip(&outs).skip(1) {
+            self.vals.insert(out.clone(), v.clone());
+        }
+        Ok(outs.swap_remove(0))
     }
 
     fn concat(&mut self, n: &NodeProto) -> R<Val> {

@@ -14,6 +14,7 @@ mod gradients;
 mod interrupts;
 mod mnist_example;
 mod mobile_blocks;
+mod narrow;
 mod norms;
 mod onnx;
 mod padding;

@@ -280,8 +280,8 @@ fn exact_surgery_on_recurrent_hidden_units() {
 
 /// A squeeze-and-excitation gate ties the channels it scales to its second conv's outputs (or
 /// its second linear's, through a `reshape`), and its squeezed channels are a group of their
-/// own; a one-channel spatial map broadcast over the channels stays whole. Pruning every third
-/// unit of each group changes no output.
+/// own; a one-channel spatial map broadcast over the channels stays whole, and so do the
+/// channels a `narrow` cuts. Pruning every third unit of each group changes no output.
 #[test]
 fn exact_surgery_through_squeeze_excitation_and_products() {
     use wick::model::arch::Op;
@@ -300,6 +300,16 @@ fn exact_surgery_through_squeeze_excitation_and_products() {
     });
     let Op::Conv2d(conv) = &p.arch.nodes[0].op else { panic!() };
     assert_eq!((reshape, conv.out_channels < 8), (Some(2 * conv.out_channels as i64), true));
+    // A narrow of the channels keeps its producer whole; the conv after one is pruned as usual
+    // (onnx/make_split.py: chunk, GLU, split).
+    let split = load(&fixture("onnx/split.legacy.onnx"));
+    let p = exact_surgery(&split.deep_clone().unwrap(), &random_input(split.input_shape(), 5));
+    let width = |n: &str| match &p.arch.node(n).unwrap().op {
+        Op::Conv2d(c) => c.out_channels,
+        _ => panic!("{n} is a conv2d"),
+    };
+    assert_eq!((width("c1"), width("c2")), (8, 16));
+    assert!(width("c3") < 5);
     for case in ["se_linear_gate", "mul_same_shape", "mul_spatial_gate", "prelu", "instancenorm"] {
         let m = load(&fixture(&format!("reference/gradients/{case}.safetensors")));
         let deps = analyse(&m);

@@ -1,8 +1,8 @@
 //! Channel dependency analysis, Torch-Pruning's idea made explicit. Every node's output channel
 //! axis is described as a list of *channel ids*, one per position. A conv/linear output (or the
 //! model input) creates fresh ids; channel-wise ops (BatchNorm, activations, pools, dropout,
-//! global average pooling, depthwise conv) pass their input's list on; concat along channels
-//! joins lists; flatten (and a reshape whose first axis is a multiple of the channels) repeats
+//! global average pooling, depthwise conv, a narrow of another axis) pass their input's list on;
+//! concat along channels joins lists; a narrow of the channels keeps them whole; flatten (and a reshape whose first axis is a multiple of the channels) repeats
 //! each channel id over its H×W (or L) features; a residual add, and a product of two values
 //! with the same channels (a squeeze-and-excitation gate), ties its inputs' ids position by
 //! position. Tied ids form a *unit* (union-find): pruning a
@@ -16,7 +16,7 @@
 //! mean across them, keeps them whole. A *group* is a
 //! set of units that share producing layers: they are ranked together.
 
-use crate::model::arch::{Op, ReduceCfg, SelectCfg, TransposeCfg};
+use crate::model::arch::{NarrowCfg, Op, ReduceCfg, SelectCfg, TransposeCfg};
 use crate::model::graph::sample_dim;
 use crate::model::Model;
 use std::collections::{BTreeMap, BTreeSet};
@@ -121,7 +121,9 @@ pub fn analyse(model: &Model) -> Deps {
                 Op::Prelu(c) => c.num_parameters == 1,
                 Op::Add(_) => last_in.iter().all(|&b| b),
                 Op::Mul(_) => last_in.iter().all(|&b| b) && node.inputs.iter().all(|i| &shapes[i] == out_shape),
-                Op::Select(SelectCfg { dim, .. }) | Op::Mean(ReduceCfg { dim, .. }) | Op::Amax(ReduceCfg { dim, .. }) => sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank),
+                Op::Select(SelectCfg { dim, .. }) | Op::Narrow(NarrowCfg { dim, .. }) | Op::Mean(ReduceCfg { dim, .. }) | Op::Amax(ReduceCfg { dim, .. }) => {
+                    sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank)
+                }
                 Op::Transpose(c) => matches!(swapped(c, in_rank, in_rank - 1), Some(Swap::Untouched | Swap::FirstAndLast)),
                 Op::Gru(_) | Op::Lstm(_) => true,
                 Op::Pad(c) => c.per_dim(in_rank).is_ok_and(|p| p[in_rank - 1] == (0, 0)),
@@ -255,7 +257,10 @@ pub fn analyse(model: &Model) -> Deps {
                 // heads and positions: kept whole.
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)
             }
-            Op::Transpose(_) | Op::Mean(_) | Op::Amax(_) | Op::Select(_) | Op::Pad(_) if last_in[0] => ins[0].clone(),
+            Op::Transpose(_) | Op::Mean(_) | Op::Amax(_) | Op::Select(_) | Op::Narrow(_) | Op::Pad(_) if last_in[0] => ins[0].clone(),
+            // A run of the channels: its ids and the others' would have to be renumbered as
+            // channels go, so the producer's channels are kept whole.
+            Op::Narrow(c) if sample_dim(c.dim, in_rank) == Ok(0) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
             // Padding the channel axis adds channels no producer owns: kept whole.
             Op::Pad(c) if c.per_dim(in_rank).map_or(true, |p| p[0] != (0, 0)) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
             Op::Transpose(c) => match swapped(c, in_rank, 0) {

@@ -1,5 +1,6 @@
 //! The element-wise and data-movement kernels of the compiled plans: global average pooling,
-//! the add, ReLU and product steps, concatenation, constant padding, two axes swapped and the
+//! the add, ReLU and product steps, concatenation and its inverse (a run of each row), constant
+//! padding, two axes swapped and the
 //! mean or maximum along one axis.
 
 use super::Value;
@@ -104,6 +105,12 @@ pub(super) fn concat_rows(ins: &[&[f32]], rows: usize, widths: &[usize]) -> Vec<
         }
     }
     out
+}
+
+/// `out[r][j] = x[r·width + from + j]` for `j < len`: the same run of each of the `width`-long
+/// rows of `x` (a narrow along an axis whose positions, each `inner` values, make up a row).
+pub(super) fn narrow_rows(x: &[f32], width: usize, from: usize, len: usize) -> Vec<f32> {
+    x.chunks_exact(width).flat_map(|row| &row[from..from + len]).copied().collect()
 }
 
 /// `x` of dims `dims` (as stored) padded by `(before, after)` on each axis with `value`:

@@ -77,6 +77,13 @@ enum Kind {
         dim: usize,
         index: usize,
     },
+    /// `length` positions from `start` along full-tensor dim `dim` (≥ 1): channels last when
+    /// the input is and `dim` is the channel axis, in logical order otherwise.
+    Narrow {
+        dim: usize,
+        start: usize,
+        length: usize,
+    },
     /// Full-tensor axes `a < b` swapped; in logical order.
     Transpose {
         a: usize,
@@ -360,6 +367,15 @@ impl Plan {
                     let len = model.graph.shapes[node.inputs[0].as_str()][dim - 1];
                     let index = c.position(len).ok_or_else(|| WickError::node(&node.name, format!("index {} is out of range", c.index)))?;
                     Kind::Select { dim, index }
+                }
+                (Op::Narrow(c), ..) => {
+                    let dim = axis(c.dim)?;
+                    let len = model.graph.shapes[node.inputs[0].as_str()][dim - 1];
+                    let start = c.first(len).ok_or_else(|| WickError::node(&node.name, format!("start {} and length {} do not lie in a dim of {len}", c.start, c.length)))?;
+                    match c.length == len {
+                        true => Kind::Identity,
+                        false => Kind::Narrow { dim, start, length: c.length },
+                    }
                 }
                 (Op::Transpose(c), ..) => {
                     let (a, b) = (axis(c.dim0)?, axis(c.dim1)?);

@@ -3,7 +3,7 @@
 //! quantising each integer layer's input once per quantiser and freeing each value after its
 //! last reader.
 
-use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, pad_constant, scale_channels, swap_axes};
+use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, narrow_rows, pad_constant, scale_channels, swap_axes};
 use super::normalize::{channel_affine, layer_norm, prelu, softmax};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
@@ -218,6 +218,18 @@ impl Plan {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
                     set_layout(v, false);
                     Value { data: crate::runtime::recurrent::select(&v.data, &v.dims, *dim, *index), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
+                }
+                Kind::Narrow { dim, start, length } => {
+                    let v = vals[step.inputs[0]].as_mut().expect("input computed");
+                    let cl = v.channels_last && *dim == 1;
+                    set_layout(v, cl);
+                    // Each row holds the whole narrowed axis: a position's channels when channels
+                    // are last, else everything from the axis on.
+                    let (width, inner) = match cl {
+                        true => (v.dims[1], 1),
+                        false => (v.dims[*dim..].iter().product(), v.dims[*dim + 1..].iter().product()),
+                    };
+                    Value { data: narrow_rows(&v.data, width, start * inner, length * inner), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: cl }
                 }
                 Kind::Transpose { a, b } => {
                     let mut v = self.owned(&mut vals, step, si);
