@@ -280,8 +280,8 @@ fn exact_surgery_on_recurrent_hidden_units() {
 
 /// A squeeze-and-excitation gate ties the channels it scales to its second conv's outputs (or
 /// its second linear's, through a `reshape`), and its squeezed channels are a group of their
-/// own; a one-channel spatial map broadcast over the channels stays whole, and so do the
-/// channels a `narrow` cuts. Pruning every third unit of each group changes no output.
+/// own; a one-channel spatial map broadcast over the channels stays whole; a `narrow` of the
+/// channels keeps its run of them. Pruning every third unit of each group changes no output.
 #[test]
 fn exact_surgery_through_squeeze_excitation_and_products() {
     use wick::model::arch::Op;
@@ -300,16 +300,19 @@ fn exact_surgery_through_squeeze_excitation_and_products() {
     });
     let Op::Conv2d(conv) = &p.arch.nodes[0].op else { panic!() };
     assert_eq!((reshape, conv.out_channels < 8), (Some(2 * conv.out_channels as i64), true));
-    // A narrow of the channels keeps its producer whole; the conv after one is pruned as usual
-    // (onnx/make_split.py: chunk, GLU, split).
+    // A narrow of the channels carries its run of them (onnx/make_split.py): the two halves of
+    // c1's chunk are ranked apart (4 + 4 channels, every third of each removed: 2 + 2 kept), the
+    // GLU ties c2's value and gate channels (16 = 2 × 8), whose runs the split cuts into 3 + 5
+    // (2 + 3 kept each way: 10), and c3 keeps 3 of 5; the narrows' bounds follow.
     let split = load(&fixture("onnx/split.legacy.onnx"));
     let p = exact_surgery(&split.deep_clone().unwrap(), &random_input(split.input_shape(), 5));
     let width = |n: &str| match &p.arch.node(n).unwrap().op {
         Op::Conv2d(c) => c.out_channels,
         _ => panic!("{n} is a conv2d"),
     };
-    assert_eq!((width("c1"), width("c2")), (8, 16));
-    assert!(width("c3") < 5);
+    assert_eq!((width("c1"), width("c2"), width("c3")), (4, 10, 3));
+    let cuts: Vec<(i64, usize)> = p.arch.nodes.iter().filter_map(|n| if let Op::Narrow(c) = &n.op { Some((c.start, c.length)) } else { None }).collect();
+    assert_eq!(cuts, [(0, 2), (2, 2), (0, 5), (5, 5), (1, 6), (0, 2), (2, 3)]);
     for case in ["se_linear_gate", "mul_same_shape", "mul_spatial_gate", "prelu", "instancenorm"] {
         let m = load(&fixture(&format!("reference/gradients/{case}.safetensors")));
         let deps = analyse(&m);

@@ -2,7 +2,7 @@
 //! axis is described as a list of *channel ids*, one per position. A conv/linear output (or the
 //! model input) creates fresh ids; channel-wise ops (BatchNorm, activations, pools, dropout,
 //! global average pooling, depthwise conv, a narrow of another axis) pass their input's list on;
-//! concat along channels joins lists; a narrow of the channels keeps them whole; flatten (and a reshape whose first axis is a multiple of the channels) repeats
+//! concat along channels joins lists; a narrow of the channels takes its run of the list; flatten (and a reshape whose first axis is a multiple of the channels) repeats
 //! each channel id over its H×W (or L) features; a residual add, and a product of two values
 //! with the same channels (a squeeze-and-excitation gate), ties its inputs' ids position by
 //! position. Tied ids form a *unit* (union-find): pruning a
@@ -14,7 +14,8 @@
 //! of a value's first and last sample axes moves its ids between the two (a conv's channels
 //! into a recurrent op's input features, and back); one that moves them to a middle axis, or a
 //! mean across them, keeps them whole. A *group* is a
-//! set of units that share producing layers: they are ranked together.
+//! set of units that share producing layers (and lie in the same channel narrows' runs): they are
+//! ranked together, and each keeps at least one unit.
 
 use crate::model::arch::{NarrowCfg, Op, ReduceCfg, SelectCfg, TransposeCfg};
 use crate::model::graph::sample_dim;
@@ -105,6 +106,8 @@ pub fn analyse(model: &Model) -> Deps {
         o
     };
     let mut feature_last: BTreeSet<String> = BTreeSet::new();
+    // Each channel narrow and the ids of its run.
+    let mut narrowed: Vec<(String, Vec<usize>)> = vec![];
     for &i in &model.graph.order {
         let node = &arch.nodes[i];
         let ins: Vec<Vec<usize>> = node.inputs.iter().map(|n| channels[n].clone()).collect();
@@ -258,9 +261,16 @@ pub fn analyse(model: &Model) -> Deps {
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)
             }
             Op::Transpose(_) | Op::Mean(_) | Op::Amax(_) | Op::Select(_) | Op::Narrow(_) | Op::Pad(_) if last_in[0] => ins[0].clone(),
-            // A run of the channels: its ids and the others' would have to be renumbered as
-            // channels go, so the producer's channels are kept whole.
-            Op::Narrow(c) if sample_dim(c.dim, in_rank) == Ok(0) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
+            // A run of the channels carries that run's ids (surgery recounts its start and
+            // length); the groups below keep each run's units apart so that none is emptied.
+            Op::Narrow(c) if sample_dim(c.dim, in_rank) == Ok(0) => match c.first(ins[0].len()) {
+                Some(first) => {
+                    let run = ins[0][first..first + c.length].to_vec();
+                    narrowed.push((node.name.clone(), run.clone()));
+                    run
+                }
+                None => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
+            },
             // Padding the channel axis adds channels no producer owns: kept whole.
             Op::Pad(c) if c.per_dim(in_rank).map_or(true, |p| p[0] != (0, 0)) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
             Op::Transpose(c) => match swapped(c, in_rank, 0) {
@@ -294,7 +304,16 @@ pub fn analyse(model: &Model) -> Deps {
     for (&id, p) in &producers {
         unit_producers.entry(unit_of[id]).or_default().insert(p.clone());
     }
-    let mut by_producers: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
+    // The channel narrows whose run holds each unit: units of one producer in different runs
+    // (the two halves of a chunk) are ranked as separate groups, and every group keeps a unit,
+    // so no narrow is left without channels.
+    let mut runs_of: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
+    for (narrow, run) in &narrowed {
+        for &id in run {
+            runs_of.entry(unit_of[id]).or_default().insert(narrow.as_str());
+        }
+    }
+    let mut by_producers: BTreeMap<(Vec<String>, Vec<&str>), Vec<usize>> = BTreeMap::new();
     let mut seen = BTreeSet::new();
     for &id in producers.keys() {
         let u = unit_of[id];
@@ -302,9 +321,10 @@ pub fn analyse(model: &Model) -> Deps {
             continue;
         }
         let key: Vec<String> = unit_producers[&u].iter().cloned().collect();
-        by_producers.entry(key).or_default().push(u);
+        let runs: Vec<&str> = runs_of.get(&u).map(|r| r.iter().copied().collect()).unwrap_or_default();
+        by_producers.entry((key, runs)).or_default().push(u);
     }
-    let groups = by_producers.into_iter().map(|(producers, units)| Group { producers, units }).collect();
+    let groups = by_producers.into_iter().map(|((producers, _), units)| Group { producers, units }).collect();
     Deps { channels, unit_of, frozen, groups, feature_last }
 }
 

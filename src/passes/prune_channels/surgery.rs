@@ -5,6 +5,7 @@
 use super::deps::{is_depthwise, Deps};
 use crate::error::Result;
 use crate::model::arch::{rnn_params, Op};
+use crate::model::graph::sample_dim;
 use crate::model::Model;
 use candle_core::Tensor;
 use std::collections::BTreeSet;
@@ -120,6 +121,15 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                     c.input_size = kin.len();
                 }
                 c.hidden_size = kept.len();
+            }
+            Op::Narrow(c) if !deps.feature_last.contains(&node.inputs[0]) && sample_dim(c.dim, model.graph.shapes[&node.inputs[0]].len()) == Ok(0) => {
+                // A run of the channels (`deps`): it starts after the kept channels before it and
+                // holds its kept ones.
+                if let Some(first) = c.first(model.graph.shapes[&node.inputs[0]][0]) {
+                    let end = first + c.length;
+                    c.start = kin.iter().filter(|&&p| (p as usize) < first).count() as i64;
+                    c.length = kin.iter().filter(|&&p| (first..end).contains(&(p as usize))).count();
+                }
             }
             Op::Reshape(c) => {
                 // Its first axis carries the channels' ids (`deps`): its size is the kept positions.
