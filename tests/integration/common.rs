@@ -173,6 +173,18 @@ pub fn assert_case_runs_compiled_and_through_onnx(case: &str, dir: &Path) {
     assert!(max_abs_diff(&back, &eval) <= 1e-4, "{case} through ONNX: {}", max_abs_diff(&back, &eval));
 }
 
+/// `wick inspect` of oracle case `case` with `from` replaced by `to` in its architecture file:
+/// exit 2; returns what it printed on stderr.
+pub fn inspect_case_with_arch_edit(case: &str, from: &str, to: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = std::fs::read_to_string(fixture(&format!("reference/gradients/{case}.arch.json"))).unwrap();
+    assert!(arch.contains(from), "{case}'s architecture holds {from}");
+    let bad = dir.path().join("bad.arch.json");
+    std::fs::write(&bad, arch.replace(from, to)).unwrap();
+    let model = fixture(&format!("reference/gradients/{case}.safetensors"));
+    run_expect(&["inspect", model.to_str().unwrap(), "--arch", bad.to_str().unwrap()], 2).1
+}
+
 /// `m` quantised by min-max calibration on every row `x` of fixture data file `data`; on those
 /// rows its integer runtime's fast kernels equal the scalar reference bit for bit. Returns the
 /// INT8 model.

@@ -32,10 +32,6 @@ fn pytorch_chunk_glu_slice_and_split_import() {
 /// A narrow whose positions leave its dim is exit 2 naming the node and the bounds.
 #[test]
 fn narrow_out_of_its_dim_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let arch = std::fs::read_to_string(fixture("reference/gradients/narrow.arch.json")).unwrap().replace("\"start\": -4", "\"start\": -2");
-    let bad = dir.path().join("bad.arch.json");
-    std::fs::write(&bad, arch).unwrap();
-    let (_, err) = run_expect(&["inspect", fixture("reference/gradients/narrow.safetensors").to_str().unwrap(), "--arch", bad.to_str().unwrap()], 2);
+    let err = inspect_case_with_arch_edit("narrow", "\"start\": -4", "\"start\": -2");
     assert!(err.contains("steps") && err.contains("start -2 and length 3 do not lie in dim -1 of size 5"), "{err}");
 }

@@ -38,10 +38,6 @@ fn groupnorm_keeps_its_channels_whole_and_checks_its_groups() {
     let m = load(&fixture("reference/gradients/groupnorm.safetensors"));
     let deps = wick::passes::prune_channels::deps::analyse(&m);
     assert!(deps.groups.iter().all(|g| !g.producers.contains(&"conv".to_string())), "{:?}", deps.groups);
-    let dir = tempfile::tempdir().unwrap();
-    let arch = std::fs::read_to_string(fixture("reference/gradients/groupnorm.arch.json")).unwrap().replace("\"num_groups\": 2", "\"num_groups\": 3");
-    let bad = dir.path().join("bad.arch.json");
-    std::fs::write(&bad, arch).unwrap();
-    let (_, err) = run_expect(&["inspect", fixture("reference/gradients/groupnorm.safetensors").to_str().unwrap(), "--arch", bad.to_str().unwrap()], 2);
+    let err = inspect_case_with_arch_edit("groupnorm", "\"num_groups\": 2", "\"num_groups\": 3");
     assert!(err.contains("norm") && err.contains("not a multiple of num_groups 3"), "{err}");
 }
