@@ -388,10 +388,12 @@ pub struct NarrowCfg {
 
 impl NarrowCfg {
     /// The first position kept in a dim of `len` (a negative `start` counts from the end), if
-    /// `length ≥ 1` positions from it lie in the dim.
-    pub fn first(&self, len: usize) -> Option<usize> {
-        let s = if self.start < 0 { self.start.checked_add(len as i64)? } else { self.start };
-        usize::try_from(s).ok().filter(|&s| self.length >= 1 && s + self.length <= len)
+    /// `length ≥ 1` positions from it lie in the dim; else what is wrong.
+    pub fn first(&self, len: usize) -> std::result::Result<usize, String> {
+        let s = if self.start < 0 { self.start.checked_add(len as i64) } else { Some(self.start) };
+        s.and_then(|s| usize::try_from(s).ok())
+            .filter(|&s| self.length >= 1 && s + self.length <= len)
+            .ok_or_else(|| format!("start {} and length {} do not lie in dim {} of size {len}", self.start, self.length, self.dim))
     }
 }
 

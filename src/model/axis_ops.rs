@@ -24,8 +24,7 @@ pub fn transpose(x: &Tensor, c: &TransposeCfg) -> Result<Tensor> {
 /// `x.narrow(dim, start, length)`, laid out contiguously.
 pub fn narrow(x: &Tensor, c: &NarrowCfg) -> Result<Tensor> {
     let d = sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::invalid("narrow", m))? + 1;
-    let len = x.dim(d)?;
-    let start = c.first(len).ok_or_else(|| WickError::invalid("narrow", format!("start {} and length {} do not lie in a dim of {len}", c.start, c.length)))?;
+    let start = c.first(x.dim(d)?).map_err(|m| WickError::invalid("narrow", m))?;
     Ok(x.narrow(d, start, c.length)?.contiguous()?)
 }
 

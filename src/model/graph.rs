@@ -440,9 +440,7 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
         }
         Op::Narrow(c) => {
             let d = sample_dim(c.dim, s.len())?;
-            if c.first(s[d]).is_none() {
-                return Err(format!("start {} and length {} do not lie in dim {} of size {}", c.start, c.length, c.dim, s[d]));
-            }
+            c.first(s[d])?;
             let mut o = s.clone();
             o[d] = c.length;
             Ok(o)

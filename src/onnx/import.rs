@@ -695,19 +695,15 @@ impl Importer<'_> {
     /// legacy exporter): a `narrow` for each axis it cuts, in step 1.
     fn narrow_slice(&mut self, n: &NodeProto, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> R<Val> {
         let mut x = self.exact_in(n, 0)?;
-        let rank = x.onnx_shape.len() as i64 + 1;
         if [ends.len(), axes.len(), steps.len()].iter().any(|&l| l != starts.len()) {
             return Err(format!("needs as many starts, ends, axes and steps (starts {starts:?}, ends {ends:?}, axes {axes:?}, steps {steps:?})"));
         }
         for (((&start, &end), &axis), &step) in starts.iter().zip(ends).zip(axes).zip(steps) {
-            let a = from_end(axis, rank);
-            if !(1..rank).contains(&a) {
-                return Err(format!("axis {axis} of a rank-{rank} tensor; wick narrows the dims of each sample, not the batch"));
-            }
+            let a = sample_axis(axis, &x)?;
             if step != 1 {
                 return Err(format!("step {step} along axis {axis}; wick's narrow takes consecutive positions (step 1)"));
             }
-            let len = x.onnx_shape[a as usize - 1] as i64;
+            let len = x.onnx_shape[a - 1] as i64;
             let (first, last) = (from_end(start, len).clamp(0, len), from_end(end, len).clamp(0, len));
             if last <= first {
                 return Err(format!("starts {start} and ends {end} keep nothing of axis {axis} (size {len})"));
@@ -716,7 +712,7 @@ impl Importer<'_> {
                 continue;
             }
             let name = self.plain_node_name(n, "narrow");
-            let cfg = arch::NarrowCfg { dim: a, start: first, length: (last - first) as usize };
+            let cfg = arch::NarrowCfg { dim: a as i64, start: first, length: (last - first) as usize };
             x = self.emit(name, &[&x], Op::Narrow(cfg), vec![])?;
         }
         Ok(Val::Dyn(x))
@@ -727,13 +723,9 @@ impl Importer<'_> {
     /// axis does not divide (ONNX's rule, and `chunk`'s).
     fn split(&mut self, n: &NodeProto) -> R<Val> {
         let x = self.exact_in(n, 0)?;
-        let rank = x.onnx_shape.len() as i64 + 1;
         let axis = attr_i(n, "axis")?.unwrap_or(0);
-        let a = from_end(axis, rank);
-        if !(1..rank).contains(&a) {
-            return Err(format!("axis {axis} of a rank-{rank} tensor; wick splits the dims of each sample, not the batch"));
-        }
-        let len = x.onnx_shape[a as usize - 1];
+        let a = sample_axis(axis, &x)?;
+        let len = x.onnx_shape[a - 1];
         let given = match self.opset >= 13 {
             true => self.opt_const(n, 1)?.map(|c| c.i64s().map(<[i64]>::to_vec).ok_or("input 1 ('split') must hold integers")).transpose()?,
             false => attr_ints(n, "split")?,
@@ -753,7 +745,7 @@ impl Importer<'_> {
         let mut outs = vec![];
         for &length in &sizes {
             let name = self.plain_node_name(n, "narrow");
-            let cfg = arch::NarrowCfg { dim: a, start: start as i64, length };
+            let cfg = arch::NarrowCfg { dim: a as i64, start: start as i64, length };
             outs.push(Val::Dyn(self.emit(name, &[&x], Op::Narrow(cfg), vec![])?));
             start += length;
         }
@@ -1839,6 +1831,17 @@ fn pattern_err(value: &str) -> String {
 }
 
 /// An ONNX axis or index counted from the end when negative: `a + n` for `a < 0`.
+/// ONNX axis `axis` of `x` (negative from the end) as a full-tensor axis after the batch, which
+/// a `narrow` cuts.
+fn sample_axis(axis: i64, x: &Dyn) -> R<usize> {
+    let rank = x.onnx_shape.len() as i64 + 1;
+    let a = from_end(axis, rank);
+    match (1..rank).contains(&a) {
+        true => Ok(a as usize),
+        false => Err(format!("axis {axis} of a rank-{rank} tensor; wick cuts the dims of each sample, not the batch")),
+    }
+}
+
 fn from_end(a: i64, n: i64) -> i64 {
     if a < 0 {
         a.saturating_add(n)

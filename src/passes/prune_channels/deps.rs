@@ -264,12 +264,12 @@ pub fn analyse(model: &Model) -> Deps {
             // A run of the channels carries that run's ids (surgery recounts its start and
             // length); the groups below keep each run's units apart so that none is emptied.
             Op::Narrow(c) if sample_dim(c.dim, in_rank) == Ok(0) => match c.first(ins[0].len()) {
-                Some(first) => {
+                Ok(first) => {
                     let run = ins[0][first..first + c.length].to_vec();
                     narrowed.push((node.name.clone(), run.clone()));
                     run
                 }
-                None => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
+                Err(_) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
             },
             // Padding the channel axis adds channels no producer owns: kept whole.
             Op::Pad(c) if c.per_dim(in_rank).map_or(true, |p| p[0] != (0, 0)) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),

@@ -125,7 +125,7 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
             Op::Narrow(c) if !deps.feature_last.contains(&node.inputs[0]) && sample_dim(c.dim, model.graph.shapes[&node.inputs[0]].len()) == Ok(0) => {
                 // A run of the channels (`deps`): it starts after the kept channels before it and
                 // holds its kept ones.
-                if let Some(first) = c.first(model.graph.shapes[&node.inputs[0]][0]) {
+                if let Ok(first) = c.first(model.graph.shapes[&node.inputs[0]][0]) {
                     let end = first + c.length;
                     c.start = kin.iter().filter(|&&p| (p as usize) < first).count() as i64;
                     c.length = kin.iter().filter(|&&p| (first..end).contains(&(p as usize))).count();

@@ -371,7 +371,7 @@ impl Plan {
                 (Op::Narrow(c), ..) => {
                     let dim = axis(c.dim)?;
                     let len = model.graph.shapes[node.inputs[0].as_str()][dim - 1];
-                    let start = c.first(len).ok_or_else(|| WickError::node(&node.name, format!("start {} and length {} do not lie in a dim of {len}", c.start, c.length)))?;
+                    let start = c.first(len).map_err(|m| WickError::node(&node.name, m))?;
                     match c.length == len {
                         true => Kind::Identity,
                         false => Kind::Narrow { dim, start, length: c.length },
