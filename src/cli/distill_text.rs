@@ -28,7 +28,7 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     let teacher = loaded.model;
     // Checked before the sentences are read and tokenised.
     check_layers(&teacher, k)?;
-    let (config, config_path) = wick::hf::config(&a.teacher)?;
+    let config = wick::hf::config(&a.teacher)?;
     let len = teacher.input_shape()[0];
     let train = TextData::read(&a.train, &a.teacher, len)?;
     let val = TextData::read(&a.val, &a.teacher, len)?;
@@ -38,9 +38,9 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     let cfg = settings.config(train.len(), a.seed, None);
     let batch_size = cfg.batch_size;
     let progress = CliProgress::new(a.quiet);
-    let (mut s, map) = student(&teacher, &config, &config_path, k, &val, batch_size, &progress)?;
+    let (mut s, map) = student(&teacher, &config, k, &val, batch_size, &progress)?;
     let rep = distill(&teacher, &mut s, &map, &train, &val, &cfg, &progress)?;
-    let mut student_config = config.clone();
+    let mut student_config = config.json.clone();
     student_config["num_hidden_layers"] = k.into();
     wick::hf::save_dir(&s, &student_config, &a.teacher, &a.out)?;
     let test_fid = match &test {

@@ -97,9 +97,9 @@ pub fn run(spec: &JobSpec, recipe: &crate::recipe::Recipe, recipe_path: &Path, m
         let model = current.as_ref().unwrap_or(&teacher);
         match p {
             PassSpec::TextDistill(s) => {
-                let (config, config_path) = crate::hf::config(dir)?;
+                let config = crate::hf::config(dir)?;
                 let cfg = s.config(train.len(), spec.seed, spec.max_epochs);
-                let (mut st, map) = student(&teacher, &config, &config_path, s.layers(encoder_layers(&teacher)), &val, cfg.batch_size, progress)?;
+                let (mut st, map) = student(&teacher, &config, s.layers(encoder_layers(&teacher)), &val, cfg.batch_size, progress)?;
                 let rep = distill(&teacher, &mut st, &map, &train, &val, &cfg, progress)?;
                 passes.push(json!({"pass": "text_distill", "settings": s, "training": rep}));
                 current = Some(st);

@@ -14,6 +14,7 @@
 use super::Pass;
 use crate::embedding::{embed, fidelity, Fidelity, TextData};
 use crate::error::{Result, WickError};
+use crate::hf::Config;
 use crate::model::arch::Op;
 use crate::model::forward::{Mode, Run};
 use crate::model::Model;
@@ -61,10 +62,10 @@ pub fn encoder_layers(model: &Model) -> usize {
 
 /// The student of `teacher` (whose directory's `config.json` is `config`) whose layer `j` is a
 /// copy of teacher layer `keep[j]`, everything else copied.
-pub fn student_of(teacher: &Model, config: &serde_json::Value, config_path: &std::path::Path, keep: &[usize]) -> Result<Model> {
+pub fn student_of(teacher: &Model, config: &Config, keep: &[usize]) -> Result<Model> {
     let mut config = config.clone();
-    config["num_hidden_layers"] = keep.len().into();
-    let arch = crate::hf::arch_from_config(&config, config_path, teacher.input_shape()[0])?;
+    config.json["num_hidden_layers"] = keep.len().into();
+    let arch = crate::hf::arch_from_config(&config, teacher.input_shape()[0])?;
     let mut tensors = BTreeMap::new();
     for (name, t) in &teacher.tensors() {
         match name.strip_prefix("encoder.layer.").and_then(|r| r.split_once('.')) {
@@ -96,7 +97,7 @@ pub fn check_layers(teacher: &Model, k: usize) -> Result<usize> {
 /// `e_i(keep)` is sentence `i`'s embedding by [`student_of`]`(keep)` and `t_i` the teacher's,
 /// over `val` (ties to the lower layer). `L + (L−1) + … + (k+1)` evaluations of `val`, where all
 /// `C(L, k)` subsets would be 924 for 6 of 12.
-pub fn choose_layers(teacher: &Model, config: &serde_json::Value, config_path: &std::path::Path, k: usize, val: &TextData, batch_size: usize, progress: &dyn Progress) -> Result<Vec<usize>> {
+pub fn choose_layers(teacher: &Model, config: &Config, k: usize, val: &TextData, batch_size: usize, progress: &dyn Progress) -> Result<Vec<usize>> {
     let layers = check_layers(teacher, k)?;
     let target = embed(teacher, val, batch_size)?;
     let mut keep: Vec<usize> = (0..layers).collect();
@@ -106,7 +107,7 @@ pub fn choose_layers(teacher: &Model, config: &serde_json::Value, config_path: &
         for r in 0..keep.len() {
             let mut fewer = keep.clone();
             fewer.remove(r);
-            let cos = fidelity(&embed(&student_of(teacher, config, config_path, &fewer)?, val, batch_size)?, &target)?.cosine_mean;
+            let cos = fidelity(&embed(&student_of(teacher, config, &fewer)?, val, batch_size)?, &target)?.cosine_mean;
             if best.is_none_or(|(b, _)| cos > b) {
                 best = Some((cos, r));
             }
@@ -120,9 +121,9 @@ pub fn choose_layers(teacher: &Model, config: &serde_json::Value, config_path: &
 
 /// The `k`-layer student of `teacher` with its layers chosen on `val` by [`choose_layers`];
 /// returns it and the teacher layer of each of its layers.
-pub fn student(teacher: &Model, config: &serde_json::Value, config_path: &std::path::Path, k: usize, val: &TextData, batch_size: usize, progress: &dyn Progress) -> Result<(Model, Vec<usize>)> {
-    let map = choose_layers(teacher, config, config_path, k, val, batch_size, progress)?;
-    Ok((student_of(teacher, config, config_path, &map)?, map))
+pub fn student(teacher: &Model, config: &Config, k: usize, val: &TextData, batch_size: usize, progress: &dyn Progress) -> Result<(Model, Vec<usize>)> {
+    let map = choose_layers(teacher, config, k, val, batch_size, progress)?;
+    Ok((student_of(teacher, config, &map)?, map))
 }
 
 /// Trains `student` from `teacher` (layers mapped by `map`) on `train`, validating on `val`.

@@ -11,6 +11,87 @@ fn tiny_bert() -> PathBuf {
     fixture("text/tiny_bert")
 }
 
+/// Copies `files` (paths inside the directory) of `tiny_bert` into `to`.
+fn copy_encoder(to: &std::path::Path, files: &[&str]) {
+    for f in files {
+        let dst = to.join(f);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(tiny_bert().join(f), dst).unwrap();
+    }
+}
+
+/// `tiny_bert`'s encoder in `to` under the sentence-transformers head of `modules` (a
+/// `modules.json`, none when `None`) and `pooling` (`1_Pooling/config.json`).
+fn encoder_with_head(to: &std::path::Path, modules: Option<&str>, pooling: &str) {
+    copy_encoder(to, &["config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json"]);
+    if let Some(m) = modules {
+        std::fs::write(to.join("modules.json"), m).unwrap();
+        std::fs::create_dir_all(to.join("1_Pooling")).unwrap();
+        std::fs::write(to.join("1_Pooling/config.json"), pooling).unwrap();
+    }
+}
+
+/// A `modules.json` of a Transformer, a Pooling and then `more` modules (`type` names).
+fn modules_json(more: &[&str]) -> String {
+    let mut m = vec![
+        serde_json::json!({"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"}),
+        serde_json::json!({"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}),
+    ];
+    for (i, t) in more.iter().enumerate() {
+        m.push(serde_json::json!({"idx": i + 2, "path": format!("{}_{t}", i + 2), "type": format!("sentence_transformers.models.{t}")}));
+    }
+    serde_json::Value::Array(m).to_string()
+}
+
+/// The directory's sentence-transformers head decides the embedding, as sentence-transformers'
+/// own `encode` (`tiny_bert_heads_reference.safetensors`) does: no `modules.json` (the mean, not
+/// normalised), the first token's state (`[CLS]`) by the legacy flags without Normalize, and by
+/// `pooling_mode: "cls"` with it; within 1e-5 on the compiled plan at batches of 1 and 7 (shorter
+/// sequences than the plan's), on candle's executor, and through INT8 (`wick quantize`, whose
+/// fidelity is measured against the same head). Heads wick does not read exit 2 naming the file
+/// and the field or module.
+#[test]
+fn sentence_transformers_heads() {
+    let r = TensorFile::read(&fixture("text/tiny_bert_heads_reference.safetensors")).unwrap();
+    let data = TextData::read(&fixture("text/sentences.txt"), &tiny_bert(), 64).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let cls_flags = r#"{"word_embedding_dimension": 8, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false, "pooling_mode_max_tokens": false}"#;
+    let cases = [("plain", None, ""), ("cls", Some(modules_json(&[])), cls_flags), ("cls_normalize", Some(modules_json(&["Normalize"])), r#"{"embedding_dimension": 8, "pooling_mode": "cls"}"#)];
+    for (name, modules, pooling) in &cases {
+        let dir = root.path().join(name);
+        encoder_with_head(&dir, modules.as_deref(), pooling);
+        let model = wick::hf::load(&dir, None).unwrap().model;
+        let want: Vec<Vec<f32>> = r.f32(name).unwrap().chunks(8).map(<[f32]>::to_vec).collect();
+        for (batch, compiled) in [(1, true), (7, true), (7, false)] {
+            let got = if compiled { embed(&model, &data, batch).unwrap() } else { wick::embedding::embed_reference(&model, &data, batch).unwrap() };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(max_abs_diff(g, w) <= 1e-5, "{name}, batch {batch}, sentence {i}: {}", max_abs_diff(g, w));
+            }
+        }
+    }
+    let cls = root.path().join("cls");
+    let (sentences, out) = (fixture("text/sentences.txt"), root.path().join("q.safetensors"));
+    let args = ["quantize", cls.to_str().unwrap(), "--calib", sentences.to_str().unwrap(), "--test", sentences.to_str().unwrap(), "--min-cosine", "0.999", "--out", out.to_str().unwrap(), "--quiet"];
+    run_expect(&args, 0);
+    let (o, _) = run_expect(&["eval", out.to_str().unwrap(), "--data", sentences.to_str().unwrap(), "--teacher", cls.to_str().unwrap(), "--json", "--quiet"], 0);
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert!(j["fidelity"]["cosine_mean"].as_f64().unwrap() >= 0.999, "{j}");
+    // Heads wick does not read.
+    let refused = [
+        (modules_json(&[]), r#"{"pooling_mode_mean_tokens": false, "pooling_mode_max_tokens": true}"#, &["1_Pooling", "pooling_mode_max_tokens", "\"max\""][..]),
+        (modules_json(&[]), r#"{"pooling_mode": ["cls", "mean"]}"#, &["1_Pooling", "'pooling_mode'", "\"mean\"", "\"cls\"", "joins"][..]),
+        (modules_json(&[]), r#"{"word_embedding_dimension": 384, "pooling_mode": "mean"}"#, &["word_embedding_dimension", "384", "hidden size is 8"][..]),
+        (modules_json(&["Dense", "Normalize"]), r#"{"pooling_mode": "mean"}"#, &["modules.json", "module 2", "sentence_transformers.models.Dense"][..]),
+        (modules_json(&["Normalize", "Normalize"]), r#"{"pooling_mode": "mean"}"#, &["modules.json", "module 3", "Normalize"][..]),
+    ];
+    for (i, (modules, pooling, words)) in refused.iter().enumerate() {
+        let dir = root.path().join(format!("bad{i}"));
+        encoder_with_head(&dir, Some(modules), pooling);
+        let (_, e) = run_expect(&["inspect", dir.to_str().unwrap()], 2);
+        assert!(words.iter().all(|w| e.contains(w)), "{i}: {e}");
+    }
+}
+
 /// Token ids equal those of Hugging Face's tokenizers (the same as the reference ids of
 /// all-MiniLM-L6-v2, whose tokenizer this is); every sentence's embedding is within cosine
 /// 0.99999 and 1e-5 of PyTorch's, for batches of 1, 7 and 200 sentences (each padded to its own
@@ -120,9 +201,7 @@ fn prefixed_checkpoints_and_bad_ids() {
     let dir = tempfile::tempdir().unwrap();
     let file = TensorFile::read(&tiny_bert().join("model.safetensors")).unwrap();
     let renamed: std::collections::BTreeMap<String, tensor_file::RawTensor> = file.tensors.iter().map(|(k, v)| (format!("bert.{k}"), v.clone())).collect();
-    for f in ["config.json", "tokenizer.json", "sentence_bert_config.json"] {
-        std::fs::copy(tiny_bert().join(f), dir.path().join(f)).unwrap();
-    }
+    copy_encoder(dir.path(), &["config.json", "tokenizer.json", "sentence_bert_config.json", "modules.json", "1_Pooling/config.json"]);
     tensor_file::write(&dir.path().join("model.safetensors"), &renamed, &Default::default()).unwrap();
     let data = TextData::read(&fixture("text/sentences.txt"), &tiny_bert(), 64).unwrap();
     let (a, b) = (wick::hf::load(&tiny_bert(), None).unwrap().model, wick::hf::load(dir.path(), None).unwrap().model);
@@ -227,12 +306,12 @@ fn distill_text_encoder_cli() {
     assert!(best["cosine_mean"].as_f64().unwrap() > val[0]["cosine_mean"].as_f64().unwrap() + 0.05, "{j}");
     // The kept layer is the one whose 1-layer student starts closest to the teacher on --val.
     let teacher = wick::hf::load(&model, None).unwrap().model;
-    let (config, config_path) = wick::hf::config(&model).unwrap();
+    let config = wick::hf::config(&model).unwrap();
     let val_data = TextData::read(&sentences, &model, teacher.input_shape()[0]).unwrap();
     let target = embed(&teacher, &val_data, 64).unwrap();
     let start: Vec<f64> = (0..wick::passes::text_distill::encoder_layers(&teacher))
         .map(|l| {
-            let s = wick::passes::text_distill::student_of(&teacher, &config, &config_path, &[l]).unwrap();
+            let s = wick::passes::text_distill::student_of(&teacher, &config, &[l]).unwrap();
             wick::embedding::fidelity(&embed(&s, &val_data, 64).unwrap(), &target).unwrap().cosine_mean
         })
         .collect();

@@ -473,10 +473,12 @@ fn foldable_pad(model: &Model, node: &Node, readers: &BTreeMap<&str, usize>) -> 
 }
 
 /// Whether `op`'s step computes the same for any sequence length of a rank-1 (token) input:
-/// per-row and per-token ops, and the text ops that read the length from their input.
+/// per-row and per-token ops, the text ops that read the length from their input, and a
+/// position counted from the start (a `[CLS]` pooling).
 fn length_free_op(op: &Op) -> bool {
     op.is_elementwise()
         || matches!(op, Op::Linear(_) | Op::LayerNorm(_) | Op::Add(_) | Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::MaskedMean(_) | Op::L2Normalize(_))
+        || matches!(op, Op::Select(c) if c.index >= 0)
 }
 
 /// Unit `unit` of `int8` as a layer of shape `shape` on the integer GEMM, when `int8` quantises

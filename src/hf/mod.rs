@@ -1,16 +1,19 @@
 //! A Hugging Face BERT-family model directory (`config.json`, `model.safetensors`,
 //! `tokenizer.json`) as a wick model: the architecture built from `config.json` out of wick's
 //! ops (embeddings, per layer the q/k/v linears, attention, output linear, residual add and
-//! LayerNorm, the feed-forward linears and GELU; then masked mean pooling and L2 normalisation,
-//! the sentence-transformers pipeline), the weights under their own names (with or without the
-//! `bert.` prefix), and the tokenizer through the `tokenizers` crate. Uses `model`,
-//! `tensor_file`.
+//! LayerNorm, the feed-forward linears and GELU; then the sentence-transformers pooling and
+//! normalisation `modules.json` asks for, see `head`), the weights under their own names (with
+//! or without the `bert.` prefix), and the tokenizer through the `tokenizers` crate. Uses
+//! `model`, `tensor_file`.
+
+pub mod head;
 
 use crate::error::{Result, WickError};
 use crate::model::arch::Arch;
 use crate::model::load::{model_from_file, Loaded};
 use crate::model::Model;
 use crate::tensor_file::TensorFile;
+use head::{Head, Pooling};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -35,6 +38,14 @@ pub fn refuse_for(path: &Path, command: &str) -> Result<()> {
     Ok(())
 }
 
+/// A model directory's `config.json` (parsed, and its path) and its sentence-transformers head.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub json: Value,
+    pub path: PathBuf,
+    pub head: Head,
+}
+
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| WickError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| WickError::invalid(path.display().to_string(), format!("is not valid JSON: {e}")))
@@ -54,9 +65,10 @@ fn config_usize(c: &Value, field: &str, path: &Path) -> Result<usize> {
     c.get(field).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| WickError::invalid(format!("{}: field '{field}'", path.display()), "is missing or not a non-negative integer"))
 }
 
-/// The architecture of a BERT encoder with mean pooling and L2 normalisation, from
-/// `config.json` (`model_type` "bert", absolute positions, GELU).
-pub fn arch_from_config(config: &Value, path: &Path, seq_len: usize) -> Result<Arch> {
+/// The architecture of a BERT encoder and its head, from `config.json` (`model_type` "bert",
+/// absolute positions, GELU).
+pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
+    let (config, path) = (&c.json, c.path.as_path());
     let bad = |field: &str, msg: String| WickError::invalid(format!("{}: field '{field}'", path.display()), msg);
     let get = |f: &str| config_usize(config, f, path);
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
@@ -100,9 +112,17 @@ pub fn arch_from_config(config: &Value, path: &Path, seq_len: usize) -> Result<A
         nodes.push(norm(&format!("{p}.output.LayerNorm"), &format!("{p}.output.residual")));
         x = format!("{p}.output.LayerNorm");
     }
-    nodes.push(json!({"name": "pooling", "op": "masked_mean", "inputs": [x, "input_ids"], "pad_id": pad}));
-    nodes.push(json!({"name": "normalize", "op": "l2_normalize", "inputs": ["pooling"]}));
-    let arch = json!({"format": "wick-arch", "version": 1, "input": {"name": "input_ids", "shape": [seq_len], "preprocessing": "WordPiece token ids of tokenizer.json, padded with pad_token_id"}, "nodes": nodes, "output": "normalize"});
+    nodes.push(match c.head.pooling {
+        Pooling::Mean => json!({"name": "pooling", "op": "masked_mean", "inputs": [x, "input_ids"], "pad_id": pad}),
+        // Padding is appended, so the first token is every sentence's `[CLS]`.
+        Pooling::Cls => json!({"name": "pooling", "op": "select", "inputs": [x], "dim": 1, "index": 0}),
+    });
+    let mut output = "pooling";
+    if c.head.normalize {
+        nodes.push(json!({"name": "normalize", "op": "l2_normalize", "inputs": ["pooling"]}));
+        output = "normalize";
+    }
+    let arch = json!({"format": "wick-arch", "version": 1, "input": {"name": "input_ids", "shape": [seq_len], "preprocessing": "WordPiece token ids of tokenizer.json, padded with pad_token_id"}, "nodes": nodes, "output": output});
     Arch::from_json(&arch.to_string(), &path.display().to_string())
 }
 
@@ -111,13 +131,12 @@ pub fn arch_from_config(config: &Value, path: &Path, seq_len: usize) -> Result<A
 /// model's positions). Tensors the encoder does not use (the pooler) are reported as
 /// warnings.
 pub fn load(dir: &Path, seq_len: Option<usize>) -> Result<Loaded> {
-    let config_path = dir.join("config.json");
-    let config = read_json(&config_path)?;
+    let c = config(dir)?;
     let seq_len = match seq_len {
         Some(l) => l,
-        None => max_seq_len(dir, &config)?,
+        None => max_seq_len(dir, &c.json)?,
     };
-    let arch = arch_from_config(&config, &config_path, seq_len)?;
+    let arch = arch_from_config(&c, seq_len)?;
     let weights = weights_path(dir)?;
     let mut file = TensorFile::read(&weights)?;
     // Checkpoints of `BertForX` classes prefix the encoder's names with `bert.`.
@@ -129,10 +148,12 @@ pub fn load(dir: &Path, seq_len: Option<usize>) -> Result<Loaded> {
     Ok(loaded)
 }
 
-/// The parsed `config.json` of model directory `dir`, and its path.
-pub fn config(dir: &Path) -> Result<(Value, PathBuf)> {
+/// The `config.json` and the head of model directory `dir`.
+pub fn config(dir: &Path) -> Result<Config> {
     let path = dir.join("config.json");
-    Ok((read_json(&path)?, path))
+    let json = read_json(&path)?;
+    let head = head::read(dir, config_usize(&json, "hidden_size", &path)?)?;
+    Ok(Config { json, path, head })
 }
 
 /// Writes `model` (a BERT encoder whose `config.json` is `config`) as a model directory `out`

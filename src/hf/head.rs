@@ -1,0 +1,96 @@
+//! The sentence-transformers modules after the encoder (`modules.json`): how its last hidden
+//! states become one embedding per sentence. wick reads a Transformer module (the directory
+//! itself), one Pooling module (the mask's mean, or the first token's state, `[CLS]`) and an
+//! optional Normalize module. A directory without `modules.json` gets what sentence-transformers
+//! gives a plain Hugging Face encoder: mean pooling, no normalisation.
+
+use crate::error::{Result, WickError};
+use serde_json::Value;
+use std::path::Path;
+
+/// How the last hidden states `h [L, D]` of a sentence with mask `m` become its embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// `Σ_t m_t·h_t / Σ_t m_t` (`pooling_mode_mean_tokens`).
+    Mean,
+    /// `h_0`, the `[CLS]` token's state (`pooling_mode_cls_token`).
+    Cls,
+}
+
+/// The pooling and whether `e / ‖e‖₂` follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub pooling: Pooling,
+    pub normalize: bool,
+}
+
+/// What a directory without `modules.json` gets.
+pub const DEFAULT_HEAD: Head = Head { pooling: Pooling::Mean, normalize: false };
+
+/// The Pooling config's legacy mode flags and the modes they name (`pooling_mode`'s values).
+const FLAGS: [(&str, &str); 6] = [
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_mean_tokens", "mean"),
+    ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+    ("pooling_mode_weightedmean_tokens", "weightedmean"),
+    ("pooling_mode_lasttoken", "lasttoken"),
+];
+
+/// The head of model directory `dir` whose encoder has hidden size `hidden`.
+pub fn read(dir: &Path, hidden: usize) -> Result<Head> {
+    let path = dir.join("modules.json");
+    if !path.is_file() {
+        return Ok(DEFAULT_HEAD);
+    }
+    let json = super::read_json(&path)?;
+    let bad = |msg: String| WickError::invalid(path.display().to_string(), msg);
+    let modules = json.as_array().ok_or_else(|| bad("is not a list of modules".into()))?;
+    let mut pooling = None;
+    let mut normalize = false;
+    for (i, m) in modules.iter().enumerate() {
+        let kind = m.get("type").and_then(Value::as_str).ok_or_else(|| bad(format!("module {i} has no 'type'")))?;
+        let folder = m.get("path").and_then(Value::as_str).unwrap_or("");
+        let short = kind.rsplit('.').next().unwrap_or(kind);
+        match (i, short, pooling.is_some(), normalize) {
+            (0, "Transformer", ..) if folder.is_empty() => {}
+            (0, "Transformer", ..) => return Err(bad(format!("module 0 keeps the encoder in '{folder}'; wick reads it from the directory itself (path \"\")"))),
+            (0, ..) => return Err(bad(format!("module 0 is {kind}; wick reads a Transformer first"))),
+            (_, "Pooling", false, _) => pooling = Some(read_pooling(&dir.join(folder).join("config.json"), hidden)?),
+            (_, "Normalize", true, false) => normalize = true,
+            _ => return Err(bad(format!("module {i} is {kind}; wick reads a Transformer, one Pooling and then an optional Normalize module"))),
+        }
+    }
+    let pooling = pooling.ok_or_else(|| bad("has no Pooling module; wick makes one embedding per sentence".into()))?;
+    Ok(Head { pooling, normalize })
+}
+
+/// The one pooling mode a Pooling module's `config.json` asks for, read as sentence-transformers
+/// reads it: `pooling_mode` (a mode or a list of them), else the modes whose `pooling_mode_*`
+/// flag is true, else the mean.
+fn read_pooling(path: &Path, hidden: usize) -> Result<Pooling> {
+    let c = super::read_json(path)?;
+    let field = |f: &str, msg: String| WickError::invalid(format!("{}: field '{f}'", path.display()), msg);
+    for key in ["embedding_dimension", "word_embedding_dimension"] {
+        if let Some(d) = c.get(key).and_then(Value::as_u64).filter(|&d| d as usize != hidden) {
+            return Err(field(key, format!("is {d}; the encoder's hidden size is {hidden}")));
+        }
+    }
+    // Each mode asked for, with the field that asked for it.
+    let modes: Vec<(String, &str)> = match c.get("pooling_mode") {
+        Some(Value::String(m)) => vec![(m.clone(), "pooling_mode")],
+        Some(Value::Array(ms)) => ms.iter().map(|m| (m.as_str().unwrap_or("").to_string(), "pooling_mode")).collect(),
+        Some(other) => return Err(field("pooling_mode", format!("is {other}; a mode or a list of modes is expected"))),
+        None => FLAGS.iter().filter(|(f, _)| c.get(*f).and_then(Value::as_bool) == Some(true)).map(|(f, m)| (m.to_string(), *f)).collect(),
+    };
+    match modes.as_slice() {
+        [] => Ok(Pooling::Mean),
+        [(m, _)] if m == "mean" => Ok(Pooling::Mean),
+        [(m, _)] if m == "cls" => Ok(Pooling::Cls),
+        [(m, f)] => Err(field(f, format!("asks for \"{m}\" pooling; wick pools by the mask's mean (\"mean\") or the first token (\"cls\")"))),
+        [(a, _), (b, f), ..] => Err(field(
+            f,
+            format!("asks for \"{b}\" pooling as well as \"{a}\"; sentence-transformers joins such poolings into one vector, which wick does not read (it reads one mode: \"mean\" or \"cls\")"),
+        )),
+    }
+}
