@@ -1,10 +1,10 @@
 //! A Hugging Face BERT-family model directory (`config.json`, `model.safetensors`,
 //! `tokenizer.json`) as a wick model: the architecture built from `config.json` out of wick's
 //! ops (embeddings, per layer the q/k/v linears, attention, output linear, residual add and
-//! LayerNorm, the feed-forward linears and GELU; then the sentence-transformers pooling and
-//! normalisation `modules.json` asks for, see `head`), the weights under their own names (with
-//! or without the `bert.` prefix), and the tokenizer through the `tokenizers` crate. Uses
-//! `model`, `tensor_file`.
+//! LayerNorm, the feed-forward linears and their activation; then the sentence-transformers
+//! pooling and normalisation `modules.json` asks for, see `head`), the weights under their own
+//! names (with or without the `bert.` prefix), and the tokenizer through the `tokenizers` crate.
+//! Uses `model`, `tensor_file`.
 
 pub mod head;
 
@@ -65,8 +65,22 @@ fn config_usize(c: &Value, field: &str, path: &Path) -> Result<usize> {
     c.get(field).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| WickError::invalid(format!("{}: field '{field}'", path.display()), "is missing or not a non-negative integer"))
 }
 
+/// The node (op and its fields) of `hidden_act`, Hugging Face's name of the feed-forward
+/// activation: "gelu" (and "gelu_python") is exact, `x·Φ(x)`; "gelu_new", "gelu_pytorch_tanh"
+/// and "gelu_fast" are the tanh form, `x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`; "relu" and
+/// "silu" (or "swish") are themselves.
+fn activation(hidden_act: Option<&str>) -> std::result::Result<Value, String> {
+    match hidden_act {
+        Some("gelu" | "gelu_python") => Ok(json!({"op": "gelu"})),
+        Some("gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") => Ok(json!({"op": "gelu", "approximate": "tanh"})),
+        Some("relu") => Ok(json!({"op": "relu"})),
+        Some("silu" | "swish") => Ok(json!({"op": "silu"})),
+        other => Err(format!("is {other:?}; wick reads \"gelu\", \"gelu_new\", \"gelu_pytorch_tanh\", \"gelu_fast\", \"relu\" and \"silu\"")),
+    }
+}
+
 /// The architecture of a BERT encoder and its head, from `config.json` (`model_type` "bert",
-/// absolute positions, GELU).
+/// absolute positions).
 pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
     let (config, path) = (&c.json, c.path.as_path());
     let bad = |field: &str, msg: String| WickError::invalid(format!("{}: field '{field}'", path.display()), msg);
@@ -75,10 +89,7 @@ pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
     if model_type != "bert" {
         return Err(bad("model_type", format!("is \"{model_type}\"; wick reads BERT-family encoders (\"bert\")")));
     }
-    match config.get("hidden_act").and_then(Value::as_str) {
-        Some("gelu") => {}
-        other => return Err(bad("hidden_act", format!("is {other:?}; wick reads \"gelu\" (exact erf)"))),
-    }
+    let act = activation(config.get("hidden_act").and_then(Value::as_str)).map_err(|m| bad("hidden_act", m))?;
     if let Some(p) = config.get("position_embedding_type").and_then(Value::as_str).filter(|p| *p != "absolute") {
         return Err(bad("position_embedding_type", format!("is \"{p}\"; wick reads \"absolute\"")));
     }
@@ -106,8 +117,11 @@ pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
         nodes.push(json!({"name": format!("{a}.output.residual"), "op": "add", "inputs": [format!("{a}.output.dense"), x]}));
         nodes.push(norm(&format!("{a}.output.LayerNorm"), &format!("{a}.output.residual")));
         nodes.push(linear(&format!("{p}.intermediate.dense"), &format!("{a}.output.LayerNorm"), d, ffn));
-        nodes.push(json!({"name": format!("{p}.intermediate.gelu"), "op": "gelu", "inputs": [format!("{p}.intermediate.dense")]}));
-        nodes.push(linear(&format!("{p}.output.dense"), &format!("{p}.intermediate.gelu"), ffn, d));
+        let mut act_node = act.clone();
+        act_node["name"] = format!("{p}.intermediate.act").into();
+        act_node["inputs"] = json!([format!("{p}.intermediate.dense")]);
+        nodes.push(act_node);
+        nodes.push(linear(&format!("{p}.output.dense"), &format!("{p}.intermediate.act"), ffn, d));
         nodes.push(json!({"name": format!("{p}.output.residual"), "op": "add", "inputs": [format!("{p}.output.dense"), format!("{a}.output.LayerNorm")]}));
         nodes.push(norm(&format!("{p}.output.LayerNorm"), &format!("{p}.output.residual")));
         x = format!("{p}.output.LayerNorm");

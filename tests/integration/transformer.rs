@@ -43,23 +43,30 @@ fn modules_json(more: &[&str]) -> String {
     serde_json::Value::Array(m).to_string()
 }
 
-/// The directory's sentence-transformers head decides the embedding, as sentence-transformers'
-/// own `encode` (`tiny_bert_heads_reference.safetensors`) does: no `modules.json` (the mean, not
-/// normalised), the first token's state (`[CLS]`) by the legacy flags without Normalize, and by
-/// `pooling_mode: "cls"` with it; within 1e-5 on the compiled plan at batches of 1 and 7 (shorter
-/// sequences than the plan's), on candle's executor, and through INT8 (`wick quantize`, whose
-/// fidelity is measured against the same head). Heads wick does not read exit 2 naming the file
-/// and the field or module.
+/// The directory's sentence-transformers head and `config.json`'s `hidden_act` decide the
+/// embedding, as sentence-transformers' own `encode` (`tiny_bert_variants_reference.safetensors`)
+/// does: no `modules.json` (the mean, not normalised), the first token's state (`[CLS]`) by the
+/// legacy flags without Normalize, and by `pooling_mode: "cls"` with it; the tanh GELU, ReLU and
+/// SiLU. Within 1e-5 on the compiled plan at batches of 1 and 7 (shorter sequences than the
+/// plan's), on candle's executor, and through INT8 (`wick quantize`, whose fidelity is measured
+/// against the same head). Heads and activations wick does not read exit 2 naming the file and
+/// the field or module.
 #[test]
-fn sentence_transformers_heads() {
-    let r = TensorFile::read(&fixture("text/tiny_bert_heads_reference.safetensors")).unwrap();
+fn sentence_transformers_heads_and_activations() {
+    let r = TensorFile::read(&fixture("text/tiny_bert_variants_reference.safetensors")).unwrap();
     let data = TextData::read(&fixture("text/sentences.txt"), &tiny_bert(), 64).unwrap();
     let root = tempfile::tempdir().unwrap();
     let cls_flags = r#"{"word_embedding_dimension": 8, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false, "pooling_mode_max_tokens": false}"#;
-    let cases = [("plain", None, ""), ("cls", Some(modules_json(&[])), cls_flags), ("cls_normalize", Some(modules_json(&["Normalize"])), r#"{"embedding_dimension": 8, "pooling_mode": "cls"}"#)];
+    let own = (Some(modules_json(&["Normalize"])), r#"{"pooling_mode": "mean"}"#);
+    let mut cases =
+        vec![("plain", None, ""), ("cls", Some(modules_json(&[])), cls_flags), ("cls_normalize", Some(modules_json(&["Normalize"])), r#"{"embedding_dimension": 8, "pooling_mode": "cls"}"#)];
+    cases.extend(["act_gelu_new", "act_relu", "act_silu"].map(|a| (a, own.0.clone(), own.1)));
     for (name, modules, pooling) in &cases {
         let dir = root.path().join(name);
         encoder_with_head(&dir, modules.as_deref(), pooling);
+        if let Some(act) = name.strip_prefix("act_") {
+            set_config(&dir, "hidden_act", act);
+        }
         let model = wick::hf::load(&dir, None).unwrap().model;
         let want: Vec<Vec<f32>> = r.f32(name).unwrap().chunks(8).map(<[f32]>::to_vec).collect();
         for (batch, compiled) in [(1, true), (7, true), (7, false)] {
@@ -90,6 +97,19 @@ fn sentence_transformers_heads() {
         let (_, e) = run_expect(&["inspect", dir.to_str().unwrap()], 2);
         assert!(words.iter().all(|w| e.contains(w)), "{i}: {e}");
     }
+    let quick = root.path().join("act_quick_gelu");
+    encoder_with_head(&quick, own.0.as_deref(), own.1);
+    set_config(&quick, "hidden_act", "quick_gelu");
+    let (_, e) = run_expect(&["inspect", quick.to_str().unwrap()], 2);
+    assert!(e.contains("config.json") && e.contains("hidden_act") && e.contains("quick_gelu"), "{e}");
+}
+
+/// Sets `field` of `dir`'s `config.json` to `value`.
+fn set_config(dir: &std::path::Path, field: &str, value: &str) {
+    let path = dir.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    c[field] = value.into();
+    std::fs::write(&path, c.to_string()).unwrap();
 }
 
 /// Token ids equal those of Hugging Face's tokenizers (the same as the reference ids of
@@ -140,9 +160,8 @@ fn text_encoder_cli() {
     for f in ["model.safetensors", "tokenizer.json"] {
         std::fs::copy(tiny_bert().join(f), other.join(f)).unwrap();
     }
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tiny_bert().join("config.json")).unwrap()).unwrap();
-    config["model_type"] = "gpt2".into();
-    std::fs::write(other.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(tiny_bert().join("config.json"), other.join("config.json")).unwrap();
+    set_config(&other, "model_type", "gpt2");
     let (_, e) = run_expect(&["inspect", other.to_str().unwrap()], 2);
     assert!(e.contains("model_type") && e.contains("gpt2") && e.contains("config.json"), "{e}");
     let (_, e) = run_expect(&["inspect", tiny_bert().to_str().unwrap(), "--arch", "x.json"], 2);
