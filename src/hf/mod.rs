@@ -1,10 +1,11 @@
 //! A Hugging Face BERT-family model directory (`config.json`, `model.safetensors`,
-//! `tokenizer.json`) as a wick model: the architecture built from `config.json` out of wick's
-//! ops (embeddings, per layer the q/k/v linears, attention, output linear, residual add and
-//! LayerNorm, the feed-forward linears and their activation; then the sentence-transformers
-//! pooling and normalisation `modules.json` asks for, see `head`), the weights under their own
-//! names (with or without the `bert.` prefix), and the tokenizer through the `tokenizers` crate.
-//! Uses `model`, `tensor_file`.
+//! `tokenizer.json`; BERT, RoBERTa, XLM-RoBERTa, CamemBERT) as a wick model: the architecture
+//! built from `config.json` out of wick's ops (embeddings, per layer the q/k/v linears,
+//! attention, output linear, residual add and LayerNorm, the feed-forward linears and their
+//! activation; then the sentence-transformers pooling and normalisation `modules.json` asks for,
+//! see `head`), the weights under their own names (with or without a task class's `bert.` or
+//! `roberta.` prefix), and the tokenizer through the `tokenizers` crate. Uses `model`,
+//! `tensor_file`.
 
 pub mod head;
 
@@ -55,10 +56,12 @@ fn read_json(path: &Path) -> Result<Value> {
 /// [`DEFAULT_MAX_SEQ_LEN`], at most the model's positions (`config` is the directory's parsed
 /// `config.json`).
 fn max_seq_len(dir: &Path, config: &Value) -> Result<usize> {
-    let positions = config_usize(config, "max_position_embeddings", &dir.join("config.json"))?;
+    let path = dir.join("config.json");
+    let positions = config_usize(config, "max_position_embeddings", &path)?;
+    let offset = Family::of(config, &path)?.position_offset(config);
     let st = dir.join("sentence_bert_config.json");
     let want = if st.is_file() { read_json(&st)?.get("max_seq_length").and_then(Value::as_u64).map(|v| v as usize) } else { None };
-    Ok(want.unwrap_or(DEFAULT_MAX_SEQ_LEN).min(positions))
+    Ok(want.unwrap_or(DEFAULT_MAX_SEQ_LEN).min(positions.saturating_sub(offset)))
 }
 
 fn config_usize(c: &Value, field: &str, path: &Path) -> Result<usize> {
@@ -79,16 +82,61 @@ fn activation(hidden_act: Option<&str>) -> std::result::Result<Value, String> {
     }
 }
 
-/// The architecture of a BERT encoder and its head, from `config.json` (`model_type` "bert",
-/// absolute positions).
+/// The encoder families wick reads: one architecture, which the families' checkpoints name alike
+/// but for the prefix of a task class (`BertForX`: `bert.`, `RobertaForX`: `roberta.`) and
+/// where their positions start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Bert,
+    /// RoBERTa, XLM-RoBERTa, CamemBERT: a sentence's positions start at the pad id + 1 (Hugging
+    /// Face's `create_position_ids_from_input_ids`, padding never being inside a sentence).
+    Roberta,
+}
+
+impl Family {
+    fn of(config: &Value, path: &Path) -> Result<Family> {
+        match config.get("model_type").and_then(Value::as_str).unwrap_or("") {
+            "bert" => Ok(Family::Bert),
+            "roberta" | "xlm-roberta" | "camembert" => Ok(Family::Roberta),
+            other => Err(WickError::invalid(
+                format!("{}: field 'model_type'", path.display()),
+                format!("is \"{other}\"; wick reads BERT-family encoders (\"bert\", \"roberta\", \"xlm-roberta\", \"camembert\")"),
+            )),
+        }
+    }
+
+    /// The task classes' prefix of the encoder's tensor names.
+    fn prefix(self) -> &'static str {
+        match self {
+            Family::Bert => "bert.",
+            Family::Roberta => "roberta.",
+        }
+    }
+
+    /// The row of the position table of a sentence's first token.
+    fn position_offset(self, config: &Value) -> usize {
+        match self {
+            Family::Bert => 0,
+            Family::Roberta => pad_id(config, self) as usize + 1,
+        }
+    }
+}
+
+/// `pad_token_id`, else the family's own (BERT's `[PAD]` 0, RoBERTa's `<pad>` 1).
+fn pad_id(config: &Value, family: Family) -> i64 {
+    config.get("pad_token_id").and_then(Value::as_i64).unwrap_or(match family {
+        Family::Bert => 0,
+        Family::Roberta => 1,
+    })
+}
+
+/// The architecture of a BERT-family encoder and its head, from `config.json` (absolute
+/// positions).
 pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
     let (config, path) = (&c.json, c.path.as_path());
     let bad = |field: &str, msg: String| WickError::invalid(format!("{}: field '{field}'", path.display()), msg);
     let get = |f: &str| config_usize(config, f, path);
-    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
-    if model_type != "bert" {
-        return Err(bad("model_type", format!("is \"{model_type}\"; wick reads BERT-family encoders (\"bert\")")));
-    }
+    let family = Family::of(config, path)?;
     let act = activation(config.get("hidden_act").and_then(Value::as_str)).map_err(|m| bad("hidden_act", m))?;
     if let Some(p) = config.get("position_embedding_type").and_then(Value::as_str).filter(|p| *p != "absolute") {
         return Err(bad("position_embedding_type", format!("is \"{p}\"; wick reads \"absolute\"")));
@@ -96,12 +144,13 @@ pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
     let (layers, d, heads, ffn) = (get("num_hidden_layers")?, get("hidden_size")?, get("num_attention_heads")?, get("intermediate_size")?);
     let (vocab, positions, types) = (get("vocab_size")?, get("max_position_embeddings")?, get("type_vocab_size")?);
     let eps = config.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12);
-    let pad = config.get("pad_token_id").and_then(Value::as_i64).unwrap_or(0);
+    let pad = pad_id(config, family);
+    let offset = family.position_offset(config);
     let linear = |name: &str, input: &str, i: usize, o: usize| json!({"name": name, "op": "linear", "inputs": [input], "in_features": i, "out_features": o});
     let norm = |name: &str, input: &str| json!({"name": name, "op": "layernorm", "inputs": [input], "normalized_shape": [d], "eps": eps});
     let mut nodes = vec![
         json!({"name": "embeddings.word_embeddings", "op": "embedding", "inputs": ["input_ids"], "num_embeddings": vocab, "embedding_dim": d}),
-        json!({"name": "embeddings.position_embeddings", "op": "position_embedding", "inputs": ["embeddings.word_embeddings"], "num_positions": positions, "embedding_dim": d}),
+        json!({"name": "embeddings.position_embeddings", "op": "position_embedding", "inputs": ["embeddings.word_embeddings"], "num_positions": positions, "embedding_dim": d, "offset": offset}),
         json!({"name": "embeddings.token_type_embeddings", "op": "embedding_row", "inputs": ["embeddings.position_embeddings"], "num_embeddings": types, "embedding_dim": d, "index": 0}),
         norm("embeddings.LayerNorm", "embeddings.token_type_embeddings"),
     ];
@@ -136,7 +185,7 @@ pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
         nodes.push(json!({"name": "normalize", "op": "l2_normalize", "inputs": ["pooling"]}));
         output = "normalize";
     }
-    let arch = json!({"format": "wick-arch", "version": 1, "input": {"name": "input_ids", "shape": [seq_len], "preprocessing": "WordPiece token ids of tokenizer.json, padded with pad_token_id"}, "nodes": nodes, "output": output});
+    let arch = json!({"format": "wick-arch", "version": 1, "input": {"name": "input_ids", "shape": [seq_len], "preprocessing": "token ids of tokenizer.json, padded with pad_token_id"}, "nodes": nodes, "output": output});
     Arch::from_json(&arch.to_string(), &path.display().to_string())
 }
 
@@ -153,9 +202,10 @@ pub fn load(dir: &Path, seq_len: Option<usize>) -> Result<Loaded> {
     let arch = arch_from_config(&c, seq_len)?;
     let weights = weights_path(dir)?;
     let mut file = TensorFile::read(&weights)?;
-    // Checkpoints of `BertForX` classes prefix the encoder's names with `bert.`.
-    if file.tensors.keys().any(|k| k.starts_with("bert.")) {
-        file.tensors = std::mem::take(&mut file.tensors).into_iter().map(|(k, v)| (k.strip_prefix("bert.").map(str::to_string).unwrap_or(k), v)).collect();
+    // Checkpoints of task classes (`BertForX`) prefix the encoder's names with the family's.
+    let prefix = Family::of(&c.json, &c.path)?.prefix();
+    if file.tensors.keys().any(|k| k.starts_with(prefix)) {
+        file.tensors = std::mem::take(&mut file.tensors).into_iter().map(|(k, v)| (k.strip_prefix(prefix).map(str::to_string).unwrap_or(k), v)).collect();
     }
     let mut loaded = model_from_file(&file, arch)?;
     loaded.model.source = dir.display().to_string();

@@ -460,13 +460,16 @@ pub struct EmbeddingCfg {
     pub embedding_dim: usize,
 }
 
-/// Absolute positions added to a sequence `[L, embedding_dim]`: `y[t] = x[t] + weight[t]`,
-/// `weight [num_positions, embedding_dim]`.
+/// Absolute positions added to a sequence `[L, embedding_dim]`: `y[t] = x[t] + weight[offset +
+/// t]`, `weight [num_positions, embedding_dim]` (RoBERTa's positions start after its pad id:
+/// `offset` = pad id + 1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PositionEmbeddingCfg {
     pub num_positions: usize,
     pub embedding_dim: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: usize,
 }
 
 /// One row of an embedding table added at every position: `y[t] = x[t] + weight[index]` (BERT's

@@ -285,7 +285,7 @@ impl Model {
             Op::Mean(c) => super::axis_ops::mean(&x, c),
             Op::Amax(c) => super::axis_ops::amax(&x, c),
             Op::Embedding(c) => text_ops::embedding(&node.name, &x, p("weight"), c),
-            Op::PositionEmbedding(_) => text_ops::add_positions(&x, p("weight")),
+            Op::PositionEmbedding(c) => text_ops::add_positions(&x, p("weight"), c.offset),
             Op::EmbeddingRow(c) => text_ops::add_row(&x, p("weight"), c.index),
             Op::Attention(c) => text_ops::attention(ins[0], ins[1], ins[2], ins[3], c),
             Op::MaskedMean(c) => text_ops::masked_mean(ins[0], ins[1], c.pad_id),

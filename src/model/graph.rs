@@ -477,8 +477,8 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
         }
         Op::PositionEmbedding(c) => {
             expect_rank(s, 2, "[L, D]")?;
-            if s[1] != c.embedding_dim || s[0] > c.num_positions {
-                return Err(format!("expects at most {} positions of {} features, got {s:?}", c.num_positions, c.embedding_dim));
+            if s[1] != c.embedding_dim || s[0] + c.offset > c.num_positions {
+                return Err(format!("expects at most {} positions of {} features, got {s:?}", c.num_positions.saturating_sub(c.offset), c.embedding_dim));
             }
             Ok(s.clone())
         }

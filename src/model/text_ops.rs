@@ -19,9 +19,9 @@ pub fn embedding(node: &str, ids: &Tensor, weight: &Tensor, c: &EmbeddingCfg) ->
     Ok(weight.index_select(&idx, 0)?.reshape((n, l, c.embedding_dim))?)
 }
 
-/// `x [N, L, D] + weight[0..L]`.
-pub fn add_positions(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_add(&weight.narrow(0, 0, x.dim(1)?)?)?)
+/// `x [N, L, D] + weight[offset..offset + L]`.
+pub fn add_positions(x: &Tensor, weight: &Tensor, offset: usize) -> Result<Tensor> {
+    Ok(x.broadcast_add(&weight.narrow(0, offset, x.dim(1)?)?)?)
 }
 
 /// `x + weight[index]` at every position.

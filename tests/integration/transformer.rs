@@ -11,19 +11,19 @@ fn tiny_bert() -> PathBuf {
     fixture("text/tiny_bert")
 }
 
-/// Copies `files` (paths inside the directory) of `tiny_bert` into `to`.
-fn copy_encoder(to: &std::path::Path, files: &[&str]) {
+/// Copies `files` (paths inside the directory) of `from` into `to`.
+fn copy_files(from: &std::path::Path, to: &std::path::Path, files: &[&str]) {
     for f in files {
         let dst = to.join(f);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(tiny_bert().join(f), dst).unwrap();
+        std::fs::copy(from.join(f), dst).unwrap();
     }
 }
 
 /// `tiny_bert`'s encoder in `to` under the sentence-transformers head of `modules` (a
 /// `modules.json`, none when `None`) and `pooling` (`1_Pooling/config.json`).
 fn encoder_with_head(to: &std::path::Path, modules: Option<&str>, pooling: &str) {
-    copy_encoder(to, &["config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json"]);
+    copy_files(&tiny_bert(), to, &["config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json"]);
     if let Some(m) = modules {
         std::fs::write(to.join("modules.json"), m).unwrap();
         std::fs::create_dir_all(to.join("1_Pooling")).unwrap();
@@ -112,26 +112,30 @@ fn set_config(dir: &std::path::Path, field: &str, value: &str) {
     std::fs::write(&path, c.to_string()).unwrap();
 }
 
-/// Token ids equal those of Hugging Face's tokenizers (the same as the reference ids of
-/// all-MiniLM-L6-v2, whose tokenizer this is); every sentence's embedding is within cosine
-/// 0.99999 and 1e-5 of PyTorch's, for batches of 1, 7 and 200 sentences (each padded to its own
-/// longest: the masks make padding change nothing), on the compiled float plan (one plan for
-/// every length) and on candle's executor.
+/// Token ids equal those of Hugging Face's tokenizers (for the BERT, the same as the reference
+/// ids of all-MiniLM-L6-v2, whose tokenizer this is; for the RoBERTa, byte-level BPE with its
+/// `<s> … </s>` template); every sentence's embedding is within cosine 0.99999 and 1e-5 of
+/// PyTorch's, for batches of 1, 7 and 200 sentences (each padded to its own longest: the masks
+/// make padding change nothing), on the compiled float plan (one plan for every length) and on
+/// candle's executor. The RoBERTa's positions start after its pad id, so its 66 positions hold
+/// 64 tokens.
 #[test]
 fn text_encoder_matches_pytorch() {
-    let r = TensorFile::read(&fixture("text/tiny_bert_reference.safetensors")).unwrap();
-    let model = wick::hf::load(&tiny_bert(), None).unwrap().model;
-    assert_eq!(model.input_shape(), &[64], "sentence_bert_config.json's max_seq_length");
-    let data = TextData::read(&fixture("text/sentences.txt"), &tiny_bert(), 64).unwrap();
-    let ids: Vec<i64> = data.ids.iter().flatten().map(|&v| v as i64).collect();
-    assert_eq!(ids, tensor_file::to_i64(&r.tensors["token_ids"], "reference", "token_ids").unwrap());
-    let want: Vec<Vec<f32>> = r.f32("embeddings").unwrap().chunks(8).map(<[f32]>::to_vec).collect();
-    for (batch, compiled) in [(1, true), (7, true), (200, true), (7, false)] {
-        let got = if compiled { embed(&model, &data, batch).unwrap() } else { wick::embedding::embed_reference(&model, &data, batch).unwrap() };
-        assert_eq!(got.len(), 200);
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(cosine(g, w) >= 0.99999, "batch {batch}, sentence {i}: cosine {}", cosine(g, w));
-            assert!(max_abs_diff(g, w) <= 1e-5, "batch {batch}, sentence {i}: {}", max_abs_diff(g, w));
+    for (dir, reference) in [(tiny_bert(), "text/tiny_bert_reference.safetensors"), (fixture("text/tiny_roberta"), "text/tiny_roberta_reference.safetensors")] {
+        let r = TensorFile::read(&fixture(reference)).unwrap();
+        let model = wick::hf::load(&dir, None).unwrap().model;
+        assert_eq!(model.input_shape(), &[64], "{reference}: sentence_bert_config.json's max_seq_length");
+        let data = TextData::read(&fixture("text/sentences.txt"), &dir, 64).unwrap();
+        let ids: Vec<i64> = data.ids.iter().flatten().map(|&v| v as i64).collect();
+        assert_eq!(ids, tensor_file::to_i64(&r.tensors["token_ids"], "reference", "token_ids").unwrap(), "{reference}");
+        let want: Vec<Vec<f32>> = r.f32("embeddings").unwrap().chunks(8).map(<[f32]>::to_vec).collect();
+        for (batch, compiled) in [(1, true), (7, true), (200, true), (7, false)] {
+            let got = if compiled { embed(&model, &data, batch).unwrap() } else { wick::embedding::embed_reference(&model, &data, batch).unwrap() };
+            assert_eq!(got.len(), 200);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(cosine(g, w) >= 0.99999, "{reference}, batch {batch}, sentence {i}: cosine {}", cosine(g, w));
+                assert!(max_abs_diff(g, w) <= 1e-5, "{reference}, batch {batch}, sentence {i}: {}", max_abs_diff(g, w));
+            }
         }
     }
 }
@@ -212,19 +216,23 @@ fn quantize_text_encoder_cli() {
     assert!(e.contains("--exclude") && e.contains("encoder.layer.0.nope"), "{e}");
 }
 
-/// A checkpoint saved from a `BertForX` class (every name under `bert.`) loads to the same
-/// embeddings; an id outside the vocabulary is an error naming the embedding node; a vector
-/// model's plan refuses a shorter input as before.
+/// A checkpoint saved from a task class (`BertForX`: every name under `bert.`; `RobertaForX`:
+/// under `roberta.`) loads to the same embeddings; an id outside the vocabulary is an error
+/// naming the embedding node; a vector model's plan refuses a shorter input as before.
 #[test]
 fn prefixed_checkpoints_and_bad_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = TensorFile::read(&tiny_bert().join("model.safetensors")).unwrap();
-    let renamed: std::collections::BTreeMap<String, tensor_file::RawTensor> = file.tensors.iter().map(|(k, v)| (format!("bert.{k}"), v.clone())).collect();
-    copy_encoder(dir.path(), &["config.json", "tokenizer.json", "sentence_bert_config.json", "modules.json", "1_Pooling/config.json"]);
-    tensor_file::write(&dir.path().join("model.safetensors"), &renamed, &Default::default()).unwrap();
-    let data = TextData::read(&fixture("text/sentences.txt"), &tiny_bert(), 64).unwrap();
-    let (a, b) = (wick::hf::load(&tiny_bert(), None).unwrap().model, wick::hf::load(dir.path(), None).unwrap().model);
-    assert_eq!(embed(&a, &data, 50).unwrap(), embed(&b, &data, 50).unwrap());
+    let root = tempfile::tempdir().unwrap();
+    for (source, prefix) in [(tiny_bert(), "bert."), (fixture("text/tiny_roberta"), "roberta.")] {
+        let dir = root.path().join(prefix);
+        let file = TensorFile::read(&source.join("model.safetensors")).unwrap();
+        let renamed: std::collections::BTreeMap<String, tensor_file::RawTensor> = file.tensors.iter().map(|(k, v)| (format!("{prefix}{k}"), v.clone())).collect();
+        copy_files(&source, &dir, &["config.json", "tokenizer.json", "sentence_bert_config.json", "modules.json", "1_Pooling/config.json"]);
+        tensor_file::write(&dir.join("model.safetensors"), &renamed, &Default::default()).unwrap();
+        let data = TextData::read(&fixture("text/sentences.txt"), &source, 64).unwrap();
+        let (a, b) = (wick::hf::load(&source, None).unwrap().model, wick::hf::load(&dir, None).unwrap().model);
+        assert_eq!(embed(&a, &data, 50).unwrap(), embed(&b, &data, 50).unwrap(), "{prefix}");
+    }
+    let a = wick::hf::load(&tiny_bert(), None).unwrap().model;
     // A plan of a vector model keeps its one input shape.
     let mlp = wick::runtime::plan::Plan::float(&load(&mlp_path())).unwrap();
     let short = candle_core::Tensor::zeros((2, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
