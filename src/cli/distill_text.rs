@@ -40,9 +40,7 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     let progress = CliProgress::new(a.quiet);
     let (mut s, map) = student(&teacher, &config, k, &val, batch_size, &progress)?;
     let rep = distill(&teacher, &mut s, &map, &train, &val, &cfg, &progress)?;
-    let mut student_config = config.json.clone();
-    student_config["num_hidden_layers"] = k.into();
-    wick::hf::save_dir(&s, &student_config, &a.teacher, &a.out)?;
+    wick::hf::save_dir(&s, &config.with_layers(k).json, &a.teacher, &a.out)?;
     let test_fid = match &test {
         Some(d) => Some(fidelity(&embed(&s, d, batch_size)?, &embed(&teacher, d, batch_size)?)?),
         None => None,

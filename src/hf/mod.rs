@@ -1,12 +1,13 @@
 //! A Hugging Face BERT-family model directory (`config.json`, `model.safetensors`,
-//! `tokenizer.json`; BERT, RoBERTa, XLM-RoBERTa, CamemBERT) as a wick model: the architecture
-//! built from `config.json` out of wick's ops (embeddings, per layer the q/k/v linears,
-//! attention, output linear, residual add and LayerNorm, the feed-forward linears and their
-//! activation; then the sentence-transformers pooling and normalisation `modules.json` asks for,
-//! see `head`), the weights under their own names (with or without a task class's `bert.` or
-//! `roberta.` prefix), and the tokenizer through the `tokenizers` crate. Uses `model`,
+//! `tokenizer.json`; BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT) as a wick model: the
+//! architecture built from `config.json` out of wick's ops (embeddings, per layer the q/k/v
+//! linears, attention, output linear, residual add and LayerNorm, the feed-forward linears and
+//! their activation; then the sentence-transformers pooling and normalisation `modules.json`
+//! asks for, see `head`), the weights under their own names (`family`; with or without a task
+//! class's prefix), and the tokenizer through the `tokenizers` crate. Uses `model`,
 //! `tensor_file`.
 
+pub mod family;
 pub mod head;
 
 use crate::error::{Result, WickError};
@@ -14,6 +15,7 @@ use crate::model::arch::Arch;
 use crate::model::load::{model_from_file, Loaded};
 use crate::model::Model;
 use crate::tensor_file::TensorFile;
+use family::Family;
 use head::{Head, Pooling};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -39,12 +41,23 @@ pub fn refuse_for(path: &Path, command: &str) -> Result<()> {
     Ok(())
 }
 
-/// A model directory's `config.json` (parsed, and its path) and its sentence-transformers head.
+/// A model directory's `config.json` (parsed, and its path), the family it names and its
+/// sentence-transformers head.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub json: Value,
     pub path: PathBuf,
+    pub family: Family,
     pub head: Head,
+}
+
+impl Config {
+    /// The config of a `k`-layer encoder otherwise like this one.
+    pub fn with_layers(&self, k: usize) -> Config {
+        let mut c = self.clone();
+        c.json[self.family.layers_field()] = k.into();
+        c
+    }
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -53,12 +66,11 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 /// The token sequences' length limit: `max_seq_length` of `sentence_bert_config.json`, else
-/// [`DEFAULT_MAX_SEQ_LEN`], at most the model's positions (`config` is the directory's parsed
-/// `config.json`).
-fn max_seq_len(dir: &Path, config: &Value) -> Result<usize> {
-    let path = dir.join("config.json");
-    let positions = config_usize(config, "max_position_embeddings", &path)?;
-    let offset = Family::of(config, &path)?.position_offset(config);
+/// [`DEFAULT_MAX_SEQ_LEN`], at most the model's positions (from its first, `c` being the
+/// directory's config).
+fn max_seq_len(dir: &Path, c: &Config) -> Result<usize> {
+    let positions = config_usize(&c.json, "max_position_embeddings", &c.path)?;
+    let offset = c.family.position_offset(&c.json);
     let st = dir.join("sentence_bert_config.json");
     let want = if st.is_file() { read_json(&st)?.get("max_seq_length").and_then(Value::as_u64).map(|v| v as usize) } else { None };
     Ok(want.unwrap_or(DEFAULT_MAX_SEQ_LEN).min(positions.saturating_sub(offset)))
@@ -68,8 +80,8 @@ fn config_usize(c: &Value, field: &str, path: &Path) -> Result<usize> {
     c.get(field).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| WickError::invalid(format!("{}: field '{field}'", path.display()), "is missing or not a non-negative integer"))
 }
 
-/// The node (op and its fields) of `hidden_act`, Hugging Face's name of the feed-forward
-/// activation: "gelu" (and "gelu_python") is exact, `x·Φ(x)`; "gelu_new", "gelu_pytorch_tanh"
+/// The node (op and its fields) of `hidden_act` (DistilBERT's `activation`), Hugging Face's
+/// name of the feed-forward activation: "gelu" (and "gelu_python") is exact, `x·Φ(x)`; "gelu_new", "gelu_pytorch_tanh"
 /// and "gelu_fast" are the tanh form, `x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`; "relu" and
 /// "silu" (or "swish") are themselves.
 fn activation(hidden_act: Option<&str>) -> std::result::Result<Value, String> {
@@ -82,98 +94,53 @@ fn activation(hidden_act: Option<&str>) -> std::result::Result<Value, String> {
     }
 }
 
-/// The encoder families wick reads: one architecture, which the families' checkpoints name alike
-/// but for the prefix of a task class (`BertForX`: `bert.`, `RobertaForX`: `roberta.`) and
-/// where their positions start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    Bert,
-    /// RoBERTa, XLM-RoBERTa, CamemBERT: a sentence's positions start at the pad id + 1 (Hugging
-    /// Face's `create_position_ids_from_input_ids`, padding never being inside a sentence).
-    Roberta,
-}
-
-impl Family {
-    fn of(config: &Value, path: &Path) -> Result<Family> {
-        match config.get("model_type").and_then(Value::as_str).unwrap_or("") {
-            "bert" => Ok(Family::Bert),
-            "roberta" | "xlm-roberta" | "camembert" => Ok(Family::Roberta),
-            other => Err(WickError::invalid(
-                format!("{}: field 'model_type'", path.display()),
-                format!("is \"{other}\"; wick reads BERT-family encoders (\"bert\", \"roberta\", \"xlm-roberta\", \"camembert\")"),
-            )),
-        }
-    }
-
-    /// The task classes' prefix of the encoder's tensor names.
-    fn prefix(self) -> &'static str {
-        match self {
-            Family::Bert => "bert.",
-            Family::Roberta => "roberta.",
-        }
-    }
-
-    /// The row of the position table of a sentence's first token.
-    fn position_offset(self, config: &Value) -> usize {
-        match self {
-            Family::Bert => 0,
-            Family::Roberta => pad_id(config, self) as usize + 1,
-        }
-    }
-}
-
-/// `pad_token_id`, else the family's own (BERT's `[PAD]` 0, RoBERTa's `<pad>` 1).
-fn pad_id(config: &Value, family: Family) -> i64 {
-    config.get("pad_token_id").and_then(Value::as_i64).unwrap_or(match family {
-        Family::Bert => 0,
-        Family::Roberta => 1,
-    })
-}
-
 /// The architecture of a BERT-family encoder and its head, from `config.json` (absolute
 /// positions).
 pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
     let (config, path) = (&c.json, c.path.as_path());
     let bad = |field: &str, msg: String| WickError::invalid(format!("{}: field '{field}'", path.display()), msg);
     let get = |f: &str| config_usize(config, f, path);
-    let family = Family::of(config, path)?;
-    let act = activation(config.get("hidden_act").and_then(Value::as_str)).map_err(|m| bad("hidden_act", m))?;
+    let family = c.family;
+    let [d_field, heads_field, ffn_field, act_field] = family.fields();
+    let act = activation(config.get(act_field).and_then(Value::as_str)).map_err(|m| bad(act_field, m))?;
     if let Some(p) = config.get("position_embedding_type").and_then(Value::as_str).filter(|p| *p != "absolute") {
         return Err(bad("position_embedding_type", format!("is \"{p}\"; wick reads \"absolute\"")));
     }
-    let (layers, d, heads, ffn) = (get("num_hidden_layers")?, get("hidden_size")?, get("num_attention_heads")?, get("intermediate_size")?);
-    let (vocab, positions, types) = (get("vocab_size")?, get("max_position_embeddings")?, get("type_vocab_size")?);
-    let eps = config.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12);
-    let pad = pad_id(config, family);
-    let offset = family.position_offset(config);
+    let (layers, d, heads, ffn) = (get(family.layers_field())?, get(d_field)?, get(heads_field)?, get(ffn_field)?);
+    let (vocab, positions) = (get("vocab_size")?, get("max_position_embeddings")?);
+    let eps = family.eps(config);
+    let pad = family.pad_id(config);
     let linear = |name: &str, input: &str, i: usize, o: usize| json!({"name": name, "op": "linear", "inputs": [input], "in_features": i, "out_features": o});
     let norm = |name: &str, input: &str| json!({"name": name, "op": "layernorm", "inputs": [input], "normalized_shape": [d], "eps": eps});
     let mut nodes = vec![
         json!({"name": "embeddings.word_embeddings", "op": "embedding", "inputs": ["input_ids"], "num_embeddings": vocab, "embedding_dim": d}),
-        json!({"name": "embeddings.position_embeddings", "op": "position_embedding", "inputs": ["embeddings.word_embeddings"], "num_positions": positions, "embedding_dim": d, "offset": offset}),
-        json!({"name": "embeddings.token_type_embeddings", "op": "embedding_row", "inputs": ["embeddings.position_embeddings"], "num_embeddings": types, "embedding_dim": d, "index": 0}),
-        norm("embeddings.LayerNorm", "embeddings.token_type_embeddings"),
+        json!({"name": "embeddings.position_embeddings", "op": "position_embedding", "inputs": ["embeddings.word_embeddings"], "num_positions": positions, "embedding_dim": d, "offset": family.position_offset(config)}),
     ];
-    let mut x = "embeddings.LayerNorm".to_string();
+    let mut x = "embeddings.position_embeddings".to_string();
+    if family.token_types() {
+        nodes.push(json!({"name": "embeddings.token_type_embeddings", "op": "embedding_row", "inputs": [x], "num_embeddings": get("type_vocab_size")?, "embedding_dim": d, "index": 0}));
+        x = "embeddings.token_type_embeddings".into();
+    }
+    nodes.push(norm("embeddings.LayerNorm", &x));
+    x = "embeddings.LayerNorm".into();
     for l in 0..layers {
-        let p = format!("encoder.layer.{l}");
-        let a = format!("{p}.attention");
-        for part in ["query", "key", "value"] {
-            nodes.push(linear(&format!("{a}.self.{part}"), &x, d, d));
+        let n = family.layer(l);
+        for part in [&n.q, &n.k, &n.v] {
+            nodes.push(linear(part, &x, d, d));
         }
-        nodes.push(json!({"name": format!("{a}.self"), "op": "attention", "inputs": [format!("{a}.self.query"), format!("{a}.self.key"), format!("{a}.self.value"), "input_ids"], "num_heads": heads, "pad_id": pad}));
-        nodes.push(linear(&format!("{a}.output.dense"), &format!("{a}.self"), d, d));
-        nodes.push(json!({"name": format!("{a}.output.residual"), "op": "add", "inputs": [format!("{a}.output.dense"), x]}));
-        nodes.push(norm(&format!("{a}.output.LayerNorm"), &format!("{a}.output.residual")));
-        nodes.push(linear(&format!("{p}.intermediate.dense"), &format!("{a}.output.LayerNorm"), d, ffn));
+        nodes.push(json!({"name": n.attention, "op": "attention", "inputs": [n.q, n.k, n.v, "input_ids"], "num_heads": heads, "pad_id": pad}));
+        nodes.push(linear(&n.attn_out, &n.attention, d, d));
+        nodes.push(json!({"name": n.attn_residual, "op": "add", "inputs": [n.attn_out, x]}));
+        nodes.push(norm(&n.attn_norm, &n.attn_residual));
+        nodes.push(linear(&n.ffn_in, &n.attn_norm, d, ffn));
         let mut act_node = act.clone();
-        act_node["name"] = format!("{p}.intermediate.act").into();
-        act_node["inputs"] = json!([format!("{p}.intermediate.dense")]);
+        act_node["name"] = n.act.clone().into();
+        act_node["inputs"] = json!([n.ffn_in]);
         nodes.push(act_node);
-        nodes.push(linear(&format!("{p}.output.dense"), &format!("{p}.intermediate.act"), ffn, d));
-        nodes.push(json!({"name": format!("{p}.output.residual"), "op": "add", "inputs": [format!("{p}.output.dense"), format!("{a}.output.LayerNorm")]}));
-        nodes.push(norm(&format!("{p}.output.LayerNorm"), &format!("{p}.output.residual")));
-        x = format!("{p}.output.LayerNorm");
+        nodes.push(linear(&n.ffn_out, &n.act, ffn, d));
+        nodes.push(json!({"name": n.ffn_residual, "op": "add", "inputs": [n.ffn_out, n.attn_norm]}));
+        nodes.push(norm(&n.ffn_norm, &n.ffn_residual));
+        x = n.ffn_norm;
     }
     nodes.push(match c.head.pooling {
         Pooling::Mean => json!({"name": "pooling", "op": "masked_mean", "inputs": [x, "input_ids"], "pad_id": pad}),
@@ -197,13 +164,13 @@ pub fn load(dir: &Path, seq_len: Option<usize>) -> Result<Loaded> {
     let c = config(dir)?;
     let seq_len = match seq_len {
         Some(l) => l,
-        None => max_seq_len(dir, &c.json)?,
+        None => max_seq_len(dir, &c)?,
     };
     let arch = arch_from_config(&c, seq_len)?;
     let weights = weights_path(dir)?;
     let mut file = TensorFile::read(&weights)?;
     // Checkpoints of task classes (`BertForX`) prefix the encoder's names with the family's.
-    let prefix = Family::of(&c.json, &c.path)?.prefix();
+    let prefix = c.family.prefix();
     if file.tensors.keys().any(|k| k.starts_with(prefix)) {
         file.tensors = std::mem::take(&mut file.tensors).into_iter().map(|(k, v)| (k.strip_prefix(prefix).map(str::to_string).unwrap_or(k), v)).collect();
     }
@@ -216,8 +183,9 @@ pub fn load(dir: &Path, seq_len: Option<usize>) -> Result<Loaded> {
 pub fn config(dir: &Path) -> Result<Config> {
     let path = dir.join("config.json");
     let json = read_json(&path)?;
-    let head = head::read(dir, config_usize(&json, "hidden_size", &path)?)?;
-    Ok(Config { json, path, head })
+    let family = Family::of(&json, &path)?;
+    let head = head::read(dir, config_usize(&json, family.fields()[0], &path)?)?;
+    Ok(Config { json, path, family, head })
 }
 
 /// Writes `model` (a BERT encoder whose `config.json` is `config`) as a model directory `out`

@@ -14,6 +14,7 @@
 use super::Pass;
 use crate::embedding::{embed, fidelity, Fidelity, TextData};
 use crate::error::{Result, WickError};
+use crate::hf::family::split_layer;
 use crate::hf::Config;
 use crate::model::arch::Op;
 use crate::model::forward::{Mode, Run};
@@ -55,23 +56,27 @@ pub struct TextDistillReport {
     pub best: usize,
 }
 
-/// The number of `encoder.layer.{i}` blocks of a BERT-family model (see `hf`).
+/// The number of layers of a BERT-family model (`encoder.layer.{i}` blocks, see `hf::family`).
 pub fn encoder_layers(model: &Model) -> usize {
-    model.arch.nodes.iter().filter_map(|n| n.name.strip_prefix("encoder.layer.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1)
+    model.arch.nodes.iter().filter_map(|n| split_layer(&n.name).map(|(_, i, _)| i)).max().map_or(0, |m| m + 1)
+}
+
+/// The output of layer `l` of a BERT-family model: the last node inside it.
+fn layer_output(model: &Model, l: usize) -> String {
+    let last = model.arch.nodes.iter().rev().find(|n| split_layer(&n.name).is_some_and(|(_, i, _)| i == l));
+    last.expect("a layer below encoder_layers").name.clone()
 }
 
 /// The student of `teacher` (whose directory's `config.json` is `config`) whose layer `j` is a
 /// copy of teacher layer `keep[j]`, everything else copied.
 pub fn student_of(teacher: &Model, config: &Config, keep: &[usize]) -> Result<Model> {
-    let mut config = config.clone();
-    config.json["num_hidden_layers"] = keep.len().into();
-    let arch = crate::hf::arch_from_config(&config, teacher.input_shape()[0])?;
+    let arch = crate::hf::arch_from_config(&config.with_layers(keep.len()), teacher.input_shape()[0])?;
     let mut tensors = BTreeMap::new();
     for (name, t) in &teacher.tensors() {
-        match name.strip_prefix("encoder.layer.").and_then(|r| r.split_once('.')) {
-            Some((i, rest)) => {
-                if let Some(j) = keep.iter().position(|&t| i.parse() == Ok(t)) {
-                    tensors.insert(format!("encoder.layer.{j}.{rest}"), t.copy()?);
+        match split_layer(name) {
+            Some((stack, i, rest)) => {
+                if let Some(j) = keep.iter().position(|&k| k == i) {
+                    tensors.insert(format!("{stack}.{j}.{rest}"), t.copy()?);
                 }
             }
             None => {
@@ -131,8 +136,8 @@ pub fn distill(teacher: &Model, student: &mut Model, map: &[usize], train: &Text
     let frozen: Vec<String> = student.arch.nodes.iter().filter(|n| matches!(n.op, Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_))).map(|n| n.param("weight")).collect();
     let vars = student.trainable_names().into_iter().filter(|n| !frozen.contains(n)).map(|n| student.params[&n].clone()).collect();
     let mut opt = Optimizer::new(OptimizerKind::Adamw, vars, cfg.lr, cfg.weight_decay, 0.0)?;
-    let taps_s: Vec<String> = (0..map.len()).map(|j| format!("encoder.layer.{j}.output.LayerNorm")).collect();
-    let taps_t: Vec<String> = map.iter().map(|t| format!("encoder.layer.{t}.output.LayerNorm")).collect();
+    let taps_s: Vec<String> = (0..map.len()).map(|j| layer_output(student, j)).collect();
+    let taps_t: Vec<String> = map.iter().map(|&t| layer_output(teacher, t)).collect();
     let pad = crate::embedding::pad_id(teacher) as f32;
     let val_teacher = embed(teacher, val, cfg.batch_size)?;
     // The teacher's embeddings once, on its compiled plan; its hidden states (β > 0) per batch.

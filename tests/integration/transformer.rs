@@ -114,14 +114,16 @@ fn set_config(dir: &std::path::Path, field: &str, value: &str) {
 
 /// Token ids equal those of Hugging Face's tokenizers (for the BERT, the same as the reference
 /// ids of all-MiniLM-L6-v2, whose tokenizer this is; for the RoBERTa, byte-level BPE with its
-/// `<s> … </s>` template); every sentence's embedding is within cosine 0.99999 and 1e-5 of
+/// `<s> … </s>` template; for the DistilBERT, a lower-casing WordPiece); every sentence's embedding is within cosine 0.99999 and 1e-5 of
 /// PyTorch's, for batches of 1, 7 and 200 sentences (each padded to its own longest: the masks
 /// make padding change nothing), on the compiled float plan (one plan for every length) and on
 /// candle's executor. The RoBERTa's positions start after its pad id, so its 66 positions hold
 /// 64 tokens.
 #[test]
 fn text_encoder_matches_pytorch() {
-    for (dir, reference) in [(tiny_bert(), "text/tiny_bert_reference.safetensors"), (fixture("text/tiny_roberta"), "text/tiny_roberta_reference.safetensors")] {
+    let encoders =
+        [("tiny_bert", "text/tiny_bert_reference.safetensors"), ("tiny_roberta", "text/tiny_roberta_reference.safetensors"), ("tiny_distilbert", "text/tiny_distilbert_reference.safetensors")];
+    for (dir, reference) in encoders.map(|(d, r)| (fixture(&format!("text/{d}")), r)) {
         let r = TensorFile::read(&fixture(reference)).unwrap();
         let model = wick::hf::load(&dir, None).unwrap().model;
         assert_eq!(model.input_shape(), &[64], "{reference}: sentence_bert_config.json's max_seq_length");
@@ -216,13 +218,13 @@ fn quantize_text_encoder_cli() {
     assert!(e.contains("--exclude") && e.contains("encoder.layer.0.nope"), "{e}");
 }
 
-/// A checkpoint saved from a task class (`BertForX`: every name under `bert.`; `RobertaForX`:
-/// under `roberta.`) loads to the same embeddings; an id outside the vocabulary is an error
+/// A checkpoint saved from a task class (`BertForX`: every name under `bert.`; `RobertaForX`,
+/// `DistilBertForX`: under `roberta.`, `distilbert.`) loads to the same embeddings; an id outside the vocabulary is an error
 /// naming the embedding node; a vector model's plan refuses a shorter input as before.
 #[test]
 fn prefixed_checkpoints_and_bad_ids() {
     let root = tempfile::tempdir().unwrap();
-    for (source, prefix) in [(tiny_bert(), "bert."), (fixture("text/tiny_roberta"), "roberta.")] {
+    for (source, prefix) in [(tiny_bert(), "bert."), (fixture("text/tiny_roberta"), "roberta."), (fixture("text/tiny_distilbert"), "distilbert.")] {
         let dir = root.path().join(prefix);
         let file = TensorFile::read(&source.join("model.safetensors")).unwrap();
         let renamed: std::collections::BTreeMap<String, tensor_file::RawTensor> = file.tensors.iter().map(|(k, v)| (format!("{prefix}{k}"), v.clone())).collect();
@@ -296,16 +298,17 @@ fn per_token_text_encoder_round_trips_and_runs() {
     assert!(f.cosine_mean > 0.999, "{f:?}");
 }
 
-/// `wick distill --teacher DIR --layers K`: a 1-layer student of the 2-layer encoder, trained on
-/// other sentences (WordNet's examples), ends closer to the teacher than it started on the
-/// evaluation sentences, is written as a model directory that loads and evaluates like the
-/// teacher's, and is deterministic for a seed; a student as deep as the teacher, classifier flags
-/// and a non-empty output directory exit 2 naming the culprit.
+/// `wick distill --teacher DIR --layers K`, of the BERT and of the DistilBERT (other names,
+/// `n_layers`, a `[CLS]` head): a 1-layer student of the 2-layer encoder, trained on other
+/// sentences (WordNet's examples), ends closer to the teacher than it started on the evaluation
+/// sentences, is written as a model directory that loads and evaluates like the teacher's, and
+/// is deterministic for a seed; a student as deep as the teacher and a non-empty output
+/// directory exit 2 naming the culprit.
 #[test]
 fn distill_text_encoder_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let (model, train, sentences) = (tiny_bert(), fixture("text/wordnet_train.txt"), fixture("text/sentences.txt"));
-    let run = |out: &std::path::Path, layers: &str, code: i32| {
+    let (train, sentences) = (fixture("text/wordnet_train.txt"), fixture("text/sentences.txt"));
+    let run = |model: &std::path::Path, out: &std::path::Path, layers: &str, code: i32| {
         let args = [
             "distill",
             "--teacher",
@@ -325,40 +328,44 @@ fn distill_text_encoder_cli() {
         ];
         run_expect(&args, code)
     };
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let (o, _) = run(&a, "1", 0);
-    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
-    let val = j["training"]["val"].as_array().unwrap();
-    let best = &val[j["training"]["best"].as_u64().unwrap() as usize];
-    assert!(best["cosine_mean"].as_f64().unwrap() > val[0]["cosine_mean"].as_f64().unwrap() + 0.05, "{j}");
-    // The kept layer is the one whose 1-layer student starts closest to the teacher on --val.
-    let teacher = wick::hf::load(&model, None).unwrap().model;
-    let config = wick::hf::config(&model).unwrap();
-    let val_data = TextData::read(&sentences, &model, teacher.input_shape()[0]).unwrap();
-    let target = embed(&teacher, &val_data, 64).unwrap();
-    let start: Vec<f64> = (0..wick::passes::text_distill::encoder_layers(&teacher))
-        .map(|l| {
-            let s = wick::passes::text_distill::student_of(&teacher, &config, &[l]).unwrap();
-            wick::embedding::fidelity(&embed(&s, &val_data, 64).unwrap(), &target).unwrap().cosine_mean
-        })
-        .collect();
-    let chosen = j["training"]["layer_map"][0].as_u64().unwrap() as usize;
-    assert_eq!(j["training"]["layer_map"].as_array().unwrap().len(), 1, "{j}");
-    assert!(start.iter().all(|&c| start[chosen] >= c), "kept layer {chosen}, untrained cosines {start:?}");
-    assert!((val[0]["cosine_mean"].as_f64().unwrap() - start[chosen]).abs() < 1e-6, "{j} {start:?}");
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["num_hidden_layers"], 1);
-    assert!(a.join("tokenizer.json").is_file() && a.join("sentence_bert_config.json").is_file());
-    let student = wick::hf::load(&a, None).unwrap().model;
-    assert_eq!(wick::passes::text_distill::encoder_layers(&student), 1);
-    let (e, _) = run_expect(&["eval", a.to_str().unwrap(), "--data", sentences.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--json", "--quiet"], 0);
-    let e: serde_json::Value = serde_json::from_str(&e).unwrap();
-    assert!((e["fidelity"]["cosine_mean"].as_f64().unwrap() - best["cosine_mean"].as_f64().unwrap()).abs() < 1e-6, "{e}");
-    run(&b, "1", 0);
-    assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(b.join("model.safetensors")).unwrap(), "same seed, same student");
-    let (_, err) = run(&dir.path().join("c"), "2", 2);
+    for (model, layers_field) in [(tiny_bert(), "num_hidden_layers"), (fixture("text/tiny_distilbert"), "n_layers")] {
+        let name = model.file_name().unwrap().to_str().unwrap().to_string();
+        let (a, b) = (dir.path().join(format!("{name}_a")), dir.path().join(format!("{name}_b")));
+        let (o, _) = run(&model, &a, "1", 0);
+        let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+        let val = j["training"]["val"].as_array().unwrap();
+        let best = &val[j["training"]["best"].as_u64().unwrap() as usize];
+        assert!(best["cosine_mean"].as_f64().unwrap() > val[0]["cosine_mean"].as_f64().unwrap() + 0.05, "{name}: {j}");
+        // The kept layer is the one whose 1-layer student starts closest to the teacher on --val.
+        let teacher = wick::hf::load(&model, None).unwrap().model;
+        let config = wick::hf::config(&model).unwrap();
+        let val_data = TextData::read(&sentences, &model, teacher.input_shape()[0]).unwrap();
+        let target = embed(&teacher, &val_data, 64).unwrap();
+        let start: Vec<f64> = (0..wick::passes::text_distill::encoder_layers(&teacher))
+            .map(|l| {
+                let s = wick::passes::text_distill::student_of(&teacher, &config, &[l]).unwrap();
+                wick::embedding::fidelity(&embed(&s, &val_data, 64).unwrap(), &target).unwrap().cosine_mean
+            })
+            .collect();
+        let chosen = j["training"]["layer_map"][0].as_u64().unwrap() as usize;
+        assert_eq!(j["training"]["layer_map"].as_array().unwrap().len(), 1, "{j}");
+        assert!(start.iter().all(|&c| start[chosen] >= c), "{name}: kept layer {chosen}, untrained cosines {start:?}");
+        assert!((val[0]["cosine_mean"].as_f64().unwrap() - start[chosen]).abs() < 1e-6, "{j} {start:?}");
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config[layers_field], 1, "{name}");
+        assert!(a.join("tokenizer.json").is_file() && a.join("sentence_bert_config.json").is_file() && a.join("1_Pooling/config.json").is_file());
+        let student = wick::hf::load(&a, None).unwrap().model;
+        assert_eq!(wick::passes::text_distill::encoder_layers(&student), 1);
+        let (e, _) = run_expect(&["eval", a.to_str().unwrap(), "--data", sentences.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--json", "--quiet"], 0);
+        let e: serde_json::Value = serde_json::from_str(&e).unwrap();
+        assert!((e["fidelity"]["cosine_mean"].as_f64().unwrap() - best["cosine_mean"].as_f64().unwrap()).abs() < 1e-6, "{name}: {e}");
+        run(&model, &b, "1", 0);
+        assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(b.join("model.safetensors")).unwrap(), "{name}: same seed, same student");
+    }
+    let (model, a) = (tiny_bert(), dir.path().join("tiny_bert_a"));
+    let (_, err) = run(&model, &dir.path().join("c"), "2", 2);
     assert!(err.contains("--layers") && err.contains("teacher has 2"), "{err}");
-    let (_, err) = run(&a, "1", 2);
+    let (_, err) = run(&model, &a, "1", 2);
     assert!(err.contains("not empty"), "{err}");
 }
 
