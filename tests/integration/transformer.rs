@@ -300,7 +300,7 @@ fn per_token_text_encoder_round_trips_and_runs() {
 
 /// `wick distill --teacher DIR --layers K`, of the BERT and of the DistilBERT (other names,
 /// `n_layers`, a `[CLS]` head): a 1-layer student of the 2-layer encoder, trained on other
-/// sentences (WordNet's examples), ends closer to the teacher than it started on the evaluation
+/// sentences (WordNet's examples), closes a third of its gap to the teacher on the evaluation
 /// sentences, is written as a model directory that loads and evaluates like the teacher's, and
 /// is deterministic for a seed; a student as deep as the teacher and a non-empty output
 /// directory exit 2 naming the culprit.
@@ -335,7 +335,9 @@ fn distill_text_encoder_cli() {
         let j: serde_json::Value = serde_json::from_str(&o).unwrap();
         let val = j["training"]["val"].as_array().unwrap();
         let best = &val[j["training"]["best"].as_u64().unwrap() as usize];
-        assert!(best["cosine_mean"].as_f64().unwrap() > val[0]["cosine_mean"].as_f64().unwrap() + 0.05, "{name}: {j}");
+        // Two epochs close at least a third of the untrained student's gap to the teacher.
+        let (untrained, trained) = (val[0]["cosine_mean"].as_f64().unwrap(), best["cosine_mean"].as_f64().unwrap());
+        assert!(1.0 - trained < (1.0 - untrained) * 2.0 / 3.0, "{name}: {j}");
         // The kept layer is the one whose 1-layer student starts closest to the teacher on --val.
         let teacher = wick::hf::load(&model, None).unwrap().model;
         let config = wick::hf::config(&model).unwrap();
