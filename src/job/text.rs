@@ -16,6 +16,7 @@ use crate::passes::text_ptq::ptq;
 use crate::passes::PassSpec;
 use crate::progress::Progress;
 use crate::provenance::{file_sha256, tool_version};
+use crate::report::markdown::size;
 use crate::runtime::plan::Plan;
 use crate::staging::Staging;
 use crate::tensor_file::write_atomic;
@@ -183,7 +184,7 @@ fn markdown(r: &TextReport) -> String {
     s += "| | teacher | compressed | ratio |\n|---|---|---|---|\n";
     s += &format!("| cosine to the teacher, mean / min ({} sentences) | 1 | {:.6} / {:.6} | |\n", f.sentences, f.cosine_mean, f.cosine_min);
     s += &format!("| nearest-neighbour agreement | 1 | {:.4} | |\n", f.nn_agreement);
-    s += &format!("| bytes on disk | {:.1} MiB | {:.1} MiB | {:.1}x smaller |\n", t.bytes_on_disk as f64 / 1048576.0, c.bytes_on_disk as f64 / 1048576.0, 1.0 / r.size_ratio);
+    s += &format!("| bytes on disk | {} | {} | {:.1}x smaller |\n", size(t.bytes_on_disk), size(c.bytes_on_disk), 1.0 / r.size_ratio);
     s += &format!("| parameters | {} | {} | {:.1}% |\n", t.params, c.params, 100.0 * c.params as f64 / t.params.max(1) as f64);
     s += &format!("| layers | {} | {} | |\n", t.layers, c.layers);
     s += &format!(

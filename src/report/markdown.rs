@@ -3,8 +3,12 @@
 use super::Report;
 use std::fmt::Write;
 
-fn kib(b: u64) -> String {
-    format!("{:.1} KiB", b as f64 / 1024.0)
+/// `b` bytes in KiB below a MiB, else in MiB, one decimal either way.
+pub fn size(b: u64) -> String {
+    match b < 1 << 20 {
+        true => format!("{:.1} KiB", b as f64 / 1024.0),
+        false => format!("{:.1} MiB", b as f64 / 1048576.0),
+    }
 }
 
 /// `report.md`; `chart` is the file name of the SVG chart beside it.
@@ -33,7 +37,7 @@ pub fn render(r: &Report, chart: &str) -> String {
         100.0 * r.accuracy_drop_relative
     );
     let _ = writeln!(s, "| agreement with teacher | | {:.4} ({} flipped) | |", r.agreement, r.flipped);
-    let _ = writeln!(s, "| bytes on disk | {} | {} | {:.1}x smaller |", kib(t.bytes_on_disk), kib(c.bytes_on_disk), 1.0 / r.ratios.size);
+    let _ = writeln!(s, "| bytes on disk | {} | {} | {:.1}x smaller |", size(t.bytes_on_disk), size(c.bytes_on_disk), 1.0 / r.ratios.size);
     let _ = writeln!(s, "| parameters | {} | {} | {:.1}% |", t.params, c.params, 100.0 * r.ratios.params);
     let _ = writeln!(s, "| MACs per sample | {} | {} | {:.1}% |", t.macs, c.macs, 100.0 * r.ratios.macs);
     let _ = writeln!(s, "| latency, batch 1 | {:.3} ms | {:.3} ms | {:.1}x faster |", t.latency.batch1_ms, c.latency.batch1_ms, r.ratios.latency_batch1_speedup);
@@ -46,7 +50,7 @@ pub fn render(r: &Report, chart: &str) -> String {
     let _ = writeln!(s, "![accuracy vs size]({chart})\n");
     let _ = writeln!(s, "## Passes\n\n| # | pass | what it did | seconds | params | weight size | test accuracy |\n|---|---|---|---|---|---|---|");
     for (i, p) in r.passes.iter().enumerate() {
-        let _ = writeln!(s, "| {} | `{}` | {} | {:.1} | {} | {} | {:.4} |", i + 1, p.pass, p.summary, p.seconds, p.params, kib(p.weight_bytes), p.test_accuracy);
+        let _ = writeln!(s, "| {} | `{}` | {} | {:.1} | {} | {} | {:.4} |", i + 1, p.pass, p.summary, p.seconds, p.params, size(p.weight_bytes), p.test_accuracy);
     }
     let _ = writeln!(s, "\n## Layers\n\n| layer | op | shape before | shape after | status | bits | params before | params after |\n|---|---|---|---|---|---|---|---|");
     for l in &r.layers {
