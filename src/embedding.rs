@@ -20,7 +20,8 @@ pub struct TextData {
 
 impl TextData {
     /// The non-empty lines of `path`, tokenised with the tokenizer of model directory
-    /// `model_dir`, each truncated to `max_len` tokens.
+    /// `model_dir` (lower-cased first when its `sentence_bert_config.json` says
+    /// `do_lower_case`), each truncated to `max_len` tokens.
     pub fn read(path: &Path, model_dir: &Path, max_len: usize) -> Result<TextData> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| WickError::io(path, e))?;
@@ -28,6 +29,10 @@ impl TextData {
         if lines.is_empty() {
             return Err(WickError::data(&name, "holds no sentence (one per line)"));
         }
+        let lines = match crate::hf::lower_cases(model_dir)? {
+            true => lines.iter().map(|l| l.to_lowercase()).collect(),
+            false => lines,
+        };
         let ids = crate::hf::tokenize(&crate::hf::tokenizer(model_dir, max_len)?, &lines, &name)?;
         Ok(TextData { name, ids })
     }

@@ -71,9 +71,20 @@ fn read_json(path: &Path) -> Result<Value> {
 fn max_seq_len(dir: &Path, c: &Config) -> Result<usize> {
     let positions = config_usize(&c.json, "max_position_embeddings", &c.path)?;
     let offset = c.family.position_offset(&c.json);
-    let st = dir.join("sentence_bert_config.json");
-    let want = if st.is_file() { read_json(&st)?.get("max_seq_length").and_then(Value::as_u64).map(|v| v as usize) } else { None };
+    let want = sentence_bert_config(dir)?.and_then(|c| c.get("max_seq_length").and_then(Value::as_u64)).map(|v| v as usize);
     Ok(want.unwrap_or(DEFAULT_MAX_SEQ_LEN).min(positions.saturating_sub(offset)))
+}
+
+/// The directory's `sentence_bert_config.json`, if it has one.
+fn sentence_bert_config(dir: &Path) -> Result<Option<Value>> {
+    let path = dir.join("sentence_bert_config.json");
+    path.is_file().then(|| read_json(&path)).transpose()
+}
+
+/// Whether sentences are lower-cased before the tokenizer sees them (`do_lower_case` of
+/// `sentence_bert_config.json`, as sentence-transformers' Transformer module does).
+pub fn lower_cases(dir: &Path) -> Result<bool> {
+    Ok(sentence_bert_config(dir)?.and_then(|c| c.get("do_lower_case").and_then(Value::as_bool)).unwrap_or(false))
 }
 
 fn config_usize(c: &Value, field: &str, path: &Path) -> Result<usize> {

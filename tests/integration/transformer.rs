@@ -142,6 +142,24 @@ fn text_encoder_matches_pytorch() {
     }
 }
 
+/// `do_lower_case` in `sentence_bert_config.json` lower-cases each sentence before the tokenizer
+/// sees it, as sentence-transformers does: the cased BPE of the RoBERTa then gives the ids of the
+/// lower-cased sentences, which differ from the sentences' own.
+#[test]
+fn do_lower_case_lowers_sentences() {
+    let dir = tempfile::tempdir().unwrap();
+    let roberta = fixture("text/tiny_roberta");
+    copy_files(&roberta, dir.path(), &["config.json", "tokenizer.json"]);
+    std::fs::write(dir.path().join("sentence_bert_config.json"), r#"{"max_seq_length": 64, "do_lower_case": true}"#).unwrap();
+    let text = std::fs::read_to_string(fixture("text/sentences.txt")).unwrap();
+    let lower = dir.path().join("lower.txt");
+    std::fs::write(&lower, text.to_lowercase()).unwrap();
+    let sentences = fixture("text/sentences.txt");
+    let lowered = TextData::read(&sentences, dir.path(), 64).unwrap().ids;
+    assert_eq!(lowered, TextData::read(&lower, &roberta, 64).unwrap().ids);
+    assert_ne!(lowered, TextData::read(&sentences, &roberta, 64).unwrap().ids);
+}
+
 /// `wick inspect` and `wick eval` take the directory: eval against itself as the teacher gives
 /// fidelity 1 and writes the embeddings; a `config.json` of another family, `--arch` with a
 /// directory, text data for a model without a tokenizer, and the commands not built for text
