@@ -158,10 +158,22 @@ pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
         // Padding is appended, so the first token is every sentence's `[CLS]`.
         Pooling::Cls => json!({"name": "pooling", "op": "select", "inputs": [x], "dim": 1, "index": 0}),
     });
-    let mut output = "pooling";
+    let mut output = "pooling".to_string();
+    for dense in &c.head.dense {
+        let linear = format!("{}.linear", dense.folder);
+        nodes.push(json!({"name": linear, "op": "linear", "inputs": [output], "in_features": dense.in_features, "out_features": dense.out_features, "bias": dense.bias}));
+        output = linear;
+        if let Some(act) = &dense.act {
+            let mut node = act.clone();
+            node["name"] = format!("{}.activation", dense.folder).into();
+            node["inputs"] = json!([output]);
+            output = format!("{}.activation", dense.folder);
+            nodes.push(node);
+        }
+    }
     if c.head.normalize {
-        nodes.push(json!({"name": "normalize", "op": "l2_normalize", "inputs": ["pooling"]}));
-        output = "normalize";
+        nodes.push(json!({"name": "normalize", "op": "l2_normalize", "inputs": [output]}));
+        output = "normalize".into();
     }
     let arch = json!({"format": "wick-arch", "version": 1, "input": {"name": "input_ids", "shape": [seq_len], "preprocessing": "token ids of tokenizer.json, padded with pad_token_id"}, "nodes": nodes, "output": output});
     Arch::from_json(&arch.to_string(), &path.display().to_string())
@@ -185,6 +197,13 @@ pub fn load(dir: &Path, seq_len: Option<usize>) -> Result<Loaded> {
     if file.tensors.keys().any(|k| k.starts_with(prefix)) {
         file.tensors = std::mem::take(&mut file.tensors).into_iter().map(|(k, v)| (k.strip_prefix(prefix).map(str::to_string).unwrap_or(k), v)).collect();
     }
+    // A Dense module's weights are its folder's, named as the module names them.
+    for dense in &c.head.dense {
+        let folder = dir.join(&dense.folder);
+        for (k, v) in TensorFile::read(&weights_path(&folder)?)?.tensors {
+            file.tensors.insert(format!("{}.{k}", dense.folder), v);
+        }
+    }
     let mut loaded = model_from_file(&file, arch)?;
     loaded.model.source = dir.display().to_string();
     Ok(loaded)
@@ -203,7 +222,8 @@ pub fn config(dir: &Path) -> Result<Config> {
 /// beside `source`, the directory it was derived from: `config.json`, `model.safetensors` (the
 /// weights under their own names, with the `format: pt` metadata Hugging Face's loader asks
 /// for), and `source`'s tokenizer and sentence-transformers files (every other file and the
-/// numbered module folders such as `1_Pooling`, but its README, which describes the source).
+/// numbered module folders such as `1_Pooling`, but its README, which describes the source). A
+/// module's own weights (`2_Dense.linear.weight`) go to its folder's `model.safetensors`.
 /// Written into a staging folder renamed into place, so a failure leaves no half directory.
 pub fn save_dir(model: &Model, config: &Value, source: &Path, out: &Path) -> Result<()> {
     if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
@@ -215,25 +235,38 @@ pub fn save_dir(model: &Model, config: &Value, source: &Path, out: &Path) -> Res
     for (k, t) in model.tensors() {
         tensors.insert(k, crate::tensor_file::RawTensor::from_f32(t.dims().to_vec(), &t.flatten_all()?.to_vec1::<f32>()?));
     }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(source).map_err(|e| io(source, e))?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>().map_err(|e| io(source, e))?;
+    entries.sort();
+    let name_of = |p: &Path| p.file_name().expect("a directory entry").to_string_lossy().to_string();
+    let is_module = |p: &Path| p.is_dir() && name_of(p).split('_').next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    // A module's own weights (a Dense layer's, `2_Dense.linear.weight`) go back to its folder.
+    let mut module_tensors = std::collections::BTreeMap::new();
+    for from in entries.iter().filter(|p| is_module(p)) {
+        let prefix = format!("{}.", name_of(from));
+        let own: Vec<String> = tensors.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+        let own: std::collections::BTreeMap<String, _> = own.into_iter().map(|k| (k[prefix.len()..].to_string(), tensors.remove(&k).expect("listed"))).collect();
+        module_tensors.insert(name_of(from), own);
+    }
     let md = std::collections::BTreeMap::from([("format".to_string(), "pt".to_string())]);
     crate::tensor_file::write(&stage.dir.join("model.safetensors"), &tensors, &md)?;
     let text = serde_json::to_string_pretty(config).expect("JSON serialises") + "\n";
     std::fs::write(stage.dir.join("config.json"), text).map_err(|e| io(&stage.dir.join("config.json"), e))?;
     let mut names = vec!["model.safetensors".to_string(), "config.json".to_string()];
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(source).map_err(|e| io(source, e))?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>().map_err(|e| io(source, e))?;
-    entries.sort();
     for from in entries {
-        let name = from.file_name().expect("a directory entry").to_string_lossy().to_string();
-        let module = from.is_dir() && name.split('_').next().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let name = name_of(&from);
         let copied = from.is_file() && !matches!(name.as_str(), "model.safetensors" | "config.json" | "README.md") && ![".bin", ".onnx", ".h5", ".msgpack", ".ot"].iter().any(|x| name.ends_with(x));
-        if module {
+        if is_module(&from) {
             let to = stage.dir.join(&name);
             std::fs::create_dir(&to).map_err(|e| io(&to, e))?;
+            let own = &module_tensors[&name];
             for f in std::fs::read_dir(&from).map_err(|e| io(&from, e))? {
                 let f = f.map_err(|e| io(&from, e))?.path();
-                if f.is_file() {
+                if f.is_file() && (own.is_empty() || f.extension().is_none_or(|x| x != "safetensors" && x != "bin")) {
                     std::fs::copy(&f, to.join(f.file_name().expect("a file"))).map_err(|e| io(&f, e))?;
                 }
+            }
+            if !own.is_empty() {
+                crate::tensor_file::write(&to.join("model.safetensors"), own, &md)?;
             }
         } else if copied {
             std::fs::copy(&from, stage.dir.join(&name)).map_err(|e| io(&from, e))?;

@@ -46,8 +46,9 @@ fn modules_json(more: &[&str]) -> String {
 /// The directory's sentence-transformers head and `config.json`'s `hidden_act` decide the
 /// embedding, as sentence-transformers' own `encode` (`tiny_bert_variants_reference.safetensors`)
 /// does: no `modules.json` (the mean, not normalised), the first token's state (`[CLS]`) by the
-/// legacy flags without Normalize, and by `pooling_mode: "cls"` with it; the tanh GELU, ReLU and
-/// SiLU. Within 1e-5 on the compiled plan at batches of 1 and 7 (shorter sequences than the
+/// legacy flags without Normalize, and by `pooling_mode: "cls"` with it; a Dense module (8 → 6,
+/// Tanh) before Normalize, whose weights `save_dir` writes back to its folder; the tanh GELU,
+/// ReLU and SiLU. Within 1e-5 on the compiled plan at batches of 1 and 7 (shorter sequences than the
 /// plan's), on candle's executor, and through INT8 (`wick quantize`, whose fidelity is measured
 /// against the same head). Heads and activations wick does not read exit 2 naming the file and
 /// the field or module.
@@ -61,14 +62,19 @@ fn sentence_transformers_heads_and_activations() {
     let mut cases =
         vec![("plain", None, ""), ("cls", Some(modules_json(&[])), cls_flags), ("cls_normalize", Some(modules_json(&["Normalize"])), r#"{"embedding_dimension": 8, "pooling_mode": "cls"}"#)];
     cases.extend(["act_gelu_new", "act_relu", "act_silu"].map(|a| (a, own.0.clone(), own.1)));
+    cases.push(("dense", Some(modules_json(&["Dense", "Normalize"])), own.1));
     for (name, modules, pooling) in &cases {
         let dir = root.path().join(name);
         encoder_with_head(&dir, modules.as_deref(), pooling);
         if let Some(act) = name.strip_prefix("act_") {
             set_config(&dir, "hidden_act", act);
         }
+        if *name == "dense" {
+            copy_files(&fixture("text/tiny_bert_dense"), &dir, &["2_Dense/config.json", "2_Dense/model.safetensors"]);
+        }
         let model = wick::hf::load(&dir, None).unwrap().model;
-        let want: Vec<Vec<f32>> = r.f32(name).unwrap().chunks(8).map(<[f32]>::to_vec).collect();
+        let width = r.tensors[*name].shape[1];
+        let want: Vec<Vec<f32>> = r.f32(name).unwrap().chunks(width).map(<[f32]>::to_vec).collect();
         for (batch, compiled) in [(1, true), (7, true), (7, false)] {
             let got = if compiled { embed(&model, &data, batch).unwrap() } else { wick::embedding::embed_reference(&model, &data, batch).unwrap() };
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -76,6 +82,13 @@ fn sentence_transformers_heads_and_activations() {
             }
         }
     }
+    // A Dense module's weights are written back to its folder, not into the encoder's file.
+    let (dense, saved) = (root.path().join("dense"), root.path().join("dense_saved"));
+    let model = wick::hf::load(&dense, None).unwrap().model;
+    wick::hf::save_dir(&model, &wick::hf::config(&dense).unwrap().json, &dense, &saved).unwrap();
+    assert!(TensorFile::read(&saved.join("model.safetensors")).unwrap().tensors.keys().all(|k| !k.starts_with("2_Dense")));
+    assert_eq!(TensorFile::read(&saved.join("2_Dense/model.safetensors")).unwrap().tensors.keys().collect::<Vec<_>>(), ["linear.bias", "linear.weight"]);
+    assert_eq!(embed(&wick::hf::load(&saved, None).unwrap().model, &data, 7).unwrap(), embed(&model, &data, 7).unwrap());
     let cls = root.path().join("cls");
     let (sentences, out) = (fixture("text/sentences.txt"), root.path().join("q.safetensors"));
     let args = ["quantize", cls.to_str().unwrap(), "--calib", sentences.to_str().unwrap(), "--test", sentences.to_str().unwrap(), "--min-cosine", "0.999", "--out", out.to_str().unwrap(), "--quiet"];
@@ -88,7 +101,7 @@ fn sentence_transformers_heads_and_activations() {
         (modules_json(&[]), r#"{"pooling_mode_mean_tokens": false, "pooling_mode_max_tokens": true}"#, &["1_Pooling", "pooling_mode_max_tokens", "\"max\""][..]),
         (modules_json(&[]), r#"{"pooling_mode": ["cls", "mean"]}"#, &["1_Pooling", "'pooling_mode'", "\"mean\"", "\"cls\"", "joins"][..]),
         (modules_json(&[]), r#"{"word_embedding_dimension": 384, "pooling_mode": "mean"}"#, &["word_embedding_dimension", "384", "hidden size is 8"][..]),
-        (modules_json(&["Dense", "Normalize"]), r#"{"pooling_mode": "mean"}"#, &["modules.json", "module 2", "sentence_transformers.models.Dense"][..]),
+        (modules_json(&["CNN", "Normalize"]), r#"{"pooling_mode": "mean"}"#, &["modules.json", "module 2", "sentence_transformers.models.CNN"][..]),
         (modules_json(&["Normalize", "Normalize"]), r#"{"pooling_mode": "mean"}"#, &["modules.json", "module 3", "Normalize"][..]),
     ];
     for (i, (modules, pooling, words)) in refused.iter().enumerate() {
