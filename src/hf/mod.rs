@@ -92,9 +92,9 @@ fn config_usize(c: &Value, field: &str, path: &Path) -> Result<usize> {
 }
 
 /// The node (op and its fields) of `hidden_act` (DistilBERT's `activation`), Hugging Face's
-/// name of the feed-forward activation: "gelu" (and "gelu_python") is exact, `x·Φ(x)`; "gelu_new", "gelu_pytorch_tanh"
-/// and "gelu_fast" are the tanh form, `x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`; "relu" and
-/// "silu" (or "swish") are themselves.
+/// name of the feed-forward activation: "gelu" (and "gelu_python") is exact, `x·Φ(x)`;
+/// "gelu_new", "gelu_pytorch_tanh" and "gelu_fast" are the tanh form,
+/// `x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`; "relu" and "silu" (or "swish") are themselves.
 fn activation(hidden_act: Option<&str>) -> std::result::Result<Value, String> {
     match hidden_act {
         Some("gelu" | "gelu_python") => Ok(json!({"op": "gelu"})),
