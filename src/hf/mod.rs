@@ -105,6 +105,14 @@ fn activation(hidden_act: Option<&str>) -> std::result::Result<Value, String> {
     }
 }
 
+/// The node `name` applying `act` (an op and its fields, see [`activation`]) to `input`.
+fn activation_node(act: &Value, name: &str, input: &str) -> Value {
+    let mut node = act.clone();
+    node["name"] = name.into();
+    node["inputs"] = json!([input]);
+    node
+}
+
 /// The architecture of a BERT-family encoder and its head, from `config.json` (absolute
 /// positions).
 pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
@@ -144,10 +152,7 @@ pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
         nodes.push(json!({"name": n.attn_residual, "op": "add", "inputs": [n.attn_out, x]}));
         nodes.push(norm(&n.attn_norm, &n.attn_residual));
         nodes.push(linear(&n.ffn_in, &n.attn_norm, d, ffn));
-        let mut act_node = act.clone();
-        act_node["name"] = n.act.clone().into();
-        act_node["inputs"] = json!([n.ffn_in]);
-        nodes.push(act_node);
+        nodes.push(activation_node(&act, &n.act, &n.ffn_in));
         nodes.push(linear(&n.ffn_out, &n.act, ffn, d));
         nodes.push(json!({"name": n.ffn_residual, "op": "add", "inputs": [n.ffn_out, n.attn_norm]}));
         nodes.push(norm(&n.ffn_norm, &n.ffn_residual));
@@ -164,11 +169,9 @@ pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
         nodes.push(json!({"name": linear, "op": "linear", "inputs": [output], "in_features": dense.in_features, "out_features": dense.out_features, "bias": dense.bias}));
         output = linear;
         if let Some(act) = &dense.act {
-            let mut node = act.clone();
-            node["name"] = format!("{}.activation", dense.folder).into();
-            node["inputs"] = json!([output]);
-            output = format!("{}.activation", dense.folder);
-            nodes.push(node);
+            let name = format!("{}.activation", dense.folder);
+            nodes.push(activation_node(act, &name, &output));
+            output = name;
         }
     }
     if c.head.normalize {
@@ -237,28 +240,19 @@ pub fn save_dir(model: &Model, config: &Value, source: &Path, out: &Path) -> Res
     }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(source).map_err(|e| io(source, e))?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>().map_err(|e| io(source, e))?;
     entries.sort();
-    let name_of = |p: &Path| p.file_name().expect("a directory entry").to_string_lossy().to_string();
-    let is_module = |p: &Path| p.is_dir() && name_of(p).split('_').next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    // A module's own weights (a Dense layer's, `2_Dense.linear.weight`) go back to its folder.
-    let mut module_tensors = std::collections::BTreeMap::new();
-    for from in entries.iter().filter(|p| is_module(p)) {
-        let prefix = format!("{}.", name_of(from));
-        let own: Vec<String> = tensors.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
-        let own: std::collections::BTreeMap<String, _> = own.into_iter().map(|k| (k[prefix.len()..].to_string(), tensors.remove(&k).expect("listed"))).collect();
-        module_tensors.insert(name_of(from), own);
-    }
     let md = std::collections::BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    crate::tensor_file::write(&stage.dir.join("model.safetensors"), &tensors, &md)?;
-    let text = serde_json::to_string_pretty(config).expect("JSON serialises") + "\n";
-    std::fs::write(stage.dir.join("config.json"), text).map_err(|e| io(&stage.dir.join("config.json"), e))?;
     let mut names = vec!["model.safetensors".to_string(), "config.json".to_string()];
     for from in entries {
-        let name = name_of(&from);
+        let name = from.file_name().expect("a directory entry").to_string_lossy().to_string();
+        let module = from.is_dir() && name.split('_').next().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
         let copied = from.is_file() && !matches!(name.as_str(), "model.safetensors" | "config.json" | "README.md") && ![".bin", ".onnx", ".h5", ".msgpack", ".ot"].iter().any(|x| name.ends_with(x));
-        if is_module(&from) {
+        if module {
             let to = stage.dir.join(&name);
             std::fs::create_dir(&to).map_err(|e| io(&to, e))?;
-            let own = &module_tensors[&name];
+            // A module's own weights (a Dense layer's, `2_Dense.linear.weight`) go back to its folder.
+            let prefix = format!("{name}.");
+            let keys: Vec<String> = tensors.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+            let own: std::collections::BTreeMap<String, _> = keys.into_iter().map(|k| (k[prefix.len()..].to_string(), tensors.remove(&k).expect("listed"))).collect();
             for f in std::fs::read_dir(&from).map_err(|e| io(&from, e))? {
                 let f = f.map_err(|e| io(&from, e))?.path();
                 if f.is_file() && (own.is_empty() || f.extension().is_none_or(|x| x != "safetensors" && x != "bin")) {
@@ -266,7 +260,7 @@ pub fn save_dir(model: &Model, config: &Value, source: &Path, out: &Path) -> Res
                 }
             }
             if !own.is_empty() {
-                crate::tensor_file::write(&to.join("model.safetensors"), own, &md)?;
+                crate::tensor_file::write(&to.join("model.safetensors"), &own, &md)?;
             }
         } else if copied {
             std::fs::copy(&from, stage.dir.join(&name)).map_err(|e| io(&from, e))?;
@@ -275,6 +269,9 @@ pub fn save_dir(model: &Model, config: &Value, source: &Path, out: &Path) -> Res
         }
         names.push(name);
     }
+    crate::tensor_file::write(&stage.dir.join("model.safetensors"), &tensors, &md)?;
+    let text = serde_json::to_string_pretty(config).expect("JSON serialises") + "\n";
+    std::fs::write(stage.dir.join("config.json"), text).map_err(|e| io(&stage.dir.join("config.json"), e))?;
     stage.commit(&names.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
