@@ -1,6 +1,7 @@
 //! The encoder families wick reads, one architecture under each family's names: BERT (and
-//! RoBERTa, XLM-RoBERTa, CamemBERT, which differ only where their positions start) and
-//! DistilBERT (other names and `config.json` fields, no token types). A family says which
+//! RoBERTa, XLM-RoBERTa, CamemBERT, which differ only where their positions start), DistilBERT
+//! (other names and `config.json` fields, no token types) and MPNet (other names, no token
+//! types, and a relative position bias added to every layer's attention scores). A family says which
 //! `config.json` field holds what, what each layer's nodes are called (the weights' own names),
 //! and the prefix of its task classes' checkpoints (`BertForX`: `bert.`).
 
@@ -26,7 +27,17 @@ pub enum Family {
     /// Face's `create_position_ids_from_input_ids`, padding never being inside a sentence).
     Roberta,
     DistilBert,
+    /// MPNet: positions start at 2 (its code fixes the padding index at 1), and one relative
+    /// position bias table (`encoder.relative_attention_bias`) serves every layer.
+    Mpnet,
 }
+
+/// The relative position bias of MPNet: transformers computes 32 buckets up to a distance of 128
+/// whatever `relative_attention_num_buckets` says (that field sizes the table only).
+pub const MPNET_BUCKETS: usize = 32;
+pub const MPNET_MAX_DISTANCE: usize = 128;
+/// The node of MPNet's relative position bias, its weight's own name less `.weight`.
+pub const MPNET_BIAS_NODE: &str = "encoder.relative_attention_bias";
 
 /// The nodes of one encoder layer: `x → q, k, v → attention → attn_out (+ x) → attn_norm →
 /// ffn_in → act → ffn_out (+ attn_norm) → ffn_norm`.
@@ -52,9 +63,10 @@ impl Family {
             "bert" => Ok(Family::Bert),
             "roberta" | "xlm-roberta" | "camembert" => Ok(Family::Roberta),
             "distilbert" => Ok(Family::DistilBert),
+            "mpnet" => Ok(Family::Mpnet),
             other => Err(WickError::invalid(
                 format!("{}: field 'model_type'", path.display()),
-                format!("is \"{other}\"; wick reads BERT-family encoders (\"bert\", \"roberta\", \"xlm-roberta\", \"camembert\", \"distilbert\")"),
+                format!("is \"{other}\"; wick reads BERT-family encoders (\"bert\", \"roberta\", \"xlm-roberta\", \"camembert\", \"distilbert\", \"mpnet\")"),
             )),
         }
     }
@@ -65,6 +77,7 @@ impl Family {
             Family::Bert => "bert.",
             Family::Roberta => "roberta.",
             Family::DistilBert => "distilbert.",
+            Family::Mpnet => "mpnet.",
         }
     }
 
@@ -87,18 +100,19 @@ impl Family {
 
     /// Whether the embeddings add a token-type row (`token_type_embeddings`).
     pub fn token_types(self) -> bool {
-        self != Family::DistilBert
+        !matches!(self, Family::DistilBert | Family::Mpnet)
     }
 
-    /// `pad_token_id`, else the family's own (`[PAD]` 0, RoBERTa's `<pad>` 1).
+    /// `pad_token_id`, else the family's own (`[PAD]` 0, RoBERTa's and MPNet's `<pad>` 1).
     pub fn pad_id(self, config: &Value) -> i64 {
-        config.get("pad_token_id").and_then(Value::as_i64).unwrap_or(if self == Family::Roberta { 1 } else { 0 })
+        config.get("pad_token_id").and_then(Value::as_i64).unwrap_or(if matches!(self, Family::Roberta | Family::Mpnet) { 1 } else { 0 })
     }
 
     /// The row of the position table of a sentence's first token.
     pub fn position_offset(self, config: &Value) -> usize {
         match self {
             Family::Roberta => self.pad_id(config) as usize + 1,
+            Family::Mpnet => 2,
             _ => 0,
         }
     }
@@ -129,6 +143,23 @@ impl Family {
                     ffn_out: format!("{p}.ffn.lin2"),
                     ffn_residual: format!("{p}.ffn.residual"),
                     ffn_norm: format!("{p}.output_layer_norm"),
+                }
+            }
+            Family::Mpnet => {
+                let (p, a) = (format!("encoder.layer.{l}"), format!("encoder.layer.{l}.attention"));
+                LayerNames {
+                    q: format!("{a}.attn.q"),
+                    k: format!("{a}.attn.k"),
+                    v: format!("{a}.attn.v"),
+                    attention: format!("{a}.attn"),
+                    attn_out: format!("{a}.attn.o"),
+                    attn_residual: format!("{a}.residual"),
+                    attn_norm: format!("{a}.LayerNorm"),
+                    ffn_in: format!("{p}.intermediate.dense"),
+                    act: format!("{p}.intermediate.act"),
+                    ffn_out: format!("{p}.output.dense"),
+                    ffn_residual: format!("{p}.output.residual"),
+                    ffn_norm: format!("{p}.output.LayerNorm"),
                 }
             }
             _ => {

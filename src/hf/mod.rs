@@ -1,7 +1,7 @@
 //! A Hugging Face BERT-family model directory (`config.json`, `model.safetensors`,
-//! `tokenizer.json`; BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT) as a wick model: the
-//! architecture built from `config.json` out of wick's ops (embeddings, per layer the q/k/v
-//! linears, attention, output linear, residual add and LayerNorm, the feed-forward linears and
+//! `tokenizer.json`; BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT, MPNet) as a wick model:
+//! the architecture built from `config.json` out of wick's ops (embeddings, MPNet's relative
+//! position bias, per layer the q/k/v linears, attention, output linear, residual add and LayerNorm, the feed-forward linears and
 //! their activation; then the sentence-transformers pooling and normalisation `modules.json`
 //! asks for, see `head`), the weights under their own names (`family`; with or without a task
 //! class's prefix), and the tokenizer through the `tokenizers` crate. Uses `model`,
@@ -142,12 +142,27 @@ pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
     }
     nodes.push(norm("embeddings.LayerNorm", &x));
     x = "embeddings.LayerNorm".into();
+    let mut attention_inputs = vec!["input_ids".to_string()];
+    if family == Family::Mpnet {
+        let buckets = config.get("relative_attention_num_buckets").map_or(Some(family::MPNET_BUCKETS), |v| v.as_u64().map(|b| b as usize));
+        if buckets != Some(family::MPNET_BUCKETS) {
+            return Err(bad(
+                "relative_attention_num_buckets",
+                format!("is {}; transformers' MPNet computes {} buckets whatever this says, so wick reads only that", config["relative_attention_num_buckets"], family::MPNET_BUCKETS),
+            ));
+        }
+        let bias = family::MPNET_BIAS_NODE;
+        nodes
+            .push(json!({"name": bias, "op": "relative_position_bias", "inputs": ["input_ids"], "num_buckets": family::MPNET_BUCKETS, "max_distance": family::MPNET_MAX_DISTANCE, "num_heads": heads}));
+        attention_inputs.push(bias.into());
+    }
     for l in 0..layers {
         let n = family.layer(l);
         for part in [&n.q, &n.k, &n.v] {
             nodes.push(linear(part, &x, d, d));
         }
-        nodes.push(json!({"name": n.attention, "op": "attention", "inputs": [n.q, n.k, n.v, "input_ids"], "num_heads": heads, "pad_id": pad}));
+        let inputs: Vec<&str> = [n.q.as_str(), &n.k, &n.v].into_iter().chain(attention_inputs.iter().map(String::as_str)).collect();
+        nodes.push(json!({"name": n.attention, "op": "attention", "inputs": inputs, "num_heads": heads, "pad_id": pad}));
         nodes.push(linear(&n.attn_out, &n.attention, d, d));
         nodes.push(json!({"name": n.attn_residual, "op": "add", "inputs": [n.attn_out, x]}));
         nodes.push(norm(&n.attn_norm, &n.attn_residual));

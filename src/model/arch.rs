@@ -483,16 +483,47 @@ pub struct EmbeddingRowCfg {
     pub index: usize,
 }
 
-/// Multi-head scaled dot-product attention with a padding mask. Inputs `q, k, v [L, D]` and the
-/// token ids `[L]`; per head (`d = D / num_heads` consecutive features):
-/// `softmax(q_h·k_hᵀ/√d + m)·v_h`, `m` = the most negative f32 on keys whose id is `pad_id`
-/// (as Hugging Face's BERT); the heads' outputs side by side, `[L, D]`.
+/// Multi-head scaled dot-product attention with a padding mask. Inputs `q, k, v [L, D]`, the
+/// token ids `[L]` and optionally a bias `b [num_heads, L, L]` (`relative_position_bias`); per
+/// head (`d = D / num_heads` consecutive features): `softmax(q_h·k_hᵀ/√d + b_h + m)·v_h`, `m` =
+/// the most negative f32 on keys whose id is `pad_id` (as Hugging Face's BERT); the heads'
+/// outputs side by side, `[L, D]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttentionCfg {
     pub num_heads: usize,
     #[serde(default)]
     pub pad_id: i64,
+}
+
+/// MPNet's relative position bias (T5's, bidirectional), one table shared by every layer's
+/// attention: input the token ids `[L]` (only their length is read), output `[num_heads, L, L]`
+/// with `y[h, i, j] = weight[bucket(i − j), h]`, `weight [num_buckets, num_heads]`. As Hugging
+/// Face's `relative_position_bucket`, with `b = num_buckets / 2` buckets per sign and `e = b / 2`
+/// exact ones: `bucket(n) = b·[n < 0] + |n|` for `|n| < e`, else
+/// `b·[n < 0] + min(e + ⌊ln(|n|/e) / ln(max_distance/e) · (b − e)⌋, b − 1)` (in f32).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelativePositionBiasCfg {
+    pub num_buckets: usize,
+    pub max_distance: usize,
+    pub num_heads: usize,
+}
+
+impl RelativePositionBiasCfg {
+    /// The bucket of query position `i` attending to key position `j` (see the type's docs).
+    pub fn bucket(&self, i: usize, j: usize) -> usize {
+        let (half, n) = (self.num_buckets / 2, i as i64 - j as i64);
+        let exact = half / 2;
+        let base = if n < 0 { half } else { 0 };
+        let m = n.unsigned_abs() as usize;
+        if m < exact {
+            return base + m;
+        }
+        // PyTorch's f32 arithmetic: `log(m / e) / log(max_distance / e) · (b − e)`, truncated.
+        let scaled = (m as f32 / exact as f32).ln() / ((self.max_distance as f64 / exact as f64).ln() as f32) * (half - exact) as f32;
+        base + (exact + scaled as usize).min(half - 1)
+    }
 }
 
 /// The mean over the positions whose token id is not `pad_id`: inputs `x [L, D]` and the ids
@@ -656,6 +687,7 @@ pub enum Op {
     PositionEmbedding(PositionEmbeddingCfg),
     EmbeddingRow(EmbeddingRowCfg),
     Attention(AttentionCfg),
+    RelativePositionBias(RelativePositionBiasCfg),
     MaskedMean(MaskedMeanCfg),
     L2Normalize(L2NormalizeCfg),
 }
@@ -712,6 +744,7 @@ pub const OP_NAMES: &[&str] = &[
     "position_embedding",
     "embedding_row",
     "attention",
+    "relative_position_bias",
     "masked_mean",
     "l2_normalize",
 ];
@@ -748,7 +781,7 @@ impl Op {
             Op::ChannelAffine(_) => vec![("weight", false), ("bias", false)],
             Op::Prelu(_) => vec![("weight", true)],
             Op::GroupNorm(c) if c.affine => vec![("weight", true), ("bias", true)],
-            Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) => vec![("weight", true)],
+            Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::RelativePositionBias(_) => vec![("weight", true)],
             Op::Gru(c) | Op::Lstm(c) => {
                 let rows = RNN_PARAMS.iter().enumerate().filter(|(i, _)| i / 2 < c.num_layers.min(MAX_RNN_LAYERS) && (i % 2 == 0 || c.bidirectional));
                 rows.flat_map(|(_, names)| names[..if c.bias { 4 } else { 2 }].iter().map(|&n| (n, true))).collect()
@@ -777,6 +810,7 @@ impl Op {
             (Op::Embedding(c), _) => vec![c.num_embeddings, c.embedding_dim],
             (Op::PositionEmbedding(c), _) => vec![c.num_positions, c.embedding_dim],
             (Op::EmbeddingRow(c), _) => vec![c.num_embeddings, c.embedding_dim],
+            (Op::RelativePositionBias(c), _) => vec![c.num_buckets, c.num_heads],
             (Op::Gru(c) | Op::Lstm(c), s) => {
                 let gates = if matches!(self, Op::Gru(_)) { 3 } else { 4 };
                 let layer: usize = s.split("_l").nth(1).and_then(|t| t.trim_end_matches("_reverse").parse().ok()).unwrap_or(0);
@@ -902,6 +936,7 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "position_embedding" => Op::PositionEmbedding(cfg(fields)?),
         "embedding_row" => Op::EmbeddingRow(cfg(fields)?),
         "attention" => Op::Attention(cfg(fields)?),
+        "relative_position_bias" => Op::RelativePositionBias(cfg(fields)?),
         "masked_mean" => Op::MaskedMean(cfg(fields)?),
         "l2_normalize" => Op::L2Normalize(cfg(fields)?),
         other => return Err(format!("unknown op '{other}' (known: {})", OP_NAMES.join(", "))),

@@ -184,6 +184,16 @@ fn check_fields(op: &Op) -> std::result::Result<(), String> {
             }
         }
         Op::Attention(c) => positive("num_heads", c.num_heads),
+        Op::RelativePositionBias(c) => {
+            positive("num_heads", c.num_heads)?;
+            if c.num_buckets < 4 || !c.num_buckets.is_multiple_of(2) {
+                return Err(format!("num_buckets is {}; it must be an even number of at least 4 (half for each sign, half of those exact)", c.num_buckets));
+            }
+            match c.max_distance > c.num_buckets / 4 {
+                true => Ok(()),
+                false => Err(format!("max_distance {} must exceed the {} exact buckets per sign", c.max_distance, c.num_buckets / 4)),
+            }
+        }
         Op::L2Normalize(c) if !(c.eps > 0.0 && c.eps.is_finite()) => Err(format!("eps is {}; it must be a positive number", c.eps)),
         Op::Gru(c) | Op::Lstm(c) => {
             positive("input_size", c.input_size)?;
@@ -281,7 +291,7 @@ pub fn infer(op: &Op, ins: &[&Vec<usize>]) -> std::result::Result<Vec<usize>, St
             Ok(out)
         }
         Op::Attention(c) => {
-            let [q, k, v, ids] = ins else { return Err(format!("takes 4 inputs (q, k, v, token ids), got {}", ins.len())) };
+            let ([q, k, v, ids] | [q, k, v, ids, _]) = ins else { return Err(format!("takes 4 inputs (q, k, v, token ids) or 5 (and a bias), got {}", ins.len())) };
             expect_rank(q, 2, "[L, D]")?;
             if k != q || v != q {
                 return Err(format!("q, k and v must have one shape; got {q:?}, {k:?}, {v:?}"));
@@ -292,7 +302,15 @@ pub fn infer(op: &Op, ins: &[&Vec<usize>]) -> std::result::Result<Vec<usize>, St
             if c.num_heads == 0 || q[1] % c.num_heads != 0 {
                 return Err(format!("num_heads {} does not divide the width {}", c.num_heads, q[1]));
             }
+            if let Some(b) = ins.get(4).filter(|b| b.as_slice() != [c.num_heads, q[0], q[0]]) {
+                return Err(format!("the bias {b:?} must be [num_heads, L, L] = [{}, {}, {}]", c.num_heads, q[0], q[0]));
+            }
             Ok(q.to_vec())
+        }
+        Op::RelativePositionBias(c) => {
+            let [ids] = ins else { return Err(format!("takes 1 input (token ids), got {}", ins.len())) };
+            expect_rank(ids, 1, "[L]")?;
+            Ok(vec![c.num_heads, ids[0], ids[0]])
         }
         Op::MaskedMean(_) => {
             let [x, ids] = ins else { return Err(format!("takes 2 inputs (values, token ids), got {}", ins.len())) };
@@ -494,7 +512,7 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             }
             Ok(s.clone())
         }
-        Op::Add(_) | Op::Mul(_) | Op::Concat(_) | Op::Attention(_) | Op::MaskedMean(_) => unreachable!("handled in infer"),
+        Op::Add(_) | Op::Mul(_) | Op::Concat(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) => unreachable!("handled in infer"),
     }
 }
 

@@ -1,9 +1,9 @@
 //! The ops of text encoders, as compositions of candle ops (each differentiable, so training
 //! and distillation backpropagate through them): token and position embeddings, multi-head
-//! attention with a padding mask, masked mean pooling and L2 normalisation. Token ids travel as
+//! attention with a padding mask (and MPNet's relative position bias), masked mean pooling and L2 normalisation. Token ids travel as
 //! f32 (exact below 2²⁴). Uses `model::arch`.
 
-use super::arch::{AttentionCfg, EmbeddingCfg, L2NormalizeCfg};
+use super::arch::{AttentionCfg, EmbeddingCfg, L2NormalizeCfg, RelativePositionBiasCfg};
 use crate::error::{Result, WickError};
 use candle_core::{DType, Tensor, D};
 
@@ -34,13 +34,27 @@ fn keep_mask(ids: &Tensor, pad_id: i64) -> Result<Tensor> {
     Ok(ids.ne(pad_id as f64)?.to_dtype(DType::F32)?)
 }
 
-/// Multi-head attention (see `AttentionCfg`) on `q, k, v [N, L, D]` with token ids `[N, L]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, ids: &Tensor, c: &AttentionCfg) -> Result<Tensor> {
+/// The bias `[N, H, L, L]` of `RelativePositionBiasCfg` for token ids `[N, L]`: the rows
+/// `weight [buckets, H]` of each pair's bucket, the same for every sample (a broadcast view).
+pub fn relative_position_bias(ids: &Tensor, weight: &Tensor, c: &RelativePositionBiasCfg) -> Result<Tensor> {
+    let (n, l) = ids.dims2()?;
+    let buckets: Vec<u32> = (0..l * l).map(|p| c.bucket(p / l, p % l) as u32).collect();
+    let idx = Tensor::from_vec(buckets, l * l, ids.device())?;
+    let per_pair = weight.index_select(&idx, 0)?.reshape((l, l, c.num_heads))?;
+    Ok(per_pair.permute((2, 0, 1))?.unsqueeze(0)?.broadcast_as((n, c.num_heads, l, l))?)
+}
+
+/// Multi-head attention (see `AttentionCfg`) on `q, k, v [N, L, D]` with token ids `[N, L]` and
+/// an optional additive bias `[N, H, L, L]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, ids: &Tensor, bias: Option<&Tensor>, c: &AttentionCfg) -> Result<Tensor> {
     let (n, l, d) = q.dims3()?;
     let (h, hd) = (c.num_heads, d / c.num_heads);
     let heads = |t: &Tensor| -> Result<Tensor> { Ok(t.reshape((n, l, h, hd))?.transpose(1, 2)?.contiguous()?) };
     let (qh, kh, vh) = (heads(q)?, heads(k)?, heads(v)?);
-    let scores = (qh.matmul(&kh.t()?.contiguous()?)? / (hd as f64).sqrt())?;
+    let mut scores = (qh.matmul(&kh.t()?.contiguous()?)? / (hd as f64).sqrt())?;
+    if let Some(b) = bias {
+        scores = scores.broadcast_add(b)?;
+    }
     // `(1 − keep)·f32::MIN` added to the scores of padded keys, as Hugging Face's BERT does.
     let masked = ((keep_mask(ids, c.pad_id)?.affine(-1.0, 1.0)? * f32::MIN as f64)?).reshape((n, 1, 1, l))?;
     let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&masked)?)?;

@@ -118,7 +118,7 @@ fn sentence_transformers_heads_and_activations() {
 }
 
 /// Sets `field` of `dir`'s `config.json` to `value`.
-fn set_config(dir: &std::path::Path, field: &str, value: &str) {
+fn set_config(dir: &std::path::Path, field: &str, value: impl Into<serde_json::Value>) {
     let path = dir.join("config.json");
     let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     c[field] = value.into();
@@ -127,17 +127,17 @@ fn set_config(dir: &std::path::Path, field: &str, value: &str) {
 
 /// Token ids equal those of Hugging Face's tokenizers (for the BERT, the same as the reference
 /// ids of all-MiniLM-L6-v2, whose tokenizer this is; for the RoBERTa, byte-level BPE with its
-/// `<s> … </s>` template; for the DistilBERT, a lower-casing WordPiece); every sentence's embedding is within cosine 0.99999 and 1e-5 of
+/// `<s> … </s>` template; for the DistilBERT, a lower-casing WordPiece; for the MPNet, a
+/// lower-casing WordPiece with `<s> … </s>`); every sentence's embedding is within cosine 0.99999 and 1e-5 of
 /// PyTorch's, for batches of 1, 7 and 200 sentences (each padded to its own longest: the masks
 /// make padding change nothing), on the compiled float plan (one plan for every length) and on
-/// candle's executor. The RoBERTa's positions start after its pad id, so its 66 positions hold
-/// 64 tokens.
+/// candle's executor. The RoBERTa's and MPNet's positions start after the pad id, so their 66
+/// positions hold 64 tokens; the MPNet adds a relative position bias to every layer's scores.
 #[test]
 fn text_encoder_matches_pytorch() {
-    let encoders =
-        [("tiny_bert", "text/tiny_bert_reference.safetensors"), ("tiny_roberta", "text/tiny_roberta_reference.safetensors"), ("tiny_distilbert", "text/tiny_distilbert_reference.safetensors")];
+    let encoders = ["tiny_bert", "tiny_roberta", "tiny_distilbert", "tiny_mpnet"].map(|d| (d, format!("text/{d}_reference.safetensors")));
     for (dir, reference) in encoders.map(|(d, r)| (fixture(&format!("text/{d}")), r)) {
-        let r = TensorFile::read(&fixture(reference)).unwrap();
+        let (r, reference) = (TensorFile::read(&fixture(&reference)).unwrap(), reference.as_str());
         let model = wick::hf::load(&dir, None).unwrap().model;
         assert_eq!(model.input_shape(), &[64], "{reference}: sentence_bert_config.json's max_seq_length");
         let data = TextData::read(&fixture("text/sentences.txt"), &dir, 64).unwrap();
@@ -250,12 +250,14 @@ fn quantize_text_encoder_cli() {
 }
 
 /// A checkpoint saved from a task class (`BertForX`: every name under `bert.`; `RobertaForX`,
-/// `DistilBertForX`: under `roberta.`, `distilbert.`) loads to the same embeddings; an id outside the vocabulary is an error
-/// naming the embedding node; a vector model's plan refuses a shorter input as before.
+/// `DistilBertForX`, `MPNetForX`: under `roberta.`, `distilbert.`, `mpnet.`) loads to the same
+/// embeddings; an id outside the vocabulary is an error naming the embedding node; an MPNet
+/// config asking for other than 32 relative-position buckets exits 2 naming the field; a vector
+/// model's plan refuses a shorter input as before.
 #[test]
 fn prefixed_checkpoints_and_bad_ids() {
     let root = tempfile::tempdir().unwrap();
-    for (source, prefix) in [(tiny_bert(), "bert."), (fixture("text/tiny_roberta"), "roberta."), (fixture("text/tiny_distilbert"), "distilbert.")] {
+    for (source, prefix) in [(tiny_bert(), "bert."), (fixture("text/tiny_roberta"), "roberta."), (fixture("text/tiny_distilbert"), "distilbert."), (fixture("text/tiny_mpnet"), "mpnet.")] {
         let dir = root.path().join(prefix);
         let file = TensorFile::read(&source.join("model.safetensors")).unwrap();
         let renamed: std::collections::BTreeMap<String, tensor_file::RawTensor> = file.tensors.iter().map(|(k, v)| (format!("{prefix}{k}"), v.clone())).collect();
@@ -273,6 +275,12 @@ fn prefixed_checkpoints_and_bad_ids() {
     let bad = TextData { name: "ids".into(), ids: vec![vec![101, 40_000, 102]] };
     let e = embed(&a, &bad, 1).unwrap_err().to_string();
     assert!(e.contains("embeddings.word_embeddings") && e.contains("40000"), "{e}");
+    // transformers' MPNet computes 32 relative-position buckets whatever its config says.
+    let mpnet = root.path().join("mpnet_buckets");
+    copy_files(&fixture("text/tiny_mpnet"), &mpnet, &["config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json"]);
+    set_config(&mpnet, "relative_attention_num_buckets", 64);
+    let (_, e) = run_expect(&["inspect", mpnet.to_str().unwrap()], 2);
+    assert!(e.contains("config.json") && e.contains("relative_attention_num_buckets") && e.contains("64") && e.contains("32 buckets"), "{e}");
 }
 
 /// Per-token INT8 linears (`InputQuant::PerToken`) over rows of tokens, with a GELU and a
@@ -359,7 +367,7 @@ fn distill_text_encoder_cli() {
         ];
         run_expect(&args, code)
     };
-    for (model, layers_field) in [(tiny_bert(), "num_hidden_layers"), (fixture("text/tiny_distilbert"), "n_layers")] {
+    for (model, layers_field) in [(tiny_bert(), "num_hidden_layers"), (fixture("text/tiny_distilbert"), "n_layers"), (fixture("text/tiny_mpnet"), "num_hidden_layers")] {
         let name = model.file_name().unwrap().to_str().unwrap().to_string();
         let (a, b) = (dir.path().join(format!("{name}_a")), dir.path().join(format!("{name}_b")));
         let (o, _) = run(&model, &a, "1", 0);

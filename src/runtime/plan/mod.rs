@@ -112,11 +112,17 @@ enum Kind {
         log: bool,
         dim: usize,
     },
-    /// Multi-head attention over `q, k, v [N, L, D]` masked by the token ids
-    /// (`runtime::attention`).
+    /// Multi-head attention over `q, k, v [N, L, D]` masked by the token ids, plus a bias
+    /// `[1, H, L, L]` when the node has a fifth input (`runtime::attention`).
     Attention {
         heads: usize,
         pad_id: f32,
+    },
+    /// The relative position bias `[1, H, L, L]` of the token ids' length `L`, one for every
+    /// sample (`runtime::attention::relative_position_bias`).
+    RelativeBias {
+        weight: Vec<f32>,
+        cfg: crate::model::arch::RelativePositionBiasCfg,
     },
     /// A BatchNorm no conv or linear absorbed: `x·scale_c + shift_c` on channel axis 1.
     ChannelAffine {
@@ -344,6 +350,7 @@ impl Plan {
                     Kind::Softmax { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1, log }
                 }
                 (Op::Attention(c), ..) => Kind::Attention { heads: c.num_heads, pad_id: c.pad_id as f32 },
+                (Op::RelativePositionBias(c), ..) => Kind::RelativeBias { weight: model.values(&node.param("weight"))?, cfg: c.clone() },
                 (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), ..) => {
                     let vec = |s: &str| model.values(&node.param(s));
                     let (mean, var) = (vec("running_mean")?, vec("running_var")?);
@@ -477,7 +484,19 @@ fn foldable_pad(model: &Model, node: &Node, readers: &BTreeMap<&str, usize>) -> 
 /// position counted from the start (a `[CLS]` pooling).
 fn length_free_op(op: &Op) -> bool {
     op.is_elementwise()
-        || matches!(op, Op::Linear(_) | Op::LayerNorm(_) | Op::Add(_) | Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::MaskedMean(_) | Op::L2Normalize(_))
+        || matches!(
+            op,
+            Op::Linear(_)
+                | Op::LayerNorm(_)
+                | Op::Add(_)
+                | Op::Embedding(_)
+                | Op::PositionEmbedding(_)
+                | Op::EmbeddingRow(_)
+                | Op::Attention(_)
+                | Op::RelativePositionBias(_)
+                | Op::MaskedMean(_)
+                | Op::L2Normalize(_)
+        )
         || matches!(op, Op::Select(c) if c.index >= 0)
 }
 

@@ -279,8 +279,13 @@ impl Plan {
                         set_layout(vals[i].as_mut().expect("input computed"), false);
                     }
                     let [q, k, v, ids] = [0, 1, 2, 3].map(|i| vals[step.inputs[i]].as_ref().expect("input computed"));
+                    let bias = step.inputs.get(4).map(|&i| vals[i].as_ref().expect("input computed").data.as_slice());
                     let (l, d) = (q.dims[1], q.dims[2]);
-                    Value { data: crate::runtime::attention::attention(&q.data, &k.data, &v.data, &ids.data, n, l, d, *heads, *pad_id), dims: q.dims.clone(), channels_last: false }
+                    Value { data: crate::runtime::attention::attention(&q.data, &k.data, &v.data, &ids.data, bias, n, l, d, *heads, *pad_id), dims: q.dims.clone(), channels_last: false }
+                }
+                Kind::RelativeBias { weight, cfg } => {
+                    let l = vals[step.inputs[0]].as_ref().expect("input computed").dims[1];
+                    Value { data: crate::runtime::attention::relative_position_bias(weight, cfg, l), dims: vec![1, cfg.num_heads, l, l], channels_last: false }
                 }
                 Kind::ChannelAffine { scale, shift } => {
                     let mut v = self.owned(&mut vals, step, si);
