@@ -69,6 +69,7 @@ pub fn pad_id(model: &Model) -> i64 {
     let pad = model.arch.nodes.iter().find_map(|n| match &n.op {
         Op::Attention(c) => Some(c.pad_id),
         Op::MaskedMean(c) => Some(c.pad_id),
+        Op::MaskedPool(c) => Some(c.pad_id),
         _ => None,
     });
     pad.unwrap_or(0)

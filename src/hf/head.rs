@@ -1,11 +1,13 @@
 //! The sentence-transformers modules after the encoder (`modules.json`): how its last hidden
 //! states become one embedding per sentence. wick reads a Transformer module (the directory
-//! itself), one Pooling module (the mask's mean, or the first token's state, `[CLS]`), Dense
+//! itself), one Pooling module (the mask's mean, the first token's state `[CLS]`, the mask's
+//! max, … or several of them side by side), Dense
 //! modules (a linear layer and its activation, weights in the module's folder) and an optional
 //! Normalize module. A directory without `modules.json` gets what sentence-transformers gives a
 //! plain Hugging Face encoder: mean pooling, no normalisation.
 
 use crate::error::{Result, WickError};
+use crate::model::arch::PoolMode;
 use serde_json::Value;
 use std::path::Path;
 
@@ -16,6 +18,24 @@ pub enum Pooling {
     Mean,
     /// `h_0`, the `[CLS]` token's state (`pooling_mode_cls_token`).
     Cls,
+    /// One of the `masked_pool` op's modes (`max`, `mean_sqrt_len_tokens`, `weightedmean`,
+    /// `lasttoken`).
+    Masked(PoolMode),
+}
+
+impl Pooling {
+    /// The pooling sentence-transformers calls `mode`.
+    fn of(mode: &str) -> Option<Pooling> {
+        Some(match mode {
+            "mean" => Pooling::Mean,
+            "cls" => Pooling::Cls,
+            "max" => Pooling::Masked(PoolMode::Max),
+            "mean_sqrt_len_tokens" => Pooling::Masked(PoolMode::MeanSqrtLen),
+            "weightedmean" => Pooling::Masked(PoolMode::WeightedMean),
+            "lasttoken" => Pooling::Masked(PoolMode::Last),
+            _ => return None,
+        })
+    }
 }
 
 /// A Dense module: `e ← act(W·e + b)`, `W [out_features, in_features]`, its weights
@@ -30,24 +50,26 @@ pub struct Dense {
     pub act: Option<Value>,
 }
 
-/// The pooling, the Dense modules after it, and whether `e / ‖e‖₂` follows them.
+/// The poolings (their outputs side by side, in this order), the Dense modules after them, and
+/// whether `e / ‖e‖₂` follows them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Head {
-    pub pooling: Pooling,
+    pub pooling: Vec<Pooling>,
     pub dense: Vec<Dense>,
     pub normalize: bool,
 }
 
 /// What a directory without `modules.json` gets.
 pub fn default_head() -> Head {
-    Head { pooling: Pooling::Mean, dense: vec![], normalize: false }
+    Head { pooling: vec![Pooling::Mean], dense: vec![], normalize: false }
 }
 
-/// The Pooling config's legacy mode flags and the modes they name (`pooling_mode`'s values).
+/// The Pooling config's legacy mode flags and the modes they name (`pooling_mode`'s values), in
+/// the order sentence-transformers joins them.
 const FLAGS: [(&str, &str); 6] = [
     ("pooling_mode_cls_token", "cls"),
-    ("pooling_mode_mean_tokens", "mean"),
     ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_mean_tokens", "mean"),
     ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
     ("pooling_mode_weightedmean_tokens", "weightedmean"),
     ("pooling_mode_lasttoken", "lasttoken"),
@@ -75,7 +97,7 @@ pub fn read(dir: &Path, hidden: usize) -> Result<Head> {
             (0, ..) => return Err(bad(format!("module 0 is {kind}; wick reads a Transformer first"))),
             (_, "Pooling", false, _) => pooling = Some(read_pooling(&dir.join(folder).join("config.json"), hidden)?),
             (_, "Dense", true, false) => {
-                let width = dense.last().map_or(hidden, |d| d.out_features);
+                let width = dense.last().map_or(hidden * pooling.as_ref().map_or(1, Vec::len), |d| d.out_features);
                 dense.push(read_dense(dir, folder, width)?);
             }
             (_, "Normalize", true, false) => normalize = true,
@@ -119,10 +141,10 @@ fn read_dense(dir: &Path, folder: &str, width: usize) -> Result<Dense> {
     Ok(Dense { folder: folder.to_string(), in_features, out_features, bias, act })
 }
 
-/// The one pooling mode a Pooling module's `config.json` asks for, read as sentence-transformers
+/// The pooling modes a Pooling module's `config.json` asks for, read as sentence-transformers
 /// reads it: `pooling_mode` (a mode or a list of them), else the modes whose `pooling_mode_*`
-/// flag is true, else the mean.
-fn read_pooling(path: &Path, hidden: usize) -> Result<Pooling> {
+/// flag is true (in [`FLAGS`]' order), else the mean.
+fn read_pooling(path: &Path, hidden: usize) -> Result<Vec<Pooling>> {
     let c = super::read_json(path)?;
     let field = |f: &str, msg: String| WickError::invalid(format!("{}: field '{f}'", path.display()), msg);
     for key in ["embedding_dimension", "word_embedding_dimension"] {
@@ -137,14 +159,14 @@ fn read_pooling(path: &Path, hidden: usize) -> Result<Pooling> {
         Some(other) => return Err(field("pooling_mode", format!("is {other}; a mode or a list of modes is expected"))),
         None => FLAGS.iter().filter(|(f, _)| c.get(*f).and_then(Value::as_bool) == Some(true)).map(|(f, m)| (m.to_string(), *f)).collect(),
     };
-    match modes.as_slice() {
-        [] => Ok(Pooling::Mean),
-        [(m, _)] if m == "mean" => Ok(Pooling::Mean),
-        [(m, _)] if m == "cls" => Ok(Pooling::Cls),
-        [(m, f)] => Err(field(f, format!("asks for \"{m}\" pooling; wick pools by the mask's mean (\"mean\") or the first token (\"cls\")"))),
-        [(a, _), (b, f), ..] => Err(field(
-            f,
-            format!("asks for \"{b}\" pooling as well as \"{a}\"; sentence-transformers joins such poolings into one vector, which wick does not read (it reads one mode: \"mean\" or \"cls\")"),
-        )),
+    if modes.is_empty() {
+        return Ok(vec![Pooling::Mean]);
     }
+    modes
+        .iter()
+        .map(|(m, f)| {
+            Pooling::of(m)
+                .ok_or_else(|| field(f, format!("asks for \"{m}\" pooling; sentence-transformers' modes are \"cls\", \"max\", \"mean\", \"mean_sqrt_len_tokens\", \"weightedmean\" and \"lasttoken\"")))
+        })
+        .collect()
 }

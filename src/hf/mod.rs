@@ -173,11 +173,20 @@ pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
         nodes.push(norm(&n.ffn_norm, &n.ffn_residual));
         x = n.ffn_norm;
     }
-    nodes.push(match c.head.pooling {
-        Pooling::Mean => json!({"name": "pooling", "op": "masked_mean", "inputs": [x, "input_ids"], "pad_id": pad}),
-        // Padding is appended, so the first token is every sentence's `[CLS]`.
-        Pooling::Cls => json!({"name": "pooling", "op": "select", "inputs": [x], "dim": 1, "index": 0}),
-    });
+    // One node per pooling mode, joined side by side when there are several.
+    let joined = c.head.pooling.len() > 1;
+    let pools: Vec<String> = c.head.pooling.iter().enumerate().map(|(i, _)| if joined { format!("pooling.{i}") } else { "pooling".into() }).collect();
+    for (pooling, name) in c.head.pooling.iter().zip(&pools) {
+        nodes.push(match pooling {
+            Pooling::Mean => json!({"name": name, "op": "masked_mean", "inputs": [x, "input_ids"], "pad_id": pad}),
+            // Padding is appended, so the first token is every sentence's `[CLS]`.
+            Pooling::Cls => json!({"name": name, "op": "select", "inputs": [x], "dim": 1, "index": 0}),
+            Pooling::Masked(mode) => json!({"name": name, "op": "masked_pool", "inputs": [x, "input_ids"], "mode": mode, "pad_id": pad}),
+        });
+    }
+    if joined {
+        nodes.push(json!({"name": "pooling", "op": "concat", "inputs": pools, "dim": -1}));
+    }
     let mut output = "pooling".to_string();
     for dense in &c.head.dense {
         let linear = format!("{}.linear", dense.folder);

@@ -535,6 +535,31 @@ pub struct MaskedMeanCfg {
     pub pad_id: i64,
 }
 
+/// sentence-transformers' other poolings over the positions whose token id is not `pad_id`
+/// (mask `m_t`): inputs `x [L, D]` and the ids `[L]`, output `[D]`. Padding is appended, so the
+/// kept positions come first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskedPoolCfg {
+    pub mode: PoolMode,
+    #[serde(default)]
+    pub pad_id: i64,
+}
+
+/// The pooling of [`MaskedPoolCfg`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// `max_t` of `x_t` over the kept positions, per feature (−∞ when none is kept).
+    Max,
+    /// `Σ_t m_t·x_t / √max(Σ_t m_t, 1e-9)`.
+    MeanSqrtLen,
+    /// `Σ_t w_t·x_t / max(Σ_t w_t, 1e-9)` with `w_t = m_t·(t + 1)`: later tokens weigh more.
+    WeightedMean,
+    /// `x_t` of the last kept position (0 when none is kept).
+    Last,
+}
+
 /// `y = x / max(‖x‖₂, eps)` over the last dim (PyTorch's `F.normalize`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -689,6 +714,7 @@ pub enum Op {
     Attention(AttentionCfg),
     RelativePositionBias(RelativePositionBiasCfg),
     MaskedMean(MaskedMeanCfg),
+    MaskedPool(MaskedPoolCfg),
     L2Normalize(L2NormalizeCfg),
 }
 
@@ -746,6 +772,7 @@ pub const OP_NAMES: &[&str] = &[
     "attention",
     "relative_position_bias",
     "masked_mean",
+    "masked_pool",
     "l2_normalize",
 ];
 
@@ -938,6 +965,7 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "attention" => Op::Attention(cfg(fields)?),
         "relative_position_bias" => Op::RelativePositionBias(cfg(fields)?),
         "masked_mean" => Op::MaskedMean(cfg(fields)?),
+        "masked_pool" => Op::MaskedPool(cfg(fields)?),
         "l2_normalize" => Op::L2Normalize(cfg(fields)?),
         other => return Err(format!("unknown op '{other}' (known: {})", OP_NAMES.join(", "))),
     })

@@ -290,6 +290,7 @@ impl Model {
             Op::Attention(c) => text_ops::attention(ins[0], ins[1], ins[2], ins[3], ins.get(4).copied(), c),
             Op::RelativePositionBias(c) => text_ops::relative_position_bias(&x, p("weight"), c),
             Op::MaskedMean(c) => text_ops::masked_mean(ins[0], ins[1], c.pad_id),
+            Op::MaskedPool(c) => text_ops::masked_pool(ins[0], ins[1], c),
             Op::L2Normalize(c) => text_ops::l2_normalize(&x, c),
         }
     }

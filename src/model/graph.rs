@@ -312,7 +312,7 @@ pub fn infer(op: &Op, ins: &[&Vec<usize>]) -> std::result::Result<Vec<usize>, St
             expect_rank(ids, 1, "[L]")?;
             Ok(vec![c.num_heads, ids[0], ids[0]])
         }
-        Op::MaskedMean(_) => {
+        Op::MaskedMean(_) | Op::MaskedPool(_) => {
             let [x, ids] = ins else { return Err(format!("takes 2 inputs (values, token ids), got {}", ins.len())) };
             expect_rank(x, 2, "[L, D]")?;
             if ids.as_slice() != [x[0]] {
@@ -512,7 +512,7 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             }
             Ok(s.clone())
         }
-        Op::Add(_) | Op::Mul(_) | Op::Concat(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) => unreachable!("handled in infer"),
+        Op::Add(_) | Op::Mul(_) | Op::Concat(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) => unreachable!("handled in infer"),
     }
 }
 

@@ -1,9 +1,10 @@
 //! The ops of text encoders, as compositions of candle ops (each differentiable, so training
 //! and distillation backpropagate through them): token and position embeddings, multi-head
-//! attention with a padding mask (and MPNet's relative position bias), masked mean pooling and L2 normalisation. Token ids travel as
+//! attention with a padding mask (and MPNet's relative position bias), masked mean and other
+//! poolings and L2 normalisation. Token ids travel as
 //! f32 (exact below 2²⁴). Uses `model::arch`.
 
-use super::arch::{AttentionCfg, EmbeddingCfg, L2NormalizeCfg, RelativePositionBiasCfg};
+use super::arch::{AttentionCfg, EmbeddingCfg, L2NormalizeCfg, MaskedPoolCfg, PoolMode, RelativePositionBiasCfg};
 use crate::error::{Result, WickError};
 use candle_core::{DType, Tensor, D};
 
@@ -68,6 +69,41 @@ pub fn masked_mean(x: &Tensor, ids: &Tensor, pad_id: i64) -> Result<Tensor> {
     let sum = x.broadcast_mul(&m)?.sum(1)?;
     let count = m.sum(1)?.clamp(1e-9f32, f32::MAX)?;
     Ok(sum.broadcast_div(&count)?)
+}
+
+/// The pooling `c.mode` (see `PoolMode`) of `x [N, L, D]` over the kept positions of `ids`:
+/// `[N, D]`.
+pub fn masked_pool(x: &Tensor, ids: &Tensor, c: &MaskedPoolCfg) -> Result<Tensor> {
+    let (n, l, d) = x.dims3()?;
+    let keep = keep_mask(ids, c.pad_id)?;
+    match c.mode {
+        PoolMode::Max => {
+            let kept = keep.unsqueeze(2)?.broadcast_as((n, l, d))?.ne(0f64)?;
+            let padding = Tensor::full(f32::NEG_INFINITY, (n, l, d), x.device())?;
+            Ok(kept.where_cond(x, &padding)?.max(1)?)
+        }
+        PoolMode::MeanSqrtLen => {
+            let sum = x.broadcast_mul(&keep.unsqueeze(2)?)?.sum(1)?;
+            Ok(sum.broadcast_div(&keep.sum_keepdim(1)?.clamp(1e-9f32, f32::MAX)?.sqrt()?)?)
+        }
+        PoolMode::WeightedMean => {
+            let position = Tensor::arange(1f32, l as f32 + 1.0, x.device())?.unsqueeze(0)?;
+            let w = keep.broadcast_mul(&position)?.unsqueeze(2)?;
+            Ok(x.broadcast_mul(&w)?.sum(1)?.broadcast_div(&w.sum(1)?.clamp(1e-9f32, f32::MAX)?)?)
+        }
+        PoolMode::Last => {
+            // A one-hot weight on each sample's last kept position (none: all zero).
+            let m: Vec<f32> = keep.flatten_all()?.to_vec1()?;
+            let mut onehot = vec![0f32; n * l];
+            for (row, w) in m.chunks(l.max(1)).zip(onehot.chunks_mut(l.max(1))) {
+                if let Some(t) = row.iter().rposition(|&v| v != 0.0) {
+                    w[t] = 1.0;
+                }
+            }
+            let w = Tensor::from_vec(onehot, (n, l, 1), x.device())?;
+            Ok(x.broadcast_mul(&w)?.sum(1)?)
+        }
+    }
 }
 
 /// `x / max(‖x‖₂, eps)` over the last dim.

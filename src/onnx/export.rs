@@ -385,7 +385,7 @@ impl Builder {
                 self.op(op, n, &[x], n, vec![ints("axes", &[d]), int("keepdims", c.keepdim as i64)]);
             }
             Op::Gru(c) | Op::Lstm(c) => self.recurrent(model, node, x, c, matches!(node.op, Op::Gru(_)))?,
-            op @ (Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::L2Normalize(_)) => {
+            op @ (Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) | Op::L2Normalize(_)) => {
                 return Err(format!("the {} op has no ONNX form in this wick yet", op.name()));
             }
         }

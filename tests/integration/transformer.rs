@@ -46,7 +46,9 @@ fn modules_json(more: &[&str]) -> String {
 /// The directory's sentence-transformers head and `config.json`'s `hidden_act` decide the
 /// embedding, as sentence-transformers' own `encode` (`tiny_bert_variants_reference.safetensors`)
 /// does: no `modules.json` (the mean, not normalised), the first token's state (`[CLS]`) by the
-/// legacy flags without Normalize, and by `pooling_mode: "cls"` with it; a Dense module (8 → 6,
+/// legacy flags without Normalize, and by `pooling_mode: "cls"` with it; the max, the mean over
+/// √length, the position-weighted mean and the last token; cls, max and mean joined (`[24]`) by
+/// the legacy flags, in sentence-transformers' order; a Dense module (8 → 6,
 /// Tanh) before Normalize, whose weights `save_dir` writes back to its folder; the tanh GELU,
 /// ReLU and SiLU. Within 1e-5 on the compiled plan at batches of 1 and 7 (shorter sequences than the
 /// plan's), on candle's executor, and through INT8 (`wick quantize`, whose fidelity is measured
@@ -62,6 +64,16 @@ fn sentence_transformers_heads_and_activations() {
     let mut cases =
         vec![("plain", None, ""), ("cls", Some(modules_json(&[])), cls_flags), ("cls_normalize", Some(modules_json(&["Normalize"])), r#"{"embedding_dimension": 8, "pooling_mode": "cls"}"#)];
     cases.extend(["act_gelu_new", "act_relu", "act_silu"].map(|a| (a, own.0.clone(), own.1)));
+    let modes = [
+        ("max", r#"{"embedding_dimension": 8, "pooling_mode": "max"}"#),
+        ("mean_sqrt_len", r#"{"embedding_dimension": 8, "pooling_mode": "mean_sqrt_len_tokens"}"#),
+        ("weightedmean", r#"{"embedding_dimension": 8, "pooling_mode": "weightedmean"}"#),
+        ("lasttoken", r#"{"embedding_dimension": 8, "pooling_mode": "lasttoken"}"#),
+    ];
+    cases.extend(modes.map(|(name, pooling)| (name, Some(modules_json(&[])), pooling)));
+    // Legacy flags join cls, max and mean in that order, whatever order the file lists them in.
+    let joined = r#"{"word_embedding_dimension": 8, "pooling_mode_mean_tokens": true, "pooling_mode_cls_token": true, "pooling_mode_max_tokens": true}"#;
+    cases.push(("joined", Some(modules_json(&["Normalize"])), joined));
     cases.push(("dense", Some(modules_json(&["Dense", "Normalize"])), own.1));
     for (name, modules, pooling) in &cases {
         let dir = root.path().join(name);
@@ -98,8 +110,7 @@ fn sentence_transformers_heads_and_activations() {
     assert!(j["fidelity"]["cosine_mean"].as_f64().unwrap() >= 0.999, "{j}");
     // Heads wick does not read.
     let refused = [
-        (modules_json(&[]), r#"{"pooling_mode_mean_tokens": false, "pooling_mode_max_tokens": true}"#, &["1_Pooling", "pooling_mode_max_tokens", "\"max\""][..]),
-        (modules_json(&[]), r#"{"pooling_mode": ["cls", "mean"]}"#, &["1_Pooling", "'pooling_mode'", "\"mean\"", "\"cls\"", "joins"][..]),
+        (modules_json(&[]), r#"{"pooling_mode": ["cls", "median"]}"#, &["1_Pooling", "'pooling_mode'", "\"median\"", "\"weightedmean\""][..]),
         (modules_json(&[]), r#"{"word_embedding_dimension": 384, "pooling_mode": "mean"}"#, &["word_embedding_dimension", "384", "hidden size is 8"][..]),
         (modules_json(&["CNN", "Normalize"]), r#"{"pooling_mode": "mean"}"#, &["modules.json", "module 2", "sentence_transformers.models.CNN"][..]),
         (modules_json(&["Normalize", "Normalize"]), r#"{"pooling_mode": "mean"}"#, &["modules.json", "module 3", "Normalize"][..]),

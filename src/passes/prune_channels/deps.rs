@@ -255,7 +255,7 @@ pub fn analyse(model: &Model) -> Deps {
                 feature_last.insert(node.name.clone());
                 o.repeat(c.dirs())
             }
-            Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::L2Normalize(_) => {
+            Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) | Op::L2Normalize(_) => {
                 // Text encoders' sequence axis comes first and their features are tied across
                 // heads and positions: kept whole.
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)

@@ -480,8 +480,9 @@ fn foldable_pad(model: &Model, node: &Node, readers: &BTreeMap<&str, usize>) -> 
 }
 
 /// Whether `op`'s step computes the same for any sequence length of a rank-1 (token) input:
-/// per-row and per-token ops, the text ops that read the length from their input, and a
-/// position counted from the start (a `[CLS]` pooling).
+/// per-row and per-token ops, the text ops that read the length from their input, a join
+/// (which takes its widths from the shapes of the length it is given), and a position counted
+/// from the start (a `[CLS]` pooling).
 fn length_free_op(op: &Op) -> bool {
     op.is_elementwise()
         || matches!(
@@ -495,7 +496,9 @@ fn length_free_op(op: &Op) -> bool {
                 | Op::Attention(_)
                 | Op::RelativePositionBias(_)
                 | Op::MaskedMean(_)
+                | Op::MaskedPool(_)
                 | Op::L2Normalize(_)
+                | Op::Concat(_)
         )
         || matches!(op, Op::Select(c) if c.index >= 0)
 }
