@@ -127,7 +127,7 @@ fn run_text(a: &Args) -> anyhow::Result<Outcome> {
             _ => anyhow::bail!(wick::WickError::invalid(
                 path.display().to_string(),
                 format!(
-                    "is neither a model directory (config.json, model.safetensors, tokenizer.json) nor the INT8 artifact of one given with --teacher DIR, which text data ({}) needs for its tokenizer",
+                    "is neither a model directory (config.json, model.safetensors, tokenizer.json or vocab.txt) nor the INT8 artifact of one given with --teacher DIR, which text data ({}) needs for its tokenizer",
                     a.data.display()
                 )
             )),

@@ -9,6 +9,7 @@
 
 pub mod family;
 pub mod head;
+pub mod wordpiece;
 
 use crate::error::{Result, WickError};
 use crate::model::arch::Arch;
@@ -308,12 +309,17 @@ fn weights_path(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// The directory's tokenizer (`tokenizer.json`), truncating to `max_len` tokens (keeping the
-/// final `[SEP]`-like token) and without its own padding: wick pads each batch itself.
+/// The directory's tokenizer (`tokenizer.json`, else one built from a WordPiece `vocab.txt`,
+/// see `wordpiece`), truncating to `max_len` tokens (keeping the final `[SEP]`-like token) and
+/// without its own padding: wick pads each batch itself.
 pub fn tokenizer(dir: &Path, max_len: usize) -> Result<tokenizers::Tokenizer> {
     let path = dir.join("tokenizer.json");
     let bad = |e: String| WickError::invalid(path.display().to_string(), e);
-    let mut t = tokenizers::Tokenizer::from_file(&path).map_err(|e| bad(format!("cannot be read as a tokenizer: {e}")))?;
+    let mut t = match (path.is_file(), dir.join("vocab.txt").is_file()) {
+        (false, true) => wordpiece::from_vocab(dir)?,
+        (false, false) => return Err(WickError::invalid(dir.display().to_string(), "holds neither a tokenizer.json nor a WordPiece vocab.txt to tokenise sentences with")),
+        (true, _) => tokenizers::Tokenizer::from_file(&path).map_err(|e| bad(format!("cannot be read as a tokenizer: {e}")))?,
+    };
     t.with_padding(None);
     t.with_truncation(Some(tokenizers::TruncationParams { max_length: max_len, ..Default::default() })).map_err(|e| bad(e.to_string()))?;
     Ok(t)

@@ -184,6 +184,45 @@ fn do_lower_case_lowers_sentences() {
     assert_ne!(lowered, TextData::read(&sentences, &roberta, 64).unwrap().ids);
 }
 
+/// A directory with a WordPiece `vocab.txt` and no `tokenizer.json` tokenises as transformers'
+/// fast tokenizer converted from it does (the fixtures' `tokenizer.json`, here the oracle): the
+/// BERT with no `tokenizer_config.json` (BertTokenizer's defaults: lower-cased, `[CLS] … [SEP]`),
+/// the DistilBERT and the MPNet with theirs (`<s> … </s>`), on the 200 sentences and on lines
+/// with accents, Chinese characters, control characters and a special token written out. A
+/// tokenizer class whose vocabulary is no `vocab.txt`, or a directory with neither file, exits 2
+/// naming the culprit.
+#[test]
+fn wordpiece_vocab_without_tokenizer_json() {
+    let root = tempfile::tempdir().unwrap();
+    let mut text = std::fs::read_to_string(fixture("text/sentences.txt")).unwrap();
+    text.push_str("Ünïcödé café naïve résumé\n北京是中国的首都。\nA [MASK] and <mask> and [SEP] written out.\nTabs\tand\u{7}bells, ÅNGSTRÖM.\n");
+    let lines = root.path().join("lines.txt");
+    std::fs::write(&lines, &text).unwrap();
+    for (source, config) in [(tiny_bert(), None), (fixture("text/tiny_distilbert"), Some("tokenizer_config.json")), (fixture("text/tiny_mpnet"), Some("tokenizer_config.json"))] {
+        let dir = root.path().join(source.file_name().unwrap());
+        copy_files(&source, &dir, &["config.json", "model.safetensors", "sentence_bert_config.json", "modules.json", "1_Pooling/config.json"]);
+        if let Some(c) = config {
+            copy_files(&source, &dir, &[c]);
+        }
+        let tokenizer: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(source.join("tokenizer.json")).unwrap()).unwrap();
+        let mut vocab: Vec<(&String, u64)> = tokenizer["model"]["vocab"].as_object().unwrap().iter().map(|(t, id)| (t, id.as_u64().unwrap())).collect();
+        vocab.sort_by_key(|v| v.1);
+        std::fs::write(dir.join("vocab.txt"), vocab.iter().map(|(t, _)| format!("{t}\n")).collect::<String>()).unwrap();
+        let want = TextData::read(&lines, &source, 64).unwrap().ids;
+        assert_eq!(TextData::read(&lines, &dir, 64).unwrap().ids, want, "{}", source.display());
+        assert_eq!(want.len(), 204);
+    }
+    let mpnet = root.path().join("tiny_mpnet");
+    let roberta_class = root.path().join("roberta_class");
+    copy_files(&mpnet, &roberta_class, &["config.json", "model.safetensors", "vocab.txt"]);
+    std::fs::write(roberta_class.join("tokenizer_config.json"), r#"{"tokenizer_class": "RobertaTokenizerFast"}"#).unwrap();
+    let (_, e) = run_expect(&["eval", roberta_class.to_str().unwrap(), "--data", lines.to_str().unwrap()], 2);
+    assert!(e.contains("tokenizer_config.json") && e.contains("tokenizer_class") && e.contains("RobertaTokenizer") && e.contains("tokenizer.json"), "{e}");
+    std::fs::remove_file(roberta_class.join("vocab.txt")).unwrap();
+    let (_, e) = run_expect(&["eval", roberta_class.to_str().unwrap(), "--data", lines.to_str().unwrap()], 2);
+    assert!(e.contains("roberta_class") && e.contains("neither a tokenizer.json nor a WordPiece vocab.txt"), "{e}");
+}
+
 /// `wick inspect` and `wick eval` take the directory: eval against itself as the teacher gives
 /// fidelity 1 and writes the embeddings; a `config.json` of another family, `--arch` with a
 /// directory, text data for a model without a tokenizer, and the commands not built for text
