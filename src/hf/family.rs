@@ -145,33 +145,22 @@ impl Family {
                     ffn_norm: format!("{p}.output_layer_norm"),
                 }
             }
-            Family::Mpnet => {
-                let (p, a) = (format!("encoder.layer.{l}"), format!("encoder.layer.{l}.attention"));
-                LayerNames {
-                    q: format!("{a}.attn.q"),
-                    k: format!("{a}.attn.k"),
-                    v: format!("{a}.attn.v"),
-                    attention: format!("{a}.attn"),
-                    attn_out: format!("{a}.attn.o"),
-                    attn_residual: format!("{a}.residual"),
-                    attn_norm: format!("{a}.LayerNorm"),
-                    ffn_in: format!("{p}.intermediate.dense"),
-                    act: format!("{p}.intermediate.act"),
-                    ffn_out: format!("{p}.output.dense"),
-                    ffn_residual: format!("{p}.output.residual"),
-                    ffn_norm: format!("{p}.output.LayerNorm"),
-                }
-            }
             _ => {
                 let (p, a) = (format!("encoder.layer.{l}"), format!("encoder.layer.{l}.attention"));
+                // BERT's and MPNet's layers differ only in their attention's names.
+                let [q, k, v, attention, attn_out, attn_residual, attn_norm] = match self {
+                    Family::Mpnet => ["attn.q", "attn.k", "attn.v", "attn", "attn.o", "residual", "LayerNorm"],
+                    _ => ["self.query", "self.key", "self.value", "self", "output.dense", "output.residual", "output.LayerNorm"],
+                }
+                .map(|part| format!("{a}.{part}"));
                 LayerNames {
-                    q: format!("{a}.self.query"),
-                    k: format!("{a}.self.key"),
-                    v: format!("{a}.self.value"),
-                    attention: format!("{a}.self"),
-                    attn_out: format!("{a}.output.dense"),
-                    attn_residual: format!("{a}.output.residual"),
-                    attn_norm: format!("{a}.output.LayerNorm"),
+                    q,
+                    k,
+                    v,
+                    attention,
+                    attn_out,
+                    attn_residual,
+                    attn_norm,
                     ffn_in: format!("{p}.intermediate.dense"),
                     act: format!("{p}.intermediate.act"),
                     ffn_out: format!("{p}.output.dense"),
