@@ -29,13 +29,16 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     let shape = |s: &[usize]| format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+    // Each text column as wide as its longest entry, so long op names and shapes stay aligned.
     let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(5);
-    println!("{:<w$}  {:<16} {:<16} {:>12} {:>14} {:>12}", "node", "op", "output", "params", "MACs", "bytes");
+    let wo = rows.iter().map(|r| r.op.len()).max().unwrap_or(0).max(16);
+    let ws = rows.iter().map(|r| shape(&r.output_shape).len()).max().unwrap_or(0).max(16);
+    println!("{:<w$}  {:<wo$} {:<ws$} {:>12} {:>14} {:>12}", "node", "op", "output", "params", "MACs", "bytes");
     for r in &rows {
-        println!("{:<w$}  {:<16} {:<16} {:>12} {:>14} {:>12}", r.name, r.op, shape(&r.output_shape), r.params, r.macs, r.bytes);
+        println!("{:<w$}  {:<wo$} {:<ws$} {:>12} {:>14} {:>12}", r.name, r.op, shape(&r.output_shape), r.params, r.macs, r.bytes);
     }
     let (p, m, b) = rows.iter().fold((0, 0, 0), |(p, m, b), r| (p + r.params, m + r.macs, b + r.bytes));
-    println!("{:<w$}  {:<16} {:<16} {:>12} {:>14} {:>12}", "total", "", shape(&[]), p, m, b);
+    println!("{:<w$}  {:<wo$} {:<ws$} {:>12} {:>14} {:>12}", "total", "", shape(&[]), p, m, b);
     if let AnyModel::Int8(q) = &loaded {
         println!("INT8 artifact: {} quantised units ({}); their weights counted at 1 byte per parameter", q.layers.len(), q.layers.keys().cloned().collect::<Vec<_>>().join(", "));
     }
