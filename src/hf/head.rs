@@ -1,9 +1,8 @@
 //! The sentence-transformers modules after the encoder (`modules.json`): how its last hidden
 //! states become one embedding per sentence. wick reads a Transformer module (the directory
 //! itself), one Pooling module (the mask's mean, the first token's state `[CLS]`, the mask's
-//! max, … or several of them side by side), Dense
-//! modules (a linear layer and its activation, weights in the module's folder) and an optional
-//! Normalize module. A directory without `modules.json` gets what sentence-transformers gives a
+//! max, … or several of them side by side), Dense modules (a linear layer and its activation,
+//! weights in the module's folder) and an optional Normalize module. A directory without `modules.json` gets what sentence-transformers gives a
 //! plain Hugging Face encoder: mean pooling, no normalisation.
 
 use crate::error::{Result, WickError};

@@ -1,11 +1,12 @@
 //! A Hugging Face BERT-family model directory (`config.json`, `model.safetensors`,
-//! `tokenizer.json`; BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT, MPNet) as a wick model:
-//! the architecture built from `config.json` out of wick's ops (embeddings, MPNet's relative
-//! position bias, per layer the q/k/v linears, attention, output linear, residual add and LayerNorm, the feed-forward linears and
-//! their activation; then the sentence-transformers pooling and normalisation `modules.json`
-//! asks for, see `head`), the weights under their own names (`family`; with or without a task
-//! class's prefix), and the tokenizer through the `tokenizers` crate. Uses `model`,
-//! `tensor_file`.
+//! `tokenizer.json` or a WordPiece `vocab.txt`; BERT, RoBERTa, XLM-RoBERTa, CamemBERT,
+//! DistilBERT, MPNet) as a wick model: the architecture built from `config.json` out of wick's
+//! ops (embeddings, MPNet's relative position bias, per layer the q/k/v linears, attention,
+//! output linear, residual add and LayerNorm, the feed-forward linears and their activation;
+//! then the sentence-transformers pooling and normalisation `modules.json` asks for, see
+//! `head`), the weights under their own names (`family`; with or without a task class's
+//! prefix), and the tokenizer through the `tokenizers` crate (`wordpiece` for a bare
+//! `vocab.txt`). Uses `model`, `tensor_file`.
 
 pub mod family;
 pub mod head;

@@ -1,8 +1,8 @@
 //! The ops of text encoders, as compositions of candle ops (each differentiable, so training
 //! and distillation backpropagate through them): token and position embeddings, multi-head
 //! attention with a padding mask (and MPNet's relative position bias), masked mean and other
-//! poolings and L2 normalisation. Token ids travel as
-//! f32 (exact below 2²⁴). Uses `model::arch`.
+//! poolings, and L2 normalisation. Token ids travel as f32 (exact below 2²⁴). Uses
+//! `model::arch`.
 
 use super::arch::{AttentionCfg, EmbeddingCfg, L2NormalizeCfg, MaskedPoolCfg, PoolMode, RelativePositionBiasCfg};
 use crate::error::{Result, WickError};
