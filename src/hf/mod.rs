@@ -77,10 +77,14 @@ fn max_seq_len(dir: &Path, c: &Config) -> Result<usize> {
     Ok(want.unwrap_or(DEFAULT_MAX_SEQ_LEN).min(positions.saturating_sub(offset)))
 }
 
+/// The JSON file at `path`, if there is one.
+fn read_json_if_present(path: &Path) -> Result<Option<Value>> {
+    path.is_file().then(|| read_json(path)).transpose()
+}
+
 /// The directory's `sentence_bert_config.json`, if it has one.
 fn sentence_bert_config(dir: &Path) -> Result<Option<Value>> {
-    let path = dir.join("sentence_bert_config.json");
-    path.is_file().then(|| read_json(&path)).transpose()
+    read_json_if_present(&dir.join("sentence_bert_config.json"))
 }
 
 /// Whether sentences are lower-cased before the tokenizer sees them (`do_lower_case` of
@@ -177,7 +181,7 @@ pub fn arch_from_config(c: &Config, seq_len: usize) -> Result<Arch> {
     }
     // One node per pooling mode, joined side by side when there are several.
     let joined = c.head.pooling.len() > 1;
-    let pools: Vec<String> = c.head.pooling.iter().enumerate().map(|(i, _)| if joined { format!("pooling.{i}") } else { "pooling".into() }).collect();
+    let pools: Vec<String> = (0..c.head.pooling.len()).map(|i| if joined { format!("pooling.{i}") } else { "pooling".into() }).collect();
     for (pooling, name) in c.head.pooling.iter().zip(&pools) {
         nodes.push(match pooling {
             Pooling::Mean => json!({"name": name, "op": "masked_mean", "inputs": [x, "input_ids"], "pad_id": pad}),

@@ -35,19 +35,13 @@ fn token_text(v: &Value) -> Option<String> {
     v.as_str().or_else(|| v.get("content").and_then(Value::as_str)).map(str::to_string)
 }
 
-fn read_optional(path: &Path) -> Result<Value> {
-    match path.is_file() {
-        true => super::read_json(path),
-        false => Ok(Value::Null),
-    }
-}
-
 /// The tokenizer of `dir` from its `vocab.txt` (see the module docs).
 pub fn from_vocab(dir: &Path) -> Result<Tokenizer> {
     let vocab = dir.join("vocab.txt");
     let config_path = dir.join("tokenizer_config.json");
-    let config = read_optional(&config_path)?;
-    let specials_map = read_optional(&dir.join("special_tokens_map.json"))?;
+    // An absent file is null: every field of it is missing.
+    let config = super::read_json_if_present(&config_path)?.unwrap_or_default();
+    let specials_map = super::read_json_if_present(&dir.join("special_tokens_map.json"))?.unwrap_or_default();
     let field = |f: &str, msg: String| WickError::invalid(format!("{}: field '{f}'", config_path.display()), msg);
     let class = config.get("tokenizer_class").and_then(Value::as_str).unwrap_or("BertTokenizer");
     let class = class.strip_suffix("Fast").unwrap_or(class);

@@ -524,6 +524,11 @@ impl RelativePositionBiasCfg {
         let scaled = (m as f32 / exact as f32).ln() / ((self.max_distance as f64 / exact as f64).ln() as f32) * (half - exact) as f32;
         base + (exact + scaled as usize).min(half - 1)
     }
+
+    /// The bucket of every pair `(i, j)` of `l` positions, row-major (`[L, L]`).
+    pub fn buckets(&self, l: usize) -> Vec<usize> {
+        (0..l * l).map(|p| self.bucket(p / l, p % l)).collect()
+    }
 }
 
 /// The mean over the positions whose token id is not `pad_id`: inputs `x [L, D]` and the ids

@@ -39,7 +39,7 @@ fn keep_mask(ids: &Tensor, pad_id: i64) -> Result<Tensor> {
 /// `weight [buckets, H]` of each pair's bucket, the same for every sample (a broadcast view).
 pub fn relative_position_bias(ids: &Tensor, weight: &Tensor, c: &RelativePositionBiasCfg) -> Result<Tensor> {
     let (n, l) = ids.dims2()?;
-    let buckets: Vec<u32> = (0..l * l).map(|p| c.bucket(p / l, p % l) as u32).collect();
+    let buckets: Vec<u32> = c.buckets(l).into_iter().map(|b| b as u32).collect();
     let idx = Tensor::from_vec(buckets, l * l, ids.device())?;
     let per_pair = weight.index_select(&idx, 0)?.reshape((l, l, c.num_heads))?;
     Ok(per_pair.permute((2, 0, 1))?.unsqueeze(0)?.broadcast_as((n, c.num_heads, l, l))?)
@@ -62,12 +62,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, ids: &Tensor, bias: Option<
     Ok(probs.matmul(&vh)?.transpose(1, 2)?.reshape((n, l, d))?)
 }
 
+/// `(Σ_t w_t·x_t, max(Σ_t w_t, 1e-9))` over the positions of `x [N, L, D]` for weights
+/// `w [N, L]`: `[N, D]` and `[N, 1]`, the numerator and denominator of every mean pooling.
+fn weighted_sum(x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor)> {
+    let w = w.unsqueeze(2)?;
+    Ok((x.broadcast_mul(&w)?.sum(1)?, w.sum(1)?.clamp(1e-9f32, f32::MAX)?))
+}
+
 /// `Σ_t m_t·x_t / max(Σ_t m_t, 1e-9)` over the positions of `x [N, L, D]`, `m` the keep mask of
 /// `ids`: `[N, D]`.
 pub fn masked_mean(x: &Tensor, ids: &Tensor, pad_id: i64) -> Result<Tensor> {
-    let m = keep_mask(ids, pad_id)?.unsqueeze(2)?;
-    let sum = x.broadcast_mul(&m)?.sum(1)?;
-    let count = m.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+    let (sum, count) = weighted_sum(x, &keep_mask(ids, pad_id)?)?;
     Ok(sum.broadcast_div(&count)?)
 }
 
@@ -83,13 +88,13 @@ pub fn masked_pool(x: &Tensor, ids: &Tensor, c: &MaskedPoolCfg) -> Result<Tensor
             Ok(kept.where_cond(x, &padding)?.max(1)?)
         }
         PoolMode::MeanSqrtLen => {
-            let sum = x.broadcast_mul(&keep.unsqueeze(2)?)?.sum(1)?;
-            Ok(sum.broadcast_div(&keep.sum_keepdim(1)?.clamp(1e-9f32, f32::MAX)?.sqrt()?)?)
+            let (sum, count) = weighted_sum(x, &keep)?;
+            Ok(sum.broadcast_div(&count.sqrt()?)?)
         }
         PoolMode::WeightedMean => {
             let position = Tensor::arange(1f32, l as f32 + 1.0, x.device())?.unsqueeze(0)?;
-            let w = keep.broadcast_mul(&position)?.unsqueeze(2)?;
-            Ok(x.broadcast_mul(&w)?.sum(1)?.broadcast_div(&w.sum(1)?.clamp(1e-9f32, f32::MAX)?)?)
+            let (sum, total) = weighted_sum(x, &keep.broadcast_mul(&position)?)?;
+            Ok(sum.broadcast_div(&total)?)
         }
         PoolMode::Last => {
             // A one-hot weight on each sample's last kept position (none: all zero).

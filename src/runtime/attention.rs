@@ -32,12 +32,9 @@ pub fn relative_position_bias(weight: &[f32], c: &RelativePositionBiasCfg, l: us
     let h = c.num_heads;
     assert_eq!(weight.len(), c.num_buckets * h, "relative position bias table");
     let mut out = vec![0f32; h * l * l];
-    for i in 0..l {
-        for j in 0..l {
-            let row = &weight[c.bucket(i, j) * h..][..h];
-            for (head, &b) in row.iter().enumerate() {
-                out[(head * l + i) * l + j] = b;
-            }
+    for (pair, bucket) in c.buckets(l).into_iter().enumerate() {
+        for (head, &b) in weight[bucket * h..][..h].iter().enumerate() {
+            out[head * l * l + pair] = b;
         }
     }
     out
