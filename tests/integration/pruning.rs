@@ -196,7 +196,8 @@ fn bad_pruning_input() {
 /// input columns follow the last conv's channels. A transpose back to channels first carries
 /// hidden units into a conv's input channels, and a mean over another axis passes them on. A
 /// transpose that moves the channels to a middle axis, or a mean across the channels, keeps them
-/// whole.
+/// whole. A conv reading steps-first input turned channels-first keeps its input and prunes its
+/// output channels.
 #[test]
 fn exact_surgery_through_transpose_and_mean() {
     use wick::model::arch::{Arch, Op};
@@ -219,6 +220,17 @@ fn exact_surgery_through_transpose_and_mean() {
     let p = exact_surgery(&init_model(arch("[3, 7]", round_trip), 2).unwrap(), &random_input(&[3, 7], 5));
     let (Op::Gru(g), Op::Conv1d(c2), Op::Linear(head)) = (&p.arch.node("g").unwrap().op, &p.arch.node("c2").unwrap().op, &p.arch.node("head").unwrap().op) else { panic!() };
     assert_eq!((g.input_size, g.hidden_size, c2.in_channels, c2.out_channels, head.in_features), (4, 3, 3, 2, 2));
+    // Steps-first input turned channels-first for a conv: the conv keeps its input features and
+    // prunes its own channels, which reach the GRU's input columns.
+    let steps_first = r#"{"name": "t", "op": "transpose", "inputs": ["input"], "dim0": 1, "dim1": 2},
+        {"name": "c", "op": "conv1d", "inputs": ["t"], "in_channels": 3, "out_channels": 6, "kernel_size": 3, "padding": 1},
+        {"name": "steps", "op": "transpose", "inputs": ["c"], "dim0": 1, "dim1": 2},
+        {"name": "g", "op": "gru", "inputs": ["steps"], "input_size": 6, "hidden_size": 5},
+        {"name": "last", "op": "select", "inputs": ["g"], "dim": 1, "index": -1},
+        {"name": "head", "op": "linear", "inputs": ["last"], "in_features": 5, "out_features": 3}"#;
+    let p = exact_surgery(&init_model(arch("[7, 3]", steps_first), 2).unwrap(), &random_input(&[7, 3], 5));
+    let (Op::Conv1d(c), Op::Gru(g)) = (&p.arch.node("c").unwrap().op, &p.arch.node("g").unwrap().op) else { panic!() };
+    assert_eq!((c.in_channels, c.out_channels, g.input_size, g.hidden_size), (3, 4, 4, 3));
     for (shape, body) in [
         (
             "[3, 4, 5]",

@@ -79,6 +79,16 @@ pub fn is_depthwise(op: &Op) -> bool {
     }
 }
 
+/// Whether `op` is a conv of one group, whose output channels do not depend on which axis of its
+/// input carries units.
+fn reads_channels_first(op: &Op) -> bool {
+    match op {
+        Op::Conv1d(c) => c.groups == 1,
+        Op::Conv2d(c) => c.groups == 1,
+        _ => false,
+    }
+}
+
 /// Analyses `model`'s channel coupling.
 pub fn analyse(model: &Model) -> Deps {
     let arch = &model.arch;
@@ -132,14 +142,21 @@ pub fn analyse(model: &Model) -> Deps {
                 Op::Pad(c) => c.per_dim(in_rank).is_ok_and(|p| p[in_rank - 1] == (0, 0)),
                 _ => false,
             };
-            if !passes {
+            if !passes && !reads_channels_first(&node.op) {
                 channels.insert(node.name.clone(), kept_whole(&ins, out_shape, &mut next, &mut freeze_ids));
                 continue;
             }
-            // A transpose of the last axis with the first carries the units on to the first.
-            let to_first = matches!(&node.op, Op::Transpose(c) if swapped(c, in_rank, in_rank - 1) == Some(Swap::FirstAndLast));
-            if !matches!(node.op, Op::Gru(_) | Op::Lstm(_)) && out_shape.len() >= 2 && !to_first {
-                feature_last.insert(node.name.clone());
+            if passes {
+                // A transpose of the last axis with the first carries the units on to the first.
+                let to_first = matches!(&node.op, Op::Transpose(c) if swapped(c, in_rank, in_rank - 1) == Some(Swap::FirstAndLast));
+                if !matches!(node.op, Op::Gru(_) | Op::Lstm(_)) && out_shape.len() >= 2 && !to_first {
+                    feature_last.insert(node.name.clone());
+                }
+            } else {
+                // A conv's input channels are the first axis, which carries no units here (a
+                // sequence's steps turned channels-first, say): its input is kept whole, and its
+                // own output channels are pruned as any conv's.
+                ins.iter().for_each(|i| freeze_ids.extend(i));
             }
         }
         let out: Vec<usize> = match &node.op {

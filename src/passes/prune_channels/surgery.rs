@@ -30,6 +30,8 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
     for node in arch.nodes.iter_mut() {
         let name = node.name.clone();
         let kin = keep(deps, &node.inputs[0], removed);
+        // Units on the input's last axis, which a conv does not read as its channels.
+        let input_last = deps.feature_last.contains(&node.inputs[0]);
         let kout = keep(deps, &name, removed);
         let mut sel = |suffix: &str, idx: &[u32], dim: usize| -> Result<()> {
             let key = format!("{name}.{suffix}");
@@ -63,15 +65,21 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
             }
             Op::Conv2d(c) if c.groups == 1 => {
                 sel("weight", &kout, 0)?;
-                sel("weight", &kin, 1)?;
                 sel("bias", &kout, 0)?;
-                (c.in_channels, c.out_channels) = (kin.len(), kout.len());
+                c.out_channels = kout.len();
+                if !input_last {
+                    sel("weight", &kin, 1)?;
+                    c.in_channels = kin.len();
+                }
             }
             Op::Conv1d(c) if c.groups == 1 => {
                 sel("weight", &kout, 0)?;
-                sel("weight", &kin, 1)?;
                 sel("bias", &kout, 0)?;
-                (c.in_channels, c.out_channels) = (kin.len(), kout.len());
+                c.out_channels = kout.len();
+                if !input_last {
+                    sel("weight", &kin, 1)?;
+                    c.in_channels = kin.len();
+                }
             }
             Op::BatchNorm1d(c) | Op::BatchNorm2d(c) => {
                 for s in ["weight", "bias", "running_mean", "running_var"] {
@@ -102,7 +110,6 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                 let h = c.hidden_size;
                 let kept: Vec<u32> = kout.iter().copied().filter(|&p| (p as usize) < h).collect();
                 let rows: Vec<u32> = (0..gates as u32).flat_map(|b| kept.iter().map(move |&j| b * h as u32 + j)).collect();
-                let input_tracked = deps.feature_last.contains(&node.inputs[0]);
                 for k in 0..c.num_layers {
                     for reverse in (0..c.dirs()).map(|d| d == 1) {
                         let [w_ih, w_hh, b_ih, b_hh] = rnn_params(k, reverse);
@@ -110,19 +117,19 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                             sel(p, &rows, 0)?;
                         }
                         sel(w_hh, &kept, 1)?;
-                        match (k, input_tracked) {
+                        match (k, input_last) {
                             (0, true) => sel(w_ih, &kin, 1)?,
                             (0, false) => {}
                             _ => sel(w_ih, &kout, 1)?,
                         }
                     }
                 }
-                if input_tracked {
+                if input_last {
                     c.input_size = kin.len();
                 }
                 c.hidden_size = kept.len();
             }
-            Op::Narrow(c) if !deps.feature_last.contains(&node.inputs[0]) && sample_dim(c.dim, model.graph.shapes[&node.inputs[0]].len()) == Ok(0) => {
+            Op::Narrow(c) if !input_last && sample_dim(c.dim, model.graph.shapes[&node.inputs[0]].len()) == Ok(0) => {
                 // A run of the channels (`deps`): it starts after the kept channels before it and
                 // holds its kept ones.
                 if let Ok(first) = c.first(model.graph.shapes[&node.inputs[0]][0]) {
