@@ -56,6 +56,17 @@ pub trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = S
     /// # Safety
     /// `p` is valid for `N` writes; the CPU has the vector's features.
     unsafe fn store(self, p: *mut f32);
+    /// Reads the first `len` (below `N`) values, the other lanes 0.0: a masked load, where a
+    /// copy through a buffer on the stack costs a call and a store-forwarding stall.
+    ///
+    /// # Safety
+    /// `p` is valid for `len` reads; the CPU has the vector's features.
+    unsafe fn load_part(p: *const f32, len: usize) -> Self;
+    /// Writes the first `len` (below `N`) lanes.
+    ///
+    /// # Safety
+    /// `p` is valid for `len` writes; the CPU has the vector's features.
+    unsafe fn store_part(self, p: *mut f32, len: usize);
 }
 
 /// Visits a row of `n` values in vectors of `V` lanes: `$vector` with `$j` at each whole
@@ -163,6 +174,13 @@ impl Lanes for f32 {
     unsafe fn store(self, p: *mut f32) {
         *p = self
     }
+    #[inline(always)]
+    unsafe fn load_part(_: *const f32, _: usize) -> f32 {
+        // One lane: a part of it is empty.
+        0.0
+    }
+    #[inline(always)]
+    unsafe fn store_part(self, _: *mut f32, _: usize) {}
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -290,6 +308,14 @@ mod x86 {
                 unsafe fn store(self, p: *mut f32) {
                     $storeu(p, self.0)
                 }
+                #[inline(always)]
+                unsafe fn load_part(p: *const f32, len: usize) -> $t {
+                    $t::load_part_impl(p, len)
+                }
+                #[inline(always)]
+                unsafe fn store_part(self, p: *mut f32, len: usize) {
+                    self.store_part_impl(p, len)
+                }
             }
         };
     }
@@ -310,7 +336,30 @@ mod x86 {
             }
         }
     }
+    impl F32x8 {
+        /// Lanes below `len` set (all bits), the others clear.
+        #[inline(always)]
+        unsafe fn first_lanes(len: usize) -> __m256i {
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+        }
+        #[inline(always)]
+        unsafe fn load_part_impl(p: *const f32, len: usize) -> F32x8 {
+            F32x8(_mm256_maskload_ps(p, Self::first_lanes(len)))
+        }
+        #[inline(always)]
+        unsafe fn store_part_impl(self, p: *mut f32, len: usize) {
+            _mm256_maskstore_ps(p, Self::first_lanes(len), self.0)
+        }
+    }
     impl F32x16 {
+        #[inline(always)]
+        unsafe fn load_part_impl(p: *const f32, len: usize) -> F32x16 {
+            F32x16(_mm512_maskz_loadu_ps(((1u32 << len) - 1) as u16, p))
+        }
+        #[inline(always)]
+        unsafe fn store_part_impl(self, p: *mut f32, len: usize) {
+            _mm512_mask_storeu_ps(p, ((1u32 << len) - 1) as u16, self.0)
+        }
         #[inline(always)]
         fn between_impl(self, lo: f32, hi: f32) -> F32x16 {
             unsafe {
@@ -512,8 +561,8 @@ pub fn erf_by<V: Lanes, H: Horner>(x: V) -> V {
 }
 
 /// Runs `g` over `a` in vectors of `V::N` lanes, two per step while they last (so that two
-/// independent evaluations overlap), the last partial one through a zero-padded copy (the
-/// padding lanes' results are dropped).
+/// independent evaluations overlap), the last partial one by a masked load that reads zeros into
+/// the other lanes and a masked store that drops their results.
 ///
 /// # Safety
 /// The CPU has `V`'s features.
@@ -534,16 +583,50 @@ pub unsafe fn map_in_place<V: Lanes, G: Fn(V) -> V>(a: &mut [f32], g: G) {
     }
     let b = singles.into_remainder();
     if !b.is_empty() {
-        let mut t = [0.0f32; 16];
-        t[..b.len()].copy_from_slice(b);
-        g(V::load(t.as_ptr())).store(t.as_mut_ptr());
-        b.copy_from_slice(&t[..b.len()]);
+        g(V::load_part(b.as_ptr(), b.len())).store_part(b.as_mut_ptr(), b.len());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A partial vector of each width the CPU has reads its `len` values and zeros, and writes
+    /// its `len` lanes and nothing past them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn partial_vectors_touch_only_their_lanes() {
+        /// `dst[..len] = 2·src[..len]` through one partial vector; `full` gets the whole vector.
+        unsafe fn twice<V: Lanes>(src: &[f32], dst: &mut [f32], full: &mut [f32; 16], len: usize) {
+            let v = V::load_part(src.as_ptr(), len);
+            (v + v).store_part(dst.as_mut_ptr(), len);
+            v.store(full.as_mut_ptr());
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn twice8(src: &[f32], dst: &mut [f32], full: &mut [f32; 16], len: usize) {
+            twice::<F32x8>(src, dst, full, len)
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn twice16(src: &[f32], dst: &mut [f32], full: &mut [f32; 16], len: usize) {
+            twice::<F32x16>(src, dst, full, len)
+        }
+        type Twice = unsafe fn(&[f32], &mut [f32], &mut [f32; 16], usize);
+        let widths: [(usize, bool, Twice); 2] = [(8, has_f32x8(), twice8), (16, std::is_x86_feature_detected!("avx512f"), twice16)];
+        for (n, present, run) in widths {
+            if !present {
+                continue;
+            }
+            for len in 0..n {
+                let src: Vec<f32> = (1..=len).map(|i| i as f32).collect();
+                let (mut dst, mut full) = (vec![-1.0f32; len + 1], [9.0f32; 16]);
+                // SAFETY: the CPU has the width's features; `src` holds `len` values, `dst` more.
+                unsafe { run(&src, &mut dst, &mut full, len) };
+                let want: Vec<f32> = src.iter().map(|v| 2.0 * v).chain([-1.0]).collect();
+                assert_eq!(dst, want, "{n} lanes, {len} values");
+                assert!(full[..len] == src[..] && full[len..n].iter().all(|&v| v == 0.0), "{n} lanes, {len} values: {full:?}");
+            }
+        }
+    }
 
     #[test]
     fn erf_is_within_5e7_of_reference_values() {

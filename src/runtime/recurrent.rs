@@ -132,6 +132,8 @@ impl RecurrentLayer {
         // covers both) and of n, each activated in place.
         let mut rz = vec![0f32; 2 * n * h_len];
         let mut pre_n = vec![0f32; n * h_len];
+        // LSTM: the step's gates, gate-major (`lstm_cell`).
+        let mut gates = vec![0f32; if self.cell == Cell::Lstm { 4 * n * h_len } else { 0 }];
         for s in 0..t_len {
             let t = if reverse { t_len - 1 - s } else { s };
             // This step's input projections, `[N, G·H]`.
@@ -159,8 +161,8 @@ impl RecurrentLayer {
                 }
                 Cell::Lstm => {
                     // `gi + gh` per row `[i, f, g, o]`, summed in the GEMM's output loop.
-                    let mut sums = dir.hh.project_add(&h, n, gi_t).ok_or_else(|| non_finite(1))?;
-                    lstm_cell(&mut sums, &mut c, &mut h, h_len);
+                    let sums = dir.hh.project_add(&h, n, gi_t).ok_or_else(|| non_finite(1))?;
+                    lstm_cell(&sums, &mut gates, &mut c, &mut h, h_len);
                 }
             }
             for b in 0..n {
@@ -172,34 +174,41 @@ impl RecurrentLayer {
     }
 }
 
-/// The LSTM cell on each row of `sums` (`[i, f, g, o]` pre-activations of one sample) and that
-/// sample's `c` and `h`: `i, f, o = σ(·)`, `g = tanh(·)`, `c' = f ⊙ c + i ⊙ g`,
-/// `h' = o ⊙ tanh(c')`, on vectors of `V` inlined here (a row's blocks are short: a call per
-/// block would cost as much as the block).
+/// The LSTM cell over a batch: `sums` holds each sample's `[i, f, g, o]` pre-activations (rows
+/// of `4·h_len`), `c` and `h` its states (rows of `h_len`). `i, f, o = σ(·)`, `g = tanh(·)`,
+/// `c' = f ⊙ c + i ⊙ g`, `h' = o ⊙ tanh(c')`. The gates are first gathered gate-major into
+/// `gates` (`[i | f | g | o]`, each `N·h_len` long), so that each activation runs over the whole
+/// batch in pairs of whole vectors: row by row, a short block (`h_len` 24: one vector and a
+/// part) is one dependent chain at a time. Every value is computed as row by row, so the bits
+/// are the same.
 ///
 /// # Safety
 /// The CPU has `V`'s features.
 #[inline(always)]
-unsafe fn lstm_cell_rows<V: Lanes>(sums: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) {
-    for ((row, cb), hb) in sums.chunks_mut(4 * h_len).zip(c.chunks_mut(h_len)).zip(h.chunks_mut(h_len)) {
-        let (i, rest) = row.split_at_mut(h_len);
-        let (f, rest) = rest.split_at_mut(h_len);
-        let (g, o) = rest.split_at_mut(h_len);
-        for (block, act) in [(&mut *i, Act::Sigmoid), (&mut *f, Act::Sigmoid), (&mut *g, Act::Tanh), (&mut *o, Act::Sigmoid)] {
-            activate::<V>(block, act);
+unsafe fn lstm_cell_batch<V: Lanes>(sums: &[f32], gates: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) {
+    let block = c.len();
+    for (b, row) in sums.chunks_exact(4 * h_len).enumerate() {
+        for (k, gate) in row.chunks_exact(h_len).enumerate() {
+            gates[k * block + b * h_len..][..h_len].copy_from_slice(gate);
         }
-        for (((cv, &fv), &iv), &gv) in cb.iter_mut().zip(&*f).zip(&*i).zip(&*g) {
-            *cv = fv * *cv + iv * gv;
-        }
-        hb.copy_from_slice(cb);
-        activate::<V>(hb, Act::Tanh);
-        hb.iter_mut().zip(&*o).for_each(|(hv, &ov)| *hv *= ov);
     }
+    let (i_f, rest) = gates.split_at_mut(2 * block);
+    let (g, o) = rest.split_at_mut(block);
+    activate::<V>(i_f, Act::Sigmoid);
+    activate::<V>(g, Act::Tanh);
+    activate::<V>(o, Act::Sigmoid);
+    let (i, f) = i_f.split_at(block);
+    for (((cv, &fv), &iv), &gv) in c.iter_mut().zip(f).zip(i).zip(&*g) {
+        *cv = fv * *cv + iv * gv;
+    }
+    h.copy_from_slice(c);
+    activate::<V>(h, Act::Tanh);
+    h.iter_mut().zip(&*o).for_each(|(hv, &ov)| *hv *= ov);
 }
 
 crate::wide_f32_fn!(
-    /// [`lstm_cell_rows`] at the CPU's vector width (the same bits at every width).
-    fn lstm_cell(sums: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) => lstm_cell_rows::<Lanes>
+    /// [`lstm_cell_batch`] at the CPU's vector width (the same bits at every width).
+    fn lstm_cell(sums: &[f32], gates: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) => lstm_cell_batch::<Lanes>
 );
 
 /// `[a, b, inner]` → `[b, a, inner]` (row-major): `out[j, i, ·] = x[i, j, ·]`.
