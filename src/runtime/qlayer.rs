@@ -58,22 +58,27 @@ impl QLayer {
             return None;
         }
         let isa = Isa::detect_for(q.input.act() == ActType::U7);
-        // Each group's weights `[n, k]` in the channels-last patch order.
+        // The codes are the GEMM's rows as they are when every patch row is one pixel whose
+        // channels fill a whole row of the kernel's layout (pairs or quads); other convs gather
+        // their patches tap by tap, in segments of whole pairs or quads (`layout::run_layer`).
+        let group = if isa.quads() { 4 } else { 2 };
+        let runs = match shape {
+            LayerShape::Conv(g) if !(direct(&g) || g.pointwise() && g.c.is_multiple_of(group)) => Some(PatchRuns::new(&g)),
+            _ => None,
+        };
+        // Each group's weights `[n, k]` in the channels-last patch order, each tap's channels
+        // padded to its segment where patches are gathered.
         let groups: Vec<(Vec<i8>, usize, usize)> = match shape {
             LayerShape::Linear { inp, out } => vec![(w.values.clone(), out, inp)],
-            LayerShape::Conv(g) => (0..g.groups).map(|gi| (g.patch_order(&w.values, gi), g.o / g.groups, g.k())).collect(),
+            LayerShape::Conv(g) => {
+                let seg = if runs.is_some() { g.seg(group) } else { g.cg() };
+                (0..g.groups).map(|gi| (g.patch_order_in(&w.values, gi, seg), g.o / g.groups, g.kh * g.kw * seg)).collect()
+            }
         };
         let packed = match (shape, isa.quads()) {
             (LayerShape::Conv(g), _) if direct(&g) => Packed::Depthwise(depthwise::tap_major(&g, &w.values).into_iter().map(f32::from).collect()),
             (_, true) => Packed::Quads(groups.iter().map(|(w, n, k)| QuadPanels::pack(w, *n, *k, isa)).collect()),
             (_, false) => Packed::Pairs(groups.iter().map(|(w, n, k)| PairPanels::pack(w, *n, *k, isa)).collect()),
-        };
-        // The codes are the GEMM's rows as they are when every patch row is one pixel whose
-        // channels fill a whole row of the kernel's layout (pairs or quads).
-        let group = if isa.quads() { 4 } else { 2 };
-        let runs = match shape {
-            LayerShape::Conv(g) if !(direct(&g) || g.pointwise() && g.c.is_multiple_of(group)) => Some(PatchRuns::new(&g)),
-            _ => None,
         };
         let zp = q.input.fixed().map_or(0, |p| p.zero_point + code_shift(&p));
         let zp_wsum = q.weight_sums().iter().map(|&s| if q.input.fixed().is_some() { zp * s } else { s }).collect();
