@@ -88,10 +88,16 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
     // A one-channel input's plane holds that channel once (`pc = 1` value a pixel): every output
     // reads it, so a tap's one value is broadcast to the block's lanes instead.
     let one = g.c == 1 && m > 1;
-    // Fewer than 8 output channels are held 8 apart (planes, weights and sums; the extra lanes
-    // read the pad value and zero weights, and are never written out), so that they sum in one
-    // vector as a block of 8 does: summed one by one, each waits on its previous multiply-add.
-    let cs = c.max(BLOCK / 2);
+    // Fewer than 8 output channels are held 8 apart, and 9 to 15 (a pruned 16-channel layer)
+    // 16 apart (planes, weights and sums; the extra lanes read the pad value and zero weights,
+    // and are never written out), so that they sum in one vector as a whole block does: summed
+    // one by one, each waits on its previous multiply-add, and in two blocks of 8 each position
+    // is visited twice.
+    let cs = match c {
+        c if c <= BLOCK / 2 => BLOCK / 2,
+        c if c < BLOCK => BLOCK,
+        c => c,
+    };
     let wide_w: Vec<f32>;
     let w = match cs == c {
         true => w,
@@ -144,8 +150,10 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
                 }
             }
         }
-        // Channels in blocks of 16, then one of 8 (a 24- or 40-channel layer stays in
-        // vectors), each over every position, then the last 8 again where there are more.
+        // Channels in blocks of 16, each over every position; more than 8 left (a pruned
+        // 29-channel layer) take the last 16 again, overlapping finished ones (their sums come
+        // out equal); fewer take a block of 8 (a 24- or 40-channel layer stays in vectors) and
+        // the last 8 again where there are more.
         let mut c0 = 0;
         // SAFETY (each block): every tap lies in the plane (above) and `c0 + B ≤ cs`.
         while c0 + BLOCK <= cs {
@@ -155,6 +163,13 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
             }
             c0 += BLOCK;
         }
+        if cs - c0 > BLOCK / 2 && cs >= BLOCK {
+            match one {
+                true => sum_block::<BLOCK, true>(&plane, w, &bases, &tap_at, cs, cs - BLOCK, &mut acc),
+                false => sum_block::<BLOCK, false>(&plane, w, &bases, &tap_at, cs, cs - BLOCK, &mut acc),
+            }
+            c0 = cs;
+        }
         if c0 + BLOCK / 2 <= cs {
             match one {
                 true => sum_block::<{ BLOCK / 2 }, true>(&plane, w, &bases, &tap_at, cs, c0, &mut acc),
@@ -163,7 +178,6 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
             c0 += BLOCK / 2;
         }
         if c0 < cs {
-            // The last 8 channels again, overlapping finished ones (their sums come out equal).
             match one {
                 true => sum_block::<{ BLOCK / 2 }, true>(&plane, w, &bases, &tap_at, cs, cs - BLOCK / 2, &mut acc),
                 false => sum_block::<{ BLOCK / 2 }, false>(&plane, w, &bases, &tap_at, cs, cs - BLOCK / 2, &mut acc),
