@@ -42,6 +42,12 @@ pub trait Code: Copy + Default + Send + Sync + 'static {
     /// The CPU has AVX-512F and `dst` has room for 16 values.
     #[cfg(target_arch = "x86_64")]
     unsafe fn store16(dst: *mut Self, c: std::arch::x86_64::__m512i);
+    /// Stores the lanes of `mask` among 16 shifted codes at `dst` (a masked `vpmovdb`/`vpmovdw`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and `dst` has room for the lanes up to `mask`'s highest.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn store16_masked(dst: *mut Self, c: std::arch::x86_64::__m512i, mask: u16);
     /// `out` as bytes when the codes are bytes.
     fn bytes(_out: &mut [std::mem::MaybeUninit<Self>]) -> Option<&mut [std::mem::MaybeUninit<u8>]> {
         None
@@ -66,6 +72,11 @@ impl Code for i16 {
         use std::arch::x86_64::*;
         _mm256_storeu_si256(dst as *mut __m256i, _mm512_cvtepi32_epi16(c));
     }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store16_masked(dst: *mut i16, c: std::arch::x86_64::__m512i, mask: u16) {
+        std::arch::x86_64::_mm512_mask_cvtepi32_storeu_epi16(dst, mask, c);
+    }
 }
 
 impl Code for u8 {
@@ -85,6 +96,11 @@ impl Code for u8 {
     unsafe fn store16(dst: *mut u8, c: std::arch::x86_64::__m512i) {
         use std::arch::x86_64::*;
         _mm_storeu_si128(dst as *mut __m128i, _mm512_cvtepi32_epi8(c));
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store16_masked(dst: *mut u8, c: std::arch::x86_64::__m512i, mask: u16) {
+        std::arch::x86_64::_mm512_mask_cvtepi32_storeu_epi8(dst as *mut i8, mask, c);
     }
     fn bytes(out: &mut [std::mem::MaybeUninit<u8>]) -> Option<&mut [std::mem::MaybeUninit<u8>]> {
         Some(out)
@@ -215,19 +231,26 @@ unsafe fn quantize_avx512<T: Code>(x: &[f32], q: &crate::quant::QParams, shift: 
     let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
     let offset = _mm512_set1_epi32(q.zero_point + shift);
     let mut bad: __mmask16 = 0;
+    let codes = |xv: __m512| {
+        let v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(xv, r), lo), hi);
+        _mm512_add_epi32(_mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v), offset)
+    };
     let mut i = 0;
     while i < n16 {
         let xv = _mm512_loadu_ps(x.as_ptr().add(i));
         bad |= _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(_mm512_sub_ps(xv, xv), _mm512_setzero_ps());
-        let v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(xv, r), lo), hi);
-        let c = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v), offset);
-        T::store16(out.as_mut_ptr().add(i) as *mut T, c);
+        T::store16(out.as_mut_ptr().add(i) as *mut T, codes(xv));
         i += 16;
     }
-    for (o, &v) in out[n16..].iter_mut().zip(&x[n16..]) {
-        o.write(T::from_code(q.quantize(v) + shift));
+    if n16 < x.len() {
+        // The rest in one masked vector (a row of 29 channels ends in 13): the other lanes read
+        // zeros and are not stored.
+        let mask = ((1u32 << (x.len() - n16)) - 1) as u16;
+        let xv = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(n16));
+        bad |= _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(_mm512_sub_ps(xv, xv), _mm512_setzero_ps());
+        T::store16_masked(out.as_mut_ptr().add(n16) as *mut T, codes(xv), mask);
     }
-    bad == 0 && x[n16..].iter().all(|v| v.is_finite())
+    bad == 0
 }
 
 /// [`quantize_avx512`] to u8 codes, 64 at a time: four vectors of codes narrowed together by
