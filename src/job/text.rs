@@ -16,7 +16,7 @@ use crate::passes::text_ptq::ptq;
 use crate::passes::PassSpec;
 use crate::progress::Progress;
 use crate::provenance::{file_sha256, tool_version};
-use crate::report::markdown::size;
+use crate::report::markdown::{size, speed};
 use crate::runtime::plan::Plan;
 use crate::staging::Staging;
 use crate::tensor_file::write_atomic;
@@ -188,12 +188,12 @@ fn markdown(r: &TextReport) -> String {
     s += &format!("| parameters | {} | {} | {:.1}% |\n", t.params, c.params, 100.0 * c.params as f64 / t.params.max(1) as f64);
     s += &format!("| layers | {} | {} | |\n", t.layers, c.layers);
     s += &format!(
-        "| latency, batch 1, ms per sentence | {:.2} | {:.2} | {:.1}x faster |\n",
+        "| latency, batch 1, ms per sentence | {:.2} | {:.2} | {} |\n",
         t.batch1_ms_per_sentence,
         c.batch1_ms_per_sentence,
-        t.batch1_ms_per_sentence / c.batch1_ms_per_sentence.max(1e-9)
+        speed(t.batch1_ms_per_sentence / c.batch1_ms_per_sentence.max(1e-9))
     );
-    s += &format!("| latency, batch 32, ms per batch | {:.1} | {:.1} | {:.1}x faster |\n", t.batch32_ms_per_batch, c.batch32_ms_per_batch, t.batch32_ms_per_batch / c.batch32_ms_per_batch.max(1e-9));
+    s += &format!("| latency, batch 32, ms per batch | {:.1} | {:.1} | {} |\n", t.batch32_ms_per_batch, c.batch32_ms_per_batch, speed(t.batch32_ms_per_batch / c.batch32_ms_per_batch.max(1e-9)));
     s += &format!(
         "\nThe compressed fidelity is that of `{}` ({}); the teacher runs {}. Latencies are medians measured in this run on this machine, padding each batch to its longest sentence.\n\n## Passes\n\n",
         c.file, c.execution, t.execution

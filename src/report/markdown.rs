@@ -11,6 +11,15 @@ pub fn size(b: u64) -> String {
     }
 }
 
+/// A latency ratio (`teacher / compressed`) in words: `2.5x faster`, or for a ratio below 1 its
+/// inverse, `1.3x slower`, where `0.8x faster` would read as a speed-up.
+pub fn speed(speedup: f64) -> String {
+    match speedup >= 1.0 {
+        true => format!("{speedup:.1}x faster"),
+        false => format!("{:.1}x slower", 1.0 / speedup.max(1e-9)),
+    }
+}
+
 /// `report.md`; `chart` is the file name of the SVG chart beside it.
 pub fn render(r: &Report, chart: &str) -> String {
     let mut s = String::new();
@@ -40,8 +49,8 @@ pub fn render(r: &Report, chart: &str) -> String {
     let _ = writeln!(s, "| bytes on disk | {} | {} | {:.1}x smaller |", size(t.bytes_on_disk), size(c.bytes_on_disk), 1.0 / r.ratios.size);
     let _ = writeln!(s, "| parameters | {} | {} | {:.1}% |", t.params, c.params, 100.0 * r.ratios.params);
     let _ = writeln!(s, "| MACs per sample | {} | {} | {:.1}% |", t.macs, c.macs, 100.0 * r.ratios.macs);
-    let _ = writeln!(s, "| latency, batch 1 | {:.3} ms | {:.3} ms | {:.1}x faster |", t.latency.batch1_ms, c.latency.batch1_ms, r.ratios.latency_batch1_speedup);
-    let _ = writeln!(s, "| latency, batch {} | {:.3} ms | {:.3} ms | {:.1}x faster |", t.latency.large_batch, t.latency.large_batch_ms, c.latency.large_batch_ms, r.ratios.latency_large_batch_speedup);
+    let _ = writeln!(s, "| latency, batch 1 | {:.3} ms | {:.3} ms | {} |", t.latency.batch1_ms, c.latency.batch1_ms, speed(r.ratios.latency_batch1_speedup));
+    let _ = writeln!(s, "| latency, batch {} | {:.3} ms | {:.3} ms | {} |", t.latency.large_batch, t.latency.large_batch_ms, c.latency.large_batch_ms, speed(r.ratios.latency_large_batch_speedup));
     let _ = writeln!(
         s,
         "\nThe compressed accuracy is that of `{}`, executed as: {}; the teacher runs in {}. Latencies are medians measured in this run on this machine.\n",
@@ -70,4 +79,14 @@ pub fn render(r: &Report, chart: &str) -> String {
         let _ = writeln!(s, "- {k}: `{}` (sha256 `{}`)", f.path, f.sha256);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn latency_ratios_read_as_faster_or_slower() {
+        assert_eq!(super::speed(2.54), "2.5x faster");
+        assert_eq!(super::speed(1.0), "1.0x faster");
+        assert_eq!(super::speed(0.5), "2.0x slower");
+    }
 }
