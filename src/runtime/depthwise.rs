@@ -150,10 +150,10 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
                 }
             }
         }
-        // Channels in blocks of 16, each over every position; more than 8 left (a pruned
-        // 29-channel layer) take the last 16 again, overlapping finished ones (their sums come
-        // out equal); fewer take a block of 8 (a 24- or 40-channel layer stays in vectors) and
-        // the last 8 again where there are more.
+        // Channels in blocks of 16, each over every position, then what is left as the last 16
+        // (more than 8 left: a pruned 29-channel layer) or the last 8 (a 24- or 40-channel
+        // layer stays in vectors), overlapping finished channels where fewer are left (their
+        // sums come out equal). `cs` is at least 8, and at least 16 where more than 8 are left.
         let mut c0 = 0;
         // SAFETY (each block): every tap lies in the plane (above) and `c0 + B ≤ cs`.
         while c0 + BLOCK <= cs {
@@ -163,21 +163,12 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
             }
             c0 += BLOCK;
         }
-        if cs - c0 > BLOCK / 2 && cs >= BLOCK {
+        if cs - c0 > BLOCK / 2 {
             match one {
                 true => sum_block::<BLOCK, true>(&plane, w, &bases, &tap_at, cs, cs - BLOCK, &mut acc),
                 false => sum_block::<BLOCK, false>(&plane, w, &bases, &tap_at, cs, cs - BLOCK, &mut acc),
             }
-            c0 = cs;
-        }
-        if c0 + BLOCK / 2 <= cs {
-            match one {
-                true => sum_block::<{ BLOCK / 2 }, true>(&plane, w, &bases, &tap_at, cs, c0, &mut acc),
-                false => sum_block::<{ BLOCK / 2 }, false>(&plane, w, &bases, &tap_at, cs, c0, &mut acc),
-            }
-            c0 += BLOCK / 2;
-        }
-        if c0 < cs {
+        } else if c0 < cs {
             match one {
                 true => sum_block::<{ BLOCK / 2 }, true>(&plane, w, &bases, &tap_at, cs, cs - BLOCK / 2, &mut acc),
                 false => sum_block::<{ BLOCK / 2 }, false>(&plane, w, &bases, &tap_at, cs, cs - BLOCK / 2, &mut acc),

@@ -188,9 +188,13 @@ impl PatchRuns {
         let sample = g.h * g.w * g.c;
         assert!(x.len().is_multiple_of(sample) && seg >= g.cg() && pad.len() >= seg && gi < g.groups, "conv input of {} values, samples of {sample}", x.len());
         // A segment longer than the channels reads on into the next ones; near the end of `x`
-        // it reads a copy of `x`'s last `seg` values followed by `seg` defaults instead.
+        // it reads a copy of `x`'s last `seg` values followed by `seg` defaults instead (none
+        // needed when segments are the channels).
         let origin = x.len() as isize - seg as isize;
-        let tail = (0..2 * seg as isize).map(|i| usize::try_from(origin + i).ok().and_then(|at| x.get(at)).copied().unwrap_or_default()).collect();
+        let tail = match seg > g.cg() {
+            true => (0..2 * seg as isize).map(|i| usize::try_from(origin + i).ok().and_then(|at| x.get(at)).copied().unwrap_or_default()).collect(),
+            false => vec![],
+        };
         TapRows { runs: self, x, pad, rows: x.len() / sample * g.ho * g.wo, g: *g, gi, seg, tail, origin }
     }
 }

@@ -15,6 +15,7 @@ use super::epilogue::{act_in_row, activate, clamp, finish_tile, FinishRow, Resid
 use super::kernels::{code_shift, quantize_codes, quantize_to, Code};
 use super::layout::{run_layer, ConvShape, LayerShape, PatchRuns};
 use crate::artifact::QuantLayer;
+use crate::matmul::blocked::Panels;
 use crate::matmul::int8::{PairPanels, QuadPanels};
 use crate::matmul::isa::Isa;
 use crate::model::act_op::Act;
@@ -61,7 +62,7 @@ impl QLayer {
         // The codes are the GEMM's rows as they are when every patch row is one pixel whose
         // channels fill a whole row of the kernel's layout (pairs or quads); other convs gather
         // their patches tap by tap, in segments of whole pairs or quads (`layout::run_layer`).
-        let group = if isa.quads() { 4 } else { 2 };
+        let group = if isa.quads() { QuadPanels::GROUP } else { PairPanels::GROUP };
         let runs = match shape {
             LayerShape::Conv(g) if !(direct(&g) || g.pointwise() && g.c.is_multiple_of(group)) => Some(PatchRuns::new(&g)),
             _ => None,

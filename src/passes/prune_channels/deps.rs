@@ -142,21 +142,20 @@ pub fn analyse(model: &Model) -> Deps {
                 Op::Pad(c) => c.per_dim(in_rank).is_ok_and(|p| p[in_rank - 1] == (0, 0)),
                 _ => false,
             };
-            if !passes && !reads_channels_first(&node.op) {
-                channels.insert(node.name.clone(), kept_whole(&ins, out_shape, &mut next, &mut freeze_ids));
-                continue;
-            }
             if passes {
                 // A transpose of the last axis with the first carries the units on to the first.
                 let to_first = matches!(&node.op, Op::Transpose(c) if swapped(c, in_rank, in_rank - 1) == Some(Swap::FirstAndLast));
                 if !matches!(node.op, Op::Gru(_) | Op::Lstm(_)) && out_shape.len() >= 2 && !to_first {
                     feature_last.insert(node.name.clone());
                 }
-            } else {
+            } else if reads_channels_first(&node.op) {
                 // A conv's input channels are the first axis, which carries no units here (a
                 // sequence's steps turned channels-first, say): its input is kept whole, and its
                 // own output channels are pruned as any conv's.
                 ins.iter().for_each(|i| freeze_ids.extend(i));
+            } else {
+                channels.insert(node.name.clone(), kept_whole(&ins, out_shape, &mut next, &mut freeze_ids));
+                continue;
             }
         }
         let out: Vec<usize> = match &node.op {
