@@ -279,15 +279,57 @@ fn exact_surgery_on_recurrent_hidden_units() {
     let p = exact_surgery(&init_model(arch(chain), 2).unwrap(), &x);
     let (Op::Gru(a), Op::Lstm(b)) = (&p.arch.node("a").unwrap().op, &p.arch.node("b").unwrap().op) else { panic!() };
     assert_eq!((a.hidden_size, b.input_size, b.hidden_size), (6, 12, 4), "9 → 6 units, both directions into the LSTM; 7 → 4");
-    // Ops that read the hidden axis as something else keep the units whole.
-    for reader in [
-        r#"{"name": "last", "op": "select", "inputs": ["a"], "dim": 2, "index": 0}, {"name": "head", "op": "linear", "inputs": ["last"], "in_features": 6, "out_features": 3}"#,
-        r#"{"name": "per_step", "op": "linear", "inputs": ["a"], "in_features": 4, "out_features": 2}, {"name": "f", "op": "flatten", "inputs": ["per_step"]}, {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 12, "out_features": 3}"#,
-    ] {
-        let body = format!(r#"{{"name": "a", "op": "gru", "inputs": ["input"], "input_size": 5, "hidden_size": 4}}, {reader}"#);
-        let deps = analyse(&init_model(arch(&body), 2).unwrap());
-        assert!(deps.groups.iter().all(|g| !g.producers.contains(&"a".to_string())), "{reader}: {:?}", deps.groups);
-    }
+    // A select along the hidden axis reads it as something else: the units stay whole.
+    let body = r#"{"name": "a", "op": "gru", "inputs": ["input"], "input_size": 5, "hidden_size": 4},
+        {"name": "last", "op": "select", "inputs": ["a"], "dim": 2, "index": 0}, {"name": "head", "op": "linear", "inputs": ["last"], "in_features": 6, "out_features": 3}"#;
+    let deps = analyse(&init_model(arch(body), 2).unwrap());
+    assert!(deps.groups.iter().all(|g| !g.producers.contains(&"a".to_string())), "{:?}", deps.groups);
+    // A linear over every step reads the units as its columns; its own features, flattened with
+    // the steps, stay whole.
+    let per_step = r#"{"name": "a", "op": "gru", "inputs": ["input"], "input_size": 5, "hidden_size": 9},
+        {"name": "per_step", "op": "linear", "inputs": ["a"], "in_features": 9, "out_features": 2}, {"name": "f", "op": "flatten", "inputs": ["per_step"]}, {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 12, "out_features": 3}"#;
+    let p = exact_surgery(&init_model(arch(per_step), 2).unwrap(), &x);
+    let (Op::Gru(a), Op::Linear(l)) = (&p.arch.node("a").unwrap().op, &p.arch.node("per_step").unwrap().op) else { panic!() };
+    assert_eq!((a.hidden_size, l.in_features, l.out_features), (6, 6, 2));
+}
+
+/// Linears over every step or token (an MLP-Mixer's or a transformer's feed-forward block, a
+/// per-step head) own features on their output's last axis: the hidden features of
+/// `linear → activation → linear` are a group, cut from the first's rows and the second's
+/// columns. Features normalised together by a LayerNorm, added to a residual stream that one
+/// reaches, or mixed across tokens after a transpose stay whole. Pruning every third unit
+/// changes no output.
+#[test]
+fn exact_surgery_on_linears_over_every_step() {
+    use wick::model::arch::{Arch, Op};
+    let mixer = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [6, 5]}, "nodes": [
+        {"name": "embed", "op": "linear", "inputs": ["input"], "in_features": 5, "out_features": 8},
+        {"name": "ln1", "op": "layernorm", "inputs": ["embed"], "normalized_shape": [8]},
+        {"name": "t1", "op": "transpose", "inputs": ["ln1"], "dim0": 1, "dim1": 2},
+        {"name": "tok", "op": "linear", "inputs": ["t1"], "in_features": 6, "out_features": 6},
+        {"name": "t2", "op": "transpose", "inputs": ["tok"], "dim0": 1, "dim1": 2},
+        {"name": "res1", "op": "add", "inputs": ["embed", "t2"]},
+        {"name": "ln2", "op": "layernorm", "inputs": ["res1"], "normalized_shape": [8]},
+        {"name": "up", "op": "linear", "inputs": ["ln2"], "in_features": 8, "out_features": 12},
+        {"name": "act", "op": "gelu", "inputs": ["up"]},
+        {"name": "down", "op": "linear", "inputs": ["act"], "in_features": 12, "out_features": 8},
+        {"name": "res2", "op": "add", "inputs": ["res1", "down"]},
+        {"name": "proj", "op": "linear", "inputs": ["res2"], "in_features": 8, "out_features": 7},
+        {"name": "act2", "op": "relu", "inputs": ["proj"]},
+        {"name": "pool", "op": "mean", "inputs": ["act2"], "dim": 1},
+        {"name": "head", "op": "linear", "inputs": ["pool"], "in_features": 7, "out_features": 3}
+    ], "output": "head"}"#;
+    let m = init_model(Arch::from_json(mixer, "mixer.json").unwrap(), 3).unwrap();
+    let deps = analyse(&m);
+    let mut prunable: Vec<&str> = deps.groups.iter().flat_map(|g| g.producers.iter().map(String::as_str)).collect();
+    prunable.sort();
+    assert_eq!(prunable, ["proj", "up"]);
+    let p = exact_surgery(&m, &random_input(&[6, 5], 5));
+    let width = |n: &str| match &p.arch.node(n).unwrap().op {
+        Op::Linear(c) => (c.in_features, c.out_features),
+        _ => panic!("{n} is a linear"),
+    };
+    assert_eq!((width("up"), width("down"), width("proj"), width("head")), ((8, 8), (8, 8), (8, 4), (4, 3)));
 }
 
 /// A squeeze-and-excitation gate ties the channels it scales to its second conv's outputs (or

@@ -10,7 +10,8 @@
 //! or output, or pass through an op whose channels cannot be removed exactly (LayerNorm over
 //! channels, softmax over channels, grouped non-depthwise convs), are frozen. A GRU or LSTM
 //! creates one id per hidden unit, tracked on its output's last axis (`Deps::feature_last`)
-//! through element-wise ops, `select` and `mean` into the next layer's columns. A `transpose`
+//! through element-wise ops, `select` and `mean` into the next layer's columns; so does a linear
+//! over a multi-axis input (every step or token), whose columns read that axis. A `transpose`
 //! of a value's first and last sample axes moves its ids between the two (a conv's channels
 //! into a recurrent op's input features, and back); one that moves them to a middle axis, or a
 //! mean across them, keeps them whole. A *group* is a
@@ -138,7 +139,7 @@ pub fn analyse(model: &Model) -> Deps {
                     sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank)
                 }
                 Op::Transpose(c) => matches!(swapped(c, in_rank, in_rank - 1), Some(Swap::Untouched | Swap::FirstAndLast)),
-                Op::Gru(_) | Op::Lstm(_) => true,
+                Op::Gru(_) | Op::Lstm(_) | Op::Linear(_) => true,
                 Op::Pad(c) => c.per_dim(in_rank).is_ok_and(|p| p[in_rank - 1] == (0, 0)),
                 _ => false,
             };
@@ -160,15 +161,15 @@ pub fn analyse(model: &Model) -> Deps {
         }
         let out: Vec<usize> = match &node.op {
             Op::Linear(c) => {
-                if in_rank != 1 {
-                    // Features on the last axis of a multi-axis input are not the channel axis
-                    // this analysis tracks: keep that input whole.
+                // A linear reads its input's last axis: the tracked one of a rank-1 or
+                // feature-last input, whose ids are then its columns. On a multi-axis input it
+                // tracks its own features on the last axis (an MLP over every step or token); a
+                // first axis that carried ids until here is kept whole.
+                if in_rank != 1 && !last_in[0] {
                     freeze_ids.extend(&ins[0]);
+                    feature_last.insert(node.name.clone());
                 }
                 let o = fresh(c.out_features, &mut next);
-                if in_rank != 1 {
-                    freeze_ids.extend(&o);
-                }
                 for &id in &o {
                     producers.insert(id, node.name.clone());
                 }

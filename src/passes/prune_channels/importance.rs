@@ -113,8 +113,8 @@ pub fn importance(model: &Model, deps: &Deps, c: Criterion, data: Option<&Datase
             }
         }
         // Input columns (not for depthwise convs, whose rows are their inputs' channels).
-        let rank1_in = model.graph.shapes[&node.inputs[0]].len() == 1 || !matches!(node.op, Op::Linear(_));
-        if !is_depthwise(&node.op) && rank1_in {
+        let reads_units = !matches!(node.op, Op::Linear(_)) || model.graph.shapes[&node.inputs[0]].len() == 1 || deps.feature_last.contains(&node.inputs[0]);
+        if !is_depthwise(&node.op) && reads_units {
             let ins = deps.units(&node.inputs[0]);
             if ins.len() == i_ch {
                 for (j, u) in ins.iter().enumerate() {

@@ -47,7 +47,7 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
             Op::Linear(c) => {
                 sel("weight", &kout, 0)?;
                 sel("bias", &kout, 0)?;
-                if model.graph.shapes[&node.inputs[0]].len() == 1 {
+                if model.graph.shapes[&node.inputs[0]].len() == 1 || input_last {
                     sel("weight", &kin, 1)?;
                     c.in_features = kin.len();
                 }
