@@ -9,6 +9,7 @@
 //! Uses `model`, `quant`, `tensor_file`.
 
 use crate::error::{Result, WickError};
+use crate::model::arch::Op;
 use crate::model::load::{self, META_KEY};
 use crate::model::qunit::{node_units, tensors_of};
 use crate::model::Model;
@@ -71,7 +72,8 @@ impl Int8Model {
     /// putting their biases on the accumulator's grid, `b̂_c = round(b_c / (s_in·s_c))·s_in·s_c`:
     /// the int32 bias integer runtimes add (what `onnx::export` writes), so that every runtime
     /// given the artifact computes the same sums. A per-token input has no fixed grid: its
-    /// bias stays f32, added after the scaling.
+    /// bias stays f32, added after the scaling. Every lookup table (an embedding's) is stored
+    /// INT8 per row (`quantize_tables`): a classifier over token ids is mostly its table.
     pub fn quantize(model: &Model, inputs: &BTreeMap<String, InputQuant>) -> Result<Int8Model> {
         let mut tensors = model.tensors();
         let mut layers = BTreeMap::new();
@@ -90,7 +92,10 @@ impl Int8Model {
             layers.insert(name.clone(), layer);
         }
         let m = Model::new(model.arch.clone(), tensors, &model.source)?;
-        Ok(Int8Model { model: m, layers, tables: BTreeMap::new(), info: Map::new() })
+        let mut q = Int8Model { model: m, layers, tables: BTreeMap::new(), info: Map::new() };
+        let tables: Vec<String> = model.arch.nodes.iter().filter(|n| matches!(n.op, Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_))).map(|n| n.name.clone()).collect();
+        q.quantize_tables(&tables)?;
+        Ok(q)
     }
 
     /// Stores the `weight` of each node of `nodes` INT8 per row (see `tables`): the model then

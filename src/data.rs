@@ -18,6 +18,21 @@ pub struct Dataset {
     pub sha256: String,
 }
 
+/// The inputs `x` as f32: float tensors as they are, integer ones (token ids, categories)
+/// converted, each exact since f32 holds every integer of magnitude up to 2²⁴.
+fn inputs(xt: &tensor_file::RawTensor, file: &str) -> Result<Vec<f32>> {
+    if matches!(xt.dtype, safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16) {
+        return tensor_file::to_f32(xt, file, "x");
+    }
+    let ids =
+        tensor_file::to_i64(xt, file, "x").map_err(|_| WickError::BadDtype { file: file.into(), tensor: "x".into(), dtype: format!("{:?}", xt.dtype), role: "inputs (float, or integer ids)" })?;
+    const EXACT: i64 = 1 << 24;
+    if let Some((i, v)) = ids.iter().enumerate().find(|(_, v)| v.abs() > EXACT) {
+        return Err(WickError::data(file, format!("tensor 'x' holds the integer {v} at flat index {i}, beyond ±2^24, which f32 cannot hold exactly")));
+    }
+    Ok(ids.into_iter().map(|v| v as f32).collect())
+}
+
 impl Dataset {
     /// Reads `x` and `y` from a safetensors file.
     pub fn read(path: &Path) -> Result<Dataset> {
@@ -25,7 +40,7 @@ impl Dataset {
         let name = file.name();
         let xt = file.tensors.get("x").ok_or_else(|| WickError::data(&name, "tensor 'x' (the inputs) is missing"))?;
         let yt = file.tensors.get("y").ok_or_else(|| WickError::data(&name, "tensor 'y' (the labels) is missing"))?;
-        let xv = tensor_file::to_f32(xt, &name, "x")?;
+        let xv = inputs(xt, &name)?;
         if xt.shape.len() < 2 {
             return Err(WickError::data(&name, format!("tensor 'x' has shape {:?}; expected [N, ...] with at least one feature dim", xt.shape)));
         }

@@ -13,7 +13,7 @@ use crate::model::arch::{GeluApprox, Node, Op, Pair, PoolCfg, RnnCfg};
 use crate::model::graph::sample_dim;
 use crate::model::qunit::node_units;
 use crate::model::Model;
-use crate::quant::ActType;
+use crate::quant::{ActType, QWeight};
 use prost::Message;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,12 +26,12 @@ pub const OPSET_TANH_GELU: i64 = 20;
 
 /// A float model as an ONNX graph.
 pub fn float_model(model: &Model) -> Result<ModelProto> {
-    build(model, &BTreeMap::new())
+    build(model, &BTreeMap::new(), &BTreeMap::new())
 }
 
 /// An INT8 artifact as a QDQ graph.
 pub fn int8_model(q: &Int8Model) -> Result<ModelProto> {
-    build(&q.model, &q.layers)
+    build(&q.model, &q.layers, &q.tables)
 }
 
 /// The file bytes of `model`.
@@ -44,7 +44,7 @@ pub fn write(model: &ModelProto, path: &Path) -> Result<()> {
     crate::tensor_file::write_atomic(path, &encode(model))
 }
 
-fn build(model: &Model, layers: &BTreeMap<String, QuantLayer>) -> Result<ModelProto> {
+fn build(model: &Model, layers: &BTreeMap<String, QuantLayer>, tables: &BTreeMap<String, QWeight>) -> Result<ModelProto> {
     let arch = &model.arch;
     let mut g = Builder::default();
     for &i in &model.graph.order {
@@ -53,19 +53,26 @@ fn build(model: &Model, layers: &BTreeMap<String, QuantLayer>) -> Result<ModelPr
             let why = "its GRU and LSTM ops take float weights and keep the hidden state in float, so INT8 recurrent matrices have no ONNX form; export the float model, or quantise with this node in --exclude";
             return Err(WickError::node(&node.name, format!("ONNX export: {why}")));
         }
-        g.node(model, node, layers.get(&node.name)).map_err(|m| WickError::node(&node.name, format!("ONNX export: {m}")))?;
+        let done = match &node.op {
+            Op::Embedding(_) => g.embedding(model, node, tables.get(&node.name)),
+            _ => g.node(model, node, layers.get(&node.name)),
+        };
+        done.map_err(|m| WickError::node(&node.name, format!("ONNX export: {m}")))?;
     }
-    let tensor_type = |name: &str, shape: &[usize]| {
+    let tensor_type = |name: &str, shape: &[usize], elem_type: i32| {
         let dim = std::iter::once(Dimension { dim_value: None, dim_param: Some("batch".into()) }).chain(shape.iter().map(|&d| Dimension { dim_value: Some(d as i64), dim_param: None })).collect();
-        ValueInfoProto { name: name.into(), r#type: Some(TypeProto { tensor_type: Some(TypeProtoTensor { elem_type: super::proto::data_type::FLOAT, shape: Some(TensorShapeProto { dim }) }) }) }
+        ValueInfoProto { name: name.into(), r#type: Some(TypeProto { tensor_type: Some(TypeProtoTensor { elem_type, shape: Some(TensorShapeProto { dim }) }) }) }
     };
+    // Token ids, which an embedding reads, are integers in ONNX (PyTorch's exports take int64).
+    let ids = arch.nodes.iter().any(|n| matches!(n.op, Op::Embedding(_)));
+    let input_type = if ids { super::proto::data_type::INT64 } else { super::proto::data_type::FLOAT };
     let out = arch.output_name();
     let graph = GraphProto {
         node: g.nodes,
         name: "wick".into(),
         initializer: g.inits,
-        input: vec![tensor_type(&arch.input.name, &arch.input.shape)],
-        output: vec![tensor_type(out, &model.graph.shapes[out])],
+        input: vec![tensor_type(&arch.input.name, &arch.input.shape, input_type)],
+        output: vec![tensor_type(out, &model.graph.shapes[out], super::proto::data_type::FLOAT)],
         value_info: vec![],
     };
     let opset = if arch.nodes.iter().any(|n| matches!(&n.op, Op::Gelu(c) if c.approximate == GeluApprox::Tanh)) { OPSET_TANH_GELU } else { OPSET };
@@ -180,7 +187,7 @@ impl Builder {
             Op::Linear(c) => {
                 // Gemm takes `[N, in]`; a linear over more dims is MatMul with `[in, out]`.
                 let gemm = in_shape.len() == 1;
-                let w = self.weight(model, node, quant, !gemm)?;
+                let w = self.weight(model, node, quant.map(|q| &q.weight), !gemm)?;
                 let b = if c.bias { Some(self.bias(model, node, quant)?) } else { None };
                 if gemm {
                     let mut ins = vec![x, w.as_str()];
@@ -195,7 +202,7 @@ impl Builder {
                 }
             }
             Op::Conv1d(c) => {
-                let w = self.weight(model, node, quant, false)?;
+                let w = self.weight(model, node, quant.map(|q| &q.weight), false)?;
                 let b = if c.bias { Some(self.bias(model, node, quant)?) } else { None };
                 let mut ins = vec![x, w.as_str()];
                 ins.extend(b.as_deref());
@@ -204,7 +211,7 @@ impl Builder {
                 self.op("Conv", n, &ins, n, attrs);
             }
             Op::Conv2d(c) => {
-                let w = self.weight(model, node, quant, false)?;
+                let w = self.weight(model, node, quant.map(|q| &q.weight), false)?;
                 let b = if c.bias { Some(self.bias(model, node, quant)?) } else { None };
                 let mut ins = vec![x, w.as_str()];
                 ins.extend(b.as_deref());
@@ -515,23 +522,35 @@ impl Builder {
         Ok(dq)
     }
 
+    /// An embedding lookup: `Gather` of the table's rows (float, or an INT8 table's codes
+    /// dequantised per row) at the model's int64 token ids.
+    fn embedding(&mut self, model: &Model, node: &Node, table: Option<&QWeight>) -> std::result::Result<(), String> {
+        let ids = &node.inputs[0];
+        if ids != &model.arch.input.name {
+            return Err(format!("an embedding reads the model input's token ids in ONNX; this one reads '{ids}'"));
+        }
+        let w = self.weight(model, node, table, false)?;
+        self.op("Gather", &node.name, &[&w, ids], &node.name, vec![int("axis", 0)]);
+        Ok(())
+    }
+
     /// The layer's weight, named `node.weight`: the float tensor, or the int8 codes dequantised
     /// per output channel; `transpose` writes a 2-D weight as `[in, out]` (for MatMul).
-    fn weight(&mut self, model: &Model, node: &Node, quant: Option<&QuantLayer>, transpose: bool) -> std::result::Result<String, String> {
+    fn weight(&mut self, model: &Model, node: &Node, quant: Option<&QWeight>, transpose: bool) -> std::result::Result<String, String> {
         let name = node.param("weight");
         let dims = model.p(&name).dims().to_vec();
-        let Some(q) = quant else {
+        let Some(qw) = quant else {
             let v = values(model, &name)?;
             if !transpose {
                 return Ok(self.init(f32_tensor(&name, &dims, &v)));
             }
             return Ok(self.init(f32_tensor(&name, &[dims[1], dims[0]], &transposed(&v, dims[0], dims[1]))));
         };
-        let out = q.weight.shape[0];
-        let codes: Vec<u8> = q.weight.values.iter().map(|&v| v as u8).collect();
-        let (codes, shape, axis) = if transpose { (transposed(&codes, dims[0], dims[1]), vec![dims[1], dims[0]], 1) } else { (codes, q.weight.shape.clone(), 0) };
+        let out = qw.shape[0];
+        let codes: Vec<u8> = qw.values.iter().map(|&v| v as u8).collect();
+        let (codes, shape, axis) = if transpose { (transposed(&codes, dims[0], dims[1]), vec![dims[1], dims[0]], 1) } else { (codes, qw.shape.clone(), 0) };
         let w = self.init(byte_tensor(&format!("{name}_quantized"), &shape, &codes, true));
-        let s = self.init(f32_tensor(&format!("{name}_scale"), &[out], &q.weight.scales));
+        let s = self.init(f32_tensor(&format!("{name}_scale"), &[out], &qw.scales));
         let zp = self.init(byte_tensor(&format!("{name}_zero_point"), &[out], &vec![0; out], true));
         self.op("DequantizeLinear", &name, &[&w, &s, &zp], &name, vec![int("axis", axis)]);
         Ok(name)

@@ -96,6 +96,8 @@ pub struct Imported {
     pub arch: Arch,
     pub params: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     pub layers: BTreeMap<String, QuantLayer>,
+    /// Lookup tables dequantised from int8 codes per row, by node.
+    pub tables: BTreeMap<String, QWeight>,
 }
 
 /// A wick value: the node (or model input) that computes it, its per-sample shape, and the
@@ -204,8 +206,18 @@ fn filled(dims: &[i64], value: f32) -> R<Val> {
 /// Imports `graph` (from `file`, whose external data lives in `dir`) at default-domain `opset`.
 pub fn import(graph: &GraphProto, opset: i64, file: &str, dir: &Path) -> crate::error::Result<Imported> {
     let onnx_err = |node: &str, op_type: &str, msg: String| crate::error::WickError::Onnx { file: file.into(), node: node.into(), op_type: op_type.into(), msg };
-    let mut im =
-        Importer { opset, dir, vals: HashMap::new(), uses: HashMap::new(), nodes: vec![], params: BTreeMap::new(), layers: BTreeMap::new(), names: HashSet::new(), int8_values: HashSet::new() };
+    let mut im = Importer {
+        opset,
+        dir,
+        vals: HashMap::new(),
+        uses: HashMap::new(),
+        nodes: vec![],
+        params: BTreeMap::new(),
+        layers: BTreeMap::new(),
+        tables: BTreeMap::new(),
+        names: HashSet::new(),
+        int8_values: HashSet::new(),
+    };
     for t in &graph.initializer {
         let c = tensor::read(t, &format!("{file}: initializer '{}'", t.name), dir)?;
         if t.data_type == super::proto::data_type::INT8 {
@@ -256,7 +268,7 @@ pub fn import(graph: &GraphProto, opset: i64, file: &str, dir: &Path) -> crate::
         output: Some(output),
         origin: format!("{file} (ONNX)"),
     };
-    Ok(Imported { arch, params: im.params, layers: im.layers })
+    Ok(Imported { arch, params: im.params, layers: im.layers, tables: im.tables })
 }
 
 /// The nodes the output depends on, in their order (a `Sigmoid` merged into a SiLU drops out).
@@ -305,6 +317,7 @@ struct Importer<'a> {
     nodes: Vec<Node>,
     params: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     layers: BTreeMap<String, QuantLayer>,
+    tables: BTreeMap<String, QWeight>,
     names: HashSet<String>,
     /// Values of ONNX type int8 (a `QuantizeLinear` zero point's type is its output's).
     int8_values: HashSet<String>,
@@ -592,6 +605,27 @@ impl Importer<'_> {
             }
             Val::TimeMajor(_) | Val::FinalStates(_) => return Err("Gather of a time-major sequence or of final states is read along axis 0 (a step, a layer)".into()),
             _ => {}
+        }
+        if let (Val::Const(table) | Val::Dequantized(table, _), Val::Dyn(_)) = (self.input_val(n, 0)?, self.input_val(n, 1)?) {
+            // Rows of a constant table at computed ids: an embedding lookup; a table dequantised
+            // from int8 codes per row is an INT8 table.
+            let codes = self.codes_in(n, 0);
+            let (table, ids) = (table.clone(), self.exact_in(n, 1)?);
+            let &[num_embeddings, embedding_dim] = table.dims.as_slice() else {
+                return Err(format!("Gather of a constant at computed indices is read as an embedding lookup, of a 2-D table; this one has shape {:?}", table.dims));
+            };
+            if attr_i(n, "axis")?.unwrap_or(0) != 0 {
+                return Err("Gather of a constant table at computed indices is read as an embedding lookup, along axis 0 (rows)".into());
+            }
+            let name = match n.input[0].strip_suffix(".weight").filter(|_| looks_like_state_dict(&n.input[0])) {
+                Some(base) => self.fresh(base),
+                None => self.plain_node_name(n, "embedding"),
+            };
+            if let Some(c) = codes {
+                self.tables.insert(name.clone(), qweight(&c, &table.dims, 0)?);
+            }
+            let op = Op::Embedding(arch::EmbeddingCfg { num_embeddings, embedding_dim });
+            return Ok(Val::Dyn(self.emit(name, &[&ids], op, vec![("weight", vec![num_embeddings, embedding_dim], table.f32s())])?));
         }
         if let Val::Dyn(_) = self.input_val(n, 0)? {
             // One index of a computed tensor along a dim after the batch: `select`.
@@ -2047,6 +2081,7 @@ mod tests {
             nodes: vec![],
             params: BTreeMap::new(),
             layers: BTreeMap::new(),
+            tables: BTreeMap::new(),
             names: HashSet::new(),
             int8_values: HashSet::new(),
         }

@@ -109,11 +109,11 @@ fn from_proto(model: &proto::ModelProto, file: &str, dir: &Path) -> Result<AnyMo
         tensors.insert(name, Tensor::from_vec(values, dims, &crate::model::device())?);
     }
     let model = Model::new(imported.arch, tensors, file)?;
-    if imported.layers.is_empty() {
+    if imported.layers.is_empty() && imported.tables.is_empty() {
         return Ok(AnyModel::Float(model));
     }
     let info = serde_json::Map::from_iter([("imported_from".to_string(), serde_json::Value::String(file.to_string()))]);
-    Ok(AnyModel::Int8(Int8Model { model, layers: imported.layers, tables: Default::default(), info }))
+    Ok(AnyModel::Int8(Int8Model { model, layers: imported.layers, tables: imported.tables, info }))
 }
 
 /// Loads an ONNX file as a float wick model; a QDQ (INT8) graph is refused.

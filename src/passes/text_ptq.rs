@@ -59,10 +59,7 @@ pub struct Report {
 /// The INT8 model of `model` with `layers` quantised (per-token u8 inputs) and every
 /// embedding table INT8 per row.
 pub fn quantise(model: &Model, layers: &[String]) -> Result<Int8Model> {
-    let mut q = Int8Model::quantize(model, &layers.iter().map(|l| (l.clone(), InputQuant::PerToken(ActType::U8))).collect::<BTreeMap<_, _>>())?;
-    let tables: Vec<String> = model.arch.nodes.iter().filter(|n| matches!(n.op, Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_))).map(|n| n.name.clone()).collect();
-    q.quantize_tables(&tables)?;
-    Ok(q)
+    Int8Model::quantize(model, &layers.iter().map(|l| (l.clone(), InputQuant::PerToken(ActType::U8))).collect::<BTreeMap<_, _>>())
 }
 
 /// The embeddings of INT8 model `q` (integer execution on the compiled runtime).

@@ -128,7 +128,8 @@ pub fn layer_rows(teacher: &Model, q: &Int8Model) -> Vec<LayerRow> {
         .filter(|r| r.params > 0)
         .map(|r| {
             let a = after.get(&r.name);
-            let int8 = q.node_quantised(&r.name);
+            // A lookup table stored INT8 per row counts as an INT8 layer.
+            let int8 = q.node_quantised(&r.name) || q.tables.contains_key(&r.name);
             let status = match (a, int8) {
                 (None, _) => "folded into the previous layer".to_string(),
                 (Some(_), true) => "int8".to_string(),

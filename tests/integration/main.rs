@@ -22,4 +22,5 @@ mod pruning;
 mod quantization;
 mod recipes;
 mod recurrent;
+mod token_models;
 mod transformer;

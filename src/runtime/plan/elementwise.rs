@@ -1,7 +1,6 @@
 //! The element-wise and data-movement kernels of the compiled plans: global average pooling,
 //! the add, ReLU and product steps, concatenation and its inverse (a run of each row), constant
-//! padding, two axes swapped and the
-//! mean or maximum along one axis.
+//! padding, two axes swapped, the mean or maximum along one axis, and an embedding's rows.
 
 use super::Value;
 use crate::runtime::epilogue::add_relu;
@@ -203,9 +202,34 @@ pub(super) fn max_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
     out
 }
 
+/// Rows of `table` (`[V, dim]` row-major) at `ids` (integers held as f32): `out[i] =
+/// table[ids[i]]`, `[ids.len(), dim]`. An id that is not an integer in `0..V` is an error (the
+/// text of it).
+pub(super) fn gather_rows(table: &[f32], dim: usize, ids: &[f32]) -> std::result::Result<Vec<f32>, String> {
+    let rows = table.len() / dim.max(1);
+    let mut out = Vec::with_capacity(ids.len() * dim);
+    for &id in ids {
+        if !(id >= 0.0 && id.fract() == 0.0 && (id as usize) < rows) {
+            return Err(format!("token id {id} is not an integer in 0..{rows}"));
+        }
+        let r = id as usize;
+        out.extend_from_slice(&table[r * dim..(r + 1) * dim]);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::pad_constant;
+    use super::{gather_rows, pad_constant};
+
+    #[test]
+    fn gathered_rows_follow_the_ids_and_bad_ids_are_named() {
+        let table = [0.0, 1.0, 10.0, 11.0, 20.0, 21.0];
+        assert_eq!(gather_rows(&table, 2, &[2.0, 0.0, 2.0]).unwrap(), [20.0, 21.0, 0.0, 1.0, 20.0, 21.0]);
+        for bad in [3.0, -1.0, 1.5, f32::NAN] {
+            assert!(gather_rows(&table, 2, &[0.0, bad]).unwrap_err().contains("is not an integer in 0..3"), "{bad}");
+        }
+    }
 
     /// Every value lands where its definition puts it, `y[i + b] = x[i]` on each axis, and every
     /// other value is `value`: pads on the last axis, on a middle one only (runs of whole rows)

@@ -118,6 +118,11 @@ enum Kind {
         heads: usize,
         pad_id: f32,
     },
+    /// Rows of `table` (`[V, D]` row-major) at the token ids `[N, L]`: `[N, L, D]`.
+    Embedding {
+        table: Vec<f32>,
+        dim: usize,
+    },
     /// The relative position bias `[1, H, L, L]` of the token ids' length `L`, one for every
     /// sample (`runtime::attention::relative_position_bias`).
     RelativeBias {
@@ -350,6 +355,7 @@ impl Plan {
                     Kind::Softmax { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1, log }
                 }
                 (Op::Attention(c), ..) => Kind::Attention { heads: c.num_heads, pad_id: c.pad_id as f32 },
+                (Op::Embedding(c), ..) => Kind::Embedding { table: model.values(&node.param("weight"))?, dim: c.embedding_dim },
                 (Op::RelativePositionBias(c), ..) => Kind::RelativeBias { weight: model.values(&node.param("weight"))?, cfg: c.clone() },
                 (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), ..) => {
                     let vec = |s: &str| model.values(&node.param(s));

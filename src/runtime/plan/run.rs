@@ -3,7 +3,7 @@
 //! quantising each integer layer's input once per quantiser and freeing each value after its
 //! last reader.
 
-use super::elementwise::{add_relu_in_place, concat_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, narrow_rows, pad_constant, scale_channels, swap_axes};
+use super::elementwise::{add_relu_in_place, concat_rows, gather_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, narrow_rows, pad_constant, scale_channels, swap_axes};
 use super::normalize::{channel_affine, layer_norm, prelu, softmax};
 use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
@@ -282,6 +282,11 @@ impl Plan {
                     let bias = step.inputs.get(4).map(|&i| vals[i].as_ref().expect("input computed").data.as_slice());
                     let (l, d) = (q.dims[1], q.dims[2]);
                     Value { data: crate::runtime::attention::attention(&q.data, &k.data, &v.data, &ids.data, bias, n, l, d, *heads, *pad_id), dims: q.dims.clone(), channels_last: false }
+                }
+                Kind::Embedding { table, dim } => {
+                    let ids = vals[step.inputs[0]].as_ref().expect("input computed");
+                    let data = gather_rows(table, *dim, &ids.data).map_err(|m| WickError::node(&node.name, m))?;
+                    Value { data, dims: [&ids.dims[..], &[*dim]].concat(), channels_last: false }
                 }
                 Kind::RelativeBias { weight, cfg } => {
                     let l = vals[step.inputs[0]].as_ref().expect("input computed").dims[1];
