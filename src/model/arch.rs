@@ -442,7 +442,8 @@ impl PadCfg {
 
 /// A reduction along one dim (counted with the batch, negatives from the end), which is removed
 /// unless `keepdim`: PyTorch's `x.mean(dim, keepdim)` (`mean`), e.g. a recurrent output averaged
-/// over time, and `x.amax(dim, keepdim)` (`amax`), its maximum over time.
+/// over time, `x.amax(dim, keepdim)` (`amax`), its maximum over time, and `x.sum(dim, keepdim)`
+/// (`sum`), an attention-weighted sequence pooled by its weights' sum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReduceCfg {
@@ -713,6 +714,7 @@ pub enum Op {
     Pad(PadCfg),
     Mean(ReduceCfg),
     Amax(ReduceCfg),
+    Sum(ReduceCfg),
     Embedding(EmbeddingCfg),
     PositionEmbedding(PositionEmbeddingCfg),
     EmbeddingRow(EmbeddingRowCfg),
@@ -771,6 +773,7 @@ pub const OP_NAMES: &[&str] = &[
     "pad",
     "mean",
     "amax",
+    "sum",
     "embedding",
     "position_embedding",
     "embedding_row",
@@ -964,6 +967,7 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "pad" => Op::Pad(cfg(fields)?),
         "mean" => Op::Mean(cfg(fields)?),
         "amax" => Op::Amax(cfg(fields)?),
+        "sum" => Op::Sum(cfg(fields)?),
         "embedding" => Op::Embedding(cfg(fields)?),
         "position_embedding" => Op::PositionEmbedding(cfg(fields)?),
         "embedding_row" => Op::EmbeddingRow(cfg(fields)?),

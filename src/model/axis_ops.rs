@@ -51,6 +51,12 @@ pub fn mean(x: &Tensor, c: &ReduceCfg) -> Result<Tensor> {
     Ok(if c.keepdim { x.mean_keepdim(d)? } else { x.mean(d)? })
 }
 
+/// `x.sum(dim, keepdim)`.
+pub fn sum(x: &Tensor, c: &ReduceCfg) -> Result<Tensor> {
+    let d = sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::invalid("sum", m))? + 1;
+    Ok(if c.keepdim { x.sum_keepdim(d)? } else { x.sum(d)? })
+}
+
 /// `x.amax(dim, keepdim)`.
 pub fn amax(x: &Tensor, c: &ReduceCfg) -> Result<Tensor> {
     let d = sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::invalid("amax", m))? + 1;

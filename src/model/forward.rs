@@ -284,6 +284,7 @@ impl Model {
             Op::Pad(c) => super::axis_ops::pad(&x, c),
             Op::Mean(c) => super::axis_ops::mean(&x, c),
             Op::Amax(c) => super::axis_ops::amax(&x, c),
+            Op::Sum(c) => super::axis_ops::sum(&x, c),
             Op::Embedding(c) => text_ops::embedding(&node.name, &x, p("weight"), c),
             Op::PositionEmbedding(c) => text_ops::add_positions(&x, p("weight"), c.offset),
             Op::EmbeddingRow(c) => text_ops::add_row(&x, p("weight"), c.index),

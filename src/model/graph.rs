@@ -476,7 +476,7 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             }
             Ok(s.iter().zip(&pads).map(|(&d, &(b, e))| d + b + e).collect())
         }
-        Op::Mean(c) | Op::Amax(c) => {
+        Op::Mean(c) | Op::Amax(c) | Op::Sum(c) => {
             let d = sample_dim(c.dim, s.len())?;
             if s.len() == 1 && !c.keepdim {
                 return Err(format!("{} over the only dim of a sample of shape {s:?} leaves no values per sample (keepdim keeps one)", op.name()));

@@ -386,6 +386,12 @@ impl Builder {
                 let v = self.scalar(&format!("{n}.value"), c.value as f32);
                 self.op("Pad", n, &[x, &p, &v], n, vec![]);
             }
+            Op::Sum(c) => {
+                // ReduceSum takes its axes as an input from opset 13 on.
+                let d = sample_dim(c.dim, in_shape.len())? + 1;
+                let axes = self.init(i64_tensor(&format!("{n}.axes"), &[1], &[d as i64]));
+                self.op("ReduceSum", n, &[x, &axes], n, vec![int("keepdims", c.keepdim as i64)]);
+            }
             Op::Mean(c) | Op::Amax(c) => {
                 let d = sample_dim(c.dim, in_shape.len())? + 1;
                 let op = if matches!(node.op, Op::Mean(_)) { "ReduceMean" } else { "ReduceMax" };

@@ -58,6 +58,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "QuantizeLinear",
     "ReduceMax",
     "ReduceMean",
+    "ReduceSum",
     "Relu",
     "Reshape",
     "Selu",
@@ -541,7 +542,7 @@ impl Importer<'_> {
             "Pad" => self.pad(n),
             "GlobalAveragePool" => self.global_pool(n, true),
             "GlobalMaxPool" => self.global_max(n, true),
-            "ReduceMean" | "ReduceMax" => self.reduce(n),
+            "ReduceMean" | "ReduceMax" | "ReduceSum" => self.reduce(n),
             _ => Err(unsupported()),
         }
     }
@@ -1752,13 +1753,15 @@ impl Importer<'_> {
     }
 
     /// `ReduceMean` over every spatial axis is global average pooling, over one other axis
-    /// `mean`; `ReduceMax` over one axis is `amax`.
+    /// `mean`; `ReduceMax` over one axis is `amax`, `ReduceSum` over one axis `sum`.
     fn reduce(&mut self, n: &NodeProto) -> R<Val> {
         let max = n.op_type == "ReduceMax";
         let x = self.dyn_in(n, 0)?;
-        let axes = if self.opset >= 18 { self.opt_const(n, 1)?.map(|c| c.i64s().map(<[i64]>::to_vec).ok_or("axes must be integers")).transpose()? } else { attr_ints(n, "axes")? };
+        // The axes are an input from opset 18 on (ReduceSum's from 13 on), an attribute before.
+        let axes_input = self.opset >= 18 || (n.op_type == "ReduceSum" && self.opset >= 13);
+        let axes = if axes_input { self.opt_const(n, 1)?.map(|c| c.i64s().map(<[i64]>::to_vec).ok_or("axes must be integers")).transpose()? } else { attr_ints(n, "axes")? };
         let rank = x.onnx_shape.len() as i64 + 1;
-        let mut axes: Vec<i64> = axes.ok_or("reduces every axis, the batch too; wick reads ReduceMean over the spatial axes")?.iter().map(|&a| from_end(a, rank)).collect();
+        let mut axes: Vec<i64> = axes.ok_or_else(|| format!("reduces every axis, the batch too; wick reads {} over axes after the batch", n.op_type))?.iter().map(|&a| from_end(a, rank)).collect();
         axes.sort_unstable();
         let keepdims = attr_i(n, "keepdims")?.unwrap_or(1) != 0;
         if axes == (2..rank).collect::<Vec<_>>() && rank >= 4 && max {
@@ -1766,6 +1769,15 @@ impl Importer<'_> {
         }
         if !max && axes == (2..rank).collect::<Vec<_>>() && rank >= 3 {
             return self.global_pool(n, keepdims);
+        }
+        if n.op_type == "ReduceSum" {
+            let &[d] = axes.as_slice() else { return Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceSum over one axis after the batch (its `sum`)")) };
+            if !(1..rank).contains(&d) {
+                return Err(format!("reduces axis {d} of a {rank}-D tensor; wick reads ReduceSum over one axis after the batch"));
+            }
+            let x = self.exact_in(n, 0)?;
+            let name = self.plain_node_name(n, "sum");
+            return Ok(Val::Dyn(self.emit(name, &[&x], Op::Sum(arch::ReduceCfg { dim: d, keepdim: keepdims }), vec![])?));
         }
         match axes.as_slice() {
             &[d] if d >= 1 && d < rank => {

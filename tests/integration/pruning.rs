@@ -291,6 +291,20 @@ fn exact_surgery_on_recurrent_hidden_units() {
     let p = exact_surgery(&init_model(arch(per_step), 2).unwrap(), &x);
     let (Op::Gru(a), Op::Linear(l)) = (&p.arch.node("a").unwrap().op, &p.arch.node("per_step").unwrap().op) else { panic!() };
     assert_eq!((a.hidden_size, l.in_features, l.out_features), (6, 6, 2));
+    // Attention pooling: a linear scores each step from the units (its columns), the weights
+    // (softmax over time, or a sigmoid gate) scale every unit of their step, and a sum over time
+    // pools them into the head's columns.
+    for weights in [r#""op": "softmax", "inputs": ["score"], "dim": 1"#, r#""op": "sigmoid", "inputs": ["score"]"#] {
+        let body = format!(
+            r#"{{"name": "a", "op": "gru", "inputs": ["input"], "input_size": 5, "hidden_size": 9, "bidirectional": true}},
+            {{"name": "score", "op": "linear", "inputs": ["a"], "in_features": 18, "out_features": 1}}, {{"name": "w", {weights}}},
+            {{"name": "weighted", "op": "mul", "inputs": ["a", "w"]}}, {{"name": "pooled", "op": "sum", "inputs": ["weighted"], "dim": 1}},
+            {{"name": "head", "op": "linear", "inputs": ["pooled"], "in_features": 18, "out_features": 3}}"#
+        );
+        let p = exact_surgery(&init_model(arch(&body), 2).unwrap(), &x);
+        let (Op::Gru(a), Op::Linear(score), Op::Linear(head)) = (&p.arch.node("a").unwrap().op, &p.arch.node("score").unwrap().op, &p.arch.node("head").unwrap().op) else { panic!() };
+        assert_eq!((a.hidden_size, score.in_features, score.out_features, head.in_features), (6, 12, 1, 12), "{weights}");
+    }
 }
 
 /// Linears over every step or token (an MLP-Mixer's or a transformer's feed-forward block, a

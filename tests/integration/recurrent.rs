@@ -398,3 +398,19 @@ fn final_states_and_time_major_sequences_import_from_pytorch() {
     let (_, err) = run_expect(&["inspect", fixture("onnx/final_state_bigru.onnx").to_str().unwrap()], 2);
     assert!(err.contains("GRU") && err.contains("bidirectional") && err.contains("Y_h"), "{err}");
 }
+
+/// Attention pooling (a linear score per step, softmax over time, the weighted steps summed:
+/// the `sum` op, ONNX's `ReduceSum`): the training oracle's case matches PyTorch autograd
+/// (`gradients.rs`) and runs compiled and through wick's export; both PyTorch exports of a
+/// bidirectional GRU pooled this way import with PyTorch's logits, compiled with no candle step,
+/// and run in integers bit for bit as the scalar reference.
+#[test]
+fn attention_pooling_runs_compiled_and_through_onnx() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_case_runs_compiled_and_through_onnx("gru_attention_sum", dir.path());
+    for (e, m) in assert_both_exports_import("attention_pool", dir.path()) {
+        let sums: Vec<(i64, bool)> = m.arch.nodes.iter().filter_map(|n| if let wick::model::arch::Op::Sum(c) = &n.op { Some((c.dim, c.keepdim)) } else { None }).collect();
+        assert_eq!(sums, [(1, false)], "{e}");
+        ptq_runs_bit_exact(&m, &fixture("onnx/attention_pool.data.safetensors"));
+    }
+}

@@ -134,8 +134,10 @@ pub fn analyse(model: &Model) -> Deps {
                 // One slope per first-axis position does not follow units on the last axis.
                 Op::Prelu(c) => c.num_parameters == 1,
                 Op::Add(_) => last_in.iter().all(|&b| b),
-                Op::Mul(_) => last_in.iter().all(|&b| b) && node.inputs.iter().all(|i| &shapes[i] == out_shape),
-                Op::Select(SelectCfg { dim, .. }) | Op::Narrow(NarrowCfg { dim, .. }) | Op::Mean(ReduceCfg { dim, .. }) | Op::Amax(ReduceCfg { dim, .. }) => {
+                // Values of the output's shape carry the units (tied); one of a single value along
+                // the last axis (an attention weight per step) scales them all and stays whole.
+                Op::Mul(_) => node.inputs.iter().zip(&last_in).all(|(i, &last)| if &shapes[i] == out_shape { last } else { shapes[i].last() == Some(&1) }),
+                Op::Select(SelectCfg { dim, .. }) | Op::Narrow(NarrowCfg { dim, .. }) | Op::Mean(ReduceCfg { dim, .. }) | Op::Amax(ReduceCfg { dim, .. }) | Op::Sum(ReduceCfg { dim, .. }) => {
                     sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank)
                 }
                 Op::Transpose(c) => matches!(swapped(c, in_rank, in_rank - 1), Some(Swap::Untouched | Swap::FirstAndLast)),
@@ -201,17 +203,16 @@ pub fn analyse(model: &Model) -> Deps {
                 ins[0].clone()
             }
             Op::Mul(_) => {
-                // Inputs with the output's channels are tied position by position; one broadcast
-                // along the channels (a single channel) is kept whole.
+                // Inputs with the output's channels (or, tracked on the last axis, its shape) are
+                // tied position by position; one broadcast along them is kept whole.
                 let c = out_shape.first().copied().unwrap_or(1);
-                let (full, spread): (Vec<&Vec<usize>>, Vec<&Vec<usize>>) = ins.iter().partition(|i| i.len() == c);
-                spread.iter().for_each(|i| freeze_ids.extend(i.iter()));
-                for other in &full[1..] {
-                    for (a, b) in full[0].iter().zip(other.iter()) {
-                        ties.push((*a, *b));
-                    }
+                let carries = |k: &usize| if feature_last.contains(&node.name) { &shapes[&node.inputs[*k]] == out_shape } else { ins[*k].len() == c };
+                let (full, spread): (Vec<usize>, Vec<usize>) = (0..ins.len()).partition(carries);
+                spread.iter().for_each(|&k| freeze_ids.extend(&ins[k]));
+                for &k in &full[1..] {
+                    ties.extend(ins[full[0]].iter().copied().zip(ins[k].iter().copied()));
                 }
-                full[0].clone()
+                ins[full[0]].clone()
             }
             Op::Reshape(_) => {
                 // Channel-major data: an output first axis that is a multiple of the channels
@@ -277,7 +278,7 @@ pub fn analyse(model: &Model) -> Deps {
                 // heads and positions: kept whole.
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)
             }
-            Op::Transpose(_) | Op::Mean(_) | Op::Amax(_) | Op::Select(_) | Op::Narrow(_) | Op::Pad(_) if last_in[0] => ins[0].clone(),
+            Op::Transpose(_) | Op::Mean(_) | Op::Amax(_) | Op::Sum(_) | Op::Select(_) | Op::Narrow(_) | Op::Pad(_) if last_in[0] => ins[0].clone(),
             // A run of the channels carries that run's ids (surgery recounts its start and
             // length); the groups below keep each run's units apart so that none is emptied.
             Op::Narrow(c) if sample_dim(c.dim, in_rank) == Ok(0) => match c.first(ins[0].len()) {
@@ -298,9 +299,9 @@ pub fn analyse(model: &Model) -> Deps {
                 }
                 _ => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
             },
-            // A mean or maximum across the channels mixes them (a mean's divisor counts them): kept
-            // whole.
-            Op::Mean(c) | Op::Amax(c) if sample_dim(c.dim, in_rank) == Ok(0) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
+            // A mean, maximum or sum across the channels mixes them (a mean's divisor counts
+            // them): kept whole.
+            Op::Mean(c) | Op::Amax(c) | Op::Sum(c) if sample_dim(c.dim, in_rank) == Ok(0) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
             Op::Select(_) => {
                 // Across the channel axis of a value whose channels are first: kept whole.
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)

@@ -171,14 +171,21 @@ pub(super) fn swap_axes(x: &[f32], dims: &[usize], a: usize, b: usize) -> Vec<f3
 /// `out[o, r] = (Σ_j x[o, j, r]) · (1/len)`, summed in `j` order (candle's mean: a sum, then one
 /// product by the reciprocal).
 pub(super) fn mean_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
+    let scale = (1.0 / dims[d] as f64) as f32;
+    let mut out = sum_axis(x, dims, d);
+    out.iter_mut().for_each(|o| *o *= scale);
+    out
+}
+
+/// The sum of `x` (logical layout) along full-tensor axis `d`: viewed as `[outer, len, inner]`,
+/// `out[o, r] = Σ_j x[o, j, r]`, summed in `j` order.
+pub(super) fn sum_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
     let (outer, len, inner) = (dims[..d].iter().product::<usize>(), dims[d], dims[d + 1..].iter().product::<usize>());
-    let scale = (1.0 / len as f64) as f32;
     let mut out = vec![0f32; outer * inner];
     for (src, dst) in x.chunks_exact((len * inner).max(1)).zip(out.chunks_exact_mut(inner.max(1))) {
         for row in src.chunks_exact(inner.max(1)) {
             dst.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
         }
-        dst.iter_mut().for_each(|o| *o *= scale);
     }
     out
 }

@@ -41,6 +41,14 @@ use std::collections::BTreeMap;
 /// Samples per part below which a batch is not cut across threads (see [`Plan::predict`]).
 const SPLIT_MIN_SAMPLES: usize = 8;
 
+/// What a `Kind::Reduce` step computes along its axis.
+#[derive(Clone, Copy)]
+enum Reduction {
+    Mean,
+    Max,
+    Sum,
+}
+
 /// What one step computes.
 enum Kind {
     Quant(Box<QLayer>),
@@ -95,11 +103,11 @@ enum Kind {
         pads: Vec<(usize, usize)>,
         value: f32,
     },
-    /// The mean (or with `max` the maximum) along full-tensor axis `dim`; in logical order (a
-    /// kept unit dim changes no data).
+    /// The mean, maximum or sum along full-tensor axis `dim`; in logical order (a kept unit dim
+    /// changes no data).
     Reduce {
         dim: usize,
-        max: bool,
+        how: Reduction,
     },
     /// LayerNorm over each row of `inner` values (logical layout), `(γ, β)` when affine.
     LayerNorm {
@@ -403,7 +411,9 @@ impl Plan {
                     let pads = c.per_dim(rank).map_err(|m| WickError::node(&node.name, m))?;
                     Kind::Pad { pads: std::iter::once((0, 0)).chain(pads).collect(), value: c.value as f32 }
                 }
-                (Op::Mean(c) | Op::Amax(c), ..) => Kind::Reduce { dim: axis(c.dim)?, max: matches!(node.op, Op::Amax(_)) },
+                (Op::Mean(c), ..) => Kind::Reduce { dim: axis(c.dim)?, how: Reduction::Mean },
+                (Op::Amax(c), ..) => Kind::Reduce { dim: axis(c.dim)?, how: Reduction::Max },
+                (Op::Sum(c), ..) => Kind::Reduce { dim: axis(c.dim)?, how: Reduction::Sum },
                 _ => Kind::Float,
             };
             steps.push(Step { node: ni, kind, inputs, output: slots, residual: None, codes_for: None });

@@ -3,9 +3,9 @@
 //! quantising each integer layer's input once per quantiser and freeing each value after its
 //! last reader.
 
-use super::elementwise::{add_relu_in_place, concat_rows, gather_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, narrow_rows, pad_constant, scale_channels, swap_axes};
+use super::elementwise::{add_relu_in_place, concat_rows, gather_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, narrow_rows, pad_constant, scale_channels, sum_axis, swap_axes};
 use super::normalize::{channel_affine, layer_norm, prelu, softmax};
-use super::{Kind, Plan, Step, Value, SPLIT_MIN_SAMPLES};
+use super::{Kind, Plan, Reduction, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
 use crate::model::act_op::apply_in_place_fused;
 use crate::model::im2col::transpose_batched;
@@ -256,10 +256,14 @@ impl Plan {
                     };
                     Value { data: pad_constant(&v.data, &dims, &pads, *value), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: v.channels_last }
                 }
-                Kind::Reduce { dim, max } => {
+                Kind::Reduce { dim, how } => {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
                     set_layout(v, false);
-                    let data = if *max { max_axis(&v.data, &v.dims, *dim) } else { mean_axis(&v.data, &v.dims, *dim) };
+                    let data = match how {
+                        Reduction::Mean => mean_axis(&v.data, &v.dims, *dim),
+                        Reduction::Max => max_axis(&v.data, &v.dims, *dim),
+                        Reduction::Sum => sum_axis(&v.data, &v.dims, *dim),
+                    };
                     Value { data, dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
                 }
                 Kind::LayerNorm { inner, eps, affine } => {
