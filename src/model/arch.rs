@@ -186,11 +186,24 @@ pub struct BatchNormCfg {
 
 /// Fixed per-channel arithmetic over channel axis 1: `y = x · weight_c + bias_c` (`weight`, `bias`
 /// `[num_features]` buffers, not trained): a model's own input normalisation `(x − mean) / std`
-/// (`weight = 1/std`, `bias = −mean/std`), or arithmetic on constants such as `x · 2 − 1`.
+/// (`weight = 1/std`, `bias = −mean/std`), or arithmetic on constants such as `x · 2 − 1`. With
+/// `dim` −1 over the last axis instead, as PyTorch broadcasts a `[D]` constant: a layer scale
+/// (ConvNeXt's `γ · x` on channels-last values).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelAffineCfg {
     pub num_features: usize,
+    /// The axis the features lie on, counted with the batch: 1 (a sample's first) or −1 (its last).
+    #[serde(default = "one_i64", skip_serializing_if = "is_one_i64")]
+    pub dim: i64,
+}
+
+impl ChannelAffineCfg {
+    /// Whether the features lie on the last axis of a sample of `rank` dims, and not also on the
+    /// first (`rank` 1).
+    pub fn on_last_axis(&self, rank: usize) -> bool {
+        rank > 1 && crate::model::graph::sample_dim(self.dim, rank) == Ok(rank - 1)
+    }
 }
 
 /// PReLU, `max(x, 0) + weight_c·min(x, 0)`: a learned negative slope per channel (axis 1; a

@@ -249,7 +249,7 @@ impl Model {
             Op::Dropout(_) => Ok(x),
             Op::Softmax(c) => ops::softmax(&x, c.dim),
             Op::LogSoftmax(c) => ops::log_softmax(&x, c.dim),
-            Op::ChannelAffine(_) => ops::channel_affine(&x, p("weight"), p("bias")),
+            Op::ChannelAffine(c) => ops::channel_affine(&x, p("weight"), p("bias"), c.on_last_axis(x.rank() - 1)),
             Op::Prelu(_) => ops::prelu(&x, p("weight")),
             Op::GroupNorm(c) => ops::group_norm(&x, c.num_groups, c.eps, c.affine.then(|| (p("weight"), p("bias")))),
             Op::Gru(c) | Op::Lstm(c) => {

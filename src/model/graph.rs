@@ -374,8 +374,12 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
             Ok(s.clone())
         }
         Op::ChannelAffine(c) => {
-            if s.first() != Some(&c.num_features) {
-                return Err(format!("num_features is {} but the input's channel axis (the first of a sample) is {:?} (shape {s:?})", c.num_features, s.first()));
+            let d = sample_dim(c.dim, s.len())?;
+            if d != 0 && d + 1 != s.len() {
+                return Err(format!("dim {} is neither a sample's first axis (1) nor its last (-1) (shape {s:?})", c.dim));
+            }
+            if s[d] != c.num_features {
+                return Err(format!("num_features is {} but the input's axis {} is {} (shape {s:?})", c.num_features, c.dim, s[d]));
             }
             Ok(s.clone())
         }

@@ -106,7 +106,7 @@ pub fn group_norm(x: &Tensor, groups: usize, eps: f64, affine: Option<(&Tensor, 
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
     let y = centered.broadcast_div(&(var + eps)?.sqrt()?)?.reshape(dims)?;
     match affine {
-        Some((w, b)) => channel_affine(&y, w, b),
+        Some((w, b)) => channel_affine(&y, w, b, false),
         None => Ok(y),
     }
 }
@@ -158,10 +158,11 @@ pub fn softmax(x: &Tensor, dim: i64) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(x, d)?)
 }
 
-/// Fixed per-channel arithmetic on axis 1 of an `[N, C, …]` tensor: `y = x · w_c + b_c`.
-pub fn channel_affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// Fixed per-channel arithmetic on axis 1 of an `[N, C, …]` tensor (with `last`, on its last axis):
+/// `y = x · w_c + b_c`.
+pub fn channel_affine(x: &Tensor, w: &Tensor, b: &Tensor, last: bool) -> Result<Tensor> {
     let mut shape = vec![1usize; x.rank()];
-    shape[1] = w.dim(0)?;
+    shape[if last { x.rank() - 1 } else { 1 }] = w.dim(0)?;
     Ok(x.broadcast_mul(&w.reshape(shape.clone())?)?.broadcast_add(&b.reshape(shape)?)?)
 }
 

@@ -234,8 +234,10 @@ impl Builder {
                 self.op("BatchNormalization", n, &ins, n, vec![float("epsilon", c.eps as f32), float("momentum", (1.0 - c.momentum) as f32)]);
             }
             Op::ChannelAffine(c) => {
-                // `[C, 1, …]`: broadcast along the channel axis of `[N, C, …]`.
-                let mut dims = vec![1; model.graph.shapes[node.inputs[0].as_str()].len()];
+                // `[C, 1, …]`: broadcast along the channel axis of `[N, C, …]`; `[C]` along the
+                // last axis.
+                let rank = model.graph.shapes[node.inputs[0].as_str()].len();
+                let mut dims = vec![1; if c.on_last_axis(rank) { 1 } else { rank }];
                 dims[0] = c.num_features;
                 let [w, b] = ["weight", "bias"].map(|s| values(model, &param(s)).map(|v| f32_tensor(&param(s), &dims, &v)));
                 let (w, b) = (self.init(w?), self.init(b?));

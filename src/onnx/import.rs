@@ -399,7 +399,7 @@ impl Importer<'_> {
             Val::Scaled(x, s) => {
                 let (x, s) = (x.clone(), *s);
                 let ch = x.shape.first().copied().unwrap_or(1);
-                let Val::Dyn(y) = self.channel_affine(&n.input[k], &x, vec![s; ch], vec![0.0; ch])? else { unreachable!("an affine node's value") };
+                let Val::Dyn(y) = self.channel_affine(&n.input[k], &x, (vec![s; ch], false), vec![0.0; ch])? else { unreachable!("an affine node's value") };
                 self.vals.insert(n.input[k].clone(), Val::Dyn(y.clone()));
                 Ok(y)
             }
@@ -1135,6 +1135,8 @@ impl Importer<'_> {
                 let name = self.plain_node_name(n, "add");
                 Val::Dyn(self.emit(name, &[x, y], Op::Add(arch::Empty {}), vec![])?)
             }
+            // An int32 bias dequantised at `s_in·s_c` (a QDQ MatMul's, as wick writes it).
+            ("Add", Val::Dyn(x), Val::Dequantized(c, _)) | ("Add", Val::Dequantized(c, _), Val::Dyn(x)) => self.add_bias(x, c)?,
             ("Add", Val::Dyn(x), Val::Const(c)) | ("Add", Val::Const(c), Val::Dyn(x)) => match self.add_bias(x, c) {
                 Ok(v) => v,
                 // Not a layer's bias: arithmetic on the value (an input's normalisation, `x + 1`).
@@ -1170,14 +1172,14 @@ impl Importer<'_> {
             ("Mul", Val::Dyn(x), c) | ("Mul", c, Val::Dyn(x)) if scalar(c).is_some() => Val::Scaled(x.clone(), scalar(c).expect("checked")),
             ("Div", Val::Dyn(x), c) if scalar(c).is_some_and(|s| s != 0.0) => Val::Scaled(x.clone(), 1.0 / scalar(c).expect("checked")),
             ("Mul", Val::Dyn(x), Val::Const(c)) | ("Mul", Val::Const(c), Val::Dyn(x)) => {
-                let scale = per_channel(c, x)?;
-                let zeros = vec![0.0; scale.len()];
+                let scale = per_feature(c, x)?;
+                let zeros = vec![0.0; scale.0.len()];
                 self.channel_affine(&n.output[0], x, scale, zeros)?
             }
             ("Div", Val::Dyn(x), Val::Const(c)) => {
-                let scale: Vec<f32> = per_channel(c, x)?.iter().map(|v| 1.0 / v).collect();
+                let (scale, last) = per_feature(c, x)?;
                 let zeros = vec![0.0; scale.len()];
-                self.channel_affine(&n.output[0], x, scale, zeros)?
+                self.channel_affine(&n.output[0], x, (scale.iter().map(|v| 1.0 / v).collect(), last), zeros)?
             }
             ("Mul", Val::OnePlusErf { x, coef, times_x }, c) | ("Mul", c, Val::OnePlusErf { x, coef, times_x }) if scalar(c).is_some() => {
                 Val::OnePlusErf { x: x.clone(), coef: coef * scalar(c).expect("checked"), times_x: *times_x }
@@ -1321,12 +1323,13 @@ impl Importer<'_> {
         Ok(Val::Dyn(x.clone()))
     }
 
-    /// `x · scale_c + shift_c` per channel as a `channel_affine` node named after `value`, or
-    /// folded into `x`'s own `channel_affine` when nothing else reads that node
-    /// (`(x − mean) / std` is one node).
-    fn channel_affine(&mut self, value: &str, x: &Dyn, scale: Vec<f32>, shift: Vec<f32>) -> R<Val> {
-        let uses = self.producer_uses(&x.name);
-        if let Some(node) = self.nodes.iter().find(|m| m.name == x.name && matches!(m.op, Op::ChannelAffine(_))).filter(|_| uses == 1) {
+    /// `x · scale_c + shift_c` per channel (per feature on the last axis when `scale.1`) as a
+    /// `channel_affine` node named after `value`, or folded into `x`'s own `channel_affine` on
+    /// the same axis when nothing else reads that node (`(x − mean) / std` is one node).
+    fn channel_affine(&mut self, value: &str, x: &Dyn, scale: (Vec<f32>, bool), shift: Vec<f32>) -> R<Val> {
+        let ((scale, last), uses, rank) = (scale, self.producer_uses(&x.name), x.shape.len());
+        let same_axis = |m: &Node| matches!(&m.op, Op::ChannelAffine(c) if c.on_last_axis(rank) == last);
+        if let Some(node) = self.nodes.iter().find(|m| m.name == x.name && same_axis(m)).filter(|_| uses == 1) {
             let [w, b] = ["weight", "bias"].map(|s| node.param(s));
             self.params.get_mut(&w).expect("an affine node's weight").1.iter_mut().zip(&scale).for_each(|(v, s)| *v *= s);
             let bv = &mut self.params.get_mut(&b).expect("an affine node's bias").1;
@@ -1336,13 +1339,15 @@ impl Importer<'_> {
         let c = scale.len();
         let name = self.fresh(scope_path(value).as_deref().unwrap_or("affine"));
         let params = vec![("weight", vec![c], scale), ("bias", vec![c], shift)];
-        Ok(Val::Dyn(self.emit(name, &[x], Op::ChannelAffine(arch::ChannelAffineCfg { num_features: c }), params)?))
+        let dim = if last { -1 } else { 1 };
+        Ok(Val::Dyn(self.emit(name, &[x], Op::ChannelAffine(arch::ChannelAffineCfg { num_features: c, dim }), params)?))
     }
 
     /// `x · k + sign · c` with `c` a scalar or per-channel constant ([`Importer::channel_affine`]).
     fn shifted(&mut self, value: &str, x: &Dyn, k: f32, sign: f32, c: &Const) -> R<Val> {
-        let shift: Vec<f32> = per_channel(c, x)?.iter().map(|v| sign * v).collect();
-        self.channel_affine(value, x, vec![k; shift.len()], shift)
+        let (shift, last) = per_feature(c, x)?;
+        let shift: Vec<f32> = shift.iter().map(|v| sign * v).collect();
+        self.channel_affine(value, x, (vec![k; shift.len()], last), shift)
     }
 
     /// How many ONNX inputs read values computed by wick node `name`.
@@ -1870,6 +1875,21 @@ fn per_channel(c: &Const, x: &Dyn) -> R<Vec<f32>> {
         ));
     }
     Ok(c.f32s())
+}
+
+/// A constant's values per channel of `x` ([`per_channel`]), or else per feature along its last
+/// axis, where PyTorch broadcasts a `[D]` constant (`[D]`, `[1, …, 1, D]`): with whether they lie
+/// on the last axis.
+fn per_feature(c: &Const, x: &Dyn) -> R<(Vec<f32>, bool)> {
+    let channels = per_channel(c, x);
+    let last = x.onnx_shape.last().copied().unwrap_or(1);
+    let d = &c.dims;
+    let along_last = x.onnx_shape.len() > 1 && d.len() <= x.onnx_shape.len() + 1 && d.last() == Some(&last) && d.iter().filter(|&&v| v != 1).count() == 1;
+    match channels {
+        Ok(v) => Ok((v, false)),
+        Err(_) if along_last => Ok((c.f32s(), true)),
+        Err(m) => Err(format!("{m}, or along the last axis ({last} values)")),
+    }
 }
 
 fn pattern_err(value: &str) -> String {

@@ -110,3 +110,27 @@ fn a_general_reshape_and_a_linear_gate_import_from_pytorch() {
     assert_matches_pytorch(&exported, &data, dir.path(), "se_reshape (wick's export)");
     ptq_runs_bit_exact(&m, &data);
 }
+
+/// A ConvNeXt block (`fixtures/onnx/make_convnext_block.py`): its layer scale `· γ + β`, constants
+/// of shape `[C]` that PyTorch broadcasts along the last axis of a channels-last value, reads as
+/// one `channel_affine` on the last axis (dim −1); both exports give PyTorch's logits compiled
+/// with no candle step and through wick's own export. In INT8 (its linears over every position
+/// included) the integer runtime equals the scalar reference, and wick's QDQ export reads back
+/// to the same model bit for bit: the MatMul's int32 bias `Add` is its bias again.
+#[test]
+fn convnext_block_layer_scale_and_int8_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture("onnx/convnext_block.data.safetensors");
+    for (e, m) in assert_both_exports_import("convnext_block", dir.path()) {
+        let affine: Vec<(usize, i64)> = m.arch.nodes.iter().filter_map(|n| if let Op::ChannelAffine(c) = &n.op { Some((c.num_features, c.dim)) } else { None }).collect();
+        assert_eq!(affine, [(8, -1)], "{e}");
+        let q = ptq_runs_bit_exact(&m, &data);
+        let exported = dir.path().join(format!("convnext_block.{e}.int8.onnx"));
+        wick::onnx::export::write(&wick::onnx::export::int8_model(&q).unwrap(), &exported).unwrap();
+        let wick::artifact::AnyModel::Int8(back) = wick::onnx::load(&exported).unwrap().0 else { panic!("{e}: the QDQ export reads back as an INT8 model") };
+        let x = Tensor::from_vec(TensorFile::read(&data).unwrap().f32("x").unwrap(), (5, 4, 6, 6), &candle_core::Device::Cpu).unwrap();
+        let run = |q: &wick::artifact::Int8Model| -> Vec<f32> { Executor::new(q, Exec::Integer(Kernel::Fast)).unwrap().predict(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+        assert_eq!(run(&back), run(&q), "{e}: the read-back INT8 model computes the same bits");
+        assert_eq!(back.layers.keys().collect::<Vec<_>>(), q.layers.keys().collect::<Vec<_>>(), "{e}");
+    }
+}

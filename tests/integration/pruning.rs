@@ -344,6 +344,12 @@ fn exact_surgery_on_linears_over_every_step() {
         _ => panic!("{n} is a linear"),
     };
     assert_eq!((width("up"), width("down"), width("proj"), width("head")), ((8, 8), (8, 8), (8, 4), (4, 3)));
+    // A ConvNeXt block (onnx/make_convnext_block.py): its linears over every pixel of a
+    // channels-last value, then a layer scale on the last axis; the hidden features are pruned.
+    let block = load(&fixture("onnx/convnext_block.legacy.onnx"));
+    let p = exact_surgery(&block.deep_clone().unwrap(), &random_input(block.input_shape(), 5));
+    let (Op::Linear(pw1), Op::Linear(pw2)) = (&p.arch.node("pw1").unwrap().op, &p.arch.node("pw2").unwrap().op) else { panic!() };
+    assert_eq!((pw1.in_features, pw1.out_features, pw2.in_features, pw2.out_features), (8, 10, 10, 8));
 }
 
 /// A squeeze-and-excitation gate ties the channels it scales to its second conv's outputs (or

@@ -141,7 +141,9 @@ pub fn analyse(model: &Model) -> Deps {
                     sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank)
                 }
                 Op::Transpose(c) => matches!(swapped(c, in_rank, in_rank - 1), Some(Swap::Untouched | Swap::FirstAndLast)),
-                Op::Gru(_) | Op::Lstm(_) | Op::Linear(_) => true,
+                // A per-feature affine map scales each position of its axis on its own, the
+                // units' axis or another.
+                Op::Gru(_) | Op::Lstm(_) | Op::Linear(_) | Op::ChannelAffine(_) => true,
                 Op::Pad(c) => c.per_dim(in_rank).is_ok_and(|p| p[in_rank - 1] == (0, 0)),
                 _ => false,
             };

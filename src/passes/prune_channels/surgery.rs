@@ -87,7 +87,8 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                 }
                 c.num_features = kout.len();
             }
-            Op::ChannelAffine(c) => {
+            // Its features are the units only when they lie on the axis that carries them.
+            Op::ChannelAffine(c) if c.on_last_axis(model.graph.shapes[&node.inputs[0]].len()) == input_last => {
                 sel("weight", &kout, 0)?;
                 sel("bias", &kout, 0)?;
                 c.num_features = kout.len();
@@ -161,7 +162,9 @@ pub fn zero_units(model: &Model, deps: &Deps, units: &BTreeSet<usize>) -> Result
         if rows.is_empty() {
             continue;
         }
+        let on_units_axis = |c: &crate::model::arch::ChannelAffineCfg| c.on_last_axis(model.graph.shapes[&node.inputs[0]].len()) == deps.feature_last.contains(&node.inputs[0]);
         let mut zero: Vec<(String, Vec<usize>)> = match &node.op {
+            Op::ChannelAffine(c) if !on_units_axis(c) => vec![],
             Op::Linear(_) | Op::Conv1d(_) | Op::Conv2d(_) | Op::BatchNorm1d(_) | Op::BatchNorm2d(_) | Op::ChannelAffine(_) => {
                 ["weight", "bias"].iter().map(|s| (node.param(s), rows.clone())).collect()
             }

@@ -137,10 +137,12 @@ enum Kind {
         weight: Vec<f32>,
         cfg: crate::model::arch::RelativePositionBiasCfg,
     },
-    /// A BatchNorm no conv or linear absorbed: `x·scale_c + shift_c` on channel axis 1.
+    /// A BatchNorm no conv or linear absorbed, or a `channel_affine`: `x·scale_c + shift_c` on
+    /// channel axis 1, or with `last` on the last axis (in logical order).
     ChannelAffine {
         scale: Vec<f32>,
         shift: Vec<f32>,
+        last: bool,
     },
     /// GroupNorm: LayerNorm of each sample's groups of `inner` values (channels first), then
     /// the per-channel affine map when it has one.
@@ -371,9 +373,12 @@ impl Plan {
                     let (gamma, beta) = if c.affine { (vec("weight")?, vec("bias")?) } else { (vec![1.0; mean.len()], vec![0.0; mean.len()]) };
                     let scale: Vec<f32> = gamma.iter().zip(&var).map(|(&g, &v)| (g as f64 / (v as f64 + c.eps).sqrt()) as f32).collect();
                     let shift = beta.iter().zip(&mean).zip(&scale).map(|((&b, &m), &s)| b - m * s).collect();
-                    Kind::ChannelAffine { scale, shift }
+                    Kind::ChannelAffine { scale, shift, last: false }
                 }
-                (Op::ChannelAffine(_), ..) => Kind::ChannelAffine { scale: model.values(&node.param("weight"))?, shift: model.values(&node.param("bias"))? },
+                (Op::ChannelAffine(c), ..) => {
+                    let last = c.on_last_axis(model.graph.shapes[node.inputs[0].as_str()].len());
+                    Kind::ChannelAffine { scale: model.values(&node.param("weight"))?, shift: model.values(&node.param("bias"))?, last }
+                }
                 (Op::Prelu(_), ..) => Kind::Prelu { slope: model.values(&node.param("weight"))? },
                 (Op::GroupNorm(c), ..) => {
                     let numel: usize = model.graph.shapes[node.inputs[0].as_str()].iter().product();

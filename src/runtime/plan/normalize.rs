@@ -87,6 +87,14 @@ pub(super) fn channel_affine(v: &mut Value, scale: &[f32], shift: &[f32]) {
     }
 }
 
+/// `x·scale_j + shift_j` along each row of `data` (rows of `scale.len()` values: a value's last
+/// axis in logical order).
+pub(super) fn affine_rows(data: &mut [f32], scale: &[f32], shift: &[f32]) {
+    for row in data.chunks_mut(scale.len()) {
+        row.iter_mut().zip(scale).zip(shift).for_each(|((x, &s), &t)| *x = *x * s + t);
+    }
+}
+
 /// PReLU on channel axis 1 of `v` in either layout: `y = x` where `x > 0`, else `x·slope_c`
 /// (`slope` of one value for every channel, or one).
 pub(super) fn prelu(v: &mut Value, slope: &[f32]) {

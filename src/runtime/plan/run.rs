@@ -4,7 +4,7 @@
 //! last reader.
 
 use super::elementwise::{add_relu_in_place, concat_rows, gather_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, narrow_rows, pad_constant, scale_channels, sum_axis, swap_axes};
-use super::normalize::{channel_affine, layer_norm, prelu, softmax};
+use super::normalize::{affine_rows, channel_affine, layer_norm, prelu, softmax};
 use super::{Kind, Plan, Reduction, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
 use crate::model::act_op::apply_in_place_fused;
@@ -296,9 +296,15 @@ impl Plan {
                     let l = vals[step.inputs[0]].as_ref().expect("input computed").dims[1];
                     Value { data: crate::runtime::attention::relative_position_bias(weight, cfg, l), dims: vec![1, cfg.num_heads, l, l], channels_last: false }
                 }
-                Kind::ChannelAffine { scale, shift } => {
+                Kind::ChannelAffine { scale, shift, last: false } => {
                     let mut v = self.owned(&mut vals, step, si);
                     channel_affine(&mut v, scale, shift);
+                    v
+                }
+                Kind::ChannelAffine { scale, shift, last: true } => {
+                    set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
+                    let mut v = self.owned(&mut vals, step, si);
+                    affine_rows(&mut v.data, scale, shift);
                     v
                 }
                 Kind::GroupNorm { inner, eps, affine } => {
