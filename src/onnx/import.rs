@@ -207,18 +207,7 @@ fn filled(dims: &[i64], value: f32) -> R<Val> {
 /// Imports `graph` (from `file`, whose external data lives in `dir`) at default-domain `opset`.
 pub fn import(graph: &GraphProto, opset: i64, file: &str, dir: &Path) -> crate::error::Result<Imported> {
     let onnx_err = |node: &str, op_type: &str, msg: String| crate::error::WickError::Onnx { file: file.into(), node: node.into(), op_type: op_type.into(), msg };
-    let mut im = Importer {
-        opset,
-        dir,
-        vals: HashMap::new(),
-        uses: HashMap::new(),
-        nodes: vec![],
-        params: BTreeMap::new(),
-        layers: BTreeMap::new(),
-        tables: BTreeMap::new(),
-        names: HashSet::new(),
-        int8_values: HashSet::new(),
-    };
+    let mut im = Importer::new(opset, dir);
     for t in &graph.initializer {
         let c = tensor::read(t, &format!("{file}: initializer '{}'", t.name), dir)?;
         if t.data_type == super::proto::data_type::INT8 {
@@ -327,7 +316,23 @@ struct Importer<'a> {
 /// A parameter a new wick node owns: suffix, shape, values.
 type Param = (&'static str, Vec<usize>, Vec<f32>);
 
-impl Importer<'_> {
+impl<'a> Importer<'a> {
+    /// An importer with nothing read yet, at default-domain `opset`, external data in `dir`.
+    fn new(opset: i64, dir: &'a Path) -> Importer<'a> {
+        Importer {
+            opset,
+            dir,
+            vals: HashMap::new(),
+            uses: HashMap::new(),
+            nodes: vec![],
+            params: BTreeMap::new(),
+            layers: BTreeMap::new(),
+            tables: BTreeMap::new(),
+            names: HashSet::new(),
+            int8_values: HashSet::new(),
+        }
+    }
+
     /// The one graph input that is not an initializer: batch first, the other dims fixed.
     fn input(&mut self, g: &GraphProto) -> R<Dyn> {
         let inputs: Vec<_> = g.input.iter().filter(|i| !self.vals.contains_key(&i.name)).collect();
@@ -2105,18 +2110,7 @@ mod tests {
 
     /// An importer with nothing read yet, at opset 17.
     fn empty_importer() -> Importer<'static> {
-        Importer {
-            opset: 17,
-            dir: Path::new("."),
-            vals: HashMap::new(),
-            uses: HashMap::new(),
-            nodes: vec![],
-            params: BTreeMap::new(),
-            layers: BTreeMap::new(),
-            tables: BTreeMap::new(),
-            names: HashSet::new(),
-            int8_values: HashSet::new(),
-        }
+        Importer::new(17, Path::new("."))
     }
 
     fn perm(p: &[i64]) -> crate::onnx::proto::AttributeProto {
