@@ -350,6 +350,13 @@ fn exact_surgery_on_linears_over_every_step() {
     let p = exact_surgery(&block.deep_clone().unwrap(), &random_input(block.input_shape(), 5));
     let (Op::Linear(pw1), Op::Linear(pw2)) = (&p.arch.node("pw1").unwrap().op, &p.arch.node("pw2").unwrap().op) else { panic!() };
     assert_eq!((pw1.in_features, pw1.out_features, pw2.in_features, pw2.out_features), (8, 10, 10, 8));
+    // A token table's columns are features too (onnx/make_textcnn.py): pruned with the input
+    // channels of the convs that read them, transposed.
+    let textcnn = load(&fixture("onnx/textcnn.legacy.onnx"));
+    let ids = wick::data::Dataset::read(&fixture("data/digits_tokens_test.safetensors")).unwrap().x.narrow(0, 0, 64).unwrap();
+    let p = exact_surgery(&textcnn.deep_clone().unwrap(), &ids);
+    let (Op::Embedding(emb), Op::Conv1d(c3), Op::Conv1d(c5)) = (&p.arch.node("emb").unwrap().op, &p.arch.node("c3").unwrap().op, &p.arch.node("c5").unwrap().op) else { panic!() };
+    assert_eq!((emb.embedding_dim, c3.in_channels, c5.in_channels, p.params["emb.weight"].as_tensor().dims()), (5, 5, 5, &[256, 5][..]));
 }
 
 /// A squeeze-and-excitation gate ties the channels it scales to its second conv's outputs (or

@@ -11,7 +11,8 @@
 //! channels, softmax over channels, grouped non-depthwise convs), are frozen. A GRU or LSTM
 //! creates one id per hidden unit, tracked on its output's last axis (`Deps::feature_last`)
 //! through element-wise ops, `select` and `mean` into the next layer's columns; so does a linear
-//! over a multi-axis input (every step or token), whose columns read that axis. A `transpose`
+//! over a multi-axis input (every step or token), whose columns read that axis, and a token
+//! embedding, whose table's columns are its features. A `transpose`
 //! of a value's first and last sample axes moves its ids between the two (a conv's channels
 //! into a recurrent op's input features, and back); one that moves them to a middle axis, or a
 //! mean across them, keeps them whole. A *group* is a
@@ -275,7 +276,18 @@ pub fn analyse(model: &Model) -> Deps {
                 feature_last.insert(node.name.clone());
                 o.repeat(c.dirs())
             }
-            Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) | Op::L2Normalize(_) => {
+            Op::Embedding(c) => {
+                // A token table's columns are features on its output's last axis, like a linear
+                // over every token's; the ids it reads stay whole.
+                freeze_ids.extend(&ins[0]);
+                let o = fresh(c.embedding_dim, &mut next);
+                for &id in &o {
+                    producers.insert(id, node.name.clone());
+                }
+                feature_last.insert(node.name.clone());
+                o
+            }
+            Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) | Op::L2Normalize(_) => {
                 // Text encoders' sequence axis comes first and their features are tied across
                 // heads and positions: kept whole.
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)

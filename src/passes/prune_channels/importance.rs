@@ -1,6 +1,6 @@
 //! Channel importance, summed over every member of a unit: the producing conv/linear rows, the
-//! consuming conv/linear columns, depthwise rows, BatchNorm scales, and a recurrent hidden
-//! unit's gate rows and state columns in every layer and direction.
+//! consuming conv/linear columns, depthwise rows, BatchNorm scales, a recurrent hidden unit's
+//! gate rows and state columns in every layer and direction, and an embedding table's column.
 //! - `l1`: `Σ |w|`; `l2`: `√(Σ w²)` over the unit's slices;
 //! - `bn_scale`: `Σ |γ|` of the unit's BatchNorms (network slimming);
 //! - `taylor`: `Σ |w · ∂L/∂w|` (first-order Taylor estimate of the loss change), gradients of the
@@ -93,6 +93,16 @@ pub fn importance(model: &Model, deps: &Deps, c: Criterion, data: Option<&Datase
                             }
                         }
                     }
+                }
+            }
+            continue;
+        }
+        if let Op::Embedding(e) = &node.op {
+            // Unit j is the table's column j: `Σ_v term(w[v, j])`.
+            let (wv, gv) = values(&node.param("weight"))?;
+            for (i, &x) in wv.iter().enumerate() {
+                if let Some(s) = out.get(i % e.embedding_dim).and_then(|u| score.get_mut(u)) {
+                    *s += term(c, x, gv.as_ref().map(|g| g[i]));
                 }
             }
             continue;

@@ -81,6 +81,11 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                     c.in_channels = kin.len();
                 }
             }
+            // A token table's features are its columns.
+            Op::Embedding(c) => {
+                sel("weight", &kout, 1)?;
+                c.embedding_dim = kout.len();
+            }
             Op::BatchNorm1d(c) | Op::BatchNorm2d(c) => {
                 for s in ["weight", "bias", "running_mean", "running_var"] {
                     sel(s, &kout, 0)?;
@@ -152,8 +157,8 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
 }
 
 /// Sets to zero every parameter that produces the `units` (conv/linear output rows and biases,
-/// BatchNorm scale and shift, a recurrent hidden unit's gate rows), so those channels output
-/// exactly zero. Used to
+/// BatchNorm scale and shift, a recurrent hidden unit's gate rows, an embedding table's
+/// columns), so those channels output exactly zero. Used to
 /// check surgery: pruning zeroed channels must not change the outputs.
 pub fn zero_units(model: &Model, deps: &Deps, units: &BTreeSet<usize>) -> Result<()> {
     for node in &model.arch.nodes {
@@ -163,6 +168,15 @@ pub fn zero_units(model: &Model, deps: &Deps, units: &BTreeSet<usize>) -> Result
             continue;
         }
         let on_units_axis = |c: &crate::model::arch::ChannelAffineCfg| c.on_last_axis(model.graph.shapes[&node.inputs[0]].len()) == deps.feature_last.contains(&node.inputs[0]);
+        if let Op::Embedding(e) = &node.op {
+            // The table's columns: each token's row then holds zeros there.
+            let v = &model.params[&node.param("weight")];
+            let t = v.as_tensor();
+            let mut data: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            data.chunks_mut(e.embedding_dim).for_each(|row| rows.iter().for_each(|&j| row[j] = 0.0));
+            v.set(&Tensor::from_vec(data, t.dims(), t.device())?)?;
+            continue;
+        }
         let mut zero: Vec<(String, Vec<usize>)> = match &node.op {
             Op::ChannelAffine(c) if !on_units_axis(c) => vec![],
             Op::Linear(_) | Op::Conv1d(_) | Op::Conv2d(_) | Op::BatchNorm1d(_) | Op::BatchNorm2d(_) | Op::ChannelAffine(_) => {
