@@ -92,10 +92,11 @@ enum Kind {
         start: usize,
         length: usize,
     },
-    /// Full-tensor axes `a < b` swapped; in logical order.
+    /// Full-tensor axes swapped pair by pair, in order: one transpose node, or a run of them
+    /// each read only by the next (one ONNX `Transpose` of several axes, such as
+    /// `permute(0, 2, 3, 1)`), done as one step (`run::permute`).
     Transpose {
-        a: usize,
-        b: usize,
+        swaps: Vec<(usize, usize)>,
     },
     /// `value` added before and after each full-tensor axis (`pads[0]`, the batch's, is none),
     /// in the layout the input has unless the channels are padded.
@@ -306,6 +307,18 @@ impl Plan {
                     continue;
                 }
             }
+            // A transpose of the previous step's transpose, read by nothing else, joins it: the
+            // run is one permutation, which a channels-last value may need no copy for.
+            if let (Op::Transpose(c), Some(last)) = (&node.op, steps.last_mut()) {
+                let src = node.inputs[0].as_str();
+                let rank = model.graph.shapes[src].len();
+                let single = readers.get(src) == Some(&1) && src != out_name && arch.nodes[last.node].name == src;
+                if let (true, Kind::Transpose { swaps }, Ok(a), Ok(b)) = (single, &mut last.kind, crate::model::graph::sample_dim(c.dim0, rank), crate::model::graph::sample_dim(c.dim1, rank)) {
+                    swaps.push((a + 1, b + 1));
+                    slot_of.insert(node.name.as_str(), last.output);
+                    continue;
+                }
+            }
             // A pad that only a conv reads becomes that conv's padding taps: no copy of the input.
             if let Some((conv, shape)) = foldable_pad(&model, node, &readers) {
                 slot_of.insert(node.name.as_str(), slot_of[node.inputs[0].as_str()]);
@@ -408,7 +421,7 @@ impl Plan {
                     if a == b {
                         Kind::Identity
                     } else {
-                        Kind::Transpose { a: a.min(b), b: a.max(b) }
+                        Kind::Transpose { swaps: vec![(a.min(b), a.max(b))] }
                     }
                 }
                 (Op::Pad(c), ..) => {

@@ -231,15 +231,7 @@ impl Plan {
                     };
                     Value { data: narrow_rows(&v.data, width, start * inner, length * inner), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: cl }
                 }
-                Kind::Transpose { a, b } => {
-                    let mut v = self.owned(&mut vals, step, si);
-                    // A channels-last `[N, C, L]` is stored as `[N, L, C]`: its transpose's data.
-                    if !(v.channels_last && v.dims.len() == 3 && (*a, *b) == (1, 2)) {
-                        set_layout(&mut v, false);
-                        v.data = swap_axes(&v.data, &v.dims, *a, *b);
-                    }
-                    Value { data: v.data, dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
-                }
+                Kind::Transpose { swaps } => permute(self.owned(&mut vals, step, si), swaps),
                 Kind::Pad { pads, value } => {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
                     // Padded channels are a logical-order job; spatial padding keeps a
@@ -389,6 +381,35 @@ fn out_dims(per_sample: &[usize], n: usize) -> Vec<usize> {
 
 /// Stores `v` channels last (`true`) or in logical order (`false`); values of rank ≤ 2 are the
 /// same either way.
+/// `v` with its full-tensor axes swapped pair by pair, in order. No data moves where the
+/// permutation is a channels-last value's stored order (channels to last: a channels-last
+/// `[N, C, H, W]` is stored as `[N, H, W, C]`, the permuted value's logical order), or where it
+/// moves an image's last axis to the channels (the result, channels last, is stored as the input
+/// is, and the convs and residual adds after it read that layout). A sequence `[N, L, C]` turned
+/// `[N, C, L]` is moved: the linears that read such values read them in logical order.
+fn permute(mut v: Value, swaps: &[(usize, usize)]) -> Value {
+    let rank = v.dims.len();
+    let mut perm: Vec<usize> = (0..rank).collect();
+    swaps.iter().for_each(|&(a, b)| perm.swap(a, b));
+    let dims: Vec<usize> = perm.iter().map(|&p| v.dims[p]).collect();
+    if rank >= 3 {
+        let stored: Vec<usize> = std::iter::once(0).chain(2..rank).chain(std::iter::once(1)).collect();
+        let to_channels: Vec<usize> = [0, rank - 1].into_iter().chain(1..rank - 1).collect();
+        if v.channels_last && perm == stored {
+            return Value { data: v.data, dims, channels_last: false };
+        }
+        if !v.channels_last && rank >= 4 && perm == to_channels {
+            return Value { data: v.data, dims, channels_last: true };
+        }
+    }
+    set_layout(&mut v, false);
+    for &(a, b) in swaps {
+        v.data = swap_axes(&v.data, &v.dims, a, b);
+        v.dims.swap(a, b);
+    }
+    Value { data: v.data, dims, channels_last: false }
+}
+
 fn set_layout(v: &mut Value, channels_last: bool) {
     if v.dims.len() < 3 {
         v.channels_last = false;
