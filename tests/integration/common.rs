@@ -306,6 +306,19 @@ pub fn axes_2d_arch() -> wick::model::arch::Arch {
     serde_json::from_str(json).unwrap()
 }
 
+/// Reductions of a conv's channels-last output along its spatial axes: the maximum over rows
+/// with the dim kept (still an image, read by a conv), then the sum over columns.
+pub fn spatial_reductions_arch() -> wick::model::arch::Arch {
+    let json = r#"{"format": "wick-arch", "version": 1, "input": {"shape": [2, 5, 4]}, "nodes": [
+        {"name": "c", "op": "conv2d", "inputs": ["input"], "in_channels": 2, "out_channels": 3, "kernel_size": 1},
+        {"name": "rows", "op": "amax", "inputs": ["c"], "dim": 2, "keepdim": true},
+        {"name": "c2", "op": "conv2d", "inputs": ["rows"], "in_channels": 3, "out_channels": 4, "kernel_size": 1},
+        {"name": "cols", "op": "sum", "inputs": ["c2"], "dim": -1},
+        {"name": "f", "op": "flatten", "inputs": ["cols"]},
+        {"name": "head", "op": "linear", "inputs": ["f"], "in_features": 4, "out_features": 3}], "output": "head"}"#;
+    serde_json::from_str(json).unwrap()
+}
+
 /// Convs whose groups read one input channel each (the direct kernel): a 3x3 conv of a
 /// one-channel image, then a strided depthwise conv with channel multiplier 2.
 pub fn one_channel_groups_arch() -> wick::model::arch::Arch {

@@ -20,8 +20,8 @@ fn logits(m: &Model, x: &candle_core::Tensor) -> (Vec<f32>, Vec<f32>) {
 /// and without bias, stride 2, conv1d, a one-channel conv and a depthwise conv with channel
 /// multiplier 2, a pointwise conv over an odd channel count and a linear
 /// over a 3-d tensor, BatchNorm 1-d and 2-d after activations (channels last and not),
-/// LayerNorm and softmax, `transpose` (of a channels-last conv output and of logical values) and
-/// `mean` (with and without its dim kept). Every op runs compiled: no step falls back to the candle executor. Sums run in another order and BatchNorm is
+/// LayerNorm and softmax, `transpose` (of a channels-last conv output and of logical values),
+/// `mean` (with and without its dim kept), and `amax` and `sum` of a conv's spatial axes. Every op runs compiled: no step falls back to the candle executor. Sums run in another order and BatchNorm is
 /// folded, so the logits differ by rounding only: relative 1e-5 of the largest logit. In the
 /// branchy graph two adds fuse into the conv before them (one with the ReLU after it); the
 /// third reads an add already fused and stays a step.
@@ -30,7 +30,7 @@ fn float_plan_equals_the_candle_executor_on_every_layout_case() {
     let branchy = wick::model::load::read_arch(&fixture("arch/branchy.arch.json")).unwrap();
     let adds: Vec<(String, String, bool)> = Plan::float(&random_model(branchy.clone(), 40).0).unwrap().residual_adds().into_iter().map(|(a, b, r)| (a.into(), b.into(), r)).collect();
     assert_eq!(adds, vec![("b2".into(), "stem".into(), true), ("c1".into(), "b2".into(), false)]);
-    for arch in [branchy, conv1d_arch(), ops_1d_arch(), norms_arch(), one_channel_groups_arch(), axes_1d_arch(), axes_2d_arch()] {
+    for arch in [branchy, conv1d_arch(), ops_1d_arch(), norms_arch(), one_channel_groups_arch(), axes_1d_arch(), axes_2d_arch(), spatial_reductions_arch()] {
         let (m, d) = random_model(arch, 40);
         assert_eq!(Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{}", m.source);
         let (fast, want) = logits(&m, &d.x);

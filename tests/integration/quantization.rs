@@ -267,8 +267,8 @@ fn excluded_layers_stay_float() {
 /// lengths, stride 2, a layer left in float, i8 and u7 activations (u7 runs AVX2's 7-bit kernel
 /// where the CPU has no VNNI), a conv1d feeding a pointwise conv1d over an odd channel
 /// count, then a linear over a 3-d tensor, a one-channel conv and a depthwise conv with channel
-/// multiplier 2, BatchNorms after activations, LayerNorm and softmax, and `transpose` and `mean`
-/// between quantised layers. No step falls back to the candle executor.
+/// multiplier 2, BatchNorms after activations, LayerNorm and softmax, `transpose` and `mean`
+/// between quantised layers, and `amax` and `sum` of a quantised conv's spatial axes. No step falls back to the candle executor.
 #[test]
 fn compiled_runtime_equals_the_reference_executor_on_every_layout_case() {
     let archs = [
@@ -279,6 +279,7 @@ fn compiled_runtime_equals_the_reference_executor_on_every_layout_case() {
         (one_channel_groups_arch(), ["stem", "head"]),
         (axes_1d_arch(), ["l", "c2"]),
         (axes_2d_arch(), ["c", "head"]),
+        (spatial_reductions_arch(), ["c2", "head"]),
     ];
     for (arch, float_layers) in archs {
         let (m, d) = random_model(arch, 40);

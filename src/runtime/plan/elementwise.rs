@@ -181,6 +181,10 @@ pub(super) fn mean_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
 /// `out[o, r] = Σ_j x[o, j, r]`, summed in `j` order.
 pub(super) fn sum_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
     let (outer, len, inner) = (dims[..d].iter().product::<usize>(), dims[d], dims[d + 1..].iter().product::<usize>());
+    if inner == 1 {
+        // The last axis: each output is one contiguous run's sum, in order.
+        return x.chunks_exact(len.max(1)).map(|run| run.iter().fold(0.0, |s, &v| s + v)).collect();
+    }
     let mut out = vec![0f32; outer * inner];
     for (src, dst) in x.chunks_exact((len * inner).max(1)).zip(out.chunks_exact_mut(inner.max(1))) {
         for row in src.chunks_exact(inner.max(1)) {
@@ -194,16 +198,17 @@ pub(super) fn sum_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
 /// inner]`, `out[o, r] = max_j x[o, j, r]`, a NaN winning (PyTorch's `amax`).
 pub(super) fn max_axis(x: &[f32], dims: &[usize], d: usize) -> Vec<f32> {
     let (len, inner) = (dims[d], dims[d + 1..].iter().product::<usize>());
+    let max = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
+    if inner == 1 {
+        // The last axis: each output is one contiguous run's maximum.
+        return x.chunks_exact(len.max(1)).map(|run| run.iter().fold(run[0], |m, &v| max(m, v))).collect();
+    }
     let mut out = Vec::with_capacity(x.len() / len.max(1));
     for src in x.chunks_exact((len * inner).max(1)) {
         let start = out.len();
         out.extend_from_slice(&src[..inner]);
         for row in src.chunks_exact(inner.max(1)).skip(1) {
-            out[start..].iter_mut().zip(row).for_each(|(m, &v)| {
-                if v > *m || v.is_nan() {
-                    *m = v
-                }
-            });
+            out[start..].iter_mut().zip(row).for_each(|(m, &v)| *m = max(*m, v));
         }
     }
     out
@@ -227,7 +232,36 @@ pub(super) fn gather_rows(table: &[f32], dim: usize, ids: &[f32]) -> std::result
 
 #[cfg(test)]
 mod tests {
-    use super::{gather_rows, pad_constant};
+    use super::{gather_rows, max_axis, mean_axis, pad_constant, sum_axis};
+
+    #[test]
+    fn reductions_along_the_last_axis_and_others_agree_with_their_definition() {
+        // [2, 3, 4]: x[o, j, r] = o·100 + j·10 + r, one NaN at [1, 2, 0].
+        let mut x: Vec<f32> = (0..2).flat_map(|o| (0..3).flat_map(move |j| (0..4).map(move |r| (o * 100 + j * 10 + r) as f32))).collect();
+        x[20] = f32::NAN;
+        let dims = [2, 3, 4];
+        let at = |o: usize, j: usize, r: usize| x[(o * 3 + j) * 4 + r];
+        for d in 1..3 {
+            let (len, inner) = (dims[d], dims[d + 1..].iter().product::<usize>());
+            let expect = |f: &dyn Fn(&mut dyn Iterator<Item = f32>) -> f32| -> Vec<f32> {
+                let outer: usize = dims[..d].iter().product();
+                (0..outer)
+                    .flat_map(|o| (0..inner).map(move |r| (o, r)))
+                    .map(|(o, r)| {
+                        let idx = |j: usize| if d == 2 { at(o / 3, o % 3, j) } else { at(o, j, r) };
+                        f(&mut (0..len).map(idx))
+                    })
+                    .collect()
+            };
+            let same = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+            let sums = expect(&|it| it.fold(0.0, |s, v| s + v));
+            assert!(same(&sum_axis(&x, &dims, d), &sums), "sum along {d}");
+            let scale = (1.0 / len as f64) as f32;
+            assert!(same(&mean_axis(&x, &dims, d), &sums.iter().map(|s| s * scale).collect::<Vec<_>>()), "mean along {d}");
+            let maxima = expect(&|it| it.fold(f32::NEG_INFINITY, |m, v| if m.is_nan() || v.is_nan() { f32::NAN } else { m.max(v) }));
+            assert!(same(&max_axis(&x, &dims, d), &maxima), "max along {d}: {:?} {maxima:?}", max_axis(&x, &dims, d));
+        }
+    }
 
     #[test]
     fn gathered_rows_follow_the_ids_and_bad_ids_are_named() {

@@ -250,13 +250,24 @@ impl Plan {
                 }
                 Kind::Reduce { dim, how } => {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
-                    set_layout(v, false);
-                    let data = match how {
-                        Reduction::Mean => mean_axis(&v.data, &v.dims, *dim),
-                        Reduction::Max => max_axis(&v.data, &v.dims, *dim),
-                        Reduction::Sum => sum_axis(&v.data, &v.dims, *dim),
+                    // A spatial axis of a channels-last value is reduced where it is stored
+                    // (`[N, spatial…, C]`, logical axis `d` at `d − 1`): the result is the output
+                    // channels last, with no transpose before or after.
+                    let spatial = v.channels_last && *dim >= 2;
+                    if !spatial {
+                        set_layout(v, false);
+                    }
+                    let (dims, d) = match spatial {
+                        true => (std::iter::once(v.dims[0]).chain(v.dims[2..].iter().copied()).chain(std::iter::once(v.dims[1])).collect(), dim - 1),
+                        false => (v.dims.clone(), *dim),
                     };
-                    Value { data, dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
+                    let data = match how {
+                        Reduction::Mean => mean_axis(&v.data, &dims, d),
+                        Reduction::Max => max_axis(&v.data, &dims, d),
+                        Reduction::Sum => sum_axis(&v.data, &dims, d),
+                    };
+                    let dims = out_dims(&shapes[node.name.as_str()], n);
+                    Value { channels_last: spatial && dims.len() >= 3, data, dims }
                 }
                 Kind::LayerNorm { inner, eps, affine } => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
