@@ -68,8 +68,8 @@ impl TensorFile {
         if bytes.len() < 8 {
             return Err(bad(format!("the file has {} bytes, fewer than the 8-byte header length", bytes.len())));
         }
-        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(explain(&e, bytes.len())))?;
-        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(explain(&e, bytes.len())))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(explain(&e, bytes)))?;
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(explain(&e, bytes)))?;
         let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
         let tensors = st.tensors().into_iter().map(|(name, v)| (name, RawTensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() })).collect();
         Ok(TensorFile { path: path.to_path_buf(), tensors, metadata, sha256: crate::provenance::sha256_hex(bytes) })
@@ -118,8 +118,14 @@ pub fn to_i64(t: &RawTensor, file: &str, name: &str) -> Result<Vec<i64>> {
     })
 }
 
-fn explain(e: &safetensors::SafeTensorError, len: usize) -> String {
+fn explain(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
     use safetensors::SafeTensorError as E;
+    let len = bytes.len();
+    // A file that does not parse and reads as JSON text is most likely an architecture file
+    // given where its weights belong.
+    if bytes.trim_ascii_start().first() == Some(&b'{') && std::str::from_utf8(bytes).is_ok() {
+        return "it is JSON text; an architecture file goes with --arch (or beside its weights as <stem>.arch.json), and the model argument is the weights (safetensors) or an ONNX file".into();
+    }
     match e {
         E::InvalidHeaderLength | E::MetadataIncompleteBuffer => format!("header or data run past the end of the file ({len} bytes): truncated?"),
         E::InvalidHeaderDeserialization(_) | E::InvalidHeader(_) => format!("the header is not safetensors JSON ({e})"),

@@ -40,6 +40,10 @@ fn file_that_is_not_safetensors() {
     std::fs::write(&p, "this is a text file, not a model at all").unwrap();
     let err = eval_err(&p, &digits("val"), &[]);
     assert!(err.contains("notes.safetensors") && err.contains("not a valid safetensors"), "{err}");
+    // An architecture file given as the model: named as what it is.
+    let arch = fixture("models/digits_mlp.arch.json");
+    let err = eval_err(&arch, &digits("val"), &[]);
+    assert!(err.contains("digits_mlp.arch.json") && err.contains("JSON text") && err.contains("--arch"), "{err}");
 }
 
 #[test]
