@@ -55,30 +55,39 @@ fn float_plan_gives_the_teachers_their_accuracy() {
     }
 }
 
-/// A batch cut across threads (one part per thread, here 3 uneven parts of 120 samples), and
-/// each part run in chunks of samples (1, or 7 with a shorter last one), gives bit-identical
-/// logits to one pass, for the float and the integer plan: every row depends on its own sample
-/// only.
+/// A batch cut across threads (one part per thread, here 3 uneven parts of 120 samples, or of
+/// 5), and each part run in chunks of samples (1, or 7 with a shorter last one), gives
+/// bit-identical logits to one pass, for the float and the integer plan: every row depends on
+/// its own sample only. On the ResNet, a ConvNeXt block and a TextCNN.
 #[test]
 fn batch_split_across_threads_and_chunks_is_bit_identical() {
-    let test = data("test");
-    let x = test.x.narrow(0, 0, 120).unwrap();
-    let m = load(&resnet_path());
-    let settings = wick::passes::calibrate::CalibrateSettings { method: wick::calibrate::Method::Minmax, samples: 256, ..Default::default() };
-    let q = wick::passes::calibrate::ptq(&m, &data("train"), &settings, &wick::progress::Silent).unwrap().int8;
-    let on = |threads: usize, plan: &Plan| -> Vec<f32> {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| plan.predict(&x)).unwrap().flatten_all().unwrap().to_vec1().unwrap()
-    };
-    for mut plan in [Plan::float(&m).unwrap(), Plan::int8(&q).unwrap()] {
-        plan.set_chunk_samples(usize::MAX);
-        let one = on(1, &plan);
-        assert_eq!(one.len(), 1200);
-        assert_eq!(on(3, &plan), one);
-        for chunk in [1, 7] {
-            plan.set_chunk_samples(chunk);
-            assert_eq!(on(1, &plan), one, "chunks of {chunk}");
-            assert_eq!(on(3, &plan), one, "chunks of {chunk}, 3 threads");
+    let block = fixture("onnx/convnext_block.data.safetensors");
+    let block_x = candle_core::Tensor::from_vec(wick::tensor_file::TensorFile::read(&block).unwrap().f32("x").unwrap(), (5, 4, 6, 6), &candle_core::Device::Cpu).unwrap();
+    let tokens = wick::data::Dataset::read(&fixture("data/digits_tokens_test.safetensors")).unwrap();
+    // The ResNet; a ConvNeXt block (permutes, linears over every pixel, layer scale); a TextCNN
+    // (an embedding, the maximum over time of channels-last convs).
+    let cases = [
+        (load(&resnet_path()), data("test").x.narrow(0, 0, 120).unwrap(), data("train")),
+        (load(&fixture("onnx/convnext_block.legacy.onnx")), block_x.clone(), wick::data::Dataset { name: "block".into(), x: block_x, y: vec![0; 5], sha256: String::new() }),
+        (load(&fixture("onnx/textcnn.legacy.onnx")), tokens.x.narrow(0, 0, 120).unwrap(), wick::data::Dataset::read(&fixture("data/digits_tokens_train.safetensors")).unwrap()),
+    ];
+    for (m, x, calib) in cases {
+        let settings = wick::passes::calibrate::CalibrateSettings { method: wick::calibrate::Method::Minmax, samples: 256, ..Default::default() };
+        let q = wick::passes::calibrate::ptq(&m, &calib, &settings, &wick::progress::Silent).unwrap().int8;
+        let on = |threads: usize, plan: &Plan| -> Vec<f32> {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| plan.predict(&x)).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        };
+        for mut plan in [Plan::float(&m).unwrap(), Plan::int8(&q).unwrap()] {
+            plan.set_chunk_samples(usize::MAX);
+            let one = on(1, &plan);
+            assert_eq!(one.len(), 10 * x.dim(0).unwrap(), "{}", m.source);
+            assert_eq!(on(3, &plan), one, "{}", m.source);
+            for chunk in [1, 7] {
+                plan.set_chunk_samples(chunk);
+                assert_eq!(on(1, &plan), one, "{}: chunks of {chunk}", m.source);
+                assert_eq!(on(3, &plan), one, "{}: chunks of {chunk}, 3 threads", m.source);
+            }
         }
     }
 }
