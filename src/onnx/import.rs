@@ -546,7 +546,7 @@ impl<'a> Importer<'a> {
             "MaxPool" | "AveragePool" => self.pool(n),
             "Pad" => self.pad(n),
             "GlobalAveragePool" => self.global_pool(n, true),
-            "GlobalMaxPool" => self.global_max(n, true),
+            "GlobalMaxPool" => self.each_spatial_axis(n, true),
             "ReduceMean" | "ReduceMax" | "ReduceSum" => self.reduce(n),
             _ => Err(unsupported()),
         }
@@ -1729,9 +1729,10 @@ impl<'a> Importer<'a> {
         self.unary(n, op)
     }
 
-    /// The maximum over every spatial axis (`GlobalMaxPool`, or `ReduceMax` over axes 2..): one
-    /// `amax` per axis, the last first.
-    fn global_max(&mut self, n: &NodeProto, keepdims: bool) -> R<Val> {
+    /// The maximum (`GlobalMaxPool`, or `ReduceMax` over axes 2..) or the sum (`ReduceSum` over
+    /// axes 2..) over every spatial axis: one `amax` or `sum` per axis, the last first.
+    fn each_spatial_axis(&mut self, n: &NodeProto, keepdims: bool) -> R<Val> {
+        let (name, op): (&str, fn(arch::ReduceCfg) -> Op) = if n.op_type == "ReduceSum" { ("sum", Op::Sum) } else { ("amax", Op::Amax) };
         let mut x = self.exact_in(n, 0)?;
         let spatial = x.shape.len().saturating_sub(1);
         if spatial == 0 {
@@ -1739,8 +1740,8 @@ impl<'a> Importer<'a> {
         }
         let c = x.shape[0];
         for d in (2..=spatial + 1).rev() {
-            let name = self.plain_node_name(n, "amax");
-            x = self.emit(name, &[&x], Op::Amax(arch::ReduceCfg { dim: d as i64, keepdim: false }), vec![])?;
+            let name = self.plain_node_name(n, name);
+            x = self.emit(name, &[&x], op(arch::ReduceCfg { dim: d as i64, keepdim: false }), vec![])?;
         }
         if keepdims {
             x.onnx_shape = std::iter::once(c).chain(std::iter::repeat_n(1, spatial)).collect();
@@ -1765,42 +1766,36 @@ impl<'a> Importer<'a> {
     /// `ReduceMean` over every spatial axis is global average pooling, over one other axis
     /// `mean`; `ReduceMax` over one axis is `amax`, `ReduceSum` over one axis `sum`.
     fn reduce(&mut self, n: &NodeProto) -> R<Val> {
-        let max = n.op_type == "ReduceMax";
+        let kind = n.op_type.as_str();
         let x = self.dyn_in(n, 0)?;
         // The axes are an input from opset 18 on (ReduceSum's from 13 on), an attribute before.
-        let axes_input = self.opset >= 18 || (n.op_type == "ReduceSum" && self.opset >= 13);
+        let axes_input = self.opset >= 18 || (kind == "ReduceSum" && self.opset >= 13);
         let axes = if axes_input { self.opt_const(n, 1)?.map(|c| c.i64s().map(<[i64]>::to_vec).ok_or("axes must be integers")).transpose()? } else { attr_ints(n, "axes")? };
         let rank = x.onnx_shape.len() as i64 + 1;
-        let mut axes: Vec<i64> = axes.ok_or_else(|| format!("reduces every axis, the batch too; wick reads {} over axes after the batch", n.op_type))?.iter().map(|&a| from_end(a, rank)).collect();
+        let mut axes: Vec<i64> = axes.ok_or_else(|| format!("reduces every axis, the batch too; wick reads {kind} over axes after the batch"))?.iter().map(|&a| from_end(a, rank)).collect();
         axes.sort_unstable();
         let keepdims = attr_i(n, "keepdims")?.unwrap_or(1) != 0;
-        if axes == (2..rank).collect::<Vec<_>>() && rank >= 4 && max {
-            return self.global_max(n, keepdims);
+        let spatial = axes == (2..rank).collect::<Vec<_>>();
+        match kind {
+            "ReduceMean" if spatial && rank >= 3 => return self.global_pool(n, keepdims),
+            "ReduceMax" | "ReduceSum" if spatial && rank >= 4 => return self.each_spatial_axis(n, keepdims),
+            _ => {}
         }
-        if !max && axes == (2..rank).collect::<Vec<_>>() && rank >= 3 {
-            return self.global_pool(n, keepdims);
-        }
-        if n.op_type == "ReduceSum" {
-            let &[d] = axes.as_slice() else { return Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceSum over one axis after the batch (its `sum`)")) };
-            if !(1..rank).contains(&d) {
-                return Err(format!("reduces axis {d} of a {rank}-D tensor; wick reads ReduceSum over one axis after the batch"));
-            }
-            let x = self.exact_in(n, 0)?;
-            let name = self.plain_node_name(n, "sum");
-            return Ok(Val::Dyn(self.emit(name, &[&x], Op::Sum(arch::ReduceCfg { dim: d, keepdim: keepdims }), vec![])?));
-        }
+        let (name, op): (&str, fn(arch::ReduceCfg) -> Op) = match kind {
+            "ReduceMax" => ("amax", Op::Amax),
+            "ReduceSum" => ("sum", Op::Sum),
+            _ => ("mean", Op::Mean),
+        };
         match axes.as_slice() {
             &[d] if d >= 1 && d < rank => {
                 let x = self.exact_in(n, 0)?;
-                let cfg = arch::ReduceCfg { dim: d, keepdim: keepdims };
-                let (name, op) = if max { ("amax", Op::Amax(cfg)) } else { ("mean", Op::Mean(cfg)) };
                 let name = self.plain_node_name(n, name);
-                Ok(Val::Dyn(self.emit(name, &[&x], op, vec![])?))
+                Ok(Val::Dyn(self.emit(name, &[&x], op(arch::ReduceCfg { dim: d, keepdim: keepdims }), vec![])?))
             }
-            _ if max => {
-                Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMax over one axis after the batch (its `amax`), or over all spatial axes (2..) as one `amax` per axis"))
+            _ if kind == "ReduceMean" => {
+                Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMean over one axis after the batch (its `mean`), or over all spatial axes (2..) as global average pooling"))
             }
-            _ => Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads ReduceMean over one axis after the batch (its `mean`), or over all spatial axes (2..) as global average pooling")),
+            _ => Err(format!("reduces axes {axes:?} of a {rank}-D tensor; wick reads {kind} over one axis after the batch (its `{name}`), or over all spatial axes (2..) as one `{name}` per axis")),
         }
     }
 }

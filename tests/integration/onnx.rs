@@ -247,3 +247,18 @@ fn unsupported_onnx_is_a_clear_error() {
     let (_, stderr) = run_expect(&["inspect", dir.path().join("junk.onnx").to_str().unwrap()], 2);
     assert!(stderr.contains("junk.onnx") && stderr.contains("not a valid ONNX model"), "{stderr}");
 }
+
+/// `y.sum((2, 3))` (`ReduceSum` over both spatial axes, `fixtures/onnx/make_spatial_sum.py`)
+/// reads as one `sum` per axis, not as global average pooling: both exports give PyTorch's
+/// logits, compiled and through wick's export, and run in integers as the scalar reference.
+#[test]
+fn reduce_sum_over_the_spatial_axes_is_a_sum() {
+    use wick::model::arch::Op;
+    let dir = tempfile::tempdir().unwrap();
+    for (e, m) in assert_both_exports_import("spatial_sum", dir.path()) {
+        let sums: Vec<i64> = m.arch.nodes.iter().filter_map(|n| if let Op::Sum(c) = &n.op { Some(c.dim) } else { None }).collect();
+        assert_eq!(sums, [3, 2], "{e}");
+        assert!(!m.arch.nodes.iter().any(|n| matches!(n.op, Op::GlobalAvgPool(_))), "{e}");
+        ptq_runs_bit_exact(&m, &fixture("onnx/spatial_sum.data.safetensors"));
+    }
+}
