@@ -208,8 +208,8 @@ pub fn analyse(model: &Model) -> Deps {
             Op::Mul(_) => {
                 // Inputs with the output's channels (or, tracked on the last axis, its shape) are
                 // tied position by position; one broadcast along them is kept whole.
-                let c = out_shape.first().copied().unwrap_or(1);
-                let carries = |k: &usize| if feature_last.contains(&node.name) { &shapes[&node.inputs[*k]] == out_shape } else { ins[*k].len() == c };
+                let (c, last) = (out_shape.first().copied().unwrap_or(1), feature_last.contains(&node.name));
+                let carries = |k: &usize| if last { &shapes[&node.inputs[*k]] == out_shape } else { ins[*k].len() == c };
                 let (full, spread): (Vec<usize>, Vec<usize>) = (0..ins.len()).partition(carries);
                 spread.iter().for_each(|&k| freeze_ids.extend(&ins[k]));
                 for &k in &full[1..] {

@@ -4,7 +4,7 @@
 
 use super::deps::{is_depthwise, Deps};
 use crate::error::Result;
-use crate::model::arch::{rnn_params, Op};
+use crate::model::arch::{rnn_params, ChannelAffineCfg, Op};
 use crate::model::graph::sample_dim;
 use crate::model::Model;
 use candle_core::Tensor;
@@ -21,6 +21,12 @@ fn select(t: &Tensor, idx: &[u32], dim: usize) -> Result<Tensor> {
     }
     let ids = Tensor::from_vec(idx.to_vec(), idx.len(), t.device())?;
     Ok(t.index_select(&ids, dim)?.contiguous()?)
+}
+
+/// Whether a `channel_affine` reading `input` has the units as its features: its axis is the
+/// one `deps` tracks them on (the last for a feature-last input, else the first).
+fn affine_on_units(c: &ChannelAffineCfg, model: &Model, deps: &Deps, input: &str) -> bool {
+    c.on_last_axis(model.graph.shapes[input].len()) == deps.feature_last.contains(input)
 }
 
 /// The model with `removed` units cut out.
@@ -92,8 +98,7 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                 }
                 c.num_features = kout.len();
             }
-            // Its features are the units only when they lie on the axis that carries them.
-            Op::ChannelAffine(c) if c.on_last_axis(model.graph.shapes[&node.inputs[0]].len()) == input_last => {
+            Op::ChannelAffine(c) if affine_on_units(c, model, deps, &node.inputs[0]) => {
                 sel("weight", &kout, 0)?;
                 sel("bias", &kout, 0)?;
                 c.num_features = kout.len();
@@ -167,7 +172,6 @@ pub fn zero_units(model: &Model, deps: &Deps, units: &BTreeSet<usize>) -> Result
         if rows.is_empty() {
             continue;
         }
-        let on_units_axis = |c: &crate::model::arch::ChannelAffineCfg| c.on_last_axis(model.graph.shapes[&node.inputs[0]].len()) == deps.feature_last.contains(&node.inputs[0]);
         if let Op::Embedding(e) = &node.op {
             // The table's columns: each token's row then holds zeros there.
             let v = &model.params[&node.param("weight")];
@@ -178,7 +182,7 @@ pub fn zero_units(model: &Model, deps: &Deps, units: &BTreeSet<usize>) -> Result
             continue;
         }
         let mut zero: Vec<(String, Vec<usize>)> = match &node.op {
-            Op::ChannelAffine(c) if !on_units_axis(c) => vec![],
+            Op::ChannelAffine(c) if !affine_on_units(c, model, deps, &node.inputs[0]) => vec![],
             Op::Linear(_) | Op::Conv1d(_) | Op::Conv2d(_) | Op::BatchNorm1d(_) | Op::BatchNorm2d(_) | Op::ChannelAffine(_) => {
                 ["weight", "bias"].iter().map(|s| (node.param(s), rows.clone())).collect()
             }

@@ -240,10 +240,7 @@ impl Plan {
                         set_layout(v, false);
                     }
                     let (dims, pads): (Vec<usize>, Vec<(usize, usize)>) = match v.channels_last {
-                        true => {
-                            let order = std::iter::once(0).chain(2..v.dims.len()).chain(std::iter::once(1));
-                            order.map(|a| (v.dims[a], pads[a])).unzip()
-                        }
+                        true => stored_axes(v.dims.len()).iter().map(|&a| (v.dims[a], pads[a])).unzip(),
                         false => (v.dims.clone(), pads.clone()),
                     };
                     Value { data: pad_constant(&v.data, &dims, &pads, *value), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: v.channels_last }
@@ -258,7 +255,7 @@ impl Plan {
                         set_layout(v, false);
                     }
                     let (dims, d) = match spatial {
-                        true => (std::iter::once(v.dims[0]).chain(v.dims[2..].iter().copied()).chain(std::iter::once(v.dims[1])).collect(), dim - 1),
+                        true => (stored_axes(v.dims.len()).iter().map(|&a| v.dims[a]).collect(), dim - 1),
                         false => (v.dims.clone(), *dim),
                     };
                     let data = match how {
@@ -390,8 +387,12 @@ fn out_dims(per_sample: &[usize], n: usize) -> Vec<usize> {
     std::iter::once(n).chain(per_sample.iter().copied()).collect()
 }
 
-/// Stores `v` channels last (`true`) or in logical order (`false`); values of rank ≤ 2 are the
-/// same either way.
+/// The full-tensor axes of a channels-last value in the order it is stored: the batch, the
+/// positions, the channels (`[N, C, H, W]` as `[N, H, W, C]`).
+fn stored_axes(rank: usize) -> Vec<usize> {
+    std::iter::once(0).chain(2..rank).chain(std::iter::once(1)).collect()
+}
+
 /// `v` with its full-tensor axes swapped pair by pair, in order. No data moves where the
 /// permutation is a channels-last value's stored order (channels to last: a channels-last
 /// `[N, C, H, W]` is stored as `[N, H, W, C]`, the permuted value's logical order), or where it
@@ -404,9 +405,8 @@ fn permute(mut v: Value, swaps: &[(usize, usize)]) -> Value {
     swaps.iter().for_each(|&(a, b)| perm.swap(a, b));
     let dims: Vec<usize> = perm.iter().map(|&p| v.dims[p]).collect();
     if rank >= 3 {
-        let stored: Vec<usize> = std::iter::once(0).chain(2..rank).chain(std::iter::once(1)).collect();
         let to_channels: Vec<usize> = [0, rank - 1].into_iter().chain(1..rank - 1).collect();
-        if v.channels_last && perm == stored {
+        if v.channels_last && perm == stored_axes(rank) {
             return Value { data: v.data, dims, channels_last: false };
         }
         if !v.channels_last && rank >= 4 && perm == to_channels {
@@ -421,6 +421,8 @@ fn permute(mut v: Value, swaps: &[(usize, usize)]) -> Value {
     Value { data: v.data, dims, channels_last: false }
 }
 
+/// Stores `v` channels last (`true`) or in logical order (`false`); values of rank ≤ 2 are the
+/// same either way.
 fn set_layout(v: &mut Value, channels_last: bool) {
     if v.dims.len() < 3 {
         v.channels_last = false;
