@@ -107,10 +107,92 @@ pub fn evaluate_int8(m: &Int8Model, data: &Dataset, batch_size: usize, exec: Exe
     evaluate_with(data, batch_size, progress, |x| ex.predict(x))
 }
 
+/// Each sample's probability of its label after temperature scaling, `p_i = softmax(β·z_i)[y_i]`,
+/// with the one `β` that minimises the mean negative log-likelihood
+/// `L(β) = mean_i (logsumexp(β·z_i) − β·z_{i,y_i})` over these samples. A model that grew more
+/// or less confident without changing its predictions gets the same probabilities back, so the
+/// differences that remain are in what it predicts. `L` is convex in `β` (a log-sum-exp of
+/// linear functions, less a linear one), so a golden-section search over `β ∈ [1/20, 20]`
+/// finds its minimum.
+pub fn calibrated_label_probabilities(logits: &[f32], labels: &[u32]) -> Vec<f64> {
+    let n = labels.len();
+    if n == 0 || !logits.len().is_multiple_of(n) {
+        return vec![];
+    }
+    let classes = logits.len() / n;
+    let rows = || logits.chunks_exact(classes).zip(labels);
+    let log_probability = |row: &[f32], y: u32, beta: f64| {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(beta * v as f64));
+        let sum: f64 = row.iter().map(|&v| (beta * v as f64 - max).exp()).sum();
+        beta * row[y as usize] as f64 - max - sum.ln()
+    };
+    let loss = |beta: f64| -rows().map(|(row, &y)| log_probability(row, y, beta)).sum::<f64>();
+    let ratio = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut lo, mut hi) = (1.0 / 20.0, 20.0);
+    let (mut a, mut b) = (hi - ratio * (hi - lo), lo + ratio * (hi - lo));
+    let (mut la, mut lb) = (loss(a), loss(b));
+    while hi - lo > 1e-4 {
+        if la <= lb {
+            (hi, b, lb) = (b, a, la);
+            a = hi - ratio * (hi - lo);
+            la = loss(a);
+        } else {
+            (lo, a, la) = (a, b, lb);
+            b = lo + ratio * (hi - lo);
+            lb = loss(b);
+        }
+    }
+    let beta = (lo + hi) / 2.0;
+    rows().map(|(row, &y)| log_probability(row, y, beta).exp()).collect()
+}
+
 /// Fraction of positions where two prediction lists agree.
 pub fn agreement(a: &[u32], b: &[u32]) -> f64 {
     if a.is_empty() {
         return 0.0;
     }
     a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> (Vec<f32>, Vec<u32>) {
+        // Four samples of three classes: confident and right, unsure, and wrong.
+        (vec![4.0, 0.0, -1.0, 0.5, 0.3, 0.0, 0.0, 3.0, 1.0, 2.0, 2.5, -1.0], vec![0, 0, 1, 0])
+    }
+
+    #[test]
+    fn calibrated_probabilities_do_not_change_with_the_logits_scale() {
+        let (z, y) = logits();
+        let p = calibrated_label_probabilities(&z, &y);
+        let scaled: Vec<f32> = z.iter().map(|v| 3.0 * v).collect();
+        let q = calibrated_label_probabilities(&scaled, &y);
+        assert_eq!(p.len(), 4);
+        for (a, b) in p.iter().zip(&q) {
+            assert!((a - b).abs() < 1e-3, "{p:?} against {q:?}");
+        }
+    }
+
+    #[test]
+    fn calibrated_probabilities_minimise_the_negative_log_likelihood() {
+        let (z, y) = logits();
+        let nll = |p: &[f64]| -p.iter().map(|v| v.ln()).sum::<f64>();
+        let best = nll(&calibrated_label_probabilities(&z, &y));
+        // No temperature on a fine grid does better.
+        for k in 1..2000 {
+            let beta = k as f32 / 100.0;
+            let scaled: Vec<f32> = z.iter().map(|v| beta * v).collect();
+            let plain: Vec<f64> = scaled
+                .chunks_exact(3)
+                .zip(&y)
+                .map(|(r, &c)| {
+                    let s: f64 = r.iter().map(|&v| (v as f64).exp()).sum();
+                    (r[c as usize] as f64).exp() / s
+                })
+                .collect();
+            assert!(nll(&plain) >= best - 1e-6, "β {beta}: {} < {best}", nll(&plain));
+        }
+    }
 }

@@ -10,7 +10,7 @@ use crate::eval::{evaluate_plan, EvalResult};
 use crate::model::stats::{total_macs, total_params};
 use crate::model::Model;
 use crate::passes::convert_int8::ConvertInt8;
-use crate::passes::{Ctx, Sketch, State};
+use crate::passes::{Ctx, Fallback, PassSpec, Sketch, State};
 use crate::progress::Silent;
 use crate::recipe::Recipe;
 use crate::runtime::plan::Plan;
@@ -89,14 +89,89 @@ fn measure(state: &State, test: &Dataset) -> Result<(EvalResult, Plan)> {
 /// Runs `recipe` on `ctx.teacher`, measuring each stage's model on `test` once: a stage's model
 /// is measured when the next step that changes it begins, so the model the run ends with is
 /// left to the caller (`Outcome::final_stages`).
+///
+/// The INT8 model the steps end with is measured on validation too. When it misses the whole
+/// accuracy budget there (`Budget::within_on_validation`), the steps after the last step that
+/// offered larger results (`Applied::fallbacks`: a pruning search's earlier candidates, a
+/// distillation's wider students) run again from the next of them, until one is within budget
+/// or none is left; then the one closest to the teacher on validation is kept. Quantisation
+/// can cost a thin pruned model far more than its share of the budget, and only the model it
+/// ends with shows it.
 pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
-    let mut state = State::Float(ctx.teacher.deep_clone()?);
-    let mut stages: Vec<Stage> = vec![];
-    // The stages of the model as it stands, whose test accuracy is not measured yet, and its
-    // measurement once taken.
-    let mut pending: Vec<usize> = vec![];
-    let mut measured: Option<(EvalResult, Plan)> = None;
-    for spec in &recipe.passes {
+    let mut run = Run { state: State::Float(ctx.teacher.deep_clone()?), stages: vec![], pending: vec![], measured: None };
+    // The last step that offered fallbacks: its index and what is left of them.
+    let mut resume: Option<(usize, std::vec::IntoIter<Fallback>)> = None;
+    let mut ended: Vec<(f64, Run)> = vec![];
+    let mut from = 0;
+    loop {
+        for (i, spec) in recipe.passes.iter().enumerate().skip(from) {
+            let fallbacks;
+            (run, fallbacks) = run.step(spec, ctx, test)?;
+            if !fallbacks.is_empty() {
+                resume = Some((i, fallbacks.into_iter()));
+            }
+        }
+        let State::Int8 { q, .. } = &run.state else {
+            return Err(WickError::invalid(format!("recipe {}", recipe.name), format!("ended with {}; its last step must be 'convert_int8'", run.state.describe())));
+        };
+        let f = ctx.fidelity_of_plan(&Plan::int8(q)?, None)?;
+        let bound = f.val_drop_bound.min(f.val_soft_drop_bound);
+        if ctx.budget.within_on_validation(&f, 1.0) {
+            ended.push((bound, run));
+            break;
+        }
+        let next = resume.as_mut().and_then(|(i, left)| left.next().map(|fb| (*i, fb)));
+        let Some((i, fallback)) = next else {
+            ended.push((bound, run));
+            break;
+        };
+        // The steps after `i` again, from the fallback: the stages up to `i` are kept, step
+        // `i`'s record says what it gave instead.
+        let mut again = Run { state: fallback.state, stages: run.stages[..=i].to_vec(), pending: vec![i], measured: None };
+        let (params, macs, weight_bytes) = size(&again.state)?;
+        let s = &mut again.stages[i];
+        s.summary = format!(
+            "{}; its INT8 model lost {:.2} points on validation ({:.2} at the lower of its bounds), over the {:.2}-point budget, so the steps after this one ran again from {}",
+            s.summary,
+            f.val_drop(ctx.val.len()),
+            bound,
+            ctx.budget.points,
+            fallback.what
+        );
+        (s.params, s.macs, s.weight_bytes, s.test_accuracy) = (params, macs, weight_bytes, f64::NAN);
+        ended.push((bound, run));
+        run = again;
+        from = i + 1;
+    }
+    // The last run when it is within budget, else the one closest to the teacher (the later
+    // of equals).
+    let last = ended.len() - 1;
+    let best = ended.iter().enumerate().min_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(b.0.cmp(&a.0))).map_or(last, |(k, _)| k);
+    let Run { state, mut stages, pending, measured } = ended.swap_remove(best).1;
+    if let (true, Some((i, _))) = (best != last, &resume) {
+        stages[*i].summary.push_str(&format!("; the {} larger result(s) tried after it missed the budget too, so this one, the closest to the teacher on validation, is kept", last - best));
+    }
+    match state {
+        State::Int8 { folded, q } => Ok(Outcome { folded, int8: *q, stages, final_stages: pending, final_measure: measured }),
+        other => Err(WickError::invalid(format!("recipe {}", recipe.name), format!("ended with {}; its last step must be 'convert_int8'", other.describe()))),
+    }
+}
+
+/// A run of the steps in progress: the model as it stands and the stages so far.
+struct Run {
+    state: State,
+    stages: Vec<Stage>,
+    /// The stages of the model as it stands, whose test accuracy is not measured yet, and its
+    /// measurement once taken.
+    pending: Vec<usize>,
+    measured: Option<(EvalResult, Plan)>,
+}
+
+impl Run {
+    /// Runs one step and records its stage; returns the run after it and the fallbacks the
+    /// step offered.
+    fn step(self, spec: &PassSpec, ctx: &Ctx, test: &Dataset) -> Result<(Run, Vec<Fallback>)> {
+        let Run { state, mut stages, mut pending, mut measured } = self;
         let started = Instant::now();
         let name = spec.name();
         if !pending.is_empty() && !spec.pass().keeps_model(&state) {
@@ -105,8 +180,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
             measured = Some(m);
         }
         let applied = spec.pass().apply(state, ctx).map_err(|e| WickError::Pass { pass: name.to_string(), cause: Box::new(e) })?;
-        state = applied.state;
-        let (params, macs, weight_bytes) = size(&state)?;
+        let (params, macs, weight_bytes) = size(&applied.state)?;
         let test_accuracy = match (&measured, applied.changed) {
             (Some((e, _)), false) => e.accuracy,
             _ => {
@@ -116,10 +190,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
             }
         };
         stages.push(Stage { pass: name.to_string(), summary: applied.summary, seconds: started.elapsed().as_secs_f64(), params, macs, weight_bytes, test_accuracy, details: applied.details });
-    }
-    match state {
-        State::Int8 { folded, q } => Ok(Outcome { folded, int8: *q, stages, final_stages: pending, final_measure: measured }),
-        other => Err(WickError::invalid(format!("recipe {}", recipe.name), format!("ended with {}; its last step must be 'convert_int8'", other.describe()))),
+        Ok((Run { state: applied.state, stages, pending, measured }, applied.fallbacks))
     }
 }
 

@@ -31,6 +31,20 @@ pub enum Method {
     Entropy,
     /// The clipping range minimising the expected squared quantisation error.
     Mse,
+    /// Each of min-max, percentile, entropy and MSE, for a caller to choose among
+    /// (`passes::calibrate`: the one whose INT8 model stays closest to the float model).
+    Auto,
+}
+
+impl Method {
+    /// The observers a calibration with this method computes: itself, or the four `Auto`
+    /// chooses among.
+    pub fn candidates(self) -> Vec<Method> {
+        match self {
+            Method::Auto => vec![Method::Minmax, Method::Percentile, Method::Entropy, Method::Mse],
+            m => vec![m],
+        }
+    }
 }
 
 impl std::str::FromStr for Method {
@@ -42,7 +56,8 @@ impl std::str::FromStr for Method {
             "percentile" => Ok(Method::Percentile),
             "entropy" => Ok(Method::Entropy),
             "mse" => Ok(Method::Mse),
-            o => Err(WickError::invalid("--method", format!("'{o}' is not one of minmax, moving_average, percentile, entropy, mse"))),
+            "auto" => Ok(Method::Auto),
+            o => Err(WickError::invalid("--method", format!("'{o}' is not one of minmax, moving_average, percentile, entropy, mse, auto"))),
         }
     }
 }
@@ -71,9 +86,13 @@ pub struct LayerCalib {
     pub clipped_fraction: f64,
 }
 
-/// Calibrates the input of every unit in `units`; the result is keyed by unit. A recurrent
-/// hidden state's range is the op's ([`HIDDEN_RANGE`]), not observed.
-pub fn calibrate(model: &Model, data: &Dataset, units: &[Unit], cfg: &CalibConfig, progress: &dyn Progress) -> Result<BTreeMap<String, LayerCalib>> {
+/// One calibration: each unit's range, keyed by unit.
+pub type Calibration = BTreeMap<String, LayerCalib>;
+
+/// Calibrates the input of every unit in `units` with each of `cfg.method.candidates()`, from
+/// one pass of observations. A recurrent hidden state's range is the op's ([`HIDDEN_RANGE`]),
+/// not observed.
+pub fn calibrate(model: &Model, data: &Dataset, units: &[Unit], cfg: &CalibConfig, progress: &dyn Progress) -> Result<Vec<(Method, Calibration)>> {
     if data.is_empty() {
         return Err(WickError::data(&data.name, "the calibration set is empty"));
     }
@@ -124,22 +143,28 @@ pub fn calibrate(model: &Model, data: &Dataset, units: &[Unit], cfg: &CalibConfi
         }
         progress.inc(1);
     }
-    for (layer, src) in layer_source {
-        let (mn, mx, ma) = stats[&src];
-        let h = &hists[&src];
-        let (lo, hi) = match cfg.method {
-            Method::Minmax => (mn, mx),
-            Method::MovingAverage => ma.unwrap_or((mn, mx)),
-            Method::Percentile => (h.quantile(1.0 - cfg.percentile / 100.0), h.quantile(cfg.percentile / 100.0)),
-            Method::Entropy => h.entropy_range(cfg.act),
-            Method::Mse => h.mse_range(cfg.act),
-        };
-        let qparams = QParams::from_range(lo, hi, cfg.act);
-        let (rlo, rhi) = qparams.real_range();
-        out.insert(layer, LayerCalib { source: src, observed_min: mn, observed_max: mx, lo, hi, qparams, clipped_fraction: h.fraction_outside(rlo, rhi) });
+    let mut all = vec![];
+    for method in cfg.method.candidates() {
+        let mut out = out.clone();
+        for (layer, src) in &layer_source {
+            let (mn, mx, ma) = stats[src];
+            let h = &hists[src];
+            let (lo, hi) = match method {
+                // `Auto` is never a candidate (`Method::candidates`).
+                Method::Minmax | Method::Auto => (mn, mx),
+                Method::MovingAverage => ma.unwrap_or((mn, mx)),
+                Method::Percentile => (h.quantile(1.0 - cfg.percentile / 100.0), h.quantile(cfg.percentile / 100.0)),
+                Method::Entropy => h.entropy_range(cfg.act),
+                Method::Mse => h.mse_range(cfg.act),
+            };
+            let qparams = QParams::from_range(lo, hi, cfg.act);
+            let (rlo, rhi) = qparams.real_range();
+            out.insert(layer.clone(), LayerCalib { source: src.clone(), observed_min: mn, observed_max: mx, lo, hi, qparams, clipped_fraction: h.fraction_outside(rlo, rhi) });
+        }
+        all.push((method, out));
     }
-    progress.finish(&format!("{} units calibrated on {} samples ({:?})", out.len(), data.len(), cfg.method));
-    Ok(out)
+    progress.finish(&format!("{} units calibrated on {} samples ({:?})", all[0].1.len(), data.len(), cfg.method));
+    Ok(all)
 }
 
 /// Global min, global max and the moving-average `(min, max)` of one observed tensor.

@@ -33,7 +33,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let settings = a.c.settings()?;
     let out = ptq(&teacher, &calib, &settings, &progress)?;
     let (mut q, rep) = (out.int8, out.report);
-    let settings = json!({"pass": "ptq", "calibrate": &settings, "samples": rep.calibration_samples});
+    let settings = json!({"pass": "ptq", "calibrate": &settings, "samples": rep.calibration_samples, "method": rep.method});
     let cmp = write_and_compare(&mut q, &teacher, &a.m.model, &a.o.out, a.o.test.as_ref(), settings.clone(), &progress)?;
     println!("wrote {} ({} layers INT8, {} BatchNorms folded, {} kept in float)", a.o.out.display(), q.layers.len(), rep.folded.len(), rep.excluded.len());
     if let Some(c) = &cmp {
@@ -54,7 +54,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
                 )
             })
             .collect();
-        write_report(r, &json!({"tool": wick::provenance::tool_version(), "settings": settings, "comparison": cmp, "folded": rep.folded, "layers": layers}))?;
+        write_report(r, &json!({"tool": wick::provenance::tool_version(), "settings": settings, "comparison": cmp, "method_errors": rep.method_errors, "folded": rep.folded, "layers": layers}))?;
     }
     Ok(Outcome::Ok)
 }

@@ -31,7 +31,7 @@ impl Pass for ConvertInt8 {
         let summary = format!("{} layers INT8 (per-channel weights, per-tensor inputs)", q.layers.len());
         // The integer model is what the previous step measured (it evaluates through the same
         // conversion), so there is nothing new to measure.
-        Ok(Applied { state: State::Int8 { folded, q: Box::new(q) }, summary, changed: false, details: json!({}) })
+        Ok(Applied { state: State::Int8 { folded, q: Box::new(q) }, summary, changed: false, details: json!({}), fallbacks: vec![] })
     }
 
     fn plan(&self, sketch: Sketch, _ctx: &Ctx) -> Result<(Sketch, String)> {

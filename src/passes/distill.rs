@@ -10,7 +10,7 @@
 
 use super::prune_channels::search::SEARCH_SHARE;
 use super::prune_channels::width_scaled;
-use super::{check_distillation, check_training, train_config, wrong_state, Applied, Ctx, Fidelity, Pass, Sketch, State};
+use super::{check_distillation, check_training, train_config, wrong_state, Applied, Ctx, Fallback, Fidelity, Pass, Sketch, State};
 use crate::error::{Result, WickError};
 use crate::model::stats::total_params;
 use crate::train::budget::AUTO_STEPS;
@@ -107,6 +107,7 @@ impl Pass for DistillSettings {
         let mut tc = train_config(self.epochs, self.lr, self.optimizer, self.batch_size, AUTO_STEPS, ctx);
         tc.keep = ctx.keep_closest_to_teacher();
         let (mut students, mut attempts): (Vec<crate::model::Model>, Vec<Attempt>) = (vec![], vec![]);
+        let input = Fallback { what: format!("the undistilled model ({} params)", total_params(&m)), state: State::Float(m.deep_clone()?) };
         let mut previous = (m, 1.0);
         for width in width_steps(self.width) {
             let mut student = width_scaled(&previous.0, width / previous.1)?;
@@ -137,8 +138,19 @@ impl Pass for DistillSettings {
             chosen.training.best_val_accuracy,
             chosen.training.best_epoch
         );
-        let student = students.swap_remove(pick);
-        Ok(Applied { state: State::Float(student), summary, changed: true, details: json!({ "attempts": attempts, "kept": pick }) })
+        // The wider students within budget, the closest first, then the model distilled from.
+        let mut students: Vec<Option<crate::model::Model>> = students.into_iter().map(Some).collect();
+        let mut fallbacks: Vec<Fallback> = (0..pick)
+            .rev()
+            .filter(|&i| attempts[i].within_budget)
+            .filter_map(|i| {
+                let what = format!("the {:.2}x-wide student ({} params)", attempts[i].width, attempts[i].params);
+                students[i].take().map(|m| Fallback { what, state: State::Float(m) })
+            })
+            .collect();
+        fallbacks.push(input);
+        let student = students[pick].take().expect("the picked student is there");
+        Ok(Applied { state: State::Float(student), summary, changed: true, details: json!({ "attempts": attempts, "kept": pick }), fallbacks })
     }
 
     fn plan(&self, sketch: Sketch, _ctx: &Ctx) -> Result<(Sketch, String)> {

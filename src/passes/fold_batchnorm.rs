@@ -23,7 +23,7 @@ impl Pass for FoldBatchnorm {
             0 => "no BatchNorm to fold".to_string(),
             _ => format!("folded {n} BatchNorm{} into the layer before", if n == 1 { "" } else { "s" }),
         };
-        Ok(Applied { state: State::Float(folded), summary, changed: n > 0, details: json!({ "folded": r.folded }) })
+        Ok(Applied { state: State::Float(folded), summary, changed: n > 0, details: json!({ "folded": r.folded }), fallbacks: vec![] })
     }
 
     fn keeps_model(&self, state: &State) -> bool {

@@ -17,7 +17,7 @@ pub mod text_ptq;
 use crate::artifact::Int8Model;
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
-use crate::eval::{agreement, evaluate_plan, EvalResult};
+use crate::eval::{agreement, calibrated_label_probabilities, evaluate_plan, EvalResult};
 use crate::model::Model;
 use crate::progress::{Progress, Silent};
 use crate::quant::QParams;
@@ -71,6 +71,13 @@ pub struct Fidelity {
     /// `(b − c)/n` plus one standard error `√(b + c)/n` (McNemar), so a small validation split
     /// needs a clearer result than a large one.
     pub val_drop_bound: f64,
+    /// An upper bound of the same drop from probabilities: the mean of `d_i = p_i − q_i` plus one
+    /// standard error `sd(d)/√n`, in points, where `p_i` and `q_i` are the teacher's and the
+    /// candidate's temperature-calibrated probabilities of sample `i`'s label
+    /// (`eval::calibrated_label_probabilities`). A sample on which the teacher was nearly
+    /// undecided costs little when the candidate's choice flips there, where `val_drop_bound`
+    /// counts it whole.
+    pub val_soft_drop_bound: f64,
     /// Share of training samples on which it predicts the teacher's class.
     pub train_agreement: f64,
 }
@@ -106,15 +113,25 @@ impl Budget {
         Budget { points, teacher_val_accuracy }
     }
 
-    /// Whether a candidate stays within `share` of the budget: the upper bound of its
-    /// validation drop (`Fidelity::val_drop_bound`) is at most `share·points`, and it disagrees
-    /// with the teacher on at most `share·points` per cent of the training samples. A student
-    /// that cannot reproduce the teacher on the data it was trained on will not on new data
-    /// either, and that measure, over the whole training split, is steadier than a small
-    /// validation split.
+    /// Whether a candidate stays within `share` of the budget: one of the two upper bounds of
+    /// its validation drop (`Fidelity::val_drop_bound` from its predictions,
+    /// `Fidelity::val_soft_drop_bound` from its probabilities) is at most `share·points`, and it
+    /// disagrees with the teacher on at most `share·points` per cent of the training samples.
+    /// The two bounds estimate the same drop and fail on different samples: counting
+    /// predictions charges a whole sample for a flip where the teacher itself was undecided,
+    /// which on a small validation split is enough to reject a student with no loss, and
+    /// probabilities miss a student that keeps its confidence while changing its choices, which
+    /// counting sees. A student that cannot reproduce the teacher on the data it was trained on
+    /// will not on new data either, and that measure, over the whole training split, is
+    /// steadier than a small validation split.
     pub fn within(&self, f: &Fidelity, share: f64) -> bool {
-        let allowed = self.points * share + 1e-9;
-        f.val_drop_bound <= allowed && 100.0 * (1.0 - f.train_agreement) <= allowed
+        self.within_on_validation(f, share) && 100.0 * (1.0 - f.train_agreement) <= self.points * share + 1e-9
+    }
+
+    /// The validation half of [`Budget::within`]: one of the two bounds is at most
+    /// `share·points`.
+    pub fn within_on_validation(&self, f: &Fidelity, share: f64) -> bool {
+        f.val_drop_bound.min(f.val_soft_drop_bound) <= self.points * share + 1e-9
     }
 }
 
@@ -132,6 +149,9 @@ pub struct Ctx<'a> {
     /// The teacher's predicted class of every training and validation sample.
     pub teacher_train_predictions: Vec<u32>,
     pub teacher_val_predictions: Vec<u32>,
+    /// The teacher's calibrated probability of each validation sample's label
+    /// (`eval::calibrated_label_probabilities`).
+    pub teacher_val_label_probabilities: Vec<f64>,
     pub progress: &'a dyn Progress,
 }
 
@@ -173,6 +193,7 @@ impl<'a> Ctx<'a> {
             max_epochs,
             budget: Budget::new(allowance, val.accuracy),
             teacher_train_predictions: train.predictions,
+            teacher_val_label_probabilities: calibrated_label_probabilities(&val.logits, &data.val.y),
             teacher_val_predictions: val.predictions,
             progress,
         }
@@ -187,12 +208,16 @@ impl<'a> Ctx<'a> {
     /// How close `model` stays to the teacher; `val` is its validation result when the caller
     /// has it (training measured the checkpoint it kept).
     pub fn fidelity(&self, model: &Model, val: Option<&EvalResult>) -> Result<Fidelity> {
-        let plan = crate::runtime::plan::Plan::float(model)?;
+        self.fidelity_of_plan(&crate::runtime::plan::Plan::float(model)?, val)
+    }
+
+    /// [`Ctx::fidelity`] of a compiled model (float or INT8).
+    pub fn fidelity_of_plan(&self, plan: &crate::runtime::plan::Plan, val: Option<&EvalResult>) -> Result<Fidelity> {
         let val = match val {
-            Some(v) => v.clone(),
-            None => evaluate_plan(&plan, self.val, 256, &Silent)?,
+            Some(v) if !v.logits.is_empty() => v.clone(),
+            _ => evaluate_plan(plan, self.val, 256, &Silent)?,
         };
-        let train = evaluate_plan(&plan, self.train, 256, &Silent)?.predictions;
+        let train = evaluate_plan(plan, self.train, 256, &Silent)?.predictions;
         let (mut lost, mut gained) = (0, 0);
         for ((&s, &t), &y) in val.predictions.iter().zip(&self.teacher_val_predictions).zip(&self.val.y) {
             match (t == y, s == y) {
@@ -203,7 +228,11 @@ impl<'a> Ctx<'a> {
         }
         let n = self.val.len().max(1) as f64;
         let val_drop_bound = 100.0 * ((lost as f64 - gained as f64) + ((lost + gained) as f64).sqrt()) / n;
-        Ok(Fidelity { val_accuracy: val.accuracy, val_lost: lost, val_gained: gained, val_drop_bound, train_agreement: agreement(&train, &self.teacher_train_predictions) })
+        let student = calibrated_label_probabilities(&val.logits, &self.val.y);
+        let d: Vec<f64> = self.teacher_val_label_probabilities.iter().zip(&student).map(|(p, q)| p - q).collect();
+        let (mean, sd) = mean_and_std_dev(&d);
+        let val_soft_drop_bound = 100.0 * (mean + sd / n.sqrt());
+        Ok(Fidelity { val_accuracy: val.accuracy, val_lost: lost, val_gained: gained, val_drop_bound, val_soft_drop_bound, train_agreement: agreement(&train, &self.teacher_train_predictions) })
     }
 
     /// `epochs`, capped by `max_epochs`.
@@ -222,6 +251,17 @@ pub struct Applied {
     pub changed: bool,
     /// The step's own record (search trials, training curves), for report.json.
     pub details: Value,
+    /// Larger results the step reached on the way, the closest to `state` first: the recipe
+    /// goes on from the next of them when the model it ends with misses the accuracy budget on
+    /// validation (`pipeline::run`).
+    pub fallbacks: Vec<Fallback>,
+}
+
+/// A result a step would have given with less compression.
+pub struct Fallback {
+    /// What it is, for the report ("the candidate keeping 58% of channels (4211 params)").
+    pub what: String,
+    pub state: State,
 }
 
 /// A dry run's picture of the model between steps: its architecture after each step, no
@@ -335,6 +375,18 @@ impl PassSpec {
     }
 }
 
+/// The mean and the sample standard deviation `√(Σ (d − mean)² / (n − 1))` of `d` (a deviation
+/// of 0 for fewer than two values).
+fn mean_and_std_dev(d: &[f64]) -> (f64, f64) {
+    let n = d.len() as f64;
+    if d.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mean = d.iter().sum::<f64>() / n;
+    let var = if d.len() < 2 { 0.0 } else { d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) };
+    (mean, var.sqrt())
+}
+
 /// A training run's settings from a step's fields. `Auto` epochs follow the step budget
 /// `steps` (`train::budget`), with a warm-up of 5 % of the run and early stopping after a
 /// third of the epochs (at least 4) without a better validation result; fixed epochs run in
@@ -383,4 +435,34 @@ pub fn text_step_on_classifier(step: &str) -> WickError {
 /// The error of a step given a state it cannot take.
 pub fn wrong_state(step: &str, state: &State, needs: &str) -> WickError {
     WickError::invalid("recipe", format!("'{step}' needs {needs}, but comes after {}", state.describe()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fidelity(hard: f64, soft: f64, train_agreement: f64) -> Fidelity {
+        Fidelity { val_accuracy: 0.95, val_lost: 0, val_gained: 0, val_drop_bound: hard, val_soft_drop_bound: soft, train_agreement }
+    }
+
+    #[test]
+    fn a_candidate_is_within_budget_when_either_bound_is_and_it_follows_the_teacher_in_training() {
+        let budget = Budget::new(Some(Allowance::Points(1.0)), 0.95);
+        // Two near-ties flipped: counting says 1.9 points, probabilities 0.1.
+        assert!(budget.within(&fidelity(1.9, 0.1, 1.0), 0.5));
+        assert!(budget.within(&fidelity(0.0, 1.5, 1.0), 0.5));
+        assert!(!budget.within(&fidelity(0.6, 0.6, 1.0), 0.5));
+        // One training sample in a hundred off the teacher's prediction is a point: over half.
+        assert!(!budget.within(&fidelity(0.0, 0.0, 0.99), 0.5));
+        assert!(budget.within_on_validation(&fidelity(0.0, 0.0, 0.99), 0.5));
+        assert!(budget.within_on_validation(&fidelity(1.2, 0.9, 1.0), 1.0));
+    }
+
+    #[test]
+    fn mean_and_standard_deviation() {
+        let (m, s) = mean_and_std_dev(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((m - 2.5).abs() < 1e-12 && (s - (5.0f64 / 3.0).sqrt()).abs() < 1e-12, "{m} {s}");
+        assert_eq!(mean_and_std_dev(&[2.0]), (2.0, 0.0));
+        assert_eq!(mean_and_std_dev(&[]), (0.0, 0.0));
+    }
 }

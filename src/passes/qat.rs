@@ -83,7 +83,7 @@ impl Pass for QatSettings {
             format!("QAT {} epochs{}, best val accuracy {:.4} at epoch {}", r.fit.epochs_run, if self.distill { " with distillation" } else { "" }, r.fit.best_val_accuracy, r.fit.best_epoch);
         // Keeping the starting checkpoint (epoch 0) restores the model and the ranges it began with.
         let changed = r.fit.best_epoch > 0;
-        Ok(Applied { state: State::Calibrated { folded, inputs }, summary, changed, details: serde_json::to_value(&r).unwrap_or_default() })
+        Ok(Applied { state: State::Calibrated { folded, inputs }, summary, changed, details: serde_json::to_value(&r).unwrap_or_default(), fallbacks: vec![] })
     }
 
     fn plan(&self, sketch: Sketch, _ctx: &Ctx) -> Result<(Sketch, String)> {

@@ -339,3 +339,49 @@ fn seven_bit_activations_round_trip_and_keep_accuracy() {
     let (_, err) = run_expect(&["eval", bad.to_str().unwrap(), "--data", digits("test").to_str().unwrap(), "--quiet"], 2);
     assert!(err.contains("conv1.input_zero_point") && err.contains("0..=127"), "{err}");
 }
+
+/// `--method auto` calibrates with min-max, percentile, entropy and MSE, keeps the one whose
+/// INT8 model's predictions move least from the float model's (least KL divergence on the
+/// calibration rows), reports each candidate's divergence, and its artifact is the chosen
+/// observer's bit for bit.
+#[test]
+fn auto_calibration_keeps_the_observer_closest_to_the_float_model() {
+    let dir = tempfile::tempdir().unwrap();
+    for (model, name) in [(resnet_path(), "resnet"), (fixture("models/digits_seq_cnn.safetensors"), "seq_cnn")] {
+        let calib = if name == "resnet" { digits("train") } else { fixture("data/digits_seq_train.safetensors") };
+        let out = dir.path().join(format!("{name}.auto.int8.safetensors"));
+        let report = out.with_extension("report.json");
+        let args = [
+            "quantize",
+            model.to_str().unwrap(),
+            "--calib",
+            calib.to_str().unwrap(),
+            "--method",
+            "auto",
+            "--samples",
+            "256",
+            "--out",
+            out.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            "--quiet",
+        ];
+        run_expect(&args, 0);
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let errors = r["method_errors"].as_array().unwrap();
+        let names: Vec<&str> = errors.iter().map(|e| e[0].as_str().unwrap()).collect();
+        assert_eq!(names, ["minmax", "percentile", "entropy", "mse"], "{name}");
+        let best = errors.iter().min_by(|a, b| a[1].as_f64().unwrap().total_cmp(&b[1].as_f64().unwrap())).unwrap();
+        assert!(errors.iter().all(|e| e[1].as_f64().unwrap() >= 0.0), "{name}: {errors:?}");
+        assert_eq!(r["settings"]["method"], best[0], "{name}: {errors:?}");
+        // The same observer named outright gives the same file.
+        let chosen = best[0].as_str().unwrap();
+        let named = dir.path().join(format!("{name}.{chosen}.int8.safetensors"));
+        run_expect(&["quantize", model.to_str().unwrap(), "--calib", calib.to_str().unwrap(), "--method", chosen, "--samples", "256", "--out", named.to_str().unwrap(), "--quiet"], 0);
+        let (a, b) = (TensorFile::read(&out).unwrap(), TensorFile::read(&named).unwrap());
+        assert_eq!(a.tensors.keys().collect::<Vec<_>>(), b.tensors.keys().collect::<Vec<_>>());
+        for (k, t) in &a.tensors {
+            assert_eq!(t.data, b.tensors[k].data, "{name}: {k}");
+        }
+    }
+}

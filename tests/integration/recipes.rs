@@ -65,3 +65,39 @@ fn the_edge_recipe_passes_the_gate_and_shrinks_every_teacher() {
         assert!(ratio >= smaller.unwrap_or(1.0), "{}: {ratio:.1}x smaller, expected at least {smaller:?}x", t.name);
     }
 }
+
+/// When the INT8 model a recipe ends with misses the budget on validation, the steps after the
+/// pruning search run again from its earlier, larger candidates. Here calibration clips every
+/// activation at its 60th percentile, so every candidate misses: each is tried, largest last,
+/// and the one closest to the teacher on validation is kept, larger than the search's result.
+#[test]
+fn a_recipe_whose_int8_model_misses_the_budget_goes_back_to_larger_candidates() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("clipping.json");
+    std::fs::write(
+        &recipe,
+        r#"{"name": "clipping", "description": "prune, then clip most activations", "passes": [
+        {"pass": "prune_channels", "ratio": "auto"}, {"pass": "fold_batchnorm"},
+        {"pass": "calibrate", "method": "percentile", "percentile": 60}, {"pass": "convert_int8"}]}"#,
+    )
+    .unwrap();
+    let t = &TEACHERS[0];
+    let out = dir.path().join("out");
+    let mut args: Vec<String> =
+        ["compress", t.path().to_str().unwrap(), "--recipe", recipe.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-accuracy-drop", "1", "--quiet"].map(String::from).to_vec();
+    args.extend(t.data_args());
+    let o = wick().args(&args).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let prune = &report["passes"][0];
+    let summary = prune["summary"].as_str().unwrap();
+    let trials = prune["details"]["search"]["trials"].as_array().unwrap();
+    let accepted: Vec<u64> = trials.iter().filter(|t| t["accepted"] == true).map(|t| t["params"].as_u64().unwrap()).collect();
+    assert!(accepted.len() >= 2, "{summary}");
+    assert!(summary.contains("its INT8 model lost") && summary.contains("so the steps after this one ran again from"), "{summary}");
+    // Every larger result was tried: the search's earlier steps and the unpruned model.
+    assert!(summary.contains(&format!("the {} larger result(s) tried after it missed the budget too", accepted.len() - 1)) || summary.contains("the unpruned model"), "{summary}");
+    let kept = report["compressed"]["params"].as_u64().unwrap();
+    assert!(kept > *accepted.last().unwrap(), "kept {kept} params; the search's result has {}", accepted.last().unwrap());
+    assert_eq!(prune["params"].as_u64().unwrap(), kept, "{summary}");
+}

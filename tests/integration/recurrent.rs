@@ -414,3 +414,20 @@ fn attention_pooling_runs_compiled_and_through_onnx() {
         ptq_runs_bit_exact(&m, &fixture("onnx/attention_pool.data.safetensors"));
     }
 }
+
+/// `edge-int8` on the GRU with its full training passes its 1-point gate at least 4x smaller than
+/// the teacher file, which needs a quarter of the hidden units pruned: the search takes
+/// students whose only validation flips are samples the teacher itself was nearly undecided on
+/// (`Budget::within`'s bound from calibrated probabilities).
+#[test]
+fn the_gru_edge_artifact_is_four_times_smaller_within_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = &RECURRENT[0];
+    let out = dir.path().join("gru-edge");
+    let mut args: Vec<String> = ["compress", t.path().to_str().unwrap(), "--recipe", "edge-int8", "--out", out.to_str().unwrap(), "--max-accuracy-drop", "1", "--quiet"].map(String::from).to_vec();
+    args.extend(t.data_args());
+    run_expect(&args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let ratio = report["teacher"]["bytes_on_disk"].as_f64().unwrap() / report["compressed"]["bytes_on_disk"].as_f64().unwrap();
+    assert!(ratio >= 4.0, "{ratio:.2}x smaller; {}", report["passes"][0]["summary"]);
+}

@@ -30,8 +30,10 @@ pub struct Trial {
     pub val_accuracy: f64,
     /// Drop from the teacher's validation accuracy, in points.
     pub drop_points: f64,
-    /// The upper bound of the drop `Budget::within` tests, in points.
+    /// The two upper bounds of the drop `Budget::within` tests, in points: from predictions
+    /// and from calibrated probabilities (`Fidelity`).
     pub drop_bound: f64,
+    pub soft_drop_bound: f64,
     /// Share of training samples with the teacher's prediction.
     pub train_agreement: f64,
     pub accepted: bool,
@@ -51,9 +53,12 @@ pub struct SearchReport {
 }
 
 /// Runs the search on `model`; returns the smallest model that stayed within budget (the model
-/// itself when no step did).
-pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, SearchReport)> {
+/// itself when no step did), and the models it passed through on the way with the fraction of
+/// channels each keeps: `model` itself first, then each step it took before the last.
+#[allow(clippy::type_complexity)] // the result, its record, and the path to it
+pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, SearchReport, Vec<(Model, f64)>)> {
     let mut current = model.deep_clone()?;
+    let mut passed = vec![];
     let (mut keep, mut step) = (1.0f64, s.search_step);
     let min_step = s.search_step / 4.0;
     let mut recovery = s.recovery(ctx);
@@ -97,6 +102,7 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
             val_accuracy: f.val_accuracy,
             drop_points: drop,
             drop_bound: f.val_drop_bound,
+            soft_drop_bound: f.val_soft_drop_bound,
             train_agreement: f.train_agreement,
             accepted,
             recovery_epochs: fit.epochs_run,
@@ -109,7 +115,8 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
             if accepted { "within budget" } else { "over budget" }
         ));
         if accepted {
-            (current, keep) = (candidate, target);
+            passed.push((std::mem::replace(&mut current, candidate), keep));
+            keep = target;
             continue;
         }
         over = over.max(target);
@@ -117,9 +124,10 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
             step /= 2.0;
         } else {
             break format!(
-                "removing {:.0}% more of the channels lost {drop:.2} points on validation ({:.2} at one standard error) and left {:.2}% of the training samples off the teacher's prediction; the search may spend {:.2} of either (its share of the {:.2}-point budget)",
+                "removing {:.0}% more of the channels lost {drop:.2} points on validation ({:.2} at one standard error; {:.2} by calibrated probabilities) and left {:.2}% of the training samples off the teacher's prediction; the search may spend {:.2} of either (its share of the {:.2}-point budget)",
                 100.0 * step,
                 f.val_drop_bound,
+                f.val_soft_drop_bound,
                 100.0 * (1.0 - f.train_agreement),
                 SEARCH_SHARE * ctx.budget.points,
                 ctx.budget.points
@@ -127,5 +135,5 @@ pub fn search(model: &Model, s: &PruneSettings, ctx: &Ctx) -> Result<(Model, Sea
         }
     };
     let report = SearchReport { budget_points: ctx.budget.points, share: SEARCH_SHARE, teacher_val_accuracy: ctx.budget.teacher_val_accuracy, trials, keep, stopped };
-    Ok((current, report))
+    Ok((current, report, passed))
 }

@@ -8,7 +8,7 @@ use super::search::{search, SearchReport};
 use super::{apply, plan, prune_with_recovery, PruneConfig, Recovery};
 use crate::error::{Result, WickError};
 use crate::model::stats::total_params;
-use crate::passes::{check_training, train_config, wrong_state, Applied, Ctx, Pass, Sketch, State};
+use crate::passes::{check_training, train_config, wrong_state, Applied, Ctx, Fallback, Pass, Sketch, State};
 use crate::train::budget::{auto_or, AUTO_STEPS};
 use crate::train::{Epochs, LearningRate, OptimizerKind};
 use serde::{Deserialize, Serialize};
@@ -123,13 +123,24 @@ impl Pass for PruneSettings {
                 let (pruned, r) = prune_with_recovery(&m, &self.config(ratio, ctx.seed), self.steps, Some(&rec), ctx.progress)?;
                 let summary =
                     format!("pruned {:.0}% of channels in {} step(s): {} -> {} params, {} recovery epochs each{unfolded}", ratio * 100.0, self.steps, p0, total_params(&pruned), rec.train_cfg.epochs);
-                Ok(Applied { state: State::Float(pruned), summary, changed: ratio > 0.0, details: serde_json::to_value(&r).unwrap_or_default() })
+                Ok(Applied { state: State::Float(pruned), summary, changed: ratio > 0.0, details: serde_json::to_value(&r).unwrap_or_default(), fallbacks: vec![] })
             }
             Ratio::Auto => {
-                let (pruned, r) = search(&m, self, ctx)?;
+                let (pruned, r, passed) = search(&m, self, ctx)?;
                 let summary = format!("{}{unfolded}", summary_of_search(&r, p0, total_params(&pruned)));
                 let changed = r.trials.iter().any(|t| t.accepted);
-                Ok(Applied { state: State::Float(pruned), summary, changed, details: json!({ "search": r }) })
+                let fallbacks = passed
+                    .into_iter()
+                    .rev()
+                    .map(|(model, keep)| Fallback {
+                        what: match keep < 1.0 {
+                            true => format!("the candidate keeping {:.0}% of channels ({} params)", 100.0 * keep, total_params(&model)),
+                            false => format!("the unpruned model ({} params)", total_params(&model)),
+                        },
+                        state: State::Float(model),
+                    })
+                    .collect();
+                Ok(Applied { state: State::Float(pruned), summary, changed, details: json!({ "search": r }), fallbacks })
             }
         }
     }
