@@ -46,6 +46,8 @@ pub struct Outcome {
     /// The final model's test result and compiled plan, when a step measured it already (a
     /// step that turned out to keep the model it was given).
     pub final_measure: Option<(EvalResult, Plan)>,
+    /// Else the final model's compiled plan (measured on validation, not yet on test).
+    pub final_plan: Option<Plan>,
 }
 
 /// Bytes of an INT8 model's weights: `Σ int8 weights + 4·(float params + scales)`.
@@ -90,18 +92,22 @@ fn measure(state: &State, test: &Dataset) -> Result<(EvalResult, Plan)> {
 /// is measured when the next step that changes it begins, so the model the run ends with is
 /// left to the caller (`Outcome::final_stages`).
 ///
-/// The INT8 model the steps end with is measured on validation too. When it misses the whole
-/// accuracy budget there (`Budget::within_on_validation`), the steps after the last step that
+/// The INT8 model the steps end with is measured on validation and training too. When it misses
+/// the whole accuracy budget (`Budget::within`: an upper bound of its validation drop, and its
+/// disagreement with the teacher on the training split), the steps after the last step that
 /// offered larger results (`Applied::fallbacks`: a pruning search's earlier candidates, a
 /// distillation's wider students) run again from the next of them, until one is within budget
 /// or none is left; then the one closest to the teacher on validation is kept. Quantisation
 /// can cost a thin pruned model far more than its share of the budget, and only the model it
 /// ends with shows it.
 pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
-    let mut run = Run { state: State::Float(ctx.teacher.deep_clone()?), stages: vec![], pending: vec![], measured: None };
+    let mut run = Run { state: State::Float(ctx.teacher.deep_clone()?), stages: vec![], pending: vec![], measured: None, plan: None };
     // The last step that offered fallbacks: its index and what is left of them.
     let mut resume: Option<(usize, std::vec::IntoIter<Fallback>)> = None;
     let mut ended: Vec<(f64, Run)> = vec![];
+    // What each run's INT8 model measured on validation, for the report.
+    let mut checks: Vec<serde_json::Value> = vec![];
+    let mut started_from = "the step's own result".to_string();
     let mut from = 0;
     loop {
         for (i, spec) in recipe.passes.iter().enumerate().skip(from) {
@@ -114,9 +120,19 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
         let State::Int8 { q, .. } = &run.state else {
             return Err(WickError::invalid(format!("recipe {}", recipe.name), format!("ended with {}; its last step must be 'convert_int8'", run.state.describe())));
         };
-        let f = ctx.fidelity_of_plan(&Plan::int8(q)?, None)?;
+        // Compiled once: the caller measures the model it keeps with the same plan.
+        let plan = match (&run.measured, &mut run.plan) {
+            (Some((_, p)), _) => p,
+            (None, slot) => &*slot.insert(Plan::int8(q)?),
+        };
+        let f = ctx.fidelity_of_plan(plan, None)?;
         let bound = f.val_drop_bound.min(f.val_soft_drop_bound);
-        if ctx.budget.within_on_validation(&f, 1.0) {
+        checks.push(serde_json::json!({
+            "from": started_from, "params": total_params(&q.model), "val_accuracy": f.val_accuracy,
+            "val_drop_points": f.val_drop(ctx.val.len()), "drop_bound": f.val_drop_bound, "soft_drop_bound": f.val_soft_drop_bound,
+            "train_agreement": f.train_agreement, "within_budget": ctx.budget.within(&f, 1.0),
+        }));
+        if ctx.budget.within(&f, 1.0) {
             ended.push((bound, run));
             break;
         }
@@ -127,19 +143,21 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
         };
         // The steps after `i` again, from the fallback: the stages up to `i` are kept, step
         // `i`'s record says what it gave instead.
-        let mut again = Run { state: fallback.state, stages: run.stages[..=i].to_vec(), pending: vec![i], measured: None };
+        let mut again = Run { state: fallback.state, stages: run.stages[..=i].to_vec(), pending: vec![i], measured: None, plan: None };
         let (params, macs, weight_bytes) = size(&again.state)?;
         let s = &mut again.stages[i];
         s.summary = format!(
-            "{}; its INT8 model lost {:.2} points on validation ({:.2} at the lower of its bounds), over the {:.2}-point budget, so the steps after this one ran again from {}",
+            "{}; its INT8 model lost {:.2} points on validation ({:.2} at the lower of its bounds) and left {:.2}% of the training samples off the teacher's prediction, over the {:.2}-point budget, so the steps after this one ran again from {}",
             s.summary,
             f.val_drop(ctx.val.len()),
             bound,
+            100.0 * (1.0 - f.train_agreement),
             ctx.budget.points,
-            fallback.what
+            &fallback.what
         );
         (s.params, s.macs, s.weight_bytes, s.test_accuracy) = (params, macs, weight_bytes, f64::NAN);
         ended.push((bound, run));
+        started_from = fallback.what;
         run = again;
         from = i + 1;
     }
@@ -147,12 +165,17 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
     // of equals).
     let last = ended.len() - 1;
     let best = ended.iter().enumerate().min_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(b.0.cmp(&a.0))).map_or(last, |(k, _)| k);
-    let Run { state, mut stages, pending, measured } = ended.swap_remove(best).1;
-    if let (true, Some((i, _))) = (best != last, &resume) {
-        stages[*i].summary.push_str(&format!("; the {} larger result(s) tried after it missed the budget too, so this one, the closest to the teacher on validation, is kept", last - best));
+    let Run { state, mut stages, pending, measured, plan } = ended.swap_remove(best).1;
+    if let Some((i, _)) = &resume {
+        if best != last {
+            stages[*i].summary.push_str(&format!("; the {} larger result(s) tried after it missed the budget too, so this one, the closest to the teacher on validation, is kept", last - best));
+        }
+        if let Some(d) = stages[*i].details.as_object_mut() {
+            d.insert("int8_on_validation".into(), serde_json::json!({ "budget_points": ctx.budget.points, "runs": checks, "kept": best }));
+        }
     }
     match state {
-        State::Int8 { folded, q } => Ok(Outcome { folded, int8: *q, stages, final_stages: pending, final_measure: measured }),
+        State::Int8 { folded, q } => Ok(Outcome { folded, int8: *q, stages, final_stages: pending, final_measure: measured, final_plan: plan }),
         other => Err(WickError::invalid(format!("recipe {}", recipe.name), format!("ended with {}; its last step must be 'convert_int8'", other.describe()))),
     }
 }
@@ -165,13 +188,15 @@ struct Run {
     /// measurement once taken.
     pending: Vec<usize>,
     measured: Option<(EvalResult, Plan)>,
+    /// The final INT8 model's plan, compiled for its check on validation.
+    plan: Option<Plan>,
 }
 
 impl Run {
     /// Runs one step and records its stage; returns the run after it and the fallbacks the
     /// step offered.
     fn step(self, spec: &PassSpec, ctx: &Ctx, test: &Dataset) -> Result<(Run, Vec<Fallback>)> {
-        let Run { state, mut stages, mut pending, mut measured } = self;
+        let Run { state, mut stages, mut pending, mut measured, .. } = self;
         let started = Instant::now();
         let name = spec.name();
         if !pending.is_empty() && !spec.pass().keeps_model(&state) {
@@ -190,7 +215,7 @@ impl Run {
             }
         };
         stages.push(Stage { pass: name.to_string(), summary: applied.summary, seconds: started.elapsed().as_secs_f64(), params, macs, weight_bytes, test_accuracy, details: applied.details });
-        Ok((Run { state: applied.state, stages, pending, measured }, applied.fallbacks))
+        Ok((Run { state: applied.state, stages, pending, measured, plan: None }, applied.fallbacks))
     }
 }
 

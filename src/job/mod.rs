@@ -104,7 +104,7 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
     let t_train = evaluate_plan(&t_plan, &train, 256, &Silent)?;
     let teacher_eval = evaluate_plan(&t_plan, &test, 256, progress)?;
     let ctx = Ctx::with_teacher_results(&teacher, Data { train: &train, val: &val, calib: &calib }, spec.seed, spec.max_epochs, allowance, t_val, t_train, progress);
-    let Outcome { folded, int8: mut q, mut stages, final_stages, mut final_measure } = pipeline::run(&recipe, &ctx, &test)?;
+    let Outcome { folded, int8: mut q, mut stages, final_stages, mut final_measure, mut final_plan } = pipeline::run(&recipe, &ctx, &test)?;
     let staging = Staging::new(&spec.out)?;
     let staged = staging.dir.join(ARTIFACT);
     let inputs = input_files(spec, &loaded.sha256, [("train", &train), ("val", &val), ("test", &test)], spec.calib.as_ref().map(|_| &calib))?;
@@ -130,7 +130,10 @@ pub fn run(spec: &JobSpec, progress: &dyn Progress) -> Result<Report> {
         let (e, plan) = match final_measure.take() {
             Some(m) => m,
             None => {
-                let plan = Plan::int8(&q)?;
+                let plan = match final_plan.take() {
+                    Some(p) => p,
+                    None => Plan::int8(&q)?,
+                };
                 (evaluate_plan(&plan, &test, 256, progress)?, plan)
             }
         };

@@ -67,7 +67,10 @@ impl CalibrateSettings {
     pub fn run(&self, folded: &Model, calib: &Dataset, progress: &dyn Progress) -> Result<Chosen> {
         self.validate().map_err(|m| WickError::invalid("calibrate", m))?;
         let units = quantizable_units(folded, &self.exclude)?;
-        let rows = calib.head(self.samples)?;
+        let mut rows = calib.head(self.samples)?;
+        if rows.len() < calib.len() {
+            rows.name = format!("{} (its first {} rows)", calib.name, rows.len());
+        }
         let mut candidates = calibrate(folded, &rows, &units, &self.config(), progress)?;
         if candidates.len() == 1 {
             let (method, layers) = candidates.remove(0);

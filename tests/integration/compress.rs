@@ -156,16 +156,22 @@ fn a_batch_reports_every_job_and_resumes() {
 
 /// One `compress` run evaluates each distinct model on each split at most once, compiles the
 /// teacher's plan once (its validation, training and test results and its latency come from
-/// it) and the final INT8 plan once (its test accuracy and latency), and writes the artifact
-/// once (a file the run reads back and checks).
+/// it) and the final INT8 plan once (its check on validation, its test accuracy and latency),
+/// and writes the artifact once (a file the run reads back and checks). The recipe is
+/// `edge-int8` with one calibration method: `auto` compiles every candidate's INT8 plan to
+/// choose among them, the final model's among them when QAT keeps the calibrated model.
 #[test]
 fn one_compress_run_compiles_and_evaluates_each_model_once() {
     use wick::audit::{fingerprint, fingerprint_int8, take, Event};
     let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("edge-entropy.json");
+    let edge = std::fs::read_to_string(passes_dir().join("edge-int8.json")).unwrap();
+    assert!(edge.contains(r#""method": "auto""#), "{edge}");
+    std::fs::write(&recipe, edge.replace(r#""method": "auto""#, r#""method": "entropy""#)).unwrap();
     let spec = wick::job::JobSpec {
         model: mlp_path(),
         arch: None,
-        recipe: "edge-int8".into(),
+        recipe: recipe.to_str().unwrap().into(),
         train: digits("train"),
         val: digits("val"),
         test: digits("test"),

@@ -100,4 +100,15 @@ fn a_recipe_whose_int8_model_misses_the_budget_goes_back_to_larger_candidates() 
     let kept = report["compressed"]["params"].as_u64().unwrap();
     assert!(kept > *accepted.last().unwrap(), "kept {kept} params; the search's result has {}", accepted.last().unwrap());
     assert_eq!(prune["params"].as_u64().unwrap(), kept, "{summary}");
+    // report.json records each run's INT8 model on validation: the search's result, then each
+    // larger candidate down to the unpruned model, none within budget, the lowest bound kept.
+    let checks = &prune["details"]["int8_on_validation"];
+    let runs = checks["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), accepted.len() + 1, "{checks}");
+    assert!(runs.iter().all(|r| r["within_budget"] == false), "{checks}");
+    assert_eq!(runs.last().unwrap()["from"].as_str().unwrap().split(" (").next(), Some("the unpruned model"), "{checks}");
+    let bound = |r: &serde_json::Value| r["drop_bound"].as_f64().unwrap().min(r["soft_drop_bound"].as_f64().unwrap());
+    let k = checks["kept"].as_u64().unwrap() as usize;
+    assert!(runs.iter().all(|r| bound(r) >= bound(&runs[k])), "{checks}");
+    assert_eq!(runs[k]["params"].as_u64().unwrap(), kept, "{checks}");
 }
