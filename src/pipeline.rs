@@ -117,9 +117,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
                 resume = Some((i, fallbacks.into_iter()));
             }
         }
-        let State::Int8 { q, .. } = &run.state else {
-            return Err(WickError::invalid(format!("recipe {}", recipe.name), format!("ended with {}; its last step must be 'convert_int8'", run.state.describe())));
-        };
+        let State::Int8 { q, .. } = &run.state else { return Err(not_int8(recipe, &run.state)) };
         // Compiled once: the caller measures the model it keeps with the same plan.
         let plan = match (&run.measured, &mut run.plan) {
             (Some((_, p)), _) => p,
@@ -176,8 +174,13 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
     }
     match state {
         State::Int8 { folded, q } => Ok(Outcome { folded, int8: *q, stages, final_stages: pending, final_measure: measured, final_plan: plan }),
-        other => Err(WickError::invalid(format!("recipe {}", recipe.name), format!("ended with {}; its last step must be 'convert_int8'", other.describe()))),
+        other => Err(not_int8(recipe, &other)),
     }
+}
+
+/// The error of a recipe that ends without an INT8 model.
+fn not_int8(recipe: &Recipe, state: &State) -> WickError {
+    WickError::invalid(format!("recipe {}", recipe.name), format!("ended with {}; its last step must be 'convert_int8'", state.describe()))
 }
 
 /// A run of the steps in progress: the model as it stands and the stages so far.

@@ -230,8 +230,14 @@ impl<'a> Ctx<'a> {
         let val_drop_bound = 100.0 * ((lost as f64 - gained as f64) + ((lost + gained) as f64).sqrt()) / n;
         let student = calibrated_label_probabilities(&val.logits, &self.val.y);
         let d: Vec<f64> = self.teacher_val_label_probabilities.iter().zip(&student).map(|(p, q)| p - q).collect();
-        let (mean, sd) = mean_and_std_dev(&d);
-        let val_soft_drop_bound = 100.0 * (mean + sd / n.sqrt());
+        // Without both models' probabilities of every sample there is no such bound.
+        let val_soft_drop_bound = match d.len() == self.val.len() && !d.is_empty() {
+            true => {
+                let (mean, sd) = mean_and_std_dev(&d);
+                100.0 * (mean + sd / n.sqrt())
+            }
+            false => f64::INFINITY,
+        };
         Ok(Fidelity { val_accuracy: val.accuracy, val_lost: lost, val_gained: gained, val_drop_bound, val_soft_drop_bound, train_agreement: agreement(&train, &self.teacher_train_predictions) })
     }
 
@@ -252,8 +258,8 @@ pub struct Applied {
     /// The step's own record (search trials, training curves), for report.json.
     pub details: Value,
     /// Larger results the step reached on the way, the closest to `state` first: the recipe
-    /// goes on from the next of them when the model it ends with misses the accuracy budget on
-    /// validation (`pipeline::run`).
+    /// goes on from the next of them when the model it ends with misses the accuracy budget
+    /// (`pipeline::run`).
     pub fallbacks: Vec<Fallback>,
 }
 
