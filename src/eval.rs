@@ -42,11 +42,16 @@ pub fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
+/// `log Σ_j e^{β·z_j}` of one row of logits, in f64, shifted by its largest term so that no
+/// exponential overflows.
+pub fn log_sum_exp(row: &[f32], beta: f64) -> f64 {
+    let m = row.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(beta * z as f64));
+    m + row.iter().map(|&z| (beta * z as f64 - m).exp()).sum::<f64>().ln()
+}
+
 /// Cross-entropy of one row of logits against label `y`: `log Σ e^{z_j} − z_y`.
 pub fn cross_entropy_row(row: &[f32], y: u32) -> f64 {
-    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = m + row.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln();
-    lse - row[y as usize] as f64
+    log_sum_exp(row, 1.0) - row[y as usize] as f64
 }
 
 /// Evaluates `predict`, which returns `[len, classes]` logits for rows `start..start+len`.
@@ -121,11 +126,7 @@ pub fn calibrated_label_probabilities(logits: &[f32], labels: &[u32]) -> Vec<f64
     }
     let classes = logits.len() / n;
     let rows = || logits.chunks_exact(classes).zip(labels);
-    let log_probability = |row: &[f32], y: u32, beta: f64| {
-        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(beta * v as f64));
-        let sum: f64 = row.iter().map(|&v| (beta * v as f64 - max).exp()).sum();
-        beta * row[y as usize] as f64 - max - sum.ln()
-    };
+    let log_probability = |row: &[f32], y: u32, beta: f64| beta * row[y as usize] as f64 - log_sum_exp(row, beta);
     let loss = |beta: f64| -rows().map(|(row, &y)| log_probability(row, y, beta)).sum::<f64>();
     let ratio = (5f64.sqrt() - 1.0) / 2.0;
     let (mut lo, mut hi) = (1.0 / 20.0, 20.0);

@@ -12,7 +12,7 @@ use crate::artifact::Int8Model;
 use crate::calibrate::{calibrate, CalibConfig, Calibration, LayerCalib, Method};
 use crate::data::Dataset;
 use crate::error::{Result, WickError};
-use crate::eval::evaluate_plan;
+use crate::eval::{evaluate_plan, log_sum_exp};
 use crate::model::qunit::{has_units, units, Unit};
 use crate::model::Model;
 use crate::progress::Progress;
@@ -96,8 +96,7 @@ impl CalibrateSettings {
 fn mean_kl_divergence(reference: &[f32], logits: &[f32], rows: usize) -> f64 {
     let classes = reference.len() / rows.max(1);
     fn log_softmax(row: &[f32]) -> impl Iterator<Item = f64> + '_ {
-        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-        let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let lse = log_sum_exp(row, 1.0);
         row.iter().map(move |&v| v as f64 - lse)
     }
     let total: f64 =

@@ -138,18 +138,18 @@ impl Pass for DistillSettings {
             chosen.training.best_val_accuracy,
             chosen.training.best_epoch
         );
-        // The wider students within budget, the closest first, then the model distilled from.
-        let mut students: Vec<Option<crate::model::Model>> = students.into_iter().map(Some).collect();
-        let mut fallbacks: Vec<Fallback> = (0..pick)
+        // `swap_remove` moves only students after `pick`; the wider ones before it within budget
+        // are the fallbacks, the closest first, then the model distilled from.
+        let student = students.swap_remove(pick);
+        students.truncate(pick);
+        let fallbacks = students
+            .into_iter()
+            .zip(&attempts[..pick])
             .rev()
-            .filter(|&i| attempts[i].within_budget)
-            .filter_map(|i| {
-                let what = format!("the {:.2}x-wide student ({} params)", attempts[i].width, attempts[i].params);
-                students[i].take().map(|m| Fallback { what, state: State::Float(m) })
-            })
+            .filter(|(_, a)| a.within_budget)
+            .map(|(m, a)| Fallback { what: format!("the {:.2}x-wide student ({} params)", a.width, a.params), state: State::Float(m) })
+            .chain(std::iter::once(input))
             .collect();
-        fallbacks.push(input);
-        let student = students[pick].take().expect("the picked student is there");
         Ok(Applied { state: State::Float(student), summary, changed: true, details: json!({ "attempts": attempts, "kept": pick }), fallbacks })
     }
 
