@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 thread_local! {
     /// Set while this thread runs one part of a `map_parts` job.
@@ -28,6 +29,7 @@ pub fn map_parts<T: Send, R: Send>(data: &mut [T], size: usize, f: impl Fn(usize
     if data.len() <= size {
         return data.chunks_mut(size).enumerate().map(|(i, c)| f(i, c)).collect();
     }
+    let (total, started, done) = (data.len().div_ceil(size), AtomicUsize::new(0), AtomicUsize::new(0));
     let part = |(i, c): (usize, &mut [T])| {
         /// Restores the flag even if `f` panics (rayon hands the panic to the caller and the
         /// worker thread lives on).
@@ -37,13 +39,40 @@ pub fn map_parts<T: Send, R: Send>(data: &mut [T], size: usize, f: impl Fn(usize
                 IN_PART.set(self.0);
             }
         }
-        let _restore = Restore(IN_PART.replace(true));
-        f(i, c)
+        started.fetch_add(1, Ordering::Relaxed);
+        let r = {
+            let _restore = Restore(IN_PART.replace(true));
+            f(i, c)
+        };
+        done.fetch_add(1, Ordering::Release);
+        wait_for_running_parts(&started, &done, total);
+        r
     };
     if may_split() {
         data.par_chunks_mut(size).enumerate().map(part).collect()
     } else {
         data.chunks_mut(size).enumerate().map(part).collect()
+    }
+}
+
+/// The longest a finished part spins for the others (see [`wait_for_running_parts`]): a few
+/// times the wake-up it saves, so that parts of uneven length do not burn a core for long.
+const PART_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Spins, for at most [`PART_SPIN`], while every one of `total` parts has started and some
+/// are still running on other threads. A thread that waits for a stolen part inside rayon's
+/// join soon goes to sleep, and being woken when the part ends took tens of microseconds on
+/// a VM (a tenth of a small net's batch); a part that has not started is left to rayon, which
+/// may run it on this very thread.
+fn wait_for_running_parts(started: &AtomicUsize, done: &AtomicUsize, total: usize) {
+    let since = std::time::Instant::now();
+    let mut spins = 0u32;
+    while done.load(Ordering::Acquire) < total && started.load(Ordering::Relaxed) == total {
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(64) && since.elapsed() > PART_SPIN {
+            return;
+        }
     }
 }
 
@@ -108,6 +137,31 @@ mod tests {
         assert_eq!(out, [(0, 3, false), (1, 12, false), (2, 21, false), (3, 9, false)]);
         // One chunk: run as is, splitting allowed.
         assert_eq!(pool.install(|| super::map_parts(&mut v, 10, |_, _| super::may_split())), [true]);
+    }
+
+    /// With the pool's other thread held by another job, the parts all run on the calling
+    /// thread: a finished part does not wait for a sibling that no thread has started.
+    #[test]
+    fn parts_finish_when_no_other_thread_is_free() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let (held, release) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (h, r) = (held.clone(), release.clone());
+        pool.spawn(move || {
+            h.store(true, Ordering::Release);
+            while !r.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+        });
+        while !held.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        let mut v: Vec<usize> = (0..4).collect();
+        let out = pool.install(|| super::map_parts(&mut v, 2, |i, c| (i, c.iter().sum::<usize>(), std::thread::current().id())));
+        release.store(true, Ordering::Release);
+        assert_eq!(out.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(), [(0, 1), (1, 5)]);
+        assert_eq!(out[0].2, out[1].2, "one thread ran both parts");
     }
 
     #[test]
