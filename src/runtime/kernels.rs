@@ -125,8 +125,8 @@ pub fn quantize_codes<T: Code>(x: &[f32], q: &crate::quant::QParams) -> (Vec<T>,
 
 /// Writes the shifted codes of `x` (see [`quantize_u8`]) into `out` (as long as `x`), sixteen
 /// at a time with AVX-512 where the f32 kernels use it (`vmath::has_f32x16`), else eight with
-/// AVX2 where the CPU has it (each bit-identical to the scalar formula: tested); returns
-/// whether every value of `x` is finite.
+/// AVX2 where the CPU has it (u8 codes 32 at a time; each bit-identical to the scalar formula:
+/// tested); returns whether every value of `x` is finite.
 #[inline]
 pub fn quantize_to<T: Code>(x: &[f32], q: &crate::quant::QParams, out: &mut [std::mem::MaybeUninit<T>]) -> bool {
     assert_eq!(x.len(), out.len(), "codes for every value");
@@ -452,7 +452,8 @@ mod tests {
         let q = QParams { scale: 0.1, zero_point: 3, act: ActType::U8 };
         for (len, places) in [(21, &[0, 7, 15, 20][..]), (150, &[0, 63, 64, 127, 128, 143, 144, 149][..])] {
             let x: Vec<f32> = (0..len).map(|i| (i % 21) as f32 * 1e37 - 1e38).collect();
-            // Where the widest kernel is not AVX2's, its byte kernel is asked too.
+            // The AVX2 byte kernel asked directly: `quantize_codes` takes AVX-512's where the CPU
+            // has it.
             let avx2_bytes = |x: &[f32]| {
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
