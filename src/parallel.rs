@@ -76,6 +76,43 @@ fn wait_for_running_parts(started: &AtomicUsize, done: &AtomicUsize, total: usiz
     }
 }
 
+/// Runs `f` on this thread while the pool's other threads stay awake: each runs a task that
+/// takes the pool's pending work (`rayon::yield_now`) and otherwise spins, until `f` returns.
+/// A training step alternates short parallel regions with serial work; between them an idle
+/// worker fell asleep, and waking it at the next region cost the calling thread a tenth of its
+/// time on a VM. A task that lands on this very thread (it can, while a join waits) returns at
+/// once, so `f` can never wait on it.
+pub fn with_workers_awake<R>(f: impl FnOnce() -> R) -> R {
+    let (Some(me), others) = (rayon::current_thread_index(), rayon::current_num_threads().saturating_sub(1)) else { return f() };
+    if others == 0 || IN_PART.with(Cell::get) {
+        return f();
+    }
+    /// Ends the tasks however `f` ends, a panic included (the scope waits for them first).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    rayon::in_place_scope(|s| {
+        for _ in 0..others {
+            s.spawn(|_| {
+                if rayon::current_thread_index() == Some(me) {
+                    return;
+                }
+                while !stop.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        let _stop = Stop(&stop);
+        f()
+    })
+}
+
 /// Elements of work below which a job runs on the calling thread.
 pub const MIN_PARALLEL_WORK: usize = 1 << 15;
 
@@ -162,6 +199,19 @@ mod tests {
         release.store(true, Ordering::Release);
         assert_eq!(out.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(), [(0, 1), (1, 5)]);
         assert_eq!(out[0].2, out[1].2, "one thread ran both parts");
+    }
+
+    /// The pool's parallel work runs while the other thread is kept awake, the result comes
+    /// back, and a panic in `f` ends the kept-awake task instead of leaving the scope waiting.
+    #[test]
+    fn work_runs_while_the_other_thread_is_kept_awake_and_a_panic_ends_it() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let mut v: Vec<usize> = (0..8).collect();
+        let out = pool.install(|| super::with_workers_awake(|| super::map_parts(&mut v, 4, |i, c| (i, c.iter().sum::<usize>()))));
+        assert_eq!(out, [(0, 6), (1, 22)]);
+        let caught = pool.install(|| std::panic::catch_unwind(|| super::with_workers_awake(|| panic!("a step failed"))));
+        assert!(caught.is_err());
+        assert_eq!(pool.install(|| super::with_workers_awake(|| 7)), 7);
     }
 
     #[test]

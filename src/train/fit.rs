@@ -152,19 +152,22 @@ pub fn fit(
         order.shuffle(&mut *rng.borrow_mut());
         progress.start(&format!("epoch {}/{}", epoch + 1, cfg.epochs), steps_per_epoch as u64);
         let mut loss_sum = 0.0;
-        for chunk in order.chunks(cfg.batch_size) {
-            opt.set_lr(cosine_lr(base_lr, step, total, warmup));
-            let (x, y) = train.batch(chunk)?;
-            let loss = objective(model, &x, &y, chunk, &rng)?;
-            let lv: f32 = loss.to_scalar()?;
-            if !lv.is_finite() {
-                return Err(WickError::invalid("training", format!("loss became {lv} at epoch {}; lower --lr", epoch + 1)));
+        crate::parallel::with_workers_awake(|| -> Result<()> {
+            for chunk in order.chunks(cfg.batch_size) {
+                opt.set_lr(cosine_lr(base_lr, step, total, warmup));
+                let (x, y) = train.batch(chunk)?;
+                let loss = objective(model, &x, &y, chunk, &rng)?;
+                let lv: f32 = loss.to_scalar()?;
+                if !lv.is_finite() {
+                    return Err(WickError::invalid("training", format!("loss became {lv} at epoch {}; lower --lr", epoch + 1)));
+                }
+                loss_sum += lv as f64 * chunk.len() as f64;
+                opt.step(&loss.backward()?)?;
+                step += 1;
+                progress.inc(1);
             }
-            loss_sum += lv as f64 * chunk.len() as f64;
-            opt.step(&loss.backward()?)?;
-            step += 1;
-            progress.inc(1);
-        }
+            Ok(())
+        })?;
         let v = validate(model)?;
         let acc = v.accuracy;
         let mean_loss = loss_sum / n as f64;
