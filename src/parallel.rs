@@ -77,7 +77,9 @@ fn wait_for_running_parts(started: &AtomicUsize, done: &AtomicUsize, total: usiz
 }
 
 /// Runs `f` on this thread while the pool's other threads stay awake: each runs a task that
-/// takes the pool's pending work (`rayon::yield_now`) and otherwise spins, until `f` returns.
+/// takes the pool's pending work (`rayon::yield_now`) and otherwise yields its core to any other
+/// runnable thread (a pure spin took the cores of other processes and of concurrent jobs: the
+/// test suite, two tests at a time, ran 35 % longer), until `f` returns.
 /// A training step alternates short parallel regions with serial work; between them an idle
 /// worker fell asleep, and waking it at the next region cost the calling thread a tenth of its
 /// time on a VM. A task that lands on this very thread (it can, while a join waits) returns at
@@ -103,7 +105,7 @@ pub fn with_workers_awake<R>(f: impl FnOnce() -> R) -> R {
                 }
                 while !stop.load(Ordering::Acquire) {
                     if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
+                        std::thread::yield_now();
                     }
                 }
             });
