@@ -125,12 +125,13 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, test: &Dataset) -> Result<Outcome> {
         };
         let f = ctx.fidelity_of_plan(plan, None)?;
         let bound = f.val_drop_bound.min(f.val_soft_drop_bound);
+        let within = ctx.budget.within(&f, 1.0);
         checks.push(serde_json::json!({
             "from": started_from, "params": total_params(&q.model), "val_accuracy": f.val_accuracy,
             "val_drop_points": f.val_drop(ctx.val.len()), "drop_bound": f.val_drop_bound, "soft_drop_bound": f.val_soft_drop_bound,
-            "train_agreement": f.train_agreement, "within_budget": ctx.budget.within(&f, 1.0),
+            "train_agreement": f.train_agreement, "within_budget": within,
         }));
-        if ctx.budget.within(&f, 1.0) {
+        if within {
             ended.push((bound, run));
             break;
         }
