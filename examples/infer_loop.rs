@@ -13,9 +13,8 @@ use wick::runtime::{kernels::Kernel, plan::Plan, Exec, Executor};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    // mimalloc's `purge_delay` (see `src/main.rs`): -1 keeps freed memory mapped.
-    // SAFETY: setting an option is thread-safe and takes plain integers.
-    unsafe { libmimalloc_sys::mi_option_set(libmimalloc_sys::mi_option_use_numa_nodes - 1, -1) };
+    // As the CLI: freed memory stays mapped, not handed back as fresh pages every call.
+    wick::allocator::keep_freed_memory();
     // On a thread of rayon's pool, as the CLI runs its commands.
     rayon::scope(|_| run())
 }

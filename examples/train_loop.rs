@@ -8,10 +8,8 @@ use std::path::Path;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    // mimalloc's `purge_delay` (see `src/main.rs`): -1 keeps freed memory mapped, as the CLI
-    // does; without it every epoch's tensors come back as freshly faulted pages.
-    // SAFETY: setting an option is thread-safe and takes plain integers.
-    unsafe { libmimalloc_sys::mi_option_set(libmimalloc_sys::mi_option_use_numa_nodes - 1, -1) };
+    // As the CLI: freed memory stays mapped, not handed back as fresh pages every epoch.
+    wick::allocator::keep_freed_memory();
     let a: Vec<String> = std::env::args().collect();
     let epochs: usize = a.get(3).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let (m, _) = wick::artifact::load_any(Path::new(&a[1]), None)?;

@@ -2,6 +2,7 @@
 //! INT8 quantisation (post-training and quantisation-aware) — and report the accuracy of the
 //! integer artifact it writes. See README.md for the architecture.
 
+pub mod allocator;
 pub mod artifact;
 pub mod audit;
 pub mod bench;
