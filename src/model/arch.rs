@@ -497,11 +497,11 @@ pub struct EmbeddingRowCfg {
     pub index: usize,
 }
 
-/// Multi-head scaled dot-product attention with a padding mask. Inputs `q, k, v [L, D]`, the
-/// token ids `[L]` and optionally a bias `b [num_heads, L, L]` (`relative_position_bias`); per
-/// head (`d = D / num_heads` consecutive features): `softmax(q_h·k_hᵀ/√d + b_h + m)·v_h`, `m` =
-/// the most negative f32 on keys whose id is `pad_id` (as Hugging Face's BERT); the heads'
-/// outputs side by side, `[L, D]`.
+/// Multi-head scaled dot-product attention, with a padding mask when given token ids. Inputs
+/// `q, k, v [L, D]`, optionally the token ids `[L]`, and after them optionally a bias
+/// `b [num_heads, L, L]` (`relative_position_bias`); per head (`d = D / num_heads` consecutive
+/// features): `softmax(q_h·k_hᵀ/√d + b_h + m)·v_h`, `m` = the most negative f32 on keys whose id
+/// is `pad_id` (as Hugging Face's BERT), 0 without ids; the heads' outputs side by side, `[L, D]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttentionCfg {

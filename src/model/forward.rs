@@ -288,7 +288,7 @@ impl Model {
             Op::Embedding(c) => text_ops::embedding(&node.name, &x, p("weight"), c),
             Op::PositionEmbedding(c) => text_ops::add_positions(&x, p("weight"), c.offset),
             Op::EmbeddingRow(c) => text_ops::add_row(&x, p("weight"), c.index),
-            Op::Attention(c) => text_ops::attention(ins[0], ins[1], ins[2], ins[3], ins.get(4).copied(), c),
+            Op::Attention(c) => text_ops::attention(ins[0], ins[1], ins[2], ins.get(3).copied(), ins.get(4).copied(), c),
             Op::RelativePositionBias(c) => text_ops::relative_position_bias(&x, p("weight"), c),
             Op::MaskedMean(c) => text_ops::masked_mean(ins[0], ins[1], c.pad_id),
             Op::MaskedPool(c) => text_ops::masked_pool(ins[0], ins[1], c),

@@ -291,12 +291,14 @@ pub fn infer(op: &Op, ins: &[&Vec<usize>]) -> std::result::Result<Vec<usize>, St
             Ok(out)
         }
         Op::Attention(c) => {
-            let ([q, k, v, ids] | [q, k, v, ids, _]) = ins else { return Err(format!("takes 4 inputs (q, k, v, token ids) or 5 (and a bias), got {}", ins.len())) };
+            let ([q, k, v] | [q, k, v, _] | [q, k, v, _, _]) = ins else {
+                return Err(format!("takes 3 inputs (q, k, v), 4 (and token ids) or 5 (and a bias), got {}", ins.len()));
+            };
             expect_rank(q, 2, "[L, D]")?;
             if k != q || v != q {
                 return Err(format!("q, k and v must have one shape; got {q:?}, {k:?}, {v:?}"));
             }
-            if ids.as_slice() != [q[0]] {
+            if let Some(ids) = ins.get(3).filter(|ids| ids.as_slice() != [q[0]]) {
                 return Err(format!("the token ids {ids:?} must be [L] for q of shape {q:?}"));
             }
             if c.num_heads == 0 || q[1] % c.num_heads != 0 {

@@ -45,9 +45,9 @@ pub fn relative_position_bias(ids: &Tensor, weight: &Tensor, c: &RelativePositio
     Ok(per_pair.permute((2, 0, 1))?.unsqueeze(0)?.broadcast_as((n, c.num_heads, l, l))?)
 }
 
-/// Multi-head attention (see `AttentionCfg`) on `q, k, v [N, L, D]` with token ids `[N, L]` and
-/// an optional additive bias `[N, H, L, L]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, ids: &Tensor, bias: Option<&Tensor>, c: &AttentionCfg) -> Result<Tensor> {
+/// Multi-head attention (see `AttentionCfg`) on `q, k, v [N, L, D]`, masked by token ids
+/// `[N, L]` when given, with an optional additive bias `[N, H, L, L]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, ids: Option<&Tensor>, bias: Option<&Tensor>, c: &AttentionCfg) -> Result<Tensor> {
     let (n, l, d) = q.dims3()?;
     let (h, hd) = (c.num_heads, d / c.num_heads);
     let heads = |t: &Tensor| -> Result<Tensor> { Ok(t.reshape((n, l, h, hd))?.transpose(1, 2)?.contiguous()?) };
@@ -56,9 +56,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, ids: &Tensor, bias: Option<
     if let Some(b) = bias {
         scores = scores.broadcast_add(b)?;
     }
-    // `(1 − keep)·f32::MIN` added to the scores of padded keys, as Hugging Face's BERT does.
-    let masked = ((keep_mask(ids, c.pad_id)?.affine(-1.0, 1.0)? * f32::MIN as f64)?).reshape((n, 1, 1, l))?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&masked)?)?;
+    if let Some(ids) = ids {
+        // `(1 − keep)·f32::MIN` added to the scores of padded keys, as Hugging Face's BERT does.
+        let masked = ((keep_mask(ids, c.pad_id)?.affine(-1.0, 1.0)? * f32::MIN as f64)?).reshape((n, 1, 1, l))?;
+        scores = scores.broadcast_add(&masked)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     Ok(probs.matmul(&vh)?.transpose(1, 2)?.reshape((n, l, d))?)
 }
 

@@ -9,7 +9,7 @@ use super::proto::{attr_type, AttributeProto, Dimension, GraphProto, ModelProto,
 use super::tensor::{byte_tensor, f32_tensor, i32_tensor, i64_tensor};
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};
-use crate::model::arch::{GeluApprox, Node, Op, Pair, PoolCfg, RnnCfg};
+use crate::model::arch::{GeluApprox, Node, Op, Pair, PoolCfg, PositionEmbeddingCfg, RnnCfg};
 use crate::model::graph::sample_dim;
 use crate::model::qunit::node_units;
 use crate::model::Model;
@@ -55,6 +55,7 @@ fn build(model: &Model, layers: &BTreeMap<String, QuantLayer>, tables: &BTreeMap
         }
         let done = match &node.op {
             Op::Embedding(_) => g.embedding(model, node, tables.get(&node.name)),
+            Op::PositionEmbedding(c) => g.position_embedding(model, node, c, tables.get(&node.name)),
             _ => g.node(model, node, layers.get(&node.name)),
         };
         done.map_err(|m| WickError::node(&node.name, format!("ONNX export: {m}")))?;
@@ -400,7 +401,9 @@ impl Builder {
                 self.op(op, n, &[x], n, vec![ints("axes", &[d]), int("keepdims", c.keepdim as i64)]);
             }
             Op::Gru(c) | Op::Lstm(c) => self.recurrent(model, node, x, c, matches!(node.op, Op::Gru(_)))?,
-            op @ (Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) | Op::L2Normalize(_)) => {
+            Op::Attention(c) if node.inputs.len() == 3 => self.attention(n, &node.inputs, in_shape[1], c.num_heads),
+            Op::Attention(_) => return Err("attention masked by token ids has no ONNX form in this wick yet".into()),
+            op @ (Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) | Op::L2Normalize(_)) => {
                 return Err(format!("the {} op has no ONNX form in this wick yet", op.name()));
             }
         }
@@ -540,6 +543,50 @@ impl Builder {
         let w = self.weight(model, node, table, false)?;
         self.op("Gather", &node.name, &[&w, ids], &node.name, vec![int("axis", 0)]);
         Ok(())
+    }
+
+    /// `x + table[offset..offset + L]` for `x [N, L, D]`: the table's rows as an `Add` of a
+    /// constant (dequantised from its int8 rows in an INT8 artifact), as PyTorch exports a
+    /// learned position table.
+    fn position_embedding(&mut self, model: &Model, node: &Node, c: &PositionEmbeddingCfg, table: Option<&QWeight>) -> std::result::Result<(), String> {
+        let (n, x) = (node.name.as_str(), node.inputs[0].as_str());
+        let len = model.graph.shapes[x][0];
+        let w = self.weight(model, node, table, false)?;
+        let rows = if c.offset == 0 && len == c.num_positions {
+            w
+        } else {
+            let mut bound = |what: &str, v: usize| self.init(i64_tensor(&format!("{n}.{what}"), &[1], &[v as i64]));
+            let (starts, ends, axes) = (bound("starts", c.offset), bound("ends", c.offset + len), bound("axes", 0));
+            let rows = format!("{n}.rows");
+            self.op("Slice", &rows, &[&w, &starts, &ends, &axes], &rows, vec![]);
+            rows
+        };
+        self.op("Add", n, &[x, &rows], n, vec![]);
+        Ok(())
+    }
+
+    /// Attention without a mask (`AttentionCfg`) over `q, k, v [N, L, d]` named `n`, as PyTorch
+    /// writes it: each split into heads `[N, H, L, d/H]` (`k` as `[N, H, d/H, L]`),
+    /// `softmax(q·kᵀ · 1/√(d/H))·v`, the heads joined back.
+    fn attention(&mut self, n: &str, ins: &[String], d: usize, heads: usize) {
+        let e = d / heads;
+        let split = self.init(i64_tensor(&format!("{n}.heads_shape"), &[4], &[0, 0, heads as i64, e as i64]));
+        let mut split_heads = |input: &str, part: &str, perm: &[usize]| {
+            let (r, t) = (format!("{n}.{part}_split"), format!("{n}.{part}_heads"));
+            self.op("Reshape", &r, &[input, &split], &r, vec![]);
+            self.op("Transpose", &t, &[&r], &t, vec![ints("perm", perm)]);
+            t
+        };
+        let (q, kt, v) = (split_heads(&ins[0], "q", &[0, 2, 1, 3]), split_heads(&ins[1], "k", &[0, 2, 3, 1]), split_heads(&ins[2], "v", &[0, 2, 1, 3]));
+        let [scores, scaled, probs, mixed, joined] = ["scores", "scaled", "probs", "mixed", "joined"].map(|s| format!("{n}.{s}"));
+        let scale = self.scalar(&format!("{n}.scale"), 1.0 / (e as f32).sqrt());
+        self.op("MatMul", &scores, &[&q, &kt], &scores, vec![]);
+        self.op("Mul", &scaled, &[&scores, &scale], &scaled, vec![]);
+        self.op("Softmax", &probs, &[&scaled], &probs, vec![int("axis", -1)]);
+        self.op("MatMul", &mixed, &[&probs, &v], &mixed, vec![]);
+        self.op("Transpose", &joined, &[&mixed], &joined, vec![ints("perm", &[0, 2, 1, 3])]);
+        let merged = self.init(i64_tensor(&format!("{n}.shape"), &[3], &[0, 0, d as i64]));
+        self.op("Reshape", n, &[&joined, &merged], n, vec![]);
     }
 
     /// The layer's weight, named `node.weight`: the float tensor, or the int8 codes dequantised

@@ -121,11 +121,17 @@ enum Kind {
         log: bool,
         dim: usize,
     },
-    /// Multi-head attention over `q, k, v [N, L, D]` masked by the token ids, plus a bias
-    /// `[1, H, L, L]` when the node has a fifth input (`runtime::attention`).
+    /// Multi-head attention over `q, k, v [N, L, D]`, masked by the token ids when the node has
+    /// a fourth input, plus a bias `[1, H, L, L]` when it has a fifth (`runtime::attention`).
     Attention {
         heads: usize,
         pad_id: f32,
+    },
+    /// `x [N, L, D]` plus table rows: row `t` at position `t` (`position_embedding`, the
+    /// table from its offset on), or `rows`' one row at every position (`embedding_row`).
+    AddRows {
+        rows: Vec<f32>,
+        per_position: bool,
     },
     /// Rows of `table` (`[V, D]` row-major) at the token ids `[N, L]`: `[N, L, D]`.
     Embedding {
@@ -379,6 +385,8 @@ impl Plan {
                 }
                 (Op::Attention(c), ..) => Kind::Attention { heads: c.num_heads, pad_id: c.pad_id as f32 },
                 (Op::Embedding(c), ..) => Kind::Embedding { table: model.values(&node.param("weight"))?, dim: c.embedding_dim },
+                (Op::PositionEmbedding(c), ..) => Kind::AddRows { rows: model.values(&node.param("weight"))?.split_off(c.offset * c.embedding_dim), per_position: true },
+                (Op::EmbeddingRow(c), ..) => Kind::AddRows { rows: model.values(&node.param("weight"))?[c.index * c.embedding_dim..][..c.embedding_dim].to_vec(), per_position: false },
                 (Op::RelativePositionBias(c), ..) => Kind::RelativeBias { weight: model.values(&node.param("weight"))?, cfg: c.clone() },
                 (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), ..) => {
                     let vec = |s: &str| model.values(&node.param(s));

@@ -282,10 +282,10 @@ impl Plan {
                     for &i in &step.inputs {
                         set_layout(vals[i].as_mut().expect("input computed"), false);
                     }
-                    let [q, k, v, ids] = [0, 1, 2, 3].map(|i| vals[step.inputs[i]].as_ref().expect("input computed"));
-                    let bias = step.inputs.get(4).map(|&i| vals[i].as_ref().expect("input computed").data.as_slice());
+                    let [q, k, v] = [0, 1, 2].map(|i| vals[step.inputs[i]].as_ref().expect("input computed"));
+                    let [ids, bias] = [3, 4].map(|k| step.inputs.get(k).map(|&i| vals[i].as_ref().expect("input computed").data.as_slice()));
                     let (l, d) = (q.dims[1], q.dims[2]);
-                    Value { data: crate::runtime::attention::attention(&q.data, &k.data, &v.data, &ids.data, bias, n, l, d, *heads, *pad_id), dims: q.dims.clone(), channels_last: false }
+                    Value { data: crate::runtime::attention::attention(&q.data, &k.data, &v.data, ids, bias, n, l, d, *heads, *pad_id), dims: q.dims.clone(), channels_last: false }
                 }
                 Kind::Embedding { table, dim } => {
                     let ids = vals[step.inputs[0]].as_ref().expect("input computed");
@@ -299,6 +299,14 @@ impl Plan {
                 Kind::ChannelAffine { scale, shift, last: false } => {
                     let mut v = self.owned(&mut vals, step, si);
                     channel_affine(&mut v, scale, shift);
+                    v
+                }
+                Kind::AddRows { rows, per_position } => {
+                    set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
+                    let mut v = self.owned(&mut vals, step, si);
+                    // A sample's `L·D` values take the table's first `L` rows, else each `D` the row.
+                    let chunk = if *per_position { (v.data.len() / n.max(1)).max(1) } else { rows.len() };
+                    v.data.chunks_mut(chunk).for_each(|x| x.iter_mut().zip(rows).for_each(|(x, r)| *x += r));
                     v
                 }
                 Kind::ChannelAffine { scale, shift, last: true } => {
