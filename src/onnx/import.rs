@@ -4,6 +4,7 @@
 //! wick node's output, or a step of a decomposed activation (`x·sigmoid(x)`,
 //! `0.5·x·(1 + erf(x/√2))`) that becomes one wick node when the pattern completes.
 
+use super::arranged::{batch_multiple, batch_times, shown, Arrangement, Heads};
 use super::proto::{attr_type, GraphProto, NodeProto, TensorProto};
 use super::tensor::{self, Const, Values};
 use crate::artifact::QuantLayer;
@@ -52,6 +53,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "MatMul",
     "MaxPool",
     "Mish",
+    "Mod",
     "Mul",
     "PRelu",
     "Pad",
@@ -69,6 +71,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Softplus",
     "Softsign",
     "Split",
+    "Sqrt",
     "Squeeze",
     "Sub",
     "Tanh",
@@ -77,9 +80,9 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Where",
 ];
 
-/// The batch dim in a constant computed by `Shape`: unknown until run time, so any arithmetic on
-/// it is refused, and `Reshape` reads it as "keep the batch".
-const BATCH: i64 = i64::MIN;
+/// The batch dim in a constant computed by `Shape`: unknown until run time, so arithmetic on it
+/// is refused but for products with sizes, and `Reshape` reads it as "keep the batch".
+const BATCH: i64 = batch_times(1);
 
 /// Integer codes behind a constant computed by `DequantizeLinear`: `value = (code − zp)·scale`
 /// with one scale and zero point per index along `axis` (one for all when per-tensor).
@@ -156,6 +159,18 @@ enum Val {
     /// `GRU`/`LSTM` node each, the states joined by `Concat` along axis 0): layer `l`'s is the
     /// last step of its output sequence, the batch-first value held here.
     FinalStates(Vec<Dyn>),
+    /// A computed value's elements rearranged with the batch axis moved or merged
+    /// (`onnx::arranged`): attention's heads, time-major rows.
+    Arranged(Dyn, Arrangement),
+    /// `s·q·kᵀ` of attention, per head, over the `[N, L, D]` values `q` and `k` (`probs` once a
+    /// softmax over the keys took it).
+    Scores {
+        q: Dyn,
+        k: Dyn,
+        heads: Heads,
+        scale: f32,
+        probs: bool,
+    },
 }
 
 type R<T> = std::result::Result<T, String>;
@@ -196,7 +211,7 @@ fn concat_consts(vals: &[Val], axis: i64) -> R<Const> {
 /// `value` in every place of shape `dims` (`ConstantOfShape`, `Expand`): a zero initial state
 /// when the shape holds the batch size, else a constant.
 fn filled(dims: &[i64], value: f32) -> R<Val> {
-    if dims.contains(&BATCH) {
+    if dims.iter().any(|&d| batch_multiple(d).is_some()) {
         return if value == 0.0 { Ok(Val::ZeroState) } else { Err("a non-zero constant whose shape holds the batch size".into()) };
     }
     let dims: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d <= 1 << 24)).collect::<Option<_>>().ok_or(format!("shape {dims:?} is not a small non-negative shape"))?;
@@ -311,6 +326,8 @@ struct Importer<'a> {
     names: HashSet<String>,
     /// Values of ONNX type int8 (a `QuantizeLinear` zero point's type is its output's).
     int8_values: HashSet<String>,
+    /// The per-sample shape of every wick node's output and of the model input.
+    shapes: HashMap<String, Vec<usize>>,
 }
 
 /// A parameter a new wick node owns: suffix, shape, values.
@@ -330,6 +347,7 @@ impl<'a> Importer<'a> {
             tables: BTreeMap::new(),
             names: HashSet::new(),
             int8_values: HashSet::new(),
+            shapes: HashMap::new(),
         }
     }
 
@@ -349,6 +367,7 @@ impl<'a> Importer<'a> {
             return Err(format!("input '{}' is a scalar; wick needs a batch dim", i.name));
         }
         let d = Dyn { name: i.name.clone(), shape: shape.clone(), onnx_shape: shape };
+        self.shapes.insert(i.name.clone(), d.shape.clone());
         self.names.insert(i.name.clone());
         self.vals.insert(i.name.clone(), Val::Dyn(d.clone()));
         Ok(d)
@@ -409,6 +428,18 @@ impl<'a> Importer<'a> {
                 Ok(y)
             }
             Val::Const(_) => Err(format!("input {k} ('{}') is a constant; wick reads it only as a computed tensor", n.input[k])),
+            Val::Arranged(d, a) => Err(format!(
+                "input {k} ('{}') holds the elements of '{}' rearranged, heads split or the batch moved (shape [{}], N the batch); wick reads such a value in attention, in a linear over its last axis, or reshaped back to '{}'",
+                n.input[k],
+                d.name,
+                shown(&a.dims()),
+                d.name
+            )),
+            Val::TimeMajor(d) => Err(format!(
+                "input {k} ('{}') holds '{}' time-major ([T, N, …], Transpose(perm [1, 0, 2])); wick reads it in a GRU or LSTM, in attention, in a linear over its last axis, or transposed back",
+                n.input[k], d.name
+            )),
+            Val::Scores { .. } => Err(format!("input {k} ('{}') is attention's q·kᵀ, which wick reads only through Softmax over the keys and the MatMul with v", n.input[k])),
             _ => Err(pattern_err(&n.input[k])),
         }
     }
@@ -463,6 +494,7 @@ impl<'a> Importer<'a> {
             self.params.insert(format!("{name}.{suffix}"), (dims, values));
         }
         self.nodes.push(Node { name: name.clone(), inputs: inputs.iter().map(|d| d.name.clone()).collect(), op });
+        self.shapes.insert(name.clone(), shape.clone());
         Ok(Dyn { name, shape: shape.clone(), onnx_shape: shape })
     }
 
@@ -491,6 +523,14 @@ impl<'a> Importer<'a> {
             "Reshape" => self.reshape(n),
             "Flatten" => self.flatten(n),
             "Add" | "Sub" | "Mul" | "Div" => self.binary(n),
+            "Mod" => match (self.input_val(n, 0)?, self.input_val(n, 1)?) {
+                (Val::Const(x), Val::Const(y)) => fold(if attr_i(n, "fmod")? == Some(1) { "Fmod" } else { "Mod" }, x, y).map(Val::Const),
+                _ => Err("Mod is read only on constants (shape arithmetic)".into()),
+            },
+            "Sqrt" => match self.input_val(n, 0)? {
+                Val::Const(c) => Ok(Val::Const(Const { dims: c.dims.clone(), values: Values::F32(c.f32s().iter().map(|v| v.sqrt()).collect()) })),
+                _ => Err("Sqrt is read only on constants (attention's scale)".into()),
+            },
             "Erf" => match self.input_val(n, 0)? {
                 Val::Scaled(x, k) if close(*k, std::f32::consts::FRAC_1_SQRT_2) => Ok(Val::ErfOf(x.clone())),
                 _ => Err("Erf is read only as part of exact GELU, 0.5·x·(1 + erf(x/√2))".into()),
@@ -556,6 +596,9 @@ impl<'a> Importer<'a> {
         let to = attr_i(n, "to")?.ok_or("attribute 'to' is missing")?;
         match (self.input_val(n, 0)?, to as i32) {
             (Val::Const(c), super::proto::data_type::FLOAT | super::proto::data_type::DOUBLE | super::proto::data_type::FLOAT16) => {
+                if c.i64s().is_some_and(|v| v.iter().any(|&d| batch_multiple(d).is_some())) {
+                    return Err("casts the batch size to float; wick needs values that do not depend on it".into());
+                }
                 Ok(Val::Const(Const { dims: c.dims.clone(), values: Values::F32(c.f32s()) }))
             }
             (Val::Const(c), _) => Ok(Val::Const(Const {
@@ -578,6 +621,7 @@ impl<'a> Importer<'a> {
             Val::TimeMajor(x) => [x.onnx_shape[0] as i64, BATCH].into_iter().chain(x.onnx_shape[1..].iter().map(|&d| d as i64)).collect(),
             // `[T, N, D, H]`: a batch-first `[N, T, D·H]` output by step, directions apart.
             &Val::RnnOutputByStep(ref x, dirs) => vec![x.onnx_shape[0] as i64, BATCH, dirs as i64, (x.onnx_shape[1] / dirs) as i64],
+            Val::Arranged(_, a) => a.dims(),
             _ => {
                 let x = self.dyn_in(n, 0)?;
                 std::iter::once(BATCH).chain(x.onnx_shape.iter().map(|&d| d as i64)).collect()
@@ -610,6 +654,10 @@ impl<'a> Importer<'a> {
                 return self.last_step(n, &layers[l]).map(Val::Dyn);
             }
             Val::TimeMajor(_) | Val::FinalStates(_) => return Err("Gather of a time-major sequence or of final states is read along axis 0 (a step, a layer)".into()),
+            Val::Arranged(d, a) => {
+                let index = scalar_index(&self.const_in(n, 1)?).ok_or("Gather of a rearranged tensor is read with one scalar index")?;
+                return self.settle(d, a.select(attr_i(n, "axis")?.unwrap_or(0), index)?);
+            }
             _ => {}
         }
         if let (Val::Const(table) | Val::Dequantized(table, _), Val::Dyn(_)) = (self.input_val(n, 0)?, self.input_val(n, 1)?) {
@@ -691,6 +739,18 @@ impl<'a> Importer<'a> {
         if let Val::Dyn(_) = self.input_val(n, 0)? {
             return self.narrow_slice(n, &starts, &ends, &axes, &steps);
         }
+        if let Some((d, mut a)) = self.arranged_in(n, 0) {
+            // One position of an axis (`unbind`'s parts): that index, as a unit axis.
+            for (((&start, &end), &axis), &step) in starts.iter().zip(&ends).zip(&axes).zip(&steps) {
+                let len = a.dims()[from_end(axis, a.axes.len() as i64) as usize];
+                let first = from_end(start, len).clamp(0, len);
+                if step != 1 || from_end(end, len).clamp(0, len) != first + 1 {
+                    return Err(format!("Slice of a rearranged tensor is read one position at a time (start {start}, end {end}, step {step})"));
+                }
+                a = a.pick(axis, first)?;
+            }
+            return self.settle(d, a);
+        }
         // A constant of any rank: shape arithmetic, or the dynamo exporter cutting a recurrent
         // layer's weights into gate blocks.
         let data = self.const_in(n, 0)?;
@@ -762,8 +822,23 @@ impl<'a> Importer<'a> {
     /// each output, `split`'s sizes or (without them) equal parts, the last one shorter when the
     /// axis does not divide (ONNX's rule, and `chunk`'s).
     fn split(&mut self, n: &NodeProto) -> R<Val> {
-        let x = self.exact_in(n, 0)?;
         let axis = attr_i(n, "axis")?.unwrap_or(0);
+        if let Some((d, a)) = self.arranged_in(n, 0) {
+            // `unbind` of a rearranged tensor: one position of the axis per output.
+            let len = a.dims()[from_end(axis, a.axes.len() as i64).clamp(0, a.axes.len() as i64 - 1) as usize];
+            if len != n.output.len() as i64 {
+                return Err(format!("Split of a rearranged tensor is read one position per output; this one splits {len} positions into {} outputs", n.output.len()));
+            }
+            let mut outs = vec![];
+            for k in 0..len {
+                outs.push(self.settle(d.clone(), a.pick(axis, k)?)?);
+            }
+            for (out, v) in n.output.iter().zip(&outs).skip(1) {
+                self.vals.insert(out.clone(), v.clone());
+            }
+            return Ok(outs.swap_remove(0));
+        }
+        let x = self.exact_in(n, 0)?;
         let a = sample_axis(axis, &x)?;
         let len = x.onnx_shape[a - 1];
         let given = match self.opset >= 13 {
@@ -834,6 +909,10 @@ impl<'a> Importer<'a> {
                 Some([1]) if !unsqueeze => Ok(Val::TimeMajor(d.clone())),
                 _ => Err("a GRU/LSTM output is read as Squeeze(axes = [1]) of a one-direction Y".into()),
             };
+        }
+        if let Some((d, a)) = self.arranged_in(n, 0) {
+            let a = if unsqueeze { a.unsqueeze(axes.as_deref().ok_or("Unsqueeze needs axes")?)? } else { a.squeeze(axes.as_deref())? };
+            return self.settle(d, a);
         }
         let (full, d) = match self.input_val(n, 0)? {
             Val::Const(c) => (c.dims.clone(), None),
@@ -952,6 +1031,9 @@ impl<'a> Importer<'a> {
         let perm = attr_ints(n, "perm")?;
         let is = |p: &[i64]| perm.as_deref() == Some(p);
         let exact = |d: &Dyn| d.shape == d.onnx_shape;
+        if let (Some((d, a)), Some(p)) = (self.arranged_in(n, 0), &perm) {
+            return self.settle(d, a.transpose(p)?);
+        }
         match self.input_val(n, 0)?.clone() {
             Val::RnnOutput(d, dirs) if is(&[0, 2, 1, 3]) => return Ok(Val::RnnOutputByStep(d, dirs)),
             Val::Dyn(d) if is(&[1, 0, 2]) && d.shape.len() == 2 && exact(&d) => return Ok(Val::TimeMajor(d)),
@@ -972,11 +1054,14 @@ impl<'a> Importer<'a> {
                 }
                 return Ok(Val::Dyn(x));
             }
-            Val::Dyn(_) | Val::TimeMajor(_) => {
-                return Err(format!(
-                    "Transpose of a computed tensor with perm {perm:?} moves the batch axis; wick reads perms that keep it first, and [1, 0, 2], [2, 0, 1] and [1, 2, 0] around GRU and LSTM"
-                ))
+            // A perm that moves the batch: followed as a rearrangement until it comes back first.
+            Val::Dyn(d) if perm.is_some() => {
+                let d = self.in_onnx_shape(d)?;
+                let (d, a) = self.traced(d);
+                let a = a.transpose(perm.as_deref().expect("checked"))?;
+                return self.settle(d, a);
             }
+            Val::Dyn(_) | Val::TimeMajor(_) => return Err("Transpose of a computed tensor without perm reverses the batch with the other axes; wick reads an explicit perm".into()),
             _ => {}
         }
         let c = self.const_in(n, 0).map_err(|_| "Transpose is read only on constants (wick's ops fix their own layouts)".to_string())?;
@@ -1003,6 +1088,115 @@ impl<'a> Importer<'a> {
         };
         let values = c.values.pick((0..numel).map(src));
         Ok(Val::Const(Const { dims, values }))
+    }
+
+    /// Input `k` as a rearrangement of a wick value: a rearranged value, or a sequence seen
+    /// time-major.
+    fn arranged_in(&self, n: &NodeProto, k: usize) -> Option<(Dyn, Arrangement)> {
+        match self.opt_in(n, k).ok().flatten()? {
+            Val::Arranged(d, a) => Some((d.clone(), a.clone())),
+            Val::TimeMajor(d) if d.shape == d.onnx_shape => Some((d.clone(), Arrangement::of(&d.shape).transpose(&[1, 0, 2]).ok()?)),
+            _ => None,
+        }
+    }
+
+    /// Input `k` for attention: as [`Importer::arranged_in`], or a computed value (times a
+    /// scalar) traced back through the `reshape`, `flatten` and `transpose` nodes that made it
+    /// from another value, as heads split with the batch kept first (`view(N, L, H, d)` and
+    /// `transpose(1, 2)`) are. Nodes the trace passes stay unless nothing else reads them.
+    fn attention_in(&self, n: &NodeProto, k: usize) -> Option<(Dyn, Arrangement)> {
+        if let Some(found) = self.arranged_in(n, k) {
+            return Some(found);
+        }
+        let (d, scale) = match self.opt_in(n, k).ok().flatten()? {
+            Val::Dyn(d) => (d.clone(), 1.0),
+            Val::Scaled(d, s) => (d.clone(), *s),
+            _ => return None,
+        };
+        let (d, a) = self.traced(d);
+        Some((d, Arrangement { scale: a.scale * scale, ..a }))
+    }
+
+    /// `d` (held as ONNX shapes it) as a rearrangement of the value the `reshape`, `flatten` and
+    /// `transpose` nodes that made it started from; `d` itself when there are none.
+    fn traced(&self, d: Dyn) -> (Dyn, Arrangement) {
+        let mut steps = vec![];
+        let mut src = d.clone();
+        while let Some(node) = self.nodes.iter().find(|m| m.name == src.name && matches!(m.op, Op::Reshape(_) | Op::Flatten(_) | Op::Transpose(_))) {
+            let Some(shape) = self.shapes.get(&node.inputs[0]) else { break };
+            steps.push((node.op.clone(), src.shape.clone()));
+            src = Dyn { name: node.inputs[0].clone(), onnx_shape: shape.clone(), shape: shape.clone() };
+        }
+        let mut a = Arrangement::of(&src.shape);
+        for (op, out) in steps.iter().rev() {
+            let next = match op {
+                Op::Transpose(c) => {
+                    let mut perm: Vec<i64> = (0..a.axes.len() as i64).collect();
+                    match (usize::try_from(c.dim0), usize::try_from(c.dim1)) {
+                        (Ok(i), Ok(j)) if i < perm.len() && j < perm.len() => perm.swap(i, j),
+                        _ => return (d.clone(), Arrangement::of(&d.shape)),
+                    }
+                    a.transpose(&perm)
+                }
+                _ => a.reshape(&std::iter::once(BATCH).chain(out.iter().map(|&v| v as i64)).collect::<Vec<_>>(), false),
+            };
+            match next {
+                Ok(next) => a = next,
+                Err(_) => return (d.clone(), Arrangement::of(&d.shape)),
+            }
+        }
+        (src, a)
+    }
+
+    /// Rearrangement `a` of `d` as the value it is: `d` under the dims ONNX gives it when the
+    /// batch is first again and the order the source's (a reader that needs those dims gets a
+    /// `reshape`), a time-major sequence, else the rearrangement itself.
+    fn settle(&mut self, d: Dyn, a: Arrangement) -> R<Val> {
+        if let Some(onnx_shape) = a.batch_first() {
+            return Ok(Val::Dyn(Dyn { onnx_shape, ..d }));
+        }
+        if d.shape.len() == 2 && Arrangement::of(&d.shape).transpose(&[1, 0, 2]).as_ref() == Ok(&a) {
+            return Ok(Val::TimeMajor(d));
+        }
+        Ok(Val::Arranged(d, a))
+    }
+
+    /// The features `h` reads of its source `d` `[L, F]`: `d`, or a `narrow` of them.
+    fn head_source(&mut self, d: &Dyn, h: &Heads) -> R<Dyn> {
+        let width = h.heads() * h.head_dim();
+        if h.start == 0 && width == d.shape[1] {
+            return Ok(d.clone());
+        }
+        let name = self.fresh(&format!("{}.narrow", d.name));
+        self.emit(name, &[d], Op::Narrow(arch::NarrowCfg { dim: 2, start: h.start as i64, length: width }), vec![])
+    }
+
+    /// `MatMul` of two computed tensors: attention's `q·kᵀ` per head, or its weights times `v`
+    /// (then one `attention` node).
+    fn attention_matmul(&mut self, n: &NodeProto) -> R<Val> {
+        let not_attention = "MatMul of two computed tensors is read only as attention: q·kᵀ of [N, heads, L, head dim] views, softmax over the keys, times v";
+        if let Val::Scores { q, k, heads, scale, probs: true } = self.input_val(n, 0)?.clone() {
+            let (vd, va) = self.attention_in(n, 1).ok_or(not_attention)?;
+            let hv = va.heads(false)?;
+            if !heads.same_split(&hv) || hv.scale != 1.0 {
+                return Err(format!("v's heads ({} of {} dims) differ from q's ({} of {})", hv.heads(), hv.head_dim(), heads.heads(), heads.head_dim()));
+            }
+            let want = 1.0 / (heads.head_dim() as f32).sqrt();
+            if (scale - want).abs() > 1e-5 * want {
+                return Err(format!("the attention scores are scaled by {scale}; wick's attention op scales by 1/√(head dim) = {want}"));
+            }
+            let v = self.head_source(&vd, &hv)?;
+            let name = self.plain_node_name(n, "attention");
+            let o = self.emit(name, &[&q, &k, &v], Op::Attention(arch::AttentionCfg { num_heads: heads.heads(), pad_id: 0 }), vec![])?;
+            return self.settle(o, heads.output());
+        }
+        let ((qd, qa), (kd, ka)) = (self.attention_in(n, 0).ok_or(not_attention)?, self.attention_in(n, 1).ok_or(not_attention)?);
+        let (hq, hk) = (qa.heads(false)?, ka.heads(true)?);
+        if !hq.same_split(&hk) {
+            return Err(format!("k's heads ({} of {} dims) differ from q's ({} of {})", hk.heads(), hk.head_dim(), hq.heads(), hq.head_dim()));
+        }
+        let (q, k) = (self.head_source(&qd, &hq)?, self.head_source(&kd, &hk)?);
+        Ok(Val::Scores { q, k, scale: hq.scale * hk.scale, heads: Heads { scale: 1.0, ..hq }, probs: false })
     }
 
     /// The last step of batch-first sequence `y` (`[N, T, H]` → `[N, H]`), named after node `n`.
@@ -1084,10 +1278,23 @@ impl<'a> Importer<'a> {
         if let Val::Const(c) = self.input_val(n, 0)? {
             return self.reshape_const(n, c.clone());
         }
-        let x = self.dyn_in(n, 0)?;
         let spec = self.const_in(n, 1)?;
         let spec = spec.i64s().ok_or("the target shape must hold integers")?.to_vec();
         let allowzero = attr_i(n, "allowzero")?.unwrap_or(0) != 0;
+        if let Some((d, a)) = self.arranged_in(n, 0) {
+            return self.settle(d, a.reshape(&spec, allowzero)?);
+        }
+        let x = self.dyn_in(n, 0)?;
+        // A target that moves the batch or merges it with other dims: a rearrangement.
+        let batch_inside = spec.iter().enumerate().any(|(i, &d)| batch_multiple(d).is_some_and(|k| i > 0 || k > 1));
+        let sizes_after_first: Option<i64> = spec.get(1..).and_then(|r| r.iter().try_fold(1i64, |a, &d| (d > 0).then(|| a.saturating_mul(d))));
+        let merges_batch = spec.first() == Some(&-1) && sizes_after_first.is_some_and(|p| p != x.onnx_shape.iter().product::<usize>() as i64);
+        if batch_inside || merges_batch {
+            let x = self.in_onnx_shape(x)?;
+            let (x, a) = self.traced(x);
+            let a = a.reshape(&spec, allowzero)?;
+            return self.settle(x, a);
+        }
         let full: Vec<i64> = std::iter::once(BATCH).chain(x.onnx_shape.iter().map(|&d| d as i64)).collect();
         let numel: usize = x.onnx_shape.iter().product();
         let dims: Vec<i64> = spec.iter().enumerate().map(|(i, &d)| if d == 0 && !allowzero { full.get(i).copied().unwrap_or(0) } else { d }).collect();
@@ -1136,14 +1343,44 @@ impl<'a> Importer<'a> {
         };
         let val = match (op, &a, &b) {
             (_, Val::Const(x), Val::Const(y)) => Val::Const(fold(op, x, y)?),
+            // Attention's scale, on q and k or on their product.
+            ("Mul", Val::Arranged(d, r), c) | ("Mul", c, Val::Arranged(d, r)) if scalar(c).is_some() => Val::Arranged(d.clone(), Arrangement { scale: r.scale * scalar(c).expect("checked"), ..r.clone() }),
+            ("Div", Val::Arranged(d, r), c) if scalar(c).is_some_and(|s| s != 0.0) => Val::Arranged(d.clone(), Arrangement { scale: r.scale / scalar(c).expect("checked"), ..r.clone() }),
+            ("Mul" | "Div", Val::Scores { q, k, heads, scale, probs: false }, c) | ("Mul", c, Val::Scores { q, k, heads, scale, probs: false }) if scalar(c).is_some_and(|s| s != 0.0) => {
+                let s = scalar(c).expect("checked");
+                Val::Scores { q: q.clone(), k: k.clone(), heads: heads.clone(), scale: if op == "Div" { scale / s } else { scale * s }, probs: false }
+            }
+            // The bias of a linear whose rows ONNX holds in another order (time-major, heads).
+            ("Add", Val::Arranged(..) | Val::TimeMajor(_), Val::Const(c)) | ("Add", Val::Const(c), Val::Arranged(..) | Val::TimeMajor(_)) => {
+                let k = usize::from(matches!(a, Val::Const(_)));
+                let (d, r) = self.arranged_in(n, k).ok_or_else(|| pattern_err(&n.input[k]))?;
+                let width = *d.shape.last().unwrap_or(&1);
+                if r.through_last_axis(width).is_none() {
+                    return Err(format!("Add of a constant to a rearranged tensor {:?} is read only as a linear's bias over its last axis", r.dims()));
+                }
+                self.add_bias(&d, c)?;
+                self.settle(d, r)?
+            }
             ("Add", Val::Dyn(x), Val::Dyn(y)) => {
                 let name = self.plain_node_name(n, "add");
                 Val::Dyn(self.emit(name, &[x, y], Op::Add(arch::Empty {}), vec![])?)
             }
             // An int32 bias dequantised at `s_in·s_c` (a QDQ MatMul's, as wick writes it).
-            ("Add", Val::Dyn(x), Val::Dequantized(c, _)) | ("Add", Val::Dequantized(c, _), Val::Dyn(x)) => self.add_bias(x, c)?,
+            ("Add", Val::Dyn(x), Val::Dequantized(c, codes)) | ("Add", Val::Dequantized(c, codes), Val::Dyn(x)) => match self.add_bias(x, c) {
+                Ok(v) => v,
+                // A position table dequantised from int8 rows (wick's QDQ export of one).
+                Err(_) if self.is_position_table(x, c) => {
+                    let v = self.add_positions(n, x, c)?;
+                    if let Val::Dyn(y) = &v {
+                        self.tables.insert(y.name.clone(), qweight(codes, &x.shape, 0)?);
+                    }
+                    v
+                }
+                Err(e) => return Err(e),
+            },
             ("Add", Val::Dyn(x), Val::Const(c)) | ("Add", Val::Const(c), Val::Dyn(x)) => match self.add_bias(x, c) {
                 Ok(v) => v,
+                Err(_) if self.is_position_table(x, c) => self.add_positions(n, x, c)?,
                 // Not a layer's bias: arithmetic on the value (an input's normalisation, `x + 1`).
                 Err(bias) => self.shifted(&n.output[0], x, 1.0, 1.0, c).map_err(|m| format!("{bias}; as arithmetic: {m}"))?,
             },
@@ -1355,9 +1592,28 @@ impl<'a> Importer<'a> {
         self.channel_affine(value, x, (vec![k; shift.len()], last), shift)
     }
 
-    /// How many ONNX inputs read values computed by wick node `name`.
+    /// How many ONNX inputs read values computed by wick node `name` (as they are, time-major or
+    /// rearranged).
     fn producer_uses(&self, name: &str) -> usize {
-        self.vals.iter().filter(|(_, v)| matches!(v, Val::Dyn(d) if d.name == name)).map(|(k, _)| self.uses.get(k).copied().unwrap_or(0)).sum()
+        self.vals.iter().filter(|(_, v)| matches!(v, Val::Dyn(d) | Val::TimeMajor(d) | Val::Arranged(d, _) if d.name == name)).map(|(k, _)| self.uses.get(k).copied().unwrap_or(0)).sum()
+    }
+
+    /// Whether `c` holds one value per element of a sample of `x` `[L, D]` (`[1, L, D]` or
+    /// `[L, D]`): a learned position table, as a ViT adds one to its patch embeddings.
+    fn is_position_table(&self, x: &Dyn, c: &Const) -> bool {
+        x.shape.len() == 2 && x.shape == x.onnx_shape && c.dims.strip_prefix(&[1]).unwrap_or(&c.dims) == x.shape.as_slice() && !x.shape.contains(&1)
+    }
+
+    /// `x + c` for a position table `c` (see `is_position_table`): a `position_embedding` node.
+    fn add_positions(&mut self, n: &NodeProto, x: &Dyn, c: &Const) -> R<Val> {
+        let (l, d) = (x.shape[0], x.shape[1]);
+        let table = n.input.iter().find(|i| matches!(self.vals.get(*i), Some(Val::Const(_)))).filter(|i| !i.contains("::") && !i.contains('/'));
+        let name = match table {
+            Some(t) => self.fresh(t.strip_suffix(".weight").unwrap_or(t)),
+            None => self.plain_node_name(n, "position_embedding"),
+        };
+        let op = Op::PositionEmbedding(arch::PositionEmbeddingCfg { num_positions: l, embedding_dim: d, offset: 0 });
+        Ok(Val::Dyn(self.emit(name, &[x], op, vec![("weight", vec![l, d], c.f32s())])?))
     }
 
     fn clip(&mut self, n: &NodeProto) -> R<Val> {
@@ -1381,6 +1637,14 @@ impl<'a> Importer<'a> {
     }
 
     fn softmax(&mut self, n: &NodeProto) -> R<Val> {
+        if let Val::Scores { q, k, heads, scale, probs: false } = self.input_val(n, 0)?.clone() {
+            let rank = heads.lead.len() as i64 + 2;
+            let axis = attr_i(n, "axis")?.unwrap_or(if self.opset >= 13 { -1 } else { 1 });
+            if from_end(axis, rank) != rank - 1 || n.op_type != "Softmax" {
+                return Err(format!("attention scores are read through Softmax over the keys (the last axis), not {} over axis {axis}", n.op_type));
+            }
+            return Ok(Val::Scores { q, k, heads, scale, probs: true });
+        }
         let x = self.exact_in(n, 0)?;
         let rank = x.shape.len() as i64 + 1;
         let default = if self.opset >= 13 { -1 } else { 1 };
@@ -1462,6 +1726,9 @@ impl<'a> Importer<'a> {
     /// `MatMul(x, W)` with a constant `[in, out]` weight: a bias-free linear (a following `Add`
     /// of a constant becomes its bias).
     fn matmul(&mut self, n: &NodeProto) -> R<Val> {
+        if !matches!(self.input_val(n, 1)?, Val::Const(_) | Val::Dequantized(..)) {
+            return self.attention_matmul(n);
+        }
         let w = self.const_in(n, 1)?;
         self.linear(n, w, false, 1.0, None)
     }
@@ -1469,7 +1736,11 @@ impl<'a> Importer<'a> {
     /// A linear node over input 0 from a 2-D weight `b` (`[out, in]` if `trans_b`, else
     /// `[in, out]`).
     fn linear(&mut self, n: &NodeProto, b: Const, trans_b: bool, alpha: f32, c: Option<(Const, f32)>) -> R<Val> {
-        let (x, input_q) = self.layer_in(n)?;
+        let arranged = self.arranged_in(n, 0);
+        let (x, input_q) = match &arranged {
+            Some((d, _)) => (d.clone(), None),
+            None => self.layer_in(n)?,
+        };
         let w_codes = self.codes_in(n, 1);
         let [r, k] = b.dims[..] else { return Err(format!("weight has shape {:?}; wick reads a 2-D constant", b.dims)) };
         let (out_features, in_features) = if trans_b { (r, k) } else { (k, r) };
@@ -1492,7 +1763,16 @@ impl<'a> Importer<'a> {
             let codes = w_codes.filter(|_| alpha == 1.0).ok_or("the input is quantised (QuantizeLinear/DequantizeLinear) but the weight is not DequantizeLinear of int8 codes (with alpha 1)")?;
             self.layers.insert(name.clone(), QuantLayer { weight: qweight(&codes, &b.dims, if trans_b { 0 } else { 1 })?, input: InputQuant::Static(q) });
         }
-        Ok(Val::Dyn(self.emit(name, &[&x], op, params)?))
+        let y = self.emit(name, &[&x], op, params)?;
+        match arranged {
+            // Rows in another order (time-major, batch and positions merged): the same linear.
+            Some((_, a)) => {
+                let shown = a.dims();
+                let a = a.through_last_axis(out_features).ok_or_else(|| format!("a linear over the last axis of a rearranged tensor {shown:?} whose last axis is not its value's last axis"))?;
+                self.settle(y, a)
+            }
+            None => Ok(Val::Dyn(y)),
+        }
     }
 
     /// A layer's input: a computed tensor, or one quantised by a `QuantizeLinear` /
@@ -1973,16 +2253,23 @@ fn fold(op: &str, x: &Const, y: &Const) -> R<Const> {
     let at = |c: &Const, i: usize| if c.numel() == 1 { 0 } else { i };
     match (&x.values, &y.values) {
         (Values::I64(a), Values::I64(b)) => {
-            if a.contains(&BATCH) || b.contains(&BATCH) {
-                return Err("arithmetic on the batch size; wick needs shapes that do not depend on it".into());
-            }
             let f = |p: i64, q: i64| -> R<i64> {
-                match op {
-                    "Add" => Ok(p.wrapping_add(q)),
-                    "Sub" => Ok(p.wrapping_sub(q)),
-                    "Mul" => Ok(p.wrapping_mul(q)),
-                    _ if q == 0 => Err("integer division by zero".into()),
-                    _ => Ok(p.wrapping_div(q)),
+                match (op, batch_multiple(p), batch_multiple(q)) {
+                    // `k·N · c` and `k·N / c`: a shape that holds the batch `k·c` (or `k/c`) times.
+                    ("Mul", Some(k), None) if q > 0 => Ok(batch_times(k * q)),
+                    ("Mul", None, Some(k)) if p > 0 => Ok(batch_times(k * p)),
+                    ("Div", Some(k), None) if q > 0 && k % q == 0 => Ok(batch_times(k / q)),
+                    (_, None, None) => match op {
+                        "Add" => Ok(p.wrapping_add(q)),
+                        "Sub" => Ok(p.wrapping_sub(q)),
+                        "Mul" => Ok(p.wrapping_mul(q)),
+                        _ if q == 0 => Err("integer division by zero".into()),
+                        // ONNX's `Mod` takes the divisor's sign (Python's `%`), `fmod` the dividend's.
+                        "Mod" => Ok(p.wrapping_rem(q).wrapping_add(q).wrapping_rem(q)),
+                        "Fmod" => Ok(p.wrapping_rem(q)),
+                        _ => Ok(p.wrapping_div(q)),
+                    },
+                    _ => Err(format!("{op} on the batch size; wick follows shapes that are the batch times a size")),
                 }
             };
             Ok(Const { dims, values: Values::I64((0..n).map(|i| f(a[at(x, i)], b[at(y, i)])).collect::<R<_>>()?) })
@@ -1993,6 +2280,8 @@ fn fold(op: &str, x: &Const, y: &Const) -> R<Const> {
                 "Add" => p + q,
                 "Sub" => p - q,
                 "Mul" => p * q,
+                "Mod" => ((p % q) + q) % q,
+                "Fmod" => p % q,
                 _ => p / q,
             };
             Ok(Const { dims, values: Values::F32((0..n).map(|i| f(a[at(x, i)], b[at(y, i)])).collect()) })

@@ -3,6 +3,7 @@
 //! model as a plain ONNX graph and an INT8 artifact as a QDQ graph that ONNX Runtime runs.
 //! The protobuf messages are declared for prost in `proto`. Uses `model`, `artifact`, `quant`.
 
+mod arranged;
 pub mod export;
 pub mod import;
 pub mod proto;

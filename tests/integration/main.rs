@@ -24,3 +24,4 @@ mod recipes;
 mod recurrent;
 mod token_models;
 mod transformer;
+mod vision_transformer;
