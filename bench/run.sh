@@ -5,9 +5,10 @@
 # Linux wheel brings its CUDA libraries: several GB; only the CPU is used).
 # Usage: bench/run.sh [THREADS] [ROUNDS]   (defaults 1 and 3; run with 2 threads as well for scaling)
 # BENCH_MODELS="digits_seq_cnn digits_dsnet" limits the run to those teachers.
-# The recurrent teachers (GRU, LSTM, the CRNN), the MobileNetV3-style net and the causal TCN run in ONNX Runtime
-# from PyTorch's own ONNX export (fixtures/onnx/), and have no PyTorch column (torch_baseline.py
-# builds nets of the older ops only).
+# The recurrent teachers (GRU, LSTM, the CRNN), the MobileNetV3-style net, the causal TCN, PyTorch's
+# MNIST example and the vision transformer run in ONNX Runtime from PyTorch's own ONNX export
+# (fixtures/onnx/); all but the vision transformer have no PyTorch column (torch_baseline.py builds
+# nets of the older ops and attention only).
 # Each round measures wick, then ONNX Runtime, then PyTorch; the table shows, per workload, the
 # median over the rounds, so a burst of load from a neighbour on a shared machine skews one
 # round, not the comparison. Training is timed in every round (the median of 2 epochs after a
@@ -32,7 +33,7 @@ fi
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; ISA: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512bw|avx512_vnni|avx_vnni|amx_int8' | tr '\n' ' ')"
 D=fixtures/data
 # Every teacher in fixtures/models/ with the data it was trained on (MODEL:DATA prefix).
-for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits digits_gru:digits_rows digits_lstm:digits_rows digits_crnn:digits_seq digits_mbnet:digits digits_tcn:digits_seq digits_rectnet:digits digits_mnist_example:digits; do
+for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq digits_dsnet:digits digits_gru:digits_rows digits_lstm:digits_rows digits_crnn:digits_seq digits_mbnet:digits digits_tcn:digits_seq digits_rectnet:digits digits_mnist_example:digits digits_vit:digits_rows; do
   m=${spec%%:*} data=${spec##*:}
   if [ -n "${BENCH_MODELS:-}" ] && [[ " $BENCH_MODELS " != *" $m "* ]]; then continue; fi
   model=fixtures/models/$m.safetensors
@@ -43,11 +44,12 @@ for spec in digits_resnet:digits digits_mlp:digits digits_seq_cnn:digits_seq dig
     # the slower one.
     if [ "$m" = digits_resnet ]; then epochs=3; else epochs=10; fi
     wicks+=("$(./target/release/wick --threads "$threads" bench "$model" --train $D/${data}_train.safetensors --test $D/${data}_test.safetensors --epochs $epochs --json)")
-    own_export=""; case $m in digits_gru|digits_lstm|digits_crnn|digits_mbnet|digits_tcn|digits_mnist_example) own_export=1 ;; esac
+    own_export="" torch_too=1
+    case $m in digits_gru|digits_lstm|digits_crnn|digits_mbnet|digits_tcn|digits_mnist_example) own_export=1 torch_too="" ;; digits_vit) own_export=1 ;; esac
     orts+=("$(bench/.venv/bin/python bench/ort_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
           ${own_export:+--onnx fixtures/onnx/$m.legacy.onnx} \
           --data $D/${data}_test.safetensors --calib $D/${data}_train.safetensors --threads "$threads" 2>/dev/null)")
-    if [ -z "$own_export" ]; then
+    if [ -n "$torch_too" ]; then
       torches+=("$(bench/.venv/bin/python bench/torch_baseline.py --model "$model" --arch fixtures/models/$m.arch.json \
             --train $D/${data}_train.safetensors --test $D/${data}_test.safetensors --threads "$threads" --epochs $epochs 2>/dev/null)")
     fi

@@ -26,7 +26,30 @@ def module(n):
         return nn.LayerNorm(n["normalized_shape"], eps=n.get("eps", 1e-5), elementwise_affine=n.get("elementwise_affine", True))
     if op == "linear":
         return nn.Linear(n["in_features"], n["out_features"], bias=n.get("bias", True))
+    if op == "position_embedding":
+        return PositionTable(n["num_positions"], n["embedding_dim"], n.get("offset", 0))
     return None
+
+
+class PositionTable(nn.Module):
+    """`x + weight[offset + t]` at each position `t` of `x [N, L, D]`."""
+
+    def __init__(self, rows, dim, offset):
+        super().__init__()
+        self.weight, self.offset = nn.Parameter(torch.zeros(rows, dim)), offset
+
+    def forward(self, x):
+        return x + self.weight[self.offset:self.offset + x.shape[1]]
+
+
+def attention(n, ins):
+    """Multi-head attention without a mask: `q, k, v [N, L, D]` split into heads,
+    `F.scaled_dot_product_attention`, the heads joined."""
+    if len(ins) != 3:
+        raise SystemExit("torch_baseline: attention with a mask or a bias is not supported")
+    N, L, D = ins[0].shape
+    split = lambda t: t.reshape(N, L, n["num_heads"], D // n["num_heads"]).transpose(1, 2)
+    return nn.functional.scaled_dot_product_attention(*map(split, ins)).transpose(1, 2).reshape(N, L, D)
 
 
 def pool(n, ins):
@@ -88,6 +111,12 @@ class Graph(nn.Module):
                 y = torch.flatten(ins[0], n.get("start_dim", 1), n.get("end_dim", -1))
             elif op == "dropout":
                 y = F.dropout(ins[0], n.get("p", 0.0), self.training)
+            elif op == "narrow":
+                y = ins[0].narrow(n["dim"], n["start"], n["length"])
+            elif op == "mean":
+                y = ins[0].mean(n["dim"], keepdim=n.get("keepdim", False))
+            elif op == "attention":
+                y = attention(n, ins)
             else:
                 raise SystemExit(f"torch_baseline: op {op} not supported")
             vals[n["name"]] = y

@@ -78,13 +78,14 @@ impl Teacher {
 /// Every feed-forward teacher in the fixtures: an MLP, a 2-d ResNet, a 1-d CNN with a depthwise
 /// conv, a depthwise-separable 2-d CNN, a MobileNetV3-style net (hardswish, squeeze-and-
 /// excitation gates), and a CNN whose convs and pools step and dilate each axis differently.
-pub const TEACHERS: [Teacher; 6] = [
+pub const TEACHERS: [Teacher; 7] = [
     Teacher { name: "digits_mlp", data: "digits" },
     Teacher { name: "digits_resnet", data: "digits" },
     Teacher { name: "digits_seq_cnn", data: "digits_seq" },
     Teacher { name: "digits_dsnet", data: "digits" },
     Teacher { name: "digits_mbnet", data: "digits" },
     Teacher { name: "digits_rectnet", data: "digits" },
+    Teacher { name: "digits_vit", data: "digits_rows" },
 ];
 
 pub fn load(path: &Path) -> Model {

@@ -52,11 +52,13 @@ fn distillation_passes_the_gate_on_every_teacher() {
 /// quantised layers), as is the 10k-parameter net of per-axis strides (PTQ gives it 2.8x). The 3.7k-parameter depthwise-separable net is not held to its 3x: its
 /// INT8 header alone is a quarter of the teacher file, and at the size 3x needs (about 1.3k
 /// parameters) its pruned students lose about a point on this test split where validation
-/// cannot tell (bench/README.md).
+/// cannot tell (bench/README.md). The 9.5k-parameter vision transformer is held to 2.5x (PTQ
+/// gives it 2.3x): pruning takes channels from its MLP only, since attention keeps its q, k, v
+/// and the widths the residual adds tie to them.
 #[test]
 fn the_edge_recipe_passes_the_gate_and_shrinks_every_teacher() {
     let dir = tempfile::tempdir().unwrap();
-    for (t, smaller) in TEACHERS.iter().zip([Some(3.7), Some(5.0), Some(10.0), None, Some(3.0), Some(3.0)]) {
+    for (t, smaller) in TEACHERS.iter().zip([Some(3.7), Some(5.0), Some(10.0), None, Some(3.0), Some(3.0), Some(2.5)]) {
         let report = compress_with_gate(t, "edge-int8", dir.path());
         // The report says what the search tried and why it stopped.
         let search = &report["passes"][0]["details"]["search"];
