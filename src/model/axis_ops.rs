@@ -47,18 +47,30 @@ pub fn pad(x: &Tensor, c: &PadCfg) -> Result<Tensor> {
 
 /// `x.mean(dim, keepdim)`.
 pub fn mean(x: &Tensor, c: &ReduceCfg) -> Result<Tensor> {
-    let d = sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::invalid("mean", m))? + 1;
-    Ok(if c.keepdim { x.mean_keepdim(d)? } else { x.mean(d)? })
+    along_last(x, c, "mean", |t, d| t.mean(d))
 }
 
 /// `x.sum(dim, keepdim)`.
 pub fn sum(x: &Tensor, c: &ReduceCfg) -> Result<Tensor> {
-    let d = sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::invalid("sum", m))? + 1;
-    Ok(if c.keepdim { x.sum_keepdim(d)? } else { x.sum(d)? })
+    along_last(x, c, "sum", |t, d| t.sum(d))
 }
 
 /// `x.amax(dim, keepdim)`.
 pub fn amax(x: &Tensor, c: &ReduceCfg) -> Result<Tensor> {
-    let d = sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::invalid("amax", m))? + 1;
-    Ok(if c.keepdim { x.max_keepdim(d)? } else { x.max(d)? })
+    along_last(x, c, "amax", |t, d| t.max(d))
+}
+
+/// `reduce` over `c.dim` with that dim moved last first: candle reduces the last dim along
+/// contiguous rows, and any other through per-element index arithmetic, several times slower
+/// (and so is the backward of the broadcast). The other dims keep their order; the values
+/// each output reduces come in the same order either way.
+fn along_last(x: &Tensor, c: &ReduceCfg, op: &str, reduce: impl Fn(&Tensor, usize) -> candle_core::Result<Tensor>) -> Result<Tensor> {
+    let d = sample_dim(c.dim, x.rank() - 1).map_err(|m| WickError::invalid(op, m))? + 1;
+    let last = x.rank() - 1;
+    let moved = match d == last {
+        true => x.clone(),
+        false => x.permute((0..x.rank()).filter(|&k| k != d).chain([d]).collect::<Vec<_>>())?.contiguous()?,
+    };
+    let y = reduce(&moved, last)?;
+    Ok(if c.keepdim { y.unsqueeze(d)? } else { y })
 }

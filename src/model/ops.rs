@@ -79,21 +79,9 @@ pub struct BnParams<'a> {
 
 /// LayerNorm over the trailing `normalized_shape`: `y = (x − μ) / √(σ² + eps) · γ + β` (biased σ²).
 pub fn layernorm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, c: &LayerNormCfg) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let k = c.normalized_shape.len();
-    let lead: Vec<usize> = dims[..dims.len() - k].to_vec();
     let inner: usize = c.normalized_shape.iter().product();
-    let mut flat_shape = lead.clone();
-    flat_shape.push(inner);
-    let xf = x.reshape(flat_shape)?;
-    let mean = xf.mean_keepdim(D::Minus1)?;
-    let xc = xf.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let mut y = xc.broadcast_div(&(var + c.eps)?.sqrt()?)?.reshape(dims)?;
-    if let (Some(w), Some(b)) = (w, b) {
-        y = y.broadcast_mul(w)?.broadcast_add(b)?;
-    }
-    Ok(y)
+    let affine = w.zip(b).map(|(w, b)| Ok::<_, crate::error::WickError>((w.reshape(inner)?, b.reshape(inner)?))).transpose()?;
+    super::layernorm_op::layer_norm(x, inner, c.eps, affine.as_ref().map(|(w, b)| (w, b)))
 }
 
 /// GroupNorm of an `[N, C, …]` tensor: each sample's `groups` groups of `C/groups` consecutive

@@ -22,7 +22,7 @@ pub fn embedding(node: &str, ids: &Tensor, weight: &Tensor, c: &EmbeddingCfg) ->
 
 /// `x [N, L, D] + weight[offset..offset + L]`.
 pub fn add_positions(x: &Tensor, weight: &Tensor, offset: usize) -> Result<Tensor> {
-    Ok(x.broadcast_add(&weight.narrow(0, offset, x.dim(1)?)?)?)
+    super::add_rows_op::add_rows(x, &weight.narrow(0, offset, x.dim(1)?)?)
 }
 
 /// `x + weight[index]` at every position.
