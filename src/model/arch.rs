@@ -486,6 +486,16 @@ pub struct PositionEmbeddingCfg {
     pub offset: usize,
 }
 
+/// Learned rows put before the positions: `y = [weight; x]` along the first axis of `x [L, D]`,
+/// `[num_rows + L, D]` (a vision transformer's class token, `torch.cat([cls.expand(n, -1, -1),
+/// x], 1)`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrependRowsCfg {
+    pub num_rows: usize,
+    pub embedding_dim: usize,
+}
+
 /// One row of an embedding table added at every position: `y[t] = x[t] + weight[index]` (BERT's
 /// token type 0 of a single sentence).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -730,6 +740,7 @@ pub enum Op {
     Sum(ReduceCfg),
     Embedding(EmbeddingCfg),
     PositionEmbedding(PositionEmbeddingCfg),
+    PrependRows(PrependRowsCfg),
     EmbeddingRow(EmbeddingRowCfg),
     Attention(AttentionCfg),
     RelativePositionBias(RelativePositionBiasCfg),
@@ -795,6 +806,7 @@ pub const OP_NAMES: &[&str] = &[
     "masked_mean",
     "masked_pool",
     "l2_normalize",
+    "prepend_rows",
 ];
 
 impl Op {
@@ -829,7 +841,7 @@ impl Op {
             Op::ChannelAffine(_) => vec![("weight", false), ("bias", false)],
             Op::Prelu(_) => vec![("weight", true)],
             Op::GroupNorm(c) if c.affine => vec![("weight", true), ("bias", true)],
-            Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::RelativePositionBias(_) => vec![("weight", true)],
+            Op::Embedding(_) | Op::PositionEmbedding(_) | Op::PrependRows(_) | Op::EmbeddingRow(_) | Op::RelativePositionBias(_) => vec![("weight", true)],
             Op::Gru(c) | Op::Lstm(c) => {
                 let rows = RNN_PARAMS.iter().enumerate().filter(|(i, _)| i / 2 < c.num_layers.min(MAX_RNN_LAYERS) && (i % 2 == 0 || c.bidirectional));
                 rows.flat_map(|(_, names)| names[..if c.bias { 4 } else { 2 }].iter().map(|&n| (n, true))).collect()
@@ -857,6 +869,7 @@ impl Op {
             (Op::LayerNorm(c), _) => c.normalized_shape.clone(),
             (Op::Embedding(c), _) => vec![c.num_embeddings, c.embedding_dim],
             (Op::PositionEmbedding(c), _) => vec![c.num_positions, c.embedding_dim],
+            (Op::PrependRows(c), _) => vec![c.num_rows, c.embedding_dim],
             (Op::EmbeddingRow(c), _) => vec![c.num_embeddings, c.embedding_dim],
             (Op::RelativePositionBias(c), _) => vec![c.num_buckets, c.num_heads],
             (Op::Gru(c) | Op::Lstm(c), s) => {
@@ -983,6 +996,7 @@ fn op_from_fields(name: &str, fields: Value) -> std::result::Result<Op, String> 
         "sum" => Op::Sum(cfg(fields)?),
         "embedding" => Op::Embedding(cfg(fields)?),
         "position_embedding" => Op::PositionEmbedding(cfg(fields)?),
+        "prepend_rows" => Op::PrependRows(cfg(fields)?),
         "embedding_row" => Op::EmbeddingRow(cfg(fields)?),
         "attention" => Op::Attention(cfg(fields)?),
         "relative_position_bias" => Op::RelativePositionBias(cfg(fields)?),

@@ -287,6 +287,7 @@ impl Model {
             Op::Sum(c) => super::axis_ops::sum(&x, c),
             Op::Embedding(c) => text_ops::embedding(&node.name, &x, p("weight"), c),
             Op::PositionEmbedding(c) => text_ops::add_positions(&x, p("weight"), c.offset),
+            Op::PrependRows(_) => text_ops::prepend_rows(&x, p("weight")),
             Op::EmbeddingRow(c) => text_ops::add_row(&x, p("weight"), c.index),
             Op::Attention(c) => text_ops::attention(ins[0], ins[1], ins[2], ins.get(3).copied(), ins.get(4).copied(), c),
             Op::RelativePositionBias(c) => text_ops::relative_position_bias(&x, p("weight"), c),

@@ -172,6 +172,7 @@ fn check_fields(op: &Op) -> std::result::Result<(), String> {
             positive("embedding_dim", c.embedding_dim)
         }
         Op::PositionEmbedding(c) => positive("num_positions", c.num_positions),
+        Op::PrependRows(c) => positive("num_rows", c.num_rows),
         Op::ChannelAffine(c) => positive("num_features", c.num_features),
         Op::Prelu(c) => positive("num_parameters", c.num_parameters),
         Op::GroupNorm(c) if !(c.eps > 0.0 && c.eps.is_finite()) => Err(format!("eps is {}; it must be a positive number", c.eps)),
@@ -505,6 +506,13 @@ fn infer_unary(op: &Op, s: &Vec<usize>) -> std::result::Result<Vec<usize>, Strin
                 return Err(format!("expects at most {} positions of {} features, got {s:?}", c.num_positions.saturating_sub(c.offset), c.embedding_dim));
             }
             Ok(s.clone())
+        }
+        Op::PrependRows(c) => {
+            expect_rank(s, 2, "[L, D]")?;
+            if s[1] != c.embedding_dim {
+                return Err(format!("puts rows of {} features before {s:?}", c.embedding_dim));
+            }
+            Ok(vec![c.num_rows + s[0], s[1]])
         }
         Op::EmbeddingRow(c) => {
             if s.last() != Some(&c.embedding_dim) || c.index >= c.num_embeddings {

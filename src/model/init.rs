@@ -33,7 +33,7 @@ pub fn init_model(arch: Arch, seed: u64) -> Result<Model> {
                     let bound = 1.0 / (c.hidden_size.max(1) as f32).sqrt();
                     (0..n).map(|_| rng.random_range(-bound..bound)).collect()
                 }
-                (Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::RelativePositionBias(_), _) => (0..n).map(|_| rng.random_range(-0.1..0.1)).collect(),
+                (Op::Embedding(_) | Op::PositionEmbedding(_) | Op::PrependRows(_) | Op::EmbeddingRow(_) | Op::RelativePositionBias(_), _) => (0..n).map(|_| rng.random_range(-0.1..0.1)).collect(),
                 (_, "weight" | "running_var") => vec![1.0; n],
                 _ => vec![0.0; n],
             };

@@ -25,6 +25,13 @@ pub fn add_positions(x: &Tensor, weight: &Tensor, offset: usize) -> Result<Tenso
     super::add_rows_op::add_rows(x, &weight.narrow(0, offset, x.dim(1)?)?)
 }
 
+/// `[weight; x]` along the positions of `x [N, L, D]` (`PrependRowsCfg`): `[N, R + L, D]`.
+pub fn prepend_rows(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (n, _, d) = x.dims3()?;
+    let rows = weight.unsqueeze(0)?.broadcast_as((n, weight.dim(0)?, d))?.contiguous()?;
+    Ok(Tensor::cat(&[&rows, x], 1)?)
+}
+
 /// `x + weight[index]` at every position.
 pub fn add_row(x: &Tensor, weight: &Tensor, index: usize) -> Result<Tensor> {
     Ok(x.broadcast_add(&weight.narrow(0, index, 1)?.squeeze(0)?)?)

@@ -401,6 +401,16 @@ impl Builder {
                 self.op(op, n, &[x], n, vec![ints("axes", &[d]), int("keepdims", c.keepdim as i64)]);
             }
             Op::Gru(c) | Op::Lstm(c) => self.recurrent(model, node, x, c, matches!(node.op, Op::Gru(_)))?,
+            Op::PrependRows(c) => {
+                // `torch.cat([rows.expand(n, -1, -1), x], 1)` as PyTorch's dynamo export writes it.
+                let rows = self.init(f32_tensor(&param("weight"), &[1, c.num_rows, c.embedding_dim], &values(model, &param("weight"))?));
+                let (batch, shape, expanded) = (format!("{n}.batch"), format!("{n}.shape"), format!("{n}.expanded"));
+                self.op("Shape", &batch, &[x], &batch, vec![int("start", 0), int("end", 1)]);
+                let rest = self.init(i64_tensor(&format!("{n}.row_shape"), &[2], &[c.num_rows as i64, c.embedding_dim as i64]));
+                self.op("Concat", &shape, &[&batch, &rest], &shape, vec![int("axis", 0)]);
+                self.op("Expand", &expanded, &[&rows, &shape], &expanded, vec![]);
+                self.op("Concat", n, &[&expanded, x], n, vec![int("axis", 1)]);
+            }
             Op::Attention(c) if node.inputs.len() == 3 => self.attention(n, &node.inputs, in_shape[1], c.num_heads),
             Op::Attention(_) => return Err("attention masked by token ids has no ONNX form in this wick yet".into()),
             op @ (Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) | Op::L2Normalize(_)) => {

@@ -32,6 +32,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Div",
     "Dropout",
     "Elu",
+    "Equal",
     "Erf",
     "Expand",
     "Flatten",
@@ -162,6 +163,9 @@ enum Val {
     /// A computed value's elements rearranged with the batch axis moved or merged
     /// (`onnx::arranged`): attention's heads, time-major rows.
     Arranged(Dyn, Arrangement),
+    /// A constant `[R, D]` repeated for every sample (`Expand` to `[N, R, D]`), named after the
+    /// ONNX value it came from: rows a `Concat` puts before a sequence.
+    BatchRows(Const, String),
     /// `s·q·kᵀ` of attention, per head, over the `[N, L, D]` values `q` and `k` (`probs` once a
     /// softmax over the keys took it).
     Scores {
@@ -552,7 +556,14 @@ impl<'a> Importer<'a> {
                 (a @ (Val::Dyn(x) | Val::Scaled(x, _)), Val::Const(t)) if t.scalar().is_some() => Ok(Val::Above(x.clone(), factor(a), t.scalar().expect("checked"))),
                 _ => Err("Greater is read only as softplus's switch, `Where(beta·x > threshold, x, softplus)`, with a scalar threshold".into()),
             },
-            "Where" => self.softplus_switch(n),
+            "Equal" => match (self.input_val(n, 0)?, self.input_val(n, 1)?) {
+                (Val::Const(x), Val::Const(y)) => fold("Equal", x, y).map(Val::Const),
+                _ => Err("Equal is read only on constants (shape arithmetic)".into()),
+            },
+            "Where" => match (self.input_val(n, 0)?, self.input_val(n, 1)?, self.input_val(n, 2)?) {
+                (Val::Const(c), Val::Const(a), Val::Const(b)) => pick_where(c, a, b).map(Val::Const),
+                _ => self.softplus_switch(n),
+            },
             "LeakyRelu" => self.unary(n, Op::LeakyRelu(arch::LeakyReluCfg { negative_slope: attr_f(n, "alpha")?.unwrap_or(0.01) as f64 })),
             "HardSwish" => self.unary(n, Op::Hardswish(e)),
             "Elu" => self.unary(n, Op::Elu(arch::EluCfg { alpha: attr_f(n, "alpha")?.unwrap_or(1.0) as f64 })),
@@ -622,6 +633,7 @@ impl<'a> Importer<'a> {
             // `[T, N, D, H]`: a batch-first `[N, T, D·H]` output by step, directions apart.
             &Val::RnnOutputByStep(ref x, dirs) => vec![x.onnx_shape[0] as i64, BATCH, dirs as i64, (x.onnx_shape[1] / dirs) as i64],
             Val::Arranged(_, a) => a.dims(),
+            Val::Const(c) => c.dims.iter().map(|&d| d as i64).collect(),
             _ => {
                 let x = self.dyn_in(n, 0)?;
                 std::iter::once(BATCH).chain(x.onnx_shape.iter().map(|&d| d as i64)).collect()
@@ -710,12 +722,19 @@ impl<'a> Importer<'a> {
     }
 
     /// `Expand` of a one-value constant (the dynamo exporter's `zeros(L·D, N, H)`): a zero
-    /// initial state when the target shape holds the batch size, else that value in the shape.
+    /// initial state when the target shape holds the batch size, else that value in the shape;
+    /// or of a `[1, R, D]` constant to `[N, R, D]` (a class token, `cls.expand(n, -1, -1)`).
     fn expand(&self, n: &NodeProto) -> R<Val> {
         let data = self.const_in(n, 0)?;
         let shape = self.const_in(n, 1)?;
         let dims = shape.i64s().ok_or("the shape must hold integers")?;
-        let value = data.scalar().ok_or("Expand is read only of a one-value constant (a zero initial state)")?;
+        if let (Some(_), &[1, rows, width], &[batch, r, w]) = (data.scalar().is_none().then_some(()), data.dims.as_slice(), dims) {
+            if batch == BATCH && [(r, rows), (w, width)].iter().all(|&(t, d)| t == 1 || t == d as i64) {
+                let name = n.input[0].clone();
+                return Ok(Val::BatchRows(Const { dims: vec![rows, width], values: data.values.clone() }, name));
+            }
+        }
+        let value = data.scalar().ok_or("Expand is read only of a one-value constant (a zero initial state) or of a [1, R, D] constant to [N, R, D] (a class token)")?;
         filled(dims, value)
     }
     fn slice(&mut self, n: &NodeProto) -> R<Val> {
@@ -886,6 +905,20 @@ impl<'a> Importer<'a> {
         }
         if vals.iter().all(|v| matches!(v, Val::Const(_))) {
             return concat_consts(&vals, axis).map(Val::Const);
+        }
+        if let [Val::BatchRows(rows, from), Val::Dyn(_)] = vals.as_slice() {
+            // Learned rows before the positions (a class token).
+            let x = self.exact_in(n, 1)?;
+            let (r, d) = (rows.dims[0], rows.dims[1]);
+            if x.shape.len() != 2 || x.shape[1] != d || from_end(axis, 3) != 1 {
+                return Err(format!("a [N, {r}, {d}] constant is joined only before the positions of an [N, L, {d}] value (axis 1); this one has shape {:?}, axis {axis}", x.shape));
+            }
+            let name = match from.contains("::") || from.contains('/') {
+                true => self.plain_node_name(n, "prepend_rows"),
+                false => self.fresh(from),
+            };
+            let op = Op::PrependRows(arch::PrependRowsCfg { num_rows: r, embedding_dim: d });
+            return Ok(Val::Dyn(self.emit(name, &[&x], op, vec![("weight", vec![r, d], rows.f32s())])?));
         }
         let ins: Vec<Dyn> = (0..n.input.len()).map(|k| self.exact_in(n, k)).collect::<R<_>>()?;
         let name = self.plain_node_name(n, "concat");
@@ -2266,13 +2299,19 @@ fn fold(op: &str, x: &Const, y: &Const) -> R<Const> {
                         _ if q == 0 => Err("integer division by zero".into()),
                         // ONNX's `Mod` takes the divisor's sign (Python's `%`), `fmod` the dividend's.
                         "Mod" => Ok(p.wrapping_rem(q).wrapping_add(q).wrapping_rem(q)),
+                        "Equal" => Ok(i64::from(p == q)),
                         "Fmod" => Ok(p.wrapping_rem(q)),
                         _ => Ok(p.wrapping_div(q)),
                     },
+                    ("Equal", ..) => Ok(i64::from(p == q)),
                     _ => Err(format!("{op} on the batch size; wick follows shapes that are the batch times a size")),
                 }
             };
             Ok(Const { dims, values: Values::I64((0..n).map(|i| f(a[at(x, i)], b[at(y, i)])).collect::<R<_>>()?) })
+        }
+        _ if op == "Equal" => {
+            let (a, b) = (x.f32s(), y.f32s());
+            Ok(Const { dims, values: Values::I64((0..n).map(|i| i64::from(a[at(x, i)] == b[at(y, i)])).collect()) })
         }
         _ => {
             let (a, b) = (x.f32s(), y.f32s());
@@ -2287,6 +2326,30 @@ fn fold(op: &str, x: &Const, y: &Const) -> R<Const> {
             Ok(Const { dims, values: Values::F32((0..n).map(|i| f(a[at(x, i)], b[at(y, i)])).collect()) })
         }
     }
+}
+
+/// `Where(c, a, b)` on constants of one shape (or one value each): `a` where `c` is non-zero.
+fn pick_where(c: &Const, a: &Const, b: &Const) -> R<Const> {
+    let n = [c, a, b].iter().map(|k| k.numel()).max().unwrap_or(0);
+    if [c, a, b].iter().any(|k| k.numel() != n && k.numel() != 1) {
+        return Err(format!("Where of constants of shapes {:?}, {:?} and {:?} (wick folds equal shapes or single values)", c.dims, a.dims, b.dims));
+    }
+    let dims = [c, a, b].iter().find(|k| k.numel() == n).map_or(vec![], |k| k.dims.clone());
+    let at = |k: &Const, i: usize| if k.numel() == 1 { 0 } else { i };
+    let cond = c.f32s();
+    let take_a = |i: usize| cond[at(c, i)] != 0.0;
+    // Integers when either side holds them (a shape picked from a `ConstantOfShape` of ones).
+    let ints = |k: &Const| k.i64s().map_or_else(|| k.f32s().iter().map(|&v| v as i64).collect(), <[i64]>::to_vec);
+    Ok(match a.i64s().is_some() || b.i64s().is_some() {
+        true => {
+            let (x, y) = (ints(a), ints(b));
+            Const { dims, values: Values::I64((0..n).map(|i| if take_a(i) { x[at(a, i)] } else { y[at(b, i)] }).collect()) }
+        }
+        false => {
+            let (x, y) = (a.f32s(), b.f32s());
+            Const { dims, values: Values::F32((0..n).map(|i| if take_a(i) { x[at(a, i)] } else { y[at(b, i)] }).collect()) }
+        }
+    })
 }
 
 /// `(before, after)` padding of each spatial dim, from `pads` (begin…, end…) or `auto_pad`

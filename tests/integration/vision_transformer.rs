@@ -1,6 +1,7 @@
 //! Vision-transformer blocks from ONNX: attention as `nn.MultiheadAttention`, Hugging Face and
 //! timm write it, each exported by both PyTorch exporters (`fixtures/onnx/make_vit_blocks.py`),
-//! read as wick's `attention` op with a learned position table as `position_embedding`.
+//! read as wick's `attention` op, with a class token as `prepend_rows` and a learned position
+//! table as `position_embedding`.
 
 use crate::common::*;
 use candle_core::Tensor;
@@ -10,7 +11,8 @@ use wick::runtime::{kernels::Kernel, Exec, Executor};
 use wick::tensor_file::TensorFile;
 
 /// Both exports give PyTorch's logits within 1e-4 on the compiled float runtime with no candle
-/// step, and through wick's own ONNX export (`assert_both_exports_import`). Each attention
+/// step, and through wick's own ONNX export (`assert_both_exports_import`); the class token's
+/// `Expand` to the batch and `Concat` before the patches are one `prepend_rows` node. Each attention
 /// block is one `attention` node of its heads, reading its q, k and v whole or as `narrow`s of
 /// one packed projection; every head-splitting reshape and transpose is gone. In INT8 the
 /// integer runtime equals the scalar reference, and the QDQ export reads back bit for bit, its
@@ -25,7 +27,9 @@ fn attention_in_three_pytorch_forms_imports_as_one_op() {
         let attention_inputs: Vec<usize> = m.arch.nodes.iter().filter(|n| matches!(n.op, Op::Attention(_))).map(|n| n.inputs.len()).collect();
         assert_eq!(attention_inputs, [3, 3, 3], "{e}: q, k and v, no mask");
         let positions: Vec<(usize, usize)> = m.arch.nodes.iter().filter_map(|n| if let Op::PositionEmbedding(c) = &n.op { Some((c.num_positions, c.embedding_dim)) } else { None }).collect();
-        assert_eq!(positions, [(8, 32)], "{e}");
+        assert_eq!(positions, [(9, 32)], "{e}: 8 patches and the class token");
+        let tokens: Vec<(usize, usize)> = m.arch.nodes.iter().filter_map(|n| if let Op::PrependRows(c) = &n.op { Some((c.num_rows, c.embedding_dim)) } else { None }).collect();
+        assert_eq!(tokens, [(1, 32)], "{e}: the class token");
         let ops: Vec<String> = m.arch.nodes.iter().map(|n| n.op.name()).collect();
         assert!(!ops.iter().any(|o| o == "reshape" || o == "transpose" || o == "flatten"), "{e}: {ops:?}");
         assert_eq!(ops.iter().filter(|o| *o == "narrow").count(), 6, "{e}: q, k and v of the two packed projections");

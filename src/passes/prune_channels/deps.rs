@@ -287,7 +287,7 @@ pub fn analyse(model: &Model) -> Deps {
                 feature_last.insert(node.name.clone());
                 o
             }
-            Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) | Op::L2Normalize(_) => {
+            Op::PositionEmbedding(_) | Op::PrependRows(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) | Op::L2Normalize(_) => {
                 // Text encoders' sequence axis comes first and their features are tied across
                 // heads and positions: kept whole.
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)

@@ -133,6 +133,10 @@ enum Kind {
         rows: Vec<f32>,
         per_position: bool,
     },
+    /// `[rows; x]` along the positions of `x [N, L, D]` (`prepend_rows`): `[N, R + L, D]`.
+    PrependRows {
+        rows: Vec<f32>,
+    },
     /// Rows of `table` (`[V, D]` row-major) at the token ids `[N, L]`: `[N, L, D]`.
     Embedding {
         table: Vec<f32>,
@@ -386,6 +390,7 @@ impl Plan {
                 (Op::Attention(c), ..) => Kind::Attention { heads: c.num_heads, pad_id: c.pad_id as f32 },
                 (Op::Embedding(c), ..) => Kind::Embedding { table: model.values(&node.param("weight"))?, dim: c.embedding_dim },
                 (Op::PositionEmbedding(c), ..) => Kind::AddRows { rows: model.values(&node.param("weight"))?.split_off(c.offset * c.embedding_dim), per_position: true },
+                (Op::PrependRows(_), ..) => Kind::PrependRows { rows: model.values(&node.param("weight"))? },
                 (Op::EmbeddingRow(c), ..) => Kind::AddRows { rows: model.values(&node.param("weight"))?[c.index * c.embedding_dim..][..c.embedding_dim].to_vec(), per_position: false },
                 (Op::RelativePositionBias(c), ..) => Kind::RelativeBias { weight: model.values(&node.param("weight"))?, cfg: c.clone() },
                 (Op::BatchNorm1d(c) | Op::BatchNorm2d(c), ..) => {

@@ -301,6 +301,17 @@ impl Plan {
                     channel_affine(&mut v, scale, shift);
                     v
                 }
+                Kind::PrependRows { rows } => {
+                    set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
+                    let x = vals[step.inputs[0]].as_ref().expect("input computed");
+                    let (l, d) = (x.dims[1], x.dims[2]);
+                    let mut data = Vec::with_capacity(n * (rows.len() + l * d));
+                    for sample in x.data.chunks(l * d) {
+                        data.extend_from_slice(rows);
+                        data.extend_from_slice(sample);
+                    }
+                    Value { data, dims: vec![n, rows.len() / d + l, d], channels_last: false }
+                }
                 Kind::AddRows { rows, per_position } => {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
                     let mut v = self.owned(&mut vals, step, si);
