@@ -94,22 +94,12 @@ impl Heads {
             seq.push(factors.len());
             factors.push(Factor { axis: 1, size: self.len, fixed: None });
         }
-        let head_at: Vec<usize> = self
-            .head_sizes
-            .iter()
-            .map(|&s| {
-                factors.push(Factor { axis: 2, size: s, fixed: None });
-                factors.len() - 1
-            })
-            .collect();
-        let dims: Vec<usize> = self
-            .dim_sizes
-            .iter()
-            .map(|&s| {
-                factors.push(Factor { axis: 2, size: s, fixed: None });
-                factors.len() - 1
-            })
-            .collect();
+        // The heads' factors, then the head dims', along the features: their indices.
+        let (n_heads, n_dims) = (self.head_sizes.len(), self.dim_sizes.len());
+        let first = factors.len();
+        factors.extend(self.head_sizes.iter().chain(&self.dim_sizes).map(|&size| Factor { axis: 2, size, fixed: None }));
+        let head_at: Vec<usize> = (first..first + n_heads).collect();
+        let dims: Vec<usize> = (first + n_heads..first + n_heads + n_dims).collect();
         let mut axes: Vec<Vec<usize>> = self.lead.iter().map(|g| g.iter().map(|s| if let Slot::Head(k) = s { head_at[*k] } else { 0 }).collect()).collect();
         axes.push(seq);
         axes.push(dims);
