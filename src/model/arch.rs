@@ -510,14 +510,24 @@ pub struct EmbeddingRowCfg {
 /// Multi-head scaled dot-product attention, with a padding mask when given token ids. Inputs
 /// `q, k, v [L, D]`, optionally the token ids `[L]`, and after them optionally a bias
 /// `b [num_heads, L, L]` (`relative_position_bias`); per head (`d = D / num_heads` consecutive
-/// features): `softmax(q_h·k_hᵀ/√d + b_h + m)·v_h`, `m` = the most negative f32 on keys whose id
-/// is `pad_id` (as Hugging Face's BERT), 0 without ids; the heads' outputs side by side, `[L, D]`.
+/// features): `softmax(s·q_h·k_hᵀ + b_h + m)·v_h`, `s` = `scale` or by default `1/√d`, `m` = the
+/// most negative f32 on keys whose id is `pad_id` (as Hugging Face's BERT), 0 without ids; the
+/// heads' outputs side by side, `[L, D]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttentionCfg {
     pub num_heads: usize,
     #[serde(default)]
     pub pad_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+}
+
+impl AttentionCfg {
+    /// The scores' factor `s` for inputs of `width` features: `scale`, else `1/√(width/num_heads)`.
+    pub fn score_scale(&self, width: usize) -> f64 {
+        self.scale.unwrap_or_else(|| 1.0 / ((width / self.num_heads.max(1)) as f64).sqrt())
+    }
 }
 
 /// MPNet's relative position bias (T5's, bidirectional), one table shared by every layer's

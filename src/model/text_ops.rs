@@ -59,7 +59,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, ids: Option<&Tensor>, bias:
     let (h, hd) = (c.num_heads, d / c.num_heads);
     let heads = |t: &Tensor| -> Result<Tensor> { Ok(t.reshape((n, l, h, hd))?.transpose(1, 2)?.contiguous()?) };
     let (qh, kh, vh) = (heads(q)?, heads(k)?, heads(v)?);
-    let mut scores = (qh.matmul(&kh.t()?.contiguous()?)? / (hd as f64).sqrt())?;
+    let mut scores = (qh.matmul(&kh.t()?.contiguous()?)? * c.score_scale(d))?;
     if let Some(b) = bias {
         scores = scores.broadcast_add(b)?;
     }

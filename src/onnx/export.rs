@@ -411,7 +411,7 @@ impl Builder {
                 self.op("Expand", &expanded, &[&rows, &shape], &expanded, vec![]);
                 self.op("Concat", n, &[&expanded, x], n, vec![int("axis", 1)]);
             }
-            Op::Attention(c) if node.inputs.len() == 3 => self.attention(n, &node.inputs, in_shape[1], c.num_heads),
+            Op::Attention(c) if node.inputs.len() == 3 => self.attention(n, &node.inputs, in_shape[1], c.num_heads, c.score_scale(in_shape[1]) as f32),
             Op::Attention(_) => return Err("attention masked by token ids has no ONNX form in this wick yet".into()),
             op @ (Op::Embedding(_) | Op::PositionEmbedding(_) | Op::EmbeddingRow(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) | Op::L2Normalize(_)) => {
                 return Err(format!("the {} op has no ONNX form in this wick yet", op.name()));
@@ -577,8 +577,8 @@ impl Builder {
 
     /// Attention without a mask (`AttentionCfg`) over `q, k, v [N, L, d]` named `n`, as PyTorch
     /// writes it: each split into heads `[N, H, L, d/H]` (`k` as `[N, H, d/H, L]`),
-    /// `softmax(q·kᵀ · 1/√(d/H))·v`, the heads joined back.
-    fn attention(&mut self, n: &str, ins: &[String], d: usize, heads: usize) {
+    /// `softmax(q·kᵀ · s)·v` (`s` the node's scale), the heads joined back.
+    fn attention(&mut self, n: &str, ins: &[String], d: usize, heads: usize, scale: f32) {
         let e = d / heads;
         let split = self.init(i64_tensor(&format!("{n}.heads_shape"), &[4], &[0, 0, heads as i64, e as i64]));
         let mut split_heads = |input: &str, part: &str, perm: &[usize]| {
@@ -589,7 +589,7 @@ impl Builder {
         };
         let (q, kt, v) = (split_heads(&ins[0], "q", &[0, 2, 1, 3]), split_heads(&ins[1], "k", &[0, 2, 3, 1]), split_heads(&ins[2], "v", &[0, 2, 1, 3]));
         let [scores, scaled, probs, mixed, joined] = ["scores", "scaled", "probs", "mixed", "joined"].map(|s| format!("{n}.{s}"));
-        let scale = self.scalar(&format!("{n}.scale"), 1.0 / (e as f32).sqrt());
+        let scale = self.scalar(&format!("{n}.scale"), scale);
         self.op("MatMul", &scores, &[&q, &kt], &scores, vec![]);
         self.op("Mul", &scaled, &[&scores, &scale], &scaled, vec![]);
         self.op("Softmax", &probs, &[&scaled], &probs, vec![int("axis", -1)]);

@@ -1214,13 +1214,16 @@ impl<'a> Importer<'a> {
             if !heads.same_split(&hv) || hv.scale != 1.0 {
                 return Err(format!("v's heads ({} of {} dims) differ from q's ({} of {})", hv.heads(), hv.head_dim(), heads.heads(), heads.head_dim()));
             }
-            let want = 1.0 / (heads.head_dim() as f32).sqrt();
-            if (scale - want).abs() > 1e-5 * want {
-                return Err(format!("the attention scores are scaled by {scale}; wick's attention op scales by 1/√(head dim) = {want}"));
+            // PyTorch's default `1/√d` (computed from `Shape` by the legacy exporter, or split
+            // between q and k) is the op's default; any other factor is its `scale`.
+            let default = 1.0 / (heads.head_dim() as f32).sqrt();
+            let scale = ((scale - default).abs() > 1e-6 * default).then_some(scale as f64);
+            if scale.is_some_and(|s| !s.is_finite()) {
+                return Err(format!("the attention scores are scaled by {scale:?}, not a finite number"));
             }
             let v = self.head_source(&vd, &hv)?;
             let name = self.plain_node_name(n, "attention");
-            let o = self.emit(name, &[&q, &k, &v], Op::Attention(arch::AttentionCfg { num_heads: heads.heads(), pad_id: 0 }), vec![])?;
+            let o = self.emit(name, &[&q, &k, &v], Op::Attention(arch::AttentionCfg { num_heads: heads.heads(), pad_id: 0, scale }), vec![])?;
             return self.settle(o, heads.output());
         }
         let ((qd, qa), (kd, ka)) = (self.attention_in(n, 0).ok_or(not_attention)?, self.attention_in(n, 1).ok_or(not_attention)?);

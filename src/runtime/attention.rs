@@ -1,7 +1,7 @@
 //! Multi-head scaled-dot-product attention, with a padding mask, as a step of the compiled plan
 //! (the op `attention`, `model::text_ops::attention` in the executor): for each sample and head
 //! `h` (columns `h·e..(h+1)·e` of `q`, `k`, `v [N, L, D]`, `e = D / heads`),
-//! `s_ij = q_i·k_j / √e + b_hij` over the keys `j` whose token id is not the pad id (every key
+//! `s_ij = s·q_i·k_j + b_hij` (`s` the node's scale, by default `1/√e`) over the keys `j` whose token id is not the pad id (every key
 //! when the node has no ids; `b` the optional bias `[H, L, L]`, shared by the samples;
 //! `relative_position_bias`),
 //! `p_ij = exp(s_ij − max_j s_ij) / Σ_j exp(s_ij − max_j s_ij)` and `out_i = Σ_j p_ij v_j`.
@@ -19,11 +19,11 @@ use crate::model::vmath::{exp, map_in_place, Lanes};
 /// The attention output `[N, L, D]` (see the module docs); `ids`, if any, holds each sample's
 /// `L` token ids as f32 (without them no key is masked), `bias` the `[H, L, L]` bias, if any.
 #[allow(clippy::too_many_arguments)] // three matrices, their shape, the mask and the bias
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], ids: Option<&[f32]>, bias: Option<&[f32]>, n: usize, l: usize, d: usize, heads: usize, pad_id: f32) -> Vec<f32> {
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], ids: Option<&[f32]>, bias: Option<&[f32]>, n: usize, l: usize, d: usize, heads: usize, scale: f32, pad_id: f32) -> Vec<f32> {
     assert!(heads > 0 && d.is_multiple_of(heads) && [q.len(), k.len(), v.len()].iter().all(|&x| x == n * l * d) && ids.is_none_or(|i| i.len() == n * l), "attention operands");
     assert!(bias.is_none_or(|b| b.len() == heads * l * l), "attention bias");
     let mut out = vec![0f32; n * l * d];
-    heads_into(q, k, v, ids, bias, (n, l, d), heads, pad_id, &mut out);
+    heads_into(q, k, v, ids, bias, (n, l, d), heads, scale, pad_id, &mut out);
     out
 }
 
@@ -44,7 +44,7 @@ pub fn relative_position_bias(weight: &[f32], c: &RelativePositionBiasCfg, l: us
 crate::wide_f32_fn!(
     /// [`run`] at the CPU's vector width.
     #[allow(clippy::too_many_arguments)]
-    fn heads_into(q: &[f32], k: &[f32], v: &[f32], ids: Option<&[f32]>, bias: Option<&[f32]>, shape: (usize, usize, usize), heads: usize, pad_id: f32, out: &mut [f32]) => run::<Lanes>
+    fn heads_into(q: &[f32], k: &[f32], v: &[f32], ids: Option<&[f32]>, bias: Option<&[f32]>, shape: (usize, usize, usize), heads: usize, scale: f32, pad_id: f32, out: &mut [f32]) => run::<Lanes>
 );
 
 /// Vectors per register block: 4 × 16 lanes cover 64 keys or head dims at a time.
@@ -96,9 +96,8 @@ unsafe fn row_times<V: Lanes>(a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32])
 /// The CPU has `V`'s features.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn run<V: Lanes>(q: &[f32], k: &[f32], v: &[f32], ids: Option<&[f32]>, bias: Option<&[f32]>, (n, l, d): (usize, usize, usize), heads: usize, pad_id: f32, out: &mut [f32]) {
+unsafe fn run<V: Lanes>(q: &[f32], k: &[f32], v: &[f32], ids: Option<&[f32]>, bias: Option<&[f32]>, (n, l, d): (usize, usize, usize), heads: usize, scale: f32, pad_id: f32, out: &mut [f32]) {
     let e = d / heads;
-    let scale = 1.0 / (e as f32).sqrt();
     // Keys and head dims rounded up to whole vectors: the lanes past them hold whatever an
     // earlier head left (finite values of `k`, `v` or zeros), and their sums are dropped.
     let (lp, ep) = (l.div_ceil(V::N) * V::N, e.div_ceil(V::N) * V::N);
@@ -181,11 +180,12 @@ mod tests {
             let table: Vec<f32> = (0..8 * heads).map(|i| ((i * 37) % 17) as f32 / 4.0 - 2.0).collect();
             for biased in [false, true] {
                 let b = biased.then(|| relative_position_bias(&table, &rel, l));
-                let got = attention(&q, &k, &v, Some(&ids), b.as_deref(), n, l, d, heads, pad);
+                let cfg = AttentionCfg { num_heads: heads, pad_id: 0, scale: (heads == 3).then_some(0.2) };
+                let got = attention(&q, &k, &v, Some(&ids), b.as_deref(), n, l, d, heads, cfg.score_scale(d) as f32, pad);
                 let t = |x: &[f32]| Tensor::from_slice(x, (n, l, d), &Device::Cpu).unwrap();
                 let ids_t = Tensor::from_slice(&ids, (n, l), &Device::Cpu).unwrap();
                 let b_t = biased.then(|| crate::model::text_ops::relative_position_bias(&ids_t, &Tensor::from_slice(&table, (8, heads), &Device::Cpu).unwrap(), &rel).unwrap());
-                let want = crate::model::text_ops::attention(&t(&q), &t(&k), &t(&v), Some(&ids_t), b_t.as_ref(), &AttentionCfg { num_heads: heads, pad_id: 0 });
+                let want = crate::model::text_ops::attention(&t(&q), &t(&k), &t(&v), Some(&ids_t), b_t.as_ref(), &cfg);
                 let want: Vec<f32> = want.unwrap().flatten_all().unwrap().to_vec1().unwrap();
                 let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(worst < 1e-5, "heads {heads}, d {d}, bias {biased}: {worst}");

@@ -26,6 +26,8 @@ fn attention_in_three_pytorch_forms_imports_as_one_op() {
         assert_eq!(heads, [4, 4, 2], "{e}: nn.MultiheadAttention, Hugging Face's and timm's forms");
         let attention_inputs: Vec<usize> = m.arch.nodes.iter().filter(|n| matches!(n.op, Op::Attention(_))).map(|n| n.inputs.len()).collect();
         assert_eq!(attention_inputs, [3, 3, 3], "{e}: q, k and v, no mask");
+        let scales: Vec<Option<f64>> = m.arch.nodes.iter().filter_map(|n| if let Op::Attention(c) = &n.op { Some(c.scale.map(|s| (s * 1e6).round() / 1e6)) } else { None }).collect();
+        assert_eq!(scales, [None, None, Some(0.2)], "{e}: 1/√d twice, then timm's block's own scale");
         let positions: Vec<(usize, usize)> = m.arch.nodes.iter().filter_map(|n| if let Op::PositionEmbedding(c) = &n.op { Some((c.num_positions, c.embedding_dim)) } else { None }).collect();
         assert_eq!(positions, [(9, 32)], "{e}: 8 patches and the class token");
         let tokens: Vec<(usize, usize)> = m.arch.nodes.iter().filter_map(|n| if let Op::PrependRows(c) = &n.op { Some((c.num_rows, c.embedding_dim)) } else { None }).collect();
@@ -44,11 +46,11 @@ fn attention_in_three_pytorch_forms_imports_as_one_op() {
     }
 }
 
-/// Attention that is not wick's op is refused with the node and the reason (exit 2): scores
-/// left unscaled (the `/ √8` removed from the Hugging Face form), and a product of q with a
-/// value that is no kᵀ (the timm form's `MatMul` fed v twice).
+/// Scores left unscaled (the `/ √8` removed from the Hugging Face form) are attention with a
+/// scale of 1; a product of q with a value that is no kᵀ (the timm form's `MatMul` fed q twice)
+/// is refused with the node and the reason (exit 2).
 #[test]
-fn attention_wick_cannot_read_is_a_clear_error() {
+fn attention_scales_and_products_that_are_not_attention() {
     let dir = tempfile::tempdir().unwrap();
     let data = fixture("onnx/vit_blocks.data.safetensors");
     let edited = |name: &str, edit: &dyn Fn(&mut Vec<wick::onnx::proto::NodeProto>)| {
@@ -56,16 +58,18 @@ fn attention_wick_cannot_read_is_a_clear_error() {
         edit(&mut p.graph.as_mut().unwrap().node);
         let path = dir.path().join(name);
         std::fs::write(&path, p.encode_to_vec()).unwrap();
-        run_expect(&["eval", path.to_str().unwrap(), "--data", data.to_str().unwrap()], 2).1
+        path
     };
-    let stderr = edited("unscaled.onnx", &|nodes| {
+    let unscaled = edited("unscaled.onnx", &|nodes| {
         let div = nodes.iter().find(|n| n.name == "/bert/Div_1").unwrap().clone();
         nodes.iter_mut().find(|n| n.op_type == "Softmax" && n.input == div.output).unwrap().input = vec![div.input[0].clone()];
     });
-    assert!(stderr.contains("unscaled.onnx") && stderr.contains("'/bert/MatMul_1' (MatMul)") && stderr.contains("scaled by 1;"), "{stderr}");
-    let stderr = edited("no_key.onnx", &|nodes| {
+    let scales: Vec<Option<f64>> = load(&unscaled).arch.nodes.iter().filter_map(|n| if let Op::Attention(c) = &n.op { Some(c.scale.map(|s| (s * 1e6).round() / 1e6)) } else { None }).collect();
+    assert_eq!(scales, [None, Some(1.0), Some(0.2)]);
+    let no_key = edited("no_key.onnx", &|nodes| {
         let scores = nodes.iter_mut().find(|n| n.name == "/timm/MatMul").unwrap();
         scores.input[1] = scores.input[0].clone();
     });
-    assert!(stderr.contains("'/timm/MatMul' (MatMul)") && stderr.contains("attention reads q, k and v"), "{stderr}");
+    let (_, stderr) = run_expect(&["eval", no_key.to_str().unwrap(), "--data", data.to_str().unwrap()], 2);
+    assert!(stderr.contains("no_key.onnx") && stderr.contains("'/timm/MatMul' (MatMul)") && stderr.contains("attention reads q, k and v"), "{stderr}");
 }

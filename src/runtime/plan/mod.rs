@@ -31,7 +31,7 @@ use super::recurrent::{Projection, RecurrentLayer};
 use crate::artifact::Int8Model;
 use crate::error::{Result, WickError};
 use crate::model::act_op::Act;
-use crate::model::arch::{Node, Op};
+use crate::model::arch::{AttentionCfg, Node, Op};
 use crate::model::forward::is_weight_layer;
 use crate::model::ops::pool_geom;
 use crate::model::pool_op::PoolGeom;
@@ -126,6 +126,8 @@ enum Kind {
     Attention {
         heads: usize,
         pad_id: f32,
+        /// The node's configuration, for its scores' scale.
+        cfg: AttentionCfg,
     },
     /// `x [N, L, D]` plus table rows: row `t` at position `t` (`position_embedding`, the
     /// table from its offset on), or `rows`' one row at every position (`embedding_row`).
@@ -387,7 +389,7 @@ impl Plan {
                     let log = matches!(node.op, Op::LogSoftmax(_));
                     Kind::Softmax { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1, log }
                 }
-                (Op::Attention(c), ..) => Kind::Attention { heads: c.num_heads, pad_id: c.pad_id as f32 },
+                (Op::Attention(c), ..) => Kind::Attention { heads: c.num_heads, pad_id: c.pad_id as f32, cfg: c.clone() },
                 (Op::Embedding(c), ..) => Kind::Embedding { table: model.values(&node.param("weight"))?, dim: c.embedding_dim },
                 (Op::PositionEmbedding(c), ..) => Kind::AddRows { rows: model.values(&node.param("weight"))?.split_off(c.offset * c.embedding_dim), per_position: true },
                 (Op::PrependRows(_), ..) => Kind::PrependRows { rows: model.values(&node.param("weight"))? },

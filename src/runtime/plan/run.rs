@@ -278,14 +278,18 @@ impl Plan {
                     softmax(&mut v, *dim, *log);
                     v
                 }
-                Kind::Attention { heads, pad_id } => {
+                Kind::Attention { heads, pad_id, cfg } => {
                     for &i in &step.inputs {
                         set_layout(vals[i].as_mut().expect("input computed"), false);
                     }
                     let [q, k, v] = [0, 1, 2].map(|i| vals[step.inputs[i]].as_ref().expect("input computed"));
                     let [ids, bias] = [3, 4].map(|k| step.inputs.get(k).map(|&i| vals[i].as_ref().expect("input computed").data.as_slice()));
                     let (l, d) = (q.dims[1], q.dims[2]);
-                    Value { data: crate::runtime::attention::attention(&q.data, &k.data, &v.data, ids, bias, n, l, d, *heads, *pad_id), dims: q.dims.clone(), channels_last: false }
+                    Value {
+                        data: crate::runtime::attention::attention(&q.data, &k.data, &v.data, ids, bias, n, l, d, *heads, cfg.score_scale(d) as f32, *pad_id),
+                        dims: q.dims.clone(),
+                        channels_last: false,
+                    }
                 }
                 Kind::Embedding { table, dim } => {
                     let ids = vals[step.inputs[0]].as_ref().expect("input computed");
