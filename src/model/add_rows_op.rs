@@ -16,9 +16,7 @@ impl CustomOp2 for AddRows {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, rows) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let mut y = x.to_vec();
-        for sample in y.chunks_mut(rows.len().max(1)) {
-            sample.iter_mut().zip(rows).for_each(|(y, r)| *y += r);
-        }
+        add_to_chunks(&mut y, rows.len(), rows);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, rows: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -32,6 +30,12 @@ impl CustomOp2 for AddRows {
         })?;
         Ok((Some(grad.clone()), Some(Tensor::from_vec(drows, rows.dims(), rows.device())?)))
     }
+}
+
+/// `chunk[i] += rows[i]` for each run of `chunk` values of `data` (`rows` at least that long):
+/// the forward here, and the compiled plans' `position_embedding` and `embedding_row`.
+pub(crate) fn add_to_chunks(data: &mut [f32], chunk: usize, rows: &[f32]) {
+    data.chunks_mut(chunk.max(1)).for_each(|x| x.iter_mut().zip(rows).for_each(|(x, r)| *x += r));
 }
 
 /// `x + rows` at every sample of `x`, `rows` one sample's shape (see the module docs).

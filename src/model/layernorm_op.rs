@@ -4,7 +4,8 @@
 //! transformer's training step. Per row of `n` values, the sums in f64:
 //! forward `μ = Σx/n`, `σ² = Σ(x − μ)²/n`, `s = 1/√(σ² + eps)`, `x̂ = (x − μ)·s`,
 //! `y = x̂·w + b`; backward `g = dy·w`, `dx = s·(g − Σg/n − x̂·Σ(g·x̂)/n)`, `dw = Σ_rows dy·x̂`,
-//! `db = Σ_rows dy` (PyTorch's formulas).
+//! `db = Σ_rows dy` (PyTorch's formulas). The compiled plans normalise with the same row
+//! function, [`normalize_rows`], so the executor and the plans agree bit for bit.
 
 use super::conv_op::{f32_slice, with_f32};
 use crate::error::Result;
@@ -20,30 +21,53 @@ struct LayerNorm {
     eps: f64,
 }
 
+/// Partial sums per row: independent lanes the compiler can vectorise.
+const LANES: usize = 8;
+
+/// `Σ f(x)` over `row` in f64, element `i` into partial sum `i % LANES`, then the partials in
+/// order.
+#[inline(always)]
+fn sum_f64(row: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut part = [0f64; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (p, &x) in part.iter_mut().zip(c) {
+            *p += f(x as f64);
+        }
+    }
+    for (p, &x) in part.iter_mut().zip(chunks.remainder()) {
+        *p += f(x as f64);
+    }
+    part.iter().sum()
+}
+
 /// `(μ, s)` of one row (see the module docs).
+#[inline(always)]
 fn stats(row: &[f32], eps: f64) -> (f64, f64) {
     let n = row.len() as f64;
-    let mean = row.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    let mean = sum_f64(row, |x| x) / n;
+    let var = sum_f64(row, |x| (x - mean) * (x - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm of each row of `inner` values of `data`, in place: `x̂`, then `x̂·w + b` when
+/// `affine` holds `(w, b)` (see the module docs). Inlined, so that a caller compiled for an
+/// instruction set (the plans' `wide_f32_fn!`) vectorises it for that set.
+#[inline(always)]
+pub(crate) fn normalize_rows(data: &mut [f32], inner: usize, eps: f64, affine: Option<(&[f32], &[f32])>) {
+    for row in data.chunks_mut(inner) {
+        let (mean, inv) = stats(row, eps);
+        match affine {
+            Some((w, b)) => row.iter_mut().zip(w).zip(b).for_each(|((x, &w), &b)| *x = ((*x as f64 - mean) * inv) as f32 * w + b),
+            None => row.iter_mut().for_each(|x| *x = ((*x as f64 - mean) * inv) as f32),
+        }
+    }
 }
 
 impl LayerNorm {
     fn forward(&self, x: &[f32], affine: Option<(&[f32], &[f32])>) -> Vec<f32> {
-        let mut y = vec![0f32; x.len()];
-        let rows = ROWS_PER_TASK * self.inner;
-        y.par_chunks_mut(rows).zip(x.par_chunks(rows)).for_each(|(y, x)| {
-            for (y, x) in y.chunks_mut(self.inner).zip(x.chunks(self.inner)) {
-                let (mean, inv) = stats(x, self.eps);
-                for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                    let h = ((x as f64 - mean) * inv) as f32;
-                    *y = match affine {
-                        Some((w, b)) => h * w[i] + b[i],
-                        None => h,
-                    };
-                }
-            }
-        });
+        let mut y = x.to_vec();
+        y.par_chunks_mut(ROWS_PER_TASK * self.inner).for_each(|rows| normalize_rows(rows, self.inner, self.eps, affine));
         y
     }
 

@@ -3,7 +3,7 @@
 //! the submodules. Uses `error`, `tensor_file` and candle.
 
 pub mod act_op;
-mod add_rows_op;
+pub(crate) mod add_rows_op;
 pub mod arch;
 mod axis_ops;
 mod bn_train;
@@ -17,7 +17,7 @@ pub(crate) use conv_op::with_f32;
 pub use linear_op::linear;
 pub mod im2col;
 pub mod init;
-mod layernorm_op;
+pub(crate) mod layernorm_op;
 mod linear_op;
 pub mod load;
 #[cfg(test)]

@@ -1405,7 +1405,7 @@ impl<'a> Importer<'a> {
             ("Add", Val::Dyn(x), Val::Dequantized(c, codes)) | ("Add", Val::Dequantized(c, codes), Val::Dyn(x)) => match self.add_bias(x, c) {
                 Ok(v) => v,
                 // A position table dequantised from int8 rows (wick's QDQ export of one).
-                Err(_) if self.is_position_table(x, c) => {
+                Err(_) if is_position_table(x, c) => {
                     let v = self.add_positions(n, x, c)?;
                     if let Val::Dyn(y) = &v {
                         self.tables.insert(y.name.clone(), qweight(codes, &x.shape, 0)?);
@@ -1416,7 +1416,7 @@ impl<'a> Importer<'a> {
             },
             ("Add", Val::Dyn(x), Val::Const(c)) | ("Add", Val::Const(c), Val::Dyn(x)) => match self.add_bias(x, c) {
                 Ok(v) => v,
-                Err(_) if self.is_position_table(x, c) => self.add_positions(n, x, c)?,
+                Err(_) if is_position_table(x, c) => self.add_positions(n, x, c)?,
                 // Not a layer's bias: arithmetic on the value (an input's normalisation, `x + 1`).
                 Err(bias) => self.shifted(&n.output[0], x, 1.0, 1.0, c).map_err(|m| format!("{bias}; as arithmetic: {m}"))?,
             },
@@ -1634,12 +1634,6 @@ impl<'a> Importer<'a> {
         self.vals.iter().filter(|(_, v)| matches!(v, Val::Dyn(d) | Val::TimeMajor(d) | Val::Arranged(d, _) if d.name == name)).map(|(k, _)| self.uses.get(k).copied().unwrap_or(0)).sum()
     }
 
-    /// Whether `c` holds one value per element of a sample of `x` `[L, D]` (`[1, L, D]` or
-    /// `[L, D]`): a learned position table, as a ViT adds one to its patch embeddings.
-    fn is_position_table(&self, x: &Dyn, c: &Const) -> bool {
-        x.shape.len() == 2 && x.shape == x.onnx_shape && c.dims.strip_prefix(&[1]).unwrap_or(&c.dims) == x.shape.as_slice() && !x.shape.contains(&1)
-    }
-
     /// `x + c` for a position table `c` (see `is_position_table`): a `position_embedding` node.
     fn add_positions(&mut self, n: &NodeProto, x: &Dyn, c: &Const) -> R<Val> {
         let (l, d) = (x.shape[0], x.shape[1]);
@@ -1803,9 +1797,9 @@ impl<'a> Importer<'a> {
         match arranged {
             // Rows in another order (time-major, batch and positions merged): the same linear.
             Some((_, a)) => {
-                let shown = a.dims();
-                let a = a.through_last_axis(out_features).ok_or_else(|| format!("a linear over the last axis of a rearranged tensor {shown:?} whose last axis is not its value's last axis"))?;
-                self.settle(y, a)
+                let through =
+                    a.through_last_axis(out_features).ok_or_else(|| format!("a linear over the last axis of a rearranged tensor {:?} whose last axis is not its value's last axis", a.dims()))?;
+                self.settle(y, through)
             }
             None => Ok(Val::Dyn(y)),
         }
@@ -2291,6 +2285,7 @@ fn fold(op: &str, x: &Const, y: &Const) -> R<Const> {
         (Values::I64(a), Values::I64(b)) => {
             let f = |p: i64, q: i64| -> R<i64> {
                 match (op, batch_multiple(p), batch_multiple(q)) {
+                    ("Equal", ..) => Ok(i64::from(p == q)),
                     // `k·N · c` and `k·N / c`: a shape that holds the batch `k·c` (or `k/c`) times.
                     ("Mul", Some(k), None) if q > 0 => Ok(batch_times(k * q)),
                     ("Mul", None, Some(k)) if p > 0 => Ok(batch_times(k * p)),
@@ -2302,11 +2297,9 @@ fn fold(op: &str, x: &Const, y: &Const) -> R<Const> {
                         _ if q == 0 => Err("integer division by zero".into()),
                         // ONNX's `Mod` takes the divisor's sign (Python's `%`), `fmod` the dividend's.
                         "Mod" => Ok(p.wrapping_rem(q).wrapping_add(q).wrapping_rem(q)),
-                        "Equal" => Ok(i64::from(p == q)),
                         "Fmod" => Ok(p.wrapping_rem(q)),
                         _ => Ok(p.wrapping_div(q)),
                     },
-                    ("Equal", ..) => Ok(i64::from(p == q)),
                     _ => Err(format!("{op} on the batch size; wick follows shapes that are the batch times a size")),
                 }
             };
@@ -2329,6 +2322,12 @@ fn fold(op: &str, x: &Const, y: &Const) -> R<Const> {
             Ok(Const { dims, values: Values::F32((0..n).map(|i| f(a[at(x, i)], b[at(y, i)])).collect()) })
         }
     }
+}
+
+/// Whether `c` holds one value per element of a sample of `x` `[L, D]` (`[1, L, D]` or
+/// `[L, D]`): a learned position table, as a ViT adds one to its patch embeddings.
+fn is_position_table(x: &Dyn, c: &Const) -> bool {
+    x.shape.len() == 2 && x.shape == x.onnx_shape && c.dims.strip_prefix(&[1]).unwrap_or(&c.dims) == x.shape.as_slice() && !x.shape.contains(&1)
 }
 
 /// `Where(c, a, b)` on constants of one shape (or one value each): `a` where `c` is non-zero.

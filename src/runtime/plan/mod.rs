@@ -123,12 +123,7 @@ enum Kind {
     },
     /// Multi-head attention over `q, k, v [N, L, D]`, masked by the token ids when the node has
     /// a fourth input, plus a bias `[1, H, L, L]` when it has a fifth (`runtime::attention`).
-    Attention {
-        heads: usize,
-        pad_id: f32,
-        /// The node's configuration, for its scores' scale.
-        cfg: AttentionCfg,
-    },
+    Attention(AttentionCfg),
     /// `x [N, L, D]` plus table rows: row `t` at position `t` (`position_embedding`, the
     /// table from its offset on), or `rows`' one row at every position (`embedding_row`).
     AddRows {
@@ -389,7 +384,7 @@ impl Plan {
                     let log = matches!(node.op, Op::LogSoftmax(_));
                     Kind::Softmax { dim: crate::model::graph::sample_dim(c.dim, rank).map_err(|m| WickError::node(&node.name, m))? + 1, log }
                 }
-                (Op::Attention(c), ..) => Kind::Attention { heads: c.num_heads, pad_id: c.pad_id as f32, cfg: c.clone() },
+                (Op::Attention(c), ..) => Kind::Attention(c.clone()),
                 (Op::Embedding(c), ..) => Kind::Embedding { table: model.values(&node.param("weight"))?, dim: c.embedding_dim },
                 (Op::PositionEmbedding(c), ..) => Kind::AddRows { rows: model.values(&node.param("weight"))?.split_off(c.offset * c.embedding_dim), per_position: true },
                 (Op::PrependRows(_), ..) => Kind::PrependRows { rows: model.values(&node.param("weight"))? },

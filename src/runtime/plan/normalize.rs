@@ -12,39 +12,11 @@ crate::wide_f32_fn!(
     pub(super) fn layer_norm(data: &mut [f32], inner: usize, eps: f64, affine: Option<&(Vec<f32>, Vec<f32>)>) => rows
 );
 
-/// Partial sums per row: independent lanes the compiler can vectorise.
-const LANES: usize = 8;
-
-/// `Σ f(x)` over `row` in f64, element `i` into partial sum `i % LANES`, then the partials in
-/// order.
-#[inline(always)]
-fn sum_f64(row: &[f32], f: impl Fn(f64) -> f64) -> f64 {
-    let mut part = [0f64; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (p, &x) in part.iter_mut().zip(c) {
-            *p += f(x as f64);
-        }
-    }
-    for (p, &x) in part.iter_mut().zip(chunks.remainder()) {
-        *p += f(x as f64);
-    }
-    part.iter().sum()
-}
-
-/// [`layer_norm`] in whatever instruction set the caller was compiled for.
+/// [`layer_norm`] in whatever instruction set the caller was compiled for: the training op's
+/// row function, so that the plans and the executor give the same bits.
 #[inline(always)]
 fn rows(data: &mut [f32], inner: usize, eps: f64, affine: Option<&(Vec<f32>, Vec<f32>)>) {
-    for row in data.chunks_mut(inner) {
-        let n = row.len() as f64;
-        let mean = sum_f64(row, |x| x) / n;
-        let var = sum_f64(row, |x| (x - mean) * (x - mean)) / n;
-        let inv = 1.0 / (var + eps).sqrt();
-        match affine {
-            Some((g, b)) => row.iter_mut().zip(g).zip(b).for_each(|((x, &g), &b)| *x = ((*x as f64 - mean) * inv) as f32 * g + b),
-            None => row.iter_mut().for_each(|x| *x = ((*x as f64 - mean) * inv) as f32),
-        }
-    }
+    crate::model::layernorm_op::normalize_rows(data, inner, eps, affine.map(|(g, b)| (g.as_slice(), b.as_slice())));
 }
 
 /// Softmax along full-tensor dim `dim` of `v` (logical layout), in place:

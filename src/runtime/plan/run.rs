@@ -278,7 +278,7 @@ impl Plan {
                     softmax(&mut v, *dim, *log);
                     v
                 }
-                Kind::Attention { heads, pad_id, cfg } => {
+                Kind::Attention(cfg) => {
                     for &i in &step.inputs {
                         set_layout(vals[i].as_mut().expect("input computed"), false);
                     }
@@ -286,7 +286,7 @@ impl Plan {
                     let [ids, bias] = [3, 4].map(|k| step.inputs.get(k).map(|&i| vals[i].as_ref().expect("input computed").data.as_slice()));
                     let (l, d) = (q.dims[1], q.dims[2]);
                     Value {
-                        data: crate::runtime::attention::attention(&q.data, &k.data, &v.data, ids, bias, n, l, d, *heads, cfg.score_scale(d) as f32, *pad_id),
+                        data: crate::runtime::attention::attention(&q.data, &k.data, &v.data, ids, bias, n, l, d, cfg.num_heads, cfg.score_scale(d) as f32, cfg.pad_id as f32),
                         dims: q.dims.clone(),
                         channels_last: false,
                     }
@@ -320,8 +320,8 @@ impl Plan {
                     set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
                     let mut v = self.owned(&mut vals, step, si);
                     // A sample's `L·D` values take the table's first `L` rows, else each `D` the row.
-                    let chunk = if *per_position { (v.data.len() / n.max(1)).max(1) } else { rows.len() };
-                    v.data.chunks_mut(chunk).for_each(|x| x.iter_mut().zip(rows).for_each(|(x, r)| *x += r));
+                    let chunk = if *per_position { v.data.len() / n.max(1) } else { rows.len() };
+                    crate::model::add_rows_op::add_to_chunks(&mut v.data, chunk, rows);
                     v
                 }
                 Kind::ChannelAffine { scale, shift, last: true } => {
