@@ -42,6 +42,10 @@ pub struct Args {
     /// Layers whose output channels are kept.
     #[arg(long, num_args = 1..)]
     ignore: Vec<String>,
+    /// Prune whole attention heads as well (each head's q, k and v features, and the output
+    /// projection's columns that read them).
+    #[arg(long)]
+    heads: bool,
     /// Prune in K steps, recovering after each.
     #[arg(long, default_value_t = PruneSettings::default().steps)]
     steps: usize,
@@ -89,6 +93,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         round_to: a.round_to,
         min_channels: a.min_channels,
         ignore: a.ignore.clone(),
+        heads: a.heads,
         steps: a.steps,
         epochs: a.epochs,
         lr: a.lr,

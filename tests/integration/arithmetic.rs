@@ -88,7 +88,7 @@ fn elementwise_ops_run_compiled_and_channel_affine_prunes_with_its_channels() {
     }
     use wick::passes::prune_channels::{apply, plan, PruneConfig};
     let m = load(&fixture("reference/gradients/channel_affine_features.safetensors"));
-    let cfg = PruneConfig { ratio: 0.5, criterion: wick::passes::prune_channels::importance::Criterion::L1, global: false, round_to: 1, min_channels: 1, ignore: vec![], seed: 0 };
+    let cfg = PruneConfig { ratio: 0.5, criterion: wick::passes::prune_channels::importance::Criterion::L1, global: false, round_to: 1, min_channels: 1, ignore: vec![], heads: false, seed: 0 };
     let pruned = apply(&m, &plan(&m, &cfg, None).unwrap()).unwrap();
     let Some(Op::ChannelAffine(c)) = pruned.arch.node("affine").map(|n| n.op.clone()) else { panic!("affine is a channel_affine") };
     assert_eq!(c.num_features, 2);

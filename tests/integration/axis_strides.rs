@@ -86,7 +86,7 @@ fn pruning_keeps_each_axis_geometry() {
     for conv in ["c1", "c3"] {
         assert!(groups.iter().any(|g| g.iter().any(|p| p == conv)), "{conv} in no group of {groups:?}");
     }
-    let cfg = PruneConfig { ratio: 0.5, criterion: wick::passes::prune_channels::importance::Criterion::L1, global: false, round_to: 1, min_channels: 1, ignore: vec![], seed: 0 };
+    let cfg = PruneConfig { ratio: 0.5, criterion: wick::passes::prune_channels::importance::Criterion::L1, global: false, round_to: 1, min_channels: 1, ignore: vec![], heads: false, seed: 0 };
     let pruned = wick::passes::prune_channels::apply(&teacher, &plan(&teacher, &cfg, None).unwrap()).unwrap();
     assert_eq!(geometry(&pruned), geometry(&teacher));
     let Some(Op::Conv2d(dw)) = pruned.arch.node("dw").map(|n| n.op.clone()) else { panic!("dw is a conv2d") };

@@ -60,7 +60,7 @@ fn pruning_passes_time_padding_and_keeps_padded_channels_whole() {
     for conv in ["c0", "c1", "c2", "pw"] {
         assert!(groups.iter().any(|g| g.iter().any(|p| p == conv)), "{conv} in no group of {groups:?}");
     }
-    let cfg = PruneConfig { ratio: 0.5, criterion: wick::passes::prune_channels::importance::Criterion::L1, global: false, round_to: 1, min_channels: 1, ignore: vec![], seed: 0 };
+    let cfg = PruneConfig { ratio: 0.5, criterion: wick::passes::prune_channels::importance::Criterion::L1, global: false, round_to: 1, min_channels: 1, ignore: vec![], heads: false, seed: 0 };
     let p = plan(&tcn, &cfg, None).unwrap();
     let pruned = wick::passes::prune_channels::apply(&tcn, &p).unwrap();
     let x = TCN.dataset("test").x.narrow(0, 0, 16).unwrap();

@@ -86,7 +86,7 @@ fn exact_surgery_on_nested_residuals_concat_and_depthwise() {
 }
 
 fn cfg(ratio: f64) -> PruneConfig {
-    PruneConfig { ratio, criterion: Criterion::L1, global: false, round_to: 1, min_channels: 0, ignore: vec![], seed: 0 }
+    PruneConfig { ratio, criterion: Criterion::L1, global: false, round_to: 1, min_channels: 0, ignore: vec![], heads: false, seed: 0 }
 }
 
 #[test]
@@ -417,5 +417,60 @@ fn exact_surgery_through_squeeze_excitation_and_products() {
             let Op::Conv2d(att) = &p.arch.node("att").unwrap().op else { panic!() };
             assert_eq!(att.out_channels, 1);
         }
+    }
+}
+
+/// The heads of each attention (and of each mask-reading one) form a group of units, each head
+/// its q, k and v features whole: of a packed projection through its three `narrow`s, or of
+/// three linears. Removing every third head changes no output; the attention keeps its head
+/// width (and so its scale) and counts fewer heads.
+#[test]
+fn exact_surgery_on_attention_heads() {
+    let heads = |m: &Model| -> Vec<(usize, Option<f64>)> {
+        m.arch.nodes.iter().filter_map(|n| if let wick::model::arch::Op::Attention(c) = &n.op { Some((c.num_heads, c.scale.map(|s| (s * 1e6).round() / 1e6))) } else { None }).collect()
+    };
+    let head_groups = |m: &Model| -> Vec<(Vec<String>, usize)> { analyse(m).groups.iter().filter(|g| g.heads).map(|g| (g.producers.clone(), g.units.len())).collect() };
+    let vit = load(&fixture("models/digits_vit.safetensors"));
+    assert_eq!(head_groups(&vit), [(vec!["qkv".to_string()], 4)]);
+    let rows = wick::data::Dataset::read(&fixture("data/digits_rows_test.safetensors")).unwrap().x.narrow(0, 0, 64).unwrap();
+    let p = exact_surgery(&vit.deep_clone().unwrap(), &rows);
+    assert_eq!(heads(&p), [(2, None)]);
+    let runs: Vec<(i64, usize)> =
+        ["q", "k", "v"].iter().map(|n| if let wick::model::arch::Op::Narrow(c) = &p.arch.node(n).unwrap().op { (c.start, c.length) } else { panic!("{n} is a narrow") }).collect();
+    assert_eq!(runs, [(0, 16), (16, 16), (32, 16)]);
+    assert_eq!(p.params["proj.weight"].as_tensor().dims(), [32, 16]);
+    // nn.MultiheadAttention (packed), Hugging Face's form (three linears) and timm's (packed,
+    // its own scale): 4, 4 and 2 heads.
+    let blocks = load(&fixture("onnx/vit_blocks.legacy.onnx"));
+    assert_eq!(head_groups(&blocks).iter().map(|g| g.1).collect::<Vec<_>>(), [4, 4, 2]);
+    let x = Tensor::from_vec(wick::tensor_file::TensorFile::read(&fixture("onnx/vit_blocks.data.safetensors")).unwrap().f32("x").unwrap(), (5, 8, 8), &Device::Cpu).unwrap();
+    let p = exact_surgery(&blocks.deep_clone().unwrap(), &x);
+    assert_eq!(heads(&p), [(2, None), (2, None), (1, Some(0.2))]);
+    // A text encoder's attention reads the token ids as its padding mask: its heads are pruned
+    // the same way, and the sentences' embeddings stay.
+    let dir = fixture("text/tiny_bert");
+    let bert = wick::hf::load(&dir, None).unwrap().model;
+    let text = wick::embedding::TextData::read(&fixture("text/sentences.txt"), &dir, 64).unwrap();
+    let deps = analyse(&bert);
+    let chosen: BTreeSet<usize> = deps.groups.iter().filter(|g| g.heads).flat_map(|g| g.units.iter().copied().step_by(3)).collect();
+    assert!(!chosen.is_empty());
+    zero_units(&bert, &deps, &chosen).unwrap();
+    let before = wick::embedding::embed(&bert, &text, 16).unwrap();
+    let pruned = remove_units(&bert, &deps, &chosen).unwrap();
+    let after = wick::embedding::embed(&pruned, &text, 16).unwrap();
+    let d = before.iter().zip(&after).map(|(a, b)| max_abs_diff(a, b)).fold(0.0, f32::max);
+    assert!(d <= 1e-5, "embeddings moved by {d}");
+    assert!(heads(&pruned).iter().zip(heads(&bert)).all(|(a, b)| a.0 < b.0), "{:?} from {:?}", heads(&pruned), heads(&bert));
+    // `wick prune` takes heads only when asked (`--heads`); the summary counts them as heads.
+    let dir = tempfile::tempdir().unwrap();
+    let vit_path = fixture("models/digits_vit.safetensors");
+    for (flag, want_heads, want_qkv) in [(None, 4, 96), (Some("--heads"), 2, 48)] {
+        let out = dir.path().join("p.safetensors");
+        let mut args = vec!["prune", vit_path.to_str().unwrap(), "--ratio", "0.5", "--epochs", "0", "--json", "--out", out.to_str().unwrap()];
+        args.extend(flag);
+        let (stdout, _) = run_expect(&args, 0);
+        let p = load(&out);
+        assert_eq!((heads(&p)[0].0, p.params["qkv.weight"].as_tensor().dims()[0]), (want_heads, want_qkv), "{flag:?}");
+        assert_eq!(stdout.contains("\"heads\":true"), flag.is_some(), "{flag:?}: {stdout}");
     }
 }

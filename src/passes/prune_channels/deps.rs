@@ -12,7 +12,9 @@
 //! creates one id per hidden unit, tracked on its output's last axis (`Deps::feature_last`)
 //! through element-wise ops, `select` and `mean` into the next layer's columns; so does a linear
 //! over a multi-axis input (every step or token), whose columns read that axis, and a token
-//! embedding, whose table's columns are its features. A `transpose`
+//! embedding, whose table's columns are its features; a narrow of that axis takes its run of
+//! ids (q, k or v of a packed projection), and an attention over such q, k and v ties each
+//! head's features of all three into one unit, a head, whose ids its output carries on. A `transpose`
 //! of a value's first and last sample axes moves its ids between the two (a conv's channels
 //! into a recurrent op's input features, and back); one that moves them to a middle axis, or a
 //! mean across them, keeps them whole. A *group* is a
@@ -47,6 +49,8 @@ pub struct Group {
     pub producers: Vec<String>,
     /// The units, in the channel order of the first producer.
     pub units: Vec<usize>,
+    /// Whether each unit is an attention head (its q, k and v features), not one channel.
+    pub heads: bool,
 }
 
 struct UnionFind(Vec<usize>);
@@ -120,6 +124,8 @@ pub fn analyse(model: &Model) -> Deps {
     let mut feature_last: BTreeSet<String> = BTreeSet::new();
     // Each channel narrow and the ids of its run.
     let mut narrowed: Vec<(String, Vec<usize>)> = vec![];
+    // One id of each attention head's unit.
+    let mut head_firsts: Vec<usize> = vec![];
     for &i in &model.graph.order {
         let node = &arch.nodes[i];
         let ins: Vec<Vec<usize>> = node.inputs.iter().map(|n| channels[n].clone()).collect();
@@ -138,9 +144,14 @@ pub fn analyse(model: &Model) -> Deps {
                 // Values of the output's shape carry the units (tied); one of a single value along
                 // the last axis (an attention weight per step) scales them all and stays whole.
                 Op::Mul(_) => node.inputs.iter().zip(&last_in).all(|(i, &last)| if &shapes[i] == out_shape { last } else { shapes[i].last() == Some(&1) }),
-                Op::Select(SelectCfg { dim, .. }) | Op::Narrow(NarrowCfg { dim, .. }) | Op::Mean(ReduceCfg { dim, .. }) | Op::Amax(ReduceCfg { dim, .. }) | Op::Sum(ReduceCfg { dim, .. }) => {
+                Op::Select(SelectCfg { dim, .. }) | Op::Mean(ReduceCfg { dim, .. }) | Op::Amax(ReduceCfg { dim, .. }) | Op::Sum(ReduceCfg { dim, .. }) => {
                     sample_dim(*dim, in_rank).is_ok_and(|d| d + 1 != in_rank)
                 }
+                // A narrow of the units' axis takes their run (a packed projection's q, k or v).
+                Op::Narrow(NarrowCfg { dim, .. }) => sample_dim(*dim, in_rank).is_ok(),
+                // Heads of q, k and v each on its last axis; token ids after them are read as
+                // a mask only, and a per-head bias (a sixth input) stays whole.
+                Op::Attention(_) => node.inputs.len() <= 4 && last_in[..3].iter().all(|&b| b),
                 Op::Transpose(c) => matches!(swapped(c, in_rank, in_rank - 1), Some(Swap::Untouched | Swap::FirstAndLast)),
                 // A per-feature affine map scales each position of its axis on its own, the
                 // units' axis or another.
@@ -287,6 +298,27 @@ pub fn analyse(model: &Model) -> Deps {
                 feature_last.insert(node.name.clone());
                 o
             }
+            Op::Attention(c) if last_in[0] => {
+                // Head h's features of q, k and v form one unit: removing them removes the
+                // head's term of every score and its block of the output (v's ids).
+                let d = ins[0].len() / c.num_heads.max(1);
+                for h in 0..c.num_heads {
+                    let first = ins[0][h * d];
+                    for x in &ins[..3] {
+                        ties.extend(x[h * d..(h + 1) * d].iter().map(|&id| (first, id)));
+                    }
+                }
+                head_firsts.extend((0..c.num_heads).map(|h| ins[0][h * d]));
+                ins[2].clone()
+            }
+            Op::Narrow(c) if last_in[0] && sample_dim(c.dim, in_rank).is_ok_and(|d| d + 1 == in_rank) => match c.first(ins[0].len()) {
+                Ok(first) => {
+                    let run = ins[0][first..first + c.length].to_vec();
+                    narrowed.push((node.name.clone(), run.clone()));
+                    run
+                }
+                Err(_) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
+            },
             Op::PositionEmbedding(_) | Op::PrependRows(_) | Op::EmbeddingRow(_) | Op::Attention(_) | Op::RelativePositionBias(_) | Op::MaskedMean(_) | Op::MaskedPool(_) | Op::L2Normalize(_) => {
                 // Text encoders' sequence axis comes first and their features are tied across
                 // heads and positions: kept whole.
@@ -345,7 +377,10 @@ pub fn analyse(model: &Model) -> Deps {
             runs_of.entry(unit_of[id]).or_default().insert(narrow.as_str());
         }
     }
-    let mut by_producers: BTreeMap<(Vec<String>, Vec<&str>), Vec<usize>> = BTreeMap::new();
+    let heads: BTreeSet<usize> = head_firsts.iter().map(|&i| unit_of[i]).collect();
+    // Keyed by producers, narrow runs and whether the units are heads.
+    type GroupKey<'a> = (Vec<String>, Vec<&'a str>, bool);
+    let mut by_producers: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
     let mut seen = BTreeSet::new();
     for &id in producers.keys() {
         let u = unit_of[id];
@@ -354,9 +389,9 @@ pub fn analyse(model: &Model) -> Deps {
         }
         let key: Vec<String> = unit_producers[&u].iter().cloned().collect();
         let runs: Vec<&str> = runs_of.get(&u).map(|r| r.iter().copied().collect()).unwrap_or_default();
-        by_producers.entry((key, runs)).or_default().push(u);
+        by_producers.entry((key, runs, heads.contains(&u))).or_default().push(u);
     }
-    let groups = by_producers.into_iter().map(|((producers, _), units)| Group { producers, units }).collect();
+    let groups = by_producers.into_iter().map(|((producers, _, heads), units)| Group { producers, units, heads }).collect();
     Deps { channels, unit_of, frozen, groups, feature_last }
 }
 

@@ -37,6 +37,8 @@ pub struct PruneConfig {
     pub min_channels: usize,
     /// Layers whose output channels are not pruned.
     pub ignore: Vec<String>,
+    /// Prune whole attention heads too (a head is one unit of its attention's group).
+    pub heads: bool,
     pub seed: u64,
 }
 
@@ -46,6 +48,9 @@ pub struct GroupPlan {
     pub producers: Vec<String>,
     pub channels_before: usize,
     pub channels_after: usize,
+    /// The counts are attention heads, not channels.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub heads: bool,
 }
 
 /// A pruning plan: the units to remove.
@@ -93,7 +98,7 @@ pub fn plan(model: &Model, cfg: &PruneConfig, data: Option<&Dataset>) -> Result<
     check(model, cfg)?;
     let mut deps = analyse(model);
     let ignored: BTreeSet<&str> = cfg.ignore.iter().map(String::as_str).collect();
-    deps.groups.retain(|g| !g.producers.iter().any(|p| ignored.contains(p.as_str())));
+    deps.groups.retain(|g| (cfg.heads || !g.heads) && !g.producers.iter().any(|p| ignored.contains(p.as_str())));
     let scores = importance(model, &deps, cfg.criterion, data, cfg.seed)?;
     let mut removed = BTreeSet::new();
     let mut groups = vec![];
@@ -137,7 +142,7 @@ pub fn plan(model: &Model, cfg: &PruneConfig, data: Option<&Dataset>) -> Result<
     }
     for g in &deps.groups {
         let after = g.units.iter().filter(|u| !removed.contains(u)).count();
-        groups.push(GroupPlan { producers: g.producers.clone(), channels_before: g.units.len(), channels_after: after });
+        groups.push(GroupPlan { producers: g.producers.clone(), channels_before: g.units.len(), channels_after: after, heads: g.heads });
     }
     Ok(Plan { groups, removed, deps })
 }
@@ -224,7 +229,7 @@ pub fn prune_with_recovery(model: &Model, cfg: &PruneConfig, steps: usize, recov
 /// (at least one), chosen by L1 importance, so the copy starts from the teacher's strongest
 /// channels.
 pub fn width_scaled(model: &Model, width: f64) -> Result<Model> {
-    let cfg = PruneConfig { ratio: 1.0 - width, criterion: Criterion::L1, global: false, round_to: 1, min_channels: 1, ignore: vec![], seed: 0 };
+    let cfg = PruneConfig { ratio: 1.0 - width, criterion: Criterion::L1, global: false, round_to: 1, min_channels: 1, ignore: vec![], heads: false, seed: 0 };
     let cfg = PruneConfig { ratio: cfg.ratio.clamp(0.0, 0.999_999), ..cfg };
     apply(model, &plan(model, &cfg, None)?)
 }

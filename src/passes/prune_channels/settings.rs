@@ -41,6 +41,8 @@ pub struct PruneSettings {
     pub min_channels: usize,
     /// Layers whose output channels are kept.
     pub ignore: Vec<String>,
+    /// Prune whole attention heads as well as channels.
+    pub heads: bool,
     /// Fixed ratio: reach it in this many steps, recovering after each.
     pub steps: usize,
     /// Recovery epochs after each pruning step (`auto`: `AUTO_STEPS` optimiser steps).
@@ -63,6 +65,7 @@ impl Default for PruneSettings {
             round_to: 1,
             min_channels: 0,
             ignore: vec![],
+            heads: false,
             steps: 1,
             epochs: Epochs::Auto,
             lr: LearningRate::Auto,
@@ -93,7 +96,7 @@ impl PruneSettings {
 
     /// The pruning configuration at `ratio`.
     pub fn config(&self, ratio: f64, seed: u64) -> PruneConfig {
-        PruneConfig { ratio, criterion: self.criterion, global: self.global, round_to: self.round_to, min_channels: self.min_channels, ignore: self.ignore.clone(), seed }
+        PruneConfig { ratio, criterion: self.criterion, global: self.global, round_to: self.round_to, min_channels: self.min_channels, ignore: self.ignore.clone(), heads: self.heads, seed }
     }
 
     /// The recovery after each pruning step, as the context's data and teacher allow. Distilling
@@ -151,7 +154,7 @@ impl Pass for PruneSettings {
                 // A K-step run re-ranks between steps; the plan shows a one-shot prune.
                 let p = plan(&sketch.model, &self.config(ratio, ctx.seed), Some(ctx.train))?;
                 let m = apply(&sketch.model, &p)?;
-                let groups: Vec<String> = p.groups.iter().map(|g| format!("{}: {}->{}", g.producers.join("+"), g.channels_before, g.channels_after)).collect();
+                let groups: Vec<String> = p.groups.iter().map(|g| format!("{}: {}->{}{}", g.producers.join("+"), g.channels_before, g.channels_after, if g.heads { " heads" } else { "" })).collect();
                 Ok((Sketch { model: m, ..sketch }, format!("prune {ratio} in {} step(s); groups {}", self.steps, groups.join("; "))))
             }
             Ratio::Auto => {

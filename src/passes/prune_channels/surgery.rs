@@ -149,6 +149,20 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                     c.length = kin.iter().filter(|&&p| (first..end).contains(&(p as usize))).count();
                 }
             }
+            Op::Narrow(c) if input_last && sample_dim(c.dim, model.graph.shapes[&node.inputs[0]].len()).is_ok_and(|d| d + 1 == model.graph.shapes[&node.inputs[0]].len()) => {
+                // A run of the last axis (`deps`), recounted as a run of the channels is.
+                let width = model.graph.shapes[&node.inputs[0]].last().copied().unwrap_or(0);
+                if let Ok(first) = c.first(width) {
+                    let end = first + c.length;
+                    c.start = kin.iter().filter(|&&p| (p as usize) < first).count() as i64;
+                    c.length = kin.iter().filter(|&&p| (first..end).contains(&(p as usize))).count();
+                }
+            }
+            Op::Attention(c) if input_last => {
+                // Whole heads go (`deps`); their width, and so the default scale, stays.
+                let width = model.graph.shapes[&node.inputs[0]].last().copied().unwrap_or(0);
+                c.num_heads = kin.len() / (width / c.num_heads.max(1)).max(1);
+            }
             Op::Reshape(c) => {
                 // Its first axis carries the channels' ids (`deps`): its size is the kept positions.
                 if let Some(d) = c.shape.first_mut().filter(|d| **d > 0) {
