@@ -91,3 +91,51 @@ fn batch_split_across_threads_and_chunks_is_bit_identical() {
         }
     }
 }
+
+/// A ShuffleNet unit: the channels split in two (`narrow`), one half through a conv branch,
+/// joined (`concat`) and shuffled as PyTorch writes it, `view(n, 2, c/2, h, w)`,
+/// `transpose(1, 2)`, `reshape(n, c, h, w)`. The three shuffle nodes are one step that permutes
+/// whole channels (output `j` is input `(j mod 2)·c/2 + j/2`), in the channels-last layout the
+/// convs keep, and agree with the candle executor; in INT8 the integer runtime equals the
+/// scalar reference. A run of the same three ops that moves positions within channels (a
+/// transpose of the two spatial axes of a square map) is no channel permutation and stays
+/// three steps, also exact.
+#[test]
+fn channel_shuffle_is_one_permutation_step() {
+    let node = |name: &str, op: &str, inputs: &[&str], more: serde_json::Value| {
+        let mut n = serde_json::json!({"name": name, "op": op, "inputs": inputs});
+        n.as_object_mut().unwrap().extend(more.as_object().unwrap().clone());
+        n
+    };
+    let arch = |reshaped: [usize; 4], swap: (i64, i64)| -> wick::model::arch::Arch {
+        let j = serde_json::json!({"format": "wick-arch", "version": 1, "input": {"shape": [3, 6, 6]}, "nodes": [
+            node("stem", "conv2d", &["input"], serde_json::json!({"in_channels": 3, "out_channels": 12, "kernel_size": 3, "padding": 1})),
+            node("stem_act", "relu", &["stem"], serde_json::json!({})),
+            node("a", "narrow", &["stem_act"], serde_json::json!({"dim": 1, "start": 0, "length": 6})),
+            node("b", "narrow", &["stem_act"], serde_json::json!({"dim": 1, "start": 6, "length": 6})),
+            node("branch", "conv2d", &["b"], serde_json::json!({"in_channels": 6, "out_channels": 6, "kernel_size": 1})),
+            node("branch_act", "relu", &["branch"], serde_json::json!({})),
+            node("joined", "concat", &["a", "branch_act"], serde_json::json!({"dim": 1})),
+            node("view", "reshape", &["joined"], serde_json::json!({"shape": reshaped})),
+            node("swap", "transpose", &["view"], serde_json::json!({"dim0": swap.0, "dim1": swap.1})),
+            node("shuffled", "reshape", &["swap"], serde_json::json!({"shape": [12, 6, 6]})),
+            node("mix", "conv2d", &["shuffled"], serde_json::json!({"in_channels": 12, "out_channels": 8, "kernel_size": 3, "groups": 2})),
+            node("pool", "global_avg_pool", &["mix"], serde_json::json!({})),
+            node("head", "linear", &["pool"], serde_json::json!({"in_features": 8, "out_features": 4}))
+        ], "output": "head"});
+        serde_json::from_value(j).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (reshaped, swap, perm) in [([2, 6, 6, 6], (1, 2)), ([12, 6, 6, 1], (2, 3))].into_iter().zip([Some(vec![0, 6, 1, 7, 2, 8, 3, 9, 4, 10, 5, 11]), None]).map(|((r, s), p)| (r, s, p)) {
+        let (m, d) = random_model(arch(reshaped, swap), 40);
+        let plan = Plan::float(&m).unwrap();
+        let found: Vec<(String, Vec<usize>)> = plan.channel_permutations().into_iter().map(|(n, p)| (n.to_string(), p.to_vec())).collect();
+        assert_eq!(found, perm.iter().map(|p| ("shuffled".to_string(), p.clone())).collect::<Vec<_>>(), "{reshaped:?}");
+        assert_eq!(plan.candle_steps(), Vec::<&str>::new());
+        let (fast, want) = logits(&m, &d.x);
+        assert!(max_abs_diff(&fast, &want) <= 1e-5, "{reshaped:?}: {}", max_abs_diff(&fast, &want));
+        let data = dir.path().join("x.safetensors");
+        d.x.save_safetensors("x", &data).unwrap();
+        ptq_runs_bit_exact(&m, &data);
+    }
+}

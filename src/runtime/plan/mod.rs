@@ -98,6 +98,12 @@ enum Kind {
     Transpose {
         swaps: Vec<(usize, usize)>,
     },
+    /// Output channel `j` is input channel `perm[j]`, every position kept, in the input's
+    /// layout: a reshape, transpose and reshape back that only move whole channels (a
+    /// ShuffleNet's channel shuffle), done as one step (`run::permute_channels`).
+    PermuteChannels {
+        perm: Vec<usize>,
+    },
     /// `value` added before and after each full-tensor axis (`pads[0]`, the batch's, is none),
     /// in the layout the input has unless the channels are padded.
     Pad {
@@ -326,6 +332,17 @@ impl Plan {
                     continue;
                 }
             }
+            // A reshape back to the shape that a reshape-and-transpose run started from, where
+            // the run only moved whole channels, replaces the run by one permutation of them.
+            if let Some(perm) = channel_permutation(&model, node, &steps, &readers) {
+                let run = steps.len() - 2;
+                let source = steps[run].inputs[0];
+                steps.truncate(run);
+                steps.push(Step { node: ni, kind: Kind::PermuteChannels { perm }, inputs: vec![source], output: slots, residual: None, codes_for: None });
+                slot_of.insert(node.name.as_str(), slots);
+                slots += 1;
+                continue;
+            }
             // A pad that only a conv reads becomes that conv's padding taps: no copy of the input.
             if let Some((conv, shape)) = foldable_pad(&model, node, &readers) {
                 slot_of.insert(node.name.as_str(), slot_of[node.inputs[0].as_str()]);
@@ -490,6 +507,13 @@ impl Plan {
         self.steps.iter().filter_map(|s| s.residual.map(|(r, relu)| (layer(s), name(r), relu))).collect()
     }
 
+    /// The nodes whose step permutes whole channels (the last node of each reshape, transpose
+    /// and reshape-back run), with the permutation.
+    pub fn channel_permutations(&self) -> Vec<(&str, &[usize])> {
+        let name = |node: usize| self.model.arch.nodes[node].name.as_str();
+        self.steps.iter().filter_map(|s| if let Kind::PermuteChannels { perm } = &s.kind { Some((name(s.node), perm.as_slice())) } else { None }).collect()
+    }
+
     /// The pads that run as padding taps of the conv reading them, as `(pad, conv)`.
     pub fn folded_pads(&self) -> Vec<(&str, &str)> {
         let name = |node: usize| self.model.arch.nodes[node].name.as_str();
@@ -502,6 +526,40 @@ impl Plan {
         let name = |node: usize| self.model.arch.nodes[node].name.as_str();
         self.steps.iter().filter_map(|s| s.codes_for.as_ref().map(|r| (name(s.node), name(r.node)))).collect()
     }
+}
+
+/// When `node` is a flatten or reshape of the output of the last step, a transpose, whose input
+/// is the step before it, a flatten or reshape (each read only by the next), and `node`'s shape
+/// is the shape that reshape read: the permutation of the channels the three make, if they move
+/// whole channels only. Found by running the transposes over each value's own index: output
+/// channel `j` must hold the `S` positions `perm[j]·S..(perm[j] + 1)·S` in order (`S` values a
+/// channel).
+fn channel_permutation(model: &Model, node: &Node, steps: &[Step], readers: &BTreeMap<&str, usize>) -> Option<Vec<usize>> {
+    let [.., reshape, transpose] = steps else { return None };
+    let (Kind::Flatten, Kind::Transpose { swaps }) = (&reshape.kind, &transpose.kind) else { return None };
+    let (nodes, shapes) = (&model.arch.nodes, &model.graph.shapes);
+    let (first, moved) = (&nodes[reshape.node], &nodes[transpose.node]);
+    let single = |n: &Node| readers.get(n.name.as_str()) == Some(&1) && n.name != model.arch.output_name();
+    let chained = matches!(node.op, Op::Flatten(_) | Op::Reshape(_)) && node.inputs[0] == moved.name && moved.inputs[0] == first.name && transpose.inputs[0] == reshape.output;
+    let shape = &shapes[first.inputs[0].as_str()];
+    if !chained || !single(first) || !single(moved) || shape.len() < 2 || &shapes[node.name.as_str()] != shape {
+        return None;
+    }
+    let values: usize = shape.iter().product();
+    if values >= 1 << 24 {
+        return None;
+    }
+    // Each value's index, exact in f32 below 2²⁴, through the transposes (batch of one first).
+    let mut dims: Vec<usize> = std::iter::once(1).chain(shapes[first.name.as_str()].iter().copied()).collect();
+    let mut index: Vec<f32> = (0..values).map(|i| i as f32).collect();
+    for &(a, b) in swaps {
+        index = elementwise::swap_axes(&index, &dims, a, b);
+        dims.swap(a, b);
+    }
+    let per = values / shape[0];
+    let perm: Vec<usize> = index.chunks_exact(per).map(|c| c[0] as usize / per).collect();
+    let whole = index.chunks_exact(per).zip(&perm).all(|(c, &p)| c.iter().enumerate().all(|(s, &i)| i as usize == p * per + s));
+    whole.then_some(perm)
 }
 
 /// The index of the conv reading `node` and that conv's shape with `node` folded in, when `node`

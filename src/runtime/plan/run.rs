@@ -3,7 +3,9 @@
 //! quantising each integer layer's input once per quantiser and freeing each value after its
 //! last reader.
 
-use super::elementwise::{add_relu_in_place, concat_rows, gather_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, narrow_rows, pad_constant, scale_channels, sum_axis, swap_axes};
+use super::elementwise::{
+    add_relu_in_place, concat_rows, gather_rows, global_avg_pool, max_axis, mean_axis, mul_in_place, narrow_rows, pad_constant, permute_channels, scale_channels, sum_axis, swap_axes,
+};
 use super::normalize::{affine_rows, channel_affine, layer_norm, prelu, softmax};
 use super::{Kind, Plan, Reduction, Step, Value, SPLIT_MIN_SAMPLES};
 use crate::error::{Result, WickError};
@@ -232,6 +234,10 @@ impl Plan {
                     Value { data: narrow_rows(&v.data, width, start * inner, length * inner), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: cl }
                 }
                 Kind::Transpose { swaps } => permute(self.owned(&mut vals, step, si), swaps),
+                Kind::PermuteChannels { perm } => {
+                    let v = vals[step.inputs[0]].as_ref().expect("input computed");
+                    Value { data: permute_channels(&v.data, perm, n, v.channels_last), dims: out_dims(&shapes[node.name.as_str()], n), channels_last: v.channels_last }
+                }
                 Kind::Pad { pads, value } => {
                     let v = vals[step.inputs[0]].as_mut().expect("input computed");
                     // Padded channels are a logical-order job; spatial padding keeps a
