@@ -15,12 +15,21 @@ pub struct Latency {
     pub large_batch_ms: f64,
 }
 
-/// Median of timed runs after two warm-up runs: at least `min_reps`, and more (up to 20 times
+/// Seconds of warm-up runs before timing.
+const WARM_UP_S: f64 = 0.1;
+
+/// Median of timed runs after [`WARM_UP_S`] of warm-up runs (two at least): at least `min_reps`, and more (up to 20 times
 /// as many) while the total stays under a quarter of a second, so fast workloads get enough
 /// samples for the median to be stable on a noisy machine.
 fn median_ms(min_reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..2 {
+    // Warm-up for a tenth of a second, two runs at least: the first 50 ms of batches after a
+    // process's first allocations of their size ran twice as slow on a VM (fresh pages, the
+    // heap settling), which two runs did not cover.
+    let warm = Instant::now();
+    let mut runs = 0;
+    while runs < 2 || warm.elapsed().as_secs_f64() < WARM_UP_S {
         f()?;
+        runs += 1;
     }
     let mut t = Vec::with_capacity(min_reps);
     let start = Instant::now();
