@@ -307,11 +307,15 @@ pub fn analyse(model: &Model) -> Deps {
                     for x in &ins[..3] {
                         ties.extend(x[h * d..(h + 1) * d].iter().map(|&id| (first, id)));
                     }
+                    head_firsts.push(first);
                 }
-                head_firsts.extend((0..c.num_heads).map(|h| ins[0][h * d]));
                 ins[2].clone()
             }
-            Op::Narrow(c) if last_in[0] && sample_dim(c.dim, in_rank).is_ok_and(|d| d + 1 == in_rank) => match c.first(ins[0].len()) {
+            // A run of the axis that carries the units (the channels, or a feature-last value's
+            // last axis: q, k or v of a packed projection) carries that run's ids (surgery
+            // recounts its start and length); the groups below keep each run's units apart so
+            // that none is emptied.
+            Op::Narrow(c) if sample_dim(c.dim, in_rank) == Ok(if last_in[0] { in_rank - 1 } else { 0 }) => match c.first(ins[0].len()) {
                 Ok(first) => {
                     let run = ins[0][first..first + c.length].to_vec();
                     narrowed.push((node.name.clone(), run.clone()));
@@ -325,16 +329,6 @@ pub fn analyse(model: &Model) -> Deps {
                 kept_whole(&ins, out_shape, &mut next, &mut freeze_ids)
             }
             Op::Transpose(_) | Op::Mean(_) | Op::Amax(_) | Op::Sum(_) | Op::Select(_) | Op::Narrow(_) | Op::Pad(_) if last_in[0] => ins[0].clone(),
-            // A run of the channels carries that run's ids (surgery recounts its start and
-            // length); the groups below keep each run's units apart so that none is emptied.
-            Op::Narrow(c) if sample_dim(c.dim, in_rank) == Ok(0) => match c.first(ins[0].len()) {
-                Ok(first) => {
-                    let run = ins[0][first..first + c.length].to_vec();
-                    narrowed.push((node.name.clone(), run.clone()));
-                    run
-                }
-                Err(_) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
-            },
             // Padding the channel axis adds channels no producer owns: kept whole.
             Op::Pad(c) if c.per_dim(in_rank).map_or(true, |p| p[0] != (0, 0)) => kept_whole(&ins, out_shape, &mut next, &mut freeze_ids),
             Op::Transpose(c) => match swapped(c, in_rank, 0) {

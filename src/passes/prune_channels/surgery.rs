@@ -38,6 +38,9 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
         let kin = keep(deps, &node.inputs[0], removed);
         // Units on the input's last axis, which a conv does not read as its channels.
         let input_last = deps.feature_last.contains(&node.inputs[0]);
+        // The input's shape and the axis `deps` tracks its units on.
+        let in_shape = &model.graph.shapes[&node.inputs[0]];
+        let units_axis = if input_last { in_shape.len().saturating_sub(1) } else { 0 };
         let kout = keep(deps, &name, removed);
         let mut sel = |suffix: &str, idx: &[u32], dim: usize| -> Result<()> {
             let key = format!("{name}.{suffix}");
@@ -140,19 +143,10 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
                 }
                 c.hidden_size = kept.len();
             }
-            Op::Narrow(c) if !input_last && sample_dim(c.dim, model.graph.shapes[&node.inputs[0]].len()) == Ok(0) => {
-                // A run of the channels (`deps`): it starts after the kept channels before it and
-                // holds its kept ones.
-                if let Ok(first) = c.first(model.graph.shapes[&node.inputs[0]][0]) {
-                    let end = first + c.length;
-                    c.start = kin.iter().filter(|&&p| (p as usize) < first).count() as i64;
-                    c.length = kin.iter().filter(|&&p| (first..end).contains(&(p as usize))).count();
-                }
-            }
-            Op::Narrow(c) if input_last && sample_dim(c.dim, model.graph.shapes[&node.inputs[0]].len()).is_ok_and(|d| d + 1 == model.graph.shapes[&node.inputs[0]].len()) => {
-                // A run of the last axis (`deps`), recounted as a run of the channels is.
-                let width = model.graph.shapes[&node.inputs[0]].last().copied().unwrap_or(0);
-                if let Ok(first) = c.first(width) {
+            Op::Narrow(c) if sample_dim(c.dim, in_shape.len()) == Ok(units_axis) => {
+                // A run of the units' axis (`deps`): it starts after the kept positions before it
+                // and holds its kept ones.
+                if let Ok(first) = c.first(in_shape[units_axis]) {
                     let end = first + c.length;
                     c.start = kin.iter().filter(|&&p| (p as usize) < first).count() as i64;
                     c.length = kin.iter().filter(|&&p| (first..end).contains(&(p as usize))).count();
@@ -160,8 +154,7 @@ pub fn remove_units(model: &Model, deps: &Deps, removed: &BTreeSet<usize>) -> Re
             }
             Op::Attention(c) if input_last => {
                 // Whole heads go (`deps`); their width, and so the default scale, stays.
-                let width = model.graph.shapes[&node.inputs[0]].last().copied().unwrap_or(0);
-                c.num_heads = kin.len() / (width / c.num_heads.max(1)).max(1);
+                c.num_heads = kin.len() / (in_shape[units_axis] / c.num_heads.max(1)).max(1);
             }
             Op::Reshape(c) => {
                 // Its first axis carries the channels' ids (`deps`): its size is the kept positions.
