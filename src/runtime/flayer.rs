@@ -81,27 +81,45 @@ impl FloatLayer {
     /// The CPU has `V`'s features; `a`, `b` and `o` are valid for `n` values.
     #[inline(always)]
     unsafe fn finish_run<V: Lanes>(&self, a: *const f32, b: Option<*const f32>, o: *mut f32, n: usize) {
+        /// One vector (or scalar) of the row; the flags are constants, so each of
+        /// `finish_run`'s loops holds only its own arithmetic.
         #[inline(always)]
-        unsafe fn lanes<V: Lanes>(a: *const f32, b: Option<*const f32>, relu: bool, relu6: bool, o: *mut f32) {
+        unsafe fn lanes<V: Lanes, const BIAS: bool, const RELU: bool, const RELU6: bool>(a: *const f32, b: *const f32, o: *mut f32) {
             // SAFETY: the caller's.
             unsafe {
-                let mut v = V::load(a);
-                if let Some(b) = b {
-                    v = v + V::load(b);
-                }
-                clamp(v, relu, relu6).store(o);
+                let v = V::load(a);
+                let v = if BIAS { v + V::load(b) } else { v };
+                clamp(v, RELU, RELU6).store(o);
             }
         }
-        let relu6 = act_in_row(self.act);
-        // SAFETY: the caller's bounds and features.
+        #[inline(always)]
+        unsafe fn run<V: Lanes, const BIAS: bool, const RELU: bool, const RELU6: bool>(a: *const f32, b: *const f32, o: *mut f32, n: usize) {
+            // SAFETY: the caller's bounds and features.
+            unsafe {
+                over_row!(
+                    V,
+                    n,
+                    |j| lanes::<V, BIAS, RELU, RELU6>(a.add(j), b.add(j), o.add(j)),
+                    lanes::<V::Half, BIAS, RELU, RELU6>(a.add(j), b.add(j), o.add(j)),
+                    lanes::<f32, BIAS, RELU, RELU6>(a.add(j), b.add(j), o.add(j))
+                )
+            }
+        }
+        // The flags are read once: stores through `o` may alias the layer as far as the compiler
+        // knows, and it tested them again at every vector.
+        let bias = b.unwrap_or(std::ptr::null());
+        // SAFETY: the caller's; `bias` is read only with `BIAS`, when `b` is given.
         unsafe {
-            over_row!(
-                V,
-                n,
-                |j| lanes::<V>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j)),
-                lanes::<V::Half>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j)),
-                lanes::<f32>(a.add(j), b.map(|b| b.add(j)), self.relu, relu6, o.add(j))
-            )
+            match (b.is_some(), self.relu, act_in_row(self.act)) {
+                (true, false, false) => run::<V, true, false, false>(a, bias, o, n),
+                (true, true, false) => run::<V, true, true, false>(a, bias, o, n),
+                (true, false, true) => run::<V, true, false, true>(a, bias, o, n),
+                (true, true, true) => run::<V, true, true, true>(a, bias, o, n),
+                (false, false, false) => run::<V, false, false, false>(a, bias, o, n),
+                (false, true, false) => run::<V, false, true, false>(a, bias, o, n),
+                (false, false, true) => run::<V, false, false, true>(a, bias, o, n),
+                (false, true, true) => run::<V, false, true, true>(a, bias, o, n),
+            }
         }
     }
 }

@@ -203,28 +203,47 @@ impl QLayer {
     /// the layer's output channels.
     #[inline(always)]
     unsafe fn finish_run<V: Lanes, A: Centred>(&self, a: *const A, c0: usize, o: *mut f32, n: usize) {
+        /// One vector (or scalar) of the row; the flags are constants, so each of
+        /// `finish_run`'s loops holds only its own arithmetic.
         #[inline(always)]
-        unsafe fn lanes<V: Lanes, A: Centred>(l: &QLayer, a: *const A, c: usize, relu6: bool, o: *mut f32) {
+        unsafe fn lanes<V: Lanes, A: Centred, const BIAS: bool, const RELU: bool, const RELU6: bool>(a: *const A, z: *const i32, m: *const f32, b: *const f32, o: *mut f32) {
             // SAFETY: the caller's.
             unsafe {
-                let v = A::centred_lanes::<V>(a, l.zp_wsum.as_ptr().add(c)) * V::load(l.mult.as_ptr().add(c));
-                let v = match &l.bias {
-                    Some(b) => v + V::load(b.as_ptr().add(c)),
-                    None => v,
-                };
-                clamp(v, l.relu, relu6).store(o);
+                let v = A::centred_lanes::<V>(a, z) * V::load(m);
+                let v = if BIAS { v + V::load(b) } else { v };
+                clamp(v, RELU, RELU6).store(o);
             }
         }
-        let relu6 = act_in_row(self.act);
-        // SAFETY: the caller's bounds and features.
+        #[inline(always)]
+        unsafe fn run<V: Lanes, A: Centred, const BIAS: bool, const RELU: bool, const RELU6: bool>(a: *const A, z: *const i32, m: *const f32, b: *const f32, o: *mut f32, n: usize) {
+            // SAFETY: the caller's bounds and features.
+            unsafe {
+                over_row!(
+                    V,
+                    n,
+                    |j| lanes::<V, A, BIAS, RELU, RELU6>(a.add(j), z.add(j), m.add(j), b.add(j), o.add(j)),
+                    lanes::<V::Half, A, BIAS, RELU, RELU6>(a.add(j), z.add(j), m.add(j), b.add(j), o.add(j)),
+                    lanes::<f32, A, BIAS, RELU, RELU6>(a.add(j), z.add(j), m.add(j), b.add(j), o.add(j))
+                )
+            }
+        }
+        // The fields are read once: stores through `o` may alias them as far as the compiler
+        // knows, and it reloaded them (and tested the flags) at every vector.
+        // SAFETY: `c0 + n` is within the layer's channels (the caller's).
+        let (z, m) = unsafe { (self.zp_wsum.as_ptr().add(c0), self.mult.as_ptr().add(c0)) };
+        let b = self.bias.as_ref().map_or(std::ptr::null(), |b| b[c0..].as_ptr());
+        // SAFETY: the caller's; `b` is read only with `BIAS`, when the layer has a bias.
         unsafe {
-            over_row!(
-                V,
-                n,
-                |j| lanes::<V, A>(self, a.add(j), c0 + j, relu6, o.add(j)),
-                lanes::<V::Half, A>(self, a.add(j), c0 + j, relu6, o.add(j)),
-                lanes::<f32, A>(self, a.add(j), c0 + j, relu6, o.add(j))
-            )
+            match (self.bias.is_some(), self.relu, act_in_row(self.act)) {
+                (true, false, false) => run::<V, A, true, false, false>(a, z, m, b, o, n),
+                (true, true, false) => run::<V, A, true, true, false>(a, z, m, b, o, n),
+                (true, false, true) => run::<V, A, true, false, true>(a, z, m, b, o, n),
+                (true, true, true) => run::<V, A, true, true, true>(a, z, m, b, o, n),
+                (false, false, false) => run::<V, A, false, false, false>(a, z, m, b, o, n),
+                (false, true, false) => run::<V, A, false, true, false>(a, z, m, b, o, n),
+                (false, false, true) => run::<V, A, false, false, true>(a, z, m, b, o, n),
+                (false, true, true) => run::<V, A, false, true, true>(a, z, m, b, o, n),
+            }
         }
     }
 }
