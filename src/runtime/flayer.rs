@@ -10,6 +10,7 @@
 use super::depthwise;
 use super::epilogue::{act_in_row, activate, clamp, finish_tile, FinishRow, Residual};
 use super::layout::{run_layer, LayerShape, PatchRuns};
+use super::winograd::{self, Winograd};
 use crate::matmul::f32::PackedF32;
 use crate::model::act_op::Act;
 use crate::model::vmath::over_row;
@@ -24,6 +25,8 @@ pub struct FloatLayer {
     /// A depthwise conv's (one input channel per group) weights, tap-major, for its direct
     /// kernel (`depthwise.rs`).
     depthwise: Option<Vec<f32>>,
+    /// A 3×3 stride-1 conv's transformed weights (`winograd.rs`).
+    winograd: Option<Box<Winograd>>,
     /// Where each output position's patch row reads (convs that are not pointwise).
     runs: Option<PatchRuns>,
     bias: Option<Vec<f32>>,
@@ -39,7 +42,7 @@ impl FloatLayer {
     pub fn new(shape: LayerShape, weight: &[f32], bias: Option<Vec<f32>>) -> FloatLayer {
         let (packed, runs) = match shape {
             LayerShape::Conv(g) if depthwise::one_input_per_group(&g) => {
-                return FloatLayer { shape, packed: vec![], depthwise: Some(depthwise::tap_major(&g, weight)), runs: None, bias, relu: false, act: None };
+                return FloatLayer { shape, packed: vec![], depthwise: Some(depthwise::tap_major(&g, weight)), winograd: None, runs: None, bias, relu: false, act: None };
             }
             LayerShape::Linear { inp, out } => (vec![PackedF32::pack(weight, out, inp)], None),
             LayerShape::Conv(g) => {
@@ -47,7 +50,12 @@ impl FloatLayer {
                 (packed, (!g.pointwise()).then(|| PatchRuns::new(&g)))
             }
         };
-        FloatLayer { shape, packed, depthwise: None, runs, bias, relu: false, act: None }
+        // A 3×3 stride-1 conv keeps its direct form too, for batches of too few tiles.
+        let winograd = match shape {
+            LayerShape::Conv(g) if winograd::applies(&g) => Some(Box::new(Winograd::new(&g, weight))),
+            _ => None,
+        };
+        FloatLayer { shape, packed, depthwise: None, winograd, runs, bias, relu: false, act: None }
     }
 
     /// Runs the layer on `x` (channels last for a conv; `rows × in` for a linear) of `n`
@@ -65,6 +73,9 @@ impl FloatLayer {
     fn run_with<F: FinishRow<f32, f32> + Sync>(&self, x: &[f32], n: usize, finish: &F) -> Vec<f32> {
         if let (Some(w), LayerShape::Conv(g)) = (&self.depthwise, self.shape) {
             return depthwise::run(&g, w, x, 0.0, n, finish);
+        }
+        if let Some(w) = self.winograd.as_ref().filter(|w| w.pays(n)) {
+            return w.run(x, n, finish);
         }
         let (o, og) = (self.shape.out_channels(), self.shape.out_channels() / self.packed.len());
         let epilogue = |gi: usize| move |acc: &[f32], stride: usize, first: usize, out: &mut [MaybeUninit<f32>]| finish_tile(finish, acc, stride, first, o, gi * og, og, out);

@@ -16,6 +16,7 @@ pub mod layout;
 pub mod plan;
 pub mod qlayer;
 pub mod recurrent;
+pub mod winograd;
 
 use crate::artifact::{Int8Model, QuantLayer};
 use crate::error::{Result, WickError};
