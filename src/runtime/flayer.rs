@@ -63,18 +63,25 @@ impl FloatLayer {
     /// `residual = (shortcut, relu)`, a residual add (and a ReLU) follows in the output loop:
     /// `max(y + shortcut, 0)` ([`Residual`]; `shortcut` in the output's layout).
     pub fn run(&self, x: &[f32], n: usize, residual: Option<(&[f32], bool)>) -> Vec<f32> {
+        self.run_in_batch(x, n, n, residual)
+    }
+
+    /// [`FloatLayer::run`] on `n` samples of a batch of `batch` (a part or chunk of it): a 3×3
+    /// conv takes Winograd's form by the whole batch's size, so that the parts and chunks of
+    /// one batch all sum the same way.
+    pub fn run_in_batch(&self, x: &[f32], n: usize, batch: usize, residual: Option<(&[f32], bool)>) -> Vec<f32> {
         match residual {
-            None => self.run_with(x, n, self),
-            Some((shortcut, relu)) => self.run_with(x, n, &Residual { layer: self, shortcut, ldo: self.shape.out_channels(), relu }),
+            None => self.run_with(x, n, batch, self),
+            Some((shortcut, relu)) => self.run_with(x, n, batch, &Residual { layer: self, shortcut, ldo: self.shape.out_channels(), relu }),
         }
     }
 
     /// The GEMM over `x` with `finish` writing each tile row's outputs.
-    fn run_with<F: FinishRow<f32, f32> + Sync>(&self, x: &[f32], n: usize, finish: &F) -> Vec<f32> {
+    fn run_with<F: FinishRow<f32, f32> + Sync>(&self, x: &[f32], n: usize, batch: usize, finish: &F) -> Vec<f32> {
         if let (Some(w), LayerShape::Conv(g)) = (&self.depthwise, self.shape) {
             return depthwise::run(&g, w, x, 0.0, n, finish);
         }
-        if let Some(w) = self.winograd.as_ref().filter(|w| w.pays(n)) {
+        if let Some(w) = self.winograd.as_ref().filter(|w| w.pays(batch)) {
             return w.run(x, n, finish);
         }
         let (o, og) = (self.shape.out_channels(), self.shape.out_channels() / self.packed.len());

@@ -58,7 +58,9 @@ fn float_plan_gives_the_teachers_their_accuracy() {
 /// A batch cut across threads (one part per thread, here 3 uneven parts of 120 samples, or of
 /// 5), and each part run in chunks of samples (1, or 7 with a shorter last one), gives
 /// bit-identical logits to one pass, for the float and the integer plan: every row depends on
-/// its own sample only. On the ResNet, a ConvNeXt block and a TextCNN.
+/// its own sample and the batch's size only (the ResNet's 3×3 convs take their Winograd form by
+/// the whole batch of 120, also in chunks of one sample). On the ResNet, a ConvNeXt block and
+/// a TextCNN.
 #[test]
 fn batch_split_across_threads_and_chunks_is_bit_identical() {
     let block = fixture("onnx/convnext_block.data.safetensors");

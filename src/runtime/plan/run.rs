@@ -21,8 +21,10 @@ impl Plan {
     /// `2·SPLIT_MIN_SAMPLES` samples, the batch is cut into one contiguous part per thread and
     /// the parts run the whole plan side by side: one fork and join per batch instead of one per
     /// layer, and the steps between the GEMMs (adds, layout changes, quantisation) run in
-    /// parallel too. Every output row depends on its own sample only (static quantisation, each
-    /// GEMM row summed alone), so the logits are bit-identical to one pass over the batch.
+    /// parallel too. Every output row depends on its own sample and the batch's size only
+    /// (static quantisation, each GEMM row summed alone; a float 3×3 conv's Winograd form taken
+    /// by the size of the whole batch), so the logits are bit-identical to one pass over the
+    /// batch.
     pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
         let n = x.dim(0)?;
         self.predict_in_parts(x, rayon::current_num_threads().min(n / SPLIT_MIN_SAMPLES))
@@ -36,14 +38,14 @@ impl Plan {
         let n = x.dim(0)?;
         let parts = parts.min(n);
         if parts < 2 {
-            return self.predict_all(x);
+            return self.predict_all(x, n);
         }
         // One part per thread, nothing inside a part split further (`map_parts`): the other
         // threads are busy with their own parts.
         let mut ids: Vec<usize> = (0..parts).collect();
         let outs = crate::parallel::map_parts(&mut ids, 1, |p, _| {
             let (start, end) = (p * n / parts, (p + 1) * n / parts);
-            self.predict_all(&x.narrow(0, start, end - start)?)
+            self.predict_all(&x.narrow(0, start, end - start)?, n)
         });
         let outs = outs.into_iter().collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&outs, 0)?)
@@ -59,22 +61,24 @@ impl Plan {
         self.model.check_input(x)
     }
 
-    /// Logits for a batch, in chunks of `chunk_samples` samples run one after the other
-    /// (bit-identical to one pass: every output row depends on its own sample only).
-    fn predict_all(&self, x: &Tensor) -> Result<Tensor> {
+    /// Logits for `x`, a batch of `batch` samples or a part of one, in chunks of
+    /// `chunk_samples` samples run one after the other (bit-identical to one pass: every output
+    /// row depends on its own sample and `batch` only).
+    fn predict_all(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
         let n = x.dim(0)?;
         if n > self.chunk_samples {
             let mut outs = vec![];
             for s in (0..n).step_by(self.chunk_samples) {
-                outs.push(self.predict_chunk(&x.narrow(0, s, self.chunk_samples.min(n - s))?)?);
+                outs.push(self.predict_chunk(&x.narrow(0, s, self.chunk_samples.min(n - s))?, batch)?);
             }
             return Ok(Tensor::cat(&outs, 0)?);
         }
-        self.predict_chunk(x)
+        self.predict_chunk(x, batch)
     }
 
-    /// Logits for at most `chunk_samples` samples, every step over all of them.
-    fn predict_chunk(&self, x: &Tensor) -> Result<Tensor> {
+    /// Logits for at most `chunk_samples` samples of a batch of `batch`, every step over all of
+    /// them.
+    fn predict_chunk(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
         let n = x.dim(0)?;
         // Per-sample shapes of every value for this input: the compiled ones, or those of a
         // shorter sequence.
@@ -137,7 +141,7 @@ impl Plan {
                     let dims = out_dims(&shapes[node.name.as_str()], n);
                     set_residual_layout(&mut vals, step, cl);
                     let x = &vals[step.inputs[0]].as_ref().expect("input computed").data;
-                    Value { data: f.run(x, n, residual_of(&vals, step)), dims, channels_last: cl }
+                    Value { data: f.run_in_batch(x, n, batch, residual_of(&vals, step)), dims, channels_last: cl }
                 }
                 Kind::Relu => {
                     let mut v = self.owned(&mut vals, step, si);
