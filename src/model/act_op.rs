@@ -8,9 +8,9 @@
 //! - gelu (tanh): `½x(1 + tanh u)`, `u = √(2/π)(x + 0.044715x³)`,
 //!   `f' = ½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)`;
 //! - leaky_relu: `max(x, 0) + a·min(x, 0)` (`x` where `x > 0`, else `a·x`), `f' = [x > 0] + a·[x ≤ 0]`;
-//! - hardsigmoid: `min(max(x + 3, 0), 6) / 6`, `f' = [−3 < x < 3] · (1/6)`;
-//! - hardswish: `x · min(max(x + 3, 0), 6) / 6`, `f' = 0` below −3, `x/3 + ½` on [−3, 3], 1 above
-//!   (PyTorch's CPU kernels, rounding for rounding).
+//! - hardsigmoid: `h/6` with `h = min(max(x + 3, 0), 6)`, `f' = [−3 < x < 3] · (1/6)`;
+//! - hardswish: `x·h/6` (in the compiled plans `x·(h/6)`, within an ulp), `f' = 0` below −3,
+//!   `x/3 + ½` on [−3, 3], 1 above (PyTorch's CPU kernels, rounding for rounding).
 
 use super::arch::{GeluApprox, Op};
 use super::conv_op::{f32_slice, with_f32};
@@ -132,8 +132,8 @@ impl Act {
             Act::Softplus(b, t) => softplus_by::<V, H>(x, b, t),
             Act::Mish => x * tanh_by::<V, H>(softplus_by::<V, H>(x, 1.0, f32::INFINITY)),
             Act::Softsign => x / (s(1.0) + abs(x)),
-            Act::Hardsigmoid => (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
-            Act::Hardswish => x * (x + s(3.0)).at_least(0.0).at_most(6.0) / s(6.0),
+            Act::Hardsigmoid => H::div_const((x + s(3.0)).at_least(0.0).at_most(6.0), 6.0),
+            Act::Hardswish => H::mul_div_const(x, (x + s(3.0)).at_least(0.0).at_most(6.0), 6.0),
         }
     }
 
