@@ -207,6 +207,26 @@ pub fn act_in_row(act: Option<Act>) -> bool {
     act == Some(Act::Relu6)
 }
 
+/// `$run::<…, BIAS, RELU, RELU6>(args)` with the three flags of a row pass (a bias, the fused
+/// ReLU, the in-row ReLU6) as constants: one loop per combination, holding only its own
+/// arithmetic, where flags read inside the loop were loaded and tested at every vector (stores
+/// through the output may alias the layer, as far as the compiler knows).
+macro_rules! with_flags {
+    (($bias:expr, $relu:expr, $relu6:expr), $run:ident::<$($g:ty),*>($($a:expr),*)) => {
+        match ($bias, $relu, $relu6) {
+            (true, false, false) => $run::<$($g,)* true, false, false>($($a),*),
+            (true, true, false) => $run::<$($g,)* true, true, false>($($a),*),
+            (true, false, true) => $run::<$($g,)* true, false, true>($($a),*),
+            (true, true, true) => $run::<$($g,)* true, true, true>($($a),*),
+            (false, false, false) => $run::<$($g,)* false, false, false>($($a),*),
+            (false, true, false) => $run::<$($g,)* false, true, false>($($a),*),
+            (false, false, true) => $run::<$($g,)* false, false, true>($($a),*),
+            (false, true, true) => $run::<$($g,)* false, true, true>($($a),*),
+        }
+    };
+}
+pub(crate) use with_flags;
+
 /// The end of a row pass on `v`: `max(v, 0)` when `relu` (a NaN becoming 0, as `f32::max` makes
 /// it), then ReLU6 when `relu6` ([`act_in_row`]).
 #[inline(always)]

@@ -8,7 +8,7 @@
 //! that was.
 
 use super::depthwise;
-use super::epilogue::{act_in_row, activate, clamp, finish_tile, FinishRow, Residual};
+use super::epilogue::{act_in_row, activate, clamp, finish_tile, with_flags, FinishRow, Residual};
 use super::layout::{run_layer, LayerShape, PatchRuns};
 use super::winograd::{self, Winograd};
 use crate::matmul::f32::PackedF32;
@@ -123,22 +123,9 @@ impl FloatLayer {
                 )
             }
         }
-        // The flags are read once: stores through `o` may alias the layer as far as the compiler
-        // knows, and it tested them again at every vector.
         let bias = b.unwrap_or(std::ptr::null());
         // SAFETY: the caller's; `bias` is read only with `BIAS`, when `b` is given.
-        unsafe {
-            match (b.is_some(), self.relu, act_in_row(self.act)) {
-                (true, false, false) => run::<V, true, false, false>(a, bias, o, n),
-                (true, true, false) => run::<V, true, true, false>(a, bias, o, n),
-                (true, false, true) => run::<V, true, false, true>(a, bias, o, n),
-                (true, true, true) => run::<V, true, true, true>(a, bias, o, n),
-                (false, false, false) => run::<V, false, false, false>(a, bias, o, n),
-                (false, true, false) => run::<V, false, true, false>(a, bias, o, n),
-                (false, false, true) => run::<V, false, false, true>(a, bias, o, n),
-                (false, true, true) => run::<V, false, true, true>(a, bias, o, n),
-            }
-        }
+        unsafe { with_flags!((b.is_some(), self.relu, act_in_row(self.act)), run::<V>(a, bias, o, n)) }
     }
 }
 

@@ -11,7 +11,7 @@
 
 use super::coded::Coded;
 use super::depthwise;
-use super::epilogue::{act_in_row, activate, clamp, finish_tile, FinishRow, Residual};
+use super::epilogue::{act_in_row, activate, clamp, finish_tile, with_flags, FinishRow, Residual};
 use super::kernels::{code_shift, quantize_codes, quantize_to, Code};
 use super::layout::{run_layer, ConvShape, LayerShape, PatchRuns};
 use crate::artifact::QuantLayer;
@@ -227,24 +227,12 @@ impl QLayer {
                 )
             }
         }
-        // The fields are read once: stores through `o` may alias them as far as the compiler
-        // knows, and it reloaded them (and tested the flags) at every vector.
+        // The fields are read once, before the loops (`with_flags`).
         // SAFETY: `c0 + n` is within the layer's channels (the caller's).
         let (z, m) = unsafe { (self.zp_wsum.as_ptr().add(c0), self.mult.as_ptr().add(c0)) };
         let b = self.bias.as_ref().map_or(std::ptr::null(), |b| b[c0..].as_ptr());
         // SAFETY: the caller's; `b` is read only with `BIAS`, when the layer has a bias.
-        unsafe {
-            match (self.bias.is_some(), self.relu, act_in_row(self.act)) {
-                (true, false, false) => run::<V, A, true, false, false>(a, z, m, b, o, n),
-                (true, true, false) => run::<V, A, true, true, false>(a, z, m, b, o, n),
-                (true, false, true) => run::<V, A, true, false, true>(a, z, m, b, o, n),
-                (true, true, true) => run::<V, A, true, true, true>(a, z, m, b, o, n),
-                (false, false, false) => run::<V, A, false, false, false>(a, z, m, b, o, n),
-                (false, true, false) => run::<V, A, false, true, false>(a, z, m, b, o, n),
-                (false, false, true) => run::<V, A, false, false, true>(a, z, m, b, o, n),
-                (false, true, true) => run::<V, A, false, true, true>(a, z, m, b, o, n),
-            }
-        }
+        unsafe { with_flags!((self.bias.is_some(), self.relu, act_in_row(self.act)), run::<V, A>(a, z, m, b, o, n)) }
     }
 }
 

@@ -15,8 +15,6 @@ use super::layout::ConvShape;
 use crate::matmul::blocked::{gemm, Rows};
 use crate::matmul::f32::PackedF32;
 use crate::model::vmath::{over_row, Lanes};
-#[cfg(target_arch = "x86_64")]
-use crate::model::vmath::{F32x16, F32x8};
 
 /// The fewest input and output channels taken: the GEMMs here are `C` deep, and with fewer
 /// channels the transforms' additions, `O(C + O)` a tile, weigh more against the `16·C·O`
@@ -85,6 +83,10 @@ impl Winograd {
         let (mut v, mut m, mut plane) = SCRATCH.with_borrow_mut(std::mem::take);
         v.resize(16 * rows_at_once * tw * c, 0.0);
         m.resize(16 * rows_at_once * tw * o, 0.0);
+        // Zeroed once: each sample then overwrites only the interior.
+        let (hp, wp) = plane_dims(g);
+        plane.clear();
+        plane.resize(hp * wp * c, 0.0);
         // Two output rows of a tile row, staged for the epilogue.
         let mut stage = vec![0f32; 2 * g.wo * o];
         let mut first = 0;
@@ -121,61 +123,47 @@ impl Winograd {
     }
 }
 
+/// The padded plane's rows and columns: those of every window, rows `2·ty..2·ty + 4` and
+/// columns `2·tx..2·tx + 4`, which cover the input at offset `pad` (and its padding after).
+fn plane_dims(g: &ConvShape) -> (usize, usize) {
+    let (hp, wp) = (2 * g.ho.div_ceil(2) + 2, 2 * g.wo.div_ceil(2) + 2);
+    assert!(g.pad.0 + g.h <= hp && g.pad.1 + g.w <= wp, "{g:?}");
+    (hp, wp)
+}
+
 thread_local! {
     /// Each thread's transformed tiles, products and padded plane, kept between calls:
     /// zero-filling fresh ones took 8 % of a ResNet's batch.
     static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// `v[t, ξ, c] = (Bᵀ d B)_ξ` for the tiles of tile rows `first..first + rows` (`t` counting
-/// from the first), `d` the 4×4 input window at row `2·ty − pad`, column `2·tx − pad` of
-/// channel `c` (0 outside the input). Tile-major, so that a tile's 16 entries are written
-/// together (16 matrices one after another, each a multiple of 4 KiB long, put every entry's
-/// store in the same L1 set). Each sample is first copied into `plane` with its padding
-/// zeroed, so that every window lies in it.
-fn transform_input(g: &ConvShape, x: &[f32], plane: &mut Vec<f32>, first: usize, rows: usize, v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::model::vmath::has_f32x16() {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn widest(g: &ConvShape, x: &[f32], plane: &mut Vec<f32>, first: usize, rows: usize, v: &mut [f32]) {
-                input_tiles::<F32x16>(g, x, plane, first, rows, v)
-            }
-            // SAFETY: `has_f32x16` found AVX-512F.
-            return unsafe { widest(g, x, plane, first, rows, v) };
-        }
-        if crate::model::vmath::has_f32x8() {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide(g: &ConvShape, x: &[f32], plane: &mut Vec<f32>, first: usize, rows: usize, v: &mut [f32]) {
-                input_tiles::<F32x8>(g, x, plane, first, rows, v)
-            }
-            // SAFETY: the CPU has AVX2.
-            return unsafe { wide(g, x, plane, first, rows, v) };
-        }
-    }
-    // SAFETY: scalars need no CPU feature.
-    unsafe { input_tiles::<f32>(g, x, plane, first, rows, v) }
-}
+crate::wide_f32_fn!(
+    /// `v[t, ξ, c] = (Bᵀ d B)_ξ` for the tiles of tile rows `first..first + rows` (`t` counting
+    /// from the first), `d` the 4×4 input window at row `2·ty − pad`, column `2·tx − pad` of
+    /// channel `c` (0 outside the input). Tile-major, so that a tile's 16 entries are written
+    /// together (16 matrices one after another, each a multiple of 4 KiB long, put every entry's
+    /// store in the same L1 set). Each sample is first copied into the interior of `plane`
+    /// (`plane_dims`, its border zero), so that every window lies in it.
+    fn transform_input(g: &ConvShape, x: &[f32], plane: &mut [f32], first: usize, rows: usize, v: &mut [f32]) => input_tiles::<Lanes>
+);
 
 /// [`transform_input`] on vectors of `V` across the channels.
 ///
 /// # Safety
 /// The CPU has `V`'s features.
 #[inline(always)]
-unsafe fn input_tiles<V: Lanes>(g: &ConvShape, x: &[f32], plane: &mut Vec<f32>, first: usize, rows: usize, v: &mut [f32]) {
+unsafe fn input_tiles<V: Lanes>(g: &ConvShape, x: &[f32], plane: &mut [f32], first: usize, rows: usize, v: &mut [f32]) {
     let (c, th, tw) = (g.c, g.ho.div_ceil(2), g.wo.div_ceil(2));
-    // The padded plane: every window's rows `2·ty..2·ty + 4` and columns `2·tx..2·tx + 4`.
-    let (hp, wp) = (2 * th + 2, 2 * tw + 2);
+    let (hp, wp) = plane_dims(g);
     let tiles = rows * tw;
-    assert!(v.len() == 16 * tiles * c && g.pad.0 + g.h <= hp && g.pad.1 + g.w <= wp);
+    assert!(v.len() == 16 * tiles * c && plane.len() == hp * wp * c);
     let vp = v.as_mut_ptr();
     let mut sample = usize::MAX;
     for r in 0..rows {
         let (s, ty) = ((first + r) / th, (first + r) % th);
         if s != sample {
+            // Only the interior: the border stays as `run` zeroed it.
             sample = s;
-            plane.clear();
-            plane.resize(hp * wp * c, 0.0);
             for (iy, line) in x[s * g.h * g.w * c..(s + 1) * g.h * g.w * c].chunks_exact(g.w * c).enumerate() {
                 let at = ((iy + g.pad.0) * wp + g.pad.1) * c;
                 plane[at..at + g.w * c].copy_from_slice(line);
@@ -225,32 +213,12 @@ unsafe fn input_tile<W: Lanes, P: Fn(usize) -> *const f32>(pixel: P, out: *mut f
     }
 }
 
-/// The output rows of one tile row from its tiles' products `m` (`[⌈Wo/2⌉, 16, O]`):
-/// `Y = Aᵀ M A` (`s₀ = m₀ + m₁ + m₂`, `s₁ = m₁ − m₂ − m₃` over rows, then the same over
-/// columns), `count` rows of `Wo` positions into `stage`.
-fn transform_output(g: &ConvShape, m: &[f32], count: usize, stage: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::model::vmath::has_f32x16() {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn widest(g: &ConvShape, m: &[f32], count: usize, stage: &mut [f32]) {
-                output_tiles::<F32x16>(g, m, count, stage)
-            }
-            // SAFETY: `has_f32x16` found AVX-512F.
-            return unsafe { widest(g, m, count, stage) };
-        }
-        if crate::model::vmath::has_f32x8() {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide(g: &ConvShape, m: &[f32], count: usize, stage: &mut [f32]) {
-                output_tiles::<F32x8>(g, m, count, stage)
-            }
-            // SAFETY: the CPU has AVX2.
-            return unsafe { wide(g, m, count, stage) };
-        }
-    }
-    // SAFETY: scalars need no CPU feature.
-    unsafe { output_tiles::<f32>(g, m, count, stage) }
-}
+crate::wide_f32_fn!(
+    /// The output rows of one tile row from its tiles' products `m` (`[⌈Wo/2⌉, 16, O]`):
+    /// `Y = Aᵀ M A` (`s₀ = m₀ + m₁ + m₂`, `s₁ = m₁ − m₂ − m₃` over rows, then the same over
+    /// columns), `count` rows of `Wo` positions into `stage`.
+    fn transform_output(g: &ConvShape, m: &[f32], count: usize, stage: &mut [f32]) => output_tiles::<Lanes>
+);
 
 /// [`transform_output`] on vectors of `V` across the output channels.
 ///
