@@ -1,7 +1,7 @@
 //! Element-wise activations as one op each with a one-pass backward `dx = dy · f'(x)`: candle
 //! differentiates them through several temporary tensors per op. Each states `f` and `f'`:
 //! - relu6: `min(max(x, 0), 6)`, `f' = [0 < x < 6]` (PyTorch's hardtanh convention at the ends);
-//! - silu: `x·σ(x)`, `f' = σ(x)·(1 + x·(1 − σ(x)))`;
+//! - silu: `x·σ(x)` (in the compiled plans `x / (1 + e^(−x))`, PyTorch's form), `f' = σ(x)·(1 + x·(1 − σ(x)))`;
 //! - sigmoid: `σ(x) = 1 / (1 + e^(−x))`, `f' = σ(x)·(1 − σ(x))`;
 //! - tanh: `f' = 1 − tanh²(x)`;
 //! - gelu (exact): `x·Φ(x)`, `Φ(x) = ½(1 + erf(x/√2))`, `f' = Φ(x) + x·e^(−x²/2)/√(2π)`;
@@ -14,7 +14,7 @@
 
 use super::arch::{GeluApprox, Op};
 use super::conv_op::{f32_slice, with_f32};
-use super::vmath::{erf, erf_by, exp, exp_by, ln_1p_unit_by, map_in_place, tanh, tanh_by, Fused, Horner, Lanes, Split};
+use super::vmath::{erf, erf_by, exp, exp_by, exp_neg_fused, ln_1p_unit_by, map_in_place, tanh, tanh_by, Fused, Horner, Lanes, Split};
 #[cfg(target_arch = "x86_64")]
 use super::vmath::{F32x16, F32x8};
 use crate::error::Result;
@@ -97,7 +97,17 @@ fn sigmoid<V: Lanes>(x: V) -> V {
 
 #[inline(always)]
 fn sigmoid_by<V: Lanes, H: Horner>(x: V) -> V {
-    V::splat(1.0) / (V::splat(1.0) + exp_by::<V, H>(V::splat(0.0) - x))
+    V::splat(1.0) / (V::splat(1.0) + exp_neg_by::<V, H>(x))
+}
+
+/// `e^(−x)` as `exp_by(0 − x)` computes it; [`Fused`]'s without the subtraction
+/// (`vmath::exp_neg_fused`, the same bits).
+#[inline(always)]
+fn exp_neg_by<V: Lanes, H: Horner>(x: V) -> V {
+    match H::FUSED {
+        true => exp_neg_fused(x),
+        false => exp_by::<V, H>(V::splat(0.0) - x),
+    }
 }
 
 impl Act {
@@ -119,6 +129,9 @@ impl Act {
         let s = V::splat;
         match self {
             Act::Relu6 => x.at_least(0.0).at_most(6.0),
+            // One division where `x·σ(x)` takes a division and a multiply (PyTorch's own
+            // form, and one rounding fewer).
+            Act::Silu if H::FUSED => x / (s(1.0) + exp_neg_by::<V, H>(x)),
             Act::Silu => x * sigmoid_by::<V, H>(x),
             Act::Sigmoid => sigmoid_by::<V, H>(x),
             Act::Tanh => tanh_by::<V, H>(x),

@@ -20,6 +20,10 @@ pub trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = S
     /// Lane-wise `self·a + b` rounded once (`vfmadd`; `f32::mul_add` on a scalar). The vectors'
     /// form needs FMA: AVX-512F has it, and an AVX2 caller enables `fma` after checking for it.
     fn fused_mul_add(self, a: Self, b: Self) -> Self;
+    /// Lane-wise `b − self·a` rounded once (`vfnmadd`), `(−self)·a + b`.
+    fn fused_neg_mul_add(self, a: Self, b: Self) -> Self;
+    /// Lane-wise `self·a − b` rounded once (`vfmsub`), `self·a + (−b)`.
+    fn fused_mul_sub(self, a: Self, b: Self) -> Self;
     /// Lane-wise `if lo > x { lo } else { x }` (`vmaxps(lo, x)`): a NaN in `x` stays NaN.
     fn at_least(self, lo: f32) -> Self;
     /// Lane-wise `if hi < x { hi } else { x }` (`vminps(hi, x)`): a NaN in `x` stays NaN.
@@ -35,6 +39,10 @@ pub trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = S
     /// Lane-wise `2^n` for `t = n + round` with `round`'s binade holding `t` (so the low
     /// mantissa bits of `t` are `n`): `from_bits(((bits(t) − bits(round)) + 127) << 23)`.
     fn pow2_of_rounded(self, round: f32) -> Self;
+    /// Lane-wise `self·2^n` for integral `n` with `t = n + round` as in
+    /// [`Lanes::pow2_of_rounded`], `2^n` a normal number: `vscalefps` on 16 lanes, a multiply
+    /// by `pow2_of_rounded(t)` otherwise (the same exact product).
+    fn mul_pow2(self, n: Self, t: Self, round: f32) -> Self;
     /// Reads `N` values.
     ///
     /// # Safety
@@ -114,6 +122,14 @@ impl Lanes for f32 {
         v
     }
     #[inline(always)]
+    fn fused_neg_mul_add(self, a: f32, b: f32) -> f32 {
+        (-self).mul_add(a, b)
+    }
+    #[inline(always)]
+    fn fused_mul_sub(self, a: f32, b: f32) -> f32 {
+        self.mul_add(a, -b)
+    }
+    #[inline(always)]
     fn fused_mul_add(self, a: f32, b: f32) -> f32 {
         f32::mul_add(self, a, b)
     }
@@ -152,6 +168,10 @@ impl Lanes for f32 {
         } else {
             self
         }
+    }
+    #[inline(always)]
+    fn mul_pow2(self, _n: f32, t: f32, round: f32) -> f32 {
+        self * t.pow2_of_rounded(round)
     }
     #[inline(always)]
     fn pow2_of_rounded(self, round: f32) -> f32 {
@@ -224,7 +244,7 @@ mod x86 {
     // SAFETY (every `unsafe` block below): a value of these types exists only inside code that
     // runs on a CPU with the features (made by `splat` or `load` there).
     macro_rules! lanes {
-        ($t:ident, $n:literal, $half:ty, $add:ident, $sub:ident, $mul:ident, $div:ident, $fmadd:ident, $set1:ident, $max:ident, $min:ident,
+        ($t:ident, $n:literal, $half:ty, $add:ident, $sub:ident, $mul:ident, $div:ident, $fmadd:ident, $fnmadd:ident, $fmsub:ident, $set1:ident, $max:ident, $min:ident,
          $cast_i:ident, $cast_f:ident, $sub_i:ident, $add_i:ident, $set1_i:ident, $slli:ident, $loadu:ident, $storeu:ident, $loadu_i:ident, $cvt_i:ident) => {
             impl Add for $t {
                 type Output = $t;
@@ -266,6 +286,14 @@ mod x86 {
                     $t(unsafe { $fmadd(self.0, a.0, b.0) })
                 }
                 #[inline(always)]
+                fn fused_neg_mul_add(self, a: $t, b: $t) -> $t {
+                    $t(unsafe { $fnmadd(self.0, a.0, b.0) })
+                }
+                #[inline(always)]
+                fn fused_mul_sub(self, a: $t, b: $t) -> $t {
+                    $t(unsafe { $fmsub(self.0, a.0, b.0) })
+                }
+                #[inline(always)]
                 fn at_least(self, lo: f32) -> $t {
                     $t(unsafe { $max($set1(lo), self.0) })
                 }
@@ -284,6 +312,10 @@ mod x86 {
                 #[inline(always)]
                 fn max_first(self, v: $t) -> $t {
                     self.max_first_impl(v)
+                }
+                #[inline(always)]
+                fn mul_pow2(self, n: $t, t: $t, round: f32) -> $t {
+                    self.mul_pow2_impl(n, t, round)
                 }
                 #[inline(always)]
                 fn pow2_of_rounded(self, round: f32) -> $t {
@@ -329,6 +361,10 @@ mod x86 {
             }
         }
         #[inline(always)]
+        fn mul_pow2_impl(self, _n: F32x8, t: F32x8, round: f32) -> F32x8 {
+            self * t.pow2_of_rounded(round)
+        }
+        #[inline(always)]
         fn max_first_impl(self, v: F32x8) -> F32x8 {
             unsafe {
                 let take = _mm256_or_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v.0, self.0), _mm256_cmp_ps::<_CMP_UNORD_Q>(v.0, v.0));
@@ -368,6 +404,10 @@ mod x86 {
             }
         }
         #[inline(always)]
+        fn mul_pow2_impl(self, n: F32x16, _t: F32x16, _round: f32) -> F32x16 {
+            F32x16(unsafe { _mm512_scalef_ps(self.0, n.0) })
+        }
+        #[inline(always)]
         fn max_first_impl(self, v: F32x16) -> F32x16 {
             unsafe {
                 let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v.0, self.0) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v.0, v.0);
@@ -385,6 +425,8 @@ mod x86 {
         _mm256_mul_ps,
         _mm256_div_ps,
         _mm256_fmadd_ps,
+        _mm256_fnmadd_ps,
+        _mm256_fmsub_ps,
         _mm256_set1_ps,
         _mm256_max_ps,
         _mm256_min_ps,
@@ -408,6 +450,8 @@ mod x86 {
         _mm512_mul_ps,
         _mm512_div_ps,
         _mm512_fmadd_ps,
+        _mm512_fnmadd_ps,
+        _mm512_fmsub_ps,
         _mm512_set1_ps,
         _mm512_max_ps,
         _mm512_min_ps,
@@ -428,8 +472,11 @@ mod x86 {
 /// roundings: what training, float evaluation and the recurrent cells use, identical at every
 /// width and on any x86-64 CPU) or [`Fused`] (one fused multiply-add, a third fewer operations:
 /// the compiled plans' activations, float and integer, and the integer reference executor's;
-/// vectors where the CPU has FMA, `f32::mul_add` elsewhere).
+/// vectors where the CPU has FMA, `f32::mul_add` elsewhere). [`exp_by`] narrows its range for
+/// [`Fused`] (see there).
 pub trait Horner {
+    /// Whether this is [`Fused`].
+    const FUSED: bool;
     fn step<V: Lanes>(p: V, x: V, c: V) -> V;
     /// `x / d` for a constant `d` whose reciprocal rounds correctly from f64 (6 does): [`Split`]
     /// divides; [`Fused`] multiplies by `c = 1/d` and corrects once, `q + (x − q·d)·c` with
@@ -449,6 +496,7 @@ pub struct Split;
 pub struct Fused;
 
 impl Horner for Split {
+    const FUSED: bool = false;
     #[inline(always)]
     fn step<V: Lanes>(p: V, x: V, c: V) -> V {
         p * x + c
@@ -464,6 +512,7 @@ impl Horner for Split {
 }
 
 impl Horner for Fused {
+    const FUSED: bool = true;
     #[inline(always)]
     fn step<V: Lanes>(p: V, x: V, c: V) -> V {
         p.fused_mul_add(x, c)
@@ -483,7 +532,9 @@ impl Horner for Fused {
 /// `e^x`: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2` (ln 2 split in two for an exact `n·ln 2`),
 /// `e^r` by Cephes' `expf` polynomial (relative error about 1e-7), and `2^n` built in the
 /// exponent bits. Inputs are clamped to [−87.3, 88.7], where f32 neither overflows nor goes
-/// subnormal.
+/// subnormal. [`Fused`] clamps to [−87.3, 88.37] instead, so that `n ≤ 127` and `2^n` is a
+/// normal number, and scales by it with one `vscalefps` on 16 lanes (`Lanes::mul_pow2`), where
+/// a multiply by the built power takes three instructions.
 #[inline(always)]
 pub fn exp<V: Lanes>(x: V) -> V {
     exp_by::<V, Split>(x)
@@ -493,7 +544,7 @@ pub fn exp<V: Lanes>(x: V) -> V {
 #[inline(always)]
 pub fn exp_by<V: Lanes, H: Horner>(x: V) -> V {
     let s = V::splat;
-    let x = x.at_least(-87.3).at_most(88.7);
+    let x = x.at_least(-87.3).at_most(if H::FUSED { 88.37 } else { 88.7 });
     // Round to nearest by adding and subtracting 1.5·2²³; |x·log2 e| < 2²², so `t` stays in
     // ROUND's binade and its low mantissa bits hold `n`.
     const ROUND: f32 = 12_582_912.0;
@@ -507,7 +558,33 @@ pub fn exp_by<V: Lanes, H: Horner>(x: V) -> V {
     let p = H::step(p, r, s(0.166_666_65));
     let p = H::step(p, r, s(0.5));
     let er = H::step(p * r, r, r) + s(1.0);
-    er * t.pow2_of_rounded(ROUND)
+    match H::FUSED {
+        true => er.mul_pow2(n, t, ROUND),
+        false => er * t.pow2_of_rounded(ROUND),
+    }
+}
+
+/// `e^(−x)`, bit for bit [`exp_by`]`::<V, Fused>(0 − x)` one subtraction fewer: with
+/// `x' = clamp(x, −88.37, 87.3)`, that function's reduced argument is `r = −u` for
+/// `u = x' + n·ln 2` (both parts of ln 2 taken with their signs flipped), and each of its steps
+/// on `r` is the same rounding of the negated step on `u` (`fma(p, −u, c) = fnmadd(p, u, c)`,
+/// `fma(−pu, −u, −u) = fmsub(pu, u, u)`): negation is exact.
+#[inline(always)]
+pub fn exp_neg_fused<V: Lanes>(x: V) -> V {
+    let s = V::splat;
+    let x = x.at_least(-88.37).at_most(87.3);
+    const ROUND: f32 = 12_582_912.0;
+    let t = x.fused_mul_add(s(-std::f32::consts::LOG2_E), s(ROUND));
+    let n = t - s(ROUND);
+    let u = n.fused_mul_add(s(-2.121_944_4e-4), n.fused_mul_add(s(0.693_359_4), x));
+    let p = s(1.987_569_1e-4);
+    let p = p.fused_neg_mul_add(u, s(1.398_199_9e-3));
+    let p = p.fused_neg_mul_add(u, s(8.333_452e-3));
+    let p = p.fused_neg_mul_add(u, s(4.166_579_6e-2));
+    let p = p.fused_neg_mul_add(u, s(0.166_666_65));
+    let p = p.fused_neg_mul_add(u, s(0.5));
+    let er = (p * u).fused_mul_sub(u, u) + s(1.0);
+    er.mul_pow2(n, t, ROUND)
 }
 
 /// `ln(1 + u)` for `u` in [0, 1] (softplus's `ln(1 + e^(−|x|))`): `2·atanh(z)` with
@@ -689,6 +766,64 @@ mod tests {
             }
         }
         assert!(exp(f32::NAN).is_nan() && exp_by::<f32, Fused>(f32::NAN).is_nan());
+    }
+
+    /// Fused `e^x` and `e^(−x)` at every width equal the scalar bit for bit, and
+    /// `exp_neg_fused(x)` is `exp_by::<Fused>(0 − x)`, over every 97th bit pattern of every
+    /// binade (both signs), the infinities, NaN and the values around the clamps (−88.37: the
+    /// largest `n`, 127, where `vscalefps` and the built power must agree).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fused_exp_is_the_same_at_every_width_and_for_minus_x() {
+        let mut xs: Vec<f32> = vec![0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+        for e in 0u32..255 {
+            for m in (0..1u32 << 23).step_by(97) {
+                xs.extend([f32::from_bits(e << 23 | m), -f32::from_bits(e << 23 | m)]);
+            }
+        }
+        for edge in [87.3f32, 88.37, 88.7, 88.72] {
+            let b = edge.to_bits();
+            xs.extend((b - 64..b + 64).flat_map(|u| [f32::from_bits(u), -f32::from_bits(u)]));
+        }
+        xs.truncate(xs.len() / 16 * 16);
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        let exp_s: Vec<f32> = xs.iter().map(|&x| exp_by::<f32, Fused>(x)).collect();
+        let neg_s: Vec<f32> = xs.iter().map(|&x| exp_neg_fused(x)).collect();
+        let minus: Vec<f32> = xs.iter().map(|&x| exp_by::<f32, Fused>(0.0 - x)).collect();
+        assert!(bits(&neg_s) == bits(&minus), "{:?}", xs.iter().zip(neg_s.iter().zip(&minus)).find(|(_, (a, b))| a.to_bits() != b.to_bits()));
+        /// # Safety
+        /// The CPU has `V`'s features.
+        #[inline(always)]
+        unsafe fn lanes<V: Lanes>(xs: &[f32]) -> (Vec<f32>, Vec<f32>) {
+            let (mut e, mut n) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
+            for i in (0..xs.len()).step_by(V::N) {
+                let x = V::load(xs.as_ptr().add(i));
+                exp_by::<V, Fused>(x).store(e.as_mut_ptr().add(i));
+                exp_neg_fused(x).store(n.as_mut_ptr().add(i));
+            }
+            (e, n)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(xs: &[f32]) -> (Vec<f32>, Vec<f32>) {
+            lanes::<F32x8>(xs)
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(xs: &[f32]) -> (Vec<f32>, Vec<f32>) {
+            lanes::<F32x16>(xs)
+        }
+        if has_f32x8_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            let (e, neg) = unsafe { avx2(&xs) };
+            assert!(bits(&e) == bits(&exp_s) && bits(&neg) == bits(&neg_s), "8 lanes");
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            let (e, neg) = unsafe { avx512(&xs) };
+            assert!(bits(&e) == bits(&exp_s) && bits(&neg) == bits(&neg_s), "16 lanes");
+        }
+        // The narrowed range still reaches e^88.37 ≈ 2.4e38, within 2 ulp.
+        let top = exp_by::<f32, Fused>(88.37);
+        assert!((top - 88.37f32.exp()).abs() <= 2.5e-7 * top && exp_by::<f32, Fused>(1000.0) == top);
     }
 
     /// `max_first` at every width the CPU has equals the scalar's lane by lane: the larger
