@@ -469,9 +469,10 @@ mod x86 {
 }
 
 /// How a polynomial's Horner step `p·x + c` rounds: [`Split`] (a multiply and an add, two
-/// roundings: what training, float evaluation and the recurrent cells use, identical at every
-/// width and on any x86-64 CPU) or [`Fused`] (one fused multiply-add, a third fewer operations:
-/// the compiled plans' activations, float and integer, and the integer reference executor's;
+/// roundings: what training and float evaluation use, identical at every width and on any
+/// x86-64 CPU) or [`Fused`] (one fused multiply-add, a third fewer operations: the compiled
+/// plans' activations and recurrent cells, float and integer, and the integer reference
+/// executor's;
 /// vectors where the CPU has FMA, `f32::mul_add` elsewhere). [`exp_by`] narrows its range for
 /// [`Fused`] (see there).
 pub trait Horner {

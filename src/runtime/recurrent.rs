@@ -11,10 +11,9 @@ use super::flayer::FloatLayer;
 use super::layout::LayerShape;
 use super::qlayer::QLayer;
 use crate::error::{Result, WickError};
-use crate::model::act_op::{activate, apply_in_place, Act};
+use crate::model::act_op::{apply_in_place_fused, Act};
 use crate::model::arch::{rnn_params, LinearCfg, Node, Op, RnnCfg};
 use crate::model::recurrent::Cell;
-use crate::model::vmath::Lanes;
 use crate::model::Model;
 
 /// One matmul of a recurrent op: `y = x·Wᵀ + b` over `n` samples of its per-sample shape.
@@ -147,14 +146,14 @@ impl RecurrentLayer {
                             p[b * h_len..(b + 1) * h_len].iter_mut().zip(a.iter().zip(r)).for_each(|(o, (u, v))| *o = u + v);
                         }
                     }
-                    apply_in_place(&mut rz, Act::Sigmoid);
+                    apply_in_place_fused(&mut rz, Act::Sigmoid);
                     let (reset, update) = rz.split_at(n * h_len);
                     for b in 0..n {
                         let (a, r) = (&gi_t[b * g + 2 * h_len..(b + 1) * g], &gh[b * g + 2 * h_len..(b + 1) * g]);
                         let reset = &reset[b * h_len..(b + 1) * h_len];
                         pre_n[b * h_len..(b + 1) * h_len].iter_mut().enumerate().for_each(|(j, o)| *o = a[j] + reset[j] * r[j]);
                     }
-                    apply_in_place(&mut pre_n, Act::Tanh);
+                    apply_in_place_fused(&mut pre_n, Act::Tanh);
                     for ((hv, &z), &nv) in h.iter_mut().zip(update).zip(&pre_n) {
                         *hv = nv + z * (*hv - nv);
                     }
@@ -180,12 +179,10 @@ impl RecurrentLayer {
 /// `gates` (`[i | f | g | o]`, each `N·h_len` long), so that each activation runs over the whole
 /// batch in pairs of whole vectors: row by row, a short block (`h_len` 24: one vector and a
 /// part) is one dependent chain at a time. Every value is computed as row by row, so the bits
-/// are the same.
-///
-/// # Safety
-/// The CPU has `V`'s features.
+/// are the same. The activations are the compiled plans' ([`apply_in_place_fused`]), which the
+/// integer reference executor shares: it runs this cell too.
 #[inline(always)]
-unsafe fn lstm_cell_batch<V: Lanes>(sums: &[f32], gates: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) {
+fn lstm_cell_batch(sums: &[f32], gates: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) {
     let block = c.len();
     for (b, row) in sums.chunks_exact(4 * h_len).enumerate() {
         for (k, gate) in row.chunks_exact(h_len).enumerate() {
@@ -194,21 +191,21 @@ unsafe fn lstm_cell_batch<V: Lanes>(sums: &[f32], gates: &mut [f32], c: &mut [f3
     }
     let (i_f, rest) = gates.split_at_mut(2 * block);
     let (g, o) = rest.split_at_mut(block);
-    activate::<V>(i_f, Act::Sigmoid);
-    activate::<V>(g, Act::Tanh);
-    activate::<V>(o, Act::Sigmoid);
+    apply_in_place_fused(i_f, Act::Sigmoid);
+    apply_in_place_fused(g, Act::Tanh);
+    apply_in_place_fused(o, Act::Sigmoid);
     let (i, f) = i_f.split_at(block);
     for (((cv, &fv), &iv), &gv) in c.iter_mut().zip(f).zip(i).zip(&*g) {
         *cv = fv * *cv + iv * gv;
     }
     h.copy_from_slice(c);
-    activate::<V>(h, Act::Tanh);
+    apply_in_place_fused(h, Act::Tanh);
     h.iter_mut().zip(&*o).for_each(|(hv, &ov)| *hv *= ov);
 }
 
 crate::wide_f32_fn!(
-    /// [`lstm_cell_batch`] at the CPU's vector width (the same bits at every width).
-    fn lstm_cell(sums: &[f32], gates: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) => lstm_cell_batch::<Lanes>
+    /// [`lstm_cell_batch`] compiled for the CPU's vector width (the same bits at every width).
+    fn lstm_cell(sums: &[f32], gates: &mut [f32], c: &mut [f32], h: &mut [f32], h_len: usize) => lstm_cell_batch
 );
 
 /// `[a, b, inner]` → `[b, a, inner]` (row-major): `out[j, i, ·] = x[i, j, ·]`.
