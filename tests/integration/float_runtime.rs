@@ -41,9 +41,12 @@ fn float_plan_equals_the_candle_executor_on_every_layout_case() {
 }
 
 /// On every trained teacher and its whole test split: the same predictions as the candle
-/// executor (so the same accuracy), logits within 1e-4.
+/// executor (so the same accuracy), logits within 1e-4. `digits_dsnet`'s flatten of its pooled
+/// conv output reaches its linear as stored, channels last (the linear's columns permuted).
 #[test]
 fn float_plan_gives_the_teachers_their_accuracy() {
+    let dsnet = Teacher { name: "digits_dsnet", data: "digits" };
+    assert_eq!(Plan::float(&load(&dsnet.path())).unwrap().stored_order_flattens(), vec!["flat"]);
     for t in &TEACHERS {
         let test = t.dataset("test");
         let m = load(&t.path());

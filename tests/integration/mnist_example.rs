@@ -11,7 +11,9 @@ const EXAMPLE: Teacher = Teacher { name: "digits_mnist_example", data: "digits" 
 /// The teacher from its safetensors, from both PyTorch exporters' ONNX (`LogSoftmax`) and from
 /// wick's own ONNX export evaluates to PyTorch's log-probabilities within 1e-4 with its accuracy
 /// (354/360), on the compiled float runtime with no step left to candle; its INT8 model's
-/// integer runtime equals the scalar reference bit for bit.
+/// integer runtime equals the scalar reference bit for bit. In both plans the flatten hands
+/// `fc1` the pooled conv output as it is stored (channels last), `fc1`'s columns permuted to
+/// match, with no transpose.
 #[test]
 fn the_pytorch_mnist_example_matches_pytorch_from_every_source() {
     let dir = tempfile::tempdir().unwrap();
@@ -25,7 +27,9 @@ fn the_pytorch_mnist_example_matches_pytorch_from_every_source() {
         assert_eq!(m.arch.nodes.last().unwrap().op.name(), "log_softmax", "{}", model.display());
         assert_eq!(Plan::float(&m).unwrap().candle_steps(), Vec::<&str>::new(), "{}", model.display());
     }
-    ptq_runs_bit_exact(&load(&EXAMPLE.path()), &EXAMPLE.split("test"));
+    let q = ptq_runs_bit_exact(&load(&EXAMPLE.path()), &EXAMPLE.split("test"));
+    assert_eq!(Plan::int8(&q).unwrap().stored_order_flattens(), vec!["flatten"]);
+    assert_eq!(Plan::float(&load(&EXAMPLE.path())).unwrap().stored_order_flattens(), vec!["flatten"]);
 }
 
 /// The oracle cases run compiled: log_softmax over a linear's features, and over a conv's

@@ -64,8 +64,13 @@ enum Kind {
     /// Max or average pooling over each channel's plane, in the layout its input has (`h`, `w`
     /// set).
     Pool(PoolGeom),
-    /// A flatten or a reshape: the data in logical order under the output's dims.
-    Flatten,
+    /// A flatten or a reshape: the data in logical order under the output's dims; with
+    /// `stored`, a flatten `[N, C, spatial…] → [N, F]` in the order a channels-last input is
+    /// stored (`[N, spatial…, C]`) for the one linear that reads it, whose weight columns are
+    /// permuted to that order ([`storage_order_columns`]): no transpose.
+    Flatten {
+        stored: bool,
+    },
     /// Element-wise product of two inputs: of one shape (`gate` None), or input `gate` holding
     /// one value per sample and channel (`[N, C, 1, …]`, a squeeze-and-excitation gate) that
     /// scales the other's channels, in the other's layout.
@@ -357,7 +362,11 @@ impl Plan {
                         Some(&(_, shape)) => Some(shape),
                         None => LayerShape::of(op, &model.graph.shapes[node.inputs[0].as_str()]),
                     };
-                    weight_layer(&model, node, shape, int8)?
+                    let columns = storage_order_columns(&model, node, &steps, &readers);
+                    if let Some((flatten, _)) = &columns {
+                        steps[*flatten].kind = Kind::Flatten { stored: true };
+                    }
+                    weight_layer(&model, node, shape, int8, columns.as_ref().map(|c| c.1.as_slice()))?
                 }
                 (Op::Relu(_), ..) => Kind::Relu,
                 (Op::Add(_), ..) => Kind::Add { relu: false },
@@ -368,7 +377,7 @@ impl Plan {
                     let (h, w) = if s.len() == 3 { (s[1], s[2]) } else { (1, s[1]) };
                     Kind::Pool(PoolGeom { h, w, ..g })
                 }
-                (Op::Flatten(_) | Op::Reshape(_), ..) => Kind::Flatten,
+                (Op::Flatten(_) | Op::Reshape(_), ..) => Kind::Flatten { stored: false },
                 (Op::Mul(_), ..) => {
                     let s = |k: usize| &model.graph.shapes[node.inputs[k].as_str()];
                     let per_channel = |k: usize| s(k)[1..].iter().all(|&d| d == 1) && s(k)[0] == s(1 - k)[0] && s(k).len() == s(1 - k).len();
@@ -514,6 +523,12 @@ impl Plan {
         self.steps.iter().filter_map(|s| if let Kind::PermuteChannels { perm } = &s.kind { Some((name(s.node), perm.as_slice())) } else { None }).collect()
     }
 
+    /// The flattens that hand their input to the linear reading them as it is stored, channels
+    /// last (see `Kind::Flatten`).
+    pub fn stored_order_flattens(&self) -> Vec<&str> {
+        self.steps.iter().filter(|s| matches!(s.kind, Kind::Flatten { stored: true })).map(|s| self.model.arch.nodes[s.node].name.as_str()).collect()
+    }
+
     /// The pads that run as padding taps of the conv reading them, as `(pad, conv)`.
     pub fn folded_pads(&self) -> Vec<(&str, &str)> {
         let name = |node: usize| self.model.arch.nodes[node].name.as_str();
@@ -536,7 +551,7 @@ impl Plan {
 /// channel).
 fn channel_permutation(model: &Model, node: &Node, steps: &[Step], readers: &BTreeMap<&str, usize>) -> Option<Vec<usize>> {
     let [.., reshape, transpose] = steps else { return None };
-    let (Kind::Flatten, Kind::Transpose { swaps }) = (&reshape.kind, &transpose.kind) else { return None };
+    let (Kind::Flatten { stored: false }, Kind::Transpose { swaps }) = (&reshape.kind, &transpose.kind) else { return None };
     let (nodes, shapes) = (&model.arch.nodes, &model.graph.shapes);
     let (first, moved) = (&nodes[reshape.node], &nodes[transpose.node]);
     let single = |n: &Node| readers.get(n.name.as_str()) == Some(&1) && n.name != model.arch.output_name();
@@ -606,11 +621,50 @@ fn length_free_op(op: &Op) -> bool {
 }
 
 /// Unit `unit` of `int8` as a layer of shape `shape` on the integer GEMM, when `int8` quantises
-/// it.
-fn quantised(int8: Option<&Int8Model>, unit: &str, shape: Option<LayerShape>) -> Result<Option<QLayer>> {
+/// it; a linear's weight columns in the order `columns` (column `j` the stored one
+/// `columns[j]`) when given.
+fn quantised(int8: Option<&Int8Model>, unit: &str, shape: Option<LayerShape>, columns: Option<&[usize]>) -> Result<Option<QLayer>> {
     let Some((m, q)) = int8.and_then(|m| m.layers.get(unit).map(|q| (m, q))) else { return Ok(None) };
     let bias = m.bias(unit)?;
+    let reordered;
+    let q = match columns {
+        Some(c) => {
+            let mut r = q.clone();
+            r.weight.values = permute_columns(&q.weight.values, c);
+            reordered = r;
+            &reordered
+        }
+        None => q,
+    };
     shape.and_then(|s| QLayer::new(q, s, bias)).map(Some).ok_or_else(|| WickError::node(unit, "has a shape the integer runtime cannot lay out"))
+}
+
+/// Each row of `w` (rows of `columns.len()` values) with its values in the order `columns`:
+/// `out[r][j] = w[r][columns[j]]`.
+fn permute_columns<T: Copy>(w: &[T], columns: &[usize]) -> Vec<T> {
+    w.chunks_exact(columns.len()).flat_map(|row| columns.iter().map(|&c| row[c])).collect()
+}
+
+/// For a linear `node` whose input is a flatten of a `[C, spatial…]` value (per sample, `S > 1`
+/// positions) that only it reads: that flatten's step and the linear's weight columns in the
+/// channels-last storage order, column `s·C + c` being the logical column `c·S + s`. The flatten
+/// then hands over its input as it is stored, without the transpose to logical order
+/// (an integer layer's sums are the same integers in any order; a float layer's sum in another
+/// order, as every compiled GEMM may).
+fn storage_order_columns(model: &Model, node: &Node, steps: &[Step], readers: &BTreeMap<&str, usize>) -> Option<(usize, Vec<usize>)> {
+    if !matches!(node.op, Op::Linear(_)) {
+        return None;
+    }
+    let src = node.inputs[0].as_str();
+    let fi = steps.iter().position(|s| model.arch.nodes[s.node].name == src && matches!(s.kind, Kind::Flatten { .. }))?;
+    let flatten = &model.arch.nodes[steps[fi].node];
+    let shape = &model.graph.shapes[flatten.inputs[0].as_str()];
+    let (c, s) = (*shape.first()?, shape[1..].iter().product::<usize>());
+    let single = readers.get(src) == Some(&1) && src != model.arch.output_name();
+    if !single || shape.len() < 2 || s < 2 || c < 2 || model.graph.shapes[src].as_slice() != [c * s] {
+        return None;
+    }
+    Some((fi, (0..c * s).map(|j| (j % c) * s + j / c).collect()))
 }
 
 /// The most samples one pass over the steps should take: enough that the largest value of a
@@ -634,27 +688,32 @@ fn chunk_samples(model: &Model, int8: bool, length_free: bool) -> usize {
 
 /// A conv or linear of shape `shape` (`None`: one the packed kernels cannot lay out):
 /// quantised when `int8` quantises it, else [`dense`].
-fn weight_layer(model: &Model, node: &Node, shape: Option<LayerShape>, int8: Option<&Int8Model>) -> Result<Kind> {
-    match quantised(int8, &node.name, shape)? {
+fn weight_layer(model: &Model, node: &Node, shape: Option<LayerShape>, int8: Option<&Int8Model>, columns: Option<&[usize]>) -> Result<Kind> {
+    match quantised(int8, &node.name, shape, columns)? {
         Some(l) => Ok(Kind::Quant(Box::new(l))),
-        None => dense(model, node, shape),
+        None => dense(model, node, shape, columns),
     }
 }
 
 /// A recurrent matrix's projection on the integer GEMM when `int8` quantises unit `unit`.
 fn recurrent_unit(int8: Option<&Int8Model>, unit: &str, op: &Op, in_shape: &[usize]) -> Result<Option<Projection>> {
-    Ok(quantised(int8, unit, LayerShape::of(op, in_shape))?.map(|l| Box::new(l) as Projection))
+    Ok(quantised(int8, unit, LayerShape::of(op, in_shape), None)?.map(|l| Box::new(l) as Projection))
 }
 
 /// A float weight layer on the packed f32 GEMM (or the depthwise kernel); the float executor
 /// where the kernels cannot lay it out.
-fn dense(model: &Model, node: &Node, shape: Option<LayerShape>) -> Result<Kind> {
+fn dense(model: &Model, node: &Node, shape: Option<LayerShape>, columns: Option<&[usize]>) -> Result<Kind> {
     let Some(shape) = shape else { return Ok(Kind::Float) };
     let bias = match model.params.contains_key(&node.param("bias")) {
         true => Some(model.values(&node.param("bias"))?),
         false => None,
     };
-    Ok(Kind::Dense(Box::new(FloatLayer::new(shape, &model.values(&node.param("weight"))?, bias))))
+    let weight = model.values(&node.param("weight"))?;
+    let weight = match columns {
+        Some(c) => permute_columns(&weight, c),
+        None => weight,
+    };
+    Ok(Kind::Dense(Box::new(FloatLayer::new(shape, &weight, bias))))
 }
 
 impl Step {

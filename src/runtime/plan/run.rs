@@ -210,8 +210,8 @@ impl Plan {
                     v
                 }
                 Kind::GlobalAvgPool => global_avg_pool(vals[step.inputs[0]].as_ref().expect("input computed")),
-                Kind::Flatten => {
-                    set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), false);
+                Kind::Flatten { stored } => {
+                    set_layout(vals[step.inputs[0]].as_mut().expect("input computed"), *stored);
                     let v = self.owned(&mut vals, step, si);
                     Value { data: v.data, dims: out_dims(&shapes[node.name.as_str()], n), channels_last: false }
                 }
