@@ -283,7 +283,9 @@ impl<F: Fn(usize, usize) -> usize> Window<'_, F> {
         unsafe {
             let mut best = W::load(self.plane.add((self.at)(self.rows.0, self.cols.0) + c0));
             for iy in self.rows.0..self.rows.1 {
-                for ix in self.cols.0..self.cols.1 {
+                // The first position is `best` already.
+                let from = if iy == self.rows.0 { self.cols.0 + 1 } else { self.cols.0 };
+                for ix in from..self.cols.1 {
                     best = best.max_first(W::load(self.plane.add((self.at)(iy, ix) + c0)));
                 }
             }
