@@ -472,9 +472,8 @@ mod x86 {
 /// roundings: what training and float evaluation use, identical at every width and on any
 /// x86-64 CPU) or [`Fused`] (one fused multiply-add, a third fewer operations: the compiled
 /// plans' activations and recurrent cells, float and integer, and the integer reference
-/// executor's;
-/// vectors where the CPU has FMA, `f32::mul_add` elsewhere). [`exp_by`] narrows its range for
-/// [`Fused`] (see there).
+/// executor's; vectors where the CPU has FMA, `f32::mul_add` elsewhere). [`exp_by`] narrows
+/// its range for [`Fused`] (see there).
 pub trait Horner {
     /// Whether this is [`Fused`].
     const FUSED: bool;

@@ -362,7 +362,9 @@ impl Plan {
                         Some(&(_, shape)) => Some(shape),
                         None => LayerShape::of(op, &model.graph.shapes[node.inputs[0].as_str()]),
                     };
-                    let columns = storage_order_columns(&model, node, &steps, &readers);
+                    // Only a layer the kernels lay out takes permuted columns (the float
+                    // executor reads a value in logical order).
+                    let columns = shape.and_then(|_| storage_order_columns(&model, node, &steps, &readers));
                     if let Some((flatten, _)) = &columns {
                         steps[*flatten].kind = Kind::Flatten { stored: true };
                     }
