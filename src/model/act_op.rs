@@ -324,17 +324,8 @@ fn in_place<H: Horner, const DF: bool>(a: &mut [f32], act: Act) {
     unsafe { on_vectors::<f32, H, DF>(a, act) }
 }
 
-/// [`apply_in_place`] on vectors of `V`, inlined into a caller that picks the width (the
-/// compiled layers' epilogues).
-///
-/// # Safety
-/// The CPU has `V`'s features.
-#[inline(always)]
-pub unsafe fn activate<V: Lanes>(a: &mut [f32], act: Act) {
-    on_vectors::<V, Split, false>(a, act)
-}
-
-/// [`activate`] with the polynomials' steps rounded as `H` says: `vmath::Fused` for the compiled
+/// [`apply_in_place`] on vectors of `V`, for a caller that picks the width (the compiled layers'
+/// epilogues), with the polynomials' steps rounded as `H` says: `vmath::Fused` for the compiled
 /// plans' epilogues, as [`apply_in_place_fused`].
 ///
 /// One copy per vector width, out of line: inlined, every activation's code was copied into

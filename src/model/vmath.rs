@@ -940,7 +940,7 @@ mod tests {
         fn g<V: Lanes, H: Horner>(v: V) -> V {
             erf_by::<V, H>(tanh_by::<V, H>(v) * V::splat(3.0) + exp_by::<V, H>(v * V::splat(0.1)))
         }
-        // Closures rather than `g` itself: see `act_op::activate`.
+        // Closures rather than `g` itself: see `act_op`'s `on_vectors`.
         #[allow(clippy::redundant_closure)]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2<H: Horner>(a: &mut [f32]) {
