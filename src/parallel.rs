@@ -118,10 +118,16 @@ pub fn with_workers_awake<R>(f: impl FnOnce() -> R) -> R {
 /// Elements of work below which a job runs on the calling thread.
 pub const MIN_PARALLEL_WORK: usize = 1 << 15;
 
-/// Matrix products smaller than this many multiply-adds (about 40 µs of work) run on the
-/// calling thread, integer and float alike: waking the pool costs more than it saves below it
-/// (a batch of one's layers are far below it).
+/// Matrix products of at least this many multiply-adds (about 40 µs of work) are cut into
+/// several tasks of rows per thread, so that uneven cores even out; smaller ones down to
+/// [`SPLIT_MIN_MACS`] into one part per thread.
 pub const PARALLEL_MIN_MACS: usize = 1 << 21;
+
+/// Float matrix products smaller than this many multiply-adds (about 5 µs on one Zen 4 core)
+/// run on the calling thread: a part handed to another thread starts about 0.6 µs later and
+/// the join costs about as much again. A product of `GROUP` activations per lane and
+/// instruction (integer pairs and quads) takes `GROUP` times as many.
+pub const SPLIT_MIN_MACS: usize = 1 << 18;
 
 /// Calls `f(i, chunk)` for each `size`-long chunk of `data` (the last may be shorter): on the
 /// rayon pool when `work` (the job's size in elements touched) reaches `MIN_PARALLEL_WORK` and

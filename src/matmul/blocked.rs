@@ -6,9 +6,10 @@
 //! materialised.
 //! Per block, tiles of up to `Panels::tile_rows` rows run over every panel into a row buffer, and the
 //! caller's epilogue turns each finished tile into output rows while they are still in cache.
-//! Rows are split over rayon tasks of whole tiles when the product is large enough to pay.
+//! Rows are split over rayon tasks of whole tiles when the product is large enough to pay, and
+//! a small product over one part of panels or rows per thread.
 
-use crate::parallel::{may_split, PARALLEL_MIN_MACS};
+use crate::parallel::{may_split, PARALLEL_MIN_MACS, SPLIT_MIN_MACS};
 use rayon::prelude::*;
 
 /// Rows of a register tile: 6 rows × 2 panels is 12 accumulators of the 16 ymm registers.
@@ -44,7 +45,7 @@ pub trait Panels: Sync {
     /// Activation element (i16 codes, f32 values).
     type A: Copy + Default + Send + Sync;
     /// Accumulator element.
-    type Acc: Copy + Default;
+    type Acc: Copy + Default + Send;
     /// Per-call scratch a tile may need (the VNNI kernels' byte rows).
     type Scratch: Default;
     /// Activations the tile reads per depth step (1 for f32, a pair, a quad): every row
@@ -170,9 +171,25 @@ where
         Rows::Built(_) => {}
     }
     assert!(out.len() >= m * ldo, "output too short");
-    let run = |first: usize, out: &mut [T]| block_rows(rows, first, out.len() / ldo, w, out, ldo, epilogue, part_bytes);
+    let all = 0..w.panels();
+    let run = |first: usize, out: &mut [T]| block_rows(rows, first, out.len() / ldo, w, all.clone(), out, ldo, epilogue, part_bytes);
+    let macs = m * w.macs_per_row();
+    // A small product (a batch of one's layer): one part per thread, of at least two panels
+    // each (a one-panel tile reads an activation per multiply-add), else of rows. If no other
+    // thread takes its part in time, rayon's join runs it here.
+    if may_split() && macs >= SPLIT_MIN_MACS * P::GROUP && macs < PARALLEL_MIN_MACS {
+        let threads = rayon::current_num_threads();
+        if w.panels() >= 2 * threads {
+            return columns_in_parts(rows, m, w, out, ldo, epilogue, part_bytes);
+        }
+        if m >= 2 * threads {
+            let per = m.div_ceil(threads);
+            out[..m * ldo].par_chunks_mut(per * ldo).enumerate().for_each(|(i, o)| run(i * per, o));
+            return;
+        }
+    }
     // Not inside a part of a job already split over the threads (a batch part of `Plan::predict`).
-    if !may_split() || m * w.macs_per_row() < PARALLEL_MIN_MACS {
+    if !may_split() || macs < PARALLEL_MIN_MACS {
         run(0, &mut out[..m * ldo]);
         return;
     }
@@ -183,21 +200,61 @@ where
     out[..m * ldo].par_chunks_mut(per_task * ldo).enumerate().for_each(|(i, o)| run(i * per_task, o));
 }
 
+/// [`gemm`] for a small product whose rows are too few to share out (a batch of one): the
+/// panels are cut into one contiguous part per thread, each part runs over every row into an
+/// accumulator matrix of its own, the parts' columns are gathered into the first, and the
+/// epilogue runs on the calling thread a tile at a time. Each accumulator is summed as in one
+/// pass, so the output is bit-identical to it.
+fn columns_in_parts<P, T, E>(rows: &Rows<P::A>, m: usize, w: &P, out: &mut [T], ldo: usize, epilogue: &E, part_bytes: usize)
+where
+    P: Panels,
+    T: Send,
+    E: Fn(&[P::Acc], usize, usize, &mut [T]) + Sync,
+{
+    let (np, panels, tr) = (w.acc_stride(), w.panels(), w.tile_rows());
+    let parts = rayon::current_num_threads().min(panels);
+    let width = np / panels;
+    let copy = |acc: &[P::Acc], stride: usize, _: usize, o: &mut [P::Acc]| {
+        for (r, row) in o.chunks_mut(np).enumerate() {
+            row.copy_from_slice(&acc[r * stride..r * stride + np]);
+        }
+    };
+    let mut accs: Vec<Vec<P::Acc>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let mut acc = vec![P::Acc::default(); m * np];
+            block_rows(rows, 0, m, w, p * panels / parts..(p + 1) * panels / parts, &mut acc, np, &copy, part_bytes);
+            acc
+        })
+        .collect();
+    let (first, rest) = accs.split_first_mut().expect("at least one part");
+    for (p, acc) in rest.iter().enumerate() {
+        let cols = (p + 1) * panels / parts * width..(p + 2) * panels / parts * width;
+        for (to, from) in first.chunks_mut(np).zip(acc.chunks(np)) {
+            to[cols.clone()].copy_from_slice(&from[cols.clone()]);
+        }
+    }
+    for r0 in (0..m).step_by(tr) {
+        let tile = (m - r0).min(tr);
+        epilogue(&first[r0 * np..(r0 + tile) * np], np, r0, &mut out[r0 * ldo..(r0 + tile) * ldo]);
+    }
+}
+
 /// Runs rows `first..first + count`: per block, the rows (built if need be), then tiles of
 /// `tile_rows()` rows over all panels into a row buffer and the epilogue per tile. Weights
 /// larger than `part_bytes` ([`panel_chunk_bytes`]) run in parts of that size instead, each over every tile of
 /// the block (which then keeps the whole block's accumulators), so that a part is read from
 /// L2 rather than memory by every tile; the epilogues follow the last part.
 #[allow(clippy::too_many_arguments)] // the rows, the weights, the output and the part size
-fn block_rows<P, T, E>(rows: &Rows<P::A>, first: usize, count: usize, w: &P, out: &mut [T], ldo: usize, epilogue: &E, part_bytes: usize)
+fn block_rows<P, T, E>(rows: &Rows<P::A>, first: usize, count: usize, w: &P, panels: std::ops::Range<usize>, out: &mut [T], ldo: usize, epilogue: &E, part_bytes: usize)
 where
     P: Panels,
     E: Fn(&[P::Acc], usize, usize, &mut [T]),
 {
-    let (np, kp, tr, panels) = (w.acc_stride(), w.row_len(), w.tile_rows(), w.panels());
+    let (np, kp, tr) = (w.acc_stride(), w.row_len(), w.tile_rows());
     let block_rows = BLOCK_ROWS.div_ceil(tr) * tr;
-    let chunk = (part_bytes / w.panel_bytes().max(1)).clamp(1, panels.max(1));
-    let whole = chunk >= panels;
+    let chunk = (part_bytes / w.panel_bytes().max(1)).clamp(1, panels.len().max(1));
+    let whole = chunk >= panels.len();
     let mut buf = vec![P::Acc::default(); if whole { tr } else { block_rows }.min(count) * np];
     let mut built = match rows {
         // Only as many rows as this call builds: a small product (batch 1) would otherwise zero a
@@ -219,8 +276,8 @@ where
                 fill(first + b0 + r, row);
             }
         }
-        for c0 in (0..panels).step_by(chunk) {
-            let part = c0..(c0 + chunk).min(panels);
+        for c0 in panels.clone().step_by(chunk) {
+            let part = c0..(c0 + chunk).min(panels.end);
             let mut i = 0;
             while i < block {
                 let tile = (block - i).min(tr);

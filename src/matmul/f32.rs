@@ -176,8 +176,11 @@ mod tests {
     /// threshold.
     #[test]
     fn packed_f32_gemm_matches_reference() {
-        for (m, n, k) in [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288), (700, 40, 83), (100, 520, 140)] {
+        for (m, n, k) in [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288), (700, 40, 83), (100, 520, 140), (4, 96, 800), (40, 16, 500)] {
             assert_eq!(m * n * k >= PARALLEL_MIN_MACS, m == 700 || n == 520);
+            // On more threads, (4, 96, 800) splits by panels, and 64·24·288, 300·37·83 and
+            // 40·16·500 by rows (too few panels).
+            assert_eq!(m * n * k >= crate::parallel::SPLIT_MIN_MACS && m * n * k < PARALLEL_MIN_MACS, [(64, 24), (300, 37), (4, 96), (40, 16)].contains(&(m, n)));
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 53) % 97) as f32 / 48.0 - 1.0).collect();
             let (mut want, mut scale) = (vec![0f64; m * n], vec![0f64; m * n]);
@@ -208,6 +211,17 @@ mod tests {
                     let mut parted = vec![0f32; m * n];
                     gemm_in_parts(&rows, m, &packed, &mut parted, n, &copy, 2 * packed.panel_bytes());
                     assert_eq!(parted, got, "m={m} n={n} k={k} {:?}, in parts", packed.isa);
+                    // On two and three threads a small product is split by panels or by rows,
+                    // and every sum is the same.
+                    for threads in [2, 3] {
+                        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                        let split = pool.install(|| {
+                            let mut out = vec![0f32; m * n];
+                            gemm(&rows, m, &packed, &mut out, n, &copy);
+                            out
+                        });
+                        assert_eq!(split, got, "m={m} n={n} k={k} {:?}, {threads} threads", packed.isa);
+                    }
                     for i in 0..m * n {
                         let err = (got[i] as f64 - want[i]).abs();
                         assert!(err <= 1e-5 * scale[i].max(1.0), "m={m} n={n} k={k} {:?} entry {i}: {} vs {}", packed.isa, got[i], want[i]);

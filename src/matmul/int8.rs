@@ -253,9 +253,13 @@ mod tests {
     /// with the weights whole and in parts of two panels (`gemm_in_parts`).
     #[test]
     fn packed_gemm_equals_reference() {
-        for (m, n, k) in [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288), (700, 40, 83), (45, 80, 130), (13, 64, 64), (20, 72, 64), (5, 96, 70), (40, 1040, 300)] {
+        for (m, n, k) in
+            [(1, 1, 1), (7, 7, 83), (13, 16, 9), (300, 37, 83), (64, 24, 288), (700, 40, 83), (45, 80, 130), (13, 64, 64), (20, 72, 64), (5, 96, 70), (40, 1040, 300), (5, 128, 2000), (40, 16, 1800)]
+        {
             // The last two are above PARALLEL_MIN_MACS, so the threaded path runs too.
             assert_eq!(m * n * k >= PARALLEL_MIN_MACS, m == 700 || n == 1040);
+            // The last two split on more threads (quads' threshold): by panels, by rows.
+            assert_eq!(m * n * k >= 4 * crate::parallel::SPLIT_MIN_MACS && m * n * k < PARALLEL_MIN_MACS, k >= 1800);
             // Weights at both extremes (−128 is the worst case of the 7-bit kernel's pair sums).
             let w: Vec<i8> = (0..n * k).map(|i| if i % 4 == 0 { 127 } else if i % 9 == 0 { -128 } else { ((i * 53) % 255) as i32 - 127 } as i8).collect();
             for isa in Isa::available() {
@@ -278,8 +282,9 @@ mod tests {
     }
 
     /// `p`'s GEMM over `a8` (as its row type, each row padded past `k` with junk that must meet
-    /// zero weights), rows read in place and built on demand, equals `want`; each tile's
-    /// epilogue is told the product row its output rows start at.
+    /// zero weights), rows read in place and built on demand, and on two and three threads (a
+    /// small product split by panels or by rows), equals `want`; each tile's epilogue is told
+    /// the product row its output rows start at.
     fn check<P: Panels<Acc = i32>>(p: &P, a8: &[u8], m: usize, k: usize, want: &[i32], cast: fn(u8) -> P::A, label: &str) {
         let n = want.len() / m;
         let lda = p.row_len() + 3;
@@ -306,5 +311,15 @@ mod tests {
         let base = built.as_ptr() as usize;
         gemm(&Rows::Built(&fill), m, p, &mut built, n, &copy(base));
         assert_eq!(built, want, "built rows, {label}");
+        for threads in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let split = pool.install(|| {
+                let mut out = vec![0i32; m * n];
+                let base = out.as_ptr() as usize;
+                gemm(&Rows::Slice { a: &a, lda }, m, p, &mut out, n, &copy(base));
+                out
+            });
+            assert_eq!(split, want, "{threads} threads, {label}");
+        }
     }
 }

@@ -60,7 +60,8 @@ fn float_plan_gives_the_teachers_their_accuracy() {
 
 /// A batch cut across threads (one part per thread, here 3 uneven parts of 120 samples, or of
 /// 5), and each part run in chunks of samples (1, or 7 with a shorter last one), gives
-/// bit-identical logits to one pass, for the float and the integer plan: every row depends on
+/// bit-identical logits to one pass, for the float and the integer plan; so do batches of 1
+/// and 3, whose layers' products are split over 2 or 3 threads instead: every row depends on
 /// its own sample and the batch's size only (the ResNet's 3×3 convs take their Winograd form by
 /// the whole batch of 120, also in chunks of one sample). On the ResNet, a ConvNeXt block and
 /// a TextCNN.
@@ -79,13 +80,20 @@ fn batch_split_across_threads_and_chunks_is_bit_identical() {
     for (m, x, calib) in cases {
         let settings = wick::passes::calibrate::CalibrateSettings { method: wick::calibrate::Method::Minmax, samples: 256, ..Default::default() };
         let q = wick::passes::calibrate::ptq(&m, &calib, &settings, &wick::progress::Silent).unwrap().int8;
-        let on = |threads: usize, plan: &Plan| -> Vec<f32> {
+        let on_samples = |threads: usize, plan: &Plan, x: &candle_core::Tensor| -> Vec<f32> {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| plan.predict(&x)).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+            pool.install(|| plan.predict(x)).unwrap().flatten_all().unwrap().to_vec1().unwrap()
         };
+        let on = |threads: usize, plan: &Plan| on_samples(threads, plan, &x);
         for mut plan in [Plan::float(&m).unwrap(), Plan::int8(&q).unwrap()] {
             plan.set_chunk_samples(usize::MAX);
             let one = on(1, &plan);
+            // Too few samples to share out: the layers' products split over the threads instead.
+            for n in [1, 3] {
+                let few = x.narrow(0, 0, n).unwrap();
+                assert_eq!(on_samples(2, &plan, &few), on_samples(1, &plan, &few), "{}: {n} samples on 2 threads", m.source);
+                assert_eq!(on_samples(3, &plan, &few), on_samples(1, &plan, &few), "{}: {n} samples on 3 threads", m.source);
+            }
             assert_eq!(one.len(), 10 * x.dim(0).unwrap(), "{}", m.source);
             assert_eq!(on(3, &plan), one, "{}", m.source);
             for chunk in [1, 7] {
