@@ -108,8 +108,12 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
     };
     let pc = if one { 1 } else { cs };
     let (hp, wp) = (g.pad.0 + g.h + g.pad_end.0, g.pad.1 + g.w + g.pad_end.1);
-    let (mut plane, mut acc) = SCRATCH.with_borrow_mut(std::mem::take);
-    plane.resize(hp * wp * pc, pad);
+    let (mut kept, mut acc) = SCRATCH.with_borrow_mut(std::mem::take);
+    // The plane starts on a 64-byte line, so that a block's 16 inputs (a pixel's channels at a
+    // multiple of 16) are one line, not two: a zmm load split over two lines costs Zen 4 two.
+    kept.resize(hp * wp * pc + 15, pad);
+    let start = kept.as_ptr().align_offset(64).min(15);
+    let plane = &mut kept[start..start + hp * wp * pc];
     // Each sample overwrites the plane's interior; its border (and, where a pixel holds more
     // lanes than it writes, the whole plane) reads `pad`.
     if one || pc == c {
@@ -158,27 +162,27 @@ unsafe fn rows<V: Lanes, A: Copy + Into<f32>, O, F: FinishRow<f32, O>>(g: &ConvS
         // SAFETY (each block): every tap lies in the plane (above) and `c0 + B ≤ cs`.
         while c0 + BLOCK <= cs {
             match one {
-                true => sum_block::<BLOCK, true>(&plane, w, &bases, &tap_at, cs, c0, &mut acc),
-                false => sum_block::<BLOCK, false>(&plane, w, &bases, &tap_at, cs, c0, &mut acc),
+                true => sum_block::<BLOCK, true>(plane, w, &bases, &tap_at, cs, c0, &mut acc),
+                false => sum_block::<BLOCK, false>(plane, w, &bases, &tap_at, cs, c0, &mut acc),
             }
             c0 += BLOCK;
         }
         if cs - c0 > BLOCK / 2 {
             match one {
-                true => sum_block::<BLOCK, true>(&plane, w, &bases, &tap_at, cs, cs - BLOCK, &mut acc),
-                false => sum_block::<BLOCK, false>(&plane, w, &bases, &tap_at, cs, cs - BLOCK, &mut acc),
+                true => sum_block::<BLOCK, true>(plane, w, &bases, &tap_at, cs, cs - BLOCK, &mut acc),
+                false => sum_block::<BLOCK, false>(plane, w, &bases, &tap_at, cs, cs - BLOCK, &mut acc),
             }
         } else if c0 < cs {
             match one {
-                true => sum_block::<{ BLOCK / 2 }, true>(&plane, w, &bases, &tap_at, cs, cs - BLOCK / 2, &mut acc),
-                false => sum_block::<{ BLOCK / 2 }, false>(&plane, w, &bases, &tap_at, cs, cs - BLOCK / 2, &mut acc),
+                true => sum_block::<{ BLOCK / 2 }, true>(plane, w, &bases, &tap_at, cs, cs - BLOCK / 2, &mut acc),
+                false => sum_block::<{ BLOCK / 2 }, false>(plane, w, &bases, &tap_at, cs, cs - BLOCK / 2, &mut acc),
             }
         }
         // The sample's rows lie together: the activation runs over all of them at once.
         let first = s * positions;
         finish_phases::<V, f32, O, F>(finish, &acc, cs, first, c, 0, c, &mut out[first * c..(first + positions) * c]);
     }
-    SCRATCH.with_borrow_mut(|kept| *kept = (plane, acc));
+    SCRATCH.with_borrow_mut(|scratch| *scratch = (kept, acc));
     // SAFETY: `finish` wrote every output row.
     unsafe { y.set_len(rows * c) };
     y
