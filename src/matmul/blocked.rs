@@ -173,30 +173,18 @@ where
     assert!(out.len() >= m * ldo, "output too short");
     let all = 0..w.panels();
     let run = |first: usize, out: &mut [T]| block_rows(rows, first, out.len() / ldo, w, all.clone(), out, ldo, epilogue, part_bytes);
-    let macs = m * w.macs_per_row();
-    // A small product (a batch of one's layer): one part per thread, of at least two panels
-    // each (a one-panel tile reads an activation per multiply-add), else of rows. If no other
-    // thread takes its part in time, rayon's join runs it here.
-    if may_split() && macs >= SPLIT_MIN_MACS * P::GROUP && macs < PARALLEL_MIN_MACS {
-        let threads = rayon::current_num_threads();
-        if w.panels() >= 2 * threads {
-            return columns_in_parts(rows, m, w, out, ldo, epilogue, part_bytes);
-        }
-        if m >= 2 * threads {
-            let per = m.div_ceil(threads);
-            out[..m * ldo].par_chunks_mut(per * ldo).enumerate().for_each(|(i, o)| run(i * per, o));
-            return;
-        }
-    }
-    // Not inside a part of a job already split over the threads (a batch part of `Plan::predict`).
-    if !may_split() || macs < PARALLEL_MIN_MACS {
-        run(0, &mut out[..m * ldo]);
-        return;
-    }
-    // Tasks of whole register tiles, about four per thread so uneven cores even out.
-    let threads = rayon::current_num_threads();
-    let tr = w.tile_rows();
-    let per_task = (m.div_ceil(4 * threads)).div_ceil(tr) * tr;
+    let (macs, threads) = (m * w.macs_per_row(), rayon::current_num_threads());
+    // Rows per task. Not inside a part of a job already split over the threads (a batch part of
+    // `Plan::predict`). A large product: tasks of whole register tiles, about four per thread
+    // so uneven cores even out. A small one (a batch of one's layer): one part per thread, of
+    // at least two panels each (a one-panel tile reads an activation per multiply-add), else
+    // of rows; if no other thread takes its part in time, rayon's join runs it here.
+    let per_task = match may_split() {
+        true if macs >= PARALLEL_MIN_MACS => (m.div_ceil(4 * threads)).div_ceil(w.tile_rows()) * w.tile_rows(),
+        true if macs >= SPLIT_MIN_MACS * P::GROUP && w.panels() >= 2 * threads => return columns_in_parts(rows, m, w, out, ldo, epilogue, part_bytes),
+        true if macs >= SPLIT_MIN_MACS * P::GROUP && m >= 2 * threads => m.div_ceil(threads),
+        _ => return run(0, &mut out[..m * ldo]),
+    };
     out[..m * ldo].par_chunks_mut(per_task * ldo).enumerate().for_each(|(i, o)| run(i * per_task, o));
 }
 
@@ -219,17 +207,19 @@ where
             row.copy_from_slice(&acc[r * stride..r * stride + np]);
         }
     };
+    // Part `p`'s panels.
+    let part = |p: usize| p * panels / parts..(p + 1) * panels / parts;
     let mut accs: Vec<Vec<P::Acc>> = (0..parts)
         .into_par_iter()
         .map(|p| {
             let mut acc = vec![P::Acc::default(); m * np];
-            block_rows(rows, 0, m, w, p * panels / parts..(p + 1) * panels / parts, &mut acc, np, &copy, part_bytes);
+            block_rows(rows, 0, m, w, part(p), &mut acc, np, &copy, part_bytes);
             acc
         })
         .collect();
     let (first, rest) = accs.split_first_mut().expect("at least one part");
     for (p, acc) in rest.iter().enumerate() {
-        let cols = (p + 1) * panels / parts * width..(p + 2) * panels / parts * width;
+        let cols = part(p + 1).start * width..part(p + 1).end * width;
         for (to, from) in first.chunks_mut(np).zip(acc.chunks(np)) {
             to[cols.clone()].copy_from_slice(&from[cols.clone()]);
         }
